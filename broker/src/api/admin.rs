@@ -1,0 +1,198 @@
+//! Operator endpoints: mint a run token, manage API tokens, list and rotate signing keys.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, operator};
+use crate::access::ApiScope;
+use crate::identity::keyring::KeyRingError;
+use crate::identity::mint::MintRequest;
+
+/// `POST /v1/run-tokens` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MintBody {
+    stack: String,
+    #[serde(default)]
+    stack_id: Option<String>,
+    run_id: String,
+    phase: String,
+    audience: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    commit_sha: Option<String>,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    pull_request: Option<u64>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    triggered_by: Option<String>,
+    #[serde(default)]
+    approved_by: Vec<String>,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Minted<'a> {
+    token: &'a str,
+    token_type: &'static str,
+    jti: &'a str,
+    kid: &'a str,
+    expires_at: i64,
+    claims: &'a keyward_proto::claims::RunClaims,
+}
+
+pub(super) async fn mint_run_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<MintBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let result = async {
+        let ApiJson(body) = body?;
+        let phase = body.phase.parse().map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
+        let request = MintRequest {
+            stack_id: body.stack_id.unwrap_or_else(|| body.stack.clone()),
+            stack: body.stack,
+            run_id: body.run_id,
+            phase: Some(phase),
+            audience: body.audience,
+            ttl: body.ttl_seconds.map(Duration::from_secs),
+            repository: body.repository,
+            commit_sha: body.commit_sha,
+            git_ref: body.git_ref,
+            pull_request: body.pull_request,
+            ticket: body.ticket,
+            triggered_by: body.triggered_by,
+            approved_by: body.approved_by,
+            pool: body.pool,
+            agent_id: body.agent_id,
+        };
+        Ok::<_, ApiError>(state.issuer.issue(&request, &operator.name).await?)
+    }
+    .await;
+    match result {
+        Ok(minted) => {
+            let algorithm = state.keys.signer().algorithm();
+            state.metrics.token_issued(algorithm);
+            let body = Minted {
+                token: minted.token.expose(),
+                token_type: "urn:ietf:params:oauth:token-type:jwt",
+                jti: &minted.claims.jti,
+                kid: &minted.kid,
+                expires_at: minted.claims.exp,
+                claims: &minted.claims,
+            };
+            Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+        }
+        Err(error) => {
+            state.metrics.token_refused(error.refusal());
+            Err(error)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateApiTokenBody {
+    name: String,
+    scope: String,
+}
+
+pub(super) async fn create_api_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<CreateApiTokenBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let ApiJson(body) = body?;
+    let scope: ApiScope = body.scope.parse()?;
+    let secret = state.access.create(&body.name, scope, &operator.name).await?;
+    let response = json!({ "name": body.name, "scope": scope, "token": secret.expose() });
+    Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(response)).into_response())
+}
+
+pub(super) async fn list_api_tokens(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&state, &headers, ApiScope::Admin).await?;
+    let tokens: Vec<_> = state
+        .access
+        .list()
+        .await?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "name": t.name, "scope": t.scope, "created_at": t.created_at,
+                "created_by": t.created_by, "revoked_at": t.revoked_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "api_tokens": tokens })).into_response())
+}
+
+pub(super) async fn revoke_api_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    if !state.access.revoke(&name).await? {
+        return Err(ApiError::not_found(format!("no live API token named `{name}`")));
+    }
+    tracing::info!(name, revoked_by = %operator.name, "revoked API token");
+    Ok(Json(json!({ "name": name, "revoked": true })).into_response())
+}
+
+pub(super) async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&state, &headers, ApiScope::Admin).await?;
+    Ok(Json(json!({ "keys": state.keys.list() })).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RotateBody {
+    #[serde(default)]
+    force: bool,
+}
+
+pub(super) async fn rotate_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let body: RotateBody = if body.is_empty() {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?
+    };
+    let force = body.force;
+    let outcome = state.keys.rotate(force).await;
+    match &outcome {
+        Ok(Some(_)) => state.metrics.rotation(true),
+        Ok(None) | Err(KeyRingError::TooSoon { .. }) => {}
+        Err(_) => state.metrics.rotation(false),
+    }
+    match outcome? {
+        Some(rotation) => {
+            tracing::info!(requested_by = %operator.name, "on-demand key rotation");
+            Ok(Json(json!({ "rotated": true, "rotation": rotation })).into_response())
+        }
+        None => Err(ApiError::unavailable("another broker replica rotated the keys at the same moment; retry")),
+    }
+}

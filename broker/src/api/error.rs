@@ -1,0 +1,128 @@
+//! The one place where domain errors become HTTP responses.
+//!
+//! Clients get a status, an RFC 6749/6750/8693 error code and a safe description. Internal failures
+//! (database, crypto) are logged in full here and reach the client only as `server_error`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::access::AccessError;
+use crate::identity::issuer::IssueError;
+use crate::identity::keyring::KeyRingError;
+use crate::identity::mint::MintError;
+use crate::metrics::Refusal;
+use crate::store::StoreError;
+
+/// An error response: `{"error": …, "error_description": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+    refusal: Refusal,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>, refusal: Refusal) -> Self {
+        Self { status, code, description: description.into(), refusal }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description, Refusal::Invalid)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", description, Refusal::Invalid)
+    }
+
+    /// 500 `server_error`; the detail goes to the log only.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; see the broker's log", Refusal::Internal)
+    }
+
+    /// 503 `temporarily_unavailable`.
+    pub fn unavailable(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description, Refusal::Internal)
+    }
+
+    /// Which refusal metric this error counts under.
+    pub fn refusal(&self) -> Refusal {
+        self.refusal
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body { error: self.code, error_description: &self.description };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer realm=\"keyward\""));
+        }
+        response
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Unauthenticated => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_token", error.to_string(), Refusal::Unauthenticated)
+            }
+            AccessError::InsufficientScope { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", error.to_string(), Refusal::Forbidden)
+            }
+            AccessError::UnknownScope(_) | AccessError::InvalidName(_) => Self::invalid_request(error.to_string()),
+            AccessError::Store(StoreError::Conflict(what)) => {
+                Self::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists"), Refusal::Invalid)
+            }
+            AccessError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(error: MintError) -> Self {
+        match error {
+            MintError::AudienceNotAllowed(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_target", error.to_string(), Refusal::Audience)
+            }
+            MintError::TtlTooLong { .. } => Self::new(StatusCode::BAD_REQUEST, "invalid_request", error.to_string(), Refusal::Ttl),
+            MintError::InvalidField { .. } => Self::invalid_request(error.to_string()),
+            MintError::Signing(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(error: IssueError) -> Self {
+        match error {
+            IssueError::Mint(e) => e.into(),
+            IssueError::Record(e) => {
+                tracing::error!(error = %e, "token discarded: it could not be recorded");
+                Self::unavailable("the token could not be recorded durably, so it was not issued")
+            }
+        }
+    }
+}
+
+impl From<KeyRingError> for ApiError {
+    fn from(error: KeyRingError) -> Self {
+        match error {
+            KeyRingError::TooSoon { .. } => Self::new(StatusCode::CONFLICT, "too_soon", error.to_string(), Refusal::Invalid),
+            other => Self::internal(&other),
+        }
+    }
+}

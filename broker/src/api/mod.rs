@@ -1,0 +1,59 @@
+//! The HTTP surface (axum). Handlers parse input, call domain code, and map errors in one place
+//! ([`error`]). Nothing below `api/` knows what HTTP is.
+
+mod admin;
+pub mod error;
+mod extract;
+mod oidc;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+
+use crate::access::Access;
+use crate::identity::issuer::Issuer;
+use crate::identity::keyring::KeyRing;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Largest request body the API reads.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Everything a handler may need. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Signing keys and JWKS.
+    pub keys: Arc<KeyRing>,
+    /// Token issuance.
+    pub issuer: Issuer,
+    /// Operator authentication.
+    pub access: Access,
+    /// Persistence (readiness probes it).
+    pub store: Store,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// How long readiness waits for the database.
+    pub readiness_timeout: Duration,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/.well-known/jwks.json", get(oidc::jwks))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/run-tokens", post(admin::mint_run_token))
+        .route("/v1/api-tokens", post(admin::create_api_token).get(admin::list_api_tokens))
+        .route("/v1/api-tokens/{name}", delete(admin::revoke_api_token))
+        .route("/v1/keys", get(admin::list_keys))
+        .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

@@ -1,0 +1,48 @@
+//! Liveness, readiness and metrics for whoever runs the broker.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+
+pub(super) async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready when the database answers within the timeout. A broker that cannot record what it issues
+/// must not receive traffic.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    match ready(&state).await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "reason": reason })))
+            .into_response(),
+    }
+}
+
+async fn ready(state: &AppState) -> Result<(), &'static str> {
+    match tokio::time::timeout(state.readiness_timeout, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: database check failed");
+            Err("database unavailable")
+        }
+        Err(_) => {
+            tracing::warn!("readiness: database check timed out");
+            Err("database timed out")
+        }
+    }
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = ready(&state).await.is_ok();
+    let body = state.metrics.render(state.keys.published_keys(), ready);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}

@@ -1,0 +1,88 @@
+//! The `keyward` command line. Parsing lives here; each command is a small function in its own module.
+//!
+//! Commands that talk to a running broker read `KEYWARD_ADDR` and `KEYWARD_TOKEN` or
+//! `KEYWARD_TOKEN_FILE` (the lines `keyward dev` prints), and every command that prints data takes
+//! `--json` so scripts never parse tables.
+
+mod client;
+mod dev;
+mod keys;
+mod logging;
+mod serve;
+mod token;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default address of a local broker (`keyward dev`).
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8422";
+
+/// Keyward: short-lived, run-scoped credentials for infrastructure pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local broker with no configuration: SQLite and keys in a data directory, loopback only.
+    Dev(dev::DevArgs),
+    /// Run the broker from a configuration file.
+    Serve(serve::ServeArgs),
+    /// Validate a configuration file without starting; prints the first problem and exits non-zero.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Mint run tokens and manage operator API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// List and rotate signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
+
+/// How to reach a running broker.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Broker URL.
+    #[arg(long, env = "KEYWARD_ADDR", default_value = DEFAULT_ADDR, global = true)]
+    addr: String,
+    /// File holding the API token.
+    #[arg(long, env = "KEYWARD_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // One TLS stack, chosen explicitly (DESIGN.md §10).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => dev::run(args, &env).await,
+            Command::Serve(args) => serve::serve(args, &env).await,
+            Command::CheckConfig { file } => serve::check_config(&file, &env),
+            Command::Token(command) => token::run(command, &env).await,
+            Command::Keys(command) => keys::run(command, &env).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `keyward serve` and `keyward check-config`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::server::{self, Broker};
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// The configuration file (see deploy/keyward.example.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// On first start, create the bootstrap admin API token and print it once.
+    #[arg(long)]
+    init: bool,
+}
+
+pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let config = Config::load(&args.config, env)?;
+    super::logging::init(config.log.format, &config.log.level);
+    let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
+    if args.init {
+        match broker.bootstrap_admin().await? {
+            Some(secret) => {
+                println!("Bootstrap admin API token (shown once; store it in a secret manager):");
+                println!("{}", secret.expose());
+            }
+            None => eprintln!("--init: API tokens already exist; no bootstrap token was created"),
+        }
+    }
+    let listener = server::bind(config.server.listen).await?;
+    broker.serve(listener, server::shutdown_signal()).await.context("HTTP server failed")
+}
+
+pub(super) fn check_config(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    Config::load(file, env)?;
+    println!("{}: OK", file.display());
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `keyward token …`: mint run tokens, manage API tokens.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::Connection;
+use super::client::{Client, print_json};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Mint a run token (prints the JWT; `--json` for the claims too).
+    Mint(MintArgs),
+    /// Create an operator API token (the secret is printed once).
+    CreateApi {
+        /// Unique name, e.g. `ci-deployer`.
+        #[arg(long)]
+        name: String,
+        /// `admin`, `submit` or `audit`.
+        #[arg(long)]
+        scope: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List operator API tokens (never their secrets).
+    ListApi {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Revoke an operator API token by name.
+    RevokeApi {
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct MintArgs {
+    /// Stack name (also its ID until stacks are registered).
+    #[arg(long)]
+    stack: String,
+    /// Run ID.
+    #[arg(long)]
+    run: String,
+    /// `plan` or `apply`.
+    #[arg(long)]
+    phase: String,
+    /// Audience; must be in the broker's allow-list.
+    #[arg(long)]
+    audience: String,
+    /// Lifetime, e.g. `5m` (default: the broker's `tokens.default_ttl`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// Commit SHA.
+    #[arg(long)]
+    commit: Option<String>,
+    /// Repository URL.
+    #[arg(long)]
+    repository: Option<String>,
+    /// Git ref.
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Pull request number.
+    #[arg(long)]
+    pr: Option<u64>,
+    /// Change ticket.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Who triggered the run.
+    #[arg(long)]
+    triggered_by: Option<String>,
+    /// Who approved it (repeat for several).
+    #[arg(long)]
+    approved_by: Vec<String>,
+    /// Print JSON (token, jti, expiry, claims).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Mint(args) => mint(args, env).await,
+        TokenCommand::CreateApi { name, scope, json, connection } => {
+            let client = Client::new(&connection, env)?;
+            let created = client.post("/v1/api-tokens", &json!({ "name": name, "scope": scope })).await?;
+            if json {
+                return print_json(&created);
+            }
+            eprintln!("Created API token `{name}` with scope `{scope}`. It is shown once:");
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        TokenCommand::ListApi { json, connection } => {
+            let listed = Client::new(&connection, env)?.get("/v1/api-tokens").await?;
+            if json {
+                return print_json(&listed);
+            }
+            println!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY");
+            for token in listed["api_tokens"].as_array().into_iter().flatten() {
+                let state = if token["revoked_at"].is_null() { "live" } else { "revoked" };
+                println!(
+                    "{:<32} {:<8} {:<20} {state}",
+                    token["name"].as_str().unwrap_or_default(),
+                    token["scope"].as_str().unwrap_or_default(),
+                    token["created_by"].as_str().unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::RevokeApi { name, connection } => {
+            Client::new(&connection, env)?.delete(&format!("/v1/api-tokens/{name}")).await?;
+            eprintln!("Revoked API token `{name}`.");
+            Ok(())
+        }
+    }
+}
+
+async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let client = Client::new(&args.connection, env)?;
+    let mut body = json!({
+        "stack": args.stack,
+        "run_id": args.run,
+        "phase": args.phase,
+        "audience": args.audience,
+        "approved_by": args.approved_by,
+    });
+    let optional = [
+        ("commit_sha", args.commit.map(Value::from)),
+        ("repository", args.repository.map(Value::from)),
+        ("ref", args.git_ref.map(Value::from)),
+        ("pull_request", args.pr.map(Value::from)),
+        ("ticket", args.ticket.map(Value::from)),
+        ("triggered_by", args.triggered_by.map(Value::from)),
+        ("ttl_seconds", args.ttl.map(|ttl| Value::from(ttl.as_secs()))),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            body[key] = value;
+        }
+    }
+    let minted = client.post("/v1/run-tokens", &body).await?;
+    if args.json {
+        return print_json(&minted);
+    }
+    println!("{}", minted["token"].as_str().unwrap_or_default());
+    Ok(())
+}

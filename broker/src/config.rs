@@ -1,0 +1,497 @@
+//! The broker's one configuration file.
+//!
+//! A misspelled security setting must be an error, never a silent default, so every table denies
+//! unknown keys (SPIRE does the same). Errors name the key path of the first problem so an operator
+//! at 3 a.m. knows which line to fix. Nothing here touches the process environment directly: secrets
+//! that come from the environment are looked up through a caller-supplied function, so tests can
+//! build any environment without mutating the real one.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::kek::{Kek, KekError};
+use crate::identity::SigningAlgorithm;
+
+/// Hard upper bound on any token lifetime (DESIGN.md §2). Retired keys stay published at least this
+/// long plus clock skew, whatever the configured maximum, so a later config change can never
+/// unpublish a key that still has live tokens.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Largest clock-skew leeway the broker accepts (DESIGN.md §8).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Placeholders a subject template may use. The run ID is deliberately absent: subjects must be
+/// stable across runs so trust policies can match them.
+pub const SUBJECT_PLACEHOLDERS: &[&str] = &["stack_id", "stack", "phase", "scope", "pool"];
+
+/// A configuration problem, with the dotted key path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key has the wrong type or is unknown.
+    #[error("{path}: `{key}`: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Dotted key path of the problem (`.` for the document root).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("`{key}`: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// The key-encryption key could not be obtained.
+    #[error("`keys`: {0}")]
+    Kek(#[from] KekError),
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener and the issuer URL.
+    pub server: ServerConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Signing keys and the key-encryption key.
+    pub keys: KeysConfig,
+    /// Token minting rules.
+    #[serde(default)]
+    pub tokens: TokensConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The broker's external URL: the `iss` of every token, and where discovery is served.
+    pub external_url: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `keyward_broker=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the embedded database and local state.
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL; unset for SQLite at `<data_dir>/keyward.db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Name of an environment variable holding the database URL (keeps passwords out of the file).
+    #[serde(default)]
+    pub database_url_env: Option<String>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Signing algorithm for new keys: `ES256` (default) or `RS256`.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// Key-encryption key inline, base64 (32 bytes). Prefer `kek_file` or `kek_env`.
+    #[serde(default)]
+    pub kek: Option<String>,
+    /// Environment variable holding the base64 key-encryption key.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// File holding the base64 key-encryption key (or exactly 32 raw bytes).
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// How often the signing key rotates on its own.
+    #[serde(default = "default_rotation_period", with = "humantime_serde_compat")]
+    pub rotation_period: Duration,
+    /// `Cache-Control: max-age` of the JWKS document.
+    #[serde(default = "default_jwks_max_age", with = "humantime_serde_compat")]
+    pub jwks_max_age: Duration,
+}
+
+fn default_rotation_period() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[tokens]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Lifetime when the request does not ask for one.
+    #[serde(default = "default_ttl", with = "humantime_serde_compat")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a request may ask for (at most 1 h).
+    #[serde(default = "max_ttl", with = "humantime_serde_compat")]
+    pub max_ttl: Duration,
+    /// Leeway granted to relying parties' clocks (at most 60 s).
+    #[serde(default = "default_skew", with = "humantime_serde_compat")]
+    pub clock_skew: Duration,
+    /// The only audiences tokens may be minted for.
+    #[serde(default)]
+    pub allowed_audiences: Vec<String>,
+    /// Template for `sub`; placeholders in braces.
+    #[serde(default = "default_subject_template")]
+    pub subject_template: String,
+    /// Who becomes the AWS source identity.
+    #[serde(default)]
+    pub source_identity: SourceIdentity,
+    /// Whether to emit the AWS session-tags claim.
+    #[serde(default = "yes")]
+    pub aws_session_tags: bool,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: default_ttl(),
+            max_ttl: max_ttl(),
+            clock_skew: default_skew(),
+            allowed_audiences: Vec::new(),
+            subject_template: default_subject_template(),
+            source_identity: SourceIdentity::default(),
+            aws_session_tags: true,
+        }
+    }
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn max_ttl() -> Duration {
+    MAX_TOKEN_LIFETIME
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The default subject template: immutable IDs only, so trust policies can match it.
+pub fn default_subject_template() -> String {
+    "stack:{stack_id}:phase:{phase}".to_owned()
+}
+
+/// Which human the `https://aws.amazon.com/source_identity` claim names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceIdentity {
+    /// The person who triggered the run, else the first approver.
+    #[default]
+    TriggeredBy,
+    /// The first approver, else the person who triggered the run.
+    FirstApprover,
+    /// Do not emit the claim.
+    None,
+}
+
+/// Durations written the way people write them: `30s`, `5m`, `24h`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration `{text}` ({e}); write e.g. `30s`, `5m`, `24h`"))
+        })
+    }
+}
+
+/// Where the database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (may contain a password; never printed).
+    Postgres(String),
+}
+
+impl fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(…)"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. `env` looks up environment variables.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Self::parse(&text, &path.display().to_string())?;
+        config.validate(env)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            key: ".".to_owned(),
+            message: e.message().to_owned() + &line_hint(text, e.span()),
+        })?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                key,
+                message: inner.message().to_owned() + &line_hint(text, inner.span()),
+            }
+        })
+    }
+
+    /// Checks everything that parsing cannot: ranges, templates, URLs, and that the KEK resolves.
+    pub fn validate(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        validate_issuer(&self.server.external_url)?;
+        self.tokens.validate()?;
+        if self.keys.rotation_period < Duration::from_secs(60) {
+            return Err(invalid("keys.rotation_period", "must be at least 1m"));
+        }
+        if self.keys.jwks_max_age > Duration::from_secs(24 * 3600) {
+            return Err(invalid("keys.jwks_max_age", "must be at most 24h"));
+        }
+        if self.keys.jwks_max_age >= self.keys.rotation_period {
+            return Err(invalid(
+                "keys.jwks_max_age",
+                "must be shorter than keys.rotation_period, or relying parties could miss a key before it signs",
+            ));
+        }
+        tracing_filter_is_valid(&self.log.level)?;
+        self.database(env)?;
+        self.kek(env)?;
+        Ok(())
+    }
+
+    /// The configured key-encryption key.
+    pub fn kek(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Kek, ConfigError> {
+        let keys = &self.keys;
+        let sources = [keys.kek.is_some(), keys.kek_env.is_some(), keys.kek_file.is_some()];
+        match sources.iter().filter(|set| **set).count() {
+            0 => {
+                return Err(invalid(
+                    "keys.kek_file",
+                    "no key-encryption key: set exactly one of keys.kek_file, keys.kek_env or keys.kek \
+                     (32 random bytes, base64; generate with `head -c32 /dev/urandom | base64`)",
+                ));
+            }
+            1 => {}
+            _ => return Err(invalid("keys.kek", "set only one of keys.kek, keys.kek_env, keys.kek_file")),
+        }
+        if let Some(inline) = &keys.kek {
+            return Ok(Kek::from_base64(inline, "keys.kek")?);
+        }
+        if let Some(var) = &keys.kek_env {
+            let value = env(var).ok_or_else(|| {
+                invalid("keys.kek_env", format!("environment variable `{var}` is not set"))
+            })?;
+            return Ok(Kek::from_base64(&value, &format!("environment variable `{var}`"))?);
+        }
+        match &keys.kek_file {
+            Some(path) => Ok(Kek::from_file(path)?),
+            None => Err(invalid("keys.kek_file", "no key-encryption key configured")),
+        }
+    }
+
+    /// Where the database lives.
+    pub fn database(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<DatabaseLocation, ConfigError> {
+        let url = match (&self.storage.database_url, &self.storage.database_url_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("storage.database_url", "set database_url or database_url_env, not both"));
+            }
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(var)) => Some(env(var).ok_or_else(|| {
+                invalid("storage.database_url_env", format!("environment variable `{var}` is not set"))
+            })?),
+            (None, None) => None,
+        };
+        match url {
+            None => Ok(DatabaseLocation::Sqlite(self.storage.data_dir.join("keyward.db"))),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(DatabaseLocation::Postgres(url))
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                Ok(DatabaseLocation::Sqlite(PathBuf::from(path)))
+            }
+            Some(_) => Err(invalid(
+                "storage.database_url",
+                "expected a postgres:// or sqlite: URL (or leave unset for SQLite in the data dir)",
+            )),
+        }
+    }
+}
+
+impl TokensConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_ttl > MAX_TOKEN_LIFETIME {
+            return Err(invalid("tokens.max_ttl", "must be at most 1h"));
+        }
+        if self.max_ttl < Duration::from_secs(60) {
+            return Err(invalid("tokens.max_ttl", "must be at least 1m"));
+        }
+        if self.default_ttl > self.max_ttl || self.default_ttl < Duration::from_secs(60) {
+            return Err(invalid("tokens.default_ttl", "must be between 1m and tokens.max_ttl"));
+        }
+        if self.clock_skew > MAX_CLOCK_SKEW {
+            return Err(invalid("tokens.clock_skew", "must be at most 60s"));
+        }
+        for audience in &self.allowed_audiences {
+            if audience.trim().is_empty() || audience.len() > 256 || audience.chars().any(char::is_control) {
+                return Err(invalid("tokens.allowed_audiences", format!("invalid audience `{audience}`")));
+            }
+        }
+        validate_subject_template(&self.subject_template)
+    }
+}
+
+fn validate_issuer(url: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "server.external_url";
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid(KEY, format!("`{url}` must start with https:// (http:// only for loopback)")))?;
+    if url.starts_with("http://") {
+        let host = if rest.starts_with("[::1]") { "[::1]" } else { rest.split(['/', ':']).next().unwrap_or_default() };
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Err(invalid(KEY, format!("`{url}`: plain http is only allowed for a loopback issuer")));
+        }
+    }
+    if rest.is_empty() || url.ends_with('/') || url.contains(['?', '#']) {
+        return Err(invalid(KEY, format!("`{url}` must be an absolute URL without a trailing slash, query or fragment")));
+    }
+    Ok(())
+}
+
+fn validate_subject_template(template: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "tokens.subject_template";
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = rest.get(open + 1..).unwrap_or_default();
+        let close = after
+            .find('}')
+            .ok_or_else(|| invalid(KEY, format!("unclosed `{{` in `{template}`")))?;
+        let name = after.get(..close).unwrap_or_default();
+        if !SUBJECT_PLACEHOLDERS.contains(&name) {
+            return Err(invalid(
+                KEY,
+                format!("unknown placeholder `{{{name}}}`; use one of {}", SUBJECT_PLACEHOLDERS.join(", ")),
+            ));
+        }
+        rest = after.get(close + 1..).unwrap_or_default();
+    }
+    if rest.contains('}') || template.is_empty() {
+        return Err(invalid(KEY, format!("malformed template `{template}`")));
+    }
+    Ok(())
+}
+
+fn tracing_filter_is_valid(level: &str) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| invalid("log.level", format!("invalid filter `{level}`: {e}")))
+}
+
+fn line_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text.get(..span.start).unwrap_or_default().matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Audiences `keyward dev` allows (DESIGN.md §7).
+pub const DEV_AUDIENCES: &[&str] = &["sts.amazonaws.com", "vault"];
+
+impl Config {
+    /// The configuration `keyward dev` runs with: loopback, SQLite and a generated KEK file in
+    /// `data_dir`, the dev audiences.
+    pub fn dev(data_dir: PathBuf, listen: SocketAddr, external_url: String) -> Self {
+        Self {
+            server: ServerConfig { listen, external_url },
+            log: LogConfig::default(),
+            storage: StorageConfig { data_dir: data_dir.clone(), database_url: None, database_url_env: None },
+            keys: KeysConfig {
+                algorithm: SigningAlgorithm::ES256,
+                kek: None,
+                kek_env: None,
+                kek_file: Some(data_dir.join("kek")),
+                rotation_period: default_rotation_period(),
+                jwks_max_age: default_jwks_max_age(),
+            },
+            tokens: TokensConfig {
+                allowed_audiences: DEV_AUDIENCES.iter().map(|a| (*a).to_owned()).collect(),
+                ..TokensConfig::default()
+            },
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The signing-key lifecycle and the JWKS it publishes.
+//!
+//! Invariants (DESIGN.md §2):
+//! - A key is published before it signs: there is always a `next` key in the JWKS, and rotation
+//!   promotes it. A relying party that cached the JWKS since the last rotation already knows the new
+//!   signing key.
+//! - A retired key stays published until every token it signed has expired, plus clock skew. The
+//!   bound used is the hard 1 h token-lifetime cap, not the configured maximum, so changing the
+//!   config can never unpublish a key with live tokens.
+//! - A retired key's private half is erased from the store: it can verify, never sign again.
+//!
+//! The parsed key set lives behind an `RwLock<Arc<_>>`: minting takes a read lock for the time of an
+//! `Arc` clone, rotation swaps the whole set.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::kek::{Kek, UnsealError};
+use super::signer::{Jwk, Signer, SignerError, SigningAlgorithm};
+use crate::clock::SharedClock;
+use crate::config::MAX_TOKEN_LIFETIME;
+use crate::store::{KeyState, SigningKeyRow, Store, StoreError};
+
+/// Key lifecycle failures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Generating or parsing a key failed.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// A stored private key could not be opened (wrong KEK, corruption, tampering).
+    #[error("signing key `{kid}` (table signing_keys in {location}) cannot be opened: {source}")]
+    Unseal {
+        /// Which key.
+        kid: String,
+        /// Which database file or server.
+        location: String,
+        /// Why.
+        source: UnsealError,
+    },
+    /// A stored row is inconsistent.
+    #[error("signing key `{kid}` (table signing_keys in {location}) is corrupted: {reason}")]
+    Corrupt {
+        /// Which key.
+        kid: String,
+        /// Which database.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// On-demand rotation was asked for before relying parties could have seen the next key.
+    #[error(
+        "the next signing key was published {published_secs}s ago, less than the JWKS cache lifetime of {max_age_secs}s; \
+         relying parties may not know it yet. retry in {retry_secs}s, or force it (`keyward keys rotate --force`)"
+    )]
+    TooSoon {
+        /// Age of the next key.
+        published_secs: i64,
+        /// `keys.jwks_max_age`.
+        max_age_secs: i64,
+        /// Seconds until it is safe.
+        retry_secs: i64,
+    },
+}
+
+/// Lifecycle settings, from `[keys]` and `[tokens]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySettings {
+    /// Algorithm of newly generated keys.
+    pub algorithm: SigningAlgorithm,
+    /// Automatic rotation period.
+    pub rotation_period: Duration,
+    /// JWKS `Cache-Control: max-age`.
+    pub jwks_max_age: Duration,
+    /// Clock skew granted to relying parties.
+    pub clock_skew: Duration,
+}
+
+/// A key as listed by `keyward keys list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    /// Key ID.
+    pub kid: String,
+    /// Algorithm.
+    pub algorithm: String,
+    /// `next`, `current` or `retired`.
+    pub state: &'static str,
+    /// Generation time.
+    pub created_at: i64,
+    /// When it started signing.
+    pub activated_at: Option<i64>,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
+    /// When it leaves the JWKS.
+    pub publish_until: Option<i64>,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    /// The key that stopped signing.
+    pub retired_kid: String,
+    /// The key that signs from now on.
+    pub current_kid: String,
+    /// The newly published, not-yet-signing key.
+    pub next_kid: String,
+    /// When the retired key leaves the JWKS.
+    pub retired_publish_until: i64,
+}
+
+struct KeySet {
+    current: Arc<Signer>,
+    current_activated_at: i64,
+    next_kid: String,
+    next_created_at: i64,
+    jwks: Arc<str>,
+    published: usize,
+    listing: Vec<KeyInfo>,
+}
+
+/// Owns the signing keys. Shared by every request.
+pub struct KeyRing {
+    store: Store,
+    kek: Kek,
+    clock: SharedClock,
+    settings: KeySettings,
+    set: RwLock<Arc<KeySet>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.snapshot();
+        f.debug_struct("KeyRing").field("current", &set.current.kid()).field("next", &set.next_kid).finish()
+    }
+}
+
+impl KeyRing {
+    /// Loads the key set from the store, creating the first keys on a new deployment. Every key
+    /// that can sign is opened and parsed now, so corrupted key material stops the start.
+    pub async fn load(store: Store, kek: Kek, clock: SharedClock, settings: KeySettings) -> Result<Self, KeyRingError> {
+        let mut rows = store.signing_keys().await?;
+        if !rows.iter().any(|row| row.state == KeyState::Current) {
+            let now = clock.now();
+            let current = new_key_row(&kek, settings.algorithm, KeyState::Current, now)?;
+            let next = new_key_row(&kek, settings.algorithm, KeyState::Next, now)?;
+            if store.init_signing_keys(&current, &next).await? {
+                tracing::info!(current = %current.kid, next = %next.kid, algorithm = %settings.algorithm, "generated signing keys");
+            }
+            rows = store.signing_keys().await?;
+        }
+        let set = build_set(&store, &kek, clock.now(), &rows)?;
+        Ok(Self { store, kek, clock, settings, set: RwLock::new(Arc::new(set)) })
+    }
+
+    fn snapshot(&self) -> Arc<KeySet> {
+        match self.set.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn replace(&self, set: KeySet) {
+        let set = Arc::new(set);
+        match self.set.write() {
+            Ok(mut guard) => *guard = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+
+    /// The key that signs new tokens.
+    pub fn signer(&self) -> Arc<Signer> {
+        Arc::clone(&self.snapshot().current)
+    }
+
+    /// The JWKS document (pre-serialized).
+    pub fn jwks_json(&self) -> Arc<str> {
+        Arc::clone(&self.snapshot().jwks)
+    }
+
+    /// How many keys the JWKS publishes.
+    pub fn published_keys(&self) -> usize {
+        self.snapshot().published
+    }
+
+    /// All keys with their lifecycle times.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.snapshot().listing.clone()
+    }
+
+    /// JWKS cache lifetime.
+    pub fn jwks_max_age(&self) -> Duration {
+        self.settings.jwks_max_age
+    }
+
+    /// Re-reads the key set from the store (another replica may have rotated) and drops retired
+    /// keys whose publication window has passed.
+    pub async fn refresh(&self) -> Result<(), KeyRingError> {
+        let now = self.clock.now();
+        for kid in self.store.prune_signing_keys(now).await? {
+            tracing::info!(%kid, "retired signing key left the JWKS");
+        }
+        let rows = self.store.signing_keys().await?;
+        let set = build_set(&self.store, &self.kek, now, &rows)?;
+        self.replace(set);
+        Ok(())
+    }
+
+    /// Rotates if the current key has signed for a full rotation period.
+    pub async fn rotate_if_due(&self) -> Result<Option<Rotation>, KeyRingError> {
+        let set = self.snapshot();
+        let age = self.clock.now().saturating_sub(set.current_activated_at);
+        if age < secs(self.settings.rotation_period) {
+            return Ok(None);
+        }
+        self.rotate(false).await
+    }
+
+    /// Rotates now: the pre-published `next` key starts signing, the current one retires, and a new
+    /// `next` key is published. Unless `force`, refuses while the `next` key is younger than the
+    /// JWKS cache lifetime. Returns `None` if another replica rotated first.
+    pub async fn rotate(&self, force: bool) -> Result<Option<Rotation>, KeyRingError> {
+        self.refresh().await?;
+        let set = self.snapshot();
+        let now = self.clock.now();
+        let published = now.saturating_sub(set.next_created_at);
+        let max_age = secs(self.settings.jwks_max_age);
+        if !force && published < max_age {
+            return Err(KeyRingError::TooSoon {
+                published_secs: published,
+                max_age_secs: max_age,
+                retry_secs: max_age - published,
+            });
+        }
+        let new_next = new_key_row(&self.kek, self.settings.algorithm, KeyState::Next, now)?;
+        let publish_until = now + secs(MAX_TOKEN_LIFETIME) + secs(self.settings.clock_skew);
+        let retired_kid = set.current.kid().to_owned();
+        let rotated = self.store.rotate_signing_keys(&retired_kid, &new_next, now, publish_until).await?;
+        self.refresh().await?;
+        if !rotated {
+            return Ok(None);
+        }
+        let rotation = Rotation {
+            retired_kid,
+            current_kid: set.next_kid.clone(),
+            next_kid: new_next.kid,
+            retired_publish_until: publish_until,
+        };
+        tracing::info!(
+            retired = %rotation.retired_kid, current = %rotation.current_kid, next = %rotation.next_kid,
+            forced = force, "rotated signing keys"
+        );
+        Ok(Some(rotation))
+    }
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn seal_context(kid: &str, algorithm: &str) -> Vec<u8> {
+    format!("keyward signing key v1\0{kid}\0{algorithm}").into_bytes()
+}
+
+fn new_key_row(kek: &Kek, algorithm: SigningAlgorithm, state: KeyState, now: i64) -> Result<SigningKeyRow, KeyRingError> {
+    let (signer, pkcs8) = Signer::generate(algorithm)?;
+    let sealed = kek.seal(&seal_context(signer.kid(), algorithm.as_str()), &pkcs8);
+    let public_jwk = serde_json::to_string(signer.jwk()).map_err(|e| KeyRingError::Corrupt {
+        kid: signer.kid().to_owned(),
+        location: "memory".to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(SigningKeyRow {
+        kid: signer.kid().to_owned(),
+        algorithm: algorithm.as_str().to_owned(),
+        state,
+        sealed_key: Some(sealed),
+        public_jwk,
+        created_at: now,
+        activated_at: (state == KeyState::Current).then_some(now),
+        retired_at: None,
+        publish_until: None,
+    })
+}
+
+fn open_signer(store: &Store, kek: &Kek, row: &SigningKeyRow) -> Result<Signer, KeyRingError> {
+    let corrupt = |reason: String| KeyRingError::Corrupt {
+        kid: row.kid.clone(),
+        location: store.location().to_owned(),
+        reason,
+    };
+    let algorithm: SigningAlgorithm = row.algorithm.parse().map_err(|e: SignerError| corrupt(e.to_string()))?;
+    let sealed = row.sealed_key.as_deref().ok_or_else(|| corrupt("the private key is missing".to_owned()))?;
+    let pkcs8 = kek.open(&seal_context(&row.kid, &row.algorithm), sealed).map_err(|source| KeyRingError::Unseal {
+        kid: row.kid.clone(),
+        location: store.location().to_owned(),
+        source,
+    })?;
+    let signer = Signer::from_pkcs8(algorithm, &pkcs8).map_err(|e| corrupt(e.to_string()))?;
+    if signer.kid() != row.kid {
+        return Err(corrupt(format!("the private key belongs to key `{}`", signer.kid())));
+    }
+    Ok(signer)
+}
+
+fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Result<KeySet, KeyRingError> {
+    let location = || store.location().to_owned();
+    let mut current = None;
+    let mut next = None;
+    let mut keys: Vec<Jwk> = Vec::new();
+    let mut listing = Vec::new();
+    for row in rows {
+        let published = match row.state {
+            KeyState::Current => {
+                current = Some((open_signer(store, kek, row)?, row.activated_at.unwrap_or(row.created_at)));
+                true
+            }
+            KeyState::Next => {
+                // Opened now so a corrupted next key is found at start, not at the next rotation.
+                open_signer(store, kek, row)?;
+                next = Some((row.kid.clone(), row.created_at));
+                true
+            }
+            KeyState::Retired => row.publish_until.is_some_and(|until| until >= now),
+        };
+        if published {
+            let jwk: Jwk = serde_json::from_str(&row.public_jwk).map_err(|e| KeyRingError::Corrupt {
+                kid: row.kid.clone(),
+                location: location(),
+                reason: format!("public_jwk is not a JWK: {e}"),
+            })?;
+            if jwk.kid != row.kid {
+                return Err(KeyRingError::Corrupt {
+                    kid: row.kid.clone(),
+                    location: location(),
+                    reason: format!("public_jwk names key `{}`", jwk.kid),
+                });
+            }
+            keys.push(jwk);
+        }
+        listing.push(KeyInfo {
+            kid: row.kid.clone(),
+            algorithm: row.algorithm.clone(),
+            state: match row.state {
+                KeyState::Next => "next",
+                KeyState::Current => "current",
+                KeyState::Retired => "retired",
+            },
+            created_at: row.created_at,
+            activated_at: row.activated_at,
+            retired_at: row.retired_at,
+            publish_until: row.publish_until,
+        });
+    }
+    let missing = |state: &str| KeyRingError::Corrupt {
+        kid: "-".to_owned(),
+        location: location(),
+        reason: format!("there is no `{state}` signing key"),
+    };
+    let (current, current_activated_at) = current.ok_or_else(|| missing("current"))?;
+    let (next_kid, next_created_at) = next.ok_or_else(|| missing("next"))?;
+    #[derive(Serialize)]
+    struct JwkSet<'a> {
+        keys: &'a [Jwk],
+    }
+    let jwks = serde_json::to_string(&JwkSet { keys: &keys }).map_err(|e| KeyRingError::Corrupt {
+        kid: "-".to_owned(),
+        location: location(),
+        reason: e.to_string(),
+    })?;
+    Ok(KeySet {
+        current: Arc::new(current),
+        current_activated_at,
+        next_kid,
+        next_created_at,
+        jwks: Arc::from(jwks),
+        published: keys.len(),
+        listing,
+    })
+}

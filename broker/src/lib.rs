@@ -1,0 +1,26 @@
+//! The Keyward broker.
+//!
+//! It issues short-lived, run-scoped OIDC tokens, publishes the discovery document and JWKS that
+//! let AWS, Vault and others verify them, and (in later layers) exchanges them for cloud
+//! credentials behind a policy check and a tamper-evident audit log.
+//!
+//! Code map (see ARCHITECTURE.md):
+//! - [`config`]: the one TOML file, validated with key paths in errors.
+//! - [`store`]: SQLite or PostgreSQL behind one API, with migrations.
+//! - [`identity`]: signing keys sealed at rest, rotation, JWKS, run-token minting and issuance.
+//! - [`access`]: operator API tokens (hashed, scoped).
+//! - [`api`]: the HTTP surface; the only module that knows about axum.
+//! - [`server`]: assembles the pieces and runs them.
+//! - [`cli`]: the `keyward` command line.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod store;

@@ -1,0 +1,125 @@
+//! Prometheus counters and gauges, rendered in the text exposition format.
+//!
+//! A handful of atomics is all the broker needs; a metrics framework would cost more to build than
+//! it saves. Labels are closed sets (algorithms, refusal reasons) so cardinality cannot grow with
+//! input, and no label ever carries a token, a name or an audience chosen by a caller.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a token request was refused (a closed set, used as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No or bad API token.
+    Unauthenticated,
+    /// API token lacks the scope.
+    Forbidden,
+    /// Audience not allowed.
+    Audience,
+    /// Lifetime too long.
+    Ttl,
+    /// Malformed request.
+    Invalid,
+    /// Broker-side failure.
+    Internal,
+}
+
+impl Refusal {
+    const ALL: [Self; 6] =
+        [Self::Unauthenticated, Self::Forbidden, Self::Audience, Self::Ttl, Self::Invalid, Self::Internal];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::Audience => "audience",
+            Self::Ttl => "ttl",
+            Self::Invalid => "invalid",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// The broker's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    issued_es256: AtomicU64,
+    issued_rs256: AtomicU64,
+    refused: [AtomicU64; 6],
+    rotations: AtomicU64,
+    rotation_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one issued token.
+    pub fn token_issued(&self, algorithm: crate::identity::SigningAlgorithm) {
+        let counter = match algorithm {
+            crate::identity::SigningAlgorithm::ES256 => &self.issued_es256,
+            crate::identity::SigningAlgorithm::RS256 => &self.issued_rs256,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refused token request.
+    pub fn token_refused(&self, reason: Refusal) {
+        let index = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        if let Some(counter) = self.refused.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a key rotation, or a failed attempt.
+    pub fn rotation(&self, succeeded: bool) {
+        let counter = if succeeded { &self.rotations } else { &self.rotation_failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
+    pub fn render(&self, published_keys: usize, ready: bool) -> String {
+        let mut out = String::with_capacity(1024);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP keyward_build_info Build information.");
+        let _ = writeln!(out, "# TYPE keyward_build_info gauge");
+        let _ = writeln!(out, "keyward_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "# HELP keyward_tokens_issued_total Run tokens signed and recorded.");
+        let _ = writeln!(out, "# TYPE keyward_tokens_issued_total counter");
+        let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"ES256\"}} {}", load(&self.issued_es256));
+        let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"RS256\"}} {}", load(&self.issued_rs256));
+        let _ = writeln!(out, "# HELP keyward_token_requests_refused_total Token requests refused, by reason.");
+        let _ = writeln!(out, "# TYPE keyward_token_requests_refused_total counter");
+        for (reason, counter) in Refusal::ALL.iter().zip(&self.refused) {
+            let _ = writeln!(out, "keyward_token_requests_refused_total{{reason=\"{}\"}} {}", reason.label(), load(counter));
+        }
+        let _ = writeln!(out, "# HELP keyward_signing_key_rotations_total Signing key rotations.");
+        let _ = writeln!(out, "# TYPE keyward_signing_key_rotations_total counter");
+        let _ = writeln!(out, "keyward_signing_key_rotations_total {}", load(&self.rotations));
+        let _ = writeln!(out, "# HELP keyward_signing_key_rotation_failures_total Failed rotation attempts.");
+        let _ = writeln!(out, "# TYPE keyward_signing_key_rotation_failures_total counter");
+        let _ = writeln!(out, "keyward_signing_key_rotation_failures_total {}", load(&self.rotation_failures));
+        let _ = writeln!(out, "# HELP keyward_jwks_keys Keys published in the JWKS.");
+        let _ = writeln!(out, "# TYPE keyward_jwks_keys gauge");
+        let _ = writeln!(out, "keyward_jwks_keys {published_keys}");
+        let _ = writeln!(out, "# HELP keyward_ready Whether the broker reports ready.");
+        let _ = writeln!(out, "# TYPE keyward_ready gauge");
+        let _ = writeln!(out, "keyward_ready {}", u8::from(ready));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_closed_labels() {
+        let metrics = Metrics::default();
+        metrics.token_issued(crate::identity::SigningAlgorithm::ES256);
+        metrics.token_refused(Refusal::Audience);
+        metrics.token_refused(Refusal::Audience);
+        let text = metrics.render(2, true);
+        assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
+        assert!(text.contains("keyward_token_requests_refused_total{reason=\"audience\"} 2"));
+        assert!(text.contains("keyward_jwks_keys 2"));
+        assert!(text.contains("keyward_ready 1"));
+    }
+}

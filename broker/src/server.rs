@@ -1,0 +1,166 @@
+//! Assembling and running the broker: open the store, load keys, serve HTTP, run maintenance.
+//!
+//! Start-up fails loudly and early: a bad config, an unopenable database, or key material that
+//! will not decrypt stops the process before it listens, with a message naming what and where.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::access::{Access, AccessError, ApiTokenSecret};
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::identity::issuer::Issuer;
+use crate::identity::kek::Kek;
+use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
+use crate::identity::mint::Minter;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Database problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Key material problem.
+    #[error(transparent)]
+    Keys(#[from] KeyRingError),
+    /// Bootstrap token problem.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// Could not listen.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started (not yet serving) broker.
+#[derive(Debug)]
+pub struct Broker {
+    state: AppState,
+}
+
+impl Broker {
+    /// Opens the store and loads (or creates) the signing keys.
+    pub async fn start(
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: SharedClock,
+    ) -> Result<Self, StartError> {
+        let kek: Kek = config.kek(env)?;
+        let store = Store::open(&config.database(env)?).await?;
+        let settings = KeySettings {
+            algorithm: config.keys.algorithm,
+            rotation_period: config.keys.rotation_period,
+            jwks_max_age: config.keys.jwks_max_age,
+            clock_skew: config.tokens.clock_skew,
+        };
+        let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), settings).await?);
+        let minter = Arc::new(Minter::new(
+            config.server.external_url.clone(),
+            config.tokens.clone(),
+            Arc::clone(&keys),
+            Arc::clone(&clock),
+        ));
+        let state = AppState {
+            issuer: Issuer::new(minter, store.clone()),
+            access: Access::new(store.clone(), clock),
+            keys,
+            store,
+            metrics: Arc::new(Metrics::default()),
+            readiness_timeout: Duration::from_secs(2),
+        };
+        tracing::info!(
+            issuer = %config.server.external_url, database = %state.store.location(),
+            signing_key = %state.keys.signer().kid(), "broker started"
+        );
+        Ok(Self { state })
+    }
+
+    /// Creates the bootstrap admin token if no API token exists yet.
+    pub async fn bootstrap_admin(&self) -> Result<Option<ApiTokenSecret>, StartError> {
+        Ok(self.state.access.bootstrap().await?)
+    }
+
+    /// Operator token management (used by `keyward dev`).
+    pub fn access(&self) -> &Access {
+        &self.state.access
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        let store = self.state.store.clone();
+        let app = api::router(self.state);
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        maintenance.abort();
+        store.close().await;
+        tracing::info!("broker stopped");
+        served
+    }
+}
+
+/// Binds `address`, naming it in the error.
+pub async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address).await.map_err(|source| StartError::Listen { address: address.to_string(), source })
+}
+
+async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
+    let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = keys.refresh().await {
+            tracing::error!(%error, "could not refresh signing keys; serving the last good set");
+            continue;
+        }
+        match keys.rotate_if_due().await {
+            Ok(Some(_)) => metrics.rotation(true),
+            Ok(None) => {}
+            Err(error) => {
+                metrics.rotation(false);
+                tracing::error!(%error, "scheduled key rotation failed; will retry");
+            }
+        }
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,208 @@
+//! Persistence: SQLite (the embedded default) or PostgreSQL, behind one async API.
+//!
+//! Both backends go through sqlx's `Any` driver with the same SQL (`$n` placeholders work on both), so
+//! there is one code path to test. Each backend has its own migration files because column types
+//! differ (`BLOB` vs `BYTEA`). The store knows nothing about HTTP or crypto: it moves rows.
+
+mod api_tokens;
+mod issued_tokens;
+mod signing_keys;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
+
+pub use api_tokens::{ApiTokenRow, NewApiToken};
+pub use issued_tokens::IssuedTokenRow;
+pub use signing_keys::{KeyState, SigningKeyRow};
+
+use crate::config::DatabaseLocation;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not connect or open the database.
+    #[error("cannot open database {location}: {source}")]
+    Open {
+        /// Which database (never includes a password).
+        location: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// Could not create the directory for the SQLite file.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Schema migration failed.
+    #[error("cannot migrate database {location}: {source}")]
+    Migrate {
+        /// Which database.
+        location: String,
+        /// Why.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A uniqueness rule was violated (e.g. a duplicate API token name).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A row holds a value the code does not understand.
+    #[error("database row is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// Which database engine backs the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// The handle every component uses to reach the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    location: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).field("location", &self.location).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(location: &DatabaseLocation) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url, described) = match location {
+            DatabaseLocation::Sqlite(path) => {
+                create_parent_dir(path)?;
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (Backend::Sqlite, url, format!("sqlite:{}", path.display()))
+            }
+            DatabaseLocation::Postgres(url) => (Backend::Postgres, url.clone(), redact_url(url)),
+        };
+        let open_error = |source| StoreError::Open { location: described.clone(), source };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(open_error)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool_options = match backend {
+            // One writer at a time is SQLite's model; WAL lets readers proceed alongside it.
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let store = Self { pool, backend, location: described };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
+            Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+        };
+        let migrator = Migrator::with_migrations(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )]);
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate { location: self.location.clone(), source })
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database location, safe to print (no password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Round-trips a trivial query; readiness uses it.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection; waits for in-flight queries.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "postgres://…".to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let path = tail.split('?').next().unwrap_or_default();
+    format!("{scheme}://{authority}/{path}")
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+fn conflict_or(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let what = what.into();
+    move |error| match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Query(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://kw:hunter2@db:5432/keyward?sslmode=require"), "postgres://kw@db:5432/keyward");
+        assert_eq!(redact_url("postgres://db/keyward"), "postgres://db/keyward");
+        assert!(!redact_url("postgresql://a:b@c/d").contains('b'));
+    }
+}

@@ -1,0 +1,23 @@
+//! Keyward's shared contract.
+//!
+//! The broker and the agent never depend on each other; everything they both need to agree on lives
+//! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`) and the
+//! run-token claim set that relying parties, agents and the broker all read.
+
+#![forbid(unsafe_code)]
+
+pub mod claims;
+
+/// The agent protocol, `keyward.agent.v1`, generated at build time from `proto/keyward/agent/v1/agent.proto`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+pub mod agent_v1 {
+    include!(concat!(env!("OUT_DIR"), "/keyward.agent.v1.rs"));
+}
