@@ -381,3 +381,136 @@ fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Resu
         listing,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::DatabaseLocation;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn settings() -> KeySettings {
+        KeySettings {
+            algorithm: SigningAlgorithm::ES256,
+            rotation_period: Duration::from_secs(24 * 3600),
+            jwks_max_age: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(30),
+        }
+    }
+
+    async fn ring(dir: &tempfile::TempDir, kek: &Kek, clock: &ManualClock) -> Result<KeyRing, KeyRingError> {
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("k.db"))).await?;
+        KeyRing::load(store, kek.clone(), Arc::new(clock.clone()), settings()).await
+    }
+
+    fn published_kids(ring: &KeyRing) -> Vec<String> {
+        let jwks: serde_json::Value = serde_json::from_str(&ring.jwks_json()).unwrap_or_default();
+        jwks["keys"].as_array().into_iter().flatten().filter_map(|k| k["kid"].as_str().map(str::to_owned)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_key_is_published_before_it_signs_and_stays_until_its_tokens_expire() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let kek = Kek::generate();
+        let ring = ring(&dir, &kek, &clock).await?;
+        let first = ring.signer().kid().to_owned();
+        let before = published_kids(&ring);
+        assert_eq!(before.len(), 2, "current and next are published from the start");
+
+        clock.advance(301);
+        let rotation = ring.rotate(false).await?.ok_or("rotation happened")?;
+        assert_eq!(rotation.retired_kid, first);
+        assert!(before.contains(&rotation.current_kid), "the new signing key was in the JWKS before it signed");
+        assert_eq!(ring.signer().kid(), rotation.current_kid);
+        let after = published_kids(&ring);
+        assert!(after.contains(&first), "the retired key is still published");
+        assert!(after.contains(&rotation.next_kid));
+
+        let lifetime = 3600 + 30;
+        assert_eq!(rotation.retired_publish_until, T0 + 301 + lifetime);
+        clock.advance(lifetime);
+        ring.refresh().await?;
+        assert!(published_kids(&ring).contains(&first), "published up to and including publish_until");
+        clock.advance(1);
+        ring.refresh().await?;
+        assert!(!published_kids(&ring).contains(&first), "gone once every token it signed has expired plus skew");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn on_demand_rotation_waits_for_the_jwks_cache_unless_forced() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let ring = ring(&dir, &Kek::generate(), &clock).await?;
+        let current = ring.signer().kid().to_owned();
+        clock.advance(10);
+        assert!(matches!(ring.rotate(false).await, Err(KeyRingError::TooSoon { retry_secs: 290, .. })));
+        assert_eq!(ring.signer().kid(), current, "a refused rotation changes nothing");
+        assert!(ring.rotate(true).await?.is_some());
+        assert_ne!(ring.signer().kid(), current);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn scheduled_rotation_follows_the_period() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let ring = ring(&dir, &Kek::generate(), &clock).await?;
+        clock.advance(24 * 3600 - 1);
+        assert!(ring.rotate_if_due().await?.is_none());
+        clock.advance(1);
+        assert!(ring.rotate_if_due().await?.is_some());
+        assert!(ring.rotate_if_due().await?.is_none(), "the new key starts a new period");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_second_replica_sees_the_rotation_and_cannot_double_rotate() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let kek = Kek::generate();
+        let a = ring(&dir, &kek, &clock).await?;
+        let b = ring(&dir, &kek, &clock).await?;
+        assert_eq!(a.signer().kid(), b.signer().kid(), "replicas share one key set");
+        let stale = b.signer().kid().to_owned();
+        let rotation = a.rotate(true).await?.ok_or("a rotated")?;
+        let lost = b.store.rotate_signing_keys(&stale, &new_key_row(&kek, SigningAlgorithm::ES256, KeyState::Next, T0)?, T0, T0).await?;
+        assert!(!lost, "rotating from a stale view is refused");
+        b.refresh().await?;
+        assert_eq!(b.signer().kid(), rotation.current_kid);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wrong_kek_and_corruption_stop_loading_with_the_key_and_file_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let kek = Kek::generate();
+        let loaded = ring(&dir, &kek, &clock).await?;
+        let kid = loaded.signer().kid().to_owned();
+        let kids: Vec<String> = loaded.list().into_iter().map(|k| k.kid).collect();
+
+        let error = ring(&dir, &Kek::generate(), &clock).await.err().ok_or("wrong KEK must fail")?;
+        let message = error.to_string();
+        assert!(kids.iter().any(|k| message.contains(k)), "names the key: {message}");
+        assert!(message.contains("k.db") && message.contains("sealed under key-encryption key"), "{message}");
+
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("k.db"))).await?;
+        let mut rows = store.signing_keys().await?;
+        let row = rows.iter_mut().find(|r| r.kid == kid).ok_or("row")?;
+        if let Some(byte) = row.sealed_key.as_mut().and_then(|k| k.last_mut()) {
+            *byte ^= 0x01;
+        }
+        sqlx::query("UPDATE signing_keys SET sealed_key = $1 WHERE kid = $2")
+            .bind(row.sealed_key.clone())
+            .bind(&kid)
+            .execute(&store.pool)
+            .await?;
+        let error = ring(&dir, &kek, &clock).await.err().ok_or("corrupted key must fail")?;
+        let message = error.to_string();
+        assert!(message.contains(&kid) && message.contains("corrupted or was modified"), "{message}");
+        Ok(())
+    }
+}

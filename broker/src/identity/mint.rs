@@ -372,3 +372,79 @@ mod tests {
         assert!(text("ticket", "line\nbreak", 10).is_err());
     }
 }
+
+#[cfg(test)]
+mod minting {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::DatabaseLocation;
+    use crate::identity::kek::Kek;
+    use crate::identity::keyring::KeySettings;
+    use crate::identity::SigningAlgorithm;
+    use crate::store::Store;
+
+    const T0: i64 = 1_800_000_000;
+
+    async fn minter(dir: &tempfile::TempDir, rules: TokensConfig) -> Result<Minter, Box<dyn std::error::Error>> {
+        let clock = ManualClock::at(T0);
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("m.db"))).await?;
+        let settings = KeySettings {
+            algorithm: SigningAlgorithm::ES256,
+            rotation_period: Duration::from_secs(86_400),
+            jwks_max_age: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(30),
+        };
+        let keys = KeyRing::load(store, Kek::generate(), Arc::new(clock.clone()), settings).await?;
+        Ok(Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock)))
+    }
+
+    fn rules() -> TokensConfig {
+        TokensConfig { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..TokensConfig::default() }
+    }
+
+    fn request() -> MintRequest {
+        MintRequest {
+            run_id: "run-7".into(),
+            stack_id: "stk-1".into(),
+            stack: "network".into(),
+            phase: Some(Phase::Apply),
+            audience: "vault".into(),
+            triggered_by: Some("alice".into()),
+            approved_by: vec!["bob".into()],
+            ..MintRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let minter = minter(&dir, rules()).await?;
+        let minted = minter.mint(&request())?;
+        let c = &minted.claims;
+        assert_eq!((c.iss.as_str(), c.aud.as_str(), c.sub.as_str()), ("https://kw.example", "vault", "stack:stk-1:phase:apply"));
+        assert_eq!((c.iat, c.nbf, c.exp), (T0, T0, T0 + 300), "default lifetime is 5 minutes");
+        assert_eq!(c.scope, keyward_proto::claims::Scope::Write);
+        assert_eq!(c.aws_source_identity.as_deref(), Some("alice"));
+        assert!(uuid::Uuid::parse_str(&c.jti).is_ok_and(|u| u.get_version_num() == 7));
+        assert_ne!(minter.mint(&request())?.claims.jti, c.jti, "every token has its own jti");
+        assert_eq!(minted.kid, minter.keys.signer().kid());
+        assert_eq!(minted.token.expose().split('.').count(), 3);
+        assert!(!format!("{minted:?}").contains(minted.token.expose()), "Debug never prints the token");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let minter = minter(&dir, TokensConfig { max_ttl: Duration::from_secs(600), ..rules() }).await?;
+        let wrong = MintRequest { audience: "vault ".into(), ..request() };
+        assert!(matches!(minter.mint(&wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
+        let long = MintRequest { ttl: Some(Duration::from_secs(601)), ..request() };
+        assert!(matches!(minter.mint(&long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
+        let at_cap = MintRequest { ttl: Some(Duration::from_secs(600)), ..request() };
+        assert_eq!(minter.mint(&at_cap)?.claims.exp, T0 + 600);
+        let no_phase = MintRequest { phase: None, ..request() };
+        assert!(matches!(minter.mint(&no_phase), Err(MintError::InvalidField { field: "phase", .. })));
+        Ok(())
+    }
+}

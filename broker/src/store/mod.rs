@@ -74,7 +74,7 @@ pub enum Backend {
 /// The handle every component uses to reach the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
     location: String,
 }

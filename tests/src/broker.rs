@@ -1,0 +1,176 @@
+//! Starts the real `keyward` binary (`dev` or `serve`) and talks to it.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{binary, eventually, http};
+
+/// A running broker process, killed on drop.
+#[allow(missing_debug_implementations)]
+pub struct Broker {
+    child: Child,
+    /// The issuer URL / API address.
+    pub addr: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The admin API token.
+    pub admin_token: String,
+    log: PathBuf,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- broker log ({}) ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// Output of a finished `keyward` command.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status success.
+    pub success: bool,
+    /// Stdout.
+    pub stdout: String,
+    /// Stderr.
+    pub stderr: String,
+}
+
+/// Runs `keyward ARGS` to completion with `envs` and no inherited KEYWARD_* variables.
+pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary("keyward"));
+    command.args(args).env_remove("KEYWARD_ADDR").env_remove("KEYWARD_TOKEN").env_remove("KEYWARD_TOKEN_FILE");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run keyward");
+    Output {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+impl Broker {
+    /// `keyward dev --data-dir DIR --listen 127.0.0.1:0`, waiting until it is ready.
+    pub async fn dev(data_dir: &Path) -> Self {
+        let mut command = Command::new(binary("keyward"));
+        command.args(["dev", "--data-dir"]).arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        Self::spawn(command, data_dir, None).await
+    }
+
+    /// `keyward serve --config FILE` with extra environment, waiting until it is ready.
+    pub async fn serve(config: &Path, data_dir: &Path, addr: &str, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary("keyward"));
+        command.args(["serve", "--init", "--config"]).arg(config);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        Self::spawn(command, data_dir, Some(addr.to_owned())).await
+    }
+
+    async fn spawn(mut command: Command, data_dir: &Path, addr: Option<String>) -> Self {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        command.stdout(Stdio::piped()).stderr(log_file).env_remove("RUST_LOG");
+        let mut child = command.spawn().expect("spawn keyward");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let (addr, admin_token) = match addr {
+            // `serve --init` prints a header line then the token.
+            Some(addr) => {
+                let token = loop {
+                    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+                        panic!("keyward serve printed no bootstrap token; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                    });
+                    if line.starts_with("kw_") {
+                        break line;
+                    }
+                };
+                (addr, token)
+            }
+            // `dev` prints the two export lines.
+            None => {
+                while lines.len() < 2 {
+                    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+                        panic!("keyward dev printed no export lines; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                    });
+                    lines.push(line);
+                }
+                let addr = lines[0].strip_prefix("export KEYWARD_ADDR=").expect("first line exports KEYWARD_ADDR").to_owned();
+                let file = lines[1].strip_prefix("export KEYWARD_TOKEN_FILE=").expect("second line exports KEYWARD_TOKEN_FILE");
+                let token = std::fs::read_to_string(file.trim_matches('\'')).expect("admin token file");
+                (addr, token.trim().to_owned())
+            }
+        };
+        let broker = Self { child, addr, data_dir: data_dir.to_owned(), admin_token, log };
+        let client = http();
+        let ready = format!("{}/readyz", broker.addr);
+        eventually("broker readiness", Duration::from_secs(30), || {
+            let request = client.get(&ready).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+        })
+        .await;
+        broker
+    }
+
+    /// Environment for CLI commands against this broker.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        vec![("KEYWARD_ADDR", self.addr.clone()), ("KEYWARD_TOKEN", self.admin_token.clone())]
+    }
+
+    /// Runs a CLI command against this broker.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let env = self.cli_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        keyward(args, &env)
+    }
+
+    /// `POST /v1/run-tokens` with the admin token; returns status and body.
+    pub async fn mint_raw(&self, body: &Value, token: Option<&str>) -> (u16, Value) {
+        let mut request = http().post(format!("{}/v1/run-tokens", self.addr)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("mint request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Mints a token for `run_id`/`stack`/`audience` and returns the JWT.
+    pub async fn mint(&self, run_id: &str, stack: &str, audience: &str) -> String {
+        let (status, body) = self
+            .mint_raw(&json!({ "stack": stack, "run_id": run_id, "phase": "plan", "audience": audience }), Some(&self.admin_token))
+            .await;
+        assert_eq!(status, 201, "mint failed: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Fetches a JSON document.
+    pub async fn get_json(&self, path: &str) -> Value {
+        http().get(format!("{}{path}", self.addr)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Stops the process (SIGKILL) and waits.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

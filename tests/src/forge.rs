@@ -1,0 +1,74 @@
+//! Tokens the broker would never issue, built from its real key material, to prove relying
+//! parties refuse them: expired ones (minted with a clock set in the past) and ones signed by a key
+//! that is not in the JWKS.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use keyward_broker::clock::ManualClock;
+use keyward_broker::config::{DatabaseLocation, TokensConfig};
+use keyward_broker::identity::kek::Kek;
+use keyward_broker::identity::keyring::{KeyRing, KeySettings};
+use keyward_broker::identity::mint::{MintRequest, Minter};
+use keyward_broker::identity::SigningAlgorithm;
+use keyward_broker::store::Store;
+use keyward_proto::claims::Phase;
+
+/// A minter over a `keyward dev` data directory's real keys, with a clock of our choosing.
+pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Minter {
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+    let kek = Kek::from_file(&data_dir.join("kek")).unwrap();
+    let clock = ManualClock::at(now);
+    let settings = KeySettings {
+        algorithm: SigningAlgorithm::ES256,
+        rotation_period: Duration::from_secs(86_400),
+        jwks_max_age: Duration::from_secs(300),
+        clock_skew: Duration::from_secs(30),
+    };
+    let keys = KeyRing::load(store, kek, Arc::new(clock.clone()), settings).await.unwrap();
+    let rules = TokensConfig {
+        allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()],
+        ..TokensConfig::default()
+    };
+    Minter::new(issuer.to_owned(), rules, Arc::new(keys), Arc::new(clock))
+}
+
+/// A plan request for `run_id` on `stack` for `audience`.
+pub fn request(run_id: &str, stack: &str, audience: &str) -> MintRequest {
+    MintRequest {
+        run_id: run_id.into(),
+        stack_id: stack.into(),
+        stack: stack.into(),
+        phase: Some(Phase::Plan),
+        audience: audience.into(),
+        ..MintRequest::default()
+    }
+}
+
+/// The decoded JOSE header of a compact JWS.
+pub fn header(token: &str) -> serde_json::Value {
+    let part = token.split('.').next().unwrap();
+    serde_json::from_slice(&B64URL.decode(part).unwrap()).unwrap()
+}
+
+/// The decoded claims of a compact JWS (unverified).
+pub fn claims(token: &str) -> serde_json::Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64URL.decode(part).unwrap()).unwrap()
+}
+
+/// Re-signs `token`'s claims with a fresh P-256 key that no JWKS publishes, under header `kid`.
+pub fn resign_with_foreign_key(token: &str, kid: &str) -> String {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let header = B64URL.encode(format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"JWT"}}"#));
+    let payload = token.split('.').nth(1).unwrap();
+    let signing_input = format!("{header}.{payload}");
+    let signature = pair.sign(&SystemRandom::new(), signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", B64URL.encode(signature.as_ref()))
+}

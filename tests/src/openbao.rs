@@ -1,0 +1,140 @@
+//! A real OpenBao dev server (the Vault API) on a free loopback port, from the pinned venv.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{eventually, free_addr, http, venv};
+
+/// A running `bao server -dev`, killed on drop.
+#[allow(missing_debug_implementations)]
+pub struct OpenBao {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub addr: String,
+    /// Root token of the dev server.
+    pub root_token: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- openbao log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// Result of a JWT login attempt.
+#[derive(Debug)]
+pub struct Login {
+    /// HTTP status.
+    pub status: u16,
+    /// Response body.
+    pub body: Value,
+}
+
+impl Login {
+    /// Whether OpenBao issued a client token.
+    pub fn accepted(&self) -> bool {
+        self.status == 200 && self.body["auth"]["client_token"].is_string()
+    }
+}
+
+impl OpenBao {
+    /// Starts a dev server; `dir` receives its log.
+    pub async fn start(dir: &Path) -> Self {
+        let addr = free_addr();
+        let root_token = "keyward-test-root".to_owned();
+        let log = dir.join("openbao.log");
+        let child = Command::new(venv().join("bin/bao"))
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-listen-address={addr}"))
+            .arg(format!("-dev-root-token-id={root_token}"))
+            .env("HOME", dir)
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_ADDR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn bao server");
+        let bao = Self { child, addr: format!("http://{addr}"), root_token, log };
+        let client = http();
+        let health = format!("{}/v1/sys/health", bao.addr);
+        eventually("OpenBao to become healthy", Duration::from_secs(60), || {
+            let request = client.get(&health).send();
+            async move { request.await.ok().filter(|r| r.status().as_u16() == 200).map(drop) }
+        })
+        .await;
+        bao
+    }
+
+    /// Sends an authenticated API request and returns status and JSON body.
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = http()
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.root_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("OpenBao request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like [`OpenBao::api`], failing the test on a non-2xx status.
+    pub async fn must(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let (status, response) = self.api(method, path, Some(body)).await;
+        assert!((200..300).contains(&status), "OpenBao {path} failed with {status}: {response}");
+        response
+    }
+
+    /// Enables JWT auth at `auth/jwt`, trusting `issuer` through its OIDC discovery document.
+    pub async fn trust_issuer(&self, issuer: &str) {
+        self.must(reqwest::Method::POST, "sys/auth/jwt", json!({ "type": "jwt" })).await;
+        self.must(
+            reqwest::Method::POST,
+            "auth/jwt/config",
+            json!({ "oidc_discovery_url": issuer, "bound_issuer": issuer }),
+        )
+        .await;
+    }
+
+    /// Creates a JWT role with bound audience and bound claims, and no leeway, so expiry is exact.
+    pub async fn jwt_role(&self, name: &str, audience: &str, bound_claims: Value) {
+        self.must(
+            reqwest::Method::POST,
+            &format!("auth/jwt/role/{name}"),
+            json!({
+                "role_type": "jwt",
+                "user_claim": "sub",
+                "bound_audiences": [audience],
+                "bound_claims": bound_claims,
+                "token_policies": ["default"],
+                "token_ttl": "5m",
+                "clock_skew_leeway": -1,
+                "expiration_leeway": -1,
+                "not_before_leeway": -1,
+            }),
+        )
+        .await;
+    }
+
+    /// `auth/jwt/login` with `jwt` for `role`.
+    pub async fn login(&self, role: &str, jwt: &str) -> Login {
+        let response = http()
+            .post(format!("{}/v1/auth/jwt/login", self.addr))
+            .json(&json!({ "role": role, "jwt": jwt }))
+            .send()
+            .await
+            .expect("OpenBao login request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Login { status, body }
+    }
+}

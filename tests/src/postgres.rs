@@ -1,0 +1,98 @@
+//! A throwaway PostgreSQL cluster from the machine's server binaries, on a free loopback port.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and run
+//! as the `postgres` user (DESIGN.md §9).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::free_addr;
+
+/// A running cluster, stopped and deleted on drop.
+#[allow(missing_debug_implementations)]
+pub struct PgCluster {
+    dir: TempDir,
+    bin: PathBuf,
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    port: u16,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KEYWARD_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let candidates = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.join("initdb").exists())
+        .unwrap_or_else(|| panic!("PostgreSQL server binaries not found in {candidates:?}; install postgresql-15 or set KEYWARD_PG_BIN"))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn run_as_owner(bin: &Path, program: &str, args: &[&str]) {
+    let program = bin.join(program);
+    let output = if is_root() {
+        Command::new("runuser").args(["-u", "postgres", "--"]).arg(&program).args(args).output()
+    } else {
+        Command::new(&program).args(args).output()
+    }
+    .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{}{}",
+        program.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PgCluster {
+    /// Initializes and starts a cluster.
+    pub fn start() -> Self {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new().prefix("keyward-pg-").tempdir().unwrap();
+        if is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            assert!(status.success(), "chown of the cluster directory to postgres failed");
+        }
+        let data = dir.path().join("data");
+        let data_str = data.to_str().unwrap().to_owned();
+        run_as_owner(&bin, "initdb", &["-D", &data_str, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        let port = free_addr().port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("postgres.log");
+        run_as_owner(&bin, "pg_ctl", &["-D", &data_str, "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port }
+    }
+
+    /// URL of a fresh, empty database named `name` (created now).
+    pub fn database(&self, name: &str) -> String {
+        run_as_owner(&self.bin, "createdb", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name]);
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
+                .output()
+        } else {
+            Command::new(self.bin.join("pg_ctl")).args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"]).output()
+        };
+    }
+}
