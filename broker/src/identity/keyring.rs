@@ -209,14 +209,16 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Rotates if the current key has signed for a full rotation period.
+    /// Rotates if the current key has signed for a full rotation period. Re-reads the store first,
+    /// so a replica that finds another one already rotated does nothing.
     pub async fn rotate_if_due(&self) -> Result<Option<Rotation>, KeyRingError> {
+        self.refresh().await?;
         let set = self.snapshot();
         let age = self.clock.now().saturating_sub(set.current_activated_at);
         if age < secs(self.settings.rotation_period) {
             return Ok(None);
         }
-        self.rotate(false).await
+        self.rotate_from(&set, false).await
     }
 
     /// Rotates now: the pre-published `next` key starts signing, the current one retires, and a new
@@ -225,6 +227,10 @@ impl KeyRing {
     pub async fn rotate(&self, force: bool) -> Result<Option<Rotation>, KeyRingError> {
         self.refresh().await?;
         let set = self.snapshot();
+        self.rotate_from(&set, force).await
+    }
+
+    async fn rotate_from(&self, set: &KeySet, force: bool) -> Result<Option<Rotation>, KeyRingError> {
         let now = self.clock.now();
         let published = now.saturating_sub(set.next_created_at);
         let max_age = secs(self.settings.jwks_max_age);
