@@ -58,8 +58,13 @@ pub enum ConfigError {
         message: String,
     },
     /// The key-encryption key could not be obtained.
-    #[error("`keys`: {0}")]
-    Kek(#[from] KekError),
+    #[error("`{key}`: {source}")]
+    Kek {
+        /// Which setting supplied it.
+        key: &'static str,
+        /// Why it is unusable.
+        source: KekError,
+    },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -346,16 +351,17 @@ impl Config {
             _ => return Err(invalid("keys.kek", "set only one of keys.kek, keys.kek_env, keys.kek_file")),
         }
         if let Some(inline) = &keys.kek {
-            return Ok(Kek::from_base64(inline, "keys.kek")?);
+            return Kek::from_base64(inline, "keys.kek").map_err(|source| ConfigError::Kek { key: "keys.kek", source });
         }
         if let Some(var) = &keys.kek_env {
             let value = env(var).ok_or_else(|| {
                 invalid("keys.kek_env", format!("environment variable `{var}` is not set"))
             })?;
-            return Ok(Kek::from_base64(&value, &format!("environment variable `{var}`"))?);
+            return Kek::from_base64(&value, &format!("environment variable `{var}`"))
+                .map_err(|source| ConfigError::Kek { key: "keys.kek_env", source });
         }
         match &keys.kek_file {
-            Some(path) => Ok(Kek::from_file(path)?),
+            Some(path) => Kek::from_file(path).map_err(|source| ConfigError::Kek { key: "keys.kek_file", source }),
             None => Err(invalid("keys.kek_file", "no key-encryption key configured")),
         }
     }

@@ -123,7 +123,15 @@ impl Store {
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM signing_keys ORDER BY created_at, kid");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(from_row).collect()
+        rows.iter()
+            .map(|row| {
+                from_row(row).map_err(|error| match error {
+                    StoreError::Query(e) => StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location)),
+                    StoreError::Corrupt(e) => StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location)),
+                    other => other,
+                })
+            })
+            .collect()
     }
 
     /// Stores the first `current` and `next` keys of a new deployment. Returns `false` if another
