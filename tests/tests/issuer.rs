@@ -1,0 +1,219 @@
+//! The broker as an OIDC issuer, seen from outside: discovery and JWKS as strict clients expect
+//! them, tokens an independent verifier (PyJWT) accepts for both ES256 and RS256, bad mint requests
+//! refused with nothing issued, and `keyward dev` keeping its state across restarts.
+
+use std::path::Path;
+
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
+use keyward_tests::broker::{Broker, keyward};
+use keyward_tests::{forge, http, pyjwt};
+use serde_json::{Value, json};
+
+async fn issued_count(data_dir: &Path) -> i64 {
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+    store.issued_token_count().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_and_jwks_satisfy_strict_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let discovery = broker.get_json("/.well-known/openid-configuration").await;
+    assert_eq!(discovery["issuer"], broker.addr.as_str(), "issuer matches the discovery URL exactly");
+    assert_eq!(discovery["jwks_uri"], format!("{}/.well-known/jwks.json", broker.addr));
+    assert_eq!(discovery["response_types_supported"], json!(["id_token"]));
+    assert_eq!(discovery["subject_types_supported"], json!(["public"]));
+    assert_eq!(discovery["id_token_signing_alg_values_supported"], json!(["ES256"]));
+    for claim in ["sub", "aud", "jti", "run_id", "https://aws.amazon.com/tags"] {
+        assert!(discovery["claims_supported"].as_array().unwrap().contains(&json!(claim)), "{claim}");
+    }
+
+    let response = http().get(format!("{}/.well-known/jwks.json", broker.addr)).send().await.unwrap();
+    assert_eq!(response.headers()["cache-control"], "public, max-age=300");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let jwks: Value = response.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "the signing key and the pre-published next key");
+    for key in keys {
+        assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["use"].as_str()), (Some("EC"), Some("P-256"), Some("sig")));
+        assert!(key.get("d").is_none(), "no private material in the JWKS");
+    }
+
+    let health = http().get(format!("{}/healthz", broker.addr)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = http().get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keyward_jwks_keys 2") && metrics.contains("keyward_ready 1"), "{metrics}");
+    let missing = http().get(format!("{}/v1/nope", broker.addr)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pyjwt_verifies_es256_tokens_from_the_jwks_and_refuses_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let out = broker.cli(&[
+        "token", "mint", "--stack", "network", "--run", "run-42", "--phase", "apply", "--audience", "sts.amazonaws.com",
+        "--commit", "0123456789abcdef0123456789abcdef01234567", "--repository", "https://git.example.com/infra.git",
+        "--pr", "17", "--ticket", "CHG-9", "--triggered-by", "alice", "--approved-by", "bob", "--approved-by", "carol",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let token = out.stdout.trim();
+    let jwks = format!("{}/.well-known/jwks.json", broker.addr);
+
+    let verdict = pyjwt::verify(&jwks, token, "sts.amazonaws.com", &broker.addr);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["alg"], "ES256");
+    let claims = &verdict["claims"];
+    assert_eq!(claims["sub"], "stack:network:phase:apply");
+    assert_eq!(claims["scope"], "write");
+    assert_eq!(claims["approved_by"], json!(["bob", "carol"]));
+    assert_eq!(claims["https://aws.amazon.com/source_identity"], "alice");
+    assert_eq!(claims["https://aws.amazon.com/tags"]["principal_tags"]["pr"], json!(["17"]));
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
+
+    let wrong_audience = pyjwt::verify(&jwks, token, "vault", &broker.addr);
+    assert!(wrong_audience["error"].as_str().unwrap().contains("InvalidAudience"), "{wrong_audience}");
+    let wrong_issuer = pyjwt::verify(&jwks, token, "sts.amazonaws.com", "https://other.example");
+    assert!(wrong_issuer["error"].as_str().unwrap().contains("InvalidIssuer"), "{wrong_issuer}");
+    let kid = forge::header(token)["kid"].as_str().unwrap().to_owned();
+    let forged = pyjwt::verify(&jwks, &forge::resign_with_foreign_key(token, &kid), "sts.amazonaws.com", &broker.addr);
+    assert!(forged["error"].as_str().unwrap().contains("InvalidSignature"), "{forged}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pyjwt_verifies_rs256_tokens_from_a_configured_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("serve");
+    let addr = keyward_tests::free_addr();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nexternal_url = \"http://{addr}\"\n[log]\nformat = \"json\"\n\
+             [storage]\ndata_dir = \"{}\"\n[keys]\nalgorithm = \"RS256\"\nkek_env = \"TEST_KEK\"\n\
+             [tokens]\nallowed_audiences = [\"https://relying.example\"]\ndefault_ttl = \"2m\"\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", kek)]).await;
+    let token = broker.mint("run-1", "db", "https://relying.example").await;
+    let verdict = pyjwt::verify(&format!("{}/.well-known/jwks.json", broker.addr), &token, "https://relying.example", &broker.addr);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["alg"], "RS256");
+    assert_eq!(verdict["claims"]["exp"].as_i64().unwrap() - verdict["claims"]["iat"].as_i64().unwrap(), 120);
+    let discovery = broker.get_json("/.well-known/openid-configuration").await;
+    assert_eq!(discovery["id_token_signing_alg_values_supported"], json!(["RS256"]));
+    broker.stop();
+
+    let without_kek = keyward(&["serve", "--init", "--config", config.to_str().unwrap()], &[]);
+    assert!(!without_kek.success && without_kek.stderr.contains("TEST_KEK"), "{}", without_kek.stderr);
+
+    // `--init` prints the bootstrap token only on the very first start.
+    let mut again = std::process::Command::new(keyward_tests::binary("keyward"))
+        .args(["serve", "--init", "--config"])
+        .arg(&config)
+        .env("TEST_KEK", kek)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = http();
+    keyward_tests::eventually("second start to be ready", std::time::Duration::from_secs(30), || {
+        let request = client.get(format!("http://{addr}/readyz")).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+    })
+    .await;
+    again.kill().unwrap();
+    let output = again.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("kw_"), "no second bootstrap token");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("API tokens already exist"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let broker = Broker::dev(&data_dir).await;
+    let submit = broker.cli(&["token", "create-api", "--name", "ci", "--scope", "submit"]);
+    assert!(submit.success, "{}", submit.stderr);
+    let submit_token = submit.stdout.trim().to_owned();
+    let good = json!({ "stack": "net", "run_id": "r1", "phase": "plan", "audience": "vault" });
+    let with = |patch: Value| {
+        let mut body = good.clone();
+        for (key, value) in patch.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let admin = Some(broker.admin_token.as_str());
+    let cases: Vec<(&str, Value, Option<&str>, u16, &str)> = vec![
+        ("audience not allowed", with(json!({ "audience": "https://evil.example" })), admin, 400, "invalid_target"),
+        ("ttl over the maximum", with(json!({ "ttl_seconds": 3601 })), admin, 400, "invalid_request"),
+        ("unknown phase", with(json!({ "phase": "destroy" })), admin, 400, "invalid_request"),
+        ("bad commit", with(json!({ "commit_sha": "not-a-sha" })), admin, 400, "invalid_request"),
+        ("unknown field", with(json!({ "role_arn": "arn:aws:iam::1:role/x" })), admin, 400, "invalid_request"),
+        ("missing field", json!({ "stack": "net" }), admin, 400, "invalid_request"),
+        ("missing API token", good.clone(), None, 401, "invalid_token"),
+        ("invalid API token", good.clone(), Some("kw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), 401, "invalid_token"),
+        ("insufficient scope", good.clone(), Some(submit_token.as_str()), 403, "insufficient_scope"),
+    ];
+    for (what, body, token, status, code) in cases {
+        let (got, response) = broker.mint_raw(&body, token).await;
+        assert_eq!(got, status, "{what}: {response}");
+        assert_eq!(response["error"], code, "{what}: {response}");
+        assert!(response["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {response}");
+    }
+    let malformed = http()
+        .post(format!("{}/v1/run-tokens", broker.addr))
+        .bearer_auth(&broker.admin_token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(malformed.json::<Value>().await.unwrap()["error"], "invalid_request");
+    assert_eq!(issued_count(&data_dir).await, 0, "no refused request issued a token");
+
+    let cli = broker.cli(&["token", "mint", "--stack", "net", "--run", "r1", "--phase", "plan", "--audience", "nope"]);
+    assert!(!cli.success && cli.stderr.contains("audience `nope` is not in the broker's allowed audiences"), "{}", cli.stderr);
+    assert!(cli.stdout.is_empty());
+
+    let (status, minted) = broker.mint_raw(&good, admin).await;
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(issued_count(&data_dir).await, 1, "the accepted request is on record");
+    let metrics = http().get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"), "{metrics}");
+    assert!(!metrics.contains(&broker.admin_token) && !metrics.contains(minted["token"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_restart_keeps_keys_tokens_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let first = Broker::dev(&data_dir).await;
+    let kids = |jwks: &Value| -> Vec<String> {
+        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+    };
+    let jwks_before = kids(&first.get_json("/.well-known/jwks.json").await);
+    let token = first.mint("r1", "net", "vault").await;
+    let created = first.cli(&["token", "create-api", "--name", "auditor", "--scope", "audit", "--json"]);
+    assert!(created.success, "{}", created.stderr);
+    let admin_before = first.admin_token.clone();
+    first.stop();
+
+    let second = Broker::dev(&data_dir).await;
+    assert_eq!(second.admin_token, admin_before, "the admin token file is kept");
+    assert_eq!(kids(&second.get_json("/.well-known/jwks.json").await), jwks_before, "same keys after restart");
+    let listed = second.cli(&["token", "list-api", "--json"]);
+    assert!(listed.success, "the old admin token still works: {}", listed.stderr);
+    assert!(listed.stdout.contains("auditor"));
+    let new_token = second.mint("r2", "net", "vault").await;
+    assert_eq!(forge::header(&new_token)["kid"], forge::header(&token)["kid"], "still signing with the same key");
+    second.stop();
+    assert_eq!(issued_count(&data_dir).await, 2);
+}
