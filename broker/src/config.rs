@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::identity::kek::{Kek, KekError};
 use crate::identity::SigningAlgorithm;
+use crate::identity::kek::{Kek, KekError};
 
 /// Hard upper bound on any token lifetime (DESIGN.md §2). Retired keys stay published at least this
 /// long plus clock skew, whatever the configured maximum, so a later config change can never
@@ -288,8 +288,8 @@ impl fmt::Debug for DatabaseLocation {
 impl Config {
     /// Reads and validates a config file. `env` looks up environment variables.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let config = Self::parse(&text, &path.display().to_string())?;
         config.validate(env)?;
         Ok(config)
@@ -354,9 +354,8 @@ impl Config {
             return Kek::from_base64(inline, "keys.kek").map_err(|source| ConfigError::Kek { key: "keys.kek", source });
         }
         if let Some(var) = &keys.kek_env {
-            let value = env(var).ok_or_else(|| {
-                invalid("keys.kek_env", format!("environment variable `{var}` is not set"))
-            })?;
+            let value =
+                env(var).ok_or_else(|| invalid("keys.kek_env", format!("environment variable `{var}` is not set")))?;
             return Kek::from_base64(&value, &format!("environment variable `{var}`"))
                 .map_err(|source| ConfigError::Kek { key: "keys.kek_env", source });
         }
@@ -431,7 +430,10 @@ fn validate_issuer(url: &str) -> Result<(), ConfigError> {
         }
     }
     if rest.is_empty() || url.ends_with('/') || url.contains(['?', '#']) {
-        return Err(invalid(KEY, format!("`{url}` must be an absolute URL without a trailing slash, query or fragment")));
+        return Err(invalid(
+            KEY,
+            format!("`{url}` must be an absolute URL without a trailing slash, query or fragment"),
+        ));
     }
     Ok(())
 }
@@ -441,9 +443,7 @@ fn validate_subject_template(template: &str) -> Result<(), ConfigError> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let after = rest.get(open + 1..).unwrap_or_default();
-        let close = after
-            .find('}')
-            .ok_or_else(|| invalid(KEY, format!("unclosed `{{` in `{template}`")))?;
+        let close = after.find('}').ok_or_else(|| invalid(KEY, format!("unclosed `{{` in `{template}`")))?;
         let name = after.get(..close).unwrap_or_default();
         if !SUBJECT_PLACEHOLDERS.contains(&name) {
             return Err(invalid(

@@ -102,7 +102,11 @@ impl Broker {
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
         let store = self.state.store.clone();
         let app = api::router(self.state);

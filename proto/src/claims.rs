@@ -152,11 +152,7 @@ pub struct RunClaims {
     #[serde(rename = "https://aws.amazon.com/tags", default, skip_serializing_if = "Option::is_none")]
     pub aws_tags: Option<AwsTags>,
     /// Source identity for AWS STS: the human behind the run.
-    #[serde(
-        rename = "https://aws.amazon.com/source_identity",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "https://aws.amazon.com/source_identity", default, skip_serializing_if = "Option::is_none")]
     pub aws_source_identity: Option<String>,
 }
 

@@ -28,7 +28,11 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- broker log ({}) ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "---- broker log ({}) ----\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
     }
 }
@@ -98,7 +102,10 @@ impl Broker {
             Some(addr) => {
                 let token = loop {
                     let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-                        panic!("keyward serve printed no bootstrap token; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                        panic!(
+                            "keyward serve printed no bootstrap token; log:\n{}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        )
                     });
                     if line.starts_with("kw_") {
                         break line;
@@ -110,12 +117,18 @@ impl Broker {
             None => {
                 while lines.len() < 2 {
                     let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-                        panic!("keyward dev printed no export lines; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+                        panic!(
+                            "keyward dev printed no export lines; log:\n{}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        )
                     });
                     lines.push(line);
                 }
-                let addr = lines[0].strip_prefix("export KEYWARD_ADDR=").expect("first line exports KEYWARD_ADDR").to_owned();
-                let file = lines[1].strip_prefix("export KEYWARD_TOKEN_FILE=").expect("second line exports KEYWARD_TOKEN_FILE");
+                let addr =
+                    lines[0].strip_prefix("export KEYWARD_ADDR=").expect("first line exports KEYWARD_ADDR").to_owned();
+                let file = lines[1]
+                    .strip_prefix("export KEYWARD_TOKEN_FILE=")
+                    .expect("second line exports KEYWARD_TOKEN_FILE");
                 let token = std::fs::read_to_string(file.trim_matches('\'')).expect("admin token file");
                 (addr, token.trim().to_owned())
             }
@@ -157,7 +170,10 @@ impl Broker {
     /// Mints a token for `run_id`/`stack`/`audience` and returns the JWT.
     pub async fn mint(&self, run_id: &str, stack: &str, audience: &str) -> String {
         let (status, body) = self
-            .mint_raw(&json!({ "stack": stack, "run_id": run_id, "phase": "plan", "audience": audience }), Some(&self.admin_token))
+            .mint_raw(
+                &json!({ "stack": stack, "run_id": run_id, "phase": "plan", "audience": audience }),
+                Some(&self.admin_token),
+            )
             .await;
         assert_eq!(status, 201, "mint failed: {body}");
         body["token"].as_str().unwrap().to_owned()

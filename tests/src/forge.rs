@@ -12,10 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::{DatabaseLocation, TokensConfig};
+use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
 use keyward_broker::identity::mint::{MintRequest, Minter};
-use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::store::Store;
 use keyward_proto::claims::Phase;
 
@@ -31,10 +31,8 @@ pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Minter {
         clock_skew: Duration::from_secs(30),
     };
     let keys = KeyRing::load(store, kek, Arc::new(clock.clone()), settings).await.unwrap();
-    let rules = TokensConfig {
-        allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()],
-        ..TokensConfig::default()
-    };
+    let rules =
+        TokensConfig { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..TokensConfig::default() };
     Minter::new(issuer.to_owned(), rules, Arc::new(keys), Arc::new(clock))
 }
 

@@ -75,9 +75,8 @@ impl OpenBao {
 
     /// Sends an authenticated API request and returns status and JSON body.
     pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = http()
-            .request(method, format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", &self.root_token);
+        let mut request =
+            http().request(method, format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", &self.root_token);
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -25,11 +25,9 @@ fn pg_bin() -> PathBuf {
         return PathBuf::from(dir);
     }
     let candidates = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|dir| dir.join("initdb").exists())
-        .unwrap_or_else(|| panic!("PostgreSQL server binaries not found in {candidates:?}; install postgresql-15 or set KEYWARD_PG_BIN"))
+    candidates.iter().map(PathBuf::from).find(|dir| dir.join("initdb").exists()).unwrap_or_else(|| {
+        panic!("PostgreSQL server binaries not found in {candidates:?}; install postgresql-15 or set KEYWARD_PG_BIN")
+    })
 }
 
 fn is_root() -> bool {
@@ -71,7 +69,11 @@ impl PgCluster {
             dir.path().display()
         );
         let log = dir.path().join("postgres.log");
-        run_as_owner(&bin, "pg_ctl", &["-D", &data_str, "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        run_as_owner(
+            &bin,
+            "pg_ctl",
+            &["-D", &data_str, "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+        );
         Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port }
     }
 
@@ -92,7 +94,9 @@ impl Drop for PgCluster {
                 .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
                 .output()
         } else {
-            Command::new(self.bin.join("pg_ctl")).args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"]).output()
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
+                .output()
         };
     }
 }

@@ -1,6 +1,9 @@
 //! Bad configuration and bad key material: a clear message naming the key path or file, a non-zero
 //! exit, and nothing written.
 
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::path::Path;
 
 use keyward_tests::broker::{Broker, keyward};
@@ -33,11 +36,31 @@ fn check_config_names_the_first_problem_and_writes_nothing() {
     let file = dir.path().join("keyward.toml");
     let kek_file = dir.path().join("kek");
     let cases = [
-        ("unknown key", config(&data_dir, "kek = \"x\"\nrotaton_period = \"1h\"", ""), "`keys.rotaton_period`", "unknown field"),
-        ("wrong type", config(&data_dir, "kek_env = \"K\"", "[tokens]\nmax_ttl = 5"), "`tokens.max_ttl`", "invalid type"),
-        ("out of range", config(&data_dir, "kek_env = \"K\"", "[tokens]\nmax_ttl = \"2h\""), "`tokens.max_ttl`", "at most 1h"),
+        (
+            "unknown key",
+            config(&data_dir, "kek = \"x\"\nrotaton_period = \"1h\"", ""),
+            "`keys.rotaton_period`",
+            "unknown field",
+        ),
+        (
+            "wrong type",
+            config(&data_dir, "kek_env = \"K\"", "[tokens]\nmax_ttl = 5"),
+            "`tokens.max_ttl`",
+            "invalid type",
+        ),
+        (
+            "out of range",
+            config(&data_dir, "kek_env = \"K\"", "[tokens]\nmax_ttl = \"2h\""),
+            "`tokens.max_ttl`",
+            "at most 1h",
+        ),
         ("missing KEK", config(&data_dir, "algorithm = \"ES256\"", ""), "`keys.kek_file`", "no key-encryption key"),
-        ("unset KEK variable", config(&data_dir, "kek_env = \"KEYWARD_TEST_UNSET_KEK\"", ""), "`keys.kek_env`", "KEYWARD_TEST_UNSET_KEK"),
+        (
+            "unset KEK variable",
+            config(&data_dir, "kek_env = \"KEYWARD_TEST_UNSET_KEK\"", ""),
+            "`keys.kek_env`",
+            "KEYWARD_TEST_UNSET_KEK",
+        ),
         (
             "unreadable KEK file",
             config(&data_dir, &format!("kek_file = \"{}\"", kek_file.display()), ""),
@@ -45,17 +68,37 @@ fn check_config_names_the_first_problem_and_writes_nothing() {
             "cannot read key-encryption key file",
         ),
         ("malformed KEK", config(&data_dir, "kek = \"c2hvcnQ=\"", ""), "`keys.kek`", "expected 32 bytes"),
-        ("bad subject template", config(&data_dir, "kek_env = \"K\"", "[tokens]\nsubject_template = \"run:{run_id}\""), "`tokens.subject_template`", "unknown placeholder"),
-        ("plain http issuer", config(&data_dir, "kek_env = \"K\"", "").replace("http://127.0.0.1:1", "http://keyward.example.com"), "`server.external_url`", "loopback"),
-        ("unknown algorithm", config(&data_dir, "kek_env = \"K\"\nalgorithm = \"HS256\"", ""), "`keys.algorithm`", "unknown variant"),
+        (
+            "bad subject template",
+            config(&data_dir, "kek_env = \"K\"", "[tokens]\nsubject_template = \"run:{run_id}\""),
+            "`tokens.subject_template`",
+            "unknown placeholder",
+        ),
+        (
+            "plain http issuer",
+            config(&data_dir, "kek_env = \"K\"", "").replace("http://127.0.0.1:1", "http://keyward.example.com"),
+            "`server.external_url`",
+            "loopback",
+        ),
+        (
+            "unknown algorithm",
+            config(&data_dir, "kek_env = \"K\"\nalgorithm = \"HS256\"", ""),
+            "`keys.algorithm`",
+            "unknown variant",
+        ),
     ];
     let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     for (what, text, key, reason) in cases {
         write(&file, &text);
-        for command in [vec!["check-config", file.to_str().unwrap()], vec!["serve", "--config", file.to_str().unwrap()]] {
+        for command in [vec!["check-config", file.to_str().unwrap()], vec!["serve", "--config", file.to_str().unwrap()]]
+        {
             let out = keyward(&command, &[("K", kek)]);
             assert!(!out.success, "{what}: {command:?} must fail");
-            assert!(out.stderr.contains(key) && out.stderr.contains(reason), "{what}: {command:?} said: {}", out.stderr);
+            assert!(
+                out.stderr.contains(key) && out.stderr.contains(reason),
+                "{what}: {command:?} said: {}",
+                out.stderr
+            );
             assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
             assert!(!data_dir.exists(), "{what}: {command:?} wrote to the data dir");
         }
@@ -68,11 +111,7 @@ fn check_config_names_the_first_problem_and_writes_nothing() {
 /// corruption is done the way a disk or an intruder would, not through Keyward's code.
 fn python_sqlite(db: &Path, script: &str) -> String {
     let program = format!("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\n{script}\nc.commit()");
-    let out = std::process::Command::new("python3")
-        .args(["-c", &program])
-        .arg(db)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("python3").args(["-c", &program]).arg(db).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -90,7 +129,11 @@ async fn corrupted_key_material_or_a_wrong_kek_refuses_to_start_naming_file_and_
     write(&data_dir.join("kek"), "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
     let out = keyward(&dev, &[]);
     assert!(!out.success);
-    assert!(out.stderr.contains("keyward.db") && out.stderr.contains("sealed under key-encryption key"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("keyward.db") && out.stderr.contains("sealed under key-encryption key"),
+        "{}",
+        out.stderr
+    );
     std::fs::write(data_dir.join("kek"), kek).unwrap();
 
     // Flip one bit of the current key's ciphertext.

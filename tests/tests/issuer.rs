@@ -2,6 +2,9 @@
 //! them, tokens an independent verifier (PyJWT) accepts for both ES256 and RS256, bad mint requests
 //! refused with nothing issued, and `keyward dev` keeping its state across restarts.
 
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::path::Path;
 
 use keyward_broker::config::DatabaseLocation;
@@ -36,7 +39,10 @@ async fn discovery_and_jwks_satisfy_strict_clients() {
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "the signing key and the pre-published next key");
     for key in keys {
-        assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["use"].as_str()), (Some("EC"), Some("P-256"), Some("sig")));
+        assert_eq!(
+            (key["kty"].as_str(), key["crv"].as_str(), key["use"].as_str()),
+            (Some("EC"), Some("P-256"), Some("sig"))
+        );
         assert!(key.get("d").is_none(), "no private material in the JWKS");
     }
 
@@ -54,9 +60,30 @@ async fn pyjwt_verifies_es256_tokens_from_the_jwks_and_refuses_tampering() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::dev(&dir.path().join("dev")).await;
     let out = broker.cli(&[
-        "token", "mint", "--stack", "network", "--run", "run-42", "--phase", "apply", "--audience", "sts.amazonaws.com",
-        "--commit", "0123456789abcdef0123456789abcdef01234567", "--repository", "https://git.example.com/infra.git",
-        "--pr", "17", "--ticket", "CHG-9", "--triggered-by", "alice", "--approved-by", "bob", "--approved-by", "carol",
+        "token",
+        "mint",
+        "--stack",
+        "network",
+        "--run",
+        "run-42",
+        "--phase",
+        "apply",
+        "--audience",
+        "sts.amazonaws.com",
+        "--commit",
+        "0123456789abcdef0123456789abcdef01234567",
+        "--repository",
+        "https://git.example.com/infra.git",
+        "--pr",
+        "17",
+        "--ticket",
+        "CHG-9",
+        "--triggered-by",
+        "alice",
+        "--approved-by",
+        "bob",
+        "--approved-by",
+        "carol",
     ]);
     assert!(out.success, "{}", out.stderr);
     let token = out.stdout.trim();
@@ -101,7 +128,12 @@ async fn pyjwt_verifies_rs256_tokens_from_a_configured_broker() {
     let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", kek)]).await;
     let token = broker.mint("run-1", "db", "https://relying.example").await;
-    let verdict = pyjwt::verify(&format!("{}/.well-known/jwks.json", broker.addr), &token, "https://relying.example", &broker.addr);
+    let verdict = pyjwt::verify(
+        &format!("{}/.well-known/jwks.json", broker.addr),
+        &token,
+        "https://relying.example",
+        &broker.addr,
+    );
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(verdict["alg"], "RS256");
     assert_eq!(verdict["claims"]["exp"].as_i64().unwrap() - verdict["claims"]["iat"].as_i64().unwrap(), 120);
@@ -158,7 +190,13 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
         ("unknown field", with(json!({ "role_arn": "arn:aws:iam::1:role/x" })), admin, 400, "invalid_request"),
         ("missing field", json!({ "stack": "net" }), admin, 400, "invalid_request"),
         ("missing API token", good.clone(), None, 401, "invalid_token"),
-        ("invalid API token", good.clone(), Some("kw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), 401, "invalid_token"),
+        (
+            "invalid API token",
+            good.clone(),
+            Some("kw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            401,
+            "invalid_token",
+        ),
         ("insufficient scope", good.clone(), Some(submit_token.as_str()), 403, "insufficient_scope"),
     ];
     for (what, body, token, status, code) in cases {
@@ -180,7 +218,11 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
     assert_eq!(issued_count(&data_dir).await, 0, "no refused request issued a token");
 
     let cli = broker.cli(&["token", "mint", "--stack", "net", "--run", "r1", "--phase", "plan", "--audience", "nope"]);
-    assert!(!cli.success && cli.stderr.contains("audience `nope` is not in the broker's allowed audiences"), "{}", cli.stderr);
+    assert!(
+        !cli.success && cli.stderr.contains("audience `nope` is not in the broker's allowed audiences"),
+        "{}",
+        cli.stderr
+    );
     assert!(cli.stdout.is_empty());
 
     let (status, minted) = broker.mint_raw(&good, admin).await;

@@ -2,15 +2,18 @@
 //! against embedded SQLite and against a real PostgreSQL 15 cluster (SPIRE runs one suite against
 //! every datastore plugin the same way).
 
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_broker::access::{Access, AccessError, ApiScope};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::DatabaseLocation;
+use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::store::{Backend, IssuedTokenRow, Store, StoreError};
 use keyward_tests::postgres::PgCluster;
 

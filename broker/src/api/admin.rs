@@ -66,7 +66,10 @@ pub(super) async fn mint_run_token(
     let operator = operator(&state, &headers, ApiScope::Admin).await?;
     let result = async {
         let ApiJson(body) = body?;
-        let phase = body.phase.parse().map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
+        let phase = body
+            .phase
+            .parse()
+            .map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
         let request = MintRequest {
             stack_id: body.stack_id.unwrap_or_else(|| body.stack.clone()),
             stack: body.stack,

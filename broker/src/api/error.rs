@@ -48,7 +48,12 @@ impl ApiError {
     /// 500 `server_error`; the detail goes to the log only.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; see the broker's log", Refusal::Internal)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error; see the broker's log",
+            Refusal::Internal,
+        )
     }
 
     /// 503 `temporarily_unavailable`.
@@ -99,7 +104,9 @@ impl From<MintError> for ApiError {
             MintError::AudienceNotAllowed(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_target", error.to_string(), Refusal::Audience)
             }
-            MintError::TtlTooLong { .. } => Self::new(StatusCode::BAD_REQUEST, "invalid_request", error.to_string(), Refusal::Ttl),
+            MintError::TtlTooLong { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request", error.to_string(), Refusal::Ttl)
+            }
             MintError::InvalidField { .. } => Self::invalid_request(error.to_string()),
             MintError::Signing(e) => Self::internal(&e),
         }
@@ -121,7 +128,9 @@ impl From<IssueError> for ApiError {
 impl From<KeyRingError> for ApiError {
     fn from(error: KeyRingError) -> Self {
         match error {
-            KeyRingError::TooSoon { .. } => Self::new(StatusCode::CONFLICT, "too_soon", error.to_string(), Refusal::Invalid),
+            KeyRingError::TooSoon { .. } => {
+                Self::new(StatusCode::CONFLICT, "too_soon", error.to_string(), Refusal::Invalid)
+            }
             other => Self::internal(&other),
         }
     }

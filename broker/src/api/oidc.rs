@@ -13,9 +13,29 @@ use super::AppState;
 
 /// Claims a relying party may find in a run token.
 const CLAIMS_SUPPORTED: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "run_id", "stack_id", "stack", "phase", "scope",
-    "repository", "commit_sha", "ref", "pull_request", "ticket", "triggered_by", "approved_by", "pool",
-    "agent_id", "https://aws.amazon.com/tags", "https://aws.amazon.com/source_identity",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "run_id",
+    "stack_id",
+    "stack",
+    "phase",
+    "scope",
+    "repository",
+    "commit_sha",
+    "ref",
+    "pull_request",
+    "ticket",
+    "triggered_by",
+    "approved_by",
+    "pool",
+    "agent_id",
+    "https://aws.amazon.com/tags",
+    "https://aws.amazon.com/source_identity",
 ];
 
 #[derive(Serialize)]
@@ -52,9 +72,6 @@ pub(super) async fn discovery(State(state): State<AppState>) -> Response {
 
 pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let body = state.keys.jwks_json().to_string();
-    (
-        [(header::CONTENT_TYPE, "application/json".to_owned()), (header::CACHE_CONTROL, cache_control(&state))],
-        body,
-    )
+    ([(header::CONTENT_TYPE, "application/json".to_owned()), (header::CACHE_CONTROL, cache_control(&state))], body)
         .into_response()
 }

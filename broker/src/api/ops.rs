@@ -18,8 +18,9 @@ pub(super) async fn healthz() -> Response {
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     match ready(&state).await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "reason": reason })))
-            .into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "reason": reason }))).into_response()
+        }
     }
 }
 

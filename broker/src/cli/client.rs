@@ -27,9 +27,7 @@ impl Client {
                 );
                 Zeroizing::new(text.trim().to_owned())
             }
-            _ => bail!(
-                "no API token: set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"
-            ),
+            _ => bail!("no API token: set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"),
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -64,10 +62,20 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        let code = body["error"].as_str().unwrap_or("error");
-        let description = body["error_description"].as_str().unwrap_or("no description");
+        let code = text(&body, "error");
+        let description = text(&body, "error_description");
         bail!("{description} ({code}, HTTP {})", status.as_u16())
     }
+}
+
+/// The string at `key` of a JSON object, or `""`.
+pub(super) fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The array at `key` of a JSON object, or nothing.
+pub(super) fn items<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    value.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
 /// Prints `value` as one JSON document.

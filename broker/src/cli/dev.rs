@@ -31,7 +31,10 @@ pub(super) struct DevArgs {
 
 pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
-        bail!("`keyward dev` only listens on loopback (got {}); use `keyward serve --config` for anything else", args.listen);
+        bail!(
+            "`keyward dev` only listens on loopback (got {}); use `keyward serve --config` for anything else",
+            args.listen
+        );
     }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
@@ -136,7 +139,9 @@ fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(&temporary).with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
 }
 

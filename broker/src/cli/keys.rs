@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Connection;
-use super::client::{Client, print_json};
+use super::client::{Client, items, print_json, text};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum KeysCommand {
@@ -37,14 +37,14 @@ pub(super) async fn run(command: KeysCommand, env: &dyn Fn(&str) -> Option<Strin
             if json {
                 return print_json(&rotated);
             }
-            let rotation = &rotated["rotation"];
-            println!("signing with {}", rotation["current_kid"].as_str().unwrap_or_default());
+            let rotation = rotated.get("rotation").cloned().unwrap_or_default();
+            println!("signing with {}", text(&rotation, "current_kid"));
             println!(
                 "retired {} (published until {})",
-                rotation["retired_kid"].as_str().unwrap_or_default(),
-                rotation["retired_publish_until"]
+                text(&rotation, "retired_kid"),
+                rotation.get("retired_publish_until").and_then(serde_json::Value::as_i64).unwrap_or_default()
             );
-            println!("next    {}", rotation["next_kid"].as_str().unwrap_or_default());
+            println!("next    {}", text(&rotation, "next_kid"));
             Ok(())
         }
         KeysCommand::List { json, connection } => {
@@ -53,13 +53,15 @@ pub(super) async fn run(command: KeysCommand, env: &dyn Fn(&str) -> Option<Strin
                 return print_json(&listed);
             }
             println!("{:<44} {:<6} {:<8} PUBLISH UNTIL", "KID", "ALG", "STATE");
-            for key in listed["keys"].as_array().into_iter().flatten() {
+            for key in items(&listed, "keys") {
                 println!(
                     "{:<44} {:<6} {:<8} {}",
-                    key["kid"].as_str().unwrap_or_default(),
-                    key["algorithm"].as_str().unwrap_or_default(),
-                    key["state"].as_str().unwrap_or_default(),
-                    key["publish_until"].as_i64().map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                    text(key, "kid"),
+                    text(key, "algorithm"),
+                    text(key, "state"),
+                    key.get("publish_until")
+                        .and_then(serde_json::Value::as_i64)
+                        .map_or_else(|| "-".to_owned(), |t| t.to_string()),
                 );
             }
             Ok(())

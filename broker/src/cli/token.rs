@@ -4,8 +4,10 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::Connection;
-use super::client::{Client, print_json};
+use super::client::{Client, items, print_json, text};
 
+// Parsed once per process; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
     /// Mint a run token (prints the JWT; `--json` for the claims too).
@@ -97,7 +99,7 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
                 return print_json(&created);
             }
             eprintln!("Created API token `{name}` with scope `{scope}`. It is shown once:");
-            println!("{}", created["token"].as_str().unwrap_or_default());
+            println!("{}", text(&created, "token"));
             Ok(())
         }
         TokenCommand::ListApi { json, connection } => {
@@ -106,13 +108,13 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
                 return print_json(&listed);
             }
             println!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY");
-            for token in listed["api_tokens"].as_array().into_iter().flatten() {
-                let state = if token["revoked_at"].is_null() { "live" } else { "revoked" };
+            for token in items(&listed, "api_tokens") {
+                let state = if token.get("revoked_at").is_none_or(Value::is_null) { "live" } else { "revoked" };
                 println!(
                     "{:<32} {:<8} {:<20} {state}",
-                    token["name"].as_str().unwrap_or_default(),
-                    token["scope"].as_str().unwrap_or_default(),
-                    token["created_by"].as_str().unwrap_or_default(),
+                    text(token, "name"),
+                    text(token, "scope"),
+                    text(token, "created_by"),
                 );
             }
             Ok(())
@@ -127,7 +129,8 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
 
 async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     let client = Client::new(&args.connection, env)?;
-    let mut body = json!({
+    let mut body = serde_json::Map::new();
+    let required = json!({
         "stack": args.stack,
         "run_id": args.run,
         "phase": args.phase,
@@ -143,15 +146,18 @@ async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
         ("triggered_by", args.triggered_by.map(Value::from)),
         ("ttl_seconds", args.ttl.map(|ttl| Value::from(ttl.as_secs()))),
     ];
+    if let Value::Object(required) = required {
+        body.extend(required);
+    }
     for (key, value) in optional {
         if let Some(value) = value {
-            body[key] = value;
+            body.insert(key.to_owned(), value);
         }
     }
-    let minted = client.post("/v1/run-tokens", &body).await?;
+    let minted = client.post("/v1/run-tokens", &Value::Object(body)).await?;
     if args.json {
         return print_json(&minted);
     }
-    println!("{}", minted["token"].as_str().unwrap_or_default());
+    println!("{}", text(&minted, "token"));
     Ok(())
 }

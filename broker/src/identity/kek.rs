@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
@@ -33,7 +33,9 @@ pub enum KekError {
         source: std::io::Error,
     },
     /// The KEK is not 32 bytes of base64.
-    #[error("key-encryption key from {origin} is invalid: expected 32 bytes, base64-encoded (generate one with `head -c32 /dev/urandom | base64`)")]
+    #[error(
+        "key-encryption key from {origin} is invalid: expected 32 bytes, base64-encoded (generate one with `head -c32 /dev/urandom | base64`)"
+    )]
     Malformed {
         /// Where it came from (a file, a variable, a config key).
         origin: String,
@@ -132,13 +134,13 @@ impl Kek {
             }
         }
         let contents = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
-        if let Ok(raw) = <[u8; KEK_LEN]>::try_from(contents.as_slice()) {
-            if std::str::from_utf8(&raw).is_err() {
-                return Ok(Self::from_bytes(raw));
-            }
+        if let Ok(raw) = <[u8; KEK_LEN]>::try_from(contents.as_slice())
+            && std::str::from_utf8(&raw).is_err()
+        {
+            return Ok(Self::from_bytes(raw));
         }
-        let text = std::str::from_utf8(&contents)
-            .map_err(|_| KekError::Malformed { origin: path.display().to_string() })?;
+        let text =
+            std::str::from_utf8(&contents).map_err(|_| KekError::Malformed { origin: path.display().to_string() })?;
         Self::from_base64(text, &path.display().to_string())
     }
 
@@ -168,11 +170,8 @@ impl Kek {
         out.extend_from_slice(&self.fingerprint_bytes());
         out.extend_from_slice(&nonce);
         let mut body = plaintext.to_vec();
-        let sealed = self.key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(context),
-            &mut body,
-        );
+        let sealed =
+            self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut body);
         if sealed.is_err() {
             unreachable_kek();
         }
@@ -194,11 +193,8 @@ impl Kek {
         }
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| UnsealError::Malformed)?;
         let mut buffer = Zeroizing::new(body.to_vec());
-        let plaintext_len = self
-            .key
-            .open_in_place(nonce, Aad::from(context), &mut buffer)
-            .map_err(|_| UnsealError::Tampered)?
-            .len();
+        let plaintext_len =
+            self.key.open_in_place(nonce, Aad::from(context), &mut buffer).map_err(|_| UnsealError::Tampered)?.len();
         buffer.truncate(plaintext_len);
         Ok(buffer)
     }

@@ -271,7 +271,12 @@ fn seal_context(kid: &str, algorithm: &str) -> Vec<u8> {
     format!("keyward signing key v1\0{kid}\0{algorithm}").into_bytes()
 }
 
-fn new_key_row(kek: &Kek, algorithm: SigningAlgorithm, state: KeyState, now: i64) -> Result<SigningKeyRow, KeyRingError> {
+fn new_key_row(
+    kek: &Kek,
+    algorithm: SigningAlgorithm,
+    state: KeyState,
+    now: i64,
+) -> Result<SigningKeyRow, KeyRingError> {
     let (signer, pkcs8) = Signer::generate(algorithm)?;
     let sealed = kek.seal(&seal_context(signer.kid(), algorithm.as_str()), &pkcs8);
     let public_jwk = serde_json::to_string(signer.jwk()).map_err(|e| KeyRingError::Corrupt {
@@ -293,11 +298,8 @@ fn new_key_row(kek: &Kek, algorithm: SigningAlgorithm, state: KeyState, now: i64
 }
 
 fn open_signer(store: &Store, kek: &Kek, row: &SigningKeyRow) -> Result<Signer, KeyRingError> {
-    let corrupt = |reason: String| KeyRingError::Corrupt {
-        kid: row.kid.clone(),
-        location: store.location().to_owned(),
-        reason,
-    };
+    let corrupt =
+        |reason: String| KeyRingError::Corrupt { kid: row.kid.clone(), location: store.location().to_owned(), reason };
     let algorithm: SigningAlgorithm = row.algorithm.parse().map_err(|e: SignerError| corrupt(e.to_string()))?;
     let sealed = row.sealed_key.as_deref().ok_or_else(|| corrupt("the private key is missing".to_owned()))?;
     let pkcs8 = kek.open(&seal_context(&row.kid, &row.algorithm), sealed).map_err(|source| KeyRingError::Unseal {
@@ -416,7 +418,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_is_published_before_it_signs_and_stays_until_its_tokens_expire() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_key_is_published_before_it_signs_and_stays_until_its_tokens_expire()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::at(T0);
         let kek = Kek::generate();
@@ -482,7 +485,10 @@ mod tests {
         assert_eq!(a.signer().kid(), b.signer().kid(), "replicas share one key set");
         let stale = b.signer().kid().to_owned();
         let rotation = a.rotate(true).await?.ok_or("a rotated")?;
-        let lost = b.store.rotate_signing_keys(&stale, &new_key_row(&kek, SigningAlgorithm::ES256, KeyState::Next, T0)?, T0, T0).await?;
+        let lost = b
+            .store
+            .rotate_signing_keys(&stale, &new_key_row(&kek, SigningAlgorithm::ES256, KeyState::Next, T0)?, T0, T0)
+            .await?;
         assert!(!lost, "rotating from a stale view is refused");
         b.refresh().await?;
         assert_eq!(b.signer().kid(), rotation.current_kid);
@@ -490,7 +496,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_kek_and_corruption_stop_loading_with_the_key_and_file_named() -> Result<(), Box<dyn std::error::Error>> {
+    async fn wrong_kek_and_corruption_stop_loading_with_the_key_and_file_named()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::at(T0);
         let kek = Kek::generate();

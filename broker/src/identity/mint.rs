@@ -140,10 +140,8 @@ impl Minter {
     /// Validates `request` and signs its claims with the current key.
     pub fn mint(&self, request: &MintRequest) -> Result<MintedToken, MintError> {
         let claims = self.claims(request)?;
-        let json = serde_json::to_vec(&claims).map_err(|e| MintError::InvalidField {
-            field: "claims",
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(&claims)
+            .map_err(|e| MintError::InvalidField { field: "claims", reason: e.to_string() })?;
         let signer = self.keys.signer();
         let token = signer.sign_compact(&json)?;
         Ok(MintedToken { token: TokenString(token), claims, kid: signer.kid().to_owned() })
@@ -154,11 +152,10 @@ impl Minter {
         let run_id = identifier("run_id", &request.run_id)?;
         let stack_id = identifier("stack_id", &request.stack_id)?;
         let stack = identifier("stack", &request.stack)?;
-        let phase = request.phase.ok_or(MintError::InvalidField {
-            field: "phase",
-            reason: "required: `plan` or `apply`".to_owned(),
-        })?;
-        if !self.rules.allowed_audiences.iter().any(|allowed| *allowed == request.audience) {
+        let phase = request
+            .phase
+            .ok_or(MintError::InvalidField { field: "phase", reason: "required: `plan` or `apply`".to_owned() })?;
+        if !self.rules.allowed_audiences.contains(&request.audience) {
             return Err(MintError::AudienceNotAllowed(request.audience.clone()));
         }
         let ttl = request.ttl.unwrap_or(self.rules.default_ttl);
@@ -176,7 +173,10 @@ impl Minter {
         let pool = request.pool.as_deref().map(|p| identifier("pool", p)).transpose()?;
         let agent_id = request.agent_id.as_deref().map(|a| identifier("agent_id", a)).transpose()?;
         if request.pull_request == Some(0) {
-            return Err(MintError::InvalidField { field: "pull_request", reason: "must be a positive number".to_owned() });
+            return Err(MintError::InvalidField {
+                field: "pull_request",
+                reason: "must be a positive number".to_owned(),
+            });
         }
         if request.approved_by.len() > MAX_APPROVERS {
             return Err(MintError::InvalidField {
@@ -184,11 +184,8 @@ impl Minter {
                 reason: format!("at most {MAX_APPROVERS} approvers"),
             });
         }
-        let approved_by = request
-            .approved_by
-            .iter()
-            .map(|a| text("approved_by", a, MAX_ID_LEN))
-            .collect::<Result<Vec<_>, _>>()?;
+        let approved_by =
+            request.approved_by.iter().map(|a| text("approved_by", a, MAX_ID_LEN)).collect::<Result<Vec<_>, _>>()?;
 
         let now = self.clock.now();
         let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
@@ -378,9 +375,9 @@ mod minting {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::DatabaseLocation;
+    use crate::identity::SigningAlgorithm;
     use crate::identity::kek::Kek;
     use crate::identity::keyring::KeySettings;
-    use crate::identity::SigningAlgorithm;
     use crate::store::Store;
 
     const T0: i64 = 1_800_000_000;
@@ -421,7 +418,10 @@ mod minting {
         let minter = minter(&dir, rules()).await?;
         let minted = minter.mint(&request())?;
         let c = &minted.claims;
-        assert_eq!((c.iss.as_str(), c.aud.as_str(), c.sub.as_str()), ("https://kw.example", "vault", "stack:stk-1:phase:apply"));
+        assert_eq!(
+            (c.iss.as_str(), c.aud.as_str(), c.sub.as_str()),
+            ("https://kw.example", "vault", "stack:stk-1:phase:apply")
+        );
         assert_eq!((c.iat, c.nbf, c.exp), (T0, T0, T0 + 300), "default lifetime is 5 minutes");
         assert_eq!(c.scope, keyward_proto::claims::Scope::Write);
         assert_eq!(c.aws_source_identity.as_deref(), Some("alice"));

@@ -7,13 +7,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
-use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
-};
-use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::{Deserialize, Serialize};
@@ -199,8 +197,7 @@ impl Signer {
             }
             KeyPair::Rsa(pair) => {
                 let mut signature = vec![0u8; pair.public_modulus_len()];
-                pair.sign(&signature::RSA_PKCS1_SHA256, &self.rng, token.as_bytes(), &mut signature)
-                    .map_err(crypto)?;
+                pair.sign(&signature::RSA_PKCS1_SHA256, &self.rng, token.as_bytes(), &mut signature).map_err(crypto)?;
                 token.push('.');
                 B64URL.encode_string(&signature, &mut token);
             }
@@ -248,7 +245,7 @@ impl JwkFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 
     fn verify(signer: &Signer, token: &str) -> bool {
         let Some((signing_input, signature)) = token.rsplit_once('.') else { return false };
@@ -274,10 +271,9 @@ mod tests {
             assert!(!verify(&signer, &tampered), "{algorithm}: a modified payload must not verify");
             let reparsed = Signer::from_pkcs8(algorithm, &pkcs8)?;
             assert_eq!(reparsed.kid(), signer.kid(), "kid is a stable thumbprint");
-            let header: serde_json::Value = serde_json::from_slice(
-                &B64URL.decode(token.split('.').next().unwrap_or_default()).unwrap_or_default(),
-            )
-            .unwrap_or_default();
+            let header: serde_json::Value =
+                serde_json::from_slice(&B64URL.decode(token.split('.').next().unwrap_or_default()).unwrap_or_default())
+                    .unwrap_or_default();
             assert_eq!(header["alg"], algorithm.as_str());
             assert_eq!(header["kid"], signer.kid());
             assert_eq!(header["typ"], "JWT");

@@ -115,11 +115,8 @@ impl Store {
             }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         };
-        let pool = pool_options
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        let pool =
+            pool_options.acquire_timeout(Duration::from_secs(10)).connect_with(options).await.map_err(open_error)?;
         let store = Self { pool, backend, location: described };
         store.migrate().await?;
         Ok(store)
@@ -137,10 +134,7 @@ impl Store {
             sql.into_sql_str(),
             false,
         )]);
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|source| StoreError::Migrate { location: self.location.clone(), source })
+        migrator.run(&self.pool).await.map_err(|source| StoreError::Migrate { location: self.location.clone(), source })
     }
 
     /// Which engine this is.
@@ -167,8 +161,7 @@ impl Store {
 
 fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
-    std::fs::create_dir_all(dir)
-        .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user@host/db`.
@@ -201,7 +194,10 @@ mod tests {
 
     #[test]
     fn database_passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://kw:hunter2@db:5432/keyward?sslmode=require"), "postgres://kw@db:5432/keyward");
+        assert_eq!(
+            redact_url("postgres://kw:hunter2@db:5432/keyward?sslmode=require"),
+            "postgres://kw@db:5432/keyward"
+        );
         assert_eq!(redact_url("postgres://db/keyward"), "postgres://db/keyward");
         assert!(!redact_url("postgresql://a:b@c/d").contains('b'));
     }

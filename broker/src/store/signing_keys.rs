@@ -126,8 +126,12 @@ impl Store {
         rows.iter()
             .map(|row| {
                 from_row(row).map_err(|error| match error {
-                    StoreError::Query(e) => StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location)),
-                    StoreError::Corrupt(e) => StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location)),
+                    StoreError::Query(e) => {
+                        StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location))
+                    }
+                    StoreError::Corrupt(e) => {
+                        StoreError::Corrupt(format!("table signing_keys in {}: {e}", self.location))
+                    }
                     other => other,
                 })
             })
