@@ -4,6 +4,7 @@
 //! anything reading the broker's JWKS) match on these names in trust policies and bound claims, so the
 //! serialized names here must never change.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -84,14 +85,14 @@ pub enum Scope {
 }
 
 /// AWS session tags carried in the token, in the exact shape STS requires: every value is a
-/// one-element array.
+/// one-element array. Keys are usually the broker's fixed names, hence `Cow<'static, str>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwsTags {
     /// Tag key → one-element array holding the value.
-    pub principal_tags: BTreeMap<String, Vec<String>>,
+    pub principal_tags: BTreeMap<Cow<'static, str>, [String; 1]>,
     /// Keys that stay attached through role chaining.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transitive_tag_keys: Vec<String>,
+    pub transitive_tag_keys: Vec<Cow<'static, str>>,
 }
 
 /// The full claim set of a Keyward run token.
@@ -172,7 +173,7 @@ mod tests {
     #[test]
     fn claim_names_match_the_contract() -> Result<(), serde_json::Error> {
         let mut tags = BTreeMap::new();
-        tags.insert("run".to_owned(), vec!["r1".to_owned()]);
+        tags.insert(Cow::Borrowed("run"), ["r1".to_owned()]);
         let claims = RunClaims {
             iss: "https://kw.example".into(),
             sub: "stack:s1:phase:plan".into(),
@@ -195,7 +196,7 @@ mod tests {
             approved_by: vec![],
             pool: None,
             agent_id: None,
-            aws_tags: Some(AwsTags { principal_tags: tags, transitive_tag_keys: vec!["run".into()] }),
+            aws_tags: Some(AwsTags { principal_tags: tags, transitive_tag_keys: vec![Cow::Borrowed("run")] }),
             aws_source_identity: Some("alice".into()),
         };
         let value = serde_json::to_value(&claims)?;

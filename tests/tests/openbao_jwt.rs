@@ -31,7 +31,7 @@ async fn openbao_accepts_minted_tokens_and_refuses_bad_ones_across_rotation() {
             "an expired token",
             forge::minter_at(&data_dir, &broker.addr, now() - 7200)
                 .await
-                .mint(&forge::request("run-1", "net", "vault"))
+                .mint(forge::request("run-1", "net", "vault"))
                 .unwrap()
                 .token
                 .expose()

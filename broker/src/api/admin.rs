@@ -87,7 +87,7 @@ pub(super) async fn mint_run_token(
             pool: body.pool,
             agent_id: body.agent_id,
         };
-        Ok::<_, ApiError>(state.issuer.issue(&request, &operator.name).await?)
+        Ok::<_, ApiError>(state.issuer.issue(request, &operator.name).await?)
     }
     .await;
     match result {

@@ -39,7 +39,7 @@ impl Issuer {
     }
 
     /// Mints a token for `request` on behalf of `requested_by`, records it, then returns it.
-    pub async fn issue(&self, request: &MintRequest, requested_by: &str) -> Result<MintedToken, IssueError> {
+    pub async fn issue(&self, request: MintRequest, requested_by: &str) -> Result<MintedToken, IssueError> {
         let minted = self.minter.mint(request)?;
         let claims = &minted.claims;
         let row = IssuedTokenRow {

@@ -5,6 +5,8 @@
 //! so it can be benchmarked on its own and reused by every path that needs a token (operator mint,
 //! job credentials, exchanges).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -112,6 +114,7 @@ pub struct MintedToken {
 pub struct Minter {
     issuer: String,
     rules: TokensConfig,
+    subject: SubjectTemplate,
     keys: Arc<KeyRing>,
     clock: SharedClock,
 }
@@ -124,7 +127,8 @@ const AWS_TAG_VALUE_MAX: usize = 256;
 impl Minter {
     /// A minter for `issuer` following `rules`.
     pub fn new(issuer: String, rules: TokensConfig, keys: Arc<KeyRing>, clock: SharedClock) -> Self {
-        Self { issuer, rules, keys, clock }
+        let subject = SubjectTemplate::parse(&rules.subject_template);
+        Self { issuer, rules, subject, keys, clock }
     }
 
     /// The issuer URL (`iss`).
@@ -138,9 +142,10 @@ impl Minter {
     }
 
     /// Validates `request` and signs its claims with the current key.
-    pub fn mint(&self, request: &MintRequest) -> Result<MintedToken, MintError> {
+    pub fn mint(&self, request: MintRequest) -> Result<MintedToken, MintError> {
         let claims = self.claims(request)?;
-        let json = serde_json::to_vec(&claims)
+        let mut json = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut json, &claims)
             .map_err(|e| MintError::InvalidField { field: "claims", reason: e.to_string() })?;
         let signer = self.keys.signer();
         let token = signer.sign_compact(&json)?;
@@ -148,50 +153,71 @@ impl Minter {
     }
 
     /// Builds (and validates) the claim set without signing.
-    pub fn claims(&self, request: &MintRequest) -> Result<RunClaims, MintError> {
-        let run_id = identifier("run_id", &request.run_id)?;
-        let stack_id = identifier("stack_id", &request.stack_id)?;
-        let stack = identifier("stack", &request.stack)?;
-        let phase = request
-            .phase
+    pub fn claims(&self, request: MintRequest) -> Result<RunClaims, MintError> {
+        let MintRequest {
+            run_id,
+            stack_id,
+            stack,
+            phase,
+            audience,
+            ttl,
+            repository,
+            commit_sha,
+            git_ref,
+            pull_request,
+            ticket,
+            triggered_by,
+            approved_by,
+            pool,
+            agent_id,
+        } = request;
+        identifier("run_id", &run_id)?;
+        identifier("stack_id", &stack_id)?;
+        identifier("stack", &stack)?;
+        let phase = phase
             .ok_or(MintError::InvalidField { field: "phase", reason: "required: `plan` or `apply`".to_owned() })?;
-        if !self.rules.allowed_audiences.contains(&request.audience) {
-            return Err(MintError::AudienceNotAllowed(request.audience.clone()));
+        if !self.rules.allowed_audiences.contains(&audience) {
+            return Err(MintError::AudienceNotAllowed(audience));
         }
-        let ttl = request.ttl.unwrap_or(self.rules.default_ttl);
+        let ttl = ttl.unwrap_or(self.rules.default_ttl);
         if ttl > self.rules.max_ttl {
             return Err(MintError::TtlTooLong { requested: ttl.as_secs(), maximum: self.rules.max_ttl.as_secs() });
         }
         if ttl < Duration::from_secs(1) {
             return Err(MintError::InvalidField { field: "ttl_seconds", reason: "must be at least 1".to_owned() });
         }
-        let commit_sha = request.commit_sha.as_deref().map(commit).transpose()?;
-        let repository = optional_text("repository", request.repository.as_deref(), MAX_TEXT_LEN)?;
-        let git_ref = optional_text("ref", request.git_ref.as_deref(), MAX_TEXT_LEN)?;
-        let ticket = optional_text("ticket", request.ticket.as_deref(), MAX_ID_LEN)?;
-        let triggered_by = optional_text("triggered_by", request.triggered_by.as_deref(), MAX_ID_LEN)?;
-        let pool = request.pool.as_deref().map(|p| identifier("pool", p)).transpose()?;
-        let agent_id = request.agent_id.as_deref().map(|a| identifier("agent_id", a)).transpose()?;
-        if request.pull_request == Some(0) {
+        let commit_sha = commit_sha.map(commit).transpose()?;
+        optional_text("repository", repository.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ref", git_ref.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ticket", ticket.as_deref(), MAX_ID_LEN)?;
+        optional_text("triggered_by", triggered_by.as_deref(), MAX_ID_LEN)?;
+        if let Some(pool) = &pool {
+            identifier("pool", pool)?;
+        }
+        if let Some(agent_id) = &agent_id {
+            identifier("agent_id", agent_id)?;
+        }
+        if pull_request == Some(0) {
             return Err(MintError::InvalidField {
                 field: "pull_request",
                 reason: "must be a positive number".to_owned(),
             });
         }
-        if request.approved_by.len() > MAX_APPROVERS {
+        if approved_by.len() > MAX_APPROVERS {
             return Err(MintError::InvalidField {
                 field: "approved_by",
                 reason: format!("at most {MAX_APPROVERS} approvers"),
             });
         }
-        let approved_by =
-            request.approved_by.iter().map(|a| text("approved_by", a, MAX_ID_LEN)).collect::<Result<Vec<_>, _>>()?;
+        for approver in &approved_by {
+            text("approved_by", approver, MAX_ID_LEN)?;
+        }
 
         let now = self.clock.now();
         let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let sub = render_subject(&self.rules.subject_template, &stack_id, &stack, phase, pool.as_deref());
+        let sub = self.subject.render(&stack_id, &stack, phase, pool.as_deref());
         let aws_tags = self.rules.aws_session_tags.then(|| {
-            aws_tags(&run_id, &stack_id, commit_sha.as_deref(), request.pull_request, ticket.as_deref(), &approved_by)
+            aws_tags(&run_id, &stack_id, commit_sha.as_deref(), pull_request, ticket.as_deref(), &approved_by)
         });
         let human = match self.rules.source_identity {
             SourceIdentity::TriggeredBy => triggered_by.as_deref().or(approved_by.first().map(String::as_str)),
@@ -202,11 +228,11 @@ impl Minter {
         Ok(RunClaims {
             iss: self.issuer.clone(),
             sub,
-            aud: request.audience.clone(),
+            aud: audience,
             iat: now,
             nbf: now,
             exp: now.saturating_add(lifetime),
-            jti: uuid::Uuid::now_v7().to_string(),
+            jti: token_id(now),
             run_id,
             stack_id,
             stack,
@@ -215,7 +241,7 @@ impl Minter {
             repository,
             commit_sha,
             git_ref,
-            pull_request: request.pull_request,
+            pull_request,
             ticket,
             triggered_by,
             approved_by,
@@ -227,16 +253,112 @@ impl Minter {
     }
 }
 
-fn render_subject(template: &str, stack_id: &str, stack: &str, phase: Phase, pool: Option<&str>) -> String {
-    template
-        .replace("{stack_id}", stack_id)
-        .replace("{stack}", stack)
-        .replace("{phase}", phase.as_str())
-        .replace("{scope}", if phase == Phase::Plan { "read" } else { "write" })
-        .replace("{pool}", pool.unwrap_or("-"))
+/// Random bytes for token IDs, drawn from aws-lc's DRBG a block at a time: one DRBG call per 32
+/// IDs instead of one each (the `uuid` crate's own generator makes a `getrandom` syscall per ID,
+/// a fifth of the minting overhead).
+struct RandomPool {
+    bytes: [u8; 320],
+    used: usize,
 }
 
-fn identifier(field: &'static str, value: &str) -> Result<String, MintError> {
+thread_local! {
+    static RANDOM: RefCell<RandomPool> = const { RefCell::new(RandomPool { bytes: [0; 320], used: 320 }) };
+}
+
+fn random_10() -> [u8; 10] {
+    RANDOM.with_borrow_mut(|pool| {
+        if pool.used + 10 > pool.bytes.len() {
+            if aws_lc_rs::rand::fill(&mut pool.bytes).is_err() {
+                failed_rng();
+            }
+            pool.used = 0;
+        }
+        let mut out = [0u8; 10];
+        out.copy_from_slice(pool.bytes.get(pool.used..pool.used + 10).unwrap_or(&[0; 10]));
+        pool.used += 10;
+        out
+    })
+}
+
+/// A UUIDv7 token ID: the millisecond timestamp, then 74 random bits.
+fn token_id(now_secs: i64) -> String {
+    let random = random_10();
+    let millis = u64::try_from(now_secs).unwrap_or(0).saturating_mul(1000) + u64::from(subsec_millis());
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid().hyphenated().to_string()
+}
+
+fn subsec_millis() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_millis()).unwrap_or(0)
+}
+
+#[cold]
+#[allow(clippy::panic)]
+fn failed_rng() -> ! {
+    panic!("the system random number generator failed")
+}
+
+/// The subject template, split once into literal text and placeholders.
+#[derive(Debug, Clone)]
+struct SubjectTemplate(Vec<Segment>);
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Text(String),
+    StackId,
+    Stack,
+    Phase,
+    Scope,
+    Pool,
+}
+
+impl SubjectTemplate {
+    /// Splits a template that `config` already validated; an unknown placeholder stays literal.
+    fn parse(template: &str) -> Self {
+        let mut segments = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (text, after) = rest.split_at(open);
+            let Some(close) = after.find('}') else { break };
+            if !text.is_empty() {
+                segments.push(Segment::Text(text.to_owned()));
+            }
+            let name = after.get(1..close).unwrap_or_default();
+            segments.push(match name {
+                "stack_id" => Segment::StackId,
+                "stack" => Segment::Stack,
+                "phase" => Segment::Phase,
+                "scope" => Segment::Scope,
+                "pool" => Segment::Pool,
+                _ => Segment::Text(after.get(..=close).unwrap_or_default().to_owned()),
+            });
+            rest = after.get(close + 1..).unwrap_or_default();
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Text(rest.to_owned()));
+        }
+        Self(segments)
+    }
+
+    fn render(&self, stack_id: &str, stack: &str, phase: Phase, pool: Option<&str>) -> String {
+        let mut out = String::with_capacity(64);
+        for segment in &self.0 {
+            out.push_str(match segment {
+                Segment::Text(text) => text,
+                Segment::StackId => stack_id,
+                Segment::Stack => stack,
+                Segment::Phase => phase.as_str(),
+                Segment::Scope => match phase.scope() {
+                    keyward_proto::claims::Scope::Read => "read",
+                    keyward_proto::claims::Scope::Write => "write",
+                },
+                Segment::Pool => pool.unwrap_or("-"),
+            });
+        }
+        out
+    }
+}
+
+fn identifier(field: &'static str, value: &str) -> Result<(), MintError> {
     let bad = |reason: &str| MintError::InvalidField { field, reason: reason.to_owned() };
     if value.is_empty() {
         return Err(bad("required"));
@@ -247,10 +369,10 @@ fn identifier(field: &'static str, value: &str) -> Result<String, MintError> {
     if !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@/+".contains(c)) {
         return Err(bad("may only contain letters, digits and - _ . : @ / +"));
     }
-    Ok(value.to_owned())
+    Ok(())
 }
 
-fn text(field: &'static str, value: &str, max: usize) -> Result<String, MintError> {
+fn text(field: &'static str, value: &str, max: usize) -> Result<(), MintError> {
     let bad = |reason: String| MintError::InvalidField { field, reason };
     if value.trim().is_empty() {
         return Err(bad("must not be empty".to_owned()));
@@ -261,14 +383,14 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String, MintErro
     if value.chars().any(char::is_control) {
         return Err(bad("must not contain control characters".to_owned()));
     }
-    Ok(value.to_owned())
+    Ok(())
 }
 
-fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, MintError> {
-    value.map(|v| text(field, v, max)).transpose()
+fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Result<(), MintError> {
+    value.map_or(Ok(()), |v| text(field, v, max))
 }
 
-fn commit(value: &str) -> Result<String, MintError> {
+fn commit(mut value: String) -> Result<String, MintError> {
     let valid = (7..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_hexdigit());
     if !valid {
         return Err(MintError::InvalidField {
@@ -276,7 +398,8 @@ fn commit(value: &str) -> Result<String, MintError> {
             reason: "expected 7 to 64 hexadecimal characters".to_owned(),
         });
     }
-    Ok(value.to_ascii_lowercase())
+    value.make_ascii_lowercase();
+    Ok(value)
 }
 
 /// Session tags in STS's shape. Values are reduced to the characters STS accepts
@@ -290,14 +413,15 @@ fn aws_tags(
     approvers: &[String],
 ) -> AwsTags {
     let mut tags = BTreeMap::new();
-    let mut put = |key: &str, value: &str| {
-        let clean: String = value
-            .chars()
-            .map(|c| if c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c) { c } else { '_' })
-            .take(AWS_TAG_VALUE_MAX)
-            .collect();
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c);
+    let mut put = |key: &'static str, value: &str| {
+        let clean: String = if value.len() <= AWS_TAG_VALUE_MAX && value.chars().all(allowed) {
+            value.to_owned()
+        } else {
+            value.chars().map(|c| if allowed(c) { c } else { '_' }).take(AWS_TAG_VALUE_MAX).collect()
+        };
         if !clean.trim().is_empty() {
-            tags.insert(key.to_owned(), vec![clean]);
+            tags.insert(Cow::Borrowed(key), [clean]);
         }
     };
     put("run", run_id);
@@ -334,18 +458,30 @@ mod tests {
 
     #[test]
     fn subject_template_renders_immutable_ids() {
-        let sub = render_subject("stack:{stack_id}:phase:{phase}", "stk_1", "network", Phase::Apply, None);
-        assert_eq!(sub, "stack:stk_1:phase:apply");
+        let template = SubjectTemplate::parse("stack:{stack_id}:phase:{phase}");
+        assert_eq!(template.render("stk_1", "network", Phase::Apply, None), "stack:stk_1:phase:apply");
+        let every = SubjectTemplate::parse("{pool}/{stack}:{scope}");
+        assert_eq!(every.render("s", "net", Phase::Plan, Some("eu")), "eu/net:read");
+        assert_eq!(every.render("s", "net", Phase::Apply, None), "-/net:write");
+    }
+
+    #[test]
+    fn token_ids_are_unique_time_ordered_uuidv7() {
+        let a = token_id(1_800_000_000);
+        let b = token_id(1_800_000_001);
+        let parsed = uuid::Uuid::parse_str(&a).map(|u| u.get_version_num());
+        assert_eq!(parsed.ok(), Some(7));
+        assert!(a < b, "later IDs sort later");
+        assert_ne!(token_id(1), token_id(1));
     }
 
     #[test]
     fn tags_follow_sts_shape_and_character_rules() {
         let tags = aws_tags("run-1", "stk", Some("abc1234"), Some(42), Some("OPS#12"), &["bob".into(), "carol".into()]);
-        assert_eq!(tags.principal_tags["run"], vec!["run-1".to_owned()]);
-        assert_eq!(tags.principal_tags["pr"], vec!["42".to_owned()]);
-        assert_eq!(tags.principal_tags["ticket"], vec!["OPS_12".to_owned()], "`#` is not allowed by STS");
-        assert_eq!(tags.principal_tags["approver"], vec!["bob carol".to_owned()]);
-        assert!(tags.principal_tags.values().all(|v| v.len() == 1));
+        assert_eq!(tags.principal_tags["run"], ["run-1".to_owned()]);
+        assert_eq!(tags.principal_tags["pr"], ["42".to_owned()]);
+        assert_eq!(tags.principal_tags["ticket"], ["OPS_12".to_owned()], "`#` is not allowed by STS");
+        assert_eq!(tags.principal_tags["approver"], ["bob carol".to_owned()]);
         assert_eq!(tags.transitive_tag_keys.len(), tags.principal_tags.len());
     }
 
@@ -363,9 +499,9 @@ mod tests {
         assert!(identifier("run_id", "").is_err());
         assert!(identifier("run_id", "has space").is_err());
         assert!(identifier("run_id", &"a".repeat(129)).is_err());
-        assert!(commit("ABCDEF1").is_ok_and(|c| c == "abcdef1"));
-        assert!(commit("xyz1234").is_err());
-        assert!(commit("abc").is_err());
+        assert!(commit("ABCDEF1".into()).is_ok_and(|c| c == "abcdef1"));
+        assert!(commit("xyz1234".into()).is_err());
+        assert!(commit("abc".into()).is_err());
         assert!(text("ticket", "line\nbreak", 10).is_err());
     }
 }
@@ -416,7 +552,7 @@ mod minting {
     async fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let minter = minter(&dir, rules()).await?;
-        let minted = minter.mint(&request())?;
+        let minted = minter.mint(request())?;
         let c = &minted.claims;
         assert_eq!(
             (c.iss.as_str(), c.aud.as_str(), c.sub.as_str()),
@@ -426,7 +562,7 @@ mod minting {
         assert_eq!(c.scope, keyward_proto::claims::Scope::Write);
         assert_eq!(c.aws_source_identity.as_deref(), Some("alice"));
         assert!(uuid::Uuid::parse_str(&c.jti).is_ok_and(|u| u.get_version_num() == 7));
-        assert_ne!(minter.mint(&request())?.claims.jti, c.jti, "every token has its own jti");
+        assert_ne!(minter.mint(request())?.claims.jti, c.jti, "every token has its own jti");
         assert_eq!(minted.kid, minter.keys.signer().kid());
         assert_eq!(minted.token.expose().split('.').count(), 3);
         assert!(!format!("{minted:?}").contains(minted.token.expose()), "Debug never prints the token");
@@ -438,13 +574,13 @@ mod minting {
         let dir = tempfile::tempdir()?;
         let minter = minter(&dir, TokensConfig { max_ttl: Duration::from_secs(600), ..rules() }).await?;
         let wrong = MintRequest { audience: "vault ".into(), ..request() };
-        assert!(matches!(minter.mint(&wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
+        assert!(matches!(minter.mint(wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
         let long = MintRequest { ttl: Some(Duration::from_secs(601)), ..request() };
-        assert!(matches!(minter.mint(&long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
+        assert!(matches!(minter.mint(long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
         let at_cap = MintRequest { ttl: Some(Duration::from_secs(600)), ..request() };
-        assert_eq!(minter.mint(&at_cap)?.claims.exp, T0 + 600);
+        assert_eq!(minter.mint(at_cap)?.claims.exp, T0 + 600);
         let no_phase = MintRequest { phase: None, ..request() };
-        assert!(matches!(minter.mint(&no_phase), Err(MintError::InvalidField { field: "phase", .. })));
+        assert!(matches!(minter.mint(no_phase), Err(MintError::InvalidField { field: "phase", .. })));
         Ok(())
     }
 }
