@@ -144,6 +144,11 @@ impl Broker {
         broker
     }
 
+    /// Everything the broker has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Environment for CLI commands against this broker.
     pub fn cli_env(&self) -> Vec<(&'static str, String)> {
         vec![("KEYWARD_ADDR", self.addr.clone()), ("KEYWARD_TOKEN", self.admin_token.clone())]

@@ -230,7 +230,13 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
     assert_eq!(issued_count(&data_dir).await, 1, "the accepted request is on record");
     let metrics = http().get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"), "{metrics}");
-    assert!(!metrics.contains(&broker.admin_token) && !metrics.contains(minted["token"].as_str().unwrap()));
+    let token = minted["token"].as_str().unwrap();
+    assert!(!metrics.contains(&broker.admin_token) && !metrics.contains(token));
+    let log = broker.log_text();
+    assert!(log.contains(minted["jti"].as_str().unwrap()), "issuance is logged by jti: {log}");
+    for secret in [broker.admin_token.as_str(), submit_token.as_str(), token] {
+        assert!(!log.contains(secret), "a secret reached the broker log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,4 +264,19 @@ async fn dev_restart_keeps_keys_tokens_and_data() {
     assert_eq!(forge::header(&new_token)["kid"], forge::header(&token)["kid"], "still signing with the same key");
     second.stop();
     assert_eq!(issued_count(&data_dir).await, 2);
+
+    // At rest: API tokens only as hashes, private keys only sealed.
+    let mut at_rest = Vec::new();
+    for file in ["keyward.db", "keyward.db-wal"] {
+        at_rest.extend(std::fs::read(data_dir.join(file)).unwrap_or_default());
+    }
+    assert!(!at_rest.is_empty());
+    let contains = |needle: &[u8]| at_rest.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(admin_before.as_bytes()), "the admin API token is stored in plaintext");
+    let created: Value = serde_json::from_str(&created.stdout).unwrap();
+    assert!(!contains(created["token"].as_str().unwrap().as_bytes()), "an API token is stored in plaintext");
+    assert!(
+        !contains(b"PRIVATE KEY") && !contains(&[0x30, 0x81, 0x87, 0x02, 0x01, 0x00]),
+        "an unsealed PKCS#8 key is at rest"
+    );
 }
