@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a token request was refused (a closed set, used as a metric label).
+/// Why an API request was refused (a closed set, used as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No or bad API token.
@@ -60,8 +60,8 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one refused token request.
-    pub fn token_refused(&self, reason: Refusal) {
+    /// Counts one refused API request (authentication, authorization or a refused mint).
+    pub fn request_refused(&self, reason: Refusal) {
         let index = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         if let Some(counter) = self.refused.get(index) {
             counter.fetch_add(1, Ordering::Relaxed);
@@ -85,12 +85,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE keyward_tokens_issued_total counter");
         let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"ES256\"}} {}", load(&self.issued_es256));
         let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"RS256\"}} {}", load(&self.issued_rs256));
-        let _ = writeln!(out, "# HELP keyward_token_requests_refused_total Token requests refused, by reason.");
-        let _ = writeln!(out, "# TYPE keyward_token_requests_refused_total counter");
+        let _ = writeln!(out, "# HELP keyward_requests_refused_total API requests refused, by reason.");
+        let _ = writeln!(out, "# TYPE keyward_requests_refused_total counter");
         for (reason, counter) in Refusal::ALL.iter().zip(&self.refused) {
             let _ = writeln!(
                 out,
-                "keyward_token_requests_refused_total{{reason=\"{}\"}} {}",
+                "keyward_requests_refused_total{{reason=\"{}\"}} {}",
                 reason.label(),
                 load(counter)
             );
@@ -119,11 +119,11 @@ mod tests {
     fn renders_counters_with_closed_labels() {
         let metrics = Metrics::default();
         metrics.token_issued(crate::identity::SigningAlgorithm::ES256);
-        metrics.token_refused(Refusal::Audience);
-        metrics.token_refused(Refusal::Audience);
+        metrics.request_refused(Refusal::Audience);
+        metrics.request_refused(Refusal::Audience);
         let text = metrics.render(2, true);
         assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
-        assert!(text.contains("keyward_token_requests_refused_total{reason=\"audience\"} 2"));
+        assert!(text.contains("keyward_requests_refused_total{reason=\"audience\"} 2"));
         assert!(text.contains("keyward_jwks_keys 2"));
         assert!(text.contains("keyward_ready 1"));
     }

@@ -92,8 +92,7 @@ pub(super) async fn mint_run_token(
     .await;
     match result {
         Ok(minted) => {
-            let algorithm = state.keys.signer().algorithm();
-            state.metrics.token_issued(algorithm);
+            state.metrics.token_issued(minted.algorithm);
             let body = Minted {
                 token: minted.token.expose(),
                 token_type: "urn:ietf:params:oauth:token-type:jwt",
@@ -105,7 +104,7 @@ pub(super) async fn mint_run_token(
             Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
         }
         Err(error) => {
-            state.metrics.token_refused(error.refusal());
+            state.metrics.request_refused(error.refusal());
             Err(error)
         }
     }

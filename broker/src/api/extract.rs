@@ -39,7 +39,7 @@ pub(super) async fn operator(state: &AppState, headers: &HeaderMap, required: Ap
     }
     .await;
     if let Err(error) = &result {
-        state.metrics.token_refused(error.refusal());
+        state.metrics.request_refused(error.refusal());
     }
     result
 }

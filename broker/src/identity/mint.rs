@@ -15,7 +15,7 @@ use std::time::Duration;
 use keyward_proto::claims::{AwsTags, Phase, RunClaims};
 
 use super::keyring::KeyRing;
-use super::signer::SignerError;
+use super::signer::{SignerError, SigningAlgorithm};
 use crate::clock::SharedClock;
 use crate::config::{SourceIdentity, TokensConfig};
 
@@ -107,6 +107,8 @@ pub struct MintedToken {
     pub claims: RunClaims,
     /// The key that signed it.
     pub kid: String,
+    /// That key's algorithm.
+    pub algorithm: SigningAlgorithm,
 }
 
 /// Mints run tokens. Cheap to share.
@@ -149,7 +151,12 @@ impl Minter {
             .map_err(|e| MintError::InvalidField { field: "claims", reason: e.to_string() })?;
         let signer = self.keys.signer();
         let token = signer.sign_compact(&json)?;
-        Ok(MintedToken { token: TokenString(token), claims, kid: signer.kid().to_owned() })
+        Ok(MintedToken {
+            token: TokenString(token),
+            claims,
+            kid: signer.kid().to_owned(),
+            algorithm: signer.algorithm(),
+        })
     }
 
     /// Builds (and validates) the claim set without signing.
@@ -511,7 +518,6 @@ mod minting {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::DatabaseLocation;
-    use crate::identity::SigningAlgorithm;
     use crate::identity::kek::Kek;
     use crate::identity::keyring::KeySettings;
     use crate::store::Store;

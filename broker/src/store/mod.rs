@@ -92,7 +92,7 @@ impl Store {
         let (backend, url, described) = match location {
             DatabaseLocation::Sqlite(path) => {
                 create_parent_dir(path)?;
-                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let url = format!("sqlite://{}?mode=rwc", sqlite_url_path(path)?);
                 (Backend::Sqlite, url, format!("sqlite:{}", path.display()))
             }
             DatabaseLocation::Postgres(url) => (Backend::Postgres, url.clone(), redact_url(url)),
@@ -164,6 +164,24 @@ fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
 }
 
+/// The path part of an sqlx SQLite URL: sqlx percent-decodes it, so `%`, `?` and `#` in a
+/// directory name must be encoded or they would be read as URL syntax.
+fn sqlite_url_path(path: &Path) -> Result<String, StoreError> {
+    let text = path.to_str().ok_or_else(|| StoreError::DataDir {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the database path is not valid UTF-8"),
+    })?;
+    Ok(text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            other => out.push(other),
+        }
+        out
+    }))
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user@host/db`.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return "postgres://…".to_owned() };
@@ -190,7 +208,18 @@ fn conflict_or(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreErro
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{Store, redact_url};
+    use crate::config::DatabaseLocation;
+
+    #[tokio::test]
+    async fn sqlite_paths_with_url_syntax_characters_work() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("odd 100% #1?x").join("keyward.db");
+        let store = Store::open(&DatabaseLocation::Sqlite(path.clone())).await?;
+        store.ping().await?;
+        assert!(path.exists(), "the database is where it was asked to be");
+        Ok(())
+    }
 
     #[test]
     fn database_passwords_are_redacted() {
