@@ -97,6 +97,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The broker's external URL: the `iss` of every token, and where discovery is served.
     pub external_url: String,
+    /// Deadline for handling one request; past it the client gets 503 and nothing is issued.
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[log]`.
@@ -316,6 +323,9 @@ impl Config {
     /// Checks everything that parsing cannot: ranges, templates, URLs, and that the KEK resolves.
     pub fn validate(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         validate_issuer(&self.server.external_url)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.server.request_timeout) {
+            return Err(invalid("server.request_timeout", "must be between 1s and 5m"));
+        }
         self.tokens.validate()?;
         if self.keys.rotation_period < Duration::from_secs(60) {
             return Err(invalid("keys.rotation_period", "must be at least 1m"));
@@ -483,7 +493,7 @@ impl Config {
     /// `data_dir`, the dev audiences.
     pub fn dev(data_dir: PathBuf, listen: SocketAddr, external_url: String) -> Self {
         Self {
-            server: ServerConfig { listen, external_url },
+            server: ServerConfig { listen, external_url, request_timeout: default_request_timeout() },
             log: LogConfig::default(),
             storage: StorageConfig { data_dir: data_dir.clone(), database_url: None, database_url_env: None },
             keys: KeysConfig {

@@ -88,12 +88,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP keyward_requests_refused_total API requests refused, by reason.");
         let _ = writeln!(out, "# TYPE keyward_requests_refused_total counter");
         for (reason, counter) in Refusal::ALL.iter().zip(&self.refused) {
-            let _ = writeln!(
-                out,
-                "keyward_requests_refused_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                load(counter)
-            );
+            let _ = writeln!(out, "keyward_requests_refused_total{{reason=\"{}\"}} {}", reason.label(), load(counter));
         }
         let _ = writeln!(out, "# HELP keyward_signing_key_rotations_total Signing key rotations.");
         let _ = writeln!(out, "# TYPE keyward_signing_key_rotations_total counter");

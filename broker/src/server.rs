@@ -83,6 +83,7 @@ impl Broker {
             store,
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
+            request_timeout: config.server.request_timeout,
         };
         tracing::info!(
             issuer = %config.server.external_url, database = %state.store.location(),

@@ -189,6 +189,21 @@ impl Broker {
         http().get(format!("{}{path}", self.addr)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// Sends SIGTERM and waits for the process to exit on its own; returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "broker did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the process (SIGKILL) and waits.
     pub fn stop(mut self) {
         let _ = self.child.kill();

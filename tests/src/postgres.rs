@@ -82,10 +82,9 @@ impl PgCluster {
         run_as_owner(&self.bin, "createdb", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name]);
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
-}
 
-impl Drop for PgCluster {
-    fn drop(&mut self) {
+    /// Stops the server now (immediate shutdown, like a crash or a network cut for clients).
+    pub fn stop(&self) {
         let data = self.dir.path().join("data");
         let _ = if is_root() {
             Command::new("runuser")
@@ -98,5 +97,11 @@ impl Drop for PgCluster {
                 .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
                 .output()
         };
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.
     pub readiness_timeout: Duration,
+    /// Deadline for one request.
+    pub request_timeout: Duration,
 }
 
 /// Builds the router.
@@ -54,6 +56,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Bounds every request. Dropping the handler future at the deadline cancels its work; a token
+/// is only ever returned after its record was written, so a cancelled mint issues nothing.
+async fn deadline(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_secs = timeout.as_secs(), "request exceeded its deadline");
+            error::ApiError::unavailable("the request did not complete in time; retry").into_response()
+        }
+    }
 }

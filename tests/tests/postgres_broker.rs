@@ -1,0 +1,78 @@
+//! The broker on PostgreSQL: it serves like it does on SQLite, and when the database goes away it
+//! fails closed — readiness turns false and no token leaves without its record.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use keyward_tests::broker::Broker;
+use keyward_tests::postgres::PgCluster;
+use keyward_tests::{eventually, free_addr, http};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_backed_broker_fails_closed_when_the_database_goes_away() {
+    let cluster = PgCluster::start();
+    // The cluster trusts loopback, so any password works; this one must never be printed.
+    let database_url = cluster.database("keyward").replace("postgres@", "postgres:pg-secret-4711@");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nexternal_url = \"http://{addr}\"\nrequest_timeout = \"5s\"\n\
+             [storage]\ndata_dir = \"{}\"\ndatabase_url_env = \"KW_DATABASE_URL\"\n\
+             [keys]\nkek_env = \"KW_KEK\"\n[tokens]\nallowed_audiences = [\"vault\"]\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let envs = [("KW_KEK", kek), ("KW_DATABASE_URL", database_url.as_str())];
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await;
+    broker.mint("run-1", "net", "vault").await;
+    let log = broker.log_text();
+    assert!(log.contains("postgres://postgres@127.0.0.1"), "the redacted location is logged: {log}");
+    assert!(!log.contains("pg-secret-4711"), "the database password reached the log");
+
+    cluster.stop();
+
+    let client = http();
+    let readyz = format!("{}/readyz", broker.addr);
+    let body = eventually("readiness to turn false", Duration::from_secs(30), || {
+        let request = client.get(&readyz).send();
+        async move {
+            let response = request.await.ok()?;
+            (response.status() == 503).then_some(())?;
+            response.json::<serde_json::Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(body["status"], "not ready");
+
+    let (status, response) = broker
+        .mint_raw(
+            &json!({ "stack": "net", "run_id": "run-2", "phase": "plan", "audience": "vault" }),
+            Some(&broker.admin_token),
+        )
+        .await;
+    assert!(status == 503 || status == 500, "no token without a durable record: {status} {response}");
+    assert!(response.get("token").is_none(), "{response}");
+    assert!(!response.to_string().contains("postgres"), "internal errors stay internal: {response}");
+    assert!(!broker.log_text().contains("pg-secret-4711"), "the database password reached the log");
+    let metrics = client.get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keyward_ready 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_broker_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let log = dir.path().join("dev.log");
+    let status = broker.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    assert!(std::fs::read_to_string(log).unwrap().contains("broker stopped"));
+}
