@@ -67,6 +67,31 @@ pub enum ConfigError {
     },
 }
 
+/// A configuration value that is a secret (an inline KEK, a database URL with a password). It
+/// deserializes from a plain string and never prints.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(zeroize::Zeroizing::new(value))
+    }
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
 }
@@ -147,7 +172,7 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// `postgres://…` to use PostgreSQL; unset for SQLite at `<data_dir>/keyward.db`.
     #[serde(default)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// Name of an environment variable holding the database URL (keeps passwords out of the file).
     #[serde(default)]
     pub database_url_env: Option<String>,
@@ -162,7 +187,7 @@ pub struct KeysConfig {
     pub algorithm: SigningAlgorithm,
     /// Key-encryption key inline, base64 (32 bytes). Prefer `kek_file` or `kek_env`.
     #[serde(default)]
-    pub kek: Option<String>,
+    pub kek: Option<Secret>,
     /// Environment variable holding the base64 key-encryption key.
     #[serde(default)]
     pub kek_env: Option<String>,
@@ -361,7 +386,8 @@ impl Config {
             _ => return Err(invalid("keys.kek", "set only one of keys.kek, keys.kek_env, keys.kek_file")),
         }
         if let Some(inline) = &keys.kek {
-            return Kek::from_base64(inline, "keys.kek").map_err(|source| ConfigError::Kek { key: "keys.kek", source });
+            return Kek::from_base64(inline.expose(), "keys.kek")
+                .map_err(|source| ConfigError::Kek { key: "keys.kek", source });
         }
         if let Some(var) = &keys.kek_env {
             let value =
@@ -381,7 +407,7 @@ impl Config {
             (Some(_), Some(_)) => {
                 return Err(invalid("storage.database_url", "set database_url or database_url_env, not both"));
             }
-            (Some(url), None) => Some(url.clone()),
+            (Some(url), None) => Some(url.expose().to_owned()),
             (None, Some(var)) => Some(env(var).ok_or_else(|| {
                 invalid("storage.database_url_env", format!("environment variable `{var}` is not set"))
             })?),
@@ -509,5 +535,73 @@ impl Config {
                 ..TokensConfig::default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn parse(extra_keys: &str, extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\nexternal_url = \"https://kw.example\"\n\
+                 [storage]\ndata_dir = \"/tmp/kw\"\n{extra}\n[keys]\n{extra_keys}\n"
+            ),
+            "test.toml",
+        )
+    }
+
+    #[test]
+    fn secrets_in_the_config_never_print() -> Result<(), ConfigError> {
+        let config = parse(&format!("kek = \"{KEK}\""), "database_url = \"postgres://kw:hunter2@db/kw\"")?;
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(KEK) && !printed.contains("hunter2"), "{printed}");
+        config.validate(&|_| None)?;
+        assert!(matches!(config.database(&|_| None)?, DatabaseLocation::Postgres(url) if url.contains("hunter2")));
+        Ok(())
+    }
+
+    #[test]
+    fn the_environment_is_read_through_the_given_function() -> Result<(), ConfigError> {
+        let config = parse("kek_env = \"MY_KEK\"", "database_url_env = \"MY_DB\"")?;
+        let env = |name: &str| match name {
+            "MY_KEK" => Some(KEK.to_owned()),
+            "MY_DB" => Some("postgres://db/kw".to_owned()),
+            _ => None,
+        };
+        config.validate(&env)?;
+        assert_eq!(config.database(&env)?, DatabaseLocation::Postgres("postgres://db/kw".to_owned()));
+        let missing = config.validate(&|_| None);
+        assert!(matches!(missing, Err(ConfigError::Invalid { key: "storage.database_url_env", .. })), "{missing:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn issuer_urls_are_checked() {
+        for (url, ok) in [
+            ("https://kw.example", true),
+            ("https://kw.example/tenant-a", true),
+            ("http://127.0.0.1:8422", true),
+            ("http://[::1]:8422", true),
+            ("http://kw.example", false),
+            ("https://kw.example/", false),
+            ("https://kw.example?x=1", false),
+            ("ftp://kw.example", false),
+        ] {
+            assert_eq!(validate_issuer(url).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn subject_templates_are_checked() {
+        assert!(validate_subject_template("stack:{stack_id}:phase:{phase}").is_ok());
+        assert!(validate_subject_template("{pool}/{stack}/{scope}").is_ok());
+        assert!(validate_subject_template("run:{run_id}").is_err(), "run IDs make subjects unmatchable");
+        assert!(validate_subject_template("stack:{stack_id").is_err());
+        assert!(validate_subject_template("stack}").is_err());
+        assert!(validate_subject_template("").is_err());
     }
 }
