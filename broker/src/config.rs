@@ -125,6 +125,13 @@ pub struct ServerConfig {
     /// Deadline for handling one request; past it the client gets 503 and nothing is issued.
     #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// How long a client has to send its request headers before the connection is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_request_timeout() -> Duration {
@@ -351,6 +358,9 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.server.request_timeout) {
             return Err(invalid("server.request_timeout", "must be between 1s and 5m"));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.server.header_read_timeout) {
+            return Err(invalid("server.header_read_timeout", "must be between 1s and 1m"));
+        }
         self.tokens.validate()?;
         if self.keys.rotation_period < Duration::from_secs(60) {
             return Err(invalid("keys.rotation_period", "must be at least 1m"));
@@ -519,7 +529,12 @@ impl Config {
     /// `data_dir`, the dev audiences.
     pub fn dev(data_dir: PathBuf, listen: SocketAddr, external_url: String) -> Self {
         Self {
-            server: ServerConfig { listen, external_url, request_timeout: default_request_timeout() },
+            server: ServerConfig {
+                listen,
+                external_url,
+                request_timeout: default_request_timeout(),
+                header_read_timeout: default_header_read_timeout(),
+            },
             log: LogConfig::default(),
             storage: StorageConfig { data_dir: data_dir.clone(), database_url: None, database_url_env: None },
             keys: KeysConfig {

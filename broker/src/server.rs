@@ -52,6 +52,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Broker {
     state: AppState,
+    header_read_timeout: Duration,
 }
 
 impl Broker {
@@ -89,7 +90,7 @@ impl Broker {
             issuer = %config.server.external_url, database = %state.store.location(),
             signing_key = %state.keys.signer().kid(), "broker started"
         );
-        Ok(Self { state })
+        Ok(Self { state, header_read_timeout: config.server.header_read_timeout })
     }
 
     /// Creates the bootstrap admin token if no API token exists yet.
@@ -103,19 +104,14 @@ impl Broker {
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
         let store = self.state.store.clone();
         let app = api::router(self.state);
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
         maintenance.abort();
         store.close().await;
         tracing::info!("broker stopped");
-        served
     }
 }
 

@@ -210,3 +210,35 @@ impl Broker {
         let _ = self.child.wait();
     }
 }
+
+/// The KEK the configured-broker tests pass through the environment.
+pub const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Writes a `keyward serve` config listening on `addr` with its data in `data_dir` and the KEK in
+/// `$TEST_KEK`; `server`, `storage`, `keys` and `rest` are extra lines for those tables and the end.
+pub fn write_config(path: &Path, addr: std::net::SocketAddr, data_dir: &Path, extra: &ConfigExtra<'_>) {
+    let text = format!(
+        "[server]\nlisten = \"{addr}\"\nexternal_url = \"http://{addr}\"\n{}\n\
+         [storage]\ndata_dir = \"{}\"\n{}\n\
+         [keys]\nkek_env = \"TEST_KEK\"\n{}\n{}\n",
+        extra.server,
+        data_dir.display(),
+        extra.storage,
+        extra.keys,
+        extra.rest
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+/// Extra lines for [`write_config`].
+#[derive(Debug, Default)]
+pub struct ConfigExtra<'a> {
+    /// Lines in `[server]`.
+    pub server: &'a str,
+    /// Lines in `[storage]`.
+    pub storage: &'a str,
+    /// Lines in `[keys]`.
+    pub keys: &'a str,
+    /// Further tables.
+    pub rest: &'a str,
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
-use keyward_tests::broker::{Broker, keyward};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};
 use keyward_tests::{forge, http, pyjwt};
 use serde_json::{Value, json};
 
@@ -115,17 +115,13 @@ async fn pyjwt_verifies_rs256_tokens_from_a_configured_broker() {
     let data_dir = dir.path().join("serve");
     let addr = keyward_tests::free_addr();
     let config = dir.path().join("keyward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{addr}\"\nexternal_url = \"http://{addr}\"\n[log]\nformat = \"json\"\n\
-             [storage]\ndata_dir = \"{}\"\n[keys]\nalgorithm = \"RS256\"\nkek_env = \"TEST_KEK\"\n\
-             [tokens]\nallowed_audiences = [\"https://relying.example\"]\ndefault_ttl = \"2m\"\n",
-            data_dir.display()
-        ),
-    )
-    .unwrap();
-    let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let extra = ConfigExtra {
+        keys: "algorithm = \"RS256\"",
+        rest: "[log]\nformat = \"json\"\n[tokens]\nallowed_audiences = [\"https://relying.example\"]\ndefault_ttl = \"2m\"",
+        ..ConfigExtra::default()
+    };
+    write_config(&config, addr, &data_dir, &extra);
+    let kek = TEST_KEK;
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", kek)]).await;
     let token = broker.mint("run-1", "db", "https://relying.example").await;
     let verdict = pyjwt::verify(

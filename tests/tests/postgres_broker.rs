@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use keyward_tests::broker::Broker;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::postgres::PgCluster;
 use keyward_tests::{eventually, free_addr, http};
 use serde_json::json;
@@ -20,18 +20,14 @@ async fn a_postgres_backed_broker_fails_closed_when_the_database_goes_away() {
     let data_dir = dir.path().join("broker");
     let addr = free_addr();
     let config = dir.path().join("keyward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{addr}\"\nexternal_url = \"http://{addr}\"\nrequest_timeout = \"5s\"\n\
-             [storage]\ndata_dir = \"{}\"\ndatabase_url_env = \"KW_DATABASE_URL\"\n\
-             [keys]\nkek_env = \"KW_KEK\"\n[tokens]\nallowed_audiences = [\"vault\"]\n",
-            data_dir.display()
-        ),
-    )
-    .unwrap();
-    let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let envs = [("KW_KEK", kek), ("KW_DATABASE_URL", database_url.as_str())];
+    let extra = ConfigExtra {
+        server: "request_timeout = \"5s\"",
+        storage: "database_url_env = \"KW_DATABASE_URL\"",
+        rest: "[tokens]\nallowed_audiences = [\"vault\"]",
+        ..ConfigExtra::default()
+    };
+    write_config(&config, addr, &data_dir, &extra);
+    let envs = [("TEST_KEK", TEST_KEK), ("KW_DATABASE_URL", database_url.as_str())];
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await;
     broker.mint("run-1", "net", "vault").await;
     let log = broker.log_text();

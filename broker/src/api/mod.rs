@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod oidc;
 mod ops;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;

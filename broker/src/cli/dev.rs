@@ -72,7 +72,8 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     write_private_file(&env_file, exports.as_bytes())?;
     print_banner(&issuer, &data_dir, &env_file, &exports);
 
-    broker.serve(listener, server::shutdown_signal()).await.context("HTTP server failed")
+    broker.serve(listener, server::shutdown_signal()).await;
+    Ok(())
 }
 
 fn print_banner(issuer: &str, data_dir: &Path, env_file: &Path, exports: &str) {

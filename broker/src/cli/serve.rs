@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use crate::clock::SystemClock;
@@ -34,7 +33,8 @@ pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>)
         }
     }
     let listener = server::bind(config.server.listen).await?;
-    broker.serve(listener, server::shutdown_signal()).await.context("HTTP server failed")
+    broker.serve(listener, server::shutdown_signal()).await;
+    Ok(())
 }
 
 pub(super) fn check_config(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
