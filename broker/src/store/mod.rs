@@ -137,6 +137,16 @@ impl Store {
         migrator.run(&self.pool).await.map_err(|source| StoreError::Migrate { location: self.location.clone(), source })
     }
 
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): two deferred transactions that both read and then write would
+    /// otherwise make SQLite fail the second at once with `SQLITE_BUSY` instead of waiting.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Which engine this is.
     pub fn backend(&self) -> Backend {
         self.backend

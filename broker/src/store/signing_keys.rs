@@ -141,7 +141,7 @@ impl Store {
     /// Stores the first `current` and `next` keys of a new deployment. Returns `false` if another
     /// replica initialized the key set first (nothing is written then).
     pub async fn init_signing_keys(&self, current: &SigningKeyRow, next: &SigningKeyRow) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: i64 = sqlx::query("SELECT COUNT(*) AS n FROM signing_keys WHERE state IN ('current', 'next')")
             .fetch_one(&mut *tx)
             .await?
@@ -167,7 +167,7 @@ impl Store {
         now: i64,
         publish_until: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let retired = sqlx::query(
             "UPDATE signing_keys SET state = 'retired', sealed_key = NULL, retired_at = $1, publish_until = $2 \
              WHERE kid = $3 AND state = 'current'",
