@@ -22,5 +22,6 @@ pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod store;

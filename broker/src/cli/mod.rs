@@ -8,6 +8,7 @@ mod client;
 mod dev;
 mod keys;
 mod logging;
+mod policy;
 mod serve;
 mod token;
 
@@ -45,6 +46,9 @@ enum Command {
     /// List and rotate signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Test, evaluate and document Rego policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// How to reach a running broker.
@@ -78,6 +82,7 @@ pub fn main() -> std::process::ExitCode {
             Command::CheckConfig { file } => serve::check_config(&file, &env),
             Command::Token(command) => token::run(command, &env).await,
             Command::Keys(command) => keys::run(command, &env).await,
+            Command::Policy(command) => policy::run(command),
         }
     });
     match result {

@@ -1,0 +1,187 @@
+//! What a policy evaluation concluded, per policy type.
+
+use serde::Serialize;
+
+use super::PolicyKind;
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// `credentials`, `run`, `plan`: go ahead.
+    Allow,
+    /// `credentials`, `run`, `plan`: refused.
+    Deny,
+    /// `approval`: enough approvals.
+    Approve,
+    /// `approval`: rejected.
+    Reject,
+    /// `approval`: neither yet.
+    Pending,
+}
+
+/// One decision, with everything the policy said and the digest of the set that said it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Which policy type decided.
+    pub kind: PolicyKind,
+    /// The verdict.
+    pub outcome: Outcome,
+    /// Why it was refused (the policy's `deny`/`reject` messages, or the evaluation failure).
+    pub reasons: Vec<String>,
+    /// `keyward.plan` warnings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// `keyward.credentials`: lifetime cap the policy imposes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// `keyward.credentials`: an AWS session policy to attach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_policy: Option<serde_json::Value>,
+    /// SHA-256 of the policy set that decided.
+    pub policy_digest: String,
+}
+
+impl Decision {
+    /// Whether the action may proceed (`allow` or `approve`).
+    pub fn permits(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow | Outcome::Approve)
+    }
+
+    /// A deny because evaluation itself failed: deny by default, with the reason.
+    pub(super) fn failed(kind: PolicyKind, reason: String, policy_digest: String) -> Self {
+        let outcome = if kind == PolicyKind::Approval { Outcome::Pending } else { Outcome::Deny };
+        Self {
+            kind,
+            outcome,
+            reasons: vec![format!("policy evaluation failed: {reason}")],
+            warnings: Vec::new(),
+            ttl_seconds: None,
+            session_policy: None,
+            policy_digest,
+        }
+    }
+
+    /// Interprets the package document a policy produced.
+    pub(super) fn from_document(kind: PolicyKind, document: &serde_json::Value, policy_digest: String) -> Self {
+        let messages = |rule: &str| -> Result<Vec<String>, String> {
+            match document.get(rule) {
+                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match item {
+                        serde_json::Value::String(text) => Ok(text.clone()),
+                        other => Ok(other.to_string()),
+                    })
+                    .collect(),
+                Some(serde_json::Value::Bool(true)) => Ok(vec![format!("{rule} is true")]),
+                Some(serde_json::Value::Bool(false)) => Ok(Vec::new()),
+                Some(other) => Err(format!("`{rule}` must be a set of messages, got {other}")),
+            }
+        };
+        let flag = |rule: &str| -> Result<bool, String> {
+            match document.get(rule) {
+                None | Some(serde_json::Value::Null) => Ok(false),
+                Some(serde_json::Value::Bool(value)) => Ok(*value),
+                Some(other) => Err(format!("`{rule}` must be a boolean, got {other}")),
+            }
+        };
+        let result = (|| -> Result<Self, String> {
+            let mut decision = Self {
+                kind,
+                outcome: Outcome::Deny,
+                reasons: Vec::new(),
+                warnings: Vec::new(),
+                ttl_seconds: None,
+                session_policy: None,
+                policy_digest: policy_digest.clone(),
+            };
+            match kind {
+                PolicyKind::Credentials => {
+                    let denies = messages("deny")?;
+                    let allowed = flag("allow")?;
+                    decision.ttl_seconds = match document.get("ttl_seconds") {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(value) => Some(
+                            value
+                                .as_u64()
+                                .filter(|ttl| *ttl > 0)
+                                .ok_or_else(|| format!("`ttl_seconds` must be a positive integer, got {value}"))?,
+                        ),
+                    };
+                    decision.session_policy = match document.get("session_policy") {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(value @ serde_json::Value::Object(_)) => Some(value.clone()),
+                        Some(other) => return Err(format!("`session_policy` must be an object, got {other}")),
+                    };
+                    decision.outcome = if allowed && denies.is_empty() { Outcome::Allow } else { Outcome::Deny };
+                    decision.reasons = denies;
+                    if decision.outcome == Outcome::Deny && decision.reasons.is_empty() {
+                        decision.reasons.push("no rule allowed the request (deny by default)".to_owned());
+                    }
+                }
+                PolicyKind::Run | PolicyKind::Plan => {
+                    decision.reasons = messages("deny")?;
+                    decision.warnings = messages("warn")?;
+                    decision.outcome = if decision.reasons.is_empty() { Outcome::Allow } else { Outcome::Deny };
+                }
+                PolicyKind::Approval => {
+                    let rejections = messages("reject")?;
+                    decision.outcome = if !rejections.is_empty() {
+                        Outcome::Reject
+                    } else if flag("approve")? {
+                        Outcome::Approve
+                    } else {
+                        Outcome::Pending
+                    };
+                    decision.reasons = rejections;
+                }
+            }
+            Ok(decision)
+        })();
+        result.unwrap_or_else(|reason| Self::failed(kind, reason, policy_digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn credentials_need_an_allow_and_no_deny() {
+        let d = |doc| Decision::from_document(PolicyKind::Credentials, &doc, "d".into());
+        assert_eq!(d(json!({"allow": true})).outcome, Outcome::Allow);
+        assert_eq!(d(json!({})).outcome, Outcome::Deny, "undefined is deny");
+        assert_eq!(d(json!({})).reasons, ["no rule allowed the request (deny by default)"]);
+        let both = d(json!({"allow": true, "deny": ["prod needs two approvals"]}));
+        assert_eq!(
+            (both.outcome, both.reasons.as_slice()),
+            (Outcome::Deny, ["prod needs two approvals".to_owned()].as_slice())
+        );
+        assert_eq!(d(json!({"allow": true, "ttl_seconds": 900})).ttl_seconds, Some(900));
+    }
+
+    #[test]
+    fn malformed_outputs_are_denies_that_say_why() {
+        let d = |doc| Decision::from_document(PolicyKind::Credentials, &doc, "d".into());
+        for doc in [
+            json!({"allow": "yes"}),
+            json!({"allow": true, "ttl_seconds": -5}),
+            json!({"allow": true, "session_policy": 3}),
+        ] {
+            let decision = d(doc.clone());
+            assert_eq!(decision.outcome, Outcome::Deny, "{doc}");
+            assert!(decision.reasons[0].starts_with("policy evaluation failed"), "{decision:?}");
+        }
+    }
+
+    #[test]
+    fn approval_outcomes() {
+        let d = |doc| Decision::from_document(PolicyKind::Approval, &doc, "d".into()).outcome;
+        assert_eq!(d(json!({"approve": true})), Outcome::Approve);
+        assert_eq!(d(json!({"approve": true, "reject": ["author approved own run"]})), Outcome::Reject);
+        assert_eq!(d(json!({})), Outcome::Pending);
+    }
+}

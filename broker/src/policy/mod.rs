@@ -1,0 +1,129 @@
+//! Policy decisions, in Rego, evaluated by `regorus` (DESIGN.md §3).
+//!
+//! Deny by default: an allow needs a rule that says so and no `deny` message; an evaluation error,
+//! an undefined result or an exceeded time limit is a deny whose reason says what went wrong. The
+//! policy directory (`*.rego` plus `*.json` data files, like an OPA bundle) is compiled once into a
+//! [`PolicySet`]; each decision evaluates a cheap clone of it. [`PolicyEngine`] holds the live set
+//! and swaps it on reload; a set that fails to load never replaces a good one.
+//!
+//! Built-ins that reach the network or the clock are not compiled in (see the `regorus` features in
+//! Cargo.toml): policies get the time from their input, so decisions are reproducible.
+
+mod cases;
+mod decision;
+mod schema;
+mod set;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use cases::{CaseOutcome, CaseReport, run_cases};
+pub use decision::{Decision, Outcome};
+pub use schema::input_schema;
+pub use set::{PolicyError, PolicySet};
+
+/// The four policy types and the package each is evaluated in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// `keyward.credentials`: before any token is minted for a relying party.
+    Credentials,
+    /// `keyward.run`: when a run is submitted.
+    Run,
+    /// `keyward.plan`: on a finished plan.
+    Plan,
+    /// `keyward.approval`: when a review is added or a plan finishes.
+    Approval,
+}
+
+impl PolicyKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Credentials, Self::Run, Self::Plan, Self::Approval];
+
+    /// The Rego package.
+    pub fn package(self) -> &'static str {
+        match self {
+            Self::Credentials => "keyward.credentials",
+            Self::Run => "keyward.run",
+            Self::Plan => "keyward.plan",
+            Self::Approval => "keyward.approval",
+        }
+    }
+
+    /// The lowercase name used on the command line and in case files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Credentials => "credentials",
+            Self::Run => "run",
+            Self::Plan => "plan",
+            Self::Approval => "approval",
+        }
+    }
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or_else(|| PolicyError::UnknownKind(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The live policy set of a running broker, reloadable.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    dir: PathBuf,
+    timeout: Duration,
+    current: RwLock<Arc<PolicySet>>,
+}
+
+impl PolicyEngine {
+    /// Loads `dir`. A set that does not load stops the broker at start (DESIGN.md §3).
+    pub fn load(dir: &Path, timeout: Duration) -> Result<Self, PolicyError> {
+        let set = PolicySet::load(dir, timeout)?;
+        tracing::info!(dir = %dir.display(), digest = %set.digest(), files = set.files().len(), "policy set loaded");
+        Ok(Self { dir: dir.to_owned(), timeout, current: RwLock::new(Arc::new(set)) })
+    }
+
+    /// The set decisions are made with now.
+    pub fn current(&self) -> Arc<PolicySet> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reloads the directory. On failure the last good set stays in force and the error says why.
+    pub fn reload(&self) -> Result<Arc<PolicySet>, PolicyError> {
+        match PolicySet::load(&self.dir, self.timeout) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                tracing::info!(dir = %self.dir.display(), digest = %set.digest(), "policy set reloaded");
+                match self.current.write() {
+                    Ok(mut guard) => *guard = Arc::clone(&set),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::clone(&set),
+                }
+                Ok(set)
+            }
+            Err(error) => {
+                tracing::error!(
+                    dir = %self.dir.display(), %error,
+                    kept = %self.current().digest(), "policy reload failed; keeping the last good policy set"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Decides with the current set.
+    pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
+        self.current().decide(kind, input)
+    }
+}

@@ -1,0 +1,145 @@
+//! The documented input of each policy type, as JSON Schema (`keyward policy schema TYPE`).
+
+use serde_json::{Value, json};
+
+use super::PolicyKind;
+
+fn run_object() -> Value {
+    json!({
+        "type": "object",
+        "description": "The run the decision is about. For CI callers, the fields their token maps to.",
+        "properties": {
+            "id": {"type": "string"},
+            "stack_id": {"type": "string"},
+            "stack": {"type": "string"},
+            "phase": {"enum": ["plan", "apply"]},
+            "repository": {"type": "string"},
+            "commit_sha": {"type": "string", "pattern": "^[0-9a-f]{7,64}$"},
+            "ref": {"type": "string", "description": "e.g. refs/heads/main"},
+            "pull_request": {"type": "integer", "minimum": 1},
+            "ticket": {"type": "string"},
+            "triggered_by": {"type": "string"},
+            "approved_by": {"type": "array", "items": {"type": "string"}}
+        },
+        "required": ["id", "stack_id", "phase"]
+    })
+}
+
+fn time_object() -> Value {
+    json!({
+        "type": "object",
+        "description": "When the decision is made. Policies have no clock built-ins; use this.",
+        "properties": {
+            "unix": {"type": "integer"},
+            "rfc3339": {"type": "string"},
+            "weekday": {"enum": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]},
+            "hour_utc": {"type": "integer", "minimum": 0, "maximum": 23}
+        },
+        "required": ["unix"]
+    })
+}
+
+/// The JSON Schema of `kind`'s input, with the outputs the broker reads in `x-keyward-outputs`.
+pub fn input_schema(kind: PolicyKind) -> Value {
+    let (properties, required, outputs): (Value, Vec<&str>, Value) = match kind {
+        PolicyKind::Credentials => (
+            json!({
+                "subject": {
+                    "type": "object",
+                    "description": "The verified subject token.",
+                    "properties": {
+                        "kind": {"enum": ["run", "ci"], "description": "a Keyward run token, or a trusted external issuer's token"},
+                        "issuer": {"type": "string"},
+                        "claims": {"type": "object", "description": "every verified claim"}
+                    },
+                    "required": ["kind", "issuer", "claims"]
+                },
+                "run": run_object(),
+                "target": {
+                    "type": "object",
+                    "description": "The credential target asked for, from server configuration.",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "type": {"enum": ["aws", "vault"]},
+                        "access": {"enum": ["read", "write"]},
+                        "max_ttl_seconds": {"type": "integer"},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                    },
+                    "required": ["name", "type", "access"]
+                },
+                "request": {
+                    "type": "object",
+                    "properties": {
+                        "ttl_seconds": {"type": "integer"},
+                        "mode": {"enum": ["broker", "worker"], "description": "who calls the relying party"}
+                    }
+                },
+                "time": time_object()
+            }),
+            vec!["subject", "run", "target", "time"],
+            json!({
+                "allow": "boolean; nothing is issued unless true",
+                "deny": "set of strings; any message denies, and is shown to the caller and audited",
+                "ttl_seconds": "optional positive integer; caps the credential lifetime",
+                "session_policy": "optional object; an AWS IAM session policy to attach"
+            }),
+        ),
+        PolicyKind::Run => (
+            json!({
+                "run": run_object(),
+                "stack": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"}, "name": {"type": "string"}, "repository": {"type": "string"},
+                        "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"}
+                    }
+                },
+                "submitted_by": {"type": "string"},
+                "time": time_object()
+            }),
+            vec!["run", "time"],
+            json!({"deny": "set of strings; any message refuses the run"}),
+        ),
+        PolicyKind::Plan => (
+            json!({
+                "run": run_object(),
+                "plan": {"type": "object", "description": "the output of `terraform show -json <planfile>`"},
+                "time": time_object()
+            }),
+            vec!["run", "plan", "time"],
+            json!({"deny": "set of strings; any message fails the plan", "warn": "set of strings; shown, not blocking"}),
+        ),
+        PolicyKind::Approval => (
+            json!({
+                "run": run_object(),
+                "approvals": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "by": {"type": "string"},
+                            "decision": {"enum": ["approve", "reject"]},
+                            "at": {"type": "integer"},
+                            "comment": {"type": "string"}
+                        },
+                        "required": ["by", "decision"]
+                    }
+                },
+                "target_labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "time": time_object()
+            }),
+            vec!["run", "approvals", "time"],
+            json!({"approve": "boolean; the run may apply", "reject": "set of strings; the run is rejected"}),
+        ),
+    };
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": format!("https://keyward.dev/schemas/policy-input/{}.json", kind.as_str()),
+        "title": format!("Input of the {} policy", kind.package()),
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "x-keyward-package": kind.package(),
+        "x-keyward-outputs": outputs
+    })
+}

@@ -1,0 +1,71 @@
+# Who may obtain cloud and Vault credentials (DESIGN.md §3).
+#
+# Deny by default: `allow` holds only when a known target was named and no `deny` rule fired. Every
+# field is read with object.get and a default, because in Rego a comparison against a missing field
+# is undefined, and an undefined `deny` body silently allows.
+package keyward.credentials
+
+settings := data.keyward.settings
+
+run := object.get(input, "run", {})
+
+target := object.get(input, "target", {})
+
+labels := object.get(target, "labels", {})
+
+default allow := false
+
+allow if {
+	object.get(target, "name", "") != ""
+	count(deny) == 0
+}
+
+# A plan only reads. The broker enforces this in code as well; saying it here puts the reason in
+# the audit log and lets `keyward policy test` show it.
+deny contains msg if {
+	object.get(run, "phase", "") != "apply"
+	object.get(target, "access", "write") != "read"
+	msg := sprintf("target %q grants write access; only apply-phase runs may use it", [object.get(target, "name", "")])
+}
+
+# Apply only what has been merged: write targets need a commit on the default branch.
+deny contains msg if {
+	object.get(target, "access", "write") == "write"
+	ref := object.get(run, "ref", "")
+	ref != settings.default_branch_ref
+	msg := sprintf("write target %q needs a commit on %s; this run is on %q", [target.name, settings.default_branch_ref, ref])
+}
+
+# Production needs independent approvals: none of them from the person who triggered the run.
+deny contains msg if {
+	env := object.get(labels, "env", "")
+	required := object.get(settings.required_approvals, env, 0)
+	object.get(target, "access", "write") == "write"
+	count(independent_approvers) < required
+	msg := sprintf(
+		"target %q (env=%s) needs %d approvals from someone other than %q; it has %d",
+		[target.name, env, required, object.get(run, "triggered_by", ""), count(independent_approvers)],
+	)
+}
+
+independent_approvers contains who if {
+	some who in object.get(run, "approved_by", [])
+	who != object.get(run, "triggered_by", "")
+}
+
+# Only the organisation's repositories (when a list is configured in data.json).
+deny contains msg if {
+	prefixes := settings.allowed_repository_prefixes
+	count(prefixes) > 0
+	repository := object.get(run, "repository", "")
+	not has_prefix(repository, prefixes)
+	msg := sprintf("repository %q is not in the allowed list", [repository])
+}
+
+has_prefix(s, prefixes) if {
+	some prefix in prefixes
+	startswith(s, prefix)
+}
+
+# Lifetimes: plans get 15 minutes, applies an hour (data.json, ttl_caps).
+ttl_seconds := settings.ttl_caps[object.get(run, "phase", "plan")]
