@@ -25,15 +25,20 @@ allow if {
 deny contains msg if {
 	object.get(run, "phase", "") != "apply"
 	object.get(target, "access", "write") != "read"
-	msg := sprintf("target %q grants write access; only apply-phase runs may use it", [object.get(target, "name", "")])
+	msg := sprintf("target '%s' grants write access; only apply-phase runs may use it", [target.name])
 }
 
 # Apply only what has been merged: write targets need a commit on the default branch.
 deny contains msg if {
 	object.get(target, "access", "write") == "write"
-	ref := object.get(run, "ref", "")
-	ref != settings.default_branch_ref
-	msg := sprintf("write target %q needs a commit on %s; this run is on %q", [target.name, settings.default_branch_ref, ref])
+	not run.ref
+	msg := sprintf("write target '%s' needs a commit on %s; this run names no ref", [target.name, settings.default_branch_ref])
+}
+
+deny contains msg if {
+	object.get(target, "access", "write") == "write"
+	run.ref != settings.default_branch_ref
+	msg := sprintf("write target '%s' needs a commit on %s; this run is on '%s'", [target.name, settings.default_branch_ref, run.ref])
 }
 
 # Production needs independent approvals: none of them from the person who triggered the run.
@@ -43,8 +48,8 @@ deny contains msg if {
 	object.get(target, "access", "write") == "write"
 	count(independent_approvers) < required
 	msg := sprintf(
-		"target %q (env=%s) needs %d approvals from someone other than %q; it has %d",
-		[target.name, env, required, object.get(run, "triggered_by", ""), count(independent_approvers)],
+		"target '%s' (env=%s) needs %d approvals from someone other than '%s'; it has %d",
+		[target.name, env, required, object.get(run, "triggered_by", "(unknown)"), count(independent_approvers)],
 	)
 }
 
@@ -57,10 +62,13 @@ independent_approvers contains who if {
 deny contains msg if {
 	prefixes := settings.allowed_repository_prefixes
 	count(prefixes) > 0
-	repository := object.get(run, "repository", "")
-	not has_prefix(repository, prefixes)
-	msg := sprintf("repository %q is not in the allowed list", [repository])
+	not has_prefix(object.get(run, "repository", ""), prefixes)
+	msg := repository_message
 }
+
+repository_message := sprintf("repository '%s' is not in the allowed list", [run.repository]) if run.repository
+
+else := "the run names no repository, and only listed repositories are allowed"
 
 has_prefix(s, prefixes) if {
 	some prefix in prefixes

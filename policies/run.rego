@@ -7,8 +7,11 @@ deny contains "a run must name a commit (commit_sha)" if {
 	object.get(run, "commit_sha", "") == ""
 }
 
+deny contains "a run must come from a branch (refs/heads/...); this run names no ref" if {
+	not run.ref
+}
+
 deny contains msg if {
-	ref := object.get(run, "ref", "")
-	not startswith(ref, "refs/heads/")
-	msg := sprintf("a run must come from a branch (refs/heads/...); got %q", [ref])
+	not startswith(run.ref, "refs/heads/")
+	msg := sprintf("a run must come from a branch (refs/heads/...); got '%s'", [run.ref])
 }

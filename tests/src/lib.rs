@@ -12,6 +12,7 @@ pub mod forge;
 pub mod openbao;
 pub mod postgres;
 pub mod pyjwt;
+pub mod regopy;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -62,8 +62,8 @@ impl Decision {
         }
     }
 
-    /// Interprets the package document a policy produced.
-    pub(super) fn from_document(kind: PolicyKind, document: &serde_json::Value, policy_digest: String) -> Self {
+    /// Interprets the package document (or just its output rules) a policy produced.
+    pub fn from_document(kind: PolicyKind, document: &serde_json::Value, policy_digest: String) -> Self {
         let messages = |rule: &str| -> Result<Vec<String>, String> {
             match document.get(rule) {
                 None | Some(serde_json::Value::Null) => Ok(Vec::new()),

@@ -221,6 +221,15 @@ impl PolicySet {
         }
     }
 
+    /// The raw output rules (`allow`, `deny`, …) the policy produced for `input`, before they are
+    /// interpreted as a [`Decision`]. For cross-checking against other Rego engines.
+    pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, String> {
+        match &self.bytecode {
+            Some(bytecode) => bytecode.evaluate(kind, regorus::Value::from(input), self.timer),
+            None => Err("this policy set runs on the interpreter".to_owned()),
+        }
+    }
+
     /// The same decision on the tree-walking interpreter: the fallback, and the reference the
     /// bytecode path is tested against.
     pub fn decide_interpreted(&self, kind: PolicyKind, input: &serde_json::Value) -> Decision {
