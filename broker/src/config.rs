@@ -112,6 +112,24 @@ pub struct Config {
     /// Token minting rules.
     #[serde(default)]
     pub tokens: TokensConfig,
+    /// Rego policies. Without this table every policy decision is a deny.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `*.rego` policies, `data.json` and `*.cases.json` test cases.
+    pub dir: PathBuf,
+    /// Time limit for one evaluation; past it the decision is a deny.
+    #[serde(default = "default_evaluation_timeout", with = "humantime_serde_compat")]
+    pub evaluation_timeout: Duration,
+}
+
+fn default_evaluation_timeout() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// `[server]`.
@@ -375,6 +393,11 @@ impl Config {
             ));
         }
         tracing_filter_is_valid(&self.log.level)?;
+        if let Some(policy) = &self.policy
+            && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
+        {
+            return Err(invalid("policy.evaluation_timeout", "must be between 1ms and 10s"));
+        }
         self.database(env)?;
         self.kek(env)?;
         Ok(())
@@ -527,7 +550,7 @@ pub const DEV_AUDIENCES: &[&str] = &["sts.amazonaws.com", "vault"];
 impl Config {
     /// The configuration `keyward dev` runs with: loopback, SQLite and a generated KEK file in
     /// `data_dir`, the dev audiences.
-    pub fn dev(data_dir: PathBuf, listen: SocketAddr, external_url: String) -> Self {
+    pub fn dev(data_dir: PathBuf, listen: SocketAddr, external_url: String, policy_dir: PathBuf) -> Self {
         Self {
             server: ServerConfig {
                 listen,
@@ -549,6 +572,7 @@ impl Config {
                 allowed_audiences: DEV_AUDIENCES.iter().map(|a| (*a).to_owned()).collect(),
                 ..TokensConfig::default()
             },
+            policy: Some(PolicyConfig { dir: policy_dir, evaluation_timeout: default_evaluation_timeout() }),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     refused: [AtomicU64; 6],
     rotations: AtomicU64,
     rotation_failures: AtomicU64,
+    policy_reloads: AtomicU64,
+    policy_reload_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +76,12 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a policy reload, or a refused one.
+    pub fn policy_reload(&self, succeeded: bool) {
+        let counter = if succeeded { &self.policy_reloads } else { &self.policy_reload_failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
     pub fn render(&self, published_keys: usize, ready: bool) -> String {
         let mut out = String::with_capacity(1024);
@@ -96,6 +104,13 @@ impl Metrics {
         let _ = writeln!(out, "# HELP keyward_signing_key_rotation_failures_total Failed rotation attempts.");
         let _ = writeln!(out, "# TYPE keyward_signing_key_rotation_failures_total counter");
         let _ = writeln!(out, "keyward_signing_key_rotation_failures_total {}", load(&self.rotation_failures));
+        let _ = writeln!(out, "# HELP keyward_policy_reloads_total Policy sets reloaded.");
+        let _ = writeln!(out, "# TYPE keyward_policy_reloads_total counter");
+        let _ = writeln!(out, "keyward_policy_reloads_total {}", load(&self.policy_reloads));
+        let _ =
+            writeln!(out, "# HELP keyward_policy_reload_failures_total Reloads refused (the last good set stayed).");
+        let _ = writeln!(out, "# TYPE keyward_policy_reload_failures_total counter");
+        let _ = writeln!(out, "keyward_policy_reload_failures_total {}", load(&self.policy_reload_failures));
         let _ = writeln!(out, "# HELP keyward_jwks_keys Keys published in the JWKS.");
         let _ = writeln!(out, "# TYPE keyward_jwks_keys gauge");
         let _ = writeln!(out, "keyward_jwks_keys {published_keys}");

@@ -18,6 +18,7 @@ use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
+use crate::policy::{PolicyEngine, PolicyError};
 use crate::store::{Store, StoreError};
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
@@ -38,6 +39,9 @@ pub enum StartError {
     /// Bootstrap token problem.
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The policy set does not load.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// Could not listen.
     #[error("cannot listen on {address}: {source}")]
     Listen {
@@ -63,6 +67,14 @@ impl Broker {
         clock: SharedClock,
     ) -> Result<Self, StartError> {
         let kek: Kek = config.kek(env)?;
+        // Policies load before anything is written: a broken set stops the start cleanly.
+        let policies = match &config.policy {
+            Some(policy) => Some(Arc::new(PolicyEngine::load(&policy.dir, policy.evaluation_timeout)?)),
+            None => {
+                tracing::warn!("no [policy] table: every policy decision will deny");
+                None
+            }
+        };
         let store = Store::open(&config.database(env)?).await?;
         let settings = KeySettings {
             algorithm: config.keys.algorithm,
@@ -85,6 +97,7 @@ impl Broker {
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,
+            policies,
         };
         tracing::info!(
             issuer = %config.server.external_url, database = %state.store.location(),
@@ -106,10 +119,18 @@ impl Broker {
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        let reloader = self
+            .state
+            .policies
+            .clone()
+            .map(|engine| tokio::spawn(reload_on_sighup(engine, Arc::clone(&self.state.metrics))));
         let store = self.state.store.clone();
         let app = api::router(self.state);
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
         maintenance.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         store.close().await;
         tracing::info!("broker stopped");
     }
@@ -139,6 +160,27 @@ async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
             }
         }
     }
+}
+
+/// Reloads the policy set on every SIGHUP; a failed reload keeps the last good set.
+async fn reload_on_sighup(engine: Arc<PolicyEngine>, metrics: Arc<Metrics>) {
+    #[cfg(unix)]
+    {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; reload policies with `keyward policy reload`");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            let engine = Arc::clone(&engine);
+            let reloaded = tokio::task::spawn_blocking(move || engine.reload().is_ok()).await.unwrap_or(false);
+            metrics.policy_reload(reloaded);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (engine, metrics);
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

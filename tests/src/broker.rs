@@ -85,6 +85,8 @@ impl Broker {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
+        // A directory without a `policies/` folder, so `keyward dev` seeds its own copy.
+        command.current_dir(data_dir.parent().unwrap_or(data_dir));
         command.stdout(Stdio::piped()).stderr(log_file).env_remove("RUST_LOG");
         let mut child = command.spawn().expect("spawn keyward");
         let stdout = child.stdout.take().unwrap();
@@ -187,6 +189,13 @@ impl Broker {
     /// Fetches a JSON document.
     pub async fn get_json(&self, path: &str) -> Value {
         http().get(format!("{}{path}", self.addr)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the broker process.
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits for the process to exit on its own; returns its exit status.

@@ -22,11 +22,17 @@ fn config(data_dir: &Path, keys: &str, extra: &str) -> String {
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
-    let example = keyward_tests::workspace_root().join("deploy/keyward.example.toml");
+    // As an operator would: the example, with the policy library where its `[policy] dir` says.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = keyward_tests::workspace_root().join("policies");
+    let example = std::fs::read_to_string(keyward_tests::workspace_root().join("deploy/keyward.example.toml")).unwrap();
+    assert!(example.contains("dir = \"/etc/keyward/policies\""));
+    let config = dir.path().join("keyward.toml");
+    write(&config, &example.replace("/etc/keyward/policies", policies.to_str().unwrap()));
     let kek = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let out = keyward(&["check-config", example.to_str().unwrap()], &[("KEYWARD_KEK", kek)]);
+    let out = keyward(&["check-config", config.to_str().unwrap()], &[("KEYWARD_KEK", kek)]);
     assert!(out.success, "{}", out.stderr);
-    assert!(out.stdout.contains("OK"));
+    assert!(out.stdout.contains("OK") && out.stdout.contains("policy files"), "{}", out.stdout);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Operator endpoints: mint a run token, manage API tokens, list and rotate signing keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -163,6 +164,33 @@ pub(super) async fn revoke_api_token(
 pub(super) async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     operator(&state, &headers, ApiScope::Admin).await?;
     Ok(Json(json!({ "keys": state.keys.list() })).into_response())
+}
+
+pub(super) async fn policy_status(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&state, &headers, ApiScope::Admin).await?;
+    let engine = state.policies.as_ref().ok_or_else(no_policies)?;
+    Ok(Json(engine.status()).into_response())
+}
+
+pub(super) async fn reload_policies(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let engine = Arc::clone(state.policies.as_ref().ok_or_else(no_policies)?);
+    // Compiling reads files and may take a while: keep it off the async workers.
+    let reloaded = tokio::task::spawn_blocking(move || engine.reload().map(|_| engine.status()))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    state.metrics.policy_reload(reloaded.is_ok());
+    match reloaded {
+        Ok(status) => {
+            tracing::info!(requested_by = %operator.name, "policy set reloaded on request");
+            Ok(Json(status).into_response())
+        }
+        Err(error) => Err(ApiError::invalid_policy(format!("{error}; the last good policy set stays in force"))),
+    }
+}
+
+fn no_policies() -> ApiError {
+    ApiError::not_found("no policy directory is configured ([policy] dir)")
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -56,6 +56,11 @@ impl ApiError {
         )
     }
 
+    /// 422 `invalid_policy`: a policy set that does not load.
+    pub fn invalid_policy(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", description, Refusal::Invalid)
+    }
+
     /// 503 `temporarily_unavailable`.
     pub fn unavailable(description: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description, Refusal::Internal)

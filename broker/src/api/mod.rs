@@ -19,6 +19,7 @@ use crate::access::Access;
 use crate::identity::issuer::Issuer;
 use crate::identity::keyring::KeyRing;
 use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
 use crate::store::Store;
 
 /// Largest request body the API reads.
@@ -41,6 +42,8 @@ pub struct AppState {
     pub readiness_timeout: Duration,
     /// Deadline for one request.
     pub request_timeout: Duration,
+    /// The live policy set, when `[policy]` is configured.
+    pub policies: Option<Arc<PolicyEngine>>,
 }
 
 /// Builds the router.
@@ -56,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-tokens/{name}", delete(admin::revoke_api_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/policies", get(admin::policy_status))
+        .route("/v1/policies/reload", post(admin::reload_policies))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -47,7 +47,8 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     let listener = server::bind(args.listen).await?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let issuer = format!("http://{address}");
-    let config = Config::dev(data_dir.clone(), address, issuer.clone());
+    let policy_dir = dev_policy_dir(&data_dir)?;
+    let config = Config::dev(data_dir.clone(), address, issuer.clone(), policy_dir.clone());
     let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
 
     let token_file = data_dir.join("admin-token");
@@ -70,13 +71,13 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     );
     let env_file = data_dir.join("env");
     write_private_file(&env_file, exports.as_bytes())?;
-    print_banner(&issuer, &data_dir, &env_file, &exports);
+    print_banner(&issuer, &data_dir, &policy_dir, &env_file, &exports);
 
     broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
 }
 
-fn print_banner(issuer: &str, data_dir: &Path, env_file: &Path, exports: &str) {
+fn print_banner(issuer: &str, data_dir: &Path, policy_dir: &Path, env_file: &Path, exports: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
@@ -85,6 +86,7 @@ fn print_banner(issuer: &str, data_dir: &Path, env_file: &Path, exports: &str) {
          \n  discovery  {issuer}/.well-known/openid-configuration\
          \n  jwks       {issuer}/.well-known/jwks.json\
          \n  data dir   {}\
+         \n  policies   {} (edit, then `keyward policy reload`)\
          \n  audiences  sts.amazonaws.com, vault\
          \n\nIn another shell:\n\
          \n  eval \"$(cat {})\"\
@@ -92,12 +94,33 @@ fn print_banner(issuer: &str, data_dir: &Path, env_file: &Path, exports: &str) {
          \n  keyward keys list\
          \n  keyward token create-api --name ci --scope submit\n",
         data_dir.display(),
+        policy_dir.display(),
         env_file.display(),
     );
     let _ = err.flush();
     // The export lines go to stdout, alone, so `keyward dev > env.sh` captures exactly them.
     print!("{exports}");
     let _ = std::io::stdout().flush();
+}
+
+/// The repository's `policies/` when run from a checkout, else `<data dir>/policies`, seeded with
+/// the shipped library on first use.
+fn dev_policy_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let checkout = PathBuf::from("policies");
+    let has_rego = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "rego")))
+            .unwrap_or(false)
+    };
+    if has_rego(&checkout) {
+        return std::path::absolute(&checkout).context("cannot resolve ./policies");
+    }
+    let seeded = data_dir.join("policies");
+    if !seeded.exists() {
+        crate::policy::library::write_to(&seeded)
+            .with_context(|| format!("cannot write the policy library to {}", seeded.display()))?;
+    }
+    Ok(seeded)
 }
 
 fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {

@@ -82,7 +82,7 @@ pub fn main() -> std::process::ExitCode {
             Command::CheckConfig { file } => serve::check_config(&file, &env),
             Command::Token(command) => token::run(command, &env).await,
             Command::Keys(command) => keys::run(command, &env).await,
-            Command::Policy(command) => policy::run(command),
+            Command::Policy(command) => policy::run(command, &env).await,
         }
     });
     match result {

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
+use super::Connection;
+use super::client::{Client, print_json, text};
 use crate::policy::{CaseOutcome, PolicyKind, PolicySet, input_schema, run_cases};
 
 /// Time limit for one evaluation when testing offline (the broker's is `policy.evaluation_timeout`).
@@ -42,10 +44,27 @@ pub(super) enum PolicyCommand {
         /// `credentials`, `run`, `plan` or `approval`.
         kind: String,
     },
+    /// Make a running broker reload its policy directory (a broken set is refused and the last
+    /// good one stays in force).
+    Reload {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
-pub(super) fn run(command: PolicyCommand) -> anyhow::Result<()> {
+pub(super) async fn run(command: PolicyCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
+        PolicyCommand::Reload { json, connection } => {
+            let status = Client::new(&connection, env)?.post("/v1/policies/reload", &serde_json::json!({})).await?;
+            if json {
+                return print_json(&status);
+            }
+            println!("reloaded {} (digest {})", text(&status, "dir"), text(&status, "digest"));
+            Ok(())
+        }
         PolicyCommand::Test { dir, json } => test(&dir, json),
         PolicyCommand::Eval { kind, input, dir, json } => eval(&kind, &input, &dir, json),
         PolicyCommand::Schema { kind } => {

@@ -38,7 +38,11 @@ pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>)
 }
 
 pub(super) fn check_config(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    Config::load(file, env)?;
+    let config = Config::load(file, env)?;
+    if let Some(policy) = &config.policy {
+        let set = crate::policy::PolicySet::load(&policy.dir, policy.evaluation_timeout)?;
+        println!("{}: {} policy files, digest {}", policy.dir.display(), set.files().len(), set.digest());
+    }
     println!("{}: OK", file.display());
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 mod cases;
 mod decision;
+pub mod library;
 mod schema;
 mod set;
 
@@ -120,6 +121,23 @@ impl PolicyEngine {
                 Err(error)
             }
         }
+    }
+
+    /// The directory the set is loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What is loaded, for `GET /v1/policies`.
+    pub fn status(&self) -> serde_json::Value {
+        let set = self.current();
+        serde_json::json!({
+            "dir": self.dir.display().to_string(),
+            "digest": set.digest(),
+            "files": set.files(),
+            "packages": set.packages(),
+            "bytecode": set.compiled_to_bytecode(),
+        })
     }
 
     /// Decides with the current set.
