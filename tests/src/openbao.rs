@@ -88,7 +88,8 @@ impl OpenBao {
 
     /// Like [`OpenBao::api`], failing the test on a non-2xx status.
     pub async fn must(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let (status, response) = self.api(method, path, Some(body)).await;
+        let body = (!body.is_null()).then_some(body);
+        let (status, response) = self.api(method, path, body).await;
         assert!((200..300).contains(&status), "OpenBao {path} failed with {status}: {response}");
         response
     }
@@ -135,5 +136,78 @@ impl OpenBao {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         Login { status, body }
+    }
+}
+
+/// OpenBao's `identity/oidc` provider configured as a stand-in for a CI system's OIDC issuer.
+#[derive(Debug)]
+pub struct ExternalIssuer {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Its JWKS URL.
+    pub jwks_url: String,
+    /// The `aud` of its tokens (the role's client ID).
+    pub audience: String,
+    client_token: String,
+    role: String,
+}
+
+impl OpenBao {
+    /// Sets up a signing key, a role whose tokens carry `claims` (a JSON object template), and a
+    /// userpass identity allowed to fetch tokens for that role.
+    pub async fn external_issuer(&self, role: &str, claims: &Value) -> ExternalIssuer {
+        use reqwest::Method;
+        self.must(Method::POST, "identity/oidc/config", json!({ "issuer": self.addr })).await;
+        self.must(Method::POST, "identity/oidc/key/ci", json!({ "algorithm": "RS256", "allowed_client_ids": "*" }))
+            .await;
+        self.must(
+            Method::POST,
+            &format!("identity/oidc/role/{role}"),
+            json!({ "key": "ci", "ttl": "5m", "template": claims.to_string() }),
+        )
+        .await;
+        let role_info = self.must(Method::GET, &format!("identity/oidc/role/{role}"), json!(null)).await;
+        let audience = role_info["data"]["client_id"].as_str().expect("role client_id").to_owned();
+        self.must(
+            Method::POST,
+            "sys/policies/acl/ci-token",
+            json!({ "policy": format!("path \"identity/oidc/token/{role}\" {{ capabilities = [\"read\"] }}") }),
+        )
+        .await;
+        let (status, _) = self.api(Method::POST, "sys/auth/userpass", Some(json!({ "type": "userpass" }))).await;
+        assert!(status == 204 || status == 400, "enable userpass: {status}");
+        self.must(
+            Method::POST,
+            "auth/userpass/users/ci-runner",
+            json!({ "password": "ci-runner-pw", "token_policies": ["ci-token"] }),
+        )
+        .await;
+        let login = http()
+            .post(format!("{}/v1/auth/userpass/login/ci-runner", self.addr))
+            .json(&json!({ "password": "ci-runner-pw" }))
+            .send()
+            .await
+            .expect("userpass login");
+        let login: Value = login.json().await.expect("login body");
+        let client_token = login["auth"]["client_token"].as_str().expect("client token").to_owned();
+        ExternalIssuer {
+            issuer: format!("{}/v1/identity/oidc", self.addr),
+            jwks_url: format!("{}/v1/identity/oidc/.well-known/keys", self.addr),
+            audience,
+            client_token,
+            role: role.to_owned(),
+        }
+    }
+
+    /// Fetches a fresh identity token from `issuer`.
+    pub async fn identity_token(&self, issuer: &ExternalIssuer) -> String {
+        let response = http()
+            .get(format!("{}/v1/identity/oidc/token/{}", self.addr, issuer.role))
+            .header("X-Vault-Token", &issuer.client_token)
+            .send()
+            .await
+            .expect("identity token request");
+        let body: Value = response.json().await.expect("identity token body");
+        body["data"]["token"].as_str().unwrap_or_else(|| panic!("no token in {body}")).to_owned()
     }
 }

@@ -118,6 +118,7 @@ struct KeySet {
     next_kid: String,
     next_created_at: i64,
     jwks: Arc<str>,
+    verification: Arc<super::verify::KeySet>,
     published: usize,
     listing: Vec<KeyInfo>,
 }
@@ -179,6 +180,11 @@ impl KeyRing {
     /// The JWKS document (pre-serialized).
     pub fn jwks_json(&self) -> Arc<str> {
         Arc::clone(&self.snapshot().jwks)
+    }
+
+    /// The published keys as a verification key set: exactly what relying parties trust.
+    pub fn verification_keys(&self) -> Arc<super::verify::KeySet> {
+        Arc::clone(&self.snapshot().verification)
     }
 
     /// How many keys the JWKS publishes.
@@ -379,11 +385,17 @@ fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Resu
         location: location(),
         reason: e.to_string(),
     })?;
+    let verification = super::verify::KeySet::from_jwks(&jwks).map_err(|e| KeyRingError::Corrupt {
+        kid: "-".to_owned(),
+        location: location(),
+        reason: e.to_string(),
+    })?;
     Ok(KeySet {
         current: Arc::new(current),
         current_activated_at,
         next_kid,
         next_created_at,
+        verification: Arc::new(verification),
         jwks: Arc::from(jwks),
         published: keys.len(),
         listing,

@@ -525,6 +525,13 @@ mod minting {
     const T0: i64 = 1_800_000_000;
 
     async fn minter(dir: &tempfile::TempDir, rules: TokensConfig) -> Result<Minter, Box<dyn std::error::Error>> {
+        Ok(minter_with_clock(dir, rules).await?.0)
+    }
+
+    async fn minter_with_clock(
+        dir: &tempfile::TempDir,
+        rules: TokensConfig,
+    ) -> Result<(Minter, ManualClock), Box<dyn std::error::Error>> {
         let clock = ManualClock::at(T0);
         let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("m.db"))).await?;
         let settings = KeySettings {
@@ -534,7 +541,7 @@ mod minting {
             clock_skew: Duration::from_secs(30),
         };
         let keys = KeyRing::load(store, Kek::generate(), Arc::new(clock.clone()), settings).await?;
-        Ok(Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock)))
+        Ok((Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock.clone())), clock))
     }
 
     fn rules() -> TokensConfig {
@@ -572,6 +579,33 @@ mod minting {
         assert_eq!(minted.kid, minter.keys.signer().kid());
         assert_eq!(minted.token.expose().split('.').count(), 3);
         assert!(!format!("{minted:?}").contains(minted.token.expose()), "Debug never prints the token");
+        Ok(())
+    }
+
+    /// A minted token verifies against the keyring's published keys while its key is published,
+    /// through a rotation, and stops verifying once the retired key has been pruned.
+    #[tokio::test]
+    async fn minted_tokens_verify_against_the_published_keys_across_rotation() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use crate::clock::Clock as _;
+        use crate::identity::verify::{Algorithm, Expectations, VerifyError, verify};
+        let dir = tempfile::tempdir()?;
+        let (minter, clock) = minter_with_clock(&dir, rules()).await?;
+        let token = minter.mint(request())?.token;
+        let expect = Expectations {
+            issuer: "https://kw.example".into(),
+            audience: "vault".into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(30),
+            require_nbf: true,
+        };
+        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
+        minter.keys.rotate(true).await?;
+        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
+        clock.advance(3600 + 30 + 1);
+        minter.keys.refresh().await?;
+        let error = verify(token.expose(), &minter.keys.verification_keys(), &expect, clock.now()).err();
+        assert_eq!(error, Some(VerifyError::UnknownKey), "the pruned key no longer verifies anything");
         Ok(())
     }
 

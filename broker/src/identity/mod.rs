@@ -5,6 +5,7 @@
 //! - [`keyring`] owns the key lifecycle (`next → current → retired`) and the published JWKS.
 //! - [`mint`] turns a validated request into a run token's claims and signs them.
 //! - [`issuer`] records each minted token durably before handing it out.
+//! - [`verify`] checks incoming JWTs (subject tokens) strictly, against a trusted key set.
 //!
 //! Nothing here knows about HTTP; `api/` adapts these types to the wire.
 
@@ -13,5 +14,6 @@ pub mod kek;
 pub mod keyring;
 pub mod mint;
 pub mod signer;
+pub mod verify;
 
 pub use signer::{Jwk, Signer, SigningAlgorithm};

@@ -181,6 +181,20 @@ impl Signer {
         &self.jwk
     }
 
+    /// The bare JWS signature over `input` (for building test tokens with arbitrary headers).
+    #[cfg(test)]
+    pub(crate) fn raw_signature(&self, input: &[u8]) -> Result<Vec<u8>, SignerError> {
+        let crypto = |_| SignerError::Crypto(self.algorithm);
+        match &self.pair {
+            KeyPair::Ec(pair) => Ok(pair.sign(&self.rng, input).map_err(crypto)?.as_ref().to_vec()),
+            KeyPair::Rsa(pair) => {
+                let mut signature = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&signature::RSA_PKCS1_SHA256, &self.rng, input, &mut signature).map_err(crypto)?;
+                Ok(signature)
+            }
+        }
+    }
+
     /// Produces a compact JWS over the JSON `claims`.
     pub fn sign_compact(&self, claims: &[u8]) -> Result<String, SignerError> {
         let payload_len = base64::encoded_len(claims.len(), false).unwrap_or(0);
