@@ -115,6 +115,130 @@ pub struct Config {
     /// Rego policies. Without this table every policy decision is a deny.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Credential targets callers may ask for by name.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One `[[targets]]` entry: a named place credentials come from. Callers name it; they never pass
+/// a role ARN or a Vault path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawTarget")]
+pub struct TargetConfig {
+    /// Unique per type; callers ask for `<type>:<name>`.
+    pub name: String,
+    /// What it grants: `read` (plan phases may use it) or `write` (apply only).
+    pub access: TargetAccess,
+    /// Lifetime cap for what it issues (the policy's `ttl_seconds` may lower it).
+    pub duration: Duration,
+    /// Free-form labels handed to the policy (`input.target.labels`), e.g. `env = "prod"`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The relying party.
+    pub kind: TargetKind,
+}
+
+/// The file form of a target: tagged by `type`, each type with its own closed set of keys
+/// (`#[serde(flatten)]` would silently disable `deny_unknown_fields`).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum RawTarget {
+    Aws(RawAwsTarget),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAwsTarget {
+    name: String,
+    access: TargetAccess,
+    #[serde(default = "default_target_duration", with = "humantime_serde_compat")]
+    duration: Duration,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    role_arn: String,
+    #[serde(default = "default_region")]
+    region: String,
+    #[serde(default)]
+    sts_endpoint: Option<String>,
+    #[serde(default = "default_sts_audience")]
+    audience: String,
+    #[serde(default)]
+    mode: ExchangeMode,
+}
+
+impl From<RawTarget> for TargetConfig {
+    fn from(raw: RawTarget) -> Self {
+        match raw {
+            RawTarget::Aws(aws) => Self {
+                name: aws.name,
+                access: aws.access,
+                duration: aws.duration,
+                labels: aws.labels,
+                kind: TargetKind::Aws(AwsTarget {
+                    role_arn: aws.role_arn,
+                    region: aws.region,
+                    sts_endpoint: aws.sts_endpoint,
+                    audience: aws.audience,
+                    mode: aws.mode,
+                }),
+            },
+        }
+    }
+}
+
+fn default_target_duration() -> Duration {
+    Duration::from_secs(900)
+}
+
+/// Read or write access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetAccess {
+    /// Safe for plans.
+    Read,
+    /// Applies only.
+    Write,
+}
+
+/// The relying party of a target.
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    /// AWS STS `AssumeRoleWithWebIdentity`.
+    Aws(AwsTarget),
+}
+
+/// An AWS role.
+#[derive(Debug, Clone)]
+pub struct AwsTarget {
+    /// The role to assume.
+    pub role_arn: String,
+    /// STS region.
+    pub region: String,
+    /// STS endpoint override (regional endpoints, private links, test servers).
+    pub sts_endpoint: Option<String>,
+    /// Audience of the web-identity token (the IAM OIDC provider's client ID).
+    pub audience: String,
+    /// `broker`: the broker calls STS and returns credentials. `worker`: it returns the
+    /// web-identity token and role so the caller calls STS inside its own network.
+    pub mode: ExchangeMode,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_sts_audience() -> String {
+    "sts.amazonaws.com".to_owned()
+}
+
+/// Who calls the relying party.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeMode {
+    /// The broker does.
+    #[default]
+    Broker,
+    /// The caller does, with the token the broker minted.
+    Worker,
 }
 
 /// `[policy]`.
@@ -393,6 +517,7 @@ impl Config {
             ));
         }
         tracing_filter_is_valid(&self.log.level)?;
+        self.validate_targets()?;
         if let Some(policy) = &self.policy
             && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
         {
@@ -544,6 +669,49 @@ fn line_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
+impl Config {
+    fn validate_targets(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for target in &self.targets {
+            let valid_name = !target.name.is_empty()
+                && target.name.len() <= 64
+                && target.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid_name {
+                return Err(invalid("targets.name", format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name)));
+            }
+            if !seen.insert(target.id()) {
+                return Err(invalid("targets.name", format!("target `{}` is defined twice", target.id())));
+            }
+            if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
+                return Err(invalid("targets.duration", format!("target `{}`: duration must be between 1m and 12h", target.id())));
+            }
+            match &target.kind {
+                TargetKind::Aws(aws) => {
+                    if !aws.role_arn.starts_with("arn:aws") || aws.role_arn.split(':').count() != 6 || !aws.role_arn.contains(":role/") {
+                        return Err(invalid("targets.role_arn", format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn)));
+                    }
+                    if !self.tokens.allowed_audiences.contains(&aws.audience) {
+                        return Err(invalid(
+                            "targets.audience",
+                            format!("target `{}`: audience `{}` is not in tokens.allowed_audiences", target.id(), aws.audience),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TargetConfig {
+    /// `<type>:<name>`, how callers name it.
+    pub fn id(&self) -> String {
+        match &self.kind {
+            TargetKind::Aws(_) => format!("aws:{}", self.name),
+        }
+    }
+}
+
 /// Audiences `keyward dev` allows (DESIGN.md §7).
 pub const DEV_AUDIENCES: &[&str] = &["sts.amazonaws.com", "vault"];
 
@@ -573,6 +741,7 @@ impl Config {
                 ..TokensConfig::default()
             },
             policy: Some(PolicyConfig { dir: policy_dir, evaluation_timeout: default_evaluation_timeout() }),
+            targets: Vec::new(),
         }
     }
 }
@@ -642,5 +811,55 @@ mod tests {
         assert!(validate_subject_template("stack:{stack_id").is_err());
         assert!(validate_subject_template("stack}").is_err());
         assert!(validate_subject_template("").is_err());
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    fn parse_target(target: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\nexternal_url = \"https://kw.example\"\n\
+                 [storage]\ndata_dir = \"/tmp/kw\"\n[keys]\nkek_env = \"K\"\n\
+                 [tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n[[targets]]\n{target}\n"
+            ),
+            "t.toml",
+        )?;
+        config.validate(&|_| Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned()))?;
+        Ok(config)
+    }
+
+    const GOOD: &str = "name = \"net\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"arn:aws:iam::123456789012:role/net\"";
+
+    #[test]
+    fn a_valid_aws_target_parses_with_defaults() -> Result<(), ConfigError> {
+        let config = parse_target(&format!("{GOOD}\nlabels = {{ env = \"prod\" }}"))?;
+        let target = &config.targets[0];
+        assert_eq!(target.id(), "aws:net");
+        assert_eq!(target.access, TargetAccess::Write);
+        assert_eq!(target.duration, Duration::from_secs(900));
+        assert_eq!(target.labels.get("env").map(String::as_str), Some("prod"));
+        let TargetKind::Aws(aws) = &target.kind;
+        assert_eq!((aws.region.as_str(), aws.audience.as_str(), aws.mode), ("us-east-1", "sts.amazonaws.com", ExchangeMode::Broker));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_targets_are_refused_with_a_key_path() {
+        for (text, key) in [
+            (format!("{GOOD}\nrole_arm = \"x\""), "role_arm"),
+            (format!("{GOOD}\nacess = \"read\""), "acess"),
+            (GOOD.replace("aws", "gcp"), "gcp"),
+            (GOOD.replace("write", "admin"), "admin"),
+            (GOOD.replace("role/net", "user/net"), "not an IAM role ARN"),
+            (format!("{GOOD}\naudience = \"elsewhere\""), "tokens.allowed_audiences"),
+            (format!("{GOOD}\n[[targets]]\n{GOOD}"), "defined twice"),
+            (GOOD.replace("\"net\"", "\"net work\""), "invalid target name"),
+        ] {
+            let error = parse_target(&text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(key), "{text:?} gave {error:?}");
+        }
     }
 }
