@@ -14,7 +14,7 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::store::{Backend, IssuedTokenRow, Store, StoreError};
+use keyward_broker::store::{Backend, CredentialEvent, IssuedTokenRow, Store, StoreError};
 use keyward_tests::postgres::PgCluster;
 
 const T0: i64 = 1_800_000_000;
@@ -52,6 +52,8 @@ async fn suite(location: &DatabaseLocation) {
     migrations_are_idempotent(location).await;
     api_tokens(&store).await;
     issued_tokens(&store).await;
+    replay_cache(&store).await;
+    credential_events(&store).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -111,6 +113,39 @@ async fn issued_tokens(store: &Store) {
     let for_run: Vec<_> = store.issued_tokens_for_run("run-a").await.unwrap().into_iter().map(|t| t.jti).collect();
     assert_eq!(for_run, ["j1", "j2"], "oldest first");
     assert_eq!(store.issued_token_count().await.unwrap(), 3, "the refused duplicate left nothing behind");
+}
+
+async fn replay_cache(store: &Store) {
+    assert!(store.claim_token_id("https://ci.example", "j1", T0 + 300, T0).await.unwrap(), "first use");
+    assert!(!store.claim_token_id("https://ci.example", "j1", T0 + 300, T0 + 1).await.unwrap(), "replay");
+    assert!(store.claim_token_id("https://other.example", "j1", T0 + 300, T0).await.unwrap(), "jti is per issuer");
+    assert!(store.claim_token_id("https://ci.example", "j2", T0 + 900, T0).await.unwrap());
+    assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 2, "expired entries go");
+    assert!(!store.claim_token_id("https://ci.example", "j2", T0 + 900, T0 + 2).await.unwrap(), "live entries stay");
+}
+
+async fn credential_events(store: &Store) {
+    let event = |id: &str, kind: &str, at: i64| CredentialEvent {
+        id: id.into(),
+        at,
+        kind: kind.into(),
+        target: "aws:net".into(),
+        subject_issuer: "https://kw.example".into(),
+        subject_jti: Some("j".into()),
+        run_id: Some("run-e".into()),
+        stack_id: Some("net".into()),
+        phase: Some("plan".into()),
+        reasons: "[]".into(),
+        details: "{}".into(),
+    };
+    store.record_credential_event(&event("e2", "issued", T0 + 1)).await.unwrap();
+    store.record_credential_event(&event("e1", "allowed", T0)).await.unwrap();
+    store.record_credential_event(&event("e3", "denied", T0 + 2)).await.unwrap();
+    let kinds: Vec<_> = store.credential_events_for_run("run-e").await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["allowed", "issued", "denied"]);
+    assert_eq!(store.credential_event_count("denied").await.unwrap(), 1);
+    let invalid = store.record_credential_event(&event("e4", "maybe", T0)).await;
+    assert!(invalid.is_err(), "the kind is constrained by the schema");
 }
 
 async fn signing_keys_across_replicas(location: &DatabaseLocation) {

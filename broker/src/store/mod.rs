@@ -5,6 +5,7 @@
 //! differ (`BLOB` vs `BYTEA`). The store knows nothing about HTTP or crypto: it moves rows.
 
 mod api_tokens;
+mod exchange;
 mod issued_tokens;
 mod signing_keys;
 
@@ -19,6 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 
 pub use api_tokens::{ApiTokenRow, NewApiToken};
+pub use exchange::CredentialEvent;
 pub use issued_tokens::IssuedTokenRow;
 pub use signing_keys::{KeyState, SigningKeyRow};
 
@@ -123,17 +125,23 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let sql = match self.backend {
-            Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-            Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+        let files: [(i64, &str, &'static str); 2] = match self.backend {
+            Backend::Sqlite => [
+                (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+                (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
+            ],
+            Backend::Postgres => [
+                (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+                (2, "exchange", include_str!("../../migrations/postgres/0002_exchange.sql")),
+            ],
         };
-        let migrator = Migrator::with_migrations(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )]);
+        let migrations = files
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect();
+        let migrator = Migrator::with_migrations(migrations);
         migrator.run(&self.pool).await.map_err(|source| StoreError::Migrate { location: self.location.clone(), source })
     }
 
