@@ -24,7 +24,7 @@ fn input(phase: &str, access: &str, approvers: &[&str]) -> serde_json::Value {
         },
         "target": {"name": "aws:network-apply", "type": "aws", "access": access, "max_ttl_seconds": 3600, "labels": {"env": "prod"}},
         "request": {"mode": "broker"},
-        "time": {"unix": 1795400000, "rfc3339": "2026-11-22T00:53:20Z", "weekday": "Sunday", "hour_utc": 0}
+        "time": {"unix": 1795400000, "rfc3339": "2026-11-23T02:13:20Z", "weekday": "Monday", "hour_utc": 2}
     })
 }
 

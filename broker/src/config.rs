@@ -677,23 +677,39 @@ impl Config {
                 && target.name.len() <= 64
                 && target.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !valid_name {
-                return Err(invalid("targets.name", format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name)));
+                return Err(invalid(
+                    "targets.name",
+                    format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name),
+                ));
             }
             if !seen.insert(target.id()) {
                 return Err(invalid("targets.name", format!("target `{}` is defined twice", target.id())));
             }
             if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
-                return Err(invalid("targets.duration", format!("target `{}`: duration must be between 1m and 12h", target.id())));
+                return Err(invalid(
+                    "targets.duration",
+                    format!("target `{}`: duration must be between 1m and 12h", target.id()),
+                ));
             }
             match &target.kind {
                 TargetKind::Aws(aws) => {
-                    if !aws.role_arn.starts_with("arn:aws") || aws.role_arn.split(':').count() != 6 || !aws.role_arn.contains(":role/") {
-                        return Err(invalid("targets.role_arn", format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn)));
+                    if !aws.role_arn.starts_with("arn:aws")
+                        || aws.role_arn.split(':').count() != 6
+                        || !aws.role_arn.contains(":role/")
+                    {
+                        return Err(invalid(
+                            "targets.role_arn",
+                            format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn),
+                        ));
                     }
                     if !self.tokens.allowed_audiences.contains(&aws.audience) {
                         return Err(invalid(
                             "targets.audience",
-                            format!("target `{}`: audience `{}` is not in tokens.allowed_audiences", target.id(), aws.audience),
+                            format!(
+                                "target `{}`: audience `{}` is not in tokens.allowed_audiences",
+                                target.id(),
+                                aws.audience
+                            ),
                         ));
                     }
                 }
@@ -831,7 +847,8 @@ mod target_tests {
         Ok(config)
     }
 
-    const GOOD: &str = "name = \"net\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"arn:aws:iam::123456789012:role/net\"";
+    const GOOD: &str =
+        "name = \"net\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"arn:aws:iam::123456789012:role/net\"";
 
     #[test]
     fn a_valid_aws_target_parses_with_defaults() -> Result<(), ConfigError> {
@@ -842,7 +859,10 @@ mod target_tests {
         assert_eq!(target.duration, Duration::from_secs(900));
         assert_eq!(target.labels.get("env").map(String::as_str), Some("prod"));
         let TargetKind::Aws(aws) = &target.kind;
-        assert_eq!((aws.region.as_str(), aws.audience.as_str(), aws.mode), ("us-east-1", "sts.amazonaws.com", ExchangeMode::Broker));
+        assert_eq!(
+            (aws.region.as_str(), aws.audience.as_str(), aws.mode),
+            ("us-east-1", "sts.amazonaws.com", ExchangeMode::Broker)
+        );
         Ok(())
     }
 

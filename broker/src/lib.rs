@@ -20,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod exchange;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -13,6 +13,7 @@ use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
+use crate::exchange::Exchanger;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
@@ -89,8 +90,23 @@ impl Broker {
             Arc::clone(&keys),
             Arc::clone(&clock),
         ));
+        let issuer = Issuer::new(minter, store.clone());
+        let exchanger = (!config.targets.is_empty()).then(|| {
+            Arc::new(Exchanger::new(
+                &config.targets,
+                Arc::clone(&keys),
+                issuer.clone(),
+                policies.clone(),
+                store.clone(),
+                Arc::clone(&clock),
+                config.server.external_url.clone(),
+                config.tokens.clock_skew,
+            ))
+        });
         let state = AppState {
-            issuer: Issuer::new(minter, store.clone()),
+            issuer,
+            exchanger,
+            clock: Arc::clone(&clock),
             access: Access::new(store.clone(), clock),
             keys,
             store,

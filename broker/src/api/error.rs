@@ -40,6 +40,26 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description, Refusal::Invalid)
     }
 
+    /// 400 `invalid_target` (RFC 8693): no such target.
+    pub fn invalid_target(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", description, Refusal::Audience)
+    }
+
+    /// 400 `invalid_grant` (RFC 6749): the subject token was refused.
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description, Refusal::Unauthenticated)
+    }
+
+    /// 400 `unsupported_grant_type` (RFC 6749).
+    pub fn unsupported_grant_type(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", description, Refusal::Invalid)
+    }
+
+    /// 403 `access_denied`: the broker's rules or the policy said no.
+    pub fn access_denied(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "access_denied", description, Refusal::Forbidden)
+    }
+
     /// 404 `not_found`.
     pub fn not_found(description: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", description, Refusal::Invalid)

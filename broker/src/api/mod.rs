@@ -7,6 +7,7 @@ mod extract;
 mod oidc;
 mod ops;
 pub mod serve;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 use crate::access::Access;
+use crate::exchange::Exchanger;
 use crate::identity::issuer::Issuer;
 use crate::identity::keyring::KeyRing;
 use crate::metrics::Metrics;
@@ -44,6 +46,17 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The live policy set, when `[policy]` is configured.
     pub policies: Option<Arc<PolicyEngine>>,
+    /// Token exchange, when targets are configured.
+    pub exchanger: Option<Arc<Exchanger>>,
+    /// The broker's clock.
+    pub clock: crate::clock::SharedClock,
+}
+
+impl AppState {
+    /// Now, by the broker's clock.
+    pub fn clock_now(&self) -> i64 {
+        self.clock.now()
+    }
 }
 
 /// Builds the router.
@@ -54,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/token", post(token::exchange))
         .route("/v1/run-tokens", post(admin::mint_run_token))
         .route("/v1/api-tokens", post(admin::create_api_token).get(admin::list_api_tokens))
         .route("/v1/api-tokens/{name}", delete(admin::revoke_api_token))

@@ -183,7 +183,9 @@ impl Minter {
         identifier("stack", &stack)?;
         let phase = phase
             .ok_or(MintError::InvalidField { field: "phase", reason: "required: `plan` or `apply`".to_owned() })?;
-        if !self.rules.allowed_audiences.contains(&audience) {
+        // The broker itself is always an allowed audience: that is the token a run exchanges at
+        // `POST /v1/token` for target credentials.
+        if audience != self.issuer && !self.rules.allowed_audiences.contains(&audience) {
             return Err(MintError::AudienceNotAllowed(audience));
         }
         let ttl = ttl.unwrap_or(self.rules.default_ttl);

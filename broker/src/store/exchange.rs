@@ -66,7 +66,8 @@ impl Store {
 
     /// Forgets token IDs whose tokens expired before `cutoff`. Returns how many.
     pub async fn prune_token_ids(&self, cutoff: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM used_token_ids WHERE expires_at < $1").bind(cutoff).execute(&self.pool).await?;
+        let done =
+            sqlx::query("DELETE FROM used_token_ids WHERE expires_at < $1").bind(cutoff).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 

@@ -1,0 +1,101 @@
+//! `POST /v1/token`: OAuth 2.0 Token Exchange (RFC 8693), form-encoded as the RFC requires.
+
+use std::time::Duration;
+
+use axum::Form;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::exchange::{ExchangeError, ExchangeRequest, ExchangeResponse, GRANT_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE};
+
+/// The form fields of an exchange. Unknown fields are ignored, as RFC 6749 §3.2 asks.
+#[derive(Deserialize)]
+pub(super) struct ExchangeForm {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    resource: Option<String>,
+    audience: Option<String>,
+    requested_token_type: Option<String>,
+    /// Keyward extension: a lifetime, in seconds, below the target's and the policy's caps.
+    ttl_seconds: Option<u64>,
+}
+
+pub(super) async fn exchange(
+    State(state): State<AppState>,
+    form: Result<Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let exchanger =
+        state.exchanger.as_ref().ok_or_else(|| ApiError::invalid_target("no credential targets are configured"))?;
+    if form.grant_type.as_deref() != Some(GRANT_TYPE) {
+        return Err(ApiError::unsupported_grant_type(format!("grant_type must be {GRANT_TYPE}")));
+    }
+    let subject_token = form
+        .subject_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("subject_token is required"))?;
+    match form.subject_token_type.as_deref() {
+        Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
+        _ => {
+            return Err(ApiError::invalid_request(format!(
+                "subject_token_type must be {JWT_TOKEN_TYPE} or {ID_TOKEN_TYPE}"
+            )));
+        }
+    }
+    if let Some(requested) = form.requested_token_type.as_deref()
+        && requested != JWT_TOKEN_TYPE
+    {
+        return Err(ApiError::invalid_request(format!("requested_token_type must be {JWT_TOKEN_TYPE} when given")));
+    }
+    let target = match (form.resource, form.audience) {
+        (Some(t), None) | (None, Some(t)) => t,
+        (Some(r), Some(a)) if r == a => r,
+        (Some(_), Some(_)) => return Err(ApiError::invalid_request("resource and audience name different targets")),
+        (None, None) => {
+            return Err(ApiError::invalid_request(
+                "name the target in `resource` (or `audience`), e.g. aws:network-apply",
+            ));
+        }
+    };
+    let request = ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs) };
+    let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
+    let body = match response {
+        ExchangeResponse::AwsWorker(aws) => {
+            let expires_in = (aws.token_expires_at - state.clock_now()).max(0);
+            json!({
+                "access_token": aws.web_identity_token.expose(),
+                "issued_token_type": JWT_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": expires_in,
+                "aws": {
+                    "mode": "worker",
+                    "role_arn": aws.role_arn,
+                    "role_session_name": aws.role_session_name,
+                    "region": aws.region,
+                    "sts_endpoint": aws.sts_endpoint,
+                    "duration_seconds": aws.duration_seconds,
+                },
+            })
+        }
+    };
+    Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], axum::Json(body))
+        .into_response())
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(error: ExchangeError) -> Self {
+        match &error {
+            ExchangeError::InvalidRequest(_) => Self::invalid_request(error.to_string()),
+            ExchangeError::InvalidTarget(_) => Self::invalid_target(error.to_string()),
+            ExchangeError::InvalidGrant(_) => Self::invalid_grant(error.to_string()),
+            ExchangeError::AccessDenied(_) => Self::access_denied(error.to_string()),
+            ExchangeError::Unavailable(_) => Self::unavailable(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Builds the documented `keyward.credentials` policy input (`keyward policy schema credentials`).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::{TargetAccess, TargetConfig, TargetKind};
+
+/// The input for a decision about `target` for a verified subject with `claims`.
+pub(super) fn credentials_input(
+    issuer: &str,
+    claims: &Map<String, Value>,
+    target: &TargetConfig,
+    requested_ttl: Option<Duration>,
+    now: i64,
+) -> Value {
+    let claim = |name: &str| claims.get(name).cloned().unwrap_or(Value::Null);
+    let mut run = Map::new();
+    for (key, claim_name) in [
+        ("id", "run_id"),
+        ("stack_id", "stack_id"),
+        ("stack", "stack"),
+        ("phase", "phase"),
+        ("repository", "repository"),
+        ("commit_sha", "commit_sha"),
+        ("ref", "ref"),
+        ("pull_request", "pull_request"),
+        ("ticket", "ticket"),
+        ("triggered_by", "triggered_by"),
+        ("approved_by", "approved_by"),
+    ] {
+        let value = claim(claim_name);
+        if !value.is_null() {
+            run.insert(key.to_owned(), value);
+        }
+    }
+    let (kind, mode) = match &target.kind {
+        TargetKind::Aws(aws) => ("aws", aws.mode),
+    };
+    json!({
+        "subject": { "kind": "run", "issuer": issuer, "claims": claims },
+        "run": run,
+        "target": {
+            "name": target.id(),
+            "type": kind,
+            "access": match target.access { TargetAccess::Read => "read", TargetAccess::Write => "write" },
+            "max_ttl_seconds": target.duration.as_secs(),
+            "labels": target.labels,
+        },
+        "request": {
+            "ttl_seconds": requested_ttl.map(|t| t.as_secs()),
+            "mode": mode,
+        },
+        "time": time(now),
+    })
+}
+
+/// `{unix, rfc3339, weekday, hour_utc}` for policies, which have no clock of their own.
+fn time(now: i64) -> Value {
+    let days = now.div_euclid(86_400);
+    let seconds = now.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let weekday = WEEKDAYS.get(usize::try_from(days.rem_euclid(7)).unwrap_or(0)).copied().unwrap_or("Thursday");
+    json!({
+        "unix": now,
+        "rfc3339": format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            seconds / 3600,
+            (seconds % 3600) / 60,
+            seconds % 60
+        ),
+        "weekday": weekday,
+        "hour_utc": seconds / 3600,
+    })
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_known_answers() {
+        assert_eq!(time(0)["rfc3339"], "1970-01-01T00:00:00Z");
+        assert_eq!(time(0)["weekday"], "Thursday");
+        assert_eq!(time(1_795_400_000)["rfc3339"], "2026-11-23T02:13:20Z");
+        assert_eq!(time(1_795_400_000)["weekday"], "Monday");
+        assert_eq!(time(951_782_400)["rfc3339"], "2000-02-29T00:00:00Z", "leap day");
+        assert_eq!(time(1_795_400_000 + 13 * 3600)["hour_utc"], 15);
+    }
+}

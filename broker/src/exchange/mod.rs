@@ -1,0 +1,400 @@
+//! Token exchange (RFC 8693): a verified subject token becomes credentials for a named target,
+//! only after a policy says yes, and only once the decision is on record.
+//!
+//! The order is the security argument, so it is spelled out in [`Exchanger::exchange`]:
+//! 1. the request names a configured target (callers never pass an ARN or a path);
+//! 2. the subject token verifies strictly (see `identity::verify`) and its `jti` is claimed, so it
+//!    is exchanged at most once;
+//! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
+//! 4. the `keyward.credentials` policy decides (deny by default);
+//! 5. the decision is recorded; a decision that cannot be recorded issues nothing;
+//! 6. only then is a target-audience token minted (recorded too) and handed out.
+
+mod input;
+mod response;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_proto::claims::Phase;
+use serde_json::{Value, json};
+
+pub use response::{AwsWorkerCredentials, ExchangeResponse};
+
+use crate::clock::SharedClock;
+use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
+use crate::identity::issuer::{IssueError, Issuer};
+use crate::identity::keyring::KeyRing;
+use crate::identity::mint::MintRequest;
+use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::policy::{Decision, PolicyEngine, PolicyKind};
+use crate::store::{CredentialEvent, Store, StoreError};
+
+/// RFC 8693 `grant_type`.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Subject token types accepted.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Also accepted for subject tokens (CI systems call theirs ID tokens).
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// Why an exchange did not happen. Messages are safe for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Missing or malformed parameters.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An unknown target.
+    #[error("unknown target `{0}`; targets are named `<type>:<name>`, e.g. `aws:network-apply`")]
+    InvalidTarget(String),
+    /// The subject token was refused.
+    #[error("subject token refused: {0}")]
+    InvalidGrant(String),
+    /// The broker, or the policy, said no.
+    #[error("denied: {}", .0.join("; "))]
+    AccessDenied(Vec<String>),
+    /// Something the caller cannot fix, now; nothing was issued.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A validated exchange request.
+pub struct ExchangeRequest {
+    /// The subject token (never printed).
+    pub subject_token: String,
+    /// `<type>:<name>`.
+    pub target: String,
+    /// Lifetime asked for, if any.
+    pub requested_ttl: Option<Duration>,
+}
+
+impl fmt::Debug for ExchangeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeRequest")
+            .field("subject_token", &"…")
+            .field("target", &self.target)
+            .field("requested_ttl", &self.requested_ttl)
+            .finish()
+    }
+}
+
+/// Performs exchanges. Cheap to share.
+#[derive(Debug)]
+pub struct Exchanger {
+    targets: BTreeMap<String, TargetConfig>,
+    keys: Arc<KeyRing>,
+    issuer: Issuer,
+    policies: Option<Arc<PolicyEngine>>,
+    store: Store,
+    clock: SharedClock,
+    self_issuer: String,
+    leeway: Duration,
+}
+
+/// What an exchange learned about its subject, for the record and the policy.
+struct Subject {
+    issuer: String,
+    jti: String,
+    claims: serde_json::Map<String, Value>,
+    phase: Option<Phase>,
+}
+
+impl Subject {
+    fn string(&self, name: &str) -> Option<String> {
+        self.claims.get(name).and_then(Value::as_str).map(str::to_owned)
+    }
+}
+
+impl Exchanger {
+    /// An exchanger over the configured targets. Run tokens are accepted when their `iss` and
+    /// `aud` are both this broker (`self_issuer`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        targets: &[TargetConfig],
+        keys: Arc<KeyRing>,
+        issuer: Issuer,
+        policies: Option<Arc<PolicyEngine>>,
+        store: Store,
+        clock: SharedClock,
+        self_issuer: String,
+        leeway: Duration,
+    ) -> Self {
+        let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
+        Self { targets, keys, issuer, policies, store, clock, self_issuer, leeway }
+    }
+
+    /// Exchanges `request`; see the module documentation for the order of checks.
+    pub async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
+        let target = self
+            .targets
+            .get(&request.target)
+            .ok_or_else(|| ExchangeError::InvalidTarget(request.target.chars().take(80).collect()))?;
+        let now = self.clock.now();
+
+        let subject = match self.verify_subject(&request.subject_token, now).await {
+            Ok(subject) => subject,
+            Err(error) => {
+                self.record_refusal(target, &error).await?;
+                return Err(error);
+            }
+        };
+
+        let decision = self.decide(&subject, target, request.requested_ttl, now);
+        let (allowed, reasons) = match &decision {
+            Ok(decision) => (decision.permits(), decision.reasons.clone()),
+            Err(reasons) => (false, reasons.clone()),
+        };
+        let digest = decision.as_ref().map(|d| d.policy_digest.clone()).unwrap_or_default();
+        self.record(
+            &subject,
+            target,
+            if allowed { "allowed" } else { "denied" },
+            &reasons,
+            json!({ "policy_digest": digest }),
+        )
+        .await?;
+        let decision = match decision {
+            Ok(decision) if decision.permits() => decision,
+            _ => return Err(ExchangeError::AccessDenied(reasons)),
+        };
+
+        let response = match &target.kind {
+            TargetKind::Aws(aws) => {
+                let duration = effective_duration(target.duration, decision.ttl_seconds, request.requested_ttl);
+                if duration < STS_MINIMUM_SESSION {
+                    // Never stretch a policy's cap: refuse instead, and say why.
+                    let reason = format!(
+                        "the session would last {}s (target, policy and request caps), below STS's minimum of 900s",
+                        duration.as_secs()
+                    );
+                    self.record(&subject, target, "denied", std::slice::from_ref(&reason), json!({})).await?;
+                    return Err(ExchangeError::AccessDenied(vec![reason]));
+                }
+                let minted = self.mint_for(&subject, &aws.audience).await?;
+                let session_name = role_session_name(subject.string("run_id").as_deref().unwrap_or(&subject.jti));
+                let details = json!({
+                    "minted_jti": minted.claims.jti,
+                    "role_arn": aws.role_arn,
+                    "role_session_name": session_name,
+                    "duration_seconds": duration.as_secs(),
+                    "mode": aws.mode,
+                    "expires_at": minted.claims.exp,
+                });
+                match aws.mode {
+                    ExchangeMode::Worker => {
+                        self.record(&subject, target, "issued", &[], details).await?;
+                        ExchangeResponse::AwsWorker(AwsWorkerCredentials {
+                            web_identity_token: minted.token,
+                            token_expires_at: minted.claims.exp,
+                            role_arn: aws.role_arn.clone(),
+                            role_session_name: session_name,
+                            region: aws.region.clone(),
+                            sts_endpoint: aws.sts_endpoint.clone(),
+                            duration_seconds: duration.as_secs(),
+                        })
+                    }
+                    ExchangeMode::Broker => {
+                        return Err(ExchangeError::Unavailable(
+                            "this broker cannot call STS yet; configure the target with mode = \"worker\"".to_owned(),
+                        ));
+                    }
+                }
+            }
+        };
+        tracing::info!(target = %request.target, run_id = ?subject.string("run_id"), "credentials issued");
+        Ok(response)
+    }
+
+    async fn verify_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+        let expect = Expectations {
+            issuer: self.self_issuer.clone(),
+            audience: self.self_issuer.clone(),
+            algorithms: vec![Algorithm::ES256, Algorithm::RS256],
+            leeway: self.leeway,
+            require_nbf: true,
+        };
+        let verified = verify::verify(token, &self.keys.verification_keys(), &expect, now)
+            .map_err(|e: VerifyError| ExchangeError::InvalidGrant(e.to_string()))?;
+        let jti = verified
+            .string("jti")
+            .ok_or_else(|| ExchangeError::InvalidGrant("token has no `jti` claim".to_owned()))?
+            .to_owned();
+        let first_use = self
+            .store
+            .claim_token_id(&self.self_issuer, &jti, verified.expires_at, now)
+            .await
+            .map_err(|e| unavailable("could not check the token for replay", &e))?;
+        if !first_use {
+            return Err(ExchangeError::InvalidGrant(
+                "token was already exchanged (each token is single-use)".to_owned(),
+            ));
+        }
+        let phase = verified.string("phase").and_then(|p| p.parse().ok());
+        Ok(Subject { issuer: self.self_issuer.clone(), jti, claims: verified.claims, phase })
+    }
+
+    /// The broker's own rule first (a plan never writes), then the policy. `Err` carries the
+    /// reasons of a deny that happened before the policy was asked.
+    fn decide(
+        &self,
+        subject: &Subject,
+        target: &TargetConfig,
+        requested_ttl: Option<Duration>,
+        now: i64,
+    ) -> Result<Decision, Vec<String>> {
+        if subject.phase != Some(Phase::Apply) && target.access == TargetAccess::Write {
+            return Err(vec![format!(
+                "target `{}` grants write access; only apply-phase tokens may use it (this one is {})",
+                target.id(),
+                subject.phase.map_or("without a phase", |p| p.as_str()),
+            )]);
+        }
+        let Some(policies) = &self.policies else {
+            return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);
+        };
+        let input = input::credentials_input(&subject.issuer, &subject.claims, target, requested_ttl, now);
+        Ok(policies.decide(PolicyKind::Credentials, input))
+    }
+
+    async fn mint_for(
+        &self,
+        subject: &Subject,
+        audience: &str,
+    ) -> Result<crate::identity::mint::MintedToken, ExchangeError> {
+        let request = MintRequest {
+            run_id: subject.string("run_id").unwrap_or_default(),
+            stack_id: subject.string("stack_id").unwrap_or_default(),
+            stack: subject.string("stack").unwrap_or_default(),
+            phase: subject.phase,
+            audience: audience.to_owned(),
+            ttl: None,
+            repository: subject.string("repository"),
+            commit_sha: subject.string("commit_sha"),
+            git_ref: subject.string("ref"),
+            pull_request: subject.claims.get("pull_request").and_then(Value::as_u64),
+            ticket: subject.string("ticket"),
+            triggered_by: subject.string("triggered_by"),
+            approved_by: subject
+                .claims
+                .get("approved_by")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            pool: subject.string("pool"),
+            agent_id: subject.string("agent_id"),
+        };
+        self.issuer.issue(request, &format!("exchange:{}", subject.jti)).await.map_err(|error| match error {
+            IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
+            IssueError::Record(e) => unavailable("the token could not be recorded, so it was not issued", &e),
+        })
+    }
+
+    async fn record(
+        &self,
+        subject: &Subject,
+        target: &TargetConfig,
+        kind: &str,
+        reasons: &[String],
+        details: Value,
+    ) -> Result<(), ExchangeError> {
+        let event = CredentialEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: self.clock.now(),
+            kind: kind.to_owned(),
+            target: target.id(),
+            subject_issuer: subject.issuer.clone(),
+            subject_jti: Some(subject.jti.clone()),
+            run_id: subject.string("run_id"),
+            stack_id: subject.string("stack_id"),
+            phase: subject.phase.map(|p| p.as_str().to_owned()),
+            reasons: serde_json::to_string(reasons).unwrap_or_default(),
+            details: details.to_string(),
+        };
+        self.store
+            .record_credential_event(&event)
+            .await
+            .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
+    }
+
+    /// Records a refusal that happened before the subject was known.
+    async fn record_refusal(&self, target: &TargetConfig, error: &ExchangeError) -> Result<(), ExchangeError> {
+        let event = CredentialEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: self.clock.now(),
+            kind: "denied".to_owned(),
+            target: target.id(),
+            subject_issuer: "unverified".to_owned(),
+            subject_jti: None,
+            run_id: None,
+            stack_id: None,
+            phase: None,
+            reasons: serde_json::to_string(&[error.to_string()]).unwrap_or_default(),
+            details: "{}".to_owned(),
+        };
+        self.store
+            .record_credential_event(&event)
+            .await
+            .map_err(|e| unavailable("the refusal could not be recorded", &e))
+    }
+}
+
+fn unavailable(what: &str, error: &StoreError) -> ExchangeError {
+    tracing::error!(%error, "{what}");
+    ExchangeError::Unavailable(format!("{what}; retry"))
+}
+
+/// STS refuses `AssumeRoleWithWebIdentity` sessions shorter than this.
+const STS_MINIMUM_SESSION: Duration = Duration::from_secs(900);
+
+/// The session lifetime: the target's cap, lowered by the policy and by the request.
+fn effective_duration(target: Duration, policy_ttl: Option<u64>, requested: Option<Duration>) -> Duration {
+    let mut duration = target;
+    if let Some(ttl) = policy_ttl {
+        duration = duration.min(Duration::from_secs(ttl));
+    }
+    if let Some(requested) = requested {
+        duration = duration.min(requested);
+    }
+    duration
+}
+
+/// STS `RoleSessionName`: `[\w+=,.@-]{2,64}`.
+fn role_session_name(run_id: &str) -> String {
+    let mut name: String = run_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    while name.len() < 2 {
+        name.push('-');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_smallest_cap() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(effective_duration(hour, None, None), hour);
+        assert_eq!(effective_duration(hour, Some(1800), None), Duration::from_secs(1800));
+        assert_eq!(effective_duration(hour, Some(1800), Some(Duration::from_secs(1200))), Duration::from_secs(1200));
+        assert_eq!(
+            effective_duration(hour, Some(60), None),
+            Duration::from_secs(60),
+            "a policy cap is never stretched"
+        );
+        assert_eq!(effective_duration(Duration::from_secs(600), Some(3600), None), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn session_names_fit_sts_rules() {
+        assert_eq!(role_session_name("run-01J"), "run-01J");
+        assert_eq!(role_session_name("run 1/x"), "run-1-x");
+        assert_eq!(role_session_name("r"), "r-");
+        assert_eq!(role_session_name(&"a".repeat(100)).len(), 64);
+    }
+}

@@ -1,0 +1,29 @@
+//! What an exchange returns.
+
+use crate::identity::mint::TokenString;
+
+/// AWS "exchange in the worker" material: the caller calls `AssumeRoleWithWebIdentity` itself.
+#[derive(Debug)]
+pub struct AwsWorkerCredentials {
+    /// The minted web-identity token (audience: the target's).
+    pub web_identity_token: TokenString,
+    /// When that token expires.
+    pub token_expires_at: i64,
+    /// The role to assume.
+    pub role_arn: String,
+    /// `RoleSessionName` to use: the run ID.
+    pub role_session_name: String,
+    /// STS region.
+    pub region: String,
+    /// STS endpoint override, if the target has one.
+    pub sts_endpoint: Option<String>,
+    /// `DurationSeconds` to ask for.
+    pub duration_seconds: u64,
+}
+
+/// The result of an exchange.
+#[derive(Debug)]
+pub enum ExchangeResponse {
+    /// AWS, exchanged in the worker.
+    AwsWorker(AwsWorkerCredentials),
+}

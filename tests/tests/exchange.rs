@@ -1,0 +1,154 @@
+//! `POST /v1/token` with Keyward run tokens, on a broker configured with AWS targets in
+//! "exchange in the worker" mode and the shipped policy library.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::{free_addr, http, pyjwt, workspace_root};
+use serde_json::{Value, json};
+
+const APPLY_ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
+
+async fn start(dir: &Path) -> Broker {
+    let data_dir = dir.join("broker");
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n\
+         [tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{APPLY_ROLE}\"\n\
+         mode = \"worker\"\nduration = \"1h\"\nregion = \"eu-west-1\"\nlabels = {{ env = \"dev\" }}\n\
+         [[targets]]\nname = \"network-read\"\ntype = \"aws\"\naccess = \"read\"\n\
+         role_arn = \"arn:aws:iam::123456789012:role/network-read\"\nmode = \"worker\"\nduration = \"1h\"\n",
+        workspace_root().join("policies").display()
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// A run token addressed to the broker itself.
+async fn run_token(broker: &Broker, run_id: &str, phase: &str, git_ref: &str) -> String {
+    let (status, body) = broker
+        .mint_raw(
+            &json!({
+                "stack": "network", "run_id": run_id, "phase": phase, "audience": broker.addr,
+                "commit_sha": "0123abc", "ref": git_ref, "repository": "https://git.example.com/infra.git",
+                "triggered_by": "alice", "approved_by": ["bob"],
+            }),
+            Some(&broker.admin_token),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn exchange(broker: &Broker, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = http().post(format!("{}/v1/token", broker.addr)).form(form).send().await.unwrap();
+    let status = response.status().as_u16();
+    if status == 200 {
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+    (status, response.json().await.unwrap())
+}
+
+fn form<'a>(token: &'a str, target: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("resource", target),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+
+    // Apply on main: allowed, for the policy's apply cap (1 h).
+    let apply = run_token(&broker, "run-apply-1", "apply", "refs/heads/main").await;
+    let (status, body) = exchange(&broker, &form(&apply, "aws:network-apply")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(body["aws"]["role_arn"], APPLY_ROLE);
+    assert_eq!(body["aws"]["role_session_name"], "run-apply-1", "the session is named after the run");
+    assert_eq!(body["aws"]["region"], "eu-west-1");
+    assert_eq!(body["aws"]["duration_seconds"], 3600);
+    let web_identity = body["access_token"].as_str().unwrap();
+    let verdict = pyjwt::verify(
+        &format!("{}/.well-known/jwks.json", broker.addr),
+        web_identity,
+        "sts.amazonaws.com",
+        &broker.addr,
+    );
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["claims"]["run_id"], "run-apply-1");
+    assert_eq!(verdict["claims"]["phase"], "apply");
+    assert_eq!(verdict["claims"]["https://aws.amazon.com/source_identity"], "alice");
+    assert_eq!(verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"]["run"], json!(["run-apply-1"]));
+
+    // The same subject token a second time.
+    let (status, body) = exchange(&broker, &form(&apply, "aws:network-apply")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("already exchanged"));
+
+    // A plan never gets a write target, whatever the policy says.
+    let plan = run_token(&broker, "run-plan-1", "plan", "refs/heads/main").await;
+    let (status, body) = exchange(&broker, &form(&plan, "aws:network-apply")).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("only apply-phase tokens"), "{body}");
+
+    // A plan gets read credentials, capped by the policy at 15 minutes.
+    let plan = run_token(&broker, "run-plan-2", "plan", "refs/heads/feature/x").await;
+    let (status, body) = exchange(&broker, &form(&plan, "aws:network-read")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["aws"]["duration_seconds"], 900);
+
+    // The policy refuses an apply from a feature branch, and says why.
+    let feature = run_token(&broker, "run-apply-2", "apply", "refs/heads/feature/x").await;
+    let (status, body) = exchange(&broker, &form(&feature, "aws:network-apply")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("needs a commit on refs/heads/main"), "{body}");
+
+    // Tokens for someone else, unknown targets, malformed requests.
+    let (status, sts) = broker
+        .mint_raw(
+            &json!({"stack": "network", "run_id": "r9", "phase": "apply", "audience": "sts.amazonaws.com"}),
+            Some(&broker.admin_token),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = exchange(&broker, &form(sts["token"].as_str().unwrap(), "aws:network-apply")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("audience"), "{body}");
+    let fresh = run_token(&broker, "run-apply-3", "apply", "refs/heads/main").await;
+    let (status, body) = exchange(&broker, &form(&fresh, "aws:nope")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    let (status, body) = exchange(&broker, &form(&fresh, "aws:network-apply")[1..]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")), "{body}");
+    let mut tampered = fresh.clone();
+    tampered.insert(tampered.find('.').unwrap() + 5, 'x');
+    let (status, body) = exchange(&broker, &form(&tampered, "aws:network-apply")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+
+    // Every decision is on record; nothing secret is.
+    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 2);
+    assert_eq!(store.credential_event_count("allowed").await.unwrap(), 2);
+    assert!(
+        store.credential_event_count("denied").await.unwrap() >= 5,
+        "plan/write, feature branch, replay, audience, tamper"
+    );
+    let events = store.credential_events_for_run("run-apply-1").await.unwrap();
+    let issued = events.iter().find(|e| e.kind == "issued").unwrap();
+    let details: Value = serde_json::from_str(&issued.details).unwrap();
+    assert_eq!(details["role_session_name"], "run-apply-1");
+    assert!(!issued.details.contains(web_identity) && !issued.reasons.contains(web_identity));
+    assert!(!broker.log_text().contains(web_identity), "the minted token reached the log");
+    assert!(!broker.log_text().contains(&apply), "the subject token reached the log");
+}
