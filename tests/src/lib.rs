@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod forge;
+pub mod moto;
 pub mod openbao;
 pub mod postgres;
 pub mod pyjwt;

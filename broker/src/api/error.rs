@@ -81,6 +81,11 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", description, Refusal::Invalid)
     }
 
+    /// 502 `temporarily_unavailable`: a relying party (STS, Vault) failed; nothing was issued.
+    pub fn bad_gateway(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "temporarily_unavailable", description, Refusal::Internal)
+    }
+
     /// 503 `temporarily_unavailable`.
     pub fn unavailable(description: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description, Refusal::Internal)

@@ -11,7 +11,10 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::exchange::{ExchangeError, ExchangeRequest, ExchangeResponse, GRANT_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE};
+use crate::exchange::{
+    AWS_CREDENTIALS_TOKEN_TYPE, ExchangeError, ExchangeRequest, ExchangeResponse, GRANT_TYPE, ID_TOKEN_TYPE,
+    JWT_TOKEN_TYPE,
+};
 
 /// The form fields of an exchange. Unknown fields are ignored, as RFC 6749 §3.2 asks.
 #[derive(Deserialize)]
@@ -66,6 +69,30 @@ pub(super) async fn exchange(
     let request = ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs) };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
+        ExchangeResponse::Aws(aws) => {
+            let credentials = &aws.credentials;
+            json!({
+                "access_token": credentials.session_token.as_str(),
+                "issued_token_type": AWS_CREDENTIALS_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": (credentials.expires_at - state.clock_now()).max(0),
+                "aws": {
+                    "mode": "broker",
+                    "role_arn": aws.role_arn,
+                    "role_session_name": aws.role_session_name,
+                    "assumed_role_arn": credentials.assumed_role_arn,
+                    "region": aws.region,
+                },
+                // The AWS CLI `credential_process` shape, ready for `keyward creds aws`.
+                "aws_credentials": {
+                    "Version": 1,
+                    "AccessKeyId": credentials.access_key_id,
+                    "SecretAccessKey": credentials.secret_access_key.as_str(),
+                    "SessionToken": credentials.session_token.as_str(),
+                    "Expiration": crate::exchange::aws::rfc3339(credentials.expires_at),
+                },
+            })
+        }
         ExchangeResponse::AwsWorker(aws) => {
             let expires_in = (aws.token_expires_at - state.clock_now()).max(0);
             json!({
@@ -96,6 +123,8 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::InvalidGrant(_) => Self::invalid_grant(error.to_string()),
             ExchangeError::AccessDenied(_) => Self::access_denied(error.to_string()),
             ExchangeError::Unavailable(_) => Self::unavailable(error.to_string()),
+            ExchangeError::UpstreamRefused(_) => Self::access_denied(error.to_string()),
+            ExchangeError::UpstreamUnavailable(_) => Self::bad_gateway(error.to_string()),
         }
     }
 }

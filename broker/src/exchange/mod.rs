@@ -10,6 +10,7 @@
 //! 5. the decision is recorded; a decision that cannot be recorded issues nothing;
 //! 6. only then is a target-audience token minted (recorded too) and handed out.
 
+pub mod aws;
 mod input;
 mod response;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use keyward_proto::claims::Phase;
 use serde_json::{Value, json};
 
-pub use response::{AwsWorkerCredentials, ExchangeResponse};
+pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 
 use crate::clock::SharedClock;
 use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
@@ -38,6 +39,8 @@ pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Also accepted for subject tokens (CI systems call theirs ID tokens).
 pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// `issued_token_type` of AWS credentials (a Keyward URI: RFC 8693 defines none for them).
+pub const AWS_CREDENTIALS_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:aws-credentials";
 
 /// Why an exchange did not happen. Messages are safe for the caller.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,12 @@ pub enum ExchangeError {
     /// Something the caller cannot fix, now; nothing was issued.
     #[error("{0}")]
     Unavailable(String),
+    /// The relying party refused (for AWS: the role's trust policy, the token, the session policy).
+    #[error("{0}")]
+    UpstreamRefused(String),
+    /// The relying party could not be reached, or failed, within the deadline and retries.
+    #[error("{0}")]
+    UpstreamUnavailable(String),
 }
 
 /// A validated exchange request.
@@ -195,9 +204,40 @@ impl Exchanger {
                         })
                     }
                     ExchangeMode::Broker => {
-                        return Err(ExchangeError::Unavailable(
-                            "this broker cannot call STS yet; configure the target with mode = \"worker\"".to_owned(),
-                        ));
+                        let call = aws::AssumeRole {
+                            target: aws,
+                            session_name: &session_name,
+                            web_identity_token: minted.token.expose(),
+                            duration,
+                            session_policy: decision.session_policy.as_ref().map(Value::to_string),
+                        };
+                        let credentials = match aws::assume_role(call).await {
+                            Ok(credentials) => credentials,
+                            Err(error) => {
+                                let reason = error.to_string();
+                                self.record(&subject, target, "denied", std::slice::from_ref(&reason), details).await?;
+                                return Err(match error {
+                                    aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
+                                    aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
+                                });
+                            }
+                        };
+                        let mut details = details;
+                        if let Some(fields) = details.as_object_mut() {
+                            fields.insert("access_key_id".to_owned(), Value::from(credentials.access_key_id.clone()));
+                            fields.insert(
+                                "assumed_role_arn".to_owned(),
+                                Value::from(credentials.assumed_role_arn.clone()),
+                            );
+                            fields.insert("credentials_expire_at".to_owned(), Value::from(credentials.expires_at));
+                        }
+                        self.record(&subject, target, "issued", &[], details).await?;
+                        ExchangeResponse::Aws(AwsIssued {
+                            credentials,
+                            role_arn: aws.role_arn.clone(),
+                            role_session_name: session_name,
+                            region: aws.region.clone(),
+                        })
                     }
                 }
             }

@@ -21,9 +21,24 @@ pub struct AwsWorkerCredentials {
     pub duration_seconds: u64,
 }
 
+/// AWS credentials the broker obtained from STS.
+#[derive(Debug)]
+pub struct AwsIssued {
+    /// The credentials (secret parts never print).
+    pub credentials: super::aws::AwsCredentials,
+    /// The role assumed.
+    pub role_arn: String,
+    /// `RoleSessionName`: the run ID.
+    pub role_session_name: String,
+    /// STS region.
+    pub region: String,
+}
+
 /// The result of an exchange.
 #[derive(Debug)]
 pub enum ExchangeResponse {
+    /// AWS credentials from STS.
+    Aws(AwsIssued),
     /// AWS, exchanged in the worker.
     AwsWorker(AwsWorkerCredentials),
 }

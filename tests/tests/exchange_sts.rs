@@ -1,0 +1,138 @@
+//! Broker-mode AWS targets: the broker calls STS `AssumeRoleWithWebIdentity` (moto's server here)
+//! and returns credentials in the AWS CLI `credential_process` shape. moto validates nothing, so
+//! the test reads back what the broker sent from moto's request recording.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::moto::Moto;
+use keyward_tests::{free_addr, http, pyjwt, workspace_root};
+use serde_json::{Value, json};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
+
+async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
+    let data_dir = dir.join("broker");
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"dev\" }}\n",
+        workspace_root().join("policies").display()
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+async fn apply_token(broker: &Broker, run_id: &str) -> String {
+    let body = json!({
+        "stack": "network", "run_id": run_id, "phase": "apply", "audience": broker.addr, "commit_sha": "0123abc",
+        "ref": "refs/heads/main", "pull_request": 42, "ticket": "CHG-7", "triggered_by": "alice", "approved_by": ["bob"],
+    });
+    let (status, minted) = broker.mint_raw(&body, Some(&broker.admin_token)).await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+async fn exchange(broker: &Broker, token: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("resource", "aws:network-apply"),
+    ];
+    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let token = apply_token(&broker, "run-sts-1").await;
+
+    let (status, body) = exchange(&broker, &token).await;
+    assert_eq!(status, 200, "{body}");
+    let credentials = &body["aws_credentials"];
+    assert_eq!(credentials["Version"], 1);
+    let access_key_id = credentials["AccessKeyId"].as_str().unwrap();
+    let secret = credentials["SecretAccessKey"].as_str().unwrap();
+    let session_token = credentials["SessionToken"].as_str().unwrap();
+    assert!(access_key_id.starts_with("ASIA") && !secret.is_empty() && !session_token.is_empty(), "{credentials}");
+    assert!(credentials["Expiration"].as_str().unwrap().ends_with('Z'));
+    assert!((3590..=3600).contains(&body["expires_in"].as_i64().unwrap()), "session lasts the policy's 1 h: {body}");
+    assert!(body["aws"]["assumed_role_arn"].as_str().unwrap().ends_with("/network-apply/run-sts-1"), "{body}");
+
+    // What the broker actually sent to STS.
+    let requests = moto.sts_requests();
+    assert_eq!(requests.len(), 1, "exactly one STS call");
+    let sent = &requests[0];
+    assert_eq!(sent.field("Action"), Some("AssumeRoleWithWebIdentity"));
+    assert_eq!(sent.field("RoleArn"), Some(ROLE));
+    assert_eq!(sent.field("RoleSessionName"), Some("run-sts-1"), "the session is named after the run");
+    assert_eq!(sent.field("DurationSeconds"), Some("3600"));
+    let web_identity = sent.field("WebIdentityToken").unwrap();
+    let verdict = pyjwt::verify(
+        &format!("{}/.well-known/jwks.json", broker.addr),
+        web_identity,
+        "sts.amazonaws.com",
+        &broker.addr,
+    );
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    let claims = &verdict["claims"];
+    assert_eq!(claims["sub"], "stack:network:phase:apply");
+    assert_eq!(claims["run_id"], "run-sts-1");
+    assert_eq!(claims["https://aws.amazon.com/source_identity"], "alice");
+    assert_eq!(claims["https://aws.amazon.com/tags"]["principal_tags"]["pr"], json!(["42"]));
+    assert_eq!(claims["https://aws.amazon.com/tags"]["principal_tags"]["ticket"], json!(["CHG-7"]));
+    assert!(claims["exp"].as_i64().unwrap() <= now() + 300, "the web-identity token itself is short-lived");
+
+    // On record: the access key ID, never the secret parts.
+    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+    let events = store.credential_events_for_run("run-sts-1").await.unwrap();
+    let issued = events.iter().find(|e| e.kind == "issued").expect("an issued event");
+    let details: Value = serde_json::from_str(&issued.details).unwrap();
+    assert_eq!(details["access_key_id"], access_key_id);
+    assert_eq!(details["role_session_name"], "run-sts-1");
+    for event in &events {
+        for secret_part in [secret, session_token, web_identity] {
+            assert!(
+                !event.details.contains(secret_part) && !event.reasons.contains(secret_part),
+                "a secret is on record"
+            );
+        }
+    }
+    let log = broker.log_text();
+    for secret_part in [secret, session_token, web_identity, token.as_str()] {
+        assert!(!log.contains(secret_part), "a secret reached the broker log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}", free_addr());
+    let broker = start(dir.path(), &closed).await;
+    let token = apply_token(&broker, "run-sts-down").await;
+    let (status, body) = exchange(&broker, &token).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{body}");
+    assert!(body.get("aws_credentials").is_none() && body.get("access_token").is_none());
+    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 0);
+    let events = store.credential_events_for_run("run-sts-down").await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "the failure is on record");
+}
