@@ -24,7 +24,9 @@ async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
-         labels = {{ env = \"dev\" }}\n",
+         labels = {{ env = \"dev\" }}\n\
+         [[targets]]\nname = \"network-worker\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
+         sts_endpoint = \"{sts_endpoint}\"\nduration = \"30m\"\nmode = \"worker\"\n",
         workspace_root().join("policies").display()
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
@@ -118,6 +120,70 @@ async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
     for secret_part in [secret, session_token, web_identity, token.as_str()] {
         assert!(!log.contains(secret_part), "a secret reached the broker log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_creds_aws_prints_credential_process_json_and_env_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let token_file = dir.path().join("token");
+    let creds = |target: &str, format: &str, run_id: &str| {
+        let token = futures_token(&broker, run_id);
+        std::fs::write(&token_file, token).unwrap();
+        keyward_tests::broker::keyward(
+            &[
+                "creds",
+                "aws",
+                "--target",
+                target,
+                "--subject-token-file",
+                token_file.to_str().unwrap(),
+                "--format",
+                format,
+            ],
+            &[("KEYWARD_ADDR", broker.addr.as_str())],
+        )
+    };
+
+    let out = creds("aws:network-apply", "credential-process", "run-cli-1");
+    assert!(out.success, "{}", out.stderr);
+    let process: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(process["Version"], 1);
+    for key in ["AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"] {
+        assert!(process[key].as_str().is_some_and(|v| !v.is_empty()), "{key} in {process}");
+    }
+
+    let out = creds("network-apply", "env", "run-cli-2");
+    assert!(out.success, "{}", out.stderr);
+    for var in ["AWS_ACCESS_KEY_ID=ASIA", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=", "AWS_CREDENTIAL_EXPIRATION="]
+    {
+        assert!(out.stdout.contains(&format!("export {var}")), "{var} in {}", out.stdout);
+    }
+
+    // Worker mode: the CLI calls STS itself with the token the broker minted.
+    let before = moto.sts_requests().len();
+    let out = creds("aws:network-worker", "credential-process", "run-cli-3");
+    assert!(out.success, "{}", out.stderr);
+    let requests = moto.sts_requests();
+    assert_eq!(requests.len(), before + 1, "the CLI made the STS call");
+    let sent = requests.last().unwrap();
+    assert_eq!((sent.field("RoleSessionName"), sent.field("DurationSeconds")), (Some("run-cli-3"), Some("1800")));
+
+    // A refused exchange is a non-zero exit with the broker's reason and nothing on stdout.
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    let out = keyward_tests::broker::keyward(
+        &["creds", "aws", "--target", "aws:network-apply", "--subject-token-file", token_file.to_str().unwrap()],
+        &[("KEYWARD_ADDR", broker.addr.as_str())],
+    );
+    assert!(!out.success && out.stdout.is_empty());
+    assert!(out.stderr.contains("invalid_grant"), "{}", out.stderr);
+}
+
+/// Mints an apply token from a sync context (the CLI closure above runs blocking commands).
+fn futures_token(broker: &Broker, run_id: &str) -> String {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| handle.block_on(apply_token(broker, run_id)))
 }
 
 #[tokio::test(flavor = "multi_thread")]

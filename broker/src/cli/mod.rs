@@ -5,6 +5,7 @@
 //! `--json` so scripts never parse tables.
 
 mod client;
+mod creds;
 mod dev;
 mod keys;
 mod logging;
@@ -46,6 +47,9 @@ enum Command {
     /// List and rotate signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Trade a subject token for cloud credentials (for CI jobs and AWS `credential_process`).
+    #[command(subcommand)]
+    Creds(creds::CredsCommand),
     /// Test, evaluate and document Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -83,6 +87,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Token(command) => token::run(command, &env).await,
             Command::Keys(command) => keys::run(command, &env).await,
             Command::Policy(command) => policy::run(command, &env).await,
+            Command::Creds(command) => creds::run(command, &env).await,
         }
     });
     match result {

@@ -61,7 +61,6 @@ pub enum StsError {
 }
 
 /// One STS call's parameters.
-#[derive(Debug)]
 pub struct AssumeRole<'a> {
     /// The target.
     pub target: &'a AwsTarget,
@@ -73,6 +72,18 @@ pub struct AssumeRole<'a> {
     pub duration: Duration,
     /// Inline session policy from the `keyward.credentials` decision.
     pub session_policy: Option<String>,
+}
+
+impl fmt::Debug for AssumeRole<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssumeRole")
+            .field("role_arn", &self.target.role_arn)
+            .field("session_name", &self.session_name)
+            .field("web_identity_token", &"…")
+            .field("duration", &self.duration)
+            .field("session_policy", &self.session_policy.is_some())
+            .finish()
+    }
 }
 
 /// Calls `AssumeRoleWithWebIdentity`.
