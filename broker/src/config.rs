@@ -118,6 +118,79 @@ pub struct Config {
     /// Credential targets callers may ask for by name.
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// OIDC issuers (CI systems) whose tokens may be exchanged.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// One `[[issuers]]` entry: a CI system's OIDC issuer whose tokens the broker exchanges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Unique name, for logs and the record.
+    pub name: String,
+    /// The exact `iss`; discovery is fetched from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The exact `aud` its tokens must carry for this broker.
+    pub audience: String,
+    /// Accepted signature algorithms.
+    #[serde(default = "default_issuer_algorithms")]
+    pub algorithms: Vec<crate::identity::verify::Algorithm>,
+    /// Whether tokens must carry `nbf` (always checked when present).
+    #[serde(default = "yes")]
+    pub require_nbf: bool,
+    /// Claims that must be present with exactly these string values, e.g. `repository_owner = "acme"`.
+    #[serde(default)]
+    pub required_claims: std::collections::BTreeMap<String, String>,
+    /// Which phase this issuer's tokens stand for: `plan` (read targets only) unless set to `apply`.
+    #[serde(default = "default_ci_phase")]
+    pub phase: keyward_proto::claims::Phase,
+    /// Each token may be exchanged once.
+    #[serde(default = "yes")]
+    pub single_use: bool,
+    /// Where the run context is found in this issuer's tokens.
+    #[serde(default)]
+    pub claims: ClaimMapping,
+}
+
+fn default_issuer_algorithms() -> Vec<crate::identity::verify::Algorithm> {
+    vec![crate::identity::verify::Algorithm::RS256, crate::identity::verify::Algorithm::ES256]
+}
+
+fn default_ci_phase() -> keyward_proto::claims::Phase {
+    keyward_proto::claims::Phase::Plan
+}
+
+/// Claim names of a CI token that carry the run context. Defaults are GitHub Actions' names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimMapping {
+    /// The CI run (becomes the AWS role session name).
+    pub run_id: String,
+    /// Repository.
+    pub repository: String,
+    /// Git ref.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Commit SHA.
+    pub commit_sha: String,
+    /// Who triggered it.
+    pub triggered_by: String,
+    /// What counts as the stack (defaults to the repository).
+    pub stack: String,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        Self {
+            run_id: "run_id".to_owned(),
+            repository: "repository".to_owned(),
+            git_ref: "ref".to_owned(),
+            commit_sha: "sha".to_owned(),
+            triggered_by: "actor".to_owned(),
+            stack: "repository".to_owned(),
+        }
+    }
 }
 
 /// One `[[targets]]` entry: a named place credentials come from. Callers name it; they never pass
@@ -518,6 +591,7 @@ impl Config {
         }
         tracing_filter_is_valid(&self.log.level)?;
         self.validate_targets()?;
+        self.validate_issuers()?;
         if let Some(policy) = &self.policy
             && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
         {
@@ -612,20 +686,23 @@ impl TokensConfig {
 }
 
 fn validate_issuer(url: &str) -> Result<(), ConfigError> {
-    const KEY: &str = "server.external_url";
+    validate_url("server.external_url", url)
+}
+
+fn validate_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| invalid(KEY, format!("`{url}` must start with https:// (http:// only for loopback)")))?;
+        .ok_or_else(|| invalid(key, format!("`{url}` must start with https:// (http:// only for loopback)")))?;
     if url.starts_with("http://") {
         let host = if rest.starts_with("[::1]") { "[::1]" } else { rest.split(['/', ':']).next().unwrap_or_default() };
         if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            return Err(invalid(KEY, format!("`{url}`: plain http is only allowed for a loopback issuer")));
+            return Err(invalid(key, format!("`{url}`: plain http is only allowed for a loopback issuer")));
         }
     }
     if rest.is_empty() || url.ends_with('/') || url.contains(['?', '#']) {
         return Err(invalid(
-            KEY,
+            key,
             format!("`{url}` must be an absolute URL without a trailing slash, query or fragment"),
         ));
     }
@@ -719,6 +796,37 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_issuers(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for issuer in &self.issuers {
+            if !seen.insert(issuer.name.as_str()) {
+                return Err(invalid("issuers.name", format!("issuer `{}` is defined twice", issuer.name)));
+            }
+            validate_url("issuers.issuer", &issuer.issuer)?;
+            if issuer.issuer == self.server.external_url {
+                return Err(invalid(
+                    "issuers.issuer",
+                    "the broker's own tokens are trusted already; do not list its issuer",
+                ));
+            }
+            if issuer.audience.trim().is_empty() {
+                return Err(invalid(
+                    "issuers.audience",
+                    format!("issuer `{}`: audience must not be empty", issuer.name),
+                ));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err(invalid(
+                    "issuers.algorithms",
+                    format!("issuer `{}`: allow at least one algorithm", issuer.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TargetConfig {
     /// `<type>:<name>`, how callers name it.
     pub fn id(&self) -> String {
@@ -758,6 +866,7 @@ impl Config {
             },
             policy: Some(PolicyConfig { dir: policy_dir, evaluation_timeout: default_evaluation_timeout() }),
             targets: Vec::new(),
+            issuers: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::exchange::Exchanger;
+use crate::exchange::issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The policy set does not load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The HTTP client for issuers' discovery documents could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
     /// Could not listen.
     #[error("cannot listen on {address}: {source}")]
     Listen {
@@ -91,18 +95,22 @@ impl Broker {
             Arc::clone(&clock),
         ));
         let issuer = Issuer::new(minter, store.clone());
-        let exchanger = (!config.targets.is_empty()).then(|| {
-            Arc::new(Exchanger::new(
+        let exchanger = if config.targets.is_empty() {
+            None
+        } else {
+            let issuers = TrustedIssuers::new(&config.issuers).map_err(|e| StartError::HttpClient(e.to_string()))?;
+            Some(Arc::new(Exchanger::new(
                 &config.targets,
                 Arc::clone(&keys),
                 issuer.clone(),
                 policies.clone(),
+                issuers,
                 store.clone(),
                 Arc::clone(&clock),
                 config.server.external_url.clone(),
                 config.tokens.clock_skew,
-            ))
-        });
+            )))
+        };
         let state = AppState {
             issuer,
             exchanger,

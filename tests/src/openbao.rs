@@ -168,9 +168,10 @@ impl OpenBao {
         .await;
         let role_info = self.must(Method::GET, &format!("identity/oidc/role/{role}"), json!(null)).await;
         let audience = role_info["data"]["client_id"].as_str().expect("role client_id").to_owned();
+        // One policy and one user per role, so several roles can coexist.
         self.must(
             Method::POST,
-            "sys/policies/acl/ci-token",
+            &format!("sys/policies/acl/ci-token-{role}"),
             json!({ "policy": format!("path \"identity/oidc/token/{role}\" {{ capabilities = [\"read\"] }}") }),
         )
         .await;
@@ -178,12 +179,12 @@ impl OpenBao {
         assert!(status == 204 || status == 400, "enable userpass: {status}");
         self.must(
             Method::POST,
-            "auth/userpass/users/ci-runner",
-            json!({ "password": "ci-runner-pw", "token_policies": ["ci-token"] }),
+            &format!("auth/userpass/users/ci-runner-{role}"),
+            json!({ "password": "ci-runner-pw", "token_policies": [format!("ci-token-{role}")] }),
         )
         .await;
         let login = http()
-            .post(format!("{}/v1/auth/userpass/login/ci-runner", self.addr))
+            .post(format!("{}/v1/auth/userpass/login/ci-runner-{role}", self.addr))
             .json(&json!({ "password": "ci-runner-pw" }))
             .send()
             .await

@@ -4,42 +4,48 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::subject::{Subject, SubjectKind};
 use crate::config::{TargetAccess, TargetConfig, TargetKind};
 
-/// The input for a decision about `target` for a verified subject with `claims`.
+/// The input for a decision about `target` for a verified `subject`.
 pub(super) fn credentials_input(
-    issuer: &str,
-    claims: &Map<String, Value>,
+    subject: &Subject,
     target: &TargetConfig,
     requested_ttl: Option<Duration>,
     now: i64,
 ) -> Value {
-    let claim = |name: &str| claims.get(name).cloned().unwrap_or(Value::Null);
-    let mut run = Map::new();
-    for (key, claim_name) in [
-        ("id", "run_id"),
-        ("stack_id", "stack_id"),
-        ("stack", "stack"),
-        ("phase", "phase"),
-        ("repository", "repository"),
-        ("commit_sha", "commit_sha"),
-        ("ref", "ref"),
-        ("pull_request", "pull_request"),
-        ("ticket", "ticket"),
-        ("triggered_by", "triggered_by"),
-        ("approved_by", "approved_by"),
-    ] {
-        let value = claim(claim_name);
+    let run = &subject.run;
+    let mut run_json = Map::new();
+    let mut put = |key: &str, value: Value| {
         if !value.is_null() {
-            run.insert(key.to_owned(), value);
+            run_json.insert(key.to_owned(), value);
         }
+    };
+    put("id", json!(run.id));
+    put("stack_id", json!(run.stack_id));
+    put("stack", json!(run.stack));
+    put("phase", json!(run.phase.as_str()));
+    put("repository", json!(run.repository));
+    put("commit_sha", json!(run.commit_sha));
+    put("ref", json!(run.git_ref));
+    put("pull_request", json!(run.pull_request));
+    put("ticket", json!(run.ticket));
+    put("triggered_by", json!(run.triggered_by));
+    if !run.approved_by.is_empty() {
+        put("approved_by", json!(run.approved_by));
     }
     let (kind, mode) = match &target.kind {
         TargetKind::Aws(aws) => ("aws", aws.mode),
     };
+    let mut subject_json = json!({ "kind": subject.kind.as_str(), "issuer": subject.issuer, "claims": subject.claims });
+    if let SubjectKind::Ci(name) = &subject.kind
+        && let Some(object) = subject_json.as_object_mut()
+    {
+        object.insert("issuer_name".to_owned(), json!(name));
+    }
     json!({
-        "subject": { "kind": "run", "issuer": issuer, "claims": claims },
-        "run": run,
+        "subject": subject_json,
+        "run": run_json,
         "target": {
             "name": target.id(),
             "type": kind,

@@ -12,7 +12,9 @@
 
 pub mod aws;
 mod input;
+pub mod issuers;
 mod response;
+mod subject;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use keyward_proto::claims::Phase;
 use serde_json::{Value, json};
+use subject::Subject;
 
 pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 
@@ -32,6 +35,7 @@ use crate::identity::mint::MintRequest;
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::store::{CredentialEvent, Store, StoreError};
+use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -95,24 +99,11 @@ pub struct Exchanger {
     keys: Arc<KeyRing>,
     issuer: Issuer,
     policies: Option<Arc<PolicyEngine>>,
+    issuers: TrustedIssuers,
     store: Store,
     clock: SharedClock,
     self_issuer: String,
     leeway: Duration,
-}
-
-/// What an exchange learned about its subject, for the record and the policy.
-struct Subject {
-    issuer: String,
-    jti: String,
-    claims: serde_json::Map<String, Value>,
-    phase: Option<Phase>,
-}
-
-impl Subject {
-    fn string(&self, name: &str) -> Option<String> {
-        self.claims.get(name).and_then(Value::as_str).map(str::to_owned)
-    }
 }
 
 impl Exchanger {
@@ -124,13 +115,14 @@ impl Exchanger {
         keys: Arc<KeyRing>,
         issuer: Issuer,
         policies: Option<Arc<PolicyEngine>>,
+        issuers: TrustedIssuers,
         store: Store,
         clock: SharedClock,
         self_issuer: String,
         leeway: Duration,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
-        Self { targets, keys, issuer, policies, store, clock, self_issuer, leeway }
+        Self { targets, keys, issuer, policies, issuers, store, clock, self_issuer, leeway }
     }
 
     /// Exchanges `request`; see the module documentation for the order of checks.
@@ -181,7 +173,7 @@ impl Exchanger {
                     return Err(ExchangeError::AccessDenied(vec![reason]));
                 }
                 let minted = self.mint_for(&subject, &aws.audience).await?;
-                let session_name = role_session_name(subject.string("run_id").as_deref().unwrap_or(&subject.jti));
+                let session_name = role_session_name(&subject.run.id);
                 let details = json!({
                     "minted_jti": minted.claims.jti,
                     "role_arn": aws.role_arn,
@@ -242,36 +234,48 @@ impl Exchanger {
                 }
             }
         };
-        tracing::info!(target = %request.target, run_id = ?subject.string("run_id"), "credentials issued");
+        tracing::info!(target = %request.target, run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 
     async fn verify_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
-        let expect = Expectations {
-            issuer: self.self_issuer.clone(),
-            audience: self.self_issuer.clone(),
-            algorithms: vec![Algorithm::ES256, Algorithm::RS256],
-            leeway: self.leeway,
-            require_nbf: true,
-        };
-        let verified = verify::verify(token, &self.keys.verification_keys(), &expect, now)
-            .map_err(|e: VerifyError| ExchangeError::InvalidGrant(e.to_string()))?;
-        let jti = verified
-            .string("jti")
-            .ok_or_else(|| ExchangeError::InvalidGrant("token has no `jti` claim".to_owned()))?
-            .to_owned();
-        let first_use = self
-            .store
-            .claim_token_id(&self.self_issuer, &jti, verified.expires_at, now)
-            .await
-            .map_err(|e| unavailable("could not check the token for replay", &e))?;
-        if !first_use {
+        let (iss, audiences) = peek_issuer_and_audiences(token)
+            .ok_or_else(|| ExchangeError::InvalidGrant(VerifyError::Malformed("not a JWT with iss").to_string()))?;
+        let (subject, single_use) = if iss == self.self_issuer {
+            let expect = Expectations {
+                issuer: self.self_issuer.clone(),
+                audience: self.self_issuer.clone(),
+                algorithms: vec![Algorithm::ES256, Algorithm::RS256],
+                leeway: self.leeway,
+                require_nbf: true,
+            };
+            let verified = verify::verify(token, &self.keys.verification_keys(), &expect, now)
+                .map_err(|e: VerifyError| ExchangeError::InvalidGrant(e.to_string()))?;
+            (Subject::from_run_token(&self.self_issuer, verified).map_err(ExchangeError::InvalidGrant)?, true)
+        } else if let Some(issuer) = self.issuers.find(&iss, &audiences) {
+            let verified = self.issuers.verify(issuer, token, now, self.leeway).await.map_err(|e| match e {
+                issuers::IssuerError::Keys { .. } => ExchangeError::UpstreamUnavailable(e.to_string()),
+                other => ExchangeError::InvalidGrant(other.to_string()),
+            })?;
+            (Subject::from_ci_token(&issuer.config, verified, token), issuer.config.single_use)
+        } else {
             return Err(ExchangeError::InvalidGrant(
-                "token was already exchanged (each token is single-use)".to_owned(),
+                "token issuer and audience do not match any issuer this broker trusts".to_owned(),
             ));
+        };
+        if single_use {
+            let first_use = self
+                .store
+                .claim_token_id(&subject.issuer, &subject.replay_key, subject.expires_at, now)
+                .await
+                .map_err(|e| unavailable("could not check the token for replay", &e))?;
+            if !first_use {
+                return Err(ExchangeError::InvalidGrant(
+                    "token was already exchanged (each token is single-use)".to_owned(),
+                ));
+            }
         }
-        let phase = verified.string("phase").and_then(|p| p.parse().ok());
-        Ok(Subject { issuer: self.self_issuer.clone(), jti, claims: verified.claims, phase })
+        Ok(subject)
     }
 
     /// The broker's own rule first (a plan never writes), then the policy. `Err` carries the
@@ -283,17 +287,17 @@ impl Exchanger {
         requested_ttl: Option<Duration>,
         now: i64,
     ) -> Result<Decision, Vec<String>> {
-        if subject.phase != Some(Phase::Apply) && target.access == TargetAccess::Write {
+        if subject.run.phase != Phase::Apply && target.access == TargetAccess::Write {
             return Err(vec![format!(
                 "target `{}` grants write access; only apply-phase tokens may use it (this one is {})",
                 target.id(),
-                subject.phase.map_or("without a phase", |p| p.as_str()),
+                subject.run.phase,
             )]);
         }
         let Some(policies) = &self.policies else {
             return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);
         };
-        let input = input::credentials_input(&subject.issuer, &subject.claims, target, requested_ttl, now);
+        let input = input::credentials_input(subject, target, requested_ttl, now);
         Ok(policies.decide(PolicyKind::Credentials, input))
     }
 
@@ -302,29 +306,25 @@ impl Exchanger {
         subject: &Subject,
         audience: &str,
     ) -> Result<crate::identity::mint::MintedToken, ExchangeError> {
+        let run = &subject.run;
         let request = MintRequest {
-            run_id: subject.string("run_id").unwrap_or_default(),
-            stack_id: subject.string("stack_id").unwrap_or_default(),
-            stack: subject.string("stack").unwrap_or_default(),
-            phase: subject.phase,
+            run_id: run.id.clone(),
+            stack_id: run.stack_id.clone(),
+            stack: run.stack.clone(),
+            phase: Some(run.phase),
             audience: audience.to_owned(),
             ttl: None,
-            repository: subject.string("repository"),
-            commit_sha: subject.string("commit_sha"),
-            git_ref: subject.string("ref"),
-            pull_request: subject.claims.get("pull_request").and_then(Value::as_u64),
-            ticket: subject.string("ticket"),
-            triggered_by: subject.string("triggered_by"),
-            approved_by: subject
-                .claims
-                .get("approved_by")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default(),
-            pool: subject.string("pool"),
-            agent_id: subject.string("agent_id"),
+            repository: run.repository.clone(),
+            commit_sha: run.commit_sha.clone(),
+            git_ref: run.git_ref.clone(),
+            pull_request: run.pull_request,
+            ticket: run.ticket.clone(),
+            triggered_by: run.triggered_by.clone(),
+            approved_by: run.approved_by.clone(),
+            pool: run.pool.clone(),
+            agent_id: run.agent_id.clone(),
         };
-        self.issuer.issue(request, &format!("exchange:{}", subject.jti)).await.map_err(|error| match error {
+        self.issuer.issue(request, &format!("exchange:{}", subject.replay_key)).await.map_err(|error| match error {
             IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
             IssueError::Record(e) => unavailable("the token could not be recorded, so it was not issued", &e),
         })
@@ -344,10 +344,10 @@ impl Exchanger {
             kind: kind.to_owned(),
             target: target.id(),
             subject_issuer: subject.issuer.clone(),
-            subject_jti: Some(subject.jti.clone()),
-            run_id: subject.string("run_id"),
-            stack_id: subject.string("stack_id"),
-            phase: subject.phase.map(|p| p.as_str().to_owned()),
+            subject_jti: Some(subject.replay_key.clone()),
+            run_id: Some(subject.run.id.clone()),
+            stack_id: Some(subject.run.stack_id.clone()),
+            phase: Some(subject.run.phase.as_str().to_owned()),
             reasons: serde_json::to_string(reasons).unwrap_or_default(),
             details: details.to_string(),
         };

@@ -31,7 +31,7 @@ use crate::config::MAX_CLOCK_SKEW;
 /// Largest token accepted (DESIGN.md §8.2).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Signature algorithms a verifier may allow. Asymmetric only.
+/// Signature algorithms a verifier may allow. Asymmetric only: `none` and HMAC do not exist here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Algorithm {
     /// ECDSA P-256 / SHA-256.

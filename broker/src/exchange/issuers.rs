@@ -1,0 +1,197 @@
+//! Trusted external OIDC issuers (CI systems): discovery, JWKS caching, verification.
+//!
+//! Keys are fetched lazily (a CI provider's outage never stops the broker from starting) from the
+//! `jwks_uri` of the issuer's discovery document, whose `issuer` must equal the configured one.
+//! A token signed by a key the cache does not know triggers at most one refresh per
+//! [`REFRESH_INTERVAL`] per issuer, so a flood of tokens with random `kid`s cannot turn the broker
+//! into a JWKS-fetching amplifier. `jku`/`x5u` are never followed: only the configured issuer's
+//! own discovery document points at keys.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::IssuerConfig;
+use crate::identity::verify::{self, Expectations, KeySet, VerifiedToken, VerifyError};
+
+/// Minimum time between two JWKS fetches for one issuer.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest discovery or JWKS document read.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Why a CI token could not be verified.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// The token itself was refused.
+    #[error(transparent)]
+    Token(#[from] VerifyError),
+    /// A required claim is missing or has another value.
+    #[error("token claim `{0}` does not have the value this broker requires")]
+    RequiredClaim(String),
+    /// The issuer's keys could not be fetched.
+    #[error("cannot fetch the signing keys of issuer `{issuer}`: {reason}")]
+    Keys {
+        /// The configured issuer name.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+struct CachedKeys {
+    keys: Arc<KeySet>,
+    fetched_at: Instant,
+}
+
+/// One configured issuer and its key cache.
+pub struct TrustedIssuer {
+    /// Its configuration.
+    pub config: IssuerConfig,
+    cache: RwLock<Option<CachedKeys>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TrustedIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustedIssuer").field("name", &self.config.name).field("issuer", &self.config.issuer).finish()
+    }
+}
+
+/// All configured issuers.
+#[derive(Debug)]
+pub struct TrustedIssuers {
+    issuers: Vec<Arc<TrustedIssuer>>,
+    http: reqwest::Client,
+}
+
+/// `iss` and `aud` read from a token *without* verifying it, only to choose which issuer's strict
+/// expectations to verify it against.
+pub fn peek_issuer_and_audiences(token: &str) -> Option<(String, Vec<String>)> {
+    use base64::Engine as _;
+    if token.len() > verify::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let iss = claims.get("iss")?.as_str()?.to_owned();
+    let aud = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.clone()],
+        Some(Value::Array(auds)) => auds.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    Some((iss, aud))
+}
+
+impl TrustedIssuers {
+    /// The configured issuers, with an HTTP client for their discovery documents.
+    pub fn new(configs: &[IssuerConfig]) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let issuers = configs
+            .iter()
+            .map(|config| {
+                Arc::new(TrustedIssuer {
+                    config: config.clone(),
+                    cache: RwLock::new(None),
+                    refresh: tokio::sync::Mutex::new(()),
+                })
+            })
+            .collect();
+        Ok(Self { issuers, http })
+    }
+
+    /// The issuer whose `iss` and `aud` this token names, if one is configured.
+    pub fn find(&self, iss: &str, audiences: &[String]) -> Option<&Arc<TrustedIssuer>> {
+        self.issuers.iter().find(|i| i.config.issuer == iss && audiences.iter().any(|a| *a == i.config.audience))
+    }
+
+    /// Verifies `token` against `issuer`, refreshing its keys once if the signing key is unknown.
+    pub async fn verify(
+        &self,
+        issuer: &TrustedIssuer,
+        token: &str,
+        now: i64,
+        leeway: Duration,
+    ) -> Result<VerifiedToken, IssuerError> {
+        let expect = Expectations {
+            issuer: issuer.config.issuer.clone(),
+            audience: issuer.config.audience.clone(),
+            algorithms: issuer.config.algorithms.clone(),
+            leeway,
+            require_nbf: issuer.config.require_nbf,
+        };
+        let keys = self.keys(issuer, false).await?;
+        let verified = match verify::verify(token, &keys, &expect, now) {
+            Err(VerifyError::UnknownKey) => {
+                let keys = self.keys(issuer, true).await?;
+                verify::verify(token, &keys, &expect, now)?
+            }
+            other => other?,
+        };
+        for (claim, wanted) in &issuer.config.required_claims {
+            if verified.string(claim) != Some(wanted.as_str()) {
+                return Err(IssuerError::RequiredClaim(claim.clone()));
+            }
+        }
+        Ok(verified)
+    }
+
+    async fn keys(&self, issuer: &TrustedIssuer, refresh: bool) -> Result<Arc<KeySet>, IssuerError> {
+        let cached = |fresh_enough: &dyn Fn(&CachedKeys) -> bool| -> Option<Arc<KeySet>> {
+            let guard = issuer.cache.read().ok()?;
+            guard.as_ref().filter(|c| fresh_enough(c)).map(|c| Arc::clone(&c.keys))
+        };
+        if !refresh && let Some(keys) = cached(&|_| true) {
+            return Ok(keys);
+        }
+        let _one_at_a_time = issuer.refresh.lock().await;
+        // Rate limit: a refresh within the interval (ours or a concurrent caller's) is reused.
+        if let Some(keys) = cached(&|c| c.fetched_at.elapsed() < REFRESH_INTERVAL) {
+            return Ok(keys);
+        }
+        let keys = Arc::new(self.fetch(&issuer.config).await.map_err(|reason| {
+            tracing::warn!(issuer = %issuer.config.name, %reason, "cannot fetch issuer keys");
+            IssuerError::Keys { issuer: issuer.config.name.clone(), reason }
+        })?);
+        tracing::info!(issuer = %issuer.config.name, keys = keys.len(), "fetched issuer keys");
+        if let Ok(mut guard) = issuer.cache.write() {
+            *guard = Some(CachedKeys { keys: Arc::clone(&keys), fetched_at: Instant::now() });
+        }
+        Ok(keys)
+    }
+
+    async fn fetch(&self, config: &IssuerConfig) -> Result<KeySet, String> {
+        let discovery_url = format!("{}/.well-known/openid-configuration", config.issuer);
+        let discovery: Value = serde_json::from_str(&self.get(&discovery_url).await?)
+            .map_err(|e| format!("discovery document is not JSON: {e}"))?;
+        if discovery.get("issuer").and_then(Value::as_str) != Some(config.issuer.as_str()) {
+            return Err("the discovery document names a different issuer".to_owned());
+        }
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| "the discovery document has no jwks_uri".to_owned())?;
+        let keys = KeySet::from_jwks(&self.get(jwks_uri).await?).map_err(|e| e.to_string())?;
+        if keys.is_empty() {
+            return Err("the JWKS has no usable signing key".to_owned());
+        }
+        Ok(keys)
+    }
+
+    async fn get(&self, url: &str) -> Result<String, String> {
+        let response = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", response.status().as_u16()));
+        }
+        let bytes = response.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("GET {url}: document larger than 256 KiB"));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("GET {url}: not UTF-8"))
+    }
+}

@@ -1,0 +1,151 @@
+//! Who is asking: a verified subject token, reduced to the run context that the guard, the
+//! policy, the record and the minted token all use.
+
+use keyward_proto::claims::Phase;
+use serde_json::{Map, Value};
+
+use crate::config::IssuerConfig;
+use crate::identity::verify::VerifiedToken;
+
+/// Where the subject token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SubjectKind {
+    /// A Keyward run token.
+    Run,
+    /// A trusted CI issuer's token; carries the configured issuer name.
+    Ci(String),
+}
+
+impl SubjectKind {
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            Self::Run => "run",
+            Self::Ci(_) => "ci",
+        }
+    }
+}
+
+/// The run a subject token stands for.
+#[derive(Debug, Clone)]
+pub(super) struct RunContext {
+    pub(super) id: String,
+    pub(super) stack_id: String,
+    pub(super) stack: String,
+    pub(super) phase: Phase,
+    pub(super) repository: Option<String>,
+    pub(super) commit_sha: Option<String>,
+    pub(super) git_ref: Option<String>,
+    pub(super) pull_request: Option<u64>,
+    pub(super) ticket: Option<String>,
+    pub(super) triggered_by: Option<String>,
+    pub(super) approved_by: Vec<String>,
+    pub(super) pool: Option<String>,
+    pub(super) agent_id: Option<String>,
+}
+
+/// A verified subject.
+#[derive(Debug)]
+pub(super) struct Subject {
+    pub(super) kind: SubjectKind,
+    /// The `iss` it was verified against.
+    pub(super) issuer: String,
+    /// What makes it single-use: its `jti`, or a digest of its signature when it has none.
+    pub(super) replay_key: String,
+    pub(super) expires_at: i64,
+    /// Every verified claim (for the policy's `input.subject.claims`).
+    pub(super) claims: Map<String, Value>,
+    pub(super) run: RunContext,
+}
+
+fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reduces free text to the identifier alphabet run IDs and stack IDs use.
+fn identifier(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.:@/+".contains(c) { c } else { '-' }).take(128).collect()
+}
+
+impl Subject {
+    /// A Keyward run token: every field is in its claims.
+    pub(super) fn from_run_token(issuer: &str, verified: VerifiedToken) -> Result<Self, String> {
+        let claims = verified.claims;
+        let jti = string(&claims, "jti").ok_or("token has no `jti` claim")?;
+        let phase =
+            string(&claims, "phase").and_then(|p| p.parse().ok()).ok_or("run token has no valid `phase` claim")?;
+        let required = |name: &str| string(&claims, name).ok_or_else(|| format!("run token has no `{name}` claim"));
+        let run = RunContext {
+            id: required("run_id")?,
+            stack_id: required("stack_id")?,
+            stack: required("stack")?,
+            phase,
+            repository: string(&claims, "repository"),
+            commit_sha: string(&claims, "commit_sha"),
+            git_ref: string(&claims, "ref"),
+            pull_request: claims.get("pull_request").and_then(Value::as_u64),
+            ticket: string(&claims, "ticket"),
+            triggered_by: string(&claims, "triggered_by"),
+            approved_by: claims
+                .get("approved_by")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            pool: string(&claims, "pool"),
+            agent_id: string(&claims, "agent_id"),
+        };
+        Ok(Self {
+            kind: SubjectKind::Run,
+            issuer: issuer.to_owned(),
+            replay_key: jti,
+            expires_at: verified.expires_at,
+            claims,
+            run,
+        })
+    }
+
+    /// A CI token: the run context comes from the issuer's claim mapping; the phase from its
+    /// configuration (never from the token).
+    pub(super) fn from_ci_token(config: &IssuerConfig, verified: VerifiedToken, token: &str) -> Self {
+        let claims = verified.claims;
+        let mapping = &config.claims;
+        let replay_key = string(&claims, "jti").unwrap_or_else(|| {
+            let signature = token.rsplit('.').next().unwrap_or_default();
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature.as_bytes());
+            format!("sha256:{}", crate::identity::kek::hex(digest.as_ref()))
+        });
+        let repository = string(&claims, &mapping.repository);
+        let stack = string(&claims, &mapping.stack).map_or_else(|| config.name.clone(), |s| identifier(&s));
+        let id = string(&claims, &mapping.run_id)
+            .map_or_else(|| identifier(&replay_key.replace("sha256:", "ci-")), |id| identifier(&id));
+        // A commit that is not hexadecimal is dropped rather than failing the exchange.
+        let commit_sha = string(&claims, &mapping.commit_sha)
+            .filter(|c| (7..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()));
+        let run = RunContext {
+            id,
+            stack_id: stack.clone(),
+            stack,
+            phase: config.phase,
+            repository,
+            commit_sha,
+            git_ref: string(&claims, &mapping.git_ref),
+            pull_request: None,
+            ticket: None,
+            triggered_by: string(&claims, &mapping.triggered_by),
+            approved_by: Vec::new(),
+            pool: None,
+            agent_id: None,
+        };
+        Self {
+            kind: SubjectKind::Ci(config.name.clone()),
+            issuer: config.issuer.clone(),
+            replay_key,
+            expires_at: verified.expires_at,
+            claims,
+            run,
+        }
+    }
+}
