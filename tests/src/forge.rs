@@ -70,3 +70,35 @@ pub fn resign_with_foreign_key(token: &str, kid: &str) -> String {
     let signature = pair.sign(&SystemRandom::new(), signing_input.as_bytes()).unwrap();
     format!("{signing_input}.{}", B64URL.encode(signature.as_ref()))
 }
+
+/// The current signing key of a configured broker's data directory (SQLite), given its KEK.
+pub async fn broker_signer(data_dir: &Path, kek_base64: &str) -> Arc<keyward_broker::identity::Signer> {
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+    let kek = Kek::from_base64(kek_base64, "test").unwrap();
+    let settings = KeySettings {
+        algorithm: SigningAlgorithm::ES256,
+        rotation_period: Duration::from_secs(86_400),
+        jwks_max_age: Duration::from_secs(300),
+        clock_skew: Duration::from_secs(30),
+    };
+    let keys = KeyRing::load(store, kek, Arc::new(ManualClock::at(0)), settings).await.unwrap();
+    keys.signer()
+}
+
+/// A token with any header and claims, signed (ES256) by a fresh key no JWKS publishes.
+pub fn foreign_token(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    let signature = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", B64URL.encode(signature.as_ref()))
+}
+
+/// `alg: HS256`, MACed with the given bytes as the secret (the classic "public key as HMAC
+/// secret" confusion attack).
+pub fn hs256_token(secret: &[u8], header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", B64URL.encode(tag.as_ref()))
+}

@@ -2,8 +2,8 @@
 //!
 //! Deny by default: an allow needs a rule that says so and no `deny` message; an evaluation error,
 //! an undefined result or an exceeded time limit is a deny whose reason says what went wrong. The
-//! policy directory (`*.rego` plus `*.json` data files, like an OPA bundle) is compiled once into a
-//! [`PolicySet`]; each decision evaluates a cheap clone of it. [`PolicyEngine`] holds the live set
+//! policy directory (`*.rego` plus `*.json` data files, like an OPA bundle) is parsed and analysed
+//! once into a [`PolicySet`]; each decision evaluates a clone of it. [`PolicyEngine`] holds the live set
 //! and swaps it on reload; a set that fails to load never replaces a good one.
 //!
 //! Built-ins that reach the network or the clock are not compiled in (see the `regorus` features in
@@ -136,7 +136,6 @@ impl PolicyEngine {
             "digest": set.digest(),
             "files": set.files(),
             "packages": set.packages(),
-            "bytecode": set.compiled_to_bytecode(),
         })
     }
 

@@ -2,12 +2,9 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::{Decision, PolicyKind};
@@ -56,30 +53,19 @@ pub enum PolicyError {
     UnknownKind(String),
 }
 
-/// A compiled policy directory. Immutable; each decision runs on a fresh VM (or interpreter clone).
+/// A compiled policy directory. Immutable; each decision evaluates a clone of its engine.
+///
+/// Decisions run on regorus's interpreter, not its bytecode VM: in regorus 0.14.1 the VM turns a
+/// failing built-in inside a rule body into "undefined" even in strict mode, so a `deny` rule that
+/// errors would silently allow. The interpreter fails the decision, which is a deny. (Tested in
+/// `a_deny_rule_that_errors_denies`.)
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
-    bytecode: Option<Bytecode>,
-    timer: ExecutionTimerConfig,
     digest: String,
     files: Vec<String>,
     packages: Vec<String>,
 }
-
-/// The set compiled to regorus's register VM: about four times faster than the tree-walking
-/// interpreter for the shipped credentials policy (see docs/performance.md). Only the output rules
-/// each policy type reads are entry points.
-#[derive(Debug, Clone)]
-struct Bytecode {
-    policy: regorus::CompiledPolicy,
-    program: Arc<Program>,
-    data: regorus::Value,
-    entries: Vec<(PolicyKind, &'static str, String)>,
-}
-
-/// Upper bound on VM instructions for one decision; the time limit is the other bound.
-const MAX_VM_INSTRUCTIONS: usize = 10_000_000;
 
 /// The rules the broker reads from each policy type's package.
 fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
@@ -124,8 +110,10 @@ impl PolicySet {
     pub fn from_sources(origin: &Path, sources: &[(String, String)], timeout: Duration) -> Result<Self, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_strict_builtin_errors(true);
-        let timer = ExecutionTimerConfig { limit: timeout, check_interval: NonZeroU32::MIN.saturating_add(63) };
-        engine.set_execution_timer_config(timer);
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: NonZeroU32::MIN.saturating_add(63),
+        });
         let mut hasher = digest::Context::new(&digest::SHA256);
         let mut files = Vec::new();
         for (name, text) in sources {
@@ -175,19 +163,7 @@ impl PolicySet {
                 }
             }
         }
-        let bytecode = match Bytecode::compile(&mut engine) {
-            Ok(bytecode) => bytecode,
-            Err(reason) => {
-                tracing::warn!(dir = %origin.display(), %reason, "policy set does not compile to bytecode; using the interpreter");
-                None
-            }
-        };
-        Ok(Self { engine, bytecode, timer, digest: hex(hasher.finish().as_ref()), files, packages })
-    }
-
-    /// Whether decisions run on the bytecode VM (else on the interpreter).
-    pub fn compiled_to_bytecode(&self) -> bool {
-        self.bytecode.is_some()
+        Ok(Self { engine, digest: hex(hasher.finish().as_ref()), files, packages })
     }
 
     /// SHA-256 over the set's file names and contents.
@@ -206,97 +182,36 @@ impl PolicySet {
     }
 
     /// Evaluates the `kind` package with `input`. Never fails: failures are denies with reasons.
-    /// Takes the input by value: converting it for the VM consumes it, and a decision's input is
-    /// built for that decision anyway.
+    /// Takes the input by value: converting it for the engine consumes it, and a decision's input
+    /// is built for that decision anyway.
     pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
-        if !input.is_object() {
-            return Decision::failed(kind, "the input must be a JSON object".to_owned(), self.digest.clone());
-        }
-        match &self.bytecode {
-            Some(bytecode) => match bytecode.evaluate(kind, regorus::Value::from(input), self.timer) {
-                Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
-                Err(error) => Decision::failed(kind, error, self.digest.clone()),
-            },
-            None => self.decide_interpreted(kind, &input),
+        match self.outputs(kind, input) {
+            Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
+            Err(error) => Decision::failed(kind, error, self.digest.clone()),
         }
     }
 
     /// The raw output rules (`allow`, `deny`, …) the policy produced for `input`, before they are
-    /// interpreted as a [`Decision`]. For cross-checking against other Rego engines.
+    /// interpreted as a [`Decision`]. `Err` when evaluation failed (an error, a limit).
     pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, String> {
-        match &self.bytecode {
-            Some(bytecode) => bytecode.evaluate(kind, regorus::Value::from(input), self.timer),
-            None => Err("this policy set runs on the interpreter".to_owned()),
-        }
-    }
-
-    /// The same decision on the tree-walking interpreter: the fallback, and the reference the
-    /// bytecode path is tested against.
-    pub fn decide_interpreted(&self, kind: PolicyKind, input: &serde_json::Value) -> Decision {
         if !input.is_object() {
-            return Decision::failed(kind, "the input must be a JSON object".to_owned(), self.digest.clone());
+            return Err("the input must be a JSON object".to_owned());
         }
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
-        let results = match engine.eval_query(format!("data.{}", kind.package()), false) {
-            Ok(results) => results,
-            Err(error) => return Decision::failed(kind, error.to_string(), self.digest.clone()),
-        };
+        engine.set_input(regorus::Value::from(input));
+        let results = engine.eval_query(format!("data.{}", kind.package()), false).map_err(|e| e.to_string())?;
         // No result: the package is undefined for this input, which is a deny by default.
         let Some(value) = results.result.first().and_then(|r| r.expressions.first()).map(|e| &e.value) else {
-            return Decision::from_document(kind, &serde_json::Value::Null, self.digest.clone());
+            return Ok(serde_json::Value::Object(serde_json::Map::new()));
         };
-        match serde_json::to_value(value) {
-            Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
-            Err(error) => Decision::failed(kind, error.to_string(), self.digest.clone()),
-        }
-    }
-}
-
-impl Bytecode {
-    /// Compiles every output rule the set defines. `Ok(None)` when the set defines none; `Err`
-    /// when a defined rule does not compile to bytecode, so the whole set stays on the
-    /// interpreter (dropping one rule, say a `deny`, would turn denies into allows).
-    fn compile(engine: &mut regorus::Engine) -> Result<Option<Self>, String> {
-        let mut entries = Vec::new();
-        for kind in PolicyKind::ALL {
-            for rule in output_rules(kind) {
-                let path = format!("data.{}.{rule}", kind.package());
-                // The interpreter's compile only fails here for a rule the set does not define.
-                if engine.compile_with_entrypoint(&path.as_str().into()).is_ok() {
-                    entries.push((kind, *rule, path));
-                }
+        let document = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        let mut outputs = serde_json::Map::new();
+        for rule in output_rules(kind) {
+            if let Some(value) = document.get(*rule) {
+                outputs.insert((*rule).to_owned(), value.clone());
             }
         }
-        let Some((_, _, first)) = entries.first() else { return Ok(None) };
-        let policy = engine.compile_with_entrypoint(&first.as_str().into()).map_err(|e| e.to_string())?;
-        let paths: Vec<&str> = entries.iter().map(|(_, _, path)| path.as_str()).collect();
-        let program = Compiler::compile_from_policy(&policy, &paths).map_err(|e| e.to_string())?;
-        Ok(Some(Self { policy, program, data: engine.get_data(), entries }))
-    }
-
-    /// Runs `kind`'s output rules on a fresh VM and gathers the defined ones into a document.
-    fn evaluate(
-        &self,
-        kind: PolicyKind,
-        input: regorus::Value,
-        timer: ExecutionTimerConfig,
-    ) -> Result<serde_json::Value, String> {
-        let mut vm = RegoVM::new_with_policy(self.policy.clone());
-        vm.load_program(Arc::clone(&self.program));
-        vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
-        vm.set_strict_builtin_errors(true);
-        vm.set_max_instructions(MAX_VM_INSTRUCTIONS);
-        vm.set_execution_timer_config(Some(timer));
-        vm.set_input(input);
-        let mut document = serde_json::Map::new();
-        for (_, rule, path) in self.entries.iter().filter(|(k, _, _)| *k == kind) {
-            let value = vm.execute_entry_point_by_name(path).map_err(|e| e.to_string())?;
-            if value != regorus::Value::Undefined {
-                document.insert((*rule).to_owned(), serde_json::to_value(&value).map_err(|e| e.to_string())?);
-            }
-        }
-        Ok(serde_json::Value::Object(document))
+        Ok(serde_json::Value::Object(outputs))
     }
 }
 
@@ -362,25 +277,32 @@ ttl_seconds := 600 if input.run.phase == "plan"
         Ok(())
     }
 
-    /// The shipped library decides the same on the bytecode VM as on the interpreter, for every
-    /// input in its case files.
+    /// Deny by default must survive errors: a `deny` rule whose built-in fails makes the whole
+    /// decision a deny, whether the argument is a literal or comes from the input.
     #[test]
-    fn bytecode_and_interpreter_agree_on_the_shipped_library() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let set = PolicySet::load(&dir, Duration::from_secs(1))?;
-        assert!(set.compiled_to_bytecode(), "the shipped library must run on the VM");
-        let mut compared = 0;
-        for entry in std::fs::read_dir(dir.join("cases"))? {
-            let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
-            for case in file["cases"].as_array().into_iter().flatten() {
-                let kind: PolicyKind = serde_json::from_value(case["kind"].clone())?;
-                let fast = set.decide(kind, case["input"].clone());
-                let reference = set.decide_interpreted(kind, &case["input"]);
-                assert_eq!(fast, reference, "{}", case["name"]);
-                compared += 1;
-            }
+    fn a_deny_rule_that_errors_denies() -> Result<(), PolicyError> {
+        let set = set(r#"
+package keyward.credentials
+
+allow if count(deny) == 0
+
+deny contains "literal" if {
+    input.stack == "literal"
+    to_number("not a number") > 0
+}
+
+deny contains "from input" if {
+    x := to_number(input.x)
+    x > 0
+}
+"#)?;
+        for input in [json!({"stack": "literal"}), json!({"x": "abc"})] {
+            let decision = set.decide(PolicyKind::Credentials, input.clone());
+            assert_eq!(decision.outcome, Outcome::Deny, "{input}: {decision:?}");
+            assert!(decision.reasons[0].contains("could not parse string as number"), "{decision:?}");
         }
-        assert!(compared >= 20, "compared only {compared} cases");
+        assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "1"})).outcome, Outcome::Deny, "deny fired");
+        assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "-1"})).outcome, Outcome::Allow);
         Ok(())
     }
 
@@ -415,8 +337,6 @@ deny contains "slow" if {
         let slow = set.decide(PolicyKind::Credentials, json!({"x": "1"}));
         assert_eq!(slow.outcome, Outcome::Deny);
         assert!(slow.reasons[0].contains("policy evaluation failed"), "{slow:?}");
-        let slow = set.decide_interpreted(PolicyKind::Credentials, &json!({"x": "1"}));
-        assert_eq!(slow.outcome, Outcome::Deny, "the interpreter enforces the limit too: {slow:?}");
         let not_object = set.decide(PolicyKind::Credentials, json!([1]));
         assert_eq!(not_object.outcome, Outcome::Deny);
         Ok(())

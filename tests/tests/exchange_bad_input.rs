@@ -1,0 +1,150 @@
+//! Every bad subject token and every policy failure at `POST /v1/token` (the issue's list): a
+//! clear 4xx, a `denied` record, and nothing issued.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::{forge, free_addr, http, workspace_root};
+use serde_json::{Value, json};
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped library plus a module that errors for stack `boom` and runs long for `slow`.
+    let policies = dir.path().join("policies");
+    for file in ["credentials.rego", "data.json"] {
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::copy(workspace_root().join("policies").join(file), policies.join(file)).unwrap();
+    }
+    std::fs::write(
+        policies.join("faults.rego"),
+        "package keyward.credentials\n\n\
+         deny contains \"boom\" if {\n\tinput.run.stack == \"boom\"\n\tto_number(\"not a number\") > 0\n}\n\n\
+         deny contains \"slow\" if {\n\tinput.run.stack == \"slow\"\n\
+         \tcount([x | some a in numbers.range(1, 5000); some b in numbers.range(1, 5000); x := a * b]) < 0\n}\n",
+    )
+    .unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\nevaluation_timeout = \"50ms\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
+         mode = \"worker\"\nduration = \"1h\"\n",
+        policies.display()
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let signer = forge::broker_signer(&data_dir, TEST_KEK).await;
+    let kid = signer.kid().to_owned();
+    let jwk = serde_json::to_string(signer.jwk()).unwrap();
+
+    let base = |jti: &str| {
+        json!({
+            "iss": broker.addr, "aud": broker.addr, "sub": "stack:net:phase:plan", "iat": now(), "nbf": now(),
+            "exp": now() + 300, "jti": jti, "run_id": "r", "stack_id": "net", "stack": "net", "phase": "plan", "scope": "read",
+        })
+    };
+    let with = |jti: &str, key: &str, value: Value| {
+        let mut claims = base(jti);
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(key);
+        } else {
+            claims[key] = value;
+        }
+        signer.sign_compact(claims.to_string().as_bytes()).unwrap()
+    };
+    let header = |extra: Value| {
+        let mut h = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        h
+    };
+    let unsigned = |header: Value, claims: Value| {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.", b.encode(header.to_string()), b.encode(claims.to_string()))
+    };
+    let mut big = base("big");
+    big["padding"] = json!("x".repeat(17 * 1024));
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", unsigned(json!({"alg": "none", "typ": "JWT"}), base("a1")), "not allowed"),
+        (
+            "HS256 with the public key as secret",
+            forge::hs256_token(jwk.as_bytes(), &json!({"alg": "HS256", "kid": kid}), &base("a2")),
+            "not allowed",
+        ),
+        ("unknown kid", forge::foreign_token(&json!({"alg": "ES256", "kid": "unknown"}), &base("a3")), "unknown key"),
+        (
+            "jku header",
+            forge::foreign_token(&header(json!({"jku": "https://evil.example/jwks", "kid": "evil"})), &base("a4")),
+            "unknown key",
+        ),
+        (
+            "x5u header",
+            forge::foreign_token(&header(json!({"x5u": "https://evil.example/cert", "kid": "evil"})), &base("a5")),
+            "unknown key",
+        ),
+        ("forged signature under the real kid", forge::foreign_token(&header(json!({})), &base("a6")), "signature"),
+        ("exp of the wrong type", with("a7", "exp", json!((now() + 300).to_string())), "wrong type"),
+        ("nbf of the wrong type", with("a8", "nbf", json!(1.5)), "wrong type"),
+        ("missing aud", with("a9", "aud", Value::Null), "no `aud`"),
+        ("wrong aud string", with("a10", "aud", json!("sts.amazonaws.com")), "audience"),
+        ("wrong aud array", with("a11", "aud", json!(["sts.amazonaws.com", "vault"])), "audience"),
+        ("wrong iss", with("a12", "iss", json!("https://impostor.example")), "do not match any issuer"),
+        ("expired", with("a13", "exp", json!(now() - 120)), "expired"),
+        ("nbf in the future", with("a14", "nbf", json!(now() + 600)), "not valid yet"),
+        ("oversized", signer.sign_compact(big.to_string().as_bytes()).unwrap(), "not a JWT"),
+        ("no jti", with("a15", "jti", Value::Null), "jti"),
+    ];
+    for (what, token, reason) in &cases {
+        let (status, body) = exchange(&broker, token, "aws:dev").await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{what}: {body}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(reason), "{what}: refused for the wrong reason: {description}");
+        assert!(!description.contains(token.as_str()), "{what}: the token is echoed back");
+    }
+
+    // Policy failures are denies that say what failed.
+    for (stack, reason) in [("boom", "policy evaluation failed"), ("slow", "policy evaluation failed")] {
+        let mut claims = base(&format!("p-{stack}"));
+        claims["stack"] = json!(stack);
+        let token = signer.sign_compact(claims.to_string().as_bytes()).unwrap();
+        let (status, body) = exchange(&broker, &token, "aws:dev").await;
+        assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{stack}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains(reason), "{stack}: {body}");
+    }
+
+    // A good token still works: the refusals above changed nothing.
+    let (status, body) = exchange(&broker, &with("good", "jti", json!("good")), "aws:dev").await;
+    assert_eq!(status, 200, "{body}");
+
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1, "only the good token was issued anything");
+    assert_eq!(
+        store.credential_event_count("denied").await.unwrap(),
+        (cases.len() + 2) as i64,
+        "every refusal is on record"
+    );
+    assert_eq!(store.issued_token_count().await.unwrap(), 1, "no token was minted for a refused request");
+}
+
+async fn exchange(broker: &Broker, token: &str, target: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("resource", target),
+    ];
+    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
