@@ -148,6 +148,9 @@ pub struct IssuerConfig {
     /// Each token may be exchanged once.
     #[serde(default = "yes")]
     pub single_use: bool,
+    /// Minimum time between two JWKS fetches when tokens name unknown keys.
+    #[serde(default = "default_jwks_refresh_interval", with = "humantime_serde_compat")]
+    pub jwks_refresh_interval: Duration,
     /// Where the run context is found in this issuer's tokens.
     #[serde(default)]
     pub claims: ClaimMapping,
@@ -155,6 +158,10 @@ pub struct IssuerConfig {
 
 fn default_issuer_algorithms() -> Vec<crate::identity::verify::Algorithm> {
     vec![crate::identity::verify::Algorithm::RS256, crate::identity::verify::Algorithm::ES256]
+}
+
+fn default_jwks_refresh_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_ci_phase() -> keyward_proto::claims::Phase {
@@ -814,6 +821,12 @@ impl Config {
                 return Err(invalid(
                     "issuers.audience",
                     format!("issuer `{}`: audience must not be empty", issuer.name),
+                ));
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&issuer.jwks_refresh_interval) {
+                return Err(invalid(
+                    "issuers.jwks_refresh_interval",
+                    format!("issuer `{}`: must be between 1s and 1h", issuer.name),
                 ));
             }
             if issuer.algorithms.is_empty() {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, unreachable_pub)]
 
 pub mod broker;
+pub mod fake_issuer;
 pub mod forge;
 pub mod moto;
 pub mod openbao;

@@ -3,8 +3,8 @@
 //! Keys are fetched lazily (a CI provider's outage never stops the broker from starting) from the
 //! `jwks_uri` of the issuer's discovery document, whose `issuer` must equal the configured one.
 //! A token signed by a key the cache does not know triggers at most one refresh per
-//! [`REFRESH_INTERVAL`] per issuer, so a flood of tokens with random `kid`s cannot turn the broker
-//! into a JWKS-fetching amplifier. `jku`/`x5u` are never followed: only the configured issuer's
+//! `jwks_refresh_interval` (30 s by default) per issuer, so a flood of tokens with random `kid`s
+//! cannot turn the broker into a JWKS-fetching amplifier. `jku`/`x5u` are never followed: only the configured issuer's
 //! own discovery document points at keys.
 
 use std::sync::{Arc, RwLock};
@@ -15,8 +15,6 @@ use serde_json::Value;
 use crate::config::IssuerConfig;
 use crate::identity::verify::{self, Expectations, KeySet, VerifiedToken, VerifyError};
 
-/// Minimum time between two JWKS fetches for one issuer.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Largest discovery or JWKS document read.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
@@ -151,7 +149,8 @@ impl TrustedIssuers {
         }
         let _one_at_a_time = issuer.refresh.lock().await;
         // Rate limit: a refresh within the interval (ours or a concurrent caller's) is reused.
-        if let Some(keys) = cached(&|c| c.fetched_at.elapsed() < REFRESH_INTERVAL) {
+        let interval = issuer.config.jwks_refresh_interval;
+        if let Some(keys) = cached(&|c| c.fetched_at.elapsed() < interval) {
             return Ok(keys);
         }
         let keys = Arc::new(self.fetch(&issuer.config).await.map_err(|reason| {

@@ -1,0 +1,93 @@
+//! `FakeIssuer`: a minimal OIDC issuer (discovery + JWKS) that **counts its JWKS fetches** and can
+//! rotate its key on demand. It exists for one fault a real provider cannot report: how often the
+//! broker refetches keys when flooded with tokens naming unknown keys. Everything else about CI
+//! issuers is tested against OpenBao's real OIDC provider.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use keyward_broker::identity::{Signer, SigningAlgorithm};
+use serde_json::{Value, json};
+
+struct Inner {
+    url: String,
+    fetches: AtomicUsize,
+    signer: Mutex<Arc<Signer>>,
+}
+
+/// A running fake issuer; stops when dropped.
+#[allow(missing_debug_implementations)]
+pub struct FakeIssuer {
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn new_signer() -> Arc<Signer> {
+    Arc::new(Signer::generate(SigningAlgorithm::ES256).expect("generate a key").0)
+}
+
+impl FakeIssuer {
+    /// Serves discovery and JWKS on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let inner = Arc::new(Inner { url, fetches: AtomicUsize::new(0), signer: Mutex::new(new_signer()) });
+        let app = Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(|State(inner): State<Arc<Inner>>| async move {
+                    axum::Json(json!({ "issuer": inner.url, "jwks_uri": format!("{}/jwks", inner.url) }))
+                }),
+            )
+            .route(
+                "/jwks",
+                get(|State(inner): State<Arc<Inner>>| async move {
+                    inner.fetches.fetch_add(1, Ordering::SeqCst);
+                    let jwk = serde_json::to_value(inner.signer.lock().expect("lock").jwk()).expect("jwk");
+                    axum::Json(json!({ "keys": [jwk] }))
+                }),
+            )
+            .with_state(Arc::clone(&inner));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { inner, task }
+    }
+
+    /// The issuer URL (`iss`).
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn jwks_fetches(&self) -> usize {
+        self.inner.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the signing key; the JWKS serves only the new one from now on.
+    pub fn rotate(&self) {
+        *self.inner.signer.lock().expect("lock") = new_signer();
+    }
+
+    /// A token with `claims` (plus `iss`) signed by the current key.
+    pub fn token(&self, mut claims: Value) -> String {
+        claims["iss"] = json!(self.inner.url);
+        let signer = Arc::clone(&self.inner.signer.lock().expect("lock"));
+        signer.sign_compact(claims.to_string().as_bytes()).expect("sign")
+    }
+
+    /// A token with `claims` signed by a throwaway key no JWKS has ever served.
+    pub fn token_from_unknown_key(&self, mut claims: Value) -> String {
+        claims["iss"] = json!(self.inner.url);
+        new_signer().sign_compact(claims.to_string().as_bytes()).expect("sign")
+    }
+}

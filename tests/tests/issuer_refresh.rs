@@ -1,0 +1,99 @@
+//! DESIGN.md §8.2: a token naming an unknown key causes at most one JWKS refresh per interval. A
+//! flood of unknown `kid`s does not make the broker hammer the issuer; a real key rotation is
+//! picked up once the interval has passed.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::time::{Duration, Instant};
+
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::fake_issuer::FakeIssuer;
+use keyward_tests::{free_addr, http, workspace_root};
+use serde_json::{Value, json};
+
+const REFRESH: Duration = Duration::from_secs(2);
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn claims(jti: &str) -> Value {
+    json!({ "aud": "keyward-test", "iat": now(), "nbf": now(), "exp": now() + 300, "jti": jti, "run_id": jti, "repository": "acme/infra" })
+}
+
+async fn exchange(broker: &Broker, token: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("resource", "aws:dev"),
+    ];
+    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
+         jwks_refresh_interval = \"{}s\"\n\
+         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
+         mode = \"worker\"\n",
+        workspace_root().join("policies").display(),
+        issuer.url(),
+        REFRESH.as_secs()
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    assert_eq!(issuer.jwks_fetches(), 0, "keys are fetched on first use, not at start");
+
+    let (status, body) = exchange(&broker, &issuer.token(claims("first"))).await;
+    assert_eq!(status, 200, "{body}");
+    let first_fetch = Instant::now();
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    // A flood of tokens naming keys nobody knows, all at once.
+    let flood: Vec<_> = (0..20)
+        .map(|i| {
+            let token = issuer.token_from_unknown_key(claims(&format!("flood-{i}")));
+            let broker_addr = broker.addr.clone();
+            tokio::spawn(async move {
+                let form = [
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+                    ("subject_token", token),
+                    ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
+                    ("resource", "aws:dev".to_owned()),
+                ];
+                let response = http().post(format!("{broker_addr}/v1/token")).form(&form).send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for task in flood {
+        let (status, body) = task.await.unwrap();
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("unknown key"), "{body}");
+    }
+    assert!(
+        first_fetch.elapsed() < REFRESH,
+        "the flood took longer than the interval; the check below would be vacuous"
+    );
+    assert_eq!(issuer.jwks_fetches(), 1, "no refetch within the interval, however many unknown kids");
+
+    // A real rotation: refused until the interval has passed, then picked up by one refresh.
+    issuer.rotate();
+    let (status, body) = exchange(&broker, &issuer.token(claims("rotated-early"))).await;
+    assert_eq!(status, 400, "{body}");
+    // Waiting for real time is the point here: the limit is on a real process's clock.
+    tokio::time::sleep(REFRESH.saturating_sub(first_fetch.elapsed()) + Duration::from_millis(100)).await;
+    let (status, body) = exchange(&broker, &issuer.token(claims("rotated"))).await;
+    assert_eq!(status, 200, "the new key is fetched once the interval has passed: {body}");
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
