@@ -115,6 +115,14 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert_eq!(status, 403, "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("needs a commit on refs/heads/main"), "{body}");
 
+    // Asking for less than STS's 15-minute minimum is refused, never stretched.
+    let short = run_token(&broker, "run-plan-3", "plan", "refs/heads/main").await;
+    let mut short_form = form(&short, "aws:network-read");
+    short_form.push(("ttl_seconds", "600"));
+    let (status, body) = exchange(&broker, &short_form).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("below STS's minimum of 900s"), "{body}");
+
     // Tokens for someone else, unknown targets, malformed requests.
     let (status, sts) = broker
         .mint_raw(

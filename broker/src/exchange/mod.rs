@@ -142,7 +142,25 @@ impl Exchanger {
         };
 
         let decision = self.decide(&subject, target, request.requested_ttl, now);
+        let duration = match &decision {
+            Ok(decision) => effective_duration(target.duration, decision.ttl_seconds, request.requested_ttl),
+            Err(_) => target.duration,
+        };
         let (allowed, reasons) = match &decision {
+            // Never stretch a policy's cap to STS's minimum: refuse instead, and say why.
+            Ok(decision)
+                if decision.permits()
+                    && matches!(target.kind, TargetKind::Aws(_))
+                    && duration < STS_MINIMUM_SESSION =>
+            {
+                (
+                    false,
+                    vec![format!(
+                        "the session would last {}s (target, policy and request caps), below STS's minimum of 900s",
+                        duration.as_secs()
+                    )],
+                )
+            }
             Ok(decision) => (decision.permits(), decision.reasons.clone()),
             Err(reasons) => (false, reasons.clone()),
         };
@@ -156,22 +174,12 @@ impl Exchanger {
         )
         .await?;
         let decision = match decision {
-            Ok(decision) if decision.permits() => decision,
+            Ok(decision) if allowed => decision,
             _ => return Err(ExchangeError::AccessDenied(reasons)),
         };
 
         let response = match &target.kind {
             TargetKind::Aws(aws) => {
-                let duration = effective_duration(target.duration, decision.ttl_seconds, request.requested_ttl);
-                if duration < STS_MINIMUM_SESSION {
-                    // Never stretch a policy's cap: refuse instead, and say why.
-                    let reason = format!(
-                        "the session would last {}s (target, policy and request caps), below STS's minimum of 900s",
-                        duration.as_secs()
-                    );
-                    self.record(&subject, target, "denied", std::slice::from_ref(&reason), json!({})).await?;
-                    return Err(ExchangeError::AccessDenied(vec![reason]));
-                }
                 let minted = self.mint_for(&subject, &aws.audience).await?;
                 let session_name = role_session_name(&subject.run.id);
                 let details = json!({
