@@ -186,6 +186,22 @@ impl Broker {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /v1/token` (RFC 8693) with `fields` as the form; returns status and body.
+    pub async fn exchange_form(&self, fields: &[(&str, &str)]) -> (u16, Value) {
+        let response =
+            http().post(format!("{}/v1/token", self.addr)).form(fields).send().await.expect("exchange request");
+        if response.status().is_success() {
+            // Credentials must never be cached by intermediaries (RFC 6749 §5.1).
+            assert_eq!(response.headers().get("cache-control").map(|v| v.as_bytes()), Some(&b"no-store"[..]));
+        }
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Exchanges `token` for credentials of `target` (`aws:name`).
+    pub async fn exchange(&self, token: &str, target: &str) -> (u16, Value) {
+        self.exchange_form(&exchange_form(token, target)).await
+    }
+
     /// Fetches a JSON document.
     pub async fn get_json(&self, path: &str) -> Value {
         http().get(format!("{}{path}", self.addr)).send().await.unwrap().json().await.unwrap()
@@ -250,4 +266,14 @@ pub struct ConfigExtra<'a> {
     pub keys: &'a str,
     /// Further tables.
     pub rest: &'a str,
+}
+
+/// The RFC 8693 form fields that exchange `token` for `target`.
+pub fn exchange_form<'a>(token: &'a str, target: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("resource", target),
+    ]
 }

@@ -83,3 +83,9 @@ where
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client")
 }
+
+/// Seconds since the Unix epoch, by the wall clock (for tokens that real peers check).
+pub fn now() -> i64 {
+    let elapsed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    i64::try_from(elapsed.as_secs()).expect("seconds fit in i64")
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
-use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
-use keyward_tests::{free_addr, http, pyjwt, workspace_root};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};
+use keyward_tests::{free_addr, pyjwt, workspace_root};
 use serde_json::{Value, json};
 
 const APPLY_ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
@@ -47,24 +47,6 @@ async fn run_token(broker: &Broker, run_id: &str, phase: &str, git_ref: &str) ->
     body["token"].as_str().unwrap().to_owned()
 }
 
-async fn exchange(broker: &Broker, form: &[(&str, &str)]) -> (u16, Value) {
-    let response = http().post(format!("{}/v1/token", broker.addr)).form(form).send().await.unwrap();
-    let status = response.status().as_u16();
-    if status == 200 {
-        assert_eq!(response.headers()["cache-control"], "no-store");
-    }
-    (status, response.json().await.unwrap())
-}
-
-fn form<'a>(token: &'a str, target: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("resource", target),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +54,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
 
     // Apply on main: allowed, for the policy's apply cap (1 h).
     let apply = run_token(&broker, "run-apply-1", "apply", "refs/heads/main").await;
-    let (status, body) = exchange(&broker, &form(&apply, "aws:network-apply")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&apply, "aws:network-apply")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
     assert_eq!(body["aws"]["role_arn"], APPLY_ROLE);
@@ -93,33 +75,33 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert_eq!(verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"]["run"], json!(["run-apply-1"]));
 
     // The same subject token a second time.
-    let (status, body) = exchange(&broker, &form(&apply, "aws:network-apply")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&apply, "aws:network-apply")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("already exchanged"));
 
     // A plan never gets a write target, whatever the policy says.
     let plan = run_token(&broker, "run-plan-1", "plan", "refs/heads/main").await;
-    let (status, body) = exchange(&broker, &form(&plan, "aws:network-apply")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&plan, "aws:network-apply")).await;
     assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("only apply-phase tokens"), "{body}");
 
     // A plan gets read credentials, capped by the policy at 15 minutes.
     let plan = run_token(&broker, "run-plan-2", "plan", "refs/heads/feature/x").await;
-    let (status, body) = exchange(&broker, &form(&plan, "aws:network-read")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&plan, "aws:network-read")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["aws"]["duration_seconds"], 900);
 
     // The policy refuses an apply from a feature branch, and says why.
     let feature = run_token(&broker, "run-apply-2", "apply", "refs/heads/feature/x").await;
-    let (status, body) = exchange(&broker, &form(&feature, "aws:network-apply")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&feature, "aws:network-apply")).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("needs a commit on refs/heads/main"), "{body}");
 
     // Asking for less than STS's 15-minute minimum is refused, never stretched.
     let short = run_token(&broker, "run-plan-3", "plan", "refs/heads/main").await;
-    let mut short_form = form(&short, "aws:network-read");
+    let mut short_form = exchange_form(&short, "aws:network-read");
     short_form.push(("ttl_seconds", "600"));
-    let (status, body) = exchange(&broker, &short_form).await;
+    let (status, body) = broker.exchange_form(&short_form).await;
     assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("below STS's minimum of 900s"), "{body}");
 
@@ -131,17 +113,18 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
         )
         .await;
     assert_eq!(status, 201);
-    let (status, body) = exchange(&broker, &form(sts["token"].as_str().unwrap(), "aws:network-apply")).await;
+    let (status, body) =
+        broker.exchange_form(&exchange_form(sts["token"].as_str().unwrap(), "aws:network-apply")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("audience"), "{body}");
     let fresh = run_token(&broker, "run-apply-3", "apply", "refs/heads/main").await;
-    let (status, body) = exchange(&broker, &form(&fresh, "aws:nope")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&fresh, "aws:nope")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
-    let (status, body) = exchange(&broker, &form(&fresh, "aws:network-apply")[1..]).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&fresh, "aws:network-apply")[1..]).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")), "{body}");
     let mut tampered = fresh.clone();
     tampered.insert(tampered.find('.').unwrap() + 5, 'x');
-    let (status, body) = exchange(&broker, &form(&tampered, "aws:network-apply")).await;
+    let (status, body) = broker.exchange_form(&exchange_form(&tampered, "aws:network-apply")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
 
     // Every decision is on record; nothing secret is.

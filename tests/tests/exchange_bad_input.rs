@@ -7,12 +7,9 @@
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
-use keyward_tests::{forge, free_addr, http, workspace_root};
+use keyward_tests::now;
+use keyward_tests::{forge, free_addr, workspace_root};
 use serde_json::{Value, json};
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_nothing() {
@@ -107,7 +104,7 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
         ("no jti", with("a15", "jti", Value::Null), "jti"),
     ];
     for (what, token, reason) in &cases {
-        let (status, body) = exchange(&broker, token, "aws:dev").await;
+        let (status, body) = broker.exchange(token, "aws:dev").await;
         assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{what}: {body}");
         let description = body["error_description"].as_str().unwrap();
         assert!(description.contains(reason), "{what}: refused for the wrong reason: {description}");
@@ -119,13 +116,13 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
         let mut claims = base(&format!("p-{stack}"));
         claims["stack"] = json!(stack);
         let token = signer.sign_compact(claims.to_string().as_bytes()).unwrap();
-        let (status, body) = exchange(&broker, &token, "aws:dev").await;
+        let (status, body) = broker.exchange(&token, "aws:dev").await;
         assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{stack}: {body}");
         assert!(body["error_description"].as_str().unwrap().contains(reason), "{stack}: {body}");
     }
 
     // A good token still works: the refusals above changed nothing.
-    let (status, body) = exchange(&broker, &with("good", "jti", json!("good")), "aws:dev").await;
+    let (status, body) = broker.exchange(&with("good", "jti", json!("good")), "aws:dev").await;
     assert_eq!(status, 200, "{body}");
 
     let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
@@ -136,15 +133,4 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
         "every refusal is on record"
     );
     assert_eq!(store.issued_token_count().await.unwrap(), 1, "no token was minted for a refused request");
-}
-
-async fn exchange(broker: &Broker, token: &str, target: &str) -> (u16, Value) {
-    let form = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("resource", target),
-    ];
-    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
 }

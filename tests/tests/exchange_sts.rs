@@ -11,7 +11,8 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::moto::Moto;
-use keyward_tests::{free_addr, http, pyjwt, workspace_root};
+use keyward_tests::now;
+use keyward_tests::{free_addr, pyjwt, workspace_root};
 use serde_json::{Value, json};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
@@ -43,21 +44,6 @@ async fn apply_token(broker: &Broker, run_id: &str) -> String {
     minted["token"].as_str().unwrap().to_owned()
 }
 
-async fn exchange(broker: &Broker, token: &str) -> (u16, Value) {
-    let form = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("resource", "aws:network-apply"),
-    ];
-    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +51,7 @@ async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
     let broker = start(dir.path(), &moto.endpoint).await;
     let token = apply_token(&broker, "run-sts-1").await;
 
-    let (status, body) = exchange(&broker, &token).await;
+    let (status, body) = broker.exchange(&token, "aws:network-apply").await;
     assert_eq!(status, 200, "{body}");
     let credentials = &body["aws_credentials"];
     assert_eq!(credentials["Version"], 1);
@@ -192,7 +178,7 @@ async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
     let closed = format!("http://{}", free_addr());
     let broker = start(dir.path(), &closed).await;
     let token = apply_token(&broker, "run-sts-down").await;
-    let (status, body) = exchange(&broker, &token).await;
+    let (status, body) = broker.exchange(&token, "aws:network-apply").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{body}");

@@ -8,13 +8,10 @@
 use std::time::Duration;
 
 use keyward_broker::identity::verify::{Algorithm, Expectations, KeySet, VerifyError, verify};
+use keyward_tests::now;
 use keyward_tests::openbao::OpenBao;
 use keyward_tests::{forge, http};
 use serde_json::json;
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_from_openbaos_oidc_provider_verify_and_tampering_is_refused() {

@@ -7,30 +7,16 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};
 use keyward_tests::fake_issuer::FakeIssuer;
+use keyward_tests::now;
 use keyward_tests::{free_addr, http, workspace_root};
 use serde_json::{Value, json};
 
 const REFRESH: Duration = Duration::from_secs(2);
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 fn claims(jti: &str) -> Value {
     json!({ "aud": "keyward-test", "iat": now(), "nbf": now(), "exp": now() + 300, "jti": jti, "run_id": jti, "repository": "acme/infra" })
-}
-
-async fn exchange(broker: &Broker, token: &str) -> (u16, Value) {
-    let form = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("resource", "aws:dev"),
-    ];
-    let response = http().post(format!("{}/v1/token", broker.addr)).form(&form).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,7 +40,7 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
     assert_eq!(issuer.jwks_fetches(), 0, "keys are fetched on first use, not at start");
 
-    let (status, body) = exchange(&broker, &issuer.token(claims("first"))).await;
+    let (status, body) = broker.exchange(&issuer.token(claims("first")), "aws:dev").await;
     assert_eq!(status, 200, "{body}");
     let first_fetch = Instant::now();
     assert_eq!(issuer.jwks_fetches(), 1);
@@ -65,12 +51,7 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
             let token = issuer.token_from_unknown_key(claims(&format!("flood-{i}")));
             let broker_addr = broker.addr.clone();
             tokio::spawn(async move {
-                let form = [
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
-                    ("subject_token", token),
-                    ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
-                    ("resource", "aws:dev".to_owned()),
-                ];
+                let form = exchange_form(&token, "aws:dev");
                 let response = http().post(format!("{broker_addr}/v1/token")).form(&form).send().await.unwrap();
                 (response.status().as_u16(), response.json::<Value>().await.unwrap())
             })
@@ -89,11 +70,11 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
 
     // A real rotation: refused until the interval has passed, then picked up by one refresh.
     issuer.rotate();
-    let (status, body) = exchange(&broker, &issuer.token(claims("rotated-early"))).await;
+    let (status, body) = broker.exchange(&issuer.token(claims("rotated-early")), "aws:dev").await;
     assert_eq!(status, 400, "{body}");
     // Waiting for real time is the point here: the limit is on a real process's clock.
     tokio::time::sleep(REFRESH.saturating_sub(first_fetch.elapsed()) + Duration::from_millis(100)).await;
-    let (status, body) = exchange(&broker, &issuer.token(claims("rotated"))).await;
+    let (status, body) = broker.exchange(&issuer.token(claims("rotated")), "aws:dev").await;
     assert_eq!(status, 200, "the new key is fetched once the interval has passed: {body}");
     assert_eq!(issuer.jwks_fetches(), 2);
 }

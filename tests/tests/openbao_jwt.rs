@@ -7,6 +7,7 @@
 
 use keyward_tests::broker::Broker;
 use keyward_tests::forge;
+use keyward_tests::now;
 use keyward_tests::openbao::OpenBao;
 use serde_json::json;
 
@@ -66,8 +67,4 @@ async fn openbao_accepts_minted_tokens_and_refuses_bad_ones_across_rotation() {
     assert_eq!(rotation["rotation"]["current_kid"], new_kid.as_str());
     assert!(bao.login("run", &after_rotation).await.accepted(), "a token from the new key logs in");
     assert!(bao.login("run", &before_rotation).await.accepted(), "a live token from the retired key still logs in");
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

@@ -346,44 +346,40 @@ impl Exchanger {
         reasons: &[String],
         details: Value,
     ) -> Result<(), ExchangeError> {
-        let event = CredentialEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            at: self.clock.now(),
-            kind: kind.to_owned(),
-            target: target.id(),
-            subject_issuer: subject.issuer.clone(),
-            subject_jti: Some(subject.replay_key.clone()),
-            run_id: Some(subject.run.id.clone()),
-            stack_id: Some(subject.run.stack_id.clone()),
-            phase: Some(subject.run.phase.as_str().to_owned()),
-            reasons: serde_json::to_string(reasons).unwrap_or_default(),
-            details: details.to_string(),
-        };
-        self.store
-            .record_credential_event(&event)
+        self.store_event(target, Some(subject), kind, reasons, details)
             .await
             .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
     }
 
     /// Records a refusal that happened before the subject was known.
     async fn record_refusal(&self, target: &TargetConfig, error: &ExchangeError) -> Result<(), ExchangeError> {
+        self.store_event(target, None, "denied", &[error.to_string()], json!({}))
+            .await
+            .map_err(|e| unavailable("the refusal could not be recorded", &e))
+    }
+
+    async fn store_event(
+        &self,
+        target: &TargetConfig,
+        subject: Option<&Subject>,
+        kind: &str,
+        reasons: &[String],
+        details: Value,
+    ) -> Result<(), StoreError> {
         let event = CredentialEvent {
             id: uuid::Uuid::now_v7().to_string(),
             at: self.clock.now(),
-            kind: "denied".to_owned(),
+            kind: kind.to_owned(),
             target: target.id(),
-            subject_issuer: "unverified".to_owned(),
-            subject_jti: None,
-            run_id: None,
-            stack_id: None,
-            phase: None,
-            reasons: serde_json::to_string(&[error.to_string()]).unwrap_or_default(),
-            details: "{}".to_owned(),
+            subject_issuer: subject.map_or_else(|| "unverified".to_owned(), |s| s.issuer.clone()),
+            subject_jti: subject.map(|s| s.replay_key.clone()),
+            run_id: subject.map(|s| s.run.id.clone()),
+            stack_id: subject.map(|s| s.run.stack_id.clone()),
+            phase: subject.map(|s| s.run.phase.as_str().to_owned()),
+            reasons: serde_json::to_string(reasons).unwrap_or_default(),
+            details: details.to_string(),
         };
-        self.store
-            .record_credential_event(&event)
-            .await
-            .map_err(|e| unavailable("the refusal could not be recorded", &e))
+        self.store.record_credential_event(&event).await
     }
 }
 
