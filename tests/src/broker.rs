@@ -202,6 +202,11 @@ impl Broker {
         self.exchange_form(&exchange_form(token, target)).await
     }
 
+    /// PyJWT's verdict on `token` for `audience`, with this broker's JWKS and issuer.
+    pub fn pyjwt_verify(&self, token: &str, audience: &str) -> Value {
+        crate::pyjwt::verify(&format!("{}/.well-known/jwks.json", self.addr), token, audience, &self.addr)
+    }
+
     /// Fetches a JSON document.
     pub async fn get_json(&self, path: &str) -> Value {
         http().get(format!("{}{path}", self.addr)).send().await.unwrap().json().await.unwrap()

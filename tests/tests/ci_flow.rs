@@ -9,7 +9,7 @@
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};
 use keyward_tests::moto::Moto;
 use keyward_tests::openbao::OpenBao;
-use keyward_tests::{free_addr, pyjwt, workspace_root};
+use keyward_tests::{free_addr, workspace_root};
 use serde_json::{Value, json};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -71,12 +71,7 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].field("RoleSessionName"), Some("4711"), "the STS session is named after the CI run");
     let web_identity = sent[0].field("WebIdentityToken").unwrap();
-    let verdict = pyjwt::verify(
-        &format!("{}/.well-known/jwks.json", broker.addr),
-        web_identity,
-        "sts.amazonaws.com",
-        &broker.addr,
-    );
+    let verdict = broker.pyjwt_verify(web_identity, "sts.amazonaws.com");
     assert_eq!(verdict["ok"], true, "{verdict}");
     let tags = &verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"];
     assert_eq!(tags["run"], json!(["4711"]));

@@ -9,7 +9,7 @@ use std::path::Path;
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};
-use keyward_tests::{free_addr, pyjwt, workspace_root};
+use keyward_tests::{free_addr, workspace_root};
 use serde_json::{Value, json};
 
 const APPLY_ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
@@ -62,12 +62,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert_eq!(body["aws"]["region"], "eu-west-1");
     assert_eq!(body["aws"]["duration_seconds"], 3600);
     let web_identity = body["access_token"].as_str().unwrap();
-    let verdict = pyjwt::verify(
-        &format!("{}/.well-known/jwks.json", broker.addr),
-        web_identity,
-        "sts.amazonaws.com",
-        &broker.addr,
-    );
+    let verdict = broker.pyjwt_verify(web_identity, "sts.amazonaws.com");
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(verdict["claims"]["run_id"], "run-apply-1");
     assert_eq!(verdict["claims"]["phase"], "apply");

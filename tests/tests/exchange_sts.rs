@@ -12,7 +12,7 @@ use keyward_broker::store::Store;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::moto::Moto;
 use keyward_tests::now;
-use keyward_tests::{free_addr, pyjwt, workspace_root};
+use keyward_tests::{free_addr, workspace_root};
 use serde_json::{Value, json};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
@@ -72,12 +72,7 @@ async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
     assert_eq!(sent.field("RoleSessionName"), Some("run-sts-1"), "the session is named after the run");
     assert_eq!(sent.field("DurationSeconds"), Some("3600"));
     let web_identity = sent.field("WebIdentityToken").unwrap();
-    let verdict = pyjwt::verify(
-        &format!("{}/.well-known/jwks.json", broker.addr),
-        web_identity,
-        "sts.amazonaws.com",
-        &broker.addr,
-    );
+    let verdict = broker.pyjwt_verify(web_identity, "sts.amazonaws.com");
     assert_eq!(verdict["ok"], true, "{verdict}");
     let claims = &verdict["claims"];
     assert_eq!(claims["sub"], "stack:network:phase:apply");
