@@ -223,6 +223,46 @@ pub struct TargetConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 enum RawTarget {
     Aws(RawAwsTarget),
+    Vault(RawVaultTarget),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultTarget {
+    name: String,
+    access: TargetAccess,
+    #[serde(default = "default_target_duration", with = "humantime_serde_compat")]
+    duration: Duration,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    address: String,
+    #[serde(default = "default_jwt_mount")]
+    auth_mount: String,
+    role: String,
+    #[serde(default = "default_vault_audience")]
+    audience: String,
+    #[serde(default = "yes")]
+    return_token: bool,
+    #[serde(default)]
+    kv_reads: Vec<KvRead>,
+}
+
+fn default_jwt_mount() -> String {
+    "jwt".to_owned()
+}
+
+fn default_vault_audience() -> String {
+    "vault".to_owned()
+}
+
+/// A KV version 2 secret read with the Vault token and returned with it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvRead {
+    /// The KV v2 mount, e.g. `secret`.
+    pub mount: String,
+    /// The secret's path under the mount.
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +301,20 @@ impl From<RawTarget> for TargetConfig {
                     mode: aws.mode,
                 }),
             },
+            RawTarget::Vault(vault) => Self {
+                name: vault.name,
+                access: vault.access,
+                duration: vault.duration,
+                labels: vault.labels,
+                kind: TargetKind::Vault(VaultTarget {
+                    address: vault.address,
+                    auth_mount: vault.auth_mount,
+                    role: vault.role,
+                    audience: vault.audience,
+                    return_token: vault.return_token,
+                    kv_reads: vault.kv_reads,
+                }),
+            },
         }
     }
 }
@@ -284,6 +338,25 @@ pub enum TargetAccess {
 pub enum TargetKind {
     /// AWS STS `AssumeRoleWithWebIdentity`.
     Aws(AwsTarget),
+    /// Vault/OpenBao JWT auth, then optional KV reads.
+    Vault(VaultTarget),
+}
+
+/// A Vault (or OpenBao) role reached through its JWT auth method.
+#[derive(Debug, Clone)]
+pub struct VaultTarget {
+    /// Vault's address.
+    pub address: String,
+    /// Where the JWT auth method is mounted.
+    pub auth_mount: String,
+    /// The JWT role to log in to.
+    pub role: String,
+    /// Audience of the minted token (the role's `bound_audiences`).
+    pub audience: String,
+    /// Whether the Vault token itself is returned (else only the secrets read with it).
+    pub return_token: bool,
+    /// KV v2 secrets read with the token and returned.
+    pub kv_reads: Vec<KvRead>,
 }
 
 /// An AWS role.
@@ -776,6 +849,25 @@ impl Config {
                 ));
             }
             match &target.kind {
+                TargetKind::Vault(vault) => {
+                    validate_url("targets.address", &vault.address)?;
+                    if !self.tokens.allowed_audiences.contains(&vault.audience) {
+                        return Err(invalid(
+                            "targets.audience",
+                            format!(
+                                "target `{}`: audience `{}` is not in tokens.allowed_audiences",
+                                target.id(),
+                                vault.audience
+                            ),
+                        ));
+                    }
+                    if !vault.return_token && vault.kv_reads.is_empty() {
+                        return Err(invalid(
+                            "targets.kv_reads",
+                            format!("target `{}` returns nothing: set return_token or list kv_reads", target.id()),
+                        ));
+                    }
+                }
                 TargetKind::Aws(aws) => {
                     if !aws.role_arn.starts_with("arn:aws")
                         || aws.role_arn.split(':').count() != 6
@@ -845,6 +937,7 @@ impl TargetConfig {
     pub fn id(&self) -> String {
         match &self.kind {
             TargetKind::Aws(_) => format!("aws:{}", self.name),
+            TargetKind::Vault(_) => format!("vault:{}", self.name),
         }
     }
 }
@@ -961,7 +1054,7 @@ mod target_tests {
             &format!(
                 "[server]\nlisten = \"127.0.0.1:1\"\nexternal_url = \"https://kw.example\"\n\
                  [storage]\ndata_dir = \"/tmp/kw\"\n[keys]\nkek_env = \"K\"\n\
-                 [tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n[[targets]]\n{target}\n"
+                 [tokens]\nallowed_audiences = [\"sts.amazonaws.com\", \"vault\"]\n[[targets]]\n{target}\n"
             ),
             "t.toml",
         )?;
@@ -971,6 +1064,19 @@ mod target_tests {
 
     const GOOD: &str =
         "name = \"net\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"arn:aws:iam::123456789012:role/net\"";
+    const VAULT: &str =
+        "name = \"secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"https://vault.example\"\nrole = \"r\"";
+
+    #[test]
+    fn a_valid_vault_target_parses_with_defaults() -> Result<(), ConfigError> {
+        let config = parse_target(&format!("{VAULT}\nkv_reads = [{{ mount = \"secret\", path = \"db\" }}]"))?;
+        let target = &config.targets[0];
+        assert_eq!(target.id(), "vault:secrets");
+        let TargetKind::Vault(vault) = &target.kind else { panic!("a vault target") };
+        assert_eq!((vault.auth_mount.as_str(), vault.audience.as_str(), vault.return_token), ("jwt", "vault", true));
+        assert_eq!(vault.kv_reads, vec![KvRead { mount: "secret".into(), path: "db".into() }]);
+        Ok(())
+    }
 
     #[test]
     fn a_valid_aws_target_parses_with_defaults() -> Result<(), ConfigError> {
@@ -980,7 +1086,7 @@ mod target_tests {
         assert_eq!(target.access, TargetAccess::Write);
         assert_eq!(target.duration, Duration::from_secs(900));
         assert_eq!(target.labels.get("env").map(String::as_str), Some("prod"));
-        let TargetKind::Aws(aws) = &target.kind;
+        let TargetKind::Aws(aws) = &target.kind else { panic!("an aws target") };
         assert_eq!(
             (aws.region.as_str(), aws.audience.as_str(), aws.mode),
             ("us-east-1", "sts.amazonaws.com", ExchangeMode::Broker)
@@ -999,6 +1105,10 @@ mod target_tests {
             (format!("{GOOD}\naudience = \"elsewhere\""), "tokens.allowed_audiences"),
             (format!("{GOOD}\n[[targets]]\n{GOOD}"), "defined twice"),
             (GOOD.replace("\"net\"", "\"net work\""), "invalid target name"),
+            (VAULT.replace("vault\"\naccess", "vault\"\nreturn_token = false\naccess"), "returns nothing"),
+            (format!("{VAULT}\naudience = \"elsewhere\""), "tokens.allowed_audiences"),
+            (VAULT.replace("https://vault.example", "http://vault.example"), "loopback"),
+            (format!("{VAULT}\nrole_arn = \"x\""), "role_arn"),
         ] {
             let error = parse_target(&text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.contains(key), "{text:?} gave {error:?}");

@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::exchange::{
     AWS_CREDENTIALS_TOKEN_TYPE, ExchangeError, ExchangeRequest, ExchangeResponse, GRANT_TYPE, ID_TOKEN_TYPE,
-    JWT_TOKEN_TYPE,
+    JWT_TOKEN_TYPE, VAULT_TOKEN_TYPE,
 };
 
 /// The form fields of an exchange. Unknown fields are ignored, as RFC 6749 §3.2 asks.
@@ -69,6 +69,31 @@ pub(super) async fn exchange(
     let request = ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs) };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
+        ExchangeResponse::Vault { issued, return_token } => {
+            let secrets: Vec<_> = issued
+                .secrets
+                .iter()
+                .map(|(mount, path, data)| json!({ "mount": mount, "path": path, "data": data }))
+                .collect();
+            let mut body = json!({
+                "issued_token_type": VAULT_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": issued.lease_duration,
+                "vault": {
+                    "accessor": issued.accessor,
+                    "lease_duration": issued.lease_duration,
+                    "renewable": issued.renewable,
+                    "policies": issued.policies,
+                    "secrets": secrets,
+                },
+            });
+            if let Some(object) = body.as_object_mut() {
+                // RFC 8693 requires an access_token; without the Vault token it is "N_A".
+                let token = if return_token { issued.token.as_str() } else { "N_A" };
+                object.insert("access_token".to_owned(), json!(token));
+            }
+            body
+        }
         ExchangeResponse::Aws(aws) => {
             let credentials = &aws.credentials;
             json!({

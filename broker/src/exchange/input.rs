@@ -36,6 +36,7 @@ pub(super) fn credentials_input(
     }
     let (kind, mode) = match &target.kind {
         TargetKind::Aws(aws) => ("aws", aws.mode),
+        TargetKind::Vault(_) => ("vault", crate::config::ExchangeMode::Broker),
     };
     let mut subject_json = json!({ "kind": subject.kind.as_str(), "issuer": subject.issuer, "claims": subject.claims });
     if let SubjectKind::Ci(name) = &subject.kind

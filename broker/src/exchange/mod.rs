@@ -15,6 +15,7 @@ mod input;
 pub mod issuers;
 mod response;
 mod subject;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +44,8 @@ pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// Also accepted for subject tokens (CI systems call theirs ID tokens).
 pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// `issued_token_type` of a Vault token (a Keyward URI).
+pub const VAULT_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:vault-token";
 /// `issued_token_type` of AWS credentials (a Keyward URI: RFC 8693 defines none for them).
 pub const AWS_CREDENTIALS_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:aws-credentials";
 
@@ -179,6 +182,30 @@ impl Exchanger {
         };
 
         let response = match &target.kind {
+            TargetKind::Vault(vault_target) => {
+                let minted = self.mint_for(&subject, &vault_target.audience).await?;
+                let mut details = json!({ "minted_jti": minted.claims.jti, "role": vault_target.role, "address": vault_target.address });
+                let issued = match vault::issue(vault_target, minted.token.expose()).await {
+                    Ok(issued) => issued,
+                    Err(error) => {
+                        let reason = error.to_string();
+                        self.record(&subject, target, "denied", std::slice::from_ref(&reason), details).await?;
+                        return Err(match error {
+                            vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
+                            vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
+                        });
+                    }
+                };
+                if let Some(fields) = details.as_object_mut() {
+                    fields.insert("accessor".to_owned(), Value::from(issued.accessor.clone()));
+                    fields.insert("lease_duration".to_owned(), Value::from(issued.lease_duration));
+                    fields.insert("policies".to_owned(), json!(issued.policies));
+                    let paths: Vec<String> = issued.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect();
+                    fields.insert("secrets_read".to_owned(), json!(paths));
+                }
+                self.record(&subject, target, "issued", &[], details).await?;
+                ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
+            }
             TargetKind::Aws(aws) => {
                 let minted = self.mint_for(&subject, &aws.audience).await?;
                 let session_name = role_session_name(&subject.run.id);

@@ -37,6 +37,13 @@ pub struct AwsIssued {
 /// The result of an exchange.
 #[derive(Debug)]
 pub enum ExchangeResponse {
+    /// A Vault token and the secrets read with it.
+    Vault {
+        /// What Vault issued.
+        issued: super::vault::VaultIssued,
+        /// Whether the token itself goes to the caller.
+        return_token: bool,
+    },
     /// AWS credentials from STS.
     Aws(AwsIssued),
     /// AWS, exchanged in the worker.

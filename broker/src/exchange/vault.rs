@@ -1,0 +1,106 @@
+//! Vault / OpenBao targets: log in to the JWT auth method with the minted token, then read the
+//! configured KV v2 secrets with the resulting Vault token.
+//!
+//! The broker keeps no Vault credentials of its own: the minted, target-audience JWT is the login.
+//! Failures are classified like STS's: Vault refusing (403, bad role or claims) is the caller's
+//! problem; Vault sealed, down or failing is reported as unavailable. Nothing is cached.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+use crate::config::VaultTarget;
+
+/// What Vault issued. The token never prints.
+pub struct VaultIssued {
+    /// The Vault token (secret).
+    pub token: Zeroizing<String>,
+    /// Non-secret token accessor (recorded, usable to revoke or look up the token).
+    pub accessor: String,
+    /// Token lifetime, seconds.
+    pub lease_duration: u64,
+    /// Whether the token can be renewed.
+    pub renewable: bool,
+    /// Policies attached to the token.
+    pub policies: Vec<String>,
+    /// `(mount, path, data)` of each KV secret read (secret values).
+    pub secrets: Vec<(String, String, Value)>,
+}
+
+impl fmt::Debug for VaultIssued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultIssued")
+            .field("token", &"…")
+            .field("accessor", &self.accessor)
+            .field("lease_duration", &self.lease_duration)
+            .field("policies", &self.policies)
+            .field("secrets", &self.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Why Vault gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Vault refused (role, bound claims, policy): retrying will not help.
+    #[error("Vault refused the request: HTTP {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        code: u16,
+        /// Vault's errors.
+        message: String,
+    },
+    /// Vault is sealed, down or failing.
+    #[error("Vault is unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn client(target: &VaultTarget, token: &str) -> Result<VaultClient, VaultError> {
+    let settings = VaultClientSettingsBuilder::default()
+        .address(&target.address)
+        .token(token)
+        .timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| VaultError::Unavailable(format!("invalid client settings: {e}")))?;
+    VaultClient::new(settings).map_err(|e| VaultError::Unavailable(format!("cannot build the client: {e}")))
+}
+
+fn classify(error: ClientError) -> VaultError {
+    match error {
+        ClientError::APIError { code, errors } if code < 500 => {
+            VaultError::Refused { code, message: errors.join("; ").chars().take(300).collect() }
+        }
+        ClientError::APIError { code, errors } => {
+            let sealed = errors.iter().any(|e| e.contains("sealed"));
+            VaultError::Unavailable(if sealed { format!("sealed (HTTP {code})") } else { format!("HTTP {code}") })
+        }
+        other => VaultError::Unavailable(other.to_string().chars().take(200).collect()),
+    }
+}
+
+/// Logs in with `jwt` and performs the target's reads.
+pub async fn issue(target: &VaultTarget, jwt: &str) -> Result<VaultIssued, VaultError> {
+    let anonymous = client(target, "")?;
+    let auth = vaultrs::auth::oidc::login(&anonymous, &target.auth_mount, jwt, Some(target.role.clone()))
+        .await
+        .map_err(classify)?;
+    let token = Zeroizing::new(auth.client_token);
+    let authenticated = client(target, &token)?;
+    let mut secrets = Vec::with_capacity(target.kv_reads.len());
+    for read in &target.kv_reads {
+        let data: Value = vaultrs::kv2::read(&authenticated, &read.mount, &read.path).await.map_err(classify)?;
+        secrets.push((read.mount.clone(), read.path.clone(), data));
+    }
+    Ok(VaultIssued {
+        token,
+        accessor: auth.accessor,
+        lease_duration: auth.lease_duration,
+        renewable: auth.renewable,
+        policies: auth.policies,
+        secrets,
+    })
+}

@@ -1,0 +1,103 @@
+//! Vault targets against a real OpenBao: the broker logs in to JWT auth with a minted token and
+//! reads KV secrets with it; the returned token can read what its policy allows and nothing else;
+//! a bound-claim mismatch is a refusal, and a sealed Vault issues nothing.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::openbao::OpenBao;
+use keyward_tests::{free_addr, http, workspace_root};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "s3cret-db-password";
+
+async fn run_token(broker: &Broker, run_id: &str, stack: &str) -> String {
+    let body =
+        json!({ "stack": stack, "run_id": run_id, "phase": "plan", "audience": broker.addr, "ref": "refs/heads/main" });
+    let (status, minted) = broker.mint_raw(&body, Some(&broker.admin_token)).await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"vault\"]\n\
+         [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{}\"\nrole = \"network\"\n\
+         kv_reads = [{{ mount = \"secret\", path = \"network/db\" }}]\n",
+        workspace_root().join("policies").display(),
+        bao.addr
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+
+    bao.trust_issuer(&broker.addr).await;
+    bao.must(
+        Method::POST,
+        "sys/policies/acl/network-read",
+        json!({ "policy": "path \"secret/data/network/*\" { capabilities = [\"read\"] }" }),
+    )
+    .await;
+    bao.must(
+        Method::POST,
+        "auth/jwt/role/network",
+        json!({
+            "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+            "bound_claims": { "stack_id": "network" }, "token_policies": ["network-read"], "token_ttl": "10m",
+        }),
+    )
+    .await;
+    bao.must(Method::POST, "secret/data/network/db", json!({ "data": { "password": PASSWORD } })).await;
+    bao.must(Method::POST, "secret/data/payments/db", json!({ "data": { "password": "not-yours" } })).await;
+
+    let (status, body) = broker.exchange(&run_token(&broker, "run-v1", "network").await, "vault:network-secrets").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], "urn:keyward:params:oauth:token-type:vault-token");
+    assert!(body["vault"]["policies"].as_array().unwrap().contains(&json!("network-read")), "{body}");
+    assert_eq!(body["vault"]["lease_duration"], 600);
+    let secret = &body["vault"]["secrets"][0];
+    assert_eq!((secret["mount"].as_str(), secret["path"].as_str()), (Some("secret"), Some("network/db")));
+    assert_eq!(secret["data"]["password"], PASSWORD, "{body}");
+
+    // The Vault token reads what its policy allows, and nothing else.
+    let vault_token = body["access_token"].as_str().unwrap().to_owned();
+    let read = |path: &str| {
+        http().get(format!("{}/v1/secret/data/{path}", bao.addr)).header("X-Vault-Token", &vault_token).send()
+    };
+    assert_eq!(read("network/db").await.unwrap().status(), 200);
+    assert_eq!(read("payments/db").await.unwrap().status(), 403);
+
+    // A stack the role does not bind: OpenBao refuses, the broker says so, nothing is issued.
+    let (status, body) =
+        broker.exchange(&run_token(&broker, "run-v2", "payments").await, "vault:network-secrets").await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("Vault refused"), "{body}");
+
+    // A sealed Vault: a clear 502, nothing issued.
+    bao.must(Method::PUT, "sys/seal", Value::Null).await;
+    let (status, body) = broker.exchange(&run_token(&broker, "run-v3", "network").await, "vault:network-secrets").await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("Vault is unavailable"), "{body}");
+
+    // On record: the accessor and the paths read, never the token or the secret.
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1);
+    let events = store.credential_events_for_run("run-v1").await.unwrap();
+    let issued = events.iter().find(|e| e.kind == "issued").unwrap();
+    let details: Value = serde_json::from_str(&issued.details).unwrap();
+    assert!(details["accessor"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(details["secrets_read"], json!(["secret/network/db"]));
+    for secret in [vault_token.as_str(), PASSWORD] {
+        assert!(!issued.details.contains(secret), "a secret is on record");
+        assert!(!broker.log_text().contains(secret), "a secret reached the broker log");
+    }
+}
