@@ -76,6 +76,38 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     assert_eq!(read("network/db").await.unwrap().status(), 200);
     assert_eq!(read("payments/db").await.unwrap().status(), 403);
 
+    // The same through the CLI: the token alone, or an export line, and it works.
+    let token_file = dir.path().join("run-token");
+    std::fs::write(&token_file, run_token(&broker, "run-cli", "network").await).unwrap();
+    let cli = |format: &str| {
+        keyward_tests::broker::keyward(
+            &[
+                "creds",
+                "vault",
+                "--target",
+                "network-secrets",
+                "--subject-token-file",
+                token_file.to_str().unwrap(),
+                "--format",
+                format,
+            ],
+            &[("KEYWARD_ADDR", broker.addr.as_str())],
+        )
+    };
+    let out = cli("token");
+    assert!(out.success, "{}", out.stderr);
+    let cli_token = out.stdout.trim().to_owned();
+    let response = http()
+        .get(format!("{}/v1/secret/data/network/db", bao.addr))
+        .header("X-Vault-Token", &cli_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the CLI's token reads the secret");
+    std::fs::write(&token_file, run_token(&broker, "run-cli-2", "network").await).unwrap();
+    let out = cli("env");
+    assert!(out.success && out.stdout.starts_with("export VAULT_TOKEN="), "{}{}", out.stdout, out.stderr);
+
     // A stack the role does not bind: OpenBao refuses, the broker says so, nothing is issued.
     let (status, body) =
         broker.exchange(&run_token(&broker, "run-v2", "payments").await, "vault:network-secrets").await;
@@ -90,7 +122,7 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
 
     // On record: the accessor and the paths read, never the token or the secret.
     let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1);
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 3, "the HTTP exchange and two CLI exchanges");
     let events = store.credential_events_for_run("run-v1").await.unwrap();
     let issued = events.iter().find(|e| e.kind == "issued").unwrap();
     let details: Value = serde_json::from_str(&issued.details).unwrap();

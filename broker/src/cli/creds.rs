@@ -1,7 +1,7 @@
-//! `keyward creds aws`: what a CI job runs instead of holding static keys.
+//! `keyward creds aws|vault`: what a CI job runs instead of holding static keys.
 //!
-//! It trades the job's token (a Keyward run token today) at `POST /v1/token` and prints the
-//! credentials in the shape the caller needs. Usable as an AWS CLI `credential_process`:
+//! It trades the job's token (a Keyward run token, or a trusted CI issuer's token) at
+//! `POST /v1/token` and prints the credentials in the shape the caller needs. Usable as an AWS CLI `credential_process`:
 //!
 //! ```ini
 //! [profile deploy]
@@ -26,6 +26,47 @@ use crate::exchange::aws::{self, AssumeRole};
 pub(super) enum CredsCommand {
     /// AWS credentials for a target, from a subject token.
     Aws(AwsArgs),
+    /// A Vault token (and the target's secrets) for a target, from a subject token.
+    Vault(VaultArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VaultFormat {
+    /// The Vault token alone (for `VAULT_TOKEN`; default).
+    Token,
+    /// `export VAULT_TOKEN=…` for `eval`.
+    Env,
+    /// The broker's whole answer, secrets included.
+    Json,
+}
+
+/// Where the subject token comes from and where the broker is.
+#[derive(Debug, Args)]
+struct Subject {
+    /// File holding the subject token.
+    #[arg(long, conflicts_with = "subject_token_env")]
+    subject_token_file: Option<PathBuf>,
+    /// Environment variable holding the subject token.
+    #[arg(long)]
+    subject_token_env: Option<String>,
+    /// Ask for a shorter lifetime than the target and policy allow, e.g. `20m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Broker URL.
+    #[arg(long, env = "KEYWARD_ADDR", default_value = super::DEFAULT_ADDR)]
+    addr: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct VaultArgs {
+    /// The target, e.g. `vault:network-secrets` (the `vault:` prefix may be left out).
+    #[arg(long)]
+    target: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "token")]
+    format: VaultFormat,
+    #[command(flatten)]
+    subject: Subject,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,26 +84,28 @@ pub(super) struct AwsArgs {
     /// The target, e.g. `aws:network-apply` (the `aws:` prefix may be left out).
     #[arg(long)]
     target: String,
-    /// File holding the subject token.
-    #[arg(long, conflicts_with = "subject_token_env")]
-    subject_token_file: Option<PathBuf>,
-    /// Environment variable holding the subject token.
-    #[arg(long)]
-    subject_token_env: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "credential-process")]
     format: Format,
-    /// Ask for a shorter session than the target and policy allow, e.g. `20m`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    ttl: Option<Duration>,
-    /// Broker URL.
-    #[arg(long, env = "KEYWARD_ADDR", default_value = super::DEFAULT_ADDR)]
-    addr: String,
+    #[command(flatten)]
+    subject: Subject,
 }
 
 pub(super) async fn run(command: CredsCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let CredsCommand::Aws(args) = command;
-    let token = Zeroizing::new(match (&args.subject_token_file, &args.subject_token_env) {
+    match command {
+        CredsCommand::Aws(args) => aws_credentials(args, env).await,
+        CredsCommand::Vault(args) => vault_credentials(args, env).await,
+    }
+}
+
+/// Trades the subject token at `POST /v1/token` for `target` (`<kind>:<name>`, prefix optional).
+async fn exchange(
+    subject: &Subject,
+    kind: &str,
+    target: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Value> {
+    let token = Zeroizing::new(match (&subject.subject_token_file, &subject.subject_token_env) {
         (Some(path), _) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read subject token file {}", path.display()))?
             .trim()
@@ -72,17 +115,17 @@ pub(super) async fn run(command: CredsCommand, env: &dyn Fn(&str) -> Option<Stri
         }
         (None, None) => bail!("pass --subject-token-file or --subject-token-env"),
     });
-    let target = if args.target.contains(':') { args.target.clone() } else { format!("aws:{}", args.target) };
+    let target = if target.contains(':') { target.to_owned() } else { format!("{kind}:{target}") };
     let mut form = vec![
         ("grant_type", crate::exchange::GRANT_TYPE.to_owned()),
         ("subject_token", token.to_string()),
         ("subject_token_type", crate::exchange::JWT_TOKEN_TYPE.to_owned()),
         ("resource", target),
     ];
-    if let Some(ttl) = args.ttl {
+    if let Some(ttl) = subject.ttl {
         form.push(("ttl_seconds", ttl.as_secs().to_string()));
     }
-    let base = args.addr.trim_end_matches('/');
+    let base = subject.addr.trim_end_matches('/');
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("cannot build the HTTP client")?;
     let response = http
@@ -97,6 +140,27 @@ pub(super) async fn run(command: CredsCommand, env: &dyn Fn(&str) -> Option<Stri
         let text = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
         bail!("{} ({}, HTTP {})", text("error_description"), text("error"), status.as_u16());
     }
+    Ok(body)
+}
+
+async fn vault_credentials(args: VaultArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let body = exchange(&args.subject, "vault", &args.target, env).await?;
+    let token = body.get("access_token").and_then(Value::as_str).unwrap_or("N_A");
+    match args.format {
+        VaultFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        VaultFormat::Token | VaultFormat::Env if token == "N_A" => {
+            bail!(
+                "the target does not return its Vault token (return_token = false); use --format json for its secrets"
+            )
+        }
+        VaultFormat::Token => println!("{token}"),
+        VaultFormat::Env => println!("export VAULT_TOKEN={token}"),
+    }
+    Ok(())
+}
+
+async fn aws_credentials(args: AwsArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let body = exchange(&args.subject, "aws", &args.target, env).await?;
     let credentials = match body.get("aws").and_then(|a| a.get("mode")).and_then(Value::as_str) {
         Some("worker") => assume_in_worker(&body).await?,
         _ => {
