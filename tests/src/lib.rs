@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod fake_issuer;
+pub mod fake_sts;
 pub mod forge;
 pub mod moto;
 pub mod openbao;

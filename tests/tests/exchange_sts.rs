@@ -183,3 +183,25 @@ async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
     let events = store.credential_events_for_run("run-sts-down").await.unwrap();
     assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "the failure is on record");
 }
+
+/// STS failing or hanging (a named fake: moto cannot do either): bounded retries, a deadline, a
+/// clear 502, and no credentials from anywhere else.
+#[tokio::test(flavor = "multi_thread")]
+async fn sts_errors_and_hangs_are_retried_boundedly_then_reported() {
+    use keyward_tests::fake_sts::{FakeSts, Fault};
+
+    for fault in [Fault::InternalError, Fault::Hang] {
+        let dir = tempfile::tempdir().unwrap();
+        let sts = FakeSts::start(fault).await;
+        let broker = start(dir.path(), &sts.endpoint).await;
+        let token = apply_token(&broker, "run-sts-fault").await;
+        // A 502 (not the request deadline's 503) shows the STS call's own deadline ended a hang.
+        let (status, body) = broker.exchange(&token, "aws:network-apply").await;
+        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{fault:?}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{fault:?}: {body}");
+        assert!(body.get("aws_credentials").is_none());
+        assert!((1..=3).contains(&sts.calls()), "{fault:?}: at most 3 attempts, got {}", sts.calls());
+        let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+        assert_eq!(store.credential_event_count("issued").await.unwrap(), 0, "{fault:?}");
+    }
+}
