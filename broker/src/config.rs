@@ -245,6 +245,23 @@ struct RawVaultTarget {
     return_token: bool,
     #[serde(default)]
     kv_reads: Vec<KvRead>,
+    #[serde(default)]
+    pki_issues: Vec<PkiIssue>,
+}
+
+/// A certificate issued from a Vault PKI role with the Vault token and returned with it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiIssue {
+    /// The PKI mount, e.g. `pki`.
+    pub mount: String,
+    /// The PKI role.
+    pub role: String,
+    /// The certificate's common name.
+    pub common_name: String,
+    /// Optional lifetime, e.g. `1h` (capped by the role).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 fn default_jwt_mount() -> String {
@@ -313,6 +330,7 @@ impl From<RawTarget> for TargetConfig {
                     audience: vault.audience,
                     return_token: vault.return_token,
                     kv_reads: vault.kv_reads,
+                    pki_issues: vault.pki_issues,
                 }),
             },
         }
@@ -357,6 +375,8 @@ pub struct VaultTarget {
     pub return_token: bool,
     /// KV v2 secrets read with the token and returned.
     pub kv_reads: Vec<KvRead>,
+    /// Certificates issued with the token and returned.
+    pub pki_issues: Vec<PkiIssue>,
 }
 
 /// An AWS role.
@@ -861,10 +881,13 @@ impl Config {
                             ),
                         ));
                     }
-                    if !vault.return_token && vault.kv_reads.is_empty() {
+                    if !vault.return_token && vault.kv_reads.is_empty() && vault.pki_issues.is_empty() {
                         return Err(invalid(
                             "targets.kv_reads",
-                            format!("target `{}` returns nothing: set return_token or list kv_reads", target.id()),
+                            format!(
+                                "target `{}` returns nothing: set return_token, or list kv_reads or pki_issues",
+                                target.id()
+                            ),
                         ));
                     }
                 }

@@ -33,7 +33,8 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     let rest = format!(
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"vault\"]\n\
          [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{}\"\nrole = \"network\"\n\
-         kv_reads = [{{ mount = \"secret\", path = \"network/db\" }}]\n",
+         kv_reads = [{{ mount = \"secret\", path = \"network/db\" }}]\n\
+         pki_issues = [{{ mount = \"pki\", role = \"network\", common_name = \"run.network.internal\", ttl = \"10m\" }}]\n",
         workspace_root().join("policies").display(),
         bao.addr
     );
@@ -44,7 +45,17 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     bao.must(
         Method::POST,
         "sys/policies/acl/network-read",
-        json!({ "policy": "path \"secret/data/network/*\" { capabilities = [\"read\"] }" }),
+        json!({ "policy": "path \"secret/data/network/*\" { capabilities = [\"read\"] }\n\
+                           path \"pki/issue/network\" { capabilities = [\"update\"] }" }),
+    )
+    .await;
+    bao.must(Method::POST, "sys/mounts/pki", json!({ "type": "pki", "config": { "max_lease_ttl": "24h" } })).await;
+    bao.must(Method::POST, "pki/root/generate/internal", json!({ "common_name": "keyward-test-ca", "ttl": "24h" }))
+        .await;
+    bao.must(
+        Method::POST,
+        "pki/roles/network",
+        json!({ "allowed_domains": ["network.internal"], "allow_subdomains": true, "max_ttl": "1h" }),
     )
     .await;
     bao.must(
@@ -67,6 +78,18 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     let secret = &body["vault"]["secrets"][0];
     assert_eq!((secret["mount"].as_str(), secret["path"].as_str()), (Some("secret"), Some("network/db")));
     assert_eq!(secret["data"]["password"], PASSWORD, "{body}");
+    let certificate = &body["vault"]["certificates"][0];
+    assert!(certificate["certificate"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"), "{body}");
+    let private_key = certificate["private_key"].as_str().unwrap().to_owned();
+    assert!(private_key.contains("PRIVATE KEY"));
+    let serial = certificate["serial_number"].as_str().unwrap().to_owned();
+    // OpenBao itself knows the certificate by that serial: it really issued it.
+    let (status, known) = bao.api(Method::GET, &format!("pki/cert/{serial}"), None).await;
+    assert_eq!(status, 200, "{known}");
+    assert_eq!(
+        known["data"]["certificate"].as_str().map(str::trim),
+        certificate["certificate"].as_str().map(str::trim)
+    );
 
     // The Vault token reads what its policy allows, and nothing else.
     let vault_token = body["access_token"].as_str().unwrap().to_owned();
@@ -128,7 +151,8 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     let details: Value = serde_json::from_str(&issued.details).unwrap();
     assert!(details["accessor"].as_str().is_some_and(|a| !a.is_empty()));
     assert_eq!(details["secrets_read"], json!(["secret/network/db"]));
-    for secret in [vault_token.as_str(), PASSWORD] {
+    assert_eq!(details["certificate_serials"], json!([serial]));
+    for secret in [vault_token.as_str(), PASSWORD, private_key.as_str()] {
         assert!(!issued.details.contains(secret), "a secret is on record");
         assert!(!broker.log_text().contains(secret), "a secret reached the broker log");
     }

@@ -85,6 +85,11 @@ pub(super) async fn exchange(
                     "renewable": issued.renewable,
                     "policies": issued.policies,
                     "secrets": secrets,
+                    "certificates": issued.certificates.iter().map(|c| json!({
+                        "mount": c.mount, "role": c.role, "serial_number": c.serial_number,
+                        "certificate": c.certificate, "issuing_ca": c.issuing_ca,
+                        "private_key": c.private_key.as_str(), "expiration": c.expiration,
+                    })).collect::<Vec<_>>(),
                 },
             });
             if let Some(object) = body.as_object_mut() {

@@ -202,6 +202,8 @@ impl Exchanger {
                     fields.insert("policies".to_owned(), json!(issued.policies));
                     let paths: Vec<String> = issued.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect();
                     fields.insert("secrets_read".to_owned(), json!(paths));
+                    let serials: Vec<&str> = issued.certificates.iter().map(|c| c.serial_number.as_str()).collect();
+                    fields.insert("certificate_serials".to_owned(), json!(serials));
                 }
                 self.record(&subject, target, "issued", &[], details).await?;
                 ExchangeResponse::Vault { issued, return_token: vault_target.return_token }

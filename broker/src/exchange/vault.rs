@@ -29,6 +29,37 @@ pub struct VaultIssued {
     pub policies: Vec<String>,
     /// `(mount, path, data)` of each KV secret read (secret values).
     pub secrets: Vec<(String, String, Value)>,
+    /// Certificates issued (their private keys are secret).
+    pub certificates: Vec<IssuedCertificate>,
+}
+
+/// A certificate from a PKI role. The private key never prints.
+pub struct IssuedCertificate {
+    /// The PKI mount.
+    pub mount: String,
+    /// The role.
+    pub role: String,
+    /// Non-secret; recorded.
+    pub serial_number: String,
+    /// PEM certificate.
+    pub certificate: String,
+    /// PEM issuing CA.
+    pub issuing_ca: String,
+    /// PEM private key (secret).
+    pub private_key: Zeroizing<String>,
+    /// Expiry, seconds since the epoch, when Vault says.
+    pub expiration: Option<u64>,
+}
+
+impl fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("mount", &self.mount)
+            .field("role", &self.role)
+            .field("serial_number", &self.serial_number)
+            .field("private_key", &"…")
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for VaultIssued {
@@ -95,7 +126,28 @@ pub async fn issue(target: &VaultTarget, jwt: &str) -> Result<VaultIssued, Vault
         let data: Value = vaultrs::kv2::read(&authenticated, &read.mount, &read.path).await.map_err(classify)?;
         secrets.push((read.mount.clone(), read.path.clone(), data));
     }
+    let mut certificates = Vec::with_capacity(target.pki_issues.len());
+    for issue in &target.pki_issues {
+        let mut options = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
+        options.common_name(issue.common_name.clone());
+        if let Some(ttl) = &issue.ttl {
+            options.ttl(ttl.clone());
+        }
+        let cert = vaultrs::pki::cert::generate(&authenticated, &issue.mount, &issue.role, Some(&mut options))
+            .await
+            .map_err(classify)?;
+        certificates.push(IssuedCertificate {
+            mount: issue.mount.clone(),
+            role: issue.role.clone(),
+            serial_number: cert.serial_number,
+            certificate: cert.certificate,
+            issuing_ca: cert.issuing_ca,
+            private_key: Zeroizing::new(cert.private_key),
+            expiration: cert.expiration,
+        });
+    }
     Ok(VaultIssued {
+        certificates,
         token,
         accessor: auth.accessor,
         lease_duration: auth.lease_duration,
