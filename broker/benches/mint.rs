@@ -57,6 +57,8 @@ fn request() -> MintRequest {
         approved_by: vec!["bob@example.com".into(), "carol@example.com".into()],
         pool: Some("prod-eu".into()),
         agent_id: Some("agent-7f3a".into()),
+        aws_tag_keys: None,
+        source_identity: None,
     }
 }
 

@@ -300,6 +300,10 @@ struct RawAwsTarget {
     audience: String,
     #[serde(default)]
     mode: ExchangeMode,
+    #[serde(default)]
+    session_tags: Option<Vec<String>>,
+    #[serde(default)]
+    source_identity: Option<SourceIdentity>,
 }
 
 impl From<RawTarget> for TargetConfig {
@@ -316,6 +320,8 @@ impl From<RawTarget> for TargetConfig {
                     sts_endpoint: aws.sts_endpoint,
                     audience: aws.audience,
                     mode: aws.mode,
+                    session_tags: aws.session_tags,
+                    source_identity: aws.source_identity,
                 }),
             },
             RawTarget::Vault(vault) => Self {
@@ -393,6 +399,11 @@ pub struct AwsTarget {
     /// `broker`: the broker calls STS and returns credentials. `worker`: it returns the
     /// web-identity token and role so the caller calls STS inside its own network.
     pub mode: ExchangeMode,
+    /// Which session tags the token carries for this role (`run`, `stack`, `commit`, `pr`,
+    /// `ticket`, `approver`); unset follows `tokens.aws_session_tags`, empty emits none.
+    pub session_tags: Option<Vec<String>>,
+    /// Who becomes the source identity for this role; unset follows `tokens.source_identity`.
+    pub source_identity: Option<SourceIdentity>,
 }
 
 fn default_region() -> String {
@@ -892,6 +903,21 @@ impl Config {
                     }
                 }
                 TargetKind::Aws(aws) => {
+                    if let Some(unknown) = aws
+                        .session_tags
+                        .iter()
+                        .flatten()
+                        .find(|k| !crate::identity::mint::AWS_TAG_KEYS.contains(&k.as_str()))
+                    {
+                        return Err(invalid(
+                            "targets.session_tags",
+                            format!(
+                                "target `{}`: unknown tag `{unknown}`; use {}",
+                                target.id(),
+                                crate::identity::mint::AWS_TAG_KEYS.join(", ")
+                            ),
+                        ));
+                    }
                     if !aws.role_arn.starts_with("arn:aws")
                         || aws.role_arn.split(':').count() != 6
                         || !aws.role_arn.contains(":role/")
@@ -1132,6 +1158,7 @@ mod target_tests {
             (format!("{VAULT}\naudience = \"elsewhere\""), "tokens.allowed_audiences"),
             (VAULT.replace("https://vault.example", "http://vault.example"), "loopback"),
             (format!("{VAULT}\nrole_arn = \"x\""), "role_arn"),
+            (format!("{GOOD}\nsession_tags = [\"run\", \"owner\"]"), "unknown tag `owner`"),
         ] {
             let error = parse_target(&text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.contains(key), "{text:?} gave {error:?}");

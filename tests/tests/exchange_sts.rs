@@ -27,7 +27,8 @@ async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
          region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
          labels = {{ env = \"dev\" }}\n\
          [[targets]]\nname = \"network-worker\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
-         sts_endpoint = \"{sts_endpoint}\"\nduration = \"30m\"\nmode = \"worker\"\n",
+         sts_endpoint = \"{sts_endpoint}\"\nduration = \"30m\"\nmode = \"worker\"\n\
+         session_tags = [\"run\", \"commit\"]\nsource_identity = \"first_approver\"\n",
         workspace_root().join("policies").display()
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
@@ -150,6 +151,11 @@ async fn keyward_creds_aws_prints_credential_process_json_and_env_lines() {
     assert_eq!(requests.len(), before + 1, "the CLI made the STS call");
     let sent = requests.last().unwrap();
     assert_eq!((sent.field("RoleSessionName"), sent.field("DurationSeconds")), (Some("run-cli-3"), Some("1800")));
+    // This target selects its own tags and source identity.
+    let verdict = broker.pyjwt_verify(sent.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
+    let tags = &verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"];
+    assert_eq!(tags.as_object().unwrap().keys().collect::<Vec<_>>(), ["commit", "run"], "{verdict}");
+    assert_eq!(verdict["claims"]["https://aws.amazon.com/source_identity"], "bob", "the first approver");
 
     // A refused exchange is a non-zero exit with the broker's reason and nothing on stdout.
     std::fs::write(&token_file, "not-a-token").unwrap();

@@ -87,6 +87,8 @@ pub(super) async fn mint_run_token(
             approved_by: body.approved_by,
             pool: body.pool,
             agent_id: body.agent_id,
+            aws_tag_keys: None,
+            source_identity: None,
         };
         Ok::<_, ApiError>(state.issuer.issue(request, &operator.name).await?)
     }

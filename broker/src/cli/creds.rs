@@ -197,6 +197,8 @@ async fn assume_in_worker(body: &Value) -> anyhow::Result<Value> {
         sts_endpoint: text("sts_endpoint"),
         audience: String::new(),
         mode: ExchangeMode::Worker,
+        session_tags: None,
+        source_identity: None,
     };
     let session_name = text("role_session_name").unwrap_or_else(|| "keyward".to_owned());
     let web_identity = Zeroizing::new(

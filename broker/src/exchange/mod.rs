@@ -183,7 +183,7 @@ impl Exchanger {
 
         let response = match &target.kind {
             TargetKind::Vault(vault_target) => {
-                let minted = self.mint_for(&subject, &vault_target.audience).await?;
+                let minted = self.mint_for(&subject, &vault_target.audience, None).await?;
                 let mut details = json!({ "minted_jti": minted.claims.jti, "role": vault_target.role, "address": vault_target.address });
                 let issued = match vault::issue(vault_target, minted.token.expose()).await {
                     Ok(issued) => issued,
@@ -209,7 +209,7 @@ impl Exchanger {
                 ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
             }
             TargetKind::Aws(aws) => {
-                let minted = self.mint_for(&subject, &aws.audience).await?;
+                let minted = self.mint_for(&subject, &aws.audience, Some(aws)).await?;
                 let session_name = role_session_name(&subject.run.id);
                 let details = json!({
                     "minted_jti": minted.claims.jti,
@@ -342,6 +342,7 @@ impl Exchanger {
         &self,
         subject: &Subject,
         audience: &str,
+        aws_target: Option<&crate::config::AwsTarget>,
     ) -> Result<crate::identity::mint::MintedToken, ExchangeError> {
         let run = &subject.run;
         let request = MintRequest {
@@ -360,6 +361,8 @@ impl Exchanger {
             approved_by: run.approved_by.clone(),
             pool: run.pool.clone(),
             agent_id: run.agent_id.clone(),
+            aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
+            source_identity: aws_target.and_then(|a| a.source_identity),
         };
         self.issuer.issue(request, &format!("exchange:{}", subject.replay_key)).await.map_err(|error| match error {
             IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),

@@ -79,7 +79,14 @@ pub struct MintRequest {
     pub pool: Option<String>,
     /// Agent.
     pub agent_id: Option<String>,
+    /// Which AWS session tags to emit (by key); `None` follows `tokens.aws_session_tags`.
+    pub aws_tag_keys: Option<Vec<String>>,
+    /// Who becomes the AWS source identity; `None` follows `tokens.source_identity`.
+    pub source_identity: Option<SourceIdentity>,
 }
+
+/// The AWS session-tag keys Keyward can emit.
+pub const AWS_TAG_KEYS: &[&str] = &["run", "stack", "commit", "pr", "ticket", "approver"];
 
 /// A signed token string. Never printed by `Debug`; read it with [`TokenString::expose`].
 #[derive(Clone, PartialEq, Eq)]
@@ -177,6 +184,8 @@ impl Minter {
             approved_by,
             pool,
             agent_id,
+            aws_tag_keys,
+            source_identity: source_identity_rule,
         } = request;
         identifier("run_id", &run_id)?;
         identifier("stack_id", &stack_id)?;
@@ -225,10 +234,19 @@ impl Minter {
         let now = self.clock.now();
         let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
         let sub = self.subject.render(&stack_id, &stack, phase, pool.as_deref());
-        let aws_tags = self.rules.aws_session_tags.then(|| {
-            aws_tags(&run_id, &stack_id, commit_sha.as_deref(), pull_request, ticket.as_deref(), &approved_by)
-        });
-        let human = match self.rules.source_identity {
+        let emit_tags = aws_tag_keys.as_ref().map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
+        let aws_tags = emit_tags
+            .then(|| {
+                let mut tags =
+                    aws_tags(&run_id, &stack_id, commit_sha.as_deref(), pull_request, ticket.as_deref(), &approved_by);
+                if let Some(keys) = &aws_tag_keys {
+                    tags.principal_tags.retain(|key, _| keys.iter().any(|k| k == key.as_ref()));
+                    tags.transitive_tag_keys.retain(|key| keys.iter().any(|k| k == key.as_ref()));
+                }
+                tags
+            })
+            .filter(|tags| !tags.principal_tags.is_empty());
+        let human = match source_identity_rule.unwrap_or(self.rules.source_identity) {
             SourceIdentity::TriggeredBy => triggered_by.as_deref().or(approved_by.first().map(String::as_str)),
             SourceIdentity::FirstApprover => approved_by.first().map(String::as_str).or(triggered_by.as_deref()),
             SourceIdentity::None => None,
@@ -608,6 +626,24 @@ mod minting {
         minter.keys.refresh().await?;
         let error = verify(token.expose(), &minter.keys.verification_keys(), &expect, clock.now()).err();
         assert_eq!(error, Some(VerifyError::UnknownKey), "the pruned key no longer verifies anything");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_target_chooses_its_session_tags_and_source_identity() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let minter = minter(&dir, rules()).await?;
+        let only = MintRequest { aws_tag_keys: Some(vec!["run".into(), "approver".into()]), ..request() };
+        let tags = minter.mint(only)?.claims.aws_tags.ok_or("tags")?;
+        let keys: Vec<&str> = tags.principal_tags.keys().map(|k| k.as_ref()).collect();
+        assert_eq!(keys, ["approver", "run"]);
+        assert_eq!(tags.transitive_tag_keys.len(), 2);
+        let none = MintRequest { aws_tag_keys: Some(Vec::new()), ..request() };
+        assert!(minter.mint(none)?.claims.aws_tags.is_none(), "an empty selection emits no tags claim");
+        let approver = MintRequest { source_identity: Some(SourceIdentity::FirstApprover), ..request() };
+        assert_eq!(minter.mint(approver)?.claims.aws_source_identity.as_deref(), Some("bob"));
+        let nobody = MintRequest { source_identity: Some(SourceIdentity::None), ..request() };
+        assert_eq!(minter.mint(nobody)?.claims.aws_source_identity, None);
         Ok(())
     }
 
