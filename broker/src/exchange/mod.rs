@@ -437,11 +437,7 @@ fn effective_duration(target: Duration, policy_ttl: Option<u64>, requested: Opti
 
 /// STS `RoleSessionName`: `[\w+=,.@-]{2,64}`.
 fn role_session_name(run_id: &str) -> String {
-    let mut name: String = run_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' })
-        .take(64)
-        .collect();
+    let mut name = crate::identity::mint::sts_name(run_id);
     while name.len() < 2 {
         name.push('-');
     }

@@ -5,6 +5,7 @@ use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
 
 use crate::config::IssuerConfig;
+use crate::identity::mint::is_identifier_char;
 use crate::identity::verify::VerifiedToken;
 
 /// Where the subject token came from.
@@ -67,7 +68,7 @@ fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
 
 /// Reduces free text to the identifier alphabet run IDs and stack IDs use.
 fn identifier(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.:@/+".contains(c) { c } else { '-' }).take(128).collect()
+    text.chars().map(|c| if is_identifier_char(c) { c } else { '-' }).take(128).collect()
 }
 
 impl Subject {

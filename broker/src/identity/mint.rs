@@ -385,6 +385,17 @@ impl SubjectTemplate {
     }
 }
 
+/// The alphabet of run, stack, pool and agent IDs.
+pub fn is_identifier_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.:@/+".contains(c)
+}
+
+/// `text` reduced to STS's name alphabet (`[\w+=,.@-]`) and at most 64 characters, as
+/// `RoleSessionName` and `SourceIdentity` require; other characters become `-`.
+pub fn sts_name(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' }).take(64).collect()
+}
+
 fn identifier(field: &'static str, value: &str) -> Result<(), MintError> {
     let bad = |reason: &str| MintError::InvalidField { field, reason: reason.to_owned() };
     if value.is_empty() {
@@ -393,7 +404,7 @@ fn identifier(field: &'static str, value: &str) -> Result<(), MintError> {
     if value.len() > MAX_ID_LEN {
         return Err(bad("longer than 128 bytes"));
     }
-    if !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@/+".contains(c)) {
+    if !value.chars().all(is_identifier_char) {
         return Err(bad("may only contain letters, digits and - _ . : @ / +"));
     }
     Ok(())
@@ -471,11 +482,7 @@ fn aws_tags(
 
 /// STS source identity: 2–64 characters of `[\w+=,.@-]`.
 fn source_identity(human: &str) -> Option<String> {
-    let clean: String = human
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) { c } else { '-' })
-        .take(64)
-        .collect();
+    let clean = sts_name(human);
     (clean.len() >= 2).then_some(clean)
 }
 
