@@ -21,7 +21,7 @@ use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::store::{Store, StoreError};
+use crate::store::{Journal, Store, StoreError};
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -62,6 +62,7 @@ pub enum StartError {
 pub struct Broker {
     state: AppState,
     header_read_timeout: Duration,
+    replay_leeway: Duration,
 }
 
 impl Broker {
@@ -94,7 +95,8 @@ impl Broker {
             Arc::clone(&keys),
             Arc::clone(&clock),
         ));
-        let issuer = Issuer::new(minter, store.clone());
+        let journal = Journal::start(store.clone());
+        let issuer = Issuer::new(minter, journal.clone());
         let exchanger = if config.targets.is_empty() {
             None
         } else {
@@ -105,7 +107,7 @@ impl Broker {
                 issuer.clone(),
                 policies.clone(),
                 issuers,
-                store.clone(),
+                journal.clone(),
                 Arc::clone(&clock),
                 config.server.external_url.clone(),
                 config.tokens.clock_skew,
@@ -118,6 +120,7 @@ impl Broker {
             access: Access::new(store.clone(), clock),
             keys,
             store,
+            journal,
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,
@@ -127,7 +130,11 @@ impl Broker {
             issuer = %config.server.external_url, database = %state.store.location(),
             signing_key = %state.keys.signer().kid(), "broker started"
         );
-        Ok(Self { state, header_read_timeout: config.server.header_read_timeout })
+        Ok(Self {
+            state,
+            header_read_timeout: config.server.header_read_timeout,
+            replay_leeway: config.tokens.clock_skew,
+        })
     }
 
     /// Creates the bootstrap admin token if no API token exists yet.
@@ -143,6 +150,11 @@ impl Broker {
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        let pruning = tokio::spawn(prune_replay_cache(
+            self.state.store.clone(),
+            Arc::clone(&self.state.clock),
+            self.replay_leeway,
+        ));
         let reloader = self
             .state
             .policies
@@ -152,6 +164,7 @@ impl Broker {
         let app = api::router(self.state);
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
         maintenance.abort();
+        pruning.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -182,6 +195,22 @@ async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
                 metrics.rotation(false);
                 tracing::error!(%error, "scheduled key rotation failed; will retry");
             }
+        }
+    }
+}
+
+/// Forgets consumed subject-token IDs once their tokens are past expiry plus the verification
+/// leeway: such a token is refused as expired, so its ID no longer needs remembering.
+async fn prune_replay_cache(store: Store, clock: SharedClock, leeway: Duration) {
+    let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let cutoff = clock.now().saturating_sub(i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX)).saturating_sub(1);
+        match store.prune_token_ids(cutoff).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "forgot expired subject-token IDs"),
+            Err(error) => tracing::warn!(%error, "could not prune the replay cache; will retry"),
         }
     }
 }

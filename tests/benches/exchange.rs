@@ -15,7 +15,10 @@ use keyward_tests::openbao::OpenBao;
 use keyward_tests::{forge, free_addr, workspace_root};
 use serde_json::json;
 
-const REQUESTS: usize = 2000;
+/// Requests per side; `KEYWARD_BENCH_REQUESTS` overrides (e.g. to profile a longer run).
+fn request_count() -> usize {
+    std::env::var("KEYWARD_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000)
+}
 const CONCURRENCY: usize = 16;
 
 fn now() -> i64 {
@@ -46,8 +49,9 @@ async fn run(name: &str, requests: Vec<reqwest::RequestBuilder>) -> f64 {
         failures += worker.await.unwrap();
     }
     let elapsed = started.elapsed();
-    let rate = REQUESTS as f64 / elapsed.as_secs_f64();
-    println!("{name:<34} {REQUESTS} requests in {elapsed:>8.2?}: {rate:>8.0}/s ({failures} failed)");
+    let count = request_count();
+    let rate = count as f64 / elapsed.as_secs_f64();
+    println!("{name:<34} {count} requests in {elapsed:>8.2?}: {rate:>8.0}/s ({failures} failed)");
     assert_eq!(failures, 0, "{name}: requests failed");
     rate
 }
@@ -82,7 +86,7 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
 
     println!("\nPOST /v1/token vs OpenBao auth/jwt/login, {CONCURRENCY} concurrent clients, 2 cores\n");
-    let exchanges: Vec<_> = (0..REQUESTS)
+    let exchanges: Vec<_> = (0..request_count())
         .map(|i| {
             let form = vec![
                 ("grant_type".to_owned(), "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
@@ -93,7 +97,7 @@ async fn main() {
             client.post(format!("{}/v1/token", broker.addr)).form(&form)
         })
         .collect();
-    let logins: Vec<_> = (0..REQUESTS)
+    let logins: Vec<_> = (0..request_count())
         .map(|i| {
             client
                 .post(format!("{}/v1/auth/jwt/login", bao.addr))

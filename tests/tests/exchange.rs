@@ -138,3 +138,32 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert!(!broker.log_text().contains(web_identity), "the minted token reached the log");
     assert!(!broker.log_text().contains(&apply), "the subject token reached the log");
 }
+
+/// Each subject token is exchanged once (DESIGN.md §8), also when copies race: the claim on its
+/// `jti` commits with the decision, in one journal transaction, before anything is handed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_copies_of_one_token_are_exchanged_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = std::sync::Arc::new(start(dir.path()).await);
+    let token = run_token(&broker, "run-race-1", "plan", "refs/heads/main").await;
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let (broker, token) = (std::sync::Arc::clone(&broker), token.clone());
+        copies.spawn(async move { broker.exchange(&token, "aws:network-read").await });
+    }
+    let outcomes = copies.join_all().await;
+    let granted: Vec<_> = outcomes.iter().filter(|(status, _)| *status == 200).collect();
+    assert_eq!(granted.len(), 1, "{outcomes:?}");
+    for (status, body) in outcomes.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!((*status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("already exchanged"), "{body}");
+    }
+
+    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+    let minted = store.issued_tokens_for_run("run-race-1").await.unwrap();
+    let exchanged: Vec<_> = minted.iter().filter(|t| t.audience == "sts.amazonaws.com").collect();
+    assert_eq!(exchanged.len(), 1, "only the winner's web-identity token is on record: {minted:?}");
+    let events = store.credential_events_for_run("run-race-1").await.unwrap();
+    let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!((count("allowed"), count("issued"), count("denied")), (1, 1, 23), "every refusal is on record");
+}

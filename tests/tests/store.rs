@@ -14,7 +14,9 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::store::{Backend, CredentialEvent, IssuedTokenRow, Store, StoreError};
+use keyward_broker::store::{
+    Backend, Committed, CredentialEvent, IssuedTokenRow, Journal, JournalEntry, Record, Store, StoreError, TokenClaim,
+};
 use keyward_tests::postgres::PgCluster;
 
 const T0: i64 = 1_800_000_000;
@@ -51,9 +53,11 @@ async fn suite(location: &DatabaseLocation) {
     let store = Store::open(location).await.unwrap();
     migrations_are_idempotent(location).await;
     api_tokens(&store).await;
-    issued_tokens(&store).await;
-    replay_cache(&store).await;
-    credential_events(&store).await;
+    let journal = Journal::start(store.clone());
+    issued_tokens(&store, &journal).await;
+    replay_cache(&store, &journal).await;
+    credential_events(&store, &journal).await;
+    group_commit(&journal).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -104,28 +108,8 @@ fn issued(jti: &str, run_id: &str, at: i64) -> IssuedTokenRow {
     }
 }
 
-async fn issued_tokens(store: &Store) {
-    store.record_issued_token(&issued("j2", "run-a", T0 + 1)).await.unwrap();
-    store.record_issued_token(&issued("j1", "run-a", T0)).await.unwrap();
-    store.record_issued_token(&issued("j3", "run-b", T0)).await.unwrap();
-    let replay = store.record_issued_token(&issued("j1", "run-c", T0)).await;
-    assert!(matches!(replay, Err(StoreError::Conflict(_))), "a jti is recorded once: {replay:?}");
-    let for_run: Vec<_> = store.issued_tokens_for_run("run-a").await.unwrap().into_iter().map(|t| t.jti).collect();
-    assert_eq!(for_run, ["j1", "j2"], "oldest first");
-    assert_eq!(store.issued_token_count().await.unwrap(), 3, "the refused duplicate left nothing behind");
-}
-
-async fn replay_cache(store: &Store) {
-    assert!(store.claim_token_id("https://ci.example", "j1", T0 + 300, T0).await.unwrap(), "first use");
-    assert!(!store.claim_token_id("https://ci.example", "j1", T0 + 300, T0 + 1).await.unwrap(), "replay");
-    assert!(store.claim_token_id("https://other.example", "j1", T0 + 300, T0).await.unwrap(), "jti is per issuer");
-    assert!(store.claim_token_id("https://ci.example", "j2", T0 + 900, T0).await.unwrap());
-    assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 2, "expired entries go");
-    assert!(!store.claim_token_id("https://ci.example", "j2", T0 + 900, T0 + 2).await.unwrap(), "live entries stay");
-}
-
-async fn credential_events(store: &Store) {
-    let event = |id: &str, kind: &str, at: i64| CredentialEvent {
+fn event(id: &str, kind: &str, at: i64) -> CredentialEvent {
+    CredentialEvent {
         id: id.into(),
         at,
         kind: kind.into(),
@@ -137,15 +121,96 @@ async fn credential_events(store: &Store) {
         phase: Some("plan".into()),
         reasons: "[]".into(),
         details: "{}".into(),
-    };
-    store.record_credential_event(&event("e2", "issued", T0 + 1)).await.unwrap();
-    store.record_credential_event(&event("e1", "allowed", T0)).await.unwrap();
-    store.record_credential_event(&event("e3", "denied", T0 + 2)).await.unwrap();
+    }
+}
+
+fn tokens(rows: &[IssuedTokenRow]) -> JournalEntry {
+    JournalEntry::records(rows.iter().cloned().map(Record::IssuedToken).collect())
+}
+
+async fn issued_tokens(store: &Store, journal: &Journal) {
+    journal.write(tokens(&[issued("j2", "run-a", T0 + 1)])).await.unwrap();
+    journal.write(tokens(&[issued("j1", "run-a", T0), issued("j3", "run-b", T0)])).await.unwrap();
+    let duplicate = journal.write(tokens(&[issued("j4", "run-c", T0), issued("j1", "run-c", T0)])).await;
+    assert!(duplicate.is_err(), "a jti is recorded once: {duplicate:?}");
+    let for_run: Vec<_> = store.issued_tokens_for_run("run-a").await.unwrap().into_iter().map(|t| t.jti).collect();
+    assert_eq!(for_run, ["j1", "j2"], "oldest first");
+    assert_eq!(store.issued_token_count().await.unwrap(), 3, "the refused entry left nothing behind, not even j4");
+}
+
+/// An entry that consumes `(issuer, jti)` and records `id` as `allowed`, or `id-replay` as `denied`.
+fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> JournalEntry {
+    JournalEntry {
+        claim: Some(TokenClaim { issuer: issuer.into(), jti: jti.into(), expires_at, used_at: T0 }),
+        records: vec![Record::CredentialEvent(CredentialEvent {
+            run_id: Some("run-r".into()),
+            ..event(id, "allowed", T0)
+        })],
+        if_replayed: vec![Record::CredentialEvent(CredentialEvent {
+            run_id: Some("run-r".into()),
+            ..event(&format!("{id}-replay"), "denied", T0)
+        })],
+    }
+}
+
+async fn replay_cache(store: &Store, journal: &Journal) {
+    let ci = "https://ci.example";
+    assert_eq!(journal.write(claiming(ci, "j1", T0 + 300, "r1")).await.unwrap(), Committed::Recorded, "first use");
+    assert_eq!(journal.write(claiming(ci, "j1", T0 + 300, "r2")).await.unwrap(), Committed::Replayed, "replay");
+    let other = journal.write(claiming("https://other.example", "j1", T0 + 300, "r3")).await.unwrap();
+    assert_eq!(other, Committed::Recorded, "jti is per issuer");
+    assert_eq!(journal.write(claiming(ci, "j2", T0 + 900, "r4")).await.unwrap(), Committed::Recorded);
+    let ids: Vec<_> = store.credential_events_for_run("run-r").await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, ["r1", "r2-replay", "r3", "r4"], "a replay records its refusal, never its records");
+
+    // Many concurrent claims of one token, in one batch or several: exactly one wins.
+    let outcomes = concurrently(journal, (0..32).map(|i| claiming(ci, "contested", T0 + 300, &format!("c{i}")))).await;
+    assert_eq!(outcomes.iter().filter(|o| **o == Committed::Recorded).count(), 1, "{outcomes:?}");
+
+    // All or nothing: a record that cannot be written releases the claim it came with.
+    let mut broken = claiming(ci, "j5", T0 + 300, "r5");
+    broken.records.push(Record::CredentialEvent(event("r5-bad", "maybe", T0)));
+    assert!(journal.write(broken).await.is_err(), "the kind is constrained by the schema");
+    assert_eq!(journal.write(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
+
+    assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 4, "expired entries go (j1 twice, contested, j5)");
+    assert_eq!(
+        journal.write(claiming(ci, "j2", T0 + 900, "r7")).await.unwrap(),
+        Committed::Replayed,
+        "live entries stay"
+    );
+}
+
+async fn credential_events(store: &Store, journal: &Journal) {
+    let events =
+        |list: &[CredentialEvent]| JournalEntry::records(list.iter().cloned().map(Record::CredentialEvent).collect());
+    journal.write(events(&[event("e2", "issued", T0 + 1)])).await.unwrap();
+    journal.write(events(&[event("e1", "allowed", T0), event("e3", "denied", T0 + 2)])).await.unwrap();
     let kinds: Vec<_> = store.credential_events_for_run("run-e").await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["allowed", "issued", "denied"]);
-    assert_eq!(store.credential_event_count("denied").await.unwrap(), 1);
-    let invalid = store.record_credential_event(&event("e4", "maybe", T0)).await;
+    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1);
+    let invalid = journal.write(events(&[event("e4", "maybe", T0)])).await;
     assert!(invalid.is_err(), "the kind is constrained by the schema");
+}
+
+/// Writes every entry from its own task, all at once.
+async fn concurrently(journal: &Journal, entries: impl Iterator<Item = JournalEntry>) -> Vec<Committed> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for entry in entries {
+        let journal = journal.clone();
+        tasks.spawn(async move { journal.write(entry).await.unwrap() });
+    }
+    tasks.join_all().await
+}
+
+/// Concurrent entries share commits: that is the point of the journal.
+async fn group_commit(journal: &Journal) {
+    let (commits, entries) = (journal.stats().commits(), journal.stats().entries());
+    let outcomes = concurrently(journal, (0..64).map(|i| tokens(&[issued(&format!("g{i}"), "run-g", T0)]))).await;
+    assert!(outcomes.iter().all(|o| *o == Committed::Recorded));
+    assert_eq!(journal.stats().entries() - entries, 64);
+    let used = journal.stats().commits() - commits;
+    assert!(used < 64, "64 concurrent entries took {used} commits: they were not batched");
 }
 
 async fn signing_keys_across_replicas(location: &DatabaseLocation) {

@@ -151,6 +151,8 @@ impl From<IssueError> for ApiError {
                 tracing::error!(error = %e, "token discarded: it could not be recorded");
                 Self::unavailable("the token could not be recorded durably, so it was not issued")
             }
+            // Only entries that claim a subject token can be replays; operator minting claims none.
+            IssueError::Replayed => Self::unavailable("the token was not issued; retry"),
         }
     }
 }

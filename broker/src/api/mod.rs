@@ -22,7 +22,7 @@ use crate::identity::issuer::Issuer;
 use crate::identity::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
-use crate::store::Store;
+use crate::store::{Journal, Store};
 
 /// Largest request body the API reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub access: Access,
     /// Persistence (readiness probes it).
     pub store: Store,
+    /// Group-committed writes of records that must be durable before a response.
+    pub journal: Journal,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.

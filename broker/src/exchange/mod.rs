@@ -3,12 +3,14 @@
 //!
 //! The order is the security argument, so it is spelled out in [`Exchanger::exchange`]:
 //! 1. the request names a configured target (callers never pass an ARN or a path);
-//! 2. the subject token verifies strictly (see `identity::verify`) and its `jti` is claimed, so it
-//!    is exchanged at most once;
+//! 2. the subject token verifies strictly (see `identity::verify`);
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
 //! 4. the `keyward.credentials` policy decides (deny by default);
-//! 5. the decision is recorded; a decision that cannot be recorded issues nothing;
-//! 6. only then is a target-audience token minted (recorded too) and handed out.
+//! 5. one journal entry commits the decision, the claim on the subject token's `jti` (so it is
+//!    exchanged at most once; a replay commits a refusal instead) and, when allowed, the record
+//!    of the target-audience token minted for it. Nothing is handed out, and no relying party
+//!    is called, before that commit; a decision that cannot be recorded issues nothing;
+//! 6. what the relying party returned (or why it refused) is recorded before the response.
 
 pub mod aws;
 mod input;
@@ -30,12 +32,12 @@ pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 
 use crate::clock::SharedClock;
 use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
-use crate::identity::issuer::{IssueError, Issuer};
+use crate::identity::issuer::{IssueError, Issuer, PendingToken};
 use crate::identity::keyring::KeyRing;
-use crate::identity::mint::MintRequest;
+use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
-use crate::store::{CredentialEvent, Store, StoreError};
+use crate::store::{Committed, CredentialEvent, Journal, JournalEntry, Record, StoreError, TokenClaim};
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -103,7 +105,7 @@ pub struct Exchanger {
     issuer: Issuer,
     policies: Option<Arc<PolicyEngine>>,
     issuers: TrustedIssuers,
-    store: Store,
+    journal: Journal,
     clock: SharedClock,
     self_issuer: String,
     leeway: Duration,
@@ -119,13 +121,13 @@ impl Exchanger {
         issuer: Issuer,
         policies: Option<Arc<PolicyEngine>>,
         issuers: TrustedIssuers,
-        store: Store,
+        journal: Journal,
         clock: SharedClock,
         self_issuer: String,
         leeway: Duration,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
-        Self { targets, keys, issuer, policies, issuers, store, clock, self_issuer, leeway }
+        Self { targets, keys, issuer, policies, issuers, journal, clock, self_issuer, leeway }
     }
 
     /// Exchanges `request`; see the module documentation for the order of checks.
@@ -136,13 +138,19 @@ impl Exchanger {
             .ok_or_else(|| ExchangeError::InvalidTarget(request.target.chars().take(80).collect()))?;
         let now = self.clock.now();
 
-        let subject = match self.verify_subject(&request.subject_token, now).await {
-            Ok(subject) => subject,
+        let (subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
+            Ok(verified) => verified,
             Err(error) => {
                 self.record_refusal(target, &error).await?;
                 return Err(error);
             }
         };
+        let claim = single_use.then(|| TokenClaim {
+            issuer: subject.issuer.clone(),
+            jti: subject.replay_key.clone(),
+            expires_at: subject.expires_at,
+            used_at: now,
+        });
 
         let decision = self.decide(&subject, target, request.requested_ttl, now);
         let duration = match &decision {
@@ -168,23 +176,35 @@ impl Exchanger {
             Err(reasons) => (false, reasons.clone()),
         };
         let digest = decision.as_ref().map(|d| d.policy_digest.clone()).unwrap_or_default();
-        self.record(
-            &subject,
-            target,
-            if allowed { "allowed" } else { "denied" },
-            &reasons,
-            json!({ "policy_digest": digest }),
-        )
-        .await?;
+        let decided = json!({ "policy_digest": digest });
         let decision = match decision {
             Ok(decision) if allowed => decision,
-            _ => return Err(ExchangeError::AccessDenied(reasons)),
+            _ => {
+                let entry = JournalEntry {
+                    claim,
+                    records: vec![self.event(target, Some(&subject), "denied", &reasons, decided)],
+                    if_replayed: vec![self.replay_event(target, &subject)],
+                };
+                return match self.journal.write(entry).await {
+                    Ok(Committed::Recorded) => Err(ExchangeError::AccessDenied(reasons)),
+                    Ok(Committed::Replayed) => Err(replayed()),
+                    Err(e) => Err(unavailable("the decision could not be recorded, so nothing was issued", &e)),
+                };
+            }
+        };
+        // Allowed: the decision, the consumed subject token and the minted token commit together,
+        // before anything leaves the broker.
+        let allowed_entry = |claim| JournalEntry {
+            claim,
+            records: vec![self.event(target, Some(&subject), "allowed", &reasons, decided.clone())],
+            if_replayed: vec![self.replay_event(target, &subject)],
         };
 
         let response = match &target.kind {
             TargetKind::Vault(vault_target) => {
-                let minted = self.mint_for(&subject, &vault_target.audience, None).await?;
-                let mut details = json!({ "minted_jti": minted.claims.jti, "role": vault_target.role, "address": vault_target.address });
+                let pending = self.mint_for(&subject, &vault_target.audience, None)?;
+                let mut details = json!({ "minted_jti": pending.claims().jti, "role": vault_target.role, "address": vault_target.address });
+                let minted = self.release(pending, &subject, allowed_entry(claim)).await?;
                 let issued = match vault::issue(vault_target, minted.token.expose()).await {
                     Ok(issued) => issued,
                     Err(error) => {
@@ -209,19 +229,22 @@ impl Exchanger {
                 ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
             }
             TargetKind::Aws(aws) => {
-                let minted = self.mint_for(&subject, &aws.audience, Some(aws)).await?;
+                let pending = self.mint_for(&subject, &aws.audience, Some(aws))?;
                 let session_name = role_session_name(&subject.run.id);
                 let details = json!({
-                    "minted_jti": minted.claims.jti,
+                    "minted_jti": pending.claims().jti,
                     "role_arn": aws.role_arn,
                     "role_session_name": session_name,
                     "duration_seconds": duration.as_secs(),
                     "mode": aws.mode,
-                    "expires_at": minted.claims.exp,
+                    "expires_at": pending.claims().exp,
                 });
                 match aws.mode {
                     ExchangeMode::Worker => {
-                        self.record(&subject, target, "issued", &[], details).await?;
+                        // The minted token is the credential: its issuance commits with the decision.
+                        let mut entry = allowed_entry(claim);
+                        entry.records.push(self.event(target, Some(&subject), "issued", &[], details));
+                        let minted = self.release(pending, &subject, entry).await?;
                         ExchangeResponse::AwsWorker(AwsWorkerCredentials {
                             web_identity_token: minted.token,
                             token_expires_at: minted.claims.exp,
@@ -233,6 +256,7 @@ impl Exchanger {
                         })
                     }
                     ExchangeMode::Broker => {
+                        let minted = self.release(pending, &subject, allowed_entry(claim)).await?;
                         let call = aws::AssumeRole {
                             target: aws,
                             session_name: &session_name,
@@ -275,7 +299,9 @@ impl Exchanger {
         Ok(response)
     }
 
-    async fn verify_subject(&self, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+    /// Verifies the subject token; also says whether it is single-use. Writes nothing: its claim
+    /// commits with the decision.
+    async fn verify_subject(&self, token: &str, now: i64) -> Result<(Subject, bool), ExchangeError> {
         let (iss, audiences) = peek_issuer_and_audiences(token)
             .ok_or_else(|| ExchangeError::InvalidGrant(VerifyError::Malformed("not a JWT with iss").to_string()))?;
         let (subject, single_use) = if iss == self.self_issuer {
@@ -300,19 +326,7 @@ impl Exchanger {
                 "token issuer and audience do not match any issuer this broker trusts".to_owned(),
             ));
         };
-        if single_use {
-            let first_use = self
-                .store
-                .claim_token_id(&subject.issuer, &subject.replay_key, subject.expires_at, now)
-                .await
-                .map_err(|e| unavailable("could not check the token for replay", &e))?;
-            if !first_use {
-                return Err(ExchangeError::InvalidGrant(
-                    "token was already exchanged (each token is single-use)".to_owned(),
-                ));
-            }
-        }
-        Ok(subject)
+        Ok((subject, single_use))
     }
 
     /// The broker's own rule first (a plan never writes), then the policy. `Err` carries the
@@ -338,12 +352,12 @@ impl Exchanger {
         Ok(policies.decide(PolicyKind::Credentials, input))
     }
 
-    async fn mint_for(
+    fn mint_for(
         &self,
         subject: &Subject,
         audience: &str,
         aws_target: Option<&crate::config::AwsTarget>,
-    ) -> Result<crate::identity::mint::MintedToken, ExchangeError> {
+    ) -> Result<PendingToken, ExchangeError> {
         let run = &subject.run;
         let request = MintRequest {
             run_id: run.id.clone(),
@@ -364,9 +378,28 @@ impl Exchanger {
             aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
             source_identity: aws_target.and_then(|a| a.source_identity),
         };
-        self.issuer.issue(request, &format!("exchange:{}", subject.replay_key)).await.map_err(|error| match error {
-            IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
-            IssueError::Record(e) => unavailable("the token could not be recorded, so it was not issued", &e),
+        self.issuer
+            .mint(request)
+            .map_err(|e| ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")))
+    }
+
+    /// Hands out `pending` once its record and `entry` are committed.
+    async fn release(
+        &self,
+        pending: PendingToken,
+        subject: &Subject,
+        entry: JournalEntry,
+    ) -> Result<MintedToken, ExchangeError> {
+        self.issuer.release(pending, &format!("exchange:{}", subject.replay_key), entry).await.map_err(|error| {
+            match error {
+                IssueError::Mint(e) => {
+                    ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}"))
+                }
+                IssueError::Record(e) => {
+                    unavailable("the decision and token could not be recorded, so nothing was issued", &e)
+                }
+                IssueError::Replayed => replayed(),
+            }
         })
     }
 
@@ -378,27 +411,38 @@ impl Exchanger {
         reasons: &[String],
         details: Value,
     ) -> Result<(), ExchangeError> {
-        self.store_event(target, Some(subject), kind, reasons, details)
+        let event = self.event(target, Some(subject), kind, reasons, details);
+        self.journal
+            .write(JournalEntry::records(vec![event]))
             .await
+            .map(drop)
             .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
     }
 
     /// Records a refusal that happened before the subject was known.
     async fn record_refusal(&self, target: &TargetConfig, error: &ExchangeError) -> Result<(), ExchangeError> {
-        self.store_event(target, None, "denied", &[error.to_string()], json!({}))
+        let event = self.event(target, None, "denied", &[error.to_string()], json!({}));
+        self.journal
+            .write(JournalEntry::records(vec![event]))
             .await
+            .map(drop)
             .map_err(|e| unavailable("the refusal could not be recorded", &e))
     }
 
-    async fn store_event(
+    /// The record of refusing a replayed subject token.
+    fn replay_event(&self, target: &TargetConfig, subject: &Subject) -> Record {
+        self.event(target, Some(subject), "denied", &[replayed().to_string()], json!({}))
+    }
+
+    fn event(
         &self,
         target: &TargetConfig,
         subject: Option<&Subject>,
         kind: &str,
         reasons: &[String],
         details: Value,
-    ) -> Result<(), StoreError> {
-        let event = CredentialEvent {
+    ) -> Record {
+        Record::CredentialEvent(CredentialEvent {
             id: uuid::Uuid::now_v7().to_string(),
             at: self.clock.now(),
             kind: kind.to_owned(),
@@ -410,9 +454,12 @@ impl Exchanger {
             phase: subject.map(|s| s.run.phase.as_str().to_owned()),
             reasons: serde_json::to_string(reasons).unwrap_or_default(),
             details: details.to_string(),
-        };
-        self.store.record_credential_event(&event).await
+        })
     }
+}
+
+fn replayed() -> ExchangeError {
+    ExchangeError::InvalidGrant("token was already exchanged (each token is single-use)".to_owned())
 }
 
 fn unavailable(what: &str, error: &StoreError) -> ExchangeError {

@@ -1,4 +1,5 @@
-//! Rows of `used_token_ids` (the replay cache) and `credential_events` (what was decided and issued).
+//! Reading `used_token_ids` (the replay cache) and `credential_events` (what was decided and
+//! issued). Both are written only through the [`Journal`](super::Journal).
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -49,48 +50,11 @@ fn from_row(row: &AnyRow) -> Result<CredentialEvent, StoreError> {
 }
 
 impl Store {
-    /// Marks `(issuer, jti)` as exchanged. Returns `false` if it already was (a replay).
-    pub async fn claim_token_id(&self, issuer: &str, jti: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (issuer, jti) DO NOTHING",
-        )
-        .bind(issuer)
-        .bind(jti)
-        .bind(expires_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(inserted.rows_affected() == 1)
-    }
-
     /// Forgets token IDs whose tokens expired before `cutoff`. Returns how many.
     pub async fn prune_token_ids(&self, cutoff: i64) -> Result<u64, StoreError> {
         let done =
             sqlx::query("DELETE FROM used_token_ids WHERE expires_at < $1").bind(cutoff).execute(&self.pool).await?;
         Ok(done.rows_affected())
-    }
-
-    /// Records a credential decision or issuance.
-    pub async fn record_credential_event(&self, event: &CredentialEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO credential_events (id, at, kind, target, subject_issuer, subject_jti, run_id, stack_id, phase, reasons, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&event.id)
-        .bind(event.at)
-        .bind(&event.kind)
-        .bind(&event.target)
-        .bind(&event.subject_issuer)
-        .bind(event.subject_jti.clone())
-        .bind(event.run_id.clone())
-        .bind(event.stack_id.clone())
-        .bind(event.phase.clone())
-        .bind(&event.reasons)
-        .bind(&event.details)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Credential events of a run, oldest first.

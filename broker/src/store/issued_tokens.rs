@@ -1,10 +1,11 @@
-//! Rows of the `issued_tokens` table: one per signed token, written before the token is returned.
+//! Rows of the `issued_tokens` table: one per signed token, written (through the
+//! [`Journal`](super::Journal)) before the token is returned.
 //! The audit log will supersede this as the durable record; the row shape is its context chain.
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, conflict_or};
+use super::{Store, StoreError};
 
 /// The record of one signed token. Holds claims only, never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,29 +51,6 @@ fn from_row(row: &AnyRow) -> Result<IssuedTokenRow, StoreError> {
 }
 
 impl Store {
-    /// Records a signed token. A repeated `jti` is a [`StoreError::Conflict`].
-    pub async fn record_issued_token(&self, token: &IssuedTokenRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO issued_tokens (jti, kid, subject, audience, run_id, stack_id, phase, issued_at, expires_at, issued_by, claims) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&token.jti)
-        .bind(&token.kid)
-        .bind(&token.subject)
-        .bind(&token.audience)
-        .bind(&token.run_id)
-        .bind(&token.stack_id)
-        .bind(&token.phase)
-        .bind(token.issued_at)
-        .bind(token.expires_at)
-        .bind(&token.issued_by)
-        .bind(&token.claims)
-        .execute(&self.pool)
-        .await
-        .map_err(conflict_or(format!("token `{}`", token.jti)))?;
-        Ok(())
-    }
-
     /// Tokens issued for a run, oldest first.
     pub async fn issued_tokens_for_run(&self, run_id: &str) -> Result<Vec<IssuedTokenRow>, StoreError> {
         let rows = sqlx::query(

@@ -7,6 +7,7 @@
 mod api_tokens;
 mod exchange;
 mod issued_tokens;
+mod journal;
 mod signing_keys;
 
 use std::borrow::Cow;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use exchange::CredentialEvent;
 pub use issued_tokens::IssuedTokenRow;
+pub use journal::{Committed, Journal, JournalEntry, Record, Stats as JournalStats, TokenClaim};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -59,6 +61,10 @@ pub enum StoreError {
     /// A uniqueness rule was violated (e.g. a duplicate API token name).
     #[error("{0} already exists")]
     Conflict(String),
+    /// A group commit failed (the message is the underlying error); nothing of the entry was
+    /// written.
+    #[error("could not commit to the journal: {0}")]
+    Journal(String),
     /// A row holds a value the code does not understand.
     #[error("database row is invalid: {0}")]
     Corrupt(String),
