@@ -9,7 +9,7 @@
 
 pub mod broker;
 pub mod fake_issuer;
-pub mod fake_sts;
+pub mod fake_upstream;
 pub mod forge;
 pub mod moto;
 pub mod openbao;

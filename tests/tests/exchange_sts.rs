@@ -194,11 +194,11 @@ async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
 /// clear 502, and no credentials from anywhere else.
 #[tokio::test(flavor = "multi_thread")]
 async fn sts_errors_and_hangs_are_retried_boundedly_then_reported() {
-    use keyward_tests::fake_sts::{FakeSts, Fault};
+    use keyward_tests::fake_upstream::{FakeUpstream, Fault, Speaks};
 
     for fault in [Fault::InternalError, Fault::Hang] {
         let dir = tempfile::tempdir().unwrap();
-        let sts = FakeSts::start(fault).await;
+        let sts = FakeUpstream::start(Speaks::Sts, fault).await;
         let broker = start(dir.path(), &sts.endpoint).await;
         let token = apply_token(&broker, "run-sts-fault").await;
         // A 502 (not the request deadline's 503) shows the STS call's own deadline ended a hang.

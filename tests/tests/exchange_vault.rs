@@ -157,3 +157,44 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
         assert!(!broker.log_text().contains(secret), "a secret reached the broker log");
     }
 }
+
+/// Vault failing or hanging (a named fake: OpenBao can be sealed, which the test above covers,
+/// but not made to fail with a 500 or to hang): bounded retries of the login, a deadline, a clear
+/// 502, and nothing issued.
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_errors_and_hangs_are_retried_boundedly_then_reported() {
+    use keyward_tests::fake_upstream::{FakeUpstream, Fault, Speaks};
+
+    for fault in [Fault::InternalError, Fault::Hang] {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = FakeUpstream::start(Speaks::Vault, fault).await;
+        let data_dir = dir.path().join("broker");
+        let addr = free_addr();
+        let config = dir.path().join("keyward.toml");
+        let rest = format!(
+            "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"vault\"]\n\
+             [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{}\"\n\
+             role = \"network\"\n",
+            workspace_root().join("policies").display(),
+            vault.endpoint
+        );
+        write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+        let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+
+        let token = run_token(&broker, "run-vault-fault", "network").await;
+        // A 502 (not the request deadline's 503) shows the Vault call's own deadline ended a hang.
+        let (status, body) = broker.exchange(&token, "vault:network-secrets").await;
+        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{fault:?}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("Vault is unavailable"), "{fault:?}: {body}");
+        assert!(body.get("access_token").is_none(), "{fault:?}: {body}");
+        let expected = match fault {
+            Fault::InternalError => 3..=3,
+            Fault::Hang => 1..=3,
+        };
+        assert!(expected.contains(&vault.calls()), "{fault:?}: {} login attempts", vault.calls());
+        let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
+        assert_eq!(store.credential_event_count("issued").await.unwrap(), 0, "{fault:?}");
+        let events = store.credential_events_for_run("run-vault-fault").await.unwrap();
+        assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "{fault:?}");
+    }
+}

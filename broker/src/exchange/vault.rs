@@ -4,9 +4,18 @@
 //! The broker keeps no Vault credentials of its own: the minted, target-audience JWT is the login.
 //! Failures are classified like STS's: Vault refusing (403, bad role or claims) is the caller's
 //! problem; Vault sealed, down or failing is reported as unavailable. Nothing is cached.
+//!
+//! Like the STS call: each attempt has its own deadline, the whole issuance has one too, and
+//! unavailability is retried at most [`ATTEMPTS`] times with a short backoff. A refusal is never
+//! retried. A PKI issue is never retried either: it is not idempotent (a retry after a lost answer
+//! would mint a second certificate). A retried login after a lost answer can leave one unused
+//! Vault token behind; its TTL bounds it and its accessor is in Vault's own audit log.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::Value;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
@@ -90,11 +99,20 @@ pub enum VaultError {
     Unavailable(String),
 }
 
+/// Attempts of a retryable call (login, KV read).
+pub const ATTEMPTS: u32 = 3;
+/// Deadline of one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of the whole issuance (login and reads), inside the request's own deadline.
+const ISSUE_DEADLINE: Duration = Duration::from_secs(12);
+/// Wait before the second attempt; doubled for each later one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
 fn client(target: &VaultTarget, token: &str) -> Result<VaultClient, VaultError> {
     let settings = VaultClientSettingsBuilder::default()
         .address(&target.address)
         .token(token)
-        .timeout(Some(Duration::from_secs(10)))
+        .timeout(Some(ATTEMPT_TIMEOUT))
         .build()
         .map_err(|e| VaultError::Unavailable(format!("invalid client settings: {e}")))?;
     VaultClient::new(settings).map_err(|e| VaultError::Unavailable(format!("cannot build the client: {e}")))
@@ -113,29 +131,65 @@ fn classify(error: ClientError) -> VaultError {
     }
 }
 
+/// Runs `call` up to `attempts` times while Vault is unavailable, each attempt within its own
+/// deadline and all of them before `deadline`.
+async fn attempt<T, F, Fut>(what: &str, attempts: u32, deadline: Instant, mut call: F) -> Result<T, VaultError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut last = VaultError::Unavailable(format!("{what}: no attempt fit in the deadline"));
+    for number in 1..=attempts {
+        if number > 1 {
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        let budget = deadline.saturating_duration_since(Instant::now()).min(ATTEMPT_TIMEOUT);
+        match tokio::time::timeout(budget, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => match classify(error) {
+                refused @ VaultError::Refused { .. } => return Err(refused),
+                VaultError::Unavailable(reason) => last = VaultError::Unavailable(format!("{what}: {reason}")),
+            },
+            Err(_) => last = VaultError::Unavailable(format!("{what}: no answer within {}s", budget.as_secs_f32())),
+        }
+        tracing::debug!(what, attempt = number, "Vault call failed");
+    }
+    Err(last)
+}
+
 /// Logs in with `jwt` and performs the target's reads.
 pub async fn issue(target: &VaultTarget, jwt: &str) -> Result<VaultIssued, VaultError> {
+    let deadline = Instant::now() + ISSUE_DEADLINE;
     let anonymous = client(target, "")?;
-    let auth = vaultrs::auth::oidc::login(&anonymous, &target.auth_mount, jwt, Some(target.role.clone()))
-        .await
-        .map_err(classify)?;
+    let auth = attempt("login", ATTEMPTS, deadline, || {
+        vaultrs::auth::oidc::login(&anonymous, &target.auth_mount, jwt, Some(target.role.clone()))
+    })
+    .await?;
     let token = Zeroizing::new(auth.client_token);
     let authenticated = client(target, &token)?;
     let mut secrets = Vec::with_capacity(target.kv_reads.len());
     for read in &target.kv_reads {
-        let data: Value = vaultrs::kv2::read(&authenticated, &read.mount, &read.path).await.map_err(classify)?;
+        let data: Value =
+            attempt("KV read", ATTEMPTS, deadline, || vaultrs::kv2::read(&authenticated, &read.mount, &read.path))
+                .await?;
         secrets.push((read.mount.clone(), read.path.clone(), data));
     }
     let mut certificates = Vec::with_capacity(target.pki_issues.len());
     for issue in &target.pki_issues {
-        let mut options = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
-        options.common_name(issue.common_name.clone());
-        if let Some(ttl) = &issue.ttl {
-            options.ttl(ttl.clone());
-        }
-        let cert = vaultrs::pki::cert::generate(&authenticated, &issue.mount, &issue.role, Some(&mut options))
-            .await
-            .map_err(classify)?;
+        let cert = attempt("PKI issue", 1, deadline, || async {
+            let mut options = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
+            options.common_name(issue.common_name.clone());
+            if let Some(ttl) = &issue.ttl {
+                options.ttl(ttl.clone());
+            }
+            vaultrs::pki::cert::generate(&authenticated, &issue.mount, &issue.role, Some(&mut options)).await
+        })
+        .await?;
         certificates.push(IssuedCertificate {
             mount: issue.mount.clone(),
             role: issue.role.clone(),
