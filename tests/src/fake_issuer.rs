@@ -16,6 +16,8 @@ struct Inner {
     url: String,
     fetches: AtomicUsize,
     signer: Mutex<Arc<Signer>>,
+    /// Bytes of padding added to the JWKS (a broken or hostile endpoint).
+    padding: AtomicUsize,
 }
 
 /// A running fake issuer; stops when dropped.
@@ -40,7 +42,12 @@ impl FakeIssuer {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let inner = Arc::new(Inner { url, fetches: AtomicUsize::new(0), signer: Mutex::new(new_signer()) });
+        let inner = Arc::new(Inner {
+            url,
+            fetches: AtomicUsize::new(0),
+            signer: Mutex::new(new_signer()),
+            padding: AtomicUsize::new(0),
+        });
         let app = Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -53,7 +60,8 @@ impl FakeIssuer {
                 get(|State(inner): State<Arc<Inner>>| async move {
                     inner.fetches.fetch_add(1, Ordering::SeqCst);
                     let jwk = serde_json::to_value(inner.signer.lock().expect("lock").jwk()).expect("jwk");
-                    axum::Json(json!({ "keys": [jwk] }))
+                    let padding = "x".repeat(inner.padding.load(Ordering::SeqCst));
+                    axum::Json(json!({ "keys": [jwk], "padding": padding }))
                 }),
             )
             .with_state(Arc::clone(&inner));
@@ -76,6 +84,11 @@ impl FakeIssuer {
     /// Replaces the signing key; the JWKS serves only the new one from now on.
     pub fn rotate(&self) {
         *self.inner.signer.lock().expect("lock") = new_signer();
+    }
+
+    /// Pads the JWKS with `bytes` of junk from now on.
+    pub fn pad_jwks(&self, bytes: usize) {
+        self.inner.padding.store(bytes, Ordering::SeqCst);
     }
 
     /// A token with `claims` (plus `iss`) signed by the current key.

@@ -77,4 +77,14 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
     let (status, body) = broker.exchange(&issuer.token(claims("rotated")), "aws:dev").await;
     assert_eq!(status, 200, "the new key is fetched once the interval has passed: {body}");
     assert_eq!(issuer.jwks_fetches(), 2);
+
+    // An endpoint that answers with an endless document is cut off at the cap, and the keys it
+    // served before stay unknown for the new key: a clear 502, nothing issued.
+    issuer.rotate();
+    issuer.pad_jwks(300 * 1024);
+    tokio::time::sleep(REFRESH + Duration::from_millis(100)).await;
+    let (status, body) = broker.exchange(&issuer.token(claims("oversized")), "aws:dev").await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("larger than 256 KiB"), "{body}");
+    assert!(body.get("access_token").is_none());
 }

@@ -82,6 +82,12 @@ pub fn peek_issuer_and_audiences(token: &str) -> Option<(String, Vec<String>)> {
     Some((iss, aud))
 }
 
+/// Keys only over TLS, unless the issuer itself is a loopback one (the config allows plain http
+/// only for those): a discovery document cannot downgrade where keys come from.
+fn jwks_uri_allowed(issuer: &str, jwks_uri: &str) -> bool {
+    jwks_uri.starts_with("https://") || issuer.starts_with("http://")
+}
+
 impl TrustedIssuers {
     /// The configured issuers, with an HTTP client for their discovery documents.
     pub fn new(configs: &[IssuerConfig]) -> Result<Self, reqwest::Error> {
@@ -175,6 +181,9 @@ impl TrustedIssuers {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or_else(|| "the discovery document has no jwks_uri".to_owned())?;
+        if !jwks_uri_allowed(&config.issuer, jwks_uri) {
+            return Err(format!("the discovery document's jwks_uri `{jwks_uri}` is not https"));
+        }
         let keys = KeySet::from_jwks(&self.get(jwks_uri).await?).map_err(|e| e.to_string())?;
         if keys.is_empty() {
             return Err("the JWKS has no usable signing key".to_owned());
@@ -187,10 +196,29 @@ impl TrustedIssuers {
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status().as_u16()));
         }
-        let bytes = response.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("GET {url}: document larger than 256 KiB"));
+        // Read in chunks against the cap: a hostile or broken endpoint cannot make the broker
+        // buffer an unbounded body.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+            if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(format!("GET {url}: document larger than 256 KiB"));
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("GET {url}: not UTF-8"))
+        String::from_utf8(bytes).map_err(|_| format!("GET {url}: not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwks_uri_allowed;
+
+    #[test]
+    fn discovery_cannot_downgrade_key_transport() {
+        assert!(jwks_uri_allowed("https://token.actions.githubusercontent.com", "https://x.example/jwks"));
+        assert!(!jwks_uri_allowed("https://token.actions.githubusercontent.com", "http://x.example/jwks"));
+        assert!(!jwks_uri_allowed("https://gitlab.example", "file:///etc/keys"));
+        assert!(jwks_uri_allowed("http://127.0.0.1:8200/v1/identity/oidc", "http://127.0.0.1:8200/keys"));
     }
 }
