@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::JournalStats;
+use crate::audit::Stats as AuditStats;
 
 /// Why an API request was refused (a closed set, used as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Metrics {
     }
 
     /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
-    pub fn render(&self, published_keys: usize, journal: &JournalStats, ready: bool) -> String {
+    pub fn render(&self, published_keys: usize, audit: &AuditStats, ready: bool) -> String {
         let mut out = String::with_capacity(1024);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP keyward_build_info Build information.");
@@ -113,18 +113,21 @@ impl Metrics {
             writeln!(out, "# HELP keyward_policy_reload_failures_total Reloads refused (the last good set stayed).");
         let _ = writeln!(out, "# TYPE keyward_policy_reload_failures_total counter");
         let _ = writeln!(out, "keyward_policy_reload_failures_total {}", load(&self.policy_reload_failures));
-        let _ = writeln!(out, "# HELP keyward_journal_commits_total Group commits of durable records.");
-        let _ = writeln!(out, "# TYPE keyward_journal_commits_total counter");
-        let _ = writeln!(out, "keyward_journal_commits_total {}", journal.commits());
-        let _ = writeln!(out, "# HELP keyward_journal_entries_total Entries made durable by those commits.");
-        let _ = writeln!(out, "# TYPE keyward_journal_entries_total counter");
-        let _ = writeln!(out, "keyward_journal_entries_total {}", journal.entries());
+        let _ = writeln!(out, "# HELP keyward_audit_commits_total Group commits of the audit log.");
+        let _ = writeln!(out, "# TYPE keyward_audit_commits_total counter");
+        let _ = writeln!(out, "keyward_audit_commits_total {}", audit.commits());
+        let _ = writeln!(out, "# HELP keyward_audit_entries_total Audit entries made durable by those commits.");
+        let _ = writeln!(out, "# TYPE keyward_audit_entries_total counter");
+        let _ = writeln!(out, "keyward_audit_entries_total {}", audit.entries());
         let _ = writeln!(
             out,
-            "# HELP keyward_journal_failed_commits_total Group commits that failed (their requests got 503)."
+            "# HELP keyward_audit_failed_commits_total Audit log commits that failed (their requests got 503)."
         );
-        let _ = writeln!(out, "# TYPE keyward_journal_failed_commits_total counter");
-        let _ = writeln!(out, "keyward_journal_failed_commits_total {}", journal.failed_commits());
+        let _ = writeln!(out, "# TYPE keyward_audit_failed_commits_total counter");
+        let _ = writeln!(out, "keyward_audit_failed_commits_total {}", audit.failed_commits());
+        let _ = writeln!(out, "# HELP keyward_audit_healthy Whether the last audit log commit succeeded.");
+        let _ = writeln!(out, "# TYPE keyward_audit_healthy gauge");
+        let _ = writeln!(out, "keyward_audit_healthy {}", u8::from(audit.healthy()));
         let _ = writeln!(out, "# HELP keyward_jwks_keys Keys published in the JWKS.");
         let _ = writeln!(out, "# TYPE keyward_jwks_keys gauge");
         let _ = writeln!(out, "keyward_jwks_keys {published_keys}");
@@ -145,11 +148,11 @@ mod tests {
         metrics.token_issued(crate::identity::SigningAlgorithm::ES256);
         metrics.request_refused(Refusal::Audience);
         metrics.request_refused(Refusal::Audience);
-        let text = metrics.render(2, &JournalStats::default(), true);
+        let text = metrics.render(2, &AuditStats::default(), true);
         assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
         assert!(text.contains("keyward_requests_refused_total{reason=\"audience\"} 2"));
         assert!(text.contains("keyward_jwks_keys 2"));
-        assert!(text.contains("keyward_journal_commits_total 0"));
+        assert!(text.contains("keyward_audit_commits_total 0"));
         assert!(text.contains("keyward_ready 1"));
     }
 }

@@ -21,7 +21,8 @@ use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::store::{Journal, Store, StoreError};
+use crate::audit::AuditLog;
+use crate::store::{Store, StoreError};
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -95,8 +96,8 @@ impl Broker {
             Arc::clone(&keys),
             Arc::clone(&clock),
         ));
-        let journal = Journal::start(store.clone());
-        let issuer = Issuer::new(minter, journal.clone());
+        let audit = AuditLog::start(store.clone());
+        let issuer = Issuer::new(minter, audit.clone());
         let exchanger = if config.targets.is_empty() {
             None
         } else {
@@ -107,7 +108,7 @@ impl Broker {
                 issuer.clone(),
                 policies.clone(),
                 issuers,
-                journal.clone(),
+                audit.clone(),
                 Arc::clone(&clock),
                 config.server.external_url.clone(),
                 config.tokens.clock_skew,
@@ -120,7 +121,7 @@ impl Broker {
             access: Access::new(store.clone(), clock),
             keys,
             store,
-            journal,
+            audit,
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,

@@ -62,6 +62,7 @@ struct Minted<'a> {
 pub(super) async fn mint_run_token(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Result<ApiJson<MintBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let operator = operator(&state, &headers, ApiScope::Admin).await?;
@@ -90,7 +91,8 @@ pub(super) async fn mint_run_token(
             aws_tag_keys: None,
             source_identity: None,
         };
-        Ok::<_, ApiError>(state.issuer.issue(request, &operator.name).await?)
+        let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
+        Ok::<_, ApiError>(state.issuer.issue(request, context).await?)
     }
     .await;
     match result {

@@ -22,7 +22,8 @@ use crate::identity::issuer::Issuer;
 use crate::identity::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
-use crate::store::{Journal, Store};
+use crate::audit::AuditLog;
+use crate::store::Store;
 
 /// Largest request body the API reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -38,8 +39,8 @@ pub struct AppState {
     pub access: Access,
     /// Persistence (readiness probes it).
     pub store: Store,
-    /// Group-committed writes of records that must be durable before a response.
-    pub journal: Journal,
+    /// The audit log: every record that must be durable before a response.
+    pub audit: AuditLog,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.
@@ -79,8 +80,36 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/reload", post(admin::reload_policies))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
+        .layer(axum::middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// The broker's ID for one request: in the `x-request-id` response header, in the request's
+/// log lines and in every audit entry it causes, so an operator can go from a client's error to
+/// the log and the record. Always generated here; a client's own `x-request-id` is not trusted
+/// into the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+async fn request_id(mut request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The audit context of a request: its ID and where it came from.
+pub(crate) fn caller(parts: &axum::http::Extensions) -> crate::audit::Context {
+    crate::audit::Context {
+        request_id: parts.get::<RequestId>().map(|id| id.0.clone()),
+        remote_addr: parts.get::<serve::Peer>().map(|peer| peer.0.to_string()),
+        ..crate::audit::Context::default()
+    }
 }
 
 /// Bounds every request. Dropping the handler future at the deadline cancels its work; a token

@@ -13,8 +13,10 @@ pub(super) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready when the database answers within the timeout. A broker that cannot record what it issues
-/// must not receive traffic.
+/// Ready when the database answers and the audit log can commit, within the timeout. A broker
+/// that cannot record what it issues must not receive traffic. After a failed audit commit,
+/// readiness itself probes the log (an empty append writes `audit_head`), so the broker turns
+/// ready again by itself once writes work, even with no other traffic.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     match ready(&state).await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
@@ -25,6 +27,16 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn ready(state: &AppState) -> Result<(), &'static str> {
+    if !state.audit.stats().healthy() {
+        match tokio::time::timeout(state.readiness_timeout, state.audit.probe()).await {
+            Ok(Ok(())) => tracing::info!("readiness: the audit log commits again"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "readiness: the audit log cannot commit");
+                return Err("audit log cannot be written");
+            }
+            Err(_) => return Err("audit log write timed out"),
+        }
+    }
     match tokio::time::timeout(state.readiness_timeout, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => {
@@ -40,7 +52,7 @@ async fn ready(state: &AppState) -> Result<(), &'static str> {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let ready = ready(&state).await.is_ok();
-    let body = state.metrics.render(state.keys.published_keys(), state.journal.stats(), ready);
+    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), ready);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

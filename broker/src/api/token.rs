@@ -31,6 +31,7 @@ pub(super) struct ExchangeForm {
 
 pub(super) async fn exchange(
     State(state): State<AppState>,
+    extensions: axum::http::Extensions,
     form: Result<Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::invalid_request(e.body_text()))?;
@@ -66,7 +67,12 @@ pub(super) async fn exchange(
             ));
         }
     };
-    let request = ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs) };
+    let request = ExchangeRequest {
+        subject_token,
+        target,
+        requested_ttl: form.ttl_seconds.map(Duration::from_secs),
+        caller: super::caller(&extensions),
+    };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
         ExchangeResponse::Vault { issued, return_token } => {

@@ -6,9 +6,9 @@
 //! 2. the subject token verifies strictly (see `identity::verify`);
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
 //! 4. the `keyward.credentials` policy decides (deny by default);
-//! 5. one journal entry commits the decision, the claim on the subject token's `jti` (so it is
-//!    exchanged at most once; a replay commits a refusal instead) and, when allowed, the record
-//!    of the target-audience token minted for it. Nothing is handed out, and no relying party
+//! 5. one audit-log append commits the decision, the claim on the subject token's `jti` (so it
+//!    is exchanged at most once; a replay commits a refusal instead) and, when allowed, the
+//!    `token.minted` entry of the target-audience token minted for it. Nothing is handed out, and no relying party
 //!    is called, before that commit; a decision that cannot be recorded issues nothing;
 //! 6. what the relying party returned (or why it refused) is recorded before the response.
 
@@ -37,7 +37,8 @@ use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
-use crate::store::{Committed, CredentialEvent, Journal, JournalEntry, Record, StoreError, TokenClaim};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
+use crate::store::StoreError;
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -85,6 +86,8 @@ pub struct ExchangeRequest {
     pub target: String,
     /// Lifetime asked for, if any.
     pub requested_ttl: Option<Duration>,
+    /// Where the request came from (request ID, remote address), for the audit entries.
+    pub caller: Context,
 }
 
 impl fmt::Debug for ExchangeRequest {
@@ -93,6 +96,7 @@ impl fmt::Debug for ExchangeRequest {
             .field("subject_token", &"…")
             .field("target", &self.target)
             .field("requested_ttl", &self.requested_ttl)
+            .field("caller", &self.caller)
             .finish()
     }
 }
@@ -105,7 +109,7 @@ pub struct Exchanger {
     issuer: Issuer,
     policies: Option<Arc<PolicyEngine>>,
     issuers: TrustedIssuers,
-    journal: Journal,
+    log: AuditLog,
     clock: SharedClock,
     self_issuer: String,
     leeway: Duration,
@@ -121,13 +125,13 @@ impl Exchanger {
         issuer: Issuer,
         policies: Option<Arc<PolicyEngine>>,
         issuers: TrustedIssuers,
-        journal: Journal,
+        log: AuditLog,
         clock: SharedClock,
         self_issuer: String,
         leeway: Duration,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
-        Self { targets, keys, issuer, policies, issuers, journal, clock, self_issuer, leeway }
+        Self { targets, keys, issuer, policies, issuers, log, clock, self_issuer, leeway }
     }
 
     /// Exchanges `request`; see the module documentation for the order of checks.
@@ -137,11 +141,12 @@ impl Exchanger {
             .get(&request.target)
             .ok_or_else(|| ExchangeError::InvalidTarget(request.target.chars().take(80).collect()))?;
         let now = self.clock.now();
+        let caller = &request.caller;
 
         let (subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
             Ok(verified) => verified,
             Err(error) => {
-                self.record_refusal(target, &error).await?;
+                self.record_refusal(caller, target, &error).await?;
                 return Err(error);
             }
         };
@@ -180,12 +185,12 @@ impl Exchanger {
         let decision = match decision {
             Ok(decision) if allowed => decision,
             _ => {
-                let entry = JournalEntry {
+                let entry = Append {
                     claim,
-                    records: vec![self.event(target, Some(&subject), "denied", &reasons, decided)],
-                    if_replayed: vec![self.replay_event(target, &subject)],
+                    events: vec![self.event(caller, target, Some(&subject), kinds::CREDENTIALS_DENIED, &reasons, decided)],
+                    if_replayed: vec![self.replay_event(caller, target, &subject)],
                 };
-                return match self.journal.write(entry).await {
+                return match self.log.append(entry).await {
                     Ok(Committed::Recorded) => Err(ExchangeError::AccessDenied(reasons)),
                     Ok(Committed::Replayed) => Err(replayed()),
                     Err(e) => Err(unavailable("the decision could not be recorded, so nothing was issued", &e)),
@@ -194,22 +199,22 @@ impl Exchanger {
         };
         // Allowed: the decision, the consumed subject token and the minted token commit together,
         // before anything leaves the broker.
-        let allowed_entry = |claim| JournalEntry {
+        let allowed_entry = |claim| Append {
             claim,
-            records: vec![self.event(target, Some(&subject), "allowed", &reasons, decided.clone())],
-            if_replayed: vec![self.replay_event(target, &subject)],
+            events: vec![self.event(caller, target, Some(&subject), kinds::CREDENTIALS_ALLOWED, &reasons, decided.clone())],
+            if_replayed: vec![self.replay_event(caller, target, &subject)],
         };
 
         let response = match &target.kind {
             TargetKind::Vault(vault_target) => {
                 let pending = self.mint_for(&subject, &vault_target.audience, None)?;
                 let mut details = json!({ "minted_jti": pending.claims().jti, "role": vault_target.role, "address": vault_target.address });
-                let minted = self.release(pending, &subject, allowed_entry(claim)).await?;
+                let minted = self.release(pending, caller, &subject, allowed_entry(claim)).await?;
                 let issued = match vault::issue(vault_target, minted.token.expose()).await {
                     Ok(issued) => issued,
                     Err(error) => {
                         let reason = error.to_string();
-                        self.record(&subject, target, "denied", std::slice::from_ref(&reason), details).await?;
+                        self.record(caller, &subject, target, kinds::CREDENTIALS_DENIED, std::slice::from_ref(&reason), details).await?;
                         return Err(match error {
                             vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
                             vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
@@ -225,7 +230,7 @@ impl Exchanger {
                     let serials: Vec<&str> = issued.certificates.iter().map(|c| c.serial_number.as_str()).collect();
                     fields.insert("certificate_serials".to_owned(), json!(serials));
                 }
-                self.record(&subject, target, "issued", &[], details).await?;
+                self.record(caller, &subject, target, kinds::CREDENTIALS_ISSUED, &[], details).await?;
                 ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
             }
             TargetKind::Aws(aws) => {
@@ -243,8 +248,8 @@ impl Exchanger {
                     ExchangeMode::Worker => {
                         // The minted token is the credential: its issuance commits with the decision.
                         let mut entry = allowed_entry(claim);
-                        entry.records.push(self.event(target, Some(&subject), "issued", &[], details));
-                        let minted = self.release(pending, &subject, entry).await?;
+                        entry.events.push(self.event(caller, target, Some(&subject), "issued", &[], details));
+                        let minted = self.release(pending, caller, &subject, entry).await?;
                         ExchangeResponse::AwsWorker(AwsWorkerCredentials {
                             web_identity_token: minted.token,
                             token_expires_at: minted.claims.exp,
@@ -256,7 +261,7 @@ impl Exchanger {
                         })
                     }
                     ExchangeMode::Broker => {
-                        let minted = self.release(pending, &subject, allowed_entry(claim)).await?;
+                        let minted = self.release(pending, caller, &subject, allowed_entry(claim)).await?;
                         let call = aws::AssumeRole {
                             target: aws,
                             session_name: &session_name,
@@ -268,7 +273,7 @@ impl Exchanger {
                             Ok(credentials) => credentials,
                             Err(error) => {
                                 let reason = error.to_string();
-                                self.record(&subject, target, "denied", std::slice::from_ref(&reason), details).await?;
+                                self.record(caller, &subject, target, kinds::CREDENTIALS_DENIED, std::slice::from_ref(&reason), details).await?;
                                 return Err(match error {
                                     aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
                                     aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
@@ -284,7 +289,7 @@ impl Exchanger {
                             );
                             fields.insert("credentials_expire_at".to_owned(), Value::from(credentials.expires_at));
                         }
-                        self.record(&subject, target, "issued", &[], details).await?;
+                        self.record(caller, &subject, target, kinds::CREDENTIALS_ISSUED, &[], details).await?;
                         ExchangeResponse::Aws(AwsIssued {
                             credentials,
                             role_arn: aws.role_arn.clone(),
@@ -383,78 +388,109 @@ impl Exchanger {
             .map_err(|e| ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")))
     }
 
-    /// Hands out `pending` once its record and `entry` are committed.
+    /// Hands out `pending` once its `token.minted` entry and `entry` are committed.
     async fn release(
         &self,
         pending: PendingToken,
+        caller: &Context,
         subject: &Subject,
-        entry: JournalEntry,
+        entry: Append,
     ) -> Result<MintedToken, ExchangeError> {
-        self.issuer.release(pending, &format!("exchange:{}", subject.replay_key), entry).await.map_err(|error| {
-            match error {
-                IssueError::Mint(e) => {
-                    ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}"))
-                }
-                IssueError::Record(e) => {
-                    unavailable("the decision and token could not be recorded, so nothing was issued", &e)
-                }
-                IssueError::Replayed => replayed(),
+        let context = Context {
+            actor: Some(format!("exchange:{}", subject.issuer)),
+            subject_issuer: Some(subject.issuer.clone()),
+            subject_jti: Some(subject.replay_key.clone()),
+            ..caller.clone()
+        };
+        self.issuer.release(pending, context, entry).await.map_err(|error| match error {
+            IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
+            IssueError::Record(e) => {
+                unavailable("the decision and token could not be recorded, so nothing was issued", &e)
             }
+            IssueError::Replayed => replayed(),
         })
     }
 
     async fn record(
         &self,
+        caller: &Context,
         subject: &Subject,
         target: &TargetConfig,
-        kind: &str,
+        kind: &'static str,
         reasons: &[String],
         details: Value,
     ) -> Result<(), ExchangeError> {
-        let event = self.event(target, Some(subject), kind, reasons, details);
-        self.journal
-            .write(JournalEntry::records(vec![event]))
+        let event = self.event(caller, target, Some(subject), kind, reasons, details);
+        self.log
+            .append(Append::events(vec![event]))
             .await
             .map(drop)
             .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
     }
 
     /// Records a refusal that happened before the subject was known.
-    async fn record_refusal(&self, target: &TargetConfig, error: &ExchangeError) -> Result<(), ExchangeError> {
-        let event = self.event(target, None, "denied", &[error.to_string()], json!({}));
-        self.journal
-            .write(JournalEntry::records(vec![event]))
+    async fn record_refusal(
+        &self,
+        caller: &Context,
+        target: &TargetConfig,
+        error: &ExchangeError,
+    ) -> Result<(), ExchangeError> {
+        let event = self.event(caller, target, None, kinds::CREDENTIALS_DENIED, &[error.to_string()], json!({}));
+        self.log
+            .append(Append::events(vec![event]))
             .await
             .map(drop)
             .map_err(|e| unavailable("the refusal could not be recorded", &e))
     }
 
     /// The record of refusing a replayed subject token.
-    fn replay_event(&self, target: &TargetConfig, subject: &Subject) -> Record {
-        self.event(target, Some(subject), "denied", &[replayed().to_string()], json!({}))
+    fn replay_event(&self, caller: &Context, target: &TargetConfig, subject: &Subject) -> AuditEvent {
+        self.event(caller, target, Some(subject), kinds::CREDENTIALS_DENIED, &[replayed().to_string()], json!({}))
     }
 
+    /// An entry about `target`, with the subject's run chain (when verified) and the caller's
+    /// request. Identifiers in `details` become lookup keys for `audit trace`.
     fn event(
         &self,
+        caller: &Context,
         target: &TargetConfig,
         subject: Option<&Subject>,
-        kind: &str,
+        kind: &'static str,
         reasons: &[String],
         details: Value,
-    ) -> Record {
-        Record::CredentialEvent(CredentialEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            at: self.clock.now(),
-            kind: kind.to_owned(),
-            target: target.id(),
-            subject_issuer: subject.map_or_else(|| "unverified".to_owned(), |s| s.issuer.clone()),
-            subject_jti: subject.map(|s| s.replay_key.clone()),
-            run_id: subject.map(|s| s.run.id.clone()),
-            stack_id: subject.map(|s| s.run.stack_id.clone()),
-            phase: subject.map(|s| s.run.phase.as_str().to_owned()),
-            reasons: serde_json::to_string(reasons).unwrap_or_default(),
-            details: details.to_string(),
-        })
+    ) -> AuditEvent {
+        let mut context = Context { target: Some(target.id()), ..caller.clone() };
+        if let Some(subject) = subject {
+            let run = &subject.run;
+            context.run_id = Some(run.id.clone());
+            context.stack_id = Some(run.stack_id.clone());
+            context.phase = Some(run.phase.as_str().to_owned());
+            context.repository.clone_from(&run.repository);
+            context.commit_sha.clone_from(&run.commit_sha);
+            context.git_ref.clone_from(&run.git_ref);
+            context.pull_request = run.pull_request;
+            context.ticket.clone_from(&run.ticket);
+            context.triggered_by.clone_from(&run.triggered_by);
+            context.approved_by.clone_from(&run.approved_by);
+            context.subject_issuer = Some(subject.issuer.clone());
+            context.subject_jti = Some(subject.replay_key.clone());
+            context.actor = Some(format!("exchange:{}", subject.kind.as_str()));
+        }
+        let mut event = AuditEvent::new(kind, self.clock.now(), context);
+        if !reasons.is_empty() {
+            event = event.with("reasons", reasons.to_vec());
+        }
+        if let Value::Object(fields) = details {
+            event.details.extend(fields);
+        }
+        for (field, prefix) in
+            [("minted_jti", "jti"), ("access_key_id", "akid"), ("role_session_name", "session"), ("accessor", "accessor")]
+        {
+            if let Some(value) = event.details.get(field).and_then(Value::as_str).map(str::to_owned) {
+                event = event.with_ref(prefix, &value);
+            }
+        }
+        event
     }
 }
 

@@ -2,17 +2,18 @@
 //!
 //! The types make the order hold: [`Issuer::mint`] returns a [`PendingToken`], whose claims can be
 //! read (to put them in other records) but whose signed form cannot; only [`Issuer::release`]
-//! turns it into a [`MintedToken`], and only after the journal committed the token's record
-//! together with whatever else the caller needs on record with it (a decision, a consumed
+//! turns it into a [`MintedToken`], and only after the audit log committed its `token.minted`
+//! entry together with whatever else the caller needs on record with it (a decision, a consumed
 //! subject token). So "every token's `jti` is on record before it is returned" holds by
-//! construction. The audit log will make the record tamper-evident; the contract stays.
+//! construction.
 
 use std::sync::Arc;
 
 use keyward_proto::claims::RunClaims;
 
 use super::mint::{MintError, MintRequest, MintedToken, Minter};
-use crate::store::{Committed, IssuedTokenRow, Journal, JournalEntry, Record, StoreError};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, kinds};
+use crate::store::StoreError;
 
 /// Why a token was not issued.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +24,8 @@ pub enum IssueError {
     /// The record could not be made durable, so the token was discarded.
     #[error("token could not be recorded: {0}")]
     Record(#[from] StoreError),
-    /// The entry's subject-token claim was taken before: the token was discarded, and the entry's
-    /// `if_replayed` records were written instead.
+    /// The append's subject-token claim was taken before: the token was discarded, and the
+    /// append's `if_replayed` entries were written instead.
     #[error("the subject token was already exchanged")]
     Replayed,
 }
@@ -44,13 +45,13 @@ impl PendingToken {
 #[derive(Debug, Clone)]
 pub struct Issuer {
     minter: Arc<Minter>,
-    journal: Journal,
+    log: AuditLog,
 }
 
 impl Issuer {
-    /// An issuer over `minter`, recording through `journal`.
-    pub fn new(minter: Arc<Minter>, journal: Journal) -> Self {
-        Self { minter, journal }
+    /// An issuer over `minter`, recording in `log`.
+    pub fn new(minter: Arc<Minter>, log: AuditLog) -> Self {
+        Self { minter, log }
     }
 
     /// The underlying minter.
@@ -63,45 +64,62 @@ impl Issuer {
         Ok(PendingToken(self.minter.mint(request)?))
     }
 
-    /// Mints a token for `request` on behalf of `requested_by`, records it, then returns it.
-    pub async fn issue(&self, request: MintRequest, requested_by: &str) -> Result<MintedToken, IssueError> {
+    /// Mints a token for `request`, records it with `context` (who asked, which request), then
+    /// returns it.
+    pub async fn issue(&self, request: MintRequest, context: Context) -> Result<MintedToken, IssueError> {
         let pending = self.mint(request)?;
-        self.release(pending, requested_by, JournalEntry::default()).await
+        self.release(pending, context, Append::default()).await
     }
 
-    /// Commits the token's record together with `entry` (one transaction), then returns the
-    /// token. If `entry`'s claim was taken before, the token is dropped and
-    /// [`IssueError::Replayed`] returned (the entry's `if_replayed` records are on record).
+    /// Commits the token's `token.minted` entry together with `append` (one transaction), then
+    /// returns the token. If `append`'s claim was taken before, the token is dropped and
+    /// [`IssueError::Replayed`] returned (the append's `if_replayed` entries are on record).
     pub async fn release(
         &self,
         pending: PendingToken,
-        requested_by: &str,
-        mut entry: JournalEntry,
+        context: Context,
+        mut append: Append,
     ) -> Result<MintedToken, IssueError> {
         let minted = pending.0;
-        let claims = &minted.claims;
-        entry.records.push(Record::IssuedToken(IssuedTokenRow {
-            jti: claims.jti.clone(),
-            kid: minted.kid.clone(),
-            subject: claims.sub.clone(),
-            audience: claims.aud.clone(),
-            run_id: claims.run_id.clone(),
-            stack_id: claims.stack_id.clone(),
-            phase: claims.phase.as_str().to_owned(),
-            issued_at: claims.iat,
-            expires_at: claims.exp,
-            issued_by: requested_by.to_owned(),
-            claims: serde_json::to_string(claims).unwrap_or_default(),
-        }));
-        match self.journal.write(entry).await? {
+        let event = minted_event(&minted, context);
+        append.events.push(event);
+        match self.log.append(append).await? {
             Committed::Recorded => {}
             Committed::Replayed => return Err(IssueError::Replayed),
         }
+        let claims = &minted.claims;
         tracing::info!(
             jti = %claims.jti, kid = %minted.kid, aud = %claims.aud, run_id = %claims.run_id,
-            stack_id = %claims.stack_id, phase = %claims.phase, exp = claims.exp, requested_by,
+            stack_id = %claims.stack_id, phase = %claims.phase, exp = claims.exp,
             "issued run token"
         );
         Ok(minted)
     }
+}
+
+/// The `token.minted` entry: the run chain from the token's own claims, who asked from `context`.
+fn minted_event(minted: &MintedToken, context: Context) -> AuditEvent {
+    let claims = &minted.claims;
+    let context = Context {
+        run_id: Some(claims.run_id.clone()),
+        stack_id: Some(claims.stack_id.clone()),
+        phase: Some(claims.phase.as_str().to_owned()),
+        repository: claims.repository.clone(),
+        commit_sha: claims.commit_sha.clone(),
+        git_ref: claims.git_ref.clone(),
+        pull_request: claims.pull_request,
+        ticket: claims.ticket.clone(),
+        triggered_by: claims.triggered_by.clone(),
+        approved_by: claims.approved_by.clone(),
+        ..context
+    };
+    AuditEvent::new(kinds::TOKEN_MINTED, claims.iat, context)
+        .with("jti", claims.jti.as_str())
+        .with("kid", minted.kid.as_str())
+        .with("alg", minted.algorithm.as_str())
+        .with("sub", claims.sub.as_str())
+        .with("aud", claims.aud.as_str())
+        .with("iat", claims.iat)
+        .with("exp", claims.exp)
+        .with_ref("jti", &claims.jti)
 }

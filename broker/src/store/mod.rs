@@ -5,9 +5,8 @@
 //! differ (`BLOB` vs `BYTEA`). The store knows nothing about HTTP or crypto: it moves rows.
 
 mod api_tokens;
-mod exchange;
-mod issued_tokens;
-mod journal;
+pub(crate) mod audit;
+mod replay;
 mod signing_keys;
 
 use std::borrow::Cow;
@@ -21,9 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 
 pub use api_tokens::{ApiTokenRow, NewApiToken};
-pub use exchange::CredentialEvent;
-pub use issued_tokens::IssuedTokenRow;
-pub use journal::{Committed, Journal, JournalEntry, Record, Stats as JournalStats, TokenClaim};
+pub use audit::{CheckpointRow, StoredEntry};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -61,10 +58,10 @@ pub enum StoreError {
     /// A uniqueness rule was violated (e.g. a duplicate API token name).
     #[error("{0} already exists")]
     Conflict(String),
-    /// A group commit failed (the message is the underlying error); nothing of the entry was
-    /// written.
-    #[error("could not commit to the journal: {0}")]
-    Journal(String),
+    /// An audit log commit failed (the message is the underlying error); nothing of the append
+    /// was written.
+    #[error("could not append to the audit log: {0}")]
+    Append(String),
     /// A row holds a value the code does not understand.
     #[error("database row is invalid: {0}")]
     Corrupt(String),
@@ -131,14 +128,16 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 2] = match self.backend {
+        let files: [(i64, &str, &'static str); 3] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
+                (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/postgres/0002_exchange.sql")),
+                (3, "audit", include_str!("../../migrations/postgres/0003_audit.sql")),
             ],
         };
         let migrations = files

@@ -1,0 +1,55 @@
+-- The audit log (DESIGN.md §4): an append-only sequence of entries, each stored as the exact
+-- canonical JSON that was hashed, under an RFC 6962 Merkle tree. It replaces the interim
+-- credential_events and issued_tokens tables; every decision and every token is an entry.
+CREATE TABLE audit_entries (
+    seq   BIGINT  PRIMARY KEY,
+    at    BIGINT  NOT NULL,
+    kind  TEXT    NOT NULL,
+    body  TEXT    NOT NULL
+);
+CREATE INDEX audit_entries_by_kind ON audit_entries (kind, seq);
+
+-- Hashes of the tree's perfect subtrees: level 0 are leaf hashes; (level, idx) covers leaves
+-- [idx * 2^level, (idx + 1) * 2^level). About two rows per entry; any proof reads O(log n).
+CREATE TABLE audit_nodes (
+    level  INTEGER  NOT NULL,
+    idx    BIGINT   NOT NULL,
+    hash   BLOB    NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+
+-- Lookup keys for `keyward audit trace`: run:<id>, jti:<jti>, akid:<access key id>,
+-- session:<role session name>, accessor:<vault accessor>, stack:<id>.
+CREATE TABLE audit_refs (
+    ref  TEXT    NOT NULL,
+    seq  BIGINT  NOT NULL,
+    PRIMARY KEY (ref, seq)
+);
+
+-- One row: the log's size. Appenders update it first, which serialises them across replicas
+-- (a row lock on PostgreSQL, the write lock on SQLite), so sequence numbers are gap-free.
+CREATE TABLE audit_head (
+    id          INTEGER  PRIMARY KEY CHECK (id = 1),
+    size        BIGINT   NOT NULL,
+    written_at  BIGINT   NOT NULL
+);
+INSERT INTO audit_head (id, size, written_at) VALUES (1, 0, 0);
+
+-- Signed checkpoints (C2SP signed notes) the broker produced.
+CREATE TABLE audit_checkpoints (
+    size  BIGINT  PRIMARY KEY,
+    root  BLOB   NOT NULL,
+    note  TEXT    NOT NULL,
+    at    BIGINT  NOT NULL
+);
+
+-- The Ed25519 key that signs checkpoints, sealed under the KEK like the signing keys.
+CREATE TABLE audit_log_keys (
+    name        TEXT    PRIMARY KEY,
+    public_key  BLOB   NOT NULL,
+    sealed_key  BLOB   NOT NULL,
+    created_at  BIGINT  NOT NULL
+);
+
+DROP TABLE credential_events;
+DROP TABLE issued_tokens;

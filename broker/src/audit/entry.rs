@@ -1,0 +1,165 @@
+//! What an audit entry says: a stable `kind`, when, the context chain (run → stack, repository,
+//! commit, PR, ticket → who triggered and approved → which request), and kind-specific details.
+//!
+//! Entries hold identifiers, never secrets: an AWS access key ID but not the secret key, a Vault
+//! accessor but not the token, a token's `jti` but not the token.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::canonical::{CanonicalError, to_canonical};
+use super::merkle::{Hash, leaf_hash};
+
+/// Stable entry kinds (DESIGN.md §4). Tools match on these strings; never rename one.
+pub mod kinds {
+    /// A run token or target-audience token was signed and handed out.
+    pub const TOKEN_MINTED: &str = "token.minted";
+    /// The policy (and the broker's own rules) allowed a credential request.
+    pub const CREDENTIALS_ALLOWED: &str = "credentials.allowed";
+    /// A credential request was refused (bad token, policy, relying party); with reasons.
+    pub const CREDENTIALS_DENIED: &str = "credentials.denied";
+    /// Credentials were issued: identifiers of what the caller received.
+    pub const CREDENTIALS_ISSUED: &str = "credentials.issued";
+}
+
+/// Who and what an event concerns. Every field is optional: an event records what it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    /// Run ID (Keyward run, or the CI system's run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Stack ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<String>,
+    /// `plan` or `apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Repository URL or slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Commit SHA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_sha: Option<String>,
+    /// Git ref.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Pull request number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    /// Change ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Who started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_by: Option<String>,
+    /// Who approved it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
+    /// Who asked: an API token's name, or `exchange:<issuer>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The subject token's issuer, when the request carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_issuer: Option<String>,
+    /// The subject token's `jti` (or replay key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_jti: Option<String>,
+    /// The credential target, `<type>:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The HTTP request that caused the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The peer address of that request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+}
+
+/// An event to append: the entry minus its sequence number, which the log assigns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// One of [`kinds`].
+    pub kind: &'static str,
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// The context chain.
+    pub context: Context,
+    /// Kind-specific, non-secret details (a JSON object).
+    pub details: Map<String, Value>,
+    /// Extra lookup keys for `audit trace` beyond those derived from the context
+    /// (`akid:<access key id>`, `session:<role session name>`, `jti:<minted jti>`…).
+    pub refs: Vec<String>,
+}
+
+impl AuditEvent {
+    /// An event with no details yet.
+    pub fn new(kind: &'static str, at: i64, context: Context) -> Self {
+        Self { kind, at, context, details: Map::new(), refs: Vec::new() }
+    }
+
+    /// Adds a detail.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a lookup key (`prefix:value`).
+    pub fn with_ref(mut self, prefix: &str, value: &str) -> Self {
+        self.refs.push(format!("{prefix}:{value}"));
+        self
+    }
+
+    /// Every lookup key: the context's and the explicit ones, deduplicated.
+    pub fn all_refs(&self) -> Vec<String> {
+        let c = &self.context;
+        let mut refs: Vec<String> = [("run", &c.run_id), ("jti", &c.subject_jti), ("stack", &c.stack_id)]
+            .into_iter()
+            .filter_map(|(prefix, value)| value.as_ref().map(|v| format!("{prefix}:{v}")))
+            .chain(self.refs.iter().cloned())
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    /// The entry this event becomes at `seq`.
+    pub fn at_seq(&self, seq: u64) -> Entry {
+        Entry {
+            seq,
+            at: self.at,
+            kind: self.kind.to_owned(),
+            context: self.context.clone(),
+            details: self.details.clone(),
+        }
+    }
+}
+
+/// One log entry, exactly as hashed (its canonical JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Position in the log, from 0; the Merkle leaf index.
+    pub seq: u64,
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// Stable kind.
+    pub kind: String,
+    /// Context chain.
+    pub context: Context,
+    /// Kind-specific details.
+    pub details: Map<String, Value>,
+}
+
+impl Entry {
+    /// The canonical JSON that is hashed and stored.
+    pub fn canonical(&self) -> Result<String, CanonicalError> {
+        let value = serde_json::to_value(self).map_err(|e| CanonicalError::Encode(e.to_string()))?;
+        to_canonical(&value)
+    }
+
+    /// `SHA-256(0x00 ‖ canonical JSON)`.
+    pub fn leaf_hash(&self) -> Result<Hash, CanonicalError> {
+        Ok(leaf_hash(self.canonical()?.as_bytes()))
+    }
+}

@@ -1,0 +1,434 @@
+//! The audit log's writer: group commit of entries, with the Merkle tree kept up to date in the
+//! same transaction.
+//!
+//! Every request that must be on record before it is answered (a credential decision, a minted
+//! token, a consumed subject-token ID) hands an [`Append`] to [`AuditLog::append`] and waits. One
+//! writer task takes whatever appends are waiting, and in a single transaction: bumps the log's
+//! size in `audit_head` (which serialises appenders across replicas, so sequence numbers are
+//! gap-free and totally ordered), writes each entry as its canonical JSON, the new leaf and
+//! interior hashes, and the lookup keys; commits (the sync: `fsync` on SQLite, the WAL flush on
+//! PostgreSQL); and only then answers every waiter. While a commit is in flight, new appends queue
+//! and form the next batch, so syncs per second stay what the disk allows while entries per
+//! second grow with concurrency.
+//!
+//! If the commit fails, every waiter gets the error and nothing of the batch exists: callers
+//! answer 503 and hand nothing out (fail closed). The log reports itself unhealthy until a commit
+//! succeeds again; [`AuditLog::probe`] makes one (an empty append still writes `audit_head`).
+//!
+//! An append may carry a [`TokenClaim`]: "this subject token is used now". The claim and the
+//! append's entries commit together or not at all, and a claim that was made before (a replay,
+//! possibly by another append in the same batch) makes the append write its `if_replayed`
+//! entries instead. Each token is therefore exchanged at most once, and the refusal of a replay
+//! is on record too.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sqlx::Row as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::entry::AuditEvent;
+use super::merkle::{self, Hash};
+use crate::store::{Store, StoreError};
+
+/// Largest number of entries one transaction takes. Bounds the statement size and how long one
+/// commit holds SQLite's write lock.
+const MAX_BATCH: usize = 256;
+
+/// Entries that may wait for the writer before `write` itself waits (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// Rows per multi-row `INSERT` (the widest table has 11 columns; SQLite allows 32,766 parameters).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// "This subject token is being used now": `(issuer, jti)` may be claimed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaim {
+    /// The token's issuer.
+    pub issuer: String,
+    /// Its `jti` (or the replay key derived for issuers without one).
+    pub jti: String,
+    /// When the token expires; the claim can be forgotten after that.
+    pub expires_at: i64,
+    /// Now.
+    pub used_at: i64,
+}
+
+/// What one request needs on record, all or nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Append {
+    /// A subject token to consume; `None` appends `events` unconditionally.
+    pub claim: Option<TokenClaim>,
+    /// Appended when there is no claim, or the claim is new.
+    pub events: Vec<AuditEvent>,
+    /// Appended instead of `events` when the claim was made before.
+    pub if_replayed: Vec<AuditEvent>,
+}
+
+impl Append {
+    /// Events to append with no claim.
+    pub fn events(events: Vec<AuditEvent>) -> Self {
+        Self { claim: None, events, if_replayed: Vec::new() }
+    }
+}
+
+/// How an append was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// `events` are durable (and the claim, if any, is now taken).
+    Recorded,
+    /// The claim was taken before: `if_replayed` are durable, `events` were not written.
+    Replayed,
+}
+
+struct Pending {
+    entry: Append,
+    reply: oneshot::Sender<Result<Committed, String>>,
+}
+
+/// The handle requests append through. Cheap to clone; the writer stops when every handle is
+/// gone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    queue: mpsc::Sender<Pending>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of the writer's work, for `/metrics` and for tests that check batching happens.
+#[derive(Debug)]
+pub struct Stats {
+    commits: AtomicU64,
+    entries: AtomicU64,
+    failed_commits: AtomicU64,
+    healthy: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Stats {
+    /// Transactions committed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Log entries made durable by those commits.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Batches that failed to commit (every entry in them was refused).
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("entry", &self.entry).finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current Tokio runtime.
+    pub fn start(store: Store) -> Self {
+        let (queue, incoming) = mpsc::channel(QUEUE_DEPTH);
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(run_writer(store, incoming, Arc::clone(&stats)));
+        Self { queue, stats }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Writes an empty append: proves the log can commit (it still writes `audit_head`). Clears
+    /// the unhealthy state when it succeeds.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.append(Append::default()).await.map(drop)
+    }
+
+    /// Makes `entry` durable, sharing the commit with whatever else is waiting. Returns once it
+    /// is committed; an error means nothing of it was written.
+    pub async fn append(&self, entry: Append) -> Result<Committed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Pending { entry, reply }).await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?;
+        answer.await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?.map_err(StoreError::Append)
+    }
+}
+
+const WRITER_GONE: &str = "the audit log writer has stopped";
+
+async fn run_writer(store: Store, mut incoming: mpsc::Receiver<Pending>, stats: Arc<Stats>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut tree = Frontier::default();
+    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let entries: Vec<&Append> = batch.iter().map(|p| &p.entry).collect();
+        match commit(&store, &entries, &mut tree).await {
+            Ok((outcomes, appended)) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.entries.fetch_add(appended, Ordering::Relaxed);
+                stats.healthy.store(true, Ordering::Relaxed);
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    // A waiter that went away (its request was cancelled) changes nothing: the
+                    // entry is on record either way.
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                stats.healthy.store(false, Ordering::Relaxed);
+                // What the database holds is unknown now (another replica may have appended):
+                // re-read the frontier before the next batch.
+                tree = Frontier::default();
+                tracing::error!(%error, entries = batch.len(), "group commit failed; nothing of the batch was written");
+                let message = error.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The perfect subtrees at the right edge of the tree (see [`merkle::frontier`]), for the size
+/// the writer last committed. Appending needs exactly these to compute new interior nodes.
+#[derive(Debug, Default)]
+struct Frontier {
+    /// `None` until read from the database.
+    size: Option<u64>,
+    nodes: HashMap<(u32, u64), Hash>,
+}
+
+/// Writes `entries` in one transaction; returns each entry's outcome, in order, and how many
+/// log entries were appended.
+async fn commit(
+    store: &Store,
+    entries: &[&Append],
+    tree: &mut Frontier,
+) -> Result<(Vec<Committed>, u64), StoreError> {
+    let mut tx = store.begin_write().await?;
+    let fresh = claim(&mut tx, entries).await?;
+    let mut events = Vec::new();
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for (entry, fresh) in entries.iter().zip(fresh) {
+        let (chosen, outcome) =
+            if fresh { (&entry.events, Committed::Recorded) } else { (&entry.if_replayed, Committed::Replayed) };
+        events.extend(chosen.iter());
+        outcomes.push(outcome);
+    }
+    let count = events.len() as u64;
+    let written_at = events.iter().map(|e| e.at).max().unwrap_or_else(unix_now);
+    // First statement that writes the head: from here on, other appenders wait for this commit.
+    let size: i64 = sqlx::query("UPDATE audit_head SET size = size + $1, written_at = $2 WHERE id = 1 RETURNING size")
+        .bind(i64::try_from(count).map_err(|_| StoreError::Corrupt("batch too large".to_owned()))?)
+        .bind(written_at)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("size")?;
+    let end = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("audit_head.size is {size}")))?;
+    let start = end - count;
+    let mut nodes = if tree.size == Some(start) {
+        std::mem::take(&mut tree.nodes)
+    } else {
+        load_frontier(&mut tx, start).await?
+    };
+    let mut rows = Vec::with_capacity(events.len());
+    let mut new_nodes = Vec::with_capacity(events.len() * 2);
+    let mut refs = Vec::new();
+    for (offset, event) in events.iter().enumerate() {
+        let seq = start + offset as u64;
+        let entry = event.at_seq(seq);
+        let body = entry.canonical().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let leaf = merkle::leaf_hash(body.as_bytes());
+        let (mut level, mut index, mut hash) = (0u32, seq, leaf);
+        nodes.insert((level, index), hash);
+        new_nodes.push((level, index, hash));
+        while index % 2 == 1 {
+            let left = nodes.get(&(level, index - 1)).ok_or_else(|| {
+                StoreError::Corrupt(format!("audit tree has no node at level {level}, index {}", index - 1))
+            })?;
+            hash = merkle::node_hash(left, &hash);
+            level += 1;
+            index /= 2;
+            nodes.insert((level, index), hash);
+            new_nodes.push((level, index, hash));
+        }
+        for reference in event.all_refs() {
+            refs.push((reference, seq));
+        }
+        rows.push((seq, event.at, event.kind, body));
+    }
+    insert_entries(&mut tx, &rows).await?;
+    insert_nodes(&mut tx, &new_nodes).await?;
+    insert_refs(&mut tx, &refs).await?;
+    tx.commit().await?;
+    let keep: HashSet<(u32, u64)> = merkle::frontier(end).into_iter().collect();
+    nodes.retain(|key, _| keep.contains(key));
+    *tree = Frontier { size: Some(end), nodes };
+    Ok((outcomes, count))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Reads the frontier of a tree of `size` leaves.
+async fn load_frontier(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    size: u64,
+) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+    let wanted = merkle::frontier(size);
+    let nodes = crate::store::audit::nodes_in(&mut **tx, &wanted).await?;
+    if nodes.len() != wanted.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the audit tree of {size} entries is missing {} of its {} frontier nodes",
+            wanted.len() - nodes.len(),
+            wanted.len()
+        )));
+    }
+    Ok(nodes)
+}
+
+/// Takes every entry's claim. `true` for entries without a claim and for claims that were new;
+/// of two entries in one batch claiming the same token, the first wins.
+async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    entries: &[&Append],
+) -> Result<Vec<bool>, StoreError> {
+    let mut seen = HashSet::new();
+    let mut first_claims = Vec::new();
+    for entry in entries {
+        if let Some(claim) = &entry.claim
+            && seen.insert((claim.issuer.as_str(), claim.jti.as_str()))
+        {
+            first_claims.push(claim);
+        }
+    }
+    let mut taken = HashSet::new();
+    for chunk in first_claims.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES {} \
+             ON CONFLICT (issuer, jti) DO NOTHING RETURNING issuer, jti",
+            placeholders(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for claim in chunk {
+            query = query.bind(&claim.issuer).bind(&claim.jti).bind(claim.expires_at).bind(claim.used_at);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let issuer: String = row.try_get("issuer")?;
+            let jti: String = row.try_get("jti")?;
+            taken.insert((issuer, jti));
+        }
+    }
+    Ok(entries
+        .iter()
+        .map(|entry| match &entry.claim {
+            None => true,
+            // `remove`: a second entry with the same claim finds it gone and counts as a replay.
+            Some(claim) => taken.remove(&(claim.issuer.clone(), claim.jti.clone())),
+        })
+        .collect())
+}
+
+async fn insert_entries(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rows: &[(u64, i64, &str, String)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("INSERT INTO audit_entries (seq, at, kind, body) VALUES {}", placeholders(chunk.len(), 4));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, at, kind, body) in chunk {
+            query = query.bind(to_i64(*seq)?).bind(*at).bind(*kind).bind(body.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_nodes(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    nodes: &[(u32, u64, Hash)],
+) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("INSERT INTO audit_nodes (level, idx, hash) VALUES {}", placeholders(chunk.len(), 3));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (level, index, hash) in chunk {
+            query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index)?).bind(hash.to_vec());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_refs(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    refs: &[(String, u64)],
+) -> Result<(), StoreError> {
+    for chunk in refs.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",
+            placeholders(chunk.len(), 2)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (reference, seq) in chunk {
+            query = query.bind(reference.as_str()).bind(to_i64(*seq)?);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
+}
+
+/// `($1, $2), ($3, $4)` for two rows of two columns: numbered placeholders, which both SQLite and
+/// PostgreSQL accept.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", row * columns + column + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_parameter_once() {
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}
