@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::api::{self, AppState};
+use crate::audit::AuditLog;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::exchange::Exchanger;
@@ -21,7 +22,6 @@ use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::audit::AuditLog;
 use crate::store::{Store, StoreError};
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.

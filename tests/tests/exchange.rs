@@ -6,8 +6,7 @@
 
 use std::path::Path;
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};
 use keyward_tests::{free_addr, workspace_root};
 use serde_json::{Value, json};
@@ -123,15 +122,16 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
 
     // Every decision is on record; nothing secret is.
-    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 2);
-    assert_eq!(store.credential_event_count("allowed").await.unwrap(), 2);
-    assert!(
-        store.credential_event_count("denied").await.unwrap() >= 5,
-        "plan/write, feature branch, replay, audience, tamper"
-    );
-    let events = store.credential_events_for_run("run-apply-1").await.unwrap();
+    let store = Audit::open(&broker.data_dir).await;
+    assert_eq!(store.count("credentials.issued").await, 2);
+    assert_eq!(store.count("credentials.allowed").await, 2);
+    assert!(store.count("credentials.denied").await >= 5, "plan/write, feature branch, replay, audience, tamper");
+    let events = store.for_run("run-apply-1").await;
     let issued = events.iter().find(|e| e.kind == "issued").unwrap();
+    assert_eq!(issued.context["ref"], "refs/heads/main", "the run's context chain is on the entry");
+    assert!(issued.context["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(issued.context["remote_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert_eq!(store.check_tree().await, store.0.audit_size().await.unwrap());
     let details: Value = serde_json::from_str(&issued.details).unwrap();
     assert_eq!(details["role_session_name"], "run-apply-1");
     assert!(!issued.details.contains(web_identity) && !issued.reasons.contains(web_identity));
@@ -140,7 +140,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
 }
 
 /// Each subject token is exchanged once (DESIGN.md §8), also when copies race: the claim on its
-/// `jti` commits with the decision, in one journal transaction, before anything is handed out.
+/// `jti` commits with the decision, in one audit-log commit, before anything is handed out.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_copies_of_one_token_are_exchanged_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,11 +159,11 @@ async fn concurrent_copies_of_one_token_are_exchanged_exactly_once() {
         assert!(body["error_description"].as_str().unwrap().contains("already exchanged"), "{body}");
     }
 
-    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
-    let minted = store.issued_tokens_for_run("run-race-1").await.unwrap();
-    let exchanged: Vec<_> = minted.iter().filter(|t| t.audience == "sts.amazonaws.com").collect();
-    assert_eq!(exchanged.len(), 1, "only the winner's web-identity token is on record: {minted:?}");
-    let events = store.credential_events_for_run("run-race-1").await.unwrap();
+    let store = Audit::open(&broker.data_dir).await;
+    let events = store.for_run("run-race-1").await;
+    let exchanged: Vec<_> =
+        events.iter().filter(|e| e.kind == "minted" && e.details.contains("\"aud\":\"sts.amazonaws.com\"")).collect();
+    assert_eq!(exchanged.len(), 1, "only the winner's web-identity token is on record: {events:?}");
     let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
     assert_eq!((count("allowed"), count("issued"), count("denied")), (1, 1, 23), "every refusal is on record");
 }

@@ -4,8 +4,7 @@
 // A panic in a test is a failed test: unwrap and index freely.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::now;
 use keyward_tests::{forge, free_addr, workspace_root};
@@ -125,12 +124,8 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
     let (status, body) = broker.exchange(&with("good", "jti", json!("good")), "aws:dev").await;
     assert_eq!(status, 200, "{body}");
 
-    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1, "only the good token was issued anything");
-    assert_eq!(
-        store.credential_event_count("denied").await.unwrap(),
-        (cases.len() + 2) as i64,
-        "every refusal is on record"
-    );
-    assert_eq!(store.issued_token_count().await.unwrap(), 1, "no token was minted for a refused request");
+    let store = Audit::open(&data_dir).await;
+    assert_eq!(store.count("credentials.issued").await, 1, "only the good token was issued anything");
+    assert_eq!(store.count("credentials.denied").await, (cases.len() + 2) as u64, "every refusal is on record");
+    assert_eq!(store.count("token.minted").await, 1, "no token was minted for a refused request");
 }

@@ -7,8 +7,7 @@
 
 use std::path::Path;
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::moto::Moto;
 use keyward_tests::now;
@@ -84,8 +83,8 @@ async fn the_broker_assumes_the_role_with_a_token_naming_the_run() {
     assert!(claims["exp"].as_i64().unwrap() <= now() + 300, "the web-identity token itself is short-lived");
 
     // On record: the access key ID, never the secret parts.
-    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
-    let events = store.credential_events_for_run("run-sts-1").await.unwrap();
+    let store = Audit::open(&broker.data_dir).await;
+    let events = store.for_run("run-sts-1").await;
     let issued = events.iter().find(|e| e.kind == "issued").expect("an issued event");
     let details: Value = serde_json::from_str(&issued.details).unwrap();
     assert_eq!(details["access_key_id"], access_key_id);
@@ -184,9 +183,9 @@ async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{body}");
     assert!(body.get("aws_credentials").is_none() && body.get("access_token").is_none());
-    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 0);
-    let events = store.credential_events_for_run("run-sts-down").await.unwrap();
+    let store = Audit::open(&broker.data_dir).await;
+    assert_eq!(store.count("credentials.issued").await, 0);
+    let events = store.for_run("run-sts-down").await;
     assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "the failure is on record");
 }
 
@@ -207,7 +206,7 @@ async fn sts_errors_and_hangs_are_retried_boundedly_then_reported() {
         assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{fault:?}: {body}");
         assert!(body.get("aws_credentials").is_none());
         assert!((1..=3).contains(&sts.calls()), "{fault:?}: at most 3 attempts, got {}", sts.calls());
-        let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
-        assert_eq!(store.credential_event_count("issued").await.unwrap(), 0, "{fault:?}");
+        let store = Audit::open(&broker.data_dir).await;
+        assert_eq!(store.count("credentials.issued").await, 0, "{fault:?}");
     }
 }

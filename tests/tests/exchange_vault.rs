@@ -5,8 +5,7 @@
 // A panic in a test is a failed test: unwrap and index freely.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::openbao::OpenBao;
 use keyward_tests::{free_addr, http, workspace_root};
@@ -144,9 +143,9 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     assert!(body["error_description"].as_str().unwrap().contains("Vault is unavailable"), "{body}");
 
     // On record: the accessor and the paths read, never the token or the secret.
-    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 3, "the HTTP exchange and two CLI exchanges");
-    let events = store.credential_events_for_run("run-v1").await.unwrap();
+    let store = Audit::open(&data_dir).await;
+    assert_eq!(store.count("credentials.issued").await, 3, "the HTTP exchange and two CLI exchanges");
+    let events = store.for_run("run-v1").await;
     let issued = events.iter().find(|e| e.kind == "issued").unwrap();
     let details: Value = serde_json::from_str(&issued.details).unwrap();
     assert!(details["accessor"].as_str().is_some_and(|a| !a.is_empty()));
@@ -192,9 +191,9 @@ async fn vault_errors_and_hangs_are_retried_boundedly_then_reported() {
             Fault::Hang => 1..=3,
         };
         assert!(expected.contains(&vault.calls()), "{fault:?}: {} login attempts", vault.calls());
-        let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
-        assert_eq!(store.credential_event_count("issued").await.unwrap(), 0, "{fault:?}");
-        let events = store.credential_events_for_run("run-vault-fault").await.unwrap();
+        let store = Audit::open(&data_dir).await;
+        assert_eq!(store.count("credentials.issued").await, 0, "{fault:?}");
+        let events = store.for_run("run-vault-fault").await;
         assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "{fault:?}");
     }
 }

@@ -7,15 +7,13 @@
 
 use std::path::Path;
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};
 use keyward_tests::{forge, http, pyjwt};
 use serde_json::{Value, json};
 
-async fn issued_count(data_dir: &Path) -> i64 {
-    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
-    store.issued_token_count().await.unwrap()
+async fn issued_count(data_dir: &Path) -> u64 {
+    Audit::open(data_dir).await.count("token.minted").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

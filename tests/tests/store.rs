@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_broker::access::{Access, AccessError, ApiScope};
+use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::store::{
-    Backend, Committed, CredentialEvent, IssuedTokenRow, Journal, JournalEntry, Record, Store, StoreError, TokenClaim,
-};
+use keyward_broker::store::{Backend, Store, StoreError};
+use keyward_tests::audit::Audit;
 use keyward_tests::postgres::PgCluster;
 
 const T0: i64 = 1_800_000_000;
@@ -53,11 +53,11 @@ async fn suite(location: &DatabaseLocation) {
     let store = Store::open(location).await.unwrap();
     migrations_are_idempotent(location).await;
     api_tokens(&store).await;
-    let journal = Journal::start(store.clone());
-    issued_tokens(&store, &journal).await;
-    replay_cache(&store, &journal).await;
-    credential_events(&store, &journal).await;
-    group_commit(&journal).await;
+    let log = AuditLog::start(store.clone());
+    audit_entries(&store, &log).await;
+    replay_cache(&store, &log).await;
+    group_commit(&log).await;
+    replicas_append_one_gap_free_sequence(location).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -92,125 +92,113 @@ async fn api_tokens(store: &Store) {
     assert!(matches!(access.authenticate("").await, Err(AccessError::Unauthenticated)));
 }
 
-fn issued(jti: &str, run_id: &str, at: i64) -> IssuedTokenRow {
-    IssuedTokenRow {
-        jti: jti.into(),
-        kid: "kid".into(),
-        subject: "stack:s:phase:plan".into(),
-        audience: "vault".into(),
-        run_id: run_id.into(),
-        stack_id: "s".into(),
-        phase: "plan".into(),
-        issued_at: at,
-        expires_at: at + 300,
-        issued_by: "ops".into(),
-        claims: "{}".into(),
-    }
+/// An entry about run `run`, told apart by `id` in its details.
+fn event(kind: &'static str, run: &str, id: &str) -> AuditEvent {
+    let context = Context { run_id: Some(run.to_owned()), ..Context::default() };
+    AuditEvent::new(kind, T0, context).with("id", id)
 }
 
-fn event(id: &str, kind: &str, at: i64) -> CredentialEvent {
-    CredentialEvent {
-        id: id.into(),
-        at,
-        kind: kind.into(),
-        target: "aws:net".into(),
-        subject_issuer: "https://kw.example".into(),
-        subject_jti: Some("j".into()),
-        run_id: Some("run-e".into()),
-        stack_id: Some("net".into()),
-        phase: Some("plan".into()),
-        reasons: "[]".into(),
-        details: "{}".into(),
-    }
+fn ids(entries: &[keyward_tests::audit::Logged]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.details).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
-fn tokens(rows: &[IssuedTokenRow]) -> JournalEntry {
-    JournalEntry::records(rows.iter().cloned().map(Record::IssuedToken).collect())
+async fn audit_entries(store: &Store, log: &AuditLog) {
+    let audit = Audit(store.clone());
+    log.append(Append::events(vec![event(kinds::TOKEN_MINTED, "run-a", "a1")])).await.unwrap();
+    let pair = vec![event(kinds::CREDENTIALS_ALLOWED, "run-a", "a2"), event(kinds::CREDENTIALS_ISSUED, "run-b", "b1")];
+    log.append(Append::events(pair)).await.unwrap();
+    assert_eq!(ids(&audit.for_run("run-a").await), ["a1", "a2"], "in order");
+    assert_eq!(audit.count(kinds::CREDENTIALS_ISSUED).await, 1);
+    assert_eq!(audit.check_tree().await, 3);
+
+    // All or nothing: an append that cannot be encoded (floats are refused) writes nothing,
+    // not even its valid first entry, and the log goes on where it was.
+    let broken =
+        vec![event(kinds::TOKEN_MINTED, "run-c", "c1"), event(kinds::TOKEN_MINTED, "run-c", "c2").with("x", 1.5)];
+    assert!(log.append(Append::events(broken)).await.is_err());
+    assert!(!log.stats().healthy(), "a failed commit shows");
+    assert!(audit.for_run("run-c").await.is_empty(), "the refused append left nothing behind");
+    log.probe().await.unwrap();
+    assert!(log.stats().healthy(), "a successful commit clears it");
+    assert_eq!(audit.check_tree().await, 3);
 }
 
-async fn issued_tokens(store: &Store, journal: &Journal) {
-    journal.write(tokens(&[issued("j2", "run-a", T0 + 1)])).await.unwrap();
-    journal.write(tokens(&[issued("j1", "run-a", T0), issued("j3", "run-b", T0)])).await.unwrap();
-    let duplicate = journal.write(tokens(&[issued("j4", "run-c", T0), issued("j1", "run-c", T0)])).await;
-    assert!(duplicate.is_err(), "a jti is recorded once: {duplicate:?}");
-    let for_run: Vec<_> = store.issued_tokens_for_run("run-a").await.unwrap().into_iter().map(|t| t.jti).collect();
-    assert_eq!(for_run, ["j1", "j2"], "oldest first");
-    assert_eq!(store.issued_token_count().await.unwrap(), 3, "the refused entry left nothing behind, not even j4");
-}
-
-/// An entry that consumes `(issuer, jti)` and records `id` as `allowed`, or `id-replay` as `denied`.
-fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> JournalEntry {
-    JournalEntry {
+/// An append that consumes `(issuer, jti)` and records `id` as allowed, or `id-replay` as denied.
+fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> Append {
+    Append {
         claim: Some(TokenClaim { issuer: issuer.into(), jti: jti.into(), expires_at, used_at: T0 }),
-        records: vec![Record::CredentialEvent(CredentialEvent {
-            run_id: Some("run-r".into()),
-            ..event(id, "allowed", T0)
-        })],
-        if_replayed: vec![Record::CredentialEvent(CredentialEvent {
-            run_id: Some("run-r".into()),
-            ..event(&format!("{id}-replay"), "denied", T0)
-        })],
+        events: vec![event(kinds::CREDENTIALS_ALLOWED, "run-r", id)],
+        if_replayed: vec![event(kinds::CREDENTIALS_DENIED, "run-r", &format!("{id}-replay"))],
     }
 }
 
-async fn replay_cache(store: &Store, journal: &Journal) {
+async fn replay_cache(store: &Store, log: &AuditLog) {
     let ci = "https://ci.example";
-    assert_eq!(journal.write(claiming(ci, "j1", T0 + 300, "r1")).await.unwrap(), Committed::Recorded, "first use");
-    assert_eq!(journal.write(claiming(ci, "j1", T0 + 300, "r2")).await.unwrap(), Committed::Replayed, "replay");
-    let other = journal.write(claiming("https://other.example", "j1", T0 + 300, "r3")).await.unwrap();
+    assert_eq!(log.append(claiming(ci, "j1", T0 + 300, "r1")).await.unwrap(), Committed::Recorded, "first use");
+    assert_eq!(log.append(claiming(ci, "j1", T0 + 300, "r2")).await.unwrap(), Committed::Replayed, "replay");
+    let other = log.append(claiming("https://other.example", "j1", T0 + 300, "r3")).await.unwrap();
     assert_eq!(other, Committed::Recorded, "jti is per issuer");
-    assert_eq!(journal.write(claiming(ci, "j2", T0 + 900, "r4")).await.unwrap(), Committed::Recorded);
-    let ids: Vec<_> = store.credential_events_for_run("run-r").await.unwrap().into_iter().map(|e| e.id).collect();
-    assert_eq!(ids, ["r1", "r2-replay", "r3", "r4"], "a replay records its refusal, never its records");
+    assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r4")).await.unwrap(), Committed::Recorded);
+    let audit = Audit(store.clone());
+    assert_eq!(ids(&audit.for_run("run-r").await), ["r1", "r2-replay", "r3", "r4"], "a replay records its refusal");
 
     // Many concurrent claims of one token, in one batch or several: exactly one wins.
-    let outcomes = concurrently(journal, (0..32).map(|i| claiming(ci, "contested", T0 + 300, &format!("c{i}")))).await;
+    let outcomes = concurrently(log, (0..32).map(|i| claiming(ci, "contested", T0 + 300, &format!("c{i}")))).await;
     assert_eq!(outcomes.iter().filter(|o| **o == Committed::Recorded).count(), 1, "{outcomes:?}");
 
-    // All or nothing: a record that cannot be written releases the claim it came with.
+    // All or nothing: an entry that cannot be written releases the claim it came with.
     let mut broken = claiming(ci, "j5", T0 + 300, "r5");
-    broken.records.push(Record::CredentialEvent(event("r5-bad", "maybe", T0)));
-    assert!(journal.write(broken).await.is_err(), "the kind is constrained by the schema");
-    assert_eq!(journal.write(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
+    broken.events.push(event(kinds::CREDENTIALS_ISSUED, "run-r", "r5-bad").with("ratio", 0.5));
+    assert!(log.append(broken).await.is_err());
+    assert_eq!(log.append(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
 
     assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 4, "expired entries go (j1 twice, contested, j5)");
-    assert_eq!(
-        journal.write(claiming(ci, "j2", T0 + 900, "r7")).await.unwrap(),
-        Committed::Replayed,
-        "live entries stay"
-    );
+    assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r7")).await.unwrap(), Committed::Replayed, "live ones stay");
+    audit.check_tree().await;
 }
 
-async fn credential_events(store: &Store, journal: &Journal) {
-    let events =
-        |list: &[CredentialEvent]| JournalEntry::records(list.iter().cloned().map(Record::CredentialEvent).collect());
-    journal.write(events(&[event("e2", "issued", T0 + 1)])).await.unwrap();
-    journal.write(events(&[event("e1", "allowed", T0), event("e3", "denied", T0 + 2)])).await.unwrap();
-    let kinds: Vec<_> = store.credential_events_for_run("run-e").await.unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["allowed", "issued", "denied"]);
-    assert_eq!(store.credential_event_count("issued").await.unwrap(), 1);
-    let invalid = journal.write(events(&[event("e4", "maybe", T0)])).await;
-    assert!(invalid.is_err(), "the kind is constrained by the schema");
-}
-
-/// Writes every entry from its own task, all at once.
-async fn concurrently(journal: &Journal, entries: impl Iterator<Item = JournalEntry>) -> Vec<Committed> {
+/// Appends every entry from its own task, all at once.
+async fn concurrently(log: &AuditLog, entries: impl Iterator<Item = Append>) -> Vec<Committed> {
     let mut tasks = tokio::task::JoinSet::new();
     for entry in entries {
-        let journal = journal.clone();
-        tasks.spawn(async move { journal.write(entry).await.unwrap() });
+        let log = log.clone();
+        tasks.spawn(async move { log.append(entry).await.unwrap() });
     }
     tasks.join_all().await
 }
 
-/// Concurrent entries share commits: that is the point of the journal.
-async fn group_commit(journal: &Journal) {
-    let (commits, entries) = (journal.stats().commits(), journal.stats().entries());
-    let outcomes = concurrently(journal, (0..64).map(|i| tokens(&[issued(&format!("g{i}"), "run-g", T0)]))).await;
+/// Concurrent appends share commits: that is the point of group commit.
+async fn group_commit(log: &AuditLog) {
+    let (commits, entries) = (log.stats().commits(), log.stats().entries());
+    let outcomes =
+        concurrently(log, (0..64).map(|i| Append::events(vec![event(kinds::TOKEN_MINTED, "run-g", &format!("g{i}"))])))
+            .await;
     assert!(outcomes.iter().all(|o| *o == Committed::Recorded));
-    assert_eq!(journal.stats().entries() - entries, 64);
-    let used = journal.stats().commits() - commits;
-    assert!(used < 64, "64 concurrent entries took {used} commits: they were not batched");
+    assert_eq!(log.stats().entries() - entries, 64);
+    let used = log.stats().commits() - commits;
+    assert!(used < 64, "64 concurrent appends took {used} commits: they were not batched");
+}
+
+/// Two brokers on one database (two replicas) appending at once: one gap-free, totally ordered
+/// sequence, and a tree that both the entries and the stored nodes agree on.
+async fn replicas_append_one_gap_free_sequence(location: &DatabaseLocation) {
+    let (a, b) = (Store::open(location).await.unwrap(), Store::open(location).await.unwrap());
+    let (log_a, log_b) = (AuditLog::start(a.clone()), AuditLog::start(b.clone()));
+    let before = a.audit_size().await.unwrap();
+    let writes = |log: AuditLog, name: &'static str| async move {
+        concurrently(
+            &log,
+            (0..40).map(|i| Append::events(vec![event(kinds::TOKEN_MINTED, "run-x", &format!("{name}{i}"))])),
+        )
+        .await
+    };
+    let (ra, rb) = tokio::join!(writes(log_a, "a"), writes(log_b, "b"));
+    assert!(ra.iter().chain(&rb).all(|o| *o == Committed::Recorded));
+    assert_eq!(a.audit_size().await.unwrap(), before + 80);
+    assert_eq!(Audit(b).check_tree().await, before + 80);
 }
 
 async fn signing_keys_across_replicas(location: &DatabaseLocation) {

@@ -17,12 +17,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 use crate::access::Access;
+use crate::audit::AuditLog;
 use crate::exchange::Exchanger;
 use crate::identity::issuer::Issuer;
 use crate::identity::keyring::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
-use crate::audit::AuditLog;
 use crate::store::Store;
 
 /// Largest request body the API reads.

@@ -126,7 +126,8 @@ mod tests {
 
     #[test]
     fn reparsing_and_reencoding_is_the_identity() {
-        let value = json!({"kind": "credentials.issued", "context": {"run_id": "r", "approved_by": ["b", "a"]}, "seq": 7});
+        let value =
+            json!({"kind": "credentials.issued", "context": {"run_id": "r", "approved_by": ["b", "a"]}, "seq": 7});
         let once = to_canonical(&value).unwrap();
         let again = to_canonical(&serde_json::from_str(&once).unwrap()).unwrap();
         assert_eq!(once, again);

@@ -218,11 +218,7 @@ struct Frontier {
 
 /// Writes `entries` in one transaction; returns each entry's outcome, in order, and how many
 /// log entries were appended.
-async fn commit(
-    store: &Store,
-    entries: &[&Append],
-    tree: &mut Frontier,
-) -> Result<(Vec<Committed>, u64), StoreError> {
+async fn commit(store: &Store, entries: &[&Append], tree: &mut Frontier) -> Result<(Vec<Committed>, u64), StoreError> {
     let mut tx = store.begin_write().await?;
     let fresh = claim(&mut tx, entries).await?;
     let mut events = Vec::new();
@@ -244,11 +240,8 @@ async fn commit(
         .try_get("size")?;
     let end = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("audit_head.size is {size}")))?;
     let start = end - count;
-    let mut nodes = if tree.size == Some(start) {
-        std::mem::take(&mut tree.nodes)
-    } else {
-        load_frontier(&mut tx, start).await?
-    };
+    let mut nodes =
+        if tree.size == Some(start) { std::mem::take(&mut tree.nodes) } else { load_frontier(&mut tx, start).await? };
     let mut rows = Vec::with_capacity(events.len());
     let mut new_nodes = Vec::with_capacity(events.len() * 2);
     let mut refs = Vec::new();
@@ -260,7 +253,7 @@ async fn commit(
         let (mut level, mut index, mut hash) = (0u32, seq, leaf);
         nodes.insert((level, index), hash);
         new_nodes.push((level, index, hash));
-        while index % 2 == 1 {
+        while !index.is_multiple_of(2) {
             let left = nodes.get(&(level, index - 1)).ok_or_else(|| {
                 StoreError::Corrupt(format!("audit tree has no node at level {level}, index {}", index - 1))
             })?;
@@ -310,10 +303,7 @@ async fn load_frontier(
 
 /// Takes every entry's claim. `true` for entries without a claim and for claims that were new;
 /// of two entries in one batch claiming the same token, the first wins.
-async fn claim(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    entries: &[&Append],
-) -> Result<Vec<bool>, StoreError> {
+async fn claim(tx: &mut sqlx::Transaction<'static, sqlx::Any>, entries: &[&Append]) -> Result<Vec<bool>, StoreError> {
     let mut seen = HashSet::new();
     let mut first_claims = Vec::new();
     for entry in entries {
@@ -380,10 +370,7 @@ async fn insert_nodes(
     Ok(())
 }
 
-async fn insert_refs(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    refs: &[(String, u64)],
-) -> Result<(), StoreError> {
+async fn insert_refs(tx: &mut sqlx::Transaction<'static, sqlx::Any>, refs: &[(String, u64)]) -> Result<(), StoreError> {
     for chunk in refs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",

@@ -94,7 +94,7 @@ fn split(n: u64) -> u64 {
 /// `MTH(D[start:end])` for `start < end`.
 fn range_hash(tree: &(impl Subtrees + ?Sized), start: u64, end: u64) -> Result<Hash, ProofError> {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return tree.hash(n.trailing_zeros(), start / n);
     }
     let k = split(n);

@@ -30,6 +30,7 @@ use subject::Subject;
 
 pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
 use crate::clock::SharedClock;
 use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
 use crate::identity::issuer::{IssueError, Issuer, PendingToken};
@@ -37,7 +38,6 @@ use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
-use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
 use crate::store::StoreError;
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
@@ -187,7 +187,14 @@ impl Exchanger {
             _ => {
                 let entry = Append {
                     claim,
-                    events: vec![self.event(caller, target, Some(&subject), kinds::CREDENTIALS_DENIED, &reasons, decided)],
+                    events: vec![self.event(
+                        caller,
+                        target,
+                        Some(&subject),
+                        kinds::CREDENTIALS_DENIED,
+                        &reasons,
+                        decided,
+                    )],
                     if_replayed: vec![self.replay_event(caller, target, &subject)],
                 };
                 return match self.log.append(entry).await {
@@ -201,7 +208,14 @@ impl Exchanger {
         // before anything leaves the broker.
         let allowed_entry = |claim| Append {
             claim,
-            events: vec![self.event(caller, target, Some(&subject), kinds::CREDENTIALS_ALLOWED, &reasons, decided.clone())],
+            events: vec![self.event(
+                caller,
+                target,
+                Some(&subject),
+                kinds::CREDENTIALS_ALLOWED,
+                &reasons,
+                decided.clone(),
+            )],
             if_replayed: vec![self.replay_event(caller, target, &subject)],
         };
 
@@ -214,7 +228,15 @@ impl Exchanger {
                     Ok(issued) => issued,
                     Err(error) => {
                         let reason = error.to_string();
-                        self.record(caller, &subject, target, kinds::CREDENTIALS_DENIED, std::slice::from_ref(&reason), details).await?;
+                        self.record(
+                            caller,
+                            &subject,
+                            target,
+                            kinds::CREDENTIALS_DENIED,
+                            std::slice::from_ref(&reason),
+                            details,
+                        )
+                        .await?;
                         return Err(match error {
                             vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
                             vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
@@ -248,7 +270,14 @@ impl Exchanger {
                     ExchangeMode::Worker => {
                         // The minted token is the credential: its issuance commits with the decision.
                         let mut entry = allowed_entry(claim);
-                        entry.events.push(self.event(caller, target, Some(&subject), "issued", &[], details));
+                        entry.events.push(self.event(
+                            caller,
+                            target,
+                            Some(&subject),
+                            kinds::CREDENTIALS_ISSUED,
+                            &[],
+                            details,
+                        ));
                         let minted = self.release(pending, caller, &subject, entry).await?;
                         ExchangeResponse::AwsWorker(AwsWorkerCredentials {
                             web_identity_token: minted.token,
@@ -273,7 +302,15 @@ impl Exchanger {
                             Ok(credentials) => credentials,
                             Err(error) => {
                                 let reason = error.to_string();
-                                self.record(caller, &subject, target, kinds::CREDENTIALS_DENIED, std::slice::from_ref(&reason), details).await?;
+                                self.record(
+                                    caller,
+                                    &subject,
+                                    target,
+                                    kinds::CREDENTIALS_DENIED,
+                                    std::slice::from_ref(&reason),
+                                    details,
+                                )
+                                .await?;
                                 return Err(match error {
                                     aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
                                     aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
@@ -483,9 +520,12 @@ impl Exchanger {
         if let Value::Object(fields) = details {
             event.details.extend(fields);
         }
-        for (field, prefix) in
-            [("minted_jti", "jti"), ("access_key_id", "akid"), ("role_session_name", "session"), ("accessor", "accessor")]
-        {
+        for (field, prefix) in [
+            ("minted_jti", "jti"),
+            ("access_key_id", "akid"),
+            ("role_session_name", "session"),
+            ("accessor", "accessor"),
+        ] {
             if let Some(value) = event.details.get(field).and_then(Value::as_str).map(str::to_owned) {
                 event = event.with_ref(prefix, &value);
             }

@@ -88,14 +88,13 @@ impl Store {
 
     /// Entries with `from <= seq < to`, in order, at most `limit`.
     pub async fn audit_entries(&self, from: u64, to: u64, limit: u64) -> Result<Vec<StoredEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, kind, body FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(to_i64(from))
-        .bind(to_i64(to))
-        .bind(to_i64(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT seq, kind, body FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3")
+                .bind(to_i64(from))
+                .bind(to_i64(to))
+                .bind(to_i64(limit))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(entry).collect()
     }
 
