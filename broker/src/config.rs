@@ -121,6 +121,39 @@ pub struct Config {
     /// OIDC issuers (CI systems) whose tokens may be exchanged.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often a signed checkpoint of the log is made (when it grew); also on demand with
+    /// `keyward audit checkpoint`.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde_compat")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { checkpoint_interval: default_checkpoint_interval() }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Config {
+    /// The audit log's origin (checkpoint first line and key name): the issuer URL without its
+    /// scheme, plus `/audit`.
+    pub fn audit_origin(&self) -> String {
+        let url = &self.server.external_url;
+        let bare = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        format!("{}/audit", bare.trim_end_matches('/'))
+    }
 }
 
 /// One `[[issuers]]` entry: a CI system's OIDC issuer whose tokens the broker exchanges.
@@ -1022,6 +1055,7 @@ impl Config {
             policy: Some(PolicyConfig { dir: policy_dir, evaluation_timeout: default_evaluation_timeout() }),
             targets: Vec::new(),
             issuers: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 }

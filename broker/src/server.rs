@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
+use crate::audit::checkpoint::{CheckpointError, LogKey};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::exchange::Exchanger;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// The policy set does not load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The audit log's checkpoint key cannot be loaded or created.
+    #[error(transparent)]
+    AuditKey(#[from] CheckpointError),
     /// The HTTP client for issuers' discovery documents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
@@ -64,6 +68,7 @@ pub struct Broker {
     state: AppState,
     header_read_timeout: Duration,
     replay_leeway: Duration,
+    checkpoint_interval: Duration,
 }
 
 impl Broker {
@@ -83,6 +88,7 @@ impl Broker {
             }
         };
         let store = Store::open(&config.database(env)?).await?;
+        let log_key = Arc::new(LogKey::load_or_create(&store, &kek, &config.audit_origin(), clock.now()).await?);
         let settings = KeySettings {
             algorithm: config.keys.algorithm,
             rotation_period: config.keys.rotation_period,
@@ -122,6 +128,7 @@ impl Broker {
             keys,
             store,
             audit,
+            log_key,
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,
@@ -135,6 +142,7 @@ impl Broker {
             state,
             header_read_timeout: config.server.header_read_timeout,
             replay_leeway: config.tokens.clock_skew,
+            checkpoint_interval: config.audit.checkpoint_interval,
         })
     }
 
@@ -151,6 +159,12 @@ impl Broker {
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        let checkpoints = tokio::spawn(checkpoint_on_schedule(
+            self.state.store.clone(),
+            Arc::clone(&self.state.log_key),
+            Arc::clone(&self.state.clock),
+            self.checkpoint_interval,
+        ));
         let pruning = tokio::spawn(prune_replay_cache(
             self.state.store.clone(),
             Arc::clone(&self.state.clock),
@@ -166,6 +180,7 @@ impl Broker {
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
         maintenance.abort();
         pruning.abort();
+        checkpoints.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -196,6 +211,30 @@ async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
                 metrics.rotation(false);
                 tracing::error!(%error, "scheduled key rotation failed; will retry");
             }
+        }
+    }
+}
+
+/// Signs a checkpoint every `interval` when the log grew since the last one.
+async fn checkpoint_on_schedule(store: Store, key: Arc<LogKey>, clock: SharedClock, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let latest = match store.latest_checkpoint().await {
+            Ok(latest) => latest.map_or(0, |c| c.size),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the last checkpoint; will retry");
+                continue;
+            }
+        };
+        match store.audit_size().await {
+            Ok(size) if size > latest => match crate::audit::tree::checkpoint(&store, &key, clock.now()).await {
+                Ok(row) => tracing::info!(size = row.size, "signed an audit checkpoint"),
+                Err(error) => tracing::warn!(%error, "could not sign an audit checkpoint; will retry"),
+            },
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not read the audit log size; will retry"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ([`error`]). Nothing below `api/` knows what HTTP is.
 
 mod admin;
+mod audit;
 pub mod error;
 mod extract;
 mod oidc;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub store: Store,
     /// The audit log: every record that must be durable before a response.
     pub audit: AuditLog,
+    /// Signs the audit log's checkpoints.
+    pub log_key: Arc<crate::audit::checkpoint::LogKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.
@@ -78,6 +81,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/policies", get(admin::policy_status))
         .route("/v1/policies/reload", post(admin::reload_policies))
+        .route("/v1/audit/entries", get(audit::entries))
+        .route("/v1/audit/public-key", get(audit::public_key))
+        .route("/v1/audit/checkpoint", get(audit::latest_checkpoint).post(audit::make_checkpoint))
+        .route("/v1/audit/proof/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proof/consistency", get(audit::consistency))
+        .route("/v1/audit/trace/{key}", get(audit::trace))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

@@ -4,12 +4,17 @@
 //! - [`canonical`]: the byte encoding that is hashed, reproducible by anyone;
 //! - [`merkle`]: RFC 6962 tree heads and proofs;
 //! - [`log`]: the group-commit writer; an entry is durable before the action it records is
-//!   acknowledged, and a failed write fails the action (fail closed).
+//!   acknowledged, and a failed write fails the action (fail closed);
+//! - [`tree`]: heads and proofs from the stored tree; [`checkpoint`]: signed tree heads;
+//! - [`verify`]: offline verification of an export, as `keyward audit verify` runs it.
 
 pub mod canonical;
+pub mod checkpoint;
 pub mod entry;
 pub mod log;
 pub mod merkle;
+pub mod tree;
+pub mod verify;
 
 pub use entry::{AuditEvent, Context, Entry, kinds};
 pub use log::{Append, AuditLog, Committed, Stats, TokenClaim};

@@ -4,6 +4,7 @@
 //! `KEYWARD_TOKEN_FILE` (the lines `keyward dev` prints), and every command that prints data takes
 //! `--json` so scripts never parse tables.
 
+mod audit;
 mod client;
 mod creds;
 mod dev;
@@ -53,6 +54,9 @@ enum Command {
     /// Test, evaluate and document Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Read, export, prove, verify and trace the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// How to reach a running broker.
@@ -88,6 +92,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Keys(command) => keys::run(command, &env).await,
             Command::Policy(command) => policy::run(command, &env).await,
             Command::Creds(command) => creds::run(command, &env).await,
+            Command::Audit(command) => audit::run(command, &env).await,
         }
     });
     match result {

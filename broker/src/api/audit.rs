@@ -1,0 +1,210 @@
+//! `/v1/audit/…`: read the log, prove entries and tree heads, sign checkpoints, trace a run.
+//!
+//! Everything but the public key needs an API token with the `audit` scope (admin includes it).
+//! Entries are returned as `{"entry": {…}, "leaf_hash": "<hex>"}`, the export line format that
+//! `keyward audit verify` checks offline.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::operator;
+use crate::access::ApiScope;
+use crate::audit::merkle::{self, Hash};
+use crate::audit::tree::{self, TreeError};
+use crate::identity::kek::hex;
+use crate::store::StoredEntry;
+
+/// Most entries one request returns.
+const MAX_PAGE: u64 = 5000;
+
+impl From<TreeError> for ApiError {
+    fn from(error: TreeError) -> Self {
+        match error {
+            TreeError::Proof(merkle::ProofError::Range(message)) => Self::invalid_request(message),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+fn line(entry: &StoredEntry) -> Result<Value, ApiError> {
+    let parsed: Value = serde_json::from_str(&entry.body).map_err(|e| ApiError::internal(&e))?;
+    Ok(json!({ "entry": parsed, "leaf_hash": hex(&merkle::leaf_hash(entry.body.as_bytes())) }))
+}
+
+fn lines(entries: &[StoredEntry]) -> Result<Vec<Value>, ApiError> {
+    entries.iter().map(line).collect()
+}
+
+fn store_error(error: crate::store::StoreError) -> ApiError {
+    ApiError::internal(&error)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EntriesQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<u64>,
+    /// The last N entries (of `kind`, if given) instead of a range.
+    tail: Option<u64>,
+    kind: Option<String>,
+}
+
+/// `GET /v1/audit/entries`.
+pub(super) async fn entries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let size = state.store.audit_size().await.map_err(store_error)?;
+    let entries = if let Some(tail) = query.tail {
+        state.store.audit_tail(query.kind.as_deref(), tail.min(MAX_PAGE)).await.map_err(store_error)?
+    } else {
+        if query.kind.is_some() {
+            return Err(ApiError::invalid_request("kind filters a tail (tail=N&kind=K); ranges return every kind"));
+        }
+        let from = query.from.unwrap_or(0);
+        let to = query.to.unwrap_or(size).min(size);
+        let limit = query.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        state.store.audit_entries(from, to, limit).await.map_err(store_error)?
+    };
+    Ok(Json(json!({ "size": size, "entries": lines(&entries)? })))
+}
+
+/// `GET /v1/audit/public-key`: the checkpoint verifier key. Public.
+pub(super) async fn public_key(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "verifier_key": state.log_key.verifier().to_string() }))
+}
+
+fn checkpoint_json(row: &crate::store::CheckpointRow) -> Value {
+    json!({ "size": row.size, "root": hex(&row.root), "note": row.note, "at": row.at })
+}
+
+/// `GET /v1/audit/checkpoint`: the latest signed checkpoint.
+pub(super) async fn latest_checkpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let latest = state.store.latest_checkpoint().await.map_err(store_error)?;
+    let row =
+        latest.ok_or_else(|| ApiError::not_found("no checkpoint yet; make one with `keyward audit checkpoint`"))?;
+    Ok(Json(checkpoint_json(&row)))
+}
+
+/// `POST /v1/audit/checkpoint`: sign one now.
+pub(super) async fn make_checkpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let row = tree::checkpoint(&state.store, &state.log_key, state.clock_now()).await?;
+    Ok(Json(checkpoint_json(&row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InclusionQuery {
+    seq: u64,
+    size: Option<u64>,
+}
+
+/// `GET /v1/audit/proof/inclusion?seq=N[&size=S]`.
+pub(super) async fn inclusion(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let size = match query.size {
+        Some(size) => size,
+        None => state.store.audit_size().await.map_err(store_error)?,
+    };
+    let proof = tree::inclusion(&state.store, query.seq, size).await?;
+    let root = tree::root(&state.store, size).await?;
+    let entry = state.store.audit_entries(query.seq, query.seq + 1, 1).await.map_err(store_error)?;
+    let entry = entry.first().ok_or_else(|| ApiError::not_found(format!("no entry {}", query.seq)))?;
+    Ok(Json(json!({
+        "seq": query.seq,
+        "size": size,
+        "leaf_hash": hex(&merkle::leaf_hash(entry.body.as_bytes())),
+        "root": hex(&root),
+        "proof": hexes(&proof),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConsistencyQuery {
+    old: u64,
+    new: Option<u64>,
+}
+
+/// `GET /v1/audit/proof/consistency?old=M[&new=N]`.
+pub(super) async fn consistency(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let new = match query.new {
+        Some(new) => new,
+        None => state.store.audit_size().await.map_err(store_error)?,
+    };
+    let proof = tree::consistency(&state.store, query.old, new).await?;
+    Ok(Json(json!({
+        "old": query.old,
+        "new": new,
+        "old_root": hex(&tree::root(&state.store, query.old).await?),
+        "new_root": hex(&tree::root(&state.store, new).await?),
+        "proof": hexes(&proof),
+    })))
+}
+
+fn hexes(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| hex(h)).collect()
+}
+
+/// `GET /v1/audit/trace/{key}`: every entry about the run that `key` names. The key may be a
+/// run ID, an AWS access key ID, a token's `jti`, a role session name or a Vault accessor; the
+/// entries it finds name their runs, whose entries are added.
+pub(super) async fn trace(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Audit).await?;
+    let direct: Vec<String> =
+        ["run", "akid", "jti", "session", "accessor"].iter().map(|prefix| format!("{prefix}:{key}")).collect();
+    let found = state.store.audit_entries_for(&direct).await.map_err(store_error)?;
+    let runs: BTreeSet<String> = found
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.body).ok())
+        .filter_map(|v| v.pointer("/context/run_id").and_then(Value::as_str).map(|r| format!("run:{r}")))
+        .collect();
+    let mut entries = found;
+    if !runs.is_empty() {
+        entries
+            .extend(state.store.audit_entries_for(&runs.into_iter().collect::<Vec<_>>()).await.map_err(store_error)?);
+    }
+    entries.sort_by_key(|e| e.seq);
+    entries.dedup_by_key(|e| e.seq);
+    let size = state.store.audit_size().await.map_err(store_error)?;
+    let root = tree::root(&state.store, size).await?;
+    Ok(Json(json!({
+        "key": key,
+        "entries": lines(&entries)?,
+        "log": { "size": size, "root": hex(&root) },
+    })))
+}

@@ -1,0 +1,278 @@
+//! Signed checkpoints in the C2SP `tlog-checkpoint` / `signed-note` formats, so the log's heads can
+//! be checked with standard transparency-log tooling, not only with Keyward.
+//!
+//! ```text
+//! keyward.example.com/audit          ← origin
+//! 1204                               ← tree size
+//! qXU3Lk…base64 root hash…=          ← tree head
+//!
+//! — keyward.example.com/audit Ab12Cd…base64(key ID ‖ Ed25519 signature)…
+//! ```
+//!
+//! The key is Ed25519 (signed-note algorithm 0x01), separate from the JWT signing keys: it never
+//! rotates with them, and a checkpoint's verifier key (`<name>+<key ID hex>+<base64(0x01 ‖ key)>`)
+//! stays valid for the life of the log. Its private half is sealed under the KEK at rest, like
+//! the JWT keys.
+
+use std::fmt;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::merkle::Hash;
+use crate::identity::kek::{Kek, hex};
+use crate::store::{Store, StoreError};
+
+/// Signed-note signature type of Ed25519.
+const ED25519: u8 = 0x01;
+
+/// Why a checkpoint or key could not be made, read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sealed key did not open (wrong KEK, tampering).
+    #[error("the audit log key `{name}` cannot be opened: {reason}")]
+    Key {
+        /// Key name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The note or verifier key text is not in the expected format.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// `checkpoint` or `verifier key`.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No signature by the expected key verifies.
+    #[error("the checkpoint is not signed by {0}")]
+    BadSignature(String),
+}
+
+/// The key that signs checkpoints.
+pub struct LogKey {
+    name: String,
+    pair: Ed25519KeyPair,
+    public: [u8; 32],
+}
+
+impl fmt::Debug for LogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogKey").field("name", &self.name).field("verifier", &self.verifier().to_string()).finish()
+    }
+}
+
+impl LogKey {
+    /// Loads the key named `name`, creating it on first use. Concurrent first starts of several
+    /// replicas agree on one key (the loser of the insert reloads).
+    pub async fn load_or_create(store: &Store, kek: &Kek, name: &str, now: i64) -> Result<Self, CheckpointError> {
+        if let Some((public, sealed)) = store.audit_log_key(name).await? {
+            return Self::open(kek, name, &public, &sealed);
+        }
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| CheckpointError::Key { name: name.to_owned(), reason: "key generation failed".to_owned() })?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|e| CheckpointError::Key { name: name.to_owned(), reason: e.to_string() })?;
+        let sealed = kek.seal(&context(name), pkcs8.as_ref());
+        match store.insert_audit_log_key(name, pair.public_key().as_ref(), &sealed, now).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                if let Some((public, sealed)) = store.audit_log_key(name).await? {
+                    return Self::open(kek, name, &public, &sealed);
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
+        tracing::info!(key = name, "generated the audit log key");
+        Self::from_pair(name, pair)
+    }
+
+    fn open(kek: &Kek, name: &str, public: &[u8], sealed: &[u8]) -> Result<Self, CheckpointError> {
+        let failed = |reason: String| CheckpointError::Key { name: name.to_owned(), reason };
+        let pkcs8 = kek.open(&context(name), sealed).map_err(|e| failed(e.to_string()))?;
+        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| failed(e.to_string()))?;
+        if pair.public_key().as_ref() != public {
+            return Err(failed("the stored public key does not match the private key".to_owned()));
+        }
+        Self::from_pair(name, pair)
+    }
+
+    fn from_pair(name: &str, pair: Ed25519KeyPair) -> Result<Self, CheckpointError> {
+        if name.is_empty() || name.contains(['+', ' ', '\n']) {
+            return Err(CheckpointError::Key {
+                name: name.to_owned(),
+                reason: "a signed-note key name must be non-empty, without spaces or `+`".to_owned(),
+            });
+        }
+        let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| CheckpointError::Key {
+            name: name.to_owned(),
+            reason: "the public key is not 32 bytes".to_owned(),
+        })?;
+        Ok(Self { name: name.to_owned(), pair, public })
+    }
+
+    /// The public half, as a signed-note verifier key.
+    pub fn verifier(&self) -> VerifierKey {
+        VerifierKey { name: self.name.clone(), public: self.public }
+    }
+
+    /// Signs the checkpoint of a tree of `size` entries with head `root`.
+    pub fn sign(&self, size: u64, root: &Hash) -> String {
+        let body = checkpoint_body(&self.name, size, root);
+        let signature = self.pair.sign(body.as_bytes());
+        let mut blob = key_id(&self.name, &self.public).to_vec();
+        blob.extend_from_slice(signature.as_ref());
+        format!("{body}\n\u{2014} {} {}\n", self.name, B64.encode(blob))
+    }
+}
+
+fn context(name: &str) -> Vec<u8> {
+    format!("keyward audit log key v1\0{name}").into_bytes()
+}
+
+/// `SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key)[..4]`, as signed-note defines.
+fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(name.as_bytes());
+    context.update(b"\n");
+    context.update(&[ED25519]);
+    context.update(public);
+    let digest = context.finish();
+    let mut id = [0; 4];
+    id.iter_mut().zip(digest.as_ref()).for_each(|(out, byte)| *out = *byte);
+    id
+}
+
+fn checkpoint_body(origin: &str, size: u64, root: &Hash) -> String {
+    format!("{origin}\n{size}\n{}\n", B64.encode(root))
+}
+
+/// A public checkpoint key: `<name>+<key ID hex>+<base64(0x01 ‖ public key)>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifierKey {
+    name: String,
+    public: [u8; 32],
+}
+
+impl fmt::Display for VerifierKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut encoded = vec![ED25519];
+        encoded.extend_from_slice(&self.public);
+        write!(f, "{}+{}+{}", self.name, hex(&key_id(&self.name, &self.public)), B64.encode(encoded))
+    }
+}
+
+impl std::str::FromStr for VerifierKey {
+    type Err = CheckpointError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let malformed = |reason: &str| CheckpointError::Malformed { what: "verifier key", reason: reason.to_owned() };
+        // Names never contain `+`; base64 key data may, so split from the left.
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(malformed("expected <name>+<key id>+<key>"));
+        };
+        let key = B64.decode(key).map_err(|_| malformed("the key is not base64"))?;
+        let (Some((&ED25519, public)), true) = (key.split_first(), key.len() == 33) else {
+            return Err(malformed("only Ed25519 keys (type 0x01, 32 bytes) are supported"));
+        };
+        let public: [u8; 32] = public.try_into().map_err(|_| malformed("the key is not 32 bytes"))?;
+        if hex(&key_id(name, &public)) != id.to_ascii_lowercase() {
+            return Err(malformed("the key ID does not match the name and key"));
+        }
+        Ok(Self { name: name.to_owned(), public })
+    }
+}
+
+/// A checkpoint whose signature verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's origin line.
+    pub origin: String,
+    /// Tree size.
+    pub size: u64,
+    /// Tree head.
+    pub root: Hash,
+}
+
+impl VerifierKey {
+    /// Parses `note` and checks that this key signed it.
+    pub fn verify(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+        let malformed = |reason: &str| CheckpointError::Malformed { what: "checkpoint", reason: reason.to_owned() };
+        let (body, signatures) = note.split_once("\n\n").ok_or_else(|| malformed("no blank line before signatures"))?;
+        let body = format!("{body}\n");
+        let mut lines = body.lines();
+        let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
+            return Err(malformed("expected origin, size and root hash lines"));
+        };
+        let size: u64 = size.parse().map_err(|_| malformed("the size is not a number"))?;
+        let root: Hash = B64
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| malformed("the root is not a base64 SHA-256 hash"))?;
+        let wanted_id = key_id(&self.name, &self.public);
+        let verifier = UnparsedPublicKey::new(&signature::ED25519, self.public);
+        let signed_by_us = signatures.lines().filter_map(|line| line.strip_prefix("\u{2014} ")).any(|line| {
+            let Some((name, blob)) = line.split_once(' ') else { return false };
+            let Ok(blob) = B64.decode(blob) else { return false };
+            let Some((id, signature)) = blob.split_first_chunk::<4>() else { return false };
+            name == self.name
+                && signature.len() == 64
+                && *id == wanted_id
+                && verifier.verify(body.as_bytes(), signature).is_ok()
+        });
+        if !signed_by_us {
+            return Err(CheckpointError::BadSignature(self.to_string()));
+        }
+        Ok(Checkpoint { origin: origin.to_owned(), size, root })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> LogKey {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        LogKey::from_pair(name, Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_verify_with_their_key_only() {
+        let log = key("keyward.example.com/audit");
+        let root = [7u8; 32];
+        let note = log.sign(42, &root);
+        assert!(note.starts_with("keyward.example.com/audit\n42\n"), "{note}");
+        let verifier: VerifierKey = log.verifier().to_string().parse().unwrap();
+        let checkpoint = verifier.verify(&note).unwrap();
+        assert_eq!((checkpoint.size, checkpoint.root), (42, root));
+
+        let other = key("keyward.example.com/audit");
+        assert!(matches!(other.verifier().verify(&note), Err(CheckpointError::BadSignature(_))), "another key");
+        let forged = note.replacen("\n42\n", "\n43\n", 1);
+        assert!(matches!(verifier.verify(&forged), Err(CheckpointError::BadSignature(_))), "an edited size");
+        assert!(verifier.verify("nonsense").is_err());
+    }
+
+    #[test]
+    fn verifier_keys_round_trip_and_reject_mismatched_ids() {
+        // Enough keys that some base64 encodings contain `+`, which must not confuse parsing.
+        for _ in 0..32 {
+            let log = key("kw/audit");
+            assert_eq!(log.verifier().to_string().parse::<VerifierKey>().unwrap(), log.verifier());
+        }
+        let log = key("kw/audit");
+        let text = log.verifier().to_string();
+        let mut parts: Vec<&str> = text.split('+').collect();
+        parts[1] = "00000000";
+        assert!(parts.join("+").parse::<VerifierKey>().is_err());
+    }
+}

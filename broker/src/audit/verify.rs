@@ -1,0 +1,156 @@
+//! Offline verification of an export (`keyward audit export` output), as `keyward audit verify`
+//! runs it: no broker, no database, only the file, signed checkpoints and the log's public key.
+//!
+//! Each export line is `{"entry":{…},"leaf_hash":"<hex>"}`. Verification walks the lines in
+//! order and reports the **first bad sequence number**: a line that is not an entry, a sequence
+//! number out of place (an entry deleted, duplicated or reordered), or an entry whose content no
+//! longer matches its leaf hash (edited). Then, for each checkpoint, it checks the signature and
+//! that the tree recomputed from the export has the checkpoint's head at the checkpoint's size,
+//! which catches entries rewritten together with their hashes and entries cut off the end.
+
+use std::io::BufRead;
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CheckpointError, VerifierKey};
+use super::entry::Entry;
+use super::merkle::{self, Hash};
+use crate::identity::kek::hex;
+
+/// One line of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportLine {
+    /// The entry.
+    pub entry: Entry,
+    /// Its leaf hash, hex, as the broker computed it.
+    pub leaf_hash: String,
+}
+
+/// Why an export does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Reading the file failed.
+    #[error("cannot read the export: {0}")]
+    Io(#[from] std::io::Error),
+    /// The first entry that is wrong, and how.
+    #[error("entry {seq} is bad: {reason}")]
+    BadEntry {
+        /// Its sequence number (where it should be).
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint's signature or format.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The export's tree does not have the checkpoint's head.
+    #[error(
+        "the tree of the export's first {size} entries has head {actual}, the checkpoint says {expected}: \
+         entries were rewritten together with their hashes, or the checkpoint is for another log"
+    )]
+    Mismatch {
+        /// Checkpoint size.
+        size: u64,
+        /// Recomputed head, hex.
+        actual: String,
+        /// Signed head, hex.
+        expected: String,
+    },
+    /// The export does not start at the beginning of the log, so no head can be recomputed.
+    #[error("the export starts at entry {0}; checking a checkpoint needs every entry from 0")]
+    NotFromStart(u64),
+}
+
+/// What a successful verification established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// First sequence number in the export.
+    pub first: u64,
+    /// Entries read.
+    pub entries: u64,
+    /// The head of the tree of entries `0..first+entries`, when the export starts at 0.
+    pub root: Option<Hash>,
+    /// The checkpoints that verified.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Verifies the export read from `input` against `checkpoints` (signed notes), each of which
+/// must be signed by `key`.
+pub fn verify_export(
+    input: impl BufRead,
+    checkpoints: &[String],
+    key: Option<&VerifierKey>,
+) -> Result<Report, VerifyError> {
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut first = None;
+    for (number, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let expected = first.map_or(0, |f| f + leaves.len() as u64);
+        let parsed: ExportLine = serde_json::from_str(&line).map_err(|e| VerifyError::BadEntry {
+            seq: expected,
+            reason: format!("line {} is not an export entry: {e}", number + 1),
+        })?;
+        let seq = parsed.entry.seq;
+        let start = *first.get_or_insert(seq);
+        let expected = start + leaves.len() as u64;
+        if seq != expected {
+            return Err(VerifyError::BadEntry {
+                seq: expected,
+                reason: format!(
+                    "line {} holds entry {seq} where entry {expected} belongs: entries were deleted, duplicated or reordered",
+                    number + 1
+                ),
+            });
+        }
+        let canonical = parsed.entry.canonical().map_err(|e| VerifyError::BadEntry { seq, reason: e.to_string() })?;
+        let leaf = merkle::leaf_hash(canonical.as_bytes());
+        if hex(&leaf) != parsed.leaf_hash.to_ascii_lowercase() {
+            return Err(VerifyError::BadEntry {
+                seq,
+                reason: "its content does not match its leaf hash: the entry was edited".to_owned(),
+            });
+        }
+        leaves.push(leaf);
+    }
+    let first = first.unwrap_or(0);
+    let entries = leaves.len() as u64;
+    let root = (first == 0)
+        .then(|| merkle::root(&leaves[..], entries))
+        .transpose()
+        .map_err(|e| VerifyError::BadEntry { seq: 0, reason: format!("cannot compute the tree head: {e}") })?;
+    let mut verified = Vec::with_capacity(checkpoints.len());
+    for note in checkpoints {
+        let key = key.ok_or_else(|| CheckpointError::Malformed {
+            what: "verifier key",
+            reason: "checking a checkpoint needs the log's public key (--public-key)".to_owned(),
+        })?;
+        let checkpoint = key.verify(note)?;
+        if first != 0 {
+            return Err(VerifyError::NotFromStart(first));
+        }
+        if checkpoint.size > entries {
+            return Err(VerifyError::BadEntry {
+                seq: entries,
+                reason: format!(
+                    "the export ends before entry {entries}, but the checkpoint covers {} entries: entries were cut off the end",
+                    checkpoint.size
+                ),
+            });
+        }
+        let head = merkle::root(&leaves[..], checkpoint.size)
+            .map_err(|e| VerifyError::BadEntry { seq: 0, reason: format!("cannot compute the tree head: {e}") })?;
+        if head != checkpoint.root {
+            return Err(VerifyError::Mismatch {
+                size: checkpoint.size,
+                actual: hex(&head),
+                expected: hex(&checkpoint.root),
+            });
+        }
+        verified.push(checkpoint);
+    }
+    Ok(Report { first, entries, root, checkpoints: verified })
+}

@@ -1,0 +1,476 @@
+//! `keyward audit …`: read, export, prove, verify and trace the audit log.
+//!
+//! `verify` is offline (a file, checkpoints and the public key); everything else asks a broker.
+//! `prove` and `trace` check what the broker returns against the tree head themselves, so a
+//! broker cannot show an entry that its signed log does not contain.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::Connection;
+use super::client::{Client, items, print_json, text};
+use crate::audit::canonical::to_canonical;
+use crate::audit::checkpoint::VerifierKey;
+use crate::audit::merkle::{self, Hash};
+use crate::audit::verify::verify_export;
+use crate::identity::kek::hex;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCommand {
+    /// Print the latest entries; `--follow` keeps printing new ones.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u64,
+        /// Only this kind (`credentials.issued`, `credentials.denied`, `token.minted`…).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Keep printing entries as they are appended.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Write entries as JSON lines (the format `verify` checks): `keyward audit export > log.jsonl`.
+    Export {
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// One past the last sequence number (default: the whole log).
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Sign a checkpoint of the log now; prints the signed note.
+    Checkpoint {
+        /// Print JSON (size, root, note).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print the log's public checkpoint key (a signed-note verifier key).
+    PublicKey {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Prove that an entry is in the log (inclusion proof, checked here), or that the log is an
+    /// extension of an earlier checkpoint (consistency proof, checked here).
+    Prove {
+        /// The entry's sequence number.
+        #[arg(long, conflicts_with = "since")]
+        entry: Option<u64>,
+        /// Tree size to prove against (default: the current size).
+        #[arg(long)]
+        size: Option<u64>,
+        /// An earlier checkpoint file: prove the log now extends it.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Verify an export offline: entry order and hashes, and each checkpoint's signature and
+    /// tree head. Names the first bad sequence number.
+    Verify {
+        /// The export (`keyward audit export` output).
+        file: PathBuf,
+        /// A checkpoint file (signed note) the export must match; repeatable.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+        /// The log's verifier key, or a file holding it (`keyward audit public-key`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything behind a run ID, AWS access key ID, token `jti`, role session name or Vault
+    /// accessor: the run, its commit and approvals, tokens, credentials, denials, and the log head.
+    Trace {
+        /// What to trace.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Tail { lines, kind, follow, json, connection } => {
+            tail(&Client::new(&connection, env)?, lines, kind.as_deref(), follow, json).await
+        }
+        AuditCommand::Export { from, to, connection } => export(&Client::new(&connection, env)?, from, to).await,
+        AuditCommand::Checkpoint { json, connection } => {
+            let made = Client::new(&connection, env)?.post("/v1/audit/checkpoint", &json!({})).await?;
+            if json {
+                return print_json(&made);
+            }
+            print!("{}", text(&made, "note"));
+            Ok(())
+        }
+        AuditCommand::PublicKey { connection } => {
+            let key = Client::new(&connection, env)?.get("/v1/audit/public-key").await?;
+            println!("{}", text(&key, "verifier_key"));
+            Ok(())
+        }
+        AuditCommand::Prove { entry: Some(seq), size, json, connection, .. } => {
+            prove_entry(&Client::new(&connection, env)?, seq, size, json).await
+        }
+        AuditCommand::Prove { since: Some(file), json, connection, .. } => {
+            prove_since(&Client::new(&connection, env)?, &file, json).await
+        }
+        AuditCommand::Prove { .. } => bail!("name an entry (--entry N) or an earlier checkpoint (--since FILE)"),
+        AuditCommand::Verify { file, checkpoint, public_key, json } => verify(&file, &checkpoint, public_key, json),
+        AuditCommand::Trace { key, json, connection } => trace(&Client::new(&connection, env)?, &key, json).await,
+    }
+}
+
+async fn tail(client: &Client, lines: u64, kind: Option<&str>, follow: bool, json: bool) -> anyhow::Result<()> {
+    let mut path = format!("/v1/audit/entries?tail={lines}");
+    if let Some(kind) = kind {
+        path.push_str(&format!("&kind={}", urlencode(kind)));
+    }
+    let page = client.get(&path).await?;
+    let mut next = at(&page, "/size").as_u64().unwrap_or(0);
+    for line in items(&page, "entries") {
+        print_entry(line, json)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let page = client.get(&format!("/v1/audit/entries?from={next}")).await?;
+        for line in items(&page, "entries") {
+            next = next.max(at(line, "/entry/seq").as_u64().unwrap_or(0) + 1);
+            if kind.is_none_or(|k| at(line, "/entry/kind") == k) {
+                print_entry(line, json)?;
+            }
+        }
+    }
+}
+
+/// The value at a JSON pointer, or `null`: responses are read leniently, never indexed.
+fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
+    value.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", to_canonical(line)?);
+        return Ok(());
+    }
+    let entry = &at(line, "/entry");
+    let context = &at(entry, "/context");
+    println!(
+        "#{:<6} {} {:<20} {:<24} {}",
+        at(entry, "/seq"),
+        time(at(entry, "/at").as_i64().unwrap_or(0)),
+        text(entry, "kind"),
+        at(context, "/run_id").as_str().unwrap_or("-"),
+        summary(entry),
+    );
+    Ok(())
+}
+
+/// One line about an entry's details.
+fn summary(entry: &Value) -> String {
+    let context = &at(entry, "/context");
+    let details = &at(entry, "/details");
+    let target = at(context, "/target").as_str().unwrap_or("");
+    match at(entry, "/kind").as_str().unwrap_or("") {
+        "token.minted" => format!(
+            "jti {}  aud {}  expires {}",
+            text(details, "jti"),
+            text(details, "aud"),
+            time(at(details, "/exp").as_i64().unwrap_or(0))
+        ),
+        "credentials.issued" => {
+            let mut parts = vec![target.to_owned()];
+            for (field, label) in [
+                ("role_arn", "role"),
+                ("role_session_name", "session"),
+                ("access_key_id", "access key"),
+                ("accessor", "vault accessor"),
+                ("mode", "mode"),
+            ] {
+                if let Some(value) = details[field].as_str() {
+                    parts.push(format!("{label} {value}"));
+                }
+            }
+            parts.join("  ")
+        }
+        "credentials.denied" | "credentials.allowed" => {
+            let reasons: Vec<&str> =
+                at(details, "/reasons").as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if reasons.is_empty() { target.to_owned() } else { format!("{target}  {}", reasons.join("; ")) }
+        }
+        _ => details.to_string(),
+    }
+}
+
+/// RFC 3339 UTC for a Unix time.
+fn time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<()> {
+    let mut next = from;
+    let mut written = 0u64;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let mut path = format!("/v1/audit/entries?from={next}");
+        if let Some(to) = to {
+            path.push_str(&format!("&to={to}"));
+        }
+        let page = client.get(&path).await?;
+        let lines: Vec<&Value> = items(&page, "entries").collect();
+        if lines.is_empty() {
+            break;
+        }
+        for line in lines {
+            writeln!(out, "{}", to_canonical(line)?)?;
+            next = at(line, "/entry/seq").as_u64().unwrap_or(next) + 1;
+            written += 1;
+        }
+        out.flush()?;
+        eprintln!("exported {written} entries…");
+    }
+    eprintln!("exported {written} entries ({from}..{next})");
+    Ok(())
+}
+
+fn parse_hash(value: &Value) -> anyhow::Result<Hash> {
+    let text = value.as_str().context("a hash is missing")?;
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .context("a hash is not hex")?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("a hash is not 32 bytes"))
+}
+
+fn parse_hashes(value: &Value) -> anyhow::Result<Vec<Hash>> {
+    value.as_array().context("the proof is missing")?.iter().map(parse_hash).collect()
+}
+
+async fn prove_entry(client: &Client, seq: u64, size: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let mut path = format!("/v1/audit/proof/inclusion?seq={seq}");
+    if let Some(size) = size {
+        path.push_str(&format!("&size={size}"));
+    }
+    let answer = client.get(&path).await?;
+    let size = at(&answer, "/size").as_u64().context("no size")?;
+    let leaf = parse_hash(at(&answer, "/leaf_hash"))?;
+    let root = parse_hash(at(&answer, "/root"))?;
+    merkle::verify_inclusion(&leaf, seq, size, &parse_hashes(at(&answer, "/proof"))?, &root)
+        .with_context(|| format!("the broker's inclusion proof for entry {seq} does not verify"))?;
+    if json {
+        return print_json(&json!({ "verified": true, "proof": answer }));
+    }
+    println!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root));
+    Ok(())
+}
+
+async fn prove_since(client: &Client, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let note = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let key: VerifierKey = text(&client.get("/v1/audit/public-key").await?, "verifier_key").parse()?;
+    let old = key.verify(&note).with_context(|| format!("{} is not a checkpoint of this log", file.display()))?;
+    let latest = client.post("/v1/audit/checkpoint", &json!({})).await?;
+    let new = key.verify(text(&latest, "note"))?;
+    let answer = client.get(&format!("/v1/audit/proof/consistency?old={}&new={}", old.size, new.size)).await?;
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &parse_hashes(at(&answer, "/proof"))?)
+        .with_context(|| {
+            format!(
+                "the log of {} entries is NOT an extension of the checkpoint of {} entries: history was rewritten",
+                new.size, old.size
+            )
+        })?;
+    if json {
+        return print_json(
+            &json!({ "verified": true, "old": old.size, "new": new.size, "new_note": text(&latest, "note") }),
+        );
+    }
+    println!(
+        "the log of {} entries (head {}) extends the checkpoint of {} entries (verified here)",
+        new.size,
+        hex(&new.root),
+        old.size
+    );
+    Ok(())
+}
+
+fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, json: bool) -> anyhow::Result<()> {
+    let key = key
+        .map(|k| {
+            let text = if std::path::Path::new(&k).is_file() { std::fs::read_to_string(&k)? } else { k };
+            text.parse::<VerifierKey>().map_err(anyhow::Error::from)
+        })
+        .transpose()?;
+    let notes = checkpoints
+        .iter()
+        .map(|c| std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let report = verify_export(std::io::BufReader::new(input), &notes, key.as_ref())?;
+    if json {
+        return print_json(&json!({
+            "verified": true,
+            "first": report.first,
+            "entries": report.entries,
+            "root": report.root.map(|r| hex(&r)),
+            "checkpoints": report.checkpoints.iter().map(|c| json!({"size": c.size, "root": hex(&c.root)})).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{} entries ({}..{}) verified", report.entries, report.first, report.first + report.entries);
+    if let Some(root) = report.root {
+        println!("tree head at {}: {}", report.first + report.entries, hex(&root));
+    }
+    for checkpoint in &report.checkpoints {
+        println!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size);
+    }
+    Ok(())
+}
+
+async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
+    let answer = client.get(&format!("/v1/audit/trace/{}", urlencode(key))).await?;
+    let lines: Vec<&Value> = items(&answer, "entries").collect();
+    if lines.is_empty() {
+        bail!("nothing in the audit log refers to `{key}`");
+    }
+    // Every entry shown must be in the signed tree: check each inclusion proof here.
+    let size = at(&answer, "/log/size").as_u64().context("no log size")?;
+    let root = parse_hash(at(&answer, "/log/root"))?;
+    for line in &lines {
+        let seq = at(line, "/entry/seq").as_u64().context("no seq")?;
+        let proof = client.get(&format!("/v1/audit/proof/inclusion?seq={seq}&size={size}")).await?;
+        let canonical = to_canonical(at(line, "/entry"))?;
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(canonical.as_bytes()),
+            seq,
+            size,
+            &parse_hashes(at(&proof, "/proof"))?,
+            &root,
+        )
+        .with_context(|| format!("entry {seq} is not in the log the broker signs"))?;
+    }
+    if json {
+        return print_json(&json!({ "key": key, "verified": true, "entries": lines, "log": at(&answer, "/log") }));
+    }
+    let mut runs: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for line in &lines {
+        let run = at(line, "/entry/context/run_id").as_str().unwrap_or("(no run)").to_owned();
+        runs.entry(run).or_default().push(at(line, "/entry"));
+    }
+    for (run, entries) in &runs {
+        print_run(run, entries);
+    }
+    println!(
+        "log: {size} entries, head {}; every entry above verified by inclusion proof (`keyward audit prove --entry N`)",
+        hex(&root)
+    );
+    Ok(())
+}
+
+fn print_run(run: &str, entries: &[&Value]) {
+    let first = entries.first().map_or(&Value::Null, |e| at(e, "/context"));
+    let field = |name: &str| {
+        entries.iter().find_map(|e| at(e, "/context").get(name).and_then(Value::as_str)).unwrap_or("-").to_owned()
+    };
+    println!("run {run}  (stack {}, phase {})", field("stack_id"), at(first, "/phase").as_str().unwrap_or("-"));
+    let pr = entries.iter().find_map(|e| at(e, "/context/pull_request").as_u64());
+    println!(
+        "├─ repository {}  commit {}  ref {}  PR {}  ticket {}",
+        field("repository"),
+        field("commit_sha"),
+        field("ref"),
+        pr.map_or_else(|| "-".to_owned(), |n| format!("#{n}")),
+        field("ticket"),
+    );
+    let approvers: Vec<&str> = entries
+        .iter()
+        .find_map(|e| at(e, "/context/approved_by").as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "├─ triggered by {}; approved by {}",
+        field("triggered_by"),
+        if approvers.is_empty() { "nobody".to_owned() } else { approvers.join(", ") }
+    );
+    let sections: [(&str, &[&str]); 2] = [
+        ("tokens minted", &["token.minted"]),
+        ("credentials", &["credentials.allowed", "credentials.issued", "credentials.denied"]),
+    ];
+    for (title, kinds) in sections {
+        let chosen: Vec<&&Value> =
+            entries.iter().filter(|e| kinds.contains(&at(e, "/kind").as_str().unwrap_or(""))).collect();
+        println!("├─ {title}{}", if chosen.is_empty() { ": none" } else { "" });
+        for (i, entry) in chosen.iter().enumerate() {
+            let branch = if i + 1 == chosen.len() { "└─" } else { "├─" };
+            let context = &at(entry, "/context");
+            let who = at(context, "/actor").as_str().unwrap_or("-");
+            let request = at(context, "/request_id").as_str().unwrap_or("-");
+            println!(
+                "│  {branch} #{} {} {:<20} {}  (by {who}, request {request})",
+                at(entry, "/seq"),
+                time(at(entry, "/at").as_i64().unwrap_or(0)),
+                text(entry, "kind"),
+                summary(entry)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time;
+
+    #[test]
+    fn times_print_as_rfc_3339() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(1_795_400_000), "2026-11-23T02:13:20Z");
+        assert_eq!(time(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

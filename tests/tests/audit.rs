@@ -1,0 +1,245 @@
+//! The audit log end to end: a run gets AWS credentials (moto's STS) and a Vault token (OpenBao),
+//! and is refused once; `keyward audit trace` answers "why did this access key exist" from the
+//! run ID and from the access key ID alone; an export verifies offline against a signed
+//! checkpoint, and every kind of tampering is caught, naming the first bad entry.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use keyward_tests::audit::Audit;
+use keyward_tests::broker::{Broker, ConfigExtra, Output as CliOutput, TEST_KEK, keyward, write_config};
+use keyward_tests::moto::Moto;
+use keyward_tests::openbao::OpenBao;
+use keyward_tests::{free_addr, workspace_root};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/network-apply";
+
+async fn start(dir: &Path, sts_endpoint: &str, vault: &str) -> Broker {
+    let data_dir = dir.join("broker");
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\", \"vault\"]\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"dev\" }}\n\
+         [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{vault}\"\n\
+         role = \"network\"\nkv_reads = [{{ mount = \"secret\", path = \"network/db\" }}]\n",
+        workspace_root().join("policies").display()
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+async fn run_token(broker: &Broker, run_id: &str, phase: &str) -> String {
+    let body = json!({
+        "stack": "network", "run_id": run_id, "phase": phase, "audience": broker.addr, "commit_sha": "0123abc",
+        "ref": "refs/heads/main", "repository": "https://git.example.com/platform/infra.git", "pull_request": 42,
+        "ticket": "CHG-7", "triggered_by": "alice", "approved_by": ["bob"],
+    });
+    let (status, minted) = broker.mint_raw(&body, Some(&broker.admin_token)).await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+async fn openbao(dir: &Path) -> OpenBao {
+    let bao = OpenBao::start(dir).await;
+    bao.must(
+        Method::POST,
+        "sys/policies/acl/network-read",
+        json!({ "policy": "path \"secret/data/network/*\" { capabilities = [\"read\"] }" }),
+    )
+    .await;
+    bao.must(Method::POST, "secret/data/network/db", json!({ "data": { "password": "s3cret" } })).await;
+    bao
+}
+
+fn audit_cli(broker: &Broker, args: &[&str]) -> CliOutput {
+    let token_file = broker.data_dir.join("admin-token");
+    std::fs::write(&token_file, &broker.admin_token).unwrap();
+    keyward(
+        &[&["audit"], args].concat(),
+        &[("KEYWARD_ADDR", broker.addr.as_str()), ("KEYWARD_TOKEN_FILE", token_file.to_str().unwrap())],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let bao = openbao(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint, &bao.addr).await;
+    bao.trust_issuer(&broker.addr).await;
+    bao.must(
+        Method::POST,
+        "auth/jwt/role/network",
+        json!({
+            "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+            "bound_claims": { "stack_id": "network" }, "token_policies": ["network-read"], "token_ttl": "10m",
+        }),
+    )
+    .await;
+
+    // One run: AWS credentials, a Vault token, and a refused request.
+    let (status, aws) = broker.exchange(&run_token(&broker, "run-trace-1", "apply").await, "aws:network-apply").await;
+    assert_eq!(status, 200, "{aws}");
+    let access_key_id = aws["aws_credentials"]["AccessKeyId"].as_str().unwrap().to_owned();
+    let (status, vault) =
+        broker.exchange(&run_token(&broker, "run-trace-1", "apply").await, "vault:network-secrets").await;
+    assert_eq!(status, 200, "{vault}");
+    let (status, denied) = broker.exchange(&run_token(&broker, "run-trace-1", "plan").await, "aws:network-apply").await;
+    assert_eq!(status, 403, "{denied}");
+
+    // The question, from the run ID and from the access key ID alone.
+    for key in ["run-trace-1", access_key_id.as_str()] {
+        let out = audit_cli(&broker, &["trace", key]);
+        assert!(out.success, "{}", out.stderr);
+        for expected in [
+            "run run-trace-1",
+            "repository https://git.example.com/platform/infra.git",
+            "commit 0123abc",
+            "PR #42",
+            "ticket CHG-7",
+            "triggered by alice; approved by bob",
+            "token.minted",
+            "aud sts.amazonaws.com",
+            "aud vault",
+            &format!("access key {access_key_id}"),
+            "session run-trace-1",
+            &format!("role {ROLE}"),
+            "vault accessor",
+            "credentials.denied",
+            "only apply-phase tokens may use it",
+            "every entry above verified by inclusion proof",
+        ] {
+            assert!(out.stdout.contains(expected), "trace {key}: `{expected}` missing from\n{}", out.stdout);
+        }
+    }
+    let json_trace = audit_cli(&broker, &["trace", &access_key_id, "--json"]);
+    let traced: Value = serde_json::from_str(&json_trace.stdout).unwrap();
+    assert_eq!(traced["verified"], true);
+    for secret in
+        [aws["aws_credentials"]["SecretAccessKey"].as_str().unwrap(), vault["access_token"].as_str().unwrap(), "s3cret"]
+    {
+        assert!(!json_trace.stdout.contains(secret), "a secret is in the audit log");
+    }
+    assert!(audit_cli(&broker, &["trace", "no-such-run"]).stderr.contains("nothing in the audit log refers to"));
+
+    // Export, checkpoint, public key; offline verification.
+    let checkpoint = audit_cli(&broker, &["checkpoint"]);
+    assert!(checkpoint.success && checkpoint.stdout.contains("/audit\n"), "{}", checkpoint.stderr);
+    let cp = dir.path().join("checkpoint.txt");
+    std::fs::write(&cp, &checkpoint.stdout).unwrap();
+    let key = audit_cli(&broker, &["public-key"]);
+    let key_file = dir.path().join("log.pub");
+    std::fs::write(&key_file, key.stdout.trim()).unwrap();
+    let export = audit_cli(&broker, &["export"]);
+    assert!(export.success, "{}", export.stderr);
+    let log = dir.path().join("log.jsonl");
+    std::fs::write(&log, &export.stdout).unwrap();
+    let verify = |file: &Path, checkpoint: &Path| {
+        audit_cli(
+            &broker,
+            &[
+                "verify",
+                file.to_str().unwrap(),
+                "--checkpoint",
+                checkpoint.to_str().unwrap(),
+                "--public-key",
+                key_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let good = verify(&log, &cp);
+    assert!(good.success && good.stdout.contains("signature and head match"), "{}{}", good.stdout, good.stderr);
+    let size = Audit::open(&broker.data_dir).await.check_tree().await;
+    assert!(good.stdout.contains(&format!("{size} entries (0..{size}) verified")), "{}", good.stdout);
+
+    // Every tampering is caught, naming the first bad sequence number.
+    let lines: Vec<String> = export.stdout.lines().map(str::to_owned).collect();
+    assert!(lines.len() >= 8, "{}", lines.len());
+    let tampered = |name: &str, edit: &dyn Fn(&mut Vec<String>)| {
+        let mut copy = lines.clone();
+        edit(&mut copy);
+        let file = dir.path().join(name);
+        std::fs::write(&file, copy.join("\n") + "\n").unwrap();
+        let out = verify(&file, &cp);
+        assert!(!out.success, "{name}: tampering went unnoticed");
+        out.stderr
+    };
+    let edited = tampered("edited", &|l| l[3] = l[3].replace("run-trace-1", "run-trace-2"));
+    assert!(edited.contains("entry 3 is bad") && edited.contains("edited"), "{edited}");
+    let deleted = tampered("deleted", &|l| drop(l.remove(4)));
+    assert!(deleted.contains("entry 4 is bad") && deleted.contains("deleted, duplicated or reordered"), "{deleted}");
+    let reordered = tampered("reordered", &|l| l.swap(2, 5));
+    assert!(reordered.contains("entry 2 is bad"), "{reordered}");
+    let duplicated = tampered("duplicated", &|l| {
+        let copy = l[1].clone();
+        l.insert(2, copy);
+    });
+    assert!(duplicated.contains("entry 2 is bad"), "{duplicated}");
+    let truncated = tampered("truncated", &|l| l.truncate(l.len() - 2));
+    let cut = lines.len() - 2;
+    assert!(truncated.contains(&format!("entry {cut} is bad")) && truncated.contains("cut off"), "{truncated}");
+    // Rewritten together with its hash: only the signed head can tell.
+    let rewritten = tampered("rewritten", &|l| {
+        let mut line: Value = serde_json::from_str(&l[0]).unwrap();
+        line["entry"]["context"]["actor"] = json!("mallory");
+        let entry: keyward_broker::audit::Entry = serde_json::from_value(line["entry"].clone()).unwrap();
+        let hash = entry.leaf_hash().unwrap();
+        line["leaf_hash"] = json!(hash.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        l[0] = line.to_string();
+    });
+    assert!(rewritten.contains("the checkpoint says"), "{rewritten}");
+
+    // A checkpoint signed by another log's key does not verify with this log's key.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Broker::dev(&other_dir.path().join("dev")).await;
+    let foreign = audit_cli(&other, &["checkpoint"]);
+    let foreign_cp = dir.path().join("foreign.txt");
+    std::fs::write(&foreign_cp, &foreign.stdout).unwrap();
+    let refused = verify(&log, &foreign_cp);
+    assert!(!refused.success && refused.stderr.contains("not signed by"), "{}", refused.stderr);
+
+    // Online proofs, checked by the CLI itself.
+    let proved = audit_cli(&broker, &["prove", "--entry", "2"]);
+    assert!(proved.success && proved.stdout.contains("entry 2 is in the log"), "{}", proved.stderr);
+    let extends = audit_cli(&broker, &["prove", "--since", cp.to_str().unwrap()]);
+    assert!(extends.success && extends.stdout.contains("extends the checkpoint"), "{}", extends.stderr);
+    let tail = audit_cli(&broker, &["tail", "-n", "3", "--kind", "credentials.issued"]);
+    assert!(tail.success && tail.stdout.lines().count() == 2, "two issued entries:\n{}", tail.stdout);
+}
+
+/// Someone with database access rewrites history after a checkpoint was published: the next
+/// checkpoint is not an extension of the published one, and `prove --since` says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_history_fails_the_consistency_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    for run in ["r1", "r2", "r3"] {
+        let body = json!({ "stack": "net", "run_id": run, "phase": "plan", "audience": "vault" });
+        assert_eq!(broker.mint_raw(&body, Some(&broker.admin_token)).await.0, 201);
+    }
+    let published = audit_cli(&broker, &["checkpoint"]);
+    let cp = dir.path().join("published.txt");
+    std::fs::write(&cp, &published.stdout).unwrap();
+
+    // Replace the stored hash of the first two entries' subtree, as a rewrite would.
+    let db = broker.data_dir.join("keyward.db");
+    let script = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); \
+         c.execute(\"UPDATE audit_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0\"); c.commit()",
+        db.to_str().unwrap()
+    );
+    let status = std::process::Command::new("python3").args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    let body = json!({ "stack": "net", "run_id": "r4", "phase": "plan", "audience": "vault" });
+    assert_eq!(broker.mint_raw(&body, Some(&broker.admin_token)).await.0, 201);
+
+    let out = audit_cli(&broker, &["prove", "--since", cp.to_str().unwrap()]);
+    assert!(!out.success && out.stderr.contains("NOT an extension"), "{}{}", out.stdout, out.stderr);
+}
