@@ -52,8 +52,19 @@ fn run_as_owner(bin: &Path, program: &str, args: &[&str]) {
 }
 
 impl PgCluster {
-    /// Initializes and starts a cluster.
+    /// Initializes and starts a cluster tuned for tests: no fsync, asynchronous commit. Nothing
+    /// here outlives the test, and durability is not what these tests measure.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster that syncs like a production one (`fsync`, `synchronous_commit`, full page
+    /// writes): for benchmarks whose numbers are about durable commits.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let bin = pg_bin();
         let dir = tempfile::Builder::new().prefix("keyward-pg-").tempdir().unwrap();
         if is_root() {
@@ -64,10 +75,8 @@ impl PgCluster {
         let data_str = data.to_str().unwrap().to_owned();
         run_as_owner(&bin, "initdb", &["-D", &data_str, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
         let port = free_addr().port();
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            dir.path().display()
-        );
+        let relaxed = if durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" };
+        let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}{relaxed}", dir.path().display());
         let log = dir.path().join("postgres.log");
         run_as_owner(
             &bin,

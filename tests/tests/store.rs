@@ -54,7 +54,7 @@ async fn suite(location: &DatabaseLocation) {
     migrations_are_idempotent(location).await;
     api_tokens(&store).await;
     let log = AuditLog::start(store.clone());
-    audit_entries(&store, &log).await;
+    audit_entries(location, &store, &log).await;
     replay_cache(&store, &log).await;
     group_commit(&log).await;
     replicas_append_one_gap_free_sequence(location).await;
@@ -105,7 +105,7 @@ fn ids(entries: &[keyward_tests::audit::Logged]) -> Vec<String> {
         .collect()
 }
 
-async fn audit_entries(store: &Store, log: &AuditLog) {
+async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLog) {
     let audit = Audit(store.clone());
     log.append(Append::events(vec![event(kinds::TOKEN_MINTED, "run-a", "a1")])).await.unwrap();
     let pair = vec![event(kinds::CREDENTIALS_ALLOWED, "run-a", "a2"), event(kinds::CREDENTIALS_ISSUED, "run-b", "b1")];
@@ -114,16 +114,23 @@ async fn audit_entries(store: &Store, log: &AuditLog) {
     assert_eq!(audit.count(kinds::CREDENTIALS_ISSUED).await, 1);
     assert_eq!(audit.check_tree().await, 3);
 
-    // All or nothing: an append that cannot be encoded (floats are refused) writes nothing,
-    // not even its valid first entry, and the log goes on where it was.
+    // An append that cannot be encoded (floats have no canonical form) is refused before it
+    // reaches the writer: nothing of it is written, not even its valid first entry, and the log
+    // stays healthy for everyone else.
     let broken =
         vec![event(kinds::TOKEN_MINTED, "run-c", "c1"), event(kinds::TOKEN_MINTED, "run-c", "c2").with("x", 1.5)];
     assert!(log.append(Append::events(broken)).await.is_err());
-    assert!(!log.stats().healthy(), "a failed commit shows");
+    assert!(log.stats().healthy());
     assert!(audit.for_run("run-c").await.is_empty(), "the refused append left nothing behind");
-    log.probe().await.unwrap();
-    assert!(log.stats().healthy(), "a successful commit clears it");
     assert_eq!(audit.check_tree().await, 3);
+
+    // A log whose database connections are gone fails its appends and says it is unhealthy.
+    let gone = Store::open(location).await.unwrap();
+    let broken_log = AuditLog::start(gone.clone());
+    gone.close().await;
+    assert!(broken_log.append(Append::events(vec![event(kinds::TOKEN_MINTED, "run-d", "d1")])).await.is_err());
+    assert!(!broken_log.stats().healthy() && broken_log.stats().failed_commits() == 1);
+    assert!(audit.for_run("run-d").await.is_empty());
 }
 
 /// An append that consumes `(issuer, jti)` and records `id` as allowed, or `id-replay` as denied.
@@ -149,7 +156,7 @@ async fn replay_cache(store: &Store, log: &AuditLog) {
     let outcomes = concurrently(log, (0..32).map(|i| claiming(ci, "contested", T0 + 300, &format!("c{i}")))).await;
     assert_eq!(outcomes.iter().filter(|o| **o == Committed::Recorded).count(), 1, "{outcomes:?}");
 
-    // All or nothing: an entry that cannot be written releases the claim it came with.
+    // All or nothing: an append that cannot be written does not take the claim it came with.
     let mut broken = claiming(ci, "j5", T0 + 300, "r5");
     broken.events.push(event(kinds::CREDENTIALS_ISSUED, "run-r", "r5-bad").with("ratio", 0.5));
     assert!(log.append(broken).await.is_err());

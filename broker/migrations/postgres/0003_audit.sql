@@ -19,7 +19,7 @@ CREATE TABLE audit_nodes (
 );
 
 -- Lookup keys for `keyward audit trace`: run:<id>, jti:<jti>, akid:<access key id>,
--- session:<role session name>, accessor:<vault accessor>, stack:<id>.
+-- session:<role session name>, accessor:<vault accessor>.
 CREATE TABLE audit_refs (
     ref  TEXT    NOT NULL,
     seq  BIGINT  NOT NULL,

@@ -1,14 +1,16 @@
 -- The audit log (DESIGN.md §4): an append-only sequence of entries, each stored as the exact
 -- canonical JSON that was hashed, under an RFC 6962 Merkle tree. It replaces the interim
 -- credential_events and issued_tokens tables; every decision and every token is an entry.
+-- `INTEGER PRIMARY KEY` makes seq the rowid itself (one B-tree, not a table plus an index).
 CREATE TABLE audit_entries (
-    seq   BIGINT  PRIMARY KEY,
+    seq   INTEGER PRIMARY KEY,
     at    BIGINT  NOT NULL,
     kind  TEXT    NOT NULL,
     body  TEXT    NOT NULL
 );
 CREATE INDEX audit_entries_by_kind ON audit_entries (kind, seq);
 
+-- (WITHOUT ROWID: these tables are their primary keys; one B-tree per insert instead of two.)
 -- Hashes of the tree's perfect subtrees: level 0 are leaf hashes; (level, idx) covers leaves
 -- [idx * 2^level, (idx + 1) * 2^level). About two rows per entry; any proof reads O(log n).
 CREATE TABLE audit_nodes (
@@ -16,15 +18,15 @@ CREATE TABLE audit_nodes (
     idx    BIGINT   NOT NULL,
     hash   BLOB    NOT NULL,
     PRIMARY KEY (level, idx)
-);
+) WITHOUT ROWID;
 
 -- Lookup keys for `keyward audit trace`: run:<id>, jti:<jti>, akid:<access key id>,
--- session:<role session name>, accessor:<vault accessor>, stack:<id>.
+-- session:<role session name>, accessor:<vault accessor>.
 CREATE TABLE audit_refs (
     ref  TEXT    NOT NULL,
     seq  BIGINT  NOT NULL,
     PRIMARY KEY (ref, seq)
-);
+) WITHOUT ROWID;
 
 -- One row: the log's size. Appenders update it first, which serialises them across replicas
 -- (a row lock on PostgreSQL, the write lock on SQLite), so sequence numbers are gap-free.

@@ -113,7 +113,7 @@ impl AuditEvent {
     /// Every lookup key: the context's and the explicit ones, deduplicated.
     pub fn all_refs(&self) -> Vec<String> {
         let c = &self.context;
-        let mut refs: Vec<String> = [("run", &c.run_id), ("jti", &c.subject_jti), ("stack", &c.stack_id)]
+        let mut refs: Vec<String> = [("run", &c.run_id), ("jti", &c.subject_jti)]
             .into_iter()
             .filter_map(|(prefix, value)| value.as_ref().map(|v| format!("{prefix}:{v}")))
             .chain(self.refs.iter().cloned())
@@ -121,6 +121,20 @@ impl AuditEvent {
         refs.sort();
         refs.dedup();
         refs
+    }
+
+    /// Encodes the event once, off the writer's path: everything of the entry but its sequence
+    /// number, which the log assigns at commit. Fails for values with no canonical form (floats).
+    pub fn prepare(&self) -> Result<PreparedEvent, CanonicalError> {
+        let mut value = serde_json::to_value(self.at_seq(0)).map_err(|e| CanonicalError::Encode(e.to_string()))?;
+        if let Value::Object(fields) = &mut value {
+            fields.remove("seq");
+        }
+        let mut prefix = to_canonical(&value)?;
+        // `seq` sorts after every other key of an entry, so the canonical form with it is this
+        // prefix, then `,"seq":N}`.
+        prefix.pop();
+        Ok(PreparedEvent { kind: self.kind, at: self.at, refs: self.all_refs(), prefix })
     }
 
     /// The entry this event becomes at `seq`.
@@ -132,6 +146,31 @@ impl AuditEvent {
             context: self.context.clone(),
             details: self.details.clone(),
         }
+    }
+}
+
+/// An event encoded for appending; see [`AuditEvent::prepare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedEvent {
+    /// Kind.
+    pub kind: &'static str,
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// Lookup keys.
+    pub refs: Vec<String>,
+    /// The canonical JSON without `,"seq":N}`.
+    prefix: String,
+}
+
+impl PreparedEvent {
+    /// The canonical JSON of the entry at `seq`.
+    pub fn body(&self, seq: u64) -> String {
+        let mut body = String::with_capacity(self.prefix.len() + 32);
+        body.push_str(&self.prefix);
+        body.push_str(",\"seq\":");
+        body.push_str(&seq.to_string());
+        body.push('}');
+        body
     }
 }
 
@@ -161,5 +200,29 @@ impl Entry {
     /// `SHA-256(0x00 ‖ canonical JSON)`.
     pub fn leaf_hash(&self) -> Result<Hash, CanonicalError> {
         Ok(leaf_hash(self.canonical()?.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_bodies_are_the_canonical_entries() {
+        let context = Context {
+            run_id: Some("run-1".into()),
+            approved_by: vec!["b".into(), "a".into()],
+            remote_addr: Some("127.0.0.1:1".into()),
+            ..Context::default()
+        };
+        let event = AuditEvent::new(kinds::CREDENTIALS_ISSUED, 1_795_400_000, context)
+            .with("access_key_id", "ASIA1")
+            .with("z", serde_json::json!({"y": [1, "x"], "a": null}))
+            .with("seq_like", "not the seq");
+        let prepared = event.prepare().unwrap();
+        for seq in [0, 7, u64::MAX] {
+            assert_eq!(prepared.body(seq), event.at_seq(seq).canonical().unwrap(), "seq {seq}");
+        }
+        assert!(AuditEvent::new(kinds::TOKEN_MINTED, 0, Context::default()).with("f", 0.5).prepare().is_err());
     }
 }

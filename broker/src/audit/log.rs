@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::entry::AuditEvent;
+use super::entry::{AuditEvent, PreparedEvent};
 use super::merkle::{self, Hash};
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// Largest number of entries one transaction takes. Bounds the statement size and how long one
 /// commit holds SQLite's write lock.
@@ -83,8 +83,16 @@ pub enum Committed {
     Replayed,
 }
 
+/// An append with its events encoded (by the caller's task, not the writer).
+#[derive(Debug)]
+struct Prepared {
+    claim: Option<TokenClaim>,
+    events: Vec<PreparedEvent>,
+    if_replayed: Vec<PreparedEvent>,
+}
+
 struct Pending {
-    entry: Append,
+    entry: Prepared,
     reply: oneshot::Sender<Result<Committed, String>>,
 }
 
@@ -167,6 +175,15 @@ impl AuditLog {
     /// Makes `entry` durable, sharing the commit with whatever else is waiting. Returns once it
     /// is committed; an error means nothing of it was written.
     pub async fn append(&self, entry: Append) -> Result<Committed, StoreError> {
+        let prepare = |events: &[AuditEvent]| {
+            events
+                .iter()
+                .map(AuditEvent::prepare)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let entry =
+            Prepared { events: prepare(&entry.events)?, if_replayed: prepare(&entry.if_replayed)?, claim: entry.claim };
         let (reply, answer) = oneshot::channel();
         self.queue.send(Pending { entry, reply }).await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?;
         answer.await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?.map_err(StoreError::Append)
@@ -179,7 +196,7 @@ async fn run_writer(store: Store, mut incoming: mpsc::Receiver<Pending>, stats: 
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut tree = Frontier::default();
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let entries: Vec<&Append> = batch.iter().map(|p| &p.entry).collect();
+        let entries: Vec<&Prepared> = batch.iter().map(|p| &p.entry).collect();
         match commit(&store, &entries, &mut tree).await {
             Ok((outcomes, appended)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -218,9 +235,13 @@ struct Frontier {
 
 /// Writes `entries` in one transaction; returns each entry's outcome, in order, and how many
 /// log entries were appended.
-async fn commit(store: &Store, entries: &[&Append], tree: &mut Frontier) -> Result<(Vec<Committed>, u64), StoreError> {
+async fn commit(
+    store: &Store,
+    entries: &[&Prepared],
+    tree: &mut Frontier,
+) -> Result<(Vec<Committed>, u64), StoreError> {
     let mut tx = store.begin_write().await?;
-    let fresh = claim(&mut tx, entries).await?;
+    let fresh = claim(&mut tx, store.backend(), entries).await?;
     let mut events = Vec::new();
     let mut outcomes = Vec::with_capacity(entries.len());
     for (entry, fresh) in entries.iter().zip(fresh) {
@@ -247,8 +268,7 @@ async fn commit(store: &Store, entries: &[&Append], tree: &mut Frontier) -> Resu
     let mut refs = Vec::new();
     for (offset, event) in events.iter().enumerate() {
         let seq = start + offset as u64;
-        let entry = event.at_seq(seq);
-        let body = entry.canonical().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body = event.body(seq);
         let leaf = merkle::leaf_hash(body.as_bytes());
         let (mut level, mut index, mut hash) = (0u32, seq, leaf);
         nodes.insert((level, index), hash);
@@ -263,14 +283,14 @@ async fn commit(store: &Store, entries: &[&Append], tree: &mut Frontier) -> Resu
             nodes.insert((level, index), hash);
             new_nodes.push((level, index, hash));
         }
-        for reference in event.all_refs() {
-            refs.push((reference, seq));
+        for reference in &event.refs {
+            refs.push((reference.as_str(), seq));
         }
         rows.push((seq, event.at, event.kind, body));
     }
-    insert_entries(&mut tx, &rows).await?;
-    insert_nodes(&mut tx, &new_nodes).await?;
-    insert_refs(&mut tx, &refs).await?;
+    insert_entries(&mut tx, store.backend(), &rows).await?;
+    insert_nodes(&mut tx, store.backend(), &new_nodes).await?;
+    insert_refs(&mut tx, store.backend(), &refs).await?;
     tx.commit().await?;
     let keep: HashSet<(u32, u64)> = merkle::frontier(end).into_iter().collect();
     nodes.retain(|key, _| keep.contains(key));
@@ -303,7 +323,11 @@ async fn load_frontier(
 
 /// Takes every entry's claim. `true` for entries without a claim and for claims that were new;
 /// of two entries in one batch claiming the same token, the first wins.
-async fn claim(tx: &mut sqlx::Transaction<'static, sqlx::Any>, entries: &[&Append]) -> Result<Vec<bool>, StoreError> {
+async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    entries: &[&Prepared],
+) -> Result<Vec<bool>, StoreError> {
     let mut seen = HashSet::new();
     let mut first_claims = Vec::new();
     for entry in entries {
@@ -318,7 +342,7 @@ async fn claim(tx: &mut sqlx::Transaction<'static, sqlx::Any>, entries: &[&Appen
         let sql = format!(
             "INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES {} \
              ON CONFLICT (issuer, jti) DO NOTHING RETURNING issuer, jti",
-            placeholders(chunk.len(), 4)
+            placeholders(chunk.len(), 4, backend)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for claim in chunk {
@@ -342,10 +366,12 @@ async fn claim(tx: &mut sqlx::Transaction<'static, sqlx::Any>, entries: &[&Appen
 
 async fn insert_entries(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     rows: &[(u64, i64, &str, String)],
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("INSERT INTO audit_entries (seq, at, kind, body) VALUES {}", placeholders(chunk.len(), 4));
+        let sql =
+            format!("INSERT INTO audit_entries (seq, at, kind, body) VALUES {}", placeholders(chunk.len(), 4, backend));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (seq, at, kind, body) in chunk {
             query = query.bind(to_i64(*seq)?).bind(*at).bind(*kind).bind(body.as_str());
@@ -357,10 +383,12 @@ async fn insert_entries(
 
 async fn insert_nodes(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     nodes: &[(u32, u64, Hash)],
 ) -> Result<(), StoreError> {
     for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("INSERT INTO audit_nodes (level, idx, hash) VALUES {}", placeholders(chunk.len(), 3));
+        let sql =
+            format!("INSERT INTO audit_nodes (level, idx, hash) VALUES {}", placeholders(chunk.len(), 3, backend));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (level, index, hash) in chunk {
             query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index)?).bind(hash.to_vec());
@@ -370,15 +398,19 @@ async fn insert_nodes(
     Ok(())
 }
 
-async fn insert_refs(tx: &mut sqlx::Transaction<'static, sqlx::Any>, refs: &[(String, u64)]) -> Result<(), StoreError> {
+async fn insert_refs(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    refs: &[(&str, u64)],
+) -> Result<(), StoreError> {
     for chunk in refs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",
-            placeholders(chunk.len(), 2)
+            placeholders(chunk.len(), 2, backend)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (reference, seq) in chunk {
-            query = query.bind(reference.as_str()).bind(to_i64(*seq)?);
+            query = query.bind(*reference).bind(to_i64(*seq)?);
         }
         query.execute(&mut **tx).await?;
     }
@@ -389,9 +421,10 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
 }
 
-/// `($1, $2), ($3, $4)` for two rows of two columns: numbered placeholders, which both SQLite and
-/// PostgreSQL accept.
-fn placeholders(rows: usize, columns: usize) -> String {
+/// `(?, ?), (?, ?)` on SQLite, `($1, $2), ($3, $4)` on PostgreSQL, for `rows` rows of `columns`.
+/// SQLite gets anonymous parameters because looking up a numbered one's name is a linear scan,
+/// which makes binding a wide multi-row statement quadratic.
+fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -402,7 +435,12 @@ fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "${}", row * columns + column + 1);
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${}", row * columns + column + 1);
+                }
+            }
         }
         sql.push(')');
     }
@@ -411,11 +449,12 @@ fn placeholders(rows: usize, columns: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::{Backend, placeholders};
 
     #[test]
     fn placeholders_number_every_parameter_once() {
-        assert_eq!(placeholders(1, 1), "($1)");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1, Backend::Postgres), "($1)");
+        assert_eq!(placeholders(2, 3, Backend::Postgres), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(2, 2, Backend::Sqlite), "(?, ?), (?, ?)");
     }
 }
