@@ -18,6 +18,7 @@ pub struct PgCluster {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub url: String,
     port: u16,
+    options: String,
 }
 
 fn pg_bin() -> PathBuf {
@@ -77,13 +78,20 @@ impl PgCluster {
         let port = free_addr().port();
         let relaxed = if durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" };
         let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}{relaxed}", dir.path().display());
-        let log = dir.path().join("postgres.log");
+        let cluster = Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port, options };
+        cluster.start_again();
+        cluster
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    pub fn start_again(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
         run_as_owner(
-            &bin,
+            &self.bin,
             "pg_ctl",
-            &["-D", &data_str, "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+            &["-D", data.to_str().unwrap(), "-o", &self.options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
         );
-        Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port }
     }
 
     /// URL of a fresh, empty database named `name` (created now).

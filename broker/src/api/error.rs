@@ -123,7 +123,12 @@ impl From<AccessError> for ApiError {
             AccessError::Store(StoreError::Conflict(what)) => {
                 Self::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists"), Refusal::Invalid)
             }
-            AccessError::Store(e) => Self::internal(&e),
+            AccessError::Store(e) => {
+                // The database is unreachable or failing: a retry may work, and the caller's
+                // credentials are not the problem.
+                tracing::error!(error = %e, "cannot check the API token");
+                Self::unavailable("the broker cannot reach its database; retry")
+            }
         }
     }
 }
