@@ -90,7 +90,18 @@ impl PgCluster {
         run_as_owner(
             &self.bin,
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-o", &self.options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &self.options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
     }
 

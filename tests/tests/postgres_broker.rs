@@ -81,11 +81,10 @@ async fn a_postgres_backed_broker_fails_closed_when_the_database_goes_away() {
         )
         .await;
     assert_eq!(status, 201, "{minted}");
-    let store = keyward_broker::store::Store::open(&keyward_broker::config::DatabaseLocation::Postgres(
-        database_url.clone(),
-    ))
-    .await
-    .unwrap();
+    let store =
+        keyward_broker::store::Store::open(&keyward_broker::config::DatabaseLocation::Postgres(database_url.clone()))
+            .await
+            .unwrap();
     let audit = keyward_tests::audit::Audit(store);
     assert_eq!(audit.check_tree().await, 2, "run-1 and run-3 are on record, run-2 is not");
     assert_eq!(audit.referencing(&format!("jti:{}", minted["jti"].as_str().unwrap())).await.len(), 1);

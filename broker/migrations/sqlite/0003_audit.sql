@@ -37,6 +37,13 @@ CREATE TABLE audit_head (
 );
 INSERT INTO audit_head (id, size, written_at) VALUES (1, 0, 0);
 
+-- Scratch space for readiness probes after a failed commit: a probe rewrites 64 KiB here, so it
+-- succeeds only when the database can take a write of a real batch's size, not just a tiny one.
+CREATE TABLE audit_probe (
+    id   INTEGER  PRIMARY KEY CHECK (id = 1),
+    pad  BLOB     NOT NULL
+);
+
 -- Signed checkpoints (C2SP signed notes) the broker produced.
 CREATE TABLE audit_checkpoints (
     size  BIGINT  PRIMARY KEY,

@@ -13,7 +13,8 @@
 //!
 //! If the commit fails, every waiter gets the error and nothing of the batch exists: callers
 //! answer 503 and hand nothing out (fail closed). The log reports itself unhealthy until a commit
-//! succeeds again; [`AuditLog::probe`] makes one (an empty append still writes `audit_head`).
+//! succeeds again; [`AuditLog::probe`] makes one (an empty append writes `audit_head` and a
+//! batch-sized scratch row).
 //!
 //! An append may carry a [`TokenClaim`]: "this subject token is used now". The claim and the
 //! append's entries commit together or not at all, and a claim that was made before (a replay,
@@ -39,6 +40,9 @@ const MAX_BATCH: usize = 256;
 
 /// Entries that may wait for the writer before `write` itself waits (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
+
+/// What a readiness probe writes: about one large batch.
+const PROBE_BYTES: usize = 64 * 1024;
 
 /// Rows per multi-row `INSERT` (the widest table has 11 columns; SQLite allows 32,766 parameters).
 const ROWS_PER_STATEMENT: usize = 64;
@@ -166,8 +170,9 @@ impl AuditLog {
         &self.stats
     }
 
-    /// Writes an empty append: proves the log can commit (it still writes `audit_head`). Clears
-    /// the unhealthy state when it succeeds.
+    /// Writes an empty append: proves the log can commit (it writes `audit_head` and 64 KiB of
+    /// scratch, about a large batch, so a nearly full disk does not pass it). Clears the
+    /// unhealthy state when it succeeds.
     pub async fn probe(&self) -> Result<(), StoreError> {
         self.append(Append::default()).await.map(drop)
     }
@@ -235,13 +240,40 @@ struct Frontier {
 
 /// Writes `entries` in one transaction; returns each entry's outcome, in order, and how many
 /// log entries were appended.
+///
+/// The transaction is driven by hand on one pooled connection, and a connection whose batch
+/// failed is closed, never returned to the pool: a failed `COMMIT` (a full disk) can leave the
+/// connection believing a transaction is still open, and every later `BEGIN` on it would fail,
+/// so the log would never recover.
 async fn commit(
     store: &Store,
     entries: &[&Prepared],
     tree: &mut Frontier,
 ) -> Result<(Vec<Committed>, u64), StoreError> {
-    let mut tx = store.begin_write().await?;
-    let fresh = claim(&mut tx, store.backend(), entries).await?;
+    let mut conn = store.pool.acquire().await?;
+    match write_batch(&mut conn, store.backend(), entries, tree).await {
+        Ok(done) => Ok(done),
+        Err(error) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            let _ = conn.close().await;
+            Err(error)
+        }
+    }
+}
+
+async fn write_batch(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    entries: &[&Prepared],
+    tree: &mut Frontier,
+) -> Result<(Vec<Committed>, u64), StoreError> {
+    // SQLite: take the write lock now, not at the first write (see `Store::begin_write`).
+    let begin = match backend {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    sqlx::query(begin).execute(&mut *conn).await?;
+    let fresh = claim(conn, backend, entries).await?;
     let mut events = Vec::new();
     let mut outcomes = Vec::with_capacity(entries.len());
     for (entry, fresh) in entries.iter().zip(fresh) {
@@ -256,13 +288,22 @@ async fn commit(
     let size: i64 = sqlx::query("UPDATE audit_head SET size = size + $1, written_at = $2 WHERE id = 1 RETURNING size")
         .bind(i64::try_from(count).map_err(|_| StoreError::Corrupt("batch too large".to_owned()))?)
         .bind(written_at)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?
         .try_get("size")?;
     let end = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("audit_head.size is {size}")))?;
+    if count == 0 {
+        // A probe: prove the database takes a write of a real batch's size.
+        sqlx::query(
+            "INSERT INTO audit_probe (id, pad) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET pad = excluded.pad",
+        )
+        .bind(vec![0u8; PROBE_BYTES])
+        .execute(&mut *conn)
+        .await?;
+    }
     let start = end - count;
     let mut nodes =
-        if tree.size == Some(start) { std::mem::take(&mut tree.nodes) } else { load_frontier(&mut tx, start).await? };
+        if tree.size == Some(start) { std::mem::take(&mut tree.nodes) } else { load_frontier(conn, start).await? };
     let mut rows = Vec::with_capacity(events.len());
     let mut new_nodes = Vec::with_capacity(events.len() * 2);
     let mut refs = Vec::new();
@@ -288,10 +329,10 @@ async fn commit(
         }
         rows.push((seq, event.at, event.kind, body));
     }
-    insert_entries(&mut tx, store.backend(), &rows).await?;
-    insert_nodes(&mut tx, store.backend(), &new_nodes).await?;
-    insert_refs(&mut tx, store.backend(), &refs).await?;
-    tx.commit().await?;
+    insert_entries(conn, backend, &rows).await?;
+    insert_nodes(conn, backend, &new_nodes).await?;
+    insert_refs(conn, backend, &refs).await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
     let keep: HashSet<(u32, u64)> = merkle::frontier(end).into_iter().collect();
     nodes.retain(|key, _| keep.contains(key));
     *tree = Frontier { size: Some(end), nodes };
@@ -305,12 +346,9 @@ fn unix_now() -> i64 {
 }
 
 /// Reads the frontier of a tree of `size` leaves.
-async fn load_frontier(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    size: u64,
-) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+async fn load_frontier(conn: &mut sqlx::AnyConnection, size: u64) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
     let wanted = merkle::frontier(size);
-    let nodes = crate::store::audit::nodes_in(&mut **tx, &wanted).await?;
+    let nodes = crate::store::audit::nodes_in(&mut *conn, &wanted).await?;
     if nodes.len() != wanted.len() {
         return Err(StoreError::Corrupt(format!(
             "the audit tree of {size} entries is missing {} of its {} frontier nodes",
@@ -324,7 +362,7 @@ async fn load_frontier(
 /// Takes every entry's claim. `true` for entries without a claim and for claims that were new;
 /// of two entries in one batch claiming the same token, the first wins.
 async fn claim(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     entries: &[&Prepared],
 ) -> Result<Vec<bool>, StoreError> {
@@ -348,7 +386,7 @@ async fn claim(
         for claim in chunk {
             query = query.bind(&claim.issuer).bind(&claim.jti).bind(claim.expires_at).bind(claim.used_at);
         }
-        for row in query.fetch_all(&mut **tx).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let issuer: String = row.try_get("issuer")?;
             let jti: String = row.try_get("jti")?;
             taken.insert((issuer, jti));
@@ -365,7 +403,7 @@ async fn claim(
 }
 
 async fn insert_entries(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     rows: &[(u64, i64, &str, String)],
 ) -> Result<(), StoreError> {
@@ -376,13 +414,13 @@ async fn insert_entries(
         for (seq, at, kind, body) in chunk {
             query = query.bind(to_i64(*seq)?).bind(*at).bind(*kind).bind(body.as_str());
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 async fn insert_nodes(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     nodes: &[(u32, u64, Hash)],
 ) -> Result<(), StoreError> {
@@ -393,16 +431,12 @@ async fn insert_nodes(
         for (level, index, hash) in chunk {
             query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index)?).bind(hash.to_vec());
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-async fn insert_refs(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    backend: Backend,
-    refs: &[(&str, u64)],
-) -> Result<(), StoreError> {
+async fn insert_refs(conn: &mut sqlx::AnyConnection, backend: Backend, refs: &[(&str, u64)]) -> Result<(), StoreError> {
     for chunk in refs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",
@@ -412,7 +446,7 @@ async fn insert_refs(
         for (reference, seq) in chunk {
             query = query.bind(*reference).bind(to_i64(*seq)?);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
