@@ -134,12 +134,72 @@ pub struct AuditConfig {
     /// `keyward audit checkpoint`.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde_compat")]
     pub checkpoint_interval: Duration,
+    /// Where entries are also delivered. A sink that is down never blocks issuance: only the
+    /// log itself is fail-closed; a sink's backlog is in `/metrics`.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { checkpoint_interval: default_checkpoint_interval() }
+        Self { checkpoint_interval: default_checkpoint_interval(), sinks: Vec::new() }
     }
+}
+
+/// One `[[audit.sinks]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON Lines (the export format) appended to a file, rotated by size.
+    File {
+        /// Unique name (metrics label, delivery cursor).
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Rotate when the file would grow past this many bytes.
+        #[serde(default = "default_sink_max_bytes")]
+        max_bytes: u64,
+        /// Rotated files kept (`path.1` … `path.N`).
+        #[serde(default = "default_sink_keep")]
+        keep: u32,
+    },
+    /// Batches of entries POSTed as JSON, signed with HMAC-SHA256.
+    Webhook {
+        /// Unique name (metrics label, delivery cursor).
+        name: String,
+        /// Where to POST.
+        url: String,
+        /// Environment variable holding the HMAC key.
+        #[serde(default)]
+        secret_env: Option<String>,
+        /// File holding the HMAC key.
+        #[serde(default)]
+        secret_file: Option<PathBuf>,
+        /// Most entries per request.
+        #[serde(default = "default_sink_batch")]
+        batch: u32,
+    },
+}
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::File { name, .. } | Self::Webhook { name, .. } => name,
+        }
+    }
+}
+
+fn default_sink_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_sink_keep() -> u32 {
+    5
+}
+
+fn default_sink_batch() -> u32 {
+    100
 }
 
 fn default_checkpoint_interval() -> Duration {
@@ -736,6 +796,7 @@ impl Config {
         tracing_filter_is_valid(&self.log.level)?;
         self.validate_targets()?;
         self.validate_issuers()?;
+        self.validate_sinks(env)?;
         if let Some(policy) = &self.policy
             && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
         {
@@ -775,6 +836,56 @@ impl Config {
             Some(path) => Kek::from_file(path).map_err(|source| ConfigError::Kek { key: "keys.kek_file", source }),
             None => Err(invalid("keys.kek_file", "no key-encryption key configured")),
         }
+    }
+
+    fn validate_sinks(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&self.audit.checkpoint_interval) {
+            return Err(invalid("audit.checkpoint_interval", "must be between 10s and 24h"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for sink in &self.audit.sinks {
+            let name = sink.name();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+                return Err(invalid("audit.sinks.name", format!("`{name}`: use letters, digits, `-` and `_`")));
+            }
+            if !names.insert(name) {
+                return Err(invalid("audit.sinks.name", format!("two sinks are named `{name}`")));
+            }
+            match sink {
+                SinkConfig::File { max_bytes, .. } if *max_bytes < 4096 => {
+                    return Err(invalid("audit.sinks.max_bytes", "must be at least 4096"));
+                }
+                SinkConfig::Webhook { url, batch, .. } => {
+                    validate_url("audit.sinks.url", url)?;
+                    if !(1..=1000).contains(batch) {
+                        return Err(invalid("audit.sinks.batch", "must be between 1 and 1000"));
+                    }
+                    self.sink_secret(sink, env)?;
+                }
+                SinkConfig::File { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The HMAC key of a webhook sink, from its `secret_env` or `secret_file` (exactly one).
+    pub fn sink_secret(&self, sink: &SinkConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, ConfigError> {
+        let SinkConfig::Webhook { secret_env, secret_file, .. } = sink else {
+            return Err(invalid("audit.sinks.secret_env", "only webhook sinks have a secret"));
+        };
+        let secret = match (secret_env, secret_file) {
+            (Some(var), None) => env(var)
+                .ok_or_else(|| invalid("audit.sinks.secret_env", format!("environment variable `{var}` is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| invalid("audit.sinks.secret_file", format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            _ => return Err(invalid("audit.sinks.secret_env", "set exactly one of secret_env or secret_file")),
+        };
+        if secret.len() < 16 {
+            return Err(invalid("audit.sinks.secret_env", "the webhook secret must be at least 16 characters"));
+        }
+        Ok(Secret::from(secret))
     }
 
     /// Where the database lives.
@@ -1098,6 +1209,31 @@ mod tests {
         assert_eq!(config.database(&env)?, DatabaseLocation::Postgres("postgres://db/kw".to_owned()));
         let missing = config.validate(&|_| None);
         assert!(matches!(missing, Err(ConfigError::Invalid { key: "storage.database_url_env", .. })), "{missing:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn audit_sinks_are_checked() -> Result<(), ConfigError> {
+        let hook = |extra: &str| {
+            parse(
+                &format!("kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://siem.example/hook\"\n{extra}"),
+                "",
+            )
+        };
+        let env = |name: &str| (name == "HOOK").then(|| "0123456789abcdef0123".to_owned());
+        hook("secret_env = \"HOOK\"")?.validate(&env)?;
+        let error = |config: Config| config.validate(&env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error(hook("")?).contains("exactly one of secret_env or secret_file"));
+        assert!(error(hook("secret_env = \"NOPE\"")?).contains("`NOPE` is not set"));
+        assert!(error(hook("secret_env = \"HOOK\"\nbatch = 0")?).contains("audit.sinks.batch"));
+        let unknown = hook("secret_env = \"HOOK\"\nretries = 3").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(unknown.contains("retries"), "{unknown}");
+        let twice = parse(
+            &format!("kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/a\"\n\
+                      [[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/b\""),
+            "",
+        )?;
+        assert!(error(twice).contains("two sinks are named `a`"));
         Ok(())
     }
 

@@ -7,7 +7,10 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use crate::audit::Stats as AuditStats;
+use crate::audit::sinks::{Sink, SinkStats};
 
 /// Why an API request was refused (a closed set, used as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +88,7 @@ impl Metrics {
     }
 
     /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
-    pub fn render(&self, published_keys: usize, audit: &AuditStats, ready: bool) -> String {
+    pub fn render(&self, published_keys: usize, audit: &AuditStats, sinks: &[Arc<Sink>], ready: bool) -> String {
         let mut out = String::with_capacity(1024);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP keyward_build_info Build information.");
@@ -128,6 +131,28 @@ impl Metrics {
         let _ = writeln!(out, "# HELP keyward_audit_healthy Whether the last audit log commit succeeded.");
         let _ = writeln!(out, "# TYPE keyward_audit_healthy gauge");
         let _ = writeln!(out, "keyward_audit_healthy {}", u8::from(audit.healthy()));
+        for (name, help, kind, value) in [
+            (
+                "delivered_total",
+                "Audit entries delivered by a sink.",
+                "counter",
+                SinkStats::delivered as fn(&SinkStats) -> u64,
+            ),
+            ("failures_total", "Failed sink delivery attempts (each is retried).", "counter", SinkStats::failures),
+            (
+                "dead_letters_total",
+                "Audit entries a sink's receiver refused for good.",
+                "counter",
+                SinkStats::dead_letters,
+            ),
+            ("backlog", "Audit entries committed but not yet delivered by a sink.", "gauge", SinkStats::backlog),
+        ] {
+            let _ = writeln!(out, "# HELP keyward_audit_sink_{name} {help}");
+            let _ = writeln!(out, "# TYPE keyward_audit_sink_{name} {kind}");
+            for sink in sinks {
+                let _ = writeln!(out, "keyward_audit_sink_{name}{{sink=\"{}\"}} {}", sink.name(), value(sink.stats()));
+            }
+        }
         let _ = writeln!(out, "# HELP keyward_jwks_keys Keys published in the JWKS.");
         let _ = writeln!(out, "# TYPE keyward_jwks_keys gauge");
         let _ = writeln!(out, "keyward_jwks_keys {published_keys}");
@@ -148,7 +173,7 @@ mod tests {
         metrics.token_issued(crate::identity::SigningAlgorithm::ES256);
         metrics.request_refused(Refusal::Audience);
         metrics.request_refused(Refusal::Audience);
-        let text = metrics.render(2, &AuditStats::default(), true);
+        let text = metrics.render(2, &AuditStats::default(), &[], true);
         assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
         assert!(text.contains("keyward_requests_refused_total{reason=\"audience\"} 2"));
         assert!(text.contains("keyward_jwks_keys 2"));

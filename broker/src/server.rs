@@ -13,8 +13,9 @@ use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
 use crate::audit::checkpoint::{CheckpointError, LogKey};
+use crate::audit::sinks::Sink;
 use crate::clock::SharedClock;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SinkConfig};
 use crate::exchange::Exchanger;
 use crate::exchange::issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
@@ -103,6 +104,14 @@ impl Broker {
             Arc::clone(&clock),
         ));
         let audit = AuditLog::start(store.clone());
+        let mut sinks = Vec::with_capacity(config.audit.sinks.len());
+        for sink in &config.audit.sinks {
+            let secret = match sink {
+                SinkConfig::Webhook { .. } => Some(config.sink_secret(sink, env)?),
+                SinkConfig::File { .. } => None,
+            };
+            sinks.push(Arc::new(Sink::new(sink, secret.as_ref()).map_err(StartError::HttpClient)?));
+        }
         let issuer = Issuer::new(minter, audit.clone());
         let exchanger = if config.targets.is_empty() {
             None
@@ -129,6 +138,7 @@ impl Broker {
             store,
             audit,
             log_key,
+            sinks: Arc::new(sinks),
             metrics: Arc::new(Metrics::default()),
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,
@@ -159,6 +169,12 @@ impl Broker {
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        let deliveries: Vec<_> = self
+            .state
+            .sinks
+            .iter()
+            .map(|sink| tokio::spawn(Arc::clone(sink).run(self.state.store.clone(), self.state.audit.committed())))
+            .collect();
         let checkpoints = tokio::spawn(checkpoint_on_schedule(
             self.state.store.clone(),
             Arc::clone(&self.state.log_key),
@@ -181,6 +197,9 @@ impl Broker {
         maintenance.abort();
         pruning.abort();
         checkpoints.abort();
+        for delivery in deliveries {
+            delivery.abort();
+        }
         if let Some(reloader) = reloader {
             reloader.abort();
         }

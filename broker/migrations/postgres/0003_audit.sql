@@ -60,3 +60,10 @@ CREATE TABLE audit_log_keys (
 
 DROP TABLE credential_events;
 DROP TABLE issued_tokens;
+
+-- How far each configured sink (file, webhook) has delivered: the next sequence number to send.
+-- Advanced only after a delivery succeeded, so delivery is at-least-once across restarts.
+CREATE TABLE audit_sink_cursors (
+    name      TEXT    PRIMARY KEY,
+    next_seq  BIGINT  NOT NULL
+);

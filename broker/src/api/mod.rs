@@ -44,6 +44,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Signs the audit log's checkpoints.
     pub log_key: Arc<crate::audit::checkpoint::LogKey>,
+    /// Where the log is also delivered.
+    pub sinks: Arc<Vec<Arc<crate::audit::sinks::Sink>>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.

@@ -52,7 +52,7 @@ async fn ready(state: &AppState) -> Result<(), &'static str> {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let ready = ready(&state).await.is_ok();
-    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), ready);
+    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), &state.sinks, ready);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -106,6 +106,7 @@ struct Pending {
 pub struct AuditLog {
     queue: mpsc::Sender<Pending>,
     stats: Arc<Stats>,
+    committed: Arc<tokio::sync::Notify>,
 }
 
 /// Counters of the writer's work, for `/metrics` and for tests that check batching happens.
@@ -161,8 +162,14 @@ impl AuditLog {
     pub fn start(store: Store) -> Self {
         let (queue, incoming) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(Stats::default());
-        tokio::spawn(run_writer(store, incoming, Arc::clone(&stats)));
-        Self { queue, stats }
+        let committed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(run_writer(store, incoming, Arc::clone(&stats), Arc::clone(&committed)));
+        Self { queue, stats, committed }
+    }
+
+    /// Notified after every commit that appended entries (sinks wait on it).
+    pub fn committed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.committed)
     }
 
     /// What the writer has done so far.
@@ -197,7 +204,12 @@ impl AuditLog {
 
 const WRITER_GONE: &str = "the audit log writer has stopped";
 
-async fn run_writer(store: Store, mut incoming: mpsc::Receiver<Pending>, stats: Arc<Stats>) {
+async fn run_writer(
+    store: Store,
+    mut incoming: mpsc::Receiver<Pending>,
+    stats: Arc<Stats>,
+    committed: Arc<tokio::sync::Notify>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut tree = Frontier::default();
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -207,6 +219,9 @@ async fn run_writer(store: Store, mut incoming: mpsc::Receiver<Pending>, stats: 
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.entries.fetch_add(appended, Ordering::Relaxed);
                 stats.healthy.store(true, Ordering::Relaxed);
+                if appended > 0 {
+                    committed.notify_waiters();
+                }
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
                     // A waiter that went away (its request was cancelled) changes nothing: the
                     // entry is on record either way.

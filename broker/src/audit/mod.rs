@@ -6,13 +6,15 @@
 //! - [`log`]: the group-commit writer; an entry is durable before the action it records is
 //!   acknowledged, and a failed write fails the action (fail closed);
 //! - [`tree`]: heads and proofs from the stored tree; [`checkpoint`]: signed tree heads;
-//! - [`verify`]: offline verification of an export, as `keyward audit verify` runs it.
+//! - [`verify`]: offline verification of an export, as `keyward audit verify` runs it;
+//! - [`sinks`]: at-least-once delivery to a rotated file and signed webhooks, off the append path.
 
 pub mod canonical;
 pub mod checkpoint;
 pub mod entry;
 pub mod log;
 pub mod merkle;
+pub mod sinks;
 pub mod tree;
 pub mod verify;
 

@@ -209,4 +209,26 @@ impl Store {
             .map_err(conflict_or(format!("audit log key `{name}`")))?;
         Ok(())
     }
+
+    /// The next sequence number sink `name` has to deliver (0 for a new sink).
+    pub async fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT next_seq FROM audit_sink_cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map_or(Ok(0), |row| to_u64(row.try_get("next_seq")?))
+    }
+
+    /// Records that sink `name` delivered everything before `next_seq`.
+    pub async fn set_sink_cursor(&self, name: &str, next_seq: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_sink_cursors (name, next_seq) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET next_seq = excluded.next_seq",
+        )
+        .bind(name)
+        .bind(to_i64(next_seq))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
