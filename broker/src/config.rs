@@ -1216,7 +1216,9 @@ mod tests {
     fn audit_sinks_are_checked() -> Result<(), ConfigError> {
         let hook = |extra: &str| {
             parse(
-                &format!("kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://siem.example/hook\"\n{extra}"),
+                &format!(
+                    "kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://siem.example/hook\"\n{extra}"
+                ),
                 "",
             )
         };
@@ -1229,8 +1231,10 @@ mod tests {
         let unknown = hook("secret_env = \"HOOK\"\nretries = 3").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(unknown.contains("retries"), "{unknown}");
         let twice = parse(
-            &format!("kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/a\"\n\
-                      [[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/b\""),
+            &format!(
+                "kek = \"{KEK}\"\n[[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/a\"\n\
+                      [[audit.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/tmp/b\""
+            ),
             "",
         )?;
         assert!(error(twice).contains("two sinks are named `a`"));

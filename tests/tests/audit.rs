@@ -243,3 +243,85 @@ async fn a_rewritten_history_fails_the_consistency_check() {
     let out = audit_cli(&broker, &["prove", "--since", cp.to_str().unwrap()]);
     assert!(!out.success && out.stderr.contains("NOT an extension"), "{}{}", out.stdout, out.stderr);
 }
+
+/// Retention: entries covered by a signed checkpoint are archived and pruned; the archive plus
+/// what remains still verifies against checkpoints, and proofs still cover the pruned range.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruned_entries_stay_verifiable_through_their_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let mint = |run: String| {
+        let broker = &broker;
+        async move {
+            let body = json!({ "stack": "net", "run_id": run, "phase": "plan", "audience": "vault" });
+            assert_eq!(broker.mint_raw(&body, Some(&broker.admin_token)).await.0, 201);
+        }
+    };
+    for i in 0..10 {
+        mint(format!("old-{i}")).await;
+    }
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("cp10.txt", &audit_cli(&broker, &["checkpoint"]).stdout);
+    write("log.pub", audit_cli(&broker, &["public-key"]).stdout.trim());
+    let archive = audit_cli(&broker, &["export", "--to", "6"]);
+    write("archive.jsonl", &archive.stdout);
+
+    // Refused: beyond the signed checkpoint; an archive that is not the log's prefix.
+    let beyond = audit_cli(&broker, &["prune", "--before", "11", "--archive", &path("archive.jsonl")]);
+    assert!(!beyond.success && beyond.stderr.contains("sign one covering 11 first"), "{}", beyond.stderr);
+    let short = audit_cli(&broker, &["prune", "--before", "8", "--archive", &path("archive.jsonl")]);
+    assert!(!short.success && short.stderr.contains("needs an archive of 0..8"), "{}", short.stderr);
+    let mut forged: Vec<String> = archive.stdout.lines().map(str::to_owned).collect();
+    let mut line: Value = serde_json::from_str(&forged[2]).unwrap();
+    line["entry"]["context"]["actor"] = json!("mallory");
+    let entry: keyward_broker::audit::Entry = serde_json::from_value(line["entry"].clone()).unwrap();
+    line["leaf_hash"] = json!(entry.leaf_hash().unwrap().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    forged[2] = line.to_string();
+    write("forged.jsonl", &(forged.join("\n") + "\n"));
+    let refused = audit_cli(&broker, &["prune", "--before", "6", "--archive", &path("forged.jsonl")]);
+    assert!(!refused.success && refused.stderr.contains("nothing pruned"), "{}", refused.stderr);
+    assert_eq!(Audit::open(&broker.data_dir).await.for_run("old-0").await.len(), 1, "nothing was pruned");
+
+    let pruned = audit_cli(&broker, &["prune", "--before", "6", "--archive", &path("archive.jsonl")]);
+    assert!(
+        pruned.success && pruned.stdout.contains("pruned 6 entries before 6"),
+        "{}{}",
+        pruned.stdout,
+        pruned.stderr
+    );
+    let audit = Audit::open(&broker.data_dir).await;
+    assert!(audit.for_run("old-0").await.is_empty() && audit.for_run("old-5").await.is_empty());
+    assert_eq!(audit.for_run("old-6").await.len(), 1);
+    assert_eq!(audit.0.audit_count("audit.pruned").await.unwrap(), 1, "the pruning is on record");
+
+    // The log goes on; the archive plus today's export verifies against old and new checkpoints.
+    mint("new-0".to_owned()).await;
+    write("cp12.txt", &audit_cli(&broker, &["checkpoint"]).stdout);
+    let rest = audit_cli(&broker, &["export"]);
+    assert!(rest.stderr.contains("entries 0..6 were pruned"), "{}", rest.stderr);
+    write("full.jsonl", &format!("{}{}", archive.stdout, rest.stdout));
+    let verified = audit_cli(
+        &broker,
+        &[
+            "verify",
+            &path("full.jsonl"),
+            "--checkpoint",
+            &path("cp10.txt"),
+            "--checkpoint",
+            &path("cp12.txt"),
+            "--public-key",
+            &path("log.pub"),
+        ],
+    );
+    assert!(
+        verified.success && verified.stdout.contains("12 entries (0..12) verified"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
+    let proved = audit_cli(&broker, &["prove", "--entry", "2"]);
+    assert!(proved.success, "proofs still cover pruned entries: {}", proved.stderr);
+    let extends = audit_cli(&broker, &["prove", "--since", &path("cp10.txt")]);
+    assert!(extends.success, "{}", extends.stderr);
+}

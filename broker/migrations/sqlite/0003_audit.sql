@@ -30,10 +30,13 @@ CREATE TABLE audit_refs (
 
 -- One row: the log's size. Appenders update it first, which serialises them across replicas
 -- (a row lock on PostgreSQL, the write lock on SQLite), so sequence numbers are gap-free.
+-- Entries below pruned_before were exported and pruned; their tree nodes stay, so heads and
+-- proofs still cover the whole log.
 CREATE TABLE audit_head (
-    id          INTEGER  PRIMARY KEY CHECK (id = 1),
-    size        BIGINT   NOT NULL,
-    written_at  BIGINT   NOT NULL
+    id             INTEGER  PRIMARY KEY CHECK (id = 1),
+    size           BIGINT   NOT NULL,
+    written_at     BIGINT   NOT NULL,
+    pruned_before  BIGINT   NOT NULL DEFAULT 0
 );
 INSERT INTO audit_head (id, size, written_at) VALUES (1, 0, 0);
 

@@ -132,12 +132,13 @@ pub(super) async fn inclusion(
     };
     let proof = tree::inclusion(&state.store, query.seq, size).await?;
     let root = tree::root(&state.store, size).await?;
-    let entry = state.store.audit_entries(query.seq, query.seq + 1, 1).await.map_err(store_error)?;
-    let entry = entry.first().ok_or_else(|| ApiError::not_found(format!("no entry {}", query.seq)))?;
+    // The leaf hash from the tree, not the entry: it is there for pruned entries too.
+    let leaf = state.store.audit_nodes(&[(0, query.seq)]).await.map_err(store_error)?;
+    let leaf = leaf.get(&(0, query.seq)).ok_or_else(|| ApiError::not_found(format!("no entry {}", query.seq)))?;
     Ok(Json(json!({
         "seq": query.seq,
         "size": size,
-        "leaf_hash": hex(&merkle::leaf_hash(entry.body.as_bytes())),
+        "leaf_hash": hex(leaf),
         "root": hex(&root),
         "proof": hexes(&proof),
     })))
@@ -207,4 +208,42 @@ pub(super) async fn trace(
         "entries": lines(&entries)?,
         "log": { "size": size, "root": hex(&root) },
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PruneBody {
+    before: u64,
+}
+
+/// `POST /v1/audit/prune`: delete entries below `before`, keeping the tree. Only entries that a
+/// signed checkpoint covers can go; the pruning itself is an entry.
+pub(super) async fn prune(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Result<super::extract::ApiJson<PruneBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let super::extract::ApiJson(body) = body?;
+    let covered = state.store.latest_checkpoint().await.map_err(store_error)?.map_or(0, |c| c.size);
+    if body.before > covered {
+        return Err(ApiError::conflict(format!(
+            "entries up to {} are covered by a signed checkpoint; sign one covering {} first (`keyward audit checkpoint`)",
+            covered, body.before
+        )));
+    }
+    let head = tree::root(&state.store, body.before).await?;
+    let pruned = state.store.prune_audit_entries(body.before).await.map_err(store_error)?;
+    let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
+    let event = crate::audit::AuditEvent::new(crate::audit::kinds::AUDIT_PRUNED, state.clock_now(), context)
+        .with("before", body.before)
+        .with("pruned", pruned)
+        .with("root_at_before", hex(&head));
+    state.audit.append(crate::audit::Append::events(vec![event])).await.map_err(|e| {
+        tracing::error!(error = %e, "the pruning happened but could not be recorded");
+        ApiError::unavailable("the entries were pruned, but the record of it failed; retry to record it")
+    })?;
+    tracing::info!(before = body.before, pruned, operator = %operator.name, "pruned audit entries");
+    Ok(Json(json!({ "before": body.before, "pruned": pruned, "root_at_before": hex(&head) })))
 }

@@ -60,6 +60,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "access_denied", description, Refusal::Forbidden)
     }
 
+    /// 409 `conflict`.
+    pub fn conflict(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", description, Refusal::Invalid)
+    }
+
     /// 404 `not_found`.
     pub fn not_found(description: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", description, Refusal::Invalid)

@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/proof/inclusion", get(audit::inclusion))
         .route("/v1/audit/proof/consistency", get(audit::consistency))
         .route("/v1/audit/trace/{key}", get(audit::trace))
+        .route("/v1/audit/prune", post(audit::prune))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

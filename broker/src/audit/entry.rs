@@ -20,6 +20,8 @@ pub mod kinds {
     pub const CREDENTIALS_DENIED: &str = "credentials.denied";
     /// Credentials were issued: identifiers of what the caller received.
     pub const CREDENTIALS_ISSUED: &str = "credentials.issued";
+    /// Entries below a sequence number were exported and pruned (their tree nodes stay).
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

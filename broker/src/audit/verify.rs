@@ -82,6 +82,15 @@ pub fn verify_export(
     checkpoints: &[String],
     key: Option<&VerifierKey>,
 ) -> Result<Report, VerifyError> {
+    verify_export_leaves(input, checkpoints, key).map(|(report, _)| report)
+}
+
+/// [`verify_export`], also returning the verified leaf hashes (for heads at other sizes).
+pub fn verify_export_leaves(
+    input: impl BufRead,
+    checkpoints: &[String],
+    key: Option<&VerifierKey>,
+) -> Result<(Report, Vec<Hash>), VerifyError> {
     let mut leaves: Vec<Hash> = Vec::new();
     let mut first = None;
     for (number, line) in input.lines().enumerate() {
@@ -152,5 +161,5 @@ pub fn verify_export(
         }
         verified.push(checkpoint);
     }
-    Ok(Report { first, entries, root, checkpoints: verified })
+    Ok((Report { first, entries, root, checkpoints: verified }, leaves))
 }

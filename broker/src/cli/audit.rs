@@ -18,7 +18,7 @@ use super::client::{Client, items, print_json, text};
 use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
-use crate::audit::verify::verify_export;
+use crate::audit::verify::{verify_export, verify_export_leaves};
 use crate::identity::kek::hex;
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +97,19 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete entries below `--before` from the broker, after checking that `--archive` (an
+    /// export) holds exactly them: its first N entries must hash to the signed log's head at N.
+    /// Tree nodes stay, so proofs and checkpoints still cover the whole log.
+    Prune {
+        /// First entry to keep.
+        #[arg(long)]
+        before: u64,
+        /// The export that keeps the pruned entries (`keyward audit export --to N > FILE`).
+        #[arg(long)]
+        archive: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Everything behind a run ID, AWS access key ID, token `jti`, role session name or Vault
     /// accessor: the run, its commit and approvals, tokens, credentials, denials, and the log head.
     Trace {
@@ -138,6 +151,9 @@ pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<Stri
         AuditCommand::Prove { .. } => bail!("name an entry (--entry N) or an earlier checkpoint (--since FILE)"),
         AuditCommand::Verify { file, checkpoint, public_key, json } => verify(&file, &checkpoint, public_key, json),
         AuditCommand::Trace { key, json, connection } => trace(&Client::new(&connection, env)?, &key, json).await,
+        AuditCommand::Prune { before, archive, connection } => {
+            prune(&Client::new(&connection, env)?, before, &archive).await
+        }
     }
 }
 
@@ -268,6 +284,12 @@ async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<(
         if lines.is_empty() {
             break;
         }
+        let first = lines.first().and_then(|l| at(l, "/entry/seq").as_u64()).unwrap_or(next);
+        if written == 0 && first > from {
+            eprintln!(
+                "entries {from}..{first} were pruned from the broker; they are in the archive made before pruning"
+            );
+        }
         for line in lines {
             writeln!(out, "{}", to_canonical(line)?)?;
             next = at(line, "/entry/seq").as_u64().unwrap_or(next) + 1;
@@ -369,6 +391,47 @@ fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, 
     for checkpoint in &report.checkpoints {
         println!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size);
     }
+    Ok(())
+}
+
+async fn prune(client: &Client, before: u64, archive: &std::path::Path) -> anyhow::Result<()> {
+    let key: VerifierKey = text(&client.get("/v1/audit/public-key").await?, "verifier_key").parse()?;
+    let latest = client.get("/v1/audit/checkpoint").await?;
+    let signed = key.verify(text(&latest, "note"))?;
+    if before > signed.size {
+        bail!(
+            "the latest checkpoint covers {} entries; sign one covering {before} first (`keyward audit checkpoint`)",
+            signed.size
+        );
+    }
+    let input = std::fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
+    let (report, leaves) = verify_export_leaves(std::io::BufReader::new(input), &[], None)
+        .with_context(|| format!("{} is not a sound export", archive.display()))?;
+    if report.first != 0 || report.entries < before {
+        bail!(
+            "{} holds entries {}..{}; pruning before {before} needs an archive of 0..{before}",
+            archive.display(),
+            report.first,
+            report.first + report.entries
+        );
+    }
+    let archived_head = merkle::root(&leaves[..], before)?;
+    let answer = client.get(&format!("/v1/audit/proof/consistency?old={before}&new={}", signed.size)).await?;
+    merkle::verify_consistency(
+        before,
+        signed.size,
+        &archived_head,
+        &signed.root,
+        &parse_hashes(at(&answer, "/proof"))?,
+    )
+    .with_context(|| format!("{} is not the signed log's first {before} entries; nothing pruned", archive.display()))?;
+    let pruned = client.post("/v1/audit/prune", &json!({ "before": before })).await?;
+    println!(
+        "pruned {} entries before {before}; {} holds them (head at {before}: {})",
+        at(&pruned, "/pruned"),
+        archive.display(),
+        hex(&archived_head)
+    );
     Ok(())
 }
 

@@ -231,4 +231,39 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// The first sequence number still stored (entries below it were pruned).
+    pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
+        to_u64(
+            sqlx::query("SELECT pruned_before FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("pruned_before")?,
+        )
+    }
+
+    /// Deletes the entries (and their lookup keys) below `before`, keeping every tree node so
+    /// heads and proofs still cover the whole log. Returns how many entries went. `before` may
+    /// not pass the log's size; pruning less than before is a no-op.
+    pub async fn prune_audit_entries(&self, before: u64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let head = sqlx::query("SELECT size, pruned_before FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let size = to_u64(head.try_get("size")?)?;
+        let already = to_u64(head.try_get("pruned_before")?)?;
+        if before > size {
+            return Err(StoreError::Corrupt(format!("cannot prune before entry {before}: the log has {size}")));
+        }
+        if before <= already {
+            return Ok(0);
+        }
+        let deleted =
+            sqlx::query("DELETE FROM audit_entries WHERE seq < $1").bind(to_i64(before)).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_refs WHERE seq < $1").bind(to_i64(before)).execute(&mut *tx).await?;
+        sqlx::query("UPDATE audit_head SET pruned_before = $1 WHERE id = 1")
+            .bind(to_i64(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected())
+    }
 }
