@@ -255,19 +255,7 @@ fn summary(entry: &Value) -> String {
 
 /// RFC 3339 UTC for a Unix time.
 fn time(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    crate::clock::rfc3339(unix)
 }
 
 async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<()> {
@@ -523,17 +511,5 @@ fn print_run(run: &str, entries: &[&Value]) {
                 summary(entry)
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::time;
-
-    #[test]
-    fn times_print_as_rfc_3339() {
-        assert_eq!(time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(time(1_795_400_000), "2026-11-23T02:13:20Z");
-        assert_eq!(time(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
