@@ -168,7 +168,24 @@ impl Broker {
 
     /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let maintenance = tokio::spawn(maintain(Arc::clone(&self.state.keys), Arc::clone(&self.state.metrics)));
+        if let Some(engine) = &self.state.policies {
+            let context = crate::audit::Context::default();
+            crate::audit::events::policy_load(
+                &self.state.audit,
+                self.state.clock_now(),
+                "start",
+                context,
+                engine,
+                None,
+            )
+            .await;
+        }
+        let maintenance = tokio::spawn(maintain(
+            Arc::clone(&self.state.keys),
+            Arc::clone(&self.state.metrics),
+            self.state.audit.clone(),
+            Arc::clone(&self.state.clock),
+        ));
         let deliveries: Vec<_> = self
             .state
             .sinks
@@ -186,11 +203,14 @@ impl Broker {
             Arc::clone(&self.state.clock),
             self.replay_leeway,
         ));
-        let reloader = self
-            .state
-            .policies
-            .clone()
-            .map(|engine| tokio::spawn(reload_on_sighup(engine, Arc::clone(&self.state.metrics))));
+        let reloader = self.state.policies.clone().map(|engine| {
+            tokio::spawn(reload_on_sighup(
+                engine,
+                Arc::clone(&self.state.metrics),
+                self.state.audit.clone(),
+                Arc::clone(&self.state.clock),
+            ))
+        });
         let store = self.state.store.clone();
         let app = api::router(self.state);
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
@@ -213,7 +233,7 @@ pub async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartErr
     TcpListener::bind(address).await.map_err(|source| StartError::Listen { address: address.to_string(), source })
 }
 
-async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
+async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>, audit: AuditLog, clock: SharedClock) {
     let mut ticker = tokio::time::interval(MAINTENANCE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -224,7 +244,11 @@ async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>) {
             continue;
         }
         match keys.rotate_if_due().await {
-            Ok(Some(_)) => metrics.rotation(true),
+            Ok(Some(rotation)) => {
+                metrics.rotation(true);
+                let context = crate::audit::Context::default();
+                crate::audit::events::key_rotated(&audit, clock.now(), "schedule", context, &rotation, false).await;
+            }
             Ok(None) => {}
             Err(error) => {
                 metrics.rotation(false);
@@ -275,7 +299,7 @@ async fn prune_replay_cache(store: Store, clock: SharedClock, leeway: Duration) 
 }
 
 /// Reloads the policy set on every SIGHUP; a failed reload keeps the last good set.
-async fn reload_on_sighup(engine: Arc<PolicyEngine>, metrics: Arc<Metrics>) {
+async fn reload_on_sighup(engine: Arc<PolicyEngine>, metrics: Arc<Metrics>, audit: AuditLog, clock: SharedClock) {
     #[cfg(unix)]
     {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -286,13 +310,19 @@ async fn reload_on_sighup(engine: Arc<PolicyEngine>, metrics: Arc<Metrics>) {
             }
         };
         while hangup.recv().await.is_some() {
-            let engine = Arc::clone(&engine);
-            let reloaded = tokio::task::spawn_blocking(move || engine.reload().is_ok()).await.unwrap_or(false);
-            metrics.policy_reload(reloaded);
+            let reloading = Arc::clone(&engine);
+            let reloaded =
+                tokio::task::spawn_blocking(move || reloading.reload().map(drop).map_err(|e| e.to_string())).await;
+            let reloaded = reloaded.unwrap_or_else(|e| Err(e.to_string()));
+            metrics.policy_reload(reloaded.is_ok());
+            let failure = reloaded.err();
+            let context = crate::audit::Context::default();
+            crate::audit::events::policy_load(&audit, clock.now(), "signal", context, &engine, failure.as_deref())
+                .await;
         }
     }
     #[cfg(not(unix))]
-    let _ = (engine, metrics);
+    let _ = (engine, metrics, audit, clock);
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

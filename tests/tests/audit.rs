@@ -228,11 +228,12 @@ async fn a_rewritten_history_fails_the_consistency_check() {
     let cp = dir.path().join("published.txt");
     std::fs::write(&cp, &published.stdout).unwrap();
 
-    // Replace the stored hash of the first two entries' subtree, as a rewrite would.
+    // Replace the stored hash of the largest complete subtree (the first entries), as a rewrite
+    // would: that is the node the head and the proofs read.
     let db = broker.data_dir.join("keyward.db");
     let script = format!(
         "import sqlite3; c = sqlite3.connect({:?}); \
-         c.execute(\"UPDATE audit_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0\"); c.commit()",
+         c.execute(\"UPDATE audit_nodes SET hash = zeroblob(32) WHERE idx = 0 AND level = (SELECT MAX(level) FROM audit_nodes)\"); c.commit()",
         db.to_str().unwrap()
     );
     let status = std::process::Command::new("python3").args(["-c", &script]).status().unwrap();
@@ -268,8 +269,10 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     write("archive.jsonl", &archive.stdout);
 
     // Refused: beyond the signed checkpoint; an archive that is not the log's prefix.
-    let beyond = audit_cli(&broker, &["prune", "--before", "11", "--archive", &path("archive.jsonl")]);
-    assert!(!beyond.success && beyond.stderr.contains("sign one covering 11 first"), "{}", beyond.stderr);
+    let signed = Audit::open(&broker.data_dir).await.0.audit_size().await.unwrap();
+    let past = (signed + 1).to_string();
+    let beyond = audit_cli(&broker, &["prune", "--before", &past, "--archive", &path("archive.jsonl")]);
+    assert!(!beyond.success && beyond.stderr.contains(&format!("sign one covering {past} first")), "{}", beyond.stderr);
     let short = audit_cli(&broker, &["prune", "--before", "8", "--archive", &path("archive.jsonl")]);
     assert!(!short.success && short.stderr.contains("needs an archive of 0..8"), "{}", short.stderr);
     let mut forged: Vec<String> = archive.stdout.lines().map(str::to_owned).collect();
@@ -291,8 +294,9 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
         pruned.stderr
     );
     let audit = Audit::open(&broker.data_dir).await;
-    assert!(audit.for_run("old-0").await.is_empty() && audit.for_run("old-5").await.is_empty());
-    assert_eq!(audit.for_run("old-6").await.len(), 1);
+    // Entry 0 is the policy set loaded at start; old-0..old-4 are entries 1..5.
+    assert!(audit.for_run("old-0").await.is_empty() && audit.for_run("old-4").await.is_empty());
+    assert_eq!(audit.for_run("old-5").await.len(), 1);
     assert_eq!(audit.0.audit_count("audit.pruned").await.unwrap(), 1, "the pruning is on record");
 
     // The log goes on; the archive plus today's export verifies against old and new checkpoints.
@@ -314,8 +318,9 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
             &path("log.pub"),
         ],
     );
+    let size = audit.0.audit_size().await.unwrap();
     assert!(
-        verified.success && verified.stdout.contains("12 entries (0..12) verified"),
+        verified.success && verified.stdout.contains(&format!("{size} entries (0..{size}) verified")),
         "{}{}",
         verified.stdout,
         verified.stderr

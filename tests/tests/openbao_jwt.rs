@@ -67,4 +67,14 @@ async fn openbao_accepts_minted_tokens_and_refuses_bad_ones_across_rotation() {
     assert_eq!(rotation["rotation"]["current_kid"], new_kid.as_str());
     assert!(bao.login("run", &after_rotation).await.accepted(), "a token from the new key logs in");
     assert!(bao.login("run", &before_rotation).await.accepted(), "a live token from the retired key still logs in");
+
+    // The rotation is in the audit log, with who asked and whether it was forced.
+    let audit = keyward_tests::audit::Audit::open(&broker.data_dir).await;
+    let rotations = audit.0.audit_tail(Some("signing_key.rotated"), 5).await.unwrap();
+    assert_eq!(rotations.len(), 1);
+    let entry: serde_json::Value = serde_json::from_str(&rotations[0].body).unwrap();
+    assert_eq!(entry["details"]["retired_kid"], old_kid.as_str());
+    assert_eq!(entry["details"]["current_kid"], new_kid.as_str());
+    assert_eq!(entry["details"]["forced"], true);
+    assert_eq!(entry["context"]["actor"], "bootstrap-admin");
 }

@@ -65,6 +65,23 @@ async fn reload_keeps_the_last_good_set_and_sighup_reloads() {
     let metrics = client.get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keyward_policy_reloads_total 2"), "{metrics}");
     assert!(metrics.contains("keyward_policy_reload_failures_total 1"), "{metrics}");
+
+    // Every load and refusal is in the audit log, with who caused it.
+    let audit = keyward_tests::audit::Audit::open(&data_dir).await;
+    // The SIGHUP reload is recorded just after it takes effect.
+    let loads = eventually("the SIGHUP reload on record", Duration::from_secs(10), || {
+        let store = audit.0.clone();
+        async move { store.audit_tail(Some("policy.loaded"), 10).await.ok().filter(|l| l.len() == 3) }
+    })
+    .await;
+    let actors: Vec<Value> =
+        loads.iter().map(|e| serde_json::from_str::<Value>(&e.body).unwrap()["context"]["actor"].clone()).collect();
+    assert_eq!(actors, ["start", "bootstrap-admin", "signal"], "{loads:?}");
+    let last: Value = serde_json::from_str(&loads[2].body).unwrap();
+    assert_eq!(last["details"]["digest"], third["digest"]);
+    let refused = audit.0.audit_tail(Some("policy.load_failed"), 10).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].body.contains("broken.rego") && refused[0].body.contains(first["digest"].as_str().unwrap()));
 }
 
 #[test]

@@ -176,14 +176,29 @@ pub(super) async fn policy_status(State(state): State<AppState>, headers: Header
     Ok(Json(engine.status()).into_response())
 }
 
-pub(super) async fn reload_policies(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn reload_policies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Result<Response, ApiError> {
     let operator = operator(&state, &headers, ApiScope::Admin).await?;
     let engine = Arc::clone(state.policies.as_ref().ok_or_else(no_policies)?);
     // Compiling reads files and may take a while: keep it off the async workers.
-    let reloaded = tokio::task::spawn_blocking(move || engine.reload().map(|_| engine.status()))
+    let reloading = Arc::clone(&engine);
+    let reloaded = tokio::task::spawn_blocking(move || reloading.reload().map(|_| reloading.status()))
         .await
         .map_err(|e| ApiError::internal(&e))?;
     state.metrics.policy_reload(reloaded.is_ok());
+    let failure = reloaded.as_ref().err().map(ToString::to_string);
+    crate::audit::events::policy_load(
+        &state.audit,
+        state.clock_now(),
+        &operator.name,
+        super::caller(&extensions),
+        &engine,
+        failure.as_deref(),
+    )
+    .await;
     match reloaded {
         Ok(status) => {
             tracing::info!(requested_by = %operator.name, "policy set reloaded on request");
@@ -207,6 +222,7 @@ pub(super) struct RotateBody {
 pub(super) async fn rotate_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let operator = operator(&state, &headers, ApiScope::Admin).await?;
@@ -225,6 +241,16 @@ pub(super) async fn rotate_keys(
     match outcome? {
         Some(rotation) => {
             tracing::info!(requested_by = %operator.name, "on-demand key rotation");
+            let context = super::caller(&extensions);
+            crate::audit::events::key_rotated(
+                &state.audit,
+                state.clock_now(),
+                &operator.name,
+                context,
+                &rotation,
+                force,
+            )
+            .await;
             Ok(Json(json!({ "rotated": true, "rotation": rotation })).into_response())
         }
         None => Err(ApiError::unavailable("another broker replica rotated the keys at the same moment; retry")),

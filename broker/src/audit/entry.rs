@@ -22,6 +22,12 @@ pub mod kinds {
     pub const CREDENTIALS_ISSUED: &str = "credentials.issued";
     /// Entries below a sequence number were exported and pruned (their tree nodes stay).
     pub const AUDIT_PRUNED: &str = "audit.pruned";
+    /// A policy set was loaded (at start, on SIGHUP, on request): its digest and files.
+    pub const POLICY_LOADED: &str = "policy.loaded";
+    /// A policy set was refused (it did not compile); the last good one stayed.
+    pub const POLICY_LOAD_FAILED: &str = "policy.load_failed";
+    /// The signing keys rotated: which key retired, which signs now, which is next.
+    pub const SIGNING_KEY_ROTATED: &str = "signing_key.rotated";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

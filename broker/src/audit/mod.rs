@@ -12,6 +12,7 @@
 pub mod canonical;
 pub mod checkpoint;
 pub mod entry;
+pub mod events;
 pub mod log;
 pub mod merkle;
 pub mod sinks;
