@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use keyward_broker::audit::merkle::{self, Hash, ProofError, Subtrees};
 use keyward_broker::audit::verify::verify_export;
-use keyward_broker::audit::{AuditEvent, Context, kinds};
+use keyward_broker::audit::{AuditEvent, Context, Kind};
 
 struct AllNodes(HashMap<(u32, u64), Hash>);
 
@@ -51,7 +51,7 @@ fn main() {
             request_id: Some(format!("01a2071d-177d-7469-bc76-{seq:012}")),
             ..Context::default()
         };
-        let event = AuditEvent::new(kinds::CREDENTIALS_ISSUED, 1_795_400_000, context)
+        let event = AuditEvent::new(Kind::CredentialsIssued, 1_795_400_000, context)
             .with("access_key_id", format!("ASIA{seq:016}"))
             .with("role_session_name", format!("run-{seq:08}"));
         let body = event.prepare().unwrap().body(seq);

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use keyward_broker::audit::{Append, AuditEvent, AuditLog, Context, kinds};
+use keyward_broker::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::store::Store;
 use keyward_tests::postgres::PgCluster;
@@ -42,7 +42,7 @@ fn event(i: usize) -> AuditEvent {
         request_id: Some(format!("01a2071d-177d-7469-bc76-{i:012}")),
         remote_addr: Some("10.0.3.17:53122".into()),
     };
-    AuditEvent::new(kinds::CREDENTIALS_ISSUED, 1_795_400_000, context)
+    AuditEvent::new(Kind::CredentialsIssued, 1_795_400_000, context)
         .with("role_arn", "arn:aws:iam::123456789012:role/network-apply")
         .with("role_session_name", format!("run-{i}"))
         .with("access_key_id", format!("ASIA{i:016}"))

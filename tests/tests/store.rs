@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_broker::access::{Access, AccessError, ApiScope};
-use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
+use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim, kinds};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::SigningAlgorithm;
@@ -93,7 +93,7 @@ async fn api_tokens(store: &Store) {
 }
 
 /// An entry about run `run`, told apart by `id` in its details.
-fn event(kind: &'static str, run: &str, id: &str) -> AuditEvent {
+fn event(kind: Kind, run: &str, id: &str) -> AuditEvent {
     let context = Context { run_id: Some(run.to_owned()), ..Context::default() };
     AuditEvent::new(kind, T0, context).with("id", id)
 }
@@ -107,8 +107,8 @@ fn ids(entries: &[keyward_tests::audit::Logged]) -> Vec<String> {
 
 async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLog) {
     let audit = Audit(store.clone());
-    log.append(Append::events(vec![event(kinds::TOKEN_MINTED, "run-a", "a1")])).await.unwrap();
-    let pair = vec![event(kinds::CREDENTIALS_ALLOWED, "run-a", "a2"), event(kinds::CREDENTIALS_ISSUED, "run-b", "b1")];
+    log.append(Append::events(vec![event(Kind::TokenMinted, "run-a", "a1")])).await.unwrap();
+    let pair = vec![event(Kind::CredentialsAllowed, "run-a", "a2"), event(Kind::CredentialsIssued, "run-b", "b1")];
     log.append(Append::events(pair)).await.unwrap();
     assert_eq!(ids(&audit.for_run("run-a").await), ["a1", "a2"], "in order");
     assert_eq!(audit.count(kinds::CREDENTIALS_ISSUED).await, 1);
@@ -117,8 +117,7 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
     // An append that cannot be encoded (floats have no canonical form) is refused before it
     // reaches the writer: nothing of it is written, not even its valid first entry, and the log
     // stays healthy for everyone else.
-    let broken =
-        vec![event(kinds::TOKEN_MINTED, "run-c", "c1"), event(kinds::TOKEN_MINTED, "run-c", "c2").with("x", 1.5)];
+    let broken = vec![event(Kind::TokenMinted, "run-c", "c1"), event(Kind::TokenMinted, "run-c", "c2").with("x", 1.5)];
     assert!(log.append(Append::events(broken)).await.is_err());
     assert!(log.stats().healthy());
     assert!(audit.for_run("run-c").await.is_empty(), "the refused append left nothing behind");
@@ -128,7 +127,7 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
     let gone = Store::open(location).await.unwrap();
     let broken_log = AuditLog::start(gone.clone());
     gone.close().await;
-    assert!(broken_log.append(Append::events(vec![event(kinds::TOKEN_MINTED, "run-d", "d1")])).await.is_err());
+    assert!(broken_log.append(Append::events(vec![event(Kind::TokenMinted, "run-d", "d1")])).await.is_err());
     assert!(!broken_log.stats().healthy() && broken_log.stats().failed_commits() == 1);
     assert!(audit.for_run("run-d").await.is_empty());
 }
@@ -137,8 +136,8 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
 fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> Append {
     Append {
         claim: Some(TokenClaim { issuer: issuer.into(), jti: jti.into(), expires_at, used_at: T0 }),
-        events: vec![event(kinds::CREDENTIALS_ALLOWED, "run-r", id)],
-        if_replayed: vec![event(kinds::CREDENTIALS_DENIED, "run-r", &format!("{id}-replay"))],
+        events: vec![event(Kind::CredentialsAllowed, "run-r", id)],
+        if_replayed: vec![event(Kind::CredentialsDenied, "run-r", &format!("{id}-replay"))],
     }
 }
 
@@ -158,7 +157,7 @@ async fn replay_cache(store: &Store, log: &AuditLog) {
 
     // All or nothing: an append that cannot be written does not take the claim it came with.
     let mut broken = claiming(ci, "j5", T0 + 300, "r5");
-    broken.events.push(event(kinds::CREDENTIALS_ISSUED, "run-r", "r5-bad").with("ratio", 0.5));
+    broken.events.push(event(Kind::CredentialsIssued, "run-r", "r5-bad").with("ratio", 0.5));
     assert!(log.append(broken).await.is_err());
     assert_eq!(log.append(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
 
@@ -181,7 +180,7 @@ async fn concurrently(log: &AuditLog, entries: impl Iterator<Item = Append>) -> 
 async fn group_commit(log: &AuditLog) {
     let (commits, entries) = (log.stats().commits(), log.stats().entries());
     let outcomes =
-        concurrently(log, (0..64).map(|i| Append::events(vec![event(kinds::TOKEN_MINTED, "run-g", &format!("g{i}"))])))
+        concurrently(log, (0..64).map(|i| Append::events(vec![event(Kind::TokenMinted, "run-g", &format!("g{i}"))])))
             .await;
     assert!(outcomes.iter().all(|o| *o == Committed::Recorded));
     assert_eq!(log.stats().entries() - entries, 64);
@@ -198,7 +197,7 @@ async fn replicas_append_one_gap_free_sequence(location: &DatabaseLocation) {
     let writes = |log: AuditLog, name: &'static str| async move {
         concurrently(
             &log,
-            (0..40).map(|i| Append::events(vec![event(kinds::TOKEN_MINTED, "run-x", &format!("{name}{i}"))])),
+            (0..40).map(|i| Append::events(vec![event(Kind::TokenMinted, "run-x", &format!("{name}{i}"))])),
         )
         .await
     };

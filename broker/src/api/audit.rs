@@ -236,7 +236,7 @@ pub(super) async fn prune(
     let head = tree::root(&state.store, body.before).await?;
     let pruned = state.store.prune_audit_entries(body.before).await.map_err(store_error)?;
     let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
-    let event = crate::audit::AuditEvent::new(crate::audit::kinds::AUDIT_PRUNED, state.clock_now(), context)
+    let event = crate::audit::AuditEvent::new(crate::audit::Kind::AuditPruned, state.clock_now(), context)
         .with("before", body.before)
         .with("pruned", pruned)
         .with("root_at_before", hex(&head));

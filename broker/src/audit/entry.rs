@@ -10,23 +10,60 @@ use serde_json::{Map, Value};
 use super::canonical::{CanonicalError, to_canonical};
 use super::merkle::{Hash, leaf_hash};
 
-/// Stable entry kinds (DESIGN.md §4). Tools match on these strings; never rename one.
-pub mod kinds {
+/// Stable entry kinds (DESIGN.md §4). Tools match on their names; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
     /// A run token or target-audience token was signed and handed out.
-    pub const TOKEN_MINTED: &str = "token.minted";
+    TokenMinted,
     /// The policy (and the broker's own rules) allowed a credential request.
-    pub const CREDENTIALS_ALLOWED: &str = "credentials.allowed";
+    CredentialsAllowed,
     /// A credential request was refused (bad token, policy, relying party); with reasons.
-    pub const CREDENTIALS_DENIED: &str = "credentials.denied";
+    CredentialsDenied,
     /// Credentials were issued: identifiers of what the caller received.
-    pub const CREDENTIALS_ISSUED: &str = "credentials.issued";
+    CredentialsIssued,
     /// Entries below a sequence number were exported and pruned (their tree nodes stay).
-    pub const AUDIT_PRUNED: &str = "audit.pruned";
+    AuditPruned,
     /// A policy set was loaded (at start, on SIGHUP, on request): its digest and files.
-    pub const POLICY_LOADED: &str = "policy.loaded";
+    PolicyLoaded,
     /// A policy set was refused (it did not compile); the last good one stayed.
-    pub const POLICY_LOAD_FAILED: &str = "policy.load_failed";
+    PolicyLoadFailed,
     /// The signing keys rotated: which key retired, which signs now, which is next.
+    SigningKeyRotated,
+}
+
+impl Kind {
+    /// The name entries carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenMinted => kinds::TOKEN_MINTED,
+            Self::CredentialsAllowed => kinds::CREDENTIALS_ALLOWED,
+            Self::CredentialsDenied => kinds::CREDENTIALS_DENIED,
+            Self::CredentialsIssued => kinds::CREDENTIALS_ISSUED,
+            Self::AuditPruned => kinds::AUDIT_PRUNED,
+            Self::PolicyLoaded => kinds::POLICY_LOADED,
+            Self::PolicyLoadFailed => kinds::POLICY_LOAD_FAILED,
+            Self::SigningKeyRotated => kinds::SIGNING_KEY_ROTATED,
+        }
+    }
+}
+
+/// The names of the [`Kind`]s, for queries and tools (`keyward audit tail --kind`).
+pub mod kinds {
+    /// [`super::Kind::TokenMinted`].
+    pub const TOKEN_MINTED: &str = "token.minted";
+    /// [`super::Kind::CredentialsAllowed`].
+    pub const CREDENTIALS_ALLOWED: &str = "credentials.allowed";
+    /// [`super::Kind::CredentialsDenied`].
+    pub const CREDENTIALS_DENIED: &str = "credentials.denied";
+    /// [`super::Kind::CredentialsIssued`].
+    pub const CREDENTIALS_ISSUED: &str = "credentials.issued";
+    /// [`super::Kind::AuditPruned`].
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
+    /// [`super::Kind::PolicyLoaded`].
+    pub const POLICY_LOADED: &str = "policy.loaded";
+    /// [`super::Kind::PolicyLoadFailed`].
+    pub const POLICY_LOAD_FAILED: &str = "policy.load_failed";
+    /// [`super::Kind::SigningKeyRotated`].
     pub const SIGNING_KEY_ROTATED: &str = "signing_key.rotated";
 }
 
@@ -87,8 +124,8 @@ pub struct Context {
 /// An event to append: the entry minus its sequence number, which the log assigns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// One of [`kinds`].
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: Kind,
     /// Seconds since the epoch.
     pub at: i64,
     /// The context chain.
@@ -102,7 +139,7 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event with no details yet.
-    pub fn new(kind: &'static str, at: i64, context: Context) -> Self {
+    pub fn new(kind: Kind, at: i64, context: Context) -> Self {
         Self { kind, at, context, details: Map::new(), refs: Vec::new() }
     }
 
@@ -142,7 +179,7 @@ impl AuditEvent {
         // `seq` sorts after every other key of an entry, so the canonical form with it is this
         // prefix, then `,"seq":N}`.
         prefix.pop();
-        Ok(PreparedEvent { kind: self.kind, at: self.at, refs: self.all_refs(), prefix })
+        Ok(PreparedEvent { kind: self.kind.as_str(), at: self.at, refs: self.all_refs(), prefix })
     }
 
     /// The entry this event becomes at `seq`.
@@ -150,7 +187,7 @@ impl AuditEvent {
         Entry {
             seq,
             at: self.at,
-            kind: self.kind.to_owned(),
+            kind: self.kind.as_str().to_owned(),
             context: self.context.clone(),
             details: self.details.clone(),
         }
@@ -223,7 +260,7 @@ mod tests {
             remote_addr: Some("127.0.0.1:1".into()),
             ..Context::default()
         };
-        let event = AuditEvent::new(kinds::CREDENTIALS_ISSUED, 1_795_400_000, context)
+        let event = AuditEvent::new(Kind::CredentialsIssued, 1_795_400_000, context)
             .with("access_key_id", "ASIA1")
             .with("z", serde_json::json!({"y": [1, "x"], "a": null}))
             .with("seq_like", "not the seq");
@@ -231,6 +268,6 @@ mod tests {
         for seq in [0, 7, u64::MAX] {
             assert_eq!(prepared.body(seq), event.at_seq(seq).canonical().unwrap(), "seq {seq}");
         }
-        assert!(AuditEvent::new(kinds::TOKEN_MINTED, 0, Context::default()).with("f", 0.5).prepare().is_err());
+        assert!(AuditEvent::new(Kind::TokenMinted, 0, Context::default()).with("f", 0.5).prepare().is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Entries for the broker's own security-relevant actions (policy loads, key rotations), built in
 //! one place so the scheduled, signal-driven and on-request paths record the same thing.
 
-use super::entry::{AuditEvent, Context, kinds};
+use super::entry::{AuditEvent, Context, Kind};
 use super::log::{Append, AuditLog};
 use crate::identity::keyring::Rotation;
 use crate::policy::PolicyEngine;
@@ -23,10 +23,10 @@ pub async fn policy_load(
 ) {
     let set = engine.current();
     let event = match failure {
-        None => AuditEvent::new(kinds::POLICY_LOADED, at, by(actor, context))
+        None => AuditEvent::new(Kind::PolicyLoaded, at, by(actor, context))
             .with("digest", set.digest())
             .with("files", set.files().to_vec()),
-        Some(error) => AuditEvent::new(kinds::POLICY_LOAD_FAILED, at, by(actor, context))
+        Some(error) => AuditEvent::new(Kind::PolicyLoadFailed, at, by(actor, context))
             .with("error", error)
             .with("kept_digest", set.digest()),
     }
@@ -36,7 +36,7 @@ pub async fn policy_load(
 
 /// Records a signing key rotation.
 pub async fn key_rotated(log: &AuditLog, at: i64, actor: &str, context: Context, rotation: &Rotation, forced: bool) {
-    let event = AuditEvent::new(kinds::SIGNING_KEY_ROTATED, at, by(actor, context))
+    let event = AuditEvent::new(Kind::SigningKeyRotated, at, by(actor, context))
         .with("retired_kid", rotation.retired_kid.as_str())
         .with("current_kid", rotation.current_kid.as_str())
         .with("next_kid", rotation.next_kid.as_str())
@@ -48,6 +48,6 @@ pub async fn key_rotated(log: &AuditLog, at: i64, actor: &str, context: Context,
 async fn append(log: &AuditLog, event: AuditEvent) {
     let kind = event.kind;
     if let Err(error) = log.append(Append::events(vec![event])).await {
-        tracing::error!(%error, kind, "could not record this action in the audit log");
+        tracing::error!(%error, kind = kind.as_str(), "could not record this action in the audit log");
     }
 }

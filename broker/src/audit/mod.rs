@@ -19,5 +19,5 @@ pub mod sinks;
 pub mod tree;
 pub mod verify;
 
-pub use entry::{AuditEvent, Context, Entry, kinds};
+pub use entry::{AuditEvent, Context, Entry, Kind, kinds};
 pub use log::{Append, AuditLog, Committed, Stats, TokenClaim};

@@ -30,7 +30,7 @@ use subject::Subject;
 
 pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 
-use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, TokenClaim, kinds};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
 use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
 use crate::identity::issuer::{IssueError, Issuer, PendingToken};
@@ -191,7 +191,7 @@ impl Exchanger {
                         caller,
                         target,
                         Some(&subject),
-                        kinds::CREDENTIALS_DENIED,
+                        Kind::CredentialsDenied,
                         &reasons,
                         decided,
                     )],
@@ -212,7 +212,7 @@ impl Exchanger {
                 caller,
                 target,
                 Some(&subject),
-                kinds::CREDENTIALS_ALLOWED,
+                Kind::CredentialsAllowed,
                 &reasons,
                 decided.clone(),
             )],
@@ -232,7 +232,7 @@ impl Exchanger {
                             caller,
                             &subject,
                             target,
-                            kinds::CREDENTIALS_DENIED,
+                            Kind::CredentialsDenied,
                             std::slice::from_ref(&reason),
                             details,
                         )
@@ -252,7 +252,7 @@ impl Exchanger {
                     let serials: Vec<&str> = issued.certificates.iter().map(|c| c.serial_number.as_str()).collect();
                     fields.insert("certificate_serials".to_owned(), json!(serials));
                 }
-                self.record(caller, &subject, target, kinds::CREDENTIALS_ISSUED, &[], details).await?;
+                self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
                 ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
             }
             TargetKind::Aws(aws) => {
@@ -274,7 +274,7 @@ impl Exchanger {
                             caller,
                             target,
                             Some(&subject),
-                            kinds::CREDENTIALS_ISSUED,
+                            Kind::CredentialsIssued,
                             &[],
                             details,
                         ));
@@ -306,7 +306,7 @@ impl Exchanger {
                                     caller,
                                     &subject,
                                     target,
-                                    kinds::CREDENTIALS_DENIED,
+                                    Kind::CredentialsDenied,
                                     std::slice::from_ref(&reason),
                                     details,
                                 )
@@ -326,7 +326,7 @@ impl Exchanger {
                             );
                             fields.insert("credentials_expire_at".to_owned(), Value::from(credentials.expires_at));
                         }
-                        self.record(caller, &subject, target, kinds::CREDENTIALS_ISSUED, &[], details).await?;
+                        self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
                         ExchangeResponse::Aws(AwsIssued {
                             credentials,
                             role_arn: aws.role_arn.clone(),
@@ -453,7 +453,7 @@ impl Exchanger {
         caller: &Context,
         subject: &Subject,
         target: &TargetConfig,
-        kind: &'static str,
+        kind: Kind,
         reasons: &[String],
         details: Value,
     ) -> Result<(), ExchangeError> {
@@ -472,7 +472,7 @@ impl Exchanger {
         target: &TargetConfig,
         error: &ExchangeError,
     ) -> Result<(), ExchangeError> {
-        let event = self.event(caller, target, None, kinds::CREDENTIALS_DENIED, &[error.to_string()], json!({}));
+        let event = self.event(caller, target, None, Kind::CredentialsDenied, &[error.to_string()], json!({}));
         self.log
             .append(Append::events(vec![event]))
             .await
@@ -482,7 +482,7 @@ impl Exchanger {
 
     /// The record of refusing a replayed subject token.
     fn replay_event(&self, caller: &Context, target: &TargetConfig, subject: &Subject) -> AuditEvent {
-        self.event(caller, target, Some(subject), kinds::CREDENTIALS_DENIED, &[replayed().to_string()], json!({}))
+        self.event(caller, target, Some(subject), Kind::CredentialsDenied, &[replayed().to_string()], json!({}))
     }
 
     /// An entry about `target`, with the subject's run chain (when verified) and the caller's
@@ -492,7 +492,7 @@ impl Exchanger {
         caller: &Context,
         target: &TargetConfig,
         subject: Option<&Subject>,
-        kind: &'static str,
+        kind: Kind,
         reasons: &[String],
         details: Value,
     ) -> AuditEvent {

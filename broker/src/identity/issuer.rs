@@ -12,7 +12,7 @@ use std::sync::Arc;
 use keyward_proto::claims::RunClaims;
 
 use super::mint::{MintError, MintRequest, MintedToken, Minter};
-use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, kinds};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
 use crate::store::StoreError;
 
 /// Why a token was not issued.
@@ -113,7 +113,7 @@ fn minted_event(minted: &MintedToken, context: Context) -> AuditEvent {
         approved_by: claims.approved_by.clone(),
         ..context
     };
-    AuditEvent::new(kinds::TOKEN_MINTED, claims.iat, context)
+    AuditEvent::new(Kind::TokenMinted, claims.iat, context)
         .with("jti", claims.jti.as_str())
         .with("kid", minted.kid.as_str())
         .with("alg", minted.algorithm.as_str())
