@@ -227,20 +227,10 @@ impl Exchanger {
                 let issued = match vault::issue(vault_target, minted.token.expose()).await {
                     Ok(issued) => issued,
                     Err(error) => {
-                        let reason = error.to_string();
-                        self.record(
-                            caller,
-                            &subject,
-                            target,
-                            Kind::CredentialsDenied,
-                            std::slice::from_ref(&reason),
-                            details,
-                        )
-                        .await?;
-                        return Err(match error {
-                            vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
-                            vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
-                        });
+                        let refused = matches!(error, vault::VaultError::Refused { .. });
+                        return Err(self
+                            .upstream_failed(caller, &subject, target, details, error.to_string(), refused)
+                            .await);
                     }
                 };
                 if let Some(fields) = details.as_object_mut() {
@@ -301,20 +291,11 @@ impl Exchanger {
                         let credentials = match aws::assume_role(call).await {
                             Ok(credentials) => credentials,
                             Err(error) => {
+                                let refused = matches!(error, aws::StsError::Refused { .. });
                                 let reason = error.to_string();
-                                self.record(
-                                    caller,
-                                    &subject,
-                                    target,
-                                    Kind::CredentialsDenied,
-                                    std::slice::from_ref(&reason),
-                                    details,
-                                )
-                                .await?;
-                                return Err(match error {
-                                    aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason),
-                                    aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason),
-                                });
+                                return Err(self
+                                    .upstream_failed(caller, &subject, target, details, reason, refused)
+                                    .await);
                             }
                         };
                         let mut details = details;
@@ -463,6 +444,24 @@ impl Exchanger {
             .await
             .map(drop)
             .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
+    }
+
+    /// Records that the relying party refused (`refused`) or failed, and returns the caller's
+    /// error; if even the record fails, that failure is the caller's error.
+    async fn upstream_failed(
+        &self,
+        caller: &Context,
+        subject: &Subject,
+        target: &TargetConfig,
+        details: Value,
+        reason: String,
+        refused: bool,
+    ) -> ExchangeError {
+        let reasons = std::slice::from_ref(&reason);
+        if let Err(error) = self.record(caller, subject, target, Kind::CredentialsDenied, reasons, details).await {
+            return error;
+        }
+        if refused { ExchangeError::UpstreamRefused(reason) } else { ExchangeError::UpstreamUnavailable(reason) }
     }
 
     /// Records a refusal that happened before the subject was known.
