@@ -276,3 +276,36 @@ mod tests {
         assert!(parts.join("+").parse::<VerifierKey>().is_err());
     }
 }
+
+#[cfg(test)]
+mod hostile_input_tests {
+    use super::*;
+
+    /// Truncated, flipped and random notes and keys are refused, never a panic.
+    #[test]
+    fn hostile_notes_and_keys_are_refused_without_panicking() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let log = LogKey::from_pair("kw/audit", Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()).unwrap();
+        let note = log.sign(7, &[3u8; 32]);
+        let key = log.verifier().to_string();
+        let verifier = log.verifier();
+        for cut in 0..note.len() {
+            if let Some(prefix) = note.get(..cut) {
+                assert!(verifier.verify(prefix).is_err() || prefix == note.trim_end(), "{prefix:?}");
+            }
+        }
+        for cut in 0..key.len() {
+            if let Some(prefix) = key.get(..cut) {
+                let _ = prefix.parse::<VerifierKey>();
+            }
+        }
+        let mut flipped = note.clone().into_bytes();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0x01;
+            if let Ok(text) = std::str::from_utf8(&flipped) {
+                assert!(verifier.verify(text).is_err(), "a one-bit change at byte {i} still verified");
+            }
+            flipped[i] ^= 0x01;
+        }
+    }
+}
