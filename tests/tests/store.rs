@@ -58,6 +58,7 @@ async fn suite(location: &DatabaseLocation) {
     replay_cache(&store, &log).await;
     group_commit(&log).await;
     replicas_append_one_gap_free_sequence(location).await;
+    sink_cursors_never_move_back(&store).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -186,6 +187,16 @@ async fn group_commit(log: &AuditLog) {
     assert_eq!(log.stats().entries() - entries, 64);
     let used = log.stats().commits() - commits;
     assert!(used < 64, "64 concurrent appends took {used} commits: they were not batched");
+}
+
+async fn sink_cursors_never_move_back(store: &Store) {
+    assert_eq!(store.sink_cursor("siem").await.unwrap(), 0, "a new sink starts at the beginning");
+    store.set_sink_cursor("siem", 200).await.unwrap();
+    store.set_sink_cursor("siem", 100).await.unwrap(); // a slower replica reports older progress
+    assert_eq!(store.sink_cursor("siem").await.unwrap(), 200);
+    store.set_sink_cursor("siem", 250).await.unwrap();
+    assert_eq!(store.sink_cursor("siem").await.unwrap(), 250);
+    assert_eq!(store.sink_cursor("archive").await.unwrap(), 0, "cursors are per sink");
 }
 
 /// Two brokers on one database (two replicas) appending at once: one gap-free, totally ordered

@@ -219,11 +219,15 @@ impl Store {
         row.map_or(Ok(0), |row| to_u64(row.try_get("next_seq")?))
     }
 
-    /// Records that sink `name` delivered everything before `next_seq`.
+    /// Records that sink `name` delivered everything before `next_seq`. The cursor never moves
+    /// back: with several replicas delivering the same sink, a slower one cannot undo a faster
+    /// one's progress.
     pub async fn set_sink_cursor(&self, name: &str, next_seq: u64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_sink_cursors (name, next_seq) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET next_seq = excluded.next_seq",
+             ON CONFLICT (name) DO UPDATE SET next_seq = CASE \
+             WHEN excluded.next_seq > audit_sink_cursors.next_seq THEN excluded.next_seq \
+             ELSE audit_sink_cursors.next_seq END",
         )
         .bind(name)
         .bind(to_i64(next_seq))
