@@ -14,17 +14,9 @@ use std::hint::black_box;
 use std::io::Write as _;
 use std::time::Instant;
 
-use keyward_broker::audit::merkle::{self, Hash, ProofError, Subtrees};
+use keyward_broker::audit::merkle::{self, NodeMap};
 use keyward_broker::audit::verify::verify_export;
 use keyward_broker::audit::{AuditEvent, Context, Kind};
-
-struct AllNodes(HashMap<(u32, u64), Hash>);
-
-impl Subtrees for AllNodes {
-    fn hash(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
-        self.0.get(&(level, index)).copied().ok_or(ProofError::Missing { level, index })
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -87,7 +79,7 @@ fn main() {
         level_hashes = level_hashes.chunks_exact(2).map(|pair| merkle::node_hash(&pair[0], &pair[1])).collect();
         level += 1;
     }
-    let tree = AllNodes(nodes);
+    let tree = NodeMap(nodes);
     println!("stored tree: {} nodes, built in {:.1?}", tree.0.len(), started.elapsed());
     let head = merkle::root(&tree, n).unwrap();
     assert_eq!(Some(head), report.root, "the stored tree and the export agree");

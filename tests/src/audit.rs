@@ -81,14 +81,8 @@ impl Audit {
             .collect();
         let recomputed = merkle::root(&leaves[..], size).expect("root");
         let wanted: Vec<_> = merkle::needed_subtrees(merkle::Query::Root(size)).expect("query").into_iter().collect();
-        let nodes = self.0.audit_nodes(&wanted).await.expect("nodes");
-        struct Stored(std::collections::HashMap<(u32, u64), merkle::Hash>);
-        impl merkle::Subtrees for Stored {
-            fn hash(&self, level: u32, index: u64) -> Result<merkle::Hash, merkle::ProofError> {
-                self.0.get(&(level, index)).copied().ok_or(merkle::ProofError::Missing { level, index })
-            }
-        }
-        assert_eq!(merkle::root(&Stored(nodes), size).expect("stored root"), recomputed, "stored tree disagrees");
+        let nodes = merkle::NodeMap(self.0.audit_nodes(&wanted).await.expect("nodes"));
+        assert_eq!(merkle::root(&nodes, size).expect("stored root"), recomputed, "stored tree disagrees");
         size
     }
 }

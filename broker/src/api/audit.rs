@@ -18,6 +18,7 @@ use super::extract::operator;
 use crate::access::ApiScope;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
+use crate::audit::verify::export_line;
 use crate::identity::kek::hex;
 use crate::store::StoredEntry;
 
@@ -33,13 +34,8 @@ impl From<TreeError> for ApiError {
     }
 }
 
-fn line(entry: &StoredEntry) -> Result<Value, ApiError> {
-    let parsed: Value = serde_json::from_str(&entry.body).map_err(|e| ApiError::internal(&e))?;
-    Ok(json!({ "entry": parsed, "leaf_hash": hex(&merkle::leaf_hash(entry.body.as_bytes())) }))
-}
-
 fn lines(entries: &[StoredEntry]) -> Result<Vec<Value>, ApiError> {
-    entries.iter().map(line).collect()
+    entries.iter().map(|e| export_line(e).map_err(|e| ApiError::internal(&e))).collect()
 }
 
 fn store_error(error: crate::store::StoreError) -> ApiError {

@@ -171,10 +171,17 @@ impl AuditEvent {
     /// Encodes the event once, off the writer's path: everything of the entry but its sequence
     /// number, which the log assigns at commit. Fails for values with no canonical form (floats).
     pub fn prepare(&self) -> Result<PreparedEvent, CanonicalError> {
-        let mut value = serde_json::to_value(self.at_seq(0)).map_err(|e| CanonicalError::Encode(e.to_string()))?;
-        if let Value::Object(fields) = &mut value {
-            fields.remove("seq");
+        // The entry's fields but `seq`, borrowed: encoding copies nothing first.
+        #[derive(Serialize)]
+        struct Unnumbered<'a> {
+            at: i64,
+            context: &'a Context,
+            details: &'a Map<String, Value>,
+            kind: &'a str,
         }
+        let unnumbered =
+            Unnumbered { at: self.at, context: &self.context, details: &self.details, kind: self.kind.as_str() };
+        let value = serde_json::to_value(unnumbered).map_err(|e| CanonicalError::Encode(e.to_string()))?;
         let mut prefix = to_canonical(&value)?;
         // `seq` sorts after every other key of an entry, so the canonical form with it is this
         // prefix, then `,"seq":N}`.

@@ -282,12 +282,7 @@ async fn write_batch(
     entries: &[&Prepared],
     tree: &mut Frontier,
 ) -> Result<(Vec<Committed>, u64), StoreError> {
-    // SQLite: take the write lock now, not at the first write (see `Store::begin_write`).
-    let begin = match backend {
-        Backend::Sqlite => "BEGIN IMMEDIATE",
-        Backend::Postgres => "BEGIN",
-    };
-    sqlx::query(begin).execute(&mut *conn).await?;
+    sqlx::query(backend.begin_write_sql()).execute(&mut *conn).await?;
     let fresh = claim(conn, backend, entries).await?;
     let mut events = Vec::new();
     let mut outcomes = Vec::with_capacity(entries.len());

@@ -7,7 +7,7 @@
 //! subtrees an algorithm needs depends only on the sizes involved, never on hash values,
 //! [`needed_subtrees`] can list them up front, so a database-backed proof is one query.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use aws_lc_rs::digest;
 
@@ -83,6 +83,17 @@ impl Subtrees for [Hash] {
             return self.get(usize::try_from(start).map_err(|_| missing.clone())?).copied().ok_or(missing);
         }
         Ok(node_hash(&self.hash(level - 1, index * 2)?, &self.hash(level - 1, index * 2 + 1)?))
+    }
+}
+
+/// Subtree hashes fetched or computed ahead of time, keyed by `(level, index)`: what the broker
+/// reads from `audit_nodes` for one proof.
+#[derive(Debug, Clone, Default)]
+pub struct NodeMap(pub HashMap<(u32, u64), Hash>);
+
+impl Subtrees for NodeMap {
+    fn hash(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
+        self.0.get(&(level, index)).copied().ok_or(ProofError::Missing { level, index })
     }
 }
 

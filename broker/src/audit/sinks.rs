@@ -25,7 +25,7 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use serde_json::{Value, json};
 
 use super::canonical::to_canonical;
-use super::merkle;
+use super::verify::export_line;
 use crate::config::{Secret, SinkConfig};
 use crate::identity::kek::hex;
 use crate::store::{Store, StoredEntry};
@@ -195,10 +195,7 @@ impl Sink {
     async fn deliver(&self, entries: &[StoredEntry]) -> Result<(), Failure> {
         let lines = entries
             .iter()
-            .map(|entry| {
-                let parsed: Value = serde_json::from_str(&entry.body).map_err(|e| Failure::Transient(e.to_string()))?;
-                Ok(json!({ "entry": parsed, "leaf_hash": hex(&merkle::leaf_hash(entry.body.as_bytes())) }))
-            })
+            .map(|entry| export_line(entry).map_err(|e| Failure::Transient(e.to_string())))
             .collect::<Result<Vec<Value>, Failure>>()?;
         let (first, last) = (entries.first().map_or(0, |e| e.seq), entries.last().map_or(0, |e| e.seq));
         match &self.target {

@@ -1,10 +1,8 @@
 //! The stored tree: heads, proofs and checkpoints answered from `audit_nodes`, each with one read
 //! of exactly the subtrees the answer needs.
 
-use std::collections::HashMap;
-
 use super::checkpoint::{CheckpointError, LogKey};
-use super::merkle::{self, Hash, ProofError, Query};
+use super::merkle::{self, Hash, NodeMap, ProofError, Query};
 use crate::store::{CheckpointRow, Store, StoreError};
 
 /// Why a proof could not be served.
@@ -21,17 +19,9 @@ pub enum TreeError {
     Checkpoint(#[from] CheckpointError),
 }
 
-struct Fetched(HashMap<(u32, u64), Hash>);
-
-impl merkle::Subtrees for Fetched {
-    fn hash(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
-        self.0.get(&(level, index)).copied().ok_or(ProofError::Missing { level, index })
-    }
-}
-
-async fn fetch(store: &Store, query: Query) -> Result<Fetched, TreeError> {
+async fn fetch(store: &Store, query: Query) -> Result<NodeMap, TreeError> {
     let wanted: Vec<(u32, u64)> = merkle::needed_subtrees(query)?.into_iter().collect();
-    Ok(Fetched(store.audit_nodes(&wanted).await?))
+    Ok(NodeMap(store.audit_nodes(&wanted).await?))
 }
 
 /// Checks that `size` entries exist.

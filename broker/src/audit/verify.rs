@@ -16,6 +16,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, VerifierKey};
 use super::entry::Entry;
 use super::merkle::{self, Hash};
 use crate::identity::kek::hex;
+use crate::store::StoredEntry;
 
 /// One line of an export.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,13 @@ pub struct ExportLine {
     pub entry: Entry,
     /// Its leaf hash, hex, as the broker computed it.
     pub leaf_hash: String,
+}
+
+/// The export line of a stored entry: `{"entry": {…}, "leaf_hash": "<hex>"}`, as `export`,
+/// the API and the sinks all write it.
+pub fn export_line(stored: &StoredEntry) -> Result<serde_json::Value, serde_json::Error> {
+    let entry: serde_json::Value = serde_json::from_str(&stored.body)?;
+    Ok(serde_json::json!({ "entry": entry, "leaf_hash": hex(&merkle::leaf_hash(stored.body.as_bytes())) }))
 }
 
 /// Why an export does not verify.

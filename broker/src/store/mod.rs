@@ -76,6 +76,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The statement that starts a transaction that will write (see [`Store::begin_write`]).
+    pub(crate) fn begin_write_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+}
+
 /// The handle every component uses to reach the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -157,10 +167,7 @@ impl Store {
     /// (`BEGIN IMMEDIATE`): two deferred transactions that both read and then write would
     /// otherwise make SQLite fail the second at once with `SQLITE_BUSY` instead of waiting.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        })
+        Ok(self.pool.begin_with(self.backend.begin_write_sql()).await?)
     }
 
     /// Which engine this is.
