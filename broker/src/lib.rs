@@ -25,5 +25,6 @@ pub mod exchange;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod runs;
 pub mod server;
 pub mod store;

@@ -129,7 +129,10 @@ impl Broker {
                 config.tokens.clock_skew,
             )))
         };
+        let runs =
+            crate::runs::Runs::new(store.clone(), audit.clone(), policies.clone(), &config.targets, Arc::clone(&clock));
         let state = AppState {
+            runs,
             issuer,
             exchanger,
             clock: Arc::clone(&clock),

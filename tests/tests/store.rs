@@ -137,6 +137,7 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
 fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> Append {
     Append {
         claim: Some(TokenClaim { issuer: issuer.into(), jti: jti.into(), expires_at, used_at: T0 }),
+        writes: Vec::new(),
         events: vec![event(Kind::CredentialsAllowed, "run-r", id)],
         if_replayed: vec![event(Kind::CredentialsDenied, "run-r", &format!("{id}-replay"))],
     }

@@ -163,6 +163,27 @@ impl From<IssueError> for ApiError {
             }
             // Only entries that claim a subject token can be replays; operator minting claims none.
             IssueError::Replayed => Self::unavailable("the token was not issued; retry"),
+            IssueError::Refused(refusal) => Self::conflict(format!("the token was not issued: {refusal}")),
+        }
+    }
+}
+
+impl From<crate::runs::RunError> for ApiError {
+    fn from(error: crate::runs::RunError) -> Self {
+        use crate::runs::{GitError, RunError};
+        match error {
+            RunError::Invalid(message) => Self::invalid_request(message),
+            RunError::NotFound(message) => Self::not_found(message),
+            RunError::Conflict(message) => Self::conflict(message),
+            RunError::Refused(reasons) => Self::access_denied(format!("refused by policy: {}", reasons.join("; "))),
+            RunError::Git(GitError::Spawn(e)) => Self::internal(&e),
+            RunError::Git(e @ GitError::Timeout(_)) => Self::unavailable(e.to_string()),
+            RunError::Git(e) => Self::invalid_request(e.to_string()),
+            RunError::Store(crate::store::StoreError::Append(e)) => {
+                tracing::error!(error = %e, "a run change could not be recorded, so it was not made");
+                Self::unavailable("the change could not be recorded durably, so it was not made; retry")
+            }
+            RunError::Store(e) => Self::internal(&e),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod oidc;
 mod ops;
+mod runs;
 pub mod serve;
 mod token;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub exchanger: Option<Arc<Exchanger>>,
     /// The broker's clock.
     pub clock: crate::clock::SharedClock,
+    /// Stacks and runs.
+    pub runs: crate::runs::Runs,
 }
 
 impl AppState {
@@ -90,6 +93,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/proof/consistency", get(audit::consistency))
         .route("/v1/audit/trace/{key}", get(audit::trace))
         .route("/v1/audit/prune", post(audit::prune))
+        .route("/v1/stacks", post(runs::create_stack).get(runs::list_stacks))
+        .route("/v1/stacks/{name}", get(runs::show_stack))
+        .route("/v1/runs", post(runs::submit_run).get(runs::list_runs))
+        .route("/v1/runs/{id}", get(runs::show_run))
+        .route("/v1/runs/{id}/approve", post(runs::approve_run))
+        .route("/v1/runs/{id}/reject", post(runs::reject_run))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel_run))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

@@ -29,6 +29,20 @@ pub enum Kind {
     PolicyLoadFailed,
     /// The signing keys rotated: which key retired, which signs now, which is next.
     SigningKeyRotated,
+    /// A stack was created: its repository, branch, pool and targets.
+    StackCreated,
+    /// A run was submitted and allowed by `keyward.run`; its plan job is queued.
+    RunCreated,
+    /// A run submission was refused by `keyward.run`, with the policy's reasons; nothing queued.
+    RunRefused,
+    /// Someone approved or rejected a run, and what `keyward.approval` concluded.
+    RunReviewed,
+    /// A run moved from one state to another.
+    RunStateChanged,
+    /// An agent took a job: which agent, which lease (fencing token), until when.
+    JobLeased,
+    /// A job ended: success or the error, reported by the lease holder.
+    JobFinished,
 }
 
 impl Kind {
@@ -43,6 +57,13 @@ impl Kind {
             Self::PolicyLoaded => kinds::POLICY_LOADED,
             Self::PolicyLoadFailed => kinds::POLICY_LOAD_FAILED,
             Self::SigningKeyRotated => kinds::SIGNING_KEY_ROTATED,
+            Self::StackCreated => kinds::STACK_CREATED,
+            Self::RunCreated => kinds::RUN_CREATED,
+            Self::RunRefused => kinds::RUN_REFUSED,
+            Self::RunReviewed => kinds::RUN_REVIEWED,
+            Self::RunStateChanged => kinds::RUN_STATE_CHANGED,
+            Self::JobLeased => kinds::JOB_LEASED,
+            Self::JobFinished => kinds::JOB_FINISHED,
         }
     }
 }
@@ -65,6 +86,20 @@ pub mod kinds {
     pub const POLICY_LOAD_FAILED: &str = "policy.load_failed";
     /// [`super::Kind::SigningKeyRotated`].
     pub const SIGNING_KEY_ROTATED: &str = "signing_key.rotated";
+    /// [`super::Kind::StackCreated`].
+    pub const STACK_CREATED: &str = "stack.created";
+    /// [`super::Kind::RunCreated`].
+    pub const RUN_CREATED: &str = "run.created";
+    /// [`super::Kind::RunRefused`].
+    pub const RUN_REFUSED: &str = "run.refused";
+    /// [`super::Kind::RunReviewed`].
+    pub const RUN_REVIEWED: &str = "run.reviewed";
+    /// [`super::Kind::RunStateChanged`].
+    pub const RUN_STATE_CHANGED: &str = "run.state_changed";
+    /// [`super::Kind::JobLeased`].
+    pub const JOB_LEASED: &str = "job.leased";
+    /// [`super::Kind::JobFinished`].
+    pub const JOB_FINISHED: &str = "job.finished";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{AuditEvent, PreparedEvent};
 use super::merkle::{self, Hash};
+use crate::store::write::{self as guarded, Refusal, Write};
 use crate::store::{Backend, Store, StoreError};
 
 /// Largest number of entries one transaction takes. Bounds the statement size and how long one
@@ -65,6 +66,9 @@ pub struct TokenClaim {
 pub struct Append {
     /// A subject token to consume; `None` appends `events` unconditionally.
     pub claim: Option<TokenClaim>,
+    /// Row changes the events record (a run's new state): committed with them, or, when one's
+    /// condition fails, the append is [`Committed::Refused`] and nothing of it is written.
+    pub writes: Vec<Write>,
     /// Appended when there is no claim, or the claim is new.
     pub events: Vec<AuditEvent>,
     /// Appended instead of `events` when the claim was made before.
@@ -74,23 +78,31 @@ pub struct Append {
 impl Append {
     /// Events to append with no claim.
     pub fn events(events: Vec<AuditEvent>) -> Self {
-        Self { claim: None, events, if_replayed: Vec::new() }
+        Self { claim: None, writes: Vec::new(), events, if_replayed: Vec::new() }
+    }
+
+    /// `writes` and the `events` that record them, all or nothing.
+    pub fn changes(writes: Vec<Write>, events: Vec<AuditEvent>) -> Self {
+        Self { claim: None, writes, events, if_replayed: Vec::new() }
     }
 }
 
 /// How an append was committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
-    /// `events` are durable (and the claim, if any, is now taken).
+    /// `events` are durable (and the claim, if any, is now taken; the writes are made).
     Recorded,
     /// The claim was taken before: `if_replayed` are durable, `events` were not written.
     Replayed,
+    /// A write's condition failed: nothing of the append was written.
+    Refused(Refusal),
 }
 
 /// An append with its events encoded (by the caller's task, not the writer).
 #[derive(Debug)]
 struct Prepared {
     claim: Option<TokenClaim>,
+    writes: Vec<Write>,
     events: Vec<PreparedEvent>,
     if_replayed: Vec<PreparedEvent>,
 }
@@ -194,8 +206,12 @@ impl AuditLog {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))
         };
-        let entry =
-            Prepared { events: prepare(&entry.events)?, if_replayed: prepare(&entry.if_replayed)?, claim: entry.claim };
+        let entry = Prepared {
+            events: prepare(&entry.events)?,
+            if_replayed: prepare(&entry.if_replayed)?,
+            claim: entry.claim,
+            writes: entry.writes,
+        };
         let (reply, answer) = oneshot::channel();
         self.queue.send(Pending { entry, reply }).await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?;
         answer.await.map_err(|_| StoreError::Append(WRITER_GONE.to_owned()))?.map_err(StoreError::Append)
@@ -284,13 +300,25 @@ async fn write_batch(
 ) -> Result<(Vec<Committed>, u64), StoreError> {
     sqlx::query(backend.begin_write_sql()).execute(&mut *conn).await?;
     let fresh = claim(conn, backend, entries).await?;
+    if backend == Backend::Postgres && entries.iter().any(|entry| !entry.writes.is_empty()) {
+        guarded::lock_head(conn).await?;
+    }
     let mut events = Vec::new();
     let mut outcomes = Vec::with_capacity(entries.len());
     for (entry, fresh) in entries.iter().zip(fresh) {
-        let (chosen, outcome) =
-            if fresh { (&entry.events, Committed::Recorded) } else { (&entry.if_replayed, Committed::Replayed) };
-        events.extend(chosen.iter());
-        outcomes.push(outcome);
+        if !fresh {
+            events.extend(entry.if_replayed.iter());
+            outcomes.push(Committed::Replayed);
+            continue;
+        }
+        if !entry.writes.is_empty()
+            && let Err(refusal) = guarded::execute_all(conn, &entry.writes).await?
+        {
+            outcomes.push(Committed::Refused(refusal));
+            continue;
+        }
+        events.extend(entry.events.iter());
+        outcomes.push(Committed::Recorded);
     }
     let count = events.len() as u64;
     let written_at = events.iter().map(|e| e.at).max().unwrap_or_else(unix_now);

@@ -11,7 +11,9 @@ mod dev;
 mod keys;
 mod logging;
 mod policy;
+mod run;
 mod serve;
+mod stack;
 mod token;
 
 use std::path::PathBuf;
@@ -57,6 +59,12 @@ enum Command {
     /// Read, export, prove, verify and trace the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Create and inspect stacks (what to run, where, with which credentials).
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
+    /// Submit, follow, review and cancel runs.
+    #[command(subcommand)]
+    Run(run::RunCommand),
 }
 
 /// How to reach a running broker.
@@ -93,6 +101,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Policy(command) => policy::run(command, &env).await,
             Command::Creds(command) => creds::run(command, &env).await,
             Command::Audit(command) => audit::run(command, &env).await,
+            Command::Stack(command) => stack::run(command, &env).await,
+            Command::Run(command) => run::run(command, &env).await,
         }
     });
     match result {

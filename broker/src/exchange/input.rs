@@ -58,35 +58,6 @@ pub(super) fn credentials_input(
             "ttl_seconds": requested_ttl.map(|t| t.as_secs()),
             "mode": mode,
         },
-        "time": time(now),
+        "time": crate::clock::policy_time(now),
     })
-}
-
-/// `{unix, rfc3339, weekday, hour_utc}` for policies, which have no clock of their own.
-fn time(now: i64) -> Value {
-    let days = now.div_euclid(86_400);
-    let seconds = now.rem_euclid(86_400);
-    const WEEKDAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
-    let weekday = WEEKDAYS.get(usize::try_from(days.rem_euclid(7)).unwrap_or(0)).copied().unwrap_or("Thursday");
-    json!({
-        "unix": now,
-        "rfc3339": crate::clock::rfc3339(now),
-        "weekday": weekday,
-        "hour_utc": seconds / 3600,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_known_answers() {
-        assert_eq!(time(0)["rfc3339"], "1970-01-01T00:00:00Z");
-        assert_eq!(time(0)["weekday"], "Thursday");
-        assert_eq!(time(1_795_400_000)["rfc3339"], "2026-11-23T02:13:20Z");
-        assert_eq!(time(1_795_400_000)["weekday"], "Monday");
-        assert_eq!(time(951_782_400)["rfc3339"], "2000-02-29T00:00:00Z", "leap day");
-        assert_eq!(time(1_795_400_000 + 13 * 3600)["hour_utc"], 15);
-    }
 }

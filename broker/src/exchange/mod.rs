@@ -187,6 +187,7 @@ impl Exchanger {
             _ => {
                 let entry = Append {
                     claim,
+                    writes: Vec::new(),
                     events: vec![self.event(
                         caller,
                         target,
@@ -200,6 +201,9 @@ impl Exchanger {
                 return match self.log.append(entry).await {
                     Ok(Committed::Recorded) => Err(ExchangeError::AccessDenied(reasons)),
                     Ok(Committed::Replayed) => Err(replayed()),
+                    Ok(Committed::Refused(refusal)) => {
+                        Err(unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string())))
+                    }
                     Err(e) => Err(unavailable("the decision could not be recorded, so nothing was issued", &e)),
                 };
             }
@@ -208,6 +212,7 @@ impl Exchanger {
         // before anything leaves the broker.
         let allowed_entry = |claim| Append {
             claim,
+            writes: Vec::new(),
             events: vec![self.event(
                 caller,
                 target,
@@ -426,6 +431,7 @@ impl Exchanger {
                 unavailable("the decision and token could not be recorded, so nothing was issued", &e)
             }
             IssueError::Replayed => replayed(),
+            IssueError::Refused(refusal) => ExchangeError::AccessDenied(vec![format!("nothing was issued: {refusal}")]),
         })
     }
 

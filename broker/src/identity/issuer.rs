@@ -28,6 +28,10 @@ pub enum IssueError {
     /// append's `if_replayed` entries were written instead.
     #[error("the subject token was already exchanged")]
     Replayed,
+    /// A condition the append's writes depended on no longer held (a lease moved on): the
+    /// token was discarded and nothing was written.
+    #[error("token not issued: {0}")]
+    Refused(crate::store::write::Refusal),
 }
 
 /// A signed token that is not on record yet, so it cannot be handed out. Its claims are readable.
@@ -86,6 +90,7 @@ impl Issuer {
         match self.log.append(append).await? {
             Committed::Recorded => {}
             Committed::Replayed => return Err(IssueError::Replayed),
+            Committed::Refused(refusal) => return Err(IssueError::Refused(refusal)),
         }
         let claims = &minted.claims;
         tracing::info!(

@@ -49,7 +49,7 @@ impl Decision {
     }
 
     /// A deny because evaluation itself failed: deny by default, with the reason.
-    pub(super) fn failed(kind: PolicyKind, reason: String, policy_digest: String) -> Self {
+    pub(crate) fn failed(kind: PolicyKind, reason: String, policy_digest: String) -> Self {
         let outcome = if kind == PolicyKind::Approval { Outcome::Pending } else { Outcome::Deny };
         Self {
             kind,

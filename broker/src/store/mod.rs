@@ -7,7 +7,9 @@
 mod api_tokens;
 pub(crate) mod audit;
 mod replay;
+mod runs;
 mod signing_keys;
+pub mod write;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,6 +23,7 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
+pub use runs::{JobRow, ReviewRow, RunRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -141,16 +144,18 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 3] = match self.backend {
+        let files: [(i64, &str, &'static str); 4] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
                 (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
+                (4, "runs", include_str!("../../migrations/sqlite/0004_runs.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/postgres/0002_exchange.sql")),
                 (3, "audit", include_str!("../../migrations/postgres/0003_audit.sql")),
+                (4, "runs", include_str!("../../migrations/postgres/0004_runs.sql")),
             ],
         };
         let migrations = files

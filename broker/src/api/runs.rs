@@ -1,0 +1,159 @@
+//! Stacks and runs: `/v1/stacks…` and `/v1/runs…`.
+//!
+//! Creating stacks needs the `admin` scope; submitting, reviewing, canceling and reading runs
+//! needs `submit`. The caller's API token name is who triggered or reviewed a run.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, operator};
+use crate::access::ApiScope;
+use crate::runs::{StackSpec, Submission, Verdict};
+
+/// `POST /v1/stacks`.
+pub(super) async fn create_stack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Result<ApiJson<StackSpec>, ApiError>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let ApiJson(spec) = body?;
+    let stack = state.runs.create_stack(spec, &operator.name, super::caller(&extensions)).await?;
+    Ok((StatusCode::CREATED, Json(stack)).into_response())
+}
+
+/// `GET /v1/stacks`.
+pub(super) async fn list_stacks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    Ok(Json(json!({ "stacks": state.runs.stacks().await? })))
+}
+
+/// `GET /v1/stacks/{name}`.
+pub(super) async fn show_stack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    Ok(Json(state.runs.stack(&name).await?))
+}
+
+/// `POST /v1/runs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitBody {
+    stack: String,
+    #[serde(default)]
+    commit_sha: Option<String>,
+    #[serde(default)]
+    pull_request: Option<u64>,
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
+/// `POST /v1/runs`.
+pub(super) async fn submit_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Result<ApiJson<SubmitBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    let ApiJson(body) = body?;
+    let submission =
+        Submission { stack: body.stack, commit: body.commit_sha, pull_request: body.pull_request, ticket: body.ticket };
+    let run = state.runs.submit(submission, &operator.name, super::caller(&extensions)).await?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+/// `GET /v1/runs` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    stack: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/runs?stack=S&limit=N`: newest first.
+pub(super) async fn list_runs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// `GET /v1/runs/{id}`.
+pub(super) async fn show_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    Ok(Json(json!(state.runs.run(&id).await?)))
+}
+
+/// `POST /v1/runs/{id}/approve|reject` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReviewBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn review(
+    state: AppState,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    id: String,
+    verdict: Verdict,
+    body: Result<ApiJson<ReviewBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    let ApiJson(body) = body?;
+    let outcome = state.runs.review(&id, verdict, body.comment, &operator.name, super::caller(&extensions)).await?;
+    Ok(Json(json!(outcome)))
+}
+
+/// `POST /v1/runs/{id}/approve`.
+pub(super) async fn approve_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+    body: Result<ApiJson<ReviewBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    review(state, headers, extensions, id, Verdict::Approve, body).await
+}
+
+/// `POST /v1/runs/{id}/reject`.
+pub(super) async fn reject_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+    body: Result<ApiJson<ReviewBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    review(state, headers, extensions, id, Verdict::Reject, body).await
+}
+
+/// `POST /v1/runs/{id}/cancel`.
+pub(super) async fn cancel_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    Ok(Json(json!(state.runs.cancel(&id, &operator.name, super::caller(&extensions)).await?)))
+}

@@ -1,0 +1,206 @@
+//! The job queue: agents lease the oldest queued job of their pool, and the lease holder reports
+//! how it ended.
+//!
+//! A lease is a compare-and-set: `UPDATE jobs … WHERE id = ? AND state = 'queued' AND
+//! fencing_token = ?`, committed with its audit entry. Of any number of agents (on any number of
+//! broker replicas) reading the same candidate, exactly one write touches the row; the others are
+//! refused and try the next candidate. Each lease increments the job's fencing token, and only a
+//! report carrying the current token, from the agent holding the lease, counts.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{RunError, RunState, Runs, parse_state, queue_job, run_context, state_event, transition};
+use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
+use crate::policy::{Outcome, PolicyKind};
+use crate::store::write::{Refusal, Write};
+use crate::store::{JobRow, RunRow};
+
+/// How many queued jobs one lease attempt considers.
+const CANDIDATES: i64 = 8;
+
+/// A job an agent now holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// Job ID.
+    pub job_id: String,
+    /// Its run.
+    pub run_id: String,
+    /// Stack name.
+    pub stack: String,
+    /// `plan` or `apply`.
+    pub phase: String,
+    /// Repository to check out.
+    pub repository: String,
+    /// Exact commit.
+    pub commit_sha: String,
+    /// Directory of the configuration.
+    pub path: String,
+    /// This lease's fencing token.
+    pub fencing_token: i64,
+    /// When the lease ends unless renewed.
+    pub lease_expires_at: i64,
+}
+
+/// How a job ended, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// It succeeded.
+    Succeeded,
+    /// It failed, and why.
+    Failed(String),
+}
+
+impl Runs {
+    /// Leases the oldest queued job of `pool` to `agent_id` for `lease`, or `None` when there is
+    /// nothing to do.
+    pub async fn lease_next(&self, pool: &str, agent_id: &str, lease: Duration) -> Result<Option<Lease>, RunError> {
+        let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
+        for job in self.store.queued_jobs(pool, CANDIDATES).await? {
+            let run = self.run_row(&job.run_id).await?;
+            let stack = self.stack_row(&run.stack).await?;
+            let now = self.clock.now();
+            let fencing_token = job.fencing_token + 1;
+            let expires = now.saturating_add(lease_secs);
+            let mut writes = vec![Write::one(
+                format!("queued job {}", job.id),
+                "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
+                 lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
+                vec![
+                    agent_id.into(),
+                    fencing_token.into(),
+                    expires.into(),
+                    now.into(),
+                    job.id.as_str().into(),
+                    job.fencing_token.into(),
+                ],
+            )];
+            let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+            let mut events = vec![
+                AuditEvent::new(Kind::JobLeased, now, context.clone())
+                    .with("job_id", job.id.as_str())
+                    .with("agent_id", agent_id)
+                    .with("fencing_token", fencing_token)
+                    .with("lease_expires_at", expires)
+                    .with_ref("job", &job.id),
+            ];
+            let from = parse_state(&run.state)?;
+            if job.phase == "plan" && from == RunState::Queued {
+                writes.push(transition(&run, RunState::Planning, None, now));
+                events.push(state_event(&context, from, RunState::Planning, None, now));
+            }
+            match self.audit.append(Append::changes(writes, events)).await? {
+                Committed::Recorded => {
+                    return Ok(Some(Lease {
+                        job_id: job.id,
+                        run_id: run.id,
+                        stack: stack.name,
+                        phase: job.phase,
+                        repository: stack.repository,
+                        commit_sha: run.commit_sha,
+                        path: stack.path,
+                        fencing_token,
+                        lease_expires_at: expires,
+                    }));
+                }
+                // Someone else took it (or the run moved on): try the next one.
+                Committed::Refused(Refusal::Unmet { .. }) => continue,
+                Committed::Refused(refusal) => return Err(RunError::Conflict(refusal.to_string())),
+                Committed::Replayed => return Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records how the job ended, if `agent_id` holds its current lease (`fencing_token`), and
+    /// moves the run on: a plan that succeeded makes the run `planned` (and asks
+    /// `keyward.approval`, which may let it apply at once); an apply that succeeded finishes it;
+    /// a failure fails it.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        fencing_token: i64,
+        outcome: JobOutcome,
+    ) -> Result<(), RunError> {
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        check_holder(&job, agent_id, fencing_token)?;
+        let run = self.run_row(&job.run_id).await?;
+        let stack = self.stack_row(&run.stack).await?;
+        let now = self.clock.now();
+        let from = parse_state(&run.state)?;
+        let (job_state, error) = match &outcome {
+            JobOutcome::Succeeded => ("succeeded", None),
+            JobOutcome::Failed(error) => ("failed", Some(error.clone())),
+        };
+        let mut writes = vec![Write::one(
+            format!("lease {fencing_token} of job {job_id}"),
+            "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3 \
+             WHERE id = $4 AND state = 'leased' AND agent_id = $5 AND fencing_token = $6",
+            vec![
+                job_state.into(),
+                error.clone().into(),
+                now.into(),
+                job_id.into(),
+                agent_id.into(),
+                fencing_token.into(),
+            ],
+        )];
+        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let mut events = vec![
+            AuditEvent::new(Kind::JobFinished, now, context.clone())
+                .with("job_id", job_id)
+                .with("agent_id", agent_id)
+                .with("fencing_token", fencing_token)
+                .with("outcome", job_state)
+                .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from)),
+        ];
+        if !from.is_final() {
+            let (next, detail) = match (&outcome, job.phase.as_str()) {
+                (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
+                (JobOutcome::Succeeded, "plan") => self.after_plan(&run, &stack, now),
+                (JobOutcome::Succeeded, _) => (RunState::Finished, None),
+            };
+            writes.push(transition(&run, next, detail.clone(), now));
+            let mut event = state_event(&context, from, next, detail.as_deref(), now);
+            if next == RunState::Applying {
+                let apply_job = uuid::Uuid::now_v7().to_string();
+                writes.push(queue_job(&apply_job, &run.id, "apply", &stack.pool, now));
+                event = event.with("apply_job", apply_job.as_str());
+            }
+            events.push(event);
+        }
+        self.commit(Append::changes(writes, events)).await
+    }
+
+    /// Where a run goes once planned: `keyward.approval` with the reviews so far (usually none)
+    /// may already approve (auto-apply) or reject; otherwise it waits for reviews.
+    fn after_plan(&self, run: &RunRow, stack: &crate::store::StackRow, now: i64) -> (RunState, Option<String>) {
+        let Some(engine) = &self.policies else {
+            return (RunState::Planned, None);
+        };
+        let input = super::input::approval_input(run, stack, &[], self.target_labels(stack), now);
+        let decision = engine.decide(PolicyKind::Approval, input);
+        match decision.outcome {
+            Outcome::Approve => (RunState::Applying, Some("applied without review: the approval policy allows it".to_owned())),
+            Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
+            _ => (RunState::Planned, None),
+        }
+    }
+}
+
+/// Only the agent holding the job's current lease may report on it.
+fn check_holder(job: &JobRow, agent_id: &str, fencing_token: i64) -> Result<(), RunError> {
+    if job.state != "leased" || job.agent_id.as_deref() != Some(agent_id) || job.fencing_token != fencing_token {
+        return Err(RunError::Conflict(format!(
+            "job {} is not leased to {agent_id} with fencing token {fencing_token} (stale or foreign lease)",
+            job.id
+        )));
+    }
+    Ok(())
+}

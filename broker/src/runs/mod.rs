@@ -1,0 +1,605 @@
+//! Stacks and runs: submission behind the `keyward.run` policy, reviews behind
+//! `keyward.approval`, cancellation, and the jobs agents will execute (DESIGN.md §1 "queue").
+//!
+//! Every change here is a guarded write that commits in the same transaction as the audit entry
+//! recording it ([`crate::store::write`]): a run exists exactly when its `run.created` entry does,
+//! and every state it went through is on record. A write depends on the run's `version`, so a
+//! decision taken on a state that has since moved on changes nothing and says so (409).
+
+mod git;
+mod input;
+mod jobs;
+mod spec;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use git::{GitError, is_commit_sha};
+pub use jobs::{JobOutcome, Lease};
+pub use spec::{DEFAULT_POOL, SpecError, StackSpec, valid_name};
+pub use state::{RunState, UnknownState};
+
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
+use crate::clock::SharedClock;
+use crate::config::TargetConfig;
+use crate::policy::{Outcome, PolicyEngine, PolicyKind};
+use crate::store::write::{Param, Refusal, Write};
+use crate::store::{JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
+
+/// Why a stack or run request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad input; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such stack or run.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the current state (a finished run, a second review).
+    #[error("{0}")]
+    Conflict(String),
+    /// A policy said no; the reasons are on record.
+    #[error("refused by policy: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// The repository could not be read to resolve the commit.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The store or the audit log failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    /// Run ID.
+    pub id: String,
+    /// Stack name.
+    pub stack: String,
+    /// State.
+    pub state: String,
+    /// The commit it runs.
+    pub commit_sha: String,
+    /// The branch that headed that commit at submit.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Pull request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<i64>,
+    /// Ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Who submitted it.
+    pub triggered_by: String,
+    /// Why it is where it is, when that needs saying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Submitted at (Unix seconds).
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// Reviews, oldest first.
+    pub reviews: Vec<ReviewView>,
+    /// Jobs, oldest first.
+    pub jobs: Vec<JobView>,
+}
+
+/// One review.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewView {
+    /// Reviewer.
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Comment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When.
+    pub at: i64,
+}
+
+/// One job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// Job ID.
+    pub id: String,
+    /// `plan` or `apply`.
+    pub phase: String,
+    /// Job state.
+    pub state: String,
+    /// Leases so far.
+    pub attempt: i64,
+    /// Agent holding or last holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a submission asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// Stack name.
+    pub stack: String,
+    /// Exact commit; `None` takes the head of the stack's branch.
+    pub commit: Option<String>,
+    /// Pull request number.
+    pub pull_request: Option<u64>,
+    /// Change ticket.
+    pub ticket: Option<String>,
+}
+
+/// A review's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The reviewer approves.
+    Approve,
+    /// The reviewer rejects.
+    Reject,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// What a review led to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewOutcome {
+    /// The run after the review.
+    pub run: RunView,
+    /// `approve`, `reject` or `pending`: the approval policy's conclusion.
+    pub approval: Outcome,
+    /// The policy's reasons (rejections), if any.
+    pub reasons: Vec<String>,
+}
+
+/// The stacks-and-runs service.
+#[derive(Debug, Clone)]
+pub struct Runs {
+    store: Store,
+    audit: AuditLog,
+    policies: Option<Arc<PolicyEngine>>,
+    targets: Arc<BTreeMap<String, TargetConfig>>,
+    clock: SharedClock,
+}
+
+const MAX_TICKET: usize = 128;
+const MAX_COMMENT: usize = 2000;
+
+impl Runs {
+    /// The service over `store`, recording through `audit`, deciding with `policies`.
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        policies: Option<Arc<PolicyEngine>>,
+        targets: &[TargetConfig],
+        clock: SharedClock,
+    ) -> Self {
+        let targets = Arc::new(targets.iter().map(|t| (t.id(), t.clone())).collect());
+        Self { store, audit, policies, targets, clock }
+    }
+
+    /// Creates a stack.
+    pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Value, RunError> {
+        spec.validate(&self.targets).map_err(|e| RunError::Invalid(e.0))?;
+        let now = self.clock.now();
+        let write = Write::one(
+            format!("stack `{}`", spec.name),
+            "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
+             policies, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            vec![
+                spec.name.as_str().into(),
+                spec.repository.as_str().into(),
+                spec.path.as_str().into(),
+                spec.branch.as_str().into(),
+                spec.pool.as_str().into(),
+                json_text(&spec.plan_targets).into(),
+                json_text(&spec.apply_targets).into(),
+                json_text(&spec.labels).into(),
+                json_text(&spec.policies).into(),
+                now.into(),
+                who.into(),
+            ],
+        );
+        let context = Context {
+            stack_id: Some(spec.name.clone()),
+            repository: Some(spec.repository.clone()),
+            actor: Some(who.to_owned()),
+            ..caller
+        };
+        let event = AuditEvent::new(Kind::StackCreated, now, context)
+            .with("branch", spec.branch.as_str())
+            .with("path", spec.path.as_str())
+            .with("pool", spec.pool.as_str())
+            .with("plan_targets", spec.plan_targets.clone())
+            .with("apply_targets", spec.apply_targets.clone())
+            .with_ref("stack", &spec.name);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        let row = self.stack_row(&spec.name).await?;
+        Ok(stack_json(&row))
+    }
+
+    /// A stack, as the API shows it.
+    pub async fn stack(&self, name: &str) -> Result<Value, RunError> {
+        Ok(stack_json(&self.stack_row(name).await?))
+    }
+
+    /// Every stack.
+    pub async fn stacks(&self) -> Result<Vec<Value>, RunError> {
+        Ok(self.store.stacks().await?.iter().map(stack_json).collect())
+    }
+
+    async fn stack_row(&self, name: &str) -> Result<StackRow, RunError> {
+        self.store.stack(name).await?.ok_or_else(|| RunError::NotFound(format!("no stack named `{name}`")))
+    }
+
+    /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
+    /// is on record with the policy's reasons, and nothing is queued.
+    pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
+        if let Some(commit) = &submission.commit
+            && !is_commit_sha(commit)
+        {
+            return Err(RunError::Invalid(format!(
+                "invalid commit `{commit}`: give the full SHA, 40 lowercase hex characters"
+            )));
+        }
+        if submission.pull_request == Some(0) {
+            return Err(RunError::Invalid("invalid pull request number 0".to_owned()));
+        }
+        if let Some(ticket) = &submission.ticket
+            && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
+        {
+            return Err(RunError::Invalid(format!("invalid ticket: 1-{MAX_TICKET} printable characters")));
+        }
+        let pull_request = submission
+            .pull_request
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| RunError::Invalid("pull request number too large".to_owned()))?;
+        let stack = self.stack_row(&submission.stack).await?;
+        let resolved = git::resolve(&stack.repository, &stack.branch, submission.commit.as_deref()).await?;
+        let now = self.clock.now();
+        let run = RunRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            stack: stack.name.clone(),
+            state: RunState::Queued.as_str().to_owned(),
+            version: 1,
+            commit_sha: resolved.commit_sha,
+            git_ref: resolved.git_ref,
+            pull_request,
+            ticket: submission.ticket,
+            triggered_by: who.to_owned(),
+            detail: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let context = run_context(&run, &stack, "plan", who, caller);
+        let decision = match &self.policies {
+            Some(engine) => engine.decide(PolicyKind::Run, input::run_input(&run, &stack, now)),
+            None => crate::policy::Decision::failed(
+                PolicyKind::Run,
+                "no policy is configured ([policy] dir); runs are refused by default".to_owned(),
+                String::new(),
+            ),
+        };
+        if !decision.permits() {
+            let mut context = context;
+            context.run_id = None;
+            let event = AuditEvent::new(Kind::RunRefused, now, context)
+                .with("reasons", decision.reasons.clone())
+                .with("policy_digest", decision.policy_digest.as_str());
+            self.commit(Append::events(vec![event])).await?;
+            return Err(RunError::Refused(decision.reasons));
+        }
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let writes = vec![
+            Write::one(
+                format!("run {}", run.id),
+                "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
+                 triggered_by, detail, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                vec![
+                    run.id.as_str().into(),
+                    run.stack.as_str().into(),
+                    run.state.as_str().into(),
+                    run.version.into(),
+                    run.commit_sha.as_str().into(),
+                    run.git_ref.clone().into(),
+                    run.pull_request.into(),
+                    run.ticket.clone().into(),
+                    run.triggered_by.as_str().into(),
+                    Param::OptText(None),
+                    now.into(),
+                    now.into(),
+                ],
+            ),
+            queue_job(&job_id, &run.id, "plan", &stack.pool, now),
+        ];
+        let event = AuditEvent::new(Kind::RunCreated, now, context)
+            .with("state", RunState::Queued.as_str())
+            .with("plan_job", job_id.as_str())
+            .with("pool", stack.pool.as_str())
+            .with("policy_digest", decision.policy_digest.as_str())
+            .with("warnings", decision.warnings.clone());
+        self.commit(Append::changes(writes, vec![event])).await?;
+        tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, "run queued");
+        self.run(&run.id).await
+    }
+
+    /// A run with its reviews and jobs.
+    pub async fn run(&self, id: &str) -> Result<RunView, RunError> {
+        let run = self.run_row(id).await?;
+        let reviews = self.store.reviews(id).await?;
+        let jobs = self.store.jobs_of(id).await?;
+        Ok(view(run, &reviews, &jobs))
+    }
+
+    /// The newest runs (without reviews and jobs).
+    pub async fn runs(&self, stack: Option<&str>, limit: i64) -> Result<Vec<RunView>, RunError> {
+        if let Some(stack) = stack {
+            self.stack_row(stack).await?;
+        }
+        Ok(self.store.runs(stack, limit.clamp(1, 1000)).await?.into_iter().map(|run| view(run, &[], &[])).collect())
+    }
+
+    async fn run_row(&self, id: &str) -> Result<RunRow, RunError> {
+        self.store.run(id).await?.ok_or_else(|| RunError::NotFound(format!("no run with ID `{id}`")))
+    }
+
+    /// Records `who`'s review and applies what `keyward.approval` concludes: approve queues the
+    /// apply, reject discards the run, pending waits for more reviews.
+    pub async fn review(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        comment: Option<String>,
+        who: &str,
+        caller: Context,
+    ) -> Result<ReviewOutcome, RunError> {
+        if let Some(comment) = &comment
+            && comment.len() > MAX_COMMENT
+        {
+            return Err(RunError::Invalid(format!("comment longer than {MAX_COMMENT} bytes")));
+        }
+        let run = self.run_row(id).await?;
+        let state = parse_state(&run.state)?;
+        if !state.takes_reviews() {
+            return Err(RunError::Conflict(format!("run {id} is {state}; reviews are taken only while it is planned")));
+        }
+        let mut reviews = self.store.reviews(id).await?;
+        if reviews.iter().any(|r| r.reviewer == who) {
+            return Err(RunError::Conflict(format!("{who} already reviewed run {id}")));
+        }
+        let stack = self.stack_row(&run.stack).await?;
+        let now = self.clock.now();
+        reviews.push(ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now });
+        let labels = self.target_labels(&stack);
+        let decision = match &self.policies {
+            Some(engine) => {
+                engine.decide(PolicyKind::Approval, input::approval_input(&run, &stack, &reviews, labels, now))
+            }
+            None => crate::policy::Decision::failed(
+                PolicyKind::Approval,
+                "no policy is configured ([policy] dir)".to_owned(),
+                String::new(),
+            ),
+        };
+        let review = reviews.last().cloned().unwrap_or_else(|| ReviewRow {
+            reviewer: who.to_owned(),
+            decision: verdict.as_str().to_owned(),
+            comment: None,
+            at: now,
+        });
+        let mut writes = vec![Write::one(
+            format!("review of run {id} by {who}"),
+            "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at) VALUES ($1, $2, $3, $4, $5)",
+            vec![id.into(), who.into(), review.decision.as_str().into(), review.comment.clone().into(), now.into()],
+        )];
+        let (next, detail) = match decision.outcome {
+            Outcome::Approve => (RunState::Applying, None),
+            Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
+            _ => (RunState::Planned, None),
+        };
+        writes.push(transition(&run, next, detail.clone(), now));
+        let approvers: Vec<String> =
+            reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect();
+        let mut context = run_context(&run, &stack, "apply", who, caller);
+        context.approved_by = approvers;
+        let mut events = vec![
+            AuditEvent::new(Kind::RunReviewed, now, context.clone())
+                .with("decision", verdict.as_str())
+                .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
+                .with("approval", outcome_name(decision.outcome))
+                .with("reasons", decision.reasons.clone())
+                .with("policy_digest", decision.policy_digest.as_str()),
+        ];
+        if next != RunState::Planned {
+            let mut event = state_event(&context, state, next, detail.as_deref(), now);
+            if next == RunState::Applying {
+                let job_id = uuid::Uuid::now_v7().to_string();
+                writes.push(queue_job(&job_id, id, "apply", &stack.pool, now));
+                event = event.with("apply_job", job_id.as_str());
+            }
+            events.push(event);
+        }
+        self.commit(Append::changes(writes, events)).await.map_err(|error| match error {
+            RunError::Conflict(message) if message.contains("already exists") => {
+                RunError::Conflict(format!("{who} already reviewed run {id}"))
+            }
+            other => other,
+        })?;
+        Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
+    }
+
+    /// Cancels a run that has not finished; its queued and leased jobs are canceled with it.
+    pub async fn cancel(&self, id: &str, who: &str, caller: Context) -> Result<RunView, RunError> {
+        let run = self.run_row(id).await?;
+        let state = parse_state(&run.state)?;
+        if state.is_final() {
+            return Err(RunError::Conflict(format!("run {id} is already {state}")));
+        }
+        let stack = self.stack_row(&run.stack).await?;
+        let now = self.clock.now();
+        let detail = format!("canceled by {who}");
+        let writes = vec![
+            transition(&run, RunState::Canceled, Some(detail.clone()), now),
+            Write::any(
+                format!("jobs of run {id}"),
+                "UPDATE jobs SET state = 'canceled', updated_at = $1 WHERE run_id = $2 AND state IN ('queued', 'leased')",
+                vec![now.into(), id.into()],
+            ),
+        ];
+        let context = run_context(&run, &stack, "plan", who, caller);
+        let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
+        self.commit(Append::changes(writes, vec![event])).await?;
+        self.run(id).await
+    }
+
+    /// Labels of what applying touches: the stack's, overlaid by its apply targets'.
+    fn target_labels(&self, stack: &StackRow) -> serde_json::Map<String, Value> {
+        let mut labels: serde_json::Map<String, Value> = serde_json::from_str(&stack.labels).unwrap_or_default();
+        let apply: Vec<String> = serde_json::from_str(&stack.apply_targets).unwrap_or_default();
+        for target in apply.iter().filter_map(|id| self.targets.get(id)) {
+            for (key, value) in &target.labels {
+                labels.insert(key.clone(), json!(value));
+            }
+        }
+        labels
+    }
+
+    async fn commit(&self, append: Append) -> Result<(), RunError> {
+        match self.audit.append(append).await? {
+            Committed::Recorded => Ok(()),
+            Committed::Refused(Refusal::Duplicate { what }) => {
+                Err(RunError::Conflict(format!("{what} already exists")))
+            }
+            Committed::Refused(Refusal::Unmet { what }) => {
+                Err(RunError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
+            }
+            Committed::Refused(Refusal::Invalid { what }) => Err(RunError::Invalid(format!("{what} was refused"))),
+            Committed::Replayed => Err(RunError::Store(StoreError::Append("unexpected replay outcome".to_owned()))),
+        }
+    }
+}
+
+/// A JSON column's text. (Lists and maps of strings always serialise.)
+fn json_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn parse_state(state: &str) -> Result<RunState, RunError> {
+    state.parse().map_err(|e: UnknownState| RunError::Store(StoreError::Corrupt(e.to_string())))
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Allow | Outcome::Approve => "approve",
+        Outcome::Deny | Outcome::Reject => "reject",
+        Outcome::Pending => "pending",
+    }
+}
+
+/// `run` moves to `next`, if it is still at the version it was read at.
+fn transition(run: &RunRow, next: RunState, detail: Option<String>, now: i64) -> Write {
+    Write::one(
+        format!("run {} (version {})", run.id, run.version),
+        "UPDATE runs SET state = $1, detail = COALESCE($2, detail), version = version + 1, updated_at = $3 \
+         WHERE id = $4 AND version = $5",
+        vec![next.as_str().into(), detail.into(), now.into(), run.id.as_str().into(), run.version.into()],
+    )
+}
+
+fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> Write {
+    Write::one(
+        format!("{phase} job of run {run_id}"),
+        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
+         error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
+        vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
+    )
+}
+
+fn run_context(run: &RunRow, stack: &StackRow, phase: &str, who: &str, caller: Context) -> Context {
+    Context {
+        run_id: Some(run.id.clone()),
+        stack_id: Some(stack.name.clone()),
+        phase: Some(phase.to_owned()),
+        repository: Some(stack.repository.clone()),
+        commit_sha: Some(run.commit_sha.clone()),
+        git_ref: run.git_ref.clone(),
+        pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
+        ticket: run.ticket.clone(),
+        triggered_by: Some(run.triggered_by.clone()),
+        actor: Some(who.to_owned()),
+        ..caller
+    }
+}
+
+fn state_event(context: &Context, from: RunState, to: RunState, detail: Option<&str>, now: i64) -> AuditEvent {
+    AuditEvent::new(Kind::RunStateChanged, now, context.clone())
+        .with("from", from.as_str())
+        .with("to", to.as_str())
+        .with("detail", detail.map_or(Value::Null, Value::from))
+}
+
+fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
+    RunView {
+        id: run.id,
+        stack: run.stack,
+        state: run.state,
+        commit_sha: run.commit_sha,
+        git_ref: run.git_ref,
+        pull_request: run.pull_request,
+        ticket: run.ticket,
+        triggered_by: run.triggered_by,
+        detail: run.detail,
+        created_at: run.created_at,
+        updated_at: run.updated_at,
+        reviews: reviews
+            .iter()
+            .map(|r| ReviewView {
+                by: r.reviewer.clone(),
+                decision: r.decision.clone(),
+                comment: r.comment.clone(),
+                at: r.at,
+            })
+            .collect(),
+        jobs: jobs
+            .iter()
+            .map(|j| JobView {
+                id: j.id.clone(),
+                phase: j.phase.clone(),
+                state: j.state.clone(),
+                attempt: j.attempt,
+                agent_id: j.agent_id.clone(),
+                error: j.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn stack_json(stack: &StackRow) -> Value {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+    json!({
+        "name": stack.name,
+        "repository": stack.repository,
+        "path": stack.path,
+        "branch": stack.branch,
+        "pool": stack.pool,
+        "plan_targets": parse(&stack.plan_targets),
+        "apply_targets": parse(&stack.apply_targets),
+        "labels": parse(&stack.labels),
+        "policies": parse(&stack.policies),
+        "created_at": stack.created_at,
+        "created_by": stack.created_by,
+    })
+}

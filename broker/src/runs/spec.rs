@@ -1,0 +1,183 @@
+//! What a stack is made of, checked before anything is stored: names that are safe everywhere
+//! they appear (URLs, SPIFFE IDs, file names), a repository URL git can read without a shell, a
+//! Terraform path that stays inside the repository, and credential targets that exist, with
+//! plan-phase targets limited to read access (a plan can never obtain write credentials).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TargetAccess, TargetConfig};
+
+/// A stack to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    /// Unique name.
+    pub name: String,
+    /// Git URL: `https://`, `ssh://` or `file://`.
+    pub repository: String,
+    /// Directory of the Terraform configuration in the repository (`""`: the root).
+    #[serde(default)]
+    pub path: String,
+    /// Default branch.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Worker pool.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Target IDs (`aws:<name>`, `vault:<name>`) plans may use: read access only.
+    #[serde(default)]
+    pub plan_targets: Vec<String>,
+    /// Target IDs applies may use.
+    #[serde(default)]
+    pub apply_targets: Vec<String>,
+    /// Labels handed to policies (`input.stack.labels`), e.g. `env = "prod"`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Names of policies attached to the stack (`input.stack.policies`): rules can apply only to
+    /// stacks that attach them.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+/// The pool stacks use unless they name one.
+pub const DEFAULT_POOL: &str = "default";
+
+fn default_pool() -> String {
+    DEFAULT_POOL.to_owned()
+}
+
+/// A name for stacks, pools, labels and policies: 1–63 of `a-z 0-9 - _ .`, starting with a letter
+/// or digit.
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// A branch name git accepts and that cannot be read as an option or a path escape.
+fn valid_branch(branch: &str) -> bool {
+    (1..=200).contains(&branch.len())
+        && !branch.starts_with(['-', '/', '.'])
+        && !branch.ends_with(['/', '.'])
+        && !branch.contains("..")
+        && !branch.contains("//")
+        && !branch.ends_with(".lock")
+        && branch.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./+".contains(&b))
+}
+
+fn valid_repository(url: &str) -> bool {
+    let scheme_ok = ["https://", "http://", "ssh://", "file://"].iter().any(|s| url.starts_with(s));
+    scheme_ok && url.len() <= 2048 && !url.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// A relative path with no `..`, no leading `/` and no odd characters.
+fn valid_path(path: &str) -> bool {
+    path.len() <= 1024
+        && !path.starts_with('/')
+        && path.split('/').all(|part| part != ".." && part != ".")
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// Why a stack was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+impl StackSpec {
+    /// Checks every field against the configured `targets`.
+    pub fn validate(&self, targets: &BTreeMap<String, TargetConfig>) -> Result<(), SpecError> {
+        let fail = |message: String| Err(SpecError(message));
+        if !valid_name(&self.name) {
+            return fail(format!(
+                "invalid stack name `{}`: use 1-63 of a-z, 0-9, `-`, `_`, `.`, starting with a letter or digit",
+                self.name
+            ));
+        }
+        if !valid_repository(&self.repository) {
+            return fail(format!("invalid repository `{}`: use an https://, ssh:// or file:// URL", self.repository));
+        }
+        if !valid_path(&self.path) {
+            return fail(format!("invalid path `{}`: a relative directory inside the repository", self.path));
+        }
+        if !valid_branch(&self.branch) {
+            return fail(format!("invalid branch name `{}`", self.branch));
+        }
+        if !valid_name(&self.pool) {
+            return fail(format!("invalid pool name `{}`", self.pool));
+        }
+        for (key, value) in &self.labels {
+            if !valid_name(key) || value.len() > 256 {
+                return fail(format!("invalid label `{key}`: names like stack names, values up to 256 bytes"));
+            }
+        }
+        if let Some(bad) = self.policies.iter().find(|p| !valid_name(p)) {
+            return fail(format!("invalid policy name `{bad}`"));
+        }
+        for (phase, ids) in [("plan", &self.plan_targets), ("apply", &self.apply_targets)] {
+            for id in ids {
+                let Some(target) = targets.get(id) else {
+                    let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                    return fail(format!(
+                        "unknown {phase} target `{id}`; configured targets: {}",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ));
+                };
+                if phase == "plan" && target.access == TargetAccess::Write {
+                    return fail(format!(
+                        "target `{id}` grants write access; plans may only use read targets (use it as an apply target)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StackSpec {
+        StackSpec {
+            name: "network".into(),
+            repository: "https://git.example.com/platform/infra.git".into(),
+            path: "stacks/network".into(),
+            branch: "main".into(),
+            pool: "default".into(),
+            plan_targets: vec![],
+            apply_targets: vec![],
+            labels: BTreeMap::new(),
+            policies: vec![],
+        }
+    }
+
+    #[test]
+    fn hostile_fields_are_refused() {
+        let targets = BTreeMap::new();
+        assert_eq!(spec().validate(&targets), Ok(()));
+        type Change = fn(&mut StackSpec);
+        let cases: [(&str, Change); 9] = [
+            ("stack name", |s| s.name = "Network".into()),
+            ("repository", |s| s.repository = "--upload-pack=touch /tmp/x".into()),
+            ("repository", |s| s.repository = "https://example.com/a b".into()),
+            ("path", |s| s.path = "../../etc".into()),
+            ("path", |s| s.path = "/abs".into()),
+            ("branch", |s| s.branch = "-c core.pager=x".into()),
+            ("branch", |s| s.branch = "a..b".into()),
+            ("pool", |s| s.pool = "".into()),
+            ("unknown plan target", |s| s.plan_targets = vec!["aws:nope".into()]),
+        ];
+        for (what, change) in cases {
+            let mut bad = spec();
+            change(&mut bad);
+            let error = bad.validate(&targets).err().map(|e| e.0).unwrap_or_default();
+            assert!(error.contains(what), "{what}: {error}");
+        }
+    }
+}

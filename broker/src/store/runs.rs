@@ -1,0 +1,243 @@
+//! Reading stacks, runs, reviews and jobs. Every change to them is a guarded write committed with
+//! its audit entry (see [`super::write`] and `crate::runs`), so this module only reads.
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+
+/// A stored stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackRow {
+    /// Unique name (its ID).
+    pub name: String,
+    /// Git repository URL.
+    pub repository: String,
+    /// Directory of the Terraform configuration inside the repository (`""` = the root).
+    pub path: String,
+    /// Default branch.
+    pub branch: String,
+    /// Worker pool that runs its jobs.
+    pub pool: String,
+    /// JSON array of target IDs for plans.
+    pub plan_targets: String,
+    /// JSON array of target IDs for applies.
+    pub apply_targets: String,
+    /// JSON object of labels.
+    pub labels: String,
+    /// JSON array of attached policy names.
+    pub policies: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    /// Run ID.
+    pub id: String,
+    /// Stack name.
+    pub stack: String,
+    /// State name.
+    pub state: String,
+    /// Bumped by every change.
+    pub version: i64,
+    /// The commit, 40 hex characters.
+    pub commit_sha: String,
+    /// A branch whose head was the commit at submit, if any.
+    pub git_ref: Option<String>,
+    /// Pull request number.
+    pub pull_request: Option<i64>,
+    /// Change ticket.
+    pub ticket: Option<String>,
+    /// Who submitted it.
+    pub triggered_by: String,
+    /// Why it is in its state (a failure, a rejection), if anything needs saying.
+    pub detail: Option<String>,
+    /// Submission time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// One person's review of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRow {
+    /// The reviewer (API token name).
+    pub reviewer: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// What they said.
+    pub comment: Option<String>,
+    /// When.
+    pub at: i64,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    /// Job ID.
+    pub id: String,
+    /// Its run.
+    pub run_id: String,
+    /// `plan` or `apply`.
+    pub phase: String,
+    /// Pool that may run it.
+    pub pool: String,
+    /// `queued`, `leased`, `succeeded`, `failed`, `canceled`, `interrupted`.
+    pub state: String,
+    /// How many times it was leased.
+    pub attempt: i64,
+    /// The agent holding (or last holding) it.
+    pub agent_id: Option<String>,
+    /// Grows with every lease.
+    pub fencing_token: i64,
+    /// When the current lease ends.
+    pub lease_expires_at: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
+                             created_at, created_by";
+const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
+                           detail, created_at, updated_at";
+const JOB_COLUMNS: &str =
+    "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at";
+
+fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
+    Ok(StackRow {
+        name: row.try_get("name")?,
+        repository: row.try_get("repository")?,
+        path: row.try_get("path")?,
+        branch: row.try_get("branch")?,
+        pool: row.try_get("pool")?,
+        plan_targets: row.try_get("plan_targets")?,
+        apply_targets: row.try_get("apply_targets")?,
+        labels: row.try_get("labels")?,
+        policies: row.try_get("policies")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+fn run_from(row: &AnyRow) -> Result<RunRow, StoreError> {
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        stack: row.try_get("stack")?,
+        state: row.try_get("state")?,
+        version: row.try_get("version")?,
+        commit_sha: row.try_get("commit_sha")?,
+        git_ref: row.try_get("git_ref")?,
+        pull_request: row.try_get("pull_request")?,
+        ticket: row.try_get("ticket")?,
+        triggered_by: row.try_get("triggered_by")?,
+        detail: row.try_get("detail")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        phase: row.try_get("phase")?,
+        pool: row.try_get("pool")?,
+        state: row.try_get("state")?,
+        attempt: row.try_get("attempt")?,
+        agent_id: row.try_get("agent_id")?,
+        fencing_token: row.try_get("fencing_token")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// The stack called `name`.
+    pub async fn stack(&self, name: &str) -> Result<Option<StackRow>, StoreError> {
+        let sql = format!("SELECT {STACK_COLUMNS} FROM stacks WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(stack_from).transpose()
+    }
+
+    /// Every stack, by name.
+    pub async fn stacks(&self) -> Result<Vec<StackRow>, StoreError> {
+        let sql = format!("SELECT {STACK_COLUMNS} FROM stacks ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(stack_from).collect()
+    }
+
+    /// The run `id`.
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    /// The newest `limit` runs, of one stack or of all.
+    pub async fn runs(&self, stack: Option<&str>, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        let rows = match stack {
+            Some(stack) => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE stack = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(stack).bind(limit).fetch_all(&self.pool).await?
+            }
+            None => {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(run_from).collect()
+    }
+
+    /// A run's reviews, oldest first.
+    pub async fn reviews(&self, run_id: &str) -> Result<Vec<ReviewRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reviewer, decision, comment, at FROM run_reviews WHERE run_id = $1 ORDER BY at, reviewer",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReviewRow {
+                    reviewer: row.try_get("reviewer")?,
+                    decision: row.try_get("decision")?,
+                    comment: row.try_get("comment")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A run's jobs, oldest first.
+    pub async fn jobs_of(&self, run_id: &str) -> Result<Vec<JobRow>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from).collect()
+    }
+
+    /// The job `id`.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from).transpose()
+    }
+
+    /// The oldest `limit` queued jobs of `pool`: candidates for a lease. (Taking one is a guarded
+    /// write, so two agents reading the same candidate cannot both get it.)
+    pub async fn queued_jobs(&self, pool: &str, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE pool = $1 AND state = 'queued' ORDER BY created_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pool).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from).collect()
+    }
+}
