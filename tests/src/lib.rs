@@ -12,6 +12,7 @@ pub mod broker;
 pub mod fake_issuer;
 pub mod fake_upstream;
 pub mod forge;
+pub mod git;
 pub mod moto;
 pub mod openbao;
 pub mod postgres;

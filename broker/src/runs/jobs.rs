@@ -124,11 +124,8 @@ impl Runs {
         fencing_token: i64,
         outcome: JobOutcome,
     ) -> Result<(), RunError> {
-        let job = self
-            .store
-            .job(job_id)
-            .await?
-            .ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        let job =
+            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack_row(&run.stack).await?;
@@ -187,7 +184,9 @@ impl Runs {
         let input = super::input::approval_input(run, stack, &[], self.target_labels(stack), now);
         let decision = engine.decide(PolicyKind::Approval, input);
         match decision.outcome {
-            Outcome::Approve => (RunState::Applying, Some("applied without review: the approval policy allows it".to_owned())),
+            Outcome::Approve => {
+                (RunState::Applying, Some("applied without review: the approval policy allows it".to_owned()))
+            }
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
             _ => (RunState::Planned, None),
         }

@@ -1,0 +1,61 @@
+//! The stack and run commands against a real `keyward dev` broker and a real git repository:
+//! what a newcomer types, with `--json` for scripts and clear errors for mistakes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use keyward_tests::broker::Broker;
+use keyward_tests::git::GitRepo;
+use serde_json::Value;
+
+fn json(output: &keyward_tests::broker::Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stacks_and_runs_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let broker = Broker::dev(&dir.path().join("data")).await;
+
+    let url = repo.url();
+    let created = broker.cli(&["stack", "create", "network", "--repository", &url, "--label", "env=dev", "--json"]);
+    assert_eq!(json(&created)["labels"]["env"], "dev");
+    let listed = json(&broker.cli(&["stack", "list", "--json"]));
+    assert_eq!(listed["stacks"][0]["name"], "network");
+    let shown = broker.cli(&["stack", "show", "network"]);
+    assert!(shown.success && shown.stdout.contains(&url), "{}", shown.stdout);
+
+    // Submit prints the run ID alone (so `ID=$(keyward run submit …)` works), or JSON.
+    let submitted = broker.cli(&["run", "submit", "--stack", "network", "--ticket", "CHG-9"]);
+    assert!(submitted.success, "{}", submitted.stderr);
+    let id = submitted.stdout.trim().to_owned();
+    assert_eq!(id.len(), 36, "a bare run ID: {:?}", submitted.stdout);
+    let run = json(&broker.cli(&["run", "show", &id, "--json"]));
+    assert_eq!((run["state"].as_str(), run["commit_sha"].as_str()), (Some("queued"), Some(repo.head().as_str())));
+    assert_eq!(run["triggered_by"], "bootstrap-admin");
+    let by_json = json(&broker.cli(&["run", "submit", "--stack", "network", "--json"]));
+    assert!(by_json["id"].as_str().is_some_and(|i| i != id), "{by_json}");
+    let listed = json(&broker.cli(&["run", "list", "--stack", "network", "--json"]));
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(2));
+
+    // Mistakes get clear errors and change nothing.
+    for (args, expected) in [
+        (vec!["run", "submit", "--stack", "nope"], "no stack named `nope`"),
+        (vec!["run", "submit", "--stack", "network", "--commit", "abc123"], "40 lowercase hex"),
+        (vec!["run", "approve", &id], "reviews are taken only while it is planned"),
+        (vec!["run", "show", "no-such-run"], "no run with ID"),
+        (vec!["stack", "create", "network", "--repository", &url], "already exists"),
+        (vec!["stack", "create", "other", "--repository", "/not/a/url"], "https://, ssh:// or file://"),
+    ] {
+        let out = broker.cli(&args);
+        assert!(!out.success && out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+    }
+    let still = json(&broker.cli(&["run", "list", "--json"]));
+    assert_eq!(still["runs"].as_array().map(Vec::len), Some(2));
+
+    let canceled = json(&broker.cli(&["run", "cancel", &id, "--json"]));
+    assert_eq!(canceled["state"], "canceled");
+    let again = broker.cli(&["run", "cancel", &id]);
+    assert!(!again.success && again.stderr.contains("already canceled"), "{}", again.stderr);
+}
