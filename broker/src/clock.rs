@@ -74,23 +74,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// `{unix, rfc3339, weekday, hour_utc}` for policies, which have no clock of their own.
-pub fn policy_time(now: i64) -> serde_json::Value {
-    let days = now.div_euclid(86_400);
-    let seconds = now.rem_euclid(86_400);
-    const WEEKDAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
-    let weekday = WEEKDAYS.get(usize::try_from(days.rem_euclid(7)).unwrap_or(0)).copied().unwrap_or("Thursday");
-    serde_json::json!({
-        "unix": now,
-        "rfc3339": crate::clock::rfc3339(now),
-        "weekday": weekday,
-        "hour_utc": seconds / 3600,
-    })
-}
-
 #[cfg(test)]
 mod rfc3339_tests {
-    use super::{policy_time, rfc3339};
+    use super::rfc3339;
 
     #[test]
     fn unix_times_print_as_rfc_3339() {
@@ -98,15 +84,5 @@ mod rfc3339_tests {
         assert_eq!(rfc3339(1_795_400_000), "2026-11-23T02:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-    }
-
-    #[test]
-    fn policy_time_known_answers() {
-        assert_eq!(policy_time(0)["rfc3339"], "1970-01-01T00:00:00Z");
-        assert_eq!(policy_time(0)["weekday"], "Thursday");
-        assert_eq!(policy_time(1_795_400_000)["rfc3339"], "2026-11-23T02:13:20Z");
-        assert_eq!(policy_time(1_795_400_000)["weekday"], "Monday");
-        assert_eq!(policy_time(951_782_400)["rfc3339"], "2000-02-29T00:00:00Z", "leap day");
-        assert_eq!(policy_time(1_795_400_000 + 13 * 3600)["hour_utc"], 15);
     }
 }

@@ -69,7 +69,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
 
     // Stacks: created once; a duplicate or a bad one changes nothing.
     let created = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await.unwrap();
-    assert_eq!(created["repository"], repo.url());
+    assert_eq!(created.spec.repository, repo.url());
     let duplicate = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await;
     assert!(matches!(duplicate, Err(RunError::Conflict(ref m)) if m.contains("already exists")), "{duplicate:?}");
     let bad = runs.create_stack(spec("Bad Name", &repo.url()), "admin", caller()).await;

@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
 use crate::access::ApiScope;
-use crate::runs::{StackSpec, Submission, Verdict};
+use crate::runs::{Stack, StackSpec, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -40,7 +40,7 @@ pub(super) async fn show_stack(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stack>, ApiError> {
     operator(&state, &headers, ApiScope::Submit).await?;
     Ok(Json(state.runs.stack(&name).await?))
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::Connection;
@@ -61,31 +61,9 @@ pub(super) enum RunCommand {
         connection: Connection,
     },
     /// Approve a planned run (the `keyward.approval` policy decides when it may apply).
-    Approve {
-        /// Run ID.
-        id: String,
-        /// Why.
-        #[arg(long)]
-        comment: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Approve(ReviewArgs),
     /// Reject a planned run.
-    Reject {
-        /// Run ID.
-        id: String,
-        /// Why.
-        #[arg(long)]
-        comment: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Reject(ReviewArgs),
     /// Cancel a run that has not finished.
     Cancel {
         /// Run ID.
@@ -96,6 +74,21 @@ pub(super) enum RunCommand {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+/// What a review (`approve`, `reject`) takes.
+#[derive(Debug, Args)]
+pub(super) struct ReviewArgs {
+    /// Run ID.
+    id: String,
+    /// Why.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
@@ -150,12 +143,8 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
                 );
             }
         }
-        RunCommand::Approve { id, comment, json, connection } => {
-            review(&connection, env, &id, "approve", comment, json).await?;
-        }
-        RunCommand::Reject { id, comment, json, connection } => {
-            review(&connection, env, &id, "reject", comment, json).await?;
-        }
+        RunCommand::Approve(args) => review(args, "approve", env).await?,
+        RunCommand::Reject(args) => review(args, "reject", env).await?,
         RunCommand::Cancel { id, json, connection } => {
             let run =
                 Client::new(&connection, env)?.post(&format!("/v1/runs/{}/cancel", segment(&id)), &json!({})).await?;
@@ -168,16 +157,10 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
     Ok(())
 }
 
-async fn review(
-    connection: &Connection,
-    env: &dyn Fn(&str) -> Option<String>,
-    id: &str,
-    verdict: &str,
-    comment: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let client = Client::new(connection, env)?;
-    let outcome = client.post(&format!("/v1/runs/{}/{verdict}", segment(id)), &json!({ "comment": comment })).await?;
+async fn review(args: ReviewArgs, verdict: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let ReviewArgs { id, comment, json, connection } = args;
+    let client = Client::new(&connection, env)?;
+    let outcome = client.post(&format!("/v1/runs/{}/{verdict}", segment(&id)), &json!({ "comment": comment })).await?;
     if json {
         return print_json(&outcome);
     }

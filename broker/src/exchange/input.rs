@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::subject::{Subject, SubjectKind};
 use crate::config::{TargetAccess, TargetConfig, TargetKind};
+use crate::policy::input::{self, RunInput};
 
 /// The input for a decision about `target` for a verified `subject`.
 pub(super) fn credentials_input(
@@ -15,25 +16,20 @@ pub(super) fn credentials_input(
     now: i64,
 ) -> Value {
     let run = &subject.run;
-    let mut run_json = Map::new();
-    let mut put = |key: &str, value: Value| {
-        if !value.is_null() {
-            run_json.insert(key.to_owned(), value);
-        }
-    };
-    put("id", json!(run.id));
-    put("stack_id", json!(run.stack_id));
-    put("stack", json!(run.stack));
-    put("phase", json!(run.phase.as_str()));
-    put("repository", json!(run.repository));
-    put("commit_sha", json!(run.commit_sha));
-    put("ref", json!(run.git_ref));
-    put("pull_request", json!(run.pull_request));
-    put("ticket", json!(run.ticket));
-    put("triggered_by", json!(run.triggered_by));
-    if !run.approved_by.is_empty() {
-        put("approved_by", json!(run.approved_by));
+    let run_json = RunInput {
+        id: &run.id,
+        stack_id: &run.stack_id,
+        stack: &run.stack,
+        phase: run.phase.as_str(),
+        repository: run.repository.as_deref(),
+        commit_sha: run.commit_sha.as_deref(),
+        git_ref: run.git_ref.as_deref(),
+        pull_request: run.pull_request,
+        ticket: run.ticket.as_deref(),
+        triggered_by: run.triggered_by.as_deref(),
+        approved_by: &run.approved_by,
     }
+    .to_value();
     let (kind, mode) = match &target.kind {
         TargetKind::Aws(aws) => ("aws", aws.mode),
         TargetKind::Vault(_) => ("vault", crate::config::ExchangeMode::Broker),
@@ -58,6 +54,6 @@ pub(super) fn credentials_input(
             "ttl_seconds": requested_ttl.map(|t| t.as_secs()),
             "mode": mode,
         },
-        "time": crate::clock::policy_time(now),
+        "time": input::time(now),
     })
 }

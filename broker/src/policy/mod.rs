@@ -11,6 +11,7 @@
 
 mod cases;
 mod decision;
+pub mod input;
 pub mod library;
 mod schema;
 mod set;

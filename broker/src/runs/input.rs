@@ -2,57 +2,50 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::store::{ReviewRow, RunRow, StackRow};
+use super::spec::Stack;
+use crate::policy::input::{self, RunInput};
+use crate::store::{ReviewRow, RunRow};
 
-/// `input.run`: the run as policies see it (the same shape the credentials policy gets).
-pub(super) fn run_object(run: &RunRow, phase: &str, approved_by: &[String]) -> Value {
-    let mut object = Map::new();
-    let mut put = |key: &str, value: Value| {
-        if !value.is_null() {
-            object.insert(key.to_owned(), value);
-        }
-    };
-    put("id", json!(run.id));
-    put("stack_id", json!(run.stack));
-    put("stack", json!(run.stack));
-    put("phase", json!(phase));
-    put("commit_sha", json!(run.commit_sha));
-    put("ref", json!(run.git_ref));
-    put("pull_request", json!(run.pull_request));
-    put("ticket", json!(run.ticket));
-    put("triggered_by", json!(run.triggered_by));
-    if !approved_by.is_empty() {
-        put("approved_by", json!(approved_by));
+/// `input.run` for a stored run in `phase`.
+fn run_object(run: &RunRow, stack: &Stack, phase: &str, approved_by: &[String]) -> Value {
+    RunInput {
+        id: &run.id,
+        stack_id: &run.stack,
+        stack: &run.stack,
+        phase,
+        repository: Some(&stack.spec.repository),
+        commit_sha: Some(&run.commit_sha),
+        git_ref: run.git_ref.as_deref(),
+        pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
+        ticket: run.ticket.as_deref(),
+        triggered_by: Some(&run.triggered_by),
+        approved_by,
     }
-    Value::Object(object)
+    .to_value()
 }
 
 /// `input.stack`.
-pub(super) fn stack_object(stack: &StackRow) -> Value {
-    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+fn stack_object(stack: &Stack) -> Value {
+    let spec = &stack.spec;
     json!({
-        "id": stack.name,
-        "name": stack.name,
-        "repository": stack.repository,
-        "path": stack.path,
-        "branch": stack.branch,
-        "pool": stack.pool,
-        "labels": parse(&stack.labels),
-        "policies": parse(&stack.policies),
+        "id": spec.name,
+        "name": spec.name,
+        "repository": spec.repository,
+        "path": spec.path,
+        "branch": spec.branch,
+        "pool": spec.pool,
+        "labels": spec.labels,
+        "policies": spec.policies,
     })
 }
 
 /// The `keyward.run` input for a submission.
-pub(super) fn run_input(run: &RunRow, stack: &StackRow, now: i64) -> Value {
-    let mut run_json = run_object(run, "plan", &[]);
-    if let Some(object) = run_json.as_object_mut() {
-        object.insert("repository".to_owned(), json!(stack.repository));
-    }
+pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
     json!({
-        "run": run_json,
+        "run": run_object(run, stack, "plan", &[]),
         "stack": stack_object(stack),
         "submitted_by": run.triggered_by,
-        "time": crate::clock::policy_time(now),
+        "time": input::time(now),
     })
 }
 
@@ -60,17 +53,13 @@ pub(super) fn run_input(run: &RunRow, stack: &StackRow, now: i64) -> Value {
 /// it will touch (the stack's labels, overlaid by its apply targets' labels).
 pub(super) fn approval_input(
     run: &RunRow,
-    stack: &StackRow,
+    stack: &Stack,
     reviews: &[ReviewRow],
     target_labels: Map<String, Value>,
     now: i64,
 ) -> Value {
     let approved_by: Vec<String> =
         reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect();
-    let mut run_json = run_object(run, "apply", &approved_by);
-    if let Some(object) = run_json.as_object_mut() {
-        object.insert("repository".to_owned(), json!(stack.repository));
-    }
     let approvals: Vec<Value> = reviews
         .iter()
         .map(|r| {
@@ -82,10 +71,10 @@ pub(super) fn approval_input(
         })
         .collect();
     json!({
-        "run": run_json,
+        "run": run_object(run, stack, "apply", &approved_by),
         "stack": stack_object(stack),
         "approvals": approvals,
         "target_labels": target_labels,
-        "time": crate::clock::policy_time(now),
+        "time": input::time(now),
     })
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{RunError, RunState, Runs, parse_state, queue_job, run_context, state_event, transition};
+use super::{RunError, RunState, Runs, Stack, parse_state, queue_job, run_context, state_event, transition};
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
 use crate::store::write::{Refusal, Write};
@@ -59,7 +59,7 @@ impl Runs {
         let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
         for job in self.store.queued_jobs(pool, CANDIDATES).await? {
             let run = self.run_row(&job.run_id).await?;
-            let stack = self.stack_row(&run.stack).await?;
+            let stack = self.stack(&run.stack).await?;
             let now = self.clock.now();
             let fencing_token = job.fencing_token + 1;
             let expires = now.saturating_add(lease_secs);
@@ -95,11 +95,11 @@ impl Runs {
                     return Ok(Some(Lease {
                         job_id: job.id,
                         run_id: run.id,
-                        stack: stack.name,
+                        stack: stack.spec.name,
                         phase: job.phase,
-                        repository: stack.repository,
+                        repository: stack.spec.repository,
                         commit_sha: run.commit_sha,
-                        path: stack.path,
+                        path: stack.spec.path,
                         fencing_token,
                         lease_expires_at: expires,
                     }));
@@ -128,7 +128,7 @@ impl Runs {
             self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
-        let stack = self.stack_row(&run.stack).await?;
+        let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let from = parse_state(&run.state)?;
         let (job_state, error) = match &outcome {
@@ -167,7 +167,7 @@ impl Runs {
             let mut event = state_event(&context, from, next, detail.as_deref(), now);
             if next == RunState::Applying {
                 let apply_job = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&apply_job, &run.id, "apply", &stack.pool, now));
+                writes.push(queue_job(&apply_job, &run.id, "apply", &stack.spec.pool, now));
                 event = event.with("apply_job", apply_job.as_str());
             }
             events.push(event);
@@ -177,12 +177,10 @@ impl Runs {
 
     /// Where a run goes once planned: `keyward.approval` with the reviews so far (usually none)
     /// may already approve (auto-apply) or reject; otherwise it waits for reviews.
-    fn after_plan(&self, run: &RunRow, stack: &crate::store::StackRow, now: i64) -> (RunState, Option<String>) {
-        let Some(engine) = &self.policies else {
-            return (RunState::Planned, None);
-        };
-        let input = super::input::approval_input(run, stack, &[], self.target_labels(stack), now);
-        let decision = engine.decide(PolicyKind::Approval, input);
+    fn after_plan(&self, run: &RunRow, stack: &Stack, now: i64) -> (RunState, Option<String>) {
+        let decision = self.decide(PolicyKind::Approval, || {
+            super::input::approval_input(run, stack, &[], self.target_labels(stack), now)
+        });
         match decision.outcome {
             Outcome::Approve => {
                 (RunState::Applying, Some("applied without review: the approval policy allows it".to_owned()))

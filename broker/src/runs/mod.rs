@@ -20,15 +20,15 @@ use serde_json::{Value, json};
 
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{JobOutcome, Lease};
-pub use spec::{DEFAULT_POOL, SpecError, StackSpec, valid_name};
+pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::config::TargetConfig;
-use crate::policy::{Outcome, PolicyEngine, PolicyKind};
+use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::{Param, Refusal, Write};
-use crate::store::{JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
+use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
 
 /// Why a stack or run request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +190,7 @@ impl Runs {
     }
 
     /// Creates a stack.
-    pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Value, RunError> {
+    pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
         spec.validate(&self.targets).map_err(|e| RunError::Invalid(e.0))?;
         let now = self.clock.now();
         let write = Write::one(
@@ -225,22 +225,19 @@ impl Runs {
             .with("apply_targets", spec.apply_targets.clone())
             .with_ref("stack", &spec.name);
         self.commit(Append::changes(vec![write], vec![event])).await?;
-        let row = self.stack_row(&spec.name).await?;
-        Ok(stack_json(&row))
+        Ok(Stack { spec, created_at: now, created_by: who.to_owned() })
     }
 
-    /// A stack, as the API shows it.
-    pub async fn stack(&self, name: &str) -> Result<Value, RunError> {
-        Ok(stack_json(&self.stack_row(name).await?))
+    /// The stack called `name`.
+    pub async fn stack(&self, name: &str) -> Result<Stack, RunError> {
+        let row =
+            self.store.stack(name).await?.ok_or_else(|| RunError::NotFound(format!("no stack named `{name}`")))?;
+        Ok(Stack::try_from(row)?)
     }
 
     /// Every stack.
-    pub async fn stacks(&self) -> Result<Vec<Value>, RunError> {
-        Ok(self.store.stacks().await?.iter().map(stack_json).collect())
-    }
-
-    async fn stack_row(&self, name: &str) -> Result<StackRow, RunError> {
-        self.store.stack(name).await?.ok_or_else(|| RunError::NotFound(format!("no stack named `{name}`")))
+    pub async fn stacks(&self) -> Result<Vec<Stack>, RunError> {
+        Ok(self.store.stacks().await?.into_iter().map(Stack::try_from).collect::<Result<_, _>>()?)
     }
 
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
@@ -266,12 +263,12 @@ impl Runs {
             .map(i64::try_from)
             .transpose()
             .map_err(|_| RunError::Invalid("pull request number too large".to_owned()))?;
-        let stack = self.stack_row(&submission.stack).await?;
-        let resolved = git::resolve(&stack.repository, &stack.branch, submission.commit.as_deref()).await?;
+        let stack = self.stack(&submission.stack).await?;
+        let resolved = git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref()).await?;
         let now = self.clock.now();
         let run = RunRow {
             id: uuid::Uuid::now_v7().to_string(),
-            stack: stack.name.clone(),
+            stack: stack.spec.name.clone(),
             state: RunState::Queued.as_str().to_owned(),
             version: 1,
             commit_sha: resolved.commit_sha,
@@ -284,14 +281,7 @@ impl Runs {
             updated_at: now,
         };
         let context = run_context(&run, &stack, "plan", who, caller);
-        let decision = match &self.policies {
-            Some(engine) => engine.decide(PolicyKind::Run, input::run_input(&run, &stack, now)),
-            None => crate::policy::Decision::failed(
-                PolicyKind::Run,
-                "no policy is configured ([policy] dir); runs are refused by default".to_owned(),
-                String::new(),
-            ),
-        };
+        let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
         if !decision.permits() {
             let mut context = context;
             context.run_id = None;
@@ -323,12 +313,12 @@ impl Runs {
                     now.into(),
                 ],
             ),
-            queue_job(&job_id, &run.id, "plan", &stack.pool, now),
+            queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
         ];
         let event = AuditEvent::new(Kind::RunCreated, now, context)
             .with("state", RunState::Queued.as_str())
             .with("plan_job", job_id.as_str())
-            .with("pool", stack.pool.as_str())
+            .with("pool", stack.spec.pool.as_str())
             .with("policy_digest", decision.policy_digest.as_str())
             .with("warnings", decision.warnings.clone());
         self.commit(Append::changes(writes, vec![event])).await?;
@@ -347,7 +337,7 @@ impl Runs {
     /// The newest runs (without reviews and jobs).
     pub async fn runs(&self, stack: Option<&str>, limit: i64) -> Result<Vec<RunView>, RunError> {
         if let Some(stack) = stack {
-            self.stack_row(stack).await?;
+            self.stack(stack).await?;
         }
         Ok(self.store.runs(stack, limit.clamp(1, 1000)).await?.into_iter().map(|run| view(run, &[], &[])).collect())
     }
@@ -380,25 +370,12 @@ impl Runs {
         if reviews.iter().any(|r| r.reviewer == who) {
             return Err(RunError::Conflict(format!("{who} already reviewed run {id}")));
         }
-        let stack = self.stack_row(&run.stack).await?;
+        let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
-        reviews.push(ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now });
-        let labels = self.target_labels(&stack);
-        let decision = match &self.policies {
-            Some(engine) => {
-                engine.decide(PolicyKind::Approval, input::approval_input(&run, &stack, &reviews, labels, now))
-            }
-            None => crate::policy::Decision::failed(
-                PolicyKind::Approval,
-                "no policy is configured ([policy] dir)".to_owned(),
-                String::new(),
-            ),
-        };
-        let review = reviews.last().cloned().unwrap_or_else(|| ReviewRow {
-            reviewer: who.to_owned(),
-            decision: verdict.as_str().to_owned(),
-            comment: None,
-            at: now,
+        let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
+        reviews.push(review.clone());
+        let decision = self.decide(PolicyKind::Approval, || {
+            input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
         });
         let mut writes = vec![Write::one(
             format!("review of run {id} by {who}"),
@@ -427,17 +404,12 @@ impl Runs {
             let mut event = state_event(&context, state, next, detail.as_deref(), now);
             if next == RunState::Applying {
                 let job_id = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&job_id, id, "apply", &stack.pool, now));
+                writes.push(queue_job(&job_id, id, "apply", &stack.spec.pool, now));
                 event = event.with("apply_job", job_id.as_str());
             }
             events.push(event);
         }
-        self.commit(Append::changes(writes, events)).await.map_err(|error| match error {
-            RunError::Conflict(message) if message.contains("already exists") => {
-                RunError::Conflict(format!("{who} already reviewed run {id}"))
-            }
-            other => other,
-        })?;
+        self.commit(Append::changes(writes, events)).await?;
         Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
     }
 
@@ -448,7 +420,7 @@ impl Runs {
         if state.is_final() {
             return Err(RunError::Conflict(format!("run {id} is already {state}")));
         }
-        let stack = self.stack_row(&run.stack).await?;
+        let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let detail = format!("canceled by {who}");
         let writes = vec![
@@ -466,15 +438,24 @@ impl Runs {
     }
 
     /// Labels of what applying touches: the stack's, overlaid by its apply targets'.
-    fn target_labels(&self, stack: &StackRow) -> serde_json::Map<String, Value> {
-        let mut labels: serde_json::Map<String, Value> = serde_json::from_str(&stack.labels).unwrap_or_default();
-        let apply: Vec<String> = serde_json::from_str(&stack.apply_targets).unwrap_or_default();
-        for target in apply.iter().filter_map(|id| self.targets.get(id)) {
+    fn target_labels(&self, stack: &Stack) -> serde_json::Map<String, Value> {
+        let mut labels: serde_json::Map<String, Value> =
+            stack.spec.labels.iter().map(|(key, value)| (key.clone(), json!(value))).collect();
+        for target in stack.spec.apply_targets.iter().filter_map(|id| self.targets.get(id)) {
             for (key, value) in &target.labels {
                 labels.insert(key.clone(), json!(value));
             }
         }
         labels
+    }
+
+    /// `kind`'s decision on the input `build` makes; without a configured policy, the default
+    /// (refuse a run, leave an approval pending) with the reason.
+    fn decide(&self, kind: PolicyKind, build: impl FnOnce() -> Value) -> Decision {
+        match &self.policies {
+            Some(engine) => engine.decide(kind, build()),
+            None => Decision::failed(kind, "no policy is configured ([policy] dir)".to_owned(), String::new()),
+        }
     }
 
     async fn commit(&self, append: Append) -> Result<(), RunError> {
@@ -528,12 +509,12 @@ fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> W
     )
 }
 
-fn run_context(run: &RunRow, stack: &StackRow, phase: &str, who: &str, caller: Context) -> Context {
+fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {
     Context {
         run_id: Some(run.id.clone()),
-        stack_id: Some(stack.name.clone()),
+        stack_id: Some(stack.spec.name.clone()),
         phase: Some(phase.to_owned()),
-        repository: Some(stack.repository.clone()),
+        repository: Some(stack.spec.repository.clone()),
         commit_sha: Some(run.commit_sha.clone()),
         git_ref: run.git_ref.clone(),
         pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
@@ -585,21 +566,4 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
             })
             .collect(),
     }
-}
-
-fn stack_json(stack: &StackRow) -> Value {
-    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
-    json!({
-        "name": stack.name,
-        "repository": stack.repository,
-        "path": stack.path,
-        "branch": stack.branch,
-        "pool": stack.pool,
-        "plan_targets": parse(&stack.plan_targets),
-        "apply_targets": parse(&stack.apply_targets),
-        "labels": parse(&stack.labels),
-        "policies": parse(&stack.policies),
-        "created_at": stack.created_at,
-        "created_by": stack.created_by,
-    })
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TargetAccess, TargetConfig};
+use crate::store::{StackRow, StoreError};
 
 /// A stack to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,41 @@ pub struct StackSpec {
     /// stacks that attach them.
     #[serde(default)]
     pub policies: Vec<String>,
+}
+
+/// A stored stack: its spec, and who created it when. What the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stack {
+    /// What it is.
+    #[serde(flatten)]
+    pub spec: StackSpec,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+impl TryFrom<StackRow> for Stack {
+    type Error = StoreError;
+
+    /// Decodes the JSON columns once, refusing a row this build cannot read.
+    fn try_from(row: StackRow) -> Result<Self, StoreError> {
+        fn column<T: serde::de::DeserializeOwned>(name: &str, column: &str, text: &str) -> Result<T, StoreError> {
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stack `{name}` {column}: {e}")))
+        }
+        let spec = StackSpec {
+            plan_targets: column(&row.name, "plan_targets", &row.plan_targets)?,
+            apply_targets: column(&row.name, "apply_targets", &row.apply_targets)?,
+            labels: column(&row.name, "labels", &row.labels)?,
+            policies: column(&row.name, "policies", &row.policies)?,
+            name: row.name,
+            repository: row.repository,
+            path: row.path,
+            branch: row.branch,
+            pool: row.pool,
+        };
+        Ok(Self { spec, created_at: row.created_at, created_by: row.created_by })
+    }
 }
 
 fn default_branch() -> String {

@@ -110,8 +110,8 @@ impl Write {
         let mut query = sqlx::query(self.sql);
         for param in &self.params {
             query = match param {
-                Param::Text(value) => query.bind(value.clone()),
-                Param::OptText(value) => query.bind(value.clone()),
+                Param::Text(value) => query.bind(value.as_str()),
+                Param::OptText(value) => query.bind(value.as_deref()),
                 Param::Int(value) => query.bind(*value),
                 Param::OptInt(value) => query.bind(*value),
             };
