@@ -124,6 +124,72 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Private worker agents: the gRPC listener, their certificates and job leases.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+/// `[agents]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Where the agents' gRPC endpoint (TLS; mTLS after enrollment) listens. Without it no agent
+    /// can enroll or take jobs.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The `https://host:port` agents dial, when it is not the external URL's host with the
+    /// listener's port (a load balancer, another name).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The SPIFFE trust domain of agent identities; the external URL's host by default.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// Names (DNS or IP) the broker's gRPC server certificate carries besides the advertised host.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Lifetime of an agent certificate; agents renew at half of it.
+    #[serde(default = "default_certificate_lifetime", with = "humantime_serde_compat")]
+    pub certificate_lifetime: Duration,
+    /// How long a job lease lasts without a heartbeat.
+    #[serde(default = "default_lease", with = "humantime_serde_compat")]
+    pub lease: Duration,
+    /// How often each broker looks for jobs queued by another replica (its own are dispatched at once).
+    #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// The longest a join token may live.
+    #[serde(default = "default_join_token_max_ttl", with = "humantime_serde_compat")]
+    pub join_token_max_ttl: Duration,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            advertise: None,
+            trust_domain: None,
+            server_names: Vec::new(),
+            certificate_lifetime: default_certificate_lifetime(),
+            lease: default_lease(),
+            poll_interval: default_poll_interval(),
+            join_token_max_ttl: default_join_token_max_ttl(),
+        }
+    }
+}
+
+fn default_certificate_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_join_token_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `[audit]`.
@@ -802,9 +868,67 @@ impl Config {
         {
             return Err(invalid("policy.evaluation_timeout", "must be between 1ms and 10s"));
         }
+        self.validate_agents()?;
         self.database(env)?;
         self.kek(env)?;
         Ok(())
+    }
+
+    fn validate_agents(&self) -> Result<(), ConfigError> {
+        let agents = &self.agents;
+        if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&agents.certificate_lifetime) {
+            return Err(invalid("agents.certificate_lifetime", "must be between 1m and 7d"));
+        }
+        if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&agents.lease) {
+            return Err(invalid("agents.lease", "must be between 2s and 1h"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&agents.poll_interval) {
+            return Err(invalid("agents.poll_interval", "must be between 100ms and 1m"));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&agents.join_token_max_ttl) {
+            return Err(invalid("agents.join_token_max_ttl", "must be between 1m and 30d"));
+        }
+        if let Some(advertise) = &agents.advertise {
+            let host = advertise.strip_prefix("https://").map(|rest| rest.trim_end_matches('/'));
+            if host.is_none_or(|h| h.is_empty() || h.contains('/')) {
+                return Err(invalid("agents.advertise", "must be https://host:port"));
+            }
+        }
+        if let Some(domain) = &agents.trust_domain
+            && (domain.is_empty()
+                || !domain
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+        {
+            return Err(invalid("agents.trust_domain", "must be lower-case letters, digits, `.`, `-` or `_`"));
+        }
+        Ok(())
+    }
+
+    /// The host of the external URL (without port).
+    fn external_host(&self) -> &str {
+        let url = &self.server.external_url;
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+        }
+    }
+
+    /// The agents' SPIFFE trust domain.
+    pub fn trust_domain(&self) -> String {
+        self.agents.trust_domain.clone().unwrap_or_else(|| self.external_host().to_ascii_lowercase())
+    }
+
+    /// Where agents dial the gRPC endpoint, listening on `port`: `agents.advertise`, else the
+    /// external URL's host with that port.
+    pub fn agents_endpoint(&self, port: u16) -> String {
+        if let Some(advertise) = &self.agents.advertise {
+            return advertise.trim_end_matches('/').to_owned();
+        }
+        let host = self.external_host();
+        if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") }
     }
 
     /// The configured key-encryption key.
@@ -1167,6 +1291,11 @@ impl Config {
             targets: Vec::new(),
             issuers: Vec::new(),
             audit: AuditConfig::default(),
+            agents: AgentsConfig {
+                listen: Some(SocketAddr::new(listen.ip(), 0)),
+                trust_domain: Some("keyward.dev".to_owned()),
+                ..AgentsConfig::default()
+            },
         }
     }
 }

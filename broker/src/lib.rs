@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod cli;

@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError, ApiTokenSecret};
+use crate::agents::ca::AgentCa;
+use crate::agents::listener::server_names;
+use crate::agents::{AgentSettings, Agents};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
 use crate::audit::checkpoint::{CheckpointError, LogKey};
@@ -50,6 +53,12 @@ pub enum StartError {
     /// The audit log's checkpoint key cannot be loaded or created.
     #[error(transparent)]
     AuditKey(#[from] CheckpointError),
+    /// The agent CA cannot be loaded or created.
+    #[error(transparent)]
+    AgentCa(#[from] crate::agents::ca::CaError),
+    /// The agent endpoint cannot be set up.
+    #[error(transparent)]
+    AgentEndpoint(#[from] crate::agents::listener::ListenerError),
     /// The HTTP client for issuers' discovery documents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
@@ -67,6 +76,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Broker {
     state: AppState,
+    agent_listener: Option<(TcpListener, Vec<String>)>,
     header_read_timeout: Duration,
     replay_leeway: Duration,
     checkpoint_interval: Duration,
@@ -90,6 +100,7 @@ impl Broker {
         };
         let store = Store::open(&config.database(env)?).await?;
         let log_key = Arc::new(LogKey::load_or_create(&store, &kek, &config.audit_origin(), clock.now()).await?);
+        let agent_ca = Arc::new(AgentCa::load_or_create(&store, &kek, &config.trust_domain(), clock.now()).await?);
         let settings = KeySettings {
             algorithm: config.keys.algorithm,
             rotation_period: config.keys.rotation_period,
@@ -131,8 +142,33 @@ impl Broker {
         };
         let runs =
             crate::runs::Runs::new(store.clone(), audit.clone(), policies.clone(), &config.targets, Arc::clone(&clock));
+        let agent_listener = match config.agents.listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        let endpoint = match &agent_listener {
+            Some(listener) => config.agents_endpoint(listener.local_addr().map(|a| a.port()).unwrap_or_default()),
+            None => String::new(),
+        };
+        let agents = Agents::new(
+            store.clone(),
+            audit.clone(),
+            runs.clone(),
+            Arc::clone(&agent_ca),
+            Arc::clone(&clock),
+            AgentSettings {
+                certificate_lifetime: config.agents.certificate_lifetime,
+                lease: config.agents.lease,
+                poll_interval: config.agents.poll_interval,
+                join_token_max_ttl: config.agents.join_token_max_ttl,
+                endpoint: endpoint.clone(),
+            },
+        );
+        let agent_listener =
+            agent_listener.map(|listener| (listener, server_names(&endpoint, &config.agents.server_names)));
         let state = AppState {
             runs,
+            agents,
             issuer,
             exchanger,
             clock: Arc::clone(&clock),
@@ -153,6 +189,7 @@ impl Broker {
         );
         Ok(Self {
             state,
+            agent_listener,
             header_read_timeout: config.server.header_read_timeout,
             replay_leeway: config.tokens.clock_skew,
             checkpoint_interval: config.audit.checkpoint_interval,
@@ -169,8 +206,14 @@ impl Broker {
         &self.state.access
     }
 
-    /// Serves HTTP on `listener` until `shutdown` completes, running key maintenance alongside.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    /// Where agents dial, when the agent endpoint listens.
+    pub fn agents_endpoint(&self) -> Option<&str> {
+        self.agent_listener.as_ref().map(|_| self.state.agents.settings().endpoint.as_str())
+    }
+
+    /// Serves HTTP on `listener` (and the agent endpoint, when configured) until `shutdown`
+    /// completes, running key maintenance, lease expiry and checkpoints alongside.
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         if let Some(engine) = &self.state.policies {
             let context = crate::audit::Context::default();
             crate::audit::events::policy_load(
@@ -214,9 +257,35 @@ impl Broker {
                 Arc::clone(&self.state.clock),
             ))
         });
+        let (stopping, stop) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        };
+        let agent_endpoint = self.agent_listener.take().map(|(agent_listener, names)| {
+            let mut stop = stop.clone();
+            tokio::spawn(crate::agents::listener::serve(
+                agent_listener,
+                self.state.agents.clone(),
+                names,
+                Arc::clone(&self.state.clock),
+                async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                },
+            ))
+        });
+        let expiry = tokio::spawn(expire_leases(self.state.runs.clone(), self.state.agents.settings().lease));
         let store = self.state.store.clone();
         let app = api::router(self.state);
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
+        if let Some(endpoint) = agent_endpoint {
+            match endpoint.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "the agent endpoint failed"),
+                Err(error) => tracing::error!(%error, "the agent endpoint panicked"),
+            }
+        }
+        expiry.abort();
         maintenance.abort();
         pruning.abort();
         checkpoints.abort();
@@ -281,6 +350,20 @@ async fn checkpoint_on_schedule(store: Store, key: Arc<LogKey>, clock: SharedClo
             },
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not read the audit log size; will retry"),
+        }
+    }
+}
+
+/// Ends job leases whose heartbeats stopped (DESIGN.md §5): a plan is retried, an apply is
+/// interrupted. Every replica runs this; a lease ends once (compare-and-set on its fencing token).
+async fn expire_leases(runs: crate::runs::Runs, lease: Duration) {
+    let period = (lease / 4).max(Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = runs.expire_leases().await {
+            tracing::warn!(%error, "could not expire job leases; will retry");
         }
     }
 }

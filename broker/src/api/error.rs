@@ -188,6 +188,26 @@ impl From<crate::runs::RunError> for ApiError {
     }
 }
 
+impl From<crate::agents::AgentError> for ApiError {
+    fn from(error: crate::agents::AgentError) -> Self {
+        use crate::agents::AgentError;
+        match error {
+            AgentError::Invalid(message) => Self::invalid_request(message),
+            AgentError::Csr(csr) => Self::invalid_request(csr.to_string()),
+            AgentError::NotFound(message) => Self::not_found(message),
+            AgentError::Conflict(message) => Self::conflict(message),
+            AgentError::Unauthenticated(message) | AgentError::Forbidden(message) => Self::access_denied(message),
+            AgentError::Runs(runs) => runs.into(),
+            AgentError::Store(crate::store::StoreError::Append(e)) => {
+                tracing::error!(error = %e, "an agent change could not be recorded, so it was not made");
+                Self::unavailable("the change could not be recorded durably, so it was not made; retry")
+            }
+            AgentError::Store(e) => Self::internal(&e),
+            AgentError::Ca(e) => Self::internal(&e),
+        }
+    }
+}
+
 impl From<KeyRingError> for ApiError {
     fn from(error: KeyRingError) -> Self {
         match error {

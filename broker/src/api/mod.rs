@@ -2,6 +2,7 @@
 //! ([`error`]). Nothing below `api/` knows what HTTP is.
 
 mod admin;
+mod agents;
 mod audit;
 pub mod error;
 mod extract;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub clock: crate::clock::SharedClock,
     /// Stacks and runs.
     pub runs: crate::runs::Runs,
+    /// Pools and agents.
+    pub agents: crate::agents::Agents,
 }
 
 impl AppState {
@@ -100,6 +103,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/approve", post(runs::approve_run))
         .route("/v1/runs/{id}/reject", post(runs::reject_run))
         .route("/v1/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/v1/pools", post(agents::create_pool).get(agents::list_pools))
+        .route("/v1/pools/{name}/join-tokens", post(agents::create_join_token))
+        .route("/v1/agents", get(agents::list_agents))
+        .route("/v1/agents/bootstrap", get(agents::bootstrap))
+        .route("/v1/agents/{id}", get(agents::show_agent))
+        .route("/v1/agents/{id}/revoke", post(agents::revoke_agent))
+        .route("/v1/agents/{id}/drain", post(agents::drain_agent))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

@@ -43,6 +43,22 @@ pub enum Kind {
     JobLeased,
     /// A job ended: success or the error, reported by the lease holder.
     JobFinished,
+    /// A job's lease ended without a report: expired, its agent revoked, or never delivered; what became of the job.
+    JobLeaseEnded,
+    /// A worker pool was created.
+    PoolCreated,
+    /// A one-time join token for a pool was issued (its ID and expiry, never the token).
+    JoinTokenCreated,
+    /// An agent enrolled with a join token and received its first certificate.
+    AgentEnrolled,
+    /// An enrollment was refused (unknown, used or expired token; bad CSR), with why.
+    AgentEnrollRefused,
+    /// An agent renewed its certificate.
+    AgentRenewed,
+    /// An agent was told to drain: finish its jobs, take no new ones.
+    AgentDraining,
+    /// An agent was revoked: its stream cut, its leases ended, its certificate refused.
+    AgentRevoked,
 }
 
 impl Kind {
@@ -64,6 +80,14 @@ impl Kind {
             Self::RunStateChanged => kinds::RUN_STATE_CHANGED,
             Self::JobLeased => kinds::JOB_LEASED,
             Self::JobFinished => kinds::JOB_FINISHED,
+            Self::JobLeaseEnded => kinds::JOB_LEASE_ENDED,
+            Self::PoolCreated => kinds::POOL_CREATED,
+            Self::JoinTokenCreated => kinds::JOIN_TOKEN_CREATED,
+            Self::AgentEnrolled => kinds::AGENT_ENROLLED,
+            Self::AgentEnrollRefused => kinds::AGENT_ENROLL_REFUSED,
+            Self::AgentRenewed => kinds::AGENT_RENEWED,
+            Self::AgentDraining => kinds::AGENT_DRAINING,
+            Self::AgentRevoked => kinds::AGENT_REVOKED,
         }
     }
 }
@@ -100,6 +124,22 @@ pub mod kinds {
     pub const JOB_LEASED: &str = "job.leased";
     /// [`super::Kind::JobFinished`].
     pub const JOB_FINISHED: &str = "job.finished";
+    /// [`super::Kind::JobLeaseEnded`].
+    pub const JOB_LEASE_ENDED: &str = "job.lease_ended";
+    /// [`super::Kind::PoolCreated`].
+    pub const POOL_CREATED: &str = "pool.created";
+    /// [`super::Kind::JoinTokenCreated`].
+    pub const JOIN_TOKEN_CREATED: &str = "join_token.created";
+    /// [`super::Kind::AgentEnrolled`].
+    pub const AGENT_ENROLLED: &str = "agent.enrolled";
+    /// [`super::Kind::AgentEnrollRefused`].
+    pub const AGENT_ENROLL_REFUSED: &str = "agent.enroll_refused";
+    /// [`super::Kind::AgentRenewed`].
+    pub const AGENT_RENEWED: &str = "agent.renewed";
+    /// [`super::Kind::AgentDraining`].
+    pub const AGENT_DRAINING: &str = "agent.draining";
+    /// [`super::Kind::AgentRevoked`].
+    pub const AGENT_REVOKED: &str = "agent.revoked";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

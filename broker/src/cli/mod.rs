@@ -4,6 +4,7 @@
 //! `KEYWARD_TOKEN_FILE` (the lines `keyward dev` prints), and every command that prints data takes
 //! `--json` so scripts never parse tables.
 
+mod agent;
 mod audit;
 mod client;
 mod creds;
@@ -11,6 +12,7 @@ mod dev;
 mod keys;
 mod logging;
 mod policy;
+mod pool;
 mod run;
 mod serve;
 mod stack;
@@ -65,6 +67,12 @@ enum Command {
     /// Submit, follow, review and cancel runs.
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Create worker pools and issue agents' one-time join tokens.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
+    /// List, drain and revoke enrolled agents.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 /// How to reach a running broker.
@@ -76,6 +84,13 @@ pub struct Connection {
     /// File holding the API token.
     #[arg(long, env = "KEYWARD_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    /// The broker URL.
+    fn addr(&self) -> &str {
+        &self.addr
+    }
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -103,6 +118,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Audit(command) => audit::run(command, &env).await,
             Command::Stack(command) => stack::run(command, &env).await,
             Command::Run(command) => run::run(command, &env).await,
+            Command::Pool(command) => pool::run(command, &env).await,
+            Command::Agent(command) => agent::run(command, &env).await,
         }
     });
     match result {

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::Connection;
+use super::client::segment;
 use super::client::{Client, items, print_json, text};
-use super::stack::segment;
 use crate::runs::RunState;
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::{Map, Value, json};
 
 use super::Connection;
-use super::client::{Client, items, print_json, text};
+use super::client::{Client, items, print_json, segment, text};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StackCommand {
@@ -139,17 +139,4 @@ fn print_stack(stack: &Value) {
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
         println!("  labels         {}", pairs.join(", "));
     }
-}
-
-/// A path segment with everything but unreserved characters percent-encoded.
-pub(super) fn segment(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

@@ -43,6 +43,39 @@ pub struct Lease {
     pub lease_expires_at: i64,
 }
 
+/// How many times a plan job is leased before an expiry fails it.
+const MAX_PLAN_ATTEMPTS: i64 = 3;
+
+/// Why a lease ended without a report from its holder.
+///
+/// - `Expired`: heartbeats stopped. A plan is requeued (up to three attempts; planning changes
+///   nothing); an apply is `interrupted` and its run with it: it may have half-applied, so it is
+///   never re-applied silently.
+/// - `Revoked`: the holder was revoked. Its work is not trusted: a plan fails, an apply is
+///   interrupted.
+/// - `Undelivered`: the assignment never reached the agent (its stream closed first), so the job
+///   is queued again whatever its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// No heartbeat before the lease ran out.
+    Expired,
+    /// The agent was revoked.
+    Revoked,
+    /// The assignment could not be sent.
+    Undelivered,
+}
+
+impl LeaseEnd {
+    /// The name recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Revoked => "agent revoked",
+            Self::Undelivered => "undelivered",
+        }
+    }
+}
+
 /// How a job ended, as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -172,7 +205,111 @@ impl Runs {
             }
             events.push(event);
         }
-        self.commit(Append::changes(writes, events)).await
+        let queued_apply = events.iter().any(|e| e.details.contains_key("apply_job"));
+        self.commit(Append::changes(writes, events)).await?;
+        if queued_apply {
+            self.signals.queued(&stack.spec.pool);
+        }
+        Ok(())
+    }
+
+    /// The job `job_id`, if `agent_id` holds its current lease `fencing_token` and the lease has
+    /// not run out: what a credential request for the job must show.
+    pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<JobRow, RunError> {
+        let job =
+            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        check_holder(&job, agent_id, fencing_token)?;
+        if job.lease_expires_at.is_none_or(|expires| expires < self.clock.now()) {
+            return Err(RunError::Conflict(format!("the lease {fencing_token} of job {job_id} has expired")));
+        }
+        Ok(job)
+    }
+
+    /// Ends the lease `job` was read with, without a report from its holder, and decides what
+    /// becomes of the job (see [`LeaseEnd`]). Returns what happened, or `None` when the lease
+    /// had already moved on (another replica got there first, or the holder reported).
+    pub async fn end_lease(&self, job: &JobRow, end: LeaseEnd) -> Result<Option<&'static str>, RunError> {
+        let Some(agent_id) = job.agent_id.as_deref() else { return Ok(None) };
+        if job.state != "leased" {
+            return Ok(None);
+        }
+        let run = self.run_row(&job.run_id).await?;
+        let stack = self.stack(&run.stack).await?;
+        let now = self.clock.now();
+        let from = parse_state(&run.state)?;
+        let requeue = match end {
+            LeaseEnd::Undelivered => true,
+            LeaseEnd::Expired => job.phase == "plan" && job.attempt < MAX_PLAN_ATTEMPTS,
+            LeaseEnd::Revoked => false,
+        };
+        let (job_state, run_next, detail) = if requeue {
+            let back = (from == RunState::Planning && job.phase == "plan").then_some(RunState::Queued);
+            ("queued", back, None)
+        } else if job.phase == "apply" {
+            let detail = format!("the apply lease of agent {agent_id} ended ({}); never re-applied", end.as_str());
+            ("interrupted", Some(RunState::Interrupted), Some(detail))
+        } else {
+            let detail = format!("the plan lease of agent {agent_id} ended ({})", end.as_str());
+            ("failed", Some(RunState::Failed), Some(detail))
+        };
+        let mut writes = vec![Write::one(
+            format!("lease {} of job {}", job.fencing_token, job.id),
+            "UPDATE jobs SET state = $1, agent_id = CASE WHEN $1 = 'queued' THEN NULL ELSE agent_id END,              lease_expires_at = NULL, error = $2, updated_at = $3              WHERE id = $4 AND state = 'leased' AND fencing_token = $5",
+            vec![
+                job_state.into(),
+                Some(format!("lease ended: {}", end.as_str())).into(),
+                now.into(),
+                job.id.as_str().into(),
+                job.fencing_token.into(),
+            ],
+        )];
+        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let mut events = vec![
+            AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())
+                .with("job_id", job.id.as_str())
+                .with("agent_id", agent_id)
+                .with("fencing_token", job.fencing_token)
+                .with("reason", end.as_str())
+                .with("outcome", job_state),
+        ];
+        if let Some(next) = run_next.filter(|_| !from.is_final()) {
+            writes.push(transition(&run, next, detail.clone(), now));
+            events.push(state_event(&context, from, next, detail.as_deref(), now));
+        }
+        match self.audit.append(Append::changes(writes, events)).await? {
+            Committed::Recorded => {
+                if requeue {
+                    self.signals.queued(&job.pool);
+                }
+                tracing::warn!(job_id = %job.id, agent_id, reason = end.as_str(), outcome = job_state, "job lease ended");
+                Ok(Some(job_state))
+            }
+            Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
+            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
+            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+        }
+    }
+
+    /// Ends every lease whose time ran out before now; returns how many ended.
+    pub async fn expire_leases(&self) -> Result<usize, RunError> {
+        let mut ended = 0;
+        for job in self.store.expired_leases(self.clock.now(), 64).await? {
+            if self.end_lease(&job, LeaseEnd::Expired).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Ends every lease `agent_id` holds (it was revoked).
+    pub async fn end_leases_of(&self, agent_id: &str, end: LeaseEnd) -> Result<usize, RunError> {
+        let mut ended = 0;
+        for job in self.store.leased_jobs_of(agent_id).await? {
+            if self.end_lease(&job, end).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Where a run goes once planned: `keyward.approval` with the reviews so far (usually none)

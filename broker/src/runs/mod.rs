@@ -9,6 +9,7 @@
 mod git;
 mod input;
 mod jobs;
+mod signals;
 mod spec;
 mod state;
 
@@ -19,7 +20,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use git::{GitError, is_commit_sha};
-pub use jobs::{JobOutcome, Lease};
+pub use jobs::{JobOutcome, Lease, LeaseEnd};
+pub use signals::{Canceled, Signals};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
@@ -171,6 +173,7 @@ pub struct Runs {
     policies: Option<Arc<PolicyEngine>>,
     targets: Arc<BTreeMap<String, TargetConfig>>,
     clock: SharedClock,
+    signals: Arc<Signals>,
 }
 
 const MAX_TICKET: usize = 128;
@@ -186,12 +189,18 @@ impl Runs {
         clock: SharedClock,
     ) -> Self {
         let targets = Arc::new(targets.iter().map(|t| (t.id(), t.clone())).collect());
-        Self { store, audit, policies, targets, clock }
+        Self { store, audit, policies, targets, clock, signals: Arc::new(Signals::default()) }
     }
 
     /// Creates a stack.
     pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
         spec.validate(&self.targets).map_err(|e| RunError::Invalid(e.0))?;
+        if self.store.pool(&spec.pool).await?.is_none() {
+            return Err(RunError::Invalid(format!(
+                "unknown pool `{0}`; create it with `keyward pool create {0}`",
+                spec.pool
+            )));
+        }
         let now = self.clock.now();
         let write = Write::one(
             format!("stack `{}`", spec.name),
@@ -322,6 +331,7 @@ impl Runs {
             .with("policy_digest", decision.policy_digest.as_str())
             .with("warnings", decision.warnings.clone());
         self.commit(Append::changes(writes, vec![event])).await?;
+        self.signals.queued(&stack.spec.pool);
         tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, "run queued");
         self.run(&run.id).await
     }
@@ -344,6 +354,11 @@ impl Runs {
 
     async fn run_row(&self, id: &str) -> Result<RunRow, RunError> {
         self.store.run(id).await?.ok_or_else(|| RunError::NotFound(format!("no run with ID `{id}`")))
+    }
+
+    /// The job `id`, as stored.
+    pub async fn job_row(&self, id: &str) -> Result<JobRow, RunError> {
+        self.store.job(id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{id}`")))
     }
 
     /// Records `who`'s review and applies what `keyward.approval` concludes: approve queues the
@@ -410,6 +425,9 @@ impl Runs {
             events.push(event);
         }
         self.commit(Append::changes(writes, events)).await?;
+        if next == RunState::Applying {
+            self.signals.queued(&stack.spec.pool);
+        }
         Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
     }
 
@@ -433,8 +451,19 @@ impl Runs {
         ];
         let context = run_context(&run, &stack, "plan", who, caller);
         let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
+        let leased: Vec<JobRow> = self.store.jobs_of(id).await?.into_iter().filter(|j| j.state == "leased").collect();
         self.commit(Append::changes(writes, vec![event])).await?;
+        for job in leased {
+            if let Some(agent_id) = job.agent_id {
+                self.signals.canceled(Canceled { agent_id, job_id: job.id, reason: detail.clone() });
+            }
+        }
         self.run(id).await
+    }
+
+    /// The lifecycle's wake-ups, for the job dispatcher.
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.signals
     }
 
     /// Labels of what applying touches: the stack's, overlaid by its apply targets'.

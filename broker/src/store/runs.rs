@@ -106,7 +106,7 @@ const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets,
                              created_at, created_by";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at";
-const JOB_COLUMNS: &str =
+pub(super) const JOB_COLUMNS: &str =
     "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at";
 
 fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
@@ -142,7 +142,7 @@ fn run_from(row: &AnyRow) -> Result<RunRow, StoreError> {
     })
 }
 
-fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
+pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         id: row.try_get("id")?,
         run_id: row.try_get("run_id")?,

@@ -1,0 +1,342 @@
+//! The agents connected to this broker, and the dispatcher that pushes them jobs.
+//!
+//! Each open `Work` stream is a session: its agent, pool, free slots, and the jobs it holds
+//! (with their fencing tokens). Each pool has one dispatcher task. It wakes when a job is queued
+//! here (a [`Signals`](crate::runs::Signals) permit), when one of its agents frees a slot, or every
+//! poll interval (jobs queued by another replica); it then leases jobs, oldest first, to its idle
+//! agents in turn, one compare-and-set per job, so a hundred idle agents do not stampede the
+//! queue. An assignment that cannot be sent (the stream just closed) is handed back at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use keyward_proto::agent_v1::{BrokerMessage, Cancel, Drain, JobAssignment, broker_message};
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
+
+use super::AgentSettings;
+use crate::runs::{Lease, LeaseEnd, Runs};
+
+/// Messages queued to one agent before the stream applies back-pressure.
+const OUTBOX: usize = 32;
+
+/// What a session's stream carries.
+pub type Outbound = Result<BrokerMessage, Status>;
+
+/// The connected agents. Shared by the gRPC service and the dispatchers.
+#[derive(Debug)]
+pub struct Hub {
+    runs: Runs,
+    settings: Arc<AgentSettings>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    pools: HashMap<String, PoolQueue>,
+    next_session: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    pool: String,
+    capacity: usize,
+    held: HashMap<String, i64>,
+    draining: bool,
+    outbox: mpsc::Sender<Outbound>,
+    closed: Arc<Notify>,
+}
+
+impl Session {
+    fn idle(&self) -> bool {
+        !self.draining && self.held.len() < self.capacity
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolQueue {
+    idle: VecDeque<String>,
+    wake: Arc<Notify>,
+}
+
+/// A registered session; dropping it deregisters (only itself, never a newer session of the
+/// same agent).
+#[derive(Debug)]
+pub struct SessionGuard {
+    hub: Arc<Hub>,
+    agent_id: String,
+    session: u64,
+    /// Notified when the hub cuts this session (revocation, replacement).
+    pub closed: Arc<Notify>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        if state.sessions.get(&self.agent_id).is_some_and(|s| s.id == self.session) {
+            if let Some(session) = state.sessions.remove(&self.agent_id) {
+                if let Some(queue) = state.pools.get_mut(&session.pool) {
+                    queue.idle.retain(|a| a != &self.agent_id);
+                }
+            }
+            tracing::info!(agent_id = %self.agent_id, "agent disconnected");
+        }
+    }
+}
+
+/// What to do about a job an agent says it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// Renew its lease with this fencing token.
+    Renew(i64),
+    /// The session does not hold it: tell the agent to stop.
+    Unknown,
+}
+
+impl Hub {
+    /// An empty hub leasing through `runs`.
+    pub fn new(runs: Runs, settings: Arc<AgentSettings>) -> Self {
+        Self { runs, settings, state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a session for `agent_id` in `pool`, holding `held` (job → fencing token) from
+    /// an earlier connection. An older session of the same agent is cut.
+    pub fn register(
+        self: &Arc<Self>,
+        agent_id: &str,
+        pool: &str,
+        capacity: usize,
+        held: HashMap<String, i64>,
+        draining: bool,
+    ) -> (SessionGuard, mpsc::Receiver<Outbound>) {
+        let (outbox, inbox) = mpsc::channel(OUTBOX);
+        let closed = Arc::new(Notify::new());
+        let start_dispatcher;
+        let id;
+        {
+            let mut state = self.lock();
+            state.next_session += 1;
+            id = state.next_session;
+            let session =
+                Session { id, pool: pool.to_owned(), capacity, held, draining, outbox, closed: Arc::clone(&closed) };
+            let idle = session.idle();
+            if let Some(old) = state.sessions.insert(agent_id.to_owned(), session) {
+                let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer connection of this agent")));
+                old.closed.notify_one();
+            }
+            start_dispatcher = !state.pools.contains_key(pool);
+            let queue = state.pools.entry(pool.to_owned()).or_default();
+            queue.idle.retain(|a| a != agent_id);
+            if idle {
+                queue.idle.push_back(agent_id.to_owned());
+            }
+            queue.wake.notify_one();
+        }
+        if start_dispatcher {
+            tokio::spawn(Arc::clone(self).dispatch(pool.to_owned()));
+        }
+        tracing::info!(agent_id, pool, capacity, "agent connected");
+        (SessionGuard { hub: Arc::clone(self), agent_id: agent_id.to_owned(), session: id, closed }, inbox)
+    }
+
+    /// Whether `agent_id` has a stream open here.
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.lock().sessions.contains_key(agent_id)
+    }
+
+    /// How many agents have a stream open here.
+    pub fn connected(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// What to do about `job_id`, which the agent says it runs.
+    pub fn held(&self, agent_id: &str, job_id: &str) -> Held {
+        let state = self.lock();
+        match state.sessions.get(agent_id).and_then(|s| s.held.get(job_id)) {
+            Some(token) => Held::Renew(*token),
+            None => Held::Unknown,
+        }
+    }
+
+    /// The agent finished (or lost) `job_id`: free its slot.
+    pub fn release(&self, agent_id: &str, job_id: &str) {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(agent_id) else { return };
+        if session.held.remove(job_id).is_none() {
+            return;
+        }
+        let (idle, pool) = (session.idle(), session.pool.clone());
+        if let Some(queue) = state.pools.get_mut(&pool) {
+            if idle && !queue.idle.iter().any(|a| a == agent_id) {
+                queue.idle.push_back(agent_id.to_owned());
+            }
+            queue.wake.notify_one();
+        }
+    }
+
+    /// Sends `message` to `agent_id` if it is connected here.
+    fn send(&self, agent_id: &str, message: broker_message::Kind) -> bool {
+        let outbox = self.lock().sessions.get(agent_id).map(|s| s.outbox.clone());
+        outbox.is_some_and(|outbox| outbox.try_send(Ok(BrokerMessage { kind: Some(message) })).is_ok())
+    }
+
+    /// Tells `agent_id` to stop `job_id`.
+    pub fn cancel(&self, agent_id: &str, job_id: &str, reason: &str) {
+        if self.send(
+            agent_id,
+            broker_message::Kind::Cancel(Cancel { job_id: job_id.to_owned(), reason: reason.to_owned() }),
+        ) {
+            tracing::info!(agent_id, job_id, reason, "cancellation sent");
+        }
+        self.release(agent_id, job_id);
+    }
+
+    /// Marks `agent_id` draining and tells it so.
+    pub fn drain(&self, agent_id: &str, reason: &str) {
+        {
+            let mut state = self.lock();
+            let Some(session) = state.sessions.get_mut(agent_id) else { return };
+            if session.draining {
+                return;
+            }
+            session.draining = true;
+            let pool = session.pool.clone();
+            if let Some(queue) = state.pools.get_mut(&pool) {
+                queue.idle.retain(|a| a != agent_id);
+            }
+        }
+        self.send(agent_id, broker_message::Kind::Drain(Drain { reason: reason.to_owned() }));
+    }
+
+    /// Cuts `agent_id`'s stream at once with `reason` (revocation).
+    pub fn cut(&self, agent_id: &str, reason: &str) {
+        let mut state = self.lock();
+        if let Some(session) = state.sessions.remove(agent_id) {
+            let _ = session.outbox.try_send(Err(Status::permission_denied(reason.to_owned())));
+            session.closed.notify_one();
+            if let Some(queue) = state.pools.get_mut(&session.pool) {
+                queue.idle.retain(|a| a != agent_id);
+            }
+            tracing::warn!(agent_id, reason, "agent stream cut");
+        }
+    }
+
+    /// Ends every stream (the broker is stopping): agents reconnect, to this broker when it is
+    /// back or to another replica. Leases are untouched; heartbeats on the new stream renew them.
+    pub fn close_all(&self, reason: &str) {
+        let mut state = self.lock();
+        for (_, session) in state.sessions.drain() {
+            let _ = session.outbox.try_send(Err(Status::unavailable(reason.to_owned())));
+            session.closed.notify_one();
+        }
+        for queue in state.pools.values_mut() {
+            queue.idle.clear();
+        }
+    }
+
+    /// Forwards cancellations raised by the run lifecycle to the agents that hold the jobs.
+    pub async fn forward_cancellations(self: Arc<Self>) {
+        let mut cancellations = self.runs.signals().cancellations();
+        loop {
+            match cancellations.recv().await {
+                Ok(canceled) => self.cancel(&canceled.agent_id, &canceled.job_id, &canceled.reason),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "cancellations missed; agents learn of them at their next heartbeat");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// The dispatcher of `pool`: runs for the life of the process.
+    async fn dispatch(self: Arc<Self>, pool: String) {
+        let queued = self.runs.signals().pool(&pool);
+        let freed = Arc::clone(&self.lock().pools.entry(pool.clone()).or_default().wake);
+        let mut ticker = tokio::time::interval(self.settings.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.dispatch_round(&pool).await;
+            tokio::select! {
+                () = queued.notified() => {}
+                () = freed.notified() => {}
+                _ = ticker.tick() => {}
+            }
+        }
+    }
+
+    /// Leases queued jobs to idle agents until one of the two runs out.
+    async fn dispatch_round(&self, pool: &str) {
+        loop {
+            let agent = self.lock().pools.get(pool).and_then(|q| q.idle.front().cloned());
+            let Some(agent) = agent else { return };
+            let lease = match self.runs.lease_next(pool, &agent, self.settings.lease).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, pool, "could not lease a job; will retry");
+                    return;
+                }
+            };
+            if !self.deliver(&agent, &lease) {
+                self.hand_back(&lease, &agent).await;
+            }
+        }
+    }
+
+    /// Records the lease on the session and sends the assignment; false if it could not be sent.
+    fn deliver(&self, agent_id: &str, lease: &Lease) -> bool {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(agent_id) else { return false };
+        let assignment = JobAssignment {
+            job_id: lease.job_id.clone(),
+            run_id: lease.run_id.clone(),
+            stack_id: lease.stack.clone(),
+            phase: lease.phase.clone(),
+            repository: lease.repository.clone(),
+            commit_sha: lease.commit_sha.clone(),
+            path: lease.path.clone(),
+            fencing_token: u64::try_from(lease.fencing_token).unwrap_or_default(),
+            lease_expires_unix: lease.lease_expires_at,
+            deadline_unix: 0,
+        };
+        let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
+        if session.outbox.try_send(Ok(message)).is_err() {
+            return false;
+        }
+        session.held.insert(lease.job_id.clone(), lease.fencing_token);
+        let (idle, pool) = (session.idle(), session.pool.clone());
+        if let Some(queue) = state.pools.get_mut(&pool) {
+            queue.idle.retain(|a| a != agent_id);
+            if idle {
+                queue.idle.push_back(agent_id.to_owned());
+            }
+        }
+        tracing::info!(agent_id, job_id = %lease.job_id, phase = %lease.phase, "job assigned");
+        true
+    }
+
+    async fn hand_back(&self, lease: &Lease, agent_id: &str) {
+        {
+            let mut state = self.lock();
+            for queue in state.pools.values_mut() {
+                queue.idle.retain(|a| a != agent_id);
+            }
+        }
+        let job = match self.runs.job_row(&lease.job_id).await {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!(%error, job_id = %lease.job_id, "undelivered job left to lease expiry");
+                return;
+            }
+        };
+        if let Err(error) = self.runs.end_lease(&job, LeaseEnd::Undelivered).await {
+            tracing::warn!(%error, job_id = %lease.job_id, "undelivered job left to lease expiry");
+        }
+    }
+}

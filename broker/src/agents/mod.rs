@@ -1,0 +1,620 @@
+//! Private worker agents: pools, one-time join tokens, enrollment, certificates, revocation, and
+//! the gRPC endpoint they dial (DESIGN.md §5).
+//!
+//! Every agent has its own short-lived mTLS identity from the agent CA ([`ca`]), revocable one
+//! agent at a time, as SPIRE does, instead of one pool-wide secret. Enrollment trades a one-time
+//! join token ([`join`]) and a CSR for a certificate; every later call presents the certificate,
+//! and the agent's identity is read from it, never from a message field. Connected agents are
+//! tracked and fed jobs by the [`hub`]; [`service`] speaks the protocol; [`listener`] terminates
+//! TLS.
+//!
+//! Every change here (a pool, a join token issued or used, an enrollment, a renewal, a drain, a
+//! revocation) is a guarded write committed with its audit entry.
+
+pub mod ca;
+pub mod hub;
+pub mod join;
+pub mod listener;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use self::ca::{AgentCa, CaError, CsrError, IssueError};
+use self::hub::Hub;
+use self::join::JoinToken;
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
+use crate::clock::SharedClock;
+use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
+use crate::store::write::{Param, Refusal, Write};
+use crate::store::{AgentRow, Store, StoreError};
+
+/// Longest host name an agent may report.
+const MAX_HOSTNAME: usize = 253;
+/// Longest version string an agent may report.
+const MAX_VERSION: usize = 64;
+/// Largest CSR accepted.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Why an agent request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad input; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such pool or agent.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the current state (a duplicate pool, a revoked agent).
+    #[error("{0}")]
+    Conflict(String),
+    /// The join token or certificate does not authorize the request.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The agent is known but may not do this (revoked).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The CSR is unacceptable.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The store or the audit log failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Ending the agent's leases failed.
+    #[error(transparent)]
+    Runs(#[from] RunError),
+}
+
+impl From<IssueError> for AgentError {
+    fn from(error: IssueError) -> Self {
+        match error {
+            IssueError::Csr(csr) => Self::Csr(csr),
+            IssueError::Ca(ca) => Self::Ca(ca),
+        }
+    }
+}
+
+/// Agent settings from `[agents]`.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Agent certificate lifetime.
+    pub certificate_lifetime: Duration,
+    /// Job lease length.
+    pub lease: Duration,
+    /// How often dispatchers look for jobs other replicas queued.
+    pub poll_interval: Duration,
+    /// Longest join-token lifetime.
+    pub join_token_max_ttl: Duration,
+    /// Where agents dial (`https://host:port`).
+    pub endpoint: String,
+}
+
+/// A pool as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolView {
+    /// Name.
+    pub name: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// A join token, the one time it is shown.
+#[derive(Clone, Serialize)]
+pub struct IssuedJoinToken {
+    /// Token ID (for the record; not a secret).
+    pub id: String,
+    /// The pool it enrolls into.
+    pub pool: String,
+    /// The token.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for IssuedJoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedJoinToken")
+            .field("id", &self.id)
+            .field("pool", &self.pool)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentView {
+    /// Agent ID.
+    pub id: String,
+    /// Pool.
+    pub pool: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// `active`, `draining` or `revoked`.
+    pub state: String,
+    /// Host name it reported.
+    pub hostname: String,
+    /// Version it reported.
+    pub version: String,
+    /// Current certificate's serial.
+    pub serial: String,
+    /// Current certificate's expiry.
+    pub not_after: i64,
+    /// Enrollment time.
+    pub enrolled_at: i64,
+    /// Last time a broker heard from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<i64>,
+    /// Revocation time and who revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// Who revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// Whether it has a work stream open to this broker.
+    pub connected: bool,
+}
+
+/// What an enrolling agent sends.
+#[derive(Clone)]
+pub struct Enrollment {
+    /// The join token text.
+    pub join_token: String,
+    /// DER CSR.
+    pub csr: Vec<u8>,
+    /// Its host name.
+    pub hostname: String,
+    /// Its version.
+    pub version: String,
+    /// Where it connected from.
+    pub remote_addr: Option<String>,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("hostname", &self.hostname)
+            .field("version", &self.version)
+            .field("remote_addr", &self.remote_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate handed to an agent.
+#[derive(Debug, Clone)]
+pub struct Certified {
+    /// Agent ID.
+    pub agent_id: String,
+    /// Pool.
+    pub pool: String,
+    /// Certificate, DER.
+    pub certificate: Vec<u8>,
+    /// Expiry.
+    pub not_after: i64,
+}
+
+/// What an agent needs before it enrolls: where to dial and the CA to check against its join
+/// token's fingerprint. Public information.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bootstrap {
+    /// `https://host:port` of the gRPC endpoint.
+    pub endpoint: String,
+    /// The agent CA certificate, PEM.
+    pub ca_certificate: String,
+    /// Its SHA-256, hex.
+    pub ca_fingerprint: String,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+}
+
+/// The agents service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Agents {
+    store: Store,
+    audit: AuditLog,
+    runs: Runs,
+    ca: Arc<AgentCa>,
+    clock: SharedClock,
+    settings: Arc<AgentSettings>,
+    hub: Arc<Hub>,
+}
+
+impl Agents {
+    /// The service; `runs` leases jobs, `ca` signs certificates.
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        runs: Runs,
+        ca: Arc<AgentCa>,
+        clock: SharedClock,
+        settings: AgentSettings,
+    ) -> Self {
+        let settings = Arc::new(settings);
+        let hub = Arc::new(Hub::new(runs.clone(), Arc::clone(&settings)));
+        Self { store, audit, runs, ca, clock, settings, hub }
+    }
+
+    /// The live connections.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The agent CA.
+    pub fn ca(&self) -> &Arc<AgentCa> {
+        &self.ca
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &AgentSettings {
+        &self.settings
+    }
+
+    /// What agents fetch before enrolling.
+    pub fn bootstrap(&self) -> Bootstrap {
+        Bootstrap {
+            endpoint: self.settings.endpoint.clone(),
+            ca_certificate: self.ca.certificate_pem(),
+            ca_fingerprint: self.ca.fingerprint(),
+            trust_domain: self.ca.trust_domain().to_owned(),
+        }
+    }
+
+    /// Creates a pool.
+    pub async fn create_pool(&self, name: &str, who: &str, caller: Context) -> Result<PoolView, AgentError> {
+        if !valid_name(name) {
+            return Err(AgentError::Invalid(format!(
+                "invalid pool name `{name}`: 1-64 characters of a-z, 0-9, `-`, `_`, starting with a letter or digit"
+            )));
+        }
+        let now = self.clock.now();
+        let write = Write::one(
+            format!("pool `{name}`"),
+            "INSERT INTO pools (name, created_at, created_by) VALUES ($1, $2, $3)",
+            vec![name.into(), now.into(), who.into()],
+        );
+        let context = Context { actor: Some(who.to_owned()), ..caller };
+        let event = AuditEvent::new(Kind::PoolCreated, now, context).with("pool", name).with_ref("pool", name);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        Ok(PoolView { name: name.to_owned(), created_at: now, created_by: who.to_owned() })
+    }
+
+    /// Every pool.
+    pub async fn pools(&self) -> Result<Vec<PoolView>, AgentError> {
+        Ok(self
+            .store
+            .pools()
+            .await?
+            .into_iter()
+            .map(|p| PoolView { name: p.name, created_at: p.created_at, created_by: p.created_by })
+            .collect())
+    }
+
+    /// Issues a one-time join token for `pool`, valid for `ttl`.
+    pub async fn join_token(
+        &self,
+        pool: &str,
+        ttl: Duration,
+        who: &str,
+        caller: Context,
+    ) -> Result<IssuedJoinToken, AgentError> {
+        if ttl < Duration::from_secs(60) || ttl > self.settings.join_token_max_ttl {
+            return Err(AgentError::Invalid(format!(
+                "a join token lives between 1m and {} (agents.join_token_max_ttl)",
+                humantime::format_duration(self.settings.join_token_max_ttl)
+            )));
+        }
+        if self.store.pool(pool).await?.is_none() {
+            return Err(unknown_pool(pool));
+        }
+        let token = JoinToken::generate(&self.ca.fingerprint())
+            .ok_or_else(|| AgentError::Ca(CaError::Sign("no randomness for a join token".to_owned())))?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = self.clock.now();
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let write = Write::one(
+            format!("join token {id}"),
+            "INSERT INTO join_tokens (id, pool, token_hash, expires_at, created_at, created_by, used_at, used_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
+            vec![id.as_str().into(), pool.into(), token.hash().into(), expires_at.into(), now.into(), who.into()],
+        );
+        let context = Context { actor: Some(who.to_owned()), ..caller };
+        let event = AuditEvent::new(Kind::JoinTokenCreated, now, context)
+            .with("join_token_id", id.as_str())
+            .with("pool", pool)
+            .with("expires_at", expires_at)
+            .with_ref("pool", pool);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        Ok(IssuedJoinToken { id, pool: pool.to_owned(), token: token.expose(), expires_at })
+    }
+
+    /// Enrolls an agent: checks the join token (known, unused, unexpired, for this CA), signs
+    /// its CSR, and consumes the token in the same transaction that records the agent.
+    ///
+    /// Refusals for a token that exists are audited; a token that was never issued is only
+    /// logged, so unauthenticated callers cannot grow the audit log.
+    pub async fn enroll(&self, enrollment: Enrollment) -> Result<Certified, AgentError> {
+        check_reported(&enrollment.hostname, &enrollment.version)?;
+        let refused = || AgentError::Unauthenticated("the join token is not valid".to_owned());
+        let token = JoinToken::parse(&enrollment.join_token).ok_or_else(refused)?;
+        let Some(row) = self.store.join_token(&token.hash()).await? else {
+            tracing::warn!(remote = ?enrollment.remote_addr, "enrollment with an unknown join token refused");
+            return Err(refused());
+        };
+        let now = self.clock.now();
+        let problem = if row.used_at.is_some() {
+            Some(AgentError::Unauthenticated("the join token was already used".to_owned()))
+        } else if row.expires_at <= now {
+            Some(AgentError::Unauthenticated("the join token has expired".to_owned()))
+        } else if token.fingerprint() != self.ca.fingerprint() {
+            Some(AgentError::Unauthenticated("the join token pins another CA".to_owned()))
+        } else if enrollment.csr.len() > MAX_CSR_BYTES {
+            Some(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.refuse_enrollment(&row.id, &row.pool, &enrollment, &problem).await;
+            return Err(problem);
+        }
+        let agent_id = uuid::Uuid::now_v7().to_string();
+        let lifetime = self.lifetime_secs();
+        let issued = match self.ca.issue_agent(&enrollment.csr, &row.pool, &agent_id, lifetime, now) {
+            Ok(issued) => issued,
+            Err(error) => {
+                let error = AgentError::from(error);
+                self.refuse_enrollment(&row.id, &row.pool, &enrollment, &error).await;
+                return Err(error);
+            }
+        };
+        let writes = vec![
+            Write::one(
+                format!("join token {}", row.id),
+                "UPDATE join_tokens SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL AND expires_at > $1",
+                vec![now.into(), agent_id.as_str().into(), row.id.as_str().into()],
+            ),
+            Write::one(
+                format!("agent {agent_id}"),
+                "INSERT INTO agents (id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, \
+                 revoked_at, revoked_by, last_seen_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, NULL, NULL, NULL, $7)",
+                vec![
+                    agent_id.as_str().into(),
+                    row.pool.as_str().into(),
+                    enrollment.hostname.as_str().into(),
+                    enrollment.version.as_str().into(),
+                    issued.serial.as_str().into(),
+                    issued.not_after.into(),
+                    now.into(),
+                ],
+            ),
+        ];
+        let context = Context {
+            actor: Some(format!("agent:{agent_id}")),
+            remote_addr: enrollment.remote_addr.clone(),
+            ..Context::default()
+        };
+        let event = AuditEvent::new(Kind::AgentEnrolled, now, context)
+            .with("agent_id", agent_id.as_str())
+            .with("pool", row.pool.as_str())
+            .with("spiffe_id", self.ca.spiffe_id(&row.pool, &agent_id))
+            .with("serial", issued.serial.as_str())
+            .with("not_after", issued.not_after)
+            .with("hostname", enrollment.hostname.as_str())
+            .with("version", enrollment.version.as_str())
+            .with("join_token_id", row.id.as_str())
+            .with_ref("agent", &agent_id)
+            .with_ref("pool", &row.pool);
+        match self.audit.append(Append::changes(writes, vec![event])).await? {
+            Committed::Recorded => {}
+            // Another enrollment consumed the token between our read and our write.
+            Committed::Refused(_) => {
+                return Err(AgentError::Unauthenticated("the join token was already used".to_owned()));
+            }
+            Committed::Replayed => return Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
+        }
+        tracing::info!(%agent_id, pool = %row.pool, hostname = %enrollment.hostname, "agent enrolled");
+        Ok(Certified { agent_id, pool: row.pool, certificate: issued.der, not_after: issued.not_after })
+    }
+
+    async fn refuse_enrollment(&self, token_id: &str, pool: &str, enrollment: &Enrollment, why: &AgentError) {
+        let now = self.clock.now();
+        let context = Context { remote_addr: enrollment.remote_addr.clone(), ..Context::default() };
+        let event = AuditEvent::new(Kind::AgentEnrollRefused, now, context)
+            .with("join_token_id", token_id)
+            .with("pool", pool)
+            .with("hostname", enrollment.hostname.as_str())
+            .with("reason", why.to_string())
+            .with_ref("pool", pool);
+        if let Err(error) = self.audit.append(Append::events(vec![event])).await {
+            tracing::error!(%error, "could not record a refused enrollment");
+        }
+        tracing::warn!(pool, reason = %why, "enrollment refused");
+    }
+
+    /// The agent a verified client certificate names, if it exists, belongs to the pool the
+    /// certificate says and is not revoked.
+    pub async fn authenticate(&self, certificate: &[u8]) -> Result<AgentRow, AgentError> {
+        let (pool, agent_id) = ca::agent_identity(certificate, self.ca.trust_domain())
+            .ok_or_else(|| AgentError::Unauthenticated("the client certificate names no agent".to_owned()))?;
+        let agent = self
+            .store
+            .agent(&agent_id)
+            .await?
+            .ok_or_else(|| AgentError::Unauthenticated(format!("agent {agent_id} is not enrolled")))?;
+        if agent.pool != pool {
+            return Err(AgentError::Unauthenticated(format!("agent {agent_id} is not in pool {pool}")));
+        }
+        if agent.state == "revoked" {
+            return Err(AgentError::Forbidden(format!("agent {agent_id} is revoked")));
+        }
+        Ok(agent)
+    }
+
+    /// Renews `agent`'s certificate over the key in `csr`.
+    pub async fn renew(&self, agent: &AgentRow, csr: &[u8]) -> Result<Certified, AgentError> {
+        if csr.len() > MAX_CSR_BYTES {
+            return Err(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
+        }
+        let now = self.clock.now();
+        let issued = self.ca.issue_agent(csr, &agent.pool, &agent.id, self.lifetime_secs(), now)?;
+        let write = Write::one(
+            format!("agent {}", agent.id),
+            "UPDATE agents SET serial = $1, not_after = $2, renewed_at = $3, last_seen_at = $3 \
+             WHERE id = $4 AND state <> 'revoked'",
+            vec![issued.serial.as_str().into(), issued.not_after.into(), now.into(), agent.id.as_str().into()],
+        );
+        let context = Context { actor: Some(format!("agent:{}", agent.id)), ..Context::default() };
+        let event = AuditEvent::new(Kind::AgentRenewed, now, context)
+            .with("agent_id", agent.id.as_str())
+            .with("pool", agent.pool.as_str())
+            .with("serial", issued.serial.as_str())
+            .with("previous_serial", agent.serial.as_str())
+            .with("not_after", issued.not_after)
+            .with_ref("agent", &agent.id);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        Ok(Certified {
+            agent_id: agent.id.clone(),
+            pool: agent.pool.clone(),
+            certificate: issued.der,
+            not_after: issued.not_after,
+        })
+    }
+
+    /// Agents, of one pool or all.
+    pub async fn list(&self, pool: Option<&str>) -> Result<Vec<AgentView>, AgentError> {
+        Ok(self.store.agents(pool).await?.into_iter().map(|row| self.view(row)).collect())
+    }
+
+    /// The agent `id`.
+    pub async fn get(&self, id: &str) -> Result<AgentView, AgentError> {
+        Ok(self.view(self.agent_row(id).await?))
+    }
+
+    /// Revokes agent `id`: from now on its certificate is refused on every call, its open stream
+    /// is cut, and its leases end (a plan fails, an apply is interrupted).
+    pub async fn revoke(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
+        let agent = self.agent_row(id).await?;
+        if agent.state == "revoked" {
+            return Err(AgentError::Conflict(format!("agent {id} is already revoked")));
+        }
+        let now = self.clock.now();
+        let write = Write::one(
+            format!("agent {id}"),
+            "UPDATE agents SET state = 'revoked', revoked_at = $1, revoked_by = $2 WHERE id = $3 AND state <> 'revoked'",
+            vec![now.into(), who.into(), id.into()],
+        );
+        let context = Context { actor: Some(who.to_owned()), ..caller };
+        let event = AuditEvent::new(Kind::AgentRevoked, now, context)
+            .with("agent_id", id)
+            .with("pool", agent.pool.as_str())
+            .with("serial", agent.serial.as_str())
+            .with_ref("agent", id);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        self.hub.cut(id, "the agent was revoked");
+        let ended = self.runs.end_leases_of(id, LeaseEnd::Revoked).await?;
+        tracing::warn!(agent_id = id, by = who, leases_ended = ended, "agent revoked");
+        self.get(id).await
+    }
+
+    /// Tells agent `id` to drain: it finishes what it runs and is given nothing new.
+    pub async fn drain(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
+        let agent = self.agent_row(id).await?;
+        if agent.state != "active" {
+            return Err(AgentError::Conflict(format!("agent {id} is {}", agent.state)));
+        }
+        let now = self.clock.now();
+        let write = Write::one(
+            format!("agent {id}"),
+            "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
+            vec![Param::Text(id.to_owned())],
+        );
+        let context = Context { actor: Some(who.to_owned()), ..caller };
+        let event = AuditEvent::new(Kind::AgentDraining, now, context)
+            .with("agent_id", id)
+            .with("reason", "operator")
+            .with_ref("agent", id);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        self.hub.drain(id, &format!("drained by {who}"));
+        self.get(id).await
+    }
+
+    /// Records that agent `id` is draining on its own (SIGTERM).
+    pub async fn draining_by_itself(&self, agent: &AgentRow) -> Result<(), AgentError> {
+        if agent.state != "active" {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let write = Write::any(
+            format!("agent {}", agent.id),
+            "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
+            vec![agent.id.as_str().into()],
+        );
+        let context = Context { actor: Some(format!("agent:{}", agent.id)), ..Context::default() };
+        let event = AuditEvent::new(Kind::AgentDraining, now, context)
+            .with("agent_id", agent.id.as_str())
+            .with("reason", "agent shutting down")
+            .with_ref("agent", &agent.id);
+        self.commit(Append::changes(vec![write], vec![event])).await
+    }
+
+    async fn agent_row(&self, id: &str) -> Result<AgentRow, AgentError> {
+        self.store.agent(id).await?.ok_or_else(|| AgentError::NotFound(format!("no agent with ID `{id}`")))
+    }
+
+    fn view(&self, row: AgentRow) -> AgentView {
+        AgentView {
+            spiffe_id: self.ca.spiffe_id(&row.pool, &row.id),
+            connected: self.hub.is_connected(&row.id),
+            id: row.id,
+            pool: row.pool,
+            state: row.state,
+            hostname: row.hostname,
+            version: row.version,
+            serial: row.serial,
+            not_after: row.not_after,
+            enrolled_at: row.enrolled_at,
+            last_seen_at: row.last_seen_at,
+            revoked_at: row.revoked_at,
+            revoked_by: row.revoked_by,
+        }
+    }
+
+    fn lifetime_secs(&self) -> i64 {
+        i64::try_from(self.settings.certificate_lifetime.as_secs()).unwrap_or(3600)
+    }
+
+    async fn commit(&self, append: Append) -> Result<(), AgentError> {
+        match self.audit.append(append).await? {
+            Committed::Recorded => Ok(()),
+            Committed::Refused(Refusal::Duplicate { what }) => {
+                Err(AgentError::Conflict(format!("{what} already exists")))
+            }
+            Committed::Refused(Refusal::Unmet { what }) => {
+                Err(AgentError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
+            }
+            Committed::Refused(Refusal::Invalid { what }) => Err(AgentError::Invalid(format!("{what} was refused"))),
+            Committed::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
+        }
+    }
+}
+
+fn unknown_pool(pool: &str) -> AgentError {
+    AgentError::NotFound(format!("no pool named `{pool}`; create it with `keyward pool create {pool}`"))
+}
+
+fn check_reported(hostname: &str, version: &str) -> Result<(), AgentError> {
+    let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
+    if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || !printable(hostname) {
+        return Err(AgentError::Invalid(format!("invalid host name: 1-{MAX_HOSTNAME} printable ASCII characters")));
+    }
+    if version.is_empty() || version.len() > MAX_VERSION || !printable(version) {
+        return Err(AgentError::Invalid(format!("invalid agent version: 1-{MAX_VERSION} printable ASCII characters")));
+    }
+    Ok(())
+}

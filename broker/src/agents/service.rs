@@ -1,0 +1,270 @@
+//! The `keyward.agent.v1.AgentService` implementation.
+//!
+//! `Enroll` is the only call that accepts a connection without a client certificate. Every other
+//! call takes the agent's identity from the verified certificate of its TLS connection and checks
+//! that the agent is enrolled and not revoked; no message field ever names the caller. A `Work`
+//! stream re-checks revocation at every heartbeat, and a revocation on this broker cuts the stream
+//! at once.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_proto::agent_v1::agent_service_server::AgentService;
+use keyward_proto::agent_v1::{
+    AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse, Heartbeat,
+    JobResult, RenewRequest, agent_message,
+};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::hub::Held;
+use super::{AgentError, Agents, Certified, Enrollment};
+use crate::runs::{JobOutcome, RunError};
+use crate::store::AgentRow;
+
+/// How long a new `Work` stream has to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most jobs one agent may run at once.
+const MAX_CAPACITY: u32 = 16;
+/// Longest error text an agent may report for a job.
+const MAX_ERROR: usize = 4096;
+
+/// The gRPC service over [`Agents`].
+#[derive(Debug, Clone)]
+pub struct AgentGrpc {
+    agents: Agents,
+}
+
+impl AgentGrpc {
+    /// The service.
+    pub fn new(agents: Agents) -> Self {
+        Self { agents }
+    }
+
+    /// The enrolled, unrevoked agent behind `request`'s client certificate.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<AgentRow, Status> {
+        let certificates = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("this call needs the agent's client certificate (mTLS)"))?;
+        let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        self.agents.authenticate(leaf).await.map_err(status)
+    }
+
+    fn certified(&self, certified: Certified) -> EnrollResponse {
+        EnrollResponse {
+            agent_id: certified.agent_id,
+            pool: certified.pool,
+            certificate_der: certified.certificate,
+            ca_chain_der: vec![self.agents.ca().certificate().to_vec()],
+            not_after_unix: certified.not_after,
+            work_endpoint: self.agents.settings().endpoint.clone(),
+        }
+    }
+}
+
+/// The `Work` response stream.
+type WorkStream = Pin<Box<dyn Stream<Item = Result<BrokerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentGrpc {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let remote_addr = request.remote_addr().map(|a| a.to_string());
+        let body = request.into_inner();
+        let enrollment = Enrollment {
+            join_token: body.join_token,
+            csr: body.csr_der,
+            hostname: body.hostname,
+            version: body.agent_version,
+            remote_addr,
+        };
+        let certified = self.agents.enroll(enrollment).await.map_err(status)?;
+        Ok(Response::new(self.certified(certified)))
+    }
+
+    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let certified = self.agents.renew(&agent, &request.into_inner().csr_der).await.map_err(status)?;
+        tracing::info!(agent_id = %agent.id, not_after = certified.not_after, "agent certificate renewed");
+        Ok(Response::new(self.certified(certified)))
+    }
+
+    type WorkStream = WorkStream;
+
+    async fn work(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::WorkStream>, Status> {
+        let agent = self.caller(&request).await?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument("the first message on a work stream must be Hello"));
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("the stream closed before Hello")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+        };
+        if hello.capacity == 0 || hello.capacity > MAX_CAPACITY {
+            return Err(Status::invalid_argument(format!("capacity must be 1-{MAX_CAPACITY}")));
+        }
+        let held: HashMap<String, i64> = self
+            .agents
+            .store
+            .leased_jobs_of(&agent.id)
+            .await
+            .map_err(|e| status(e.into()))?
+            .into_iter()
+            .map(|job| (job.id, job.fencing_token))
+            .collect();
+        let capacity = usize::try_from(hello.capacity).unwrap_or(1);
+        let draining = agent.state == "draining";
+        let (guard, outbox) = self.agents.hub().register(&agent.id, &agent.pool, capacity, held, draining);
+        let _ = self.agents.store.agent_seen(&agent.id, self.agents.clock.now()).await;
+        let worker = StreamWorker { agents: self.agents.clone(), agent };
+        tokio::spawn(async move {
+            let closed = Arc::clone(&guard.closed);
+            tokio::select! {
+                () = worker.read(inbound) => {}
+                () = closed.notified() => {}
+            }
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbox))))
+    }
+
+    async fn credentials(&self, request: Request<CredentialsRequest>) -> Result<Response<CredentialsResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let fencing_token =
+            i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let job = self.agents.runs.held_job(&body.job_id, &agent.id, fencing_token).await.map_err(run_status)?;
+        tracing::info!(agent_id = %agent.id, job_id = %job.id, target = %body.target, "credentials requested");
+        Err(Status::failed_precondition(format!(
+            "job {} holds a valid lease, but no credential target `{}` is configured for it",
+            job.id, body.target
+        )))
+    }
+}
+
+/// Reads one agent's work stream.
+struct StreamWorker {
+    agents: Agents,
+    agent: AgentRow,
+}
+
+impl StreamWorker {
+    async fn read(&self, mut inbound: Streaming<AgentMessage>) {
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::info!(agent_id = %self.agent.id, %error, "work stream ended");
+                    return;
+                }
+            };
+            match message.kind {
+                Some(agent_message::Kind::Heartbeat(heartbeat)) => {
+                    if !self.heartbeat(heartbeat).await {
+                        return;
+                    }
+                }
+                Some(agent_message::Kind::Result(result)) => self.result(result).await,
+                Some(agent_message::Kind::JobEvent(event)) => {
+                    tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state = %event.state, "job event");
+                }
+                Some(agent_message::Kind::LogChunk(_)) => {
+                    tracing::debug!(agent_id = %self.agent.id, "log chunk ignored: log streaming is not enabled");
+                }
+                Some(agent_message::Kind::Hello(_)) | None => {
+                    tracing::warn!(agent_id = %self.agent.id, "unexpected message on the work stream");
+                }
+            }
+        }
+    }
+
+    /// Renews the leases the agent reports, cancels jobs it should not be running, and re-checks
+    /// that the agent may still work; false ends the stream.
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> bool {
+        let hub = self.agents.hub();
+        let now = self.agents.clock.now();
+        let current = match self.agents.store.agent(&self.agent.id).await {
+            Ok(Some(current)) => current,
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(%error, "could not re-check an agent; keeping its stream");
+                self.agent.clone()
+            }
+        };
+        if current.state == "revoked" {
+            hub.cut(&self.agent.id, "the agent was revoked");
+            return false;
+        }
+        if current.state == "draining" {
+            hub.drain(&self.agent.id, "the agent is draining");
+        }
+        let _ = self.agents.store.agent_seen(&self.agent.id, now).await;
+        let lease = i64::try_from(self.agents.settings().lease.as_secs()).unwrap_or(30);
+        for job_id in heartbeat.running_job_ids.iter().take(usize::try_from(MAX_CAPACITY).unwrap_or(16)) {
+            let renewed = match hub.held(&self.agent.id, job_id) {
+                Held::Renew(token) => {
+                    self.agents.store.renew_lease(job_id, &self.agent.id, token, now + lease).await.unwrap_or(true)
+                }
+                Held::Unknown => false,
+            };
+            if !renewed {
+                hub.cancel(&self.agent.id, job_id, "this agent no longer holds the job's lease");
+            }
+        }
+        true
+    }
+
+    async fn result(&self, result: JobResult) {
+        let Ok(fencing_token) = i64::try_from(result.fencing_token) else { return };
+        let outcome = if result.success {
+            JobOutcome::Succeeded
+        } else {
+            let mut error = result.error;
+            error.truncate(error.floor_char_boundary(MAX_ERROR));
+            JobOutcome::Failed(if error.is_empty() { "the agent reported a failure".to_owned() } else { error })
+        };
+        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, outcome).await {
+            Ok(()) => {
+                tracing::info!(agent_id = %self.agent.id, job_id = %result.job_id, success = result.success, "job finished")
+            }
+            Err(error) => {
+                tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, %error, "job result refused")
+            }
+        }
+        self.agents.hub().release(&self.agent.id, &result.job_id);
+    }
+}
+
+/// The gRPC status for an agent error; internal errors are not described to the caller.
+fn status(error: AgentError) -> Status {
+    match error {
+        AgentError::Invalid(message) => Status::invalid_argument(message),
+        AgentError::Csr(csr) => Status::invalid_argument(csr.to_string()),
+        AgentError::NotFound(message) => Status::not_found(message),
+        AgentError::Conflict(message) => Status::failed_precondition(message),
+        AgentError::Unauthenticated(message) => Status::unauthenticated(message),
+        AgentError::Forbidden(message) => Status::permission_denied(message),
+        AgentError::Ca(_) | AgentError::Store(_) | AgentError::Runs(_) => {
+            tracing::error!(%error, "agent request failed");
+            Status::unavailable("the broker could not complete the request; retry")
+        }
+    }
+}
+
+fn run_status(error: RunError) -> Status {
+    match error {
+        RunError::NotFound(message) => Status::not_found(message),
+        RunError::Conflict(message) => Status::permission_denied(message),
+        RunError::Invalid(message) => Status::invalid_argument(message),
+        other => {
+            tracing::error!(error = %other, "agent request failed");
+            Status::unavailable("the broker could not complete the request; retry")
+        }
+    }
+}

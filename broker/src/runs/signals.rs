@@ -1,0 +1,60 @@
+//! Wake-ups from the run lifecycle to the job dispatcher.
+//!
+//! The lifecycle writes jobs; the dispatcher hands them to agents. Neither knows the other: the
+//! lifecycle raises "a job was queued in pool P" and "job J, leased to agent A, was canceled",
+//! and whoever dispatches listens. A queued signal is a permit (`Notify::notify_one`), so one
+//! raised while the dispatcher is busy is not lost. Jobs queued by another broker replica raise
+//! nothing here; the dispatcher's poll interval finds those.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Notify, broadcast};
+
+/// A leased job that was canceled: its agent should stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canceled {
+    /// The agent holding the lease.
+    pub agent_id: String,
+    /// The job.
+    pub job_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The signals. Cheap to share.
+#[derive(Debug)]
+pub struct Signals {
+    queued: Mutex<HashMap<String, Arc<Notify>>>,
+    canceled: broadcast::Sender<Canceled>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self { queued: Mutex::new(HashMap::new()), canceled: broadcast::channel(256).0 }
+    }
+}
+
+impl Signals {
+    /// Raised when a job is queued in `pool`.
+    pub fn queued(&self, pool: &str) {
+        self.pool(pool).notify_one();
+    }
+
+    /// What a dispatcher for `pool` waits on.
+    pub fn pool(&self, pool: &str) -> Arc<Notify> {
+        let mut pools = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(pools.entry(pool.to_owned()).or_default())
+    }
+
+    /// Raised when a leased job is canceled.
+    pub fn canceled(&self, canceled: Canceled) {
+        // No receiver means no dispatcher in this process: the agent learns it at its next heartbeat.
+        let _ = self.canceled.send(canceled);
+    }
+
+    /// Subscribes to cancellations.
+    pub fn cancellations(&self) -> broadcast::Receiver<Canceled> {
+        self.canceled.subscribe()
+    }
+}
