@@ -1,17 +1,114 @@
 //! The `keyward-agent` binary.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Keyward private worker agent (enrollment and job execution arrive with the agent release).
+use clap::{Parser, Subcommand};
+use keyward_agent::daemon::{Daemon, Settings};
+use keyward_agent::datadir::DataDir;
+use keyward_agent::runner::Runner;
+
+/// Keyward private worker agent: dials out to the broker, takes jobs over mTLS.
 #[derive(Debug, Parser)]
 #[command(name = "keyward-agent", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!(
-        "keyward-agent {} speaks {}; enrollment (`join`) and job execution (`run`) are not part of this release",
-        keyward_agent::version(),
-        keyward_agent::PROTOCOL_PACKAGE
-    );
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll with a one-time join token: generates this agent's key and gets its certificate.
+    Join {
+        /// The broker's address (the same as `KEYWARD_ADDR`).
+        #[arg(long, env = "KEYWARD_ADDR")]
+        broker: String,
+        /// The join token (`keyward pool join-token POOL`).
+        #[arg(long, env = "KEYWARD_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where the agent keeps its key and certificate.
+        #[arg(long, env = "KEYWARD_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Connect to the broker and run jobs until stopped (SIGTERM/Ctrl-C drain: finish, then exit).
+    Run {
+        /// Where the agent keeps its key and certificate.
+        #[arg(long, env = "KEYWARD_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Jobs to run at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        capacity: u32,
+        /// Run each phase as `sh -c CMD`, with KEYWARD_JOB_ID, KEYWARD_RUN_ID, KEYWARD_STACK,
+        /// KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA and KEYWARD_PATH set.
+        #[arg(long)]
+        exec: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // A small runtime: the agent is mostly idle, and its RSS matters on customer hosts.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Join { broker, token, data_dir } => {
+                let dir = DataDir::new(data_dir);
+                let identity = keyward_agent::enroll::join(&broker, &token, &dir).await?;
+                println!("{}", identity.state.agent_id);
+                eprintln!(
+                    "enrolled as agent {} in pool {} (certificate valid until Unix time {}); start it with:\n  \
+                     keyward-agent run --data-dir {}",
+                    identity.state.agent_id,
+                    identity.state.pool,
+                    identity.state.not_after,
+                    dir.path().display()
+                );
+                Ok::<(), anyhow::Error>(())
+            }
+            Command::Run { data_dir, capacity, exec } => {
+                let daemon = Daemon::new(DataDir::new(data_dir), Settings { capacity, runner: Runner::new(exec) });
+                let draining = std::sync::Arc::clone(&daemon);
+                tokio::spawn(async move {
+                    stop_signal().await;
+                    draining.drain("the agent received a stop signal");
+                });
+                daemon.run().await?;
+                tracing::info!("agent stopped");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", keyward_agent::channel::chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }

@@ -171,6 +171,13 @@ impl StreamWorker {
                     }
                 }
                 Some(agent_message::Kind::Result(result)) => self.result(result).await,
+                Some(agent_message::Kind::Draining(draining)) => {
+                    tracing::info!(agent_id = %self.agent.id, reason = %draining.reason, "agent draining");
+                    self.agents.hub().drain(&self.agent.id, &draining.reason);
+                    if let Err(error) = self.agents.draining_by_itself(&self.agent).await {
+                        tracing::warn!(%error, "could not record an agent's drain");
+                    }
+                }
                 Some(agent_message::Kind::JobEvent(event)) => {
                     tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state = %event.state, "job event");
                 }

@@ -1,0 +1,329 @@
+//! `keyward-agent run`: stay connected, take jobs, report results, renew the certificate.
+//!
+//! The daemon outlives its connections. Jobs run in their own tasks and their results queue up
+//! here, so a broker restart or a certificate renewal (which needs a new TLS connection) never
+//! loses track of a running job: the next connection's first heartbeat names it again and the
+//! broker renews its lease. Connections are retried with capped exponential backoff and jitter.
+//!
+//! Draining (SIGTERM, or the broker's `Drain`): take nothing new, finish what runs, report, exit.
+//! A revoked or unknown agent stops at once: retrying cannot help it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+use keyward_proto::agent_v1::{
+    AgentMessage, BrokerMessage, Draining, Heartbeat, Hello, JobAssignment, JobResult, RenewRequest, agent_message,
+    broker_message,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::channel;
+use crate::datadir::{DataDir, Identity};
+use crate::enroll::{identity_from, key_and_csr};
+use crate::runner::{Outcome, Runner};
+
+/// Heartbeat period when nothing shorter is needed.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Shortest heartbeat period.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+/// First and largest reconnection delay.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+
+/// Settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Jobs run at once.
+    pub capacity: u32,
+    /// The phase runner.
+    pub runner: Runner,
+}
+
+/// Why the daemon stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The identity on disk is unusable.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    /// The broker says this agent may not work (revoked, unknown).
+    #[error("the broker refuses this agent: {0}; enroll again with a new join token")]
+    Refused(String),
+    /// The certificate expired while the broker was unreachable.
+    #[error("the agent certificate expired at {0} (Unix time); enroll again with a new join token")]
+    Expired(i64),
+}
+
+struct Running {
+    fencing_token: u64,
+    lease: Duration,
+    cancel: Option<oneshot::Sender<String>>,
+}
+
+/// The daemon.
+pub struct Daemon {
+    dir: DataDir,
+    settings: Settings,
+    running: Mutex<HashMap<String, Running>>,
+    results: Mutex<Vec<JobResult>>,
+    results_ready: Notify,
+    draining: Mutex<Option<String>>,
+    drain_requested: Notify,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("dir", &self.dir).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The certificate was renewed: reconnect with it at once.
+    Renewed,
+    /// Drained and everything reported.
+    Drained,
+    /// The stream closed or failed; retry after a pause.
+    Lost(String),
+}
+
+impl Daemon {
+    /// A daemon over the identity in `dir`.
+    pub fn new(dir: DataDir, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            dir,
+            settings,
+            running: Mutex::new(HashMap::new()),
+            results: Mutex::new(Vec::new()),
+            results_ready: Notify::new(),
+            draining: Mutex::new(None),
+            drain_requested: Notify::new(),
+        })
+    }
+
+    /// Asks the daemon to drain (SIGTERM).
+    pub fn drain(&self, reason: &str) {
+        let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
+        if draining.is_none() {
+            *draining = Some(reason.to_owned());
+            tracing::info!(reason, "draining: finishing running jobs, taking no new ones");
+        }
+        self.drain_requested.notify_waiters();
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    fn idle(&self) -> bool {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+            && self.results.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    /// Runs until drained, or until the broker refuses the agent.
+    pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
+        let mut delay = BACKOFF.0;
+        loop {
+            let identity = self.dir.load()?;
+            if identity.state.not_after <= now() {
+                return Err(DaemonError::Expired(identity.state.not_after));
+            }
+            match Arc::clone(&self).connection(&identity).await {
+                Ok(Ended::Drained) => return Ok(()),
+                Ok(Ended::Renewed) => delay = BACKOFF.0,
+                Ok(Ended::Lost(why)) => {
+                    tracing::warn!(reason = %why, retry_in = ?delay, "connection to the broker lost");
+                    self.pause(delay).await;
+                    delay = (delay * 2).min(BACKOFF.1);
+                }
+                Err(status) if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+                    return Err(DaemonError::Refused(status.message().to_owned()));
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), retry_in = ?delay, "cannot reach the broker");
+                    self.pause(delay).await;
+                    delay = (delay * 2).min(BACKOFF.1);
+                }
+            }
+            if self.is_draining() && self.idle() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sleeps `delay` plus up to a quarter of it, so a fleet does not reconnect in lockstep.
+    async fn pause(&self, delay: Duration) {
+        let mut byte = [0_u8; 1];
+        let _ = aws_lc_rs::rand::fill(&mut byte);
+        let jitter = delay / 4 * u32::from(byte[0]) / 255;
+        tokio::time::sleep(delay + jitter).await;
+    }
+
+    /// One connection: Hello, then messages both ways until it ends.
+    async fn connection(self: Arc<Self>, identity: &Identity) -> Result<Ended, tonic::Status> {
+        let mut client = channel::connect(&identity.state.endpoint, &identity.ca_pem, Some(identity))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (outbound, outbox) = mpsc::channel::<AgentMessage>(64);
+        let send = |kind| AgentMessage { kind: Some(kind) };
+        let _ = outbound
+            .send(send(agent_message::Kind::Hello(Hello {
+                agent_version: crate::version().to_owned(),
+                capacity: self.settings.capacity,
+            })))
+            .await;
+        let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
+        if let Some(reason) = self.draining.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            let _ = outbound.send(send(agent_message::Kind::Draining(Draining { reason }))).await;
+        }
+        let mut inbound = client.work(ReceiverStream::new(outbox)).await?.into_inner();
+        tracing::info!(agent_id = %identity.state.agent_id, endpoint = %identity.state.endpoint, "connected");
+        let renew_in = Duration::from_secs(u64::try_from(identity.renew_at() - now()).unwrap_or(0));
+        let renewal = tokio::time::sleep(renew_in);
+        tokio::pin!(renewal);
+        let mut heartbeat = tokio::time::interval(self.heartbeat_period());
+        heartbeat.tick().await;
+        let mut told_draining = self.is_draining();
+        loop {
+            for result in self.take_results() {
+                if outbound.send(send(agent_message::Kind::Result(result.clone()))).await.is_err() {
+                    self.requeue_result(result);
+                    return Ok(Ended::Lost("the stream closed".to_owned()));
+                }
+            }
+            if self.is_draining() && self.idle() {
+                return Ok(Ended::Drained);
+            }
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message),
+                    Ok(None) => return Ok(Ended::Lost("the broker closed the stream".to_owned())),
+                    Err(status) if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+                        self.cancel_all(status.message());
+                        return Err(status);
+                    }
+                    Err(status) => return Ok(Ended::Lost(status.message().to_owned())),
+                },
+                () = self.results_ready.notified() => {}
+                _ = heartbeat.tick() => {
+                    if outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await.is_err() {
+                        return Ok(Ended::Lost("the stream closed".to_owned()));
+                    }
+                    heartbeat = tokio::time::interval(self.heartbeat_period());
+                    heartbeat.tick().await;
+                }
+                () = self.drain_requested.notified(), if !told_draining => {
+                    told_draining = true;
+                    let reason = self.draining.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+                    let _ = outbound.send(send(agent_message::Kind::Draining(Draining { reason }))).await;
+                }
+                () = &mut renewal => {
+                    self.renew(&mut client, identity).await?;
+                    return Ok(Ended::Renewed);
+                }
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, message: BrokerMessage) {
+        match message.kind {
+            Some(broker_message::Kind::Assignment(job)) => self.start(job),
+            Some(broker_message::Kind::Cancel(cancel)) => {
+                let sender = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_mut(&cancel.job_id)
+                    .and_then(|r| r.cancel.take());
+                if let Some(sender) = sender {
+                    let _ = sender.send(cancel.reason);
+                }
+            }
+            Some(broker_message::Kind::Drain(drain)) => self.drain(&drain.reason),
+            None => {}
+        }
+    }
+
+    fn start(self: &Arc<Self>, job: JobAssignment) {
+        let lease = Duration::from_secs(u64::try_from(job.lease_expires_unix - now()).unwrap_or(0).max(1));
+        let (cancel, canceled) = oneshot::channel();
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if running.contains_key(&job.job_id) {
+                return;
+            }
+            running
+                .insert(job.job_id.clone(), Running { fencing_token: job.fencing_token, lease, cancel: Some(cancel) });
+        }
+        tracing::info!(job_id = %job.job_id, run_id = %job.run_id, phase = %job.phase, "job started");
+        let daemon = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = daemon.settings.runner.run(&job, canceled).await;
+            let finished = daemon.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.job_id);
+            let Some(finished) = finished else { return };
+            let (success, error) = match outcome {
+                Outcome::Succeeded => (true, String::new()),
+                Outcome::Failed(error) => (false, error),
+                // The broker already moved the job on; a report would be refused as stale.
+                Outcome::Canceled => return,
+            };
+            tracing::info!(job_id = %job.job_id, success, "job finished");
+            daemon.results.lock().unwrap_or_else(PoisonError::into_inner).push(JobResult {
+                job_id: job.job_id,
+                fencing_token: finished.fencing_token,
+                success,
+                error,
+                final_log_digest: Vec::new(),
+            });
+            daemon.results_ready.notify_one();
+        });
+    }
+
+    fn cancel_all(&self, reason: &str) {
+        for running in self.running.lock().unwrap_or_else(PoisonError::into_inner).values_mut() {
+            if let Some(cancel) = running.cancel.take() {
+                let _ = cancel.send(reason.to_owned());
+            }
+        }
+    }
+
+    fn take_results(&self) -> Vec<JobResult> {
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn requeue_result(&self, result: JobResult) {
+        self.results.lock().unwrap_or_else(PoisonError::into_inner).push(result);
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            running_job_ids: self.running.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect(),
+        }
+    }
+
+    /// A third of the shortest lease held, between 0.5 s and 10 s.
+    fn heartbeat_period(&self) -> Duration {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.values().map(|r| r.lease / 3).min().unwrap_or(IDLE_HEARTBEAT).clamp(MIN_HEARTBEAT, IDLE_HEARTBEAT)
+    }
+
+    /// Renews the certificate with a fresh key and stores the new identity.
+    async fn renew(&self, client: &mut AgentServiceClient<Channel>, identity: &Identity) -> Result<(), tonic::Status> {
+        let (key, csr) = key_and_csr(&crate::enroll::hostname()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let response = client.renew(RenewRequest { csr_der: csr }).await?.into_inner();
+        let renewed = identity_from(response, &key, &identity.state.broker, &identity.state.endpoint, &identity.ca_pem)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.dir.store(&renewed).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        tracing::info!(not_after = renewed.state.not_after, "certificate renewed");
+        Ok(())
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
