@@ -201,6 +201,16 @@ impl Broker {
         Ok(self.state.access.bootstrap().await?)
     }
 
+    /// Pools and agents (used by `keyward dev`).
+    pub fn agents(&self) -> &Agents {
+        &self.state.agents
+    }
+
+    /// Stacks and runs (used by `keyward dev`).
+    pub fn runs(&self) -> &crate::runs::Runs {
+        &self.state.runs
+    }
+
     /// Operator token management (used by `keyward dev`).
     pub fn access(&self) -> &Access {
         &self.state.access

@@ -64,6 +64,8 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(secret) = secret {
         write_private_file(&token_file, secret.expose().as_bytes())?;
     }
+    super::dev_agent::ensure_example(&data_dir, broker.agents(), broker.runs(), "keyward dev").await?;
+    let agent_log = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), "keyward dev").await?;
 
     let exports = format!(
         "export KEYWARD_ADDR={issuer}\nexport KEYWARD_TOKEN_FILE={}\n",
@@ -71,13 +73,24 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     );
     let env_file = data_dir.join("env");
     write_private_file(&env_file, exports.as_bytes())?;
-    print_banner(&issuer, &data_dir, &policy_dir, &env_file, &exports);
+    print_banner(&issuer, &data_dir, &policy_dir, &env_file, &exports, agent_log.as_deref());
 
     broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
 }
 
-fn print_banner(issuer: &str, data_dir: &Path, policy_dir: &Path, env_file: &Path, exports: &str) {
+fn print_banner(
+    issuer: &str,
+    data_dir: &Path,
+    policy_dir: &Path,
+    env_file: &Path,
+    exports: &str,
+    agent_log: Option<&Path>,
+) {
+    let agent = match agent_log {
+        Some(log) => format!("one local agent in pool `dev` (log: {})", log.display()),
+        None => "none: no keyward-agent binary next to keyward; runs wait for one to join".to_owned(),
+    };
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
@@ -88,11 +101,14 @@ fn print_banner(issuer: &str, data_dir: &Path, policy_dir: &Path, env_file: &Pat
          \n  data dir   {}\
          \n  policies   {} (edit, then `keyward policy reload`)\
          \n  audiences  sts.amazonaws.com, vault\
+         \n  agents     {agent}\
+         \n  stack      `example` (a local git repository in the data dir)\
          \n\nIn another shell:\n\
          \n  eval \"$(cat {})\"\
-         \n  keyward token mint --stack demo --run run-1 --phase plan --audience sts.amazonaws.com --json\
-         \n  keyward keys list\
-         \n  keyward token create-api --name ci --scope submit\n",
+         \n  keyward run submit --stack example --wait\
+         \n  keyward agent list\
+         \n  keyward pool join-token dev        # enroll another agent: keyward-agent join --broker {issuer} --token …\
+         \n  keyward token mint --stack demo --run run-1 --phase plan --audience sts.amazonaws.com --json\n",
         data_dir.display(),
         policy_dir.display(),
         env_file.display(),

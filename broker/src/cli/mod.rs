@@ -9,6 +9,7 @@ mod audit;
 mod client;
 mod creds;
 mod dev;
+mod dev_agent;
 mod keys;
 mod logging;
 mod policy;

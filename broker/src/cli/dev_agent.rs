@@ -1,0 +1,160 @@
+//! What `keyward dev` sets up so a run works right away: a `dev` pool, an `example` stack over a
+//! small Terraform configuration in a local git repository, and one local agent.
+//!
+//! The agent is the real `keyward-agent` binary (found next to `keyward`), enrolled with a join
+//! token like any other, as a child process that logs to `<data dir>/agent.log`. The example stack
+//! carries `env = dev`, for which the shipped approval policy asks for no review, so a submitted
+//! run plans, is approved by policy and applies.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::agents::{AgentError, Agents};
+use crate::audit::Context;
+use crate::runs::{RunError, Runs, StackSpec};
+
+/// The pool, stack and repository `keyward dev` creates.
+pub(super) const POOL: &str = "dev";
+pub(super) const STACK: &str = "example";
+
+const MAIN_TF: &str = r#"# The `example` stack of `keyward dev`: built-in resources only, so no provider is downloaded.
+resource "terraform_data" "hello" {
+  input = "hello from keyward"
+
+  provisioner "local-exec" {
+    command = "echo applied: ${self.input}"
+  }
+}
+
+output "greeting" {
+  value = terraform_data.hello.output
+}
+"#;
+
+/// What each phase runs until the sandboxed Terraform runner lands.
+const PHASE_COMMAND: &str = "echo \"keyward dev agent: $KEYWARD_PHASE of stack $KEYWARD_STACK at $KEYWARD_COMMIT_SHA\"";
+
+/// Creates the example repository (once), the `dev` pool and the `example` stack.
+pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs, who: &str) -> anyhow::Result<()> {
+    let repository = data_dir.join("example");
+    if !repository.join(".git").exists() {
+        create_repository(&repository).await?;
+    }
+    match agents.create_pool(POOL, who, Context::default()).await {
+        Ok(_) | Err(AgentError::Conflict(_)) => {}
+        Err(error) => return Err(error).context("cannot create the dev pool"),
+    }
+    let spec = StackSpec {
+        name: STACK.to_owned(),
+        repository: format!("file://{}", repository.display()),
+        path: String::new(),
+        branch: "main".to_owned(),
+        pool: POOL.to_owned(),
+        plan_targets: Vec::new(),
+        apply_targets: Vec::new(),
+        labels: [("env".to_owned(), "dev".to_owned())].into_iter().collect(),
+        policies: Vec::new(),
+    };
+    match runs.create_stack(spec, who, Context::default()).await {
+        Ok(_) | Err(RunError::Conflict(_)) => Ok(()),
+        Err(error) => Err(error).context("cannot create the example stack"),
+    }
+}
+
+async fn create_repository(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("main.tf"), MAIN_TF).with_context(|| format!("cannot write {}/main.tf", dir.display()))?;
+    for args in [
+        &["init", "--quiet", "--initial-branch", "main"][..],
+        &["add", "main.tf"],
+        &["-c", "user.name=keyward dev", "-c", "user.email=dev@keyward.invalid", "commit", "--quiet", "-m", "example"],
+    ] {
+        let status = tokio::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .context("cannot run git (is it installed?)")?;
+        anyhow::ensure!(status.success(), "`git {}` failed in {}", args.join(" "), dir.display());
+    }
+    Ok(())
+}
+
+/// The `keyward-agent` binary next to this one.
+fn agent_binary() -> Option<PathBuf> {
+    let candidate = std::env::current_exe().ok()?.with_file_name("keyward-agent");
+    candidate.is_file().then_some(candidate)
+}
+
+/// Enrolls (first time only) and runs the local agent until the broker stops. Returns the log
+/// file, or `None` when there is no `keyward-agent` binary to start.
+pub(super) async fn start_agent(
+    data_dir: &Path,
+    broker: &str,
+    agents: &Agents,
+    who: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(binary) = agent_binary() else { return Ok(None) };
+    let agent_dir = data_dir.join("agent");
+    let log = data_dir.join("agent.log");
+    let log_file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))
+    };
+    let enrolled = agent_dir.join("agent.json").exists();
+    let token = if enrolled {
+        None
+    } else {
+        Some(
+            agents
+                .join_token(POOL, Duration::from_secs(600), who, Context::default())
+                .await
+                .context("cannot issue a join token")?,
+        )
+    };
+    let broker = broker.to_owned();
+    let binary_for_task = binary.clone();
+    let (join_log, run_log) = (log_file()?, log_file()?);
+    tokio::spawn(async move {
+        if let Some(token) = token {
+            let joined = tokio::process::Command::new(&binary_for_task)
+                .args(["join", "--broker", &broker, "--data-dir"])
+                .arg(&agent_dir)
+                .env("KEYWARD_JOIN_TOKEN", &token.token)
+                .env_remove("KEYWARD_ADDR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(join_log)
+                .status()
+                .await;
+            if !joined.is_ok_and(|s| s.success()) {
+                tracing::error!("the local agent could not enroll; see agent.log in the data dir");
+                return;
+            }
+        }
+        let child = tokio::process::Command::new(&binary_for_task)
+            .args(["run", "--exec", PHASE_COMMAND, "--data-dir"])
+            .arg(&agent_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(run_log)
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Ok(mut child) => {
+                // Held until the broker's runtime shuts down, which kills it.
+                let _ = child.wait().await;
+                tracing::warn!("the local agent exited; see agent.log in the data dir");
+            }
+            Err(error) => tracing::error!(%error, "cannot start the local agent"),
+        }
+    });
+    Ok(Some(log))
+}
