@@ -73,15 +73,27 @@ impl Broker {
 
     /// `keyward serve --config FILE` with extra environment, waiting until it is ready.
     pub async fn serve(config: &Path, data_dir: &Path, addr: &str, envs: &[(&str, &str)]) -> Self {
+        Self::serve_as(config, data_dir, addr, envs, None).await
+    }
+
+    /// `keyward serve --config FILE` over a database that already has an admin token (a restart,
+    /// a second replica): `admin_token` is that token.
+    pub async fn serve_as(
+        config: &Path,
+        data_dir: &Path,
+        addr: &str,
+        envs: &[(&str, &str)],
+        admin_token: Option<&str>,
+    ) -> Self {
         let mut command = Command::new(binary("keyward"));
         command.args(["serve", "--init", "--config"]).arg(config);
         for (key, value) in envs {
             command.env(key, value);
         }
-        Self::spawn(command, data_dir, Some(addr.to_owned())).await
+        Self::spawn(command, data_dir, Some((addr.to_owned(), admin_token.map(str::to_owned)))).await
     }
 
-    async fn spawn(mut command: Command, data_dir: &Path, addr: Option<String>) -> Self {
+    async fn spawn(mut command: Command, data_dir: &Path, addr: Option<(String, Option<String>)>) -> Self {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
@@ -100,8 +112,9 @@ impl Broker {
         });
         let mut lines = Vec::new();
         let (addr, admin_token) = match addr {
+            Some((addr, Some(token))) => (addr, token),
             // `serve --init` prints a header line then the token.
-            Some(addr) => {
+            Some((addr, None)) => {
                 let token = loop {
                     let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
                         panic!(

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, unreachable_pub)]
 
+pub mod agent;
 pub mod audit;
 pub mod broker;
 pub mod fake_issuer;

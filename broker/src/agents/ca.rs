@@ -249,13 +249,17 @@ fn checked_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, CsrError> 
         CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der)).map_err(|e| match e {
             rcgen::Error::UnsupportedExtension => CsrError::Requests("an extension the broker does not grant".into()),
             rcgen::Error::UnsupportedSignatureAlgorithm => CsrError::WeakKey("unsupported signature algorithm".into()),
-            _ => CsrError::Malformed,
+            // aws-lc does not verify signatures of RSA keys under 2048 bits at all.
+            _ => match rsa_bits(der) {
+                Some(bits) if bits < MIN_RSA_BITS => weak_rsa(bits),
+                _ => CsrError::Malformed,
+            },
         })?;
     let alg = request.public_key.algorithm();
     if alg == &rcgen::PKCS_RSA_SHA256 || alg == &rcgen::PKCS_RSA_SHA384 || alg == &rcgen::PKCS_RSA_SHA512 {
         let bits = rsa_bits(der).ok_or(CsrError::Malformed)?;
         if bits < MIN_RSA_BITS {
-            return Err(CsrError::WeakKey(format!("RSA {bits} bits; at least {MIN_RSA_BITS} are required")));
+            return Err(weak_rsa(bits));
         }
     } else if !(alg == &rcgen::PKCS_ECDSA_P256_SHA256
         || alg == &rcgen::PKCS_ECDSA_P384_SHA384
@@ -277,11 +281,18 @@ fn checked_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, CsrError> 
     Ok(request)
 }
 
+fn weak_rsa(bits: usize) -> CsrError {
+    CsrError::WeakKey(format!("RSA {bits} bits; at least {MIN_RSA_BITS} are required"))
+}
+
+/// The modulus size of an RSA CSR's key; `None` for other keys.
 fn rsa_bits(der: &[u8]) -> Option<usize> {
     use x509_parser::prelude::FromDer as _;
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der).ok()?;
-    let key = csr.certification_request_info.subject_pki.parsed().ok()?;
-    Some(key.key_size())
+    match csr.certification_request_info.subject_pki.parsed().ok()? {
+        x509_parser::public_key::PublicKey::RSA(rsa) => Some(rsa.key_size()),
+        _ => None,
+    }
 }
 
 /// The agent identity in a client certificate: `(pool, agent_id)` from its one SPIFFE URI SAN

@@ -304,9 +304,9 @@ impl Agents {
         who: &str,
         caller: Context,
     ) -> Result<IssuedJoinToken, AgentError> {
-        if ttl < Duration::from_secs(60) || ttl > self.settings.join_token_max_ttl {
+        if ttl < Duration::from_secs(1) || ttl > self.settings.join_token_max_ttl {
             return Err(AgentError::Invalid(format!(
-                "a join token lives between 1m and {} (agents.join_token_max_ttl)",
+                "a join token lives between 1s and {} (agents.join_token_max_ttl)",
                 humantime::format_duration(self.settings.join_token_max_ttl)
             )));
         }

@@ -1,0 +1,433 @@
+//! Private worker agents as separate processes against a real broker process, over real mTLS:
+//! enrollment with one-time join tokens, the work stream, leases, revocation, crashes, restarts,
+//! and the certificates and messages the endpoint must refuse.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyward_broker::agents::ca::AgentCa;
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::identity::kek::Kek;
+use keyward_broker::store::Store;
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+use keyward_proto::agent_v1::{AgentMessage, EnrollRequest, Hello, agent_message};
+use keyward_tests::agent::{Agent, join};
+use keyward_tests::audit::Audit;
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::git::GitRepo;
+use keyward_tests::{eventually, free_addr, workspace_root};
+use serde_json::Value;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A phase command that takes a while during `phase`, is quick otherwise, and appends the job ID
+/// to `marks` when it completes.
+fn slow_in(phase: &str, marks: &Path) -> String {
+    format!("if [ \"$KEYWARD_PHASE\" = {phase} ]; then sleep 60; fi; echo \"$KEYWARD_JOB_ID\" >> '{}'", marks.display())
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+/// A broker config with the agent endpoint on `agents` (lease 3 s, so crashes show quickly).
+fn config(dir: &Path, addr: std::net::SocketAddr, agents: std::net::SocketAddr, storage: &str) -> PathBuf {
+    let config = dir.join(format!("keyward-{}.toml", addr.port()));
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"3s\"\npoll_interval = \"200ms\"\n",
+        workspace_root().join("policies").display()
+    );
+    let data_dir = dir.join(format!("broker-{}", addr.port()));
+    write_config(&config, addr, &data_dir, &ConfigExtra { storage, rest: &rest, ..ConfigExtra::default() });
+    config
+}
+
+async fn serve(config: &Path, addr: std::net::SocketAddr, envs: &[(&str, &str)], admin: Option<&str>) -> Broker {
+    let data_dir = config.with_file_name(format!("broker-{}", addr.port()));
+    let mut all = vec![("TEST_KEK", TEST_KEK)];
+    all.extend_from_slice(envs);
+    Broker::serve_as(config, &data_dir, &format!("http://{addr}"), &all, admin).await
+}
+
+async fn start(dir: &Path) -> (Broker, PathBuf, std::net::SocketAddr) {
+    let addr = free_addr();
+    let config = config(dir, addr, free_addr(), "");
+    (serve(&config, addr, &[], None).await, config, addr)
+}
+
+fn token(broker: &Broker, pool: &str, ttl: &str) -> String {
+    json(&broker.cli(&["pool", "join-token", pool, "--ttl", ttl, "--json"]))["token"].as_str().unwrap().to_owned()
+}
+
+fn stack(broker: &Broker, repo: &GitRepo, name: &str, pool: &str) {
+    let url = repo.url();
+    json(&broker.cli(&["stack", "create", name, "--repository", &url, "--pool", pool, "--label", "env=dev", "--json"]));
+}
+
+fn submit(broker: &Broker, stack: &str) -> String {
+    let out = broker.cli(&["run", "submit", "--stack", stack]);
+    assert!(out.success, "{}", out.stderr);
+    out.stdout.trim().to_owned()
+}
+
+async fn run_in(broker: &Broker, id: &str, states: &[&str]) -> Value {
+    eventually(&format!("run {id} to reach {states:?}"), Duration::from_secs(60), || {
+        let run = json(&broker.cli(&["run", "show", id, "--json"]));
+        let done = states.contains(&run["state"].as_str().unwrap_or_default());
+        async move { done.then_some(run) }
+    })
+    .await
+}
+
+async fn leased(broker: &Broker, run_id: &str) -> Value {
+    eventually("a job to be leased", Duration::from_secs(30), || {
+        let run = json(&broker.cli(&["run", "show", run_id, "--json"]));
+        let job = run["jobs"].as_array().unwrap().iter().find(|j| j["state"] == "leased").cloned();
+        async move { job }
+    })
+    .await
+}
+
+async fn bootstrap(broker: &Broker) -> (String, String) {
+    let document = broker.get_json("/v1/agents/bootstrap").await;
+    (document["endpoint"].as_str().unwrap().to_owned(), document["ca_certificate"].as_str().unwrap().to_owned())
+}
+
+async fn channel(endpoint: &str, ca_pem: &str, identity: Option<Identity>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Opens a work stream with `identity` and returns the first error the broker sends, if any.
+async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Option<String> {
+    let channel = match channel(endpoint, ca_pem, Some(identity)).await {
+        Ok(channel) => channel,
+        Err(error) => return Some(error),
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let hello =
+        AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1 })) };
+    match client.work(tokio_stream::iter(vec![hello])).await {
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                Ok(Err(status)) => Some(format!("{status:?}")),
+                _ => None,
+            }
+        }
+        Err(status) => Some(format!("{status:?}")),
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_enroll_take_jobs_and_lose_everything_when_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let (broker, _, _) = start(dir.path()).await;
+    let marks = dir.path().join("marks");
+    json(&broker.cli(&["pool", "create", "blue", "--json"]));
+    stack(&broker, &repo, "net", "blue");
+
+    // Enroll: the token works once.
+    let first = token(&broker, "blue", "10m");
+    let mut quick = Agent::enroll_and_run(&broker.addr, &first, &dir.path().join("a1"), &slow_in("never", &marks));
+    let (reused, _, stderr) = join(&broker.addr, &first, &dir.path().join("a-reuse"));
+    assert!(!reused && stderr.contains("already used"), "{stderr}");
+    assert!(!dir.path().join("a-reuse/key.pem").exists(), "a refused enrollment leaves no identity");
+    // An expired token is refused.
+    let short = token(&broker, "blue", "1s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (expired, _, stderr) = join(&broker.addr, &short, &dir.path().join("a-expired"));
+    assert!(!expired && stderr.contains("expired"), "{stderr}");
+    // A token for an unknown pool cannot even be issued.
+    let unknown = broker.cli(&["pool", "join-token", "nope"]);
+    assert!(!unknown.success && unknown.stderr.contains("no pool named `nope`"), "{}", unknown.stderr);
+
+    let agents = json(&broker.cli(&["agent", "list", "--json"]));
+    let listed = &agents["agents"][0];
+    assert_eq!(listed["id"], quick.id.as_str());
+    assert_eq!(listed["spiffe_id"].as_str().unwrap(), format!("spiffe://127.0.0.1/pool/blue/agent/{}", quick.id));
+
+    // A run goes through plan and (env=dev: no review needed) apply on the agent.
+    let run_id = submit(&broker, "net");
+    let run = run_in(&broker, &run_id, &["finished", "failed"]).await;
+    assert_eq!(run["state"], "finished", "{run}");
+    let jobs: Vec<&str> = run["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(jobs, ["succeeded", "succeeded"]);
+    assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2, "each job ran once");
+
+    // A second agent that is slow to plan; the quick one drains so the slow one gets the job.
+    json(&broker.cli(&["agent", "drain", &quick.id, "--json"]));
+    let second = token(&broker, "blue", "10m");
+    let mut slow = Agent::enroll_and_run(&broker.addr, &second, &dir.path().join("a2"), &slow_in("plan", &marks));
+    let run_id = submit(&broker, "net");
+    let job = leased(&broker, &run_id).await;
+    assert_eq!(job["agent_id"], slow.id.as_str());
+
+    // Revoked mid-job: the stream is cut at once, the plan fails, the agent stops for good.
+    json(&broker.cli(&["agent", "revoke", &slow.id, "--json"]));
+    let status = slow.wait_exit(Duration::from_secs(15));
+    assert!(!status.success());
+    assert!(slow.log_text().contains("revoked"), "{}", slow.log_text());
+    let run = run_in(&broker, &run_id, &["failed"]).await;
+    assert!(run["detail"].as_str().unwrap().contains("agent revoked"), "{run}");
+    let restarted = Agent::run(&dir.path().join("a2"), &slow.id, "true");
+    let mut restarted = restarted;
+    assert!(!restarted.wait_exit(Duration::from_secs(15)).success(), "a revoked agent cannot come back");
+
+    // The drained agent still exits cleanly on SIGTERM.
+    quick.terminate();
+    assert!(quick.wait_exit(Duration::from_secs(15)).success(), "{}", quick.log_text());
+
+    let audit = Audit::open(&broker.data_dir).await;
+    for kind in [
+        "pool.created",
+        "join_token.created",
+        "agent.enrolled",
+        "agent.enroll_refused",
+        "agent.draining",
+        "agent.revoked",
+    ] {
+        assert!(audit.count(kind).await >= 1, "no {kind} entry");
+    }
+    assert_eq!(audit.count("agent.enrolled").await, 2);
+    let ended = audit.referencing(&format!("run:{run_id}")).await;
+    assert!(ended.iter().any(|e| e.kind == "lease_ended" && e.details.contains("agent revoked")), "{ended:?}");
+    audit.check_tree().await;
+}
+
+/// A CSR (DER) for a fresh P-256 key, asking for `names`.
+fn csr(names: Vec<String>) -> (rcgen::KeyPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let der = rcgen::CertificateParams::new(names).unwrap().serialize_request(&key).unwrap().der().to_vec();
+    (key, der)
+}
+
+/// A CSR over an RSA-1024 key, made with the openssl CLI.
+fn weak_csr(dir: &Path) -> Vec<u8> {
+    let out = dir.join("weak.csr");
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=weak", "-outform", "DER", "-keyout"])
+        .arg(dir.join("weak.key"))
+        .arg("-out")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _, _) = start(dir.path()).await;
+    json(&broker.cli(&["pool", "create", "blue", "--json"]));
+    let (endpoint, ca_pem) = bootstrap(&broker).await;
+    let join_token = token(&broker, "blue", "10m");
+    let mut enroll = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
+    let request = |csr_der: Vec<u8>| EnrollRequest {
+        join_token: join_token.clone(),
+        csr_der,
+        hostname: "test-host".into(),
+        agent_version: "test".into(),
+    };
+
+    // CSRs that ask for names, or carry a weak key, are refused, and do not use up the token.
+    let named = enroll.enroll(request(csr(vec!["evil.example".into()]).1)).await.unwrap_err();
+    assert_eq!(named.code(), Code::InvalidArgument);
+    assert!(named.message().contains("broker assigns"), "{}", named.message());
+    let weak = enroll.enroll(request(weak_csr(dir.path()))).await.unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    assert!(weak.message().contains("RSA 1024"), "{}", weak.message());
+    let oversized = enroll.enroll(request(vec![0x30; 300 * 1024])).await.unwrap_err();
+    assert!(matches!(oversized.code(), Code::OutOfRange | Code::ResourceExhausted), "{oversized:?}");
+    let garbage = enroll.enroll(request(b"not a CSR".to_vec())).await.unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument);
+    let wrong =
+        enroll.enroll(EnrollRequest { join_token: "kwj1.nope".into(), ..request(csr(vec![]).1) }).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let (key, der) = csr(vec![]);
+    let enrolled = enroll.enroll(request(der)).await.expect("the token still works").into_inner();
+    let agent_id = enrolled.agent_id.clone();
+    let mine = Identity::from_pem(pem("CERTIFICATE", &enrolled.certificate_der), key.serialize_pem());
+
+    // Control: the real certificate opens a work stream.
+    assert_eq!(work_refusal(&endpoint, &ca_pem, mine).await, None, "a valid agent certificate is accepted");
+
+    // No certificate at all: only Enroll is open.
+    let mut anonymous = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
+    let hello =
+        AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1 })) };
+    let refused = anonymous.work(tokio_stream::iter(vec![hello])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // The same agent identity from another CA: the TLS handshake fails.
+    let foreign_key = rcgen::KeyPair::generate().unwrap();
+    let mut foreign_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    foreign_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let foreign = rcgen::CertifiedIssuer::self_signed(foreign_params, foreign_key).unwrap();
+    let (key, _) = csr(vec![]);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names =
+        vec![rcgen::SanType::URI(format!("spiffe://127.0.0.1/pool/blue/agent/{agent_id}").try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = params.signed_by(&key, &foreign).unwrap();
+    let forged = Identity::from_pem(forged.pem(), key.serialize_pem());
+    assert!(work_refusal(&endpoint, &ca_pem, forged).await.is_some(), "a certificate from another CA was accepted");
+
+    // An expired certificate from the real CA: refused too.
+    let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
+    let kek = Kek::from_base64(TEST_KEK, "test").unwrap();
+    let real_ca = AgentCa::load_or_create(&store, &kek, "127.0.0.1", keyward_tests::now()).await.unwrap();
+    let (key, der) = csr(vec![]);
+    let expired = real_ca.issue_agent(&der, "blue", &agent_id, 3600, keyward_tests::now() - 7200).unwrap();
+    let expired = Identity::from_pem(pem("CERTIFICATE", &expired.der), key.serialize_pem());
+    assert!(work_refusal(&endpoint, &ca_pem, expired).await.is_some(), "an expired certificate was accepted");
+    // …while a current one from the same CA works (the refusal above was about expiry).
+    let (key, der) = csr(vec![]);
+    let current = real_ca.issue_agent(&der, "blue", &agent_id, 3600, keyward_tests::now()).unwrap();
+    let current = Identity::from_pem(pem("CERTIFICATE", &current.der), key.serialize_pem());
+    assert_eq!(work_refusal(&endpoint, &ca_pem, current).await, None);
+
+    // Exactly one agent exists: no refusal left a partial enrollment behind.
+    let agents = json(&broker.cli(&["agent", "list", "--json"]));
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1, "{agents}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let marks = dir.path().join("marks");
+    let (broker, config, addr) = start(dir.path()).await;
+    json(&broker.cli(&["pool", "create", "blue", "--json"]));
+    stack(&broker, &repo, "net", "blue");
+
+    // Killed mid-plan: the lease expires and the plan is retried by another agent.
+    let mut crashing = Agent::enroll_and_run(
+        &broker.addr,
+        &token(&broker, "blue", "10m"),
+        &dir.path().join("a1"),
+        &slow_in("plan", &marks),
+    );
+    let run_id = submit(&broker, "net");
+    leased(&broker, &run_id).await;
+    crashing.kill();
+    let steady = Agent::enroll_and_run(
+        &broker.addr,
+        &token(&broker, "blue", "10m"),
+        &dir.path().join("a2"),
+        &slow_in("never", &marks),
+    );
+    let run = run_in(&broker, &run_id, &["finished"]).await;
+    assert_eq!(run["jobs"][0]["attempt"], 2, "the plan ran a second time after the crash: {run}");
+    assert_eq!(run["jobs"][0]["agent_id"], steady.id.as_str());
+
+    // Killed mid-apply: the run is interrupted, never applied again.
+    drop(steady);
+    let mut crashing = Agent::enroll_and_run(
+        &broker.addr,
+        &token(&broker, "blue", "10m"),
+        &dir.path().join("a3"),
+        &slow_in("apply", &marks),
+    );
+    let run_id = submit(&broker, "net");
+    eventually("the apply to start", Duration::from_secs(30), || {
+        let run = json(&broker.cli(&["run", "show", &run_id, "--json"]));
+        let applying = run["jobs"].as_array().unwrap().iter().any(|j| j["phase"] == "apply" && j["state"] == "leased");
+        async move { applying.then_some(()) }
+    })
+    .await;
+    crashing.kill();
+    let run = run_in(&broker, &run_id, &["interrupted"]).await;
+    assert!(run["detail"].as_str().unwrap().contains("never re-applied"), "{run}");
+
+    // The broker restarts: the agent reconnects by itself and takes new jobs; nothing repeats.
+    let agent = Agent::enroll_and_run(
+        &broker.addr,
+        &token(&broker, "blue", "10m"),
+        &dir.path().join("a4"),
+        &slow_in("never", &marks),
+    );
+    let first = submit(&broker, "net");
+    run_in(&broker, &first, &["finished"]).await;
+    let admin = broker.admin_token.clone();
+    broker.terminate();
+    let broker = serve(&config, addr, &[], Some(&admin)).await;
+    let second = submit(&broker, "net");
+    let run = run_in(&broker, &second, &["finished"]).await;
+    assert_eq!(run["jobs"][0]["agent_id"], agent.id.as_str());
+    let marked = std::fs::read_to_string(&marks).unwrap();
+    let mut lines: Vec<&str> = marked.lines().collect();
+    let total = lines.len();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len(), total, "a job ran twice: {marked}");
+    let audit = Audit::open(&broker.data_dir).await;
+    assert!(audit.count("job.lease_ended").await >= 2);
+    audit.check_tree().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_postgres_brokers_share_the_queue_and_every_job_runs_once() {
+    let cluster = keyward_tests::postgres::PgCluster::start();
+    let database_url = cluster.database("keyward_agents");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let marks = dir.path().join("marks");
+    let storage = "database_url_env = \"KW_DATABASE_URL\"";
+    let envs = [("KW_DATABASE_URL", database_url.as_str())];
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let broker_a = serve(&config(dir.path(), addr_a, free_addr(), storage), addr_a, &envs, None).await;
+    let admin = broker_a.admin_token.clone();
+    let broker_b = serve(&config(dir.path(), addr_b, free_addr(), storage), addr_b, &envs, Some(&admin)).await;
+    json(&broker_a.cli(&["pool", "create", "blue", "--json"]));
+    stack(&broker_a, &repo, "net", "blue");
+    let mut agents = Vec::new();
+    for (i, broker) in [&broker_a, &broker_b, &broker_a, &broker_b].into_iter().enumerate() {
+        let data = dir.path().join(format!("agent-{i}"));
+        agents.push(Agent::enroll_and_run(
+            &broker.addr,
+            &token(broker, "blue", "10m"),
+            &data,
+            &slow_in("never", &marks),
+        ));
+    }
+    let runs: Vec<String> = (0..8).map(|i| submit(if i % 2 == 0 { &broker_a } else { &broker_b }, "net")).collect();
+    let mut jobs = 0;
+    for run_id in &runs {
+        let run = run_in(&broker_a, run_id, &["finished"]).await;
+        jobs += run["jobs"].as_array().unwrap().len();
+    }
+    assert_eq!(jobs, 16);
+    let marked = std::fs::read_to_string(&marks).unwrap();
+    let mut lines: Vec<&str> = marked.lines().collect();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!((lines.len(), marked.lines().count()), (16, 16), "every job ran exactly once: {marked}");
+    let store = Store::open(&DatabaseLocation::Postgres(database_url.clone())).await.unwrap();
+    assert_eq!(store.audit_count("job.leased").await.unwrap(), 16, "one lease per job, across both brokers");
+    let served: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(served.len(), 4);
+}
