@@ -176,7 +176,8 @@ impl Daemon {
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
-        if let Some(reason) = self.draining.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        let draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(reason) = draining {
             let _ = outbound.send(send(agent_message::Kind::Draining(Draining { reason }))).await;
         }
         let mut inbound = client.work(ReceiverStream::new(outbox)).await?.into_inner();

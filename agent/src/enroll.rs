@@ -150,7 +150,7 @@ async fn fetch_bootstrap(broker: &str) -> Result<Bootstrap, EnrollError> {
     if !status.is_success() {
         let description = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v["error_description"].as_str().map(str::to_owned))
+            .and_then(|v| v.get("error_description").and_then(|d| d.as_str()).map(str::to_owned))
             .unwrap_or_else(|| status.to_string());
         return Err(failed(description));
     }

@@ -76,10 +76,10 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut state = self.hub.lock();
         if state.sessions.get(&self.agent_id).is_some_and(|s| s.id == self.session) {
-            if let Some(session) = state.sessions.remove(&self.agent_id) {
-                if let Some(queue) = state.pools.get_mut(&session.pool) {
-                    queue.idle.retain(|a| a != &self.agent_id);
-                }
+            if let Some(session) = state.sessions.remove(&self.agent_id)
+                && let Some(queue) = state.pools.get_mut(&session.pool)
+            {
+                queue.idle.retain(|a| a != &self.agent_id);
             }
             tracing::info!(agent_id = %self.agent_id, "agent disconnected");
         }
