@@ -12,7 +12,7 @@ use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output as CliOutput, TEST_KEK, keyward, write_config};
 use keyward_tests::moto::Moto;
 use keyward_tests::openbao::OpenBao;
-use keyward_tests::{free_addr, workspace_root};
+use keyward_tests::{eventually, free_addr, workspace_root};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -251,6 +251,19 @@ async fn a_rewritten_history_fails_the_consistency_check() {
 async fn pruned_entries_stay_verifiable_through_their_archive() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::dev(&dir.path().join("dev")).await;
+    // `keyward dev` records its own setup (pool, stack, its agent's enrollment) first; the
+    // entries of this test start after them.
+    let base = eventually("the dev agent to enroll", std::time::Duration::from_secs(30), || {
+        let data_dir = broker.data_dir.clone();
+        async move {
+            let audit = Audit::open(&data_dir).await;
+            (audit.count("agent.enrolled").await == 1).then_some(())?;
+            Some(audit.0.audit_size().await.unwrap())
+        }
+    })
+    .await;
+    let cut = base + 5;
+    let (cut_text, short_text) = (cut.to_string(), (cut + 2).to_string());
     let mint = |run: String| {
         let broker = &broker;
         async move {
@@ -265,7 +278,7 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     write("cp10.txt", &audit_cli(&broker, &["checkpoint"]).stdout);
     write("log.pub", audit_cli(&broker, &["public-key"]).stdout.trim());
-    let archive = audit_cli(&broker, &["export", "--to", "6"]);
+    let archive = audit_cli(&broker, &["export", "--to", &cut_text]);
     write("archive.jsonl", &archive.stdout);
 
     // Refused: beyond the signed checkpoint; an archive that is not the log's prefix.
@@ -273,8 +286,12 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     let past = (signed + 1).to_string();
     let beyond = audit_cli(&broker, &["prune", "--before", &past, "--archive", &path("archive.jsonl")]);
     assert!(!beyond.success && beyond.stderr.contains(&format!("sign one covering {past} first")), "{}", beyond.stderr);
-    let short = audit_cli(&broker, &["prune", "--before", "8", "--archive", &path("archive.jsonl")]);
-    assert!(!short.success && short.stderr.contains("needs an archive of 0..8"), "{}", short.stderr);
+    let short = audit_cli(&broker, &["prune", "--before", &short_text, "--archive", &path("archive.jsonl")]);
+    assert!(
+        !short.success && short.stderr.contains(&format!("needs an archive of 0..{short_text}")),
+        "{}",
+        short.stderr
+    );
     let mut forged: Vec<String> = archive.stdout.lines().map(str::to_owned).collect();
     let mut line: Value = serde_json::from_str(&forged[2]).unwrap();
     line["entry"]["context"]["actor"] = json!("mallory");
@@ -282,19 +299,19 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     line["leaf_hash"] = json!(entry.leaf_hash().unwrap().iter().map(|b| format!("{b:02x}")).collect::<String>());
     forged[2] = line.to_string();
     write("forged.jsonl", &(forged.join("\n") + "\n"));
-    let refused = audit_cli(&broker, &["prune", "--before", "6", "--archive", &path("forged.jsonl")]);
+    let refused = audit_cli(&broker, &["prune", "--before", &cut_text, "--archive", &path("forged.jsonl")]);
     assert!(!refused.success && refused.stderr.contains("nothing pruned"), "{}", refused.stderr);
     assert_eq!(Audit::open(&broker.data_dir).await.for_run("old-0").await.len(), 1, "nothing was pruned");
 
-    let pruned = audit_cli(&broker, &["prune", "--before", "6", "--archive", &path("archive.jsonl")]);
+    let pruned = audit_cli(&broker, &["prune", "--before", &cut_text, "--archive", &path("archive.jsonl")]);
     assert!(
-        pruned.success && pruned.stdout.contains("pruned 6 entries before 6"),
+        pruned.success && pruned.stdout.contains(&format!("pruned {cut} entries before {cut}")),
         "{}{}",
         pruned.stdout,
         pruned.stderr
     );
     let audit = Audit::open(&broker.data_dir).await;
-    // Entry 0 is the policy set loaded at start; old-0..old-4 are entries 1..5.
+    // old-0..old-4 are entries base..base+5.
     assert!(audit.for_run("old-0").await.is_empty() && audit.for_run("old-4").await.is_empty());
     assert_eq!(audit.for_run("old-5").await.len(), 1);
     assert_eq!(audit.0.audit_count("audit.pruned").await.unwrap(), 1, "the pruning is on record");
@@ -303,7 +320,7 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     mint("new-0".to_owned()).await;
     write("cp12.txt", &audit_cli(&broker, &["checkpoint"]).stdout);
     let rest = audit_cli(&broker, &["export"]);
-    assert!(rest.stderr.contains("entries 0..6 were pruned"), "{}", rest.stderr);
+    assert!(rest.stderr.contains(&format!("entries 0..{cut} were pruned")), "{}", rest.stderr);
     write("full.jsonl", &format!("{}{}", archive.stdout, rest.stdout));
     let verified = audit_cli(
         &broker,

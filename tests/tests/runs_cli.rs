@@ -21,8 +21,10 @@ async fn stacks_and_runs_from_the_command_line() {
     let url = repo.url();
     let created = broker.cli(&["stack", "create", "network", "--repository", &url, "--label", "env=dev", "--json"]);
     assert_eq!(json(&created)["labels"]["env"], "dev");
+    // `keyward dev` made `example`; ours is listed beside it.
     let listed = json(&broker.cli(&["stack", "list", "--json"]));
-    assert_eq!(listed["stacks"][0]["name"], "network");
+    let names: Vec<&str> = listed["stacks"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["example", "network"]);
     let shown = broker.cli(&["stack", "show", "network"]);
     assert!(shown.success && shown.stdout.contains(&url), "{}", shown.stdout);
 
@@ -58,4 +60,28 @@ async fn stacks_and_runs_from_the_command_line() {
     assert_eq!(canceled["state"], "canceled");
     let again = broker.cli(&["run", "cancel", &id]);
     assert!(!again.success && again.stderr.contains("already canceled"), "{}", again.stderr);
+}
+
+/// What a newcomer does first: `keyward dev`, then one command, and the run plans, is approved by
+/// policy (the example stack is `env=dev`) and applies on the local agent `keyward dev` enrolled.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("data")).await;
+    let out = broker.cli(&["run", "submit", "--stack", "example", "--wait", "--json"]);
+    let run = json(&out);
+    assert_eq!(run["state"], "finished", "{run}");
+    let phases: Vec<(&str, &str)> = run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["phase"].as_str().unwrap(), j["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(phases, [("plan", "succeeded"), ("apply", "succeeded")]);
+    let agents = json(&broker.cli(&["agent", "list", "--json"]));
+    let agent = &agents["agents"][0];
+    assert_eq!((agent["pool"].as_str(), agent["connected"].as_bool()), (Some("dev"), Some(true)), "{agents}");
+    assert_eq!(run["jobs"][0]["agent_id"], agent["id"]);
+    let log = std::fs::read_to_string(dir.path().join("data/agent.log")).unwrap();
+    assert!(log.contains("keyward dev agent: apply of stack example"), "{log}");
 }

@@ -39,8 +39,13 @@ pub enum CaError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The stored CA does not open or parse.
-    #[error("the agent CA is unusable: {0}")]
-    Unusable(String),
+    #[error("the agent CA in {location} is unusable: {reason}")]
+    Unusable {
+        /// The database holding it.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// Signing failed.
     #[error("could not sign a certificate: {0}")]
     Sign(String),
@@ -114,7 +119,7 @@ impl AgentCa {
     /// one CA (the loser of the insert reloads).
     pub async fn load_or_create(store: &Store, kek: &Kek, trust_domain: &str, now: i64) -> Result<Self, CaError> {
         if let Some((certificate, sealed)) = store.agent_ca(CA_NAME).await? {
-            return Self::open(kek, trust_domain, certificate, &sealed);
+            return Self::open(kek, trust_domain, certificate, &sealed, store.location());
         }
         let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -130,7 +135,7 @@ impl AgentCa {
             Ok(()) => tracing::info!("generated the agent CA"),
             Err(StoreError::Conflict(_)) => {
                 if let Some((certificate, sealed)) = store.agent_ca(CA_NAME).await? {
-                    return Self::open(kek, trust_domain, certificate, &sealed);
+                    return Self::open(kek, trust_domain, certificate, &sealed, store.location());
                 }
             }
             Err(other) => return Err(other.into()),
@@ -142,11 +147,18 @@ impl AgentCa {
         })
     }
 
-    fn open(kek: &Kek, trust_domain: &str, certificate: Vec<u8>, sealed: &[u8]) -> Result<Self, CaError> {
-        let pkcs8 = kek.open(CA_NAME.as_bytes(), sealed).map_err(|e| CaError::Unusable(e.to_string()))?;
-        let key = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| CaError::Unusable(e.to_string()))?;
+    fn open(
+        kek: &Kek,
+        trust_domain: &str,
+        certificate: Vec<u8>,
+        sealed: &[u8],
+        location: &str,
+    ) -> Result<Self, CaError> {
+        let unusable = |reason: String| CaError::Unusable { location: location.to_owned(), reason };
+        let pkcs8 = kek.open(CA_NAME.as_bytes(), sealed).map_err(|e| unusable(e.to_string()))?;
+        let key = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| unusable(e.to_string()))?;
         let certificate = CertificateDer::from(certificate);
-        let issuer = Issuer::from_ca_cert_der(&certificate, key).map_err(|e| CaError::Unusable(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&certificate, key).map_err(|e| unusable(e.to_string()))?;
         Ok(Self { certificate, issuer, trust_domain: trust_domain.to_owned() })
     }
 
