@@ -67,8 +67,15 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     assert_eq!(process["Version"], 1);
     assert!(process["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
 
+    // The STS client retries a transient failure (a loaded machine), so count distinct requests:
+    // a retry repeats the same web identity token.
     let sent = moto.sts_requests();
-    assert_eq!(sent.len(), 1);
+    assert!(!sent.is_empty(), "STS was called");
+    assert!(
+        sent.iter().all(|r| r.field("WebIdentityToken") == sent[0].field("WebIdentityToken")),
+        "one exchange made one STS request (retried at most)"
+    );
+    let before_refusals = sent.len();
     assert_eq!(sent[0].field("RoleSessionName"), Some("4711"), "the STS session is named after the CI run");
     let web_identity = sent[0].field("WebIdentityToken").unwrap();
     let verdict = broker.pyjwt_verify(web_identity, "sts.amazonaws.com");
@@ -89,5 +96,5 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     let out = creds(&bao.identity_token(&fork).await);
     assert!(!out.success, "{}", out.stdout);
     assert!(out.stderr.contains("repository_owner"), "{}", out.stderr);
-    assert_eq!(moto.sts_requests().len(), 1, "no refused token reached STS");
+    assert_eq!(moto.sts_requests().len(), before_refusals, "no refused token reached STS");
 }
