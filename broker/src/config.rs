@@ -907,13 +907,7 @@ impl Config {
 
     /// The host of the external URL (without port).
     fn external_host(&self) -> &str {
-        let url = &self.server.external_url;
-        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let authority = rest.split('/').next().unwrap_or(rest);
-        match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-        }
+        url_host(&self.server.external_url)
     }
 
     /// The agents' SPIFFE trust domain.
@@ -1256,6 +1250,16 @@ impl TargetConfig {
             TargetKind::Aws(_) => format!("aws:{}", self.name),
             TargetKind::Vault(_) => format!("vault:{}", self.name),
         }
+    }
+}
+
+/// The host of `scheme://host[:port][/path]`, without port or IPv6 brackets.
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
     }
 }
 

@@ -20,7 +20,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 
-use crate::identity::kek::Kek;
+use crate::identity::kek::{Kek, hex};
 use crate::store::{Store, StoreError};
 
 /// The store name of the deployment's one agent CA.
@@ -350,10 +350,6 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -55,6 +55,32 @@ impl Session {
     }
 }
 
+impl State {
+    /// Puts `agent_id` at the back of its pool's idle queue if it can take a job now, and takes
+    /// it out otherwise.
+    fn requeue(&mut self, agent_id: &str) {
+        self.unidle(agent_id);
+        let Some(session) = self.sessions.get(agent_id) else { return };
+        if session.idle() {
+            let pool = session.pool.clone();
+            self.pools.entry(pool).or_default().idle.push_back(agent_id.to_owned());
+        }
+    }
+
+    /// Takes `agent_id` out of every idle queue.
+    fn unidle(&mut self, agent_id: &str) {
+        for queue in self.pools.values_mut() {
+            queue.idle.retain(|a| a != agent_id);
+        }
+    }
+
+    /// Forgets `agent_id`'s session.
+    fn remove(&mut self, agent_id: &str) -> Option<Session> {
+        self.unidle(agent_id);
+        self.sessions.remove(agent_id)
+    }
+}
+
 #[derive(Debug, Default)]
 struct PoolQueue {
     idle: VecDeque<String>,
@@ -76,11 +102,7 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut state = self.hub.lock();
         if state.sessions.get(&self.agent_id).is_some_and(|s| s.id == self.session) {
-            if let Some(session) = state.sessions.remove(&self.agent_id)
-                && let Some(queue) = state.pools.get_mut(&session.pool)
-            {
-                queue.idle.retain(|a| a != &self.agent_id);
-            }
+            state.remove(&self.agent_id);
             tracing::info!(agent_id = %self.agent_id, "agent disconnected");
         }
     }
@@ -125,18 +147,13 @@ impl Hub {
             id = state.next_session;
             let session =
                 Session { id, pool: pool.to_owned(), capacity, held, draining, outbox, closed: Arc::clone(&closed) };
-            let idle = session.idle();
             if let Some(old) = state.sessions.insert(agent_id.to_owned(), session) {
                 let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer connection of this agent")));
                 old.closed.notify_one();
             }
             start_dispatcher = !state.pools.contains_key(pool);
-            let queue = state.pools.entry(pool.to_owned()).or_default();
-            queue.idle.retain(|a| a != agent_id);
-            if idle {
-                queue.idle.push_back(agent_id.to_owned());
-            }
-            queue.wake.notify_one();
+            state.pools.entry(pool.to_owned()).or_default().wake.notify_one();
+            state.requeue(agent_id);
         }
         if start_dispatcher {
             tokio::spawn(Arc::clone(self).dispatch(pool.to_owned()));
@@ -171,11 +188,9 @@ impl Hub {
         if session.held.remove(job_id).is_none() {
             return;
         }
-        let (idle, pool) = (session.idle(), session.pool.clone());
-        if let Some(queue) = state.pools.get_mut(&pool) {
-            if idle && !queue.idle.iter().any(|a| a == agent_id) {
-                queue.idle.push_back(agent_id.to_owned());
-            }
+        let pool = session.pool.clone();
+        state.requeue(agent_id);
+        if let Some(queue) = state.pools.get(&pool) {
             queue.wake.notify_one();
         }
     }
@@ -206,10 +221,7 @@ impl Hub {
                 return;
             }
             session.draining = true;
-            let pool = session.pool.clone();
-            if let Some(queue) = state.pools.get_mut(&pool) {
-                queue.idle.retain(|a| a != agent_id);
-            }
+            state.requeue(agent_id);
         }
         self.send(agent_id, broker_message::Kind::Drain(Drain { reason: reason.to_owned() }));
     }
@@ -217,12 +229,9 @@ impl Hub {
     /// Cuts `agent_id`'s stream at once with `reason` (revocation).
     pub fn cut(&self, agent_id: &str, reason: &str) {
         let mut state = self.lock();
-        if let Some(session) = state.sessions.remove(agent_id) {
+        if let Some(session) = state.remove(agent_id) {
             let _ = session.outbox.try_send(Err(Status::permission_denied(reason.to_owned())));
             session.closed.notify_one();
-            if let Some(queue) = state.pools.get_mut(&session.pool) {
-                queue.idle.retain(|a| a != agent_id);
-            }
             tracing::warn!(agent_id, reason, "agent stream cut");
         }
     }
@@ -310,24 +319,13 @@ impl Hub {
             return false;
         }
         session.held.insert(lease.job_id.clone(), lease.fencing_token);
-        let (idle, pool) = (session.idle(), session.pool.clone());
-        if let Some(queue) = state.pools.get_mut(&pool) {
-            queue.idle.retain(|a| a != agent_id);
-            if idle {
-                queue.idle.push_back(agent_id.to_owned());
-            }
-        }
+        state.requeue(agent_id);
         tracing::info!(agent_id, job_id = %lease.job_id, phase = %lease.phase, "job assigned");
         true
     }
 
     async fn hand_back(&self, lease: &Lease, agent_id: &str) {
-        {
-            let mut state = self.lock();
-            for queue in state.pools.values_mut() {
-                queue.idle.retain(|a| a != agent_id);
-            }
-        }
+        self.lock().unidle(agent_id);
         let job = match self.runs.job_row(&lease.job_id).await {
             Ok(job) => job,
             Err(error) => {

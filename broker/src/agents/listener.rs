@@ -85,12 +85,7 @@ impl ResolvesServerCert for RotatingCertificate {
 
 /// The names the server certificate carries: the advertised host and any configured extras.
 pub fn server_names(endpoint: &str, extra: &[String]) -> Vec<String> {
-    let authority = endpoint.trim_start_matches("https://").split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    let mut names = vec![host.to_owned()];
+    let mut names = vec![crate::config::url_host(endpoint).to_owned()];
     for name in extra {
         if !names.contains(name) {
             names.push(name.clone());

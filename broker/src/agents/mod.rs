@@ -25,10 +25,10 @@ use serde::Serialize;
 use self::ca::{AgentCa, CaError, CsrError, IssueError};
 use self::hub::Hub;
 use self::join::JoinToken;
-use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
-use crate::store::write::{Param, Refusal, Write};
+use crate::store::write::{Param, Write};
 use crate::store::{AgentRow, Store, StoreError};
 
 /// Longest host name an agent may report.
@@ -68,6 +68,16 @@ pub enum AgentError {
     /// Ending the agent's leases failed.
     #[error(transparent)]
     Runs(#[from] RunError),
+}
+
+impl From<ChangeError> for AgentError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::Conflict(message) => Self::Conflict(message),
+            ChangeError::Invalid(message) => Self::Invalid(message),
+            ChangeError::Store(store) => Self::Store(store),
+        }
+    }
 }
 
 impl From<IssueError> for AgentError {
@@ -528,18 +538,7 @@ impl Agents {
         if agent.state != "active" {
             return Err(AgentError::Conflict(format!("agent {id} is {}", agent.state)));
         }
-        let now = self.clock.now();
-        let write = Write::one(
-            format!("agent {id}"),
-            "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
-            vec![Param::Text(id.to_owned())],
-        );
-        let context = Context { actor: Some(who.to_owned()), ..caller };
-        let event = AuditEvent::new(Kind::AgentDraining, now, context)
-            .with("agent_id", id)
-            .with("reason", "operator")
-            .with_ref("agent", id);
-        self.commit(Append::changes(vec![write], vec![event])).await?;
+        self.record_draining(id, who, "operator", caller).await?;
         self.hub.drain(id, &format!("drained by {who}"));
         self.get(id).await
     }
@@ -549,17 +548,21 @@ impl Agents {
         if agent.state != "active" {
             return Ok(());
         }
-        let now = self.clock.now();
-        let write = Write::any(
-            format!("agent {}", agent.id),
+        self.record_draining(&agent.id, &format!("agent:{}", agent.id), "agent shutting down", Context::default()).await
+    }
+
+    /// Moves an active agent to `draining`, with its audit entry.
+    async fn record_draining(&self, id: &str, who: &str, reason: &str, caller: Context) -> Result<(), AgentError> {
+        let write = Write::one(
+            format!("agent {id}"),
             "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
-            vec![agent.id.as_str().into()],
+            vec![Param::Text(id.to_owned())],
         );
-        let context = Context { actor: Some(format!("agent:{}", agent.id)), ..Context::default() };
-        let event = AuditEvent::new(Kind::AgentDraining, now, context)
-            .with("agent_id", agent.id.as_str())
-            .with("reason", "agent shutting down")
-            .with_ref("agent", &agent.id);
+        let context = Context { actor: Some(who.to_owned()), ..caller };
+        let event = AuditEvent::new(Kind::AgentDraining, self.clock.now(), context)
+            .with("agent_id", id)
+            .with("reason", reason)
+            .with_ref("agent", id);
         self.commit(Append::changes(vec![write], vec![event])).await
     }
 
@@ -590,17 +593,7 @@ impl Agents {
     }
 
     async fn commit(&self, append: Append) -> Result<(), AgentError> {
-        match self.audit.append(append).await? {
-            Committed::Recorded => Ok(()),
-            Committed::Refused(Refusal::Duplicate { what }) => {
-                Err(AgentError::Conflict(format!("{what} already exists")))
-            }
-            Committed::Refused(Refusal::Unmet { what }) => {
-                Err(AgentError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
-            }
-            Committed::Refused(Refusal::Invalid { what }) => Err(AgentError::Invalid(format!("{what} was refused"))),
-            Committed::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
-        }
+        Ok(self.audit.append(append).await?.into_change()?)
     }
 }
 

@@ -29,6 +29,8 @@ use crate::store::AgentRow;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most jobs one agent may run at once.
 const MAX_CAPACITY: u32 = 16;
+/// How stale an agent's recorded "last seen" time may get before a heartbeat rewrites it.
+const LAST_SEEN_RESOLUTION: i64 = 60;
 /// Longest error text an agent may report for a job.
 const MAX_ERROR: usize = 4096;
 
@@ -211,7 +213,10 @@ impl StreamWorker {
         if current.state == "draining" {
             hub.drain(&self.agent.id, "the agent is draining");
         }
-        let _ = self.agents.store.agent_seen(&self.agent.id, now).await;
+        // "Last seen" is for operators, to the minute: not a write per heartbeat per agent.
+        if current.last_seen_at.is_none_or(|seen| now - seen >= LAST_SEEN_RESOLUTION) {
+            let _ = self.agents.store.agent_seen(&self.agent.id, now).await;
+        }
         let lease = i64::try_from(self.agents.settings().lease.as_secs()).unwrap_or(30);
         for job_id in heartbeat.running_job_ids.iter().take(usize::try_from(MAX_CAPACITY).unwrap_or(16)) {
             let renewed = match hub.held(&self.agent.id, job_id) {

@@ -98,6 +98,35 @@ pub enum Committed {
     Refused(Refusal),
 }
 
+/// Why row changes appended with their audit entries were not made, in words for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The state the change was decided on moved, or the row already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database refused the row (a foreign key, a check).
+    #[error("{0}")]
+    Invalid(String),
+    /// The append itself failed or replayed unexpectedly; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Committed {
+    /// The outcome of an append of row changes without a claim: `Ok` when recorded, else why not.
+    pub fn into_change(self) -> Result<(), ChangeError> {
+        match self {
+            Self::Recorded => Ok(()),
+            Self::Refused(Refusal::Duplicate { what }) => Err(ChangeError::Conflict(format!("{what} already exists"))),
+            Self::Refused(Refusal::Unmet { what }) => {
+                Err(ChangeError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
+            }
+            Self::Refused(Refusal::Invalid { what }) => Err(ChangeError::Invalid(format!("{what} was refused"))),
+            Self::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
+        }
+    }
+}
+
 /// An append with its events encoded (by the caller's task, not the writer).
 #[derive(Debug)]
 struct Prepared {

@@ -20,4 +20,4 @@ pub mod tree;
 pub mod verify;
 
 pub use entry::{AuditEvent, Context, Entry, Kind, kinds};
-pub use log::{Append, AuditLog, Committed, Stats, TokenClaim};
+pub use log::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim};

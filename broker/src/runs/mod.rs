@@ -25,11 +25,11 @@ pub use signals::{Canceled, Signals};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
-use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
 use crate::clock::SharedClock;
 use crate::config::TargetConfig;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
-use crate::store::write::{Param, Refusal, Write};
+use crate::store::write::{Param, Write};
 use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
 
 /// Why a stack or run request was refused.
@@ -53,6 +53,16 @@ pub enum RunError {
     /// The store or the audit log failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ChangeError> for RunError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::Conflict(message) => Self::Conflict(message),
+            ChangeError::Invalid(message) => Self::Invalid(message),
+            ChangeError::Store(store) => Self::Store(store),
+        }
+    }
 }
 
 /// A run as the API shows it.
@@ -488,17 +498,7 @@ impl Runs {
     }
 
     async fn commit(&self, append: Append) -> Result<(), RunError> {
-        match self.audit.append(append).await? {
-            Committed::Recorded => Ok(()),
-            Committed::Refused(Refusal::Duplicate { what }) => {
-                Err(RunError::Conflict(format!("{what} already exists")))
-            }
-            Committed::Refused(Refusal::Unmet { what }) => {
-                Err(RunError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
-            }
-            Committed::Refused(Refusal::Invalid { what }) => Err(RunError::Invalid(format!("{what} was refused"))),
-            Committed::Replayed => Err(RunError::Store(StoreError::Append("unexpected replay outcome".to_owned()))),
-        }
+        Ok(self.audit.append(append).await?.into_change()?)
     }
 }
 

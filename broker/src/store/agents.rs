@@ -65,6 +65,14 @@ pub struct AgentRow {
 const AGENT_COLUMNS: &str = "id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, revoked_at, revoked_by, \
      last_seen_at";
 
+fn pool_from(row: &AnyRow) -> Result<PoolRow, StoreError> {
+    Ok(PoolRow {
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
 fn agent_from(row: &AnyRow) -> Result<AgentRow, StoreError> {
     Ok(AgentRow {
         id: row.try_get("id")?,
@@ -117,29 +125,14 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(PoolRow {
-                name: row.try_get("name")?,
-                created_at: row.try_get("created_at")?,
-                created_by: row.try_get("created_by")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(pool_from).transpose()
     }
 
     /// Every pool, by name.
     pub async fn pools(&self) -> Result<Vec<PoolRow>, StoreError> {
         let rows =
             sqlx::query("SELECT name, created_at, created_by FROM pools ORDER BY name").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PoolRow {
-                    name: row.try_get("name")?,
-                    created_at: row.try_get("created_at")?,
-                    created_by: row.try_get("created_by")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pool_from).collect()
     }
 
     /// The join token whose SHA-256 is `hash`.
