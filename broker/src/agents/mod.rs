@@ -159,7 +159,7 @@ pub struct AgentView {
     pub not_after: i64,
     /// Enrollment time.
     pub enrolled_at: i64,
-    /// Last time a broker heard from it.
+    /// Last time a broker heard from it, to the minute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen_at: Option<i64>,
     /// Revocation time and who revoked it.
