@@ -23,6 +23,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::channel;
+use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
 use crate::enroll::{identity_from, key_and_csr};
 use crate::runner::{Outcome, Runner};
@@ -200,7 +201,7 @@ impl Daemon {
             }
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(message),
+                    Ok(Some(message)) => self.handle(message, &client),
                     Ok(None) => return Ok(Ended::Lost("the broker closed the stream".to_owned())),
                     Err(status) if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) => {
                         self.cancel_all(status.message());
@@ -229,9 +230,9 @@ impl Daemon {
         }
     }
 
-    fn handle(self: &Arc<Self>, message: BrokerMessage) {
+    fn handle(self: &Arc<Self>, message: BrokerMessage, client: &AgentServiceClient<Channel>) {
         match message.kind {
-            Some(broker_message::Kind::Assignment(job)) => self.start(job),
+            Some(broker_message::Kind::Assignment(job)) => self.start(job, client.clone()),
             Some(broker_message::Kind::Cancel(cancel)) => {
                 let sender = self
                     .running
@@ -248,7 +249,7 @@ impl Daemon {
         }
     }
 
-    fn start(self: &Arc<Self>, job: JobAssignment) {
+    fn start(self: &Arc<Self>, job: JobAssignment, mut client: AgentServiceClient<Channel>) {
         let lease = Duration::from_secs(u64::try_from(job.lease_expires_unix - now()).unwrap_or(0).max(1));
         let (cancel, canceled) = oneshot::channel();
         {
@@ -262,7 +263,15 @@ impl Daemon {
         tracing::info!(job_id = %job.job_id, run_id = %job.run_id, phase = %job.phase, "job started");
         let daemon = Arc::clone(self);
         tokio::spawn(async move {
-            let outcome = daemon.settings.runner.run(&job, canceled).await;
+            let outcome = match JobCredentials::fetch(&mut client, &job, &std::env::temp_dir()).await {
+                Ok(credentials) => {
+                    if !credentials.is_empty() {
+                        tracing::info!(job_id = %job.job_id, variables = credentials.len(), "job credentials received");
+                    }
+                    daemon.settings.runner.run(&job, &credentials, canceled).await
+                }
+                Err(error) => Outcome::Failed(error.to_string()),
+            };
             let finished = daemon.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.job_id);
             let Some(finished) = finished else { return };
             let (success, error) = match outcome {

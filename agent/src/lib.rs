@@ -3,12 +3,13 @@
 //! The agent runs inside a customer's network, dials out to the broker (nothing dials in),
 //! enrolls with a one-time join token ([`enroll`]), keeps its identity in a data directory
 //! ([`datadir`]), connects over mTLS ([`channel`]) and takes jobs on a long-lived work stream
-//! ([`daemon`]), running each phase with the [`runner`]. It shares only `keyward-proto` with the
+//! ([`daemon`]), running each phase with the [`runner`] and the job's [`credentials`]. It shares only `keyward-proto` with the
 //! broker.
 
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod credentials;
 pub mod daemon;
 pub mod datadir;
 pub mod enroll;

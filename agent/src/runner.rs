@@ -2,7 +2,7 @@
 //!
 //! Until the sandboxed Terraform runner lands, a phase is `sh -c CMD` with the job described in
 //! `KEYWARD_*` environment variables, so the whole lifecycle — dispatch, leases, results,
-//! cancellation — runs end to end with real processes. Output is logged line by line and the
+//! cancellation, credentials — runs end to end with real processes. Output is logged line by line and the
 //! last lines of a failing command become the job's error.
 
 use std::collections::VecDeque;
@@ -12,6 +12,8 @@ use keyward_proto::agent_v1::JobAssignment;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 use tokio::sync::oneshot;
+
+use crate::credentials::JobCredentials;
 
 /// Lines of output kept for the error of a failed command.
 const TAIL_LINES: usize = 20;
@@ -39,8 +41,13 @@ impl Runner {
         Self { command }
     }
 
-    /// Runs `job` until it ends or `cancel` fires.
-    pub async fn run(&self, job: &JobAssignment, cancel: oneshot::Receiver<String>) -> Outcome {
+    /// Runs `job`, with `credentials` in its environment, until it ends or `cancel` fires.
+    pub async fn run(
+        &self,
+        job: &JobAssignment,
+        credentials: &JobCredentials,
+        cancel: oneshot::Receiver<String>,
+    ) -> Outcome {
         let Some(command) = &self.command else {
             return Outcome::Failed(
                 "this agent has no runner for Terraform yet; start it with --exec CMD to run a command per phase"
@@ -59,6 +66,7 @@ impl Runner {
             .env("KEYWARD_REPOSITORY", &job.repository)
             .env("KEYWARD_COMMIT_SHA", &job.commit_sha)
             .env("KEYWARD_PATH", &job.path)
+            .envs(credentials.environment())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,10 +144,13 @@ mod tests {
     #[tokio::test]
     async fn a_command_sees_its_job_and_its_exit_status_counts() {
         let (_keep, cancel) = oneshot::channel();
-        let ok = Runner::new(Some("test \"$KEYWARD_PHASE\" = plan".into())).run(&job(), cancel).await;
+        let ok = Runner::new(Some("test \"$KEYWARD_PHASE\" = plan".into()))
+            .run(&job(), &JobCredentials::default(), cancel)
+            .await;
         assert_eq!(ok, Outcome::Succeeded);
         let (_keep, cancel) = oneshot::channel();
-        let failed = Runner::new(Some("echo boom; exit 3".into())).run(&job(), cancel).await;
+        let failed =
+            Runner::new(Some("echo boom; exit 3".into())).run(&job(), &JobCredentials::default(), cancel).await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
 
@@ -148,7 +159,7 @@ mod tests {
         let (cancel, canceled) = oneshot::channel();
         let runner = Runner::new(Some("sleep 30".into()));
         let job = job();
-        let running = tokio::spawn(async move { runner.run(&job, canceled).await });
+        let running = tokio::spawn(async move { runner.run(&job, &JobCredentials::default(), canceled).await });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         cancel.send("test".into()).expect("send");
         assert_eq!(running.await.expect("joined"), Outcome::Canceled);

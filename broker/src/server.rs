@@ -163,6 +163,7 @@ impl Broker {
                 join_token_max_ttl: config.agents.join_token_max_ttl,
                 endpoint: endpoint.clone(),
             },
+            exchanger.clone(),
         );
         let agent_listener =
             agent_listener.map(|listener| (listener, server_names(&endpoint, &config.agents.server_names)));

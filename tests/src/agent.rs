@@ -1,10 +1,141 @@
-//! Starts the real `keyward-agent` binary: `join`, then `run` as a long-lived process.
+//! Starts the real `keyward-agent` binary (`join`, then `run` as a long-lived process), and speaks
+//! the agent protocol directly for tests and benchmarks that play an agent themselves: enrolling
+//! in-process, holding a work stream, asking for credentials with any lease they like.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+use keyward_proto::agent_v1::{
+    AgentMessage, BrokerMessage, EnrollRequest, Heartbeat, Hello, JobAssignment, agent_message, broker_message,
+};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
 use crate::binary;
+
+/// The broker's agent endpoint and CA certificate (PEM), as agents learn them.
+pub async fn bootstrap(broker_url: &str) -> (String, String) {
+    let document: serde_json::Value = crate::http()
+        .get(format!("{broker_url}/v1/agents/bootstrap"))
+        .send()
+        .await
+        .expect("bootstrap request")
+        .json()
+        .await
+        .expect("bootstrap document");
+    let text = |key: &str| document[key].as_str().expect("bootstrap field").to_owned();
+    (text("endpoint"), text("ca_certificate"))
+}
+
+/// An mTLS channel to the agent endpoint, trusting only `ca_pem`, presenting `identity` if any.
+pub async fn channel(endpoint: &str, ca_pem: &str, identity: Option<Identity>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The identity `keyward-agent join` stored in `data_dir`.
+pub fn stored_identity(data_dir: &Path) -> Identity {
+    let read = |name: &str| std::fs::read(data_dir.join(name)).expect("agent identity file");
+    Identity::from_pem(read("cert.pem"), read("key.pem"))
+}
+
+/// Enrolls with `token` from inside the test process (a fresh P-256 key); returns the agent ID
+/// and its identity.
+pub async fn enroll_in_process(endpoint: &str, ca_pem: &str, token: &str) -> (String, Identity) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .der()
+        .to_vec();
+    let mut client = AgentServiceClient::new(channel(endpoint, ca_pem, None).await.expect("channel"));
+    let enrolled = client
+        .enroll(EnrollRequest {
+            join_token: token.to_owned(),
+            csr_der: csr,
+            hostname: "test".to_owned(),
+            agent_version: "test".to_owned(),
+        })
+        .await
+        .expect("enrolled")
+        .into_inner();
+    let certificate = pem("CERTIFICATE", &enrolled.certificate_der);
+    (enrolled.agent_id, Identity::from_pem(certificate, key.serialize_pem()))
+}
+
+/// PEM armour.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// An open work stream, driven by the test.
+#[allow(missing_debug_implementations)]
+pub struct WorkSession {
+    /// The client, for unary calls (`Credentials`) on the same connection.
+    pub client: AgentServiceClient<Channel>,
+    outbound: mpsc::Sender<AgentMessage>,
+    inbound: Streaming<BrokerMessage>,
+}
+
+impl WorkSession {
+    /// Connects with `identity`, says `Hello` with `capacity`, and opens the stream.
+    pub async fn open(endpoint: &str, ca_pem: &str, identity: Identity, capacity: u32) -> Result<Self, tonic::Status> {
+        let channel = channel(endpoint, ca_pem, Some(identity)).await.map_err(tonic::Status::unavailable)?;
+        Self::open_on(channel, capacity).await
+    }
+
+    /// Opens a stream on an existing `channel`.
+    pub async fn open_on(channel: Channel, capacity: u32) -> Result<Self, tonic::Status> {
+        let mut client = AgentServiceClient::new(channel);
+        let (outbound, outbox) = mpsc::channel(16);
+        let hello = Hello { agent_version: "test".to_owned(), capacity };
+        outbound
+            .send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
+            .await
+            .map_err(|_| tonic::Status::internal("outbox closed"))?;
+        let inbound = client.work(tokio_stream::wrappers::ReceiverStream::new(outbox)).await?.into_inner();
+        Ok(Self { client, outbound, inbound })
+    }
+
+    /// The next assignment, skipping other messages, within `timeout`.
+    pub async fn next_assignment(&mut self, timeout: Duration) -> Option<JobAssignment> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.inbound.message()).await.ok()?.ok()??;
+            if let Some(broker_message::Kind::Assignment(job)) = message.kind {
+                return Some(job);
+            }
+        }
+    }
+
+    /// Sends a heartbeat naming `running` jobs.
+    pub async fn heartbeat(&self, running: &[&str]) {
+        let heartbeat = Heartbeat { running_job_ids: running.iter().map(|s| (*s).to_owned()).collect() };
+        let _ = self.outbound.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await;
+    }
+
+    /// Sends `kind`.
+    pub async fn send(&self, kind: agent_message::Kind) {
+        let _ = self.outbound.send(AgentMessage { kind: Some(kind) }).await;
+    }
+}
 
 /// Runs `keyward-agent join` to completion; returns (success, stdout, stderr).
 pub fn join(broker: &str, token: &str, data_dir: &Path) -> (bool, String, String) {

@@ -13,14 +13,14 @@ use keyward_broker::identity::kek::Kek;
 use keyward_broker::store::Store;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{AgentMessage, EnrollRequest, Hello, agent_message};
-use keyward_tests::agent::{Agent, join};
+use keyward_tests::agent::{Agent, bootstrap, channel, join, pem};
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::Value;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Identity;
 
 /// A phase command that takes a while during `phase`, is quick otherwise, and appends the job ID
 /// to `marks` when it completes.
@@ -91,26 +91,6 @@ async fn leased(broker: &Broker, run_id: &str) -> Value {
     .await
 }
 
-async fn bootstrap(broker: &Broker) -> (String, String) {
-    let document = broker.get_json("/v1/agents/bootstrap").await;
-    (document["endpoint"].as_str().unwrap().to_owned(), document["ca_certificate"].as_str().unwrap().to_owned())
-}
-
-async fn channel(endpoint: &str, ca_pem: &str, identity: Option<Identity>) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
-}
-
 /// Opens a work stream with `identity` and returns the first error the broker sends, if any.
 async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Option<String> {
     let channel = match channel(endpoint, ca_pem, Some(identity)).await {
@@ -130,13 +110,6 @@ async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Optio
         }
         Err(status) => Some(format!("{status:?}")),
     }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +216,7 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, _, _) = start(dir.path()).await;
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
-    let (endpoint, ca_pem) = bootstrap(&broker).await;
+    let (endpoint, ca_pem) = bootstrap(&broker.addr).await;
     let join_token = token(&broker, "blue", "10m");
     let mut enroll = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
     let request = |csr_der: Vec<u8>| EnrollRequest {

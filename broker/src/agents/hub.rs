@@ -313,6 +313,7 @@ impl Hub {
             fencing_token: u64::try_from(lease.fencing_token).unwrap_or_default(),
             lease_expires_unix: lease.lease_expires_at,
             deadline_unix: 0,
+            credential_targets: lease.credential_targets.clone(),
         };
         let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
         if session.outbox.try_send(Ok(message)).is_err() {

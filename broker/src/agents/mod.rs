@@ -12,6 +12,7 @@
 //! revocation) is a guarded write committed with its audit entry.
 
 pub mod ca;
+pub mod credentials;
 pub mod hub;
 pub mod join;
 pub mod listener;
@@ -27,6 +28,7 @@ use self::hub::Hub;
 use self::join::JoinToken;
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
 use crate::clock::SharedClock;
+use crate::exchange::Exchanger;
 use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
 use crate::store::write::{Param, Write};
 use crate::store::{AgentRow, Store, StoreError};
@@ -234,10 +236,13 @@ pub struct Agents {
     clock: SharedClock,
     settings: Arc<AgentSettings>,
     hub: Arc<Hub>,
+    exchanger: Option<Arc<Exchanger>>,
 }
 
 impl Agents {
-    /// The service; `runs` leases jobs, `ca` signs certificates.
+    /// The service; `runs` leases jobs, `ca` signs certificates, `exchanger` (when targets are
+    /// configured) issues jobs' credentials.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         audit: AuditLog,
@@ -245,10 +250,11 @@ impl Agents {
         ca: Arc<AgentCa>,
         clock: SharedClock,
         settings: AgentSettings,
+        exchanger: Option<Arc<Exchanger>>,
     ) -> Self {
         let settings = Arc::new(settings);
         let hub = Arc::new(Hub::new(runs.clone(), Arc::clone(&settings)));
-        Self { store, audit, runs, ca, clock, settings, hub }
+        Self { store, audit, runs, ca, clock, settings, hub, exchanger }
     }
 
     /// The live connections.

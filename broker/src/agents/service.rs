@@ -20,8 +20,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::credentials::CredentialsError;
 use super::hub::Held;
 use super::{AgentError, Agents, Certified, Enrollment};
+use crate::audit::Context;
+use crate::exchange::ExchangeError;
 use crate::runs::{JobOutcome, RunError};
 use crate::store::AgentRow;
 
@@ -137,15 +140,24 @@ impl AgentService for AgentGrpc {
 
     async fn credentials(&self, request: Request<CredentialsRequest>) -> Result<Response<CredentialsResponse>, Status> {
         let agent = self.caller(&request).await?;
+        let caller = Context {
+            remote_addr: request.remote_addr().map(|a| a.to_string()),
+            request_id: Some(uuid::Uuid::now_v7().to_string()),
+            ..Context::default()
+        };
         let body = request.into_inner();
         let fencing_token =
             i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let job = self.agents.runs.held_job(&body.job_id, &agent.id, fencing_token).await.map_err(run_status)?;
-        tracing::info!(agent_id = %agent.id, job_id = %job.id, target = %body.target, "credentials requested");
-        Err(Status::failed_precondition(format!(
-            "job {} holds a valid lease, but no credential target `{}` is configured for it",
-            job.id, body.target
-        )))
+        match self.agents.credentials(&agent, &body.job_id, fencing_token, &body.target, &caller).await {
+            Ok(response) => {
+                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, target = %body.target, "job credentials issued");
+                Ok(Response::new(response))
+            }
+            Err(error) => {
+                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, target = %body.target, %error, "job credentials refused");
+                Err(credentials_status(error))
+            }
+        }
     }
 }
 
@@ -266,6 +278,24 @@ fn status(error: AgentError) -> Status {
             tracing::error!(%error, "agent request failed");
             Status::unavailable("the broker could not complete the request; retry")
         }
+    }
+}
+
+fn credentials_status(error: CredentialsError) -> Status {
+    match error {
+        CredentialsError::Lease(error) => run_status(error),
+        CredentialsError::NoTargets => Status::failed_precondition(error.to_string()),
+        CredentialsError::Exchange(error) => match &error {
+            ExchangeError::InvalidRequest(_) | ExchangeError::InvalidTarget(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            ExchangeError::InvalidGrant(_) | ExchangeError::AccessDenied(_) | ExchangeError::UpstreamRefused(_) => {
+                Status::permission_denied(error.to_string())
+            }
+            ExchangeError::Unavailable(_) | ExchangeError::UpstreamUnavailable(_) => {
+                Status::unavailable(error.to_string())
+            }
+        },
     }
 }
 

@@ -75,28 +75,19 @@ pub(super) async fn exchange(
     };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
-        ExchangeResponse::Vault { issued, return_token } => {
-            let secrets: Vec<_> = issued
-                .secrets
-                .iter()
-                .map(|(mount, path, data)| json!({ "mount": mount, "path": path, "data": data }))
-                .collect();
+        ExchangeResponse::Vault { issued, return_token, .. } => {
+            let mut vault = issued.material();
+            if let Some(fields) = vault.as_object_mut() {
+                fields.insert("accessor".to_owned(), json!(issued.accessor));
+                fields.insert("lease_duration".to_owned(), json!(issued.lease_duration));
+                fields.insert("renewable".to_owned(), json!(issued.renewable));
+                fields.insert("policies".to_owned(), json!(issued.policies));
+            }
             let mut body = json!({
                 "issued_token_type": VAULT_TOKEN_TYPE,
                 "token_type": "N_A",
                 "expires_in": issued.lease_duration,
-                "vault": {
-                    "accessor": issued.accessor,
-                    "lease_duration": issued.lease_duration,
-                    "renewable": issued.renewable,
-                    "policies": issued.policies,
-                    "secrets": secrets,
-                    "certificates": issued.certificates.iter().map(|c| json!({
-                        "mount": c.mount, "role": c.role, "serial_number": c.serial_number,
-                        "certificate": c.certificate, "issuing_ca": c.issuing_ca,
-                        "private_key": c.private_key.as_str(), "expiration": c.expiration,
-                    })).collect::<Vec<_>>(),
-                },
+                "vault": vault,
             });
             if let Some(object) = body.as_object_mut() {
                 // RFC 8693 requires an access_token; without the Vault token it is "N_A".

@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use keyward_proto::claims::Phase;
 use serde_json::{Value, json};
-use subject::Subject;
+use subject::{Subject, SubjectKind};
 
 pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
+pub use subject::JobSubject;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
@@ -39,6 +40,7 @@ use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::store::StoreError;
+use crate::store::write::Write;
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -101,6 +103,16 @@ impl fmt::Debug for ExchangeRequest {
     }
 }
 
+/// A subject on its way to a decision.
+struct Grant {
+    subject: Subject,
+    /// The single-use claim on its token, if it has one.
+    claim: Option<TokenClaim>,
+    /// Writes that must hold when the decision commits (a job's lease), or nothing is issued.
+    guard: Vec<Write>,
+    requested_ttl: Option<Duration>,
+}
+
 /// Performs exchanges. Cheap to share.
 #[derive(Debug)]
 pub struct Exchanger {
@@ -136,10 +148,7 @@ impl Exchanger {
 
     /// Exchanges `request`; see the module documentation for the order of checks.
     pub async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
-        let target = self
-            .targets
-            .get(&request.target)
-            .ok_or_else(|| ExchangeError::InvalidTarget(request.target.chars().take(80).collect()))?;
+        let target = self.target(&request.target)?;
         let now = self.clock.now();
         let caller = &request.caller;
 
@@ -156,10 +165,48 @@ impl Exchanger {
             expires_at: subject.expires_at,
             used_at: now,
         });
+        let grant = Grant { subject, claim, guard: Vec::new(), requested_ttl: request.requested_ttl };
+        self.grant(grant, target, caller, &request.target).await
+    }
 
-        let decision = self.decide(&subject, target, request.requested_ttl, now);
+    /// Credentials for a job, asked for by the agent holding its lease (the `Credentials` RPC).
+    /// Steps 1 and 3-6 are those of [`exchange`](Self::exchange); step 2 is done by the caller
+    /// (the agent's certificate, the job's lease and fencing token), and the lease is checked
+    /// again in the transaction that records the decision. A job may only ask for its stack's
+    /// targets for its phase.
+    pub async fn exchange_for_job(
+        &self,
+        job: &JobSubject,
+        target: &str,
+        caller: &Context,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        let target_config = self.target(target)?;
+        let grant = Grant {
+            subject: Subject::from_job(job),
+            claim: None,
+            guard: vec![job.lease_guard.clone()],
+            requested_ttl: None,
+        };
+        self.grant(grant, target_config, caller, target).await
+    }
+
+    fn target(&self, name: &str) -> Result<&TargetConfig, ExchangeError> {
+        self.targets.get(name).ok_or_else(|| ExchangeError::InvalidTarget(name.chars().take(80).collect()))
+    }
+
+    /// Steps 3-6: decide, record, issue.
+    async fn grant(
+        &self,
+        grant: Grant,
+        target: &TargetConfig,
+        caller: &Context,
+        target_name: &str,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        let Grant { subject, claim, guard, requested_ttl } = grant;
+        let now = self.clock.now();
+        let decision = self.decide(&subject, target, requested_ttl, now);
         let duration = match &decision {
-            Ok(decision) => effective_duration(target.duration, decision.ttl_seconds, request.requested_ttl),
+            Ok(decision) => effective_duration(target.duration, decision.ttl_seconds, requested_ttl),
             Err(_) => target.duration,
         };
         let (allowed, reasons) = match &decision {
@@ -212,7 +259,7 @@ impl Exchanger {
         // before anything leaves the broker.
         let allowed_entry = |claim| Append {
             claim,
-            writes: Vec::new(),
+            writes: guard.clone(),
             events: vec![self.event(
                 caller,
                 target,
@@ -248,7 +295,11 @@ impl Exchanger {
                     fields.insert("certificate_serials".to_owned(), json!(serials));
                 }
                 self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
-                ExchangeResponse::Vault { issued, return_token: vault_target.return_token }
+                ExchangeResponse::Vault {
+                    issued,
+                    return_token: vault_target.return_token,
+                    address: vault_target.address.clone(),
+                }
             }
             TargetKind::Aws(aws) => {
                 let pending = self.mint_for(&subject, &aws.audience, Some(aws))?;
@@ -323,7 +374,7 @@ impl Exchanger {
                 }
             }
         };
-        tracing::info!(target = %request.target, run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
+        tracing::info!(target = %target_name, run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 
@@ -371,6 +422,17 @@ impl Exchanger {
                 "target `{}` grants write access; only apply-phase tokens may use it (this one is {})",
                 target.id(),
                 subject.run.phase,
+            )]);
+        }
+        if let Some(allowed) = &subject.allowed_targets
+            && !allowed.contains(&target.id())
+        {
+            return Err(vec![format!(
+                "target `{}` is not one of stack `{}`'s {} targets ({})",
+                target.id(),
+                subject.run.stack,
+                subject.run.phase,
+                if allowed.is_empty() { "it has none".to_owned() } else { allowed.join(", ") },
             )]);
         }
         let Some(policies) = &self.policies else {
@@ -519,6 +581,14 @@ impl Exchanger {
             context.actor = Some(format!("exchange:{}", subject.kind.as_str()));
         }
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
+        if let Some(subject) = subject.filter(|s| s.kind == SubjectKind::Job) {
+            // Which agent asked, under which lease: the certificate and the fencing token.
+            for field in ["sub", "agent_id", "job_id", "fencing_token"] {
+                if let Some(value) = subject.claims.get(field) {
+                    event = event.with(if field == "sub" { "agent_spiffe_id" } else { field }, value.clone());
+                }
+            }
+        }
         if !reasons.is_empty() {
             event = event.with("reasons", reasons.to_vec());
         }

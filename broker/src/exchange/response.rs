@@ -43,6 +43,8 @@ pub enum ExchangeResponse {
         issued: super::vault::VaultIssued,
         /// Whether the token itself goes to the caller.
         return_token: bool,
+        /// The Vault address (the target's).
+        address: String,
     },
     /// AWS credentials from STS.
     Aws(AwsIssued),

@@ -1,5 +1,6 @@
-//! Who is asking: a verified subject token, reduced to the run context that the guard, the
-//! policy, the record and the minted token all use.
+//! Who is asking: a verified subject token, or a job whose agent proved itself with its mTLS
+//! certificate and its lease, reduced to the run context that the guard, the policy, the record and
+//! the minted token all use.
 
 use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
@@ -7,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::config::IssuerConfig;
 use crate::identity::mint::is_identifier_char;
 use crate::identity::verify::VerifiedToken;
+use crate::store::write::Write;
 
 /// Where the subject token came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub(super) enum SubjectKind {
     Run,
     /// A trusted CI issuer's token; carries the configured issuer name.
     Ci(String),
+    /// A job, asked for by the agent holding its lease (the `Credentials` RPC).
+    Job,
 }
 
 impl SubjectKind {
@@ -22,6 +26,7 @@ impl SubjectKind {
         match self {
             Self::Run => "run",
             Self::Ci(_) => "ci",
+            Self::Job => "job",
         }
     }
 }
@@ -56,6 +61,53 @@ pub(super) struct Subject {
     /// Every verified claim (for the policy's `input.subject.claims`).
     pub(super) claims: Map<String, Value>,
     pub(super) run: RunContext,
+    /// For a job: the only targets it may ask for (its stack's targets for its phase).
+    pub(super) allowed_targets: Option<Vec<String>>,
+}
+
+/// A job asking for credentials for its phase. Built by the run service once the agent's
+/// certificate and lease have been checked; [`lease_guard`](Self::lease_guard) re-checks the lease
+/// in the transaction that records the decision, so a lease that moves on meanwhile issues nothing.
+#[derive(Debug, Clone)]
+pub struct JobSubject {
+    /// The job.
+    pub job_id: String,
+    /// The current lease's fencing token.
+    pub fencing_token: i64,
+    /// When that lease ends unless renewed.
+    pub lease_expires_at: i64,
+    /// The agent holding it.
+    pub agent_id: String,
+    /// The agent's SPIFFE ID, from its certificate.
+    pub agent_spiffe_id: String,
+    /// The agents' trust domain, `spiffe://<domain>`.
+    pub trust_domain: String,
+    /// The agent's pool.
+    pub pool: String,
+    /// The run.
+    pub run_id: String,
+    /// The stack (its name is its immutable ID).
+    pub stack: String,
+    /// The job's phase.
+    pub phase: Phase,
+    /// Repository URL.
+    pub repository: String,
+    /// Commit.
+    pub commit_sha: String,
+    /// Branch, if the commit was its head at submit.
+    pub git_ref: Option<String>,
+    /// Pull request.
+    pub pull_request: Option<u64>,
+    /// Ticket.
+    pub ticket: Option<String>,
+    /// Who submitted the run.
+    pub triggered_by: String,
+    /// Who approved it (empty before the apply phase).
+    pub approved_by: Vec<String>,
+    /// The stack's credential targets for this phase.
+    pub targets: Vec<String>,
+    /// The write that holds only while the lease does; it commits with the decision.
+    pub lease_guard: Write,
 }
 
 fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
@@ -105,7 +157,44 @@ impl Subject {
             expires_at: verified.expires_at,
             claims,
             run,
+            allowed_targets: None,
         })
+    }
+
+    /// A job: its run context comes from the broker's own records, its proof from the agent's
+    /// certificate and lease.
+    pub(super) fn from_job(job: &JobSubject) -> Self {
+        let claims = Map::from_iter([
+            ("sub".to_owned(), Value::from(job.agent_spiffe_id.as_str())),
+            ("agent_id".to_owned(), Value::from(job.agent_id.as_str())),
+            ("pool".to_owned(), Value::from(job.pool.as_str())),
+            ("job_id".to_owned(), Value::from(job.job_id.as_str())),
+            ("fencing_token".to_owned(), Value::from(job.fencing_token)),
+        ]);
+        let run = RunContext {
+            id: job.run_id.clone(),
+            stack_id: job.stack.clone(),
+            stack: job.stack.clone(),
+            phase: job.phase,
+            repository: Some(job.repository.clone()),
+            commit_sha: Some(job.commit_sha.clone()),
+            git_ref: job.git_ref.clone(),
+            pull_request: job.pull_request,
+            ticket: job.ticket.clone(),
+            triggered_by: Some(job.triggered_by.clone()),
+            approved_by: job.approved_by.clone(),
+            pool: Some(job.pool.clone()),
+            agent_id: Some(job.agent_id.clone()),
+        };
+        Self {
+            kind: SubjectKind::Job,
+            issuer: job.trust_domain.clone(),
+            replay_key: format!("job:{}#{}", job.job_id, job.fencing_token),
+            expires_at: job.lease_expires_at,
+            claims,
+            run,
+            allowed_targets: Some(job.targets.clone()),
+        }
     }
 
     /// A CI token: the run context comes from the issuer's claim mapping; the phase from its
@@ -147,6 +236,7 @@ impl Subject {
             expires_at: verified.expires_at,
             claims,
             run,
+            allowed_targets: None,
         }
     }
 }

@@ -71,6 +71,35 @@ impl fmt::Debug for IssuedCertificate {
     }
 }
 
+impl VaultIssued {
+    /// What the token read, as the caller receives it: `{"secrets": […], "certificates": […]}`.
+    /// Holds secret values: it goes to the caller, never to a log or a record.
+    pub fn material(&self) -> Value {
+        let secrets: Vec<Value> = self
+            .secrets
+            .iter()
+            .map(|(mount, path, data)| serde_json::json!({ "mount": mount, "path": path, "data": data }))
+            .collect();
+        let certificates: Vec<Value> = self
+            .certificates
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "mount": c.mount, "role": c.role, "serial_number": c.serial_number,
+                    "certificate": c.certificate, "issuing_ca": c.issuing_ca,
+                    "private_key": c.private_key.as_str(), "expiration": c.expiration,
+                })
+            })
+            .collect();
+        serde_json::json!({ "secrets": secrets, "certificates": certificates })
+    }
+
+    /// Whether it read anything besides the token.
+    pub fn has_material(&self) -> bool {
+        !self.secrets.is_empty() || !self.certificates.is_empty()
+    }
+}
+
 impl fmt::Debug for VaultIssued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultIssued")

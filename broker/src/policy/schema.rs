@@ -46,11 +46,17 @@ pub fn input_schema(kind: PolicyKind) -> Value {
             json!({
                 "subject": {
                     "type": "object",
-                    "description": "The verified subject token.",
+                    "description": "Who asks: a verified subject token, or a job's agent authenticated by its mTLS certificate.",
                     "properties": {
-                        "kind": {"enum": ["run", "ci"], "description": "a Keyward run token, or a trusted external issuer's token"},
-                        "issuer": {"type": "string"},
-                        "claims": {"type": "object", "description": "every verified claim"}
+                        "kind": {
+                            "enum": ["run", "ci", "job"],
+                            "description": "a Keyward run token, a trusted external issuer's token, or a job whose agent holds its lease (Credentials RPC)"
+                        },
+                        "issuer": {"type": "string", "description": "the token's `iss`; for `job`, the agents' SPIFFE trust domain"},
+                        "claims": {
+                            "type": "object",
+                            "description": "every verified claim; for `job`: `sub` (the agent's SPIFFE ID), `agent_id`, `pool`, `job_id`, `fencing_token`"
+                        }
                     },
                     "required": ["kind", "issuer", "claims"]
                 },

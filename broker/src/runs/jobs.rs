@@ -41,6 +41,42 @@ pub struct Lease {
     pub fencing_token: i64,
     /// When the lease ends unless renewed.
     pub lease_expires_at: i64,
+    /// The stack's credential targets for the job's phase.
+    pub credential_targets: Vec<String>,
+}
+
+/// A job and what a credential decision about it needs to know.
+#[derive(Debug, Clone)]
+pub struct HeldJob {
+    /// The job.
+    pub job: JobRow,
+    /// Its run.
+    pub run: RunRow,
+    /// The run's stack.
+    pub stack: Stack,
+    /// Who approved the run (apply jobs only: a plan runs before any review).
+    pub approved_by: Vec<String>,
+    /// When the lease ends unless renewed.
+    pub lease_expires_at: i64,
+}
+
+impl HeldJob {
+    /// The stack's credential targets for the job's phase.
+    pub fn targets(&self) -> &[String] {
+        self.stack.targets(&self.job.phase)
+    }
+
+    /// A write that holds only while the lease is still this one and unexpired at `now`: it
+    /// travels with whatever must not commit once the lease has moved on.
+    pub fn lease_guard(&self, now: i64) -> Write {
+        let job = &self.job;
+        Write::one(
+            format!("lease {} of job {}", job.fencing_token, job.id),
+            "UPDATE jobs SET updated_at = updated_at \
+             WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4",
+            vec![job.id.as_str().into(), job.agent_id.clone().into(), job.fencing_token.into(), now.into()],
+        )
+    }
 }
 
 /// How many times a plan job is leased before an expiry fails it.
@@ -125,10 +161,12 @@ impl Runs {
             }
             match self.audit.append(Append::changes(writes, events)).await? {
                 Committed::Recorded => {
+                    let credential_targets = stack.targets(&job.phase).to_vec();
                     return Ok(Some(Lease {
                         job_id: job.id,
                         run_id: run.id,
                         stack: stack.spec.name,
+                        credential_targets,
                         phase: job.phase,
                         repository: stack.spec.repository,
                         commit_sha: run.commit_sha,
@@ -213,16 +251,32 @@ impl Runs {
         Ok(())
     }
 
-    /// The job `job_id`, if `agent_id` holds its current lease `fencing_token` and the lease has
-    /// not run out: what a credential request for the job must show.
-    pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<JobRow, RunError> {
+    /// The job `job_id` with its run, stack and approvers, if `agent_id` holds its current lease
+    /// `fencing_token` and the lease has not run out: what a credential request for the job must
+    /// show. The lease can still move on afterwards; [`HeldJob::lease_guard`] re-checks it.
+    pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<HeldJob, RunError> {
         let job =
             self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
         check_holder(&job, agent_id, fencing_token)?;
-        if job.lease_expires_at.is_none_or(|expires| expires < self.clock.now()) {
+        let now = self.clock.now();
+        let lease_expires_at = job.lease_expires_at.unwrap_or(i64::MIN);
+        if lease_expires_at < now {
             return Err(RunError::Conflict(format!("the lease {fencing_token} of job {job_id} has expired")));
         }
-        Ok(job)
+        let run = self.run_row(&job.run_id).await?;
+        let stack = self.stack(&run.stack).await?;
+        let approved_by = if job.phase == "apply" {
+            self.store
+                .reviews(&run.id)
+                .await?
+                .into_iter()
+                .filter(|review| review.decision == "approve")
+                .map(|review| review.reviewer)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(HeldJob { job, run, stack, approved_by, lease_expires_at })
     }
 
     /// Ends the lease `job` was read with, without a report from its holder, and decides what

@@ -54,6 +54,13 @@ pub struct Stack {
     pub created_by: String,
 }
 
+impl Stack {
+    /// The credential targets of `phase` (`plan` or `apply`).
+    pub fn targets(&self, phase: &str) -> &[String] {
+        if phase == "apply" { &self.spec.apply_targets } else { &self.spec.plan_targets }
+    }
+}
+
 impl TryFrom<StackRow> for Stack {
     type Error = StoreError;
 

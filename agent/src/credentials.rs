@@ -1,0 +1,229 @@
+//! A job's credentials: asked for just before its phase starts, given only to the phase's process,
+//! and gone when the job ends.
+//!
+//! The assignment names the stack's targets for the phase; the agent asks the broker for each one
+//! (`Credentials`, proving the lease with its fencing token) and the broker's answer is a set of
+//! environment variables plus secret files (a web-identity token, Vault secrets). The files go
+//! into a directory of the job's own, readable only by the agent's user, removed when the
+//! credentials are dropped. Values never reach a log or `Debug` output.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+use keyward_proto::agent_v1::{CredentialsRequest, JobAssignment};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+/// How long one `Credentials` call may take (the broker may call STS or Vault).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a job got no credentials; the job fails with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The broker refused or failed.
+    #[error("credentials for target `{target}` refused: {message}")]
+    Refused {
+        /// The target.
+        target: String,
+        /// The broker's reason.
+        message: String,
+    },
+    /// Two targets set the same variable, so one would silently shadow the other.
+    #[error("targets `{first}` and `{second}` both set {variable}; give the phase one target per kind")]
+    Conflict {
+        /// The variable.
+        variable: String,
+        /// Its first setter.
+        first: String,
+        /// Its second setter.
+        second: String,
+    },
+    /// The broker sent a variable name a process environment cannot hold.
+    #[error("the broker sent an unusable variable name for target `{0}`")]
+    BadName(String),
+    /// A secret file could not be written.
+    #[error("cannot write the job's credential files under {path}: {source}")]
+    Files {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The credentials of one job: environment variables, and the directory of its secret files.
+#[derive(Default)]
+pub struct JobCredentials {
+    variables: BTreeMap<String, (Zeroizing<String>, String)>,
+    dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for JobCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobCredentials")
+            .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl Drop for JobCredentials {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir
+            && let Err(error) = std::fs::remove_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove a job's credential files");
+        }
+    }
+}
+
+impl JobCredentials {
+    /// Asks the broker for every target `job` names; files go under a new directory in `parent`.
+    pub async fn fetch(
+        client: &mut AgentServiceClient<Channel>,
+        job: &JobAssignment,
+        parent: &Path,
+    ) -> Result<Self, CredentialsError> {
+        let mut credentials = Self::default();
+        for target in &job.credential_targets {
+            let mut request = tonic::Request::new(CredentialsRequest {
+                job_id: job.job_id.clone(),
+                fencing_token: job.fencing_token,
+                target: target.clone(),
+            });
+            request.set_timeout(CALL_TIMEOUT);
+            let response = client
+                .credentials(request)
+                .await
+                .map_err(|status| CredentialsError::Refused {
+                    target: target.clone(),
+                    message: status.message().to_owned(),
+                })?
+                .into_inner();
+            for (name, value) in response.environment {
+                credentials.set(target, name, Zeroizing::new(value))?;
+            }
+            for file in response.files {
+                let content = Zeroizing::new(file.content);
+                let path = credentials.write_file(parent, &job.job_id, &file.environment_variable, &content)?;
+                credentials.set(target, file.environment_variable, Zeroizing::new(path.display().to_string()))?;
+            }
+        }
+        Ok(credentials)
+    }
+
+    /// The variables to add to the job's environment.
+    pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.variables.iter().map(|(name, (value, _))| (name.as_str(), value.as_str()))
+    }
+
+    /// How many variables there are.
+    pub fn len(&self) -> usize {
+        self.variables.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.variables.is_empty()
+    }
+
+    fn set(&mut self, target: &str, name: String, value: Zeroizing<String>) -> Result<(), CredentialsError> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && !name.starts_with("KEYWARD_JOB")
+            && name != "PATH";
+        if !valid {
+            return Err(CredentialsError::BadName(target.to_owned()));
+        }
+        if let Some((_, first)) = self.variables.get(&name) {
+            return Err(CredentialsError::Conflict { variable: name, first: first.clone(), second: target.to_owned() });
+        }
+        self.variables.insert(name, (value, target.to_owned()));
+        Ok(())
+    }
+
+    /// Writes `content` to a file only the agent's user can read, in the job's directory.
+    fn write_file(
+        &mut self,
+        parent: &Path,
+        job_id: &str,
+        variable: &str,
+        content: &[u8],
+    ) -> Result<PathBuf, CredentialsError> {
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = parent.join(format!("keyward-job-{}-{}", sanitize(job_id), random_suffix()));
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|source| CredentialsError::Files { path: dir.clone(), source })?;
+                self.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let path = dir.join(sanitize(&variable.to_ascii_lowercase()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| CredentialsError::Files { path: path.clone(), source })?;
+        file.write_all(content).map_err(|source| CredentialsError::Files { path: path.clone(), source })?;
+        Ok(path)
+    }
+}
+
+/// Keeps `[A-Za-z0-9_-]`, so a name from the wire cannot leave the directory.
+fn sanitize(text: &str) -> String {
+    text.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0_u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_conflicts_refused() {
+        let mut credentials = JobCredentials::default();
+        credentials.set("aws:a", "AWS_ACCESS_KEY_ID".into(), Zeroizing::new("AKIA".into())).expect("set");
+        let conflict = credentials.set("aws:b", "AWS_ACCESS_KEY_ID".into(), Zeroizing::new("AKIB".into()));
+        assert!(matches!(conflict, Err(CredentialsError::Conflict { .. })), "{conflict:?}");
+        for bad in ["", "1X", "A-B", "PATH", "KEYWARD_JOB_ID", "A=B"] {
+            let result = credentials.set("t", bad.into(), Zeroizing::new(String::new()));
+            assert!(matches!(result, Err(CredentialsError::BadName(_))), "{bad}: {result:?}");
+        }
+        assert_eq!(credentials.environment().collect::<Vec<_>>(), vec![("AWS_ACCESS_KEY_ID", "AKIA")]);
+        assert!(!format!("{credentials:?}").contains("AKIA"), "Debug shows names, never values");
+    }
+
+    #[test]
+    fn files_are_private_and_removed_with_the_credentials() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let mut credentials = JobCredentials::default();
+        let path = credentials
+            .write_file(parent.path(), "job/../1", "../AWS_WEB_IDENTITY_TOKEN_FILE", b"secret")
+            .expect("written");
+        assert!(path.starts_with(parent.path()), "stays under the parent: {}", path.display());
+        assert_eq!(std::fs::read(&path).expect("read"), b"secret");
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        let dir = path.parent().expect("dir").to_path_buf();
+        assert_eq!(std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777, 0o700);
+        drop(credentials);
+        assert!(!dir.exists(), "removed when dropped");
+    }
+}

@@ -1,0 +1,136 @@
+//! Credentials for a job, asked for by the agent that holds its lease (the `Credentials` RPC).
+//!
+//! The agent proves who it is with its certificate and what it may ask for with the job's lease
+//! and fencing token; the exchange path then does what it does for every subject: the phase rule
+//! (a plan never gets a write target), the job's own targets, the `keyward.credentials` policy,
+//! and a durable record before anything leaves the broker. The lease is checked a second time in
+//! the transaction that records the decision, so a lease that expires or moves meanwhile issues
+//! nothing.
+//!
+//! What the exchange returns becomes the environment the agent gives the job's process, in the
+//! names the AWS SDKs and the Vault CLI read on their own.
+
+use keyward_proto::agent_v1::{CredentialFile, CredentialsResponse};
+use keyward_proto::claims::Phase;
+
+use crate::exchange::{ExchangeResponse, JobSubject};
+use crate::runs::HeldJob;
+use crate::store::AgentRow;
+
+/// The file variable of a web-identity token ("exchange in the worker").
+pub const AWS_WEB_IDENTITY_TOKEN_FILE: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+/// The file variable of the secrets and certificates a Vault target read.
+pub const VAULT_SECRETS_FILE: &str = "KEYWARD_VAULT_SECRETS_FILE";
+
+/// The subject of a credential request for `held`, by `agent` (identified as `spiffe_id`).
+pub(super) fn job_subject(
+    held: &HeldJob,
+    agent: &AgentRow,
+    spiffe_id: String,
+    trust_domain: &str,
+    now: i64,
+) -> JobSubject {
+    let (job, run) = (&held.job, &held.run);
+    JobSubject {
+        job_id: job.id.clone(),
+        fencing_token: job.fencing_token,
+        lease_expires_at: held.lease_expires_at,
+        agent_id: agent.id.clone(),
+        agent_spiffe_id: spiffe_id,
+        trust_domain: format!("spiffe://{trust_domain}"),
+        pool: agent.pool.clone(),
+        run_id: run.id.clone(),
+        stack: run.stack.clone(),
+        phase: if job.phase == "apply" { Phase::Apply } else { Phase::Plan },
+        repository: held.stack.spec.repository.clone(),
+        commit_sha: run.commit_sha.clone(),
+        git_ref: run.git_ref.clone(),
+        pull_request: run.pull_request.and_then(|pr| u64::try_from(pr).ok()),
+        ticket: run.ticket.clone(),
+        triggered_by: run.triggered_by.clone(),
+        approved_by: held.approved_by.clone(),
+        targets: held.targets().to_vec(),
+        lease_guard: held.lease_guard(now),
+    }
+}
+
+/// The job's environment for what an exchange issued. `now` dates a Vault token's expiry.
+pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsResponse {
+    let mut out = CredentialsResponse::default();
+    let mut set = |name: &str, value: &str| {
+        out.environment.insert(name.to_owned(), value.to_owned());
+    };
+    match issued {
+        ExchangeResponse::Aws(aws) => {
+            let credentials = &aws.credentials;
+            set("AWS_ACCESS_KEY_ID", &credentials.access_key_id);
+            set("AWS_SECRET_ACCESS_KEY", &credentials.secret_access_key);
+            set("AWS_SESSION_TOKEN", &credentials.session_token);
+            set("AWS_REGION", &aws.region);
+            set("AWS_DEFAULT_REGION", &aws.region);
+            out.expires_unix = credentials.expires_at;
+        }
+        ExchangeResponse::AwsWorker(aws) => {
+            set("AWS_ROLE_ARN", &aws.role_arn);
+            set("AWS_ROLE_SESSION_NAME", &aws.role_session_name);
+            set("AWS_REGION", &aws.region);
+            set("AWS_DEFAULT_REGION", &aws.region);
+            if let Some(endpoint) = &aws.sts_endpoint {
+                set("AWS_ENDPOINT_URL_STS", endpoint);
+            }
+            out.expires_unix = aws.token_expires_at;
+            out.files.push(CredentialFile {
+                environment_variable: AWS_WEB_IDENTITY_TOKEN_FILE.to_owned(),
+                content: aws.web_identity_token.expose().as_bytes().to_vec(),
+            });
+        }
+        ExchangeResponse::Vault { issued, return_token, address } => {
+            set("VAULT_ADDR", &address);
+            if return_token {
+                set("VAULT_TOKEN", &issued.token);
+            }
+            out.expires_unix = now.saturating_add(i64::try_from(issued.lease_duration).unwrap_or(i64::MAX));
+            if issued.has_material() {
+                out.files.push(CredentialFile {
+                    environment_variable: VAULT_SECRETS_FILE.to_owned(),
+                    content: issued.material().to_string().into_bytes(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why a job got no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The job, its lease or its fencing token did not check out.
+    #[error(transparent)]
+    Lease(#[from] crate::runs::RunError),
+    /// The exchange refused, or failed.
+    #[error(transparent)]
+    Exchange(#[from] crate::exchange::ExchangeError),
+    /// The broker has no credential targets.
+    #[error("this broker has no credential targets configured")]
+    NoTargets,
+}
+
+impl super::Agents {
+    /// Credentials for `target`, for the job `job_id` that `agent` holds under `fencing_token`.
+    pub async fn credentials(
+        &self,
+        agent: &AgentRow,
+        job_id: &str,
+        fencing_token: i64,
+        target: &str,
+        caller: &crate::audit::Context,
+    ) -> Result<CredentialsResponse, CredentialsError> {
+        let held = self.runs.held_job(job_id, &agent.id, fencing_token).await?;
+        let exchanger = self.exchanger.as_ref().ok_or(CredentialsError::NoTargets)?;
+        let now = self.clock.now();
+        let spiffe_id = self.ca.spiffe_id(&agent.pool, &agent.id);
+        let subject = job_subject(&held, agent, spiffe_id, self.ca.trust_domain(), now);
+        let issued = exchanger.exchange_for_job(&subject, target, caller).await?;
+        Ok(response(issued, now))
+    }
+}

@@ -1,0 +1,314 @@
+//! Job credentials over the agent protocol (`Credentials`): a real broker process, moto's STS, a
+//! real `keyward-agent`, and test clients that hold real agent certificates and try what a
+//! compromised agent would — another job's credentials, a stale fencing token, a write target
+//! during a plan, a target the stack does not name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment};
+use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process};
+use keyward_tests::audit::{Audit, Logged};
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::git::GitRepo;
+use keyward_tests::moto::Moto;
+use keyward_tests::{eventually, free_addr, now, workspace_root};
+use serde_json::Value;
+use tonic::Code;
+
+const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
+const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
+
+fn json(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+/// A broker with an agent endpoint and three AWS targets on moto: a read target and a write
+/// target in broker mode, and a read target in worker mode.
+async fn start(dir: &Path, sts: &str) -> Broker {
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let data_dir = dir.join("broker");
+    let rest = format!(
+        "[policy]\ndir = \"{policies}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n\
+         [[targets]]\nname = \"state-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"broker\"\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"dev\" }}\n\
+         [[targets]]\nname = \"state-worker\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"worker\"\n",
+        policies = workspace_root().join("policies").display(),
+        agents = free_addr(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// Stack `name` on the default pool, env=dev (no approvals needed), with these targets.
+fn stack(broker: &Broker, repo: &GitRepo, name: &str, plan: &[&str], apply: &[&str]) {
+    let url = repo.url();
+    let mut args = vec!["stack", "create", name, "--repository", &url, "--label", "env=dev", "--json"];
+    for target in plan {
+        args.extend(["--plan-target", target]);
+    }
+    for target in apply {
+        args.extend(["--apply-target", target]);
+    }
+    json(&broker.cli(&args));
+}
+
+fn submit(broker: &Broker, stack: &str) -> String {
+    let out = broker.cli(&["run", "submit", "--stack", stack]);
+    assert!(out.success, "{}", out.stderr);
+    out.stdout.trim().to_owned()
+}
+
+fn join_token(broker: &Broker) -> String {
+    json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned()
+}
+
+/// `KEY=VALUE` lines of a file the phase command wrote.
+fn variables(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+fn variable<'a>(variables: &'a [(String, String)], name: &str) -> &'a str {
+    variables.iter().find(|(k, _)| k == name).map_or_else(|| panic!("{name} not set: {variables:?}"), |(_, v)| v)
+}
+
+/// No entry of the log holds any of `secrets`.
+fn nothing_secret(entries: &[Logged], secrets: &[&str]) {
+    for entry in entries {
+        for secret in secrets {
+            assert!(!entry.body.contains(secret), "a secret is on record in a {} entry", entry.kind);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    stack(&broker, &repo, "network", &["aws:state-read"], &["aws:network-apply"]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let exec = format!("env | grep '^AWS_' | sort > '{}'/\"$KEYWARD_PHASE\".env", out.display());
+    let agent = Agent::enroll_and_run(&broker.addr, &join_token(&broker), &dir.path().join("agent"), &exec);
+
+    let run_id = submit(&broker, "network");
+    let run = eventually("the run to finish", Duration::from_secs(60), || {
+        let run = json(&broker.cli(&["run", "show", &run_id, "--json"]));
+        async move { matches!(run["state"].as_str(), Some("finished" | "failed")).then_some(run) }
+    })
+    .await;
+    assert_eq!(run["state"], "finished", "{run}\nagent log:\n{}", agent.log_text());
+
+    // Each phase's process saw credentials, and different ones.
+    let plan = variables(&out.join("plan.env"));
+    let apply = variables(&out.join("apply.env"));
+    for phase in [&plan, &apply] {
+        assert!(variable(phase, "AWS_ACCESS_KEY_ID").starts_with("ASIA"), "{phase:?}");
+        assert_eq!(variable(phase, "AWS_REGION"), "eu-west-1");
+        assert!(
+            !variable(phase, "AWS_SECRET_ACCESS_KEY").is_empty() && !variable(phase, "AWS_SESSION_TOKEN").is_empty()
+        );
+    }
+    assert_ne!(variable(&plan, "AWS_ACCESS_KEY_ID"), variable(&apply, "AWS_ACCESS_KEY_ID"));
+
+    // What the broker asked STS for: the read role for the plan, the write role for the apply,
+    // each with a token that names the run, the phase and the agent.
+    let requests = moto.sts_requests();
+    assert_eq!(requests.len(), 2, "one STS call per phase");
+    for (request, role, phase, scope, seconds) in
+        [(&requests[0], ROLE_READ, "plan", "read", "900"), (&requests[1], ROLE_WRITE, "apply", "write", "3600")]
+    {
+        assert_eq!(request.field("RoleArn"), Some(role));
+        assert_eq!(request.field("RoleSessionName"), Some(run_id.as_str()), "the session is named after the run");
+        assert_eq!(request.field("DurationSeconds"), Some(seconds), "the policy's cap for the {phase}");
+        let verdict = broker.pyjwt_verify(request.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
+        assert_eq!(verdict["ok"], true, "{verdict}");
+        let claims = &verdict["claims"];
+        assert_eq!((claims["phase"].as_str(), claims["scope"].as_str()), (Some(phase), Some(scope)));
+        assert_eq!(claims["run_id"], run_id.as_str());
+        assert_eq!(claims["agent_id"], agent.id.as_str(), "the token names the agent that ran the phase");
+        assert_eq!(claims["pool"], "default");
+        assert_eq!(claims["commit_sha"], run["commit_sha"]);
+        assert_eq!(claims["ref"], "refs/heads/main");
+    }
+
+    // On record: one decision and one issuance per phase, naming the agent and its lease; no secret.
+    let store = Audit::open(&broker.data_dir).await;
+    let entries = store.for_run(&run_id).await;
+    let allowed: Vec<&Logged> = entries.iter().filter(|e| e.kind == "allowed").collect();
+    assert_eq!(allowed.len(), 2, "{entries:#?}");
+    for entry in &allowed {
+        let details: Value = serde_json::from_str(&entry.details).unwrap();
+        assert_eq!(details["agent_id"], agent.id.as_str());
+        assert!(details["agent_spiffe_id"].as_str().unwrap().ends_with(&format!("/pool/default/agent/{}", agent.id)));
+        assert!(details["fencing_token"].as_i64().unwrap() >= 1);
+        assert_eq!(entry.context["actor"], "exchange:job");
+    }
+    let issued: Vec<Value> = entries
+        .iter()
+        .filter(|e| e.kind == "issued")
+        .map(|e| serde_json::from_str::<Value>(&e.details).unwrap())
+        .collect();
+    let keys: Vec<&str> = issued.iter().map(|d| d["access_key_id"].as_str().unwrap()).collect();
+    assert_eq!(keys, [variable(&plan, "AWS_ACCESS_KEY_ID"), variable(&apply, "AWS_ACCESS_KEY_ID")]);
+    let secrets = [
+        variable(&plan, "AWS_SECRET_ACCESS_KEY"),
+        variable(&plan, "AWS_SESSION_TOKEN"),
+        variable(&apply, "AWS_SECRET_ACCESS_KEY"),
+        variable(&apply, "AWS_SESSION_TOKEN"),
+    ];
+    nothing_secret(&entries, &secrets);
+    let logs = format!("{}{}", broker.log_text(), agent.log_text());
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret reached a log");
+    }
+    // The credential files directory of each job is gone with the job.
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&run_id)))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+async fn ask(
+    session: &mut WorkSession,
+    job: &JobAssignment,
+    fencing_token: u64,
+    target: &str,
+) -> Result<CredentialsResponse, tonic::Status> {
+    let request = CredentialsRequest { job_id: job.job_id.clone(), fencing_token, target: target.to_owned() };
+    session.client.credentials(request).await.map(tonic::Response::into_inner)
+}
+
+fn refused(result: Result<CredentialsResponse, tonic::Status>, code: Code, words: &str) {
+    match result {
+        Ok(response) => panic!("issued instead of refused ({words}): {:?}", response.environment.keys()),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(words), "{words:?} not in {:?}", status.message());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_gets_credentials_and_a_plan_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    stack(&broker, &repo, "network", &["aws:state-read"], &["aws:network-apply"]);
+    stack(&broker, &repo, "worker", &["aws:state-worker"], &[]);
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let (holder_id, holder) = enroll_in_process(&endpoint, &ca, &join_token(&broker)).await;
+    let (_, other) = enroll_in_process(&endpoint, &ca, &join_token(&broker)).await;
+
+    let mut session = WorkSession::open(&endpoint, &ca, holder, 2).await.expect("work stream");
+    let network_run = submit(&broker, "network");
+    let worker_run = submit(&broker, "worker");
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        jobs.push(session.next_assignment(Duration::from_secs(20)).await.expect("an assignment"));
+    }
+    jobs.sort_by_key(|job| job.run_id != network_run);
+    let (network, worker) = (&jobs[0], &jobs[1]);
+    assert_eq!((network.phase.as_str(), worker.run_id.as_str()), ("plan", worker_run.as_str()));
+    assert_eq!(network.credential_targets, ["aws:state-read"], "the assignment names the phase's targets");
+    session.heartbeat(&[&network.job_id, &worker.job_id]).await;
+    let store = Audit::open(&broker.data_dir).await;
+    let minted_before = store.count("token.minted").await;
+
+    // A plan never gets a write target, even one the stack names for its apply.
+    refused(
+        ask(&mut session, network, network.fencing_token, "aws:network-apply").await,
+        Code::PermissionDenied,
+        "grants write access",
+    );
+    // Nor a read target its stack does not name.
+    refused(
+        ask(&mut session, network, network.fencing_token, "aws:state-worker").await,
+        Code::PermissionDenied,
+        "is not one of stack `network`'s plan targets",
+    );
+    // Both refusals are on record with the job and the agent; nothing was minted for them.
+    let denied: Vec<Logged> = store.for_run(&network_run).await.into_iter().filter(|e| e.kind == "denied").collect();
+    assert_eq!(denied.len(), 2, "{denied:#?}");
+    assert!(denied.iter().all(|e| e.details.contains(&holder_id) && e.details.contains(&network.job_id)));
+    assert_eq!(store.count("token.minted").await, minted_before, "a refusal mints nothing");
+
+    // A stale fencing token, and a valid agent that does not hold the lease, get nothing.
+    refused(
+        ask(&mut session, network, network.fencing_token + 1, "aws:state-read").await,
+        Code::PermissionDenied,
+        "stale or foreign lease",
+    );
+    let mut intruder = WorkSession::open(&endpoint, &ca, other, 1).await.expect("second agent's stream");
+    refused(
+        ask(&mut intruder, network, network.fencing_token, "aws:state-read").await,
+        Code::PermissionDenied,
+        "stale or foreign lease",
+    );
+    refused(
+        ask(&mut session, network, network.fencing_token, "aws:nowhere").await,
+        Code::InvalidArgument,
+        "unknown target",
+    );
+    assert_eq!(moto.sts_requests().len(), 0, "no STS call for any refusal");
+
+    // The holder, with its lease: broker-mode credentials for the phase's target.
+    let issued = ask(&mut session, network, network.fencing_token, "aws:state-read").await.expect("issued");
+    assert!(issued.environment["AWS_ACCESS_KEY_ID"].starts_with("ASIA"), "{:?}", issued.environment.keys());
+    assert!(
+        issued.expires_unix > now() + 800 && issued.expires_unix <= now() + 900,
+        "the plan cap: {}",
+        issued.expires_unix
+    );
+    assert_eq!(moto.sts_requests().len(), 1);
+
+    // Worker mode: a web-identity token in a file, for the job to take to STS itself.
+    let worker_issued = ask(&mut session, worker, worker.fencing_token, "aws:state-worker").await.expect("issued");
+    assert_eq!(worker_issued.environment["AWS_ROLE_ARN"], ROLE_READ);
+    assert_eq!(worker_issued.environment["AWS_ROLE_SESSION_NAME"], worker_run);
+    assert_eq!(worker_issued.environment["AWS_ENDPOINT_URL_STS"], moto.endpoint);
+    assert!(!worker_issued.environment.contains_key("AWS_SECRET_ACCESS_KEY"));
+    let file = worker_issued
+        .files
+        .iter()
+        .find(|f| f.environment_variable == "AWS_WEB_IDENTITY_TOKEN_FILE")
+        .expect("token file");
+    let token = String::from_utf8(file.content.clone()).unwrap();
+    let verdict = broker.pyjwt_verify(&token, "sts.amazonaws.com");
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["claims"]["agent_id"], holder_id.as_str());
+    assert_eq!(verdict["claims"]["scope"], "read");
+    assert_eq!(moto.sts_requests().len(), 1, "worker mode: the broker calls no STS");
+
+    // Once the run is canceled the lease is gone, and so are the credentials.
+    json(&broker.cli(&["run", "cancel", &network_run, "--json"]));
+    refused(
+        ask(&mut session, network, network.fencing_token, "aws:state-read").await,
+        Code::PermissionDenied,
+        "stale or foreign lease",
+    );
+    nothing_secret(
+        &store.for_run(&network_run).await,
+        &[issued.environment["AWS_SECRET_ACCESS_KEY"].as_str(), issued.environment["AWS_SESSION_TOKEN"].as_str()],
+    );
+    nothing_secret(&store.for_run(&worker_run).await, &[token.as_str()]);
+}
