@@ -64,6 +64,11 @@ pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
 }
 
 impl Broker {
+    /// The broker's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `keyward dev --data-dir DIR --listen 127.0.0.1:0`, waiting until it is ready.
     pub async fn dev(data_dir: &Path) -> Self {
         let mut command = Command::new(binary("keyward"));

@@ -83,6 +83,20 @@ where
     }
 }
 
+/// A process's resident set size and thread count, from `/proc/<pid>/status`.
+pub fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_default()
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
+}
+
 /// An HTTP client for tests.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client")

@@ -208,6 +208,31 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     assert_eq!(next.map(|l| l.run_id), Some(raced.clone()), "only the raced run's apply is left");
     assert_eq!(runs.lease_next("default", "agent-1", LEASE).await.unwrap(), None);
 
+    // Batches (one dispatch round leasing to many idle agents at once): five queued plans, two
+    // replicas each offering the same three agents plus two of their own. Every job is leased
+    // exactly once, to the agent its lease names, and an empty queue says so.
+    let agents = |replica: &str| -> Vec<String> {
+        ["a", "b", "c"].iter().map(|a| format!("agent-{a}")).chain((0..2).map(|i| format!("{replica}-{i}"))).collect()
+    };
+    assert_eq!(runs.lease_batch("default", &agents("r1"), LEASE).await.unwrap(), None, "nothing queued");
+    let mut queued = Vec::new();
+    for _ in 0..5 {
+        queued.push(runs.submit(submission("network", None), "lena", caller()).await.unwrap().id);
+    }
+    let (r1, r2) = (agents("r1"), agents("r2"));
+    let (one, two) = tokio::join!(runs.lease_batch("default", &r1, LEASE), runs.lease_batch("default", &r2, LEASE));
+    let leased: Vec<_> = one.unwrap().unwrap().into_iter().chain(two.unwrap().unwrap()).collect();
+    let mut jobs: Vec<&str> = leased.iter().map(|(_, lease)| lease.run_id.as_str()).collect();
+    jobs.sort_unstable();
+    let mut wanted: Vec<&str> = queued.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    assert_eq!(jobs, wanted, "each queued plan leased exactly once: {leased:?}");
+    for (agent, lease) in &leased {
+        let job = runs.job_row(&lease.job_id).await.unwrap();
+        assert_eq!((job.state.as_str(), job.agent_id.as_deref()), ("leased", Some(agent.as_str())));
+    }
+    assert_eq!(runs.lease_batch("default", &agents("r1"), LEASE).await.unwrap(), None);
+
     audit.check_tree().await;
 }
 

@@ -17,6 +17,9 @@ use tonic::Status;
 use super::AgentSettings;
 use crate::runs::{Lease, LeaseEnd, Runs};
 
+/// Most leases one dispatch round makes at once (they share one durable commit).
+const LEASE_BATCH: usize = 16;
+
 /// Messages queued to one agent before the stream applies back-pressure.
 const OUTBOX: usize = 32;
 
@@ -279,21 +282,33 @@ impl Hub {
         }
     }
 
-    /// Leases queued jobs to idle agents until one of the two runs out.
+    /// Leases queued jobs to idle agents until one of the two runs out, up to [`LEASE_BATCH`]
+    /// leases at a time.
     async fn dispatch_round(&self, pool: &str) {
         loop {
-            let agent = self.lock().pools.get(pool).and_then(|q| q.idle.front().cloned());
-            let Some(agent) = agent else { return };
-            let lease = match self.runs.lease_next(pool, &agent, self.settings.lease).await {
-                Ok(Some(lease)) => lease,
+            let agents: Vec<String> = self
+                .lock()
+                .pools
+                .get(pool)
+                .map(|queue| queue.idle.iter().take(LEASE_BATCH).cloned().collect())
+                .unwrap_or_default();
+            if agents.is_empty() {
+                return;
+            }
+            let leases = match self.runs.lease_batch(pool, &agents, self.settings.lease).await {
+                // Nothing leasable now: wait for a signal, a freed slot or the next tick.
+                Ok(Some(leases)) if leases.is_empty() => return,
+                Ok(Some(leases)) => leases,
                 Ok(None) => return,
                 Err(error) => {
-                    tracing::warn!(%error, pool, "could not lease a job; will retry");
+                    tracing::warn!(%error, pool, "could not lease jobs; will retry");
                     return;
                 }
             };
-            if !self.deliver(&agent, &lease) {
-                self.hand_back(&lease, &agent).await;
+            for (agent, lease) in leases {
+                if !self.deliver(&agent, &lease) {
+                    self.hand_back(&lease, &agent).await;
+                }
             }
         }
     }

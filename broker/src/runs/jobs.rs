@@ -125,63 +125,121 @@ impl Runs {
     /// Leases the oldest queued job of `pool` to `agent_id` for `lease`, or `None` when there is
     /// nothing to do.
     pub async fn lease_next(&self, pool: &str, agent_id: &str, lease: Duration) -> Result<Option<Lease>, RunError> {
-        let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
         for job in self.store.queued_jobs(pool, CANDIDATES).await? {
-            let run = self.run_row(&job.run_id).await?;
-            let stack = self.stack(&run.stack).await?;
-            let now = self.clock.now();
-            let fencing_token = job.fencing_token + 1;
-            let expires = now.saturating_add(lease_secs);
-            let mut writes = vec![Write::one(
-                format!("queued job {}", job.id),
-                "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
-                 lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
-                vec![
-                    agent_id.into(),
-                    fencing_token.into(),
-                    expires.into(),
-                    now.into(),
-                    job.id.as_str().into(),
-                    job.fencing_token.into(),
-                ],
-            )];
-            let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
-            let mut events = vec![
-                AuditEvent::new(Kind::JobLeased, now, context.clone())
-                    .with("job_id", job.id.as_str())
-                    .with("agent_id", agent_id)
-                    .with("fencing_token", fencing_token)
-                    .with("lease_expires_at", expires)
-                    .with_ref("job", &job.id),
-            ];
-            let from = parse_state(&run.state)?;
-            if job.phase == "plan" && from == RunState::Queued {
-                writes.push(transition(&run, RunState::Planning, None, now));
-                events.push(state_event(&context, from, RunState::Planning, None, now));
-            }
-            match self.audit.append(Append::changes(writes, events)).await? {
-                Committed::Recorded => {
-                    let credential_targets = stack.targets(&job.phase).to_vec();
-                    return Ok(Some(Lease {
-                        job_id: job.id,
-                        run_id: run.id,
-                        stack: stack.spec.name,
-                        credential_targets,
-                        phase: job.phase,
-                        repository: stack.spec.repository,
-                        commit_sha: run.commit_sha,
-                        path: stack.spec.path,
-                        fencing_token,
-                        lease_expires_at: expires,
-                    }));
-                }
-                // Someone else took it (or the run moved on): try the next one.
-                Committed::Refused(Refusal::Unmet { .. }) => continue,
-                Committed::Refused(refusal) => return Err(RunError::Conflict(refusal.to_string())),
-                Committed::Replayed => return Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            if let Some(leased) = self.try_lease(job, agent_id, lease).await? {
+                return Ok(Some(leased));
             }
         }
         Ok(None)
+    }
+
+    /// Leases one of the oldest queued jobs of `pool` to each of `agents`, all at once: the
+    /// compare-and-sets are separate appends, so they share the audit log's group commit instead
+    /// of waiting for one another's sync. An agent whose job was taken meanwhile (by another
+    /// replica) tries the next candidates in turn, as [`lease_next`](Self::lease_next) does.
+    /// Returns `None` when nothing is queued, else the leases made (fewer than `agents` when jobs
+    /// ran out).
+    pub async fn lease_batch(
+        &self,
+        pool: &str,
+        agents: &[String],
+        lease: Duration,
+    ) -> Result<Option<Vec<(String, Lease)>>, RunError> {
+        let limit = i64::try_from(agents.len()).unwrap_or(0).saturating_add(CANDIDATES);
+        let mut candidates: std::collections::VecDeque<JobRow> = self.store.queued_jobs(pool, limit).await?.into();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut unlucky = Vec::new();
+        for agent in agents {
+            let Some(job) = candidates.pop_front() else {
+                unlucky.push(agent.clone());
+                continue;
+            };
+            let (runs, agent) = (self.clone(), agent.clone());
+            attempts.spawn(async move {
+                let leased = runs.try_lease(job, &agent, lease).await;
+                (agent, leased)
+            });
+        }
+        let mut leases = Vec::new();
+        while let Some(attempt) = attempts.join_next().await {
+            match attempt {
+                Ok((agent, Ok(Some(lease)))) => leases.push((agent, lease)),
+                Ok((agent, Ok(None))) => unlucky.push(agent),
+                Ok((agent, Err(error))) => tracing::warn!(%error, agent_id = %agent, "could not lease a job"),
+                Err(error) => tracing::error!(%error, "a lease attempt panicked"),
+            }
+        }
+        for agent in unlucky {
+            while let Some(job) = candidates.pop_front() {
+                if let Some(lease) = self.try_lease(job, &agent, lease).await? {
+                    leases.push((agent, lease));
+                    break;
+                }
+            }
+        }
+        Ok(Some(leases))
+    }
+
+    /// Leases `job`, as read from the queue, to `agent_id`; `None` when someone else took it or
+    /// its run moved on meanwhile.
+    async fn try_lease(&self, job: JobRow, agent_id: &str, lease: Duration) -> Result<Option<Lease>, RunError> {
+        let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
+        let run = self.run_row(&job.run_id).await?;
+        let stack = self.stack(&run.stack).await?;
+        let now = self.clock.now();
+        let fencing_token = job.fencing_token + 1;
+        let expires = now.saturating_add(lease_secs);
+        let mut writes = vec![Write::one(
+            format!("queued job {}", job.id),
+            "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
+             lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
+            vec![
+                agent_id.into(),
+                fencing_token.into(),
+                expires.into(),
+                now.into(),
+                job.id.as_str().into(),
+                job.fencing_token.into(),
+            ],
+        )];
+        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let mut events = vec![
+            AuditEvent::new(Kind::JobLeased, now, context.clone())
+                .with("job_id", job.id.as_str())
+                .with("agent_id", agent_id)
+                .with("fencing_token", fencing_token)
+                .with("lease_expires_at", expires)
+                .with_ref("job", &job.id),
+        ];
+        let from = parse_state(&run.state)?;
+        if job.phase == "plan" && from == RunState::Queued {
+            writes.push(transition(&run, RunState::Planning, None, now));
+            events.push(state_event(&context, from, RunState::Planning, None, now));
+        }
+        match self.audit.append(Append::changes(writes, events)).await? {
+            Committed::Recorded => {
+                let credential_targets = stack.targets(&job.phase).to_vec();
+                Ok(Some(Lease {
+                    job_id: job.id,
+                    run_id: run.id,
+                    stack: stack.spec.name,
+                    credential_targets,
+                    phase: job.phase,
+                    repository: stack.spec.repository,
+                    commit_sha: run.commit_sha,
+                    path: stack.spec.path,
+                    fencing_token,
+                    lease_expires_at: expires,
+                }))
+            }
+            // Someone else took it (or the run moved on).
+            Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
+            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
+            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+        }
     }
 
     /// Records how the job ended, if `agent_id` holds its current lease (`fencing_token`), and
