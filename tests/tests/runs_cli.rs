@@ -56,6 +56,14 @@ async fn stacks_and_runs_from_the_command_line() {
     let still = json(&broker.cli(&["run", "list", "--json"]));
     assert_eq!(still["runs"].as_array().map(Vec::len), Some(2));
 
+    // Waiting on a pool no agent serves gives up when told to, saying why; the run stays queued.
+    let waited = broker.cli(&["run", "submit", "--stack", "network", "--wait", "--timeout", "1s"]);
+    assert!(!waited.success, "{}", waited.stdout);
+    assert!(waited.stderr.contains("is still queued after 1s"), "{}", waited.stderr);
+    assert!(waited.stderr.contains("is an agent of pool `default` connected?"), "{}", waited.stderr);
+    let waited_id = waited.stdout.trim();
+    assert_eq!(json(&broker.cli(&["run", "show", waited_id, "--json"]))["state"], "queued");
+
     let canceled = json(&broker.cli(&["run", "cancel", &id, "--json"]));
     assert_eq!(canceled["state"], "canceled");
     let again = broker.cli(&["run", "cancel", &id]);

@@ -30,6 +30,10 @@ pub(super) enum RunCommand {
         /// Follow the run until it finishes or waits for approval.
         #[arg(long)]
         wait: bool,
+        /// With `--wait`: give up waiting after this long (e.g. `10m`), exiting non-zero; the
+        /// run itself goes on.
+        #[arg(long, requires = "wait", value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
         /// Print JSON (`{"id": …}` and the run).
         #[arg(long)]
         json: bool,
@@ -93,7 +97,7 @@ pub(super) struct ReviewArgs {
 
 pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
-        RunCommand::Submit { stack, commit, pr, ticket, wait, json, connection } => {
+        RunCommand::Submit { stack, commit, pr, ticket, wait, timeout, json, connection } => {
             let client = Client::new(&connection, env)?;
             let body = json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket });
             let mut run = client.post("/v1/runs", &body).await?;
@@ -103,7 +107,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
                 eprintln!("queued run {id} of {stack} at {}", text(&run, "commit_sha"));
             }
             if wait {
-                run = follow(&client, &id, !json).await?;
+                run = follow(&client, &id, !json, timeout).await?;
             }
             if json {
                 return print_json(&run);
@@ -176,8 +180,10 @@ async fn review(args: ReviewArgs, verdict: &str, env: &dyn Fn(&str) -> Option<St
     Ok(())
 }
 
-/// Polls until the run is settled, printing each state change to stderr when `progress`.
-async fn follow(client: &Client, id: &str, progress: bool) -> anyhow::Result<Value> {
+/// Polls until the run is settled, printing each state change to stderr when `progress`; gives
+/// up after `timeout`, saying why the run may be stuck.
+async fn follow(client: &Client, id: &str, progress: bool, timeout: Option<Duration>) -> anyhow::Result<Value> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut last = String::new();
     loop {
         let run = client.get(&format!("/v1/runs/{}", segment(id))).await?;
@@ -188,6 +194,18 @@ async fn follow(client: &Client, id: &str, progress: bool) -> anyhow::Result<Val
         let settled = state.parse::<RunState>().is_ok_and(RunState::is_settled);
         if settled {
             return Ok(run);
+        }
+        if let (Some(deadline), Some(timeout)) = (deadline, timeout)
+            && tokio::time::Instant::now() >= deadline
+        {
+            let mut message = format!("run {id} is still {state} after {}", humantime::format_duration(timeout));
+            if state == "queued" {
+                let pool = items(&run, "jobs").next().map(|job| text(job, "pool").to_owned()).unwrap_or_default();
+                message.push_str(&format!(
+                    "; no agent has taken its job: is an agent of pool `{pool}` connected? (`keyward agent list --pool {pool}`)"
+                ));
+            }
+            bail!("{message}\nthe run goes on: `keyward run show {id}`");
         }
         last = state;
         tokio::time::sleep(Duration::from_millis(500)).await;

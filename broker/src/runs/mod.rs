@@ -121,6 +121,8 @@ pub struct JobView {
     pub id: String,
     /// `plan` or `apply`.
     pub phase: String,
+    /// The pool whose agents may run it.
+    pub pool: String,
     /// Job state.
     pub state: String,
     /// Leases so far.
@@ -588,6 +590,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
             .map(|j| JobView {
                 id: j.id.clone(),
                 phase: j.phase.clone(),
+                pool: j.pool.clone(),
                 state: j.state.clone(),
                 attempt: j.attempt,
                 agent_id: j.agent_id.clone(),
