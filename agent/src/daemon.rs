@@ -25,13 +25,15 @@ use tonic::transport::Channel;
 use crate::channel;
 use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
-use crate::enroll::{identity_from, key_and_csr};
+use crate::enroll::{identity_from, key_and_csr, rediscover};
 use crate::runner::{Outcome, Runner};
 
 /// Heartbeat period when nothing shorter is needed.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
 /// Shortest heartbeat period.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+/// Failed connections in a row after which the agent asks the broker whether its endpoint moved.
+const REDISCOVER_AFTER: u32 = 3;
 /// First and largest reconnection delay.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 
@@ -127,6 +129,7 @@ impl Daemon {
     /// Runs until drained, or until the broker refuses the agent.
     pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
         let mut delay = BACKOFF.0;
+        let mut unreachable = 0_u32;
         loop {
             let identity = self.dir.load()?;
             if identity.state.not_after <= now() {
@@ -134,8 +137,12 @@ impl Daemon {
             }
             match Arc::clone(&self).connection(&identity).await {
                 Ok(Ended::Drained) => return Ok(()),
-                Ok(Ended::Renewed) => delay = BACKOFF.0,
+                Ok(Ended::Renewed) => {
+                    delay = BACKOFF.0;
+                    unreachable = 0;
+                }
                 Ok(Ended::Lost(why)) => {
+                    unreachable = 0;
                     tracing::warn!(reason = %why, retry_in = ?delay, "connection to the broker lost");
                     self.pause(delay).await;
                     delay = (delay * 2).min(BACKOFF.1);
@@ -144,6 +151,11 @@ impl Daemon {
                     return Err(DaemonError::Refused(status.message().to_owned()));
                 }
                 Err(status) => {
+                    unreachable = unreachable.wrapping_add(1);
+                    if unreachable.is_multiple_of(REDISCOVER_AFTER) && self.follow_endpoint(identity).await {
+                        delay = BACKOFF.0;
+                        continue;
+                    }
                     tracing::warn!(error = %status.message(), retry_in = ?delay, "cannot reach the broker");
                     self.pause(delay).await;
                     delay = (delay * 2).min(BACKOFF.1);
@@ -151,6 +163,29 @@ impl Daemon {
             }
             if self.is_draining() && self.idle() {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Asks the broker where its work endpoint is now; true when it moved and the new one is
+    /// stored.
+    async fn follow_endpoint(&self, mut identity: Identity) -> bool {
+        match rediscover(&identity).await {
+            Ok(Some(endpoint)) => {
+                tracing::info!(from = %identity.state.endpoint, to = %endpoint, "the broker's agent endpoint moved");
+                identity.state.endpoint = endpoint;
+                match self.dir.store(&identity) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot store the new endpoint");
+                        false
+                    }
+                }
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, "cannot ask the broker where its agent endpoint is");
+                false
             }
         }
     }

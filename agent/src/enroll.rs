@@ -109,6 +109,21 @@ pub async fn join(broker: &str, token: &str, dir: &DataDir) -> Result<Identity, 
     Ok(identity)
 }
 
+/// Asks the broker address the agent enrolled with where the work endpoint is now (an operator
+/// may have moved it). Returns the new endpoint when it changed. The bootstrap document must name
+/// the CA the agent already trusts: a different one is refused, so a spoofed answer can at most
+/// point the agent at an endpoint it cannot authenticate.
+pub async fn rediscover(identity: &Identity) -> Result<Option<String>, EnrollError> {
+    let bootstrap = fetch_bootstrap(&identity.state.broker).await?;
+    let fetched = pem_der(&bootstrap.ca_certificate);
+    if fetched.is_none() || fetched != pem_der(&identity.ca_pem) {
+        return Err(EnrollError::Refused(
+            "the broker now presents a different agent CA; enroll again if that is intended".to_owned(),
+        ));
+    }
+    Ok((bootstrap.endpoint != identity.state.endpoint).then_some(bootstrap.endpoint))
+}
+
 /// The identity an `Enroll` or `Renew` response gives, with the key the CSR was made from.
 pub fn identity_from(
     response: EnrollResponse,

@@ -351,6 +351,21 @@ async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() 
     let second = submit(&broker, "net");
     let run = run_in(&broker, &second, &["finished"]).await;
     assert_eq!(run["jobs"][0]["agent_id"], agent.id.as_str());
+
+    // It restarts with the agent endpoint on another port: the agent, failing to reach the old
+    // one, asks the broker address it enrolled with, follows, and remembers.
+    broker.terminate();
+    let moved = free_addr();
+    let config = self::config(dir.path(), addr, moved, "");
+    let broker = serve(&config, addr, &[], Some(&admin)).await;
+    let third = submit(&broker, "net");
+    let run = run_in(&broker, &third, &["finished"]).await;
+    assert_eq!(run["jobs"][0]["agent_id"], agent.id.as_str());
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a4/agent.json")).unwrap()).unwrap();
+    assert!(state["endpoint"].as_str().unwrap().ends_with(&format!(":{}", moved.port())), "{state}");
+    assert!(agent.log_text().contains("endpoint moved"), "{}", agent.log_text());
+
     let marked = std::fs::read_to_string(&marks).unwrap();
     let mut lines: Vec<&str> = marked.lines().collect();
     let total = lines.len();
