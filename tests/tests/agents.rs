@@ -114,9 +114,26 @@ async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Optio
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_enroll_take_jobs_and_lose_everything_when_revoked() {
+    lifecycle(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_agents_enroll_take_jobs_and_lose_everything_when_revoked() {
+    let cluster = keyward_tests::postgres::PgCluster::start();
+    lifecycle(Some(cluster.database("keyward_lifecycle"))).await;
+}
+
+/// Enrollment, a run, drain, revocation mid-job and their records, on SQLite or on the
+/// PostgreSQL database at `database_url`.
+async fn lifecycle(database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::init(&dir.path().join("infra"));
-    let (broker, _, _) = start(dir.path()).await;
+    let (storage, envs) = match &database_url {
+        Some(url) => ("database_url_env = \"KW_DATABASE_URL\"", vec![("KW_DATABASE_URL", url.as_str())]),
+        None => ("", Vec::new()),
+    };
+    let addr = free_addr();
+    let broker = serve(&config(dir.path(), addr, free_addr(), storage), addr, &envs, None).await;
     let marks = dir.path().join("marks");
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker, &repo, "net", "blue");
@@ -172,7 +189,10 @@ async fn agents_enroll_take_jobs_and_lose_everything_when_revoked() {
     quick.terminate();
     assert!(quick.wait_exit(Duration::from_secs(15)).success(), "{}", quick.log_text());
 
-    let audit = Audit::open(&broker.data_dir).await;
+    let audit = match &database_url {
+        Some(url) => Audit(Store::open(&DatabaseLocation::Postgres(url.clone())).await.unwrap()),
+        None => Audit::open(&broker.data_dir).await,
+    };
     for kind in [
         "pool.created",
         "join_token.created",
