@@ -44,6 +44,8 @@ pub struct Settings {
     pub capacity: u32,
     /// The phase runner.
     pub runner: Runner,
+    /// `terraform version` on this host, reported in `Hello`.
+    pub terraform_version: Option<String>,
 }
 
 /// Why the daemon stopped for good.
@@ -209,6 +211,8 @@ impl Daemon {
             .send(send(agent_message::Kind::Hello(Hello {
                 agent_version: crate::version().to_owned(),
                 capacity: self.settings.capacity,
+                terraform_version: self.settings.terraform_version.clone().unwrap_or_default(),
+                isolation: crate::runner::ISOLATION.to_owned(),
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;

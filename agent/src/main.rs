@@ -77,7 +77,13 @@ fn main() -> ExitCode {
                 Ok::<(), anyhow::Error>(())
             }
             Command::Run { data_dir, capacity, exec } => {
-                let daemon = Daemon::new(DataDir::new(data_dir), Settings { capacity, runner: Runner::new(exec) });
+                let terraform_version = keyward_agent::runner::terraform_version().await;
+                match &terraform_version {
+                    Some(version) => tracing::info!(%version, "terraform found"),
+                    None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
+                }
+                let settings = Settings { capacity, runner: Runner::new(exec), terraform_version };
+                let daemon = Daemon::new(DataDir::new(data_dir), settings);
                 let draining = std::sync::Arc::clone(&daemon);
                 tokio::spawn(async move {
                     stop_signal().await;

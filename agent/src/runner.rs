@@ -29,6 +29,23 @@ pub enum Outcome {
     Canceled,
 }
 
+/// How the plain runner isolates a job: its own process group, killed as a whole; nothing more.
+pub const ISOLATION: &str = "process";
+
+/// The version of the `terraform` on `PATH` (`terraform version -json`), or `None` when there is
+/// none or it does not answer within 10 s.
+pub async fn terraform_version() -> Option<String> {
+    let output = Command::new("terraform")
+        .args(["version", "-json"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), output).await.ok()?.ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    report.get("terraform_version")?.as_str().map(str::to_owned)
+}
+
 /// Runs phases as `sh -c <command>`.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -152,6 +169,13 @@ mod tests {
         let failed =
             Runner::new(Some("echo boom; exit 3".into())).run(&job(), &JobCredentials::default(), cancel).await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
+    }
+
+    #[tokio::test]
+    async fn the_terraform_on_path_reports_its_version() {
+        // The machines this runs on have Terraform (DESIGN.md §9).
+        let version = terraform_version().await.expect("terraform on PATH");
+        assert!(version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()), "{version}");
     }
 
     #[tokio::test]

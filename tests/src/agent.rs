@@ -105,7 +105,7 @@ impl WorkSession {
     pub async fn open_on(channel: Channel, capacity: u32) -> Result<Self, tonic::Status> {
         let mut client = AgentServiceClient::new(channel);
         let (outbound, outbox) = mpsc::channel(16);
-        let hello = Hello { agent_version: "test".to_owned(), capacity };
+        let hello = Hello { agent_version: "test".to_owned(), capacity, ..Hello::default() };
         outbound
             .send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
             .await

@@ -98,8 +98,9 @@ async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Optio
         Err(error) => return Some(error),
     };
     let mut client = AgentServiceClient::new(channel);
-    let hello =
-        AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1 })) };
+    let hello = AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1, ..Hello::default() })),
+    };
     match client.work(tokio_stream::iter(vec![hello])).await {
         Ok(response) => {
             let mut stream = response.into_inner();
@@ -157,6 +158,15 @@ async fn lifecycle(database_url: Option<String>) {
     let listed = &agents["agents"][0];
     assert_eq!(listed["id"], quick.id.as_str());
     assert_eq!(listed["spiffe_id"].as_str().unwrap(), format!("spiffe://127.0.0.1/pool/blue/agent/{}", quick.id));
+
+    // It reported what it can run with when it connected.
+    let shown = eventually("the agent's hello to be recorded", Duration::from_secs(15), || {
+        let shown = json(&broker.cli(&["agent", "show", &quick.id, "--json"]));
+        async move { shown["isolation"].is_string().then_some(shown) }
+    })
+    .await;
+    assert_eq!(shown["isolation"], "process", "{shown}");
+    assert!(shown["terraform_version"].as_str().is_some_and(|v| v.starts_with("1.")), "{shown}");
 
     // A run goes through plan and (env=dev: no review needed) apply on the agent.
     let run_id = submit(&broker, "net");
@@ -270,8 +280,9 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
 
     // No certificate at all: only Enroll is open.
     let mut anonymous = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
-    let hello =
-        AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1 })) };
+    let hello = AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1, ..Hello::default() })),
+    };
     let refused = anonymous.work(tokio_stream::iter(vec![hello])).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 

@@ -172,6 +172,12 @@ pub struct AgentView {
     pub revoked_by: Option<String>,
     /// Whether it has a work stream open to this broker.
     pub connected: bool,
+    /// The Terraform version it reported, if it has Terraform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terraform_version: Option<String>,
+    /// How it isolates jobs, as it reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 /// What an enrolling agent sends.
@@ -591,6 +597,8 @@ impl Agents {
             last_seen_at: row.last_seen_at,
             revoked_at: row.revoked_at,
             revoked_by: row.revoked_by,
+            terraform_version: row.terraform_version,
+            isolation: row.isolation,
         }
     }
 

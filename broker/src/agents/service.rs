@@ -26,7 +26,7 @@ use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
 use crate::runs::{JobOutcome, RunError};
-use crate::store::AgentRow;
+use crate::store::{AgentHello, AgentRow};
 
 /// How long a new `Work` stream has to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,7 +125,16 @@ impl AgentService for AgentGrpc {
         let capacity = usize::try_from(hello.capacity).unwrap_or(1);
         let draining = agent.state == "draining";
         let (guard, outbox) = self.agents.hub().register(&agent.id, &agent.pool, capacity, held, draining);
-        let _ = self.agents.store.agent_seen(&agent.id, self.agents.clock.now()).await;
+        let (version, terraform, isolation) =
+            (bounded(&hello.agent_version), bounded(&hello.terraform_version), bounded(&hello.isolation));
+        let reported = AgentHello {
+            version: &version,
+            terraform_version: Some(terraform.as_str()).filter(|v| !v.is_empty()),
+            isolation: &isolation,
+        };
+        if let Err(error) = self.agents.store.agent_hello(&agent.id, self.agents.clock.now(), &reported).await {
+            tracing::warn!(agent_id = %agent.id, %error, "could not record an agent's hello");
+        }
         let worker = StreamWorker { agents: self.agents.clone(), agent };
         tokio::spawn(async move {
             let closed = Arc::clone(&guard.closed);
@@ -263,6 +272,14 @@ impl StreamWorker {
         }
         self.agents.hub().release(&self.agent.id, &result.job_id);
     }
+}
+
+/// Longest self-description field (version, isolation) an agent may report.
+const MAX_REPORTED: usize = 64;
+
+/// An agent-reported string cut to [`MAX_REPORTED`] printable characters.
+fn bounded(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(MAX_REPORTED).collect()
 }
 
 /// The gRPC status for an agent error; internal errors are not described to the caller.

@@ -62,14 +62,20 @@ pub(super) async fn run(command: AgentCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&listing);
             }
-            println!("{:<38} {:<12} {:<9} {:<9} HOST", "ID", "POOL", "STATE", "CONNECTED");
+            println!(
+                "{:<38} {:<12} {:<9} {:<9} {:<9} {:<9} HOST",
+                "ID", "POOL", "STATE", "CONNECTED", "TERRAFORM", "ISOLATION"
+            );
             for agent in items(&listing, "agents") {
+                let or_dash = |key: &str| Some(text(agent, key)).filter(|t| !t.is_empty()).unwrap_or("-").to_owned();
                 println!(
-                    "{:<38} {:<12} {:<9} {:<9} {}",
+                    "{:<38} {:<12} {:<9} {:<9} {:<9} {:<9} {}",
                     text(agent, "id"),
                     text(agent, "pool"),
                     text(agent, "state"),
                     if agent["connected"] == json!(true) { "yes" } else { "no" },
+                    or_dash("terraform_version"),
+                    or_dash("isolation"),
                     text(agent, "hostname"),
                 );
             }
@@ -96,7 +102,7 @@ fn finish(agent: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(agent);
     }
-    for key in ["id", "pool", "spiffe_id", "state", "hostname", "version", "serial"] {
+    for key in ["id", "pool", "spiffe_id", "state", "hostname", "version", "serial", "terraform_version", "isolation"] {
         println!("{key:<12} {}", text(agent, key));
     }
     println!("{:<12} {}", "not_after", agent["not_after"]);

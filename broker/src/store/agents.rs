@@ -60,10 +60,25 @@ pub struct AgentRow {
     pub revoked_by: Option<String>,
     /// Last time a broker heard from it.
     pub last_seen_at: Option<i64>,
+    /// The Terraform version it reported in its last `Hello`, if it has Terraform.
+    pub terraform_version: Option<String>,
+    /// How it isolates jobs, as it reported in its last `Hello`.
+    pub isolation: Option<String>,
+}
+
+/// What an agent says about itself when it opens a work stream.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentHello<'a> {
+    /// Agent version.
+    pub version: &'a str,
+    /// Terraform version, if it has Terraform.
+    pub terraform_version: Option<&'a str>,
+    /// Isolation level of its runner.
+    pub isolation: &'a str,
 }
 
 const AGENT_COLUMNS: &str = "id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, revoked_at, revoked_by, \
-     last_seen_at";
+     last_seen_at, terraform_version, isolation";
 
 fn pool_from(row: &AnyRow) -> Result<PoolRow, StoreError> {
     Ok(PoolRow {
@@ -87,6 +102,8 @@ fn agent_from(row: &AnyRow) -> Result<AgentRow, StoreError> {
         revoked_at: row.try_get("revoked_at")?,
         revoked_by: row.try_get("revoked_by")?,
         last_seen_at: row.try_get("last_seen_at")?,
+        terraform_version: row.try_get("terraform_version")?,
+        isolation: row.try_get("isolation")?,
     })
 }
 
@@ -181,6 +198,21 @@ impl Store {
             .bind(agent_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Records what the agent reported when it opened a work stream, and that it was seen.
+    pub async fn agent_hello(&self, agent_id: &str, now: i64, hello: &AgentHello<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE agents SET last_seen_at = $1, version = $2, terraform_version = $3, isolation = $4 WHERE id = $5",
+        )
+        .bind(now)
+        .bind(hello.version)
+        .bind(hello.terraform_version)
+        .bind(hello.isolation)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

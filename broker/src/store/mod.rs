@@ -22,7 +22,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 
-pub use agents::{AgentRow, JoinTokenRow, PoolRow};
+pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use runs::{JobRow, ReviewRow, RunRow, StackRow};
@@ -146,13 +146,14 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 5] = match self.backend {
+        let files: [(i64, &str, &'static str); 6] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
                 (3, "audit", include_str!("../../migrations/sqlite/0003_audit.sql")),
                 (4, "runs", include_str!("../../migrations/sqlite/0004_runs.sql")),
                 (5, "agents", include_str!("../../migrations/sqlite/0005_agents.sql")),
+                (6, "agent_capabilities", include_str!("../../migrations/sqlite/0006_agent_capabilities.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -160,6 +161,7 @@ impl Store {
                 (3, "audit", include_str!("../../migrations/postgres/0003_audit.sql")),
                 (4, "runs", include_str!("../../migrations/postgres/0004_runs.sql")),
                 (5, "agents", include_str!("../../migrations/postgres/0005_agents.sql")),
+                (6, "agent_capabilities", include_str!("../../migrations/postgres/0006_agent_capabilities.sql")),
             ],
         };
         let migrations = files
