@@ -8,12 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keyward_broker::config::DatabaseLocation;
+use keyward_broker::store::Store;
 use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment};
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::{Audit, Logged};
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
+use keyward_tests::postgres::PgCluster;
 use keyward_tests::{eventually, free_addr, now, workspace_root};
 use serde_json::Value;
 use tonic::Code;
@@ -27,8 +30,9 @@ fn json(output: &Output) -> Value {
 }
 
 /// A broker with an agent endpoint and three AWS targets on moto: a read target and a write
-/// target in broker mode, and a read target in worker mode.
-async fn start(dir: &Path, sts: &str) -> Broker {
+/// target in broker mode, and a read target in worker mode. SQLite, or the PostgreSQL database
+/// at `database_url`.
+async fn start(dir: &Path, sts: &str, database_url: Option<&str>) -> Broker {
     let addr = free_addr();
     let config = dir.join("keyward.toml");
     let data_dir = dir.join("broker");
@@ -45,8 +49,18 @@ async fn start(dir: &Path, sts: &str) -> Broker {
         policies = workspace_root().join("policies").display(),
         agents = free_addr(),
     );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+    let storage = if database_url.is_some() { "database_url_env = \"KW_DATABASE_URL\"" } else { "" };
+    write_config(&config, addr, &data_dir, &ConfigExtra { storage, rest: &rest, ..ConfigExtra::default() });
+    let mut envs = vec![("TEST_KEK", TEST_KEK)];
+    envs.extend(database_url.map(|url| ("KW_DATABASE_URL", url)));
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await
+}
+
+async fn audit(broker: &Broker, database_url: Option<&str>) -> Audit {
+    match database_url {
+        Some(url) => Audit(Store::open(&DatabaseLocation::Postgres(url.to_owned())).await.unwrap()),
+        None => Audit::open(&broker.data_dir).await,
+    }
 }
 
 /// Stack `name` on the default pool, env=dev (no approvals needed), with these targets.
@@ -98,7 +112,7 @@ fn nothing_secret(entries: &[Logged], secrets: &[&str]) {
 async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
-    let broker = start(dir.path(), &moto.endpoint).await;
+    let broker = start(dir.path(), &moto.endpoint, None).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     stack(&broker, &repo, "network", &["aws:state-read"], &["aws:network-apply"]);
     let out = dir.path().join("out");
@@ -209,9 +223,19 @@ fn refused(result: Result<CredentialsResponse, tonic::Status>, code: Code, words
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_lease_holder_gets_credentials_and_a_plan_never_writes() {
+    lease_holders_only(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_only_the_lease_holder_gets_credentials_and_a_plan_never_writes() {
+    let cluster = PgCluster::start();
+    lease_holders_only(Some(&cluster.database("keyward_job_credentials"))).await;
+}
+
+async fn lease_holders_only(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
-    let broker = start(dir.path(), &moto.endpoint).await;
+    let broker = start(dir.path(), &moto.endpoint, database_url).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     stack(&broker, &repo, "network", &["aws:state-read"], &["aws:network-apply"]);
     stack(&broker, &repo, "worker", &["aws:state-worker"], &[]);
@@ -231,7 +255,7 @@ async fn only_the_lease_holder_gets_credentials_and_a_plan_never_writes() {
     assert_eq!((network.phase.as_str(), worker.run_id.as_str()), ("plan", worker_run.as_str()));
     assert_eq!(network.credential_targets, ["aws:state-read"], "the assignment names the phase's targets");
     session.heartbeat(&[&network.job_id, &worker.job_id]).await;
-    let store = Audit::open(&broker.data_dir).await;
+    let store = audit(&broker, database_url).await;
     let minted_before = store.count("token.minted").await;
 
     // A plan never gets a write target, even one the stack names for its apply.

@@ -52,10 +52,37 @@ async fn serve(config: &Path, addr: std::net::SocketAddr, envs: &[(&str, &str)],
     Broker::serve_as(config, &data_dir, &format!("http://{addr}"), &all, admin).await
 }
 
-async fn start(dir: &Path) -> (Broker, PathBuf, std::net::SocketAddr) {
+async fn start(dir: &Path) -> Broker {
     let addr = free_addr();
-    let config = config(dir, addr, free_addr(), "");
-    (serve(&config, addr, &[], None).await, config, addr)
+    serve(&config(dir, addr, free_addr(), ""), addr, &[], None).await
+}
+
+/// Where a test broker keeps its state: SQLite in its data directory, or a PostgreSQL database.
+struct Backend {
+    database_url: Option<String>,
+}
+
+impl Backend {
+    const SQLITE: Self = Self { database_url: None };
+
+    fn postgres(cluster: &keyward_tests::postgres::PgCluster, name: &str) -> Self {
+        Self { database_url: Some(cluster.database(name)) }
+    }
+
+    fn storage(&self) -> &'static str {
+        if self.database_url.is_some() { "database_url_env = \"KW_DATABASE_URL\"" } else { "" }
+    }
+
+    fn envs(&self) -> Vec<(&str, &str)> {
+        self.database_url.iter().map(|url| ("KW_DATABASE_URL", url.as_str())).collect()
+    }
+
+    async fn audit(&self, broker: &Broker) -> Audit {
+        match &self.database_url {
+            Some(url) => Audit(Store::open(&DatabaseLocation::Postgres(url.clone())).await.unwrap()),
+            None => Audit::open(&broker.data_dir).await,
+        }
+    }
 }
 
 fn token(broker: &Broker, pool: &str, ttl: &str) -> String {
@@ -115,26 +142,21 @@ async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Optio
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_enroll_take_jobs_and_lose_everything_when_revoked() {
-    lifecycle(None).await;
+    lifecycle(Backend::SQLITE).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgres_agents_enroll_take_jobs_and_lose_everything_when_revoked() {
     let cluster = keyward_tests::postgres::PgCluster::start();
-    lifecycle(Some(cluster.database("keyward_lifecycle"))).await;
+    lifecycle(Backend::postgres(&cluster, "keyward_lifecycle")).await;
 }
 
-/// Enrollment, a run, drain, revocation mid-job and their records, on SQLite or on the
-/// PostgreSQL database at `database_url`.
-async fn lifecycle(database_url: Option<String>) {
+/// Enrollment, a run, drain, revocation mid-job and their records, on `backend`.
+async fn lifecycle(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::init(&dir.path().join("infra"));
-    let (storage, envs) = match &database_url {
-        Some(url) => ("database_url_env = \"KW_DATABASE_URL\"", vec![("KW_DATABASE_URL", url.as_str())]),
-        None => ("", Vec::new()),
-    };
     let addr = free_addr();
-    let broker = serve(&config(dir.path(), addr, free_addr(), storage), addr, &envs, None).await;
+    let broker = serve(&config(dir.path(), addr, free_addr(), backend.storage()), addr, &backend.envs(), None).await;
     let marks = dir.path().join("marks");
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker, &repo, "net", "blue");
@@ -199,10 +221,7 @@ async fn lifecycle(database_url: Option<String>) {
     quick.terminate();
     assert!(quick.wait_exit(Duration::from_secs(15)).success(), "{}", quick.log_text());
 
-    let audit = match &database_url {
-        Some(url) => Audit(Store::open(&DatabaseLocation::Postgres(url.clone())).await.unwrap()),
-        None => Audit::open(&broker.data_dir).await,
-    };
+    let audit = backend.audit(&broker).await;
     for kind in [
         "pool.created",
         "join_token.created",
@@ -244,7 +263,7 @@ fn weak_csr(dir: &Path) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, _, _) = start(dir.path()).await;
+    let broker = start(dir.path()).await;
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     let (endpoint, ca_pem) = bootstrap(&broker.addr).await;
     let join_token = token(&broker, "blue", "10m");
@@ -321,10 +340,25 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() {
+    crashes_and_restarts(Backend::SQLITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() {
+    let cluster = keyward_tests::postgres::PgCluster::start();
+    crashes_and_restarts(Backend::postgres(&cluster, "keyward_crashes")).await;
+}
+
+/// Agents killed mid-plan and mid-apply, a broker restarted, then restarted with its agent
+/// endpoint moved, on `backend`.
+async fn crashes_and_restarts(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::init(&dir.path().join("infra"));
     let marks = dir.path().join("marks");
-    let (broker, config, addr) = start(dir.path()).await;
+    let envs = backend.envs();
+    let addr = free_addr();
+    let config = config(dir.path(), addr, free_addr(), backend.storage());
+    let broker = serve(&config, addr, &envs, None).await;
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker, &repo, "net", "blue");
 
@@ -378,7 +412,7 @@ async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() 
     run_in(&broker, &first, &["finished"]).await;
     let admin = broker.admin_token.clone();
     broker.terminate();
-    let broker = serve(&config, addr, &[], Some(&admin)).await;
+    let broker = serve(&config, addr, &envs, Some(&admin)).await;
     let second = submit(&broker, "net");
     let run = run_in(&broker, &second, &["finished"]).await;
     assert_eq!(run["jobs"][0]["agent_id"], agent.id.as_str());
@@ -387,8 +421,8 @@ async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() 
     // one, asks the broker address it enrolled with, follows, and remembers.
     broker.terminate();
     let moved = free_addr();
-    let config = self::config(dir.path(), addr, moved, "");
-    let broker = serve(&config, addr, &[], Some(&admin)).await;
+    let config = self::config(dir.path(), addr, moved, backend.storage());
+    let broker = serve(&config, addr, &envs, Some(&admin)).await;
     let third = submit(&broker, "net");
     let run = run_in(&broker, &third, &["finished"]).await;
     assert_eq!(run["jobs"][0]["agent_id"], agent.id.as_str());
@@ -403,7 +437,7 @@ async fn crashed_agents_and_restarted_brokers_lose_nothing_and_repeat_nothing() 
     lines.sort_unstable();
     lines.dedup();
     assert_eq!(lines.len(), total, "a job ran twice: {marked}");
-    let audit = Audit::open(&broker.data_dir).await;
+    let audit = backend.audit(&broker).await;
     assert!(audit.count("job.lease_ended").await >= 2);
     audit.check_tree().await;
 }

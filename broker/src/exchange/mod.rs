@@ -11,6 +11,11 @@
 //!    `token.minted` entry of the target-audience token minted for it. Nothing is handed out, and no relying party
 //!    is called, before that commit; a decision that cannot be recorded issues nothing;
 //! 6. what the relying party returned (or why it refused) is recorded before the response.
+//!
+//! A job's agent takes the same path through [`Exchanger::exchange_for_job`]: step 2 is its
+//! certificate and its lease (checked by the agent service), step 3 also keeps a job to its
+//! stack's targets for its phase, and the append of step 5 carries a write that re-checks the
+//! lease, so a lease that moved on meanwhile issues nothing.
 
 pub mod aws;
 mod input;
