@@ -189,7 +189,7 @@ fn sanitize(text: &str) -> String {
 fn random_suffix() -> String {
     let mut bytes = [0_u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::enroll::hex(&bytes)
 }
 
 #[cfg(test)]

@@ -184,7 +184,8 @@ fn pinned_fingerprint(token: &str) -> Option<String> {
         .then(|| fingerprint.to_ascii_lowercase())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -275,8 +275,7 @@ async fn broker_agents_connected(broker: &Broker) -> usize {
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
-    // A work stream's opening records "last seen".
-    body["agents"].as_array().map_or(0, |agents| agents.iter().filter(|a| !a["last_seen_at"].is_null()).count())
+    body["agents"].as_array().map_or(0, |agents| agents.iter().filter(|a| a["connected"] == true).count())
 }
 
 /// The real agent binary, enrolled, connected and idle.

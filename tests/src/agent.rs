@@ -16,6 +16,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::binary;
 
+/// PEM armour, as the broker writes it.
+pub use keyward_broker::agents::ca::pem;
+
 /// The broker's agent endpoint and CA certificate (PEM), as agents learn them.
 pub async fn bootstrap(broker_url: &str) -> (String, String) {
     let document: serde_json::Value = crate::http()
@@ -75,14 +78,6 @@ pub async fn enroll_in_process(endpoint: &str, ca_pem: &str, token: &str) -> (St
         .into_inner();
     let certificate = pem("CERTIFICATE", &enrolled.certificate_der);
     (enrolled.agent_id, Identity::from_pem(certificate, key.serialize_pem()))
-}
-
-/// PEM armour.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
 /// An open work stream, driven by the test.

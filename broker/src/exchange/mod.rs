@@ -171,7 +171,7 @@ impl Exchanger {
             used_at: now,
         });
         let grant = Grant { subject, claim, guard: Vec::new(), requested_ttl: request.requested_ttl };
-        self.grant(grant, target, caller, &request.target).await
+        self.grant(grant, target, caller).await
     }
 
     /// Credentials for a job, asked for by the agent holding its lease (the `Credentials` RPC).
@@ -192,7 +192,7 @@ impl Exchanger {
             guard: vec![job.lease_guard.clone()],
             requested_ttl: None,
         };
-        self.grant(grant, target_config, caller, target).await
+        self.grant(grant, target_config, caller).await
     }
 
     fn target(&self, name: &str) -> Result<&TargetConfig, ExchangeError> {
@@ -205,7 +205,6 @@ impl Exchanger {
         grant: Grant,
         target: &TargetConfig,
         caller: &Context,
-        target_name: &str,
     ) -> Result<ExchangeResponse, ExchangeError> {
         let Grant { subject, claim, guard, requested_ttl } = grant;
         let now = self.clock.now();
@@ -379,7 +378,7 @@ impl Exchanger {
                 }
             }
         };
-        tracing::info!(target = %target_name, run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
+        tracing::info!(target = %target.id(), run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 
@@ -588,9 +587,14 @@ impl Exchanger {
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
         if let Some(subject) = subject.filter(|s| s.kind == SubjectKind::Job) {
             // Which agent asked, under which lease: the certificate and the fencing token.
-            for field in ["sub", "agent_id", "job_id", "fencing_token"] {
-                if let Some(value) = subject.claims.get(field) {
-                    event = event.with(if field == "sub" { "agent_spiffe_id" } else { field }, value.clone());
+            for (claim, field) in [
+                ("sub", "agent_spiffe_id"),
+                ("agent_id", "agent_id"),
+                ("job_id", "job_id"),
+                ("fencing_token", "fencing_token"),
+            ] {
+                if let Some(value) = subject.claims.get(claim) {
+                    event = event.with(field, value.clone());
                 }
             }
         }

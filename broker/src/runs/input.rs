@@ -58,8 +58,7 @@ pub(super) fn approval_input(
     target_labels: Map<String, Value>,
     now: i64,
 ) -> Value {
-    let approved_by: Vec<String> =
-        reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect();
+    let approved_by = super::approvers(reviews);
     let approvals: Vec<Value> = reviews
         .iter()
         .map(|r| {

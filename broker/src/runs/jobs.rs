@@ -323,17 +323,8 @@ impl Runs {
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let approved_by = if job.phase == "apply" {
-            self.store
-                .reviews(&run.id)
-                .await?
-                .into_iter()
-                .filter(|review| review.decision == "approve")
-                .map(|review| review.reviewer)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let approved_by =
+            if job.phase == "apply" { super::approvers(&self.store.reviews(&run.id).await?) } else { Vec::new() };
         Ok(HeldJob { job, run, stack, approved_by, lease_expires_at })
     }
 

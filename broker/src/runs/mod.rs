@@ -415,10 +415,8 @@ impl Runs {
             _ => (RunState::Planned, None),
         };
         writes.push(transition(&run, next, detail.clone(), now));
-        let approvers: Vec<String> =
-            reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect();
         let mut context = run_context(&run, &stack, "apply", who, caller);
-        context.approved_by = approvers;
+        context.approved_by = approvers(&reviews);
         let mut events = vec![
             AuditEvent::new(Kind::RunReviewed, now, context.clone())
                 .with("decision", verdict.as_str())
@@ -538,6 +536,11 @@ fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> W
          error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
         vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
     )
+}
+
+/// Who approved, in review order: the `approve` reviews' reviewers.
+fn approvers(reviews: &[ReviewRow]) -> Vec<String> {
+    reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect()
 }
 
 fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {
