@@ -56,10 +56,24 @@ pub enum CredentialsError {
     },
 }
 
+/// Variables whose values are not secret: they are not masked in the job's log (a region, an
+/// address, a role name and the paths of secret files). Every other value is.
+const PUBLIC_VARIABLES: [&str; 8] = [
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "VAULT_ADDR",
+    "KEYWARD_VAULT_SECRETS_FILE",
+];
+
 /// The credentials of one job: environment variables, and the directory of its secret files.
 #[derive(Default)]
 pub struct JobCredentials {
     variables: BTreeMap<String, (Zeroizing<String>, String)>,
+    secrets: Vec<Zeroizing<Vec<u8>>>,
     dir: Option<PathBuf>,
 }
 
@@ -106,10 +120,15 @@ impl JobCredentials {
                 })?
                 .into_inner();
             for (name, value) in response.environment {
+                if !PUBLIC_VARIABLES.contains(&name.as_str()) {
+                    credentials.secrets.push(Zeroizing::new(value.as_bytes().to_vec()));
+                }
                 credentials.set(target, name, Zeroizing::new(value))?;
             }
             for file in response.files {
                 let content = Zeroizing::new(file.content);
+                credentials.secrets.push(content.clone());
+                credentials.secrets.extend(json_strings(&content));
                 let path = credentials.write_file(parent, &job.job_id, &file.environment_variable, &content)?;
                 credentials.set(target, file.environment_variable, Zeroizing::new(path.display().to_string()))?;
             }
@@ -120,6 +139,12 @@ impl JobCredentials {
     /// The variables to add to the job's environment.
     pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
         self.variables.iter().map(|(name, (value, _))| (name.as_str(), value.as_str()))
+    }
+
+    /// Every secret value the job was given: variable values (but for [`PUBLIC_VARIABLES`]), file
+    /// contents, and the strings inside a JSON file (Vault secrets). The job's log masks them.
+    pub fn secret_values(&self) -> impl Iterator<Item = &[u8]> {
+        self.secrets.iter().map(|s| s.as_slice())
     }
 
     /// How many variables there are.
@@ -179,6 +204,24 @@ impl JobCredentials {
         file.write_all(content).map_err(|source| CredentialsError::Files { path: path.clone(), source })?;
         Ok(path)
     }
+}
+
+/// The string values inside `content` when it is JSON (a Vault secrets file): each is a secret
+/// a process may print on its own.
+fn json_strings(content: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    fn collect(value: &serde_json::Value, out: &mut Vec<Zeroizing<Vec<u8>>>) {
+        match value {
+            serde_json::Value::String(text) => out.push(Zeroizing::new(text.as_bytes().to_vec())),
+            serde_json::Value::Array(items) => items.iter().for_each(|item| collect(item, out)),
+            serde_json::Value::Object(fields) => fields.values().for_each(|field| collect(field, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(content) {
+        collect(&value, &mut out);
+    }
+    out
 }
 
 /// Keeps `[A-Za-z0-9_-]`, so a name from the wire cannot leave the directory.

@@ -26,6 +26,7 @@ use crate::channel;
 use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
 use crate::enroll::{identity_from, key_and_csr, rediscover};
+use crate::logs::{JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::runner::{Outcome, Runner};
 
 /// Heartbeat period when nothing shorter is needed.
@@ -46,6 +47,10 @@ pub struct Settings {
     pub runner: Runner,
     /// `terraform version` on this host, reported in `Hello`.
     pub terraform_version: Option<String>,
+    /// Secret patterns masked in every job's log, besides the job's own credential values.
+    pub mask_patterns: Patterns,
+    /// The most bytes of output one job may log.
+    pub log_limit: u64,
 }
 
 /// Why the daemon stopped for good.
@@ -77,6 +82,7 @@ pub struct Daemon {
     results_ready: Notify,
     draining: Mutex<Option<String>>,
     drain_requested: Notify,
+    outbox: Arc<Outbox>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -106,6 +112,7 @@ impl Daemon {
             results_ready: Notify::new(),
             draining: Mutex::new(None),
             drain_requested: Notify::new(),
+            outbox: Arc::new(Outbox::default()),
         })
     }
 
@@ -202,9 +209,12 @@ impl Daemon {
 
     /// One connection: Hello, then messages both ways until it ends.
     async fn connection(self: Arc<Self>, identity: &Identity) -> Result<Ended, tonic::Status> {
+        let signer = Signer::new(identity).map_err(|e| tonic::Status::internal(e.to_string()))?;
         let mut client = channel::connect(&identity.state.endpoint, &identity.ca_pem, Some(identity))
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        // Chunks sent on an earlier connection without a receipt go first, in order.
+        self.outbox.resend_unacknowledged();
         let (outbound, outbox) = mpsc::channel::<AgentMessage>(64);
         let send = |kind| AgentMessage { kind: Some(kind) };
         let _ = outbound
@@ -229,6 +239,13 @@ impl Daemon {
         heartbeat.tick().await;
         let mut told_draining = self.is_draining();
         loop {
+            // A job's chunks go before its result, so the broker seals a complete log.
+            for chunk in self.outbox.take_unsent() {
+                let signed = signer.sign(&chunk).map_err(|e| tonic::Status::internal(e.to_string()))?;
+                if outbound.send(send(agent_message::Kind::LogChunk(signed))).await.is_err() {
+                    return Ok(Ended::Lost("the stream closed".to_owned()));
+                }
+            }
             for result in self.take_results() {
                 if outbound.send(send(agent_message::Kind::Result(result.clone()))).await.is_err() {
                     self.requeue_result(result);
@@ -249,6 +266,7 @@ impl Daemon {
                     Err(status) => return Ok(Ended::Lost(status.message().to_owned())),
                 },
                 () = self.results_ready.notified() => {}
+                () = self.outbox.ready.notified() => {}
                 _ = heartbeat.tick() => {
                     if outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await.is_err() {
                         return Ok(Ended::Lost("the stream closed".to_owned()));
@@ -284,6 +302,12 @@ impl Daemon {
                 }
             }
             Some(broker_message::Kind::Drain(drain)) => self.drain(&drain.reason),
+            Some(broker_message::Kind::LogReceipt(receipt)) => {
+                if !receipt.accepted {
+                    tracing::warn!(job_id = %receipt.job_id, seq = receipt.seq, reason = %receipt.reason, "the broker refused a log chunk");
+                }
+                self.outbox.acknowledge(&receipt.job_id, receipt.fencing_token, receipt.seq);
+            }
             None => {}
         }
     }
@@ -302,15 +326,8 @@ impl Daemon {
         tracing::info!(job_id = %job.job_id, run_id = %job.run_id, phase = %job.phase, "job started");
         let daemon = Arc::clone(self);
         tokio::spawn(async move {
-            let outcome = match JobCredentials::fetch(&mut client, &job, &std::env::temp_dir()).await {
-                Ok(credentials) => {
-                    if !credentials.is_empty() {
-                        tracing::info!(job_id = %job.job_id, variables = credentials.len(), "job credentials received");
-                    }
-                    daemon.settings.runner.run(&job, &credentials, canceled).await
-                }
-                Err(error) => Outcome::Failed(error.to_string()),
-            };
+            let (outcome, log) = daemon.execute(&job, &mut client, canceled).await;
+            let summary = log.finish().await;
             let finished = daemon.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.job_id);
             let Some(finished) = finished else { return };
             let (success, error) = match outcome {
@@ -319,16 +336,45 @@ impl Daemon {
                 // The broker already moved the job on; a report would be refused as stale.
                 Outcome::Canceled => return,
             };
-            tracing::info!(job_id = %job.job_id, success, "job finished");
+            tracing::info!(job_id = %job.job_id, success, log_chunks = summary.chunks, "job finished");
             daemon.results.lock().unwrap_or_else(PoisonError::into_inner).push(JobResult {
                 job_id: job.job_id,
                 fencing_token: finished.fencing_token,
                 success,
                 error,
-                final_log_digest: Vec::new(),
+                final_log_digest: summary.head.map(|head| head.to_vec()).unwrap_or_default(),
+                log_chunks: summary.chunks,
             });
             daemon.results_ready.notify_one();
         });
+    }
+
+    /// Fetches the job's credentials and runs its phase, logging to a log masked with them.
+    async fn execute(
+        &self,
+        job: &JobAssignment,
+        client: &mut AgentServiceClient<Channel>,
+        canceled: oneshot::Receiver<String>,
+    ) -> (Outcome, JobLog) {
+        let patterns = self.settings.mask_patterns.clone();
+        let log_of = |rules| JobLog::new(job, &rules, self.settings.log_limit, Arc::clone(&self.outbox));
+        let credentials = match JobCredentials::fetch(client, job, &std::env::temp_dir()).await {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                let log = log_of(MaskRules::patterns_only(patterns));
+                log.note(&format!("keyward: {error}")).await;
+                return (Outcome::Failed(error.to_string()), log);
+            }
+        };
+        let log = log_of(MaskRules::new(credentials.secret_values(), patterns));
+        if !credentials.is_empty() {
+            tracing::info!(job_id = %job.job_id, variables = credentials.len(), "job credentials received");
+            let names: Vec<&str> = credentials.environment().map(|(name, _)| name).collect();
+            log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
+                .await;
+        }
+        let outcome = self.settings.runner.run(job, &credentials, &log, canceled).await;
+        (outcome, log)
     }
 
     fn cancel_all(&self, reason: &str) {

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod datadir;
 pub mod enroll;
+pub mod logs;
 pub mod runner;
 
 /// The agent protocol version this build speaks.

@@ -42,6 +42,13 @@ enum Command {
         /// KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA and KEYWARD_PATH set.
         #[arg(long)]
         exec: Option<String>,
+        /// A regular expression whose matches are masked in every job's log (repeatable), besides
+        /// the job's own credential values and the built-in patterns (AWS key IDs, Vault tokens, JWTs).
+        #[arg(long = "mask-pattern", value_name = "REGEX")]
+        mask_patterns: Vec<String>,
+        /// The most output one job may log; the rest is discarded after a signed truncation line.
+        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+        log_limit: u64,
     },
 }
 
@@ -76,13 +83,15 @@ fn main() -> ExitCode {
                 );
                 Ok::<(), anyhow::Error>(())
             }
-            Command::Run { data_dir, capacity, exec } => {
+            Command::Run { data_dir, capacity, exec, mask_patterns, log_limit } => {
+                let mask_patterns = keyward_agent::logs::Patterns::new(&mask_patterns)?;
                 let terraform_version = keyward_agent::runner::terraform_version().await;
                 match &terraform_version {
                     Some(version) => tracing::info!(%version, "terraform found"),
                     None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
                 }
-                let settings = Settings { capacity, runner: Runner::new(exec), terraform_version };
+                let settings =
+                    Settings { capacity, runner: Runner::new(exec), terraform_version, mask_patterns, log_limit };
                 let daemon = Daemon::new(DataDir::new(data_dir), settings);
                 let draining = std::sync::Arc::clone(&daemon);
                 tokio::spawn(async move {
@@ -102,6 +111,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `123`, `64KiB`, `32MiB`, `1GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB or GiB)")),
+    };
+    number.checked_mul(scale).filter(|&bytes| bytes >= 1024).ok_or_else(|| format!("`{text}`: use 1KiB to 16EiB"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -2,21 +2,20 @@
 //!
 //! Until the sandboxed Terraform runner lands, a phase is `sh -c CMD` with the job described in
 //! `KEYWARD_*` environment variables, so the whole lifecycle — dispatch, leases, results,
-//! cancellation, credentials — runs end to end with real processes. Output is logged line by line and the
-//! last lines of a failing command become the job's error.
+//! cancellation, credentials — runs end to end with real processes. Output goes to the job's
+//! masked, signed log ([`crate::logs`]); the last masked output of a failing command becomes the
+//! job's error.
 
-use std::collections::VecDeque;
 use std::process::Stdio;
+use std::time::Duration;
 
 use keyward_proto::agent_v1::JobAssignment;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::credentials::JobCredentials;
-
-/// Lines of output kept for the error of a failed command.
-const TAIL_LINES: usize = 20;
+use crate::logs::{JobLog, Stream};
 
 /// How a job's command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +57,13 @@ impl Runner {
         Self { command }
     }
 
-    /// Runs `job`, with `credentials` in its environment, until it ends or `cancel` fires.
+    /// Runs `job`, with `credentials` in its environment and its output in `log`, until it ends
+    /// or `cancel` fires.
     pub async fn run(
         &self,
         job: &JobAssignment,
         credentials: &JobCredentials,
+        log: &JobLog,
         cancel: oneshot::Receiver<String>,
     ) -> Outcome {
         let Some(command) = &self.command else {
@@ -71,7 +72,8 @@ impl Runner {
                     .to_owned(),
             );
         };
-        let mut child = match Command::new("sh")
+        let mut process = Command::new("sh");
+        process
             .arg("-c")
             .arg(command)
             .env_clear()
@@ -83,62 +85,95 @@ impl Runner {
             .env("KEYWARD_REPOSITORY", &job.repository)
             .env("KEYWARD_COMMIT_SHA", &job.commit_sha)
             .env("KEYWARD_PATH", &job.path)
-            .envs(credentials.environment())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(error) => return Outcome::Failed(format!("cannot start the job's command: {error}")),
-        };
-        let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let mut readers = Vec::new();
-        for (stream, name) in [
-            (child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), "stdout"),
-            (child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), "stderr"),
-        ] {
-            let Some(stream) = stream else { continue };
-            let tail = std::sync::Arc::clone(&tail);
-            let job_id = job.job_id.clone();
-            readers.push(tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(job_id = %job_id, stream = name, "{line}");
-                    if let Ok(mut tail) = tail.lock() {
-                        if tail.len() == TAIL_LINES {
-                            tail.pop_front();
-                        }
-                        tail.push_back(line);
-                    }
-                }
-            }));
-        }
-        let outcome = tokio::select! {
-            status = child.wait() => match status {
-                Ok(status) if status.success() => Outcome::Succeeded,
-                Ok(status) => {
-                    for reader in readers.drain(..) {
-                        let _ = reader.await;
-                    }
-                    let tail: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-                    Outcome::Failed(format!("the command exited with {status}: {}", tail.join("\n")))
-                }
-                Err(error) => Outcome::Failed(format!("cannot wait for the job's command: {error}")),
-            },
-            reason = cancel => {
-                kill_group(&mut child).await;
-                tracing::info!(job_id = %job.job_id, reason = %reason.unwrap_or_default(), "job canceled");
+            .envs(credentials.environment());
+        log.note(&format!("$ sh -c {command}")).await;
+        match run_step(process, log, cancel).await {
+            StepEnd::Exited(status) if status.success() => Outcome::Succeeded,
+            StepEnd::Exited(status) => {
+                log.note(&format!("keyward: the command exited with {status}")).await;
+                Outcome::Failed(format!("the command exited with {status}: {}", log.tail().await))
+            }
+            StepEnd::NotStarted(error) => Outcome::Failed(format!("cannot start the job's command: {error}")),
+            StepEnd::Canceled(reason) => {
+                log.note(&format!("keyward: canceled: {reason}")).await;
+                tracing::info!(job_id = %job.job_id, %reason, "job canceled");
                 Outcome::Canceled
             }
-        };
-        for reader in readers {
-            reader.abort();
         }
-        outcome
     }
+}
+
+/// How one process of a job ended.
+#[derive(Debug)]
+pub enum StepEnd {
+    /// It exited (or was killed by a signal) on its own.
+    Exited(std::process::ExitStatus),
+    /// It was killed, with everything it started, because the job was canceled.
+    Canceled(String),
+    /// It could not be started.
+    NotStarted(std::io::Error),
+}
+
+/// How often buffered output is sent even when a chunk is not full.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `command` in its own process group, its stdout and stderr into `log`, until it exits or
+/// `cancel` fires (then the whole group is killed).
+pub async fn run_step(mut command: Command, log: &JobLog, cancel: oneshot::Receiver<String>) -> StepEnd {
+    let mut child = match command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => return StepEnd::NotStarted(error),
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let end = {
+        let waited = async {
+            // The process's status counts once its output has been read to the end.
+            let (_, _, status) =
+                tokio::join!(pump(stdout, Stream::Stdout, log), pump(stderr, Stream::Stderr, log), child.wait());
+            status
+        };
+        tokio::pin!(waited);
+        let mut cancel = cancel;
+        let mut every = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                status = &mut waited => break match status {
+                    Ok(status) => StepEnd::Exited(status),
+                    Err(error) => StepEnd::NotStarted(error),
+                },
+                reason = &mut cancel => {
+                    break StepEnd::Canceled(reason.unwrap_or_else(|_| "the agent stopped the job".to_owned()));
+                }
+                _ = every.tick() => log.flush().await,
+            }
+        }
+    };
+    if matches!(end, StepEnd::Canceled(_)) {
+        kill_group(&mut child).await;
+    }
+    log.flush().await;
+    end
+}
+
+/// Copies one of a process's pipes into the log until it closes.
+async fn pump(pipe: Option<impl AsyncRead + Unpin>, stream: Stream, log: &JobLog) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => log.write(stream, buffer.get(..read).unwrap_or_default()).await,
+        }
+    }
+    log.close(stream).await;
 }
 
 /// Kills the command and everything it started (it leads its own process group).
@@ -152,22 +187,37 @@ async fn kill_group(child: &mut tokio::process::Child) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::logs::{MaskRules, Outbox, Patterns};
 
     fn job() -> JobAssignment {
         JobAssignment { job_id: "j1".into(), phase: "plan".into(), ..JobAssignment::default() }
     }
 
+    fn new_log() -> (JobLog, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(usize::MAX));
+        let rules = MaskRules::patterns_only(Patterns::default());
+        (JobLog::new(&job(), &rules, 1 << 20, Arc::clone(&outbox)), outbox)
+    }
+
     #[tokio::test]
     async fn a_command_sees_its_job_and_its_exit_status_counts() {
+        let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let ok = Runner::new(Some("test \"$KEYWARD_PHASE\" = plan".into()))
-            .run(&job(), &JobCredentials::default(), cancel)
+        let ok = Runner::new(Some("test \"$KEYWARD_PHASE\" = plan && echo planned".into()))
+            .run(&job(), &JobCredentials::default(), &log, cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
+        log.finish().await;
+        let logged: Vec<u8> =
+            outbox.take_unsent().into_iter().filter(|c| c.stream == "stdout").flat_map(|c| c.data).collect();
+        assert_eq!(logged, b"planned\n");
+        let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let failed =
-            Runner::new(Some("echo boom; exit 3".into())).run(&job(), &JobCredentials::default(), cancel).await;
+            Runner::new(Some("echo boom; exit 3".into())).run(&job(), &JobCredentials::default(), &log, cancel).await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
 
@@ -183,7 +233,10 @@ mod tests {
         let (cancel, canceled) = oneshot::channel();
         let runner = Runner::new(Some("sleep 30".into()));
         let job = job();
-        let running = tokio::spawn(async move { runner.run(&job, &JobCredentials::default(), canceled).await });
+        let running = tokio::spawn(async move {
+            let (log, _outbox) = new_log();
+            runner.run(&job, &JobCredentials::default(), &log, canceled).await
+        });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         cancel.send("test".into()).expect("send");
         assert_eq!(running.await.expect("joined"), Outcome::Canceled);

@@ -1,12 +1,14 @@
 //! Keyward's shared contract.
 //!
 //! The broker and the agent never depend on each other; everything they both need to agree on lives
-//! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`) and the
-//! run-token claim set that relying parties, agents and the broker all read.
+//! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`), the
+//! run-token claim set that relying parties, agents and the broker all read, and the digest that
+//! chains and signs a job's log chunks.
 
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod logs;
 
 /// The agent protocol, `keyward.agent.v1`, generated at build time from `proto/keyward/agent/v1/agent.proto`.
 #[allow(

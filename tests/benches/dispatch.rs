@@ -113,6 +113,7 @@ async fn connect(
                     success,
                     error: if success { String::new() } else { "benchmark: done".to_owned() },
                     final_log_digest: Vec::new(),
+                    log_chunks: 0,
                 };
                 if tx.send((received, job)).is_err() {
                     return;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
-    AgentMessage, BrokerMessage, EnrollRequest, Heartbeat, Hello, JobAssignment, agent_message, broker_message,
+    AgentMessage, BrokerMessage, EnrollRequest, Heartbeat, Hello, JobAssignment, LogReceipt, agent_message,
+    broker_message,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -58,6 +59,13 @@ pub fn stored_identity(data_dir: &Path) -> Identity {
 /// Enrolls with `token` from inside the test process (a fresh P-256 key); returns the agent ID
 /// and its identity.
 pub async fn enroll_in_process(endpoint: &str, ca_pem: &str, token: &str) -> (String, Identity) {
+    let (id, identity, _) = enroll_with_key(endpoint, ca_pem, token).await;
+    (id, identity)
+}
+
+/// [`enroll_in_process`], also returning the private key (PKCS#8 PEM), for tests that sign as
+/// the agent.
+pub async fn enroll_with_key(endpoint: &str, ca_pem: &str, token: &str) -> (String, Identity, String) {
     let key = rcgen::KeyPair::generate().expect("key");
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
         .expect("params")
@@ -77,7 +85,7 @@ pub async fn enroll_in_process(endpoint: &str, ca_pem: &str, token: &str) -> (St
         .expect("enrolled")
         .into_inner();
     let certificate = pem("CERTIFICATE", &enrolled.certificate_der);
-    (enrolled.agent_id, Identity::from_pem(certificate, key.serialize_pem()))
+    (enrolled.agent_id, Identity::from_pem(certificate, key.serialize_pem()), key.serialize_pem())
 }
 
 /// An open work stream, driven by the test.
@@ -116,6 +124,19 @@ impl WorkSession {
             let message = tokio::time::timeout_at(deadline, self.inbound.message()).await.ok()?.ok()??;
             if let Some(broker_message::Kind::Assignment(job)) = message.kind {
                 return Some(job);
+            }
+        }
+    }
+
+    /// The next log receipt, skipping other messages, within `timeout`; the stream's error if the
+    /// broker ended it.
+    pub async fn next_receipt(&mut self, timeout: Duration) -> Result<Option<LogReceipt>, tonic::Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(message) = tokio::time::timeout_at(deadline, self.inbound.message()).await else { return Ok(None) };
+            let Some(message) = message? else { return Ok(None) };
+            if let Some(broker_message::Kind::LogReceipt(receipt)) = message.kind {
+                return Ok(Some(receipt));
             }
         }
     }

@@ -117,7 +117,16 @@ async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     stack(&broker, &repo, "network", &["aws:state-read"], &["aws:network-apply"]);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let exec = format!("env | grep '^AWS_' | sort > '{}'/\"$KEYWARD_PHASE\".env", out.display());
+    // Besides recording what it got, the phase prints its secrets the ways a careless or hostile
+    // configuration would: plainly, split over two writes with a pause between them, base64
+    // (the session token's encoding is long enough for `base64` to wrap it), and on stderr.
+    let exec = format!(
+        "env | grep '^AWS_' | sort > '{}'/\"$KEYWARD_PHASE\".env; s=\"$AWS_SECRET_ACCESS_KEY\"; \
+         echo \"plain $s\"; printf 'split %s' \"${{s%????????????????????}}\"; sleep 0.6; \
+         printf '%s done\\n' \"${{s#????????????????????}}\"; printf '%s' \"$s\" | base64; \
+         printf '%s' \"$AWS_SESSION_TOKEN\" | base64; echo \"token $AWS_SESSION_TOKEN\" >&2",
+        out.display()
+    );
     let agent = Agent::enroll_and_run(&broker.addr, &join_token(&broker), &dir.path().join("agent"), &exec);
 
     let run_id = submit(&broker, "network");
@@ -190,6 +199,29 @@ async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     let logs = format!("{}{}", broker.log_text(), agent.log_text());
     for secret in secrets {
         assert!(!logs.contains(secret), "a secret reached a log");
+    }
+    // The job's own log, as stored and served: every form of every secret masked.
+    let printed = broker.cli(&["run", "logs", &run_id]);
+    assert!(printed.success, "{}", printed.stderr);
+    let text = printed.stdout;
+    assert_eq!(text.matches("plain ***\n").count(), 2, "{text}");
+    assert_eq!(text.matches("split *** done\n").count(), 2, "split over two writes: {text}");
+    assert_eq!(text.matches("token ***\n").count(), 2, "{text}");
+    for secret in secrets {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        for needle in [secret, &secret[..20], &secret[20..], &encoded[..40], &encoded[encoded.len() - 40..]] {
+            assert!(!text.contains(needle), "a secret (or part, or its base64) is in the job's log:\n{text}");
+        }
+    }
+    let base64_lines = text.lines().filter(|l| l.starts_with("***")).count();
+    assert!(base64_lines >= 4, "the base64 lines are masked: {text}");
+    // Complete, sealed, and verifiable.
+    let verified = broker.cli(&["run", "logs", &run_id, "--verify"]);
+    assert!(verified.success, "{}", verified.stderr);
+    assert_eq!(verified.stdout.matches("sealed in the audit log").count(), 2, "{}", verified.stdout);
+    for entry in entries.iter().filter(|e| e.kind == "finished") {
+        assert!(entry.details.contains("\"log_complete\":true"), "{}", entry.details);
     }
     // The credential files directory of each job is gone with the job.
     let leftovers: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())

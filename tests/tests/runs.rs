@@ -132,10 +132,10 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
 
     // Only the holder, with the current fencing token, may report.
     for (agent, token) in [("agent-x", 1), (holder.as_str(), 2)] {
-        let stale = runs.finish_job(&plan.job_id, agent, token, JobOutcome::Succeeded).await.unwrap_err();
+        let stale = runs.finish_job(&plan.job_id, agent, token, JobOutcome::Succeeded, None).await.unwrap_err();
         assert!(matches!(stale, RunError::Conflict(ref m) if m.contains("stale or foreign")), "{stale:?}");
     }
-    runs.finish_job(&plan.job_id, &holder, 1, JobOutcome::Succeeded).await.unwrap();
+    runs.finish_job(&plan.job_id, &holder, 1, JobOutcome::Succeeded, None).await.unwrap();
     assert_eq!(runs.run(&run.id).await.unwrap().state, RunState::Planned.as_str(), "waits for approval");
 
     // The author's own approval does not count (the library's approval policy); a second review
@@ -152,7 +152,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // The apply job runs and finishes the run; a finished run cannot be canceled or reviewed.
     let apply = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("the apply job");
     assert_eq!((apply.run_id.as_str(), apply.phase.as_str()), (run.id.as_str(), "apply"));
-    runs.finish_job(&apply.job_id, "agent-1", apply.fencing_token, JobOutcome::Succeeded).await.unwrap();
+    runs.finish_job(&apply.job_id, "agent-1", apply.fencing_token, JobOutcome::Succeeded, None).await.unwrap();
     let finished = runs.run(&run.id).await.unwrap();
     assert_eq!(finished.state, "finished");
     assert_eq!(finished.reviews.iter().map(|r| r.by.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
@@ -241,7 +241,7 @@ async fn planned_run(runs: &Runs, author: &str) -> String {
     let run = runs.submit(submission("network", None), author, Context::default()).await.unwrap();
     let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("plan job");
     assert_eq!(lease.run_id, run.id);
-    runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, JobOutcome::Succeeded).await.unwrap();
+    runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, JobOutcome::Succeeded, None).await.unwrap();
     assert_eq!(runs.run(&run.id).await.unwrap().state, "planned");
     run.id
 }

@@ -99,6 +99,9 @@ pub struct SessionGuard {
     session: u64,
     /// Notified when the hub cuts this session (revocation, replacement).
     pub closed: Arc<Notify>,
+    /// The session's stream, for answers that must wait for room rather than be dropped (log
+    /// receipts: dropping one would leave the agent's chunk in its outbox).
+    pub outbox: mpsc::Sender<Outbound>,
 }
 
 impl Drop for SessionGuard {
@@ -148,8 +151,15 @@ impl Hub {
             let mut state = self.lock();
             state.next_session += 1;
             id = state.next_session;
-            let session =
-                Session { id, pool: pool.to_owned(), capacity, held, draining, outbox, closed: Arc::clone(&closed) };
+            let session = Session {
+                id,
+                pool: pool.to_owned(),
+                capacity,
+                held,
+                draining,
+                outbox: outbox.clone(),
+                closed: Arc::clone(&closed),
+            };
             if let Some(old) = state.sessions.insert(agent_id.to_owned(), session) {
                 let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer connection of this agent")));
                 old.closed.notify_one();
@@ -162,7 +172,7 @@ impl Hub {
             tokio::spawn(Arc::clone(self).dispatch(pool.to_owned()));
         }
         tracing::info!(agent_id, pool, capacity, "agent connected");
-        (SessionGuard { hub: Arc::clone(self), agent_id: agent_id.to_owned(), session: id, closed }, inbox)
+        (SessionGuard { hub: Arc::clone(self), agent_id: agent_id.to_owned(), session: id, closed, outbox }, inbox)
     }
 
     /// Whether `agent_id` has a stream open here.

@@ -29,6 +29,7 @@ use self::join::JoinToken;
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::exchange::Exchanger;
+use crate::logs::Logs;
 use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
 use crate::store::write::{Param, Write};
 use crate::store::{AgentRow, Store, StoreError};
@@ -243,6 +244,7 @@ pub struct Agents {
     settings: Arc<AgentSettings>,
     hub: Arc<Hub>,
     exchanger: Option<Arc<Exchanger>>,
+    logs: Logs,
 }
 
 impl Agents {
@@ -260,7 +262,13 @@ impl Agents {
     ) -> Self {
         let settings = Arc::new(settings);
         let hub = Arc::new(Hub::new(runs.clone(), Arc::clone(&settings)));
-        Self { store, audit, runs, ca, clock, settings, hub, exchanger }
+        let logs = Logs::new(store.clone(), audit.clone(), Arc::clone(&clock), ca.certificate_pem());
+        Self { store, audit, runs, ca, clock, settings, hub, exchanger, logs }
+    }
+
+    /// Jobs' logs.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
     }
 
     /// The live connections.

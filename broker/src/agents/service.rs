@@ -14,17 +14,19 @@ use std::time::Duration;
 use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse, Heartbeat,
-    JobResult, RenewRequest, agent_message,
+    JobResult, LogReceipt, RenewRequest, SignedLogChunk, agent_message, broker_message,
 };
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::credentials::CredentialsError;
-use super::hub::Held;
+use super::hub::{Held, Outbound};
 use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
+use crate::logs::{MAX_REJECTIONS, StreamLogs};
 use crate::runs::{JobOutcome, RunError};
 use crate::store::{AgentHello, AgentRow};
 
@@ -100,6 +102,7 @@ impl AgentService for AgentGrpc {
 
     async fn work(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::WorkStream>, Status> {
         let agent = self.caller(&request).await?;
+        let certificate = request.peer_certs().and_then(|c| c.first().map(|c| c.to_vec())).unwrap_or_default();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => hello,
@@ -135,11 +138,12 @@ impl AgentService for AgentGrpc {
         if let Err(error) = self.agents.store.agent_hello(&agent.id, self.agents.clock.now(), &reported).await {
             tracing::warn!(agent_id = %agent.id, %error, "could not record an agent's hello");
         }
-        let worker = StreamWorker { agents: self.agents.clone(), agent };
+        let logs = StreamLogs::new(&agent.id, &certificate);
+        let worker = StreamWorker { agents: self.agents.clone(), agent, replies: guard.outbox.clone() };
         tokio::spawn(async move {
             let closed = Arc::clone(&guard.closed);
             tokio::select! {
-                () = worker.read(inbound) => {}
+                () = worker.read(inbound, logs) => {}
                 () = closed.notified() => {}
             }
             drop(guard);
@@ -174,10 +178,11 @@ impl AgentService for AgentGrpc {
 struct StreamWorker {
     agents: Agents,
     agent: AgentRow,
+    replies: mpsc::Sender<Outbound>,
 }
 
 impl StreamWorker {
-    async fn read(&self, mut inbound: Streaming<AgentMessage>) {
+    async fn read(&self, mut inbound: Streaming<AgentMessage>, mut logs: StreamLogs) {
         loop {
             let message = match inbound.message().await {
                 Ok(Some(message)) => message,
@@ -193,7 +198,7 @@ impl StreamWorker {
                         return;
                     }
                 }
-                Some(agent_message::Kind::Result(result)) => self.result(result).await,
+                Some(agent_message::Kind::Result(result)) => self.result(result, &mut logs).await,
                 Some(agent_message::Kind::Draining(draining)) => {
                     tracing::info!(agent_id = %self.agent.id, reason = %draining.reason, "agent draining");
                     self.agents.hub().drain(&self.agent.id, &draining.reason);
@@ -204,8 +209,10 @@ impl StreamWorker {
                 Some(agent_message::Kind::JobEvent(event)) => {
                     tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state = %event.state, "job event");
                 }
-                Some(agent_message::Kind::LogChunk(_)) => {
-                    tracing::debug!(agent_id = %self.agent.id, "log chunk ignored: log streaming is not enabled");
+                Some(agent_message::Kind::LogChunk(chunk)) => {
+                    if !self.log_chunk(chunk, &mut logs).await {
+                        return;
+                    }
                 }
                 Some(agent_message::Kind::Hello(_)) | None => {
                     tracing::warn!(agent_id = %self.agent.id, "unexpected message on the work stream");
@@ -253,8 +260,55 @@ impl StreamWorker {
         true
     }
 
-    async fn result(&self, result: JobResult) {
+    /// Verifies and stores a log chunk and answers with its receipt; false ends the stream (too
+    /// many bad chunks, or the stream is gone).
+    async fn log_chunk(&self, chunk: SignedLogChunk, logs: &mut StreamLogs) -> bool {
+        let outcome = self.agents.logs().receive(logs, &chunk).await;
+        let reason = match &outcome {
+            Ok(()) => String::new(),
+            Err(rejection) => {
+                tracing::warn!(agent_id = %self.agent.id, job_id = %chunk.job_id, seq = chunk.seq, %rejection, "log chunk rejected");
+                self.agents.logs().record_rejection(logs, &chunk, rejection).await;
+                rejection.to_string()
+            }
+        };
+        let receipt = LogReceipt {
+            job_id: chunk.job_id,
+            fencing_token: chunk.fencing_token,
+            seq: chunk.seq,
+            accepted: outcome.is_ok(),
+            reason,
+        };
+        let message = BrokerMessage { kind: Some(broker_message::Kind::LogReceipt(receipt)) };
+        if self.replies.send(Ok(message)).await.is_err() {
+            return false;
+        }
+        if logs.recorded >= MAX_REJECTIONS {
+            let why = format!("{MAX_REJECTIONS} log chunks failed verification on this stream");
+            let _ = self.replies.send(Err(Status::invalid_argument(why))).await;
+            return false;
+        }
+        true
+    }
+
+    async fn result(&self, result: JobResult, logs: &mut StreamLogs) {
         let Ok(fencing_token) = i64::try_from(result.fencing_token) else { return };
+        let seal = match self
+            .agents
+            .logs()
+            .seal(logs, &result.job_id, result.fencing_token, &result.final_log_digest, result.log_chunks)
+            .await
+        {
+            Ok(seal) => seal,
+            Err(error) => {
+                // Unrecorded: the agent sends the result again on its next connection.
+                tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, %error, "could not read a job's log head");
+                return;
+            }
+        };
+        if !seal.complete {
+            tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, stored = seal.chunks, reported = result.log_chunks, "a job's log is incomplete");
+        }
         let outcome = if result.success {
             JobOutcome::Succeeded
         } else {
@@ -262,7 +316,7 @@ impl StreamWorker {
             error.truncate(error.floor_char_boundary(MAX_ERROR));
             JobOutcome::Failed(if error.is_empty() { "the agent reported a failure".to_owned() } else { error })
         };
-        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, outcome).await {
+        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, outcome, Some(&seal)).await {
             Ok(()) => {
                 tracing::info!(agent_id = %self.agent.id, job_id = %result.job_id, success = result.success, "job finished")
             }

@@ -103,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/approve", post(runs::approve_run))
         .route("/v1/runs/{id}/reject", post(runs::reject_run))
         .route("/v1/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/v1/runs/{id}/logs", get(runs::run_logs))
+        .route("/v1/runs/{id}/logs/bundle", get(runs::run_log_bundle))
         .route("/v1/pools", post(agents::create_pool).get(agents::list_pools))
         .route("/v1/pools/{name}/join-tokens", post(agents::create_join_token))
         .route("/v1/agents", get(agents::list_agents))

@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
 use crate::access::ApiScope;
-use crate::runs::{Stack, StackSpec, Submission, Verdict};
+use crate::runs::{RunError, RunState, Stack, StackSpec, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -156,4 +156,51 @@ pub(super) async fn cancel_run(
 ) -> Result<Json<Value>, ApiError> {
     let operator = operator(&state, &headers, ApiScope::Submit).await?;
     Ok(Json(json!(state.runs.cancel(&id, &operator.name, super::caller(&extensions)).await?)))
+}
+
+/// `GET /v1/runs/{id}/logs` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/runs/{id}/logs?after=CURSOR&limit=N`: the run's verified, masked log chunks in
+/// arrival order, from after `CURSOR`, and whether the run has settled (a follower stops when it
+/// has and nothing new came).
+pub(super) async fn run_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let run = state.runs.run(&id).await?;
+    let after = query.after.unwrap_or(0).max(0);
+    let chunks = state
+        .agents
+        .logs()
+        .page(&id, after, query.limit.unwrap_or(500).clamp(1, 1000))
+        .await
+        .map_err(RunError::from)?;
+    let cursor = chunks.last().map_or(after, |c| c.id);
+    let settled = run.state.parse::<RunState>().is_ok_and(RunState::is_settled);
+    let jobs: Vec<Value> = run.jobs.iter().map(|j| json!({"id": j.id, "phase": j.phase, "state": j.state})).collect();
+    Ok(Json(
+        json!({ "run_id": run.id, "state": run.state, "settled": settled, "cursor": cursor, "jobs": jobs, "chunks": chunks }),
+    ))
+}
+
+/// `GET /v1/runs/{id}/logs/bundle`: the run's log with the signatures, certificates and sealed
+/// heads that let `keyward run logs --verify` check it offline.
+pub(super) async fn run_log_bundle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<crate::logs::Bundle>, ApiError> {
+    operator(&state, &headers, ApiScope::Submit).await?;
+    state.runs.run(&id).await?;
+    Ok(Json(state.agents.logs().bundle(&id).await.map_err(RunError::from)?))
 }

@@ -59,6 +59,9 @@ pub enum Kind {
     AgentDraining,
     /// An agent was revoked: its stream cut, its leases ended, its certificate refused.
     AgentRevoked,
+    /// A job's log chunk failed verification (signature, digest, chain, sequence, job binding)
+    /// and was not stored; with why.
+    LogRejected,
 }
 
 impl Kind {
@@ -88,6 +91,7 @@ impl Kind {
             Self::AgentRenewed => kinds::AGENT_RENEWED,
             Self::AgentDraining => kinds::AGENT_DRAINING,
             Self::AgentRevoked => kinds::AGENT_REVOKED,
+            Self::LogRejected => kinds::LOG_REJECTED,
         }
     }
 }
@@ -140,6 +144,8 @@ pub mod kinds {
     pub const AGENT_DRAINING: &str = "agent.draining";
     /// [`super::Kind::AgentRevoked`].
     pub const AGENT_REVOKED: &str = "agent.revoked";
+    /// [`super::Kind::LogRejected`].
+    pub const LOG_REJECTED: &str = "log.rejected";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

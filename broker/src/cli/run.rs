@@ -1,5 +1,6 @@
-//! `keyward run …`: submit, follow, review and cancel runs.
+//! `keyward run …`: submit, follow, review and cancel runs; print, export and verify their logs.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use super::client::segment;
 use super::client::{Client, items, print_json, text};
+use crate::logs;
 use crate::runs::RunState;
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +70,33 @@ pub(super) enum RunCommand {
     Approve(ReviewArgs),
     /// Reject a planned run.
     Reject(ReviewArgs),
+    /// Print a run's log: its jobs' output, masked on the agent and verified by the broker.
+    Logs {
+        /// Run ID (optional with `--verify --bundle FILE`: the bundle names its run).
+        id: Option<String>,
+        /// Keep printing as output arrives, until the run finishes or waits for approval.
+        #[arg(long, conflicts_with_all = ["verify", "export"])]
+        follow: bool,
+        /// Verify the log instead of printing it: every chunk's digest and agent signature, every
+        /// chain from its first chunk to the head sealed in the audit log, every certificate to
+        /// the agent CA. Exits non-zero, naming each problem, when anything fails.
+        #[arg(long)]
+        verify: bool,
+        /// With `--verify`: verify this exported bundle offline instead of fetching one.
+        #[arg(long, requires = "verify", value_name = "FILE")]
+        bundle: Option<PathBuf>,
+        /// With `--verify`: trust this agent CA (PEM) instead of the one the bundle carries.
+        #[arg(long, requires = "verify", value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Write the run's log bundle (chunks, signatures, certificates, sealed heads) to FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "verify")]
+        export: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Cancel a run that has not finished.
     Cancel {
         /// Run ID.
@@ -147,6 +176,25 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
                 );
             }
         }
+        RunCommand::Logs { id, follow, verify, bundle, ca, export, json, connection } => {
+            if verify {
+                return verify_logs(id.as_deref(), bundle.as_deref(), ca.as_deref(), json, &connection, env).await;
+            }
+            let Some(id) = id else { bail!("name the run: keyward run logs RUN_ID") };
+            let client = Client::new(&connection, env)?;
+            if let Some(path) = export {
+                let bundle = client.get(&format!("/v1/runs/{}/logs/bundle", segment(&id))).await?;
+                std::fs::write(&path, serde_json::to_vec_pretty(&bundle)?)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                eprintln!(
+                    "wrote the log bundle of run {id} to {}; check it with `keyward run logs --verify --bundle {}`",
+                    path.display(),
+                    path.display()
+                );
+                return Ok(());
+            }
+            print_logs(&client, &id, follow, json).await?;
+        }
         RunCommand::Approve(args) => review(args, "approve", env).await?,
         RunCommand::Reject(args) => review(args, "reject", env).await?,
         RunCommand::Cancel { id, json, connection } => {
@@ -210,6 +258,102 @@ async fn follow(client: &Client, id: &str, progress: bool, timeout: Option<Durat
         last = state;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Prints the run's log from the start; with `follow`, keeps polling until the run settles.
+async fn print_logs(client: &Client, id: &str, follow: bool, json: bool) -> anyhow::Result<()> {
+    let mut cursor = 0;
+    let mut job = String::new();
+    let mut collected = Vec::new();
+    loop {
+        let page = client.get(&format!("/v1/runs/{}/logs?after={cursor}&limit=500", segment(id))).await?;
+        let chunks: Vec<&Value> = items(&page, "chunks").collect();
+        let phases: Vec<(&str, &str)> = items(&page, "jobs").map(|j| (text(j, "id"), text(j, "phase"))).collect();
+        for chunk in &chunks {
+            if json {
+                collected.push((*chunk).clone());
+                continue;
+            }
+            if text(chunk, "job_id") != job {
+                job = text(chunk, "job_id").to_owned();
+                let phase = phases.iter().find(|(id, _)| *id == job).map_or("job", |(_, phase)| phase);
+                println!("── {phase} (job {job}) ──");
+            }
+            print!("{}", text(chunk, "text"));
+        }
+        cursor = page.get("cursor").and_then(Value::as_i64).unwrap_or(cursor);
+        let settled = page.get("settled").and_then(Value::as_bool).unwrap_or(true);
+        if chunks.len() >= 500 {
+            continue;
+        }
+        if !follow || settled {
+            if json {
+                return print_json(&json!({ "run_id": id, "state": text(&page, "state"), "chunks": collected }));
+            }
+            if follow {
+                eprintln!("run {id}: {}", text(&page, "state"));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `run logs --verify`: fetches the run's bundle (or reads `bundle`) and verifies it here.
+async fn verify_logs(
+    id: Option<&str>,
+    bundle: Option<&Path>,
+    ca: Option<&Path>,
+    json: bool,
+    connection: &Connection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()));
+    let bundle: logs::Bundle = match (bundle, id) {
+        (Some(path), _) => serde_json::from_slice(&read(path)?)
+            .map_err(|e| anyhow::anyhow!("{} is not a log bundle: {e}", path.display()))?,
+        (None, Some(id)) => {
+            let value = Client::new(connection, env)?.get(&format!("/v1/runs/{}/logs/bundle", segment(id))).await?;
+            serde_json::from_value(value).map_err(|e| anyhow::anyhow!("the broker sent an unreadable bundle: {e}"))?
+        }
+        (None, None) => bail!("name the run (keyward run logs RUN_ID --verify) or a bundle (--bundle FILE)"),
+    };
+    if let Some(id) = id
+        && id != bundle.run_id
+    {
+        bail!("the bundle is the log of run {}, not {id}", bundle.run_id);
+    }
+    let pinned = match ca {
+        Some(path) => Some(
+            logs::bundle::pem_der(&String::from_utf8_lossy(&read(path)?))
+                .ok_or_else(|| anyhow::anyhow!("{} holds no PEM certificate", path.display()))?,
+        ),
+        None => None,
+    };
+    let report = logs::bundle::verify(&bundle, pinned.as_deref())?;
+    if json {
+        return print_json(&serde_json::to_value(&report)?);
+    }
+    for lease in &report.leases {
+        let sealed = match lease.sealed {
+            Some(true) => "sealed in the audit log",
+            Some(false) => "NOT the sealed head",
+            None => "not sealed (the job did not report its end)",
+        };
+        println!(
+            "{} job {} lease {}: {} chunks, {} bytes, signed by agent {}; head {} {sealed}",
+            lease.phase,
+            lease.job_id,
+            lease.fencing_token,
+            lease.chunks,
+            lease.bytes,
+            lease.agents.join(", "),
+            lease.head.as_deref().map_or("-", |h| h.get(..16).unwrap_or(h)),
+        );
+    }
+    let trust = if report.ca_pinned { "pinned with --ca" } else { "taken from the bundle; pin it with --ca" };
+    println!("verified: run {}; agent CA sha256 {} ({trust})", report.run_id, report.ca_fingerprint);
+    Ok(())
 }
 
 fn failed(run: &Value) -> bool {

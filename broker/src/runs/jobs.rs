@@ -112,6 +112,21 @@ impl LeaseEnd {
     }
 }
 
+/// The head of a job's log as the broker verified it, sealed with the job's end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSeal {
+    /// The last stored chunk's digest (`None`: no chunk).
+    pub digest: Option<Vec<u8>>,
+    /// Chunks stored.
+    pub chunks: i64,
+    /// Bytes of output stored.
+    pub bytes: i64,
+    /// Whether that is the head the agent reports (else chunks are missing).
+    pub complete: bool,
+    /// The head the agent reports, hex, when it differs.
+    pub claimed: Option<String>,
+}
+
 /// How a job ended, as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -252,6 +267,7 @@ impl Runs {
         agent_id: &str,
         fencing_token: i64,
         outcome: JobOutcome,
+        log: Option<&LogSeal>,
     ) -> Result<(), RunError> {
         let job =
             self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
@@ -266,12 +282,14 @@ impl Runs {
         };
         let mut writes = vec![Write::one(
             format!("lease {fencing_token} of job {job_id}"),
-            "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3 \
-             WHERE id = $4 AND state = 'leased' AND agent_id = $5 AND fencing_token = $6",
+            "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3, log_digest = $4, \
+             log_chunks = $5 WHERE id = $6 AND state = 'leased' AND agent_id = $7 AND fencing_token = $8",
             vec![
                 job_state.into(),
                 error.clone().into(),
                 now.into(),
+                log.and_then(|l| l.digest.clone()).into(),
+                log.map(|l| l.chunks).into(),
                 job_id.into(),
                 agent_id.into(),
                 fencing_token.into(),
@@ -286,6 +304,18 @@ impl Runs {
                 .with("outcome", job_state)
                 .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from)),
         ];
+        if let (Some(log), Some(finished)) = (log, events.first_mut()) {
+            let digest = log.digest.as_deref().map(crate::identity::kek::hex);
+            *finished = finished
+                .clone()
+                .with("log_digest", digest.map_or(serde_json::Value::Null, serde_json::Value::from))
+                .with("log_chunks", log.chunks)
+                .with("log_bytes", log.bytes)
+                .with("log_complete", log.complete);
+            if let Some(claimed) = &log.claimed {
+                *finished = finished.clone().with("log_claimed_digest", claimed.as_str());
+            }
+        }
         if !from.is_final() {
             let (next, detail) = match (&outcome, job.phase.as_str()) {
                 (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use git::{GitError, is_commit_sha};
-pub use jobs::{HeldJob, JobOutcome, Lease, LeaseEnd};
+pub use jobs::{HeldJob, JobOutcome, Lease, LeaseEnd, LogSeal};
 pub use signals::{Canceled, Signals};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};

@@ -7,6 +7,7 @@
 mod agents;
 mod api_tokens;
 pub(crate) mod audit;
+mod logs;
 mod replay;
 mod runs;
 mod signing_keys;
@@ -25,6 +26,7 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
+pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, ReviewRow, RunRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
@@ -146,7 +148,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 6] = match self.backend {
+        let files: [(i64, &str, &'static str); 7] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -154,6 +156,7 @@ impl Store {
                 (4, "runs", include_str!("../../migrations/sqlite/0004_runs.sql")),
                 (5, "agents", include_str!("../../migrations/sqlite/0005_agents.sql")),
                 (6, "agent_capabilities", include_str!("../../migrations/sqlite/0006_agent_capabilities.sql")),
+                (7, "logs", include_str!("../../migrations/sqlite/0007_logs.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -162,6 +165,7 @@ impl Store {
                 (4, "runs", include_str!("../../migrations/postgres/0004_runs.sql")),
                 (5, "agents", include_str!("../../migrations/postgres/0005_agents.sql")),
                 (6, "agent_capabilities", include_str!("../../migrations/postgres/0006_agent_capabilities.sql")),
+                (7, "logs", include_str!("../../migrations/postgres/0007_logs.sql")),
             ],
         };
         let migrations = files

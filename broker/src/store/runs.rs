@@ -100,14 +100,18 @@ pub struct JobRow {
     pub error: Option<String>,
     /// Creation time.
     pub created_at: i64,
+    /// The digest of its log's last chunk, sealed when its lease holder reported its end.
+    pub log_digest: Option<Vec<u8>>,
+    /// How many chunks that log has (set with `log_digest`).
+    pub log_chunks: Option<i64>,
 }
 
 const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
                              created_at, created_by";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at";
-pub(super) const JOB_COLUMNS: &str =
-    "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at";
+pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
+     log_digest, log_chunks";
 
 fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
     Ok(StackRow {
@@ -155,6 +159,8 @@ pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
         lease_expires_at: row.try_get("lease_expires_at")?,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
+        log_digest: row.try_get("log_digest")?,
+        log_chunks: row.try_get("log_chunks")?,
     })
 }
 

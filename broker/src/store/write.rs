@@ -21,6 +21,8 @@ pub enum Param {
     Int(i64),
     /// BIGINT or NULL.
     OptInt(Option<i64>),
+    /// BLOB/BYTEA or NULL.
+    OptBytes(Option<Vec<u8>>),
 }
 
 impl From<&str> for Param {
@@ -50,6 +52,12 @@ impl From<i64> for Param {
 impl From<Option<i64>> for Param {
     fn from(value: Option<i64>) -> Self {
         Self::OptInt(value)
+    }
+}
+
+impl From<Option<Vec<u8>>> for Param {
+    fn from(value: Option<Vec<u8>>) -> Self {
+        Self::OptBytes(value)
     }
 }
 
@@ -114,6 +122,7 @@ impl Write {
                 Param::OptText(value) => query.bind(value.as_deref()),
                 Param::Int(value) => query.bind(*value),
                 Param::OptInt(value) => query.bind(*value),
+                Param::OptBytes(value) => query.bind(value.as_deref()),
             };
         }
         match query.execute(&mut *conn).await {

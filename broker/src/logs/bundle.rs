@@ -1,0 +1,274 @@
+//! A run's log as a self-contained bundle, and its offline verification.
+//!
+//! The bundle holds every stored chunk of the run with its digest and signature, the agent
+//! certificates that signed them, the agent CA, and the head each job's `job.finished` audit
+//! entry sealed. `keyward run logs ID --verify` checks it without trusting the broker that served
+//! it beyond the CA (pin it with `--ca`): each certificate chains to the CA and was valid when its
+//! chunk arrived, each chunk's digest and signature hold, each lease's chain is complete from its
+//! first chunk, and its head is the sealed one.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use keyward_proto::logs::ChunkFields;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use super::verify::{AgentKey, ChunkToCheck, check_chunk, fingerprint};
+use crate::identity::kek::hex;
+
+/// The bundle format this build writes and reads.
+pub const FORMAT: &str = "keyward-log-bundle/1";
+
+/// A run's log, verifiable offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The run.
+    pub run_id: String,
+    /// The agent CA, PEM.
+    pub ca_certificate: String,
+    /// The certificates that signed chunks.
+    pub signers: Vec<Signer>,
+    /// Each lease of each job, in the order their chunks arrived.
+    pub leases: Vec<LeaseLog>,
+}
+
+/// A certificate that signed chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signer {
+    /// SHA-256 of its DER, hex.
+    pub fingerprint: String,
+    /// The agent it belongs to.
+    pub agent_id: String,
+    /// PEM.
+    pub certificate: String,
+}
+
+/// One lease's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseLog {
+    /// The job.
+    pub job_id: String,
+    /// `plan` or `apply`.
+    pub phase: String,
+    /// The lease.
+    pub fencing_token: u64,
+    /// The head sealed into the job's `job.finished` entry, when the job reported its end on
+    /// this lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Seal>,
+    /// The chunks, by position.
+    pub chunks: Vec<BundleChunk>,
+}
+
+/// A sealed head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The last chunk's digest, hex (`None`: the job logged nothing).
+    pub digest: Option<String>,
+    /// How many chunks.
+    pub chunks: u64,
+}
+
+/// One chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleChunk {
+    /// Position.
+    pub seq: u64,
+    /// Stream.
+    pub stream: String,
+    /// Previous digest, hex.
+    pub prev_digest: String,
+    /// Masked output, base64.
+    pub data: String,
+    /// Digest, hex.
+    pub digest: String,
+    /// Signature, base64.
+    pub signature: String,
+    /// The signing certificate's fingerprint.
+    pub signer: String,
+    /// When the broker received it (Unix seconds).
+    pub received_at: i64,
+}
+
+/// What a verified bundle shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The run.
+    pub run_id: String,
+    /// SHA-256 of the CA the certificates chain to, hex.
+    pub ca_fingerprint: String,
+    /// Whether that CA was pinned by the verifier (`--ca`) rather than taken from the bundle.
+    pub ca_pinned: bool,
+    /// Per lease.
+    pub leases: Vec<LeaseReport>,
+}
+
+/// One verified lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseReport {
+    /// The job.
+    pub job_id: String,
+    /// Its phase.
+    pub phase: String,
+    /// The lease.
+    pub fencing_token: u64,
+    /// Chunks verified.
+    pub chunks: u64,
+    /// Bytes of output.
+    pub bytes: u64,
+    /// The head, hex.
+    pub head: Option<String>,
+    /// The agents whose certificates signed them.
+    pub agents: Vec<String>,
+    /// Whether the head is the sealed one (`None`: the lease was never sealed, e.g. canceled).
+    pub sealed: Option<bool>,
+}
+
+/// Why a bundle does not verify; each problem named.
+#[derive(Debug, thiserror::Error)]
+#[error("the log bundle does not verify:\n  - {}", .0.join("\n  - "))]
+pub struct BundleError(pub Vec<String>);
+
+/// Verifies `bundle`; `pinned_ca` (DER) replaces the bundle's own CA as the trust anchor.
+pub fn verify(bundle: &Bundle, pinned_ca: Option<&[u8]>) -> Result<Report, BundleError> {
+    let mut problems = Vec::new();
+    if bundle.format != FORMAT {
+        return Err(BundleError(vec![format!("unknown format `{}` (expected {FORMAT})", bundle.format)]));
+    }
+    let bundled_ca = pem_der(&bundle.ca_certificate);
+    let ca = match (pinned_ca, &bundled_ca) {
+        (Some(pinned), _) => pinned.to_vec(),
+        (None, Some(bundled)) => bundled.clone(),
+        (None, None) => return Err(BundleError(vec!["the bundle's CA certificate is not PEM".to_owned()])),
+    };
+    if let (Some(_), Some(bundled)) = (pinned_ca, &bundled_ca)
+        && fingerprint(bundled) != fingerprint(&ca)
+    {
+        problems.push("the bundle names another CA than the pinned one".to_owned());
+    }
+    let signers: BTreeMap<&str, (&Signer, Option<Vec<u8>>)> =
+        bundle.signers.iter().map(|s| (s.fingerprint.as_str(), (s, pem_der(&s.certificate)))).collect();
+    let mut leases = Vec::new();
+    for lease in &bundle.leases {
+        let mut head: Option<(u64, Vec<u8>)> = None;
+        let mut bytes = 0_u64;
+        let mut agents = Vec::new();
+        let at = |seq: u64| format!("job {} lease {} chunk {seq}", lease.job_id, lease.fencing_token);
+        for chunk in &lease.chunks {
+            let Some((signer, Some(der))) = signers.get(chunk.signer.as_str()) else {
+                problems.push(format!("{}: its signer {} is not in the bundle", at(chunk.seq), chunk.signer));
+                break;
+            };
+            if fingerprint(der) != signer.fingerprint {
+                problems.push(format!("{}: the certificate does not match its fingerprint", at(chunk.seq)));
+                break;
+            }
+            if let Err(why) = chains_to(der, &ca, chunk.received_at) {
+                problems.push(format!("{}: agent {}'s certificate {why}", at(chunk.seq), signer.agent_id));
+                break;
+            }
+            let key = match AgentKey::from_certificate(der) {
+                Ok(key) => key,
+                Err(why) => {
+                    problems.push(format!("{}: {why}", at(chunk.seq)));
+                    break;
+                }
+            };
+            let decoded = (
+                hex_decode(&chunk.prev_digest),
+                STANDARD.decode(&chunk.data).ok(),
+                hex_decode(&chunk.digest),
+                STANDARD.decode(&chunk.signature).ok(),
+            );
+            let (Some(prev), Some(data), Some(digest), Some(signature)) = decoded else {
+                problems.push(format!("{}: a field is not valid hex/base64", at(chunk.seq)));
+                break;
+            };
+            let fields = ChunkFields {
+                run_id: &bundle.run_id,
+                job_id: &lease.job_id,
+                fencing_token: lease.fencing_token,
+                stream: &chunk.stream,
+                seq: chunk.seq,
+                prev_digest: &prev,
+                data: &data,
+            };
+            let check = ChunkToCheck { fields, digest: &digest, signature: &signature };
+            if let Err(rejection) = check_chunk(&check, head.as_ref().map(|(s, d)| (*s, d.as_slice())), &key) {
+                problems.push(format!("{}: {rejection}", at(chunk.seq)));
+                break;
+            }
+            bytes += data.len() as u64;
+            if !agents.contains(&signer.agent_id) {
+                agents.push(signer.agent_id.clone());
+            }
+            head = Some((chunk.seq, digest));
+        }
+        let chunks = head.as_ref().map_or(0, |(seq, _)| seq + 1);
+        let head = head.map(|(_, digest)| hex(&digest));
+        let sealed = lease.sealed.as_ref().map(|seal| seal.digest == head && seal.chunks == chunks);
+        if sealed == Some(false) {
+            problems.push(format!(
+                "job {} lease {}: the chain ends at {} ({chunks} chunks), but the audit log sealed {} ({} chunks)",
+                lease.job_id,
+                lease.fencing_token,
+                head.as_deref().unwrap_or("nothing"),
+                lease.sealed.as_ref().and_then(|s| s.digest.as_deref()).unwrap_or("nothing"),
+                lease.sealed.as_ref().map_or(0, |s| s.chunks),
+            ));
+        }
+        leases.push(LeaseReport {
+            job_id: lease.job_id.clone(),
+            phase: lease.phase.clone(),
+            fencing_token: lease.fencing_token,
+            chunks,
+            bytes,
+            head,
+            agents,
+            sealed,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(BundleError(problems));
+    }
+    Ok(Report {
+        run_id: bundle.run_id.clone(),
+        ca_fingerprint: fingerprint(&ca),
+        ca_pinned: pinned_ca.is_some(),
+        leases,
+    })
+}
+
+/// Whether `certificate` is a client certificate issued by `ca` and valid at `at`.
+fn chains_to(certificate: &[u8], ca: &[u8], at: i64) -> Result<(), String> {
+    let ca = CertificateDer::from(ca);
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| format!("cannot use the CA: {e}"))?;
+    let leaf = CertificateDer::from(certificate);
+    let end_entity = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("is not a certificate: {e}"))?;
+    let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all;
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0)));
+    end_entity
+        .verify_for_usage(algorithms, &[anchor], &[], time, webpki::KeyUsage::client_auth(), None, None)
+        .map(|_| ())
+        .map_err(|e| format!("does not chain to the CA at the time the chunk arrived ({e})"))
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
+}
+
+/// The DER inside a PEM block.
+pub fn pem_der(text: &str) -> Option<Vec<u8>> {
+    let start = text.find("-----BEGIN ")?;
+    let body_start = start + text.get(start..)?.find('\n')? + 1;
+    let body_end = body_start + text.get(body_start..)?.find("-----END ")?;
+    let body: String = text.get(body_start..body_end)?.chars().filter(|c| !c.is_whitespace()).collect();
+    STANDARD.decode(body).ok()
+}
