@@ -147,6 +147,26 @@ impl JobCredentials {
         self.secrets.iter().map(|s| s.as_slice())
     }
 
+    /// The directory of the secret files, if there are any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Hands the secret files to host user `uid` (the sandbox's), read-only, so the job's
+    /// processes can read them and nothing else of the agent's.
+    pub fn grant(&self, uid: u32) -> Result<(), CredentialsError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let failed = |path: &Path, source| CredentialsError::Files { path: path.to_path_buf(), source };
+        for entry in std::fs::read_dir(dir).map_err(|e| failed(dir, e))? {
+            let path = entry.map_err(|e| failed(dir, e))?.path();
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(|e| failed(&path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).map_err(|e| failed(&path, e))?;
+        }
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| failed(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(|e| failed(dir, e))
+    }
+
     /// How many variables there are.
     pub fn len(&self) -> usize {
         self.variables.len()

@@ -222,7 +222,7 @@ impl Daemon {
                 agent_version: crate::version().to_owned(),
                 capacity: self.settings.capacity,
                 terraform_version: self.settings.terraform_version.clone().unwrap_or_default(),
-                isolation: crate::runner::ISOLATION.to_owned(),
+                isolation: self.settings.runner.isolation().describe(),
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
@@ -373,7 +373,7 @@ impl Daemon {
             log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
                 .await;
         }
-        let outcome = self.settings.runner.run(job, &credentials, &log, canceled).await;
+        let outcome = self.settings.runner.run(job, client, &credentials, &log, canceled).await;
         (outcome, log)
     }
 

@@ -13,8 +13,12 @@ pub mod credentials;
 pub mod daemon;
 pub mod datadir;
 pub mod enroll;
+pub mod launch;
 pub mod logs;
 pub mod runner;
+pub mod source;
+pub mod step;
+pub mod terraform;
 
 /// The agent protocol version this build speaks.
 pub const PROTOCOL_PACKAGE: &str = "keyward.agent.v1";

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keyward_agent::daemon::{Daemon, Settings};
 use keyward_agent::datadir::DataDir;
-use keyward_agent::runner::Runner;
+use keyward_agent::launch::{Isolation, SandboxSettings};
+use keyward_agent::runner::{Runner, Work};
+use keyward_sandbox::Network;
 
 /// Keyward private worker agent: dials out to the broker, takes jobs over mTLS.
 #[derive(Debug, Parser)]
@@ -38,10 +40,28 @@ enum Command {
         /// Jobs to run at once.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         capacity: u32,
-        /// Run each phase as `sh -c CMD`, with KEYWARD_JOB_ID, KEYWARD_RUN_ID, KEYWARD_STACK,
-        /// KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA and KEYWARD_PATH set.
+        /// Run each phase as `sh -c CMD` instead of Terraform, with KEYWARD_JOB_ID,
+        /// KEYWARD_RUN_ID, KEYWARD_STACK, KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA
+        /// and KEYWARD_PATH set.
         #[arg(long)]
         exec: Option<String>,
+        /// How jobs are isolated: `sandbox` (namespaces, minimal root, cgroups, Landlock,
+        /// seccomp; docs/sandbox.md), or `process` (a process group and a scrubbed environment
+        /// only: an explicit, weaker choice).
+        #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "process"])]
+        isolation: String,
+        /// The sandbox's network: `none` (loopback only) or `host`.
+        #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+        network: String,
+        /// Memory of one job (all its processes).
+        #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+        memory_limit: u64,
+        /// Processes and threads of one job.
+        #[arg(long, default_value_t = 1024)]
+        pids_limit: u64,
+        /// The longest one phase may run.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        phase_timeout: std::time::Duration,
         /// A regular expression whose matches are masked in every job's log (repeatable), besides
         /// the job's own credential values and the built-in patterns (AWS key IDs, Vault tokens, JWTs).
         #[arg(long = "mask-pattern", value_name = "REGEX")]
@@ -53,6 +73,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The sandbox's jailer is this binary re-executed; it must start before any thread exists.
+    keyward_sandbox::enter_jailer_if_requested();
     let cli = Cli::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
@@ -83,15 +105,41 @@ fn main() -> ExitCode {
                 );
                 Ok::<(), anyhow::Error>(())
             }
-            Command::Run { data_dir, capacity, exec, mask_patterns, log_limit } => {
+            Command::Run {
+                data_dir,
+                capacity,
+                exec,
+                mask_patterns,
+                log_limit,
+                isolation,
+                network,
+                memory_limit,
+                pids_limit,
+                phase_timeout,
+            } => {
                 let mask_patterns = keyward_agent::logs::Patterns::new(&mask_patterns)?;
+                let isolation = match isolation.as_str() {
+                    "process" => {
+                        tracing::warn!("--isolation process: jobs run without the sandbox");
+                        Isolation::Process
+                    }
+                    _ => Isolation::Sandbox(SandboxSettings {
+                        network: if network == "host" { Network::Host } else { Network::None },
+                        memory_bytes: memory_limit,
+                        pids: pids_limit,
+                    }),
+                };
+                let work = match exec {
+                    Some(command) => Some(Work::Exec(command)),
+                    None => keyward_agent::terraform::locate("terraform").map(Work::Terraform),
+                };
                 let terraform_version = keyward_agent::runner::terraform_version().await;
                 match &terraform_version {
                     Some(version) => tracing::info!(%version, "terraform found"),
                     None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
                 }
-                let settings =
-                    Settings { capacity, runner: Runner::new(exec), terraform_version, mask_patterns, log_limit };
+                let runner = Runner::new(work, isolation, phase_timeout);
+                let settings = Settings { capacity, runner, terraform_version, mask_patterns, log_limit };
                 let daemon = Daemon::new(DataDir::new(data_dir), settings);
                 let draining = std::sync::Arc::clone(&daemon);
                 tokio::spawn(async move {

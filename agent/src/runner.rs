@@ -1,35 +1,36 @@
-//! Running a job's phase as a plain command (`keyward-agent run --exec CMD`).
-//!
-//! Until the sandboxed Terraform runner lands, a phase is `sh -c CMD` with the job described in
-//! `KEYWARD_*` environment variables, so the whole lifecycle — dispatch, leases, results,
-//! cancellation, credentials — runs end to end with real processes. Output goes to the job's
-//! masked, signed log ([`crate::logs`]); the last masked output of a failing command becomes the
-//! job's error.
+//! Running a job's phase: Terraform on the stack's repository at the run's commit
+//! ([`crate::terraform`], [`crate::source`]), or an operator's own command (`--exec CMD`), each
+//! process isolated as the agent is configured ([`crate::launch`]: the sandbox by default) in a
+//! private job directory removed afterwards. Output goes to the job's masked, signed log
+//! ([`crate::logs`]); the last masked output of a failing step becomes the job's error.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use keyward_proto::agent_v1::JobAssignment;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use tokio::process::Command;
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
 
 use crate::credentials::JobCredentials;
-use crate::logs::{JobLog, Stream};
+use crate::launch::{Isolation, Launch, sandbox_verdict};
+use crate::logs::JobLog;
+use crate::source::{self, SourceError};
+use crate::step::{self, Cancel, StepEnd};
+use crate::terraform::{Phase, PhaseError};
 
-/// How a job's command ended.
+/// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Exit status 0.
+    /// Every step succeeded.
     Succeeded,
-    /// Anything else, with why.
+    /// Something failed, and why.
     Failed(String),
     /// Stopped on request.
     Canceled,
 }
-
-/// How the plain runner isolates a job: its own process group, killed as a whole; nothing more.
-pub const ISOLATION: &str = "process";
 
 /// The version of the `terraform` on `PATH` (`terraform version -json`), or `None` when there is
 /// none or it does not answer within 10 s.
@@ -40,149 +41,212 @@ pub async fn terraform_version() -> Option<String> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(10), output).await.ok()?.ok()?;
+    let output = tokio::time::timeout(Duration::from_secs(10), output).await.ok()?.ok()?;
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     report.get("terraform_version")?.as_str().map(str::to_owned)
 }
 
-/// Runs phases as `sh -c <command>`.
+/// What a job's phase runs.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Terraform, at this (absolute) path: the stack's repository at the run's commit, then the
+    /// phase's Terraform commands.
+    Terraform(PathBuf),
+    /// `sh -c CMD` in an empty work directory, with the job described in `KEYWARD_*` variables
+    /// (`keyward-agent run --exec`: for operators' own runners and for tests).
+    Exec(String),
+}
+
+/// Runs jobs' phases.
 #[derive(Debug, Clone)]
 pub struct Runner {
-    command: Option<String>,
+    work: Option<Work>,
+    isolation: Isolation,
+    phase_timeout: Duration,
 }
 
 impl Runner {
-    /// A runner for `command`; without one every job fails with an explanation.
-    pub fn new(command: Option<String>) -> Self {
-        Self { command }
+    /// A runner of `work` (without it, every job fails saying why) in `isolation`, each phase
+    /// at most `phase_timeout`.
+    pub fn new(work: Option<Work>, isolation: Isolation, phase_timeout: Duration) -> Self {
+        Self { work, isolation, phase_timeout }
     }
 
-    /// Runs `job`, with `credentials` in its environment and its output in `log`, until it ends
+    /// How this runner isolates jobs.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    /// Runs `job` with `credentials` in its environment and its output in `log`, until it ends
     /// or `cancel` fires.
     pub async fn run(
         &self,
         job: &JobAssignment,
+        client: &mut AgentServiceClient<Channel>,
         credentials: &JobCredentials,
         log: &JobLog,
         cancel: oneshot::Receiver<String>,
     ) -> Outcome {
-        let Some(command) = &self.command else {
-            return Outcome::Failed(
-                "this agent has no runner for Terraform yet; start it with --exec CMD to run a command per phase"
-                    .to_owned(),
-            );
+        let mut cancel = Cancel::new(cancel);
+        let Some(work) = &self.work else {
+            return Outcome::Failed("this agent has no terraform on its PATH (and no --exec command)".to_owned());
         };
-        let mut process = Command::new("sh");
-        process
-            .arg("-c")
-            .arg(command)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()))
-            .env("KEYWARD_JOB_ID", &job.job_id)
-            .env("KEYWARD_RUN_ID", &job.run_id)
-            .env("KEYWARD_STACK", &job.stack_id)
-            .env("KEYWARD_PHASE", &job.phase)
-            .env("KEYWARD_REPOSITORY", &job.repository)
-            .env("KEYWARD_COMMIT_SHA", &job.commit_sha)
-            .env("KEYWARD_PATH", &job.path)
-            .envs(credentials.environment());
-        log.note(&format!("$ sh -c {command}")).await;
-        match run_step(process, log, cancel).await {
-            StepEnd::Exited(status) if status.success() => Outcome::Succeeded,
-            StepEnd::Exited(status) => {
-                log.note(&format!("keyward: the command exited with {status}")).await;
-                Outcome::Failed(format!("the command exited with {status}: {}", log.tail().await))
+        let dir = match JobDir::create(&job.job_id) {
+            Ok(dir) => dir,
+            Err(error) => return Outcome::Failed(format!("cannot create the job's directory: {error}")),
+        };
+        if let Some(uid) = self.isolation.sandbox_uid()
+            && let Err(error) = credentials.grant(uid)
+        {
+            return Outcome::Failed(error.to_string());
+        }
+        let deadline = self.deadline(job);
+        let mut env = vec![
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            ("HOME".to_owned(), dir.work.display().to_string()),
+            ("TF_IN_AUTOMATION".to_owned(), "1".to_owned()),
+            ("TF_INPUT".to_owned(), "0".to_owned()),
+            ("CHECKPOINT_DISABLE".to_owned(), "1".to_owned()),
+            ("KEYWARD_JOB_ID".to_owned(), job.job_id.clone()),
+            ("KEYWARD_RUN_ID".to_owned(), job.run_id.clone()),
+            ("KEYWARD_STACK".to_owned(), job.stack_id.clone()),
+            ("KEYWARD_PHASE".to_owned(), job.phase.clone()),
+            ("KEYWARD_REPOSITORY".to_owned(), job.repository.clone()),
+            ("KEYWARD_COMMIT_SHA".to_owned(), job.commit_sha.clone()),
+            ("KEYWARD_PATH".to_owned(), job.path.clone()),
+        ];
+        env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let read_only: Vec<PathBuf> = credentials.dir().map(Path::to_path_buf).into_iter().collect();
+        let result = match work {
+            Work::Exec(command) => self.exec(command, &dir, env, read_only, deadline, log, &mut cancel).await,
+            Work::Terraform(binary) => {
+                let src = dir.work.join("src");
+                let checkout =
+                    source::checkout(&job.repository, &job.commit_sha, &src, &dir.scratch, log, &mut cancel, deadline)
+                        .await;
+                match checkout {
+                    Err(SourceError::Canceled(reason)) => Err(PhaseError::Canceled(reason)),
+                    Err(error) => Err(PhaseError::Failed(format!("cannot check out the run's commit: {error}"))),
+                    Ok(()) => {
+                        let mut read_only = read_only;
+                        read_only.extend(binary.parent().filter(|d| !d.starts_with("/usr")).map(Path::to_path_buf));
+                        let phase = Phase {
+                            job,
+                            isolation: &self.isolation,
+                            terraform: binary,
+                            work_dir: &dir.work,
+                            cwd: if job.path.is_empty() { src.clone() } else { src.join(&job.path) },
+                            env,
+                            read_only,
+                            scratch: &dir.scratch,
+                            deadline,
+                        };
+                        match job.phase.as_str() {
+                            "plan" => phase.plan(client, log, &mut cancel).await,
+                            "apply" => phase.apply(client, log, &mut cancel).await,
+                            other => Err(PhaseError::Failed(format!("this agent cannot run a `{other}` job"))),
+                        }
+                    }
+                }
             }
-            StepEnd::NotStarted(error) => Outcome::Failed(format!("cannot start the job's command: {error}")),
-            StepEnd::Canceled(reason) => {
+        };
+        match result {
+            Ok(()) => Outcome::Succeeded,
+            Err(PhaseError::Canceled(reason)) => {
                 log.note(&format!("keyward: canceled: {reason}")).await;
                 tracing::info!(job_id = %job.job_id, %reason, "job canceled");
                 Outcome::Canceled
             }
+            Err(PhaseError::Failed(why)) => Outcome::Failed(why),
         }
     }
-}
 
-/// How one process of a job ended.
-#[derive(Debug)]
-pub enum StepEnd {
-    /// It exited (or was killed by a signal) on its own.
-    Exited(std::process::ExitStatus),
-    /// It was killed, with everything it started, because the job was canceled.
-    Canceled(String),
-    /// It could not be started.
-    NotStarted(std::io::Error),
-}
-
-/// How often buffered output is sent even when a chunk is not full.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
-
-/// Runs `command` in its own process group, its stdout and stderr into `log`, until it exits or
-/// `cancel` fires (then the whole group is killed).
-pub async fn run_step(mut command: Command, log: &JobLog, cancel: oneshot::Receiver<String>) -> StepEnd {
-    let mut child = match command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(error) => return StepEnd::NotStarted(error),
-    };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let end = {
-        let waited = async {
-            // The process's status counts once its output has been read to the end.
-            let (_, _, status) =
-                tokio::join!(pump(stdout, Stream::Stdout, log), pump(stderr, Stream::Stderr, log), child.wait());
-            status
+    /// `sh -c command` in the job's work directory.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec(
+        &self,
+        command: &str,
+        dir: &JobDir,
+        env: Vec<(String, String)>,
+        read_only: Vec<PathBuf>,
+        deadline: SystemTime,
+        log: &JobLog,
+        cancel: &mut Cancel,
+    ) -> Result<(), PhaseError> {
+        log.note(&format!("$ sh -c {command}")).await;
+        let launch = Launch {
+            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
+            env,
+            work_dir: dir.work.clone(),
+            cwd: dir.work.clone(),
+            read_only,
+            deadline,
+            scratch: dir.scratch.clone(),
         };
-        tokio::pin!(waited);
-        let mut cancel = cancel;
-        let mut every = tokio::time::interval(FLUSH_EVERY);
-        loop {
-            tokio::select! {
-                status = &mut waited => break match status {
-                    Ok(status) => StepEnd::Exited(status),
-                    Err(error) => StepEnd::NotStarted(error),
-                },
-                reason = &mut cancel => {
-                    break StepEnd::Canceled(reason.unwrap_or_else(|_| "the agent stopped the job".to_owned()));
-                }
-                _ = every.tick() => log.flush().await,
+        let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
+        let status_file = prepared.status_file.clone();
+        let step = step::run(prepared, log, cancel, deadline, None).await;
+        let settings = match &self.isolation {
+            Isolation::Sandbox(settings) => Some(settings),
+            Isolation::Process => None,
+        };
+        let verdict = sandbox_verdict(status_file.as_deref(), settings);
+        match step.end {
+            StepEnd::Exited(status) if status.success() => Ok(()),
+            StepEnd::Exited(status) => {
+                let why = verdict.unwrap_or_else(|| format!("exited with {status}"));
+                log.note(&format!("keyward: the command {why}")).await;
+                Err(PhaseError::Failed(format!("the command {why}: {}", log.tail().await)))
             }
-        }
-    };
-    if matches!(end, StepEnd::Canceled(_)) {
-        kill_group(&mut child).await;
-    }
-    log.flush().await;
-    end
-}
-
-/// Copies one of a process's pipes into the log until it closes.
-async fn pump(pipe: Option<impl AsyncRead + Unpin>, stream: Stream, log: &JobLog) {
-    let Some(mut pipe) = pipe else { return };
-    let mut buffer = vec![0_u8; 16 * 1024];
-    loop {
-        match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => log.write(stream, buffer.get(..read).unwrap_or_default()).await,
+            StepEnd::Canceled(reason) => Err(PhaseError::Canceled(reason)),
+            StepEnd::TimedOut => Err(PhaseError::Failed("the command ran past the job's deadline".to_owned())),
+            StepEnd::NotStarted(error) => Err(PhaseError::Failed(format!("cannot start the job's command: {error}"))),
         }
     }
-    log.close(stream).await;
+
+    /// The broker's deadline for the job, or the phase timeout from now, whichever is sooner.
+    fn deadline(&self, job: &JobAssignment) -> SystemTime {
+        let own = SystemTime::now() + self.phase_timeout;
+        let broker = u64::try_from(job.deadline_unix)
+            .ok()
+            .filter(|&secs| secs > 0)
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        broker.map_or(own, |broker| broker.min(own))
+    }
 }
 
-/// Kills the command and everything it started (it leads its own process group).
-async fn kill_group(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-KILL").arg("--").arg(format!("-{pid}")).status().await;
+/// A job's private directory on the agent: `work/` (the sandbox's writable directory) and
+/// `scratch/` (the agent's own: git's home, the sandbox status files). Removed with the job.
+#[derive(Debug)]
+struct JobDir {
+    root: PathBuf,
+    work: PathBuf,
+    scratch: PathBuf,
+}
+
+impl JobDir {
+    fn create(job_id: &str) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut suffix = [0_u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut suffix);
+        let name: String =
+            job_id.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let root = std::env::temp_dir().join(format!("keyward-run-{name}-{}", crate::enroll::hex(&suffix)));
+        // Traversable (not listable) by the sandbox's user, which must reach `work/` to bind it.
+        std::fs::DirBuilder::new().mode(0o711).create(&root)?;
+        let dir = Self { work: root.join("work"), scratch: root.join("scratch"), root };
+        std::fs::DirBuilder::new().mode(0o700).create(&dir.work)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir.scratch)?;
+        Ok(dir)
     }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.root) {
+            tracing::warn!(dir = %self.root.display(), %error, "could not remove a job's directory");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -202,12 +266,21 @@ mod tests {
         (JobLog::new(&job(), &rules, 1 << 20, Arc::clone(&outbox)), outbox)
     }
 
+    /// A client that is never called (exec jobs talk to no broker).
+    fn client() -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy())
+    }
+
+    fn exec(command: &str) -> Runner {
+        Runner::new(Some(Work::Exec(command.to_owned())), Isolation::Process, Duration::from_secs(60))
+    }
+
     #[tokio::test]
     async fn a_command_sees_its_job_and_its_exit_status_counts() {
         let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let ok = Runner::new(Some("test \"$KEYWARD_PHASE\" = plan && echo planned".into()))
-            .run(&job(), &JobCredentials::default(), &log, cancel)
+        let ok = exec("test \"$KEYWARD_PHASE\" = plan && echo planned")
+            .run(&job(), &mut client(), &JobCredentials::default(), &log, cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
         log.finish().await;
@@ -217,7 +290,7 @@ mod tests {
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let failed =
-            Runner::new(Some("echo boom; exit 3".into())).run(&job(), &JobCredentials::default(), &log, cancel).await;
+            exec("echo boom; exit 3").run(&job(), &mut client(), &JobCredentials::default(), &log, cancel).await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
 
@@ -229,16 +302,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_canceled_command_is_killed() {
+    async fn a_canceled_command_is_killed_and_a_late_one_times_out() {
         let (cancel, canceled) = oneshot::channel();
-        let runner = Runner::new(Some("sleep 30".into()));
-        let job = job();
         let running = tokio::spawn(async move {
             let (log, _outbox) = new_log();
-            runner.run(&job, &JobCredentials::default(), &log, canceled).await
+            exec("sleep 30").run(&job(), &mut client(), &JobCredentials::default(), &log, canceled).await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         cancel.send("test".into()).expect("send");
         assert_eq!(running.await.expect("joined"), Outcome::Canceled);
+
+        let runner = Runner::new(Some(Work::Exec("sleep 30".to_owned())), Isolation::Process, Duration::ZERO);
+        let (log, _outbox) = new_log();
+        let (_keep, cancel) = oneshot::channel();
+        let late = runner.run(&job(), &mut client(), &JobCredentials::default(), &log, cancel).await;
+        assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }
 }

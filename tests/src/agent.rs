@@ -185,13 +185,22 @@ impl Agent {
         Self::run(data_dir, &id, exec)
     }
 
-    /// Starts `run --exec EXEC` over an enrolled data dir.
+    /// Starts `run --exec EXEC --isolation process` over an enrolled data dir: the test's
+    /// commands write marks outside their work directory, which the sandbox would refuse.
     pub fn run(data_dir: &Path, id: &str, exec: &str) -> Self {
+        Self::start(data_dir, id, &["--exec", exec, "--isolation", "process"])
+    }
+
+    /// Starts `run ARGS…` over an enrolled data dir (Terraform, in the sandbox, unless `args`
+    /// say otherwise).
+    pub fn start(data_dir: &Path, id: &str, args: &[&str]) -> Self {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = data_dir.with_extension(format!("{start}.log"));
         let child = Command::new(binary("keyward-agent"))
-            .args(["run", "--exec", exec, "--data-dir"])
+            .arg("run")
+            .args(args)
+            .arg("--data-dir")
             .arg(data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

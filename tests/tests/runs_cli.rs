@@ -90,6 +90,16 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     let agent = &agents["agents"][0];
     assert_eq!((agent["pool"].as_str(), agent["connected"].as_bool()), (Some("dev"), Some(true)), "{agents}");
     assert_eq!(run["jobs"][0]["agent_id"], agent["id"]);
-    let log = std::fs::read_to_string(dir.path().join("data/agent.log")).unwrap();
-    assert!(log.contains("keyward dev agent: apply of stack example"), "{log}");
+    assert!(agent["isolation"].as_str().unwrap().starts_with("sandbox"), "{agent}");
+    // Real Terraform ran both phases in the sandbox; its output is in the run's signed log.
+    let id = run["id"].as_str().unwrap();
+    let logs = broker.cli(&["run", "logs", id]);
+    assert!(logs.success, "{}", logs.stderr);
+    for line in
+        ["$ terraform plan", "Plan: 1 to add", "keyward: applying saved plan sha256", "applied: hello from keyward"]
+    {
+        assert!(logs.stdout.contains(line), "{line:?} missing from:\n{}", logs.stdout);
+    }
+    let verified = broker.cli(&["run", "logs", id, "--verify"]);
+    assert!(verified.success, "{}{}", verified.stdout, verified.stderr);
 }

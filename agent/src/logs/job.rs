@@ -79,6 +79,7 @@ impl Buffers {
 }
 
 struct State {
+    rules: Arc<MaskRules>,
     chain: Chain,
     buffers: Buffers,
     logged: u64,
@@ -105,6 +106,7 @@ impl JobLog {
         let buffer = || Buffer { masker: Masker::new(Arc::clone(rules)), masked: Vec::new() };
         Self {
             state: Mutex::new(State {
+                rules: Arc::clone(rules),
                 chain: Chain::new(&job.run_id, &job.job_id, job.fencing_token),
                 buffers: Buffers { stdout: buffer(), stderr: buffer(), keyward: buffer() },
                 logged: 0,
@@ -171,6 +173,17 @@ impl JobLog {
         let state = self.state.lock().await;
         let (head, chunks) = state.chain.head().map_or((None, 0), |(head, count)| (Some(head), count));
         LogSummary { head, chunks, discarded }
+    }
+
+    /// `text` masked with the job's rules as a whole (a plan's JSON, before it leaves the agent).
+    pub async fn mask(&self, text: &[u8]) -> Vec<u8> {
+        let state = self.state.lock().await;
+        let mut masker = Masker::new(Arc::clone(&state.rules));
+        drop(state);
+        let mut out = Vec::with_capacity(text.len());
+        masker.push(text, &mut out);
+        masker.finish(&mut out);
+        out
     }
 
     /// The last masked output of the job's processes, for its error message.

@@ -339,6 +339,7 @@ impl Hub {
             lease_expires_unix: lease.lease_expires_at,
             deadline_unix: 0,
             credential_targets: lease.credential_targets.clone(),
+            plan_sha256: lease.plan_sha256.clone().unwrap_or_default(),
         };
         let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
         if session.outbox.try_send(Ok(message)).is_err() {

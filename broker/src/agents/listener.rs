@@ -24,7 +24,7 @@ use super::ca::{AgentCa, CaError, ServerIdentity};
 use super::service::AgentGrpc;
 use crate::clock::SharedClock;
 
-/// Largest message an agent may send.
+/// Largest message an agent may send (log chunks are 64 KiB, plan parts 128 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
-    AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse, Heartbeat,
-    JobResult, LogReceipt, RenewRequest, SignedLogChunk, agent_message, broker_message,
+    AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
+    FetchPlanRequest, Heartbeat, JobResult, LogReceipt, PlanPart, RenewRequest, SignedLogChunk, SubmitPlanResponse,
+    agent_message, broker_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -27,7 +28,7 @@ use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
 use crate::logs::{MAX_REJECTIONS, StreamLogs};
-use crate::runs::{JobOutcome, RunError};
+use crate::runs::{JobOutcome, MAX_PLAN_FILE, MAX_PLAN_JSON, RunError};
 use crate::store::{AgentHello, AgentRow};
 
 /// How long a new `Work` stream has to say `Hello`.
@@ -74,6 +75,12 @@ impl AgentGrpc {
 
 /// The `Work` response stream.
 type WorkStream = Pin<Box<dyn Stream<Item = Result<BrokerMessage, Status>> + Send>>;
+
+/// The `FetchPlan` response stream.
+type PlanStream = Pin<Box<dyn Stream<Item = Result<PlanPart, Status>> + Send>>;
+
+/// The largest slice of a plan in one part.
+const PLAN_PART: usize = 128 * 1024;
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
@@ -171,6 +178,55 @@ impl AgentService for AgentGrpc {
                 Err(credentials_status(error))
             }
         }
+    }
+
+    async fn submit_plan(&self, request: Request<Streaming<PlanPart>>) -> Result<Response<SubmitPlanResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let mut parts = request.into_inner();
+        let first = parts.message().await?.ok_or_else(|| Status::invalid_argument("no plan was sent"))?;
+        let token = i64::try_from(first.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let job_id = first.job_id.clone();
+        let held = self.agents.runs.held_job(&job_id, &agent.id, token).await.map_err(run_status)?;
+        let (mut plan_file, mut plan_json) = (first.plan_file, first.plan_json);
+        while let Some(part) = parts.message().await? {
+            if part.job_id != job_id || part.fencing_token != first.fencing_token {
+                return Err(Status::invalid_argument("every part of a plan names the same job and lease"));
+            }
+            if plan_file.len() + part.plan_file.len() > MAX_PLAN_FILE
+                || plan_json.len() + part.plan_json.len() > MAX_PLAN_JSON
+            {
+                return Err(Status::invalid_argument(format!(
+                    "the plan is too large (at most {MAX_PLAN_FILE} bytes of plan and {MAX_PLAN_JSON} of JSON)"
+                )));
+            }
+            plan_file.extend_from_slice(&part.plan_file);
+            plan_json.extend_from_slice(&part.plan_json);
+        }
+        let verdict = self.agents.runs.submit_plan(&held, &plan_file, &plan_json).await.map_err(run_status)?;
+        tracing::info!(agent_id = %agent.id, job_id = %job_id, denied = !verdict.deny.is_empty(), "saved plan received");
+        Ok(Response::new(SubmitPlanResponse { plan_sha256: verdict.sha256, deny: verdict.deny, warn: verdict.warn }))
+    }
+
+    type FetchPlanStream = PlanStream;
+
+    async fn fetch_plan(&self, request: Request<FetchPlanRequest>) -> Result<Response<Self::FetchPlanStream>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let held = self.agents.runs.held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
+        let (plan_file, _) = self.agents.runs.saved_plan(&held).await.map_err(run_status)?;
+        let parts: Vec<Result<PlanPart, Status>> = plan_file
+            .chunks(PLAN_PART)
+            .map(|slice| {
+                Ok(PlanPart {
+                    job_id: body.job_id.clone(),
+                    fencing_token: body.fencing_token,
+                    plan_file: slice.to_vec(),
+                    plan_json: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
     }
 }
 

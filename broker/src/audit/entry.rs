@@ -62,6 +62,9 @@ pub enum Kind {
     /// A job's log chunk failed verification (signature, digest, chain, sequence, job binding)
     /// and was not stored; with why.
     LogRejected,
+    /// A plan job submitted its saved plan: its SHA-256, what it changes, and the
+    /// `keyward.plan` policy's deny and warn messages.
+    PlanEvaluated,
 }
 
 impl Kind {
@@ -92,6 +95,7 @@ impl Kind {
             Self::AgentDraining => kinds::AGENT_DRAINING,
             Self::AgentRevoked => kinds::AGENT_REVOKED,
             Self::LogRejected => kinds::LOG_REJECTED,
+            Self::PlanEvaluated => kinds::PLAN_EVALUATED,
         }
     }
 }
@@ -146,6 +150,8 @@ pub mod kinds {
     pub const AGENT_REVOKED: &str = "agent.revoked";
     /// [`super::Kind::LogRejected`].
     pub const LOG_REJECTED: &str = "log.rejected";
+    /// [`super::Kind::PlanEvaluated`].
+    pub const PLAN_EVALUATED: &str = "plan.evaluated";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

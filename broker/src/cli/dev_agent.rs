@@ -4,7 +4,7 @@
 //! The agent is the real `keyward-agent` binary (found next to `keyward`), enrolled with a join
 //! token like any other, as a child process that logs to `<data dir>/agent.log`. The example stack
 //! carries `env = dev`, for which the shipped approval policy asks for no review, so a submitted
-//! run plans, is approved by policy and applies.
+//! run plans, is approved by policy and applies: real Terraform, in the agent's sandbox.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,9 +33,6 @@ output "greeting" {
   value = terraform_data.hello.output
 }
 "#;
-
-/// What each phase runs until the sandboxed Terraform runner lands.
-const PHASE_COMMAND: &str = "echo \"keyward dev agent: $KEYWARD_PHASE of stack $KEYWARD_STACK at $KEYWARD_COMMIT_SHA\"";
 
 /// Creates the example repository (once), the `dev` pool and the `example` stack.
 pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs, who: &str) -> anyhow::Result<()> {
@@ -140,7 +137,7 @@ pub(super) async fn start_agent(
             }
         }
         let child = tokio::process::Command::new(&binary_for_task)
-            .args(["run", "--exec", PHASE_COMMAND, "--data-dir"])
+            .args(["run", "--data-dir"])
             .arg(&agent_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -49,6 +49,15 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
     })
 }
 
+/// The `keyward.plan` input: the run and `terraform show -json` of its saved plan.
+pub(super) fn plan_input(run: &RunRow, stack: &Stack, plan: Value, now: i64) -> Value {
+    json!({
+        "run": run_object(run, stack, "plan", &[]),
+        "plan": plan,
+        "time": input::time(now),
+    })
+}
+
 /// The `keyward.approval` input: the run, every review so far, and the labels of what applying
 /// it will touch (the stack's labels, overlaid by its apply targets' labels).
 pub(super) fn approval_input(

@@ -43,6 +43,8 @@ pub struct Lease {
     pub lease_expires_at: i64,
     /// The stack's credential targets for the job's phase.
     pub credential_targets: Vec<String>,
+    /// Apply jobs: SHA-256 of the saved plan to apply.
+    pub plan_sha256: Option<Vec<u8>>,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -210,7 +212,8 @@ impl Runs {
         let mut writes = vec![Write::one(
             format!("queued job {}", job.id),
             "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
-             lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
+             lease_expires_at = $3, updated_at = $4, isolation = (SELECT isolation FROM agents WHERE id = $1) \
+             WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
             vec![
                 agent_id.into(),
                 fencing_token.into(),
@@ -237,6 +240,8 @@ impl Runs {
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded => {
                 let credential_targets = stack.targets(&job.phase).to_vec();
+                let plan_sha256 =
+                    if job.phase == "apply" { self.store.plan(&run.id).await?.map(|plan| plan.sha256) } else { None };
                 Ok(Some(Lease {
                     job_id: job.id,
                     run_id: run.id,
@@ -248,6 +253,7 @@ impl Runs {
                     path: stack.spec.path,
                     fencing_token,
                     lease_expires_at: expires,
+                    plan_sha256,
                 }))
             }
             // Someone else took it (or the run moved on).
@@ -302,7 +308,8 @@ impl Runs {
                 .with("agent_id", agent_id)
                 .with("fencing_token", fencing_token)
                 .with("outcome", job_state)
-                .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from)),
+                .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
+                .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from)),
         ];
         if let (Some(log), Some(finished)) = (log, events.first_mut()) {
             let digest = log.digest.as_deref().map(crate::identity::kek::hex);
@@ -319,7 +326,10 @@ impl Runs {
         if !from.is_final() {
             let (next, detail) = match (&outcome, job.phase.as_str()) {
                 (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
-                (JobOutcome::Succeeded, "plan") => self.after_plan(&run, &stack, now),
+                (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, job_id).await? {
+                    Some(denial) => (RunState::Failed, Some(denial)),
+                    None => self.after_plan(&run, &stack, now),
+                },
                 (JobOutcome::Succeeded, _) => (RunState::Finished, None),
             };
             writes.push(transition(&run, next, detail.clone(), now));
@@ -443,6 +453,13 @@ impl Runs {
             }
         }
         Ok(ended)
+    }
+
+    /// Why the plan policy refused the saved plan `job_id` submitted for `run_id`, if it did.
+    async fn plan_denial(&self, run_id: &str, job_id: &str) -> Result<Option<String>, RunError> {
+        let Some(plan) = self.store.plan(run_id).await?.filter(|plan| plan.job_id == job_id) else { return Ok(None) };
+        let deny: Vec<String> = serde_json::from_str(&plan.deny).unwrap_or_default();
+        Ok((!deny.is_empty()).then(|| format!("the plan policy denies the plan: {}", deny.join("; "))))
     }
 
     /// Where a run goes once planned: `keyward.approval` with the reviews so far (usually none)

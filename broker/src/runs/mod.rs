@@ -9,6 +9,7 @@
 mod git;
 mod input;
 mod jobs;
+mod plans;
 mod signals;
 mod spec;
 mod state;
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{HeldJob, JobOutcome, Lease, LeaseEnd, LogSeal};
+pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict};
 pub use signals::{Canceled, Signals};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};

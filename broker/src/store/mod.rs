@@ -27,7 +27,7 @@ pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, ReviewRow, RunRow, StackRow};
+pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -148,7 +148,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 7] = match self.backend {
+        let files: [(i64, &str, &'static str); 8] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -157,6 +157,7 @@ impl Store {
                 (5, "agents", include_str!("../../migrations/sqlite/0005_agents.sql")),
                 (6, "agent_capabilities", include_str!("../../migrations/sqlite/0006_agent_capabilities.sql")),
                 (7, "logs", include_str!("../../migrations/sqlite/0007_logs.sql")),
+                (8, "plans", include_str!("../../migrations/sqlite/0008_plans.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -166,6 +167,7 @@ impl Store {
                 (5, "agents", include_str!("../../migrations/postgres/0005_agents.sql")),
                 (6, "agent_capabilities", include_str!("../../migrations/postgres/0006_agent_capabilities.sql")),
                 (7, "logs", include_str!("../../migrations/postgres/0007_logs.sql")),
+                (8, "plans", include_str!("../../migrations/postgres/0008_plans.sql")),
             ],
         };
         let migrations = files

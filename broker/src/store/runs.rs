@@ -104,6 +104,21 @@ pub struct JobRow {
     pub log_digest: Option<Vec<u8>>,
     /// How many chunks that log has (set with `log_digest`).
     pub log_chunks: Option<i64>,
+    /// How the agent that leased it isolates jobs.
+    pub isolation: Option<String>,
+}
+
+/// A run's saved plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRow {
+    /// The plan job that made it.
+    pub job_id: String,
+    /// SHA-256 of the file.
+    pub sha256: Vec<u8>,
+    /// The file.
+    pub plan_file: Vec<u8>,
+    /// The policy's deny messages (JSON array).
+    pub deny: String,
 }
 
 const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
@@ -111,7 +126,7 @@ const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets,
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at";
 pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
-     log_digest, log_chunks";
+     log_digest, log_chunks, isolation";
 
 fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
     Ok(StackRow {
@@ -161,6 +176,7 @@ pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
         created_at: row.try_get("created_at")?,
         log_digest: row.try_get("log_digest")?,
         log_chunks: row.try_get("log_chunks")?,
+        isolation: row.try_get("isolation")?,
     })
 }
 
@@ -245,5 +261,22 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pool).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(job_from).collect()
+    }
+
+    /// The saved plan of `run_id`, if its plan job submitted one.
+    pub async fn plan(&self, run_id: &str) -> Result<Option<PlanRow>, StoreError> {
+        let row = sqlx::query("SELECT job_id, sha256, plan_file, deny FROM plans WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(PlanRow {
+                job_id: row.try_get("job_id")?,
+                sha256: row.try_get("sha256")?,
+                plan_file: row.try_get("plan_file")?,
+                deny: row.try_get("deny")?,
+            })
+        })
+        .transpose()
     }
 }

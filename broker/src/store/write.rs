@@ -55,6 +55,12 @@ impl From<Option<i64>> for Param {
     }
 }
 
+impl From<Vec<u8>> for Param {
+    fn from(value: Vec<u8>) -> Self {
+        Self::OptBytes(Some(value))
+    }
+}
+
 impl From<Option<Vec<u8>>> for Param {
     fn from(value: Option<Vec<u8>>) -> Self {
         Self::OptBytes(value)

@@ -1,0 +1,187 @@
+//! The Terraform phases of a job, each process in the job's isolation.
+//!
+//! - plan: `terraform init`, `terraform plan -out keyward.tfplan`, `terraform show -json`; the
+//!   saved plan and its JSON (masked like the log) go to the broker (`SubmitPlan`), where the
+//!   `keyward.plan` policy judges it; its verdict is logged.
+//! - apply: the saved plan from the plan job (`FetchPlan`), checked against the SHA-256 the
+//!   assignment names, then `terraform init` and `terraform apply keyward.tfplan`: exactly what
+//!   was planned and reviewed, never a fresh plan.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use aws_lc_rs::digest;
+use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+use keyward_proto::agent_v1::{FetchPlanRequest, JobAssignment, PlanPart};
+use tonic::transport::Channel;
+
+use crate::launch::{Isolation, Launch, SandboxSettings, sandbox_verdict};
+use crate::logs::JobLog;
+use crate::step::{self, Cancel, StepEnd};
+
+/// The saved plan's file name in the configuration's directory.
+pub const PLAN_FILE: &str = "keyward.tfplan";
+/// The largest slice of a plan in one message.
+const PLAN_PART: usize = 128 * 1024;
+/// The largest `terraform show -json` kept.
+const MAX_PLAN_JSON: usize = 24 * 1024 * 1024;
+
+/// Why a phase failed; the job's error.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// A step failed; with what it said last.
+    #[error("{0}")]
+    Failed(String),
+    /// The job was canceled.
+    #[error("canceled: {0}")]
+    Canceled(String),
+}
+
+/// What one phase runs with.
+#[derive(Debug)]
+pub struct Phase<'a> {
+    /// The job.
+    pub job: &'a JobAssignment,
+    /// How processes are isolated.
+    pub isolation: &'a Isolation,
+    /// The terraform binary (absolute).
+    pub terraform: &'a Path,
+    /// The job's writable directory (the checkout is in it).
+    pub work_dir: &'a Path,
+    /// The configuration's directory inside it.
+    pub cwd: PathBuf,
+    /// The environment (scrubbed, plus credentials).
+    pub env: Vec<(String, String)>,
+    /// Extra read-only host paths (credential files, the terraform binary's directory).
+    pub read_only: Vec<PathBuf>,
+    /// The agent's private scratch directory.
+    pub scratch: &'a Path,
+    /// When the phase is killed.
+    pub deadline: SystemTime,
+}
+
+impl Phase<'_> {
+    /// Runs `terraform args…` in the configuration's directory; its stdout kept when `keep`.
+    async fn terraform(
+        &self,
+        args: &[&str],
+        log: &JobLog,
+        cancel: &mut Cancel,
+        keep: Option<usize>,
+    ) -> Result<Vec<u8>, PhaseError> {
+        log.note(&format!("$ terraform {}", args.join(" "))).await;
+        let mut argv = vec![self.terraform.display().to_string()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let launch = Launch {
+            argv,
+            env: self.env.clone(),
+            work_dir: self.work_dir.to_path_buf(),
+            cwd: self.cwd.clone(),
+            read_only: self.read_only.clone(),
+            deadline: self.deadline,
+            scratch: self.scratch.to_path_buf(),
+        };
+        let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
+        let status_file = prepared.status_file.clone();
+        let step = step::run(prepared, log, cancel, self.deadline, keep).await;
+        let settings: Option<&SandboxSettings> = match self.isolation {
+            Isolation::Sandbox(settings) => Some(settings),
+            Isolation::Process => None,
+        };
+        let verdict = sandbox_verdict(status_file.as_deref(), settings);
+        let what = format!("terraform {}", args.first().copied().unwrap_or_default());
+        match step.end {
+            StepEnd::Exited(status) if status.success() => Ok(step.stdout),
+            StepEnd::Exited(status) => {
+                let why = verdict.unwrap_or_else(|| format!("exited with {status}"));
+                log.note(&format!("keyward: {what} {why}")).await;
+                Err(PhaseError::Failed(format!("{what} {why}: {}", log.tail().await)))
+            }
+            StepEnd::Canceled(reason) => Err(PhaseError::Canceled(reason)),
+            StepEnd::TimedOut => Err(PhaseError::Failed(format!("{what} ran past the job's deadline"))),
+            StepEnd::NotStarted(error) => Err(PhaseError::Failed(format!("cannot start {what}: {error}"))),
+        }
+    }
+
+    /// `terraform init`, `plan -out`, `show -json`; submits the plan and logs the verdict.
+    pub async fn plan(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+        log: &JobLog,
+        cancel: &mut Cancel,
+    ) -> Result<(), PhaseError> {
+        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        self.terraform(&["plan", "-input=false", "-no-color", &format!("-out={PLAN_FILE}")], log, cancel, None).await?;
+        let json = self.terraform(&["show", "-json", "-no-color", PLAN_FILE], log, cancel, Some(MAX_PLAN_JSON)).await?;
+        let plan_file = std::fs::read(self.cwd.join(PLAN_FILE))
+            .map_err(|e| PhaseError::Failed(format!("cannot read the saved plan: {e}")))?;
+        let plan_json = log.mask(&json).await;
+        let part = |plan_file: &[u8], plan_json: &[u8]| PlanPart {
+            job_id: self.job.job_id.clone(),
+            fencing_token: self.job.fencing_token,
+            plan_file: plan_file.to_vec(),
+            plan_json: plan_json.to_vec(),
+        };
+        let mut parts: Vec<PlanPart> = plan_file.chunks(PLAN_PART).map(|slice| part(slice, &[])).collect();
+        parts.extend(plan_json.chunks(PLAN_PART).map(|slice| part(&[], slice)));
+        let verdict = client
+            .submit_plan(tokio_stream::iter(parts))
+            .await
+            .map_err(|status| PhaseError::Failed(format!("the broker refused the plan: {}", status.message())))?
+            .into_inner();
+        log.note(&format!("keyward: saved plan sha256 {}", crate::enroll::hex(&verdict.plan_sha256))).await;
+        for warning in &verdict.warn {
+            log.note(&format!("keyward: plan policy warns: {warning}")).await;
+        }
+        for denial in &verdict.deny {
+            log.note(&format!("keyward: plan policy denies: {denial}")).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches the saved plan, checks its digest, `terraform init`, `terraform apply` it.
+    pub async fn apply(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+        log: &JobLog,
+        cancel: &mut Cancel,
+    ) -> Result<(), PhaseError> {
+        if self.job.plan_sha256.len() != 32 {
+            return Err(PhaseError::Failed("the apply names no saved plan; it is never planned afresh".to_owned()));
+        }
+        let refused =
+            |status: tonic::Status| PhaseError::Failed(format!("cannot fetch the saved plan: {}", status.message()));
+        let mut parts = client
+            .fetch_plan(FetchPlanRequest { job_id: self.job.job_id.clone(), fencing_token: self.job.fencing_token })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let mut plan_file = Vec::new();
+        while let Some(part) = parts.message().await.map_err(refused)? {
+            plan_file.extend_from_slice(&part.plan_file);
+        }
+        let actual = digest::digest(&digest::SHA256, &plan_file);
+        if actual.as_ref() != self.job.plan_sha256.as_slice() {
+            return Err(PhaseError::Failed(format!(
+                "the saved plan's SHA-256 is {}, not the planned {}: refusing to apply it",
+                crate::enroll::hex(actual.as_ref()),
+                crate::enroll::hex(&self.job.plan_sha256)
+            )));
+        }
+        log.note(&format!("keyward: applying saved plan sha256 {}", crate::enroll::hex(actual.as_ref()))).await;
+        std::fs::write(self.cwd.join(PLAN_FILE), &plan_file)
+            .map_err(|e| PhaseError::Failed(format!("cannot write the saved plan: {e}")))?;
+        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        self.terraform(&["apply", "-input=false", "-no-color", "-auto-approve", PLAN_FILE], log, cancel, None).await?;
+        Ok(())
+    }
+}
+
+/// `terraform` on `PATH`, made absolute (the sandbox sees only what is bound).
+pub fn locate(program: &str) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if path.is_absolute() {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}
