@@ -2,9 +2,11 @@
 //!
 //! Every credential value issued to the job is replaced with `***`, and so are its common
 //! encodings: standard and URL-safe base64 at each of the three byte alignments the value can have
-//! inside a longer encoded text, the padded standard encoding, percent-encoding, and every
-//! 10-character window of the standard base64 encodings (so base64 that a tool wraps over several
-//! lines, as `base64` does at 76 columns, is masked piece by piece). Configured regular
+//! inside a longer encoded text, the padded standard encoding and percent-encoding. Every
+//! 10-byte window of the value and of its standard base64 encodings is masked too, so a value a
+//! tool cuts into pieces is masked piece by piece: base64 wrapped over several lines (as `base64`
+//! does at 76 columns), or a value Terraform prints as two prefixed lines because it arrived in
+//! two writes. Configured regular
 //! expressions (`--mask-pattern`, plus built-ins for AWS access key IDs, Vault tokens and JWTs)
 //! are masked too.
 //!
@@ -17,7 +19,7 @@
 //! half a secret and exited.
 //!
 //! What it cannot catch, and docs/sandbox.md says so: a value transformed in ways not listed
-//! (reversed, hex, encrypted), and a wrapped base64 line fragment shorter than the window.
+//! (reversed, hex, encrypted), and a piece of a cut-up value shorter than the window.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,7 +35,7 @@ pub const MASK: &[u8] = b"***";
 /// Values shorter than this are not masked (they would mask ordinary words); the broker never
 /// issues credentials this short.
 pub const MIN_SECRET: usize = 6;
-/// The window of a base64 encoding that is masked on its own (wrapped base64).
+/// The window of a value, or of its base64 encoding, that is masked on its own (cut-up values).
 const WINDOW: usize = 10;
 /// A line is cut here for the regular expressions' sake when it has no newline yet.
 pub const LONGEST_LINE: usize = 16 * 1024;
@@ -116,6 +118,9 @@ impl MaskRules {
         let mut windows = Vec::new();
         for secret in secrets.into_iter().filter(|s| s.len() >= MIN_SECRET) {
             whole.push(secret.to_vec());
+            // A tool may cut a value apart and print each piece on its own line, with its own
+            // prefix (Terraform does this to `local-exec` output that arrives in two writes).
+            windows.extend(secret.windows(WINDOW).map(<[u8]>::to_vec));
             whole.push(STANDARD.encode(secret).into_bytes());
             let percent = percent_encode(secret);
             if percent != secret {

@@ -135,6 +135,9 @@ pub struct JobView {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How the agent that took it isolates jobs (`sandbox network=none`, `process`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 /// What a submission asks for.
@@ -600,6 +603,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
                 attempt: j.attempt,
                 agent_id: j.agent_id.clone(),
                 error: j.error.clone(),
+                isolation: j.isolation.clone(),
             })
             .collect(),
     }

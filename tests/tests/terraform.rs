@@ -1,0 +1,221 @@
+//! Real Terraform 1.11.4 in the agent's sandbox, end to end: a real broker process, moto's STS for
+//! the credentials, a real `keyward-agent` (default isolation: the sandbox, network `none`), and
+//! configurations of `terraform_data` + `local-exec` in local git repositories.
+//!
+//! One agent takes every run in turn: a plan and apply whose `local-exec` prints its AWS secret
+//! key (plainly, in two writes, in base64) and whose log shows only `***`; a plan the plan
+//! policy denies, which never applies; configurations that try to read the agent's key and
+//! `/etc/shadow`, write outside the work dir, reach a port on the host, fork-bomb, allocate past
+//! the memory limit and run past the deadline — each fails, says why, and the agent goes on to
+//! the next job; and an apply canceled mid-way, whose every process dies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyward_tests::agent::{Agent, join};
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::git::GitRepo;
+use keyward_tests::moto::Moto;
+use keyward_tests::{eventually, free_addr, workspace_root};
+use serde_json::Value;
+
+const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
+const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
+
+fn json(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+/// The shipped policies plus one plan rule: a resource named `forbidden` is denied.
+fn policies(dir: &Path) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        policies.join("forbidden.rego"),
+        "package keyward.plan\n\ndeny contains msg if {\n\tsome rc in input.plan.resource_changes\n\t\
+         rc.name == \"forbidden\"\n\tmsg := sprintf(\"%s may not be created here\", [rc.address])\n}\n",
+    )
+    .unwrap();
+    policies
+}
+
+async fn start(dir: &Path, sts: &str) -> Broker {
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let data_dir = dir.join("broker");
+    let rest = format!(
+        "[policy]\ndir = \"{policies}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n\
+         [[targets]]\nname = \"state-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"broker\"\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"dev\" }}\n",
+        policies = policies(dir).display(),
+        agents = free_addr(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// A stack `name` over a new repository whose `main.tf` is `config`.
+fn stack(broker: &Broker, dir: &Path, name: &str, config: &str, targets: bool) {
+    let repo = GitRepo::init(&dir.join(format!("repo-{name}")));
+    repo.commit("main.tf", config);
+    let url = repo.url();
+    let mut args = vec!["stack", "create", name, "--repository", &url, "--label", "env=dev", "--json"];
+    if targets {
+        args.extend(["--plan-target", "aws:state-read", "--apply-target", "aws:network-apply"]);
+    }
+    json(&broker.cli(&args));
+}
+
+/// A configuration whose one resource runs `command` with `local-exec` (as `/bin/sh -c`).
+fn local_exec(name: &str, command: &str) -> String {
+    let command = command.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "$${");
+    format!(
+        "resource \"terraform_data\" \"{name}\" {{\n  provisioner \"local-exec\" {{\n    command = \"{command}\"\n  }}\n}}\n"
+    )
+}
+
+/// Submits a run of `stack` and waits for it to end.
+async fn run_to_end(broker: &Broker, stack: &str) -> (String, Value) {
+    let out = broker.cli(&["run", "submit", "--stack", stack]);
+    assert!(out.success, "{}", out.stderr);
+    let id = out.stdout.trim().to_owned();
+    let run = eventually(&format!("run of {stack} to end"), Duration::from_secs(120), || {
+        let run = json(&broker.cli(&["run", "show", &id, "--json"]));
+        async move { matches!(run["state"].as_str(), Some("finished" | "failed" | "canceled")).then_some(run) }
+    })
+    .await;
+    (id, run)
+}
+
+fn logs(broker: &Broker, id: &str) -> String {
+    let out = broker.cli(&["run", "logs", id]);
+    assert!(out.success, "{}", out.stderr);
+    out.stdout
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let _agent = Agent::start(
+        &agent_dir,
+        &agent_id,
+        &["--memory-limit", "256MiB", "--pids-limit", "64", "--phase-timeout", "20s"],
+    );
+    let planted = agent_dir.join("planted");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    // 1. Plan and apply; the secret key printed three ways never reaches the log.
+    let printer = local_exec(
+        "printer",
+        "s=\"$AWS_SECRET_ACCESS_KEY\"; echo \"plain $s\"; printf 'split %s' \"${s%????????????????????}\"; \
+         sleep 0.6; printf '%s done\\n' \"${s#????????????????????}\"; printf '%s' \"$s\" | base64",
+    );
+    stack(&broker, dir.path(), "good", &printer, true);
+    let (id, run) = run_to_end(&broker, "good").await;
+    assert_eq!(run["state"], "finished", "{run}\n{}", logs(&broker, &id));
+    assert!(run["jobs"].as_array().unwrap().iter().all(|j| j["isolation"] == "sandbox network=none"), "{run}");
+    let text = logs(&broker, &id);
+    assert!(text.contains("Plan: 1 to add") && text.contains("keyward: applying saved plan sha256"), "{text}");
+    // Provisioners run at apply. Terraform prints the two writes as two prefixed lines: each
+    // piece is masked on its own.
+    assert_eq!(text.matches("(local-exec): plain ***\n").count(), 1, "{text}");
+    assert!(text.contains("(local-exec): split ***\n") || text.contains("(local-exec): split *** done\n"), "{text}");
+    let base64 = text.lines().filter(|l| l.ends_with("(local-exec): ***")).count();
+    assert!(base64 >= 1, "{text}");
+    for line in text.lines().filter(|l| l.contains("(local-exec):") && !l.contains("Executing")) {
+        let printed = line.split("(local-exec): ").nth(1).unwrap_or_default();
+        let longest_run =
+            printed.split(|c: char| !c.is_ascii_alphanumeric() && c != '+' && c != '/').map(str::len).max();
+        assert!(longest_run.unwrap_or(0) < 10, "a piece of the secret is visible: {line}");
+    }
+    let issued: Vec<String> = moto.sts_requests().iter().map(|r| r.field("RoleArn").unwrap().to_owned()).collect();
+    assert_eq!(issued, [ROLE_READ, ROLE_WRITE], "the plan read, the apply wrote");
+    assert!(!text.contains("eu-west-1") || text.contains("***"), "{text}");
+    assert!(broker.cli(&["run", "logs", &id, "--verify"]).success);
+
+    // 2. A plan the plan policy denies never applies.
+    stack(&broker, dir.path(), "denied", "resource \"terraform_data\" \"forbidden\" {\n  input = 1\n}\n", false);
+    let (id, run) = run_to_end(&broker, "denied").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run["detail"].as_str().unwrap().contains("terraform_data.forbidden may not be created here"), "{run}");
+    assert_eq!(run["jobs"].as_array().unwrap().len(), 1, "no apply job: {run}");
+    assert!(logs(&broker, &id).contains("plan policy denies"));
+
+    // 3. Hostile configurations: each fails, says why, and the agent takes the next one.
+    let key = agent_dir.join("key.pem");
+    let escapes = [
+        ("read-key", format!("cat {}", key.display()), "No such file"),
+        ("shadow", "cat /etc/shadow".to_owned(), "No such file"),
+        ("write-usr", "echo x > /usr/keyward-escape".to_owned(), "Read-only file system"),
+        ("write-host", format!("echo x > {}", planted.display()), "Directory nonexistent"),
+        ("network", format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'"), "Connection refused"),
+        ("fork-bomb", "bash -c 'f() { f | f & }; f; sleep 30'".to_owned(), "process limit|deadline"),
+        ("memory", "head -c 600000000 /dev/zero | tr '\\0' a | grep -c b".to_owned(), "memory limit"),
+        ("deadline", "sleep 120".to_owned(), "deadline"),
+    ];
+    for (name, command, says) in &escapes {
+        stack(&broker, dir.path(), name, &local_exec("hostile", command), false);
+        let (id, run) = run_to_end(&broker, name).await;
+        let text = logs(&broker, &id);
+        assert_eq!(run["state"], "failed", "{name}: {run}\n{text}");
+        // Provisioners run at apply: the plan succeeded, the apply failed.
+        let error = run["jobs"].as_array().unwrap().last().unwrap()["error"].as_str().unwrap();
+        assert!(says.split('|').any(|s| error.contains(s)), "{name}: {says:?} not in {error}\n{text}");
+        assert!(!text.contains("PRIVATE KEY") && !text.contains("root:"), "{name}: {text}");
+    }
+    assert!(!planted.exists(), "nothing was written outside the work dir");
+    assert!(!Path::new("/usr/keyward-escape").exists());
+    assert!(listener.accept().is_err(), "nothing reached the host's loopback port");
+
+    // 4. The agent survived all of it: a good run still goes through.
+    let (_, run) = run_to_end(&broker, "good").await;
+    assert_eq!(run["state"], "finished", "{run}");
+
+    // 5. Cancel during apply: every process of the job dies.
+    let marker = format!("3001.{}", std::process::id());
+    stack(&broker, dir.path(), "slow", &local_exec("slow", &format!("sleep {marker} & sleep {marker}; wait")), false);
+    let out = broker.cli(&["run", "submit", "--stack", "slow"]);
+    let id = out.stdout.trim().to_owned();
+    eventually("the apply's processes to start", Duration::from_secs(60), || {
+        let running = processes_with(&marker);
+        async move { (running >= 2).then_some(()) }
+    })
+    .await;
+    json(&broker.cli(&["run", "cancel", &id, "--json"]));
+    eventually("every process of the canceled job to die", Duration::from_secs(20), || {
+        let running = processes_with(&marker);
+        async move { (running == 0).then_some(()) }
+    })
+    .await;
+}
