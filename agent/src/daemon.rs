@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
-    AgentMessage, BrokerMessage, Draining, Heartbeat, Hello, JobAssignment, JobResult, RenewRequest, agent_message,
-    broker_message,
+    AgentMessage, BrokerMessage, Draining, DriftReport, Heartbeat, Hello, JobAssignment, JobResult, RenewRequest,
+    agent_message, broker_message,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +26,7 @@ use crate::channel;
 use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
 use crate::enroll::{identity_from, key_and_csr, rediscover};
+use crate::launch::Layers;
 use crate::logs::{JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::runner::{Outcome, Runner};
 
@@ -326,13 +327,17 @@ impl Daemon {
         tracing::info!(job_id = %job.job_id, run_id = %job.run_id, phase = %job.phase, "job started");
         let daemon = Arc::clone(self);
         tokio::spawn(async move {
-            let (outcome, log) = daemon.execute(&job, &mut client, canceled).await;
+            let layers = Layers::default();
+            let (outcome, log) = daemon.execute(&job, &mut client, &layers, canceled).await;
             let summary = log.finish().await;
             let finished = daemon.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.job_id);
             let Some(finished) = finished else { return };
-            let (success, error) = match outcome {
-                Outcome::Succeeded => (true, String::new()),
-                Outcome::Failed(error) => (false, error),
+            let (success, error, drift) = match outcome {
+                Outcome::Succeeded => (true, String::new(), None),
+                Outcome::Checked(drift) => {
+                    (true, String::new(), Some(DriftReport { drifted: drift.drifted, summary: drift.summary }))
+                }
+                Outcome::Failed(error) => (false, error, None),
                 // The broker already moved the job on; a report would be refused as stale.
                 Outcome::Canceled => return,
             };
@@ -344,6 +349,8 @@ impl Daemon {
                 error,
                 final_log_digest: summary.head.map(|head| head.to_vec()).unwrap_or_default(),
                 log_chunks: summary.chunks,
+                drift,
+                isolation_layers: layers.list(),
             });
             daemon.results_ready.notify_one();
         });
@@ -354,6 +361,7 @@ impl Daemon {
         &self,
         job: &JobAssignment,
         client: &mut AgentServiceClient<Channel>,
+        layers: &Layers,
         canceled: oneshot::Receiver<String>,
     ) -> (Outcome, JobLog) {
         let patterns = self.settings.mask_patterns.clone();
@@ -373,7 +381,7 @@ impl Daemon {
             log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
                 .await;
         }
-        let outcome = self.settings.runner.run(job, client, &credentials, &log, canceled).await;
+        let outcome = self.settings.runner.run(job, client, &credentials, &log, layers, canceled).await;
         (outcome, log)
     }
 

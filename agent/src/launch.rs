@@ -119,9 +119,35 @@ impl Isolation {
     }
 }
 
+/// The sandbox layers a job's processes ran under, gathered from each process's status: what the
+/// job's result reports and its run records. A layer is listed once, where it first appeared.
+#[derive(Debug, Default)]
+pub struct Layers(std::sync::Mutex<Vec<String>>);
+
+impl Layers {
+    fn record(&self, layers: Vec<String>) {
+        let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for layer in layers {
+            if !known.contains(&layer) {
+                known.push(layer);
+            }
+        }
+    }
+
+    /// Every layer so far, in order.
+    pub fn list(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 /// Why the sandbox ended a process, in words for the job's error; `None` for an ordinary exit
-/// (or without a sandbox). Removes the status file.
-pub fn sandbox_verdict(status_file: Option<&Path>, settings: Option<&SandboxSettings>) -> Option<String> {
+/// (or without a sandbox). Records the layers the process ran under in `layers` and removes the
+/// status file.
+pub fn sandbox_verdict(
+    status_file: Option<&Path>,
+    settings: Option<&SandboxSettings>,
+    layers: &Layers,
+) -> Option<String> {
     let path = status_file?;
     let status = Status::read(path);
     let _ = std::fs::remove_file(path);
@@ -129,6 +155,7 @@ pub fn sandbox_verdict(status_file: Option<&Path>, settings: Option<&SandboxSett
         Ok(status) => status,
         Err(error) => return Some(format!("the sandbox left no status ({error})")),
     };
+    layers.record(status.layers);
     let reason = status.reason?;
     Some(match reason {
         Reason::Deadline => "killed: it ran past the job's deadline".to_owned(),

@@ -15,17 +15,19 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::credentials::JobCredentials;
-use crate::launch::{Isolation, Launch, sandbox_verdict};
+use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::source::{self, SourceError};
 use crate::step::{self, Cancel, StepEnd};
-use crate::terraform::{Phase, PhaseError};
+use crate::terraform::{Drift, Phase, PhaseError};
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every step succeeded.
     Succeeded,
+    /// A drift check ran to the end, and found this.
+    Checked(Drift),
     /// Something failed, and why.
     Failed(String),
     /// Stopped on request.
@@ -78,13 +80,14 @@ impl Runner {
     }
 
     /// Runs `job` with `credentials` in its environment and its output in `log`, until it ends
-    /// or `cancel` fires.
+    /// or `cancel` fires; the sandbox layers its processes ran under go to `layers`.
     pub async fn run(
         &self,
         job: &JobAssignment,
         client: &mut AgentServiceClient<Channel>,
         credentials: &JobCredentials,
         log: &JobLog,
+        layers: &Layers,
         cancel: oneshot::Receiver<String>,
     ) -> Outcome {
         let mut cancel = Cancel::new(cancel);
@@ -118,7 +121,9 @@ impl Runner {
         env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
         let read_only: Vec<PathBuf> = credentials.dir().map(Path::to_path_buf).into_iter().collect();
         let result = match work {
-            Work::Exec(command) => self.exec(command, &dir, env, read_only, deadline, log, &mut cancel).await,
+            Work::Exec(command) => {
+                self.exec(command, &dir, env, read_only, deadline, log, layers, &mut cancel).await.map(|()| None)
+            }
             Work::Terraform(binary) => {
                 let src = dir.work.join("src");
                 let checkout =
@@ -140,18 +145,23 @@ impl Runner {
                             read_only,
                             scratch: &dir.scratch,
                             deadline,
+                            layers,
                         };
-                        match job.phase.as_str() {
-                            "plan" => phase.plan(client, log, &mut cancel).await,
-                            "apply" => phase.apply(client, log, &mut cancel).await,
-                            other => Err(PhaseError::Failed(format!("this agent cannot run a `{other}` job"))),
+                        match (job.phase.as_str(), job.run_kind.as_str()) {
+                            ("plan", "drift") => phase.check_drift(log, &mut cancel).await.map(Some),
+                            ("plan", "deploy" | "") => phase.plan(client, log, &mut cancel).await.map(|()| None),
+                            ("apply", "deploy" | "") => phase.apply(client, log, &mut cancel).await.map(|()| None),
+                            (phase, kind) => {
+                                Err(PhaseError::Failed(format!("this agent cannot run a {phase} job of a {kind} run")))
+                            }
                         }
                     }
                 }
             }
         };
         match result {
-            Ok(()) => Outcome::Succeeded,
+            Ok(None) => Outcome::Succeeded,
+            Ok(Some(drift)) => Outcome::Checked(drift),
             Err(PhaseError::Canceled(reason)) => {
                 log.note(&format!("keyward: canceled: {reason}")).await;
                 tracing::info!(job_id = %job.job_id, %reason, "job canceled");
@@ -171,6 +181,7 @@ impl Runner {
         read_only: Vec<PathBuf>,
         deadline: SystemTime,
         log: &JobLog,
+        layers: &Layers,
         cancel: &mut Cancel,
     ) -> Result<(), PhaseError> {
         log.note(&format!("$ sh -c {command}")).await;
@@ -190,7 +201,7 @@ impl Runner {
             Isolation::Sandbox(settings) => Some(settings),
             Isolation::Process => None,
         };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings);
+        let verdict = sandbox_verdict(status_file.as_deref(), settings, layers);
         match step.end {
             StepEnd::Exited(status) if status.success() => Ok(()),
             StepEnd::Exited(status) => {
@@ -280,7 +291,7 @@ mod tests {
         let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let ok = exec("test \"$KEYWARD_PHASE\" = plan && echo planned")
-            .run(&job(), &mut client(), &JobCredentials::default(), &log, cancel)
+            .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
         log.finish().await;
@@ -289,8 +300,9 @@ mod tests {
         assert_eq!(logged, b"planned\n");
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let failed =
-            exec("echo boom; exit 3").run(&job(), &mut client(), &JobCredentials::default(), &log, cancel).await;
+        let failed = exec("echo boom; exit 3")
+            .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
 
@@ -306,7 +318,9 @@ mod tests {
         let (cancel, canceled) = oneshot::channel();
         let running = tokio::spawn(async move {
             let (log, _outbox) = new_log();
-            exec("sleep 30").run(&job(), &mut client(), &JobCredentials::default(), &log, canceled).await
+            exec("sleep 30")
+                .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), canceled)
+                .await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         cancel.send("test".into()).expect("send");
@@ -315,7 +329,8 @@ mod tests {
         let runner = Runner::new(Some(Work::Exec("sleep 30".to_owned())), Isolation::Process, Duration::ZERO);
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let late = runner.run(&job(), &mut client(), &JobCredentials::default(), &log, cancel).await;
+        let late =
+            runner.run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel).await;
         assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }
 }

@@ -6,6 +6,9 @@
 //! - apply: the saved plan from the plan job (`FetchPlan`), checked against the SHA-256 the
 //!   assignment names, then `terraform init` and `terraform apply keyward.tfplan`: exactly what
 //!   was planned and reviewed, never a fresh plan.
+//! - drift check (a drift run's plan job): `terraform init`, `terraform plan -detailed-exitcode
+//!   -lock=false` (0: in sync, 2: drift, anything else: failed) and, on drift, `terraform show
+//!   -json` of that plan to say what differs. Nothing is submitted and nothing is applied.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -15,7 +18,7 @@ use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{FetchPlanRequest, JobAssignment, PlanPart};
 use tonic::transport::Channel;
 
-use crate::launch::{Isolation, Launch, SandboxSettings, sandbox_verdict};
+use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::step::{self, Cancel, StepEnd};
 
@@ -58,6 +61,17 @@ pub struct Phase<'a> {
     pub scratch: &'a Path,
     /// When the phase is killed.
     pub deadline: SystemTime,
+    /// The sandbox layers its processes ran under, collected step by step.
+    pub layers: &'a Layers,
+}
+
+/// What a drift check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// `terraform plan -detailed-exitcode` exited 2.
+    pub drifted: bool,
+    /// What differs, counted from the plan (`1 to add, 0 to change, 0 to destroy`), or empty.
+    pub summary: String,
 }
 
 impl Phase<'_> {
@@ -69,6 +83,19 @@ impl Phase<'_> {
         cancel: &mut Cancel,
         keep: Option<usize>,
     ) -> Result<Vec<u8>, PhaseError> {
+        Ok(self.terraform_exits(args, log, cancel, keep, &[0]).await?.1)
+    }
+
+    /// Runs `terraform args…`, which succeeds when it exits with one of `success` codes; returns
+    /// that code and its stdout (kept when `keep`).
+    async fn terraform_exits(
+        &self,
+        args: &[&str],
+        log: &JobLog,
+        cancel: &mut Cancel,
+        keep: Option<usize>,
+        success: &[i32],
+    ) -> Result<(i32, Vec<u8>), PhaseError> {
         log.note(&format!("$ terraform {}", args.join(" "))).await;
         let mut argv = vec![self.terraform.display().to_string()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
@@ -88,10 +115,12 @@ impl Phase<'_> {
             Isolation::Sandbox(settings) => Some(settings),
             Isolation::Process => None,
         };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings);
+        let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
         let what = format!("terraform {}", args.first().copied().unwrap_or_default());
         match step.end {
-            StepEnd::Exited(status) if status.success() => Ok(step.stdout),
+            StepEnd::Exited(status) if status.code().is_some_and(|c| success.contains(&c)) => {
+                Ok((status.code().unwrap_or_default(), step.stdout))
+            }
             StepEnd::Exited(status) => {
                 let why = verdict.unwrap_or_else(|| format!("exited with {status}"));
                 log.note(&format!("keyward: {what} {why}")).await;
@@ -139,6 +168,24 @@ impl Phase<'_> {
         Ok(())
     }
 
+    /// `terraform init`, `terraform plan -detailed-exitcode`, and on drift `terraform show
+    /// -json` of that plan for the summary (masked like the log).
+    pub async fn check_drift(&self, log: &JobLog, cancel: &mut Cancel) -> Result<Drift, PhaseError> {
+        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        // No lock: a drift check only reads, and must not block (or be blocked by) a deploy.
+        let plan =
+            ["plan", "-input=false", "-no-color", "-lock=false", "-detailed-exitcode", &format!("-out={PLAN_FILE}")];
+        let (code, _) = self.terraform_exits(&plan, log, cancel, None, &[0, 2]).await?;
+        if code == 0 {
+            log.note("keyward: no drift: the infrastructure matches the configuration").await;
+            return Ok(Drift { drifted: false, summary: String::new() });
+        }
+        let json = self.terraform(&["show", "-json", "-no-color", PLAN_FILE], log, cancel, Some(MAX_PLAN_JSON)).await?;
+        let summary = String::from_utf8_lossy(&log.mask(drift_summary(&json).as_bytes()).await).into_owned();
+        log.note(&format!("keyward: drift: {summary}")).await;
+        Ok(Drift { drifted: true, summary })
+    }
+
     /// Fetches the saved plan, checks its digest, `terraform init`, `terraform apply` it.
     pub async fn apply(
         &self,
@@ -177,6 +224,41 @@ impl Phase<'_> {
     }
 }
 
+/// What a plan's `terraform show -json` changes, counted as Terraform's own summary line does,
+/// plus outputs and what changed outside Terraform (`resource_drift`).
+fn drift_summary(plan_json: &[u8]) -> String {
+    let Ok(plan) = serde_json::from_slice::<serde_json::Value>(plan_json) else {
+        return "the plan has changes (its JSON did not parse)".to_owned();
+    };
+    let list = |key: &str| plan.get(key).and_then(serde_json::Value::as_array).map(Vec::len).unwrap_or_default();
+    let (mut add, mut change, mut destroy) = (0_usize, 0_usize, 0_usize);
+    let changes = plan.get("resource_changes").and_then(serde_json::Value::as_array);
+    for resource in changes.into_iter().flatten() {
+        let actions: Vec<&str> = resource
+            .pointer("/change/actions")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        add += usize::from(actions.contains(&"create"));
+        change += usize::from(actions.contains(&"update"));
+        destroy += usize::from(actions.contains(&"delete"));
+    }
+    let outputs = plan
+        .get("output_changes")
+        .and_then(serde_json::Value::as_object)
+        .map(|o| o.values().filter(|c| c.pointer("/actions/0").and_then(|a| a.as_str()) != Some("no-op")).count())
+        .unwrap_or_default();
+    let mut summary = format!("{add} to add, {change} to change, {destroy} to destroy");
+    if outputs > 0 {
+        summary.push_str(&format!("; {outputs} output(s) change"));
+    }
+    let outside = list("resource_drift");
+    if outside > 0 {
+        summary.push_str(&format!("; {outside} resource(s) changed outside Terraform"));
+    }
+    summary
+}
+
 /// `terraform` on `PATH`, made absolute (the sandbox sees only what is bound).
 pub fn locate(program: &str) -> Option<PathBuf> {
     let path = Path::new(program);
@@ -184,4 +266,29 @@ pub fn locate(program: &str) -> Option<PathBuf> {
         return path.is_file().then(|| path.to_path_buf());
     }
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drift_summary;
+
+    #[test]
+    fn drift_is_summarised_from_the_plan_json_as_terraform_counts_it() {
+        let plan = br#"{
+            "resource_changes": [
+                {"change": {"actions": ["create"]}},
+                {"change": {"actions": ["update"]}},
+                {"change": {"actions": ["delete", "create"]}},
+                {"change": {"actions": ["no-op"]}}
+            ],
+            "output_changes": {"a": {"actions": ["update"]}, "b": {"actions": ["no-op"]}},
+            "resource_drift": [{"address": "terraform_data.x"}]
+        }"#;
+        assert_eq!(
+            drift_summary(plan),
+            "2 to add, 1 to change, 1 to destroy; 1 output(s) change; 1 resource(s) changed outside Terraform"
+        );
+        assert_eq!(drift_summary(br#"{"resource_changes": []}"#), "0 to add, 0 to change, 0 to destroy");
+        assert!(drift_summary(b"not json").contains("did not parse"));
+    }
 }

@@ -112,8 +112,7 @@ async fn connect(
                     fencing_token: job.fencing_token,
                     success,
                     error: if success { String::new() } else { "benchmark: done".to_owned() },
-                    final_log_digest: Vec::new(),
-                    log_chunks: 0,
+                    ..JobResult::default()
                 };
                 if tx.send((received, job)).is_err() {
                     return;

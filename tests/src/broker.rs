@@ -42,6 +42,8 @@ impl Drop for Broker {
 pub struct Output {
     /// Exit status success.
     pub success: bool,
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
     /// Stdout.
     pub stdout: String,
     /// Stderr.
@@ -58,6 +60,7 @@ pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let output = command.output().expect("run keyward");
     Output {
         success: output.status.success(),
+        code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }

@@ -16,7 +16,9 @@ use keyward_broker::audit::{AuditLog, Context, kinds};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::DatabaseLocation;
 use keyward_broker::policy::{Outcome, PolicyEngine};
-use keyward_broker::runs::{JobOutcome, RunError, RunState, Runs, StackSpec, Submission, Verdict};
+use keyward_broker::runs::{
+    Drift, JobOutcome, JobReport, RunError, RunKind, RunState, Runs, StackSpec, Submission, Verdict,
+};
 use keyward_broker::store::Store;
 use keyward_tests::audit::Audit;
 use keyward_tests::git::GitRepo;
@@ -54,7 +56,13 @@ fn spec(name: &str, repository: &str) -> StackSpec {
 }
 
 fn submission(stack: &str, commit: Option<String>) -> Submission {
-    Submission { stack: stack.into(), commit, pull_request: Some(7), ticket: Some("CHG-1".into()) }
+    Submission {
+        stack: stack.into(),
+        commit,
+        pull_request: Some(7),
+        ticket: Some("CHG-1".into()),
+        ..Submission::default()
+    }
 }
 
 async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
@@ -132,10 +140,10 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
 
     // Only the holder, with the current fencing token, may report.
     for (agent, token) in [("agent-x", 1), (holder.as_str(), 2)] {
-        let stale = runs.finish_job(&plan.job_id, agent, token, JobOutcome::Succeeded, None).await.unwrap_err();
+        let stale = runs.finish_job(&plan.job_id, agent, token, JobOutcome::Succeeded.into()).await.unwrap_err();
         assert!(matches!(stale, RunError::Conflict(ref m) if m.contains("stale or foreign")), "{stale:?}");
     }
-    runs.finish_job(&plan.job_id, &holder, 1, JobOutcome::Succeeded, None).await.unwrap();
+    runs.finish_job(&plan.job_id, &holder, 1, JobOutcome::Succeeded.into()).await.unwrap();
     assert_eq!(runs.run(&run.id).await.unwrap().state, RunState::Planned.as_str(), "waits for approval");
 
     // The author's own approval does not count (the library's approval policy); a second review
@@ -152,7 +160,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // The apply job runs and finishes the run; a finished run cannot be canceled or reviewed.
     let apply = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("the apply job");
     assert_eq!((apply.run_id.as_str(), apply.phase.as_str()), (run.id.as_str(), "apply"));
-    runs.finish_job(&apply.job_id, "agent-1", apply.fencing_token, JobOutcome::Succeeded, None).await.unwrap();
+    runs.finish_job(&apply.job_id, "agent-1", apply.fencing_token, JobOutcome::Succeeded.into()).await.unwrap();
     let finished = runs.run(&run.id).await.unwrap();
     assert_eq!(finished.state, "finished");
     assert_eq!(finished.reviews.iter().map(|r| r.by.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
@@ -208,6 +216,48 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     assert_eq!(next.map(|l| l.run_id), Some(raced.clone()), "only the raced run's apply is left");
     assert_eq!(runs.lease_next("default", "agent-1", LEASE).await.unwrap(), None);
 
+    // Drift checks: a plan job that reports what it found, finishes its run with it, never
+    // queues an apply (the library's approval policy would not be asked), and records the
+    // sandbox layers the agent reported. An agent that only says "succeeded" did not check.
+    let drift = Submission { kind: RunKind::Drift, ..submission("network", None) };
+    for (reported, state, found) in [
+        (JobOutcome::Checked(Drift { drifted: true, summary: "1 to add\u{7}".into() }), "finished", Some(true)),
+        (JobOutcome::Checked(Drift { drifted: false, summary: String::new() }), "finished", Some(false)),
+        (JobOutcome::Succeeded, "failed", None),
+        (JobOutcome::Failed("terraform plan exited with 1".into()), "failed", None),
+    ] {
+        let run = runs.submit(drift.clone(), "olga", caller()).await.unwrap();
+        assert_eq!((run.kind.as_str(), run.drift), ("drift", None));
+        let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("the drift run's plan job");
+        assert_eq!(
+            (lease.run_id.as_str(), lease.phase.as_str(), lease.kind),
+            (run.id.as_str(), "plan", RunKind::Drift)
+        );
+        let layers = vec!["no_new_privs".to_owned(), "seccomp\ndeny".to_owned()];
+        let report = JobReport { outcome: reported.clone(), log: None, layers };
+        runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, report).await.unwrap();
+        let ended = runs.run(&run.id).await.unwrap();
+        assert_eq!((ended.state.as_str(), ended.drift), (state, found), "{reported:?}: {ended:?}");
+        assert_eq!(ended.jobs.len(), 1, "never an apply: {ended:?}");
+        assert_eq!(ended.jobs[0].layers.as_deref(), Some(&["no_new_privs".to_owned(), "seccompdeny".to_owned()][..]));
+        let detail = ended.detail.unwrap_or_default();
+        match found {
+            Some(true) => assert_eq!(detail, "drift: 1 to add"),
+            Some(false) => assert!(detail.starts_with("no drift"), "{detail}"),
+            None => assert!(detail.starts_with("plan failed"), "{detail}"),
+        }
+        let finished = audit.for_run(&run.id).await.into_iter().find(|e| e.kind == "finished").unwrap();
+        let details: serde_json::Value = serde_json::from_str(&finished.details).unwrap();
+        assert_eq!(details["drift"].as_bool(), found, "{details}");
+    }
+    // A deploy's job that claims a drift check is not believed.
+    let deploy = runs.submit(submission("network", None), "olga", caller()).await.unwrap();
+    let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().unwrap();
+    let claimed = JobOutcome::Checked(Drift { drifted: false, summary: String::new() });
+    runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, claimed.into()).await.unwrap();
+    let ended = runs.run(&deploy.id).await.unwrap();
+    assert_eq!((ended.state.as_str(), ended.drift, ended.jobs.len()), ("failed", None, 1), "{ended:?}");
+
     // Batches (one dispatch round leasing to many idle agents at once): five queued plans, two
     // replicas each offering the same three agents plus two of their own. Every job is leased
     // exactly once, to the agent its lease names, and an empty queue says so.
@@ -241,7 +291,7 @@ async fn planned_run(runs: &Runs, author: &str) -> String {
     let run = runs.submit(submission("network", None), author, Context::default()).await.unwrap();
     let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("plan job");
     assert_eq!(lease.run_id, run.id);
-    runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, JobOutcome::Succeeded, None).await.unwrap();
+    runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, JobOutcome::Succeeded.into()).await.unwrap();
     assert_eq!(runs.run(&run.id).await.unwrap().state, "planned");
     run.id
 }

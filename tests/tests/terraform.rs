@@ -8,6 +8,9 @@
 //! `/etc/shadow`, write outside the work dir, reach a port on the host, fork-bomb, allocate past
 //! the memory limit and run past the deadline — each fails, says why, and the agent goes on to
 //! the next job; and an apply canceled mid-way, whose every process dies.
+//!
+//! A second broker and agent run drift checks: read-only plans with `-detailed-exitcode` that
+//! report in sync, drift, or failure, and never apply even where the approval policy would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -218,4 +221,60 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
         async move { (running == 0).then_some(()) }
     })
     .await;
+}
+
+/// `keyward run submit --drift --wait --json` of `stack`: its exit code and the run.
+fn drift_check(broker: &Broker, stack: &str) -> (Option<i32>, Value) {
+    let out = broker.cli(&["run", "submit", "--stack", stack, "--drift", "--wait", "--timeout", "2m", "--json"]);
+    let run =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", out.stdout, out.stderr));
+    (out.code, run)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_checks_plan_read_only_report_what_they_find_and_never_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let _agent = Agent::start(&agent_dir, &agent_id, &[]);
+
+    // In sync: a configuration that manages nothing. Exit 0, drift false.
+    stack(&broker, dir.path(), "steady", "locals {\n  region = \"eu-west-1\"\n}\n", true);
+    let (code, run) = drift_check(&broker, "steady");
+    assert_eq!(code, Some(0), "{run}");
+    assert_eq!((&run["kind"], &run["state"], &run["drift"]), (&"drift".into(), &"finished".into(), &false.into()));
+    assert!(run["detail"].as_str().unwrap().starts_with("no drift"), "{run}");
+
+    // Drift: a resource the (empty) state does not have. Exit 2, with what differs; the
+    // stack's `env=dev` label lets the approval policy apply deploys unreviewed, yet a drift
+    // run queues no apply and never touches the apply target.
+    stack(&broker, dir.path(), "drifted", &local_exec("missing", "echo applied-by-a-drift-check"), true);
+    let (code, run) = drift_check(&broker, "drifted");
+    assert_eq!(code, Some(2), "{run}");
+    assert_eq!((&run["state"], &run["drift"]), (&"finished".into(), &true.into()), "{run}");
+    assert!(run["detail"].as_str().unwrap().contains("drift: 1 to add, 0 to change, 0 to destroy"), "{run}");
+    let jobs = run["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "only the plan job: {run}");
+    assert_eq!((&jobs[0]["phase"], &jobs[0]["state"]), (&"plan".into(), &"succeeded".into()));
+    let layers: Vec<&str> = jobs[0]["layers"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(layers.contains(&"no_new_privs") && layers.iter().any(|l| l.starts_with("seccomp")), "{layers:?}");
+    let text = logs(&broker, run["id"].as_str().unwrap());
+    assert!(text.contains("-detailed-exitcode") && text.contains("keyward: drift: 1 to add"), "{text}");
+    assert!(!text.contains("applied-by-a-drift-check"), "the provisioner ran: {text}");
+    let roles: Vec<String> = moto.sts_requests().iter().map(|r| r.field("RoleArn").unwrap().to_owned()).collect();
+    assert_eq!(roles, [ROLE_READ, ROLE_READ], "drift checks read, and only read");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = json(&broker.cli(&["run", "show", run["id"].as_str().unwrap(), "--json"]));
+    assert_eq!(again["jobs"].as_array().unwrap().len(), 1, "still no apply: {again}");
+
+    // A configuration Terraform cannot plan: the check fails (exit 1), it does not say "no drift".
+    stack(&broker, dir.path(), "broken", "resource \"terraform_data\" {\n", false);
+    let (code, run) = drift_check(&broker, "broken");
+    assert_eq!(code, Some(1), "{run}");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run.get("drift").is_none(), "{run}");
 }

@@ -340,6 +340,7 @@ impl Hub {
             deadline_unix: 0,
             credential_targets: lease.credential_targets.clone(),
             plan_sha256: lease.plan_sha256.clone().unwrap_or_default(),
+            run_kind: lease.kind.as_str().to_owned(),
         };
         let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
         if session.outbox.try_send(Ok(message)).is_err() {

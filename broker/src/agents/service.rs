@@ -28,7 +28,7 @@ use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
 use crate::logs::{MAX_REJECTIONS, StreamLogs};
-use crate::runs::{JobOutcome, MAX_PLAN_FILE, MAX_PLAN_JSON, RunError};
+use crate::runs::{Drift, JobOutcome, JobReport, MAX_PLAN_FILE, MAX_PLAN_JSON, RunError};
 use crate::store::{AgentHello, AgentRow};
 
 /// How long a new `Work` stream has to say `Hello`.
@@ -365,14 +365,17 @@ impl StreamWorker {
         if !seal.complete {
             tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, stored = seal.chunks, reported = result.log_chunks, "a job's log is incomplete");
         }
-        let outcome = if result.success {
+        let outcome = if let (true, Some(drift)) = (result.success, result.drift) {
+            JobOutcome::Checked(Drift { drifted: drift.drifted, summary: drift.summary })
+        } else if result.success {
             JobOutcome::Succeeded
         } else {
             let mut error = result.error;
             error.truncate(error.floor_char_boundary(MAX_ERROR));
             JobOutcome::Failed(if error.is_empty() { "the agent reported a failure".to_owned() } else { error })
         };
-        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, outcome, Some(&seal)).await {
+        let report = JobReport { outcome, log: Some(seal), layers: result.isolation_layers };
+        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, report).await {
             Ok(()) => {
                 tracing::info!(agent_id = %self.agent.id, job_id = %result.job_id, success = result.success, "job finished")
             }

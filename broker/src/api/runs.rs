@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
 use crate::access::ApiScope;
-use crate::runs::{RunError, RunState, Stack, StackSpec, Submission, Verdict};
+use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -56,6 +56,9 @@ pub(super) struct SubmitBody {
     pull_request: Option<u64>,
     #[serde(default)]
     ticket: Option<String>,
+    /// `deploy` (the default) or `drift`.
+    #[serde(default)]
+    kind: RunKind,
 }
 
 /// `POST /v1/runs`.
@@ -67,8 +70,13 @@ pub(super) async fn submit_run(
 ) -> Result<Response, ApiError> {
     let operator = operator(&state, &headers, ApiScope::Submit).await?;
     let ApiJson(body) = body?;
-    let submission =
-        Submission { stack: body.stack, commit: body.commit_sha, pull_request: body.pull_request, ticket: body.ticket };
+    let submission = Submission {
+        stack: body.stack,
+        commit: body.commit_sha,
+        pull_request: body.pull_request,
+        ticket: body.ticket,
+        kind: body.kind,
+    };
     let run = state.runs.submit(submission, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }

@@ -125,6 +125,11 @@ pub fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `run submit --drift --wait` found drift: exit 2, as `terraform plan -detailed-exitcode`.
+        Err(error) if error.downcast_ref::<run::DriftFound>().is_some() => {
+            eprintln!("{error}");
+            std::process::ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             std::process::ExitCode::FAILURE

@@ -29,6 +29,10 @@ pub(super) enum RunCommand {
         /// Change ticket.
         #[arg(long)]
         ticket: Option<String>,
+        /// Check for drift instead of deploying: a read-only `terraform plan -detailed-exitcode`
+        /// that never applies. With `--wait`, exits 2 when it finds drift.
+        #[arg(long)]
+        drift: bool,
         /// Follow the run until it finishes or waits for approval.
         #[arg(long)]
         wait: bool,
@@ -126,25 +130,32 @@ pub(super) struct ReviewArgs {
 
 pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
-        RunCommand::Submit { stack, commit, pr, ticket, wait, timeout, json, connection } => {
+        RunCommand::Submit { stack, commit, pr, ticket, drift, wait, timeout, json, connection } => {
             let client = Client::new(&connection, env)?;
-            let body = json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket });
+            let kind = if drift { "drift" } else { "deploy" };
+            let body =
+                json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket, "kind": kind });
             let mut run = client.post("/v1/runs", &body).await?;
             let id = text(&run, "id").to_owned();
             if !json {
                 println!("{id}");
-                eprintln!("queued run {id} of {stack} at {}", text(&run, "commit_sha"));
+                let what = if drift { "drift check" } else { "run" };
+                eprintln!("queued {what} {id} of {stack} at {}", text(&run, "commit_sha"));
             }
             if wait {
                 run = follow(&client, &id, !json, timeout).await?;
             }
             if json {
-                return print_json(&run);
+                print_json(&run)?;
+            } else if wait {
+                print_run(&run);
             }
             if wait {
-                print_run(&run);
                 if failed(&run) {
                     bail!("run {id} ended {}", text(&run, "state"));
+                }
+                if run.get("drift").and_then(Value::as_bool) == Some(true) {
+                    return Err(DriftFound(format!("drift found by run {id}: {}", text(&run, "detail"))).into());
                 }
             }
         }
@@ -360,9 +371,22 @@ fn failed(run: &Value) -> bool {
     matches!(text(run, "state"), "failed" | "canceled" | "discarded" | "interrupted")
 }
 
+/// A drift check that found drift, for the exit code (2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct DriftFound(String);
+
 fn print_run(run: &Value) {
     println!("run {}", text(run, "id"));
     println!("  stack         {}", text(run, "stack"));
+    if text(run, "kind") == "drift" {
+        let found = match run.get("drift").and_then(Value::as_bool) {
+            Some(true) => "drift found",
+            Some(false) => "no drift",
+            None => "not checked yet",
+        };
+        println!("  kind          drift check ({found})");
+    }
     println!("  state         {}", text(run, "state"));
     if !text(run, "detail").is_empty() {
         println!("  detail        {}", text(run, "detail"));
@@ -389,5 +413,10 @@ fn print_run(run: &Value) {
     }
     for job in items(run, "jobs") {
         println!("  job           {} {} ({})", text(job, "phase"), text(job, "state"), text(job, "id"));
+        if !text(job, "isolation").is_empty() {
+            let layers: Vec<&str> = items(job, "layers").filter_map(Value::as_str).collect();
+            let layers = if layers.is_empty() { String::new() } else { format!(": {}", layers.join(", ")) };
+            println!("    isolation   {}{layers}", text(job, "isolation"));
+        }
     }
 }

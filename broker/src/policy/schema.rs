@@ -100,6 +100,10 @@ pub fn input_schema(kind: PolicyKind) -> Value {
                         "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"}
                     }
                 },
+                "kind": {
+                    "type": "string", "enum": ["deploy", "drift"],
+                    "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies"
+                },
                 "submitted_by": {"type": "string"},
                 "time": time_object()
             }),

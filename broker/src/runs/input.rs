@@ -44,6 +44,7 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
     json!({
         "run": run_object(run, stack, "plan", &[]),
         "stack": stack_object(stack),
+        "kind": run.kind,
         "submitted_by": run.triggered_by,
         "time": input::time(now),
     })

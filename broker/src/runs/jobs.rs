@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{RunError, RunState, Runs, Stack, parse_state, queue_job, run_context, state_event, transition};
+use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, queue_job, run_context, state_event, transition};
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
 use crate::store::write::{Refusal, Write};
@@ -45,6 +45,8 @@ pub struct Lease {
     pub credential_targets: Vec<String>,
     /// Apply jobs: SHA-256 of the saved plan to apply.
     pub plan_sha256: Option<Vec<u8>>,
+    /// The run's kind: a drift run's plan job checks for drift instead of saving a plan.
+    pub kind: RunKind,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -130,13 +132,48 @@ pub struct LogSeal {
 }
 
 /// How a job ended, as its agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum JobOutcome {
     /// It succeeded.
+    #[default]
     Succeeded,
+    /// A drift check ran to the end and found this.
+    Checked(Drift),
     /// It failed, and why.
     Failed(String),
 }
+
+/// What a drift check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// Whether the real infrastructure differs from the configuration (`-detailed-exitcode` 2).
+    pub drifted: bool,
+    /// Terraform's summary line, masked on the agent.
+    pub summary: String,
+}
+
+/// Everything a lease holder reports when its job ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// The head of its log, as verified here (`None`: not known, as in tests of the queue alone).
+    pub log: Option<LogSeal>,
+    /// The sandbox layers its processes ran under, in order (empty: no sandbox).
+    pub layers: Vec<String>,
+}
+
+impl From<JobOutcome> for JobReport {
+    fn from(outcome: JobOutcome) -> Self {
+        Self { outcome, ..Self::default() }
+    }
+}
+
+/// The longest drift summary kept (Terraform's is one short line).
+const MAX_DRIFT_SUMMARY: usize = 256;
+/// The most layers kept, and the longest name of one.
+const MAX_LAYERS: usize = 32;
+const MAX_LAYER: usize = 128;
 
 impl Runs {
     /// Leases the oldest queued job of `pool` to `agent_id` for `lease`, or `None` when there is
@@ -239,6 +276,7 @@ impl Runs {
         }
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded => {
+                let kind = run_kind(&run)?;
                 let credential_targets = stack.targets(&job.phase).to_vec();
                 let plan_sha256 =
                     if job.phase == "apply" { self.store.plan(&run.id).await?.map(|plan| plan.sha256) } else { None };
@@ -254,6 +292,7 @@ impl Runs {
                     fencing_token,
                     lease_expires_at: expires,
                     plan_sha256,
+                    kind,
                 }))
             }
             // Someone else took it (or the run moved on).
@@ -266,66 +305,82 @@ impl Runs {
     /// Records how the job ended, if `agent_id` holds its current lease (`fencing_token`), and
     /// moves the run on: a plan that succeeded makes the run `planned` (and asks
     /// `keyward.approval`, which may let it apply at once); an apply that succeeded finishes it;
-    /// a failure fails it.
+    /// a drift check finishes its run with what it found; a failure fails it.
     pub async fn finish_job(
         &self,
         job_id: &str,
         agent_id: &str,
         fencing_token: i64,
-        outcome: JobOutcome,
-        log: Option<&LogSeal>,
+        report: JobReport,
     ) -> Result<(), RunError> {
         let job =
             self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
+        let kind = run_kind(&run)?;
         let now = self.clock.now();
         let from = parse_state(&run.state)?;
+        let outcome = expected_outcome(kind, &job.phase, report.outcome);
         let (job_state, error) = match &outcome {
-            JobOutcome::Succeeded => ("succeeded", None),
+            JobOutcome::Succeeded | JobOutcome::Checked(_) => ("succeeded", None),
             JobOutcome::Failed(error) => ("failed", Some(error.clone())),
         };
+        let layers = bounded_layers(report.layers);
+        let layers_json = (!layers.is_empty()).then(|| super::json_text(&layers));
+        let log = report.log.as_ref();
         let mut writes = vec![Write::one(
             format!("lease {fencing_token} of job {job_id}"),
             "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3, log_digest = $4, \
-             log_chunks = $5 WHERE id = $6 AND state = 'leased' AND agent_id = $7 AND fencing_token = $8",
+             log_chunks = $5, layers = $6 WHERE id = $7 AND state = 'leased' AND agent_id = $8 AND fencing_token = $9",
             vec![
                 job_state.into(),
                 error.clone().into(),
                 now.into(),
                 log.and_then(|l| l.digest.clone()).into(),
                 log.map(|l| l.chunks).into(),
+                layers_json.into(),
                 job_id.into(),
                 agent_id.into(),
                 fencing_token.into(),
             ],
         )];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
-        let mut events = vec![
-            AuditEvent::new(Kind::JobFinished, now, context.clone())
-                .with("job_id", job_id)
-                .with("agent_id", agent_id)
-                .with("fencing_token", fencing_token)
-                .with("outcome", job_state)
-                .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
-                .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from)),
-        ];
-        if let (Some(log), Some(finished)) = (log, events.first_mut()) {
+        let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
+            .with("job_id", job_id)
+            .with("agent_id", agent_id)
+            .with("fencing_token", fencing_token)
+            .with("outcome", job_state)
+            .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
+            .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
+            .with("layers", layers);
+        if let Some(log) = log {
             let digest = log.digest.as_deref().map(crate::identity::kek::hex);
-            *finished = finished
-                .clone()
+            finished = finished
                 .with("log_digest", digest.map_or(serde_json::Value::Null, serde_json::Value::from))
                 .with("log_chunks", log.chunks)
                 .with("log_bytes", log.bytes)
                 .with("log_complete", log.complete);
             if let Some(claimed) = &log.claimed {
-                *finished = finished.clone().with("log_claimed_digest", claimed.as_str());
+                finished = finished.with("log_claimed_digest", claimed.as_str());
             }
         }
+        if let JobOutcome::Checked(drift) = &outcome {
+            finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
+        }
+        let mut events = vec![finished];
         if !from.is_final() {
             let (next, detail) = match (&outcome, job.phase.as_str()) {
                 (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
+                (JobOutcome::Checked(drift), _) => {
+                    writes.push(record_drift(&run, drift.drifted));
+                    let detail = if drift.drifted {
+                        format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
+                    } else {
+                        "no drift: the infrastructure matches the configuration".to_owned()
+                    };
+                    (RunState::Finished, Some(detail))
+                }
                 (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, job_id).await? {
                     Some(denial) => (RunState::Failed, Some(denial)),
                     None => self.after_plan(&run, &stack, now),
@@ -478,6 +533,50 @@ impl Runs {
     }
 }
 
+/// The stored run's kind.
+fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
+    run.kind.parse().map_err(|e: super::UnknownKind| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
+}
+
+/// `reported`, unless it does not fit the job: a drift run's plan job must report what it found
+/// (an agent that planned and said nothing else did not check for drift), and only that job may.
+fn expected_outcome(kind: RunKind, phase: &str, reported: JobOutcome) -> JobOutcome {
+    match (kind, phase, reported) {
+        (_, _, JobOutcome::Failed(error)) => JobOutcome::Failed(error),
+        (RunKind::Drift, "plan", JobOutcome::Checked(drift)) => {
+            let mut summary: String = drift.summary.chars().filter(|c| !c.is_control()).collect();
+            summary.truncate(summary.floor_char_boundary(MAX_DRIFT_SUMMARY));
+            JobOutcome::Checked(Drift { drifted: drift.drifted, summary })
+        }
+        (RunKind::Drift, _, _) => JobOutcome::Failed(
+            "the agent did not report the drift check's result (an agent older than the broker?)".to_owned(),
+        ),
+        (RunKind::Deploy, _, JobOutcome::Checked(_)) => {
+            JobOutcome::Failed("the agent reported a drift check for a deploy run".to_owned())
+        }
+        (RunKind::Deploy, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
+    }
+}
+
+/// At most [`MAX_LAYERS`] layer names of printable characters, each at most [`MAX_LAYER`] characters.
+fn bounded_layers(layers: Vec<String>) -> Vec<String> {
+    layers
+        .into_iter()
+        .take(MAX_LAYERS)
+        .map(|layer| layer.chars().filter(|c| !c.is_control()).take(MAX_LAYER).collect::<String>())
+        .filter(|layer| !layer.is_empty())
+        .collect()
+}
+
+/// Records a drift run's finding (with the run's state change, which is guarded by its version).
+fn record_drift(run: &RunRow, drifted: bool) -> Write {
+    Write::one(
+        format!("drift of run {}", run.id),
+        "UPDATE runs SET drift = $1 WHERE id = $2 AND kind = 'drift'",
+        vec![i64::from(drifted).into(), run.id.as_str().into()],
+    )
+}
+
 /// Only the agent holding the job's current lease may report on it.
 fn check_holder(job: &JobRow, agent_id: &str, fencing_token: i64) -> Result<(), RunError> {
     if job.state != "leased" || job.agent_id.as_deref() != Some(agent_id) || job.fencing_token != fencing_token {
@@ -487,4 +586,38 @@ fn check_holder(job: &JobRow, agent_id: &str, fencing_token: i64) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(drifted: bool, summary: &str) -> JobOutcome {
+        JobOutcome::Checked(Drift { drifted, summary: summary.to_owned() })
+    }
+
+    #[test]
+    fn only_a_drift_runs_plan_job_may_report_drift_and_it_must() {
+        let failed = |outcome: JobOutcome| matches!(outcome, JobOutcome::Failed(_));
+        assert_eq!(expected_outcome(RunKind::Drift, "plan", checked(true, "1 to add")), checked(true, "1 to add"));
+        assert!(failed(expected_outcome(RunKind::Drift, "plan", JobOutcome::Succeeded)));
+        assert!(failed(expected_outcome(RunKind::Drift, "apply", checked(false, ""))));
+        assert!(failed(expected_outcome(RunKind::Deploy, "plan", checked(false, ""))));
+        assert_eq!(expected_outcome(RunKind::Deploy, "apply", JobOutcome::Succeeded), JobOutcome::Succeeded);
+        let failure = JobOutcome::Failed("boom".to_owned());
+        assert_eq!(expected_outcome(RunKind::Drift, "plan", failure.clone()), failure);
+    }
+
+    #[test]
+    fn reported_text_is_bounded_and_printable() {
+        let long = format!("{}\u{1b}[31m", "é".repeat(MAX_DRIFT_SUMMARY));
+        let JobOutcome::Checked(drift) = expected_outcome(RunKind::Drift, "plan", checked(true, &long)) else {
+            panic!("a drift report stays one")
+        };
+        assert!(drift.summary.len() <= MAX_DRIFT_SUMMARY && !drift.summary.contains('\u{1b}'));
+        let layers = bounded_layers((0..100).map(|i| format!("layer {i}\n{}", "x".repeat(500))).collect());
+        assert_eq!(layers.len(), MAX_LAYERS);
+        assert!(layers.iter().all(|l| l.chars().count() == MAX_LAYER && !l.contains('\n')));
+        assert!(bounded_layers(vec!["\n".to_owned()]).is_empty());
+    }
 }

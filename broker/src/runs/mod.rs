@@ -9,6 +9,7 @@
 mod git;
 mod input;
 mod jobs;
+mod kind;
 mod plans;
 mod signals;
 mod spec;
@@ -21,7 +22,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use git::{GitError, is_commit_sha};
-pub use jobs::{HeldJob, JobOutcome, Lease, LeaseEnd, LogSeal};
+pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
+pub use kind::{RunKind, UnknownKind};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict};
 pub use signals::{Canceled, Signals};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
@@ -76,6 +78,11 @@ pub struct RunView {
     pub stack: String,
     /// State.
     pub state: String,
+    /// `deploy` or `drift`.
+    pub kind: String,
+    /// Drift runs: whether the check found drift (absent until it ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<bool>,
     /// The commit it runs.
     pub commit_sha: String,
     /// The branch that headed that commit at submit.
@@ -138,6 +145,9 @@ pub struct JobView {
     /// How the agent that took it isolates jobs (`sandbox network=none`, `process`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
+    /// The sandbox layers its processes ran under, in order, as its agent reported at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
 }
 
 /// What a submission asks for.
@@ -151,6 +161,8 @@ pub struct Submission {
     pub pull_request: Option<u64>,
     /// Change ticket.
     pub ticket: Option<String>,
+    /// A deploy, or a drift check.
+    pub kind: RunKind,
 }
 
 /// A review's verdict.
@@ -305,6 +317,8 @@ impl Runs {
             detail: None,
             created_at: now,
             updated_at: now,
+            kind: submission.kind.as_str().to_owned(),
+            drift: None,
         };
         let context = run_context(&run, &stack, "plan", who, caller);
         let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
@@ -322,8 +336,8 @@ impl Runs {
             Write::one(
                 format!("run {}", run.id),
                 "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
-                 triggered_by, detail, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 triggered_by, detail, created_at, updated_at, kind) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 vec![
                     run.id.as_str().into(),
                     run.stack.as_str().into(),
@@ -337,11 +351,13 @@ impl Runs {
                     Param::OptText(None),
                     now.into(),
                     now.into(),
+                    run.kind.as_str().into(),
                 ],
             ),
             queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
         ];
         let event = AuditEvent::new(Kind::RunCreated, now, context)
+            .with("kind", run.kind.as_str())
             .with("state", RunState::Queued.as_str())
             .with("plan_job", job_id.as_str())
             .with("pool", stack.spec.pool.as_str())
@@ -349,7 +365,7 @@ impl Runs {
             .with("warnings", decision.warnings.clone());
         self.commit(Append::changes(writes, vec![event])).await?;
         self.signals.queued(&stack.spec.pool);
-        tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, "run queued");
+        tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
         self.run(&run.id).await
     }
 
@@ -576,6 +592,8 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
         id: run.id,
         stack: run.stack,
         state: run.state,
+        kind: run.kind,
+        drift: run.drift,
         commit_sha: run.commit_sha,
         git_ref: run.git_ref,
         pull_request: run.pull_request,
@@ -604,6 +622,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
                 agent_id: j.agent_id.clone(),
                 error: j.error.clone(),
                 isolation: j.isolation.clone(),
+                layers: j.layers.as_deref().and_then(|layers| serde_json::from_str(layers).ok()),
             })
             .collect(),
     }

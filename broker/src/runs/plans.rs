@@ -45,6 +45,12 @@ impl Runs {
                 held.job.id, held.job.phase
             )));
         }
+        if held.run.kind == super::RunKind::Drift.as_str() {
+            return Err(RunError::Invalid(format!(
+                "run {} is a drift check: it reports what it found and keeps no plan",
+                held.run.id
+            )));
+        }
         if plan_file.is_empty() || plan_file.len() > MAX_PLAN_FILE {
             return Err(RunError::Invalid(format!("a saved plan is 1 byte to {MAX_PLAN_FILE} bytes")));
         }

@@ -148,7 +148,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 8] = match self.backend {
+        let files: [(i64, &str, &'static str); 9] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -158,6 +158,7 @@ impl Store {
                 (6, "agent_capabilities", include_str!("../../migrations/sqlite/0006_agent_capabilities.sql")),
                 (7, "logs", include_str!("../../migrations/sqlite/0007_logs.sql")),
                 (8, "plans", include_str!("../../migrations/sqlite/0008_plans.sql")),
+                (9, "drift", include_str!("../../migrations/sqlite/0009_drift.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -168,6 +169,7 @@ impl Store {
                 (6, "agent_capabilities", include_str!("../../migrations/postgres/0006_agent_capabilities.sql")),
                 (7, "logs", include_str!("../../migrations/postgres/0007_logs.sql")),
                 (8, "plans", include_str!("../../migrations/postgres/0008_plans.sql")),
+                (9, "drift", include_str!("../../migrations/postgres/0009_drift.sql")),
             ],
         };
         let migrations = files

@@ -60,6 +60,10 @@ pub struct RunRow {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// `deploy` or `drift` ([`crate::runs::RunKind`]).
+    pub kind: String,
+    /// Drift runs: whether the check found drift, once it ran.
+    pub drift: Option<bool>,
 }
 
 /// One person's review of a run.
@@ -106,6 +110,8 @@ pub struct JobRow {
     pub log_chunks: Option<i64>,
     /// How the agent that leased it isolates jobs.
     pub isolation: Option<String>,
+    /// The sandbox layers its processes ran under (JSON array), as reported with its end.
+    pub layers: Option<String>,
 }
 
 /// A run's saved plan.
@@ -124,9 +130,9 @@ pub struct PlanRow {
 const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
                              created_at, created_by";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
-                           detail, created_at, updated_at";
+                           detail, created_at, updated_at, kind, drift";
 pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
-     log_digest, log_chunks, isolation";
+     log_digest, log_chunks, isolation, layers";
 
 fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
     Ok(StackRow {
@@ -158,6 +164,8 @@ fn run_from(row: &AnyRow) -> Result<RunRow, StoreError> {
         detail: row.try_get("detail")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        kind: row.try_get("kind")?,
+        drift: row.try_get::<Option<i64>, _>("drift")?.map(|drift| drift != 0),
     })
 }
 
@@ -177,6 +185,7 @@ pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
         log_digest: row.try_get("log_digest")?,
         log_chunks: row.try_get("log_chunks")?,
         isolation: row.try_get("isolation")?,
+        layers: row.try_get("layers")?,
     })
 }
 

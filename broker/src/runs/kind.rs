@@ -1,0 +1,64 @@
+//! What a run is for: a deploy (plan, review, apply) or a drift check (a read-only plan that
+//! says whether the real infrastructure still matches the configuration, and never applies).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A run's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// Plan, then (once the approval policy agrees) apply exactly that plan.
+    #[default]
+    Deploy,
+    /// `terraform plan -detailed-exitcode` with the plan phase's read-only credentials; the run
+    /// finishes with what it found (`drift`) and never queues an apply.
+    Drift,
+}
+
+impl RunKind {
+    /// Every kind.
+    pub const ALL: [Self; 2] = [Self::Deploy, Self::Drift];
+
+    /// The stored, printed and policy-visible name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Drift => "drift",
+        }
+    }
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A kind name this build does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown run kind `{0}` (expected `deploy` or `drift`)")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for RunKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() -> Result<(), UnknownKind> {
+        for kind in RunKind::ALL {
+            assert_eq!(kind.as_str().parse::<RunKind>()?, kind);
+        }
+        assert_eq!(RunKind::default(), RunKind::Deploy);
+        assert!("Drift".parse::<RunKind>().is_err() && "".parse::<RunKind>().is_err());
+        Ok(())
+    }
+}
