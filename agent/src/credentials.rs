@@ -6,6 +6,10 @@
 //! environment variables plus secret files (a web-identity token, Vault secrets). The files go
 //! into a directory of the job's own, readable only by the agent's user, removed when the
 //! credentials are dropped. Values never reach a log or `Debug` output.
+//!
+//! A private repository's credentials (`SourceCredentials`, when the assignment says the broker
+//! has some) are kept here too, in memory only: they go to git's environment for the checkout and
+//! never to Terraform's, and the job's log masks them like every other secret.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{CredentialsRequest, JobAssignment};
+use keyward_proto::agent_v1::{CredentialsRequest, JobAssignment, SourceCredentialsRequest};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
@@ -46,6 +50,9 @@ pub enum CredentialsError {
     /// The broker sent a variable name a process environment cannot hold.
     #[error("the broker sent an unusable variable name for target `{0}`")]
     BadName(String),
+    /// The broker would not give the repository's credentials, or gave unusable ones.
+    #[error("credentials for the repository refused: {0}")]
+    Source(String),
     /// A secret file could not be written.
     #[error("cannot write the job's credential files under {path}: {source}")]
     Files {
@@ -75,6 +82,14 @@ pub struct JobCredentials {
     variables: BTreeMap<String, (Zeroizing<String>, String)>,
     secrets: Vec<Zeroizing<Vec<u8>>>,
     dir: Option<PathBuf>,
+    source: Option<SourceAccess>,
+}
+
+/// A private repository's credentials, for git alone.
+struct SourceAccess {
+    url_prefix: String,
+    username: String,
+    password: Zeroizing<String>,
 }
 
 impl fmt::Debug for JobCredentials {
@@ -82,6 +97,7 @@ impl fmt::Debug for JobCredentials {
         f.debug_struct("JobCredentials")
             .field("variables", &self.variables.keys().collect::<Vec<_>>())
             .field("dir", &self.dir)
+            .field("source", &self.source.as_ref().map(|s| &s.url_prefix))
             .finish()
     }
 }
@@ -104,6 +120,9 @@ impl JobCredentials {
         parent: &Path,
     ) -> Result<Self, CredentialsError> {
         let mut credentials = Self::default();
+        if job.source_credentials {
+            credentials.fetch_source(client, job).await?;
+        }
         for target in &job.credential_targets {
             let mut request = tonic::Request::new(CredentialsRequest {
                 job_id: job.job_id.clone(),
@@ -134,6 +153,48 @@ impl JobCredentials {
             }
         }
         Ok(credentials)
+    }
+
+    /// Asks for the repository's credentials, and keeps them if git may carry them to it.
+    async fn fetch_source(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        job: &JobAssignment,
+    ) -> Result<(), CredentialsError> {
+        let mut request = tonic::Request::new(SourceCredentialsRequest {
+            job_id: job.job_id.clone(),
+            fencing_token: job.fencing_token,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let response = client
+            .source_credentials(request)
+            .await
+            .map_err(|status| CredentialsError::Source(status.message().to_owned()))?
+            .into_inner();
+        let password = Zeroizing::new(response.password);
+        if !job.repository.starts_with(&response.url_prefix)
+            || !keyward_proto::git::may_carry_credentials(&job.repository)
+        {
+            return Err(CredentialsError::Source(format!(
+                "they are for `{}`, which {} does not start with (or git would send them in the clear)",
+                response.url_prefix, job.repository
+            )));
+        }
+        if password.is_empty() || response.username.is_empty() {
+            return Err(CredentialsError::Source("the broker sent an empty user name or password".to_owned()));
+        }
+        self.secrets.push(Zeroizing::new(password.as_bytes().to_vec()));
+        // What git puts in the Authorization header is base64 of `user:password`; masking that
+        // string masks the header's encoding too.
+        self.secrets.push(Zeroizing::new(format!("{}:{}", response.username, password.as_str()).into_bytes()));
+        self.source = Some(SourceAccess { url_prefix: response.url_prefix, username: response.username, password });
+        Ok(())
+    }
+
+    /// The environment that lets git fetch the job's private repository, if it is one.
+    pub fn git_environment(&self) -> Option<[(String, String); 3]> {
+        let source = self.source.as_ref()?;
+        Some(keyward_proto::git::auth_environment(&source.url_prefix, &source.username, &source.password))
     }
 
     /// The variables to add to the job's environment.

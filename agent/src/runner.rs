@@ -126,9 +126,21 @@ impl Runner {
             }
             Work::Terraform(binary) => {
                 let src = dir.work.join("src");
-                let checkout =
-                    source::checkout(&job.repository, &job.commit_sha, &src, &dir.scratch, log, &mut cancel, deadline)
-                        .await;
+                let started = std::time::Instant::now();
+                let checkout = source::checkout(
+                    &job.repository,
+                    &job.commit_sha,
+                    credentials.git_environment(),
+                    &src,
+                    &dir.scratch,
+                    log,
+                    &mut cancel,
+                    deadline,
+                )
+                .await;
+                if checkout.is_ok() {
+                    log.note(&format!("keyward: checkout took {:.2} s", started.elapsed().as_secs_f64())).await;
+                }
                 match checkout {
                     Err(SourceError::Canceled(reason)) => Err(PhaseError::Canceled(reason)),
                     Err(error) => Err(PhaseError::Failed(format!("cannot check out the run's commit: {error}"))),

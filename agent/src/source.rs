@@ -3,7 +3,8 @@
 //! `git` runs on the host (it needs the network the sandbox may not have), with no user or system
 //! configuration, no prompts and no hooks; the checkout is detached at the commit and refused if
 //! `HEAD` is anything else. Fetching the commit alone (`--depth 1`) is tried first; a server that
-//! refuses to serve a bare commit gets a full fetch instead.
+//! refuses to serve a bare commit gets a full fetch instead. A private repository's credentials
+//! reach git only through its environment ([`keyward_proto::git`]), and only the fetches get them.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -23,10 +24,13 @@ pub enum SourceError {
     Canceled(String),
 }
 
-/// Checks out `commit` of `repository` into `dest` (created), logging git's output.
+/// Checks out `commit` of `repository` into `dest` (created), logging git's output; `auth` is
+/// the environment that authenticates git to a private repository.
+#[allow(clippy::too_many_arguments)]
 pub async fn checkout(
     repository: &str,
     commit: &str,
+    auth: Option<[(String, String); 3]>,
     dest: &Path,
     scratch: &Path,
     log: &JobLog,
@@ -57,14 +61,19 @@ pub async fn checkout(
             scratch: scratch.to_path_buf(),
         }
     };
+    let fetch = |args: &[&str]| {
+        let mut launch = git(args);
+        launch.env.extend(auth.iter().flatten().cloned());
+        launch
+    };
     run_git(git(&["init", "-q", "."]), log, cancel, deadline).await?;
     let shallow =
-        run_git(git(&["fetch", "-q", "--no-tags", "--depth", "1", "--", repository, commit]), log, cancel, deadline)
+        run_git(fetch(&["fetch", "-q", "--no-tags", "--depth", "1", "--", repository, commit]), log, cancel, deadline)
             .await;
     if let Err(SourceError::Git(_)) = shallow {
         log.note("keyward: the server would not serve the commit alone; fetching every branch").await;
         run_git(
-            git(&["fetch", "-q", "--no-tags", "--", repository, "+refs/heads/*:refs/remotes/origin/*"]),
+            fetch(&["fetch", "-q", "--no-tags", "--", repository, "+refs/heads/*:refs/remotes/origin/*"]),
             log,
             cancel,
             deadline,

@@ -97,6 +97,7 @@ impl Phase<'_> {
         success: &[i32],
     ) -> Result<(i32, Vec<u8>), PhaseError> {
         log.note(&format!("$ terraform {}", args.join(" "))).await;
+        let started = std::time::Instant::now();
         let mut argv = vec![self.terraform.display().to_string()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let launch = Launch {
@@ -117,6 +118,7 @@ impl Phase<'_> {
         };
         let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
         let what = format!("terraform {}", args.first().copied().unwrap_or_default());
+        log.note(&format!("keyward: {what} took {:.2} s", started.elapsed().as_secs_f64())).await;
         match step.end {
             StepEnd::Exited(status) if status.code().is_some_and(|c| success.contains(&c)) => {
                 Ok((status.code().unwrap_or_default(), step.stdout))
@@ -144,6 +146,7 @@ impl Phase<'_> {
         let json = self.terraform(&["show", "-json", "-no-color", PLAN_FILE], log, cancel, Some(MAX_PLAN_JSON)).await?;
         let plan_file = std::fs::read(self.cwd.join(PLAN_FILE))
             .map_err(|e| PhaseError::Failed(format!("cannot read the saved plan: {e}")))?;
+        let submitting = std::time::Instant::now();
         let plan_json = log.mask(&json).await;
         let part = |plan_file: &[u8], plan_json: &[u8]| PlanPart {
             job_id: self.job.job_id.clone(),
@@ -158,7 +161,12 @@ impl Phase<'_> {
             .await
             .map_err(|status| PhaseError::Failed(format!("the broker refused the plan: {}", status.message())))?
             .into_inner();
-        log.note(&format!("keyward: saved plan sha256 {}", crate::enroll::hex(&verdict.plan_sha256))).await;
+        log.note(&format!(
+            "keyward: saved plan sha256 {} submitted in {:.2} s",
+            crate::enroll::hex(&verdict.plan_sha256),
+            submitting.elapsed().as_secs_f64()
+        ))
+        .await;
         for warning in &verdict.warn {
             log.note(&format!("keyward: plan policy warns: {warning}")).await;
         }
@@ -196,6 +204,7 @@ impl Phase<'_> {
         if self.job.plan_sha256.len() != 32 {
             return Err(PhaseError::Failed("the apply names no saved plan; it is never planned afresh".to_owned()));
         }
+        let fetching = std::time::Instant::now();
         let refused =
             |status: tonic::Status| PhaseError::Failed(format!("cannot fetch the saved plan: {}", status.message()));
         let mut parts = client
@@ -215,7 +224,12 @@ impl Phase<'_> {
                 crate::enroll::hex(&self.job.plan_sha256)
             )));
         }
-        log.note(&format!("keyward: applying saved plan sha256 {}", crate::enroll::hex(actual.as_ref()))).await;
+        log.note(&format!(
+            "keyward: applying saved plan sha256 {} (fetched in {:.2} s)",
+            crate::enroll::hex(actual.as_ref()),
+            fetching.elapsed().as_secs_f64()
+        ))
+        .await;
         std::fs::write(self.cwd.join(PLAN_FILE), &plan_file)
             .map_err(|e| PhaseError::Failed(format!("cannot write the saved plan: {e}")))?;
         self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;

@@ -127,6 +127,27 @@ pub struct Config {
     /// Private worker agents: the gRPC listener, their certificates and job leases.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// Credentials for private repositories, by URL prefix (docs/runs.md).
+    #[serde(default)]
+    pub repositories: Vec<RepositoryConfig>,
+}
+
+/// One `[[repositories]]` entry: how to fetch private repositories whose URL starts with
+/// `url_prefix`. The broker uses it to resolve commits at submit; an agent holding a job of such
+/// a repository gets it (`SourceCredentials`) for its checkout, in memory only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `https://host/owner/` (plain `http://` only for loopback): the longest matching prefix wins.
+    pub url_prefix: String,
+    /// The user name git sends (`x-access-token` for a GitHub token, `oauth2` for GitLab).
+    pub username: String,
+    /// Environment variable holding the password or token.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password or token, read again at every use (rotate it in place).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[agents]`.
@@ -863,6 +884,7 @@ impl Config {
         self.validate_targets()?;
         self.validate_issuers()?;
         self.validate_sinks(env)?;
+        self.repository_credentials(env)?;
         if let Some(policy) = &self.policy
             && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
         {
@@ -1004,6 +1026,42 @@ impl Config {
             return Err(invalid("audit.sinks.secret_env", "the webhook secret must be at least 16 characters"));
         }
         Ok(Secret::from(secret))
+    }
+
+    /// The `[[repositories]]` credentials, checked: each prefix a URL git can be given secrets
+    /// for, unique, with a user name and exactly one readable password source.
+    pub fn repository_credentials(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::runs::RepositoryCredentials, ConfigError> {
+        let mut entries = Vec::new();
+        for repository in &self.repositories {
+            let prefix = &repository.url_prefix;
+            validate_url("repositories.url_prefix", prefix.trim_end_matches('/'))?;
+            if entries.iter().any(|e: &crate::runs::RepositoryCredential| e.url_prefix() == prefix) {
+                return Err(invalid("repositories.url_prefix", format!("`{prefix}` is listed twice")));
+            }
+            let username = &repository.username;
+            if username.is_empty() || username.contains(':') || username.chars().any(char::is_control) {
+                return Err(invalid("repositories.username", "a non-empty name without `:` or control characters"));
+            }
+            let password = match (&repository.password_env, &repository.password_file) {
+                (Some(var), None) => crate::runs::PasswordSource::Value(Secret::from(env(var).ok_or_else(|| {
+                    invalid("repositories.password_env", format!("environment variable `{var}` is not set"))
+                })?)),
+                (None, Some(path)) => crate::runs::PasswordSource::File(path.clone()),
+                _ => {
+                    return Err(invalid(
+                        "repositories.password_env",
+                        "set exactly one of password_env or password_file",
+                    ));
+                }
+            };
+            let credential = crate::runs::RepositoryCredential::new(prefix.clone(), username.clone(), password);
+            credential.password().map_err(|e| invalid("repositories.password_file", e.to_string()))?;
+            entries.push(credential);
+        }
+        Ok(crate::runs::RepositoryCredentials::new(entries))
     }
 
     /// Where the database lives.
@@ -1294,6 +1352,7 @@ impl Config {
             policy: Some(PolicyConfig { dir: policy_dir, evaluation_timeout: default_evaluation_timeout() }),
             targets: Vec::new(),
             issuers: Vec::new(),
+            repositories: Vec::new(),
             audit: AuditConfig::default(),
             agents: AgentsConfig {
                 listen: Some(SocketAddr::new(listen.ip(), 0)),

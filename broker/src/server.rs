@@ -141,7 +141,8 @@ impl Broker {
             )))
         };
         let runs =
-            crate::runs::Runs::new(store.clone(), audit.clone(), policies.clone(), &config.targets, Arc::clone(&clock));
+            crate::runs::Runs::new(store.clone(), audit.clone(), policies.clone(), &config.targets, Arc::clone(&clock))
+                .with_repositories(config.repository_credentials(env)?);
         let agent_listener = match config.agents.listen {
             Some(address) => Some(bind(address).await?),
             None => None,

@@ -14,6 +14,7 @@ pub mod fake_issuer;
 pub mod fake_upstream;
 pub mod forge;
 pub mod git;
+pub mod git_http;
 pub mod moto;
 pub mod openbao;
 pub mod postgres;

@@ -11,6 +11,8 @@
 //!
 //! A second broker and agent run drift checks: read-only plans with `-detailed-exitcode` that
 //! report in sync, drift, or failure, and never apply even where the approval policy would.
+//! A third fetches a private repository from git's own HTTP server behind Basic authentication,
+//! with credentials the broker holds and hands only to the job's checkout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -52,6 +54,11 @@ fn policies(dir: &Path) -> std::path::PathBuf {
 }
 
 async fn start(dir: &Path, sts: &str) -> Broker {
+    start_with(dir, sts, "").await
+}
+
+/// [`start`], with `extra` appended to the configuration.
+async fn start_with(dir: &Path, sts: &str, extra: &str) -> Broker {
     let addr = free_addr();
     let config = dir.join("keyward.toml");
     let data_dir = dir.join("broker");
@@ -62,7 +69,7 @@ async fn start(dir: &Path, sts: &str) -> Broker {
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"broker\"\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
-         labels = {{ env = \"dev\" }}\n",
+         labels = {{ env = \"dev\" }}\n{extra}",
         policies = policies(dir).display(),
         agents = free_addr(),
     );
@@ -74,7 +81,12 @@ async fn start(dir: &Path, sts: &str) -> Broker {
 fn stack(broker: &Broker, dir: &Path, name: &str, config: &str, targets: bool) {
     let repo = GitRepo::init(&dir.join(format!("repo-{name}")));
     repo.commit("main.tf", config);
-    let url = repo.url();
+    stack_on(broker, name, &repo.url(), targets);
+}
+
+/// A stack `name` over the repository at `url`.
+fn stack_on(broker: &Broker, name: &str, url: &str, targets: bool) {
+    let url = url.to_owned();
     let mut args = vec!["stack", "create", name, "--repository", &url, "--label", "env=dev", "--json"];
     if targets {
         args.extend(["--plan-target", "aws:state-read", "--apply-target", "aws:network-apply"]);
@@ -277,4 +289,76 @@ async fn drift_checks_plan_read_only_report_what_they_find_and_never_apply() {
     assert_eq!(code, Some(1), "{run}");
     assert_eq!(run["state"], "failed", "{run}");
     assert!(run.get("drift").is_none(), "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_repository_is_fetched_with_credentials_that_reach_only_git() {
+    const PASSWORD: &str = "ghp_PrivateRepoToken0123456789abcdefXYZ";
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    // The configuration prints the token (as a leaking script would; cut in two in the source,
+    // so only the output holds it whole) and counts the git variables Terraform's environment has.
+    let (head, tail) = PASSWORD.split_at(16);
+    let config = local_exec(
+        "private",
+        &format!("echo token={head}''{tail}; echo git-env=$(env | grep -c '^GIT_CONFIG' || true)"),
+    );
+    GitRepo::init(&served.join("private/infra")).commit("main.tf", &config);
+    GitRepo::init(&served.join("other/infra"));
+    let server = keyward_tests::git_http::GitServer::start(&served, "x-access-token", PASSWORD).await;
+    let token_file = dir.path().join("git-token");
+    std::fs::write(&token_file, format!("{PASSWORD}\n")).unwrap();
+    let extra = format!(
+        "[[repositories]]\nurl_prefix = \"{}private/\"\nusername = \"x-access-token\"\npassword_file = \"{}\"\n",
+        server.base_url,
+        token_file.display()
+    );
+    let moto = Moto::start(dir.path()).await;
+    let broker = start_with(dir.path(), &moto.endpoint, &extra).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let agent = Agent::start(&agent_dir, &agent_id, &[]);
+
+    // Without credentials for its prefix, a private repository cannot even be submitted, and
+    // the error says so.
+    stack_on(&broker, "other", &format!("{}other/infra", server.base_url), false);
+    let refused = broker.cli(&["run", "submit", "--stack", "other"]);
+    assert!(!refused.success && refused.stderr.contains("git ls-remote"), "{}", refused.stderr);
+    assert!(server.refused() > 0 && server.authorized() == 0);
+
+    // With them: resolved at submit, checked out by the agent, planned and applied.
+    stack_on(&broker, "private", &format!("{}private/infra", server.base_url), false);
+    let (id, run) = run_to_end(&broker, "private").await;
+    let text = logs(&broker, &id);
+    assert_eq!(run["state"], "finished", "{run}\n{text}\n{}", agent.log_text());
+    assert!(server.authorized() >= 3, "ls-remote and two checkouts authenticated: {}", server.authorized());
+    assert!(text.contains("token=***") && !text.contains(PASSWORD), "the token is masked: {text}");
+    assert!(text.contains("git-env=0"), "Terraform never sees git's credentials: {text}");
+
+    // Each checkout's issuance is on record, without the password; nothing stores it.
+    let audit = keyward_tests::audit::Audit::open(&dir.path().join("broker")).await;
+    let issued: Vec<_> = audit.for_run(&id).await.into_iter().filter(|e| e.kind == "credentials_issued").collect();
+    assert_eq!(issued.len(), 2, "one per job: {issued:?}");
+    assert!(issued.iter().all(|e| e.details.contains("x-access-token") && !e.body.contains(PASSWORD)));
+    for file in walk(dir.path().join("broker").as_path()).into_iter().chain(walk(&agent_dir)) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(!bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()), "{} holds the token", file.display());
+    }
+    assert!(!agent.log_text().contains(PASSWORD));
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -341,6 +341,7 @@ impl Hub {
             credential_targets: lease.credential_targets.clone(),
             plan_sha256: lease.plan_sha256.clone().unwrap_or_default(),
             run_kind: lease.kind.as_str().to_owned(),
+            source_credentials: lease.source_credentials,
         };
         let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
         if session.outbox.try_send(Ok(message)).is_err() {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
-    FetchPlanRequest, Heartbeat, JobResult, LogReceipt, PlanPart, RenewRequest, SignedLogChunk, SubmitPlanResponse,
-    agent_message, broker_message,
+    FetchPlanRequest, Heartbeat, JobResult, LogReceipt, PlanPart, RenewRequest, SignedLogChunk,
+    SourceCredentialsRequest, SourceCredentialsResponse, SubmitPlanResponse, agent_message, broker_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -205,6 +205,23 @@ impl AgentService for AgentGrpc {
         let verdict = self.agents.runs.submit_plan(&held, &plan_file, &plan_json).await.map_err(run_status)?;
         tracing::info!(agent_id = %agent.id, job_id = %job_id, denied = !verdict.deny.is_empty(), "saved plan received");
         Ok(Response::new(SubmitPlanResponse { plan_sha256: verdict.sha256, deny: verdict.deny, warn: verdict.warn }))
+    }
+
+    async fn source_credentials(
+        &self,
+        request: Request<SourceCredentialsRequest>,
+    ) -> Result<Response<SourceCredentialsResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let held = self.agents.runs.held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
+        let issued = self.agents.runs.source_credentials(&held).await.map_err(run_status)?;
+        tracing::info!(agent_id = %agent.id, job_id = %body.job_id, url_prefix = %issued.url_prefix, "repository credentials issued");
+        Ok(Response::new(SourceCredentialsResponse {
+            url_prefix: issued.url_prefix,
+            username: issued.username,
+            password: issued.password.expose().to_owned(),
+        }))
     }
 
     type FetchPlanStream = PlanStream;

@@ -65,6 +65,9 @@ pub enum Kind {
     /// A plan job submitted its saved plan: its SHA-256, what it changes, and the
     /// `keyward.plan` policy's deny and warn messages.
     PlanEvaluated,
+    /// The agent holding a job was given the credentials of its private repository, for the
+    /// checkout: which prefix and user name (never the password), to which lease.
+    SourceCredentialsIssued,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
             Self::AgentRevoked => kinds::AGENT_REVOKED,
             Self::LogRejected => kinds::LOG_REJECTED,
             Self::PlanEvaluated => kinds::PLAN_EVALUATED,
+            Self::SourceCredentialsIssued => kinds::SOURCE_CREDENTIALS_ISSUED,
         }
     }
 }
@@ -152,6 +156,8 @@ pub mod kinds {
     pub const LOG_REJECTED: &str = "log.rejected";
     /// [`super::Kind::PlanEvaluated`].
     pub const PLAN_EVALUATED: &str = "plan.evaluated";
+    /// [`super::Kind::SourceCredentialsIssued`].
+    pub const SOURCE_CREDENTIALS_ISSUED: &str = "source.credentials_issued";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -2,7 +2,8 @@
 //! read with `git ls-remote` when the run is submitted, so the run records an exact commit.
 //!
 //! `git` runs with prompts disabled and a deadline: a repository that asks for credentials or
-//! does not answer fails the submission with a clear error instead of hanging it.
+//! does not answer fails the submission with a clear error instead of hanging it. A private
+//! repository's credentials ([`super::source`]) reach git only through its environment.
 
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub enum GitError {
         /// The first line git printed.
         message: String,
     },
+    /// The repository's configured credentials could not be read.
+    #[error(transparent)]
+    Credentials(#[from] super::SourceError),
     /// The branch does not exist.
     #[error("branch `{branch}` does not exist in {repository}")]
     NoBranch {
@@ -56,8 +60,13 @@ pub fn is_commit_sha(sha: &str) -> bool {
 }
 
 /// `commit` (or, when `None`, the head of `branch`) and the branch it heads.
-pub(super) async fn resolve(repository: &str, branch: &str, commit: Option<&str>) -> Result<Resolved, GitError> {
-    let heads = ls_remote(repository).await?;
+pub(super) async fn resolve(
+    repository: &str,
+    branch: &str,
+    commit: Option<&str>,
+    auth: Option<&super::RepositoryCredential>,
+) -> Result<Resolved, GitError> {
+    let heads = ls_remote(repository, auth).await?;
     let branch_ref = format!("refs/heads/{branch}");
     let branch_head = heads.iter().find(|(_, name)| *name == branch_ref).map(|(sha, _)| sha.clone());
     match commit {
@@ -79,8 +88,14 @@ pub(super) async fn resolve(repository: &str, branch: &str, commit: Option<&str>
 }
 
 /// `(sha, ref)` of every branch.
-async fn ls_remote(repository: &str) -> Result<Vec<(String, String)>, GitError> {
+async fn ls_remote(
+    repository: &str,
+    auth: Option<&super::RepositoryCredential>,
+) -> Result<Vec<(String, String)>, GitError> {
     let mut command = Command::new("git");
+    if let Some(auth) = auth {
+        command.envs(auth.git_environment()?);
+    }
     command
         .args(["ls-remote", "--heads", "--end-of-options", repository])
         .env("GIT_TERMINAL_PROMPT", "0")

@@ -47,6 +47,8 @@ pub struct Lease {
     pub plan_sha256: Option<Vec<u8>>,
     /// The run's kind: a drift run's plan job checks for drift instead of saving a plan.
     pub kind: RunKind,
+    /// Whether the broker holds credentials for the repository (`SourceCredentials`).
+    pub source_credentials: bool,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -277,6 +279,7 @@ impl Runs {
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded => {
                 let kind = run_kind(&run)?;
+                let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(&job.phase).to_vec();
                 let plan_sha256 =
                     if job.phase == "apply" { self.store.plan(&run.id).await?.map(|plan| plan.sha256) } else { None };
@@ -293,6 +296,7 @@ impl Runs {
                     lease_expires_at: expires,
                     plan_sha256,
                     kind,
+                    source_credentials,
                 }))
             }
             // Someone else took it (or the run moved on).

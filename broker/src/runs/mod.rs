@@ -12,6 +12,7 @@ mod jobs;
 mod kind;
 mod plans;
 mod signals;
+mod source;
 mod spec;
 mod state;
 
@@ -26,6 +27,7 @@ pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict};
 pub use signals::{Canceled, Signals};
+pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
@@ -203,6 +205,7 @@ pub struct Runs {
     targets: Arc<BTreeMap<String, TargetConfig>>,
     clock: SharedClock,
     signals: Arc<Signals>,
+    repositories: Arc<RepositoryCredentials>,
 }
 
 const MAX_TICKET: usize = 128;
@@ -218,7 +221,15 @@ impl Runs {
         clock: SharedClock,
     ) -> Self {
         let targets = Arc::new(targets.iter().map(|t| (t.id(), t.clone())).collect());
-        Self { store, audit, policies, targets, clock, signals: Arc::new(Signals::default()) }
+        let repositories = Arc::new(RepositoryCredentials::default());
+        Self { store, audit, policies, targets, clock, signals: Arc::new(Signals::default()), repositories }
+    }
+
+    /// The same service, fetching private repositories with `repositories`.
+    #[must_use]
+    pub fn with_repositories(mut self, repositories: RepositoryCredentials) -> Self {
+        self.repositories = Arc::new(repositories);
+        self
     }
 
     /// Creates a stack.
@@ -302,7 +313,9 @@ impl Runs {
             .transpose()
             .map_err(|_| RunError::Invalid("pull request number too large".to_owned()))?;
         let stack = self.stack(&submission.stack).await?;
-        let resolved = git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref()).await?;
+        let auth = self.repositories.for_url(&stack.spec.repository);
+        let resolved =
+            git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref(), auth).await?;
         let now = self.clock.now();
         let run = RunRow {
             id: uuid::Uuid::now_v7().to_string(),
