@@ -1434,6 +1434,36 @@ mod tests {
     }
 
     #[test]
+    fn repository_credentials_are_checked() -> Result<(), ConfigError> {
+        let repositories = |entries: &[&str]| {
+            let tables: Vec<String> = entries.iter().map(|e| format!("[[repositories]]\n{e}\n")).collect();
+            parse(&format!("kek = \"{KEK}\"\n{}", tables.join("")), "")
+        };
+        let env = |name: &str| (name == "GIT_TOKEN").then(|| "ghp_token".to_owned());
+        let good = "url_prefix = \"https://git.example.com/acme/\"\nusername = \"x-access-token\"\npassword_env = \"GIT_TOKEN\"";
+        repositories(&[good])?.validate(&env)?;
+        let error = |entries: &[&str]| -> Result<String, ConfigError> {
+            Ok(repositories(entries)?.validate(&env).err().map(|e| e.to_string()).unwrap_or_default())
+        };
+        let with = |from: &str, to: &str| good.replace(from, to);
+        let cases = [
+            (with("https://git.example.com", "http://git.example.com"), "plain http is only allowed"),
+            (with("https://git.example.com/acme/", "git@github.com:acme/"), "must start with https://"),
+            (with("x-access-token", "user:name"), "repositories.username"),
+            (with("GIT_TOKEN", "NOPE"), "`NOPE` is not set"),
+            (format!("{good}\npassword_file = \"/nonexistent\""), "exactly one of password_env or password_file"),
+            (with("password_env = \"GIT_TOKEN\"", "password_file = \"/nonexistent/token\""), "cannot read"),
+        ];
+        for (entry, says) in cases {
+            assert!(error(&[&entry])?.contains(says), "{entry}: {:?}", error(&[&entry])?);
+        }
+        assert!(error(&[good, good])?.contains("listed twice"));
+        let loopback = with("https://git.example.com", "http://127.0.0.1:3000");
+        repositories(&[&loopback])?.validate(&env)?;
+        Ok(())
+    }
+
+    #[test]
     fn issuer_urls_are_checked() {
         for (url, ok) in [
             ("https://kw.example", true),

@@ -102,4 +102,11 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     }
     let verified = broker.cli(&["run", "logs", id, "--verify"]);
     assert!(verified.success, "{}{}", verified.stdout, verified.stderr);
+    // A drift check of the same stack: its state lived in the deploy's job directory, so the
+    // resource reads as missing. Exit 2, as `terraform plan -detailed-exitcode`; nothing applied.
+    let drift = broker.cli(&["run", "submit", "--stack", "example", "--drift", "--wait", "--timeout", "2m"]);
+    assert_eq!(drift.code, Some(2), "{}{}", drift.stdout, drift.stderr);
+    assert!(drift.stdout.contains("drift check (drift found)"), "{}", drift.stdout);
+    assert!(drift.stderr.contains("drift found by run") && drift.stderr.contains("1 to add"), "{}", drift.stderr);
+    assert!(!drift.stdout.contains("job           apply"), "{}", drift.stdout);
 }

@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use keyward_tests::agent::{Agent, join};
+use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process, join};
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
@@ -347,6 +347,34 @@ async fn a_private_repository_is_fetched_with_credentials_that_reach_only_git() 
         assert!(!bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()), "{} holds the token", file.display());
     }
     assert!(!agent.log_text().contains(PASSWORD));
+
+    // Over the protocol: only the lease holder, with its current fencing token, gets them.
+    drop(agent);
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let join_token =
+        || json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (_, holder) = enroll_in_process(&endpoint, &ca, &join_token()).await;
+    let (_, other) = enroll_in_process(&endpoint, &ca, &join_token()).await;
+    let mut session = WorkSession::open(&endpoint, &ca, holder, 1).await.expect("work stream");
+    let run = broker.cli(&["run", "submit", "--stack", "private"]);
+    assert!(run.success, "{}", run.stderr);
+    let job = session.next_assignment(Duration::from_secs(20)).await.expect("the plan job");
+    assert!(job.source_credentials, "the assignment says the repository needs credentials");
+    let ask =
+        |fencing_token| keyward_proto::agent_v1::SourceCredentialsRequest { job_id: job.job_id.clone(), fencing_token };
+    let mut intruder = WorkSession::open(&endpoint, &ca, other, 1).await.expect("second agent's stream");
+    for (session, fencing_token) in [(&mut intruder, job.fencing_token), (&mut session, job.fencing_token + 1)] {
+        let status = session.client.source_credentials(ask(fencing_token)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("stale or foreign lease") && !status.message().contains(PASSWORD));
+    }
+    let given = session.client.source_credentials(ask(job.fencing_token)).await.expect("the holder's").into_inner();
+    assert_eq!(
+        (given.url_prefix.as_str(), given.username.as_str(), given.password.as_str()),
+        (format!("{}private/", server.base_url).as_str(), "x-access-token", PASSWORD)
+    );
+    let on_record = audit.count("source.credentials_issued").await;
+    assert_eq!(on_record, 3, "the two checkouts and this one, and no refusal");
 }
 
 /// Every file under `dir`.
