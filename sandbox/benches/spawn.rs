@@ -9,7 +9,8 @@
 //! This binary is its own jailer, as the agent is: `main` calls `enter_jailer_if_requested()`
 //! before anything else and passes `current_exe()` as the jailer. Cases are interleaved (one run
 //! of each in turn), so drift on a shared machine hits them alike; p50 and p90 are reported and
-//! overhead = sandboxed − plain at the same percentile.
+//! overhead = sandboxed − plain at the same percentile. `terraform version` also runs with the
+//! memory and the pids cgroup alone, which splits the cost of cgroup membership from the rest.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
@@ -159,11 +160,18 @@ fn main() {
     let runs = env_or("KEYWARD_BENCH_TERRAFORM_RUNS", 30);
     if runs > 0 {
         let argv = ["terraform", "version"];
+        let sandboxed = |limits, network| How::Sandboxed(Box::new(spec(&argv, work, state, limits, network)));
         let mut cases = [
             case("plain terraform version (baseline)", How::Plain),
+            case("sandboxed, no limits", sandboxed(Limits::default(), Network::None)),
+            case("sandboxed, memory + pids cgroup (the agent)", sandboxed(job_limits(), Network::None)),
             case(
-                "sandboxed, memory + pids cgroup (the agent)",
-                How::Sandboxed(Box::new(spec(&argv, work, state, job_limits(), Network::None))),
+                "sandboxed, memory cgroup only, host network",
+                sandboxed(Limits { memory_bytes: Some(2 << 30), ..Limits::default() }, Network::Host),
+            ),
+            case(
+                "sandboxed, pids cgroup only, host network",
+                sandboxed(Limits { pids: Some(1024), ..Limits::default() }, Network::Host),
             ),
         ];
         measure("terraform version", &argv, &mut cases, runs, work, &jailer);
