@@ -34,7 +34,7 @@ use keyward_agent::logs::mask::{MaskRules, Masker, Patterns};
 use keyward_agent::logs::{JobLog, Outbox, Stream};
 use keyward_broker::logs::verify::{AgentKey, ChunkToCheck, check_chunk};
 use keyward_proto::agent_v1::{JobAssignment, SignedLogChunk};
-use keyward_proto::logs::{ChunkFields, MAX_CHUNK_DATA};
+use keyward_proto::logs::MAX_CHUNK_DATA;
 
 /// What the agent reads from a pipe at a time (`runner.rs`).
 const AGENT_READ: usize = 16 * 1024;
@@ -226,19 +226,7 @@ fn mask(rules: &Arc<MaskRules>, text: &[u8], read: usize, out: &mut Vec<u8>) {
 
 /// The broker's side: checks `chunk` against the chain so far and moves the head on.
 fn verify(chunk: &SignedLogChunk, key: &AgentKey, head: &mut Option<(u64, Vec<u8>)>) {
-    let to_check = ChunkToCheck {
-        fields: ChunkFields {
-            run_id: &chunk.run_id,
-            job_id: &chunk.job_id,
-            fencing_token: chunk.fencing_token,
-            stream: &chunk.stream,
-            seq: chunk.seq,
-            prev_digest: &chunk.prev_digest,
-            data: &chunk.data,
-        },
-        digest: &chunk.digest,
-        signature: &chunk.signature,
-    };
+    let to_check = ChunkToCheck::from(chunk);
     check_chunk(&to_check, head.as_ref().map(|(seq, digest)| (*seq, digest.as_slice())), key).unwrap();
     *head = Some((chunk.seq, chunk.digest.clone()));
 }

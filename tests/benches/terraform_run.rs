@@ -25,7 +25,7 @@ use keyward_tests::agent::{Agent, join};
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::{free_addr, workspace_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const CONFIG: &str = "resource \"terraform_data\" \"hello\" {\n  input = \"hello\"\n  provisioner \"local-exec\" {\n    \
                       command = \"echo applied\"\n  }\n}\n";
@@ -61,33 +61,22 @@ impl Milestones {
     }
 }
 
+/// `request` with the admin token; its JSON answer.
+async fn read(request: reqwest::RequestBuilder, broker: &Broker) -> Value {
+    request.bearer_auth(&broker.admin_token).send().await.unwrap().json().await.unwrap()
+}
+
 /// Submits a run and follows it to `finished`, noting when each job was leased and ended.
 async fn deploy(broker: &Broker) -> (String, Milestones) {
     let client = keyward_tests::http();
     let started = Instant::now();
-    let run: Value = client
-        .post(format!("{}/v1/runs", broker.addr))
-        .bearer_auth(&broker.admin_token)
-        .json(&serde_json::json!({"stack": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run: Value =
+        read(client.post(format!("{}/v1/runs", broker.addr)).json(&json!({"stack": "bench"})), broker).await;
     let id = run["id"].as_str().unwrap_or_else(|| panic!("no run: {run}")).to_owned();
     let mut seen = Milestones::default();
     seen.see("submitted", started.elapsed());
     loop {
-        let run: Value = client
-            .get(format!("{}/v1/runs/{id}", broker.addr))
-            .bearer_auth(&broker.admin_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = read(client.get(format!("{}/v1/runs/{id}", broker.addr)), broker).await;
         let at = started.elapsed();
         for job in run["jobs"].as_array().into_iter().flatten() {
             let (phase, state) = (job["phase"].as_str().unwrap_or(""), job["state"].as_str().unwrap_or(""));

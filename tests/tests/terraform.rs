@@ -77,6 +77,14 @@ async fn start_with(dir: &Path, sts: &str, extra: &str) -> Broker {
     Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
 }
 
+/// A real agent, enrolled in pool `default` with a fresh join token, running with `args`.
+fn agent(broker: &Broker, agent_dir: &Path, args: &[&str]) -> Agent {
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, agent_dir);
+    assert!(ok, "{stderr}");
+    Agent::start(agent_dir, &agent_id, args)
+}
+
 /// A stack `name` over a new repository whose `main.tf` is `config`.
 fn stack(broker: &Broker, dir: &Path, name: &str, config: &str, targets: bool) {
     let repo = GitRepo::init(&dir.join(format!("repo-{name}")));
@@ -136,15 +144,9 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
     let broker = start(dir.path(), &moto.endpoint).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
     let agent_dir = dir.path().join("agent");
-    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
-    assert!(ok, "{stderr}");
-    let _agent = Agent::start(
-        &agent_dir,
-        &agent_id,
-        &["--memory-limit", "256MiB", "--pids-limit", "64", "--phase-timeout", "20s"],
-    );
+    let _agent =
+        agent(&broker, &agent_dir, &["--memory-limit", "256MiB", "--pids-limit", "64", "--phase-timeout", "20s"]);
     let planted = agent_dir.join("planted");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -248,11 +250,7 @@ async fn drift_checks_plan_read_only_report_what_they_find_and_never_apply() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
     let broker = start(dir.path(), &moto.endpoint).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let agent_dir = dir.path().join("agent");
-    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
-    assert!(ok, "{stderr}");
-    let _agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let _agent = agent(&broker, &dir.path().join("agent"), &[]);
 
     // In sync: a configuration that manages nothing. Exit 0, drift false.
     stack(&broker, dir.path(), "steady", "locals {\n  region = \"eu-west-1\"\n}\n", true);
@@ -315,11 +313,8 @@ async fn a_private_repository_is_fetched_with_credentials_that_reach_only_git() 
     );
     let moto = Moto::start(dir.path()).await;
     let broker = start_with(dir.path(), &moto.endpoint, &extra).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
     let agent_dir = dir.path().join("agent");
-    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
-    assert!(ok, "{stderr}");
-    let agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let agent = agent(&broker, &agent_dir, &[]);
 
     // Without credentials for its prefix, a private repository cannot even be submitted, and
     // the error says so.

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyward_proto::agent_v1::SignedLogChunk;
-use keyward_proto::logs::ChunkFields;
 use serde::Serialize;
 
 pub use bundle::Bundle;
@@ -134,19 +133,7 @@ impl Logs {
         if chain.run_id != chunk.run_id {
             return Err(Rejection::ForeignJob { job_id: chunk.job_id.clone(), fencing_token: chunk.fencing_token });
         }
-        let check = ChunkToCheck {
-            fields: ChunkFields {
-                run_id: &chunk.run_id,
-                job_id: &chunk.job_id,
-                fencing_token: chunk.fencing_token,
-                stream: &chunk.stream,
-                seq: chunk.seq,
-                prev_digest: &chunk.prev_digest,
-                data: &chunk.data,
-            },
-            digest: &chunk.digest,
-            signature: &chunk.signature,
-        };
+        let check = ChunkToCheck::from(chunk);
         check_chunk(&check, chain.head.as_ref().map(|(seq, digest)| (*seq, digest.as_slice())), &key)?;
         let now = self.clock.now();
         let unavailable = |error: StoreError| {

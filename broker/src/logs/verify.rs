@@ -130,6 +130,25 @@ pub struct ChunkToCheck<'a> {
     pub signature: &'a [u8],
 }
 
+impl<'a> From<&'a keyward_proto::agent_v1::SignedLogChunk> for ChunkToCheck<'a> {
+    /// A chunk as it arrived on a work stream.
+    fn from(chunk: &'a keyward_proto::agent_v1::SignedLogChunk) -> Self {
+        Self {
+            fields: ChunkFields {
+                run_id: &chunk.run_id,
+                job_id: &chunk.job_id,
+                fencing_token: chunk.fencing_token,
+                stream: &chunk.stream,
+                seq: chunk.seq,
+                prev_digest: &chunk.prev_digest,
+                data: &chunk.data,
+            },
+            digest: &chunk.digest,
+            signature: &chunk.signature,
+        }
+    }
+}
+
 /// The end of a chain so far: the last position and digest, `None` before the first chunk.
 pub type Head<'a> = Option<(u64, &'a [u8])>;
 
