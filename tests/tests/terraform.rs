@@ -6,7 +6,7 @@
 //! key (plainly, in two writes, in base64) and whose log shows only `***`; a plan the plan
 //! policy denies, which never applies; configurations that try to read the agent's key and
 //! `/etc/shadow`, write outside the work dir, reach a port on the host, fork-bomb, allocate past
-//! the memory limit and run past the deadline — each fails, says why, and the agent goes on to
+//! the memory limit, run past the deadline and `ptrace` a process — each fails, says why, and the agent goes on to
 //! the next job; and an apply canceled mid-way, whose every process dies.
 //!
 //! A second broker and agent run drift checks: read-only plans with `-detailed-exitcode` that
@@ -200,6 +200,12 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
         ("fork-bomb", "bash -c 'f() { f | f & }; f; sleep 30'".to_owned(), "process limit|deadline"),
         ("memory", "head -c 600000000 /dev/zero | tr '\\0' a | grep -c b".to_owned(), "memory limit"),
         ("deadline", "sleep 120".to_owned(), "deadline"),
+        // PTRACE_ATTACH (16) to its own shell, by syscall number (101 on x86_64): seccomp says no.
+        (
+            "ptrace",
+            "perl -e '$r = syscall(101, 16, getppid(), 0, 0); print $r == -1 ? \"ptrace: $!\\n\" : \"attached\\n\"; exit($r == -1 ? 1 : 0)'".to_owned(),
+            "ptrace: Operation not permitted",
+        ),
     ];
     for (name, command, says) in &escapes {
         stack(&broker, dir.path(), name, &local_exec("hostile", command), false);
