@@ -375,6 +375,14 @@ impl Daemon {
             }
         };
         let log = log_of(MaskRules::new(credentials.secret_values(), patterns));
+        let terraform = self.settings.terraform_version.as_deref().unwrap_or("none");
+        log.note(&format!(
+            "keyward: agent {} ({}), terraform {terraform}, isolation {}",
+            env!("CARGO_PKG_VERSION"),
+            crate::enroll::hostname(),
+            self.settings.runner.isolation().describe()
+        ))
+        .await;
         if !credentials.is_empty() {
             tracing::info!(job_id = %job.job_id, variables = credentials.len(), "job credentials received");
             let names: Vec<&str> = credentials.environment().map(|(name, _)| name).collect();

@@ -125,6 +125,7 @@ impl Runner {
                 self.exec(command, &dir, env, read_only, deadline, log, layers, &mut cancel).await.map(|()| None)
             }
             Work::Terraform(binary) => {
+                log.note(&format!("keyward: terraform binary {}", binary.display())).await;
                 let src = dir.work.join("src");
                 let started = std::time::Instant::now();
                 let checkout = source::checkout(

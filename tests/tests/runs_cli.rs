@@ -95,9 +95,15 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     let id = run["id"].as_str().unwrap();
     let logs = broker.cli(&["run", "logs", id]);
     assert!(logs.success, "{}", logs.stderr);
-    for line in
-        ["$ terraform plan", "Plan: 1 to add", "keyward: applying saved plan sha256", "applied: hello from keyward"]
-    {
+    for line in [
+        "keyward: terraform binary /",
+        ", terraform 1.",
+        "isolation sandbox network=none",
+        "$ terraform plan",
+        "Plan: 1 to add",
+        "keyward: applying saved plan sha256",
+        "applied: hello from keyward",
+    ] {
         assert!(logs.stdout.contains(line), "{line:?} missing from:\n{}", logs.stdout);
     }
     let verified = broker.cli(&["run", "logs", id, "--verify"]);
