@@ -150,7 +150,8 @@ pub enum JobOutcome {
 pub struct Drift {
     /// Whether the real infrastructure differs from the configuration (`-detailed-exitcode` 2).
     pub drifted: bool,
-    /// Terraform's summary line, masked on the agent.
+    /// What differs, counted from the plan (`1 to add, 0 to change, 0 to destroy`), masked on
+    /// the agent.
     pub summary: String,
 }
 
@@ -272,13 +273,13 @@ impl Runs {
                 .with_ref("job", &job.id),
         ];
         let from = parse_state(&run.state)?;
+        let kind = run_kind(&run)?;
         if job.phase == "plan" && from == RunState::Queued {
             writes.push(transition(&run, RunState::Planning, None, now));
             events.push(state_event(&context, from, RunState::Planning, None, now));
         }
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded => {
-                let kind = run_kind(&run)?;
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(&job.phase).to_vec();
                 let plan_sha256 =
