@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,24 +24,6 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A fresh directory under the host's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("kw-sandbox-bench-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).unwrap();
-        TempDir(std::fs::canonicalize(path).unwrap())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// How a case runs its command.
@@ -142,9 +124,10 @@ fn main() {
     keyward_sandbox::enter_jailer_if_requested();
     assert!(nix::unistd::geteuid().is_root(), "the sandbox bench needs root (cgroups, uid mapping), like the agent");
     let jailer = std::env::current_exe().unwrap();
-    let work = TempDir::new("work");
-    let state = TempDir::new("state");
-    let (work, state) = (&work.0, &state.0);
+    // Canonical paths: the sandbox binds the work dir by its real path.
+    let (work_dir, state_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let work = &std::fs::canonicalize(work_dir.path()).unwrap();
+    let state = &std::fs::canonicalize(state_dir.path()).unwrap();
 
     let true_argv = ["sh", "-c", "true"];
     let sandboxed = |limits, network| How::Sandboxed(Box::new(spec(&true_argv, work, state, limits, network)));
