@@ -28,6 +28,20 @@ deny contains msg if {
 	msg := sprintf("target '%s' grants write access; only apply-phase runs may use it", [target.name])
 }
 
+# Write credentials go to jobs of runs the broker tracked: their approvals are reviews it recorded.
+# A CI system's token or an admin-minted run token carries no recorded review, so a write target
+# serves them only when its configuration opts in (`write_subjects = ["ci"]`).
+deny contains msg if {
+	object.get(target, "access", "write") == "write"
+	subject_kind := object.get(object.get(input, "subject", {}), "kind", "")
+	allowed_kinds := object.get(target, "write_subjects", ["job"])
+	not subject_kind in allowed_kinds
+	msg := sprintf(
+		"write target '%s' serves only %s subjects (its write_subjects), not a '%s' subject; set write_subjects on the target to opt in",
+		[target.name, concat(", ", allowed_kinds), subject_kind],
+	)
+}
+
 # Apply only what has been merged: write targets need a commit on the default branch.
 deny contains msg if {
 	object.get(target, "access", "write") == "write"

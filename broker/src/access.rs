@@ -3,7 +3,9 @@
 //! A token is `kw_` followed by 256 random bits in base64url; the `kw_` prefix lets secret scanners
 //! recognise a leaked one. Only its SHA-256 is stored: with 256 bits of entropy a slow hash buys
 //! nothing, and a fast one keeps every API call cheap. Scopes are coarse on purpose: `admin` can do
-//! everything, `submit` submits runs, `audit` reads the audit log.
+//! everything, `submit` submits runs, `review` approves or rejects them, `audit` reads the audit
+//! log. Submitting and reviewing are separate scopes so that a CI system's token can never approve
+//! the runs it submits (DESIGN.md §8.8); what each scope may do is [`Permission`]'s table.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,10 +30,53 @@ pub const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap-admin";
 pub enum ApiScope {
     /// Everything.
     Admin,
-    /// Submit and follow runs.
+    /// Submit, follow and cancel runs.
     Submit,
+    /// Follow runs, and approve or reject them.
+    Review,
     /// Read the audit log.
     Audit,
+}
+
+/// What a request needs. Each permission names the scopes that grant it; `admin` grants all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read stacks, runs and their logs.
+    ReadRuns,
+    /// Submit and cancel runs.
+    SubmitRuns,
+    /// Approve or reject runs.
+    ReviewRuns,
+    /// Read the audit log.
+    ReadAudit,
+    /// Everything else: stacks, pools, agents, keys, API tokens, run tokens.
+    Administer,
+}
+
+impl Permission {
+    /// The scopes granting this permission besides `admin`.
+    pub fn scopes(self) -> &'static [ApiScope] {
+        match self {
+            Self::ReadRuns => &[ApiScope::Submit, ApiScope::Review],
+            Self::SubmitRuns => &[ApiScope::Submit],
+            Self::ReviewRuns => &[ApiScope::Review],
+            Self::ReadAudit => &[ApiScope::Audit],
+            Self::Administer => &[],
+        }
+    }
+
+    /// The scope names that grant it, for error messages: `review` or `submit or review`.
+    fn scope_names(self) -> String {
+        let mut names: Vec<&str> = self.scopes().iter().map(|s| s.as_str()).collect();
+        names.push("admin");
+        match names.as_slice() {
+            [only] => format!("`{only}`"),
+            [rest @ .., last] => {
+                format!("{} or `{last}`", rest.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+            }
+            [] => String::new(),
+        }
+    }
 }
 
 impl ApiScope {
@@ -40,13 +85,14 @@ impl ApiScope {
         match self {
             Self::Admin => "admin",
             Self::Submit => "submit",
+            Self::Review => "review",
             Self::Audit => "audit",
         }
     }
 
-    /// Whether a token with this scope may perform an action needing `required`.
-    pub fn allows(self, required: Self) -> bool {
-        self == Self::Admin || self == required
+    /// Whether a token with this scope has `permission`.
+    pub fn grants(self, permission: Permission) -> bool {
+        self == Self::Admin || permission.scopes().contains(&self)
     }
 }
 
@@ -57,6 +103,7 @@ impl FromStr for ApiScope {
         match s {
             "admin" => Ok(Self::Admin),
             "submit" => Ok(Self::Submit),
+            "review" => Ok(Self::Review),
             "audit" => Ok(Self::Audit),
             other => Err(AccessError::UnknownScope(other.to_owned())),
         }
@@ -70,15 +117,15 @@ pub enum AccessError {
     #[error("missing, unknown or revoked API token")]
     Unauthenticated,
     /// The token is valid but its scope does not allow the action.
-    #[error("this action needs the `{required}` scope; the token has `{held}`")]
+    #[error("this action needs the {required} scope; the token has `{held}`")]
     InsufficientScope {
-        /// Needed.
-        required: &'static str,
+        /// The scopes that would do, e.g. "`review` or `admin`".
+        required: String,
         /// Held.
         held: &'static str,
     },
     /// A scope name that does not exist.
-    #[error("unknown scope `{0}`: expected admin, submit or audit")]
+    #[error("unknown scope `{0}`: expected admin, submit, review or audit")]
     UnknownScope(String),
     /// A token name that is not acceptable.
     #[error("invalid token name `{0}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`")]
@@ -114,12 +161,12 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Succeeds if this operator may do something needing `required`.
-    pub fn require(&self, required: ApiScope) -> Result<(), AccessError> {
-        if self.scope.allows(required) {
+    /// Succeeds if this operator has `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), AccessError> {
+        if self.scope.grants(permission) {
             Ok(())
         } else {
-            Err(AccessError::InsufficientScope { required: required.as_str(), held: self.scope.as_str() })
+            Err(AccessError::InsufficientScope { required: permission.scope_names(), held: self.scope.as_str() })
         }
     }
 }
@@ -220,12 +267,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scopes_nest_under_admin_only() {
-        assert!(ApiScope::Admin.allows(ApiScope::Submit));
-        assert!(ApiScope::Admin.allows(ApiScope::Audit));
-        assert!(!ApiScope::Submit.allows(ApiScope::Admin));
-        assert!(!ApiScope::Audit.allows(ApiScope::Submit));
+    fn scopes_grant_only_their_table_row() {
+        use Permission::*;
+        let all = [ReadRuns, SubmitRuns, ReviewRuns, ReadAudit, Administer];
+        assert!(all.iter().all(|p| ApiScope::Admin.grants(*p)));
+        let granted = |scope: ApiScope| all.iter().copied().filter(|p| scope.grants(*p)).collect::<Vec<_>>();
+        assert_eq!(granted(ApiScope::Submit), [ReadRuns, SubmitRuns]);
+        assert_eq!(granted(ApiScope::Review), [ReadRuns, ReviewRuns], "a reviewer cannot submit");
+        assert_eq!(granted(ApiScope::Audit), [ReadAudit]);
         assert!("root".parse::<ApiScope>().is_err());
+        assert_eq!("review".parse::<ApiScope>().ok(), Some(ApiScope::Review));
+    }
+
+    #[test]
+    fn a_submit_token_cannot_review() {
+        let ci = Operator { name: "ci".into(), scope: ApiScope::Submit };
+        let error = ci.require(Permission::ReviewRuns).map(drop).map_err(|e| e.to_string());
+        assert_eq!(error, Err("this action needs the `review` or `admin` scope; the token has `submit`".to_owned()));
+        assert!(ci.require(Permission::SubmitRuns).is_ok());
     }
 
     #[test]

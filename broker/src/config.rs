@@ -393,8 +393,29 @@ pub struct TargetConfig {
     pub duration: Duration,
     /// Free-form labels handed to the policy (`input.target.labels`), e.g. `env = "prod"`.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Which kinds of subject the shipped policy lets obtain write credentials from this target
+    /// (`input.target.write_subjects`): by default only jobs of runs the broker tracked, whose
+    /// approvals are recorded reviews. A CI system's token or an admin-minted run token carries
+    /// no such approvals; a target must opt in to serve them (`write_subjects = ["ci"]`).
+    pub write_subjects: Vec<WriteSubject>,
     /// The relying party.
     pub kind: TargetKind,
+}
+
+/// A kind of subject that may be let obtain write credentials (`write_subjects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteSubject {
+    /// A job of a tracked run, asking through its agent's lease.
+    Job,
+    /// A Keyward run token (minted through `POST /v1/run-tokens`).
+    Run,
+    /// A trusted CI issuer's token.
+    Ci,
+}
+
+fn default_write_subjects() -> Vec<WriteSubject> {
+    vec![WriteSubject::Job]
 }
 
 /// The file form of a target: tagged by `type`, each type with its own closed set of keys
@@ -415,6 +436,8 @@ struct RawVaultTarget {
     duration: Duration,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_write_subjects")]
+    write_subjects: Vec<WriteSubject>,
     address: String,
     #[serde(default = "default_jwt_mount")]
     auth_mount: String,
@@ -471,6 +494,8 @@ struct RawAwsTarget {
     duration: Duration,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_write_subjects")]
+    write_subjects: Vec<WriteSubject>,
     role_arn: String,
     #[serde(default = "default_region")]
     region: String,
@@ -494,6 +519,7 @@ impl From<RawTarget> for TargetConfig {
                 access: aws.access,
                 duration: aws.duration,
                 labels: aws.labels,
+                write_subjects: aws.write_subjects,
                 kind: TargetKind::Aws(AwsTarget {
                     role_arn: aws.role_arn,
                     region: aws.region,
@@ -509,6 +535,7 @@ impl From<RawTarget> for TargetConfig {
                 access: vault.access,
                 duration: vault.duration,
                 labels: vault.labels,
+                write_subjects: vault.write_subjects,
                 kind: TargetKind::Vault(VaultTarget {
                     address: vault.address,
                     auth_mount: vault.auth_mount,
@@ -1199,6 +1226,24 @@ impl Config {
                     format!("target `{}`: duration must be between 1m and 12h", target.id()),
                 ));
             }
+            if target.access == TargetAccess::Read && target.write_subjects != default_write_subjects() {
+                return Err(invalid(
+                    "targets.write_subjects",
+                    format!(
+                        "target `{}` grants read access; write_subjects only applies to write targets",
+                        target.id()
+                    ),
+                ));
+            }
+            if target.write_subjects.is_empty() {
+                return Err(invalid(
+                    "targets.write_subjects",
+                    format!(
+                        "target `{}`: write_subjects is empty; leave it out for the default [\"job\"]",
+                        target.id()
+                    ),
+                ));
+            }
             match &target.kind {
                 TargetKind::Vault(vault) => {
                     validate_url("targets.address", &vault.address)?;
@@ -1531,11 +1576,19 @@ mod target_tests {
         assert_eq!(target.access, TargetAccess::Write);
         assert_eq!(target.duration, Duration::from_secs(900));
         assert_eq!(target.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(target.write_subjects, [WriteSubject::Job], "only jobs get write credentials unless opted in");
         let TargetKind::Aws(aws) = &target.kind else { panic!("an aws target") };
         assert_eq!(
             (aws.region.as_str(), aws.audience.as_str(), aws.mode),
             ("us-east-1", "sts.amazonaws.com", ExchangeMode::Broker)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_write_target_can_opt_in_ci_subjects() -> Result<(), ConfigError> {
+        let config = parse_target(&format!("{GOOD}\nwrite_subjects = [\"job\", \"ci\"]"))?;
+        assert_eq!(config.targets[0].write_subjects, [WriteSubject::Job, WriteSubject::Ci]);
         Ok(())
     }
 
@@ -1555,6 +1608,9 @@ mod target_tests {
             (VAULT.replace("https://vault.example", "http://vault.example"), "loopback"),
             (format!("{VAULT}\nrole_arn = \"x\""), "role_arn"),
             (format!("{GOOD}\nsession_tags = [\"run\", \"owner\"]"), "unknown tag `owner`"),
+            (format!("{GOOD}\nwrite_subjects = [\"human\"]"), "human"),
+            (format!("{GOOD}\nwrite_subjects = []"), "write_subjects is empty"),
+            (format!("{VAULT}\nwrite_subjects = [\"ci\"]"), "only applies to write targets"),
         ] {
             let error = parse_target(&text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.contains(key), "{text:?} gave {error:?}");

@@ -135,6 +135,7 @@ impl Broker {
                 policies.clone(),
                 issuers,
                 audit.clone(),
+                store.clone(),
                 Arc::clone(&clock),
                 config.server.external_url.clone(),
                 config.tokens.clock_skew,

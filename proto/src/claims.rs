@@ -140,9 +140,14 @@ pub struct RunClaims {
     /// The human who triggered the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
-    /// The humans who approved the run.
+    /// The humans whose approval of the run counted: reviews the broker recorded, never the
+    /// run's author, never a caller's say-so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
+    /// The operator (API token name) on whose word this token's run context rests, when it was
+    /// minted on request (`POST /v1/run-tokens`) rather than for a job the broker tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asserted_by: Option<String>,
     /// The worker pool the run executes in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
@@ -194,6 +199,7 @@ mod tests {
             ticket: None,
             triggered_by: Some("alice".into()),
             approved_by: vec![],
+            asserted_by: None,
             pool: None,
             agent_id: None,
             aws_tags: Some(AwsTags { principal_tags: tags, transitive_tag_keys: vec![Cow::Borrowed("run")] }),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_broker::access::{Access, AccessError, ApiScope};
+use keyward_broker::access::{Access, AccessError, ApiScope, Permission};
 use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim, kinds};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::config::DatabaseLocation;
@@ -82,7 +82,8 @@ async fn api_tokens(store: &Store) {
     assert!(matches!(duplicate, Err(AccessError::Store(StoreError::Conflict(_)))), "{duplicate:?}");
     let operator = access.authenticate(ci.expose()).await.unwrap();
     assert_eq!((operator.name.as_str(), operator.scope), ("ci", ApiScope::Submit));
-    assert!(matches!(operator.require(ApiScope::Admin), Err(AccessError::InsufficientScope { .. })));
+    assert!(matches!(operator.require(Permission::Administer), Err(AccessError::InsufficientScope { .. })));
+    assert!(matches!(operator.require(Permission::ReviewRuns), Err(AccessError::InsufficientScope { .. })));
 
     let listed = access.list().await.unwrap();
     assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["bootstrap-admin", "ci"]);

@@ -13,11 +13,13 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
-use crate::access::ApiScope;
+use crate::access::{ApiScope, Permission};
 use crate::identity::keyring::KeyRingError;
 use crate::identity::mint::MintRequest;
+use crate::runs::reviews::RecordedRun;
 
-/// `POST /v1/run-tokens` body.
+/// `POST /v1/run-tokens` body. Approvals and the ref are not the caller's to say: they are
+/// accepted only to refuse them with a reason (see [`run_context`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MintBody {
@@ -42,11 +44,82 @@ pub(super) struct MintBody {
     #[serde(default)]
     triggered_by: Option<String>,
     #[serde(default)]
-    approved_by: Vec<String>,
+    approved_by: Option<Vec<String>>,
     #[serde(default)]
     pool: Option<String>,
     #[serde(default)]
     agent_id: Option<String>,
+}
+
+/// The run context of a token minted on request, and whose word it rests on (`asserted_by`).
+///
+/// Approvals are the reviews the broker recorded and the ref is what it resolved at submit, so
+/// neither can be asserted. For a run the broker recorded, every fact comes from the record (with
+/// the approvals that count) and the body may only repeat it; for any other run ID the facts are
+/// the caller's word, and the token says so.
+fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) -> Result<MintRequest, ApiError> {
+    if body.approved_by.is_some_and(|a| !a.is_empty()) {
+        return Err(ApiError::invalid_request(
+            "`approved_by` cannot be asserted: approvals are the reviews the broker recorded for the run \
+             (`keyward run approve`), and a token minted for a recorded run carries the ones that count",
+        ));
+    }
+    if body.git_ref.is_some() {
+        return Err(ApiError::invalid_request(
+            "`ref` cannot be asserted: it is the branch the broker resolved the run's commit from at submit, \
+             and a token minted for a recorded run carries it",
+        ));
+    }
+    let phase = body
+        .phase
+        .parse()
+        .map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
+    let mut request = MintRequest {
+        stack_id: body.stack_id.clone().unwrap_or_else(|| body.stack.clone()),
+        stack: body.stack.clone(),
+        run_id: body.run_id.clone(),
+        phase: Some(phase),
+        audience: body.audience,
+        ttl: body.ttl_seconds.map(Duration::from_secs),
+        repository: body.repository.clone(),
+        commit_sha: body.commit_sha.clone(),
+        git_ref: None,
+        pull_request: body.pull_request,
+        ticket: body.ticket.clone(),
+        triggered_by: body.triggered_by.clone(),
+        approved_by: Vec::new(),
+        asserted_by: Some(operator.to_owned()),
+        pool: body.pool,
+        agent_id: body.agent_id,
+        aws_tag_keys: None,
+        source_identity: None,
+    };
+    if let Some(run) = recorded {
+        let id = &body.run_id;
+        let same = |field: &str, given: Option<String>, recorded: Option<&str>| match given {
+            Some(given) if Some(given.as_str()) != recorded => Err(ApiError::invalid_request(format!(
+                "`{field}` {given:?} differs from what run {id} recorded ({}); leave it out to use the record",
+                recorded.unwrap_or("nothing")
+            ))),
+            _ => Ok(()),
+        };
+        same("stack", Some(body.stack), Some(&run.stack))?;
+        same("stack_id", body.stack_id, Some(&run.stack))?;
+        same("repository", body.repository, Some(&run.repository))?;
+        same("commit_sha", body.commit_sha, Some(&run.commit_sha))?;
+        same("ticket", body.ticket, run.ticket.as_deref())?;
+        same("triggered_by", body.triggered_by, Some(&run.triggered_by))?;
+        let recorded_pr = run.pull_request.map(|n| n.to_string());
+        same("pull_request", body.pull_request.map(|n| n.to_string()), recorded_pr.as_deref())?;
+        request.repository = Some(run.repository);
+        request.commit_sha = Some(run.commit_sha);
+        request.git_ref = run.git_ref;
+        request.pull_request = run.pull_request;
+        request.ticket = run.ticket;
+        request.triggered_by = Some(run.triggered_by);
+        request.approved_by = run.approved_by;
+    }
+    Ok(request)
 }
 
 #[derive(Serialize)]
@@ -65,32 +138,11 @@ pub(super) async fn mint_run_token(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<MintBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let result = async {
         let ApiJson(body) = body?;
-        let phase = body
-            .phase
-            .parse()
-            .map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
-        let request = MintRequest {
-            stack_id: body.stack_id.unwrap_or_else(|| body.stack.clone()),
-            stack: body.stack,
-            run_id: body.run_id,
-            phase: Some(phase),
-            audience: body.audience,
-            ttl: body.ttl_seconds.map(Duration::from_secs),
-            repository: body.repository,
-            commit_sha: body.commit_sha,
-            git_ref: body.git_ref,
-            pull_request: body.pull_request,
-            ticket: body.ticket,
-            triggered_by: body.triggered_by,
-            approved_by: body.approved_by,
-            pool: body.pool,
-            agent_id: body.agent_id,
-            aws_tag_keys: None,
-            source_identity: None,
-        };
+        let recorded = state.runs.recorded(&body.run_id).await?;
+        let request = run_context(body, recorded, &operator.name)?;
         let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
         Ok::<_, ApiError>(state.issuer.issue(request, context).await?)
     }
@@ -127,7 +179,7 @@ pub(super) async fn create_api_token(
     headers: HeaderMap,
     body: Result<ApiJson<CreateApiTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let scope: ApiScope = body.scope.parse()?;
     let secret = state.access.create(&body.name, scope, &operator.name).await?;
@@ -136,7 +188,7 @@ pub(super) async fn create_api_token(
 }
 
 pub(super) async fn list_api_tokens(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     let tokens: Vec<_> = state
         .access
         .list()
@@ -157,7 +209,7 @@ pub(super) async fn revoke_api_token(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     if !state.access.revoke(&name).await? {
         return Err(ApiError::not_found(format!("no live API token named `{name}`")));
     }
@@ -166,12 +218,12 @@ pub(super) async fn revoke_api_token(
 }
 
 pub(super) async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(json!({ "keys": state.keys.list() })).into_response())
 }
 
 pub(super) async fn policy_status(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     let engine = state.policies.as_ref().ok_or_else(no_policies)?;
     Ok(Json(engine.status()).into_response())
 }
@@ -181,7 +233,7 @@ pub(super) async fn reload_policies(
     headers: HeaderMap,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let engine = Arc::clone(state.policies.as_ref().ok_or_else(no_policies)?);
     // Compiling reads files and may take a while: keep it off the async workers.
     let reloading = Arc::clone(&engine);
@@ -225,7 +277,7 @@ pub(super) async fn rotate_keys(
     extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let body: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
-use crate::access::ApiScope;
+use crate::access::Permission;
 use crate::agents::{AgentView, Bootstrap};
 
 /// Default join-token lifetime.
@@ -45,7 +45,7 @@ pub(super) async fn create_pool(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<PoolBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let pool = state.agents.create_pool(&body.name, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(pool)).into_response())
@@ -53,7 +53,7 @@ pub(super) async fn create_pool(
 
 /// `GET /v1/pools`.
 pub(super) async fn list_pools(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(json!({ "pools": state.agents.pools().await? })))
 }
 
@@ -74,7 +74,7 @@ pub(super) async fn create_join_token(
     Path(pool): Path<String>,
     body: Result<ApiJson<JoinTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let ttl = body.ttl_seconds.map_or(DEFAULT_JOIN_TOKEN_TTL, Duration::from_secs);
     let token = state.agents.join_token(&pool, ttl, &operator.name, super::caller(&extensions)).await?;
@@ -94,7 +94,7 @@ pub(super) async fn list_agents(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(json!({ "agents": state.agents.list(query.pool.as_deref()).await? })))
 }
 
@@ -104,7 +104,7 @@ pub(super) async fn show_agent(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    operator(&state, &headers, ApiScope::Admin).await?;
+    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.get(&id).await?))
 }
 
@@ -115,7 +115,7 @@ pub(super) async fn revoke_agent(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.revoke(&id, &operator.name, super::caller(&extensions)).await?))
 }
 
@@ -126,6 +126,6 @@ pub(super) async fn drain_agent(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.drain(&id, &operator.name, super::caller(&extensions)).await?))
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::operator;
-use crate::access::ApiScope;
+use crate::access::Permission;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
 use crate::audit::verify::export_line;
@@ -59,7 +59,7 @@ pub(super) async fn entries(
     headers: HeaderMap,
     query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let size = state.store.audit_size().await.map_err(store_error)?;
     let entries = if let Some(tail) = query.tail {
@@ -90,7 +90,7 @@ pub(super) async fn latest_checkpoint(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let latest = state.store.latest_checkpoint().await.map_err(store_error)?;
     let row =
         latest.ok_or_else(|| ApiError::not_found("no checkpoint yet; make one with `keyward audit checkpoint`"))?;
@@ -102,7 +102,7 @@ pub(super) async fn make_checkpoint(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let row = tree::checkpoint(&state.store, &state.log_key, state.clock_now()).await?;
     Ok(Json(checkpoint_json(&row)))
 }
@@ -120,7 +120,7 @@ pub(super) async fn inclusion(
     headers: HeaderMap,
     query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let size = match query.size {
         Some(size) => size,
@@ -153,7 +153,7 @@ pub(super) async fn consistency(
     headers: HeaderMap,
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let new = match query.new {
         Some(new) => new,
@@ -181,7 +181,7 @@ pub(super) async fn trace(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Audit).await?;
+    operator(&state, &headers, Permission::ReadAudit).await?;
     let direct: Vec<String> =
         ["run", "akid", "jti", "session", "accessor"].iter().map(|prefix| format!("{prefix}:{key}")).collect();
     let found = state.store.audit_entries_for(&direct).await.map_err(store_error)?;
@@ -220,7 +220,7 @@ pub(super) async fn prune(
     extensions: axum::http::Extensions,
     body: Result<super::extract::ApiJson<PruneBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let super::extract::ApiJson(body) = body?;
     let covered = state.store.latest_checkpoint().await.map_err(store_error)?.map_or(0, |c| c.size);
     if body.before > covered {

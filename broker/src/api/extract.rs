@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::access::{ApiScope, Operator};
+use crate::access::{Operator, Permission};
 
 /// A JSON body whose rejection is an `invalid_request` error.
 #[derive(Debug)]
@@ -25,7 +25,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// Authenticates the `Authorization: Bearer` API token and checks it allows `required`.
-pub(super) async fn operator(state: &AppState, headers: &HeaderMap, required: ApiScope) -> Result<Operator, ApiError> {
+pub(super) async fn operator(
+    state: &AppState,
+    headers: &HeaderMap,
+    required: Permission,
+) -> Result<Operator, ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

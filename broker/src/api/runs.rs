@@ -1,7 +1,8 @@
 //! Stacks and runs: `/v1/stacks…` and `/v1/runs…`.
 //!
-//! Creating stacks needs the `admin` scope; submitting, reviewing, canceling and reading runs
-//! needs `submit`. The caller's API token name is who triggered or reviewed a run.
+//! Creating stacks needs the `admin` scope; submitting and canceling runs needs `submit`;
+//! approving and rejecting needs `review`; reading stacks, runs and logs needs either. The
+//! caller's API token name is who triggered or reviewed a run.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, operator};
-use crate::access::ApiScope;
+use crate::access::Permission;
 use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, Submission, Verdict};
 
 /// `POST /v1/stacks`.
@@ -23,7 +24,7 @@ pub(super) async fn create_stack(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<StackSpec>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Admin).await?;
+    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(spec) = body?;
     let stack = state.runs.create_stack(spec, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(stack)).into_response())
@@ -31,7 +32,7 @@ pub(super) async fn create_stack(
 
 /// `GET /v1/stacks`.
 pub(super) async fn list_stacks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     Ok(Json(json!({ "stacks": state.runs.stacks().await? })))
 }
 
@@ -41,7 +42,7 @@ pub(super) async fn show_stack(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Stack>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     Ok(Json(state.runs.stack(&name).await?))
 }
 
@@ -68,7 +69,7 @@ pub(super) async fn submit_run(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<SubmitBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    let operator = operator(&state, &headers, Permission::SubmitRuns).await?;
     let ApiJson(body) = body?;
     let submission = Submission {
         stack: body.stack,
@@ -95,7 +96,7 @@ pub(super) async fn list_runs(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
     Ok(Json(json!({ "runs": runs })))
@@ -107,7 +108,7 @@ pub(super) async fn show_run(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     Ok(Json(json!(state.runs.run(&id).await?)))
 }
 
@@ -127,7 +128,7 @@ async fn review(
     verdict: Verdict,
     body: Result<ApiJson<ReviewBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    let operator = operator(&state, &headers, Permission::ReviewRuns).await?;
     let ApiJson(body) = body?;
     let outcome = state.runs.review(&id, verdict, body.comment, &operator.name, super::caller(&extensions)).await?;
     Ok(Json(json!(outcome)))
@@ -162,7 +163,7 @@ pub(super) async fn cancel_run(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, ApiScope::Submit).await?;
+    let operator = operator(&state, &headers, Permission::SubmitRuns).await?;
     Ok(Json(json!(state.runs.cancel(&id, &operator.name, super::caller(&extensions)).await?)))
 }
 
@@ -183,7 +184,7 @@ pub(super) async fn run_logs(
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let run = state.runs.run(&id).await?;
     let after = query.after.unwrap_or(0).max(0);
@@ -208,7 +209,7 @@ pub(super) async fn run_log_bundle(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<crate::logs::Bundle>, ApiError> {
-    operator(&state, &headers, ApiScope::Submit).await?;
+    operator(&state, &headers, Permission::ReadRuns).await?;
     state.runs.run(&id).await?;
     Ok(Json(state.agents.logs().bundle(&id).await.map_err(RunError::from)?))
 }

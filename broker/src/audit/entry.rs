@@ -191,9 +191,12 @@ pub struct Context {
     /// Who started the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
-    /// Who approved it.
+    /// Whose approval counted (recorded reviews, never the run's author).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
+    /// For a token minted on request: the operator whose word its run context rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asserted_by: Option<String>,
     /// Who asked: an API token's name, or `exchange:<issuer>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,

@@ -4,7 +4,6 @@
 //! `prove` and `trace` check what the broker returns against the tree head themselves, so a
 //! broker cannot show an entry that its signed log does not contain.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -150,7 +149,9 @@ pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<Stri
         }
         AuditCommand::Prove { .. } => bail!("name an entry (--entry N) or an earlier checkpoint (--since FILE)"),
         AuditCommand::Verify { file, checkpoint, public_key, json } => verify(&file, &checkpoint, public_key, json),
-        AuditCommand::Trace { key, json, connection } => trace(&Client::new(&connection, env)?, &key, json).await,
+        AuditCommand::Trace { key, json, connection } => {
+            super::trace::trace(&Client::new(&connection, env)?, &key, json).await
+        }
         AuditCommand::Prune { before, archive, connection } => {
             prune(&Client::new(&connection, env)?, before, &archive).await
         }
@@ -183,11 +184,11 @@ async fn tail(client: &Client, lines: u64, kind: Option<&str>, follow: bool, jso
 }
 
 /// The value at a JSON pointer, or `null`: responses are read leniently, never indexed.
-fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
+pub(super) fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
     value.pointer(pointer).unwrap_or(&Value::Null)
 }
 
-fn urlencode(text: &str) -> String {
+pub(super) fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -218,7 +219,7 @@ fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {
 }
 
 /// One line about an entry's details.
-fn summary(entry: &Value) -> String {
+pub(super) fn summary(entry: &Value) -> String {
     let context = &at(entry, "/context");
     let details = &at(entry, "/details");
     let target = at(context, "/target").as_str().unwrap_or("");
@@ -254,7 +255,7 @@ fn summary(entry: &Value) -> String {
 }
 
 /// RFC 3339 UTC for a Unix time.
-fn time(unix: i64) -> String {
+pub(super) fn time(unix: i64) -> String {
     crate::clock::rfc3339(unix)
 }
 
@@ -290,7 +291,7 @@ async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<(
     Ok(())
 }
 
-fn parse_hash(value: &Value) -> anyhow::Result<Hash> {
+pub(super) fn parse_hash(value: &Value) -> anyhow::Result<Hash> {
     let text = value.as_str().context("a hash is missing")?;
     let bytes: Vec<u8> = (0..text.len())
         .step_by(2)
@@ -300,7 +301,7 @@ fn parse_hash(value: &Value) -> anyhow::Result<Hash> {
     bytes.try_into().map_err(|_| anyhow::anyhow!("a hash is not 32 bytes"))
 }
 
-fn parse_hashes(value: &Value) -> anyhow::Result<Vec<Hash>> {
+pub(super) fn parse_hashes(value: &Value) -> anyhow::Result<Vec<Hash>> {
     value.as_array().context("the proof is missing")?.iter().map(parse_hash).collect()
 }
 
@@ -421,95 +422,4 @@ async fn prune(client: &Client, before: u64, archive: &std::path::Path) -> anyho
         hex(&archived_head)
     );
     Ok(())
-}
-
-async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
-    let answer = client.get(&format!("/v1/audit/trace/{}", urlencode(key))).await?;
-    let lines: Vec<&Value> = items(&answer, "entries").collect();
-    if lines.is_empty() {
-        bail!("nothing in the audit log refers to `{key}`");
-    }
-    // Every entry shown must be in the signed tree: check each inclusion proof here.
-    let size = at(&answer, "/log/size").as_u64().context("no log size")?;
-    let root = parse_hash(at(&answer, "/log/root"))?;
-    for line in &lines {
-        let seq = at(line, "/entry/seq").as_u64().context("no seq")?;
-        let proof = client.get(&format!("/v1/audit/proof/inclusion?seq={seq}&size={size}")).await?;
-        let canonical = to_canonical(at(line, "/entry"))?;
-        merkle::verify_inclusion(
-            &merkle::leaf_hash(canonical.as_bytes()),
-            seq,
-            size,
-            &parse_hashes(at(&proof, "/proof"))?,
-            &root,
-        )
-        .with_context(|| format!("entry {seq} is not in the log the broker signs"))?;
-    }
-    if json {
-        return print_json(&json!({ "key": key, "verified": true, "entries": lines, "log": at(&answer, "/log") }));
-    }
-    let mut runs: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for line in &lines {
-        let run = at(line, "/entry/context/run_id").as_str().unwrap_or("(no run)").to_owned();
-        runs.entry(run).or_default().push(at(line, "/entry"));
-    }
-    for (run, entries) in &runs {
-        print_run(run, entries);
-    }
-    println!(
-        "log: {size} entries, head {}; every entry above verified by inclusion proof (`keyward audit prove --entry N`)",
-        hex(&root)
-    );
-    Ok(())
-}
-
-fn print_run(run: &str, entries: &[&Value]) {
-    let first = entries.first().map_or(&Value::Null, |e| at(e, "/context"));
-    let field = |name: &str| {
-        entries.iter().find_map(|e| at(e, "/context").get(name).and_then(Value::as_str)).unwrap_or("-").to_owned()
-    };
-    println!("run {run}  (stack {}, phase {})", field("stack_id"), at(first, "/phase").as_str().unwrap_or("-"));
-    let pr = entries.iter().find_map(|e| at(e, "/context/pull_request").as_u64());
-    println!(
-        "├─ repository {}  commit {}  ref {}  PR {}  ticket {}",
-        field("repository"),
-        field("commit_sha"),
-        field("ref"),
-        pr.map_or_else(|| "-".to_owned(), |n| format!("#{n}")),
-        field("ticket"),
-    );
-    let approvers: Vec<&str> = entries
-        .iter()
-        .find_map(|e| at(e, "/context/approved_by").as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    println!(
-        "├─ triggered by {}; approved by {}",
-        field("triggered_by"),
-        if approvers.is_empty() { "nobody".to_owned() } else { approvers.join(", ") }
-    );
-    let sections: [(&str, &[&str]); 2] = [
-        ("tokens minted", &["token.minted"]),
-        ("credentials", &["credentials.allowed", "credentials.issued", "credentials.denied"]),
-    ];
-    for (title, kinds) in sections {
-        let chosen: Vec<&&Value> =
-            entries.iter().filter(|e| kinds.contains(&at(e, "/kind").as_str().unwrap_or(""))).collect();
-        println!("├─ {title}{}", if chosen.is_empty() { ": none" } else { "" });
-        for (i, entry) in chosen.iter().enumerate() {
-            let branch = if i + 1 == chosen.len() { "└─" } else { "├─" };
-            let context = &at(entry, "/context");
-            let who = at(context, "/actor").as_str().unwrap_or("-");
-            let request = at(context, "/request_id").as_str().unwrap_or("-");
-            println!(
-                "│  {branch} #{} {} {:<20} {}  (by {who}, request {request})",
-                at(entry, "/seq"),
-                time(at(entry, "/at").as_i64().unwrap_or(0)),
-                text(entry, "kind"),
-                summary(entry)
-            );
-        }
-    }
 }

@@ -18,6 +18,7 @@ mod run;
 mod serve;
 mod stack;
 mod token;
+mod trace;
 
 use std::path::PathBuf;
 

@@ -10,14 +10,18 @@ use super::client::{Client, items, print_json, text};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
-    /// Mint a run token (prints the JWT; `--json` for the claims too).
+    /// Mint a run token (prints the JWT; `--json` for the claims too). For a run the broker
+    /// recorded, its facts and the approvals that count come from the record; for any other run
+    /// ID the token carries `asserted_by` (your token's name): its context is your word, and the
+    /// shipped policy gives such tokens no write credentials unless a target opts in.
     Mint(MintArgs),
     /// Create an operator API token (the secret is printed once).
     CreateApi {
         /// Unique name, e.g. `ci-deployer`.
         #[arg(long)]
         name: String,
-        /// `admin`, `submit` or `audit`.
+        /// `admin` (everything), `submit` (submit, follow and cancel runs), `review` (approve or
+        /// reject runs), or `audit` (read the audit log).
         #[arg(long)]
         scope: String,
         /// Print JSON.
@@ -67,9 +71,6 @@ pub(super) struct MintArgs {
     /// Repository URL.
     #[arg(long)]
     repository: Option<String>,
-    /// Git ref.
-    #[arg(long = "ref")]
-    git_ref: Option<String>,
     /// Pull request number.
     #[arg(long)]
     pr: Option<u64>,
@@ -79,9 +80,6 @@ pub(super) struct MintArgs {
     /// Who triggered the run.
     #[arg(long)]
     triggered_by: Option<String>,
-    /// Who approved it (repeat for several).
-    #[arg(long)]
-    approved_by: Vec<String>,
     /// Print JSON (token, jti, expiry, claims).
     #[arg(long)]
     json: bool,
@@ -135,12 +133,10 @@ async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
         "run_id": args.run,
         "phase": args.phase,
         "audience": args.audience,
-        "approved_by": args.approved_by,
     });
     let optional = [
         ("commit_sha", args.commit.map(Value::from)),
         ("repository", args.repository.map(Value::from)),
-        ("ref", args.git_ref.map(Value::from)),
         ("pull_request", args.pr.map(Value::from)),
         ("ticket", args.ticket.map(Value::from)),
         ("triggered_by", args.triggered_by.map(Value::from)),

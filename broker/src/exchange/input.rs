@@ -49,6 +49,7 @@ pub(super) fn credentials_input(
             "access": match target.access { TargetAccess::Read => "read", TargetAccess::Write => "write" },
             "max_ttl_seconds": target.duration.as_secs(),
             "labels": target.labels,
+            "write_subjects": target.write_subjects,
         },
         "request": {
             "ttl_seconds": requested_ttl.map(|t| t.as_secs()),

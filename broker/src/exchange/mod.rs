@@ -44,8 +44,9 @@ use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
-use crate::store::StoreError;
+use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
+use crate::store::{Store, StoreError};
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -127,6 +128,7 @@ pub struct Exchanger {
     policies: Option<Arc<PolicyEngine>>,
     issuers: TrustedIssuers,
     log: AuditLog,
+    store: Store,
     clock: SharedClock,
     self_issuer: String,
     leeway: Duration,
@@ -143,12 +145,13 @@ impl Exchanger {
         policies: Option<Arc<PolicyEngine>>,
         issuers: TrustedIssuers,
         log: AuditLog,
+        store: Store,
         clock: SharedClock,
         self_issuer: String,
         leeway: Duration,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
-        Self { targets, keys, issuer, policies, issuers, log, clock, self_issuer, leeway }
+        Self { targets, keys, issuer, policies, issuers, log, store, clock, self_issuer, leeway }
     }
 
     /// Exchanges `request`; see the module documentation for the order of checks.
@@ -157,13 +160,16 @@ impl Exchanger {
         let now = self.clock.now();
         let caller = &request.caller;
 
-        let (subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
+        let (mut subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
             Ok(verified) => verified,
             Err(error) => {
                 self.record_refusal(caller, target, &error).await?;
                 return Err(error);
             }
         };
+        if subject.kind == SubjectKind::Run {
+            subject.run.approved_by = self.recorded_approvals(&subject.run).await?;
+        }
         let claim = single_use.then(|| TokenClaim {
             issuer: subject.issuer.clone(),
             jti: subject.replay_key.clone(),
@@ -193,6 +199,18 @@ impl Exchanger {
             requested_ttl: None,
         };
         self.grant(grant, target_config, caller).await
+    }
+
+    /// Whose approval of a run token's run counted, from the reviews the broker recorded for it:
+    /// nobody, unless the run exists and is the one the token describes (same stack and commit).
+    async fn recorded_approvals(&self, run: &subject::RunContext) -> Result<Vec<String>, ExchangeError> {
+        let recorded = RecordedRun::load(&self.store, &run.id)
+            .await
+            .map_err(|e| unavailable("the run's reviews could not be read, so nothing was issued", &e))?;
+        Ok(recorded
+            .filter(|r| r.stack == run.stack_id && run.commit_sha.as_deref() == Some(r.commit_sha.as_str()))
+            .map(|r| r.approved_by)
+            .unwrap_or_default())
     }
 
     fn target(&self, name: &str) -> Result<&TargetConfig, ExchangeError> {
@@ -467,6 +485,7 @@ impl Exchanger {
             ticket: run.ticket.clone(),
             triggered_by: run.triggered_by.clone(),
             approved_by: run.approved_by.clone(),
+            asserted_by: run.asserted_by.clone(),
             pool: run.pool.clone(),
             agent_id: run.agent_id.clone(),
             aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
@@ -580,23 +599,37 @@ impl Exchanger {
             context.ticket.clone_from(&run.ticket);
             context.triggered_by.clone_from(&run.triggered_by);
             context.approved_by.clone_from(&run.approved_by);
+            context.asserted_by.clone_from(&run.asserted_by);
             context.subject_issuer = Some(subject.issuer.clone());
             context.subject_jti = Some(subject.replay_key.clone());
             context.actor = Some(format!("exchange:{}", subject.kind.as_str()));
         }
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
-        if let Some(subject) = subject.filter(|s| s.kind == SubjectKind::Job) {
-            // Which agent asked, under which lease: the certificate and the fencing token.
-            for (claim, field) in [
-                ("sub", "agent_spiffe_id"),
-                ("agent_id", "agent_id"),
-                ("job_id", "job_id"),
-                ("fencing_token", "fencing_token"),
-            ] {
-                if let Some(value) = subject.claims.get(claim) {
-                    event = event.with(field, value.clone());
+        match subject.map(|s| (s, &s.kind)) {
+            Some((subject, SubjectKind::Job)) => {
+                // Which agent asked, under which lease: the certificate and the fencing token.
+                for (claim, field) in [
+                    ("sub", "agent_spiffe_id"),
+                    ("agent_id", "agent_id"),
+                    ("pool", "pool"),
+                    ("job_id", "job_id"),
+                    ("fencing_token", "fencing_token"),
+                ] {
+                    if let Some(value) = subject.claims.get(claim) {
+                        event = event.with(field, value.clone());
+                    }
                 }
             }
+            // Which CI job asked: the issuer's configured name and the token's own claims, so
+            // `audit trace` can name the workflow and job behind a key.
+            Some((subject, SubjectKind::Ci(name))) => {
+                event = event
+                    .with("subject_kind", "ci")
+                    .with("issuer_name", name.as_str())
+                    .with("subject_claims", Value::Object(subject::recordable_claims(&subject.claims)));
+            }
+            Some((_, SubjectKind::Run)) => event = event.with("subject_kind", "run"),
+            None => {}
         }
         if !reasons.is_empty() {
             event = event.with("reasons", reasons.to_vec());

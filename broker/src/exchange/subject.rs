@@ -44,7 +44,10 @@ pub(super) struct RunContext {
     pub(super) pull_request: Option<u64>,
     pub(super) ticket: Option<String>,
     pub(super) triggered_by: Option<String>,
+    /// Whose approval counted: recorded reviews only, filled in from the store at issuance.
     pub(super) approved_by: Vec<String>,
+    /// For a run token minted on request, the operator whose word its context rests on.
+    pub(super) asserted_by: Option<String>,
     pub(super) pool: Option<String>,
     pub(super) agent_id: Option<String>,
 }
@@ -102,12 +105,38 @@ pub struct JobSubject {
     pub ticket: Option<String>,
     /// Who submitted the run.
     pub triggered_by: String,
-    /// Who approved it (empty before the apply phase).
+    /// Whose approval counted (empty before the apply phase; never the run's author).
     pub approved_by: Vec<String>,
     /// The stack's credential targets for this phase.
     pub targets: Vec<String>,
     /// The write that holds only while the lease does; it commits with the decision.
     pub lease_guard: Write,
+}
+
+/// At most this many of a CI token's claims go into an audit entry, each value cut to
+/// [`MAX_RECORDED_VALUE`] bytes: a token's claims are the issuer's word about the job, never a
+/// secret, but an entry must stay small whatever the issuer puts in them.
+const MAX_RECORDED_CLAIMS: usize = 40;
+const MAX_RECORDED_VALUE: usize = 256;
+
+/// The scalar claims of a verified CI token worth keeping in the audit log (workflow, job,
+/// environment, …), without the timestamps every token has.
+pub(super) fn recordable_claims(claims: &Map<String, Value>) -> Map<String, Value> {
+    claims
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "iat" | "nbf" | "exp" | "aud"))
+        .filter_map(|(name, value)| {
+            let value = match value {
+                Value::String(text) => {
+                    Value::from(text.get(..text.floor_char_boundary(MAX_RECORDED_VALUE)).unwrap_or_default())
+                }
+                Value::Number(_) | Value::Bool(_) => value.clone(),
+                _ => return None,
+            };
+            Some((name.chars().take(64).collect(), value))
+        })
+        .take(MAX_RECORDED_CLAIMS)
+        .collect()
 }
 
 fn string(claims: &Map<String, Value>, name: &str) -> Option<String> {
@@ -142,11 +171,10 @@ impl Subject {
             pull_request: claims.get("pull_request").and_then(Value::as_u64),
             ticket: string(&claims, "ticket"),
             triggered_by: string(&claims, "triggered_by"),
-            approved_by: claims
-                .get("approved_by")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default(),
+            // A token's `approved_by` claim is never taken on its word: the exchange reads the
+            // run's recorded reviews instead (`Exchanger::recorded_approvals`).
+            approved_by: Vec::new(),
+            asserted_by: string(&claims, "asserted_by"),
             pool: string(&claims, "pool"),
             agent_id: string(&claims, "agent_id"),
         };
@@ -183,6 +211,7 @@ impl Subject {
             ticket: job.ticket.clone(),
             triggered_by: Some(job.triggered_by.clone()),
             approved_by: job.approved_by.clone(),
+            asserted_by: None,
             pool: Some(job.pool.clone()),
             agent_id: Some(job.agent_id.clone()),
         };
@@ -226,6 +255,7 @@ impl Subject {
             ticket: None,
             triggered_by: string(&claims, &mapping.triggered_by),
             approved_by: Vec::new(),
+            asserted_by: None,
             pool: None,
             agent_id: None,
         };
@@ -238,5 +268,27 @@ impl Subject {
             run,
             allowed_targets: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn recorded_claims_are_scalar_bounded_and_skip_timestamps() {
+        let mut claims = Map::new();
+        claims.insert("workflow".into(), json!("deploy"));
+        claims.insert("run_attempt".into(), json!(2));
+        claims.insert("exp".into(), json!(1));
+        claims.insert("groups".into(), json!(["a"]));
+        claims.insert("long".into(), json!("é".repeat(300)));
+        let recorded = recordable_claims(&claims);
+        assert_eq!(recorded.get("workflow"), Some(&json!("deploy")));
+        assert_eq!(recorded.get("run_attempt"), Some(&json!(2)));
+        assert!(recorded.get("exp").is_none() && recorded.get("groups").is_none());
+        assert!(recorded.get("long").and_then(Value::as_str).is_some_and(|v| v.len() <= MAX_RECORDED_VALUE));
     }
 }

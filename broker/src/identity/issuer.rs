@@ -116,6 +116,7 @@ fn minted_event(minted: &MintedToken, context: Context) -> AuditEvent {
         ticket: claims.ticket.clone(),
         triggered_by: claims.triggered_by.clone(),
         approved_by: claims.approved_by.clone(),
+        asserted_by: claims.asserted_by.clone(),
         ..context
     };
     AuditEvent::new(Kind::TokenMinted, claims.iat, context)

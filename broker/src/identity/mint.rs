@@ -73,8 +73,10 @@ pub struct MintRequest {
     pub ticket: Option<String>,
     /// Who triggered the run.
     pub triggered_by: Option<String>,
-    /// Who approved it.
+    /// Whose approval counted (from recorded reviews; never the run's author).
     pub approved_by: Vec<String>,
+    /// The operator whose word the run context rests on, for tokens minted on request.
+    pub asserted_by: Option<String>,
     /// Worker pool.
     pub pool: Option<String>,
     /// Agent.
@@ -182,6 +184,7 @@ impl Minter {
             ticket,
             triggered_by,
             approved_by,
+            asserted_by,
             pool,
             agent_id,
             aws_tag_keys,
@@ -209,6 +212,7 @@ impl Minter {
         optional_text("ref", git_ref.as_deref(), MAX_TEXT_LEN)?;
         optional_text("ticket", ticket.as_deref(), MAX_ID_LEN)?;
         optional_text("triggered_by", triggered_by.as_deref(), MAX_ID_LEN)?;
+        optional_text("asserted_by", asserted_by.as_deref(), MAX_ID_LEN)?;
         if let Some(pool) = &pool {
             identifier("pool", pool)?;
         }
@@ -272,6 +276,7 @@ impl Minter {
             ticket,
             triggered_by,
             approved_by,
+            asserted_by,
             pool,
             agent_id,
             aws_tags,

@@ -27,7 +27,8 @@ pub struct Decision {
     pub kind: PolicyKind,
     /// The verdict.
     pub outcome: Outcome,
-    /// Why it was refused (the policy's `deny`/`reject` messages, or the evaluation failure).
+    /// Why it was refused (the policy's `deny`/`reject` messages, or the evaluation failure); for a
+    /// pending approval, what the run waits for (`pending`).
     pub reasons: Vec<String>,
     /// `keyward.plan` warnings.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,7 +135,11 @@ impl Decision {
                     } else {
                         Outcome::Pending
                     };
-                    decision.reasons = rejections;
+                    decision.reasons = match decision.outcome {
+                        Outcome::Reject => rejections,
+                        Outcome::Pending => messages("pending")?,
+                        _ => Vec::new(),
+                    };
                 }
             }
             Ok(decision)

@@ -19,7 +19,10 @@ fn run_object() -> Value {
             "pull_request": {"type": "integer", "minimum": 1},
             "ticket": {"type": "string"},
             "triggered_by": {"type": "string"},
-            "approved_by": {"type": "array", "items": {"type": "string"}}
+            "approved_by": {
+                "type": "array", "items": {"type": "string"},
+                "description": "the approvals that count, read from the reviews the broker recorded (never from a token or a request); the run's author is never among them"
+            }
         },
         "required": ["id", "stack_id", "phase"]
     })
@@ -55,7 +58,7 @@ pub fn input_schema(kind: PolicyKind) -> Value {
                         "issuer": {"type": "string", "description": "the token's `iss`; for `job`, the agents' SPIFFE trust domain"},
                         "claims": {
                             "type": "object",
-                            "description": "every verified claim; for `job`: `sub` (the agent's SPIFFE ID), `agent_id`, `pool`, `job_id`, `fencing_token`"
+                            "description": "every verified claim; for `job`: `sub` (the agent's SPIFFE ID), `agent_id`, `pool`, `job_id`, `fencing_token`; a run token minted through `POST /v1/run-tokens` carries `asserted_by` (the API token that asked for it: its run context is that token's word)"
                         }
                     },
                     "required": ["kind", "issuer", "claims"]
@@ -69,7 +72,11 @@ pub fn input_schema(kind: PolicyKind) -> Value {
                         "type": {"enum": ["aws", "vault"]},
                         "access": {"enum": ["read", "write"]},
                         "max_ttl_seconds": {"type": "integer"},
-                        "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "write_subjects": {
+                            "type": "array", "items": {"enum": ["job", "run", "ci"]},
+                            "description": "the subject kinds the target's configuration lets obtain write credentials (default: only `job`)"
+                        }
                     },
                     "required": ["name", "type", "access"]
                 },
@@ -130,16 +137,22 @@ pub fn input_schema(kind: PolicyKind) -> Value {
                             "by": {"type": "string"},
                             "decision": {"enum": ["approve", "reject"]},
                             "at": {"type": "integer"},
-                            "comment": {"type": "string"}
+                            "comment": {"type": "string"},
+                            "author": {"type": "boolean", "description": "the reviewer submitted the run"},
+                            "counted": {"type": "boolean", "description": "false for the author's own approval, which never counts"}
                         },
-                        "required": ["by", "decision"]
+                        "required": ["by", "decision", "author", "counted"]
                     }
                 },
                 "target_labels": {"type": "object", "additionalProperties": {"type": "string"}},
                 "time": time_object()
             }),
             vec!["run", "approvals", "time"],
-            json!({"approve": "boolean; the run may apply", "reject": "set of strings; the run is rejected"}),
+            json!({
+                "approve": "boolean; the run may apply",
+                "reject": "set of strings; the run is rejected",
+                "pending": "set of strings; while neither, what the run waits for (shown by `run show` and `--wait`)"
+            }),
         ),
     };
     json!({

@@ -72,7 +72,7 @@ fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
     match kind {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
         PolicyKind::Run | PolicyKind::Plan => &["deny", "warn"],
-        PolicyKind::Approval => &["approve", "reject"],
+        PolicyKind::Approval => &["approve", "reject", "pending"],
     }
 }
 

@@ -59,8 +59,10 @@ pub(super) fn plan_input(run: &RunRow, stack: &Stack, plan: Value, now: i64) -> 
     })
 }
 
-/// The `keyward.approval` input: the run, every review so far, and the labels of what applying
-/// it will touch (the stack's labels, overlaid by its apply targets' labels).
+/// The `keyward.approval` input: the run (whose `approved_by` holds only the approvals that
+/// count), every review so far (each saying whether its reviewer is the run's author and whether
+/// it counts), and the labels of what applying it will touch (the stack's labels, overlaid by its
+/// apply targets' labels).
 pub(super) fn approval_input(
     run: &RunRow,
     stack: &Stack,
@@ -68,11 +70,13 @@ pub(super) fn approval_input(
     target_labels: Map<String, Value>,
     now: i64,
 ) -> Value {
-    let approved_by = super::approvers(reviews);
-    let approvals: Vec<Value> = reviews
-        .iter()
-        .map(|r| {
-            let mut review = json!({"by": r.reviewer, "decision": r.decision, "at": r.at});
+    let approved_by = super::reviews::counted_approvers(&run.triggered_by, reviews);
+    let approvals: Vec<Value> = super::reviews::judge(&run.triggered_by, reviews)
+        .into_iter()
+        .map(|judged| {
+            let r = judged.review;
+            let mut review =
+                json!({"by": r.reviewer, "decision": r.decision, "at": r.at, "author": judged.author, "counted": judged.counted});
             if let (Some(comment), Some(object)) = (&r.comment, review.as_object_mut()) {
                 object.insert("comment".to_owned(), json!(comment));
             }

@@ -423,8 +423,11 @@ impl Runs {
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let approved_by =
-            if job.phase == "apply" { super::approvers(&self.store.reviews(&run.id).await?) } else { Vec::new() };
+        let approved_by = if job.phase == "apply" {
+            super::reviews::counted_approvers(&run.triggered_by, &self.store.reviews(&run.id).await?)
+        } else {
+            Vec::new()
+        };
         Ok(HeldJob { job, run, stack, approved_by, lease_expires_at })
     }
 
@@ -533,7 +536,7 @@ impl Runs {
                 (RunState::Applying, Some("applied without review: the approval policy allows it".to_owned()))
             }
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
-            _ => (RunState::Planned, None),
+            _ => (RunState::Planned, Some(super::waiting_detail(&decision.reasons))),
         }
     }
 }

@@ -11,6 +11,7 @@ mod input;
 mod jobs;
 mod kind;
 mod plans;
+pub mod reviews;
 mod signals;
 mod source;
 mod spec;
@@ -123,6 +124,11 @@ pub struct ReviewView {
     pub comment: Option<String>,
     /// When.
     pub at: i64,
+    /// Whether it counts towards approval (the run's author's approval never does).
+    pub counted: bool,
+    /// Why it does not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
 }
 
 /// One job.
@@ -192,7 +198,7 @@ pub struct ReviewOutcome {
     pub run: RunView,
     /// `approve`, `reject` or `pending`: the approval policy's conclusion.
     pub approval: Outcome,
-    /// The policy's reasons (rejections), if any.
+    /// The policy's reasons: why it rejected, or what the run still waits for.
     pub reasons: Vec<String>,
 }
 
@@ -398,6 +404,11 @@ impl Runs {
         Ok(self.store.runs(stack, limit.clamp(1, 1000)).await?.into_iter().map(|run| view(run, &[], &[])).collect())
     }
 
+    /// The run `id`'s facts as recorded (with the approvals that count), if it exists.
+    pub async fn recorded(&self, id: &str) -> Result<Option<reviews::RecordedRun>, RunError> {
+        Ok(reviews::RecordedRun::load(&self.store, id).await?)
+    }
+
     async fn run_row(&self, id: &str) -> Result<RunRow, RunError> {
         self.store.run(id).await?.ok_or_else(|| RunError::NotFound(format!("no run with ID `{id}`")))
     }
@@ -446,15 +457,19 @@ impl Runs {
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
-            _ => (RunState::Planned, None),
+            _ => (RunState::Planned, Some(waiting_detail(&decision.reasons))),
         };
+        let judged = reviews::judge(&run.triggered_by, std::slice::from_ref(&review));
+        let note = judged.first().and_then(|j| j.note);
         writes.push(transition(&run, next, detail.clone(), now));
         let mut context = run_context(&run, &stack, "apply", who, caller);
-        context.approved_by = approvers(&reviews);
+        context.approved_by = reviews::counted_approvers(&run.triggered_by, &reviews);
         let mut events = vec![
             AuditEvent::new(Kind::RunReviewed, now, context.clone())
                 .with("decision", verdict.as_str())
                 .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
+                .with("counted", note.is_none())
+                .with("note", note.map_or(Value::Null, Value::from))
                 .with("approval", outcome_name(decision.outcome))
                 .with("reasons", decision.reasons.clone())
                 .with("policy_digest", decision.policy_digest.as_str()),
@@ -541,6 +556,15 @@ fn json_text<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// A planned run's detail: what it waits for, in the approval policy's words.
+fn waiting_detail(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "waiting for approval (the approval policy gave no reason)".to_owned()
+    } else {
+        format!("waiting for approval: {}", reasons.join("; "))
+    }
+}
+
 fn parse_state(state: &str) -> Result<RunState, RunError> {
     state.parse().map_err(|e: UnknownState| RunError::Store(StoreError::Corrupt(e.to_string())))
 }
@@ -572,11 +596,6 @@ fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> W
     )
 }
 
-/// Who approved, in review order: the `approve` reviews' reviewers.
-fn approvers(reviews: &[ReviewRow]) -> Vec<String> {
-    reviews.iter().filter(|r| r.decision == "approve").map(|r| r.reviewer.clone()).collect()
-}
-
 fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {
     Context {
         run_id: Some(run.id.clone()),
@@ -601,6 +620,17 @@ fn state_event(context: &Context, from: RunState, to: RunState, detail: Option<&
 }
 
 fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
+    let reviews = reviews::judge(&run.triggered_by, reviews)
+        .into_iter()
+        .map(|judged| ReviewView {
+            by: judged.review.reviewer.clone(),
+            decision: judged.review.decision.clone(),
+            comment: judged.review.comment.clone(),
+            at: judged.review.at,
+            counted: judged.counted,
+            note: judged.note,
+        })
+        .collect();
     RunView {
         id: run.id,
         stack: run.stack,
@@ -615,15 +645,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
         detail: run.detail,
         created_at: run.created_at,
         updated_at: run.updated_at,
-        reviews: reviews
-            .iter()
-            .map(|r| ReviewView {
-                by: r.reviewer.clone(),
-                decision: r.decision.clone(),
-                comment: r.comment.clone(),
-                at: r.at,
-            })
-            .collect(),
+        reviews,
         jobs: jobs
             .iter()
             .map(|j| JobView {
