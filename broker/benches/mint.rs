@@ -55,6 +55,7 @@ fn request() -> MintRequest {
         ticket: Some("CHG-20261123-042".into()),
         triggered_by: Some("alice@example.com".into()),
         approved_by: vec!["bob@example.com".into(), "carol@example.com".into()],
+        asserted_by: None,
         pool: Some("prod-eu".into()),
         agent_id: Some("agent-7f3a".into()),
         aws_tag_keys: None,

@@ -35,6 +35,7 @@ fn event(i: usize) -> AuditEvent {
         ticket: Some("CHG-7".into()),
         triggered_by: Some("alice".into()),
         approved_by: vec!["bob".into(), "carol".into()],
+        asserted_by: None,
         actor: Some("exchange:https://keyward.example.com".into()),
         subject_issuer: Some("https://keyward.example.com".into()),
         subject_jti: Some(format!("01a2071d-177e-7b78-b2dc-{i:012}")),

@@ -26,7 +26,7 @@ async fn start(dir: &Path, sts_endpoint: &str, vault: &str) -> Broker {
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\", \"vault\"]\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
-         labels = {{ env = \"dev\" }}\n\
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"job\", \"run\"]\n\
          [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{vault}\"\n\
          role = \"network\"\nkv_reads = [{{ mount = \"secret\", path = \"network/db\" }}]\n",
         workspace_root().join("policies").display()
@@ -39,7 +39,7 @@ async fn run_token(broker: &Broker, run_id: &str, phase: &str) -> String {
     let body = json!({
         "stack": "network", "run_id": run_id, "phase": phase, "audience": broker.addr, "commit_sha": "0123abc",
         "ref": "refs/heads/main", "repository": "https://git.example.com/platform/infra.git", "pull_request": 42,
-        "ticket": "CHG-7", "triggered_by": "alice", "approved_by": ["bob"],
+        "ticket": "CHG-7", "triggered_by": "alice",
     });
     let (status, minted) = broker.mint_raw(&body, Some(&broker.admin_token)).await;
     assert_eq!(status, 201, "{minted}");
@@ -104,7 +104,8 @@ async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
             "commit 0123abc",
             "PR #42",
             "ticket CHG-7",
-            "triggered by alice; approved by bob",
+            "submitted  by alice",
+            "asserted   by bootstrap-admin",
             "token.minted",
             "aud sts.amazonaws.com",
             "aud vault",

@@ -22,6 +22,7 @@ async fn start(dir: &Path) -> Broker {
          [tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{APPLY_ROLE}\"\n\
          mode = \"worker\"\nduration = \"1h\"\nregion = \"eu-west-1\"\nlabels = {{ env = \"dev\" }}\n\
+         write_subjects = [\"job\", \"run\"]\n\
          [[targets]]\nname = \"network-read\"\ntype = \"aws\"\naccess = \"read\"\n\
          role_arn = \"arn:aws:iam::123456789012:role/network-read\"\nmode = \"worker\"\nduration = \"1h\"\n",
         workspace_root().join("policies").display()
@@ -37,7 +38,7 @@ async fn run_token(broker: &Broker, run_id: &str, phase: &str, git_ref: &str) ->
             &json!({
                 "stack": "network", "run_id": run_id, "phase": phase, "audience": broker.addr,
                 "commit_sha": "0123abc", "ref": git_ref, "repository": "https://git.example.com/infra.git",
-                "triggered_by": "alice", "approved_by": ["bob"],
+                "triggered_by": "alice",
             }),
             Some(&broker.admin_token),
         )

@@ -24,10 +24,10 @@ async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts_endpoint}\"\nduration = \"1h\"\nmode = \"broker\"\n\
-         labels = {{ env = \"dev\" }}\n\
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"job\", \"run\"]\n\
          [[targets]]\nname = \"network-worker\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          sts_endpoint = \"{sts_endpoint}\"\nduration = \"30m\"\nmode = \"worker\"\n\
-         session_tags = [\"run\", \"commit\"]\nsource_identity = \"first_approver\"\n",
+         session_tags = [\"run\", \"commit\"]\nsource_identity = \"first_approver\"\nwrite_subjects = [\"run\"]\n",
         workspace_root().join("policies").display()
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
@@ -37,7 +37,7 @@ async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
 async fn apply_token(broker: &Broker, run_id: &str) -> String {
     let body = json!({
         "stack": "network", "run_id": run_id, "phase": "apply", "audience": broker.addr, "commit_sha": "0123abc",
-        "ref": "refs/heads/main", "pull_request": 42, "ticket": "CHG-7", "triggered_by": "alice", "approved_by": ["bob"],
+        "ref": "refs/heads/main", "pull_request": 42, "ticket": "CHG-7", "triggered_by": "alice",
     });
     let (status, minted) = broker.mint_raw(&body, Some(&broker.admin_token)).await;
     assert_eq!(status, 201, "{minted}");
@@ -154,7 +154,8 @@ async fn keyward_creds_aws_prints_credential_process_json_and_env_lines() {
     let verdict = broker.pyjwt_verify(sent.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
     let tags = &verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"];
     assert_eq!(tags.as_object().unwrap().keys().collect::<Vec<_>>(), ["commit", "run"], "{verdict}");
-    assert_eq!(verdict["claims"]["https://aws.amazon.com/source_identity"], "bob", "the first approver");
+    // No review was recorded for this run, so there is no approver: the submitter stands behind it.
+    assert_eq!(verdict["claims"]["https://aws.amazon.com/source_identity"], "alice", "nobody approved");
 
     // A refused exchange is a non-zero exit with the broker's reason and nothing on stdout.
     std::fs::write(&token_file, "not-a-token").unwrap();

@@ -49,7 +49,7 @@ fn outputs(kind: PolicyKind, document: &Value) -> Value {
     let rules: &[&str] = match kind {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
         PolicyKind::Run | PolicyKind::Plan => &["deny", "warn"],
-        PolicyKind::Approval => &["approve", "reject"],
+        PolicyKind::Approval => &["approve", "reject", "pending"],
     };
     let mut out = serde_json::Map::new();
     for rule in rules {

@@ -18,8 +18,8 @@ use crate::identity::keyring::KeyRingError;
 use crate::identity::mint::MintRequest;
 use crate::runs::reviews::RecordedRun;
 
-/// `POST /v1/run-tokens` body. Approvals and the ref are not the caller's to say: they are
-/// accepted only to refuse them with a reason (see [`run_context`]).
+/// `POST /v1/run-tokens` body. Approvals are not the caller's to say: `approved_by` is accepted
+/// only to refuse it with a reason (see [`run_context`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MintBody {
@@ -53,21 +53,15 @@ pub(super) struct MintBody {
 
 /// The run context of a token minted on request, and whose word it rests on (`asserted_by`).
 ///
-/// Approvals are the reviews the broker recorded and the ref is what it resolved at submit, so
-/// neither can be asserted. For a run the broker recorded, every fact comes from the record (with
-/// the approvals that count) and the body may only repeat it; for any other run ID the facts are
-/// the caller's word, and the token says so.
+/// Approvals are the reviews the broker recorded, so they cannot be asserted. For a run the broker
+/// recorded, every fact (ref and counted approvals included) comes from the record and the body
+/// may only repeat it; for any other run ID the facts — the ref too — are the caller's word, and
+/// the token says whose (`asserted_by`), so policies can tell them from a tracked job's.
 fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) -> Result<MintRequest, ApiError> {
     if body.approved_by.is_some_and(|a| !a.is_empty()) {
         return Err(ApiError::invalid_request(
             "`approved_by` cannot be asserted: approvals are the reviews the broker recorded for the run \
              (`keyward run approve`), and a token minted for a recorded run carries the ones that count",
-        ));
-    }
-    if body.git_ref.is_some() {
-        return Err(ApiError::invalid_request(
-            "`ref` cannot be asserted: it is the branch the broker resolved the run's commit from at submit, \
-             and a token minted for a recorded run carries it",
         ));
     }
     let phase = body
@@ -83,7 +77,7 @@ fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) ->
         ttl: body.ttl_seconds.map(Duration::from_secs),
         repository: body.repository.clone(),
         commit_sha: body.commit_sha.clone(),
-        git_ref: None,
+        git_ref: body.git_ref.clone(),
         pull_request: body.pull_request,
         ticket: body.ticket.clone(),
         triggered_by: body.triggered_by.clone(),
@@ -108,6 +102,7 @@ fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) ->
         same("repository", body.repository, Some(&run.repository))?;
         same("commit_sha", body.commit_sha, Some(&run.commit_sha))?;
         same("ticket", body.ticket, run.ticket.as_deref())?;
+        same("ref", body.git_ref, run.git_ref.as_deref())?;
         same("triggered_by", body.triggered_by, Some(&run.triggered_by))?;
         let recorded_pr = run.pull_request.map(|n| n.to_string());
         same("pull_request", body.pull_request.map(|n| n.to_string()), recorded_pr.as_deref())?;

@@ -131,6 +131,11 @@ pub fn main() -> std::process::ExitCode {
             eprintln!("{error}");
             std::process::ExitCode::from(2)
         }
+        // `run submit --wait` stopped at a run that waits for approval: exit 3.
+        Err(error) if error.downcast_ref::<run::AwaitingApproval>().is_some() => {
+            eprintln!("{error}");
+            std::process::ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             std::process::ExitCode::FAILURE

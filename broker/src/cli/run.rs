@@ -33,7 +33,8 @@ pub(super) enum RunCommand {
         /// that never applies. With `--wait`, exits 2 when it finds drift.
         #[arg(long)]
         drift: bool,
-        /// Follow the run until it finishes or waits for approval.
+        /// Follow the run until it finishes or waits for approval. Exits 0 when it finished,
+        /// 1 when it failed, 2 when a drift check found drift, 3 when it waits for approval.
         #[arg(long)]
         wait: bool,
         /// With `--wait`: give up waiting after this long (e.g. `10m`), exiting non-zero; the
@@ -157,6 +158,14 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
                 if run.get("drift").and_then(Value::as_bool) == Some(true) {
                     return Err(DriftFound(format!("drift found by run {id}: {}", text(&run, "detail"))).into());
                 }
+                if text(&run, "state") == "planned" {
+                    return Err(AwaitingApproval(format!(
+                        "run {id} is planned and {}; a token with the `review` scope approves it: \
+                         `keyward run approve {id}`",
+                        waiting_for(&run)
+                    ))
+                    .into());
+                }
             }
         }
         RunCommand::Show { id, json, connection } => {
@@ -234,7 +243,15 @@ async fn review(args: ReviewArgs, verdict: &str, env: &dyn Fn(&str) -> Option<St
             let reasons: Vec<&str> = items(&outcome, "reasons").filter_map(Value::as_str).collect();
             println!("recorded; the approval policy rejects ({}): run {id} is {state}", reasons.join("; "));
         }
-        _ => println!("recorded; the approval policy is not satisfied yet: run {id} stays {state}"),
+        _ => {
+            let uncounted =
+                outcome.get("run").into_iter().flat_map(|run| items(run, "reviews")).any(|r| {
+                    r.get("counted").and_then(Value::as_bool) == Some(false) && text(r, "decision") == verdict
+                });
+            let reasons: Vec<&str> = items(&outcome, "reasons").filter_map(Value::as_str).collect();
+            let own = if uncounted { " (the run's author's own approval does not count)" } else { "" };
+            println!("recorded{own}; run {id} stays {state}, waiting for approval: {}", reasons.join("; "));
+        }
     }
     Ok(())
 }
@@ -376,6 +393,30 @@ fn failed(run: &Value) -> bool {
 #[error("{0}")]
 pub(super) struct DriftFound(String);
 
+/// A run that planned and now waits for reviews, for the exit code (3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct AwaitingApproval(String);
+
+/// What a planned run waits for, from its detail (the approval policy's `pending` messages).
+fn waiting_for(run: &Value) -> String {
+    let detail = text(run, "detail");
+    if detail.starts_with("waiting for approval") { detail.to_owned() } else { "waiting for approval".to_owned() }
+}
+
+/// A job's sandbox in one line: the isolation and the names of its layers (whole in `--json`).
+fn isolation_line(job: &Value) -> String {
+    let layers: Vec<&str> = items(job, "layers")
+        .filter_map(Value::as_str)
+        .map(|layer| layer.split_once(':').map_or(layer, |(name, _)| name).trim())
+        .collect();
+    if layers.is_empty() {
+        text(job, "isolation").to_owned()
+    } else {
+        format!("{}: {}", text(job, "isolation"), layers.join(", "))
+    }
+}
+
 fn print_run(run: &Value) {
     println!("run {}", text(run, "id"));
     println!("  stack         {}", text(run, "stack"));
@@ -387,8 +428,10 @@ fn print_run(run: &Value) {
         };
         println!("  kind          drift check ({found})");
     }
-    println!("  state         {}", text(run, "state"));
-    if !text(run, "detail").is_empty() {
+    println!("  state         {} (since {})", text(run, "state"), date(run.get("updated_at")));
+    if text(run, "state") == "planned" {
+        println!("  waiting       {}", waiting_for(run));
+    } else if !text(run, "detail").is_empty() {
         println!("  detail        {}", text(run, "detail"));
     }
     println!("  commit        {}", text(run, "commit_sha"));
@@ -401,22 +444,35 @@ fn print_run(run: &Value) {
     if !text(run, "ticket").is_empty() {
         println!("  ticket        {}", text(run, "ticket"));
     }
-    println!("  triggered by  {}", text(run, "triggered_by"));
+    println!("  submitted by  {} at {}", text(run, "triggered_by"), date(run.get("created_at")));
+    let approvers: Vec<&str> = items(run, "reviews")
+        .filter(|r| text(r, "decision") == "approve" && r.get("counted").and_then(Value::as_bool) == Some(true))
+        .map(|r| text(r, "by"))
+        .collect();
+    println!("  approved by   {}", if approvers.is_empty() { "nobody yet".to_owned() } else { approvers.join(", ") });
     for review in items(run, "reviews") {
         let comment = text(review, "comment");
+        let counted = match review.get("counted").and_then(Value::as_bool) {
+            Some(false) => format!(" (not counted: {})", text(review, "note")),
+            _ => String::new(),
+        };
         println!(
-            "  review        {} by {}{}",
+            "  review        {} by {} at {}{counted}{}",
             text(review, "decision"),
             text(review, "by"),
+            date(review.get("at")),
             if comment.is_empty() { String::new() } else { format!(": {comment}") }
         );
     }
     for job in items(run, "jobs") {
         println!("  job           {} {} ({})", text(job, "phase"), text(job, "state"), text(job, "id"));
         if !text(job, "isolation").is_empty() {
-            let layers: Vec<&str> = items(job, "layers").filter_map(Value::as_str).collect();
-            let layers = if layers.is_empty() { String::new() } else { format!(": {}", layers.join(", ")) };
-            println!("    isolation   {}{layers}", text(job, "isolation"));
+            println!("    isolation   {}", isolation_line(job));
         }
     }
+}
+
+/// RFC 3339 UTC for a Unix time in a JSON value.
+fn date(unix: Option<&Value>) -> String {
+    unix.and_then(Value::as_i64).map_or_else(|| "-".to_owned(), crate::clock::rfc3339)
 }

@@ -71,6 +71,9 @@ pub(super) struct MintArgs {
     /// Repository URL.
     #[arg(long)]
     repository: Option<String>,
+    /// Git ref (for a run the broker recorded, it must match the record).
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
     /// Pull request number.
     #[arg(long)]
     pr: Option<u64>,
@@ -137,6 +140,7 @@ async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
     let optional = [
         ("commit_sha", args.commit.map(Value::from)),
         ("repository", args.repository.map(Value::from)),
+        ("ref", args.git_ref.map(Value::from)),
         ("pull_request", args.pr.map(Value::from)),
         ("ticket", args.ticket.map(Value::from)),
         ("triggered_by", args.triggered_by.map(Value::from)),

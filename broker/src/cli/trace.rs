@@ -237,7 +237,7 @@ mod tests {
     }
 
     fn entries() -> Vec<Value> {
-        let mut review = |seq, who: &str, counted: bool| {
+        let review = |seq, who: &str, counted: bool| {
             let mut c = context("apply", &[]);
             c["actor"] = json!(who);
             json!({"seq": seq, "at": 1, "kind": "run.reviewed", "context": c,
