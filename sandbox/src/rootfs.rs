@@ -340,6 +340,8 @@ fn attach(tree: Option<OwnedFd>, source: &Path, dst: &Path, recursive: bool) -> 
         return mount(Some(&src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(sys("bind", source));
     };
     crate::sys::move_mount(tree.as_fd(), &cstring(dst)?).map_err(sys("move_mount", source))?;
+    // Still a peer of the host mount it was cloned from: private, so nothing mounted on it in
+    // here (an extra inside the work dir) propagates back to the host.
     mount(None::<&str>, dst, None::<&str>, MsFlags::MS_PRIVATE | rec, None::<&str>).map_err(sys("make private", source))
 }
 
@@ -419,5 +421,20 @@ mod tests {
         let dev_at =
             plan.entries.iter().position(|e| matches!(e, Entry::Tmpfs { path, .. } if path == Path::new("/dev")));
         assert!(dev_at.unwrap() < proc_at);
+    }
+
+    #[test]
+    fn shows_only_what_is_bound_at_its_own_path() {
+        let mut spec = Spec::new(vec!["true".into()], "/tmp".into(), "/status.json".into());
+        spec.work_dir = std::env::temp_dir();
+        let mut plan = Plan::for_spec(&spec).unwrap();
+        assert!(plan.shows(Path::new("/usr/bin/env")));
+        assert!(plan.shows(&spec.work_dir.join("src/main.tf")));
+        assert!(!plan.shows(Path::new("/root/bin/terraform")));
+        // /etc entries are binds of other paths (resolv.conf -> /run/...): not "at their path".
+        assert!(!plan.shows(Path::new("/etc/shadow")));
+        plan.bind_program(Path::new("/root/bin/terraform"));
+        assert!(plan.shows(Path::new("/root/bin/terraform")));
+        assert!(!plan.shows(Path::new("/root/bin/other")));
     }
 }
