@@ -3,17 +3,19 @@
 //!
 //! Process tree and who does what:
 //! - **jailer** (host namespaces, host credentials, single-threaded): reads the spec, creates
-//!   the job cgroup, plans the root, clones the init into new namespaces, writes the init's id
-//!   maps and puts it into the cgroup while it waits on a pipe, then supervises: deadline,
-//!   cancellation signals, exit status, limit events, status file, cgroup removal.
+//!   the job cgroup, plans the root, finds the program (`program`) and opens every bind source
+//!   (`sources`) while it still has the agent's rights, clones the init into new namespaces,
+//!   writes the init's id maps and puts it into the cgroup while it waits on a pipe, then
+//!   supervises: deadline, cancellation signals, exit status, limit events, status file,
+//!   cgroup removal.
 //! - **init** (PID 1 of the job's PID namespace, root of its user namespace): becomes uid 0,
-//!   enters a cgroup namespace, sets the hostname, brings `lo` up, builds the root and pivots
-//!   into it, forks the program, drops its own capabilities and reaps every process in the
-//!   namespace until the program exits. When it exits, the kernel kills everything left in the
+//!   enters a cgroup namespace, sets the hostname, brings `lo` up, builds the root from the
+//!   jailer's descriptors and pivots into it, forks the program, drops its own capabilities
+//!   and reaps every process in the namespace until the program exits. When it exits, the kernel kills everything left in the
 //!   namespace (background processes do not outlive the job).
 //! - **program** (child of the init): new session, rlimits, no capabilities, `no_new_privs`,
-//!   `cwd`, Landlock, close-on-exec for every fd but 0/1/2, seccomp, `execve` with exactly
-//!   `spec.env`.
+//!   `cwd`, Landlock, close-on-exec for every fd but 0/1/2, seccomp, `execve` of the program
+//!   the jailer found, with exactly `spec.env`.
 //!
 //! The init and the program report layers and failures to the jailer over a close-on-exec pipe
 //! (`report`); only the jailer writes to the job's stderr or the status file.
@@ -36,8 +38,10 @@ use nix::unistd::Pid;
 
 use crate::cgroup::{self, Controller, JobCgroup};
 use crate::namespaces::{self, HostIds};
+use crate::program::{self, Program};
 use crate::report::{self, Reporter};
 use crate::rootfs::{self, Plan};
+use crate::sources::Sources;
 use crate::spec::{self, Layer, MAX_SPEC_BYTES, Spec};
 use crate::status::{Reason, Status};
 use crate::{landlock_rules, limits, privileges, seccomp, sys};
@@ -48,8 +52,6 @@ pub const EXIT_SETUP_FAILED: i32 = 125;
 pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// Exit code when the program was not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
-
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// A setup step failed: `"layer: why"`.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,14 @@ fn supervise(spec: &Spec, status: &mut Status, job_cgroup: &mut Option<JobCgroup
     namespaces::chown_work_dir(&spec.work_dir, ids).map_err(setup("user namespace"))?;
     namespaces::drop_supplementary_groups(ids).map_err(setup("user namespace"))?;
     *job_cgroup = cgroup_for(spec, status)?;
-    let plan = Plan::for_spec(spec).map_err(setup("rootfs"))?;
+    let mut plan = Plan::for_spec(spec).map_err(setup("rootfs"))?;
+    // With the agent's rights, before the switch: the sandbox's uid may not be able to reach
+    // the program or a bind source by path (a clone under /root, mode 0700).
+    let program = program::resolve(spec, |path| plan.shows(path)).map_err(|e| (e.exit_code(), at("exec")(e)))?;
+    if let Some(file) = &program.bind {
+        plan.bind_program(file);
+    }
+    let sources = Sources::open(&plan, ids.jailer_is_root).map_err(setup("rootfs"))?;
 
     let mut signals = SigSet::empty();
     for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -141,9 +150,13 @@ fn supervise(spec: &Spec, status: &mut Status, job_cgroup: &mut Option<JobCgroup
     let init = match sys::clone_process(namespaces::clone_flags(spec.network)) {
         Ok(sys::Forked::Child) => {
             drop((sync_w, report_r, signal_fd));
-            init(spec, &plan, sync_r, report_w)
+            init(spec, &plan, &program, sources, sync_r, report_w)
         }
-        Ok(sys::Forked::Parent(pid)) => pid,
+        Ok(sys::Forked::Parent(pid)) => {
+            // The init has its own copies; the detached mounts live until it attaches them.
+            drop(sources);
+            pid
+        }
         Err(e) => {
             return Err(setup("namespaces")(format!(
                 "clone(user, mount, pid, ipc, uts{}): {e} (are user namespaces enabled? \
@@ -305,13 +318,13 @@ fn wait_for(init: Pid, signal_fd: &SignalFd, deadline_ms: Option<u64>) -> Result
 }
 
 /// The init (PID 1 of the job's namespaces). Never returns.
-fn init(spec: &Spec, plan: &Plan, sync_r: OwnedFd, report_w: OwnedFd) -> ! {
+fn init(spec: &Spec, plan: &Plan, program: &Program, sources: Sources, sync_r: OwnedFd, report_w: OwnedFd) -> ! {
     let mut reporter = Reporter::new(report_w);
-    match init_setup(spec, plan, sync_r, &mut reporter) {
-        Ok(program) => {
+    match init_setup(spec, plan, program, sources, sync_r, &mut reporter) {
+        Ok(child) => {
             // Nothing below needs privileges: drop them in case anything could reach this process.
             let _ = privileges::drop_capabilities();
-            reap(program, &mut reporter);
+            reap(child, &mut reporter);
             sys::exit_now(0)
         }
         Err((code, e)) => {
@@ -321,7 +334,14 @@ fn init(spec: &Spec, plan: &Plan, sync_r: OwnedFd, report_w: OwnedFd) -> ! {
     }
 }
 
-fn init_setup(spec: &Spec, plan: &Plan, sync_r: OwnedFd, reporter: &mut Reporter) -> Result<Pid, Failure> {
+fn init_setup(
+    spec: &Spec,
+    plan: &Plan,
+    program: &Program,
+    sources: Sources,
+    sync_r: OwnedFd,
+    reporter: &mut Reporter,
+) -> Result<Pid, Failure> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(setup("init"))?;
     privileges::die_with_parent().map_err(setup("privileges"))?;
     // Wait for the id maps and the cgroup. EOF means the jailer failed or died: it reports.
@@ -341,13 +361,14 @@ fn init_setup(spec: &Spec, plan: &Plan, sync_r: OwnedFd, reporter: &mut Reporter
     }
     drop(sync_r);
     namespaces::configure_inside(spec).map_err(setup("namespaces"))?;
-    rootfs::enter(plan).map_err(setup("rootfs"))?;
+    // Consumes the jailer's detached mounts: none is open any more when the program is forked.
+    rootfs::enter(plan, sources).map_err(setup("rootfs"))?;
     reporter.layer(&plan.describe());
     // Not dumpable: the program cannot open /proc/1/mem or /proc/1/fd (nor ptrace it; seccomp
     // and Landlock also forbid that).
     nix::sys::prctl::set_dumpable(false).map_err(setup("privileges"))?;
     match sys::clone_process(0) {
-        Ok(sys::Forked::Child) => program(spec, plan, reporter),
+        Ok(sys::Forked::Child) => run_program(spec, plan, program, reporter),
         Ok(sys::Forked::Parent(pid)) => Ok(pid),
         Err(e) => Err(setup("init")(format!("fork: {e}"))),
     }
@@ -366,13 +387,13 @@ fn reap(program: Pid, reporter: &mut Reporter) {
 }
 
 /// The program process: final hardening, then `execve`. Never returns.
-fn program(spec: &Spec, plan: &Plan, reporter: &mut Reporter) -> ! {
-    let Err((code, e)) = program_setup(spec, plan, reporter);
+fn run_program(spec: &Spec, plan: &Plan, program: &Program, reporter: &mut Reporter) -> ! {
+    let Err((code, e)) = program_setup(spec, plan, program, reporter);
     reporter.failed(code, &e.to_string());
     sys::exit_now(code)
 }
 
-fn program_setup(spec: &Spec, plan: &Plan, reporter: &mut Reporter) -> Result<Infallible, Failure> {
+fn program_setup(spec: &Spec, plan: &Plan, program: &Program, reporter: &mut Reporter) -> Result<Infallible, Failure> {
     privileges::die_with_parent().map_err(setup("privileges"))?;
     privileges::new_session_and_signals().map_err(setup("privileges"))?;
     reporter.layer("new session; parent-death signal SIGKILL");
@@ -390,7 +411,7 @@ fn program_setup(spec: &Spec, plan: &Plan, reporter: &mut Reporter) -> Result<In
         Err(e) => return Err(setup("landlock")(required(spec, e))),
     }
 
-    let ExecArgs { argv, envp, candidates } = exec_args(spec).map_err(setup("exec"))?;
+    let ExecArgs { argv, envp, candidates } = exec_args(spec, program).map_err(setup("exec"))?;
     privileges::cloexec_all_but_stdio().map_err(setup("fds"))?;
     reporter.layer("fds: only 0, 1, 2 survive exec; stdin is /dev/null");
 
@@ -446,18 +467,15 @@ struct ExecArgs {
     candidates: Vec<CString>,
 }
 
-/// Built before seccomp and exec; the program is looked up like execvp does, but inside the
-/// sandbox and with the job's `PATH`.
-fn exec_args(spec: &Spec) -> Result<ExecArgs, Errno> {
+/// Built before seccomp and exec; the candidates are the jailer's lookup (`program`).
+fn exec_args(spec: &Spec, program: &Program) -> Result<ExecArgs, Errno> {
     let c = |s: String| CString::new(s).map_err(|_| Errno::EINVAL);
     let argv = spec.argv.iter().cloned().map(c).collect::<Result<Vec<_>, _>>()?;
     let envp = spec.env.iter().map(|(k, v)| c(format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
-    let program = spec.argv.first().ok_or(Errno::EINVAL)?;
-    let candidates = if program.contains('/') {
-        vec![c(program.clone())?]
-    } else {
-        let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
-        path.split(':').filter(|d| !d.is_empty()).map(|d| c(format!("{d}/{program}"))).collect::<Result<_, _>>()?
-    };
+    let candidates = program
+        .candidates
+        .iter()
+        .map(|path| CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL))
+        .collect::<Result<_, _>>()?;
     Ok(ExecArgs { argv, envp, candidates })
 }

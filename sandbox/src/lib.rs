@@ -36,7 +36,12 @@
 //!    paths, no bind of `/` or of a parent of a system path, status file outside every bind,
 //!    env names, limits ≠ 0); reopen stdin on `/dev/null`; mark inherited fds close-on-exec.
 //!    When root, clear the jailer's supplementary groups and chown the work dir tree (without
-//!    following symlinks) to the sandbox's host uid.
+//!    following symlinks) to the sandbox's host uid. Then, still with the agent's rights
+//!    (the sandbox's uid may not traverse a 0700 `/root`): find the program like `execvp`
+//!    with the job's `PATH` (`program`; candidates beneath the work dir or relative are left
+//!    to the sandbox), and, when root, open every bind source, the program's file included
+//!    when it is outside the sandbox's view, as a detached mount (`sources`: `O_PATH |
+//!    O_NOFOLLOW`, checked against the canonical path, `open_tree(OPEN_TREE_CLONE)`).
 //! 2. **Cgroup** (`cgroup`): for each limit that is set, a job cgroup nested under the jailer's
 //!    own (v2 where the controller is on v2, else v1): `memory.limit_in_bytes` +
 //!    `memory.memsw.limit_in_bytes` (v1) or `memory.max` + `memory.swap.max=0` +
@@ -53,8 +58,11 @@
 //! 4. **Minimal root** (`rootfs`): tmpfs root; read-only binds of `/usr`, `/lib*`, a short
 //!    list of `/etc` entries (never `shadow`, `gshadow`, `ssl/private`); `/bin`-style symlinks
 //!    recreated; minimal `/dev`; new `/proc`; private `/tmp`; the work dir read-write and the
-//!    `read_only` extras read-only at their own paths; everything `nosuid,nodev`, read-only
-//!    binds made read-only recursively; `pivot_root` and detach the host root. *Defends
+//!    `read_only` extras read-only at their own paths, and the program's file read-only when
+//!    the jailer found it elsewhere; binds attached from the jailer's detached mounts
+//!    (`move_mount`, then made private) or, for a jailer that is not root, by path;
+//!    everything `nosuid,nodev`, read-only binds made read-only recursively; `pivot_root` and
+//!    detach the host root. *Defends
 //!    against* reading or writing anything on the host that was not bound.
 //! 5. **Process hardening** (`privileges`, `limits`): the init forks the program (the init
 //!    stays PID 1 and reaps). The program: parent-death signal SIGKILL (also set on the init),
@@ -66,8 +74,8 @@
 //!    (ABI 7 rights requested).
 //! 7. **Seccomp** (`seccomp`): a classic-BPF deny list (EPERM), architecture-checked (foreign
 //!    arch and x32 killed), installed last before `execve`.
-//! 8. **Exec**: every fd but 0, 1, 2 close-on-exec; environment exactly `spec.env`; program
-//!    looked up in the job's `PATH` inside the sandbox; `execve`.
+//! 8. **Exec**: every fd but 0, 1, 2 close-on-exec (the detached mounts are already closed);
+//!    environment exactly `spec.env`; `execve` of the jailer's candidates in order.
 //! 9. **Supervision** (`jailer`): the jailer waits for the init, SIGKILLs it at the deadline
 //!    or on SIGTERM/SIGINT/SIGHUP (killing PID 1 kills the namespace); reads the OOM and pids
 //!    events; writes [`Status`] to `status_file` (temp + rename); removes the cgroup; exits
@@ -86,9 +94,11 @@ mod limits;
 mod namespaces;
 mod privileges;
 mod probe;
+mod program;
 mod report;
 mod rootfs;
 mod seccomp;
+mod sources;
 mod spec;
 mod status;
 mod sys;

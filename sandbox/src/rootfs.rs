@@ -19,6 +19,8 @@
 //! - `/proc`: a new procfs of the job's PID namespace (only the job's processes).
 //! - `/tmp`: a private tmpfs, not the host's `/tmp`.
 //! - `work_dir`: read-write; `read_only` extras: read-only; parents before children.
+//! - the program, when the jailer found it outside everything above (`program`): that one
+//!   file, read-only, at its own path.
 //! - `/` itself: read-only tmpfs.
 //!
 //! Sequence: make every mount private (nothing propagates back to the host); mount a scratch
@@ -26,10 +28,18 @@
 //! scratch so the host root is reachable as `/oldroot` (this avoids surprises when a bind
 //! source lives under host `/tmp`); populate `/newroot` from `/oldroot`; mount proc; detach
 //! `/oldroot`; `pivot_root` into `/newroot` and detach the scratch stacked under it.
+//!
+//! Where a bind comes from: when the jailer is root it has already opened every source as a
+//! detached mount (`sources`), because the init, as the sandbox's unprivileged uid, may not be
+//! able to traverse the directories above it. The init attaches those with `move_mount` and
+//! makes them private (they are still peers of the host mount they were cloned from, and a
+//! mount made on top of one in here must not propagate back to the host). Otherwise, the init
+//! binds the source by path from `/oldroot`.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +47,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
+use crate::sources::Sources;
 use crate::spec::Spec;
 use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
@@ -100,6 +111,10 @@ pub(crate) enum Entry {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) entries: Vec<Entry>,
+    /// Whether the kernel has `mount_setattr` (5.12), which makes binds read-only all the way
+    /// down: then binds are recursive. Without it, binds are not recursive, so that no submount
+    /// escapes the read-only remount. The jailer's detached mounts and the init's binds agree.
+    pub(crate) recursive: bool,
 }
 
 /// Building the root failed.
@@ -185,7 +200,27 @@ impl Plan {
             let meta = std::fs::metadata(&path).map_err(io("stat bind source", &path))?;
             entries.push(Entry::Bind { source: path.clone(), path, writable, is_dir: meta.is_dir() });
         }
-        Ok(Plan { entries })
+        Ok(Plan { entries, recursive: crate::sys::mount_setattr_supported() })
+    }
+
+    /// Whether the host path `path` is visible inside at the same path: beneath a bind of the
+    /// same host path (a system directory, the work dir, an extra).
+    pub(crate) fn shows(&self, path: &Path) -> bool {
+        self.entries.iter().any(|entry| match entry {
+            Entry::Bind { source, path: inside, .. } => source == inside && path.starts_with(inside),
+            _ => false,
+        })
+    }
+
+    /// Bind the program's file (canonical, not [`Plan::shows`]n) read-only at its own path. Last,
+    /// since it is beneath none of the other binds but may be beneath a tmpfs (`/tmp`).
+    pub(crate) fn bind_program(&mut self, file: &Path) {
+        self.entries.push(Entry::Bind {
+            source: file.to_owned(),
+            path: file.to_owned(),
+            writable: false,
+            is_dir: false,
+        });
     }
 
     /// One line for `Status::layers`.
@@ -212,7 +247,8 @@ fn cstring(path: &Path) -> Result<CString, RootfsError> {
 
 /// Init side: build the root described by `plan` and pivot into it. Needs CAP_SYS_ADMIN in the
 /// user namespace that owns the current mount namespace, and the job's PID namespace (for proc).
-pub(crate) fn enter(plan: &Plan) -> Result<(), RootfsError> {
+/// Takes the jailer's detached mounts and closes each once attached.
+pub(crate) fn enter(plan: &Plan, mut sources: Sources) -> Result<(), RootfsError> {
     let root = Path::new("/");
     mount(None::<&str>, root, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(sys("make mounts private", root))?;
@@ -227,11 +263,9 @@ pub(crate) fn enter(plan: &Plan) -> Result<(), RootfsError> {
     nix::unistd::pivot_root(".", "oldroot").map_err(sys("pivot_root to scratch", scratch))?;
     nix::unistd::chdir(root).map_err(sys("chdir", root))?;
 
-    // mount_setattr (Linux 5.12) makes recursive binds read-only all the way down. Without it,
-    // binds are made non-recursive so that no submount escapes the read-only remount.
-    let setattr = crate::sys::mount_setattr(c"/", 0, false) != Err(Errno::ENOSYS);
-    for entry in &plan.entries {
-        apply(entry, setattr)?;
+    let setattr = plan.recursive;
+    for (index, entry) in plan.entries.iter().enumerate() {
+        apply(entry, setattr, sources.take(index))?;
     }
     for path in [Path::new(NEW).join("dev"), PathBuf::from(NEW)] {
         restrict(&path, MOUNT_ATTR_RDONLY, false, setattr)?;
@@ -256,24 +290,20 @@ fn tmpfs(path: &Path, mode: u32, noexec: bool) -> Result<(), RootfsError> {
     mount(Some("tmpfs"), path, Some("tmpfs"), flags, Some(data.as_str())).map_err(sys("mount tmpfs", path))
 }
 
-fn apply(entry: &Entry, setattr: bool) -> Result<(), RootfsError> {
+fn apply(entry: &Entry, setattr: bool, tree: Option<OwnedFd>) -> Result<(), RootfsError> {
     match entry {
         Entry::Bind { source, path, writable, is_dir } => {
-            let (src, dst) = (inside(OLD, source), inside(NEW, path));
+            let dst = inside(NEW, path);
             mount_point(&dst, *is_dir)?;
-            let mut flags = MsFlags::MS_BIND;
-            if setattr {
-                flags |= MsFlags::MS_REC;
-            }
-            mount(Some(&src), &dst, None::<&str>, flags, None::<&str>).map_err(sys("bind", path))?;
+            attach(tree, source, &dst, setattr)?;
             let ro = if *writable { 0 } else { MOUNT_ATTR_RDONLY };
             restrict(&dst, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true, setattr)
         }
         Entry::Device { name } => {
             let host = Path::new("/dev").join(name);
-            let (src, dst) = (inside(OLD, &host), inside(NEW, &host));
+            let dst = inside(NEW, &host);
             mount_point(&dst, false)?;
-            mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind", &host))?;
+            attach(tree, &host, &dst, false)?;
             restrict(&dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false, setattr)
         }
         Entry::Symlink { path, target } => {
@@ -299,6 +329,20 @@ fn apply(entry: &Entry, setattr: bool) -> Result<(), RootfsError> {
             mount(Some("proc"), &dst, Some("proc"), flags, None::<&str>).map_err(sys("mount proc", &dst))
         }
     }
+}
+
+/// Put the host's `source` at `dst`: the jailer's detached mount `tree` if there is one (see the
+/// module docs), else a bind from `/oldroot`.
+fn attach(tree: Option<OwnedFd>, source: &Path, dst: &Path, recursive: bool) -> Result<(), RootfsError> {
+    let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+    let Some(tree) = tree else {
+        let src = inside(OLD, source);
+        return mount(Some(&src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(sys("bind", source));
+    };
+    crate::sys::move_mount(tree.as_fd(), &cstring(dst)?).map_err(sys("move_mount", source))?;
+    // Still a peer of the host mount it was cloned from: private, so nothing mounted on it in
+    // here (an extra inside the work dir) propagates back to the host.
+    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_PRIVATE | rec, None::<&str>).map_err(sys("make private", source))
 }
 
 /// Create a directory or an empty file to mount on (inside the new root's tmpfs).
@@ -377,5 +421,20 @@ mod tests {
         let dev_at =
             plan.entries.iter().position(|e| matches!(e, Entry::Tmpfs { path, .. } if path == Path::new("/dev")));
         assert!(dev_at.unwrap() < proc_at);
+    }
+
+    #[test]
+    fn shows_only_what_is_bound_at_its_own_path() {
+        let mut spec = Spec::new(vec!["true".into()], "/tmp".into(), "/status.json".into());
+        spec.work_dir = std::env::temp_dir();
+        let mut plan = Plan::for_spec(&spec).unwrap();
+        assert!(plan.shows(Path::new("/usr/bin/env")));
+        assert!(plan.shows(&spec.work_dir.join("src/main.tf")));
+        assert!(!plan.shows(Path::new("/root/bin/terraform")));
+        // /etc entries are binds of other paths (resolv.conf -> /run/...): not "at their path".
+        assert!(!plan.shows(Path::new("/etc/shadow")));
+        plan.bind_program(Path::new("/root/bin/terraform"));
+        assert!(plan.shows(Path::new("/root/bin/terraform")));
+        assert!(!plan.shows(Path::new("/root/bin/other")));
     }
 }

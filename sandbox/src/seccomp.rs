@@ -228,7 +228,10 @@ mod tests {
         for nr in denied() {
             assert_eq!(run(&prog, AUDIT_ARCH, nr as u32, [0; 6]), EPERM, "syscall {nr}");
         }
-        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_execve, libc::SYS_openat, libc::SYS_mmap] {
+        // execveat too: programs (and runtimes) may execute by descriptor.
+        for nr in
+            [libc::SYS_read, libc::SYS_write, libc::SYS_execve, libc::SYS_execveat, libc::SYS_openat, libc::SYS_mmap]
+        {
             assert_eq!(run(&prog, AUDIT_ARCH, nr as u32, [0; 6]), RET_ALLOW, "syscall {nr}");
         }
         assert_eq!(run(&prog, AUDIT_ARCH, libc::SYS_clone3 as u32, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);

@@ -26,7 +26,10 @@ const RESERVED: &[&str] =
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Program and arguments. A program without `/` is looked up in `PATH` from `env`
-    /// (default `/usr/local/bin:/usr/bin:/bin`) inside the sandbox.
+    /// (default `/usr/local/bin:/usr/bin:/bin`) like `execvp` does, by the jailer on the host
+    /// with the agent's rights; a program found outside the sandbox's view is bound read-only
+    /// at its own path. Relative candidates and those beneath `work_dir` are looked up inside
+    /// the sandbox only (the job controls them).
     pub argv: Vec<String>,
     /// The complete environment of the program (the caller scrubbed it). Values may hold
     /// credentials: `Debug` prints names only.
@@ -306,18 +309,23 @@ impl Spec {
 
 /// Absolute, and made only of normal components (so lexical prefix checks mean something).
 fn absolute(field: &'static str, path: &Path) -> Result<(), SpecError> {
-    let mut components = path.components();
-    let rooted = components.next() == Some(Component::RootDir);
-    // `components()` silently drops `.` and repeated `/`: also require the written form to be
-    // the normal form, so the path the operator reads is the path that gets bound.
-    let normal: PathBuf = path.components().collect();
-    if !rooted || !components.all(|c| matches!(c, Component::Normal(_))) || normal.as_os_str() != path.as_os_str() {
+    if !is_normal_absolute(path) {
         return Err(SpecError::NotAbsolute { field, path: path.to_owned() });
     }
     if path.as_os_str().as_encoded_bytes().contains(&0) {
         return Err(SpecError::Nul { field });
     }
     Ok(())
+}
+
+/// Absolute and in normal form: no `.`, `..`, repeated or trailing `/`.
+pub(crate) fn is_normal_absolute(path: &Path) -> bool {
+    let mut components = path.components();
+    let rooted = components.next() == Some(Component::RootDir);
+    // `components()` silently drops `.` and repeated `/`: also require the written form to be
+    // the normal form, so the path the operator reads is the path that gets bound.
+    let normal: PathBuf = path.components().collect();
+    rooted && components.all(|c| matches!(c, Component::Normal(_))) && normal.as_os_str() == path.as_os_str()
 }
 
 /// A user bind may sit below `/usr` or `/tmp`, but may not be `/`, a system path, a parent of

@@ -45,6 +45,8 @@ const CASES: &[Case] = &[
     ("relaxed_level_names_the_skipped_layer", relaxed_level_names_the_skipped_layer),
     ("exec_failure_is_a_setup_failure", exec_failure_is_a_setup_failure),
     ("work_dir_chown_does_not_follow_symlinks", work_dir_chown_does_not_follow_symlinks),
+    ("program_and_binds_under_a_root_only_dir_run", program_and_binds_under_a_root_only_dir_run),
+    ("job_symlinks_do_not_lead_the_jailer_out", job_symlinks_do_not_lead_the_jailer_out),
     ("spec_debug_hides_env_values", spec_debug_hides_env_values),
     ("probe_reports_every_layer_here", probe_reports_every_layer_here),
 ];
@@ -189,12 +191,16 @@ fn jailer() -> PathBuf {
 }
 
 fn run(job: &Job) -> Ran {
+    run_spec(&job.spec)
+}
+
+fn run_spec(spec: &Spec) -> Ran {
     let started = Instant::now();
-    let out = command(&jailer(), &job.spec).unwrap().output().unwrap();
+    let out = command(&jailer(), spec).unwrap().output().unwrap();
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let status = Status::read(&job.spec.status_file)
+    let status = Status::read(&spec.status_file)
         .unwrap_or_else(|e| panic!("no status ({e}); code {:?}, stderr: {stderr}", out.status.code()));
     Ran { code: out.status.code().unwrap_or(-1), stdout, stderr, status, took }
 }
@@ -536,6 +542,122 @@ fn work_dir_chown_does_not_follow_symlinks() {
     assert_eq!(std::fs::symlink_metadata(j.work.0.join("link")).unwrap().uid(), id);
     assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0, "chown followed a symlink");
     assert_eq!(std::fs::metadata(&host.0).unwrap().uid(), 0, "chown followed a directory symlink");
+}
+
+/// A directory only root can traverse (mode 0700, owned by root), where a root user keeps a
+/// clone, Terraform (`/root/bin`) or the agent's data dir. It is also a shared mount of its
+/// own, as `/` is under systemd, so a mount that leaked out of the job's namespace would show
+/// in the host's mount table.
+struct RootOnlyDir(TempDir);
+
+impl RootOnlyDir {
+    fn new() -> RootOnlyDir {
+        use nix::mount::{MsFlags, mount};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("root-only");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        mount(Some(&dir.0), &dir.0, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let shared = RootOnlyDir(dir);
+        mount(None::<&str>, &shared.0.0, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+        shared
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.0.join(rel)
+    }
+
+    /// Host mounts at or below this directory (its own bind is one).
+    fn mounts(&self) -> Vec<String> {
+        let me = self.0.0.display().to_string();
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        table.lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&me))).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for RootOnlyDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn write_file(path: &Path, content: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The sandbox's uid (65534) cannot traverse the directory, yet the program in it, a script in
+/// it found through `PATH`, the work dir in it and read-only extras in it all work: the jailer
+/// found and opened them with its own rights. Only those are visible, and nothing mounted for
+/// the job shows up on the host.
+fn program_and_binds_under_a_root_only_dir_run() {
+    use std::os::unix::fs::MetadataExt;
+    let private = RootOnlyDir::new();
+    let (bin, work, state) = (private.path("bin"), private.path("work"), TempDir::new("state"));
+    std::fs::create_dir_all(work.join("ro")).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(std::env::current_exe().unwrap(), bin.join("probe")).unwrap();
+    write_file(&private.path("creds/token"), "token-value\n", 0o644);
+    write_file(&private.path("secret"), "not for the job\n", 0o644);
+    write_file(
+        &bin.join("hello.sh"),
+        &format!(
+            "#!/bin/sh\necho \"script ran: $*\"\ncat {token}\npwd\necho out > result\n\
+             (echo x >> \"$0\") 2>/dev/null && echo PROGRAM_WRITABLE\n\
+             test -e {secret} && echo SECRET_VISIBLE\nls {bin}\n",
+            token = private.path("creds/token").display(),
+            secret = private.path("secret").display(),
+            bin = bin.display(),
+        ),
+        0o755,
+    );
+    let extras = vec![private.path("creds/token"), work.join("ro")];
+
+    let mut spec = Spec::new(
+        vec![bin.join("probe").display().to_string(), "inside-env-fds".into()],
+        work.clone(),
+        state.0.join("status.json"),
+    );
+    spec.read_only = extras.clone();
+    spec.deadline_unix_ms = Some(now_ms() + 30_000);
+    let ran = run_spec(&spec);
+    expect_ok(&ran);
+    assert_eq!(ran.stdout, "fds=0,1,2\n", "the jailer's descriptors reached the program");
+
+    let mut spec =
+        Spec::new(vec!["hello.sh".into(), "a".into(), "b".into()], work.clone(), state.0.join("status.json"));
+    spec.env = vec![("PATH".into(), format!("{}:/usr/bin:/bin", bin.display()))];
+    spec.read_only = extras;
+    spec.deadline_unix_ms = Some(now_ms() + 30_000);
+    let ran = run_spec(&spec);
+    expect_ok(&ran);
+    assert_eq!(ran.stdout, format!("script ran: a b\ntoken-value\n{}\nhello.sh\n", work.display()));
+    assert_eq!(std::fs::read_to_string(work.join("result")).unwrap(), "out\n");
+
+    let meta = std::fs::metadata(&private.0.0).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o700, 0), "the directory was opened up");
+    let mounts = private.mounts();
+    assert_eq!(mounts.len(), 1, "a job mount propagated to the host: {mounts:#?}");
+}
+
+/// A symlink the job plants in its work dir, pointing at a program in a directory only root
+/// can traverse: the jailer never follows it with its rights, so the job cannot get that file.
+fn job_symlinks_do_not_lead_the_jailer_out() {
+    let private = RootOnlyDir::new();
+    write_file(&private.path("bin/tool"), "#!/bin/sh\necho LEAKED\n", 0o755);
+    let j = sh("true");
+    std::fs::create_dir(j.work.0.join("bin")).unwrap();
+    std::os::unix::fs::symlink(private.path("bin/tool"), j.work.0.join("bin/tool")).unwrap();
+    for program in ["tool".to_owned(), j.work.0.join("bin/tool").display().to_string()] {
+        let mut spec = j.spec.clone();
+        spec.argv = vec![program.clone()];
+        spec.env = vec![("PATH".into(), format!("{}:/usr/bin:/bin", j.work.0.join("bin").display()))];
+        let ran = run_spec(&spec);
+        assert!(!ran.stdout.contains("LEAKED"), "{program}: {}", ran.stdout);
+        assert_eq!(ran.code, keyward_sandbox::EXIT_NOT_FOUND, "{program}: {}", ran.stderr);
+        assert!(ran.stderr.contains(&format!("exec: {program}: No such file or directory")), "{}", ran.stderr);
+    }
 }
 
 fn spec_debug_hides_env_values() {
