@@ -37,8 +37,8 @@ deny contains msg if {
 	allowed_kinds := object.get(target, "write_subjects", ["job"])
 	not subject_kind in allowed_kinds
 	msg := sprintf(
-		"write target '%s' serves only %s subjects (its write_subjects), not a '%s' subject; set write_subjects on the target to opt in",
-		[target.name, concat(", ", allowed_kinds), subject_kind],
+		"write target '%s' serves only the subject kinds its write_subjects lists (by default only jobs of tracked runs), not a '%s' subject; set write_subjects on the target to opt in",
+		[target.name, subject_kind],
 	)
 }
 

@@ -42,7 +42,7 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n{}{}\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
          role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{}\"\nduration = \"1h\"\n\
-         labels = {{ env = \"dev\" }}\n",
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
         workspace_root().join("policies").display(),
         issuer_entry("bao-ci", &ci.audience),
         issuer_entry("bao-fork", &fork.audience),
