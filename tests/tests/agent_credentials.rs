@@ -368,3 +368,156 @@ async fn lease_holders_only(database_url: Option<&str>) {
     );
     nothing_secret(&store.for_run(&worker_run).await, &[token.as_str()]);
 }
+
+/// `keyward ARGS` as the API token `token` (not the admin's).
+fn as_token(broker: &Broker, token: &str, args: &[&str]) -> Output {
+    keyward_tests::broker::keyward(args, &[("KEYWARD_ADDR", broker.addr.as_str()), ("KEYWARD_TOKEN", token)])
+}
+
+fn api_token(broker: &Broker, name: &str, scope: &str) -> String {
+    json(&broker.cli(&["token", "create-api", "--name", name, "--scope", scope, "--json"]))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_for_state(broker: &Broker, run_id: &str, states: &[&str]) -> Value {
+    eventually("the run to settle", Duration::from_secs(60), || {
+        let run = json(&broker.cli(&["run", "show", run_id, "--json"]));
+        let done = run["state"].as_str().is_some_and(|s| states.contains(&s) || s == "failed");
+        async move { done.then_some(run) }
+    })
+    .await
+}
+
+/// The trail's human end, end to end: a run submitted by `alice` (submit scope), whose approval
+/// is refused; an admin author's own approval that is recorded but never counts; `bob` (review
+/// scope) approves; the agent applies with write credentials; `audit trace` of the apply's access
+/// key names bob as the approver, alice only as submitter, the apply phase, commit, PR and ticket;
+/// the export verifies against the signed checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trail_names_the_people_who_really_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint, None).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    // env=staging: one independent approval, for the approval policy and for the write target.
+    let url = repo.url();
+    json(&broker.cli(&[
+        "stack",
+        "create",
+        "network",
+        "--repository",
+        &url,
+        "--label",
+        "env=staging",
+        "--plan-target",
+        "aws:state-read",
+        "--apply-target",
+        "aws:network-apply",
+        "--json",
+    ]));
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let exec = format!("env | grep '^AWS_' | sort > '{}'/\"$KEYWARD_PHASE\".env", out.display());
+    let agent = Agent::enroll_and_run(&broker.addr, &join_token(&broker), &dir.path().join("agent"), &exec);
+    let alice = api_token(&broker, "alice", "submit");
+    let bob = api_token(&broker, "bob", "review");
+    let carol = api_token(&broker, "carol", "admin");
+
+    let submitted =
+        as_token(&broker, &alice, &["run", "submit", "--stack", "network", "--pr", "42", "--ticket", "CHG-7"]);
+    assert!(submitted.success, "{}", submitted.stderr);
+    let run_id = submitted.stdout.trim().to_owned();
+    let planned = wait_for_state(&broker, &run_id, &["planned"]).await;
+    assert_eq!(planned["state"], "planned", "{planned}\nagent log:\n{}", agent.log_text());
+    assert!(
+        planned["detail"].as_str().unwrap().contains("needs 1 approval(s) from someone other than its author 'alice'"),
+        "a planned run says what it waits for: {planned}"
+    );
+
+    // A submit token never approves, its own run or any other.
+    let refused = as_token(&broker, &alice, &["run", "approve", &run_id]);
+    assert!(!refused.success && refused.stderr.contains("HTTP 403"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("needs the `review` or `admin` scope"), "{}", refused.stderr);
+
+    // An author with every scope: the approval is recorded, never counted, and says why.
+    let own = as_token(&broker, &carol, &["run", "submit", "--stack", "network", "--wait", "--timeout", "60s"]);
+    assert_eq!(own.code, Some(3), "--wait stops at a run waiting for approval: {}", own.stderr);
+    assert!(own.stderr.contains("waiting for approval: needs 1 approval(s)"), "{}", own.stderr);
+    let own_id = own.stdout.lines().next().unwrap().trim().to_owned();
+    let approved_own = as_token(&broker, &carol, &["run", "approve", &own_id]);
+    assert!(approved_own.success, "{}", approved_own.stderr);
+    assert!(approved_own.stdout.contains("author's own approval does not count"), "{}", approved_own.stdout);
+    let own_run = json(&broker.cli(&["run", "show", &own_id, "--json"]));
+    assert_eq!(own_run["state"], "planned", "{own_run}");
+    assert_eq!(own_run["reviews"][0]["counted"], false, "{own_run}");
+    assert!(own_run["detail"].as_str().unwrap().contains("carol's own approval does not count"), "{own_run}");
+    let shown = broker.cli(&["run", "show", &own_id]);
+    assert!(shown.stdout.contains("approved by   nobody yet"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("(not counted: the run's author cannot approve it)"), "{}", shown.stdout);
+    json(&broker.cli(&["run", "cancel", &own_id, "--json"]));
+
+    // bob reviews alice's run: it applies.
+    let approved = as_token(&broker, &bob, &["run", "approve", &run_id, "--comment", "LGTM"]);
+    assert!(approved.success, "{}", approved.stderr);
+    let finished = wait_for_state(&broker, &run_id, &["finished"]).await;
+    assert_eq!(finished["state"], "finished", "{finished}\nagent log:\n{}", agent.log_text());
+    let apply_key = variable(&variables(&out.join("apply.env")), "AWS_ACCESS_KEY_ID").to_owned();
+
+    // What STS was shown for the apply: bob as the approver, in the claims and the session tags.
+    let requests = moto.sts_requests();
+    let apply_request = requests.iter().find(|r| r.field("RoleArn") == Some(ROLE_WRITE)).expect("an apply STS call");
+    let verdict = broker.pyjwt_verify(apply_request.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
+    let claims = &verdict["claims"];
+    assert_eq!(claims["approved_by"], serde_json::json!(["bob"]), "{claims}");
+    assert_eq!(claims["https://aws.amazon.com/tags"]["principal_tags"]["approver"], serde_json::json!(["bob"]));
+    assert_eq!(claims["triggered_by"], "alice");
+    assert!(claims.get("asserted_by").is_none(), "a job's token rests on the broker's own record: {claims}");
+
+    // The trace of the apply's key.
+    let trace = broker.cli(&["audit", "trace", &apply_key]);
+    assert!(trace.success, "{}", trace.stderr);
+    for expected in [
+        &format!("run {run_id}  stack network  (deploy run)"),
+        &format!("{apply_key}: credentials.issued"),
+        "phase apply  target aws:network-apply",
+        &format!("agent {}", agent.id),
+        "pool default",
+        &format!("commit {}", finished["commit_sha"].as_str().unwrap()),
+        "ref refs/heads/main",
+        "PR #42  ticket CHG-7",
+        "submitted  by alice",
+        "bob approved",
+        "approved   by bob (as this credential carries it)",
+    ] {
+        assert!(trace.stdout.contains(expected), "`{expected}` missing from the trace:\n{}", trace.stdout);
+    }
+    assert!(!trace.stdout.contains("approved   by alice"), "{}", trace.stdout);
+
+    // The export verifies offline against the signed checkpoint.
+    let checkpoint = dir.path().join("checkpoint.txt");
+    let public_key = dir.path().join("log.pub");
+    let export = dir.path().join("log.jsonl");
+    for (args, file) in [
+        (vec!["audit", "checkpoint"], &checkpoint),
+        (vec!["audit", "public-key"], &public_key),
+        (vec!["audit", "export"], &export),
+    ] {
+        let out = broker.cli(&args);
+        assert!(out.success, "{}", out.stderr);
+        std::fs::write(file, &out.stdout).unwrap();
+    }
+    let key = std::fs::read_to_string(&public_key).unwrap();
+    let verified = broker.cli(&[
+        "audit",
+        "verify",
+        export.to_str().unwrap(),
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert!(verified.success, "{}\n{}", verified.stdout, verified.stderr);
+    assert!(verified.stdout.contains("verified"), "{}", verified.stdout);
+}
