@@ -197,3 +197,26 @@ pub(super) async fn start_agent(
     });
     Ok(LocalAgent::Started { log })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remembered_agent_port_is_reused_only_while_it_is_free() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(remembered_port(dir.path(), ip), 0, "nothing remembered: any port");
+
+        let held = std::net::TcpListener::bind((ip, 0))?;
+        let port = held.local_addr()?.port();
+        remember_port(dir.path(), port)?;
+        assert_eq!(remembered_port(dir.path(), ip), 0, "taken by someone else: any port");
+        drop(held);
+        assert_eq!(remembered_port(dir.path(), ip), port);
+
+        std::fs::write(dir.path().join(PORT_FILE), "not a port")?;
+        assert_eq!(remembered_port(dir.path(), ip), 0);
+        Ok(())
+    }
+}
