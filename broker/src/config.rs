@@ -16,6 +16,10 @@ use serde::Deserialize;
 use crate::identity::SigningAlgorithm;
 use crate::identity::kek::{Kek, KekError};
 
+mod overlay;
+
+pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
+
 /// Hard upper bound on any token lifetime (DESIGN.md §2). Retired keys stay published at least this
 /// long plus clock skew, whatever the configured maximum, so a later config change can never
 /// unpublish a key that still has live tokens.
@@ -869,20 +873,7 @@ impl Config {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            key: ".".to_owned(),
-            message: e.message().to_owned() + &line_hint(text, e.span()),
-        })?;
-        serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError::Parse {
-                path: origin.to_owned(),
-                key,
-                message: inner.message().to_owned() + &line_hint(text, inner.span()),
-            }
-        })
+        parse_toml(text, origin)
     }
 
     /// Checks everything that parsing cannot: ranges, templates, URLs, and that the KEK resolves.
@@ -912,14 +903,19 @@ impl Config {
         self.validate_issuers()?;
         self.validate_sinks(env)?;
         self.repository_credentials(env)?;
+        self.validate_policy()?;
+        self.validate_agents()?;
+        self.database(env)?;
+        self.kek(env)?;
+        Ok(())
+    }
+
+    fn validate_policy(&self) -> Result<(), ConfigError> {
         if let Some(policy) = &self.policy
             && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&policy.evaluation_timeout)
         {
             return Err(invalid("policy.evaluation_timeout", "must be between 1ms and 10s"));
         }
-        self.validate_agents()?;
-        self.database(env)?;
-        self.kek(env)?;
         Ok(())
     }
 
@@ -1118,6 +1114,24 @@ impl Config {
             )),
         }
     }
+}
+
+/// Parses TOML text into `T`; errors name `origin`, the dotted key path and the line.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        key: ".".to_owned(),
+        message: e.message().to_owned() + &line_hint(text, e.span()),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Parse {
+            path: origin.to_owned(),
+            key,
+            message: inner.message().to_owned() + &line_hint(text, inner.span()),
+        }
+    })
 }
 
 impl TokensConfig {

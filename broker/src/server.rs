@@ -224,6 +224,11 @@ impl Broker {
         self.agent_listener.as_ref().map(|_| self.state.agents.settings().endpoint.as_str())
     }
 
+    /// The address the agent endpoint is bound to, when it listens.
+    pub fn agents_address(&self) -> Option<std::net::SocketAddr> {
+        self.agent_listener.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves HTTP on `listener` (and the agent endpoint, when configured) until `shutdown`
     /// completes, running key maintenance, lease expiry and checkpoints alongside.
     pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {

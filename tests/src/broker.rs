@@ -74,8 +74,13 @@ impl Broker {
 
     /// `keyward dev --data-dir DIR --listen 127.0.0.1:0`, waiting until it is ready.
     pub async fn dev(data_dir: &Path) -> Self {
+        Self::dev_with(data_dir, &[]).await
+    }
+
+    /// `keyward dev --data-dir DIR --listen 127.0.0.1:0 ARGS…` (e.g. `--config FILE`).
+    pub async fn dev_with(data_dir: &Path, args: &[&str]) -> Self {
         let mut command = Command::new(binary("keyward"));
-        command.args(["dev", "--data-dir"]).arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        command.args(["dev", "--data-dir"]).arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(args);
         Self::spawn(command, data_dir, None).await
     }
 

@@ -162,3 +162,120 @@ async fn corrupted_key_material_or_a_wrong_kek_refuses_to_start_naming_file_and_
     assert!(!out.success);
     assert!(out.stderr.contains("signing_keys") && out.stderr.contains(db.to_str().unwrap()), "{}", out.stderr);
 }
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/ci-read";
+
+/// A `keyward dev --config` overlay: a read target on moto's STS and a trusted CI issuer.
+fn overlay(sts_endpoint: &str) -> String {
+    format!(
+        "[[targets]]\nname = \"ci-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE}\"\n\
+         sts_endpoint = \"{sts_endpoint}\"\nlabels = {{ env = \"staging\" }}\n\
+         [[issuers]]\nname = \"ci\"\nissuer = \"http://127.0.0.1:1/v1/identity/oidc\"\naudience = \"keyward\"\n\
+         require_nbf = false\n"
+    )
+}
+
+/// What a newcomer trying docs/ci.md does: `keyward dev --config ci.toml` with a target and an
+/// issuer, no `serve` configuration. The target works, and the agent endpoint stays where enrolled
+/// agents expect it across a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_dev_takes_targets_and_issuers_from_an_overlay_and_keeps_its_agent_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = keyward_tests::moto::Moto::start(dir.path()).await;
+    let file = dir.path().join("ci.toml");
+    write(&file, &overlay(&moto.endpoint));
+    let data_dir = dir.path().join("data");
+    let args = ["--config", file.to_str().unwrap()];
+    let broker = Broker::dev_with(&data_dir, &args).await;
+    assert!(broker.log_text().contains("targets    aws:ci-read"), "{}", broker.log_text());
+    assert!(broker.log_text().contains("issuers    ci"), "{}", broker.log_text());
+
+    // A run token is exchanged for STS credentials of the overlay's target.
+    let (status, minted) = broker
+        .mint_raw(
+            &serde_json::json!({ "stack": "network", "run_id": "run-dev-1", "phase": "plan", "audience": broker.addr }),
+            Some(&broker.admin_token),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let (status, body) = broker.exchange(minted["token"].as_str().unwrap(), "aws:ci-read").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["aws_credentials"]["AccessKeyId"].as_str().unwrap().starts_with("ASIA"), "{body}");
+    assert_eq!(moto.sts_requests()[0].field("RoleArn"), Some(ROLE));
+
+    let endpoint = broker.get_json("/v1/agents/bootstrap").await["endpoint"].as_str().unwrap().to_owned();
+    broker.stop();
+    let again = Broker::dev_with(&data_dir, &args).await;
+    let after = again.get_json("/v1/agents/bootstrap").await["endpoint"].as_str().unwrap().to_owned();
+    assert_eq!(after, endpoint, "the agent endpoint moved across a restart");
+}
+
+/// A mistake in the overlay file: a non-zero exit naming the file and the key, nothing started and
+/// nothing written, whether the data dir is new or already in use.
+#[test]
+fn a_bad_dev_overlay_names_the_file_and_key_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let file = dir.path().join("ci.toml");
+    let good = overlay("http://127.0.0.1:1");
+    let cases = [
+        ("a table dev mode owns", format!("{good}[server]\nlisten = \"0.0.0.0:80\"\n"), "`server`", "dev mode owns"),
+        ("an unknown table", format!("{good}[store]\n"), "`store`", "unknown table"),
+        ("a misspelled key", good.replace("role_arn", "role_ar"), "role_ar", "unknown field"),
+        ("an invalid target", good.replace(ROLE, "role/ci"), "`targets.role_arn`", "not an IAM role ARN"),
+        (
+            "an audience dev mode does not allow",
+            good.replace("labels", "audience = \"minio\"\nlabels"),
+            "`targets.audience`",
+            "not in tokens.allowed_audiences",
+        ),
+        (
+            "a plain-http issuer",
+            good.replace("http://127.0.0.1:1", "http://ci.example"),
+            "`issuers.issuer`",
+            "loopback",
+        ),
+        (
+            "a missing policy dir",
+            format!("{good}[policy]\ndir = \"{}\"\n", dir.path().join("absent").display()),
+            "`policy.dir`",
+            "absent",
+        ),
+    ];
+    let dev = |data_dir: &Path| {
+        keyward(
+            &[
+                "dev",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let used = dir.path().join("used");
+    std::fs::create_dir(&used).unwrap();
+    write(&used.join("kek"), "kept");
+    for (what, text, key, reason) in cases {
+        write(&file, &text);
+        for target in [&data_dir, &used] {
+            let out = dev(target);
+            assert!(!out.success, "{what}: must fail");
+            assert!(
+                out.stderr.contains("ci.toml: ") && out.stderr.contains(key) && out.stderr.contains(reason),
+                "{what}: {}",
+                out.stderr
+            );
+            assert!(out.stdout.is_empty(), "{what}: printed exports: {}", out.stdout);
+        }
+        assert!(!data_dir.exists(), "{what}: created the data dir");
+        let entries: Vec<_> = std::fs::read_dir(&used).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries, ["kek"], "{what}: wrote to a data dir in use");
+    }
+    std::fs::remove_file(&file).unwrap();
+    let missing = dev(&data_dir);
+    assert!(!missing.success && missing.stderr.contains("ci.toml"), "{}", missing.stderr);
+}

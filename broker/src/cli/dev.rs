@@ -4,6 +4,10 @@
 //! admin API token), so restarting with the same directory keeps keys, tokens and data. It only
 //! listens on loopback: the KEK sits next to the data it protects, which is fine for a laptop and
 //! wrong for anything else.
+//!
+//! `--config FILE` adds targets, trusted CI issuers, repositories and a policy directory
+//! ([`DevOverlay`]). The file is read and checked before anything is written or started, so a
+//! mistake in it leaves the data directory as it was.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use clap::Args;
 
 use crate::access::ApiScope;
 use crate::clock::SystemClock;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, DevOverlay, LogFormat};
 use crate::identity::kek::Kek;
 use crate::server::{self, Broker};
 
@@ -27,6 +31,14 @@ pub(super) struct DevArgs {
     /// Loopback address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8422")]
     listen: SocketAddr,
+    /// A TOML file of `[[targets]]`, `[[issuers]]`, `[[repositories]]` and `[policy]` to add to the
+    /// dev defaults, written as in `keyward serve`'s configuration (docs/ci.md has one).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How the local agent isolates jobs: `sandbox` (needs root or unprivileged user namespaces;
+    /// docs/sandbox.md) or `process` (no sandbox: for machines that have neither).
+    #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "process"])]
+    agent_isolation: String,
 }
 
 pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
@@ -40,16 +52,40 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         Some(dir) => dir,
         None => default_data_dir(env)?,
     };
-    create_private_dir(&data_dir)?;
-    super::logging::init(LogFormat::Text, "info");
-    ensure_kek_file(&data_dir.join("kek"))?;
+    let overlay = args.config.as_deref().map(DevOverlay::load).transpose()?;
+    let overlay_policy_dir = match overlay.as_ref().and_then(DevOverlay::policy_dir) {
+        Some(dir) => Some(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?),
+        None => None,
+    };
+    let policies = match &overlay_policy_dir {
+        Some(dir) => PolicySource::Overlay(dir.clone()),
+        None => PolicySource::dev(&data_dir)?,
+    };
 
+    // Nothing below writes until the configuration is known to be good.
     let listener = server::bind(args.listen).await?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let issuer = format!("http://{address}");
-    let policy_dir = dev_policy_dir(&data_dir)?;
-    let config = Config::dev(data_dir.clone(), address, issuer.clone(), policy_dir.clone());
+    let mut config = Config::dev(data_dir.clone(), address, issuer.clone(), policies.dir().to_owned());
+    if let Some(overlay) = overlay {
+        let origin = overlay.origin().to_owned();
+        config = overlay.apply(config, overlay_policy_dir, env)?;
+        if let (PolicySource::Overlay(dir), Some(policy)) = (&policies, &config.policy) {
+            crate::policy::PolicySet::load(dir, policy.evaluation_timeout)
+                .with_context(|| format!("{origin}: `policy.dir`: cannot load the policies in {}", dir.display()))?;
+        }
+    }
+    let agent_port = super::dev_agent::remembered_port(&data_dir, address.ip());
+    config.agents.listen = Some(SocketAddr::new(address.ip(), agent_port));
+
+    create_private_dir(&data_dir)?;
+    super::logging::init(LogFormat::Text, "info");
+    ensure_kek_file(&data_dir.join("kek"))?;
+    policies.seed()?;
     let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
+    if let Some(agents) = broker.agents_address() {
+        super::dev_agent::remember_port(&data_dir, agents.port())?;
+    }
 
     let token_file = data_dir.join("admin-token");
     let secret = match broker.bootstrap_admin().await? {
@@ -65,7 +101,8 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         write_private_file(&token_file, secret.expose().as_bytes())?;
     }
     super::dev_agent::ensure_example(&data_dir, broker.agents(), broker.runs(), "keyward dev").await?;
-    let agent_log = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), "keyward dev").await?;
+    let isolation = &args.agent_isolation;
+    let agent = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), isolation, "keyward dev").await?;
 
     let exports = format!(
         "export KEYWARD_ADDR={issuer}\nexport KEYWARD_TOKEN_FILE={}\n",
@@ -73,70 +110,128 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     );
     let env_file = data_dir.join("env");
     write_private_file(&env_file, exports.as_bytes())?;
-    print_banner(&issuer, &data_dir, &policy_dir, &env_file, &exports, agent_log.as_deref());
+    let targets: Vec<String> = config.targets.iter().map(crate::config::TargetConfig::id).collect();
+    let issuers: Vec<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
+    let banner = Banner {
+        issuer: &issuer,
+        data_dir: &data_dir,
+        policy_dir: policies.dir(),
+        env_file: &env_file,
+        exports: &exports,
+        agent: &agent,
+        targets: &targets,
+        issuers: &issuers,
+    };
+    banner.print();
 
     broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
 }
 
-fn print_banner(
-    issuer: &str,
-    data_dir: &Path,
-    policy_dir: &Path,
-    env_file: &Path,
-    exports: &str,
-    agent_log: Option<&Path>,
-) {
-    let agent = match agent_log {
-        Some(log) => format!("one local agent in pool `dev` (log: {})", log.display()),
-        None => "none: no keyward-agent binary next to keyward; runs wait for one to join".to_owned(),
-    };
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "\nKeyward dev broker is running (Ctrl-C stops it; data persists in the data dir).\n\
-         \n  issuer     {issuer}\
-         \n  discovery  {issuer}/.well-known/openid-configuration\
-         \n  jwks       {issuer}/.well-known/jwks.json\
-         \n  data dir   {}\
-         \n  policies   {} (edit, then `keyward policy reload`)\
-         \n  audiences  sts.amazonaws.com, vault\
-         \n  agents     {agent}\
-         \n  stack      `example` (a local git repository in the data dir)\
-         \n\nIn another shell:\n\
-         \n  eval \"$(cat {})\"\
-         \n  keyward run submit --stack example --wait\
-         \n  keyward agent list\
-         \n  keyward pool join-token dev        # enroll another agent: keyward-agent join --broker {issuer} --token …\
-         \n  keyward token mint --stack demo --run run-1 --phase plan --audience sts.amazonaws.com --json\n",
-        data_dir.display(),
-        policy_dir.display(),
-        env_file.display(),
-    );
-    let _ = err.flush();
-    // The export lines go to stdout, alone, so `keyward dev > env.sh` captures exactly them.
-    print!("{exports}");
-    let _ = std::io::stdout().flush();
+/// Where the policies come from.
+enum PolicySource {
+    /// The overlay's `[policy] dir`.
+    Overlay(PathBuf),
+    /// The repository's `policies/`, when run from a checkout.
+    Checkout(PathBuf),
+    /// `<data dir>/policies`, seeded with the shipped library on first use.
+    Seeded(PathBuf),
 }
 
-/// The repository's `policies/` when run from a checkout, else `<data dir>/policies`, seeded with
-/// the shipped library on first use.
-fn dev_policy_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let checkout = PathBuf::from("policies");
-    let has_rego = |dir: &Path| {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "rego")))
-            .unwrap_or(false)
-    };
-    if has_rego(&checkout) {
-        return std::path::absolute(&checkout).context("cannot resolve ./policies");
+impl PolicySource {
+    /// The checkout's `policies/` when run from one, else `<data dir>/policies`.
+    fn dev(data_dir: &Path) -> anyhow::Result<Self> {
+        let checkout = PathBuf::from("policies");
+        let has_rego = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "rego")))
+                .unwrap_or(false)
+        };
+        if has_rego(&checkout) {
+            return Ok(Self::Checkout(std::path::absolute(&checkout).context("cannot resolve ./policies")?));
+        }
+        Ok(Self::Seeded(data_dir.join("policies")))
     }
-    let seeded = data_dir.join("policies");
-    if !seeded.exists() {
-        crate::policy::library::write_to(&seeded)
-            .with_context(|| format!("cannot write the policy library to {}", seeded.display()))?;
+
+    fn dir(&self) -> &Path {
+        match self {
+            Self::Overlay(dir) | Self::Checkout(dir) | Self::Seeded(dir) => dir,
+        }
     }
-    Ok(seeded)
+
+    /// Writes the shipped library into the data dir, the first time it is used.
+    fn seed(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Seeded(dir) if !dir.exists() => crate::policy::library::write_to(dir)
+                .with_context(|| format!("cannot write the policy library to {}", dir.display())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What `keyward dev` prints once it is ready.
+struct Banner<'a> {
+    issuer: &'a str,
+    data_dir: &'a Path,
+    policy_dir: &'a Path,
+    env_file: &'a Path,
+    exports: &'a str,
+    agent: &'a super::dev_agent::LocalAgent,
+    targets: &'a [String],
+    issuers: &'a [&'a str],
+}
+
+impl Banner<'_> {
+    fn print(&self) {
+        let Self { issuer, data_dir, policy_dir, env_file, exports, agent, targets, issuers } = self;
+        let agent = match agent {
+            super::dev_agent::LocalAgent::Started { log } => {
+                format!("one local agent in pool `dev` (log: {})", log.display())
+            }
+            super::dev_agent::LocalAgent::Missing { expected } => format!(
+                "none: there is no {} (runs stay queued); build it with `cargo build --workspace --bins` \
+                 in the checkout, then start `keyward dev` again",
+                expected.display()
+            ),
+        };
+        let list = |names: &[&str]| {
+            if names.is_empty() {
+                "none (add some with --config FILE; docs/ci.md)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        let targets = list(&targets.iter().map(String::as_str).collect::<Vec<_>>());
+        let issuers = list(issuers);
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "\nKeyward dev broker is running (Ctrl-C stops it; data persists in the data dir).\n\
+             \n  issuer     {issuer}\
+             \n  discovery  {issuer}/.well-known/openid-configuration\
+             \n  jwks       {issuer}/.well-known/jwks.json\
+             \n  data dir   {}\
+             \n  policies   {} (edit, then `keyward policy reload`)\
+             \n  audiences  sts.amazonaws.com, vault\
+             \n  targets    {targets}\
+             \n  issuers    {issuers}\
+             \n  agents     {agent}\
+             \n  stack      `example` (a local git repository in the data dir)\
+             \n\nIn another shell:\n\
+             \n  eval \"$(cat {})\"\
+             \n  keyward run submit --stack example --wait\
+             \n  keyward agent list\
+             \n  keyward pool join-token dev        # enroll another agent: keyward-agent join --broker {issuer} --token …\
+             \n  keyward token mint --stack demo --run run-1 --phase plan --audience sts.amazonaws.com --json\n",
+            data_dir.display(),
+            policy_dir.display(),
+            env_file.display(),
+        );
+        let _ = err.flush();
+        // The export lines go to stdout, alone, so `keyward dev > env.sh` captures exactly them.
+        print!("{exports}");
+        let _ = std::io::stdout().flush();
+    }
 }
 
 fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {

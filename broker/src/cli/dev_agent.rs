@@ -5,7 +5,12 @@
 //! token like any other, as a child process that logs to `<data dir>/agent.log`. The example stack
 //! carries `env = dev`, for which the shipped approval policy asks for no review, so a submitted
 //! run plans, is approved by policy and applies: real Terraform, in the agent's sandbox.
+//!
+//! The broker's agent (gRPC) port is remembered in `<data dir>/agent-port` and reused on the next
+//! start, so agents enrolled against it (the local one, and any started by hand) reconnect as soon
+//! as the broker is back instead of failing until they ask the broker where its endpoint moved.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -81,21 +86,57 @@ async fn create_repository(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `keyward-agent` binary next to this one.
-fn agent_binary() -> Option<PathBuf> {
-    let candidate = std::env::current_exe().ok()?.with_file_name("keyward-agent");
-    candidate.is_file().then_some(candidate)
+/// Where the agent port of the last start is kept.
+const PORT_FILE: &str = "agent-port";
+
+/// The agent port to listen on: the one of the last start when it is still free, else 0 (any).
+pub(super) fn remembered_port(data_dir: &Path, ip: IpAddr) -> u16 {
+    let Some(port) = std::fs::read_to_string(data_dir.join(PORT_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .filter(|port| *port != 0)
+    else {
+        return 0;
+    };
+    // Probed, not held: the broker binds it again a moment later. Losing that race fails the start
+    // with "address in use", which a restart resolves.
+    if std::net::TcpListener::bind((ip, port)).is_ok() { port } else { 0 }
 }
 
-/// Enrolls (first time only) and runs the local agent until the broker stops. Returns the log
-/// file, or `None` when there is no `keyward-agent` binary to start.
+/// Records the agent port for the next start.
+pub(super) fn remember_port(data_dir: &Path, port: u16) -> anyhow::Result<()> {
+    let path = data_dir.join(PORT_FILE);
+    std::fs::write(&path, format!("{port}\n")).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The local agent `keyward dev` started, or why there is none.
+pub(super) enum LocalAgent {
+    /// Running; its output goes to `log`.
+    Started {
+        /// `<data dir>/agent.log`.
+        log: PathBuf,
+    },
+    /// No `keyward-agent` binary where it was looked for.
+    Missing {
+        /// The path looked at.
+        expected: PathBuf,
+    },
+}
+
+/// Enrolls (first time only) and runs the local agent until the broker stops, with `--isolation
+/// isolation`.
 pub(super) async fn start_agent(
     data_dir: &Path,
     broker: &str,
     agents: &Agents,
+    isolation: &str,
     who: &str,
-) -> anyhow::Result<Option<PathBuf>> {
-    let Some(binary) = agent_binary() else { return Ok(None) };
+) -> anyhow::Result<LocalAgent> {
+    let expected = std::env::current_exe().context("cannot find the keyward binary")?.with_file_name("keyward-agent");
+    if !expected.is_file() {
+        return Ok(LocalAgent::Missing { expected });
+    }
+    let binary = expected;
     let agent_dir = data_dir.join("agent");
     let log = data_dir.join("agent.log");
     let log_file = || {
@@ -117,6 +158,7 @@ pub(super) async fn start_agent(
         )
     };
     let broker = broker.to_owned();
+    let isolation = isolation.to_owned();
     let binary_for_task = binary.clone();
     let (join_log, run_log) = (log_file()?, log_file()?);
     tokio::spawn(async move {
@@ -137,7 +179,7 @@ pub(super) async fn start_agent(
             }
         }
         let child = tokio::process::Command::new(&binary_for_task)
-            .args(["run", "--data-dir"])
+            .args(["run", "--isolation", &isolation, "--data-dir"])
             .arg(&agent_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -153,5 +195,28 @@ pub(super) async fn start_agent(
             Err(error) => tracing::error!(%error, "cannot start the local agent"),
         }
     });
-    Ok(Some(log))
+    Ok(LocalAgent::Started { log })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remembered_agent_port_is_reused_only_while_it_is_free() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(remembered_port(dir.path(), ip), 0, "nothing remembered: any port");
+
+        let held = std::net::TcpListener::bind((ip, 0))?;
+        let port = held.local_addr()?.port();
+        remember_port(dir.path(), port)?;
+        assert_eq!(remembered_port(dir.path(), ip), 0, "taken by someone else: any port");
+        drop(held);
+        assert_eq!(remembered_port(dir.path(), ip), port);
+
+        std::fs::write(dir.path().join(PORT_FILE), "not a port")?;
+        assert_eq!(remembered_port(dir.path(), ip), 0);
+        Ok(())
+    }
 }
