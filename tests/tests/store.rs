@@ -92,6 +92,12 @@ async fn api_tokens(store: &Store) {
     assert!(matches!(access.authenticate(ci.expose()).await, Err(AccessError::Unauthenticated)));
     assert!(matches!(access.authenticate("kw_forged").await, Err(AccessError::Unauthenticated)));
     assert!(matches!(access.authenticate("").await, Err(AccessError::Unauthenticated)));
+
+    // The review scope is storable on every backend (migration 0010 widened the CHECK).
+    let reviewer = access.create("reviewer", ApiScope::Review, &admin.name).await.unwrap();
+    let reviewer = access.authenticate(reviewer.expose()).await.unwrap();
+    assert_eq!(reviewer.scope, ApiScope::Review);
+    assert!(reviewer.require(Permission::ReviewRuns).is_ok() && reviewer.require(Permission::SubmitRuns).is_err());
 }
 
 /// An entry about run `run`, told apart by `id` in its details.

@@ -148,7 +148,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 9] = match self.backend {
+        let files: [(i64, &str, &'static str); 10] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -159,6 +159,7 @@ impl Store {
                 (7, "logs", include_str!("../../migrations/sqlite/0007_logs.sql")),
                 (8, "plans", include_str!("../../migrations/sqlite/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/sqlite/0009_drift.sql")),
+                (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -170,6 +171,7 @@ impl Store {
                 (7, "logs", include_str!("../../migrations/postgres/0007_logs.sql")),
                 (8, "plans", include_str!("../../migrations/postgres/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/postgres/0009_drift.sql")),
+                (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
             ],
         };
         let migrations = files
