@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::creds_cache::{self, CacheDir, CacheLock, Credentials, Entry, Freshness, Key, KeySubject, Lookup, Secret};
-use super::creds_subject::{self, SubjectSource};
+use super::creds_subject::{SubjectSource, Token};
 use crate::config::{AwsTarget, ExchangeMode};
 use crate::exchange::aws::{self, AssumeRole};
 
@@ -149,24 +149,6 @@ fn target_id(kind: &str, target: &str) -> String {
     if target.contains(':') { target.to_owned() } else { format!("{kind}:{target}") }
 }
 
-/// The subject token, read (file, variable) or obtained (command) when an exchange needs it.
-struct Token {
-    source: SubjectSource,
-    fixed: Option<Secret>,
-}
-
-impl Token {
-    async fn get(&self) -> anyhow::Result<Secret> {
-        match (&self.fixed, &self.source) {
-            (Some(token), _) => Ok(token.clone()),
-            (None, SubjectSource::Command(command)) => {
-                Ok(creds_subject::run_command(command, creds_subject::COMMAND_DEADLINE).await?)
-            }
-            (None, _) => bail!("no subject token"),
-        }
-    }
-}
-
 /// A looked-up cache slot, held under the cache's lock until the exchange's result is stored.
 struct Slot {
     dir: CacheDir,
@@ -201,9 +183,9 @@ async fn open_slot(
             return None;
         }
     };
-    let key = match (&token.fixed, &token.source) {
-        (Some(fixed), _) => Key::new(&subject.addr, target, &KeySubject::Token(fixed.expose())),
-        (None, SubjectSource::Command(command)) => {
+    let key = match token {
+        Token::Fixed(fixed) => Key::new(&subject.addr, target, &KeySubject::Token(fixed.expose())),
+        Token::Command(command) => {
             let cwd = std::env::current_dir().unwrap_or_default();
             Key::new(
                 &subject.addr,
@@ -211,42 +193,49 @@ async fn open_slot(
                 &KeySubject::Command { command, cwd: &cwd, env: std::env::vars_os().collect() },
             )
         }
-        (None, _) => return None,
     };
     Some(Slot { dir, key, lock })
 }
 
+/// What the cache says to do.
+enum Cached {
+    /// Hand these out.
+    Use(Credentials),
+    /// Exchange. `spent`: the fixed token was exchanged before (its entry expired), so a
+    /// single-use issuer will refuse it.
+    Exchange { spent: bool },
+}
+
 /// Cached credentials still good to hand out, if any.
-fn cached(slot: &Slot, subject: &Subject, token: &Token) -> Option<Credentials> {
+fn cached(slot: &Slot, subject: &Subject, token: &Token) -> Cached {
     let entry = match slot.dir.read(&slot.key, &slot.lock) {
         Lookup::Hit(entry) => entry,
-        Lookup::Miss => return None,
+        Lookup::Miss => return Cached::Exchange { spent: false },
         Lookup::Ignored(why) => {
             eprintln!("keyward creds: ignoring a cache entry because {why}; it will be replaced");
-            return None;
+            return Cached::Exchange { spent: false };
         }
     };
+    let fixed = matches!(token, Token::Fixed(_));
     match entry.freshness(now(), subject.refresh_before) {
-        Freshness::Fresh => Some(entry.credentials),
+        Freshness::Fresh => Cached::Use(entry.credentials),
         // A file or variable holds the token this entry came from, which the broker will not take
         // again: renewing early is impossible, so use what is left.
-        Freshness::Due if token.fixed.is_some() => {
+        Freshness::Due if fixed => {
             eprintln!(
                 "keyward creds: the cached credentials expire in {}s and cannot be renewed with the same \
                  subject token; use --subject-token-command to renew them",
                 entry.expires_at - now()
             );
-            Some(entry.credentials)
+            Cached::Use(entry.credentials)
         }
-        Freshness::Due | Freshness::Expired => None,
+        Freshness::Due | Freshness::Expired => Cached::Exchange { spent: fixed },
     }
 }
 
 /// The subject token for an exchange that bypasses the cache (`--format json`).
 async fn token_now(subject: &Subject, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Secret> {
-    let source = subject.source.source()?;
-    let fixed = source.fixed_token(env)?;
-    Token { source, fixed }.get().await
+    Ok(subject.source.source()?.resolve(env)?.get().await?)
 }
 
 /// What one exchange obtained, and when it expires (`None`: do not cache it).
@@ -262,14 +251,22 @@ async fn cached_or_obtained<F>(
 where
     F: AsyncFnOnce(Secret) -> anyhow::Result<Obtained>,
 {
-    let source = subject.source.source()?;
-    let fixed = source.fixed_token(env)?;
-    let token = Token { source, fixed };
+    let token = subject.source.source()?.resolve(env)?;
     let slot = if subject.no_cache { None } else { open_slot(subject, target, &token, env).await };
-    if let Some(credentials) = slot.as_ref().and_then(|slot| cached(slot, subject, &token)) {
-        return Ok(credentials);
-    }
-    let (credentials, expires_at) = obtain(token.get().await?).await?;
+    let spent = match slot.as_ref().map(|slot| cached(slot, subject, &token)) {
+        Some(Cached::Use(credentials)) => return Ok(credentials),
+        Some(Cached::Exchange { spent }) => spent,
+        None => false,
+    };
+    let obtained = obtain(token.get().await?).await;
+    let (credentials, expires_at) = if spent {
+        obtained.context(
+            "this subject token was exchanged before and its credentials have expired; a new token is needed \
+             (--subject-token-command gets one for each exchange)",
+        )?
+    } else {
+        obtained?
+    };
     if let (Some(slot), Some(expires_at)) = (slot, expires_at) {
         let entry = Entry::new(target, expires_at, credentials.clone());
         if let Err(error) = slot.dir.write(&slot.key, &entry, now(), &slot.lock) {

@@ -349,11 +349,17 @@ impl CacheDir {
         Ok(())
     }
 
-    /// Removes expired and unreadable entries (best effort: a cache that cannot be tidied still works).
+    /// Removes expired and unreadable entries, and temporary files (a writer holds the lock, as
+    /// the caller does, so any left are a dead writer's). Best effort: a cache that cannot be
+    /// tidied still works.
     fn prune(&self, now: i64) {
         let Ok(entries) = std::fs::read_dir(&self.path) else { return };
         for dirent in entries.flatten() {
             let name = dirent.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+                let _ = std::fs::remove_file(dirent.path());
+                continue;
+            }
             let is_entry = name.len() == 64 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
             if !is_entry {
                 continue;

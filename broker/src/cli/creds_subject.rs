@@ -68,21 +68,43 @@ pub(super) enum SubjectSource {
 }
 
 impl SubjectSource {
-    /// The token of a file or variable (reading it consumes nothing); `None` for a command, which
-    /// runs only when an exchange is needed.
-    pub(super) fn fixed_token(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Secret>, SubjectError> {
+    /// Reads the token of a file or variable now (that consumes nothing); a command is kept to
+    /// run only when an exchange is needed.
+    pub(super) fn resolve(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Token, SubjectError> {
         let (token, from) = match self {
-            Self::File(path) => (
-                std::fs::read_to_string(path).map_err(|source| SubjectError::File { path: path.clone(), source })?,
-                path.display().to_string(),
-            ),
-            Self::Env(name) => (env(name).ok_or_else(|| SubjectError::Unset(name.clone()))?, name.clone()),
-            Self::Command(_) => return Ok(None),
+            Self::File(path) => match std::fs::read_to_string(&path) {
+                Ok(token) => (token, path.display().to_string()),
+                Err(source) => return Err(SubjectError::File { path, source }),
+            },
+            Self::Env(name) => match env(&name) {
+                Some(token) => (token, name),
+                None => return Err(SubjectError::Unset(name)),
+            },
+            Self::Command(command) => return Ok(Token::Command(command)),
         };
         let token = Secret::new(token);
         match token.expose().trim() {
             "" => Err(SubjectError::Empty(from)),
-            trimmed => Ok(Some(Secret::new(trimmed.to_owned()))),
+            trimmed => Ok(Token::Fixed(Secret::new(trimmed.to_owned()))),
+        }
+    }
+}
+
+/// A subject token, or the way to get one.
+#[derive(Debug)]
+pub(super) enum Token {
+    /// One token (from a file or a variable): the broker accepts it once.
+    Fixed(Secret),
+    /// A command printing a fresh token each time it runs.
+    Command(String),
+}
+
+impl Token {
+    /// The token to exchange: the fixed one, or what the command prints now.
+    pub(super) async fn get(&self) -> Result<Secret, SubjectError> {
+        match self {
+            Self::Fixed(token) => Ok(token.clone()),
+            Self::Command(command) => run_command(command, COMMAND_DEADLINE).await,
         }
     }
 }
@@ -180,11 +202,16 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "abc\n").unwrap();
         let none = |_: &str| None;
-        let token = SubjectSource::File(file).fixed_token(&none).unwrap().unwrap();
-        assert_eq!(token.expose(), "abc");
+        let fixed = |token: Result<Token, SubjectError>| match token {
+            Ok(Token::Fixed(token)) => Some(token.expose().to_owned()),
+            _ => None,
+        };
+        assert_eq!(fixed(SubjectSource::File(file).resolve(&none)).as_deref(), Some("abc"));
         let set = |_: &str| Some(" def ".to_owned());
-        assert_eq!(SubjectSource::Env("T".into()).fixed_token(&set).unwrap().unwrap().expose(), "def");
-        assert!(matches!(SubjectSource::Env("T".into()).fixed_token(&none), Err(SubjectError::Unset(_))));
-        assert!(SubjectSource::Command("x".into()).fixed_token(&none).unwrap().is_none());
+        assert_eq!(fixed(SubjectSource::Env("T".into()).resolve(&set)).as_deref(), Some("def"));
+        assert!(matches!(SubjectSource::Env("T".into()).resolve(&none), Err(SubjectError::Unset(_))));
+        let blank = |_: &str| Some(" \n".to_owned());
+        assert!(matches!(SubjectSource::Env("T".into()).resolve(&blank), Err(SubjectError::Empty(_))));
+        assert!(matches!(SubjectSource::Command("x".into()).resolve(&none), Ok(Token::Command(_))));
     }
 }
