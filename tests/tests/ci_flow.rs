@@ -193,7 +193,11 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
     std::fs::write(
         &calls,
         format!(
-            "import datetime, json, shlex, subprocess, time, boto3\n\
+            "import datetime, json, shlex, subprocess, time, boto3, botocore.credentials\n\
+             runs = 0\n\
+             run_process = botocore.credentials.ProcessProvider._retrieve_credentials_using\n\
+             def counted(self, command):\n    global runs\n    runs += 1\n    return run_process(self, command)\n\
+             botocore.credentials.ProcessProvider._retrieve_credentials_using = counted\n\
              session = boto3.Session(profile_name='ci')\n\
              sts = session.client('sts', endpoint_url={endpoint:?}, region_name='us-east-1')\n\
              def call():\n    sts.get_caller_identity()\n    return session.get_credentials().get_frozen_credentials().access_key\n\
@@ -205,7 +209,7 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
              in_time = time.time() < due\n\
              time.sleep(max(0.0, due - time.time()) + 1.0)\n\
              after = [call() for _ in range(3)]\n\
-             print(json.dumps({{'before': before, 'after': after, 'in_time': in_time}}))\n",
+             print(json.dumps({{'before': before, 'after': after, 'in_time': in_time, 'runs': runs}}))\n",
             endpoint = moto.endpoint,
         ),
     )
@@ -239,6 +243,7 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
 
     // boto3 ran the command for every call; the broker saw one exchange per refresh, each with a
     // fresh token from the command, and no replay.
+    assert!(result["runs"].as_u64().unwrap() >= 6, "boto3 ran credential_process for each call: {result}");
     let store = keyward_tests::audit::Audit::open(&data_dir).await;
     assert_eq!(store.count("credentials.issued").await, 2, "one exchange, then one at the refresh");
     assert_eq!(store.count("credentials.denied").await, 0, "no replayed token: {stderr}");
