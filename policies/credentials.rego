@@ -89,5 +89,6 @@ has_prefix(s, prefixes) if {
 	startswith(s, prefix)
 }
 
-# Lifetimes: plans get 15 minutes, applies an hour (data.json, ttl_caps).
+# Lifetimes: an hour for plans and applies (data.json, ttl_caps): shorter would put CI
+# credentials inside the 15 minutes in which AWS clients refresh them.
 ttl_seconds := settings.ttl_caps[object.get(run, "phase", "plan")]

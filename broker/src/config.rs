@@ -554,8 +554,10 @@ impl From<RawTarget> for TargetConfig {
     }
 }
 
+/// An hour: outside the 15 minutes in which boto3 and the AWS CLI refresh credentials, so a
+/// `credential_process` is not run again on every call.
 fn default_target_duration() -> Duration {
-    Duration::from_secs(900)
+    Duration::from_secs(3600)
 }
 
 /// Read or write access.
@@ -1588,7 +1590,7 @@ mod target_tests {
         let target = &config.targets[0];
         assert_eq!(target.id(), "aws:net");
         assert_eq!(target.access, TargetAccess::Write);
-        assert_eq!(target.duration, Duration::from_secs(900));
+        assert_eq!(target.duration, Duration::from_secs(3600));
         assert_eq!(target.labels.get("env").map(String::as_str), Some("prod"));
         assert_eq!(target.write_subjects, [WriteSubject::Job], "only jobs get write credentials unless opted in");
         let TargetKind::Aws(aws) = &target.kind else { panic!("an aws target") };

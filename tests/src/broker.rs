@@ -52,8 +52,12 @@ pub struct Output {
 
 /// Runs `keyward ARGS` to completion with `envs` and no inherited KEYWARD_* variables.
 pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    // `keyward creds` caches under XDG_CACHE_HOME: a fresh one per call (never the user's), unless
+    // the caller passes its own to share a cache between calls.
+    let cache = tempfile::tempdir().expect("cache dir");
     let mut command = Command::new(binary("keyward"));
     command.args(args).env_remove("KEYWARD_ADDR").env_remove("KEYWARD_TOKEN").env_remove("KEYWARD_TOKEN_FILE");
+    command.env("XDG_CACHE_HOME", cache.path());
     for (key, value) in envs {
         command.env(key, value);
     }

@@ -200,6 +200,12 @@ impl OpenBao {
         }
     }
 
+    /// What a CI job would use to fetch a token itself: the token endpoint's URL and the
+    /// `X-Vault-Token` allowed to read it.
+    pub fn identity_token_request(&self, issuer: &ExternalIssuer) -> (String, String) {
+        (format!("{}/v1/identity/oidc/token/{}", self.addr, issuer.role), issuer.client_token.clone())
+    }
+
     /// Fetches a fresh identity token from `issuer`.
     pub async fn identity_token(&self, issuer: &ExternalIssuer) -> String {
         let response = http()

@@ -80,11 +80,11 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("only apply-phase tokens"), "{body}");
 
-    // A plan gets read credentials, capped by the policy at 15 minutes.
+    // A plan gets read credentials, for the policy's hour (data.json, ttl_caps).
     let plan = run_token(&broker, "run-plan-2", "plan", "refs/heads/feature/x").await;
     let (status, body) = broker.exchange_form(&exchange_form(&plan, "aws:network-read")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["aws"]["duration_seconds"], 900);
+    assert_eq!(body["aws"]["duration_seconds"], 3600);
 
     // The policy refuses an apply from a feature branch, and says why.
     let feature = run_token(&broker, "run-apply-2", "apply", "refs/heads/feature/x").await;

@@ -101,6 +101,7 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     // The same through the CLI: the token alone, or an export line, and it works.
     let token_file = dir.path().join("run-token");
     std::fs::write(&token_file, run_token(&broker, "run-cli", "network").await).unwrap();
+    let cache = dir.path().join("cache");
     let cli = |format: &str| {
         keyward_tests::broker::keyward(
             &[
@@ -113,22 +114,26 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
                 "--format",
                 format,
             ],
-            &[("KEYWARD_ADDR", broker.addr.as_str())],
+            &[("KEYWARD_ADDR", broker.addr.as_str()), ("XDG_CACHE_HOME", cache.to_str().unwrap())],
         )
     };
     let out = cli("token");
     assert!(out.success, "{}", out.stderr);
     let cli_token = out.stdout.trim().to_owned();
-    let response = http()
-        .get(format!("{}/v1/secret/data/network/db", bao.addr))
-        .header("X-Vault-Token", &cli_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "the CLI's token reads the secret");
+    let cli_read = |path: &str| {
+        http().get(format!("{}/v1/secret/data/{path}", bao.addr)).header("X-Vault-Token", &cli_token).send()
+    };
+    assert_eq!(cli_read("network/db").await.unwrap().status(), 200, "the CLI's token reads the secret");
+    assert_eq!(cli_read("payments/db").await.unwrap().status(), 403, "and nothing else");
+    // The same run token again: the cached Vault token (the broker would refuse a replay), in
+    // the `NAME=value` form `$GITHUB_ENV` takes.
+    let out = cli("dotenv");
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stdout, format!("VAULT_TOKEN={cli_token}\n"));
     std::fs::write(&token_file, run_token(&broker, "run-cli-2", "network").await).unwrap();
     let out = cli("env");
     assert!(out.success && out.stdout.starts_with("export VAULT_TOKEN="), "{}{}", out.stdout, out.stderr);
+    assert_ne!(out.stdout.trim(), format!("export VAULT_TOKEN={cli_token}"), "a new run token, a new exchange");
 
     // A stack the role does not bind: OpenBao refuses, the broker says so, nothing is issued.
     let (status, body) =
@@ -144,7 +149,8 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
 
     // On record: the accessor and the paths read, never the token or the secret.
     let store = Audit::open(&data_dir).await;
-    assert_eq!(store.count("credentials.issued").await, 3, "the HTTP exchange and two CLI exchanges");
+    assert_eq!(store.count("credentials.issued").await, 3, "the HTTP exchange and two CLI exchanges (one cached)");
+    assert_eq!(store.for_run("run-cli").await.iter().filter(|e| e.kind == "denied").count(), 0, "no replay");
     let events = store.for_run("run-v1").await;
     let issued = events.iter().find(|e| e.kind == "issued").unwrap();
     let details: Value = serde_json::from_str(&issued.details).unwrap();

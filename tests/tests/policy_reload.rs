@@ -38,7 +38,7 @@ async fn reload_keeps_the_last_good_set_and_sighup_reloads() {
     assert_eq!(status(&broker).await["digest"], first["digest"], "the broken set did not replace the good one");
 
     std::fs::remove_file(policies.join("broken.rego")).unwrap();
-    let data = std::fs::read_to_string(policies.join("data.json")).unwrap().replace("\"plan\": 900", "\"plan\": 600");
+    let data = std::fs::read_to_string(policies.join("data.json")).unwrap().replace("\"plan\": 3600", "\"plan\": 600");
     std::fs::write(policies.join("data.json"), data).unwrap();
     let reloaded = broker.cli(&["policy", "reload", "--json"]);
     assert!(reloaded.success, "{}", reloaded.stderr);

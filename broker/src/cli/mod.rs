@@ -8,6 +8,8 @@ mod agent;
 mod audit;
 mod client;
 mod creds;
+mod creds_cache;
+mod creds_subject;
 mod dev;
 mod dev_agent;
 mod keys;
