@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, text};
+use super::output::{out, outln};
 use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
@@ -134,12 +135,12 @@ pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&made);
             }
-            print!("{}", text(&made, "note"));
+            out!("{}", text(&made, "note"))?;
             Ok(())
         }
         AuditCommand::PublicKey { connection } => {
             let key = Client::new(&connection, env)?.get("/v1/audit/public-key").await?;
-            println!("{}", text(&key, "verifier_key"));
+            outln!("{}", text(&key, "verifier_key"))?;
             Ok(())
         }
         AuditCommand::Prove { entry: Some(seq), size, json, connection, .. } => {
@@ -201,19 +202,19 @@ fn urlencode(text: &str) -> String {
 
 fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", to_canonical(line)?);
+        outln!("{}", to_canonical(line)?)?;
         return Ok(());
     }
     let entry = &at(line, "/entry");
     let context = &at(entry, "/context");
-    println!(
+    outln!(
         "#{:<6} {} {:<20} {:<24} {}",
         at(entry, "/seq"),
         time(at(entry, "/at").as_i64().unwrap_or(0)),
         text(entry, "kind"),
         at(context, "/run_id").as_str().unwrap_or("-"),
         summary(entry),
-    );
+    )?;
     Ok(())
 }
 
@@ -318,7 +319,7 @@ async fn prove_entry(client: &Client, seq: u64, size: Option<u64>, json: bool) -
     if json {
         return print_json(&json!({ "verified": true, "proof": answer }));
     }
-    println!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root));
+    outln!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root))?;
     Ok(())
 }
 
@@ -341,20 +342,28 @@ async fn prove_since(client: &Client, file: &std::path::Path, json: bool) -> any
             &json!({ "verified": true, "old": old.size, "new": new.size, "new_note": text(&latest, "note") }),
         );
     }
-    println!(
+    outln!(
         "the log of {} entries (head {}) extends the checkpoint of {} entries (verified here)",
         new.size,
         hex(&new.root),
         old.size
-    );
+    )?;
     Ok(())
 }
 
 fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, json: bool) -> anyhow::Result<()> {
     let key = key
         .map(|k| {
-            let text = if std::path::Path::new(&k).is_file() { std::fs::read_to_string(&k)? } else { k };
-            text.parse::<VerifierKey>().map_err(anyhow::Error::from)
+            let path = std::path::Path::new(&k);
+            // A key is `<name>+<key id>+<key>`; anything else was meant as a file name.
+            let text = if path.is_file() || !k.contains('+') {
+                std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the public key file {k} (`keyward audit public-key > {k}` writes it)")
+                })?
+            } else {
+                k
+            };
+            text.trim().parse::<VerifierKey>().map_err(anyhow::Error::from)
         })
         .transpose()?;
     let notes = checkpoints
@@ -372,12 +381,12 @@ fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, 
             "checkpoints": report.checkpoints.iter().map(|c| json!({"size": c.size, "root": hex(&c.root)})).collect::<Vec<_>>(),
         }));
     }
-    println!("{} entries ({}..{}) verified", report.entries, report.first, report.first + report.entries);
+    outln!("{} entries ({}..{}) verified", report.entries, report.first, report.first + report.entries)?;
     if let Some(root) = report.root {
-        println!("tree head at {}: {}", report.first + report.entries, hex(&root));
+        outln!("tree head at {}: {}", report.first + report.entries, hex(&root))?;
     }
     for checkpoint in &report.checkpoints {
-        println!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size);
+        outln!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size)?;
     }
     Ok(())
 }
@@ -414,12 +423,12 @@ async fn prune(client: &Client, before: u64, archive: &std::path::Path) -> anyho
     )
     .with_context(|| format!("{} is not the signed log's first {before} entries; nothing pruned", archive.display()))?;
     let pruned = client.post("/v1/audit/prune", &json!({ "before": before })).await?;
-    println!(
+    outln!(
         "pruned {} entries before {before}; {} holds them (head at {before}: {})",
         at(&pruned, "/pruned"),
         archive.display(),
         hex(&archived_head)
-    );
+    )?;
     Ok(())
 }
 
@@ -454,30 +463,30 @@ async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
         runs.entry(run).or_default().push(at(line, "/entry"));
     }
     for (run, entries) in &runs {
-        print_run(run, entries);
+        print_run(run, entries)?;
     }
-    println!(
+    outln!(
         "log: {size} entries, head {}; every entry above verified by inclusion proof (`keyward audit prove --entry N`)",
         hex(&root)
-    );
+    )?;
     Ok(())
 }
 
-fn print_run(run: &str, entries: &[&Value]) {
+fn print_run(run: &str, entries: &[&Value]) -> anyhow::Result<()> {
     let first = entries.first().map_or(&Value::Null, |e| at(e, "/context"));
     let field = |name: &str| {
         entries.iter().find_map(|e| at(e, "/context").get(name).and_then(Value::as_str)).unwrap_or("-").to_owned()
     };
-    println!("run {run}  (stack {}, phase {})", field("stack_id"), at(first, "/phase").as_str().unwrap_or("-"));
+    outln!("run {run}  (stack {}, phase {})", field("stack_id"), at(first, "/phase").as_str().unwrap_or("-"))?;
     let pr = entries.iter().find_map(|e| at(e, "/context/pull_request").as_u64());
-    println!(
+    outln!(
         "├─ repository {}  commit {}  ref {}  PR {}  ticket {}",
         field("repository"),
         field("commit_sha"),
         field("ref"),
         pr.map_or_else(|| "-".to_owned(), |n| format!("#{n}")),
         field("ticket"),
-    );
+    )?;
     let approvers: Vec<&str> = entries
         .iter()
         .find_map(|e| at(e, "/context/approved_by").as_array())
@@ -485,11 +494,11 @@ fn print_run(run: &str, entries: &[&Value]) {
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    println!(
+    outln!(
         "├─ triggered by {}; approved by {}",
         field("triggered_by"),
         if approvers.is_empty() { "nobody".to_owned() } else { approvers.join(", ") }
-    );
+    )?;
     let sections: [(&str, &[&str]); 2] = [
         ("tokens minted", &["token.minted"]),
         ("credentials", &["credentials.allowed", "credentials.issued", "credentials.denied"]),
@@ -497,19 +506,20 @@ fn print_run(run: &str, entries: &[&Value]) {
     for (title, kinds) in sections {
         let chosen: Vec<&&Value> =
             entries.iter().filter(|e| kinds.contains(&at(e, "/kind").as_str().unwrap_or(""))).collect();
-        println!("├─ {title}{}", if chosen.is_empty() { ": none" } else { "" });
+        outln!("├─ {title}{}", if chosen.is_empty() { ": none" } else { "" })?;
         for (i, entry) in chosen.iter().enumerate() {
             let branch = if i + 1 == chosen.len() { "└─" } else { "├─" };
             let context = &at(entry, "/context");
             let who = at(context, "/actor").as_str().unwrap_or("-");
             let request = at(context, "/request_id").as_str().unwrap_or("-");
-            println!(
+            outln!(
                 "│  {branch} #{} {} {:<20} {}  (by {who}, request {request})",
                 at(entry, "/seq"),
                 time(at(entry, "/at").as_i64().unwrap_or(0)),
                 text(entry, "kind"),
                 summary(entry)
-            );
+            )?;
         }
     }
+    Ok(())
 }
