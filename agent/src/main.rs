@@ -1,5 +1,6 @@
 //! The `keyward-agent` binary.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,7 +97,13 @@ fn main() -> ExitCode {
             Command::Join { broker, token, data_dir } => {
                 let dir = DataDir::new(data_dir);
                 let identity = keyward_agent::enroll::join(&broker, &token, &dir).await?;
-                println!("{}", identity.state.agent_id);
+                // The ID alone on stdout (`ID=$(keyward-agent join …)`); a reader that went away
+                // is no failure: the enrollment is on disk either way.
+                let mut stdout = std::io::stdout().lock();
+                match writeln!(stdout, "{}", identity.state.agent_id) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                    _ => {}
+                }
                 eprintln!(
                     "enrolled as agent {} in pool {} (certificate valid until {}); start it with:\n  \
                      keyward-agent run --data-dir {}",

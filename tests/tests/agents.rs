@@ -208,6 +208,9 @@ async fn lifecycle(backend: Backend) {
     let jobs: Vec<&str> = run["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
     assert_eq!(jobs, ["succeeded", "succeeded"]);
     assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2, "each job ran once");
+    let logs = broker.cli(&["run", "logs", &run_id]);
+    assert!(logs.stdout.contains("an --exec command, not terraform"), "{}{}", logs.stdout, logs.stderr);
+    assert!(!logs.stdout.contains(", terraform "), "an --exec job's log claims no Terraform: {}", logs.stdout);
 
     // A second agent that is slow to plan; the quick one drains so the slow one gets the job.
     let drained = broker.cli(&["agent", "drain", &quick.id]);

@@ -52,8 +52,9 @@ impl Table {
 }
 
 /// A Unix time as an RFC 3339 UTC date (`2026-12-06T04:21:30Z`), for people; `--json` keeps numbers.
+/// Unknown times (absent, or 0 as in rows the first migration created) print as `-`.
 pub(super) fn date(unix: Option<i64>) -> String {
-    unix.map_or_else(|| "-".to_owned(), crate::clock::rfc3339)
+    unix.filter(|t| *t > 0).map_or_else(|| "-".to_owned(), crate::clock::rfc3339)
 }
 
 #[cfg(test)]
@@ -75,5 +76,6 @@ mod tests {
     fn dates_are_rfc3339_utc() {
         assert_eq!(date(Some(1_796_532_941)), "2026-12-06T04:55:41Z");
         assert_eq!(date(None), "-");
+        assert_eq!(date(Some(0)), "-", "the default pool's creation time is unknown");
     }
 }
