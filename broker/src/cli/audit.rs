@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, text};
-use super::output::{out, outln};
+use super::output::{self, out, outln};
 use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
@@ -280,11 +280,11 @@ async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<(
             );
         }
         for line in lines {
-            writeln!(out, "{}", to_canonical(line)?)?;
+            writeln!(out, "{}", to_canonical(line)?).map_err(output::stdout_error)?;
             next = at(line, "/entry/seq").as_u64().unwrap_or(next) + 1;
             written += 1;
         }
-        out.flush()?;
+        out.flush().map_err(output::stdout_error)?;
         eprintln!("exported {written} entries…");
     }
     eprintln!("exported {written} entries ({from}..{next})");

@@ -30,14 +30,13 @@ enum TokenSource {
 }
 
 fn api_token_source(flag: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<TokenSource> {
-    let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
     if let Some(path) = flag {
         return Some(TokenSource::FlagFile(path.to_owned()));
     }
-    if set("KEYWARD_TOKEN").is_some() {
+    if env("KEYWARD_TOKEN").map(Zeroizing::new).is_some_and(|token| !token.trim().is_empty()) {
         return Some(TokenSource::Env);
     }
-    set("KEYWARD_TOKEN_FILE").map(|path| TokenSource::EnvFile(PathBuf::from(path)))
+    env("KEYWARD_TOKEN_FILE").filter(|path| !path.trim().is_empty()).map(|path| TokenSource::EnvFile(path.into()))
 }
 
 fn read_token_file(path: &Path, named_by: &str) -> anyhow::Result<Zeroizing<String>> {
@@ -54,7 +53,10 @@ impl Client {
     pub(super) fn new(connection: &Connection, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let token = match api_token_source(connection.token_file.as_deref(), env) {
             Some(TokenSource::FlagFile(path)) => read_token_file(&path, "--token-file")?,
-            Some(TokenSource::Env) => Zeroizing::new(env("KEYWARD_TOKEN").unwrap_or_default().trim().to_owned()),
+            Some(TokenSource::Env) => {
+                let token = Zeroizing::new(env("KEYWARD_TOKEN").unwrap_or_default());
+                Zeroizing::new(token.trim().to_owned())
+            }
             Some(TokenSource::EnvFile(path)) => read_token_file(&path, "KEYWARD_TOKEN_FILE")?,
             None => bail!(
                 "no API token: pass --token-file, or set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"

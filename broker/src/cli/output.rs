@@ -21,10 +21,16 @@ pub(super) fn write(args: fmt::Arguments<'_>, newline: bool) -> anyhow::Result<(
         .write_fmt(args)
         .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
         .and_then(|()| stdout.flush());
-    match written {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
-        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    written.map_err(stdout_error)
+}
+
+/// The error of a failed write to stdout: [`StdoutClosed`] when the reader went away, for
+/// commands that stream through their own writer (`audit export`).
+pub(super) fn stdout_error(error: io::Error) -> anyhow::Error {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(error).context("cannot write to standard output")
     }
 }
 
