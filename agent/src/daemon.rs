@@ -223,7 +223,7 @@ impl Daemon {
                 agent_version: crate::version().to_owned(),
                 capacity: self.settings.capacity,
                 terraform_version: self.settings.terraform_version.clone().unwrap_or_default(),
-                isolation: self.settings.runner.isolation().describe(),
+                isolation: self.settings.runner.describe(),
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
@@ -375,12 +375,16 @@ impl Daemon {
             }
         };
         let log = log_of(MaskRules::new(credentials.secret_values(), patterns));
-        let terraform = self.settings.terraform_version.as_deref().unwrap_or("none");
+        let runs = if self.settings.runner.runs_terraform() {
+            format!("terraform {}", self.settings.terraform_version.as_deref().unwrap_or("none"))
+        } else {
+            "an --exec command, not terraform".to_owned()
+        };
         log.note(&format!(
-            "keyward: agent {} ({}), terraform {terraform}, isolation {}",
+            "keyward: agent {} ({}), {runs}, isolation {}",
             env!("CARGO_PKG_VERSION"),
             crate::enroll::hostname(),
-            self.settings.runner.isolation().describe()
+            self.settings.runner.describe()
         ))
         .await;
         if !credentials.is_empty() {

@@ -1,5 +1,6 @@
 //! The `keyward-agent` binary.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,7 +80,9 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colour only for a person at a terminal who did not set NO_COLOR (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     // A small runtime: the agent is mostly idle, and its RSS matters on customer hosts.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -94,13 +97,19 @@ fn main() -> ExitCode {
             Command::Join { broker, token, data_dir } => {
                 let dir = DataDir::new(data_dir);
                 let identity = keyward_agent::enroll::join(&broker, &token, &dir).await?;
-                println!("{}", identity.state.agent_id);
+                // The ID alone on stdout (`ID=$(keyward-agent join …)`); a reader that went away
+                // is no failure: the enrollment is on disk either way.
+                let mut stdout = std::io::stdout().lock();
+                match writeln!(stdout, "{}", identity.state.agent_id) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                    _ => {}
+                }
                 eprintln!(
-                    "enrolled as agent {} in pool {} (certificate valid until Unix time {}); start it with:\n  \
+                    "enrolled as agent {} in pool {} (certificate valid until {}); start it with:\n  \
                      keyward-agent run --data-dir {}",
                     identity.state.agent_id,
                     identity.state.pool,
-                    identity.state.not_after,
+                    date(identity.state.not_after),
                     dir.path().display()
                 );
                 Ok::<(), anyhow::Error>(())
@@ -129,15 +138,22 @@ fn main() -> ExitCode {
                         pids: pids_limit,
                     }),
                 };
-                let work = match exec {
-                    Some(command) => Some(Work::Exec(command)),
-                    None => keyward_agent::terraform::locate("terraform").map(Work::Terraform),
+                // An `--exec` agent never runs Terraform, so it reports none: its pool should be
+                // one of its own (docs/agents.md), and nothing should present its runs as applies.
+                let (work, terraform_version) = match exec {
+                    Some(command) => {
+                        tracing::warn!("--exec: every phase runs `sh -c CMD`, not Terraform");
+                        (Some(Work::Exec(command)), None)
+                    }
+                    None => {
+                        let version = keyward_agent::runner::terraform_version().await;
+                        match &version {
+                            Some(version) => tracing::info!(%version, "terraform found"),
+                            None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
+                        }
+                        (keyward_agent::terraform::locate("terraform").map(Work::Terraform), version)
+                    }
                 };
-                let terraform_version = keyward_agent::runner::terraform_version().await;
-                match &terraform_version {
-                    Some(version) => tracing::info!(%version, "terraform found"),
-                    None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
-                }
                 let runner = Runner::new(work, isolation, phase_timeout);
                 let settings = Settings { capacity, runner, terraform_version, mask_patterns, log_limit };
                 let daemon = Daemon::new(DataDir::new(data_dir), settings);
@@ -159,6 +175,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A Unix time as an RFC 3339 UTC date (`2026-12-06T04:21:30Z`).
+fn date(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// `123`, `64KiB`, `32MiB`, `1GiB`.

@@ -79,6 +79,21 @@ impl Runner {
         &self.isolation
     }
 
+    /// What `Hello` reports and each job's record and log header carry: the isolation, and for
+    /// `--exec` that jobs run the operator's command, not Terraform, so `agent list`, `run show`
+    /// and the audit log never present an `--exec` run as a Terraform apply.
+    pub fn describe(&self) -> String {
+        match &self.work {
+            Some(Work::Exec(_)) => format!("{}, runs --exec (not terraform)", self.isolation.describe()),
+            _ => self.isolation.describe(),
+        }
+    }
+
+    /// Whether jobs run Terraform (not an `--exec` command).
+    pub fn runs_terraform(&self) -> bool {
+        !matches!(self.work, Some(Work::Exec(_)))
+    }
+
     /// Runs `job` with `credentials` in its environment and its output in `log`, until it ends
     /// or `cancel` fires; the sandbox layers its processes ran under go to `layers`.
     pub async fn run(

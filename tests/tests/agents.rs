@@ -187,8 +187,19 @@ async fn lifecycle(backend: Backend) {
         async move { shown["isolation"].is_string().then_some(shown) }
     })
     .await;
-    assert_eq!(shown["isolation"], "process", "{shown}");
-    assert!(shown["terraform_version"].as_str().is_some_and(|v| v.starts_with("1.")), "{shown}");
+    // An `--exec` agent says so, and claims no Terraform: its runs are not Terraform applies.
+    assert_eq!(shown["isolation"], "process, runs --exec (not terraform)", "{shown}");
+    assert!(shown["terraform_version"].is_null(), "{shown}");
+    let human = broker.cli(&["agent", "show", &quick.id]);
+    assert!(human.success, "{}", human.stderr);
+    let isolation = human.stdout.lines().find(|l| l.starts_with("Isolation")).unwrap_or_default();
+    assert!(isolation.ends_with("  process, runs --exec (not terraform)"), "{}", human.stdout);
+    assert!(human.stdout.contains("valid until 20"), "dates, not Unix seconds: {}", human.stdout);
+    // The table's columns line up whatever the (spaced) isolation says: it comes last.
+    let table = broker.cli(&["agent", "list"]);
+    let (header, row) = (table.stdout.lines().next().unwrap(), table.stdout.lines().nth(1).unwrap());
+    assert_eq!(header.find("ISOLATION"), row.find("process, runs --exec"), "{}", table.stdout);
+    assert_eq!(header.find("HOST"), row.find(shown["hostname"].as_str().unwrap()), "{}", table.stdout);
 
     // A run goes through plan and (env=dev: no review needed) apply on the agent.
     let run_id = submit(&broker, "net");
@@ -197,9 +208,13 @@ async fn lifecycle(backend: Backend) {
     let jobs: Vec<&str> = run["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
     assert_eq!(jobs, ["succeeded", "succeeded"]);
     assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2, "each job ran once");
+    let logs = broker.cli(&["run", "logs", &run_id]);
+    assert!(logs.stdout.contains("an --exec command, not terraform"), "{}{}", logs.stdout, logs.stderr);
+    assert!(!logs.stdout.contains(", terraform "), "an --exec job's log claims no Terraform: {}", logs.stdout);
 
     // A second agent that is slow to plan; the quick one drains so the slow one gets the job.
-    json(&broker.cli(&["agent", "drain", &quick.id, "--json"]));
+    let drained = broker.cli(&["agent", "drain", &quick.id]);
+    assert!(drained.stdout.starts_with(&format!("agent {} drained: ", quick.id)), "{}", drained.stderr);
     let second = token(&broker, "blue", "10m");
     let mut slow = Agent::enroll_and_run(&broker.addr, &second, &dir.path().join("a2"), &slow_in("plan", &marks));
     let run_id = submit(&broker, "net");
@@ -207,7 +222,8 @@ async fn lifecycle(backend: Backend) {
     assert_eq!(job["agent_id"], slow.id.as_str());
 
     // Revoked mid-job: the stream is cut at once, the plan fails, the agent stops for good.
-    json(&broker.cli(&["agent", "revoke", &slow.id, "--json"]));
+    let revoked = broker.cli(&["agent", "revoke", &slow.id]);
+    assert!(revoked.stdout.starts_with(&format!("agent {} revoked: ", slow.id)), "{}", revoked.stderr);
     let status = slow.wait_exit(Duration::from_secs(15));
     assert!(!status.success());
     assert!(slow.log_text().contains("revoked"), "{}", slow.log_text());

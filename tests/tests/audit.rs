@@ -92,7 +92,7 @@ async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
         broker.exchange(&run_token(&broker, "run-trace-1", "apply").await, "vault:network-secrets").await;
     assert_eq!(status, 200, "{vault}");
     let (status, denied) = broker.exchange(&run_token(&broker, "run-trace-1", "plan").await, "aws:network-apply").await;
-    assert_eq!(status, 403, "{denied}");
+    assert_eq!((status, denied["error"].as_str()), (400, Some("invalid_target")), "{denied}");
 
     // The question, from the run ID and from the access key ID alone.
     for key in ["run-trace-1", access_key_id.as_str()] {
@@ -130,6 +130,22 @@ async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
     }
     assert!(audit_cli(&broker, &["trace", "no-such-run"]).stderr.contains("nothing in the audit log refers to"));
 
+    // `keyward audit trace … | head`: a reader that went away ends the command quietly (status 0,
+    // nothing on stderr), never a panic. The pipe's read end is closed before the command starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let token_file = broker.data_dir.join("admin-token");
+    let closed = std::process::Command::new(keyward_tests::binary("keyward"))
+        .args(["audit", "trace", access_key_id.as_str(), "--token-file", token_file.to_str().unwrap()])
+        .env("KEYWARD_ADDR", &broker.addr)
+        .env_remove("KEYWARD_TOKEN")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
     // Export, checkpoint, public key; offline verification.
     let checkpoint = audit_cli(&broker, &["checkpoint"]);
     assert!(checkpoint.success && checkpoint.stdout.contains("/audit\n"), "{}", checkpoint.stderr);
@@ -155,6 +171,14 @@ async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
             ],
         )
     };
+    // Without the key, the checkpoint cannot be checked: say that the key is missing, and where to get it.
+    let keyless = audit_cli(&broker, &["verify", log.to_str().unwrap(), "--checkpoint", cp.to_str().unwrap()]);
+    assert!(!keyless.success, "{}", keyless.stdout);
+    assert!(
+        keyless.stderr.contains("public key is missing") && keyless.stderr.contains("keyward audit public-key"),
+        "{}",
+        keyless.stderr
+    );
     let good = verify(&log, &cp);
     assert!(good.success && good.stdout.contains("signature and head match"), "{}{}", good.stdout, good.stderr);
     let size = Audit::open(&broker.data_dir).await.check_tree().await;

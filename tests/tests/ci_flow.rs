@@ -7,6 +7,7 @@
 // A panic in a test is a failed test: unwrap and index freely.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};
 use keyward_tests::moto::Moto;
 use keyward_tests::openbao::OpenBao;
@@ -116,6 +117,15 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     );
     assert!(out.stdout.starts_with("AWS_ACCESS_KEY_ID=ASIA"), "{}", out.stdout);
     let before_refusals = moto.sts_requests().len();
+
+    // Every entry of the CI run names the exchange after the issuer entry the operator configured,
+    // the same way each time (not its URL on one entry and `ci` on the next).
+    let entries = Audit::open(&broker.data_dir).await.for_run("4711").await;
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert!(["minted", "allowed", "issued", "denied"].iter().all(|k| kinds.contains(k)), "{kinds:?}");
+    for entry in &entries {
+        assert_eq!(entry.context["actor"], "exchange:ci:bao-ci", "{}", entry.body);
+    }
 
     // A token whose required claim differs (a fork's repository owner).
     let out = creds(&bao.identity_token(&fork).await);

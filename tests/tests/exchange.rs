@@ -77,7 +77,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     // A plan never gets a write target, whatever the policy says.
     let plan = run_token(&broker, "run-plan-1", "plan", "refs/heads/main").await;
     let (status, body) = broker.exchange_form(&exchange_form(&plan, "aws:network-apply")).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("only apply-phase tokens"), "{body}");
 
     // A plan gets read credentials, for the policy's hour (data.json, ttl_caps).
@@ -89,7 +89,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     // The policy refuses an apply from a feature branch, and says why.
     let feature = run_token(&broker, "run-apply-2", "apply", "refs/heads/feature/x").await;
     let (status, body) = broker.exchange_form(&exchange_form(&feature, "aws:network-apply")).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("needs a commit on refs/heads/main"), "{body}");
 
     // Asking for less than STS's 15-minute minimum is refused, never stretched.
@@ -97,7 +97,7 @@ async fn run_tokens_exchange_for_aws_worker_credentials_only_when_allowed() {
     let mut short_form = exchange_form(&short, "aws:network-read");
     short_form.push(("ttl_seconds", "600"));
     let (status, body) = broker.exchange_form(&short_form).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("below STS's minimum of 900s"), "{body}");
 
     // Tokens for someone else, unknown targets, malformed requests.

@@ -116,7 +116,7 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
         claims["stack"] = json!(stack);
         let token = signer.sign_compact(claims.to_string().as_bytes()).unwrap();
         let (status, body) = broker.exchange(&token, "aws:dev").await;
-        assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{stack}: {body}");
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{stack}: {body}");
         assert!(body["error_description"].as_str().unwrap().contains(reason), "{stack}: {body}");
     }
 

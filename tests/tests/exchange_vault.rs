@@ -138,7 +138,7 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     // A stack the role does not bind: OpenBao refuses, the broker says so, nothing is issued.
     let (status, body) =
         broker.exchange(&run_token(&broker, "run-v2", "payments").await, "vault:network-secrets").await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("access_denied")), "{body}");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("Vault refused"), "{body}");
 
     // A sealed Vault: a clear 502, nothing issued.

@@ -205,6 +205,11 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
         .unwrap();
     assert_eq!(malformed.status(), 400);
     assert_eq!(malformed.json::<Value>().await.unwrap()["error"], "invalid_request");
+    // `/v1/token` speaks one grant type, and says so before anything about targets (a dev
+    // broker has none).
+    let (status, body) =
+        broker.exchange_form(&[("grant_type", "password"), ("subject_token", "x"), ("resource", "aws:nope")]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")), "{body}");
     assert_eq!(issued_count(&data_dir).await, 0, "no refused request issued a token");
 
     let cli = broker.cli(&["token", "mint", "--stack", "net", "--run", "r1", "--phase", "plan", "--audience", "nope"]);
@@ -215,6 +220,27 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
     );
     assert!(cli.stdout.is_empty());
 
+    // `--token-file` typed on the command line wins over the token the shell exported; between the
+    // two variables, `KEYWARD_TOKEN` wins.
+    let token_file = data_dir.join("admin-token");
+    let stale = "kw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let flag = keyward(
+        &["keys", "list", "--json", "--token-file", token_file.to_str().unwrap()],
+        &[("KEYWARD_ADDR", broker.addr.as_str()), ("KEYWARD_TOKEN", stale)],
+    );
+    assert!(flag.success, "--token-file must win over KEYWARD_TOKEN: {}", flag.stderr);
+    let env = keyward(
+        &["keys", "list", "--json"],
+        &[
+            ("KEYWARD_ADDR", broker.addr.as_str()),
+            ("KEYWARD_TOKEN", broker.admin_token.as_str()),
+            ("KEYWARD_TOKEN_FILE", "/nonexistent/token"),
+        ],
+    );
+    assert!(env.success, "KEYWARD_TOKEN wins over KEYWARD_TOKEN_FILE: {}", env.stderr);
+    let missing = keyward(&["keys", "list"], &[("KEYWARD_ADDR", broker.addr.as_str())]);
+    assert!(!missing.success && missing.stderr.contains("--token-file"), "{}", missing.stderr);
+
     let (status, minted) = broker.mint_raw(&good, admin).await;
     assert_eq!(status, 201, "{minted}");
     assert_eq!(issued_count(&data_dir).await, 1, "the accepted request is on record");
@@ -224,6 +250,7 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
     assert!(!metrics.contains(&broker.admin_token) && !metrics.contains(token));
     let log = broker.log_text();
     assert!(log.contains(minted["jti"].as_str().unwrap()), "issuance is logged by jti: {log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {log}");
     for secret in [broker.admin_token.as_str(), submit_token.as_str(), token] {
         assert!(!log.contains(secret), "a secret reached the broker log");
     }

@@ -436,7 +436,7 @@ fn credentials_status(error: CredentialsError) -> Status {
             ExchangeError::InvalidRequest(_) | ExchangeError::InvalidTarget(_) => {
                 Status::invalid_argument(error.to_string())
             }
-            ExchangeError::InvalidGrant(_) | ExchangeError::AccessDenied(_) | ExchangeError::UpstreamRefused(_) => {
+            ExchangeError::InvalidGrant(_) | ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => {
                 Status::permission_denied(error.to_string())
             }
             ExchangeError::Unavailable(_) | ExchangeError::UpstreamUnavailable(_) => {

@@ -45,6 +45,12 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_target", description, Refusal::Audience)
     }
 
+    /// 400 `invalid_target` (RFC 8693) for a target that exists but was refused to this subject
+    /// (the broker's rules, the policy, the relying party); counted as a denial, not a typo.
+    pub fn target_denied(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", description, Refusal::Forbidden)
+    }
+
     /// 400 `invalid_grant` (RFC 6749): the subject token was refused.
     pub fn invalid_grant(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description, Refusal::Unauthenticated)

@@ -35,11 +35,13 @@ pub(super) async fn exchange(
     form: Result<Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::invalid_request(e.body_text()))?;
-    let exchanger =
-        state.exchanger.as_ref().ok_or_else(|| ApiError::invalid_target("no credential targets are configured"))?;
+    // The grant type says which protocol the request speaks: answer it before anything about
+    // targets, so a client speaking the wrong one hears that first (RFC 6749 §5.2).
     if form.grant_type.as_deref() != Some(GRANT_TYPE) {
         return Err(ApiError::unsupported_grant_type(format!("grant_type must be {GRANT_TYPE}")));
     }
+    let exchanger =
+        state.exchanger.as_ref().ok_or_else(|| ApiError::invalid_target("no credential targets are configured"))?;
     let subject_token = form
         .subject_token
         .filter(|t| !t.is_empty())
@@ -148,9 +150,11 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::InvalidRequest(_) => Self::invalid_request(error.to_string()),
             ExchangeError::InvalidTarget(_) => Self::invalid_target(error.to_string()),
             ExchangeError::InvalidGrant(_) => Self::invalid_grant(error.to_string()),
-            ExchangeError::AccessDenied(_) => Self::access_denied(error.to_string()),
+            // RFC 8693 §2.2.2: a target the server will not issue for is `invalid_target`, whether
+            // the broker's rules, the policy or the relying party said no; the reason goes in
+            // `error_description`. OAuth has no `access_denied` at the token endpoint.
+            ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => Self::target_denied(error.to_string()),
             ExchangeError::Unavailable(_) => Self::unavailable(error.to_string()),
-            ExchangeError::UpstreamRefused(_) => Self::access_denied(error.to_string()),
             ExchangeError::UpstreamUnavailable(_) => Self::bad_gateway(error.to_string()),
         }
     }

@@ -65,6 +65,12 @@ pub enum VerifyError {
         /// Signed head, hex.
         expected: String,
     },
+    /// Checkpoints were given without the log's public key, so their signatures cannot be checked.
+    #[error(
+        "the log's public key is missing: checking a checkpoint needs it (--public-key FILE); \
+         `keyward audit public-key > log.pub` prints it, and a verifier should keep a copy it trusts"
+    )]
+    MissingKey,
     /// The export does not start at the beginning of the log, so no head can be recomputed.
     #[error("the export starts at entry {0}; checking a checkpoint needs every entry from 0")]
     NotFromStart(u64),
@@ -141,10 +147,7 @@ pub fn verify_export_leaves(
         .map_err(|e| VerifyError::BadEntry { seq: 0, reason: format!("cannot compute the tree head: {e}") })?;
     let mut verified = Vec::with_capacity(checkpoints.len());
     for note in checkpoints {
-        let key = key.ok_or_else(|| CheckpointError::Malformed {
-            what: "verifier key",
-            reason: "checking a checkpoint needs the log's public key (--public-key)".to_owned(),
-        })?;
+        let key = key.ok_or(VerifyError::MissingKey)?;
         let checkpoint = key.verify(note)?;
         if first != 0 {
             return Err(VerifyError::NotFromStart(first));
@@ -175,6 +178,14 @@ pub fn verify_export_leaves(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_without_the_key_says_the_key_is_missing() {
+        let error = verify_export(&b""[..], &["origin\n0\nroot\n\n".to_owned()], None);
+        assert!(matches!(error, Err(VerifyError::MissingKey)), "{error:?}");
+        let message = VerifyError::MissingKey.to_string();
+        assert!(message.contains("public key is missing") && message.contains("keyward audit public-key"));
+    }
 
     /// Garbage, truncations and byte flips of a real export never panic the verifier: each is
     /// either refused with an error or (for harmless edits such as a trailing blank line) accepted.

@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, segment, text};
+use super::output::outln;
+use super::table::{Table, date};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AgentCommand {
@@ -62,50 +64,84 @@ pub(super) async fn run(command: AgentCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&listing);
             }
-            println!(
-                "{:<38} {:<12} {:<9} {:<9} {:<9} {:<9} HOST",
-                "ID", "POOL", "STATE", "CONNECTED", "TERRAFORM", "ISOLATION"
-            );
+            // ISOLATION is free text (`sandbox network=none`), so it goes last.
+            let mut table = Table::new(&["ID", "POOL", "STATE", "CONNECTED", "TERRAFORM", "HOST", "ISOLATION"]);
             for agent in items(&listing, "agents") {
-                let or_dash = |key: &str| Some(text(agent, key)).filter(|t| !t.is_empty()).unwrap_or("-").to_owned();
-                println!(
-                    "{:<38} {:<12} {:<9} {:<9} {:<9} {:<9} {}",
-                    text(agent, "id"),
-                    text(agent, "pool"),
-                    text(agent, "state"),
-                    if agent["connected"] == json!(true) { "yes" } else { "no" },
-                    or_dash("terraform_version"),
-                    or_dash("isolation"),
-                    text(agent, "hostname"),
-                );
+                table.row(vec![
+                    text(agent, "id").to_owned(),
+                    text(agent, "pool").to_owned(),
+                    text(agent, "state").to_owned(),
+                    yes_no(agent, "connected").to_owned(),
+                    or_dash(agent, "terraform_version"),
+                    or_dash(agent, "hostname"),
+                    or_dash(agent, "isolation"),
+                ]);
             }
+            table.print()?;
         }
         AgentCommand::Show { id, json, connection } => {
             let agent = Client::new(&connection, env)?.get(&format!("/v1/agents/{}", segment(&id))).await?;
-            finish(&agent, json)?;
+            if json {
+                return print_json(&agent);
+            }
+            print_agent(&agent)?;
         }
         AgentCommand::Revoke { id, json, connection } => {
             let path = format!("/v1/agents/{}/revoke", segment(&id));
             let agent = Client::new(&connection, env)?.post(&path, &json!({})).await?;
-            finish(&agent, json)?;
+            if json {
+                return print_json(&agent);
+            }
+            outln!(
+                "agent {} revoked: its stream is cut, its leases end and its certificate is refused from now on",
+                text(&agent, "id")
+            )?;
         }
         AgentCommand::Drain { id, json, connection } => {
             let path = format!("/v1/agents/{}/drain", segment(&id));
             let agent = Client::new(&connection, env)?.post(&path, &json!({})).await?;
-            finish(&agent, json)?;
+            if json {
+                return print_json(&agent);
+            }
+            outln!(
+                "agent {} drained: it finishes the jobs it holds, takes no new ones, then exits",
+                text(&agent, "id")
+            )?;
         }
     }
     Ok(())
 }
 
-fn finish(agent: &Value, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(agent);
+fn or_dash(agent: &Value, key: &str) -> String {
+    Some(text(agent, key)).filter(|t| !t.is_empty()).unwrap_or("-").to_owned()
+}
+
+fn yes_no(agent: &Value, key: &str) -> &'static str {
+    if agent.get(key) == Some(&Value::Bool(true)) { "yes" } else { "no" }
+}
+
+fn print_agent(agent: &Value) -> anyhow::Result<()> {
+    let time = |key: &str| date(agent.get(key).and_then(Value::as_i64));
+    let mut rows = vec![
+        ("Agent", or_dash(agent, "id")),
+        ("Pool", or_dash(agent, "pool")),
+        ("State", or_dash(agent, "state")),
+        ("Connected", yes_no(agent, "connected").to_owned()),
+        ("Host", or_dash(agent, "hostname")),
+        ("Version", or_dash(agent, "version")),
+        ("Terraform", or_dash(agent, "terraform_version")),
+        ("Isolation", or_dash(agent, "isolation")),
+        ("SPIFFE ID", or_dash(agent, "spiffe_id")),
+        ("Certificate", format!("serial {}, valid until {}", or_dash(agent, "serial"), time("not_after"))),
+        ("Enrolled", time("enrolled_at")),
+        ("Last seen", time("last_seen_at")),
+    ];
+    if agent.get("revoked_at").is_some_and(|t| !t.is_null()) {
+        rows.push(("Revoked", format!("{} by {}", time("revoked_at"), or_dash(agent, "revoked_by"))));
     }
-    for key in ["id", "pool", "spiffe_id", "state", "hostname", "version", "serial", "terraform_version", "isolation"] {
-        println!("{key:<12} {}", text(agent, key));
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    for (label, value) in rows {
+        outln!("{label:<width$}  {value}")?;
     }
-    println!("{:<12} {}", "not_after", agent["not_after"]);
-    println!("{:<12} {}", "connected", agent["connected"]);
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, text};
+use super::output::{self, out, outln};
 use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
@@ -133,12 +134,12 @@ pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&made);
             }
-            print!("{}", text(&made, "note"));
+            out!("{}", text(&made, "note"))?;
             Ok(())
         }
         AuditCommand::PublicKey { connection } => {
             let key = Client::new(&connection, env)?.get("/v1/audit/public-key").await?;
-            println!("{}", text(&key, "verifier_key"));
+            outln!("{}", text(&key, "verifier_key"))?;
             Ok(())
         }
         AuditCommand::Prove { entry: Some(seq), size, json, connection, .. } => {
@@ -202,19 +203,19 @@ pub(super) fn urlencode(text: &str) -> String {
 
 fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", to_canonical(line)?);
+        outln!("{}", to_canonical(line)?)?;
         return Ok(());
     }
     let entry = &at(line, "/entry");
     let context = &at(entry, "/context");
-    println!(
+    outln!(
         "#{:<6} {} {:<20} {:<24} {}",
         at(entry, "/seq"),
         time(at(entry, "/at").as_i64().unwrap_or(0)),
         text(entry, "kind"),
         at(context, "/run_id").as_str().unwrap_or("-"),
         summary(entry),
-    );
+    )?;
     Ok(())
 }
 
@@ -280,11 +281,11 @@ async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<(
             );
         }
         for line in lines {
-            writeln!(out, "{}", to_canonical(line)?)?;
+            writeln!(out, "{}", to_canonical(line)?).map_err(output::stdout_error)?;
             next = at(line, "/entry/seq").as_u64().unwrap_or(next) + 1;
             written += 1;
         }
-        out.flush()?;
+        out.flush().map_err(output::stdout_error)?;
         eprintln!("exported {written} entries…");
     }
     eprintln!("exported {written} entries ({from}..{next})");
@@ -319,7 +320,7 @@ async fn prove_entry(client: &Client, seq: u64, size: Option<u64>, json: bool) -
     if json {
         return print_json(&json!({ "verified": true, "proof": answer }));
     }
-    println!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root));
+    outln!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root))?;
     Ok(())
 }
 
@@ -342,20 +343,28 @@ async fn prove_since(client: &Client, file: &std::path::Path, json: bool) -> any
             &json!({ "verified": true, "old": old.size, "new": new.size, "new_note": text(&latest, "note") }),
         );
     }
-    println!(
+    outln!(
         "the log of {} entries (head {}) extends the checkpoint of {} entries (verified here)",
         new.size,
         hex(&new.root),
         old.size
-    );
+    )?;
     Ok(())
 }
 
 fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, json: bool) -> anyhow::Result<()> {
     let key = key
         .map(|k| {
-            let text = if std::path::Path::new(&k).is_file() { std::fs::read_to_string(&k)? } else { k };
-            text.parse::<VerifierKey>().map_err(anyhow::Error::from)
+            let path = std::path::Path::new(&k);
+            // A key is `<name>+<key id>+<key>`; anything else was meant as a file name.
+            let text = if path.is_file() || !k.contains('+') {
+                std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the public key file {k} (`keyward audit public-key > {k}` writes it)")
+                })?
+            } else {
+                k
+            };
+            text.trim().parse::<VerifierKey>().map_err(anyhow::Error::from)
         })
         .transpose()?;
     let notes = checkpoints
@@ -373,12 +382,12 @@ fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, 
             "checkpoints": report.checkpoints.iter().map(|c| json!({"size": c.size, "root": hex(&c.root)})).collect::<Vec<_>>(),
         }));
     }
-    println!("{} entries ({}..{}) verified", report.entries, report.first, report.first + report.entries);
+    outln!("{} entries ({}..{}) verified", report.entries, report.first, report.first + report.entries)?;
     if let Some(root) = report.root {
-        println!("tree head at {}: {}", report.first + report.entries, hex(&root));
+        outln!("tree head at {}: {}", report.first + report.entries, hex(&root))?;
     }
     for checkpoint in &report.checkpoints {
-        println!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size);
+        outln!("checkpoint {} at size {}: signature and head match", checkpoint.origin, checkpoint.size)?;
     }
     Ok(())
 }
@@ -415,11 +424,11 @@ async fn prune(client: &Client, before: u64, archive: &std::path::Path) -> anyho
     )
     .with_context(|| format!("{} is not the signed log's first {before} entries; nothing pruned", archive.display()))?;
     let pruned = client.post("/v1/audit/prune", &json!({ "before": before })).await?;
-    println!(
+    outln!(
         "pruned {} entries before {before}; {} holds them (head at {before}: {})",
         at(&pruned, "/pruned"),
         archive.display(),
         hex(&archived_head)
-    );
+    )?;
     Ok(())
 }

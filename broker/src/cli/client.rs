@@ -1,5 +1,6 @@
 //! A small HTTP client for commands that talk to a running broker.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -8,6 +9,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::Connection;
+use super::output::outln;
 
 pub(super) struct Client {
     http: reqwest::Client,
@@ -15,19 +17,50 @@ pub(super) struct Client {
     token: Zeroizing<String>,
 }
 
+/// Where the API token comes from, strongest first: what was typed on this command line beats
+/// what the shell exported (docs/api.md, "CLI connection").
+#[derive(Debug, PartialEq, Eq)]
+enum TokenSource {
+    /// `--token-file`.
+    FlagFile(PathBuf),
+    /// `KEYWARD_TOKEN` (never printed).
+    Env,
+    /// `KEYWARD_TOKEN_FILE`.
+    EnvFile(PathBuf),
+}
+
+fn api_token_source(flag: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<TokenSource> {
+    if let Some(path) = flag {
+        return Some(TokenSource::FlagFile(path.to_owned()));
+    }
+    if env("KEYWARD_TOKEN").map(Zeroizing::new).is_some_and(|token| !token.trim().is_empty()) {
+        return Some(TokenSource::Env);
+    }
+    env("KEYWARD_TOKEN_FILE").filter(|path| !path.trim().is_empty()).map(|path| TokenSource::EnvFile(path.into()))
+}
+
+fn read_token_file(path: &Path, named_by: &str) -> anyhow::Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read API token file {} ({named_by})", path.display()))?,
+    );
+    Ok(Zeroizing::new(text.trim().to_owned()))
+}
+
 impl Client {
-    /// Builds a client from `--addr`/`KEYWARD_ADDR` and `KEYWARD_TOKEN` or `--token-file`/`KEYWARD_TOKEN_FILE`.
+    /// Builds a client from `--addr`/`KEYWARD_ADDR` and, in this order, `--token-file`,
+    /// `KEYWARD_TOKEN` or `KEYWARD_TOKEN_FILE`.
     pub(super) fn new(connection: &Connection, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let token = match (env("KEYWARD_TOKEN"), &connection.token_file) {
-            (Some(token), _) if !token.trim().is_empty() => Zeroizing::new(token.trim().to_owned()),
-            (_, Some(path)) => {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read API token file {}", path.display()))?,
-                );
-                Zeroizing::new(text.trim().to_owned())
+        let token = match api_token_source(connection.token_file.as_deref(), env) {
+            Some(TokenSource::FlagFile(path)) => read_token_file(&path, "--token-file")?,
+            Some(TokenSource::Env) => {
+                let token = Zeroizing::new(env("KEYWARD_TOKEN").unwrap_or_default());
+                Zeroizing::new(token.trim().to_owned())
             }
-            _ => bail!("no API token: set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"),
+            Some(TokenSource::EnvFile(path)) => read_token_file(&path, "KEYWARD_TOKEN_FILE")?,
+            None => bail!(
+                "no API token: pass --token-file, or set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"
+            ),
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -80,7 +113,7 @@ pub(super) fn items<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a
 
 /// Prints `value` as one JSON document.
 pub(super) fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
@@ -95,4 +128,29 @@ pub(super) fn segment(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_flag_wins_over_both_variables() {
+        let env = env_of(&[("KEYWARD_TOKEN", "kw_env"), ("KEYWARD_TOKEN_FILE", "/env/file")]);
+        let source = api_token_source(Some(Path::new("/flag/file")), &env);
+        assert_eq!(source, Some(TokenSource::FlagFile(PathBuf::from("/flag/file"))));
+    }
+
+    #[test]
+    fn the_token_variable_wins_over_the_file_variable() {
+        let env = env_of(&[("KEYWARD_TOKEN", "kw_env"), ("KEYWARD_TOKEN_FILE", "/env/file")]);
+        assert_eq!(api_token_source(None, &env), Some(TokenSource::Env));
+        let env = env_of(&[("KEYWARD_TOKEN", "  "), ("KEYWARD_TOKEN_FILE", "/env/file")]);
+        assert_eq!(api_token_source(None, &env), Some(TokenSource::EnvFile(PathBuf::from("/env/file"))));
+        assert_eq!(api_token_source(None, &env_of(&[])), None);
+    }
 }

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use super::Connection;
 use super::client::{Client, items, print_json, text};
+use super::output::outln;
+use super::table::{Table, date};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum KeysCommand {
@@ -38,13 +40,13 @@ pub(super) async fn run(command: KeysCommand, env: &dyn Fn(&str) -> Option<Strin
                 return print_json(&rotated);
             }
             let rotation = rotated.get("rotation").cloned().unwrap_or_default();
-            println!("signing with {}", text(&rotation, "current_kid"));
-            println!(
+            outln!("signing with {}", text(&rotation, "current_kid"))?;
+            outln!(
                 "retired {} (published until {})",
                 text(&rotation, "retired_kid"),
-                rotation.get("retired_publish_until").and_then(serde_json::Value::as_i64).unwrap_or_default()
-            );
-            println!("next    {}", text(&rotation, "next_kid"));
+                date(rotation.get("retired_publish_until").and_then(serde_json::Value::as_i64))
+            )?;
+            outln!("next    {}", text(&rotation, "next_kid"))?;
             Ok(())
         }
         KeysCommand::List { json, connection } => {
@@ -52,18 +54,16 @@ pub(super) async fn run(command: KeysCommand, env: &dyn Fn(&str) -> Option<Strin
             if json {
                 return print_json(&listed);
             }
-            println!("{:<44} {:<6} {:<8} PUBLISH UNTIL", "KID", "ALG", "STATE");
+            let mut table = Table::new(&["KID", "ALG", "STATE", "PUBLISH UNTIL"]);
             for key in items(&listed, "keys") {
-                println!(
-                    "{:<44} {:<6} {:<8} {}",
-                    text(key, "kid"),
-                    text(key, "algorithm"),
-                    text(key, "state"),
-                    key.get("publish_until")
-                        .and_then(serde_json::Value::as_i64)
-                        .map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                );
+                table.row(vec![
+                    text(key, "kid").to_owned(),
+                    text(key, "algorithm").to_owned(),
+                    text(key, "state").to_owned(),
+                    date(key.get("publish_until").and_then(serde_json::Value::as_i64)),
+                ]);
             }
+            table.print()?;
             Ok(())
         }
     }

@@ -14,11 +14,13 @@ mod dev;
 mod dev_agent;
 mod keys;
 mod logging;
+mod output;
 mod policy;
 mod pool;
 mod run;
 mod serve;
 mod stack;
+mod table;
 mod token;
 mod trace;
 
@@ -85,8 +87,10 @@ pub struct Connection {
     /// Broker URL.
     #[arg(long, env = "KEYWARD_ADDR", default_value = DEFAULT_ADDR, global = true)]
     addr: String,
-    /// File holding the API token.
-    #[arg(long, env = "KEYWARD_TOKEN_FILE", global = true)]
+    /// File holding the API token; wins over KEYWARD_TOKEN and KEYWARD_TOKEN_FILE.
+    // Not `env = "KEYWARD_TOKEN_FILE"`: clap would then make the variable and the flag the same
+    // thing, and `KEYWARD_TOKEN` could not sit between them (see `client::api_token_source`).
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
 }
 
@@ -128,6 +132,8 @@ pub fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of stdout went away (`… | head`): it wanted no more; see `output`.
+        Err(error) if output::is_stdout_closed(&error) => std::process::ExitCode::SUCCESS,
         // `run submit --drift --wait` found drift: exit 2, as `terraform plan -detailed-exitcode`.
         Err(error) if error.downcast_ref::<run::DriftFound>().is_some() => {
             eprintln!("{error}");

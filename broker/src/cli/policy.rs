@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 use super::Connection;
 use super::client::{Client, print_json, text};
+use super::output::outln;
 use crate::policy::{CaseOutcome, PolicyKind, PolicySet, input_schema, run_cases};
 
 /// Time limit for one evaluation when testing offline (the broker's is `policy.evaluation_timeout`).
@@ -62,14 +63,14 @@ pub(super) async fn run(command: PolicyCommand, env: &dyn Fn(&str) -> Option<Str
             if json {
                 return print_json(&status);
             }
-            println!("reloaded {} (digest {})", text(&status, "dir"), text(&status, "digest"));
+            outln!("reloaded {} (digest {})", text(&status, "dir"), text(&status, "digest"))?;
             Ok(())
         }
         PolicyCommand::Test { dir, json } => test(&dir, json),
         PolicyCommand::Eval { kind, input, dir, json } => eval(&kind, &input, &dir, json),
         PolicyCommand::Schema { kind } => {
             let kind: PolicyKind = kind.parse()?;
-            println!("{}", serde_json::to_string_pretty(&input_schema(kind))?);
+            outln!("{}", serde_json::to_string_pretty(&input_schema(kind))?)?;
             Ok(())
         }
     }
@@ -87,20 +88,20 @@ fn test(dir: &Path, json: bool) -> anyhow::Result<()> {
         let document = serde_json::json!({
             "passed": passed, "failed": failed, "policy_digest": set.digest(), "cases": reports,
         });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?)?;
     } else {
-        println!("{:<6} {:<12} {:<28} CASE", "RESULT", "TYPE", "FILE");
+        outln!("{:<6} {:<12} {:<28} CASE", "RESULT", "TYPE", "FILE")?;
         for report in &reports {
             let result = match report.result {
                 CaseOutcome::Pass => "pass",
                 CaseOutcome::Fail => "FAIL",
             };
-            println!("{result:<6} {:<12} {:<28} {}", report.kind.as_str(), report.file, report.name);
+            outln!("{result:<6} {:<12} {:<28} {}", report.kind.as_str(), report.file, report.name)?;
             if let Some(failure) = &report.failure {
-                println!("{:<6} {failure}", "");
+                outln!("{:<6} {failure}", "")?;
             }
         }
-        println!("{passed} passed, {failed} failed");
+        outln!("{passed} passed, {failed} failed")?;
     }
     if failed > 0 {
         bail!("{failed} policy test case(s) failed");
@@ -120,22 +121,22 @@ fn eval(kind: &str, input: &Path, dir: &Path, json: bool) -> anyhow::Result<()> 
     let set = PolicySet::load(dir, OFFLINE_TIMEOUT)?;
     let decision = set.decide(kind, value);
     if json {
-        println!("{}", serde_json::to_string_pretty(&decision)?);
+        outln!("{}", serde_json::to_string_pretty(&decision)?)?;
         return Ok(());
     }
-    println!("decision: {}", serde_json::to_value(decision.outcome)?.as_str().unwrap_or_default());
+    outln!("decision: {}", serde_json::to_value(decision.outcome)?.as_str().unwrap_or_default())?;
     for reason in &decision.reasons {
-        println!("  reason: {reason}");
+        outln!("  reason: {reason}")?;
     }
     for warning in &decision.warnings {
-        println!("  warning: {warning}");
+        outln!("  warning: {warning}")?;
     }
     if let Some(ttl) = decision.ttl_seconds {
-        println!("ttl_seconds: {ttl}");
+        outln!("ttl_seconds: {ttl}")?;
     }
     if let Some(policy) = &decision.session_policy {
-        println!("session_policy: {policy}");
+        outln!("session_policy: {policy}")?;
     }
-    println!("policy set: {} ({})", dir.display(), decision.policy_digest);
+    outln!("policy set: {} ({})", dir.display(), decision.policy_digest)?;
     Ok(())
 }

@@ -7,6 +7,8 @@ use serde_json::json;
 
 use super::Connection;
 use super::client::{Client, items, print_json, segment, text};
+use super::output::outln;
+use super::table::{Table, date};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PoolCommand {
@@ -50,17 +52,22 @@ pub(super) async fn run(command: PoolCommand, env: &dyn Fn(&str) -> Option<Strin
             if json {
                 return print_json(&pool);
             }
-            println!("created pool {}", text(&pool, "name"));
+            outln!("created pool {}", text(&pool, "name"))?;
         }
         PoolCommand::List { json, connection } => {
             let listing = Client::new(&connection, env)?.get("/v1/pools").await?;
             if json {
                 return print_json(&listing);
             }
-            println!("{:<24} {:<12} CREATED BY", "NAME", "CREATED");
+            let mut table = Table::new(&["NAME", "CREATED", "CREATED BY"]);
             for pool in items(&listing, "pools") {
-                println!("{:<24} {:<12} {}", text(pool, "name"), pool["created_at"], text(pool, "created_by"));
+                table.row(vec![
+                    text(pool, "name").to_owned(),
+                    date(pool.get("created_at").and_then(serde_json::Value::as_i64)),
+                    text(pool, "created_by").to_owned(),
+                ]);
             }
+            table.print()?;
         }
         PoolCommand::JoinToken { name, ttl, json, connection } => {
             let client = Client::new(&connection, env)?;
@@ -70,7 +77,7 @@ pub(super) async fn run(command: PoolCommand, env: &dyn Fn(&str) -> Option<Strin
                 return print_json(&token);
             }
             // The token alone on stdout, so `$(keyward pool join-token p)` captures it.
-            println!("{}", text(&token, "token"));
+            outln!("{}", text(&token, "token"))?;
             eprintln!(
                 "one-time join token for pool {} (expires in {}); on the agent's host run:\n  \
                  keyward-agent join --broker {} --token <token> --data-dir <dir>",

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use super::client::segment;
 use super::client::{Client, items, print_json, text};
+use super::output::{out, outln};
 use crate::logs;
 use crate::runs::RunState;
 
@@ -139,7 +140,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             let mut run = client.post("/v1/runs", &body).await?;
             let id = text(&run, "id").to_owned();
             if !json {
-                println!("{id}");
+                outln!("{id}")?;
                 let what = if drift { "drift check" } else { "run" };
                 eprintln!("queued {what} {id} of {stack} at {}", text(&run, "commit_sha"));
             }
@@ -149,7 +150,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             if json {
                 print_json(&run)?;
             } else if wait {
-                print_run(&run);
+                print_run(&run)?;
             }
             if wait {
                 if failed(&run) {
@@ -173,7 +174,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             if json {
                 return print_json(&run);
             }
-            print_run(&run);
+            print_run(&run)?;
         }
         RunCommand::List { stack, limit, json, connection } => {
             let mut path = format!("/v1/runs?limit={limit}");
@@ -184,16 +185,16 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             if json {
                 return print_json(&listing);
             }
-            println!("{:<38} {:<20} {:<12} {:<10} TRIGGERED BY", "ID", "STACK", "STATE", "COMMIT");
+            outln!("{:<38} {:<20} {:<12} {:<10} TRIGGERED BY", "ID", "STACK", "STATE", "COMMIT")?;
             for run in items(&listing, "runs") {
-                println!(
+                outln!(
                     "{:<38} {:<20} {:<12} {:<10} {}",
                     text(run, "id"),
                     text(run, "stack"),
                     text(run, "state"),
                     text(run, "commit_sha").get(..10).unwrap_or_default(),
                     text(run, "triggered_by")
-                );
+                )?;
             }
         }
         RunCommand::Logs { id, follow, verify, bundle, ca, export, json, connection } => {
@@ -223,7 +224,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             if json {
                 return print_json(&run);
             }
-            println!("canceled run {}", text(&run, "id"));
+            outln!("canceled run {}", text(&run, "id"))?;
         }
     }
     Ok(())
@@ -238,10 +239,10 @@ async fn review(args: ReviewArgs, verdict: &str, env: &dyn Fn(&str) -> Option<St
     }
     let state = outcome.get("run").map(|run| text(run, "state")).unwrap_or_default();
     match text(&outcome, "approval") {
-        "approve" => println!("recorded; the approval policy approves: run {id} is {state}"),
+        "approve" => outln!("recorded; the approval policy approves: run {id} is {state}")?,
         "reject" => {
             let reasons: Vec<&str> = items(&outcome, "reasons").filter_map(Value::as_str).collect();
-            println!("recorded; the approval policy rejects ({}): run {id} is {state}", reasons.join("; "));
+            outln!("recorded; the approval policy rejects ({}): run {id} is {state}", reasons.join("; "))?;
         }
         _ => {
             let uncounted =
@@ -250,7 +251,7 @@ async fn review(args: ReviewArgs, verdict: &str, env: &dyn Fn(&str) -> Option<St
                 });
             let reasons: Vec<&str> = items(&outcome, "reasons").filter_map(Value::as_str).collect();
             let own = if uncounted { " (the run's author's own approval does not count)" } else { "" };
-            println!("recorded{own}; run {id} stays {state}, waiting for approval: {}", reasons.join("; "));
+            outln!("recorded{own}; run {id} stays {state}, waiting for approval: {}", reasons.join("; "))?;
         }
     }
     Ok(())
@@ -305,9 +306,9 @@ async fn print_logs(client: &Client, id: &str, follow: bool, json: bool) -> anyh
             if text(chunk, "job_id") != job {
                 job = text(chunk, "job_id").to_owned();
                 let phase = phases.iter().find(|(id, _)| *id == job).map_or("job", |(_, phase)| phase);
-                println!("── {phase} (job {job}) ──");
+                outln!("── {phase} (job {job}) ──")?;
             }
-            print!("{}", text(chunk, "text"));
+            out!("{}", text(chunk, "text"))?;
         }
         cursor = page.get("cursor").and_then(Value::as_i64).unwrap_or(cursor);
         let settled = page.get("settled").and_then(Value::as_bool).unwrap_or(true);
@@ -368,7 +369,7 @@ async fn verify_logs(
             Some(false) => "NOT the sealed head",
             None => "not sealed (the job did not report its end)",
         };
-        println!(
+        outln!(
             "{} job {} lease {}: {} chunks, {} bytes, signed by agent {}; head {} {sealed}",
             lease.phase,
             lease.job_id,
@@ -377,10 +378,10 @@ async fn verify_logs(
             lease.bytes,
             lease.agents.join(", "),
             lease.head.as_deref().map_or("-", |h| h.get(..16).unwrap_or(h)),
-        );
+        )?;
     }
     let trust = if report.ca_pinned { "pinned with --ca" } else { "taken from the bundle; pin it with --ca" };
-    println!("verified: run {}; agent CA sha256 {} ({trust})", report.run_id, report.ca_fingerprint);
+    outln!("verified: run {}; agent CA sha256 {} ({trust})", report.run_id, report.ca_fingerprint)?;
     Ok(())
 }
 
@@ -417,59 +418,60 @@ fn isolation_line(job: &Value) -> String {
     }
 }
 
-fn print_run(run: &Value) {
-    println!("run {}", text(run, "id"));
-    println!("  stack         {}", text(run, "stack"));
+fn print_run(run: &Value) -> anyhow::Result<()> {
+    outln!("run {}", text(run, "id"))?;
+    outln!("  stack         {}", text(run, "stack"))?;
     if text(run, "kind") == "drift" {
         let found = match run.get("drift").and_then(Value::as_bool) {
             Some(true) => "drift found",
             Some(false) => "no drift",
             None => "not checked yet",
         };
-        println!("  kind          drift check ({found})");
+        outln!("  kind          drift check ({found})")?;
     }
-    println!("  state         {} (since {})", text(run, "state"), date(run.get("updated_at")));
+    outln!("  state         {} (since {})", text(run, "state"), date(run.get("updated_at")))?;
     if text(run, "state") == "planned" {
-        println!("  waiting       {}", waiting_for(run));
+        outln!("  waiting       {}", waiting_for(run))?;
     } else if !text(run, "detail").is_empty() {
-        println!("  detail        {}", text(run, "detail"));
+        outln!("  detail        {}", text(run, "detail"))?;
     }
-    println!("  commit        {}", text(run, "commit_sha"));
+    outln!("  commit        {}", text(run, "commit_sha"))?;
     if !text(run, "ref").is_empty() {
-        println!("  ref           {}", text(run, "ref"));
+        outln!("  ref           {}", text(run, "ref"))?;
     }
     if let Some(pr) = run.get("pull_request").and_then(Value::as_i64) {
-        println!("  pull request  #{pr}");
+        outln!("  pull request  #{pr}")?;
     }
     if !text(run, "ticket").is_empty() {
-        println!("  ticket        {}", text(run, "ticket"));
+        outln!("  ticket        {}", text(run, "ticket"))?;
     }
-    println!("  submitted by  {} at {}", text(run, "triggered_by"), date(run.get("created_at")));
+    outln!("  submitted by  {} at {}", text(run, "triggered_by"), date(run.get("created_at")))?;
     let approvers: Vec<&str> = items(run, "reviews")
         .filter(|r| text(r, "decision") == "approve" && r.get("counted").and_then(Value::as_bool) == Some(true))
         .map(|r| text(r, "by"))
         .collect();
-    println!("  approved by   {}", if approvers.is_empty() { "nobody yet".to_owned() } else { approvers.join(", ") });
+    outln!("  approved by   {}", if approvers.is_empty() { "nobody yet".to_owned() } else { approvers.join(", ") })?;
     for review in items(run, "reviews") {
         let comment = text(review, "comment");
         let counted = match review.get("counted").and_then(Value::as_bool) {
             Some(false) => format!(" (not counted: {})", text(review, "note")),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "  review        {} by {} at {}{counted}{}",
             text(review, "decision"),
             text(review, "by"),
             date(review.get("at")),
             if comment.is_empty() { String::new() } else { format!(": {comment}") }
-        );
+        )?;
     }
     for job in items(run, "jobs") {
-        println!("  job           {} {} ({})", text(job, "phase"), text(job, "state"), text(job, "id"));
+        outln!("  job           {} {} ({})", text(job, "phase"), text(job, "state"), text(job, "id"))?;
         if !text(job, "isolation").is_empty() {
-            println!("    isolation   {}", isolation_line(job));
+            outln!("    isolation   {}", isolation_line(job))?;
         }
     }
+    Ok(())
 }
 
 /// RFC 3339 UTC for a Unix time in a JSON value.

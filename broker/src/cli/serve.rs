@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::output::outln;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::server::{self, Broker};
@@ -26,8 +27,8 @@ pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>)
     if args.init {
         match broker.bootstrap_admin().await? {
             Some(secret) => {
-                println!("Bootstrap admin API token (shown once; store it in a secret manager):");
-                println!("{}", secret.expose());
+                outln!("Bootstrap admin API token (shown once; store it in a secret manager):")?;
+                outln!("{}", secret.expose())?;
             }
             None => eprintln!("--init: API tokens already exist; no bootstrap token was created"),
         }
@@ -41,8 +42,8 @@ pub(super) fn check_config(file: &Path, env: &dyn Fn(&str) -> Option<String>) ->
     let config = Config::load(file, env)?;
     if let Some(policy) = &config.policy {
         let set = crate::policy::PolicySet::load(&policy.dir, policy.evaluation_timeout)?;
-        println!("{}: {} policy files, digest {}", policy.dir.display(), set.files().len(), set.digest());
+        outln!("{}: {} policy files, digest {}", policy.dir.display(), set.files().len(), set.digest())?;
     }
-    println!("{}: OK", file.display());
+    outln!("{}: OK", file.display())?;
     Ok(())
 }

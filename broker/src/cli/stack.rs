@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, segment, text};
+use super::output::outln;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StackCommand {
@@ -91,23 +92,23 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&stack);
             }
-            println!("created stack {}", text(&stack, "name"));
-            print_stack(&stack);
+            outln!("created stack {}", text(&stack, "name"))?;
+            print_stack(&stack)?;
         }
         StackCommand::List { json, connection } => {
             let listing = Client::new(&connection, env)?.get("/v1/stacks").await?;
             if json {
                 return print_json(&listing);
             }
-            println!("{:<24} {:<12} {:<12} REPOSITORY", "NAME", "BRANCH", "POOL");
+            outln!("{:<24} {:<12} {:<12} REPOSITORY", "NAME", "BRANCH", "POOL")?;
             for stack in items(&listing, "stacks") {
-                println!(
+                outln!(
                     "{:<24} {:<12} {:<12} {}",
                     text(stack, "name"),
                     text(stack, "branch"),
                     text(stack, "pool"),
                     text(stack, "repository")
-                );
+                )?;
             }
         }
         StackCommand::Show { name, json, connection } => {
@@ -115,28 +116,29 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&stack);
             }
-            print_stack(&stack);
+            print_stack(&stack)?;
         }
     }
     Ok(())
 }
 
-fn print_stack(stack: &Value) {
+fn print_stack(stack: &Value) -> anyhow::Result<()> {
     let list = |key: &str| {
         let names: Vec<&str> = items(stack, key).filter_map(Value::as_str).collect();
         if names.is_empty() { "-".to_owned() } else { names.join(", ") }
     };
-    println!("  name           {}", text(stack, "name"));
-    println!("  repository     {}", text(stack, "repository"));
-    println!("  path           {}", if text(stack, "path").is_empty() { "." } else { text(stack, "path") });
-    println!("  branch         {}", text(stack, "branch"));
-    println!("  pool           {}", text(stack, "pool"));
-    println!("  plan targets   {}", list("plan_targets"));
-    println!("  apply targets  {}", list("apply_targets"));
-    println!("  policies       {}", list("policies"));
+    outln!("  name           {}", text(stack, "name"))?;
+    outln!("  repository     {}", text(stack, "repository"))?;
+    outln!("  path           {}", if text(stack, "path").is_empty() { "." } else { text(stack, "path") })?;
+    outln!("  branch         {}", text(stack, "branch"))?;
+    outln!("  pool           {}", text(stack, "pool"))?;
+    outln!("  plan targets   {}", list("plan_targets"))?;
+    outln!("  apply targets  {}", list("apply_targets"))?;
+    outln!("  policies       {}", list("policies"))?;
     if let Some(labels) = stack.get("labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {
         let pairs: Vec<String> =
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
-        println!("  labels         {}", pairs.join(", "));
+        outln!("  labels         {}", pairs.join(", "))?;
     }
+    Ok(())
 }

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, text};
+use super::output::outln;
 
 // Parsed once per process; boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -100,7 +101,7 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
                 return print_json(&created);
             }
             eprintln!("Created API token `{name}` with scope `{scope}`. It is shown once:");
-            println!("{}", text(&created, "token"));
+            outln!("{}", text(&created, "token"))?;
             Ok(())
         }
         TokenCommand::ListApi { json, connection } => {
@@ -108,15 +109,15 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&listed);
             }
-            println!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY");
+            outln!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY")?;
             for token in items(&listed, "api_tokens") {
                 let state = if token.get("revoked_at").is_none_or(Value::is_null) { "live" } else { "revoked" };
-                println!(
+                outln!(
                     "{:<32} {:<8} {:<20} {state}",
                     text(token, "name"),
                     text(token, "scope"),
                     text(token, "created_by"),
-                );
+                )?;
             }
             Ok(())
         }
@@ -158,6 +159,6 @@ async fn mint(args: MintArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
     if args.json {
         return print_json(&minted);
     }
-    println!("{}", text(&minted, "token"));
+    outln!("{}", text(&minted, "token"))?;
     Ok(())
 }

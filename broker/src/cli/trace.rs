@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::audit::{at, parse_hash, parse_hashes, summary, time, urlencode};
 use super::client::{Client, items, print_json, text};
+use super::output::outln;
 use crate::audit::canonical::to_canonical;
 use crate::audit::merkle;
 use crate::identity::kek::hex;
@@ -44,12 +45,12 @@ pub(super) async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Res
     }
     let entries: Vec<&Value> = lines.iter().map(|line| at(line, "/entry")).collect();
     for line in render(key, &entries) {
-        println!("{line}");
+        outln!("{line}")?;
     }
-    println!(
+    outln!(
         "log: {size} entries, head {}; every entry above verified by inclusion proof (`keyward audit prove --entry N`)",
         hex(&root)
-    );
+    )?;
     Ok(())
 }
 

@@ -72,9 +72,9 @@ pub enum ExchangeError {
     /// The subject token was refused.
     #[error("subject token refused: {0}")]
     InvalidGrant(String),
-    /// The broker, or the policy, said no.
+    /// The broker's rules, or the policy, refused this target to this subject.
     #[error("denied: {}", .0.join("; "))]
-    AccessDenied(Vec<String>),
+    Denied(Vec<String>),
     /// Something the caller cannot fix, now; nothing was issued.
     #[error("{0}")]
     Unavailable(String),
@@ -268,7 +268,7 @@ impl Exchanger {
                     if_replayed: vec![self.replay_event(caller, target, &subject)],
                 };
                 return match self.log.append(entry).await {
-                    Ok(Committed::Recorded) => Err(ExchangeError::AccessDenied(reasons)),
+                    Ok(Committed::Recorded) => Err(ExchangeError::Denied(reasons)),
                     Ok(Committed::Replayed) => Err(replayed()),
                     Ok(Committed::Refused(refusal)) => {
                         Err(unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string())))
@@ -505,7 +505,7 @@ impl Exchanger {
         entry: Append,
     ) -> Result<MintedToken, ExchangeError> {
         let context = Context {
-            actor: Some(format!("exchange:{}", subject.issuer)),
+            actor: Some(subject.kind.actor()),
             subject_issuer: Some(subject.issuer.clone()),
             subject_jti: Some(subject.replay_key.clone()),
             ..caller.clone()
@@ -516,7 +516,7 @@ impl Exchanger {
                 unavailable("the decision and token could not be recorded, so nothing was issued", &e)
             }
             IssueError::Replayed => replayed(),
-            IssueError::Refused(refusal) => ExchangeError::AccessDenied(vec![format!("nothing was issued: {refusal}")]),
+            IssueError::Refused(refusal) => ExchangeError::Denied(vec![format!("nothing was issued: {refusal}")]),
         })
     }
 
@@ -602,7 +602,7 @@ impl Exchanger {
             context.asserted_by.clone_from(&run.asserted_by);
             context.subject_issuer = Some(subject.issuer.clone());
             context.subject_jti = Some(subject.replay_key.clone());
-            context.actor = Some(format!("exchange:{}", subject.kind.as_str()));
+            context.actor = Some(subject.kind.actor());
         }
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
         match subject.map(|s| (s, &s.kind)) {

@@ -29,6 +29,15 @@ impl SubjectKind {
             Self::Job => "job",
         }
     }
+
+    /// The audit entries' `actor`: `exchange:run`, `exchange:job`, or `exchange:ci:<name>` with
+    /// the `[[issuers]]` name an operator chose (not its URL), the same on every entry.
+    pub(super) fn actor(&self) -> String {
+        match self {
+            Self::Ci(name) => format!("exchange:ci:{name}"),
+            other => format!("exchange:{}", other.as_str()),
+        }
+    }
 }
 
 /// The run a subject token stands for.
