@@ -29,9 +29,9 @@ fn json(output: &Output) -> Value {
     serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
-/// A broker with an agent endpoint and three AWS targets on moto: a read target and a write
-/// target in broker mode, and a read target in worker mode. SQLite, or the PostgreSQL database
-/// at `database_url`.
+/// A broker with an agent endpoint and four AWS targets on moto: a read target and two write
+/// targets (env=dev, env=staging) in broker mode, and a read target in worker mode. SQLite, or the
+/// PostgreSQL database at `database_url`.
 async fn start(dir: &Path, sts: &str, database_url: Option<&str>) -> Broker {
     let addr = free_addr();
     let config = dir.join("keyward.toml");
@@ -44,6 +44,9 @@ async fn start(dir: &Path, sts: &str, database_url: Option<&str>) -> Broker {
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
          labels = {{ env = \"dev\" }}\n\
+         [[targets]]\nname = \"staging-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"staging\" }}\n\
          [[targets]]\nname = \"state-worker\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"worker\"\n",
         policies = workspace_root().join("policies").display(),
@@ -384,7 +387,9 @@ fn api_token(broker: &Broker, name: &str, scope: &str) -> String {
 async fn wait_for_state(broker: &Broker, run_id: &str, states: &[&str]) -> Value {
     eventually("the run to settle", Duration::from_secs(60), || {
         let run = json(&broker.cli(&["run", "show", run_id, "--json"]));
-        let done = run["state"].as_str().is_some_and(|s| states.contains(&s) || s == "failed");
+        let done = run["state"].as_str().is_some_and(|s| {
+            states.contains(&s) || matches!(s, "finished" | "failed" | "canceled" | "discarded" | "interrupted")
+        });
         async move { done.then_some(run) }
     })
     .await
@@ -414,7 +419,7 @@ async fn the_trail_names_the_people_who_really_approved() {
         "--plan-target",
         "aws:state-read",
         "--apply-target",
-        "aws:network-apply",
+        "aws:staging-apply",
         "--json",
     ]));
     let out = dir.path().join("out");
@@ -481,7 +486,7 @@ async fn the_trail_names_the_people_who_really_approved() {
     for expected in [
         &format!("run {run_id}  stack network  (deploy run)"),
         &format!("{apply_key}: credentials.issued"),
-        "phase apply  target aws:network-apply",
+        "phase apply  target aws:staging-apply",
         &format!("agent {}", agent.id),
         "pool default",
         &format!("commit {}", finished["commit_sha"].as_str().unwrap()),
