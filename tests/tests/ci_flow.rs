@@ -92,6 +92,22 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     assert_eq!(verdict["claims"]["repository"], "acme/infra");
     assert_eq!(verdict["claims"]["ref"], "refs/heads/main");
 
+    // The CI key's trace names the issuer that vouched and the CI job's own claims.
+    let trace = broker.cli(&["audit", "trace", process["AccessKeyId"].as_str().unwrap()]);
+    assert!(trace.success, "{}", trace.stderr);
+    for expected in [
+        "run 4711",
+        "CI job     issuer bao-ci (",
+        "actor alice",
+        "repository acme/infra",
+        "run_id 4711",
+        "phase apply",
+        "target aws:network-apply",
+        "approved   by nobody",
+    ] {
+        assert!(trace.stdout.contains(expected), "`{expected}` missing from the CI trace:\n{}", trace.stdout);
+    }
+
     // The same CI token again (a client running its credential_process again): the cached
     // credentials, without asking the broker.
     let again = creds(&token);
@@ -160,7 +176,7 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
          require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
          role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{}\"\nduration = \"15m\"\n\
-         labels = {{ env = \"dev\" }}\n",
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
         workspace_root().join("policies").display(),
         ci.issuer,
         ci.audience,
