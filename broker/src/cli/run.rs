@@ -294,6 +294,8 @@ async fn print_logs(client: &Client, id: &str, follow: bool, json: bool) -> anyh
     let mut cursor = 0;
     let mut job = String::new();
     let mut collected = Vec::new();
+    // Polls (every 500 ms) a queued run may sit before `--follow` says why nothing comes.
+    let mut queued_polls = 0;
     loop {
         let page = client.get(&format!("/v1/runs/{}/logs?after={cursor}&limit=500", segment(id))).await?;
         let chunks: Vec<&Value> = items(&page, "chunks").collect();
@@ -323,6 +325,15 @@ async fn print_logs(client: &Client, id: &str, follow: bool, json: bool) -> anyh
                 eprintln!("run {id}: {}", text(&page, "state"));
             }
             return Ok(());
+        }
+        if text(&page, "state") == "queued" {
+            queued_polls += 1;
+            if queued_polls == 10 {
+                eprintln!(
+                    "run {id} is still queued: no agent of its pool has taken its job; is one connected? \
+                     (`keyward agent list`, `keyward run show {id}`)"
+                );
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
