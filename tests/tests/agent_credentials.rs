@@ -161,7 +161,11 @@ async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     {
         assert_eq!(request.field("RoleArn"), Some(role));
         assert_eq!(request.field("RoleSessionName"), Some(run_id.as_str()), "the session is named after the run");
-        assert_eq!(request.field("DurationSeconds"), Some(seconds), "the policy's cap for the {phase}");
+        assert_eq!(
+            request.field("DurationSeconds"),
+            Some(seconds),
+            "the lower of the target's duration and the policy's cap for the {phase}"
+        );
         let verdict = broker.pyjwt_verify(request.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
         assert_eq!(verdict["ok"], true, "{verdict}");
         let claims = &verdict["claims"];

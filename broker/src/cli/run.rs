@@ -208,7 +208,8 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
                 std::fs::write(&path, serde_json::to_vec_pretty(&bundle)?)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                 eprintln!(
-                    "wrote the log bundle of run {id} to {}; check it with `keyward run logs --verify --bundle {}`",
+                    "wrote the log bundle of run {id} to {}; check it with `keyward run logs --verify --bundle {} \
+                     --ca agent-ca.pem` (the agent CA: an agent's ca.pem, or `ca_certificate` from GET /v1/agents/bootstrap)",
                     path.display(),
                     path.display()
                 );
