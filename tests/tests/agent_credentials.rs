@@ -517,6 +517,15 @@ async fn the_trail_names_the_people_who_really_approved() {
         assert!(out.success, "{}", out.stderr);
         std::fs::write(file, &out.stdout).unwrap();
     }
+    // The trace names the tree head the way the checkpoint does (nothing was appended since).
+    let note = std::fs::read_to_string(&checkpoint).unwrap();
+    let (size, root) = (note.lines().nth(1).unwrap(), note.lines().nth(2).unwrap());
+    let retraced = broker.cli(&["audit", "trace", &apply_key]);
+    assert!(
+        retraced.stdout.contains(&format!("log: {size} entries, head {root} (base64")),
+        "{}\n{note}",
+        retraced.stdout
+    );
     let key = std::fs::read_to_string(&public_key).unwrap();
     let verified = broker.cli(&[
         "audit",

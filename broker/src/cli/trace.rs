@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
 use super::audit::{at, parse_hash, parse_hashes, summary, time, urlencode};
@@ -15,7 +17,6 @@ use super::client::{Client, items, print_json, text};
 use super::output::outln;
 use crate::audit::canonical::to_canonical;
 use crate::audit::merkle;
-use crate::identity::kek::hex;
 
 /// Fetches what the log holds about `key`, verifies each entry's inclusion, and prints it.
 pub(super) async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
@@ -48,8 +49,9 @@ pub(super) async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Res
         outln!("{line}")?;
     }
     outln!(
-        "log: {size} entries, head {}; every entry above verified by inclusion proof (`keyward audit prove --entry N`)",
-        hex(&root)
+        "log: {size} entries, head {} (base64, as in `keyward audit checkpoint`); every entry above verified by \
+         inclusion proof (`keyward audit prove --entry N`)",
+        B64.encode(root)
     )?;
     Ok(())
 }
