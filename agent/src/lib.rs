@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod enroll;
 pub mod launch;
 pub mod logs;
+pub mod planfile;
 pub mod runner;
 pub mod source;
 pub mod step;

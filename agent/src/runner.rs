@@ -160,30 +160,34 @@ impl Runner {
                 match checkout {
                     Err(SourceError::Canceled(reason)) => Err(PhaseError::Canceled(reason)),
                     Err(error) => Err(PhaseError::Failed(format!("cannot check out the run's commit: {error}"))),
-                    Ok(()) => {
-                        let mut read_only = read_only;
-                        read_only.extend(binary.parent().filter(|d| !d.starts_with("/usr")).map(Path::to_path_buf));
-                        let phase = Phase {
-                            job,
-                            isolation: &self.isolation,
-                            terraform: binary,
-                            work_dir: &dir.work,
-                            cwd: if job.path.is_empty() { src.clone() } else { src.join(&job.path) },
-                            env,
-                            read_only,
-                            scratch: &dir.scratch,
-                            deadline,
-                            layers,
-                        };
-                        match (job.phase.as_str(), job.run_kind.as_str()) {
-                            ("plan", "drift") => phase.check_drift(log, &mut cancel).await.map(Some),
-                            ("plan", "deploy" | "") => phase.plan(client, log, &mut cancel).await.map(|()| None),
-                            ("apply", "deploy" | "") => phase.apply(client, log, &mut cancel).await.map(|()| None),
-                            (phase, kind) => {
-                                Err(PhaseError::Failed(format!("this agent cannot run a {phase} job of a {kind} run")))
+                    Ok(()) => match configuration_dir(&dir.work, &src, &job.path) {
+                        Err(error) => Err(error),
+                        Ok(cwd) => {
+                            let mut read_only = read_only;
+                            read_only.extend(binary.parent().filter(|d| !d.starts_with("/usr")).map(Path::to_path_buf));
+                            let phase = Phase {
+                                job,
+                                isolation: &self.isolation,
+                                terraform: binary,
+                                work_dir: &dir.work,
+                                cwd,
+                                env,
+                                read_only,
+                                scratch: &dir.scratch,
+                                plan_dir: &dir.plans,
+                                deadline,
+                                layers,
+                            };
+                            match (job.phase.as_str(), job.run_kind.as_str()) {
+                                ("plan", "drift") => phase.check_drift(log, &mut cancel).await.map(Some),
+                                ("plan", "deploy" | "") => phase.plan(client, log, &mut cancel).await.map(|()| None),
+                                ("apply", "deploy" | "") => phase.apply(client, log, &mut cancel).await.map(|()| None),
+                                (phase, kind) => Err(PhaseError::Failed(format!(
+                                    "this agent cannot run a {phase} job of a {kind} run"
+                                ))),
                             }
                         }
-                    }
+                    },
                 }
             }
         };
@@ -261,6 +265,37 @@ struct JobDir {
     root: PathBuf,
     work: PathBuf,
     scratch: PathBuf,
+    /// The saved plan's copies: written only by the agent, bound read-only into the sandbox.
+    plans: PathBuf,
+}
+
+/// The stack's configuration directory in the checkout: `src/<path>`, which must be a real
+/// directory beneath the work dir, reached through no symlink the repository committed (the
+/// agent works with paths under it outside the sandbox).
+fn configuration_dir(work: &Path, src: &Path, path: &str) -> Result<PathBuf, PhaseError> {
+    let cwd = if path.is_empty() { src.to_path_buf() } else { src.join(path) };
+    let inside = cwd
+        .strip_prefix(work)
+        .ok()
+        .filter(|relative| relative.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+    let plain = inside.is_some_and(|relative| {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+        let Ok(root) = open(work, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        else {
+            return false;
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        openat2(std::os::fd::AsFd::as_fd(&root), relative, how).is_ok()
+    });
+    if plain {
+        Ok(cwd)
+    } else {
+        Err(PhaseError::Failed(format!(
+            "the stack's path `{path}` is not a directory inside the checkout reached without symlinks"
+        )))
+    }
 }
 
 impl JobDir {
@@ -273,9 +308,10 @@ impl JobDir {
         let root = std::env::temp_dir().join(format!("keyward-run-{name}-{}", crate::enroll::hex(&suffix)));
         // Traversable (not listable) by the sandbox's user, which must reach `work/` to bind it.
         std::fs::DirBuilder::new().mode(0o711).create(&root)?;
-        let dir = Self { work: root.join("work"), scratch: root.join("scratch"), root };
+        let dir = Self { work: root.join("work"), scratch: root.join("scratch"), plans: root.join("plans"), root };
         std::fs::DirBuilder::new().mode(0o700).create(&dir.work)?;
         std::fs::DirBuilder::new().mode(0o700).create(&dir.scratch)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir.plans)?;
         Ok(dir)
     }
 }

@@ -1,10 +1,12 @@
 //! The Terraform phases of a job, each process in the job's isolation.
 //!
-//! - plan: `terraform init`, `terraform plan -out keyward.tfplan`, `terraform show -json`; the
-//!   saved plan and its JSON (masked like the log) go to the broker (`SubmitPlan`), where the
-//!   `keyward.plan` policy judges it; its verdict is logged.
+//! - plan: `terraform init`, `terraform plan -out keyward.tfplan`; the agent reads the saved plan
+//!   at once without following links ([`crate::planfile`]), copies it where only it writes, and
+//!   runs `terraform show -json` on that read-only copy; the plan and its JSON (masked like the
+//!   log) go to the broker (`SubmitPlan`), where the `keyward.plan` policy judges it.
 //! - apply: the saved plan from the plan job (`FetchPlan`), checked against the SHA-256 the
-//!   assignment names, then `terraform init` and `terraform apply keyward.tfplan`: exactly what
+//!   assignment names, written as a new file where only the agent writes (never into the
+//!   checkout), then `terraform init` and `terraform apply` of that read-only copy: exactly what
 //!   was planned and reviewed, never a fresh plan.
 //! - drift check (a drift run's plan job): `terraform init`, `terraform plan -detailed-exitcode
 //!   -lock=false` (0: in sync, 2: drift, anything else: failed) and, on drift, `terraform show
@@ -20,6 +22,7 @@ use tonic::transport::Channel;
 
 use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
+use crate::planfile::{self, PlanFileError};
 use crate::step::{self, Cancel, StepEnd};
 
 /// The saved plan's file name in the configuration's directory.
@@ -28,6 +31,8 @@ pub const PLAN_FILE: &str = "keyward.tfplan";
 const PLAN_PART: usize = 128 * 1024;
 /// The largest `terraform show -json` kept.
 const MAX_PLAN_JSON: usize = 24 * 1024 * 1024;
+/// The largest saved plan read (the broker takes no more either).
+const MAX_PLAN_FILE: usize = 16 * 1024 * 1024;
 
 /// Why a phase failed; the job's error.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,9 @@ pub struct Phase<'a> {
     pub read_only: Vec<PathBuf>,
     /// The agent's private scratch directory.
     pub scratch: &'a Path,
+    /// A directory only the agent writes, outside the work dir: the saved plan's copies go
+    /// there and are bound read-only into the sandbox.
+    pub plan_dir: &'a Path,
     /// When the phase is killed.
     pub deadline: SystemTime,
     /// The sandbox layers its processes ran under, collected step by step.
@@ -83,7 +91,19 @@ impl Phase<'_> {
         cancel: &mut Cancel,
         keep: Option<usize>,
     ) -> Result<Vec<u8>, PhaseError> {
-        Ok(self.terraform_exits(args, log, cancel, keep, &[0]).await?.1)
+        Ok(self.terraform_exits(args, log, cancel, keep, &[0], None).await?.1)
+    }
+
+    /// Runs `terraform args…` with the saved plan at `plan` bound read-only into the sandbox.
+    async fn terraform_with_plan(
+        &self,
+        args: &[&str],
+        plan: &Path,
+        log: &JobLog,
+        cancel: &mut Cancel,
+        keep: Option<usize>,
+    ) -> Result<Vec<u8>, PhaseError> {
+        Ok(self.terraform_exits(args, log, cancel, keep, &[0], Some(plan)).await?.1)
     }
 
     /// Runs `terraform args…`, which succeeds when it exits with one of `success` codes; returns
@@ -95,17 +115,20 @@ impl Phase<'_> {
         cancel: &mut Cancel,
         keep: Option<usize>,
         success: &[i32],
+        plan: Option<&Path>,
     ) -> Result<(i32, Vec<u8>), PhaseError> {
         log.note(&format!("$ terraform {}", args.join(" "))).await;
         let started = std::time::Instant::now();
         let mut argv = vec![self.terraform.display().to_string()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut read_only = self.read_only.clone();
+        read_only.extend(plan.map(Path::to_path_buf));
         let launch = Launch {
             argv,
             env: self.env.clone(),
             work_dir: self.work_dir.to_path_buf(),
             cwd: self.cwd.clone(),
-            read_only: self.read_only.clone(),
+            read_only,
             deadline: self.deadline,
             scratch: self.scratch.to_path_buf(),
         };
@@ -143,9 +166,14 @@ impl Phase<'_> {
     ) -> Result<(), PhaseError> {
         self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
         self.terraform(&["plan", "-input=false", "-no-color", &format!("-out={PLAN_FILE}")], log, cancel, None).await?;
-        let json = self.terraform(&["show", "-json", "-no-color", PLAN_FILE], log, cancel, Some(MAX_PLAN_JSON)).await?;
-        let plan_file = std::fs::read(self.cwd.join(PLAN_FILE))
-            .map_err(|e| PhaseError::Failed(format!("cannot read the saved plan: {e}")))?;
+        // Read at once, before anything else runs in the sandbox, without following a link the
+        // job planted; `show` then reads the agent's own copy, so what is judged and stored is
+        // what Terraform wrote, whatever the job does with its work dir afterwards.
+        let plan_file = self.read_saved_plan().await?;
+        let judged =
+            planfile::write_private(self.plan_dir, "judged.tfplan", plan_file.clone()).await.map_err(failed)?;
+        let show = ["show", "-json", "-no-color", &judged.display().to_string()];
+        let json = self.terraform_with_plan(&show, &judged, log, cancel, Some(MAX_PLAN_JSON)).await?;
         let submitting = std::time::Instant::now();
         let plan_json = log.mask(&json).await;
         let part = |plan_file: &[u8], plan_json: &[u8]| PlanPart {
@@ -183,7 +211,7 @@ impl Phase<'_> {
         // No lock: a drift check only reads, and must not block (or be blocked by) a deploy.
         let plan =
             ["plan", "-input=false", "-no-color", "-lock=false", "-detailed-exitcode", &format!("-out={PLAN_FILE}")];
-        let (code, _) = self.terraform_exits(&plan, log, cancel, None, &[0, 2]).await?;
+        let (code, _) = self.terraform_exits(&plan, log, cancel, None, &[0, 2], None).await?;
         if code == 0 {
             log.note("keyward: no drift: the infrastructure matches the configuration").await;
             return Ok(Drift { drifted: false, summary: String::new() });
@@ -230,12 +258,29 @@ impl Phase<'_> {
             fetching.elapsed().as_secs_f64()
         ))
         .await;
-        std::fs::write(self.cwd.join(PLAN_FILE), &plan_file)
-            .map_err(|e| PhaseError::Failed(format!("cannot write the saved plan: {e}")))?;
+        // Never into the checkout, where a committed symlink could send the write anywhere: a new
+        // file in the agent's own directory, bound read-only into the sandbox.
+        let saved = planfile::write_private(self.plan_dir, "apply.tfplan", plan_file).await.map_err(failed)?;
         self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
-        self.terraform(&["apply", "-input=false", "-no-color", "-auto-approve", PLAN_FILE], log, cancel, None).await?;
+        let apply = ["apply", "-input=false", "-no-color", "-auto-approve", &saved.display().to_string()];
+        self.terraform_with_plan(&apply, &saved, log, cancel, None).await?;
         Ok(())
     }
+
+    /// The plan `terraform plan -out` wrote in the configuration's directory, opened beneath the
+    /// work dir without following links (see [`planfile`]).
+    async fn read_saved_plan(&self) -> Result<Vec<u8>, PhaseError> {
+        let relative = self
+            .cwd
+            .strip_prefix(self.work_dir)
+            .map_err(|_| PhaseError::Failed("the configuration's directory is outside the work dir".to_owned()))?
+            .join(PLAN_FILE);
+        planfile::read_saved(self.work_dir, &relative, MAX_PLAN_FILE).await.map_err(failed)
+    }
+}
+
+fn failed(error: PlanFileError) -> PhaseError {
+    PhaseError::Failed(error.to_string())
 }
 
 /// What a plan's `terraform show -json` changes, counted as Terraform's own summary line does,

@@ -45,6 +45,14 @@ impl GitRepo {
         self.head()
     }
 
+    /// Commits a symlink `file` pointing at `target` (which need not exist).
+    pub fn commit_symlink(&self, file: &str, target: &str) -> String {
+        std::os::unix::fs::symlink(target, self.dir.join(file)).expect("symlink");
+        git(&self.dir, &["add", file]);
+        git(&self.dir, &["commit", "-q", "-m", &format!("link {file}")]);
+        self.head()
+    }
+
     /// Commits on a new branch `name` (and returns to `main`); returns that commit's SHA.
     pub fn commit_on_branch(&self, name: &str, file: &str, contents: &str) -> String {
         git(&self.dir, &["checkout", "-q", "-b", name]);

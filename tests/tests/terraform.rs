@@ -244,6 +244,33 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
 }
 
 /// `keyward run submit --drift --wait --json` of `stack`: its exit code and the run.
+/// Security review H1: the agent runs outside the sandbox (here as root), so a saved plan the
+/// repository turned into a symlink must never make it read or write what the link names. Inside
+/// the sandbox `/tmp` is private, so Terraform's plan writes through the link harmlessly and
+/// succeeds; the agent must then refuse the file instead of uploading the host file as the plan
+/// (and, at apply, writing the plan through the link).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_plan_the_repository_links_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let _agent = agent(&broker, &dir.path().join("agent"), &[]);
+    let host = std::path::PathBuf::from(format!("/tmp/keyward-h1-{}", std::process::id()));
+    std::fs::write(&host, "host file, not a plan").unwrap();
+    for (name, target) in [("link-host", host.display().to_string()), ("link-zero", "/dev/zero".to_owned())] {
+        let repo = GitRepo::init(&dir.path().join(format!("repo-{name}")));
+        repo.commit_symlink("keyward.tfplan", &target);
+        stack_on(&broker, name, &repo.url(), false);
+        let (id, run) = run_to_end(&broker, name).await;
+        assert_eq!(run["state"], "failed", "{name}: {run}\n{}", logs(&broker, &id));
+        let detail = run["detail"].as_str().unwrap();
+        assert!(detail.contains("is not a plain path inside the job's work directory"), "{name}: {detail}");
+        assert_eq!(run["jobs"].as_array().unwrap().len(), 1, "{name}: nothing was applied: {run}");
+    }
+    assert_eq!(std::fs::read_to_string(&host).unwrap(), "host file, not a plan", "the host file is untouched");
+    std::fs::remove_file(&host).unwrap();
+}
+
 fn drift_check(broker: &Broker, stack: &str) -> (Option<i32>, Value) {
     let out = broker.cli(&["run", "submit", "--stack", stack, "--drift", "--wait", "--timeout", "2m", "--json"]);
     let run =
