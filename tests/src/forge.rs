@@ -102,3 +102,30 @@ pub fn hs256_token(secret: &[u8], header: &serde_json::Value, claims: &serde_jso
     let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
     format!("{input}.{}", B64URL.encode(tag.as_ref()))
 }
+
+/// The order of the P-256 group.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The ES256 token's malleable twin: the same signing input with `(r, n − s)`, which verifies
+/// just as well (ECDSA does not bind the signature's encoding).
+pub fn ecdsa_twin(token: &str) -> String {
+    let (input, signature) = token.rsplit_once('.').expect("a JWS");
+    let raw = B64URL.decode(signature).expect("base64url signature");
+    assert_eq!(raw.len(), 64, "an ES256 signature is r ‖ s");
+    let (r, s) = raw.split_at(32);
+    let mut twin_s = [0_u8; 32];
+    let mut borrow = 0_i16;
+    for i in (0..32).rev() {
+        let mut digit = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(digit < 0);
+        if digit < 0 {
+            digit += 256;
+        }
+        twin_s[i] = u8::try_from(digit).expect("a byte");
+    }
+    let twin: Vec<u8> = r.iter().chain(twin_s.iter()).copied().collect();
+    format!("{input}.{}", B64URL.encode(twin))
+}

@@ -1,6 +1,7 @@
 //! DESIGN.md §8.2: a token naming an unknown key causes at most one JWKS refresh per interval. A
 //! flood of unknown `kid`s does not make the broker hammer the issuer; a real key rotation is
-//! picked up once the interval has passed.
+//! picked up once the interval has passed. And a CI token without `jti` is single-use even against
+//! ECDSA malleability (security review M2).
 
 // A panic in a test is a failed test: unwrap and index freely.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -87,4 +88,35 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
     assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("larger than 256 KiB"), "{body}");
     assert!(body.get("access_token").is_none());
+}
+
+/// Security review M2: a CI token without `jti` is single-use by a digest of what it says, not of
+/// its signature, so its ECDSA twin `(r, n − s)` — which verifies just as well — is a replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ci_tokens_malleable_twin_is_refused_as_a_replay() {
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
+         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
+         mode = \"worker\"\n",
+        workspace_root().join("policies").display(),
+        issuer.url(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+
+    let token = issuer.token(json!({ "aud": "keyward-test", "iat": now(), "nbf": now(), "exp": now() + 300,
+                                     "run_id": "twin-1", "repository": "acme/infra" }));
+    let twin = keyward_tests::forge::ecdsa_twin(&token);
+    assert_ne!(twin, token);
+    let (status, body) = broker.exchange(&token, "aws:dev").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = broker.exchange(&twin, "aws:dev").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("already exchanged"), "{body}");
 }

@@ -67,7 +67,8 @@ pub(super) struct Subject {
     pub(super) kind: SubjectKind,
     /// The `iss` it was verified against.
     pub(super) issuer: String,
-    /// What makes it single-use: its `jti`, or a digest of its signature when it has none.
+    /// What makes it single-use: its `jti`, or a digest of its signing input (never of its
+    /// malleable signature) when it has none.
     pub(super) replay_key: String,
     pub(super) expires_at: i64,
     /// Every verified claim (for the policy's `input.subject.claims`).
@@ -241,8 +242,11 @@ impl Subject {
         let claims = verified.claims;
         let mapping = &config.claims;
         let replay_key = string(&claims, "jti").unwrap_or_else(|| {
-            let signature = token.rsplit('.').next().unwrap_or_default();
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature.as_bytes());
+            // The signing input (header and claims), never the signature: ECDSA signatures are
+            // malleable (`(r, n − s)` verifies too), so a digest of the signature would let one
+            // observed token be exchanged twice.
+            let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signing_input.as_bytes());
             format!("sha256:{}", crate::identity::kek::hex(digest.as_ref()))
         });
         let repository = string(&claims, &mapping.repository);
