@@ -3,7 +3,9 @@
 //!
 //! The order is the security argument, so it is spelled out in [`Exchanger::exchange`]:
 //! 1. the request names a configured target (callers never pass an ARN or a path);
-//! 2. the subject token verifies strictly (see `identity::verify`);
+//! 2. the subject token verifies strictly (see `identity::verify`); a token that does not is
+//!    refused without an audit entry (the caller proved nothing: see `unproven`), one that
+//!    verified and is refused for what it says is audited;
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
 //! 4. the `keyward.credentials` policy decides (deny by default);
 //! 5. one audit-log append commits the decision, the claim on the subject token's `jti` (so it
@@ -22,6 +24,7 @@ mod input;
 pub mod issuers;
 mod response;
 mod subject;
+mod unproven;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use keyward_proto::claims::Phase;
 use serde_json::{Value, json};
 use subject::{Subject, SubjectKind};
+use unproven::UnprovenRefusals;
 
 pub use response::{AwsIssued, AwsWorkerCredentials, ExchangeResponse};
 pub use subject::JobSubject;
@@ -132,6 +136,21 @@ pub struct Exchanger {
     clock: SharedClock,
     self_issuer: String,
     leeway: Duration,
+    unproven: UnprovenRefusals,
+}
+
+/// A subject token refused: whether its signature had verified against a trusted key decides
+/// whether the refusal is audited (see [`unproven`]).
+struct SubjectRefused {
+    error: ExchangeError,
+    /// The token verified (a trusted key signed it) and was refused for what it says.
+    proven: bool,
+}
+
+impl SubjectRefused {
+    fn unproven(error: ExchangeError) -> Self {
+        Self { error, proven: false }
+    }
 }
 
 impl Exchanger {
@@ -151,7 +170,19 @@ impl Exchanger {
         leeway: Duration,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
-        Self { targets, keys, issuer, policies, issuers, log, store, clock, self_issuer, leeway }
+        Self {
+            targets,
+            keys,
+            issuer,
+            policies,
+            issuers,
+            log,
+            store,
+            clock,
+            self_issuer,
+            leeway,
+            unproven: UnprovenRefusals::default(),
+        }
     }
 
     /// Exchanges `request`; see the module documentation for the order of checks.
@@ -162,8 +193,12 @@ impl Exchanger {
 
         let (mut subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
             Ok(verified) => verified,
-            Err(error) => {
+            Err(SubjectRefused { error, proven: true }) => {
                 self.record_refusal(caller, target, &error).await?;
+                return Err(error);
+            }
+            Err(SubjectRefused { error, proven: false }) => {
+                self.unproven.refused(now, caller, &target.id(), &error.to_string());
                 return Err(error);
             }
         };
@@ -402,9 +437,12 @@ impl Exchanger {
 
     /// Verifies the subject token; also says whether it is single-use. Writes nothing: its claim
     /// commits with the decision.
-    async fn verify_subject(&self, token: &str, now: i64) -> Result<(Subject, bool), ExchangeError> {
-        let (iss, audiences) = peek_issuer_and_audiences(token)
-            .ok_or_else(|| ExchangeError::InvalidGrant(VerifyError::Malformed("not a JWT with iss").to_string()))?;
+    async fn verify_subject(&self, token: &str, now: i64) -> Result<(Subject, bool), SubjectRefused> {
+        let (iss, audiences) = peek_issuer_and_audiences(token).ok_or_else(|| {
+            SubjectRefused::unproven(ExchangeError::InvalidGrant(
+                VerifyError::Malformed("not a JWT with iss").to_string(),
+            ))
+        })?;
         let (subject, single_use) = if iss == self.self_issuer {
             let expect = Expectations {
                 issuer: self.self_issuer.clone(),
@@ -414,18 +452,27 @@ impl Exchanger {
                 require_nbf: true,
             };
             let verified = verify::verify(token, &self.keys.verification_keys(), &expect, now)
-                .map_err(|e: VerifyError| ExchangeError::InvalidGrant(e.to_string()))?;
-            (Subject::from_run_token(&self.self_issuer, verified).map_err(ExchangeError::InvalidGrant)?, true)
+                .map_err(|e: VerifyError| SubjectRefused::unproven(ExchangeError::InvalidGrant(e.to_string())))?;
+            // Signed by this broker: a refusal for what it says is audited.
+            let subject = Subject::from_run_token(&self.self_issuer, verified)
+                .map_err(|e| SubjectRefused { error: ExchangeError::InvalidGrant(e), proven: true })?;
+            (subject, true)
         } else if let Some(issuer) = self.issuers.find(&iss, &audiences) {
             let verified = self.issuers.verify(issuer, token, now, self.leeway).await.map_err(|e| match e {
-                issuers::IssuerError::Keys { .. } => ExchangeError::UpstreamUnavailable(e.to_string()),
-                other => ExchangeError::InvalidGrant(other.to_string()),
+                issuers::IssuerError::Keys { .. } => {
+                    SubjectRefused::unproven(ExchangeError::UpstreamUnavailable(e.to_string()))
+                }
+                // The issuer signed it; what it says is refused, and that is on record.
+                issuers::IssuerError::RequiredClaim(_) => {
+                    SubjectRefused { error: ExchangeError::InvalidGrant(e.to_string()), proven: true }
+                }
+                other => SubjectRefused::unproven(ExchangeError::InvalidGrant(other.to_string())),
             })?;
             (Subject::from_ci_token(&issuer.config, verified, token), issuer.config.single_use)
         } else {
-            return Err(ExchangeError::InvalidGrant(
+            return Err(SubjectRefused::unproven(ExchangeError::InvalidGrant(
                 "token issuer and audience do not match any issuer this broker trusts".to_owned(),
-            ));
+            )));
         };
         Ok((subject, single_use))
     }
