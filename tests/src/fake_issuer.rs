@@ -1,9 +1,11 @@
-//! `FakeIssuer`: a minimal OIDC issuer (discovery + JWKS) that **counts its JWKS fetches** and can
-//! rotate its key on demand. It exists for one fault a real provider cannot report: how often the
-//! broker refetches keys when flooded with tokens naming unknown keys. Everything else about CI
-//! issuers is tested against OpenBao's real OIDC provider.
+//! `FakeIssuer`: a minimal OIDC issuer (discovery + JWKS) that **counts its JWKS fetches**, can
+//! rotate its key on demand, say how long its JWKS may be cached (`Cache-Control: max-age`) and
+//! fail its JWKS endpoint. It exists for faults a real provider cannot be made to show on demand:
+//! how often the broker refetches keys when flooded with tokens naming unknown keys, whether cached
+//! keys expire, whether a failing endpoint is hammered. Everything else about CI issuers is tested
+//! against OpenBao's real OIDC provider.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -18,6 +20,10 @@ struct Inner {
     signer: Mutex<Arc<Signer>>,
     /// Bytes of padding added to the JWKS (a broken or hostile endpoint).
     padding: AtomicUsize,
+    /// `Cache-Control: max-age` of the JWKS, in seconds; `u64::MAX` for no header.
+    max_age: AtomicU64,
+    /// The JWKS endpoint answers 500.
+    failing: AtomicBool,
 }
 
 /// A running fake issuer; stops when dropped.
@@ -47,6 +53,8 @@ impl FakeIssuer {
             fetches: AtomicUsize::new(0),
             signer: Mutex::new(new_signer()),
             padding: AtomicUsize::new(0),
+            max_age: AtomicU64::new(u64::MAX),
+            failing: AtomicBool::new(false),
         });
         let app = Router::new()
             .route(
@@ -58,10 +66,19 @@ impl FakeIssuer {
             .route(
                 "/jwks",
                 get(|State(inner): State<Arc<Inner>>| async move {
+                    use axum::response::IntoResponse as _;
                     inner.fetches.fetch_add(1, Ordering::SeqCst);
+                    if inner.failing.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
                     let jwk = serde_json::to_value(inner.signer.lock().expect("lock").jwk()).expect("jwk");
                     let padding = "x".repeat(inner.padding.load(Ordering::SeqCst));
-                    axum::Json(json!({ "keys": [jwk], "padding": padding }))
+                    let body = axum::Json(json!({ "keys": [jwk], "padding": padding }));
+                    match inner.max_age.load(Ordering::SeqCst) {
+                        u64::MAX => body.into_response(),
+                        age => ([(axum::http::header::CACHE_CONTROL, format!("public, max-age={age}"))], body)
+                            .into_response(),
+                    }
                 }),
             )
             .with_state(Arc::clone(&inner));
@@ -84,6 +101,27 @@ impl FakeIssuer {
     /// Replaces the signing key; the JWKS serves only the new one from now on.
     pub fn rotate(&self) {
         *self.inner.signer.lock().expect("lock") = new_signer();
+    }
+
+    /// Serves the JWKS with `Cache-Control: public, max-age=SECONDS` from now on.
+    pub fn set_max_age(&self, seconds: u64) {
+        self.inner.max_age.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Makes the JWKS endpoint answer 500 (or recover).
+    pub fn set_failing(&self, failing: bool) {
+        self.inner.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// A token with `claims` signed by the key before the last [`rotate`](Self::rotate), if kept.
+    pub fn token_from(signer: &Signer, issuer: &str, mut claims: Value) -> String {
+        claims["iss"] = json!(issuer);
+        signer.sign_compact(claims.to_string().as_bytes()).expect("sign")
+    }
+
+    /// The current signing key (to keep signing with it after a rotation).
+    pub fn current_signer(&self) -> Arc<Signer> {
+        Arc::clone(&self.inner.signer.lock().expect("lock"))
     }
 
     /// Pads the JWKS with `bytes` of junk from now on.

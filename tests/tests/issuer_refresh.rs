@@ -120,3 +120,57 @@ async fn a_ci_tokens_malleable_twin_is_refused_as_a_replay() {
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("already exchanged"), "{body}");
 }
+
+/// A broker trusting the fake issuer `issuer` (ES256, refresh interval `refresh_s`).
+async fn broker_for(issuer: &FakeIssuer, dir: &std::path::Path, refresh_s: u64) -> Broker {
+    let data_dir = dir.join("broker");
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
+         jwks_refresh_interval = \"{refresh_s}s\"\n\
+         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
+         mode = \"worker\"\n",
+        workspace_root().join("policies").display(),
+        issuer.url(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// Security review M3: cached issuer keys expire after the JWKS response's `max-age`, so a key
+/// the issuer removed stops verifying; L7: a failing JWKS endpoint is not asked again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_the_issuer_removed_stops_verifying_once_its_keys_expire() {
+    let issuer = FakeIssuer::start().await;
+    issuer.set_max_age(1);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_for(&issuer, dir.path(), 1).await;
+    let old_key = issuer.current_signer();
+    let (status, body) = broker.exchange(&issuer.token(claims("m3-first")), "aws:dev").await;
+    assert_eq!(status, 200, "{body}");
+    let fetched = Instant::now();
+
+    // The issuer withdraws the key (say it leaked). Tokens it signed must stop verifying once the
+    // cached JWKS is older than its max-age, without waiting for an unknown `kid`.
+    issuer.rotate();
+    // Waiting for real time is the point: the expiry is on the broker process's clock.
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(fetched.elapsed())).await;
+    let stale = FakeIssuer::token_from(&old_key, issuer.url(), claims("m3-stale"));
+    let (status, body) = broker.exchange(&stale, "aws:dev").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("unknown key"), "{body}");
+    let (status, body) = broker.exchange(&issuer.token(claims("m3-new")), "aws:dev").await;
+    assert_eq!(status, 200, "the new key verifies: {body}");
+
+    // The endpoint fails: the refusal is remembered, not re-asked for every token.
+    issuer.set_failing(true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = issuer.jwks_fetches();
+    for i in 0..5 {
+        let (status, body) = broker.exchange(&issuer.token(claims(&format!("m3-down-{i}"))), "aws:dev").await;
+        assert_eq!(status, 502, "expired keys are not trusted while the issuer is down: {body}");
+    }
+    assert_eq!(issuer.jwks_fetches(), before + 1, "one fetch for five tokens while the endpoint fails");
+}

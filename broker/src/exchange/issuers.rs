@@ -6,6 +6,13 @@
 //! `jwks_refresh_interval` (30 s by default) per issuer, so a flood of tokens with random `kid`s
 //! cannot turn the broker into a JWKS-fetching amplifier. `jku`/`x5u` are never followed: only the configured issuer's
 //! own discovery document points at keys.
+//!
+//! Cached keys expire (security review M3): after the JWKS response's `Cache-Control: max-age`
+//! (at least the refresh interval, at most [`MAX_KEYS_AGE`], which is also the default), the next
+//! token refetches them, so a key the issuer removed stops verifying; if that refetch fails, tokens
+//! are refused (fail closed) rather than checked against keys the issuer may have withdrawn. A
+//! failed fetch is remembered for [`FAILURE_MEMORY`] (L7): tokens arriving meanwhile get the same
+//! refusal without another request to the issuer.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,6 +24,10 @@ use crate::identity::verify::{self, Expectations, KeySet, VerifiedToken, VerifyE
 
 /// Largest discovery or JWKS document read.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// The longest cached keys are trusted, and how long when the issuer says nothing.
+pub const MAX_KEYS_AGE: Duration = Duration::from_secs(3600);
+/// How long a failed key fetch is answered from memory.
+const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 /// Why a CI token could not be verified.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +51,14 @@ pub enum IssuerError {
 struct CachedKeys {
     keys: Arc<KeySet>,
     fetched_at: Instant,
+    /// How long they may be trusted (the response's `max-age`, bounded).
+    max_age: Duration,
+}
+
+/// The last failed fetch: when, and why.
+struct FetchFailure {
+    at: Instant,
+    reason: String,
 }
 
 /// One configured issuer and its key cache.
@@ -48,6 +67,7 @@ pub struct TrustedIssuer {
     pub config: IssuerConfig,
     cache: RwLock<Option<CachedKeys>>,
     refresh: tokio::sync::Mutex<()>,
+    failure: std::sync::Mutex<Option<FetchFailure>>,
 }
 
 impl std::fmt::Debug for TrustedIssuer {
@@ -103,6 +123,7 @@ impl TrustedIssuers {
                     config: config.clone(),
                     cache: RwLock::new(None),
                     refresh: tokio::sync::Mutex::new(()),
+                    failure: std::sync::Mutex::new(None),
                 })
             })
             .collect();
@@ -150,29 +171,51 @@ impl TrustedIssuers {
             let guard = issuer.cache.read().ok()?;
             guard.as_ref().filter(|c| fresh_enough(c)).map(|c| Arc::clone(&c.keys))
         };
-        if !refresh && let Some(keys) = cached(&|_| true) {
+        let unexpired = |c: &CachedKeys| c.fetched_at.elapsed() < c.max_age;
+        if !refresh && let Some(keys) = cached(&unexpired) {
             return Ok(keys);
         }
         let _one_at_a_time = issuer.refresh.lock().await;
         // Rate limit: a refresh within the interval (ours or a concurrent caller's) is reused.
         let interval = issuer.config.jwks_refresh_interval;
-        if let Some(keys) = cached(&|c| c.fetched_at.elapsed() < interval) {
+        if let Some(keys) = cached(&|c| c.fetched_at.elapsed() < interval && unexpired(c)) {
             return Ok(keys);
         }
-        let keys = Arc::new(self.fetch(&issuer.config).await.map_err(|reason| {
-            tracing::warn!(issuer = %issuer.config.name, %reason, "cannot fetch issuer keys");
-            IssuerError::Keys { issuer: issuer.config.name.clone(), reason }
-        })?);
-        tracing::info!(issuer = %issuer.config.name, keys = keys.len(), "fetched issuer keys");
+        let failed = |reason: String| IssuerError::Keys { issuer: issuer.config.name.clone(), reason };
+        if let Some(reason) = issuer
+            .failure
+            .lock()
+            .ok()
+            .and_then(|f| f.as_ref().filter(|f| f.at.elapsed() < FAILURE_MEMORY).map(|f| f.reason.clone()))
+        {
+            return Err(failed(reason));
+        }
+        let (keys, max_age) = match self.fetch(&issuer.config).await {
+            Ok(fetched) => fetched,
+            Err(reason) => {
+                tracing::warn!(issuer = %issuer.config.name, %reason, "cannot fetch issuer keys");
+                if let Ok(mut failure) = issuer.failure.lock() {
+                    *failure = Some(FetchFailure { at: Instant::now(), reason: reason.clone() });
+                }
+                return Err(failed(reason));
+            }
+        };
+        let keys = Arc::new(keys);
+        let max_age = max_age.unwrap_or(MAX_KEYS_AGE).clamp(interval, MAX_KEYS_AGE.max(interval));
+        tracing::info!(issuer = %issuer.config.name, keys = keys.len(), max_age_s = max_age.as_secs(), "fetched issuer keys");
         if let Ok(mut guard) = issuer.cache.write() {
-            *guard = Some(CachedKeys { keys: Arc::clone(&keys), fetched_at: Instant::now() });
+            *guard = Some(CachedKeys { keys: Arc::clone(&keys), fetched_at: Instant::now(), max_age });
+        }
+        if let Ok(mut failure) = issuer.failure.lock() {
+            *failure = None;
         }
         Ok(keys)
     }
 
-    async fn fetch(&self, config: &IssuerConfig) -> Result<KeySet, String> {
+    /// The issuer's keys, and how long its JWKS response says they may be cached.
+    async fn fetch(&self, config: &IssuerConfig) -> Result<(KeySet, Option<Duration>), String> {
         let discovery_url = format!("{}/.well-known/openid-configuration", config.issuer);
-        let discovery: Value = serde_json::from_str(&self.get(&discovery_url).await?)
+        let discovery: Value = serde_json::from_str(&self.get(&discovery_url).await?.0)
             .map_err(|e| format!("discovery document is not JSON: {e}"))?;
         if discovery.get("issuer").and_then(Value::as_str) != Some(config.issuer.as_str()) {
             return Err("the discovery document names a different issuer".to_owned());
@@ -184,18 +227,25 @@ impl TrustedIssuers {
         if !jwks_uri_allowed(&config.issuer, jwks_uri) {
             return Err(format!("the discovery document's jwks_uri `{jwks_uri}` is not https"));
         }
-        let keys = KeySet::from_jwks(&self.get(jwks_uri).await?).map_err(|e| e.to_string())?;
+        let (jwks, max_age) = self.get(jwks_uri).await?;
+        let keys = KeySet::from_jwks(&jwks).map_err(|e| e.to_string())?;
         if keys.is_empty() {
             return Err("the JWKS has no usable signing key".to_owned());
         }
-        Ok(keys)
+        Ok((keys, max_age))
     }
 
-    async fn get(&self, url: &str) -> Result<String, String> {
+    /// The body of `url`, and its `Cache-Control: max-age` if it has one.
+    async fn get(&self, url: &str) -> Result<(String, Option<Duration>), String> {
         let response = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status().as_u16()));
         }
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .and_then(max_age);
         // Read in chunks against the cap: a hostile or broken endpoint cannot make the broker
         // buffer an unbounded body.
         let mut response = response;
@@ -206,13 +256,37 @@ impl TrustedIssuers {
             }
             bytes.extend_from_slice(&chunk);
         }
-        String::from_utf8(bytes).map_err(|_| format!("GET {url}: not UTF-8"))
+        let body = String::from_utf8(bytes).map_err(|_| format!("GET {url}: not UTF-8"))?;
+        Ok((body, max_age))
     }
+}
+
+/// `max-age=N` of a `Cache-Control` value (`no-store`/`no-cache` mean none: refetch as often as
+/// the refresh interval allows).
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let directives: Vec<&str> = cache_control.split(',').map(str::trim).collect();
+    if directives.iter().any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache")) {
+        return Some(Duration::ZERO);
+    }
+    directives
+        .iter()
+        .find_map(|d| d.strip_prefix("max-age=").or_else(|| d.strip_prefix("Max-Age=")))
+        .and_then(|n| n.trim_matches('"').parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::jwks_uri_allowed;
+    use super::*;
+
+    #[test]
+    fn cache_control_gives_the_keys_age() {
+        assert_eq!(max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(max_age("max-age=\"60\""), Some(Duration::from_secs(60)));
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("private"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+    }
 
     #[test]
     fn discovery_cannot_downgrade_key_transport() {
