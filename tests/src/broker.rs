@@ -50,7 +50,30 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs `keyward ARGS` to completion with `envs` and no inherited KEYWARD_* variables.
+/// How long one `keyward` command may run in a test before it is killed and the test fails (a
+/// command that should have refused to start, say, must not hang the suite).
+const KEYWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// `command`'s output, or a test failure naming `what` if it runs past `deadline` (it is killed).
+fn output_within(mut command: Command, deadline: std::time::Duration, what: &str) -> std::process::Output {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().expect("run keyward");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(deadline) {
+        Ok(output) => output.expect("wait for keyward"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("`keyward {what}` ran past {} s and was killed", deadline.as_secs());
+        }
+    }
+}
+
+/// Runs `keyward ARGS` to completion with `envs` and no inherited KEYWARD_* variables; a command
+/// that runs past [`KEYWARD_DEADLINE`] fails the test instead of hanging it.
 pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
     // `keyward creds` caches under XDG_CACHE_HOME: a fresh one per call (never the user's), unless
     // the caller passes its own to share a cache between calls.
@@ -61,7 +84,7 @@ pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (key, value) in envs {
         command.env(key, value);
     }
-    let output = command.output().expect("run keyward");
+    let output = output_within(command, KEYWARD_DEADLINE, &args.join(" "));
     Output {
         success: output.status.success(),
         code: output.status.code(),
