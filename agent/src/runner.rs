@@ -163,8 +163,9 @@ impl Runner {
                     Ok(()) => match configuration_dir(&dir.work, &src, &job.path) {
                         Err(error) => Err(error),
                         Ok(cwd) => {
-                            let mut read_only = read_only;
-                            read_only.extend(binary.parent().filter(|d| !d.starts_with("/usr")).map(Path::to_path_buf));
+                            // Terraform's own directory is not bound (security review L5): the
+                            // jailer binds the binary alone when the sandbox cannot see it, so its
+                            // neighbours (other tools, files beside it) stay out of the job's view.
                             let phase = Phase {
                                 job,
                                 isolation: &self.isolation,

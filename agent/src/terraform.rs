@@ -60,7 +60,7 @@ pub struct Phase<'a> {
     pub cwd: PathBuf,
     /// The environment (scrubbed, plus credentials).
     pub env: Vec<(String, String)>,
-    /// Extra read-only host paths (credential files, the terraform binary's directory).
+    /// Extra read-only host paths (credential files; the jailer binds the terraform binary itself).
     pub read_only: Vec<PathBuf>,
     /// The agent's private scratch directory.
     pub scratch: &'a Path,

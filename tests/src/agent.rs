@@ -194,10 +194,19 @@ impl Agent {
     /// Starts `run ARGS…` over an enrolled data dir (Terraform, in the sandbox, unless `args`
     /// say otherwise).
     pub fn start(data_dir: &Path, id: &str, args: &[&str]) -> Self {
+        Self::start_with_path(data_dir, id, args, None)
+    }
+
+    /// [`start`](Self::start), with `PATH` set to `path` when given (where it finds Terraform).
+    pub fn start_with_path(data_dir: &Path, id: &str, args: &[&str], path: Option<&str>) -> Self {
         static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = data_dir.with_extension(format!("{start}.log"));
-        let child = Command::new(binary("keyward-agent"))
+        let mut command = Command::new(binary("keyward-agent"));
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        let child = command
             .arg("run")
             .args(args)
             .arg("--data-dir")

@@ -271,6 +271,37 @@ async fn a_saved_plan_the_repository_links_elsewhere_is_refused() {
     std::fs::remove_file(&host).unwrap();
 }
 
+/// Security review L5: Terraform outside the system directories is bound into the sandbox alone,
+/// never with its directory, so files beside it (other tools, an operator's secrets) stay out of
+/// the job's view.
+#[tokio::test(flavor = "multi_thread")]
+async fn terraform_outside_system_dirs_is_bound_without_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let bin = dir.path().join("tfbin");
+    std::fs::create_dir(&bin).unwrap();
+    let system = keyward_agent::terraform::locate("terraform").expect("terraform on PATH");
+    std::fs::copy(&system, bin.join("terraform")).unwrap();
+    let neighbour = bin.join("neighbour-secret");
+    std::fs::write(&neighbour, "beside terraform").unwrap();
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let _agent = Agent::start_with_path(&agent_dir, &agent_id, &[], Some(&path));
+
+    stack(&broker, dir.path(), "neighbour", &local_exec("peek", &format!("cat {}", neighbour.display())), false);
+    let (id, run) = run_to_end(&broker, "neighbour").await;
+    let text = logs(&broker, &id);
+    assert!(text.contains(&format!("terraform binary {}", bin.join("terraform").display())), "{text}");
+    assert!(text.contains("Plan: 1 to add"), "Terraform ran from its own directory: {text}");
+    assert_eq!(run["state"], "failed", "{run}\n{text}");
+    assert!(text.contains("No such file"), "{text}");
+    assert!(!text.contains("beside terraform"), "{text}");
+}
+
 fn drift_check(broker: &Broker, stack: &str) -> (Option<i32>, Value) {
     let out = broker.cli(&["run", "submit", "--stack", stack, "--drift", "--wait", "--timeout", "2m", "--json"]);
     let run =
