@@ -24,21 +24,7 @@ fn claims(jti: &str) -> Value {
 async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
     let issuer = FakeIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("broker");
-    let addr = free_addr();
-    let config = dir.path().join("keyward.toml");
-    let rest = format!(
-        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
-         [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
-         jwks_refresh_interval = \"{}s\"\n\
-         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
-         mode = \"worker\"\n",
-        workspace_root().join("policies").display(),
-        issuer.url(),
-        REFRESH.as_secs()
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let broker = broker_for(&issuer, dir.path(), REFRESH.as_secs()).await;
     assert_eq!(issuer.jwks_fetches(), 0, "keys are fetched on first use, not at start");
 
     let (status, body) = broker.exchange(&issuer.token(claims("first")), "aws:dev").await;
@@ -96,19 +82,7 @@ async fn unknown_keys_refresh_the_jwks_at_most_once_per_interval() {
 async fn a_ci_tokens_malleable_twin_is_refused_as_a_replay() {
     let issuer = FakeIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("broker");
-    let addr = free_addr();
-    let config = dir.path().join("keyward.toml");
-    let rest = format!(
-        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
-         [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
-         [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
-         mode = \"worker\"\n",
-        workspace_root().join("policies").display(),
-        issuer.url(),
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let broker = broker_for(&issuer, dir.path(), 30).await;
 
     let token = issuer.token(json!({ "aud": "keyward-test", "iat": now(), "nbf": now(), "exp": now() + 300,
                                      "run_id": "twin-1", "repository": "acme/infra" }));
