@@ -9,6 +9,8 @@
 //!   refused), non-blocking (a FIFO cannot stall it), checks with `fstat` that it is a regular
 //!   file no larger than the cap, and reads at most that much, off the async runtime and under a
 //!   deadline;
+//! - [`is_plain_dir`] checks the same way that the stack's configuration directory is a real
+//!   directory beneath the work dir;
 //! - [`write_private`] writes a plan into a directory only the agent writes, with `O_CREAT |
 //!   O_EXCL | O_NOFOLLOW`, so the copy the sandbox reads (bound read-only) is exactly the bytes
 //!   the agent holds.
@@ -91,7 +93,15 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn read_beneath(work_dir: &Path, relative: &Path, cap: usize) -> Result<Vec<u8>, PlanFileError> {
+/// Whether `relative` is a directory beneath `work_dir` reached through no symlink: where the
+/// agent may look for what the job left there (the stack's configuration directory).
+pub fn is_plain_dir(work_dir: &Path, relative: &Path) -> bool {
+    open_beneath(work_dir, relative, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).is_ok()
+}
+
+/// Opens `relative` beneath `work_dir` with `flags`, refusing `..`, absolute paths and any symlink
+/// on the way (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`).
+fn open_beneath(work_dir: &Path, relative: &Path, flags: OFlag) -> Result<OwnedFd, PlanFileError> {
     let shown = relative.display().to_string();
     if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(PlanFileError::OutsideWorkDir(shown));
@@ -99,12 +109,18 @@ fn read_beneath(work_dir: &Path, relative: &Path, cap: usize) -> Result<Vec<u8>,
     let root = open(work_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|source| PlanFileError::Open { path: work_dir.display().to_string(), source })?;
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .flags(flags)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root.as_fd(), relative, how).map_err(|source| match source {
-        nix::Error::ELOOP | nix::Error::EXDEV => PlanFileError::OutsideWorkDir(shown.clone()),
-        source => PlanFileError::Open { path: shown.clone(), source },
-    })?;
+    openat2(root.as_fd(), relative, how).map_err(|source| match source {
+        nix::Error::ELOOP | nix::Error::EXDEV => PlanFileError::OutsideWorkDir(shown),
+        source => PlanFileError::Open { path: shown, source },
+    })
+}
+
+fn read_beneath(work_dir: &Path, relative: &Path, cap: usize) -> Result<Vec<u8>, PlanFileError> {
+    let shown = relative.display().to_string();
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let fd = open_beneath(work_dir, relative, flags)?;
     let stat = fstat(&fd).map_err(|source| PlanFileError::Open { path: shown.clone(), source })?;
     if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err(PlanFileError::NotRegular(shown));

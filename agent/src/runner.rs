@@ -275,21 +275,7 @@ struct JobDir {
 /// agent works with paths under it outside the sandbox).
 fn configuration_dir(work: &Path, src: &Path, path: &str) -> Result<PathBuf, PhaseError> {
     let cwd = if path.is_empty() { src.to_path_buf() } else { src.join(path) };
-    let inside = cwd
-        .strip_prefix(work)
-        .ok()
-        .filter(|relative| relative.components().all(|c| matches!(c, std::path::Component::Normal(_))));
-    let plain = inside.is_some_and(|relative| {
-        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
-        let Ok(root) = open(work, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        else {
-            return false;
-        };
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        openat2(std::os::fd::AsFd::as_fd(&root), relative, how).is_ok()
-    });
+    let plain = cwd.strip_prefix(work).is_ok_and(|relative| crate::planfile::is_plain_dir(work, relative));
     if plain {
         Ok(cwd)
     } else {

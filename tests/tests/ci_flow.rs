@@ -16,6 +16,33 @@ use serde_json::{Value, json};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
+/// A broker trusting OpenBao's OIDC provider at `issuer` under each `(name, audience)` (GitHub
+/// claim names, `repository_owner = "acme"` required), with one write target on moto that opts in
+/// CI subjects and lasts `duration`.
+async fn start(dir: &std::path::Path, issuer: &str, issuers: &[(&str, &str)], sts: &str, duration: &str) -> Broker {
+    let data_dir = dir.join("broker");
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let issuer_entries: String = issuers
+        .iter()
+        .map(|(name, audience)| {
+            format!(
+                "[[issuers]]\nname = \"{name}\"\nissuer = \"{issuer}\"\naudience = \"{audience}\"\nalgorithms = [\"RS256\"]\n\
+                 require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n"
+            )
+        })
+        .collect();
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n{issuer_entries}\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
+         role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{sts}\"\nduration = \"{duration}\"\n\
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
+        workspace_root().join("policies").display(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -30,28 +57,8 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     forked["repository_owner"] = json!("evil");
     let fork = bao.external_issuer("fork", &forked).await;
 
-    let data_dir = dir.path().join("broker");
-    let addr = free_addr();
-    let config = dir.path().join("keyward.toml");
-    let issuer_entry = |name: &str, audience: &str| {
-        format!(
-            "[[issuers]]\nname = \"{name}\"\nissuer = \"{}\"\naudience = \"{audience}\"\nalgorithms = [\"RS256\"]\n\
-             require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n",
-            ci.issuer
-        )
-    };
-    let rest = format!(
-        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n{}{}\
-         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
-         role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{}\"\nduration = \"1h\"\n\
-         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
-        workspace_root().join("policies").display(),
-        issuer_entry("bao-ci", &ci.audience),
-        issuer_entry("bao-fork", &fork.audience),
-        moto.endpoint,
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let issuers = [("bao-ci", ci.audience.as_str()), ("bao-fork", fork.audience.as_str())];
+    let broker = start(dir.path(), &ci.issuer, &issuers, &moto.endpoint, "1h").await;
 
     let token_file = dir.path().join("ci-token");
     let cache = dir.path().join("cache");
@@ -167,23 +174,7 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
     });
     let ci = bao.external_issuer("deploy", &claims).await;
 
-    let data_dir = dir.path().join("broker");
-    let addr = free_addr();
-    let config = dir.path().join("keyward.toml");
-    let rest = format!(
-        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
-         [[issuers]]\nname = \"bao-ci\"\nissuer = \"{}\"\naudience = \"{}\"\nalgorithms = [\"RS256\"]\n\
-         require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n\
-         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
-         role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{}\"\nduration = \"15m\"\n\
-         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
-        workspace_root().join("policies").display(),
-        ci.issuer,
-        ci.audience,
-        moto.endpoint,
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let broker = start(dir.path(), &ci.issuer, &[("bao-ci", ci.audience.as_str())], &moto.endpoint, "15m").await;
 
     // The subject token command: asks OpenBao for a fresh identity token, as a GitHub job asks
     // its ID-token endpoint, and keeps a copy of each token it printed (to look for on disk).
@@ -270,7 +261,7 @@ async fn boto3_keeps_working_across_a_refresh_with_one_exchange_per_refresh() {
     // boto3 ran the command for every call; the broker saw one exchange per refresh, each with a
     // fresh token from the command, and no replay.
     assert!(result["runs"].as_u64().unwrap() >= 6, "boto3 ran credential_process for each call: {result}");
-    let store = keyward_tests::audit::Audit::open(&data_dir).await;
+    let store = keyward_tests::audit::Audit::open(&broker.data_dir).await;
     assert_eq!(store.count("credentials.issued").await, 2, "one exchange, then one at the refresh");
     assert_eq!(store.count("credentials.denied").await, 0, "no replayed token: {stderr}");
     let tokens = std::fs::read_to_string(&issued_tokens).unwrap();

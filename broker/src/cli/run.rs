@@ -11,6 +11,7 @@ use super::Connection;
 use super::client::segment;
 use super::client::{Client, items, print_json, text};
 use super::output::{out, outln};
+use super::table::date;
 use crate::logs;
 use crate::runs::RunState;
 
@@ -441,7 +442,7 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
         };
         outln!("  kind          drift check ({found})")?;
     }
-    outln!("  state         {} (since {})", text(run, "state"), date(run.get("updated_at")))?;
+    outln!("  state         {} (since {})", text(run, "state"), date(run.get("updated_at").and_then(Value::as_i64)))?;
     if text(run, "state") == "planned" {
         outln!("  waiting       {}", waiting_for(run))?;
     } else if !text(run, "detail").is_empty() {
@@ -457,7 +458,7 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
     if !text(run, "ticket").is_empty() {
         outln!("  ticket        {}", text(run, "ticket"))?;
     }
-    outln!("  submitted by  {} at {}", text(run, "triggered_by"), date(run.get("created_at")))?;
+    outln!("  submitted by  {} at {}", text(run, "triggered_by"), date(run.get("created_at").and_then(Value::as_i64)))?;
     let approvers: Vec<&str> = items(run, "reviews")
         .filter(|r| text(r, "decision") == "approve" && r.get("counted").and_then(Value::as_bool) == Some(true))
         .map(|r| text(r, "by"))
@@ -473,7 +474,7 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
             "  review        {} by {} at {}{counted}{}",
             text(review, "decision"),
             text(review, "by"),
-            date(review.get("at")),
+            date(review.get("at").and_then(Value::as_i64)),
             if comment.is_empty() { String::new() } else { format!(": {comment}") }
         )?;
     }
@@ -484,9 +485,4 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// RFC 3339 UTC for a Unix time in a JSON value.
-fn date(unix: Option<&Value>) -> String {
-    unix.and_then(Value::as_i64).map_or_else(|| "-".to_owned(), crate::clock::rfc3339)
 }

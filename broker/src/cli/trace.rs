@@ -172,19 +172,12 @@ fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
         out.push(format!("{} {line}", if i == 0 { "├─ reviews   " } else { "│            " }));
     }
     // What the traced credential itself carried; for a run, whose approvals counted in the end.
-    let approvers: Vec<&str> = match traced {
-        Some(entry) => {
+    let approvers: Vec<&str> = traced
+        .or_else(|| entries.iter().rev().find(|e| at(e, "/context/approved_by").is_array()).copied())
+        .map(|entry| {
             at(entry, "/context/approved_by").as_array().into_iter().flatten().filter_map(Value::as_str).collect()
-        }
-        None => entries
-            .iter()
-            .rev()
-            .find_map(|e| at(e, "/context/approved_by").as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect(),
-    };
+        })
+        .unwrap_or_default();
     let approved = if approvers.is_empty() { "nobody".to_owned() } else { approvers.join(", ") };
     let scope = if traced.is_some() { " (as this credential carries it)" } else { "" };
     out.push(format!("├─ approved   by {approved}{scope}"));

@@ -270,8 +270,9 @@ fn max_age(cache_control: &str) -> Option<Duration> {
     }
     directives
         .iter()
-        .find_map(|d| d.strip_prefix("max-age=").or_else(|| d.strip_prefix("Max-Age=")))
-        .and_then(|n| n.trim_matches('"').parse::<u64>().ok())
+        .filter_map(|d| d.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("max-age"))
+        .and_then(|(_, n)| n.trim().trim_matches('"').parse::<u64>().ok())
         .map(Duration::from_secs)
 }
 
