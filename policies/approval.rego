@@ -11,7 +11,7 @@ author := object.get(run, "triggered_by", "")
 
 env := object.get(object.get(input, "target_labels", {}), "env", "")
 
-required := object.get(settings.required_approvals, env, 1)
+required := object.get(settings.required_approvals, env, object.get(settings, "default_required_approvals", 1))
 
 approvers contains who if {
 	some review in object.get(input, "approvals", [])

@@ -55,21 +55,49 @@ deny contains msg if {
 	msg := sprintf("write target '%s' needs a commit on %s; this run is on '%s'", [target.name, settings.default_branch_ref, run.ref])
 }
 
-# Production needs independent approvals: none of them from the person who triggered the run.
+# Write targets need independent approvals, none from the person who triggered the run: as many
+# as `required_approvals` says for the target's `env` label, and `default_required_approvals`
+# (one) for a label it does not list or no label at all. Only an explicit entry (dev: 0) waives it.
 deny contains msg if {
 	env := object.get(labels, "env", "")
-	required := object.get(settings.required_approvals, env, 0)
+	required := object.get(settings.required_approvals, env, object.get(settings, "default_required_approvals", 1))
 	object.get(target, "access", "write") == "write"
 	count(independent_approvers) < required
 	msg := sprintf(
 		"target '%s' (env=%s) needs %d approvals from someone other than '%s'; it has %d",
-		[target.name, env, required, object.get(run, "triggered_by", "(unknown)"), count(independent_approvers)],
+		[target.name, env_shown, required, object.get(run, "triggered_by", "(unknown)"), count(independent_approvers)],
 	)
 }
+
+# How an absent `env` label reads in a reason.
+env_shown := object.get(labels, "env", "none") if object.get(labels, "env", "") != ""
+
+else := "none"
 
 independent_approvers contains who if {
 	some who in object.get(run, "approved_by", [])
 	who != object.get(run, "triggered_by", "")
+}
+
+# A target labelled `repositories` (space-separated, exact: `acme/network` as a CI token names it,
+# `https://github.com/acme/network.git` as a stack does) serves only runs of those repositories,
+# whoever the caller is: one repository's pipeline cannot deploy another's infrastructure.
+deny contains msg if {
+	count(bound_repositories) > 0
+	not object.get(run, "repository", "") in bound_repositories
+	msg := sprintf(
+		"target '%s' serves only runs of the repositories its 'repositories' label lists; this run is of '%s'",
+		[target.name, repository_shown],
+	)
+}
+
+repository_shown := run.repository if run.repository
+
+else := "(no repository)"
+
+bound_repositories := {repository |
+	some repository in split(object.get(labels, "repositories", ""), " ")
+	repository != ""
 }
 
 # Only the organisation's repositories (when a list is configured in data.json).

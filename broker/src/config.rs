@@ -324,8 +324,14 @@ pub struct IssuerConfig {
     #[serde(default = "yes")]
     pub require_nbf: bool,
     /// Claims that must be present with exactly these string values, e.g. `repository_owner = "acme"`.
+    /// Required: CI systems let any workflow choose its own `aud`, so an issuer bound by audience
+    /// alone would trust every repository it serves.
     #[serde(default)]
     pub required_claims: std::collections::BTreeMap<String, String>,
+    /// The targets (`<type>:<name>`) this issuer's tokens may ask for; any other is refused before
+    /// the policy runs. Required, and each must be a configured target.
+    #[serde(default)]
+    pub targets: Vec<String>,
     /// Which phase this issuer's tokens stand for: `plan` (read targets only) unless set to `apply`.
     #[serde(default = "default_ci_phase")]
     pub phase: keyward_proto::claims::Phase,
@@ -1357,10 +1363,67 @@ impl Config {
                     format!("issuer `{}`: allow at least one algorithm", issuer.name),
                 ));
             }
+            self.validate_issuer_binding(issuer)?;
+        }
+        Ok(())
+    }
+
+    /// An issuer must say whose tokens it accepts (`required_claims`) and what they may reach
+    /// (`targets`): CI systems mint tokens for every repository they host, with any audience the
+    /// workflow asks for, so neither is implied by trusting the issuer.
+    fn validate_issuer_binding(&self, issuer: &IssuerConfig) -> Result<(), ConfigError> {
+        let name = &issuer.name;
+        if issuer.required_claims.is_empty() {
+            return Err(invalid(
+                "issuers.required_claims",
+                format!(
+                    "issuer `{name}` has no required_claims, so every repository its CI system serves could exchange \
+                     tokens; bind it, e.g. required_claims = {{ repository_owner = \"acme\" }}"
+                ),
+            ));
+        }
+        if let Some(claim) = issuer.required_claims.keys().find(|claim| UNBINDING_CLAIMS.contains(&claim.as_str())) {
+            return Err(invalid(
+                "issuers.required_claims",
+                format!(
+                    "issuer `{name}`: `{claim}` is checked on every token already and binds no repository; require \
+                     a claim naming who the token is for (repository_owner, repository, namespace_path, sub)"
+                ),
+            ));
+        }
+        if issuer.targets.is_empty() {
+            return Err(invalid(
+                "issuers.targets",
+                format!(
+                    "issuer `{name}` lists no targets; name the ones its tokens may ask for, e.g. targets = [\"aws:ci-read\"]"
+                ),
+            ));
+        }
+        for wanted in &issuer.targets {
+            let Some(target) = self.targets.iter().find(|target| &target.id() == wanted) else {
+                return Err(invalid(
+                    "issuers.targets",
+                    format!(
+                        "issuer `{name}`: `{wanted}` is not a configured target (write `<type>:<name>`, e.g. aws:deploy)"
+                    ),
+                ));
+            };
+            if issuer.phase != keyward_proto::claims::Phase::Apply && target.access == TargetAccess::Write {
+                return Err(invalid(
+                    "issuers.targets",
+                    format!(
+                        "issuer `{name}` stands for the plan phase, which never gets write target `{wanted}`; \
+                         use a separate issuer entry with phase = \"apply\" for it"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
 }
+
+/// Claims the verifier checks on every token, which therefore bind no caller.
+const UNBINDING_CLAIMS: &[&str] = &["iss", "aud", "exp", "nbf", "iat", "jti"];
 
 impl TargetConfig {
     /// `<type>:<name>`, how callers name it.
@@ -1491,6 +1554,44 @@ mod tests {
             "",
         )?;
         assert!(error(twice).contains("two sinks are named `a`"));
+        Ok(())
+    }
+
+    /// Security review M1: an issuer says whose tokens it accepts and which targets they reach.
+    #[test]
+    fn issuers_must_be_bound_to_claims_and_targets() -> Result<(), ConfigError> {
+        let with_issuer = |binding: &str| {
+            parse(
+                &format!(
+                    "kek = \"{KEK}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+                     [[targets]]\nname = \"deploy\"\ntype = \"aws\"\naccess = \"write\"\n\
+                     role_arn = \"arn:aws:iam::123456789012:role/deploy\"\n\
+                     [[targets]]\nname = \"read\"\ntype = \"aws\"\naccess = \"read\"\n\
+                     role_arn = \"arn:aws:iam::123456789012:role/read\"\n\
+                     [[issuers]]\nname = \"gh\"\nissuer = \"https://token.actions.githubusercontent.com\"\n\
+                     audience = \"https://kw.example\"\n{binding}"
+                ),
+                "",
+            )
+        };
+        let error = |binding: &str| -> Result<String, ConfigError> {
+            Ok(with_issuer(binding)?.validate(&|_| None).err().map(|e| e.to_string()).unwrap_or_default())
+        };
+        let owner = "required_claims = { repository_owner = \"acme\" }\n";
+        with_issuer(&format!("{owner}targets = [\"aws:read\"]"))?.validate(&|_| None)?;
+        with_issuer(&format!("{owner}targets = [\"aws:deploy\", \"aws:read\"]\nphase = \"apply\""))?
+            .validate(&|_| None)?;
+
+        let unbound = error("targets = [\"aws:read\"]")?;
+        assert!(unbound.starts_with("`issuers.required_claims`: issuer `gh` has no required_claims"), "{unbound}");
+        let audience_only = error("required_claims = { aud = \"https://kw.example\" }\ntargets = [\"aws:read\"]")?;
+        assert!(audience_only.contains("`aud` is checked on every token already"), "{audience_only}");
+        let no_targets = error(owner)?;
+        assert!(no_targets.starts_with("`issuers.targets`: issuer `gh` lists no targets"), "{no_targets}");
+        let unknown = error(&format!("{owner}targets = [\"aws:nope\"]"))?;
+        assert!(unknown.contains("`aws:nope` is not a configured target"), "{unknown}");
+        let plan_writes = error(&format!("{owner}targets = [\"aws:deploy\"]"))?;
+        assert!(plan_writes.contains("plan phase, which never gets write target `aws:deploy`"), "{plan_writes}");
         Ok(())
     }
 

@@ -17,6 +17,8 @@ pub struct OpenBao {
     /// Root token of the dev server.
     pub root_token: String,
     log: std::path::PathBuf,
+    /// Every identity token handed out, so none is handed out twice.
+    issued: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Drop for OpenBao {
@@ -62,7 +64,7 @@ impl OpenBao {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn bao server");
-        let bao = Self { child, addr: format!("http://{addr}"), root_token, log };
+        let bao = Self { child, addr: format!("http://{addr}"), root_token, log, issued: Default::default() };
         let client = http();
         let health = format!("{}/v1/sys/health", bao.addr);
         eventually("OpenBao to become healthy", Duration::from_secs(60), || {
@@ -206,15 +208,20 @@ impl OpenBao {
         (format!("{}/v1/identity/oidc/token/{}", self.addr, issuer.role), issuer.client_token.clone())
     }
 
-    /// Fetches a fresh identity token from `issuer`.
+    /// Fetches a fresh identity token from `issuer`: one never handed out before. OpenBao's
+    /// tokens carry no `jti` and whole-second times, so two requests within a second get the same
+    /// bytes, which a CI system never hands a job twice (and the broker rightly refuses as a replay).
     pub async fn identity_token(&self, issuer: &ExternalIssuer) -> String {
-        let response = http()
-            .get(format!("{}/v1/identity/oidc/token/{}", self.addr, issuer.role))
-            .header("X-Vault-Token", &issuer.client_token)
-            .send()
-            .await
-            .expect("identity token request");
-        let body: Value = response.json().await.expect("identity token body");
-        body["data"]["token"].as_str().unwrap_or_else(|| panic!("no token in {body}")).to_owned()
+        let client = http();
+        let url = format!("{}/v1/identity/oidc/token/{}", self.addr, issuer.role);
+        eventually("OpenBao to sign an identity token not seen before", Duration::from_secs(10), || {
+            let request = client.get(&url).header("X-Vault-Token", &issuer.client_token).send();
+            async move {
+                let body: Value = request.await.expect("identity token request").json().await.expect("token body");
+                let token = body["data"]["token"].as_str().unwrap_or_else(|| panic!("no token in {body}")).to_owned();
+                self.issued.lock().expect("issued tokens").insert(token.clone()).then_some(token)
+            }
+        })
+        .await
     }
 }

@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// A broker trusting OpenBao's OIDC provider at `issuer` under each `(name, audience)` (GitHub
-/// claim names, `repository_owner = "acme"` required), with one write target on moto that opts in
-/// CI subjects and lasts `duration`.
+/// claim names, `repository_owner = "acme"` required, `aws:network-apply` its only target), with
+/// that write target on moto, which opts in CI subjects and lasts `duration`, and a read target
+/// `aws:billing-read` that no issuer lists.
 async fn start(dir: &std::path::Path, issuer: &str, issuers: &[(&str, &str)], sts: &str, duration: &str) -> Broker {
     let data_dir = dir.join("broker");
     let addr = free_addr();
@@ -28,7 +29,8 @@ async fn start(dir: &std::path::Path, issuer: &str, issuers: &[(&str, &str)], st
         .map(|(name, audience)| {
             format!(
                 "[[issuers]]\nname = \"{name}\"\nissuer = \"{issuer}\"\naudience = \"{audience}\"\nalgorithms = [\"RS256\"]\n\
-                 require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n"
+                 require_nbf = false\nphase = \"apply\"\nrequired_claims = {{ repository_owner = \"acme\" }}\n\
+                 targets = [\"aws:network-apply\"]\n"
             )
         })
         .collect();
@@ -36,7 +38,9 @@ async fn start(dir: &std::path::Path, issuer: &str, issuers: &[(&str, &str)], st
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n{issuer_entries}\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\n\
          role_arn = \"arn:aws:iam::123456789012:role/network-apply\"\nsts_endpoint = \"{sts}\"\nduration = \"{duration}\"\n\
-         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n",
+         labels = {{ env = \"dev\" }}\nwrite_subjects = [\"ci\"]\n\
+         [[targets]]\nname = \"billing-read\"\ntype = \"aws\"\naccess = \"read\"\n\
+         role_arn = \"arn:aws:iam::123456789012:role/billing-read\"\nsts_endpoint = \"{sts}\"\n",
         workspace_root().join("policies").display(),
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
@@ -155,7 +159,26 @@ async fn a_ci_token_becomes_sts_credentials_named_after_the_ci_run() {
     assert!(!out.success, "{}", out.stdout);
     assert_eq!(out.stdout, "", "a failure prints nothing on stdout");
     assert!(out.stderr.contains("repository_owner"), "{}", out.stderr);
+
+    // A target the issuer does not list, although the policy would allow it (a read target):
+    // refused before the policy runs, and audited, since the token itself verified.
+    std::fs::write(&token_file, bao.identity_token(&ci).await).unwrap();
+    let out = keyward(
+        &["creds", "aws", "--target", "aws:billing-read", "--subject-token-file", token_file.to_str().unwrap()],
+        &[("KEYWARD_ADDR", broker.addr.as_str()), ("XDG_CACHE_HOME", cache.to_str().unwrap())],
+    );
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("target `aws:billing-read` is not one of issuer `bao-ci`'s targets (aws:network-apply)"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(moto.sts_requests().len(), before_refusals, "no refused token reached STS");
+    let denied = Audit::open(&broker.data_dir).await.for_run("4711").await;
+    assert!(
+        denied.iter().any(|e| e.kind == "denied" && e.body.contains("aws:billing-read")),
+        "the verified caller's refusal is audited"
+    );
 }
 
 /// boto3 with `credential_process = keyward creds aws --subject-token-command …`, the setup

@@ -171,7 +171,7 @@ fn overlay(sts_endpoint: &str) -> String {
         "[[targets]]\nname = \"ci-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE}\"\n\
          sts_endpoint = \"{sts_endpoint}\"\nlabels = {{ env = \"staging\" }}\n\
          [[issuers]]\nname = \"ci\"\nissuer = \"http://127.0.0.1:1/v1/identity/oidc\"\naudience = \"keyward\"\n\
-         require_nbf = false\n"
+         require_nbf = false\nrequired_claims = {{ repository_owner = \"acme\" }}\ntargets = [\"aws:ci-read\"]\n"
     )
 }
 

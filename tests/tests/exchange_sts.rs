@@ -27,7 +27,8 @@ async fn start(dir: &Path, sts_endpoint: &str) -> Broker {
          labels = {{ env = \"dev\" }}\nwrite_subjects = [\"job\", \"run\"]\n\
          [[targets]]\nname = \"network-worker\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          sts_endpoint = \"{sts_endpoint}\"\nduration = \"30m\"\nmode = \"worker\"\n\
-         session_tags = [\"run\", \"commit\"]\nsource_identity = \"first_approver\"\nwrite_subjects = [\"run\"]\n",
+         session_tags = [\"run\", \"commit\"]\nsource_identity = \"first_approver\"\nwrite_subjects = [\"run\"]\n\
+         labels = {{ env = \"dev\" }}\n",
         workspace_root().join("policies").display()
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });

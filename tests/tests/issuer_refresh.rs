@@ -103,7 +103,8 @@ async fn broker_for(issuer: &FakeIssuer, dir: &std::path::Path, refresh_s: u64) 
     let rest = format!(
         "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
          [[issuers]]\nname = \"fake\"\nissuer = \"{}\"\naudience = \"keyward-test\"\nalgorithms = [\"ES256\"]\n\
-         jwks_refresh_interval = \"{refresh_s}s\"\n\
+         jwks_refresh_interval = \"{refresh_s}s\"\nrequired_claims = {{ repository = \"acme/infra\" }}\n\
+         targets = [\"aws:dev\"]\n\
          [[targets]]\nname = \"dev\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"arn:aws:iam::123456789012:role/dev\"\n\
          mode = \"worker\"\n",
         workspace_root().join("policies").display(),

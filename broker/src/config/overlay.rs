@@ -183,7 +183,8 @@ mod tests {
         let config = apply(&format!(
             "[[targets]]\nname = \"deploy\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
              [[issuers]]\nname = \"bao\"\nissuer = \"http://127.0.0.1:8200/v1/identity/oidc\"\n\
-             audience = \"keyward\"\nrequire_nbf = false\n\
+             audience = \"keyward\"\nrequire_nbf = false\nrequired_claims = {{ repository_owner = \"acme\" }}\n\
+             targets = [\"aws:deploy\"]\nphase = \"apply\"\n\
              [policy]\ndir = \"/srv/policies\"\n"
         ))?;
         assert_eq!(config.targets.first().map(TargetConfig::id).as_deref(), Some("aws:deploy"));
@@ -240,6 +241,10 @@ mod tests {
                 "[[issuers]]\nname = \"i\"\nissuer = \"https://ci.example\"\naudience = \"k\"\nrequire_nfb = false\n"
                     .to_owned(),
                 "require_nfb",
+            ),
+            (
+                "[[issuers]]\nname = \"i\"\nissuer = \"https://ci.example\"\naudience = \"k\"\n".to_owned(),
+                "issuers.required_claims",
             ),
             ("[policy]\ndir = \"/p\"\nevaluation_timeout = \"1m\"\n".to_owned(), "policy.evaluation_timeout"),
             ("[policy]\npath = \"/p\"\n".to_owned(), "policy"),

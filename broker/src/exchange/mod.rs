@@ -496,13 +496,12 @@ impl Exchanger {
         if let Some(allowed) = &subject.allowed_targets
             && !allowed.contains(&target.id())
         {
-            return Err(vec![format!(
-                "target `{}` is not one of stack `{}`'s {} targets ({})",
-                target.id(),
-                subject.run.stack,
-                subject.run.phase,
-                if allowed.is_empty() { "it has none".to_owned() } else { allowed.join(", ") },
-            )]);
+            let listed = if allowed.is_empty() { "it has none".to_owned() } else { allowed.join(", ") };
+            let whose = match &subject.kind {
+                SubjectKind::Ci(issuer) => format!("issuer `{issuer}`'s"),
+                _ => format!("stack `{}`'s {}", subject.run.stack, subject.run.phase),
+            };
+            return Err(vec![format!("target `{}` is not one of {whose} targets ({listed})", target.id())]);
         }
         let Some(policies) = &self.policies else {
             return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);

@@ -279,7 +279,7 @@ impl Subject {
             expires_at: verified.expires_at,
             claims,
             run,
-            allowed_targets: None,
+            allowed_targets: Some(config.targets.clone()),
         }
     }
 }
