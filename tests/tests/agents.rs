@@ -592,7 +592,7 @@ async fn enrollment_and_renewal_issue_the_configured_lifetime_and_a_join_token_a
     let (first_serial, not_before, not_after, sans) = certificate_facts(&enrolled.certificate_der);
     assert_eq!(not_after - not_before, LIFETIME + keyward_broker::agents::ca::BACKDATE_SECS);
     assert_eq!(enrolled.not_after_unix, not_after, "the answer states the certificate's own expiry");
-    assert_eq!(sans, [spiffe_id.clone()]);
+    assert_eq!(sans, std::slice::from_ref(&spiffe_id));
     let first = Identity::from_pem(pem("CERTIFICATE", &enrolled.certificate_der), key.serialize_pem());
     accepted(&endpoint, &ca_pem, first.clone()).await.expect("the enrolled certificate is accepted");
 

@@ -404,7 +404,7 @@ async fn an_independent_verifier_accepts_the_log_and_a_log_bundle_and_nothing_ta
         let script = workspace_root().join("tests/py/verify_audit.py");
         let output = std::process::Command::new(keyward_tests::venv().join("bin/python"))
             .arg(script)
-            .args([export, checkpoint, "log.pub", bundle, "agent-ca.pem"].map(|f| path(f)))
+            .args([export, checkpoint, "log.pub", bundle, "agent-ca.pem"].map(&path))
             .output()
             .unwrap();
         let verdict: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
