@@ -222,7 +222,7 @@ impl Store {
     /// How a commit on this store's connections reaches the disk, as the engine reports it:
     /// SQLite's `PRAGMA synchronous` by name (`full`: every commit is fsynced) or PostgreSQL's
     /// `synchronous_commit` (`on`, or a stronger level). The audit log's "durable before
-    /// acknowledged" rests on it; a diagnostic for operators and tests.
+    /// acknowledged" rests on it. A diagnostic: tests read it, nothing in the broker branches on it.
     pub async fn commit_durability(&self) -> Result<String, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Ok(match self.backend {
