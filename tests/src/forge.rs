@@ -94,6 +94,22 @@ pub fn foreign_token(header: &serde_json::Value, claims: &serde_json::Value) -> 
     format!("{input}.{}", B64URL.encode(signature.as_ref()))
 }
 
+/// A token with any header and claims, signed (ES256) by a fresh key no JWKS publishes, whose
+/// header also carries that key's self-signed certificate as `x5c`: a verifier that took its key
+/// from `x5c` would accept it.
+pub fn foreign_token_with_x5c(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let certified = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
+    let certificate =
+        rcgen::CertificateParams::new(vec!["attacker.example".to_owned()]).unwrap().self_signed(&certified).unwrap();
+    let mut header = header.clone();
+    header["x5c"] = serde_json::json!([base64::engine::general_purpose::STANDARD.encode(certificate.der())]);
+    let input = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+    let signature = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", B64URL.encode(signature.as_ref()))
+}
+
 /// `alg: HS256`, MACed with the given bytes as the secret (the classic "public key as HMAC
 /// secret" confusion attack).
 pub fn hs256_token(secret: &[u8], header: &serde_json::Value, claims: &serde_json::Value) -> String {

@@ -15,6 +15,7 @@ pub mod fake_upstream;
 pub mod forge;
 pub mod git;
 pub mod git_http;
+pub mod held;
 pub mod moto;
 pub mod openbao;
 pub mod postgres;

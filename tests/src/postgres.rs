@@ -53,8 +53,9 @@ fn run_as_owner(bin: &Path, program: &str, args: &[&str]) {
 }
 
 impl PgCluster {
-    /// Initializes and starts a cluster tuned for tests: no fsync, asynchronous commit. Nothing
-    /// here outlives the test, and durability is not what these tests measure.
+    /// Initializes and starts a cluster tuned for tests: no fsync, asynchronous commit by default
+    /// (the broker turns `synchronous_commit` back on for its own sessions). Nothing here outlives
+    /// the test, and durability is not what these tests measure.
     pub fn start() -> Self {
         Self::start_with(false)
     }

@@ -539,3 +539,97 @@ async fn the_trail_names_the_people_who_really_approved() {
     assert!(verified.success, "{}\n{}", verified.stdout, verified.stderr);
     assert!(verified.stdout.contains("verified"), "{}", verified.stdout);
 }
+
+/// What the policy decided is what a job gets (DESIGN.md §8.12, §8.1): a target the policy denies
+/// fails the job with the policy's reason, on record, with no STS call and no token; a policy TTL
+/// below the target's duration is the session the job gets. The shipped library, with a plan cap
+/// of 20 minutes and one more rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_meets_the_policys_refusal_and_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rego") {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut data: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("policies/data.json")).unwrap()).unwrap();
+    data["keyward"]["settings"]["ttl_caps"]["plan"] = Value::from(1200);
+    std::fs::write(policies.join("data.json"), data.to_string()).unwrap();
+    const REASON: &str = "restricted targets are closed to jobs";
+    std::fs::write(
+        policies.join("restricted.rego"),
+        format!(
+            "package keyward.credentials\n\ndeny contains \"{REASON}\" if {{\n\
+             \tobject.get(object.get(object.get(input, \"target\", {{}}), \"labels\", {{}}), \"tier\", \"\") == \"restricted\"\n}}\n"
+        ),
+    )
+    .unwrap();
+
+    let moto = Moto::start(dir.path()).await;
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let data_dir = dir.path().join("broker");
+    let rest = format!(
+        "[policy]\ndir = \"{policies}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n\
+         [[targets]]\nname = \"state-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         [[targets]]\nname = \"vault-of-secrets\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ tier = \"restricted\" }}\n",
+        policies = policies.display(),
+        agents = free_addr(),
+        sts = moto.endpoint,
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    stack(&broker, &repo, "capped", &["aws:state-read"], &[]);
+    stack(&broker, &repo, "restricted", &["aws:vault-of-secrets"], &[]);
+    let marks = dir.path().join("marks");
+    let exec = format!("echo \"$KEYWARD_RUN_ID\" >> '{}'", marks.display());
+    let agent = Agent::enroll_and_run(&broker.addr, &join_token(&broker), &dir.path().join("agent"), &exec);
+
+    // Refused by the policy: the job fails before its command runs, saying why.
+    let refused_run = submit(&broker, "restricted");
+    let run = wait_for_state(&broker, &refused_run, &[]).await;
+    assert_eq!(run["state"], "failed", "{run}\nagent log:\n{}", agent.log_text());
+    let detail = run["detail"].as_str().unwrap();
+    assert!(detail.contains("credentials for target `aws:vault-of-secrets` refused"), "{run}");
+    assert!(detail.contains(REASON), "the policy's reason: {run}");
+    let store = Audit::open(&broker.data_dir).await;
+    let entries = store.for_run(&refused_run).await;
+    let denied: Vec<&Logged> = entries.iter().filter(|e| e.kind == "denied").collect();
+    assert_eq!(denied.len(), 1, "{entries:#?}");
+    assert!(denied[0].reasons.contains(REASON), "{:?}", denied[0].reasons);
+    let details: Value = serde_json::from_str(&denied[0].details).unwrap();
+    assert_eq!(details["agent_id"].as_str(), Some(agent.id.as_str()), "{details}");
+    assert_eq!(details["job_id"], run["jobs"][0]["id"], "{details}");
+    assert!(!entries.iter().any(|e| e.kind == "minted" || e.kind == "issued"), "{entries:#?}");
+    assert!(!std::fs::read_to_string(&marks).unwrap_or_default().contains(&refused_run), "the job's command ran");
+    assert_eq!(moto.sts_requests().len(), 0, "no STS call for a refusal");
+
+    // Capped by the policy below the target's hour: the session lasts the policy's 20 minutes.
+    let capped_run = submit(&broker, "capped");
+    let run = wait_for_state(&broker, &capped_run, &[]).await;
+    assert_eq!(run["state"], "finished", "{run}\nagent log:\n{}", agent.log_text());
+    let requests = moto.sts_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].field("DurationSeconds"), Some("1200"), "the policy's ttl, not the target's 3600");
+    let entries = store.for_run(&capped_run).await;
+    let at = |kind: &str| {
+        let entry = entries.iter().find(|e| e.kind == kind).unwrap_or_else(|| panic!("no {kind}: {entries:#?}"));
+        let body: Value = serde_json::from_str(&entry.body).unwrap();
+        (body["at"].as_i64().unwrap(), serde_json::from_str::<Value>(&entry.details).unwrap())
+    };
+    let ((allowed_at, _), (issued_at, issued)) = (at("allowed"), at("issued"));
+    assert_eq!(issued["duration_seconds"], 1200, "{issued}");
+    // STS was called between the decision and the record of what it issued: the job's
+    // credentials expire 20 minutes after that.
+    let expires = issued["credentials_expire_at"].as_i64().unwrap();
+    assert!((allowed_at + 1200..=issued_at + 1200).contains(&expires), "{allowed_at} {issued_at} {issued}");
+}

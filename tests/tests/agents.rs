@@ -12,7 +12,7 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::store::Store;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{AgentMessage, EnrollRequest, Hello, agent_message};
+use keyward_proto::agent_v1::{AgentMessage, CredentialsRequest, EnrollRequest, Hello, RenewRequest, agent_message};
 use keyward_tests::agent::{Agent, bootstrap, channel, join, pem};
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
@@ -499,4 +499,143 @@ async fn two_postgres_brokers_share_the_queue_and_every_job_runs_once() {
     assert_eq!(store.audit_count("job.leased").await.unwrap(), 16, "one lease per job, across both brokers");
     let served: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(served.len(), 4);
+}
+
+/// The certificate inside an enrollment answer: (serial as hex, notBefore, notAfter, URI SANs).
+fn certificate_facts(der: &[u8]) -> (String, i64, i64, Vec<String>) {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).expect("an X.509 certificate");
+    let serial = parsed.raw_serial().iter().skip_while(|b| **b == 0).map(|b| format!("{b:02x}")).collect();
+    let validity = parsed.validity();
+    let sans = parsed
+        .subject_alternative_name()
+        .expect("a well-formed SAN extension")
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|name| match name {
+                    GeneralName::URI(uri) => format!("URI:{uri}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (serial, validity.not_before.timestamp(), validity.not_after.timestamp(), sans)
+}
+
+/// What the endpoint makes of `identity` on an authenticated call: `NotFound` for a job that does
+/// not exist means the certificate was accepted; otherwise the refusal.
+async fn accepted(endpoint: &str, ca_pem: &str, identity: Identity) -> Result<(), String> {
+    let mut client = AgentServiceClient::new(channel(endpoint, ca_pem, Some(identity)).await?);
+    let request = CredentialsRequest { job_id: "no-such-job".into(), fencing_token: 1, target: "aws:none".into() };
+    match client.credentials(request).await {
+        Err(status) if status.code() == Code::NotFound => Ok(()),
+        Err(status) => Err(format!("{status:?}")),
+        Ok(_) => Err("credentials for a job that does not exist".to_owned()),
+    }
+}
+
+/// Enrollment issues certificates of the configured lifetime; `Renew` gives the same identity a
+/// new certificate over a new key, while the previous one keeps working until it expires (docs/
+/// agents.md: revocation, not serial pinning, is the control); a revoked agent cannot renew; and
+/// of enrollments racing on one join token, exactly one wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_and_renewal_issue_the_configured_lifetime_and_a_join_token_admits_one_racer() {
+    // Not the 1 h default, so a hard-coded lifetime anywhere would show.
+    const LIFETIME: i64 = 20 * 60;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let config = dir.path().join(format!("keyward-{}.toml", addr.port()));
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[agents]\nlisten = \"{}\"\ncertificate_lifetime = \"20m\"\n",
+        workspace_root().join("policies").display(),
+        free_addr()
+    );
+    let data_dir = dir.path().join(format!("broker-{}", addr.port()));
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = serve(&config, addr, &[], None).await;
+    let (endpoint, ca_pem) = bootstrap(&broker.addr).await;
+
+    // Racing enrollments on one token, each on its own connection: exactly one wins.
+    let join_token = token(&broker, "default", "10m");
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (endpoint, ca_pem, join_token) = (endpoint.clone(), ca_pem.clone(), join_token.clone());
+        racers.spawn(async move {
+            let (key, der) = csr(vec![]);
+            let mut client = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
+            let request =
+                EnrollRequest { join_token, csr_der: der, hostname: "racer".into(), agent_version: "t".into() };
+            client.enroll(request).await.map(|answer| (key, answer.into_inner()))
+        });
+    }
+    let (mut winners, mut losers) = (Vec::new(), Vec::new());
+    while let Some(result) = racers.join_next().await {
+        match result.unwrap() {
+            Ok(won) => winners.push(won),
+            Err(status) => losers.push(status),
+        }
+    }
+    assert_eq!((winners.len(), losers.len()), (1, 3), "one winner: {losers:?}");
+    for status in &losers {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("already used"), "{status:?}");
+    }
+    let agents = json(&broker.cli(&["agent", "list", "--json"]));
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1, "{agents}");
+    let (key, enrolled) = winners.pop().unwrap();
+    let agent_id = enrolled.agent_id.clone();
+    let spiffe_id = format!("URI:spiffe://127.0.0.1/pool/default/agent/{agent_id}");
+
+    // The lifetime is the configured one. notBefore is backdated for agents whose clocks lag.
+    let (first_serial, not_before, not_after, sans) = certificate_facts(&enrolled.certificate_der);
+    assert_eq!(not_after - not_before, LIFETIME + keyward_broker::agents::ca::BACKDATE_SECS);
+    assert_eq!(enrolled.not_after_unix, not_after, "the answer states the certificate's own expiry");
+    assert_eq!(sans, std::slice::from_ref(&spiffe_id));
+    let first = Identity::from_pem(pem("CERTIFICATE", &enrolled.certificate_der), key.serialize_pem());
+    accepted(&endpoint, &ca_pem, first.clone()).await.expect("the enrolled certificate is accepted");
+
+    // Renew over mTLS with a fresh key: a new certificate, same identity and lifetime.
+    let (new_key, new_csr) = csr(vec![]);
+    let mut client = AgentServiceClient::new(channel(&endpoint, &ca_pem, Some(first.clone())).await.unwrap());
+    let renewed = client.renew(RenewRequest { csr_der: new_csr }).await.expect("renewed").into_inner();
+    assert_eq!((renewed.agent_id.as_str(), renewed.pool.as_str()), (agent_id.as_str(), "default"));
+    let (second_serial, not_before, not_after, sans) = certificate_facts(&renewed.certificate_der);
+    assert_ne!(second_serial, first_serial, "a new serial");
+    assert_eq!(not_after - not_before, LIFETIME + keyward_broker::agents::ca::BACKDATE_SECS);
+    assert_eq!(sans, [spiffe_id], "the same identity");
+    let second = Identity::from_pem(pem("CERTIFICATE", &renewed.certificate_der), new_key.serialize_pem());
+    accepted(&endpoint, &ca_pem, second.clone()).await.expect("the renewed certificate is accepted");
+    // As designed, the previous certificate is not retired before it expires.
+    accepted(&endpoint, &ca_pem, first.clone()).await.expect("the previous certificate still works");
+    let shown = json(&broker.cli(&["agent", "show", &agent_id, "--json"]));
+    assert_eq!(shown["serial"].as_str().unwrap().trim_start_matches('0'), second_serial, "{shown}");
+    let audit = Audit::open(&broker.data_dir).await;
+    let renewals: Vec<Value> = audit
+        .referencing(&format!("agent:{agent_id}"))
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "renewed")
+        .map(|e| serde_json::from_str(&e.details).unwrap())
+        .collect();
+    assert_eq!(renewals.len(), 1, "{renewals:?}");
+    let serial_of = |value: &Value| value.as_str().unwrap().trim_start_matches('0').to_owned();
+    assert_eq!(
+        (serial_of(&renewals[0]["previous_serial"]), serial_of(&renewals[0]["serial"])),
+        (first_serial, second_serial.clone())
+    );
+
+    // Revoked: neither certificate renews, or is accepted at all.
+    json(&broker.cli(&["agent", "revoke", &agent_id, "--json"]));
+    for identity in [second, first] {
+        let mut client = AgentServiceClient::new(channel(&endpoint, &ca_pem, Some(identity.clone())).await.unwrap());
+        let refused = client.renew(RenewRequest { csr_der: csr(vec![]).1 }).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("revoked"), "{refused:?}");
+        assert!(accepted(&endpoint, &ca_pem, identity).await.unwrap_err().contains("revoked"));
+    }
+    let shown = json(&broker.cli(&["agent", "show", &agent_id, "--json"]));
+    assert_eq!(shown["serial"].as_str().unwrap().trim_start_matches('0'), second_serial, "no renewal after revocation");
+    assert_eq!(audit.count("agent.renewed").await, 1);
 }

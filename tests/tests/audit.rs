@@ -8,6 +8,9 @@
 
 use std::path::Path;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output as CliOutput, TEST_KEK, keyward, write_config};
 use keyward_tests::moto::Moto;
@@ -371,4 +374,108 @@ async fn pruned_entries_stay_verifiable_through_their_archive() {
     assert!(proved.success, "proofs still cover pruned entries: {}", proved.stderr);
     let extends = audit_cli(&broker, &["prove", "--since", &path("cp10.txt")]);
     assert!(extends.success, "{}", extends.stderr);
+}
+
+/// The broker does not vouch for itself: an independent verifier in Python with `cryptography`
+/// (tests/py/verify_audit.py), written from the formats' public descriptions, checks an export's
+/// RFC 6962 root against the signed checkpoint (C2SP signed note, Ed25519) and a job log bundle's
+/// ECDSA-signed chunk chains against the heads sealed in that log. Each wrong root, signature or
+/// digest fails it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_independent_verifier_accepts_the_log_and_a_log_bundle_and_nothing_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let submitted = broker.cli(&["run", "submit", "--stack", "example", "--wait", "--json"]);
+    assert!(submitted.success, "{}", submitted.stderr);
+    let run: Value = serde_json::from_str(&submitted.stdout).unwrap();
+    assert_eq!(run["state"], "finished", "{run}");
+    let path = |name: &str| dir.path().join(name);
+    let bundle = path("run.logbundle.json");
+    let exported = broker.cli(&["run", "logs", run["id"].as_str().unwrap(), "--export", bundle.to_str().unwrap()]);
+    assert!(exported.success, "{}", exported.stderr);
+    let (_, ca) = keyward_tests::agent::bootstrap(&broker.addr).await;
+    std::fs::write(path("agent-ca.pem"), ca).unwrap();
+    for (args, file) in [(["checkpoint"], "cp.txt"), (["public-key"], "log.pub"), (["export"], "log.jsonl")] {
+        let out = audit_cli(&broker, &args);
+        assert!(out.success, "{}", out.stderr);
+        std::fs::write(path(file), out.stdout).unwrap();
+    }
+    let verify = |export: &str, checkpoint: &str, bundle: &str| -> Value {
+        let script = workspace_root().join("tests/py/verify_audit.py");
+        let output = std::process::Command::new(keyward_tests::venv().join("bin/python"))
+            .arg(script)
+            .args([export, checkpoint, "log.pub", bundle, "agent-ca.pem"].map(&path))
+            .output()
+            .unwrap();
+        let verdict: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        });
+        assert_eq!(output.status.success(), verdict["ok"] == true, "{verdict}");
+        verdict
+    };
+    let refused = |verdict: Value, words: &str| {
+        assert_eq!(verdict["ok"], false, "tampering went unnoticed ({words}): {verdict}");
+        assert!(verdict["error"].as_str().unwrap().contains(words), "{words}: {verdict}");
+    };
+
+    let good = verify("log.jsonl", "cp.txt", "run.logbundle.json");
+    assert_eq!(good["ok"], true, "{good}");
+    let size = Audit::open(&broker.data_dir).await.check_tree().await;
+    assert_eq!(good["entries"], size, "{good}");
+    assert_eq!(good["leases"], 2, "the plan's and the apply's chains: {good}");
+    assert!(good["chunks"].as_u64().unwrap() >= 2, "{good}");
+
+    // The export: an entry rewritten together with its leaf hash changes the root.
+    let lines: Vec<String> = std::fs::read_to_string(path("log.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let mut rewritten = lines.clone();
+    let mut line: Value = serde_json::from_str(&rewritten[1]).unwrap();
+    line["entry"]["context"]["actor"] = json!("mallory");
+    let entry: keyward_broker::audit::Entry = serde_json::from_value(line["entry"].clone()).unwrap();
+    line["leaf_hash"] = json!(entry.leaf_hash().unwrap().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    rewritten[1] = line.to_string();
+    std::fs::write(path("rewritten.jsonl"), rewritten.join("\n") + "\n").unwrap();
+    refused(verify("rewritten.jsonl", "cp.txt", "run.logbundle.json"), "is not the checkpoint's signed root");
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("\"seq\":1", "\"seq\":1,\"note\":\"x\"");
+    std::fs::write(path("edited.jsonl"), edited.join("\n") + "\n").unwrap();
+    refused(verify("edited.jsonl", "cp.txt", "run.logbundle.json"), "leaf hash does not match");
+
+    // The checkpoint: another root under the same signature, or a signature with one bit flipped.
+    let note = std::fs::read_to_string(path("cp.txt")).unwrap();
+    let root = note.lines().nth(2).unwrap();
+    std::fs::write(path("other-root.txt"), note.replace(root, &STANDARD.encode([7_u8; 32]))).unwrap();
+    refused(verify("log.jsonl", "other-root.txt", "run.logbundle.json"), "signature does not verify");
+    let signature_line = note.lines().last().unwrap();
+    let (prefix, encoded) = signature_line.rsplit_once(' ').unwrap();
+    let mut blob = STANDARD.decode(encoded).unwrap();
+    *blob.last_mut().unwrap() ^= 0x01;
+    let flipped = note.replace(signature_line, &format!("{prefix} {}", STANDARD.encode(&blob)));
+    std::fs::write(path("flipped.txt"), flipped).unwrap();
+    refused(verify("log.jsonl", "flipped.txt", "run.logbundle.json"), "signature does not verify");
+
+    // The bundle: chunk signatures swapped between the two chains, a chunk's bytes edited, a seal
+    // that is not the chain's head.
+    let original: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let tampered = |name: &str, edit: &dyn Fn(&mut Value)| {
+        let mut copy = original.clone();
+        edit(&mut copy);
+        std::fs::write(path(name), serde_json::to_vec(&copy).unwrap()).unwrap();
+        verify("log.jsonl", "cp.txt", name)
+    };
+    refused(
+        tampered("swapped.json", &|b| {
+            let first = b["leases"][0]["chunks"][0]["signature"].clone();
+            b["leases"][0]["chunks"][0]["signature"] = b["leases"][1]["chunks"][0]["signature"].clone();
+            b["leases"][1]["chunks"][0]["signature"] = first;
+        }),
+        "signature does not verify",
+    );
+    refused(
+        tampered("edited.json", &|b| {
+            let data = STANDARD.decode(b["leases"][0]["chunks"][0]["data"].as_str().unwrap()).unwrap();
+            b["leases"][0]["chunks"][0]["data"] = json!(STANDARD.encode([data.as_slice(), b"!"].concat()));
+        }),
+        "digest does not match",
+    );
+    refused(tampered("resealed.json", &|b| b["leases"][1]["sealed"]["chunks"] = json!(0)), "not the sealed one");
 }

@@ -102,6 +102,12 @@ async fn bad_subject_tokens_and_failing_policies_are_refused_recorded_and_issue_
         ("nbf in the future", with("a14", "nbf", json!(now() + 600)), "not valid yet"),
         ("oversized", signer.sign_compact(big.to_string().as_bytes()).unwrap(), "not a JWT"),
         ("no jti", with("a15", "jti", Value::Null), "jti"),
+        ("no exp", with("a16", "exp", Value::Null), "no `exp` claim"),
+        // The signing key's own certificate in `x5c`: never read, so the key is still looked up
+        // by `kid` among the broker's keys — unknown under the attacker's kid, a bad signature
+        // under the broker's.
+        ("x5c header", forge::foreign_token_with_x5c(&header(json!({"kid": "evil"})), &base("a17")), "unknown key"),
+        ("x5c header under the real kid", forge::foreign_token_with_x5c(&header(json!({})), &base("a18")), "signature"),
     ];
     for (what, token, reason) in &cases {
         let (status, body) = broker.exchange(token, "aws:dev").await;

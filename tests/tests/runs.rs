@@ -295,3 +295,53 @@ async fn planned_run(runs: &Runs, author: &str) -> String {
     assert_eq!(runs.run(&run.id).await.unwrap().state, "planned");
     run.id
 }
+
+/// A run whose stored `kind` does not parse (a corrupt row, or one written by a newer broker):
+/// leasing its job fails *before* the lease commits, so the job stays queued for an agent that
+/// is never told of it to hold (DESIGN.md §8.7: no orphaned lease). Once the row is readable
+/// again the job leases as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_kind_does_not_parse_leaves_its_job_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyward.db");
+    let store = Store::open(&DatabaseLocation::Sqlite(db.clone())).await.unwrap();
+    let log = AuditLog::start(store.clone());
+    let engine = PolicyEngine::load(&workspace_root().join("policies"), Duration::from_millis(500)).unwrap();
+    let runs = Runs::new(store.clone(), log, Some(Arc::new(engine)), &[], Arc::new(ManualClock::at(T0)));
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    runs.create_stack(spec("network", &repo.url()), "admin", Context::default()).await.unwrap();
+    let run = runs.submit(submission("network", None), "alice", Context::default()).await.unwrap();
+    let set_kind = |kind: &str| {
+        let script = format!(
+            "import sqlite3; c = sqlite3.connect({:?}, timeout=30); \
+             c.execute(\"UPDATE runs SET kind = ? WHERE id = ?\", ({kind:?}, {:?})); c.commit()",
+            db.to_str().unwrap(),
+            run.id
+        );
+        let status = std::process::Command::new("python3").args(["-c", &script]).status().unwrap();
+        assert!(status.success());
+    };
+    set_kind("teleport");
+
+    let leased = runs.lease_next("default", "agent-1", LEASE).await;
+    assert!(matches!(leased, Err(RunError::Store(_))), "{leased:?}");
+    // The dispatcher's path: the attempt fails and is logged; nobody gets the job.
+    let batch = runs.lease_batch("default", &["agent-1".to_owned(), "agent-2".to_owned()], LEASE).await.unwrap();
+    assert_eq!(batch.map(|leases| leases.len()), Some(0));
+    let jobs = store.jobs_of(&run.id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(
+        (job.state.as_str(), job.attempt, job.fencing_token, job.agent_id.as_deref()),
+        ("queued", 0, 0, None),
+        "the job is still queued, held by nobody"
+    );
+    let audit = Audit(store.clone());
+    assert_eq!(audit.count(kinds::JOB_LEASED).await, 0, "no lease is on record");
+    assert_eq!(store.run(&run.id).await.unwrap().unwrap().state, "queued");
+
+    set_kind("deploy");
+    let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("the job, once its run reads");
+    assert_eq!((lease.job_id.as_str(), lease.fencing_token), (job.id.as_str(), 1));
+    audit.check_tree().await;
+}

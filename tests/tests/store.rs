@@ -27,6 +27,8 @@ async fn sqlite_backend_passes_the_store_suite() {
     let location = DatabaseLocation::Sqlite(dir.path().join("nested/dir/keyward.db"));
     let store = Store::open(&location).await.unwrap();
     assert_eq!(store.backend(), Backend::Sqlite);
+    // Durable before acknowledged: SIGKILL tests keep the page cache, so only this shows an fsync.
+    assert_eq!(store.commit_durability().await.unwrap(), "full", "PRAGMA synchronous = FULL");
     suite(&location).await;
 }
 
@@ -37,6 +39,8 @@ async fn postgres_backend_passes_the_store_suite() {
     let store = Store::open(&location).await.unwrap();
     assert_eq!(store.backend(), Backend::Postgres);
     assert!(!store.location().contains("password"));
+    // The test cluster runs with `synchronous_commit = off`; the broker's sessions turn it on.
+    assert_eq!(store.commit_durability().await.unwrap(), "on", "synchronous_commit for the broker's sessions");
     suite(&location).await;
 }
 

@@ -28,7 +28,7 @@ const CA_NAME: &str = "agents";
 /// How long the CA certificate is valid.
 const CA_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
 /// Backdating of `notBefore`, for agents whose clocks run a little behind.
-const BACKDATE_SECS: i64 = 60;
+pub const BACKDATE_SECS: i64 = 60;
 /// The smallest RSA modulus a CSR may carry.
 const MIN_RSA_BITS: usize = 2048;
 

@@ -464,6 +464,7 @@ mod tests {
             json!({"alg": "ES256", "kid": attacker.kid(), "jku": "https://evil.example/jwks.json"}),
             json!({"alg": "ES256", "kid": attacker.kid(), "x5u": "https://evil.example/cert.pem"}),
             json!({"alg": "ES256", "kid": attacker.kid(), "jwk": attacker_jwk}),
+            json!({"alg": "ES256", "kid": attacker.kid(), "x5c": ["MIIBattacker"]}),
         ] {
             let token = with_header(&attacker, &header, &claims());
             assert_eq!(verify(&token, &keys, &expect(), NOW).err(), Some(VerifyError::UnknownKey), "{header}");
@@ -471,6 +472,14 @@ mod tests {
         // The attacker's key under the trusted kid: the signature fails.
         let forged = with_header(&attacker, &json!({"alg": "ES256", "kid": signer.kid()}), &claims());
         assert_eq!(verify(&forged, &keys, &expect(), NOW).err(), Some(VerifyError::BadSignature));
+        // Never read, not even parsed: garbage in them does not disturb a good token.
+        for header in [
+            json!({"alg": "ES256", "kid": signer.kid(), "x5c": ["not base64 DER", 7]}),
+            json!({"alg": "ES256", "kid": signer.kid(), "x5u": {"not": "a URL"}, "jku": 1, "jwk": "?"}),
+        ] {
+            let token = with_header(&signer, &header, &claims());
+            assert!(verify(&token, &keys, &expect(), NOW).is_ok(), "{header}");
+        }
     }
 
     #[test]
@@ -490,6 +499,7 @@ mod tests {
         assert_eq!(set("exp", json!(String::from("1900000000"))), Some(VerifyError::WrongClaimType("exp")));
         assert_eq!(set("nbf", json!(1.5)), Some(VerifyError::WrongClaimType("nbf")));
         assert_eq!(set("iat", Value::Null), Some(VerifyError::MissingClaim("iat")));
+        assert_eq!(set("exp", Value::Null), Some(VerifyError::MissingClaim("exp")), "a token that never expires");
         assert_eq!(set("exp", json!(NOW - 31)), Some(VerifyError::Expired), "past exp + leeway");
         assert_eq!(set("exp", json!(NOW - 30)), None, "within leeway");
         assert_eq!(set("nbf", json!(NOW + 31)), Some(VerifyError::NotYetValid));

@@ -138,7 +138,19 @@ impl Store {
                     Ok(())
                 })
             }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+            // Durable before acknowledged: a commit waits for its WAL flush even where the
+            // cluster's default is `synchronous_commit = off`. A stronger setting (`remote_apply`,
+            // say, for synchronous standbys) is left as the operator chose it.
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "SELECT set_config('synchronous_commit', 'on', false) \
+                         WHERE current_setting('synchronous_commit') = 'off'",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
         };
         let pool =
             pool_options.acquire_timeout(Duration::from_secs(10)).connect_with(options).await.map_err(open_error)?;
@@ -207,6 +219,30 @@ impl Store {
         Ok(())
     }
 
+    /// How a commit on this store's connections reaches the disk, as the engine reports it:
+    /// SQLite's `PRAGMA synchronous` by name (`full`: every commit is fsynced) or PostgreSQL's
+    /// `synchronous_commit` (`on`, or a stronger level). The audit log's "durable before
+    /// acknowledged" rests on it. A diagnostic: tests read it, nothing in the broker branches on it.
+    pub async fn commit_durability(&self) -> Result<String, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(match self.backend {
+            Backend::Sqlite => {
+                let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await?;
+                match level {
+                    0 => "off",
+                    1 => "normal",
+                    2 => "full",
+                    3 => "extra",
+                    _ => "unknown",
+                }
+                .to_owned()
+            }
+            Backend::Postgres => {
+                sqlx::query_scalar("SELECT current_setting('synchronous_commit')").fetch_one(&mut *conn).await?
+            }
+        })
+    }
+
     /// Closes every connection; waits for in-flight queries.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -272,6 +308,24 @@ mod tests {
         let store = Store::open(&DatabaseLocation::Sqlite(path.clone())).await?;
         store.ping().await?;
         assert!(path.exists(), "the database is where it was asked to be");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_sqlite_connection_fsyncs_its_commits() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("keyward.db"))).await?;
+        // Hold as many connections as the pool allows, so each one it may hand out is checked.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(store.pool.acquire().await?);
+        }
+        for conn in &mut held {
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **conn).await?;
+            assert_eq!(level, 2, "PRAGMA synchronous = FULL");
+        }
+        drop(held);
+        assert_eq!(store.commit_durability().await?, "full");
         Ok(())
     }
 
