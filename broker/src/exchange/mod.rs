@@ -7,7 +7,9 @@
 //!    refused without an audit entry (the caller proved nothing: see `unproven`), one that
 //!    verified and is refused for what it says is audited;
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
-//! 4. the `keyward.credentials` policy decides (deny by default);
+//! 4. the `keyward.credentials` policy decides (deny by default), and an `allow` the target
+//!    cannot carry out exactly as decided (a worker-mode session policy, say) is a refusal
+//!    (see `enforce`); what is issued never outlives the decision's [`enforce::Lifetime`];
 //! 5. one audit-log append commits the decision, the claim on the subject token's `jti` (so it
 //!    is exchanged at most once; a replay commits a refusal instead) and, when allowed, the
 //!    `token.minted` entry of the target-audience token minted for it. Nothing is handed out, and no relying party
