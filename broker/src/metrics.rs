@@ -55,6 +55,7 @@ pub struct Metrics {
     rotation_failures: AtomicU64,
     policy_reloads: AtomicU64,
     policy_reload_failures: AtomicU64,
+    vault_revocation_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -87,6 +88,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a Vault token the broker did not hand out and could not revoke.
+    pub fn vault_revocation_failed(&self) {
+        self.vault_revocation_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
     pub fn render(&self, published_keys: usize, audit: &AuditStats, sinks: &[Arc<Sink>], ready: bool) -> String {
         let mut out = String::with_capacity(1024);
@@ -116,6 +122,14 @@ impl Metrics {
             writeln!(out, "# HELP keyward_policy_reload_failures_total Reloads refused (the last good set stayed).");
         let _ = writeln!(out, "# TYPE keyward_policy_reload_failures_total counter");
         let _ = writeln!(out, "keyward_policy_reload_failures_total {}", load(&self.policy_reload_failures));
+        let _ = writeln!(
+            out,
+            "# HELP keyward_vault_token_revocation_failures_total Vault tokens the broker did not hand out and could \
+             not revoke (each lives until its TTL ends; the broker log names its accessor)."
+        );
+        let _ = writeln!(out, "# TYPE keyward_vault_token_revocation_failures_total counter");
+        let _ =
+            writeln!(out, "keyward_vault_token_revocation_failures_total {}", load(&self.vault_revocation_failures));
         let _ = writeln!(out, "# HELP keyward_audit_commits_total Group commits of the audit log.");
         let _ = writeln!(out, "# TYPE keyward_audit_commits_total counter");
         let _ = writeln!(out, "keyward_audit_commits_total {}", audit.commits());

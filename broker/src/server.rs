@@ -124,6 +124,7 @@ impl Broker {
             sinks.push(Arc::new(Sink::new(sink, secret.as_ref()).map_err(StartError::HttpClient)?));
         }
         let issuer = Issuer::new(minter, audit.clone());
+        let metrics = Arc::new(Metrics::default());
         let exchanger = if config.targets.is_empty() {
             None
         } else {
@@ -139,6 +140,7 @@ impl Broker {
                 Arc::clone(&clock),
                 config.server.external_url.clone(),
                 config.tokens.clock_skew,
+                Arc::clone(&metrics),
             )))
         };
         let runs =
@@ -181,7 +183,7 @@ impl Broker {
             audit,
             log_key,
             sinks: Arc::new(sinks),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             readiness_timeout: Duration::from_secs(2),
             request_timeout: config.server.request_timeout,
             policies,

@@ -12,13 +12,17 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::store::Store;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{AgentMessage, CredentialsRequest, EnrollRequest, Hello, RenewRequest, agent_message};
-use keyward_tests::agent::{Agent, bootstrap, channel, join, pem};
+use keyward_proto::agent_v1::{
+    AgentMessage, CredentialsRequest, EnrollRequest, Hello, JobAssignment, PlanPart, RenewRequest,
+    SourceCredentialsRequest, agent_message,
+};
+use keyward_tests::agent::{Agent, WorkSession, bootstrap, channel, enroll_in_process, join, pem};
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::Value;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Identity;
 
@@ -638,4 +642,120 @@ async fn enrollment_and_renewal_issue_the_configured_lifetime_and_a_join_token_a
     let shown = json(&broker.cli(&["agent", "show", &agent_id, "--json"]));
     assert_eq!(shown["serial"].as_str().unwrap().trim_start_matches('0'), second_serial, "no renewal after revocation");
     assert_eq!(audit.count("agent.renewed").await, 1);
+}
+
+/// An agent played by the test, enrolled in the `default` pool and holding the lease of the plan
+/// job of a run of stack `net`: its ID, its work stream and the assignment.
+async fn holding_a_plan(broker: &Broker, dir: &Path) -> (String, WorkSession, JobAssignment) {
+    let repo = GitRepo::init(&dir.join("infra"));
+    stack(broker, &repo, "net", "default");
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let (agent_id, identity) = enroll_in_process(&endpoint, &ca, &token(broker, "default", "10m")).await;
+    let mut session = WorkSession::open(&endpoint, &ca, identity, 1).await.expect("work stream");
+    submit(broker, "net");
+    let job = session.next_assignment(Duration::from_secs(20)).await.expect("the plan job");
+    session.heartbeat(&[&job.job_id]).await;
+    (agent_id, session, job)
+}
+
+/// A plan of `file` bytes and `json` bytes of JSON for `job`, in parts of the size an agent sends.
+fn plan_parts(job: &JobAssignment, file: usize, json: usize) -> Vec<PlanPart> {
+    const PART: usize = 128 * 1024;
+    let part = |plan_file: Vec<u8>, plan_json: Vec<u8>| PlanPart {
+        job_id: job.job_id.clone(),
+        fencing_token: job.fencing_token,
+        plan_file,
+        plan_json,
+    };
+    let mut parts: Vec<PlanPart> =
+        (0..file.div_ceil(PART)).map(|i| part(vec![b'p'; PART.min(file - i * PART)], Vec::new())).collect();
+    parts.extend((0..json.div_ceil(PART)).map(|i| part(Vec::new(), vec![b'{'; PART.min(json - i * PART)])));
+    parts
+}
+
+/// Review L1, end to end: once revoked, an agent's certificate (still within its validity) gets
+/// nothing for the lease it held: no job credentials, no repository credentials, no plan kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_agents_certificate_gets_nothing_for_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let (agent_id, mut session, job) = holding_a_plan(&broker, dir.path()).await;
+    let credentials =
+        || CredentialsRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token, target: "aws:x".into() };
+    // Control: before the revocation the agent is heard (this broker just has no targets).
+    let before = session.client.credentials(credentials()).await.unwrap_err();
+    assert!(!before.message().contains("revoked"), "{before:?}");
+
+    let revoked = broker.cli(&["agent", "revoke", &agent_id]);
+    assert!(revoked.success, "{}", revoked.stderr);
+    let refused = |status: tonic::Status, call: &str| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{call}: {status:?}");
+        assert!(status.message().contains(&format!("agent {agent_id} is revoked")), "{call}: {status:?}");
+    };
+    refused(session.client.credentials(credentials()).await.unwrap_err(), "Credentials");
+    let source = SourceCredentialsRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token };
+    refused(session.client.source_credentials(source).await.unwrap_err(), "SourceCredentials");
+    let plan = plan_parts(&job, 16, 2);
+    refused(session.client.submit_plan(tokio_stream::iter(plan)).await.unwrap_err(), "SubmitPlan");
+
+    let audit = Audit::open(&broker.data_dir).await;
+    for kind in ["credentials.allowed", "source.credentials_issued", "plan.evaluated"] {
+        assert_eq!(audit.count(kind).await, 0, "{kind}");
+    }
+}
+
+/// Review L6: the saved plans one agent's `SubmitPlan` streams hold at once are bounded by one
+/// plan's worth (16 MiB of plan and 24 MiB of JSON), however many streams it opens; the stream
+/// that would go over is refused at once with RESOURCE_EXHAUSTED, and what a stream held is given
+/// back when it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_agents_plan_uploads_share_one_budget() {
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let (_, session, job) = holding_a_plan(&broker, dir.path()).await;
+    // Each stream is within the per-plan limits (16 MiB + 5 MiB); the two together are not.
+    let upload = |parts: Vec<PlanPart>| {
+        let mut client = session.client.clone();
+        let (sender, outbox) = tokio::sync::mpsc::channel(8);
+        let call = tokio::spawn(async move { client.submit_plan(ReceiverStream::new(outbox)).await });
+        // Sends every part and keeps the stream open: the upload ends when the sender is dropped.
+        let feeder = tokio::spawn(async move {
+            for part in parts {
+                if sender.send(part).await.is_err() {
+                    break;
+                }
+            }
+            sender
+        });
+        (call, feeder)
+    };
+    let (mut first, first_feeder) = upload(plan_parts(&job, 16 * MIB, 5 * MIB));
+    let (mut second, second_feeder) = upload(plan_parts(&job, 16 * MIB, 5 * MIB));
+
+    // Neither can finish while its stream is open, so the first answer is the refusal. (The
+    // timeout only turns a hang of the unbounded broker into a failure.)
+    let (refusal, survivor, survivor_feeder) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::select! {
+            answer = &mut first => (answer, second, second_feeder),
+            answer = &mut second => (answer, first, first_feeder),
+        }
+    })
+    .await
+    .expect("neither upload was refused: one agent's plans in flight are unbounded");
+    let refusal = refusal.unwrap().unwrap_err();
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(refusal.message().contains("budget") && refusal.message().contains("one at a time"), "{refusal:?}");
+
+    // The other stream was never held back: closed, it is read to the end and judged.
+    drop(survivor_feeder.await.unwrap());
+    let judged = survivor.await.unwrap().unwrap_err();
+    assert_eq!(judged.code(), Code::InvalidArgument, "{judged:?}");
+    assert!(judged.message().contains("does not parse"), "{judged:?}");
+
+    // Both are over, so the whole budget is back: a plan as large goes through alone.
+    let (alone, feeder) = upload(plan_parts(&job, 16 * MIB, 5 * MIB));
+    drop(feeder.await.unwrap());
+    let judged = alone.await.unwrap().unwrap_err();
+    assert!(judged.message().contains("does not parse"), "{judged:?}");
 }

@@ -212,3 +212,77 @@ async fn sts_errors_and_hangs_are_retried_boundedly_then_reported() {
         assert_eq!(store.count("credentials.issued").await, 0, "{fault:?}");
     }
 }
+
+/// A policy that allows everything, with a session policy for runs named `scoped-*` and a
+/// 15-minute cap for runs named `short-*`.
+const DECIDING_POLICY: &str = r#"package keyward.credentials
+
+allow := true
+
+session_policy := {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]} if startswith(input.run.id, "scoped-")
+
+ttl_seconds := 900 if startswith(input.run.id, "short-")
+"#;
+
+/// Review M4: in worker mode the job calls STS itself, so a session policy or a lifetime below
+/// the target's that the policy decided could not be enforced: the exchange is refused, with the
+/// reason on record and in the answer, and nothing is minted. Broker mode carries both out. The
+/// worker-mode token itself never outlives the decision, even when tokens live longer by default.
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_mode_refuses_what_only_the_broker_could_enforce() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("credentials.rego"), DECIDING_POLICY).unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\ndefault_ttl = \"1h\"\n\
+         [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
+         sts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\nwrite_subjects = [\"run\"]\n\
+         [[targets]]\nname = \"network-worker\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
+         sts_endpoint = \"{sts}\"\nduration = \"30m\"\nmode = \"worker\"\nwrite_subjects = [\"run\"]\n",
+        policies.display(),
+        sts = moto.endpoint,
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let store = Audit::open(&broker.data_dir).await;
+
+    for (run_id, words) in [
+        ("scoped-worker", "the policy set a session_policy for target `aws:network-worker`, which is in worker mode"),
+        ("short-worker", "the policy set ttl_seconds 900 for target `aws:network-worker`, which is in worker mode"),
+    ] {
+        let (status, body) = broker.exchange(&apply_token(&broker, run_id).await, "aws:network-worker").await;
+        assert_eq!(status, 400, "{run_id}: {body}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(words) && description.contains("use broker mode"), "{run_id}: {body}");
+        assert!(body.get("access_token").is_none(), "{run_id}: {body}");
+        let events = store.for_run(run_id).await;
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        // The run token the admin minted, then the refusal: no token for STS, nothing issued.
+        assert_eq!(kinds, ["minted", "denied"], "{run_id}");
+        assert!(events[1].reasons.contains(words), "{run_id}: {}", events[1].reasons);
+    }
+    assert_eq!(moto.sts_requests().len(), 0);
+
+    // Broker mode carries both out: the session policy and the 15 minutes reach STS.
+    let (status, body) = broker.exchange(&apply_token(&broker, "scoped-broker").await, "aws:network-apply").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = broker.exchange(&apply_token(&broker, "short-broker").await, "aws:network-apply").await;
+    assert_eq!(status, 200, "{body}");
+    let requests = moto.sts_requests();
+    let policy: Value = serde_json::from_str(requests[0].field("Policy").expect("a session policy")).unwrap();
+    assert_eq!(policy["Statement"][0]["Action"], "s3:GetObject");
+    assert_eq!((requests[1].field("Policy"), requests[1].field("DurationSeconds")), (None, Some("900")));
+
+    // Nothing to refuse: the worker-mode token lives the target's 30 minutes, not the 1 h default.
+    let (status, body) = broker.exchange(&apply_token(&broker, "plain-worker").await, "aws:network-worker").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["aws"]["duration_seconds"], 1800);
+    let verdict = broker.pyjwt_verify(body["access_token"].as_str().unwrap(), "sts.amazonaws.com");
+    let claims = &verdict["claims"];
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 1800, "{verdict}");
+}

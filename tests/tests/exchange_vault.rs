@@ -203,3 +203,137 @@ async fn vault_errors_and_hangs_are_retried_boundedly_then_reported() {
         assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "{fault:?}");
     }
 }
+
+/// A policy that allows everything, with a 5-minute cap for runs named `short-*` and an AWS
+/// session policy for runs named `scoped-*`.
+const DECIDING_POLICY: &str = r#"package keyward.credentials
+
+allow := true
+
+ttl_seconds := 300 if startswith(input.run.id, "short-")
+
+session_policy := {"Version": "2012-10-17", "Statement": []} if startswith(input.run.id, "scoped-")
+"#;
+
+/// Whether OpenBao still knows the token behind `accessor` (asked as root).
+async fn token_alive(bao: &OpenBao, accessor: &str) -> bool {
+    let (status, body) =
+        bao.api(Method::POST, "auth/token/lookup-accessor", Some(json!({ "accessor": accessor }))).await;
+    match status {
+        200 => true,
+        400 if body.to_string().contains("invalid accessor") => false,
+        other => panic!("lookup-accessor answered {other}: {body}"),
+    }
+}
+
+/// Review M4, against a real OpenBao: a Vault token the caller does not receive is revoked once
+/// its reads are done (and a revocation Vault refuses is logged and counted); a role whose tokens
+/// outlive the policy's `ttl_seconds` is refused, on record, and its token revoked; a
+/// `session_policy`, which means nothing to Vault, is refused rather than ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_policy_decided_is_what_vault_issues() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("credentials.rego"), DECIDING_POLICY).unwrap();
+    let data_dir = dir.path().join("broker");
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    let target = |name: &str, role: &str, extra: &str| {
+        format!(
+            "[[targets]]\nname = \"{name}\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{}\"\nrole = \"{role}\"\n{extra}",
+            bao.addr
+        )
+    };
+    let kv_only = "return_token = false\nkv_reads = [{ mount = \"secret\", path = \"network/db\" }]\n";
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"vault\"]\n{}{}{}",
+        policies.display(),
+        target("kv-only", "network", kv_only),
+        target("kv-stuck", "stuck", kv_only),
+        target("network", "network", ""),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+
+    bao.trust_issuer(&broker.addr).await;
+    bao.must(
+        Method::POST,
+        "sys/policies/acl/network-read",
+        json!({ "policy": "path \"secret/data/network/*\" { capabilities = [\"read\"] }" }),
+    )
+    .await;
+    let role = |no_default_policy: bool| {
+        json!({
+            "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+            "bound_claims": { "stack_id": "network" }, "token_policies": ["network-read"], "token_ttl": "10m",
+            "token_no_default_policy": no_default_policy,
+        })
+    };
+    bao.must(Method::POST, "auth/jwt/role/network", role(false)).await;
+    // Without the `default` policy a token may not revoke itself: the failure must show.
+    bao.must(Method::POST, "auth/jwt/role/stuck", role(true)).await;
+    bao.must(Method::POST, "secret/data/network/db", json!({ "data": { "password": PASSWORD } })).await;
+    let store = Audit::open(&data_dir).await;
+    let issued = |run: &'static str| {
+        let store = &store;
+        async move {
+            let events = store.for_run(run).await;
+            let issued = events.iter().find(|e| e.kind == "issued").unwrap_or_else(|| panic!("{run}: {events:?}"));
+            serde_json::from_str::<Value>(&issued.details).unwrap()
+        }
+    };
+
+    // Secrets only: they come back, and the token that read them is gone.
+    let (status, body) = broker.exchange(&run_token(&broker, "plain-kv", "network").await, "vault:kv-only").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "N_A", "{body}");
+    assert_eq!(body["vault"]["secrets"][0]["data"]["password"], PASSWORD);
+    let details = issued("plain-kv").await;
+    assert_eq!(details["vault_token"], "revoked", "{details}");
+    let accessor = details["accessor"].as_str().unwrap();
+    assert!(!token_alive(&bao, accessor).await, "the broker's KV-only Vault token is still valid");
+
+    // A revocation Vault refuses: the secrets still come back, and the failure is logged (with
+    // the accessor) and counted, and on record.
+    let (status, body) = broker.exchange(&run_token(&broker, "plain-stuck", "network").await, "vault:kv-stuck").await;
+    assert_eq!(status, 200, "{body}");
+    let details = issued("plain-stuck").await;
+    assert_eq!(details["vault_token"], "revocation_failed", "{details}");
+    let stuck = details["accessor"].as_str().unwrap();
+    assert!(token_alive(&bao, stuck).await, "it really was not revoked");
+    let log = broker.log_text();
+    assert!(log.lines().any(|l| l.contains("could not revoke a Vault token") && l.contains(stuck)), "{log}");
+    let metrics = http().get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keyward_vault_token_revocation_failures_total 1\n"), "{metrics}");
+
+    // The policy caps the exchange at 5 minutes; the role's tokens live 10: refused, revoked.
+    let (status, body) = broker.exchange(&run_token(&broker, "short-1", "network").await, "vault:network").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+    let description = body["error_description"].as_str().unwrap();
+    let why = "Vault role `network` issues tokens that live 600s (its token_ttl), longer than the 300s (the policy's \
+               ttl_seconds) this exchange allows; the token was revoked";
+    assert!(description.contains(why), "{body}");
+    let events = store.for_run("short-1").await;
+    assert!(events.iter().all(|e| e.kind != "issued"), "{events:?}");
+    let denied = events.iter().find(|e| e.kind == "denied").expect("the refusal is on record");
+    assert!(denied.reasons.contains(why), "{}", denied.reasons);
+    let details: Value = serde_json::from_str(&denied.details).unwrap();
+    assert_eq!((details["lease_duration"].as_u64(), details["vault_token"].as_str()), (Some(600), Some("revoked")));
+    assert!(!token_alive(&bao, details["accessor"].as_str().unwrap()).await, "the refused token is still valid");
+
+    // A session policy means nothing to Vault: refused before anything is minted.
+    let (status, body) = broker.exchange(&run_token(&broker, "scoped-1", "network").await, "vault:network").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("no meaning for Vault"), "{body}");
+    let kinds: Vec<String> = store.for_run("scoped-1").await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["minted", "denied"], "the run token, then the refusal: no token for Vault");
+
+    // Control: the same role without a cap below its TTL issues, and the token is returned.
+    let (status, body) = broker.exchange(&run_token(&broker, "plain-1", "network").await, "vault:network").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(issued("plain-1").await["vault_token"], "returned");
+    assert!(token_alive(&bao, body["vault"]["accessor"].as_str().unwrap()).await);
+}

@@ -15,6 +15,8 @@ use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
+use keyward_broker::runs::Runs;
+use keyward_broker::store::write::{Refusal, Write};
 use keyward_broker::store::{Backend, Store, StoreError};
 use keyward_tests::audit::Audit;
 use keyward_tests::postgres::PgCluster;
@@ -61,6 +63,7 @@ async fn suite(location: &DatabaseLocation) {
     audit_entries(location, &store, &log).await;
     replay_cache(&store, &log).await;
     group_commit(&log).await;
+    a_lease_guard_refuses_a_revoked_holder(&store, &log).await;
     replicas_append_one_gap_free_sequence(location).await;
     sink_cursors_never_move_back(&store).await;
     signing_keys_across_replicas(location).await;
@@ -199,6 +202,70 @@ async fn group_commit(log: &AuditLog) {
     assert_eq!(log.stats().entries() - entries, 64);
     let used = log.stats().commits() - commits;
     assert!(used < 64, "64 concurrent appends took {used} commits: they were not batched");
+}
+
+/// Review L1: a revocation commits before it ends the agent's leases, so a request that
+/// authenticated just before it (a `Credentials`, `SourceCredentials` or `SubmitPlan` call) must
+/// find the guard of its write refusing once the agent is revoked, though the lease still looks
+/// held. The window is played out here, in the order the race takes.
+async fn a_lease_guard_refuses_a_revoked_holder(store: &Store, log: &AuditLog) {
+    let now = T0;
+    let rows = vec![
+        Write::one(
+            "stack",
+            "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
+             created_at, created_by) VALUES ('guarded', 'https://git.example.com/infra.git', '.', 'main', 'default', \
+             '[]', '[]', '{}', '[]', $1, 'test')",
+            vec![now.into()],
+        ),
+        Write::one(
+            "run",
+            "INSERT INTO runs (id, stack, state, version, commit_sha, triggered_by, created_at, updated_at) \
+             VALUES ('run-guarded', 'guarded', 'planning', 1, $1, 'alice', $2, $2)",
+            vec!["a".repeat(40).into(), now.into()],
+        ),
+        Write::one(
+            "agent",
+            "INSERT INTO agents (id, pool, hostname, version, state, serial, not_after, enrolled_at) \
+             VALUES ('agent-guarded', 'default', 'host', 'test', 'active', '01', $1, $2)",
+            vec![(now + 3600).into(), now.into()],
+        ),
+        Write::one(
+            "job",
+            "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
+             created_at, updated_at) VALUES ('job-guarded', 'run-guarded', 'plan', 'default', 'leased', 1, \
+             'agent-guarded', 7, $1, $2, $2)",
+            vec![(now + 60).into(), now.into()],
+        ),
+    ];
+    let setup = log.append(Append::changes(rows, vec![event(Kind::JobLeased, "run-guarded", "setup")])).await;
+    assert_eq!(setup.unwrap(), Committed::Recorded);
+    let runs = Runs::new(store.clone(), log.clone(), None, &[], Arc::new(ManualClock::at(now)));
+    // The request authenticated and found its lease: what every guarded agent call does first.
+    let held = runs.held_job("job-guarded", "agent-guarded", 7).await.unwrap();
+    let guarded = |id: &str| {
+        Append::changes(vec![held.lease_guard(now)], vec![event(Kind::CredentialsAllowed, "run-guarded", id)])
+    };
+    assert_eq!(log.append(guarded("before")).await.unwrap(), Committed::Recorded, "an active holder's write commits");
+
+    // The revocation commits (`Agents::revoke`), and its leases have not been ended yet.
+    let revoke = Write::one(
+        "agent",
+        "UPDATE agents SET state = 'revoked', revoked_at = $1, revoked_by = 'admin' WHERE id = 'agent-guarded'",
+        vec![now.into()],
+    );
+    let revoked = log.append(Append::changes(vec![revoke], vec![event(Kind::AgentRevoked, "run-guarded", "revoke")]));
+    assert_eq!(revoked.await.unwrap(), Committed::Recorded);
+    let job = store.job("job-guarded").await.unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.fencing_token), ("leased", 7), "the lease still looks held");
+
+    match log.append(guarded("after")).await.unwrap() {
+        Committed::Refused(Refusal::Unmet { what }) => {
+            assert!(what.contains("job job-guarded by an unrevoked agent"), "{what}");
+        }
+        other => panic!("a revoked agent's write committed: {other:?}"),
+    }
+    assert_eq!(ids(&Audit(store.clone()).for_run("run-guarded").await), ["setup", "before", "revoke"], "nothing after");
 }
 
 async fn sink_cursors_never_move_back(store: &Store) {

@@ -84,10 +84,10 @@ pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsRespons
                 content: aws.web_identity_token.expose().as_bytes().to_vec(),
             });
         }
-        ExchangeResponse::Vault { issued, return_token, address } => {
+        ExchangeResponse::Vault { issued, address } => {
             set("VAULT_ADDR", &address);
-            if return_token {
-                set("VAULT_TOKEN", &issued.token);
+            if let Some(token) = &issued.token {
+                set("VAULT_TOKEN", token);
             }
             out.expires_unix = now.saturating_add(i64::try_from(issued.lease_duration).unwrap_or(i64::MAX));
             if issued.has_material() {

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod join;
 pub mod listener;
 pub mod service;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! call takes the agent's identity from the verified certificate of its TLS connection and checks
 //! that the agent is enrolled and not revoked; no message field ever names the caller. A `Work`
 //! stream re-checks revocation at every heartbeat, and a revocation on this broker cuts the stream
-//! at once.
+//! at once. The saved plans an agent's `SubmitPlan` streams hold together are bounded
+//! ([`uploads`](super::uploads)).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::credentials::CredentialsError;
 use super::hub::{Held, Outbound};
+use super::uploads::PlanUploads;
 use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
@@ -44,12 +46,13 @@ const MAX_ERROR: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct AgentGrpc {
     agents: Agents,
+    uploads: Arc<PlanUploads>,
 }
 
 impl AgentGrpc {
     /// The service.
     pub fn new(agents: Agents) -> Self {
-        Self { agents }
+        Self { agents, uploads: Arc::new(PlanUploads::new(MAX_PLAN_FILE + MAX_PLAN_JSON)) }
     }
 
     /// The enrolled, unrevoked agent behind `request`'s client certificate.
@@ -183,7 +186,11 @@ impl AgentService for AgentGrpc {
     async fn submit_plan(&self, request: Request<Streaming<PlanPart>>) -> Result<Response<SubmitPlanResponse>, Status> {
         let agent = self.caller(&request).await?;
         let mut parts = request.into_inner();
+        // Held until the plan is judged and stored: all of this agent's plans in flight together
+        // stay within one plan's worth of memory.
+        let mut upload = self.uploads.start(&agent.id);
         let first = parts.message().await?.ok_or_else(|| Status::invalid_argument("no plan was sent"))?;
+        upload.take(first.plan_file.len() + first.plan_json.len()).map_err(over_budget)?;
         let token = i64::try_from(first.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
         let job_id = first.job_id.clone();
         let held = self.agents.runs.held_job(&job_id, &agent.id, token).await.map_err(run_status)?;
@@ -199,6 +206,7 @@ impl AgentService for AgentGrpc {
                     "the plan is too large (at most {MAX_PLAN_FILE} bytes of plan and {MAX_PLAN_JSON} of JSON)"
                 )));
             }
+            upload.take(part.plan_file.len() + part.plan_json.len()).map_err(over_budget)?;
             plan_file.extend_from_slice(&part.plan_file);
             plan_json.extend_from_slice(&part.plan_json);
         }
@@ -444,6 +452,10 @@ fn credentials_status(error: CredentialsError) -> Status {
             }
         },
     }
+}
+
+fn over_budget(error: super::uploads::OverBudget) -> Status {
+    Status::resource_exhausted(error.to_string())
 }
 
 fn run_status(error: RunError) -> Status {

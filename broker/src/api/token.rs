@@ -77,7 +77,7 @@ pub(super) async fn exchange(
     };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
-        ExchangeResponse::Vault { issued, return_token, .. } => {
+        ExchangeResponse::Vault { issued, .. } => {
             let mut vault = issued.material();
             if let Some(fields) = vault.as_object_mut() {
                 fields.insert("accessor".to_owned(), json!(issued.accessor));
@@ -93,7 +93,7 @@ pub(super) async fn exchange(
             });
             if let Some(object) = body.as_object_mut() {
                 // RFC 8693 requires an access_token; without the Vault token it is "N_A".
-                let token = if return_token { issued.token.as_str() } else { "N_A" };
+                let token = issued.token.as_ref().map_or("N_A", |token| token.as_str());
                 object.insert("access_token".to_owned(), json!(token));
             }
             body

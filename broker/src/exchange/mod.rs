@@ -7,7 +7,9 @@
 //!    refused without an audit entry (the caller proved nothing: see `unproven`), one that
 //!    verified and is refused for what it says is audited;
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
-//! 4. the `keyward.credentials` policy decides (deny by default);
+//! 4. the `keyward.credentials` policy decides (deny by default), and an `allow` the target
+//!    cannot carry out exactly as decided (a worker-mode session policy, say) is a refusal
+//!    (see `enforce`); what is issued never outlives the decision's [`enforce::Lifetime`];
 //! 5. one audit-log append commits the decision, the claim on the subject token's `jti` (so it
 //!    is exchanged at most once; a replay commits a refusal instead) and, when allowed, the
 //!    `token.minted` entry of the target-audience token minted for it. Nothing is handed out, and no relying party
@@ -20,6 +22,7 @@
 //! lease, so a lease that moved on meanwhile issues nothing.
 
 pub mod aws;
+pub mod enforce;
 mod input;
 pub mod issuers;
 mod response;
@@ -32,6 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use enforce::Lifetime;
 use keyward_proto::claims::Phase;
 use serde_json::{Value, json};
 use subject::{Subject, SubjectKind};
@@ -47,6 +51,7 @@ use crate::identity::issuer::{IssueError, Issuer, PendingToken};
 use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
 use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::metrics::Metrics;
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
@@ -137,6 +142,7 @@ pub struct Exchanger {
     self_issuer: String,
     leeway: Duration,
     unproven: UnprovenRefusals,
+    metrics: Arc<Metrics>,
 }
 
 /// A subject token refused: whether its signature had verified against a trusted key decides
@@ -168,6 +174,7 @@ impl Exchanger {
         clock: SharedClock,
         self_issuer: String,
         leeway: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let targets = targets.iter().map(|t| (t.id(), t.clone())).collect();
         Self {
@@ -182,6 +189,7 @@ impl Exchanger {
             self_issuer,
             leeway,
             unproven: UnprovenRefusals::default(),
+            metrics,
         }
     }
 
@@ -262,26 +270,18 @@ impl Exchanger {
         let Grant { subject, claim, guard, requested_ttl } = grant;
         let now = self.clock.now();
         let decision = self.decide(&subject, target, requested_ttl, now);
-        let duration = match &decision {
-            Ok(decision) => effective_duration(target.duration, decision.ttl_seconds, requested_ttl),
-            Err(_) => target.duration,
+        let lifetime = match &decision {
+            Ok(decision) => Lifetime::of(target.duration, decision.ttl_seconds, requested_ttl),
+            Err(_) => Lifetime::of(target.duration, None, None),
         };
+        let duration = lifetime.duration;
         let (allowed, reasons) = match &decision {
-            // Never stretch a policy's cap to STS's minimum: refuse instead, and say why.
-            Ok(decision)
-                if decision.permits()
-                    && matches!(target.kind, TargetKind::Aws(_))
-                    && duration < STS_MINIMUM_SESSION =>
-            {
-                (
-                    false,
-                    vec![format!(
-                        "the session would last {}s (target, policy and request caps), below STS's minimum of 900s",
-                        duration.as_secs()
-                    )],
-                )
-            }
-            Ok(decision) => (decision.permits(), decision.reasons.clone()),
+            // What the broker cannot carry out as decided is refused, never weakened (§8.12).
+            Ok(decision) if decision.permits() => match enforce::unenforceable(target, decision, lifetime) {
+                unenforceable if unenforceable.is_empty() => (true, decision.reasons.clone()),
+                unenforceable => (false, unenforceable),
+            },
+            Ok(decision) => (false, decision.reasons.clone()),
             Err(reasons) => (false, reasons.clone()),
         };
         let digest = decision.as_ref().map(|d| d.policy_digest.clone()).unwrap_or_default();
@@ -330,21 +330,32 @@ impl Exchanger {
 
         let response = match &target.kind {
             TargetKind::Vault(vault_target) => {
-                let pending = self.mint_for(&subject, &vault_target.audience, None)?;
+                let pending = self.mint_for(&subject, &vault_target.audience, None, None)?;
                 let mut details = json!({ "minted_jti": pending.claims().jti, "role": vault_target.role, "address": vault_target.address });
                 let minted = self.release(pending, caller, &subject, allowed_entry(claim)).await?;
-                let issued = match vault::issue(vault_target, minted.token.expose()).await {
+                let issued = match vault::issue(vault_target, minted.token.expose(), lifetime, &self.metrics).await {
                     Ok(issued) => issued,
                     Err(error) => {
-                        let refused = matches!(error, vault::VaultError::Refused { .. });
-                        return Err(self
-                            .upstream_failed(caller, &subject, target, details, error.to_string(), refused)
-                            .await);
+                        let reason = error.to_string();
+                        let refusal = match error {
+                            vault::VaultError::Lifetime { accessor, lease_duration, fate, .. } => {
+                                if let Some(fields) = details.as_object_mut() {
+                                    fields.insert("accessor".to_owned(), Value::from(accessor));
+                                    fields.insert("lease_duration".to_owned(), Value::from(lease_duration));
+                                    fields.insert("vault_token".to_owned(), Value::from(fate.as_str()));
+                                }
+                                ExchangeError::Denied(vec![reason.clone()])
+                            }
+                            vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
+                            vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
+                        };
+                        return Err(self.upstream_failed(caller, &subject, target, details, reason, refusal).await);
                     }
                 };
                 if let Some(fields) = details.as_object_mut() {
                     fields.insert("accessor".to_owned(), Value::from(issued.accessor.clone()));
                     fields.insert("lease_duration".to_owned(), Value::from(issued.lease_duration));
+                    fields.insert("vault_token".to_owned(), Value::from(issued.fate.as_str()));
                     fields.insert("policies".to_owned(), json!(issued.policies));
                     let paths: Vec<String> = issued.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect();
                     fields.insert("secrets_read".to_owned(), json!(paths));
@@ -352,14 +363,13 @@ impl Exchanger {
                     fields.insert("certificate_serials".to_owned(), json!(serials));
                 }
                 self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
-                ExchangeResponse::Vault {
-                    issued,
-                    return_token: vault_target.return_token,
-                    address: vault_target.address.clone(),
-                }
+                ExchangeResponse::Vault { issued, address: vault_target.address.clone() }
             }
             TargetKind::Aws(aws) => {
-                let pending = self.mint_for(&subject, &aws.audience, Some(aws))?;
+                // In worker mode the job trades this token at STS as often as it likes while it
+                // lives: it never outlives the decision.
+                let ttl = (aws.mode == ExchangeMode::Worker).then(|| self.issuer.minter().default_ttl().min(duration));
+                let pending = self.mint_for(&subject, &aws.audience, Some(aws), ttl)?;
                 let session_name = role_session_name(&subject.run.id);
                 let details = json!({
                     "minted_jti": pending.claims().jti,
@@ -404,10 +414,13 @@ impl Exchanger {
                         let credentials = match aws::assume_role(call).await {
                             Ok(credentials) => credentials,
                             Err(error) => {
-                                let refused = matches!(error, aws::StsError::Refused { .. });
                                 let reason = error.to_string();
+                                let refusal = match error {
+                                    aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
+                                    aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
+                                };
                                 return Err(self
-                                    .upstream_failed(caller, &subject, target, details, reason, refused)
+                                    .upstream_failed(caller, &subject, target, details, reason, refusal)
                                     .await);
                             }
                         };
@@ -510,11 +523,13 @@ impl Exchanger {
         Ok(policies.decide(PolicyKind::Credentials, input))
     }
 
+    /// A token for `audience` about `subject`, living `ttl` (default: `tokens.default_ttl`).
     fn mint_for(
         &self,
         subject: &Subject,
         audience: &str,
         aws_target: Option<&crate::config::AwsTarget>,
+        ttl: Option<Duration>,
     ) -> Result<PendingToken, ExchangeError> {
         let run = &subject.run;
         let request = MintRequest {
@@ -523,7 +538,7 @@ impl Exchanger {
             stack: run.stack.clone(),
             phase: Some(run.phase),
             audience: audience.to_owned(),
-            ttl: None,
+            ttl,
             repository: run.repository.clone(),
             commit_sha: run.commit_sha.clone(),
             git_ref: run.git_ref.clone(),
@@ -583,8 +598,9 @@ impl Exchanger {
             .map_err(|e| unavailable("the decision could not be recorded, so nothing was issued", &e))
     }
 
-    /// Records that the relying party refused (`refused`) or failed, and returns the caller's
-    /// error; if even the record fails, that failure is the caller's error.
+    /// Records why the relying party's answer issued nothing (it refused, failed, or issued
+    /// more than the decision allows), and returns `refusal`, the caller's error; if even the
+    /// record fails, that failure is the caller's error.
     async fn upstream_failed(
         &self,
         caller: &Context,
@@ -592,13 +608,13 @@ impl Exchanger {
         target: &TargetConfig,
         details: Value,
         reason: String,
-        refused: bool,
+        refusal: ExchangeError,
     ) -> ExchangeError {
         let reasons = std::slice::from_ref(&reason);
         if let Err(error) = self.record(caller, subject, target, Kind::CredentialsDenied, reasons, details).await {
             return error;
         }
-        if refused { ExchangeError::UpstreamRefused(reason) } else { ExchangeError::UpstreamUnavailable(reason) }
+        refusal
     }
 
     /// Records a refusal that happened before the subject was known.
@@ -706,21 +722,6 @@ fn unavailable(what: &str, error: &StoreError) -> ExchangeError {
     ExchangeError::Unavailable(format!("{what}; retry"))
 }
 
-/// STS refuses `AssumeRoleWithWebIdentity` sessions shorter than this.
-const STS_MINIMUM_SESSION: Duration = Duration::from_secs(900);
-
-/// The session lifetime: the target's cap, lowered by the policy and by the request.
-fn effective_duration(target: Duration, policy_ttl: Option<u64>, requested: Option<Duration>) -> Duration {
-    let mut duration = target;
-    if let Some(ttl) = policy_ttl {
-        duration = duration.min(Duration::from_secs(ttl));
-    }
-    if let Some(requested) = requested {
-        duration = duration.min(requested);
-    }
-    duration
-}
-
 /// STS `RoleSessionName`: `[\w+=,.@-]{2,64}`.
 fn role_session_name(run_id: &str) -> String {
     let mut name = crate::identity::mint::sts_name(run_id);
@@ -733,20 +734,6 @@ fn role_session_name(run_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_the_smallest_cap() {
-        let hour = Duration::from_secs(3600);
-        assert_eq!(effective_duration(hour, None, None), hour);
-        assert_eq!(effective_duration(hour, Some(1800), None), Duration::from_secs(1800));
-        assert_eq!(effective_duration(hour, Some(1800), Some(Duration::from_secs(1200))), Duration::from_secs(1200));
-        assert_eq!(
-            effective_duration(hour, Some(60), None),
-            Duration::from_secs(60),
-            "a policy cap is never stretched"
-        );
-        assert_eq!(effective_duration(Duration::from_secs(600), Some(3600), None), Duration::from_secs(600));
-    }
 
     #[test]
     fn session_names_fit_sts_rules() {

@@ -39,10 +39,8 @@ pub struct AwsIssued {
 pub enum ExchangeResponse {
     /// A Vault token and the secrets read with it.
     Vault {
-        /// What Vault issued.
+        /// What Vault issued (its token only when the target returns it).
         issued: super::vault::VaultIssued,
-        /// Whether the token itself goes to the caller.
-        return_token: bool,
         /// The Vault address (the target's).
         address: String,
     },

@@ -147,6 +147,11 @@ impl Minter {
         &self.issuer
     }
 
+    /// The lifetime of a token minted without a `ttl` (`tokens.default_ttl`).
+    pub fn default_ttl(&self) -> Duration {
+        self.rules.default_ttl
+    }
+
     /// The configured audience allow-list.
     pub fn allowed_audiences(&self) -> &[String] {
         &self.rules.allowed_audiences

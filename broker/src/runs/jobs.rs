@@ -72,14 +72,18 @@ impl HeldJob {
         self.stack.targets(&self.job.phase)
     }
 
-    /// A write that holds only while the lease is still this one and unexpired at `now`: it
-    /// travels with whatever must not commit once the lease has moved on.
+    /// A write that holds only while the lease is still this one and unexpired at `now`, and its
+    /// holder is not revoked: it travels with whatever must not commit once the lease has moved
+    /// on. The agent's state is read in the same statement because a revocation commits before
+    /// it ends the agent's leases: a request that authenticated just before the revocation must
+    /// not commit in between.
     pub fn lease_guard(&self, now: i64) -> Write {
         let job = &self.job;
         Write::one(
-            format!("lease {} of job {}", job.fencing_token, job.id),
+            format!("lease {} of job {} by an unrevoked agent", job.fencing_token, job.id),
             "UPDATE jobs SET updated_at = updated_at \
-             WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4",
+             WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4 \
+             AND EXISTS (SELECT 1 FROM agents WHERE agents.id = $2 AND agents.state <> 'revoked')",
             vec![job.id.as_str().into(), job.agent_id.clone().into(), job.fencing_token.into(), now.into()],
         )
     }
