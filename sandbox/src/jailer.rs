@@ -44,7 +44,7 @@ use crate::rootfs::{self, Plan};
 use crate::sources::Sources;
 use crate::spec::{self, Layer, MAX_SPEC_BYTES, Spec};
 use crate::status::{Reason, Status};
-use crate::{landlock_rules, limits, privileges, seccomp, sys};
+use crate::{egress, landlock_rules, limits, privileges, seccomp, sys};
 
 /// Exit code of the jailer when the sandbox could not be set up.
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -232,11 +232,19 @@ fn cgroup_for(spec: &Spec, status: &mut Status) -> Result<Option<JobCgroup>, Fai
         (Controller::Memory, Layer::MemoryLimit, spec.limits.memory_bytes.is_some()),
         (Controller::Pids, Layer::PidsLimit, spec.limits.pids.is_some()),
     ];
-    if !needed.iter().any(|(_, _, needed)| *needed) {
+    let filter = spec.network == spec::Network::Host && !spec.blocked_destinations.is_empty();
+    if !filter && !needed.iter().any(|(_, _, needed)| *needed) {
         return Ok(None);
     }
     let root = spec.cgroup_root.clone().unwrap_or_else(|| cgroup::DEFAULT_ROOT.into());
     let detected = cgroup::detect(&root);
+    // The egress filter is never optional: a job with blocked destinations runs behind it or
+    // not at all (the agent decided at start whether to ask for it).
+    let v2_base = match (&detected.v2, filter) {
+        (_, false) => None,
+        (Ok(base), true) => Some(base.clone()),
+        (Err(reason), true) => return Err(setup("egress filter")(reason)),
+    };
     let mut wanted = Vec::new();
     for (controller, layer, needed) in needed {
         if !needed {
@@ -257,11 +265,20 @@ fn cgroup_for(spec: &Spec, status: &mut Status) -> Result<Option<JobCgroup>, Fai
             }
         }
     }
-    if wanted.is_empty() {
+    if wanted.is_empty() && v2_base.is_none() {
         return Ok(None);
     }
-    let job = JobCgroup::create(&wanted, &spec.limits).map_err(setup("cgroup"))?;
+    let mut job = JobCgroup::create(&wanted, &spec.limits, v2_base.as_deref()).map_err(setup("cgroup"))?;
     status.layers.extend(job.layers.iter().cloned());
+    if let Some(dir) = &job.v2 {
+        match egress::attach(dir, &spec.blocked_destinations) {
+            Ok(layer) => status.layers.push(layer),
+            Err(e) => {
+                job.remove();
+                return Err(setup("egress filter")(e));
+            }
+        }
+    }
     Ok(Some(job))
 }
 
@@ -405,10 +422,31 @@ fn program_setup(spec: &Spec, plan: &Plan, program: &Program, reporter: &mut Rep
     reporter.layer("no_new_privs");
     nix::unistd::chdir(&spec.cwd).map_err(|e| setup("cwd")(format!("{}: {e}", spec.cwd.display())))?;
 
-    match landlock_rules::apply(plan, &spec.work_dir) {
-        Ok(description) => reporter.layer(&description),
-        Err(e) if spec.required.allows_missing(Layer::Landlock) => skip(reporter, Layer::Landlock, &e),
+    let scoped = match landlock_rules::apply(plan, &spec.work_dir) {
+        Ok(applied) => {
+            reporter.layer(&applied.description);
+            applied.scoped
+        }
+        Err(e) if spec.required.allows_missing(Layer::Landlock) => {
+            skip(reporter, Layer::Landlock, &e);
+            false
+        }
         Err(e) => return Err(setup("landlock")(required(spec, e))),
+    };
+    // With the host's network the host's abstract sockets are one `connect` away; only the
+    // scope fences them (security review L4). A job on a kernel without scopes runs there only
+    // if the operator allowed it.
+    if spec.network == spec::Network::Host && !scoped {
+        let why = format!(
+            "needs Landlock ABI {} (Linux 6.12 or later) to keep a job on the host's network from \
+             the host's abstract Unix sockets",
+            landlock_rules::SCOPE_ABI
+        );
+        if spec.required.allows_missing(Layer::LandlockScope) {
+            skip(reporter, Layer::LandlockScope, &why);
+        } else {
+            return Err(setup("landlock")(required(spec, why)));
+        }
     }
 
     let ExecArgs { argv, envp, candidates } = exec_args(spec, program).map_err(setup("exec"))?;

@@ -88,6 +88,7 @@
 //! [`Status::skipped`] and in a warning on stderr. Never silently.
 
 mod cgroup;
+mod egress;
 mod jailer;
 mod landlock_rules;
 mod limits;
@@ -108,8 +109,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+pub use egress::METADATA_ADDRESSES;
 pub use jailer::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
-pub use probe::{LayerProbe, Report, probe};
+pub use probe::{LayerProbe, Report, egress_filter, landlock_scope, probe};
 pub use spec::{DEFAULT_HOST_ID, Layer, Level, Limits, MAX_SPEC_BYTES, Network, Spec, SpecError};
 pub use status::{Reason, Status, StatusError};
 
