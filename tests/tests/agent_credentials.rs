@@ -230,12 +230,12 @@ async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     for entry in entries.iter().filter(|e| e.kind == "finished") {
         assert!(entry.details.contains("\"log_complete\":true"), "{}", entry.details);
     }
-    // The credential files directory of each job is gone with the job.
-    let leftovers: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+    // The credential files and work directory of each job are gone with the job: the agent's
+    // private jobs directory is empty again.
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path().join("agent/jobs"))
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&run_id)))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
