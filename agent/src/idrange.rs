@@ -79,7 +79,9 @@ pub struct JobIds {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdRangeError {
     /// `--id-range` is not `START:COUNT`.
-    #[error("--id-range `{0}`: expected START:COUNT, two decimal numbers (for example {DEFAULT_START}:{DEFAULT_COUNT})")]
+    #[error(
+        "--id-range `{0}`: expected START:COUNT, two decimal numbers (for example {DEFAULT_START}:{DEFAULT_COUNT})"
+    )]
     BadFlag(String),
     /// A line of `/etc/subuid` or `/etc/subgid` is malformed.
     #[error("{file} line {line}: {why} (each line is `name:start:count`)")]
@@ -177,7 +179,9 @@ pub fn parse_subids(
             return Err(bad("empty user name"));
         }
         let start = number(start).ok_or_else(|| bad(&format!("start `{start}` is not a number")))?;
-        let count = number(count).filter(|&n| n > 0).ok_or_else(|| bad(&format!("count `{count}` is not a positive number")))?;
+        let count = number(count)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad(&format!("count `{count}` is not a positive number")))?;
         if u64::from(start) + u64::from(count) > u64::from(u32::MAX) + 1 {
             return Err(bad("start plus count runs past the largest id"));
         }
@@ -246,7 +250,8 @@ impl IdRange {
                 return Err(IdRangeError::Overflow { origin: self.source.clone(), start, count: self.count });
             }
             let end = u64::from(start) + u64::from(self.count);
-            if let Some((id, what)) = RESERVED.iter().find(|(id, _)| (u64::from(start)..end).contains(&u64::from(*id))) {
+            if let Some((id, what)) = RESERVED.iter().find(|(id, _)| (u64::from(start)..end).contains(&u64::from(*id)))
+            {
                 return Err(IdRangeError::Reserved { origin: self.source.clone(), id: *id, what });
             }
         }
@@ -269,7 +274,18 @@ mod tests {
     #[test]
     fn the_flag_is_start_colon_count() {
         assert_eq!(parse_flag("200000:16"), Ok((200_000, 16)));
-        for bad in ["", "200000", "200000:", ":16", "200000:0", "-1:16", "200000:16:1", " 200000:16", "0x10:16", "99999999999:1"] {
+        for bad in [
+            "",
+            "200000",
+            "200000:",
+            ":16",
+            "200000:0",
+            "-1:16",
+            "200000:16:1",
+            " 200000:16",
+            "0x10:16",
+            "99999999999:1",
+        ] {
             assert_eq!(parse_flag(bad), Err(IdRangeError::BadFlag(bad.to_owned())), "{bad}");
         }
     }
@@ -318,8 +334,12 @@ mod tests {
             "--id-range holds 2 ids, fewer than --capacity 4: each concurrent job needs a uid of its own; \
              give the agent a larger range or a lower --capacity"
         );
-        let error = resolve(None, Some("root:100000:2\n"), Some("root:100000:65536\n"), "root", 0, 4).expect_err("small");
-        assert!(error.to_string().starts_with("the /etc/subuid and /etc/subgid entries of `root` holds 2 ids"), "{error}");
+        let error =
+            resolve(None, Some("root:100000:2\n"), Some("root:100000:65536\n"), "root", 0, 4).expect_err("small");
+        assert!(
+            error.to_string().starts_with("the /etc/subuid and /etc/subgid entries of `root` holds 2 ids"),
+            "{error}"
+        );
         let error = resolve(Some((65_530, 16)), None, None, "root", 0, 1).expect_err("nobody");
         assert_eq!(error.to_string(), "--id-range includes 65534 (nobody); choose a range that does not");
         let error = resolve(Some((0, 16)), None, None, "root", 0, 1).expect_err("root");

@@ -147,11 +147,10 @@ impl Runner {
         env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
         let read_only: Vec<PathBuf> = credentials.dir().map(Path::to_path_buf).into_iter().collect();
         let result = match work {
-            Work::Exec(command) => {
-                self.exec(command, &dir, env, read_only, host_ids, deadline, log, layers, &mut cancel)
-                    .await
-                    .map(|()| None)
-            }
+            Work::Exec(command) => self
+                .exec(command, &dir, env, read_only, host_ids, deadline, log, layers, &mut cancel)
+                .await
+                .map(|()| None),
             Work::Terraform(binary) => {
                 log.note(&format!("keyward: terraform binary {}", binary.display())).await;
                 let src = dir.work.join("src");
@@ -354,7 +353,8 @@ mod tests {
     /// A slot of its own, in a temporary data dir removed with the first value.
     fn slot() -> (tempfile::TempDir, Slot) {
         let data = tempfile::tempdir().expect("tempdir");
-        let slot = crate::slots::Slots::open(data.path().join("jobs"), 1, None).expect("slots").acquire().expect("slot");
+        let slot =
+            crate::slots::Slots::open(data.path().join("jobs"), 1, None).expect("slots").acquire().expect("slot");
         (data, slot)
     }
 
@@ -408,8 +408,9 @@ mod tests {
         let (_data, slot) = slot();
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let late =
-            runner.run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel).await;
+        let late = runner
+            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .await;
         assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }
 }

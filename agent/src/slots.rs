@@ -195,10 +195,20 @@ fn check_ids_unused(range: &IdRange, capacity: u32) -> Result<(), SlotsError> {
     for index in 0..capacity {
         let ids = range.slot(index);
         if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(ids.uid)) {
-            return Err(SlotsError::IdTaken { kind: "uid", id: ids.uid, name: user.name, origin: range.source.to_string() });
+            return Err(SlotsError::IdTaken {
+                kind: "uid",
+                id: ids.uid,
+                name: user.name,
+                origin: range.source.to_string(),
+            });
         }
         if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(ids.gid)) {
-            return Err(SlotsError::IdTaken { kind: "gid", id: ids.gid, name: group.name, origin: range.source.to_string() });
+            return Err(SlotsError::IdTaken {
+                kind: "gid",
+                id: ids.gid,
+                name: group.name,
+                origin: range.source.to_string(),
+            });
         }
     }
     let Ok(entries) = std::fs::read_dir("/proc") else { return Ok(()) };
@@ -305,9 +315,6 @@ mod tests {
         let taken = IdRange { uid_start: ours, gid_start: 2_080_374_784, count: 1, source: Source::Flag };
         let error = Slots::open(data.path().join("jobs"), 1, Some(taken)).expect_err("our own uid");
         // Our uid has a passwd entry (root here), or at least a process: this test's.
-        assert!(
-            matches!(error, SlotsError::IdTaken { kind: "uid", .. } | SlotsError::IdInUse { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, SlotsError::IdTaken { kind: "uid", .. } | SlotsError::IdInUse { .. }), "{error}");
     }
 }

@@ -292,9 +292,15 @@ fn handshake(init: Pid, ids: HostIds, job_cgroup: Option<&JobCgroup>, sync_w: &O
     Ok(())
 }
 
-/// Step 9: wait for the init; SIGKILL it at the deadline or on SIGTERM/SIGINT/SIGHUP. Killing
-/// the init kills its whole PID namespace.
+/// Step 9: wait for the init; SIGKILL it at the deadline, on SIGTERM/SIGINT/SIGHUP, or when the
+/// caller goes away (the reader of the jailer's stdout pipe closed it: the agent died). Killing
+/// the init kills its whole PID namespace, so no job outlives its agent: a job slot's uid is
+/// free again once the agent is gone.
 fn wait_for(init: Pid, signal_fd: &SignalFd, deadline_ms: Option<u64>) -> Result<(WaitStatus, Option<Reason>), Errno> {
+    // A pipe's write end reports POLLERR once every reader is gone; a terminal or a file never
+    // does. Watched until it fires once (it would fire on every poll after that).
+    let stdout = std::io::stdout();
+    let mut watch_caller = true;
     let deadline = deadline_ms.map(|ms| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let left = u128::from(ms).saturating_sub(now);
@@ -319,11 +325,23 @@ fn wait_for(init: Pid, signal_fd: &SignalFd, deadline_ms: Option<u64>) -> Result
             }
             _ => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        if watch_caller {
+            fds.push(PollFd::new(stdout.as_fd(), PollFlags::empty()));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
+        let caller = fds.get(1).and_then(PollFd::revents).unwrap_or(PollFlags::empty());
+        if caller.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
+            watch_caller = false;
+            if !caller.contains(PollFlags::POLLNVAL) && killed_for.is_none() {
+                let _ = kill(init, Signal::SIGKILL);
+                killed_for = Some(Reason::Cancelled);
+            }
+        }
+        drop(fds);
         while let Ok(Some(info)) = signal_fd.read_signal() {
             let cancel = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&(info.ssi_signo as i32));
             if cancel && killed_for.is_none() {

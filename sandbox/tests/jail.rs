@@ -40,6 +40,7 @@ const CASES: &[Case] = &[
     ("deadline_kills_the_job", deadline_kills_the_job),
     ("killing_the_jailer_kills_the_tree", killing_the_jailer_kills_the_tree),
     ("cancelling_the_jailer_kills_the_tree_and_reports", cancelling_the_jailer_kills_the_tree_and_reports),
+    ("the_job_ends_when_its_caller_goes_away", the_job_ends_when_its_caller_goes_away),
     ("environment_and_fds_are_scrubbed", environment_and_fds_are_scrubbed),
     ("missing_required_layer_fails_clearly", missing_required_layer_fails_clearly),
     ("relaxed_level_names_the_skipped_layer", relaxed_level_names_the_skipped_layer),
@@ -463,6 +464,20 @@ fn cancelling_the_jailer_kills_the_tree_and_reports() {
     assert_eq!(status.reason, Some(Reason::Cancelled));
     let mut rest = String::new();
     child.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+}
+
+/// The agent died, so the reader of the jailer's stdout is gone: the jailer kills the job at
+/// once instead of letting it run to its deadline, so no job outlives its agent and keeps its
+/// slot's host uid busy (security review M6).
+fn the_job_ends_when_its_caller_goes_away() {
+    let marker = marker_seconds();
+    let (j, mut child) = start_marked(&marker);
+    drop(child.stdout.take());
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(137));
+    assert!(processes_with(&marker).is_empty(), "job survived its caller");
+    let status = Status::read(&j.spec.status_file).unwrap();
+    assert_eq!(status.reason, Some(Reason::Cancelled), "not the 30 s deadline");
 }
 
 fn environment_and_fds_are_scrubbed() {

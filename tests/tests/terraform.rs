@@ -16,7 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process, join};
@@ -147,7 +147,9 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
     let agent_dir = dir.path().join("agent");
     let _agent =
         agent(&broker, &agent_dir, &["--memory-limit", "256MiB", "--pids-limit", "64", "--phase-timeout", "20s"]);
-    let planted = agent_dir.join("planted");
+    // Outside /tmp: the test's agent dir is under /tmp, and so are its jobs' work dirs, whose
+    // parent directories the sandbox recreates on its private (writable, throwaway) /tmp.
+    let planted = PathBuf::from(format!("/var/tmp/keyward-planted-{}", std::process::id()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
