@@ -17,9 +17,9 @@
 //!    "foreign" range at `0x7FFE0000`.
 //!
 //! The range must hold at least one id per slot (`--capacity`), may not contain 0, 65534
-//! (`nobody`), 65535 or 4294967295 (both `(uid_t) -1` in some width), and the ids the agent
-//! uses may not belong to an existing user or group. Only a root agent has a range: an agent
-//! that is not root cannot map other ids, and its jobs run as its own uid.
+//! (`nobody`), 65535 or 4294967295 (both `(uid_t) -1` in some width); which block of it an agent
+//! uses is [`crate::slots`]' choice. Only a root agent has a range: an agent that is not root
+//! cannot map other ids, and its jobs run as its own uid.
 
 use std::fmt;
 

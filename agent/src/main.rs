@@ -11,7 +11,7 @@ use keyward_agent::hostnet::{self, Allowances};
 use keyward_agent::idrange;
 use keyward_agent::launch::{Isolation, SandboxSettings};
 use keyward_agent::runner::{Runner, Work};
-use keyward_agent::slots::Slots;
+use keyward_agent::slots::{self, Slots};
 use keyward_sandbox::Network;
 
 /// Keyward private worker agent: dials out to the broker, takes jobs over mTLS.
@@ -252,13 +252,6 @@ fn job_slots(
         };
         let (subuid, subgid) = if flag.is_some() { (None, None) } else { (read("/etc/subuid")?, read("/etc/subgid")?) };
         let range = idrange::resolve(flag, subuid.as_deref(), subgid.as_deref(), &user, uid.as_raw(), capacity)?;
-        tracing::info!(
-            first_uid = range.uid_start,
-            first_gid = range.gid_start,
-            slots = capacity,
-            from = %range.source,
-            "each concurrent job runs as a host uid and gid of its own"
-        );
         Some(range)
     } else {
         if flag.is_some() {
@@ -272,7 +265,18 @@ fn job_slots(
         }
         None
     };
-    Ok(Slots::open(dir.path().join("jobs"), capacity, range)?)
+    let source = range.as_ref().map(|range| range.source.to_string());
+    let slots = Slots::open(dir.path().join("jobs"), capacity, range, std::path::Path::new(slots::LOCK_DIR))?;
+    if let (Some(ids), Some(from)) = (slots.first_ids(), source) {
+        tracing::info!(
+            first_uid = ids.uid,
+            first_gid = ids.gid,
+            slots = capacity,
+            %from,
+            "each concurrent job runs as a host uid and gid of its own"
+        );
+    }
+    Ok(slots)
 }
 
 /// `START:COUNT` for `--id-range`.

@@ -353,8 +353,10 @@ mod tests {
     /// A slot of its own, in a temporary data dir removed with the first value.
     fn slot() -> (tempfile::TempDir, Slot) {
         let data = tempfile::tempdir().expect("tempdir");
-        let slot =
-            crate::slots::Slots::open(data.path().join("jobs"), 1, None).expect("slots").acquire().expect("slot");
+        let slot = crate::slots::Slots::open(data.path().join("jobs"), 1, None, Path::new("/nonexistent"))
+            .expect("slots")
+            .acquire()
+            .expect("slot");
         (data, slot)
     }
 

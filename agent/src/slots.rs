@@ -17,15 +17,23 @@
 //! removed keeps its slot out of use until it can be. When the agent is not root, jobs run as
 //! its own uid, as before ([`Slot::ids`] is `None`).
 //!
-//! At start the agent removes what an earlier run left in `jobs/`, and refuses to start while a
-//! process runs as one of its slot ids (a job of an agent that died, or another agent given the
-//! same range).
+//! Several agents may share a host and a range (the built-in default, say): each takes the first
+//! block of `--capacity` consecutive ids of the range that no other agent holds (an exclusive
+//! `flock` per uid in `/run/keyward-agent/`, held for the agent's life), no process runs as
+//! and no user or group of the host owns. Only when no block is free does it refuse to start.
+//! At start it also removes what an earlier run left in `jobs/`.
 
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::idrange::{IdRange, JobIds};
+
+/// Where agents on a host lock the uids they use (root's, on a tmpfs cleared at boot).
+pub const LOCK_DIR: &str = "/run/keyward-agent";
 
 /// Why the slots cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,30 +49,15 @@ pub enum SlotsError {
     /// The jobs directory is not a directory of the agent's own.
     #[error("{0} is not a directory owned by the agent's user (a symlink?): remove it")]
     NotOurs(PathBuf),
-    /// A process runs as a slot's uid.
-    #[error(
-        "process {pid} runs as uid {uid}, which this agent gives to job slot {slot}: a job of an agent that \
-         stopped uncleanly, or another agent with the same id range; stop it, or give this agent another --id-range"
-    )]
-    IdInUse {
-        /// The process.
-        pid: u32,
-        /// Its uid.
-        uid: u32,
-        /// The slot.
-        slot: u32,
-    },
-    /// A user or group of the host already has a slot's id.
-    #[error("{kind} {id} of {origin} belongs to `{name}`: give the agent a range nobody uses (--id-range)")]
-    IdTaken {
-        /// `uid` or `gid`.
-        kind: &'static str,
-        /// The id.
-        id: u32,
-        /// Its owner's name.
-        name: String,
+    /// No block of the range is free for this agent.
+    #[error("no {capacity} consecutive ids of {origin} are free for this agent's job slots: {why}")]
+    NoFreeIds {
+        /// How many it needs.
+        capacity: u32,
         /// Where the range came from.
         origin: String,
+        /// Why the first block is not free (each later one was not either).
+        why: String,
     },
     /// Every slot is busy (the broker sent more jobs than the capacity) or not yet clean.
     #[error("no free job slot: {0}")]
@@ -75,8 +68,11 @@ pub enum SlotsError {
 #[derive(Debug)]
 pub struct Slots {
     dir: PathBuf,
-    ids: Option<IdRange>,
+    /// Slot `i` runs as `ids.slot(first + i)`.
+    ids: Option<(IdRange, u32)>,
     busy: Mutex<Vec<bool>>,
+    /// The uid locks, held as long as the slots exist.
+    _locks: Vec<Flock<std::fs::File>>,
 }
 
 /// A slot held by a running job. Dropping it removes the slot's directory and frees it.
@@ -90,30 +86,37 @@ pub struct Slot {
 
 impl Slots {
     /// `capacity` slots in `jobs_dir` (created 0700, emptied of what an earlier run left), with
-    /// ids from `ids` when the agent is root.
-    pub fn open(jobs_dir: PathBuf, capacity: u32, ids: Option<IdRange>) -> Result<Arc<Self>, SlotsError> {
+    /// ids from `ids` when the agent is root, claimed with locks in `lock_dir` ([`LOCK_DIR`]).
+    pub fn open(
+        jobs_dir: PathBuf,
+        capacity: u32,
+        ids: Option<IdRange>,
+        lock_dir: &Path,
+    ) -> Result<Arc<Self>, SlotsError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SlotsError::Io { path, source }
         };
-        match std::fs::DirBuilder::new().mode(0o700).create(&jobs_dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            other => other.map_err(io(&jobs_dir))?,
-        }
-        let meta = std::fs::symlink_metadata(&jobs_dir).map_err(io(&jobs_dir))?;
-        if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
-            return Err(SlotsError::NotOurs(jobs_dir));
-        }
-        std::fs::set_permissions(&jobs_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&jobs_dir))?;
+        private_dir(&jobs_dir)?;
         for entry in std::fs::read_dir(&jobs_dir).map_err(io(&jobs_dir))? {
             let path = entry.map_err(io(&jobs_dir))?.path();
             remove(&path).map_err(io(&path))?;
         }
-        if let Some(range) = &ids {
-            check_ids_unused(range, capacity)?;
-        }
+        let (ids, locks) = match ids {
+            Some(range) => {
+                private_dir(lock_dir)?;
+                let (first, locks) = claim(&range, capacity, lock_dir)?;
+                (Some((range, first)), locks)
+            }
+            None => (None, Vec::new()),
+        };
         let slots = usize::try_from(capacity).unwrap_or(1);
-        Ok(Arc::new(Self { dir: jobs_dir, ids, busy: Mutex::new(vec![false; slots]) }))
+        Ok(Arc::new(Self { dir: jobs_dir, ids, busy: Mutex::new(vec![false; slots]), _locks: locks }))
+    }
+
+    /// The uid and gid of the first slot, if the slots have their own.
+    pub fn first_ids(&self) -> Option<JobIds> {
+        self.ids.as_ref().map(|(range, first)| range.slot(*first))
     }
 
     /// The jobs directory.
@@ -141,7 +144,8 @@ impl Slots {
                 .create(&dir)
                 .map_err(|source| SlotsError::Io { path: dir.clone(), source })?;
             *taken = true;
-            let ids = self.ids.as_ref().map(|range| range.slot(u32::try_from(index).unwrap_or(u32::MAX)));
+            let index_id = u32::try_from(index).unwrap_or(u32::MAX);
+            let ids = self.ids.as_ref().map(|(range, first)| range.slot(first.saturating_add(index_id)));
             return Ok(Slot { slots: Arc::clone(self), index, dir, ids });
         }
         Err(SlotsError::NoneFree(if unclean.is_empty() {
@@ -190,39 +194,93 @@ fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// No user or group of the host has a slot's id, and no process runs as one.
-fn check_ids_unused(range: &IdRange, capacity: u32) -> Result<(), SlotsError> {
-    for index in 0..capacity {
-        let ids = range.slot(index);
-        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(ids.uid)) {
-            return Err(SlotsError::IdTaken {
-                kind: "uid",
-                id: ids.uid,
-                name: user.name,
-                origin: range.source.to_string(),
-            });
+/// Creates `dir` 0700 if needed and checks it is a directory of the agent's own.
+fn private_dir(dir: &Path) -> Result<(), SlotsError> {
+    let io = |source| SlotsError::Io { path: dir.to_path_buf(), source };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other.map_err(io)?,
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(SlotsError::NotOurs(dir.to_path_buf()));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// The first block of `capacity` consecutive ids of `range` that this agent can have: no other
+/// agent holds their locks, no process runs as them, no user or group owns them. Returns the
+/// block's offset in the range and its locks.
+fn claim(range: &IdRange, capacity: u32, lock_dir: &Path) -> Result<(u32, Vec<Flock<std::fs::File>>), SlotsError> {
+    let running = running_uids();
+    let mut first_reason = None;
+    let mut offset = 0u32;
+    while offset.checked_add(capacity).is_some_and(|end| end <= range.count) {
+        match claim_block(range, offset, capacity, lock_dir, &running) {
+            Ok(locks) => return Ok((offset, locks)),
+            Err(why) => {
+                first_reason.get_or_insert(why);
+            }
         }
-        if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(ids.gid)) {
-            return Err(SlotsError::IdTaken {
-                kind: "gid",
-                id: ids.gid,
-                name: group.name,
-                origin: range.source.to_string(),
-            });
+        offset += capacity;
+    }
+    Err(SlotsError::NoFreeIds {
+        capacity,
+        origin: range.source.to_string(),
+        why: first_reason.unwrap_or_else(|| "the range is empty".to_owned()),
+    })
+}
+
+fn claim_block(
+    range: &IdRange,
+    offset: u32,
+    capacity: u32,
+    lock_dir: &Path,
+    running: &HashMap<u32, u32>,
+) -> Result<Vec<Flock<std::fs::File>>, String> {
+    let mut locks = Vec::new();
+    for index in offset..offset + capacity {
+        let JobIds { uid, gid } = range.slot(index);
+        let path = lock_dir.join(format!("uid-{uid}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| format!("another keyward-agent uses uid {uid} (it holds {})", path.display()))?;
+        locks.push(lock);
+        if let Some(pid) = running.get(&uid) {
+            return Err(format!(
+                "process {pid} runs as uid {uid} (a job of an agent that stopped uncleanly, or another program)"
+            ));
+        }
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            return Err(format!("uid {uid} belongs to user `{}`", user.name));
+        }
+        if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+            return Err(format!("gid {gid} belongs to group `{}`", group.name));
         }
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Ok(()) };
+    Ok(locks)
+}
+
+/// Every uid a process runs as (real, effective, saved or filesystem), with one such process.
+fn running_uids() -> HashMap<u32, u32> {
+    let mut running = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return running };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
         // A process that ended meanwhile has no status: nothing to say about it.
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
         for uid in process_uids(&status) {
-            if let Some(slot) = (0..capacity).find(|&index| range.slot(index).uid == uid) {
-                return Err(SlotsError::IdInUse { pid, uid, slot });
-            }
+            running.entry(uid).or_insert(pid);
         }
     }
-    Ok(())
+    running
 }
 
 /// The real, effective, saved and filesystem uids of a `/proc/<pid>/status`.
@@ -250,7 +308,8 @@ mod tests {
         std::fs::create_dir(&jobs).expect("jobs");
         std::fs::write(jobs.join("left-over"), b"x").expect("leftover");
         std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let slots = Slots::open(jobs.clone(), 2, Some(range())).expect("open");
+        let locks = tempfile::tempdir().expect("locks");
+        let slots = Slots::open(jobs.clone(), 2, Some(range()), locks.path()).expect("open");
         assert_eq!(std::fs::metadata(&jobs).expect("meta").permissions().mode() & 0o777, 0o700);
         assert!(!jobs.join("left-over").exists(), "an earlier run's files are removed");
 
@@ -286,7 +345,7 @@ mod tests {
     #[test]
     fn a_slot_whose_files_remain_is_not_reused() {
         let data = tempfile::tempdir().expect("tempdir");
-        let slots = Slots::open(data.path().join("jobs"), 1, None).expect("open");
+        let slots = Slots::open(data.path().join("jobs"), 1, None, Path::new("/nonexistent")).expect("open");
         let slot = slots.acquire().expect("slot");
         assert_eq!(slot.ids(), None, "no range: the agent's own uid");
         let dir = slot.dir().to_path_buf();
@@ -309,12 +368,34 @@ mod tests {
     }
 
     #[test]
-    fn a_range_whose_id_belongs_to_a_user_or_process_is_refused() {
+    fn agents_sharing_a_range_take_different_blocks_and_a_full_range_is_refused() {
         let data = tempfile::tempdir().expect("tempdir");
+        let locks = tempfile::tempdir().expect("locks");
+        let first = Slots::open(data.path().join("a"), 4, Some(range()), locks.path()).expect("first agent");
+        let second = Slots::open(data.path().join("b"), 4, Some(range()), locks.path()).expect("second agent");
+        assert_eq!(first.first_ids().map(|ids| ids.uid), Some(2_080_374_784));
+        assert_eq!(second.first_ids().map(|ids| ids.uid), Some(2_080_374_788), "the next block of 4");
+        let small = IdRange { count: 4, source: Source::Flag, ..range() };
+        let refused = Slots::open(data.path().join("c"), 4, Some(small.clone()), locks.path()).expect_err("full");
+        assert!(
+            refused.to_string().starts_with(
+                "no 4 consecutive ids of --id-range are free for this agent's job slots: another keyward-agent uses \
+                 uid 2080374784"
+            ),
+            "{refused}"
+        );
+        drop(first);
+        assert!(Slots::open(data.path().join("c"), 4, Some(small), locks.path()).is_ok(), "free once it stopped");
+    }
+
+    #[test]
+    fn ids_a_user_or_a_process_has_are_refused() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let locks = tempfile::tempdir().expect("locks");
         let ours = nix::unistd::getuid().as_raw();
         let taken = IdRange { uid_start: ours, gid_start: 2_080_374_784, count: 1, source: Source::Flag };
-        let error = Slots::open(data.path().join("jobs"), 1, Some(taken)).expect_err("our own uid");
-        // Our uid has a passwd entry (root here), or at least a process: this test's.
-        assert!(matches!(error, SlotsError::IdTaken { kind: "uid", .. } | SlotsError::IdInUse { .. }), "{error}");
+        let error = Slots::open(data.path().join("jobs"), 1, Some(taken), locks.path()).expect_err("our own uid");
+        // This test's process runs as our uid (and root, here, has a passwd entry).
+        assert!(error.to_string().contains(&format!("runs as uid {ours}")), "{error}");
     }
 }
