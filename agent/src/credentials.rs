@@ -4,8 +4,9 @@
 //! The assignment names the stack's targets for the phase; the agent asks the broker for each one
 //! (`Credentials`, proving the lease with its fencing token) and the broker's answer is a set of
 //! environment variables plus secret files (a web-identity token, Vault secrets). The files go
-//! into a directory of the job's own, readable only by the agent's user, removed when the
-//! credentials are dropped. Values never reach a log or `Debug` output.
+//! into a directory of the job's own inside its slot ([`crate::slots`]), readable only by the
+//! agent's user and then handed to the slot's uid alone, removed when the credentials are
+//! dropped. Values never reach a log or `Debug` output.
 //!
 //! A private repository's credentials (`SourceCredentials`, when the assignment says the broker
 //! has some) are kept here too, in memory only: they go to git's environment for the checkout and
@@ -22,6 +23,8 @@ use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{CredentialsRequest, JobAssignment, SourceCredentialsRequest};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
+
+use crate::idrange::JobIds;
 
 /// How long one `Credentials` call may take (the broker may call STS or Vault).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -213,18 +216,19 @@ impl JobCredentials {
         self.dir.as_deref()
     }
 
-    /// Hands the secret files to host user `uid` (the sandbox's), read-only, so the job's
-    /// processes can read them and nothing else of the agent's.
-    pub fn grant(&self, uid: u32) -> Result<(), CredentialsError> {
+    /// Hands the secret files to the job slot's host uid and gid, read-only, so the job's
+    /// processes can read them and no other job, and nothing else of the agent's.
+    pub fn grant(&self, ids: JobIds) -> Result<(), CredentialsError> {
+        let (uid, gid) = (ids.uid, ids.gid);
         use std::os::unix::fs::PermissionsExt as _;
         let Some(dir) = &self.dir else { return Ok(()) };
         let failed = |path: &Path, source| CredentialsError::Files { path: path.to_path_buf(), source };
         for entry in std::fs::read_dir(dir).map_err(|e| failed(dir, e))? {
             let path = entry.map_err(|e| failed(dir, e))?.path();
-            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(|e| failed(&path, e))?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| failed(&path, e))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).map_err(|e| failed(&path, e))?;
         }
-        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| failed(dir, e))?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| failed(dir, e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(|e| failed(dir, e))
     }
 

@@ -29,6 +29,7 @@ use crate::enroll::{identity_from, key_and_csr, rediscover};
 use crate::launch::Layers;
 use crate::logs::{JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::runner::{Outcome, Runner};
+use crate::slots::Slots;
 
 /// Heartbeat period when nothing shorter is needed.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -52,6 +53,8 @@ pub struct Settings {
     pub mask_patterns: Patterns,
     /// The most bytes of output one job may log.
     pub log_limit: u64,
+    /// Where jobs' files live and which host ids they run as, one slot per concurrent job.
+    pub slots: Arc<Slots>,
 }
 
 /// Why the daemon stopped for good.
@@ -366,7 +369,16 @@ impl Daemon {
     ) -> (Outcome, JobLog) {
         let patterns = self.settings.mask_patterns.clone();
         let log_of = |rules| JobLog::new(job, &rules, self.settings.log_limit, Arc::clone(&self.outbox));
-        let credentials = match JobCredentials::fetch(client, job, &std::env::temp_dir()).await {
+        // The job's files and host ids; released (files removed) when this returns.
+        let slot = match self.settings.slots.acquire() {
+            Ok(slot) => slot,
+            Err(error) => {
+                let log = log_of(MaskRules::patterns_only(patterns));
+                log.note(&format!("keyward: {error}")).await;
+                return (Outcome::Failed(error.to_string()), log);
+            }
+        };
+        let credentials = match JobCredentials::fetch(client, job, slot.dir()).await {
             Ok(credentials) => credentials,
             Err(error) => {
                 let log = log_of(MaskRules::patterns_only(patterns));
@@ -393,7 +405,11 @@ impl Daemon {
             log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
                 .await;
         }
-        let outcome = self.settings.runner.run(job, client, &credentials, &log, layers, canceled).await;
+        let outcome = self.settings.runner.run(job, &slot, client, &credentials, &log, layers, canceled).await;
+        // The credential files go first, then the slot's directory, and only then is the slot
+        // (and its uid) free for another job.
+        drop(credentials);
+        drop(slot);
         (outcome, log)
     }
 

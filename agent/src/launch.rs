@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use keyward_sandbox::{Limits, Network, Reason, Spec, Status};
+use keyward_sandbox::{Layer, Level, Limits, Network, Reason, Spec, Status};
 use tokio::process::Command;
+
+use crate::idrange::JobIds;
 
 /// The sandbox's limits and network, from the agent's flags.
 #[derive(Debug, Clone)]
@@ -21,6 +23,11 @@ pub struct SandboxSettings {
     pub memory_bytes: u64,
     /// Processes and threads of the whole job.
     pub pids: u64,
+    /// With `host`: the addresses the job may not reach (the cloud metadata service, unless
+    /// the operator allowed it; [`crate::hostnet`]).
+    pub blocked: Vec<std::net::IpAddr>,
+    /// Layers the operator allowed to be missing (`--allow-host-abstract-sockets`).
+    pub allow_missing: Vec<Layer>,
 }
 
 /// How jobs are isolated.
@@ -49,6 +56,8 @@ pub struct Launch {
     pub deadline: SystemTime,
     /// A private directory of the agent's for the jailer's status file.
     pub scratch: PathBuf,
+    /// The host uid and gid of the job's slot (root agent), or `None` for the agent's own.
+    pub host_ids: Option<JobIds>,
 }
 
 /// A started-to-be process: the command, and where its sandbox status will be.
@@ -75,14 +84,6 @@ impl Isolation {
         }
     }
 
-    /// The host uid the sandbox's processes run as (owner of files they must read), if any.
-    pub fn sandbox_uid(&self) -> Option<u32> {
-        match self {
-            Self::Sandbox(_) if running_as_root() => Some(keyward_sandbox::DEFAULT_HOST_ID),
-            _ => None,
-        }
-    }
-
     /// The command for `launch`.
     pub fn prepare(&self, launch: Launch) -> Result<Prepared, String> {
         match self {
@@ -99,6 +100,14 @@ impl Isolation {
                 spec.cwd = launch.cwd;
                 spec.read_only = launch.read_only;
                 spec.network = settings.network;
+                spec.host_id = launch.host_ids.map(|ids| ids.uid);
+                spec.host_gid = launch.host_ids.map(|ids| ids.gid);
+                if settings.network == Network::Host {
+                    spec.blocked_destinations = settings.blocked.clone();
+                }
+                if !settings.allow_missing.is_empty() {
+                    spec.required = Level::Relaxed { allow_missing: settings.allow_missing.clone() };
+                }
                 spec.limits = Limits {
                     memory_bytes: Some(settings.memory_bytes),
                     pids: Some(settings.pids),
@@ -169,10 +178,6 @@ pub fn sandbox_verdict(
         Reason::Cancelled => "canceled".to_owned(),
         Reason::SetupFailed(why) => format!("the sandbox could not start the job: {why}"),
     })
-}
-
-fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
 fn unique() -> String {

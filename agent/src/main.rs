@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keyward_agent::daemon::{Daemon, Settings};
 use keyward_agent::datadir::DataDir;
+use keyward_agent::hostnet::{self, Allowances};
+use keyward_agent::idrange;
 use keyward_agent::launch::{Isolation, SandboxSettings};
 use keyward_agent::runner::{Runner, Work};
+use keyward_agent::slots::{self, Slots};
 use keyward_sandbox::Network;
 
 /// Keyward private worker agent: dials out to the broker, takes jobs over mTLS.
@@ -51,9 +54,24 @@ enum Command {
         /// only: an explicit, weaker choice).
         #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "process"])]
         isolation: String,
-        /// The sandbox's network: `none` (loopback only) or `host`.
+        /// The sandbox's network: `none` (loopback only) or `host`. With `host` the agent
+        /// refuses to start unless it can block the cloud metadata service for jobs and the
+        /// kernel has Landlock scopes (Linux 6.12), or the flags below accept the gap.
         #[arg(long, default_value = "none", value_parser = ["none", "host"])]
         network: String,
+        /// With `--network host`: let jobs reach the cloud metadata service (169.254.169.254,
+        /// fd00:ec2::254, …) and with it this host's credentials.
+        #[arg(long)]
+        allow_metadata_access: bool,
+        /// With `--network host`: run jobs on a kernel without Landlock scopes (before 6.12),
+        /// where they can connect to the host's abstract Unix sockets.
+        #[arg(long)]
+        allow_host_abstract_sockets: bool,
+        /// The host uids and gids the agent's jobs run as when it is root, one per concurrent
+        /// job: `START:COUNT`. Default: the agent user's /etc/subuid and /etc/subgid entries,
+        /// else 2080374784:65536 (docs/sandbox.md).
+        #[arg(long, value_name = "START:COUNT", value_parser = parse_id_range)]
+        id_range: Option<(u32, u32)>,
         /// Memory of one job (all its processes).
         #[arg(long, default_value = "2GiB", value_parser = parse_size)]
         memory_limit: u64,
@@ -122,22 +140,54 @@ fn main() -> ExitCode {
                 log_limit,
                 isolation,
                 network,
+                allow_metadata_access,
+                allow_host_abstract_sockets,
+                id_range,
                 memory_limit,
                 pids_limit,
                 phase_timeout,
             } => {
                 let mask_patterns = keyward_agent::logs::Patterns::new(&mask_patterns)?;
+                let dir = DataDir::new(data_dir);
+                // Not enrolled, or an unreadable identity: say so before anything else.
+                dir.load()?;
                 let isolation = match isolation.as_str() {
                     "process" => {
                         tracing::warn!("--isolation process: jobs run without the sandbox");
                         Isolation::Process
                     }
-                    _ => Isolation::Sandbox(SandboxSettings {
-                        network: if network == "host" { Network::Host } else { Network::None },
-                        memory_bytes: memory_limit,
-                        pids: pids_limit,
-                    }),
+                    _ => {
+                        let network = if network == "host" { Network::Host } else { Network::None };
+                        let mut settings = SandboxSettings {
+                            network,
+                            memory_bytes: memory_limit,
+                            pids: pids_limit,
+                            blocked: Vec::new(),
+                            allow_missing: Vec::new(),
+                        };
+                        if network == Network::Host {
+                            let allowed = Allowances {
+                                abstract_sockets: allow_host_abstract_sockets,
+                                metadata: allow_metadata_access,
+                            };
+                            let host = hostnet::check(
+                                keyward_sandbox::landlock_scope(),
+                                keyward_sandbox::egress_filter,
+                                allowed,
+                            )?;
+                            for warning in &host.warnings {
+                                tracing::warn!("{warning}");
+                            }
+                            if !host.blocked.is_empty() {
+                                tracing::info!(blocked = ?host.blocked, "jobs on the host's network cannot reach the metadata service");
+                            }
+                            settings.blocked = host.blocked;
+                            settings.allow_missing = host.allow_missing;
+                        }
+                        Isolation::Sandbox(settings)
+                    }
                 };
+                let slots = job_slots(&dir, &isolation, capacity, id_range)?;
                 // An `--exec` agent never runs Terraform, so it reports none: its pool should be
                 // one of its own (docs/agents.md), and nothing should present its runs as applies.
                 let (work, terraform_version) = match exec {
@@ -155,8 +205,8 @@ fn main() -> ExitCode {
                     }
                 };
                 let runner = Runner::new(work, isolation, phase_timeout);
-                let settings = Settings { capacity, runner, terraform_version, mask_patterns, log_limit };
-                let daemon = Daemon::new(DataDir::new(data_dir), settings);
+                let settings = Settings { capacity, runner, terraform_version, mask_patterns, log_limit, slots };
+                let daemon = Daemon::new(dir, settings);
                 let draining = std::sync::Arc::clone(&daemon);
                 tokio::spawn(async move {
                     stop_signal().await;
@@ -181,6 +231,57 @@ fn main() -> ExitCode {
 fn date(unix: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The job slots in `<data dir>/jobs`, with a uid and gid each from the agent's range when it
+/// is root and jobs are sandboxed (security review M6); otherwise jobs run as the agent.
+fn job_slots(
+    dir: &DataDir,
+    isolation: &Isolation,
+    capacity: u32,
+    flag: Option<(u32, u32)>,
+) -> anyhow::Result<std::sync::Arc<Slots>> {
+    let uid = nix::unistd::geteuid();
+    let sandboxed = matches!(isolation, Isolation::Sandbox(_));
+    let range = if uid.is_root() && sandboxed {
+        let user = nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(|| "root".to_owned(), |u| u.name);
+        let read = |path: &str| match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("{path}: {e}")),
+        };
+        let (subuid, subgid) = if flag.is_some() { (None, None) } else { (read("/etc/subuid")?, read("/etc/subgid")?) };
+        let range = idrange::resolve(flag, subuid.as_deref(), subgid.as_deref(), &user, uid.as_raw(), capacity)?;
+        Some(range)
+    } else {
+        if flag.is_some() {
+            anyhow::bail!("--id-range needs an agent that runs as root with --isolation sandbox");
+        }
+        if sandboxed {
+            tracing::info!(
+                uid = uid.as_raw(),
+                "the agent is not root: its jobs run as its own uid (no uid per job; run it as root for that)"
+            );
+        }
+        None
+    };
+    let source = range.as_ref().map(|range| range.source.to_string());
+    let slots = Slots::open(dir.path().join("jobs"), capacity, range, std::path::Path::new(slots::LOCK_DIR))?;
+    if let (Some(ids), Some(from)) = (slots.first_ids(), source) {
+        tracing::info!(
+            first_uid = ids.uid,
+            first_gid = ids.gid,
+            slots = capacity,
+            %from,
+            "each concurrent job runs as a host uid and gid of its own"
+        );
+    }
+    Ok(slots)
+}
+
+/// `START:COUNT` for `--id-range`.
+fn parse_id_range(text: &str) -> Result<(u32, u32), String> {
+    idrange::parse_flag(text).map_err(|e| e.to_string())
 }
 
 /// `123`, `64KiB`, `32MiB`, `1GiB`.

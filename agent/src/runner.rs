@@ -15,8 +15,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::credentials::JobCredentials;
+use crate::idrange::JobIds;
 use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
+use crate::slots::Slot;
 use crate::source::{self, SourceError};
 use crate::step::{self, Cancel, StepEnd};
 use crate::terraform::{Drift, Phase, PhaseError};
@@ -94,11 +96,14 @@ impl Runner {
         !matches!(self.work, Some(Work::Exec(_)))
     }
 
-    /// Runs `job` with `credentials` in its environment and its output in `log`, until it ends
-    /// or `cancel` fires; the sandbox layers its processes ran under go to `layers`.
+    /// Runs `job` in `slot` (its directory and host ids) with `credentials` in its environment
+    /// and its output in `log`, until it ends or `cancel` fires; the sandbox layers its
+    /// processes ran under go to `layers`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         job: &JobAssignment,
+        slot: &Slot,
         client: &mut AgentServiceClient<Channel>,
         credentials: &JobCredentials,
         log: &JobLog,
@@ -109,12 +114,18 @@ impl Runner {
         let Some(work) = &self.work else {
             return Outcome::Failed("this agent has no terraform on its PATH (and no --exec command)".to_owned());
         };
-        let dir = match JobDir::create(&job.job_id) {
+        let dir = match JobDir::create(slot.dir(), &job.job_id) {
             Ok(dir) => dir,
             Err(error) => return Outcome::Failed(format!("cannot create the job's directory: {error}")),
         };
-        if let Some(uid) = self.isolation.sandbox_uid()
-            && let Err(error) = credentials.grant(uid)
+        // The slot's own uid and gid when the agent is root and jobs are sandboxed; with
+        // `--isolation process` jobs run as the agent itself.
+        let host_ids = match self.isolation {
+            Isolation::Sandbox(_) => slot.ids(),
+            Isolation::Process => None,
+        };
+        if let Some(ids) = host_ids
+            && let Err(error) = credentials.grant(ids)
         {
             return Outcome::Failed(error.to_string());
         }
@@ -136,9 +147,10 @@ impl Runner {
         env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
         let read_only: Vec<PathBuf> = credentials.dir().map(Path::to_path_buf).into_iter().collect();
         let result = match work {
-            Work::Exec(command) => {
-                self.exec(command, &dir, env, read_only, deadline, log, layers, &mut cancel).await.map(|()| None)
-            }
+            Work::Exec(command) => self
+                .exec(command, &dir, env, read_only, host_ids, deadline, log, layers, &mut cancel)
+                .await
+                .map(|()| None),
             Work::Terraform(binary) => {
                 log.note(&format!("keyward: terraform binary {}", binary.display())).await;
                 let src = dir.work.join("src");
@@ -178,6 +190,7 @@ impl Runner {
                                 plan_dir: &dir.plans,
                                 deadline,
                                 layers,
+                                host_ids,
                             };
                             match (job.phase.as_str(), job.run_kind.as_str()) {
                                 ("plan", "drift") => phase.check_drift(log, &mut cancel).await.map(Some),
@@ -212,6 +225,7 @@ impl Runner {
         dir: &JobDir,
         env: Vec<(String, String)>,
         read_only: Vec<PathBuf>,
+        host_ids: Option<JobIds>,
         deadline: SystemTime,
         log: &JobLog,
         layers: &Layers,
@@ -226,6 +240,7 @@ impl Runner {
             read_only,
             deadline,
             scratch: dir.scratch.clone(),
+            host_ids,
         };
         let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
         let status_file = prepared.status_file.clone();
@@ -259,8 +274,9 @@ impl Runner {
     }
 }
 
-/// A job's private directory on the agent: `work/` (the sandbox's writable directory) and
-/// `scratch/` (the agent's own: git's home, the sandbox status files). Removed with the job.
+/// A job's private directory on the agent, inside its slot: `work/` (the sandbox's writable
+/// directory) and `scratch/` (the agent's own: git's home, the sandbox status files). Removed
+/// with the job (and the slot's directory with it).
 #[derive(Debug)]
 struct JobDir {
     root: PathBuf,
@@ -286,15 +302,16 @@ fn configuration_dir(work: &Path, src: &Path, path: &str) -> Result<PathBuf, Pha
 }
 
 impl JobDir {
-    fn create(job_id: &str) -> std::io::Result<Self> {
+    fn create(parent: &Path, job_id: &str) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
         let mut suffix = [0_u8; 8];
         let _ = aws_lc_rs::rand::fill(&mut suffix);
         let name: String =
             job_id.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        let root = std::env::temp_dir().join(format!("keyward-run-{name}-{}", crate::enroll::hex(&suffix)));
-        // Traversable (not listable) by the sandbox's user, which must reach `work/` to bind it.
-        std::fs::DirBuilder::new().mode(0o711).create(&root)?;
+        let root = parent.join(format!("run-{name}-{}", crate::enroll::hex(&suffix)));
+        // The agent's alone: the jailer (the agent's rights) opens `work/` and binds it, so the
+        // job's uid never traverses this directory.
+        std::fs::DirBuilder::new().mode(0o700).create(&root)?;
         let dir = Self { work: root.join("work"), scratch: root.join("scratch"), plans: root.join("plans"), root };
         std::fs::DirBuilder::new().mode(0o700).create(&dir.work)?;
         std::fs::DirBuilder::new().mode(0o700).create(&dir.scratch)?;
@@ -333,16 +350,27 @@ mod tests {
         AgentServiceClient::new(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy())
     }
 
+    /// A slot of its own, in a temporary data dir removed with the first value.
+    fn slot() -> (tempfile::TempDir, Slot) {
+        let data = tempfile::tempdir().expect("tempdir");
+        let slot = crate::slots::Slots::open(data.path().join("jobs"), 1, None, Path::new("/nonexistent"))
+            .expect("slots")
+            .acquire()
+            .expect("slot");
+        (data, slot)
+    }
+
     fn exec(command: &str) -> Runner {
         Runner::new(Some(Work::Exec(command.to_owned())), Isolation::Process, Duration::from_secs(60))
     }
 
     #[tokio::test]
     async fn a_command_sees_its_job_and_its_exit_status_counts() {
+        let (_data, slot) = slot();
         let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let ok = exec("test \"$KEYWARD_PHASE\" = plan && echo planned")
-            .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
         log.finish().await;
@@ -352,7 +380,7 @@ mod tests {
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let failed = exec("echo boom; exit 3")
-            .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
@@ -368,9 +396,10 @@ mod tests {
     async fn a_canceled_command_is_killed_and_a_late_one_times_out() {
         let (cancel, canceled) = oneshot::channel();
         let running = tokio::spawn(async move {
+            let (_data, slot) = slot();
             let (log, _outbox) = new_log();
             exec("sleep 30")
-                .run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), canceled)
+                .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), canceled)
                 .await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -378,10 +407,12 @@ mod tests {
         assert_eq!(running.await.expect("joined"), Outcome::Canceled);
 
         let runner = Runner::new(Some(Work::Exec("sleep 30".to_owned())), Isolation::Process, Duration::ZERO);
+        let (_data, slot) = slot();
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let late =
-            runner.run(&job(), &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel).await;
+        let late = runner
+            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .await;
         assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }
 }

@@ -59,6 +59,7 @@ pub async fn checkout(
             read_only: Vec::new(),
             deadline,
             scratch: scratch.to_path_buf(),
+            host_ids: None,
         }
     };
     let fetch = |args: &[&str]| {

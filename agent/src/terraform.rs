@@ -20,6 +20,7 @@ use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{FetchPlanRequest, JobAssignment, PlanPart};
 use tonic::transport::Channel;
 
+use crate::idrange::JobIds;
 use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::planfile::{self, PlanFileError};
@@ -71,6 +72,8 @@ pub struct Phase<'a> {
     pub deadline: SystemTime,
     /// The sandbox layers its processes ran under, collected step by step.
     pub layers: &'a Layers,
+    /// The host uid and gid of the job's slot, or `None` for the agent's own.
+    pub host_ids: Option<JobIds>,
 }
 
 /// What a drift check found.
@@ -131,6 +134,7 @@ impl Phase<'_> {
             read_only,
             deadline: self.deadline,
             scratch: self.scratch.to_path_buf(),
+            host_ids: self.host_ids,
         };
         let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
         let status_file = prepared.status_file.clone();

@@ -73,6 +73,9 @@ impl Place {
 pub(crate) struct Detected {
     pub(crate) memory: Result<Place, String>,
     pub(crate) pids: Result<Place, String>,
+    /// The calling process's own cgroup v2 directory, with or without controllers (the egress
+    /// filter's programs attach to a child of it).
+    pub(crate) v2: Result<PathBuf, String>,
 }
 
 impl Detected {
@@ -120,7 +123,7 @@ pub(crate) fn detect(root: &Path) -> Detected {
         Ok(own) => own,
         Err(e) => {
             let reason = format!("cannot read /proc/self/cgroup: {e}");
-            return Detected { memory: Err(reason.clone()), pids: Err(reason) };
+            return Detected { memory: Err(reason.clone()), pids: Err(reason.clone()), v2: Err(reason) };
         }
     };
     let mut v2_base = None;
@@ -164,7 +167,14 @@ pub(crate) fn detect(root: &Path) -> Detected {
             )
         })
     };
-    Detected { memory: find(Controller::Memory), pids: find(Controller::Pids) }
+    let v2 = v2_base.clone().ok_or_else(|| {
+        format!(
+            "no cgroup v2 hierarchy under {} (neither it nor {}/unified is cgroup2)",
+            root.display(),
+            root.display()
+        )
+    });
+    Detected { memory: find(Controller::Memory), pids: find(Controller::Pids), v2 }
 }
 
 /// The job's cgroup directories (one per v1 hierarchy, or one shared v2 directory).
@@ -172,6 +182,8 @@ pub(crate) fn detect(root: &Path) -> Detected {
 pub(crate) struct JobCgroup {
     memory: Option<(PathBuf, bool)>,
     pids: Option<PathBuf>,
+    /// The job's v2 directory, when one was asked for (the egress filter's attach point).
+    pub(crate) v2: Option<PathBuf>,
     created: Vec<PathBuf>,
     /// Human-readable description of what was applied, for `Status::layers`.
     pub(crate) layers: Vec<String>,
@@ -185,11 +197,16 @@ pub(crate) struct Events {
 }
 
 impl JobCgroup {
-    /// Create the job cgroup for the given controllers (each with its place and limit).
-    /// On error, whatever was created is removed again.
-    pub(crate) fn create(wanted: &[(Controller, Place)], limits: &Limits) -> Result<JobCgroup, CgroupError> {
+    /// Create the job cgroup for the given controllers (each with its place and limit), and a
+    /// v2 directory under `v2_base` when given (controllers or not). On error, whatever was
+    /// created is removed again.
+    pub(crate) fn create(
+        wanted: &[(Controller, Place)],
+        limits: &Limits,
+        v2_base: Option<&Path>,
+    ) -> Result<JobCgroup, CgroupError> {
         let mut job = JobCgroup::default();
-        match job.create_inner(wanted, limits) {
+        match job.create_inner(wanted, limits, v2_base) {
             Ok(()) => Ok(job),
             Err(e) => {
                 job.remove();
@@ -198,9 +215,23 @@ impl JobCgroup {
         }
     }
 
-    fn create_inner(&mut self, wanted: &[(Controller, Place)], limits: &Limits) -> Result<(), CgroupError> {
+    fn create_inner(
+        &mut self,
+        wanted: &[(Controller, Place)],
+        limits: &Limits,
+        v2_base: Option<&Path>,
+    ) -> Result<(), CgroupError> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let name = format!("{}-{nanos}", std::process::id());
+        if let Some(base) = v2_base {
+            let parent = base.join("keyward");
+            let dir = parent.join(&name);
+            std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            collect_garbage(&parent);
+            std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+            self.created.push(dir.clone());
+            self.v2 = Some(dir);
+        }
         for (controller, place) in wanted {
             let (base, v2) = match place {
                 Place::V1(base) => (base, false),

@@ -44,7 +44,7 @@ use crate::rootfs::{self, Plan};
 use crate::sources::Sources;
 use crate::spec::{self, Layer, MAX_SPEC_BYTES, Spec};
 use crate::status::{Reason, Status};
-use crate::{landlock_rules, limits, privileges, seccomp, sys};
+use crate::{egress, landlock_rules, limits, privileges, seccomp, sys};
 
 /// Exit code of the jailer when the sandbox could not be set up.
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -232,11 +232,19 @@ fn cgroup_for(spec: &Spec, status: &mut Status) -> Result<Option<JobCgroup>, Fai
         (Controller::Memory, Layer::MemoryLimit, spec.limits.memory_bytes.is_some()),
         (Controller::Pids, Layer::PidsLimit, spec.limits.pids.is_some()),
     ];
-    if !needed.iter().any(|(_, _, needed)| *needed) {
+    let filter = spec.network == spec::Network::Host && !spec.blocked_destinations.is_empty();
+    if !filter && !needed.iter().any(|(_, _, needed)| *needed) {
         return Ok(None);
     }
     let root = spec.cgroup_root.clone().unwrap_or_else(|| cgroup::DEFAULT_ROOT.into());
     let detected = cgroup::detect(&root);
+    // The egress filter is never optional: a job with blocked destinations runs behind it or
+    // not at all (the agent decided at start whether to ask for it).
+    let v2_base = match (&detected.v2, filter) {
+        (_, false) => None,
+        (Ok(base), true) => Some(base.clone()),
+        (Err(reason), true) => return Err(setup("egress filter")(reason)),
+    };
     let mut wanted = Vec::new();
     for (controller, layer, needed) in needed {
         if !needed {
@@ -257,11 +265,20 @@ fn cgroup_for(spec: &Spec, status: &mut Status) -> Result<Option<JobCgroup>, Fai
             }
         }
     }
-    if wanted.is_empty() {
+    if wanted.is_empty() && v2_base.is_none() {
         return Ok(None);
     }
-    let job = JobCgroup::create(&wanted, &spec.limits).map_err(setup("cgroup"))?;
+    let mut job = JobCgroup::create(&wanted, &spec.limits, v2_base.as_deref()).map_err(setup("cgroup"))?;
     status.layers.extend(job.layers.iter().cloned());
+    if let Some(dir) = &job.v2 {
+        match egress::attach(dir, &spec.blocked_destinations) {
+            Ok(layer) => status.layers.push(layer),
+            Err(e) => {
+                job.remove();
+                return Err(setup("egress filter")(e));
+            }
+        }
+    }
     Ok(Some(job))
 }
 
@@ -275,9 +292,15 @@ fn handshake(init: Pid, ids: HostIds, job_cgroup: Option<&JobCgroup>, sync_w: &O
     Ok(())
 }
 
-/// Step 9: wait for the init; SIGKILL it at the deadline or on SIGTERM/SIGINT/SIGHUP. Killing
-/// the init kills its whole PID namespace.
+/// Step 9: wait for the init; SIGKILL it at the deadline, on SIGTERM/SIGINT/SIGHUP, or when the
+/// caller goes away (the reader of the jailer's stdout pipe closed it: the agent died). Killing
+/// the init kills its whole PID namespace, so no job outlives its agent: a job slot's uid is
+/// free again once the agent is gone.
 fn wait_for(init: Pid, signal_fd: &SignalFd, deadline_ms: Option<u64>) -> Result<(WaitStatus, Option<Reason>), Errno> {
+    // A pipe's write end reports POLLERR once every reader is gone; a terminal or a file never
+    // does. Watched until it fires once (it would fire on every poll after that).
+    let stdout = std::io::stdout();
+    let mut watch_caller = true;
     let deadline = deadline_ms.map(|ms| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let left = u128::from(ms).saturating_sub(now);
@@ -302,11 +325,23 @@ fn wait_for(init: Pid, signal_fd: &SignalFd, deadline_ms: Option<u64>) -> Result
             }
             _ => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        if watch_caller {
+            fds.push(PollFd::new(stdout.as_fd(), PollFlags::empty()));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
+        let caller = fds.get(1).and_then(PollFd::revents).unwrap_or(PollFlags::empty());
+        if caller.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
+            watch_caller = false;
+            if !caller.contains(PollFlags::POLLNVAL) && killed_for.is_none() {
+                let _ = kill(init, Signal::SIGKILL);
+                killed_for = Some(Reason::Cancelled);
+            }
+        }
+        drop(fds);
         while let Ok(Some(info)) = signal_fd.read_signal() {
             let cancel = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&(info.ssi_signo as i32));
             if cancel && killed_for.is_none() {
@@ -405,10 +440,31 @@ fn program_setup(spec: &Spec, plan: &Plan, program: &Program, reporter: &mut Rep
     reporter.layer("no_new_privs");
     nix::unistd::chdir(&spec.cwd).map_err(|e| setup("cwd")(format!("{}: {e}", spec.cwd.display())))?;
 
-    match landlock_rules::apply(plan, &spec.work_dir) {
-        Ok(description) => reporter.layer(&description),
-        Err(e) if spec.required.allows_missing(Layer::Landlock) => skip(reporter, Layer::Landlock, &e),
+    let scoped = match landlock_rules::apply(plan, &spec.work_dir) {
+        Ok(applied) => {
+            reporter.layer(&applied.description);
+            applied.scoped
+        }
+        Err(e) if spec.required.allows_missing(Layer::Landlock) => {
+            skip(reporter, Layer::Landlock, &e);
+            false
+        }
         Err(e) => return Err(setup("landlock")(required(spec, e))),
+    };
+    // With the host's network the host's abstract sockets are one `connect` away; only the
+    // scope fences them (security review L4). A job on a kernel without scopes runs there only
+    // if the operator allowed it.
+    if spec.network == spec::Network::Host && !scoped {
+        let why = format!(
+            "needs Landlock ABI {} (Linux 6.12 or later) to keep a job on the host's network from \
+             the host's abstract Unix sockets",
+            landlock_rules::SCOPE_ABI
+        );
+        if spec.required.allows_missing(Layer::LandlockScope) {
+            skip(reporter, Layer::LandlockScope, &why);
+        } else {
+            return Err(setup("landlock")(required(spec, why)));
+        }
     }
 
     let ExecArgs { argv, envp, candidates } = exec_args(spec, program).map_err(setup("exec"))?;

@@ -16,8 +16,12 @@
 //! Uses the rights of ABI 7 (the newest this crate was tested on) in best-effort mode: older
 //! kernels get the subset they support ("partial"), which still restricts writes (ABI 1).
 //! A kernel without Landlock fails the run unless the level allows [`Layer::Landlock`] missing.
+//! Best effort would drop the scopes silently on a kernel older than ABI 6, so [`apply`] says
+//! whether they hold, and the jailer refuses a `Network::Host` run without them unless the
+//! level allows [`Layer::LandlockScope`] missing (security review L4).
 //!
 //! [`Layer::Landlock`]: crate::Layer::Landlock
+//! [`Layer::LandlockScope`]: crate::Layer::LandlockScope
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +34,17 @@ use crate::rootfs::{Entry, Plan};
 
 /// The newest ABI whose rights we request (and have tested).
 const TARGET: ABI = ABI::V7;
+/// The first ABI with scopes (abstract Unix sockets, signals): Linux 6.12.
+pub(crate) const SCOPE_ABI: i32 = 6;
+
+/// What [`apply`] enforced.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// For `Status::layers`.
+    pub(crate) description: String,
+    /// Whether the scopes (ABI 6) hold: abstract sockets and signals outside the sandbox.
+    pub(crate) scoped: bool,
+}
 
 /// Applying Landlock failed, or the kernel does not enforce it.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +99,8 @@ fn rules(plan: &Plan, work_dir: &Path) -> Vec<(PathBuf, Class)> {
 }
 
 /// Restrict the calling process (and its future children). Must run after `no_new_privs` and
-/// inside the final root. Returns a description for `Status::layers`.
-pub(crate) fn apply(plan: &Plan, work_dir: &Path) -> Result<String, LandlockError> {
+/// inside the final root.
+pub(crate) fn apply(plan: &Plan, work_dir: &Path) -> Result<Applied, LandlockError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(TARGET))?
@@ -105,16 +120,25 @@ pub(crate) fn apply(plan: &Plan, work_dir: &Path) -> Result<String, LandlockErro
         ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
     }
     let status = ruleset.restrict_self()?;
-    let abi = match status.landlock {
-        LandlockStatus::Available { effective_abi, kernel_abi } => kernel_abi.unwrap_or(effective_abi as i32),
+    let (abi, effective) = match status.landlock {
+        LandlockStatus::Available { effective_abi, kernel_abi } => {
+            (kernel_abi.unwrap_or(effective_abi as i32), effective_abi as i32)
+        }
         LandlockStatus::NotEnabled => return Err(LandlockError::Unsupported("built in but not enabled at boot")),
         LandlockStatus::NotImplemented => return Err(LandlockError::Unsupported("not built into the kernel")),
     };
-    match status.ruleset {
-        RulesetStatus::FullyEnforced => Ok(format!("landlock abi {abi}")),
-        RulesetStatus::PartiallyEnforced => {
-            Ok(format!("landlock abi {abi} (partial: older than abi {})", TARGET as i32))
+    let scoped = effective >= SCOPE_ABI;
+    let description = match status.ruleset {
+        RulesetStatus::FullyEnforced => format!("landlock abi {abi}"),
+        RulesetStatus::PartiallyEnforced if scoped => {
+            format!("landlock abi {abi} (partial: older than abi {})", TARGET as i32)
         }
-        RulesetStatus::NotEnforced => Err(LandlockError::Unsupported("ruleset not enforced")),
-    }
+        RulesetStatus::PartiallyEnforced => format!(
+            "landlock abi {abi} (partial: older than abi {}; no scopes, so abstract sockets and signals \
+             outside the sandbox are not fenced by landlock)",
+            TARGET as i32
+        ),
+        RulesetStatus::NotEnforced => return Err(LandlockError::Unsupported("ruleset not enforced")),
+    };
+    Ok(Applied { description, scoped })
 }

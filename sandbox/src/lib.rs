@@ -46,12 +46,17 @@
 //!    own (v2 where the controller is on v2, else v1): `memory.limit_in_bytes` +
 //!    `memory.memsw.limit_in_bytes` (v1) or `memory.max` + `memory.swap.max=0` +
 //!    `memory.oom.group` (v2), and `pids.max` (= limit + 1 for the init). *Defends against*
-//!    fork bombs and memory exhaustion by the whole tree.
+//!    fork bombs and memory exhaustion by the whole tree. With [`Network::Host`] and
+//!    `blocked_destinations` (`egress`): a cgroup v2 directory for the job (also on a hybrid
+//!    host) with cgroup BPF programs that refuse `connect`/`sendmsg` to those addresses and drop
+//!    any other packet to them. *Defends against* a job asking the cloud metadata service for
+//!    the host's credentials.
 //! 3. **Namespaces** (`namespaces`): the jailer clones the init directly into new user, mount,
 //!    PID, IPC, UTS and (for [`Network::None`]) network namespaces; while the init waits on a
 //!    pipe, the jailer writes `setgroups=deny` and maps uid/gid 0 inside to an unprivileged
-//!    host id (`host_id`, default 65534, when the jailer is root; the caller's own ids
-//!    otherwise) and moves the init into the job cgroup, then releases it. The init becomes
+//!    host uid and gid (`host_id`/`host_gid`: the agent gives each concurrent job its own from
+//!    a subordinate range; 65534 if unset; the caller's own ids when the jailer is not root)
+//!    and moves the init into the job cgroup, then releases it. The init becomes
 //!    uid 0 inside, enters a new cgroup namespace, sets the hostname and brings `lo` up.
 //!    *Defends against* acting as host root, seeing or signalling host processes, host IPC,
 //!    the host network and its abstract sockets.
@@ -71,13 +76,15 @@
 //! 6. **Landlock** (`landlock_rules`): writes only beneath the work dir, `/tmp`, `/dev/shm`
 //!    and the device nodes; read/execute beneath the read-only binds; read-only `/proc`; no
 //!    signals or abstract-socket connections out of the sandbox. Best ABI the kernel has
-//!    (ABI 7 rights requested).
+//!    (ABI 7 rights requested); with [`Network::Host`] the scopes (ABI 6) are required unless
+//!    the level allows [`Layer::LandlockScope`] missing.
 //! 7. **Seccomp** (`seccomp`): a classic-BPF deny list (EPERM), architecture-checked (foreign
 //!    arch and x32 killed), installed last before `execve`.
 //! 8. **Exec**: every fd but 0, 1, 2 close-on-exec (the detached mounts are already closed);
 //!    environment exactly `spec.env`; `execve` of the jailer's candidates in order.
-//! 9. **Supervision** (`jailer`): the jailer waits for the init, SIGKILLs it at the deadline
-//!    or on SIGTERM/SIGINT/SIGHUP (killing PID 1 kills the namespace); reads the OOM and pids
+//! 9. **Supervision** (`jailer`): the jailer waits for the init, SIGKILLs it at the deadline,
+//!    on SIGTERM/SIGINT/SIGHUP, or when its stdout pipe has no reader left (the agent died)
+//!    (killing PID 1 kills the namespace); reads the OOM and pids
 //!    events; writes [`Status`] to `status_file` (temp + rename); removes the cgroup; exits
 //!    with the program's code, or 128 + signal.
 //!
@@ -88,6 +95,7 @@
 //! [`Status::skipped`] and in a warning on stderr. Never silently.
 
 mod cgroup;
+mod egress;
 mod jailer;
 mod landlock_rules;
 mod limits;
@@ -108,8 +116,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+pub use egress::METADATA_ADDRESSES;
 pub use jailer::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
-pub use probe::{LayerProbe, Report, probe};
+pub use probe::{LayerProbe, Report, egress_filter, landlock_scope, probe};
 pub use spec::{DEFAULT_HOST_ID, Layer, Level, Limits, MAX_SPEC_BYTES, Network, Spec, SpecError};
 pub use status::{Reason, Status, StatusError};
 

@@ -6,7 +6,8 @@
 //! - seeing, signalling or ptracing host processes (PID namespace: the job's init is PID 1 and
 //!   the whole namespace dies with it);
 //! - acting as host root (user namespace: the sandbox's root is an unprivileged host uid,
-//!   `host_id`, default 65534, when the jailer is root; the caller's own uid otherwise);
+//!   `host_id`/`host_gid`, one per concurrent job from the agent's range, 65534 by default,
+//!   when the jailer is root; the caller's own uid otherwise);
 //! - reaching the host network or its abstract Unix sockets (network namespace with only `lo`,
 //!   when `Network::None`); host SysV IPC (IPC namespace); host hostname (UTS namespace);
 //!   host cgroup paths in `/proc/self/cgroup` (cgroup namespace, rooted at the job cgroup).
@@ -83,8 +84,9 @@ pub(crate) struct HostIds {
 
 pub(crate) fn host_ids(spec: &Spec) -> HostIds {
     if Uid::effective().is_root() {
-        let id = spec.host_id.unwrap_or(DEFAULT_HOST_ID);
-        HostIds { uid: id, gid: id, jailer_is_root: true }
+        let uid = spec.host_id.unwrap_or(DEFAULT_HOST_ID);
+        let gid = spec.host_gid.or(spec.host_id).unwrap_or(DEFAULT_HOST_ID);
+        HostIds { uid, gid, jailer_is_root: true }
     } else {
         HostIds { uid: Uid::effective().as_raw(), gid: Gid::effective().as_raw(), jailer_is_root: false }
     }

@@ -8,12 +8,14 @@
 //! It is a forecast; the jailer still checks every layer when it applies it.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use nix::sys::wait::{WaitStatus, waitpid};
 use serde::Serialize;
 
-use crate::cgroup::{self, Place};
-use crate::{seccomp, sys};
+use crate::cgroup::{self, JobCgroup, Place};
+use crate::spec::Limits;
+use crate::{egress, landlock_rules, seccomp, sys};
 
 /// One layer and whether this host has it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub fn probe() -> Report {
             layer("namespaces", namespaces()),
             layer("seccomp", seccomp_support()),
             layer("landlock", landlock()),
+            layer("landlock scope", landlock_scope()),
+            layer("egress filter", egress_filter(&egress::METADATA_ADDRESSES)),
             layer("cgroup memory", cgroup_layer(&detected.memory)),
             layer("cgroup pids", cgroup_layer(&detected.pids)),
             layer("no_new_privs", nix::sys::prctl::get_no_new_privs().map(|_| "yes".into()).map_err(|e| e.to_string())),
@@ -120,4 +124,32 @@ fn landlock() -> Result<String, String> {
         Err(nix::Error::EOPNOTSUPP) => Err("built in but not enabled at boot (lsm=)".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Whether a job on the host's network can be fenced off the host's abstract Unix sockets:
+/// Landlock's scopes, ABI 6 (Linux 6.12). The jailer refuses a `Network::Host` run without
+/// them unless its level allows [`crate::Layer::LandlockScope`] missing.
+pub fn landlock_scope() -> Result<String, String> {
+    match sys::landlock_abi() {
+        Ok(abi) if abi >= landlock_rules::SCOPE_ABI => Ok(format!("abi {abi}")),
+        Ok(abi) => Err(format!(
+            "landlock abi {abi} has no scopes (abi {} needs Linux 6.12 or later)",
+            landlock_rules::SCOPE_ABI
+        )),
+        Err(e) => Err(format!("no landlock ({})", landlock().err().unwrap_or_else(|| e.to_string()))),
+    }
+}
+
+/// Whether the egress filter for `blocked` can be attached on this host: the real thing, on a
+/// throwaway cgroup v2 directory of the caller's, removed at once. Needs root and cgroup v2.
+pub fn egress_filter(blocked: &[IpAddr]) -> Result<String, String> {
+    let detected = cgroup::detect(std::path::Path::new(cgroup::DEFAULT_ROOT));
+    let base = detected.v2?;
+    let mut probe = JobCgroup::create(&[], &Limits::default(), Some(&base)).map_err(|e| e.to_string())?;
+    let result = match &probe.v2 {
+        Some(dir) => egress::attach(dir, blocked).map_err(|e| e.to_string()),
+        None => Err("no cgroup v2 directory".to_owned()),
+    };
+    probe.remove();
+    result.map(|_| "cgroup bpf (connect, sendmsg, egress)".to_owned())
 }

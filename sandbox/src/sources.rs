@@ -2,8 +2,9 @@
 //! switch to the sandbox's uid.
 //!
 //! Why it exists: the init builds the root as the sandbox's root, an unprivileged host uid
-//! (65534 when the agent is root). A bind source under a directory that uid cannot traverse —
-//! a work dir under the agent's data dir in `/root/.local/share`, Terraform in `/root/bin`, a
+//! (the job slot's own when the agent is root). A bind source under a directory that uid
+//! cannot traverse — a work dir under the agent's data dir in `/root/.local/share` or
+//! `/var/lib/keyward-agent/jobs` (0700), Terraform in `/root/bin`, a
 //! test binary in a clone under `/root` (all mode 0700) — cannot be bound by path from inside
 //! (`EACCES`). Neither can an `O_PATH` descriptor opened by the jailer: `/proc/self/fd/N` as a
 //! bind source names a mount of the host's mount namespace, which the kernel refuses to bind

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,12 +58,23 @@ pub struct Spec {
     pub required: Level,
     /// Hostname inside the sandbox (own UTS namespace).
     pub hostname: String,
-    /// Host uid and gid the sandbox's root maps to when the jailer runs as root (default
-    /// [`DEFAULT_HOST_ID`], "nobody"); the work dir is chowned to it. A dedicated id per agent
-    /// keeps job files apart from other services. Ignored when the jailer is not root: then the
+    /// Host uid the sandbox's root maps to when the jailer runs as root (default
+    /// [`DEFAULT_HOST_ID`], "nobody"); the work dir is chowned to it. The agent gives every
+    /// concurrent job an id of its own from a subordinate range, so jobs are apart from each
+    /// other and from every other service. Ignored when the jailer is not root: then the
     /// caller's own uid/gid are mapped.
     #[serde(default)]
     pub host_id: Option<u32>,
+    /// Host gid the sandbox's root group maps to when the jailer runs as root (default:
+    /// `host_id`, else [`DEFAULT_HOST_ID`]).
+    #[serde(default)]
+    pub host_gid: Option<u32>,
+    /// With [`Network::Host`]: destinations the job may not reach (cloud metadata services).
+    /// The jailer attaches cgroup BPF programs to the job's cgroup v2 that refuse `connect` and
+    /// `sendmsg` to them (`EPERM`) and drop any other packet to them; if it cannot, the run fails.
+    /// Ignored with [`Network::None`], which has no route anywhere.
+    #[serde(default)]
+    pub blocked_destinations: Vec<IpAddr>,
     /// Where the cgroup filesystems are mounted (default `/sys/fs/cgroup`). Tests point it at a
     /// missing directory to simulate a host without cgroups.
     #[serde(default)]
@@ -129,6 +141,10 @@ pub enum Layer {
     MemoryLimit,
     /// The cgroup pids controller (only needed when `limits.pids` is set).
     PidsLimit,
+    /// Landlock's scopes (ABI 6, Linux ≥ 6.12): no connecting to abstract Unix sockets or
+    /// signalling processes outside the sandbox. Only needed with [`Network::Host`]: there the
+    /// host's abstract sockets (D-Bus, containerd, X11, …) are otherwise reachable.
+    LandlockScope,
 }
 
 impl Level {
@@ -155,6 +171,7 @@ impl fmt::Display for Layer {
             Layer::Seccomp => "seccomp",
             Layer::MemoryLimit => "cgroup memory",
             Layer::PidsLimit => "cgroup pids",
+            Layer::LandlockScope => "landlock scope",
         })
     }
 }
@@ -247,6 +264,8 @@ impl Spec {
             required: Level::Strict,
             hostname: "keyward".to_owned(),
             host_id: None,
+            host_gid: None,
+            blocked_destinations: Vec::new(),
             cgroup_root: None,
         }
     }
@@ -400,6 +419,8 @@ impl fmt::Debug for Spec {
             .field("required", &self.required)
             .field("hostname", &self.hostname)
             .field("host_id", &self.host_id)
+            .field("host_gid", &self.host_gid)
+            .field("blocked_destinations", &self.blocked_destinations)
             .field("cgroup_root", &self.cgroup_root)
             .finish()
     }

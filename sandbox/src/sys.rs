@@ -1,6 +1,7 @@
 //! The only module with `unsafe` code: thin wrappers for the syscalls that `nix` does not wrap
 //! safely (raw `clone`, `capset`, seccomp, `mount_setattr`, `open_tree`, `move_mount`,
-//! `close_range`, the loopback `ioctl`, signal dispositions, `_exit`).
+//! `close_range`, the loopback `ioctl`, signal dispositions, `_exit`, `bpf` program load and
+//! cgroup attach).
 //!
 //! Why it exists: the workspace forbids `unsafe`; this crate denies it and opts in per function,
 //! so a reviewer can audit every unsafe block in one short file. Each wrapper takes and returns
@@ -298,4 +299,129 @@ pub(crate) fn reset_signal_dispositions() {
         // reserved by libc, numbers above SIGRTMAX) are expected and harmless.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+}
+
+/// One eBPF instruction (`struct bpf_insn`): opcode, registers (`dst` in the low nibble on
+/// little-endian hosts, the high one on big-endian), offset, immediate.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BpfInsn {
+    pub(crate) code: u8,
+    pub(crate) regs: u8,
+    pub(crate) off: i16,
+    pub(crate) imm: i32,
+}
+
+/// The `BPF_PROG_LOAD` member of `union bpf_attr` up to `expected_attach_type` (stable ABI;
+/// the kernel zero-fills the fields after the size we pass).
+#[repr(C)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The `BPF_PROG_ATTACH` member of `union bpf_attr` up to `replace_bpf_fd` (stable ABI).
+#[repr(C)]
+struct BpfProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+
+/// `bpf(BPF_PROG_LOAD)`: load `insns` as a program of `prog_type` for `attach_type` (licence
+/// `Apache-2.0`, the project's: the programs call no GPL-only helper). On a verifier refusal the
+/// verifier's log (its last lines) comes back with the error.
+#[allow(unsafe_code)]
+pub(crate) fn bpf_prog_load(prog_type: u32, attach_type: u32, insns: &[BpfInsn]) -> Result<OwnedFd, (Errno, String)> {
+    let load = |log: &mut [u8]| {
+        let mut attr = BpfProgLoadAttr {
+            prog_type,
+            insn_cnt: u32::try_from(insns.len()).unwrap_or(u32::MAX),
+            insns: insns.as_ptr() as u64,
+            license: c"Apache-2.0".as_ptr() as u64,
+            log_level: u32::from(!log.is_empty()),
+            log_size: u32::try_from(log.len()).unwrap_or(0),
+            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: [0; 16],
+            prog_ifindex: 0,
+            expected_attach_type: attach_type,
+        };
+        for (dst, src) in attr.prog_name.iter_mut().zip(b"keyward_egress") {
+            *dst = *src;
+        }
+        // SAFETY: `attr` is a correctly laid out prefix of `union bpf_attr` whose size we pass;
+        // the instructions, the licence string and the log buffer it points to outlive the call.
+        // The kernel reads the instructions and licence and writes at most `log_size` bytes
+        // into the log buffer.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &mut attr as *mut BpfProgLoadAttr,
+                std::mem::size_of::<BpfProgLoadAttr>(),
+            )
+        };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+        let raw = libc::c_int::try_from(ret).map_err(|_| Errno::EBADF)?;
+        // SAFETY: `raw` is the fresh program descriptor bpf just returned; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    match load(&mut []) {
+        Ok(fd) => Ok(fd),
+        Err(errno @ (Errno::EACCES | Errno::EINVAL)) => {
+            // Again with a log, for the verifier's reason.
+            let mut log = vec![0u8; 64 * 1024];
+            let _ = load(&mut log);
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err((errno, tail.join(" / ")))
+        }
+        Err(errno) => Err((errno, String::new())),
+    }
+}
+
+/// `bpf(BPF_PROG_ATTACH)`: attach `prog` to the cgroup (v2 directory) `cgroup` at `attach_type`,
+/// with `BPF_F_ALLOW_MULTI` so that programs of parent cgroups run too.
+#[allow(unsafe_code)]
+pub(crate) fn bpf_prog_attach(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> Result<(), Errno> {
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    let attr = BpfProgAttachAttr {
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        attach_bpf_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        attach_type,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: `attr` is a correctly laid out prefix of `union bpf_attr` whose size we pass; both
+    // descriptors are borrowed live for the call; the kernel only reads `attr`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const BpfProgAttachAttr,
+            std::mem::size_of::<BpfProgAttachAttr>(),
+        )
+    };
+    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }

@@ -40,6 +40,7 @@ const CASES: &[Case] = &[
     ("deadline_kills_the_job", deadline_kills_the_job),
     ("killing_the_jailer_kills_the_tree", killing_the_jailer_kills_the_tree),
     ("cancelling_the_jailer_kills_the_tree_and_reports", cancelling_the_jailer_kills_the_tree_and_reports),
+    ("the_job_ends_when_its_caller_goes_away", the_job_ends_when_its_caller_goes_away),
     ("environment_and_fds_are_scrubbed", environment_and_fds_are_scrubbed),
     ("missing_required_layer_fails_clearly", missing_required_layer_fails_clearly),
     ("relaxed_level_names_the_skipped_layer", relaxed_level_names_the_skipped_layer),
@@ -49,6 +50,8 @@ const CASES: &[Case] = &[
     ("job_symlinks_do_not_lead_the_jailer_out", job_symlinks_do_not_lead_the_jailer_out),
     ("spec_debug_hides_env_values", spec_debug_hides_env_values),
     ("probe_reports_every_layer_here", probe_reports_every_layer_here),
+    ("host_ids_map_to_the_given_uid_and_gid", host_ids_map_to_the_given_uid_and_gid),
+    ("metadata_is_refused_on_the_host_network", metadata_is_refused_on_the_host_network),
 ];
 
 fn main() {
@@ -463,6 +466,20 @@ fn cancelling_the_jailer_kills_the_tree_and_reports() {
     child.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
 }
 
+/// The agent died, so the reader of the jailer's stdout is gone: the jailer kills the job at
+/// once instead of letting it run to its deadline, so no job outlives its agent and keeps its
+/// slot's host uid busy (security review M6).
+fn the_job_ends_when_its_caller_goes_away() {
+    let marker = marker_seconds();
+    let (j, mut child) = start_marked(&marker);
+    drop(child.stdout.take());
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(137));
+    assert!(processes_with(&marker).is_empty(), "job survived its caller");
+    let status = Status::read(&j.spec.status_file).unwrap();
+    assert_eq!(status.reason, Some(Reason::Cancelled), "not the 30 s deadline");
+}
+
 fn environment_and_fds_are_scrubbed() {
     // A descriptor without O_CLOEXEC, as a careless agent might leak to the jailer.
     let leaked = nix::fcntl::open("/etc/hostname", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
@@ -675,6 +692,115 @@ fn probe_reports_every_layer_here() {
     assert!(text.contains("namespaces: user, mount, pid, ipc, uts, net, cgroup"), "{text}");
     assert!(text.contains("landlock: abi "), "{text}");
     assert!(text.contains("cgroup memory: v"), "{text}");
+    assert!(text.contains("landlock scope: abi "), "{text}");
+    assert!(text.contains("egress filter: cgroup bpf"), "{text}");
+}
+
+/// Security review M6: the agent gives each job slot its own host uid and gid; the jailer maps
+/// the sandbox's root to exactly those (not to 65534), and the job's files are theirs on the host.
+fn host_ids_map_to_the_given_uid_and_gid() {
+    use std::os::unix::fs::MetadataExt;
+    let mut j = sh("touch made-inside; grep -E '^(Uid|Gid):' /proc/self/status");
+    j.spec.host_id = Some(2_080_374_784 + 7);
+    j.spec.host_gid = Some(2_080_374_784 + 9);
+    let ran = run(&j);
+    expect_ok(&ran);
+    assert!(ran.stdout.contains("Uid:\t0\t0\t0\t0"), "root inside: {}", ran.stdout);
+    let made = std::fs::metadata(j.work.0.join("made-inside")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (2_080_374_791, 2_080_374_793));
+    assert!(
+        ran.status.layers.iter().any(|l| l.contains("host uid 2080374791 gid 2080374793")),
+        "{:?}",
+        ran.status.layers
+    );
+}
+
+/// Security review L4: with the host's network, a job cannot reach the cloud metadata service,
+/// over TCP or UDP, IPv4, IPv6 or IPv4-mapped IPv6, while other addresses stay reachable; and
+/// without the filter the same job does reach it (so this test can fail).
+///
+/// Everything happens in a network namespace of this test's own, on a thread that entered it:
+/// the metadata addresses are put on its loopback with listeners behind them, so nothing leaves
+/// the machine and the host's network is untouched. The jailer inherits the thread's namespace.
+fn metadata_is_refused_on_the_host_network() {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace of the test's own");
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "169.254.169.254/32", "dev", "lo"],
+            &["-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"],
+        ] {
+            let status = std::process::Command::new("ip").args(args).status().expect("ip (iproute2)");
+            assert!(status.success(), "ip {args:?}");
+        }
+        let listeners = [TcpListener::bind("169.254.169.254:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()];
+        let v4_port = listeners[0].local_addr().unwrap().port();
+        let control_port = listeners[1].local_addr().unwrap().port();
+        let v6 = TcpListener::bind("[fd00:ec2::254]:0").unwrap();
+        let v6_port = v6.local_addr().unwrap().port();
+        let udp = std::net::UdpSocket::bind("169.254.169.254:0").unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
+        // Only a bound on a broken run: the datagram is already queued when `recv` is called.
+        udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for listener in listeners.into_iter().chain([v6]) {
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    drop(conn);
+                }
+            });
+        }
+        let script = format!(
+            "try() {{ if (exec 3<>/dev/tcp/$1/$2) 2>err; then echo \"$1 open\"; \
+                      elif grep -q 'Operation not permitted' err; then echo \"$1 refused\"; \
+                      else echo \"$1 failed: $(tr '\\n' ' ' < err)\"; fi; }}\n\
+             try 169.254.169.254 {v4_port}\n\
+             try ::ffff:169.254.169.254 {v4_port}\n\
+             try fd00:ec2::254 {v6_port}\n\
+             try 127.0.0.1 {control_port}\n\
+             python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             try:\n    s.sendto(b\"x\", (\"169.254.169.254\", {udp_port})); print(\"udp sent\")\n\
+             except OSError as e:\n    print(\"udp refused:\", e.strerror)'\n"
+        );
+        let mut j = job(&["bash", "-c", &script]);
+        j.spec.network = Network::Host;
+        j.spec.blocked_destinations = keyward_sandbox::METADATA_ADDRESSES.to_vec();
+        let blocked = run(&j);
+        expect_ok(&blocked);
+        let lines: Vec<&str> = blocked.stdout.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "169.254.169.254 refused",
+                "::ffff:169.254.169.254 refused",
+                "fd00:ec2::254 refused",
+                "127.0.0.1 open",
+                "udp refused: Operation not permitted",
+            ],
+            "stdout: {}\nstderr: {}",
+            blocked.stdout,
+            blocked.stderr
+        );
+        assert!(
+            blocked.status.layers.iter().any(|l| l.starts_with("egress filter (cgroup bpf): 169.254.169.254")),
+            "{:?}",
+            blocked.status.layers
+        );
+
+        // The same job without the filter reaches every one of them.
+        j.spec.blocked_destinations.clear();
+        let open = run(&j);
+        expect_ok(&open);
+        assert_eq!(
+            open.stdout,
+            "169.254.169.254 open\n::ffff:169.254.169.254 open\nfd00:ec2::254 open\n127.0.0.1 open\nudp sent\n",
+            "stderr: {}",
+            open.stderr
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(udp.recv(&mut byte).unwrap(), 1, "the datagram arrived");
+    })
+    .join()
+    .expect("the case passed");
 }
 
 // ---------------------------------------------------------------------------------------------

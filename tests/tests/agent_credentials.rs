@@ -230,13 +230,10 @@ async fn each_phase_runs_with_its_own_targets_credentials_from_the_broker() {
     for entry in entries.iter().filter(|e| e.kind == "finished") {
         assert!(entry.details.contains("\"log_complete\":true"), "{}", entry.details);
     }
-    // The credential files directory of each job is gone with the job.
-    let leftovers: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&run_id)))
-        .collect();
+    // The credential files and work directory of each job are gone with the job: the agent's
+    // private jobs directory is empty again.
+    let leftovers: Vec<PathBuf> =
+        std::fs::read_dir(dir.path().join("agent/jobs")).unwrap().filter_map(Result::ok).map(|e| e.path()).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -632,4 +629,135 @@ async fn a_job_meets_the_policys_refusal_and_its_ttl() {
     // credentials expire 20 minutes after that.
     let expires = issued["credentials_expire_at"].as_i64().unwrap();
     assert!((allowed_at + 1200..=issued_at + 1200).contains(&expires), "{allowed_at} {issued_at} {issued}");
+}
+
+/// The files of the job in `slot` (a `slot-N` directory): its work directory and the path of
+/// its web-identity token file.
+fn job_files(slot: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut work = None;
+    let mut token = None;
+    for entry in std::fs::read_dir(slot).ok()?.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("run-") {
+            work = Some(entry.path().join("work"));
+        } else if name.starts_with("keyward-job-") {
+            token = Some(entry.path().join("aws_web_identity_token_file"));
+        }
+    }
+    Some((work?, token?))
+}
+
+/// `cat` of `dir/name` as host `uid`/`gid`, reaching `dir` through a descriptor the shell opened
+/// as root (so the agent's private parent directories are not in the way: only the job
+/// directory's and the file's own modes decide). True when it read the file.
+fn read_as(uid: u32, gid: u32, dir: &Path, name: &str) -> (bool, String) {
+    let script = format!(
+        "exec 3< '{}' && exec setpriv --reuid={uid} --regid={gid} --clear-groups cat /proc/self/fd/3/{name}",
+        dir.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().expect("bash");
+    (out.status.success() && !out.stdout.is_empty(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Security review M6: two jobs running at once run as two host uids of the agent's range
+/// (neither `nobody`), each owns only its own credential file, and neither can read the other's
+/// (inside the sandbox, where it is not even visible, nor on the host as the other job's uid).
+/// Jobs' files live in the agent's own 0700 `jobs/` directory, not in /tmp.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_jobs_run_as_distinct_host_uids_and_cannot_read_each_others_credentials() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint, None).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    stack(&broker, &repo, "first", &["aws:state-worker"], &[]);
+    stack(&broker, &repo, "second", &["aws:state-worker"], &[]);
+    // The plan job says who it is, then waits on a FIFO for the path of the other job's token
+    // file, tries to read it (it must fail: not even visible), and checks it can read its own.
+    let exec = "[ \"$KEYWARD_PHASE\" = plan ] || exit 0; id -u > inside-uid; mkfifo gate; read other < gate; \
+                if cat \"$other\" > /dev/null 2> err; then echo 'read the other job s credentials'; exit 1; fi; \
+                grep -q 'No such file' err || { cat err; exit 1; }; \
+                head -c 1 \"$AWS_WEB_IDENTITY_TOKEN_FILE\" > /dev/null";
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &join_token(&broker), &agent_dir);
+    assert!(ok, "{stderr}");
+    let agent = Agent::start(&agent_dir, &agent_id, &["--exec", exec, "--capacity", "2"]);
+    let runs = [submit(&broker, "first"), submit(&broker, "second")];
+
+    // Both plan jobs running at once, each waiting at its gate.
+    let jobs_dir = agent_dir.join("jobs");
+    let jobs = eventually("two jobs waiting at their gates", Duration::from_secs(60), || {
+        let found: Vec<(PathBuf, PathBuf)> = (0..2)
+            .filter_map(|slot| job_files(&jobs_dir.join(format!("slot-{slot}"))))
+            .filter(|(work, _)| work.join("gate").exists())
+            .collect();
+        async move { (found.len() == 2).then_some(found) }
+    })
+    .await;
+
+    // The agent's private parent: 0700, root's, inside its data dir, not in the temp dir.
+    let meta = std::fs::metadata(&jobs_dir).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o700, 0));
+    // Nothing of these jobs in the system's temp dir (where they used to be, world-listable).
+    let job_ids: Vec<String> = runs
+        .iter()
+        .flat_map(|run| json(&broker.cli(&["run", "show", run, "--json"]))["jobs"].as_array().unwrap().clone())
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(job_ids.len(), 2);
+    let temp = std::fs::read_dir(std::env::temp_dir()).unwrap().filter_map(Result::ok);
+    let in_temp: Vec<String> = temp
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| job_ids.iter().any(|id| name.contains(id.as_str())))
+        .collect();
+    assert!(in_temp.is_empty(), "job files in the temp dir: {in_temp:?}");
+
+    // Seen from the host: the owner of what each job created, and of its credential file.
+    let mut ids = Vec::new();
+    for (work, token) in &jobs {
+        let made = std::fs::metadata(work.join("inside-uid")).unwrap();
+        assert_eq!(std::fs::read_to_string(work.join("inside-uid")).unwrap().trim(), "0", "root inside");
+        let file = std::fs::metadata(token).unwrap();
+        assert_eq!((file.uid(), file.gid()), (made.uid(), made.gid()), "the token file is the job's");
+        assert_eq!(file.permissions().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::metadata(token.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o500);
+        ids.push((made.uid(), made.gid()));
+    }
+    let [(uid_a, gid_a), (uid_b, gid_b)] = [ids[0], ids[1]];
+    assert_ne!(uid_a, uid_b, "two running jobs, two uids");
+    assert_ne!(gid_a, gid_b, "and two gids");
+    for uid in [uid_a, uid_b] {
+        assert_ne!(uid, 65534, "not nobody");
+        assert!((2_080_374_784..2_080_374_784 + 65_536).contains(&uid), "from the default range: {uid}");
+    }
+
+    // On the host, as job A's uid: job B's token file cannot be read; as B's own uid it can
+    // (the method works).
+    let (token_a, token_b) = (&jobs[0].1, &jobs[1].1);
+    let name = "aws_web_identity_token_file";
+    let (read, error) = read_as(uid_a, gid_a, token_b.parent().unwrap(), name);
+    assert!(!read && error.contains("Permission denied"), "job A's uid read job B's credentials: {error}");
+    let (read, error) = read_as(uid_b, gid_b, token_a.parent().unwrap(), name);
+    assert!(!read && error.contains("Permission denied"), "job B's uid read job A's credentials: {error}");
+    let (read, error) = read_as(uid_b, gid_b, token_b.parent().unwrap(), name);
+    assert!(read, "job B's uid reads its own token file: {error}");
+
+    // Inside the sandbox: each job gets the other's path and fails to read it.
+    for (gate, other) in [(&jobs[0].0, token_b), (&jobs[1].0, token_a)] {
+        let gate = gate.join("gate");
+        let other = format!("{}\n", other.display());
+        let write = tokio::task::spawn_blocking(move || std::fs::write(gate, other));
+        tokio::time::timeout(Duration::from_secs(30), write).await.expect("a job reads its gate").unwrap().unwrap();
+    }
+    for run_id in &runs {
+        let run = eventually("the run to finish", Duration::from_secs(60), || {
+            let run = json(&broker.cli(&["run", "show", run_id, "--json"]));
+            async move { matches!(run["state"].as_str(), Some("finished" | "failed")).then_some(run) }
+        })
+        .await;
+        let log = broker.cli(&["run", "logs", run_id]).stdout;
+        assert_eq!(run["state"], "finished", "{run}\n{log}\nagent log:\n{}", agent.log_text());
+    }
+    let left: Vec<PathBuf> = std::fs::read_dir(&jobs_dir).unwrap().filter_map(Result::ok).map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the jobs' files are gone: {left:?}");
 }

@@ -12,18 +12,19 @@
 //! A second broker and agent run drift checks: read-only plans with `-detailed-exitcode` that
 //! report in sync, drift, or failure, and never apply even where the approval policy would.
 //! A third fetches a private repository from git's own HTTP server behind Basic authentication,
-//! with credentials the broker holds and hands only to the job's checkout.
+//! with credentials the broker holds and hands only to the job's checkout. A fourth runs jobs on
+//! the host's network behind the metadata block, and an agent that cannot block refuses to start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process, join};
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
-use keyward_tests::{eventually, free_addr, workspace_root};
+use keyward_tests::{binary, eventually, free_addr, workspace_root};
 use serde_json::Value;
 
 const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
@@ -147,7 +148,9 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
     let agent_dir = dir.path().join("agent");
     let _agent =
         agent(&broker, &agent_dir, &["--memory-limit", "256MiB", "--pids-limit", "64", "--phase-timeout", "20s"]);
-    let planted = agent_dir.join("planted");
+    // Outside /tmp: the test's agent dir is under /tmp, and so are its jobs' work dirs, whose
+    // parent directories the sandbox recreates on its private (writable, throwaway) /tmp.
+    let planted = PathBuf::from(format!("/var/tmp/keyward-planted-{}", std::process::id()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -448,4 +451,83 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// `keyward-agent run ARGS` in a mount namespace of its own where /sys/fs/cgroup is an empty
+/// tmpfs: a host without cgroup v2 (or cgroups at all), where the egress filter cannot be
+/// attached. Stderr goes to `log`.
+fn agent_without_cgroups(agent_dir: &Path, args: &[&str], log: &Path) -> std::process::Child {
+    std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/fs/cgroup && exec \"$0\" \"$@\"",
+        ])
+        .arg(binary("keyward-agent"))
+        .arg("run")
+        .args(args)
+        .arg("--data-dir")
+        .arg(agent_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("unshare (util-linux)")
+}
+
+/// Security review L4: with `--network host`, every job runs behind the egress filter that
+/// refuses the cloud metadata service (the sandbox tests show it refusing real connections);
+/// an agent that cannot attach it refuses to start, naming what it needs and the flag that
+/// accepts the gap, and starts (warning) with that flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_network_jobs_cannot_reach_the_metadata_service_or_the_agent_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let agent_dir = dir.path().join("agent");
+    let agent = agent(&broker, &agent_dir, &["--network", "host", "--exec", "true"]);
+    stack(&broker, dir.path(), "host-network", "", false);
+    let (_, run) = run_to_end(&broker, "host-network").await;
+    assert_eq!(run["state"], "finished", "{run}\n{}", agent.log_text());
+    for job in run["jobs"].as_array().unwrap() {
+        assert_eq!(job["isolation"], "sandbox network=host, runs --exec (not terraform)", "{job}");
+        let layers: Vec<&str> = job["layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        assert!(
+            layers.iter().any(|l| l.starts_with("egress filter (cgroup bpf): 169.254.169.254, fd00:ec2::254")),
+            "{layers:?}"
+        );
+        assert!(layers.iter().any(|l| l.starts_with("landlock abi")), "{layers:?}");
+    }
+    drop(agent);
+
+    // Where the filter cannot be attached, the agent refuses to start and says why.
+    let log = dir.path().join("refused.log");
+    let mut refused = agent_without_cgroups(&agent_dir, &["--network", "host", "--exec", "true"], &log);
+    let status = eventually("the agent to refuse to start", Duration::from_secs(30), || {
+        let status = refused.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("--network host: cannot block the cloud metadata service (169.254.169.254, fd00:ec2::254")
+            && said.contains("--allow-metadata-access"),
+        "{said}"
+    );
+
+    // With the operator's explicit choice it starts, and says so loudly.
+    let log = dir.path().join("allowed.log");
+    let args = ["--network", "host", "--allow-metadata-access", "--exec", "true"];
+    let mut allowed = agent_without_cgroups(&agent_dir, &args, &log);
+    eventually("the agent to start and warn", Duration::from_secs(30), || {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { (said.contains("WARN") && said.contains("jobs can reach the cloud metadata service")).then_some(()) }
+    })
+    .await;
+    assert!(allowed.try_wait().unwrap().is_none(), "still running: {}", std::fs::read_to_string(&log).unwrap());
+    allowed.kill().unwrap();
+    allowed.wait().unwrap();
 }
