@@ -747,11 +747,16 @@ async fn one_agents_plan_uploads_share_one_budget() {
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     assert!(refusal.message().contains("budget") && refusal.message().contains("one at a time"), "{refusal:?}");
 
-    // The other stream was never held back: closed, it is read to the end and judged.
+    // The other stream, closed, ends too: read to the end and judged, or, when its next part
+    // reached the broker before the refused stream gave its bytes back, refused the same way.
+    // Either way it is answered rather than held.
     drop(survivor_feeder.await.unwrap());
-    let judged = survivor.await.unwrap().unwrap_err();
-    assert_eq!(judged.code(), Code::InvalidArgument, "{judged:?}");
-    assert!(judged.message().contains("does not parse"), "{judged:?}");
+    let answered = survivor.await.unwrap().unwrap_err();
+    match answered.code() {
+        Code::InvalidArgument => assert!(answered.message().contains("does not parse"), "{answered:?}"),
+        Code::ResourceExhausted => assert!(answered.message().contains("budget"), "{answered:?}"),
+        _ => panic!("the second upload was neither judged nor refused for the budget: {answered:?}"),
+    }
 
     // Both are over, so the whole budget is back: a plan as large goes through alone.
     let (alone, feeder) = upload(plan_parts(&job, 16 * MIB, 5 * MIB));
