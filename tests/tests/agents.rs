@@ -482,7 +482,7 @@ async fn crashes_and_restarts(backend: Backend) {
     lines.dedup();
     assert_eq!(lines.len(), total, "a job ran twice: {marked}");
     let audit = backend.audit(&broker).await;
-    assert!(audit.count("job.lease_ended").await >= 2);
+    assert_eq!(audit.count("job.lease_ended").await, 2, "the two crashed leases expired");
     audit.check_tree().await;
 }
 
