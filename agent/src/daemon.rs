@@ -27,7 +27,7 @@ use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
 use crate::enroll::{identity_from, key_and_csr, rediscover};
 use crate::launch::Layers;
-use crate::logs::{JobLog, MaskRules, Outbox, Patterns, Signer};
+use crate::logs::{Chunk, JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::runner::{Outcome, Runner};
 use crate::slots::Slots;
 
@@ -243,18 +243,8 @@ impl Daemon {
         heartbeat.tick().await;
         let mut told_draining = self.is_draining();
         loop {
-            // A job's chunks go before its result, so the broker seals a complete log.
-            for chunk in self.outbox.take_unsent() {
-                let signed = signer.sign(&chunk).map_err(|e| tonic::Status::internal(e.to_string()))?;
-                if outbound.send(send(agent_message::Kind::LogChunk(signed))).await.is_err() {
-                    return Ok(Ended::Lost("the stream closed".to_owned()));
-                }
-            }
-            for result in self.take_results() {
-                if outbound.send(send(agent_message::Kind::Result(result.clone()))).await.is_err() {
-                    self.requeue_result(result);
-                    return Ok(Ended::Lost("the stream closed".to_owned()));
-                }
+            if !self.send_pending(&signer, &outbound).await? {
+                return Ok(Ended::Lost("the stream closed".to_owned()));
             }
             if self.is_draining() && self.idle() {
                 return Ok(Ended::Drained);
@@ -289,6 +279,41 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Sends the chunks and results waiting, every job's chunks before its result (see
+    /// [`take_pending`]). False when the stream closed; results not sent stay queued for the next
+    /// connection, and chunks wait for their receipts anyway.
+    async fn send_pending(
+        &self,
+        signer: &Signer,
+        outbound: &mpsc::Sender<AgentMessage>,
+    ) -> Result<bool, tonic::Status> {
+        let send = |kind| AgentMessage { kind: Some(kind) };
+        let (results, chunks) = take_pending(&self.results, &self.outbox);
+        let mut results = results.into_iter();
+        for chunk in chunks {
+            let signed = match signer.sign(&chunk) {
+                Ok(signed) => signed,
+                Err(error) => {
+                    self.requeue_results(results);
+                    return Err(tonic::Status::internal(error.to_string()));
+                }
+            };
+            if outbound.send(send(agent_message::Kind::LogChunk(signed))).await.is_err() {
+                self.requeue_results(results);
+                return Ok(false);
+            }
+        }
+        while let Some(result) = results.next() {
+            if let Err(unsent) = outbound.send(send(agent_message::Kind::Result(result))).await {
+                if let Some(agent_message::Kind::Result(result)) = unsent.0.kind {
+                    self.requeue_results(std::iter::once(result).chain(results));
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn handle(self: &Arc<Self>, message: BrokerMessage, client: &AgentServiceClient<Channel>) {
@@ -421,12 +446,12 @@ impl Daemon {
         }
     }
 
-    fn take_results(&self) -> Vec<JobResult> {
-        std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    fn requeue_result(&self, result: JobResult) {
-        self.results.lock().unwrap_or_else(PoisonError::into_inner).push(result);
+    /// Puts results that were taken but not sent back, ahead of any queued since.
+    fn requeue_results(&self, unsent: impl Iterator<Item = JobResult>) {
+        let mut results = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let queued_since = std::mem::take(&mut *results);
+        results.extend(unsent);
+        results.extend(queued_since);
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -453,8 +478,60 @@ impl Daemon {
     }
 }
 
+/// The results and chunks to send now, results taken first.
+///
+/// The broker seals a job's log when its result arrives and refuses its chunks after that. A job
+/// queues its result only once its last chunk is in the outbox, so taking results first means
+/// every chunk of a result taken here is taken too (or went earlier). Taken the other way round,
+/// a job that ended between the two takes would have its result sent ahead of its last chunks,
+/// and the job's stored log would miss its end.
+fn take_pending(results: &Mutex<Vec<JobResult>>, outbox: &Outbox) -> (Vec<JobResult>, Vec<Chunk>) {
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(PoisonError::into_inner));
+    (results, outbox.take_unsent())
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::logs::chain::Chain;
+
+    /// Jobs ending on another thread while the connection takes what to send: every result goes
+    /// out with or after all of its job's chunks, however the two interleave.
+    #[test]
+    fn a_result_is_never_taken_ahead_of_its_jobs_chunks() {
+        const JOBS: usize = 20_000;
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let outbox = Arc::new(Outbox::new(usize::MAX));
+        let jobs = {
+            let (results, outbox) = (Arc::clone(&results), Arc::clone(&outbox));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                for job in 0..JOBS {
+                    let job_id = job.to_string();
+                    let mut chain = Chain::new("r", &job_id, 1);
+                    runtime.block_on(outbox.push(chain.append("stdout", b"last words".to_vec())));
+                    let result = JobResult { job_id, fencing_token: 1, ..JobResult::default() };
+                    results.lock().unwrap_or_else(PoisonError::into_inner).push(result);
+                }
+            })
+        };
+        let (mut sent_chunks, mut sent_results) = (HashSet::new(), 0);
+        while sent_results < JOBS {
+            let (results, chunks) = take_pending(&results, &outbox);
+            sent_chunks.extend(chunks.into_iter().map(|chunk| chunk.job_id));
+            for result in results {
+                assert!(sent_chunks.contains(&result.job_id), "job {}'s result went before its chunk", result.job_id);
+                sent_results += 1;
+            }
+        }
+        jobs.join().expect("the jobs' thread");
+    }
 }

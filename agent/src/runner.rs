@@ -392,19 +392,45 @@ mod tests {
         assert!(version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()), "{version}");
     }
 
+    /// Whether process `pid` is gone (or a zombie: dead, not yet reaped by its new parent).
+    fn dead(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    }
+
     #[tokio::test]
     async fn a_canceled_command_is_killed_and_a_late_one_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pids = dir.path().join("pids");
+        // The shell and a child it started, both of which must die with the job.
+        let command = format!("sleep 30 & echo \"$$ $!\" > '{}.tmp' && mv '{0}.tmp' '{0}'; wait", pids.display());
         let (cancel, canceled) = oneshot::channel();
         let running = tokio::spawn(async move {
             let (_data, slot) = slot();
             let (log, _outbox) = new_log();
-            exec("sleep 30")
+            exec(&command)
                 .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), canceled)
                 .await
         });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let pids = loop {
+            if let Ok(pids) = std::fs::read_to_string(&pids) {
+                break pids;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the command never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        assert_eq!(pids.len(), 2, "{pids:?}");
+        assert!(!pids.iter().any(|pid| dead(pid)), "the command runs");
         cancel.send("test".into()).expect("send");
         assert_eq!(running.await.expect("joined"), Outcome::Canceled);
+        // SIGKILL went to the whole group; the kernel takes a moment to finish each off.
+        let killed = std::time::Instant::now();
+        while !pids.iter().all(|pid| dead(pid)) {
+            assert!(killed.elapsed() < Duration::from_secs(10), "{pids:?} outlived the canceled job");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         let runner = Runner::new(Some(Work::Exec("sleep 30".to_owned())), Isolation::Process, Duration::ZERO);
         let (_data, slot) = slot();

@@ -117,7 +117,9 @@ async fn connect(
                 if tx.send((received, job)).is_err() {
                     return;
                 }
-                session.send(agent_message::Kind::Result(result)).await;
+                if session.send(agent_message::Kind::Result(result)).await.is_err() {
+                    return;
+                }
             }
         });
     }

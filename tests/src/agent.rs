@@ -141,15 +141,19 @@ impl WorkSession {
         }
     }
 
-    /// Sends a heartbeat naming `running` jobs.
-    pub async fn heartbeat(&self, running: &[&str]) {
+    /// Sends a heartbeat naming `running` jobs; `Err` once the stream is closed.
+    pub async fn heartbeat(&self, running: &[&str]) -> Result<(), tonic::Status> {
         let heartbeat = Heartbeat { running_job_ids: running.iter().map(|s| (*s).to_owned()).collect() };
-        let _ = self.outbound.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await;
+        self.send(agent_message::Kind::Heartbeat(heartbeat)).await
     }
 
-    /// Sends `kind`.
-    pub async fn send(&self, kind: agent_message::Kind) {
-        let _ = self.outbound.send(AgentMessage { kind: Some(kind) }).await;
+    /// Sends `kind`; `Err` once the stream is closed (the call ended: the broker's status, if
+    /// it sent one, comes on the inbound side).
+    pub async fn send(&self, kind: agent_message::Kind) -> Result<(), tonic::Status> {
+        self.outbound
+            .send(AgentMessage { kind: Some(kind) })
+            .await
+            .map_err(|_| tonic::Status::cancelled("the work stream is closed"))
     }
 }
 

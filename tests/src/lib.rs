@@ -22,7 +22,7 @@ pub mod postgres;
 pub mod pyjwt;
 pub mod regopy;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,10 +63,90 @@ pub fn venv() -> PathBuf {
     venv
 }
 
-/// A loopback address with a currently free port.
+/// A loopback address for a server whose address must be known before it starts: the broker's
+/// (its issuer URL is in its configuration), an agent endpoint that must keep its port across
+/// restarts, OpenBao's (it derives its API address and cluster port from it), PostgreSQL's (no
+/// port 0). Peers that can report the port they bound use port 0 instead (moto).
+///
+/// Binding port 0 and dropping the listener would race: until the peer binds, the kernel may hand
+/// the port to any other test's outgoing connection or port-0 bind. So the port comes from below
+/// the kernel's ephemeral range, which neither ever uses, and it is reserved against other test
+/// processes by an exclusive lock on a file named after it, held until this process exits. A
+/// bind checks that nothing else (a peer left over from a killed test, say) holds it.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local_addr")
+    ports::reserve(1)
+}
+
+/// Two consecutive free loopback ports, reserved like [`free_addr`]'s; the first is returned
+/// (OpenBao listens for its cluster on the port after its API's).
+pub fn free_addr_pair() -> SocketAddr {
+    ports::reserve(2)
+}
+
+mod ports {
+    use std::fs::{File, OpenOptions, TryLockError};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+    use std::sync::{Mutex, PoisonError};
+
+    /// The locks this process holds (released by the kernel when it exits, however it exits).
+    static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+    /// The lowest port handed out.
+    const LOWEST: u16 = 20_000;
+
+    /// The first port the kernel uses for ephemeral ports (`ip_local_port_range`).
+    fn ephemeral_start() -> u16 {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
+            .unwrap_or(32_768)
+    }
+
+    /// `count` consecutive ports, locked and bindable; the first as a loopback address.
+    pub(super) fn reserve(count: u16) -> SocketAddr {
+        let dir = std::env::temp_dir().join("keyward-test-ports");
+        std::fs::create_dir_all(&dir).expect("the port reservation directory");
+        let end = ephemeral_start().max(LOWEST + 1_000);
+        let span = end - LOWEST - count;
+        // Start somewhere different in each process, so concurrent tests rarely contend.
+        let mut seed = [0_u8; 2];
+        getrandom(&mut seed);
+        let offset = u16::from_le_bytes(seed) % span;
+        for step in 0..span {
+            let first = LOWEST + (offset + step) % span;
+            let mut locks = Vec::new();
+            for port in first..first + count {
+                match lock(&dir, port) {
+                    Some(file) if bindable(port) => locks.push(file),
+                    _ => break,
+                }
+            }
+            if locks.len() == usize::from(count) {
+                HELD.lock().unwrap_or_else(PoisonError::into_inner).extend(locks);
+                return SocketAddr::from((Ipv4Addr::LOCALHOST, first));
+            }
+        }
+        panic!("no free loopback port between {LOWEST} and {end}");
+    }
+
+    /// An exclusive lock on `port`'s file, unless another process holds it.
+    fn lock(dir: &std::path::Path, port: u16) -> Option<File> {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())).ok()?;
+        match file.try_lock() {
+            Ok(()) => Some(file),
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Error(error)) => panic!("cannot lock a port reservation: {error}"),
+        }
+    }
+
+    fn bindable(port: u16) -> bool {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    }
+
+    /// Random bytes from the kernel.
+    fn getrandom(bytes: &mut [u8]) {
+        use std::io::Read as _;
+        File::open("/dev/urandom").and_then(|mut f| f.read_exact(bytes)).expect("/dev/urandom");
+    }
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.

@@ -1,4 +1,4 @@
-//! A real OpenBao dev server (the Vault API) on a free loopback port, from the pinned venv.
+//! A real OpenBao dev server (the Vault API) on a reserved loopback port, from the pinned venv.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{eventually, free_addr, http, venv};
+use crate::{eventually, free_addr_pair, http, venv};
 
 /// A running `bao server -dev`, killed on drop.
 #[allow(missing_debug_implementations)]
@@ -48,9 +48,11 @@ impl Login {
 }
 
 impl OpenBao {
-    /// Starts a dev server; `dir` receives its log.
+    /// Starts a dev server; `dir` receives its log. Not on port 0: OpenBao derives its API
+    /// address (the `iss` of its identity tokens) from the configured one, and listens for its
+    /// cluster on the next port, so both are reserved up front.
     pub async fn start(dir: &Path) -> Self {
-        let addr = free_addr();
+        let addr = free_addr_pair();
         let root_token = "keyward-test-root".to_owned();
         let log = dir.join("openbao.log");
         let child = Command::new(venv().join("bin/bao"))

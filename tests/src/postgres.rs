@@ -112,25 +112,27 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
-    /// Stops the server now (immediate shutdown, like a crash or a network cut for clients).
+    /// Stops the server now (immediate shutdown, like a crash or a network cut for clients),
+    /// failing the test if it does not stop.
     pub fn stop(&self) {
         let data = self.dir.path().join("data");
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
-                .output()
-        } else {
-            Command::new(self.bin.join("pg_ctl"))
-                .args(["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
-                .output()
-        };
+        run_as_owner(&self.bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
     }
 }
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        self.stop();
+        // Best effort: the server may be stopped already (a test stopped it), and a panic here
+        // would hide the test's own failure.
+        let data = self.dir.path().join("data");
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(pg_ctl);
+            command
+        } else {
+            Command::new(pg_ctl)
+        };
+        let _ = command.arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
     }
 }

@@ -83,7 +83,7 @@ impl Signing {
 }
 
 async fn send(session: &mut WorkSession, chunk: SignedLogChunk) -> LogReceipt {
-    session.send(agent_message::Kind::LogChunk(chunk)).await;
+    session.send(agent_message::Kind::LogChunk(chunk)).await.expect("the work stream is open");
     session.next_receipt(Duration::from_secs(10)).await.expect("the stream is open").expect("a receipt")
 }
 
@@ -177,7 +177,7 @@ async fn bad_chunks(database_url: Option<&str>) {
         log_chunks: 2,
         ..JobResult::default()
     };
-    session.send(agent_message::Kind::Result(result)).await;
+    session.send(agent_message::Kind::Result(result)).await.expect("the work stream is open");
     let finished = eventually("the plan's end on record", Duration::from_secs(20), || {
         let store = &store;
         let run_id = run_id.clone();
@@ -235,7 +235,8 @@ async fn bad_chunks(database_url: Option<&str>) {
     let noise = Signing::new(&holder_key, &other_job);
     let mut ended = None;
     for _ in 0..20 {
-        session.send(agent_message::Kind::LogChunk(noise.chunk(0, &GENESIS, "noise"))).await;
+        // Once the broker has cut the stream a send fails; its status then comes below.
+        let _closed = session.send(agent_message::Kind::LogChunk(noise.chunk(0, &GENESIS, "noise"))).await;
         match session.next_receipt(Duration::from_secs(10)).await {
             Ok(Some(_)) => {}
             Ok(None) => break,

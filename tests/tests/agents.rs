@@ -13,18 +13,18 @@ use keyward_broker::identity::kek::Kek;
 use keyward_broker::store::Store;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
-    AgentMessage, CredentialsRequest, EnrollRequest, Hello, JobAssignment, PlanPart, RenewRequest,
+    AgentMessage, BrokerMessage, CredentialsRequest, EnrollRequest, Hello, JobAssignment, PlanPart, RenewRequest,
     SourceCredentialsRequest, agent_message,
 };
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, channel, enroll_in_process, join, pem};
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
-use keyward_tests::{eventually, free_addr, workspace_root};
+use keyward_tests::{eventually, free_addr, now, workspace_root};
 use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
 use tonic::transport::Identity;
+use tonic::{Code, Streaming};
 
 /// A phase command that takes a while during `phase`, is quick otherwise, and appends the job ID
 /// to `marks` when it completes.
@@ -37,11 +37,18 @@ fn json(output: &Output) -> Value {
     serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
-/// A broker config with the agent endpoint on `agents` (lease 3 s, so crashes show quickly).
-fn config(dir: &Path, addr: std::net::SocketAddr, agents: std::net::SocketAddr, storage: &str) -> PathBuf {
+/// How long a lease lasts without a heartbeat where no test waits for one to expire: long enough
+/// that no stall of a loaded machine expires a live agent's lease.
+const LEASE: &str = "30s";
+/// The lease where a test waits for crashed agents' leases to expire. Agents heartbeat every
+/// third of it, so a live lease survives a stall of four seconds.
+const SHORT_LEASE: &str = "6s";
+
+/// A broker config with the agent endpoint on `agents` and leases of `lease`.
+fn config(dir: &Path, addr: std::net::SocketAddr, agents: std::net::SocketAddr, storage: &str, lease: &str) -> PathBuf {
     let config = dir.join(format!("keyward-{}.toml", addr.port()));
     let rest = format!(
-        "[policy]\ndir = \"{}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"3s\"\npoll_interval = \"200ms\"\n",
+        "[policy]\ndir = \"{}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"{lease}\"\npoll_interval = \"200ms\"\n",
         workspace_root().join("policies").display()
     );
     let data_dir = dir.join(format!("broker-{}", addr.port()));
@@ -58,7 +65,7 @@ async fn serve(config: &Path, addr: std::net::SocketAddr, envs: &[(&str, &str)],
 
 async fn start(dir: &Path) -> Broker {
     let addr = free_addr();
-    serve(&config(dir, addr, free_addr(), ""), addr, &[], None).await
+    serve(&config(dir, addr, free_addr(), "", LEASE), addr, &[], None).await
 }
 
 /// Where a test broker keeps its state: SQLite in its data directory, or a PostgreSQL database.
@@ -122,26 +129,34 @@ async fn leased(broker: &Broker, run_id: &str) -> Value {
     .await
 }
 
-/// Opens a work stream with `identity` and returns the first error the broker sends, if any.
-async fn work_refusal(endpoint: &str, ca_pem: &str, identity: Identity) -> Option<String> {
-    let channel = match channel(endpoint, ca_pem, Some(identity)).await {
-        Ok(channel) => channel,
-        Err(error) => return Some(error),
-    };
+/// Opens a work stream with `identity`, saying Hello as agent version `version`. The broker
+/// answers a work stream only once it has checked the caller's certificate and recorded its
+/// Hello, so `Ok` (the open stream) is its acceptance; `Err` is its refusal, or the TLS layer's.
+async fn open_work(
+    endpoint: &str,
+    ca_pem: &str,
+    identity: Identity,
+    version: &str,
+) -> Result<Streaming<BrokerMessage>, String> {
+    let channel = channel(endpoint, ca_pem, Some(identity)).await?;
     let mut client = AgentServiceClient::new(channel);
     let hello = AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1, ..Hello::default() })),
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_version: version.into(),
+            capacity: 1,
+            ..Hello::default()
+        })),
     };
-    match client.work(tokio_stream::iter(vec![hello])).await {
-        Ok(response) => {
-            let mut stream = response.into_inner();
-            match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
-                Ok(Err(status)) => Some(format!("{status:?}")),
-                _ => None,
-            }
-        }
-        Err(status) => Some(format!("{status:?}")),
-    }
+    client
+        .work(tokio_stream::iter(vec![hello]))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| format!("{status:?}"))
+}
+
+/// The agent version the broker last recorded a Hello from for `agent_id`.
+fn recorded_version(broker: &Broker, agent_id: &str) -> Value {
+    json(&broker.cli(&["agent", "show", agent_id, "--json"]))["version"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,10 +175,13 @@ async fn lifecycle(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::init(&dir.path().join("infra"));
     let addr = free_addr();
-    let broker = serve(&config(dir.path(), addr, free_addr(), backend.storage()), addr, &backend.envs(), None).await;
+    let broker =
+        serve(&config(dir.path(), addr, free_addr(), backend.storage(), LEASE), addr, &backend.envs(), None).await;
     let marks = dir.path().join("marks");
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker, &repo, "net", "blue");
+    // A token that expires in a second, used once the steps below have let it expire.
+    let short = json(&broker.cli(&["pool", "join-token", "blue", "--ttl", "1s", "--json"]));
 
     // Enroll: the token works once.
     let first = token(&broker, "blue", "10m");
@@ -171,11 +189,6 @@ async fn lifecycle(backend: Backend) {
     let (reused, _, stderr) = join(&broker.addr, &first, &dir.path().join("a-reuse"));
     assert!(!reused && stderr.contains("already used"), "{stderr}");
     assert!(!dir.path().join("a-reuse/key.pem").exists(), "a refused enrollment leaves no identity");
-    // An expired token is refused.
-    let short = token(&broker, "blue", "1s");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (expired, _, stderr) = join(&broker.addr, &short, &dir.path().join("a-expired"));
-    assert!(!expired && stderr.contains("expired"), "{stderr}");
     // A token for an unknown pool cannot even be issued.
     let unknown = broker.cli(&["pool", "join-token", "nope"]);
     assert!(!unknown.success && unknown.stderr.contains("no pool named `nope`"), "{}", unknown.stderr);
@@ -216,6 +229,15 @@ async fn lifecycle(backend: Backend) {
     assert!(logs.stdout.contains("an --exec command, not terraform"), "{}{}", logs.stdout, logs.stderr);
     assert!(!logs.stdout.contains(", terraform "), "an --exec job's log claims no Terraform: {}", logs.stdout);
 
+    // The one-second token has expired by now (the broker's clock is this machine's, in whole
+    // seconds; on a fast machine this waits out the rest of the second): it is refused.
+    let expires_at = short["expires_at"].as_i64().unwrap();
+    if let Ok(left) = u64::try_from(expires_at - now()) {
+        tokio::time::sleep(Duration::from_secs(left)).await;
+    }
+    let (expired, _, stderr) = join(&broker.addr, short["token"].as_str().unwrap(), &dir.path().join("a-expired"));
+    assert!(!expired && stderr.contains("expired"), "{stderr}");
+
     // A second agent that is slow to plan; the quick one drains so the slow one gets the job.
     let drained = broker.cli(&["agent", "drain", &quick.id]);
     assert!(drained.stdout.starts_with(&format!("agent {} drained: ", quick.id)), "{}", drained.stderr);
@@ -242,17 +264,16 @@ async fn lifecycle(backend: Backend) {
     assert!(quick.wait_exit(Duration::from_secs(15)).success(), "{}", quick.log_text());
 
     let audit = backend.audit(&broker).await;
-    for kind in [
-        "pool.created",
-        "join_token.created",
-        "agent.enrolled",
-        "agent.enroll_refused",
-        "agent.draining",
-        "agent.revoked",
+    for (kind, count) in [
+        ("pool.created", 1),
+        ("join_token.created", 3),
+        ("agent.enrolled", 2),
+        ("agent.enroll_refused", 2),
+        ("agent.draining", 1),
+        ("agent.revoked", 1),
     ] {
-        assert!(audit.count(kind).await >= 1, "no {kind} entry");
+        assert_eq!(audit.count(kind).await, count, "{kind} entries");
     }
-    assert_eq!(audit.count("agent.enrolled").await, 2);
     let ended = audit.referencing(&format!("run:{run_id}")).await;
     assert!(ended.iter().any(|e| e.kind == "lease_ended" && e.details.contains("agent revoked")), "{ended:?}");
     audit.check_tree().await;
@@ -314,8 +335,10 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     let agent_id = enrolled.agent_id.clone();
     let mine = Identity::from_pem(pem("CERTIFICATE", &enrolled.certificate_der), key.serialize_pem());
 
-    // Control: the real certificate opens a work stream.
-    assert_eq!(work_refusal(&endpoint, &ca_pem, mine).await, None, "a valid agent certificate is accepted");
+    // Control: the real certificate opens a work stream, and the broker records its Hello.
+    let control = open_work(&endpoint, &ca_pem, mine, "control").await;
+    assert!(control.is_ok(), "a valid agent certificate is refused: {:?}", control.err());
+    assert_eq!(recorded_version(&broker, &agent_id), "control");
 
     // No certificate at all: only Enroll is open.
     let mut anonymous = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
@@ -337,7 +360,8 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let forged = params.signed_by(&key, &foreign).unwrap();
     let forged = Identity::from_pem(forged.pem(), key.serialize_pem());
-    assert!(work_refusal(&endpoint, &ca_pem, forged).await.is_some(), "a certificate from another CA was accepted");
+    let refused = open_work(&endpoint, &ca_pem, forged, "forged").await;
+    assert!(refused.is_err(), "a certificate from another CA was accepted");
 
     // An expired certificate from the real CA: refused too.
     let store = Store::open(&DatabaseLocation::Sqlite(broker.data_dir.join("keyward.db"))).await.unwrap();
@@ -346,12 +370,16 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     let (key, der) = csr(vec![]);
     let expired = real_ca.issue_agent(&der, "blue", &agent_id, 3600, keyward_tests::now() - 7200).unwrap();
     let expired = Identity::from_pem(pem("CERTIFICATE", &expired.der), key.serialize_pem());
-    assert!(work_refusal(&endpoint, &ca_pem, expired).await.is_some(), "an expired certificate was accepted");
+    let refused = open_work(&endpoint, &ca_pem, expired, "expired").await;
+    assert!(refused.is_err(), "an expired certificate was accepted");
+    assert_eq!(recorded_version(&broker, &agent_id), "control", "no refused stream said Hello");
     // …while a current one from the same CA works (the refusal above was about expiry).
     let (key, der) = csr(vec![]);
     let current = real_ca.issue_agent(&der, "blue", &agent_id, 3600, keyward_tests::now()).unwrap();
     let current = Identity::from_pem(pem("CERTIFICATE", &current.der), key.serialize_pem());
-    assert_eq!(work_refusal(&endpoint, &ca_pem, current).await, None);
+    let accepted = open_work(&endpoint, &ca_pem, current, "current").await;
+    assert!(accepted.is_ok(), "a current certificate is refused: {:?}", accepted.err());
+    assert_eq!(recorded_version(&broker, &agent_id), "current");
 
     // Exactly one agent exists: no refusal left a partial enrollment behind.
     let agents = json(&broker.cli(&["agent", "list", "--json"]));
@@ -377,7 +405,7 @@ async fn crashes_and_restarts(backend: Backend) {
     let marks = dir.path().join("marks");
     let envs = backend.envs();
     let addr = free_addr();
-    let config = config(dir.path(), addr, free_addr(), backend.storage());
+    let config = config(dir.path(), addr, free_addr(), backend.storage(), SHORT_LEASE);
     let broker = serve(&config, addr, &envs, None).await;
     json(&broker.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker, &repo, "net", "blue");
@@ -441,7 +469,7 @@ async fn crashes_and_restarts(backend: Backend) {
     // one, asks the broker address it enrolled with, follows, and remembers.
     broker.terminate();
     let moved = free_addr();
-    let config = self::config(dir.path(), addr, moved, backend.storage());
+    let config = self::config(dir.path(), addr, moved, backend.storage(), SHORT_LEASE);
     let broker = serve(&config, addr, &envs, Some(&admin)).await;
     let third = submit(&broker, "net");
     let run = run_in(&broker, &third, &["finished"]).await;
@@ -458,7 +486,7 @@ async fn crashes_and_restarts(backend: Backend) {
     lines.dedup();
     assert_eq!(lines.len(), total, "a job ran twice: {marked}");
     let audit = backend.audit(&broker).await;
-    assert!(audit.count("job.lease_ended").await >= 2);
+    assert_eq!(audit.count("job.lease_ended").await, 2, "the two crashed leases expired");
     audit.check_tree().await;
 }
 
@@ -472,28 +500,35 @@ async fn two_postgres_brokers_share_the_queue_and_every_job_runs_once() {
     let storage = "database_url_env = \"KW_DATABASE_URL\"";
     let envs = [("KW_DATABASE_URL", database_url.as_str())];
     let (addr_a, addr_b) = (free_addr(), free_addr());
-    let broker_a = serve(&config(dir.path(), addr_a, free_addr(), storage), addr_a, &envs, None).await;
+    let broker_a = serve(&config(dir.path(), addr_a, free_addr(), storage, LEASE), addr_a, &envs, None).await;
     let admin = broker_a.admin_token.clone();
-    let broker_b = serve(&config(dir.path(), addr_b, free_addr(), storage), addr_b, &envs, Some(&admin)).await;
+    let broker_b = serve(&config(dir.path(), addr_b, free_addr(), storage, LEASE), addr_b, &envs, Some(&admin)).await;
     json(&broker_a.cli(&["pool", "create", "blue", "--json"]));
     stack(&broker_a, &repo, "net", "blue");
+    // The first four jobs wait until four have started: with one job per agent, every agent (two
+    // on each broker's endpoint) holds one at once, so both brokers hand out work.
+    let started = dir.path().join("started");
+    let exec = format!(
+        "echo \"$KEYWARD_JOB_ID\" >> '{started}'; while [ \"$(wc -l < '{started}')\" -lt 4 ]; do sleep 0.05; done; {}",
+        slow_in("never", &marks),
+        started = started.display()
+    );
     let mut agents = Vec::new();
     for (i, broker) in [&broker_a, &broker_b, &broker_a, &broker_b].into_iter().enumerate() {
         let data = dir.path().join(format!("agent-{i}"));
-        agents.push(Agent::enroll_and_run(
-            &broker.addr,
-            &token(broker, "blue", "10m"),
-            &data,
-            &slow_in("never", &marks),
-        ));
+        agents.push(Agent::enroll_and_run(&broker.addr, &token(broker, "blue", "10m"), &data, &exec));
     }
     let runs: Vec<String> = (0..8).map(|i| submit(if i % 2 == 0 { &broker_a } else { &broker_b }, "net")).collect();
     let mut jobs = 0;
+    let mut served = std::collections::BTreeSet::new();
     for run_id in &runs {
         let run = run_in(&broker_a, run_id, &["finished"]).await;
         jobs += run["jobs"].as_array().unwrap().len();
+        served.extend(run["jobs"].as_array().unwrap().iter().map(|j| j["agent_id"].as_str().unwrap().to_owned()));
     }
     assert_eq!(jobs, 16);
+    let all: std::collections::BTreeSet<String> = agents.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(served, all, "every agent, on either broker's endpoint, ran jobs");
     let marked = std::fs::read_to_string(&marks).unwrap();
     let mut lines: Vec<&str> = marked.lines().collect();
     lines.sort_unstable();
@@ -501,8 +536,6 @@ async fn two_postgres_brokers_share_the_queue_and_every_job_runs_once() {
     assert_eq!((lines.len(), marked.lines().count()), (16, 16), "every job ran exactly once: {marked}");
     let store = Store::open(&DatabaseLocation::Postgres(database_url.clone())).await.unwrap();
     assert_eq!(store.audit_count("job.leased").await.unwrap(), 16, "one lease per job, across both brokers");
-    let served: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
-    assert_eq!(served.len(), 4);
 }
 
 /// The certificate inside an enrollment answer: (serial as hex, notBefore, notAfter, URI SANs).
@@ -654,7 +687,7 @@ async fn holding_a_plan(broker: &Broker, dir: &Path) -> (String, WorkSession, Jo
     let mut session = WorkSession::open(&endpoint, &ca, identity, 1).await.expect("work stream");
     submit(broker, "net");
     let job = session.next_assignment(Duration::from_secs(20)).await.expect("the plan job");
-    session.heartbeat(&[&job.job_id]).await;
+    session.heartbeat(&[&job.job_id]).await.expect("the lease holder's heartbeat");
     (agent_id, session, job)
 }
 

@@ -131,7 +131,9 @@ async fn trace_answers_why_an_access_key_existed_and_exports_verify_offline() {
     {
         assert!(!json_trace.stdout.contains(secret), "a secret is in the audit log");
     }
-    assert!(audit_cli(&broker, &["trace", "no-such-run"]).stderr.contains("nothing in the audit log refers to"));
+    let missing = audit_cli(&broker, &["trace", "no-such-run"]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(missing.stderr.contains("nothing in the audit log refers to"), "{missing:?}");
 
     // `keyward audit trace … | head`: a reader that went away ends the command quietly (status 0,
     // nothing on stderr), never a panic. The pipe's read end is closed before the command starts.

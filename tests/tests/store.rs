@@ -133,7 +133,8 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
     // reaches the writer: nothing of it is written, not even its valid first entry, and the log
     // stays healthy for everyone else.
     let broken = vec![event(Kind::TokenMinted, "run-c", "c1"), event(Kind::TokenMinted, "run-c", "c2").with("x", 1.5)];
-    assert!(log.append(Append::events(broken)).await.is_err());
+    let refused = log.append(Append::events(broken)).await.unwrap_err();
+    assert!(matches!(&refused, StoreError::Corrupt(why) if why.contains("integers only")), "{refused:?}");
     assert!(log.stats().healthy());
     assert!(audit.for_run("run-c").await.is_empty(), "the refused append left nothing behind");
     assert_eq!(audit.check_tree().await, 3);
@@ -142,7 +143,8 @@ async fn audit_entries(location: &DatabaseLocation, store: &Store, log: &AuditLo
     let gone = Store::open(location).await.unwrap();
     let broken_log = AuditLog::start(gone.clone());
     gone.close().await;
-    assert!(broken_log.append(Append::events(vec![event(Kind::TokenMinted, "run-d", "d1")])).await.is_err());
+    let failed = broken_log.append(Append::events(vec![event(Kind::TokenMinted, "run-d", "d1")])).await.unwrap_err();
+    assert!(matches!(failed, StoreError::Append(_)), "the commit failed: {failed:?}");
     assert!(!broken_log.stats().healthy() && broken_log.stats().failed_commits() == 1);
     assert!(audit.for_run("run-d").await.is_empty());
 }
@@ -174,7 +176,8 @@ async fn replay_cache(store: &Store, log: &AuditLog) {
     // All or nothing: an append that cannot be written does not take the claim it came with.
     let mut broken = claiming(ci, "j5", T0 + 300, "r5");
     broken.events.push(event(Kind::CredentialsIssued, "run-r", "r5-bad").with("ratio", 0.5));
-    assert!(log.append(broken).await.is_err());
+    let refused = log.append(broken).await.unwrap_err();
+    assert!(matches!(&refused, StoreError::Corrupt(why) if why.contains("integers only")), "{refused:?}");
     assert_eq!(log.append(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
 
     assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 4, "expired entries go (j1 twice, contested, j5)");

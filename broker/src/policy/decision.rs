@@ -63,6 +63,13 @@ impl Decision {
         }
     }
 
+    /// A deny because evaluation ran past its time `limit`, saying so rather than "failed": an
+    /// operator reading the audit log can tell a slow policy from a broken one.
+    pub(crate) fn timed_out(kind: PolicyKind, limit: std::time::Duration, policy_digest: String) -> Self {
+        let reason = format!("policy evaluation ran past its time limit of {}", humantime::format_duration(limit));
+        Self { reasons: vec![reason], ..Self::failed(kind, String::new(), policy_digest) }
+    }
+
     /// Interprets the package document (or just its output rules) a policy produced.
     pub fn from_document(kind: PolicyKind, document: &serde_json::Value, policy_digest: String) -> Self {
         let messages = |rule: &str| -> Result<Vec<String>, String> {

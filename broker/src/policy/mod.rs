@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use cases::{CaseOutcome, CaseReport, run_cases};
 pub use decision::{Decision, Outcome};
 pub use schema::input_schema;
-pub use set::{PolicyError, PolicySet};
+pub use set::{EvalError, PolicyError, PolicySet};
 
 /// The four policy types and the package each is evaluated in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

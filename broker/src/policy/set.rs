@@ -53,6 +53,21 @@ pub enum PolicyError {
     UnknownKind(String),
 }
 
+/// Why an evaluation produced no document. Either way the decision is a deny (a pending approval),
+/// but the reason on record says which: a policy that ran out of time is not a policy that broke.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The input is not a JSON object.
+    #[error("the input must be a JSON object")]
+    NotAnObject,
+    /// Evaluation ran past the set's time limit (`policy.evaluation_timeout`).
+    #[error("ran past its time limit of {}", humantime::format_duration(*.0))]
+    TimeLimit(Duration),
+    /// Evaluation failed: a built-in's error, conflicting outputs, a limit other than time.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A compiled policy directory. Immutable; each decision evaluates a clone of its engine.
 ///
 /// Decisions run on regorus's interpreter, not its bytecode VM: in regorus 0.14.1 the VM turns a
@@ -62,6 +77,7 @@ pub enum PolicyError {
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
+    timeout: Duration,
     digest: String,
     files: Vec<String>,
     packages: Vec<String>,
@@ -163,7 +179,7 @@ impl PolicySet {
                 }
             }
         }
-        Ok(Self { engine, digest: hex(hasher.finish().as_ref()), files, packages })
+        Ok(Self { engine, timeout, digest: hex(hasher.finish().as_ref()), files, packages })
     }
 
     /// SHA-256 over the set's file names and contents.
@@ -187,24 +203,31 @@ impl PolicySet {
     pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
         match self.outputs(kind, input) {
             Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
-            Err(error) => Decision::failed(kind, error, self.digest.clone()),
+            Err(EvalError::TimeLimit(limit)) => Decision::timed_out(kind, limit, self.digest.clone()),
+            Err(error) => Decision::failed(kind, error.to_string(), self.digest.clone()),
         }
     }
 
     /// The raw output rules (`allow`, `deny`, …) the policy produced for `input`, before they are
     /// interpreted as a [`Decision`]. `Err` when evaluation failed (an error, a limit).
-    pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, String> {
+    pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, EvalError> {
         if !input.is_object() {
-            return Err("the input must be a JSON object".to_owned());
+            return Err(EvalError::NotAnObject);
         }
         let mut engine = self.engine.clone();
         engine.set_input(regorus::Value::from(input));
-        let results = engine.eval_query(format!("data.{}", kind.package()), false).map_err(|e| e.to_string())?;
+        let results =
+            engine.eval_query(format!("data.{}", kind.package()), false).map_err(|error| match error
+                .downcast_ref::<regorus::LimitError>()
+            {
+                Some(regorus::LimitError::TimeLimitExceeded { .. }) => EvalError::TimeLimit(self.timeout),
+                _ => EvalError::Failed(error.to_string()),
+            })?;
         // No result: the package is undefined for this input, which is a deny by default.
         let Some(value) = results.result.first().and_then(|r| r.expressions.first()).map(|e| &e.value) else {
             return Ok(serde_json::Value::Object(serde_json::Map::new()));
         };
-        let document = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        let document = serde_json::to_value(value).map_err(|e| EvalError::Failed(e.to_string()))?;
         let mut outputs = serde_json::Map::new();
         for rule in output_rules(kind) {
             if let Some(value) = document.get(*rule) {
@@ -333,10 +356,12 @@ deny contains "slow" if {
 "#)?;
         let bad_builtin = set.decide(PolicyKind::Credentials, json!({"x": "not a number"}));
         assert_eq!(bad_builtin.outcome, Outcome::Deny);
-        assert!(bad_builtin.reasons[0].starts_with("policy evaluation failed"), "{bad_builtin:?}");
+        assert!(bad_builtin.reasons[0].starts_with("policy evaluation failed: "), "{bad_builtin:?}");
+        assert!(bad_builtin.reasons[0].contains("could not parse string as number"), "{bad_builtin:?}");
+        // A time limit is a deny too, and says so: the two are told apart in the audit log.
         let slow = set.decide(PolicyKind::Credentials, json!({"x": "1"}));
         assert_eq!(slow.outcome, Outcome::Deny);
-        assert!(slow.reasons[0].contains("policy evaluation failed"), "{slow:?}");
+        assert_eq!(slow.reasons, ["policy evaluation ran past its time limit of 200ms"], "{slow:?}");
         let not_object = set.decide(PolicyKind::Credentials, json!([1]));
         assert_eq!(not_object.outcome, Outcome::Deny);
         Ok(())
