@@ -17,7 +17,9 @@ use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
 use keyward_broker::store::{Backend, Store, StoreError};
 use keyward_tests::audit::Audit;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::postgres::PgCluster;
+use keyward_tests::free_addr;
 
 const T0: i64 = 1_800_000_000;
 
@@ -47,6 +49,41 @@ async fn postgres_errors_never_print_the_password() {
     let error = Store::open(&DatabaseLocation::Postgres(url)).await.unwrap_err().to_string();
     assert!(error.contains("no_such_db"), "names the database: {error}");
     assert!(!error.contains("s3cret-pw"), "leaks the password: {error}");
+}
+
+/// Security review L2: the data directory and the SQLite files are the broker's alone, whatever the
+/// directory's mode was (here 0755, as systemd's `StateDirectory=` makes it) and the file's (0644).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_and_database_files_are_private_after_serve_and_dev_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path| format!("{:o}", std::fs::metadata(path).unwrap().permissions().mode() & 0o7777);
+    let open_up = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serve_dir = dir.path().join("serve");
+    std::fs::create_dir(&serve_dir).unwrap();
+    open_up(&serve_dir, 0o755);
+    std::fs::write(serve_dir.join("keyward.db"), b"").unwrap();
+    open_up(&serve_dir.join("keyward.db"), 0o644);
+    let dev_dir = dir.path().join("dev");
+    std::fs::create_dir(&dev_dir).unwrap();
+    open_up(&dev_dir, 0o755);
+
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    write_config(&config, addr, &serve_dir, &ConfigExtra::default());
+    let serve = Broker::serve(&config, &serve_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let dev = Broker::dev(&dev_dir).await;
+    for (broker, data_dir) in [(&serve, &serve_dir), (&dev, &dev_dir)] {
+        assert_eq!(mode(data_dir), "700", "{}", data_dir.display());
+        // Running in WAL mode: the write-ahead log and its index exist now.
+        for file in ["keyward.db", "keyward.db-wal", "keyward.db-shm"] {
+            assert_eq!(mode(&data_dir.join(file)), "600", "{}/{file}", data_dir.display());
+        }
+        let log = broker.log_text();
+        assert!(log.contains("the data directory was open to other users; it is now 0700"), "{log}");
+    }
 }
 
 async fn suite(location: &DatabaseLocation) {

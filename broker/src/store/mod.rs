@@ -7,6 +7,7 @@
 mod agents;
 mod api_tokens;
 pub(crate) mod audit;
+pub mod files;
 mod logs;
 mod replay;
 mod runs;
@@ -43,13 +44,25 @@ pub enum StoreError {
         /// Why.
         source: sqlx::Error,
     },
-    /// Could not create the directory for the SQLite file.
-    #[error("cannot create data directory {path}: {source}")]
+    /// Could not create the directory for the SQLite file, or make it or the file private.
+    #[error("cannot create or restrict {path}: {source}")]
     DataDir {
-        /// The directory.
+        /// The directory or file.
         path: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// The data directory belongs to another user, who could open it to others again.
+    #[error(
+        "data directory {path} is owned by uid {owner}, not by the broker's uid {uid}: run `chown {uid} {path}`, or choose another storage.data_dir"
+    )]
+    DataDirOwner {
+        /// The directory.
+        path: String,
+        /// Its owner.
+        owner: u32,
+        /// The broker's effective uid.
+        uid: u32,
     },
     /// Schema migration failed.
     #[error("cannot migrate database {location}: {source}")]
@@ -113,7 +126,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, url, described) = match location {
             DatabaseLocation::Sqlite(path) => {
-                create_parent_dir(path)?;
+                if path.as_os_str() != ":memory:" {
+                    files::private_database(path)?;
+                }
                 let url = format!("sqlite://{}?mode=rwc", sqlite_url_path(path)?);
                 (Backend::Sqlite, url, format!("sqlite:{}", path.display()))
             }
@@ -211,11 +226,6 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
 }
 
 /// The path part of an sqlx SQLite URL: sqlx percent-decodes it, so `%`, `?` and `#` in a
