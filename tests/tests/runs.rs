@@ -69,7 +69,8 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let store = Store::open(location).await.unwrap();
     let log = AuditLog::start(store.clone());
     let engine = PolicyEngine::load(&workspace_root().join("policies"), Duration::from_millis(500)).unwrap();
-    let runs = Runs::new(store.clone(), log, Some(Arc::new(engine)), &[], Arc::new(ManualClock::at(T0)));
+    let kek = Arc::new(keyward_broker::identity::kek::Kek::generate());
+    let runs = Runs::new(store.clone(), log, Some(Arc::new(engine)), &[], Arc::new(ManualClock::at(T0)), kek);
     let audit = Audit(store.clone());
     let repo = GitRepo::init(&dir.join("infra"));
     repo.commit("variables.tf", "variable \"x\" {\n  default = 1\n}\n");

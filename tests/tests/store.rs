@@ -19,7 +19,8 @@ use keyward_broker::store::{Backend, Store, StoreError};
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::postgres::PgCluster;
-use keyward_tests::free_addr;
+use keyward_tests::{free_addr, workspace_root};
+use sqlx::SqlSafeStr as _;
 
 const T0: i64 = 1_800_000_000;
 
@@ -30,6 +31,10 @@ async fn sqlite_backend_passes_the_store_suite() {
     let store = Store::open(&location).await.unwrap();
     assert_eq!(store.backend(), Backend::Sqlite);
     suite(&location).await;
+    plans_stored_in_the_clear_are_emptied_by_migration_0011(&DatabaseLocation::Sqlite(
+        dir.path().join("legacy/keyward.db"),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,6 +45,10 @@ async fn postgres_backend_passes_the_store_suite() {
     assert_eq!(store.backend(), Backend::Postgres);
     assert!(!store.location().contains("password"));
     suite(&location).await;
+    plans_stored_in_the_clear_are_emptied_by_migration_0011(&DatabaseLocation::Postgres(
+        cluster.database("keyward_legacy"),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,4 +304,85 @@ async fn signing_keys_across_replicas(location: &DatabaseLocation) {
     clock.advance(3600 + 10 + 1);
     a.refresh().await.unwrap();
     assert_eq!(a.published_keys(), 2, "the retired key is pruned after its last token expired plus skew");
+}
+
+/// Security review L2: a saved plan stored before plans were sealed holds the plan file and its
+/// JSON in the clear. Migration 0011 empties both (SQL cannot seal; the apply then refuses the
+/// plan and says to plan again), keeps the digest and verdict, and on SQLite zeroes the freed
+/// pages, so no copy stays in the file.
+async fn plans_stored_in_the_clear_are_emptied_by_migration_0011(location: &DatabaseLocation) {
+    const FILE_SECRET: &str = "legacy-plan-Secr3t";
+    const JSON_SECRET: &str = "legacy-json-Secr3t";
+    let (backend, url) = match location {
+        DatabaseLocation::Sqlite(path) => {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            ("sqlite", format!("sqlite://{}?mode=rwc", path.display()))
+        }
+        DatabaseLocation::Postgres(url) => ("postgres", url.clone()),
+    };
+    // The database as a broker from before migration 0011 left it.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(workspace_root().join("broker/migrations").join(backend))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let mut migrations = Vec::new();
+    for file in files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_owned();
+        let (version, description) = name.split_once('_').unwrap();
+        let version: i64 = version.parse().unwrap();
+        if version < 11 {
+            let sql = sqlx::AssertSqlSafe(std::fs::read_to_string(&file).unwrap()).into_sql_str();
+            let kind = sqlx::migrate::MigrationType::Simple;
+            migrations.push(sqlx::migrate::Migration::new(version, description.to_owned().into(), kind, sql, false));
+        }
+    }
+    sqlx::migrate::Migrator::with_migrations(migrations).run(&pool).await.unwrap();
+    let plan_file = format!("PK\x03\x04 tfplan tfconfig/m-/main.tf {FILE_SECRET} ").repeat(1000);
+    let plan_json = format!("{{\"variables\": {{\"pw\": {{\"value\": \"{JSON_SECRET}\"}}}}}}");
+    for sql in [
+        "INSERT INTO stacks VALUES ('old', 'file:///r', '.', 'main', 'default', '[]', '[]', '{}', '[]', 1, 'a')",
+        "INSERT INTO runs (id, stack, state, version, commit_sha, triggered_by, created_at, updated_at) \
+         VALUES ('run-old', 'old', 'planned', 1, 'abc', 'a', 1, 1)",
+        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, fencing_token, created_at, updated_at) \
+         VALUES ('job-old', 'run-old', 'plan', 'default', 'succeeded', 1, 1, 1, 1)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO plans (run_id, job_id, sha256, plan_file, plan_json, deny, warn, created_at) \
+         VALUES ('run-old', 'job-old', $1, $2, $3, '[]', '[]', 1)",
+    )
+    .bind(vec![7u8; 32])
+    .bind(plan_file.into_bytes())
+    .bind(plan_json)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(location).await.unwrap();
+    let row = store.plan("run-old").await.unwrap().expect("the row stays, for the record");
+    assert_eq!(
+        (row.job_id.as_str(), row.sha256.as_slice(), row.deny.as_str()),
+        ("job-old", [7u8; 32].as_slice(), "[]")
+    );
+    assert!(store.sealed_plan("run-old").await.unwrap().unwrap().sealed.is_empty(), "the plan file is gone");
+    store.close().await;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let json: String = sqlx::query_scalar("SELECT plan_json FROM plans").fetch_one(&pool).await.unwrap();
+    assert_eq!(json, "{}");
+    pool.close().await;
+    if let DatabaseLocation::Sqlite(path) = location {
+        // Every connection is closed: the write-ahead log is checkpointed into the file.
+        let mut at_rest = Vec::new();
+        for suffix in ["", "-wal", "-journal"] {
+            at_rest.extend(std::fs::read(format!("{}{suffix}", path.display())).unwrap_or_default());
+        }
+        for secret in [FILE_SECRET, JSON_SECRET] {
+            assert!(!at_rest.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} is still in the file");
+        }
+    }
 }

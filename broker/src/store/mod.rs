@@ -28,7 +28,7 @@ pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, StackRow};
+pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -163,7 +163,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 10] = match self.backend {
+        let files: [(i64, &str, &'static str); 11] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -175,6 +175,7 @@ impl Store {
                 (8, "plans", include_str!("../../migrations/sqlite/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/sqlite/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
+                (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -187,6 +188,7 @@ impl Store {
                 (8, "plans", include_str!("../../migrations/postgres/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/postgres/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
+                (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
             ],
         };
         let migrations = files
