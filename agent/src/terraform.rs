@@ -3,7 +3,8 @@
 //! - plan: `terraform init`, `terraform plan -out keyward.tfplan`; the agent reads the saved plan
 //!   at once without following links ([`crate::planfile`]), copies it where only it writes, and
 //!   runs `terraform show -json` on that read-only copy; the plan and its JSON (masked like the
-//!   log) go to the broker (`SubmitPlan`), where the `keyward.plan` policy judges it.
+//!   log) go to the broker (`SubmitPlan`), which replaces the JSON's sensitive values and seals
+//!   the plan, and where the `keyward.plan` policy judges it.
 //! - apply: the saved plan from the plan job (`FetchPlan`), checked against the SHA-256 the
 //!   assignment names, written as a new file where only the agent writes (never into the
 //!   checkout), then `terraform init` and `terraform apply` of that read-only copy: exactly what

@@ -107,6 +107,7 @@ impl Broker {
             jwks_max_age: config.keys.jwks_max_age,
             clock_skew: config.tokens.clock_skew,
         };
+        let plan_kek = Arc::new(kek.clone());
         let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), settings).await?);
         let minter = Arc::new(Minter::new(
             config.server.external_url.clone(),
@@ -143,9 +144,15 @@ impl Broker {
                 Arc::clone(&metrics),
             )))
         };
-        let runs =
-            crate::runs::Runs::new(store.clone(), audit.clone(), policies.clone(), &config.targets, Arc::clone(&clock))
-                .with_repositories(config.repository_credentials(env)?);
+        let runs = crate::runs::Runs::new(
+            store.clone(),
+            audit.clone(),
+            policies.clone(),
+            &config.targets,
+            Arc::clone(&clock),
+            plan_kek,
+        )
+        .with_repositories(config.repository_credentials(env)?);
         let agent_listener = match config.agents.listen {
             Some(address) => Some(bind(address).await?),
             None => None,

@@ -16,6 +16,16 @@ async fn issued_count(data_dir: &Path) -> u64 {
     Audit::open(data_dir).await.count("token.minted").await
 }
 
+/// Every byte of the SQLite database in `data_dir`, as a copy of it would hold them (the file and
+/// its write-ahead log).
+fn database_bytes(data_dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for file in ["keyward.db", "keyward.db-wal"] {
+        bytes.extend(std::fs::read(data_dir.join(file)).unwrap_or_default());
+    }
+    bytes
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn discovery_and_jwks_satisfy_strict_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +136,23 @@ async fn pyjwt_verifies_rs256_tokens_from_a_configured_broker() {
     assert_eq!(verdict["claims"]["exp"].as_i64().unwrap() - verdict["claims"]["iat"].as_i64().unwrap(), 120);
     let discovery = broker.get_json("/.well-known/openid-configuration").await;
     assert_eq!(discovery["id_token_signing_alg_values_supported"], json!(["RS256"]));
+    let jwks = broker.get_json("/.well-known/jwks.json").await;
     broker.stop();
+
+    // At rest the RSA keys are sealed: a PKCS#8 RSA key holds its modulus in the clear (and the
+    // rsaEncryption OID); only the public JWK, base64url, may show it.
+    let at_rest = database_bytes(&data_dir);
+    let contains = |needle: &[u8]| at_rest.windows(needle.len()).any(|w| w == needle);
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "current and next: {jwks}");
+    for key in keys {
+        let n = key["n"].as_str().unwrap();
+        assert!(contains(n.as_bytes()), "the public JWK is on record");
+        let modulus = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, n).unwrap();
+        assert!(!contains(&modulus), "an RSA private key is at rest unsealed");
+    }
+    let rsa_encryption = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    assert!(!contains(&rsa_encryption), "a PKCS#8 RSA key is at rest unsealed");
 
     let without_kek = keyward(&["serve", "--init", "--config", config.to_str().unwrap()], &[]);
     assert!(!without_kek.success && without_kek.stderr.contains("TEST_KEK"), "{}", without_kek.stderr);
@@ -269,6 +295,9 @@ async fn dev_restart_keeps_keys_tokens_and_data() {
     let created = first.cli(&["token", "create-api", "--name", "auditor", "--scope", "audit", "--json"]);
     assert!(created.success, "{}", created.stderr);
     let admin_before = first.admin_token.clone();
+    let join = first.cli(&["pool", "join-token", "dev", "--json"]);
+    assert!(join.success, "{}", join.stderr);
+    let join_token = serde_json::from_str::<Value>(&join.stdout).unwrap()["token"].as_str().unwrap().to_owned();
     first.stop();
 
     let second = Broker::dev(&data_dir).await;
@@ -282,16 +311,17 @@ async fn dev_restart_keeps_keys_tokens_and_data() {
     second.stop();
     assert_eq!(issued_count(&data_dir).await, 2);
 
-    // At rest: API tokens only as hashes, private keys only sealed.
-    let mut at_rest = Vec::new();
-    for file in ["keyward.db", "keyward.db-wal"] {
-        at_rest.extend(std::fs::read(data_dir.join(file)).unwrap_or_default());
-    }
+    // At rest: API tokens and join tokens only as hashes, private keys only sealed.
+    let at_rest = database_bytes(&data_dir);
     assert!(!at_rest.is_empty());
     let contains = |needle: &[u8]| at_rest.windows(needle.len()).any(|w| w == needle);
     assert!(!contains(admin_before.as_bytes()), "the admin API token is stored in plaintext");
     let created: Value = serde_json::from_str(&created.stdout).unwrap();
     assert!(!contains(created["token"].as_str().unwrap().as_bytes()), "an API token is stored in plaintext");
+    let secret = join_token.rsplit('.').next().unwrap();
+    assert!(!contains(secret.as_bytes()), "a join token's secret is stored in plaintext");
+    let hash = keyward_broker::agents::join::JoinToken::parse(&join_token).unwrap().hash();
+    assert!(contains(hash.as_bytes()), "the join token is on record, as its hash");
     assert!(
         !contains(b"PRIVATE KEY") && !contains(&[0x30, 0x81, 0x87, 0x02, 0x01, 0x00]),
         "an unsealed PKCS#8 key is at rest"

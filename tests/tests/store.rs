@@ -19,7 +19,10 @@ use keyward_broker::runs::Runs;
 use keyward_broker::store::write::{Refusal, Write};
 use keyward_broker::store::{Backend, Store, StoreError};
 use keyward_tests::audit::Audit;
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::postgres::PgCluster;
+use keyward_tests::{free_addr, workspace_root};
+use sqlx::SqlSafeStr as _;
 
 const T0: i64 = 1_800_000_000;
 
@@ -32,6 +35,10 @@ async fn sqlite_backend_passes_the_store_suite() {
     // Durable before acknowledged: SIGKILL tests keep the page cache, so only this shows an fsync.
     assert_eq!(store.commit_durability().await.unwrap(), "full", "PRAGMA synchronous = FULL");
     suite(&location).await;
+    plans_stored_in_the_clear_are_emptied_by_migration_0011(&DatabaseLocation::Sqlite(
+        dir.path().join("legacy/keyward.db"),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,6 +51,10 @@ async fn postgres_backend_passes_the_store_suite() {
     // The test cluster runs with `synchronous_commit = off`; the broker's sessions turn it on.
     assert_eq!(store.commit_durability().await.unwrap(), "on", "synchronous_commit for the broker's sessions");
     suite(&location).await;
+    plans_stored_in_the_clear_are_emptied_by_migration_0011(&DatabaseLocation::Postgres(
+        cluster.database("keyward_legacy"),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,6 +64,41 @@ async fn postgres_errors_never_print_the_password() {
     let error = Store::open(&DatabaseLocation::Postgres(url)).await.unwrap_err().to_string();
     assert!(error.contains("no_such_db"), "names the database: {error}");
     assert!(!error.contains("s3cret-pw"), "leaks the password: {error}");
+}
+
+/// Security review L2: the data directory and the SQLite files are the broker's alone, whatever the
+/// directory's mode was (here 0755, as systemd's `StateDirectory=` makes it) and the file's (0644).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_and_database_files_are_private_after_serve_and_dev_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path| format!("{:o}", std::fs::metadata(path).unwrap().permissions().mode() & 0o7777);
+    let open_up = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serve_dir = dir.path().join("serve");
+    std::fs::create_dir(&serve_dir).unwrap();
+    open_up(&serve_dir, 0o755);
+    std::fs::write(serve_dir.join("keyward.db"), b"").unwrap();
+    open_up(&serve_dir.join("keyward.db"), 0o644);
+    let dev_dir = dir.path().join("dev");
+    std::fs::create_dir(&dev_dir).unwrap();
+    open_up(&dev_dir, 0o755);
+
+    let addr = free_addr();
+    let config = dir.path().join("keyward.toml");
+    write_config(&config, addr, &serve_dir, &ConfigExtra::default());
+    let serve = Broker::serve(&config, &serve_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    let dev = Broker::dev(&dev_dir).await;
+    for (broker, data_dir) in [(&serve, &serve_dir), (&dev, &dev_dir)] {
+        assert_eq!(mode(data_dir), "700", "{}", data_dir.display());
+        // Running in WAL mode: the write-ahead log and its index exist now.
+        for file in ["keyward.db", "keyward.db-wal", "keyward.db-shm"] {
+            assert_eq!(mode(&data_dir.join(file)), "600", "{}/{file}", data_dir.display());
+        }
+        let log = broker.log_text();
+        assert!(log.contains("the data directory was open to other users; it is now 0700"), "{log}");
+    }
 }
 
 async fn suite(location: &DatabaseLocation) {
@@ -243,7 +289,8 @@ async fn a_lease_guard_refuses_a_revoked_holder(store: &Store, log: &AuditLog) {
     ];
     let setup = log.append(Append::changes(rows, vec![event(Kind::JobLeased, "run-guarded", "setup")])).await;
     assert_eq!(setup.unwrap(), Committed::Recorded);
-    let runs = Runs::new(store.clone(), log.clone(), None, &[], Arc::new(ManualClock::at(now)));
+    let kek = Arc::new(keyward_broker::identity::kek::Kek::generate());
+    let runs = Runs::new(store.clone(), log.clone(), None, &[], Arc::new(ManualClock::at(now)), kek);
     // The request authenticated and found its lease: what every guarded agent call does first.
     let held = runs.held_job("job-guarded", "agent-guarded", 7).await.unwrap();
     let guarded = |id: &str| {
@@ -332,4 +379,85 @@ async fn signing_keys_across_replicas(location: &DatabaseLocation) {
     clock.advance(3600 + 10 + 1);
     a.refresh().await.unwrap();
     assert_eq!(a.published_keys(), 2, "the retired key is pruned after its last token expired plus skew");
+}
+
+/// Security review L2: a saved plan stored before plans were sealed holds the plan file and its
+/// JSON in the clear. Migration 0011 empties both (SQL cannot seal; the apply then refuses the
+/// plan and says to plan again), keeps the digest and verdict, and on SQLite zeroes the freed
+/// pages, so no copy stays in the file.
+async fn plans_stored_in_the_clear_are_emptied_by_migration_0011(location: &DatabaseLocation) {
+    const FILE_SECRET: &str = "legacy-plan-Secr3t";
+    const JSON_SECRET: &str = "legacy-json-Secr3t";
+    let (backend, url) = match location {
+        DatabaseLocation::Sqlite(path) => {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            ("sqlite", format!("sqlite://{}?mode=rwc", path.display()))
+        }
+        DatabaseLocation::Postgres(url) => ("postgres", url.clone()),
+    };
+    // The database as a broker from before migration 0011 left it.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(workspace_root().join("broker/migrations").join(backend))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let mut migrations = Vec::new();
+    for file in files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_owned();
+        let (version, description) = name.split_once('_').unwrap();
+        let version: i64 = version.parse().unwrap();
+        if version < 11 {
+            let sql = sqlx::AssertSqlSafe(std::fs::read_to_string(&file).unwrap()).into_sql_str();
+            let kind = sqlx::migrate::MigrationType::Simple;
+            migrations.push(sqlx::migrate::Migration::new(version, description.to_owned().into(), kind, sql, false));
+        }
+    }
+    sqlx::migrate::Migrator::with_migrations(migrations).run(&pool).await.unwrap();
+    let plan_file = format!("PK\x03\x04 tfplan tfconfig/m-/main.tf {FILE_SECRET} ").repeat(1000);
+    let plan_json = format!("{{\"variables\": {{\"pw\": {{\"value\": \"{JSON_SECRET}\"}}}}}}");
+    for sql in [
+        "INSERT INTO stacks VALUES ('old', 'file:///r', '.', 'main', 'default', '[]', '[]', '{}', '[]', 1, 'a')",
+        "INSERT INTO runs (id, stack, state, version, commit_sha, triggered_by, created_at, updated_at) \
+         VALUES ('run-old', 'old', 'planned', 1, 'abc', 'a', 1, 1)",
+        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, fencing_token, created_at, updated_at) \
+         VALUES ('job-old', 'run-old', 'plan', 'default', 'succeeded', 1, 1, 1, 1)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO plans (run_id, job_id, sha256, plan_file, plan_json, deny, warn, created_at) \
+         VALUES ('run-old', 'job-old', $1, $2, $3, '[]', '[]', 1)",
+    )
+    .bind(vec![7u8; 32])
+    .bind(plan_file.into_bytes())
+    .bind(plan_json)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = Store::open(location).await.unwrap();
+    let row = store.plan("run-old").await.unwrap().expect("the row stays, for the record");
+    assert_eq!(
+        (row.job_id.as_str(), row.sha256.as_slice(), row.deny.as_str()),
+        ("job-old", [7u8; 32].as_slice(), "[]")
+    );
+    assert!(store.sealed_plan("run-old").await.unwrap().unwrap().sealed.is_empty(), "the plan file is gone");
+    store.close().await;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let json: String = sqlx::query_scalar("SELECT plan_json FROM plans").fetch_one(&pool).await.unwrap();
+    assert_eq!(json, "{}");
+    pool.close().await;
+    if let DatabaseLocation::Sqlite(path) = location {
+        // Every connection is closed: the write-ahead log is checkpointed into the file.
+        let mut at_rest = Vec::new();
+        for suffix in ["", "-wal", "-journal"] {
+            at_rest.extend(std::fs::read(format!("{}{suffix}", path.display())).unwrap_or_default());
+        }
+        for secret in [FILE_SECRET, JSON_SECRET] {
+            assert!(!at_rest.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} is still in the file");
+        }
+    }
 }

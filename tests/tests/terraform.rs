@@ -274,6 +274,84 @@ async fn terraform_runs_in_the_sandbox_masked_judged_and_contained() {
     .await;
 }
 
+/// Security review L2, DESIGN.md §8.11: a configuration with a sensitive variable, a resource that
+/// takes it and a sensitive output. The broker keeps the saved plan sealed under the KEK, bound to
+/// its run, and its JSON with the sensitive values replaced by markers; no file of the broker, no
+/// `run show`, API answer or log holds the value, and the apply still applies exactly the planned
+/// file (the agent checks its digest).
+#[tokio::test(flavor = "multi_thread")]
+async fn sensitive_values_never_rest_in_the_broker_and_the_saved_plan_is_sealed() {
+    /// In every form the value takes (raw, JSON-escaped, HCL-quoted).
+    const MARK: &str = "L2Sensitive4711";
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let _agent = agent(&broker, &dir.path().join("agent"), &[]);
+    let config = format!(
+        "variable \"db_password\" {{\n  type      = string\n  sensitive = true\n  default   = \"{MARK}\\\"<&>\\\\x\"\n}}\n\
+         resource \"terraform_data\" \"db\" {{\n  input = {{\n    password = var.db_password\n    region   = \"eu-west-1\"\n  }}\n}}\n\
+         output \"password\" {{\n  value     = var.db_password\n  sensitive = true\n}}\n"
+    );
+    stack(&broker, dir.path(), "sensitive", &config, false);
+    let (id, run) = run_to_end(&broker, "sensitive").await;
+    let text = logs(&broker, &id);
+    assert_eq!(run["state"], "finished", "the sealed plan opened and applied: {run}\n{text}");
+
+    // The saved plan rests sealed, and opens only as this run's.
+    let data_dir = dir.path().join("broker");
+    let store = keyward_broker::store::Store::open(&keyward_broker::config::DatabaseLocation::Sqlite(
+        data_dir.join("keyward.db"),
+    ))
+    .await
+    .unwrap();
+    let sealed = store.sealed_plan(&id).await.unwrap().expect("a saved plan");
+    assert!(!sealed.sealed.starts_with(b"PK"), "the plan file (a zip archive) rests in the clear");
+    let kek = keyward_broker::identity::kek::Kek::from_base64(TEST_KEK, "test").unwrap();
+    let context = keyward_broker::runs::seal_context(&id, &sealed.job_id, &sealed.sha256);
+    let opened = kek.open(&context, &sealed.sealed).expect("sealed under the broker's KEK for this run");
+    assert!(opened.starts_with(b"PK\x03\x04"), "a Terraform plan file");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &opened);
+    assert_eq!(digest.as_ref(), sealed.sha256.as_slice());
+    let elsewhere = keyward_broker::runs::seal_context("another-run", &sealed.job_id, &sealed.sha256);
+    assert!(kek.open(&elsewhere, &sealed.sealed).is_err(), "a sealed plan moved to another run does not open");
+
+    // Its JSON is kept, and judged, without the value.
+    store.close().await;
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", data_dir.join("keyward.db").display());
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let json: String =
+        sqlx::query_scalar("SELECT plan_json FROM plans WHERE run_id = $1").bind(&id).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    let plan: Value = serde_json::from_str(&json).unwrap();
+    let after = &plan["resource_changes"][0]["change"]["after"]["input"];
+    assert_eq!(after["region"], "eu-west-1", "what is not sensitive stays: {json}");
+    assert!(after["password"].as_str().unwrap().starts_with("(sensitive "), "{json}");
+    assert!(!json.contains(MARK), "the stored plan JSON holds the sensitive value: {json}");
+
+    // Nowhere at rest (the database, its log, the files beside it), nowhere shown.
+    for file in walk(&data_dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for needle in [MARK.as_bytes(), b"tfconfig/".as_slice()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds {}",
+                file.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    let shown = broker.cli(&["run", "show", &id, "--json"]).stdout;
+    let request = keyward_tests::http().get(format!("{}/v1/runs/{id}", broker.addr)).bearer_auth(&broker.admin_token);
+    let api = request.send().await.unwrap().text().await.unwrap();
+    let shows =
+        [("run show", shown.as_str(), id.as_str()), ("the API", &api, &id), ("the log", &text, "(sensitive value)")];
+    for (what, output, expected) in shows {
+        assert!(output.contains(expected), "{what} shows {expected}: {output}");
+        assert!(!output.contains(MARK), "{what} shows the sensitive value: {output}");
+    }
+}
+
 /// `keyward run submit --drift --wait --json` of `stack`: its exit code and the run.
 /// Security review H1: the agent runs outside the sandbox (here as root), so a saved plan the
 /// repository turned into a symlink must never make it read or write what the link names. Inside

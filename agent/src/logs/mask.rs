@@ -2,8 +2,10 @@
 //!
 //! Every credential value issued to the job is replaced with `***`, and so are its common
 //! encodings: standard and URL-safe base64 at each of the three byte alignments the value can have
-//! inside a longer encoded text, the padded standard encoding and percent-encoding. Every
-//! 10-byte window of the value and of its standard base64 encodings is masked too, so a value a
+//! inside a longer encoded text, the padded standard encoding, percent-encoding, and the forms it
+//! takes escaped inside a JSON or HCL string ([`super::escaped`]: `\"`, `\\`, `\u003c`, `$${`, …,
+//! as Terraform, Go, serde and Python write them). Every 10-byte window of the value, of its
+//! escaped forms and of its standard base64 encodings is masked too, so a value a
 //! tool cuts into pieces is masked piece by piece: base64 wrapped over several lines (as `base64`
 //! does at 76 columns), or a value Terraform prints as two prefixed lines because it arrived in
 //! two writes. Configured regular
@@ -125,6 +127,12 @@ impl MaskRules {
             let percent = percent_encode(secret);
             if percent != secret {
                 whole.push(percent);
+            }
+            // Escaped inside a quoted string, a value with a `"` or a `<` is no longer itself: only
+            // its pieces between escapes would match.
+            for escaped in super::escaped::forms(secret) {
+                windows.extend(escaped.windows(WINDOW).map(<[u8]>::to_vec));
+                whole.push(escaped);
             }
             for skip in 0..3 {
                 let Some(rest) = secret.get(skip..) else { continue };
@@ -350,6 +358,34 @@ mod tests {
             let core = STANDARD_NO_PAD.encode(&SECRET.as_bytes()[..39]);
             assert!(!out.contains(&core[4..30]), "{encoded} -> {out}");
             assert!(out.contains("***"), "{encoded} -> {out}");
+        }
+    }
+
+    /// A value with every character JSON and HCL escape, and pieces shorter than the window
+    /// between them.
+    const ESCAPY: &str = "pa\"ss\\w<o>r&d${x}%{y}\u{e9}\n1";
+
+    #[test]
+    fn json_and_hcl_escaped_forms_are_masked_whole_and_split_at_every_byte() {
+        let rules = rules(&[ESCAPY]);
+        let serde = serde_json::to_string(ESCAPY).unwrap_or_default();
+        for escaped in [
+            // Go (Terraform's `show -json`), serde_json, Python's ensure_ascii, JSON in JSON.
+            "pa\\\"ss\\\\w\\u003co\\u003er\\u0026d${x}%{y}\u{e9}\\n1".to_owned(),
+            serde.trim_matches('"').to_owned(),
+            "pa\\\"ss\\\\w<o>r&d${x}%{y}\\u00e9\\n1".to_owned(),
+            "pa\\\\\\\"ss\\\\\\\\w\\\\u003co\\\\u003er\\\\u0026d${x}%{y}\u{e9}\\\\n1".to_owned(),
+            // As Terraform prints it in a plan, and as HCL source writes it.
+            "pa\\\"ss\\\\w<o>r&d$${x}%{y}\u{e9}\\n1".to_owned(),
+            "pa\\\"ss\\\\w<o>r&d$${x}%%{y}\u{e9}\\n1".to_owned(),
+        ] {
+            let line = format!("value = \"{escaped}\" done\n");
+            let expected = "value = \"***\" done\n";
+            assert_eq!(masked(&rules, &[line.as_bytes()]), expected, "{escaped}");
+            for split in 0..line.len() {
+                let (a, b) = line.as_bytes().split_at(split);
+                assert_eq!(masked(&rules, &[a, b]), expected, "{escaped} split at {split}");
+            }
         }
     }
 

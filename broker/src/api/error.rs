@@ -190,6 +190,8 @@ impl From<crate::runs::RunError> for ApiError {
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
             RunError::Store(e) => Self::internal(&e),
+            // Only the agent's FetchPlan opens a saved plan; never reached over HTTP.
+            RunError::SavedPlan(e) => Self::internal(&e),
         }
     }
 }

@@ -78,8 +78,8 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     let agent_port = super::dev_agent::remembered_port(&data_dir, address.ip());
     config.agents.listen = Some(SocketAddr::new(address.ip(), agent_port));
 
-    create_private_dir(&data_dir)?;
     super::logging::init(LogFormat::Text, "info");
+    create_private_dir(&data_dir)?;
     ensure_kek_file(&data_dir.join("kek"))?;
     policies.seed()?;
     let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
@@ -244,15 +244,10 @@ fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Path
     }
 }
 
+/// The dev data dir holds the KEK and the admin token: private, as `serve`'s is
+/// ([`crate::store::files`]).
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
-    }
-    Ok(())
+    Ok(crate::store::files::private_dir(dir)?)
 }
 
 fn ensure_kek_file(path: &Path) -> anyhow::Result<()> {

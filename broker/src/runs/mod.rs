@@ -11,6 +11,7 @@ mod input;
 mod jobs;
 mod kind;
 mod plans;
+pub mod redact;
 pub mod reviews;
 mod signals;
 mod source;
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
-pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict};
+pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, SavedPlanError, seal_context};
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
@@ -35,6 +36,7 @@ pub use state::{RunState, UnknownState};
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
 use crate::clock::SharedClock;
 use crate::config::TargetConfig;
+use crate::identity::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::{Param, Write};
 use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
@@ -60,6 +62,9 @@ pub enum RunError {
     /// The store or the audit log failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A saved plan could not be opened for its apply.
+    #[error(transparent)]
+    SavedPlan(#[from] SavedPlanError),
 }
 
 impl From<ChangeError> for RunError {
@@ -212,23 +217,28 @@ pub struct Runs {
     clock: SharedClock,
     signals: Arc<Signals>,
     repositories: Arc<RepositoryCredentials>,
+    /// Seals saved plans at rest.
+    kek: Arc<Kek>,
 }
 
 const MAX_TICKET: usize = 128;
 const MAX_COMMENT: usize = 2000;
 
 impl Runs {
-    /// The service over `store`, recording through `audit`, deciding with `policies`.
+    /// The service over `store`, recording through `audit`, deciding with `policies`, sealing
+    /// saved plans under `kek`.
     pub fn new(
         store: Store,
         audit: AuditLog,
         policies: Option<Arc<PolicyEngine>>,
         targets: &[TargetConfig],
         clock: SharedClock,
+        kek: Arc<Kek>,
     ) -> Self {
         let targets = Arc::new(targets.iter().map(|t| (t.id(), t.clone())).collect());
         let repositories = Arc::new(RepositoryCredentials::default());
-        Self { store, audit, policies, targets, clock, signals: Arc::new(Signals::default()), repositories }
+        let signals = Arc::new(Signals::default());
+        Self { store, audit, policies, targets, clock, signals, repositories, kek }
     }
 
     /// The same service, fetching private repositories with `repositories`.

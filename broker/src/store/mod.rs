@@ -7,6 +7,7 @@
 mod agents;
 mod api_tokens;
 pub(crate) mod audit;
+pub mod files;
 mod logs;
 mod replay;
 mod runs;
@@ -27,7 +28,7 @@ pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, StackRow};
+pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 use crate::config::DatabaseLocation;
@@ -43,13 +44,25 @@ pub enum StoreError {
         /// Why.
         source: sqlx::Error,
     },
-    /// Could not create the directory for the SQLite file.
-    #[error("cannot create data directory {path}: {source}")]
+    /// Could not create the directory for the SQLite file, or make it or the file private.
+    #[error("cannot create or restrict {path}: {source}")]
     DataDir {
-        /// The directory.
+        /// The directory or file.
         path: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// The data directory belongs to another user, who could open it to others again.
+    #[error(
+        "data directory {path} is owned by uid {owner}, not by the broker's uid {uid}: run `chown {uid} {path}`, or choose another storage.data_dir"
+    )]
+    DataDirOwner {
+        /// The directory.
+        path: String,
+        /// Its owner.
+        owner: u32,
+        /// The broker's effective uid.
+        uid: u32,
     },
     /// Schema migration failed.
     #[error("cannot migrate database {location}: {source}")]
@@ -113,7 +126,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, url, described) = match location {
             DatabaseLocation::Sqlite(path) => {
-                create_parent_dir(path)?;
+                if path.as_os_str() != ":memory:" {
+                    files::private_database(path)?;
+                }
                 let url = format!("sqlite://{}?mode=rwc", sqlite_url_path(path)?);
                 (Backend::Sqlite, url, format!("sqlite:{}", path.display()))
             }
@@ -160,7 +175,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 10] = match self.backend {
+        let files: [(i64, &str, &'static str); 11] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -172,6 +187,7 @@ impl Store {
                 (8, "plans", include_str!("../../migrations/sqlite/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/sqlite/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
+                (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -184,6 +200,7 @@ impl Store {
                 (8, "plans", include_str!("../../migrations/postgres/0008_plans.sql")),
                 (9, "drift", include_str!("../../migrations/postgres/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
+                (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
             ],
         };
         let migrations = files
@@ -247,11 +264,6 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })
 }
 
 /// The path part of an sqlx SQLite URL: sqlx percent-decodes it, so `%`, `?` and `#` in a

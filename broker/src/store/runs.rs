@@ -114,17 +114,32 @@ pub struct JobRow {
     pub layers: Option<String>,
 }
 
-/// A run's saved plan.
+/// A run's saved plan, as far as the run's lifecycle needs it (never the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanRow {
     /// The plan job that made it.
     pub job_id: String,
     /// SHA-256 of the file.
     pub sha256: Vec<u8>,
-    /// The file.
-    pub plan_file: Vec<u8>,
     /// The policy's deny messages (JSON array).
     pub deny: String,
+}
+
+/// A run's saved plan file as it rests: sealed under the KEK (`runs::seal_context`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedPlanRow {
+    /// The plan job that made it.
+    pub job_id: String,
+    /// SHA-256 of the file.
+    pub sha256: Vec<u8>,
+    /// The sealed file.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedPlanRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedPlanRow").field("job_id", &self.job_id).field("sealed_len", &self.sealed.len()).finish()
+    }
 }
 
 const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
@@ -272,18 +287,30 @@ impl Store {
         rows.iter().map(job_from).collect()
     }
 
-    /// The saved plan of `run_id`, if its plan job submitted one.
+    /// The saved plan of `run_id`, if its plan job submitted one: who made it, its digest, the
+    /// policy's denials.
     pub async fn plan(&self, run_id: &str) -> Result<Option<PlanRow>, StoreError> {
-        let row = sqlx::query("SELECT job_id, sha256, plan_file, deny FROM plans WHERE run_id = $1")
+        let row = sqlx::query("SELECT job_id, sha256, deny FROM plans WHERE run_id = $1")
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
-            Ok(PlanRow {
+            Ok(PlanRow { job_id: row.try_get("job_id")?, sha256: row.try_get("sha256")?, deny: row.try_get("deny")? })
+        })
+        .transpose()
+    }
+
+    /// The sealed plan file of `run_id`, for the apply that opens it.
+    pub async fn sealed_plan(&self, run_id: &str) -> Result<Option<SealedPlanRow>, StoreError> {
+        let row = sqlx::query("SELECT job_id, sha256, plan_file FROM plans WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(SealedPlanRow {
                 job_id: row.try_get("job_id")?,
                 sha256: row.try_get("sha256")?,
-                plan_file: row.try_get("plan_file")?,
-                deny: row.try_get("deny")?,
+                sealed: row.try_get("plan_file")?,
             })
         })
         .transpose()
