@@ -1,24 +1,15 @@
-//! `FakeUpstream`: a relying party (STS or Vault) that only fails — HTTP 500 on every call, or
-//! no answer at all. moto and OpenBao cannot be made to do either, and these are the faults the
-//! broker's retry bounds and deadlines exist for. Successful behaviour is tested against moto and
-//! OpenBao; a sealed OpenBao (a real 503) is tested against OpenBao itself.
+//! `FakeUpstream`: a relying party (STS or Vault) that only fails, with HTTP 500 on every call.
+//! moto and OpenBao cannot be made to answer that, and it is the fault the broker's retry bounds
+//! exist for. Successful behaviour is tested against moto and OpenBao; a sealed OpenBao (a real
+//! 503) is tested against OpenBao itself, and a peer that never answers is a real one stopped
+//! with `SIGSTOP` ([`crate::frozen`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-
-/// How the fake misbehaves.
-#[derive(Debug, Clone, Copy)]
-pub enum Fault {
-    /// Answer every request with a 500 and an error body in the upstream's format.
-    InternalError,
-    /// Accept the request and never answer (well, after 10 minutes).
-    Hang,
-}
 
 /// Whose error format the fake uses.
 #[derive(Debug, Clone, Copy)]
@@ -45,17 +36,14 @@ impl Drop for FakeUpstream {
 }
 
 impl FakeUpstream {
-    /// Starts a fake with `fault` on a free loopback port; it answers every method and path.
-    pub async fn start(speaks: Speaks, fault: Fault) -> Self {
+    /// Starts a fake on a free loopback port; it answers every method and path with a 500.
+    pub async fn start(speaks: Speaks) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let calls = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .fallback(move |State(calls): State<Arc<AtomicUsize>>| async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                if let Fault::Hang = fault {
-                    tokio::time::sleep(Duration::from_secs(600)).await;
-                }
                 let (content_type, body) = match speaks {
                     Speaks::Sts => (
                         "text/xml",

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod fake_issuer;
 pub mod fake_upstream;
 pub mod forge;
+pub mod frozen;
 pub mod git;
 pub mod git_http;
 pub mod held;

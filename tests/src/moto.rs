@@ -42,6 +42,11 @@ impl StsRequest {
 }
 
 impl Moto {
+    /// Stops the server until the guard is dropped: connections are accepted, nothing answers.
+    pub fn frozen(&self) -> crate::frozen::Frozen {
+        crate::frozen::Frozen::stop(self.child.id())
+    }
+
     /// Starts moto on a port the kernel picks (port 0; moto's server prints the one it bound),
     /// with request recording on; `dir` receives its log.
     pub async fn start(dir: &Path) -> Self {

@@ -48,6 +48,11 @@ impl Login {
 }
 
 impl OpenBao {
+    /// Stops the server until the guard is dropped: connections are accepted, nothing answers.
+    pub fn frozen(&self) -> crate::frozen::Frozen {
+        crate::frozen::Frozen::stop(self.child.id())
+    }
+
     /// Starts a dev server; `dir` receives its log. Not on port 0: OpenBao derives its API
     /// address (the `iss` of its identity tokens) from the configured one, and listens for its
     /// cluster on the next port, so both are reserved up front.

@@ -193,26 +193,37 @@ async fn sts_down_is_a_clear_502_and_nothing_is_issued() {
     assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "the failure is on record");
 }
 
-/// STS failing or hanging (a named fake: moto cannot do either): bounded retries, a deadline, a
-/// clear 502, and no credentials from anywhere else.
+/// STS failing (a named fake: moto cannot answer 500) or hanging (moto itself, stopped with
+/// SIGSTOP): bounded retries, a deadline, a clear 502, and no credentials from anywhere else.
 #[tokio::test(flavor = "multi_thread")]
 async fn sts_errors_and_hangs_are_retried_boundedly_then_reported() {
-    use keyward_tests::fake_upstream::{FakeUpstream, Fault, Speaks};
+    use keyward_tests::fake_upstream::{FakeUpstream, Speaks};
 
-    for fault in [Fault::InternalError, Fault::Hang] {
-        let dir = tempfile::tempdir().unwrap();
-        let sts = FakeUpstream::start(Speaks::Sts, fault).await;
-        let broker = start(dir.path(), &sts.endpoint).await;
-        let token = apply_token(&broker, "run-sts-fault").await;
-        // A 502 (not the request deadline's 503) shows the STS call's own deadline ended a hang.
-        let (status, body) = broker.exchange(&token, "aws:network-apply").await;
-        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{fault:?}: {body}");
-        assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{fault:?}: {body}");
-        assert!(body.get("aws_credentials").is_none());
-        assert!((1..=3).contains(&sts.calls()), "{fault:?}: at most 3 attempts, got {}", sts.calls());
-        let store = Audit::open(&broker.data_dir).await;
-        assert_eq!(store.count("credentials.issued").await, 0, "{fault:?}");
-    }
+    let refused = |what: &str, status: u16, body: &Value| {
+        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{what}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("AWS STS is unavailable"), "{what}: {body}");
+        assert!(body.get("aws_credentials").is_none(), "{what}: {body}");
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let sts = FakeUpstream::start(Speaks::Sts).await;
+    let broker = start(dir.path(), &sts.endpoint).await;
+    let (status, body) = broker.exchange(&apply_token(&broker, "run-sts-500").await, "aws:network-apply").await;
+    refused("a 500", status, &body);
+    assert!((1..=3).contains(&sts.calls()), "at most 3 attempts, got {}", sts.calls());
+    assert_eq!(Audit::open(&broker.data_dir).await.count("credentials.issued").await, 0);
+
+    // A hang: the real STS stand-in accepts the connection and never answers. A 502 (not the
+    // request deadline's 503) shows the STS call's own deadline ended it.
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let token = apply_token(&broker, "run-sts-hang").await;
+    let frozen = moto.frozen();
+    let (status, body) = broker.exchange(&token, "aws:network-apply").await;
+    drop(frozen);
+    refused("a hang", status, &body);
+    assert_eq!(Audit::open(&broker.data_dir).await.count("credentials.issued").await, 0);
 }
 
 /// A policy that allows everything, with a session policy for runs named `scoped-*` and a

@@ -163,45 +163,54 @@ async fn a_run_token_becomes_a_scoped_vault_token_and_its_secrets() {
     }
 }
 
-/// Vault failing or hanging (a named fake: OpenBao can be sealed, which the test above covers,
-/// but not made to fail with a 500 or to hang): bounded retries of the login, a deadline, a clear
-/// 502, and nothing issued.
+/// Vault failing (a named fake: OpenBao can be sealed, which the test above covers, but not
+/// made to answer 500) or hanging (OpenBao itself, stopped with SIGSTOP): bounded retries of the
+/// login, a deadline, a clear 502, and nothing issued.
 #[tokio::test(flavor = "multi_thread")]
 async fn vault_errors_and_hangs_are_retried_boundedly_then_reported() {
-    use keyward_tests::fake_upstream::{FakeUpstream, Fault, Speaks};
+    use keyward_tests::fake_upstream::{FakeUpstream, Speaks};
 
-    for fault in [Fault::InternalError, Fault::Hang] {
-        let dir = tempfile::tempdir().unwrap();
-        let vault = FakeUpstream::start(Speaks::Vault, fault).await;
-        let data_dir = dir.path().join("broker");
+    /// A broker whose one Vault target lives at `address`; returns it and the exchange's answer.
+    async fn exchange_against(dir: &std::path::Path, address: &str, frozen: Option<&OpenBao>) -> (Broker, u16, Value) {
+        let data_dir = dir.join("broker");
         let addr = free_addr();
-        let config = dir.path().join("keyward.toml");
+        let config = dir.join("keyward.toml");
         let rest = format!(
             "[policy]\ndir = \"{}\"\n[tokens]\nallowed_audiences = [\"vault\"]\n\
-             [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{}\"\n\
+             [[targets]]\nname = \"network-secrets\"\ntype = \"vault\"\naccess = \"read\"\naddress = \"{address}\"\n\
              role = \"network\"\n",
             workspace_root().join("policies").display(),
-            vault.endpoint
         );
         write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
         let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
-
         let token = run_token(&broker, "run-vault-fault", "network").await;
-        // A 502 (not the request deadline's 503) shows the Vault call's own deadline ended a hang.
+        let stopped = frozen.map(OpenBao::frozen);
         let (status, body) = broker.exchange(&token, "vault:network-secrets").await;
-        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{fault:?}: {body}");
-        assert!(body["error_description"].as_str().unwrap().contains("Vault is unavailable"), "{fault:?}: {body}");
-        assert!(body.get("access_token").is_none(), "{fault:?}: {body}");
-        let expected = match fault {
-            Fault::InternalError => 3..=3,
-            Fault::Hang => 1..=3,
-        };
-        assert!(expected.contains(&vault.calls()), "{fault:?}: {} login attempts", vault.calls());
-        let store = Audit::open(&data_dir).await;
-        assert_eq!(store.count("credentials.issued").await, 0, "{fault:?}");
-        let events = store.for_run("run-vault-fault").await;
-        assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "{fault:?}");
+        drop(stopped);
+        (broker, status, body)
     }
+    async fn check_refused(what: &str, broker: &Broker, status: u16, body: &Value) {
+        assert_eq!((status, body["error"].as_str()), (502, Some("temporarily_unavailable")), "{what}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains("Vault is unavailable"), "{what}: {body}");
+        assert!(body.get("access_token").is_none(), "{what}: {body}");
+        let store = Audit::open(&broker.data_dir).await;
+        assert_eq!(store.count("credentials.issued").await, 0, "{what}");
+        let events = store.for_run("run-vault-fault").await;
+        assert!(events.iter().any(|e| e.kind == "denied" && e.reasons.contains("unavailable")), "{what}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let vault = FakeUpstream::start(Speaks::Vault).await;
+    let (broker, status, body) = exchange_against(dir.path(), &vault.endpoint, None).await;
+    check_refused("a 500", &broker, status, &body).await;
+    assert_eq!(vault.calls(), 3, "three login attempts");
+
+    // A hang: OpenBao accepts the connection and never answers. A 502 (not the request
+    // deadline's 503) shows the Vault call's own deadline ended it.
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let (broker, status, body) = exchange_against(dir.path(), &bao.addr, Some(&bao)).await;
+    check_refused("a hang", &broker, status, &body).await;
 }
 
 /// A policy that allows everything, with a 5-minute cap for runs named `short-*` and an AWS
