@@ -2,9 +2,6 @@
 //! and returns credentials in the AWS CLI `credential_process` shape. moto validates nothing, so
 //! the test reads back what the broker sent from moto's request recording.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 
 use keyward_tests::audit::Audit;

@@ -4,9 +4,6 @@
 //! by itself — also when the log fails after STS has already issued credentials (a full SQLite
 //! disk, a stopped PostgreSQL), for `POST /v1/token` and for the agent `Credentials` RPC.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};

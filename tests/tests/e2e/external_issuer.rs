@@ -2,9 +2,6 @@
 //! `identity/oidc` provider, standing in for a CI system (GitHub Actions, GitLab) issuing RS256
 //! tokens with custom claims.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::time::Duration;
 
 use keyward_broker::identity::verify::{Algorithm, Expectations, KeySet, VerifyError, verify};

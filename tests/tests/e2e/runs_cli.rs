@@ -1,8 +1,6 @@
 //! The stack and run commands against a real `keyward dev` broker and a real git repository:
 //! what a newcomer types, with `--json` for scripts and clear errors for mistakes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use keyward_tests::broker::Broker;
 use keyward_tests::git::GitRepo;
 use serde_json::Value;

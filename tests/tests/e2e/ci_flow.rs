@@ -4,9 +4,6 @@
 //! named after the CI run and the run's context in the tags; and boto3, with that command as its
 //! `credential_process`, keeps working across a refresh because the command caches what it got.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};
 use keyward_tests::moto::Moto;

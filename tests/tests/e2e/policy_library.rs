@@ -1,9 +1,6 @@
 //! The shipped policy library: its own cases pass through `keyward policy test`, and an independent
 //! Rego engine (regopy) reaches the same decisions as the broker's regorus for every case input.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::time::Duration;
 
 use keyward_broker::policy::{Decision, PolicyKind, PolicySet};

@@ -2,8 +2,6 @@
 //! enrollment with one-time join tokens, the work stream, leases, revocation, crashes, restarts,
 //! and the certificates and messages the endpoint must refuse.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -5,8 +5,6 @@
 //! sealed with the job's end, and verify offline from an exported bundle — which stops verifying
 //! once it is edited.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 use std::time::Duration;
 

@@ -3,9 +3,6 @@
 //! file. Every entry arrives, in sequence order, duplicated at most in ways the sequence number
 //! lets a receiver drop; a receiver that is down never blocks issuance.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::process::{Child, Command};
 use std::time::Duration;
 

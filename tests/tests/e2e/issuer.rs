@@ -2,9 +2,6 @@
 //! them, tokens an independent verifier (PyJWT) accepts for both ES256 and RS256, bad mint requests
 //! refused with nothing issued, and `keyward dev` keeping its state across restarts.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 
 use keyward_tests::audit::Audit;

@@ -1,9 +1,6 @@
 //! A running broker's policy set: loaded at start (a broken one stops the start), reloaded on
 //! `keyward policy reload` and on SIGHUP, and never replaced by a set that does not compile.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::time::Duration;
 
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, keyward, write_config};

@@ -2,9 +2,6 @@
 //! its discovery document and JWKS: it accepts minted tokens and refuses every bad one, and keeps
 //! accepting across a key rotation.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use keyward_tests::broker::Broker;
 use keyward_tests::forge;
 use keyward_tests::now;

@@ -17,8 +17,6 @@
 //! with credentials the broker holds and hands only to the job's checkout. A fourth runs jobs on
 //! the host's network behind the metadata block, and an agent that cannot block refuses to start.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,9 +1,6 @@
 //! The HTTP server's own defences: a client that trickles its headers (slowloris) is cut off at
 //! `server.header_read_timeout`, and does not block anyone else meanwhile.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::time::Duration;
 
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};

@@ -7,8 +7,6 @@
 //! for, never counting the author's; racing reviews never queue two applies; every change is in
 //! the audit log, whose tree stays correct.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

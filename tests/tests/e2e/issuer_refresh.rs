@@ -3,9 +3,6 @@
 //! picked up once the interval has passed. And a CI token without `jti` is single-use even against
 //! ECDSA malleability (security review M2).
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::time::{Duration, Instant};
 
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};

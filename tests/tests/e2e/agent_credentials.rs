@@ -3,8 +3,6 @@
 //! compromised agent would — another job's credentials, a stale fencing token, a write target
 //! during a plan, a target the stack does not name.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -2,9 +2,6 @@
 //! reads KV secrets with it; the returned token can read what its policy allows and nothing else;
 //! a bound-claim mismatch is a refusal, and a sealed Vault issues nothing.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::openbao::OpenBao;

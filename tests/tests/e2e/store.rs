@@ -2,9 +2,6 @@
 //! against embedded SQLite and against a real PostgreSQL 15 cluster (SPIRE runs one suite against
 //! every datastore plugin the same way).
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

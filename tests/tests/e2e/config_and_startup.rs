@@ -1,9 +1,6 @@
 //! Bad configuration and bad key material: a clear message naming the key path or file, a non-zero
 //! exit, and nothing written.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 
 use keyward_tests::broker::{Broker, keyward};

@@ -1,9 +1,6 @@
 //! `POST /v1/token` with Keyward run tokens, on a broker configured with AWS targets in
 //! "exchange in the worker" mode and the shipped policy library.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 
 use keyward_tests::audit::Audit;

@@ -2,9 +2,6 @@
 //! clear 4xx and nothing issued; a `denied` record when the subject proved something (a verified
 //! signature), only a rate-limited log line when it did not (DESIGN.md §8.10).
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, exchange_form, write_config};
 use keyward_tests::now;

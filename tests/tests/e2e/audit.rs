@@ -3,9 +3,6 @@
 //! run ID and from the access key ID alone; an export verifies offline against a signed
 //! checkpoint, and every kind of tampering is caught, naming the first bad entry.
 
-// A panic in a test is a failed test: unwrap and index freely.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-
 use std::path::Path;
 
 use base64::Engine as _;

@@ -1,0 +1,32 @@
+//! Keyward's end-to-end suite, in one test binary (one link, not two dozen): real `keyward` and
+//! `keyward-agent` processes against real peers (OpenBao, moto, PostgreSQL, Terraform, PyJWT,
+//! regopy, Python `cryptography`), one module per topic. nextest still runs every test in its own
+//! process; `cargo nextest run -E 'test(/^terraform::/)'` runs one topic.
+
+// A panic in a test is a failed test: unwrap and index freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod agent_credentials;
+mod agent_logs;
+mod agents;
+mod audit;
+mod audit_durability;
+mod audit_sinks;
+mod ci_flow;
+mod config_and_startup;
+mod exchange;
+mod exchange_bad_input;
+mod exchange_sts;
+mod exchange_vault;
+mod external_issuer;
+mod http_server;
+mod issuer;
+mod issuer_refresh;
+mod openbao_jwt;
+mod policy_library;
+mod policy_reload;
+mod postgres_broker;
+mod runs;
+mod runs_cli;
+mod store;
+mod terraform;
