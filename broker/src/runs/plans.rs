@@ -9,10 +9,12 @@
 use aws_lc_rs::digest;
 use serde_json::Value;
 
+use super::spec::Stack;
 use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 use crate::identity::kek::hex;
 use crate::policy::PolicyKind;
+use crate::store::RunRow;
 use crate::store::write::Write;
 
 /// The largest saved plan kept.
@@ -54,15 +56,10 @@ impl Runs {
         if plan_file.is_empty() || plan_file.len() > MAX_PLAN_FILE {
             return Err(RunError::Invalid(format!("a saved plan is 1 byte to {MAX_PLAN_FILE} bytes")));
         }
-        if plan_json.len() > MAX_PLAN_JSON {
-            return Err(RunError::Invalid(format!("the plan JSON is larger than {MAX_PLAN_JSON} bytes")));
-        }
-        let plan: Value = serde_json::from_slice(plan_json)
-            .map_err(|e| RunError::Invalid(format!("the plan JSON does not parse: {e}")))?;
         let now = self.clock.now();
         let (run, stack) = (&held.run, &held.stack);
-        let counts = change_counts(&plan);
-        let decision = self.decide(PolicyKind::Plan, || super::input::plan_input(run, stack, plan, now));
+        let (counts, input) = read_plan_json(plan_json, run, stack, now)?;
+        let decision = self.decide(PolicyKind::Plan, || input);
         let sha256 = digest::digest(&digest::SHA256, plan_file).as_ref().to_vec();
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };
         let writes = vec![
@@ -112,6 +109,19 @@ impl Runs {
             .ok_or_else(|| RunError::NotFound(format!("run {} has no saved plan", held.run.id)))?;
         Ok((plan.plan_file, plan.sha256))
     }
+}
+
+/// What [`Runs::submit_plan`] makes of an agent's `terraform show -json` before the policy sees
+/// it: how many resources it changes, and the `keyward.plan` input for `run` of `stack`. Public as
+/// the fuzzing entry (`fuzz/`).
+pub fn read_plan_json(plan_json: &[u8], run: &RunRow, stack: &Stack, now: i64) -> Result<(Value, Value), RunError> {
+    if plan_json.len() > MAX_PLAN_JSON {
+        return Err(RunError::Invalid(format!("the plan JSON is larger than {MAX_PLAN_JSON} bytes")));
+    }
+    let plan: Value = serde_json::from_slice(plan_json)
+        .map_err(|e| RunError::Invalid(format!("the plan JSON does not parse: {e}")))?;
+    let counts = change_counts(&plan);
+    Ok((counts, super::input::plan_input(run, stack, plan, now)))
 }
 
 /// How many resources the plan creates, updates, deletes and replaces.
