@@ -65,7 +65,7 @@ fn holds_for_verified(token: &str, verified: &VerifiedToken, peeked: Option<(Str
         _ => false,
     };
     assert!(audience_ok, "a verified token names the audience");
-    assert!(verified.expires_at + 60 >= NOW, "a verified token is not expired beyond the largest leeway");
+    assert!(verified.expires_at.saturating_add(60) >= NOW, "a verified token is not expired beyond the largest leeway");
     let (iss, audiences) = peeked.expect("the peek reads a verified token");
     assert_eq!(iss, ISSUER, "the peek agrees on iss");
     assert!(audiences.iter().any(|a| a == ISSUER), "the peek agrees on aud");
