@@ -254,6 +254,12 @@ pub enum IssueError {
     Ca(#[from] CaError),
 }
 
+/// Whether [`AgentCa::issue_agent`] would accept the CSR `der`: the fuzzing entry (`fuzz/`) to
+/// the checks an enrolling or renewing agent's CSR passes.
+pub fn check_csr(der: &[u8]) -> Result<(), CsrError> {
+    checked_csr(der).map(drop)
+}
+
 /// Parses `der`, verifies its self-signature and checks that it asks for nothing but a
 /// certificate over a strong key.
 fn checked_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, CsrError> {

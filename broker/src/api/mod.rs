@@ -12,6 +12,8 @@ mod runs;
 pub mod serve;
 mod token;
 
+pub use token::read_exchange_form;
+
 use std::sync::Arc;
 use std::time::Duration;
 

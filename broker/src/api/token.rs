@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::audit::Context;
 use crate::exchange::{
     AWS_CREDENTIALS_TOKEN_TYPE, ExchangeError, ExchangeRequest, ExchangeResponse, GRANT_TYPE, ID_TOKEN_TYPE,
     JWT_TOKEN_TYPE, VAULT_TOKEN_TYPE,
@@ -35,46 +36,9 @@ pub(super) async fn exchange(
     form: Result<Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form.map_err(|e| ApiError::invalid_request(e.body_text()))?;
-    // The grant type says which protocol the request speaks: answer it before anything about
-    // targets, so a client speaking the wrong one hears that first (RFC 6749 §5.2).
-    if form.grant_type.as_deref() != Some(GRANT_TYPE) {
-        return Err(ApiError::unsupported_grant_type(format!("grant_type must be {GRANT_TYPE}")));
-    }
+    let request = exchange_request(form, state.exchanger.is_some(), super::caller(&extensions))?;
     let exchanger =
         state.exchanger.as_ref().ok_or_else(|| ApiError::invalid_target("no credential targets are configured"))?;
-    let subject_token = form
-        .subject_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::invalid_request("subject_token is required"))?;
-    match form.subject_token_type.as_deref() {
-        Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
-        _ => {
-            return Err(ApiError::invalid_request(format!(
-                "subject_token_type must be {JWT_TOKEN_TYPE} or {ID_TOKEN_TYPE}"
-            )));
-        }
-    }
-    if let Some(requested) = form.requested_token_type.as_deref()
-        && requested != JWT_TOKEN_TYPE
-    {
-        return Err(ApiError::invalid_request(format!("requested_token_type must be {JWT_TOKEN_TYPE} when given")));
-    }
-    let target = match (form.resource, form.audience) {
-        (Some(t), None) | (None, Some(t)) => t,
-        (Some(r), Some(a)) if r == a => r,
-        (Some(_), Some(_)) => return Err(ApiError::invalid_request("resource and audience name different targets")),
-        (None, None) => {
-            return Err(ApiError::invalid_request(
-                "name the target in `resource` (or `audience`), e.g. aws:network-apply",
-            ));
-        }
-    };
-    let request = ExchangeRequest {
-        subject_token,
-        target,
-        requested_ttl: form.ttl_seconds.map(Duration::from_secs),
-        caller: super::caller(&extensions),
-    };
     let response = exchanger.exchange(request).await.map_err(ApiError::from)?;
     let body = match response {
         ExchangeResponse::Vault { issued, .. } => {
@@ -142,6 +106,64 @@ pub(super) async fn exchange(
     };
     Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], axum::Json(body))
         .into_response())
+}
+
+/// The checks of an exchange's form, in the order the client hears about them.
+fn exchange_request(
+    form: ExchangeForm,
+    targets_configured: bool,
+    caller: Context,
+) -> Result<ExchangeRequest, ApiError> {
+    // The grant type says which protocol the request speaks: answer it before anything about
+    // targets, so a client speaking the wrong one hears that first (RFC 6749 §5.2).
+    if form.grant_type.as_deref() != Some(GRANT_TYPE) {
+        return Err(ApiError::unsupported_grant_type(format!("grant_type must be {GRANT_TYPE}")));
+    }
+    if !targets_configured {
+        return Err(ApiError::invalid_target("no credential targets are configured"));
+    }
+    let subject_token = form
+        .subject_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("subject_token is required"))?;
+    match form.subject_token_type.as_deref() {
+        Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
+        _ => {
+            return Err(ApiError::invalid_request(format!(
+                "subject_token_type must be {JWT_TOKEN_TYPE} or {ID_TOKEN_TYPE}"
+            )));
+        }
+    }
+    if let Some(requested) = form.requested_token_type.as_deref()
+        && requested != JWT_TOKEN_TYPE
+    {
+        return Err(ApiError::invalid_request(format!("requested_token_type must be {JWT_TOKEN_TYPE} when given")));
+    }
+    let target = match (form.resource, form.audience) {
+        (Some(t), None) | (None, Some(t)) => t,
+        (Some(r), Some(a)) if r == a => r,
+        (Some(_), Some(_)) => return Err(ApiError::invalid_request("resource and audience name different targets")),
+        (None, None) => {
+            return Err(ApiError::invalid_request(
+                "name the target in `resource` (or `audience`), e.g. aws:network-apply",
+            ));
+        }
+    };
+    Ok(ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs), caller })
+}
+
+/// The fuzzing entry (`fuzz/`; the broker never calls it): reads `body` as `POST /v1/token`
+/// reads its form (axum's form extractor, then [`exchange_request`]'s checks), for a broker
+/// with targets configured, and stops where the exchange would start.
+pub async fn read_exchange_form(body: Vec<u8>) -> Result<ExchangeRequest, ApiError> {
+    use axum::extract::FromRequest as _;
+    let request = axum::http::Request::post("/v1/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    let Form(form) =
+        Form::<ExchangeForm>::from_request(request, &()).await.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    exchange_request(form, true, Context::default())
 }
 
 impl From<ExchangeError> for ApiError {

@@ -112,14 +112,20 @@ pub fn verify_export_leaves(
         if line.trim().is_empty() {
             continue;
         }
-        let expected = first.map_or(0, |f| f + leaves.len() as u64);
+        // The entry that belongs on this line; `None` past entry u64::MAX, where a log ends.
+        let position = leaves.len() as u64;
+        let after_last = |start: u64| VerifyError::BadEntry {
+            seq: start.saturating_add(position),
+            reason: format!("line {} follows entry {}, the last a log can have", number + 1, u64::MAX),
+        };
+        let expected = first.map_or(Some(0), |f: u64| f.checked_add(position));
         let parsed: ExportLine = serde_json::from_str(&line).map_err(|e| VerifyError::BadEntry {
-            seq: expected,
+            seq: expected.unwrap_or(u64::MAX),
             reason: format!("line {} is not an export entry: {e}", number + 1),
         })?;
         let seq = parsed.entry.seq;
         let start = *first.get_or_insert(seq);
-        let expected = start + leaves.len() as u64;
+        let expected = start.checked_add(position).ok_or_else(|| after_last(start))?;
         if seq != expected {
             return Err(VerifyError::BadEntry {
                 seq: expected,
@@ -185,6 +191,31 @@ mod tests {
         assert!(matches!(error, Err(VerifyError::MissingKey)), "{error:?}");
         let message = VerifyError::MissingKey.to_string();
         assert!(message.contains("public key is missing") && message.contains("keyward audit public-key"));
+    }
+
+    /// Sequence numbers near the top of `u64` are an export's claim like any other: one that
+    /// would run past entry u64::MAX is refused, never wrapped around to 0 or a panic (found by
+    /// `fuzz/`, target `audit_export`).
+    #[test]
+    fn an_export_running_past_the_last_sequence_number_is_refused() {
+        let line = |seq: u64| {
+            let body =
+                crate::audit::AuditEvent::new(crate::audit::Kind::TokenMinted, 1, crate::audit::Context::default())
+                    .prepare()
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .body(seq);
+            format!("{{\"entry\":{body},\"leaf_hash\":\"{}\"}}\n", hex(&merkle::leaf_hash(body.as_bytes())))
+        };
+        let last = verify_export(line(u64::MAX).as_bytes(), &[], None);
+        assert!(matches!(last, Ok(Report { first: u64::MAX, entries: 1, .. })), "{last:?}");
+        for next in [0, u64::MAX] {
+            let export = format!("{}{}", line(u64::MAX), line(next));
+            let refused = verify_export(export.as_bytes(), &[], None);
+            assert!(
+                matches!(&refused, Err(VerifyError::BadEntry { seq: u64::MAX, reason }) if reason.contains("line 2 follows")),
+                "{refused:?}"
+            );
+        }
     }
 
     /// Garbage, truncations and byte flips of a real export never panic the verifier: each is

@@ -713,6 +713,47 @@ impl Exchanger {
     }
 }
 
+/// What an exchange makes of a verified subject token before it decides anything.
+#[derive(Debug)]
+pub struct SubjectView {
+    /// The `keyward.credentials` policy input.
+    pub input: Value,
+    /// The token's claims as its audit entries keep them (CI tokens; empty for run tokens).
+    pub recorded_claims: serde_json::Map<String, Value>,
+    /// The AWS role session name its run becomes.
+    pub role_session_name: String,
+}
+
+/// The fuzzing entry (`fuzz/`; the broker never calls it): what [`Exchanger::exchange`] makes of
+/// a verified token, a run token when `ci` is `None`, else a token of that CI issuer (`token` is
+/// its text, which names a token without `jti`), up to the policy input for `target`, so hostile
+/// claims reach every step that reads them.
+pub fn subject_view(
+    verified: verify::VerifiedToken,
+    ci: Option<&crate::config::IssuerConfig>,
+    token: &str,
+    target: &TargetConfig,
+    requested_ttl: Option<Duration>,
+    now: i64,
+) -> Result<SubjectView, String> {
+    let subject = match ci {
+        None => {
+            let issuer = verified.string("iss").unwrap_or_default().to_owned();
+            Subject::from_run_token(&issuer, verified)?
+        }
+        Some(config) => Subject::from_ci_token(config, verified, token),
+    };
+    let recorded_claims = match subject.kind {
+        SubjectKind::Ci(_) => subject::recordable_claims(&subject.claims),
+        SubjectKind::Run | SubjectKind::Job => serde_json::Map::new(),
+    };
+    Ok(SubjectView {
+        input: input::credentials_input(&subject, target, requested_ttl, now),
+        recorded_claims,
+        role_session_name: role_session_name(&subject.run.id),
+    })
+}
+
 fn replayed() -> ExchangeError {
     ExchangeError::InvalidGrant("token was already exchanged (each token is single-use)".to_owned())
 }

@@ -130,7 +130,10 @@ const MAX_RECORDED_CLAIMS: usize = 40;
 const MAX_RECORDED_VALUE: usize = 256;
 
 /// The scalar claims of a verified CI token worth keeping in the audit log (workflow, job,
-/// environment, …), without the timestamps every token has.
+/// environment, …), without the timestamps every token has. A number that is not an integer is
+/// kept as its text: audit entries carry integers only, and an entry that cannot be encoded
+/// would fail the whole exchange, refusal record included (found by `fuzz/`, target
+/// `policy_input`).
 pub(super) fn recordable_claims(claims: &Map<String, Value>) -> Map<String, Value> {
     claims
         .iter()
@@ -140,7 +143,9 @@ pub(super) fn recordable_claims(claims: &Map<String, Value>) -> Map<String, Valu
                 Value::String(text) => {
                     Value::from(text.get(..text.floor_char_boundary(MAX_RECORDED_VALUE)).unwrap_or_default())
                 }
-                Value::Number(_) | Value::Bool(_) => value.clone(),
+                Value::Number(n) if n.is_i64() || n.is_u64() => value.clone(),
+                Value::Number(n) => Value::from(n.to_string()),
+                Value::Bool(_) => value.clone(),
                 _ => return None,
             };
             Some((name.chars().take(64).collect(), value))
@@ -303,5 +308,22 @@ mod tests {
         assert_eq!(recorded.get("run_attempt"), Some(&json!(2)));
         assert!(recorded.get("exp").is_none() && recorded.get("groups").is_none());
         assert!(recorded.get("long").and_then(Value::as_str).is_some_and(|v| v.len() <= MAX_RECORDED_VALUE));
+    }
+
+    /// A CI token's claims are the issuer's word: a fractional number among them must not make
+    /// the exchange's audit entry unencodable (audit entries carry integers only).
+    #[test]
+    fn fractional_claims_are_recorded_as_text_so_the_entry_encodes() {
+        let mut claims = Map::new();
+        claims.insert("run_attempt".into(), json!(1.5));
+        claims.insert("big".into(), json!(u64::MAX));
+        claims.insert("negative".into(), json!(-3));
+        let recorded = recordable_claims(&claims);
+        assert_eq!(recorded.get("run_attempt"), Some(&json!("1.5")));
+        assert_eq!(recorded.get("big"), Some(&json!(u64::MAX)));
+        assert_eq!(recorded.get("negative"), Some(&json!(-3)));
+        let entry = crate::audit::AuditEvent::new(crate::audit::Kind::CredentialsDenied, 0, Default::default())
+            .with("subject_claims", Value::Object(recorded));
+        assert!(entry.prepare().is_ok(), "the entry recording the claims encodes");
     }
 }

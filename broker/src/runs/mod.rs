@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
-pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, SavedPlanError, seal_context};
+pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};

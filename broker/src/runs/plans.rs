@@ -18,12 +18,13 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::redact::Redactor;
+use super::spec::Stack;
 use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 use crate::identity::kek::{Kek, UnsealError, hex};
 use crate::policy::PolicyKind;
-use crate::store::SealedPlanRow;
 use crate::store::write::Write;
+use crate::store::{RunRow, SealedPlanRow};
 
 /// The largest saved plan kept.
 pub const MAX_PLAN_FILE: usize = 16 * 1024 * 1024;
@@ -98,18 +99,10 @@ impl Runs {
         if plan_file.is_empty() || plan_file.len() > MAX_PLAN_FILE {
             return Err(RunError::Invalid(format!("a saved plan is 1 byte to {MAX_PLAN_FILE} bytes")));
         }
-        if plan_json.len() > MAX_PLAN_JSON {
-            return Err(RunError::Invalid(format!("the plan JSON is larger than {MAX_PLAN_JSON} bytes")));
-        }
-        let mut plan: Value = serde_json::from_slice(plan_json)
-            .map_err(|e| RunError::Invalid(format!("the plan JSON does not parse: {e}")))?;
-        // Before anything reads it: the policy, its messages, the stored copy.
-        let redacted = Redactor::new().redact(&mut plan);
-        let stored_json = plan.to_string();
         let now = self.clock.now();
         let (run, stack) = (&held.run, &held.stack);
-        let counts = change_counts(&plan);
-        let decision = self.decide(PolicyKind::Plan, || super::input::plan_input(run, stack, plan, now));
+        let ReadPlan { stored_json, redacted, counts, input } = read_plan_json(plan_json, run, stack, now)?;
+        let decision = self.decide(PolicyKind::Plan, || input);
         let sha256 = digest::digest(&digest::SHA256, plan_file).as_ref().to_vec();
         let sealed = self.kek.seal(&seal_context(&run.id, &held.job.id, &sha256), plan_file);
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };
@@ -177,6 +170,34 @@ fn open_plan(kek: &Kek, run: &str, plan: &SealedPlanRow) -> Result<Zeroizing<Vec
         return Err(SavedPlanError::Digest { run: run.to_owned() });
     }
     Ok(opened)
+}
+
+/// What [`Runs::submit_plan`] makes of an agent's `terraform show -json` before the policy sees
+/// it. Public as the fuzzing entry (`fuzz/`).
+#[derive(Debug)]
+pub struct ReadPlan {
+    /// The plan JSON with its sensitive values redacted: what the policy sees and the store keeps.
+    pub stored_json: String,
+    /// How many sensitive values were replaced.
+    pub redacted: usize,
+    /// How many resources it creates, updates, deletes and replaces.
+    pub counts: Value,
+    /// The `keyward.plan` input.
+    pub input: Value,
+}
+
+/// Parses `plan_json` of `run` of `stack` and redacts its sensitive values before anything reads
+/// it (the policy, its messages, the stored copy).
+pub fn read_plan_json(plan_json: &[u8], run: &RunRow, stack: &Stack, now: i64) -> Result<ReadPlan, RunError> {
+    if plan_json.len() > MAX_PLAN_JSON {
+        return Err(RunError::Invalid(format!("the plan JSON is larger than {MAX_PLAN_JSON} bytes")));
+    }
+    let mut plan: Value = serde_json::from_slice(plan_json)
+        .map_err(|e| RunError::Invalid(format!("the plan JSON does not parse: {e}")))?;
+    let redacted = Redactor::new().redact(&mut plan);
+    let stored_json = plan.to_string();
+    let counts = change_counts(&plan);
+    Ok(ReadPlan { stored_json, redacted, counts, input: super::input::plan_input(run, stack, plan, now) })
 }
 
 /// How many resources the plan creates, updates, deletes and replaces.
