@@ -350,7 +350,6 @@ async fn sensitive_values_never_rest_in_the_broker_and_the_saved_plan_is_sealed(
     }
 }
 
-/// `keyward run submit --drift --wait --json` of `stack`: its exit code and the run.
 /// Security review H1: the agent runs outside the sandbox (here as root), so a saved plan the
 /// repository turned into a symlink must never make it read or write what the link names. Inside
 /// the sandbox `/tmp` is private, so Terraform's plan writes through the link harmlessly and
@@ -376,6 +375,62 @@ async fn a_saved_plan_the_repository_links_elsewhere_is_refused() {
     }
     assert_eq!(std::fs::read_to_string(&host).unwrap(), "host file, not a plan", "the host file is untouched");
     std::fs::remove_file(&host).unwrap();
+}
+
+/// Security review H1, the swap: code the repository controls runs in the sandbox after `plan`
+/// (a provider during `show`), and replaces the saved plan with another one it made. Played here by
+/// a stand-in around the real Terraform that, before every `show`, writes a plan of its own over
+/// `keyward.tfplan` in the checkout and over every plan file it is handed. What was judged and
+/// what is applied must be the plan `terraform plan` wrote, never the substitute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_swapped_after_plan_is_never_judged_or_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let broker = start(dir.path(), &moto.endpoint).await;
+    let real = keyward_agent::terraform::locate("terraform").expect("terraform on PATH");
+    let bin = dir.path().join("swapping-terraform");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("terraform");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             # Stand-in for hostile provider code: swaps the saved plan before `show` (saying so on stderr;
+             # stdout is the plan JSON), then runs Terraform.\n\
+             if [ \"$1\" = show ]; then\n\
+               {real} plan -input=false -no-color -var msg=substitute -out=keyward.tfplan >/dev/null \\\n\
+                 && echo swapped keyward.tfplan in the checkout >&2\n\
+               for arg in \"$@\"; do case \"$arg\" in *.tfplan) cp keyward.tfplan \"$arg\" 2>/dev/null \\\n\
+                 && echo swapped \"$arg\" >&2 || echo could not swap \"$arg\" >&2;; esac; done\n\
+             fi\n\
+             exec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display());
+    let _agent = Agent::start_with_path(&agent_dir, &agent_id, &[], Some(&path));
+
+    let config = "variable \"msg\" {\n  default = \"genuine\"\n}\n\
+                  resource \"terraform_data\" \"swap\" {\n  input = var.msg\n  \
+                  provisioner \"local-exec\" {\n    command = \"echo applied-${var.msg}\"\n  }\n}\n";
+    stack(&broker, dir.path(), "swap", config, false);
+    let (id, run) = run_to_end(&broker, "swap").await;
+    let text = logs(&broker, &id);
+    assert!(text.contains(&format!("terraform binary {}", wrapper.display())), "the stand-in ran: {text}");
+    assert!(text.contains("swapped keyward.tfplan in the checkout"), "the checkout's plan was replaced: {text}");
+    assert!(text.contains("could not swap"), "the plan `show` reads is the agent's, read-only: {text}");
+    assert_eq!(run["state"], "finished", "{run}\n{text}");
+    assert!(text.contains("applied-genuine"), "the plan `terraform plan` wrote was applied: {text}");
+    assert!(!text.contains("applied-substitute"), "the substitute was applied: {text}");
+    let request = keyward_tests::http().get(format!("{}/v1/runs/{id}", broker.addr)).bearer_auth(&broker.admin_token);
+    let shown = request.send().await.unwrap().text().await.unwrap();
+    assert!(!shown.contains("substitute"), "the substitute was judged: {shown}");
 }
 
 /// Security review L5: Terraform outside the system directories is bound into the sandbox alone,
@@ -409,6 +464,7 @@ async fn terraform_outside_system_dirs_is_bound_without_its_neighbours() {
     assert!(!text.contains("beside terraform"), "{text}");
 }
 
+/// `keyward run submit --drift --wait --json` of `stack`: its exit code and the run.
 fn drift_check(broker: &Broker, stack: &str) -> (Option<i32>, Value) {
     let out = broker.cli(&["run", "submit", "--stack", stack, "--drift", "--wait", "--timeout", "2m", "--json"]);
     let run =
