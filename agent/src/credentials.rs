@@ -205,7 +205,7 @@ impl JobCredentials {
         self.variables.iter().map(|(name, (value, _))| (name.as_str(), value.as_str()))
     }
 
-    /// Every secret value the job was given: variable values (but for [`PUBLIC_VARIABLES`]), file
+    /// Every secret value the job was given: variable values (but for `PUBLIC_VARIABLES`), file
     /// contents, and the strings inside a JSON file (Vault secrets). The job's log masks them.
     pub fn secret_values(&self) -> impl Iterator<Item = &[u8]> {
         self.secrets.iter().map(|s| s.as_slice())

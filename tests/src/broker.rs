@@ -73,7 +73,7 @@ fn output_within(mut command: Command, deadline: std::time::Duration, what: &str
 }
 
 /// Runs `keyward ARGS` to completion with `envs` and no inherited KEYWARD_* variables; a command
-/// that runs past [`KEYWARD_DEADLINE`] fails the test instead of hanging it.
+/// that runs past `KEYWARD_DEADLINE` fails the test instead of hanging it.
 pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
     // `keyward creds` caches under XDG_CACHE_HOME: a fresh one per call (never the user's), unless
     // the caller passes its own to share a cache between calls.

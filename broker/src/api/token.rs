@@ -153,7 +153,7 @@ fn exchange_request(
 }
 
 /// The fuzzing entry (`fuzz/`; the broker never calls it): reads `body` as `POST /v1/token`
-/// reads its form (axum's form extractor, then [`exchange_request`]'s checks), for a broker
+/// reads its form (axum's form extractor, then `exchange_request`'s checks), for a broker
 /// with targets configured, and stops where the exchange would start.
 pub async fn read_exchange_form(body: Vec<u8>) -> Result<ExchangeRequest, ApiError> {
     use axum::extract::FromRequest as _;

@@ -11,7 +11,7 @@
 //! (at least the refresh interval, at most [`MAX_KEYS_AGE`], which is also the default), the next
 //! token refetches them, so a key the issuer removed stops verifying; if that refetch fails, tokens
 //! are refused (fail closed) rather than checked against keys the issuer may have withdrawn. A
-//! failed fetch is remembered for [`FAILURE_MEMORY`] (L7): tokens arriving meanwhile get the same
+//! failed fetch is remembered for `FAILURE_MEMORY` (L7): tokens arriving meanwhile get the same
 //! refusal without another request to the issuer.
 
 use std::sync::{Arc, RwLock};
