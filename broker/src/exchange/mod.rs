@@ -46,7 +46,7 @@ pub use subject::JobSubject;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
-use crate::config::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
+use crate::config::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
 use crate::identity::issuer::{IssueError, Issuer, PendingToken};
 use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
@@ -126,6 +126,29 @@ struct Grant {
     /// Writes that must hold when the decision commits (a job's lease), or nothing is issued.
     guard: Vec<Write>,
     requested_ttl: Option<Duration>,
+}
+
+/// What [`Exchanger::judge`] concluded.
+struct Judgement {
+    /// The decision, when it allows and the broker can carry it out.
+    allowed: Option<Decision>,
+    /// Why: the decision's reasons, or what refused it.
+    reasons: Vec<String>,
+    lifetime: Lifetime,
+    /// The audited facts of the decision (the policy's digest).
+    decided: Value,
+}
+
+/// An allowed exchange on its way out: what its issuing steps share.
+#[derive(Clone, Copy)]
+struct Issuing<'a> {
+    caller: &'a Context,
+    subject: &'a Subject,
+    target: &'a TargetConfig,
+    lifetime: Lifetime,
+    reasons: &'a [String],
+    decided: &'a Value,
+    guard: &'a [Write],
 }
 
 /// Performs exchanges. Cheap to share.
@@ -268,184 +291,232 @@ impl Exchanger {
         caller: &Context,
     ) -> Result<ExchangeResponse, ExchangeError> {
         let Grant { subject, claim, guard, requested_ttl } = grant;
-        let now = self.clock.now();
-        let decision = self.decide(&subject, target, requested_ttl, now);
+        let judged = self.judge(&subject, target, requested_ttl);
+        let Some(decision) = judged.allowed else {
+            return Err(self.refuse(caller, target, &subject, claim, &judged.reasons, judged.decided).await);
+        };
+        // Allowed: the decision, the consumed subject token and the minted token commit together,
+        // before anything leaves the broker.
+        let issuing = Issuing {
+            caller,
+            subject: &subject,
+            target,
+            lifetime: judged.lifetime,
+            reasons: &judged.reasons,
+            decided: &judged.decided,
+            guard: &guard,
+        };
+        let response = match &target.kind {
+            TargetKind::Vault(vault_target) => self.issue_vault(&issuing, vault_target, claim).await?,
+            TargetKind::Aws(aws) if aws.mode == ExchangeMode::Worker => {
+                self.issue_aws_worker(&issuing, aws, claim).await?
+            }
+            TargetKind::Aws(aws) => self.issue_aws_broker(&issuing, aws, &decision, claim).await?,
+        };
+        tracing::info!(target = %target.id(), run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
+        Ok(response)
+    }
+
+    /// The broker's rules, the policy, and whether the broker can carry out what it decided: what
+    /// it cannot is refused, never weakened (§8.12).
+    fn judge(&self, subject: &Subject, target: &TargetConfig, requested_ttl: Option<Duration>) -> Judgement {
+        let decision = self.decide(subject, target, requested_ttl, self.clock.now());
         let lifetime = match &decision {
             Ok(decision) => Lifetime::of(target.duration, decision.ttl_seconds, requested_ttl),
             Err(_) => Lifetime::of(target.duration, None, None),
         };
-        let duration = lifetime.duration;
-        let (allowed, reasons) = match &decision {
-            // What the broker cannot carry out as decided is refused, never weakened (§8.12).
-            Ok(decision) if decision.permits() => match enforce::unenforceable(target, decision, lifetime) {
-                unenforceable if unenforceable.is_empty() => (true, decision.reasons.clone()),
-                unenforceable => (false, unenforceable),
-            },
-            Ok(decision) => (false, decision.reasons.clone()),
-            Err(reasons) => (false, reasons.clone()),
-        };
         let digest = decision.as_ref().map(|d| d.policy_digest.clone()).unwrap_or_default();
         let decided = json!({ "policy_digest": digest });
-        let decision = match decision {
-            Ok(decision) if allowed => decision,
-            _ => {
-                let entry = Append {
-                    claim,
-                    writes: Vec::new(),
-                    events: vec![self.event(
-                        caller,
-                        target,
-                        Some(&subject),
-                        Kind::CredentialsDenied,
-                        &reasons,
-                        decided,
-                    )],
-                    if_replayed: vec![self.replay_event(caller, target, &subject)],
-                };
-                return match self.log.append(entry).await {
-                    Ok(Committed::Recorded) => Err(ExchangeError::Denied(reasons)),
-                    Ok(Committed::Replayed) => Err(replayed()),
-                    Ok(Committed::Refused(refusal)) => {
-                        Err(unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string())))
-                    }
-                    Err(e) => Err(unavailable("the decision could not be recorded, so nothing was issued", &e)),
-                };
-            }
+        let (allowed, reasons) = match decision {
+            Ok(decision) if decision.permits() => match enforce::unenforceable(target, &decision, lifetime) {
+                unenforceable if unenforceable.is_empty() => {
+                    let reasons = decision.reasons.clone();
+                    (Some(decision), reasons)
+                }
+                unenforceable => (None, unenforceable),
+            },
+            Ok(decision) => (None, decision.reasons),
+            Err(reasons) => (None, reasons),
         };
-        // Allowed: the decision, the consumed subject token and the minted token commit together,
-        // before anything leaves the broker.
-        let allowed_entry = |claim| Append {
+        Judgement { allowed, reasons, lifetime, decided }
+    }
+
+    /// Records a refusal (with the subject token's claim, so a replay is refused on record too)
+    /// and returns the error the caller gets.
+    async fn refuse(
+        &self,
+        caller: &Context,
+        target: &TargetConfig,
+        subject: &Subject,
+        claim: Option<TokenClaim>,
+        reasons: &[String],
+        decided: Value,
+    ) -> ExchangeError {
+        let entry = Append {
             claim,
-            writes: guard.clone(),
+            writes: Vec::new(),
+            events: vec![self.event(caller, target, Some(subject), Kind::CredentialsDenied, reasons, decided)],
+            if_replayed: vec![self.replay_event(caller, target, subject)],
+        };
+        match self.log.append(entry).await {
+            Ok(Committed::Recorded) => ExchangeError::Denied(reasons.to_vec()),
+            Ok(Committed::Replayed) => replayed(),
+            Ok(Committed::Refused(refusal)) => {
+                unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string()))
+            }
+            Err(e) => unavailable("the decision could not be recorded, so nothing was issued", &e),
+        }
+    }
+
+    /// The `credentials.allowed` append: the decision, the subject token's claim and the guard.
+    fn allowed_entry(&self, issuing: &Issuing<'_>, claim: Option<TokenClaim>) -> Append {
+        let Issuing { caller, subject, target, .. } = *issuing;
+        Append {
+            claim,
+            writes: issuing.guard.to_vec(),
             events: vec![self.event(
                 caller,
                 target,
-                Some(&subject),
+                Some(subject),
                 Kind::CredentialsAllowed,
-                &reasons,
-                decided.clone(),
+                issuing.reasons,
+                issuing.decided.clone(),
             )],
-            if_replayed: vec![self.replay_event(caller, target, &subject)],
-        };
+            if_replayed: vec![self.replay_event(caller, target, subject)],
+        }
+    }
 
-        let response = match &target.kind {
-            TargetKind::Vault(vault_target) => {
-                let pending = self.mint_for(&subject, &vault_target.audience, None, None)?;
-                let mut details = json!({ "minted_jti": pending.claims().jti, "role": vault_target.role, "address": vault_target.address });
-                let minted = self.release(pending, caller, &subject, allowed_entry(claim)).await?;
-                let issued = match vault::issue(vault_target, minted.token.expose(), lifetime, &self.metrics).await {
-                    Ok(issued) => issued,
-                    Err(error) => {
-                        let reason = error.to_string();
-                        let refusal = match error {
-                            vault::VaultError::Lifetime { accessor, lease_duration, fate, .. } => {
-                                if let Some(fields) = details.as_object_mut() {
-                                    fields.insert("accessor".to_owned(), Value::from(accessor));
-                                    fields.insert("lease_duration".to_owned(), Value::from(lease_duration));
-                                    fields.insert("vault_token".to_owned(), Value::from(fate.as_str()));
-                                }
-                                ExchangeError::Denied(vec![reason.clone()])
-                            }
-                            vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
-                            vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
-                        };
-                        return Err(self.upstream_failed(caller, &subject, target, details, reason, refusal).await);
-                    }
-                };
-                if let Some(fields) = details.as_object_mut() {
-                    fields.insert("accessor".to_owned(), Value::from(issued.accessor.clone()));
-                    fields.insert("lease_duration".to_owned(), Value::from(issued.lease_duration));
-                    fields.insert("vault_token".to_owned(), Value::from(issued.fate.as_str()));
-                    fields.insert("policies".to_owned(), json!(issued.policies));
-                    let paths: Vec<String> = issued.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect();
-                    fields.insert("secrets_read".to_owned(), json!(paths));
-                    let serials: Vec<&str> = issued.certificates.iter().map(|c| c.serial_number.as_str()).collect();
-                    fields.insert("certificate_serials".to_owned(), json!(serials));
-                }
-                self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
-                ExchangeResponse::Vault { issued, address: vault_target.address.clone() }
-            }
-            TargetKind::Aws(aws) => {
-                // In worker mode the job trades this token at STS as often as it likes while it
-                // lives: it never outlives the decision.
-                let ttl = (aws.mode == ExchangeMode::Worker).then(|| self.issuer.minter().default_ttl().min(duration));
-                let pending = self.mint_for(&subject, &aws.audience, Some(aws), ttl)?;
-                let session_name = role_session_name(&subject.run.id);
-                let details = json!({
-                    "minted_jti": pending.claims().jti,
-                    "role_arn": aws.role_arn,
-                    "role_session_name": session_name,
-                    "duration_seconds": duration.as_secs(),
-                    "mode": aws.mode,
-                    "expires_at": pending.claims().exp,
-                });
-                match aws.mode {
-                    ExchangeMode::Worker => {
-                        // The minted token is the credential: its issuance commits with the decision.
-                        let mut entry = allowed_entry(claim);
-                        entry.events.push(self.event(
-                            caller,
-                            target,
-                            Some(&subject),
-                            Kind::CredentialsIssued,
-                            &[],
-                            details,
-                        ));
-                        let minted = self.release(pending, caller, &subject, entry).await?;
-                        ExchangeResponse::AwsWorker(AwsWorkerCredentials {
-                            web_identity_token: minted.token,
-                            token_expires_at: minted.claims.exp,
-                            role_arn: aws.role_arn.clone(),
-                            role_session_name: session_name,
-                            region: aws.region.clone(),
-                            sts_endpoint: aws.sts_endpoint.clone(),
-                            duration_seconds: duration.as_secs(),
-                        })
-                    }
-                    ExchangeMode::Broker => {
-                        let minted = self.release(pending, caller, &subject, allowed_entry(claim)).await?;
-                        let call = aws::AssumeRole {
-                            target: aws,
-                            session_name: &session_name,
-                            web_identity_token: minted.token.expose(),
-                            duration,
-                            session_policy: decision.session_policy.as_ref().map(Value::to_string),
-                        };
-                        let credentials = match aws::assume_role(call).await {
-                            Ok(credentials) => credentials,
-                            Err(error) => {
-                                let reason = error.to_string();
-                                let refusal = match error {
-                                    aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
-                                    aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
-                                };
-                                return Err(self
-                                    .upstream_failed(caller, &subject, target, details, reason, refusal)
-                                    .await);
-                            }
-                        };
-                        let mut details = details;
+    /// A Vault target: a token for its JWT auth, then the login, reads and certificates.
+    async fn issue_vault(
+        &self,
+        issuing: &Issuing<'_>,
+        vault_target: &VaultTarget,
+        claim: Option<TokenClaim>,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        let Issuing { caller, subject, target, lifetime, .. } = *issuing;
+        let pending = self.mint_for(subject, &vault_target.audience, None, None)?;
+        let mut details =
+            json!({ "minted_jti": pending.claims().jti, "role": vault_target.role, "address": vault_target.address });
+        let minted = self.release(pending, caller, subject, self.allowed_entry(issuing, claim)).await?;
+        let issued = match vault::issue(vault_target, minted.token.expose(), lifetime, &self.metrics).await {
+            Ok(issued) => issued,
+            Err(error) => {
+                let reason = error.to_string();
+                let refusal = match error {
+                    vault::VaultError::Lifetime { accessor, lease_duration, fate, .. } => {
                         if let Some(fields) = details.as_object_mut() {
-                            fields.insert("access_key_id".to_owned(), Value::from(credentials.access_key_id.clone()));
-                            fields.insert(
-                                "assumed_role_arn".to_owned(),
-                                Value::from(credentials.assumed_role_arn.clone()),
-                            );
-                            fields.insert("credentials_expire_at".to_owned(), Value::from(credentials.expires_at));
+                            fields.insert("accessor".to_owned(), Value::from(accessor));
+                            fields.insert("lease_duration".to_owned(), Value::from(lease_duration));
+                            fields.insert("vault_token".to_owned(), Value::from(fate.as_str()));
                         }
-                        self.record(caller, &subject, target, Kind::CredentialsIssued, &[], details).await?;
-                        ExchangeResponse::Aws(AwsIssued {
-                            credentials,
-                            role_arn: aws.role_arn.clone(),
-                            role_session_name: session_name,
-                            region: aws.region.clone(),
-                        })
+                        ExchangeError::Denied(vec![reason.clone()])
                     }
-                }
+                    vault::VaultError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
+                    vault::VaultError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
+                };
+                return Err(self.upstream_failed(caller, subject, target, details, reason, refusal).await);
             }
         };
-        tracing::info!(target = %target.id(), run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
-        Ok(response)
+        if let Some(fields) = details.as_object_mut() {
+            fields.insert("accessor".to_owned(), Value::from(issued.accessor.clone()));
+            fields.insert("lease_duration".to_owned(), Value::from(issued.lease_duration));
+            fields.insert("vault_token".to_owned(), Value::from(issued.fate.as_str()));
+            fields.insert("policies".to_owned(), json!(issued.policies));
+            let paths: Vec<String> = issued.secrets.iter().map(|(m, p, _)| format!("{m}/{p}")).collect();
+            fields.insert("secrets_read".to_owned(), json!(paths));
+            let serials: Vec<&str> = issued.certificates.iter().map(|c| c.serial_number.as_str()).collect();
+            fields.insert("certificate_serials".to_owned(), json!(serials));
+        }
+        self.record(caller, subject, target, Kind::CredentialsIssued, &[], details).await?;
+        Ok(ExchangeResponse::Vault { issued, address: vault_target.address.clone() })
+    }
+
+    /// The minted token's audit details for an AWS target.
+    fn aws_details(aws: &AwsTarget, pending: &PendingToken, session_name: &str, duration: Duration) -> Value {
+        json!({
+            "minted_jti": pending.claims().jti,
+            "role_arn": aws.role_arn,
+            "role_session_name": session_name,
+            "duration_seconds": duration.as_secs(),
+            "mode": aws.mode,
+            "expires_at": pending.claims().exp,
+        })
+    }
+
+    /// An AWS target in worker mode: the minted web-identity token is the credential, so its
+    /// issuance commits with the decision. The job trades it at STS as often as it likes while it
+    /// lives: it never outlives the decision.
+    async fn issue_aws_worker(
+        &self,
+        issuing: &Issuing<'_>,
+        aws: &AwsTarget,
+        claim: Option<TokenClaim>,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        let Issuing { caller, subject, target, lifetime, .. } = *issuing;
+        let duration = lifetime.duration;
+        let ttl = self.issuer.minter().default_ttl().min(duration);
+        let pending = self.mint_for(subject, &aws.audience, Some(aws), Some(ttl))?;
+        let session_name = role_session_name(&subject.run.id);
+        let details = Self::aws_details(aws, &pending, &session_name, duration);
+        let mut entry = self.allowed_entry(issuing, claim);
+        entry.events.push(self.event(caller, target, Some(subject), Kind::CredentialsIssued, &[], details));
+        let minted = self.release(pending, caller, subject, entry).await?;
+        Ok(ExchangeResponse::AwsWorker(AwsWorkerCredentials {
+            web_identity_token: minted.token,
+            token_expires_at: minted.claims.exp,
+            role_arn: aws.role_arn.clone(),
+            role_session_name: session_name,
+            region: aws.region.clone(),
+            sts_endpoint: aws.sts_endpoint.clone(),
+            duration_seconds: duration.as_secs(),
+        }))
+    }
+
+    /// An AWS target in broker mode: the broker calls STS with the decision's session policy and
+    /// lifetime, and records what STS issued before it is returned.
+    async fn issue_aws_broker(
+        &self,
+        issuing: &Issuing<'_>,
+        aws: &AwsTarget,
+        decision: &Decision,
+        claim: Option<TokenClaim>,
+    ) -> Result<ExchangeResponse, ExchangeError> {
+        let Issuing { caller, subject, target, lifetime, .. } = *issuing;
+        let duration = lifetime.duration;
+        let pending = self.mint_for(subject, &aws.audience, Some(aws), None)?;
+        let session_name = role_session_name(&subject.run.id);
+        let mut details = Self::aws_details(aws, &pending, &session_name, duration);
+        let minted = self.release(pending, caller, subject, self.allowed_entry(issuing, claim)).await?;
+        let call = aws::AssumeRole {
+            target: aws,
+            session_name: &session_name,
+            web_identity_token: minted.token.expose(),
+            duration,
+            session_policy: decision.session_policy.as_ref().map(Value::to_string),
+        };
+        let credentials = match aws::assume_role(call).await {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                let reason = error.to_string();
+                let refusal = match error {
+                    aws::StsError::Refused { .. } => ExchangeError::UpstreamRefused(reason.clone()),
+                    aws::StsError::Unavailable(_) => ExchangeError::UpstreamUnavailable(reason.clone()),
+                };
+                return Err(self.upstream_failed(caller, subject, target, details, reason, refusal).await);
+            }
+        };
+        if let Some(fields) = details.as_object_mut() {
+            fields.insert("access_key_id".to_owned(), Value::from(credentials.access_key_id.clone()));
+            fields.insert("assumed_role_arn".to_owned(), Value::from(credentials.assumed_role_arn.clone()));
+            fields.insert("credentials_expire_at".to_owned(), Value::from(credentials.expires_at));
+        }
+        self.record(caller, subject, target, Kind::CredentialsIssued, &[], details).await?;
+        Ok(ExchangeResponse::Aws(AwsIssued {
+            credentials,
+            role_arn: aws.role_arn.clone(),
+            role_session_name: session_name,
+            region: aws.region.clone(),
+        }))
     }
 
     /// Verifies the subject token; also says whether it is single-use. Writes nothing: its claim
