@@ -15,7 +15,7 @@
 //! network. Output is written only once everything succeeded: a failure prints nothing on stdout.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use super::creds_cache::{self, CacheDir, CacheLock, Credentials, Entry, Freshness, Key, KeySubject, Lookup, Secret};
 use super::creds_subject::{SubjectSource, Token};
+use crate::clock::{Clock as _, SystemClock};
 use crate::config::{AwsTarget, ExchangeMode};
 use crate::exchange::aws::{self, AssumeRole};
 
@@ -141,7 +142,7 @@ pub(super) async fn run(command: CredsCommand, env: &dyn Fn(&str) -> Option<Stri
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemClock.now()
 }
 
 /// `<kind>:<name>`, the prefix optional on the command line.

@@ -16,12 +16,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64URL};
 use keyward_broker::audit::merkle::{leaf_hash, root};
 use keyward_broker::audit::{AuditEvent, Context, Kind};
+use keyward_broker::logs::verify::ChunkToCheck;
 use keyward_fuzz_harness::fixtures::{ISSUER, NOW, agent_certificates, agent_sign, es256, rs256, sign_checkpoint};
 use keyward_proto::agent_v1::{
     AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, JobResult, PlanPart,
     RenewRequest, SignedLogChunk, SourceCredentialsRequest, agent_message,
 };
-use keyward_proto::logs::{ChunkFields, GENESIS, chunk_digest};
+use keyward_proto::logs::{GENESIS, chunk_digest};
 use prost::Message as _;
 use serde_json::{Value, json};
 
@@ -261,16 +262,7 @@ fn log_chunk(seeds: &mut Seeds) -> Vec<SignedLogChunk> {
             signature: Vec::new(),
             fencing_token: 3,
         };
-        let fields = ChunkFields {
-            run_id: &chunk.run_id,
-            job_id: &chunk.job_id,
-            fencing_token: chunk.fencing_token,
-            stream: &chunk.stream,
-            seq: chunk.seq,
-            prev_digest: &chunk.prev_digest,
-            data: &chunk.data,
-        };
-        let digest = chunk_digest(&fields);
+        let digest = chunk_digest(&ChunkToCheck::from(&chunk).fields);
         chunk.signature = agent_sign(&digest);
         chunk.digest = digest.to_vec();
         chain.push(chunk);
