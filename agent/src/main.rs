@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use keyward_agent::daemon::{Daemon, Settings};
 use keyward_agent::datadir::DataDir;
 use keyward_agent::hostnet::{self, Allowances};
@@ -37,58 +37,62 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Connect to the broker and run jobs until stopped (SIGTERM/Ctrl-C drain: finish, then exit).
-    Run {
-        /// Where the agent keeps its key and certificate.
-        #[arg(long, env = "KEYWARD_AGENT_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Jobs to run at once.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
-        capacity: u32,
-        /// Run each phase as `sh -c CMD` instead of Terraform, with KEYWARD_JOB_ID,
-        /// KEYWARD_RUN_ID, KEYWARD_STACK, KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA
-        /// and KEYWARD_PATH set.
-        #[arg(long)]
-        exec: Option<String>,
-        /// How jobs are isolated: `sandbox` (namespaces, minimal root, cgroups, Landlock,
-        /// seccomp; docs/sandbox.md), or `process` (a process group and a scrubbed environment
-        /// only: an explicit, weaker choice).
-        #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "process"])]
-        isolation: String,
-        /// The sandbox's network: `none` (loopback only) or `host`. With `host` the agent
-        /// refuses to start unless it can block the cloud metadata service for jobs and the
-        /// kernel has Landlock scopes (Linux 6.12), or the flags below accept the gap.
-        #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-        network: String,
-        /// With `--network host`: let jobs reach the cloud metadata service (169.254.169.254,
-        /// fd00:ec2::254, …) and with it this host's credentials.
-        #[arg(long)]
-        allow_metadata_access: bool,
-        /// With `--network host`: run jobs on a kernel without Landlock scopes (before 6.12),
-        /// where they can connect to the host's abstract Unix sockets.
-        #[arg(long)]
-        allow_host_abstract_sockets: bool,
-        /// The host uids and gids the agent's jobs run as when it is root, one per concurrent
-        /// job: `START:COUNT`. Default: the agent user's /etc/subuid and /etc/subgid entries,
-        /// else 2080374784:65536 (docs/sandbox.md).
-        #[arg(long, value_name = "START:COUNT", value_parser = parse_id_range)]
-        id_range: Option<(u32, u32)>,
-        /// Memory of one job (all its processes).
-        #[arg(long, default_value = "2GiB", value_parser = parse_size)]
-        memory_limit: u64,
-        /// Processes and threads of one job.
-        #[arg(long, default_value_t = 1024)]
-        pids_limit: u64,
-        /// The longest one phase may run.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        phase_timeout: std::time::Duration,
-        /// A regular expression whose matches are masked in every job's log (repeatable), besides
-        /// the job's own credential values and the built-in patterns (AWS key IDs, Vault tokens, JWTs).
-        #[arg(long = "mask-pattern", value_name = "REGEX")]
-        mask_patterns: Vec<String>,
-        /// The most output one job may log; the rest is discarded after a signed truncation line.
-        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
-        log_limit: u64,
-    },
+    Run(RunArgs),
+}
+
+/// `keyward-agent run`: how this agent takes and isolates jobs.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Where the agent keeps its key and certificate.
+    #[arg(long, env = "KEYWARD_AGENT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Jobs to run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    capacity: u32,
+    /// Run each phase as `sh -c CMD` instead of Terraform, with KEYWARD_JOB_ID,
+    /// KEYWARD_RUN_ID, KEYWARD_STACK, KEYWARD_PHASE, KEYWARD_REPOSITORY, KEYWARD_COMMIT_SHA
+    /// and KEYWARD_PATH set.
+    #[arg(long)]
+    exec: Option<String>,
+    /// How jobs are isolated: `sandbox` (namespaces, minimal root, cgroups, Landlock,
+    /// seccomp; docs/sandbox.md), or `process` (a process group and a scrubbed environment
+    /// only: an explicit, weaker choice).
+    #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "process"])]
+    isolation: String,
+    /// The sandbox's network: `none` (loopback only) or `host`. With `host` the agent
+    /// refuses to start unless it can block the cloud metadata service for jobs and the
+    /// kernel has Landlock scopes (Linux 6.12), or the flags below accept the gap.
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    network: String,
+    /// With `--network host`: let jobs reach the cloud metadata service (169.254.169.254,
+    /// fd00:ec2::254, …) and with it this host's credentials.
+    #[arg(long)]
+    allow_metadata_access: bool,
+    /// With `--network host`: run jobs on a kernel without Landlock scopes (before 6.12),
+    /// where they can connect to the host's abstract Unix sockets.
+    #[arg(long)]
+    allow_host_abstract_sockets: bool,
+    /// The host uids and gids the agent's jobs run as when it is root, one per concurrent
+    /// job: `START:COUNT`. Default: the agent user's /etc/subuid and /etc/subgid entries,
+    /// else 2080374784:65536 (docs/sandbox.md).
+    #[arg(long, value_name = "START:COUNT", value_parser = parse_id_range)]
+    id_range: Option<(u32, u32)>,
+    /// Memory of one job (all its processes).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    memory_limit: u64,
+    /// Processes and threads of one job.
+    #[arg(long, default_value_t = 1024)]
+    pids_limit: u64,
+    /// The longest one phase may run.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    phase_timeout: std::time::Duration,
+    /// A regular expression whose matches are masked in every job's log (repeatable), besides
+    /// the job's own credential values and the built-in patterns (AWS key IDs, Vault tokens, JWTs).
+    #[arg(long = "mask-pattern", value_name = "REGEX")]
+    mask_patterns: Vec<String>,
+    /// The most output one job may log; the rest is discarded after a signed truncation line.
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    log_limit: u64,
 }
 
 fn main() -> ExitCode {
@@ -96,12 +100,7 @@ fn main() -> ExitCode {
     keyward_sandbox::enter_jailer_if_requested();
     let cli = Cli::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal who did not set NO_COLOR (https://no-color.org).
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    init_logging();
     // A small runtime: the agent is mostly idle, and its RSS matters on customer hosts.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -112,110 +111,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Join { broker, token, data_dir } => {
-                let dir = DataDir::new(data_dir);
-                let identity = keyward_agent::enroll::join(&broker, &token, &dir).await?;
-                // The ID alone on stdout (`ID=$(keyward-agent join …)`); a reader that went away
-                // is no failure: the enrollment is on disk either way.
-                let mut stdout = std::io::stdout().lock();
-                match writeln!(stdout, "{}", identity.state.agent_id) {
-                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-                    _ => {}
-                }
-                eprintln!(
-                    "enrolled as agent {} in pool {} (certificate valid until {}); start it with:\n  \
-                     keyward-agent run --data-dir {}",
-                    identity.state.agent_id,
-                    identity.state.pool,
-                    date(identity.state.not_after),
-                    dir.path().display()
-                );
-                Ok::<(), anyhow::Error>(())
-            }
-            Command::Run {
-                data_dir,
-                capacity,
-                exec,
-                mask_patterns,
-                log_limit,
-                isolation,
-                network,
-                allow_metadata_access,
-                allow_host_abstract_sockets,
-                id_range,
-                memory_limit,
-                pids_limit,
-                phase_timeout,
-            } => {
-                let mask_patterns = keyward_agent::logs::Patterns::new(&mask_patterns)?;
-                let dir = DataDir::new(data_dir);
-                // Not enrolled, or an unreadable identity: say so before anything else.
-                dir.load()?;
-                let isolation = match isolation.as_str() {
-                    "process" => {
-                        tracing::warn!("--isolation process: jobs run without the sandbox");
-                        Isolation::Process
-                    }
-                    _ => {
-                        let network = if network == "host" { Network::Host } else { Network::None };
-                        let mut settings = SandboxSettings {
-                            network,
-                            memory_bytes: memory_limit,
-                            pids: pids_limit,
-                            blocked: Vec::new(),
-                            allow_missing: Vec::new(),
-                        };
-                        if network == Network::Host {
-                            let allowed = Allowances {
-                                abstract_sockets: allow_host_abstract_sockets,
-                                metadata: allow_metadata_access,
-                            };
-                            let host = hostnet::check(
-                                keyward_sandbox::landlock_scope(),
-                                keyward_sandbox::egress_filter,
-                                allowed,
-                            )?;
-                            for warning in &host.warnings {
-                                tracing::warn!("{warning}");
-                            }
-                            if !host.blocked.is_empty() {
-                                tracing::info!(blocked = ?host.blocked, "jobs on the host's network cannot reach the metadata service");
-                            }
-                            settings.blocked = host.blocked;
-                            settings.allow_missing = host.allow_missing;
-                        }
-                        Isolation::Sandbox(settings)
-                    }
-                };
-                let slots = job_slots(&dir, &isolation, capacity, id_range)?;
-                // An `--exec` agent never runs Terraform, so it reports none: its pool should be
-                // one of its own (docs/agents.md), and nothing should present its runs as applies.
-                let (work, terraform_version) = match exec {
-                    Some(command) => {
-                        tracing::warn!("--exec: every phase runs `sh -c CMD`, not Terraform");
-                        (Some(Work::Exec(command)), None)
-                    }
-                    None => {
-                        let version = keyward_agent::runner::terraform_version().await;
-                        match &version {
-                            Some(version) => tracing::info!(%version, "terraform found"),
-                            None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
-                        }
-                        (keyward_agent::terraform::locate("terraform").map(Work::Terraform), version)
-                    }
-                };
-                let runner = Runner::new(work, isolation, phase_timeout);
-                let settings = Settings { capacity, runner, terraform_version, mask_patterns, log_limit, slots };
-                let daemon = Daemon::new(dir, settings);
-                let draining = std::sync::Arc::clone(&daemon);
-                tokio::spawn(async move {
-                    stop_signal().await;
-                    draining.drain("the agent received a stop signal");
-                });
-                daemon.run().await?;
-                tracing::info!("agent stopped");
-                Ok(())
-            }
+            Command::Join { broker, token, data_dir } => join(&broker, &token, DataDir::new(data_dir)).await,
+            Command::Run(args) => run(args).await,
         }
     });
     match result {
@@ -225,6 +122,114 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `KEYWARD_AGENT_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal who did not set NO_COLOR (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+/// `keyward-agent join`: enrolls, prints the agent ID alone on stdout and how to start it on stderr.
+async fn join(broker: &str, token: &str, dir: DataDir) -> anyhow::Result<()> {
+    let identity = keyward_agent::enroll::join(broker, token, &dir).await?;
+    // The ID alone on stdout (`ID=$(keyward-agent join …)`); a reader that went away is no
+    // failure: the enrollment is on disk either way.
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{}", identity.state.agent_id) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    eprintln!(
+        "enrolled as agent {} in pool {} (certificate valid until {}); start it with:\n  \
+         keyward-agent run --data-dir {}",
+        identity.state.agent_id,
+        identity.state.pool,
+        date(identity.state.not_after),
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// `keyward-agent run`: checks the enrollment and the host, then takes jobs until a stop
+/// signal has drained them.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mask_patterns = keyward_agent::logs::Patterns::new(&args.mask_patterns)?;
+    let dir = DataDir::new(args.data_dir.clone());
+    // Not enrolled, or an unreadable identity: say so before anything else.
+    dir.load()?;
+    let isolation = isolation(&args)?;
+    let slots = job_slots(&dir, &isolation, args.capacity, args.id_range)?;
+    let (work, terraform_version) = work(args.exec).await;
+    let runner = Runner::new(work, isolation, args.phase_timeout);
+    let settings = Settings {
+        capacity: args.capacity,
+        runner,
+        terraform_version,
+        mask_patterns,
+        log_limit: args.log_limit,
+        slots,
+    };
+    let daemon = Daemon::new(dir, settings);
+    let draining = std::sync::Arc::clone(&daemon);
+    tokio::spawn(async move {
+        stop_signal().await;
+        draining.drain("the agent received a stop signal");
+    });
+    daemon.run().await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// How jobs are isolated: the sandbox with its limits and, on the host's network, the
+/// metadata-service block the host check found (or the gaps the flags accept).
+fn isolation(args: &RunArgs) -> anyhow::Result<Isolation> {
+    if args.isolation == "process" {
+        tracing::warn!("--isolation process: jobs run without the sandbox");
+        return Ok(Isolation::Process);
+    }
+    let network = if args.network == "host" { Network::Host } else { Network::None };
+    let mut settings = SandboxSettings {
+        network,
+        memory_bytes: args.memory_limit,
+        pids: args.pids_limit,
+        blocked: Vec::new(),
+        allow_missing: Vec::new(),
+    };
+    if network == Network::Host {
+        let allowed =
+            Allowances { abstract_sockets: args.allow_host_abstract_sockets, metadata: args.allow_metadata_access };
+        let host = hostnet::check(keyward_sandbox::landlock_scope(), keyward_sandbox::egress_filter, allowed)?;
+        for warning in &host.warnings {
+            tracing::warn!("{warning}");
+        }
+        if !host.blocked.is_empty() {
+            tracing::info!(blocked = ?host.blocked, "jobs on the host's network cannot reach the metadata service");
+        }
+        settings.blocked = host.blocked;
+        settings.allow_missing = host.allow_missing;
+    }
+    Ok(Isolation::Sandbox(settings))
+}
+
+/// What each phase runs, and the Terraform version the agent reports. An `--exec` agent never
+/// runs Terraform, so it reports none: its pool should be one of its own (docs/agents.md), and
+/// nothing should present its runs as applies.
+async fn work(exec: Option<String>) -> (Option<Work>, Option<String>) {
+    if let Some(command) = exec {
+        tracing::warn!("--exec: every phase runs `sh -c CMD`, not Terraform");
+        return (Some(Work::Exec(command)), None);
+    }
+    let version = keyward_agent::runner::terraform_version().await;
+    match &version {
+        Some(version) => tracing::info!(%version, "terraform found"),
+        None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
+    }
+    (keyward_agent::terraform::locate("terraform").map(Work::Terraform), version)
 }
 
 /// A Unix time as an RFC 3339 UTC date (`2026-12-06T04:21:30Z`).

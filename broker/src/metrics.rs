@@ -95,85 +95,100 @@ impl Metrics {
 
     /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
     pub fn render(&self, published_keys: usize, audit: &AuditStats, sinks: &[Arc<Sink>], ready: bool) -> String {
-        let mut out = String::with_capacity(1024);
+        let mut out = Exposition(String::with_capacity(1024));
+        out.family("keyward_build_info", "gauge", "Build information.");
+        out.sample("keyward_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
+        self.render_counters(&mut out);
+        render_audit(&mut out, audit, sinks);
+        out.family("keyward_jwks_keys", "gauge", "Keys published in the JWKS.");
+        out.sample("keyward_jwks_keys", "", published_keys);
+        out.family("keyward_ready", "gauge", "Whether the broker reports ready.");
+        out.sample("keyward_ready", "", u8::from(ready));
+        out.0
+    }
+
+    /// The broker's own counters: tokens, refusals, key rotations, policy reloads, revocations.
+    fn render_counters(&self, out: &mut Exposition) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP keyward_build_info Build information.");
-        let _ = writeln!(out, "# TYPE keyward_build_info gauge");
-        let _ = writeln!(out, "keyward_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        let _ = writeln!(out, "# HELP keyward_tokens_issued_total Run tokens signed and recorded.");
-        let _ = writeln!(out, "# TYPE keyward_tokens_issued_total counter");
-        let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"ES256\"}} {}", load(&self.issued_es256));
-        let _ = writeln!(out, "keyward_tokens_issued_total{{alg=\"RS256\"}} {}", load(&self.issued_rs256));
-        let _ = writeln!(out, "# HELP keyward_requests_refused_total API requests refused, by reason.");
-        let _ = writeln!(out, "# TYPE keyward_requests_refused_total counter");
+        out.family("keyward_tokens_issued_total", "counter", "Run tokens signed and recorded.");
+        out.sample("keyward_tokens_issued_total", "alg=\"ES256\"", load(&self.issued_es256));
+        out.sample("keyward_tokens_issued_total", "alg=\"RS256\"", load(&self.issued_rs256));
+        out.family("keyward_requests_refused_total", "counter", "API requests refused, by reason.");
         for (reason, counter) in Refusal::ALL.iter().zip(&self.refused) {
-            let _ = writeln!(out, "keyward_requests_refused_total{{reason=\"{}\"}} {}", reason.label(), load(counter));
+            out.sample("keyward_requests_refused_total", &format!("reason=\"{}\"", reason.label()), load(counter));
         }
-        let _ = writeln!(out, "# HELP keyward_signing_key_rotations_total Signing key rotations.");
-        let _ = writeln!(out, "# TYPE keyward_signing_key_rotations_total counter");
-        let _ = writeln!(out, "keyward_signing_key_rotations_total {}", load(&self.rotations));
-        let _ = writeln!(out, "# HELP keyward_signing_key_rotation_failures_total Failed rotation attempts.");
-        let _ = writeln!(out, "# TYPE keyward_signing_key_rotation_failures_total counter");
-        let _ = writeln!(out, "keyward_signing_key_rotation_failures_total {}", load(&self.rotation_failures));
-        let _ = writeln!(out, "# HELP keyward_policy_reloads_total Policy sets reloaded.");
-        let _ = writeln!(out, "# TYPE keyward_policy_reloads_total counter");
-        let _ = writeln!(out, "keyward_policy_reloads_total {}", load(&self.policy_reloads));
-        let _ =
-            writeln!(out, "# HELP keyward_policy_reload_failures_total Reloads refused (the last good set stayed).");
-        let _ = writeln!(out, "# TYPE keyward_policy_reload_failures_total counter");
-        let _ = writeln!(out, "keyward_policy_reload_failures_total {}", load(&self.policy_reload_failures));
-        let _ = writeln!(
-            out,
-            "# HELP keyward_vault_token_revocation_failures_total Vault tokens the broker did not hand out and could \
-             not revoke (each lives until its TTL ends; the broker log names its accessor)."
-        );
-        let _ = writeln!(out, "# TYPE keyward_vault_token_revocation_failures_total counter");
-        let _ =
-            writeln!(out, "keyward_vault_token_revocation_failures_total {}", load(&self.vault_revocation_failures));
-        let _ = writeln!(out, "# HELP keyward_audit_commits_total Group commits of the audit log.");
-        let _ = writeln!(out, "# TYPE keyward_audit_commits_total counter");
-        let _ = writeln!(out, "keyward_audit_commits_total {}", audit.commits());
-        let _ = writeln!(out, "# HELP keyward_audit_entries_total Audit entries made durable by those commits.");
-        let _ = writeln!(out, "# TYPE keyward_audit_entries_total counter");
-        let _ = writeln!(out, "keyward_audit_entries_total {}", audit.entries());
-        let _ = writeln!(
-            out,
-            "# HELP keyward_audit_failed_commits_total Audit log commits that failed (their requests got 503)."
-        );
-        let _ = writeln!(out, "# TYPE keyward_audit_failed_commits_total counter");
-        let _ = writeln!(out, "keyward_audit_failed_commits_total {}", audit.failed_commits());
-        let _ = writeln!(out, "# HELP keyward_audit_healthy Whether the last audit log commit succeeded.");
-        let _ = writeln!(out, "# TYPE keyward_audit_healthy gauge");
-        let _ = writeln!(out, "keyward_audit_healthy {}", u8::from(audit.healthy()));
-        for (name, help, kind, value) in [
+        let plain = [
+            ("keyward_signing_key_rotations_total", "Signing key rotations.", &self.rotations),
+            ("keyward_signing_key_rotation_failures_total", "Failed rotation attempts.", &self.rotation_failures),
+            ("keyward_policy_reloads_total", "Policy sets reloaded.", &self.policy_reloads),
             (
-                "delivered_total",
-                "Audit entries delivered by a sink.",
-                "counter",
-                SinkStats::delivered as fn(&SinkStats) -> u64,
+                "keyward_policy_reload_failures_total",
+                "Reloads refused (the last good set stayed).",
+                &self.policy_reload_failures,
             ),
-            ("failures_total", "Failed sink delivery attempts (each is retried).", "counter", SinkStats::failures),
             (
-                "dead_letters_total",
-                "Audit entries a sink's receiver refused for good.",
-                "counter",
-                SinkStats::dead_letters,
+                "keyward_vault_token_revocation_failures_total",
+                "Vault tokens the broker did not hand out and could not revoke (each lives until its TTL ends; \
+                 the broker log names its accessor).",
+                &self.vault_revocation_failures,
             ),
-            ("backlog", "Audit entries committed but not yet delivered by a sink.", "gauge", SinkStats::backlog),
-        ] {
-            let _ = writeln!(out, "# HELP keyward_audit_sink_{name} {help}");
-            let _ = writeln!(out, "# TYPE keyward_audit_sink_{name} {kind}");
-            for sink in sinks {
-                let _ = writeln!(out, "keyward_audit_sink_{name}{{sink=\"{}\"}} {}", sink.name(), value(sink.stats()));
-            }
+        ];
+        for (name, help, counter) in plain {
+            out.family(name, "counter", help);
+            out.sample(name, "", load(counter));
         }
-        let _ = writeln!(out, "# HELP keyward_jwks_keys Keys published in the JWKS.");
-        let _ = writeln!(out, "# TYPE keyward_jwks_keys gauge");
-        let _ = writeln!(out, "keyward_jwks_keys {published_keys}");
-        let _ = writeln!(out, "# HELP keyward_ready Whether the broker reports ready.");
-        let _ = writeln!(out, "# TYPE keyward_ready gauge");
-        let _ = writeln!(out, "keyward_ready {}", u8::from(ready));
-        out
+    }
+}
+
+/// The audit writer's commits and health, and each sink's delivery.
+fn render_audit(out: &mut Exposition, audit: &AuditStats, sinks: &[Arc<Sink>]) {
+    out.family("keyward_audit_commits_total", "counter", "Group commits of the audit log.");
+    out.sample("keyward_audit_commits_total", "", audit.commits());
+    out.family("keyward_audit_entries_total", "counter", "Audit entries made durable by those commits.");
+    out.sample("keyward_audit_entries_total", "", audit.entries());
+    out.family(
+        "keyward_audit_failed_commits_total",
+        "counter",
+        "Audit log commits that failed (their requests got 503).",
+    );
+    out.sample("keyward_audit_failed_commits_total", "", audit.failed_commits());
+    out.family("keyward_audit_healthy", "gauge", "Whether the last audit log commit succeeded.");
+    out.sample("keyward_audit_healthy", "", u8::from(audit.healthy()));
+    let per_sink: [SinkFamily; 4] = [
+        ("delivered_total", "Audit entries delivered by a sink.", "counter", SinkStats::delivered),
+        ("failures_total", "Failed sink delivery attempts (each is retried).", "counter", SinkStats::failures),
+        ("dead_letters_total", "Audit entries a sink's receiver refused for good.", "counter", SinkStats::dead_letters),
+        ("backlog", "Audit entries committed but not yet delivered by a sink.", "gauge", SinkStats::backlog),
+    ];
+    for (name, help, kind, value) in per_sink {
+        let name = format!("keyward_audit_sink_{name}");
+        out.family(&name, kind, help);
+        for sink in sinks {
+            out.sample(&name, &format!("sink=\"{}\"", sink.name()), value(sink.stats()));
+        }
+    }
+}
+
+/// A per-sink metric family: name suffix, help, type, and how to read it from a sink's stats.
+type SinkFamily = (&'static str, &'static str, &'static str, fn(&SinkStats) -> u64);
+
+/// The Prometheus text exposition format, written line by line.
+struct Exposition(String);
+
+impl Exposition {
+    /// A metric family's `# HELP` and `# TYPE` lines.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` is empty or `key="value",…` (values the broker chose, never input).
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = if labels.is_empty() {
+            writeln!(self.0, "{name} {value}")
+        } else {
+            writeln!(self.0, "{name}{{{labels}}} {value}")
+        };
     }
 }
 

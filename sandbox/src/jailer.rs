@@ -137,13 +137,7 @@ fn supervise(spec: &Spec, status: &mut Status, job_cgroup: &mut Option<JobCgroup
     }
     let sources = Sources::open(&plan, ids.jailer_is_root).map_err(setup("rootfs"))?;
 
-    let mut signals = SigSet::empty();
-    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(sig);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).map_err(setup("signals"))?;
-    let signal_fd =
-        SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(setup("signals"))?;
+    let signal_fd = signal_fd()?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup("pipes"))?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup("pipes"))?;
 
@@ -179,6 +173,29 @@ fn supervise(spec: &Spec, status: &mut Status, job_cgroup: &mut Option<JobCgroup
     let (ended, killed_for) = wait_for(init, &signal_fd, spec.deadline_unix_ms).map_err(setup("wait"))?;
     let received = report::receive(report_r);
     let events = job_cgroup.as_ref().map(JobCgroup::events).unwrap_or_default();
+    conclude(received, ended, killed_for, events, status)
+}
+
+/// Blocks the signals the jailer handles (children ending, stop requests) and returns a
+/// descriptor that reads them, so the wait loop sees them as events rather than handlers.
+fn signal_fd() -> Result<SignalFd, Failure> {
+    let mut signals = SigSet::empty();
+    for sig in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(sig);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).map_err(setup("signals"))?;
+    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(setup("signals"))
+}
+
+/// Step 9: the job's outcome from what the init reported, how it ended, and the cgroup's
+/// events (a memory or pids limit hit explains a failure the program could not report).
+fn conclude(
+    received: report::Received,
+    ended: WaitStatus,
+    killed_for: Option<Reason>,
+    events: cgroup::Events,
+    status: &mut Status,
+) -> Result<i32, Failure> {
     status.layers.extend(received.layers);
     status.skipped.extend(received.skipped);
     if let Some((code, why)) = received.failure {

@@ -18,37 +18,7 @@ use crate::runs::RunState;
 #[derive(Debug, Subcommand)]
 pub(super) enum RunCommand {
     /// Submit a run of a stack (the `keyward.run` policy decides); prints the run ID.
-    Submit {
-        /// The stack.
-        #[arg(long)]
-        stack: String,
-        /// Full commit SHA (default: the head of the stack's branch, resolved now).
-        #[arg(long)]
-        commit: Option<String>,
-        /// Pull request number.
-        #[arg(long)]
-        pr: Option<u64>,
-        /// Change ticket.
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Check for drift instead of deploying: a read-only `terraform plan -detailed-exitcode`
-        /// that never applies. With `--wait`, exits 2 when it finds drift.
-        #[arg(long)]
-        drift: bool,
-        /// Follow the run until it finishes or waits for approval. Exits 0 when it finished,
-        /// 1 when it failed, 2 when a drift check found drift, 3 when it waits for approval.
-        #[arg(long)]
-        wait: bool,
-        /// With `--wait`: give up waiting after this long (e.g. `10m`), exiting non-zero; the
-        /// run itself goes on.
-        #[arg(long, requires = "wait", value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        /// Print JSON (`{"id": …}` and the run).
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Submit(SubmitArgs),
     /// Show a run, its reviews and jobs.
     Show {
         /// Run ID.
@@ -116,6 +86,40 @@ pub(super) enum RunCommand {
     },
 }
 
+/// What `keyward run submit` takes.
+#[derive(Debug, Args)]
+pub(super) struct SubmitArgs {
+    /// The stack.
+    #[arg(long)]
+    stack: String,
+    /// Full commit SHA (default: the head of the stack's branch, resolved now).
+    #[arg(long)]
+    commit: Option<String>,
+    /// Pull request number.
+    #[arg(long)]
+    pr: Option<u64>,
+    /// Change ticket.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Check for drift instead of deploying: a read-only `terraform plan -detailed-exitcode`
+    /// that never applies. With `--wait`, exits 2 when it finds drift.
+    #[arg(long)]
+    drift: bool,
+    /// Follow the run until it finishes or waits for approval. Exits 0 when it finished,
+    /// 1 when it failed, 2 when a drift check found drift, 3 when it waits for approval.
+    #[arg(long)]
+    wait: bool,
+    /// With `--wait`: give up waiting after this long (e.g. `10m`), exiting non-zero; the
+    /// run itself goes on.
+    #[arg(long, requires = "wait", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print JSON (`{"id": …}` and the run).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 /// What a review (`approve`, `reject`) takes.
 #[derive(Debug, Args)]
 pub(super) struct ReviewArgs {
@@ -133,43 +137,7 @@ pub(super) struct ReviewArgs {
 
 pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
-        RunCommand::Submit { stack, commit, pr, ticket, drift, wait, timeout, json, connection } => {
-            let client = Client::new(&connection, env)?;
-            let kind = if drift { "drift" } else { "deploy" };
-            let body =
-                json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket, "kind": kind });
-            let mut run = client.post("/v1/runs", &body).await?;
-            let id = text(&run, "id").to_owned();
-            if !json {
-                outln!("{id}")?;
-                let what = if drift { "drift check" } else { "run" };
-                eprintln!("queued {what} {id} of {stack} at {}", text(&run, "commit_sha"));
-            }
-            if wait {
-                run = follow(&client, &id, !json, timeout).await?;
-            }
-            if json {
-                print_json(&run)?;
-            } else if wait {
-                print_run(&run)?;
-            }
-            if wait {
-                if failed(&run) {
-                    bail!("run {id} ended {}", text(&run, "state"));
-                }
-                if run.get("drift").and_then(Value::as_bool) == Some(true) {
-                    return Err(DriftFound(format!("drift found by run {id}: {}", text(&run, "detail"))).into());
-                }
-                if text(&run, "state") == "planned" {
-                    return Err(AwaitingApproval(format!(
-                        "run {id} is planned and {}; a token with the `review` scope approves it: \
-                         `keyward run approve {id}`",
-                        waiting_for(&run)
-                    ))
-                    .into());
-                }
-            }
-        }
+        RunCommand::Submit(args) => submit(args, env).await?,
         RunCommand::Show { id, json, connection } => {
             let run = Client::new(&connection, env)?.get(&format!("/v1/runs/{}", segment(&id))).await?;
             if json {
@@ -177,27 +145,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             }
             print_run(&run)?;
         }
-        RunCommand::List { stack, limit, json, connection } => {
-            let mut path = format!("/v1/runs?limit={limit}");
-            if let Some(stack) = &stack {
-                path.push_str(&format!("&stack={}", segment(stack)));
-            }
-            let listing = Client::new(&connection, env)?.get(&path).await?;
-            if json {
-                return print_json(&listing);
-            }
-            outln!("{:<38} {:<20} {:<12} {:<10} TRIGGERED BY", "ID", "STACK", "STATE", "COMMIT")?;
-            for run in items(&listing, "runs") {
-                outln!(
-                    "{:<38} {:<20} {:<12} {:<10} {}",
-                    text(run, "id"),
-                    text(run, "stack"),
-                    text(run, "state"),
-                    text(run, "commit_sha").get(..10).unwrap_or_default(),
-                    text(run, "triggered_by")
-                )?;
-            }
-        }
+        RunCommand::List { stack, limit, json, connection } => list(stack, limit, json, &connection, env).await?,
         RunCommand::Logs { id, follow, verify, bundle, ca, export, json, connection } => {
             if verify {
                 return verify_logs(id.as_deref(), bundle.as_deref(), ca.as_deref(), json, &connection, env).await;
@@ -205,16 +153,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             let Some(id) = id else { bail!("name the run: keyward run logs RUN_ID") };
             let client = Client::new(&connection, env)?;
             if let Some(path) = export {
-                let bundle = client.get(&format!("/v1/runs/{}/logs/bundle", segment(&id))).await?;
-                std::fs::write(&path, serde_json::to_vec_pretty(&bundle)?)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                eprintln!(
-                    "wrote the log bundle of run {id} to {}; check it with `keyward run logs --verify --bundle {} \
-                     --ca agent-ca.pem` (the agent CA: an agent's ca.pem, or `ca_certificate` from GET /v1/agents/bootstrap)",
-                    path.display(),
-                    path.display()
-                );
-                return Ok(());
+                return export_logs(&client, &id, &path).await;
             }
             print_logs(&client, &id, follow, json).await?;
         }
@@ -229,6 +168,94 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             outln!("canceled run {}", text(&run, "id"))?;
         }
     }
+    Ok(())
+}
+
+/// `keyward run submit`: queues the run and, with `--wait`, follows it to an end whose exit
+/// code says how it went.
+async fn submit(args: SubmitArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let SubmitArgs { stack, commit, pr, ticket, drift, wait, timeout, json, connection } = args;
+    let client = Client::new(&connection, env)?;
+    let kind = if drift { "drift" } else { "deploy" };
+    let body = json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket, "kind": kind });
+    let mut run = client.post("/v1/runs", &body).await?;
+    let id = text(&run, "id").to_owned();
+    if !json {
+        outln!("{id}")?;
+        let what = if drift { "drift check" } else { "run" };
+        eprintln!("queued {what} {id} of {stack} at {}", text(&run, "commit_sha"));
+    }
+    if wait {
+        run = follow(&client, &id, !json, timeout).await?;
+    }
+    if json {
+        print_json(&run)?;
+    } else if wait {
+        print_run(&run)?;
+    }
+    if wait { outcome(&run, &id) } else { Ok(()) }
+}
+
+/// The exit a followed run ends with: an error for a failure, drift found, or a wait for approval.
+fn outcome(run: &Value, id: &str) -> anyhow::Result<()> {
+    if failed(run) {
+        bail!("run {id} ended {}", text(run, "state"));
+    }
+    if run.get("drift").and_then(Value::as_bool) == Some(true) {
+        return Err(DriftFound(format!("drift found by run {id}: {}", text(run, "detail"))).into());
+    }
+    if text(run, "state") == "planned" {
+        return Err(AwaitingApproval(format!(
+            "run {id} is planned and {}; a token with the `review` scope approves it: \
+             `keyward run approve {id}`",
+            waiting_for(run)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// `keyward run list`: the newest runs, as a table or JSON.
+async fn list(
+    stack: Option<String>,
+    limit: u32,
+    json: bool,
+    connection: &Connection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let mut path = format!("/v1/runs?limit={limit}");
+    if let Some(stack) = &stack {
+        path.push_str(&format!("&stack={}", segment(stack)));
+    }
+    let listing = Client::new(connection, env)?.get(&path).await?;
+    if json {
+        return print_json(&listing);
+    }
+    outln!("{:<38} {:<20} {:<12} {:<10} TRIGGERED BY", "ID", "STACK", "STATE", "COMMIT")?;
+    for run in items(&listing, "runs") {
+        outln!(
+            "{:<38} {:<20} {:<12} {:<10} {}",
+            text(run, "id"),
+            text(run, "stack"),
+            text(run, "state"),
+            text(run, "commit_sha").get(..10).unwrap_or_default(),
+            text(run, "triggered_by")
+        )?;
+    }
+    Ok(())
+}
+
+/// `keyward run logs --export FILE`: writes the run's log bundle for offline verification.
+async fn export_logs(client: &Client, id: &str, path: &Path) -> anyhow::Result<()> {
+    let bundle = client.get(&format!("/v1/runs/{}/logs/bundle", segment(id))).await?;
+    std::fs::write(path, serde_json::to_vec_pretty(&bundle)?)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    eprintln!(
+        "wrote the log bundle of run {id} to {}; check it with `keyward run logs --verify --bundle {} \
+         --ca agent-ca.pem` (the agent CA: an agent's ca.pem, or `ca_certificate` from GET /v1/agents/bootstrap)",
+        path.display(),
+        path.display()
+    );
     Ok(())
 }
 

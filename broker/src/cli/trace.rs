@@ -114,6 +114,8 @@ fn review_line(entry: &Value, author: Option<&str>) -> String {
     }
 }
 
+/// One run's part of a trace: the traced entry, the code and the reason, the people, and the
+/// tokens and credentials issued for it.
 fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
     let field = |name: &str| {
         entries.iter().find_map(|e| at(e, "/context").get(name).and_then(Value::as_str)).unwrap_or("-").to_owned()
@@ -121,26 +123,10 @@ fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
     let created = entries.iter().find(|e| at(e, "/kind") == "run.created");
     let kind = created.and_then(|e| at(e, "/details/kind").as_str()).map_or(String::new(), |k| format!("  ({k} run)"));
     out.push(format!("run {run}  stack {}{kind}", field("stack_id")));
-
     let traced = traced_entry(key, entries);
     if let Some(entry) = traced {
-        let details = at(entry, "/details");
-        let mut parts = vec![
-            format!("{} #{}", text(entry, "kind"), at(entry, "/seq")),
-            time(at(entry, "/at").as_i64().unwrap_or(0)),
-            format!("phase {}", at(entry, "/context/phase").as_str().unwrap_or("-")),
-        ];
-        if let Some(target) = at(entry, "/context/target").as_str() {
-            parts.push(format!("target {target}"));
-        }
-        for (name, label) in [("agent_id", "agent"), ("pool", "pool"), ("job_id", "job")] {
-            if let Some(value) = details.get(name).and_then(Value::as_str) {
-                parts.push(format!("{label} {value}"));
-            }
-        }
-        out.push(format!("├─ traced     {key}: {}", parts.join("  ")));
+        out.push(traced_line(key, entry));
     }
-
     let pr = entries.iter().find_map(|e| at(e, "/context/pull_request").as_u64());
     out.push(format!(
         "├─ code       repository {}  commit {}  ref {}",
@@ -153,7 +139,32 @@ fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
         pr.map_or_else(|| "-".to_owned(), |n| format!("#{n}")),
         field("ticket")
     ));
+    render_people(entries, traced, out);
+    render_issued(entries, out);
+}
 
+/// The `├─ traced` line: the entry the key names, when, for which phase, target and job.
+fn traced_line(key: &str, entry: &Value) -> String {
+    let details = at(entry, "/details");
+    let mut parts = vec![
+        format!("{} #{}", text(entry, "kind"), at(entry, "/seq")),
+        time(at(entry, "/at").as_i64().unwrap_or(0)),
+        format!("phase {}", at(entry, "/context/phase").as_str().unwrap_or("-")),
+    ];
+    if let Some(target) = at(entry, "/context/target").as_str() {
+        parts.push(format!("target {target}"));
+    }
+    for (name, label) in [("agent_id", "agent"), ("pool", "pool"), ("job_id", "job")] {
+        if let Some(value) = details.get(name).and_then(Value::as_str) {
+            parts.push(format!("{label} {value}"));
+        }
+    }
+    format!("├─ traced     {key}: {}", parts.join("  "))
+}
+
+/// Who submitted (or which CI job asked), who asserted the context, the reviews, and whose
+/// approvals counted.
+fn render_people(entries: &[&Value], traced: Option<&Value>, out: &mut Vec<String>) {
     let ci = entries.iter().find(|e| at(e, "/details/subject_kind") == "ci");
     let author = entries.iter().find_map(|e| at(e, "/context/triggered_by").as_str());
     match ci {
@@ -181,7 +192,10 @@ fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
     let approved = if approvers.is_empty() { "nobody".to_owned() } else { approvers.join(", ") };
     let scope = if traced.is_some() { " (as this credential carries it)" } else { "" };
     out.push(format!("├─ approved   by {approved}{scope}"));
+}
 
+/// The tokens minted and the credentials allowed, issued or denied for the run.
+fn render_issued(entries: &[&Value], out: &mut Vec<String>) {
     let sections: [(&str, &[&str]); 2] = [
         ("tokens minted", &["token.minted"]),
         ("credentials", &["credentials.allowed", "credentials.issued", "credentials.denied"]),

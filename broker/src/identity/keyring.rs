@@ -341,33 +341,9 @@ fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Resu
             KeyState::Retired => row.publish_until.is_some_and(|until| until >= now),
         };
         if published {
-            let jwk: Jwk = serde_json::from_str(&row.public_jwk).map_err(|e| KeyRingError::Corrupt {
-                kid: row.kid.clone(),
-                location: location(),
-                reason: format!("public_jwk is not a JWK: {e}"),
-            })?;
-            if jwk.kid != row.kid {
-                return Err(KeyRingError::Corrupt {
-                    kid: row.kid.clone(),
-                    location: location(),
-                    reason: format!("public_jwk names key `{}`", jwk.kid),
-                });
-            }
-            keys.push(jwk);
+            keys.push(public_jwk(store, row)?);
         }
-        listing.push(KeyInfo {
-            kid: row.kid.clone(),
-            algorithm: row.algorithm.clone(),
-            state: match row.state {
-                KeyState::Next => "next",
-                KeyState::Current => "current",
-                KeyState::Retired => "retired",
-            },
-            created_at: row.created_at,
-            activated_at: row.activated_at,
-            retired_at: row.retired_at,
-            publish_until: row.publish_until,
-        });
+        listing.push(key_info(row));
     }
     let missing = |state: &str| KeyRingError::Corrupt {
         kid: "-".to_owned(),
@@ -376,20 +352,8 @@ fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Resu
     };
     let (current, current_activated_at) = current.ok_or_else(|| missing("current"))?;
     let (next_kid, next_created_at) = next.ok_or_else(|| missing("next"))?;
-    #[derive(Serialize)]
-    struct JwkSet<'a> {
-        keys: &'a [Jwk],
-    }
-    let jwks = serde_json::to_string(&JwkSet { keys: &keys }).map_err(|e| KeyRingError::Corrupt {
-        kid: "-".to_owned(),
-        location: location(),
-        reason: e.to_string(),
-    })?;
-    let verification = super::verify::KeySet::from_jwks(&jwks).map_err(|e| KeyRingError::Corrupt {
-        kid: "-".to_owned(),
-        location: location(),
-        reason: e.to_string(),
-    })?;
+    let (jwks, verification) =
+        publish(&keys).map_err(|reason| KeyRingError::Corrupt { kid: "-".to_owned(), location: location(), reason })?;
     Ok(KeySet {
         current: Arc::new(current),
         current_activated_at,
@@ -400,6 +364,47 @@ fn build_set(store: &Store, kek: &Kek, now: i64, rows: &[SigningKeyRow]) -> Resu
         published: keys.len(),
         listing,
     })
+}
+
+/// A published key's public JWK, checked to name the row's key.
+fn public_jwk(store: &Store, row: &SigningKeyRow) -> Result<Jwk, KeyRingError> {
+    let corrupt =
+        |reason: String| KeyRingError::Corrupt { kid: row.kid.clone(), location: store.location().to_owned(), reason };
+    let jwk: Jwk =
+        serde_json::from_str(&row.public_jwk).map_err(|e| corrupt(format!("public_jwk is not a JWK: {e}")))?;
+    if jwk.kid != row.kid {
+        return Err(corrupt(format!("public_jwk names key `{}`", jwk.kid)));
+    }
+    Ok(jwk)
+}
+
+/// How `keyward keys list` shows a key.
+fn key_info(row: &SigningKeyRow) -> KeyInfo {
+    KeyInfo {
+        kid: row.kid.clone(),
+        algorithm: row.algorithm.clone(),
+        state: match row.state {
+            KeyState::Next => "next",
+            KeyState::Current => "current",
+            KeyState::Retired => "retired",
+        },
+        created_at: row.created_at,
+        activated_at: row.activated_at,
+        retired_at: row.retired_at,
+        publish_until: row.publish_until,
+    }
+}
+
+/// The JWKS document the broker serves, and the verification key set read back from it (so
+/// the broker verifies with exactly what relying parties see).
+fn publish(keys: &[Jwk]) -> Result<(String, super::verify::KeySet), String> {
+    #[derive(Serialize)]
+    struct JwkSet<'a> {
+        keys: &'a [Jwk],
+    }
+    let jwks = serde_json::to_string(&JwkSet { keys }).map_err(|e| e.to_string())?;
+    let verification = super::verify::KeySet::from_jwks(&jwks).map_err(|e| e.to_string())?;
+    Ok((jwks, verification))
 }
 
 #[cfg(test)]

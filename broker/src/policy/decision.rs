@@ -1,6 +1,7 @@
 //! What a policy evaluation concluded, per policy type.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::PolicyKind;
 
@@ -70,88 +71,104 @@ impl Decision {
         Self { reasons: vec![reason], ..Self::failed(kind, String::new(), policy_digest) }
     }
 
-    /// Interprets the package document (or just its output rules) a policy produced.
-    pub fn from_document(kind: PolicyKind, document: &serde_json::Value, policy_digest: String) -> Self {
-        let messages = |rule: &str| -> Result<Vec<String>, String> {
-            match document.get(rule) {
-                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-                Some(serde_json::Value::Array(items)) => items
-                    .iter()
-                    .map(|item| match item {
-                        serde_json::Value::String(text) => Ok(text.clone()),
-                        other => Ok(other.to_string()),
-                    })
-                    .collect(),
-                Some(serde_json::Value::Bool(true)) => Ok(vec![format!("{rule} is true")]),
-                Some(serde_json::Value::Bool(false)) => Ok(Vec::new()),
-                Some(other) => Err(format!("`{rule}` must be a set of messages, got {other}")),
-            }
+    /// Interprets the package document (or just its output rules) a policy produced. An output
+    /// of the wrong shape fails the decision closed, naming the rule.
+    pub fn from_document(kind: PolicyKind, document: &Value, policy_digest: String) -> Self {
+        let empty = Self {
+            kind,
+            outcome: Outcome::Deny,
+            reasons: Vec::new(),
+            warnings: Vec::new(),
+            ttl_seconds: None,
+            session_policy: None,
+            policy_digest: policy_digest.clone(),
         };
-        let flag = |rule: &str| -> Result<bool, String> {
-            match document.get(rule) {
-                None | Some(serde_json::Value::Null) => Ok(false),
-                Some(serde_json::Value::Bool(value)) => Ok(*value),
-                Some(other) => Err(format!("`{rule}` must be a boolean, got {other}")),
-            }
+        let result = match kind {
+            PolicyKind::Credentials => credentials(document, empty),
+            PolicyKind::Run | PolicyKind::Plan => gate(document, empty),
+            PolicyKind::Approval => approval(document, empty),
         };
-        let result = (|| -> Result<Self, String> {
-            let mut decision = Self {
-                kind,
-                outcome: Outcome::Deny,
-                reasons: Vec::new(),
-                warnings: Vec::new(),
-                ttl_seconds: None,
-                session_policy: None,
-                policy_digest: policy_digest.clone(),
-            };
-            match kind {
-                PolicyKind::Credentials => {
-                    let denies = messages("deny")?;
-                    let allowed = flag("allow")?;
-                    decision.ttl_seconds = match document.get("ttl_seconds") {
-                        None | Some(serde_json::Value::Null) => None,
-                        Some(value) => Some(
-                            value
-                                .as_u64()
-                                .filter(|ttl| *ttl > 0)
-                                .ok_or_else(|| format!("`ttl_seconds` must be a positive integer, got {value}"))?,
-                        ),
-                    };
-                    decision.session_policy = match document.get("session_policy") {
-                        None | Some(serde_json::Value::Null) => None,
-                        Some(value @ serde_json::Value::Object(_)) => Some(value.clone()),
-                        Some(other) => return Err(format!("`session_policy` must be an object, got {other}")),
-                    };
-                    decision.outcome = if allowed && denies.is_empty() { Outcome::Allow } else { Outcome::Deny };
-                    decision.reasons = denies;
-                    if decision.outcome == Outcome::Deny && decision.reasons.is_empty() {
-                        decision.reasons.push("no rule allowed the request (deny by default)".to_owned());
-                    }
-                }
-                PolicyKind::Run | PolicyKind::Plan => {
-                    decision.reasons = messages("deny")?;
-                    decision.warnings = messages("warn")?;
-                    decision.outcome = if decision.reasons.is_empty() { Outcome::Allow } else { Outcome::Deny };
-                }
-                PolicyKind::Approval => {
-                    let rejections = messages("reject")?;
-                    decision.outcome = if !rejections.is_empty() {
-                        Outcome::Reject
-                    } else if flag("approve")? {
-                        Outcome::Approve
-                    } else {
-                        Outcome::Pending
-                    };
-                    decision.reasons = match decision.outcome {
-                        Outcome::Reject => rejections,
-                        Outcome::Pending => messages("pending")?,
-                        _ => Vec::new(),
-                    };
-                }
-            }
-            Ok(decision)
-        })();
         result.unwrap_or_else(|reason| Self::failed(kind, reason, policy_digest))
+    }
+}
+
+/// `keyward.credentials`: allowed only when `allow` is true and no `deny` message exists; a
+/// `ttl_seconds` or `session_policy` of the wrong shape fails the decision.
+fn credentials(document: &Value, mut decision: Decision) -> Result<Decision, String> {
+    let denies = messages(document, "deny")?;
+    let allowed = flag(document, "allow")?;
+    decision.ttl_seconds = match document.get("ttl_seconds") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .filter(|ttl| *ttl > 0)
+                .ok_or_else(|| format!("`ttl_seconds` must be a positive integer, got {value}"))?,
+        ),
+    };
+    decision.session_policy = match document.get("session_policy") {
+        None | Some(Value::Null) => None,
+        Some(value @ Value::Object(_)) => Some(value.clone()),
+        Some(other) => return Err(format!("`session_policy` must be an object, got {other}")),
+    };
+    decision.outcome = if allowed && denies.is_empty() { Outcome::Allow } else { Outcome::Deny };
+    decision.reasons = denies;
+    if decision.outcome == Outcome::Deny && decision.reasons.is_empty() {
+        decision.reasons.push("no rule allowed the request (deny by default)".to_owned());
+    }
+    Ok(decision)
+}
+
+/// `keyward.run` and `keyward.plan`: allowed unless a `deny` message exists; `warn` is shown.
+fn gate(document: &Value, mut decision: Decision) -> Result<Decision, String> {
+    decision.reasons = messages(document, "deny")?;
+    decision.warnings = messages(document, "warn")?;
+    decision.outcome = if decision.reasons.is_empty() { Outcome::Allow } else { Outcome::Deny };
+    Ok(decision)
+}
+
+/// `keyward.approval`: any `reject` message rejects; else `approve` approves; else the run
+/// waits, for what `pending` says.
+fn approval(document: &Value, mut decision: Decision) -> Result<Decision, String> {
+    let rejections = messages(document, "reject")?;
+    decision.outcome = if !rejections.is_empty() {
+        Outcome::Reject
+    } else if flag(document, "approve")? {
+        Outcome::Approve
+    } else {
+        Outcome::Pending
+    };
+    decision.reasons = match decision.outcome {
+        Outcome::Reject => rejections,
+        Outcome::Pending => messages(document, "pending")?,
+        _ => Vec::new(),
+    };
+    Ok(decision)
+}
+
+/// A message rule: a set of strings (other values shown as JSON), or a boolean (true says the
+/// rule's name); anything else is an error naming the rule.
+fn messages(document: &Value, rule: &str) -> Result<Vec<String>, String> {
+    match document.get(rule) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect()),
+        Some(Value::Bool(true)) => Ok(vec![format!("{rule} is true")]),
+        Some(other) => Err(format!("`{rule}` must be a set of messages, got {other}")),
+    }
+}
+
+/// A boolean rule; undefined is false, anything but a boolean is an error naming the rule.
+fn flag(document: &Value, rule: &str) -> Result<bool, String> {
+    match document.get(rule) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(value)) => Ok(*value),
+        Some(other) => Err(format!("`{rule}` must be a boolean, got {other}")),
     }
 }
 

@@ -44,116 +44,11 @@ fn time_object() -> Value {
 
 /// The JSON Schema of `kind`'s input, with the outputs the broker reads in `x-keyward-outputs`.
 pub fn input_schema(kind: PolicyKind) -> Value {
-    let (properties, required, outputs): (Value, Vec<&str>, Value) = match kind {
-        PolicyKind::Credentials => (
-            json!({
-                "subject": {
-                    "type": "object",
-                    "description": "Who asks: a verified subject token, or a job's agent authenticated by its mTLS certificate.",
-                    "properties": {
-                        "kind": {
-                            "enum": ["run", "ci", "job"],
-                            "description": "a Keyward run token, a trusted external issuer's token, or a job whose agent holds its lease (Credentials RPC)"
-                        },
-                        "issuer": {"type": "string", "description": "the token's `iss`; for `job`, the agents' SPIFFE trust domain"},
-                        "claims": {
-                            "type": "object",
-                            "description": "every verified claim; for `job`: `sub` (the agent's SPIFFE ID), `agent_id`, `pool`, `job_id`, `fencing_token`; a run token minted through `POST /v1/run-tokens` carries `asserted_by` (the API token that asked for it: its run context is that token's word)"
-                        }
-                    },
-                    "required": ["kind", "issuer", "claims"]
-                },
-                "run": run_object(),
-                "target": {
-                    "type": "object",
-                    "description": "The credential target asked for, from server configuration.",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "type": {"enum": ["aws", "vault"]},
-                        "access": {"enum": ["read", "write"]},
-                        "max_ttl_seconds": {"type": "integer"},
-                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "write_subjects": {
-                            "type": "array", "items": {"enum": ["job", "run", "ci"]},
-                            "description": "the subject kinds the target's configuration lets obtain write credentials (default: only `job`)"
-                        }
-                    },
-                    "required": ["name", "type", "access"]
-                },
-                "request": {
-                    "type": "object",
-                    "properties": {
-                        "ttl_seconds": {"type": "integer"},
-                        "mode": {"enum": ["broker", "worker"], "description": "who calls the relying party"}
-                    }
-                },
-                "time": time_object()
-            }),
-            vec!["subject", "run", "target", "time"],
-            json!({
-                "allow": "boolean; nothing is issued unless true",
-                "deny": "set of strings; any message denies, and is shown to the caller and audited",
-                "ttl_seconds": "optional positive integer; caps the credential lifetime",
-                "session_policy": "optional object; an AWS IAM session policy to attach"
-            }),
-        ),
-        PolicyKind::Run => (
-            json!({
-                "run": run_object(),
-                "stack": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"}, "name": {"type": "string"}, "repository": {"type": "string"},
-                        "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"}
-                    }
-                },
-                "kind": {
-                    "type": "string", "enum": ["deploy", "drift"],
-                    "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies"
-                },
-                "submitted_by": {"type": "string"},
-                "time": time_object()
-            }),
-            vec!["run", "time"],
-            json!({"deny": "set of strings; any message refuses the run"}),
-        ),
-        PolicyKind::Plan => (
-            json!({
-                "run": run_object(),
-                "plan": {"type": "object", "description": "the output of `terraform show -json <planfile>`"},
-                "time": time_object()
-            }),
-            vec!["run", "plan", "time"],
-            json!({"deny": "set of strings; any message fails the plan", "warn": "set of strings; shown, not blocking"}),
-        ),
-        PolicyKind::Approval => (
-            json!({
-                "run": run_object(),
-                "approvals": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "by": {"type": "string"},
-                            "decision": {"enum": ["approve", "reject"]},
-                            "at": {"type": "integer"},
-                            "comment": {"type": "string"},
-                            "author": {"type": "boolean", "description": "the reviewer submitted the run"},
-                            "counted": {"type": "boolean", "description": "false for the author's own approval, which never counts"}
-                        },
-                        "required": ["by", "decision", "author", "counted"]
-                    }
-                },
-                "target_labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                "time": time_object()
-            }),
-            vec!["run", "approvals", "time"],
-            json!({
-                "approve": "boolean; the run may apply",
-                "reject": "set of strings; the run is rejected",
-                "pending": "set of strings; while neither, what the run waits for (shown by `run show` and `--wait`)"
-            }),
-        ),
+    let (properties, required, outputs) = match kind {
+        PolicyKind::Credentials => credentials_input(),
+        PolicyKind::Run => run_input(),
+        PolicyKind::Plan => plan_input(),
+        PolicyKind::Approval => approval_input(),
     };
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -165,4 +60,132 @@ pub fn input_schema(kind: PolicyKind) -> Value {
         "x-keyward-package": kind.package(),
         "x-keyward-outputs": outputs
     })
+}
+
+/// One policy type's input properties, the required ones, and the outputs the broker reads.
+type Section = (Value, Vec<&'static str>, Value);
+
+/// The `keyward.credentials` input: who asks, for which run, which target, and how.
+fn credentials_input() -> Section {
+    (
+        json!({
+            "subject": {
+                "type": "object",
+                "description": "Who asks: a verified subject token, or a job's agent authenticated by its mTLS certificate.",
+                "properties": {
+                    "kind": {
+                        "enum": ["run", "ci", "job"],
+                        "description": "a Keyward run token, a trusted external issuer's token, or a job whose agent holds its lease (Credentials RPC)"
+                    },
+                    "issuer": {"type": "string", "description": "the token's `iss`; for `job`, the agents' SPIFFE trust domain"},
+                    "claims": {
+                        "type": "object",
+                        "description": "every verified claim; for `job`: `sub` (the agent's SPIFFE ID), `agent_id`, `pool`, `job_id`, `fencing_token`; a run token minted through `POST /v1/run-tokens` carries `asserted_by` (the API token that asked for it: its run context is that token's word)"
+                    }
+                },
+                "required": ["kind", "issuer", "claims"]
+            },
+            "run": run_object(),
+            "target": {
+                "type": "object",
+                "description": "The credential target asked for, from server configuration.",
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"enum": ["aws", "vault"]},
+                    "access": {"enum": ["read", "write"]},
+                    "max_ttl_seconds": {"type": "integer"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "write_subjects": {
+                        "type": "array", "items": {"enum": ["job", "run", "ci"]},
+                        "description": "the subject kinds the target's configuration lets obtain write credentials (default: only `job`)"
+                    }
+                },
+                "required": ["name", "type", "access"]
+            },
+            "request": {
+                "type": "object",
+                "properties": {
+                    "ttl_seconds": {"type": "integer"},
+                    "mode": {"enum": ["broker", "worker"], "description": "who calls the relying party"}
+                }
+            },
+            "time": time_object()
+        }),
+        vec!["subject", "run", "target", "time"],
+        json!({
+            "allow": "boolean; nothing is issued unless true",
+            "deny": "set of strings; any message denies, and is shown to the caller and audited",
+            "ttl_seconds": "optional positive integer; caps the credential lifetime",
+            "session_policy": "optional object; an AWS IAM session policy to attach"
+        }),
+    )
+}
+
+/// The `keyward.run` input: a run about to be accepted.
+fn run_input() -> Section {
+    (
+        json!({
+            "run": run_object(),
+            "stack": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "repository": {"type": "string"},
+                    "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"}
+                }
+            },
+            "kind": {
+                "type": "string", "enum": ["deploy", "drift"],
+                "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies"
+            },
+            "submitted_by": {"type": "string"},
+            "time": time_object()
+        }),
+        vec!["run", "time"],
+        json!({"deny": "set of strings; any message refuses the run"}),
+    )
+}
+
+/// The `keyward.plan` input: a run's plan, as `terraform show -json` prints it.
+fn plan_input() -> Section {
+    (
+        json!({
+            "run": run_object(),
+            "plan": {"type": "object", "description": "the output of `terraform show -json <planfile>`"},
+            "time": time_object()
+        }),
+        vec!["run", "plan", "time"],
+        json!({"deny": "set of strings; any message fails the plan", "warn": "set of strings; shown, not blocking"}),
+    )
+}
+
+/// The `keyward.approval` input: the reviews recorded for a run.
+fn approval_input() -> Section {
+    (
+        json!({
+            "run": run_object(),
+            "approvals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "by": {"type": "string"},
+                        "decision": {"enum": ["approve", "reject"]},
+                        "at": {"type": "integer"},
+                        "comment": {"type": "string"},
+                        "author": {"type": "boolean", "description": "the reviewer submitted the run"},
+                        "counted": {"type": "boolean", "description": "false for the author's own approval, which never counts"}
+                    },
+                    "required": ["by", "decision", "author", "counted"]
+                }
+            },
+            "target_labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "time": time_object()
+        }),
+        vec!["run", "approvals", "time"],
+        json!({
+            "approve": "boolean; the run may apply",
+            "reject": "set of strings; the run is rejected",
+            "pending": "set of strings; while neither, what the run waits for (shown by `run show` and `--wait`)"
+        }),
+    )
 }
