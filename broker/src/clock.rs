@@ -85,4 +85,15 @@ mod rfc3339_tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
+
+    /// The credential-process `Expiration` the AWS CLI and SDKs read is this format; it once
+    /// came from the SDK's own formatter, and must keep printing what that one prints.
+    #[test]
+    fn matches_the_aws_sdk_date_time_format() {
+        use aws_sdk_sts::primitives::{DateTime, DateTimeFormat};
+        for unix in [0, 951_782_400, 1_795_400_000, 4_102_444_799, 1_700_000_001] {
+            let sdk = DateTime::from_secs(unix).fmt(DateTimeFormat::DateTime).unwrap_or_default();
+            assert_eq!(rfc3339(unix), sdk, "at {unix}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::access::AccessError;
+use crate::exchange::ExchangeError;
 use crate::identity::issuer::IssueError;
 use crate::identity::keyring::KeyRingError;
 use crate::identity::mint::MintError;
@@ -223,6 +224,21 @@ impl From<KeyRingError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "too_soon", error.to_string(), Refusal::Invalid)
             }
             other => Self::internal(&other),
+        }
+    }
+}
+impl From<ExchangeError> for ApiError {
+    fn from(error: ExchangeError) -> Self {
+        match &error {
+            ExchangeError::InvalidRequest(_) => Self::invalid_request(error.to_string()),
+            ExchangeError::InvalidTarget(_) => Self::invalid_target(error.to_string()),
+            ExchangeError::InvalidGrant(_) => Self::invalid_grant(error.to_string()),
+            // RFC 8693 §2.2.2: a target the server will not issue for is `invalid_target`, whether
+            // the broker's rules, the policy or the relying party said no; the reason goes in
+            // `error_description`. OAuth has no `access_denied` at the token endpoint.
+            ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => Self::target_denied(error.to_string()),
+            ExchangeError::Unavailable(_) => Self::unavailable(error.to_string()),
+            ExchangeError::UpstreamUnavailable(_) => Self::bad_gateway(error.to_string()),
         }
     }
 }

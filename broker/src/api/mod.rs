@@ -11,6 +11,7 @@ mod ops;
 mod runs;
 pub mod serve;
 mod token;
+mod token_response;
 
 pub use token::read_exchange_form;
 

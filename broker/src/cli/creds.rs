@@ -461,6 +461,6 @@ async fn assume_in_worker(body: &Value) -> anyhow::Result<Credentials> {
         access_key_id: credentials.access_key_id.clone(),
         secret_access_key: Secret::new(credentials.secret_access_key.to_string()),
         session_token: Secret::new(credentials.session_token.to_string()),
-        expiration: aws::rfc3339(credentials.expires_at),
+        expiration: crate::clock::rfc3339(credentials.expires_at),
     })
 }

@@ -147,10 +147,3 @@ fn classify(error: SdkError<AssumeRoleWithWebIdentityError>) -> StsError {
         _ => StsError::Unavailable("request could not be built or sent".to_owned()),
     }
 }
-
-/// RFC 3339 (UTC) for the credential-process `Expiration` field.
-pub fn rfc3339(unix: i64) -> String {
-    aws_sdk_sts::primitives::DateTime::from_secs(unix)
-        .fmt(aws_sdk_sts::primitives::DateTimeFormat::DateTime)
-        .unwrap_or_default()
-}
