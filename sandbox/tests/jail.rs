@@ -809,8 +809,8 @@ fn errno_result(ret: i64) -> String {
 #[allow(unsafe_code)]
 fn inside_syscalls() {
     let mut out = Vec::new();
-    // SAFETY (all blocks below): raw syscalls with integer arguments or pointers to live locals;
-    // a clone child, if the filter failed to stop it, exits at once.
+    // SAFETY: raw syscalls with integer arguments or pointers to live locals; a clone child,
+    // if the filter failed to stop it, exits at once.
     unsafe {
         out.push(("ptrace", errno_result(libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0))));
         out.push(("unshare_user", errno_result(libc::unshare(libc::CLONE_NEWUSER) as i64)));
