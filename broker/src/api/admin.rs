@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, operator};
-use crate::access::{ApiScope, Permission};
+use super::extract::{ApiJson, Authorized, can};
+use crate::access::ApiScope;
 use crate::identity::keyring::KeyRingError;
 use crate::identity::mint::MintRequest;
 use crate::runs::reviews::RecordedRun;
@@ -129,11 +129,10 @@ struct Minted<'a> {
 
 pub(super) async fn mint_run_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<MintBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let result = async {
         let ApiJson(body) = body?;
         let recorded = state.runs.recorded(&body.run_id).await?;
@@ -171,10 +170,9 @@ pub(super) struct CreateApiTokenBody {
 
 pub(super) async fn create_api_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     body: Result<ApiJson<CreateApiTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let scope: ApiScope = body.scope.parse()?;
     let secret = state.access.create(&body.name, scope, &operator.name).await?;
@@ -182,8 +180,10 @@ pub(super) async fn create_api_token(
     Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(response)).into_response())
 }
 
-pub(super) async fn list_api_tokens(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
+pub(super) async fn list_api_tokens(
+    State(state): State<AppState>,
+    _: Authorized<can::Administer>,
+) -> Result<Response, ApiError> {
     let tokens: Vec<_> = state
         .access
         .list()
@@ -201,10 +201,9 @@ pub(super) async fn list_api_tokens(State(state): State<AppState>, headers: Head
 
 pub(super) async fn revoke_api_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     if !state.access.revoke(&name).await? {
         return Err(ApiError::not_found(format!("no live API token named `{name}`")));
     }
@@ -212,23 +211,26 @@ pub(super) async fn revoke_api_token(
     Ok(Json(json!({ "name": name, "revoked": true })).into_response())
 }
 
-pub(super) async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
+pub(super) async fn list_keys(
+    State(state): State<AppState>,
+    _: Authorized<can::Administer>,
+) -> Result<Response, ApiError> {
     Ok(Json(json!({ "keys": state.keys.list() })).into_response())
 }
 
-pub(super) async fn policy_status(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
+pub(super) async fn policy_status(
+    State(state): State<AppState>,
+    _: Authorized<can::Administer>,
+) -> Result<Response, ApiError> {
     let engine = state.policies.as_ref().ok_or_else(no_policies)?;
     Ok(Json(engine.status()).into_response())
 }
 
 pub(super) async fn reload_policies(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let engine = Arc::clone(state.policies.as_ref().ok_or_else(no_policies)?);
     // Compiling reads files and may take a while: keep it off the async workers.
     let reloading = Arc::clone(&engine);
@@ -268,11 +270,10 @@ pub(super) struct RotateBody {
 
 pub(super) async fn rotate_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let body: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {

@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, operator};
-use crate::access::Permission;
+use super::extract::{ApiJson, Authorized, can};
 use crate::agents::{AgentView, Bootstrap};
 
 /// Default join-token lifetime.
@@ -41,19 +40,20 @@ pub(super) struct PoolBody {
 /// `POST /v1/pools`.
 pub(super) async fn create_pool(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<PoolBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let pool = state.agents.create_pool(&body.name, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(pool)).into_response())
 }
 
 /// `GET /v1/pools`.
-pub(super) async fn list_pools(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
+pub(super) async fn list_pools(
+    State(state): State<AppState>,
+    _: Authorized<can::Administer>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "pools": state.agents.pools().await? })))
 }
 
@@ -69,12 +69,11 @@ pub(super) struct JoinTokenBody {
 /// `POST /v1/pools/{name}/join-tokens`.
 pub(super) async fn create_join_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     Path(pool): Path<String>,
     body: Result<ApiJson<JoinTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(body) = body?;
     let ttl = body.ttl_seconds.map_or(DEFAULT_JOIN_TOKEN_TTL, Duration::from_secs);
     let token = state.agents.join_token(&pool, ttl, &operator.name, super::caller(&extensions)).await?;
@@ -91,41 +90,37 @@ pub(super) struct ListQuery {
 /// `GET /v1/agents`.
 pub(super) async fn list_agents(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::Administer>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(json!({ "agents": state.agents.list(query.pool.as_deref()).await? })))
 }
 
 /// `GET /v1/agents/{id}`.
 pub(super) async fn show_agent(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::Administer>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.get(&id).await?))
 }
 
 /// `POST /v1/agents/{id}/revoke`.
 pub(super) async fn revoke_agent(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.revoke(&id, &operator.name, super::caller(&extensions)).await?))
 }
 
 /// `POST /v1/agents/{id}/drain`.
 pub(super) async fn drain_agent(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     Ok(Json(state.agents.drain(&id, &operator.name, super::caller(&extensions)).await?))
 }

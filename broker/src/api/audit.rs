@@ -8,14 +8,12 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::operator;
-use crate::access::Permission;
+use super::extract::{Authorized, can};
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
 use crate::audit::verify::export_line;
@@ -56,10 +54,9 @@ pub(super) struct EntriesQuery {
 /// `GET /v1/audit/entries`.
 pub(super) async fn entries(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
     query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let size = state.store.audit_size().await.map_err(store_error)?;
     let entries = if let Some(tail) = query.tail {
@@ -88,9 +85,8 @@ fn checkpoint_json(row: &crate::store::CheckpointRow) -> Value {
 /// `GET /v1/audit/checkpoint`: the latest signed checkpoint.
 pub(super) async fn latest_checkpoint(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let latest = state.store.latest_checkpoint().await.map_err(store_error)?;
     let row =
         latest.ok_or_else(|| ApiError::not_found("no checkpoint yet; make one with `keyward audit checkpoint`"))?;
@@ -100,9 +96,8 @@ pub(super) async fn latest_checkpoint(
 /// `POST /v1/audit/checkpoint`: sign one now.
 pub(super) async fn make_checkpoint(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let row = tree::checkpoint(&state.store, &state.log_key, state.clock_now()).await?;
     Ok(Json(checkpoint_json(&row)))
 }
@@ -117,10 +112,9 @@ pub(super) struct InclusionQuery {
 /// `GET /v1/audit/proof/inclusion?seq=N[&size=S]`.
 pub(super) async fn inclusion(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
     query: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let size = match query.size {
         Some(size) => size,
@@ -150,10 +144,9 @@ pub(super) struct ConsistencyQuery {
 /// `GET /v1/audit/proof/consistency?old=M[&new=N]`.
 pub(super) async fn consistency(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let new = match query.new {
         Some(new) => new,
@@ -178,10 +171,9 @@ fn hexes(hashes: &[Hash]) -> Vec<String> {
 /// entries it finds name their runs, whose entries are added.
 pub(super) async fn trace(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadAudit>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadAudit).await?;
     let direct: Vec<String> =
         ["run", "akid", "jti", "session", "accessor"].iter().map(|prefix| format!("{prefix}:{key}")).collect();
     let found = state.store.audit_entries_for(&direct).await.map_err(store_error)?;
@@ -216,11 +208,10 @@ pub(super) struct PruneBody {
 /// signed checkpoint covers can go; the pruning itself is an entry.
 pub(super) async fn prune(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<super::extract::ApiJson<PruneBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let super::extract::ApiJson(body) = body?;
     let covered = state.store.latest_checkpoint().await.map_err(store_error)?.map_or(0, |c| c.size);
     if body.before > covered {

@@ -6,43 +6,43 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, operator};
-use crate::access::Permission;
+use super::extract::{ApiJson, Authorized, can};
+use crate::access::Operator;
 use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<StackSpec>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::Administer).await?;
     let ApiJson(spec) = body?;
     let stack = state.runs.create_stack(spec, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(stack)).into_response())
 }
 
 /// `GET /v1/stacks`.
-pub(super) async fn list_stacks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
+pub(super) async fn list_stacks(
+    State(state): State<AppState>,
+    _: Authorized<can::ReadRuns>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "stacks": state.runs.stacks().await? })))
 }
 
 /// `GET /v1/stacks/{name}`.
 pub(super) async fn show_stack(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadRuns>,
     Path(name): Path<String>,
 ) -> Result<Json<Stack>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
     Ok(Json(state.runs.stack(&name).await?))
 }
 
@@ -65,11 +65,10 @@ pub(super) struct SubmitBody {
 /// `POST /v1/runs`.
 pub(super) async fn submit_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::SubmitRuns>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<SubmitBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let operator = operator(&state, &headers, Permission::SubmitRuns).await?;
     let ApiJson(body) = body?;
     let submission = Submission {
         stack: body.stack,
@@ -93,10 +92,9 @@ pub(super) struct ListQuery {
 /// `GET /v1/runs?stack=S&limit=N`: newest first.
 pub(super) async fn list_runs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadRuns>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
     Ok(Json(json!({ "runs": runs })))
@@ -105,10 +103,9 @@ pub(super) async fn list_runs(
 /// `GET /v1/runs/{id}`.
 pub(super) async fn show_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
     Ok(Json(json!(state.runs.run(&id).await?)))
 }
 
@@ -122,13 +119,12 @@ pub(super) struct ReviewBody {
 
 async fn review(
     state: AppState,
-    headers: HeaderMap,
+    operator: Operator,
     extensions: axum::http::Extensions,
     id: String,
     verdict: Verdict,
     body: Result<ApiJson<ReviewBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, Permission::ReviewRuns).await?;
     let ApiJson(body) = body?;
     let outcome = state.runs.review(&id, verdict, body.comment, &operator.name, super::caller(&extensions)).await?;
     Ok(Json(json!(outcome)))
@@ -137,33 +133,32 @@ async fn review(
 /// `POST /v1/runs/{id}/approve`.
 pub(super) async fn approve_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::ReviewRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
     body: Result<ApiJson<ReviewBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    review(state, headers, extensions, id, Verdict::Approve, body).await
+    review(state, operator, extensions, id, Verdict::Approve, body).await
 }
 
 /// `POST /v1/runs/{id}/reject`.
 pub(super) async fn reject_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::ReviewRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
     body: Result<ApiJson<ReviewBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    review(state, headers, extensions, id, Verdict::Reject, body).await
+    review(state, operator, extensions, id, Verdict::Reject, body).await
 }
 
 /// `POST /v1/runs/{id}/cancel`.
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authorized { operator, .. }: Authorized<can::SubmitRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = operator(&state, &headers, Permission::SubmitRuns).await?;
     Ok(Json(json!(state.runs.cancel(&id, &operator.name, super::caller(&extensions)).await?)))
 }
 
@@ -180,11 +175,10 @@ pub(super) struct LogsQuery {
 /// has and nothing new came).
 pub(super) async fn run_logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadRuns>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let run = state.runs.run(&id).await?;
     let after = query.after.unwrap_or(0).max(0);
@@ -206,10 +200,9 @@ pub(super) async fn run_logs(
 /// heads that let `keyward run logs --verify` check it offline.
 pub(super) async fn run_log_bundle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::logs::Bundle>, ApiError> {
-    operator(&state, &headers, Permission::ReadRuns).await?;
     state.runs.run(&id).await?;
     Ok(Json(state.agents.logs().bundle(&id).await.map_err(RunError::from)?))
 }
