@@ -16,9 +16,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::operator;
 use crate::access::Permission;
+use crate::audit::export_line;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
-use crate::audit::verify::export_line;
 use crate::identity::kek::hex;
 use crate::store::StoredEntry;
 

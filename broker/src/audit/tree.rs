@@ -1,7 +1,8 @@
 //! The stored tree: heads, proofs and checkpoints answered from `audit_nodes`, each with one read
 //! of exactly the subtrees the answer needs.
 
-use super::checkpoint::{CheckpointError, LogKey};
+use super::checkpoint::CheckpointError;
+use super::log_key::LogKey;
 use super::merkle::{self, Hash, NodeMap, ProofError, Query};
 use crate::store::{CheckpointRow, Store, StoreError};
 
