@@ -4,7 +4,8 @@
 //!
 //! It runs the very checks the broker and `keyward audit verify` / `keyward run logs --verify`
 //! run (they are this crate's), and says what it checked. Exit status: 0 verified, 1 the evidence
-//! does not verify (the message names what broke), 2 a usage or I/O error (nothing was checked).
+//! does not verify (the message names what broke), 2 a usage or I/O error (the evidence could not
+//! be checked).
 
 use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ use keyward_proto::encoding::{hex, pem_der};
 use serde_json::json;
 
 /// Verifies Keyward's audit evidence offline, with no broker: exit status 0 verified, 1 NOT
-/// verified (the message names what broke), 2 a usage or I/O error (nothing was checked).
+/// verified (the message names what broke), 2 a usage or I/O error (the evidence could not be
+/// checked).
 #[derive(Debug, Parser)]
 #[command(name = "keyward-verify", version)]
 struct Cli {
