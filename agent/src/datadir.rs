@@ -188,28 +188,9 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError
     std::fs::rename(&temporary, path).map_err(io)
 }
 
-/// `label` PEM of `der`.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// The DER inside the first PEM block of `text`.
-pub fn pem_der(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    let start = text.find("-----BEGIN ")?;
-    let body_start = start + text[start..].find('\n')? + 1;
-    let body_end = body_start + text[body_start..].find("-----END ")?;
-    let body: String = text[body_start..body_end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
+/// `label` PEM of `der`, and the DER inside a PEM block (shared with the broker:
+/// `keyward_proto::encoding`).
+pub use keyward_proto::encoding::{pem, pem_der};
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,8 @@ use crate::agents::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
-use crate::audit::checkpoint::{CheckpointError, LogKey};
 use crate::audit::sinks::Sink;
+use crate::audit::{LogKey, LogKeyError};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::exchange::Exchanger;
@@ -52,7 +52,7 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     /// The audit log's checkpoint key cannot be loaded or created.
     #[error(transparent)]
-    AuditKey(#[from] CheckpointError),
+    AuditKey(#[from] LogKeyError),
     /// The agent CA cannot be loaded or created.
     #[error(transparent)]
     AgentCa(#[from] crate::agents::ca::CaError),

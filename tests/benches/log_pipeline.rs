@@ -32,7 +32,8 @@ use keyward_agent::datadir::{AgentState, Identity};
 use keyward_agent::logs::chain::{Chain, Signer};
 use keyward_agent::logs::mask::{MaskRules, Masker, Patterns};
 use keyward_agent::logs::{JobLog, Outbox, Stream};
-use keyward_broker::logs::verify::{AgentKey, ChunkToCheck, check_chunk};
+use keyward_broker::logs::chunk_to_check;
+use keyward_broker::logs::verify::{AgentKey, check_chunk};
 use keyward_proto::agent_v1::{JobAssignment, SignedLogChunk};
 use keyward_proto::logs::MAX_CHUNK_DATA;
 
@@ -226,7 +227,7 @@ fn mask(rules: &Arc<MaskRules>, text: &[u8], read: usize, out: &mut Vec<u8>) {
 
 /// The broker's side: checks `chunk` against the chain so far and moves the head on.
 fn verify(chunk: &SignedLogChunk, key: &AgentKey, head: &mut Option<(u64, Vec<u8>)>) {
-    let to_check = ChunkToCheck::from(chunk);
+    let to_check = chunk_to_check(chunk);
     check_chunk(&to_check, head.as_ref().map(|(seq, digest)| (*seq, digest.as_slice())), key).unwrap();
     *head = Some((chunk.seq, chunk.digest.clone()));
 }

@@ -67,7 +67,7 @@ fn output_within(mut command: Command, deadline: std::time::Duration, what: &str
         Ok(output) => output.expect("wait for keyward"),
         Err(_) => {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("`keyward {what}` ran past {} s and was killed", deadline.as_secs());
+            panic!("`{what}` ran past {} s and was killed", deadline.as_secs());
         }
     }
 }
@@ -84,7 +84,21 @@ pub fn keyward(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (key, value) in envs {
         command.env(key, value);
     }
-    let output = output_within(command, KEYWARD_DEADLINE, &args.join(" "));
+    let output = output_within(command, KEYWARD_DEADLINE, &format!("keyward {}", args.join(" ")));
+    Output {
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs the auditor's offline verifier, `keyward-verify ARGS` (crate `keyward-audit`), to
+/// completion; like [`keyward`], one that runs past `KEYWARD_DEADLINE` fails the test.
+pub fn keyward_verify(args: &[&str]) -> Output {
+    let mut command = Command::new(binary("keyward-verify"));
+    command.args(args);
+    let output = output_within(command, KEYWARD_DEADLINE, &format!("keyward-verify {}", args.join(" ")));
     Output {
         success: output.status.success(),
         code: output.status.code(),

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authorized, can};
+use crate::audit::export_line;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
-use crate::audit::verify::export_line;
 use crate::identity::kek::hex;
 use crate::store::StoredEntry;
 

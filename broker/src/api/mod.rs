@@ -48,7 +48,7 @@ pub struct AppState {
     /// The audit log: every record that must be durable before a response.
     pub audit: AuditLog,
     /// Signs the audit log's checkpoints.
-    pub log_key: Arc<crate::audit::checkpoint::LogKey>,
+    pub log_key: Arc<crate::audit::LogKey>,
     /// Where the log is also delivered.
     pub sinks: Arc<Vec<Arc<crate::audit::sinks::Sink>>>,
     /// Counters.

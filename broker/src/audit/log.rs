@@ -554,6 +554,15 @@ fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
     sql
 }
 
+/// The export line of a stored entry: `{"entry": {…}, "leaf_hash": "<hex>"}`, as `export`,
+/// the API and the sinks all write it (and `keyward_audit::export` reads it).
+pub fn export_line(stored: &crate::store::StoredEntry) -> Result<serde_json::Value, serde_json::Error> {
+    let entry: serde_json::Value = serde_json::from_str(&stored.body)?;
+    Ok(
+        serde_json::json!({ "entry": entry, "leaf_hash": crate::identity::kek::hex(&merkle::leaf_hash(stored.body.as_bytes())) }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Backend, placeholders};

@@ -25,7 +25,7 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use serde_json::{Value, json};
 
 use super::canonical::to_canonical;
-use super::verify::export_line;
+use super::export_line;
 use crate::config::{Secret, SinkConfig};
 use crate::identity::kek::hex;
 use crate::store::{Store, StoredEntry};

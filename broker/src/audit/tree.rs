@@ -1,7 +1,7 @@
 //! The stored tree: heads, proofs and checkpoints answered from `audit_nodes`, each with one read
 //! of exactly the subtrees the answer needs.
 
-use super::checkpoint::{CheckpointError, LogKey};
+use super::log_key::LogKey;
 use super::merkle::{self, Hash, NodeMap, ProofError, Query};
 use crate::store::{CheckpointRow, Store, StoreError};
 
@@ -14,9 +14,6 @@ pub enum TreeError {
     /// The sizes or index asked for do not exist, or the stored tree is incomplete.
     #[error(transparent)]
     Proof(#[from] ProofError),
-    /// Signing or loading the checkpoint key failed.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
 }
 
 async fn fetch(store: &Store, query: Query) -> Result<NodeMap, TreeError> {

@@ -394,7 +394,7 @@ async fn verify_logs(
     }
     let pinned = match ca {
         Some(path) => Some(
-            logs::bundle::pem_der(&String::from_utf8_lossy(&read(path)?))
+            keyward_proto::encoding::pem_der(&String::from_utf8_lossy(&read(path)?))
                 .ok_or_else(|| anyhow::anyhow!("{} holds no PEM certificate", path.display()))?,
         ),
         None => None,

@@ -208,13 +208,8 @@ fn unreachable_kek() -> ! {
     panic!("aws-lc-rs refused an AES-256-GCM operation or the system RNG failed")
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
+/// Lowercase hex, shared with the agent and the offline verifier (`keyward_proto::encoding`).
+pub(crate) use keyward_proto::encoding::hex;
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,18 @@
 //! Jobs' signed logs on the broker: verified on receipt, stored, served live, sealed, bundled.
 //!
-//! Each chunk arriving on a work stream is checked before it is stored ([`verify`]): it must name
-//! a job this agent holds under that lease, its digest must cover its fields, its signature must be
-//! by the key of the certificate the stream was opened with, and it must be exactly the next link
-//! of the lease's chain. A bad chunk is refused with a receipt saying why and, unless it is merely
+//! Each chunk arriving on a work stream is checked before it is stored ([`verify`], which is
+//! `keyward_audit::joblog::chunk`, the check the offline verifier runs too): it must name a job
+//! this agent holds under that lease, its digest must cover its fields, its signature must be by
+//! the key of the certificate the stream was opened with, and it must be exactly the next link of
+//! the lease's chain. A bad chunk is refused with a receipt saying why and, unless it is merely
 //! late, recorded as `log.rejected`; an agent that keeps sending bad chunks loses its stream.
 //! When the lease holder reports the job's end, the head the broker verified is sealed into the
-//! job's `job.finished` entry ([`crate::runs::LogSeal`]). [`bundle`] exports a run's log with
-//! everything needed to verify it offline.
+//! job's `job.finished` entry ([`crate::runs::LogSeal`]). [`bundle`] (the format, from
+//! `keyward_audit::joblog`) is a run's log with everything needed to verify it offline; this
+//! module fills it from the store.
 
-pub mod bundle;
-pub mod verify;
+pub use keyward_audit::joblog::bundle;
+pub use keyward_audit::joblog::chunk as verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyward_proto::agent_v1::SignedLogChunk;
+use keyward_proto::logs::ChunkFields;
 use serde::Serialize;
 
 pub use bundle::Bundle;
@@ -34,6 +37,24 @@ use verify::{ChunkToCheck, check_chunk};
 /// Recorded rejections after which a work stream is cut: an agent sending that many bad chunks
 /// is broken or hostile, and the audit log should not fill with its noise.
 pub const MAX_REJECTIONS: u32 = 16;
+
+/// A chunk as it arrived on a work stream, as the checks see it. (A free function: neither the
+/// gRPC type nor `ChunkToCheck` is this crate's, so no `From` can join them here.)
+pub fn chunk_to_check(chunk: &SignedLogChunk) -> ChunkToCheck<'_> {
+    ChunkToCheck {
+        fields: ChunkFields {
+            run_id: &chunk.run_id,
+            job_id: &chunk.job_id,
+            fencing_token: chunk.fencing_token,
+            stream: &chunk.stream,
+            seq: chunk.seq,
+            prev_digest: &chunk.prev_digest,
+            data: &chunk.data,
+        },
+        digest: &chunk.digest,
+        signature: &chunk.signature,
+    }
+}
 
 /// The logs service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -133,7 +154,7 @@ impl Logs {
         if chain.run_id != chunk.run_id {
             return Err(Rejection::ForeignJob { job_id: chunk.job_id.clone(), fencing_token: chunk.fencing_token });
         }
-        let check = ChunkToCheck::from(chunk);
+        let check = chunk_to_check(chunk);
         check_chunk(&check, chain.head.as_ref().map(|(seq, digest)| (*seq, digest.as_slice())), &key)?;
         let now = self.clock.now();
         let unavailable = |error: StoreError| {

@@ -1,5 +1,6 @@
 //! A signed log chunk as it arrives on an agent's work stream: the protobuf `SignedLogChunk`,
-//! then the per-chunk checks (`logs::verify::check_chunk`: bounds, digest of
+//! as the broker reads it (`logs::chunk_to_check`), then the per-chunk checks
+//! (`keyward_audit::joblog::chunk::check_chunk`: bounds, digest of
 //! `keyward_proto::logs::chunk_digest`, the agent's signature, its place in the chain).
 //!
 //! Input: the first byte says whether the chunk's digest and signature are recomputed here with
@@ -10,7 +11,8 @@
 //!   key's and it is exactly the chain's next link;
 //! - the message re-encodes and decodes to itself.
 
-use keyward_broker::logs::verify::{ChunkToCheck, Head, check_chunk};
+use keyward_broker::logs::chunk_to_check;
+use keyward_broker::logs::verify::{Head, check_chunk};
 use keyward_proto::agent_v1::SignedLogChunk;
 use keyward_proto::logs::{GENESIS, MAX_CHUNK_DATA, STREAMS, chunk_digest};
 use prost::Message as _;
@@ -26,7 +28,7 @@ pub fn check(data: &[u8]) -> Outcome {
     assert_eq!(reencoded.len(), chunk.encoded_len(), "encoded_len is the encoding's length");
     assert_eq!(SignedLogChunk::decode(&reencoded[..]).ok().as_ref(), Some(&chunk), "the chunk round-trips");
     if mode & 1 == 1 {
-        let digest = chunk_digest(&ChunkToCheck::from(&chunk).fields);
+        let digest = chunk_digest(&chunk_to_check(&chunk).fields);
         chunk.signature = agent_sign(&digest);
         chunk.digest = digest.to_vec();
     }
@@ -40,7 +42,7 @@ pub fn check_one(chunk: &SignedLogChunk, follows: bool) -> bool {
         (true, Some(previous)) => Some((previous, chunk.prev_digest.as_slice())),
         _ => None,
     };
-    let to_check = ChunkToCheck::from(chunk);
+    let to_check = chunk_to_check(chunk);
     let Ok(()) = check_chunk(&to_check, head, agent_key()) else { return false };
     assert!(STREAMS.contains(&chunk.stream.as_str()), "a passed chunk names a known stream");
     assert!(chunk.data.len() <= MAX_CHUNK_DATA, "a passed chunk is within bounds");

@@ -9,7 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output as CliOutput, TEST_KEK, keyward, write_config};
+use keyward_tests::broker::{
+    Broker, ConfigExtra, Output as CliOutput, TEST_KEK, keyward, keyward_verify, write_config,
+};
 use keyward_tests::moto::Moto;
 use keyward_tests::openbao::OpenBao;
 use keyward_tests::{eventually, free_addr, workspace_root};
@@ -477,4 +479,223 @@ async fn an_independent_verifier_accepts_the_log_and_a_log_bundle_and_nothing_ta
         "digest does not match",
     );
     refused(tampered("resealed.json", &|b| b["leases"][1]["sealed"]["chunks"] = json!(0)), "not the sealed one");
+}
+
+/// `keyward-verify`, the auditor's verifier (crate `keyward-audit`, built without the broker),
+/// accepts exactly what a running broker hands out: an export with a checkpoint and the public
+/// key, and the `/v1/audit/proof/…` answers tied to signed checkpoints. Each kind of tampering
+/// exits 1 naming what broke; evidence it cannot check (a checkpoint without the key) exits 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_verify_checks_a_brokers_export_checkpoints_and_proofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let mint = |run: &'static str| {
+        let broker = &broker;
+        async move {
+            let body = json!({ "stack": "net", "run_id": run, "phase": "plan", "audience": "vault" });
+            assert_eq!(broker.mint_raw(&body, Some(&broker.admin_token)).await.0, 201);
+        }
+    };
+    for run in ["r1", "r2", "r3"] {
+        mint(run).await;
+    }
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let save = |args: &[&str], file: &str| {
+        let out = audit_cli(&broker, args);
+        assert!(out.success, "{}", out.stderr);
+        std::fs::write(path(file), out.stdout).unwrap();
+    };
+    save(&["checkpoint"], "cp.txt");
+    save(&["public-key"], "log.pub");
+    save(&["export"], "log.jsonl");
+    let size: u64 = std::fs::read_to_string(path("cp.txt")).unwrap().lines().nth(1).unwrap().parse().unwrap();
+    let refused = |out: CliOutput, words: &str| {
+        assert_eq!(out.code, Some(1), "tampering went unnoticed ({words}): {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(words), "{words}: {}", out.stderr);
+    };
+
+    // The export, as the broker wrote it.
+    let good = keyward_verify(&[
+        "export",
+        &path("log.jsonl"),
+        "--checkpoint",
+        &path("cp.txt"),
+        "--public-key",
+        &path("log.pub"),
+    ]);
+    assert_eq!(good.code, Some(0), "{}{}", good.stdout, good.stderr);
+    assert!(good.stdout.contains(&format!("at size {size}: signature and head match")), "{}", good.stdout);
+
+    // An entry edited in place, one rewritten together with its leaf hash, one deleted.
+    let lines: Vec<String> = std::fs::read_to_string(path("log.jsonl")).unwrap().lines().map(str::to_owned).collect();
+    let write = |name: &str, lines: &[String]| std::fs::write(path(name), lines.join("\n") + "\n").unwrap();
+    let mut edited = lines.clone();
+    let mut line: Value = serde_json::from_str(&edited[2]).unwrap();
+    line["entry"]["context"]["actor"] = json!("mallory");
+    edited[2] = line.to_string();
+    write("edited.jsonl", &edited);
+    let verify_export = |file: &str| {
+        keyward_verify(&["export", &path(file), "--checkpoint", &path("cp.txt"), "--public-key", &path("log.pub")])
+    };
+    let out = verify_export("edited.jsonl");
+    refused(out, "entry 2 is bad: its content does not match its leaf hash: the entry was edited");
+    let entry: keyward_broker::audit::Entry = serde_json::from_value(line["entry"].clone()).unwrap();
+    line["leaf_hash"] = json!(keyward_proto::encoding::hex(&entry.leaf_hash().unwrap()));
+    let mut rewritten = lines.clone();
+    rewritten[2] = line.to_string();
+    write("rewritten.jsonl", &rewritten);
+    refused(verify_export("rewritten.jsonl"), &format!("the tree of the export's first {size} entries has head"));
+    let mut deleted = lines.clone();
+    deleted.remove(2);
+    write("deleted.jsonl", &deleted);
+    refused(verify_export("deleted.jsonl"), "entry 2 is bad: line 3 holds entry 3 where entry 2 belongs");
+
+    // Another key under the log's name; and a checkpoint with no key to check it against.
+    let name = std::fs::read_to_string(path("log.pub")).unwrap().split('+').next().unwrap().to_owned();
+    let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+    let other = keyward_broker::audit::checkpoint::CheckpointSigner::from_pkcs8(&name, pkcs8.as_ref()).unwrap();
+    std::fs::write(path("other.pub"), other.verifier().to_string()).unwrap();
+    let out = keyward_verify(&[
+        "export",
+        &path("log.jsonl"),
+        "--checkpoint",
+        &path("cp.txt"),
+        "--public-key",
+        &path("other.pub"),
+    ]);
+    refused(out, "the checkpoint is not signed by");
+    let keyless = keyward_verify(&["export", &path("log.jsonl"), "--checkpoint", &path("cp.txt")]);
+    assert_eq!(keyless.code, Some(2), "{}", keyless.stderr);
+    assert!(keyless.stderr.contains("public key is missing"), "{}", keyless.stderr);
+
+    // An inclusion proof of entry 2 in the checkpoint's tree, as the API answers it.
+    let get = |query: String| {
+        let broker = &broker;
+        async move {
+            let response = keyward_tests::http()
+                .get(format!("{}/v1/audit/proof/{query}", broker.addr))
+                .bearer_auth(&broker.admin_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let inclusion = get(format!("inclusion?seq=2&size={size}")).await;
+    std::fs::write(path("inclusion.json"), inclusion.to_string()).unwrap();
+    let anchored = ["--checkpoint", &path("cp.txt"), "--public-key", &path("log.pub")].map(str::to_owned);
+    let prove = |kind: &str, file: &str, extra: &[&str]| {
+        let mut args = vec!["proof".to_owned(), kind.to_owned(), path(file)];
+        args.extend(anchored.iter().cloned());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        keyward_verify(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let good = prove("inclusion", "inclusion.json", &["--export", &path("log.jsonl")]);
+    assert_eq!(good.code, Some(0), "{}{}", good.stdout, good.stderr);
+    assert!(good.stdout.contains(&format!("entry 2 is in the log of {size} entries")), "{}", good.stdout);
+    assert!(good.stdout.contains("is the one checkpoint") && good.stdout.contains("entry 2 of"), "{}", good.stdout);
+    let mut forged = inclusion.clone();
+    forged["leaf_hash"] = serde_json::from_str::<Value>(&lines[3]).unwrap()["leaf_hash"].clone();
+    std::fs::write(path("forged.json"), forged.to_string()).unwrap();
+    refused(prove("inclusion", "forged.json", &[]), "the broker's inclusion proof for entry 2 does not verify");
+    // The proof holds, but the entry in hand is not the one proven.
+    refused(prove("inclusion", "inclusion.json", &["--export", &path("rewritten.jsonl")]), "is not the one in the log");
+
+    // A consistency proof from that checkpoint to a later one.
+    mint("r4").await;
+    save(&["checkpoint"], "cp2.txt");
+    let consistency = get(format!("consistency?old={size}&new={}", size + 1)).await;
+    std::fs::write(path("consistency.json"), consistency.to_string()).unwrap();
+    let good = prove("consistency", "consistency.json", &["--checkpoint", &path("cp2.txt")]);
+    assert_eq!(good.code, Some(0), "{}{}", good.stdout, good.stderr);
+    assert!(
+        good.stdout.contains(&format!("the log of {} entries", size + 1))
+            && good.stdout.contains(&format!("extends the checkpoint of {size} entries")),
+        "{}",
+        good.stdout
+    );
+    // A proof about a tree that no checkpoint given vouches for is not anchored by it.
+    let unanchored = get("inclusion?seq=2".to_owned()).await;
+    std::fs::write(path("unanchored.json"), unanchored.to_string()).unwrap();
+    refused(
+        prove("inclusion", "unanchored.json", &[]),
+        &format!("the checkpoint is of {size} entries; the answer's heads are at {}", size + 1),
+    );
+    let mut forged = consistency.clone();
+    forged["old_root"] = json!("00".repeat(32));
+    std::fs::write(path("forged.json"), forged.to_string()).unwrap();
+    refused(
+        prove("consistency", "forged.json", &[]),
+        &format!("is NOT an extension of the checkpoint of {size} entries"),
+    );
+}
+
+/// `keyward-verify logs` accepts the log bundle of a real run (the dev agent's Terraform plan and
+/// apply), pinned to the agent CA, and refuses it edited, re-signed, for another run or under
+/// another CA, naming the chunk or the problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_verify_checks_a_real_runs_log_bundle_against_the_agent_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("dev")).await;
+    let submitted = broker.cli(&["run", "submit", "--stack", "example", "--wait", "--json"]);
+    assert!(submitted.success, "{}", submitted.stderr);
+    let run: Value = serde_json::from_str(&submitted.stdout).unwrap();
+    assert_eq!(run["state"], "finished", "{run}");
+    let run_id = run["id"].as_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let exported = broker.cli(&["run", "logs", run_id, "--export", &path("bundle.json")]);
+    assert!(exported.success, "{}", exported.stderr);
+    let (_, ca) = keyward_tests::agent::bootstrap(&broker.addr).await;
+    std::fs::write(path("agent-ca.pem"), ca).unwrap();
+
+    let good = keyward_verify(&["logs", &path("bundle.json"), "--ca", &path("agent-ca.pem"), "--run", run_id]);
+    assert_eq!(good.code, Some(0), "{}{}", good.stdout, good.stderr);
+    assert!(
+        good.stdout.contains(&format!("verified: run {run_id}")) && good.stdout.contains("(pinned with --ca)"),
+        "{}",
+        good.stdout
+    );
+    assert_eq!(
+        good.stdout.matches("sealed in the audit log").count(),
+        2,
+        "the plan's and the apply's chains: {}",
+        good.stdout
+    );
+
+    let original: Value = serde_json::from_slice(&std::fs::read(path("bundle.json")).unwrap()).unwrap();
+    let tampered = |edit: &dyn Fn(&mut Value)| {
+        let mut copy = original.clone();
+        edit(&mut copy);
+        std::fs::write(path("tampered.json"), serde_json::to_vec(&copy).unwrap()).unwrap();
+        keyward_verify(&["logs", &path("tampered.json"), "--ca", &path("agent-ca.pem")])
+    };
+    let refused = |out: CliOutput, words: &str| {
+        assert_eq!(out.code, Some(1), "tampering went unnoticed ({words}): {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(words), "{words}: {}", out.stderr);
+    };
+    let lease = &original["leases"][0];
+    let first_chunk = format!("job {} lease {} chunk 0", lease["job_id"].as_str().unwrap(), lease["fencing_token"]);
+    let out = tampered(&|b| {
+        let data = STANDARD.decode(b["leases"][0]["chunks"][0]["data"].as_str().unwrap()).unwrap();
+        b["leases"][0]["chunks"][0]["data"] = json!(STANDARD.encode([data.as_slice(), b"!"].concat()));
+    });
+    refused(out, &format!("{first_chunk}: chunk 0 does not match its digest (edited)"));
+    let out = tampered(&|b| {
+        let first = b["leases"][0]["chunks"][0]["signature"].clone();
+        b["leases"][0]["chunks"][0]["signature"] = b["leases"][1]["chunks"][0]["signature"].clone();
+        b["leases"][1]["chunks"][0]["signature"] = first;
+    });
+    refused(out, &format!("{first_chunk}: chunk 0 is not signed by the agent's key"));
+    refused(tampered(&|b| b["leases"][1]["sealed"]["chunks"] = json!(0)), "but the audit log sealed");
+
+    let other_run =
+        keyward_verify(&["logs", &path("bundle.json"), "--ca", &path("agent-ca.pem"), "--run", "run-other"]);
+    refused(other_run, &format!("the bundle is the log of run {run_id}, not run-other"));
+    let foreign = rcgen::generate_simple_self_signed(vec!["foreign.example".to_owned()]).unwrap();
+    std::fs::write(path("foreign-ca.pem"), foreign.cert.pem()).unwrap();
+    let out = keyward_verify(&["logs", &path("bundle.json"), "--ca", &path("foreign-ca.pem")]);
+    refused(out, "the bundle names another CA than the pinned one");
+    let unreadable = keyward_verify(&["logs", &path("bundle.json"), "--ca", &path("no-such-ca.pem")]);
+    assert_eq!(unreadable.code, Some(2), "{}", unreadable.stderr);
 }

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64URL};
 use keyward_broker::audit::merkle::{leaf_hash, root};
 use keyward_broker::audit::{AuditEvent, Context, Kind};
-use keyward_broker::logs::verify::ChunkToCheck;
+use keyward_broker::logs::chunk_to_check;
 use keyward_fuzz_harness::fixtures::{ISSUER, NOW, agent_certificates, agent_sign, es256, rs256, sign_checkpoint};
 use keyward_proto::agent_v1::{
     AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, JobResult, PlanPart,
@@ -262,7 +262,7 @@ fn log_chunk(seeds: &mut Seeds) -> Vec<SignedLogChunk> {
             signature: Vec::new(),
             fencing_token: 3,
         };
-        let digest = chunk_digest(&ChunkToCheck::from(&chunk).fields);
+        let digest = chunk_digest(&chunk_to_check(&chunk).fields);
         chunk.signature = agent_sign(&digest);
         chunk.digest = digest.to_vec();
         chain.push(chunk);

@@ -2,21 +2,21 @@
 //!
 //! The bundle holds every stored chunk of the run with its digest and signature, the agent
 //! certificates that signed them, the agent CA, and the head each job's `job.finished` audit
-//! entry sealed. `keyward run logs ID --verify` checks it without trusting the broker that served
-//! it beyond the CA (pin it with `--ca`): each certificate chains to the CA and was valid when its
-//! chunk arrived, each chunk's digest and signature hold, each lease's chain is complete from its
-//! first chunk, and its head is the sealed one.
+//! entry sealed. `keyward run logs ID --verify` and `keyward-verify logs` check it without
+//! trusting the broker that served it beyond the CA (pin it with `--ca`): each certificate chains
+//! to the CA and was valid when its chunk arrived, each chunk's digest and signature hold, each
+//! lease's chain is complete from its first chunk, and its head is the sealed one.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use keyward_proto::encoding::{hex, hex_decode, pem_der};
 use keyward_proto::logs::ChunkFields;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use super::verify::{AgentKey, ChunkToCheck, check_chunk, fingerprint};
-use crate::identity::kek::hex;
+use super::chunk::{AgentKey, ChunkToCheck, check_chunk, fingerprint};
 
 /// The bundle format this build writes and reads.
 pub const FORMAT: &str = "keyward-log-bundle/1";
@@ -255,20 +255,4 @@ fn chains_to(certificate: &[u8], ca: &[u8], at: i64) -> Result<(), String> {
         .verify_for_usage(algorithms, &[anchor], &[], time, webpki::KeyUsage::client_auth(), None, None)
         .map(|_| ())
         .map_err(|e| format!("does not chain to the CA at the time the chunk arrived ({e})"))
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
-}
-
-/// The DER inside a PEM block.
-pub fn pem_der(text: &str) -> Option<Vec<u8>> {
-    let start = text.find("-----BEGIN ")?;
-    let body_start = start + text.get(start..)?.find('\n')? + 1;
-    let body_end = body_start + text.get(body_start..)?.find("-----END ")?;
-    let body: String = text.get(body_start..body_end)?.chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(body).ok()
 }

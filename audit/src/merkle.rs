@@ -3,9 +3,10 @@
 //!
 //! The algorithms are written once, over any [`Subtrees`] source of *perfect* subtree hashes
 //! (a subtree of `2^level` leaves starting at `index * 2^level`). The broker's source is the
-//! `audit_nodes` table; `keyward audit verify` uses the leaf hashes of an export. Because which
-//! subtrees an algorithm needs depends only on the sizes involved, never on hash values,
-//! [`needed_subtrees`] can list them up front, so a database-backed proof is one query.
+//! `audit_nodes` table; `keyward audit verify` and `keyward-verify` use the leaf hashes of an
+//! export. Because which subtrees an algorithm needs depends only on the sizes involved, never on
+//! hash values, [`needed_subtrees`] can list them up front, so a database-backed proof is one
+//! query.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -319,7 +320,7 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::kek::hex;
+    use keyward_proto::encoding::hex;
 
     /// The RFC 6962 reference leaves used by Certificate Transparency implementations.
     const LEAVES: [&[u8]; 8] = [

@@ -1,6 +1,6 @@
-//! The checks every log chunk passes before it is stored, and again when a bundle is verified
-//! offline: the digest recomputes, the agent's signature over it holds, and it is exactly the next
-//! link of its lease's chain.
+//! The checks every log chunk passes before the broker stores it, and again when a bundle is
+//! verified offline: the digest recomputes, the agent's signature over it holds, and it is exactly
+//! the next link of its lease's chain.
 //!
 //! Each failure has its own [`Rejection`], so the agent, the audit entry and the operator see
 //! *what* was wrong: an edited chunk (digest), a forged one (signature), a replay (a position
@@ -9,6 +9,7 @@
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+use keyward_proto::encoding::hex;
 use keyward_proto::logs::{ChunkFields, GENESIS, MAX_CHUNK_DATA, STREAMS, chunk_digest};
 
 /// Why a chunk was refused.
@@ -116,10 +117,11 @@ impl AgentKey {
 
 /// SHA-256 of `der`, hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    crate::identity::kek::hex(digest::digest(&digest::SHA256, der).as_ref())
+    hex(digest::digest(&digest::SHA256, der).as_ref())
 }
 
-/// A chunk's fields as the checks see them (from the wire or from a bundle).
+/// A chunk's fields as the checks see them (from the wire or from a bundle). The broker builds
+/// one from a gRPC `SignedLogChunk`; a bundle's chunks are decoded into one.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkToCheck<'a> {
     /// The digested fields.
@@ -128,25 +130,6 @@ pub struct ChunkToCheck<'a> {
     pub digest: &'a [u8],
     /// The signature.
     pub signature: &'a [u8],
-}
-
-impl<'a> From<&'a keyward_proto::agent_v1::SignedLogChunk> for ChunkToCheck<'a> {
-    /// A chunk as it arrived on a work stream.
-    fn from(chunk: &'a keyward_proto::agent_v1::SignedLogChunk) -> Self {
-        Self {
-            fields: ChunkFields {
-                run_id: &chunk.run_id,
-                job_id: &chunk.job_id,
-                fencing_token: chunk.fencing_token,
-                stream: &chunk.stream,
-                seq: chunk.seq,
-                prev_digest: &chunk.prev_digest,
-                data: &chunk.data,
-            },
-            digest: &chunk.digest,
-            signature: &chunk.signature,
-        }
-    }
 }
 
 /// The end of a chain so far: the last position and digest, `None` before the first chunk.

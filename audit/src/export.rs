@@ -1,5 +1,6 @@
 //! Offline verification of an export (`keyward audit export` output), as `keyward audit verify`
-//! runs it: no broker, no database, only the file, signed checkpoints and the log's public key.
+//! and `keyward-verify export` run it: no broker, no database, only the file, signed checkpoints
+//! and the log's public key.
 //!
 //! Each export line is `{"entry":{…},"leaf_hash":"<hex>"}`. Verification walks the lines in
 //! order and reports the **first bad sequence number**: a line that is not an entry, a sequence
@@ -12,11 +13,11 @@ use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CheckpointError, VerifierKey};
-use super::entry::Entry;
-use super::merkle::{self, Hash};
-use crate::identity::kek::hex;
-use crate::store::StoredEntry;
+use keyward_proto::encoding::hex;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, VerifierKey};
+use crate::entry::Entry;
+use crate::merkle::{self, Hash};
 
 /// One line of an export.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,13 +27,6 @@ pub struct ExportLine {
     pub entry: Entry,
     /// Its leaf hash, hex, as the broker computed it.
     pub leaf_hash: String,
-}
-
-/// The export line of a stored entry: `{"entry": {…}, "leaf_hash": "<hex>"}`, as `export`,
-/// the API and the sinks all write it.
-pub fn export_line(stored: &StoredEntry) -> Result<serde_json::Value, serde_json::Error> {
-    let entry: serde_json::Value = serde_json::from_str(&stored.body)?;
-    Ok(serde_json::json!({ "entry": entry, "leaf_hash": hex(&merkle::leaf_hash(stored.body.as_bytes())) }))
 }
 
 /// Why an export does not verify.
@@ -199,11 +193,10 @@ mod tests {
     #[test]
     fn an_export_running_past_the_last_sequence_number_is_refused() {
         let line = |seq: u64| {
-            let body =
-                crate::audit::AuditEvent::new(crate::audit::Kind::TokenMinted, 1, crate::audit::Context::default())
-                    .prepare()
-                    .unwrap_or_else(|e| panic!("{e}"))
-                    .body(seq);
+            let body = crate::AuditEvent::new(crate::Kind::TokenMinted, 1, crate::Context::default())
+                .prepare()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .body(seq);
             format!("{{\"entry\":{body},\"leaf_hash\":\"{}\"}}\n", hex(&merkle::leaf_hash(body.as_bytes())))
         };
         let last = verify_export(line(u64::MAX).as_bytes(), &[], None);
@@ -222,8 +215,7 @@ mod tests {
     /// either refused with an error or (for harmless edits such as a trailing blank line) accepted.
     #[test]
     fn hostile_exports_are_refused_without_panicking() {
-        let event = crate::audit::AuditEvent::new(crate::audit::Kind::TokenMinted, 1, crate::audit::Context::default())
-            .with("jti", "j");
+        let event = crate::AuditEvent::new(crate::Kind::TokenMinted, 1, crate::Context::default()).with("jti", "j");
         let line = |seq: u64| {
             let body = event.prepare().unwrap_or_else(|e| panic!("{e}")).body(seq);
             format!("{{\"entry\":{body},\"leaf_hash\":\"{}\"}}\n", hex(&merkle::leaf_hash(body.as_bytes())))

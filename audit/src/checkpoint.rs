@@ -11,38 +11,26 @@
 //!
 //! The key is Ed25519 (signed-note algorithm 0x01), separate from the JWT signing keys: it never
 //! rotates with them, and a checkpoint's verifier key (`<name>+<key ID hex>+<base64(0x01 ‖ key)>`)
-//! stays valid for the life of the log. Its private half is sealed under the KEK at rest, like
-//! the JWT keys.
+//! stays valid for the life of the log. This module is the format: signing with a parsed key
+//! ([`CheckpointSigner`]) and verifying with the public one ([`VerifierKey`]). Where the private
+//! half is kept (sealed under the KEK, in the broker's store) is the broker's business.
 
 use std::fmt;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use keyward_proto::encoding::hex;
 
-use super::merkle::Hash;
-use crate::identity::kek::{Kek, hex};
-use crate::store::{Store, StoreError};
+use crate::merkle::Hash;
 
 /// Signed-note signature type of Ed25519.
 const ED25519: u8 = 0x01;
 
-/// Why a checkpoint or key could not be made, read or trusted.
+/// Why a checkpoint or verifier key could not be read or trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The sealed key did not open (wrong KEK, tampering).
-    #[error("the audit log key `{name}` cannot be opened: {reason}")]
-    Key {
-        /// Key name.
-        name: String,
-        /// Why.
-        reason: String,
-    },
     /// The note or verifier key text is not in the expected format.
     #[error("malformed {what}: {reason}")]
     Malformed {
@@ -56,66 +44,51 @@ pub enum CheckpointError {
     BadSignature(String),
 }
 
-/// The key that signs checkpoints.
-pub struct LogKey {
+/// Why a checkpoint signing key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignerError {
+    /// The name cannot appear in a signed note.
+    #[error("a signed-note key name must be non-empty, without spaces or `+`")]
+    Name,
+    /// The PKCS#8 document is not an Ed25519 key.
+    #[error("{0}")]
+    Key(String),
+    /// The public key has the wrong length.
+    #[error("the public key is not 32 bytes")]
+    PublicKey,
+}
+
+/// The key that signs checkpoints: a name and an Ed25519 key pair. Its `Debug` shows the name
+/// and the public verifier key only.
+pub struct CheckpointSigner {
     name: String,
     pair: Ed25519KeyPair,
     public: [u8; 32],
 }
 
-impl fmt::Debug for LogKey {
+impl fmt::Debug for CheckpointSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogKey").field("name", &self.name).field("verifier", &self.verifier().to_string()).finish()
+        f.debug_struct("CheckpointSigner")
+            .field("name", &self.name)
+            .field("verifier", &self.verifier().to_string())
+            .finish()
     }
 }
 
-impl LogKey {
-    /// Loads the key named `name`, creating it on first use. Concurrent first starts of several
-    /// replicas agree on one key (the loser of the insert reloads).
-    pub async fn load_or_create(store: &Store, kek: &Kek, name: &str, now: i64) -> Result<Self, CheckpointError> {
-        if let Some((public, sealed)) = store.audit_log_key(name).await? {
-            return Self::open(kek, name, &public, &sealed);
-        }
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| CheckpointError::Key { name: name.to_owned(), reason: "key generation failed".to_owned() })?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .map_err(|e| CheckpointError::Key { name: name.to_owned(), reason: e.to_string() })?;
-        let sealed = kek.seal(&context(name), pkcs8.as_ref());
-        match store.insert_audit_log_key(name, pair.public_key().as_ref(), &sealed, now).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
-                if let Some((public, sealed)) = store.audit_log_key(name).await? {
-                    return Self::open(kek, name, &public, &sealed);
-                }
-            }
-            Err(other) => return Err(other.into()),
-        }
-        tracing::info!(key = name, "generated the audit log key");
-        Self::from_pair(name, pair)
-    }
-
-    fn open(kek: &Kek, name: &str, public: &[u8], sealed: &[u8]) -> Result<Self, CheckpointError> {
-        let failed = |reason: String| CheckpointError::Key { name: name.to_owned(), reason };
-        let pkcs8 = kek.open(&context(name), sealed).map_err(|e| failed(e.to_string()))?;
-        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| failed(e.to_string()))?;
-        if pair.public_key().as_ref() != public {
-            return Err(failed("the stored public key does not match the private key".to_owned()));
-        }
-        Self::from_pair(name, pair)
-    }
-
-    fn from_pair(name: &str, pair: Ed25519KeyPair) -> Result<Self, CheckpointError> {
+impl CheckpointSigner {
+    /// The key `name` (the log's origin, without spaces or `+`) from an Ed25519 PKCS#8 document.
+    pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Self, SignerError> {
         if name.is_empty() || name.contains(['+', ' ', '\n']) {
-            return Err(CheckpointError::Key {
-                name: name.to_owned(),
-                reason: "a signed-note key name must be non-empty, without spaces or `+`".to_owned(),
-            });
+            return Err(SignerError::Name);
         }
-        let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| CheckpointError::Key {
-            name: name.to_owned(),
-            reason: "the public key is not 32 bytes".to_owned(),
-        })?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| SignerError::Key(e.to_string()))?;
+        let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| SignerError::PublicKey)?;
         Ok(Self { name: name.to_owned(), pair, public })
+    }
+
+    /// The raw Ed25519 public key.
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public
     }
 
     /// The public half, as a signed-note verifier key.
@@ -131,10 +104,6 @@ impl LogKey {
         blob.extend_from_slice(signature.as_ref());
         format!("{body}\n\u{2014} {} {}\n", self.name, B64.encode(blob))
     }
-}
-
-fn context(name: &str) -> Vec<u8> {
-    format!("keyward audit log key v1\0{name}").into_bytes()
 }
 
 /// `SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key)[..4]`, as signed-note defines.
@@ -203,6 +172,11 @@ pub struct Checkpoint {
 }
 
 impl VerifierKey {
+    /// The key's name, which is the log's origin line.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Parses `note` and checks that this key signed it.
     pub fn verify(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
         let malformed = |reason: &str| CheckpointError::Malformed { what: "checkpoint", reason: reason.to_owned() };
@@ -238,11 +212,24 @@ impl VerifierKey {
 
 #[cfg(test)]
 mod tests {
+    use aws_lc_rs::rand::SystemRandom;
+
     use super::*;
 
-    fn key(name: &str) -> LogKey {
+    pub(super) fn key(name: &str) -> CheckpointSigner {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        LogKey::from_pair(name, Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()).unwrap()
+        CheckpointSigner::from_pkcs8(name, pkcs8.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn signers_refuse_names_a_note_cannot_carry_and_keys_that_are_not_ed25519() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        for name in ["", "kw audit", "kw+audit", "kw\naudit"] {
+            assert_eq!(CheckpointSigner::from_pkcs8(name, pkcs8.as_ref()).unwrap_err(), SignerError::Name, "{name:?}");
+        }
+        assert!(matches!(CheckpointSigner::from_pkcs8("kw/audit", b"not a key"), Err(SignerError::Key(_))));
+        let signer = CheckpointSigner::from_pkcs8("kw/audit", pkcs8.as_ref()).unwrap();
+        assert_eq!(signer.verifier().to_string().parse::<VerifierKey>().unwrap(), signer.verifier());
     }
 
     #[test]
@@ -284,8 +271,7 @@ mod hostile_input_tests {
     /// Truncated, flipped and random notes and keys are refused, never a panic.
     #[test]
     fn hostile_notes_and_keys_are_refused_without_panicking() {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let log = LogKey::from_pair("kw/audit", Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()).unwrap();
+        let log = super::tests::key("kw/audit");
         let note = log.sign(7, &[3u8; 32]);
         let key = log.verifier().to_string();
         let verifier = log.verifier();
