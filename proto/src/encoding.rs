@@ -17,9 +17,10 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The bytes of `text`, hex in either case; `None` for an odd length or a pair that is not hex.
+/// The bytes of `text`, hex in either case; `None` for an odd length or anything but hex
+/// digits (`u8::from_str_radix` alone would take `+f`, letting one value have two spellings).
 pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
@@ -57,7 +58,7 @@ mod tests {
         assert_eq!(hex_decode("000fa5ff").as_deref(), Some(&bytes[..]));
         assert_eq!(hex_decode("000FA5FF").as_deref(), Some(&bytes[..]));
         assert_eq!(hex_decode(""), Some(Vec::new()));
-        for bad in ["0", "zz", "0g", "é0"] {
+        for bad in ["0", "zz", "0g", "é0", "+f", "+f+f", "-1"] {
             assert_eq!(hex_decode(bad), None, "{bad}");
         }
     }
