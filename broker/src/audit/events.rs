@@ -2,7 +2,7 @@
 //! one place so the scheduled, signal-driven and on-request paths record the same thing.
 
 use super::entry::{AuditEvent, Context, Kind};
-use super::log::{Append, AuditLog};
+use super::writer::{Append, AuditLog};
 use crate::identity::keyring::Rotation;
 use crate::policy::PolicyEngine;
 

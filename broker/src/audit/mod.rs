@@ -11,13 +11,13 @@
 //!
 //! What needs the store, the KEK or the network is the broker's:
 //!
-//! - [`log`]: the group-commit writer; an entry is durable before the action it records is
+//! - [`writer`]: the group-commit writer; an entry is durable before the action it records is
 //!   acknowledged, and a failed write fails the action (fail closed);
 //! - [`tree`]: heads and proofs from the stored tree; [`log_key`]: the checkpoint key, sealed;
 //! - [`sinks`]: at-least-once delivery to a rotated file and signed webhooks, off the append path.
 
 pub mod events;
-pub mod log;
+pub mod writer;
 pub mod log_key;
 pub mod sinks;
 pub mod tree;
@@ -26,5 +26,5 @@ pub use keyward_audit::export as verify;
 pub use keyward_audit::{canonical, checkpoint, entry, merkle};
 
 pub use entry::{AuditEvent, Context, Entry, Kind, kinds};
-pub use log::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim, export_line};
+pub use writer::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim, export_line};
 pub use log_key::{LogKey, LogKeyError};

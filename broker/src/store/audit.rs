@@ -1,4 +1,4 @@
-//! Reading the audit log's tables. Appends happen only in `audit::log`, in one transaction with
+//! Reading the audit log's tables. Appends happen only in `audit::writer`, in one transaction with
 //! the tree's new nodes; this module reads entries, nodes, lookup keys and checkpoints, and keeps
 //! the checkpoint signing key.
 

@@ -1,5 +1,5 @@
 //! The replay cache, `used_token_ids`: which subject tokens were exchanged. Claims are taken only
-//! through the audit log's appends (`audit::log`), so a claim always commits with its record.
+//! through the audit log's appends (`audit::writer`), so a claim always commits with its record.
 
 use super::{Store, StoreError};
 
