@@ -9,7 +9,7 @@
 //! - [`store`]: SQLite or PostgreSQL behind one API, with migrations.
 //! - [`identity`]: signing keys sealed at rest, rotation, JWKS, run-token minting and issuance.
 //! - [`access`]: operator API tokens (hashed, scoped).
-//! - [`logs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
+//! - [`joblogs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
 //! - [`api`]: the HTTP surface; the only module that knows about axum.
 //! - [`server`]: assembles the pieces and runs them.
 //! - [`cli`]: the `keyward` command line.
@@ -25,7 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod exchange;
 pub mod identity;
-pub mod logs;
+pub mod joblogs;
 pub mod metrics;
 pub mod policy;
 pub mod runs;

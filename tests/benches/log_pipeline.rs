@@ -32,8 +32,8 @@ use keyward_agent::datadir::{AgentState, Identity};
 use keyward_agent::logs::chain::{Chain, Signer};
 use keyward_agent::logs::mask::{MaskRules, Masker, Patterns};
 use keyward_agent::logs::{JobLog, Outbox, Stream};
-use keyward_broker::logs::chunk_to_check;
-use keyward_broker::logs::verify::{AgentKey, check_chunk};
+use keyward_broker::joblogs::chunk_to_check;
+use keyward_broker::joblogs::verify::{AgentKey, check_chunk};
 use keyward_proto::agent_v1::{JobAssignment, SignedLogChunk};
 use keyward_proto::logs::MAX_CHUNK_DATA;
 

@@ -30,7 +30,7 @@ use self::join::JoinToken;
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::exchange::Exchanger;
-use crate::logs::Logs;
+use crate::joblogs::Logs;
 use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
 use crate::store::write::{Param, Write};
 use crate::store::{AgentRow, Store, StoreError};

@@ -29,7 +29,7 @@ use super::uploads::PlanUploads;
 use super::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
-use crate::logs::{MAX_REJECTIONS, StreamLogs};
+use crate::joblogs::{MAX_REJECTIONS, StreamLogs};
 use crate::runs::{Drift, JobOutcome, JobReport, MAX_PLAN_FILE, MAX_PLAN_JSON, RunError};
 use crate::store::{AgentHello, AgentRow};
 

@@ -202,7 +202,7 @@ pub(super) async fn run_log_bundle(
     State(state): State<AppState>,
     _: Authorized<can::ReadRuns>,
     Path(id): Path<String>,
-) -> Result<Json<crate::logs::Bundle>, ApiError> {
+) -> Result<Json<crate::joblogs::Bundle>, ApiError> {
     state.runs.run(&id).await?;
     Ok(Json(state.agents.logs().bundle(&id).await.map_err(RunError::from)?))
 }

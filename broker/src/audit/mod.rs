@@ -17,14 +17,14 @@
 //! - [`sinks`]: at-least-once delivery to a rotated file and signed webhooks, off the append path.
 
 pub mod events;
-pub mod writer;
 pub mod log_key;
 pub mod sinks;
 pub mod tree;
+pub mod writer;
 
 pub use keyward_audit::export as verify;
 pub use keyward_audit::{canonical, checkpoint, entry, merkle};
 
 pub use entry::{AuditEvent, Context, Entry, Kind, kinds};
-pub use writer::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim, export_line};
 pub use log_key::{LogKey, LogKeyError};
+pub use writer::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim, export_line};

@@ -12,7 +12,7 @@ use super::client::segment;
 use super::client::{Client, items, print_json, text};
 use super::output::{out, outln};
 use super::table::date;
-use crate::logs;
+use crate::joblogs;
 use crate::runs::RunState;
 
 #[derive(Debug, Subcommand)]
@@ -378,7 +378,7 @@ async fn verify_logs(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<()> {
     let read = |path: &Path| std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()));
-    let bundle: logs::Bundle = match (bundle, id) {
+    let bundle: joblogs::Bundle = match (bundle, id) {
         (Some(path), _) => serde_json::from_slice(&read(path)?)
             .map_err(|e| anyhow::anyhow!("{} is not a log bundle: {e}", path.display()))?,
         (None, Some(id)) => {
@@ -399,7 +399,7 @@ async fn verify_logs(
         ),
         None => None,
     };
-    let report = logs::bundle::verify(&bundle, pinned.as_deref())?;
+    let report = joblogs::bundle::verify(&bundle, pinned.as_deref())?;
     if json {
         return print_json(&serde_json::to_value(&report)?);
     }

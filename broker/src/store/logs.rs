@@ -3,7 +3,7 @@
 //! Chunks are not audit facts one by one (a job writes thousands); they are evidence that carries
 //! its own integrity (hash chain + agent signature), and the chain's head is sealed into the
 //! job's `job.finished` entry. So they are plain inserts, outside the audit writer, and only
-//! after `crate::logs` verified them. The `(job, lease, seq)` uniqueness makes a second copy of a
+//! after `crate::joblogs` verified them. The `(job, lease, seq)` uniqueness makes a second copy of a
 //! chunk impossible to store.
 
 use sqlx::Row as _;

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use keyward_broker::audit::checkpoint::VerifierKey;
 use keyward_broker::identity::verify::{Algorithm, Expectations, KeySet};
 use keyward_broker::identity::{Signer, SigningAlgorithm};
-use keyward_broker::logs::AgentKey;
+use keyward_broker::joblogs::AgentKey;
 use keyward_broker::policy::PolicySet;
 use keyward_broker::policy::library::LIBRARY;
 

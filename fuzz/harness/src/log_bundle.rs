@@ -7,8 +7,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use keyward_broker::logs::Bundle;
-use keyward_broker::logs::bundle::verify;
+use keyward_broker::joblogs::Bundle;
+use keyward_broker::joblogs::bundle::verify;
 
 use crate::Outcome;
 

@@ -11,8 +11,8 @@
 //!   key's and it is exactly the chain's next link;
 //! - the message re-encodes and decodes to itself.
 
-use keyward_broker::logs::chunk_to_check;
-use keyward_broker::logs::verify::{Head, check_chunk};
+use keyward_broker::joblogs::chunk_to_check;
+use keyward_broker::joblogs::verify::{Head, check_chunk};
 use keyward_proto::agent_v1::SignedLogChunk;
 use keyward_proto::logs::{GENESIS, MAX_CHUNK_DATA, STREAMS, chunk_digest};
 use prost::Message as _;

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64URL};
 use keyward_broker::audit::merkle::{leaf_hash, root};
 use keyward_broker::audit::{AuditEvent, Context, Kind};
-use keyward_broker::logs::chunk_to_check;
+use keyward_broker::joblogs::chunk_to_check;
 use keyward_fuzz_harness::fixtures::{ISSUER, NOW, agent_certificates, agent_sign, es256, rs256, sign_checkpoint};
 use keyward_proto::agent_v1::{
     AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, JobResult, PlanPart,
@@ -290,7 +290,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn log_bundle(seeds: &mut Seeds, chain: &[SignedLogChunk]) {
     let (ca, agent) = agent_certificates();
-    let fingerprint = keyward_broker::logs::verify::fingerprint(agent);
+    let fingerprint = keyward_broker::joblogs::verify::fingerprint(agent);
     let chunks: Vec<Value> = chain
         .iter()
         .map(|c| {
