@@ -18,7 +18,7 @@ use crate::audit::AuditLog;
 use crate::audit::checkpoint::{CheckpointError, LogKey};
 use crate::audit::sinks::Sink;
 use crate::clock::SharedClock;
-use crate::config::{Config, ConfigError, SinkConfig};
+use crate::config::{Config, ConfigError};
 use crate::exchange::Exchanger;
 use crate::exchange::issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
@@ -111,27 +111,24 @@ impl Broker {
         let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), settings).await?);
         let minter = Arc::new(Minter::new(
             config.server.external_url.clone(),
-            config.tokens.clone(),
+            config.mint_rules()?,
             Arc::clone(&keys),
             Arc::clone(&clock),
         ));
         let audit = AuditLog::start(store.clone());
-        let mut sinks = Vec::with_capacity(config.audit.sinks.len());
-        for sink in &config.audit.sinks {
-            let secret = match sink {
-                SinkConfig::Webhook { .. } => Some(config.sink_secret(sink, env)?),
-                SinkConfig::File { .. } => None,
-            };
-            sinks.push(Arc::new(Sink::new(sink, secret.as_ref()).map_err(StartError::HttpClient)?));
+        let mut sinks = Vec::new();
+        for sink in &config.sinks(env)? {
+            sinks.push(Arc::new(Sink::new(sink).map_err(StartError::HttpClient)?));
         }
         let issuer = Issuer::new(minter, audit.clone());
         let metrics = Arc::new(Metrics::default());
-        let exchanger = if config.targets.is_empty() {
+        let targets = config.targets()?;
+        let exchanger = if targets.is_empty() {
             None
         } else {
-            let issuers = TrustedIssuers::new(&config.issuers).map_err(|e| StartError::HttpClient(e.to_string()))?;
+            let issuers = TrustedIssuers::new(&config.issuers()?).map_err(|e| StartError::HttpClient(e.to_string()))?;
             Some(Arc::new(Exchanger::new(
-                &config.targets,
+                &targets,
                 Arc::clone(&keys),
                 issuer.clone(),
                 policies.clone(),
@@ -148,7 +145,7 @@ impl Broker {
             store.clone(),
             audit.clone(),
             policies.clone(),
-            &config.targets,
+            &targets,
             Arc::clone(&clock),
             plan_kek,
         )

@@ -3,13 +3,15 @@
 //! The broker and the agent never depend on each other; everything they both need to agree on lives
 //! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`), the
 //! run-token claim set that relying parties, agents and the broker all read, the digest that
-//! chains and signs a job's log chunks, and how git is handed a private repository's credentials.
+//! chains and signs a job's log chunks, how git is handed a private repository's credentials, and
+//! the redacting type secrets travel in.
 
 #![forbid(unsafe_code)]
 
 pub mod claims;
 pub mod git;
 pub mod logs;
+pub mod secret;
 
 /// The agent protocol, `keyward.agent.v1`, generated at build time from `proto/keyward/agent/v1/agent.proto`.
 #[allow(

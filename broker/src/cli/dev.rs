@@ -110,7 +110,7 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     );
     let env_file = data_dir.join("env");
     write_private_file(&env_file, exports.as_bytes())?;
-    let targets: Vec<String> = config.targets.iter().map(crate::config::TargetConfig::id).collect();
+    let targets: Vec<String> = config.targets()?.iter().map(crate::targets::TargetConfig::id).collect();
     let issuers: Vec<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
     let banner = Banner {
         issuer: &issuer,

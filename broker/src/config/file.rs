@@ -1,14 +1,22 @@
 //! The file format: one serde type per table, every table `deny_unknown_fields`, and the
 //! defaults of every key that may be left out.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use keyward_proto::claims::Phase;
+use keyward_proto::secret::Secret;
 use serde::Deserialize;
 
-use super::{MAX_TOKEN_LIFETIME, Secret};
-use crate::identity::SigningAlgorithm;
+use crate::exchange::issuers::{ClaimMapping, IssuerConfig};
+use crate::identity::rules::SubjectTemplate;
+use crate::identity::verify::Algorithm;
+use crate::identity::{MintRules, SigningAlgorithm, SourceIdentity};
+use crate::targets::{
+    AwsTarget, ExchangeMode, KvRead, PkiIssue, TargetAccess, TargetConfig, TargetKind, VaultTarget, WriteSubject,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,10 +39,10 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// Credential targets callers may ask for by name.
     #[serde(default)]
-    pub targets: Vec<TargetConfig>,
+    pub targets: Vec<TargetEntry>,
     /// OIDC issuers (CI systems) whose tokens may be exchanged.
     #[serde(default)]
-    pub issuers: Vec<IssuerConfig>,
+    pub issuers: Vec<IssuerEntry>,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -138,7 +146,7 @@ pub struct AuditConfig {
     /// Where entries are also delivered. A sink that is down never blocks issuance: only the
     /// log itself is fail-closed; a sink's backlog is in `/metrics`.
     #[serde(default)]
-    pub sinks: Vec<SinkConfig>,
+    pub sinks: Vec<SinkEntry>,
 }
 
 impl Default for AuditConfig {
@@ -147,10 +155,11 @@ impl Default for AuditConfig {
     }
 }
 
-/// One `[[audit.sinks]]` entry.
+/// One `[[audit.sinks]]` entry; it becomes an [`crate::audit::sinks::SinkConfig`] once a webhook's
+/// secret is read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
+pub enum SinkEntry {
     /// JSON Lines (the export format) appended to a file, rotated by size.
     File {
         /// Unique name (metrics label, delivery cursor).
@@ -182,15 +191,6 @@ pub enum SinkConfig {
     },
 }
 
-impl SinkConfig {
-    /// The sink's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::File { name, .. } | Self::Webhook { name, .. } => name,
-        }
-    }
-}
-
 fn default_sink_max_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -207,184 +207,115 @@ fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(300)
 }
 
-impl Config {
-    /// The audit log's origin (checkpoint first line and key name): the issuer URL without its
-    /// scheme, plus `/audit`.
-    pub fn audit_origin(&self) -> String {
-        let url = &self.server.external_url;
-        let bare = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        format!("{}/audit", bare.trim_end_matches('/'))
-    }
-}
-
-/// One `[[issuers]]` entry: a CI system's OIDC issuer whose tokens the broker exchanges.
+/// One `[[issuers]]` entry ([`IssuerConfig`] says what each key means).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    /// Unique name, for logs and the record.
+#[allow(missing_docs)]
+pub struct IssuerEntry {
     pub name: String,
-    /// The exact `iss`; discovery is fetched from `{issuer}/.well-known/openid-configuration`.
     pub issuer: String,
-    /// The exact `aud` its tokens must carry for this broker.
     pub audience: String,
-    /// Accepted signature algorithms.
     #[serde(default = "default_issuer_algorithms")]
-    pub algorithms: Vec<crate::identity::verify::Algorithm>,
-    /// Whether tokens must carry `nbf` (always checked when present).
+    pub algorithms: Vec<Algorithm>,
     #[serde(default = "yes")]
     pub require_nbf: bool,
-    /// Claims that must be present with exactly these string values, e.g. `repository_owner = "acme"`.
-    /// Required: CI systems let any workflow choose its own `aud`, so an issuer bound by audience
-    /// alone would trust every repository it serves.
     #[serde(default)]
-    pub required_claims: std::collections::BTreeMap<String, String>,
-    /// The targets (`<type>:<name>`) this issuer's tokens may ask for; any other is refused before
-    /// the policy runs. Required, and each must be a configured target.
+    pub required_claims: BTreeMap<String, String>,
     #[serde(default)]
     pub targets: Vec<String>,
-    /// Which phase this issuer's tokens stand for: `plan` (read targets only) unless set to `apply`.
     #[serde(default = "default_ci_phase")]
-    pub phase: keyward_proto::claims::Phase,
-    /// Each token may be exchanged once.
+    pub phase: Phase,
     #[serde(default = "yes")]
     pub single_use: bool,
-    /// Minimum time between two JWKS fetches when tokens name unknown keys.
     #[serde(default = "default_jwks_refresh_interval", with = "humantime_serde_compat")]
     pub jwks_refresh_interval: Duration,
-    /// Where the run context is found in this issuer's tokens.
     #[serde(default)]
     pub claims: ClaimMapping,
 }
 
-fn default_issuer_algorithms() -> Vec<crate::identity::verify::Algorithm> {
-    vec![crate::identity::verify::Algorithm::RS256, crate::identity::verify::Algorithm::ES256]
+impl From<IssuerEntry> for IssuerConfig {
+    fn from(entry: IssuerEntry) -> Self {
+        let IssuerEntry {
+            name,
+            issuer,
+            audience,
+            algorithms,
+            require_nbf,
+            required_claims,
+            targets,
+            phase,
+            single_use,
+            jwks_refresh_interval,
+            claims,
+        } = entry;
+        Self {
+            name,
+            issuer,
+            audience,
+            algorithms,
+            require_nbf,
+            required_claims,
+            targets,
+            phase,
+            single_use,
+            jwks_refresh_interval,
+            claims,
+        }
+    }
+}
+
+fn default_issuer_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256, Algorithm::ES256]
 }
 
 fn default_jwks_refresh_interval() -> Duration {
     Duration::from_secs(30)
 }
 
-fn default_ci_phase() -> keyward_proto::claims::Phase {
-    keyward_proto::claims::Phase::Plan
-}
-
-/// Claim names of a CI token that carry the run context. Defaults are GitHub Actions' names.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClaimMapping {
-    /// The CI run (becomes the AWS role session name).
-    pub run_id: String,
-    /// Repository.
-    pub repository: String,
-    /// Git ref.
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    /// Commit SHA.
-    pub commit_sha: String,
-    /// Who triggered it.
-    pub triggered_by: String,
-    /// What counts as the stack (defaults to the repository).
-    pub stack: String,
-}
-
-impl Default for ClaimMapping {
-    fn default() -> Self {
-        Self {
-            run_id: "run_id".to_owned(),
-            repository: "repository".to_owned(),
-            git_ref: "ref".to_owned(),
-            commit_sha: "sha".to_owned(),
-            triggered_by: "actor".to_owned(),
-            stack: "repository".to_owned(),
-        }
-    }
-}
-
-/// One `[[targets]]` entry: a named place credentials come from. Callers name it; they never pass
-/// a role ARN or a Vault path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(from = "RawTarget")]
-pub struct TargetConfig {
-    /// Unique per type; callers ask for `<type>:<name>`.
-    pub name: String,
-    /// What it grants: `read` (plan phases may use it) or `write` (apply only).
-    pub access: TargetAccess,
-    /// Lifetime cap for what it issues (the policy's `ttl_seconds` may lower it).
-    pub duration: Duration,
-    /// Free-form labels handed to the policy (`input.target.labels`), e.g. `env = "prod"`.
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// Which kinds of subject the shipped policy lets obtain write credentials from this target
-    /// (`input.target.write_subjects`): by default only jobs of runs the broker tracked, whose
-    /// approvals are recorded reviews. A CI system's token or an admin-minted run token carries
-    /// no such approvals; a target must opt in to serve them (`write_subjects = ["ci"]`).
-    pub write_subjects: Vec<WriteSubject>,
-    /// The relying party.
-    pub kind: TargetKind,
-}
-
-/// A kind of subject that may be let obtain write credentials (`write_subjects`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteSubject {
-    /// A job of a tracked run, asking through its agent's lease.
-    Job,
-    /// A Keyward run token (minted through `POST /v1/run-tokens`).
-    Run,
-    /// A trusted CI issuer's token.
-    Ci,
+fn default_ci_phase() -> Phase {
+    Phase::Plan
 }
 
 pub(super) fn default_write_subjects() -> Vec<WriteSubject> {
     vec![WriteSubject::Job]
 }
 
-/// The file form of a target: tagged by `type`, each type with its own closed set of keys
+/// One `[[targets]]` entry: tagged by `type`, each type with its own closed set of keys
 /// (`#[serde(flatten)]` would silently disable `deny_unknown_fields`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum RawTarget {
-    Aws(RawAwsTarget),
-    Vault(RawVaultTarget),
+pub enum TargetEntry {
+    /// `type = "aws"`.
+    Aws(AwsTargetEntry),
+    /// `type = "vault"`.
+    Vault(VaultTargetEntry),
 }
 
-#[derive(Debug, Deserialize)]
+/// A `type = "vault"` target's keys ([`TargetConfig`] and [`VaultTarget`] say what each means).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawVaultTarget {
-    name: String,
-    access: TargetAccess,
+#[allow(missing_docs)]
+pub struct VaultTargetEntry {
+    pub name: String,
+    pub access: TargetAccess,
     #[serde(default = "default_target_duration", with = "humantime_serde_compat")]
-    duration: Duration,
+    pub duration: Duration,
     #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     #[serde(default = "default_write_subjects")]
-    write_subjects: Vec<WriteSubject>,
-    address: String,
+    pub write_subjects: Vec<WriteSubject>,
+    pub address: String,
     #[serde(default = "default_jwt_mount")]
-    auth_mount: String,
-    role: String,
-    #[serde(default = "default_vault_audience")]
-    audience: String,
-    #[serde(default = "yes")]
-    return_token: bool,
-    #[serde(default)]
-    kv_reads: Vec<KvRead>,
-    #[serde(default)]
-    pki_issues: Vec<PkiIssue>,
-}
-
-/// A certificate issued from a Vault PKI role with the Vault token and returned with it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PkiIssue {
-    /// The PKI mount, e.g. `pki`.
-    pub mount: String,
-    /// The PKI role.
+    pub auth_mount: String,
     pub role: String,
-    /// The certificate's common name.
-    pub common_name: String,
-    /// Optional lifetime, e.g. `1h` (capped by the role).
+    #[serde(default = "default_vault_audience")]
+    pub audience: String,
+    #[serde(default = "yes")]
+    pub return_token: bool,
     #[serde(default)]
-    pub ttl: Option<String>,
+    pub kv_reads: Vec<KvRead>,
+    #[serde(default)]
+    pub pki_issues: Vec<PkiIssue>,
 }
 
 fn default_jwt_mount() -> String {
@@ -395,46 +326,38 @@ fn default_vault_audience() -> String {
     "vault".to_owned()
 }
 
-/// A KV version 2 secret read with the Vault token and returned with it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+/// A `type = "aws"` target's keys ([`TargetConfig`] and [`AwsTarget`] say what each means).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KvRead {
-    /// The KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// The secret's path under the mount.
-    pub path: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAwsTarget {
-    name: String,
-    access: TargetAccess,
+#[allow(missing_docs)]
+pub struct AwsTargetEntry {
+    pub name: String,
+    pub access: TargetAccess,
     #[serde(default = "default_target_duration", with = "humantime_serde_compat")]
-    duration: Duration,
+    pub duration: Duration,
     #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     #[serde(default = "default_write_subjects")]
-    write_subjects: Vec<WriteSubject>,
-    role_arn: String,
+    pub write_subjects: Vec<WriteSubject>,
+    pub role_arn: String,
     #[serde(default = "default_region")]
-    region: String,
+    pub region: String,
     #[serde(default)]
-    sts_endpoint: Option<String>,
+    pub sts_endpoint: Option<String>,
     #[serde(default = "default_sts_audience")]
-    audience: String,
+    pub audience: String,
     #[serde(default)]
-    mode: ExchangeMode,
+    pub mode: ExchangeMode,
     #[serde(default)]
-    session_tags: Option<Vec<String>>,
+    pub session_tags: Option<Vec<String>>,
     #[serde(default)]
-    source_identity: Option<SourceIdentity>,
+    pub source_identity: Option<SourceIdentity>,
 }
 
-impl From<RawTarget> for TargetConfig {
-    fn from(raw: RawTarget) -> Self {
-        match raw {
-            RawTarget::Aws(aws) => Self {
+impl From<TargetEntry> for TargetConfig {
+    fn from(entry: TargetEntry) -> Self {
+        match entry {
+            TargetEntry::Aws(aws) => Self {
                 name: aws.name,
                 access: aws.access,
                 duration: aws.duration,
@@ -450,7 +373,7 @@ impl From<RawTarget> for TargetConfig {
                     source_identity: aws.source_identity,
                 }),
             },
-            RawTarget::Vault(vault) => Self {
+            TargetEntry::Vault(vault) => Self {
                 name: vault.name,
                 access: vault.access,
                 duration: vault.duration,
@@ -476,82 +399,12 @@ fn default_target_duration() -> Duration {
     Duration::from_secs(3600)
 }
 
-/// Read or write access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetAccess {
-    /// Safe for plans.
-    Read,
-    /// Applies only.
-    Write,
-}
-
-/// The relying party of a target.
-#[derive(Debug, Clone)]
-pub enum TargetKind {
-    /// AWS STS `AssumeRoleWithWebIdentity`.
-    Aws(AwsTarget),
-    /// Vault/OpenBao JWT auth, then optional KV reads.
-    Vault(VaultTarget),
-}
-
-/// A Vault (or OpenBao) role reached through its JWT auth method.
-#[derive(Debug, Clone)]
-pub struct VaultTarget {
-    /// Vault's address.
-    pub address: String,
-    /// Where the JWT auth method is mounted.
-    pub auth_mount: String,
-    /// The JWT role to log in to.
-    pub role: String,
-    /// Audience of the minted token (the role's `bound_audiences`).
-    pub audience: String,
-    /// Whether the Vault token itself is returned (else only the secrets read with it).
-    pub return_token: bool,
-    /// KV v2 secrets read with the token and returned.
-    pub kv_reads: Vec<KvRead>,
-    /// Certificates issued with the token and returned.
-    pub pki_issues: Vec<PkiIssue>,
-}
-
-/// An AWS role.
-#[derive(Debug, Clone)]
-pub struct AwsTarget {
-    /// The role to assume.
-    pub role_arn: String,
-    /// STS region.
-    pub region: String,
-    /// STS endpoint override (regional endpoints, private links, test servers).
-    pub sts_endpoint: Option<String>,
-    /// Audience of the web-identity token (the IAM OIDC provider's client ID).
-    pub audience: String,
-    /// `broker`: the broker calls STS and returns credentials. `worker`: it returns the
-    /// web-identity token and role so the caller calls STS inside its own network.
-    pub mode: ExchangeMode,
-    /// Which session tags the token carries for this role (`run`, `stack`, `commit`, `pr`,
-    /// `ticket`, `approver`); unset follows `tokens.aws_session_tags`, empty emits none.
-    pub session_tags: Option<Vec<String>>,
-    /// Who becomes the source identity for this role; unset follows `tokens.source_identity`.
-    pub source_identity: Option<SourceIdentity>,
-}
-
 fn default_region() -> String {
     "us-east-1".to_owned()
 }
 
 fn default_sts_audience() -> String {
     "sts.amazonaws.com".to_owned()
-}
-
-/// Who calls the relying party.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExchangeMode {
-    /// The broker does.
-    #[default]
-    Broker,
-    /// The caller does, with the token the broker minted.
-    Worker,
 }
 
 /// `[policy]`.
@@ -714,37 +567,23 @@ impl Default for TokensConfig {
 }
 
 fn default_ttl() -> Duration {
-    Duration::from_secs(300)
+    MintRules::default().default_ttl
 }
 
 fn max_ttl() -> Duration {
-    MAX_TOKEN_LIFETIME
+    MintRules::default().max_ttl
 }
 
 fn default_skew() -> Duration {
-    Duration::from_secs(30)
+    MintRules::default().clock_skew
+}
+
+fn default_subject_template() -> String {
+    SubjectTemplate::DEFAULT.to_owned()
 }
 
 fn yes() -> bool {
     true
-}
-
-/// The default subject template: immutable IDs only, so trust policies can match it.
-pub fn default_subject_template() -> String {
-    "stack:{stack_id}:phase:{phase}".to_owned()
-}
-
-/// Which human the `https://aws.amazon.com/source_identity` claim names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceIdentity {
-    /// The person who triggered the run, else the first approver.
-    #[default]
-    TriggeredBy,
-    /// The first approver, else the person who triggered the run.
-    FirstApprover,
-    /// Do not emit the claim.
-    None,
 }
 
 /// Durations written the way people write them: `30s`, `5m`, `24h`.
@@ -758,26 +597,6 @@ mod humantime_serde_compat {
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("invalid duration `{text}` ({e}); write e.g. `30s`, `5m`, `24h`"))
         })
-    }
-}
-
-impl TargetConfig {
-    /// `<type>:<name>`, how callers name it.
-    pub fn id(&self) -> String {
-        match &self.kind {
-            TargetKind::Aws(_) => format!("aws:{}", self.name),
-            TargetKind::Vault(_) => format!("vault:{}", self.name),
-        }
-    }
-}
-
-/// The host of `scheme://host[:port][/path]`, without port or IPv6 brackets.
-pub fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
     }
 }
 

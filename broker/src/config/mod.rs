@@ -6,11 +6,7 @@
 //! that come from the environment are looked up through a caller-supplied function, so tests can
 //! build any environment without mutating the real one.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::identity::kek::KekError;
 
@@ -19,24 +15,11 @@ mod overlay;
 mod resolve;
 
 pub use file::{
-    AgentsConfig, AuditConfig, AwsTarget, ClaimMapping, Config, DEV_AUDIENCES, ExchangeMode, IssuerConfig, KeysConfig,
-    KvRead, LogConfig, LogFormat, PkiIssue, PolicyConfig, RepositoryConfig, ServerConfig, SinkConfig, SourceIdentity,
-    StorageConfig, TargetAccess, TargetConfig, TargetKind, TokensConfig, VaultTarget, WriteSubject,
-    default_subject_template, url_host,
+    AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
+    PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry, TokensConfig,
+    VaultTargetEntry,
 };
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
-
-/// Hard upper bound on any token lifetime (DESIGN.md §2). Retired keys stay published at least this
-/// long plus clock skew, whatever the configured maximum, so a later config change can never
-/// unpublish a key that still has live tokens.
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-
-/// Largest clock-skew leeway the broker accepts (DESIGN.md §8).
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
-
-/// Placeholders a subject template may use. The run ID is deliberately absent: subjects must be
-/// stable across runs so trust policies can match them.
-pub const SUBJECT_PLACEHOLDERS: &[&str] = &["stack_id", "stack", "phase", "scope", "pool"];
 
 /// A configuration problem, with the dotted key path it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -77,51 +60,8 @@ pub enum ConfigError {
     },
 }
 
-/// A configuration value that is a secret (an inline KEK, a database URL with a password). It
-/// deserializes from a plain string and never prints.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
-pub struct Secret(zeroize::Zeroizing<String>);
-
-impl Secret {
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(zeroize::Zeroizing::new(value))
-    }
-}
-
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
-}
-
-/// Where the database is.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseLocation {
-    /// An SQLite file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL URL (may contain a password; never printed).
-    Postgres(String),
-}
-
-impl fmt::Debug for DatabaseLocation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
-            Self::Postgres(_) => f.write_str("Postgres(…)"),
-        }
-    }
 }
 
 impl Config {

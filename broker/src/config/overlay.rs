@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Config, ConfigError, IssuerConfig, PolicyConfig, RepositoryConfig, TargetConfig};
+use super::{Config, ConfigError, IssuerEntry, PolicyConfig, RepositoryConfig, TargetEntry};
 
 /// The top-level tables an overlay may contain.
 pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy"];
@@ -77,10 +77,10 @@ pub enum OverlayError {
 pub struct DevOverlay {
     /// Credential targets, as `[[targets]]` in `serve`.
     #[serde(default)]
-    pub targets: Vec<TargetConfig>,
+    pub targets: Vec<TargetEntry>,
     /// Trusted CI issuers, as `[[issuers]]` in `serve`.
     #[serde(default)]
-    pub issuers: Vec<IssuerConfig>,
+    pub issuers: Vec<IssuerEntry>,
     /// Private repository credentials, as `[[repositories]]` in `serve`.
     #[serde(default)]
     pub repositories: Vec<RepositoryConfig>,
@@ -156,8 +156,7 @@ impl DevOverlay {
 impl Config {
     /// The checks `validate` runs on the tables an overlay can set.
     fn validate_overlaid(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        self.validate_targets()?;
-        self.validate_issuers()?;
+        self.issuers()?;
         self.repository_credentials(env)?;
         self.validate_policy()
     }
@@ -187,7 +186,8 @@ mod tests {
              targets = [\"aws:deploy\"]\nphase = \"apply\"\n\
              [policy]\ndir = \"/srv/policies\"\n"
         ))?;
-        assert_eq!(config.targets.first().map(TargetConfig::id).as_deref(), Some("aws:deploy"));
+        let targets = config.targets().map_err(|source| OverlayError::Invalid { path: "ci.toml".into(), source })?;
+        assert_eq!(targets.first().map(crate::targets::TargetConfig::id).as_deref(), Some("aws:deploy"));
         assert_eq!(config.issuers.first().map(|i| i.require_nbf), Some(false));
         assert_eq!(config.policy.map(|p| p.dir), Some(PathBuf::from("/srv/policies")));
         // What dev mode owns is untouched.

@@ -1,14 +1,19 @@
 //! What parsing cannot check: ranges, templates, URLs, cross-table references, and that every
 //! secret the file points at can be read.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{IssuerConfig, SinkConfig, TargetAccess, TargetKind, TokensConfig, default_write_subjects, url_host};
-use super::{
-    Config, ConfigError, DatabaseLocation, MAX_CLOCK_SKEW, MAX_TOKEN_LIFETIME, SUBJECT_PLACEHOLDERS, Secret, invalid,
-};
+use keyward_proto::secret::Secret;
+
+use super::file::{SinkEntry, TokensConfig, default_write_subjects};
+use super::{Config, ConfigError, invalid};
+use crate::audit::sinks::SinkConfig;
+use crate::exchange::issuers::IssuerConfig;
+use crate::identity::MintRules;
 use crate::identity::kek::Kek;
+use crate::identity::rules::{MAX_CLOCK_SKEW, MAX_TOKEN_LIFETIME, SubjectTemplate};
+use crate::store::DatabaseLocation;
+use crate::targets::{TargetAccess, TargetConfig, TargetKind, url_host};
 
 impl Config {
     /// Checks everything that parsing cannot: ranges, templates, URLs, and that the KEK resolves.
@@ -20,7 +25,7 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.server.header_read_timeout) {
             return Err(invalid("server.header_read_timeout", "must be between 1s and 1m"));
         }
-        self.tokens.validate()?;
+        self.mint_rules()?;
         if self.keys.rotation_period < Duration::from_secs(60) {
             return Err(invalid("keys.rotation_period", "must be at least 1m"));
         }
@@ -34,9 +39,8 @@ impl Config {
             ));
         }
         tracing_filter_is_valid(&self.log.level)?;
-        self.validate_targets()?;
-        self.validate_issuers()?;
-        self.validate_sinks(env)?;
+        self.issuers()?;
+        self.sinks(env)?;
         self.repository_credentials(env)?;
         self.validate_policy()?;
         self.validate_agents()?;
@@ -83,6 +87,14 @@ impl Config {
             return Err(invalid("agents.trust_domain", "must be lower-case letters, digits, `.`, `-` or `_`"));
         }
         Ok(())
+    }
+
+    /// The audit log's origin (checkpoint first line and key name): the issuer URL without its
+    /// scheme, plus `/audit`.
+    pub fn audit_origin(&self) -> String {
+        let url = &self.server.external_url;
+        let bare = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        format!("{}/audit", bare.trim_end_matches('/'))
     }
 
     /// The host of the external URL (without port).
@@ -136,54 +148,41 @@ impl Config {
         }
     }
 
-    fn validate_sinks(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    /// The `[[audit.sinks]]`, checked, with webhooks' secrets read.
+    pub fn sinks(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<SinkConfig>, ConfigError> {
         if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&self.audit.checkpoint_interval) {
             return Err(invalid("audit.checkpoint_interval", "must be between 10s and 24h"));
         }
         let mut names = std::collections::BTreeSet::new();
+        let mut sinks = Vec::with_capacity(self.audit.sinks.len());
         for sink in &self.audit.sinks {
-            let name = sink.name();
+            let name = match sink {
+                SinkEntry::File { name, .. } | SinkEntry::Webhook { name, .. } => name.as_str(),
+            };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
                 return Err(invalid("audit.sinks.name", format!("`{name}`: use letters, digits, `-` and `_`")));
             }
             if !names.insert(name) {
                 return Err(invalid("audit.sinks.name", format!("two sinks are named `{name}`")));
             }
-            match sink {
-                SinkConfig::File { max_bytes, .. } if *max_bytes < 4096 => {
+            sinks.push(match sink {
+                SinkEntry::File { max_bytes, .. } if *max_bytes < 4096 => {
                     return Err(invalid("audit.sinks.max_bytes", "must be at least 4096"));
                 }
-                SinkConfig::Webhook { url, batch, .. } => {
+                SinkEntry::File { name, path, max_bytes, keep } => {
+                    SinkConfig::File { name: name.clone(), path: path.clone(), max_bytes: *max_bytes, keep: *keep }
+                }
+                SinkEntry::Webhook { name, url, secret_env, secret_file, batch } => {
                     validate_url("audit.sinks.url", url)?;
                     if !(1..=1000).contains(batch) {
                         return Err(invalid("audit.sinks.batch", "must be between 1 and 1000"));
                     }
-                    self.sink_secret(sink, env)?;
+                    let secret = sink_secret(secret_env.as_deref(), secret_file.as_deref(), env)?;
+                    SinkConfig::Webhook { name: name.clone(), url: url.clone(), secret, batch: *batch }
                 }
-                SinkConfig::File { .. } => {}
-            }
+            });
         }
-        Ok(())
-    }
-
-    /// The HMAC key of a webhook sink, from its `secret_env` or `secret_file` (exactly one).
-    pub fn sink_secret(&self, sink: &SinkConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, ConfigError> {
-        let SinkConfig::Webhook { secret_env, secret_file, .. } = sink else {
-            return Err(invalid("audit.sinks.secret_env", "only webhook sinks have a secret"));
-        };
-        let secret = match (secret_env, secret_file) {
-            (Some(var), None) => env(var)
-                .ok_or_else(|| invalid("audit.sinks.secret_env", format!("environment variable `{var}` is not set")))?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| invalid("audit.sinks.secret_file", format!("cannot read {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
-            _ => return Err(invalid("audit.sinks.secret_env", "set exactly one of secret_env or secret_file")),
-        };
-        if secret.len() < 16 {
-            return Err(invalid("audit.sinks.secret_env", "the webhook secret must be at least 16 characters"));
-        }
-        Ok(Secret::from(secret))
+        Ok(sinks)
     }
 
     /// The `[[repositories]]` credentials, checked: each prefix a URL git can be given secrets
@@ -236,19 +235,67 @@ impl Config {
         };
         match url {
             None => Ok(DatabaseLocation::Sqlite(self.storage.data_dir.join("keyward.db"))),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(DatabaseLocation::Postgres(url))
-            }
-            Some(url) if url.starts_with("sqlite:") => {
-                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-                Ok(DatabaseLocation::Sqlite(PathBuf::from(path)))
-            }
-            Some(_) => Err(invalid(
-                "storage.database_url",
-                "expected a postgres:// or sqlite: URL (or leave unset for SQLite in the data dir)",
-            )),
+            Some(url) => DatabaseLocation::from_url(url).ok_or_else(|| {
+                invalid(
+                    "storage.database_url",
+                    "expected a postgres:// or sqlite: URL (or leave unset for SQLite in the data dir)",
+                )
+            }),
         }
     }
+
+    /// The `[tokens]` rules, checked, with the subject template parsed.
+    pub fn mint_rules(&self) -> Result<MintRules, ConfigError> {
+        let tokens = &self.tokens;
+        tokens.validate()?;
+        let subject = SubjectTemplate::parse(&tokens.subject_template)
+            .map_err(|e| invalid("tokens.subject_template", e.to_string()))?;
+        Ok(MintRules {
+            default_ttl: tokens.default_ttl,
+            max_ttl: tokens.max_ttl,
+            clock_skew: tokens.clock_skew,
+            allowed_audiences: tokens.allowed_audiences.clone(),
+            subject,
+            source_identity: tokens.source_identity,
+            aws_session_tags: tokens.aws_session_tags,
+        })
+    }
+
+    /// The `[[targets]]`, checked.
+    pub fn targets(&self) -> Result<Vec<TargetConfig>, ConfigError> {
+        let targets: Vec<TargetConfig> = self.targets.iter().cloned().map(TargetConfig::from).collect();
+        check_targets(&targets, &self.tokens.allowed_audiences)?;
+        Ok(targets)
+    }
+
+    /// The `[[issuers]]`, checked against the targets they name.
+    pub fn issuers(&self) -> Result<Vec<IssuerConfig>, ConfigError> {
+        let targets = self.targets()?;
+        let issuers: Vec<IssuerConfig> = self.issuers.iter().cloned().map(IssuerConfig::from).collect();
+        check_issuers(&issuers, &self.server.external_url, &targets)?;
+        Ok(issuers)
+    }
+}
+
+/// The HMAC key of a webhook sink, from its `secret_env` or `secret_file` (exactly one).
+fn sink_secret(
+    secret_env: Option<&str>,
+    secret_file: Option<&std::path::Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    let secret = match (secret_env, secret_file) {
+        (Some(var), None) => env(var)
+            .ok_or_else(|| invalid("audit.sinks.secret_env", format!("environment variable `{var}` is not set")))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("audit.sinks.secret_file", format!("cannot read {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        _ => return Err(invalid("audit.sinks.secret_env", "set exactly one of secret_env or secret_file")),
+    };
+    if secret.len() < 16 {
+        return Err(invalid("audit.sinks.secret_env", "the webhook secret must be at least 16 characters"));
+    }
+    Ok(Secret::from(secret))
 }
 
 impl TokensConfig {
@@ -270,7 +317,7 @@ impl TokensConfig {
                 return Err(invalid("tokens.allowed_audiences", format!("invalid audience `{audience}`")));
             }
         }
-        validate_subject_template(&self.subject_template)
+        Ok(())
     }
 }
 
@@ -298,227 +345,195 @@ fn validate_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_subject_template(template: &str) -> Result<(), ConfigError> {
-    const KEY: &str = "tokens.subject_template";
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = rest.get(open + 1..).unwrap_or_default();
-        let close = after.find('}').ok_or_else(|| invalid(KEY, format!("unclosed `{{` in `{template}`")))?;
-        let name = after.get(..close).unwrap_or_default();
-        if !SUBJECT_PLACEHOLDERS.contains(&name) {
-            return Err(invalid(
-                KEY,
-                format!("unknown placeholder `{{{name}}}`; use one of {}", SUBJECT_PLACEHOLDERS.join(", ")),
-            ));
-        }
-        rest = after.get(close + 1..).unwrap_or_default();
-    }
-    if rest.contains('}') || template.is_empty() {
-        return Err(invalid(KEY, format!("malformed template `{template}`")));
-    }
-    Ok(())
-}
-
 fn tracing_filter_is_valid(level: &str) -> Result<(), ConfigError> {
     tracing_subscriber::EnvFilter::try_new(level)
         .map(drop)
         .map_err(|e| invalid("log.level", format!("invalid filter `{level}`: {e}")))
 }
 
-impl Config {
-    pub(super) fn validate_targets(&self) -> Result<(), ConfigError> {
-        let mut seen = std::collections::BTreeSet::new();
-        for target in &self.targets {
-            let valid_name = !target.name.is_empty()
-                && target.name.len() <= 64
-                && target.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !valid_name {
-                return Err(invalid(
-                    "targets.name",
-                    format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name),
-                ));
-            }
-            if !seen.insert(target.id()) {
-                return Err(invalid("targets.name", format!("target `{}` is defined twice", target.id())));
-            }
-            if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
-                return Err(invalid(
-                    "targets.duration",
-                    format!("target `{}`: duration must be between 1m and 12h", target.id()),
-                ));
-            }
-            if target.access == TargetAccess::Read && target.write_subjects != default_write_subjects() {
-                return Err(invalid(
-                    "targets.write_subjects",
-                    format!(
-                        "target `{}` grants read access; write_subjects only applies to write targets",
-                        target.id()
-                    ),
-                ));
-            }
-            if target.write_subjects.is_empty() {
-                return Err(invalid(
-                    "targets.write_subjects",
-                    format!(
-                        "target `{}`: write_subjects is empty; leave it out for the default [\"job\"]",
-                        target.id()
-                    ),
-                ));
-            }
-            match &target.kind {
-                TargetKind::Vault(vault) => {
-                    validate_url("targets.address", &vault.address)?;
-                    if !self.tokens.allowed_audiences.contains(&vault.audience) {
-                        return Err(invalid(
-                            "targets.audience",
-                            format!(
-                                "target `{}`: audience `{}` is not in tokens.allowed_audiences",
-                                target.id(),
-                                vault.audience
-                            ),
-                        ));
-                    }
-                    if !vault.return_token && vault.kv_reads.is_empty() && vault.pki_issues.is_empty() {
-                        return Err(invalid(
-                            "targets.kv_reads",
-                            format!(
-                                "target `{}` returns nothing: set return_token, or list kv_reads or pki_issues",
-                                target.id()
-                            ),
-                        ));
-                    }
+/// Checks the targets: names, lifetimes, who may write, and each relying party's settings.
+fn check_targets(targets: &[TargetConfig], allowed_audiences: &[String]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for target in targets {
+        let valid_name = !target.name.is_empty()
+            && target.name.len() <= 64
+            && target.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_name {
+            return Err(invalid(
+                "targets.name",
+                format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name),
+            ));
+        }
+        if !seen.insert(target.id()) {
+            return Err(invalid("targets.name", format!("target `{}` is defined twice", target.id())));
+        }
+        if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
+            return Err(invalid(
+                "targets.duration",
+                format!("target `{}`: duration must be between 1m and 12h", target.id()),
+            ));
+        }
+        if target.access == TargetAccess::Read && target.write_subjects != default_write_subjects() {
+            return Err(invalid(
+                "targets.write_subjects",
+                format!("target `{}` grants read access; write_subjects only applies to write targets", target.id()),
+            ));
+        }
+        if target.write_subjects.is_empty() {
+            return Err(invalid(
+                "targets.write_subjects",
+                format!("target `{}`: write_subjects is empty; leave it out for the default [\"job\"]", target.id()),
+            ));
+        }
+        match &target.kind {
+            TargetKind::Vault(vault) => {
+                validate_url("targets.address", &vault.address)?;
+                if !allowed_audiences.contains(&vault.audience) {
+                    return Err(invalid(
+                        "targets.audience",
+                        format!(
+                            "target `{}`: audience `{}` is not in tokens.allowed_audiences",
+                            target.id(),
+                            vault.audience
+                        ),
+                    ));
                 }
-                TargetKind::Aws(aws) => {
-                    if let Some(unknown) = aws
-                        .session_tags
-                        .iter()
-                        .flatten()
-                        .find(|k| !crate::identity::mint::AWS_TAG_KEYS.contains(&k.as_str()))
-                    {
-                        return Err(invalid(
-                            "targets.session_tags",
-                            format!(
-                                "target `{}`: unknown tag `{unknown}`; use {}",
-                                target.id(),
-                                crate::identity::mint::AWS_TAG_KEYS.join(", ")
-                            ),
-                        ));
-                    }
-                    if !aws.role_arn.starts_with("arn:aws")
-                        || aws.role_arn.split(':').count() != 6
-                        || !aws.role_arn.contains(":role/")
-                    {
-                        return Err(invalid(
-                            "targets.role_arn",
-                            format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn),
-                        ));
-                    }
-                    if !self.tokens.allowed_audiences.contains(&aws.audience) {
-                        return Err(invalid(
-                            "targets.audience",
-                            format!(
-                                "target `{}`: audience `{}` is not in tokens.allowed_audiences",
-                                target.id(),
-                                aws.audience
-                            ),
-                        ));
-                    }
+                if !vault.return_token && vault.kv_reads.is_empty() && vault.pki_issues.is_empty() {
+                    return Err(invalid(
+                        "targets.kv_reads",
+                        format!(
+                            "target `{}` returns nothing: set return_token, or list kv_reads or pki_issues",
+                            target.id()
+                        ),
+                    ));
+                }
+            }
+            TargetKind::Aws(aws) => {
+                if let Some(unknown) = aws
+                    .session_tags
+                    .iter()
+                    .flatten()
+                    .find(|k| !crate::identity::mint::AWS_TAG_KEYS.contains(&k.as_str()))
+                {
+                    return Err(invalid(
+                        "targets.session_tags",
+                        format!(
+                            "target `{}`: unknown tag `{unknown}`; use {}",
+                            target.id(),
+                            crate::identity::mint::AWS_TAG_KEYS.join(", ")
+                        ),
+                    ));
+                }
+                if !aws.role_arn.starts_with("arn:aws")
+                    || aws.role_arn.split(':').count() != 6
+                    || !aws.role_arn.contains(":role/")
+                {
+                    return Err(invalid(
+                        "targets.role_arn",
+                        format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn),
+                    ));
+                }
+                if !allowed_audiences.contains(&aws.audience) {
+                    return Err(invalid(
+                        "targets.audience",
+                        format!(
+                            "target `{}`: audience `{}` is not in tokens.allowed_audiences",
+                            target.id(),
+                            aws.audience
+                        ),
+                    ));
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
-impl Config {
-    pub(super) fn validate_issuers(&self) -> Result<(), ConfigError> {
-        let mut seen = std::collections::BTreeSet::new();
-        for issuer in &self.issuers {
-            if !seen.insert(issuer.name.as_str()) {
-                return Err(invalid("issuers.name", format!("issuer `{}` is defined twice", issuer.name)));
-            }
-            validate_url("issuers.issuer", &issuer.issuer)?;
-            if issuer.issuer == self.server.external_url {
-                return Err(invalid(
-                    "issuers.issuer",
-                    "the broker's own tokens are trusted already; do not list its issuer",
-                ));
-            }
-            if issuer.audience.trim().is_empty() {
-                return Err(invalid(
-                    "issuers.audience",
-                    format!("issuer `{}`: audience must not be empty", issuer.name),
-                ));
-            }
-            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&issuer.jwks_refresh_interval) {
-                return Err(invalid(
-                    "issuers.jwks_refresh_interval",
-                    format!("issuer `{}`: must be between 1s and 1h", issuer.name),
-                ));
-            }
-            if issuer.algorithms.is_empty() {
-                return Err(invalid(
-                    "issuers.algorithms",
-                    format!("issuer `{}`: allow at least one algorithm", issuer.name),
-                ));
-            }
-            self.validate_issuer_binding(issuer)?;
+/// Checks the trusted issuers: unique, reachable, bound to claims and to configured targets.
+fn check_issuers(issuers: &[IssuerConfig], external_url: &str, targets: &[TargetConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for issuer in issuers {
+        if !seen.insert(issuer.name.as_str()) {
+            return Err(invalid("issuers.name", format!("issuer `{}` is defined twice", issuer.name)));
         }
-        Ok(())
+        validate_url("issuers.issuer", &issuer.issuer)?;
+        if issuer.issuer == external_url {
+            return Err(invalid(
+                "issuers.issuer",
+                "the broker's own tokens are trusted already; do not list its issuer",
+            ));
+        }
+        if issuer.audience.trim().is_empty() {
+            return Err(invalid("issuers.audience", format!("issuer `{}`: audience must not be empty", issuer.name)));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&issuer.jwks_refresh_interval) {
+            return Err(invalid(
+                "issuers.jwks_refresh_interval",
+                format!("issuer `{}`: must be between 1s and 1h", issuer.name),
+            ));
+        }
+        if issuer.algorithms.is_empty() {
+            return Err(invalid(
+                "issuers.algorithms",
+                format!("issuer `{}`: allow at least one algorithm", issuer.name),
+            ));
+        }
+        check_issuer_binding(issuer, targets)?;
     }
+    Ok(())
+}
 
-    /// An issuer must say whose tokens it accepts (`required_claims`) and what they may reach
-    /// (`targets`): CI systems mint tokens for every repository they host, with any audience the
-    /// workflow asks for, so neither is implied by trusting the issuer.
-    fn validate_issuer_binding(&self, issuer: &IssuerConfig) -> Result<(), ConfigError> {
-        let name = &issuer.name;
-        if issuer.required_claims.is_empty() {
-            return Err(invalid(
-                "issuers.required_claims",
-                format!(
-                    "issuer `{name}` has no required_claims, so every repository its CI system serves could exchange \
+/// An issuer must say whose tokens it accepts (`required_claims`) and what they may reach
+/// (`targets`): CI systems mint tokens for every repository they host, with any audience the
+/// workflow asks for, so neither is implied by trusting the issuer.
+fn check_issuer_binding(issuer: &IssuerConfig, targets: &[TargetConfig]) -> Result<(), ConfigError> {
+    let name = &issuer.name;
+    if issuer.required_claims.is_empty() {
+        return Err(invalid(
+            "issuers.required_claims",
+            format!(
+                "issuer `{name}` has no required_claims, so every repository its CI system serves could exchange \
                      tokens; bind it, e.g. required_claims = {{ repository_owner = \"acme\" }}"
-                ),
-            ));
-        }
-        if let Some(claim) = issuer.required_claims.keys().find(|claim| UNBINDING_CLAIMS.contains(&claim.as_str())) {
-            return Err(invalid(
-                "issuers.required_claims",
-                format!(
-                    "issuer `{name}`: `{claim}` is checked on every token already and binds no repository; require \
+            ),
+        ));
+    }
+    if let Some(claim) = issuer.required_claims.keys().find(|claim| UNBINDING_CLAIMS.contains(&claim.as_str())) {
+        return Err(invalid(
+            "issuers.required_claims",
+            format!(
+                "issuer `{name}`: `{claim}` is checked on every token already and binds no repository; require \
                      a claim naming who the token is for (repository_owner, repository, namespace_path, sub)"
-                ),
-            ));
-        }
-        if issuer.targets.is_empty() {
+            ),
+        ));
+    }
+    if issuer.targets.is_empty() {
+        return Err(invalid(
+            "issuers.targets",
+            format!(
+                "issuer `{name}` lists no targets; name the ones its tokens may ask for, e.g. targets = [\"aws:ci-read\"]"
+            ),
+        ));
+    }
+    for wanted in &issuer.targets {
+        let Some(target) = targets.iter().find(|target| &target.id() == wanted) else {
             return Err(invalid(
                 "issuers.targets",
                 format!(
-                    "issuer `{name}` lists no targets; name the ones its tokens may ask for, e.g. targets = [\"aws:ci-read\"]"
+                    "issuer `{name}`: `{wanted}` is not a configured target (write `<type>:<name>`, e.g. aws:deploy)"
+                ),
+            ));
+        };
+        if issuer.phase != keyward_proto::claims::Phase::Apply && target.access == TargetAccess::Write {
+            return Err(invalid(
+                "issuers.targets",
+                format!(
+                    "issuer `{name}` stands for the plan phase, which never gets write target `{wanted}`; \
+                         use a separate issuer entry with phase = \"apply\" for it"
                 ),
             ));
         }
-        for wanted in &issuer.targets {
-            let Some(target) = self.targets.iter().find(|target| &target.id() == wanted) else {
-                return Err(invalid(
-                    "issuers.targets",
-                    format!(
-                        "issuer `{name}`: `{wanted}` is not a configured target (write `<type>:<name>`, e.g. aws:deploy)"
-                    ),
-                ));
-            };
-            if issuer.phase != keyward_proto::claims::Phase::Apply && target.access == TargetAccess::Write {
-                return Err(invalid(
-                    "issuers.targets",
-                    format!(
-                        "issuer `{name}` stands for the plan phase, which never gets write target `{wanted}`; \
-                         use a separate issuer entry with phase = \"apply\" for it"
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Claims the verifier checks on every token, which therefore bind no caller.
@@ -677,24 +692,14 @@ mod tests {
             assert_eq!(validate_issuer(url).is_ok(), ok, "{url}");
         }
     }
-
-    #[test]
-    fn subject_templates_are_checked() {
-        assert!(validate_subject_template("stack:{stack_id}:phase:{phase}").is_ok());
-        assert!(validate_subject_template("{pool}/{stack}/{scope}").is_ok());
-        assert!(validate_subject_template("run:{run_id}").is_err(), "run IDs make subjects unmatchable");
-        assert!(validate_subject_template("stack:{stack_id").is_err());
-        assert!(validate_subject_template("stack}").is_err());
-        assert!(validate_subject_template("").is_err());
-    }
 }
 
 #[cfg(test)]
 mod target_tests {
     use super::*;
-    use crate::config::{ExchangeMode, KvRead, WriteSubject};
+    use crate::targets::{ExchangeMode, KvRead, WriteSubject};
 
-    fn parse_target(target: &str) -> Result<Config, ConfigError> {
+    fn parse_target(target: &str) -> Result<Vec<TargetConfig>, ConfigError> {
         let config = Config::parse(
             &format!(
                 "[server]\nlisten = \"127.0.0.1:1\"\nexternal_url = \"https://kw.example\"\n\
@@ -704,7 +709,7 @@ mod target_tests {
             "t.toml",
         )?;
         config.validate(&|_| Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned()))?;
-        Ok(config)
+        config.targets()
     }
 
     const GOOD: &str =
@@ -714,8 +719,8 @@ mod target_tests {
 
     #[test]
     fn a_valid_vault_target_parses_with_defaults() -> Result<(), ConfigError> {
-        let config = parse_target(&format!("{VAULT}\nkv_reads = [{{ mount = \"secret\", path = \"db\" }}]"))?;
-        let target = &config.targets[0];
+        let targets = parse_target(&format!("{VAULT}\nkv_reads = [{{ mount = \"secret\", path = \"db\" }}]"))?;
+        let target = &targets[0];
         assert_eq!(target.id(), "vault:secrets");
         let TargetKind::Vault(vault) = &target.kind else { panic!("a vault target") };
         assert_eq!((vault.auth_mount.as_str(), vault.audience.as_str(), vault.return_token), ("jwt", "vault", true));
@@ -725,8 +730,8 @@ mod target_tests {
 
     #[test]
     fn a_valid_aws_target_parses_with_defaults() -> Result<(), ConfigError> {
-        let config = parse_target(&format!("{GOOD}\nlabels = {{ env = \"prod\" }}"))?;
-        let target = &config.targets[0];
+        let targets = parse_target(&format!("{GOOD}\nlabels = {{ env = \"prod\" }}"))?;
+        let target = &targets[0];
         assert_eq!(target.id(), "aws:net");
         assert_eq!(target.access, TargetAccess::Write);
         assert_eq!(target.duration, Duration::from_secs(3600));
@@ -742,8 +747,8 @@ mod target_tests {
 
     #[test]
     fn a_write_target_can_opt_in_ci_subjects() -> Result<(), ConfigError> {
-        let config = parse_target(&format!("{GOOD}\nwrite_subjects = [\"job\", \"ci\"]"))?;
-        assert_eq!(config.targets[0].write_subjects, [WriteSubject::Job, WriteSubject::Ci]);
+        let targets = parse_target(&format!("{GOOD}\nwrite_subjects = [\"job\", \"ci\"]"))?;
+        assert_eq!(targets[0].write_subjects, [WriteSubject::Job, WriteSubject::Ci]);
         Ok(())
     }
 
