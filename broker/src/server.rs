@@ -18,12 +18,12 @@ use crate::audit::AuditLog;
 use crate::audit::checkpoint::{CheckpointError, LogKey};
 use crate::audit::sinks::Sink;
 use crate::clock::SharedClock;
-use crate::config::{Config, ConfigError};
+use crate::config::Settings;
 use crate::exchange::Exchanger;
 use crate::exchange::issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
-use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
+use crate::identity::keyring::{KeyRing, KeyRingError};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
@@ -35,9 +35,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Configuration problem.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// Database problem.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,13 +80,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the store and loads (or creates) the signing keys.
-    pub async fn start(
-        config: &Config,
-        env: &dyn Fn(&str) -> Option<String>,
-        clock: SharedClock,
-    ) -> Result<Self, StartError> {
-        let kek: Kek = config.kek(env)?;
+    /// Opens the store and loads (or creates) the signing keys, as `settings` say.
+    pub async fn start(settings: &Settings, clock: SharedClock) -> Result<Self, StartError> {
+        let config = settings;
+        let kek: Kek = config.kek.clone();
         // Policies load before anything is written: a broken set stops the start cleanly.
         let policies = match &config.policy {
             Some(policy) => Some(Arc::new(PolicyEngine::load(&policy.dir, policy.evaluation_timeout)?)),
@@ -98,37 +92,30 @@ impl Broker {
                 None
             }
         };
-        let store = Store::open(&config.database(env)?).await?;
-        let log_key = Arc::new(LogKey::load_or_create(&store, &kek, &config.audit_origin(), clock.now()).await?);
-        let agent_ca = Arc::new(AgentCa::load_or_create(&store, &kek, &config.trust_domain(), clock.now()).await?);
-        let settings = KeySettings {
-            algorithm: config.keys.algorithm,
-            rotation_period: config.keys.rotation_period,
-            jwks_max_age: config.keys.jwks_max_age,
-            clock_skew: config.tokens.clock_skew,
-        };
+        let store = Store::open(&config.database).await?;
+        let log_key = Arc::new(LogKey::load_or_create(&store, &kek, &config.audit.origin, clock.now()).await?);
+        let agent_ca = Arc::new(AgentCa::load_or_create(&store, &kek, &config.agents.trust_domain, clock.now()).await?);
         let plan_kek = Arc::new(kek.clone());
-        let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), settings).await?);
+        let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), config.keys).await?);
         let minter = Arc::new(Minter::new(
             config.server.external_url.clone(),
-            config.mint_rules()?,
+            config.tokens.clone(),
             Arc::clone(&keys),
             Arc::clone(&clock),
         ));
         let audit = AuditLog::start(store.clone());
         let mut sinks = Vec::new();
-        for sink in &config.sinks(env)? {
+        for sink in &config.audit.sinks {
             sinks.push(Arc::new(Sink::new(sink).map_err(StartError::HttpClient)?));
         }
         let issuer = Issuer::new(minter, audit.clone());
         let metrics = Arc::new(Metrics::default());
-        let targets = config.targets()?;
-        let exchanger = if targets.is_empty() {
+        let exchanger = if config.targets.is_empty() {
             None
         } else {
-            let issuers = TrustedIssuers::new(&config.issuers()?).map_err(|e| StartError::HttpClient(e.to_string()))?;
+            let issuers = TrustedIssuers::new(&config.issuers).map_err(|e| StartError::HttpClient(e.to_string()))?;
             Some(Arc::new(Exchanger::new(
-                &targets,
+                &config.targets,
                 Arc::clone(&keys),
                 issuer.clone(),
                 policies.clone(),
@@ -145,17 +132,17 @@ impl Broker {
             store.clone(),
             audit.clone(),
             policies.clone(),
-            &targets,
+            &config.targets,
             Arc::clone(&clock),
             plan_kek,
         )
-        .with_repositories(config.repository_credentials(env)?);
+        .with_repositories(config.repositories.clone());
         let agent_listener = match config.agents.listen {
             Some(address) => Some(bind(address).await?),
             None => None,
         };
         let endpoint = match &agent_listener {
-            Some(listener) => config.agents_endpoint(listener.local_addr().map(|a| a.port()).unwrap_or_default()),
+            Some(listener) => config.agents.endpoint(listener.local_addr().map(|a| a.port()).unwrap_or_default()),
             None => String::new(),
         };
         let agents = Agents::new(

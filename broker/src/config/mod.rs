@@ -1,10 +1,19 @@
-//! The broker's one configuration file.
+//! The broker's one configuration file, read and resolved once at start.
 //!
 //! A misspelled security setting must be an error, never a silent default, so every table denies
 //! unknown keys (SPIRE does the same). Errors name the key path of the first problem so an operator
 //! at 3 a.m. knows which line to fix. Nothing here touches the process environment directly: secrets
 //! that come from the environment are looked up through a caller-supplied function, so tests can
 //! build any environment without mutating the real one.
+//!
+//! Config sits on top of the broker's modules: it imports the types they own (targets, mint
+//! rules, sinks, trusted issuers, the database location, repository credentials) and fills them
+//! in; none of them imports it.
+//! - [`file`](Config): the TOML format, one serde type per table.
+//! - `resolve`: [`Config::resolve`] checks every value and reads every secret into [`Settings`].
+//! - `secret_source`: the one rule for a secret given inline, by environment variable or by file.
+//! - `trust`: targets and trusted issuers, checked against each other.
+//! - `overlay`: the `keyward dev --config` tables ([`DevOverlay`]).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +22,9 @@ use crate::identity::kek::KekError;
 mod file;
 mod overlay;
 mod resolve;
+mod secret_source;
+mod trust;
+mod url;
 
 pub use file::{
     AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
@@ -20,6 +32,8 @@ pub use file::{
     VaultTargetEntry,
 };
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
+pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};
+pub use secret_source::SecretSource;
 
 /// A configuration problem, with the dotted key path it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -65,13 +79,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a config file. `env` looks up environment variables.
-    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// Reads a config file and resolves it. `env` looks up environment variables.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config = Self::parse(&text, &path.display().to_string())?;
-        config.validate(env)?;
-        Ok(config)
+        Self::parse(&text, &path.display().to_string())?.resolve(env)
     }
 
     /// Parses TOML text; `origin` names it in errors.
