@@ -19,7 +19,7 @@ use clap::Args;
 
 use crate::access::ApiScope;
 use crate::clock::SystemClock;
-use crate::config::{Checked, Config, DevOverlay, LogFormat};
+use crate::config::{Checked, Config, DevOverlay, LogFormat, Settings};
 use crate::identity::kek::Kek;
 use crate::server::{self, Broker};
 
@@ -74,6 +74,22 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     let isolation = &args.agent_isolation;
     let agent = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), isolation, "keyward dev").await?;
 
+    announce(&settings, &data_dir, sources.policies.dir(), &token_file, &agent)?;
+
+    broker.serve(listener, server::shutdown_signal()).await;
+    Ok(())
+}
+
+/// Writes `<data dir>/env`, the exports a shell needs to talk to this broker, and prints the
+/// banner.
+fn announce(
+    settings: &Settings,
+    data_dir: &Path,
+    policy_dir: &Path,
+    token_file: &Path,
+    agent: &super::dev_agent::LocalAgent,
+) -> anyhow::Result<()> {
+    let issuer = &settings.server.external_url;
     let exports = format!(
         "export KEYWARD_ADDR={issuer}\nexport KEYWARD_TOKEN_FILE={}\n",
         shell_quote(&token_file.display().to_string())
@@ -83,18 +99,16 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     let targets: Vec<String> = settings.targets.iter().map(crate::targets::TargetConfig::id).collect();
     let issuers: Vec<&str> = settings.issuers.iter().map(|i| i.name.as_str()).collect();
     let banner = Banner {
-        issuer: &issuer,
-        data_dir: &data_dir,
-        policy_dir: sources.policies.dir(),
+        issuer,
+        data_dir,
+        policy_dir,
         env_file: &env_file,
         exports: &exports,
-        agent: &agent,
+        agent,
         targets: &targets,
         issuers: &issuers,
     };
     banner.print();
-
-    broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
 }
 

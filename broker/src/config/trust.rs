@@ -14,7 +14,7 @@ use super::{ConfigError, invalid};
 use crate::exchange::issuers::IssuerConfig;
 use crate::identity::mint::AWS_TAG_KEYS;
 use crate::identity::rules::MAX_TOKEN_LIFETIME;
-use crate::targets::{TargetAccess, TargetConfig, TargetKind};
+use crate::targets::{AwsTarget, TargetAccess, TargetConfig, TargetKind, VaultTarget};
 
 /// The `[[targets]]`, checked; their audiences must be among `allowed_audiences`.
 pub(super) fn targets(
@@ -37,91 +37,90 @@ pub(super) fn issuers(
     Ok(issuers)
 }
 
-/// Checks the targets: names, lifetimes, who may write, and each relying party's settings.
+/// Checks the targets: each one's name, lifetime and writers, then its relying party's settings.
 fn check_targets(targets: &[TargetConfig], allowed_audiences: &[String]) -> Result<(), ConfigError> {
     let mut seen = std::collections::BTreeSet::new();
     for target in targets {
-        let valid_name = !target.name.is_empty()
-            && target.name.len() <= 64
-            && target.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid_name {
-            return Err(invalid(
-                "targets.name",
-                format!("invalid target name `{}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`", target.name),
-            ));
-        }
+        check_target_name(target)?;
         if !seen.insert(target.id()) {
             return Err(invalid("targets.name", format!("target `{}` is defined twice", target.id())));
         }
-        if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
-            return Err(invalid(
-                "targets.duration",
-                format!("target `{}`: duration must be between 1m and 12h", target.id()),
-            ));
-        }
-        if target.access == TargetAccess::Read && target.write_subjects != default_write_subjects() {
-            return Err(invalid(
-                "targets.write_subjects",
-                format!("target `{}` grants read access; write_subjects only applies to write targets", target.id()),
-            ));
-        }
-        if target.write_subjects.is_empty() {
-            return Err(invalid(
-                "targets.write_subjects",
-                format!("target `{}`: write_subjects is empty; leave it out for the default [\"job\"]", target.id()),
-            ));
-        }
+        check_target_grant(target)?;
         match &target.kind {
-            TargetKind::Vault(vault) => {
-                check_url("targets.address", &vault.address)?;
-                if !allowed_audiences.contains(&vault.audience) {
-                    return Err(invalid(
-                        "targets.audience",
-                        format!(
-                            "target `{}`: audience `{}` is not in tokens.allowed_audiences",
-                            target.id(),
-                            vault.audience
-                        ),
-                    ));
-                }
-                if !vault.return_token && vault.kv_reads.is_empty() && vault.pki_issues.is_empty() {
-                    return Err(invalid(
-                        "targets.kv_reads",
-                        format!(
-                            "target `{}` returns nothing: set return_token, or list kv_reads or pki_issues",
-                            target.id()
-                        ),
-                    ));
-                }
-            }
-            TargetKind::Aws(aws) => {
-                if let Some(unknown) = aws.session_tags.iter().flatten().find(|k| !AWS_TAG_KEYS.contains(&k.as_str())) {
-                    return Err(invalid(
-                        "targets.session_tags",
-                        format!("target `{}`: unknown tag `{unknown}`; use {}", target.id(), AWS_TAG_KEYS.join(", ")),
-                    ));
-                }
-                if !aws.role_arn.starts_with("arn:aws")
-                    || aws.role_arn.split(':').count() != 6
-                    || !aws.role_arn.contains(":role/")
-                {
-                    return Err(invalid(
-                        "targets.role_arn",
-                        format!("target `{}`: `{}` is not an IAM role ARN", target.id(), aws.role_arn),
-                    ));
-                }
-                if !allowed_audiences.contains(&aws.audience) {
-                    return Err(invalid(
-                        "targets.audience",
-                        format!(
-                            "target `{}`: audience `{}` is not in tokens.allowed_audiences",
-                            target.id(),
-                            aws.audience
-                        ),
-                    ));
-                }
-            }
+            TargetKind::Vault(vault) => check_vault_target(&target.id(), vault, allowed_audiences)?,
+            TargetKind::Aws(aws) => check_aws_target(&target.id(), aws, allowed_audiences)?,
         }
+    }
+    Ok(())
+}
+
+fn check_target_name(target: &TargetConfig) -> Result<(), ConfigError> {
+    let name = &target.name;
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        return Err(invalid(
+            "targets.name",
+            format!("invalid target name `{name}`: use 1-64 of a-z, 0-9, `-`, `_`, `.`"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a target grants: a lifetime between 1m and 12h, and writers only for a write target.
+fn check_target_grant(target: &TargetConfig) -> Result<(), ConfigError> {
+    let id = target.id();
+    if target.duration < Duration::from_secs(60) || target.duration > MAX_TOKEN_LIFETIME * 12 {
+        return Err(invalid("targets.duration", format!("target `{id}`: duration must be between 1m and 12h")));
+    }
+    if target.access == TargetAccess::Read && target.write_subjects != default_write_subjects() {
+        return Err(invalid(
+            "targets.write_subjects",
+            format!("target `{id}` grants read access; write_subjects only applies to write targets"),
+        ));
+    }
+    if target.write_subjects.is_empty() {
+        return Err(invalid(
+            "targets.write_subjects",
+            format!("target `{id}`: write_subjects is empty; leave it out for the default [\"job\"]"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_vault_target(id: &str, vault: &VaultTarget, allowed_audiences: &[String]) -> Result<(), ConfigError> {
+    check_url("targets.address", &vault.address)?;
+    check_audience(id, &vault.audience, allowed_audiences)?;
+    if !vault.return_token && vault.kv_reads.is_empty() && vault.pki_issues.is_empty() {
+        return Err(invalid(
+            "targets.kv_reads",
+            format!("target `{id}` returns nothing: set return_token, or list kv_reads or pki_issues"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_aws_target(id: &str, aws: &AwsTarget, allowed_audiences: &[String]) -> Result<(), ConfigError> {
+    if let Some(unknown) = aws.session_tags.iter().flatten().find(|k| !AWS_TAG_KEYS.contains(&k.as_str())) {
+        return Err(invalid(
+            "targets.session_tags",
+            format!("target `{id}`: unknown tag `{unknown}`; use {}", AWS_TAG_KEYS.join(", ")),
+        ));
+    }
+    let arn = &aws.role_arn;
+    if !arn.starts_with("arn:aws") || arn.split(':').count() != 6 || !arn.contains(":role/") {
+        return Err(invalid("targets.role_arn", format!("target `{id}`: `{arn}` is not an IAM role ARN")));
+    }
+    check_audience(id, &aws.audience, allowed_audiences)
+}
+
+/// A target's tokens are minted for its relying party's audience, which `[tokens]` must allow.
+fn check_audience(id: &str, audience: &str, allowed_audiences: &[String]) -> Result<(), ConfigError> {
+    if !allowed_audiences.iter().any(|allowed| allowed == audience) {
+        return Err(invalid(
+            "targets.audience",
+            format!("target `{id}`: audience `{audience}` is not in tokens.allowed_audiences"),
+        ));
     }
     Ok(())
 }
