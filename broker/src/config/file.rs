@@ -1,5 +1,10 @@
 //! The file format: one serde type per table, every table `deny_unknown_fields`, and the
 //! defaults of every key that may be left out.
+//!
+//! Tables whose values belong to another module once checked are *entries* here
+//! ([`TargetEntry`], [`IssuerEntry`], [`SinkEntry`]); `resolve` turns them into the owners' types.
+//! Small value types (`TargetAccess`, `SourceIdentity`, `ClaimMapping`, …) keep their serde
+//! derives where they are defined: they read the same everywhere.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -8,11 +8,12 @@
 //!
 //! Config sits on top of the broker's modules: it imports the types they own (targets, mint
 //! rules, sinks, trusted issuers, the database location, repository credentials) and fills them
-//! in; none of them imports it.
-//! - [`file`](Config): the TOML format, one serde type per table.
-//! - `resolve`: [`Config::resolve`] checks every value and reads every secret into [`Settings`].
+//! in; none of them imports it (`scripts/module-graph` checks).
+//! - `file`: the TOML format ([`Config`]), one serde type per table.
+//! - `resolve`: [`Config::load`] and [`Config::resolve`] check every value and read every secret
+//!   into [`Settings`], once; [`Config::check`] stops short of the key-encryption key.
 //! - `secret_source`: the one rule for a secret given inline, by environment variable or by file.
-//! - `trust`: targets and trusted issuers, checked against each other.
+//! - `trust`: targets and trusted issuers, checked against each other; `url`: the URL rule.
 //! - `overlay`: the `keyward dev --config` tables ([`DevOverlay`]).
 
 use std::path::{Path, PathBuf};

@@ -13,8 +13,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::file::{AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, ServerConfig};
-use super::file::{SinkEntry, StorageConfig, TokensConfig};
+use super::file::{
+    AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry,
+    StorageConfig, TokensConfig,
+};
 use super::secret_source::{DATABASE_URL, KEK, REPOSITORY_PASSWORD, SINK_SECRET, SecretSource};
 use super::url::check_url;
 use super::{Config, ConfigError, invalid, trust};
