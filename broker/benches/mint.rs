@@ -15,12 +15,11 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use keyward_broker::clock::SystemClock;
-use keyward_broker::config::{DatabaseLocation, TokensConfig};
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
 use keyward_broker::identity::mint::{MintRequest, Minter};
-use keyward_broker::identity::{Signer, SigningAlgorithm};
-use keyward_broker::store::Store;
+use keyward_broker::identity::{MintRules, Signer, SigningAlgorithm};
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::claims::Phase;
 
 fn minter(algorithm: SigningAlgorithm, dir: &tempfile::TempDir) -> Minter {
@@ -35,7 +34,7 @@ fn minter(algorithm: SigningAlgorithm, dir: &tempfile::TempDir) -> Minter {
         };
         KeyRing::load(store, Kek::generate(), Arc::new(SystemClock), settings).await.unwrap()
     });
-    let rules = TokensConfig { allowed_audiences: vec!["sts.amazonaws.com".into()], ..TokensConfig::default() };
+    let rules = MintRules { allowed_audiences: vec!["sts.amazonaws.com".into()], ..MintRules::default() };
     Minter::new("https://keyward.example.com".into(), rules, Arc::new(keys), Arc::new(SystemClock))
 }
 

@@ -31,3 +31,4 @@ pub mod policy;
 pub mod runs;
 pub mod server;
 pub mod store;
+pub mod targets;

@@ -15,18 +15,19 @@ use crate::agents::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
-use crate::audit::sinks::Sink;
+use crate::audit::sinks::{Sink, SinkConfig};
 use crate::audit::{LogKey, LogKeyError};
 use crate::clock::SharedClock;
-use crate::config::{Config, ConfigError, SinkConfig};
+use crate::config::Settings;
 use crate::exchange::Exchanger;
 use crate::exchange::issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
-use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};
+use crate::identity::keyring::{KeyRing, KeyRingError};
 use crate::identity::mint::Minter;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
+use crate::runs::Runs;
 use crate::store::{Store, StoreError};
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
@@ -35,9 +36,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Configuration problem.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// Database problem.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,101 +81,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the store and loads (or creates) the signing keys.
-    pub async fn start(
-        config: &Config,
-        env: &dyn Fn(&str) -> Option<String>,
-        clock: SharedClock,
-    ) -> Result<Self, StartError> {
-        let kek: Kek = config.kek(env)?;
-        // Policies load before anything is written: a broken set stops the start cleanly.
-        let policies = match &config.policy {
-            Some(policy) => Some(Arc::new(PolicyEngine::load(&policy.dir, policy.evaluation_timeout)?)),
-            None => {
-                tracing::warn!("no [policy] table: every policy decision will deny");
-                None
-            }
-        };
-        let store = Store::open(&config.database(env)?).await?;
-        let log_key = Arc::new(LogKey::load_or_create(&store, &kek, &config.audit_origin(), clock.now()).await?);
-        let agent_ca = Arc::new(AgentCa::load_or_create(&store, &kek, &config.trust_domain(), clock.now()).await?);
-        let settings = KeySettings {
-            algorithm: config.keys.algorithm,
-            rotation_period: config.keys.rotation_period,
-            jwks_max_age: config.keys.jwks_max_age,
-            clock_skew: config.tokens.clock_skew,
-        };
-        let plan_kek = Arc::new(kek.clone());
-        let keys = Arc::new(KeyRing::load(store.clone(), kek, Arc::clone(&clock), settings).await?);
-        let minter = Arc::new(Minter::new(
-            config.server.external_url.clone(),
-            config.tokens.clone(),
-            Arc::clone(&keys),
-            Arc::clone(&clock),
-        ));
-        let audit = AuditLog::start(store.clone());
-        let mut sinks = Vec::with_capacity(config.audit.sinks.len());
-        for sink in &config.audit.sinks {
-            let secret = match sink {
-                SinkConfig::Webhook { .. } => Some(config.sink_secret(sink, env)?),
-                SinkConfig::File { .. } => None,
-            };
-            sinks.push(Arc::new(Sink::new(sink, secret.as_ref()).map_err(StartError::HttpClient)?));
-        }
-        let issuer = Issuer::new(minter, audit.clone());
-        let metrics = Arc::new(Metrics::default());
-        let exchanger = if config.targets.is_empty() {
-            None
-        } else {
-            let issuers = TrustedIssuers::new(&config.issuers).map_err(|e| StartError::HttpClient(e.to_string()))?;
-            Some(Arc::new(Exchanger::new(
-                &config.targets,
-                Arc::clone(&keys),
-                issuer.clone(),
-                policies.clone(),
-                issuers,
-                audit.clone(),
-                store.clone(),
-                Arc::clone(&clock),
-                config.server.external_url.clone(),
-                config.tokens.clock_skew,
-                Arc::clone(&metrics),
-            )))
-        };
-        let runs = crate::runs::Runs::new(
-            store.clone(),
-            audit.clone(),
-            policies.clone(),
-            &config.targets,
-            Arc::clone(&clock),
-            plan_kek,
-        )
-        .with_repositories(config.repository_credentials(env)?);
-        let agent_listener = match config.agents.listen {
-            Some(address) => Some(bind(address).await?),
-            None => None,
-        };
-        let endpoint = match &agent_listener {
-            Some(listener) => config.agents_endpoint(listener.local_addr().map(|a| a.port()).unwrap_or_default()),
-            None => String::new(),
-        };
-        let agents = Agents::new(
-            store.clone(),
-            audit.clone(),
-            runs.clone(),
-            Arc::clone(&agent_ca),
-            Arc::clone(&clock),
-            AgentSettings {
-                certificate_lifetime: config.agents.certificate_lifetime,
-                lease: config.agents.lease,
-                poll_interval: config.agents.poll_interval,
-                join_token_max_ttl: config.agents.join_token_max_ttl,
-                endpoint: endpoint.clone(),
-            },
-            exchanger.clone(),
-        );
-        let agent_listener =
-            agent_listener.map(|listener| (listener, server_names(&endpoint, &config.agents.server_names)));
+    /// Opens the store, loads (or creates) the keys and assembles every part, as `settings` say.
+    pub async fn start(settings: &Settings, clock: SharedClock) -> Result<Self, StartError> {
+        let core = Core::open(settings, clock).await?;
+        let sinks = open_sinks(&settings.audit.sinks)?;
+        let issuer = core.issuer(settings);
+        let exchanger = core.exchanger(settings, &issuer)?;
+        let runs = core.runs(settings);
+        let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
+        let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
         let state = AppState {
             runs,
             agents,
@@ -192,19 +104,19 @@ impl Broker {
             sinks: Arc::new(sinks),
             metrics,
             readiness_timeout: Duration::from_secs(2),
-            request_timeout: config.server.request_timeout,
+            request_timeout: settings.server.request_timeout,
             policies,
         };
         tracing::info!(
-            issuer = %config.server.external_url, database = %state.store.location(),
+            issuer = %settings.server.external_url, database = %state.store.location(),
             signing_key = %state.keys.signer().kid(), "broker started"
         );
         Ok(Self {
             state,
             agent_listener,
-            header_read_timeout: config.server.header_read_timeout,
-            replay_leeway: config.tokens.clock_skew,
-            checkpoint_interval: config.audit.checkpoint_interval,
+            header_read_timeout: settings.server.header_read_timeout,
+            replay_leeway: settings.tokens.clock_skew,
+            checkpoint_interval: settings.audit.checkpoint_interval,
         })
     }
 
@@ -219,7 +131,7 @@ impl Broker {
     }
 
     /// Stacks and runs (used by `keyward dev`).
-    pub fn runs(&self) -> &crate::runs::Runs {
+    pub fn runs(&self) -> &Runs {
         &self.state.runs
     }
 
@@ -243,65 +155,19 @@ impl Broker {
     pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         if let Some(engine) = &self.state.policies {
             let context = crate::audit::Context::default();
-            crate::audit::events::policy_load(
-                &self.state.audit,
-                self.state.clock_now(),
-                "start",
-                context,
-                engine,
-                None,
-            )
-            .await;
+            let now = self.state.clock_now();
+            crate::audit::events::policy_load(&self.state.audit, now, "start", context, engine, None).await;
         }
-        let maintenance = tokio::spawn(maintain(
-            Arc::clone(&self.state.keys),
-            Arc::clone(&self.state.metrics),
-            self.state.audit.clone(),
-            Arc::clone(&self.state.clock),
-        ));
-        let deliveries: Vec<_> = self
-            .state
-            .sinks
-            .iter()
-            .map(|sink| tokio::spawn(Arc::clone(sink).run(self.state.store.clone(), self.state.audit.committed())))
-            .collect();
-        let checkpoints = tokio::spawn(checkpoint_on_schedule(
-            self.state.store.clone(),
-            Arc::clone(&self.state.log_key),
-            Arc::clone(&self.state.clock),
-            self.checkpoint_interval,
-        ));
-        let pruning = tokio::spawn(prune_replay_cache(
-            self.state.store.clone(),
-            Arc::clone(&self.state.clock),
-            self.replay_leeway,
-        ));
-        let reloader = self.state.policies.clone().map(|engine| {
-            tokio::spawn(reload_on_sighup(
-                engine,
-                Arc::clone(&self.state.metrics),
-                self.state.audit.clone(),
-                Arc::clone(&self.state.clock),
-            ))
-        });
+        let background = Background::spawn(&self.state, self.checkpoint_interval, self.replay_leeway);
         let (stopping, stop) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
             let _ = stopping.send(true);
         };
-        let agent_endpoint = self.agent_listener.take().map(|(agent_listener, names)| {
-            let mut stop = stop.clone();
-            tokio::spawn(crate::agents::listener::serve(
-                agent_listener,
-                self.state.agents.clone(),
-                names,
-                Arc::clone(&self.state.clock),
-                async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                },
-            ))
-        });
-        let expiry = tokio::spawn(expire_leases(self.state.runs.clone(), self.state.agents.settings().lease));
+        let agent_endpoint = self
+            .agent_listener
+            .take()
+            .map(|(listener, names)| spawn_agent_endpoint(listener, names, &self.state, stop));
         let store = self.state.store.clone();
         let app = api::router(self.state);
         api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
@@ -312,19 +178,173 @@ impl Broker {
                 Err(error) => tracing::error!(%error, "the agent endpoint panicked"),
             }
         }
-        expiry.abort();
-        maintenance.abort();
-        pruning.abort();
-        checkpoints.abort();
-        for delivery in deliveries {
-            delivery.abort();
-        }
-        if let Some(reloader) = reloader {
-            reloader.abort();
-        }
+        background.stop();
         store.close().await;
         tracing::info!("broker stopped");
     }
+}
+
+/// What the broker's parts share, opened in order: the policies (before anything is written, so
+/// a broken set stops the start cleanly), the store, the audit log's checkpoint key, the agent
+/// CA and the signing keys.
+struct Core {
+    policies: Option<Arc<PolicyEngine>>,
+    store: Store,
+    log_key: Arc<LogKey>,
+    agent_ca: Arc<AgentCa>,
+    kek: Arc<Kek>,
+    keys: Arc<KeyRing>,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+}
+
+impl Core {
+    async fn open(settings: &Settings, clock: SharedClock) -> Result<Self, StartError> {
+        let policies = match &settings.policy {
+            Some(policy) => Some(Arc::new(PolicyEngine::load(&policy.dir, policy.evaluation_timeout)?)),
+            None => {
+                tracing::warn!("no [policy] table: every policy decision will deny");
+                None
+            }
+        };
+        let kek = &settings.kek;
+        let store = Store::open(&settings.database).await?;
+        let log_key = Arc::new(LogKey::load_or_create(&store, kek, &settings.audit.origin, clock.now()).await?);
+        let agent_ca =
+            Arc::new(AgentCa::load_or_create(&store, kek, &settings.agents.trust_domain, clock.now()).await?);
+        let keys = Arc::new(KeyRing::load(store.clone(), kek.clone(), Arc::clone(&clock), settings.keys).await?);
+        let audit = AuditLog::start(store.clone());
+        let metrics = Arc::new(Metrics::default());
+        Ok(Self { policies, store, log_key, agent_ca, kek: Arc::new(kek.clone()), keys, audit, metrics, clock })
+    }
+
+    /// Mints by `[tokens]` with the current signing key; records each token before it leaves.
+    fn issuer(&self, settings: &Settings) -> Issuer {
+        let url = settings.server.external_url.clone();
+        let minter = Minter::new(url, settings.tokens.clone(), Arc::clone(&self.keys), Arc::clone(&self.clock));
+        Issuer::new(Arc::new(minter), self.audit.clone())
+    }
+
+    /// The token exchange, when any target is configured.
+    fn exchanger(&self, settings: &Settings, issuer: &Issuer) -> Result<Option<Arc<Exchanger>>, StartError> {
+        if settings.targets.is_empty() {
+            return Ok(None);
+        }
+        let issuers = TrustedIssuers::new(&settings.issuers).map_err(|e| StartError::HttpClient(e.to_string()))?;
+        Ok(Some(Arc::new(Exchanger::new(
+            &settings.targets,
+            Arc::clone(&self.keys),
+            issuer.clone(),
+            self.policies.clone(),
+            issuers,
+            self.audit.clone(),
+            self.store.clone(),
+            Arc::clone(&self.clock),
+            settings.server.external_url.clone(),
+            settings.tokens.clock_skew,
+            Arc::clone(&self.metrics),
+        ))))
+    }
+
+    /// Stacks, runs and their jobs, with the private repositories' credentials.
+    fn runs(&self, settings: &Settings) -> Runs {
+        let (store, audit, policies) = (self.store.clone(), self.audit.clone(), self.policies.clone());
+        Runs::new(store, audit, policies, &settings.targets, Arc::clone(&self.clock), Arc::clone(&self.kek))
+            .with_repositories(settings.repositories.clone())
+    }
+
+    /// The agents, and their endpoint's listener with the names its certificate carries when
+    /// `[agents] listen` is set.
+    async fn agents(
+        &self,
+        settings: &Settings,
+        runs: &Runs,
+        exchanger: Option<Arc<Exchanger>>,
+    ) -> Result<(Agents, Option<(TcpListener, Vec<String>)>), StartError> {
+        let listener = match settings.agents.listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        let endpoint = match &listener {
+            Some(listener) => settings.agents.endpoint(listener.local_addr().map(|a| a.port()).unwrap_or_default()),
+            None => String::new(),
+        };
+        let agent_settings = AgentSettings {
+            certificate_lifetime: settings.agents.certificate_lifetime,
+            lease: settings.agents.lease,
+            poll_interval: settings.agents.poll_interval,
+            join_token_max_ttl: settings.agents.join_token_max_ttl,
+            endpoint: endpoint.clone(),
+        };
+        let (store, audit, ca, clock) =
+            (self.store.clone(), self.audit.clone(), Arc::clone(&self.agent_ca), Arc::clone(&self.clock));
+        let agents = Agents::new(store, audit, runs.clone(), ca, clock, agent_settings, exchanger);
+        let listener = listener.map(|listener| (listener, server_names(&endpoint, &settings.agents.server_names)));
+        Ok((agents, listener))
+    }
+}
+
+/// The audit sinks, each with its delivery client.
+fn open_sinks(sinks: &[SinkConfig]) -> Result<Vec<Arc<Sink>>, StartError> {
+    sinks.iter().map(|sink| Sink::new(sink).map(Arc::new).map_err(StartError::HttpClient)).collect()
+}
+
+/// The tasks that run beside the HTTP server: key maintenance, sink deliveries, checkpoints,
+/// replay-cache pruning, policy reloads on SIGHUP and lease expiry. They are aborted when it stops.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Background {
+    fn spawn(state: &AppState, checkpoint_interval: Duration, replay_leeway: Duration) -> Self {
+        let (store, clock) = (&state.store, &state.clock);
+        let mut tasks = vec![tokio::spawn(maintain(
+            Arc::clone(&state.keys),
+            Arc::clone(&state.metrics),
+            state.audit.clone(),
+            Arc::clone(clock),
+        ))];
+        for sink in state.sinks.iter() {
+            tasks.push(tokio::spawn(Arc::clone(sink).run(store.clone(), state.audit.committed())));
+        }
+        let log_key = Arc::clone(&state.log_key);
+        tasks.push(tokio::spawn(checkpoint_on_schedule(
+            store.clone(),
+            log_key,
+            Arc::clone(clock),
+            checkpoint_interval,
+        )));
+        tasks.push(tokio::spawn(prune_replay_cache(store.clone(), Arc::clone(clock), replay_leeway)));
+        if let Some(engine) = state.policies.clone() {
+            let (metrics, audit) = (Arc::clone(&state.metrics), state.audit.clone());
+            tasks.push(tokio::spawn(reload_on_sighup(engine, metrics, audit, Arc::clone(clock))));
+        }
+        tasks.push(tokio::spawn(expire_leases(state.runs.clone(), state.agents.settings().lease)));
+        Self(tasks)
+    }
+
+    fn stop(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Serves the agents' gRPC endpoint until `stop` turns true.
+fn spawn_agent_endpoint(
+    listener: TcpListener,
+    names: Vec<String>,
+    state: &AppState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), crate::agents::listener::ListenerError>> {
+    tokio::spawn(crate::agents::listener::serve(
+        listener,
+        state.agents.clone(),
+        names,
+        Arc::clone(&state.clock),
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        },
+    ))
 }
 
 /// Binds `address`, naming it in the error.
@@ -383,7 +403,7 @@ async fn checkpoint_on_schedule(store: Store, key: Arc<LogKey>, clock: SharedClo
 
 /// Ends job leases whose heartbeats stopped (DESIGN.md §5): a plan is retried, an apply is
 /// interrupted. Every replica runs this; a lease ends once (compare-and-set on its fencing token).
-async fn expire_leases(runs: crate::runs::Runs, lease: Duration) {
+async fn expire_leases(runs: Runs, lease: Duration) {
     let period = (lease / 4).max(Duration::from_millis(500));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,8 +11,7 @@
 use std::time::Instant;
 
 use keyward_broker::audit::{Append, AuditEvent, AuditLog, Context, Kind};
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_tests::postgres::PgCluster;
 
 /// Concurrent appenders in the group-commit run (a broker under load has this many requests in

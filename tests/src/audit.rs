@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use keyward_broker::audit::merkle;
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use serde_json::Value;
 
 /// One entry, flattened for assertions.

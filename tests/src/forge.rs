@@ -11,12 +11,11 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyward_broker::clock::ManualClock;
-use keyward_broker::config::{DatabaseLocation, TokensConfig};
-use keyward_broker::identity::SigningAlgorithm;
 use keyward_broker::identity::kek::Kek;
 use keyward_broker::identity::keyring::{KeyRing, KeySettings};
 use keyward_broker::identity::mint::{MintRequest, Minter};
-use keyward_broker::store::Store;
+use keyward_broker::identity::{MintRules, SigningAlgorithm};
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::claims::Phase;
 
 /// A minter over a `keyward dev` data directory's real keys, with a clock of our choosing.
@@ -32,7 +31,7 @@ pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Minter {
     };
     let keys = KeyRing::load(store, kek, Arc::new(clock.clone()), settings).await.unwrap();
     let rules =
-        TokensConfig { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..TokensConfig::default() };
+        MintRules { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..MintRules::default() };
     Minter::new(issuer.to_owned(), rules, Arc::new(keys), Arc::new(clock))
 }
 

@@ -20,8 +20,9 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 
-use crate::identity::kek::{Kek, hex};
+use crate::identity::kek::Kek;
 use crate::store::{Store, StoreError};
+use keyward_proto::encoding::hex;
 
 /// The store name of the deployment's one agent CA.
 const CA_NAME: &str = "agents";

@@ -57,7 +57,7 @@ impl JoinToken {
 
     /// What the store keeps: SHA-256 of the secret, hex.
     pub fn hash(&self) -> String {
-        crate::identity::kek::hex(digest::digest(&digest::SHA256, self.secret.as_bytes()).as_ref())
+        keyward_proto::encoding::hex(digest::digest(&digest::SHA256, self.secret.as_bytes()).as_ref())
     }
 
     /// The token text, for the one place that hands it out.

@@ -85,7 +85,7 @@ impl ResolvesServerCert for RotatingCertificate {
 
 /// The names the server certificate carries: the advertised host and any configured extras.
 pub fn server_names(endpoint: &str, extra: &[String]) -> Vec<String> {
-    let mut names = vec![crate::config::url_host(endpoint).to_owned()];
+    let mut names = vec![crate::targets::url_host(endpoint).to_owned()];
     for name in extra {
         if !names.contains(name) {
             names.push(name.clone());

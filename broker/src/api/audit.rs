@@ -17,8 +17,8 @@ use super::extract::{Authorized, can};
 use crate::audit::export_line;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
-use crate::identity::kek::hex;
 use crate::store::StoredEntry;
+use keyward_proto::encoding::hex;
 
 /// Most entries one request returns.
 const MAX_PAGE: u64 = 5000;

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use keyward_proto::secret::Secret;
 use serde_json::{Value, json};
 
 use super::canonical::to_canonical;
 use super::export_line;
-use crate::config::{Secret, SinkConfig};
-use crate::identity::kek::hex;
 use crate::store::{Store, StoredEntry};
+use keyward_proto::encoding::hex;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -67,6 +67,42 @@ impl SinkStats {
     }
 }
 
+/// Where one sink delivers (`[[audit.sinks]]`).
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// JSON Lines (the export format) appended to a file, rotated by size.
+    File {
+        /// Unique name (metrics label, delivery cursor).
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Rotate when the file would grow past this many bytes.
+        max_bytes: u64,
+        /// Rotated files kept (`path.1` … `path.N`).
+        keep: u32,
+    },
+    /// Batches of entries POSTed as JSON, signed with HMAC-SHA256.
+    Webhook {
+        /// Unique name (metrics label, delivery cursor).
+        name: String,
+        /// Where to POST.
+        url: String,
+        /// The HMAC key.
+        secret: Secret,
+        /// Most entries per request.
+        batch: u32,
+    },
+}
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::File { name, .. } | Self::Webhook { name, .. } => name,
+        }
+    }
+}
+
 /// A configured sink.
 pub struct Sink {
     name: String,
@@ -96,14 +132,13 @@ enum Failure {
 }
 
 impl Sink {
-    /// A sink from its configuration; `secret` is the webhook's HMAC key.
-    pub fn new(config: &SinkConfig, secret: Option<&Secret>) -> Result<Self, String> {
+    /// A sink from its configuration.
+    pub fn new(config: &SinkConfig) -> Result<Self, String> {
         let (target, batch) = match config {
             SinkConfig::File { path, max_bytes, keep, .. } => {
                 (Target::File { path: path.clone(), max_bytes: *max_bytes, keep: *keep }, 500)
             }
-            SinkConfig::Webhook { url, batch, .. } => {
-                let secret = secret.ok_or("a webhook sink needs a secret")?;
+            SinkConfig::Webhook { url, secret, batch, .. } => {
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
                     .connect_timeout(Duration::from_secs(3))

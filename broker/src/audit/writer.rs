@@ -559,7 +559,7 @@ fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
 pub fn export_line(stored: &crate::store::StoredEntry) -> Result<serde_json::Value, serde_json::Error> {
     let entry: serde_json::Value = serde_json::from_str(&stored.body)?;
     Ok(
-        serde_json::json!({ "entry": entry, "leaf_hash": crate::identity::kek::hex(&merkle::leaf_hash(stored.body.as_bytes())) }),
+        serde_json::json!({ "entry": entry, "leaf_hash": keyward_proto::encoding::hex(&merkle::leaf_hash(stored.body.as_bytes())) }),
     )
 }
 

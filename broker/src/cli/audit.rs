@@ -19,7 +19,7 @@ use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::verify::{verify_export, verify_export_leaves};
-use crate::identity::kek::hex;
+use keyward_proto::encoding::hex;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {

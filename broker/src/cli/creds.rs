@@ -25,8 +25,8 @@ use zeroize::Zeroizing;
 use super::creds_cache::{self, CacheDir, CacheLock, Credentials, Entry, Freshness, Key, KeySubject, Lookup, Secret};
 use super::creds_subject::{SubjectSource, Token};
 use crate::clock::{Clock as _, SystemClock};
-use crate::config::{AwsTarget, ExchangeMode};
 use crate::exchange::aws::{self, AssumeRole};
+use crate::targets::{AwsTarget, ExchangeMode};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum CredsCommand {

@@ -19,7 +19,7 @@ use clap::Args;
 
 use crate::access::ApiScope;
 use crate::clock::SystemClock;
-use crate::config::{Config, DevOverlay, LogFormat};
+use crate::config::{Checked, Config, DevOverlay, LogFormat, Settings};
 use crate::identity::kek::Kek;
 use crate::server::{self, Broker};
 
@@ -52,41 +52,114 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         Some(dir) => dir,
         None => default_data_dir(env)?,
     };
-    let overlay = args.config.as_deref().map(DevOverlay::load).transpose()?;
-    let overlay_policy_dir = match overlay.as_ref().and_then(DevOverlay::policy_dir) {
-        Some(dir) => Some(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?),
-        None => None,
-    };
-    let policies = match &overlay_policy_dir {
-        Some(dir) => PolicySource::Overlay(dir.clone()),
-        None => PolicySource::dev(&data_dir)?,
-    };
+    let sources = Sources::load(args.config.as_deref(), &data_dir)?;
 
     // Nothing below writes until the configuration is known to be good.
     let listener = server::bind(args.listen).await?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let issuer = format!("http://{address}");
-    let mut config = Config::dev(data_dir.clone(), address, issuer.clone(), policies.dir().to_owned());
-    if let Some(overlay) = overlay {
-        let origin = overlay.origin().to_owned();
-        config = overlay.apply(config, overlay_policy_dir, env)?;
-        if let (PolicySource::Overlay(dir), Some(policy)) = (&policies, &config.policy) {
-            crate::policy::PolicySet::load(dir, policy.evaluation_timeout)
-                .with_context(|| format!("{origin}: `policy.dir`: cannot load the policies in {}", dir.display()))?;
-        }
-    }
-    let agent_port = super::dev_agent::remembered_port(&data_dir, address.ip());
-    config.agents.listen = Some(SocketAddr::new(address.ip(), agent_port));
+    let checked = sources.check(&data_dir, address, &issuer, env)?;
 
     super::logging::init(LogFormat::Text, "info");
     create_private_dir(&data_dir)?;
     ensure_kek_file(&data_dir.join("kek"))?;
-    policies.seed()?;
-    let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
+    sources.policies.seed()?;
+    let settings = checked.read_kek(env)?;
+    let broker = Broker::start(&settings, Arc::new(SystemClock)).await?;
     if let Some(agents) = broker.agents_address() {
         super::dev_agent::remember_port(&data_dir, agents.port())?;
     }
+    let token_file = admin_token(&broker, &data_dir).await?;
+    super::dev_agent::ensure_example(&data_dir, broker.agents(), broker.runs(), "keyward dev").await?;
+    let isolation = &args.agent_isolation;
+    let agent = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), isolation, "keyward dev").await?;
 
+    announce(&settings, &data_dir, sources.policies.dir(), &token_file, &agent)?;
+
+    broker.serve(listener, server::shutdown_signal()).await;
+    Ok(())
+}
+
+/// Writes `<data dir>/env`, the exports a shell needs to talk to this broker, and prints the
+/// banner.
+fn announce(
+    settings: &Settings,
+    data_dir: &Path,
+    policy_dir: &Path,
+    token_file: &Path,
+    agent: &super::dev_agent::LocalAgent,
+) -> anyhow::Result<()> {
+    let issuer = &settings.server.external_url;
+    let exports = format!(
+        "export KEYWARD_ADDR={issuer}\nexport KEYWARD_TOKEN_FILE={}\n",
+        shell_quote(&token_file.display().to_string())
+    );
+    let env_file = data_dir.join("env");
+    write_private_file(&env_file, exports.as_bytes())?;
+    let targets: Vec<String> = settings.targets.iter().map(crate::targets::TargetConfig::id).collect();
+    let issuers: Vec<&str> = settings.issuers.iter().map(|i| i.name.as_str()).collect();
+    let banner = Banner {
+        issuer,
+        data_dir,
+        policy_dir,
+        env_file: &env_file,
+        exports: &exports,
+        agent,
+        targets: &targets,
+        issuers: &issuers,
+    };
+    banner.print();
+    Ok(())
+}
+
+/// What `--config` adds to the dev defaults, and where the policies come from.
+struct Sources {
+    overlay: Option<DevOverlay>,
+    /// The overlay's `[policy] dir`, made absolute.
+    overlay_policy_dir: Option<PathBuf>,
+    policies: PolicySource,
+}
+
+impl Sources {
+    /// Reads (and parses) the overlay, if any; values are checked when the configuration is resolved.
+    fn load(overlay: Option<&Path>, data_dir: &Path) -> anyhow::Result<Self> {
+        let overlay = overlay.map(DevOverlay::load).transpose()?;
+        let overlay_policy_dir = match overlay.as_ref().and_then(DevOverlay::policy_dir) {
+            Some(dir) => Some(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?),
+            None => None,
+        };
+        let policies = match &overlay_policy_dir {
+            Some(dir) => PolicySource::Overlay(dir.clone()),
+            None => PolicySource::dev(data_dir)?,
+        };
+        Ok(Self { overlay, overlay_policy_dir, policies })
+    }
+
+    /// The dev configuration with the overlay's tables, checked, listening at `address`; an
+    /// overlay's policies are compiled too, so a broken set is reported as the overlay's.
+    fn check(
+        &self,
+        data_dir: &Path,
+        address: SocketAddr,
+        issuer: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Checked> {
+        let mut config = Config::dev(data_dir.to_owned(), address, issuer.to_owned(), self.policies.dir().to_owned());
+        let agent_port = super::dev_agent::remembered_port(data_dir, address.ip());
+        config.agents.listen = Some(SocketAddr::new(address.ip(), agent_port));
+        let Some(overlay) = &self.overlay else { return Ok(config.check(env)?) };
+        let origin = overlay.origin().to_owned();
+        let checked = overlay.clone().apply(config, self.overlay_policy_dir.clone(), env)?;
+        if let (PolicySource::Overlay(dir), Some(policy)) = (&self.policies, &checked.policy) {
+            crate::policy::PolicySet::load(dir, policy.evaluation_timeout)
+                .with_context(|| format!("{origin}: `policy.dir`: cannot load the policies in {}", dir.display()))?;
+        }
+        Ok(checked)
+    }
+}
+
+/// The admin API token's file: a bootstrap token on first start, a fresh one if the file is gone.
+async fn admin_token(broker: &Broker, data_dir: &Path) -> anyhow::Result<PathBuf> {
     let token_file = data_dir.join("admin-token");
     let secret = match broker.bootstrap_admin().await? {
         Some(secret) => Some(secret),
@@ -100,32 +173,7 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(secret) = secret {
         write_private_file(&token_file, secret.expose().as_bytes())?;
     }
-    super::dev_agent::ensure_example(&data_dir, broker.agents(), broker.runs(), "keyward dev").await?;
-    let isolation = &args.agent_isolation;
-    let agent = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), isolation, "keyward dev").await?;
-
-    let exports = format!(
-        "export KEYWARD_ADDR={issuer}\nexport KEYWARD_TOKEN_FILE={}\n",
-        shell_quote(&token_file.display().to_string())
-    );
-    let env_file = data_dir.join("env");
-    write_private_file(&env_file, exports.as_bytes())?;
-    let targets: Vec<String> = config.targets.iter().map(crate::config::TargetConfig::id).collect();
-    let issuers: Vec<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
-    let banner = Banner {
-        issuer: &issuer,
-        data_dir: &data_dir,
-        policy_dir: policies.dir(),
-        env_file: &env_file,
-        exports: &exports,
-        agent: &agent,
-        targets: &targets,
-        issuers: &issuers,
-    };
-    banner.print();
-
-    broker.serve(listener, server::shutdown_signal()).await;
-    Ok(())
+    Ok(token_file)
 }
 
 /// Where the policies come from.

@@ -21,9 +21,9 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let config = Config::load(&args.config, env)?;
-    super::logging::init(config.log.format, &config.log.level);
-    let broker = Broker::start(&config, env, Arc::new(SystemClock)).await?;
+    let settings = Config::load(&args.config, env)?;
+    super::logging::init(settings.log.format, &settings.log.level);
+    let broker = Broker::start(&settings, Arc::new(SystemClock)).await?;
     if args.init {
         match broker.bootstrap_admin().await? {
             Some(secret) => {
@@ -33,14 +33,15 @@ pub(super) async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>)
             None => eprintln!("--init: API tokens already exist; no bootstrap token was created"),
         }
     }
-    let listener = server::bind(config.server.listen).await?;
+    let listener = server::bind(settings.server.listen).await?;
     broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
 }
 
+/// Resolves the file as `serve` would (every secret read, then dropped) and compiles its policies.
 pub(super) fn check_config(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let config = Config::load(file, env)?;
-    if let Some(policy) = &config.policy {
+    let settings = Config::load(file, env)?;
+    if let Some(policy) = &settings.policy {
         let set = crate::policy::PolicySet::load(&policy.dir, policy.evaluation_timeout)?;
         outln!("{}: {} policy files, digest {}", policy.dir.display(), set.files().len(), set.digest())?;
     }

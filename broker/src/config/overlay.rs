@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Config, ConfigError, IssuerConfig, PolicyConfig, RepositoryConfig, TargetConfig};
+use super::{Checked, Config, ConfigError, IssuerEntry, PolicyConfig, RepositoryConfig, TargetEntry};
 
 /// The top-level tables an overlay may contain.
 pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy"];
@@ -77,10 +77,10 @@ pub enum OverlayError {
 pub struct DevOverlay {
     /// Credential targets, as `[[targets]]` in `serve`.
     #[serde(default)]
-    pub targets: Vec<TargetConfig>,
+    pub targets: Vec<TargetEntry>,
     /// Trusted CI issuers, as `[[issuers]]` in `serve`.
     #[serde(default)]
-    pub issuers: Vec<IssuerConfig>,
+    pub issuers: Vec<IssuerEntry>,
     /// Private repository credentials, as `[[repositories]]` in `serve`.
     #[serde(default)]
     pub repositories: Vec<RepositoryConfig>,
@@ -130,14 +130,16 @@ impl DevOverlay {
         &self.origin
     }
 
-    /// `base` with the overlay's tables, checked as `serve` checks them. `policy_dir` replaces a
-    /// relative `[policy] dir` by its resolved form.
+    /// `base` with the overlay's tables, checked as `serve` checks a configuration: a problem can
+    /// only be in the overlay's tables (dev mode sets the others), so it is reported as the
+    /// overlay's. The key-encryption key, dev mode's own, is read afterwards
+    /// ([`Checked::read_kek`]). `policy_dir` replaces a relative `[policy] dir` by its resolved form.
     pub fn apply(
         self,
         mut base: Config,
         policy_dir: Option<PathBuf>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, OverlayError> {
+    ) -> Result<Checked, OverlayError> {
         let origin = self.origin;
         base.targets = self.targets;
         base.issuers = self.issuers;
@@ -148,18 +150,7 @@ impl DevOverlay {
             }
             base.policy = Some(policy);
         }
-        base.validate_overlaid(env).map_err(|source| OverlayError::Invalid { path: origin, source })?;
-        Ok(base)
-    }
-}
-
-impl Config {
-    /// The checks `validate` runs on the tables an overlay can set.
-    fn validate_overlaid(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        self.validate_targets()?;
-        self.validate_issuers()?;
-        self.repository_credentials(env)?;
-        self.validate_policy()
+        base.check(env).map_err(|source| OverlayError::Invalid { path: origin, source })
     }
 }
 
@@ -171,10 +162,11 @@ mod tests {
 
     fn dev() -> Config {
         let data = PathBuf::from("/tmp/kw-dev");
-        Config::dev(data.clone(), ([127, 0, 0, 1], 8422).into(), "http://127.0.0.1:8422".into(), data.join("policies"))
+        let listen = ([127, 0, 0, 1], 8422).into();
+        Config::dev(data.clone(), listen, "http://127.0.0.1:8422".into(), data.join("policies"))
     }
 
-    fn apply(text: &str) -> Result<Config, OverlayError> {
+    fn apply(text: &str) -> Result<Checked, OverlayError> {
         DevOverlay::parse(text, "ci.toml")?.apply(dev(), None, &|_| None)
     }
 
@@ -187,11 +179,13 @@ mod tests {
              targets = [\"aws:deploy\"]\nphase = \"apply\"\n\
              [policy]\ndir = \"/srv/policies\"\n"
         ))?;
-        assert_eq!(config.targets.first().map(TargetConfig::id).as_deref(), Some("aws:deploy"));
+        assert_eq!(config.targets.first().map(crate::targets::TargetConfig::id).as_deref(), Some("aws:deploy"));
         assert_eq!(config.issuers.first().map(|i| i.require_nbf), Some(false));
         assert_eq!(config.policy.map(|p| p.dir), Some(PathBuf::from("/srv/policies")));
         // What dev mode owns is untouched.
         assert_eq!(config.tokens.allowed_audiences, ["sts.amazonaws.com", "vault"]);
+        assert_eq!(config.database, crate::store::DatabaseLocation::Sqlite("/tmp/kw-dev/keyward.db".into()));
+        assert_eq!(config.kek, crate::config::SecretSource::File("/tmp/kw-dev/kek".into()), "read later, not here");
         assert_eq!(config.server.external_url, "http://127.0.0.1:8422");
         Ok(())
     }

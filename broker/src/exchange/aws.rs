@@ -16,7 +16,7 @@ use aws_sdk_sts::error::{ProvideErrorMetadata as _, SdkError};
 use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
 use zeroize::Zeroizing;
 
-use crate::config::AwsTarget;
+use crate::targets::AwsTarget;
 
 /// Temporary AWS credentials. The secret parts never print.
 pub struct AwsCredentials {

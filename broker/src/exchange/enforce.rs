@@ -9,8 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{ExchangeMode, TargetConfig, TargetKind};
 use crate::policy::Decision;
+use crate::targets::{ExchangeMode, TargetConfig, TargetKind};
 
 /// STS refuses `AssumeRoleWithWebIdentity` sessions shorter than this.
 const STS_MINIMUM_SESSION: Duration = Duration::from_secs(900);
@@ -118,8 +118,8 @@ pub fn unenforceable(target: &TargetConfig, decision: &Decision, lifetime: Lifet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AwsTarget, TargetAccess, VaultTarget};
     use crate::policy::{Outcome, PolicyKind};
+    use crate::targets::{AwsTarget, TargetAccess, VaultTarget};
 
     const HOUR: Duration = Duration::from_secs(3600);
 

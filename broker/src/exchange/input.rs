@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::subject::{Subject, SubjectKind};
-use crate::config::{TargetAccess, TargetConfig, TargetKind};
 use crate::policy::input::{self, RunInput};
+use crate::targets::{ExchangeMode, TargetAccess, TargetConfig, TargetKind};
 
 /// The input for a decision about `target` for a verified `subject`.
 pub(super) fn credentials_input(
@@ -32,7 +32,7 @@ pub(super) fn credentials_input(
     .to_value();
     let (kind, mode) = match &target.kind {
         TargetKind::Aws(aws) => ("aws", aws.mode),
-        TargetKind::Vault(_) => ("vault", crate::config::ExchangeMode::Broker),
+        TargetKind::Vault(_) => ("vault", ExchangeMode::Broker),
     };
     let mut subject_json = json!({ "kind": subject.kind.as_str(), "issuer": subject.issuer, "claims": subject.claims });
     if let SubjectKind::Ci(name) = &subject.kind

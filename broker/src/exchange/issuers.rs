@@ -14,12 +14,14 @@
 //! failed fetch is remembered for `FAILURE_MEMORY` (L7): tokens arriving meanwhile get the same
 //! refusal without another request to the issuer.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use keyward_proto::claims::Phase;
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::IssuerConfig;
 use crate::identity::verify::{self, Expectations, KeySet, VerifiedToken, VerifyError};
 
 /// Largest discovery or JWKS document read.
@@ -46,6 +48,68 @@ pub enum IssuerError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// One trusted issuer (`[[issuers]]`): a CI system's OIDC issuer whose tokens the broker exchanges.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Unique name, for logs and the record.
+    pub name: String,
+    /// The exact `iss`; discovery is fetched from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The exact `aud` its tokens must carry for this broker.
+    pub audience: String,
+    /// Accepted signature algorithms.
+    pub algorithms: Vec<verify::Algorithm>,
+    /// Whether tokens must carry `nbf` (always checked when present).
+    pub require_nbf: bool,
+    /// Claims that must be present with exactly these string values, e.g. `repository_owner = "acme"`.
+    /// Required: CI systems let any workflow choose its own `aud`, so an issuer bound by audience
+    /// alone would trust every repository it serves.
+    pub required_claims: BTreeMap<String, String>,
+    /// The targets (`<type>:<name>`) this issuer's tokens may ask for; any other is refused before
+    /// the policy runs. Required, and each must be a configured target.
+    pub targets: Vec<String>,
+    /// Which phase this issuer's tokens stand for: `plan` (read targets only) unless set to `apply`.
+    pub phase: Phase,
+    /// Each token may be exchanged once.
+    pub single_use: bool,
+    /// Minimum time between two JWKS fetches when tokens name unknown keys.
+    pub jwks_refresh_interval: Duration,
+    /// Where the run context is found in this issuer's tokens.
+    pub claims: ClaimMapping,
+}
+
+/// Claim names of a CI token that carry the run context. Defaults are GitHub Actions' names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimMapping {
+    /// The CI run (becomes the AWS role session name).
+    pub run_id: String,
+    /// Repository.
+    pub repository: String,
+    /// Git ref.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Commit SHA.
+    pub commit_sha: String,
+    /// Who triggered it.
+    pub triggered_by: String,
+    /// What counts as the stack (defaults to the repository).
+    pub stack: String,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        Self {
+            run_id: "run_id".to_owned(),
+            repository: "repository".to_owned(),
+            git_ref: "ref".to_owned(),
+            commit_sha: "sha".to_owned(),
+            triggered_by: "actor".to_owned(),
+            stack: "repository".to_owned(),
+        }
+    }
 }
 
 struct CachedKeys {

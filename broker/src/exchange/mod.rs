@@ -46,7 +46,6 @@ pub use subject::JobSubject;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
-use crate::config::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
 use crate::identity::issuer::{IssueError, Issuer, PendingToken};
 use crate::identity::keyring::KeyRing;
 use crate::identity::mint::{MintRequest, MintedToken};
@@ -56,6 +55,7 @@ use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
 use crate::store::{Store, StoreError};
+use crate::targets::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
 use issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -599,7 +599,7 @@ impl Exchanger {
         &self,
         subject: &Subject,
         audience: &str,
-        aws_target: Option<&crate::config::AwsTarget>,
+        aws_target: Option<&AwsTarget>,
         ttl: Option<Duration>,
     ) -> Result<PendingToken, ExchangeError> {
         let run = &subject.run;
@@ -801,7 +801,7 @@ pub struct SubjectView {
 /// claims reach every step that reads them.
 pub fn subject_view(
     verified: verify::VerifiedToken,
-    ci: Option<&crate::config::IssuerConfig>,
+    ci: Option<&issuers::IssuerConfig>,
     token: &str,
     target: &TargetConfig,
     requested_ttl: Option<Duration>,

@@ -5,7 +5,7 @@
 use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
 
-use crate::config::IssuerConfig;
+use super::issuers::IssuerConfig;
 use crate::identity::mint::is_identifier_char;
 use crate::identity::verify::VerifiedToken;
 use crate::store::write::Write;
@@ -252,7 +252,7 @@ impl Subject {
             // observed token be exchanged twice.
             let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signing_input.as_bytes());
-            format!("sha256:{}", crate::identity::kek::hex(digest.as_ref()))
+            format!("sha256:{}", keyward_proto::encoding::hex(digest.as_ref()))
         });
         let repository = string(&claims, &mapping.repository);
         let stack = string(&claims, &mapping.stack).map_or_else(|| config.name.clone(), |s| identifier(&s));

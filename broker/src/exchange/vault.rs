@@ -32,8 +32,8 @@ use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
 use super::enforce::Lifetime;
-use crate::config::VaultTarget;
 use crate::metrics::Metrics;
+use crate::targets::VaultTarget;
 
 /// What Vault issued. The token never prints.
 pub struct VaultIssued {

@@ -14,6 +14,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use keyward_proto::encoding::hex;
 use zeroize::{Zeroize, Zeroizing};
 
 const KEK_LEN: usize = 32;
@@ -207,9 +208,6 @@ impl Kek {
 fn unreachable_kek() -> ! {
     panic!("aws-lc-rs refused an AES-256-GCM operation or the system RNG failed")
 }
-
-/// Lowercase hex, shared with the agent and the offline verifier (`keyward_proto::encoding`).
-pub(crate) use keyward_proto::encoding::hex;
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::kek::{Kek, UnsealError};
+use super::rules::MAX_TOKEN_LIFETIME;
 use super::signer::{Jwk, Signer, SignerError, SigningAlgorithm};
 use crate::clock::SharedClock;
-use crate::config::MAX_TOKEN_LIFETIME;
 use crate::store::{KeyState, SigningKeyRow, Store, StoreError};
 
 /// Key lifecycle failures.
@@ -411,7 +411,7 @@ fn publish(keys: &[Jwk]) -> Result<(String, super::verify::KeySet), String> {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::config::DatabaseLocation;
+    use crate::store::DatabaseLocation;
 
     const T0: i64 = 1_800_000_000;
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 use keyward_proto::claims::{AwsTags, Phase, RunClaims};
 
 use super::keyring::KeyRing;
+use super::rules::{MintRules, SourceIdentity};
 use super::signer::{SignerError, SigningAlgorithm};
 use crate::clock::SharedClock;
-use crate::config::{SourceIdentity, TokensConfig};
 
 /// Why a token was not minted. Every variant is the caller's fault except [`MintError::Signing`].
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +124,7 @@ pub struct MintedToken {
 #[derive(Debug)]
 pub struct Minter {
     issuer: String,
-    rules: TokensConfig,
-    subject: SubjectTemplate,
+    rules: MintRules,
     keys: Arc<KeyRing>,
     clock: SharedClock,
 }
@@ -137,9 +136,8 @@ const AWS_TAG_VALUE_MAX: usize = 256;
 
 impl Minter {
     /// A minter for `issuer` following `rules`.
-    pub fn new(issuer: String, rules: TokensConfig, keys: Arc<KeyRing>, clock: SharedClock) -> Self {
-        let subject = SubjectTemplate::parse(&rules.subject_template);
-        Self { issuer, rules, subject, keys, clock }
+    pub fn new(issuer: String, rules: MintRules, keys: Arc<KeyRing>, clock: SharedClock) -> Self {
+        Self { issuer, rules, keys, clock }
     }
 
     /// The issuer URL (`iss`).
@@ -242,7 +240,7 @@ impl Minter {
 
         let now = self.clock.now();
         let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let sub = self.subject.render(&stack_id, &stack, phase, pool.as_deref());
+        let sub = self.rules.subject.render(&stack_id, &stack, phase, pool.as_deref());
         let emit_tags = aws_tag_keys.as_ref().map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
         let aws_tags = emit_tags
             .then(|| {
@@ -332,67 +330,6 @@ fn subsec_millis() -> u32 {
 #[allow(clippy::panic)]
 fn failed_rng() -> ! {
     panic!("the system random number generator failed")
-}
-
-/// The subject template, split once into literal text and placeholders.
-#[derive(Debug, Clone)]
-struct SubjectTemplate(Vec<Segment>);
-
-#[derive(Debug, Clone)]
-enum Segment {
-    Text(String),
-    StackId,
-    Stack,
-    Phase,
-    Scope,
-    Pool,
-}
-
-impl SubjectTemplate {
-    /// Splits a template that `config` already validated; an unknown placeholder stays literal.
-    fn parse(template: &str) -> Self {
-        let mut segments = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            let (text, after) = rest.split_at(open);
-            let Some(close) = after.find('}') else { break };
-            if !text.is_empty() {
-                segments.push(Segment::Text(text.to_owned()));
-            }
-            let name = after.get(1..close).unwrap_or_default();
-            segments.push(match name {
-                "stack_id" => Segment::StackId,
-                "stack" => Segment::Stack,
-                "phase" => Segment::Phase,
-                "scope" => Segment::Scope,
-                "pool" => Segment::Pool,
-                _ => Segment::Text(after.get(..=close).unwrap_or_default().to_owned()),
-            });
-            rest = after.get(close + 1..).unwrap_or_default();
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Text(rest.to_owned()));
-        }
-        Self(segments)
-    }
-
-    fn render(&self, stack_id: &str, stack: &str, phase: Phase, pool: Option<&str>) -> String {
-        let mut out = String::with_capacity(64);
-        for segment in &self.0 {
-            out.push_str(match segment {
-                Segment::Text(text) => text,
-                Segment::StackId => stack_id,
-                Segment::Stack => stack,
-                Segment::Phase => phase.as_str(),
-                Segment::Scope => match phase.scope() {
-                    keyward_proto::claims::Scope::Read => "read",
-                    keyward_proto::claims::Scope::Write => "write",
-                },
-                Segment::Pool => pool.unwrap_or("-"),
-            });
-        }
-        out
-    }
 }
 
 /// The alphabet of run, stack, pool and agent IDs.
@@ -501,15 +438,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subject_template_renders_immutable_ids() {
-        let template = SubjectTemplate::parse("stack:{stack_id}:phase:{phase}");
-        assert_eq!(template.render("stk_1", "network", Phase::Apply, None), "stack:stk_1:phase:apply");
-        let every = SubjectTemplate::parse("{pool}/{stack}:{scope}");
-        assert_eq!(every.render("s", "net", Phase::Plan, Some("eu")), "eu/net:read");
-        assert_eq!(every.render("s", "net", Phase::Apply, None), "-/net:write");
-    }
-
-    #[test]
     fn token_ids_are_unique_time_ordered_uuidv7() {
         let a = token_id(1_800_000_000);
         let b = token_id(1_800_000_001);
@@ -554,20 +482,20 @@ mod tests {
 mod minting {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::config::DatabaseLocation;
     use crate::identity::kek::Kek;
     use crate::identity::keyring::KeySettings;
+    use crate::store::DatabaseLocation;
     use crate::store::Store;
 
     const T0: i64 = 1_800_000_000;
 
-    async fn minter(dir: &tempfile::TempDir, rules: TokensConfig) -> Result<Minter, Box<dyn std::error::Error>> {
+    async fn minter(dir: &tempfile::TempDir, rules: MintRules) -> Result<Minter, Box<dyn std::error::Error>> {
         Ok(minter_with_clock(dir, rules).await?.0)
     }
 
     async fn minter_with_clock(
         dir: &tempfile::TempDir,
-        rules: TokensConfig,
+        rules: MintRules,
     ) -> Result<(Minter, ManualClock), Box<dyn std::error::Error>> {
         let clock = ManualClock::at(T0);
         let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("m.db"))).await?;
@@ -581,8 +509,8 @@ mod minting {
         Ok((Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock.clone())), clock))
     }
 
-    fn rules() -> TokensConfig {
-        TokensConfig { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..TokensConfig::default() }
+    fn rules() -> MintRules {
+        MintRules { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..MintRules::default() }
     }
 
     fn request() -> MintRequest {
@@ -667,7 +595,7 @@ mod minting {
     #[tokio::test]
     async fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, TokensConfig { max_ttl: Duration::from_secs(600), ..rules() }).await?;
+        let minter = minter(&dir, MintRules { max_ttl: Duration::from_secs(600), ..rules() }).await?;
         let wrong = MintRequest { audience: "vault ".into(), ..request() };
         assert!(matches!(minter.mint(wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
         let long = MintRequest { ttl: Some(Duration::from_secs(601)), ..request() };

@@ -26,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Map, Value};
 
-use crate::config::MAX_CLOCK_SKEW;
+use super::rules::MAX_CLOCK_SKEW;
 
 /// Largest token accepted (DESIGN.md §8.2).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -26,12 +26,12 @@ use serde::Serialize;
 pub use bundle::Bundle;
 pub use verify::{AgentKey, Rejection};
 
-use crate::agents::ca::pem;
 use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
-use crate::identity::kek::hex;
 use crate::runs::LogSeal;
 use crate::store::{ChunkRow, NewChunk, Store, StoreError};
+use keyward_proto::encoding::hex;
+use keyward_proto::encoding::pem;
 use verify::{ChunkToCheck, check_chunk};
 
 /// Recorded rejections after which a work stream is cut: an agent sending that many bad chunks

@@ -8,7 +8,7 @@ use aws_lc_rs::digest;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::{Decision, PolicyKind};
-use crate::identity::kek::hex;
+use keyward_proto::encoding::hex;
 
 /// Why a policy set did not load, or a policy type was not understood.
 #[derive(Debug, thiserror::Error)]

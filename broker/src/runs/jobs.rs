@@ -364,7 +364,7 @@ impl Runs {
             .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
             .with("layers", layers);
         if let Some(log) = log {
-            let digest = log.digest.as_deref().map(crate::identity::kek::hex);
+            let digest = log.digest.as_deref().map(keyward_proto::encoding::hex);
             finished = finished
                 .with("log_digest", digest.map_or(serde_json::Value::Null, serde_json::Value::from))
                 .with("log_chunks", log.chunks)

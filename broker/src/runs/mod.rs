@@ -35,11 +35,11 @@ pub use state::{RunState, UnknownState};
 
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
 use crate::clock::SharedClock;
-use crate::config::TargetConfig;
 use crate::identity::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::{Param, Write};
 use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
+use crate::targets::TargetConfig;
 
 /// Why a stack or run request was refused.
 #[derive(Debug, thiserror::Error)]

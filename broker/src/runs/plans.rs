@@ -21,10 +21,11 @@ use super::redact::Redactor;
 use super::spec::Stack;
 use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
-use crate::identity::kek::{Kek, UnsealError, hex};
+use crate::identity::kek::{Kek, UnsealError};
 use crate::policy::PolicyKind;
 use crate::store::write::Write;
 use crate::store::{RunRow, SealedPlanRow};
+use keyward_proto::encoding::hex;
 
 /// The largest saved plan kept.
 pub const MAX_PLAN_FILE: usize = 16 * 1024 * 1024;

@@ -36,7 +36,7 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use serde_json::{Map, Value};
 
-use crate::identity::kek::hex;
+use keyward_proto::encoding::hex;
 
 /// Marked strings shorter than this are replaced where they are marked, but not swept from the
 /// rest of the plan (they would replace ordinary words).

@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 
+use keyward_proto::secret::Secret;
+
 use super::{GitError, HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
-use crate::config::Secret;
 
 /// The longest password or token read.
 const MAX_PASSWORD: usize = 4096;

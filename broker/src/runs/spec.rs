@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TargetAccess, TargetConfig};
 use crate::store::{StackRow, StoreError};
+use crate::targets::{TargetAccess, TargetConfig};
 
 /// A stack to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, conflict_or};
-use crate::audit::merkle::Hash;
+use keyward_audit::merkle::Hash;
 
 /// An entry as stored: its sequence number and the canonical JSON that was hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]

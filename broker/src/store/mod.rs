@@ -8,6 +8,7 @@ mod agents;
 mod api_tokens;
 pub(crate) mod audit;
 pub mod files;
+mod location;
 mod logs;
 mod replay;
 mod runs;
@@ -27,11 +28,10 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
+pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
-
-use crate::config::DatabaseLocation;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -310,8 +310,7 @@ fn conflict_or(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreErro
 
 #[cfg(test)]
 mod tests {
-    use super::{Store, redact_url};
-    use crate::config::DatabaseLocation;
+    use super::{DatabaseLocation, Store, redact_url};
 
     #[tokio::test]
     async fn sqlite_paths_with_url_syntax_characters_work() -> Result<(), Box<dyn std::error::Error>> {

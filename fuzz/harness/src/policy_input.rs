@@ -14,15 +14,20 @@
 //! - the AWS role session name fits STS's `[\w+=,.@-]{2,64}`;
 //! - the policy decides (an allow or a deny with reasons), and a plan never gets a write target.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use keyward_broker::audit::canonical::to_canonical;
-use keyward_broker::config::{IssuerConfig, TargetAccess, TargetConfig};
+use keyward_broker::exchange::issuers::{ClaimMapping, IssuerConfig};
 use keyward_broker::exchange::subject_view;
 use keyward_broker::identity::verify::{Algorithm, VerifiedToken};
 use keyward_broker::policy::PolicyKind;
-use serde_json::{Map, Value, json};
+use keyward_broker::targets::{
+    AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget, WriteSubject,
+};
+use keyward_proto::claims::Phase;
+use serde_json::{Map, Value};
 
 use crate::Outcome;
 use crate::fixtures::{NOW, policies};
@@ -77,35 +82,63 @@ fn holds_for_recorded(recorded: &Map<String, Value>) {
     }
 }
 
-/// A GitHub Actions-like issuer, as `[[issuers]]` configures one (default claim mapping).
+/// A GitHub Actions-like issuer, as an `[[issuers]]` entry with only its name, issuer and
+/// audience set resolves (the defaults of every other key; the default claim mapping).
 fn issuer() -> &'static IssuerConfig {
     static ISSUER: OnceLock<IssuerConfig> = OnceLock::new();
-    ISSUER.get_or_init(|| {
-        serde_json::from_value(json!({
-            "name": "github",
-            "issuer": "https://token.actions.githubusercontent.com",
-            "audience": "https://keyward.fuzz",
-        }))
-        .expect("the issuer configuration")
+    ISSUER.get_or_init(|| IssuerConfig {
+        name: "github".to_owned(),
+        issuer: "https://token.actions.githubusercontent.com".to_owned(),
+        audience: "https://keyward.fuzz".to_owned(),
+        algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+        require_nbf: true,
+        required_claims: BTreeMap::new(),
+        targets: Vec::new(),
+        phase: Phase::Plan,
+        single_use: true,
+        jwks_refresh_interval: Duration::from_secs(30),
+        claims: ClaimMapping::default(),
     })
 }
 
-/// A read target and a write target with production labels.
+/// A read target and a write target with production labels, as their `[[targets]]` entries
+/// resolve (the defaults of every key not named).
 fn targets() -> &'static (TargetConfig, TargetConfig) {
     static TARGETS: OnceLock<(TargetConfig, TargetConfig)> = OnceLock::new();
     TARGETS.get_or_init(|| {
-        let read = json!({
-            "type": "aws", "name": "network-plan", "access": "read",
-            "role_arn": "arn:aws:iam::123456789012:role/plan", "labels": {"env": "prod"},
-        });
-        let write = json!({
-            "type": "vault", "name": "prod-apply", "access": "write", "duration": "30m",
-            "address": "https://vault.example", "role": "apply", "labels": {"env": "prod"},
-            "write_subjects": ["job", "run", "ci"],
-        });
-        (
-            serde_json::from_value(read).expect("the read target"),
-            serde_json::from_value(write).expect("the write target"),
-        )
+        let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+        let read = TargetConfig {
+            name: "network-plan".to_owned(),
+            access: TargetAccess::Read,
+            duration: Duration::from_secs(3600),
+            labels: labels.clone(),
+            write_subjects: vec![WriteSubject::Job],
+            kind: TargetKind::Aws(AwsTarget {
+                role_arn: "arn:aws:iam::123456789012:role/plan".to_owned(),
+                region: "us-east-1".to_owned(),
+                sts_endpoint: None,
+                audience: "sts.amazonaws.com".to_owned(),
+                mode: ExchangeMode::Broker,
+                session_tags: None,
+                source_identity: None,
+            }),
+        };
+        let write = TargetConfig {
+            name: "prod-apply".to_owned(),
+            access: TargetAccess::Write,
+            duration: Duration::from_secs(30 * 60),
+            labels,
+            write_subjects: vec![WriteSubject::Job, WriteSubject::Run, WriteSubject::Ci],
+            kind: TargetKind::Vault(VaultTarget {
+                address: "https://vault.example".to_owned(),
+                auth_mount: "jwt".to_owned(),
+                role: "apply".to_owned(),
+                audience: "vault".to_owned(),
+                return_token: true,
+                kv_reads: Vec::new(),
+                pki_issues: Vec::new(),
+            }),
+        };
+        (read, write)
     })
 }

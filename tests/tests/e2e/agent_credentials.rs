@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment};
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::{Audit, Logged};

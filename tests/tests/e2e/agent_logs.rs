@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::{JobAssignment, JobResult, LogReceipt, SignedLogChunk, agent_message};
 use keyward_proto::logs::{ChunkFields, GENESIS, chunk_digest};
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_with_key, pem};

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_broker::agents::ca::AgentCa;
-use keyward_broker::config::DatabaseLocation;
 use keyward_broker::identity::kek::Kek;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, EnrollRequest, Hello, JobAssignment, PlanPart, RenewRequest,

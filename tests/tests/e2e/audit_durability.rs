@@ -9,8 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyward_broker::config::DatabaseLocation;
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::CredentialsRequest;
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::Audit;

@@ -89,7 +89,7 @@ async fn a_postgres_backed_broker_fails_closed_when_the_database_goes_away() {
         .await;
     assert_eq!(status, 201, "{minted}");
     let store =
-        keyward_broker::store::Store::open(&keyward_broker::config::DatabaseLocation::Postgres(database_url.clone()))
+        keyward_broker::store::Store::open(&keyward_broker::store::DatabaseLocation::Postgres(database_url.clone()))
             .await
             .unwrap();
     let audit = keyward_tests::audit::Audit(store);

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use keyward_broker::audit::{AuditLog, Context, kinds};
 use keyward_broker::clock::ManualClock;
-use keyward_broker::config::DatabaseLocation;
 use keyward_broker::policy::{Outcome, PolicyEngine};
 use keyward_broker::runs::{
     Drift, JobOutcome, JobReport, RunError, RunKind, RunState, Runs, StackSpec, Submission, Verdict,
 };
-use keyward_broker::store::Store;
+use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_tests::audit::Audit;
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;

@@ -297,7 +297,7 @@ async fn sensitive_values_never_rest_in_the_broker_and_the_saved_plan_is_sealed(
 
     // The saved plan rests sealed, and opens only as this run's.
     let data_dir = dir.path().join("broker");
-    let store = keyward_broker::store::Store::open(&keyward_broker::config::DatabaseLocation::Sqlite(
+    let store = keyward_broker::store::Store::open(&keyward_broker::store::DatabaseLocation::Sqlite(
         data_dir.join("keyward.db"),
     ))
     .await
