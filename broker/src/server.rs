@@ -20,7 +20,7 @@ use crate::audit::{LogKey, LogKeyError};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::exchange::Exchanger;
-use crate::exchange::issuers::TrustedIssuers;
+use crate::exchange::trusted_issuers::TrustedIssuers;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError};

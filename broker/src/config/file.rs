@@ -15,7 +15,7 @@ use keyward_proto::claims::Phase;
 use keyward_proto::secret::Secret;
 use serde::Deserialize;
 
-use crate::exchange::issuers::{ClaimMapping, IssuerConfig};
+use crate::exchange::trusted_issuers::{ClaimMapping, IssuerConfig};
 use crate::identity::rules::SubjectTemplate;
 use crate::identity::verify::Algorithm;
 use crate::identity::{MintRules, SigningAlgorithm, SourceIdentity};

@@ -21,7 +21,7 @@ use super::secret_source::{DATABASE_URL, KEK, REPOSITORY_PASSWORD, SINK_SECRET, 
 use super::url::check_url;
 use super::{Config, ConfigError, invalid, trust};
 use crate::audit::sinks::SinkConfig;
-use crate::exchange::issuers::IssuerConfig;
+use crate::exchange::trusted_issuers::IssuerConfig;
 use crate::identity::MintRules;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::KeySettings;

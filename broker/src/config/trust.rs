@@ -11,7 +11,7 @@ use keyward_proto::claims::Phase;
 use super::file::{IssuerEntry, TargetEntry, default_write_subjects};
 use super::url::check_url;
 use super::{ConfigError, invalid};
-use crate::exchange::issuers::IssuerConfig;
+use crate::exchange::trusted_issuers::IssuerConfig;
 use crate::identity::mint::AWS_TAG_KEYS;
 use crate::identity::rules::MAX_TOKEN_LIFETIME;
 use crate::targets::{AwsTarget, TargetAccess, TargetConfig, TargetKind, VaultTarget};

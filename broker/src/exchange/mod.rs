@@ -24,9 +24,9 @@
 pub mod aws;
 pub mod enforce;
 mod input;
-pub mod issuers;
 mod response;
 mod subject;
+pub mod trusted_issuers;
 mod unproven;
 pub mod vault;
 
@@ -56,7 +56,7 @@ use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
 use crate::store::{Store, StoreError};
 use crate::targets::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
-use issuers::{TrustedIssuers, peek_issuer_and_audiences};
+use trusted_issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -543,11 +543,11 @@ impl Exchanger {
             (subject, true)
         } else if let Some(issuer) = self.issuers.find(&iss, &audiences) {
             let verified = self.issuers.verify(issuer, token, now, self.leeway).await.map_err(|e| match e {
-                issuers::IssuerError::Keys { .. } => {
+                trusted_issuers::IssuerError::Keys { .. } => {
                     SubjectRefused::unproven(ExchangeError::UpstreamUnavailable(e.to_string()))
                 }
                 // The issuer signed it; what it says is refused, and that is on record.
-                issuers::IssuerError::RequiredClaim(_) => {
+                trusted_issuers::IssuerError::RequiredClaim(_) => {
                     SubjectRefused { error: ExchangeError::InvalidGrant(e.to_string()), proven: true }
                 }
                 other => SubjectRefused::unproven(ExchangeError::InvalidGrant(other.to_string())),
@@ -801,7 +801,7 @@ pub struct SubjectView {
 /// claims reach every step that reads them.
 pub fn subject_view(
     verified: verify::VerifiedToken,
-    ci: Option<&issuers::IssuerConfig>,
+    ci: Option<&trusted_issuers::IssuerConfig>,
     token: &str,
     target: &TargetConfig,
     requested_ttl: Option<Duration>,

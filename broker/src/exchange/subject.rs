@@ -5,7 +5,7 @@
 use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
 
-use super::issuers::IssuerConfig;
+use super::trusted_issuers::IssuerConfig;
 use crate::identity::mint::is_identifier_char;
 use crate::identity::verify::VerifiedToken;
 use crate::store::write::Write;

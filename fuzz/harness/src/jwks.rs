@@ -1,5 +1,5 @@
 //! JWKS documents (`identity::verify::KeySet::from_jwks`), as a CI issuer's `jwks_uri` serves
-//! them to `exchange::issuers`, and verification against whatever keys they hold (hostile RSA
+//! them to `exchange::trusted_issuers`, and verification against whatever keys they hold (hostile RSA
 //! moduli and exponents, EC points off the curve, duplicate `kid`s).
 //!
 //! Input: the document. What must hold:

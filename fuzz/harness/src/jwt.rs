@@ -1,5 +1,5 @@
 //! JWT/JWS compact parsing and verification (`identity::verify`), and the unverified peek at
-//! `iss`/`aud` the exchange does to pick an issuer (`exchange::issuers`).
+//! `iss`/`aud` the exchange does to pick an issuer (`exchange::trusted_issuers`).
 //!
 //! Input: the first byte chooses how the rest becomes a token.
 //! - even: the rest is the token text, as a client sends it;
@@ -14,7 +14,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use keyward_broker::exchange::issuers::peek_issuer_and_audiences;
+use keyward_broker::exchange::trusted_issuers::peek_issuer_and_audiences;
 use keyward_broker::identity::verify::{self, VerifiedToken};
 use serde_json::Value;
 
