@@ -10,7 +10,7 @@
 //! - [`identity`]: signing keys sealed at rest, rotation, JWKS, run-token minting and issuance.
 //! - [`access`]: operator API tokens (hashed, scoped).
 //! - [`joblogs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
-//! - [`api`]: the HTTP surface; the only module that knows about axum.
+//! - [`http`]: the HTTP edge: routes, extractors, and the one error→status table; the only module that knows about axum.
 //! - [`server`]: assembles the pieces and runs them.
 //! - [`cli`]: the `keyward` command line.
 
@@ -18,12 +18,12 @@
 
 pub mod access;
 pub mod agents;
-pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exchange;
+pub mod http;
 pub mod identity;
 pub mod joblogs;
 pub mod metrics;

@@ -13,7 +13,6 @@ use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::agents::ca::AgentCa;
 use crate::agents::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
-use crate::api::{self, AppState};
 use crate::audit::AuditLog;
 use crate::audit::sinks::{Sink, SinkConfig};
 use crate::audit::{LogKey, LogKeyError};
@@ -21,6 +20,7 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::exchange::Exchanger;
 use crate::exchange::trusted_issuers::TrustedIssuers;
+use crate::http::{self, AppState};
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError};
@@ -169,8 +169,8 @@ impl Broker {
             .take()
             .map(|(listener, names)| spawn_agent_endpoint(listener, names, &self.state, stop));
         let store = self.state.store.clone();
-        let app = api::router(self.state);
-        api::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
+        let app = http::router(self.state);
+        http::serve::serve(listener, app, self.header_read_timeout, shutdown).await;
         if let Some(endpoint) = agent_endpoint {
             match endpoint.await {
                 Ok(Ok(())) => {}

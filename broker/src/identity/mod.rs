@@ -8,7 +8,7 @@
 //! - [`issuer`] records each minted token durably before handing it out.
 //! - [`verify`] checks incoming JWTs (subject tokens) strictly, against a trusted key set.
 //!
-//! Nothing here knows about HTTP; `api/` adapts these types to the wire.
+//! Nothing here knows about HTTP; `http/` adapts these types to the wire.
 
 pub mod issuer;
 pub mod kek;

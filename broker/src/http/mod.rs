@@ -1,5 +1,5 @@
 //! The HTTP surface (axum). Handlers parse input, call domain code, and map errors in one place
-//! ([`error`]). Nothing below `api/` knows what HTTP is.
+//! ([`error`]). Nothing below `http/` knows what HTTP is.
 
 mod admin;
 mod agents;

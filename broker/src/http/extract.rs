@@ -73,7 +73,7 @@ pub(super) mod can {
     use crate::access::Permission;
 
     /// A permission as a type, so a handler's signature says what it needs.
-    pub(in crate::api) trait Requirement: Send + Sync {
+    pub(in crate::http) trait Requirement: Send + Sync {
         /// The permission the API token must grant.
         const PERMISSION: Permission;
     }
@@ -82,7 +82,7 @@ pub(super) mod can {
         ($($(#[$doc:meta])* $name:ident => $permission:ident;)*) => {$(
             $(#[$doc])*
             #[derive(Debug)]
-            pub(in crate::api) struct $name;
+            pub(in crate::http) struct $name;
 
             impl Requirement for $name {
                 const PERMISSION: Permission = Permission::$permission;
