@@ -11,6 +11,7 @@
 //! - [`access`]: operator API tokens (hashed, scoped).
 //! - [`logs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
 //! - [`api`]: the HTTP surface; the only module that knows about axum.
+//! - [`grpc`]: the agents' gRPC surface; the only module that builds a `tonic::Status`.
 //! - [`server`]: assembles the pieces and runs them.
 //! - [`cli`]: the `keyward` command line.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exchange;
+pub mod grpc;
 pub mod identity;
 pub mod logs;
 pub mod metrics;

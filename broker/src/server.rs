@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::agents::ca::AgentCa;
-use crate::agents::listener::server_names;
+use crate::grpc::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
@@ -58,7 +58,7 @@ pub enum StartError {
     AgentCa(#[from] crate::agents::ca::CaError),
     /// The agent endpoint cannot be set up.
     #[error(transparent)]
-    AgentEndpoint(#[from] crate::agents::listener::ListenerError),
+    AgentEndpoint(#[from] crate::grpc::listener::ListenerError),
     /// The HTTP client for issuers' discovery documents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
@@ -291,7 +291,7 @@ impl Broker {
         };
         let agent_endpoint = self.agent_listener.take().map(|(agent_listener, names)| {
             let mut stop = stop.clone();
-            tokio::spawn(crate::agents::listener::serve(
+            tokio::spawn(crate::grpc::listener::serve(
                 agent_listener,
                 self.state.agents.clone(),
                 names,

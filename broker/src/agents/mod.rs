@@ -1,12 +1,12 @@
 //! Private worker agents: pools, one-time join tokens, enrollment, certificates, revocation, and
-//! the gRPC endpoint they dial (DESIGN.md §5).
+//! the sessions of the agents connected here (DESIGN.md §5).
 //!
 //! Every agent has its own short-lived mTLS identity from the agent CA ([`ca`]), revocable one
 //! agent at a time, as SPIRE does, instead of one pool-wide secret. Enrollment trades a one-time
 //! join token ([`join`]) and a CSR for a certificate; every later call presents the certificate,
 //! and the agent's identity is read from it, never from a message field. Connected agents are
-//! tracked and fed jobs by the [`hub`]; [`service`] speaks the protocol; [`listener`] terminates
-//! TLS.
+//! tracked and fed jobs by the [`hub`]. The gRPC edge that speaks the protocol and terminates TLS
+//! is [`crate::grpc`]; nothing here knows the wire's status codes.
 //!
 //! Every change here (a pool, a join token issued or used, an enrollment, a renewal, a drain, a
 //! revocation) is a guarded write committed with its audit entry.
@@ -15,8 +15,6 @@ pub mod ca;
 pub mod credentials;
 pub mod hub;
 pub mod join;
-pub mod listener;
-pub mod service;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -285,6 +283,21 @@ impl Agents {
     /// The settings.
     pub fn settings(&self) -> &AgentSettings {
         &self.settings
+    }
+
+    /// The runs service the agents' jobs belong to.
+    pub(crate) fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The clock.
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// What agents fetch before enrolling.

@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Agents;
-use super::ca::{AgentCa, CaError, ServerIdentity};
 use super::service::AgentGrpc;
+use crate::agents::Agents;
+use crate::agents::ca::{AgentCa, CaError, ServerIdentity};
 use crate::clock::SharedClock;
 
 /// Largest message an agent may send (log chunks are 64 KiB, plan parts 128 KiB).

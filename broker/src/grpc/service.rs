@@ -5,7 +5,7 @@
 //! that the agent is enrolled and not revoked; no message field ever names the caller. A `Work`
 //! stream re-checks revocation at every heartbeat, and a revocation on this broker cuts the stream
 //! at once. The saved plans an agent's `SubmitPlan` streams hold together are bounded
-//! ([`uploads`](super::uploads)).
+//! ([`uploads`](crate::agents::uploads)).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,10 +23,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::credentials::CredentialsError;
-use super::hub::{Held, Outbound};
-use super::uploads::PlanUploads;
-use super::{AgentError, Agents, Certified, Enrollment};
+use crate::agents::credentials::CredentialsError;
+use crate::agents::hub::{Held, Outbound};
+use crate::agents::uploads::{OverBudget, PlanUploads};
+use crate::agents::{AgentError, Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::exchange::ExchangeError;
 use crate::logs::{MAX_REJECTIONS, StreamLogs};
@@ -128,7 +128,7 @@ impl AgentService for AgentGrpc {
         }
         let held: HashMap<String, i64> = self
             .agents
-            .store
+            .store()
             .leased_jobs_of(&agent.id)
             .await
             .map_err(|e| status(e.into()))?
@@ -145,7 +145,7 @@ impl AgentService for AgentGrpc {
             terraform_version: Some(terraform.as_str()).filter(|v| !v.is_empty()),
             isolation: &isolation,
         };
-        if let Err(error) = self.agents.store.agent_hello(&agent.id, self.agents.clock.now(), &reported).await {
+        if let Err(error) = self.agents.store().agent_hello(&agent.id, self.agents.clock().now(), &reported).await {
             tracing::warn!(agent_id = %agent.id, %error, "could not record an agent's hello");
         }
         let logs = StreamLogs::new(&agent.id, &certificate);
@@ -193,7 +193,7 @@ impl AgentService for AgentGrpc {
         upload.take(first.plan_file.len() + first.plan_json.len()).map_err(over_budget)?;
         let token = i64::try_from(first.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
         let job_id = first.job_id.clone();
-        let held = self.agents.runs.held_job(&job_id, &agent.id, token).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&job_id, &agent.id, token).await.map_err(run_status)?;
         let (mut plan_file, mut plan_json) = (first.plan_file, first.plan_json);
         while let Some(part) = parts.message().await? {
             if part.job_id != job_id || part.fencing_token != first.fencing_token {
@@ -210,7 +210,7 @@ impl AgentService for AgentGrpc {
             plan_file.extend_from_slice(&part.plan_file);
             plan_json.extend_from_slice(&part.plan_json);
         }
-        let verdict = self.agents.runs.submit_plan(&held, &plan_file, &plan_json).await.map_err(run_status)?;
+        let verdict = self.agents.runs().submit_plan(&held, &plan_file, &plan_json).await.map_err(run_status)?;
         tracing::info!(agent_id = %agent.id, job_id = %job_id, denied = !verdict.deny.is_empty(), "saved plan received");
         Ok(Response::new(SubmitPlanResponse { plan_sha256: verdict.sha256, deny: verdict.deny, warn: verdict.warn }))
     }
@@ -222,8 +222,8 @@ impl AgentService for AgentGrpc {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
         let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs.held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
-        let issued = self.agents.runs.source_credentials(&held).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
+        let issued = self.agents.runs().source_credentials(&held).await.map_err(run_status)?;
         tracing::info!(agent_id = %agent.id, job_id = %body.job_id, url_prefix = %issued.url_prefix, "repository credentials issued");
         Ok(Response::new(SourceCredentialsResponse {
             url_prefix: issued.url_prefix,
@@ -238,8 +238,8 @@ impl AgentService for AgentGrpc {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
         let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs.held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
-        let (plan_file, _) = self.agents.runs.saved_plan(&held).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
+        let (plan_file, _) = self.agents.runs().saved_plan(&held).await.map_err(run_status)?;
         let parts: Vec<Result<PlanPart, Status>> = plan_file
             .chunks(PLAN_PART)
             .map(|slice| {
@@ -306,8 +306,8 @@ impl StreamWorker {
     /// that the agent may still work; false ends the stream.
     async fn heartbeat(&self, heartbeat: Heartbeat) -> bool {
         let hub = self.agents.hub();
-        let now = self.agents.clock.now();
-        let current = match self.agents.store.agent(&self.agent.id).await {
+        let now = self.agents.clock().now();
+        let current = match self.agents.store().agent(&self.agent.id).await {
             Ok(Some(current)) => current,
             Ok(None) => return false,
             Err(error) => {
@@ -324,13 +324,13 @@ impl StreamWorker {
         }
         // "Last seen" is for operators, to the minute: not a write per heartbeat per agent.
         if current.last_seen_at.is_none_or(|seen| now - seen >= LAST_SEEN_RESOLUTION) {
-            let _ = self.agents.store.agent_seen(&self.agent.id, now).await;
+            let _ = self.agents.store().agent_seen(&self.agent.id, now).await;
         }
         let lease = i64::try_from(self.agents.settings().lease.as_secs()).unwrap_or(30);
         for job_id in heartbeat.running_job_ids.iter().take(usize::try_from(MAX_CAPACITY).unwrap_or(16)) {
             let renewed = match hub.held(&self.agent.id, job_id) {
                 Held::Renew(token) => {
-                    self.agents.store.renew_lease(job_id, &self.agent.id, token, now + lease).await.unwrap_or(true)
+                    self.agents.store().renew_lease(job_id, &self.agent.id, token, now + lease).await.unwrap_or(true)
                 }
                 Held::Unknown => false,
             };
@@ -400,7 +400,7 @@ impl StreamWorker {
             JobOutcome::Failed(if error.is_empty() { "the agent reported a failure".to_owned() } else { error })
         };
         let report = JobReport { outcome, log: Some(seal), layers: result.isolation_layers };
-        match self.agents.runs.finish_job(&result.job_id, &self.agent.id, fencing_token, report).await {
+        match self.agents.runs().finish_job(&result.job_id, &self.agent.id, fencing_token, report).await {
             Ok(()) => {
                 tracing::info!(agent_id = %self.agent.id, job_id = %result.job_id, success = result.success, "job finished")
             }
@@ -454,7 +454,7 @@ fn credentials_status(error: CredentialsError) -> Status {
     }
 }
 
-fn over_budget(error: super::uploads::OverBudget) -> Status {
+fn over_budget(error: OverBudget) -> Status {
     Status::resource_exhausted(error.to_string())
 }
 
