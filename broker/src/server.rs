@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::agents::ca::AgentCa;
-use crate::grpc::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
 use crate::api::{self, AppState};
 use crate::audit::AuditLog;
@@ -21,6 +20,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::exchange::Exchanger;
 use crate::exchange::issuers::TrustedIssuers;
+use crate::grpc::listener::server_names;
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
 use crate::identity::keyring::{KeyRing, KeyRingError, KeySettings};

@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod hub;
 pub mod join;
 pub mod uploads;
+pub mod work;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use self::ca::{AgentCa, CaError, CsrError, IssueError};
-use self::hub::Hub;
+use self::hub::{Disconnect, Hub};
 use self::join::JoinToken;
 use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
 use crate::clock::SharedClock;
@@ -290,16 +291,6 @@ impl Agents {
         &self.runs
     }
 
-    /// The store.
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The clock.
-    pub(crate) fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
     /// What agents fetch before enrolling.
     pub fn bootstrap(&self) -> Bootstrap {
         Bootstrap {
@@ -560,7 +551,7 @@ impl Agents {
             .with("serial", agent.serial.as_str())
             .with_ref("agent", id);
         self.commit(Append::changes(vec![write], vec![event])).await?;
-        self.hub.cut(id, "the agent was revoked");
+        self.hub.cut(id, Disconnect::Revoked);
         let ended = self.runs.end_leases_of(id, LeaseEnd::Revoked).await?;
         tracing::warn!(agent_id = id, by = who, leases_ended = ended, "agent revoked");
         self.get(id).await

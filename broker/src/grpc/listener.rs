@@ -164,7 +164,7 @@ pub async fn serve(
     let hub = Arc::clone(agents.hub());
     let shutdown = async move {
         shutdown.await;
-        hub.close_all("the broker is shutting down; reconnect");
+        hub.close_all();
     };
     let service = AgentServiceServer::new(AgentGrpc::new(agents))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -9,3 +9,5 @@
 
 pub mod listener;
 pub mod service;
+pub mod status;
+mod wire;

@@ -7,7 +7,6 @@
 //! at once. The saved plans an agent's `SubmitPlan` streams hold together are bounded
 //! ([`uploads`](crate::agents::uploads)).
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,32 +14,25 @@ use std::time::Duration;
 use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
-    FetchPlanRequest, Heartbeat, JobResult, LogReceipt, PlanPart, RenewRequest, SignedLogChunk,
-    SourceCredentialsRequest, SourceCredentialsResponse, SubmitPlanResponse, agent_message, broker_message,
+    FetchPlanRequest, Hello, PlanPart, RenewRequest, SignedLogChunk, SourceCredentialsRequest,
+    SourceCredentialsResponse, SubmitPlanResponse, agent_message,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agents::credentials::CredentialsError;
-use crate::agents::hub::{Held, Outbound};
-use crate::agents::uploads::{OverBudget, PlanUploads};
-use crate::agents::{AgentError, Agents, Certified, Enrollment};
+use super::{status, wire};
+use crate::agents::hub::{Disconnect, Outbound, Receipt};
+use crate::agents::uploads::PlanUploads;
+use crate::agents::{Agents, Certified, Enrollment};
 use crate::audit::Context;
-use crate::exchange::ExchangeError;
 use crate::logs::{MAX_REJECTIONS, StreamLogs};
-use crate::runs::{Drift, JobOutcome, JobReport, MAX_PLAN_FILE, MAX_PLAN_JSON, RunError};
-use crate::store::{AgentHello, AgentRow};
+use crate::runs::{MAX_PLAN_FILE, MAX_PLAN_JSON};
+use crate::store::AgentRow;
 
 /// How long a new `Work` stream has to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most jobs one agent may run at once.
-const MAX_CAPACITY: u32 = 16;
-/// How stale an agent's recorded "last seen" time may get before a heartbeat rewrites it.
-const LAST_SEEN_RESOLUTION: i64 = 60;
-/// Longest error text an agent may report for a job.
-const MAX_ERROR: usize = 4096;
 
 /// The gRPC service over [`Agents`].
 #[derive(Debug, Clone)]
@@ -61,7 +53,7 @@ impl AgentGrpc {
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("this call needs the agent's client certificate (mTLS)"))?;
         let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        self.agents.authenticate(leaf).await.map_err(status)
+        self.agents.authenticate(leaf).await.map_err(status::agent)
     }
 
     fn certified(&self, certified: Certified) -> EnrollResponse {
@@ -97,13 +89,13 @@ impl AgentService for AgentGrpc {
             version: body.agent_version,
             remote_addr,
         };
-        let certified = self.agents.enroll(enrollment).await.map_err(status)?;
+        let certified = self.agents.enroll(enrollment).await.map_err(status::agent)?;
         Ok(Response::new(self.certified(certified)))
     }
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
         let agent = self.caller(&request).await?;
-        let certified = self.agents.renew(&agent, &request.into_inner().csr_der).await.map_err(status)?;
+        let certified = self.agents.renew(&agent, &request.into_inner().csr_der).await.map_err(status::agent)?;
         tracing::info!(agent_id = %agent.id, not_after = certified.not_after, "agent certificate renewed");
         Ok(Response::new(self.certified(certified)))
     }
@@ -114,40 +106,8 @@ impl AgentService for AgentGrpc {
         let agent = self.caller(&request).await?;
         let certificate = request.peer_certs().and_then(|c| c.first().map(|c| c.to_vec())).unwrap_or_default();
         let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => hello,
-            Ok(Ok(Some(_))) => {
-                return Err(Status::invalid_argument("the first message on a work stream must be Hello"));
-            }
-            Ok(Ok(None)) => return Err(Status::cancelled("the stream closed before Hello")),
-            Ok(Err(status)) => return Err(status),
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
-        };
-        if hello.capacity == 0 || hello.capacity > MAX_CAPACITY {
-            return Err(Status::invalid_argument(format!("capacity must be 1-{MAX_CAPACITY}")));
-        }
-        let held: HashMap<String, i64> = self
-            .agents
-            .store()
-            .leased_jobs_of(&agent.id)
-            .await
-            .map_err(|e| status(e.into()))?
-            .into_iter()
-            .map(|job| (job.id, job.fencing_token))
-            .collect();
-        let capacity = usize::try_from(hello.capacity).unwrap_or(1);
-        let draining = agent.state == "draining";
-        let (guard, outbox) = self.agents.hub().register(&agent.id, &agent.pool, capacity, held, draining);
-        let (version, terraform, isolation) =
-            (bounded(&hello.agent_version), bounded(&hello.terraform_version), bounded(&hello.isolation));
-        let reported = AgentHello {
-            version: &version,
-            terraform_version: Some(terraform.as_str()).filter(|v| !v.is_empty()),
-            isolation: &isolation,
-        };
-        if let Err(error) = self.agents.store().agent_hello(&agent.id, self.agents.clock().now(), &reported).await {
-            tracing::warn!(agent_id = %agent.id, %error, "could not record an agent's hello");
-        }
+        let hello = wire::hello(first_hello(&mut inbound).await?)?;
+        let (guard, outbox) = self.agents.open_session(&agent, &hello).await.map_err(status::agent)?;
         let logs = StreamLogs::new(&agent.id, &certificate);
         let worker = StreamWorker { agents: self.agents.clone(), agent, replies: guard.outbox.clone() };
         tokio::spawn(async move {
@@ -158,7 +118,7 @@ impl AgentService for AgentGrpc {
             }
             drop(guard);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbox))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbox).map(wire::outbound))))
     }
 
     async fn credentials(&self, request: Request<CredentialsRequest>) -> Result<Response<CredentialsResponse>, Status> {
@@ -178,7 +138,7 @@ impl AgentService for AgentGrpc {
             }
             Err(error) => {
                 tracing::info!(agent_id = %agent.id, job_id = %body.job_id, target = %body.target, %error, "job credentials refused");
-                Err(credentials_status(error))
+                Err(status::credentials(error))
             }
         }
     }
@@ -190,10 +150,10 @@ impl AgentService for AgentGrpc {
         // stay within one plan's worth of memory.
         let mut upload = self.uploads.start(&agent.id);
         let first = parts.message().await?.ok_or_else(|| Status::invalid_argument("no plan was sent"))?;
-        upload.take(first.plan_file.len() + first.plan_json.len()).map_err(over_budget)?;
+        upload.take(first.plan_file.len() + first.plan_json.len()).map_err(status::over_budget)?;
         let token = i64::try_from(first.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
         let job_id = first.job_id.clone();
-        let held = self.agents.runs().held_job(&job_id, &agent.id, token).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&job_id, &agent.id, token).await.map_err(status::run)?;
         let (mut plan_file, mut plan_json) = (first.plan_file, first.plan_json);
         while let Some(part) = parts.message().await? {
             if part.job_id != job_id || part.fencing_token != first.fencing_token {
@@ -206,11 +166,11 @@ impl AgentService for AgentGrpc {
                     "the plan is too large (at most {MAX_PLAN_FILE} bytes of plan and {MAX_PLAN_JSON} of JSON)"
                 )));
             }
-            upload.take(part.plan_file.len() + part.plan_json.len()).map_err(over_budget)?;
+            upload.take(part.plan_file.len() + part.plan_json.len()).map_err(status::over_budget)?;
             plan_file.extend_from_slice(&part.plan_file);
             plan_json.extend_from_slice(&part.plan_json);
         }
-        let verdict = self.agents.runs().submit_plan(&held, &plan_file, &plan_json).await.map_err(run_status)?;
+        let verdict = self.agents.runs().submit_plan(&held, &plan_file, &plan_json).await.map_err(status::run)?;
         tracing::info!(agent_id = %agent.id, job_id = %job_id, denied = !verdict.deny.is_empty(), "saved plan received");
         Ok(Response::new(SubmitPlanResponse { plan_sha256: verdict.sha256, deny: verdict.deny, warn: verdict.warn }))
     }
@@ -222,8 +182,8 @@ impl AgentService for AgentGrpc {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
         let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
-        let issued = self.agents.runs().source_credentials(&held).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        let issued = self.agents.runs().source_credentials(&held).await.map_err(status::run)?;
         tracing::info!(agent_id = %agent.id, job_id = %body.job_id, url_prefix = %issued.url_prefix, "repository credentials issued");
         Ok(Response::new(SourceCredentialsResponse {
             url_prefix: issued.url_prefix,
@@ -238,8 +198,8 @@ impl AgentService for AgentGrpc {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
         let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(run_status)?;
-        let (plan_file, _) = self.agents.runs().saved_plan(&held).await.map_err(run_status)?;
+        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        let (plan_file, _) = self.agents.runs().saved_plan(&held).await.map_err(status::run)?;
         let parts: Vec<Result<PlanPart, Status>> = plan_file
             .chunks(PLAN_PART)
             .map(|slice| {
@@ -273,199 +233,65 @@ impl StreamWorker {
                     return;
                 }
             };
-            match message.kind {
+            let carry_on = match message.kind {
                 Some(agent_message::Kind::Heartbeat(heartbeat)) => {
-                    if !self.heartbeat(heartbeat).await {
-                        return;
-                    }
+                    self.agents.heartbeat(&self.agent, &heartbeat.running_job_ids).await
                 }
-                Some(agent_message::Kind::Result(result)) => self.result(result, &mut logs).await,
+                Some(agent_message::Kind::Result(result)) => {
+                    self.agents.finished(&self.agent, &mut logs, wire::finished(result)).await;
+                    true
+                }
                 Some(agent_message::Kind::Draining(draining)) => {
-                    tracing::info!(agent_id = %self.agent.id, reason = %draining.reason, "agent draining");
-                    self.agents.hub().drain(&self.agent.id, &draining.reason);
-                    if let Err(error) = self.agents.draining_by_itself(&self.agent).await {
-                        tracing::warn!(%error, "could not record an agent's drain");
-                    }
+                    self.agents.agent_draining(&self.agent, &draining.reason).await;
+                    true
                 }
                 Some(agent_message::Kind::JobEvent(event)) => {
                     tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state = %event.state, "job event");
+                    true
                 }
-                Some(agent_message::Kind::LogChunk(chunk)) => {
-                    if !self.log_chunk(chunk, &mut logs).await {
-                        return;
-                    }
-                }
+                Some(agent_message::Kind::LogChunk(chunk)) => self.log_chunk(chunk, &mut logs).await,
                 Some(agent_message::Kind::Hello(_)) | None => {
                     tracing::warn!(agent_id = %self.agent.id, "unexpected message on the work stream");
+                    true
                 }
-            }
-        }
-    }
-
-    /// Renews the leases the agent reports, cancels jobs it should not be running, and re-checks
-    /// that the agent may still work; false ends the stream.
-    async fn heartbeat(&self, heartbeat: Heartbeat) -> bool {
-        let hub = self.agents.hub();
-        let now = self.agents.clock().now();
-        let current = match self.agents.store().agent(&self.agent.id).await {
-            Ok(Some(current)) => current,
-            Ok(None) => return false,
-            Err(error) => {
-                tracing::warn!(%error, "could not re-check an agent; keeping its stream");
-                self.agent.clone()
-            }
-        };
-        if current.state == "revoked" {
-            hub.cut(&self.agent.id, "the agent was revoked");
-            return false;
-        }
-        if current.state == "draining" {
-            hub.drain(&self.agent.id, "the agent is draining");
-        }
-        // "Last seen" is for operators, to the minute: not a write per heartbeat per agent.
-        if current.last_seen_at.is_none_or(|seen| now - seen >= LAST_SEEN_RESOLUTION) {
-            let _ = self.agents.store().agent_seen(&self.agent.id, now).await;
-        }
-        let lease = i64::try_from(self.agents.settings().lease.as_secs()).unwrap_or(30);
-        for job_id in heartbeat.running_job_ids.iter().take(usize::try_from(MAX_CAPACITY).unwrap_or(16)) {
-            let renewed = match hub.held(&self.agent.id, job_id) {
-                Held::Renew(token) => {
-                    self.agents.store().renew_lease(job_id, &self.agent.id, token, now + lease).await.unwrap_or(true)
-                }
-                Held::Unknown => false,
             };
-            if !renewed {
-                hub.cancel(&self.agent.id, job_id, "this agent no longer holds the job's lease");
+            if !carry_on {
+                return;
             }
         }
-        true
     }
 
     /// Verifies and stores a log chunk and answers with its receipt; false ends the stream (too
     /// many bad chunks, or the stream is gone).
     async fn log_chunk(&self, chunk: SignedLogChunk, logs: &mut StreamLogs) -> bool {
         let outcome = self.agents.logs().receive(logs, &chunk).await;
-        let reason = match &outcome {
-            Ok(()) => String::new(),
+        let refused = match &outcome {
+            Ok(()) => None,
             Err(rejection) => {
                 tracing::warn!(agent_id = %self.agent.id, job_id = %chunk.job_id, seq = chunk.seq, %rejection, "log chunk rejected");
                 self.agents.logs().record_rejection(logs, &chunk, rejection).await;
-                rejection.to_string()
+                Some(rejection.to_string())
             }
         };
-        let receipt = LogReceipt {
-            job_id: chunk.job_id,
-            fencing_token: chunk.fencing_token,
-            seq: chunk.seq,
-            accepted: outcome.is_ok(),
-            reason,
-        };
-        let message = BrokerMessage { kind: Some(broker_message::Kind::LogReceipt(receipt)) };
-        if self.replies.send(Ok(message)).await.is_err() {
+        let receipt = Receipt { job_id: chunk.job_id, fencing_token: chunk.fencing_token, seq: chunk.seq, refused };
+        if self.replies.send(Outbound::Receipt(receipt)).await.is_err() {
             return false;
         }
         if logs.recorded >= MAX_REJECTIONS {
-            let why = format!("{MAX_REJECTIONS} log chunks failed verification on this stream");
-            let _ = self.replies.send(Err(Status::invalid_argument(why))).await;
+            let _ = self.replies.send(Outbound::Disconnect(Disconnect::BadLogChunks(MAX_REJECTIONS))).await;
             return false;
         }
         true
     }
-
-    async fn result(&self, result: JobResult, logs: &mut StreamLogs) {
-        let Ok(fencing_token) = i64::try_from(result.fencing_token) else { return };
-        let seal = match self
-            .agents
-            .logs()
-            .seal(logs, &result.job_id, result.fencing_token, &result.final_log_digest, result.log_chunks)
-            .await
-        {
-            Ok(seal) => seal,
-            Err(error) => {
-                // Unrecorded: the agent sends the result again on its next connection.
-                tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, %error, "could not read a job's log head");
-                return;
-            }
-        };
-        if !seal.complete {
-            tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, stored = seal.chunks, reported = result.log_chunks, "a job's log is incomplete");
-        }
-        let outcome = if let (true, Some(drift)) = (result.success, result.drift) {
-            JobOutcome::Checked(Drift { drifted: drift.drifted, summary: drift.summary })
-        } else if result.success {
-            JobOutcome::Succeeded
-        } else {
-            let mut error = result.error;
-            error.truncate(error.floor_char_boundary(MAX_ERROR));
-            JobOutcome::Failed(if error.is_empty() { "the agent reported a failure".to_owned() } else { error })
-        };
-        let report = JobReport { outcome, log: Some(seal), layers: result.isolation_layers };
-        match self.agents.runs().finish_job(&result.job_id, &self.agent.id, fencing_token, report).await {
-            Ok(()) => {
-                tracing::info!(agent_id = %self.agent.id, job_id = %result.job_id, success = result.success, "job finished")
-            }
-            Err(error) => {
-                tracing::warn!(agent_id = %self.agent.id, job_id = %result.job_id, %error, "job result refused")
-            }
-        }
-        self.agents.hub().release(&self.agent.id, &result.job_id);
-    }
 }
 
-/// Longest self-description field (version, isolation) an agent may report.
-const MAX_REPORTED: usize = 64;
-
-/// An agent-reported string cut to [`MAX_REPORTED`] printable characters.
-fn bounded(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(MAX_REPORTED).collect()
-}
-
-/// The gRPC status for an agent error; internal errors are not described to the caller.
-fn status(error: AgentError) -> Status {
-    match error {
-        AgentError::Invalid(message) => Status::invalid_argument(message),
-        AgentError::Csr(csr) => Status::invalid_argument(csr.to_string()),
-        AgentError::NotFound(message) => Status::not_found(message),
-        AgentError::Conflict(message) => Status::failed_precondition(message),
-        AgentError::Unauthenticated(message) => Status::unauthenticated(message),
-        AgentError::Forbidden(message) => Status::permission_denied(message),
-        AgentError::Ca(_) | AgentError::Store(_) | AgentError::Runs(_) => {
-            tracing::error!(%error, "agent request failed");
-            Status::unavailable("the broker could not complete the request; retry")
-        }
-    }
-}
-
-fn credentials_status(error: CredentialsError) -> Status {
-    match error {
-        CredentialsError::Lease(error) => run_status(error),
-        CredentialsError::NoTargets => Status::failed_precondition(error.to_string()),
-        CredentialsError::Exchange(error) => match &error {
-            ExchangeError::InvalidRequest(_) | ExchangeError::InvalidTarget(_) => {
-                Status::invalid_argument(error.to_string())
-            }
-            ExchangeError::InvalidGrant(_) | ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => {
-                Status::permission_denied(error.to_string())
-            }
-            ExchangeError::Unavailable(_) | ExchangeError::UpstreamUnavailable(_) => {
-                Status::unavailable(error.to_string())
-            }
-        },
-    }
-}
-
-fn over_budget(error: OverBudget) -> Status {
-    Status::resource_exhausted(error.to_string())
-}
-
-fn run_status(error: RunError) -> Status {
-    match error {
-        RunError::NotFound(message) => Status::not_found(message),
-        RunError::Conflict(message) => Status::permission_denied(message),
-        RunError::Invalid(message) => Status::invalid_argument(message),
-        other => {
-            tracing::error!(error = %other, "agent request failed");
-            Status::unavailable("the broker could not complete the request; retry")
-        }
+/// The first message of a work stream, which must be `Hello`, within [`HELLO_TIMEOUT`].
+async fn first_hello(inbound: &mut Streaming<AgentMessage>) -> Result<Hello, Status> {
+    match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => Ok(hello),
+        Ok(Ok(Some(_))) => Err(Status::invalid_argument("the first message on a work stream must be Hello")),
+        Ok(Ok(None)) => Err(Status::cancelled("the stream closed before Hello")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded("no Hello within 10s")),
     }
 }
