@@ -13,6 +13,7 @@
 
 pub mod ca;
 pub mod credentials;
+mod error;
 pub mod hub;
 pub mod join;
 pub mod uploads;
@@ -23,14 +24,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::ca::{AgentCa, CaError, CsrError, IssueError};
+pub use self::error::{AgentError, JoinTokenRefusal};
+
+use self::ca::{AgentCa, CaError};
 use self::hub::{Disconnect, Hub};
 use self::join::JoinToken;
-use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::exchange::Exchanger;
 use crate::logs::Logs;
-use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
+use crate::runs::{LeaseEnd, Runs, valid_name};
 use crate::store::write::{Param, Write};
 use crate::store::{AgentRow, Store, StoreError};
 
@@ -40,57 +43,6 @@ const MAX_HOSTNAME: usize = 253;
 const MAX_VERSION: usize = 64;
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
-
-/// Why an agent request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// Bad input; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such pool or agent.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request does not fit the current state (a duplicate pool, a revoked agent).
-    #[error("{0}")]
-    Conflict(String),
-    /// The join token or certificate does not authorize the request.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The agent is known but may not do this (revoked).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The CSR is unacceptable.
-    #[error(transparent)]
-    Csr(#[from] CsrError),
-    /// The CA failed.
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    /// The store or the audit log failed; nothing was changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Ending the agent's leases failed.
-    #[error(transparent)]
-    Runs(#[from] RunError),
-}
-
-impl From<ChangeError> for AgentError {
-    fn from(error: ChangeError) -> Self {
-        match error {
-            ChangeError::Conflict(message) => Self::Conflict(message),
-            ChangeError::Invalid(message) => Self::Invalid(message),
-            ChangeError::Store(store) => Self::Store(store),
-        }
-    }
-}
-
-impl From<IssueError> for AgentError {
-    fn from(error: IssueError) -> Self {
-        match error {
-            IssueError::Csr(csr) => Self::Csr(csr),
-            IssueError::Ca(ca) => Self::Ca(ca),
-        }
-    }
-}
 
 /// Agent settings from `[agents]`.
 #[derive(Debug, Clone)]
@@ -304,9 +256,7 @@ impl Agents {
     /// Creates a pool.
     pub async fn create_pool(&self, name: &str, who: &str, caller: Context) -> Result<PoolView, AgentError> {
         if !valid_name(name) {
-            return Err(AgentError::Invalid(format!(
-                "invalid pool name `{name}`: 1-64 characters of a-z, 0-9, `-`, `_`, starting with a letter or digit"
-            )));
+            return Err(AgentError::BadPoolName(name.to_owned()));
         }
         let now = self.clock.now();
         let write = Write::one(
@@ -340,10 +290,7 @@ impl Agents {
         caller: Context,
     ) -> Result<IssuedJoinToken, AgentError> {
         if ttl < Duration::from_secs(1) || ttl > self.settings.join_token_max_ttl {
-            return Err(AgentError::Invalid(format!(
-                "a join token lives between 1s and {} (agents.join_token_max_ttl)",
-                humantime::format_duration(self.settings.join_token_max_ttl)
-            )));
+            return Err(AgentError::JoinTokenTtl { max: self.settings.join_token_max_ttl });
         }
         if self.store.pool(pool).await?.is_none() {
             return Err(unknown_pool(pool));
@@ -376,21 +323,20 @@ impl Agents {
     /// logged, so unauthenticated callers cannot grow the audit log.
     pub async fn enroll(&self, enrollment: Enrollment) -> Result<Certified, AgentError> {
         check_reported(&enrollment.hostname, &enrollment.version)?;
-        let refused = || AgentError::Unauthenticated("the join token is not valid".to_owned());
-        let token = JoinToken::parse(&enrollment.join_token).ok_or_else(refused)?;
+        let token = JoinToken::parse(&enrollment.join_token).ok_or(JoinTokenRefusal::NotValid)?;
         let Some(row) = self.store.join_token(&token.hash()).await? else {
             tracing::warn!(remote = ?enrollment.remote_addr, "enrollment with an unknown join token refused");
-            return Err(refused());
+            return Err(JoinTokenRefusal::NotValid.into());
         };
         let now = self.clock.now();
         let problem = if row.used_at.is_some() {
-            Some(AgentError::Unauthenticated("the join token was already used".to_owned()))
+            Some(JoinTokenRefusal::Used.into())
         } else if row.expires_at <= now {
-            Some(AgentError::Unauthenticated("the join token has expired".to_owned()))
+            Some(JoinTokenRefusal::Expired.into())
         } else if token.fingerprint() != self.ca.fingerprint() {
-            Some(AgentError::Unauthenticated("the join token pins another CA".to_owned()))
+            Some(JoinTokenRefusal::OtherCa.into())
         } else if enrollment.csr.len() > MAX_CSR_BYTES {
-            Some(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")))
+            Some(AgentError::CsrTooLarge)
         } else {
             None
         };
@@ -449,7 +395,7 @@ impl Agents {
             Committed::Recorded => {}
             // Another enrollment consumed the token between our read and our write.
             Committed::Refused(_) => {
-                return Err(AgentError::Unauthenticated("the join token was already used".to_owned()));
+                return Err(JoinTokenRefusal::Used.into());
             }
             Committed::Replayed => return Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
         }
@@ -475,18 +421,14 @@ impl Agents {
     /// The agent a verified client certificate names, if it exists, belongs to the pool the
     /// certificate says and is not revoked.
     pub async fn authenticate(&self, certificate: &[u8]) -> Result<AgentRow, AgentError> {
-        let (pool, agent_id) = ca::agent_identity(certificate, self.ca.trust_domain())
-            .ok_or_else(|| AgentError::Unauthenticated("the client certificate names no agent".to_owned()))?;
-        let agent = self
-            .store
-            .agent(&agent_id)
-            .await?
-            .ok_or_else(|| AgentError::Unauthenticated(format!("agent {agent_id} is not enrolled")))?;
+        let (pool, agent_id) =
+            ca::agent_identity(certificate, self.ca.trust_domain()).ok_or(AgentError::NoAgentInCertificate)?;
+        let agent = self.store.agent(&agent_id).await?.ok_or_else(|| AgentError::NotEnrolled(agent_id.clone()))?;
         if agent.pool != pool {
-            return Err(AgentError::Unauthenticated(format!("agent {agent_id} is not in pool {pool}")));
+            return Err(AgentError::WrongPool { agent: agent_id, pool });
         }
         if agent.state == "revoked" {
-            return Err(AgentError::Forbidden(format!("agent {agent_id} is revoked")));
+            return Err(AgentError::Revoked(agent_id));
         }
         Ok(agent)
     }
@@ -494,7 +436,7 @@ impl Agents {
     /// Renews `agent`'s certificate over the key in `csr`.
     pub async fn renew(&self, agent: &AgentRow, csr: &[u8]) -> Result<Certified, AgentError> {
         if csr.len() > MAX_CSR_BYTES {
-            return Err(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
+            return Err(AgentError::CsrTooLarge);
         }
         let now = self.clock.now();
         let issued = self.ca.issue_agent(csr, &agent.pool, &agent.id, self.lifetime_secs(), now)?;
@@ -536,7 +478,7 @@ impl Agents {
     pub async fn revoke(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
         let agent = self.agent_row(id).await?;
         if agent.state == "revoked" {
-            return Err(AgentError::Conflict(format!("agent {id} is already revoked")));
+            return Err(AgentError::AlreadyRevoked(id.to_owned()));
         }
         let now = self.clock.now();
         let write = Write::one(
@@ -561,7 +503,7 @@ impl Agents {
     pub async fn drain(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
         let agent = self.agent_row(id).await?;
         if agent.state != "active" {
-            return Err(AgentError::Conflict(format!("agent {id} is {}", agent.state)));
+            return Err(AgentError::NotActive { agent: id.to_owned(), state: agent.state });
         }
         self.record_draining(id, who, "operator", caller).await?;
         self.hub.drain(id, &format!("drained by {who}"));
@@ -592,7 +534,7 @@ impl Agents {
     }
 
     async fn agent_row(&self, id: &str) -> Result<AgentRow, AgentError> {
-        self.store.agent(id).await?.ok_or_else(|| AgentError::NotFound(format!("no agent with ID `{id}`")))
+        self.store.agent(id).await?.ok_or_else(|| AgentError::UnknownAgent(id.to_owned()))
     }
 
     fn view(&self, row: AgentRow) -> AgentView {
@@ -625,16 +567,16 @@ impl Agents {
 }
 
 fn unknown_pool(pool: &str) -> AgentError {
-    AgentError::NotFound(format!("no pool named `{pool}`; create it with `keyward pool create {pool}`"))
+    AgentError::UnknownPool(pool.to_owned())
 }
 
 fn check_reported(hostname: &str, version: &str) -> Result<(), AgentError> {
     let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
     if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || !printable(hostname) {
-        return Err(AgentError::Invalid(format!("invalid host name: 1-{MAX_HOSTNAME} printable ASCII characters")));
+        return Err(AgentError::BadHostname);
     }
     if version.is_empty() || version.len() > MAX_VERSION || !printable(version) {
-        return Err(AgentError::Invalid(format!("invalid agent version: 1-{MAX_VERSION} printable ASCII characters")));
+        return Err(AgentError::BadVersion);
     }
     Ok(())
 }

@@ -306,8 +306,8 @@ impl Runs {
             }
             // Someone else took it (or the run moved on).
             Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
-            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
-            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            Committed::Refused(refusal) => Err(RunError::LeaseWrite(refusal)),
+            Committed::Replayed => Err(RunError::UnexpectedReplay),
         }
     }
 
@@ -322,8 +322,7 @@ impl Runs {
         fencing_token: i64,
         report: JobReport,
     ) -> Result<(), RunError> {
-        let job =
-            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        let job = self.store.job(job_id).await?.ok_or_else(|| RunError::UnknownJob(job_id.to_owned()))?;
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
@@ -417,13 +416,12 @@ impl Runs {
     /// `fencing_token` and the lease has not run out: what a credential request for the job must
     /// show. The lease can still move on afterwards; [`HeldJob::lease_guard`] re-checks it.
     pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<HeldJob, RunError> {
-        let job =
-            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        let job = self.store.job(job_id).await?.ok_or_else(|| RunError::UnknownJob(job_id.to_owned()))?;
         check_holder(&job, agent_id, fencing_token)?;
         let now = self.clock.now();
         let lease_expires_at = job.lease_expires_at.unwrap_or(i64::MIN);
         if lease_expires_at < now {
-            return Err(RunError::Conflict(format!("the lease {fencing_token} of job {job_id} has expired")));
+            return Err(RunError::LeaseExpired { job: job_id.to_owned(), fencing_token });
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
@@ -495,8 +493,8 @@ impl Runs {
                 Ok(Some(job_state))
             }
             Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
-            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
-            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            Committed::Refused(refusal) => Err(RunError::LeaseWrite(refusal)),
+            Committed::Replayed => Err(RunError::UnexpectedReplay),
         }
     }
 
@@ -592,10 +590,7 @@ fn record_drift(run: &RunRow, drifted: bool) -> Write {
 /// Only the agent holding the job's current lease may report on it.
 fn check_holder(job: &JobRow, agent_id: &str, fencing_token: i64) -> Result<(), RunError> {
     if job.state != "leased" || job.agent_id.as_deref() != Some(agent_id) || job.fencing_token != fencing_token {
-        return Err(RunError::Conflict(format!(
-            "job {} is not leased to {agent_id} with fencing token {fencing_token} (stale or foreign lease)",
-            job.id
-        )));
+        return Err(RunError::NotLeaseHolder { job: job.id.clone(), agent: agent_id.to_owned(), fencing_token });
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! and every state it went through is on record. A write depends on the run's `version`, so a
 //! decision taken on a state that has since moved on changes nothing and says so (409).
 
+mod error;
 mod git;
 mod input;
 mod jobs;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use error::RunError;
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
@@ -33,49 +35,13 @@ pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryC
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
-use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
 use crate::config::TargetConfig;
 use crate::identity::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::{Param, Write};
 use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
-
-/// Why a stack or run request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Bad input; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such stack or run.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request does not fit the current state (a finished run, a second review).
-    #[error("{0}")]
-    Conflict(String),
-    /// A policy said no; the reasons are on record.
-    #[error("refused by policy: {}", .0.join("; "))]
-    Refused(Vec<String>),
-    /// The repository could not be read to resolve the commit.
-    #[error(transparent)]
-    Git(#[from] GitError),
-    /// The store or the audit log failed; nothing was changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A saved plan could not be opened for its apply.
-    #[error(transparent)]
-    SavedPlan(#[from] SavedPlanError),
-}
-
-impl From<ChangeError> for RunError {
-    fn from(error: ChangeError) -> Self {
-        match error {
-            ChangeError::Conflict(message) => Self::Conflict(message),
-            ChangeError::Invalid(message) => Self::Invalid(message),
-            ChangeError::Store(store) => Self::Store(store),
-        }
-    }
-}
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -250,12 +216,9 @@ impl Runs {
 
     /// Creates a stack.
     pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
-        spec.validate(&self.targets).map_err(|e| RunError::Invalid(e.0))?;
+        spec.validate(&self.targets)?;
         if self.store.pool(&spec.pool).await?.is_none() {
-            return Err(RunError::Invalid(format!(
-                "unknown pool `{0}`; create it with `keyward pool create {0}`",
-                spec.pool
-            )));
+            return Err(RunError::NoSuchPool(spec.pool));
         }
         let now = self.clock.now();
         let write = Write::one(
@@ -295,8 +258,7 @@ impl Runs {
 
     /// The stack called `name`.
     pub async fn stack(&self, name: &str) -> Result<Stack, RunError> {
-        let row =
-            self.store.stack(name).await?.ok_or_else(|| RunError::NotFound(format!("no stack named `{name}`")))?;
+        let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
         Ok(Stack::try_from(row)?)
     }
 
@@ -311,23 +273,18 @@ impl Runs {
         if let Some(commit) = &submission.commit
             && !is_commit_sha(commit)
         {
-            return Err(RunError::Invalid(format!(
-                "invalid commit `{commit}`: give the full SHA, 40 lowercase hex characters"
-            )));
+            return Err(RunError::BadCommit(commit.clone()));
         }
         if submission.pull_request == Some(0) {
-            return Err(RunError::Invalid("invalid pull request number 0".to_owned()));
+            return Err(RunError::PullRequestZero);
         }
         if let Some(ticket) = &submission.ticket
             && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
         {
-            return Err(RunError::Invalid(format!("invalid ticket: 1-{MAX_TICKET} printable characters")));
+            return Err(RunError::BadTicket);
         }
-        let pull_request = submission
-            .pull_request
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|_| RunError::Invalid("pull request number too large".to_owned()))?;
+        let pull_request =
+            submission.pull_request.map(i64::try_from).transpose().map_err(|_| RunError::PullRequestTooLarge)?;
         let stack = self.stack(&submission.stack).await?;
         let auth = self.repositories.for_url(&stack.spec.repository);
         let resolved =
@@ -420,12 +377,12 @@ impl Runs {
     }
 
     async fn run_row(&self, id: &str) -> Result<RunRow, RunError> {
-        self.store.run(id).await?.ok_or_else(|| RunError::NotFound(format!("no run with ID `{id}`")))
+        self.store.run(id).await?.ok_or_else(|| RunError::UnknownRun(id.to_owned()))
     }
 
     /// The job `id`, as stored.
     pub async fn job_row(&self, id: &str) -> Result<JobRow, RunError> {
-        self.store.job(id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{id}`")))
+        self.store.job(id).await?.ok_or_else(|| RunError::UnknownJob(id.to_owned()))
     }
 
     /// Records `who`'s review and applies what `keyward.approval` concludes: approve queues the
@@ -441,16 +398,16 @@ impl Runs {
         if let Some(comment) = &comment
             && comment.len() > MAX_COMMENT
         {
-            return Err(RunError::Invalid(format!("comment longer than {MAX_COMMENT} bytes")));
+            return Err(RunError::CommentTooLong);
         }
         let run = self.run_row(id).await?;
         let state = parse_state(&run.state)?;
         if !state.takes_reviews() {
-            return Err(RunError::Conflict(format!("run {id} is {state}; reviews are taken only while it is planned")));
+            return Err(RunError::NotReviewable { run: id.to_owned(), state });
         }
         let mut reviews = self.store.reviews(id).await?;
         if reviews.iter().any(|r| r.reviewer == who) {
-            return Err(RunError::Conflict(format!("{who} already reviewed run {id}")));
+            return Err(RunError::AlreadyReviewed { run: id.to_owned(), reviewer: who.to_owned() });
         }
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
@@ -505,7 +462,7 @@ impl Runs {
         let run = self.run_row(id).await?;
         let state = parse_state(&run.state)?;
         if state.is_final() {
-            return Err(RunError::Conflict(format!("run {id} is already {state}")));
+            return Err(RunError::AlreadyOver { run: id.to_owned(), state });
         }
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
