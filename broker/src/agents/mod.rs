@@ -34,8 +34,8 @@ use crate::clock::SharedClock;
 use crate::exchange::Exchanger;
 use crate::logs::Logs;
 use crate::runs::{LeaseEnd, Runs, valid_name};
-use crate::store::write::{Param, Write};
-use crate::store::{AgentRow, Store, StoreError};
+use crate::store::agents::NewAgent;
+use crate::store::{self, AgentRow, Store, StoreError};
 
 /// Longest host name an agent may report.
 const MAX_HOSTNAME: usize = 253;
@@ -259,11 +259,7 @@ impl Agents {
             return Err(AgentError::BadPoolName(name.to_owned()));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("pool `{name}`"),
-            "INSERT INTO pools (name, created_at, created_by) VALUES ($1, $2, $3)",
-            vec![name.into(), now.into(), who.into()],
-        );
+        let write = store::agents::create_pool(name, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::PoolCreated, now, context).with("pool", name).with_ref("pool", name);
         self.commit(Append::changes(vec![write], vec![event])).await?;
@@ -300,12 +296,7 @@ impl Agents {
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
         let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-        let write = Write::one(
-            format!("join token {id}"),
-            "INSERT INTO join_tokens (id, pool, token_hash, expires_at, created_at, created_by, used_at, used_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
-            vec![id.as_str().into(), pool.into(), token.hash().into(), expires_at.into(), now.into(), who.into()],
-        );
+        let write = store::agents::issue_join_token(&id, pool, token.hash(), expires_at, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::JoinTokenCreated, now, context)
             .with("join_token_id", id.as_str())
@@ -354,27 +345,15 @@ impl Agents {
                 return Err(error);
             }
         };
-        let writes = vec![
-            Write::one(
-                format!("join token {}", row.id),
-                "UPDATE join_tokens SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL AND expires_at > $1",
-                vec![now.into(), agent_id.as_str().into(), row.id.as_str().into()],
-            ),
-            Write::one(
-                format!("agent {agent_id}"),
-                "INSERT INTO agents (id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, \
-                 revoked_at, revoked_by, last_seen_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, NULL, NULL, NULL, $7)",
-                vec![
-                    agent_id.as_str().into(),
-                    row.pool.as_str().into(),
-                    enrollment.hostname.as_str().into(),
-                    enrollment.version.as_str().into(),
-                    issued.serial.as_str().into(),
-                    issued.not_after.into(),
-                    now.into(),
-                ],
-            ),
-        ];
+        let agent = NewAgent {
+            id: &agent_id,
+            pool: &row.pool,
+            hostname: &enrollment.hostname,
+            version: &enrollment.version,
+            serial: &issued.serial,
+            not_after: issued.not_after,
+        };
+        let writes = vec![store::agents::use_join_token(&row.id, &agent_id, now), store::agents::enroll(&agent, now)];
         let context = Context {
             actor: Some(format!("agent:{agent_id}")),
             remote_addr: enrollment.remote_addr.clone(),
@@ -440,12 +419,7 @@ impl Agents {
         }
         let now = self.clock.now();
         let issued = self.ca.issue_agent(csr, &agent.pool, &agent.id, self.lifetime_secs(), now)?;
-        let write = Write::one(
-            format!("agent {}", agent.id),
-            "UPDATE agents SET serial = $1, not_after = $2, renewed_at = $3, last_seen_at = $3 \
-             WHERE id = $4 AND state <> 'revoked'",
-            vec![issued.serial.as_str().into(), issued.not_after.into(), now.into(), agent.id.as_str().into()],
-        );
+        let write = store::agents::renew(&agent.id, &issued.serial, issued.not_after, now);
         let context = Context { actor: Some(format!("agent:{}", agent.id)), ..Context::default() };
         let event = AuditEvent::new(Kind::AgentRenewed, now, context)
             .with("agent_id", agent.id.as_str())
@@ -481,11 +455,7 @@ impl Agents {
             return Err(AgentError::AlreadyRevoked(id.to_owned()));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("agent {id}"),
-            "UPDATE agents SET state = 'revoked', revoked_at = $1, revoked_by = $2 WHERE id = $3 AND state <> 'revoked'",
-            vec![now.into(), who.into(), id.into()],
-        );
+        let write = store::agents::revoke(id, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::AgentRevoked, now, context)
             .with("agent_id", id)
@@ -520,11 +490,7 @@ impl Agents {
 
     /// Moves an active agent to `draining`, with its audit entry.
     async fn record_draining(&self, id: &str, who: &str, reason: &str, caller: Context) -> Result<(), AgentError> {
-        let write = Write::one(
-            format!("agent {id}"),
-            "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
-            vec![Param::Text(id.to_owned())],
-        );
+        let write = store::agents::drain(id);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::AgentDraining, self.clock.now(), context)
             .with("agent_id", id)

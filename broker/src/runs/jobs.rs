@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, queue_job, run_context, state_event, transition};
+use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, run_context, state_event, transition};
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
+use crate::store::runs::JobEnd;
 use crate::store::write::{Refusal, Write};
-use crate::store::{JobRow, RunRow};
+use crate::store::{self, JobRow, RunRow};
 
 /// How many queued jobs one lease attempt considers.
 const CANDIDATES: i64 = 8;
@@ -78,14 +79,7 @@ impl HeldJob {
     /// it ends the agent's leases: a request that authenticated just before the revocation must
     /// not commit in between.
     pub fn lease_guard(&self, now: i64) -> Write {
-        let job = &self.job;
-        Write::one(
-            format!("lease {} of job {} by an unrevoked agent", job.fencing_token, job.id),
-            "UPDATE jobs SET updated_at = updated_at \
-             WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4 \
-             AND EXISTS (SELECT 1 FROM agents WHERE agents.id = $2 AND agents.state <> 'revoked')",
-            vec![job.id.as_str().into(), job.agent_id.clone().into(), job.fencing_token.into(), now.into()],
-        )
+        store::runs::lease_guard(&self.job, now)
     }
 }
 
@@ -253,20 +247,7 @@ impl Runs {
         let now = self.clock.now();
         let fencing_token = job.fencing_token + 1;
         let expires = now.saturating_add(lease_secs);
-        let mut writes = vec![Write::one(
-            format!("queued job {}", job.id),
-            "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
-             lease_expires_at = $3, updated_at = $4, isolation = (SELECT isolation FROM agents WHERE id = $1) \
-             WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
-            vec![
-                agent_id.into(),
-                fencing_token.into(),
-                expires.into(),
-                now.into(),
-                job.id.as_str().into(),
-                job.fencing_token.into(),
-            ],
-        )];
+        let mut writes = vec![store::runs::lease_job(&job, agent_id, fencing_token, expires, now)];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeased, now, context.clone())
@@ -337,22 +318,14 @@ impl Runs {
         let layers = bounded_layers(report.layers);
         let layers_json = (!layers.is_empty()).then(|| super::json_text(&layers));
         let log = report.log.as_ref();
-        let mut writes = vec![Write::one(
-            format!("lease {fencing_token} of job {job_id}"),
-            "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3, log_digest = $4, \
-             log_chunks = $5, layers = $6 WHERE id = $7 AND state = 'leased' AND agent_id = $8 AND fencing_token = $9",
-            vec![
-                job_state.into(),
-                error.clone().into(),
-                now.into(),
-                log.and_then(|l| l.digest.clone()).into(),
-                log.map(|l| l.chunks).into(),
-                layers_json.into(),
-                job_id.into(),
-                agent_id.into(),
-                fencing_token.into(),
-            ],
-        )];
+        let end = JobEnd {
+            state: job_state,
+            error: error.clone(),
+            log_digest: log.and_then(|l| l.digest.clone()),
+            log_chunks: log.map(|l| l.chunks),
+            layers: layers_json,
+        };
+        let mut writes = vec![store::runs::finish_job(job_id, agent_id, fencing_token, end, now)];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
             .with("job_id", job_id)
@@ -381,7 +354,7 @@ impl Runs {
             let (next, detail) = match (&outcome, job.phase.as_str()) {
                 (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
                 (JobOutcome::Checked(drift), _) => {
-                    writes.push(record_drift(&run, drift.drifted));
+                    writes.push(store::runs::record_drift(&run.id, drift.drifted));
                     let detail = if drift.drifted {
                         format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
                     } else {
@@ -399,7 +372,7 @@ impl Runs {
             let mut event = state_event(&context, from, next, detail.as_deref(), now);
             if next == RunState::Applying {
                 let apply_job = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&apply_job, &run.id, "apply", &stack.spec.pool, now));
+                writes.push(store::runs::queue_job(&apply_job, &run.id, "apply", &stack.spec.pool, now));
                 event = event.with("apply_job", apply_job.as_str());
             }
             events.push(event);
@@ -460,17 +433,7 @@ impl Runs {
             let detail = format!("the plan lease of agent {agent_id} ended ({})", end.as_str());
             ("failed", Some(RunState::Failed), Some(detail))
         };
-        let mut writes = vec![Write::one(
-            format!("lease {} of job {}", job.fencing_token, job.id),
-            "UPDATE jobs SET state = $1, agent_id = CASE WHEN $1 = 'queued' THEN NULL ELSE agent_id END,              lease_expires_at = NULL, error = $2, updated_at = $3              WHERE id = $4 AND state = 'leased' AND fencing_token = $5",
-            vec![
-                job_state.into(),
-                Some(format!("lease ended: {}", end.as_str())).into(),
-                now.into(),
-                job.id.as_str().into(),
-                job.fencing_token.into(),
-            ],
-        )];
+        let mut writes = vec![store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now)];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())
@@ -576,15 +539,6 @@ fn bounded_layers(layers: Vec<String>) -> Vec<String> {
         .map(|layer| layer.chars().filter(|c| !c.is_control()).take(MAX_LAYER).collect::<String>())
         .filter(|layer| !layer.is_empty())
         .collect()
-}
-
-/// Records a drift run's finding (with the run's state change, which is guarded by its version).
-fn record_drift(run: &RunRow, drifted: bool) -> Write {
-    Write::one(
-        format!("drift of run {}", run.id),
-        "UPDATE runs SET drift = $1 WHERE id = $2 AND kind = 'drift'",
-        vec![i64::from(drifted).into(), run.id.as_str().into()],
-    )
 }
 
 /// Only the agent holding the job's current lease may report on it.

@@ -40,8 +40,8 @@ use crate::clock::SharedClock;
 use crate::config::TargetConfig;
 use crate::identity::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
-use crate::store::write::{Param, Write};
-use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
+use crate::store::write::Write;
+use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -221,24 +221,19 @@ impl Runs {
             return Err(RunError::NoSuchPool(spec.pool));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("stack `{}`", spec.name),
-            "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-             policies, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            vec![
-                spec.name.as_str().into(),
-                spec.repository.as_str().into(),
-                spec.path.as_str().into(),
-                spec.branch.as_str().into(),
-                spec.pool.as_str().into(),
-                json_text(&spec.plan_targets).into(),
-                json_text(&spec.apply_targets).into(),
-                json_text(&spec.labels).into(),
-                json_text(&spec.policies).into(),
-                now.into(),
-                who.into(),
-            ],
-        );
+        let write = store::runs::insert_stack(&StackRow {
+            name: spec.name.clone(),
+            repository: spec.repository.clone(),
+            path: spec.path.clone(),
+            branch: spec.branch.clone(),
+            pool: spec.pool.clone(),
+            plan_targets: json_text(&spec.plan_targets),
+            apply_targets: json_text(&spec.apply_targets),
+            labels: json_text(&spec.labels),
+            policies: json_text(&spec.policies),
+            created_at: now,
+            created_by: who.to_owned(),
+        });
         let context = Context {
             stack_id: Some(spec.name.clone()),
             repository: Some(spec.repository.clone()),
@@ -319,28 +314,8 @@ impl Runs {
         }
         let job_id = uuid::Uuid::now_v7().to_string();
         let writes = vec![
-            Write::one(
-                format!("run {}", run.id),
-                "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
-                 triggered_by, detail, created_at, updated_at, kind) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                vec![
-                    run.id.as_str().into(),
-                    run.stack.as_str().into(),
-                    run.state.as_str().into(),
-                    run.version.into(),
-                    run.commit_sha.as_str().into(),
-                    run.git_ref.clone().into(),
-                    run.pull_request.into(),
-                    run.ticket.clone().into(),
-                    run.triggered_by.as_str().into(),
-                    Param::OptText(None),
-                    now.into(),
-                    now.into(),
-                    run.kind.as_str().into(),
-                ],
-            ),
-            queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
+            store::runs::insert_run(&run),
+            store::runs::queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
         ];
         let event = AuditEvent::new(Kind::RunCreated, now, context)
             .with("kind", run.kind.as_str())
@@ -416,11 +391,7 @@ impl Runs {
         let decision = self.decide(PolicyKind::Approval, || {
             input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
         });
-        let mut writes = vec![Write::one(
-            format!("review of run {id} by {who}"),
-            "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at) VALUES ($1, $2, $3, $4, $5)",
-            vec![id.into(), who.into(), review.decision.as_str().into(), review.comment.clone().into(), now.into()],
-        )];
+        let mut writes = vec![store::runs::insert_review(id, &review)];
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
@@ -445,7 +416,7 @@ impl Runs {
             let mut event = state_event(&context, state, next, detail.as_deref(), now);
             if next == RunState::Applying {
                 let job_id = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&job_id, id, "apply", &stack.spec.pool, now));
+                writes.push(store::runs::queue_job(&job_id, id, "apply", &stack.spec.pool, now));
                 event = event.with("apply_job", job_id.as_str());
             }
             events.push(event);
@@ -467,14 +438,8 @@ impl Runs {
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let detail = format!("canceled by {who}");
-        let writes = vec![
-            transition(&run, RunState::Canceled, Some(detail.clone()), now),
-            Write::any(
-                format!("jobs of run {id}"),
-                "UPDATE jobs SET state = 'canceled', updated_at = $1 WHERE run_id = $2 AND state IN ('queued', 'leased')",
-                vec![now.into(), id.into()],
-            ),
-        ];
+        let writes =
+            vec![transition(&run, RunState::Canceled, Some(detail.clone()), now), store::runs::cancel_jobs(id, now)];
         let context = run_context(&run, &stack, "plan", who, caller);
         let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
         let leased: Vec<JobRow> = self.store.jobs_of(id).await?.into_iter().filter(|j| j.state == "leased").collect();
@@ -546,21 +511,7 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 
 /// `run` moves to `next`, if it is still at the version it was read at.
 fn transition(run: &RunRow, next: RunState, detail: Option<String>, now: i64) -> Write {
-    Write::one(
-        format!("run {} (version {})", run.id, run.version),
-        "UPDATE runs SET state = $1, detail = COALESCE($2, detail), version = version + 1, updated_at = $3 \
-         WHERE id = $4 AND version = $5",
-        vec![next.as_str().into(), detail.into(), now.into(), run.id.as_str().into(), run.version.into()],
-    )
-}
-
-fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> Write {
-    Write::one(
-        format!("{phase} job of run {run_id}"),
-        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
-         error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
-        vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
-    )
+    store::runs::transition(run, next.as_str(), detail, now)
 }
 
 fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {

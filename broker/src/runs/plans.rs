@@ -23,8 +23,8 @@ use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 use crate::identity::kek::{Kek, UnsealError, hex};
 use crate::policy::PolicyKind;
-use crate::store::write::Write;
-use crate::store::{RunRow, SealedPlanRow};
+use crate::store::runs::NewPlan;
+use crate::store::{self, RunRow, SealedPlanRow};
 
 /// The largest saved plan kept.
 pub const MAX_PLAN_FILE: usize = 16 * 1024 * 1024;
@@ -101,21 +101,17 @@ impl Runs {
         let sealed = self.kek.seal(&seal_context(&run.id, &held.job.id, &sha256), plan_file);
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };
         let writes = vec![
-            Write::one(
-                format!("the saved plan of run {}", run.id),
-                "INSERT INTO plans (run_id, job_id, sha256, plan_file, plan_json, deny, warn, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id) DO UPDATE SET job_id = $2, \
-                 sha256 = $3, plan_file = $4, plan_json = $5, deny = $6, warn = $7, created_at = $8",
-                vec![
-                    run.id.as_str().into(),
-                    held.job.id.as_str().into(),
-                    verdict.sha256.clone().into(),
-                    sealed.into(),
-                    stored_json.into(),
-                    super::json_text(&verdict.deny).into(),
-                    super::json_text(&verdict.warn).into(),
-                    now.into(),
-                ],
+            store::runs::save_plan(
+                NewPlan {
+                    run_id: &run.id,
+                    job_id: &held.job.id,
+                    sha256: verdict.sha256.clone(),
+                    sealed,
+                    json: stored_json,
+                    deny: super::json_text(&verdict.deny),
+                    warn: super::json_text(&verdict.warn),
+                },
+                now,
             ),
             held.lease_guard(now),
         ];
