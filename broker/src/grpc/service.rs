@@ -246,7 +246,14 @@ impl StreamWorker {
                     true
                 }
                 Some(agent_message::Kind::JobEvent(event)) => {
-                    tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state = %event.state, "job event");
+                    match wire::job_state(&event) {
+                        Some(state) => {
+                            tracing::info!(agent_id = %self.agent.id, job_id = %event.job_id, state, "job event")
+                        }
+                        None => {
+                            tracing::warn!(agent_id = %self.agent.id, job_id = %event.job_id, "job event without a state refused")
+                        }
+                    }
                     true
                 }
                 Some(agent_message::Kind::LogChunk(chunk)) => self.log_chunk(chunk, &mut logs).await,

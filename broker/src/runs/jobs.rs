@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use keyward_proto::claims::{Phase, UnknownPhase};
 use serde::Serialize;
 
 use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, run_context, state_event, transition};
@@ -30,8 +31,8 @@ pub struct Lease {
     pub run_id: String,
     /// Stack name.
     pub stack: String,
-    /// `plan` or `apply`.
-    pub phase: String,
+    /// Plan or apply.
+    pub phase: Phase,
     /// Repository to check out.
     pub repository: String,
     /// Exact commit.
@@ -259,7 +260,8 @@ impl Runs {
         ];
         let from = parse_state(&run.state)?;
         let kind = run_kind(&run)?;
-        if job.phase == "plan" && from == RunState::Queued {
+        let phase = job_phase(&job)?;
+        if phase == Phase::Plan && from == RunState::Queued {
             writes.push(transition(&run, RunState::Planning, None, now));
             events.push(state_event(&context, from, RunState::Planning, None, now));
         }
@@ -274,7 +276,7 @@ impl Runs {
                     run_id: run.id,
                     stack: stack.spec.name,
                     credential_targets,
-                    phase: job.phase,
+                    phase,
                     repository: stack.spec.repository,
                     commit_sha: run.commit_sha,
                     path: stack.spec.path,
@@ -509,6 +511,11 @@ impl Runs {
 /// The stored run's kind.
 fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
     run.kind.parse().map_err(|e: super::UnknownKind| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
+}
+
+/// The stored job's phase.
+fn job_phase(job: &JobRow) -> Result<Phase, RunError> {
+    job.phase.parse().map_err(|e: UnknownPhase| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
 }
 
 /// `reported`, unless it does not fit the job: a drift run's plan job must report what it found
