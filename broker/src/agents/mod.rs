@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use self::error::{AgentError, JoinTokenRefusal};
 
-use self::ca::{AgentCa, CaError};
+use self::ca::{AgentCa, CaError, Issued};
 use self::hub::{Disconnect, Hub};
 use self::join::JoinToken;
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
@@ -35,7 +35,7 @@ use crate::exchange::Exchanger;
 use crate::logs::Logs;
 use crate::runs::{LeaseEnd, Runs, valid_name};
 use crate::store::agents::NewAgent;
-use crate::store::{self, AgentRow, Store, StoreError};
+use crate::store::{self, AgentRow, JoinTokenRow, Store, StoreError};
 
 /// Longest host name an agent may report.
 const MAX_HOSTNAME: usize = 253;
@@ -314,12 +314,31 @@ impl Agents {
     /// logged, so unauthenticated callers cannot grow the audit log.
     pub async fn enroll(&self, enrollment: Enrollment) -> Result<Certified, AgentError> {
         check_reported(&enrollment.hostname, &enrollment.version)?;
+        let now = self.clock.now();
+        let row = self.admit(&enrollment, now).await?;
+        let agent_id = uuid::Uuid::now_v7().to_string();
+        let lifetime = self.lifetime_secs();
+        let issued = match self.ca.issue_agent(&enrollment.csr, &row.pool, &agent_id, lifetime, now) {
+            Ok(issued) => issued,
+            Err(error) => {
+                let error = AgentError::from(error);
+                self.refuse_enrollment(&row.id, &row.pool, &enrollment, &error).await;
+                return Err(error);
+            }
+        };
+        self.record_enrollment(&row, &enrollment, &agent_id, &issued, now).await?;
+        tracing::info!(%agent_id, pool = %row.pool, hostname = %enrollment.hostname, "agent enrolled");
+        Ok(Certified { agent_id, pool: row.pool, certificate: issued.der, not_after: issued.not_after })
+    }
+
+    /// The join token `enrollment` presents, if it is known, unused, unexpired and for this CA,
+    /// and the CSR is of a size to read. A refusal of a known token is audited.
+    async fn admit(&self, enrollment: &Enrollment, now: i64) -> Result<JoinTokenRow, AgentError> {
         let token = JoinToken::parse(&enrollment.join_token).ok_or(JoinTokenRefusal::NotValid)?;
         let Some(row) = self.store.join_token(&token.hash()).await? else {
             tracing::warn!(remote = ?enrollment.remote_addr, "enrollment with an unknown join token refused");
             return Err(JoinTokenRefusal::NotValid.into());
         };
-        let now = self.clock.now();
         let problem = if row.used_at.is_some() {
             Some(JoinTokenRefusal::Used.into())
         } else if row.expires_at <= now {
@@ -331,55 +350,57 @@ impl Agents {
         } else {
             None
         };
-        if let Some(problem) = problem {
-            self.refuse_enrollment(&row.id, &row.pool, &enrollment, &problem).await;
-            return Err(problem);
-        }
-        let agent_id = uuid::Uuid::now_v7().to_string();
-        let lifetime = self.lifetime_secs();
-        let issued = match self.ca.issue_agent(&enrollment.csr, &row.pool, &agent_id, lifetime, now) {
-            Ok(issued) => issued,
-            Err(error) => {
-                let error = AgentError::from(error);
-                self.refuse_enrollment(&row.id, &row.pool, &enrollment, &error).await;
-                return Err(error);
+        match problem {
+            Some(problem) => {
+                self.refuse_enrollment(&row.id, &row.pool, enrollment, &problem).await;
+                Err(problem)
             }
-        };
+            None => Ok(row),
+        }
+    }
+
+    /// Records agent `agent_id` with its certificate `issued` and consumes the join token `row`,
+    /// in one transaction with the `agent.enrolled` entry. A token another enrollment consumed
+    /// meanwhile is refused as used.
+    async fn record_enrollment(
+        &self,
+        row: &JoinTokenRow,
+        enrollment: &Enrollment,
+        agent_id: &str,
+        issued: &Issued,
+        now: i64,
+    ) -> Result<(), AgentError> {
         let agent = NewAgent {
-            id: &agent_id,
+            id: agent_id,
             pool: &row.pool,
             hostname: &enrollment.hostname,
             version: &enrollment.version,
             serial: &issued.serial,
             not_after: issued.not_after,
         };
-        let writes = vec![store::agents::use_join_token(&row.id, &agent_id, now), store::agents::enroll(&agent, now)];
+        let writes = vec![store::agents::use_join_token(&row.id, agent_id, now), store::agents::enroll(&agent, now)];
         let context = Context {
             actor: Some(format!("agent:{agent_id}")),
             remote_addr: enrollment.remote_addr.clone(),
             ..Context::default()
         };
         let event = AuditEvent::new(Kind::AgentEnrolled, now, context)
-            .with("agent_id", agent_id.as_str())
+            .with("agent_id", agent_id)
             .with("pool", row.pool.as_str())
-            .with("spiffe_id", self.ca.spiffe_id(&row.pool, &agent_id))
+            .with("spiffe_id", self.ca.spiffe_id(&row.pool, agent_id))
             .with("serial", issued.serial.as_str())
             .with("not_after", issued.not_after)
             .with("hostname", enrollment.hostname.as_str())
             .with("version", enrollment.version.as_str())
             .with("join_token_id", row.id.as_str())
-            .with_ref("agent", &agent_id)
+            .with_ref("agent", agent_id)
             .with_ref("pool", &row.pool);
         match self.audit.append(Append::changes(writes, vec![event])).await? {
-            Committed::Recorded => {}
+            Committed::Recorded => Ok(()),
             // Another enrollment consumed the token between our read and our write.
-            Committed::Refused(_) => {
-                return Err(JoinTokenRefusal::Used.into());
-            }
-            Committed::Replayed => return Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
+            Committed::Refused(_) => Err(JoinTokenRefusal::Used.into()),
+            Committed::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
         }
-        tracing::info!(%agent_id, pool = %row.pool, hostname = %enrollment.hostname, "agent enrolled");
-        Ok(Certified { agent_id, pool: row.pool, certificate: issued.der, not_after: issued.not_after })
     }
 
     async fn refuse_enrollment(&self, token_id: &str, pool: &str, enrollment: &Enrollment, why: &AgentError) {

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use keyward_proto::claims::{Phase, UnknownPhase};
 use serde::Serialize;
+use serde_json::Value;
 
-use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, run_context, state_event, transition};
+use super::{
+    RunError, RunKind, RunState, Runs, Stack, parse_state, queue_apply_if, run_context, state_event, transition,
+};
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
 use crate::store::runs::JobEnd;
@@ -309,75 +312,17 @@ impl Runs {
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let kind = run_kind(&run)?;
-        let now = self.clock.now();
+        let outcome = expected_outcome(run_kind(&run)?, &job.phase, report.outcome);
         let from = parse_state(&run.state)?;
-        let outcome = expected_outcome(kind, &job.phase, report.outcome);
-        let (job_state, error) = match &outcome {
-            JobOutcome::Succeeded | JobOutcome::Checked(_) => ("succeeded", None),
-            JobOutcome::Failed(error) => ("failed", Some(error.clone())),
-        };
-        let layers = bounded_layers(report.layers);
-        let layers_json = (!layers.is_empty()).then(|| super::json_text(&layers));
-        let log = report.log.as_ref();
-        let end = JobEnd {
-            state: job_state,
-            error: error.clone(),
-            log_digest: log.and_then(|l| l.digest.clone()),
-            log_chunks: log.map(|l| l.chunks),
-            layers: layers_json,
-        };
-        let mut writes = vec![store::runs::finish_job(job_id, agent_id, fencing_token, end, now)];
+        let now = self.clock.now();
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
-        let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
-            .with("job_id", job_id)
-            .with("agent_id", agent_id)
-            .with("fencing_token", fencing_token)
-            .with("outcome", job_state)
-            .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
-            .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
-            .with("layers", layers);
-        if let Some(log) = log {
-            let digest = log.digest.as_deref().map(crate::identity::kek::hex);
-            finished = finished
-                .with("log_digest", digest.map_or(serde_json::Value::Null, serde_json::Value::from))
-                .with("log_chunks", log.chunks)
-                .with("log_bytes", log.bytes)
-                .with("log_complete", log.complete);
-            if let Some(claimed) = &log.claimed {
-                finished = finished.with("log_claimed_digest", claimed.as_str());
-            }
-        }
-        if let JobOutcome::Checked(drift) = &outcome {
-            finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
-        }
-        let mut events = vec![finished];
+        let layers = bounded_layers(report.layers);
+        let (write, finished) = job_finished(&job, agent_id, &outcome, layers, report.log.as_ref(), &context, now);
+        let (mut writes, mut events) = (vec![write], vec![finished]);
         if !from.is_final() {
-            let (next, detail) = match (&outcome, job.phase.as_str()) {
-                (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
-                (JobOutcome::Checked(drift), _) => {
-                    writes.push(store::runs::record_drift(&run.id, drift.drifted));
-                    let detail = if drift.drifted {
-                        format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
-                    } else {
-                        "no drift: the infrastructure matches the configuration".to_owned()
-                    };
-                    (RunState::Finished, Some(detail))
-                }
-                (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, job_id).await? {
-                    Some(denial) => (RunState::Failed, Some(denial)),
-                    None => self.after_plan(&run, &stack, now),
-                },
-                (JobOutcome::Succeeded, _) => (RunState::Finished, None),
-            };
-            writes.push(transition(&run, next, detail.clone(), now));
-            let mut event = state_event(&context, from, next, detail.as_deref(), now);
-            if next == RunState::Applying {
-                let apply_job = uuid::Uuid::now_v7().to_string();
-                writes.push(store::runs::queue_job(&apply_job, &run.id, "apply", &stack.spec.pool, now));
-                event = event.with("apply_job", apply_job.as_str());
-            }
-            events.push(event);
+            let (more, moved) = self.advance_run(&run, &stack, &job, &outcome, (from, &context), now).await?;
+            writes.extend(more);
+            events.push(moved);
         }
         let queued_apply = events.iter().any(|e| e.details.contains_key("apply_job"));
         self.commit(Append::changes(writes, events)).await?;
@@ -385,6 +330,50 @@ impl Runs {
             self.signals.queued(&stack.spec.pool);
         }
         Ok(())
+    }
+
+    /// Moves `run` on (from the state `from`, recorded under `context`) now that `job` ended
+    /// with `outcome`: the writes (a drift finding, the transition, an apply job to queue) and
+    /// the state change's entry.
+    async fn advance_run(
+        &self,
+        run: &RunRow,
+        stack: &Stack,
+        job: &JobRow,
+        outcome: &JobOutcome,
+        (from, context): (RunState, &Context),
+        now: i64,
+    ) -> Result<(Vec<Write>, AuditEvent), RunError> {
+        let mut writes = Vec::new();
+        if let JobOutcome::Checked(drift) = outcome {
+            writes.push(store::runs::record_drift(&run.id, drift.drifted));
+        }
+        let (next, detail) = self.next_state(run, stack, job, outcome, now).await?;
+        writes.push(transition(run, next, detail.clone(), now));
+        let event = state_event(context, from, next, detail.as_deref(), now);
+        let event = queue_apply_if(next, event, &mut writes, &run.id, stack, now);
+        Ok((writes, event))
+    }
+
+    /// Where `run` goes now that `job` ended with `outcome`, and why: a failure fails it, a drift
+    /// check or an apply finishes it, a plan goes to review unless the plan policy denied it.
+    async fn next_state(
+        &self,
+        run: &RunRow,
+        stack: &Stack,
+        job: &JobRow,
+        outcome: &JobOutcome,
+        now: i64,
+    ) -> Result<(RunState, Option<String>), RunError> {
+        Ok(match (outcome, job.phase.as_str()) {
+            (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
+            (JobOutcome::Checked(drift), _) => (RunState::Finished, Some(drift_detail(drift))),
+            (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, &job.id).await? {
+                Some(denial) => (RunState::Failed, Some(denial)),
+                None => self.after_plan(run, stack, now),
+            },
+            (JobOutcome::Succeeded, _) => (RunState::Finished, None),
+        })
     }
 
     /// The job `job_id` with its run, stack and approvers, if `agent_id` holds its current lease
@@ -535,6 +524,69 @@ fn expected_outcome(kind: RunKind, phase: &str, reported: JobOutcome) -> JobOutc
             JobOutcome::Failed("the agent reported a drift check for a deploy run".to_owned())
         }
         (RunKind::Deploy, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
+    }
+}
+
+/// The job row's end and its `job.finished` entry, for `job` whose holder `agent_id` reported
+/// `outcome`, with the `layers` it ran under and the head of its `log` as verified.
+fn job_finished(
+    job: &JobRow,
+    agent_id: &str,
+    outcome: &JobOutcome,
+    layers: Vec<String>,
+    log: Option<&LogSeal>,
+    context: &Context,
+    now: i64,
+) -> (Write, AuditEvent) {
+    let (state, error) = match outcome {
+        JobOutcome::Succeeded | JobOutcome::Checked(_) => ("succeeded", None),
+        JobOutcome::Failed(error) => ("failed", Some(error.clone())),
+    };
+    let end = JobEnd {
+        state,
+        error: error.clone(),
+        log_digest: log.and_then(|l| l.digest.clone()),
+        log_chunks: log.map(|l| l.chunks),
+        layers: (!layers.is_empty()).then(|| super::json_text(&layers)),
+    };
+    let write = store::runs::finish_job(&job.id, agent_id, job.fencing_token, end, now);
+    let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
+        .with("job_id", job.id.as_str())
+        .with("agent_id", agent_id)
+        .with("fencing_token", job.fencing_token)
+        .with("outcome", state)
+        .with("error", error.map_or(Value::Null, Value::from))
+        .with("isolation", job.isolation.clone().map_or(Value::Null, Value::from))
+        .with("layers", layers);
+    if let Some(log) = log {
+        finished = with_log(finished, log);
+    }
+    if let JobOutcome::Checked(drift) = outcome {
+        finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
+    }
+    (write, finished)
+}
+
+/// `event` with the head of the job's log as the broker verified it.
+fn with_log(event: AuditEvent, log: &LogSeal) -> AuditEvent {
+    let digest = log.digest.as_deref().map(crate::identity::kek::hex);
+    let event = event
+        .with("log_digest", digest.map_or(Value::Null, Value::from))
+        .with("log_chunks", log.chunks)
+        .with("log_bytes", log.bytes)
+        .with("log_complete", log.complete);
+    match &log.claimed {
+        Some(claimed) => event.with("log_claimed_digest", claimed.as_str()),
+        None => event,
+    }
+}
+
+/// A finished drift check's detail on its run.
+fn drift_detail(drift: &Drift) -> String {
+    if drift.drifted {
+        format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
+    } else {
+        "no drift: the infrastructure matches the configuration".to_owned()
     }
 }
 

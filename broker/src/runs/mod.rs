@@ -265,52 +265,14 @@ impl Runs {
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
     /// is on record with the policy's reasons, and nothing is queued.
     pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
-        if let Some(commit) = &submission.commit
-            && !is_commit_sha(commit)
-        {
-            return Err(RunError::BadCommit(commit.clone()));
-        }
-        if submission.pull_request == Some(0) {
-            return Err(RunError::PullRequestZero);
-        }
-        if let Some(ticket) = &submission.ticket
-            && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
-        {
-            return Err(RunError::BadTicket);
-        }
-        let pull_request =
-            submission.pull_request.map(i64::try_from).transpose().map_err(|_| RunError::PullRequestTooLarge)?;
+        let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
-        let auth = self.repositories.for_url(&stack.spec.repository);
-        let resolved =
-            git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref(), auth).await?;
-        let now = self.clock.now();
-        let run = RunRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            stack: stack.spec.name.clone(),
-            state: RunState::Queued.as_str().to_owned(),
-            version: 1,
-            commit_sha: resolved.commit_sha,
-            git_ref: resolved.git_ref,
-            pull_request,
-            ticket: submission.ticket,
-            triggered_by: who.to_owned(),
-            detail: None,
-            created_at: now,
-            updated_at: now,
-            kind: submission.kind.as_str().to_owned(),
-            drift: None,
-        };
+        let run = self.new_run(submission, &stack, pull_request, who).await?;
+        let now = run.created_at;
         let context = run_context(&run, &stack, "plan", who, caller);
         let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
         if !decision.permits() {
-            let mut context = context;
-            context.run_id = None;
-            let event = AuditEvent::new(Kind::RunRefused, now, context)
-                .with("reasons", decision.reasons.clone())
-                .with("policy_digest", decision.policy_digest.as_str());
-            self.commit(Append::events(vec![event])).await?;
-            return Err(RunError::Refused(decision.reasons));
+            return Err(self.refuse_run(context, decision, now).await);
         }
         let job_id = uuid::Uuid::now_v7().to_string();
         let writes = vec![
@@ -328,6 +290,50 @@ impl Runs {
         self.signals.queued(&stack.spec.pool);
         tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
         self.run(&run.id).await
+    }
+
+    /// The run `submission` asks for on `stack`, queued now, at the commit its repository
+    /// resolves to (the branch's head unless the submission names one).
+    async fn new_run(
+        &self,
+        submission: Submission,
+        stack: &Stack,
+        pull_request: Option<i64>,
+        who: &str,
+    ) -> Result<RunRow, RunError> {
+        let auth = self.repositories.for_url(&stack.spec.repository);
+        let resolved =
+            git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref(), auth).await?;
+        let now = self.clock.now();
+        Ok(RunRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            stack: stack.spec.name.clone(),
+            state: RunState::Queued.as_str().to_owned(),
+            version: 1,
+            commit_sha: resolved.commit_sha,
+            git_ref: resolved.git_ref,
+            pull_request,
+            ticket: submission.ticket,
+            triggered_by: who.to_owned(),
+            detail: None,
+            created_at: now,
+            updated_at: now,
+            kind: submission.kind.as_str().to_owned(),
+            drift: None,
+        })
+    }
+
+    /// Records that `keyward.run` refused a submission (no run exists, so the entry names none)
+    /// and returns the refusal; a failure to record it is returned instead.
+    async fn refuse_run(&self, mut context: Context, decision: Decision, now: i64) -> RunError {
+        context.run_id = None;
+        let event = AuditEvent::new(Kind::RunRefused, now, context)
+            .with("reasons", decision.reasons.clone())
+            .with("policy_digest", decision.policy_digest.as_str());
+        match self.commit(Append::events(vec![event])).await {
+            Ok(()) => RunError::Refused(decision.reasons),
+            Err(error) => error,
+        }
     }
 
     /// A run with its reviews and jobs.
@@ -370,20 +376,7 @@ impl Runs {
         who: &str,
         caller: Context,
     ) -> Result<ReviewOutcome, RunError> {
-        if let Some(comment) = &comment
-            && comment.len() > MAX_COMMENT
-        {
-            return Err(RunError::CommentTooLong);
-        }
-        let run = self.run_row(id).await?;
-        let state = parse_state(&run.state)?;
-        if !state.takes_reviews() {
-            return Err(RunError::NotReviewable { run: id.to_owned(), state });
-        }
-        let mut reviews = self.store.reviews(id).await?;
-        if reviews.iter().any(|r| r.reviewer == who) {
-            return Err(RunError::AlreadyReviewed { run: id.to_owned(), reviewer: who.to_owned() });
-        }
+        let (run, state, mut reviews) = self.reviewable(id, who, comment.as_deref()).await?;
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
@@ -391,41 +384,47 @@ impl Runs {
         let decision = self.decide(PolicyKind::Approval, || {
             input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
         });
-        let mut writes = vec![store::runs::insert_review(id, &review)];
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
             _ => (RunState::Planned, Some(waiting_detail(&decision.reasons))),
         };
-        let judged = reviews::judge(&run.triggered_by, std::slice::from_ref(&review));
-        let note = judged.first().and_then(|j| j.note);
-        writes.push(transition(&run, next, detail.clone(), now));
         let mut context = run_context(&run, &stack, "apply", who, caller);
         context.approved_by = reviews::counted_approvers(&run.triggered_by, &reviews);
-        let mut events = vec![
-            AuditEvent::new(Kind::RunReviewed, now, context.clone())
-                .with("decision", verdict.as_str())
-                .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
-                .with("counted", note.is_none())
-                .with("note", note.map_or(Value::Null, Value::from))
-                .with("approval", outcome_name(decision.outcome))
-                .with("reasons", decision.reasons.clone())
-                .with("policy_digest", decision.policy_digest.as_str()),
-        ];
+        let mut writes = vec![store::runs::insert_review(id, &review), transition(&run, next, detail.clone(), now)];
+        let mut events = vec![reviewed_event(&context, &run.triggered_by, &review, &decision, now)];
         if next != RunState::Planned {
-            let mut event = state_event(&context, state, next, detail.as_deref(), now);
-            if next == RunState::Applying {
-                let job_id = uuid::Uuid::now_v7().to_string();
-                writes.push(store::runs::queue_job(&job_id, id, "apply", &stack.spec.pool, now));
-                event = event.with("apply_job", job_id.as_str());
-            }
-            events.push(event);
+            let event = state_event(&context, state, next, detail.as_deref(), now);
+            events.push(queue_apply_if(next, event, &mut writes, id, &stack, now));
         }
         self.commit(Append::changes(writes, events)).await?;
         if next == RunState::Applying {
             self.signals.queued(&stack.spec.pool);
         }
         Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
+    }
+
+    /// Run `id`, its state and its reviews so far, if `who` may review it now: the run is planned,
+    /// `who` has not reviewed it, and the `comment` is not too long.
+    async fn reviewable(
+        &self,
+        id: &str,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<(RunRow, RunState, Vec<ReviewRow>), RunError> {
+        if comment.is_some_and(|comment| comment.len() > MAX_COMMENT) {
+            return Err(RunError::CommentTooLong);
+        }
+        let run = self.run_row(id).await?;
+        let state = parse_state(&run.state)?;
+        if !state.takes_reviews() {
+            return Err(RunError::NotReviewable { run: id.to_owned(), state });
+        }
+        let reviews = self.store.reviews(id).await?;
+        if reviews.iter().any(|r| r.reviewer == who) {
+            return Err(RunError::AlreadyReviewed { run: id.to_owned(), reviewer: who.to_owned() });
+        }
+        Ok((run, state, reviews))
     }
 
     /// Cancels a run that has not finished; its queued and leased jobs are canceled with it.
@@ -483,6 +482,25 @@ impl Runs {
     }
 }
 
+/// Checks what a submission says before anything is read: a full commit SHA if any, a pull
+/// request number that is not 0 and fits, a printable ticket. Returns the pull request number.
+fn check_submission(submission: &Submission) -> Result<Option<i64>, RunError> {
+    if let Some(commit) = &submission.commit
+        && !is_commit_sha(commit)
+    {
+        return Err(RunError::BadCommit(commit.clone()));
+    }
+    if submission.pull_request == Some(0) {
+        return Err(RunError::PullRequestZero);
+    }
+    if let Some(ticket) = &submission.ticket
+        && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
+    {
+        return Err(RunError::BadTicket);
+    }
+    submission.pull_request.map(i64::try_from).transpose().map_err(|_| RunError::PullRequestTooLarge)
+}
+
 /// A JSON column's text. (Lists and maps of strings always serialise.)
 fn json_text<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
@@ -512,6 +530,39 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 /// `run` moves to `next`, if it is still at the version it was read at.
 fn transition(run: &RunRow, next: RunState, detail: Option<String>, now: i64) -> Write {
     store::runs::transition(run, next.as_str(), detail, now)
+}
+
+/// The `run.reviewed` entry of `review` of a run `author` submitted: the verdict, whether it
+/// counts (the author's own approval never does), and what the approval policy concluded.
+fn reviewed_event(context: &Context, author: &str, review: &ReviewRow, decision: &Decision, now: i64) -> AuditEvent {
+    let judged = reviews::judge(author, std::slice::from_ref(review));
+    let note = judged.first().and_then(|j| j.note);
+    AuditEvent::new(Kind::RunReviewed, now, context.clone())
+        .with("decision", review.decision.as_str())
+        .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
+        .with("counted", note.is_none())
+        .with("note", note.map_or(Value::Null, Value::from))
+        .with("approval", outcome_name(decision.outcome))
+        .with("reasons", decision.reasons.clone())
+        .with("policy_digest", decision.policy_digest.as_str())
+}
+
+/// When a run moves to `next` = applying, queues its apply job (in `writes`) and names it in the
+/// state change's `event`.
+fn queue_apply_if(
+    next: RunState,
+    event: AuditEvent,
+    writes: &mut Vec<Write>,
+    run_id: &str,
+    stack: &Stack,
+    now: i64,
+) -> AuditEvent {
+    if next != RunState::Applying {
+        return event;
+    }
+    let job_id = uuid::Uuid::now_v7().to_string();
+    writes.push(store::runs::queue_job(&job_id, run_id, "apply", &stack.spec.pool, now));
+    event.with("apply_job", job_id.as_str())
 }
 
 fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {
