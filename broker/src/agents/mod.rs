@@ -5,8 +5,10 @@
 //! agent at a time, as SPIRE does, instead of one pool-wide secret. Enrollment trades a one-time
 //! join token ([`join`]) and a CSR for a certificate; every later call presents the certificate,
 //! and the agent's identity is read from it, never from a message field. Connected agents are
-//! tracked and fed jobs by the [`hub`]. The gRPC edge that speaks the protocol and terminates TLS
-//! is [`crate::grpc`]; nothing here knows the wire's status codes.
+//! tracked and fed jobs by the [`hub`]; what their work streams' messages do (hello, heartbeat,
+//! a job's end) is [`work`]. The gRPC edge that speaks the protocol and terminates TLS is
+//! [`crate::grpc`]; nothing here builds a status code, and a stream the broker ends carries a
+//! [`hub::Disconnect`] reason that the edge turns into one.
 //!
 //! Every change here (a pool, a join token issued or used, an enrollment, a renewal, a drain, a
 //! revocation) is a guarded write committed with its audit entry.

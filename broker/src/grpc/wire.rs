@@ -5,12 +5,14 @@
 //! UNSPECIFIED (an agent older than this protocol) is refused with a status that says so.
 
 use keyward_proto::agent_v1::{
-    self as wire, BrokerMessage, Cancel, Drain, Hello, JobAssignment, JobEvent, JobResult, LogReceipt, broker_message,
+    self as wire, BrokerMessage, Cancel, CredentialFile, CredentialsResponse, Drain, Hello, JobAssignment, JobEvent,
+    JobResult, LogReceipt, broker_message,
 };
 use keyward_proto::claims::Phase;
 use tonic::Status;
 
 use super::status;
+use crate::agents::credentials::JobEnvironment;
 use crate::agents::hub::{Outbound, Receipt};
 use crate::agents::work::{self, Finished, MAX_CAPACITY};
 use crate::runs::{Drift, JobOutcome, Lease, RunKind};
@@ -139,6 +141,19 @@ pub(super) fn finished(result: JobResult) -> Finished {
         log_chunks: result.log_chunks,
         outcome,
         layers: result.isolation_layers,
+    }
+}
+
+/// The `Credentials` answer that hands a job `environment`.
+pub(super) fn credentials(environment: JobEnvironment) -> CredentialsResponse {
+    CredentialsResponse {
+        environment: environment.variables,
+        expires_unix: environment.expires_at,
+        files: environment
+            .files
+            .into_iter()
+            .map(|file| CredentialFile { environment_variable: file.variable, content: file.content })
+            .collect(),
     }
 }
 
