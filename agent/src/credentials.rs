@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{CredentialsRequest, JobAssignment, SourceCredentialsRequest};
+use keyward_proto::agent_v1::{CredentialsRequest, SourceCredentialsRequest};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use crate::idrange::JobIds;
+use crate::job::Job;
 
 /// How long one `Credentials` call may take (the broker may call STS or Vault).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,7 +120,7 @@ impl JobCredentials {
     /// Asks the broker for every target `job` names; files go under a new directory in `parent`.
     pub async fn fetch(
         client: &mut AgentServiceClient<Channel>,
-        job: &JobAssignment,
+        job: &Job,
         parent: &Path,
     ) -> Result<Self, CredentialsError> {
         let mut credentials = Self::default();
@@ -162,7 +163,7 @@ impl JobCredentials {
     async fn fetch_source(
         &mut self,
         client: &mut AgentServiceClient<Channel>,
-        job: &JobAssignment,
+        job: &Job,
     ) -> Result<(), CredentialsError> {
         let mut request = tonic::Request::new(SourceCredentialsRequest {
             job_id: job.job_id.clone(),

@@ -26,6 +26,7 @@ use crate::channel;
 use crate::credentials::JobCredentials;
 use crate::datadir::{DataDir, Identity};
 use crate::enroll::{identity_from, key_and_csr, rediscover};
+use crate::job::{Job, Refused};
 use crate::launch::Layers;
 use crate::logs::{Chunk, JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::runner::{Outcome, Runner};
@@ -226,7 +227,8 @@ impl Daemon {
                 agent_version: crate::version().to_owned(),
                 capacity: self.settings.capacity,
                 terraform_version: self.settings.terraform_version.clone().unwrap_or_default(),
-                isolation: self.settings.runner.describe(),
+                job_isolation: self.settings.runner.isolation().wire().into(),
+                runs_exec: !self.settings.runner.runs_terraform(),
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
@@ -341,7 +343,11 @@ impl Daemon {
         }
     }
 
-    fn start(self: &Arc<Self>, job: JobAssignment, mut client: AgentServiceClient<Channel>) {
+    fn start(self: &Arc<Self>, assignment: JobAssignment, mut client: AgentServiceClient<Channel>) {
+        let job = match Job::try_from(assignment) {
+            Ok(job) => job,
+            Err(refused) => return self.refuse(refused),
+        };
         let lease = Duration::from_secs(u64::try_from(job.lease_expires_unix - now()).unwrap_or(0).max(1));
         let (cancel, canceled) = oneshot::channel();
         {
@@ -352,7 +358,7 @@ impl Daemon {
             running
                 .insert(job.job_id.clone(), Running { fencing_token: job.fencing_token, lease, cancel: Some(cancel) });
         }
-        tracing::info!(job_id = %job.job_id, run_id = %job.run_id, phase = %job.phase, "job started");
+        tracing::info!(job_id = %job.job_id, run_id = %job.run_id, task = ?job.task, "job started");
         let daemon = Arc::clone(self);
         tokio::spawn(async move {
             let layers = Layers::default();
@@ -384,10 +390,24 @@ impl Daemon {
         });
     }
 
+    /// Reports a job this agent will not run as failed, saying why, so the broker moves its run
+    /// on instead of waiting for the lease to expire.
+    fn refuse(&self, refused: Refused) {
+        tracing::warn!(job_id = %refused.job_id, run_id = %refused.run_id, error = %refused.error, "job refused");
+        self.results.lock().unwrap_or_else(PoisonError::into_inner).push(JobResult {
+            job_id: refused.job_id,
+            fencing_token: refused.fencing_token,
+            success: false,
+            error: refused.error.to_string(),
+            ..JobResult::default()
+        });
+        self.results_ready.notify_one();
+    }
+
     /// Fetches the job's credentials and runs its phase, logging to a log masked with them.
     async fn execute(
         &self,
-        job: &JobAssignment,
+        job: &Job,
         client: &mut AgentServiceClient<Channel>,
         layers: &Layers,
         canceled: oneshot::Receiver<String>,

@@ -70,6 +70,18 @@ pub struct Prepared {
 }
 
 impl Isolation {
+    /// The protocol's name for this isolation, as `Hello` reports it.
+    pub fn wire(&self) -> keyward_proto::agent_v1::Isolation {
+        use keyward_proto::agent_v1::Isolation as Wire;
+        match self {
+            Self::Process => Wire::Process,
+            Self::Sandbox(settings) => match settings.network {
+                Network::None => Wire::SandboxNetworkNone,
+                Network::Host => Wire::SandboxNetworkHost,
+            },
+        }
+    }
+
     /// What `Hello` reports and runs record: `sandbox` with its layers and network, or `process`.
     pub fn describe(&self) -> String {
         match self {

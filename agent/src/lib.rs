@@ -3,7 +3,8 @@
 //! The agent runs inside a customer's network, dials out to the broker (nothing dials in),
 //! enrolls with a one-time join token ([`enroll`]), keeps its identity in a data directory
 //! ([`datadir`]), connects over mTLS ([`channel`]) and takes jobs on a long-lived work stream
-//! ([`daemon`]), running each phase with the [`runner`] and the job's [`credentials`]. It shares only `keyward-proto` with the
+//! ([`daemon`]), parsing each assignment into a [`job::Job`] once and running its phase with the
+//! [`runner`] and the job's [`credentials`]. It shares only `keyward-proto` with the
 //! broker.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod datadir;
 pub mod enroll;
 pub mod hostnet;
 pub mod idrange;
+pub mod job;
 pub mod launch;
 pub mod logs;
 pub mod planfile;

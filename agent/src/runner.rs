@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use keyward_proto::agent_v1::JobAssignment;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -16,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::credentials::JobCredentials;
 use crate::idrange::JobIds;
+use crate::job::{Job, Task};
 use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::slots::Slot;
@@ -102,7 +102,7 @@ impl Runner {
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
-        job: &JobAssignment,
+        job: &Job,
         slot: &Slot,
         client: &mut AgentServiceClient<Channel>,
         credentials: &JobCredentials,
@@ -118,119 +118,86 @@ impl Runner {
             Ok(dir) => dir,
             Err(error) => return Outcome::Failed(format!("cannot create the job's directory: {error}")),
         };
-        // The slot's own uid and gid when the agent is root and jobs are sandboxed; with
-        // `--isolation process` jobs run as the agent itself.
-        let host_ids = match self.isolation {
-            Isolation::Sandbox(_) => slot.ids(),
-            Isolation::Process => None,
-        };
+        let host_ids = self.host_ids(slot);
         if let Some(ids) = host_ids
             && let Err(error) = credentials.grant(ids)
         {
             return Outcome::Failed(error.to_string());
         }
-        let deadline = self.deadline(job);
-        let mut env = vec![
-            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME".to_owned(), dir.work.display().to_string()),
-            ("TF_IN_AUTOMATION".to_owned(), "1".to_owned()),
-            ("TF_INPUT".to_owned(), "0".to_owned()),
-            ("CHECKPOINT_DISABLE".to_owned(), "1".to_owned()),
-            ("KEYWARD_JOB_ID".to_owned(), job.job_id.clone()),
-            ("KEYWARD_RUN_ID".to_owned(), job.run_id.clone()),
-            ("KEYWARD_STACK".to_owned(), job.stack_id.clone()),
-            ("KEYWARD_PHASE".to_owned(), job.phase.clone()),
-            ("KEYWARD_REPOSITORY".to_owned(), job.repository.clone()),
-            ("KEYWARD_COMMIT_SHA".to_owned(), job.commit_sha.clone()),
-            ("KEYWARD_PATH".to_owned(), job.path.clone()),
-        ];
-        env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
-        let read_only: Vec<PathBuf> = credentials.dir().map(Path::to_path_buf).into_iter().collect();
-        let result = match work {
-            Work::Exec(command) => self
-                .exec(command, &dir, env, read_only, host_ids, deadline, log, layers, &mut cancel)
-                .await
-                .map(|()| None),
-            Work::Terraform(binary) => {
-                log.note(&format!("keyward: terraform binary {}", binary.display())).await;
-                let src = dir.work.join("src");
-                let started = std::time::Instant::now();
-                let checkout = source::checkout(
-                    &job.repository,
-                    &job.commit_sha,
-                    credentials.git_environment(),
-                    &src,
-                    &dir.scratch,
-                    log,
-                    &mut cancel,
-                    deadline,
-                )
-                .await;
-                if checkout.is_ok() {
-                    log.note(&format!("keyward: checkout took {:.2} s", started.elapsed().as_secs_f64())).await;
-                }
-                match checkout {
-                    Err(SourceError::Canceled(reason)) => Err(PhaseError::Canceled(reason)),
-                    Err(error) => Err(PhaseError::Failed(format!("cannot check out the run's commit: {error}"))),
-                    Ok(()) => match configuration_dir(&dir.work, &src, &job.path) {
-                        Err(error) => Err(error),
-                        Ok(cwd) => {
-                            // Terraform's own directory is not bound (security review L5): the
-                            // jailer binds the binary alone when the sandbox cannot see it, so its
-                            // neighbours (other tools, files beside it) stay out of the job's view.
-                            let phase = Phase {
-                                job,
-                                isolation: &self.isolation,
-                                terraform: binary,
-                                work_dir: &dir.work,
-                                cwd,
-                                env,
-                                read_only,
-                                scratch: &dir.scratch,
-                                plan_dir: &dir.plans,
-                                deadline,
-                                layers,
-                                host_ids,
-                            };
-                            match (job.phase.as_str(), job.run_kind.as_str()) {
-                                ("plan", "drift") => phase.check_drift(log, &mut cancel).await.map(Some),
-                                ("plan", "deploy" | "") => phase.plan(client, log, &mut cancel).await.map(|()| None),
-                                ("apply", "deploy" | "") => phase.apply(client, log, &mut cancel).await.map(|()| None),
-                                (phase, kind) => Err(PhaseError::Failed(format!(
-                                    "this agent cannot run a {phase} job of a {kind} run"
-                                ))),
-                            }
-                        }
-                    },
-                }
-            }
+        let setting = Setting {
+            job,
+            dir: &dir,
+            env: environment(job, &dir, credentials),
+            read_only: credentials.dir().map(Path::to_path_buf).into_iter().collect(),
+            host_ids,
+            deadline: self.deadline(job),
+            log,
+            layers,
         };
-        match result {
-            Ok(None) => Outcome::Succeeded,
-            Ok(Some(drift)) => Outcome::Checked(drift),
-            Err(PhaseError::Canceled(reason)) => {
-                log.note(&format!("keyward: canceled: {reason}")).await;
-                tracing::info!(job_id = %job.job_id, %reason, "job canceled");
-                Outcome::Canceled
-            }
-            Err(PhaseError::Failed(why)) => Outcome::Failed(why),
+        let result = match work {
+            Work::Exec(command) => self.exec(command, setting, &mut cancel).await.map(|()| None),
+            Work::Terraform(binary) => self.terraform(binary, setting, client, credentials, &mut cancel).await,
+        };
+        outcome(result, job, log).await
+    }
+
+    /// The host ids the job's processes run as: the slot's own uid and gid when the agent is root
+    /// and jobs are sandboxed; with `--isolation process` jobs run as the agent itself.
+    fn host_ids(&self, slot: &Slot) -> Option<JobIds> {
+        match self.isolation {
+            Isolation::Sandbox(_) => slot.ids(),
+            Isolation::Process => None,
+        }
+    }
+
+    /// The stack's repository at the run's commit, then the task's Terraform commands; a drift
+    /// check's finding when that is the task.
+    async fn terraform(
+        &self,
+        binary: &Path,
+        setting: Setting<'_>,
+        client: &mut AgentServiceClient<Channel>,
+        credentials: &JobCredentials,
+        cancel: &mut Cancel,
+    ) -> Result<Option<Drift>, PhaseError> {
+        let Setting { job, dir, env, read_only, host_ids, deadline, log, layers } = setting;
+        log.note(&format!("keyward: terraform binary {}", binary.display())).await;
+        let src = dir.work.join("src");
+        let started = std::time::Instant::now();
+        let git = credentials.git_environment();
+        match source::checkout(&job.repository, &job.commit_sha, git, &src, &dir.scratch, log, cancel, deadline).await {
+            Err(SourceError::Canceled(reason)) => return Err(PhaseError::Canceled(reason)),
+            Err(error) => return Err(PhaseError::Failed(format!("cannot check out the run's commit: {error}"))),
+            Ok(()) => log.note(&format!("keyward: checkout took {:.2} s", started.elapsed().as_secs_f64())).await,
+        }
+        let cwd = configuration_dir(&dir.work, &src, &job.path)?;
+        // Terraform's own directory is not bound (security review L5): the jailer binds the
+        // binary alone when the sandbox cannot see it, so its neighbours (other tools, files
+        // beside it) stay out of the job's view.
+        let phase = Phase {
+            job,
+            isolation: &self.isolation,
+            terraform: binary,
+            work_dir: &dir.work,
+            cwd,
+            env,
+            read_only,
+            scratch: &dir.scratch,
+            plan_dir: &dir.plans,
+            deadline,
+            layers,
+            host_ids,
+        };
+        match job.task {
+            Task::Plan => phase.plan(client, log, cancel).await.map(|()| None),
+            Task::CheckDrift => phase.check_drift(log, cancel).await.map(Some),
+            Task::Apply => phase.apply(client, log, cancel).await.map(|()| None),
         }
     }
 
     /// `sh -c command` in the job's work directory.
-    #[allow(clippy::too_many_arguments)]
-    async fn exec(
-        &self,
-        command: &str,
-        dir: &JobDir,
-        env: Vec<(String, String)>,
-        read_only: Vec<PathBuf>,
-        host_ids: Option<JobIds>,
-        deadline: SystemTime,
-        log: &JobLog,
-        layers: &Layers,
-        cancel: &mut Cancel,
-    ) -> Result<(), PhaseError> {
+    async fn exec(&self, command: &str, setting: Setting<'_>, cancel: &mut Cancel) -> Result<(), PhaseError> {
+        let Setting { dir, env, read_only, host_ids, deadline, log, layers, .. } = setting;
         log.note(&format!("$ sh -c {command}")).await;
         let launch = Launch {
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
@@ -264,13 +231,60 @@ impl Runner {
     }
 
     /// The broker's deadline for the job, or the phase timeout from now, whichever is sooner.
-    fn deadline(&self, job: &JobAssignment) -> SystemTime {
+    fn deadline(&self, job: &Job) -> SystemTime {
         let own = SystemTime::now() + self.phase_timeout;
         let broker = u64::try_from(job.deadline_unix)
             .ok()
             .filter(|&secs| secs > 0)
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         broker.map_or(own, |broker| broker.min(own))
+    }
+}
+
+/// What a job's processes run with, gathered once for whichever work it does.
+struct Setting<'a> {
+    job: &'a Job,
+    dir: &'a JobDir,
+    env: Vec<(String, String)>,
+    read_only: Vec<PathBuf>,
+    host_ids: Option<JobIds>,
+    deadline: SystemTime,
+    log: &'a JobLog,
+    layers: &'a Layers,
+}
+
+/// The job's environment: a fixed `PATH` and Terraform's automation settings, the job described
+/// in `KEYWARD_*` variables, and its credentials.
+fn environment(job: &Job, dir: &JobDir, credentials: &JobCredentials) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME".to_owned(), dir.work.display().to_string()),
+        ("TF_IN_AUTOMATION".to_owned(), "1".to_owned()),
+        ("TF_INPUT".to_owned(), "0".to_owned()),
+        ("CHECKPOINT_DISABLE".to_owned(), "1".to_owned()),
+        ("KEYWARD_JOB_ID".to_owned(), job.job_id.clone()),
+        ("KEYWARD_RUN_ID".to_owned(), job.run_id.clone()),
+        ("KEYWARD_STACK".to_owned(), job.stack_id.clone()),
+        ("KEYWARD_PHASE".to_owned(), job.task.phase().as_str().to_owned()),
+        ("KEYWARD_REPOSITORY".to_owned(), job.repository.clone()),
+        ("KEYWARD_COMMIT_SHA".to_owned(), job.commit_sha.clone()),
+        ("KEYWARD_PATH".to_owned(), job.path.clone()),
+    ];
+    env.extend(credentials.environment().map(|(k, v)| (k.to_owned(), v.to_owned())));
+    env
+}
+
+/// How the job ended, from what its work returned; a cancellation is noted in its log.
+async fn outcome(result: Result<Option<Drift>, PhaseError>, job: &Job, log: &JobLog) -> Outcome {
+    match result {
+        Ok(None) => Outcome::Succeeded,
+        Ok(Some(drift)) => Outcome::Checked(drift),
+        Err(PhaseError::Canceled(reason)) => {
+            log.note(&format!("keyward: canceled: {reason}")).await;
+            tracing::info!(job_id = %job.job_id, %reason, "job canceled");
+            Outcome::Canceled
+        }
+        Err(PhaseError::Failed(why)) => Outcome::Failed(why),
     }
 }
 
@@ -335,8 +349,8 @@ mod tests {
     use super::*;
     use crate::logs::{MaskRules, Outbox, Patterns};
 
-    fn job() -> JobAssignment {
-        JobAssignment { job_id: "j1".into(), phase: "plan".into(), ..JobAssignment::default() }
+    fn job() -> Job {
+        Job { job_id: "j1".into(), task: Task::Plan, ..Job::default() }
     }
 
     fn new_log() -> (JobLog, Arc<Outbox>) {

@@ -18,10 +18,11 @@ use std::time::SystemTime;
 
 use aws_lc_rs::digest;
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{FetchPlanRequest, JobAssignment, PlanPart};
+use keyward_proto::agent_v1::{FetchPlanRequest, PlanPart};
 use tonic::transport::Channel;
 
 use crate::idrange::JobIds;
+use crate::job::Job;
 use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::planfile::{self, PlanFileError};
@@ -51,7 +52,7 @@ pub enum PhaseError {
 #[derive(Debug)]
 pub struct Phase<'a> {
     /// The job.
-    pub job: &'a JobAssignment,
+    pub job: &'a Job,
     /// How processes are isolated.
     pub isolation: &'a Isolation,
     /// The terraform binary (absolute).

@@ -11,6 +11,7 @@
 //! - [`access`]: operator API tokens (hashed, scoped).
 //! - [`joblogs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
 //! - [`http`]: the HTTP edge: routes, extractors, and the one error→status table; the only module that knows about axum.
+//! - [`grpc`]: the agents' gRPC edge; the only module that builds a `tonic::Status`.
 //! - [`server`]: assembles the pieces and runs them.
 //! - [`cli`]: the `keyward` command line.
 
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exchange;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod joblogs;

@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AccessError, ApiTokenSecret};
 use crate::agents::ca::AgentCa;
-use crate::agents::listener::server_names;
 use crate::agents::{AgentSettings, Agents};
 use crate::audit::AuditLog;
 use crate::audit::sinks::{Sink, SinkConfig};
@@ -20,6 +19,7 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::exchange::Exchanger;
 use crate::exchange::trusted_issuers::TrustedIssuers;
+use crate::grpc::listener::server_names;
 use crate::http::{self, AppState};
 use crate::identity::issuer::Issuer;
 use crate::identity::kek::Kek;
@@ -56,7 +56,7 @@ pub enum StartError {
     AgentCa(#[from] crate::agents::ca::CaError),
     /// The agent endpoint cannot be set up.
     #[error(transparent)]
-    AgentEndpoint(#[from] crate::agents::listener::ListenerError),
+    AgentEndpoint(#[from] crate::grpc::listener::ListenerError),
     /// The HTTP client for issuers' discovery documents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
@@ -335,8 +335,8 @@ fn spawn_agent_endpoint(
     names: Vec<String>,
     state: &AppState,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Result<(), crate::agents::listener::ListenerError>> {
-    tokio::spawn(crate::agents::listener::serve(
+) -> tokio::task::JoinHandle<Result<(), crate::grpc::listener::ListenerError>> {
+    tokio::spawn(crate::grpc::listener::serve(
         listener,
         state.agents.clone(),
         names,

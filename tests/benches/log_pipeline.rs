@@ -29,12 +29,13 @@ use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyward_agent::datadir::{AgentState, Identity};
+use keyward_agent::job::Job;
 use keyward_agent::logs::chain::{Chain, Signer};
 use keyward_agent::logs::mask::{MaskRules, Masker, Patterns};
 use keyward_agent::logs::{JobLog, Outbox, Stream};
 use keyward_broker::joblogs::chunk_to_check;
 use keyward_broker::joblogs::verify::{AgentKey, check_chunk};
-use keyward_proto::agent_v1::{JobAssignment, SignedLogChunk};
+use keyward_proto::agent_v1::SignedLogChunk;
 use keyward_proto::logs::MAX_CHUNK_DATA;
 
 /// What the agent reads from a pipe at a time (`runner.rs`).
@@ -280,12 +281,7 @@ fn job_log(
 ) -> usize {
     runtime.block_on(async {
         let outbox = Arc::new(Outbox::new(usize::MAX));
-        let job = JobAssignment {
-            job_id: "job-1".into(),
-            run_id: "run-1".into(),
-            fencing_token: 1,
-            ..JobAssignment::default()
-        };
+        let job = Job { job_id: "job-1".into(), run_id: "run-1".into(), fencing_token: 1, ..Job::default() };
         let log = JobLog::new(&job, rules, u64::MAX, Arc::clone(&outbox));
         let mut head = None;
         let mut delivered = 0;

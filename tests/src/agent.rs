@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
-    AgentMessage, BrokerMessage, EnrollRequest, Heartbeat, Hello, JobAssignment, LogReceipt, agent_message,
+    AgentMessage, BrokerMessage, EnrollRequest, Heartbeat, Hello, Isolation, JobAssignment, LogReceipt, agent_message,
     broker_message,
 };
 use tokio::sync::mpsc;
@@ -108,7 +108,12 @@ impl WorkSession {
     pub async fn open_on(channel: Channel, capacity: u32) -> Result<Self, tonic::Status> {
         let mut client = AgentServiceClient::new(channel);
         let (outbound, outbox) = mpsc::channel(16);
-        let hello = Hello { agent_version: "test".to_owned(), capacity, ..Hello::default() };
+        let hello = Hello {
+            agent_version: "test".to_owned(),
+            capacity,
+            job_isolation: Isolation::Process.into(),
+            ..Hello::default()
+        };
         outbound
             .send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
             .await

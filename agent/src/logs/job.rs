@@ -9,13 +9,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use keyward_proto::agent_v1::JobAssignment;
 use keyward_proto::logs::MAX_CHUNK_DATA;
 use tokio::sync::Mutex;
 
 use super::chain::{Chain, Chunk};
 use super::mask::{MaskRules, Masker};
 use super::outbox::Outbox;
+use crate::job::Job;
 
 /// The default most bytes of output one job may log.
 pub const DEFAULT_LIMIT: u64 = 32 * 1024 * 1024;
@@ -102,7 +102,7 @@ impl std::fmt::Debug for JobLog {
 
 impl JobLog {
     /// A log for `job`'s current lease, masked with `rules`, at most `limit` bytes.
-    pub fn new(job: &JobAssignment, rules: &Arc<MaskRules>, limit: u64, outbox: Arc<Outbox>) -> Self {
+    pub fn new(job: &Job, rules: &Arc<MaskRules>, limit: u64, outbox: Arc<Outbox>) -> Self {
         let buffer = || Buffer { masker: Masker::new(Arc::clone(rules)), masked: Vec::new() };
         Self {
             state: Mutex::new(State {
@@ -241,8 +241,8 @@ mod tests {
     use super::*;
     use crate::logs::mask::Patterns;
 
-    fn job() -> JobAssignment {
-        JobAssignment { job_id: "j".into(), run_id: "r".into(), fencing_token: 2, ..JobAssignment::default() }
+    fn job() -> Job {
+        Job { job_id: "j".into(), run_id: "r".into(), fencing_token: 2, ..Job::default() }
     }
 
     fn text(chunks: &[Chunk], stream: &str) -> String {

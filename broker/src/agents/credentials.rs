@@ -8,9 +8,11 @@
 //! nothing.
 //!
 //! What the exchange returns becomes the environment the agent gives the job's process, in the
-//! names the AWS SDKs and the Vault CLI read on their own.
+//! names the AWS SDKs and the Vault CLI read on their own ([`JobEnvironment`]; the gRPC edge
+//! puts it on the wire).
 
-use keyward_proto::agent_v1::{CredentialFile, CredentialsResponse};
+use std::collections::HashMap;
+
 use keyward_proto::claims::Phase;
 
 use crate::exchange::{ExchangeResponse, JobSubject};
@@ -54,11 +56,51 @@ pub(super) fn job_subject(
     }
 }
 
+/// What a job's processes are given for one target: variables, secrets in files, and when
+/// they stop working. Every value is a secret as far as printing goes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct JobEnvironment {
+    /// Name → value, for the process's environment.
+    pub variables: HashMap<String, String>,
+    /// When the credentials expire (Unix seconds).
+    pub expires_at: i64,
+    /// Secrets the job reads from files: the agent writes each into a private file and sets
+    /// its variable to the path.
+    pub files: Vec<JobFile>,
+}
+
+/// A secret the job reads from a file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobFile {
+    /// The variable that names the file.
+    pub variable: String,
+    /// What the file holds.
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for JobEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.variables.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("JobEnvironment")
+            .field("variables", &names)
+            .field("expires_at", &self.expires_at)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for JobFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobFile").field("variable", &self.variable).finish_non_exhaustive()
+    }
+}
+
 /// The job's environment for what an exchange issued. `now` dates a Vault token's expiry.
-pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsResponse {
-    let mut out = CredentialsResponse::default();
+pub(super) fn response(issued: ExchangeResponse, now: i64) -> JobEnvironment {
+    let mut out = JobEnvironment::default();
     let mut set = |name: &str, value: &str| {
-        out.environment.insert(name.to_owned(), value.to_owned());
+        out.variables.insert(name.to_owned(), value.to_owned());
     };
     match issued {
         ExchangeResponse::Aws(aws) => {
@@ -68,7 +110,7 @@ pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsRespons
             set("AWS_SESSION_TOKEN", &credentials.session_token);
             set("AWS_REGION", &aws.region);
             set("AWS_DEFAULT_REGION", &aws.region);
-            out.expires_unix = credentials.expires_at;
+            out.expires_at = credentials.expires_at;
         }
         ExchangeResponse::AwsWorker(aws) => {
             set("AWS_ROLE_ARN", &aws.role_arn);
@@ -78,9 +120,9 @@ pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsRespons
             if let Some(endpoint) = &aws.sts_endpoint {
                 set("AWS_ENDPOINT_URL_STS", endpoint);
             }
-            out.expires_unix = aws.token_expires_at;
-            out.files.push(CredentialFile {
-                environment_variable: AWS_WEB_IDENTITY_TOKEN_FILE.to_owned(),
+            out.expires_at = aws.token_expires_at;
+            out.files.push(JobFile {
+                variable: AWS_WEB_IDENTITY_TOKEN_FILE.to_owned(),
                 content: aws.web_identity_token.expose().as_bytes().to_vec(),
             });
         }
@@ -89,10 +131,10 @@ pub(super) fn response(issued: ExchangeResponse, now: i64) -> CredentialsRespons
             if let Some(token) = &issued.token {
                 set("VAULT_TOKEN", token);
             }
-            out.expires_unix = now.saturating_add(i64::try_from(issued.lease_duration).unwrap_or(i64::MAX));
+            out.expires_at = now.saturating_add(i64::try_from(issued.lease_duration).unwrap_or(i64::MAX));
             if issued.has_material() {
-                out.files.push(CredentialFile {
-                    environment_variable: VAULT_SECRETS_FILE.to_owned(),
+                out.files.push(JobFile {
+                    variable: VAULT_SECRETS_FILE.to_owned(),
                     content: issued.material().to_string().into_bytes(),
                 });
             }
@@ -124,7 +166,7 @@ impl super::Agents {
         fencing_token: i64,
         target: &str,
         caller: &crate::audit::Context,
-    ) -> Result<CredentialsResponse, CredentialsError> {
+    ) -> Result<JobEnvironment, CredentialsError> {
         let held = self.runs.held_job(job_id, &agent.id, fencing_token).await?;
         let exchanger = self.exchanger.as_ref().ok_or(CredentialsError::NoTargets)?;
         let now = self.clock.now();
@@ -132,5 +174,22 @@ impl super::Agents {
         let subject = job_subject(&held, agent, spiffe_id, self.ca.trust_domain(), now);
         let issued = exchanger.exchange_for_job(&subject, target, caller).await?;
         Ok(response(issued, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_environment_never_prints_its_values() {
+        let environment = JobEnvironment {
+            variables: [("AWS_SECRET_ACCESS_KEY".to_owned(), "hunter2-secret".to_owned())].into_iter().collect(),
+            expires_at: 1,
+            files: vec![JobFile { variable: VAULT_SECRETS_FILE.to_owned(), content: b"vault-secret".to_vec() }],
+        };
+        let printed = format!("{environment:?}");
+        assert!(printed.contains("AWS_SECRET_ACCESS_KEY") && printed.contains(VAULT_SECRETS_FILE), "{printed}");
+        assert!(!printed.contains("hunter2") && !printed.contains("vault-secret"), "{printed}");
     }
 }

@@ -10,9 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use keyward_proto::agent_v1::{BrokerMessage, Cancel, Drain, JobAssignment, broker_message};
 use tokio::sync::{Notify, mpsc};
-use tonic::Status;
 
 use super::AgentSettings;
 use crate::runs::{Lease, LeaseEnd, Runs};
@@ -23,8 +21,61 @@ const LEASE_BATCH: usize = 16;
 /// Messages queued to one agent before the stream applies back-pressure.
 const OUTBOX: usize = 32;
 
-/// What a session's stream carries.
-pub type Outbound = Result<BrokerMessage, Status>;
+/// What the broker tells one connected agent, in the order it was queued. The gRPC edge
+/// ([`crate::grpc`]) turns each into a protocol message, or a disconnect into the status the
+/// agent acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Run this job: the agent holds its lease.
+    Assign(Lease),
+    /// Stop this job.
+    Cancel {
+        /// The job.
+        job_id: String,
+        /// Why, for the job's log.
+        reason: String,
+    },
+    /// Take no new job; finish the ones held.
+    Drain {
+        /// Why.
+        reason: String,
+    },
+    /// What became of one of the agent's log chunks.
+    Receipt(Receipt),
+    /// The stream ends here.
+    Disconnect(Disconnect),
+}
+
+/// The answer to one log chunk: stored (the agent may forget it), or refused and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The chunk's job.
+    pub job_id: String,
+    /// The lease it was written under.
+    pub fencing_token: u64,
+    /// Its place in the job's chain.
+    pub seq: u64,
+    /// `None`: stored; else why it was refused.
+    pub refused: Option<String>,
+}
+
+/// Why the broker ends an agent's work stream. What the agent does next depends on it: a
+/// revoked agent stops for good, every other one reconnects (so the edge must keep them apart).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Disconnect {
+    /// A newer connection of the same agent took its place.
+    #[error("replaced by a newer connection of this agent")]
+    Replaced,
+    /// The agent was revoked: its certificate is refused from now on.
+    #[error("the agent was revoked")]
+    Revoked,
+    /// The broker is stopping; the agent reconnects, here or to another replica.
+    #[error("the broker is shutting down; reconnect")]
+    ShuttingDown,
+    /// So many of the stream's log chunks failed verification that the agent is broken or hostile.
+    #[error("{0} log chunks failed verification on this stream")]
+    BadLogChunks(u32),
+}
 
 /// The connected agents. Shared by the gRPC service and the dispatchers.
 #[derive(Debug)]
@@ -161,7 +212,7 @@ impl Hub {
                 closed: Arc::clone(&closed),
             };
             if let Some(old) = state.sessions.insert(agent_id.to_owned(), session) {
-                let _ = old.outbox.try_send(Err(Status::aborted("replaced by a newer connection of this agent")));
+                let _ = old.outbox.try_send(Outbound::Disconnect(Disconnect::Replaced));
                 old.closed.notify_one();
             }
             start_dispatcher = !state.pools.contains_key(pool);
@@ -209,17 +260,14 @@ impl Hub {
     }
 
     /// Sends `message` to `agent_id` if it is connected here.
-    fn send(&self, agent_id: &str, message: broker_message::Kind) -> bool {
+    fn send(&self, agent_id: &str, message: Outbound) -> bool {
         let outbox = self.lock().sessions.get(agent_id).map(|s| s.outbox.clone());
-        outbox.is_some_and(|outbox| outbox.try_send(Ok(BrokerMessage { kind: Some(message) })).is_ok())
+        outbox.is_some_and(|outbox| outbox.try_send(message).is_ok())
     }
 
     /// Tells `agent_id` to stop `job_id`.
     pub fn cancel(&self, agent_id: &str, job_id: &str, reason: &str) {
-        if self.send(
-            agent_id,
-            broker_message::Kind::Cancel(Cancel { job_id: job_id.to_owned(), reason: reason.to_owned() }),
-        ) {
+        if self.send(agent_id, Outbound::Cancel { job_id: job_id.to_owned(), reason: reason.to_owned() }) {
             tracing::info!(agent_id, job_id, reason, "cancellation sent");
         }
         self.release(agent_id, job_id);
@@ -236,25 +284,25 @@ impl Hub {
             session.draining = true;
             state.requeue(agent_id);
         }
-        self.send(agent_id, broker_message::Kind::Drain(Drain { reason: reason.to_owned() }));
+        self.send(agent_id, Outbound::Drain { reason: reason.to_owned() });
     }
 
-    /// Cuts `agent_id`'s stream at once with `reason` (revocation).
-    pub fn cut(&self, agent_id: &str, reason: &str) {
+    /// Cuts `agent_id`'s stream at once (revocation).
+    pub fn cut(&self, agent_id: &str, why: Disconnect) {
         let mut state = self.lock();
         if let Some(session) = state.remove(agent_id) {
-            let _ = session.outbox.try_send(Err(Status::permission_denied(reason.to_owned())));
+            tracing::warn!(agent_id, reason = %why, "agent stream cut");
+            let _ = session.outbox.try_send(Outbound::Disconnect(why));
             session.closed.notify_one();
-            tracing::warn!(agent_id, reason, "agent stream cut");
         }
     }
 
     /// Ends every stream (the broker is stopping): agents reconnect, to this broker when it is
     /// back or to another replica. Leases are untouched; heartbeats on the new stream renew them.
-    pub fn close_all(&self, reason: &str) {
+    pub fn close_all(&self) {
         let mut state = self.lock();
         for (_, session) in state.sessions.drain() {
-            let _ = session.outbox.try_send(Err(Status::unavailable(reason.to_owned())));
+            let _ = session.outbox.try_send(Outbound::Disconnect(Disconnect::ShuttingDown));
             session.closed.notify_one();
         }
         for queue in state.pools.values_mut() {
@@ -327,24 +375,7 @@ impl Hub {
     fn deliver(&self, agent_id: &str, lease: &Lease) -> bool {
         let mut state = self.lock();
         let Some(session) = state.sessions.get_mut(agent_id) else { return false };
-        let assignment = JobAssignment {
-            job_id: lease.job_id.clone(),
-            run_id: lease.run_id.clone(),
-            stack_id: lease.stack.clone(),
-            phase: lease.phase.clone(),
-            repository: lease.repository.clone(),
-            commit_sha: lease.commit_sha.clone(),
-            path: lease.path.clone(),
-            fencing_token: u64::try_from(lease.fencing_token).unwrap_or_default(),
-            lease_expires_unix: lease.lease_expires_at,
-            deadline_unix: 0,
-            credential_targets: lease.credential_targets.clone(),
-            plan_sha256: lease.plan_sha256.clone().unwrap_or_default(),
-            run_kind: lease.kind.as_str().to_owned(),
-            source_credentials: lease.source_credentials,
-        };
-        let message = BrokerMessage { kind: Some(broker_message::Kind::Assignment(assignment)) };
-        if session.outbox.try_send(Ok(message)).is_err() {
+        if session.outbox.try_send(Outbound::Assign(lease.clone())).is_err() {
             return false;
         }
         session.held.insert(lease.job_id.clone(), lease.fencing_token);

@@ -1,39 +1,43 @@
 //! Private worker agents: pools, one-time join tokens, enrollment, certificates, revocation, and
-//! the gRPC endpoint they dial (DESIGN.md §5).
+//! the sessions of the agents connected here (DESIGN.md §5).
 //!
 //! Every agent has its own short-lived mTLS identity from the agent CA ([`ca`]), revocable one
 //! agent at a time, as SPIRE does, instead of one pool-wide secret. Enrollment trades a one-time
 //! join token ([`join`]) and a CSR for a certificate; every later call presents the certificate,
 //! and the agent's identity is read from it, never from a message field. Connected agents are
-//! tracked and fed jobs by the [`hub`]; [`service`] speaks the protocol; [`listener`] terminates
-//! TLS.
+//! tracked and fed jobs by the [`hub`]; what their work streams' messages do (hello, heartbeat,
+//! a job's end) is [`work`]. The gRPC edge that speaks the protocol and terminates TLS is
+//! [`crate::grpc`]; nothing here builds a status code, and a stream the broker ends carries a
+//! [`hub::Disconnect`] reason that the edge turns into one.
 //!
 //! Every change here (a pool, a join token issued or used, an enrollment, a renewal, a drain, a
 //! revocation) is a guarded write committed with its audit entry.
 
 pub mod ca;
 pub mod credentials;
+mod error;
 pub mod hub;
 pub mod join;
-pub mod listener;
-pub mod service;
 pub mod uploads;
+pub mod work;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use self::ca::{AgentCa, CaError, CsrError, IssueError};
-use self::hub::Hub;
+pub use self::error::{AgentError, JoinTokenRefusal};
+
+use self::ca::{AgentCa, CaError, Issued};
+use self::hub::{Disconnect, Hub};
 use self::join::JoinToken;
-use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Committed, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind};
 use crate::clock::SharedClock;
 use crate::exchange::Exchanger;
 use crate::joblogs::Logs;
-use crate::runs::{LeaseEnd, RunError, Runs, valid_name};
-use crate::store::write::{Param, Write};
-use crate::store::{AgentRow, Store, StoreError};
+use crate::runs::{LeaseEnd, Runs, valid_name};
+use crate::store::agents::NewAgent;
+use crate::store::{self, AgentRow, JoinTokenRow, Store, StoreError};
 
 /// Longest host name an agent may report.
 const MAX_HOSTNAME: usize = 253;
@@ -41,57 +45,6 @@ const MAX_HOSTNAME: usize = 253;
 const MAX_VERSION: usize = 64;
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
-
-/// Why an agent request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// Bad input; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such pool or agent.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request does not fit the current state (a duplicate pool, a revoked agent).
-    #[error("{0}")]
-    Conflict(String),
-    /// The join token or certificate does not authorize the request.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The agent is known but may not do this (revoked).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The CSR is unacceptable.
-    #[error(transparent)]
-    Csr(#[from] CsrError),
-    /// The CA failed.
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    /// The store or the audit log failed; nothing was changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Ending the agent's leases failed.
-    #[error(transparent)]
-    Runs(#[from] RunError),
-}
-
-impl From<ChangeError> for AgentError {
-    fn from(error: ChangeError) -> Self {
-        match error {
-            ChangeError::Conflict(message) => Self::Conflict(message),
-            ChangeError::Invalid(message) => Self::Invalid(message),
-            ChangeError::Store(store) => Self::Store(store),
-        }
-    }
-}
-
-impl From<IssueError> for AgentError {
-    fn from(error: IssueError) -> Self {
-        match error {
-            IssueError::Csr(csr) => Self::Csr(csr),
-            IssueError::Ca(ca) => Self::Ca(ca),
-        }
-    }
-}
 
 /// Agent settings from `[agents]`.
 #[derive(Debug, Clone)]
@@ -287,6 +240,11 @@ impl Agents {
         &self.settings
     }
 
+    /// The runs service the agents' jobs belong to.
+    pub(crate) fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
     /// What agents fetch before enrolling.
     pub fn bootstrap(&self) -> Bootstrap {
         Bootstrap {
@@ -300,16 +258,10 @@ impl Agents {
     /// Creates a pool.
     pub async fn create_pool(&self, name: &str, who: &str, caller: Context) -> Result<PoolView, AgentError> {
         if !valid_name(name) {
-            return Err(AgentError::Invalid(format!(
-                "invalid pool name `{name}`: 1-64 characters of a-z, 0-9, `-`, `_`, starting with a letter or digit"
-            )));
+            return Err(AgentError::BadPoolName(name.to_owned()));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("pool `{name}`"),
-            "INSERT INTO pools (name, created_at, created_by) VALUES ($1, $2, $3)",
-            vec![name.into(), now.into(), who.into()],
-        );
+        let write = store::agents::create_pool(name, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::PoolCreated, now, context).with("pool", name).with_ref("pool", name);
         self.commit(Append::changes(vec![write], vec![event])).await?;
@@ -336,10 +288,7 @@ impl Agents {
         caller: Context,
     ) -> Result<IssuedJoinToken, AgentError> {
         if ttl < Duration::from_secs(1) || ttl > self.settings.join_token_max_ttl {
-            return Err(AgentError::Invalid(format!(
-                "a join token lives between 1s and {} (agents.join_token_max_ttl)",
-                humantime::format_duration(self.settings.join_token_max_ttl)
-            )));
+            return Err(AgentError::JoinTokenTtl { max: self.settings.join_token_max_ttl });
         }
         if self.store.pool(pool).await?.is_none() {
             return Err(unknown_pool(pool));
@@ -349,12 +298,7 @@ impl Agents {
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
         let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-        let write = Write::one(
-            format!("join token {id}"),
-            "INSERT INTO join_tokens (id, pool, token_hash, expires_at, created_at, created_by, used_at, used_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
-            vec![id.as_str().into(), pool.into(), token.hash().into(), expires_at.into(), now.into(), who.into()],
-        );
+        let write = store::agents::issue_join_token(&id, pool, token.hash(), expires_at, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::JoinTokenCreated, now, context)
             .with("join_token_id", id.as_str())
@@ -372,28 +316,8 @@ impl Agents {
     /// logged, so unauthenticated callers cannot grow the audit log.
     pub async fn enroll(&self, enrollment: Enrollment) -> Result<Certified, AgentError> {
         check_reported(&enrollment.hostname, &enrollment.version)?;
-        let refused = || AgentError::Unauthenticated("the join token is not valid".to_owned());
-        let token = JoinToken::parse(&enrollment.join_token).ok_or_else(refused)?;
-        let Some(row) = self.store.join_token(&token.hash()).await? else {
-            tracing::warn!(remote = ?enrollment.remote_addr, "enrollment with an unknown join token refused");
-            return Err(refused());
-        };
         let now = self.clock.now();
-        let problem = if row.used_at.is_some() {
-            Some(AgentError::Unauthenticated("the join token was already used".to_owned()))
-        } else if row.expires_at <= now {
-            Some(AgentError::Unauthenticated("the join token has expired".to_owned()))
-        } else if token.fingerprint() != self.ca.fingerprint() {
-            Some(AgentError::Unauthenticated("the join token pins another CA".to_owned()))
-        } else if enrollment.csr.len() > MAX_CSR_BYTES {
-            Some(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            self.refuse_enrollment(&row.id, &row.pool, &enrollment, &problem).await;
-            return Err(problem);
-        }
+        let row = self.admit(&enrollment, now).await?;
         let agent_id = uuid::Uuid::now_v7().to_string();
         let lifetime = self.lifetime_secs();
         let issued = match self.ca.issue_agent(&enrollment.csr, &row.pool, &agent_id, lifetime, now) {
@@ -404,53 +328,81 @@ impl Agents {
                 return Err(error);
             }
         };
-        let writes = vec![
-            Write::one(
-                format!("join token {}", row.id),
-                "UPDATE join_tokens SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL AND expires_at > $1",
-                vec![now.into(), agent_id.as_str().into(), row.id.as_str().into()],
-            ),
-            Write::one(
-                format!("agent {agent_id}"),
-                "INSERT INTO agents (id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, \
-                 revoked_at, revoked_by, last_seen_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, NULL, NULL, NULL, $7)",
-                vec![
-                    agent_id.as_str().into(),
-                    row.pool.as_str().into(),
-                    enrollment.hostname.as_str().into(),
-                    enrollment.version.as_str().into(),
-                    issued.serial.as_str().into(),
-                    issued.not_after.into(),
-                    now.into(),
-                ],
-            ),
-        ];
+        self.record_enrollment(&row, &enrollment, &agent_id, &issued, now).await?;
+        tracing::info!(%agent_id, pool = %row.pool, hostname = %enrollment.hostname, "agent enrolled");
+        Ok(Certified { agent_id, pool: row.pool, certificate: issued.der, not_after: issued.not_after })
+    }
+
+    /// The join token `enrollment` presents, if it is known, unused, unexpired and for this CA,
+    /// and the CSR is of a size to read. A refusal of a known token is audited.
+    async fn admit(&self, enrollment: &Enrollment, now: i64) -> Result<JoinTokenRow, AgentError> {
+        let token = JoinToken::parse(&enrollment.join_token).ok_or(JoinTokenRefusal::NotValid)?;
+        let Some(row) = self.store.join_token(&token.hash()).await? else {
+            tracing::warn!(remote = ?enrollment.remote_addr, "enrollment with an unknown join token refused");
+            return Err(JoinTokenRefusal::NotValid.into());
+        };
+        let problem = if row.used_at.is_some() {
+            Some(JoinTokenRefusal::Used.into())
+        } else if row.expires_at <= now {
+            Some(JoinTokenRefusal::Expired.into())
+        } else if token.fingerprint() != self.ca.fingerprint() {
+            Some(JoinTokenRefusal::OtherCa.into())
+        } else if enrollment.csr.len() > MAX_CSR_BYTES {
+            Some(AgentError::CsrTooLarge)
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.refuse_enrollment(&row.id, &row.pool, enrollment, &problem).await;
+                Err(problem)
+            }
+            None => Ok(row),
+        }
+    }
+
+    /// Records agent `agent_id` with its certificate `issued` and consumes the join token `row`,
+    /// in one transaction with the `agent.enrolled` entry. A token another enrollment consumed
+    /// meanwhile is refused as used.
+    async fn record_enrollment(
+        &self,
+        row: &JoinTokenRow,
+        enrollment: &Enrollment,
+        agent_id: &str,
+        issued: &Issued,
+        now: i64,
+    ) -> Result<(), AgentError> {
+        let agent = NewAgent {
+            id: agent_id,
+            pool: &row.pool,
+            hostname: &enrollment.hostname,
+            version: &enrollment.version,
+            serial: &issued.serial,
+            not_after: issued.not_after,
+        };
+        let writes = vec![store::agents::use_join_token(&row.id, agent_id, now), store::agents::enroll(&agent, now)];
         let context = Context {
             actor: Some(format!("agent:{agent_id}")),
             remote_addr: enrollment.remote_addr.clone(),
             ..Context::default()
         };
         let event = AuditEvent::new(Kind::AgentEnrolled, now, context)
-            .with("agent_id", agent_id.as_str())
+            .with("agent_id", agent_id)
             .with("pool", row.pool.as_str())
-            .with("spiffe_id", self.ca.spiffe_id(&row.pool, &agent_id))
+            .with("spiffe_id", self.ca.spiffe_id(&row.pool, agent_id))
             .with("serial", issued.serial.as_str())
             .with("not_after", issued.not_after)
             .with("hostname", enrollment.hostname.as_str())
             .with("version", enrollment.version.as_str())
             .with("join_token_id", row.id.as_str())
-            .with_ref("agent", &agent_id)
+            .with_ref("agent", agent_id)
             .with_ref("pool", &row.pool);
         match self.audit.append(Append::changes(writes, vec![event])).await? {
-            Committed::Recorded => {}
+            Committed::Recorded => Ok(()),
             // Another enrollment consumed the token between our read and our write.
-            Committed::Refused(_) => {
-                return Err(AgentError::Unauthenticated("the join token was already used".to_owned()));
-            }
-            Committed::Replayed => return Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
+            Committed::Refused(_) => Err(JoinTokenRefusal::Used.into()),
+            Committed::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
         }
-        tracing::info!(%agent_id, pool = %row.pool, hostname = %enrollment.hostname, "agent enrolled");
-        Ok(Certified { agent_id, pool: row.pool, certificate: issued.der, not_after: issued.not_after })
     }
 
     async fn refuse_enrollment(&self, token_id: &str, pool: &str, enrollment: &Enrollment, why: &AgentError) {
@@ -471,18 +423,14 @@ impl Agents {
     /// The agent a verified client certificate names, if it exists, belongs to the pool the
     /// certificate says and is not revoked.
     pub async fn authenticate(&self, certificate: &[u8]) -> Result<AgentRow, AgentError> {
-        let (pool, agent_id) = ca::agent_identity(certificate, self.ca.trust_domain())
-            .ok_or_else(|| AgentError::Unauthenticated("the client certificate names no agent".to_owned()))?;
-        let agent = self
-            .store
-            .agent(&agent_id)
-            .await?
-            .ok_or_else(|| AgentError::Unauthenticated(format!("agent {agent_id} is not enrolled")))?;
+        let (pool, agent_id) =
+            ca::agent_identity(certificate, self.ca.trust_domain()).ok_or(AgentError::NoAgentInCertificate)?;
+        let agent = self.store.agent(&agent_id).await?.ok_or_else(|| AgentError::NotEnrolled(agent_id.clone()))?;
         if agent.pool != pool {
-            return Err(AgentError::Unauthenticated(format!("agent {agent_id} is not in pool {pool}")));
+            return Err(AgentError::WrongPool { agent: agent_id, pool });
         }
         if agent.state == "revoked" {
-            return Err(AgentError::Forbidden(format!("agent {agent_id} is revoked")));
+            return Err(AgentError::Revoked(agent_id));
         }
         Ok(agent)
     }
@@ -490,16 +438,11 @@ impl Agents {
     /// Renews `agent`'s certificate over the key in `csr`.
     pub async fn renew(&self, agent: &AgentRow, csr: &[u8]) -> Result<Certified, AgentError> {
         if csr.len() > MAX_CSR_BYTES {
-            return Err(AgentError::Invalid(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
+            return Err(AgentError::CsrTooLarge);
         }
         let now = self.clock.now();
         let issued = self.ca.issue_agent(csr, &agent.pool, &agent.id, self.lifetime_secs(), now)?;
-        let write = Write::one(
-            format!("agent {}", agent.id),
-            "UPDATE agents SET serial = $1, not_after = $2, renewed_at = $3, last_seen_at = $3 \
-             WHERE id = $4 AND state <> 'revoked'",
-            vec![issued.serial.as_str().into(), issued.not_after.into(), now.into(), agent.id.as_str().into()],
-        );
+        let write = store::agents::renew(&agent.id, &issued.serial, issued.not_after, now);
         let context = Context { actor: Some(format!("agent:{}", agent.id)), ..Context::default() };
         let event = AuditEvent::new(Kind::AgentRenewed, now, context)
             .with("agent_id", agent.id.as_str())
@@ -532,14 +475,10 @@ impl Agents {
     pub async fn revoke(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
         let agent = self.agent_row(id).await?;
         if agent.state == "revoked" {
-            return Err(AgentError::Conflict(format!("agent {id} is already revoked")));
+            return Err(AgentError::AlreadyRevoked(id.to_owned()));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("agent {id}"),
-            "UPDATE agents SET state = 'revoked', revoked_at = $1, revoked_by = $2 WHERE id = $3 AND state <> 'revoked'",
-            vec![now.into(), who.into(), id.into()],
-        );
+        let write = store::agents::revoke(id, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::AgentRevoked, now, context)
             .with("agent_id", id)
@@ -547,7 +486,7 @@ impl Agents {
             .with("serial", agent.serial.as_str())
             .with_ref("agent", id);
         self.commit(Append::changes(vec![write], vec![event])).await?;
-        self.hub.cut(id, "the agent was revoked");
+        self.hub.cut(id, Disconnect::Revoked);
         let ended = self.runs.end_leases_of(id, LeaseEnd::Revoked).await?;
         tracing::warn!(agent_id = id, by = who, leases_ended = ended, "agent revoked");
         self.get(id).await
@@ -557,7 +496,7 @@ impl Agents {
     pub async fn drain(&self, id: &str, who: &str, caller: Context) -> Result<AgentView, AgentError> {
         let agent = self.agent_row(id).await?;
         if agent.state != "active" {
-            return Err(AgentError::Conflict(format!("agent {id} is {}", agent.state)));
+            return Err(AgentError::NotActive { agent: id.to_owned(), state: agent.state });
         }
         self.record_draining(id, who, "operator", caller).await?;
         self.hub.drain(id, &format!("drained by {who}"));
@@ -574,11 +513,7 @@ impl Agents {
 
     /// Moves an active agent to `draining`, with its audit entry.
     async fn record_draining(&self, id: &str, who: &str, reason: &str, caller: Context) -> Result<(), AgentError> {
-        let write = Write::one(
-            format!("agent {id}"),
-            "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
-            vec![Param::Text(id.to_owned())],
-        );
+        let write = store::agents::drain(id);
         let context = Context { actor: Some(who.to_owned()), ..caller };
         let event = AuditEvent::new(Kind::AgentDraining, self.clock.now(), context)
             .with("agent_id", id)
@@ -588,7 +523,7 @@ impl Agents {
     }
 
     async fn agent_row(&self, id: &str) -> Result<AgentRow, AgentError> {
-        self.store.agent(id).await?.ok_or_else(|| AgentError::NotFound(format!("no agent with ID `{id}`")))
+        self.store.agent(id).await?.ok_or_else(|| AgentError::UnknownAgent(id.to_owned()))
     }
 
     fn view(&self, row: AgentRow) -> AgentView {
@@ -621,16 +556,16 @@ impl Agents {
 }
 
 fn unknown_pool(pool: &str) -> AgentError {
-    AgentError::NotFound(format!("no pool named `{pool}`; create it with `keyward pool create {pool}`"))
+    AgentError::UnknownPool(pool.to_owned())
 }
 
 fn check_reported(hostname: &str, version: &str) -> Result<(), AgentError> {
     let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
     if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || !printable(hostname) {
-        return Err(AgentError::Invalid(format!("invalid host name: 1-{MAX_HOSTNAME} printable ASCII characters")));
+        return Err(AgentError::BadHostname);
     }
     if version.is_empty() || version.len() > MAX_VERSION || !printable(version) {
-        return Err(AgentError::Invalid(format!("invalid agent version: 1-{MAX_VERSION} printable ASCII characters")));
+        return Err(AgentError::BadVersion);
     }
     Ok(())
 }

@@ -9,11 +9,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::access::AccessError;
+use crate::agents::AgentError;
+use crate::audit::ChangeError;
 use crate::exchange::ExchangeError;
 use crate::identity::issuer::IssueError;
 use crate::identity::keyring::KeyRingError;
 use crate::identity::mint::MintError;
 use crate::metrics::Refusal;
+use crate::runs::{GitError, RunError};
 use crate::store::StoreError;
 
 /// An error response: `{"error": …, "error_description": …}`.
@@ -175,18 +178,55 @@ impl From<IssueError> for ApiError {
     }
 }
 
-impl From<crate::runs::RunError> for ApiError {
-    fn from(error: crate::runs::RunError) -> Self {
-        use crate::runs::{GitError, RunError};
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
         match error {
-            RunError::Invalid(message) => Self::invalid_request(message),
-            RunError::NotFound(message) => Self::not_found(message),
-            RunError::Conflict(message) => Self::conflict(message),
-            RunError::Refused(reasons) => Self::access_denied(format!("refused by policy: {}", reasons.join("; "))),
+            ChangeError::Conflict(message) => Self::conflict(message),
+            ChangeError::Invalid(message) => Self::invalid_request(message),
+            ChangeError::Store(StoreError::Append(e)) => {
+                tracing::error!(error = %e, "a change could not be recorded, so it was not made");
+                Self::unavailable("the change could not be recorded durably, so it was not made; retry")
+            }
+            ChangeError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(error: RunError) -> Self {
+        let message = error.to_string();
+        match error {
+            RunError::Spec(_)
+            | RunError::NoSuchPool(_)
+            | RunError::BadCommit(_)
+            | RunError::PullRequestZero
+            | RunError::PullRequestTooLarge
+            | RunError::BadTicket
+            | RunError::CommentTooLong
+            | RunError::NotAPlanJob { .. }
+            | RunError::NotAnApplyJob(_)
+            | RunError::DriftKeepsNoPlan(_)
+            | RunError::PlanFileSize
+            | RunError::PlanJsonTooLarge
+            | RunError::PlanJson(_) => Self::invalid_request(message),
+            RunError::UnknownStack(_)
+            | RunError::UnknownRun(_)
+            | RunError::UnknownJob(_)
+            | RunError::NoSavedPlan(_)
+            | RunError::NoRepositoryCredentials(_) => Self::not_found(message),
+            RunError::NotReviewable { .. }
+            | RunError::AlreadyReviewed { .. }
+            | RunError::AlreadyOver { .. }
+            | RunError::NotLeaseHolder { .. }
+            | RunError::LeaseExpired { .. }
+            | RunError::LeaseWrite(_)
+            | RunError::UnexpectedReplay => Self::conflict(message),
+            RunError::Change(change) => change.into(),
+            RunError::Refused(_) => Self::access_denied(message),
             RunError::Git(GitError::Spawn(e)) => Self::internal(&e),
-            RunError::Git(e @ GitError::Timeout(_)) => Self::unavailable(e.to_string()),
-            RunError::Git(e) => Self::invalid_request(e.to_string()),
-            RunError::Store(crate::store::StoreError::Append(e)) => {
+            RunError::Git(GitError::Timeout(_)) => Self::unavailable(message),
+            RunError::Git(_) => Self::invalid_request(message),
+            RunError::Store(StoreError::Append(e)) => {
                 tracing::error!(error = %e, "a run change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
@@ -197,17 +237,26 @@ impl From<crate::runs::RunError> for ApiError {
     }
 }
 
-impl From<crate::agents::AgentError> for ApiError {
-    fn from(error: crate::agents::AgentError) -> Self {
-        use crate::agents::AgentError;
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> Self {
+        let message = error.to_string();
         match error {
-            AgentError::Invalid(message) => Self::invalid_request(message),
-            AgentError::Csr(csr) => Self::invalid_request(csr.to_string()),
-            AgentError::NotFound(message) => Self::not_found(message),
-            AgentError::Conflict(message) => Self::conflict(message),
-            AgentError::Unauthenticated(message) | AgentError::Forbidden(message) => Self::access_denied(message),
+            AgentError::BadPoolName(_)
+            | AgentError::JoinTokenTtl { .. }
+            | AgentError::CsrTooLarge
+            | AgentError::BadHostname
+            | AgentError::BadVersion
+            | AgentError::Csr(_) => Self::invalid_request(message),
+            AgentError::UnknownAgent(_) | AgentError::UnknownPool(_) => Self::not_found(message),
+            AgentError::AlreadyRevoked(_) | AgentError::NotActive { .. } => Self::conflict(message),
+            AgentError::Change(change) => change.into(),
+            AgentError::JoinToken(_)
+            | AgentError::NoAgentInCertificate
+            | AgentError::NotEnrolled(_)
+            | AgentError::WrongPool { .. }
+            | AgentError::Revoked(_) => Self::access_denied(message),
             AgentError::Runs(runs) => runs.into(),
-            AgentError::Store(crate::store::StoreError::Append(e)) => {
+            AgentError::Store(StoreError::Append(e)) => {
                 tracing::error!(error = %e, "an agent change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
@@ -240,5 +289,59 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::Unavailable(_) => Self::unavailable(error.to_string()),
             ExchangeError::UpstreamUnavailable(_) => Self::bad_gateway(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::JoinTokenRefusal;
+    use crate::runs::RunState;
+
+    fn answer(error: impl Into<ApiError>) -> (StatusCode, &'static str, String) {
+        let error = error.into();
+        (error.status, error.code, error.description)
+    }
+
+    /// The causes keep the statuses and messages HTTP clients saw when they were strings.
+    #[test]
+    fn run_and_agent_causes_keep_their_http_statuses() {
+        let conflict = || ChangeError::Conflict("stack `network` already exists".into());
+        assert_eq!(answer(RunError::Change(conflict())), (StatusCode::CONFLICT, "conflict", conflict().to_string()));
+        assert_eq!(answer(AgentError::Change(conflict())).0, StatusCode::CONFLICT);
+        assert_eq!(answer(RunError::Change(ChangeError::Invalid("x was refused".into()))).0, StatusCode::BAD_REQUEST);
+        let table: Vec<(ApiError, StatusCode, &str)> = vec![
+            (RunError::BadTicket.into(), StatusCode::BAD_REQUEST, "invalid ticket: 1-128 printable characters"),
+            (
+                RunError::NoSuchPool("p".into()).into(),
+                StatusCode::BAD_REQUEST,
+                "unknown pool `p`; create it with `keyward pool create p`",
+            ),
+            (RunError::UnknownRun("r".into()).into(), StatusCode::NOT_FOUND, "no run with ID `r`"),
+            (
+                RunError::NotReviewable { run: "r".into(), state: RunState::Applying }.into(),
+                StatusCode::CONFLICT,
+                "run r is applying; reviews are taken only while it is planned",
+            ),
+            (RunError::Refused(vec!["a".into(), "b".into()]).into(), StatusCode::FORBIDDEN, "refused by policy: a; b"),
+            (
+                AgentError::UnknownPool("p".into()).into(),
+                StatusCode::NOT_FOUND,
+                "no pool named `p`; create it with `keyward pool create p`",
+            ),
+            (AgentError::AlreadyRevoked("a".into()).into(), StatusCode::CONFLICT, "agent a is already revoked"),
+            (
+                AgentError::JoinToken(JoinTokenRefusal::Used).into(),
+                StatusCode::FORBIDDEN,
+                "the join token was already used",
+            ),
+            (AgentError::Runs(RunError::UnknownJob("j".into())).into(), StatusCode::NOT_FOUND, "no job with ID `j`"),
+        ];
+        for (error, status, description) in table {
+            assert_eq!((error.status, error.description.as_str()), (status, description));
+        }
+        let unavailable = answer(RunError::Change(ChangeError::Store(StoreError::Append("disk full".into()))));
+        assert_eq!(unavailable.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!unavailable.2.contains("disk"), "{unavailable:?}");
     }
 }

@@ -9,13 +9,18 @@
 
 use std::time::Duration;
 
+use keyward_proto::claims::{Phase, UnknownPhase};
 use serde::Serialize;
+use serde_json::Value;
 
-use super::{RunError, RunKind, RunState, Runs, Stack, parse_state, queue_job, run_context, state_event, transition};
+use super::{
+    RunError, RunKind, RunState, Runs, Stack, parse_state, queue_apply_if, run_context, state_event, transition,
+};
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
+use crate::store::runs::JobEnd;
 use crate::store::write::{Refusal, Write};
-use crate::store::{JobRow, RunRow};
+use crate::store::{self, JobRow, RunRow};
 
 /// How many queued jobs one lease attempt considers.
 const CANDIDATES: i64 = 8;
@@ -29,8 +34,8 @@ pub struct Lease {
     pub run_id: String,
     /// Stack name.
     pub stack: String,
-    /// `plan` or `apply`.
-    pub phase: String,
+    /// Plan or apply.
+    pub phase: Phase,
     /// Repository to check out.
     pub repository: String,
     /// Exact commit.
@@ -78,14 +83,7 @@ impl HeldJob {
     /// it ends the agent's leases: a request that authenticated just before the revocation must
     /// not commit in between.
     pub fn lease_guard(&self, now: i64) -> Write {
-        let job = &self.job;
-        Write::one(
-            format!("lease {} of job {} by an unrevoked agent", job.fencing_token, job.id),
-            "UPDATE jobs SET updated_at = updated_at \
-             WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4 \
-             AND EXISTS (SELECT 1 FROM agents WHERE agents.id = $2 AND agents.state <> 'revoked')",
-            vec![job.id.as_str().into(), job.agent_id.clone().into(), job.fencing_token.into(), now.into()],
-        )
+        store::runs::lease_guard(&self.job, now)
     }
 }
 
@@ -253,20 +251,7 @@ impl Runs {
         let now = self.clock.now();
         let fencing_token = job.fencing_token + 1;
         let expires = now.saturating_add(lease_secs);
-        let mut writes = vec![Write::one(
-            format!("queued job {}", job.id),
-            "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
-             lease_expires_at = $3, updated_at = $4, isolation = (SELECT isolation FROM agents WHERE id = $1) \
-             WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
-            vec![
-                agent_id.into(),
-                fencing_token.into(),
-                expires.into(),
-                now.into(),
-                job.id.as_str().into(),
-                job.fencing_token.into(),
-            ],
-        )];
+        let mut writes = vec![store::runs::lease_job(&job, agent_id, fencing_token, expires, now)];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeased, now, context.clone())
@@ -278,7 +263,8 @@ impl Runs {
         ];
         let from = parse_state(&run.state)?;
         let kind = run_kind(&run)?;
-        if job.phase == "plan" && from == RunState::Queued {
+        let phase = job_phase(&job)?;
+        if phase == Phase::Plan && from == RunState::Queued {
             writes.push(transition(&run, RunState::Planning, None, now));
             events.push(state_event(&context, from, RunState::Planning, None, now));
         }
@@ -293,7 +279,7 @@ impl Runs {
                     run_id: run.id,
                     stack: stack.spec.name,
                     credential_targets,
-                    phase: job.phase,
+                    phase,
                     repository: stack.spec.repository,
                     commit_sha: run.commit_sha,
                     path: stack.spec.path,
@@ -306,8 +292,8 @@ impl Runs {
             }
             // Someone else took it (or the run moved on).
             Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
-            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
-            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            Committed::Refused(refusal) => Err(RunError::LeaseWrite(refusal)),
+            Committed::Replayed => Err(RunError::UnexpectedReplay),
         }
     }
 
@@ -322,88 +308,21 @@ impl Runs {
         fencing_token: i64,
         report: JobReport,
     ) -> Result<(), RunError> {
-        let job =
-            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        let job = self.store.job(job_id).await?.ok_or_else(|| RunError::UnknownJob(job_id.to_owned()))?;
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let kind = run_kind(&run)?;
-        let now = self.clock.now();
+        let outcome = expected_outcome(run_kind(&run)?, &job.phase, report.outcome);
         let from = parse_state(&run.state)?;
-        let outcome = expected_outcome(kind, &job.phase, report.outcome);
-        let (job_state, error) = match &outcome {
-            JobOutcome::Succeeded | JobOutcome::Checked(_) => ("succeeded", None),
-            JobOutcome::Failed(error) => ("failed", Some(error.clone())),
-        };
-        let layers = bounded_layers(report.layers);
-        let layers_json = (!layers.is_empty()).then(|| super::json_text(&layers));
-        let log = report.log.as_ref();
-        let mut writes = vec![Write::one(
-            format!("lease {fencing_token} of job {job_id}"),
-            "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3, log_digest = $4, \
-             log_chunks = $5, layers = $6 WHERE id = $7 AND state = 'leased' AND agent_id = $8 AND fencing_token = $9",
-            vec![
-                job_state.into(),
-                error.clone().into(),
-                now.into(),
-                log.and_then(|l| l.digest.clone()).into(),
-                log.map(|l| l.chunks).into(),
-                layers_json.into(),
-                job_id.into(),
-                agent_id.into(),
-                fencing_token.into(),
-            ],
-        )];
+        let now = self.clock.now();
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
-        let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
-            .with("job_id", job_id)
-            .with("agent_id", agent_id)
-            .with("fencing_token", fencing_token)
-            .with("outcome", job_state)
-            .with("error", error.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
-            .with("isolation", job.isolation.clone().map_or(serde_json::Value::Null, serde_json::Value::from))
-            .with("layers", layers);
-        if let Some(log) = log {
-            let digest = log.digest.as_deref().map(keyward_proto::encoding::hex);
-            finished = finished
-                .with("log_digest", digest.map_or(serde_json::Value::Null, serde_json::Value::from))
-                .with("log_chunks", log.chunks)
-                .with("log_bytes", log.bytes)
-                .with("log_complete", log.complete);
-            if let Some(claimed) = &log.claimed {
-                finished = finished.with("log_claimed_digest", claimed.as_str());
-            }
-        }
-        if let JobOutcome::Checked(drift) = &outcome {
-            finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
-        }
-        let mut events = vec![finished];
+        let layers = bounded_layers(report.layers);
+        let (write, finished) = job_finished(&job, agent_id, &outcome, layers, report.log.as_ref(), &context, now);
+        let (mut writes, mut events) = (vec![write], vec![finished]);
         if !from.is_final() {
-            let (next, detail) = match (&outcome, job.phase.as_str()) {
-                (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
-                (JobOutcome::Checked(drift), _) => {
-                    writes.push(record_drift(&run, drift.drifted));
-                    let detail = if drift.drifted {
-                        format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
-                    } else {
-                        "no drift: the infrastructure matches the configuration".to_owned()
-                    };
-                    (RunState::Finished, Some(detail))
-                }
-                (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, job_id).await? {
-                    Some(denial) => (RunState::Failed, Some(denial)),
-                    None => self.after_plan(&run, &stack, now),
-                },
-                (JobOutcome::Succeeded, _) => (RunState::Finished, None),
-            };
-            writes.push(transition(&run, next, detail.clone(), now));
-            let mut event = state_event(&context, from, next, detail.as_deref(), now);
-            if next == RunState::Applying {
-                let apply_job = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&apply_job, &run.id, "apply", &stack.spec.pool, now));
-                event = event.with("apply_job", apply_job.as_str());
-            }
-            events.push(event);
+            let (more, moved) = self.advance_run(&run, &stack, &job, &outcome, (from, &context), now).await?;
+            writes.extend(more);
+            events.push(moved);
         }
         let queued_apply = events.iter().any(|e| e.details.contains_key("apply_job"));
         self.commit(Append::changes(writes, events)).await?;
@@ -413,17 +332,60 @@ impl Runs {
         Ok(())
     }
 
+    /// Moves `run` on (from the state `from`, recorded under `context`) now that `job` ended
+    /// with `outcome`: the writes (a drift finding, the transition, an apply job to queue) and
+    /// the state change's entry.
+    async fn advance_run(
+        &self,
+        run: &RunRow,
+        stack: &Stack,
+        job: &JobRow,
+        outcome: &JobOutcome,
+        (from, context): (RunState, &Context),
+        now: i64,
+    ) -> Result<(Vec<Write>, AuditEvent), RunError> {
+        let mut writes = Vec::new();
+        if let JobOutcome::Checked(drift) = outcome {
+            writes.push(store::runs::record_drift(&run.id, drift.drifted));
+        }
+        let (next, detail) = self.next_state(run, stack, job, outcome, now).await?;
+        writes.push(transition(run, next, detail.clone(), now));
+        let event = state_event(context, from, next, detail.as_deref(), now);
+        let event = queue_apply_if(next, event, &mut writes, &run.id, stack, now);
+        Ok((writes, event))
+    }
+
+    /// Where `run` goes now that `job` ended with `outcome`, and why: a failure fails it, a drift
+    /// check or an apply finishes it, a plan goes to review unless the plan policy denied it.
+    async fn next_state(
+        &self,
+        run: &RunRow,
+        stack: &Stack,
+        job: &JobRow,
+        outcome: &JobOutcome,
+        now: i64,
+    ) -> Result<(RunState, Option<String>), RunError> {
+        Ok(match (outcome, job.phase.as_str()) {
+            (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
+            (JobOutcome::Checked(drift), _) => (RunState::Finished, Some(drift_detail(drift))),
+            (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, &job.id).await? {
+                Some(denial) => (RunState::Failed, Some(denial)),
+                None => self.after_plan(run, stack, now),
+            },
+            (JobOutcome::Succeeded, _) => (RunState::Finished, None),
+        })
+    }
+
     /// The job `job_id` with its run, stack and approvers, if `agent_id` holds its current lease
     /// `fencing_token` and the lease has not run out: what a credential request for the job must
     /// show. The lease can still move on afterwards; [`HeldJob::lease_guard`] re-checks it.
     pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<HeldJob, RunError> {
-        let job =
-            self.store.job(job_id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{job_id}`")))?;
+        let job = self.store.job(job_id).await?.ok_or_else(|| RunError::UnknownJob(job_id.to_owned()))?;
         check_holder(&job, agent_id, fencing_token)?;
         let now = self.clock.now();
         let lease_expires_at = job.lease_expires_at.unwrap_or(i64::MIN);
         if lease_expires_at < now {
-            return Err(RunError::Conflict(format!("the lease {fencing_token} of job {job_id} has expired")));
+            return Err(RunError::LeaseExpired { job: job_id.to_owned(), fencing_token });
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
@@ -462,17 +424,7 @@ impl Runs {
             let detail = format!("the plan lease of agent {agent_id} ended ({})", end.as_str());
             ("failed", Some(RunState::Failed), Some(detail))
         };
-        let mut writes = vec![Write::one(
-            format!("lease {} of job {}", job.fencing_token, job.id),
-            "UPDATE jobs SET state = $1, agent_id = CASE WHEN $1 = 'queued' THEN NULL ELSE agent_id END,              lease_expires_at = NULL, error = $2, updated_at = $3              WHERE id = $4 AND state = 'leased' AND fencing_token = $5",
-            vec![
-                job_state.into(),
-                Some(format!("lease ended: {}", end.as_str())).into(),
-                now.into(),
-                job.id.as_str().into(),
-                job.fencing_token.into(),
-            ],
-        )];
+        let mut writes = vec![store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now)];
         let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())
@@ -495,8 +447,8 @@ impl Runs {
                 Ok(Some(job_state))
             }
             Committed::Refused(Refusal::Unmet { .. }) => Ok(None),
-            Committed::Refused(refusal) => Err(RunError::Conflict(refusal.to_string())),
-            Committed::Replayed => Err(RunError::Conflict("unexpected replay outcome".to_owned())),
+            Committed::Refused(refusal) => Err(RunError::LeaseWrite(refusal)),
+            Committed::Replayed => Err(RunError::UnexpectedReplay),
         }
     }
 
@@ -550,6 +502,11 @@ fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
     run.kind.parse().map_err(|e: super::UnknownKind| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
 }
 
+/// The stored job's phase.
+fn job_phase(job: &JobRow) -> Result<Phase, RunError> {
+    job.phase.parse().map_err(|e: UnknownPhase| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
+}
+
 /// `reported`, unless it does not fit the job: a drift run's plan job must report what it found
 /// (an agent that planned and said nothing else did not check for drift), and only that job may.
 fn expected_outcome(kind: RunKind, phase: &str, reported: JobOutcome) -> JobOutcome {
@@ -570,6 +527,69 @@ fn expected_outcome(kind: RunKind, phase: &str, reported: JobOutcome) -> JobOutc
     }
 }
 
+/// The job row's end and its `job.finished` entry, for `job` whose holder `agent_id` reported
+/// `outcome`, with the `layers` it ran under and the head of its `log` as verified.
+fn job_finished(
+    job: &JobRow,
+    agent_id: &str,
+    outcome: &JobOutcome,
+    layers: Vec<String>,
+    log: Option<&LogSeal>,
+    context: &Context,
+    now: i64,
+) -> (Write, AuditEvent) {
+    let (state, error) = match outcome {
+        JobOutcome::Succeeded | JobOutcome::Checked(_) => ("succeeded", None),
+        JobOutcome::Failed(error) => ("failed", Some(error.clone())),
+    };
+    let end = JobEnd {
+        state,
+        error: error.clone(),
+        log_digest: log.and_then(|l| l.digest.clone()),
+        log_chunks: log.map(|l| l.chunks),
+        layers: (!layers.is_empty()).then(|| super::json_text(&layers)),
+    };
+    let write = store::runs::finish_job(&job.id, agent_id, job.fencing_token, end, now);
+    let mut finished = AuditEvent::new(Kind::JobFinished, now, context.clone())
+        .with("job_id", job.id.as_str())
+        .with("agent_id", agent_id)
+        .with("fencing_token", job.fencing_token)
+        .with("outcome", state)
+        .with("error", error.map_or(Value::Null, Value::from))
+        .with("isolation", job.isolation.clone().map_or(Value::Null, Value::from))
+        .with("layers", layers);
+    if let Some(log) = log {
+        finished = with_log(finished, log);
+    }
+    if let JobOutcome::Checked(drift) = outcome {
+        finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
+    }
+    (write, finished)
+}
+
+/// `event` with the head of the job's log as the broker verified it.
+fn with_log(event: AuditEvent, log: &LogSeal) -> AuditEvent {
+    let digest = log.digest.as_deref().map(keyward_proto::encoding::hex);
+    let event = event
+        .with("log_digest", digest.map_or(Value::Null, Value::from))
+        .with("log_chunks", log.chunks)
+        .with("log_bytes", log.bytes)
+        .with("log_complete", log.complete);
+    match &log.claimed {
+        Some(claimed) => event.with("log_claimed_digest", claimed.as_str()),
+        None => event,
+    }
+}
+
+/// A finished drift check's detail on its run.
+fn drift_detail(drift: &Drift) -> String {
+    if drift.drifted {
+        format!("drift: {}", if drift.summary.is_empty() { "changes pending" } else { &drift.summary })
+    } else {
+        "no drift: the infrastructure matches the configuration".to_owned()
+    }
+}
+
 /// At most [`MAX_LAYERS`] layer names of printable characters, each at most [`MAX_LAYER`] characters.
 fn bounded_layers(layers: Vec<String>) -> Vec<String> {
     layers
@@ -580,22 +600,10 @@ fn bounded_layers(layers: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Records a drift run's finding (with the run's state change, which is guarded by its version).
-fn record_drift(run: &RunRow, drifted: bool) -> Write {
-    Write::one(
-        format!("drift of run {}", run.id),
-        "UPDATE runs SET drift = $1 WHERE id = $2 AND kind = 'drift'",
-        vec![i64::from(drifted).into(), run.id.as_str().into()],
-    )
-}
-
 /// Only the agent holding the job's current lease may report on it.
 fn check_holder(job: &JobRow, agent_id: &str, fencing_token: i64) -> Result<(), RunError> {
     if job.state != "leased" || job.agent_id.as_deref() != Some(agent_id) || job.fencing_token != fencing_token {
-        return Err(RunError::Conflict(format!(
-            "job {} is not leased to {agent_id} with fencing token {fencing_token} (stale or foreign lease)",
-            job.id
-        )));
+        return Err(RunError::NotLeaseHolder { job: job.id.clone(), agent: agent_id.to_owned(), fencing_token });
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! and every state it went through is on record. A write depends on the run's `version`, so a
 //! decision taken on a state that has since moved on changes nothing and says so (409).
 
+mod error;
 mod git;
 mod input;
 mod jobs;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use error::RunError;
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
@@ -33,49 +35,13 @@ pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryC
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 
-use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
+use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
 use crate::identity::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
-use crate::store::write::{Param, Write};
-use crate::store::{JobRow, ReviewRow, RunRow, Store, StoreError};
+use crate::store::write::Write;
+use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
 use crate::targets::TargetConfig;
-
-/// Why a stack or run request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Bad input; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such stack or run.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request does not fit the current state (a finished run, a second review).
-    #[error("{0}")]
-    Conflict(String),
-    /// A policy said no; the reasons are on record.
-    #[error("refused by policy: {}", .0.join("; "))]
-    Refused(Vec<String>),
-    /// The repository could not be read to resolve the commit.
-    #[error(transparent)]
-    Git(#[from] GitError),
-    /// The store or the audit log failed; nothing was changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A saved plan could not be opened for its apply.
-    #[error(transparent)]
-    SavedPlan(#[from] SavedPlanError),
-}
-
-impl From<ChangeError> for RunError {
-    fn from(error: ChangeError) -> Self {
-        match error {
-            ChangeError::Conflict(message) => Self::Conflict(message),
-            ChangeError::Invalid(message) => Self::Invalid(message),
-            ChangeError::Store(store) => Self::Store(store),
-        }
-    }
-}
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -250,32 +216,24 @@ impl Runs {
 
     /// Creates a stack.
     pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
-        spec.validate(&self.targets).map_err(|e| RunError::Invalid(e.0))?;
+        spec.validate(&self.targets)?;
         if self.store.pool(&spec.pool).await?.is_none() {
-            return Err(RunError::Invalid(format!(
-                "unknown pool `{0}`; create it with `keyward pool create {0}`",
-                spec.pool
-            )));
+            return Err(RunError::NoSuchPool(spec.pool));
         }
         let now = self.clock.now();
-        let write = Write::one(
-            format!("stack `{}`", spec.name),
-            "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-             policies, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            vec![
-                spec.name.as_str().into(),
-                spec.repository.as_str().into(),
-                spec.path.as_str().into(),
-                spec.branch.as_str().into(),
-                spec.pool.as_str().into(),
-                json_text(&spec.plan_targets).into(),
-                json_text(&spec.apply_targets).into(),
-                json_text(&spec.labels).into(),
-                json_text(&spec.policies).into(),
-                now.into(),
-                who.into(),
-            ],
-        );
+        let write = store::runs::insert_stack(&StackRow {
+            name: spec.name.clone(),
+            repository: spec.repository.clone(),
+            path: spec.path.clone(),
+            branch: spec.branch.clone(),
+            pool: spec.pool.clone(),
+            plan_targets: json_text(&spec.plan_targets),
+            apply_targets: json_text(&spec.apply_targets),
+            labels: json_text(&spec.labels),
+            policies: json_text(&spec.policies),
+            created_at: now,
+            created_by: who.to_owned(),
+        });
         let context = Context {
             stack_id: Some(spec.name.clone()),
             repository: Some(spec.repository.clone()),
@@ -295,8 +253,7 @@ impl Runs {
 
     /// The stack called `name`.
     pub async fn stack(&self, name: &str) -> Result<Stack, RunError> {
-        let row =
-            self.store.stack(name).await?.ok_or_else(|| RunError::NotFound(format!("no stack named `{name}`")))?;
+        let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
         Ok(Stack::try_from(row)?)
     }
 
@@ -308,32 +265,47 @@ impl Runs {
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
     /// is on record with the policy's reasons, and nothing is queued.
     pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
-        if let Some(commit) = &submission.commit
-            && !is_commit_sha(commit)
-        {
-            return Err(RunError::Invalid(format!(
-                "invalid commit `{commit}`: give the full SHA, 40 lowercase hex characters"
-            )));
-        }
-        if submission.pull_request == Some(0) {
-            return Err(RunError::Invalid("invalid pull request number 0".to_owned()));
-        }
-        if let Some(ticket) = &submission.ticket
-            && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
-        {
-            return Err(RunError::Invalid(format!("invalid ticket: 1-{MAX_TICKET} printable characters")));
-        }
-        let pull_request = submission
-            .pull_request
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|_| RunError::Invalid("pull request number too large".to_owned()))?;
+        let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
+        let run = self.new_run(submission, &stack, pull_request, who).await?;
+        let now = run.created_at;
+        let context = run_context(&run, &stack, "plan", who, caller);
+        let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
+        if !decision.permits() {
+            return Err(self.refuse_run(context, decision, now).await);
+        }
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let writes = vec![
+            store::runs::insert_run(&run),
+            store::runs::queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
+        ];
+        let event = AuditEvent::new(Kind::RunCreated, now, context)
+            .with("kind", run.kind.as_str())
+            .with("state", RunState::Queued.as_str())
+            .with("plan_job", job_id.as_str())
+            .with("pool", stack.spec.pool.as_str())
+            .with("policy_digest", decision.policy_digest.as_str())
+            .with("warnings", decision.warnings.clone());
+        self.commit(Append::changes(writes, vec![event])).await?;
+        self.signals.queued(&stack.spec.pool);
+        tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
+        self.run(&run.id).await
+    }
+
+    /// The run `submission` asks for on `stack`, queued now, at the commit its repository
+    /// resolves to (the branch's head unless the submission names one).
+    async fn new_run(
+        &self,
+        submission: Submission,
+        stack: &Stack,
+        pull_request: Option<i64>,
+        who: &str,
+    ) -> Result<RunRow, RunError> {
         let auth = self.repositories.for_url(&stack.spec.repository);
         let resolved =
             git::resolve(&stack.spec.repository, &stack.spec.branch, submission.commit.as_deref(), auth).await?;
         let now = self.clock.now();
-        let run = RunRow {
+        Ok(RunRow {
             id: uuid::Uuid::now_v7().to_string(),
             stack: stack.spec.name.clone(),
             state: RunState::Queued.as_str().to_owned(),
@@ -348,54 +320,20 @@ impl Runs {
             updated_at: now,
             kind: submission.kind.as_str().to_owned(),
             drift: None,
-        };
-        let context = run_context(&run, &stack, "plan", who, caller);
-        let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
-        if !decision.permits() {
-            let mut context = context;
-            context.run_id = None;
-            let event = AuditEvent::new(Kind::RunRefused, now, context)
-                .with("reasons", decision.reasons.clone())
-                .with("policy_digest", decision.policy_digest.as_str());
-            self.commit(Append::events(vec![event])).await?;
-            return Err(RunError::Refused(decision.reasons));
+        })
+    }
+
+    /// Records that `keyward.run` refused a submission (no run exists, so the entry names none)
+    /// and returns the refusal; a failure to record it is returned instead.
+    async fn refuse_run(&self, mut context: Context, decision: Decision, now: i64) -> RunError {
+        context.run_id = None;
+        let event = AuditEvent::new(Kind::RunRefused, now, context)
+            .with("reasons", decision.reasons.clone())
+            .with("policy_digest", decision.policy_digest.as_str());
+        match self.commit(Append::events(vec![event])).await {
+            Ok(()) => RunError::Refused(decision.reasons),
+            Err(error) => error,
         }
-        let job_id = uuid::Uuid::now_v7().to_string();
-        let writes = vec![
-            Write::one(
-                format!("run {}", run.id),
-                "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
-                 triggered_by, detail, created_at, updated_at, kind) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                vec![
-                    run.id.as_str().into(),
-                    run.stack.as_str().into(),
-                    run.state.as_str().into(),
-                    run.version.into(),
-                    run.commit_sha.as_str().into(),
-                    run.git_ref.clone().into(),
-                    run.pull_request.into(),
-                    run.ticket.clone().into(),
-                    run.triggered_by.as_str().into(),
-                    Param::OptText(None),
-                    now.into(),
-                    now.into(),
-                    run.kind.as_str().into(),
-                ],
-            ),
-            queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
-        ];
-        let event = AuditEvent::new(Kind::RunCreated, now, context)
-            .with("kind", run.kind.as_str())
-            .with("state", RunState::Queued.as_str())
-            .with("plan_job", job_id.as_str())
-            .with("pool", stack.spec.pool.as_str())
-            .with("policy_digest", decision.policy_digest.as_str())
-            .with("warnings", decision.warnings.clone());
-        self.commit(Append::changes(writes, vec![event])).await?;
-        self.signals.queued(&stack.spec.pool);
-        tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
-        self.run(&run.id).await
     }
 
     /// A run with its reviews and jobs.
@@ -420,12 +358,12 @@ impl Runs {
     }
 
     async fn run_row(&self, id: &str) -> Result<RunRow, RunError> {
-        self.store.run(id).await?.ok_or_else(|| RunError::NotFound(format!("no run with ID `{id}`")))
+        self.store.run(id).await?.ok_or_else(|| RunError::UnknownRun(id.to_owned()))
     }
 
     /// The job `id`, as stored.
     pub async fn job_row(&self, id: &str) -> Result<JobRow, RunError> {
-        self.store.job(id).await?.ok_or_else(|| RunError::NotFound(format!("no job with ID `{id}`")))
+        self.store.job(id).await?.ok_or_else(|| RunError::UnknownJob(id.to_owned()))
     }
 
     /// Records `who`'s review and applies what `keyward.approval` concludes: approve queues the
@@ -438,20 +376,7 @@ impl Runs {
         who: &str,
         caller: Context,
     ) -> Result<ReviewOutcome, RunError> {
-        if let Some(comment) = &comment
-            && comment.len() > MAX_COMMENT
-        {
-            return Err(RunError::Invalid(format!("comment longer than {MAX_COMMENT} bytes")));
-        }
-        let run = self.run_row(id).await?;
-        let state = parse_state(&run.state)?;
-        if !state.takes_reviews() {
-            return Err(RunError::Conflict(format!("run {id} is {state}; reviews are taken only while it is planned")));
-        }
-        let mut reviews = self.store.reviews(id).await?;
-        if reviews.iter().any(|r| r.reviewer == who) {
-            return Err(RunError::Conflict(format!("{who} already reviewed run {id}")));
-        }
+        let (run, state, mut reviews) = self.reviewable(id, who, comment.as_deref()).await?;
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
@@ -459,39 +384,18 @@ impl Runs {
         let decision = self.decide(PolicyKind::Approval, || {
             input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
         });
-        let mut writes = vec![Write::one(
-            format!("review of run {id} by {who}"),
-            "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at) VALUES ($1, $2, $3, $4, $5)",
-            vec![id.into(), who.into(), review.decision.as_str().into(), review.comment.clone().into(), now.into()],
-        )];
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
             _ => (RunState::Planned, Some(waiting_detail(&decision.reasons))),
         };
-        let judged = reviews::judge(&run.triggered_by, std::slice::from_ref(&review));
-        let note = judged.first().and_then(|j| j.note);
-        writes.push(transition(&run, next, detail.clone(), now));
         let mut context = run_context(&run, &stack, "apply", who, caller);
         context.approved_by = reviews::counted_approvers(&run.triggered_by, &reviews);
-        let mut events = vec![
-            AuditEvent::new(Kind::RunReviewed, now, context.clone())
-                .with("decision", verdict.as_str())
-                .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
-                .with("counted", note.is_none())
-                .with("note", note.map_or(Value::Null, Value::from))
-                .with("approval", outcome_name(decision.outcome))
-                .with("reasons", decision.reasons.clone())
-                .with("policy_digest", decision.policy_digest.as_str()),
-        ];
+        let mut writes = vec![store::runs::insert_review(id, &review), transition(&run, next, detail.clone(), now)];
+        let mut events = vec![reviewed_event(&context, &run.triggered_by, &review, &decision, now)];
         if next != RunState::Planned {
-            let mut event = state_event(&context, state, next, detail.as_deref(), now);
-            if next == RunState::Applying {
-                let job_id = uuid::Uuid::now_v7().to_string();
-                writes.push(queue_job(&job_id, id, "apply", &stack.spec.pool, now));
-                event = event.with("apply_job", job_id.as_str());
-            }
-            events.push(event);
+            let event = state_event(&context, state, next, detail.as_deref(), now);
+            events.push(queue_apply_if(next, event, &mut writes, id, &stack, now));
         }
         self.commit(Append::changes(writes, events)).await?;
         if next == RunState::Applying {
@@ -500,24 +404,41 @@ impl Runs {
         Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
     }
 
+    /// Run `id`, its state and its reviews so far, if `who` may review it now: the run is planned,
+    /// `who` has not reviewed it, and the `comment` is not too long.
+    async fn reviewable(
+        &self,
+        id: &str,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<(RunRow, RunState, Vec<ReviewRow>), RunError> {
+        if comment.is_some_and(|comment| comment.len() > MAX_COMMENT) {
+            return Err(RunError::CommentTooLong);
+        }
+        let run = self.run_row(id).await?;
+        let state = parse_state(&run.state)?;
+        if !state.takes_reviews() {
+            return Err(RunError::NotReviewable { run: id.to_owned(), state });
+        }
+        let reviews = self.store.reviews(id).await?;
+        if reviews.iter().any(|r| r.reviewer == who) {
+            return Err(RunError::AlreadyReviewed { run: id.to_owned(), reviewer: who.to_owned() });
+        }
+        Ok((run, state, reviews))
+    }
+
     /// Cancels a run that has not finished; its queued and leased jobs are canceled with it.
     pub async fn cancel(&self, id: &str, who: &str, caller: Context) -> Result<RunView, RunError> {
         let run = self.run_row(id).await?;
         let state = parse_state(&run.state)?;
         if state.is_final() {
-            return Err(RunError::Conflict(format!("run {id} is already {state}")));
+            return Err(RunError::AlreadyOver { run: id.to_owned(), state });
         }
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let detail = format!("canceled by {who}");
-        let writes = vec![
-            transition(&run, RunState::Canceled, Some(detail.clone()), now),
-            Write::any(
-                format!("jobs of run {id}"),
-                "UPDATE jobs SET state = 'canceled', updated_at = $1 WHERE run_id = $2 AND state IN ('queued', 'leased')",
-                vec![now.into(), id.into()],
-            ),
-        ];
+        let writes =
+            vec![transition(&run, RunState::Canceled, Some(detail.clone()), now), store::runs::cancel_jobs(id, now)];
         let context = run_context(&run, &stack, "plan", who, caller);
         let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
         let leased: Vec<JobRow> = self.store.jobs_of(id).await?.into_iter().filter(|j| j.state == "leased").collect();
@@ -561,6 +482,25 @@ impl Runs {
     }
 }
 
+/// Checks what a submission says before anything is read: a full commit SHA if any, a pull
+/// request number that is not 0 and fits, a printable ticket. Returns the pull request number.
+fn check_submission(submission: &Submission) -> Result<Option<i64>, RunError> {
+    if let Some(commit) = &submission.commit
+        && !is_commit_sha(commit)
+    {
+        return Err(RunError::BadCommit(commit.clone()));
+    }
+    if submission.pull_request == Some(0) {
+        return Err(RunError::PullRequestZero);
+    }
+    if let Some(ticket) = &submission.ticket
+        && (ticket.is_empty() || ticket.len() > MAX_TICKET || ticket.chars().any(char::is_control))
+    {
+        return Err(RunError::BadTicket);
+    }
+    submission.pull_request.map(i64::try_from).transpose().map_err(|_| RunError::PullRequestTooLarge)
+}
+
 /// A JSON column's text. (Lists and maps of strings always serialise.)
 fn json_text<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
@@ -589,21 +529,40 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 
 /// `run` moves to `next`, if it is still at the version it was read at.
 fn transition(run: &RunRow, next: RunState, detail: Option<String>, now: i64) -> Write {
-    Write::one(
-        format!("run {} (version {})", run.id, run.version),
-        "UPDATE runs SET state = $1, detail = COALESCE($2, detail), version = version + 1, updated_at = $3 \
-         WHERE id = $4 AND version = $5",
-        vec![next.as_str().into(), detail.into(), now.into(), run.id.as_str().into(), run.version.into()],
-    )
+    store::runs::transition(run, next.as_str(), detail, now)
 }
 
-fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> Write {
-    Write::one(
-        format!("{phase} job of run {run_id}"),
-        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
-         error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
-        vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
-    )
+/// The `run.reviewed` entry of `review` of a run `author` submitted: the verdict, whether it
+/// counts (the author's own approval never does), and what the approval policy concluded.
+fn reviewed_event(context: &Context, author: &str, review: &ReviewRow, decision: &Decision, now: i64) -> AuditEvent {
+    let judged = reviews::judge(author, std::slice::from_ref(review));
+    let note = judged.first().and_then(|j| j.note);
+    AuditEvent::new(Kind::RunReviewed, now, context.clone())
+        .with("decision", review.decision.as_str())
+        .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
+        .with("counted", note.is_none())
+        .with("note", note.map_or(Value::Null, Value::from))
+        .with("approval", outcome_name(decision.outcome))
+        .with("reasons", decision.reasons.clone())
+        .with("policy_digest", decision.policy_digest.as_str())
+}
+
+/// When a run moves to `next` = applying, queues its apply job (in `writes`) and names it in the
+/// state change's `event`.
+fn queue_apply_if(
+    next: RunState,
+    event: AuditEvent,
+    writes: &mut Vec<Write>,
+    run_id: &str,
+    stack: &Stack,
+    now: i64,
+) -> AuditEvent {
+    if next != RunState::Applying {
+        return event;
+    }
+    let job_id = uuid::Uuid::now_v7().to_string();
+    writes.push(store::runs::queue_job(&job_id, run_id, "apply", &stack.spec.pool, now));
+    event.with("apply_job", job_id.as_str())
 }
 
 fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {

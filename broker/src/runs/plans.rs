@@ -23,8 +23,8 @@ use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 use crate::identity::kek::{Kek, UnsealError};
 use crate::policy::PolicyKind;
-use crate::store::write::Write;
-use crate::store::{RunRow, SealedPlanRow};
+use crate::store::runs::NewPlan;
+use crate::store::{self, RunRow, SealedPlanRow};
 use keyward_proto::encoding::hex;
 
 /// The largest saved plan kept.
@@ -86,19 +86,13 @@ impl Runs {
         plan_json: &[u8],
     ) -> Result<PlanVerdict, RunError> {
         if held.job.phase != "plan" {
-            return Err(RunError::Invalid(format!(
-                "job {} is an {} job; only plans submit plans",
-                held.job.id, held.job.phase
-            )));
+            return Err(RunError::NotAPlanJob { job: held.job.id.clone(), phase: held.job.phase.clone() });
         }
         if held.run.kind == super::RunKind::Drift.as_str() {
-            return Err(RunError::Invalid(format!(
-                "run {} is a drift check: it reports what it found and keeps no plan",
-                held.run.id
-            )));
+            return Err(RunError::DriftKeepsNoPlan(held.run.id.clone()));
         }
         if plan_file.is_empty() || plan_file.len() > MAX_PLAN_FILE {
-            return Err(RunError::Invalid(format!("a saved plan is 1 byte to {MAX_PLAN_FILE} bytes")));
+            return Err(RunError::PlanFileSize);
         }
         let now = self.clock.now();
         let (run, stack) = (&held.run, &held.stack);
@@ -108,21 +102,17 @@ impl Runs {
         let sealed = self.kek.seal(&seal_context(&run.id, &held.job.id, &sha256), plan_file);
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };
         let writes = vec![
-            Write::one(
-                format!("the saved plan of run {}", run.id),
-                "INSERT INTO plans (run_id, job_id, sha256, plan_file, plan_json, deny, warn, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id) DO UPDATE SET job_id = $2, \
-                 sha256 = $3, plan_file = $4, plan_json = $5, deny = $6, warn = $7, created_at = $8",
-                vec![
-                    run.id.as_str().into(),
-                    held.job.id.as_str().into(),
-                    verdict.sha256.clone().into(),
-                    sealed.into(),
-                    stored_json.into(),
-                    super::json_text(&verdict.deny).into(),
-                    super::json_text(&verdict.warn).into(),
-                    now.into(),
-                ],
+            store::runs::save_plan(
+                NewPlan {
+                    run_id: &run.id,
+                    job_id: &held.job.id,
+                    sha256: verdict.sha256.clone(),
+                    sealed,
+                    json: stored_json,
+                    deny: super::json_text(&verdict.deny),
+                    warn: super::json_text(&verdict.warn),
+                },
+                now,
             ),
             held.lease_guard(now),
         ];
@@ -147,14 +137,10 @@ impl Runs {
     /// a saved plan is opened; `held` proves the caller holds the apply job's lease.
     pub async fn saved_plan(&self, held: &HeldJob) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), RunError> {
         if held.job.phase != "apply" {
-            return Err(RunError::Invalid(format!("job {} is not an apply job", held.job.id)));
+            return Err(RunError::NotAnApplyJob(held.job.id.clone()));
         }
         let run = &held.run.id;
-        let plan = self
-            .store
-            .sealed_plan(run)
-            .await?
-            .ok_or_else(|| RunError::NotFound(format!("run {run} has no saved plan")))?;
+        let plan = self.store.sealed_plan(run).await?.ok_or_else(|| RunError::NoSavedPlan(run.clone()))?;
         let opened = open_plan(&self.kek, run, &plan)?;
         Ok((opened, plan.sha256))
     }
@@ -191,10 +177,9 @@ pub struct ReadPlan {
 /// it (the policy, its messages, the stored copy).
 pub fn read_plan_json(plan_json: &[u8], run: &RunRow, stack: &Stack, now: i64) -> Result<ReadPlan, RunError> {
     if plan_json.len() > MAX_PLAN_JSON {
-        return Err(RunError::Invalid(format!("the plan JSON is larger than {MAX_PLAN_JSON} bytes")));
+        return Err(RunError::PlanJsonTooLarge);
     }
-    let mut plan: Value = serde_json::from_slice(plan_json)
-        .map_err(|e| RunError::Invalid(format!("the plan JSON does not parse: {e}")))?;
+    let mut plan: Value = serde_json::from_slice(plan_json).map_err(RunError::PlanJson)?;
     let redacted = Redactor::new().redact(&mut plan);
     let stored_json = plan.to_string();
     let counts = change_counts(&plan);

@@ -134,7 +134,7 @@ impl Runs {
         let entry = self
             .repositories
             .for_url(repository)
-            .ok_or_else(|| RunError::NotFound(format!("no repository credentials are configured for {repository}")))?;
+            .ok_or_else(|| RunError::NoRepositoryCredentials(repository.clone()))?;
         let password = entry.password().map_err(GitError::from)?;
         let now = self.clock.now();
         let agent = held.job.agent_id.clone().unwrap_or_default();

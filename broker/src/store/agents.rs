@@ -1,12 +1,15 @@
-//! Reading pools, join tokens, agents and the agent CA; and the two writes that are not audit
-//! facts: lease renewals (heartbeats) and "last seen" times.
+//! Pools, join tokens, agents and the agent CA: reading them; the two writes that are not audit
+//! facts (lease renewals at heartbeats, "last seen" times); and the guarded writes for the ones
+//! that are.
 //!
 //! Creating a pool, issuing or consuming a join token, enrolling, renewing, draining and revoking
-//! an agent are guarded writes committed with their audit entries (`crate::agents`).
+//! an agent are guarded writes built here and committed by `crate::agents` with their audit
+//! entries ([`super::write`]).
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::write::Write;
 use super::{JobRow, Store, StoreError, conflict_or};
 
 /// A stored pool.
@@ -255,4 +258,96 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(super::runs::job_from).collect()
     }
+}
+
+/// Creates pool `name` (unique: a second one is refused as a duplicate).
+pub fn create_pool(name: &str, who: &str, now: i64) -> Write {
+    Write::one(
+        format!("pool `{name}`"),
+        "INSERT INTO pools (name, created_at, created_by) VALUES ($1, $2, $3)",
+        vec![name.into(), now.into(), who.into()],
+    )
+}
+
+/// Issues the join token `id` into `pool`, stored as `token_hash` only.
+pub fn issue_join_token(id: &str, pool: &str, token_hash: String, expires_at: i64, who: &str, now: i64) -> Write {
+    Write::one(
+        format!("join token {id}"),
+        "INSERT INTO join_tokens (id, pool, token_hash, expires_at, created_at, created_by, used_at, used_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
+        vec![id.into(), pool.into(), token_hash.into(), expires_at.into(), now.into(), who.into()],
+    )
+}
+
+/// Consumes the join token `id` for `agent_id`, if it is still unused and unexpired: of two
+/// enrollments racing with one token, one wins.
+pub fn use_join_token(id: &str, agent_id: &str, now: i64) -> Write {
+    Write::one(
+        format!("join token {id}"),
+        "UPDATE join_tokens SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL AND expires_at > $1",
+        vec![now.into(), agent_id.into(), id.into()],
+    )
+}
+
+/// A newly enrolled agent and its first certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAgent<'a> {
+    /// Agent ID.
+    pub id: &'a str,
+    /// Its pool.
+    pub pool: &'a str,
+    /// Host name it reported.
+    pub hostname: &'a str,
+    /// Version it reported.
+    pub version: &'a str,
+    /// Its certificate's serial (hex).
+    pub serial: &'a str,
+    /// Its certificate's expiry.
+    pub not_after: i64,
+}
+
+/// Records `agent`, enrolled (and last seen) at `now`.
+pub fn enroll(agent: &NewAgent<'_>, now: i64) -> Write {
+    Write::one(
+        format!("agent {}", agent.id),
+        "INSERT INTO agents (id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, \
+         revoked_at, revoked_by, last_seen_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, NULL, NULL, NULL, $7)",
+        vec![
+            agent.id.into(),
+            agent.pool.into(),
+            agent.hostname.into(),
+            agent.version.into(),
+            agent.serial.into(),
+            agent.not_after.into(),
+            now.into(),
+        ],
+    )
+}
+
+/// Records `agent_id`'s renewed certificate, unless it was revoked meanwhile.
+pub fn renew(agent_id: &str, serial: &str, not_after: i64, now: i64) -> Write {
+    Write::one(
+        format!("agent {agent_id}"),
+        "UPDATE agents SET serial = $1, not_after = $2, renewed_at = $3, last_seen_at = $3 \
+         WHERE id = $4 AND state <> 'revoked'",
+        vec![serial.into(), not_after.into(), now.into(), agent_id.into()],
+    )
+}
+
+/// Revokes `agent_id` (once: revoking a revoked agent is refused as a moved state).
+pub fn revoke(agent_id: &str, who: &str, now: i64) -> Write {
+    Write::one(
+        format!("agent {agent_id}"),
+        "UPDATE agents SET state = 'revoked', revoked_at = $1, revoked_by = $2 WHERE id = $3 AND state <> 'revoked'",
+        vec![now.into(), who.into(), agent_id.into()],
+    )
+}
+
+/// Moves the active agent `agent_id` to `draining`.
+pub fn drain(agent_id: &str) -> Write {
+    Write::one(
+        format!("agent {agent_id}"),
+        "UPDATE agents SET state = 'draining' WHERE id = $1 AND state = 'active'",
+        vec![agent_id.into()],
+    )
 }

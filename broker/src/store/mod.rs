@@ -4,14 +4,14 @@
 //! there is one code path to test. Each backend has its own migration files because column types
 //! differ (`BLOB` vs `BYTEA`). The store knows nothing about HTTP or crypto: it moves rows.
 
-mod agents;
+pub mod agents;
 mod api_tokens;
 pub(crate) mod audit;
 pub mod files;
 mod location;
 mod logs;
 mod replay;
-mod runs;
+pub mod runs;
 mod signing_keys;
 pub mod write;
 

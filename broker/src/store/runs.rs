@@ -1,9 +1,13 @@
-//! Reading stacks, runs, reviews and jobs. Every change to them is a guarded write committed with
-//! its audit entry (see [`super::write`] and `crate::runs`), so this module only reads.
+//! Stacks, runs, reviews, jobs and saved plans: reading them, and the guarded writes that change
+//! them. A change is never executed here: `crate::runs` puts the write in an audit append with
+//! the entry that records it, and the audit writer executes both in one transaction
+//! ([`super::write`]). Each write carries the condition it was decided on (the run's version,
+//! the job's state and fencing token), so a change decided on a state that moved on does nothing.
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::write::Write;
 use super::{Store, StoreError};
 
 /// A stored stack.
@@ -315,4 +319,231 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Creates `stack` (the name is unique: a second one is refused as a duplicate).
+pub fn insert_stack(stack: &StackRow) -> Write {
+    Write::one(
+        format!("stack `{}`", stack.name),
+        "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
+         policies, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        vec![
+            stack.name.as_str().into(),
+            stack.repository.as_str().into(),
+            stack.path.as_str().into(),
+            stack.branch.as_str().into(),
+            stack.pool.as_str().into(),
+            stack.plan_targets.as_str().into(),
+            stack.apply_targets.as_str().into(),
+            stack.labels.as_str().into(),
+            stack.policies.as_str().into(),
+            stack.created_at.into(),
+            stack.created_by.as_str().into(),
+        ],
+    )
+}
+
+/// Creates `run` as submitted.
+pub fn insert_run(run: &RunRow) -> Write {
+    Write::one(
+        format!("run {}", run.id),
+        "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
+         triggered_by, detail, created_at, updated_at, kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        vec![
+            run.id.as_str().into(),
+            run.stack.as_str().into(),
+            run.state.as_str().into(),
+            run.version.into(),
+            run.commit_sha.as_str().into(),
+            run.git_ref.clone().into(),
+            run.pull_request.into(),
+            run.ticket.clone().into(),
+            run.triggered_by.as_str().into(),
+            run.detail.clone().into(),
+            run.created_at.into(),
+            run.updated_at.into(),
+            run.kind.as_str().into(),
+        ],
+    )
+}
+
+/// `run` moves to state `next`, if it is still at the version it was read at.
+pub fn transition(run: &RunRow, next: &str, detail: Option<String>, now: i64) -> Write {
+    Write::one(
+        format!("run {} (version {})", run.id, run.version),
+        "UPDATE runs SET state = $1, detail = COALESCE($2, detail), version = version + 1, updated_at = $3 \
+         WHERE id = $4 AND version = $5",
+        vec![next.into(), detail.into(), now.into(), run.id.as_str().into(), run.version.into()],
+    )
+}
+
+/// Records a drift run's finding (it travels with the run's state change, which is guarded by
+/// its version).
+pub fn record_drift(run_id: &str, drifted: bool) -> Write {
+    Write::one(
+        format!("drift of run {run_id}"),
+        "UPDATE runs SET drift = $1 WHERE id = $2 AND kind = 'drift'",
+        vec![i64::from(drifted).into(), run_id.into()],
+    )
+}
+
+/// Records `review` of `run_id` (one per reviewer: a second is refused as a duplicate).
+pub fn insert_review(run_id: &str, review: &ReviewRow) -> Write {
+    Write::one(
+        format!("review of run {run_id} by {}", review.reviewer),
+        "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at) VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            run_id.into(),
+            review.reviewer.as_str().into(),
+            review.decision.as_str().into(),
+            review.comment.clone().into(),
+            review.at.into(),
+        ],
+    )
+}
+
+/// Queues the `phase` job `job_id` of `run_id` in `pool`.
+pub fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> Write {
+    Write::one(
+        format!("{phase} job of run {run_id}"),
+        "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
+         error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
+        vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
+    )
+}
+
+/// Cancels every queued or leased job of `run_id` (however many there are).
+pub fn cancel_jobs(run_id: &str, now: i64) -> Write {
+    Write::any(
+        format!("jobs of run {run_id}"),
+        "UPDATE jobs SET state = 'canceled', updated_at = $1 WHERE run_id = $2 AND state IN ('queued', 'leased')",
+        vec![now.into(), run_id.into()],
+    )
+}
+
+/// Leases `job`, as read from the queue, to `agent_id` under `fencing_token` until `expires`:
+/// the compare-and-set that only one of any number of racing agents wins. The job records the
+/// isolation its agent last reported.
+pub fn lease_job(job: &JobRow, agent_id: &str, fencing_token: i64, expires: i64, now: i64) -> Write {
+    Write::one(
+        format!("queued job {}", job.id),
+        "UPDATE jobs SET state = 'leased', agent_id = $1, attempt = attempt + 1, fencing_token = $2, \
+         lease_expires_at = $3, updated_at = $4, isolation = (SELECT isolation FROM agents WHERE id = $1) \
+         WHERE id = $5 AND state = 'queued' AND fencing_token = $6",
+        vec![
+            agent_id.into(),
+            fencing_token.into(),
+            expires.into(),
+            now.into(),
+            job.id.as_str().into(),
+            job.fencing_token.into(),
+        ],
+    )
+}
+
+/// A write that holds only while `job`'s lease is still the one it was read with, unexpired at
+/// `now`, and its holder is not revoked: it travels with whatever must not commit once the lease
+/// has moved on. The agent's state is read in the same statement because a revocation commits
+/// before it ends the agent's leases: a request that authenticated just before the revocation
+/// must not commit in between.
+pub fn lease_guard(job: &JobRow, now: i64) -> Write {
+    Write::one(
+        format!("lease {} of job {} by an unrevoked agent", job.fencing_token, job.id),
+        "UPDATE jobs SET updated_at = updated_at \
+         WHERE id = $1 AND state = 'leased' AND agent_id = $2 AND fencing_token = $3 AND lease_expires_at >= $4 \
+         AND EXISTS (SELECT 1 FROM agents WHERE agents.id = $2 AND agents.state <> 'revoked')",
+        vec![job.id.as_str().into(), job.agent_id.clone().into(), job.fencing_token.into(), now.into()],
+    )
+}
+
+/// How a lease holder's job ended, as the job row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    /// `succeeded` or `failed`.
+    pub state: &'static str,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The digest of its log's last chunk, as verified.
+    pub log_digest: Option<Vec<u8>>,
+    /// How many chunks its log has.
+    pub log_chunks: Option<i64>,
+    /// The sandbox layers it ran under (JSON array), if any.
+    pub layers: Option<String>,
+}
+
+/// Records how `job_id` ended, if `agent_id` still holds its lease `fencing_token`.
+pub fn finish_job(job_id: &str, agent_id: &str, fencing_token: i64, end: JobEnd, now: i64) -> Write {
+    Write::one(
+        format!("lease {fencing_token} of job {job_id}"),
+        "UPDATE jobs SET state = $1, error = $2, lease_expires_at = NULL, updated_at = $3, log_digest = $4, \
+         log_chunks = $5, layers = $6 WHERE id = $7 AND state = 'leased' AND agent_id = $8 AND fencing_token = $9",
+        vec![
+            end.state.into(),
+            end.error.into(),
+            now.into(),
+            end.log_digest.into(),
+            end.log_chunks.into(),
+            end.layers.into(),
+            job_id.into(),
+            agent_id.into(),
+            fencing_token.into(),
+        ],
+    )
+}
+
+/// Ends the lease `job` was read with, without a report from its holder: the job goes to
+/// `state` (`queued` again frees it of its agent) with `error` saying why.
+pub fn end_lease(job: &JobRow, state: &str, error: String, now: i64) -> Write {
+    Write::one(
+        format!("lease {} of job {}", job.fencing_token, job.id),
+        "UPDATE jobs SET state = $1, agent_id = CASE WHEN $1 = 'queued' THEN NULL ELSE agent_id END, \
+         lease_expires_at = NULL, error = $2, updated_at = $3 WHERE id = $4 AND state = 'leased' AND fencing_token = $5",
+        vec![state.into(), Some(error).into(), now.into(), job.id.as_str().into(), job.fencing_token.into()],
+    )
+}
+
+/// A plan job's saved plan, as it is kept: the file sealed, the JSON redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewPlan<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The plan job that made it.
+    pub job_id: &'a str,
+    /// SHA-256 of the file.
+    pub sha256: Vec<u8>,
+    /// The file, sealed under the KEK.
+    pub sealed: Vec<u8>,
+    /// `terraform show -json`, its sensitive values replaced.
+    pub json: String,
+    /// The policy's deny messages (JSON array).
+    pub deny: String,
+    /// The policy's warnings (JSON array).
+    pub warn: String,
+}
+
+impl std::fmt::Debug for NewPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPlan").field("run_id", &self.run_id).field("job_id", &self.job_id).finish_non_exhaustive()
+    }
+}
+
+/// Keeps `plan` as its run's saved plan (a plan job planning again replaces it).
+pub fn save_plan(plan: NewPlan<'_>, now: i64) -> Write {
+    Write::one(
+        format!("the saved plan of run {}", plan.run_id),
+        "INSERT INTO plans (run_id, job_id, sha256, plan_file, plan_json, deny, warn, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id) DO UPDATE SET job_id = $2, \
+         sha256 = $3, plan_file = $4, plan_json = $5, deny = $6, warn = $7, created_at = $8",
+        vec![
+            plan.run_id.into(),
+            plan.job_id.into(),
+            plan.sha256.into(),
+            plan.sealed.into(),
+            plan.json.into(),
+            plan.deny.into(),
+            plan.warn.into(),
+            now.into(),
+        ],
+    )
 }

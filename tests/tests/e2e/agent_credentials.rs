@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_broker::store::{DatabaseLocation, Store};
-use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment};
+use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment, Phase};
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::{Audit, Logged};
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
@@ -287,7 +287,7 @@ async fn lease_holders_only(database_url: Option<&str>) {
     }
     jobs.sort_by_key(|job| job.run_id != network_run);
     let (network, worker) = (&jobs[0], &jobs[1]);
-    assert_eq!((network.phase.as_str(), worker.run_id.as_str()), ("plan", worker_run.as_str()));
+    assert_eq!((network.job_phase(), worker.run_id.as_str()), (Phase::Plan, worker_run.as_str()));
     assert_eq!(network.credential_targets, ["aws:state-read"], "the assignment names the phase's targets");
     session.heartbeat(&[&network.job_id, &worker.job_id]).await.expect("the work stream is open");
     let store = audit(&broker, database_url).await;

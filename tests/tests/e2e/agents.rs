@@ -10,8 +10,8 @@ use keyward_broker::identity::kek::Kek;
 use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{
-    AgentMessage, BrokerMessage, CredentialsRequest, EnrollRequest, Hello, JobAssignment, PlanPart, RenewRequest,
-    SourceCredentialsRequest, agent_message,
+    AgentMessage, BrokerMessage, CredentialsRequest, EnrollRequest, Hello, Isolation, JobAssignment, PlanPart,
+    RenewRequest, SourceCredentialsRequest, agent_message,
 };
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, channel, enroll_in_process, join, pem};
 use keyward_tests::audit::Audit;
@@ -141,6 +141,7 @@ async fn open_work(
         kind: Some(agent_message::Kind::Hello(Hello {
             agent_version: version.into(),
             capacity: 1,
+            job_isolation: Isolation::Process.into(),
             ..Hello::default()
         })),
     };
@@ -340,7 +341,12 @@ async fn the_endpoint_refuses_foreign_expired_and_malformed_credentials() {
     // No certificate at all: only Enroll is open.
     let mut anonymous = AgentServiceClient::new(channel(&endpoint, &ca_pem, None).await.unwrap());
     let hello = AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello { agent_version: "t".into(), capacity: 1, ..Hello::default() })),
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_version: "t".into(),
+            capacity: 1,
+            job_isolation: Isolation::Process.into(),
+            ..Hello::default()
+        })),
     };
     let refused = anonymous.work(tokio_stream::iter(vec![hello])).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_broker::audit::{AuditLog, Context, kinds};
+use keyward_broker::audit::{AuditLog, ChangeError, Context, kinds};
 use keyward_broker::clock::ManualClock;
 use keyward_broker::policy::{Outcome, PolicyEngine};
 use keyward_broker::runs::{
@@ -77,9 +77,12 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let created = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await.unwrap();
     assert_eq!(created.spec.repository, repo.url());
     let duplicate = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await;
-    assert!(matches!(duplicate, Err(RunError::Conflict(ref m)) if m.contains("already exists")), "{duplicate:?}");
+    assert!(
+        matches!(duplicate, Err(RunError::Change(ChangeError::Conflict(ref m))) if m.contains("already exists")),
+        "{duplicate:?}"
+    );
     let bad = runs.create_stack(spec("Bad Name", &repo.url()), "admin", caller()).await;
-    assert!(matches!(bad, Err(RunError::Invalid(_))), "{bad:?}");
+    assert!(matches!(bad, Err(RunError::Spec(_))), "{bad:?}");
     assert_eq!(audit.count(kinds::STACK_CREATED).await, 1);
     assert_eq!(runs.stacks().await.unwrap().len(), 1);
 
@@ -103,10 +106,11 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
         (Submission { ticket: Some("x".repeat(500)), ..submission("network", None) }, "ticket"),
     ] {
         let error = runs.submit(bad, "alice", caller()).await.unwrap_err();
-        assert!(matches!(error, RunError::Invalid(ref m) if m.contains(what)), "{what}: {error:?}");
+        let bad_input = matches!(error, RunError::BadCommit(_) | RunError::PullRequestZero | RunError::BadTicket);
+        assert!(bad_input && error.to_string().contains(what), "{what}: {error:?}");
     }
     let unknown = runs.submit(submission("nope", None), "alice", caller()).await.unwrap_err();
-    assert!(matches!(unknown, RunError::NotFound(_)), "{unknown:?}");
+    assert!(matches!(unknown, RunError::UnknownStack(ref name) if name == "nope"), "{unknown:?}");
     assert_eq!((runs.runs(None, 100).await.unwrap().len(), audit.count(kinds::RUN_REFUSED).await), before);
 
     // `keyward.run` refuses a commit that no branch heads: on record, never queued.
@@ -139,7 +143,8 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // Only the holder, with the current fencing token, may report.
     for (agent, token) in [("agent-x", 1), (holder.as_str(), 2)] {
         let stale = runs.finish_job(&plan.job_id, agent, token, JobOutcome::Succeeded.into()).await.unwrap_err();
-        assert!(matches!(stale, RunError::Conflict(ref m) if m.contains("stale or foreign")), "{stale:?}");
+        assert!(matches!(stale, RunError::NotLeaseHolder { .. }), "{stale:?}");
+        assert!(stale.to_string().contains("stale or foreign"), "{stale}");
     }
     runs.finish_job(&plan.job_id, &holder, 1, JobOutcome::Succeeded.into()).await.unwrap();
     assert_eq!(runs.run(&run.id).await.unwrap().state, RunState::Planned.as_str(), "waits for approval");
@@ -149,11 +154,13 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let own = runs.review(&run.id, Verdict::Approve, None, "alice", caller()).await.unwrap();
     assert_eq!((own.approval, own.run.state.as_str()), (Outcome::Pending, "planned"));
     let again = runs.review(&run.id, Verdict::Approve, None, "alice", caller()).await.unwrap_err();
-    assert!(matches!(again, RunError::Conflict(ref m) if m.contains("already reviewed")), "{again:?}");
+    assert!(matches!(again, RunError::AlreadyReviewed { ref reviewer, .. } if reviewer == "alice"), "{again:?}");
+    assert!(again.to_string().contains("already reviewed"), "{again}");
     let approved = runs.review(&run.id, Verdict::Approve, Some("looks right".into()), "bob", caller()).await.unwrap();
     assert_eq!((approved.approval, approved.run.state.as_str()), (Outcome::Approve, "applying"));
     let late = runs.review(&run.id, Verdict::Approve, None, "carol", caller()).await.unwrap_err();
-    assert!(matches!(late, RunError::Conflict(ref m) if m.contains("applying")), "{late:?}");
+    assert!(matches!(late, RunError::NotReviewable { state: RunState::Applying, .. }), "{late:?}");
+    assert!(late.to_string().contains("applying"), "{late}");
 
     // The apply job runs and finishes the run; a finished run cannot be canceled or reviewed.
     let apply = runs.lease_next("default", "agent-1", LEASE).await.unwrap().expect("the apply job");
@@ -162,7 +169,10 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let finished = runs.run(&run.id).await.unwrap();
     assert_eq!(finished.state, "finished");
     assert_eq!(finished.reviews.iter().map(|r| r.by.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
-    assert!(matches!(runs.cancel(&run.id, "alice", caller()).await, Err(RunError::Conflict(_))));
+    assert!(matches!(
+        runs.cancel(&run.id, "alice", caller()).await,
+        Err(RunError::AlreadyOver { state: RunState::Finished, .. })
+    ));
     let trail: Vec<String> = audit.for_run(&run.id).await.into_iter().map(|e| e.kind).collect();
     assert_eq!(
         trail,
@@ -198,7 +208,13 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     assert!(results.iter().any(Result::is_ok), "{results:?}");
     for result in &results {
         if let Err(error) = result {
-            assert!(matches!(error, RunError::Conflict(_)), "a losing review is a conflict: {error:?}");
+            // It read the run before the winner moved it (its write found the version moved on),
+            // or after (the run no longer takes reviews).
+            let lost = matches!(
+                error,
+                RunError::Change(ChangeError::Conflict(_)) | RunError::NotReviewable { state: RunState::Applying, .. }
+            );
+            assert!(lost, "a losing review is a conflict: {error:?}");
         }
     }
     let raced_run = runs.run(&raced).await.unwrap();

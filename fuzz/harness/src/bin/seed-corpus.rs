@@ -19,7 +19,7 @@ use keyward_broker::audit::{AuditEvent, Context, Kind};
 use keyward_broker::joblogs::chunk_to_check;
 use keyward_fuzz_harness::fixtures::{ISSUER, NOW, agent_certificates, agent_sign, es256, rs256, sign_checkpoint};
 use keyward_proto::agent_v1::{
-    AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, JobResult, PlanPart,
+    AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, Isolation, JobResult, PlanPart,
     RenewRequest, SignedLogChunk, SourceCredentialsRequest, agent_message,
 };
 use keyward_proto::logs::{GENESIS, chunk_digest};
@@ -338,7 +338,8 @@ fn agent_proto(seeds: &mut Seeds, chain: &[SignedLogChunk]) {
         agent_version: "0.1.0".to_owned(),
         capacity: 2,
         terraform_version: "1.11.4".to_owned(),
-        isolation: "process".to_owned(),
+        job_isolation: Isolation::Process.into(),
+        runs_exec: false,
     };
     seeds.write_with("agent_proto", "accept-hello", 2, message(agent_message::Kind::Hello(hello)));
     let heartbeat = Heartbeat { running_job_ids: vec!["job-01J9Z4".to_owned()] };

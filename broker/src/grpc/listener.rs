@@ -15,13 +15,15 @@ use keyward_proto::agent_v1::agent_service_server::AgentServiceServer;
 use rustls::RootCertStore;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::Sender;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Agents;
-use super::ca::{AgentCa, CaError, ServerIdentity};
 use super::service::AgentGrpc;
+use crate::agents::Agents;
+use crate::agents::ca::{AgentCa, CaError, ServerIdentity};
 use crate::clock::SharedClock;
 
 /// Largest message an agent may send (log chunks are 64 KiB, plan parts 128 KiB).
@@ -107,64 +109,16 @@ pub async fn serve(
         current: RwLock::new(RotatingCertificate::issue(&ca, &names, clock.now())?),
         names,
     });
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.certificate().clone()).map_err(|e| ListenerError::Tls(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ListenerError::Tls(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ListenerError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-
-    let renewal = tokio::spawn({
-        let certificate = Arc::clone(&certificate);
-        let clock = Arc::clone(&clock);
-        async move {
-            let mut ticker = tokio::time::interval(SERVER_CERT_CHECK);
-            loop {
-                ticker.tick().await;
-                certificate.renew_if_due(&ca, clock.now());
-            }
-        }
-    });
+    let acceptor = tls_acceptor(&ca, Arc::clone(&certificate))?;
+    let renewal = tokio::spawn(renew_periodically(certificate, ca, clock));
     let cancellations = tokio::spawn(Arc::clone(agents.hub()).forward_cancellations());
-
     let (connections, incoming) = tokio::sync::mpsc::channel(64);
-    let accepting = tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "agent endpoint accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = connections.send(Ok::<_, std::io::Error>(tls)).await;
-                    }
-                    Ok(Err(error)) => tracing::info!(%peer, %error, "agent TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
-                }
-            });
-        }
-    });
+    let accepting = tokio::spawn(accept(listener, acceptor, connections));
 
     let hub = Arc::clone(agents.hub());
     let shutdown = async move {
         shutdown.await;
-        hub.close_all("the broker is shutting down; reconnect");
+        hub.close_all();
     };
     let service = AgentServiceServer::new(AgentGrpc::new(agents))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -183,4 +137,63 @@ pub async fn serve(
         tracing::error!(%error, "the agent endpoint stopped");
     }
     Ok(())
+}
+
+/// TLS 1.3 only, HTTP/2, the broker's rotating `certificate`, and any client certificate that
+/// is presented verified against the agent CA (none is needed to enroll).
+fn tls_acceptor(ca: &AgentCa, certificate: Arc<RotatingCertificate>) -> Result<TlsAcceptor, ListenerError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.certificate().clone()).map_err(|e| ListenerError::Tls(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ListenerError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ListenerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certificate as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Checks the server certificate's age every [`SERVER_CERT_CHECK`] and renews it at half-life.
+async fn renew_periodically(certificate: Arc<RotatingCertificate>, ca: Arc<AgentCa>, clock: SharedClock) {
+    let mut ticker = tokio::time::interval(SERVER_CERT_CHECK);
+    loop {
+        ticker.tick().await;
+        certificate.renew_if_due(&ca, clock.now());
+    }
+}
+
+/// Accepts connections and hands each one that completes its TLS handshake in time to the gRPC
+/// server through `connections`; a slow or refused handshake holds up no other.
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "agent endpoint accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = connections.send(Ok(tls)).await;
+                }
+                Ok(Err(error)) => tracing::info!(%peer, %error, "agent TLS handshake refused"),
+                Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
+            }
+        });
+    }
 }
