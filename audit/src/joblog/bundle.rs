@@ -134,11 +134,33 @@ pub struct LeaseReport {
 pub struct BundleError(pub Vec<String>);
 
 /// Verifies `bundle`; `pinned_ca` (DER) replaces the bundle's own CA as the trust anchor.
+/// Every lease is checked, and every problem found is named, not just the first.
 pub fn verify(bundle: &Bundle, pinned_ca: Option<&[u8]>) -> Result<Report, BundleError> {
-    let mut problems = Vec::new();
     if bundle.format != FORMAT {
         return Err(BundleError(vec![format!("unknown format `{}` (expected {FORMAT})", bundle.format)]));
     }
+    let mut problems = Vec::new();
+    let ca = trust_anchor(bundle, pinned_ca, &mut problems)?;
+    let signers: Signers<'_> =
+        bundle.signers.iter().map(|s| (s.fingerprint.as_str(), (s, pem_der(&s.certificate)))).collect();
+    let leases = bundle.leases.iter().map(|lease| verify_lease(bundle, lease, &signers, &ca, &mut problems)).collect();
+    if !problems.is_empty() {
+        return Err(BundleError(problems));
+    }
+    Ok(Report {
+        run_id: bundle.run_id.clone(),
+        ca_fingerprint: fingerprint(&ca),
+        ca_pinned: pinned_ca.is_some(),
+        leases,
+    })
+}
+
+/// The bundle's signing certificates by fingerprint, each with its DER when its PEM parses.
+type Signers<'a> = BTreeMap<&'a str, (&'a Signer, Option<Vec<u8>>)>;
+
+/// The CA certificates must chain to (DER): the pinned one, else the bundle's. A bundle naming
+/// another CA than the pinned one is a problem, not a stop: the chains are still checked.
+fn trust_anchor(bundle: &Bundle, pinned_ca: Option<&[u8]>, problems: &mut Vec<String>) -> Result<Vec<u8>, BundleError> {
     let bundled_ca = pem_der(&bundle.ca_certificate);
     let ca = match (pinned_ca, &bundled_ca) {
         (Some(pinned), _) => pinned.to_vec(),
@@ -150,97 +172,102 @@ pub fn verify(bundle: &Bundle, pinned_ca: Option<&[u8]>) -> Result<Report, Bundl
     {
         problems.push("the bundle names another CA than the pinned one".to_owned());
     }
-    let signers: BTreeMap<&str, (&Signer, Option<Vec<u8>>)> =
-        bundle.signers.iter().map(|s| (s.fingerprint.as_str(), (s, pem_der(&s.certificate)))).collect();
-    let mut leases = Vec::new();
-    for lease in &bundle.leases {
-        let mut head: Option<(u64, Vec<u8>)> = None;
-        let mut bytes = 0_u64;
-        let mut agents = Vec::new();
-        let at = |seq: u64| format!("job {} lease {} chunk {seq}", lease.job_id, lease.fencing_token);
-        for chunk in &lease.chunks {
-            let Some((signer, Some(der))) = signers.get(chunk.signer.as_str()) else {
-                problems.push(format!("{}: its signer {} is not in the bundle", at(chunk.seq), chunk.signer));
-                break;
-            };
-            if fingerprint(der) != signer.fingerprint {
-                problems.push(format!("{}: the certificate does not match its fingerprint", at(chunk.seq)));
-                break;
-            }
-            if let Err(why) = chains_to(der, &ca, chunk.received_at) {
-                problems.push(format!("{}: agent {}'s certificate {why}", at(chunk.seq), signer.agent_id));
-                break;
-            }
-            let key = match AgentKey::from_certificate(der) {
-                Ok(key) => key,
-                Err(why) => {
-                    problems.push(format!("{}: {why}", at(chunk.seq)));
-                    break;
+    Ok(ca)
+}
+
+/// One lease's chain, from its first chunk to its head, against the head the audit log sealed.
+/// The chain stops at its first bad chunk (everything after it is unproven).
+fn verify_lease(
+    bundle: &Bundle,
+    lease: &LeaseLog,
+    signers: &Signers<'_>,
+    ca: &[u8],
+    problems: &mut Vec<String>,
+) -> LeaseReport {
+    let mut head: Option<(u64, Vec<u8>)> = None;
+    let mut bytes = 0_u64;
+    let mut agents = Vec::new();
+    for chunk in &lease.chunks {
+        let previous = head.as_ref().map(|(seq, digest)| (*seq, digest.as_slice()));
+        match verify_chunk(bundle, lease, chunk, signers, ca, previous) {
+            Ok((signer, length, digest)) => {
+                bytes += length;
+                if !agents.contains(&signer.agent_id) {
+                    agents.push(signer.agent_id.clone());
                 }
-            };
-            let decoded = (
-                hex_decode(&chunk.prev_digest),
-                STANDARD.decode(&chunk.data).ok(),
-                hex_decode(&chunk.digest),
-                STANDARD.decode(&chunk.signature).ok(),
-            );
-            let (Some(prev), Some(data), Some(digest), Some(signature)) = decoded else {
-                problems.push(format!("{}: a field is not valid hex/base64", at(chunk.seq)));
-                break;
-            };
-            let fields = ChunkFields {
-                run_id: &bundle.run_id,
-                job_id: &lease.job_id,
-                fencing_token: lease.fencing_token,
-                stream: &chunk.stream,
-                seq: chunk.seq,
-                prev_digest: &prev,
-                data: &data,
-            };
-            let check = ChunkToCheck { fields, digest: &digest, signature: &signature };
-            if let Err(rejection) = check_chunk(&check, head.as_ref().map(|(s, d)| (*s, d.as_slice())), &key) {
-                problems.push(format!("{}: {rejection}", at(chunk.seq)));
+                head = Some((chunk.seq, digest));
+            }
+            Err(why) => {
+                problems.push(format!("job {} lease {} chunk {}: {why}", lease.job_id, lease.fencing_token, chunk.seq));
                 break;
             }
-            bytes += data.len() as u64;
-            if !agents.contains(&signer.agent_id) {
-                agents.push(signer.agent_id.clone());
-            }
-            head = Some((chunk.seq, digest));
         }
-        let chunks = head.as_ref().map_or(0, |(seq, _)| seq + 1);
-        let head = head.map(|(_, digest)| hex(&digest));
-        let sealed = lease.sealed.as_ref().map(|seal| seal.digest == head && seal.chunks == chunks);
-        if sealed == Some(false) {
-            problems.push(format!(
-                "job {} lease {}: the chain ends at {} ({chunks} chunks), but the audit log sealed {} ({} chunks)",
-                lease.job_id,
-                lease.fencing_token,
-                head.as_deref().unwrap_or("nothing"),
-                lease.sealed.as_ref().and_then(|s| s.digest.as_deref()).unwrap_or("nothing"),
-                lease.sealed.as_ref().map_or(0, |s| s.chunks),
-            ));
-        }
-        leases.push(LeaseReport {
-            job_id: lease.job_id.clone(),
-            phase: lease.phase.clone(),
-            fencing_token: lease.fencing_token,
-            chunks,
-            bytes,
-            head,
-            agents,
-            sealed,
-        });
     }
-    if !problems.is_empty() {
-        return Err(BundleError(problems));
+    let chunks = head.as_ref().map_or(0, |(seq, _)| seq + 1);
+    let head = head.map(|(_, digest)| hex(&digest));
+    let sealed = lease.sealed.as_ref().map(|seal| seal.digest == head && seal.chunks == chunks);
+    if sealed == Some(false) {
+        problems.push(format!(
+            "job {} lease {}: the chain ends at {} ({chunks} chunks), but the audit log sealed {} ({} chunks)",
+            lease.job_id,
+            lease.fencing_token,
+            head.as_deref().unwrap_or("nothing"),
+            lease.sealed.as_ref().and_then(|s| s.digest.as_deref()).unwrap_or("nothing"),
+            lease.sealed.as_ref().map_or(0, |s| s.chunks),
+        ));
     }
-    Ok(Report {
-        run_id: bundle.run_id.clone(),
-        ca_fingerprint: fingerprint(&ca),
-        ca_pinned: pinned_ca.is_some(),
-        leases,
-    })
+    LeaseReport {
+        job_id: lease.job_id.clone(),
+        phase: lease.phase.clone(),
+        fencing_token: lease.fencing_token,
+        chunks,
+        bytes,
+        head,
+        agents,
+        sealed,
+    }
+}
+
+/// One chunk: its signer's certificate chains to `ca` when the broker received it, and the
+/// chunk's digest, link to `previous` and signature hold. Returns the signer, the output's
+/// length and the chunk's digest.
+fn verify_chunk<'a>(
+    bundle: &Bundle,
+    lease: &LeaseLog,
+    chunk: &BundleChunk,
+    signers: &Signers<'a>,
+    ca: &[u8],
+    previous: Option<(u64, &[u8])>,
+) -> Result<(&'a Signer, u64, Vec<u8>), String> {
+    let Some((signer, Some(der))) = signers.get(chunk.signer.as_str()) else {
+        return Err(format!("its signer {} is not in the bundle", chunk.signer));
+    };
+    if fingerprint(der) != signer.fingerprint {
+        return Err("the certificate does not match its fingerprint".to_owned());
+    }
+    chains_to(der, ca, chunk.received_at).map_err(|why| format!("agent {}'s certificate {why}", signer.agent_id))?;
+    let key = AgentKey::from_certificate(der).map_err(|why| why.to_string())?;
+    let decoded = (
+        hex_decode(&chunk.prev_digest),
+        STANDARD.decode(&chunk.data).ok(),
+        hex_decode(&chunk.digest),
+        STANDARD.decode(&chunk.signature).ok(),
+    );
+    let (Some(prev), Some(data), Some(digest), Some(signature)) = decoded else {
+        return Err("a field is not valid hex/base64".to_owned());
+    };
+    let fields = ChunkFields {
+        run_id: &bundle.run_id,
+        job_id: &lease.job_id,
+        fencing_token: lease.fencing_token,
+        stream: &chunk.stream,
+        seq: chunk.seq,
+        prev_digest: &prev,
+        data: &data,
+    };
+    let check = ChunkToCheck { fields, digest: &digest, signature: &signature };
+    check_chunk(&check, previous, &key).map_err(|rejection| rejection.to_string())?;
+    Ok((signer, data.len() as u64, digest))
 }
 
 /// Whether `certificate` is a client certificate issued by `ca` and valid at `at`.
