@@ -355,25 +355,5 @@ fn logs(file: &Path, ca: Option<&Path>, run: Option<&str>, json: bool) -> Result
             serde_json::to_value(&report).map_err(|e| Failure::Usage(format!("cannot encode the report: {e}")))?;
         return Ok(value.to_string() + "\n");
     }
-    let mut out = String::new();
-    for lease in &report.leases {
-        let sealed = match lease.sealed {
-            Some(true) => "sealed in the audit log",
-            Some(false) => "NOT the sealed head",
-            None => "not sealed (the job did not report its end)",
-        };
-        out.push_str(&format!(
-            "{} job {} lease {}: {} chunks, {} bytes, signed by agent {}; head {} {sealed}\n",
-            lease.phase,
-            lease.job_id,
-            lease.fencing_token,
-            lease.chunks,
-            lease.bytes,
-            lease.agents.join(", "),
-            lease.head.as_deref().map_or("-", |h| h.get(..16).unwrap_or(h)),
-        ));
-    }
-    let trust = if report.ca_pinned { "pinned with --ca" } else { "taken from the bundle; pin it with --ca" };
-    out.push_str(&format!("verified: run {}; agent CA sha256 {} ({trust})\n", report.run_id, report.ca_fingerprint));
-    Ok(out)
+    Ok(report.to_string())
 }

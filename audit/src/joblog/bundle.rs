@@ -128,6 +128,33 @@ pub struct LeaseReport {
     pub sealed: Option<bool>,
 }
 
+/// The human-readable verdict `keyward run logs --verify` and `keyward-verify logs` print: one
+/// line per lease, then the run and the CA it was checked against.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for lease in &self.leases {
+            let sealed = match lease.sealed {
+                Some(true) => "sealed in the audit log",
+                Some(false) => "NOT the sealed head",
+                None => "not sealed (the job did not report its end)",
+            };
+            writeln!(
+                f,
+                "{} job {} lease {}: {} chunks, {} bytes, signed by agent {}; head {} {sealed}",
+                lease.phase,
+                lease.job_id,
+                lease.fencing_token,
+                lease.chunks,
+                lease.bytes,
+                lease.agents.join(", "),
+                lease.head.as_deref().map_or("-", |h| h.get(..16).unwrap_or(h)),
+            )?;
+        }
+        let trust = if self.ca_pinned { "pinned with --ca" } else { "taken from the bundle; pin it with --ca" };
+        writeln!(f, "verified: run {}; agent CA sha256 {} ({trust})", self.run_id, self.ca_fingerprint)
+    }
+}
+
 /// Why a bundle does not verify; each problem named.
 #[derive(Debug, thiserror::Error)]
 #[error("the log bundle does not verify:\n  - {}", .0.join("\n  - "))]

@@ -403,25 +403,7 @@ async fn verify_logs(
     if json {
         return print_json(&serde_json::to_value(&report)?);
     }
-    for lease in &report.leases {
-        let sealed = match lease.sealed {
-            Some(true) => "sealed in the audit log",
-            Some(false) => "NOT the sealed head",
-            None => "not sealed (the job did not report its end)",
-        };
-        outln!(
-            "{} job {} lease {}: {} chunks, {} bytes, signed by agent {}; head {} {sealed}",
-            lease.phase,
-            lease.job_id,
-            lease.fencing_token,
-            lease.chunks,
-            lease.bytes,
-            lease.agents.join(", "),
-            lease.head.as_deref().map_or("-", |h| h.get(..16).unwrap_or(h)),
-        )?;
-    }
-    let trust = if report.ca_pinned { "pinned with --ca" } else { "taken from the bundle; pin it with --ca" };
-    outln!("verified: run {}; agent CA sha256 {} ({trust})", report.run_id, report.ca_fingerprint)?;
+    out!("{report}")?;
     Ok(())
 }
 
