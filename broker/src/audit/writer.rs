@@ -23,15 +23,14 @@
 //! is on record too.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{AuditEvent, PreparedEvent};
 use super::merkle::{self, Hash};
+use crate::store::audit_batch as batch;
 use crate::store::write::{self as guarded, Refusal, Write};
 use crate::store::{Backend, Store, StoreError};
 
@@ -41,12 +40,6 @@ const MAX_BATCH: usize = 256;
 
 /// Entries that may wait for the writer before `write` itself waits (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
-
-/// What a readiness probe writes: about one large batch.
-const PROBE_BYTES: usize = 64 * 1024;
-
-/// Rows per multi-row `INSERT` (the widest table has 11 columns; SQLite allows 32,766 parameters).
-const ROWS_PER_STATEMENT: usize = 64;
 
 /// "This subject token is being used now": `(issuer, jti)` may be claimed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +307,7 @@ async fn commit(
     match write_batch(&mut conn, store.backend(), entries, tree).await {
         Ok(done) => Ok(done),
         Err(error) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            batch::rollback(&mut conn).await;
             let _ = conn.close().await;
             Err(error)
         }
@@ -333,7 +326,7 @@ async fn write_batch(
     entries: &[&Prepared],
     tree: &mut Frontier,
 ) -> Result<(Vec<Committed>, u64), StoreError> {
-    sqlx::query(backend.begin_write_sql()).execute(&mut *conn).await?;
+    batch::begin(conn, backend).await?;
     let fresh = claim(conn, backend, entries).await?;
     if backend == Backend::Postgres && entries.iter().any(|entry| !entry.writes.is_empty()) {
         guarded::lock_head(conn).await?;
@@ -358,21 +351,10 @@ async fn write_batch(
     let count = events.len() as u64;
     let written_at = events.iter().map(|e| e.at).max().unwrap_or_else(unix_now);
     // First statement that writes the head: from here on, other appenders wait for this commit.
-    let size: i64 = sqlx::query("UPDATE audit_head SET size = size + $1, written_at = $2 WHERE id = 1 RETURNING size")
-        .bind(i64::try_from(count).map_err(|_| StoreError::Corrupt("batch too large".to_owned()))?)
-        .bind(written_at)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("size")?;
-    let end = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("audit_head.size is {size}")))?;
+    let end = batch::grow_head(conn, count, written_at).await?;
     if count == 0 {
         // A probe: prove the database takes a write of a real batch's size.
-        sqlx::query(
-            "INSERT INTO audit_probe (id, pad) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET pad = excluded.pad",
-        )
-        .bind(vec![0u8; PROBE_BYTES])
-        .execute(&mut *conn)
-        .await?;
+        batch::probe(conn).await?;
     }
     let start = end - count;
     let mut nodes =
@@ -402,10 +384,10 @@ async fn write_batch(
         }
         rows.push((seq, event.at, event.kind, body));
     }
-    insert_entries(conn, backend, &rows).await?;
-    insert_nodes(conn, backend, &new_nodes).await?;
-    insert_refs(conn, backend, &refs).await?;
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    batch::insert_entries(conn, backend, &rows).await?;
+    batch::insert_nodes(conn, backend, &new_nodes).await?;
+    batch::insert_refs(conn, backend, &refs).await?;
+    batch::commit(conn).await?;
     let keep: HashSet<(u32, u64)> = merkle::frontier(end).into_iter().collect();
     nodes.retain(|key, _| keep.contains(key));
     *tree = Frontier { size: Some(end), nodes };
@@ -445,26 +427,15 @@ async fn claim(
         if let Some(claim) = &entry.claim
             && seen.insert((claim.issuer.as_str(), claim.jti.as_str()))
         {
-            first_claims.push(claim);
+            first_claims.push(batch::Claim {
+                issuer: &claim.issuer,
+                jti: &claim.jti,
+                expires_at: claim.expires_at,
+                used_at: claim.used_at,
+            });
         }
     }
-    let mut taken = HashSet::new();
-    for chunk in first_claims.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES {} \
-             ON CONFLICT (issuer, jti) DO NOTHING RETURNING issuer, jti",
-            placeholders(chunk.len(), 4, backend)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for claim in chunk {
-            query = query.bind(&claim.issuer).bind(&claim.jti).bind(claim.expires_at).bind(claim.used_at);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let issuer: String = row.try_get("issuer")?;
-            let jti: String = row.try_get("jti")?;
-            taken.insert((issuer, jti));
-        }
-    }
+    let mut taken = batch::claim_tokens(conn, backend, &first_claims).await?;
     Ok(entries
         .iter()
         .map(|entry| match &entry.claim {
@@ -475,85 +446,6 @@ async fn claim(
         .collect())
 }
 
-async fn insert_entries(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    rows: &[(u64, i64, &str, String)],
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql =
-            format!("INSERT INTO audit_entries (seq, at, kind, body) VALUES {}", placeholders(chunk.len(), 4, backend));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, at, kind, body) in chunk {
-            query = query.bind(to_i64(*seq)?).bind(*at).bind(*kind).bind(body.as_str());
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-async fn insert_nodes(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    nodes: &[(u32, u64, Hash)],
-) -> Result<(), StoreError> {
-    for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
-        let sql =
-            format!("INSERT INTO audit_nodes (level, idx, hash) VALUES {}", placeholders(chunk.len(), 3, backend));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (level, index, hash) in chunk {
-            query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index)?).bind(hash.to_vec());
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-async fn insert_refs(conn: &mut sqlx::AnyConnection, backend: Backend, refs: &[(&str, u64)]) -> Result<(), StoreError> {
-    for chunk in refs.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",
-            placeholders(chunk.len(), 2, backend)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (reference, seq) in chunk {
-            query = query.bind(*reference).bind(to_i64(*seq)?);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
-}
-
-/// `(?, ?), (?, ?)` on SQLite, `($1, $2), ($3, $4)` on PostgreSQL, for `rows` rows of `columns`.
-/// SQLite gets anonymous parameters because looking up a numbered one's name is a linear scan,
-/// which makes binding a wide multi-row statement quadratic.
-fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    let _ = write!(sql, "${}", row * columns + column + 1);
-                }
-            }
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// The export line of a stored entry: `{"entry": {…}, "leaf_hash": "<hex>"}`, as `export`,
 /// the API and the sinks all write it (and `keyward_audit::export` reads it).
 pub fn export_line(stored: &crate::store::StoredEntry) -> Result<serde_json::Value, serde_json::Error> {
@@ -561,16 +453,4 @@ pub fn export_line(stored: &crate::store::StoredEntry) -> Result<serde_json::Val
     Ok(
         serde_json::json!({ "entry": entry, "leaf_hash": keyward_proto::encoding::hex(&merkle::leaf_hash(stored.body.as_bytes())) }),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Backend, placeholders};
-
-    #[test]
-    fn placeholders_number_every_parameter_once() {
-        assert_eq!(placeholders(1, 1, Backend::Postgres), "($1)");
-        assert_eq!(placeholders(2, 3, Backend::Postgres), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(2, 2, Backend::Sqlite), "(?, ?), (?, ?)");
-    }
 }

@@ -7,6 +7,7 @@
 pub mod agents;
 mod api_tokens;
 pub(crate) mod audit;
+pub(crate) mod audit_batch;
 pub mod files;
 mod location;
 mod logs;
