@@ -318,7 +318,7 @@ fn sanitize(text: &str) -> String {
 fn random_suffix() -> String {
     let mut bytes = [0_u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut bytes);
-    crate::enroll::hex(&bytes)
+    keyward_proto::encoding::hex(&bytes)
 }
 
 #[cfg(test)]

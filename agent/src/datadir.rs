@@ -188,13 +188,10 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError
     std::fs::rename(&temporary, path).map_err(io)
 }
 
-/// `label` PEM of `der`, and the DER inside a PEM block (shared with the broker:
-/// `keyward_proto::encoding`).
-pub use keyward_proto::encoding::{pem, pem_der};
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_proto::encoding::{pem, pem_der};
 
     #[test]
     fn an_identity_round_trips_and_the_key_is_private() {

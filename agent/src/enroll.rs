@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use keyward_proto::agent_v1::{EnrollRequest, EnrollResponse};
+use keyward_proto::encoding::{hex, pem, pem_der};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use serde::Deserialize;
 
 use crate::channel::{self, chain};
-use crate::datadir::{AgentState, DataDir, Identity, pem, pem_der};
+use crate::datadir::{AgentState, DataDir, Identity};
 
 /// Why enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,11 +183,6 @@ fn pinned_fingerprint(token: &str) -> Option<String> {
     };
     (fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
         .then(|| fingerprint.to_ascii_lowercase())
-}
-
-/// Lowercase hexadecimal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

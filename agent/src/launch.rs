@@ -195,5 +195,5 @@ pub fn sandbox_verdict(
 fn unique() -> String {
     let mut bytes = [0_u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut bytes);
-    crate::enroll::hex(&bytes)
+    keyward_proto::encoding::hex(&bytes)
 }

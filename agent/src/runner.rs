@@ -322,7 +322,7 @@ impl JobDir {
         let _ = aws_lc_rs::rand::fill(&mut suffix);
         let name: String =
             job_id.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        let root = parent.join(format!("run-{name}-{}", crate::enroll::hex(&suffix)));
+        let root = parent.join(format!("run-{name}-{}", keyward_proto::encoding::hex(&suffix)));
         // The agent's alone: the jailer (the agent's rights) opens `work/` and binds it, so the
         // job's uid never traverses this directory.
         std::fs::DirBuilder::new().mode(0o700).create(&root)?;

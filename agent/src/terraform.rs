@@ -197,7 +197,7 @@ impl Phase<'_> {
             .into_inner();
         log.note(&format!(
             "keyward: saved plan sha256 {} submitted in {:.2} s",
-            crate::enroll::hex(&verdict.plan_sha256),
+            keyward_proto::encoding::hex(&verdict.plan_sha256),
             submitting.elapsed().as_secs_f64()
         ))
         .await;
@@ -254,13 +254,13 @@ impl Phase<'_> {
         if actual.as_ref() != self.job.plan_sha256.as_slice() {
             return Err(PhaseError::Failed(format!(
                 "the saved plan's SHA-256 is {}, not the planned {}: refusing to apply it",
-                crate::enroll::hex(actual.as_ref()),
-                crate::enroll::hex(&self.job.plan_sha256)
+                keyward_proto::encoding::hex(actual.as_ref()),
+                keyward_proto::encoding::hex(&self.job.plan_sha256)
             )));
         }
         log.note(&format!(
             "keyward: applying saved plan sha256 {} (fetched in {:.2} s)",
-            crate::enroll::hex(actual.as_ref()),
+            keyward_proto::encoding::hex(actual.as_ref()),
             fetching.elapsed().as_secs_f64()
         ))
         .await;

@@ -17,10 +17,7 @@ use std::time::Instant;
 use keyward_broker::audit::merkle::{self, NodeMap};
 use keyward_broker::audit::verify::verify_export;
 use keyward_broker::audit::{AuditEvent, Context, Kind};
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use keyward_proto::encoding::hex;
 
 fn main() {
     let n: u64 = std::env::var("KEYWARD_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);

@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::binary;
 
 /// PEM armour, as the broker writes it.
-pub use keyward_broker::agents::ca::pem;
+pub use keyward_proto::encoding::pem;
 
 /// The broker's agent endpoint and CA certificate (PEM), as agents learn them.
 pub async fn bootstrap(broker_url: &str) -> (String, String) {

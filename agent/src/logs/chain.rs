@@ -11,7 +11,8 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use keyward_proto::agent_v1::SignedLogChunk;
 use keyward_proto::logs::{ChunkFields, GENESIS, chunk_digest};
 
-use crate::datadir::{Identity, pem_der};
+use crate::datadir::Identity;
+use keyward_proto::encoding::pem_der;
 
 /// A chained chunk, not yet signed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkc
 
 use crate::identity::kek::Kek;
 use crate::store::{Store, StoreError};
-use keyward_proto::encoding::hex;
+use keyward_proto::encoding::{hex, pem};
 
 /// The store name of the deployment's one agent CA.
 const CA_NAME: &str = "agents";
@@ -345,9 +345,6 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
-
-/// `label` PEM of `der` (shared with the agent: `keyward_proto::encoding`).
-pub use keyward_proto::encoding::pem;
 
 #[cfg(test)]
 mod tests {

@@ -285,7 +285,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    keyward_broker::agents::ca::pem(label, der)
+    keyward_proto::encoding::pem(label, der)
 }
 
 fn log_bundle(seeds: &mut Seeds, chain: &[SignedLogChunk]) {
