@@ -3,7 +3,7 @@
 //!
 //! The order is the security argument, so it is spelled out in [`Exchanger::exchange`]:
 //! 1. the request names a configured target (callers never pass an ARN or a path);
-//! 2. the subject token verifies strictly (see `identity::verify`); a token that does not is
+//! 2. the subject token verifies strictly (see `tokens::verify`); a token that does not is
 //!    refused without an audit entry (the caller proved nothing: see `unproven`), one that
 //!    verified and is refused for what it says is audited;
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
@@ -46,16 +46,16 @@ pub use subject::JobSubject;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
-use crate::identity::issuer::{IssueError, Issuer, PendingToken};
-use crate::identity::keyring::KeyRing;
-use crate::identity::mint::{MintRequest, MintedToken};
-use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::issuance::{self, IssueError};
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
 use crate::store::{Store, StoreError};
 use crate::targets::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
+use crate::tokens::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::tokens::{MintRequest, MintedToken, Minter, PendingToken};
 use trusted_issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -156,7 +156,7 @@ struct Issuing<'a> {
 pub struct Exchanger {
     targets: BTreeMap<String, TargetConfig>,
     keys: Arc<KeyRing>,
-    issuer: Issuer,
+    minter: Arc<Minter>,
     policies: Option<Arc<PolicyEngine>>,
     issuers: TrustedIssuers,
     log: AuditLog,
@@ -189,7 +189,7 @@ impl Exchanger {
     pub fn new(
         targets: &[TargetConfig],
         keys: Arc<KeyRing>,
-        issuer: Issuer,
+        minter: Arc<Minter>,
         policies: Option<Arc<PolicyEngine>>,
         issuers: TrustedIssuers,
         log: AuditLog,
@@ -203,7 +203,7 @@ impl Exchanger {
         Self {
             targets,
             keys,
-            issuer,
+            minter,
             policies,
             issuers,
             log,
@@ -359,7 +359,7 @@ impl Exchanger {
             if_replayed: vec![self.replay_event(caller, target, subject)],
         };
         match self.log.append(entry).await {
-            Ok(Committed::Recorded) => ExchangeError::Denied(reasons.to_vec()),
+            Ok(Committed::Recorded(_)) => ExchangeError::Denied(reasons.to_vec()),
             Ok(Committed::Replayed) => replayed(),
             Ok(Committed::Refused(refusal)) => {
                 unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string()))
@@ -454,7 +454,7 @@ impl Exchanger {
     ) -> Result<ExchangeResponse, ExchangeError> {
         let Issuing { caller, subject, target, lifetime, .. } = *issuing;
         let duration = lifetime.duration;
-        let ttl = self.issuer.minter().default_ttl().min(duration);
+        let ttl = self.minter.default_ttl().min(duration);
         let pending = self.mint_for(subject, &aws.audience, Some(aws), Some(ttl))?;
         let session_name = role_session_name(&subject.run.id);
         let details = Self::aws_details(aws, &pending, &session_name, duration);
@@ -623,12 +623,13 @@ impl Exchanger {
             aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
             source_identity: aws_target.and_then(|a| a.source_identity),
         };
-        self.issuer
+        self.minter
             .mint(request)
             .map_err(|e| ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")))
     }
 
-    /// Hands out `pending` once its `token.minted` entry and `entry` are committed.
+    /// Hands out `pending` once its `token.minted` entry and `entry` are committed: the
+    /// exchange's one commit.
     async fn release(
         &self,
         pending: PendingToken,
@@ -642,7 +643,7 @@ impl Exchanger {
             subject_jti: Some(subject.replay_key.clone()),
             ..caller.clone()
         };
-        self.issuer.release(pending, context, entry).await.map_err(|error| match error {
+        issuance::record(&self.log, pending, context, entry).await.map_err(|error| match error {
             IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
             IssueError::Record(e) => {
                 unavailable("the decision and token could not be recorded, so nothing was issued", &e)
@@ -836,7 +837,7 @@ fn unavailable(what: &str, error: &StoreError) -> ExchangeError {
 
 /// STS `RoleSessionName`: `[\w+=,.@-]{2,64}`.
 fn role_session_name(run_id: &str) -> String {
-    let mut name = crate::identity::mint::sts_name(run_id);
+    let mut name = crate::tokens::mint::sts_name(run_id);
     while name.len() < 2 {
         name.push('-');
     }

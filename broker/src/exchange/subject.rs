@@ -6,9 +6,9 @@ use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
 
 use super::trusted_issuers::IssuerConfig;
-use crate::identity::mint::is_identifier_char;
-use crate::identity::verify::VerifiedToken;
 use crate::store::write::Write;
+use crate::tokens::mint::is_identifier_char;
+use crate::tokens::verify::VerifiedToken;
 
 /// Where the subject token came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized, can};
 use crate::access::ApiScope;
-use crate::identity::keyring::KeyRingError;
-use crate::identity::mint::MintRequest;
+use crate::keys::KeyRingError;
 use crate::runs::reviews::RecordedRun;
+use crate::tokens::MintRequest;
 
 /// `POST /v1/run-tokens` body. Approvals are not the caller's to say: `approved_by` is accepted
 /// only to refuse it with a reason (see [`run_context`]).
@@ -138,7 +138,7 @@ pub(super) async fn mint_run_token(
         let recorded = state.runs.recorded(&body.run_id).await?;
         let request = run_context(body, recorded, &operator.name)?;
         let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
-        Ok::<_, ApiError>(state.issuer.issue(request, context).await?)
+        Ok::<_, ApiError>(crate::issuance::issue(&state.minter, &state.audit, request, context).await?)
     }
     .await;
     match result {
@@ -290,15 +290,7 @@ pub(super) async fn rotate_keys(
         Some(rotation) => {
             tracing::info!(requested_by = %operator.name, "on-demand key rotation");
             let context = super::caller(&extensions);
-            crate::audit::events::key_rotated(
-                &state.audit,
-                state.clock_now(),
-                &operator.name,
-                context,
-                &rotation,
-                force,
-            )
-            .await;
+            crate::keys::key_rotated(&state.audit, state.clock_now(), &operator.name, context, &rotation, force).await;
             Ok(Json(json!({ "rotated": true, "rotation": rotation })).into_response())
         }
         None => Err(ApiError::unavailable("another broker replica rotated the keys at the same moment; retry")),

@@ -269,7 +269,7 @@ impl Runs {
             events.push(state_event(&context, from, RunState::Planning, None, now));
         }
         match self.audit.append(Append::changes(writes, events)).await? {
-            Committed::Recorded => {
+            Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(&job.phase).to_vec();
                 let plan_sha256 =
@@ -439,7 +439,7 @@ impl Runs {
             events.push(state_event(&context, from, next, detail.as_deref(), now));
         }
         match self.audit.append(Append::changes(writes, events)).await? {
-            Committed::Recorded => {
+            Committed::Recorded(_) => {
                 if requeue {
                     self.signals.queued(&job.pool);
                 }

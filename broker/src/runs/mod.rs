@@ -37,7 +37,7 @@ pub use state::{RunState, UnknownState};
 
 use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
-use crate::identity::kek::Kek;
+use crate::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::Write;
 use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};

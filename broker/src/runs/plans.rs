@@ -21,7 +21,7 @@ use super::redact::Redactor;
 use super::spec::Stack;
 use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
-use crate::identity::kek::{Kek, UnsealError};
+use crate::kek::{Kek, UnsealError};
 use crate::policy::PolicyKind;
 use crate::store::runs::NewPlan;
 use crate::store::{self, RunRow, SealedPlanRow};

@@ -1,9 +1,10 @@
 //! Run-token minting: a validated request becomes the DESIGN.md §2 claim set, signed by the current key.
 //!
 //! The audience comes from an allow-list in server configuration and must match exactly; the
-//! lifetime is capped; every free-text field is bounded. The minter is synchronous and does no I/O,
-//! so it can be benchmarked on its own and reused by every path that needs a token (operator mint,
-//! job credentials, exchanges).
+//! lifetime is capped; every free-text field is bounded. The minter is synchronous and does no I/O
+//! (the signing key comes in through [`CurrentKey`]), so it can be benchmarked and tested on its
+//! own and reused by every path that needs a token (operator mint, job credentials, exchanges).
+//! What it returns is a [`PendingToken`]: signed, but not handed out before it is on record.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -14,9 +15,9 @@ use std::time::Duration;
 
 use keyward_proto::claims::{AwsTags, Phase, RunClaims};
 
-use super::keyring::KeyRing;
+use super::pending::{MintedToken, PendingToken, TokenString};
 use super::rules::{MintRules, SourceIdentity};
-use super::signer::{SignerError, SigningAlgorithm};
+use super::signer::{Signer, SignerError};
 use crate::clock::SharedClock;
 
 /// Why a token was not minted. Every variant is the caller's fault except [`MintError::Signing`].
@@ -90,34 +91,28 @@ pub struct MintRequest {
 /// The AWS session-tag keys Keyward can emit.
 pub const AWS_TAG_KEYS: &[&str] = &["run", "stack", "commit", "pr", "ticket", "approver"];
 
-/// A signed token string. Never printed by `Debug`; read it with [`TokenString::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenString(String);
-
-impl fmt::Debug for TokenString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenString(…)")
-    }
+/// Where the minter gets the key that signs now: the DB-backed key ring (`keys::KeyRing`), which
+/// rotates it, or one [`FixedKey`].
+pub trait CurrentKey: fmt::Debug + Send + Sync {
+    /// The key that signs new tokens.
+    fn signer(&self) -> Arc<Signer>;
 }
 
-impl TokenString {
-    /// The compact JWS, for sending to the caller.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A freshly signed token and what it says.
+/// One key that never rotates: for benchmarks, tests and tools that sign with a given key.
 #[derive(Debug, Clone)]
-pub struct MintedToken {
-    /// The compact JWS.
-    pub token: TokenString,
-    /// Its claims.
-    pub claims: RunClaims,
-    /// The key that signed it.
-    pub kid: String,
-    /// That key's algorithm.
-    pub algorithm: SigningAlgorithm,
+pub struct FixedKey(Arc<Signer>);
+
+impl FixedKey {
+    /// Signs with `signer`.
+    pub fn new(signer: Signer) -> Self {
+        Self(Arc::new(signer))
+    }
+}
+
+impl CurrentKey for FixedKey {
+    fn signer(&self) -> Arc<Signer> {
+        Arc::clone(&self.0)
+    }
 }
 
 /// Mints run tokens. Cheap to share.
@@ -125,7 +120,7 @@ pub struct MintedToken {
 pub struct Minter {
     issuer: String,
     rules: MintRules,
-    keys: Arc<KeyRing>,
+    keys: Arc<dyn CurrentKey>,
     clock: SharedClock,
 }
 
@@ -136,7 +131,7 @@ const AWS_TAG_VALUE_MAX: usize = 256;
 
 impl Minter {
     /// A minter for `issuer` following `rules`.
-    pub fn new(issuer: String, rules: MintRules, keys: Arc<KeyRing>, clock: SharedClock) -> Self {
+    pub fn new(issuer: String, rules: MintRules, keys: Arc<dyn CurrentKey>, clock: SharedClock) -> Self {
         Self { issuer, rules, keys, clock }
     }
 
@@ -155,20 +150,21 @@ impl Minter {
         &self.rules.allowed_audiences
     }
 
-    /// Validates `request` and signs its claims with the current key.
-    pub fn mint(&self, request: MintRequest) -> Result<MintedToken, MintError> {
+    /// Validates `request` and signs its claims with the current key. The token can be handed out
+    /// once its `token.minted` entry is on record ([`PendingToken::release`]).
+    pub fn mint(&self, request: MintRequest) -> Result<PendingToken, MintError> {
         let claims = self.claims(request)?;
         let mut json = Vec::with_capacity(1024);
         serde_json::to_writer(&mut json, &claims)
             .map_err(|e| MintError::InvalidField { field: "claims", reason: e.to_string() })?;
         let signer = self.keys.signer();
         let token = signer.sign_compact(&json)?;
-        Ok(MintedToken {
+        Ok(PendingToken::new(MintedToken {
             token: TokenString(token),
             claims,
             kid: signer.kid().to_owned(),
             algorithm: signer.algorithm(),
-        })
+        }))
     }
 
     /// Builds (and validates) the claim set without signing.
@@ -482,31 +478,15 @@ mod tests {
 mod minting {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::identity::kek::Kek;
-    use crate::identity::keyring::KeySettings;
-    use crate::store::DatabaseLocation;
-    use crate::store::Store;
+    use crate::tokens::signer::SigningAlgorithm;
 
     const T0: i64 = 1_800_000_000;
 
-    async fn minter(dir: &tempfile::TempDir, rules: MintRules) -> Result<Minter, Box<dyn std::error::Error>> {
-        Ok(minter_with_clock(dir, rules).await?.0)
-    }
-
-    async fn minter_with_clock(
-        dir: &tempfile::TempDir,
-        rules: MintRules,
-    ) -> Result<(Minter, ManualClock), Box<dyn std::error::Error>> {
-        let clock = ManualClock::at(T0);
-        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("m.db"))).await?;
-        let settings = KeySettings {
-            algorithm: SigningAlgorithm::ES256,
-            rotation_period: Duration::from_secs(86_400),
-            jwks_max_age: Duration::from_secs(300),
-            clock_skew: Duration::from_secs(30),
-        };
-        let keys = KeyRing::load(store, Kek::generate(), Arc::new(clock.clone()), settings).await?;
-        Ok((Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock.clone())), clock))
+    /// A minter signing with one fresh ES256 key, at `T0`: no store, no runtime.
+    fn minter(rules: MintRules) -> Result<Minter, SignerError> {
+        let (signer, _) = Signer::generate(SigningAlgorithm::ES256)?;
+        let clock = Arc::new(ManualClock::at(T0));
+        Ok(Minter::new("https://kw.example".into(), rules, Arc::new(FixedKey::new(signer)), clock))
     }
 
     fn rules() -> MintRules {
@@ -526,12 +506,11 @@ mod minting {
         }
     }
 
-    #[tokio::test]
-    async fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, rules()).await?;
+    #[test]
+    fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
         let minted = minter.mint(request())?;
-        let c = &minted.claims;
+        let c = minted.claims();
         assert_eq!(
             (c.iss.as_str(), c.aud.as_str(), c.sub.as_str()),
             ("https://kw.example", "vault", "stack:stk-1:phase:apply")
@@ -540,68 +519,40 @@ mod minting {
         assert_eq!(c.scope, keyward_proto::claims::Scope::Write);
         assert_eq!(c.aws_source_identity.as_deref(), Some("alice"));
         assert!(uuid::Uuid::parse_str(&c.jti).is_ok_and(|u| u.get_version_num() == 7));
-        assert_ne!(minter.mint(request())?.claims.jti, c.jti, "every token has its own jti");
-        assert_eq!(minted.kid, minter.keys.signer().kid());
-        assert_eq!(minted.token.expose().split('.').count(), 3);
-        assert!(!format!("{minted:?}").contains(minted.token.expose()), "Debug never prints the token");
+        assert_ne!(minter.mint(request())?.claims().jti, c.jti, "every token has its own jti");
+        assert_eq!(minted.kid(), minter.keys.signer().kid());
+        let token = minted.token_for_tests().expose();
+        assert_eq!(token.split('.').count(), 3);
+        assert!(!format!("{minted:?}").contains(token), "Debug never prints the token");
         Ok(())
     }
 
-    /// A minted token verifies against the keyring's published keys while its key is published,
-    /// through a rotation, and stops verifying once the retired key has been pruned.
-    #[tokio::test]
-    async fn minted_tokens_verify_against_the_published_keys_across_rotation() -> Result<(), Box<dyn std::error::Error>>
-    {
-        use crate::clock::Clock as _;
-        use crate::identity::verify::{Algorithm, Expectations, VerifyError, verify};
-        let dir = tempfile::tempdir()?;
-        let (minter, clock) = minter_with_clock(&dir, rules()).await?;
-        let token = minter.mint(request())?.token;
-        let expect = Expectations {
-            issuer: "https://kw.example".into(),
-            audience: "vault".into(),
-            algorithms: vec![Algorithm::ES256],
-            leeway: Duration::from_secs(30),
-            require_nbf: true,
-        };
-        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
-        minter.keys.rotate(true).await?;
-        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
-        clock.advance(3600 + 30 + 1);
-        minter.keys.refresh().await?;
-        let error = verify(token.expose(), &minter.keys.verification_keys(), &expect, clock.now()).err();
-        assert_eq!(error, Some(VerifyError::UnknownKey), "the pruned key no longer verifies anything");
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_target_chooses_its_session_tags_and_source_identity() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, rules()).await?;
+    #[test]
+    fn a_target_chooses_its_session_tags_and_source_identity() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
         let only = MintRequest { aws_tag_keys: Some(vec!["run".into(), "approver".into()]), ..request() };
-        let tags = minter.mint(only)?.claims.aws_tags.ok_or("tags")?;
+        let tags = minter.mint(only)?.claims().aws_tags.clone().ok_or("tags")?;
         let keys: Vec<&str> = tags.principal_tags.keys().map(|k| k.as_ref()).collect();
         assert_eq!(keys, ["approver", "run"]);
         assert_eq!(tags.transitive_tag_keys.len(), 2);
         let none = MintRequest { aws_tag_keys: Some(Vec::new()), ..request() };
-        assert!(minter.mint(none)?.claims.aws_tags.is_none(), "an empty selection emits no tags claim");
+        assert!(minter.mint(none)?.claims().aws_tags.is_none(), "an empty selection emits no tags claim");
         let approver = MintRequest { source_identity: Some(SourceIdentity::FirstApprover), ..request() };
-        assert_eq!(minter.mint(approver)?.claims.aws_source_identity.as_deref(), Some("bob"));
+        assert_eq!(minter.mint(approver)?.claims().aws_source_identity.as_deref(), Some("bob"));
         let nobody = MintRequest { source_identity: Some(SourceIdentity::None), ..request() };
-        assert_eq!(minter.mint(nobody)?.claims.aws_source_identity, None);
+        assert_eq!(minter.mint(nobody)?.claims().aws_source_identity, None);
         Ok(())
     }
 
-    #[tokio::test]
-    async fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, MintRules { max_ttl: Duration::from_secs(600), ..rules() }).await?;
+    #[test]
+    fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(MintRules { max_ttl: Duration::from_secs(600), ..rules() })?;
         let wrong = MintRequest { audience: "vault ".into(), ..request() };
         assert!(matches!(minter.mint(wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
         let long = MintRequest { ttl: Some(Duration::from_secs(601)), ..request() };
         assert!(matches!(minter.mint(long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
         let at_cap = MintRequest { ttl: Some(Duration::from_secs(600)), ..request() };
-        assert_eq!(minter.mint(at_cap)?.claims.exp, T0 + 600);
+        assert_eq!(minter.mint(at_cap)?.claims().exp, T0 + 600);
         let no_phase = MintRequest { phase: None, ..request() };
         assert!(matches!(minter.mint(no_phase), Err(MintError::InvalidField { field: "phase", .. })));
         Ok(())
