@@ -16,7 +16,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PK
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use keyward_broker::clock::SystemClock;
 use keyward_broker::tokens::{CurrentKey as _, FixedKey, MintRequest, MintRules, Minter, Signer, SigningAlgorithm};
-use keyward_proto::claims::Phase;
+use keyward_proto::claims::{Phase, RunChain};
 
 /// A minter over one fresh key: minting is pure, so no store and no runtime are involved.
 fn minter(algorithm: SigningAlgorithm) -> (Minter, FixedKey) {
@@ -29,13 +29,7 @@ fn minter(algorithm: SigningAlgorithm) -> (Minter, FixedKey) {
 
 /// A realistic apply-phase request: every optional claim present.
 fn request() -> MintRequest {
-    MintRequest {
-        run_id: "run-01JD5Z8Q4M6V7X3K2B9N0C1D2E".into(),
-        stack_id: "stk-network-prod".into(),
-        stack: "network-prod".into(),
-        phase: Some(Phase::Apply),
-        audience: "sts.amazonaws.com".into(),
-        ttl: None,
+    let run = RunChain {
         repository: Some("https://git.example.com/platform/infrastructure.git".into()),
         commit_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
         git_ref: Some("refs/heads/main".into()),
@@ -43,11 +37,12 @@ fn request() -> MintRequest {
         ticket: Some("CHG-20261123-042".into()),
         triggered_by: Some("alice@example.com".into()),
         approved_by: vec!["bob@example.com".into(), "carol@example.com".into()],
-        asserted_by: None,
+        ..RunChain::new("run-01JD5Z8Q4M6V7X3K2B9N0C1D2E", "stk-network-prod", "network-prod", Phase::Apply)
+    };
+    MintRequest {
         pool: Some("prod-eu".into()),
         agent_id: Some("agent-7f3a".into()),
-        aws_tag_keys: None,
-        source_identity: None,
+        ..MintRequest::new(run, "sts.amazonaws.com")
     }
 }
 

@@ -60,8 +60,8 @@ pub async fn record(
     let minted = pending.release(&receipt);
     let claims = &minted.claims;
     tracing::info!(
-        jti = %claims.jti, kid = %minted.kid, aud = %claims.aud, run_id = %claims.run_id,
-        stack_id = %claims.stack_id, phase = %claims.phase, exp = claims.exp,
+        jti = %claims.jti, kid = %minted.kid, aud = %claims.aud, run_id = %claims.run.run_id,
+        stack_id = %claims.run.stack_id, phase = %claims.run.phase, exp = claims.exp,
         "issued run token"
     );
     Ok(minted)
@@ -70,20 +70,7 @@ pub async fn record(
 /// The `token.minted` entry: the run chain from the token's own claims, who asked from `context`.
 fn minted_event(pending: &PendingToken, context: Context) -> AuditEvent {
     let claims = pending.claims();
-    let context = Context {
-        run_id: Some(claims.run_id.clone()),
-        stack_id: Some(claims.stack_id.clone()),
-        phase: Some(claims.phase.as_str().to_owned()),
-        repository: claims.repository.clone(),
-        commit_sha: claims.commit_sha.clone(),
-        git_ref: claims.git_ref.clone(),
-        pull_request: claims.pull_request,
-        ticket: claims.ticket.clone(),
-        triggered_by: claims.triggered_by.clone(),
-        approved_by: claims.approved_by.clone(),
-        asserted_by: claims.asserted_by.clone(),
-        ..context
-    };
+    let context = context.with_run(&claims.run);
     AuditEvent::new(Kind::TokenMinted, claims.iat, context)
         .with("jti", claims.jti.as_str())
         .with("kid", pending.kid())

@@ -15,7 +15,7 @@ use keyward_broker::kek::Kek;
 use keyward_broker::keys::{KeyRing, KeySettings};
 use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_broker::tokens::{MintRequest, MintRules, Minter, Signer, SigningAlgorithm};
-use keyward_proto::claims::Phase;
+use keyward_proto::claims::{Phase, RunChain};
 
 /// Signs what the broker's minter would, with its real current key, but hands the token straight
 /// out: no audit entry, which is what a forgery is.
@@ -54,14 +54,7 @@ pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Forger {
 
 /// A plan request for `run_id` on `stack` for `audience`.
 pub fn request(run_id: &str, stack: &str, audience: &str) -> MintRequest {
-    MintRequest {
-        run_id: run_id.into(),
-        stack_id: stack.into(),
-        stack: stack.into(),
-        phase: Some(Phase::Plan),
-        audience: audience.into(),
-        ..MintRequest::default()
-    }
+    MintRequest::new(RunChain::new(run_id, stack, stack, Phase::Plan), audience)
 }
 
 /// The decoded JOSE header of a compact JWS.

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enforce::Lifetime;
-use keyward_proto::claims::Phase;
+use keyward_proto::claims::{Phase, RunChain};
 use serde_json::{Value, json};
 use subject::{Subject, SubjectKind};
 use unproven::UnprovenRefusals;
@@ -269,8 +269,8 @@ impl Exchanger {
 
     /// Whose approval of a run token's run counted, from the reviews the broker recorded for it:
     /// nobody, unless the run exists and is the one the token describes (same stack and commit).
-    async fn recorded_approvals(&self, run: &subject::RunContext) -> Result<Vec<String>, ExchangeError> {
-        let recorded = RecordedRun::load(&self.store, &run.id)
+    async fn recorded_approvals(&self, run: &RunChain) -> Result<Vec<String>, ExchangeError> {
+        let recorded = RecordedRun::load(&self.store, &run.run_id)
             .await
             .map_err(|e| unavailable("the run's reviews could not be read, so nothing was issued", &e))?;
         Ok(recorded
@@ -313,7 +313,7 @@ impl Exchanger {
             }
             TargetKind::Aws(aws) => self.issue_aws_broker(&issuing, aws, &decision, claim).await?,
         };
-        tracing::info!(target = %target.id(), run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
+        tracing::info!(target = %target.id(), run_id = %subject.run.run_id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 
@@ -456,7 +456,7 @@ impl Exchanger {
         let duration = lifetime.duration;
         let ttl = self.minter.default_ttl().min(duration);
         let pending = self.mint_for(subject, &aws.audience, Some(aws), Some(ttl))?;
-        let session_name = role_session_name(&subject.run.id);
+        let session_name = role_session_name(&subject.run.run_id);
         let details = Self::aws_details(aws, &pending, &session_name, duration);
         let mut entry = self.allowed_entry(issuing, claim);
         entry.events.push(self.event(caller, target, Some(subject), Kind::CredentialsIssued, &[], details));
@@ -484,7 +484,7 @@ impl Exchanger {
         let Issuing { caller, subject, target, lifetime, .. } = *issuing;
         let duration = lifetime.duration;
         let pending = self.mint_for(subject, &aws.audience, Some(aws), None)?;
-        let session_name = role_session_name(&subject.run.id);
+        let session_name = role_session_name(&subject.run.run_id);
         let mut details = Self::aws_details(aws, &pending, &session_name, duration);
         let minted = self.release(pending, caller, subject, self.allowed_entry(issuing, claim)).await?;
         let call = aws::AssumeRole {
@@ -602,24 +602,12 @@ impl Exchanger {
         aws_target: Option<&AwsTarget>,
         ttl: Option<Duration>,
     ) -> Result<PendingToken, ExchangeError> {
-        let run = &subject.run;
         let request = MintRequest {
-            run_id: run.id.clone(),
-            stack_id: run.stack_id.clone(),
-            stack: run.stack.clone(),
-            phase: Some(run.phase),
+            run: subject.run.clone(),
             audience: audience.to_owned(),
             ttl,
-            repository: run.repository.clone(),
-            commit_sha: run.commit_sha.clone(),
-            git_ref: run.git_ref.clone(),
-            pull_request: run.pull_request,
-            ticket: run.ticket.clone(),
-            triggered_by: run.triggered_by.clone(),
-            approved_by: run.approved_by.clone(),
-            asserted_by: run.asserted_by.clone(),
-            pool: run.pool.clone(),
-            agent_id: run.agent_id.clone(),
+            pool: subject.pool.clone(),
+            agent_id: subject.agent_id.clone(),
             aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
             source_identity: aws_target.and_then(|a| a.source_identity),
         };
@@ -722,21 +710,12 @@ impl Exchanger {
     ) -> AuditEvent {
         let mut context = Context { target: Some(target.id()), ..caller.clone() };
         if let Some(subject) = subject {
-            let run = &subject.run;
-            context.run_id = Some(run.id.clone());
-            context.stack_id = Some(run.stack_id.clone());
-            context.phase = Some(run.phase.as_str().to_owned());
-            context.repository.clone_from(&run.repository);
-            context.commit_sha.clone_from(&run.commit_sha);
-            context.git_ref.clone_from(&run.git_ref);
-            context.pull_request = run.pull_request;
-            context.ticket.clone_from(&run.ticket);
-            context.triggered_by.clone_from(&run.triggered_by);
-            context.approved_by.clone_from(&run.approved_by);
-            context.asserted_by.clone_from(&run.asserted_by);
-            context.subject_issuer = Some(subject.issuer.clone());
-            context.subject_jti = Some(subject.replay_key.clone());
-            context.actor = Some(subject.kind.actor());
+            context = Context {
+                subject_issuer: Some(subject.issuer.clone()),
+                subject_jti: Some(subject.replay_key.clone()),
+                actor: Some(subject.kind.actor()),
+                ..context.with_run(&subject.run)
+            };
         }
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
         match subject.map(|s| (s, &s.kind)) {
@@ -822,7 +801,7 @@ pub fn subject_view(
     Ok(SubjectView {
         input: input::credentials_input(&subject, target, requested_ttl, now),
         recorded_claims,
-        role_session_name: role_session_name(&subject.run.id),
+        role_session_name: role_session_name(&subject.run.run_id),
     })
 }
 

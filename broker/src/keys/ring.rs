@@ -485,14 +485,9 @@ mod tests {
         let ring = Arc::new(ring(&dir, &Kek::generate(), &clock).await?);
         let rules = MintRules { allowed_audiences: vec!["vault".into()], ..MintRules::default() };
         let minter = Minter::new("https://kw.example".into(), rules, ring.clone(), Arc::new(clock.clone()));
-        let request = MintRequest {
-            run_id: "run-7".into(),
-            stack_id: "stk-1".into(),
-            stack: "network".into(),
-            phase: Some(keyward_proto::claims::Phase::Apply),
-            audience: "vault".into(),
-            ..MintRequest::default()
-        };
+        let run =
+            keyward_proto::claims::RunChain::new("run-7", "stk-1", "network", keyward_proto::claims::Phase::Apply);
+        let request = MintRequest::new(run, "vault");
         let pending = minter.mint(request)?;
         assert_eq!(pending.kid(), ring.signer().kid(), "the ring's current key signs");
         let token = pending.token_for_tests().expose();

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_proto::claims::{AwsTags, Phase, RunClaims};
+use keyward_proto::claims::{AwsTags, RunChain, RunClaims};
 
 use super::pending::{MintedToken, PendingToken, TokenString};
 use super::rules::{MintRules, SourceIdentity};
@@ -47,37 +47,17 @@ pub enum MintError {
     Signing(#[from] SignerError),
 }
 
-/// What a token is for. Built from an operator request today; from a job or an exchange later.
-#[derive(Debug, Clone, Default)]
+/// What a token is for: a run's chain of custody, who it is for, and how long it lives. Built
+/// from an operator request (`POST /v1/run-tokens`) or an exchange's subject.
+#[derive(Debug, Clone)]
 pub struct MintRequest {
-    /// Run ID.
-    pub run_id: String,
-    /// Immutable stack ID.
-    pub stack_id: String,
-    /// Stack name.
-    pub stack: String,
-    /// Phase.
-    pub phase: Option<Phase>,
+    /// The run's chain of custody; its `approved_by` comes from recorded reviews, never the run's
+    /// author.
+    pub run: RunChain,
     /// Audience (must be allowed by configuration).
     pub audience: String,
     /// Lifetime; the configured default when `None`.
     pub ttl: Option<Duration>,
-    /// Repository URL.
-    pub repository: Option<String>,
-    /// Commit SHA.
-    pub commit_sha: Option<String>,
-    /// Git ref.
-    pub git_ref: Option<String>,
-    /// Pull request number.
-    pub pull_request: Option<u64>,
-    /// Ticket.
-    pub ticket: Option<String>,
-    /// Who triggered the run.
-    pub triggered_by: Option<String>,
-    /// Whose approval counted (from recorded reviews; never the run's author).
-    pub approved_by: Vec<String>,
-    /// The operator whose word the run context rests on, for tokens minted on request.
-    pub asserted_by: Option<String>,
     /// Worker pool.
     pub pool: Option<String>,
     /// Agent.
@@ -86,6 +66,21 @@ pub struct MintRequest {
     pub aws_tag_keys: Option<Vec<String>>,
     /// Who becomes the AWS source identity; `None` follows `tokens.source_identity`.
     pub source_identity: Option<SourceIdentity>,
+}
+
+impl MintRequest {
+    /// A token about `run` for `audience`, with the configured defaults for everything else.
+    pub fn new(run: RunChain, audience: impl Into<String>) -> Self {
+        Self {
+            run,
+            audience: audience.into(),
+            ttl: None,
+            pool: None,
+            agent_id: None,
+            aws_tag_keys: None,
+            source_identity: None,
+        }
+    }
 }
 
 /// The AWS session-tag keys Keyward can emit.
@@ -167,37 +162,76 @@ impl Minter {
         }))
     }
 
-    /// Builds (and validates) the claim set without signing.
+    /// Builds (and validates) the claim set without signing: check the request, derive what AWS
+    /// reads (session tags, source identity), assemble.
     pub fn claims(&self, request: MintRequest) -> Result<RunClaims, MintError> {
-        let MintRequest {
-            run_id,
-            stack_id,
-            stack,
-            phase,
-            audience,
-            ttl,
-            repository,
-            commit_sha,
-            git_ref,
-            pull_request,
-            ticket,
-            triggered_by,
-            approved_by,
-            asserted_by,
+        let MintRequest { mut run, audience, ttl, pool, agent_id, aws_tag_keys, source_identity } = request;
+        let ttl = self.check(&mut run, &audience, ttl, pool.as_deref(), agent_id.as_deref())?;
+        let aws_tags = self.aws_tags(&run, aws_tag_keys.as_deref());
+        let aws_source_identity = self.source_identity(&run, source_identity);
+        let now = self.clock.now();
+        let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        Ok(RunClaims {
+            iss: self.issuer.clone(),
+            sub: self.rules.subject.render(&run.stack_id, &run.stack, run.phase, pool.as_deref()),
+            aud: audience,
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(lifetime),
+            jti: token_id(now),
+            scope: run.phase.scope(),
+            run,
             pool,
             agent_id,
-            aws_tag_keys,
-            source_identity: source_identity_rule,
-        } = request;
-        identifier("run_id", &run_id)?;
-        identifier("stack_id", &stack_id)?;
-        identifier("stack", &stack)?;
-        let phase = phase
-            .ok_or(MintError::InvalidField { field: "phase", reason: "required: `plan` or `apply`".to_owned() })?;
+            aws_tags,
+            aws_source_identity,
+        })
+    }
+
+    /// Checks the request field by field, in a fixed order (the first bad field is the one
+    /// named), normalises the commit SHA to lowercase, and returns the token's lifetime.
+    fn check(
+        &self,
+        run: &mut RunChain,
+        audience: &str,
+        ttl: Option<Duration>,
+        pool: Option<&str>,
+        agent_id: Option<&str>,
+    ) -> Result<Duration, MintError> {
+        identifier("run_id", &run.run_id)?;
+        identifier("stack_id", &run.stack_id)?;
+        identifier("stack", &run.stack)?;
+        let ttl = self.lifetime(audience, ttl)?;
+        run.commit_sha = run.commit_sha.take().map(commit).transpose()?;
+        optional_text("repository", run.repository.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ref", run.git_ref.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ticket", run.ticket.as_deref(), MAX_ID_LEN)?;
+        optional_text("triggered_by", run.triggered_by.as_deref(), MAX_ID_LEN)?;
+        optional_text("asserted_by", run.asserted_by.as_deref(), MAX_ID_LEN)?;
+        pool.map_or(Ok(()), |pool| identifier("pool", pool))?;
+        agent_id.map_or(Ok(()), |agent_id| identifier("agent_id", agent_id))?;
+        if run.pull_request == Some(0) {
+            return Err(MintError::InvalidField {
+                field: "pull_request",
+                reason: "must be a positive number".to_owned(),
+            });
+        }
+        if run.approved_by.len() > MAX_APPROVERS {
+            return Err(MintError::InvalidField {
+                field: "approved_by",
+                reason: format!("at most {MAX_APPROVERS} approvers"),
+            });
+        }
+        run.approved_by.iter().try_for_each(|approver| text("approved_by", approver, MAX_ID_LEN))?;
+        Ok(ttl)
+    }
+
+    /// The audience must be allowed and the lifetime within bounds; returns the lifetime.
+    fn lifetime(&self, audience: &str, ttl: Option<Duration>) -> Result<Duration, MintError> {
         // The broker itself is always an allowed audience: that is the token a run exchanges at
         // `POST /v1/token` for target credentials.
-        if audience != self.issuer && !self.rules.allowed_audiences.contains(&audience) {
-            return Err(MintError::AudienceNotAllowed(audience));
+        if audience != self.issuer && !self.rules.allowed_audiences.iter().any(|a| a == audience) {
+            return Err(MintError::AudienceNotAllowed(audience.to_owned()));
         }
         let ttl = ttl.unwrap_or(self.rules.default_ttl);
         if ttl > self.rules.max_ttl {
@@ -206,81 +240,40 @@ impl Minter {
         if ttl < Duration::from_secs(1) {
             return Err(MintError::InvalidField { field: "ttl_seconds", reason: "must be at least 1".to_owned() });
         }
-        let commit_sha = commit_sha.map(commit).transpose()?;
-        optional_text("repository", repository.as_deref(), MAX_TEXT_LEN)?;
-        optional_text("ref", git_ref.as_deref(), MAX_TEXT_LEN)?;
-        optional_text("ticket", ticket.as_deref(), MAX_ID_LEN)?;
-        optional_text("triggered_by", triggered_by.as_deref(), MAX_ID_LEN)?;
-        optional_text("asserted_by", asserted_by.as_deref(), MAX_ID_LEN)?;
-        if let Some(pool) = &pool {
-            identifier("pool", pool)?;
-        }
-        if let Some(agent_id) = &agent_id {
-            identifier("agent_id", agent_id)?;
-        }
-        if pull_request == Some(0) {
-            return Err(MintError::InvalidField {
-                field: "pull_request",
-                reason: "must be a positive number".to_owned(),
-            });
-        }
-        if approved_by.len() > MAX_APPROVERS {
-            return Err(MintError::InvalidField {
-                field: "approved_by",
-                reason: format!("at most {MAX_APPROVERS} approvers"),
-            });
-        }
-        for approver in &approved_by {
-            text("approved_by", approver, MAX_ID_LEN)?;
-        }
+        Ok(ttl)
+    }
 
-        let now = self.clock.now();
-        let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let sub = self.rules.subject.render(&stack_id, &stack, phase, pool.as_deref());
-        let emit_tags = aws_tag_keys.as_ref().map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
-        let aws_tags = emit_tags
-            .then(|| {
-                let mut tags =
-                    aws_tags(&run_id, &stack_id, commit_sha.as_deref(), pull_request, ticket.as_deref(), &approved_by);
-                if let Some(keys) = &aws_tag_keys {
-                    tags.principal_tags.retain(|key, _| keys.iter().any(|k| k == key.as_ref()));
-                    tags.transitive_tag_keys.retain(|key| keys.iter().any(|k| k == key.as_ref()));
-                }
-                tags
-            })
-            .filter(|tags| !tags.principal_tags.is_empty());
-        let human = match source_identity_rule.unwrap_or(self.rules.source_identity) {
-            SourceIdentity::TriggeredBy => triggered_by.as_deref().or(approved_by.first().map(String::as_str)),
-            SourceIdentity::FirstApprover => approved_by.first().map(String::as_str).or(triggered_by.as_deref()),
+    /// The AWS session tags, the configured ones or the target's selection (`keys`); `None`
+    /// when none are emitted.
+    fn aws_tags(&self, run: &RunChain, keys: Option<&[String]>) -> Option<AwsTags> {
+        let emit = keys.map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
+        if !emit {
+            return None;
+        }
+        let mut tags = aws_tags(
+            &run.run_id,
+            &run.stack_id,
+            run.commit_sha.as_deref(),
+            run.pull_request,
+            run.ticket.as_deref(),
+            &run.approved_by,
+        );
+        if let Some(keys) = keys {
+            tags.principal_tags.retain(|key, _| keys.iter().any(|k| k == key.as_ref()));
+            tags.transitive_tag_keys.retain(|key| keys.iter().any(|k| k == key.as_ref()));
+        }
+        Some(tags).filter(|tags| !tags.principal_tags.is_empty())
+    }
+
+    /// The AWS source identity: the human behind the run, by the configured or the target's rule.
+    fn source_identity(&self, run: &RunChain, rule: Option<SourceIdentity>) -> Option<String> {
+        let first_approver = run.approved_by.first().map(String::as_str);
+        match rule.unwrap_or(self.rules.source_identity) {
+            SourceIdentity::TriggeredBy => run.triggered_by.as_deref().or(first_approver),
+            SourceIdentity::FirstApprover => first_approver.or(run.triggered_by.as_deref()),
             SourceIdentity::None => None,
         }
-        .and_then(source_identity);
-        Ok(RunClaims {
-            iss: self.issuer.clone(),
-            sub,
-            aud: audience,
-            iat: now,
-            nbf: now,
-            exp: now.saturating_add(lifetime),
-            jti: token_id(now),
-            run_id,
-            stack_id,
-            stack,
-            phase,
-            scope: phase.scope(),
-            repository,
-            commit_sha,
-            git_ref,
-            pull_request,
-            ticket,
-            triggered_by,
-            approved_by,
-            asserted_by,
-            pool,
-            agent_id,
-            aws_tags,
-            aws_source_identity: human,
-        })
+        .and_then(source_identity)
     }
 }
 
@@ -494,16 +487,12 @@ mod minting {
     }
 
     fn request() -> MintRequest {
-        MintRequest {
-            run_id: "run-7".into(),
-            stack_id: "stk-1".into(),
-            stack: "network".into(),
-            phase: Some(Phase::Apply),
-            audience: "vault".into(),
+        let run = RunChain {
             triggered_by: Some("alice".into()),
             approved_by: vec!["bob".into()],
-            ..MintRequest::default()
-        }
+            ..RunChain::new("run-7", "stk-1", "network", keyward_proto::claims::Phase::Apply)
+        };
+        MintRequest::new(run, "vault")
     }
 
     #[test]
@@ -553,8 +542,27 @@ mod minting {
         assert!(matches!(minter.mint(long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
         let at_cap = MintRequest { ttl: Some(Duration::from_secs(600)), ..request() };
         assert_eq!(minter.mint(at_cap)?.claims().exp, T0 + 600);
-        let no_phase = MintRequest { phase: None, ..request() };
-        assert!(matches!(minter.mint(no_phase), Err(MintError::InvalidField { field: "phase", .. })));
+        let zero = MintRequest { ttl: Some(Duration::ZERO), ..request() };
+        assert!(matches!(minter.mint(zero), Err(MintError::InvalidField { field: "ttl_seconds", .. })));
+        Ok(())
+    }
+
+    /// The checks run in their documented order, so of several bad fields the first is named.
+    #[test]
+    fn the_first_bad_field_is_the_one_named() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
+        let mut bad = MintRequest { audience: "nobody".into(), ..request() };
+        bad.run.commit_sha = Some("not-hex".into());
+        assert!(matches!(minter.mint(bad.clone()), Err(MintError::AudienceNotAllowed(_))), "audience before commit");
+        bad.run.stack = "has space".into();
+        assert!(matches!(minter.mint(bad.clone()), Err(MintError::InvalidField { field: "stack", .. })));
+        bad.audience = "vault".into();
+        bad.run.stack = "network".into();
+        bad.pool = Some("bad pool".into());
+        assert!(matches!(minter.mint(bad), Err(MintError::InvalidField { field: "commit_sha", .. })));
+        let mut upper = request();
+        upper.run.commit_sha = Some("ABCDEF1".into());
+        assert_eq!(minter.mint(upper)?.claims().run.commit_sha.as_deref(), Some("abcdef1"), "stored lowercase");
         Ok(())
     }
 }
