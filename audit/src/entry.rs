@@ -4,6 +4,7 @@
 //! Entries hold identifiers, never secrets: an AWS access key ID but not the secret key, a Vault
 //! accessor but not the token, a token's `jti` but not the token.
 
+use keyward_proto::claims::RunChain;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -217,6 +218,29 @@ pub struct Context {
     pub remote_addr: Option<String>,
 }
 
+impl Context {
+    /// This context, about `run`: the run's chain of custody replaces the run fields (`run_id`
+    /// … `asserted_by`; the stack's name is not kept, its ID is), who asked and which request
+    /// stay. The one way a [`RunChain`] becomes entry context; the fields stay this struct's own
+    /// (not a flattened `RunChain`), since entries are read with `deny_unknown_fields`.
+    pub fn with_run(self, run: &RunChain) -> Self {
+        Self {
+            run_id: Some(run.run_id.clone()),
+            stack_id: Some(run.stack_id.clone()),
+            phase: Some(run.phase.as_str().to_owned()),
+            repository: run.repository.clone(),
+            commit_sha: run.commit_sha.clone(),
+            git_ref: run.git_ref.clone(),
+            pull_request: run.pull_request,
+            ticket: run.ticket.clone(),
+            triggered_by: run.triggered_by.clone(),
+            approved_by: run.approved_by.clone(),
+            asserted_by: run.asserted_by.clone(),
+            ..self
+        }
+    }
+}
+
 /// An event to append: the entry minus its sequence number, which the log assigns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -354,6 +378,48 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `with_run` sets every run field the hand copies set (and overwrites what the caller's
+    /// context had there), keeps who asked and which request, and records no stack name.
+    #[test]
+    fn a_run_chain_becomes_the_context_run_fields() {
+        let run = RunChain {
+            repository: Some("https://git.example/infra.git".into()),
+            commit_sha: Some("abc1234".into()),
+            git_ref: Some("refs/heads/main".into()),
+            pull_request: Some(7),
+            ticket: Some("CHG-1".into()),
+            triggered_by: Some("alice".into()),
+            approved_by: vec!["bob".into()],
+            asserted_by: Some("ops".into()),
+            ..RunChain::new("r1", "s1", "net", keyward_proto::claims::Phase::Apply)
+        };
+        let caller = Context {
+            actor: Some("exchange:run".into()),
+            request_id: Some("req-1".into()),
+            ticket: Some("stale".into()),
+            ..Context::default()
+        };
+        let expected = Context {
+            run_id: Some("r1".into()),
+            stack_id: Some("s1".into()),
+            phase: Some("apply".into()),
+            repository: Some("https://git.example/infra.git".into()),
+            commit_sha: Some("abc1234".into()),
+            git_ref: Some("refs/heads/main".into()),
+            pull_request: Some(7),
+            ticket: Some("CHG-1".into()),
+            triggered_by: Some("alice".into()),
+            approved_by: vec!["bob".into()],
+            asserted_by: Some("ops".into()),
+            actor: Some("exchange:run".into()),
+            request_id: Some("req-1".into()),
+            ..Context::default()
+        };
+        assert_eq!(caller.with_run(&run), expected);
+        let bare = Context::default().with_run(&RunChain::new("r1", "s1", "net", keyward_proto::claims::Phase::Plan));
+        assert_eq!((bare.ticket, bare.approved_by, bare.phase.as_deref()), (None, Vec::new(), Some("plan")));
+    }
 
     #[test]
     fn prepared_bodies_are_the_canonical_entries() {

@@ -15,38 +15,21 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use keyward_broker::clock::SystemClock;
-use keyward_broker::identity::kek::Kek;
-use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::identity::mint::{MintRequest, Minter};
-use keyward_broker::identity::{MintRules, Signer, SigningAlgorithm};
-use keyward_broker::store::{DatabaseLocation, Store};
-use keyward_proto::claims::Phase;
+use keyward_broker::tokens::{CurrentKey as _, FixedKey, MintRequest, MintRules, Minter, Signer, SigningAlgorithm};
+use keyward_proto::claims::{Phase, RunChain};
 
-fn minter(algorithm: SigningAlgorithm, dir: &tempfile::TempDir) -> Minter {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let keys = runtime.block_on(async {
-        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join(format!("{algorithm}.db")))).await.unwrap();
-        let settings = KeySettings {
-            algorithm,
-            rotation_period: Duration::from_secs(86_400),
-            jwks_max_age: Duration::from_secs(300),
-            clock_skew: Duration::from_secs(30),
-        };
-        KeyRing::load(store, Kek::generate(), Arc::new(SystemClock), settings).await.unwrap()
-    });
+/// A minter over one fresh key: minting is pure, so no store and no runtime are involved.
+fn minter(algorithm: SigningAlgorithm) -> (Minter, FixedKey) {
+    let (signer, _) = Signer::generate(algorithm).unwrap();
+    let key = FixedKey::new(signer);
     let rules = MintRules { allowed_audiences: vec!["sts.amazonaws.com".into()], ..MintRules::default() };
-    Minter::new("https://keyward.example.com".into(), rules, Arc::new(keys), Arc::new(SystemClock))
+    let minter = Minter::new("https://keyward.example.com".into(), rules, Arc::new(key.clone()), Arc::new(SystemClock));
+    (minter, key)
 }
 
 /// A realistic apply-phase request: every optional claim present.
 fn request() -> MintRequest {
-    MintRequest {
-        run_id: "run-01JD5Z8Q4M6V7X3K2B9N0C1D2E".into(),
-        stack_id: "stk-network-prod".into(),
-        stack: "network-prod".into(),
-        phase: Some(Phase::Apply),
-        audience: "sts.amazonaws.com".into(),
-        ttl: None,
+    let run = RunChain {
         repository: Some("https://git.example.com/platform/infrastructure.git".into()),
         commit_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
         git_ref: Some("refs/heads/main".into()),
@@ -54,21 +37,24 @@ fn request() -> MintRequest {
         ticket: Some("CHG-20261123-042".into()),
         triggered_by: Some("alice@example.com".into()),
         approved_by: vec!["bob@example.com".into(), "carol@example.com".into()],
-        asserted_by: None,
+        ..RunChain::new("run-01JD5Z8Q4M6V7X3K2B9N0C1D2E", "stk-network-prod", "network-prod", Phase::Apply)
+    };
+    MintRequest {
         pool: Some("prod-eu".into()),
         agent_id: Some("agent-7f3a".into()),
-        aws_tag_keys: None,
-        source_identity: None,
+        ..MintRequest::new(run, "sts.amazonaws.com")
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
     let rng = SystemRandom::new();
-    let es256 = minter(SigningAlgorithm::ES256, &dir);
-    let rs256 = minter(SigningAlgorithm::RS256, &dir);
+    let (es256, es256_key) = minter(SigningAlgorithm::ES256);
+    let (rs256, _) = minter(SigningAlgorithm::RS256);
     let request = request();
-    let signing_input_len = es256.mint(request.clone()).unwrap().token.expose().rsplit_once('.').unwrap().0.len();
+    // What the minter signs: the header and the claims, as the same key signs them.
+    let claims = serde_json::to_vec(es256.mint(request.clone()).unwrap().claims()).unwrap();
+    let token = es256_key.signer().sign_compact(&claims).unwrap();
+    let signing_input_len = token.rsplit_once('.').unwrap().0.len();
     let message = vec![b'a'; signing_input_len];
 
     let (_, ec_pkcs8) = Signer::generate(SigningAlgorithm::ES256).unwrap();

@@ -60,10 +60,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts one issued token.
-    pub fn token_issued(&self, algorithm: crate::identity::SigningAlgorithm) {
+    pub fn token_issued(&self, algorithm: crate::tokens::SigningAlgorithm) {
         let counter = match algorithm {
-            crate::identity::SigningAlgorithm::ES256 => &self.issued_es256,
-            crate::identity::SigningAlgorithm::RS256 => &self.issued_rs256,
+            crate::tokens::SigningAlgorithm::ES256 => &self.issued_es256,
+            crate::tokens::SigningAlgorithm::RS256 => &self.issued_rs256,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn renders_counters_with_closed_labels() {
         let metrics = Metrics::default();
-        metrics.token_issued(crate::identity::SigningAlgorithm::ES256);
+        metrics.token_issued(crate::tokens::SigningAlgorithm::ES256);
         metrics.request_refused(Refusal::Audience);
         metrics.request_refused(Refusal::Audience);
         let text = metrics.render(2, &AuditStats::default(), &[], true);

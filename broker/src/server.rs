@@ -21,14 +21,13 @@ use crate::exchange::Exchanger;
 use crate::exchange::trusted_issuers::TrustedIssuers;
 use crate::grpc::listener::server_names;
 use crate::http::{self, AppState};
-use crate::identity::issuer::Issuer;
-use crate::identity::kek::Kek;
-use crate::identity::keyring::{KeyRing, KeyRingError};
-use crate::identity::mint::Minter;
+use crate::kek::Kek;
+use crate::keys::{KeyRing, KeyRingError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::runs::Runs;
 use crate::store::{Store, StoreError};
+use crate::tokens::Minter;
 
 /// How often each replica re-reads keys (to see other replicas' rotations) and checks the schedule.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
@@ -85,15 +84,15 @@ impl Broker {
     pub async fn start(settings: &Settings, clock: SharedClock) -> Result<Self, StartError> {
         let core = Core::open(settings, clock).await?;
         let sinks = open_sinks(&settings.audit.sinks)?;
-        let issuer = core.issuer(settings);
-        let exchanger = core.exchanger(settings, &issuer)?;
+        let minter = core.minter(settings);
+        let exchanger = core.exchanger(settings, &minter)?;
         let runs = core.runs(settings);
         let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
         let state = AppState {
             runs,
             agents,
-            issuer,
+            minter,
             exchanger,
             clock: Arc::clone(&clock),
             access: Access::new(store.clone(), clock),
@@ -219,15 +218,15 @@ impl Core {
         Ok(Self { policies, store, log_key, agent_ca, kek: Arc::new(kek.clone()), keys, audit, metrics, clock })
     }
 
-    /// Mints by `[tokens]` with the current signing key; records each token before it leaves.
-    fn issuer(&self, settings: &Settings) -> Issuer {
+    /// Mints by `[tokens]` with the key ring's current signing key.
+    fn minter(&self, settings: &Settings) -> Arc<Minter> {
         let url = settings.server.external_url.clone();
-        let minter = Minter::new(url, settings.tokens.clone(), Arc::clone(&self.keys), Arc::clone(&self.clock));
-        Issuer::new(Arc::new(minter), self.audit.clone())
+        let keys: Arc<KeyRing> = Arc::clone(&self.keys);
+        Arc::new(Minter::new(url, settings.tokens.clone(), keys, Arc::clone(&self.clock)))
     }
 
     /// The token exchange, when any target is configured.
-    fn exchanger(&self, settings: &Settings, issuer: &Issuer) -> Result<Option<Arc<Exchanger>>, StartError> {
+    fn exchanger(&self, settings: &Settings, minter: &Arc<Minter>) -> Result<Option<Arc<Exchanger>>, StartError> {
         if settings.targets.is_empty() {
             return Ok(None);
         }
@@ -235,7 +234,7 @@ impl Core {
         Ok(Some(Arc::new(Exchanger::new(
             &settings.targets,
             Arc::clone(&self.keys),
-            issuer.clone(),
+            Arc::clone(minter),
             self.policies.clone(),
             issuers,
             self.audit.clone(),
@@ -366,7 +365,7 @@ async fn maintain(keys: Arc<KeyRing>, metrics: Arc<Metrics>, audit: AuditLog, cl
             Ok(Some(rotation)) => {
                 metrics.rotation(true);
                 let context = crate::audit::Context::default();
-                crate::audit::events::key_rotated(&audit, clock.now(), "schedule", context, &rotation, false).await;
+                crate::keys::key_rotated(&audit, clock.now(), "schedule", context, &rotation, false).await;
             }
             Ok(None) => {}
             Err(error) => {

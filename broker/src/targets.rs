@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::SourceIdentity;
+use crate::tokens::SourceIdentity;
 
 /// One `[[targets]]` entry: a named place credentials come from. Callers name it; they never pass
 /// a role ARN or a Vault path.

@@ -95,23 +95,12 @@ pub struct AwsTags {
     pub transitive_tag_keys: Vec<Cow<'static, str>>,
 }
 
-/// The full claim set of a Keyward run token.
+/// A run's chain of custody: which run of which stack, in which phase, from which code, started,
+/// approved and vouched for by whom. One type wherever the chain travels: a run token's claims
+/// (flattened into [`RunClaims`], so the claim names are these), a mint request, an exchange's
+/// subject, the policies' `input.run` and audit entries' context (each through one conversion).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunClaims {
-    /// The broker's external URL.
-    pub iss: String,
-    /// Rendered from the subject template; by default `stack:<stack_id>:phase:<phase>`.
-    pub sub: String,
-    /// Exactly one audience, chosen by server-side configuration.
-    pub aud: String,
-    /// Issued at (seconds since the Unix epoch).
-    pub iat: i64,
-    /// Not before (seconds since the Unix epoch).
-    pub nbf: i64,
-    /// Expiry (seconds since the Unix epoch).
-    pub exp: i64,
-    /// Unique token ID (UUIDv7).
-    pub jti: String,
+pub struct RunChain {
     /// The run this token belongs to.
     pub run_id: String,
     /// The immutable stack ID.
@@ -120,8 +109,6 @@ pub struct RunClaims {
     pub stack: String,
     /// `plan` or `apply`.
     pub phase: Phase,
-    /// `read` for plan, `write` for apply.
-    pub scope: Scope,
     /// Repository URL of the code being run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
@@ -144,10 +131,57 @@ pub struct RunClaims {
     /// run's author, never a caller's say-so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
-    /// The operator (API token name) on whose word this token's run context rests, when it was
+    /// The operator (API token name) on whose word this run context rests, when a token was
     /// minted on request (`POST /v1/run-tokens`) rather than for a job the broker tracked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asserted_by: Option<String>,
+}
+
+impl RunChain {
+    /// The chain of run `run_id` of stack `stack_id` (named `stack`) in `phase`, with nothing
+    /// else known yet.
+    pub fn new(run_id: impl Into<String>, stack_id: impl Into<String>, stack: impl Into<String>, phase: Phase) -> Self {
+        Self {
+            run_id: run_id.into(),
+            stack_id: stack_id.into(),
+            stack: stack.into(),
+            phase,
+            repository: None,
+            commit_sha: None,
+            git_ref: None,
+            pull_request: None,
+            ticket: None,
+            triggered_by: None,
+            approved_by: Vec::new(),
+            asserted_by: None,
+        }
+    }
+}
+
+/// The full claim set of a Keyward run token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunClaims {
+    /// The broker's external URL.
+    pub iss: String,
+    /// Rendered from the subject template; by default `stack:<stack_id>:phase:<phase>`.
+    pub sub: String,
+    /// Exactly one audience, chosen by server-side configuration.
+    pub aud: String,
+    /// Issued at (seconds since the Unix epoch).
+    pub iat: i64,
+    /// Not before (seconds since the Unix epoch).
+    pub nbf: i64,
+    /// Expiry (seconds since the Unix epoch).
+    pub exp: i64,
+    /// Unique token ID (UUIDv7).
+    pub jti: String,
+    /// The run's chain of custody: `run_id`, `stack_id`, `stack`, `phase`, `repository`,
+    /// `commit_sha`, `ref`, `pull_request`, `ticket`, `triggered_by`, `approved_by`,
+    /// `asserted_by`, as top-level claims.
+    #[serde(flatten)]
+    pub run: RunChain,
+    /// `read` for plan, `write` for apply.
+    pub scope: Scope,
     /// The worker pool the run executes in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
@@ -187,19 +221,14 @@ mod tests {
             nbf: 1,
             exp: 301,
             jti: "j".into(),
-            run_id: "r1".into(),
-            stack_id: "s1".into(),
-            stack: "net".into(),
-            phase: Phase::Plan,
+            run: RunChain {
+                commit_sha: Some("abc".into()),
+                git_ref: Some("refs/heads/main".into()),
+                pull_request: Some(7),
+                triggered_by: Some("alice".into()),
+                ..RunChain::new("r1", "s1", "net", Phase::Plan)
+            },
             scope: Scope::Read,
-            repository: None,
-            commit_sha: Some("abc".into()),
-            git_ref: Some("refs/heads/main".into()),
-            pull_request: Some(7),
-            ticket: None,
-            triggered_by: Some("alice".into()),
-            approved_by: vec![],
-            asserted_by: None,
             pool: None,
             agent_id: None,
             aws_tags: Some(AwsTags { principal_tags: tags, transitive_tag_keys: vec![Cow::Borrowed("run")] }),
@@ -213,6 +242,47 @@ mod tests {
         assert!(value.get("approved_by").is_none(), "empty approvers are omitted");
         let back: RunClaims = serde_json::from_value(value)?;
         assert_eq!(back, claims);
+        Ok(())
+    }
+
+    /// Every claim of a fully populated token, as the claim set serialized before the run chain
+    /// became one type (flattened): the same names and values, nothing added or missing.
+    #[test]
+    fn the_flattened_run_chain_serializes_the_claims_of_before() -> Result<(), serde_json::Error> {
+        let mut tags = BTreeMap::new();
+        tags.insert(Cow::Borrowed("run"), ["r1".to_owned()]);
+        let claims = RunClaims {
+            iss: "https://kw.example".into(),
+            sub: "stack:s1:phase:apply".into(),
+            aud: "vault".into(),
+            iat: 1,
+            nbf: 1,
+            exp: 301,
+            jti: "j".into(),
+            run: RunChain {
+                repository: Some("https://git.example/infra.git".into()),
+                commit_sha: Some("abc1234".into()),
+                git_ref: Some("refs/heads/main".into()),
+                pull_request: Some(7),
+                ticket: Some("CHG-1".into()),
+                triggered_by: Some("alice".into()),
+                approved_by: vec!["bob".into(), "carol".into()],
+                asserted_by: Some("ops".into()),
+                ..RunChain::new("r1", "s1", "net", Phase::Apply)
+            },
+            scope: Scope::Write,
+            pool: Some("prod".into()),
+            agent_id: Some("a1".into()),
+            aws_tags: Some(AwsTags { principal_tags: tags, transitive_tag_keys: vec![Cow::Borrowed("run")] }),
+            aws_source_identity: Some("alice".into()),
+        };
+        // The exact text the claim set serialized to before (key order aside: `scope` now
+        // follows the chain instead of `phase`; JSON objects are unordered).
+        let before = r#"{"iss":"https://kw.example","sub":"stack:s1:phase:apply","aud":"vault","iat":1,"nbf":1,"exp":301,"jti":"j","run_id":"r1","stack_id":"s1","stack":"net","phase":"apply","scope":"write","repository":"https://git.example/infra.git","commit_sha":"abc1234","ref":"refs/heads/main","pull_request":7,"ticket":"CHG-1","triggered_by":"alice","approved_by":["bob","carol"],"asserted_by":"ops","pool":"prod","agent_id":"a1","https://aws.amazon.com/tags":{"principal_tags":{"run":["r1"]},"transitive_tag_keys":["run"]},"https://aws.amazon.com/source_identity":"alice"}"#;
+        let expected: serde_json::Value = serde_json::from_str(before)?;
+        assert_eq!(serde_json::to_value(&claims)?, expected);
+        let back: RunClaims = serde_json::from_str(before)?;
+        assert_eq!(back, claims, "a token of before reads back into the same claims");
         Ok(())
     }
 }

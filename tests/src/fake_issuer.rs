@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use keyward_broker::identity::{Signer, SigningAlgorithm};
+use keyward_broker::tokens::{Signer, SigningAlgorithm};
 use serde_json::{Value, json};
 
 struct Inner {

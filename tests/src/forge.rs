@@ -11,15 +11,30 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyward_broker::clock::ManualClock;
-use keyward_broker::identity::kek::Kek;
-use keyward_broker::identity::keyring::{KeyRing, KeySettings};
-use keyward_broker::identity::mint::{MintRequest, Minter};
-use keyward_broker::identity::{MintRules, SigningAlgorithm};
+use keyward_broker::kek::Kek;
+use keyward_broker::keys::{KeyRing, KeySettings};
 use keyward_broker::store::{DatabaseLocation, Store};
-use keyward_proto::claims::Phase;
+use keyward_broker::tokens::{MintRequest, MintRules, Minter, Signer, SigningAlgorithm};
+use keyward_proto::claims::{Phase, RunChain};
 
-/// A minter over a `keyward dev` data directory's real keys, with a clock of our choosing.
-pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Minter {
+/// Signs what the broker's minter would, with its real current key, but hands the token straight
+/// out: no audit entry, which is what a forgery is.
+#[derive(Debug)]
+pub struct Forger {
+    minter: Minter,
+    signer: Arc<Signer>,
+}
+
+impl Forger {
+    /// The compact JWS of the token the broker would mint for `request` at the forger's time.
+    pub fn mint(&self, request: MintRequest) -> String {
+        let claims = self.minter.claims(request).unwrap();
+        self.signer.sign_compact(&serde_json::to_vec(&claims).unwrap()).unwrap()
+    }
+}
+
+/// A forger over a `keyward dev` data directory's real keys, with a clock of our choosing.
+pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Forger {
     let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
     let kek = Kek::from_file(&data_dir.join("kek")).unwrap();
     let clock = ManualClock::at(now);
@@ -32,19 +47,14 @@ pub async fn minter_at(data_dir: &Path, issuer: &str, now: i64) -> Minter {
     let keys = KeyRing::load(store, kek, Arc::new(clock.clone()), settings).await.unwrap();
     let rules =
         MintRules { allowed_audiences: vec!["vault".into(), "sts.amazonaws.com".into()], ..MintRules::default() };
-    Minter::new(issuer.to_owned(), rules, Arc::new(keys), Arc::new(clock))
+    let keys = Arc::new(keys);
+    let signer = keys.signer();
+    Forger { minter: Minter::new(issuer.to_owned(), rules, keys, Arc::new(clock)), signer }
 }
 
 /// A plan request for `run_id` on `stack` for `audience`.
 pub fn request(run_id: &str, stack: &str, audience: &str) -> MintRequest {
-    MintRequest {
-        run_id: run_id.into(),
-        stack_id: stack.into(),
-        stack: stack.into(),
-        phase: Some(Phase::Plan),
-        audience: audience.into(),
-        ..MintRequest::default()
-    }
+    MintRequest::new(RunChain::new(run_id, stack, stack, Phase::Plan), audience)
 }
 
 /// The decoded JOSE header of a compact JWS.
@@ -71,7 +81,7 @@ pub fn resign_with_foreign_key(token: &str, kid: &str) -> String {
 }
 
 /// The current signing key of a configured broker's data directory (SQLite), given its KEK.
-pub async fn broker_signer(data_dir: &Path, kek_base64: &str) -> Arc<keyward_broker::identity::Signer> {
+pub async fn broker_signer(data_dir: &Path, kek_base64: &str) -> Arc<Signer> {
     let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("keyward.db"))).await.unwrap();
     let kek = Kek::from_base64(kek_base64, "test").unwrap();
     let settings = KeySettings {

@@ -20,7 +20,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 
-use crate::identity::kek::Kek;
+use crate::kek::Kek;
 use crate::store::{Store, StoreError};
 use keyward_proto::encoding::{hex, pem};
 

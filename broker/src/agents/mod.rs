@@ -398,7 +398,7 @@ impl Agents {
             .with_ref("agent", agent_id)
             .with_ref("pool", &row.pool);
         match self.audit.append(Append::changes(writes, vec![event])).await? {
-            Committed::Recorded => Ok(()),
+            Committed::Recorded(_) => Ok(()),
             // Another enrollment consumed the token between our read and our write.
             Committed::Refused(_) => Err(JoinTokenRefusal::Used.into()),
             Committed::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),

@@ -11,7 +11,7 @@ use aws_lc_rs::signature::Ed25519KeyPair;
 use keyward_audit::checkpoint::{CheckpointSigner, VerifierKey};
 use keyward_audit::merkle::Hash;
 
-use crate::identity::kek::Kek;
+use crate::kek::Kek;
 use crate::store::{Store, StoreError};
 
 /// Why the checkpoint key could not be loaded or created.

@@ -27,4 +27,4 @@ pub use keyward_audit::{canonical, checkpoint, entry, merkle};
 
 pub use entry::{AuditEvent, Context, Entry, Kind, kinds};
 pub use log_key::{LogKey, LogKeyError};
-pub use writer::{Append, AuditLog, ChangeError, Committed, Stats, TokenClaim, export_line};
+pub use writer::{Append, AuditLog, ChangeError, Committed, Recorded, Stats, TokenClaim, export_line};

@@ -80,11 +80,19 @@ impl Append {
     }
 }
 
+/// The receipt for an append whose `events` are durable. Its field is private, so only this
+/// module's writer makes one, after the commit: a [`PendingToken`] is released against it, which
+/// is how "every token is on record before it is handed out" holds by construction.
+///
+/// [`PendingToken`]: crate::tokens::PendingToken
+#[derive(Debug, PartialEq, Eq)]
+pub struct Recorded(());
+
 /// How an append was committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
     /// `events` are durable (and the claim, if any, is now taken; the writes are made).
-    Recorded,
+    Recorded(Recorded),
     /// The claim was taken before: `if_replayed` are durable, `events` were not written.
     Replayed,
     /// A write's condition failed: nothing of the append was written.
@@ -109,7 +117,7 @@ impl Committed {
     /// The outcome of an append of row changes without a claim: `Ok` when recorded, else why not.
     pub fn into_change(self) -> Result<(), ChangeError> {
         match self {
-            Self::Recorded => Ok(()),
+            Self::Recorded(_) => Ok(()),
             Self::Refused(Refusal::Duplicate { what }) => Err(ChangeError::Conflict(format!("{what} already exists"))),
             Self::Refused(Refusal::Unmet { what }) => {
                 Err(ChangeError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
@@ -346,7 +354,7 @@ async fn write_batch(
             continue;
         }
         events.extend(entry.events.iter());
-        outcomes.push(Committed::Recorded);
+        outcomes.push(Committed::Recorded(Recorded(())));
     }
     let count = events.len() as u64;
     let written_at = events.iter().map(|e| e.at).max().unwrap_or_else(unix_now);

@@ -20,7 +20,7 @@ use clap::Args;
 use crate::access::ApiScope;
 use crate::clock::SystemClock;
 use crate::config::{Checked, Config, DevOverlay, LogFormat, Settings};
-use crate::identity::kek::Kek;
+use crate::kek::Kek;
 use crate::server::{self, Broker};
 
 #[derive(Debug, Args)]

@@ -16,12 +16,12 @@ use keyward_proto::secret::Secret;
 use serde::Deserialize;
 
 use crate::exchange::trusted_issuers::{ClaimMapping, IssuerConfig};
-use crate::identity::rules::SubjectTemplate;
-use crate::identity::verify::Algorithm;
-use crate::identity::{MintRules, SigningAlgorithm, SourceIdentity};
 use crate::targets::{
     AwsTarget, ExchangeMode, KvRead, PkiIssue, TargetAccess, TargetConfig, TargetKind, VaultTarget, WriteSubject,
 };
+use crate::tokens::rules::SubjectTemplate;
+use crate::tokens::verify::Algorithm;
+use crate::tokens::{MintRules, SigningAlgorithm, SourceIdentity};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::identity::kek::KekError;
+use crate::kek::KekError;
 
 mod file;
 mod overlay;

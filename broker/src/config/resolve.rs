@@ -22,13 +22,13 @@ use super::url::check_url;
 use super::{Config, ConfigError, invalid, trust};
 use crate::audit::sinks::SinkConfig;
 use crate::exchange::trusted_issuers::IssuerConfig;
-use crate::identity::MintRules;
-use crate::identity::kek::Kek;
-use crate::identity::keyring::KeySettings;
-use crate::identity::rules::{MAX_CLOCK_SKEW, MAX_TOKEN_LIFETIME, SubjectTemplate};
+use crate::kek::Kek;
+use crate::keys::KeySettings;
 use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials};
 use crate::store::DatabaseLocation;
 use crate::targets::{TargetConfig, url_host};
+use crate::tokens::MintRules;
+use crate::tokens::rules::{MAX_CLOCK_SKEW, MAX_TOKEN_LIFETIME, SubjectTemplate};
 
 /// What the broker runs with: the configuration file checked, with every secret it names read.
 /// `K` is the key-encryption key, read here; in [`Checked`] only its source is chosen.

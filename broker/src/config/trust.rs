@@ -12,9 +12,9 @@ use super::file::{IssuerEntry, TargetEntry, default_write_subjects};
 use super::url::check_url;
 use super::{ConfigError, invalid};
 use crate::exchange::trusted_issuers::IssuerConfig;
-use crate::identity::mint::AWS_TAG_KEYS;
-use crate::identity::rules::MAX_TOKEN_LIFETIME;
 use crate::targets::{AwsTarget, TargetAccess, TargetConfig, TargetKind, VaultTarget};
+use crate::tokens::mint::AWS_TAG_KEYS;
+use crate::tokens::rules::MAX_TOKEN_LIFETIME;
 
 /// The `[[targets]]`, checked; their audiences must be among `allowed_audiences`.
 pub(super) fn targets(

@@ -15,21 +15,7 @@ pub(super) fn credentials_input(
     requested_ttl: Option<Duration>,
     now: i64,
 ) -> Value {
-    let run = &subject.run;
-    let run_json = RunInput {
-        id: &run.id,
-        stack_id: &run.stack_id,
-        stack: &run.stack,
-        phase: run.phase.as_str(),
-        repository: run.repository.as_deref(),
-        commit_sha: run.commit_sha.as_deref(),
-        git_ref: run.git_ref.as_deref(),
-        pull_request: run.pull_request,
-        ticket: run.ticket.as_deref(),
-        triggered_by: run.triggered_by.as_deref(),
-        approved_by: &run.approved_by,
-    }
-    .to_value();
+    let run_json = RunInput::from(&subject.run).to_value();
     let (kind, mode) = match &target.kind {
         TargetKind::Aws(aws) => ("aws", aws.mode),
         TargetKind::Vault(_) => ("vault", ExchangeMode::Broker),

@@ -3,7 +3,7 @@
 //!
 //! The order is the security argument, so it is spelled out in [`Exchanger::exchange`]:
 //! 1. the request names a configured target (callers never pass an ARN or a path);
-//! 2. the subject token verifies strictly (see `identity::verify`); a token that does not is
+//! 2. the subject token verifies strictly (see `tokens::verify`); a token that does not is
 //!    refused without an audit entry (the caller proved nothing: see `unproven`), one that
 //!    verified and is refused for what it says is audited;
 //! 3. a plan-phase token never reaches a write target — checked in code, before any policy;
@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enforce::Lifetime;
-use keyward_proto::claims::Phase;
+use keyward_proto::claims::{Phase, RunChain};
 use serde_json::{Value, json};
 use subject::{Subject, SubjectKind};
 use unproven::UnprovenRefusals;
@@ -46,16 +46,16 @@ pub use subject::JobSubject;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim};
 use crate::clock::SharedClock;
-use crate::identity::issuer::{IssueError, Issuer, PendingToken};
-use crate::identity::keyring::KeyRing;
-use crate::identity::mint::{MintRequest, MintedToken};
-use crate::identity::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::issuance::{self, IssueError};
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
 use crate::store::{Store, StoreError};
 use crate::targets::{AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget};
+use crate::tokens::verify::{self, Algorithm, Expectations, VerifyError};
+use crate::tokens::{MintRequest, MintedToken, Minter, PendingToken};
 use trusted_issuers::{TrustedIssuers, peek_issuer_and_audiences};
 
 /// RFC 8693 `grant_type`.
@@ -156,7 +156,7 @@ struct Issuing<'a> {
 pub struct Exchanger {
     targets: BTreeMap<String, TargetConfig>,
     keys: Arc<KeyRing>,
-    issuer: Issuer,
+    minter: Arc<Minter>,
     policies: Option<Arc<PolicyEngine>>,
     issuers: TrustedIssuers,
     log: AuditLog,
@@ -189,7 +189,7 @@ impl Exchanger {
     pub fn new(
         targets: &[TargetConfig],
         keys: Arc<KeyRing>,
-        issuer: Issuer,
+        minter: Arc<Minter>,
         policies: Option<Arc<PolicyEngine>>,
         issuers: TrustedIssuers,
         log: AuditLog,
@@ -203,7 +203,7 @@ impl Exchanger {
         Self {
             targets,
             keys,
-            issuer,
+            minter,
             policies,
             issuers,
             log,
@@ -269,8 +269,8 @@ impl Exchanger {
 
     /// Whose approval of a run token's run counted, from the reviews the broker recorded for it:
     /// nobody, unless the run exists and is the one the token describes (same stack and commit).
-    async fn recorded_approvals(&self, run: &subject::RunContext) -> Result<Vec<String>, ExchangeError> {
-        let recorded = RecordedRun::load(&self.store, &run.id)
+    async fn recorded_approvals(&self, run: &RunChain) -> Result<Vec<String>, ExchangeError> {
+        let recorded = RecordedRun::load(&self.store, &run.run_id)
             .await
             .map_err(|e| unavailable("the run's reviews could not be read, so nothing was issued", &e))?;
         Ok(recorded
@@ -313,7 +313,7 @@ impl Exchanger {
             }
             TargetKind::Aws(aws) => self.issue_aws_broker(&issuing, aws, &decision, claim).await?,
         };
-        tracing::info!(target = %target.id(), run_id = %subject.run.id, subject = subject.kind.as_str(), "credentials issued");
+        tracing::info!(target = %target.id(), run_id = %subject.run.run_id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 
@@ -359,7 +359,7 @@ impl Exchanger {
             if_replayed: vec![self.replay_event(caller, target, subject)],
         };
         match self.log.append(entry).await {
-            Ok(Committed::Recorded) => ExchangeError::Denied(reasons.to_vec()),
+            Ok(Committed::Recorded(_)) => ExchangeError::Denied(reasons.to_vec()),
             Ok(Committed::Replayed) => replayed(),
             Ok(Committed::Refused(refusal)) => {
                 unavailable("the decision could not be recorded", &StoreError::Append(refusal.to_string()))
@@ -454,9 +454,9 @@ impl Exchanger {
     ) -> Result<ExchangeResponse, ExchangeError> {
         let Issuing { caller, subject, target, lifetime, .. } = *issuing;
         let duration = lifetime.duration;
-        let ttl = self.issuer.minter().default_ttl().min(duration);
+        let ttl = self.minter.default_ttl().min(duration);
         let pending = self.mint_for(subject, &aws.audience, Some(aws), Some(ttl))?;
-        let session_name = role_session_name(&subject.run.id);
+        let session_name = role_session_name(&subject.run.run_id);
         let details = Self::aws_details(aws, &pending, &session_name, duration);
         let mut entry = self.allowed_entry(issuing, claim);
         entry.events.push(self.event(caller, target, Some(subject), Kind::CredentialsIssued, &[], details));
@@ -484,7 +484,7 @@ impl Exchanger {
         let Issuing { caller, subject, target, lifetime, .. } = *issuing;
         let duration = lifetime.duration;
         let pending = self.mint_for(subject, &aws.audience, Some(aws), None)?;
-        let session_name = role_session_name(&subject.run.id);
+        let session_name = role_session_name(&subject.run.run_id);
         let mut details = Self::aws_details(aws, &pending, &session_name, duration);
         let minted = self.release(pending, caller, subject, self.allowed_entry(issuing, claim)).await?;
         let call = aws::AssumeRole {
@@ -602,33 +602,22 @@ impl Exchanger {
         aws_target: Option<&AwsTarget>,
         ttl: Option<Duration>,
     ) -> Result<PendingToken, ExchangeError> {
-        let run = &subject.run;
         let request = MintRequest {
-            run_id: run.id.clone(),
-            stack_id: run.stack_id.clone(),
-            stack: run.stack.clone(),
-            phase: Some(run.phase),
+            run: subject.run.clone(),
             audience: audience.to_owned(),
             ttl,
-            repository: run.repository.clone(),
-            commit_sha: run.commit_sha.clone(),
-            git_ref: run.git_ref.clone(),
-            pull_request: run.pull_request,
-            ticket: run.ticket.clone(),
-            triggered_by: run.triggered_by.clone(),
-            approved_by: run.approved_by.clone(),
-            asserted_by: run.asserted_by.clone(),
-            pool: run.pool.clone(),
-            agent_id: run.agent_id.clone(),
+            pool: subject.pool.clone(),
+            agent_id: subject.agent_id.clone(),
             aws_tag_keys: aws_target.and_then(|a| a.session_tags.clone()),
             source_identity: aws_target.and_then(|a| a.source_identity),
         };
-        self.issuer
+        self.minter
             .mint(request)
             .map_err(|e| ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")))
     }
 
-    /// Hands out `pending` once its `token.minted` entry and `entry` are committed.
+    /// Hands out `pending` once its `token.minted` entry and `entry` are committed: the
+    /// exchange's one commit.
     async fn release(
         &self,
         pending: PendingToken,
@@ -642,7 +631,7 @@ impl Exchanger {
             subject_jti: Some(subject.replay_key.clone()),
             ..caller.clone()
         };
-        self.issuer.release(pending, context, entry).await.map_err(|error| match error {
+        issuance::record(&self.log, pending, context, entry).await.map_err(|error| match error {
             IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
             IssueError::Record(e) => {
                 unavailable("the decision and token could not be recorded, so nothing was issued", &e)
@@ -721,21 +710,12 @@ impl Exchanger {
     ) -> AuditEvent {
         let mut context = Context { target: Some(target.id()), ..caller.clone() };
         if let Some(subject) = subject {
-            let run = &subject.run;
-            context.run_id = Some(run.id.clone());
-            context.stack_id = Some(run.stack_id.clone());
-            context.phase = Some(run.phase.as_str().to_owned());
-            context.repository.clone_from(&run.repository);
-            context.commit_sha.clone_from(&run.commit_sha);
-            context.git_ref.clone_from(&run.git_ref);
-            context.pull_request = run.pull_request;
-            context.ticket.clone_from(&run.ticket);
-            context.triggered_by.clone_from(&run.triggered_by);
-            context.approved_by.clone_from(&run.approved_by);
-            context.asserted_by.clone_from(&run.asserted_by);
-            context.subject_issuer = Some(subject.issuer.clone());
-            context.subject_jti = Some(subject.replay_key.clone());
-            context.actor = Some(subject.kind.actor());
+            context = Context {
+                subject_issuer: Some(subject.issuer.clone()),
+                subject_jti: Some(subject.replay_key.clone()),
+                actor: Some(subject.kind.actor()),
+                ..context.with_run(&subject.run)
+            };
         }
         let mut event = AuditEvent::new(kind, self.clock.now(), context);
         match subject.map(|s| (s, &s.kind)) {
@@ -821,7 +801,7 @@ pub fn subject_view(
     Ok(SubjectView {
         input: input::credentials_input(&subject, target, requested_ttl, now),
         recorded_claims,
-        role_session_name: role_session_name(&subject.run.id),
+        role_session_name: role_session_name(&subject.run.run_id),
     })
 }
 
@@ -836,7 +816,7 @@ fn unavailable(what: &str, error: &StoreError) -> ExchangeError {
 
 /// STS `RoleSessionName`: `[\w+=,.@-]{2,64}`.
 fn role_session_name(run_id: &str) -> String {
-    let mut name = crate::identity::mint::sts_name(run_id);
+    let mut name = crate::tokens::mint::sts_name(run_id);
     while name.len() < 2 {
         name.push('-');
     }

@@ -1,6 +1,6 @@
 //! What an exchange returns.
 
-use crate::identity::mint::TokenString;
+use crate::tokens::TokenString;
 
 /// AWS "exchange in the worker" material: the caller calls `AssumeRoleWithWebIdentity` itself.
 #[derive(Debug)]

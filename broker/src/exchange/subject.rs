@@ -2,13 +2,13 @@
 //! certificate and its lease, reduced to the run context that the guard, the policy, the record and
 //! the minted token all use.
 
-use keyward_proto::claims::Phase;
+use keyward_proto::claims::{Phase, RunChain};
 use serde_json::{Map, Value};
 
 use super::trusted_issuers::IssuerConfig;
-use crate::identity::mint::is_identifier_char;
-use crate::identity::verify::VerifiedToken;
 use crate::store::write::Write;
+use crate::tokens::mint::is_identifier_char;
+use crate::tokens::verify::VerifiedToken;
 
 /// Where the subject token came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,27 +40,6 @@ impl SubjectKind {
     }
 }
 
-/// The run a subject token stands for.
-#[derive(Debug, Clone)]
-pub(super) struct RunContext {
-    pub(super) id: String,
-    pub(super) stack_id: String,
-    pub(super) stack: String,
-    pub(super) phase: Phase,
-    pub(super) repository: Option<String>,
-    pub(super) commit_sha: Option<String>,
-    pub(super) git_ref: Option<String>,
-    pub(super) pull_request: Option<u64>,
-    pub(super) ticket: Option<String>,
-    pub(super) triggered_by: Option<String>,
-    /// Whose approval counted: recorded reviews only, filled in from the store at issuance.
-    pub(super) approved_by: Vec<String>,
-    /// For a run token minted on request, the operator whose word its context rests on.
-    pub(super) asserted_by: Option<String>,
-    pub(super) pool: Option<String>,
-    pub(super) agent_id: Option<String>,
-}
-
 /// A verified subject.
 #[derive(Debug)]
 pub(super) struct Subject {
@@ -73,7 +52,13 @@ pub(super) struct Subject {
     pub(super) expires_at: i64,
     /// Every verified claim (for the policy's `input.subject.claims`).
     pub(super) claims: Map<String, Value>,
-    pub(super) run: RunContext,
+    /// The run it stands for. Its `approved_by` is recorded reviews only, filled in from the
+    /// store at issuance; `asserted_by` is set for a run token minted on request.
+    pub(super) run: RunChain,
+    /// The worker pool, when the subject says.
+    pub(super) pool: Option<String>,
+    /// The agent, when the subject says.
+    pub(super) agent_id: Option<String>,
     /// For a job: the only targets it may ask for (its stack's targets for its phase).
     pub(super) allowed_targets: Option<Vec<String>>,
 }
@@ -175,8 +160,8 @@ impl Subject {
         let phase =
             string(&claims, "phase").and_then(|p| p.parse().ok()).ok_or("run token has no valid `phase` claim")?;
         let required = |name: &str| string(&claims, name).ok_or_else(|| format!("run token has no `{name}` claim"));
-        let run = RunContext {
-            id: required("run_id")?,
+        let run = RunChain {
+            run_id: required("run_id")?,
             stack_id: required("stack_id")?,
             stack: required("stack")?,
             phase,
@@ -190,9 +175,8 @@ impl Subject {
             // run's recorded reviews instead (`Exchanger::recorded_approvals`).
             approved_by: Vec::new(),
             asserted_by: string(&claims, "asserted_by"),
-            pool: string(&claims, "pool"),
-            agent_id: string(&claims, "agent_id"),
         };
+        let (pool, agent_id) = (string(&claims, "pool"), string(&claims, "agent_id"));
         Ok(Self {
             kind: SubjectKind::Run,
             issuer: issuer.to_owned(),
@@ -200,6 +184,8 @@ impl Subject {
             expires_at: verified.expires_at,
             claims,
             run,
+            pool,
+            agent_id,
             allowed_targets: None,
         })
     }
@@ -214,11 +200,7 @@ impl Subject {
             ("job_id".to_owned(), Value::from(job.job_id.as_str())),
             ("fencing_token".to_owned(), Value::from(job.fencing_token)),
         ]);
-        let run = RunContext {
-            id: job.run_id.clone(),
-            stack_id: job.stack.clone(),
-            stack: job.stack.clone(),
-            phase: job.phase,
+        let run = RunChain {
             repository: Some(job.repository.clone()),
             commit_sha: Some(job.commit_sha.clone()),
             git_ref: job.git_ref.clone(),
@@ -226,9 +208,7 @@ impl Subject {
             ticket: job.ticket.clone(),
             triggered_by: Some(job.triggered_by.clone()),
             approved_by: job.approved_by.clone(),
-            asserted_by: None,
-            pool: Some(job.pool.clone()),
-            agent_id: Some(job.agent_id.clone()),
+            ..RunChain::new(job.run_id.clone(), job.stack.clone(), job.stack.clone(), job.phase)
         };
         Self {
             kind: SubjectKind::Job,
@@ -237,6 +217,8 @@ impl Subject {
             expires_at: job.lease_expires_at,
             claims,
             run,
+            pool: Some(job.pool.clone()),
+            agent_id: Some(job.agent_id.clone()),
             allowed_targets: Some(job.targets.clone()),
         }
     }
@@ -261,21 +243,12 @@ impl Subject {
         // A commit that is not hexadecimal is dropped rather than failing the exchange.
         let commit_sha = string(&claims, &mapping.commit_sha)
             .filter(|c| (7..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()));
-        let run = RunContext {
-            id,
-            stack_id: stack.clone(),
-            stack,
-            phase: config.phase,
+        let run = RunChain {
             repository,
             commit_sha,
             git_ref: string(&claims, &mapping.git_ref),
-            pull_request: None,
-            ticket: None,
             triggered_by: string(&claims, &mapping.triggered_by),
-            approved_by: Vec::new(),
-            asserted_by: None,
-            pool: None,
-            agent_id: None,
+            ..RunChain::new(id, stack.clone(), stack, config.phase)
         };
         Self {
             kind: SubjectKind::Ci(config.name.clone()),
@@ -284,6 +257,8 @@ impl Subject {
             expires_at: verified.expires_at,
             claims,
             run,
+            pool: None,
+            agent_id: None,
             allowed_targets: Some(config.targets.clone()),
         }
     }

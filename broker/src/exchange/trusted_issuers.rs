@@ -22,7 +22,7 @@ use keyward_proto::claims::Phase;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::identity::verify::{self, Expectations, KeySet, VerifiedToken, VerifyError};
+use crate::tokens::verify::{self, Expectations, KeySet, VerifiedToken, VerifyError};
 
 /// Largest discovery or JWKS document read.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;

@@ -14,9 +14,10 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized, can};
 use crate::access::ApiScope;
-use crate::identity::keyring::KeyRingError;
-use crate::identity::mint::MintRequest;
+use crate::keys::KeyRingError;
 use crate::runs::reviews::RecordedRun;
+use crate::tokens::MintRequest;
+use keyward_proto::claims::RunChain;
 
 /// `POST /v1/run-tokens` body. Approvals are not the caller's to say: `approved_by` is accepted
 /// only to refuse it with a reason (see [`run_context`]).
@@ -68,25 +69,26 @@ fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) ->
         .phase
         .parse()
         .map_err(|e: keyward_proto::claims::UnknownPhase| ApiError::invalid_request(e.to_string()))?;
-    let mut request = MintRequest {
-        stack_id: body.stack_id.clone().unwrap_or_else(|| body.stack.clone()),
-        stack: body.stack.clone(),
-        run_id: body.run_id.clone(),
-        phase: Some(phase),
-        audience: body.audience,
-        ttl: body.ttl_seconds.map(Duration::from_secs),
+    let run = RunChain {
         repository: body.repository.clone(),
         commit_sha: body.commit_sha.clone(),
         git_ref: body.git_ref.clone(),
         pull_request: body.pull_request,
         ticket: body.ticket.clone(),
         triggered_by: body.triggered_by.clone(),
-        approved_by: Vec::new(),
         asserted_by: Some(operator.to_owned()),
+        ..RunChain::new(
+            body.run_id.clone(),
+            body.stack_id.clone().unwrap_or_else(|| body.stack.clone()),
+            body.stack.clone(),
+            phase,
+        )
+    };
+    let mut request = MintRequest {
+        ttl: body.ttl_seconds.map(Duration::from_secs),
         pool: body.pool,
         agent_id: body.agent_id,
-        aws_tag_keys: None,
-        source_identity: None,
+        ..MintRequest::new(run, body.audience)
     };
     if let Some(run) = recorded {
         let id = &body.run_id;
@@ -106,13 +108,14 @@ fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) ->
         same("triggered_by", body.triggered_by, Some(&run.triggered_by))?;
         let recorded_pr = run.pull_request.map(|n| n.to_string());
         same("pull_request", body.pull_request.map(|n| n.to_string()), recorded_pr.as_deref())?;
-        request.repository = Some(run.repository);
-        request.commit_sha = Some(run.commit_sha);
-        request.git_ref = run.git_ref;
-        request.pull_request = run.pull_request;
-        request.ticket = run.ticket;
-        request.triggered_by = Some(run.triggered_by);
-        request.approved_by = run.approved_by;
+        let chain = &mut request.run;
+        chain.repository = Some(run.repository);
+        chain.commit_sha = Some(run.commit_sha);
+        chain.git_ref = run.git_ref;
+        chain.pull_request = run.pull_request;
+        chain.ticket = run.ticket;
+        chain.triggered_by = Some(run.triggered_by);
+        chain.approved_by = run.approved_by;
     }
     Ok(request)
 }
@@ -138,7 +141,7 @@ pub(super) async fn mint_run_token(
         let recorded = state.runs.recorded(&body.run_id).await?;
         let request = run_context(body, recorded, &operator.name)?;
         let context = crate::audit::Context { actor: Some(operator.name.clone()), ..super::caller(&extensions) };
-        Ok::<_, ApiError>(state.issuer.issue(request, context).await?)
+        Ok::<_, ApiError>(crate::issuance::issue(&state.minter, &state.audit, request, context).await?)
     }
     .await;
     match result {
@@ -290,15 +293,7 @@ pub(super) async fn rotate_keys(
         Some(rotation) => {
             tracing::info!(requested_by = %operator.name, "on-demand key rotation");
             let context = super::caller(&extensions);
-            crate::audit::events::key_rotated(
-                &state.audit,
-                state.clock_now(),
-                &operator.name,
-                context,
-                &rotation,
-                force,
-            )
-            .await;
+            crate::keys::key_rotated(&state.audit, state.clock_now(), &operator.name, context, &rotation, force).await;
             Ok(Json(json!({ "rotated": true, "rotation": rotation })).into_response())
         }
         None => Err(ApiError::unavailable("another broker replica rotated the keys at the same moment; retry")),

@@ -12,12 +12,12 @@ use crate::access::AccessError;
 use crate::agents::AgentError;
 use crate::audit::ChangeError;
 use crate::exchange::ExchangeError;
-use crate::identity::issuer::IssueError;
-use crate::identity::keyring::KeyRingError;
-use crate::identity::mint::MintError;
+use crate::issuance::IssueError;
+use crate::keys::KeyRingError;
 use crate::metrics::Refusal;
 use crate::runs::{GitError, RunError};
 use crate::store::StoreError;
+use crate::tokens::mint::MintError;
 
 /// An error response: `{"error": …, "error_description": …}`.
 #[derive(Debug)]

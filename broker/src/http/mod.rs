@@ -25,11 +25,11 @@ use axum::routing::{delete, get, post};
 use crate::access::Access;
 use crate::audit::AuditLog;
 use crate::exchange::Exchanger;
-use crate::identity::issuer::Issuer;
-use crate::identity::keyring::KeyRing;
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
+use crate::tokens::Minter;
 
 /// Largest request body the API reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -39,8 +39,8 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     /// Signing keys and JWKS.
     pub keys: Arc<KeyRing>,
-    /// Token issuance.
-    pub issuer: Issuer,
+    /// Mints run tokens (`POST /v1/run-tokens`; each is recorded before it leaves, see `issuance`).
+    pub minter: Arc<Minter>,
     /// Operator authentication.
     pub access: Access,
     /// Persistence (readiness probes it).

@@ -54,7 +54,7 @@ fn cache_control(state: &AppState) -> String {
 }
 
 pub(super) async fn discovery(State(state): State<AppState>) -> Response {
-    let issuer = state.issuer.minter().issuer();
+    let issuer = state.minter.issuer();
     let mut algorithms: Vec<String> = state.keys.list().into_iter().map(|k| k.algorithm).collect();
     algorithms.sort();
     algorithms.dedup();

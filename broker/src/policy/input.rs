@@ -2,10 +2,13 @@
 //! whichever policy type reads it and wherever the run came from (a run token's claims, a CI
 //! token's mapped claims, a stored run), and `input.time`, since policies have no clock.
 
+use keyward_proto::claims::RunChain;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// `input.run`. Absent fields are left out, never `null`, so `not input.run.ref` means "none".
+/// `input.run`: a run's chain of custody ([`RunChain`], converted by `From`) under the names
+/// policies read (`id`, not `run_id`), without `asserted_by`. Absent fields are left out, never
+/// `null`, so `not input.run.ref` means "none".
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInput<'a> {
     /// Run ID.
@@ -37,6 +40,24 @@ pub struct RunInput<'a> {
     /// Who approved it.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub approved_by: &'a [String],
+}
+
+impl<'a> From<&'a RunChain> for RunInput<'a> {
+    fn from(run: &'a RunChain) -> Self {
+        Self {
+            id: &run.run_id,
+            stack_id: &run.stack_id,
+            stack: &run.stack,
+            phase: run.phase.as_str(),
+            repository: run.repository.as_deref(),
+            commit_sha: run.commit_sha.as_deref(),
+            git_ref: run.git_ref.as_deref(),
+            pull_request: run.pull_request,
+            ticket: run.ticket.as_deref(),
+            triggered_by: run.triggered_by.as_deref(),
+            approved_by: &run.approved_by,
+        }
+    }
 }
 
 impl RunInput<'_> {

@@ -1,5 +1,6 @@
 //! The documented inputs of `keyward.run` and `keyward.approval` (`keyward policy schema run`).
 
+use keyward_proto::claims::Phase;
 use serde_json::{Map, Value, json};
 
 use super::spec::Stack;
@@ -7,21 +8,8 @@ use crate::policy::input::{self, RunInput};
 use crate::store::{ReviewRow, RunRow};
 
 /// `input.run` for a stored run in `phase`.
-fn run_object(run: &RunRow, stack: &Stack, phase: &str, approved_by: &[String]) -> Value {
-    RunInput {
-        id: &run.id,
-        stack_id: &run.stack,
-        stack: &run.stack,
-        phase,
-        repository: Some(&stack.spec.repository),
-        commit_sha: Some(&run.commit_sha),
-        git_ref: run.git_ref.as_deref(),
-        pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
-        ticket: run.ticket.as_deref(),
-        triggered_by: Some(&run.triggered_by),
-        approved_by,
-    }
-    .to_value()
+fn run_object(run: &RunRow, stack: &Stack, phase: Phase, approved_by: &[String]) -> Value {
+    RunInput::from(&super::run_chain(run, stack, phase, approved_by.to_vec())).to_value()
 }
 
 /// `input.stack`.
@@ -42,7 +30,7 @@ fn stack_object(stack: &Stack) -> Value {
 /// The `keyward.run` input for a submission.
 pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
     json!({
-        "run": run_object(run, stack, "plan", &[]),
+        "run": run_object(run, stack, Phase::Plan, &[]),
         "stack": stack_object(stack),
         "kind": run.kind,
         "submitted_by": run.triggered_by,
@@ -53,7 +41,7 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
 /// The `keyward.plan` input: the run and `terraform show -json` of its saved plan.
 pub(super) fn plan_input(run: &RunRow, stack: &Stack, plan: Value, now: i64) -> Value {
     json!({
-        "run": run_object(run, stack, "plan", &[]),
+        "run": run_object(run, stack, Phase::Plan, &[]),
         "plan": plan,
         "time": input::time(now),
     })
@@ -84,7 +72,7 @@ pub(super) fn approval_input(
         })
         .collect();
     json!({
-        "run": run_object(run, stack, "apply", &approved_by),
+        "run": run_object(run, stack, Phase::Apply, &approved_by),
         "stack": stack_object(stack),
         "approvals": approvals,
         "target_labels": target_labels,

@@ -252,7 +252,7 @@ impl Runs {
         let fencing_token = job.fencing_token + 1;
         let expires = now.saturating_add(lease_secs);
         let mut writes = vec![store::runs::lease_job(&job, agent_id, fencing_token, expires, now)];
-        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job_phase(&job)?, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeased, now, context.clone())
                 .with("job_id", job.id.as_str())
@@ -269,7 +269,7 @@ impl Runs {
             events.push(state_event(&context, from, RunState::Planning, None, now));
         }
         match self.audit.append(Append::changes(writes, events)).await? {
-            Committed::Recorded => {
+            Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(&job.phase).to_vec();
                 let plan_sha256 =
@@ -315,7 +315,7 @@ impl Runs {
         let outcome = expected_outcome(run_kind(&run)?, &job.phase, report.outcome);
         let from = parse_state(&run.state)?;
         let now = self.clock.now();
-        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job_phase(&job)?, &format!("agent:{agent_id}"), Context::default());
         let layers = bounded_layers(report.layers);
         let (write, finished) = job_finished(&job, agent_id, &outcome, layers, report.log.as_ref(), &context, now);
         let (mut writes, mut events) = (vec![write], vec![finished]);
@@ -425,7 +425,7 @@ impl Runs {
             ("failed", Some(RunState::Failed), Some(detail))
         };
         let mut writes = vec![store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now)];
-        let context = run_context(&run, &stack, &job.phase, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job_phase(job)?, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())
                 .with("job_id", job.id.as_str())
@@ -439,7 +439,7 @@ impl Runs {
             events.push(state_event(&context, from, next, detail.as_deref(), now));
         }
         match self.audit.append(Append::changes(writes, events)).await? {
-            Committed::Recorded => {
+            Committed::Recorded(_) => {
                 if requeue {
                     self.signals.queued(&job.pool);
                 }
@@ -503,7 +503,7 @@ fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
 }
 
 /// The stored job's phase.
-fn job_phase(job: &JobRow) -> Result<Phase, RunError> {
+pub(super) fn job_phase(job: &JobRow) -> Result<Phase, RunError> {
     job.phase.parse().map_err(|e: UnknownPhase| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
 }
 

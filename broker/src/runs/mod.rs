@@ -22,6 +22,7 @@ mod state;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use keyward_proto::claims::{Phase, RunChain};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -37,7 +38,7 @@ pub use state::{RunState, UnknownState};
 
 use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
-use crate::identity::kek::Kek;
+use crate::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::store::write::Write;
 use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
@@ -269,7 +270,7 @@ impl Runs {
         let stack = self.stack(&submission.stack).await?;
         let run = self.new_run(submission, &stack, pull_request, who).await?;
         let now = run.created_at;
-        let context = run_context(&run, &stack, "plan", who, caller);
+        let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
         if !decision.permits() {
             return Err(self.refuse_run(context, decision, now).await);
@@ -389,7 +390,7 @@ impl Runs {
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
             _ => (RunState::Planned, Some(waiting_detail(&decision.reasons))),
         };
-        let mut context = run_context(&run, &stack, "apply", who, caller);
+        let mut context = run_context(&run, &stack, Phase::Apply, who, caller);
         context.approved_by = reviews::counted_approvers(&run.triggered_by, &reviews);
         let mut writes = vec![store::runs::insert_review(id, &review), transition(&run, next, detail.clone(), now)];
         let mut events = vec![reviewed_event(&context, &run.triggered_by, &review, &decision, now)];
@@ -439,7 +440,7 @@ impl Runs {
         let detail = format!("canceled by {who}");
         let writes =
             vec![transition(&run, RunState::Canceled, Some(detail.clone()), now), store::runs::cancel_jobs(id, now)];
-        let context = run_context(&run, &stack, "plan", who, caller);
+        let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
         let leased: Vec<JobRow> = self.store.jobs_of(id).await?.into_iter().filter(|j| j.state == "leased").collect();
         self.commit(Append::changes(writes, vec![event])).await?;
@@ -565,20 +566,23 @@ fn queue_apply_if(
     event.with("apply_job", job_id.as_str())
 }
 
-fn run_context(run: &RunRow, stack: &Stack, phase: &str, who: &str, caller: Context) -> Context {
-    Context {
-        run_id: Some(run.id.clone()),
-        stack_id: Some(stack.spec.name.clone()),
-        phase: Some(phase.to_owned()),
+/// A stored run's chain of custody in `phase`, with the approvals that counted.
+fn run_chain(run: &RunRow, stack: &Stack, phase: Phase, approved_by: Vec<String>) -> RunChain {
+    RunChain {
         repository: Some(stack.spec.repository.clone()),
         commit_sha: Some(run.commit_sha.clone()),
         git_ref: run.git_ref.clone(),
         pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
         ticket: run.ticket.clone(),
         triggered_by: Some(run.triggered_by.clone()),
-        actor: Some(who.to_owned()),
-        ..caller
+        approved_by,
+        ..RunChain::new(run.id.clone(), stack.spec.name.clone(), stack.spec.name.clone(), phase)
     }
+}
+
+/// The audit context of `who` acting on a stored run in `phase`.
+fn run_context(run: &RunRow, stack: &Stack, phase: Phase, who: &str, caller: Context) -> Context {
+    Context { actor: Some(who.to_owned()), ..caller.with_run(&run_chain(run, stack, phase, Vec::new())) }
 }
 
 fn state_event(context: &Context, from: RunState, to: RunState, detail: Option<&str>, now: i64) -> AuditEvent {

@@ -14,6 +14,7 @@
 //! stored, so neither the record nor a policy's messages can hold them.
 
 use aws_lc_rs::digest;
+use keyward_proto::claims::Phase;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -21,7 +22,7 @@ use super::redact::Redactor;
 use super::spec::Stack;
 use super::{HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
-use crate::identity::kek::{Kek, UnsealError};
+use crate::kek::{Kek, UnsealError};
 use crate::policy::PolicyKind;
 use crate::store::runs::NewPlan;
 use crate::store::{self, RunRow, SealedPlanRow};
@@ -117,7 +118,7 @@ impl Runs {
             held.lease_guard(now),
         ];
         let agent = held.job.agent_id.clone().unwrap_or_default();
-        let context = run_context(run, stack, "plan", &format!("agent:{agent}"), Context::default());
+        let context = run_context(run, stack, Phase::Plan, &format!("agent:{agent}"), Context::default());
         let event = AuditEvent::new(Kind::PlanEvaluated, now, context)
             .with("job_id", held.job.id.as_str())
             .with("agent_id", agent.as_str())

@@ -13,11 +13,11 @@ use aws_lc_rs::signature::{
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use keyward_broker::audit::checkpoint::VerifierKey;
-use keyward_broker::identity::verify::{Algorithm, Expectations, KeySet};
-use keyward_broker::identity::{Signer, SigningAlgorithm};
 use keyward_broker::joblogs::AgentKey;
 use keyward_broker::policy::PolicySet;
 use keyward_broker::policy::library::LIBRARY;
+use keyward_broker::tokens::verify::{Algorithm, Expectations, KeySet};
+use keyward_broker::tokens::{Signer, SigningAlgorithm};
 
 /// `iss` and `aud` of the broker the checks stand in for (run tokens carry it as both).
 pub const ISSUER: &str = "https://keyward.fuzz";

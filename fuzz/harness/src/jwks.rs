@@ -1,4 +1,4 @@
-//! JWKS documents (`identity::verify::KeySet::from_jwks`), as a CI issuer's `jwks_uri` serves
+//! JWKS documents (`tokens::verify::KeySet::from_jwks`), as a CI issuer's `jwks_uri` serves
 //! them to `exchange::trusted_issuers`, and verification against whatever keys they hold (hostile RSA
 //! moduli and exponents, EC points off the curve, duplicate `kid`s).
 //!
@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use keyward_broker::identity::verify::{self, KeySet};
+use keyward_broker::tokens::verify::{self, KeySet};
 use serde_json::{Value, json};
 
 use crate::Outcome;

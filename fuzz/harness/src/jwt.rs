@@ -1,4 +1,4 @@
-//! JWT/JWS compact parsing and verification (`identity::verify`), and the unverified peek at
+//! JWT/JWS compact parsing and verification (`tokens::verify`), and the unverified peek at
 //! `iss`/`aud` the exchange does to pick an issuer (`exchange::trusted_issuers`).
 //!
 //! Input: the first byte chooses how the rest becomes a token.
@@ -15,7 +15,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyward_broker::exchange::trusted_issuers::peek_issuer_and_audiences;
-use keyward_broker::identity::verify::{self, VerifiedToken};
+use keyward_broker::tokens::verify::{self, VerifiedToken};
 use serde_json::Value;
 
 use crate::Outcome;

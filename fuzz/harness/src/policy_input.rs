@@ -19,13 +19,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use keyward_broker::audit::canonical::to_canonical;
-use keyward_broker::exchange::trusted_issuers::{ClaimMapping, IssuerConfig};
 use keyward_broker::exchange::subject_view;
-use keyward_broker::identity::verify::{Algorithm, VerifiedToken};
+use keyward_broker::exchange::trusted_issuers::{ClaimMapping, IssuerConfig};
 use keyward_broker::policy::PolicyKind;
 use keyward_broker::targets::{
     AwsTarget, ExchangeMode, TargetAccess, TargetConfig, TargetKind, VaultTarget, WriteSubject,
 };
+use keyward_broker::tokens::verify::{Algorithm, VerifiedToken};
 use keyward_proto::claims::Phase;
 use serde_json::{Map, Value};
 

@@ -11,9 +11,9 @@ use std::task::{Context, Poll, Waker};
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
+use keyward_broker::exchange::{ExchangeRequest, GRANT_TYPE, JWT_TOKEN_TYPE};
 use keyward_broker::http::error::ApiError;
 use keyward_broker::http::read_exchange_form;
-use keyward_broker::exchange::{ExchangeRequest, GRANT_TYPE, JWT_TOKEN_TYPE};
 
 use crate::Outcome;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_broker::agents::ca::AgentCa;
-use keyward_broker::identity::kek::Kek;
+use keyward_broker::kek::Kek;
 use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{

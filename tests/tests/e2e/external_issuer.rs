@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keyward_broker::identity::verify::{Algorithm, Expectations, KeySet, VerifyError, verify};
+use keyward_broker::tokens::verify::{Algorithm, Expectations, KeySet, VerifyError, verify};
 use keyward_tests::now;
 use keyward_tests::openbao::OpenBao;
 use keyward_tests::{forge, http};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyward_broker::identity::kek::Kek;
+use keyward_broker::kek::Kek;
 use keyward_proto::agent_v1::PlanPart;
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};

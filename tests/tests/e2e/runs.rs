@@ -66,7 +66,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let store = Store::open(location).await.unwrap();
     let log = AuditLog::start(store.clone());
     let engine = PolicyEngine::load(&workspace_root().join("policies"), Duration::from_millis(500)).unwrap();
-    let kek = Arc::new(keyward_broker::identity::kek::Kek::generate());
+    let kek = Arc::new(keyward_broker::kek::Kek::generate());
     let runs = Runs::new(store.clone(), log, Some(Arc::new(engine)), &[], Arc::new(ManualClock::at(T0)), kek);
     let audit = Audit(store.clone());
     let repo = GitRepo::init(&dir.join("infra"));
@@ -321,7 +321,7 @@ async fn a_run_whose_kind_does_not_parse_leaves_its_job_queued() {
     let store = Store::open(&DatabaseLocation::Sqlite(db.clone())).await.unwrap();
     let log = AuditLog::start(store.clone());
     let engine = PolicyEngine::load(&workspace_root().join("policies"), Duration::from_millis(500)).unwrap();
-    let kek = Arc::new(keyward_broker::identity::kek::Kek::generate());
+    let kek = Arc::new(keyward_broker::kek::Kek::generate());
     let runs = Runs::new(store.clone(), log, Some(Arc::new(engine)), &[], Arc::new(ManualClock::at(T0)), kek);
     let repo = GitRepo::init(&dir.path().join("infra"));
     runs.create_stack(spec("network", &repo.url()), "admin", Context::default()).await.unwrap();

@@ -8,12 +8,12 @@ use std::time::Duration;
 use keyward_broker::access::{Access, AccessError, ApiScope, Permission};
 use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, TokenClaim, kinds};
 use keyward_broker::clock::ManualClock;
-use keyward_broker::identity::SigningAlgorithm;
-use keyward_broker::identity::kek::Kek;
-use keyward_broker::identity::keyring::{KeyRing, KeySettings};
+use keyward_broker::kek::Kek;
+use keyward_broker::keys::{KeyRing, KeySettings};
 use keyward_broker::runs::Runs;
 use keyward_broker::store::write::{Refusal, Write};
 use keyward_broker::store::{Backend, DatabaseLocation, Store, StoreError};
+use keyward_broker::tokens::SigningAlgorithm;
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
 use keyward_tests::postgres::PgCluster;
@@ -203,24 +203,27 @@ fn claiming(issuer: &str, jti: &str, expires_at: i64, id: &str) -> Append {
 
 async fn replay_cache(store: &Store, log: &AuditLog) {
     let ci = "https://ci.example";
-    assert_eq!(log.append(claiming(ci, "j1", T0 + 300, "r1")).await.unwrap(), Committed::Recorded, "first use");
+    assert!(
+        matches!(log.append(claiming(ci, "j1", T0 + 300, "r1")).await.unwrap(), Committed::Recorded(_)),
+        "first use"
+    );
     assert_eq!(log.append(claiming(ci, "j1", T0 + 300, "r2")).await.unwrap(), Committed::Replayed, "replay");
     let other = log.append(claiming("https://other.example", "j1", T0 + 300, "r3")).await.unwrap();
-    assert_eq!(other, Committed::Recorded, "jti is per issuer");
-    assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r4")).await.unwrap(), Committed::Recorded);
+    assert!(matches!(other, Committed::Recorded(_)), "jti is per issuer");
+    assert!(matches!(log.append(claiming(ci, "j2", T0 + 900, "r4")).await.unwrap(), Committed::Recorded(_)));
     let audit = Audit(store.clone());
     assert_eq!(ids(&audit.for_run("run-r").await), ["r1", "r2-replay", "r3", "r4"], "a replay records its refusal");
 
     // Many concurrent claims of one token, in one batch or several: exactly one wins.
     let outcomes = concurrently(log, (0..32).map(|i| claiming(ci, "contested", T0 + 300, &format!("c{i}")))).await;
-    assert_eq!(outcomes.iter().filter(|o| **o == Committed::Recorded).count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, Committed::Recorded(_))).count(), 1, "{outcomes:?}");
 
     // All or nothing: an append that cannot be written does not take the claim it came with.
     let mut broken = claiming(ci, "j5", T0 + 300, "r5");
     broken.events.push(event(Kind::CredentialsIssued, "run-r", "r5-bad").with("ratio", 0.5));
     let refused = log.append(broken).await.unwrap_err();
     assert!(matches!(&refused, StoreError::Corrupt(why) if why.contains("integers only")), "{refused:?}");
-    assert_eq!(log.append(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded);
+    assert!(matches!(log.append(claiming(ci, "j5", T0 + 300, "r6")).await.unwrap(), Committed::Recorded(_)));
 
     assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 4, "expired entries go (j1 twice, contested, j5)");
     assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r7")).await.unwrap(), Committed::Replayed, "live ones stay");
@@ -243,7 +246,7 @@ async fn group_commit(log: &AuditLog) {
     let outcomes =
         concurrently(log, (0..64).map(|i| Append::events(vec![event(Kind::TokenMinted, "run-g", &format!("g{i}"))])))
             .await;
-    assert!(outcomes.iter().all(|o| *o == Committed::Recorded));
+    assert!(outcomes.iter().all(|o| matches!(o, Committed::Recorded(_))));
     assert_eq!(log.stats().entries() - entries, 64);
     let used = log.stats().commits() - commits;
     assert!(used < 64, "64 concurrent appends took {used} commits: they were not batched");
@@ -284,15 +287,18 @@ async fn a_lease_guard_refuses_a_revoked_holder(store: &Store, log: &AuditLog) {
         ),
     ];
     let setup = log.append(Append::changes(rows, vec![event(Kind::JobLeased, "run-guarded", "setup")])).await;
-    assert_eq!(setup.unwrap(), Committed::Recorded);
-    let kek = Arc::new(keyward_broker::identity::kek::Kek::generate());
+    assert!(matches!(setup.unwrap(), Committed::Recorded(_)));
+    let kek = Arc::new(keyward_broker::kek::Kek::generate());
     let runs = Runs::new(store.clone(), log.clone(), None, &[], Arc::new(ManualClock::at(now)), kek);
     // The request authenticated and found its lease: what every guarded agent call does first.
     let held = runs.held_job("job-guarded", "agent-guarded", 7).await.unwrap();
     let guarded = |id: &str| {
         Append::changes(vec![held.lease_guard(now)], vec![event(Kind::CredentialsAllowed, "run-guarded", id)])
     };
-    assert_eq!(log.append(guarded("before")).await.unwrap(), Committed::Recorded, "an active holder's write commits");
+    assert!(
+        matches!(log.append(guarded("before")).await.unwrap(), Committed::Recorded(_)),
+        "an active holder's write commits"
+    );
 
     // The revocation commits (`Agents::revoke`), and its leases have not been ended yet.
     let revoke = Write::one(
@@ -301,7 +307,7 @@ async fn a_lease_guard_refuses_a_revoked_holder(store: &Store, log: &AuditLog) {
         vec![now.into()],
     );
     let revoked = log.append(Append::changes(vec![revoke], vec![event(Kind::AgentRevoked, "run-guarded", "revoke")]));
-    assert_eq!(revoked.await.unwrap(), Committed::Recorded);
+    assert!(matches!(revoked.await.unwrap(), Committed::Recorded(_)));
     let job = store.job("job-guarded").await.unwrap().unwrap();
     assert_eq!((job.state.as_str(), job.fencing_token), ("leased", 7), "the lease still looks held");
 
@@ -338,7 +344,7 @@ async fn replicas_append_one_gap_free_sequence(location: &DatabaseLocation) {
         .await
     };
     let (ra, rb) = tokio::join!(writes(log_a, "a"), writes(log_b, "b"));
-    assert!(ra.iter().chain(&rb).all(|o| *o == Committed::Recorded));
+    assert!(ra.iter().chain(&rb).all(|o| matches!(o, Committed::Recorded(_))));
     assert_eq!(a.audit_size().await.unwrap(), before + 80);
     assert_eq!(Audit(b).check_tree().await, before + 80);
 }

@@ -304,7 +304,7 @@ async fn sensitive_values_never_rest_in_the_broker_and_the_saved_plan_is_sealed(
     .unwrap();
     let sealed = store.sealed_plan(&id).await.unwrap().expect("a saved plan");
     assert!(!sealed.sealed.starts_with(b"PK"), "the plan file (a zip archive) rests in the clear");
-    let kek = keyward_broker::identity::kek::Kek::from_base64(TEST_KEK, "test").unwrap();
+    let kek = keyward_broker::kek::Kek::from_base64(TEST_KEK, "test").unwrap();
     let context = keyward_broker::runs::seal_context(&id, &sealed.job_id, &sealed.sha256);
     let opened = kek.open(&context, &sealed.sealed).expect("sealed under the broker's KEK for this run");
     assert!(opened.starts_with(b"PK\x03\x04"), "a Terraform plan file");

@@ -19,8 +19,8 @@ use keyward_broker::audit::{AuditEvent, Context, Kind};
 use keyward_broker::joblogs::chunk_to_check;
 use keyward_fuzz_harness::fixtures::{ISSUER, NOW, agent_certificates, agent_sign, es256, rs256, sign_checkpoint};
 use keyward_proto::agent_v1::{
-    AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, Isolation, JobResult, PlanPart,
-    RenewRequest, SignedLogChunk, SourceCredentialsRequest, agent_message,
+    AgentMessage, CredentialsRequest, EnrollRequest, FetchPlanRequest, Heartbeat, Hello, Isolation, JobResult,
+    PlanPart, RenewRequest, SignedLogChunk, SourceCredentialsRequest, agent_message,
 };
 use keyward_proto::logs::{GENESIS, chunk_digest};
 use prost::Message as _;

@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::kek::{Kek, UnsealError};
-use super::rules::MAX_TOKEN_LIFETIME;
-use super::signer::{Jwk, Signer, SignerError, SigningAlgorithm};
 use crate::clock::SharedClock;
+use crate::kek::{Kek, UnsealError};
 use crate::store::{KeyState, SigningKeyRow, Store, StoreError};
+use crate::tokens::rules::MAX_TOKEN_LIFETIME;
+use crate::tokens::signer::{Jwk, Signer, SignerError, SigningAlgorithm};
+use crate::tokens::{CurrentKey, verify};
 
 /// Key lifecycle failures.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +119,7 @@ struct KeySet {
     next_kid: String,
     next_created_at: i64,
     jwks: Arc<str>,
-    verification: Arc<super::verify::KeySet>,
+    verification: Arc<verify::KeySet>,
     published: usize,
     listing: Vec<KeyInfo>,
 }
@@ -183,7 +184,7 @@ impl KeyRing {
     }
 
     /// The published keys as a verification key set: exactly what relying parties trust.
-    pub fn verification_keys(&self) -> Arc<super::verify::KeySet> {
+    pub fn verification_keys(&self) -> Arc<verify::KeySet> {
         Arc::clone(&self.snapshot().verification)
     }
 
@@ -266,6 +267,12 @@ impl KeyRing {
             forced = force, "rotated signing keys"
         );
         Ok(Some(rotation))
+    }
+}
+
+impl CurrentKey for KeyRing {
+    fn signer(&self) -> Arc<Signer> {
+        KeyRing::signer(self)
     }
 }
 
@@ -397,13 +404,13 @@ fn key_info(row: &SigningKeyRow) -> KeyInfo {
 
 /// The JWKS document the broker serves, and the verification key set read back from it (so
 /// the broker verifies with exactly what relying parties see).
-fn publish(keys: &[Jwk]) -> Result<(String, super::verify::KeySet), String> {
+fn publish(keys: &[Jwk]) -> Result<(String, verify::KeySet), String> {
     #[derive(Serialize)]
     struct JwkSet<'a> {
         keys: &'a [Jwk],
     }
     let jwks = serde_json::to_string(&JwkSet { keys }).map_err(|e| e.to_string())?;
-    let verification = super::verify::KeySet::from_jwks(&jwks).map_err(|e| e.to_string())?;
+    let verification = verify::KeySet::from_jwks(&jwks).map_err(|e| e.to_string())?;
     Ok((jwks, verification))
 }
 
@@ -462,6 +469,42 @@ mod tests {
         clock.advance(1);
         ring.refresh().await?;
         assert!(!published_kids(&ring).contains(&first), "gone once every token it signed has expired plus skew");
+        Ok(())
+    }
+
+    /// A minted token verifies against the keyring's published keys while its key is published,
+    /// through a rotation, and stops verifying once the retired key has been pruned.
+    #[tokio::test]
+    async fn minted_tokens_verify_against_the_published_keys_across_rotation() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use crate::clock::Clock as _;
+        use crate::tokens::verify::{Algorithm, Expectations, VerifyError, verify};
+        use crate::tokens::{MintRequest, MintRules, Minter};
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::at(T0);
+        let ring = Arc::new(ring(&dir, &Kek::generate(), &clock).await?);
+        let rules = MintRules { allowed_audiences: vec!["vault".into()], ..MintRules::default() };
+        let minter = Minter::new("https://kw.example".into(), rules, ring.clone(), Arc::new(clock.clone()));
+        let run =
+            keyward_proto::claims::RunChain::new("run-7", "stk-1", "network", keyward_proto::claims::Phase::Apply);
+        let request = MintRequest::new(run, "vault");
+        let pending = minter.mint(request)?;
+        assert_eq!(pending.kid(), ring.signer().kid(), "the ring's current key signs");
+        let token = pending.token_for_tests().expose();
+        let expect = Expectations {
+            issuer: "https://kw.example".into(),
+            audience: "vault".into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: Duration::from_secs(30),
+            require_nbf: true,
+        };
+        verify(token, &ring.verification_keys(), &expect, T0)?;
+        ring.rotate(true).await?;
+        verify(token, &ring.verification_keys(), &expect, T0)?;
+        clock.advance(3600 + 30 + 1);
+        ring.refresh().await?;
+        let error = verify(token, &ring.verification_keys(), &expect, clock.now()).err();
+        assert_eq!(error, Some(VerifyError::UnknownKey), "the pruned key no longer verifies anything");
         Ok(())
     }
 

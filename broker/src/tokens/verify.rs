@@ -369,7 +369,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::identity::{Signer, SigningAlgorithm};
+    use crate::tokens::{Signer, SigningAlgorithm};
 
     const NOW: i64 = 1_800_000_000;
 

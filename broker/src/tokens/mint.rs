@@ -1,9 +1,10 @@
 //! Run-token minting: a validated request becomes the DESIGN.md §2 claim set, signed by the current key.
 //!
 //! The audience comes from an allow-list in server configuration and must match exactly; the
-//! lifetime is capped; every free-text field is bounded. The minter is synchronous and does no I/O,
-//! so it can be benchmarked on its own and reused by every path that needs a token (operator mint,
-//! job credentials, exchanges).
+//! lifetime is capped; every free-text field is bounded. The minter is synchronous and does no I/O
+//! (the signing key comes in through [`CurrentKey`]), so it can be benchmarked and tested on its
+//! own and reused by every path that needs a token (operator mint, job credentials, exchanges).
+//! What it returns is a [`PendingToken`]: signed, but not handed out before it is on record.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -12,11 +13,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_proto::claims::{AwsTags, Phase, RunClaims};
+use keyward_proto::claims::{AwsTags, RunChain, RunClaims};
 
-use super::keyring::KeyRing;
+use super::pending::{MintedToken, PendingToken, TokenString};
 use super::rules::{MintRules, SourceIdentity};
-use super::signer::{SignerError, SigningAlgorithm};
+use super::signer::{Signer, SignerError};
 use crate::clock::SharedClock;
 
 /// Why a token was not minted. Every variant is the caller's fault except [`MintError::Signing`].
@@ -46,37 +47,17 @@ pub enum MintError {
     Signing(#[from] SignerError),
 }
 
-/// What a token is for. Built from an operator request today; from a job or an exchange later.
-#[derive(Debug, Clone, Default)]
+/// What a token is for: a run's chain of custody, who it is for, and how long it lives. Built
+/// from an operator request (`POST /v1/run-tokens`) or an exchange's subject.
+#[derive(Debug, Clone)]
 pub struct MintRequest {
-    /// Run ID.
-    pub run_id: String,
-    /// Immutable stack ID.
-    pub stack_id: String,
-    /// Stack name.
-    pub stack: String,
-    /// Phase.
-    pub phase: Option<Phase>,
+    /// The run's chain of custody; its `approved_by` comes from recorded reviews, never the run's
+    /// author.
+    pub run: RunChain,
     /// Audience (must be allowed by configuration).
     pub audience: String,
     /// Lifetime; the configured default when `None`.
     pub ttl: Option<Duration>,
-    /// Repository URL.
-    pub repository: Option<String>,
-    /// Commit SHA.
-    pub commit_sha: Option<String>,
-    /// Git ref.
-    pub git_ref: Option<String>,
-    /// Pull request number.
-    pub pull_request: Option<u64>,
-    /// Ticket.
-    pub ticket: Option<String>,
-    /// Who triggered the run.
-    pub triggered_by: Option<String>,
-    /// Whose approval counted (from recorded reviews; never the run's author).
-    pub approved_by: Vec<String>,
-    /// The operator whose word the run context rests on, for tokens minted on request.
-    pub asserted_by: Option<String>,
     /// Worker pool.
     pub pool: Option<String>,
     /// Agent.
@@ -87,37 +68,46 @@ pub struct MintRequest {
     pub source_identity: Option<SourceIdentity>,
 }
 
+impl MintRequest {
+    /// A token about `run` for `audience`, with the configured defaults for everything else.
+    pub fn new(run: RunChain, audience: impl Into<String>) -> Self {
+        Self {
+            run,
+            audience: audience.into(),
+            ttl: None,
+            pool: None,
+            agent_id: None,
+            aws_tag_keys: None,
+            source_identity: None,
+        }
+    }
+}
+
 /// The AWS session-tag keys Keyward can emit.
 pub const AWS_TAG_KEYS: &[&str] = &["run", "stack", "commit", "pr", "ticket", "approver"];
 
-/// A signed token string. Never printed by `Debug`; read it with [`TokenString::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenString(String);
-
-impl fmt::Debug for TokenString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenString(…)")
-    }
+/// Where the minter gets the key that signs now: the DB-backed key ring (`keys::KeyRing`), which
+/// rotates it, or one [`FixedKey`].
+pub trait CurrentKey: fmt::Debug + Send + Sync {
+    /// The key that signs new tokens.
+    fn signer(&self) -> Arc<Signer>;
 }
 
-impl TokenString {
-    /// The compact JWS, for sending to the caller.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A freshly signed token and what it says.
+/// One key that never rotates: for benchmarks, tests and tools that sign with a given key.
 #[derive(Debug, Clone)]
-pub struct MintedToken {
-    /// The compact JWS.
-    pub token: TokenString,
-    /// Its claims.
-    pub claims: RunClaims,
-    /// The key that signed it.
-    pub kid: String,
-    /// That key's algorithm.
-    pub algorithm: SigningAlgorithm,
+pub struct FixedKey(Arc<Signer>);
+
+impl FixedKey {
+    /// Signs with `signer`.
+    pub fn new(signer: Signer) -> Self {
+        Self(Arc::new(signer))
+    }
+}
+
+impl CurrentKey for FixedKey {
+    fn signer(&self) -> Arc<Signer> {
+        Arc::clone(&self.0)
+    }
 }
 
 /// Mints run tokens. Cheap to share.
@@ -125,7 +115,7 @@ pub struct MintedToken {
 pub struct Minter {
     issuer: String,
     rules: MintRules,
-    keys: Arc<KeyRing>,
+    keys: Arc<dyn CurrentKey>,
     clock: SharedClock,
 }
 
@@ -136,7 +126,7 @@ const AWS_TAG_VALUE_MAX: usize = 256;
 
 impl Minter {
     /// A minter for `issuer` following `rules`.
-    pub fn new(issuer: String, rules: MintRules, keys: Arc<KeyRing>, clock: SharedClock) -> Self {
+    pub fn new(issuer: String, rules: MintRules, keys: Arc<dyn CurrentKey>, clock: SharedClock) -> Self {
         Self { issuer, rules, keys, clock }
     }
 
@@ -155,53 +145,93 @@ impl Minter {
         &self.rules.allowed_audiences
     }
 
-    /// Validates `request` and signs its claims with the current key.
-    pub fn mint(&self, request: MintRequest) -> Result<MintedToken, MintError> {
+    /// Validates `request` and signs its claims with the current key. The token can be handed out
+    /// once its `token.minted` entry is on record ([`PendingToken::release`]).
+    pub fn mint(&self, request: MintRequest) -> Result<PendingToken, MintError> {
         let claims = self.claims(request)?;
         let mut json = Vec::with_capacity(1024);
         serde_json::to_writer(&mut json, &claims)
             .map_err(|e| MintError::InvalidField { field: "claims", reason: e.to_string() })?;
         let signer = self.keys.signer();
         let token = signer.sign_compact(&json)?;
-        Ok(MintedToken {
+        Ok(PendingToken::new(MintedToken {
             token: TokenString(token),
             claims,
             kid: signer.kid().to_owned(),
             algorithm: signer.algorithm(),
+        }))
+    }
+
+    /// Builds (and validates) the claim set without signing: check the request, derive what AWS
+    /// reads (session tags, source identity), assemble.
+    pub fn claims(&self, request: MintRequest) -> Result<RunClaims, MintError> {
+        let MintRequest { mut run, audience, ttl, pool, agent_id, aws_tag_keys, source_identity } = request;
+        let ttl = self.check(&mut run, &audience, ttl, pool.as_deref(), agent_id.as_deref())?;
+        let aws_tags = self.aws_tags(&run, aws_tag_keys.as_deref());
+        let aws_source_identity = self.source_identity(&run, source_identity);
+        let now = self.clock.now();
+        let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        Ok(RunClaims {
+            iss: self.issuer.clone(),
+            sub: self.rules.subject.render(&run.stack_id, &run.stack, run.phase, pool.as_deref()),
+            aud: audience,
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(lifetime),
+            jti: token_id(now),
+            scope: run.phase.scope(),
+            run,
+            pool,
+            agent_id,
+            aws_tags,
+            aws_source_identity,
         })
     }
 
-    /// Builds (and validates) the claim set without signing.
-    pub fn claims(&self, request: MintRequest) -> Result<RunClaims, MintError> {
-        let MintRequest {
-            run_id,
-            stack_id,
-            stack,
-            phase,
-            audience,
-            ttl,
-            repository,
-            commit_sha,
-            git_ref,
-            pull_request,
-            ticket,
-            triggered_by,
-            approved_by,
-            asserted_by,
-            pool,
-            agent_id,
-            aws_tag_keys,
-            source_identity: source_identity_rule,
-        } = request;
-        identifier("run_id", &run_id)?;
-        identifier("stack_id", &stack_id)?;
-        identifier("stack", &stack)?;
-        let phase = phase
-            .ok_or(MintError::InvalidField { field: "phase", reason: "required: `plan` or `apply`".to_owned() })?;
+    /// Checks the request field by field, in a fixed order (the first bad field is the one
+    /// named), normalises the commit SHA to lowercase, and returns the token's lifetime.
+    fn check(
+        &self,
+        run: &mut RunChain,
+        audience: &str,
+        ttl: Option<Duration>,
+        pool: Option<&str>,
+        agent_id: Option<&str>,
+    ) -> Result<Duration, MintError> {
+        identifier("run_id", &run.run_id)?;
+        identifier("stack_id", &run.stack_id)?;
+        identifier("stack", &run.stack)?;
+        let ttl = self.lifetime(audience, ttl)?;
+        run.commit_sha = run.commit_sha.take().map(commit).transpose()?;
+        optional_text("repository", run.repository.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ref", run.git_ref.as_deref(), MAX_TEXT_LEN)?;
+        optional_text("ticket", run.ticket.as_deref(), MAX_ID_LEN)?;
+        optional_text("triggered_by", run.triggered_by.as_deref(), MAX_ID_LEN)?;
+        optional_text("asserted_by", run.asserted_by.as_deref(), MAX_ID_LEN)?;
+        pool.map_or(Ok(()), |pool| identifier("pool", pool))?;
+        agent_id.map_or(Ok(()), |agent_id| identifier("agent_id", agent_id))?;
+        if run.pull_request == Some(0) {
+            return Err(MintError::InvalidField {
+                field: "pull_request",
+                reason: "must be a positive number".to_owned(),
+            });
+        }
+        if run.approved_by.len() > MAX_APPROVERS {
+            return Err(MintError::InvalidField {
+                field: "approved_by",
+                reason: format!("at most {MAX_APPROVERS} approvers"),
+            });
+        }
+        run.approved_by.iter().try_for_each(|approver| text("approved_by", approver, MAX_ID_LEN))?;
+        Ok(ttl)
+    }
+
+    /// The audience must be allowed and the lifetime within bounds; returns the lifetime.
+    fn lifetime(&self, audience: &str, ttl: Option<Duration>) -> Result<Duration, MintError> {
         // The broker itself is always an allowed audience: that is the token a run exchanges at
         // `POST /v1/token` for target credentials.
-        if audience != self.issuer && !self.rules.allowed_audiences.contains(&audience) {
-            return Err(MintError::AudienceNotAllowed(audience));
+        if audience != self.issuer && !self.rules.allowed_audiences.iter().any(|a| a == audience) {
+            return Err(MintError::AudienceNotAllowed(audience.to_owned()));
         }
         let ttl = ttl.unwrap_or(self.rules.default_ttl);
         if ttl > self.rules.max_ttl {
@@ -210,81 +240,40 @@ impl Minter {
         if ttl < Duration::from_secs(1) {
             return Err(MintError::InvalidField { field: "ttl_seconds", reason: "must be at least 1".to_owned() });
         }
-        let commit_sha = commit_sha.map(commit).transpose()?;
-        optional_text("repository", repository.as_deref(), MAX_TEXT_LEN)?;
-        optional_text("ref", git_ref.as_deref(), MAX_TEXT_LEN)?;
-        optional_text("ticket", ticket.as_deref(), MAX_ID_LEN)?;
-        optional_text("triggered_by", triggered_by.as_deref(), MAX_ID_LEN)?;
-        optional_text("asserted_by", asserted_by.as_deref(), MAX_ID_LEN)?;
-        if let Some(pool) = &pool {
-            identifier("pool", pool)?;
-        }
-        if let Some(agent_id) = &agent_id {
-            identifier("agent_id", agent_id)?;
-        }
-        if pull_request == Some(0) {
-            return Err(MintError::InvalidField {
-                field: "pull_request",
-                reason: "must be a positive number".to_owned(),
-            });
-        }
-        if approved_by.len() > MAX_APPROVERS {
-            return Err(MintError::InvalidField {
-                field: "approved_by",
-                reason: format!("at most {MAX_APPROVERS} approvers"),
-            });
-        }
-        for approver in &approved_by {
-            text("approved_by", approver, MAX_ID_LEN)?;
-        }
+        Ok(ttl)
+    }
 
-        let now = self.clock.now();
-        let lifetime = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let sub = self.rules.subject.render(&stack_id, &stack, phase, pool.as_deref());
-        let emit_tags = aws_tag_keys.as_ref().map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
-        let aws_tags = emit_tags
-            .then(|| {
-                let mut tags =
-                    aws_tags(&run_id, &stack_id, commit_sha.as_deref(), pull_request, ticket.as_deref(), &approved_by);
-                if let Some(keys) = &aws_tag_keys {
-                    tags.principal_tags.retain(|key, _| keys.iter().any(|k| k == key.as_ref()));
-                    tags.transitive_tag_keys.retain(|key| keys.iter().any(|k| k == key.as_ref()));
-                }
-                tags
-            })
-            .filter(|tags| !tags.principal_tags.is_empty());
-        let human = match source_identity_rule.unwrap_or(self.rules.source_identity) {
-            SourceIdentity::TriggeredBy => triggered_by.as_deref().or(approved_by.first().map(String::as_str)),
-            SourceIdentity::FirstApprover => approved_by.first().map(String::as_str).or(triggered_by.as_deref()),
+    /// The AWS session tags, the configured ones or the target's selection (`keys`); `None`
+    /// when none are emitted.
+    fn aws_tags(&self, run: &RunChain, keys: Option<&[String]>) -> Option<AwsTags> {
+        let emit = keys.map_or(self.rules.aws_session_tags, |keys| !keys.is_empty());
+        if !emit {
+            return None;
+        }
+        let mut tags = aws_tags(
+            &run.run_id,
+            &run.stack_id,
+            run.commit_sha.as_deref(),
+            run.pull_request,
+            run.ticket.as_deref(),
+            &run.approved_by,
+        );
+        if let Some(keys) = keys {
+            tags.principal_tags.retain(|key, _| keys.iter().any(|k| k == key.as_ref()));
+            tags.transitive_tag_keys.retain(|key| keys.iter().any(|k| k == key.as_ref()));
+        }
+        Some(tags).filter(|tags| !tags.principal_tags.is_empty())
+    }
+
+    /// The AWS source identity: the human behind the run, by the configured or the target's rule.
+    fn source_identity(&self, run: &RunChain, rule: Option<SourceIdentity>) -> Option<String> {
+        let first_approver = run.approved_by.first().map(String::as_str);
+        match rule.unwrap_or(self.rules.source_identity) {
+            SourceIdentity::TriggeredBy => run.triggered_by.as_deref().or(first_approver),
+            SourceIdentity::FirstApprover => first_approver.or(run.triggered_by.as_deref()),
             SourceIdentity::None => None,
         }
-        .and_then(source_identity);
-        Ok(RunClaims {
-            iss: self.issuer.clone(),
-            sub,
-            aud: audience,
-            iat: now,
-            nbf: now,
-            exp: now.saturating_add(lifetime),
-            jti: token_id(now),
-            run_id,
-            stack_id,
-            stack,
-            phase,
-            scope: phase.scope(),
-            repository,
-            commit_sha,
-            git_ref,
-            pull_request,
-            ticket,
-            triggered_by,
-            approved_by,
-            asserted_by,
-            pool,
-            agent_id,
-            aws_tags,
-            aws_source_identity: human,
-        })
+        .and_then(source_identity)
     }
 }
 
@@ -482,31 +471,15 @@ mod tests {
 mod minting {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::identity::kek::Kek;
-    use crate::identity::keyring::KeySettings;
-    use crate::store::DatabaseLocation;
-    use crate::store::Store;
+    use crate::tokens::signer::SigningAlgorithm;
 
     const T0: i64 = 1_800_000_000;
 
-    async fn minter(dir: &tempfile::TempDir, rules: MintRules) -> Result<Minter, Box<dyn std::error::Error>> {
-        Ok(minter_with_clock(dir, rules).await?.0)
-    }
-
-    async fn minter_with_clock(
-        dir: &tempfile::TempDir,
-        rules: MintRules,
-    ) -> Result<(Minter, ManualClock), Box<dyn std::error::Error>> {
-        let clock = ManualClock::at(T0);
-        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("m.db"))).await?;
-        let settings = KeySettings {
-            algorithm: SigningAlgorithm::ES256,
-            rotation_period: Duration::from_secs(86_400),
-            jwks_max_age: Duration::from_secs(300),
-            clock_skew: Duration::from_secs(30),
-        };
-        let keys = KeyRing::load(store, Kek::generate(), Arc::new(clock.clone()), settings).await?;
-        Ok((Minter::new("https://kw.example".into(), rules, Arc::new(keys), Arc::new(clock.clone())), clock))
+    /// A minter signing with one fresh ES256 key, at `T0`: no store, no runtime.
+    fn minter(rules: MintRules) -> Result<Minter, SignerError> {
+        let (signer, _) = Signer::generate(SigningAlgorithm::ES256)?;
+        let clock = Arc::new(ManualClock::at(T0));
+        Ok(Minter::new("https://kw.example".into(), rules, Arc::new(FixedKey::new(signer)), clock))
     }
 
     fn rules() -> MintRules {
@@ -514,24 +487,19 @@ mod minting {
     }
 
     fn request() -> MintRequest {
-        MintRequest {
-            run_id: "run-7".into(),
-            stack_id: "stk-1".into(),
-            stack: "network".into(),
-            phase: Some(Phase::Apply),
-            audience: "vault".into(),
+        let run = RunChain {
             triggered_by: Some("alice".into()),
             approved_by: vec!["bob".into()],
-            ..MintRequest::default()
-        }
+            ..RunChain::new("run-7", "stk-1", "network", keyward_proto::claims::Phase::Apply)
+        };
+        MintRequest::new(run, "vault")
     }
 
-    #[tokio::test]
-    async fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, rules()).await?;
+    #[test]
+    fn claims_follow_the_contract() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
         let minted = minter.mint(request())?;
-        let c = &minted.claims;
+        let c = minted.claims();
         assert_eq!(
             (c.iss.as_str(), c.aud.as_str(), c.sub.as_str()),
             ("https://kw.example", "vault", "stack:stk-1:phase:apply")
@@ -540,70 +508,61 @@ mod minting {
         assert_eq!(c.scope, keyward_proto::claims::Scope::Write);
         assert_eq!(c.aws_source_identity.as_deref(), Some("alice"));
         assert!(uuid::Uuid::parse_str(&c.jti).is_ok_and(|u| u.get_version_num() == 7));
-        assert_ne!(minter.mint(request())?.claims.jti, c.jti, "every token has its own jti");
-        assert_eq!(minted.kid, minter.keys.signer().kid());
-        assert_eq!(minted.token.expose().split('.').count(), 3);
-        assert!(!format!("{minted:?}").contains(minted.token.expose()), "Debug never prints the token");
+        assert_ne!(minter.mint(request())?.claims().jti, c.jti, "every token has its own jti");
+        assert_eq!(minted.kid(), minter.keys.signer().kid());
+        let token = minted.token_for_tests().expose();
+        assert_eq!(token.split('.').count(), 3);
+        assert!(!format!("{minted:?}").contains(token), "Debug never prints the token");
         Ok(())
     }
 
-    /// A minted token verifies against the keyring's published keys while its key is published,
-    /// through a rotation, and stops verifying once the retired key has been pruned.
-    #[tokio::test]
-    async fn minted_tokens_verify_against_the_published_keys_across_rotation() -> Result<(), Box<dyn std::error::Error>>
-    {
-        use crate::clock::Clock as _;
-        use crate::identity::verify::{Algorithm, Expectations, VerifyError, verify};
-        let dir = tempfile::tempdir()?;
-        let (minter, clock) = minter_with_clock(&dir, rules()).await?;
-        let token = minter.mint(request())?.token;
-        let expect = Expectations {
-            issuer: "https://kw.example".into(),
-            audience: "vault".into(),
-            algorithms: vec![Algorithm::ES256],
-            leeway: Duration::from_secs(30),
-            require_nbf: true,
-        };
-        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
-        minter.keys.rotate(true).await?;
-        verify(token.expose(), &minter.keys.verification_keys(), &expect, T0)?;
-        clock.advance(3600 + 30 + 1);
-        minter.keys.refresh().await?;
-        let error = verify(token.expose(), &minter.keys.verification_keys(), &expect, clock.now()).err();
-        assert_eq!(error, Some(VerifyError::UnknownKey), "the pruned key no longer verifies anything");
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_target_chooses_its_session_tags_and_source_identity() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, rules()).await?;
+    #[test]
+    fn a_target_chooses_its_session_tags_and_source_identity() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
         let only = MintRequest { aws_tag_keys: Some(vec!["run".into(), "approver".into()]), ..request() };
-        let tags = minter.mint(only)?.claims.aws_tags.ok_or("tags")?;
+        let tags = minter.mint(only)?.claims().aws_tags.clone().ok_or("tags")?;
         let keys: Vec<&str> = tags.principal_tags.keys().map(|k| k.as_ref()).collect();
         assert_eq!(keys, ["approver", "run"]);
         assert_eq!(tags.transitive_tag_keys.len(), 2);
         let none = MintRequest { aws_tag_keys: Some(Vec::new()), ..request() };
-        assert!(minter.mint(none)?.claims.aws_tags.is_none(), "an empty selection emits no tags claim");
+        assert!(minter.mint(none)?.claims().aws_tags.is_none(), "an empty selection emits no tags claim");
         let approver = MintRequest { source_identity: Some(SourceIdentity::FirstApprover), ..request() };
-        assert_eq!(minter.mint(approver)?.claims.aws_source_identity.as_deref(), Some("bob"));
+        assert_eq!(minter.mint(approver)?.claims().aws_source_identity.as_deref(), Some("bob"));
         let nobody = MintRequest { source_identity: Some(SourceIdentity::None), ..request() };
-        assert_eq!(minter.mint(nobody)?.claims.aws_source_identity, None);
+        assert_eq!(minter.mint(nobody)?.claims().aws_source_identity, None);
         Ok(())
     }
 
-    #[tokio::test]
-    async fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let minter = minter(&dir, MintRules { max_ttl: Duration::from_secs(600), ..rules() }).await?;
+    #[test]
+    fn audience_allow_list_and_ttl_cap_are_enforced() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(MintRules { max_ttl: Duration::from_secs(600), ..rules() })?;
         let wrong = MintRequest { audience: "vault ".into(), ..request() };
         assert!(matches!(minter.mint(wrong), Err(MintError::AudienceNotAllowed(_))), "exact match only");
         let long = MintRequest { ttl: Some(Duration::from_secs(601)), ..request() };
         assert!(matches!(minter.mint(long), Err(MintError::TtlTooLong { requested: 601, maximum: 600 })));
         let at_cap = MintRequest { ttl: Some(Duration::from_secs(600)), ..request() };
-        assert_eq!(minter.mint(at_cap)?.claims.exp, T0 + 600);
-        let no_phase = MintRequest { phase: None, ..request() };
-        assert!(matches!(minter.mint(no_phase), Err(MintError::InvalidField { field: "phase", .. })));
+        assert_eq!(minter.mint(at_cap)?.claims().exp, T0 + 600);
+        let zero = MintRequest { ttl: Some(Duration::ZERO), ..request() };
+        assert!(matches!(minter.mint(zero), Err(MintError::InvalidField { field: "ttl_seconds", .. })));
+        Ok(())
+    }
+
+    /// The checks run in their documented order, so of several bad fields the first is named.
+    #[test]
+    fn the_first_bad_field_is_the_one_named() -> Result<(), Box<dyn std::error::Error>> {
+        let minter = minter(rules())?;
+        let mut bad = MintRequest { audience: "nobody".into(), ..request() };
+        bad.run.commit_sha = Some("not-hex".into());
+        assert!(matches!(minter.mint(bad.clone()), Err(MintError::AudienceNotAllowed(_))), "audience before commit");
+        bad.run.stack = "has space".into();
+        assert!(matches!(minter.mint(bad.clone()), Err(MintError::InvalidField { field: "stack", .. })));
+        bad.audience = "vault".into();
+        bad.run.stack = "network".into();
+        bad.pool = Some("bad pool".into());
+        assert!(matches!(minter.mint(bad), Err(MintError::InvalidField { field: "commit_sha", .. })));
+        let mut upper = request();
+        upper.run.commit_sha = Some("ABCDEF1".into());
+        assert_eq!(minter.mint(upper)?.claims().run.commit_sha.as_deref(), Some("abcdef1"), "stored lowercase");
         Ok(())
     }
 }

@@ -1,9 +1,11 @@
-//! The key-encryption key (KEK) and the sealed form of signing keys at rest.
+//! The key-encryption key (KEK) that seals secrets at rest: token signing keys (`keys/`), the audit
+//! log's checkpoint key (`audit/log_key.rs`), the agents' CA key (`agents/ca.rs`) and saved plans
+//! (`runs/plans.rs`).
 //!
-//! Signing keys are never stored in the clear: each private key is sealed with AES-256-GCM under
-//! the operator's KEK. The additional authenticated data binds the ciphertext to the key's ID and
-//! algorithm, so a row copied onto another key, or an algorithm swapped underneath it, fails to open
-//! instead of being used. A short KEK fingerprint travels with the ciphertext so "you configured the
+//! Private keys are never stored in the clear: each is sealed with AES-256-GCM under the
+//! operator's KEK. The additional authenticated data binds the ciphertext to a context the caller
+//! names (for a signing key: its ID and algorithm), so a row copied onto another key, or an
+//! algorithm swapped underneath it, fails to open instead of being used. A short KEK fingerprint travels with the ciphertext so "you configured the
 //! wrong KEK" is told apart from "the stored bytes are corrupted".
 
 use std::fmt;
