@@ -1,19 +1,22 @@
 //! The Keyward broker.
 //!
 //! It issues short-lived, run-scoped OIDC tokens, publishes the discovery document and JWKS that
-//! let AWS, Vault and others verify them, and (in later layers) exchanges them for cloud
-//! credentials behind a policy check and a tamper-evident audit log.
+//! let AWS, Vault and others verify them, exchanges them for cloud credentials behind a policy
+//! check and a tamper-evident audit log, and runs Terraform stacks through private agents.
 //!
-//! Code map (see ARCHITECTURE.md):
-//! - [`config`]: the one TOML file, validated with key paths in errors.
-//! - [`store`]: SQLite or PostgreSQL behind one API, with migrations.
-//! - [`identity`]: signing keys sealed at rest, rotation, JWKS, run-token minting and issuance.
-//! - [`access`]: operator API tokens (hashed, scoped).
-//! - [`joblogs`]: jobs' signed log chunks: verified on receipt, stored, sealed, bundled.
-//! - [`http`]: the HTTP edge: routes, extractors, and the one error→status table; the only module that knows about axum.
-//! - [`grpc`]: the agents' gRPC edge; the only module that builds a `tonic::Status`.
-//! - [`server`]: assembles the pieces and runs them.
-//! - [`cli`]: the `keyward` command line.
+//! Code map, top to bottom (ARCHITECTURE.md has the whole map and the import rules):
+//! - [`cli`], [`server`]: the `keyward` command line; start-up and the background tasks.
+//! - [`config`]: the TOML file, on top: checked and resolved once into typed `Settings`.
+//! - [`http`], [`grpc`]: the edges; the only modules that know HTTP or gRPC, each with one
+//!   error→status table.
+//! - [`exchange`]: RFC 8693 token exchange; [`runs`]: stacks, runs, reviews, the job queue;
+//!   [`agents`]: pools, enrollment, the connected agents; [`joblogs`]: jobs' signed logs;
+//!   [`access`]: operator API tokens (hashed, scoped).
+//! - [`issuance`]: the one commit that lets a token out; [`keys`]: the signing-key ring;
+//!   [`targets`]: the named AWS and Vault targets; [`metrics`]: Prometheus text.
+//! - [`tokens`]: where tokens are signed and verified, with no I/O.
+//! - [`audit`]: the group-commit writer, proofs, checkpoints, sinks; [`policy`]: Rego.
+//! - [`store`]: all the SQL; [`kek`]: sealing secrets at rest; [`clock`]: time.
 
 #![forbid(unsafe_code)]
 
