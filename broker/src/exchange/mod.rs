@@ -69,18 +69,16 @@ pub const VAULT_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:vault-to
 /// `issued_token_type` of AWS credentials (a Keyward URI: RFC 8693 defines none for them).
 pub const AWS_CREDENTIALS_TOKEN_TYPE: &str = "urn:keyward:params:oauth:token-type:aws-credentials";
 
-/// Why an exchange did not happen. Messages are safe for the caller.
+/// Why an exchange did not happen, by cause; each edge picks its status (`http/error.rs`,
+/// `grpc/status.rs`). Messages are safe for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// Missing or malformed parameters.
-    #[error("{0}")]
-    InvalidRequest(String),
     /// An unknown target.
     #[error("unknown target `{0}`; targets are named `<type>:<name>`, e.g. `aws:network-apply`")]
-    InvalidTarget(String),
+    UnknownTarget(String),
     /// The subject token was refused.
     #[error("subject token refused: {0}")]
-    InvalidGrant(String),
+    SubjectTokenRefused(String),
     /// The broker's rules, or the policy, refused this target to this subject.
     #[error("denied: {}", .0.join("; "))]
     Denied(Vec<String>),
@@ -280,7 +278,7 @@ impl Exchanger {
     }
 
     fn target(&self, name: &str) -> Result<&TargetConfig, ExchangeError> {
-        self.targets.get(name).ok_or_else(|| ExchangeError::InvalidTarget(name.chars().take(80).collect()))
+        self.targets.get(name).ok_or_else(|| ExchangeError::UnknownTarget(name.chars().take(80).collect()))
     }
 
     /// Steps 3-6: decide, record, issue.
@@ -523,7 +521,7 @@ impl Exchanger {
     /// commits with the decision.
     async fn verify_subject(&self, token: &str, now: i64) -> Result<(Subject, bool), SubjectRefused> {
         let (iss, audiences) = peek_issuer_and_audiences(token).ok_or_else(|| {
-            SubjectRefused::unproven(ExchangeError::InvalidGrant(
+            SubjectRefused::unproven(ExchangeError::SubjectTokenRefused(
                 VerifyError::Malformed("not a JWT with iss").to_string(),
             ))
         })?;
@@ -535,11 +533,13 @@ impl Exchanger {
                 leeway: self.leeway,
                 require_nbf: true,
             };
-            let verified = verify::verify(token, &self.keys.verification_keys(), &expect, now)
-                .map_err(|e: VerifyError| SubjectRefused::unproven(ExchangeError::InvalidGrant(e.to_string())))?;
+            let verified =
+                verify::verify(token, &self.keys.verification_keys(), &expect, now).map_err(|e: VerifyError| {
+                    SubjectRefused::unproven(ExchangeError::SubjectTokenRefused(e.to_string()))
+                })?;
             // Signed by this broker: a refusal for what it says is audited.
             let subject = Subject::from_run_token(&self.self_issuer, verified)
-                .map_err(|e| SubjectRefused { error: ExchangeError::InvalidGrant(e), proven: true })?;
+                .map_err(|e| SubjectRefused { error: ExchangeError::SubjectTokenRefused(e), proven: true })?;
             (subject, true)
         } else if let Some(issuer) = self.issuers.find(&iss, &audiences) {
             let verified = self.issuers.verify(issuer, token, now, self.leeway).await.map_err(|e| match e {
@@ -548,13 +548,13 @@ impl Exchanger {
                 }
                 // The issuer signed it; what it says is refused, and that is on record.
                 trusted_issuers::IssuerError::RequiredClaim(_) => {
-                    SubjectRefused { error: ExchangeError::InvalidGrant(e.to_string()), proven: true }
+                    SubjectRefused { error: ExchangeError::SubjectTokenRefused(e.to_string()), proven: true }
                 }
-                other => SubjectRefused::unproven(ExchangeError::InvalidGrant(other.to_string())),
+                other => SubjectRefused::unproven(ExchangeError::SubjectTokenRefused(other.to_string())),
             })?;
             (Subject::from_ci_token(&issuer.config, verified, token), issuer.config.single_use)
         } else {
-            return Err(SubjectRefused::unproven(ExchangeError::InvalidGrant(
+            return Err(SubjectRefused::unproven(ExchangeError::SubjectTokenRefused(
                 "token issuer and audience do not match any issuer this broker trusts".to_owned(),
             )));
         };
@@ -613,7 +613,7 @@ impl Exchanger {
         };
         self.minter
             .mint(request)
-            .map_err(|e| ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")))
+            .map_err(|e| ExchangeError::SubjectTokenRefused(format!("the subject token cannot be re-issued: {e}")))
     }
 
     /// Hands out `pending` once its `token.minted` entry and `entry` are committed: the
@@ -632,7 +632,9 @@ impl Exchanger {
             ..caller.clone()
         };
         issuance::record(&self.log, pending, context, entry).await.map_err(|error| match error {
-            IssueError::Mint(e) => ExchangeError::InvalidGrant(format!("the subject token cannot be re-issued: {e}")),
+            IssueError::Mint(e) => {
+                ExchangeError::SubjectTokenRefused(format!("the subject token cannot be re-issued: {e}"))
+            }
             IssueError::Record(e) => {
                 unavailable("the decision and token could not be recorded, so nothing was issued", &e)
             }
@@ -806,7 +808,7 @@ pub fn subject_view(
 }
 
 fn replayed() -> ExchangeError {
-    ExchangeError::InvalidGrant("token was already exchanged (each token is single-use)".to_owned())
+    ExchangeError::SubjectTokenRefused("token was already exchanged (each token is single-use)".to_owned())
 }
 
 fn unavailable(what: &str, error: &StoreError) -> ExchangeError {

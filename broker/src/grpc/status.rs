@@ -100,10 +100,8 @@ pub fn credentials(error: CredentialsError) -> Status {
 /// The status for an exchange a job's credentials needed.
 fn exchange(error: &ExchangeError) -> Status {
     match error {
-        ExchangeError::InvalidRequest(_) | ExchangeError::InvalidTarget(_) => {
-            Status::invalid_argument(error.to_string())
-        }
-        ExchangeError::InvalidGrant(_) | ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => {
+        ExchangeError::UnknownTarget(_) => Status::invalid_argument(error.to_string()),
+        ExchangeError::SubjectTokenRefused(_) | ExchangeError::Denied(_) | ExchangeError::UpstreamRefused(_) => {
             Status::permission_denied(error.to_string())
         }
         ExchangeError::Unavailable(_) | ExchangeError::UpstreamUnavailable(_) => Status::unavailable(error.to_string()),
@@ -260,10 +258,9 @@ mod tests {
                 CredentialsError::Lease(RunError::LeaseExpired { job: "j".into(), fencing_token: 1 }),
                 Code::PermissionDenied,
             ),
-            (CredentialsError::Exchange(ExchangeError::InvalidTarget("t".into())), Code::InvalidArgument),
-            (CredentialsError::Exchange(ExchangeError::InvalidRequest("r".into())), Code::InvalidArgument),
+            (CredentialsError::Exchange(ExchangeError::UnknownTarget("t".into())), Code::InvalidArgument),
             (CredentialsError::Exchange(ExchangeError::Denied(vec!["no".into()])), Code::PermissionDenied),
-            (CredentialsError::Exchange(ExchangeError::InvalidGrant("g".into())), Code::PermissionDenied),
+            (CredentialsError::Exchange(ExchangeError::SubjectTokenRefused("g".into())), Code::PermissionDenied),
             (CredentialsError::Exchange(ExchangeError::UpstreamRefused("sts".into())), Code::PermissionDenied),
             (CredentialsError::Exchange(ExchangeError::Unavailable("db".into())), Code::Unavailable),
             (CredentialsError::Exchange(ExchangeError::UpstreamUnavailable("sts".into())), Code::Unavailable),

@@ -279,9 +279,8 @@ impl From<KeyRingError> for ApiError {
 impl From<ExchangeError> for ApiError {
     fn from(error: ExchangeError) -> Self {
         match &error {
-            ExchangeError::InvalidRequest(_) => Self::invalid_request(error.to_string()),
-            ExchangeError::InvalidTarget(_) => Self::invalid_target(error.to_string()),
-            ExchangeError::InvalidGrant(_) => Self::invalid_grant(error.to_string()),
+            ExchangeError::UnknownTarget(_) => Self::invalid_target(error.to_string()),
+            ExchangeError::SubjectTokenRefused(_) => Self::invalid_grant(error.to_string()),
             // RFC 8693 §2.2.2: a target the server will not issue for is `invalid_target`, whether
             // the broker's rules, the policy or the relying party said no; the reason goes in
             // `error_description`. OAuth has no `access_denied` at the token endpoint.
