@@ -99,15 +99,28 @@ pub enum Committed {
     Refused(Refusal),
 }
 
-/// Why row changes appended with their audit entries were not made, in words for the caller.
+/// Why row changes appended with their audit entries were not made, by cause; each edge picks
+/// its status. `what` names the row in the caller's words (from the guarded write).
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
-    /// The state the change was decided on moved, or the row already exists.
-    #[error("{0}")]
-    Conflict(String),
+    /// The row already exists.
+    #[error("{what} already exists")]
+    Duplicate {
+        /// The row.
+        what: String,
+    },
+    /// The state the change was decided on moved on.
+    #[error("{what} changed meanwhile; nothing was done, look again and retry")]
+    Moved {
+        /// The row.
+        what: String,
+    },
     /// The database refused the row (a foreign key, a check).
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{what} was refused")]
+    Rejected {
+        /// The row.
+        what: String,
+    },
     /// The append itself failed or replayed unexpectedly; nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -118,11 +131,9 @@ impl Committed {
     pub fn into_change(self) -> Result<(), ChangeError> {
         match self {
             Self::Recorded(_) => Ok(()),
-            Self::Refused(Refusal::Duplicate { what }) => Err(ChangeError::Conflict(format!("{what} already exists"))),
-            Self::Refused(Refusal::Unmet { what }) => {
-                Err(ChangeError::Conflict(format!("{what} changed meanwhile; nothing was done, look again and retry")))
-            }
-            Self::Refused(Refusal::Invalid { what }) => Err(ChangeError::Invalid(format!("{what} was refused"))),
+            Self::Refused(Refusal::Duplicate { what }) => Err(ChangeError::Duplicate { what }),
+            Self::Refused(Refusal::Unmet { what }) => Err(ChangeError::Moved { what }),
+            Self::Refused(Refusal::Invalid { what }) => Err(ChangeError::Rejected { what }),
             Self::Replayed => Err(StoreError::Append("unexpected replay outcome".to_owned()).into()),
         }
     }

@@ -46,7 +46,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         create_repository(&repository).await?;
     }
     match agents.create_pool(POOL, who, Context::default()).await {
-        Ok(_) | Err(AgentError::Change(ChangeError::Conflict(_))) => {}
+        Ok(_) | Err(AgentError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => {}
         Err(error) => return Err(error).context("cannot create the dev pool"),
     }
     let spec = StackSpec {
@@ -61,7 +61,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         policies: Vec::new(),
     };
     match runs.create_stack(spec, who, Context::default()).await {
-        Ok(_) | Err(RunError::Change(ChangeError::Conflict(_))) => Ok(()),
+        Ok(_) | Err(RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => Ok(()),
         Err(error) => Err(error).context("cannot create the example stack"),
     }
 }

@@ -32,9 +32,11 @@ pub fn agent(error: AgentError) -> Status {
         | AgentError::BadHostname
         | AgentError::BadVersion
         | AgentError::Csr(_)
-        | AgentError::Change(ChangeError::Invalid(_)) => Status::invalid_argument(message),
+        | AgentError::Change(ChangeError::Rejected { .. }) => Status::invalid_argument(message),
         AgentError::UnknownAgent(_) | AgentError::UnknownPool(_) => Status::not_found(message),
-        AgentError::AlreadyRevoked(_) | AgentError::NotActive { .. } | AgentError::Change(ChangeError::Conflict(_)) => {
+        AgentError::AlreadyRevoked(_)
+        | AgentError::NotActive { .. }
+        | AgentError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. }) => {
             Status::failed_precondition(message)
         }
         AgentError::JoinToken(_)
@@ -66,7 +68,7 @@ pub fn run(error: RunError) -> Status {
         | RunError::PlanFileSize
         | RunError::PlanJsonTooLarge
         | RunError::PlanJson(_)
-        | RunError::Change(ChangeError::Invalid(_)) => Status::invalid_argument(message),
+        | RunError::Change(ChangeError::Rejected { .. }) => Status::invalid_argument(message),
         RunError::UnknownStack(_)
         | RunError::UnknownRun(_)
         | RunError::UnknownJob(_)
@@ -79,7 +81,9 @@ pub fn run(error: RunError) -> Status {
         | RunError::LeaseExpired { .. }
         | RunError::LeaseWrite(_)
         | RunError::UnexpectedReplay
-        | RunError::Change(ChangeError::Conflict(_)) => Status::permission_denied(message),
+        | RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. }) => {
+            Status::permission_denied(message)
+        }
         RunError::Change(ChangeError::Store(_))
         | RunError::Refused(_)
         | RunError::Git(_)
@@ -138,7 +142,7 @@ mod tests {
     use crate::store::write::Refusal;
 
     fn change_conflict() -> ChangeError {
-        ChangeError::Conflict("run 1 (version 1) changed meanwhile; nothing was done, look again and retry".into())
+        ChangeError::Moved { what: "run 1 (version 1)".into() }
     }
 
     fn plan_json_error() -> serde_json::Error {
@@ -155,7 +159,7 @@ mod tests {
             (AgentError::BadHostname, Code::InvalidArgument),
             (AgentError::BadVersion, Code::InvalidArgument),
             (AgentError::Csr(CsrError::Malformed), Code::InvalidArgument),
-            (AgentError::Change(ChangeError::Invalid("agent a was refused".into())), Code::InvalidArgument),
+            (AgentError::Change(ChangeError::Rejected { what: "agent a".into() }), Code::InvalidArgument),
             (AgentError::UnknownAgent("a".into()), Code::NotFound),
             (AgentError::UnknownPool("p".into()), Code::NotFound),
             (AgentError::AlreadyRevoked("a".into()), Code::FailedPrecondition),
@@ -205,7 +209,7 @@ mod tests {
             (RunError::PlanFileSize, Code::InvalidArgument),
             (RunError::PlanJsonTooLarge, Code::InvalidArgument),
             (RunError::PlanJson(plan_json_error()), Code::InvalidArgument),
-            (RunError::Change(ChangeError::Invalid("x was refused".into())), Code::InvalidArgument),
+            (RunError::Change(ChangeError::Rejected { what: "x".into() }), Code::InvalidArgument),
             (RunError::UnknownStack("s".into()), Code::NotFound),
             (RunError::UnknownRun("r".into()), Code::NotFound),
             (RunError::UnknownJob("j".into()), Code::NotFound),

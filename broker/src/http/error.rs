@@ -181,8 +181,8 @@ impl From<IssueError> for ApiError {
 impl From<ChangeError> for ApiError {
     fn from(error: ChangeError) -> Self {
         match error {
-            ChangeError::Conflict(message) => Self::conflict(message),
-            ChangeError::Invalid(message) => Self::invalid_request(message),
+            ChangeError::Duplicate { .. } | ChangeError::Moved { .. } => Self::conflict(error.to_string()),
+            ChangeError::Rejected { .. } => Self::invalid_request(error.to_string()),
             ChangeError::Store(StoreError::Append(e)) => {
                 tracing::error!(error = %e, "a change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
@@ -305,10 +305,10 @@ mod tests {
     /// The causes keep the statuses and messages HTTP clients saw when they were strings.
     #[test]
     fn run_and_agent_causes_keep_their_http_statuses() {
-        let conflict = || ChangeError::Conflict("stack `network` already exists".into());
+        let conflict = || ChangeError::Duplicate { what: "stack `network`".into() };
         assert_eq!(answer(RunError::Change(conflict())), (StatusCode::CONFLICT, "conflict", conflict().to_string()));
         assert_eq!(answer(AgentError::Change(conflict())).0, StatusCode::CONFLICT);
-        assert_eq!(answer(RunError::Change(ChangeError::Invalid("x was refused".into()))).0, StatusCode::BAD_REQUEST);
+        assert_eq!(answer(RunError::Change(ChangeError::Rejected { what: "x".into() })).0, StatusCode::BAD_REQUEST);
         let table: Vec<(ApiError, StatusCode, &str)> = vec![
             (RunError::BadTicket.into(), StatusCode::BAD_REQUEST, "invalid ticket: 1-128 printable characters"),
             (

@@ -77,10 +77,12 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     let created = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await.unwrap();
     assert_eq!(created.spec.repository, repo.url());
     let duplicate = runs.create_stack(spec("network", &repo.url()), "admin", caller()).await;
-    assert!(
-        matches!(duplicate, Err(RunError::Change(ChangeError::Conflict(ref m))) if m.contains("already exists")),
-        "{duplicate:?}"
-    );
+    match &duplicate {
+        Err(error @ RunError::Change(ChangeError::Duplicate { .. })) => {
+            assert_eq!(error.to_string(), "stack `network` already exists");
+        }
+        other => panic!("expected a duplicate stack, got {other:?}"),
+    }
     let bad = runs.create_stack(spec("Bad Name", &repo.url()), "admin", caller()).await;
     assert!(matches!(bad, Err(RunError::Spec(_))), "{bad:?}");
     assert_eq!(audit.count(kinds::STACK_CREATED).await, 1);
@@ -212,7 +214,8 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
             // or after (the run no longer takes reviews).
             let lost = matches!(
                 error,
-                RunError::Change(ChangeError::Conflict(_)) | RunError::NotReviewable { state: RunState::Applying, .. }
+                RunError::Change(ChangeError::Moved { .. } | ChangeError::Duplicate { .. })
+                    | RunError::NotReviewable { state: RunState::Applying, .. }
             );
             assert!(lost, "a losing review is a conflict: {error:?}");
         }
