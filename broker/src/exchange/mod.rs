@@ -31,12 +31,12 @@ mod unproven;
 pub mod vault;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use enforce::Lifetime;
 use keyward_proto::claims::{Phase, RunChain};
+use keyward_proto::secret::Secret;
 use serde_json::{Value, json};
 use subject::{Subject, SubjectKind};
 use unproven::UnprovenRefusals;
@@ -93,27 +93,17 @@ pub enum ExchangeError {
     UpstreamUnavailable(String),
 }
 
-/// A validated exchange request.
+/// A validated exchange request. Its `Debug` never shows the subject token.
+#[derive(Debug)]
 pub struct ExchangeRequest {
-    /// The subject token (never printed).
-    pub subject_token: String,
+    /// The subject token.
+    pub subject_token: Secret,
     /// `<type>:<name>`.
     pub target: String,
     /// Lifetime asked for, if any.
     pub requested_ttl: Option<Duration>,
     /// Where the request came from (request ID, remote address), for the audit entries.
     pub caller: Context,
-}
-
-impl fmt::Debug for ExchangeRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExchangeRequest")
-            .field("subject_token", &"…")
-            .field("target", &self.target)
-            .field("requested_ttl", &self.requested_ttl)
-            .field("caller", &self.caller)
-            .finish()
-    }
 }
 
 /// A subject on its way to a decision.
@@ -220,7 +210,7 @@ impl Exchanger {
         let now = self.clock.now();
         let caller = &request.caller;
 
-        let (mut subject, single_use) = match self.verify_subject(&request.subject_token, now).await {
+        let (mut subject, single_use) = match self.verify_subject(request.subject_token.expose(), now).await {
             Ok(verified) => verified,
             Err(SubjectRefused { error, proven: true }) => {
                 self.record_refusal(caller, target, &error).await?;
@@ -828,6 +818,19 @@ fn role_session_name(run_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_never_prints_its_subject_token() {
+        let request = ExchangeRequest {
+            subject_token: "eyJhbGciOiJFUzI1NiJ9.secret-payload.sig".to_owned().into(),
+            target: "aws:dev".to_owned(),
+            requested_ttl: None,
+            caller: Context::default(),
+        };
+        let printed = format!("{request:?}");
+        assert!(!printed.contains("secret-payload"), "{printed}");
+        assert!(printed.contains("aws:dev"), "{printed}");
+    }
 
     #[test]
     fn session_names_fit_sts_rules() {

@@ -84,7 +84,12 @@ fn exchange_request(
             ));
         }
     };
-    Ok(ExchangeRequest { subject_token, target, requested_ttl: form.ttl_seconds.map(Duration::from_secs), caller })
+    Ok(ExchangeRequest {
+        subject_token: subject_token.into(),
+        target,
+        requested_ttl: form.ttl_seconds.map(Duration::from_secs),
+        caller,
+    })
 }
 
 /// The fuzzing entry (`fuzz/`; the broker never calls it): reads `body` as `POST /v1/token`

@@ -21,10 +21,10 @@ use crate::Outcome;
 pub fn check(data: &[u8]) -> Outcome {
     match read(data.to_vec()) {
         Ok(request) => {
-            assert!(!request.subject_token.is_empty(), "an accepted exchange has a subject token");
+            assert!(!request.subject_token.expose().is_empty(), "an accepted exchange has a subject token");
             let mut fields = vec![
                 ("grant_type", GRANT_TYPE.to_owned()),
-                ("subject_token", request.subject_token.clone()),
+                ("subject_token", request.subject_token.expose().to_owned()),
                 ("subject_token_type", JWT_TOKEN_TYPE.to_owned()),
                 ("resource", request.target.clone()),
             ];
@@ -33,7 +33,7 @@ pub fn check(data: &[u8]) -> Outcome {
             }
             let body = serde_urlencoded::to_string(&fields).expect("a form encodes");
             let again = read(body.into_bytes()).expect("a re-encoded accepted form is accepted");
-            assert_eq!(again.subject_token, request.subject_token, "the subject token reads back");
+            assert_eq!(again.subject_token.expose(), request.subject_token.expose(), "the subject token reads back");
             assert_eq!(again.target, request.target, "the target reads back");
             assert_eq!(again.requested_ttl, request.requested_ttl, "the lifetime reads back");
             Outcome::Accepted
