@@ -13,8 +13,6 @@
 
 use std::collections::HashMap;
 
-use keyward_proto::claims::Phase;
-
 use crate::exchange::{ExchangeResponse, JobSubject};
 use crate::runs::HeldJob;
 use crate::store::AgentRow;
@@ -43,7 +41,7 @@ pub(super) fn job_subject(
         pool: agent.pool.clone(),
         run_id: run.id.clone(),
         stack: run.stack.clone(),
-        phase: if job.phase == "apply" { Phase::Apply } else { Phase::Plan },
+        phase: job.phase,
         repository: held.stack.spec.repository.clone(),
         commit_sha: run.commit_sha.clone(),
         git_ref: run.git_ref.clone(),

@@ -203,7 +203,10 @@ mod tests {
             (RunError::PullRequestTooLarge, Code::InvalidArgument),
             (RunError::BadTicket, Code::InvalidArgument),
             (RunError::CommentTooLong, Code::InvalidArgument),
-            (RunError::NotAPlanJob { job: "j".into(), phase: "apply".into() }, Code::InvalidArgument),
+            (
+                RunError::NotAPlanJob { job: "j".into(), phase: keyward_proto::claims::Phase::Apply },
+                Code::InvalidArgument,
+            ),
             (RunError::NotAnApplyJob("j".into()), Code::InvalidArgument),
             (RunError::DriftKeepsNoPlan("r".into()), Code::InvalidArgument),
             (RunError::PlanFileSize, Code::InvalidArgument),

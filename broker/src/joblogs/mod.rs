@@ -305,7 +305,7 @@ impl Logs {
                         });
                         leases.push(bundle::LeaseLog {
                             job_id: row.job_id.clone(),
-                            phase: job.map(|j| j.phase.clone()).unwrap_or_default(),
+                            phase: job.map(|j| j.phase.to_string()).unwrap_or_default(),
                             fencing_token: token,
                             sealed,
                             chunks: Vec::new(),
@@ -332,7 +332,7 @@ impl Logs {
             if job.log_chunks == Some(0) && !leases.iter().any(|l| l.job_id == job.id && l.fencing_token == token) {
                 leases.push(bundle::LeaseLog {
                     job_id: job.id.clone(),
-                    phase: job.phase.clone(),
+                    phase: job.phase.to_string(),
                     fencing_token: token,
                     sealed: Some(bundle::Seal { digest: None, chunks: 0 }),
                     chunks: Vec::new(),

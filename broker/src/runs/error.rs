@@ -9,6 +9,7 @@ use super::{MAX_COMMENT, MAX_TICKET};
 use crate::audit::ChangeError;
 use crate::store::StoreError;
 use crate::store::write::Refusal;
+use keyward_proto::claims::Phase;
 
 /// Why a stack or run request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ pub enum RunError {
         /// The job.
         job: String,
         /// Its phase.
-        phase: String,
+        phase: Phase,
     },
     /// A saved plan was asked for by a job that is not an apply job.
     #[error("job {0} is not an apply job")]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use keyward_proto::claims::{Phase, UnknownPhase};
+use keyward_proto::claims::Phase;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -74,7 +74,7 @@ pub struct HeldJob {
 impl HeldJob {
     /// The stack's credential targets for the job's phase.
     pub fn targets(&self) -> &[String] {
-        self.stack.targets(&self.job.phase)
+        self.stack.targets(self.job.phase)
     }
 
     /// A write that holds only while the lease is still this one and unexpired at `now`, and its
@@ -252,7 +252,7 @@ impl Runs {
         let fencing_token = job.fencing_token + 1;
         let expires = now.saturating_add(lease_secs);
         let mut writes = vec![store::runs::lease_job(&job, agent_id, fencing_token, expires, now)];
-        let context = run_context(&run, &stack, job_phase(&job)?, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeased, now, context.clone())
                 .with("job_id", job.id.as_str())
@@ -263,7 +263,7 @@ impl Runs {
         ];
         let from = parse_state(&run.state)?;
         let kind = run_kind(&run)?;
-        let phase = job_phase(&job)?;
+        let phase = job.phase;
         if phase == Phase::Plan && from == RunState::Queued {
             writes.push(transition(&run, RunState::Planning, None, now));
             events.push(state_event(&context, from, RunState::Planning, None, now));
@@ -271,9 +271,12 @@ impl Runs {
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
-                let credential_targets = stack.targets(&job.phase).to_vec();
-                let plan_sha256 =
-                    if job.phase == "apply" { self.store.plan(&run.id).await?.map(|plan| plan.sha256) } else { None };
+                let credential_targets = stack.targets(job.phase).to_vec();
+                let plan_sha256 = if job.phase == Phase::Apply {
+                    self.store.plan(&run.id).await?.map(|plan| plan.sha256)
+                } else {
+                    None
+                };
                 Ok(Some(Lease {
                     job_id: job.id,
                     run_id: run.id,
@@ -312,10 +315,10 @@ impl Runs {
         check_holder(&job, agent_id, fencing_token)?;
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let outcome = expected_outcome(run_kind(&run)?, &job.phase, report.outcome);
+        let outcome = expected_outcome(run_kind(&run)?, job.phase, report.outcome);
         let from = parse_state(&run.state)?;
         let now = self.clock.now();
-        let context = run_context(&run, &stack, job_phase(&job)?, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job.phase, &format!("agent:{agent_id}"), Context::default());
         let layers = bounded_layers(report.layers);
         let (write, finished) = job_finished(&job, agent_id, &outcome, layers, report.log.as_ref(), &context, now);
         let (mut writes, mut events) = (vec![write], vec![finished]);
@@ -365,10 +368,10 @@ impl Runs {
         outcome: &JobOutcome,
         now: i64,
     ) -> Result<(RunState, Option<String>), RunError> {
-        Ok(match (outcome, job.phase.as_str()) {
+        Ok(match (outcome, job.phase) {
             (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
             (JobOutcome::Checked(drift), _) => (RunState::Finished, Some(drift_detail(drift))),
-            (JobOutcome::Succeeded, "plan") => match self.plan_denial(&run.id, &job.id).await? {
+            (JobOutcome::Succeeded, Phase::Plan) => match self.plan_denial(&run.id, &job.id).await? {
                 Some(denial) => (RunState::Failed, Some(denial)),
                 None => self.after_plan(run, stack, now),
             },
@@ -389,7 +392,7 @@ impl Runs {
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
-        let approved_by = if job.phase == "apply" {
+        let approved_by = if job.phase == Phase::Apply {
             super::reviews::counted_approvers(&run.triggered_by, &self.store.reviews(&run.id).await?)
         } else {
             Vec::new()
@@ -411,13 +414,13 @@ impl Runs {
         let from = parse_state(&run.state)?;
         let requeue = match end {
             LeaseEnd::Undelivered => true,
-            LeaseEnd::Expired => job.phase == "plan" && job.attempt < MAX_PLAN_ATTEMPTS,
+            LeaseEnd::Expired => job.phase == Phase::Plan && job.attempt < MAX_PLAN_ATTEMPTS,
             LeaseEnd::Revoked => false,
         };
         let (job_state, run_next, detail) = if requeue {
-            let back = (from == RunState::Planning && job.phase == "plan").then_some(RunState::Queued);
+            let back = (from == RunState::Planning && job.phase == Phase::Plan).then_some(RunState::Queued);
             ("queued", back, None)
-        } else if job.phase == "apply" {
+        } else if job.phase == Phase::Apply {
             let detail = format!("the apply lease of agent {agent_id} ended ({}); never re-applied", end.as_str());
             ("interrupted", Some(RunState::Interrupted), Some(detail))
         } else {
@@ -425,7 +428,7 @@ impl Runs {
             ("failed", Some(RunState::Failed), Some(detail))
         };
         let mut writes = vec![store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now)];
-        let context = run_context(&run, &stack, job_phase(job)?, &format!("agent:{agent_id}"), Context::default());
+        let context = run_context(&run, &stack, job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())
                 .with("job_id", job.id.as_str())
@@ -503,16 +506,12 @@ fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
 }
 
 /// The stored job's phase.
-pub(super) fn job_phase(job: &JobRow) -> Result<Phase, RunError> {
-    job.phase.parse().map_err(|e: UnknownPhase| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
-}
-
 /// `reported`, unless it does not fit the job: a drift run's plan job must report what it found
 /// (an agent that planned and said nothing else did not check for drift), and only that job may.
-fn expected_outcome(kind: RunKind, phase: &str, reported: JobOutcome) -> JobOutcome {
+fn expected_outcome(kind: RunKind, phase: Phase, reported: JobOutcome) -> JobOutcome {
     match (kind, phase, reported) {
         (_, _, JobOutcome::Failed(error)) => JobOutcome::Failed(error),
-        (RunKind::Drift, "plan", JobOutcome::Checked(drift)) => {
+        (RunKind::Drift, Phase::Plan, JobOutcome::Checked(drift)) => {
             let mut summary: String = drift.summary.chars().filter(|c| !c.is_control()).collect();
             summary.truncate(summary.floor_char_boundary(MAX_DRIFT_SUMMARY));
             JobOutcome::Checked(Drift { drifted: drift.drifted, summary })
@@ -619,19 +618,19 @@ mod tests {
     #[test]
     fn only_a_drift_runs_plan_job_may_report_drift_and_it_must() {
         let failed = |outcome: JobOutcome| matches!(outcome, JobOutcome::Failed(_));
-        assert_eq!(expected_outcome(RunKind::Drift, "plan", checked(true, "1 to add")), checked(true, "1 to add"));
-        assert!(failed(expected_outcome(RunKind::Drift, "plan", JobOutcome::Succeeded)));
-        assert!(failed(expected_outcome(RunKind::Drift, "apply", checked(false, ""))));
-        assert!(failed(expected_outcome(RunKind::Deploy, "plan", checked(false, ""))));
-        assert_eq!(expected_outcome(RunKind::Deploy, "apply", JobOutcome::Succeeded), JobOutcome::Succeeded);
+        assert_eq!(expected_outcome(RunKind::Drift, Phase::Plan, checked(true, "1 to add")), checked(true, "1 to add"));
+        assert!(failed(expected_outcome(RunKind::Drift, Phase::Plan, JobOutcome::Succeeded)));
+        assert!(failed(expected_outcome(RunKind::Drift, Phase::Apply, checked(false, ""))));
+        assert!(failed(expected_outcome(RunKind::Deploy, Phase::Plan, checked(false, ""))));
+        assert_eq!(expected_outcome(RunKind::Deploy, Phase::Apply, JobOutcome::Succeeded), JobOutcome::Succeeded);
         let failure = JobOutcome::Failed("boom".to_owned());
-        assert_eq!(expected_outcome(RunKind::Drift, "plan", failure.clone()), failure);
+        assert_eq!(expected_outcome(RunKind::Drift, Phase::Plan, failure.clone()), failure);
     }
 
     #[test]
     fn reported_text_is_bounded_and_printable() {
         let long = format!("{}\u{1b}[31m", "é".repeat(MAX_DRIFT_SUMMARY));
-        let JobOutcome::Checked(drift) = expected_outcome(RunKind::Drift, "plan", checked(true, &long)) else {
+        let JobOutcome::Checked(drift) = expected_outcome(RunKind::Drift, Phase::Plan, checked(true, &long)) else {
             panic!("a drift report stays one")
         };
         assert!(drift.summary.len() <= MAX_DRIFT_SUMMARY && !drift.summary.contains('\u{1b}'));

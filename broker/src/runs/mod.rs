@@ -108,8 +108,8 @@ pub struct ReviewView {
 pub struct JobView {
     /// Job ID.
     pub id: String,
-    /// `plan` or `apply`.
-    pub phase: String,
+    /// Plan or apply.
+    pub phase: Phase,
     /// The pool whose agents may run it.
     pub pool: String,
     /// Job state.
@@ -278,7 +278,7 @@ impl Runs {
         let job_id = uuid::Uuid::now_v7().to_string();
         let writes = vec![
             store::runs::insert_run(&run),
-            store::runs::queue_job(&job_id, &run.id, "plan", &stack.spec.pool, now),
+            store::runs::queue_job(&job_id, &run.id, Phase::Plan, &stack.spec.pool, now),
         ];
         let event = AuditEvent::new(Kind::RunCreated, now, context)
             .with("kind", run.kind.as_str())
@@ -562,7 +562,7 @@ fn queue_apply_if(
         return event;
     }
     let job_id = uuid::Uuid::now_v7().to_string();
-    writes.push(store::runs::queue_job(&job_id, run_id, "apply", &stack.spec.pool, now));
+    writes.push(store::runs::queue_job(&job_id, run_id, Phase::Apply, &stack.spec.pool, now));
     event.with("apply_job", job_id.as_str())
 }
 
@@ -623,7 +623,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
             .iter()
             .map(|j| JobView {
                 id: j.id.clone(),
-                phase: j.phase.clone(),
+                phase: j.phase,
                 pool: j.pool.clone(),
                 state: j.state.clone(),
                 attempt: j.attempt,

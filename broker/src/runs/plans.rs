@@ -86,8 +86,8 @@ impl Runs {
         plan_file: &[u8],
         plan_json: &[u8],
     ) -> Result<PlanVerdict, RunError> {
-        if held.job.phase != "plan" {
-            return Err(RunError::NotAPlanJob { job: held.job.id.clone(), phase: held.job.phase.clone() });
+        if held.job.phase != Phase::Plan {
+            return Err(RunError::NotAPlanJob { job: held.job.id.clone(), phase: held.job.phase });
         }
         if held.run.kind == super::RunKind::Drift.as_str() {
             return Err(RunError::DriftKeepsNoPlan(held.run.id.clone()));
@@ -137,7 +137,7 @@ impl Runs {
     /// The saved plan `held`'s apply job applies, opened: the file and its SHA-256. The only place
     /// a saved plan is opened; `held` proves the caller holds the apply job's lease.
     pub async fn saved_plan(&self, held: &HeldJob) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), RunError> {
-        if held.job.phase != "apply" {
+        if held.job.phase != Phase::Apply {
             return Err(RunError::NotAnApplyJob(held.job.id.clone()));
         }
         let run = &held.run.id;

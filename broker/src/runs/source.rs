@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use keyward_proto::secret::Secret;
 
-use super::jobs::job_phase;
 use super::{GitError, HeldJob, RunError, Runs, run_context};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 
@@ -140,7 +139,7 @@ impl Runs {
         let now = self.clock.now();
         let agent = held.job.agent_id.clone().unwrap_or_default();
         let context =
-            run_context(&held.run, &held.stack, job_phase(&held.job)?, &format!("agent:{agent}"), Context::default());
+            run_context(&held.run, &held.stack, held.job.phase, &format!("agent:{agent}"), Context::default());
         let event = AuditEvent::new(Kind::SourceCredentialsIssued, now, context)
             .with("job_id", held.job.id.as_str())
             .with("agent_id", agent.as_str())

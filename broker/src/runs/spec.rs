@@ -3,6 +3,7 @@
 //! Terraform path that stays inside the repository, and credential targets that exist, with
 //! plan-phase targets limited to read access (a plan can never obtain write credentials).
 
+use keyward_proto::claims::Phase;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -56,8 +57,11 @@ pub struct Stack {
 
 impl Stack {
     /// The credential targets of `phase` (`plan` or `apply`).
-    pub fn targets(&self, phase: &str) -> &[String] {
-        if phase == "apply" { &self.spec.apply_targets } else { &self.spec.plan_targets }
+    pub fn targets(&self, phase: Phase) -> &[String] {
+        match phase {
+            Phase::Apply => &self.spec.apply_targets,
+            Phase::Plan => &self.spec.plan_targets,
+        }
     }
 }
 

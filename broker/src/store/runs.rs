@@ -4,6 +4,7 @@
 //! ([`super::write`]). Each write carries the condition it was decided on (the run's version,
 //! the job's state and fencing token), so a change decided on a state that moved on does nothing.
 
+use keyward_proto::claims::Phase;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -90,8 +91,8 @@ pub struct JobRow {
     pub id: String,
     /// Its run.
     pub run_id: String,
-    /// `plan` or `apply`.
-    pub phase: String,
+    /// Plan or apply (a row naming anything else is corrupt, and refused on read).
+    pub phase: Phase,
     /// Pool that may run it.
     pub pool: String,
     /// `queued`, `leased`, `succeeded`, `failed`, `canceled`, `interrupted`.
@@ -192,7 +193,12 @@ pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         id: row.try_get("id")?,
         run_id: row.try_get("run_id")?,
-        phase: row.try_get("phase")?,
+        phase: {
+            let phase: String = row.try_get("phase")?;
+            phase
+                .parse()
+                .map_err(|e: keyward_proto::claims::UnknownPhase| StoreError::Corrupt(format!("jobs.phase: {e}")))?
+        },
         pool: row.try_get("pool")?,
         state: row.try_get("state")?,
         attempt: row.try_get("attempt")?,
@@ -404,12 +410,12 @@ pub fn insert_review(run_id: &str, review: &ReviewRow) -> Write {
 }
 
 /// Queues the `phase` job `job_id` of `run_id` in `pool`.
-pub fn queue_job(job_id: &str, run_id: &str, phase: &str, pool: &str, now: i64) -> Write {
+pub fn queue_job(job_id: &str, run_id: &str, phase: Phase, pool: &str, now: i64) -> Write {
     Write::one(
         format!("{phase} job of run {run_id}"),
         "INSERT INTO jobs (id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, \
          error, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 0, NULL, 0, NULL, NULL, $5, $5)",
-        vec![job_id.into(), run_id.into(), phase.into(), pool.into(), now.into()],
+        vec![job_id.into(), run_id.into(), phase.as_str().into(), pool.into(), now.into()],
     )
 }
 

@@ -17,6 +17,7 @@ use keyward_broker::runs::{
     Drift, JobOutcome, JobReport, RunError, RunKind, RunState, Runs, StackSpec, Submission, Verdict,
 };
 use keyward_broker::store::{DatabaseLocation, Store};
+use keyward_proto::claims::Phase;
 use keyward_tests::audit::Audit;
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;
@@ -222,7 +223,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     }
     let raced_run = runs.run(&raced).await.unwrap();
     assert_eq!(raced_run.state, "applying");
-    assert_eq!(raced_run.jobs.iter().filter(|j| j.phase == "apply").count(), 1, "one apply job");
+    assert_eq!(raced_run.jobs.iter().filter(|j| j.phase == Phase::Apply).count(), 1, "one apply job");
 
     // A canceled run's queued job is never leased.
     let canceled = runs.submit(submission("network", None), "ken", caller()).await.unwrap();
