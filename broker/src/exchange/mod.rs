@@ -23,7 +23,7 @@
 
 pub mod aws;
 pub mod enforce;
-mod input;
+mod policy_input;
 mod response;
 mod subject;
 pub mod trusted_issuers;
@@ -580,7 +580,7 @@ impl Exchanger {
         let Some(policies) = &self.policies else {
             return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);
         };
-        let input = input::credentials_input(subject, target, requested_ttl, now);
+        let input = policy_input::credentials_input(subject, target, requested_ttl, now);
         Ok(policies.decide(PolicyKind::Credentials, input))
     }
 
@@ -791,7 +791,7 @@ pub fn subject_view(
         SubjectKind::Run | SubjectKind::Job => serde_json::Map::new(),
     };
     Ok(SubjectView {
-        input: input::credentials_input(&subject, target, requested_ttl, now),
+        input: policy_input::credentials_input(&subject, target, requested_ttl, now),
         recorded_claims,
         role_session_name: role_session_name(&subject.run.run_id),
     })

@@ -8,10 +8,10 @@
 
 mod error;
 mod git;
-mod input;
 mod jobs;
 mod kind;
 mod plans;
+mod policy_input;
 pub mod redact;
 pub mod reviews;
 mod signals;
@@ -271,7 +271,7 @@ impl Runs {
         let run = self.new_run(submission, &stack, pull_request, who).await?;
         let now = run.created_at;
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
-        let decision = self.decide(PolicyKind::Run, || input::run_input(&run, &stack, now));
+        let decision = self.decide(PolicyKind::Run, || policy_input::run_input(&run, &stack, now));
         if !decision.permits() {
             return Err(self.refuse_run(context, decision, now).await);
         }
@@ -383,7 +383,7 @@ impl Runs {
         let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
         reviews.push(review.clone());
         let decision = self.decide(PolicyKind::Approval, || {
-            input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
+            policy_input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
         });
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),

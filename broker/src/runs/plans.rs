@@ -184,7 +184,7 @@ pub fn read_plan_json(plan_json: &[u8], run: &RunRow, stack: &Stack, now: i64) -
     let redacted = Redactor::new().redact(&mut plan);
     let stored_json = plan.to_string();
     let counts = change_counts(&plan);
-    Ok(ReadPlan { stored_json, redacted, counts, input: super::input::plan_input(run, stack, plan, now) })
+    Ok(ReadPlan { stored_json, redacted, counts, input: super::policy_input::plan_input(run, stack, plan, now) })
 }
 
 /// How many resources the plan creates, updates, deletes and replaces.
