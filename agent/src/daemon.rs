@@ -29,6 +29,7 @@ use crate::enroll::{identity_from, key_and_csr, rediscover};
 use crate::job::{Job, Refused};
 use crate::launch::Layers;
 use crate::logs::{Chunk, JobLog, MaskRules, Outbox, Patterns, Signer};
+use crate::plans::Plans;
 use crate::runner::{Outcome, Runner};
 use crate::slots::Slots;
 
@@ -450,7 +451,8 @@ impl Daemon {
             log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
                 .await;
         }
-        let outcome = self.settings.runner.run(job, &slot, client, &credentials, &log, layers, canceled).await;
+        let mut plans = Plans::new(client.clone());
+        let outcome = self.settings.runner.run(job, &slot, &mut plans, &credentials, &log, layers, canceled).await;
         // The credential files go first, then the slot's directory, and only then is the slot
         // (and its uid) free for another job.
         drop(credentials);

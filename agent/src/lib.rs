@@ -20,6 +20,7 @@ pub mod job;
 pub mod launch;
 pub mod logs;
 pub mod planfile;
+pub mod plans;
 pub mod runner;
 pub mod slots;
 pub mod source;

@@ -8,16 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 use crate::credentials::JobCredentials;
 use crate::idrange::JobIds;
 use crate::job::{Job, Task};
 use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
+use crate::plans::Plans;
 use crate::slots::Slot;
 use crate::source::{self, SourceError};
 use crate::step::{self, Cancel, StepEnd};
@@ -104,7 +103,7 @@ impl Runner {
         &self,
         job: &Job,
         slot: &Slot,
-        client: &mut AgentServiceClient<Channel>,
+        plans: &mut Plans,
         credentials: &JobCredentials,
         log: &JobLog,
         layers: &Layers,
@@ -136,7 +135,7 @@ impl Runner {
         };
         let result = match work {
             Work::Exec(command) => self.exec(command, setting, &mut cancel).await.map(|()| None),
-            Work::Terraform(binary) => self.terraform(binary, setting, client, credentials, &mut cancel).await,
+            Work::Terraform(binary) => self.terraform(binary, setting, plans, credentials, &mut cancel).await,
         };
         outcome(result, job, log).await
     }
@@ -156,7 +155,7 @@ impl Runner {
         &self,
         binary: &Path,
         setting: Setting<'_>,
-        client: &mut AgentServiceClient<Channel>,
+        plans: &mut Plans,
         credentials: &JobCredentials,
         cancel: &mut Cancel,
     ) -> Result<Option<Drift>, PhaseError> {
@@ -189,9 +188,9 @@ impl Runner {
             host_ids,
         };
         match job.task {
-            Task::Plan => phase.plan(client, log, cancel).await.map(|()| None),
+            Task::Plan => phase.plan(plans, log, cancel).await.map(|()| None),
             Task::CheckDrift => phase.check_drift(log, cancel).await.map(Some),
-            Task::Apply => phase.apply(client, log, cancel).await.map(|()| None),
+            Task::Apply => phase.apply(plans, log, cancel).await.map(|()| None),
         }
     }
 
@@ -359,9 +358,12 @@ mod tests {
         (JobLog::new(&job(), &rules, 1 << 20, Arc::clone(&outbox)), outbox)
     }
 
-    /// A client that is never called (exec jobs talk to no broker).
-    fn client() -> AgentServiceClient<Channel> {
-        AgentServiceClient::new(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy())
+    /// Plans that are never asked for (exec jobs talk to no broker).
+    fn plans() -> Plans {
+        use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
+        Plans::new(AgentServiceClient::new(
+            tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+        ))
     }
 
     /// A slot of its own, in a temporary data dir removed with the first value.
@@ -384,7 +386,7 @@ mod tests {
         let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let ok = exec("test \"$KEYWARD_PHASE\" = plan && echo planned")
-            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut plans(), &JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
         log.finish().await;
@@ -394,7 +396,7 @@ mod tests {
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let failed = exec("echo boom; exit 3")
-            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut plans(), &JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
@@ -423,7 +425,7 @@ mod tests {
             let (_data, slot) = slot();
             let (log, _outbox) = new_log();
             exec(&command)
-                .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), canceled)
+                .run(&job(), &slot, &mut plans(), &JobCredentials::default(), &log, &Layers::default(), canceled)
                 .await
         });
         let started = std::time::Instant::now();
@@ -450,9 +452,8 @@ mod tests {
         let (_data, slot) = slot();
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
-        let late = runner
-            .run(&job(), &slot, &mut client(), &JobCredentials::default(), &log, &Layers::default(), cancel)
-            .await;
+        let late =
+            runner.run(&job(), &slot, &mut plans(), &JobCredentials::default(), &log, &Layers::default(), cancel).await;
         assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }
 }

@@ -17,21 +17,17 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use aws_lc_rs::digest;
-use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{FetchPlanRequest, PlanPart};
-use tonic::transport::Channel;
 
 use crate::idrange::JobIds;
 use crate::job::Job;
 use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::planfile::{self, PlanFileError};
+use crate::plans::Plans;
 use crate::step::{self, Cancel, StepEnd};
 
 /// The saved plan's file name in the configuration's directory.
 pub const PLAN_FILE: &str = "keyward.tfplan";
-/// The largest slice of a plan in one message.
-const PLAN_PART: usize = 128 * 1024;
 /// The largest `terraform show -json` kept.
 const MAX_PLAN_JSON: usize = 24 * 1024 * 1024;
 /// The largest saved plan read (the broker takes no more either).
@@ -164,12 +160,7 @@ impl Phase<'_> {
     }
 
     /// `terraform init`, `plan -out`, `show -json`; submits the plan and logs the verdict.
-    pub async fn plan(
-        &self,
-        client: &mut AgentServiceClient<Channel>,
-        log: &JobLog,
-        cancel: &mut Cancel,
-    ) -> Result<(), PhaseError> {
+    pub async fn plan(&self, plans: &mut Plans, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
         self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
         self.terraform(&["plan", "-input=false", "-no-color", &format!("-out={PLAN_FILE}")], log, cancel, None).await?;
         // Read at once, before anything else runs in the sandbox, without following a link the
@@ -182,19 +173,8 @@ impl Phase<'_> {
         let json = self.terraform_with_plan(&show, &judged, log, cancel, Some(MAX_PLAN_JSON)).await?;
         let submitting = std::time::Instant::now();
         let plan_json = log.mask(&json).await;
-        let part = |plan_file: &[u8], plan_json: &[u8]| PlanPart {
-            job_id: self.job.job_id.clone(),
-            fencing_token: self.job.fencing_token,
-            plan_file: plan_file.to_vec(),
-            plan_json: plan_json.to_vec(),
-        };
-        let mut parts: Vec<PlanPart> = plan_file.chunks(PLAN_PART).map(|slice| part(slice, &[])).collect();
-        parts.extend(plan_json.chunks(PLAN_PART).map(|slice| part(&[], slice)));
-        let verdict = client
-            .submit_plan(tokio_stream::iter(parts))
-            .await
-            .map_err(|status| PhaseError::Failed(format!("the broker refused the plan: {}", status.message())))?
-            .into_inner();
+        let verdict =
+            plans.submit(self.job, &plan_file, &plan_json).await.map_err(|e| PhaseError::Failed(e.to_string()))?;
         log.note(&format!(
             "keyward: saved plan sha256 {} submitted in {:.2} s",
             keyward_proto::encoding::hex(&verdict.plan_sha256),
@@ -229,27 +209,12 @@ impl Phase<'_> {
     }
 
     /// Fetches the saved plan, checks its digest, `terraform init`, `terraform apply` it.
-    pub async fn apply(
-        &self,
-        client: &mut AgentServiceClient<Channel>,
-        log: &JobLog,
-        cancel: &mut Cancel,
-    ) -> Result<(), PhaseError> {
+    pub async fn apply(&self, plans: &mut Plans, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
         if self.job.plan_sha256.len() != 32 {
             return Err(PhaseError::Failed("the apply names no saved plan; it is never planned afresh".to_owned()));
         }
         let fetching = std::time::Instant::now();
-        let refused =
-            |status: tonic::Status| PhaseError::Failed(format!("cannot fetch the saved plan: {}", status.message()));
-        let mut parts = client
-            .fetch_plan(FetchPlanRequest { job_id: self.job.job_id.clone(), fencing_token: self.job.fencing_token })
-            .await
-            .map_err(refused)?
-            .into_inner();
-        let mut plan_file = Vec::new();
-        while let Some(part) = parts.message().await.map_err(refused)? {
-            plan_file.extend_from_slice(&part.plan_file);
-        }
+        let plan_file = plans.fetch(self.job).await.map_err(|e| PhaseError::Failed(e.to_string()))?;
         let actual = digest::digest(&digest::SHA256, &plan_file);
         if actual.as_ref() != self.job.plan_sha256.as_slice() {
             return Err(PhaseError::Failed(format!(
