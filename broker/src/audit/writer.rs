@@ -336,9 +336,6 @@ async fn commit(
 /// Writes one batch inside one transaction: claim the subject tokens (a replay writes its
 /// refusal instead), run each request's guarded writes, bump the head, then number, hash and
 /// insert the entries with their lookup keys and new tree nodes, and commit.
-///
-/// Long by design: one transaction's statements in the order they must run; each step is a
-/// line or two, and splitting them would spread the transaction over functions.
 async fn write_batch(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
