@@ -15,7 +15,7 @@ use keyward_broker::policy::{Outcome, PolicyKind, PolicySet};
 
 fn input(phase: &str, access: &str, approvers: &[&str]) -> serde_json::Value {
     serde_json::json!({
-        "subject": {"kind": "run", "issuer": "https://keyward.example.com", "claims": {"sub": "stack:network:phase:apply"}},
+        "subject": {"kind": "job", "issuer": "spiffe://keyward.example.com", "claims": {"sub": "spiffe://keyward.example.com/agent/a1"}},
         "run": {
             "id": "run-01JD5Z8Q4M6V7X3K2B9N0C1D2E", "stack_id": "network", "stack": "network", "phase": phase,
             "repository": "https://git.example.com/platform/infra.git",
