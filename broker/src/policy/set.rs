@@ -92,6 +92,26 @@ fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
     }
 }
 
+/// The package of the broker's generated collector rules (one per policy kind).
+const COLLECTOR: &str = "keyward_broker_outputs";
+
+/// The collector module: for each kind, a set of `[rule, value]` pairs, one per output rule its
+/// package defines for an input (an undefined output is left out, as when the package was
+/// evaluated whole).
+fn collector_module() -> String {
+    let mut module = format!("package {COLLECTOR}\n");
+    for kind in PolicyKind::ALL {
+        for rule in output_rules(kind) {
+            module.push_str(&format!(
+                "{} contains [\"{rule}\", value] if {{ value := data.{}.{rule} }}\n",
+                kind.as_str(),
+                kind.package()
+            ));
+        }
+    }
+    module
+}
+
 /// Largest policy or data file read.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -159,6 +179,9 @@ impl PolicySet {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
+        engine
+            .add_policy("(keyward outputs)".to_owned(), collector_module())
+            .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
         // A first evaluation of every package, with an empty input, makes regorus analyse the set
         // now (so the clones decisions use start prepared) and finds calls to built-ins that do
         // not exist here, such as the network and clock ones, wherever they are reached without
@@ -216,22 +239,25 @@ impl PolicySet {
         }
         let mut engine = self.engine.clone();
         engine.set_input(regorus::Value::from(input));
-        let results =
-            engine.eval_query(format!("data.{}", kind.package()), false).map_err(|error| match error
-                .downcast_ref::<regorus::LimitError>()
-            {
-                Some(regorus::LimitError::TimeLimitExceeded { .. }) => EvalError::TimeLimit(self.timeout),
-                _ => EvalError::Failed(error.to_string()),
-            })?;
-        // No result: the package is undefined for this input, which is a deny by default.
-        let Some(value) = results.result.first().and_then(|r| r.expressions.first()).map(|e| &e.value) else {
-            return Ok(serde_json::Value::Object(serde_json::Map::new()));
-        };
-        let document = serde_json::to_value(value).map_err(|e| EvalError::Failed(e.to_string()))?;
+        // One rule, the collector of this kind's outputs: only what the outputs depend on is
+        // evaluated, and nothing but the outputs is converted back.
+        let rule = format!("data.{COLLECTOR}.{}", kind.as_str());
+        let value = engine.eval_rule(rule).map_err(|error| {
+            let timed_out = matches!(
+                error.downcast_ref::<regorus::LimitError>(),
+                Some(regorus::LimitError::TimeLimitExceeded { .. })
+            );
+            if timed_out { EvalError::TimeLimit(self.timeout) } else { EvalError::Failed(error.to_string()) }
+        })?;
         let mut outputs = serde_json::Map::new();
-        for rule in output_rules(kind) {
-            if let Some(value) = document.get(*rule) {
-                outputs.insert((*rule).to_owned(), value.clone());
+        // Undefined or empty: no output rule is defined for this input, a deny by default.
+        if let regorus::Value::Set(pairs) = &value {
+            for pair in pairs.iter() {
+                let regorus::Value::Array(pair) = pair else { continue };
+                if let [regorus::Value::String(rule), value] = pair.as_slice() {
+                    let value = serde_json::to_value(value).map_err(|e| EvalError::Failed(e.to_string()))?;
+                    outputs.insert(rule.to_string(), value);
+                }
             }
         }
         Ok(serde_json::Value::Object(outputs))
