@@ -179,6 +179,12 @@ impl PolicySet {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
+        if packages.iter().any(|p| p == &format!("data.{COLLECTOR}")) {
+            return Err(PolicyError::Prepare {
+                dir: origin.to_owned(),
+                message: format!("package {COLLECTOR} is the broker's own; name the package otherwise"),
+            });
+        }
         engine
             .add_policy("(keyward outputs)".to_owned(), collector_module())
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
@@ -304,6 +310,19 @@ deny contains "plan tokens get read targets only" if {
 
 ttl_seconds := 600 if input.run.phase == "plan"
 "#;
+
+    #[test]
+    fn the_collector_package_is_reserved() {
+        let sources = [(
+            "p.rego".to_owned(),
+            "package keyward_broker_outputs\n\ncredentials contains [\"allow\", true]\n".to_owned(),
+        )];
+        let error = PolicySet::from_sources(Path::new("p"), &sources, Duration::from_secs(1)).err();
+        assert!(
+            error.as_ref().is_some_and(|e| e.to_string().contains("keyward_broker_outputs is the broker's own")),
+            "{error:?}"
+        );
+    }
 
     #[test]
     fn decisions_follow_the_policy() -> Result<(), PolicyError> {
