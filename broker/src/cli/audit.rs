@@ -19,7 +19,8 @@ use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::verify::{verify_export, verify_export_leaves};
-use keyward_proto::encoding::hex;
+use keyward_audit::proof::InclusionAnswer;
+use keyward_proto::encoding::{hex, hex_decode};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {
@@ -294,11 +295,7 @@ async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<(
 
 pub(super) fn parse_hash(value: &Value) -> anyhow::Result<Hash> {
     let text = value.as_str().context("a hash is missing")?;
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<_>>()
-        .context("a hash is not hex")?;
+    let bytes = hex_decode(text).context("a hash is not hex")?;
     bytes.try_into().map_err(|_| anyhow::anyhow!("a hash is not 32 bytes"))
 }
 
@@ -312,15 +309,16 @@ async fn prove_entry(client: &Client, seq: u64, size: Option<u64>, json: bool) -
         path.push_str(&format!("&size={size}"));
     }
     let answer = client.get(&path).await?;
-    let size = at(&answer, "/size").as_u64().context("no size")?;
-    let leaf = parse_hash(at(&answer, "/leaf_hash"))?;
-    let root = parse_hash(at(&answer, "/root"))?;
-    merkle::verify_inclusion(&leaf, seq, size, &parse_hashes(at(&answer, "/proof"))?, &root)
-        .with_context(|| format!("the broker's inclusion proof for entry {seq} does not verify"))?;
+    let proof: InclusionAnswer =
+        serde_json::from_value(answer.clone()).context("the broker's inclusion proof is malformed")?;
+    if proof.seq != seq {
+        bail!("the broker answered with a proof for entry {}, not entry {seq}", proof.seq);
+    }
+    proof.verify()?;
     if json {
         return print_json(&json!({ "verified": true, "proof": answer }));
     }
-    outln!("entry {seq} is in the log of {size} entries with head {} (verified here)", hex(&root))?;
+    outln!("entry {seq} is in the log of {} entries with head {} (verified here)", proof.size, hex(&proof.root))?;
     Ok(())
 }
 
