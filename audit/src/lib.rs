@@ -26,5 +26,6 @@ pub mod export;
 pub mod joblog;
 pub mod merkle;
 pub mod proof;
+pub mod tiles;
 
 pub use entry::{AuditEvent, Context, Entry, Kind, kinds};

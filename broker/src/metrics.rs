@@ -154,6 +154,14 @@ fn render_audit(out: &mut Exposition, audit: &AuditStats, sinks: &[Arc<Sink>]) {
     out.sample("keyward_audit_failed_commits_total", "", audit.failed_commits());
     out.family("keyward_audit_healthy", "gauge", "Whether the last audit log commit succeeded.");
     out.sample("keyward_audit_healthy", "", u8::from(audit.healthy()));
+    out.family(
+        "keyward_audit_integrated_entries",
+        "gauge",
+        "Audit entries covered by tiles and lookup keys (the rest are read from their batches).",
+    );
+    out.sample("keyward_audit_integrated_entries", "", audit.integrated());
+    out.family("keyward_audit_integration_failures_total", "counter", "Audit integrator steps that failed.");
+    out.sample("keyward_audit_integration_failures_total", "", audit.integration_failures());
     let per_sink: [SinkFamily; 4] = [
         ("delivered_total", "Audit entries delivered by a sink.", "counter", SinkStats::delivered),
         ("failures_total", "Failed sink delivery attempts (each is retried).", "counter", SinkStats::failures),

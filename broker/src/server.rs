@@ -289,8 +289,9 @@ fn open_sinks(sinks: &[SinkConfig]) -> Result<Vec<Arc<Sink>>, StartError> {
     sinks.iter().map(|sink| Sink::new(sink).map(Arc::new).map_err(StartError::HttpClient)).collect()
 }
 
-/// The tasks that run beside the HTTP server: key maintenance, sink deliveries, checkpoints,
-/// replay-cache pruning, policy reloads on SIGHUP and lease expiry. They are aborted when it stops.
+/// The tasks that run beside the HTTP server: key maintenance, the audit integrator, sink
+/// deliveries, checkpoints, replay-cache pruning, policy reloads on SIGHUP and lease expiry.
+/// They are aborted when it stops.
 struct Background(Vec<tokio::task::JoinHandle<()>>);
 
 impl Background {
@@ -302,6 +303,7 @@ impl Background {
             state.audit.clone(),
             Arc::clone(clock),
         ))];
+        tasks.push(tokio::spawn(crate::audit::integrator::run(store.clone(), state.audit.clone())));
         for sink in state.sinks.iter() {
             tasks.push(tokio::spawn(Arc::clone(sink).run(store.clone(), state.audit.committed())));
         }

@@ -13,10 +13,12 @@
 //!
 //! - [`writer`]: the group-commit writer; an entry is durable before the action it records is
 //!   acknowledged, and a failed write fails the action (fail closed);
+//! - [`integrator`]: tiles and lookup keys built from committed batches, off the append path;
 //! - [`tree`]: heads and proofs from the stored tree; [`log_key`]: the checkpoint key, sealed;
 //! - [`sinks`]: at-least-once delivery to a rotated file and signed webhooks, off the append path.
 
 pub mod events;
+pub mod integrator;
 pub mod log_key;
 pub mod sinks;
 pub mod tree;

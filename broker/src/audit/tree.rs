@@ -1,5 +1,5 @@
-//! The stored tree: heads, proofs and checkpoints answered from `audit_nodes`, each with one read
-//! of exactly the subtrees the answer needs.
+//! The stored tree: heads, proofs and checkpoints, each answered from exactly the tiles it needs
+//! (plus the leaf hashes of entries the integrator has not reached yet).
 
 use super::log_key::LogKey;
 use super::merkle::{self, Hash, NodeMap, ProofError, Query};
@@ -16,9 +16,9 @@ pub enum TreeError {
     Proof(#[from] ProofError),
 }
 
-async fn fetch(store: &Store, query: Query) -> Result<NodeMap, TreeError> {
+async fn fetch(store: &Store, query: Query, size: u64) -> Result<NodeMap, TreeError> {
     let wanted: Vec<(u32, u64)> = merkle::needed_subtrees(query)?.into_iter().collect();
-    Ok(NodeMap(store.audit_nodes(&wanted).await?))
+    Ok(NodeMap(store.audit_subtrees(&wanted, size).await?))
 }
 
 /// Checks that `size` entries exist.
@@ -33,19 +33,19 @@ async fn within(store: &Store, size: u64) -> Result<(), TreeError> {
 /// The head of the tree of the first `size` entries.
 pub async fn root(store: &Store, size: u64) -> Result<Hash, TreeError> {
     within(store, size).await?;
-    Ok(merkle::root(&fetch(store, Query::Root(size)).await?, size)?)
+    Ok(merkle::root(&fetch(store, Query::Root(size), size).await?, size)?)
 }
 
 /// The inclusion proof of entry `index` in the tree of `size` entries.
 pub async fn inclusion(store: &Store, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
     within(store, size).await?;
-    Ok(merkle::inclusion_proof(&fetch(store, Query::Inclusion { index, size }).await?, index, size)?)
+    Ok(merkle::inclusion_proof(&fetch(store, Query::Inclusion { index, size }, size).await?, index, size)?)
 }
 
 /// The consistency proof between the trees of `old` and `new` entries.
 pub async fn consistency(store: &Store, old: u64, new: u64) -> Result<Vec<Hash>, TreeError> {
     within(store, new).await?;
-    Ok(merkle::consistency_proof(&fetch(store, Query::Consistency { old, new }).await?, old, new)?)
+    Ok(merkle::consistency_proof(&fetch(store, Query::Consistency { old, new }, new).await?, old, new)?)
 }
 
 /// Signs and stores a checkpoint of the log as it is now.

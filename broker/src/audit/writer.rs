@@ -29,14 +29,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{AuditEvent, PreparedEvent};
-use super::merkle::{self, Hash};
+use super::merkle::{self, Hash, NodeMap};
 use crate::store::audit_batch as batch;
+use crate::store::audit_codec::BatchEncoder;
 use crate::store::write::{self as guarded, Refusal, Write};
 use crate::store::{Backend, Store, StoreError};
 
 /// Largest number of entries one transaction takes. Bounds the statement size and how long one
 /// commit holds SQLite's write lock.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 4096;
 
 /// Entries that may wait for the writer before `write` itself waits (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -169,6 +170,10 @@ pub struct Stats {
     entries: AtomicU64,
     failed_commits: AtomicU64,
     healthy: AtomicBool,
+    /// Entries the integrator has covered with tiles and lookup keys (set by `integrator`).
+    pub(super) integrated: AtomicU64,
+    /// Integrator steps that failed.
+    pub(super) integration_failures: AtomicU64,
 }
 
 impl Default for Stats {
@@ -178,6 +183,8 @@ impl Default for Stats {
             entries: AtomicU64::new(0),
             failed_commits: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            integrated: AtomicU64::new(0),
+            integration_failures: AtomicU64::new(0),
         }
     }
 }
@@ -201,6 +208,16 @@ impl Stats {
     /// Batches that failed to commit (every entry in them was refused).
     pub fn failed_commits(&self) -> u64 {
         self.failed_commits.load(Ordering::Relaxed)
+    }
+
+    /// Entries the integrator has covered with tiles and lookup keys, as it last reported.
+    pub fn integrated(&self) -> u64 {
+        self.integrated.load(Ordering::Relaxed)
+    }
+
+    /// Integrator steps that failed.
+    pub fn integration_failures(&self) -> u64 {
+        self.integration_failures.load(Ordering::Relaxed)
     }
 }
 
@@ -371,43 +388,45 @@ async fn write_batch(
     if count == 0 {
         // A probe: prove the database takes a write of a real batch's size.
         batch::probe(conn).await?;
+        batch::commit(conn).await?;
+        return Ok((outcomes, 0));
     }
     let start = end - count;
     let mut nodes =
         if tree.size == Some(start) { std::mem::take(&mut tree.nodes) } else { load_frontier(conn, start).await? };
-    let mut rows = Vec::with_capacity(events.len());
-    let mut new_nodes = Vec::with_capacity(events.len() * 2);
-    let mut refs = Vec::new();
+    let mut encoder = BatchEncoder::with_capacity(events.len());
     for (offset, event) in events.iter().enumerate() {
         let seq = start + offset as u64;
-        let body = event.body(seq);
-        let leaf = merkle::leaf_hash(body.as_bytes());
-        let (mut level, mut index, mut hash) = (0u32, seq, leaf);
-        nodes.insert((level, index), hash);
-        new_nodes.push((level, index, hash));
-        while !index.is_multiple_of(2) {
-            let left = nodes.get(&(level, index - 1)).ok_or_else(|| {
-                StoreError::Corrupt(format!("audit tree has no node at level {level}, index {}", index - 1))
-            })?;
-            hash = merkle::node_hash(left, &hash);
-            level += 1;
-            index /= 2;
-            nodes.insert((level, index), hash);
-            new_nodes.push((level, index, hash));
-        }
-        for reference in &event.refs {
-            refs.push((reference.as_str(), seq));
-        }
-        rows.push((seq, event.at, event.kind, body));
+        let leaf = merkle::leaf_hash(encoder.push(event.kind, &event.refs, &event.body(seq))?);
+        extend(&mut nodes, seq, leaf)?;
     }
-    batch::insert_entries(conn, backend, &rows).await?;
-    batch::insert_nodes(conn, backend, &new_nodes).await?;
-    batch::insert_refs(conn, backend, &refs).await?;
-    batch::commit(conn).await?;
-    let keep: HashSet<(u32, u64)> = merkle::frontier(end).into_iter().collect();
+    let keep = merkle::frontier(end);
     nodes.retain(|key, _| keep.contains(key));
+    let frontier: Vec<Hash> = keep.iter().filter_map(|key| nodes.get(key).copied()).collect();
+    let root = merkle::root(&NodeMap(nodes), end).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let body = encoder.finish()?;
+    let row = batch::NewBatch { first_seq: start, n: count, body: &body, root: &root, frontier: &frontier };
+    batch::insert_batch(conn, &row).await?;
+    batch::commit(conn).await?;
+    let nodes = keep.iter().copied().zip(frontier).collect();
     *tree = Frontier { size: Some(end), nodes };
     Ok((outcomes, count))
+}
+
+/// Adds leaf `seq` to the right edge `nodes`, with every subtree it completes.
+fn extend(nodes: &mut HashMap<(u32, u64), Hash>, seq: u64, leaf: Hash) -> Result<(), StoreError> {
+    let (mut level, mut index, mut hash) = (0u32, seq, leaf);
+    nodes.insert((level, index), hash);
+    while !index.is_multiple_of(2) {
+        let left = nodes.get(&(level, index - 1)).ok_or_else(|| {
+            StoreError::Corrupt(format!("audit tree has no node at level {level}, index {}", index - 1))
+        })?;
+        hash = merkle::node_hash(left, &hash);
+        level += 1;
+        index /= 2;
+        nodes.insert((level, index), hash);
+    }
+    Ok(())
 }
 
 fn unix_now() -> i64 {
@@ -416,10 +435,21 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Reads the frontier of a tree of `size` leaves.
+/// Reads the frontier of a tree of `size` leaves: recorded with the last batch, or (when that
+/// batch was pruned) recomputed from the tiles.
 async fn load_frontier(conn: &mut sqlx::AnyConnection, size: u64) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
     let wanted = merkle::frontier(size);
-    let nodes = crate::store::audit::nodes_in(&mut *conn, &wanted).await?;
+    if let Some(hashes) = batch::frontier_at(conn, size).await? {
+        if hashes.len() != wanted.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the last audit batch records {} frontier hashes, a tree of {size} entries has {}",
+                hashes.len(),
+                wanted.len()
+            )));
+        }
+        return Ok(wanted.into_iter().zip(hashes).collect());
+    }
+    let nodes = crate::store::audit::subtrees_on(&mut *conn, &wanted, size).await?;
     if nodes.len() != wanted.len() {
         return Err(StoreError::Corrupt(format!(
             "the audit tree of {size} entries is missing {} of its {} frontier nodes",

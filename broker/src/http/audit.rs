@@ -123,7 +123,7 @@ pub(super) async fn inclusion(
     let proof = tree::inclusion(&state.store, query.seq, size).await?;
     let root = tree::root(&state.store, size).await?;
     // The leaf hash from the tree, not the entry: it is there for pruned entries too.
-    let leaf = state.store.audit_nodes(&[(0, query.seq)]).await.map_err(store_error)?;
+    let leaf = state.store.audit_subtrees(&[(0, query.seq)], size).await.map_err(store_error)?;
     let leaf = leaf.get(&(0, query.seq)).ok_or_else(|| ApiError::not_found(format!("no entry {}", query.seq)))?;
     Ok(Json(json!({
         "seq": query.seq,

@@ -1,14 +1,21 @@
-//! Reading the audit log's tables. Appends happen only in `audit::writer`, in one transaction with
-//! the tree's new nodes; this module reads entries, nodes, lookup keys and checkpoints, and keeps
-//! the checkpoint signing key.
+//! Reading the audit log's tables. Appends happen only in `audit::writer` (one batch row per
+//! commit); tiles and lookup keys are added by the integrator (`store::audit_integrate`). This
+//! module reads entries, subtree hashes, lookup keys and checkpoints, and keeps the checkpoint
+//! signing key.
+//!
+//! Every read that uses what the integrator builds reads its cursor first and then takes the
+//! entries past it from the batches themselves, so an answer is never stale or missing an entry
+//! the integrator has not reached: lookup keys and tiles cover `seq < cursor`, batch bodies the
+//! rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::Row as _;
-use sqlx::any::AnyRow;
 
+use super::audit_codec::{self, BatchEntry};
 use super::{Store, StoreError, conflict_or};
-use keyward_audit::merkle::Hash;
+use keyward_audit::merkle::{self, Hash, ProofError, Subtrees as _};
+use keyward_audit::tiles::{TileId, TiledTree};
 
 /// An entry as stored: its sequence number and the canonical JSON that was hashed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,38 +53,234 @@ fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
     bytes.try_into().map_err(|_| StoreError::Corrupt(format!("a tree hash has {} bytes, not 32", bytes.len())))
 }
 
-fn entry(row: &AnyRow) -> Result<StoredEntry, StoreError> {
-    Ok(StoredEntry { seq: to_u64(row.try_get("seq")?)?, kind: row.try_get("kind")?, body: row.try_get("body")? })
+/// The tiles among `wanted` that are stored (one query).
+pub(crate) async fn tiles_in(
+    conn: &mut sqlx::AnyConnection,
+    wanted: &[TileId],
+) -> Result<HashMap<TileId, Vec<Hash>>, StoreError> {
+    let mut tiles = HashMap::with_capacity(wanted.len());
+    for chunk in wanted.chunks(256) {
+        let mut sql = String::from("SELECT level, idx, hashes FROM audit_tiles WHERE ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for tile in chunk {
+            query = query.bind(i32::try_from(tile.level).unwrap_or(i32::MAX)).bind(to_i64(tile.index));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let level: i32 = row.try_get("level")?;
+            let index: i64 = row.try_get("idx")?;
+            let bytes: Vec<u8> = row.try_get("hashes")?;
+            let level = u32::try_from(level).map_err(|_| StoreError::Corrupt(format!("tile level {level}")))?;
+            tiles.insert(TileId { level, index: to_u64(index)? }, to_hashes(&bytes)?);
+        }
+    }
+    Ok(tiles)
 }
 
-/// The subtree hashes at `wanted` positions that exist (one query).
-pub(crate) async fn nodes_in<'e, E>(executor: E, wanted: &[(u32, u64)]) -> Result<HashMap<(u32, u64), Hash>, StoreError>
+fn to_hashes(bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(StoreError::Corrupt(format!("a tile has {} bytes, not a multiple of 32", bytes.len())));
+    }
+    bytes.chunks_exact(32).map(to_hash).collect()
+}
+
+/// How far the integrator has come: tiles and lookup keys cover the entries below it.
+pub(crate) async fn integrated<'e, E>(executor: E) -> Result<u64, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    if wanted.is_empty() {
-        return Ok(HashMap::new());
+    to_u64(sqlx::query("SELECT size FROM audit_integration WHERE id = 1").fetch_one(executor).await?.try_get("size")?)
+}
+
+/// A stored batch, decoded.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Sequence number of its first entry.
+    pub(crate) first_seq: u64,
+    /// Its entries, in order.
+    pub(crate) entries: Vec<BatchEntry>,
+    /// The tree head recorded after it.
+    pub(crate) root: Hash,
+}
+
+impl Batch {
+    /// Its entries with their sequence numbers.
+    pub(crate) fn numbered(&self) -> impl Iterator<Item = (u64, &BatchEntry)> {
+        (self.first_seq..).zip(&self.entries)
     }
-    let mut sql = String::from("SELECT level, idx, hash FROM audit_nodes WHERE ");
-    for i in 0..wanted.len() {
-        if i > 0 {
-            sql.push_str(" OR ");
+}
+
+/// Up to `max_rows` batches holding entries in `from..to`, in order (the first may start before
+/// `from`).
+pub(crate) async fn batches_between(
+    conn: &mut sqlx::AnyConnection,
+    from: u64,
+    to: u64,
+    max_rows: u64,
+) -> Result<Vec<Batch>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT first_seq, n, codec, body, root FROM audit_batches WHERE first_seq < $2 AND first_seq + n > $1 \
+         AND first_seq >= (SELECT COALESCE(MAX(first_seq), 0) FROM audit_batches WHERE first_seq <= $1) \
+         ORDER BY first_seq LIMIT $3",
+    )
+    .bind(to_i64(from))
+    .bind(to_i64(to))
+    .bind(to_i64(max_rows))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let n = to_u64(row.try_get("n")?)?;
+            let body: Vec<u8> = row.try_get("body")?;
+            let root: Vec<u8> = row.try_get("root")?;
+            Ok(Batch {
+                first_seq: to_u64(row.try_get("first_seq")?)?,
+                entries: audit_codec::decode(row.try_get("codec")?, &body, n)?,
+                root: to_hash(&root)?,
+            })
+        })
+        .collect()
+}
+
+/// Every entry with `from <= seq < to`, read from the batches (for the entries past the
+/// integrator's cursor, and for ranges).
+async fn entries_between(
+    conn: &mut sqlx::AnyConnection,
+    from: u64,
+    to: u64,
+    limit: u64,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut entries = Vec::new();
+    let mut next = from;
+    while next < to && (entries.len() as u64) < limit {
+        let batches = batches_between(conn, next, to, BATCHES_PER_READ).await?;
+        if batches.is_empty() {
+            break;
         }
-        sql.push_str(&format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2));
+        for batch in &batches {
+            for (seq, entry) in batch.numbered() {
+                if seq >= next && seq < to && (entries.len() as u64) < limit {
+                    entries.push(StoredEntry { seq, kind: entry.kind.clone(), body: entry.body.clone() });
+                }
+            }
+        }
+        let Some(last) = batches.last() else { break };
+        next = last.first_seq + last.entries.len() as u64;
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (level, index) in wanted {
-        query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index));
+    Ok(entries)
+}
+
+/// Batch rows one read takes at most (each up to 4,096 entries).
+const BATCHES_PER_READ: u64 = 8;
+
+/// The hashes of the perfect subtrees `wanted` of the tree of `size` entries, from the tiles
+/// below the integrator's cursor and the leaf hashes of the entries past it.
+pub(crate) async fn subtrees_on(
+    conn: &mut sqlx::AnyConnection,
+    wanted: &[(u32, u64)],
+    size: u64,
+) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+    let integrated = integrated(&mut *conn).await?;
+    let (tiles, needs_recent) = TiledTree::needed_tiles(integrated, wanted);
+    let tiles = tiles_in(conn, &tiles.into_iter().collect::<Vec<_>>()).await?;
+    let recent: Vec<Hash> = if needs_recent && size > integrated {
+        let entries = entries_between(conn, integrated, size, size - integrated).await?;
+        if entries.first().is_some_and(|e| e.seq != integrated) {
+            return Err(StoreError::Corrupt(format!("the audit log has no entry {integrated}")));
+        }
+        entries.iter().map(|e| merkle::leaf_hash(e.body.as_bytes())).collect()
+    } else {
+        Vec::new()
+    };
+    let tree = TiledTree { tiles: &tiles, integrated, recent: &recent };
+    wanted
+        .iter()
+        .filter_map(|&(level, index)| match tree.hash(level, index) {
+            Ok(hash) => Some(Ok(((level, index), hash))),
+            Err(ProofError::Missing { .. }) => None,
+            Err(other) => Some(Err(StoreError::Corrupt(other.to_string()))),
+        })
+        .collect()
+}
+
+/// An entry past the integrator's cursor, with its lookup keys.
+#[derive(Debug)]
+struct RecentEntry {
+    seq: u64,
+    kind: String,
+    refs: Vec<String>,
+    body: String,
+}
+
+impl From<RecentEntry> for StoredEntry {
+    fn from(entry: RecentEntry) -> Self {
+        Self { seq: entry.seq, kind: entry.kind, body: entry.body }
     }
-    let mut nodes = HashMap::with_capacity(wanted.len());
-    for row in query.fetch_all(executor).await? {
-        let level: i32 = row.try_get("level")?;
-        let index: i64 = row.try_get("idx")?;
-        let hash: Vec<u8> = row.try_get("hash")?;
-        let level = u32::try_from(level).map_err(|_| StoreError::Corrupt(format!("tree level {level}")))?;
-        nodes.insert((level, to_u64(index)?), to_hash(&hash)?);
+}
+
+/// The integrator's cursor, and every (unpruned) entry past it, read from the batches.
+async fn unintegrated(conn: &mut sqlx::AnyConnection) -> Result<(u64, Vec<RecentEntry>), StoreError> {
+    let cursor = integrated(&mut *conn).await?;
+    let pruned = pruned_before(&mut *conn).await?;
+    let mut recent = Vec::new();
+    let mut next = cursor;
+    loop {
+        let batches = batches_between(conn, next, u64::MAX >> 1, BATCHES_PER_READ).await?;
+        let Some(last) = batches.last() else { break };
+        next = last.first_seq + last.entries.len() as u64;
+        for batch in batches {
+            let first = batch.first_seq;
+            for (seq, entry) in (first..).zip(batch.entries) {
+                if seq >= cursor && seq >= pruned {
+                    recent.push(RecentEntry { seq, kind: entry.kind, refs: entry.refs, body: entry.body });
+                }
+            }
+        }
     }
-    Ok(nodes)
+    Ok((cursor, recent))
+}
+
+/// The entries at `seqs` (any order, no duplicates), in order; each batch is read once.
+async fn entries_at(conn: &mut sqlx::AnyConnection, mut seqs: Vec<u64>) -> Result<Vec<StoredEntry>, StoreError> {
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut found = Vec::with_capacity(seqs.len());
+    let mut pending = seqs.as_slice();
+    while let Some(&first) = pending.first() {
+        let batches = batches_between(conn, first, first + 1, 1).await?;
+        let Some(batch) = batches.into_iter().next() else {
+            return Err(StoreError::Corrupt(format!("the audit log has no batch holding entry {first}")));
+        };
+        let end = batch.first_seq + batch.entries.len() as u64;
+        let (inside, rest) = pending.split_at(pending.partition_point(|&seq| seq < end));
+        for &seq in inside {
+            let offset = usize::try_from(seq - batch.first_seq).unwrap_or(usize::MAX);
+            let entry = batch.entries.get(offset).ok_or_else(|| {
+                StoreError::Corrupt(format!("the audit log has no entry {seq} in the batch at {}", batch.first_seq))
+            })?;
+            found.push(StoredEntry { seq, kind: entry.kind.clone(), body: entry.body.clone() });
+        }
+        pending = rest;
+    }
+    Ok(found)
+}
+
+/// The first sequence number still readable.
+pub(crate) async fn pruned_before<'e, E>(executor: E) -> Result<u64, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    to_u64(
+        sqlx::query("SELECT pruned_before FROM audit_head WHERE id = 1")
+            .fetch_one(executor)
+            .await?
+            .try_get("pruned_before")?,
+    )
 }
 
 impl Store {
@@ -86,38 +289,41 @@ impl Store {
         to_u64(sqlx::query("SELECT size FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?.try_get("size")?)
     }
 
-    /// Entries with `from <= seq < to`, in order, at most `limit`.
+    /// Entries with `from <= seq < to`, in order, at most `limit` (none below the pruning point).
     pub async fn audit_entries(&self, from: u64, to: u64, limit: u64) -> Result<Vec<StoredEntry>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, kind, body FROM audit_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3")
-                .bind(to_i64(from))
-                .bind(to_i64(to))
-                .bind(to_i64(limit))
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(entry).collect()
+        let mut conn = self.pool.acquire().await?;
+        let from = from.max(pruned_before(&mut *conn).await?);
+        entries_between(&mut conn, from, to, limit).await
     }
 
     /// The last `limit` entries of `kind` (any kind when `None`), oldest first.
     pub async fn audit_tail(&self, kind: Option<&str>, limit: u64) -> Result<Vec<StoredEntry>, StoreError> {
-        let rows = match kind {
-            Some(kind) => {
-                sqlx::query("SELECT seq, kind, body FROM audit_entries WHERE kind = $1 ORDER BY seq DESC LIMIT $2")
-                    .bind(kind)
-                    .bind(to_i64(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT seq, kind, body FROM audit_entries ORDER BY seq DESC LIMIT $1")
-                    .bind(to_i64(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+        let Some(kind) = kind else {
+            let size = self.audit_size().await?;
+            return self.audit_entries(size.saturating_sub(limit), size, limit).await;
         };
-        let mut entries: Vec<StoredEntry> = rows.iter().map(entry).collect::<Result<_, _>>()?;
-        entries.reverse();
-        Ok(entries)
+        let mut conn = self.pool.acquire().await?;
+        let (cursor, recent) = unintegrated(&mut conn).await?;
+        let mut tail: Vec<StoredEntry> = recent.into_iter().filter(|e| e.kind == kind).map(StoredEntry::from).collect();
+        let skip = tail.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        tail.drain(..skip);
+        let wanted = limit.saturating_sub(tail.len() as u64);
+        if wanted > 0 {
+            let seqs: Vec<u64> =
+                sqlx::query("SELECT seq FROM audit_refs WHERE ref = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
+                    .bind(format!("kind:{kind}"))
+                    .bind(to_i64(cursor))
+                    .bind(to_i64(wanted))
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|row| to_u64(row.try_get("seq")?))
+                    .collect::<Result<_, _>>()?;
+            let mut older = entries_at(&mut conn, seqs).await?;
+            older.append(&mut tail);
+            tail = older;
+        }
+        Ok(tail)
     }
 
     /// Entries carrying any of `refs` (`run:<id>`, `akid:<key id>`…), in order.
@@ -125,32 +331,61 @@ impl Store {
         if refs.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = (1..=refs.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT e.seq, e.kind, e.body FROM audit_entries e WHERE e.seq IN \
-             (SELECT seq FROM audit_refs WHERE ref IN ({})) ORDER BY e.seq",
-            list.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut conn = self.pool.acquire().await?;
+        let (cursor, recent) = unintegrated(&mut conn).await?;
+        let list: Vec<String> = (2..=refs.len() + 1).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT DISTINCT seq FROM audit_refs WHERE seq < $1 AND ref IN ({})", list.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to_i64(cursor));
         for reference in refs {
             query = query.bind(reference.as_str());
         }
-        query.fetch_all(&self.pool).await?.iter().map(entry).collect()
+        let seqs: Vec<u64> = query
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| to_u64(row.try_get("seq")?))
+            .collect::<Result<_, _>>()?;
+        let mut found = entries_at(&mut conn, seqs).await?;
+        let wanted: HashSet<&str> = refs.iter().map(String::as_str).collect();
+        found.extend(
+            recent
+                .into_iter()
+                .filter(|e| {
+                    wanted.contains(format!("kind:{}", e.kind).as_str())
+                        || e.refs.iter().any(|r| wanted.contains(r.as_str()))
+                })
+                .map(StoredEntry::from),
+        );
+        Ok(found)
     }
 
     /// How many entries of `kind` the log holds.
     pub async fn audit_count(&self, kind: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_entries WHERE kind = $1")
-            .bind(kind)
-            .fetch_one(&self.pool)
+        let mut conn = self.pool.acquire().await?;
+        let (cursor, recent) = unintegrated(&mut conn).await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_refs WHERE ref = $1 AND seq < $2")
+            .bind(format!("kind:{kind}"))
+            .bind(to_i64(cursor))
+            .fetch_one(&mut *conn)
             .await?
             .try_get("n")?;
-        to_u64(n)
+        Ok(to_u64(n)? + recent.iter().filter(|e| e.kind == kind).count() as u64)
     }
 
-    /// The subtree hashes at `wanted` positions that exist.
-    pub async fn audit_nodes(&self, wanted: &[(u32, u64)]) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
-        nodes_in(&self.pool, wanted).await
+    /// The hashes of the perfect subtrees `wanted` of the tree of `size` entries; a subtree the
+    /// tree does not have (yet) is absent from the answer.
+    pub async fn audit_subtrees(
+        &self,
+        wanted: &[(u32, u64)],
+        size: u64,
+    ) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        subtrees_on(&mut conn, wanted, size).await
+    }
+
+    /// How many entries the integrator has covered with tiles and lookup keys.
+    pub async fn audit_integrated(&self) -> Result<u64, StoreError> {
+        integrated(&self.pool).await
     }
 
     /// Stores a signed checkpoint (a second one for the same size is ignored).
@@ -238,17 +473,13 @@ impl Store {
 
     /// The first sequence number still stored (entries below it were pruned).
     pub async fn audit_pruned_before(&self) -> Result<u64, StoreError> {
-        to_u64(
-            sqlx::query("SELECT pruned_before FROM audit_head WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("pruned_before")?,
-        )
+        pruned_before(&self.pool).await
     }
 
-    /// Deletes the entries (and their lookup keys) below `before`, keeping every tree node so
-    /// heads and proofs still cover the whole log. Returns how many entries went. `before` may
-    /// not pass the log's size; pruning less than before is a no-op.
+    /// Makes the entries below `before` unreadable and deletes what holds only them: their
+    /// lookup keys, and each batch row whose entries are all below `before` and integrated. The
+    /// tiles stay, so heads and proofs still cover the whole log. Returns how many entries went.
+    /// `before` may not pass the log's size; pruning less than before is a no-op.
     pub async fn prune_audit_entries(&self, before: u64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let head = sqlx::query("SELECT size, pruned_before FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
@@ -260,14 +491,18 @@ impl Store {
         if before <= already {
             return Ok(0);
         }
-        let deleted =
-            sqlx::query("DELETE FROM audit_entries WHERE seq < $1").bind(to_i64(before)).execute(&mut *tx).await?;
+        // A batch the integrator has not read yet stays until it has: its leaves become tiles.
+        let deletable = before.min(integrated(&mut *tx).await?);
+        sqlx::query("DELETE FROM audit_batches WHERE first_seq + n <= $1")
+            .bind(to_i64(deletable))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM audit_refs WHERE seq < $1").bind(to_i64(before)).execute(&mut *tx).await?;
         sqlx::query("UPDATE audit_head SET pruned_before = $1 WHERE id = 1")
             .bind(to_i64(before))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(deleted.rows_affected())
+        Ok(before - already)
     }
 }

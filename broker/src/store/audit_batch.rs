@@ -1,8 +1,8 @@
 //! The statements of the audit writer's batch transaction, driven by hand on one connection.
 //!
 //! Why it exists: every SQL statement lives in `store/`; the writer (`audit::writer`) decides
-//! what a batch holds and in which order these run (claim, guarded writes, head, entries, nodes,
-//! lookup keys, commit), and this module only knows the tables. A failed batch is rolled back
+//! what a batch holds and in which order these run (claim, guarded writes, head, the batch row,
+//! commit), and this module only knows the tables. A failed batch is rolled back
 //! and its connection closed by the writer, never reused.
 
 use std::collections::HashSet;
@@ -15,7 +15,7 @@ use super::{Backend, StoreError};
 /// What a readiness probe writes: about one large batch.
 const PROBE_BYTES: usize = 64 * 1024;
 
-/// Rows per multi-row `INSERT` (the widest table has 11 columns; SQLite allows 32,766 parameters).
+/// Rows per multi-row `INSERT` (SQLite allows 32,766 parameters).
 const ROWS_PER_STATEMENT: usize = 64;
 
 /// A subject token's one-time claim, as `used_token_ids` stores it.
@@ -95,60 +95,56 @@ pub(crate) async fn probe(conn: &mut sqlx::AnyConnection) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Inserts numbered, hashed entries `(seq, at, kind, body)`.
-pub(crate) async fn insert_entries(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    rows: &[(u64, i64, &str, String)],
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql =
-            format!("INSERT INTO audit_entries (seq, at, kind, body) VALUES {}", placeholders(chunk.len(), 4, backend));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, at, kind, body) in chunk {
-            query = query.bind(to_i64(*seq)?).bind(*at).bind(*kind).bind(body.as_str());
-        }
-        query.execute(&mut *conn).await?;
-    }
+/// A committed batch as the append transaction writes it.
+#[derive(Debug)]
+pub(crate) struct NewBatch<'a> {
+    /// Sequence number of its first entry.
+    pub(crate) first_seq: u64,
+    /// Entries in it.
+    pub(crate) n: u64,
+    /// The compressed body ([`super::audit_codec`]).
+    pub(crate) body: &'a [u8],
+    /// The tree head after it.
+    pub(crate) root: &'a [u8; 32],
+    /// The tree's frontier after it, largest subtree first.
+    pub(crate) frontier: &'a [[u8; 32]],
+}
+
+/// Inserts one batch row: every entry of the batch, the head and the frontier after it.
+pub(crate) async fn insert_batch(conn: &mut sqlx::AnyConnection, batch: &NewBatch<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_batches (first_seq, n, codec, body, root, frontier) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(to_i64(batch.first_seq)?)
+    .bind(to_i64(batch.n)?)
+    .bind(super::audit_codec::ZSTD_V1)
+    .bind(batch.body)
+    .bind(&batch.root[..])
+    .bind(batch.frontier.concat())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-/// Inserts new tree nodes `(level, index, hash)`.
-pub(crate) async fn insert_nodes(
+/// The frontier recorded with the last batch, if that batch ends the log at `size`.
+pub(crate) async fn frontier_at(
     conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    nodes: &[(u32, u64, [u8; 32])],
-) -> Result<(), StoreError> {
-    for chunk in nodes.chunks(ROWS_PER_STATEMENT) {
-        let sql =
-            format!("INSERT INTO audit_nodes (level, idx, hash) VALUES {}", placeholders(chunk.len(), 3, backend));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (level, index, hash) in chunk {
-            query = query.bind(i32::try_from(*level).unwrap_or(i32::MAX)).bind(to_i64(*index)?).bind(hash.to_vec());
-        }
-        query.execute(&mut *conn).await?;
+    size: u64,
+) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+    let row = sqlx::query("SELECT first_seq, n, frontier FROM audit_batches ORDER BY first_seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (first, n): (i64, i64) = (row.try_get("first_seq")?, row.try_get("n")?);
+    if first.checked_add(n) != i64::try_from(size).ok() {
+        return Ok(None);
     }
-    Ok(())
-}
-
-/// Inserts lookup keys `(ref, seq)` for `audit trace`.
-pub(crate) async fn insert_refs(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    refs: &[(&str, u64)],
-) -> Result<(), StoreError> {
-    for chunk in refs.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO audit_refs (ref, seq) VALUES {} ON CONFLICT (ref, seq) DO NOTHING",
-            placeholders(chunk.len(), 2, backend)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (reference, seq) in chunk {
-            query = query.bind(*reference).bind(to_i64(*seq)?);
-        }
-        query.execute(&mut *conn).await?;
+    let bytes: Vec<u8> = row.try_get("frontier")?;
+    let hashes: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
+    if hashes.len() * 32 != bytes.len() {
+        return Err(StoreError::Corrupt(format!("the frontier of the batch at {first} has {} bytes", bytes.len())));
     }
-    Ok(())
+    Ok(Some(hashes))
 }
 
 fn to_i64(value: u64) -> Result<i64, StoreError> {
@@ -158,7 +154,7 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
 /// `(?, ?), (?, ?)` on SQLite, `($1, $2), ($3, $4)` on PostgreSQL, for `rows` rows of `columns`.
 /// SQLite gets anonymous parameters because looking up a numbered one's name is a linear scan,
 /// which makes binding a wide multi-row statement quadratic.
-fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
+pub(crate) fn placeholders(rows: usize, columns: usize, backend: Backend) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {

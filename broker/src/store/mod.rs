@@ -8,6 +8,9 @@ pub mod agents;
 mod api_tokens;
 pub(crate) mod audit;
 pub(crate) mod audit_batch;
+pub(crate) mod audit_codec;
+mod audit_convert;
+mod audit_integrate;
 pub mod files;
 mod location;
 mod logs;
@@ -29,6 +32,7 @@ use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
+pub use audit_integrate::Integrated;
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
@@ -172,11 +176,12 @@ impl Store {
             pool_options.acquire_timeout(Duration::from_secs(10)).connect_with(options).await.map_err(open_error)?;
         let store = Self { pool, backend, location: described };
         store.migrate().await?;
+        store.convert_legacy_audit().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 11] = match self.backend {
+        let files: [(i64, &str, &'static str); 12] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -189,6 +194,7 @@ impl Store {
                 (9, "drift", include_str!("../../migrations/sqlite/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
+                (12, "audit_batches", include_str!("../../migrations/sqlite/0012_audit_batches.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -202,6 +208,7 @@ impl Store {
                 (9, "drift", include_str!("../../migrations/postgres/0009_drift.sql")),
                 (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
+                (12, "audit_batches", include_str!("../../migrations/postgres/0012_audit_batches.sql")),
             ],
         };
         let migrations = files

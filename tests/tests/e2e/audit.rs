@@ -257,12 +257,21 @@ async fn a_rewritten_history_fails_the_consistency_check() {
     let cp = dir.path().join("published.txt");
     std::fs::write(&cp, &published.stdout).unwrap();
 
-    // Replace the stored hash of the largest complete subtree (the first entries), as a rewrite
-    // would: that is the node the head and the proofs read.
+    // Replace the first leaf's hash in the stored tiles, as a rewrite would: the tiles are what
+    // heads and proofs read, once the integrator has built them.
+    eventually("the integrator to cover the log", std::time::Duration::from_secs(30), || {
+        let data_dir = broker.data_dir.clone();
+        async move {
+            let audit = Audit::open(&data_dir).await;
+            (audit.0.audit_integrated().await.unwrap() == audit.0.audit_size().await.unwrap()).then_some(())
+        }
+    })
+    .await;
     let db = broker.data_dir.join("keyward.db");
     let script = format!(
-        "import sqlite3; c = sqlite3.connect({:?}); \
-         c.execute(\"UPDATE audit_nodes SET hash = zeroblob(32) WHERE idx = 0 AND level = (SELECT MAX(level) FROM audit_nodes)\"); c.commit()",
+        "import sqlite3, sys; c = sqlite3.connect({:?}); \
+         n = c.execute(\"UPDATE audit_tiles SET hashes = CAST(zeroblob(32) || substr(hashes, 33) AS BLOB) WHERE level = 0 AND idx = 0\").rowcount; \
+         c.commit(); sys.exit(0 if n == 1 else 1)",
         db.to_str().unwrap()
     );
     let status = std::process::Command::new("python3").args(["-c", &script]).status().unwrap();
