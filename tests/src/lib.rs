@@ -17,6 +17,7 @@ pub mod frozen;
 pub mod git;
 pub mod git_http;
 pub mod held;
+pub mod legacy;
 pub mod moto;
 pub mod openbao;
 pub mod postgres;

@@ -73,11 +73,18 @@ async fn prepare(conn: &mut sqlx::AnyConnection, max_entries: u64) -> Result<Opt
     let from = audit::integrated(&mut *conn).await?;
     let mut batches: Vec<Batch> = Vec::new();
     let mut next = from;
-    while next - from < max_entries {
+    'read: while next - from < max_entries {
         let more = audit::batches_between(conn, next, u64::MAX >> 1, 4).await?;
-        let Some(last) = more.last() else { break };
-        next = last.first_seq + last.entries.len() as u64;
-        batches.extend(more);
+        if more.is_empty() {
+            break;
+        }
+        for batch in more {
+            next = batch.first_seq + batch.entries.len() as u64;
+            batches.push(batch);
+            if next - from >= max_entries {
+                break 'read;
+            }
+        }
     }
     let Some(first) = batches.first() else { return Ok(None) };
     if first.first_seq != from {

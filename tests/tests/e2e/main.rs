@@ -12,6 +12,7 @@ mod agents;
 mod audit;
 mod audit_durability;
 mod audit_sinks;
+mod audit_storage;
 mod ci_flow;
 mod config_and_startup;
 mod exchange;

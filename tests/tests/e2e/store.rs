@@ -16,9 +16,8 @@ use keyward_broker::store::{Backend, DatabaseLocation, Store, StoreError};
 use keyward_broker::tokens::SigningAlgorithm;
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::free_addr;
 use keyward_tests::postgres::PgCluster;
-use keyward_tests::{free_addr, workspace_root};
-use sqlx::SqlSafeStr as _;
 
 const T0: i64 = 1_800_000_000;
 
@@ -390,33 +389,12 @@ async fn signing_keys_across_replicas(location: &DatabaseLocation) {
 async fn plans_stored_in_the_clear_are_emptied_by_migration_0011(location: &DatabaseLocation) {
     const FILE_SECRET: &str = "legacy-plan-Secr3t";
     const JSON_SECRET: &str = "legacy-json-Secr3t";
-    let (backend, url) = match location {
-        DatabaseLocation::Sqlite(path) => {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            ("sqlite", format!("sqlite://{}?mode=rwc", path.display()))
-        }
-        DatabaseLocation::Postgres(url) => ("postgres", url.clone()),
-    };
     // The database as a broker from before migration 0011 left it.
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(workspace_root().join("broker/migrations").join(backend))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
-    let mut migrations = Vec::new();
-    for file in files {
-        let name = file.file_stem().unwrap().to_str().unwrap().to_owned();
-        let (version, description) = name.split_once('_').unwrap();
-        let version: i64 = version.parse().unwrap();
-        if version < 11 {
-            let sql = sqlx::AssertSqlSafe(std::fs::read_to_string(&file).unwrap()).into_sql_str();
-            let kind = sqlx::migrate::MigrationType::Simple;
-            migrations.push(sqlx::migrate::Migration::new(version, description.to_owned().into(), kind, sql, false));
-        }
-    }
-    sqlx::migrate::Migrator::with_migrations(migrations).run(&pool).await.unwrap();
+    let pool = keyward_tests::legacy::database_before(location, 11).await;
+    let url = match location {
+        DatabaseLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+        DatabaseLocation::Postgres(url) => url.clone(),
+    };
     let plan_file = format!("PK\x03\x04 tfplan tfconfig/m-/main.tf {FILE_SECRET} ").repeat(1000);
     let plan_json = format!("{{\"variables\": {{\"pw\": {{\"value\": \"{JSON_SECRET}\"}}}}}}");
     for sql in [
