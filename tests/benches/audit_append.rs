@@ -1,28 +1,46 @@
 //! Durable audit appends: group commit against one commit (one sync) per entry, measured in the
 //! same run, on SQLite (`synchronous = FULL`) and on PostgreSQL (a throwaway cluster with
-//! production durability: `fsync`, `synchronous_commit = on`).
+//! production durability: `fsync`, `synchronous_commit = on`); and the integrator that builds
+//! tiles and lookup keys from the committed batches afterwards.
 //!
 //! `cargo bench -p keyward-tests --bench audit_append` (PostgreSQL needs the test peers:
 //! `scripts/install-test-peers`). Each entry is a realistic `credentials.issued` entry with the
-//! full context chain (~900 bytes of canonical JSON).
+//! full context chain (~900 bytes of canonical JSON) and a random access key ID (random lookup
+//! keys are what production writes; sequential ones flatter a B-tree).
+//!
+//! Lines: `one commit per entry` (the baseline), `group commit` (the writer alone), `ratio:`,
+//! the bytes the process wrote per entry (SQLite: `wchar` of `/proc/self/io`, WAL and checkpoints
+//! included; PostgreSQL: WAL bytes from `pg_stat_wal`), `integrator:` (draining the group-commit
+//! run's backlog alone) and `with the integrator running` (appends while it runs beside them, and
+//! how far behind it was at the end).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::time::Instant;
 
-use keyward_broker::audit::{Append, AuditEvent, AuditLog, Context, Kind};
-use keyward_broker::store::{DatabaseLocation, Store};
+use keyward_broker::audit::{Append, AuditEvent, AuditLog, Context, Kind, integrator};
+use keyward_broker::store::{Backend, DatabaseLocation, Store};
 use keyward_tests::postgres::PgCluster;
+use sqlx::Row as _;
 
-/// Concurrent appenders in the group-commit run (a broker under load has this many requests in
+/// Concurrent appenders in the group-commit runs (a broker under load has this many requests in
 /// flight).
-const CONCURRENCY: usize = 256;
+const CONCURRENCY: usize = 1024;
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// SplitMix64: a stand-in for the randomness of real access key IDs.
+fn scramble(i: usize) -> u64 {
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn event(i: usize) -> AuditEvent {
+    let akid = format!("ASIA{:016X}", scramble(i));
     let context = Context {
         run_id: Some(format!("run-01JD5Z8Q4M6V7X3K2B9N{i:06}")),
         stack_id: Some("network".into()),
@@ -45,10 +63,10 @@ fn event(i: usize) -> AuditEvent {
     AuditEvent::new(Kind::CredentialsIssued, 1_795_400_000, context)
         .with("role_arn", "arn:aws:iam::123456789012:role/network-apply")
         .with("role_session_name", format!("run-{i}"))
-        .with("access_key_id", format!("ASIA{i:016}"))
+        .with("access_key_id", akid.clone())
         .with("credentials_expire_at", 1_795_403_600)
         .with("mode", "broker")
-        .with_ref("akid", &format!("ASIA{i:016}"))
+        .with_ref("akid", &akid)
 }
 
 /// Appends `n` entries, `concurrency` at a time; returns entries per second.
@@ -68,23 +86,63 @@ async fn run(log: &AuditLog, n: usize, concurrency: usize, offset: usize) -> f64
     (per_task * concurrency) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn backend(name: &str, location: DatabaseLocation) {
+/// Bytes this process or the database server has written so far (see the module docs).
+async fn written(store: &Store, pg: &Option<sqlx::AnyPool>) -> u64 {
+    match (store.backend(), pg) {
+        (Backend::Postgres, Some(pool)) => {
+            let bytes: String =
+                sqlx::query("SELECT wal_bytes::text AS b FROM pg_stat_wal").fetch_one(pool).await.unwrap().get("b");
+            bytes.parse::<f64>().unwrap() as u64
+        }
+        _ => {
+            let io = std::fs::read_to_string("/proc/self/io").unwrap();
+            io.lines().find_map(|l| l.strip_prefix("wchar: ")).unwrap().trim().parse().unwrap()
+        }
+    }
+}
+
+/// Runs the integrator until it has covered the whole log; returns entries per second.
+async fn drain(store: &Store) -> (f64, u64) {
+    let started = Instant::now();
+    let from = store.audit_integrated().await.unwrap();
+    while store.integrate_audit(8192).await.unwrap().is_some() {}
+    let to = store.audit_integrated().await.unwrap();
+    ((to - from) as f64 / started.elapsed().as_secs_f64(), to - from)
+}
+
+async fn backend(name: &str, location: DatabaseLocation, pg: Option<sqlx::AnyPool>) {
     let store = Store::open(&location).await.unwrap();
     let log = AuditLog::start(store.clone());
     let single = count("KEYWARD_BENCH_SINGLE", 500);
-    let grouped = count("KEYWARD_BENCH_GROUPED", 51_200);
+    let grouped = count("KEYWARD_BENCH_GROUPED", 204_800);
     let one_by_one = run(&log, single, 1, 0).await;
     let (commits, entries) = (log.stats().commits(), log.stats().entries());
+    let bytes_before = written(&store, &pg).await;
     let group = run(&log, grouped, CONCURRENCY, single).await;
-    let batch = (log.stats().entries() - entries) as f64 / (log.stats().commits() - commits) as f64;
+    let bytes = written(&store, &pg).await - bytes_before;
+    let appended = log.stats().entries() - entries;
+    let batch = appended as f64 / (log.stats().commits() - commits) as f64;
     println!("{name:<10} one commit per entry: {one_by_one:>8.0} entries/s  ({single} entries)");
     println!(
         "{name:<10} group commit ({CONCURRENCY} appenders): {group:>8.0} entries/s  ({grouped} entries, {batch:.0} per commit)"
     );
-    println!("{name:<10} ratio: {:.1}x\n", group / one_by_one);
-    // The tree must still be right after all that.
+    println!("{name:<10} ratio: {:.1}x", group / one_by_one);
+    let what = if pg.is_some() { "WAL bytes" } else { "bytes written" };
+    println!("{name:<10} {what} per entry: {:.0}", bytes as f64 / appended as f64);
+    let (rate, integrated) = drain(&store).await;
+    println!("{name:<10} integrator: {rate:>8.0} entries/s  ({integrated} entries: tiles and lookup keys)");
+
+    // Production's shape: the integrator runs beside the writer.
+    let running = tokio::spawn(integrator::run(store.clone(), log.clone()));
+    let offset = single + grouped;
+    let beside = run(&log, grouped, CONCURRENCY, offset).await;
     let size = store.audit_size().await.unwrap();
-    assert_eq!(size as usize, single + grouped - grouped % CONCURRENCY);
+    let behind = size - store.audit_integrated().await.unwrap();
+    println!("{name:<10} with the integrator running: {beside:>8.0} entries/s, {behind} entries behind at the end\n");
+    running.abort();
+
+    // The tree must still be right after all that.
+    assert_eq!(size as usize, single + 2 * (grouped - grouped % CONCURRENCY));
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -94,10 +152,13 @@ async fn main() {
     let only = std::env::var("KEYWARD_BENCH_BACKENDS").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     if only.is_empty() || only.contains("sqlite") {
-        backend("sqlite", DatabaseLocation::Sqlite(dir.path().join("audit.db"))).await;
+        backend("sqlite", DatabaseLocation::Sqlite(dir.path().join("audit.db")), None).await;
     }
     if only.is_empty() || only.contains("postgres") {
         let cluster = PgCluster::start_durable();
-        backend("postgres", DatabaseLocation::Postgres(cluster.database("audit_bench"))).await;
+        let url = cluster.database("audit_bench");
+        sqlx::any::install_default_drivers();
+        let stats = sqlx::AnyPool::connect(&url).await.unwrap();
+        backend("postgres", DatabaseLocation::Postgres(url), Some(stats)).await;
     }
 }

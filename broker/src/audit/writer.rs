@@ -340,6 +340,7 @@ async fn commit(
     tree: &mut Frontier,
 ) -> Result<(Vec<Committed>, u64), StoreError> {
     let mut conn = store.pool.acquire().await?;
+    let _turn = store.audit_write_turn().await;
     match write_batch(&mut conn, store.backend(), entries, tree).await {
         Ok(done) => Ok(done),
         Err(error) => {

@@ -23,9 +23,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, ConnectOptions as _, Executor as _, SqlSafeStr as _};
 
@@ -117,6 +119,8 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
     location: String,
+    /// Whose turn it is to write the audit log's tables on SQLite (see [`Store::audit_write_turn`]).
+    audit_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Store {
@@ -174,7 +178,7 @@ impl Store {
         };
         let pool =
             pool_options.acquire_timeout(Duration::from_secs(10)).connect_with(options).await.map_err(open_error)?;
-        let store = Self { pool, backend, location: described };
+        let store = Self { pool, backend, location: described, audit_writes: Arc::default() };
         store.migrate().await?;
         store.convert_legacy_audit().await?;
         Ok(store)
@@ -226,6 +230,18 @@ impl Store {
     /// otherwise make SQLite fail the second at once with `SQLITE_BUSY` instead of waiting.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(self.pool.begin_with(self.backend.begin_write_sql()).await?)
+    }
+
+    /// On SQLite, waits for the audit log's writer or integrator to finish its transaction and
+    /// holds the turn until the returned guard drops; on PostgreSQL (row locks) there is no turn.
+    /// SQLite has one write lock, and a transaction that finds it taken retries from its busy
+    /// handler after sleeps of up to 100 ms; two tasks of this process taking turns here hand
+    /// the lock over as soon as it is free.
+    pub(crate) async fn audit_write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(Arc::clone(&self.audit_writes).lock_owned().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// Which engine this is.
