@@ -71,9 +71,7 @@ pub struct RecordedRun {
 impl RecordedRun {
     /// The run `id` as recorded, or `None` when no such run exists.
     pub async fn load(store: &Store, id: &str) -> Result<Option<Self>, StoreError> {
-        let Some(run) = store.run(id).await? else { return Ok(None) };
-        let repository = store.stack(&run.stack).await?.map(|s| s.repository).unwrap_or_default();
-        let reviews = store.reviews(id).await?;
+        let Some((run, repository, reviews)) = store.run_with_reviews(id).await? else { return Ok(None) };
         Ok(Some(Self::from_rows(run, repository, &reviews)))
     }
 

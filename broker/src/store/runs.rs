@@ -253,6 +253,37 @@ impl Store {
         rows.iter().map(run_from).collect()
     }
 
+    /// A run with its stack's repository and its reviews (oldest first), in one query: what an
+    /// exchange of the run's token needs to know who approved it. `None` when there is no such
+    /// run.
+    pub async fn run_with_reviews(&self, id: &str) -> Result<Option<(RunRow, String, Vec<ReviewRow>)>, StoreError> {
+        let columns: Vec<String> = RUN_COLUMNS.split(", ").map(|c| format!("r.{}", c.trim())).collect();
+        let sql = format!(
+            "SELECT {}, s.repository AS stack_repository, v.reviewer AS review_reviewer, \
+             v.decision AS review_decision, v.comment AS review_comment, v.at AS review_at \
+             FROM runs r LEFT JOIN stacks s ON s.name = r.stack LEFT JOIN run_reviews v ON v.run_id = r.id \
+             WHERE r.id = $1 ORDER BY v.at, v.reviewer",
+            columns.join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(&self.pool).await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let run = run_from(first)?;
+        let repository: Option<String> = first.try_get("stack_repository")?;
+        let mut reviews = Vec::new();
+        for row in &rows {
+            let reviewer: Option<String> = row.try_get("review_reviewer")?;
+            if let Some(reviewer) = reviewer {
+                reviews.push(ReviewRow {
+                    reviewer,
+                    decision: row.try_get("review_decision")?,
+                    comment: row.try_get("review_comment")?,
+                    at: row.try_get("review_at")?,
+                });
+            }
+        }
+        Ok(Some((run, repository.unwrap_or_default(), reviews)))
+    }
+
     /// A run's reviews, oldest first.
     pub async fn reviews(&self, run_id: &str) -> Result<Vec<ReviewRow>, StoreError> {
         let rows = sqlx::query(
