@@ -70,24 +70,104 @@ fn write(value: &Value, out: &mut String) -> Result<(), CanonicalError> {
 
 /// RFC 8785 §3.2.2.2: the short escapes, `\u00xx` (lower-case hex) for other control characters,
 /// everything else literal.
-fn write_string(s: &str, out: &mut String) {
+///
+/// Only ASCII bytes (`"`, `\`, below 0x20) ever need an escape, and no byte of a multi-byte UTF-8
+/// character is ASCII: so the text is scanned byte by byte and each run between two such bytes,
+/// multi-byte characters included, is copied whole.
+pub(crate) fn write_string(s: &str, out: &mut String) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+    let mut rest = s;
+    // Each position found is an ASCII byte, hence a character boundary: the splits cannot panic.
+    while let Some(at) = rest.bytes().position(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        let (run, tail) = rest.split_at(at);
+        let (special, tail) = tail.split_at(1);
+        out.push_str(run);
+        for c in special.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
             }
-            c => out.push(c),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
+/// Deterministic generators of awkward text for the byte-for-byte comparisons of this crate's
+/// tests (no property-testing crate in the workspace).
+#[cfg(test)]
+pub(crate) mod generate {
+    /// SplitMix64: small, fast, and the same sequence on every run.
+    #[derive(Debug)]
+    pub(crate) struct Rng(u64);
+
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Self {
+            Self(seed)
+        }
+
+        pub(crate) fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform enough in `0..n` (`n > 0`).
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.next_u64() % n
+        }
+
+        /// A character from every class the encoding treats differently: plain ASCII, the
+        /// escaped ones (quote, backslash, each control character), DEL, and 2-, 3- and 4-byte
+        /// UTF-8 (with the line separators and characters whose UTF-8 and UTF-16 orders differ).
+        pub(crate) fn char(&mut self) -> char {
+            const SPECIAL: &[char] = &[
+                '"',
+                '\\',
+                '/',
+                '\u{7f}',
+                '\u{80}',
+                'é',
+                '\u{2028}',
+                '\u{2029}',
+                '\u{FB01}',
+                '\u{FFFF}',
+                '\u{1F600}',
+                '\u{10FFFF}',
+            ];
+            let pick = |range: std::ops::RangeInclusive<u32>, rng: &mut Self| {
+                let offset = rng.below(u64::from(range.end() - range.start()) + 1) as u32;
+                char::from_u32(range.start() + offset).unwrap_or('\u{FFFD}')
+            };
+            match self.below(10) {
+                0..=3 => pick(0x20..=0x7e, self),
+                4 => pick(0x00..=0x1f, self),
+                5 => SPECIAL.get(self.below(SPECIAL.len() as u64) as usize).copied().unwrap_or('x'),
+                6 => pick(0x80..=0x7ff, self),
+                7 => pick(0x800..=0xffff, self),
+                8 => pick(0x1_0000..=0x10_ffff, self),
+                _ => pick(b'a'.into()..=b'c'.into(), self),
+            }
+        }
+
+        /// Up to `max` characters of [`Self::char`].
+        pub(crate) fn string(&mut self, max: u64) -> String {
+            let len = self.below(max + 1);
+            (0..len).map(|_| self.char()).collect()
         }
     }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -109,6 +189,53 @@ mod tests {
             to_canonical(&value).unwrap(),
             "\"quote\\\" back\\\\ nl\\n tab\\t bell\\u0007 del\u{7f} slash/ snow☃ line\u{2028}\""
         );
+    }
+
+    /// The escaping as it was written first, a character at a time: the reference the faster
+    /// [`write_string`] must equal.
+    fn write_string_char_by_char(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c < ' ' => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+
+    fn both(s: &str) -> (String, String) {
+        let (mut fast, mut reference) = (String::from("["), String::from("["));
+        write_string(s, &mut fast);
+        write_string_char_by_char(s, &mut reference);
+        (fast, reference)
+    }
+
+    #[test]
+    fn escaping_runs_equals_escaping_each_character() {
+        // Every ASCII character alone, at the start, middle and end of a run, and doubled.
+        for b in 0..=0x7f_u8 {
+            let c = char::from(b);
+            for s in [format!("{c}"), format!("{c}ab"), format!("a{c}b"), format!("ab{c}"), format!("{c}{c}é{c}")] {
+                let (fast, reference) = both(&s);
+                assert_eq!(fast, reference, "{s:?}");
+            }
+        }
+        let mut rng = generate::Rng::new(0x5EED);
+        for _ in 0..20_000 {
+            let s = rng.string(24);
+            let (fast, reference) = both(&s);
+            assert_eq!(fast, reference, "{s:?}");
+        }
     }
 
     #[test]
