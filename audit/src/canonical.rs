@@ -4,10 +4,15 @@
 //!
 //! Sorting is done here rather than relying on `serde_json::Map`'s order, which a dependency
 //! enabling serde_json's `preserve_order` feature would silently change.
+//!
+//! Two ways in: [`to_canonical`] for any [`Value`], and [`Members`] for objects whose keys are
+//! fixed in the code (an entry, its context), written in order straight into the output with no
+//! tree built first, since every request that is audited pays for its entry's encoding.
 
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Why a value has no canonical form here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,24 +53,111 @@ fn write(value: &Value, out: &mut String) -> Result<(), CanonicalError> {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                if let Some(item) = map.get(key) {
-                    write(item, out)?;
-                }
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_map(map, out)?,
     }
     Ok(())
+}
+
+/// The canonical encoding of a JSON object: its members sorted by their keys' UTF-16 code units.
+pub(crate) fn write_map(map: &Map<String, Value>, out: &mut String) -> Result<(), CanonicalError> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by(|a, b| utf16_cmp(a, b));
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(key, out);
+        out.push(':');
+        if let Some(item) = map.get(key) {
+            write(item, out)?;
+        }
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// RFC 8785 §3.2.3's order of keys.
+fn utf16_cmp(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+/// Writes an object whose keys are known when the code is written (a struct's fields) straight
+/// into the output, without a [`Value`] tree to sort: the caller gives the members in canonical
+/// order. Debug builds (the tests) check that order at every member.
+#[derive(Debug)]
+pub(crate) struct Members<'o> {
+    out: &'o mut String,
+    last: Option<&'static str>,
+}
+
+impl<'o> Members<'o> {
+    /// Opens the object.
+    pub(crate) fn open(out: &'o mut String) -> Self {
+        out.push('{');
+        Self { out, last: None }
+    }
+
+    /// Writes `key` and the colon; the caller writes the member's value into what it returns.
+    pub(crate) fn key(&mut self, key: &'static str) -> &mut String {
+        debug_assert!(
+            self.last.is_none_or(|last| utf16_cmp(last, key).is_lt()),
+            "member {key:?} is out of canonical order (after {:?})",
+            self.last
+        );
+        if self.last.is_some() {
+            self.out.push(',');
+        }
+        self.last = Some(key);
+        write_string(key, self.out);
+        self.out.push(':');
+        self.out
+    }
+
+    /// A string member.
+    pub(crate) fn string(&mut self, key: &'static str, value: &str) {
+        write_string(value, self.key(key));
+    }
+
+    /// A string member, left out when absent.
+    pub(crate) fn string_if_some(&mut self, key: &'static str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.string(key, value);
+        }
+    }
+
+    /// A signed integer member.
+    pub(crate) fn signed(&mut self, key: &'static str, value: i64) {
+        let _ = write!(self.key(key), "{value}");
+    }
+
+    /// An unsigned integer member, left out when absent.
+    pub(crate) fn unsigned_if_some(&mut self, key: &'static str, value: Option<u64>) {
+        if let Some(value) = value {
+            let _ = write!(self.key(key), "{value}");
+        }
+    }
+
+    /// An array of strings, left out when empty.
+    pub(crate) fn strings_if_any(&mut self, key: &'static str, values: &[String]) {
+        if values.is_empty() {
+            return;
+        }
+        let out = self.key(key);
+        out.push('[');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_string(value, out);
+        }
+        out.push(']');
+    }
+
+    /// Closes the object.
+    pub(crate) fn close(self) {
+        self.out.push('}');
+    }
 }
 
 /// RFC 8785 §3.2.2.2: the short escapes, `\u00xx` (lower-case hex) for other control characters,
@@ -236,6 +328,35 @@ mod tests {
             let (fast, reference) = both(&s);
             assert_eq!(fast, reference, "{s:?}");
         }
+    }
+
+    #[test]
+    fn members_are_written_as_given() {
+        let mut out = String::new();
+        let mut members = Members::open(&mut out);
+        members.signed("a", -1);
+        members.strings_if_any("b", &[]);
+        members.strings_if_any("c", &["x\"".to_owned(), String::new()]);
+        members.string_if_some("d", None);
+        members.unsigned_if_some("e", Some(u64::MAX));
+        members.string("\u{1F600}", "☃");
+        members.string("\u{FB01}", "");
+        members.close();
+        assert_eq!(
+            out,
+            format!("{{\"a\":-1,\"c\":[\"x\\\"\",\"\"],\"e\":{},\"\u{1F600}\":\"☃\",\"\u{FB01}\":\"\"}}", u64::MAX)
+        );
+    }
+
+    /// Members given out of order are a bug in the caller, caught by the tests that run it.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "out of canonical order")]
+    fn members_out_of_order_fail_in_debug_builds() {
+        let mut out = String::new();
+        let mut members = Members::open(&mut out);
+        members.string("\u{FB01}", "");
+        members.string("\u{1F600}", "");
     }
 
     #[test]
