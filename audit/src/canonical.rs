@@ -164,14 +164,14 @@ impl<'o> Members<'o> {
 /// everything else literal.
 ///
 /// Only ASCII bytes (`"`, `\`, below 0x20) ever need an escape, and no byte of a multi-byte UTF-8
-/// character is ASCII: so the text is scanned byte by byte and each run between two such bytes,
-/// multi-byte characters included, is copied whole.
+/// character is ASCII: so the text is scanned by bytes ([`find_special`]) and each run between two
+/// such bytes, multi-byte characters included, is copied whole.
 pub(crate) fn write_string(s: &str, out: &mut String) {
     out.reserve(s.len() + 2);
     out.push('"');
     let mut rest = s;
     // Each position found is an ASCII byte, hence a character boundary: the splits cannot panic.
-    while let Some(at) = rest.bytes().position(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    while let Some(at) = find_special(rest.as_bytes()) {
         let (run, tail) = rest.split_at(at);
         let (special, tail) = tail.split_at(1);
         out.push_str(run);
@@ -193,6 +193,31 @@ pub(crate) fn write_string(s: &str, out: &mut String) {
     }
     out.push_str(rest);
     out.push('"');
+}
+
+/// Whether `b` is written escaped.
+fn is_special(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The first byte of `bytes` that [`is_special`], eight at a time: most text has none, and a
+/// word's worth of bytes is tested with a few arithmetic operations instead of eight branches.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Non-zero exactly when some byte of `x` is below `n` (n <= 0x80): a byte's subtraction
+    // borrows into its high bit only if it was smaller, and `!x` drops bytes that had it set.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*word);
+        if below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) != 0
+            && let Some(at) = word.iter().position(|&b| is_special(b))
+        {
+            return Some(i * 8 + at);
+        }
+    }
+    tail.iter().position(|&b| is_special(b)).map(|at| words.len() * 8 + at)
 }
 
 /// Deterministic generators of awkward text for the byte-for-byte comparisons of this crate's
@@ -327,6 +352,26 @@ mod tests {
             let s = rng.string(24);
             let (fast, reference) = both(&s);
             assert_eq!(fast, reference, "{s:?}");
+        }
+    }
+
+    /// The word-at-a-time search finds what a byte-by-byte one finds: every byte value as the
+    /// only special candidate, at every position of the words and of the tail, on a background of
+    /// every other byte value (exhaustive over pairs; a borrow from one byte into the next is
+    /// where such tricks go wrong).
+    #[test]
+    fn finding_special_bytes_by_words_equals_by_bytes() {
+        for background in 0..=u8::MAX {
+            for needle in 0..=u8::MAX {
+                for at in 0..19 {
+                    let mut bytes = [background; 19];
+                    if let Some(byte) = bytes.get_mut(at) {
+                        *byte = needle;
+                    }
+                    let expected = bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+                    assert_eq!(find_special(&bytes), expected, "{needle:#04x} at {at} among {background:#04x}");
+                }
+            }
         }
     }
 
