@@ -60,18 +60,16 @@ fn write(value: &Value, out: &mut String) -> Result<(), CanonicalError> {
 
 /// The canonical encoding of a JSON object: its members sorted by their keys' UTF-16 code units.
 pub(crate) fn write_map(map: &Map<String, Value>, out: &mut String) -> Result<(), CanonicalError> {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_by(|a, b| utf16_cmp(a, b));
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    members.sort_by(|(a, _), (b, _)| utf16_cmp(a, b));
     out.push('{');
-    for (i, key) in keys.into_iter().enumerate() {
+    for (i, (key, item)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         write_string(key, out);
         out.push(':');
-        if let Some(item) = map.get(key) {
-            write(item, out)?;
-        }
+        write(item, out)?;
     }
     out.push('}');
     Ok(())
@@ -108,9 +106,12 @@ impl<'o> Members<'o> {
         if self.last.is_some() {
             self.out.push(',');
         }
+        debug_assert!(find_special(key.as_bytes()).is_none(), "member {key:?} needs escaping");
         self.last = Some(key);
-        write_string(key, self.out);
-        self.out.push(':');
+        // A name in the code, with nothing to escape.
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
         self.out
     }
 
@@ -205,8 +206,9 @@ fn is_special(b: u8) -> bool {
 fn find_special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Non-zero exactly when some byte of `x` is below `n` (n <= 0x80): a byte's subtraction
-    // borrows into its high bit only if it was smaller, and `!x` drops bytes that had it set.
+    // Non-zero when some byte of `x` is below `n` (n <= 0x80): the lowest such byte gets its high
+    // bit from the subtraction (no byte under it borrows), and `!x` keeps it (it was below 0x80).
+    // Bytes above it may be flagged by its borrow: only the byte search below says where.
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
     let (words, tail) = bytes.as_chunks::<8>();
     for (i, word) in words.iter().enumerate() {
