@@ -4,11 +4,13 @@
 //! Entries hold identifiers, never secrets: an AWS access key ID but not the secret key, a Vault
 //! accessor but not the token, a token's `jti` but not the token.
 
+use std::fmt::Write as _;
+
 use keyward_proto::claims::RunChain;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::canonical::{CanonicalError, to_canonical};
+use super::canonical::{CanonicalError, Members, to_canonical, write_map};
 use super::merkle::{Hash, leaf_hash};
 
 /// Stable entry kinds (DESIGN.md §4). Tools match on their names; never rename one.
@@ -219,6 +221,53 @@ pub struct Context {
 }
 
 impl Context {
+    /// Writes this context's canonical JSON: the bytes that serializing it to a [`Value`] and
+    /// [`to_canonical`] give, without building the tree. The fields in canonical order, by their
+    /// serialized names (`git_ref` is `ref`), each left out where serde skips it (`None`, no
+    /// approvers). The test `direct_encoding_equals_the_value_trees` holds this to the derived
+    /// `Serialize`, attributes included.
+    fn write_canonical(&self, out: &mut String) {
+        // Every field by name: a field added to the struct but not here fails to compile.
+        let Self {
+            run_id,
+            stack_id,
+            phase,
+            repository,
+            commit_sha,
+            git_ref,
+            pull_request,
+            ticket,
+            triggered_by,
+            approved_by,
+            asserted_by,
+            actor,
+            subject_issuer,
+            subject_jti,
+            target,
+            request_id,
+            remote_addr,
+        } = self;
+        let mut members = Members::open(out);
+        members.string_if_some("actor", actor.as_deref());
+        members.strings_if_any("approved_by", approved_by);
+        members.string_if_some("asserted_by", asserted_by.as_deref());
+        members.string_if_some("commit_sha", commit_sha.as_deref());
+        members.string_if_some("phase", phase.as_deref());
+        members.unsigned_if_some("pull_request", *pull_request);
+        members.string_if_some("ref", git_ref.as_deref());
+        members.string_if_some("remote_addr", remote_addr.as_deref());
+        members.string_if_some("repository", repository.as_deref());
+        members.string_if_some("request_id", request_id.as_deref());
+        members.string_if_some("run_id", run_id.as_deref());
+        members.string_if_some("stack_id", stack_id.as_deref());
+        members.string_if_some("subject_issuer", subject_issuer.as_deref());
+        members.string_if_some("subject_jti", subject_jti.as_deref());
+        members.string_if_some("target", target.as_deref());
+        members.string_if_some("ticket", ticket.as_deref());
+        members.string_if_some("triggered_by", triggered_by.as_deref());
+        members.close();
+    }
+
     /// This context, about `run`: the run's chain of custody replaces the run fields (`run_id`
     /// … `asserted_by`; the stack's name is not kept, its ID is), who asked and which request
     /// stay. The one way a [`RunChain`] becomes entry context; the fields stay this struct's own
@@ -291,21 +340,15 @@ impl AuditEvent {
     /// Encodes the event once, off the writer's path: everything of the entry but its sequence
     /// number, which the log assigns at commit. Fails for values with no canonical form (floats).
     pub fn prepare(&self) -> Result<PreparedEvent, CanonicalError> {
-        // The entry's fields but `seq`, borrowed: encoding copies nothing first.
-        #[derive(Serialize)]
-        struct Unnumbered<'a> {
-            at: i64,
-            context: &'a Context,
-            details: &'a Map<String, Value>,
-            kind: &'a str,
-        }
-        let unnumbered =
-            Unnumbered { at: self.at, context: &self.context, details: &self.details, kind: self.kind.as_str() };
-        let value = serde_json::to_value(unnumbered).map_err(|e| CanonicalError::Encode(e.to_string()))?;
-        let mut prefix = to_canonical(&value)?;
-        // `seq` sorts after every other key of an entry, so the canonical form with it is this
-        // prefix, then `,"seq":N}`.
-        prefix.pop();
+        // Written straight into the output, the entry's members in canonical order; `seq` sorts
+        // after every other key of an entry, so the canonical form with it is this prefix, then
+        // `,"seq":N}`: the object is left open.
+        let mut prefix = String::with_capacity(1024);
+        let mut members = Members::open(&mut prefix);
+        members.signed("at", self.at);
+        self.context.write_canonical(members.key("context"));
+        write_map(&self.details, members.key("details"))?;
+        members.string("kind", self.kind.as_str());
         Ok(PreparedEvent { kind: self.kind.as_str(), at: self.at, refs: self.all_refs(), prefix })
     }
 
@@ -339,9 +382,7 @@ impl PreparedEvent {
     pub fn body(&self, seq: u64) -> String {
         let mut body = String::with_capacity(self.prefix.len() + 32);
         body.push_str(&self.prefix);
-        body.push_str(",\"seq\":");
-        body.push_str(&seq.to_string());
-        body.push('}');
+        let _ = write!(body, ",\"seq\":{seq}}}");
         body
     }
 }
@@ -438,5 +479,235 @@ mod tests {
             assert_eq!(prepared.body(seq), event.at_seq(seq).canonical().unwrap(), "seq {seq}");
         }
         assert!(AuditEvent::new(Kind::TokenMinted, 0, Context::default()).with("f", 0.5).prepare().is_err());
+    }
+
+    /// Generated events for comparing the direct encoding with the `Value` tree's.
+    mod generate {
+        use serde_json::{Map, Value};
+
+        use super::super::{AuditEvent, Context, Kind};
+        use crate::canonical::generate::Rng;
+
+        const KINDS: &[Kind] = &[
+            Kind::TokenMinted,
+            Kind::CredentialsAllowed,
+            Kind::CredentialsDenied,
+            Kind::CredentialsIssued,
+            Kind::AuditPruned,
+            Kind::PolicyLoaded,
+            Kind::RunStateChanged,
+            Kind::JobLeaseEnded,
+            Kind::SourceCredentialsIssued,
+        ];
+
+        /// Keys that collide, prefix one another, or sort differently in UTF-8 and UTF-16
+        /// (U+FB01 after U+1F600 in UTF-16, before it in UTF-8), besides the generated ones.
+        const KEYS: &[&str] =
+            &["", "a", "ab", "b", "Z", "seq", "kind", "\u{FB01}", "\u{1F600}", "\u{FFFF}", "\u{10000}", "é", "a\u{0}"];
+
+        fn optional(rng: &mut Rng) -> Option<String> {
+            // Empty strings too: present but empty is not absent.
+            (rng.below(3) != 0).then(|| rng.string(12))
+        }
+
+        fn key(rng: &mut Rng) -> String {
+            if rng.below(2) == 0 {
+                KEYS.get(rng.below(KEYS.len() as u64) as usize).copied().unwrap_or("k").to_owned()
+            } else {
+                rng.string(6)
+            }
+        }
+
+        fn integer(rng: &mut Rng) -> Value {
+            match rng.below(6) {
+                0 => Value::from(i64::MIN),
+                1 => Value::from(u64::MAX),
+                2 => Value::from(0),
+                3 => Value::from(rng.next_u64()),
+                4 => Value::from(rng.next_u64() as i64),
+                _ => Value::from(rng.below(2000) as i64 - 1000),
+            }
+        }
+
+        /// A JSON value; with `floats`, some numbers are not integers.
+        pub(super) fn value(rng: &mut Rng, depth: u32, floats: bool) -> Value {
+            let leaf_only = depth == 0;
+            match rng.below(if leaf_only { 5 } else { 7 }) {
+                0 => Value::Null,
+                1 => Value::Bool(rng.below(2) == 0),
+                2 if floats && rng.below(4) == 0 => {
+                    const FLOATS: &[f64] = &[0.5, -0.0, 1e300, -2.5e-8, 3.25];
+                    Value::from(FLOATS.get(rng.below(FLOATS.len() as u64) as usize).copied().unwrap_or(0.5))
+                }
+                2 => integer(rng),
+                3 | 4 => Value::String(rng.string(16)),
+                5 => Value::Array((0..rng.below(4)).map(|_| value(rng, depth - 1, floats)).collect()),
+                _ => Value::Object(map(rng, depth - 1, floats)),
+            }
+        }
+
+        pub(super) fn map(rng: &mut Rng, depth: u32, floats: bool) -> Map<String, Value> {
+            (0..rng.below(6)).map(|_| (key(rng), value(rng, depth, floats))).collect()
+        }
+
+        pub(super) fn context(rng: &mut Rng) -> Context {
+            // A struct literal without `..`: a new field must be generated here too.
+            Context {
+                run_id: optional(rng),
+                stack_id: optional(rng),
+                phase: optional(rng),
+                repository: optional(rng),
+                commit_sha: optional(rng),
+                git_ref: optional(rng),
+                pull_request: match rng.below(4) {
+                    0 => None,
+                    1 => Some(u64::MAX),
+                    2 => Some(0),
+                    _ => Some(rng.next_u64() >> rng.below(64)),
+                },
+                ticket: optional(rng),
+                triggered_by: optional(rng),
+                approved_by: (0..rng.below(4)).map(|_| rng.string(8)).collect(),
+                asserted_by: optional(rng),
+                actor: optional(rng),
+                subject_issuer: optional(rng),
+                subject_jti: optional(rng),
+                target: optional(rng),
+                request_id: optional(rng),
+                remote_addr: optional(rng),
+            }
+        }
+
+        pub(super) fn event(rng: &mut Rng, floats: bool) -> AuditEvent {
+            let kind = KINDS.get(rng.below(KINDS.len() as u64) as usize).copied().unwrap_or(Kind::TokenMinted);
+            let at = match rng.below(4) {
+                0 => i64::MIN,
+                1 => i64::MAX,
+                2 => rng.next_u64() as i64,
+                _ => 1_795_400_000,
+            };
+            let mut event = AuditEvent::new(kind, at, context(rng));
+            event.details = map(rng, 3, floats);
+            for _ in 0..rng.below(3) {
+                event = event.with_ref("akid", &rng.string(8));
+            }
+            event
+        }
+    }
+
+    /// What `prepare` wrote before it encoded directly: the event serialized to a `Value` tree,
+    /// that tree written canonically, the closing brace taken off.
+    fn prefix_via_value(event: &AuditEvent) -> Result<String, CanonicalError> {
+        #[derive(Serialize)]
+        struct Unnumbered<'a> {
+            at: i64,
+            context: &'a Context,
+            details: &'a Map<String, Value>,
+            kind: &'a str,
+        }
+        let unnumbered =
+            Unnumbered { at: event.at, context: &event.context, details: &event.details, kind: event.kind.as_str() };
+        let value = serde_json::to_value(unnumbered).map_err(|e| CanonicalError::Encode(e.to_string()))?;
+        let mut prefix = to_canonical(&value)?;
+        prefix.pop();
+        Ok(prefix)
+    }
+
+    /// A check of canonical key order that shares no code with the encoder: a deserializer meets
+    /// an object's keys in the order of the text, and each must sort after the one before it by
+    /// UTF-16 code units, at every depth.
+    #[derive(Debug)]
+    struct SortedKeys;
+
+    impl<'de> Deserialize<'de> for SortedKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(SortedKeysVisitor)
+        }
+    }
+
+    struct SortedKeysVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for SortedKeysVisitor {
+        type Value = SortedKeys;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+
+        fn visit_unit<E>(self) -> Result<SortedKeys, E> {
+            Ok(SortedKeys)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<SortedKeys, E> {
+            Ok(SortedKeys)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<SortedKeys, E> {
+            Ok(SortedKeys)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<SortedKeys, E> {
+            Ok(SortedKeys)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<SortedKeys, E> {
+            Ok(SortedKeys)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SortedKeys, A::Error> {
+            while seq.next_element::<SortedKeys>()?.is_some() {}
+            Ok(SortedKeys)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SortedKeys, A::Error> {
+            let mut last: Option<Vec<u16>> = None;
+            while let Some(key) = map.next_key::<String>()? {
+                let units: Vec<u16> = key.encode_utf16().collect();
+                if last.as_ref().is_some_and(|last| *last >= units) {
+                    return Err(serde::de::Error::custom(format!("key {key:?} is out of canonical order")));
+                }
+                last = Some(units);
+                map.next_value::<SortedKeys>()?;
+            }
+            Ok(SortedKeys)
+        }
+    }
+
+    /// The direct encoding is the `Value` tree's, byte for byte, for events with every context
+    /// field absent, empty or awkward, details nested three deep with keys whose UTF-8 and
+    /// UTF-16 orders differ, and strings with every escape and multi-byte characters; and the
+    /// entry the verifier re-encodes (`Entry::canonical`) is the prepared body. Both share
+    /// [`write_map`] and the string escaping (tested on their own in `canonical`), so the body is
+    /// also checked without them: its keys in order, and it parses back to the entry.
+    #[test]
+    fn direct_encoding_equals_the_value_trees() {
+        let mut rng = crate::canonical::generate::Rng::new(18);
+        for i in 0..10_000 {
+            let event = generate::event(&mut rng, false);
+            let prepared = event.prepare().unwrap();
+            assert_eq!(prepared.prefix, prefix_via_value(&event).unwrap(), "event {i}: {event:?}");
+            let seq = rng.next_u64() >> rng.below(64);
+            let body = prepared.body(seq);
+            assert_eq!(body, event.at_seq(seq).canonical().unwrap(), "event {i}: {event:?}");
+            // And, without the shared code: sorted keys, and the text reads back as the entry.
+            serde_json::from_str::<SortedKeys>(&body).unwrap_or_else(|e| panic!("event {i}: {e}: {body}"));
+            let reread: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(reread, serde_json::to_value(event.at_seq(seq)).unwrap(), "event {i}: {body}");
+        }
+    }
+
+    /// A float anywhere in the details is refused with the same error (the first in canonical
+    /// order) as through the `Value` tree.
+    #[test]
+    fn floats_are_refused_as_through_the_value_tree() {
+        let mut rng = crate::canonical::generate::Rng::new(8785);
+        let mut refused = 0;
+        for i in 0..5_000 {
+            let event = generate::event(&mut rng, true);
+            let direct = event.prepare().map(|prepared| prepared.prefix);
+            refused += usize::from(direct.is_err());
+            assert_eq!(direct, prefix_via_value(&event), "event {i}: {event:?}");
+        }
+        assert!(refused > 500, "only {refused} events had a float");
     }
 }
