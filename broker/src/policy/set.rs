@@ -7,6 +7,8 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+use super::collector::{self, Outputs};
+use super::input::PolicyInput;
 use super::{Decision, PolicyKind};
 use keyward_proto::encoding::hex;
 
@@ -83,35 +85,6 @@ pub struct PolicySet {
     packages: Vec<String>,
 }
 
-/// The rules the broker reads from each policy type's package.
-fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
-    match kind {
-        PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
-        PolicyKind::Run | PolicyKind::Plan => &["deny", "warn"],
-        PolicyKind::Approval => &["approve", "reject", "pending"],
-    }
-}
-
-/// The package of the broker's generated collector rules (one per policy kind).
-const COLLECTOR: &str = "keyward_broker_outputs";
-
-/// The collector module: for each kind, a set of `[rule, value]` pairs, one per output rule its
-/// package defines for an input (an undefined output is left out, as when the package was
-/// evaluated whole).
-fn collector_module() -> String {
-    let mut module = format!("package {COLLECTOR}\n");
-    for kind in PolicyKind::ALL {
-        for rule in output_rules(kind) {
-            module.push_str(&format!(
-                "{} contains [\"{rule}\", value] if {{ value := data.{}.{rule} }}\n",
-                kind.as_str(),
-                kind.package()
-            ));
-        }
-    }
-    module
-}
-
 /// Largest policy or data file read.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -179,14 +152,24 @@ impl PolicySet {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
-        if packages.iter().any(|p| p == &format!("data.{COLLECTOR}")) {
+        if packages.iter().any(|p| p == &format!("data.{}", collector::PACKAGE)) {
             return Err(PolicyError::Prepare {
                 dir: origin.to_owned(),
-                message: format!("package {COLLECTOR} is the broker's own; name the package otherwise"),
+                message: format!("package {} is the broker's own; name the package otherwise", collector::PACKAGE),
             });
         }
+        let outputs: Vec<Outputs> = PolicyKind::ALL.into_iter().map(|kind| Outputs::of(&engine, kind)).collect();
+        for (kind, output) in PolicyKind::ALL.into_iter().zip(&outputs) {
+            if output.deny_only() {
+                tracing::warn!(
+                    package = kind.package(),
+                    "this package defines deny but no allow: it allows whatever it does not deny; \
+                     define allow to make it fail closed (docs/policies.md)"
+                );
+            }
+        }
         engine
-            .add_policy("(keyward outputs)".to_owned(), collector_module())
+            .add_policy("(keyward outputs)".to_owned(), collector::module(&outputs))
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
         // A first evaluation of every package, with an empty input, makes regorus analyse the set
         // now (so the clones decisions use start prepared) and finds calls to built-ins that do
@@ -227,9 +210,9 @@ impl PolicySet {
     }
 
     /// Evaluates the `kind` package with `input`. Never fails: failures are denies with reasons.
-    /// Takes the input by value: converting it for the engine consumes it, and a decision's input
-    /// is built for that decision anyway.
-    pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
+    /// Takes the input by value: a JSON input is converted for the engine, which consumes it, and
+    /// a [`PolicyInput`] built for the decision is handed over as it is.
+    pub fn decide(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Decision {
         match self.outputs(kind, input) {
             Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
             Err(EvalError::TimeLimit(limit)) => Decision::timed_out(kind, limit, self.digest.clone()),
@@ -239,15 +222,16 @@ impl PolicySet {
 
     /// The raw output rules (`allow`, `deny`, …) the policy produced for `input`, before they are
     /// interpreted as a [`Decision`]. `Err` when evaluation failed (an error, a limit).
-    pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, EvalError> {
-        if !input.is_object() {
+    pub fn outputs(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Result<serde_json::Value, EvalError> {
+        let input = input.into().into_value();
+        if !matches!(input, regorus::Value::Object(_)) {
             return Err(EvalError::NotAnObject);
         }
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
+        engine.set_input(input);
         // One rule, the collector of this kind's outputs: only what the outputs depend on is
         // evaluated, and nothing but the outputs is converted back.
-        let rule = format!("data.{COLLECTOR}.{}", kind.as_str());
+        let rule = format!("data.{}.{}", collector::PACKAGE, kind.as_str());
         let value = engine.eval_rule(rule).map_err(|error| {
             let timed_out = matches!(
                 error.downcast_ref::<regorus::LimitError>(),
@@ -341,7 +325,30 @@ ttl_seconds := 600 if input.run.phase == "plan"
         let unknown = set.decide(PolicyKind::Credentials, json!({"target": {"name": "prod"}}));
         assert_eq!(unknown.outcome, Outcome::Deny, "deny by default");
         let undefined_package = set.decide(PolicyKind::Run, json!({}));
-        assert_eq!(undefined_package.outcome, Outcome::Allow, "keyward.run denies only with a message");
+        assert_eq!(undefined_package.outcome, Outcome::Deny, "a set without keyward.run refuses runs");
+        assert_eq!(undefined_package.reasons, ["no rule allowed the request (deny by default)"]);
+        Ok(())
+    }
+
+    /// A `run` or `plan` package written deny-only (before `allow` was required) keeps allowing
+    /// what it does not deny; one that defines `allow` is held to it.
+    #[test]
+    fn deny_only_run_and_plan_packages_keep_working() -> Result<(), PolicyError> {
+        for kind in [PolicyKind::Run, PolicyKind::Plan] {
+            let package = kind.package();
+            let deny_only = set(&format!("package {package}\n\ndeny contains \"no x\" if input.x\n"))?;
+            assert_eq!(deny_only.decide(kind, json!({})).outcome, Outcome::Allow, "{kind}");
+            assert_eq!(deny_only.decide(kind, json!({"x": true})).reasons, ["no x"], "{kind}");
+            let positive = set(&format!(
+                "package {package}\n\ndefault allow := false\n\nallow if input.y\n\ndeny contains \"no x\" if input.x\n"
+            ))?;
+            assert_eq!(positive.decide(kind, json!({})).outcome, Outcome::Deny, "{kind}");
+            assert_eq!(positive.decide(kind, json!({"y": true})).outcome, Outcome::Allow, "{kind}");
+            assert_eq!(positive.decide(kind, json!({"y": true, "x": true})).reasons, ["no x"], "{kind}");
+            // A package with neither (only warnings) allows nothing.
+            let warn_only = set(&format!("package {package}\n\nwarn contains \"w\" if true\n"))?;
+            assert_eq!(warn_only.decide(kind, json!({})).outcome, Outcome::Deny, "{kind}");
+        }
         Ok(())
     }
 
