@@ -60,24 +60,27 @@ independent_approvers(run) := {who |
 # A target labelled `repositories` (space-separated, exact: `acme/network` as a CI token names it,
 # `https://github.com/acme/network.git` as a stack does) serves only runs of those repositories,
 # whoever the caller is: one repository's pipeline cannot deploy another's infrastructure.
-serves_repository(target, _) if object.get(target.labels, "repositories", "") == ""
+# (`else`: when the first body holds, regorus does not evaluate the second; two plain bodies would
+# both be evaluated on every decision.)
+serves_repository(target, run) if object.get(target.labels, "repositories", "") == ""
 
-serves_repository(target, run) if {
+else := true if {
 	run.repository != ""
 	run.repository in split(target.labels.repositories, " ")
 }
 
 # Only the organisation's repositories, when a list is configured in data.json.
-repository_allowed(_) if count(data.keyward.settings.allowed_repository_prefixes) == 0
+repository_allowed(run) if count(data.keyward.settings.allowed_repository_prefixes) == 0
 
-repository_allowed(run) if {
+else := true if {
 	some prefix in data.keyward.settings.allowed_repository_prefixes
 	startswith(run.repository, prefix)
 }
 
 # Lifetimes: an hour for plans and applies (data.json, ttl_caps): shorter would put CI
-# credentials inside the 15 minutes in which AWS clients refresh them.
-ttl_seconds := data.keyward.settings.ttl_caps[object.get(input.run, "phase", "plan")]
+# credentials inside the 15 minutes in which AWS clients refresh them. (The broker always sends
+# the phase; a phase ttl_caps does not list gets no cap here, only the target's `duration`.)
+ttl_seconds := data.keyward.settings.ttl_caps[input.run.phase]
 
 # Why a request was refused, for the audit log, the caller's error and `keyward policy test`: one
 # message per check above that does not hold. Evaluated only for refusals; a refusal no message
@@ -116,10 +119,12 @@ reasons contains msg if {
 
 reasons contains msg if {
 	not input.target.access == "read"
-	not count(independent_approvers(input.run)) >= required_approvals(input.target)
+	required := required_approvals(input.target)
+	approvals := count(independent_approvers(input.run))
+	approvals < required
 	msg := sprintf(
 		"target '%s' (env=%s) needs %d approvals from someone other than '%s'; it has %d",
-		[input.target.name, env_shown, required_approvals(input.target), object.get(input.run, "triggered_by", "(unknown)"), count(independent_approvers(input.run))],
+		[input.target.name, env_shown, required, object.get(input.run, "triggered_by", "(unknown)"), approvals],
 	)
 }
 
