@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use keyward_proto::claims::RunChain;
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 use serde_json::{Value, json};
 
 /// A decision's input (or a part of one) as the policy engine holds it. Build one from JSON
@@ -28,6 +28,12 @@ impl PolicyInput {
     /// A list of strings.
     pub fn strings<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Self {
         Self(regorus::Value::from(items.into_iter().map(|s| regorus::Value::from(s.as_ref())).collect::<Vec<_>>()))
+    }
+
+    /// A JSON object's fields (verified claims, say), converted.
+    pub fn json_object(object: &serde_json::Map<String, Value>) -> Self {
+        // Read in place, without a copy of the JSON tree; any JSON object is a regorus value.
+        Self(regorus::Value::deserialize(object).unwrap_or_else(|_| regorus::Value::new_object()))
     }
 
     /// The same document as JSON, for callers that inspect an input (fuzzing, `policy eval`).
@@ -49,7 +55,8 @@ impl From<Value> for PolicyInput {
 
 impl From<&Value> for PolicyInput {
     fn from(value: &Value) -> Self {
-        Self(regorus::Value::from(value.clone()))
+        // Read in place, without a copy of the JSON tree; any JSON value is a regorus value.
+        Self(regorus::Value::deserialize(value).unwrap_or(regorus::Value::Null))
     }
 }
 
@@ -283,5 +290,9 @@ mod tests {
         assert_eq!(PolicyInput::from(&labels), PolicyInput::from(json!({"env": "prod"})));
         assert_eq!(PolicyInput::from(None::<u64>), PolicyInput::from(Value::Null));
         assert_eq!(PolicyInput::from(json!({"a": [1, "b"]})).to_json(), json!({"a": [1, "b"]}));
+        let document = json!({"a": [1, -2, 2.5, 1e300, "b", null, true, {"c": {}}], "d": u64::MAX});
+        assert_eq!(PolicyInput::from(&document), PolicyInput::from(document.clone()));
+        let object = document.as_object().cloned().unwrap_or_default();
+        assert_eq!(PolicyInput::json_object(&object), PolicyInput::from(document));
     }
 }
