@@ -4,7 +4,7 @@
 //! message, for every policy type; an evaluation error, an undefined result or an exceeded time
 //! limit is a deny whose reason says what went wrong. The
 //! policy directory (`*.rego` plus `*.json` data files, like an OPA bundle) is parsed and analysed
-//! once into a [`PolicySet`]; each decision evaluates a clone of it. [`PolicyEngine`] holds the live set
+//! once into a [`PolicySet`]; each decision evaluates a copy of it. [`PolicyEngine`] holds the live set
 //! and swaps it on reload; a set that fails to load never replaces a good one.
 //!
 //! Built-ins that reach the network or the clock are not compiled in (see the `regorus` features in
@@ -13,6 +13,7 @@
 mod cases;
 mod collector;
 mod decision;
+mod engines;
 pub mod input;
 pub mod library;
 mod schema;

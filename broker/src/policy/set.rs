@@ -8,6 +8,7 @@ use aws_lc_rs::digest;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::collector::{self, Outputs};
+use super::engines;
 use super::input::PolicyInput;
 use super::{Decision, PolicyKind};
 use keyward_proto::encoding::hex;
@@ -70,7 +71,8 @@ pub enum EvalError {
     Failed(String),
 }
 
-/// A compiled policy directory. Immutable; each decision evaluates a clone of its engine.
+/// A compiled policy directory. Immutable; each decision evaluates a copy of its engine (one per
+/// thread, reused: `engines.rs`).
 ///
 /// Decisions run on regorus's interpreter, not its bytecode VM: in regorus 0.14.1 the VM turns a
 /// failing built-in inside a rule body into "undefined" even in strict mode, so a `deny` rule that
@@ -79,6 +81,8 @@ pub enum EvalError {
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
+    /// Identifies the set's engine for the per-thread engines (`engines.rs`).
+    id: u64,
     timeout: Duration,
     digest: String,
     files: Vec<String>,
@@ -191,7 +195,7 @@ impl PolicySet {
                 }
             }
         }
-        Ok(Self { engine, timeout, digest: hex(hasher.finish().as_ref()), files, packages })
+        Ok(Self { engine, id: engines::new_id(), timeout, digest: hex(hasher.finish().as_ref()), files, packages })
     }
 
     /// SHA-256 over the set's file names and contents.
@@ -227,12 +231,14 @@ impl PolicySet {
         if !matches!(input, regorus::Value::Object(_)) {
             return Err(EvalError::NotAnObject);
         }
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
         // One rule, the collector of this kind's outputs: only what the outputs depend on is
         // evaluated, and nothing but the outputs is converted back.
         let rule = format!("data.{}.{}", collector::PACKAGE, kind.as_str());
-        let value = engine.eval_rule(rule).map_err(|error| {
+        let value = engines::with_engine(self.id, &self.engine, |engine| {
+            engine.set_input(input);
+            engine.eval_rule(rule)
+        })
+        .map_err(|error| {
             let timed_out = matches!(
                 error.downcast_ref::<regorus::LimitError>(),
                 Some(regorus::LimitError::TimeLimitExceeded { .. })
@@ -378,6 +384,33 @@ deny contains "from input" if {
         }
         assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "1"})).outcome, Outcome::Deny, "deny fired");
         assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "-1"})).outcome, Outcome::Allow);
+        Ok(())
+    }
+
+    /// Each thread reuses its engine from decision to decision (`engines.rs`): what one decision
+    /// evaluated, or failed on, is not what the next one sees, and sets do not share engines.
+    #[test]
+    fn reused_engines_decide_as_fresh_ones() -> Result<(), PolicyError> {
+        let remembers = set(r#"
+package keyward.credentials
+
+seen := input.x
+
+allow if seen == input.expect
+
+deny contains "bad" if to_number(input.bad) > 0
+"#)?;
+        let basic = set(BASIC)?;
+        for round in 0..3 {
+            for (x, expect, outcome) in [(1, 1, Outcome::Allow), (2, 2, Outcome::Allow), (3, 1, Outcome::Deny)] {
+                let decision = remembers.decide(PolicyKind::Credentials, json!({"x": x, "expect": expect}));
+                assert_eq!(decision.outcome, outcome, "round {round}: x={x} expect={expect}: {decision:?}");
+            }
+            let failed = remembers.decide(PolicyKind::Credentials, json!({"x": 1, "expect": 1, "bad": "abc"}));
+            assert!(failed.reasons[0].starts_with("policy evaluation failed"), "{failed:?}");
+            let other = basic.decide(PolicyKind::Credentials, json!({"target": {"name": "dev", "access": "read"}}));
+            assert_eq!(other.outcome, Outcome::Allow, "another set on the same thread: {other:?}");
+        }
         Ok(())
     }
 
