@@ -1,27 +1,43 @@
 # When a run may apply. Approvals by the person who triggered the run never count: the broker
 # marks them `counted: false` and leaves them out of `input.run.approved_by`; this policy checks
 # the author as well, so a policy edited from it cannot count them by accident.
+#
+# Positive evidence, as in credentials.rego: `approve` holds only when enough counted approvals
+# are shown and the number required is a number; a setting of the wrong type leaves it false
+# (the run waits, and `pending` says why). Any rejection rejects.
 package keyward.approval
 
-settings := data.keyward.settings
+default approve := false
 
-run := object.get(input, "run", {})
+approve if {
+	count(approvers) >= required
+	every review in object.get(input, "approvals", []) {
+		review.decision != "reject"
+	}
+}
 
-author := object.get(run, "triggered_by", "")
+author := object.get(object.get(input, "run", {}), "triggered_by", "")
 
 env := object.get(object.get(input, "target_labels", {}), "env", "")
 
-required := object.get(settings.required_approvals, env, object.get(settings, "default_required_approvals", 1))
+# As many approvals as `required_approvals` says for the `env` label, and
+# `default_required_approvals` (one) for a label it does not list. Undefined unless a number.
+required := n if {
+	n := object.get(
+		data.keyward.settings.required_approvals,
+		env,
+		object.get(data.keyward.settings, "default_required_approvals", 1),
+	)
+	is_number(n)
+}
 
 approvers contains who if {
 	some review in object.get(input, "approvals", [])
 	review.decision == "approve"
-	object.get(review, "counted", false) == true
+	review.counted == true
 	who := review.by
 	who != author
 }
-
-approve if count(approvers) >= required
 
 reject contains msg if {
 	some review in object.get(input, "approvals", [])
@@ -36,6 +52,15 @@ pending contains msg if {
 	msg := sprintf(
 		"needs %d approval(s) from someone other than its author '%s' (env=%s, settings.required_approvals); has %d",
 		[required, author, env_name, count(approvers)],
+	)
+}
+
+pending contains msg if {
+	not approve
+	not required
+	msg := sprintf(
+		"data.json gives no number of approvals for env=%s (settings.required_approvals, settings.default_required_approvals)",
+		[env_name],
 	)
 }
 

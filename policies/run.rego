@@ -1,17 +1,28 @@
 # Which runs may be submitted. If it isn't checked in, it doesn't run.
+#
+# Positive evidence, as in credentials.rego: `allow` holds only when the run names a commit on a
+# branch; a field that is missing or of the wrong type leaves it false. `deny` only explains.
 package keyward.run
 
-run := object.get(input, "run", {})
+default allow := false
 
-deny contains "a run must name a commit (commit_sha)" if {
-	object.get(run, "commit_sha", "") == ""
+allow if {
+	names_a_commit
+	on_a_branch
 }
 
-deny contains "a run must come from a branch (refs/heads/...); this run names no ref" if {
-	not run.ref
+names_a_commit if {
+	is_string(input.run.commit_sha)
+	input.run.commit_sha != ""
 }
+
+on_a_branch if startswith(input.run.ref, "refs/heads/")
+
+deny contains "a run must name a commit (commit_sha)" if not names_a_commit
+
+deny contains "a run must come from a branch (refs/heads/...); this run names no ref" if not input.run.ref
 
 deny contains msg if {
-	not startswith(run.ref, "refs/heads/")
-	msg := sprintf("a run must come from a branch (refs/heads/...); got '%s'", [run.ref])
+	not on_a_branch
+	msg := sprintf("a run must come from a branch (refs/heads/...); got '%s'", [input.run.ref])
 }

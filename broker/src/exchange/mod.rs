@@ -791,7 +791,7 @@ pub fn subject_view(
         SubjectKind::Run | SubjectKind::Job => serde_json::Map::new(),
     };
     Ok(SubjectView {
-        input: policy_input::credentials_input(&subject, target, requested_ttl, now),
+        input: policy_input::credentials_input(&subject, target, requested_ttl, now).to_json(),
         recorded_claims,
         role_session_name: role_session_name(&subject.run.run_id),
     })

@@ -111,19 +111,26 @@ fn credentials(document: &Value, mut decision: Decision) -> Result<Decision, Str
         Some(value @ Value::Object(_)) => Some(value.clone()),
         Some(other) => return Err(format!("`session_policy` must be an object, got {other}")),
     };
+    allow_unless_denied(allowed, denies, decision)
+}
+
+/// `keyward.run` and `keyward.plan`: like `credentials`, allowed only when `allow` is true and no
+/// `deny` message exists; `warn` is shown. (A deny-only package gets its `allow` from the broker's
+/// collector: `collector.rs`.)
+fn gate(document: &Value, mut decision: Decision) -> Result<Decision, String> {
+    let denies = messages(document, "deny")?;
+    let allowed = flag(document, "allow")?;
+    decision.warnings = messages(document, "warn")?;
+    allow_unless_denied(allowed, denies, decision)
+}
+
+/// Allow only with `allowed` and no `denies`; a deny always says why.
+fn allow_unless_denied(allowed: bool, denies: Vec<String>, mut decision: Decision) -> Result<Decision, String> {
     decision.outcome = if allowed && denies.is_empty() { Outcome::Allow } else { Outcome::Deny };
     decision.reasons = denies;
     if decision.outcome == Outcome::Deny && decision.reasons.is_empty() {
         decision.reasons.push("no rule allowed the request (deny by default)".to_owned());
     }
-    Ok(decision)
-}
-
-/// `keyward.run` and `keyward.plan`: allowed unless a `deny` message exists; `warn` is shown.
-fn gate(document: &Value, mut decision: Decision) -> Result<Decision, String> {
-    decision.reasons = messages(document, "deny")?;
-    decision.warnings = messages(document, "warn")?;
-    decision.outcome = if decision.reasons.is_empty() { Outcome::Allow } else { Outcome::Deny };
     Ok(decision)
 }
 
@@ -203,6 +210,23 @@ mod tests {
             let decision = d(doc.clone());
             assert_eq!(decision.outcome, Outcome::Deny, "{doc}");
             assert!(decision.reasons[0].starts_with("policy evaluation failed"), "{decision:?}");
+        }
+    }
+
+    #[test]
+    fn runs_and_plans_need_an_allow_and_no_deny() {
+        for kind in [PolicyKind::Run, PolicyKind::Plan] {
+            let d = |doc| Decision::from_document(kind, &doc, "d".into());
+            assert_eq!(d(json!({"allow": true})).outcome, Outcome::Allow);
+            assert_eq!(d(json!({"allow": true, "warn": ["big"]})).warnings, ["big"]);
+            let none = d(json!({}));
+            assert_eq!(
+                (none.outcome, none.reasons.as_slice()),
+                (Outcome::Deny, ["no rule allowed the request (deny by default)".to_owned()].as_slice())
+            );
+            assert_eq!(d(json!({"deny": []})).outcome, Outcome::Deny, "no deny is not an allow");
+            assert_eq!(d(json!({"allow": true, "deny": ["no"]})).reasons, ["no"]);
+            assert_eq!(d(json!({"allow": "yes"})).outcome, Outcome::Deny);
         }
     }
 

@@ -1,16 +1,19 @@
 //! Policy decisions, in Rego, evaluated by `regorus` (DESIGN.md §3).
 //!
-//! Deny by default: an allow needs a rule that says so and no `deny` message; an evaluation error,
-//! an undefined result or an exceeded time limit is a deny whose reason says what went wrong. The
+//! Deny by default: an allow (an approval) needs a rule that says so and no `deny` (`reject`)
+//! message, for every policy type; an evaluation error, an undefined result or an exceeded time
+//! limit is a deny whose reason says what went wrong. The
 //! policy directory (`*.rego` plus `*.json` data files, like an OPA bundle) is parsed and analysed
-//! once into a [`PolicySet`]; each decision evaluates a clone of it. [`PolicyEngine`] holds the live set
+//! once into a [`PolicySet`]; each decision evaluates a copy of it. [`PolicyEngine`] holds the live set
 //! and swaps it on reload; a set that fails to load never replaces a good one.
 //!
 //! Built-ins that reach the network or the clock are not compiled in (see the `regorus` features in
 //! Cargo.toml): policies get the time from their input, so decisions are reproducible.
 
 mod cases;
+mod collector;
 mod decision;
+mod engines;
 pub mod input;
 pub mod library;
 mod schema;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 pub use cases::{CaseOutcome, CaseReport, run_cases};
 pub use decision::{Decision, Outcome};
+pub use input::{InputObject, PolicyInput};
 pub use schema::input_schema;
 pub use set::{EvalError, PolicyError, PolicySet};
 
@@ -141,7 +145,7 @@ impl PolicyEngine {
     }
 
     /// Decides with the current set.
-    pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
+    pub fn decide(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Decision {
         self.current().decide(kind, input)
     }
 }

@@ -141,7 +141,11 @@ fn run_input() -> Section {
             "time": time_object()
         }),
         vec!["run", "time"],
-        json!({"deny": "set of strings; any message refuses the run"}),
+        json!({
+            "allow": "boolean; the run is accepted only if true (a package that defines deny but no allow is treated as allowing what it does not deny)",
+            "deny": "set of strings; any message refuses the run",
+            "warn": "set of strings; shown, not blocking"
+        }),
     )
 }
 
@@ -154,7 +158,11 @@ fn plan_input() -> Section {
             "time": time_object()
         }),
         vec!["run", "plan", "time"],
-        json!({"deny": "set of strings; any message fails the plan", "warn": "set of strings; shown, not blocking"}),
+        json!({
+            "allow": "boolean; the plan passes only if true (a package that defines deny but no allow is treated as allowing what it does not deny)",
+            "deny": "set of strings; any message fails the plan",
+            "warn": "set of strings; shown, not blocking"
+        }),
     )
 }
 

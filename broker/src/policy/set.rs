@@ -7,6 +7,9 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+use super::collector::{self, Outputs};
+use super::engines;
+use super::input::PolicyInput;
 use super::{Decision, PolicyKind};
 use keyward_proto::encoding::hex;
 
@@ -68,7 +71,8 @@ pub enum EvalError {
     Failed(String),
 }
 
-/// A compiled policy directory. Immutable; each decision evaluates a clone of its engine.
+/// A compiled policy directory. Immutable; each decision evaluates a copy of its engine (one per
+/// thread, reused: `engines.rs`).
 ///
 /// Decisions run on regorus's interpreter, not its bytecode VM: in regorus 0.14.1 the VM turns a
 /// failing built-in inside a rule body into "undefined" even in strict mode, so a `deny` rule that
@@ -77,39 +81,12 @@ pub enum EvalError {
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
+    /// Identifies the set's engine for the per-thread engines (`engines.rs`).
+    id: u64,
     timeout: Duration,
     digest: String,
     files: Vec<String>,
     packages: Vec<String>,
-}
-
-/// The rules the broker reads from each policy type's package.
-fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
-    match kind {
-        PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
-        PolicyKind::Run | PolicyKind::Plan => &["deny", "warn"],
-        PolicyKind::Approval => &["approve", "reject", "pending"],
-    }
-}
-
-/// The package of the broker's generated collector rules (one per policy kind).
-const COLLECTOR: &str = "keyward_broker_outputs";
-
-/// The collector module: for each kind, a set of `[rule, value]` pairs, one per output rule its
-/// package defines for an input (an undefined output is left out, as when the package was
-/// evaluated whole).
-fn collector_module() -> String {
-    let mut module = format!("package {COLLECTOR}\n");
-    for kind in PolicyKind::ALL {
-        for rule in output_rules(kind) {
-            module.push_str(&format!(
-                "{} contains [\"{rule}\", value] if {{ value := data.{}.{rule} }}\n",
-                kind.as_str(),
-                kind.package()
-            ));
-        }
-    }
-    module
 }
 
 /// Largest policy or data file read.
@@ -179,14 +156,24 @@ impl PolicySet {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
-        if packages.iter().any(|p| p == &format!("data.{COLLECTOR}")) {
+        if packages.iter().any(|p| p == &format!("data.{}", collector::PACKAGE)) {
             return Err(PolicyError::Prepare {
                 dir: origin.to_owned(),
-                message: format!("package {COLLECTOR} is the broker's own; name the package otherwise"),
+                message: format!("package {} is the broker's own; name the package otherwise", collector::PACKAGE),
             });
         }
+        let outputs: Vec<Outputs> = PolicyKind::ALL.into_iter().map(|kind| Outputs::of(&engine, kind)).collect();
+        for (kind, output) in PolicyKind::ALL.into_iter().zip(&outputs) {
+            if output.deny_only() {
+                tracing::warn!(
+                    package = kind.package(),
+                    "this package defines deny but no allow: it allows whatever it does not deny; \
+                     define allow to make it fail closed (docs/policies.md)"
+                );
+            }
+        }
         engine
-            .add_policy("(keyward outputs)".to_owned(), collector_module())
+            .add_policy("(keyward outputs)".to_owned(), collector::module(&outputs))
             .map_err(|e| PolicyError::Prepare { dir: origin.to_owned(), message: e.to_string() })?;
         // A first evaluation of every package, with an empty input, makes regorus analyse the set
         // now (so the clones decisions use start prepared) and finds calls to built-ins that do
@@ -208,7 +195,7 @@ impl PolicySet {
                 }
             }
         }
-        Ok(Self { engine, timeout, digest: hex(hasher.finish().as_ref()), files, packages })
+        Ok(Self { engine, id: engines::new_id(), timeout, digest: hex(hasher.finish().as_ref()), files, packages })
     }
 
     /// SHA-256 over the set's file names and contents.
@@ -227,9 +214,9 @@ impl PolicySet {
     }
 
     /// Evaluates the `kind` package with `input`. Never fails: failures are denies with reasons.
-    /// Takes the input by value: converting it for the engine consumes it, and a decision's input
-    /// is built for that decision anyway.
-    pub fn decide(&self, kind: PolicyKind, input: serde_json::Value) -> Decision {
+    /// Takes the input by value: a JSON input is converted for the engine, which consumes it, and
+    /// a [`PolicyInput`] built for the decision is handed over as it is.
+    pub fn decide(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Decision {
         match self.outputs(kind, input) {
             Ok(document) => Decision::from_document(kind, &document, self.digest.clone()),
             Err(EvalError::TimeLimit(limit)) => Decision::timed_out(kind, limit, self.digest.clone()),
@@ -239,16 +226,19 @@ impl PolicySet {
 
     /// The raw output rules (`allow`, `deny`, …) the policy produced for `input`, before they are
     /// interpreted as a [`Decision`]. `Err` when evaluation failed (an error, a limit).
-    pub fn outputs(&self, kind: PolicyKind, input: serde_json::Value) -> Result<serde_json::Value, EvalError> {
-        if !input.is_object() {
+    pub fn outputs(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Result<serde_json::Value, EvalError> {
+        let input = input.into().into_value();
+        if !matches!(input, regorus::Value::Object(_)) {
             return Err(EvalError::NotAnObject);
         }
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
         // One rule, the collector of this kind's outputs: only what the outputs depend on is
         // evaluated, and nothing but the outputs is converted back.
-        let rule = format!("data.{COLLECTOR}.{}", kind.as_str());
-        let value = engine.eval_rule(rule).map_err(|error| {
+        let rule = format!("data.{}.{}", collector::PACKAGE, kind.as_str());
+        let value = engines::with_engine(self.id, &self.engine, |engine| {
+            engine.set_input(input);
+            engine.eval_rule(rule)
+        })
+        .map_err(|error| {
             let timed_out = matches!(
                 error.downcast_ref::<regorus::LimitError>(),
                 Some(regorus::LimitError::TimeLimitExceeded { .. })
@@ -341,7 +331,30 @@ ttl_seconds := 600 if input.run.phase == "plan"
         let unknown = set.decide(PolicyKind::Credentials, json!({"target": {"name": "prod"}}));
         assert_eq!(unknown.outcome, Outcome::Deny, "deny by default");
         let undefined_package = set.decide(PolicyKind::Run, json!({}));
-        assert_eq!(undefined_package.outcome, Outcome::Allow, "keyward.run denies only with a message");
+        assert_eq!(undefined_package.outcome, Outcome::Deny, "a set without keyward.run refuses runs");
+        assert_eq!(undefined_package.reasons, ["no rule allowed the request (deny by default)"]);
+        Ok(())
+    }
+
+    /// A `run` or `plan` package written deny-only (before `allow` was required) keeps allowing
+    /// what it does not deny; one that defines `allow` is held to it.
+    #[test]
+    fn deny_only_run_and_plan_packages_keep_working() -> Result<(), PolicyError> {
+        for kind in [PolicyKind::Run, PolicyKind::Plan] {
+            let package = kind.package();
+            let deny_only = set(&format!("package {package}\n\ndeny contains \"no x\" if input.x\n"))?;
+            assert_eq!(deny_only.decide(kind, json!({})).outcome, Outcome::Allow, "{kind}");
+            assert_eq!(deny_only.decide(kind, json!({"x": true})).reasons, ["no x"], "{kind}");
+            let positive = set(&format!(
+                "package {package}\n\ndefault allow := false\n\nallow if input.y\n\ndeny contains \"no x\" if input.x\n"
+            ))?;
+            assert_eq!(positive.decide(kind, json!({})).outcome, Outcome::Deny, "{kind}");
+            assert_eq!(positive.decide(kind, json!({"y": true})).outcome, Outcome::Allow, "{kind}");
+            assert_eq!(positive.decide(kind, json!({"y": true, "x": true})).reasons, ["no x"], "{kind}");
+            // A package with neither (only warnings) allows nothing.
+            let warn_only = set(&format!("package {package}\n\nwarn contains \"w\" if true\n"))?;
+            assert_eq!(warn_only.decide(kind, json!({})).outcome, Outcome::Deny, "{kind}");
+        }
         Ok(())
     }
 
@@ -371,6 +384,33 @@ deny contains "from input" if {
         }
         assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "1"})).outcome, Outcome::Deny, "deny fired");
         assert_eq!(set.decide(PolicyKind::Credentials, json!({"x": "-1"})).outcome, Outcome::Allow);
+        Ok(())
+    }
+
+    /// Each thread reuses its engine from decision to decision (`engines.rs`): what one decision
+    /// evaluated, or failed on, is not what the next one sees, and sets do not share engines.
+    #[test]
+    fn reused_engines_decide_as_fresh_ones() -> Result<(), PolicyError> {
+        let remembers = set(r#"
+package keyward.credentials
+
+seen := input.x
+
+allow if seen == input.expect
+
+deny contains "bad" if to_number(input.bad) > 0
+"#)?;
+        let basic = set(BASIC)?;
+        for round in 0..3 {
+            for (x, expect, outcome) in [(1, 1, Outcome::Allow), (2, 2, Outcome::Allow), (3, 1, Outcome::Deny)] {
+                let decision = remembers.decide(PolicyKind::Credentials, json!({"x": x, "expect": expect}));
+                assert_eq!(decision.outcome, outcome, "round {round}: x={x} expect={expect}: {decision:?}");
+            }
+            let failed = remembers.decide(PolicyKind::Credentials, json!({"x": 1, "expect": 1, "bad": "abc"}));
+            assert!(failed.reasons[0].starts_with("policy evaluation failed"), "{failed:?}");
+            let other = basic.decide(PolicyKind::Credentials, json!({"target": {"name": "dev", "access": "read"}}));
+            assert_eq!(other.outcome, Outcome::Allow, "another set on the same thread: {other:?}");
+        }
         Ok(())
     }
 
