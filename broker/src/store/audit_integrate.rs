@@ -33,8 +33,9 @@ struct Step {
     from: u64,
     to: u64,
     tiles: Vec<(TileId, Vec<merkle::Hash>)>,
-    /// `(ref, seq)` for every entry, `kind:<kind>` included, sorted.
-    refs: Vec<(String, u64)>,
+    /// Every entry's lookup keys (`kind:<kind>` included), sorted by key, as the JSON arrays of
+    /// `"<seq>:<ref>"` that [`write_refs`] sends.
+    refs: Vec<String>,
 }
 
 impl Store {
@@ -57,8 +58,7 @@ impl Store {
         }
         write_tiles(&mut tx, self.backend, &step.tiles).await?;
         let pruned = audit::pruned_before(&mut *tx).await?;
-        let refs: Vec<&(String, u64)> = step.refs.iter().filter(|(_, seq)| *seq >= pruned).collect();
-        write_refs(&mut tx, self.backend, &refs).await?;
+        write_refs(&mut tx, self.backend, &step.refs, pruned).await?;
         sqlx::query("UPDATE audit_integration SET size = $1 WHERE id = 1")
             .bind(to_i64(step.to)?)
             .execute(&mut *tx)
@@ -120,7 +120,12 @@ async fn prepare(conn: &mut sqlx::AnyConnection, max_entries: u64) -> Result<Opt
         }
     }
     refs.sort_unstable();
-    Ok(Some(Step { from, to: builder.size(), tiles: builder.take_tiles(), refs }))
+    let mut chunks = Vec::with_capacity(refs.len().div_ceil(REFS_PER_STATEMENT));
+    for chunk in refs.chunks(REFS_PER_STATEMENT) {
+        let keys: Vec<String> = chunk.iter().map(|(reference, seq)| format!("{seq}:{reference}")).collect();
+        chunks.push(serde_json::to_string(&keys).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    }
+    Ok(Some(Step { from, to: builder.size(), tiles: builder.take_tiles(), refs: chunks }))
 }
 
 async fn write_tiles(
@@ -148,28 +153,31 @@ async fn write_tiles(
     Ok(())
 }
 
-/// Inserts lookup keys (sorted, so neighbouring keys share B-tree pages), many per statement:
-/// the pairs travel as one JSON array that the database unpacks itself, because binding two
-/// parameters per row costs more than the insert.
+/// Inserts lookup keys of entries from `pruned` on, many per statement: each statement's keys
+/// travel as one JSON array of `"<seq>:<ref>"` strings (a sequence number has no `:`, so the
+/// first one separates) that the database unpacks itself, because binding two parameters per row
+/// costs more than the insert, and unpacking a nested pair per row more than splitting a string.
+/// They are sorted, so neighbouring keys share B-tree pages.
 async fn write_refs(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
-    refs: &[&(String, u64)],
+    chunks: &[String],
+    pruned: u64,
 ) -> Result<(), StoreError> {
     let sql = match backend {
         Backend::Sqlite => {
-            "INSERT INTO audit_refs (ref, seq) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') \
-             FROM json_each($1) WHERE true ON CONFLICT (ref, seq) DO NOTHING"
+            "INSERT INTO audit_refs (ref, seq) SELECT substr(value, instr(value, ':') + 1), \
+             CAST(substr(value, 1, instr(value, ':') - 1) AS INTEGER) AS at \
+             FROM json_each($1) WHERE at >= $2 ON CONFLICT (ref, seq) DO NOTHING"
         }
         Backend::Postgres => {
-            "INSERT INTO audit_refs (ref, seq) SELECT e ->> 0, (e ->> 1)::bigint \
-             FROM json_array_elements($1::json) AS e ON CONFLICT (ref, seq) DO NOTHING"
+            "INSERT INTO audit_refs (ref, seq) SELECT substr(v, strpos(v, ':') + 1), at \
+             FROM json_array_elements_text($1::json) AS v, LATERAL (SELECT substr(v, 1, strpos(v, ':') - 1)::bigint AS at) AS s \
+             WHERE at >= $2 ON CONFLICT (ref, seq) DO NOTHING"
         }
     };
-    for chunk in refs.chunks(REFS_PER_STATEMENT) {
-        let pairs: Vec<(&str, u64)> = chunk.iter().map(|(reference, seq)| (reference.as_str(), *seq)).collect();
-        let json = serde_json::to_string(&pairs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(sql).bind(json).execute(&mut *conn).await?;
+    for json in chunks {
+        sqlx::query(sql).bind(json.as_str()).bind(to_i64(pruned)?).execute(&mut *conn).await?;
     }
     Ok(())
 }
