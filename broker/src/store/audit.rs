@@ -49,7 +49,7 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+pub(crate) fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
     bytes.try_into().map_err(|_| StoreError::Corrupt(format!("a tree hash has {} bytes, not 32", bytes.len())))
 }
 
@@ -82,9 +82,10 @@ pub(crate) async fn tiles_in(
     Ok(tiles)
 }
 
-fn to_hashes(bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
+/// Concatenated tree hashes (a tile, a frontier).
+pub(crate) fn to_hashes(bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
     if !bytes.len().is_multiple_of(32) {
-        return Err(StoreError::Corrupt(format!("a tile has {} bytes, not a multiple of 32", bytes.len())));
+        return Err(StoreError::Corrupt(format!("{} bytes of tree hashes, not a multiple of 32", bytes.len())));
     }
     bytes.chunks_exact(32).map(to_hash).collect()
 }
@@ -106,13 +107,6 @@ pub(crate) struct Batch {
     pub(crate) entries: Vec<BatchEntry>,
     /// The tree head recorded after it.
     pub(crate) root: Hash,
-}
-
-impl Batch {
-    /// Its entries with their sequence numbers.
-    pub(crate) fn numbered(&self) -> impl Iterator<Item = (u64, &BatchEntry)> {
-        (self.first_seq..).zip(&self.entries)
-    }
 }
 
 /// Up to `max_rows` batches holding entries in `from..to`, in order (the first may start before
@@ -159,18 +153,16 @@ async fn entries_between(
     let mut next = from;
     while next < to && (entries.len() as u64) < limit {
         let batches = batches_between(conn, next, to, BATCHES_PER_READ).await?;
-        if batches.is_empty() {
-            break;
-        }
-        for batch in &batches {
-            for (seq, entry) in batch.numbered() {
+        let Some(last) = batches.last() else { break };
+        let after = last.first_seq + last.entries.len() as u64;
+        for batch in batches {
+            for (seq, entry) in (batch.first_seq..).zip(batch.entries) {
                 if seq >= next && seq < to && (entries.len() as u64) < limit {
-                    entries.push(StoredEntry { seq, kind: entry.kind.clone(), body: entry.body.clone() });
+                    entries.push(StoredEntry { seq, kind: entry.kind, body: entry.body });
                 }
             }
         }
-        let Some(last) = batches.last() else { break };
-        next = last.first_seq + last.entries.len() as u64;
+        next = after;
     }
     Ok(entries)
 }
@@ -253,17 +245,22 @@ async fn entries_at(conn: &mut sqlx::AnyConnection, mut seqs: Vec<u64>) -> Resul
     let mut pending = seqs.as_slice();
     while let Some(&first) = pending.first() {
         let batches = batches_between(conn, first, first + 1, 1).await?;
-        let Some(batch) = batches.into_iter().next() else {
+        let Some(mut batch) = batches.into_iter().next() else {
             return Err(StoreError::Corrupt(format!("the audit log has no batch holding entry {first}")));
         };
         let end = batch.first_seq + batch.entries.len() as u64;
         let (inside, rest) = pending.split_at(pending.partition_point(|&seq| seq < end));
         for &seq in inside {
             let offset = usize::try_from(seq - batch.first_seq).unwrap_or(usize::MAX);
-            let entry = batch.entries.get(offset).ok_or_else(|| {
+            let entry = batch.entries.get_mut(offset).ok_or_else(|| {
                 StoreError::Corrupt(format!("the audit log has no entry {seq} in the batch at {}", batch.first_seq))
             })?;
-            found.push(StoredEntry { seq, kind: entry.kind.clone(), body: entry.body.clone() });
+            // `seqs` has no duplicates, so each entry is taken at most once.
+            found.push(StoredEntry {
+                seq,
+                kind: std::mem::take(&mut entry.kind),
+                body: std::mem::take(&mut entry.body),
+            });
         }
         pending = rest;
     }

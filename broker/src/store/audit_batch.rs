@@ -140,14 +140,11 @@ pub(crate) async fn frontier_at(
         return Ok(None);
     }
     let bytes: Vec<u8> = row.try_get("frontier")?;
-    let hashes: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
-    if hashes.len() * 32 != bytes.len() {
-        return Err(StoreError::Corrupt(format!("the frontier of the batch at {first} has {} bytes", bytes.len())));
-    }
-    Ok(Some(hashes))
+    Ok(Some(super::audit::to_hashes(&bytes)?))
 }
 
-fn to_i64(value: u64) -> Result<i64, StoreError> {
+/// A sequence number or index as a `BIGINT`, refusing what does not fit.
+pub(crate) fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
 }
 

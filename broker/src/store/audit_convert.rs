@@ -13,8 +13,10 @@ use std::collections::HashMap;
 
 use sqlx::Row as _;
 
-use super::audit_batch::{self, NewBatch};
+use super::audit::to_hash;
+use super::audit_batch::{self, NewBatch, to_i64};
 use super::audit_codec::BatchEncoder;
+use super::audit_integrate::write_tiles;
 use super::{Backend, Store, StoreError};
 use keyward_audit::merkle::{self, Hash, NodeMap, Query, Subtrees as _};
 use keyward_audit::tiles::{TILE_HEIGHT, TILE_WIDTH, TileId, TiledTree};
@@ -165,22 +167,16 @@ impl Store {
                         )));
                     }
                     let hash: Vec<u8> = row.try_get("hash")?;
-                    hashes.push(hash);
+                    hashes.push(to_hash(&hash)?);
                 }
                 // NODES_PER_READ is a multiple of the tile width: every read starts a tile.
-                for (offset, tile) in hashes.chunks(TILE_WIDTH).enumerate() {
-                    let id = TileId { level, index: next / TILE_WIDTH as u64 + offset as u64 };
-                    let bytes = tile.concat();
-                    if wanted.contains(&id) {
-                        kept.insert(id, bytes.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect());
-                    }
-                    sqlx::query("INSERT INTO audit_tiles (level, idx, hashes) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes")
-                        .bind(i32::try_from(level).unwrap_or(i32::MAX))
-                        .bind(to_i64(id.index)?)
-                        .bind(bytes)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                let tiles: Vec<(TileId, Vec<Hash>)> = hashes
+                    .chunks(TILE_WIDTH)
+                    .zip(next / TILE_WIDTH as u64..)
+                    .map(|(tile, index)| (TileId { level, index }, tile.to_vec()))
+                    .collect();
+                write_tiles(&mut tx, self.backend, &tiles).await?;
+                kept.extend(tiles.into_iter().filter(|(id, _)| wanted.contains(id)));
                 next += hashes.len() as u64;
             }
         }
@@ -225,9 +221,7 @@ async fn legacy_head(conn: &mut sqlx::AnyConnection, size: u64) -> Result<(Hash,
                 StoreError::Corrupt(format!("the old audit tree has no node at level {level}, index {index}"))
             })?;
         let hash: Vec<u8> = row.try_get("hash")?;
-        let hash: Hash =
-            hash.as_slice().try_into().map_err(|_| StoreError::Corrupt("a tree hash is not 32 bytes".to_owned()))?;
-        nodes.insert((level, index), hash);
+        nodes.insert((level, index), to_hash(&hash)?);
     }
     let map = NodeMap(nodes);
     let root = merkle::root(&map, size).map_err(corrupt)?;
@@ -238,8 +232,4 @@ async fn legacy_head(conn: &mut sqlx::AnyConnection, size: u64) -> Result<(Hash,
 
 fn corrupt(error: merkle::ProofError) -> StoreError {
     StoreError::Corrupt(error.to_string())
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
 }

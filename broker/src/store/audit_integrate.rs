@@ -11,7 +11,7 @@
 use sqlx::Row as _;
 
 use super::audit::{self, Batch};
-use super::audit_batch::placeholders;
+use super::audit_batch::{placeholders, to_i64};
 use super::{Backend, Store, StoreError};
 use keyward_audit::merkle;
 use keyward_audit::tiles::{self, TileBuilder, TileId};
@@ -98,24 +98,21 @@ async fn prepare(conn: &mut sqlx::AnyConnection, max_entries: u64) -> Result<Opt
     let stored = audit::tiles_in(conn, &wanted).await?;
     let mut builder = TileBuilder::resume(from, &stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut refs = Vec::new();
-    for batch in &batches {
-        if batch.first_seq != builder.size() {
+    for Batch { first_seq, entries, root } in batches {
+        if first_seq != builder.size() {
             return Err(StoreError::Corrupt(format!(
-                "the audit batch at {} does not follow the one ending at {}",
-                batch.first_seq,
+                "the audit batch at {first_seq} does not follow the one ending at {}",
                 builder.size()
             )));
         }
-        for (seq, entry) in batch.numbered() {
+        for (seq, entry) in (first_seq..).zip(entries) {
             builder.push(merkle::leaf_hash(entry.body.as_bytes()));
             refs.push((format!("kind:{}", entry.kind), seq));
-            refs.extend(entry.refs.iter().map(|r| (r.clone(), seq)));
+            refs.extend(entry.refs.into_iter().map(|r| (r, seq)));
         }
-        let root = builder.root().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if root != batch.root {
+        if builder.root().map_err(|e| StoreError::Corrupt(e.to_string()))? != root {
             return Err(StoreError::Corrupt(format!(
-                "the audit batch at {} does not hash to the tree head recorded with it",
-                batch.first_seq
+                "the audit batch at {first_seq} does not hash to the tree head recorded with it"
             )));
         }
     }
@@ -128,7 +125,7 @@ async fn prepare(conn: &mut sqlx::AnyConnection, max_entries: u64) -> Result<Opt
     Ok(Some(Step { from, to: builder.size(), tiles: builder.take_tiles(), refs: chunks }))
 }
 
-async fn write_tiles(
+pub(crate) async fn write_tiles(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     tiles: &[(TileId, Vec<merkle::Hash>)],
@@ -180,8 +177,4 @@ async fn write_refs(
         sqlx::query(sql).bind(json.as_str()).bind(to_i64(pruned)?).execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-fn to_i64(value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} does not fit a BIGINT")))
 }
