@@ -16,8 +16,10 @@ use super::{Backend, Store, StoreError};
 use keyward_audit::merkle;
 use keyward_audit::tiles::{self, TileBuilder, TileId};
 
-/// Lookup-key rows per `INSERT`.
-const REFS_PER_STATEMENT: usize = 16 * 1024;
+/// Lookup-key rows per `INSERT`. SQLite keeps a statement journal of every page a statement
+/// changes (in memory, `temp_store = MEMORY`): random keys touch about one leaf page each, so
+/// this bounds that journal to ~16 MiB.
+const REFS_PER_STATEMENT: usize = 4 * 1024;
 
 /// What one step did: entries `from..to` are integrated now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +165,12 @@ async fn write_refs(
 ) -> Result<(), StoreError> {
     let sql = match backend {
         Backend::Sqlite => {
-            "INSERT INTO audit_refs (ref, seq) SELECT substr(value, instr(value, ':') + 1), \
+            // `OR IGNORE` rather than `ON CONFLICT DO NOTHING`: no constraint can abort the
+            // statement then, so SQLite keeps no statement journal for it (a multi-row insert
+            // that may abort journals every page it touches to a temporary file first).
+            "INSERT OR IGNORE INTO audit_refs (ref, seq) SELECT substr(value, instr(value, ':') + 1), \
              CAST(substr(value, 1, instr(value, ':') - 1) AS INTEGER) AS at \
-             FROM json_each($1) WHERE at >= $2 ON CONFLICT (ref, seq) DO NOTHING"
+             FROM json_each($1) WHERE at >= $2"
         }
         Backend::Postgres => {
             "INSERT INTO audit_refs (ref, seq) SELECT substr(v, strpos(v, ':') + 1), at \

@@ -159,6 +159,7 @@ impl Store {
                     // log's indexes outgrow the default quickly, and every miss is a pread.
                     conn.execute("PRAGMA cache_size = -32768").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA temp_store = MEMORY").await?;
                     Ok(())
                 })
             }),
