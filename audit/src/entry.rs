@@ -71,6 +71,15 @@ pub enum Kind {
     /// The agent holding a job was given the credentials of its private repository, for the
     /// checkout: which prefix and user name (never the password), to which lease.
     SourceCredentialsIssued,
+    /// A version of a stack's Terraform state was kept: stack, version, serial, lineage,
+    /// SHA-256, who wrote it (run and job, or an operator's push or rollback). Never the content.
+    StateWritten,
+    /// An apply job locked its stack's state (Terraform's lock ID and operation).
+    StateLocked,
+    /// A stack's state lock was released: by the job that held it, or forced by an operator.
+    StateUnlocked,
+    /// An operator read a version of a stack's state (`keyward state pull`): state holds secrets.
+    StatePulled,
 }
 
 impl Kind {
@@ -103,6 +112,10 @@ impl Kind {
             Self::LogRejected => kinds::LOG_REJECTED,
             Self::PlanEvaluated => kinds::PLAN_EVALUATED,
             Self::SourceCredentialsIssued => kinds::SOURCE_CREDENTIALS_ISSUED,
+            Self::StateWritten => kinds::STATE_WRITTEN,
+            Self::StateLocked => kinds::STATE_LOCKED,
+            Self::StateUnlocked => kinds::STATE_UNLOCKED,
+            Self::StatePulled => kinds::STATE_PULLED,
         }
     }
 }
@@ -161,6 +174,14 @@ pub mod kinds {
     pub const PLAN_EVALUATED: &str = "plan.evaluated";
     /// [`super::Kind::SourceCredentialsIssued`].
     pub const SOURCE_CREDENTIALS_ISSUED: &str = "source.credentials_issued";
+    /// [`super::Kind::StateWritten`].
+    pub const STATE_WRITTEN: &str = "state.written";
+    /// [`super::Kind::StateLocked`].
+    pub const STATE_LOCKED: &str = "state.locked";
+    /// [`super::Kind::StateUnlocked`].
+    pub const STATE_UNLOCKED: &str = "state.unlocked";
+    /// [`super::Kind::StatePulled`].
+    pub const STATE_PULLED: &str = "state.pulled";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -111,6 +111,17 @@ impl Kek {
         Self::from_bytes(bytes)
     }
 
+    /// A key for one `purpose` (e.g. `"keyward state token v1"`), derived from the KEK:
+    /// HMAC-SHA256 keyed with the KEK over the purpose. Keys for different purposes are
+    /// independent, and none reveals the KEK.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; KEK_LEN]> {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &*self.bytes);
+        let tag = aws_lc_rs::hmac::sign(&key, purpose.as_bytes());
+        let mut derived = Zeroizing::new([0u8; KEK_LEN]);
+        derived.copy_from_slice(tag.as_ref());
+        derived
+    }
+
     /// The KEK as base64, for writing the dev KEK file.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(*self.bytes))

@@ -275,6 +275,7 @@ impl Core {
             poll_interval: settings.agents.poll_interval,
             join_token_max_ttl: settings.agents.join_token_max_ttl,
             endpoint: endpoint.clone(),
+            api_url: settings.server.external_url.trim_end_matches('/').to_owned(),
         };
         let (store, audit, ca, clock) =
             (self.store.clone(), self.audit.clone(), Arc::clone(&self.agent_ca), Arc::clone(&self.clock));

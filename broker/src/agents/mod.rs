@@ -59,6 +59,8 @@ pub struct AgentSettings {
     pub join_token_max_ttl: Duration,
     /// Where agents dial (`https://host:port`).
     pub endpoint: String,
+    /// The broker's HTTP API as jobs reach it (its external URL): Terraform's state backend.
+    pub api_url: String,
 }
 
 /// A pool as the API shows it.

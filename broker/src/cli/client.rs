@@ -82,23 +82,49 @@ impl Client {
         self.send(self.http.delete(self.url(path))).await
     }
 
+    /// `GET` of a body that is not the API's JSON (a Terraform state), returned as it came.
+    pub(super) async fn get_bytes(&self, path: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let response = self.reach(self.http.get(self.url(path))).await?;
+        if !response.status().is_success() {
+            return Err(failure(response).await);
+        }
+        let body = response.bytes().await.map_err(|e| anyhow!("reading the broker's answer: {e}"))?;
+        Ok(Zeroizing::new(body.to_vec()))
+    }
+
+    /// `POST` of a body that is not JSON (a Terraform state); the answer is the API's JSON.
+    pub(super) async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let request =
+            self.http.post(self.url(path)).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        self.send(request).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.bearer_auth(self.token.as_str()).send().await.map_err(|e| {
+    async fn reach(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request.bearer_auth(self.token.as_str()).send().await.map_err(|e| {
             anyhow!("cannot reach the broker at {}: {e} (is it running? is KEYWARD_ADDR right?)", self.base)
-        })?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
-        }
-        let code = text(&body, "error");
-        let description = text(&body, "error_description");
-        bail!("{description} ({code}, HTTP {})", status.as_u16())
+        })
     }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = self.reach(request).await?;
+        if !response.status().is_success() {
+            return Err(failure(response).await);
+        }
+        Ok(response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The API's error answer as an error: its description, code and status.
+async fn failure(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = text(&body, "error");
+    let description = text(&body, "error_description");
+    anyhow!("{description} ({code}, HTTP {})", status.as_u16())
 }
 
 /// The string at `key` of a JSON object, or `""`.

@@ -20,6 +20,7 @@ mod pool;
 mod run;
 mod serve;
 mod stack;
+mod state;
 mod table;
 mod token;
 mod trace;
@@ -70,6 +71,9 @@ enum Command {
     /// Create and inspect stacks (what to run, where, with which credentials).
     #[command(subcommand)]
     Stack(stack::StackCommand),
+    /// The Terraform state the broker keeps for each stack: versions, pull, push, rollback, unlock.
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Submit, follow, review and cancel runs.
     #[command(subcommand)]
     Run(run::RunCommand),
@@ -125,6 +129,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Creds(command) => creds::run(command, &env).await,
             Command::Audit(command) => audit::run(command, &env).await,
             Command::Stack(command) => stack::run(command, &env).await,
+            Command::State(command) => state::run(command, &env).await,
             Command::Run(command) => run::run(command, &env).await,
             Command::Pool(command) => pool::run(command, &env).await,
             Command::Agent(command) => agent::run(command, &env).await,

@@ -15,7 +15,7 @@ use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
     FetchPlanRequest, Hello, PlanPart, RenewRequest, SignedLogChunk, SourceCredentialsRequest,
-    SourceCredentialsResponse, SubmitPlanResponse, agent_message,
+    SourceCredentialsResponse, StateBackendRequest, StateBackendResponse, SubmitPlanResponse, agent_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -189,6 +189,27 @@ impl AgentService for AgentGrpc {
             url_prefix: issued.url_prefix,
             username: issued.username,
             password: issued.password.expose().to_owned(),
+        }))
+    }
+
+    async fn state_backend(
+        &self,
+        request: Request<StateBackendRequest>,
+    ) -> Result<Response<StateBackendResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let runs = self.agents.runs();
+        let held = runs.held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        if !runs.keeps_state(&held.stack.spec.name).await.map_err(|e| status::run(e.into()))? {
+            return Err(Status::failed_precondition("the broker does not keep this stack's state"));
+        }
+        let address = format!("{}/v1/stacks/{}/state", self.agents.settings().api_url, held.stack.spec.name);
+        let password = runs.state_password(&held.job.id, held.job.fencing_token);
+        Ok(Response::new(StateBackendResponse {
+            address,
+            username: held.job.id.clone(),
+            password: password.as_str().to_owned(),
         }))
     }
 

@@ -51,6 +51,7 @@ fn assignment(lease: &Lease) -> JobAssignment {
         source_credentials: lease.source_credentials,
         job_phase: phase(lease.phase).into(),
         job_run_kind: run_kind(lease.kind).into(),
+        managed_state: lease.managed_state,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::exchange::ExchangeError;
 use crate::issuance::IssueError;
 use crate::keys::KeyRingError;
 use crate::metrics::Refusal;
-use crate::runs::{GitError, RunError};
+use crate::runs::{GitError, RunError, StateError};
 use crate::store::StoreError;
 use crate::tokens::mint::MintError;
 
@@ -73,6 +73,16 @@ impl ApiError {
     /// 409 `conflict`.
     pub fn conflict(description: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", description, Refusal::Invalid)
+    }
+
+    /// 401 `invalid_token`: no credentials, or credentials that are not (or no longer) valid.
+    pub fn unauthenticated(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description, Refusal::Unauthenticated)
+    }
+
+    /// 405 `invalid_request`: a method the resource does not have.
+    pub fn method_not_allowed(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", description, Refusal::Invalid)
     }
 
     /// 404 `not_found`.
@@ -188,6 +198,35 @@ impl From<ChangeError> for ApiError {
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
             ChangeError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(error: StateError) -> Self {
+        let message = error.to_string();
+        match error {
+            StateError::Malformed(_) | StateError::TooLarge(_) | StateError::BadLockInfo => {
+                Self::invalid_request(message)
+            }
+            StateError::NotManaged(_) | StateError::NoSuchVersion { .. } | StateError::NoState(_) => {
+                Self::not_found(message)
+            }
+            StateError::ForeignLineage { .. }
+            | StateError::OlderSerial { .. }
+            | StateError::SerialReused { .. }
+            | StateError::Locked { .. }
+            | StateError::NotLockHolder { .. } => Self::conflict(message),
+            StateError::ReadOnlyPhase(_) | StateError::OtherStack { .. } => Self::access_denied(message),
+            StateError::BadJobCredentials => Self::unauthenticated(message),
+            StateError::Unseal { .. } | StateError::Digest { .. } => Self::internal(&message),
+            StateError::Run(run) => run.into(),
+            StateError::Change(change) => change.into(),
+            StateError::Store(StoreError::Append(e)) => {
+                tracing::error!(error = %e, "a state change could not be recorded, so it was not made");
+                Self::unavailable("the change could not be recorded durably, so it was not made; retry")
+            }
+            StateError::Store(e) => Self::internal(&e),
         }
     }
 }

@@ -29,7 +29,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// Authenticates the `Authorization: Bearer` API token and checks it allows `required`.
-async fn operator(state: &AppState, headers: &HeaderMap, required: Permission) -> Result<Operator, ApiError> {
+pub(super) async fn operator(
+    state: &AppState,
+    headers: &HeaderMap,
+    required: Permission,
+) -> Result<Operator, ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

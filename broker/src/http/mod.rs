@@ -10,6 +10,7 @@ mod oidc;
 mod ops;
 mod runs;
 pub mod serve;
+mod tfstate;
 mod token;
 mod token_response;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 
 use crate::access::Access;
 use crate::audit::AuditLog;
@@ -101,6 +102,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/prune", post(audit::prune))
         .route("/v1/stacks", post(runs::create_stack).get(runs::list_stacks))
         .route("/v1/stacks/{name}", get(runs::show_stack))
+        .route(
+            "/v1/stacks/{name}/state",
+            any(tfstate::backend).layer(DefaultBodyLimit::max(crate::runs::MAX_STATE_BYTES)),
+        )
+        .route(
+            "/v1/stacks/{name}/state/versions",
+            get(tfstate::versions).post(tfstate::push).layer(DefaultBodyLimit::max(crate::runs::MAX_STATE_BYTES)),
+        )
+        .route("/v1/stacks/{name}/state/versions/{version}", get(tfstate::version_content))
+        .route("/v1/stacks/{name}/state/rollback", post(tfstate::rollback))
+        .route("/v1/stacks/{name}/state/lock", delete(tfstate::force_unlock))
         .route("/v1/runs", post(runs::submit_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::show_run))
         .route("/v1/runs/{id}/approve", post(runs::approve_run))

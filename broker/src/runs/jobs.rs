@@ -54,6 +54,8 @@ pub struct Lease {
     pub kind: RunKind,
     /// Whether the broker holds credentials for the repository (`SourceCredentials`).
     pub source_credentials: bool,
+    /// Whether the broker keeps the stack's Terraform state (`StateBackend`).
+    pub managed_state: bool,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -272,6 +274,7 @@ impl Runs {
             Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
+                let managed_state = self.keeps_state(&stack.spec.name).await?;
                 let plan_sha256 = if job.phase == Phase::Apply {
                     self.store.plan(&run.id).await?.map(|plan| plan.sha256)
                 } else {
@@ -291,6 +294,7 @@ impl Runs {
                     plan_sha256,
                     kind,
                     source_credentials,
+                    managed_state,
                 }))
             }
             // Someone else took it (or the run moved on).

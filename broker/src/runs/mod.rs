@@ -18,6 +18,7 @@ mod signals;
 mod source;
 mod spec;
 mod state;
+mod tfstate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
+pub use tfstate::{MAX_STATE_BYTES, StateError, StateLockView, StateSummary, StateVersionView};
 
 use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;

@@ -17,6 +17,7 @@ mod logs;
 mod replay;
 pub mod runs;
 mod signing_keys;
+pub mod state;
 pub mod write;
 
 use std::borrow::Cow;
@@ -39,6 +40,7 @@ pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
+pub use state::{SealedState, StateLockRow, StateVersionRow};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +188,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 12] = match self.backend {
+        let files: [(i64, &str, &'static str); 13] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -200,6 +202,7 @@ impl Store {
                 (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/sqlite/0012_audit_batches.sql")),
+                (13, "managed_state", include_str!("../../migrations/sqlite/0013_managed_state.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -214,6 +217,7 @@ impl Store {
                 (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/postgres/0012_audit_batches.sql")),
+                (13, "managed_state", include_str!("../../migrations/postgres/0013_managed_state.sql")),
             ],
         };
         let migrations = files

@@ -23,6 +23,7 @@ mod external_issuer;
 mod http_server;
 mod issuer;
 mod issuer_refresh;
+mod managed_state;
 mod openbao_jwt;
 mod policy_library;
 mod policy_reload;

@@ -1,0 +1,205 @@
+//! Terraform state kept by the broker (`/v1/stacks/{name}/state`, `keyward state …`): a real
+//! broker process, test clients holding real agent certificates and job leases, and Terraform's
+//! `http` backend protocol spoken exactly as Terraform speaks it (HTTP Basic with the lease's
+//! credentials; `GET`, `POST`, `LOCK`, `UNLOCK`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyward_proto::agent_v1::{JobAssignment, Phase, StateBackendRequest, StateBackendResponse};
+use keyward_tests::agent::{WorkSession, bootstrap, enroll_in_process};
+use keyward_tests::audit::Audit;
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::git::GitRepo;
+use keyward_tests::{free_addr, workspace_root};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn json(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+async fn start(dir: &Path) -> Broker {
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let data_dir = dir.join("broker");
+    let rest = format!(
+        "[policy]\ndir = \"{policies}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n",
+        policies = workspace_root().join("policies").display(),
+        agents = free_addr(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// A Terraform state document of `lineage` at `serial`, with a secret in it.
+fn state(serial: i64, lineage: &str, secret: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "version": 4, "terraform_version": "1.11.4", "serial": serial, "lineage": lineage,
+        "outputs": { "password": { "value": secret, "type": "string", "sensitive": true } },
+        "resources": [], "check_results": null,
+    }))
+    .unwrap()
+}
+
+/// What Terraform's `http` backend sends, with `backend`'s credentials.
+async fn terraform(backend: &StateBackendResponse, method: &str, query: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let response = reqwest::Client::new()
+        .request(Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{query}", backend.address))
+        .basic_auth(&backend.username, Some(&backend.password))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+fn lock_info(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "ID": id, "Operation": "OperationTypePlan", "Who": "test@host", "Version": "1.11.4" }))
+        .unwrap()
+}
+
+async fn backend_for(session: &mut WorkSession, job: &JobAssignment) -> StateBackendResponse {
+    let request = StateBackendRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token };
+    session.client.state_backend(request).await.expect("the lease holder gets the state backend").into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_job_reads_its_stacks_state_and_can_neither_write_nor_lock_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    for name in ["network", "other"] {
+        json(&broker.cli(&["stack", "create", name, "--repository", &repo.url(), "--label", "env=dev", "--json"]));
+    }
+    // An operator imports an existing state: the first version takes any lineage.
+    let file = dir.path().join("imported.tfstate");
+    std::fs::write(&file, state(7, "lineage-a", "hunter2-secret")).unwrap();
+    let pushed = json(&broker.cli(&["state", "push", "network", file.to_str().unwrap(), "--json"]));
+    assert_eq!((pushed["version"].as_i64(), pushed["serial"].as_i64()), (Some(1), Some(7)));
+    assert_eq!(pushed["source"], "push");
+
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (_, identity) = enroll_in_process(&endpoint, &ca, &token).await;
+    let mut session = WorkSession::open(&endpoint, &ca, identity, 1).await.expect("work stream");
+    let run = broker.cli(&["run", "submit", "--stack", "network"]);
+    assert!(run.success, "{}", run.stderr);
+    let job = session.next_assignment(Duration::from_secs(20)).await.expect("an assignment");
+    assert_eq!(job.job_phase(), Phase::Plan);
+    assert!(job.managed_state, "the assignment says the broker keeps the stack's state");
+    let backend = backend_for(&mut session, &job).await;
+    assert_eq!(backend.address, format!("{}/v1/stacks/network/state", broker.addr));
+    assert_eq!(backend.username, job.job_id);
+
+    // The plan reads the state, exactly as kept.
+    let (status, body) = terraform(&backend, "GET", "", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_bytes(), state(7, "lineage-a", "hunter2-secret"));
+
+    // It can neither write nor lock: those are the apply job's.
+    let (status, body) = terraform(&backend, "POST", "", state(8, "lineage-a", "x")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("only reads its stack's state"), "{body}");
+    let (status, body) = terraform(&backend, "LOCK", "", lock_info("lock-1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Nor read another stack's state, nor use a wrong password.
+    let other = StateBackendResponse { address: backend.address.replace("/network/", "/other/"), ..backend.clone() };
+    let (status, body) = terraform(&other, "GET", "", Vec::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let forged = StateBackendResponse { password: format!("{}x", backend.password), ..backend.clone() };
+    assert_eq!(terraform(&forged, "GET", "", Vec::new()).await.0, StatusCode::UNAUTHORIZED);
+    let anonymous =
+        reqwest::Client::new().post(&backend.address).body(state(8, "lineage-a", "x")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // Nothing of that changed anything: one version, no lock.
+    let summary = json(&broker.cli(&["state", "list", "network", "--json"]));
+    assert_eq!(summary["versions"].as_array().map(Vec::len), Some(1), "{summary}");
+    assert!(summary["lock"].is_null(), "{summary}");
+
+    // Once the lease is gone, so are its credentials.
+    let cancel = broker.cli(&["run", "cancel", run.stdout.trim()]);
+    assert!(cancel.success, "{}", cancel.stderr);
+    keyward_tests::eventually("the ended lease's state credentials refused", Duration::from_secs(20), || async {
+        (terraform(&backend, "GET", "", Vec::new()).await.0 == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_pushes_pulls_and_rolls_back_and_bad_pushes_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    json(&broker.cli(&["stack", "create", "network", "--repository", &repo.url(), "--label", "env=dev", "--json"]));
+    let push = |serial: i64, lineage: &str, secret: &str| {
+        let file = dir.path().join(format!("{serial}-{lineage}.tfstate"));
+        std::fs::write(&file, state(serial, lineage, secret)).unwrap();
+        broker.cli(&["state", "push", "network", file.to_str().unwrap(), "--json"])
+    };
+    let none = broker.cli(&["state", "pull", "network"]);
+    assert!(!none.success && none.stderr.contains("has no state yet"), "{}", none.stderr);
+    json(&push(3, "lineage-a", "first-secret"));
+    json(&push(5, "lineage-a", "second-secret"));
+
+    // Refused, with the reason, and nothing changes: another lineage, an older serial, the same
+    // serial with other content, something that is not state at all.
+    for (out, words) in [
+        (push(9, "lineage-b", "x"), "is not stack `network`'s lineage"),
+        (push(4, "lineage-a", "x"), "older than serial 5"),
+        (push(5, "lineage-a", "changed"), "already kept with different content"),
+    ] {
+        assert!(!out.success, "accepted: {}", out.stdout);
+        assert!(out.stderr.contains(words), "{words:?} not in {}", out.stderr);
+    }
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, b"{\"resources\": []}").unwrap();
+    let out = broker.cli(&["state", "push", "network", garbage.to_str().unwrap()]);
+    assert!(!out.success && out.stderr.contains("not Terraform state"), "{}", out.stderr);
+    let unchanged = json(&push(5, "lineage-a", "second-secret"));
+    assert_eq!(unchanged["unchanged"], true, "the same state again is not a new version");
+    let listed = json(&broker.cli(&["state", "list", "network", "--json"]));
+    let versions: Vec<i64> =
+        listed["versions"].as_array().unwrap().iter().map(|v| v["serial"].as_i64().unwrap()).collect();
+    assert_eq!(versions, [5, 3], "newest first, nothing else kept");
+
+    // Pull: the newest, or any version, byte for byte.
+    let pulled = broker.cli(&["state", "pull", "network"]);
+    assert_eq!(pulled.stdout.as_bytes(), state(5, "lineage-a", "second-secret"));
+    let out_file = dir.path().join("v1.tfstate");
+    let pulled = broker.cli(&["state", "pull", "network", "--version", "1", "--output", out_file.to_str().unwrap()]);
+    assert!(pulled.success, "{}", pulled.stderr);
+    assert_eq!(std::fs::read(&out_file).unwrap(), state(3, "lineage-a", "first-secret"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o077, 0, "state holds secrets");
+
+    // Rollback: version 1's content again, with the next serial.
+    let rolled = json(&broker.cli(&["state", "rollback", "network", "--version", "1", "--json"]));
+    assert_eq!((rolled["version"].as_i64(), rolled["serial"].as_i64()), (Some(3), Some(6)), "{rolled}");
+    let newest: Value = serde_json::from_str(&broker.cli(&["state", "pull", "network"]).stdout).unwrap();
+    assert_eq!((newest["serial"].as_i64(), &newest["outputs"]["password"]["value"]), (Some(6), &json!("first-secret")));
+    let out = broker.cli(&["state", "rollback", "network", "--version", "9"]);
+    assert!(!out.success && out.stderr.contains("no state version 9"), "{}", out.stderr);
+    let out = broker.cli(&["state", "unlock", "network"]);
+    assert!(out.success && out.stdout.contains("was not locked"), "{}", out.stdout);
+
+    // The trail: every version written and every pull, never the content; at rest, sealed.
+    let audit = Audit::open(&broker.data_dir).await;
+    assert_eq!(audit.count("state.written").await, 3);
+    assert_eq!(audit.count("state.pulled").await, 3);
+    drop(audit);
+    broker.stop();
+    let mut database = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("broker")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            database.extend(std::fs::read(path).unwrap());
+        }
+    }
+    for secret in ["first-secret", "second-secret", "lineage-a\",\"outputs"] {
+        assert!(!database.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} at rest in the clear");
+    }
+    assert!(database.windows(9).any(|w| w == b"lineage-a"), "the check can fail: the lineage is stored in the clear");
+}
