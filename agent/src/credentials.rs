@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{CredentialsRequest, SourceCredentialsRequest};
+use keyward_proto::agent_v1::{CredentialsRequest, SourceCredentialsRequest, StateBackendRequest};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
@@ -54,6 +54,9 @@ pub enum CredentialsError {
     /// The broker sent a variable name a process environment cannot hold.
     #[error("the broker sent an unusable variable name for target `{0}`")]
     BadName(String),
+    /// The broker would not give the stack's state backend, or gave an unusable one.
+    #[error("the stack's state backend refused: {0}")]
+    State(String),
     /// The broker would not give the repository's credentials, or gave unusable ones.
     #[error("credentials for the repository refused: {0}")]
     Source(String),
@@ -87,6 +90,7 @@ pub struct JobCredentials {
     secrets: Vec<Zeroizing<Vec<u8>>>,
     dir: Option<PathBuf>,
     source: Option<SourceAccess>,
+    state: Option<crate::state_relay::Backend>,
 }
 
 /// A private repository's credentials, for git alone.
@@ -102,6 +106,7 @@ impl fmt::Debug for JobCredentials {
             .field("variables", &self.variables.keys().collect::<Vec<_>>())
             .field("dir", &self.dir)
             .field("source", &self.source.as_ref().map(|s| &s.url_prefix))
+            .field("state", &self.state)
             .finish()
     }
 }
@@ -126,6 +131,9 @@ impl JobCredentials {
         let mut credentials = Self::default();
         if job.source_credentials {
             credentials.fetch_source(client, job).await?;
+        }
+        if job.managed_state {
+            credentials.fetch_state(client, job).await?;
         }
         for target in &job.credential_targets {
             let mut request = tonic::Request::new(CredentialsRequest {
@@ -160,6 +168,37 @@ impl JobCredentials {
     }
 
     /// Asks for the repository's credentials, and keeps them if git may carry them to it.
+    /// The stack's state backend for this lease: kept for the state relay, never put into the
+    /// job's environment; its password is masked like every secret.
+    async fn fetch_state(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        job: &Job,
+    ) -> Result<(), CredentialsError> {
+        let mut request =
+            tonic::Request::new(StateBackendRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token });
+        request.set_timeout(CALL_TIMEOUT);
+        let response = client
+            .state_backend(request)
+            .await
+            .map_err(|status| CredentialsError::State(status.message().to_owned()))?
+            .into_inner();
+        let password = Zeroizing::new(response.password);
+        if password.is_empty() || !(response.address.starts_with("https://") || response.address.starts_with("http://"))
+        {
+            return Err(CredentialsError::State("the broker sent an unusable address or an empty password".to_owned()));
+        }
+        self.secrets.push(Zeroizing::new(password.as_bytes().to_vec()));
+        self.state =
+            Some(crate::state_relay::Backend { address: response.address, username: response.username, password });
+        Ok(())
+    }
+
+    /// The stack's state backend, when the broker keeps the stack's state.
+    pub fn take_state_backend(&mut self) -> Option<crate::state_relay::Backend> {
+        self.state.take()
+    }
+
     async fn fetch_source(
         &mut self,
         client: &mut AgentServiceClient<Channel>,

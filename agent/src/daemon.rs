@@ -424,7 +424,7 @@ impl Daemon {
                 return (Outcome::Failed(error.to_string()), log);
             }
         };
-        let credentials = match JobCredentials::fetch(client, job, slot.dir()).await {
+        let mut credentials = match JobCredentials::fetch(client, job, slot.dir()).await {
             Ok(credentials) => credentials,
             Err(error) => {
                 let log = log_of(MaskRules::patterns_only(patterns));
@@ -452,7 +452,9 @@ impl Daemon {
                 .await;
         }
         let mut plans = Plans::new(client.clone());
-        let outcome = self.settings.runner.run(job, &slot, &mut plans, &credentials, &log, layers, canceled).await;
+        let state = credentials.take_state_backend();
+        let outcome =
+            self.settings.runner.run(job, &slot, &mut plans, &credentials, state, &log, layers, canceled).await;
         // The credential files go first, then the slot's directory, and only then is the slot
         // (and its uid) free for another job.
         drop(credentials);

@@ -61,6 +61,8 @@ pub struct Job {
     pub plan_sha256: Vec<u8>,
     /// Whether the broker holds credentials for the repository.
     pub source_credentials: bool,
+    /// Whether the broker keeps the stack's Terraform state (the state relay serves it).
+    pub managed_state: bool,
 }
 
 /// An assignment this agent will not run, and which job it was (to report the refusal).
@@ -120,6 +122,7 @@ impl TryFrom<JobAssignment> for Job {
             credential_targets: assignment.credential_targets,
             plan_sha256: assignment.plan_sha256,
             source_credentials: assignment.source_credentials,
+            managed_state: assignment.managed_state,
         })
     }
 }

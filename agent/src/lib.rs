@@ -24,6 +24,7 @@ pub mod plans;
 pub mod runner;
 pub mod slots;
 pub mod source;
+pub mod state_relay;
 pub mod step;
 pub mod terraform;
 

@@ -98,6 +98,11 @@ struct RunArgs {
 fn main() -> ExitCode {
     // The sandbox's jailer is this binary re-executed; it must start before any thread exists.
     keyward_sandbox::enter_jailer_if_requested();
+    // Inside a job's sandbox, in front of Terraform: the state relay's inside half.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(keyward_agent::state_relay::RELAY_ARG) {
+        return keyward_agent::state_relay::run_inside(args.get(2..).unwrap_or_default());
+    }
     let cli = Cli::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_logging();

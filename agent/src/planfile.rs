@@ -79,6 +79,38 @@ pub async fn write_private(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<Pat
     blocking(move || write_new(&dir, &name, &bytes)).await
 }
 
+/// Writes `bytes` as a new file `relative` beneath `work_dir` (the job's), refusing `..`, any
+/// symlink on the way and an existing file: how the agent adds a file to the job's checkout (the
+/// state backend's override) without following a path the job planted. Readable by the
+/// sandbox's user (0644).
+pub async fn write_beneath(work_dir: &Path, relative: &Path, bytes: Vec<u8>) -> Result<(), PlanFileError> {
+    let (work_dir, relative) = (work_dir.to_path_buf(), relative.to_path_buf());
+    blocking(move || {
+        let shown = relative.display().to_string();
+        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(PlanFileError::OutsideWorkDir(shown));
+        }
+        let root = open(&work_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|source| PlanFileError::Open { path: work_dir.display().to_string(), source })?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(0o644))
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let fd = openat2(root.as_fd(), &relative, how).map_err(|source| match source {
+            nix::Error::ELOOP | nix::Error::EXDEV => PlanFileError::OutsideWorkDir(shown.clone()),
+            source => PlanFileError::Open { path: shown.clone(), source },
+        })?;
+        std::fs::File::from(fd).write_all(&bytes).map_err(|source| PlanFileError::Io {
+            what: "write",
+            path: shown,
+            source,
+        })
+    })
+    .await
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, PlanFileError> + Send + 'static,
 ) -> Result<T, PlanFileError> {

@@ -24,7 +24,11 @@ use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict}
 use crate::logs::JobLog;
 use crate::planfile::{self, PlanFileError};
 use crate::plans::Plans;
+use crate::state_relay::StateRelay;
 use crate::step::{self, Cancel, StepEnd};
+
+/// Directories every sandbox sees (read-only): a program beneath them needs no bind of its own.
+const SYSTEM_DIRS: [&str; 4] = ["/usr", "/bin", "/sbin", "/lib"];
 
 /// The saved plan's file name in the configuration's directory.
 pub const PLAN_FILE: &str = "keyward.tfplan";
@@ -72,6 +76,9 @@ pub struct Phase<'a> {
     pub layers: &'a Layers,
     /// The host uid and gid of the job's slot, or `None` for the agent's own.
     pub host_ids: Option<JobIds>,
+    /// The state relay when the broker keeps the stack's state: every Terraform command then
+    /// runs under its inside half.
+    pub relay: Option<&'a StateRelay>,
 }
 
 /// What a drift check found.
@@ -121,9 +128,20 @@ impl Phase<'_> {
         log.note(&format!("$ terraform {}", args.join(" "))).await;
         let started = std::time::Instant::now();
         let mut argv = vec![self.terraform.display().to_string()];
+        // (Wrapped below when the state relay is on.)
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let mut read_only = self.read_only.clone();
         read_only.extend(plan.map(Path::to_path_buf));
+        if let Some(relay) = self.relay {
+            let agent = std::env::current_exe()
+                .map_err(|e| PhaseError::Failed(format!("cannot find the agent's own binary: {e}")))?;
+            argv = relay.wrap(&agent, argv);
+            read_only.push(relay.socket().to_path_buf());
+            // The jailer binds the program (now the agent) by itself, but not Terraform.
+            if !SYSTEM_DIRS.iter().any(|dir| self.terraform.starts_with(dir)) {
+                read_only.push(self.terraform.to_path_buf());
+            }
+        }
         let launch = Launch {
             argv,
             env: self.env.clone(),
@@ -162,7 +180,9 @@ impl Phase<'_> {
     /// `terraform init`, `plan -out`, `show -json`; submits the plan and logs the verdict.
     pub async fn plan(&self, plans: &mut Plans, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
         self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
-        self.terraform(&["plan", "-input=false", "-no-color", &format!("-out={PLAN_FILE}")], log, cancel, None).await?;
+        // No lock: a plan only reads the state (the broker refuses a plan job's lock).
+        let plan = ["plan", "-input=false", "-no-color", "-lock=false", &format!("-out={PLAN_FILE}")];
+        self.terraform(&plan, log, cancel, None).await?;
         // Read at once, before anything else runs in the sandbox, without following a link the
         // job planted; `show` then reads the agent's own copy, so what is judged and stored is
         // what Terraform wrote, whatever the job does with its work dir afterwards.

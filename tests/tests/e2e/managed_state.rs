@@ -203,3 +203,82 @@ async fn an_operator_pushes_pulls_and_rolls_back_and_bad_pushes_change_nothing()
     }
     assert!(database.windows(9).any(|w| w == b"lineage-a"), "the check can fail: the lineage is stored in the clear");
 }
+
+/// Submits a run of `stack` and waits for it to end.
+async fn run_to_end(broker: &Broker, stack: &str) -> Value {
+    let out = broker.cli(&["run", "submit", "--stack", stack]);
+    assert!(out.success, "{}", out.stderr);
+    let id = out.stdout.trim().to_owned();
+    keyward_tests::eventually(&format!("run of {stack} to end"), Duration::from_secs(120), || {
+        let run = json(&broker.cli(&["run", "show", &id, "--json"]));
+        async move { matches!(run["state"].as_str(), Some("finished" | "failed" | "canceled")).then_some(run) }
+    })
+    .await
+}
+
+/// Real Terraform in the agent's sandbox (network `none`), through the state relay: each apply
+/// locks, writes and unlocks its stack's state; the next run starts from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_keep_their_state_in_the_broker_through_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
+    assert!(ok, "{stderr}");
+    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    let config = |input: &str| format!("resource \"terraform_data\" \"kept\" {{\n  input = \"{input}\"\n}}\n");
+    repo.commit("main.tf", &config("v1"));
+    json(&broker.cli(&["stack", "create", "kept", "--repository", &repo.url(), "--label", "env=dev", "--json"]));
+
+    let first = run_to_end(&broker, "kept").await;
+    assert_eq!(first["state"], "finished", "{first}");
+    let after_first = json(&broker.cli(&["state", "show", "kept", "--json"]));
+    let first_serial = after_first["version"]["serial"].as_i64().unwrap();
+    assert_eq!(after_first["version"]["run_id"], first["id"], "{after_first}");
+
+    // The second run plans against the kept state: only the change, not the whole stack again.
+    repo.commit("main.tf", &config("v2"));
+    let second = run_to_end(&broker, "kept").await;
+    assert_eq!(second["state"], "finished", "{second}");
+    let logs = broker.cli(&["run", "logs", second["id"].as_str().unwrap()]);
+    assert!(
+        logs.stdout.contains("Plan: 0 to add, 1 to change, 0 to destroy"),
+        "the second plan starts from the first apply's state:\n{}",
+        logs.stdout
+    );
+    assert!(!logs.stdout.contains("Plan: 1 to add, 0 to change, 0 to destroy"), "{}", logs.stdout);
+    let after_second = json(&broker.cli(&["state", "show", "kept", "--json"]));
+    assert!(after_second["version"]["serial"].as_i64().unwrap() > first_serial, "{after_second}");
+    assert_eq!(after_second["version"]["lineage"], after_first["version"]["lineage"]);
+    assert!(after_second["lock"].is_null(), "{after_second}");
+    let pulled: Value = serde_json::from_str(&broker.cli(&["state", "pull", "kept"]).stdout).unwrap();
+    assert_eq!(pulled["resources"][0]["instances"][0]["attributes"]["input"]["value"], "v2", "{pulled}");
+
+    // On the trail: each apply locked, wrote and unlocked; the plans did none of that.
+    let audit = Audit::open(&broker.data_dir).await;
+    assert_eq!(audit.count("state.locked").await, 2);
+    assert_eq!(audit.count("state.unlocked").await, 2);
+    assert!(audit.count("state.written").await >= 2);
+}
+
+/// The override is the agent's: a repository that has a file of its name fails the job, clearly,
+/// and the agent never writes through a link the repository planted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_file_in_the_overrides_place_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
+    assert!(ok, "{stderr}");
+    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let outside = dir.path().join("outside.tf");
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    repo.commit("main.tf", "locals {\n  a = 1\n}\n");
+    repo.commit_symlink("keyward_state_override.tf", outside.to_str().unwrap());
+    json(&broker.cli(&["stack", "create", "planted", "--repository", &repo.url(), "--label", "env=dev", "--json"]));
+    let run = run_to_end(&broker, "planted").await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run["detail"].as_str().unwrap().contains("keyward_state_override.tf"), "{run}");
+    assert!(!outside.exists(), "the agent wrote through the planted link");
+}

@@ -106,11 +106,22 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     }
     let verified = broker.cli(&["run", "logs", id, "--verify"]);
     assert!(verified.success, "{}{}", verified.stdout, verified.stderr);
-    // A drift check of the same stack: its state lived in the deploy's job directory, so the
-    // resource reads as missing. Exit 2, as `terraform plan -detailed-exitcode`; nothing applied.
+    assert!(logs.stdout.contains("keyward: state kept by the broker"), "{}", logs.stdout);
+    // The broker kept the state the apply wrote, tied to the run and its apply job.
+    let state = json(&broker.cli(&["state", "list", "example", "--json"]));
+    let versions = state["versions"].as_array().unwrap();
+    assert!(!versions.is_empty(), "{state}");
+    let apply_job = run["jobs"][1]["id"].as_str().unwrap();
+    for version in versions {
+        assert_eq!((version["source"].as_str(), version["run_id"].as_str()), (Some("apply"), Some(id)), "{state}");
+        assert_eq!(version["job_id"].as_str(), Some(apply_job), "{state}");
+    }
+    assert!(state["lock"].is_null(), "the apply released its lock: {state}");
+    let listed = broker.cli(&["state", "list", "example"]);
+    assert!(listed.success && listed.stdout.contains(id), "{}{}", listed.stdout, listed.stderr);
+    // A drift check of the same stack reads that state: no changes, exit 0; nothing applied.
     let drift = broker.cli(&["run", "submit", "--stack", "example", "--drift", "--wait", "--timeout", "2m"]);
-    assert_eq!(drift.code, Some(2), "{}{}", drift.stdout, drift.stderr);
-    assert!(drift.stdout.contains("drift check (drift found)"), "{}", drift.stdout);
-    assert!(drift.stderr.contains("drift found by run") && drift.stderr.contains("1 to add"), "{}", drift.stderr);
+    assert_eq!(drift.code, Some(0), "{}{}", drift.stdout, drift.stderr);
+    assert!(drift.stdout.contains("drift check (no drift)"), "{}", drift.stdout);
     assert!(!drift.stdout.contains("job           apply"), "{}", drift.stdout);
 }

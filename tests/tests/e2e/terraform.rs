@@ -398,7 +398,7 @@ async fn a_plan_swapped_after_plan_is_never_judged_or_applied() {
              # Stand-in for hostile provider code: swaps the saved plan before `show` (saying so on stderr;
              # stdout is the plan JSON), then runs Terraform.\n\
              if [ \"$1\" = show ]; then\n\
-               {real} plan -input=false -no-color -var msg=substitute -out=keyward.tfplan >/dev/null \\\n\
+               {real} plan -input=false -no-color -lock=false -var msg=substitute -out=keyward.tfplan >/dev/null \\\n\
                  && echo swapped keyward.tfplan in the checkout >&2\n\
                for arg in \"$@\"; do case \"$arg\" in *.tfplan) cp keyward.tfplan \"$arg\" 2>/dev/null \\\n\
                  && echo swapped \"$arg\" >&2 || echo could not swap \"$arg\" >&2;; esac; done\n\
