@@ -80,6 +80,10 @@ pub enum Kind {
     StateUnlocked,
     /// An operator read a version of a stack's state (`keyward state pull`): state holds secrets.
     StatePulled,
+    /// A notification was delivered: which, for which event and entry, after how many attempts.
+    NotificationDelivered,
+    /// A notification failed for good: which, for which event and entry, and the last error.
+    NotificationFailed,
 }
 
 impl Kind {
@@ -116,6 +120,8 @@ impl Kind {
             Self::StateLocked => kinds::STATE_LOCKED,
             Self::StateUnlocked => kinds::STATE_UNLOCKED,
             Self::StatePulled => kinds::STATE_PULLED,
+            Self::NotificationDelivered => kinds::NOTIFICATION_DELIVERED,
+            Self::NotificationFailed => kinds::NOTIFICATION_FAILED,
         }
     }
 }
@@ -182,6 +188,10 @@ pub mod kinds {
     pub const STATE_UNLOCKED: &str = "state.unlocked";
     /// [`super::Kind::StatePulled`].
     pub const STATE_PULLED: &str = "state.pulled";
+    /// [`super::Kind::NotificationDelivered`].
+    pub const NOTIFICATION_DELIVERED: &str = "notification.delivered";
+    /// [`super::Kind::NotificationFailed`].
+    pub const NOTIFICATION_FAILED: &str = "notification.failed";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -34,6 +34,7 @@ pub mod joblogs;
 pub mod kek;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod runs;
 pub mod server;

@@ -24,6 +24,7 @@ use crate::http::{self, AppState};
 use crate::kek::Kek;
 use crate::keys::{KeyRing, KeyRingError};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::policy::{PolicyEngine, PolicyError};
 use crate::runs::Runs;
 use crate::store::{Store, StoreError};
@@ -89,7 +90,10 @@ impl Broker {
         let runs = core.runs(settings);
         let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
+        let notifier = Notifier::new(&settings.notifications, store.clone(), audit.clone(), Arc::clone(&clock))
+            .map_err(StartError::HttpClient)?;
         let state = AppState {
+            notifier,
             runs,
             agents,
             minter,
@@ -321,6 +325,10 @@ impl Background {
             tasks.push(tokio::spawn(reload_on_sighup(engine, metrics, audit, Arc::clone(clock))));
         }
         tasks.push(tokio::spawn(expire_leases(state.runs.clone(), state.agents.settings().lease)));
+        if let Some(notifier) = &state.notifier {
+            tasks.push(tokio::spawn(Arc::clone(notifier).scan()));
+            tasks.push(tokio::spawn(Arc::clone(notifier).send()));
+        }
         Self(tasks)
     }
 

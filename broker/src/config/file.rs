@@ -57,6 +57,42 @@ pub struct Config {
     /// Credentials for private repositories, by URL prefix (docs/runs.md).
     #[serde(default)]
     pub repositories: Vec<RepositoryConfig>,
+    /// Who is told about drift, runs and denials (docs/notifications.md).
+    #[serde(default)]
+    pub notifications: Vec<NotificationEntry>,
+}
+
+/// One `[[notifications]]` entry: which events, where, in which format, signed with which key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationEntry {
+    /// Unique name (in delivery records and the audit log).
+    pub name: String,
+    /// Events: `stack.drifted`, `stack.in_sync`, `run.awaiting_approval`, `run.failed`,
+    /// `run.finished`, `credentials.denied`.
+    pub events: Vec<String>,
+    /// Where to POST.
+    pub url: String,
+    /// `json` (the default) or `slack`.
+    #[serde(default = "default_notification_format")]
+    pub format: String,
+    /// Environment variable holding the HMAC key of `X-Keyward-Signature` (optional).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding that key (optional).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Attempts before a delivery fails for good.
+    #[serde(default = "default_notification_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_notification_format() -> String {
+    "json".to_owned()
+}
+
+fn default_notification_attempts() -> u32 {
+    8
 }
 
 /// One `[[repositories]]` entry: how to fetch private repositories whose URL starts with
@@ -637,6 +673,7 @@ impl Config {
             targets: Vec::new(),
             issuers: Vec::new(),
             repositories: Vec::new(),
+            notifications: Vec::new(),
             audit: AuditConfig::default(),
             agents: AgentsConfig {
                 listen: Some(SocketAddr::new(listen.ip(), 0)),

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::kek::KekError;
 
 mod file;
+mod notifications;
 mod overlay;
 mod resolve;
 mod secret_source;
@@ -29,8 +30,8 @@ mod url;
 
 pub use file::{
     AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
-    PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry, TokensConfig,
-    VaultTargetEntry,
+    NotificationEntry, PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry,
+    TokensConfig, VaultTargetEntry,
 };
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
 pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};

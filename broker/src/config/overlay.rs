@@ -7,17 +7,19 @@
 //! keys, audiences, audit, agent endpoint) belongs to dev mode; naming it is an error that says so
 //! rather than a setting silently ignored.
 //!
-//! DESIGN.md §7 lists `[sso]`, `[vcs.github]` and notifications as overlay contents too: each
-//! becomes a field of [`DevOverlay`] and an entry of [`OVERLAY_TABLES`] when it exists.
+//! DESIGN.md §7 lists `[sso]` and `[vcs.github]` as overlay contents too: each becomes a field of
+//! [`DevOverlay`] and an entry of [`OVERLAY_TABLES`] when it exists.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Checked, Config, ConfigError, IssuerEntry, PolicyConfig, RepositoryConfig, TargetEntry};
+use super::{
+    Checked, Config, ConfigError, IssuerEntry, NotificationEntry, PolicyConfig, RepositoryConfig, TargetEntry,
+};
 
 /// The top-level tables an overlay may contain.
-pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy"];
+pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy", "notifications"];
 
 /// `serve` tables that dev mode sets itself, and what it sets them to.
 const DEV_OWNED_TABLES: &[(&str, &str)] = &[
@@ -40,7 +42,7 @@ pub enum OverlayError {
     /// A `serve` table that dev mode sets itself.
     #[error(
         "{path}: `{table}`: dev mode owns this table ({why}); a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]] and [policy] (use `keyward serve --config` for a full configuration)"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]] and [policy] (use `keyward serve --config` for a full configuration)"
     )]
     DevOwned {
         /// The file.
@@ -53,7 +55,7 @@ pub enum OverlayError {
     /// A table no configuration has.
     #[error(
         "{path}: `{table}`: unknown table; a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]] and [policy]"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]] and [policy]"
     )]
     Unknown {
         /// The file.
@@ -87,6 +89,9 @@ pub struct DevOverlay {
     /// The policy directory, replacing the dev default.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Who is told about drift, runs and denials, as `[[notifications]]` in `serve`.
+    #[serde(default)]
+    pub notifications: Vec<NotificationEntry>,
     /// Where it came from, for error messages.
     #[serde(skip)]
     origin: String,
@@ -144,6 +149,7 @@ impl DevOverlay {
         base.targets = self.targets;
         base.issuers = self.issuers;
         base.repositories = self.repositories;
+        base.notifications = self.notifications;
         if let Some(mut policy) = self.policy {
             if let Some(dir) = policy_dir {
                 policy.dir = dir;

@@ -24,6 +24,7 @@ use crate::audit::sinks::SinkConfig;
 use crate::exchange::trusted_issuers::IssuerConfig;
 use crate::kek::Kek;
 use crate::keys::KeySettings;
+use crate::notify::NotificationConfig;
 use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials};
 use crate::store::DatabaseLocation;
 use crate::targets::{TargetConfig, url_host};
@@ -58,6 +59,8 @@ pub struct Settings<K = Kek> {
     pub agents: AgentsSettings,
     /// Credentials for private repositories, by URL prefix.
     pub repositories: RepositoryCredentials,
+    /// Who is told about drift, runs and denials.
+    pub notifications: Vec<NotificationConfig>,
 }
 
 /// A configuration checked, with every secret read but the key-encryption key, whose source is
@@ -120,7 +123,20 @@ impl Config {
 
     /// Checks every table and reads every secret but the key-encryption key.
     pub fn check(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Checked, ConfigError> {
-        let Self { server, log, storage, keys, tokens, policy, targets, issuers, audit, agents, repositories } = self;
+        let Self {
+            server,
+            log,
+            storage,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            notifications,
+        } = self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
         check_key_schedule(&keys)?;
@@ -129,6 +145,7 @@ impl Config {
         let issuers = trust::issuers(issuers, &server.external_url, &targets)?;
         let audit = audit_settings(audit, &server.external_url, env)?;
         let repositories = repository_credentials(&repositories, env)?;
+        let notifications = super::notifications::check(notifications, env)?;
         check_policy(policy.as_ref())?;
         let agents = agents_settings(agents, &server.external_url)?;
         let database = database(&storage, env)?;
@@ -139,7 +156,21 @@ impl Config {
             jwks_max_age: keys.jwks_max_age,
             clock_skew: tokens.clock_skew,
         };
-        Ok(Settings { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories })
+        Ok(Settings {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            notifications,
+        })
     }
 }
 
@@ -358,10 +389,37 @@ fn database(storage: &StorageConfig, env: &dyn Fn(&str) -> Option<String>) -> Re
 impl Checked {
     /// Reads the key-encryption key from its source (`keys.kek`, `keys.kek_env` or `keys.kek_file`).
     pub fn read_kek(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let Self { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories } =
-            self;
+        let Self {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            notifications,
+        } = self;
         let kek = read_kek(&kek, env)?;
-        Ok(Settings { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories })
+        Ok(Settings {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            notifications,
+        })
     }
 }
 

@@ -76,6 +76,15 @@ pub(super) const SINK_SECRET: SecretSetting = SecretSetting {
     missing: Some(("audit.sinks.secret_env", "set exactly one of secret_env or secret_file")),
 };
 
+/// A notification's `secret_env` or `secret_file`: optional.
+pub(super) const NOTIFICATION_SECRET: SecretSetting = SecretSetting {
+    inline: None,
+    env: "notifications.secret_env",
+    file: Some("notifications.secret_file"),
+    several: ("notifications.secret_env", "set at most one of secret_env or secret_file"),
+    missing: None,
+};
+
 /// A repository's `password_env` or `password_file`: required.
 pub(super) const REPOSITORY_PASSWORD: SecretSetting = SecretSetting {
     inline: None,

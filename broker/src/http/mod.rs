@@ -52,6 +52,8 @@ pub struct AppState {
     pub log_key: Arc<crate::audit::LogKey>,
     /// Where the log is also delivered.
     pub sinks: Arc<Vec<Arc<crate::audit::sinks::Sink>>>,
+    /// The `[[notifications]]`, if any are configured.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// How long readiness waits for the database.

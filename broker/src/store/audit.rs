@@ -451,6 +451,15 @@ impl Store {
         row.map_or(Ok(0), |row| to_u64(row.try_get("next_seq")?))
     }
 
+    /// Whether sink `name` has a cursor yet.
+    pub async fn has_sink_cursor(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT next_seq FROM audit_sink_cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Records that sink `name` delivered everything before `next_seq`. The cursor never moves
     /// back: with several replicas delivering the same sink, a slower one cannot undo a faster
     /// one's progress.

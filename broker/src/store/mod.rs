@@ -14,6 +14,7 @@ mod audit_integrate;
 pub mod files;
 mod location;
 mod logs;
+pub mod notify;
 mod replay;
 pub mod runs;
 mod signing_keys;
@@ -188,7 +189,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 13] = match self.backend {
+        let files: [(i64, &str, &'static str); 14] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -203,6 +204,7 @@ impl Store {
                 (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/sqlite/0012_audit_batches.sql")),
                 (13, "managed_state", include_str!("../../migrations/sqlite/0013_managed_state.sql")),
+                (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -218,6 +220,7 @@ impl Store {
                 (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/postgres/0012_audit_batches.sql")),
                 (13, "managed_state", include_str!("../../migrations/postgres/0013_managed_state.sql")),
+                (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
             ],
         };
         let migrations = files

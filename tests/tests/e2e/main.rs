@@ -24,6 +24,7 @@ mod http_server;
 mod issuer;
 mod issuer_refresh;
 mod managed_state;
+mod notifications;
 mod openbao_jwt;
 mod policy_library;
 mod policy_reload;
