@@ -109,3 +109,74 @@ impl ClientCertVerifier for PinnedClient {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P521_SHA512};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A client certificate like the one go-plugin makes for Terraform: self-signed, P-521, a CA
+    /// certificate for `localhost`.
+    fn terraform_like_client() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P521_SHA512).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (cert.pem(), cert.der().clone(), der)
+    }
+
+    /// Connects to `server` as a client presenting `identity` (or none); whether the server
+    /// took the handshake and answered.
+    async fn connect(server: &ServerTls, identity: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.certificate.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&server.config));
+        let serving = tokio::spawn(async move {
+            let mut stream = acceptor.accept(server_io).await.ok()?;
+            stream.write_all(b"ok").await.ok()?;
+            stream.flush().await.ok()
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut answer = Vec::new();
+        if let Ok(mut stream) = connector.connect(name, client_io).await {
+            // TLS 1.3: the server judges the client's certificate after the client thinks it is done.
+            let _ = stream.read_to_end(&mut answer).await;
+        }
+        serving.await.unwrap().is_some() && answer == b"ok"
+    }
+
+    #[tokio::test]
+    async fn only_the_client_certificate_terraform_announced_gets_in() {
+        let (pem, cert, key) = terraform_like_client();
+        let server = server(&pem).unwrap();
+        assert!(connect(&server, Some((cert, key))).await, "Terraform's own certificate");
+
+        let (_, other_cert, other_key) = terraform_like_client();
+        assert!(!connect(&server, Some((other_cert, other_key))).await, "another certificate");
+        assert!(!connect(&server, None).await, "no certificate");
+    }
+
+    #[test]
+    fn a_client_certificate_that_is_not_pem_is_refused() {
+        assert!(matches!(server("not a certificate"), Err(TlsError::ClientCertificate(_))));
+    }
+}
