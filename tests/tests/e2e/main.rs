@@ -31,3 +31,4 @@ mod runs;
 mod runs_cli;
 mod store;
 mod terraform;
+mod tf_provider;
