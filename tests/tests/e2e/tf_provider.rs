@@ -6,7 +6,8 @@
 //! changed (an update) or deleted (a create), reads the store without writing to it, and an
 //! apply puts the object back, after which the check exits 0. A store that cannot be reached
 //! is an error (exit 1) with a diagnostic saying so, never "in sync". Also: a new name replaces
-//! the object, and an object made outside Terraform can be imported by name.
+//! the object, an object made outside Terraform can be imported by name, and a name that is not
+//! one safe path segment is refused at validation, before the store sees a request.
 
 use std::path::PathBuf;
 
@@ -223,4 +224,20 @@ async fn an_object_made_outside_terraform_is_imported_by_name() {
     let missing = tf.run(&["import", "-input=false", "kwobjects_object.b", "b.txt"]).await;
     assert_eq!(missing.code, Some(1));
     assert!(missing.stderr.contains("Cannot import non-existent remote object"), "{}", missing.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_that_is_not_one_path_segment_is_refused_before_anything_runs() {
+    let store = ObjectStore::start().await;
+    let bad = "resource \"kwobjects_object\" \"bad\" {\n  name    = \"../escape\"\n  content = \"x\"\n}\n";
+    let tf = Workspace::init(store.endpoint(), bad).await;
+
+    let validate = tf.run(&["validate"]).await;
+    assert_eq!(validate.code, Some(1), "{}\n{}", validate.stdout, validate.stderr);
+    // The provider's diagnostic, pointed at the attribute's line by Terraform.
+    for expected in ["Error: Invalid object name", "\"../escape\" is not an object name", "name    = \"../escape\""] {
+        assert!(validate.stderr.contains(expected), "{expected:?} not in:\n{}", validate.stderr);
+    }
+    assert_eq!(tf.run(&["apply", "-input=false", "-auto-approve"]).await.code, Some(1));
+    assert_eq!(store.requests(), Default::default(), "nothing reached the store");
 }
