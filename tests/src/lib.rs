@@ -1,5 +1,6 @@
 //! Shared support for Keyward's end-to-end tests: free ports, the binaries under test, and the real
-//! peers they run against (OpenBao, PostgreSQL, PyJWT). Modelled on linkerd's `test-util`.
+//! peers they run against (OpenBao, PostgreSQL, PyJWT), and the test provider `kwobjects` with its
+//! object store, for Terraform runs with real drift. Modelled on linkerd's `test-util`.
 //!
 //! Peers come from the machine (PostgreSQL, Terraform) or from the pinned venv that
 //! `scripts/install-test-peers` builds (OpenBao, PyJWT). A missing peer fails the test with a message
@@ -19,10 +20,12 @@ pub mod git_http;
 pub mod held;
 pub mod legacy;
 pub mod moto;
+pub mod object_store;
 pub mod openbao;
 pub mod postgres;
 pub mod pyjwt;
 pub mod regopy;
+pub mod tf_provider;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -33,3 +33,4 @@ mod runs;
 mod runs_cli;
 mod store;
 mod terraform;
+mod tf_provider;
