@@ -64,6 +64,11 @@ struct RunArgs {
     /// kernel has Landlock scopes (Linux 6.12), or the flags below accept the gap.
     #[arg(long, default_value = "none", value_parser = ["none", "host"])]
     network: String,
+    /// Terraform takes providers from this filesystem mirror (an absolute directory, packed or
+    /// unpacked layout) and from nowhere else: for pools that cannot reach a registry. Bound
+    /// read-only into each job's sandbox.
+    #[arg(long, value_name = "DIR")]
+    provider_mirror: Option<PathBuf>,
     /// With `--network host`: let jobs reach the cloud metadata service (169.254.169.254,
     /// fd00:ec2::254, …) and with it this host's credentials.
     #[arg(long)]
@@ -170,7 +175,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let isolation = isolation(&args)?;
     let slots = job_slots(&dir, &isolation, args.capacity, args.id_range)?;
     let (work, terraform_version) = work(args.exec).await;
-    let runner = Runner::new(work, isolation, args.phase_timeout);
+    if let Some(mirror) = &args.provider_mirror
+        && (!mirror.is_absolute() || !mirror.is_dir())
+    {
+        anyhow::bail!("--provider-mirror {}: not an absolute path to a directory", mirror.display());
+    }
+    let runner = Runner::new(work, isolation, args.phase_timeout).with_provider_mirror(args.provider_mirror);
     let settings = Settings {
         capacity: args.capacity,
         runner,
