@@ -57,6 +57,40 @@ pub struct Config {
     /// Credentials for private repositories, by URL prefix (docs/runs.md).
     #[serde(default)]
     pub repositories: Vec<RepositoryConfig>,
+    /// The drift scheduler (docs/drift.md).
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+/// `[scheduler]`: the drift scheduler, which queues stacks' scheduled drift checks on one
+/// replica at a time (docs/drift.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Whether this replica takes part (stacks without a schedule are never checked anyway).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often each replica wakes: renews or takes the lease, queues what is due.
+    #[serde(default = "default_scheduler_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    /// How long the lease lasts unrenewed: another replica takes over this long (plus one
+    /// interval) after the holder stops without releasing it.
+    #[serde(default = "default_scheduler_lease", with = "humantime_serde_compat")]
+    pub lease: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: default_scheduler_interval(), lease: default_scheduler_lease() }
+    }
+}
+
+fn default_scheduler_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_scheduler_lease() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One `[[repositories]]` entry: how to fetch private repositories whose URL starts with
@@ -643,6 +677,7 @@ impl Config {
                 trust_domain: Some("keyward.dev".to_owned()),
                 ..AgentsConfig::default()
             },
+            scheduler: SchedulerConfig::default(),
         }
     }
 }

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{
-    AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry,
-    StorageConfig, TokensConfig,
+    AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, SchedulerConfig, ServerConfig,
+    SinkEntry, StorageConfig, TokensConfig,
 };
 use super::secret_source::{DATABASE_URL, KEK, REPOSITORY_PASSWORD, SINK_SECRET, SecretSource};
 use super::url::check_url;
@@ -24,7 +24,7 @@ use crate::audit::sinks::SinkConfig;
 use crate::exchange::trusted_issuers::IssuerConfig;
 use crate::kek::Kek;
 use crate::keys::KeySettings;
-use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials};
+use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials, SchedulerSettings};
 use crate::store::DatabaseLocation;
 use crate::targets::{TargetConfig, url_host};
 use crate::tokens::MintRules;
@@ -58,6 +58,8 @@ pub struct Settings<K = Kek> {
     pub agents: AgentsSettings,
     /// Credentials for private repositories, by URL prefix.
     pub repositories: RepositoryCredentials,
+    /// The drift scheduler (`[scheduler]`); `None`: this replica does not take part.
+    pub scheduler: Option<SchedulerSettings>,
 }
 
 /// A configuration checked, with every secret read but the key-encryption key, whose source is
@@ -120,7 +122,8 @@ impl Config {
 
     /// Checks every table and reads every secret but the key-encryption key.
     pub fn check(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Checked, ConfigError> {
-        let Self { server, log, storage, keys, tokens, policy, targets, issuers, audit, agents, repositories } = self;
+        let Self { server, log, storage, keys, tokens, policy, targets, issuers, audit, agents, repositories, scheduler } =
+            self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
         check_key_schedule(&keys)?;
@@ -131,6 +134,7 @@ impl Config {
         let repositories = repository_credentials(&repositories, env)?;
         check_policy(policy.as_ref())?;
         let agents = agents_settings(agents, &server.external_url)?;
+        let scheduler = scheduler_settings(&scheduler)?;
         let database = database(&storage, env)?;
         let kek = KEK.required_source(keys.kek.as_ref(), keys.kek_env.as_deref(), keys.kek_file.as_deref())?;
         let keys = KeySettings {
@@ -139,7 +143,21 @@ impl Config {
             jwks_max_age: keys.jwks_max_age,
             clock_skew: tokens.clock_skew,
         };
-        Ok(Settings { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories })
+        Ok(Settings {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            scheduler,
+        })
     }
 }
 
@@ -300,6 +318,21 @@ fn check_policy(policy: Option<&PolicyConfig>) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[scheduler]`, checked: `None` when disabled. The lease must outlast two wakes, so a holder
+/// renews it before it can expire.
+fn scheduler_settings(scheduler: &SchedulerConfig) -> Result<Option<SchedulerSettings>, ConfigError> {
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&scheduler.interval) {
+        return Err(invalid("scheduler.interval", "must be between 100ms and 1m"));
+    }
+    if !(Duration::from_secs(2)..=Duration::from_secs(600)).contains(&scheduler.lease) {
+        return Err(invalid("scheduler.lease", "must be between 2s and 10m"));
+    }
+    if scheduler.lease < scheduler.interval * 2 {
+        return Err(invalid("scheduler.lease", "must be at least twice scheduler.interval"));
+    }
+    Ok(scheduler.enabled.then_some(SchedulerSettings { interval: scheduler.interval, lease: scheduler.lease }))
+}
+
 /// `[agents]`, checked, with the trust domain and the advertised endpoint settled.
 fn agents_settings(agents: AgentsConfig, external_url: &str) -> Result<AgentsSettings, ConfigError> {
     if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&agents.certificate_lifetime) {
@@ -358,10 +391,37 @@ fn database(storage: &StorageConfig, env: &dyn Fn(&str) -> Option<String>) -> Re
 impl Checked {
     /// Reads the key-encryption key from its source (`keys.kek`, `keys.kek_env` or `keys.kek_file`).
     pub fn read_kek(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let Self { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories } =
-            self;
+        let Self {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            scheduler,
+        } = self;
         let kek = read_kek(&kek, env)?;
-        Ok(Settings { server, log, database, kek, keys, tokens, policy, targets, issuers, audit, agents, repositories })
+        Ok(Settings {
+            server,
+            log,
+            database,
+            kek,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            scheduler,
+        })
     }
 }
 

@@ -100,7 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/trace/{key}", get(audit::trace))
         .route("/v1/audit/prune", post(audit::prune))
         .route("/v1/stacks", post(runs::create_stack).get(runs::list_stacks))
-        .route("/v1/stacks/{name}", get(runs::show_stack))
+        .route("/v1/stacks/{name}", get(runs::show_stack).patch(runs::update_stack))
         .route("/v1/runs", post(runs::submit_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::show_run))
         .route("/v1/runs/{id}/approve", post(runs::approve_run))

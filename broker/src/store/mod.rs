@@ -16,6 +16,8 @@ mod location;
 mod logs;
 mod replay;
 pub mod runs;
+pub mod drift;
+mod leases;
 mod signing_keys;
 pub mod write;
 
@@ -37,7 +39,8 @@ pub use audit::{CheckpointRow, StoredEntry};
 pub use audit_integrate::Integrated;
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
+pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
+pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 
 /// Storage failures.
@@ -186,7 +189,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 12] = match self.backend {
+        let files: [(i64, &str, &'static str); 13] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -200,6 +203,7 @@ impl Store {
                 (10, "review_scope", include_str!("../../migrations/sqlite/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/sqlite/0012_audit_batches.sql")),
+                (14, "drift_schedule", include_str!("../../migrations/sqlite/0014_drift_schedule.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -214,6 +218,7 @@ impl Store {
                 (10, "review_scope", include_str!("../../migrations/postgres/0010_review_scope.sql")),
                 (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/postgres/0012_audit_batches.sql")),
+                (14, "drift_schedule", include_str!("../../migrations/postgres/0014_drift_schedule.sql")),
             ],
         };
         let migrations = files
