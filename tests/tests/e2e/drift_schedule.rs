@@ -334,3 +334,271 @@ async fn unqueueable_checks_fail_once(runs: &Runs, scheduler: &DriftScheduler, c
     assert!(again.failed.is_empty() && again.queued.is_empty(), "handled once: {again:?}");
     assert_eq!(scheduled_runs(runs, "broken").await, 0);
 }
+
+// ---- Real brokers, a real agent, real minute boundaries. ----
+
+use keyward_tests::agent::{Agent, join};
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::{eventually, free_addr, http};
+use serde_json::{Value, json};
+
+/// Long enough for two fire times of `* * * * *` after the schedule is set, and a check.
+const A_FEW_MINUTES: Duration = Duration::from_secs(200);
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+/// `keyward serve` with the shipped policies, an agent endpoint, and a drift scheduler that wakes
+/// every second and holds its lease for three; `storage` are lines for `[storage]`.
+async fn serve(dir: &std::path::Path, storage: &str, envs: &[(&str, &str)], admin: Option<&str>) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
+    let addr = free_addr();
+    let config = dir.join("keyward.toml");
+    let rest = format!(
+        "[policy]\ndir = \"{}\"\n[agents]\nlisten = \"{}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n\
+         [scheduler]\ninterval = \"1s\"\nlease = \"3s\"\n",
+        workspace_root().join("policies").display(),
+        free_addr()
+    );
+    let data_dir = dir.join("broker");
+    write_config(&config, addr, &data_dir, &ConfigExtra { storage, rest: &rest, ..ConfigExtra::default() });
+    let mut envs = envs.to_vec();
+    envs.push(("TEST_KEK", TEST_KEK));
+    Broker::serve_as(&config, &data_dir, &format!("http://{addr}"), &envs, admin).await
+}
+
+async fn api(broker: &Broker, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = http().request(method, format!("{}{path}", broker.addr)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn metrics(broker: &Broker) -> String {
+    http().get(format!("{}/metrics", broker.addr)).send().await.unwrap().text().await.unwrap()
+}
+
+/// `run.created` entries (newest last) of scheduled checks: `(stack, scheduled_for, scheduler)`.
+async fn scheduled_entries(broker: &Broker) -> Vec<(String, i64, String)> {
+    let path = "/v1/audit/entries?tail=1000&kind=run.created";
+    let (status, body) = api(broker, reqwest::Method::GET, path, &broker.admin_token, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| &line["entry"])
+        .filter(|entry| entry["context"]["actor"] == "scheduler")
+        .map(|entry| {
+            let details = &entry["details"];
+            let stack = entry["context"]["stack_id"].as_str().unwrap_or_default().to_owned();
+            let holder = details["scheduler"].as_str().unwrap_or_default().to_owned();
+            (stack, details["scheduled_for"].as_i64().unwrap_or_default(), holder)
+        })
+        .collect()
+}
+
+/// Bad input through the CLI and the API: refused with the reason, the stack unchanged and no
+/// `stack.updated` entry written.
+async fn bad_input_is_refused_with_the_reason(broker: &Broker, stack: &str) {
+    let before = json_of(&broker.cli(&["stack", "show", stack, "--json"]));
+    for (schedule, reason) in [
+        ("61 * * * *", "minute field `61`: out of range 0-59"),
+        ("* * *", "expected 5 fields (minute hour day-of-month month day-of-week), got 3"),
+        ("*/0 * * * *", "minute field `*/0`: step 0 is outside 1-59"),
+        ("0 0 31 2 *", "never fires"),
+        ("0 9 * * MONDAY", "day-of-week field `MONDAY`"),
+    ] {
+        let out = broker.cli(&["stack", "update", stack, "--drift-schedule", schedule]);
+        assert!(!out.success, "{schedule}: {}", out.stdout);
+        assert!(out.stderr.contains(reason) && out.stderr.contains("HTTP 400"), "{schedule}: {}", out.stderr);
+    }
+    let remediation = broker.cli(&["stack", "update", stack, "--drift-remediation", "fix"]);
+    assert_eq!(remediation.code, Some(2), "{}", remediation.stderr);
+    assert!(remediation.stderr.contains("possible values: off, plan, apply"), "{}", remediation.stderr);
+    let unknown = broker.cli(&["stack", "update", "nope", "--drift-schedule", "* * * * *"]);
+    assert!(!unknown.success && unknown.stderr.contains("no stack named `nope`") && unknown.stderr.contains("HTTP 404"));
+    let nothing = broker.cli(&["stack", "update", stack]);
+    assert!(!nothing.success && nothing.stderr.contains("nothing to update"), "{}", nothing.stderr);
+
+    let patch = |path: String, token: String, body: Value| async move {
+        api(broker, reqwest::Method::PATCH, &path, &token, Some(body)).await
+    };
+    let path = format!("/v1/stacks/{stack}");
+    let admin = broker.admin_token.clone();
+    let (status, body) = patch(path.clone(), admin.clone(), json!({"drift_schedule": "0 25 * * *"})).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("hour field `25`: out of range 0-23"), "{body}");
+    let (status, body) = patch(path.clone(), admin.clone(), json!({"drift_remediation": "fix"})).await;
+    assert!(status == 400 && body["error_description"].as_str().unwrap().contains("unknown variant `fix`"), "{body}");
+    let (status, body) = patch(path.clone(), admin.clone(), json!({"repository": "https://elsewhere"})).await;
+    assert!(status == 400 && body["error_description"].as_str().unwrap().contains("unknown field"), "{body}");
+    let (status, _) = patch("/v1/stacks/nope".into(), admin.clone(), json!({"drift_schedule": "off"})).await;
+    assert_eq!(status, 404);
+    let created = json_of(&broker.cli(&["token", "create-api", "--name", "ci", "--scope", "submit", "--json"]));
+    let submit = created["token"].as_str().unwrap().to_owned();
+    let (status, body) = patch(path, submit, json!({"drift_schedule": "* * * * *"})).await;
+    assert_eq!(status, 403, "updating a stack needs the admin scope: {body}");
+
+    assert_eq!(json_of(&broker.cli(&["stack", "show", stack, "--json"])), before, "the stack is unchanged");
+    let path = "/v1/audit/entries?tail=10&kind=stack.updated";
+    let (_, entries) = api(broker, reqwest::Method::GET, path, &broker.admin_token, None).await;
+    assert_eq!(entries["entries"].as_array().map(Vec::len), Some(0), "nothing on record: {entries}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_check_finds_drift_with_a_real_agent_and_is_never_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = serve(dir.path(), "", &[], None).await;
+    // A pool no agent serves yet: the first check stays queued across the next fire time.
+    json_of(&broker.cli(&["pool", "create", "later", "--json"]));
+    // State is not kept between runs here, so `terraform_data.example` always reads as to add.
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let url = repo.url();
+    json_of(&broker.cli(&["stack", "create", "drifty", "--repository", &url, "--pool", "later", "--json"]));
+    let shown = json_of(&broker.cli(&["stack", "show", "drifty", "--json"]));
+    assert_eq!((&shown["drift"], &shown["drift_schedule"]), (&json!({"state": "unknown"}), &Value::Null));
+
+    bad_input_is_refused_with_the_reason(&broker, "drifty").await;
+
+    let args = ["stack", "update", "drifty", "--drift-schedule", "* * * * *", "--drift-remediation", "plan", "--json"];
+    let updated = json_of(&broker.cli(&args));
+    assert_eq!((updated["drift_schedule"].as_str(), updated["drift_remediation"].as_str()), (Some("* * * * *"), Some("plan")));
+    assert!(updated["next_drift_check_at"].as_i64().is_some_and(|next| next % 60 == 0), "{updated}");
+
+    // The scheduler queues a check at the next minute, as `scheduler`.
+    let run = eventually("the scheduled drift check", A_FEW_MINUTES, || {
+        let runs = json_of(&broker.cli(&["run", "list", "--stack", "drifty", "--json"]));
+        async move { runs["runs"].as_array().and_then(|r| r.first().cloned()) }
+    })
+    .await;
+    assert_eq!((&run["kind"], &run["triggered_by"], &run["state"]), (&json!("drift"), &json!("scheduler"), &json!("queued")));
+    let id = run["id"].as_str().unwrap().to_owned();
+    // The next fire time finds it still queued: skipped, and said so; still one run.
+    let skipped = format!("skipped: drift run {id} is still queued");
+    eventually("the next fire time to be skipped", A_FEW_MINUTES, || {
+        let stack = json_of(&broker.cli(&["stack", "show", "drifty", "--json"]));
+        let done = stack["last_drift_check"].as_str() == Some(skipped.as_str());
+        async move { done.then_some(()) }
+    })
+    .await;
+    let runs = json_of(&broker.cli(&["run", "list", "--stack", "drifty", "--json"]));
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "not doubled: {runs}");
+    let counted = metrics(&broker).await;
+    assert!(counted.contains("keyward_drift_checks_scheduled_total{outcome=\"queued\"} 1\n"), "{counted}");
+    assert!(!counted.contains("keyward_drift_checks_scheduled_total{outcome=\"skipped\"} 0\n"), "{counted}");
+    assert!(counted.contains("keyward_drift_scheduler_leader 1\n"), "{counted}");
+    // No more checks after this one.
+    let off = json_of(&broker.cli(&["stack", "update", "drifty", "--drift-schedule", "off", "--json"]));
+    assert_eq!(off["drift_schedule"], Value::Null);
+
+    // An agent in the pool runs it: Terraform finds the resource to add.
+    let token = json_of(&broker.cli(&["pool", "join-token", "later", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let _agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let run = eventually("the check to finish", A_FEW_MINUTES, || {
+        let run = json_of(&broker.cli(&["run", "show", &id, "--json"]));
+        async move { matches!(run["state"].as_str(), Some("finished" | "failed")).then_some(run) }
+    })
+    .await;
+    assert_eq!((&run["state"], &run["drift"]), (&json!("finished"), &json!(true)), "{run}");
+
+    the_drift_state_is_shown_everywhere(&broker, &id).await;
+}
+
+/// `stack show --json`, `GET /v1/stacks`, `stack list`, `stack show` and `/metrics` all say the
+/// stack drifted, with exactly the address Terraform reports.
+async fn the_drift_state_is_shown_everywhere(broker: &Broker, run_id: &str) {
+    let shown = json_of(&broker.cli(&["stack", "show", "drifty", "--json"]));
+    let drift = &shown["drift"];
+    assert_eq!(drift["state"], "drifted", "{shown}");
+    assert_eq!(drift["addresses"], json!(["terraform_data.example"]), "{shown}");
+    let counts = [&drift["to_add"], &drift["to_change"], &drift["to_destroy"], &drift["changed_outside"]];
+    assert_eq!(counts, [&json!(1), &json!(0), &json!(0), &json!(0)], "{shown}");
+    assert_eq!((drift["run_id"].as_str(), &drift["since"]), (Some(run_id), &drift["checked_at"]), "{shown}");
+    let (status, listed) = api(broker, reqwest::Method::GET, "/v1/stacks", &broker.admin_token, None).await;
+    assert_eq!(status, 200);
+    let listed = listed["stacks"].as_array().unwrap().iter().find(|s| s["name"] == "drifty").cloned().unwrap();
+    assert_eq!(listed["drift"], shown["drift"]);
+    let (_, one) = api(broker, reqwest::Method::GET, "/v1/stacks/drifty", &broker.admin_token, None).await;
+    assert_eq!(one["drift"], shown["drift"]);
+    let table = broker.cli(&["stack", "list"]);
+    let line = table.stdout.lines().find(|l| l.starts_with("drifty")).unwrap_or_default().to_owned();
+    assert!(table.stdout.starts_with("NAME") && line.contains(" drifted "), "{}", table.stdout);
+    let human = broker.cli(&["stack", "show", "drifty"]).stdout;
+    assert!(human.contains("drifted since") && human.contains("1 to add") && human.contains("terraform_data.example"), "{human}");
+    let text = metrics(broker).await;
+    assert!(text.contains("\nkeyward_stacks_drifted 1\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_postgres_queue_each_check_once_and_hand_over() {
+    let cluster = PgCluster::start();
+    let database_url = cluster.database("keyward");
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [("KW_DATABASE_URL", database_url.as_str())];
+    let storage = "database_url_env = \"KW_DATABASE_URL\"";
+    let first = serve(&dir.path().join("a"), storage, &envs, None).await;
+    let second = serve(&dir.path().join("b"), storage, &envs, Some(&first.admin_token)).await;
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let url = repo.url();
+    let stacks = ["one", "two", "three"];
+    for stack in stacks {
+        json_of(&first.cli(&["stack", "create", stack, "--repository", &url, "--json"]));
+        json_of(&second.cli(&["stack", "update", stack, "--drift-schedule", "* * * * *", "--json"]));
+    }
+
+    // Each stack's first fire time: one check each, by whichever replica holds the lease.
+    let checks = |count: usize| {
+        let (first, stacks) = (&first, stacks);
+        async move {
+            let entries = scheduled_entries(first).await;
+            stacks.iter().all(|s| entries.iter().filter(|(stack, ..)| stack == s).count() >= count).then_some(entries)
+        }
+    };
+    let entries = eventually("a check of each stack", A_FEW_MINUTES, || checks(1)).await;
+    let leaders: Vec<bool> = [metrics(&first).await, metrics(&second).await]
+        .iter()
+        .map(|text| text.contains("keyward_drift_scheduler_leader 1\n"))
+        .collect();
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "exactly one replica holds the lease");
+    let holders: Vec<&str> = entries.iter().map(|(.., holder)| holder.as_str()).collect();
+    assert!(holders.windows(2).all(|w| w[0] == w[1]), "one replica queued them: {entries:?}");
+    let first_holder = holders[0].to_owned();
+    // Canceled, so the next fire time queues anew instead of skipping.
+    let (_, runs) = api(&first, reqwest::Method::GET, "/v1/runs?limit=100", &first.admin_token, None).await;
+    for run in runs["runs"].as_array().unwrap() {
+        json_of(&first.cli(&["run", "cancel", run["id"].as_str().unwrap(), "--json"]));
+    }
+
+    // The holder stops without a word: the other takes over once its lease expires.
+    let (survivor, stopped) = if leaders[0] { (second, first) } else { (first, second) };
+    stopped.stop();
+    eventually("the survivor to take the lease", Duration::from_secs(30), || {
+        let survivor = &survivor;
+        async move { metrics(survivor).await.contains("keyward_drift_scheduler_leader 1\n").then_some(()) }
+    })
+    .await;
+    let checks = |count: usize| {
+        let (survivor, stacks) = (&survivor, stacks);
+        async move {
+            let entries = scheduled_entries(survivor).await;
+            stacks.iter().all(|s| entries.iter().filter(|(stack, ..)| stack == s).count() >= count).then_some(entries)
+        }
+    };
+    let entries = eventually("the next check of each stack", A_FEW_MINUTES, || checks(2)).await;
+    let mut fires: Vec<(&str, i64)> = entries.iter().map(|(stack, at, _)| (stack.as_str(), *at)).collect();
+    let all = fires.len();
+    fires.sort_unstable();
+    fires.dedup();
+    assert_eq!(fires.len(), all, "one check per stack per fire time: {entries:?}");
+    let later: Vec<&str> =
+        entries.iter().filter(|(.., holder)| *holder != first_holder).map(|(stack, ..)| stack.as_str()).collect();
+    assert!(stacks.iter().all(|s| later.contains(s)), "the survivor queued the next checks: {entries:?}");
+}
