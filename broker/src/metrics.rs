@@ -219,7 +219,11 @@ impl Metrics {
         for (outcome, counter) in DriftCheck::ALL.iter().zip(&self.drift_checks) {
             out.sample(name, &format!("outcome=\"{}\"", outcome.label()), counter.load(Ordering::Relaxed));
         }
-        out.family("keyward_drift_scheduler_leader", "gauge", "Whether this replica holds the drift scheduler's lease.");
+        out.family(
+            "keyward_drift_scheduler_leader",
+            "gauge",
+            "Whether this replica holds the drift scheduler's lease.",
+        );
         out.sample("keyward_drift_scheduler_leader", "", self.drift_scheduler_leader.load(Ordering::Relaxed));
     }
 }

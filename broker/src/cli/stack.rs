@@ -177,18 +177,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             print_stack(&stack)?;
         }
         StackCommand::Update(args) => update(&args, env).await?,
-        StackCommand::List { json, connection } => {
-            let listing = Client::new(&connection, env)?.get("/v1/stacks").await?;
-            if json {
-                return print_json(&listing);
-            }
-            let mut table = Table::new(&["NAME", "BRANCH", "POOL", "DRIFT", "REPOSITORY"]);
-            for stack in items(&listing, "stacks") {
-                let cell = |key: &str| text(stack, key).to_owned();
-                table.row(vec![cell("name"), cell("branch"), cell("pool"), drift_state(stack), cell("repository")]);
-            }
-            table.print()?;
-        }
+        StackCommand::List { json, connection } => list(json, &connection, env).await?,
         StackCommand::Show { name, json, connection } => {
             let stack = Client::new(&connection, env)?.get(&format!("/v1/stacks/{}", segment(&name))).await?;
             if json {
@@ -198,6 +187,20 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
         }
     }
     Ok(())
+}
+
+/// `keyward stack list`: a table with each stack's drift state, or JSON.
+async fn list(json: bool, connection: &Connection, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let listing = Client::new(connection, env)?.get("/v1/stacks").await?;
+    if json {
+        return print_json(&listing);
+    }
+    let mut table = Table::new(&["NAME", "BRANCH", "POOL", "DRIFT", "REPOSITORY"]);
+    for stack in items(&listing, "stacks") {
+        let cell = |key: &str| text(stack, key).to_owned();
+        table.row(vec![cell("name"), cell("branch"), cell("pool"), drift_state(stack), cell("repository")]);
+    }
+    table.print()
 }
 
 /// `keyward stack update`: sends what was given, prints the stack as it is now.
@@ -248,7 +251,8 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
 fn print_drift(stack: &Value) -> anyhow::Result<()> {
     let drift = stack.get("drift").cloned().unwrap_or(Value::Null);
     let number = |value: &Value, key: &str| value.get(key).and_then(Value::as_i64);
-    let run = |value: &Value| value.get("run_id").and_then(Value::as_str).map(|id| format!(", run {id}")).unwrap_or_default();
+    let run =
+        |value: &Value| value.get("run_id").and_then(Value::as_str).map(|id| format!(", run {id}")).unwrap_or_default();
     let checked = format!("checked {}{}", date(number(&drift, "checked_at")), run(&drift));
     match drift_state(stack).as_str() {
         "drifted" => {

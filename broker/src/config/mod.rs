@@ -29,8 +29,8 @@ mod url;
 
 pub use file::{
     AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
-    PolicyConfig, RepositoryConfig, SchedulerConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry,
-    TokensConfig, VaultTargetEntry,
+    PolicyConfig, RepositoryConfig, SchedulerConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry, TokensConfig,
+    VaultTargetEntry,
 };
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
 pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};

@@ -122,8 +122,20 @@ impl Config {
 
     /// Checks every table and reads every secret but the key-encryption key.
     pub fn check(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Checked, ConfigError> {
-        let Self { server, log, storage, keys, tokens, policy, targets, issuers, audit, agents, repositories, scheduler } =
-            self;
+        let Self {
+            server,
+            log,
+            storage,
+            keys,
+            tokens,
+            policy,
+            targets,
+            issuers,
+            audit,
+            agents,
+            repositories,
+            scheduler,
+        } = self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
         check_key_schedule(&keys)?;

@@ -134,7 +134,12 @@ pub(super) fn finished(result: JobResult) -> Finished {
             to_destroy: count(drift.to_destroy),
             changed_outside: count(drift.changed_outside),
         };
-        JobOutcome::Checked(Drift { drifted: drift.drifted, summary: drift.summary, counts, addresses: drift.addresses })
+        JobOutcome::Checked(Drift {
+            drifted: drift.drifted,
+            summary: drift.summary,
+            counts,
+            addresses: drift.addresses,
+        })
     } else if result.success {
         JobOutcome::Succeeded
     } else {

@@ -67,9 +67,8 @@ async fn stack_drift(state: &AppState) -> Option<crate::metrics::StackDrift> {
         }
         Err(_) => return None,
     };
-    let count = |name: &str| {
-        states.iter().find(|(state, _)| state == name).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0))
-    };
+    let count =
+        |name: &str| states.iter().find(|(state, _)| state == name).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
     Some(crate::metrics::StackDrift { drifted: count("drifted"), failed: count("failed"), in_sync: count("in_sync") })
 }
 

@@ -297,9 +297,9 @@ fn value(field: Field, text: &str) -> Result<u32, String> {
         return Ok(v);
     }
     let Some(v) = number(text) else {
-        return Err(match field.names() {
-            [] => format!("`{text}` is not a number"),
-            names => format!("`{text}` is not a number or a name ({}-{})", names[0], names[names.len() - 1]),
+        return Err(match (field.names().first(), field.names().last()) {
+            (Some(first), Some(last)) => format!("`{text}` is not a number or a name ({first}-{last})"),
+            _ => format!("`{text}` is not a number"),
         });
     };
     if !(min..=max).contains(&v) {
@@ -362,7 +362,10 @@ mod tests {
         assert_eq!(refused("* * * 13 *"), "month field `13`: out of range 1-12");
         assert_eq!(refused("* * * * 8"), "day-of-week field `8`: out of range 0-7");
         assert_eq!(refused("* * * FOO *"), "month field `FOO`: `FOO` is not a number or a name (JAN-DEC)");
-        assert_eq!(refused("* * * * MONDAY"), "day-of-week field `MONDAY`: `MONDAY` is not a number or a name (SUN-SAT)");
+        assert_eq!(
+            refused("* * * * MONDAY"),
+            "day-of-week field `MONDAY`: `MONDAY` is not a number or a name (SUN-SAT)"
+        );
         assert_eq!(refused("x * * * *"), "minute field `x`: `x` is not a number");
         assert_eq!(refused("-5 * * * *"), "minute field `-5`: empty value");
         assert_eq!(refused("5-1 * * * *"), "minute field `5-1`: range 5-1 runs backwards");
@@ -376,7 +379,10 @@ mod tests {
         assert_eq!(refused("0 * * * * *"), "expected 5 fields (minute hour day-of-month month day-of-week), got 6");
         assert_eq!(refused(""), "expected 5 fields (minute hour day-of-month month day-of-week), got 0");
         assert_eq!(refused("@reboot"), "unknown macro `@reboot`: use @yearly, @monthly, @weekly, @daily or @hourly");
-        assert_eq!(refused("0 0 30 2 *"), "never fires: no month of the month field has a day of the day-of-month field");
+        assert_eq!(
+            refused("0 0 30 2 *"),
+            "never fires: no month of the month field has a day of the day-of-month field"
+        );
         assert_eq!(refused("0 0 31 4,6,9,11 *"), refused("0 0 30 2 *"));
         assert!(refused(&"1,".repeat(200)).contains("longer than 256"));
     }
@@ -462,8 +468,7 @@ mod tests {
             "@weekly",
         ] {
             let schedule = Schedule::parse(expr).unwrap();
-            let fires: Vec<i64> =
-                (0..minutes).map(|m| start + m * 60).filter(|&t| fires_at(&schedule, t)).collect();
+            let fires: Vec<i64> = (0..minutes).map(|m| start + m * 60).filter(|&t| fires_at(&schedule, t)).collect();
             assert!(!fires.is_empty(), "{expr} fires in the window");
             // Probe at odd offsets (not whole minutes), inside the window with room on both sides.
             for t in (start + 60 * 24 * 5 * 60..start + (minutes - 60 * 24 * 5) * 60).step_by(60 * 37 + 11) {

@@ -165,7 +165,8 @@ impl DriftSettings {
     /// The settings of a stored stack; an unreadable schedule or remediation is refused.
     pub(super) fn from_row(row: &StackRow) -> Result<Self, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("stack `{}`: {what}", row.name));
-        let drift_remediation = row.drift_remediation.parse().map_err(|e: UnknownRemediation| corrupt(e.to_string()))?;
+        let drift_remediation =
+            row.drift_remediation.parse().map_err(|e: UnknownRemediation| corrupt(e.to_string()))?;
         let next_drift_check_at = match &row.drift_schedule {
             Some(text) => {
                 let schedule = Schedule::parse(text).map_err(|e| corrupt(format!("drift schedule: {e}")))?;
@@ -241,7 +242,10 @@ mod tests {
     fn each_state_shows_what_it_means() {
         let show = |row: Option<DriftRow>| serde_json::to_value(DriftStatus::from_row("s", row).unwrap()).unwrap();
         assert_eq!(show(None), serde_json::json!({"state": "unknown"}));
-        assert_eq!(show(Some(row("in_sync"))), serde_json::json!({"state": "in_sync", "checked_at": 200, "run_id": "r"}));
+        assert_eq!(
+            show(Some(row("in_sync"))),
+            serde_json::json!({"state": "in_sync", "checked_at": 200, "run_id": "r"})
+        );
         assert_eq!(
             show(Some(row("drifted"))),
             serde_json::json!({"state": "drifted", "checked_at": 200, "run_id": "r", "since": 100, "to_add": 1,

@@ -66,7 +66,10 @@ impl FireClaim {
     /// The claim and the drift state that commit with `keyward.run`'s refusal of the check.
     pub(super) fn refused(&self, stack: &str, reasons: &[String], now: i64) -> Vec<Write> {
         let why = format!("the scheduled check was refused by keyward.run: {}", reasons.join("; "));
-        vec![rows::claim_fire(stack, &self.schedule, self.fire, why.clone()), rows::record_failed(stack, None, &why, now)]
+        vec![
+            rows::claim_fire(stack, &self.schedule, self.fire, why.clone()),
+            rows::record_failed(stack, None, &why, now),
+        ]
     }
 
     /// `event` (the run's `run.created`) saying which fire time of which schedule queued it,
@@ -220,7 +223,13 @@ impl DriftScheduler {
 
     /// Records that the check of `claim` could not be queued (its repository or branch could not
     /// be read, say): the fire time is handled, and the stack's drift state says why.
-    async fn could_not_queue(&self, stack: &str, claim: &FireClaim, error: &str, tick: &mut Tick) -> Result<(), RunError> {
+    async fn could_not_queue(
+        &self,
+        stack: &str,
+        claim: &FireClaim,
+        error: &str,
+        tick: &mut Tick,
+    ) -> Result<(), RunError> {
         let why = format!("the scheduled check could not be queued: {error}");
         let now = self.runs.clock.now();
         let writes = [

@@ -222,7 +222,8 @@ mod tests {
 
     #[test]
     fn fields_left_out_stay_lists_replace_and_labels_merge() {
-        let body = json!({"branch": "release", "plan_targets": [], "labels": {"env": "staging", "team": null, "tier": "1"}});
+        let body =
+            json!({"branch": "release", "plan_targets": [], "labels": {"env": "staging", "team": null, "tier": "1"}});
         let updated = update(body).apply(&stack()).unwrap();
         assert_eq!(updated.spec.branch, "release");
         assert_eq!(updated.spec.pool, "default", "left out: unchanged");
@@ -248,7 +249,10 @@ mod tests {
         assert_eq!(kept.drift_schedule.as_deref(), Some("0 * * * *"));
         assert!(kept.changes.is_empty(), "the same branch changes nothing");
         let refused = update(json!({"drift_schedule": "61 * * * *"})).apply(&stack()).err().map(|e| e.0);
-        assert_eq!(refused.as_deref(), Some("invalid drift schedule `61 * * * *`: minute field `61`: out of range 0-59"));
+        assert_eq!(
+            refused.as_deref(),
+            Some("invalid drift schedule `61 * * * *`: minute field `61`: out of range 0-59")
+        );
     }
 
     #[test]

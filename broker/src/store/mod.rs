@@ -11,13 +11,13 @@ pub(crate) mod audit_batch;
 pub(crate) mod audit_codec;
 mod audit_convert;
 mod audit_integrate;
+pub mod drift;
 pub mod files;
+mod leases;
 mod location;
 mod logs;
 mod replay;
 pub mod runs;
-pub mod drift;
-mod leases;
 mod signing_keys;
 pub mod write;
 
@@ -37,9 +37,9 @@ pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use audit_integrate::Integrated;
+pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 

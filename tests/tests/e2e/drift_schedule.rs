@@ -214,7 +214,10 @@ async fn bad_updates_change_nothing(runs: &Runs, audit: &Audit) {
     assert!(matches!(pool, Err(RunError::NoSuchPool(_))), "{pool:?}");
     let target = StackUpdate { plan_targets: Some(vec!["aws:nope".into()]), ..schedule(Some(SCHEDULE)) };
     let target = runs.update_stack("network", target, "alice", Context::default()).await;
-    assert!(matches!(target, Err(RunError::Spec(ref e)) if e.to_string().contains("unknown plan target")), "{target:?}");
+    assert!(
+        matches!(target, Err(RunError::Spec(ref e)) if e.to_string().contains("unknown plan target")),
+        "{target:?}"
+    );
     assert_eq!(runs.stack("network").await.unwrap(), before, "nothing changed");
     assert_eq!(audit.count(kinds::STACK_UPDATED).await, entries, "nothing recorded");
 }
@@ -327,7 +330,10 @@ async fn unqueueable_checks_fail_once(runs: &Runs, scheduler: &DriftScheduler, c
     assert_eq!(tick.failed.iter().map(|(stack, _)| stack.as_str()).collect::<Vec<_>>(), ["broken"], "{tick:?}");
     let stack = runs.stack("broken").await.unwrap();
     let DriftStatus::Failed { error, run_id, .. } = &stack.drift else { panic!("failed: {:?}", stack.drift) };
-    assert!(error.starts_with("the scheduled check could not be queued: ") && error.contains("no-such-branch"), "{error}");
+    assert!(
+        error.starts_with("the scheduled check could not be queued: ") && error.contains("no-such-branch"),
+        "{error}"
+    );
     assert_eq!(run_id, &None);
     assert!(stack.drift_settings.last_drift_check.as_deref().is_some_and(|n| n == error), "{stack:?}");
     let again = scheduler.tick().await.unwrap();
@@ -421,7 +427,9 @@ async fn bad_input_is_refused_with_the_reason(broker: &Broker, stack: &str) {
     assert_eq!(remediation.code, Some(2), "{}", remediation.stderr);
     assert!(remediation.stderr.contains("possible values: off, plan, apply"), "{}", remediation.stderr);
     let unknown = broker.cli(&["stack", "update", "nope", "--drift-schedule", "* * * * *"]);
-    assert!(!unknown.success && unknown.stderr.contains("no stack named `nope`") && unknown.stderr.contains("HTTP 404"));
+    assert!(
+        !unknown.success && unknown.stderr.contains("no stack named `nope`") && unknown.stderr.contains("HTTP 404")
+    );
     let nothing = broker.cli(&["stack", "update", stack]);
     assert!(!nothing.success && nothing.stderr.contains("nothing to update"), "{}", nothing.stderr);
 
@@ -467,7 +475,10 @@ async fn a_scheduled_check_finds_drift_with_a_real_agent_and_is_never_doubled() 
 
     let args = ["stack", "update", "drifty", "--drift-schedule", "* * * * *", "--drift-remediation", "plan", "--json"];
     let updated = json_of(&broker.cli(&args));
-    assert_eq!((updated["drift_schedule"].as_str(), updated["drift_remediation"].as_str()), (Some("* * * * *"), Some("plan")));
+    assert_eq!(
+        (updated["drift_schedule"].as_str(), updated["drift_remediation"].as_str()),
+        (Some("* * * * *"), Some("plan"))
+    );
     assert!(updated["next_drift_check_at"].as_i64().is_some_and(|next| next % 60 == 0), "{updated}");
 
     // The scheduler queues a check at the next minute, as `scheduler`.
@@ -476,7 +487,10 @@ async fn a_scheduled_check_finds_drift_with_a_real_agent_and_is_never_doubled() 
         async move { runs["runs"].as_array().and_then(|r| r.first().cloned()) }
     })
     .await;
-    assert_eq!((&run["kind"], &run["triggered_by"], &run["state"]), (&json!("drift"), &json!("scheduler"), &json!("queued")));
+    assert_eq!(
+        (&run["kind"], &run["triggered_by"], &run["state"]),
+        (&json!("drift"), &json!("scheduler"), &json!("queued"))
+    );
     let id = run["id"].as_str().unwrap().to_owned();
     // The next fire time finds it still queued: skipped, and said so; still one run.
     let skipped = format!("skipped: drift run {id} is still queued");
@@ -532,7 +546,10 @@ async fn the_drift_state_is_shown_everywhere(broker: &Broker, run_id: &str) {
     let line = table.stdout.lines().find(|l| l.starts_with("drifty")).unwrap_or_default().to_owned();
     assert!(table.stdout.starts_with("NAME") && line.contains(" drifted "), "{}", table.stdout);
     let human = broker.cli(&["stack", "show", "drifty"]).stdout;
-    assert!(human.contains("drifted since") && human.contains("1 to add") && human.contains("terraform_data.example"), "{human}");
+    assert!(
+        human.contains("drifted since") && human.contains("1 to add") && human.contains("terraform_data.example"),
+        "{human}"
+    );
     let text = metrics(broker).await;
     assert!(text.contains("\nkeyward_stacks_drifted 1\n"), "{text}");
 }

@@ -239,7 +239,11 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // sandbox layers the agent reported. An agent that only says "succeeded" did not check.
     let drift = Submission { kind: RunKind::Drift, ..submission("network", None) };
     for (reported, state, found) in [
-        (JobOutcome::Checked(Drift { drifted: true, summary: "1 to add\u{7}".into(), ..Drift::default() }), "finished", Some(true)),
+        (
+            JobOutcome::Checked(Drift { drifted: true, summary: "1 to add\u{7}".into(), ..Drift::default() }),
+            "finished",
+            Some(true),
+        ),
         (JobOutcome::Checked(Drift::default()), "finished", Some(false)),
         (JobOutcome::Succeeded, "failed", None),
         (JobOutcome::Failed("terraform plan exited with 1".into()), "failed", None),
