@@ -199,12 +199,20 @@ impl Schedule {
 
     /// The latest minute of a day, at or before minute-of-day `limit`, that fires.
     fn latest_in_day(&self, limit: i64) -> Option<i64> {
-        (0..=limit).rev().find(|m| bit(self.hours, m / 60) && bit(self.minutes, m % 60))
+        let (last_hour, last_minute) = (limit / 60, limit % 60);
+        (0..=last_hour).rev().filter(|&h| bit(self.hours, h)).find_map(|h| {
+            let up_to = if h == last_hour { last_minute } else { 59 };
+            (0..=up_to).rev().find(|&m| bit(self.minutes, m)).map(|m| h * 60 + m)
+        })
     }
 
     /// The first minute of a day, at or after minute-of-day `from`, that fires.
     fn first_in_day(&self, from: i64) -> Option<i64> {
-        (from..1440).find(|m| bit(self.hours, m / 60) && bit(self.minutes, m % 60))
+        let (first_hour, first_minute) = (from / 60, from % 60);
+        (first_hour..24).filter(|&h| bit(self.hours, h)).find_map(|h| {
+            let from = if h == first_hour { first_minute } else { 0 };
+            (from..60).find(|&m| bit(self.minutes, m)).map(|m| h * 60 + m)
+        })
     }
 
     /// Whether some month of the month field has some day of the day-of-month field (February

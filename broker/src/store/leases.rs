@@ -12,6 +12,9 @@ impl Store {
     /// Takes or renews the lease `name` for `holder` until `expires_at`, if it is free, expired
     /// before `now`, or already `holder`'s. Returns whether `holder` holds it now.
     pub async fn take_lease(&self, name: &str, holder: &str, now: i64, expires_at: i64) -> Result<bool, StoreError> {
+        // On SQLite, wait for the audit writer's turn rather than meet its write lock in the
+        // busy handler, which would hold up the writer's next commit by its sleeps.
+        let _turn = self.audit_write_turn().await;
         let done = sqlx::query(
             "INSERT INTO scheduler_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET holder = $2, expires_at = $3 \
@@ -29,6 +32,7 @@ impl Store {
     /// Gives up the lease `name`, if `holder` holds it (a replica stopping cleanly), so another
     /// takes it at once instead of when it expires.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _turn = self.audit_write_turn().await;
         sqlx::query("DELETE FROM scheduler_leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
