@@ -341,6 +341,66 @@ async fn unqueueable_checks_fail_once(runs: &Runs, scheduler: &DriftScheduler, c
     assert_eq!(scheduled_runs(runs, "broken").await, 0);
 }
 
+/// `keyward.run` refuses a scheduled check (here: drift checks are frozen): the refusal is on
+/// record as the scheduler's, the stack's drift state says why, and the fire time is handled once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_scheduled_check_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rego") {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        policies.join("run.rego"),
+        "package keyward.run\n\ndefault allow := false\n\nallow if input.kind == \"deploy\"\n\n\
+         deny contains \"drift checks are frozen\" if input.kind == \"drift\"\n",
+    )
+    .unwrap();
+    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("keyward.db"))).await.unwrap();
+    let engine = PolicyEngine::load(&policies, Duration::from_millis(500)).unwrap();
+    let clock = ManualClock::at(T0 + 10);
+    let kek = Arc::new(keyward_broker::kek::Kek::generate());
+    let runs = Runs::new(
+        store.clone(),
+        AuditLog::start(store.clone()),
+        Some(Arc::new(engine)),
+        &[],
+        Arc::new(clock.clone()),
+        kek,
+    );
+    let audit = Audit(store);
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    runs.create_stack(spec("frozen", &repo.url(), "main"), "admin", Context::default()).await.unwrap();
+    runs.update_stack("frozen", schedule(Some(SCHEDULE)), "alice", Context::default()).await.unwrap();
+    let scheduler = DriftScheduler::new(runs.clone(), SETTINGS);
+
+    clock.advance(QUARTER);
+    let tick = scheduler.tick().await.unwrap();
+    assert_eq!(tick.failed, [("frozen".to_owned(), "drift checks are frozen".to_owned())], "{tick:?}");
+    let refused = audit.0.audit_tail(Some(kinds::RUN_REFUSED), 10).await.unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let entry: serde_json::Value = serde_json::from_str(&refused[0].body).unwrap();
+    assert_eq!((&entry["context"]["actor"], &entry["context"]["stack_id"]), (&"scheduler".into(), &"frozen".into()));
+    assert_eq!(entry["details"]["reasons"], serde_json::json!(["drift checks are frozen"]));
+    let stack = runs.stack("frozen").await.unwrap();
+    let why = "the scheduled check was refused by keyward.run: drift checks are frozen";
+    assert!(
+        matches!(&stack.drift, DriftStatus::Failed { error, run_id: None, .. } if error == why),
+        "{:?}",
+        stack.drift
+    );
+    assert_eq!(stack.drift_settings.last_drift_check.as_deref(), Some(why));
+    assert_eq!(stack.drift_settings.last_drift_check_at, Some(T0 + QUARTER));
+    let again = scheduler.tick().await.unwrap();
+    assert!(again.failed.is_empty(), "handled once: {again:?}");
+    assert_eq!(audit.count(kinds::RUN_REFUSED).await, 1);
+    assert_eq!(scheduled_runs(&runs, "frozen").await, 0, "nothing queued");
+}
+
 // ---- Real brokers, a real agent, real minute boundaries. ----
 
 use keyward_tests::agent::{Agent, join};
