@@ -369,9 +369,7 @@ impl Daemon {
             let Some(finished) = finished else { return };
             let (success, error, drift) = match outcome {
                 Outcome::Succeeded => (true, String::new(), None),
-                Outcome::Checked(drift) => {
-                    (true, String::new(), Some(DriftReport { drifted: drift.drifted, summary: drift.summary }))
-                }
+                Outcome::Checked(drift) => (true, String::new(), Some(drift_report(drift))),
                 Outcome::Failed(error) => (false, error, None),
                 // The broker already moved the job on; a report would be refused as stale.
                 Outcome::Canceled => return,
@@ -512,6 +510,19 @@ impl Daemon {
 fn take_pending(results: &Mutex<Vec<JobResult>>, outbox: &Outbox) -> (Vec<JobResult>, Vec<Chunk>) {
     let results = std::mem::take(&mut *results.lock().unwrap_or_else(PoisonError::into_inner));
     (results, outbox.take_unsent())
+}
+
+/// What a drift check found, as the broker hears it.
+fn drift_report(drift: crate::terraform::Drift) -> DriftReport {
+    DriftReport {
+        drifted: drift.drifted,
+        summary: drift.summary,
+        to_add: drift.counts.to_add,
+        to_change: drift.counts.to_change,
+        to_destroy: drift.counts.to_destroy,
+        changed_outside: drift.counts.changed_outside,
+        addresses: drift.addresses,
+    }
 }
 
 fn now() -> i64 {

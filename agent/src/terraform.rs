@@ -82,13 +82,34 @@ pub struct Phase<'a> {
 }
 
 /// What a drift check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drift {
     /// `terraform plan -detailed-exitcode` exited 2.
     pub drifted: bool,
     /// What differs, counted from the plan (`1 to add, 0 to change, 0 to destroy`), or empty.
     pub summary: String,
+    /// The same counts, one by one.
+    pub counts: DriftCounts,
+    /// The addresses of the resources that differ, masked (at most [`MAX_DRIFT_ADDRESSES`]).
+    pub addresses: Vec<String>,
 }
+
+/// What a plan changes, counted as Terraform's summary line counts it, plus what changed outside
+/// Terraform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriftCounts {
+    /// Resources to create (a replacement counts here and in `to_destroy`).
+    pub to_add: u64,
+    /// Resources to update in place.
+    pub to_change: u64,
+    /// Resources to delete.
+    pub to_destroy: u64,
+    /// Resources changed outside Terraform (`resource_drift`).
+    pub changed_outside: u64,
+}
+
+/// The most addresses a drift report carries (the counts say how many there are).
+pub const MAX_DRIFT_ADDRESSES: usize = 256;
 
 impl Phase<'_> {
     /// Runs `terraform args…` in the configuration's directory; its stdout kept when `keep`.
@@ -220,12 +241,20 @@ impl Phase<'_> {
         let (code, _) = self.terraform_exits(&plan, log, cancel, None, &[0, 2], None).await?;
         if code == 0 {
             log.note("keyward: no drift: the infrastructure matches the configuration").await;
-            return Ok(Drift { drifted: false, summary: String::new() });
+            return Ok(Drift::default());
         }
         let json = self.terraform(&["show", "-json", "-no-color", PLAN_FILE], log, cancel, Some(MAX_PLAN_JSON)).await?;
-        let summary = String::from_utf8_lossy(&log.mask(drift_summary(&json).as_bytes()).await).into_owned();
+        let findings = PlanFindings::read(&json);
+        let summary = String::from_utf8_lossy(&log.mask(findings.summary().as_bytes()).await).into_owned();
+        let mut addresses = Vec::with_capacity(findings.addresses.len());
+        for address in findings.addresses {
+            addresses.push(String::from_utf8_lossy(&log.mask(address.as_bytes()).await).into_owned());
+        }
         log.note(&format!("keyward: drift: {summary}")).await;
-        Ok(Drift { drifted: true, summary })
+        for address in &addresses {
+            log.note(&format!("keyward: drifted: {address}")).await;
+        }
+        Ok(Drift { drifted: true, summary, counts: findings.counts, addresses })
     }
 
     /// Fetches the saved plan, checks its digest, `terraform init`, `terraform apply` it.
@@ -274,39 +303,74 @@ fn failed(error: PlanFileError) -> PhaseError {
     PhaseError::Failed(error.to_string())
 }
 
-/// What a plan's `terraform show -json` changes, counted as Terraform's own summary line does,
-/// plus outputs and what changed outside Terraform (`resource_drift`).
-fn drift_summary(plan_json: &[u8]) -> String {
-    let Ok(plan) = serde_json::from_slice::<serde_json::Value>(plan_json) else {
-        return "the plan has changes (its JSON did not parse)".to_owned();
-    };
-    let list = |key: &str| plan.get(key).and_then(serde_json::Value::as_array).map(Vec::len).unwrap_or_default();
-    let (mut add, mut change, mut destroy) = (0_usize, 0_usize, 0_usize);
-    let changes = plan.get("resource_changes").and_then(serde_json::Value::as_array);
-    for resource in changes.into_iter().flatten() {
-        let actions: Vec<&str> = resource
-            .pointer("/change/actions")
-            .and_then(serde_json::Value::as_array)
-            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+/// What a plan's `terraform show -json` changes: counted as Terraform's own summary line counts
+/// it, plus outputs and what changed outside Terraform (`resource_drift`), and which resources.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PlanFindings {
+    counts: DriftCounts,
+    outputs: usize,
+    addresses: Vec<String>,
+    /// The JSON did not parse: the plan has changes, nobody knows which.
+    unreadable: bool,
+}
+
+impl PlanFindings {
+    fn read(plan_json: &[u8]) -> Self {
+        let Ok(plan) = serde_json::from_slice::<serde_json::Value>(plan_json) else {
+            return Self { unreadable: true, ..Self::default() };
+        };
+        let list = |key: &str| plan.get(key).and_then(serde_json::Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+        let mut findings = Self::default();
+        for resource in list("resource_changes") {
+            let actions: Vec<&str> = resource
+                .pointer("/change/actions")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+                .unwrap_or_default();
+            let counts = &mut findings.counts;
+            counts.to_add += u64::from(actions.contains(&"create"));
+            counts.to_change += u64::from(actions.contains(&"update"));
+            counts.to_destroy += u64::from(actions.contains(&"delete"));
+            // A data source's `read` changes nothing, and Terraform's summary does not count it.
+            if actions.iter().any(|a| !matches!(*a, "no-op" | "read")) {
+                findings.note(resource);
+            }
+        }
+        for resource in list("resource_drift") {
+            findings.counts.changed_outside += 1;
+            findings.note(resource);
+        }
+        findings.outputs = plan
+            .get("output_changes")
+            .and_then(serde_json::Value::as_object)
+            .map(|o| o.values().filter(|c| c.pointer("/actions/0").and_then(|a| a.as_str()) != Some("no-op")).count())
             .unwrap_or_default();
-        add += usize::from(actions.contains(&"create"));
-        change += usize::from(actions.contains(&"update"));
-        destroy += usize::from(actions.contains(&"delete"));
+        findings
     }
-    let outputs = plan
-        .get("output_changes")
-        .and_then(serde_json::Value::as_object)
-        .map(|o| o.values().filter(|c| c.pointer("/actions/0").and_then(|a| a.as_str()) != Some("no-op")).count())
-        .unwrap_or_default();
-    let mut summary = format!("{add} to add, {change} to change, {destroy} to destroy");
-    if outputs > 0 {
-        summary.push_str(&format!("; {outputs} output(s) change"));
+
+    /// Keeps `resource`'s address, once, while there is room.
+    fn note(&mut self, resource: &serde_json::Value) {
+        let Some(address) = resource.get("address").and_then(serde_json::Value::as_str) else { return };
+        if self.addresses.len() < MAX_DRIFT_ADDRESSES && !self.addresses.iter().any(|a| a == address) {
+            self.addresses.push(address.to_owned());
+        }
     }
-    let outside = list("resource_drift");
-    if outside > 0 {
-        summary.push_str(&format!("; {outside} resource(s) changed outside Terraform"));
+
+    /// `1 to add, 0 to change, 0 to destroy`, with outputs and outside changes when there are any.
+    fn summary(&self) -> String {
+        if self.unreadable {
+            return "the plan has changes (its JSON did not parse)".to_owned();
+        }
+        let DriftCounts { to_add, to_change, to_destroy, changed_outside } = self.counts;
+        let mut summary = format!("{to_add} to add, {to_change} to change, {to_destroy} to destroy");
+        if self.outputs > 0 {
+            summary.push_str(&format!("; {} output(s) change", self.outputs));
+        }
+        if changed_outside > 0 {
+            summary.push_str(&format!("; {changed_outside} resource(s) changed outside Terraform"));
+        }
+        summary
     }
-    summary
 }
 
 /// `terraform` on `PATH`, made absolute (the sandbox sees only what is bound).
@@ -320,25 +384,48 @@ pub fn locate(program: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::drift_summary;
+    use super::{DriftCounts, MAX_DRIFT_ADDRESSES, PlanFindings};
+
+    fn drift_summary(plan_json: &[u8]) -> String {
+        PlanFindings::read(plan_json).summary()
+    }
 
     #[test]
     fn drift_is_summarised_from_the_plan_json_as_terraform_counts_it() {
         let plan = br#"{
             "resource_changes": [
-                {"change": {"actions": ["create"]}},
-                {"change": {"actions": ["update"]}},
-                {"change": {"actions": ["delete", "create"]}},
-                {"change": {"actions": ["no-op"]}}
+                {"address": "terraform_data.new", "change": {"actions": ["create"]}},
+                {"address": "terraform_data.edit", "change": {"actions": ["update"]}},
+                {"address": "terraform_data.swap", "change": {"actions": ["delete", "create"]}},
+                {"address": "terraform_data.same", "change": {"actions": ["no-op"]}},
+                {"address": "data.external.x", "change": {"actions": ["read"]}}
             ],
             "output_changes": {"a": {"actions": ["update"]}, "b": {"actions": ["no-op"]}},
-            "resource_drift": [{"address": "terraform_data.x"}]
+            "resource_drift": [{"address": "terraform_data.edit"}, {"address": "terraform_data.gone"}]
         }"#;
         assert_eq!(
             drift_summary(plan),
-            "2 to add, 1 to change, 1 to destroy; 1 output(s) change; 1 resource(s) changed outside Terraform"
+            "2 to add, 1 to change, 1 to destroy; 1 output(s) change; 2 resource(s) changed outside Terraform"
+        );
+        let findings = PlanFindings::read(plan);
+        assert_eq!(findings.counts, DriftCounts { to_add: 2, to_change: 1, to_destroy: 1, changed_outside: 2 });
+        assert_eq!(
+            findings.addresses,
+            ["terraform_data.new", "terraform_data.edit", "terraform_data.swap", "terraform_data.gone"],
+            "changes that change something, then outside changes, each once"
         );
         assert_eq!(drift_summary(br#"{"resource_changes": []}"#), "0 to add, 0 to change, 0 to destroy");
         assert!(drift_summary(b"not json").contains("did not parse"));
+        assert!(PlanFindings::read(b"not json").addresses.is_empty());
+    }
+
+    #[test]
+    fn drift_addresses_are_bounded() {
+        let changes: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"address": format!("terraform_data.r{i}"), "change": {"actions": ["create"]}}))
+            .collect();
+        let plan = serde_json::to_vec(&serde_json::json!({ "resource_changes": changes })).unwrap();
+        let findings = PlanFindings::read(&plan);
+        assert_eq!((findings.counts.to_add, findings.addresses.len()), (1000, MAX_DRIFT_ADDRESSES));
     }
 }

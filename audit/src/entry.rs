@@ -34,6 +34,8 @@ pub enum Kind {
     SigningKeyRotated,
     /// A stack was created: its repository, branch, pool and targets.
     StackCreated,
+    /// A stack was updated: each field that changed, from what to what.
+    StackUpdated,
     /// A run was submitted and allowed by `keyward.run`; its plan job is queued.
     RunCreated,
     /// A run submission was refused by `keyward.run`, with the policy's reasons; nothing queued.
@@ -99,6 +101,7 @@ impl Kind {
             Self::PolicyLoadFailed => kinds::POLICY_LOAD_FAILED,
             Self::SigningKeyRotated => kinds::SIGNING_KEY_ROTATED,
             Self::StackCreated => kinds::STACK_CREATED,
+            Self::StackUpdated => kinds::STACK_UPDATED,
             Self::RunCreated => kinds::RUN_CREATED,
             Self::RunRefused => kinds::RUN_REFUSED,
             Self::RunReviewed => kinds::RUN_REVIEWED,
@@ -146,6 +149,8 @@ pub mod kinds {
     pub const SIGNING_KEY_ROTATED: &str = "signing_key.rotated";
     /// [`super::Kind::StackCreated`].
     pub const STACK_CREATED: &str = "stack.created";
+    /// [`super::Kind::StackUpdated`].
+    pub const STACK_UPDATED: &str = "stack.updated";
     /// [`super::Kind::RunCreated`].
     pub const RUN_CREATED: &str = "run.created";
     /// [`super::Kind::RunRefused`].

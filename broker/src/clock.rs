@@ -61,7 +61,7 @@ pub fn rfc3339(unix: i64) -> String {
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar): `(year, month, day)`
 /// of a day number counted from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -45,6 +45,44 @@ impl Refusal {
     }
 }
 
+/// What the drift scheduler did about one fire time of a stack's schedule (a closed set, used
+/// as a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftCheck {
+    /// It queued a drift run.
+    Queued,
+    /// A drift run of the stack was still queued or running.
+    Skipped,
+    /// `keyward.run` refused the check.
+    Refused,
+    /// The check could not be queued (the repository or branch could not be read).
+    Failed,
+}
+
+impl DriftCheck {
+    const ALL: [Self; 4] = [Self::Queued, Self::Skipped, Self::Refused, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Skipped => "skipped",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How many stacks are in each drift state, read from the database when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackDrift {
+    /// `drifted`: the last check found drift.
+    pub drifted: u64,
+    /// `failed`: the last check failed.
+    pub failed: u64,
+    /// `in_sync`.
+    pub in_sync: u64,
+}
+
 /// The broker's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,6 +94,8 @@ pub struct Metrics {
     policy_reloads: AtomicU64,
     policy_reload_failures: AtomicU64,
     vault_revocation_failures: AtomicU64,
+    drift_checks: [AtomicU64; 4],
+    drift_scheduler_leader: AtomicU64,
 }
 
 impl Metrics {
@@ -93,12 +133,34 @@ impl Metrics {
         self.vault_revocation_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renders every metric; `published_keys` and `ready` are sampled by the caller.
-    pub fn render(&self, published_keys: usize, audit: &AuditStats, sinks: &[Arc<Sink>], ready: bool) -> String {
+    /// Counts what the drift scheduler did about one fire time.
+    pub fn drift_check(&self, outcome: DriftCheck) {
+        let index = DriftCheck::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        if let Some(counter) = self.drift_checks.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this replica holds the drift scheduler's lease, as of its last wake.
+    pub fn drift_scheduler_leader(&self, leader: bool) {
+        self.drift_scheduler_leader.store(u64::from(leader), Ordering::Relaxed);
+    }
+
+    /// Renders every metric; `published_keys`, `ready` and `stacks` (`None`: the database did not
+    /// answer) are sampled by the caller.
+    pub fn render(
+        &self,
+        published_keys: usize,
+        audit: &AuditStats,
+        sinks: &[Arc<Sink>],
+        ready: bool,
+        stacks: Option<StackDrift>,
+    ) -> String {
         let mut out = Exposition(String::with_capacity(1024));
         out.family("keyward_build_info", "gauge", "Build information.");
         out.sample("keyward_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
         self.render_counters(&mut out);
+        self.render_drift(&mut out, stacks);
         render_audit(&mut out, audit, sinks);
         out.family("keyward_jwks_keys", "gauge", "Keys published in the JWKS.");
         out.sample("keyward_jwks_keys", "", published_keys);
@@ -137,6 +199,32 @@ impl Metrics {
             out.family(name, "counter", help);
             out.sample(name, "", load(counter));
         }
+    }
+}
+
+impl Metrics {
+    /// Stacks by drift state (every replica reports the database's numbers) and this replica's
+    /// drift scheduler.
+    fn render_drift(&self, out: &mut Exposition, stacks: Option<StackDrift>) {
+        if let Some(stacks) = stacks {
+            out.family("keyward_stacks_drifted", "gauge", "Stacks whose last drift check found drift.");
+            out.sample("keyward_stacks_drifted", "", stacks.drifted);
+            out.family("keyward_stacks_drift_check_failed", "gauge", "Stacks whose last drift check failed.");
+            out.sample("keyward_stacks_drift_check_failed", "", stacks.failed);
+            out.family("keyward_stacks_in_sync", "gauge", "Stacks whose last drift check found no drift.");
+            out.sample("keyward_stacks_in_sync", "", stacks.in_sync);
+        }
+        let name = "keyward_drift_checks_scheduled_total";
+        out.family(name, "counter", "Fire times of drift schedules this replica handled, by what it did.");
+        for (outcome, counter) in DriftCheck::ALL.iter().zip(&self.drift_checks) {
+            out.sample(name, &format!("outcome=\"{}\"", outcome.label()), counter.load(Ordering::Relaxed));
+        }
+        out.family(
+            "keyward_drift_scheduler_leader",
+            "gauge",
+            "Whether this replica holds the drift scheduler's lease.",
+        );
+        out.sample("keyward_drift_scheduler_leader", "", self.drift_scheduler_leader.load(Ordering::Relaxed));
     }
 }
 
@@ -210,11 +298,20 @@ mod tests {
         metrics.token_issued(crate::tokens::SigningAlgorithm::ES256);
         metrics.request_refused(Refusal::Audience);
         metrics.request_refused(Refusal::Audience);
-        let text = metrics.render(2, &AuditStats::default(), &[], true);
+        metrics.drift_check(DriftCheck::Skipped);
+        metrics.drift_scheduler_leader(true);
+        let stacks = StackDrift { drifted: 3, failed: 1, in_sync: 0 };
+        let text = metrics.render(2, &AuditStats::default(), &[], true, Some(stacks));
         assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
         assert!(text.contains("keyward_requests_refused_total{reason=\"audience\"} 2"));
         assert!(text.contains("keyward_jwks_keys 2"));
         assert!(text.contains("keyward_audit_commits_total 0"));
         assert!(text.contains("keyward_ready 1"));
+        assert!(text.contains("keyward_stacks_drifted 3\n") && text.contains("keyward_stacks_drift_check_failed 1\n"));
+        assert!(text.contains("keyward_drift_checks_scheduled_total{outcome=\"skipped\"} 1"));
+        assert!(text.contains("keyward_drift_checks_scheduled_total{outcome=\"queued\"} 0"));
+        assert!(text.contains("keyward_drift_scheduler_leader 1"));
+        let unknown = metrics.render(2, &AuditStats::default(), &[], true, None);
+        assert!(!unknown.contains("keyward_stacks_drifted"), "no number when the database did not answer");
     }
 }

@@ -78,6 +78,7 @@ pub struct Broker {
     header_read_timeout: Duration,
     replay_leeway: Duration,
     checkpoint_interval: Duration,
+    scheduler: Option<crate::runs::SchedulerSettings>,
 }
 
 impl Broker {
@@ -120,6 +121,7 @@ impl Broker {
             header_read_timeout: settings.server.header_read_timeout,
             replay_leeway: settings.tokens.clock_skew,
             checkpoint_interval: settings.audit.checkpoint_interval,
+            scheduler: settings.scheduler,
         })
     }
 
@@ -161,7 +163,8 @@ impl Broker {
             let now = self.state.clock_now();
             crate::audit::events::policy_load(&self.state.audit, now, "start", context, engine, None).await;
         }
-        let background = Background::spawn(&self.state, self.checkpoint_interval, self.replay_leeway);
+        let mut background = Background::spawn(&self.state, self.checkpoint_interval, self.replay_leeway);
+        let scheduler = self.scheduler.map(|settings| background.schedule_drift_checks(&self.state, settings));
         let (stopping, stop) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             shutdown.await;
@@ -182,6 +185,9 @@ impl Broker {
             }
         }
         background.stop();
+        if let Some(scheduler) = scheduler {
+            scheduler.release().await;
+        }
         store.close().await;
         tracing::info!("broker stopped");
     }
@@ -295,7 +301,8 @@ fn open_sinks(sinks: &[SinkConfig]) -> Result<Vec<Arc<Sink>>, StartError> {
 }
 
 /// The tasks that run beside the HTTP server: key maintenance, the audit integrator, sink
-/// deliveries, checkpoints, replay-cache pruning, policy reloads on SIGHUP and lease expiry.
+/// deliveries, checkpoints, replay-cache pruning, policy reloads on SIGHUP, lease expiry and the
+/// drift scheduler.
 /// They are aborted when it stops.
 struct Background(Vec<tokio::task::JoinHandle<()>>);
 
@@ -330,6 +337,19 @@ impl Background {
             tasks.push(tokio::spawn(Arc::clone(notifier).send()));
         }
         Self(tasks)
+    }
+
+    /// Runs the drift scheduler beside the rest; returns it, so the caller can release its lease
+    /// once the tasks stopped.
+    fn schedule_drift_checks(
+        &mut self,
+        state: &AppState,
+        settings: crate::runs::SchedulerSettings,
+    ) -> crate::runs::DriftScheduler {
+        let scheduler =
+            crate::runs::DriftScheduler::new(state.runs.clone(), settings).with_metrics(Arc::clone(&state.metrics));
+        self.0.push(tokio::spawn(scheduler.clone().run()));
+        scheduler
     }
 
     fn stop(self) {

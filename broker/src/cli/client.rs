@@ -78,6 +78,10 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    pub(super) async fn patch(&self, path: &str, body: &impl Serialize) -> anyhow::Result<Value> {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
     pub(super) async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(self.url(path))).await
     }

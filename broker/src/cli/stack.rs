@@ -1,11 +1,12 @@
-//! `keyward stack …`: create, list and show stacks.
+//! `keyward stack …`: create, update, list and show stacks.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
 use super::Connection;
 use super::client::{Client, items, print_json, segment, text};
 use super::output::outln;
+use super::table::{Table, date};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StackCommand {
@@ -43,7 +44,10 @@ pub(super) enum StackCommand {
         #[command(flatten)]
         connection: Connection,
     },
-    /// List stacks.
+    /// Change a stack: branch, pool, targets, labels, drift schedule, drift remediation. What
+    /// is not given stays; the stack after it is checked like a new one, or nothing changes.
+    Update(UpdateArgs),
+    /// List stacks, with each one's drift state.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -61,6 +65,83 @@ pub(super) enum StackCommand {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+/// `keyward stack update NAME …`.
+#[derive(Debug, Args)]
+pub(super) struct UpdateArgs {
+    /// The stack.
+    name: String,
+    /// New default branch.
+    #[arg(long)]
+    branch: Option<String>,
+    /// New worker pool (it must exist).
+    #[arg(long)]
+    pool: Option<String>,
+    /// Credential target plans may use (read access only); repeatable; replaces the list.
+    #[arg(long = "plan-target")]
+    plan_targets: Vec<String>,
+    /// Remove every plan target.
+    #[arg(long, conflicts_with = "plan_targets")]
+    clear_plan_targets: bool,
+    /// Credential target applies may use; repeatable; replaces the list.
+    #[arg(long = "apply-target")]
+    apply_targets: Vec<String>,
+    /// Remove every apply target.
+    #[arg(long, conflicts_with = "apply_targets")]
+    clear_apply_targets: bool,
+    /// Set a label, `KEY=VALUE`; repeatable; other labels stay.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Remove a label; repeatable.
+    #[arg(long = "remove-label")]
+    remove_labels: Vec<String>,
+    /// Check for drift on this schedule: a 5-field cron expression in UTC (`"0 */6 * * *"`);
+    /// `off` (or `""`) stops scheduled checks.
+    #[arg(long)]
+    drift_schedule: Option<String>,
+    /// What to do about drift once found (stored and shown; acted on in a later version).
+    #[arg(long, value_parser = ["off", "plan", "apply"])]
+    drift_remediation: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+impl UpdateArgs {
+    /// The `PATCH /v1/stacks/{name}` body: only what was given.
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        let mut put = |key: &str, value: Value| {
+            body.insert(key.to_owned(), value);
+        };
+        if let Some(branch) = &self.branch {
+            put("branch", json!(branch));
+        }
+        if let Some(pool) = &self.pool {
+            put("pool", json!(pool));
+        }
+        if !self.plan_targets.is_empty() || self.clear_plan_targets {
+            put("plan_targets", json!(self.plan_targets));
+        }
+        if !self.apply_targets.is_empty() || self.clear_apply_targets {
+            put("apply_targets", json!(self.apply_targets));
+        }
+        let mut labels: Map<String, Value> = self.remove_labels.iter().map(|k| (k.clone(), Value::Null)).collect();
+        labels.extend(self.labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+        if !labels.is_empty() {
+            put("labels", Value::Object(labels));
+        }
+        if let Some(schedule) = &self.drift_schedule {
+            put("drift_schedule", json!(schedule));
+        }
+        if let Some(remediation) = &self.drift_remediation {
+            put("drift_remediation", json!(remediation));
+        }
+        Value::Object(body)
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -95,22 +176,8 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             outln!("created stack {}", text(&stack, "name"))?;
             print_stack(&stack)?;
         }
-        StackCommand::List { json, connection } => {
-            let listing = Client::new(&connection, env)?.get("/v1/stacks").await?;
-            if json {
-                return print_json(&listing);
-            }
-            outln!("{:<24} {:<12} {:<12} REPOSITORY", "NAME", "BRANCH", "POOL")?;
-            for stack in items(&listing, "stacks") {
-                outln!(
-                    "{:<24} {:<12} {:<12} {}",
-                    text(stack, "name"),
-                    text(stack, "branch"),
-                    text(stack, "pool"),
-                    text(stack, "repository")
-                )?;
-            }
-        }
+        StackCommand::Update(args) => update(&args, env).await?,
+        StackCommand::List { json, connection } => list(json, &connection, env).await?,
         StackCommand::Show { name, json, connection } => {
             let stack = Client::new(&connection, env)?.get(&format!("/v1/stacks/{}", segment(&name))).await?;
             if json {
@@ -120,6 +187,43 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
         }
     }
     Ok(())
+}
+
+/// `keyward stack list`: a table with each stack's drift state, or JSON.
+async fn list(json: bool, connection: &Connection, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let listing = Client::new(connection, env)?.get("/v1/stacks").await?;
+    if json {
+        return print_json(&listing);
+    }
+    let mut table = Table::new(&["NAME", "BRANCH", "POOL", "DRIFT", "REPOSITORY"]);
+    for stack in items(&listing, "stacks") {
+        let cell = |key: &str| text(stack, key).to_owned();
+        table.row(vec![cell("name"), cell("branch"), cell("pool"), drift_state(stack), cell("repository")]);
+    }
+    table.print()
+}
+
+/// `keyward stack update`: sends what was given, prints the stack as it is now.
+async fn update(args: &UpdateArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let body = args.body();
+    if body.as_object().is_some_and(Map::is_empty) {
+        anyhow::bail!(
+            "nothing to update: give --branch, --pool, --plan-target, --apply-target, --label, --remove-label, \
+             --drift-schedule or --drift-remediation"
+        );
+    }
+    let client = Client::new(&args.connection, env)?;
+    let stack = client.patch(&format!("/v1/stacks/{}", segment(&args.name)), &body).await?;
+    if args.json {
+        return print_json(&stack);
+    }
+    outln!("updated stack {}", text(&stack, "name"))?;
+    print_stack(&stack)
+}
+
+/// A stack's drift state name (`drifted`, `in_sync`, `failed`, `unknown`).
+fn drift_state(stack: &Value) -> String {
+    stack.pointer("/drift/state").and_then(Value::as_str).unwrap_or("unknown").to_owned()
 }
 
 fn print_stack(stack: &Value) -> anyhow::Result<()> {
@@ -140,5 +244,83 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
         outln!("  labels         {}", pairs.join(", "))?;
     }
+    print_drift(stack)
+}
+
+/// The drift state first, then the schedule.
+fn print_drift(stack: &Value) -> anyhow::Result<()> {
+    let drift = stack.get("drift").cloned().unwrap_or(Value::Null);
+    let number = |value: &Value, key: &str| value.get(key).and_then(Value::as_i64);
+    let run =
+        |value: &Value| value.get("run_id").and_then(Value::as_str).map(|id| format!(", run {id}")).unwrap_or_default();
+    let checked = format!("checked {}{}", date(number(&drift, "checked_at")), run(&drift));
+    match drift_state(stack).as_str() {
+        "drifted" => {
+            let count = |key: &str| number(&drift, key).unwrap_or_default();
+            outln!(
+                "  drift          drifted since {}: {} to add, {} to change, {} to destroy, {} changed outside ({checked})",
+                date(number(&drift, "since")),
+                count("to_add"),
+                count("to_change"),
+                count("to_destroy"),
+                count("changed_outside")
+            )?;
+            for address in items(&drift, "addresses").filter_map(Value::as_str) {
+                outln!("                   {address}")?;
+            }
+        }
+        "failed" => outln!("  drift          failed: {} ({checked})", text(&drift, "error"))?,
+        "in_sync" => outln!("  drift          in_sync ({checked})")?,
+        _ => outln!("  drift          unknown (never checked)")?,
+    }
+    match stack.get("drift_schedule").and_then(Value::as_str) {
+        Some(schedule) => {
+            outln!("  drift schedule {schedule} (UTC); next {}", date(number(stack, "next_drift_check_at")))?;
+            if let Some(last) = stack.get("last_drift_check").and_then(Value::as_str) {
+                outln!("  last scheduled {}: {last}", date(number(stack, "last_drift_check_at")))?;
+            }
+        }
+        None => outln!("  drift schedule off")?,
+    }
+    outln!("  remediation    {}", text(stack, "drift_remediation"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: StackCommand,
+    }
+
+    fn body(args: &[&str]) -> Value {
+        let cli = Cli::try_parse_from([&["stack", "update", "network"], args].concat()).unwrap();
+        let StackCommand::Update(update) = cli.command else { panic!("an update") };
+        update.body()
+    }
+
+    #[test]
+    fn update_sends_only_what_was_given() {
+        assert_eq!(body(&[]), json!({}));
+        assert_eq!(
+            body(&["--label", "env=prod", "--remove-label", "team", "--drift-schedule", "*/15 * * * *"]),
+            json!({"labels": {"env": "prod", "team": null}, "drift_schedule": "*/15 * * * *"})
+        );
+        assert_eq!(body(&["--clear-plan-targets"]), json!({"plan_targets": []}));
+        assert_eq!(
+            body(&["--apply-target", "aws:a", "--apply-target", "aws:b", "--drift-remediation", "plan"]),
+            json!({"apply_targets": ["aws:a", "aws:b"], "drift_remediation": "plan"})
+        );
+        assert_eq!(body(&["--drift-schedule", "off", "--pool", "p"]), json!({"pool": "p", "drift_schedule": "off"}));
+    }
+
+    #[test]
+    fn an_unknown_remediation_is_refused_before_anything_is_sent() {
+        let error = Cli::try_parse_from(["stack", "update", "network", "--drift-remediation", "fix"]).unwrap_err();
+        assert!(error.to_string().contains("possible values: off, plan, apply"), "{error}");
+    }
 }

@@ -60,6 +60,9 @@ pub struct Config {
     /// Who is told about drift, runs and denials (docs/notifications.md).
     #[serde(default)]
     pub notifications: Vec<NotificationEntry>,
+    /// The drift scheduler (docs/drift.md).
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
 }
 
 /// One `[[notifications]]` entry: which events, where, in which format, signed with which key.
@@ -93,6 +96,37 @@ fn default_notification_format() -> String {
 
 fn default_notification_attempts() -> u32 {
     8
+}
+
+/// `[scheduler]`: the drift scheduler, which queues stacks' scheduled drift checks on one
+/// replica at a time (docs/drift.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Whether this replica takes part (stacks without a schedule are never checked anyway).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often each replica wakes: renews or takes the lease, queues what is due.
+    #[serde(default = "default_scheduler_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    /// How long the lease lasts unrenewed: another replica takes over this long (plus one
+    /// interval) after the holder stops without releasing it.
+    #[serde(default = "default_scheduler_lease", with = "humantime_serde_compat")]
+    pub lease: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: default_scheduler_interval(), lease: default_scheduler_lease() }
+    }
+}
+
+fn default_scheduler_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_scheduler_lease() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One `[[repositories]]` entry: how to fetch private repositories whose URL starts with
@@ -680,6 +714,7 @@ impl Config {
                 trust_domain: Some("keyward.dev".to_owned()),
                 ..AgentsConfig::default()
             },
+            scheduler: SchedulerConfig::default(),
         }
     }
 }

@@ -30,8 +30,8 @@ mod url;
 
 pub use file::{
     AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
-    NotificationEntry, PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry, StorageConfig, TargetEntry,
-    TokensConfig, VaultTargetEntry,
+    NotificationEntry, PolicyConfig, RepositoryConfig, SchedulerConfig, ServerConfig, SinkEntry, StorageConfig,
+    TargetEntry, TokensConfig, VaultTargetEntry,
 };
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
 pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};

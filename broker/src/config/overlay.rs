@@ -30,6 +30,7 @@ const DEV_OWNED_TABLES: &[(&str, &str)] = &[
     ("tokens", "it allows the audiences sts.amazonaws.com and vault"),
     ("audit", "its audit log lives in the data dir's database"),
     ("agents", "its agent endpoint listens on loopback and its local agent enrolls itself"),
+    ("scheduler", "its drift scheduler wakes every 5 s, alone on its database"),
 ];
 
 /// Why an overlay file was refused. Every message names the file.

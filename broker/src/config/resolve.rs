@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{
-    AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, ServerConfig, SinkEntry,
-    StorageConfig, TokensConfig,
+    AgentsConfig, AuditConfig, KeysConfig, LogConfig, PolicyConfig, RepositoryConfig, SchedulerConfig, ServerConfig,
+    SinkEntry, StorageConfig, TokensConfig,
 };
 use super::secret_source::{DATABASE_URL, KEK, REPOSITORY_PASSWORD, SINK_SECRET, SecretSource};
 use super::url::check_url;
@@ -25,7 +25,7 @@ use crate::exchange::trusted_issuers::IssuerConfig;
 use crate::kek::Kek;
 use crate::keys::KeySettings;
 use crate::notify::NotificationConfig;
-use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials};
+use crate::runs::{PasswordSource, RepositoryCredential, RepositoryCredentials, SchedulerSettings};
 use crate::store::DatabaseLocation;
 use crate::targets::{TargetConfig, url_host};
 use crate::tokens::MintRules;
@@ -61,6 +61,8 @@ pub struct Settings<K = Kek> {
     pub repositories: RepositoryCredentials,
     /// Who is told about drift, runs and denials.
     pub notifications: Vec<NotificationConfig>,
+    /// The drift scheduler (`[scheduler]`); `None`: this replica does not take part.
+    pub scheduler: Option<SchedulerSettings>,
 }
 
 /// A configuration checked, with every secret read but the key-encryption key, whose source is
@@ -136,6 +138,7 @@ impl Config {
             agents,
             repositories,
             notifications,
+            scheduler,
         } = self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
@@ -148,6 +151,7 @@ impl Config {
         let notifications = super::notifications::check(notifications, env)?;
         check_policy(policy.as_ref())?;
         let agents = agents_settings(agents, &server.external_url)?;
+        let scheduler = scheduler_settings(&scheduler)?;
         let database = database(&storage, env)?;
         let kek = KEK.required_source(keys.kek.as_ref(), keys.kek_env.as_deref(), keys.kek_file.as_deref())?;
         let keys = KeySettings {
@@ -170,6 +174,7 @@ impl Config {
             agents,
             repositories,
             notifications,
+            scheduler,
         })
     }
 }
@@ -331,6 +336,21 @@ fn check_policy(policy: Option<&PolicyConfig>) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[scheduler]`, checked: `None` when disabled. The lease must outlast two wakes, so a holder
+/// renews it before it can expire.
+fn scheduler_settings(scheduler: &SchedulerConfig) -> Result<Option<SchedulerSettings>, ConfigError> {
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&scheduler.interval) {
+        return Err(invalid("scheduler.interval", "must be between 100ms and 1m"));
+    }
+    if !(Duration::from_secs(2)..=Duration::from_secs(600)).contains(&scheduler.lease) {
+        return Err(invalid("scheduler.lease", "must be between 2s and 10m"));
+    }
+    if scheduler.lease < scheduler.interval * 2 {
+        return Err(invalid("scheduler.lease", "must be at least twice scheduler.interval"));
+    }
+    Ok(scheduler.enabled.then_some(SchedulerSettings { interval: scheduler.interval, lease: scheduler.lease }))
+}
+
 /// `[agents]`, checked, with the trust domain and the advertised endpoint settled.
 fn agents_settings(agents: AgentsConfig, external_url: &str) -> Result<AgentsSettings, ConfigError> {
     if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&agents.certificate_lifetime) {
@@ -403,6 +423,7 @@ impl Checked {
             agents,
             repositories,
             notifications,
+            scheduler,
         } = self;
         let kek = read_kek(&kek, env)?;
         Ok(Settings {
@@ -419,6 +440,7 @@ impl Checked {
             agents,
             repositories,
             notifications,
+            scheduler,
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::agents::credentials::JobEnvironment;
 use crate::agents::hub::{Outbound, Receipt};
 use crate::agents::work::{self, Finished, MAX_CAPACITY};
 use crate::runs::{Drift, JobOutcome, Lease, RunKind};
+use crate::store::DriftCounts;
 
 /// Longest self-description field (version, isolation) an agent may report.
 const MAX_REPORTED: usize = 64;
@@ -127,7 +128,19 @@ pub(super) fn job_state(event: &JobEvent) -> Option<&'static str> {
 /// A job's end as its agent reports it, its error text bounded.
 pub(super) fn finished(result: JobResult) -> Finished {
     let outcome = if let (true, Some(drift)) = (result.success, result.drift) {
-        JobOutcome::Checked(Drift { drifted: drift.drifted, summary: drift.summary })
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let counts = DriftCounts {
+            to_add: count(drift.to_add),
+            to_change: count(drift.to_change),
+            to_destroy: count(drift.to_destroy),
+            changed_outside: count(drift.changed_outside),
+        };
+        JobOutcome::Checked(Drift {
+            drifted: drift.drifted,
+            summary: drift.summary,
+            counts,
+            addresses: drift.addresses,
+        })
     } else if result.success {
         JobOutcome::Succeeded
     } else {

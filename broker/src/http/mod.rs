@@ -103,7 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/trace/{key}", get(audit::trace))
         .route("/v1/audit/prune", post(audit::prune))
         .route("/v1/stacks", post(runs::create_stack).get(runs::list_stacks))
-        .route("/v1/stacks/{name}", get(runs::show_stack))
+        .route("/v1/stacks/{name}", get(runs::show_stack).patch(runs::update_stack))
         .route(
             "/v1/stacks/{name}/state",
             any(tfstate::backend).layer(DefaultBodyLimit::max(crate::runs::MAX_STATE_BYTES)),

@@ -52,8 +52,24 @@ async fn ready(state: &AppState) -> Result<(), &'static str> {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let ready = ready(&state).await.is_ok();
-    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), &state.sinks, ready);
+    let stacks = stack_drift(&state).await;
+    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), &state.sinks, ready, stacks);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// How many stacks are in each drift state, if the database answers in time.
+async fn stack_drift(state: &AppState) -> Option<crate::metrics::StackDrift> {
+    let states = match tokio::time::timeout(state.readiness_timeout, state.store.drift_states()).await {
+        Ok(Ok(states)) => states,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "metrics: could not count stacks by drift state");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let count =
+        |name: &str| states.iter().find(|(state, _)| state == name).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+    Some(crate::metrics::StackDrift { drifted: count("drifted"), failed: count("failed"), in_sync: count("in_sync") })
 }
 
 pub(super) async fn not_found() -> ApiError {

@@ -1,6 +1,6 @@
 //! Stacks and runs: `/v1/stacks…` and `/v1/runs…`.
 //!
-//! Creating stacks needs the `admin` scope; submitting and canceling runs needs `submit`;
+//! Creating and updating stacks needs the `admin` scope; submitting and canceling runs needs `submit`;
 //! approving and rejecting needs `review`; reading stacks, runs and logs needs either. The
 //! caller's API token name is who triggered or reviewed a run.
 
@@ -15,7 +15,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized, can};
 use crate::access::Operator;
-use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, Submission, Verdict};
+use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, StackUpdate, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -27,6 +27,19 @@ pub(super) async fn create_stack(
     let ApiJson(spec) = body?;
     let stack = state.runs.create_stack(spec, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(stack)).into_response())
+}
+
+/// `PATCH /v1/stacks/{name}`: fields left out stay, lists replace, labels merge (`null` removes
+/// one); the stack after it is checked like a new one, or nothing changes.
+pub(super) async fn update_stack(
+    State(state): State<AppState>,
+    Authorized { operator, .. }: Authorized<can::Administer>,
+    extensions: axum::http::Extensions,
+    Path(name): Path<String>,
+    body: Result<ApiJson<StackUpdate>, ApiError>,
+) -> Result<Json<Stack>, ApiError> {
+    let ApiJson(update) = body?;
+    Ok(Json(state.runs.update_stack(&name, update, &operator.name, super::caller(&extensions)).await?))
 }
 
 /// `GET /v1/stacks`.

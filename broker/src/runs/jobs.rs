@@ -18,6 +18,7 @@ use super::{
 };
 use crate::audit::{Append, AuditEvent, Committed, Context, Kind};
 use crate::policy::{Outcome, PolicyKind};
+use crate::store::DriftCounts;
 use crate::store::runs::JobEnd;
 use crate::store::write::{Refusal, Write};
 use crate::store::{self, JobRow, RunRow};
@@ -150,13 +151,18 @@ pub enum JobOutcome {
 }
 
 /// What a drift check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drift {
     /// Whether the real infrastructure differs from the configuration (`-detailed-exitcode` 2).
     pub drifted: bool,
     /// What differs, counted from the plan (`1 to add, 0 to change, 0 to destroy`), masked on
     /// the agent.
     pub summary: String,
+    /// The same counts, and the resources changed outside Terraform.
+    pub counts: DriftCounts,
+    /// The addresses of the resources that differ (masked on the agent; an older agent reports
+    /// none).
+    pub addresses: Vec<String>,
 }
 
 /// Everything a lease holder reports when its job ends.
@@ -355,6 +361,9 @@ impl Runs {
         if let JobOutcome::Checked(drift) = outcome {
             writes.push(store::runs::record_drift(&run.id, drift.drifted));
         }
+        if run_kind(run)? == RunKind::Drift {
+            writes.extend(super::drift::record(&stack.spec.name, &run.id, outcome, now));
+        }
         let (next, detail) = self.next_state(run, stack, job, outcome, now).await?;
         writes.push(transition(run, next, detail.clone(), now));
         let event = state_event(context, from, next, detail.as_deref(), now);
@@ -444,6 +453,10 @@ impl Runs {
         if let Some(next) = run_next.filter(|_| !from.is_final()) {
             writes.push(transition(&run, next, detail.clone(), now));
             events.push(state_event(&context, from, next, detail.as_deref(), now));
+            if next == RunState::Failed && run_kind(&run)? == RunKind::Drift {
+                let error = detail.as_deref().unwrap_or("the check's lease ended");
+                writes.push(store::drift::record_failed(&stack.spec.name, Some(&run.id), error, now));
+            }
         }
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded(_) => {
@@ -518,7 +531,7 @@ fn expected_outcome(kind: RunKind, phase: Phase, reported: JobOutcome) -> JobOut
         (RunKind::Drift, Phase::Plan, JobOutcome::Checked(drift)) => {
             let mut summary: String = drift.summary.chars().filter(|c| !c.is_control()).collect();
             summary.truncate(summary.floor_char_boundary(MAX_DRIFT_SUMMARY));
-            JobOutcome::Checked(Drift { drifted: drift.drifted, summary })
+            JobOutcome::Checked(super::drift::bounded(Drift { summary, ..drift }))
         }
         (RunKind::Drift, _, _) => JobOutcome::Failed(
             "the agent did not report the drift check's result (an agent older than the broker?)".to_owned(),
@@ -565,7 +578,14 @@ fn job_finished(
         finished = with_log(finished, log);
     }
     if let JobOutcome::Checked(drift) = outcome {
-        finished = finished.with("drift", drift.drifted).with("drift_summary", drift.summary.as_str());
+        finished = finished
+            .with("drift", drift.drifted)
+            .with("drift_summary", drift.summary.as_str())
+            .with("drift_to_add", drift.counts.to_add)
+            .with("drift_to_change", drift.counts.to_change)
+            .with("drift_to_destroy", drift.counts.to_destroy)
+            .with("drift_changed_outside", drift.counts.changed_outside)
+            .with("drift_addresses", drift.addresses.clone());
     }
     (write, finished)
 }
@@ -616,7 +636,7 @@ mod tests {
     use super::*;
 
     fn checked(drifted: bool, summary: &str) -> JobOutcome {
-        JobOutcome::Checked(Drift { drifted, summary: summary.to_owned() })
+        JobOutcome::Checked(Drift { drifted, summary: summary.to_owned(), ..Drift::default() })
     }
 
     #[test]

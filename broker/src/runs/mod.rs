@@ -6,6 +6,9 @@
 //! and every state it went through is on record. A write depends on the run's `version`, so a
 //! decision taken on a state that has since moved on changes nothing and says so (409).
 
+pub mod cron;
+mod drift;
+pub mod drift_schedule;
 mod error;
 mod git;
 mod jobs;
@@ -19,6 +22,7 @@ mod source;
 mod spec;
 mod state;
 mod tfstate;
+mod update;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +31,8 @@ use keyward_proto::claims::{Phase, RunChain};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+pub use drift::{DriftSettings, DriftStatus, MAX_ADDRESSES, Remediation, UnknownRemediation};
+pub use drift_schedule::{DriftScheduler, SchedulerSettings, Tick};
 pub use error::RunError;
 pub use git::{GitError, is_commit_sha};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
@@ -37,6 +43,7 @@ pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryC
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
 pub use state::{RunState, UnknownState};
 pub use tfstate::{MAX_STATE_BYTES, StateError, StateLockView, StateSummary, StateVersionView};
+pub use update::StackUpdate;
 
 use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
@@ -224,19 +231,7 @@ impl Runs {
             return Err(RunError::NoSuchPool(spec.pool));
         }
         let now = self.clock.now();
-        let write = store::runs::insert_stack(&StackRow {
-            name: spec.name.clone(),
-            repository: spec.repository.clone(),
-            path: spec.path.clone(),
-            branch: spec.branch.clone(),
-            pool: spec.pool.clone(),
-            plan_targets: json_text(&spec.plan_targets),
-            apply_targets: json_text(&spec.apply_targets),
-            labels: json_text(&spec.labels),
-            policies: json_text(&spec.policies),
-            created_at: now,
-            created_by: who.to_owned(),
-        });
+        let write = store::runs::insert_stack(&StackRow::created(spec.stored(), now, who.to_owned()));
         let context = Context {
             stack_id: Some(spec.name.clone()),
             repository: Some(spec.repository.clone()),
@@ -251,7 +246,7 @@ impl Runs {
             .with("apply_targets", spec.apply_targets.clone())
             .with_ref("stack", &spec.name);
         self.commit(Append::changes(vec![write], vec![event])).await?;
-        Ok(Stack { spec, created_at: now, created_by: who.to_owned() })
+        Ok(Stack::new(spec, now, who.to_owned()))
     }
 
     /// The stack called `name`.
@@ -268,6 +263,18 @@ impl Runs {
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
     /// is on record with the policy's reasons, and nothing is queued.
     pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
+        self.submit_claiming(submission, who, caller, None).await
+    }
+
+    /// [`submit`](Self::submit), for the drift scheduler with its `claim` on a fire time of the
+    /// stack's schedule: the claim commits with the run (or with the refusal), or neither does.
+    async fn submit_claiming(
+        &self,
+        submission: Submission,
+        who: &str,
+        caller: Context,
+        claim: Option<&drift_schedule::FireClaim>,
+    ) -> Result<RunView, RunError> {
         let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
         let run = self.new_run(submission, &stack, pull_request, who).await?;
@@ -275,13 +282,13 @@ impl Runs {
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let decision = self.decide(PolicyKind::Run, || policy_input::run_input(&run, &stack, now));
         if !decision.permits() {
-            return Err(self.refuse_run(context, decision, now).await);
+            let writes = claim.map(|c| c.refused(&stack.spec.name, &decision.reasons, now)).unwrap_or_default();
+            return Err(self.refuse_run(context, decision, now, writes).await);
         }
         let job_id = uuid::Uuid::now_v7().to_string();
-        let writes = vec![
-            store::runs::insert_run(&run),
-            store::runs::queue_job(&job_id, &run.id, Phase::Plan, &stack.spec.pool, now),
-        ];
+        let mut writes: Vec<Write> = claim.map(|c| c.for_run(&stack.spec.name, &run.id)).into_iter().collect();
+        writes.push(store::runs::insert_run(&run));
+        writes.push(store::runs::queue_job(&job_id, &run.id, Phase::Plan, &stack.spec.pool, now));
         let event = AuditEvent::new(Kind::RunCreated, now, context)
             .with("kind", run.kind.as_str())
             .with("state", RunState::Queued.as_str())
@@ -289,6 +296,10 @@ impl Runs {
             .with("pool", stack.spec.pool.as_str())
             .with("policy_digest", decision.policy_digest.as_str())
             .with("warnings", decision.warnings.clone());
+        let event = match claim {
+            Some(claim) => claim.describe(event),
+            None => event,
+        };
         self.commit(Append::changes(writes, vec![event])).await?;
         self.signals.queued(&stack.spec.pool);
         tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
@@ -326,14 +337,15 @@ impl Runs {
         })
     }
 
-    /// Records that `keyward.run` refused a submission (no run exists, so the entry names none)
-    /// and returns the refusal; a failure to record it is returned instead.
-    async fn refuse_run(&self, mut context: Context, decision: Decision, now: i64) -> RunError {
+    /// Records that `keyward.run` refused a submission (no run exists, so the entry names none),
+    /// with `writes` that go with the refusal (a scheduled check's claim on its fire time), and
+    /// returns the refusal; a failure to record it is returned instead.
+    async fn refuse_run(&self, mut context: Context, decision: Decision, now: i64, writes: Vec<Write>) -> RunError {
         context.run_id = None;
         let event = AuditEvent::new(Kind::RunRefused, now, context)
             .with("reasons", decision.reasons.clone())
             .with("policy_digest", decision.policy_digest.as_str());
-        match self.commit(Append::events(vec![event])).await {
+        match self.commit(Append::changes(writes, vec![event])).await {
             Ok(()) => RunError::Refused(decision.reasons),
             Err(error) => error,
         }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StackRow, StoreError};
+use super::drift::{DriftSettings, DriftStatus};
+use crate::store::{NewStack, StackRow, StoreError};
 use crate::targets::{TargetAccess, TargetConfig};
 
 /// A stack to create.
@@ -43,7 +44,8 @@ pub struct StackSpec {
     pub policies: Vec<String>,
 }
 
-/// A stored stack: its spec, and who created it when. What the API returns.
+/// A stored stack: its spec, who created and last updated it when, its drift schedule and its
+/// drift state. What the API returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stack {
     /// What it is.
@@ -53,9 +55,32 @@ pub struct Stack {
     pub created_at: i64,
     /// Who created it.
     pub created_by: String,
+    /// The last update's time.
+    pub updated_at: Option<i64>,
+    /// Who updated it last.
+    pub updated_by: Option<String>,
+    /// Its drift schedule and remediation, and what the scheduler last did.
+    #[serde(flatten)]
+    pub drift_settings: DriftSettings,
+    /// Its drift state, from the last drift check that ended.
+    pub drift: DriftStatus,
 }
 
 impl Stack {
+    /// A stack as just created by `created_by` at `created_at`: no drift schedule, never
+    /// checked.
+    pub fn new(spec: StackSpec, created_at: i64, created_by: String) -> Self {
+        Self {
+            spec,
+            created_at,
+            created_by,
+            updated_at: None,
+            updated_by: None,
+            drift_settings: DriftSettings::default(),
+            drift: DriftStatus::Unknown,
+        }
+    }
+
     /// The credential targets of `phase` (`plan` or `apply`).
     pub fn targets(&self, phase: Phase) -> &[String] {
         match phase {
@@ -68,11 +93,14 @@ impl Stack {
 impl TryFrom<StackRow> for Stack {
     type Error = StoreError;
 
-    /// Decodes the JSON columns once, refusing a row this build cannot read.
+    /// Decodes the JSON columns, the drift schedule and the drift state once, refusing a row
+    /// this build cannot read.
     fn try_from(row: StackRow) -> Result<Self, StoreError> {
         fn column<T: serde::de::DeserializeOwned>(name: &str, column: &str, text: &str) -> Result<T, StoreError> {
             serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stack `{name}` {column}: {e}")))
         }
+        let drift_settings = DriftSettings::from_row(&row)?;
+        let drift = DriftStatus::from_row(&row.name, row.drift)?;
         let spec = StackSpec {
             plan_targets: column(&row.name, "plan_targets", &row.plan_targets)?,
             apply_targets: column(&row.name, "apply_targets", &row.apply_targets)?,
@@ -84,7 +112,15 @@ impl TryFrom<StackRow> for Stack {
             branch: row.branch,
             pool: row.pool,
         };
-        Ok(Self { spec, created_at: row.created_at, created_by: row.created_by })
+        Ok(Self {
+            spec,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            updated_at: row.updated_at,
+            updated_by: row.updated_by,
+            drift_settings,
+            drift,
+        })
     }
 }
 
@@ -137,6 +173,21 @@ fn valid_path(path: &str) -> bool {
 pub struct SpecError(pub String);
 
 impl StackSpec {
+    /// The spec as stored: its lists and maps as JSON text.
+    pub(super) fn stored(&self) -> NewStack {
+        NewStack {
+            name: self.name.clone(),
+            repository: self.repository.clone(),
+            path: self.path.clone(),
+            branch: self.branch.clone(),
+            pool: self.pool.clone(),
+            plan_targets: super::json_text(&self.plan_targets),
+            apply_targets: super::json_text(&self.apply_targets),
+            labels: super::json_text(&self.labels),
+            policies: super::json_text(&self.policies),
+        }
+    }
+
     /// Checks every field against the configured `targets`.
     pub fn validate(&self, targets: &BTreeMap<String, TargetConfig>) -> Result<(), SpecError> {
         let fail = |message: String| Err(SpecError(message));

@@ -11,7 +11,9 @@ pub(crate) mod audit_batch;
 pub(crate) mod audit_codec;
 mod audit_convert;
 mod audit_integrate;
+pub mod drift;
 pub mod files;
+mod leases;
 mod location;
 mod logs;
 pub mod notify;
@@ -37,9 +39,10 @@ pub use agents::{AgentHello, AgentRow, JoinTokenRow, PoolRow};
 pub use api_tokens::{ApiTokenRow, NewApiToken};
 pub use audit::{CheckpointRow, StoredEntry};
 pub use audit_integrate::Integrated;
+pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
+pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 pub use state::{SealedState, StateLockRow, StateVersionRow};
 
@@ -189,7 +192,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 14] = match self.backend {
+        let files: [(i64, &str, &'static str); 15] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -204,6 +207,7 @@ impl Store {
                 (11, "sealed_plans", include_str!("../../migrations/sqlite/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/sqlite/0012_audit_batches.sql")),
                 (13, "managed_state", include_str!("../../migrations/sqlite/0013_managed_state.sql")),
+                (14, "drift_schedule", include_str!("../../migrations/sqlite/0014_drift_schedule.sql")),
                 (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
             ],
             Backend::Postgres => [
@@ -220,6 +224,7 @@ impl Store {
                 (11, "sealed_plans", include_str!("../../migrations/postgres/0011_sealed_plans.sql")),
                 (12, "audit_batches", include_str!("../../migrations/postgres/0012_audit_batches.sql")),
                 (13, "managed_state", include_str!("../../migrations/postgres/0013_managed_state.sql")),
+                (14, "drift_schedule", include_str!("../../migrations/postgres/0014_drift_schedule.sql")),
                 (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
             ],
         };

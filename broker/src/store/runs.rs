@@ -8,6 +8,7 @@ use keyward_proto::claims::Phase;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::drift::DRIFT_COLUMNS;
 use super::write::Write;
 use super::{Store, StoreError};
 
@@ -36,6 +37,76 @@ pub struct StackRow {
     pub created_at: i64,
     /// Who created it.
     pub created_by: String,
+    /// Bumped by every update.
+    pub version: i64,
+    /// The last update's time.
+    pub updated_at: Option<i64>,
+    /// Who updated it last.
+    pub updated_by: Option<String>,
+    /// Its drift schedule, a cron expression (UTC); `None`: off.
+    pub drift_schedule: Option<String>,
+    /// What to do about drift once found: `off`, `plan` or `apply`.
+    pub drift_remediation: String,
+    /// When the drift schedule was last set or changed.
+    pub drift_schedule_set_at: Option<i64>,
+    /// The last fire time of the schedule the scheduler handled.
+    pub last_drift_check_at: Option<i64>,
+    /// What the scheduler did then.
+    pub last_drift_check: Option<String>,
+    /// Its drift state (`None`: never checked). Read with the stack; written by drift checks.
+    pub drift: Option<super::drift::DriftRow>,
+}
+
+impl StackRow {
+    /// A stack as created: version 1, never updated, no drift schedule, never checked.
+    pub fn created(spec: NewStack, created_at: i64, created_by: String) -> Self {
+        let NewStack { name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies } = spec;
+        Self {
+            name,
+            repository,
+            path,
+            branch,
+            pool,
+            plan_targets,
+            apply_targets,
+            labels,
+            policies,
+            created_at,
+            created_by,
+            version: 1,
+            updated_at: None,
+            updated_by: None,
+            drift_schedule: None,
+            drift_remediation: "off".to_owned(),
+            drift_schedule_set_at: None,
+            last_drift_check_at: None,
+            last_drift_check: None,
+            drift: None,
+        }
+    }
+}
+
+/// What a stack is made of, its lists and maps as JSON text: what creating and updating write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStack {
+    /// Unique name (its ID).
+    pub name: String,
+    /// Git repository URL.
+    pub repository: String,
+    /// Directory of the Terraform configuration inside the repository.
+    pub path: String,
+    /// Default branch.
+    pub branch: String,
+    /// Worker pool.
+    pub pool: String,
+    /// JSON array of target IDs for plans.
+    pub plan_targets: String,
+    /// JSON array of target IDs for applies.
+    pub apply_targets: String,
+    /// JSON object of labels.
+    pub labels: String,
+    /// JSON array of attached policy names.
+    pub policies: String,
 }
 
 /// A stored run.
@@ -147,8 +218,10 @@ impl std::fmt::Debug for SealedPlanRow {
     }
 }
 
-const STACK_COLUMNS: &str = "name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies, \
-                             created_at, created_by";
+/// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
+const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
+     s.apply_targets, s.labels, s.policies, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift";
 pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
@@ -167,6 +240,15 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         policies: row.try_get("policies")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
+        version: row.try_get("version")?,
+        updated_at: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+        drift_schedule: row.try_get("drift_schedule")?,
+        drift_remediation: row.try_get("drift_remediation")?,
+        drift_schedule_set_at: row.try_get("drift_schedule_set_at")?,
+        last_drift_check_at: row.try_get("last_drift_check_at")?,
+        last_drift_check: row.try_get("last_drift_check")?,
+        drift: super::drift::drift_from(row)?,
     })
 }
 
@@ -217,14 +299,18 @@ pub(super) fn job_from(row: &AnyRow) -> Result<JobRow, StoreError> {
 impl Store {
     /// The stack called `name`.
     pub async fn stack(&self, name: &str) -> Result<Option<StackRow>, StoreError> {
-        let sql = format!("SELECT {STACK_COLUMNS} FROM stacks WHERE name = $1");
+        let sql = format!(
+            "{STACK_SELECT}, {DRIFT_COLUMNS} FROM stacks s LEFT JOIN stack_drift d ON d.stack = s.name WHERE s.name = $1"
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(stack_from).transpose()
     }
 
     /// Every stack, by name.
     pub async fn stacks(&self) -> Result<Vec<StackRow>, StoreError> {
-        let sql = format!("SELECT {STACK_COLUMNS} FROM stacks ORDER BY name");
+        let sql = format!(
+            "{STACK_SELECT}, {DRIFT_COLUMNS} FROM stacks s LEFT JOIN stack_drift d ON d.stack = s.name ORDER BY s.name"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
         rows.iter().map(stack_from).collect()
     }
@@ -376,6 +462,48 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.policies.as_str().into(),
             stack.created_at.into(),
             stack.created_by.as_str().into(),
+        ],
+    )
+}
+
+/// A stack update: the new spec and drift settings, by whom and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackChange {
+    /// Branch, pool, targets and labels after the update (name, repository, path and policies
+    /// are kept).
+    pub spec: NewStack,
+    /// The drift schedule after the update.
+    pub drift_schedule: Option<String>,
+    /// Remediation after the update.
+    pub drift_remediation: String,
+    /// When the schedule was set (now, when the update changes it).
+    pub drift_schedule_set_at: Option<i64>,
+    /// When.
+    pub at: i64,
+    /// Who.
+    pub by: String,
+}
+
+/// Updates the stack `name`, if it is still at `version`.
+pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
+    Write::one(
+        format!("stack `{name}` (version {version})"),
+        "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
+         drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
+         version = version + 1 WHERE name = $11 AND version = $12",
+        vec![
+            change.spec.branch.into(),
+            change.spec.pool.into(),
+            change.spec.plan_targets.into(),
+            change.spec.apply_targets.into(),
+            change.spec.labels.into(),
+            change.drift_schedule.into(),
+            change.drift_remediation.into(),
+            change.drift_schedule_set_at.into(),
+            change.at.into(),
+            change.by.into(),
+            name.into(),
+            version.into(),
         ],
     )
 }

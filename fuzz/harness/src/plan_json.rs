@@ -68,7 +68,7 @@ fn run_and_stack() -> &'static (RunRow, Stack) {
             "branch": "main",
         }))
         .expect("the stack");
-        let stack = Stack { spec, created_at: NOW - 3600, created_by: "admin".to_owned() };
+        let stack = Stack::new(spec, NOW - 3600, "admin".to_owned());
         (run, stack)
     })
 }

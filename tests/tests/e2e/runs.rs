@@ -239,8 +239,12 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // sandbox layers the agent reported. An agent that only says "succeeded" did not check.
     let drift = Submission { kind: RunKind::Drift, ..submission("network", None) };
     for (reported, state, found) in [
-        (JobOutcome::Checked(Drift { drifted: true, summary: "1 to add\u{7}".into() }), "finished", Some(true)),
-        (JobOutcome::Checked(Drift { drifted: false, summary: String::new() }), "finished", Some(false)),
+        (
+            JobOutcome::Checked(Drift { drifted: true, summary: "1 to add\u{7}".into(), ..Drift::default() }),
+            "finished",
+            Some(true),
+        ),
+        (JobOutcome::Checked(Drift::default()), "finished", Some(false)),
         (JobOutcome::Succeeded, "failed", None),
         (JobOutcome::Failed("terraform plan exited with 1".into()), "failed", None),
     ] {
@@ -271,7 +275,7 @@ async fn suite(location: &DatabaseLocation, dir: &std::path::Path) {
     // A deploy's job that claims a drift check is not believed.
     let deploy = runs.submit(submission("network", None), "olga", caller()).await.unwrap();
     let lease = runs.lease_next("default", "agent-1", LEASE).await.unwrap().unwrap();
-    let claimed = JobOutcome::Checked(Drift { drifted: false, summary: String::new() });
+    let claimed = JobOutcome::Checked(Drift::default());
     runs.finish_job(&lease.job_id, "agent-1", lease.fencing_token, claimed.into()).await.unwrap();
     let ended = runs.run(&deploy.id).await.unwrap();
     assert_eq!((ended.state.as_str(), ended.drift, ended.jobs.len()), ("failed", None, 1), "{ended:?}");
