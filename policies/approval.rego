@@ -20,9 +20,22 @@ author := object.get(object.get(input, "run", {}), "triggered_by", "")
 
 env := object.get(object.get(input, "target_labels", {}), "env", "")
 
+the_run := object.get(input, "run", {})
+
+# A remediation: a deploy a drift check queued because the stack drifted (docs/drift.md).
+remediation if object.get(the_run, "kind", "") == "remediation"
+
+# Remediations apply without review only when the stack asks for it twice: its
+# `drift_remediation` is `apply` and it is labelled `drift-remediation=auto`.
+auto_remediation if {
+	remediation
+	object.get(the_run, "remediation", "") == "apply"
+	object.get(object.get(object.get(input, "stack", {}), "labels", {}), "drift-remediation", "") == "auto"
+}
+
 # As many approvals as `required_approvals` says for the `env` label, and
 # `default_required_approvals` (one) for a label it does not list. Undefined unless a number.
-required := n if {
+env_required := n if {
 	n := object.get(
 		data.keyward.settings.required_approvals,
 		env,
@@ -30,6 +43,14 @@ required := n if {
 	)
 	is_number(n)
 }
+
+# Deploys: the env's number. A remediation nobody asked to auto-apply waits for at least one
+# approval whatever its env: nobody submitted it.
+required := 0 if {
+	auto_remediation
+} else := max([1, env_required]) if {
+	remediation
+} else := env_required
 
 approvers contains who if {
 	some review in object.get(input, "approvals", [])

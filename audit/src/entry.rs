@@ -86,6 +86,9 @@ pub enum Kind {
     NotificationDelivered,
     /// A notification failed for good: which, for which event and entry, and the last error.
     NotificationFailed,
+    /// A drift check changed its stack's drift state: from, to, whether the stack was drifted
+    /// before, and the drift found.
+    StackDriftStateChanged,
 }
 
 impl Kind {
@@ -125,6 +128,7 @@ impl Kind {
             Self::StatePulled => kinds::STATE_PULLED,
             Self::NotificationDelivered => kinds::NOTIFICATION_DELIVERED,
             Self::NotificationFailed => kinds::NOTIFICATION_FAILED,
+            Self::StackDriftStateChanged => kinds::STACK_DRIFT_STATE_CHANGED,
         }
     }
 }
@@ -197,6 +201,8 @@ pub mod kinds {
     pub const NOTIFICATION_DELIVERED: &str = "notification.delivered";
     /// [`super::Kind::NotificationFailed`].
     pub const NOTIFICATION_FAILED: &str = "notification.failed";
+    /// [`super::Kind::StackDriftStateChanged`].
+    pub const STACK_DRIFT_STATE_CHANGED: &str = "stack.drift_state_changed";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -67,7 +67,8 @@ fn phase(phase: Phase) -> wire::Phase {
 /// The protocol's name for `kind`.
 fn run_kind(kind: RunKind) -> wire::RunKind {
     match kind {
-        RunKind::Deploy => wire::RunKind::Deploy,
+        // A remediation runs exactly as a deploy does on the agent.
+        RunKind::Deploy | RunKind::Remediation => wire::RunKind::Deploy,
         RunKind::Drift => wire::RunKind::Drift,
     }
 }
@@ -229,6 +230,7 @@ mod tests {
         assert_eq!(phase(Phase::Apply), wire::Phase::Apply);
         assert_eq!(run_kind(RunKind::Deploy), wire::RunKind::Deploy);
         assert_eq!(run_kind(RunKind::Drift), wire::RunKind::Drift);
+        assert_eq!(run_kind(RunKind::Remediation), wire::RunKind::Deploy);
         let event = JobEvent { job_state: wire::JobState::Unspecified.into(), ..JobEvent::default() };
         assert_eq!(job_state(&event), None);
         let event = JobEvent { job_state: wire::JobState::Canceled.into(), ..JobEvent::default() };

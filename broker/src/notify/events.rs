@@ -95,9 +95,6 @@ pub struct Event {
     pub details: Value,
 }
 
-/// The audit kind a drift state change is recorded under (`runs`' drift state).
-pub const DRIFT_STATE_CHANGED: &str = "stack.drift_state_changed";
-
 /// The event `entry` is, if it is one.
 pub fn event_of(entry: &Entry) -> Option<Event> {
     let context = &entry.context;
@@ -152,11 +149,12 @@ pub fn event_of(entry: &Entry) -> Option<Event> {
                 json!({ "target": target, "reasons": reasons, "subject_issuer": context.subject_issuer }),
             ))
         }
-        DRIFT_STATE_CHANGED => {
+        kinds::STACK_DRIFT_STATE_CHANGED => {
             let to = detail("to");
+            let previously_drifted = entry.details.get("previously_drifted").and_then(Value::as_bool) == Some(true);
             let name = match to.as_str() {
-                "drifted" => EventName::StackDrifted,
-                "in_sync" if detail("from") == "drifted" => EventName::StackInSync,
+                "drifted" if !previously_drifted => EventName::StackDrifted,
+                "in_sync" if previously_drifted => EventName::StackInSync,
                 _ => return None,
             };
             let addresses: Vec<&str> = entry
@@ -207,19 +205,19 @@ mod tests {
 
     #[test]
     fn drift_state_changes_are_events_only_as_transitions() {
-        let drifted =
-            event_of(&entry(DRIFT_STATE_CHANGED, json!({"from": "in_sync", "to": "drifted", "addresses": ["a.b"]})));
-        assert_eq!(
-            drifted.map(|e| (e.name, e.summary)),
-            Some((EventName::StackDrifted, "stack net drifted: a.b".into()))
-        );
-        let back = event_of(&entry(DRIFT_STATE_CHANGED, json!({"from": "drifted", "to": "in_sync"})));
+        let changed = kinds::STACK_DRIFT_STATE_CHANGED;
+        let first_drift =
+            json!({"from": "in_sync", "to": "drifted", "previously_drifted": false, "addresses": ["a.b"]});
+        let drifted = event_of(&entry(changed, first_drift)).map(|e| (e.name, e.summary));
+        assert_eq!(drifted, Some((EventName::StackDrifted, "stack net drifted: a.b".into())));
+        let back = event_of(&entry(changed, json!({"from": "drifted", "to": "in_sync", "previously_drifted": true})));
         assert_eq!(back.map(|e| e.name), Some(EventName::StackInSync));
-        assert!(
-            event_of(&entry(DRIFT_STATE_CHANGED, json!({"from": "unknown", "to": "in_sync"}))).is_none(),
-            "first check in sync: nothing to tell"
-        );
-        assert!(event_of(&entry(DRIFT_STATE_CHANGED, json!({"from": "drifted", "to": "failed"}))).is_none());
+        let first = json!({"from": "unknown", "to": "in_sync", "previously_drifted": false});
+        assert!(event_of(&entry(changed, first)).is_none(), "first check in sync: nothing to tell");
+        let failing = json!({"from": "drifted", "to": "failed", "previously_drifted": true});
+        assert!(event_of(&entry(changed, failing)).is_none());
+        let again = json!({"from": "failed", "to": "drifted", "previously_drifted": true});
+        assert!(event_of(&entry(changed, again)).is_none(), "drift found again after a failed check: no news");
     }
 
     #[test]

@@ -134,8 +134,8 @@ fn run_input() -> Section {
                 }
             },
             "kind": {
-                "type": "string", "enum": ["deploy", "drift"],
-                "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies"
+                "type": "string", "enum": ["deploy", "drift", "remediation"],
+                "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies; `remediation` is a deploy a drift check queued (the stack's `drift_remediation` is `plan` or `apply`)"
             },
             "submitted_by": {"type": "string"},
             "time": time_object()
@@ -168,9 +168,21 @@ fn plan_input() -> Section {
 
 /// The `keyward.approval` input: the reviews recorded for a run.
 fn approval_input() -> Section {
+    let mut run = run_object();
+    if let Some(properties) = run.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.insert(
+            "kind".into(),
+            json!({"enum": ["deploy", "remediation"], "description": "`remediation`: queued by a drift check that found drift"}),
+        );
+        properties.insert(
+            "remediation".into(),
+            json!({"enum": ["plan", "apply"], "description": "remediation runs: the stack's drift_remediation (`plan`: always reviewed; `apply`: may be approved without review)"}),
+        );
+    }
     (
         json!({
-            "run": run_object(),
+            "run": run,
+            "stack": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"}}},
             "approvals": {
                 "type": "array",
                 "items": {

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use super::cron::Schedule;
 use super::jobs::{Drift, JobOutcome};
+use super::spec::Stack;
+use crate::audit::{AuditEvent, Context, Kind};
 use crate::store::drift::{self as rows, DriftCounts, DriftRow};
 use crate::store::write::Write;
 use crate::store::{StackRow, StoreError};
@@ -109,6 +111,10 @@ pub enum DriftStatus {
         run_id: Option<String>,
         /// Why.
         error: String,
+        /// The first check that found the drift an earlier check found, if one did: a failed
+        /// check does not end drift.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
     },
 }
 
@@ -121,6 +127,12 @@ impl DriftStatus {
             Self::Drifted { .. } => "drifted",
             Self::Failed { .. } => "failed",
         }
+    }
+
+    /// Whether the stack is drifted as far as anyone knows: the last check found drift, or it
+    /// failed after one that did.
+    pub fn is_drifted(&self) -> bool {
+        matches!(self, Self::Drifted { .. } | Self::Failed { since: Some(_), .. })
     }
 
     /// The state of a stored row (`None`: never checked); a row this build cannot read is refused.
@@ -140,7 +152,7 @@ impl DriftStatus {
                 changed_outside: counts.changed_outside,
                 addresses: serde_json::from_str(&addresses).map_err(|e| corrupt(&e.to_string()))?,
             },
-            "failed" => Self::Failed { checked_at, run_id, error: error.unwrap_or_default() },
+            "failed" => Self::Failed { checked_at, run_id, error: error.unwrap_or_default(), since },
             other => return Err(corrupt(&format!("unknown state `{other}`"))),
         })
     }
@@ -199,6 +211,40 @@ pub(super) fn record(stack: &str, run_id: &str, outcome: &JobOutcome, now: i64) 
     }
 }
 
+/// The entry recording that a drift check of `stack` ending with `outcome` changes its drift
+/// state, if it does: from what (the state before, and whether the stack was drifted as far as
+/// anyone knew) to what, with the counts and addresses of drift found. Only changes are
+/// recorded, so a check that finds the same drift again says nothing new.
+pub(super) fn state_changed(stack: &Stack, outcome: &JobOutcome, context: &Context, now: i64) -> Option<AuditEvent> {
+    let to = match outcome {
+        JobOutcome::Checked(drift) if drift.drifted => "drifted",
+        JobOutcome::Checked(_) => "in_sync",
+        JobOutcome::Failed(_) => "failed",
+        JobOutcome::Succeeded => return None,
+    };
+    let from = stack.drift.name();
+    if from == to {
+        return None;
+    }
+    let mut event = AuditEvent::new(Kind::StackDriftStateChanged, now, context.clone())
+        .with("stack", stack.spec.name.as_str())
+        .with("from", from)
+        .with("to", to)
+        .with("previously_drifted", stack.drift.is_drifted())
+        .with_ref("stack", &stack.spec.name);
+    if let JobOutcome::Checked(drift) = outcome
+        && drift.drifted
+    {
+        event = event
+            .with("addresses", drift.addresses.clone())
+            .with("to_add", drift.counts.to_add)
+            .with("to_change", drift.counts.to_change)
+            .with("to_destroy", drift.counts.to_destroy)
+            .with("changed_outside", drift.counts.changed_outside);
+    }
+    Some(event)
+}
+
 /// `drift`'s addresses bounded: at most [`MAX_ADDRESSES`], printable, each at most
 /// [`MAX_ADDRESS`] bytes, each once, in the agent's order; counts never negative.
 pub(super) fn bounded(drift: Drift) -> Drift {
@@ -253,7 +299,7 @@ mod tests {
         );
         assert_eq!(
             show(Some(row("failed"))),
-            serde_json::json!({"state": "failed", "checked_at": 200, "run_id": "r", "error": "boom"})
+            serde_json::json!({"state": "failed", "checked_at": 200, "run_id": "r", "error": "boom", "since": 100})
         );
         assert!(DriftStatus::from_row("s", Some(row("sideways"))).is_err());
     }

@@ -336,11 +336,20 @@ impl Runs {
             let (more, moved) = self.advance_run(&run, &stack, &job, &outcome, (from, &context), now).await?;
             writes.extend(more);
             events.push(moved);
+            if run_kind(&run)? == RunKind::Drift {
+                events.extend(super::drift::state_changed(&stack, &outcome, &context, now));
+            }
         }
         let queued_apply = events.iter().any(|e| e.details.contains_key("apply_job"));
         self.commit(Append::changes(writes, events)).await?;
         if queued_apply {
             self.signals.queued(&stack.spec.pool);
+        }
+        if run_kind(&run)? == RunKind::Drift
+            && matches!(&outcome, JobOutcome::Checked(drift) if drift.drifted)
+            && !from.is_final()
+        {
+            self.remediate(&stack, &run.id).await;
         }
         Ok(())
     }
@@ -536,10 +545,10 @@ fn expected_outcome(kind: RunKind, phase: Phase, reported: JobOutcome) -> JobOut
         (RunKind::Drift, _, _) => JobOutcome::Failed(
             "the agent did not report the drift check's result (an agent older than the broker?)".to_owned(),
         ),
-        (RunKind::Deploy, _, JobOutcome::Checked(_)) => {
+        (RunKind::Deploy | RunKind::Remediation, _, JobOutcome::Checked(_)) => {
             JobOutcome::Failed("the agent reported a drift check for a deploy run".to_owned())
         }
-        (RunKind::Deploy, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
+        (RunKind::Deploy | RunKind::Remediation, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
     }
 }
 

@@ -1,5 +1,6 @@
-//! What a run is for: a deploy (plan, review, apply) or a drift check (a read-only plan that
-//! says whether the real infrastructure still matches the configuration, and never applies).
+//! What a run is for: a deploy (plan, review, apply), a drift check (a read-only plan that says
+//! whether the real infrastructure still matches the configuration, and never applies), or a
+//! remediation (a deploy of the stack's branch that a drift check queued to put drift back).
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,17 +15,26 @@ pub enum RunKind {
     /// `terraform plan -detailed-exitcode` with the plan phase's read-only credentials; the run
     /// finishes with what it found (`drift`) and never queues an apply.
     Drift,
+    /// A deploy the drift check queued because the stack drifted and its `drift_remediation`
+    /// says so: plan, then apply as the approval policy allows (it sees this kind).
+    Remediation,
 }
 
 impl RunKind {
     /// Every kind.
-    pub const ALL: [Self; 2] = [Self::Deploy, Self::Drift];
+    pub const ALL: [Self; 3] = [Self::Deploy, Self::Drift, Self::Remediation];
+
+    /// Whether runs of this kind plan and then apply (deploys and remediations).
+    pub fn applies(self) -> bool {
+        matches!(self, Self::Deploy | Self::Remediation)
+    }
 
     /// The stored, printed and policy-visible name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deploy => "deploy",
             Self::Drift => "drift",
+            Self::Remediation => "remediation",
         }
     }
 }
@@ -37,7 +47,7 @@ impl fmt::Display for RunKind {
 
 /// A kind name this build does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown run kind `{0}` (expected `deploy` or `drift`)")]
+#[error("unknown run kind `{0}` (expected `deploy`, `drift` or `remediation`)")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for RunKind {

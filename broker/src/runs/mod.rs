@@ -16,6 +16,7 @@ mod kind;
 mod plans;
 mod policy_input;
 pub mod redact;
+mod remediation;
 pub mod reviews;
 mod signals;
 mod source;

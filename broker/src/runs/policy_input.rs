@@ -71,8 +71,15 @@ pub(super) fn approval_input(
             review
         })
         .collect();
+    let mut run_value = run_object(run, stack, Phase::Apply, &approved_by);
+    if let Some(object) = run_value.as_object_mut() {
+        object.insert("kind".to_owned(), json!(run.kind));
+        if run.kind == super::RunKind::Remediation.as_str() {
+            object.insert("remediation".to_owned(), json!(stack.drift_settings.drift_remediation.as_str()));
+        }
+    }
     json!({
-        "run": run_object(run, stack, Phase::Apply, &approved_by),
+        "run": run_value,
         "stack": stack_object(stack),
         "approvals": approvals,
         "target_labels": target_labels,

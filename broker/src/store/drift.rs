@@ -201,6 +201,19 @@ impl Store {
         row.map(|row| Ok(ActiveDriftRun { id: row.try_get("id")?, state: row.try_get("state")? })).transpose()
     }
 
+    /// The oldest run of `stack` that may still apply (a deploy or a remediation not yet
+    /// finished, failed, canceled or discarded), if any: a remediation is not queued beside it.
+    pub async fn active_applying_run(&self, stack: &str) -> Result<Option<ActiveDriftRun>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, state FROM runs WHERE stack = $1 AND kind IN ('deploy', 'remediation') \
+             AND state IN ('queued', 'planning', 'planned', 'applying') ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(stack)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok(ActiveDriftRun { id: row.try_get("id")?, state: row.try_get("state")? })).transpose()
+    }
+
     /// Runs `writes` in one transaction, all or nothing: `false` (and nothing written) when one
     /// of them does not touch the rows it must. For the scheduler's bookkeeping that no audit
     /// entry records (a fire time skipped, or that could not be queued).
