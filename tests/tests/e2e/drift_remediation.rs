@@ -232,7 +232,7 @@ async fn story(database_url: Option<&str>) {
     store.delete("a");
     let found = drift_check(&broker);
     assert_eq!(found["drift"], true, "{found}");
-    let auto = next_run(&broker, "remediation", &[id.clone()]).await;
+    let auto = next_run(&broker, "remediation", std::slice::from_ref(&id)).await;
     let auto_id = auto["id"].as_str().unwrap().to_owned();
     let done = wait_run(&broker, &auto_id, &["finished", "failed", "planned"]).await;
     assert_eq!(done["state"], "finished", "applied without review: {done}");
