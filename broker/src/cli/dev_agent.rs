@@ -59,6 +59,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         apply_targets: Vec::new(),
         labels: [("env".to_owned(), "dev".to_owned())].into_iter().collect(),
         policies: Vec::new(),
+        managed_state: true,
     };
     match runs.create_stack(spec, who, Context::default()).await {
         Ok(_) | Err(RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => Ok(()),

@@ -38,6 +38,10 @@ pub(super) enum StackCommand {
         /// Attach a policy by name (policies see `input.stack.policies`); repeatable.
         #[arg(long = "policy")]
         policies: Vec<String>,
+        /// The configuration brings its own backend: the broker does not keep this stack's
+        /// Terraform state (docs/state.md).
+        #[arg(long)]
+        no_managed_state: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -100,9 +104,14 @@ pub(super) struct UpdateArgs {
     /// `off` (or `""`) stops scheduled checks.
     #[arg(long)]
     drift_schedule: Option<String>,
-    /// What to do about drift once found (stored and shown; acted on in a later version).
+    /// What to do about drift once a check finds it: `plan` queues a remediation run that waits
+    /// for a review, `apply` one the approval policy may apply by itself (docs/drift.md).
     #[arg(long, value_parser = ["off", "plan", "apply"])]
     drift_remediation: Option<String>,
+    /// Whether the broker keeps the stack's Terraform state (`false`: the configuration brings
+    /// its own backend).
+    #[arg(long, value_name = "BOOL")]
+    managed_state: Option<bool>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -140,6 +149,9 @@ impl UpdateArgs {
         if let Some(remediation) = &self.drift_remediation {
             put("drift_remediation", json!(remediation));
         }
+        if let Some(managed) = self.managed_state {
+            put("managed_state", json!(managed));
+        }
         Value::Object(body)
     }
 }
@@ -160,6 +172,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             apply_targets,
             labels,
             policies,
+            no_managed_state,
             json,
             connection,
         } => {
@@ -168,6 +181,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             let body = json!({
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
+                "managed_state": !no_managed_state,
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {
@@ -239,6 +253,8 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
     outln!("  plan targets   {}", list("plan_targets"))?;
     outln!("  apply targets  {}", list("apply_targets"))?;
     outln!("  policies       {}", list("policies"))?;
+    let managed = stack.get("managed_state").and_then(Value::as_bool) != Some(false);
+    outln!("  state          {}", if managed { "kept by the broker" } else { "the configuration's own backend" })?;
     if let Some(labels) = stack.get("labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {
         let pairs: Vec<String> =
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();

@@ -331,7 +331,7 @@ impl Runs {
         let context = run_context(&run, &stack, job.phase, &format!("agent:{agent_id}"), Context::default());
         let layers = bounded_layers(report.layers);
         let (write, finished) = job_finished(&job, agent_id, &outcome, layers, report.log.as_ref(), &context, now);
-        let (mut writes, mut events) = (vec![write], vec![finished]);
+        let (mut writes, mut events) = (vec![write, store::state::release_job_locks(&job.id)], vec![finished]);
         if !from.is_final() {
             let (more, moved) = self.advance_run(&run, &stack, &job, &outcome, (from, &context), now).await?;
             writes.extend(more);
@@ -449,7 +449,10 @@ impl Runs {
             let detail = format!("the plan lease of agent {agent_id} ended ({})", end.as_str());
             ("failed", Some(RunState::Failed), Some(detail))
         };
-        let mut writes = vec![store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now)];
+        let mut writes = vec![
+            store::runs::end_lease(job, job_state, format!("lease ended: {}", end.as_str()), now),
+            store::state::release_job_locks(&job.id),
+        ];
         let context = run_context(&run, &stack, job.phase, &format!("agent:{agent_id}"), Context::default());
         let mut events = vec![
             AuditEvent::new(Kind::JobLeaseEnded, now, context.clone())

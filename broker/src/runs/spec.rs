@@ -42,6 +42,14 @@ pub struct StackSpec {
     /// stacks that attach them.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Whether the broker keeps the stack's Terraform state (its `http` backend; docs/state.md).
+    /// `false`: the configuration brings its own backend.
+    #[serde(default = "managed_by_default")]
+    pub managed_state: bool,
+}
+
+fn managed_by_default() -> bool {
+    true
 }
 
 /// A stored stack: its spec, who created and last updated it when, its drift schedule and its
@@ -106,6 +114,7 @@ impl TryFrom<StackRow> for Stack {
             apply_targets: column(&row.name, "apply_targets", &row.apply_targets)?,
             labels: column(&row.name, "labels", &row.labels)?,
             policies: column(&row.name, "policies", &row.policies)?,
+            managed_state: row.managed_state,
             name: row.name,
             repository: row.repository,
             path: row.path,
@@ -185,6 +194,7 @@ impl StackSpec {
             apply_targets: super::json_text(&self.apply_targets),
             labels: super::json_text(&self.labels),
             policies: super::json_text(&self.policies),
+            managed_state: self.managed_state,
         }
     }
 
@@ -252,6 +262,7 @@ mod tests {
             apply_targets: vec![],
             labels: BTreeMap::new(),
             policies: vec![],
+            managed_state: true,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct StackUpdate {
     /// What to do about drift once found.
     #[serde(default)]
     pub drift_remediation: Option<Remediation>,
+    /// Whether the broker keeps the stack's Terraform state (`false`: it brings its own backend).
+    #[serde(default)]
+    pub managed_state: Option<bool>,
 }
 
 /// A field that is present, even as `null`: `Some(None)`.
@@ -65,7 +68,16 @@ struct Updated {
 impl StackUpdate {
     /// Whether it names nothing to change.
     pub fn is_empty(&self) -> bool {
-        let Self { branch, pool, plan_targets, apply_targets, labels, drift_schedule, drift_remediation } = self;
+        let Self {
+            branch,
+            pool,
+            plan_targets,
+            apply_targets,
+            labels,
+            drift_schedule,
+            drift_remediation,
+            managed_state,
+        } = self;
         branch.is_none()
             && pool.is_none()
             && plan_targets.is_none()
@@ -73,6 +85,7 @@ impl StackUpdate {
             && labels.is_empty()
             && drift_schedule.is_none()
             && drift_remediation.is_none()
+            && managed_state.is_none()
     }
 
     /// `stack` with this update made (not yet checked against the configuration).
@@ -99,6 +112,10 @@ impl StackUpdate {
         if let Some(targets) = self.apply_targets {
             change("apply_targets", json!(spec.apply_targets), json!(targets));
             spec.apply_targets = targets;
+        }
+        if let Some(managed) = self.managed_state {
+            change("managed_state", json!(spec.managed_state), json!(managed));
+            spec.managed_state = managed;
         }
         let labels = merge_labels(&spec.labels, self.labels);
         change("labels", json!(spec.labels), json!(labels));
@@ -155,7 +172,7 @@ impl Runs {
     ) -> Result<Stack, RunError> {
         if update.is_empty() {
             return Err(RunError::Spec(SpecError(
-                "nothing to update: name a branch, pool, targets, labels, a drift schedule or a remediation".to_owned(),
+                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation or managed state".to_owned(),
             )));
         }
         let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
@@ -212,6 +229,7 @@ mod tests {
             apply_targets: vec![],
             labels: [("env".to_owned(), "prod".to_owned()), ("team".to_owned(), "net".to_owned())].into(),
             policies: vec![],
+            managed_state: true,
         };
         Stack::new(spec, 1, "admin".into())
     }

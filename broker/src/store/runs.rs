@@ -33,6 +33,8 @@ pub struct StackRow {
     pub labels: String,
     /// JSON array of attached policy names.
     pub policies: String,
+    /// Whether the broker keeps its Terraform state.
+    pub managed_state: bool,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -60,7 +62,18 @@ pub struct StackRow {
 impl StackRow {
     /// A stack as created: version 1, never updated, no drift schedule, never checked.
     pub fn created(spec: NewStack, created_at: i64, created_by: String) -> Self {
-        let NewStack { name, repository, path, branch, pool, plan_targets, apply_targets, labels, policies } = spec;
+        let NewStack {
+            name,
+            repository,
+            path,
+            branch,
+            pool,
+            plan_targets,
+            apply_targets,
+            labels,
+            policies,
+            managed_state,
+        } = spec;
         Self {
             name,
             repository,
@@ -71,6 +84,7 @@ impl StackRow {
             apply_targets,
             labels,
             policies,
+            managed_state,
             created_at,
             created_by,
             version: 1,
@@ -107,6 +121,8 @@ pub struct NewStack {
     pub labels: String,
     /// JSON array of attached policy names.
     pub policies: String,
+    /// Whether the broker keeps its Terraform state.
+    pub managed_state: bool,
 }
 
 /// A stored run.
@@ -220,7 +236,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift";
@@ -238,6 +254,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         apply_targets: row.try_get("apply_targets")?,
         labels: row.try_get("labels")?,
         policies: row.try_get("policies")?,
+        managed_state: row.try_get::<i64, _>("managed_state")? != 0,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
@@ -449,7 +466,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         policies, created_at, created_by, managed_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -462,6 +479,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.policies.as_str().into(),
             stack.created_at.into(),
             stack.created_by.as_str().into(),
+            i64::from(stack.managed_state).into(),
         ],
     )
 }
@@ -490,7 +508,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
         format!("stack `{name}` (version {version})"),
         "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
          drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
-         version = version + 1 WHERE name = $11 AND version = $12",
+         managed_state = $13, version = version + 1 WHERE name = $11 AND version = $12",
         vec![
             change.spec.branch.into(),
             change.spec.pool.into(),
@@ -504,6 +522,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
             change.by.into(),
             name.into(),
             version.into(),
+            i64::from(change.spec.managed_state).into(),
         ],
     )
 }

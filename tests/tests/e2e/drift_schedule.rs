@@ -74,6 +74,7 @@ fn spec(name: &str, repository: &str, branch: &str) -> StackSpec {
         apply_targets: vec![],
         labels: Default::default(),
         policies: vec![],
+        managed_state: true,
     }
 }
 

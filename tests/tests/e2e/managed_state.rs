@@ -282,3 +282,48 @@ async fn a_repository_file_in_the_overrides_place_fails_the_job() {
     assert!(run["detail"].as_str().unwrap().contains("keyward_state_override.tf"), "{run}");
     assert!(!outside.exists(), "the agent wrote through the planted link");
 }
+
+/// A stack that brings its own backend: no backend in its jobs' assignments, none handed out, no
+/// state kept; switching managed state on is an audited update.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_may_opt_out_and_bring_its_own_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    let url = repo.url();
+    let created = json(&broker.cli(&[
+        "stack",
+        "create",
+        "own",
+        "--repository",
+        &url,
+        "--label",
+        "env=dev",
+        "--no-managed-state",
+        "--json",
+    ]));
+    assert_eq!(created["managed_state"], false, "{created}");
+    let shown = broker.cli(&["stack", "show", "own"]);
+    assert!(shown.stdout.contains("the configuration's own backend"), "{}", shown.stdout);
+
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (_, identity) = enroll_in_process(&endpoint, &ca, &token).await;
+    let mut session = WorkSession::open(&endpoint, &ca, identity, 1).await.expect("work stream");
+    assert!(broker.cli(&["run", "submit", "--stack", "own"]).success);
+    let job = session.next_assignment(Duration::from_secs(20)).await.expect("an assignment");
+    assert!(!job.managed_state, "the assignment names no backend");
+    let request = StateBackendRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token };
+    let refused = session.client.state_backend(request).await.expect_err("no backend for this stack");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+
+    let file = dir.path().join("s.tfstate");
+    std::fs::write(&file, state(1, "l", "x")).unwrap();
+    let pushed = broker.cli(&["state", "push", "own", file.to_str().unwrap()]);
+    assert!(!pushed.success && pushed.stderr.contains("does not keep its Terraform state"), "{}", pushed.stderr);
+
+    let updated = json(&broker.cli(&["stack", "update", "own", "--managed-state", "true", "--json"]));
+    assert_eq!(updated["managed_state"], true, "{updated}");
+    assert_eq!(json(&broker.cli(&["state", "list", "own", "--json"]))["managed"], true);
+    json(&broker.cli(&["state", "push", "own", file.to_str().unwrap(), "--json"]));
+}

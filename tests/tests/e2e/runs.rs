@@ -50,6 +50,7 @@ fn spec(name: &str, repository: &str) -> StackSpec {
         apply_targets: vec![],
         labels: Default::default(),
         policies: vec![],
+        managed_state: true,
     }
 }
 
