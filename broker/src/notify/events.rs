@@ -97,85 +97,91 @@ pub struct Event {
 
 /// The event `entry` is, if it is one.
 pub fn event_of(entry: &Entry) -> Option<Event> {
-    let context = &entry.context;
-    let (stack, run) = (context.stack_id.clone(), context.run_id.clone());
-    let detail = |key: &str| entry.details.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
-    let on = |name: EventName, summary: String, details: Value| Event {
+    let (name, summary, details) = match entry.kind.as_str() {
+        kinds::RUN_STATE_CHANGED => run_event(entry)?,
+        kinds::CREDENTIALS_DENIED => denial_event(entry),
+        kinds::STACK_DRIFT_STATE_CHANGED => drift_event(entry)?,
+        _ => return None,
+    };
+    Some(Event {
         name,
         seq: entry.seq,
         at: entry.at,
-        stack: stack.clone(),
-        run: run.clone(),
+        stack: entry.context.stack_id.clone(),
+        run: entry.context.run_id.clone(),
         summary,
         details,
+    })
+}
+
+/// What an event says: its name, one line for people, the facts for machines.
+type Said = (EventName, String, Value);
+
+fn detail(entry: &Entry, key: &str) -> String {
+    entry.details.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+fn strings<'a>(entry: &'a Entry, key: &str) -> Vec<&'a str> {
+    entry
+        .details
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// A run planned (awaiting approval), failed or finished.
+fn run_event(entry: &Entry) -> Option<Said> {
+    let context = &entry.context;
+    let (to, why) = (detail(entry, "to"), detail(entry, "detail"));
+    let name = match to.as_str() {
+        "planned" => EventName::RunAwaitingApproval,
+        "failed" => EventName::RunFailed,
+        "finished" => EventName::RunFinished,
+        _ => return None,
     };
-    let stack_name = stack.as_deref().unwrap_or("?");
-    let run_id = run.as_deref().unwrap_or("?");
-    match entry.kind.as_str() {
-        kinds::RUN_STATE_CHANGED => {
-            let (to, why) = (detail("to"), detail("detail"));
-            let facts =
-                json!({ "from": detail("from"), "to": to, "detail": why, "triggered_by": context.triggered_by });
-            let because = if why.is_empty() { String::new() } else { format!(": {why}") };
-            match to.as_str() {
-                "planned" => Some(on(
-                    EventName::RunAwaitingApproval,
-                    format!("run {run_id} of stack {stack_name} planned and awaits approval{because}"),
-                    facts,
-                )),
-                "failed" => {
-                    Some(on(EventName::RunFailed, format!("run {run_id} of stack {stack_name} failed{because}"), facts))
-                }
-                "finished" => Some(on(
-                    EventName::RunFinished,
-                    format!("run {run_id} of stack {stack_name} finished{because}"),
-                    facts,
-                )),
-                _ => None,
-            }
-        }
-        kinds::CREDENTIALS_DENIED => {
-            let target = context.target.as_deref().unwrap_or("?");
-            let reasons: Vec<&str> = entry
-                .details
-                .get("reasons")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let who = context.run_id.as_deref().or(context.subject_jti.as_deref()).unwrap_or("a caller");
-            Some(on(
-                EventName::CredentialsDenied,
-                format!("credentials for {target} denied to {who}: {}", reasons.join("; ")),
-                json!({ "target": target, "reasons": reasons, "subject_issuer": context.subject_issuer }),
-            ))
-        }
-        kinds::STACK_DRIFT_STATE_CHANGED => {
-            let to = detail("to");
-            let previously_drifted = entry.details.get("previously_drifted").and_then(Value::as_bool) == Some(true);
-            let name = match to.as_str() {
-                "drifted" if !previously_drifted => EventName::StackDrifted,
-                "in_sync" if previously_drifted => EventName::StackInSync,
-                _ => return None,
-            };
-            let addresses: Vec<&str> = entry
-                .details
-                .get("addresses")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let summary = match name {
-                EventName::StackDrifted if addresses.is_empty() => format!("stack {stack_name} drifted"),
-                EventName::StackDrifted => format!("stack {stack_name} drifted: {}", addresses.join(", ")),
-                _ => format!("stack {stack_name} is back in sync"),
-            };
-            let mut details = Value::Object(entry.details.clone());
-            if let Some(object) = details.as_object_mut() {
-                object.remove("stack");
-            }
-            Some(on(name, summary, details))
-        }
-        _ => None,
+    let what = match name {
+        EventName::RunAwaitingApproval => "planned and awaits approval",
+        EventName::RunFailed => "failed",
+        _ => "finished",
+    };
+    let because = if why.is_empty() { String::new() } else { format!(": {why}") };
+    let (run_id, stack) = (context.run_id.as_deref().unwrap_or("?"), context.stack_id.as_deref().unwrap_or("?"));
+    let facts = json!({ "from": detail(entry, "from"), "to": to, "detail": why, "triggered_by": context.triggered_by });
+    Some((name, format!("run {run_id} of stack {stack} {what}{because}"), facts))
+}
+
+/// An exchange refused.
+fn denial_event(entry: &Entry) -> Said {
+    let context = &entry.context;
+    let target = context.target.as_deref().unwrap_or("?");
+    let reasons = strings(entry, "reasons");
+    let who = context.run_id.as_deref().or(context.subject_jti.as_deref()).unwrap_or("a caller");
+    let summary = format!("credentials for {target} denied to {who}: {}", reasons.join("; "));
+    let facts = json!({ "target": target, "reasons": reasons, "subject_issuer": context.subject_issuer });
+    (EventName::CredentialsDenied, summary, facts)
+}
+
+/// A stack newly drifted, or back in sync after drift.
+fn drift_event(entry: &Entry) -> Option<Said> {
+    let previously_drifted = entry.details.get("previously_drifted").and_then(Value::as_bool) == Some(true);
+    let name = match detail(entry, "to").as_str() {
+        "drifted" if !previously_drifted => EventName::StackDrifted,
+        "in_sync" if previously_drifted => EventName::StackInSync,
+        _ => return None,
+    };
+    let stack = entry.context.stack_id.as_deref().unwrap_or("?");
+    let addresses = strings(entry, "addresses");
+    let summary = match name {
+        EventName::StackDrifted if addresses.is_empty() => format!("stack {stack} drifted"),
+        EventName::StackDrifted => format!("stack {stack} drifted: {}", addresses.join(", ")),
+        _ => format!("stack {stack} is back in sync"),
+    };
+    let mut details = Value::Object(entry.details.clone());
+    if let Some(object) = details.as_object_mut() {
+        object.remove("stack");
     }
+    Some((name, summary, details))
 }
 
 #[cfg(test)]

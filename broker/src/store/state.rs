@@ -245,7 +245,11 @@ pub fn take_state_lock(stack: &str, lock: &StateLockRow) -> Write {
 /// Releases every state lock `job_id` holds: its lease is over (the job ended, or its lease
 /// did), and a lock outlives neither.
 pub fn release_job_locks(job_id: &str) -> Write {
-    Write::any(format!("the state locks of job {job_id}"), "DELETE FROM state_locks WHERE job_id = $1", vec![job_id.into()])
+    Write::any(
+        format!("the state locks of job {job_id}"),
+        "DELETE FROM state_locks WHERE job_id = $1",
+        vec![job_id.into()],
+    )
 }
 
 /// Releases `stack`'s lock if `job_id` holds it under `lock_id`.
