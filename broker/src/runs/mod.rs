@@ -453,8 +453,11 @@ impl Runs {
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let detail = format!("canceled by {who}");
-        let writes =
-            vec![transition(&run, RunState::Canceled, Some(detail.clone()), now), store::runs::cancel_jobs(id, now)];
+        let writes = vec![
+            transition(&run, RunState::Canceled, Some(detail.clone()), now),
+            store::runs::cancel_jobs(id, now),
+            store::state::release_run_locks(id),
+        ];
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let event = state_event(&context, state, RunState::Canceled, Some(&detail), now);
         let leased: Vec<JobRow> = self.store.jobs_of(id).await?.into_iter().filter(|j| j.state == "leased").collect();

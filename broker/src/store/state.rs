@@ -252,6 +252,15 @@ pub fn release_job_locks(job_id: &str) -> Write {
     )
 }
 
+/// Releases every state lock a job of `run_id` holds: the run was canceled, its leases with it.
+pub fn release_run_locks(run_id: &str) -> Write {
+    Write::any(
+        format!("the state locks of run {run_id}"),
+        "DELETE FROM state_locks WHERE job_id IN (SELECT id FROM jobs WHERE run_id = $1)",
+        vec![run_id.into()],
+    )
+}
+
 /// Releases `stack`'s lock if `job_id` holds it under `lock_id`.
 pub fn release_state_lock(stack: &str, job_id: &str, lock_id: &str) -> Write {
     Write::one(

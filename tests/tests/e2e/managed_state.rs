@@ -327,3 +327,34 @@ async fn a_stack_may_opt_out_and_bring_its_own_backend() {
     assert_eq!(json(&broker.cli(&["state", "list", "own", "--json"]))["managed"], true);
     json(&broker.cli(&["state", "push", "own", file.to_str().unwrap(), "--json"]));
 }
+
+/// An apply killed while it holds its stack's lock (its run canceled mid-apply) does not leave
+/// the stack locked: the lock goes with the lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_goes_with_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
+    assert!(ok, "{stderr}");
+    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    repo.commit(
+        "main.tf",
+        "resource \"terraform_data\" \"slow\" {\n  provisioner \"local-exec\" {\n    command = \"sleep 120\"\n  }\n}\n",
+    );
+    json(&broker.cli(&["stack", "create", "slow", "--repository", &repo.url(), "--label", "env=dev", "--json"]));
+    let out = broker.cli(&["run", "submit", "--stack", "slow"]);
+    assert!(out.success, "{}", out.stderr);
+    let id = out.stdout.trim().to_owned();
+    let locked = keyward_tests::eventually("the apply to lock the state", Duration::from_secs(120), || {
+        let summary = json(&broker.cli(&["state", "list", "slow", "--json"]));
+        async move { (!summary["lock"].is_null()).then_some(summary) }
+    })
+    .await;
+    assert!(locked["lock"]["locked_by"].as_str().unwrap().starts_with("job:"), "{locked}");
+    let canceled = broker.cli(&["run", "cancel", &id]);
+    assert!(canceled.success, "{}", canceled.stderr);
+    let summary = json(&broker.cli(&["state", "list", "slow", "--json"]));
+    assert!(summary["lock"].is_null(), "the canceled apply's lock is gone: {summary}");
+}
