@@ -204,6 +204,14 @@ async fn an_operator_pushes_pulls_and_rolls_back_and_bad_pushes_change_nothing()
     assert!(database.windows(9).any(|w| w == b"lineage-a"), "the check can fail: the lineage is stored in the clear");
 }
 
+/// A real `keyward-agent` (sandbox, `--network none`), enrolled in pool `default`.
+fn real_agent(broker: &Broker, dir: &Path) -> keyward_tests::agent::Agent {
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.join("agent"));
+    assert!(ok, "{stderr}");
+    keyward_tests::agent::Agent::start(&dir.join("agent"), &agent_id, &[])
+}
+
 /// Submits a run of `stack` and waits for it to end.
 async fn run_to_end(broker: &Broker, stack: &str) -> Value {
     let out = broker.cli(&["run", "submit", "--stack", stack]);
@@ -222,10 +230,7 @@ async fn run_to_end(broker: &Broker, stack: &str) -> Value {
 async fn applies_keep_their_state_in_the_broker_through_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
-    assert!(ok, "{stderr}");
-    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let _agent = real_agent(&broker, dir.path());
     let repo = GitRepo::init(&dir.path().join("repo"));
     let config = |input: &str| format!("resource \"terraform_data\" \"kept\" {{\n  input = \"{input}\"\n}}\n");
     repo.commit("main.tf", &config("v1"));
@@ -268,10 +273,7 @@ async fn applies_keep_their_state_in_the_broker_through_the_sandbox() {
 async fn a_repository_file_in_the_overrides_place_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
-    assert!(ok, "{stderr}");
-    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let _agent = real_agent(&broker, dir.path());
     let outside = dir.path().join("outside.tf");
     let repo = GitRepo::init(&dir.path().join("repo"));
     repo.commit("main.tf", "locals {\n  a = 1\n}\n");
@@ -334,10 +336,7 @@ async fn a_stack_may_opt_out_and_bring_its_own_backend() {
 async fn a_lock_goes_with_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
-    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let (ok, agent_id, stderr) = keyward_tests::agent::join(&broker.addr, &token, &dir.path().join("agent"));
-    assert!(ok, "{stderr}");
-    let _agent = keyward_tests::agent::Agent::start(&dir.path().join("agent"), &agent_id, &[]);
+    let _agent = real_agent(&broker, dir.path());
     let repo = GitRepo::init(&dir.path().join("repo"));
     repo.commit(
         "main.tf",
