@@ -20,12 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{CredentialsRequest, SourceCredentialsRequest, StateBackendRequest};
+use keyward_proto::agent_v1::{CredentialsRequest, JobVariablesRequest, SourceCredentialsRequest, StateBackendRequest};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use crate::idrange::JobIds;
 use crate::job::Job;
+
+/// What the job's variables are set "by" in a conflict's message.
+const VARIABLES: &str = "the stack's variables (contexts)";
 
 /// How long one `Credentials` call may take (the broker may call STS or Vault).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,6 +57,9 @@ pub enum CredentialsError {
     /// The broker sent a variable name a process environment cannot hold.
     #[error("the broker sent an unusable variable name for target `{0}`")]
     BadName(String),
+    /// The broker would not give the job's variables.
+    #[error("the job's variables refused: {0}")]
+    Variables(String),
     /// The broker would not give the stack's state backend, or gave an unusable one.
     #[error("the stack's state backend refused: {0}")]
     State(String),
@@ -135,6 +141,7 @@ impl JobCredentials {
         if job.managed_state {
             credentials.fetch_state(client, job).await?;
         }
+        credentials.fetch_variables(client, job).await?;
         for target in &job.credential_targets {
             let mut request = tonic::Request::new(CredentialsRequest {
                 job_id: job.job_id.clone(),
@@ -191,6 +198,32 @@ impl JobCredentials {
         self.secrets.push(Zeroizing::new(password.as_bytes().to_vec()));
         self.state =
             Some(crate::state_relay::Backend { address: response.address, username: response.username, password });
+        Ok(())
+    }
+
+    /// The job's variables from its contexts and stack: into its environment, secret ones masked.
+    /// A variable and a target's credential of the same name fail the job (neither silently wins).
+    async fn fetch_variables(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        job: &Job,
+    ) -> Result<(), CredentialsError> {
+        let mut request =
+            tonic::Request::new(JobVariablesRequest { job_id: job.job_id.clone(), fencing_token: job.fencing_token });
+        request.set_timeout(CALL_TIMEOUT);
+        let response = client
+            .job_variables(request)
+            .await
+            .map_err(|status| CredentialsError::Variables(status.message().to_owned()))?
+            .into_inner();
+        let from = VARIABLES.to_owned();
+        for variable in response.variables {
+            let value = Zeroizing::new(variable.value);
+            if variable.secret {
+                self.secrets.push(Zeroizing::new(value.as_bytes().to_vec()));
+            }
+            self.set(&from, variable.name, value)?;
+        }
         Ok(())
     }
 

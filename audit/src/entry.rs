@@ -89,6 +89,11 @@ pub enum Kind {
     /// A drift check changed its stack's drift state: from, to, whether the stack was drifted
     /// before, and the drift found.
     StackDriftStateChanged,
+    /// A context or a variable changed: created, deleted, attached, detached, a variable set
+    /// (name, version, whether secret; never the value) or unset.
+    ContextChanged,
+    /// A job's lease holder was given its variables: names, versions, where from; never values.
+    JobVariablesIssued,
 }
 
 impl Kind {
@@ -129,6 +134,8 @@ impl Kind {
             Self::NotificationDelivered => kinds::NOTIFICATION_DELIVERED,
             Self::NotificationFailed => kinds::NOTIFICATION_FAILED,
             Self::StackDriftStateChanged => kinds::STACK_DRIFT_STATE_CHANGED,
+            Self::ContextChanged => kinds::CONTEXT_CHANGED,
+            Self::JobVariablesIssued => kinds::JOB_VARIABLES_ISSUED,
         }
     }
 }
@@ -203,6 +210,10 @@ pub mod kinds {
     pub const NOTIFICATION_FAILED: &str = "notification.failed";
     /// [`super::Kind::StackDriftStateChanged`].
     pub const STACK_DRIFT_STATE_CHANGED: &str = "stack.drift_state_changed";
+    /// [`super::Kind::ContextChanged`].
+    pub const CONTEXT_CHANGED: &str = "context.changed";
+    /// [`super::Kind::JobVariablesIssued`].
+    pub const JOB_VARIABLES_ISSUED: &str = "job.variables_issued";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod client;
+mod context;
 mod creds;
 mod creds_cache;
 mod creds_subject;
@@ -71,6 +72,9 @@ enum Command {
     /// Create and inspect stacks (what to run, where, with which credentials).
     #[command(subcommand)]
     Stack(stack::StackCommand),
+    /// Contexts: named sets of variables (plain or secret) for stacks' jobs.
+    #[command(subcommand)]
+    Context(context::ContextCommand),
     /// The Terraform state the broker keeps for each stack: versions, pull, push, rollback, unlock.
     #[command(subcommand)]
     State(state::StateCommand),
@@ -130,6 +134,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Audit(command) => audit::run(command, &env).await,
             Command::Stack(command) => stack::run(command, &env).await,
             Command::State(command) => state::run(command, &env).await,
+            Command::Context(command) => context::run(command, &env).await,
             Command::Run(command) => run::run(command, &env).await,
             Command::Pool(command) => pool::run(command, &env).await,
             Command::Agent(command) => agent::run(command, &env).await,

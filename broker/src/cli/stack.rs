@@ -69,6 +69,28 @@ pub(super) enum StackCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Set one of the stack's own variables (they override its contexts'): `KEY=VALUE`, or
+    /// `KEY` alone to read the value from standard input.
+    SetVar {
+        /// The stack.
+        name: String,
+        /// `KEY=VALUE` or `KEY`.
+        assignment: String,
+        /// Write-only: sealed at rest, never shown, masked in job logs.
+        #[arg(long)]
+        secret: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Remove one of the stack's own variables.
+    UnsetVar {
+        /// The stack.
+        name: String,
+        /// The variable.
+        key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 /// `keyward stack update NAME …`.
@@ -198,6 +220,17 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
                 return print_json(&stack);
             }
             print_stack(&stack)?;
+        }
+        StackCommand::SetVar { name, assignment, secret, connection } => {
+            let (key, value) = super::context::assignment(&assignment)?;
+            let path = format!("/v1/stacks/{}/variables/{}", segment(&name), segment(&key));
+            let set = Client::new(&connection, env)?.put(&path, &json!({ "value": value, "secret": secret })).await?;
+            outln!("stack {name}: {key} set (version {})", super::context::shown(&set, "version"))?;
+        }
+        StackCommand::UnsetVar { name, key, connection } => {
+            let path = format!("/v1/stacks/{}/variables/{}", segment(&name), segment(&key));
+            Client::new(&connection, env)?.delete(&path).await?;
+            outln!("stack {name}: {key} unset")?;
         }
     }
     Ok(())

@@ -14,8 +14,9 @@ use std::time::Duration;
 use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
-    FetchPlanRequest, Hello, PlanPart, RenewRequest, SignedLogChunk, SourceCredentialsRequest,
-    SourceCredentialsResponse, StateBackendRequest, StateBackendResponse, SubmitPlanResponse, agent_message,
+    FetchPlanRequest, Hello, JobVariable, JobVariablesRequest, JobVariablesResponse, PlanPart, RenewRequest,
+    SignedLogChunk, SourceCredentialsRequest, SourceCredentialsResponse, StateBackendRequest, StateBackendResponse,
+    SubmitPlanResponse, agent_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -211,6 +212,26 @@ impl AgentService for AgentGrpc {
             username: held.job.id.clone(),
             password: password.as_str().to_owned(),
         }))
+    }
+
+    async fn job_variables(
+        &self,
+        request: Request<JobVariablesRequest>,
+    ) -> Result<Response<JobVariablesResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let runs = self.agents.runs();
+        let held = runs.held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        let variables = runs.job_variables(&held).await.map_err(|error| match error {
+            crate::runs::contexts::ContextError::Run(run) => status::run(run),
+            other => Status::failed_precondition(other.to_string()),
+        })?;
+        let variables = variables
+            .into_iter()
+            .map(|v| JobVariable { name: v.name, value: v.value.as_str().to_owned(), secret: v.secret })
+            .collect();
+        Ok(Response::new(JobVariablesResponse { variables }))
     }
 
     type FetchPlanStream = PlanStream;

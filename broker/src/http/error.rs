@@ -15,6 +15,7 @@ use crate::exchange::ExchangeError;
 use crate::issuance::IssueError;
 use crate::keys::KeyRingError;
 use crate::metrics::Refusal;
+use crate::runs::contexts::ContextError;
 use crate::runs::{GitError, RunError, StateError};
 use crate::store::StoreError;
 use crate::tokens::mint::MintError;
@@ -198,6 +199,17 @@ impl From<ChangeError> for ApiError {
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
             ChangeError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<ContextError> for ApiError {
+    fn from(error: ContextError) -> Self {
+        let message = error.to_string();
+        match error {
+            ContextError::Invalid(_) => Self::invalid_request(message),
+            ContextError::UnknownContext(_) | ContextError::UnknownVariable { .. } => Self::not_found(message),
+            ContextError::Run(run) => run.into(),
         }
     }
 }

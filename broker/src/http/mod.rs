@@ -4,6 +4,7 @@
 mod admin;
 mod agents;
 mod audit;
+mod contexts;
 pub mod error;
 mod extract;
 mod oidc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 
 use crate::access::Access;
 use crate::audit::AuditLog;
@@ -79,6 +80,10 @@ impl AppState {
     }
 }
 
+/// A variable's body: room for the largest value JSON-escaped, so an oversized value gets the
+/// variables' own error (the cap, by name) rather than the router's.
+const VARIABLE_BODY_LIMIT: usize = 8 * crate::runs::contexts::MAX_VALUE;
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -115,6 +120,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stacks/{name}/state/versions/{version}", get(tfstate::version_content))
         .route("/v1/stacks/{name}/state/rollback", post(tfstate::rollback))
         .route("/v1/stacks/{name}/state/lock", delete(tfstate::force_unlock))
+        .route(
+            "/v1/stacks/{name}/variables/{key}",
+            put(contexts::set_stack_variable)
+                .delete(contexts::unset_stack_variable)
+                .layer(DefaultBodyLimit::max(VARIABLE_BODY_LIMIT)),
+        )
+        .route("/v1/contexts", post(contexts::create).get(contexts::list))
+        .route("/v1/contexts/{name}", get(contexts::show).delete(contexts::delete))
+        .route(
+            "/v1/contexts/{name}/variables/{key}",
+            put(contexts::set_context_variable)
+                .delete(contexts::unset_context_variable)
+                .layer(DefaultBodyLimit::max(VARIABLE_BODY_LIMIT)),
+        )
+        .route("/v1/contexts/{name}/attach", post(contexts::attach))
+        .route("/v1/contexts/{name}/detach", post(contexts::detach))
         .route("/v1/runs", post(runs::submit_run).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::show_run))
         .route("/v1/runs/{id}/approve", post(runs::approve_run))

@@ -6,6 +6,7 @@
 //! and every state it went through is on record. A write depends on the run's `version`, so a
 //! decision taken on a state that has since moved on changes nothing and says so (409).
 
+pub mod contexts;
 pub mod cron;
 mod drift;
 pub mod drift_schedule;

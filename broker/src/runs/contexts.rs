@@ -1,0 +1,468 @@
+//! Contexts and stack variables (docs/contexts.md): the environment a stack's jobs get, kept by
+//! the broker so that nobody puts a `TF_VAR_db_password` in a repository.
+//!
+//! A context is a named set of variables, attached to stacks by name or by label (`autoattach`),
+//! applied in priority order (lower first, so a later context overrides an earlier one); a
+//! stack's own variables override every context. A secret value is write-only: sealed under the
+//! KEK, bound to its owner, name and version; the API shows only its name, version, a SHA-256
+//! prefix and who set it when; it leaves the broker only to the lease holder of one of its
+//! stacks' jobs (`JobVariables`), whose log masks it. Every change is on the audit log, and so is
+//! which variables (names and versions, never values) each job received.
+
+use std::collections::BTreeMap;
+
+use aws_lc_rs::digest;
+use keyward_proto::encoding::hex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::{HeldJob, RunError, Runs, run_context, valid_name};
+use crate::audit::{Append, AuditEvent, Context, Kind};
+use crate::store::contexts::{self as rows, ContextRow, VariableRow};
+
+/// The longest value a variable may hold.
+pub const MAX_VALUE: usize = 64 * 1024;
+/// The most variables one owner may have.
+const MAX_VARIABLES: usize = 256;
+
+/// Names the agent sets itself, or that would change how the job runs underneath Terraform.
+const RESERVED: [&str; 7] =
+    ["PATH", "HOME", "TF_IN_AUTOMATION", "TF_INPUT", "CHECKPOINT_DISABLE", "TF_CLI_CONFIG_FILE", "TF_DATA_DIR"];
+const RESERVED_PREFIXES: [&str; 2] = ["KEYWARD_", "TF_HTTP_"];
+
+/// Why a context or variable request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// Bad input; nothing stored.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such context.
+    #[error("context `{0}` does not exist")]
+    UnknownContext(String),
+    /// No such variable.
+    #[error("{owner} has no variable `{name}`")]
+    UnknownVariable {
+        /// Its owner.
+        owner: String,
+        /// The name.
+        name: String,
+    },
+    /// A run-level error (an unknown stack, the lease, the store, a guarded write).
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl From<crate::store::StoreError> for ContextError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::Run(RunError::Store(error))
+    }
+}
+
+/// `POST /v1/contexts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewContext {
+    /// Unique name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Stacks with all of these labels get it.
+    #[serde(default)]
+    pub autoattach: BTreeMap<String, String>,
+    /// Lower first.
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// A variable as the API shows it: a secret's value never.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariableView {
+    /// The name.
+    pub name: String,
+    /// Whether it is secret.
+    pub secret: bool,
+    /// The value, when not secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// 1, 2, …
+    pub version: i64,
+    /// The first 8 hex digits of the value's SHA-256 (to tell versions apart, not to guess).
+    pub sha256_prefix: String,
+    /// Who set it.
+    pub set_by: String,
+    /// When.
+    pub set_at: i64,
+}
+
+/// A context as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextView {
+    /// Name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Label -> value.
+    pub autoattach: BTreeMap<String, String>,
+    /// Lower first.
+    pub priority: i64,
+    /// Stacks attached by name.
+    pub stacks: Vec<String>,
+    /// Its variables.
+    pub variables: Vec<VariableView>,
+    /// When.
+    pub created_at: i64,
+    /// Who.
+    pub created_by: String,
+}
+
+/// One variable a job gets.
+pub struct JobVariable {
+    /// The name.
+    pub name: String,
+    /// The value.
+    pub value: Zeroizing<String>,
+    /// Whether it is secret (the agent masks it).
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for JobVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobVariable").field("name", &self.name).field("secret", &self.secret).finish_non_exhaustive()
+    }
+}
+
+/// What a secret value is sealed to.
+fn seal_context(owner: &str, name: &str, version: i64, sha256: &[u8]) -> Vec<u8> {
+    format!("keyward variable v1\0{owner}\0{name}\0{version}\0{}", hex(sha256)).into_bytes()
+}
+
+/// Refuses a name the job's environment cannot hold or that the agent sets itself.
+fn check_variable_name(name: &str) -> Result<(), ContextError> {
+    let valid = (1..=128).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Err(ContextError::Invalid(format!(
+            "`{}` is not an environment variable name: letters, digits and `_`, not starting with a digit, at most 128",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    if RESERVED.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(ContextError::Invalid(format!("`{name}` is set by the agent itself; choose another name")));
+    }
+    Ok(())
+}
+
+fn check_value(value: &str) -> Result<(), ContextError> {
+    if value.len() > MAX_VALUE {
+        return Err(ContextError::Invalid(format!("the value is {} bytes; at most {MAX_VALUE}", value.len())));
+    }
+    if value.contains('\0') {
+        return Err(ContextError::Invalid("a value cannot hold a NUL byte (an environment cannot)".to_owned()));
+    }
+    Ok(())
+}
+
+impl Runs {
+    /// Creates a context.
+    pub async fn create_context(
+        &self,
+        new: NewContext,
+        who: &str,
+        caller: Context,
+    ) -> Result<ContextView, ContextError> {
+        if !valid_name(&new.name) {
+            return Err(ContextError::Invalid(format!(
+                "invalid context name `{}`: use 1-63 of a-z, 0-9, `-`, `_`, `.`, starting with a letter or digit",
+                new.name.chars().take(64).collect::<String>()
+            )));
+        }
+        if new.description.len() > 1000 || new.autoattach.len() > 16 {
+            return Err(ContextError::Invalid(
+                "a description of at most 1000 bytes, at most 16 autoattach labels".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let row = ContextRow {
+            name: new.name.clone(),
+            description: new.description,
+            autoattach: super::json_text(&new.autoattach),
+            priority: new.priority,
+            created_at: now,
+            created_by: who.to_owned(),
+        };
+        let event = AuditEvent::new(Kind::ContextChanged, now, Context { actor: Some(who.to_owned()), ..caller })
+            .with("context", new.name.as_str())
+            .with("change", "created")
+            .with("autoattach", serde_json::to_value(&new.autoattach).unwrap_or(Value::Null))
+            .with("priority", new.priority)
+            .with_ref("context", &new.name);
+        self.commit(Append::changes(vec![rows::insert_context(&row)], vec![event])).await?;
+        self.context_view(&new.name).await
+    }
+
+    /// Every context.
+    pub async fn contexts(&self) -> Result<Vec<ContextView>, ContextError> {
+        let mut views = Vec::new();
+        for row in self.store.contexts().await? {
+            views.push(self.view_of(row).await?);
+        }
+        Ok(views)
+    }
+
+    /// The context `name`.
+    pub async fn context_view(&self, name: &str) -> Result<ContextView, ContextError> {
+        let row = self.store.context(name).await?.ok_or_else(|| ContextError::UnknownContext(name.to_owned()))?;
+        self.view_of(row).await
+    }
+
+    async fn view_of(&self, row: ContextRow) -> Result<ContextView, ContextError> {
+        let owner = format!("context:{}", row.name);
+        Ok(ContextView {
+            stacks: self.store.context_stacks(&row.name).await?,
+            variables: self.store.variables(&owner).await?.into_iter().map(variable_view).collect(),
+            autoattach: serde_json::from_str(&row.autoattach).unwrap_or_default(),
+            name: row.name,
+            description: row.description,
+            priority: row.priority,
+            created_at: row.created_at,
+            created_by: row.created_by,
+        })
+    }
+
+    /// Deletes a context, its variables and its attachments.
+    pub async fn delete_context(&self, name: &str, who: &str, caller: Context) -> Result<(), ContextError> {
+        self.store.context(name).await?.ok_or_else(|| ContextError::UnknownContext(name.to_owned()))?;
+        let event =
+            AuditEvent::new(Kind::ContextChanged, self.clock.now(), Context { actor: Some(who.to_owned()), ..caller })
+                .with("context", name)
+                .with("change", "deleted")
+                .with_ref("context", name);
+        self.commit(Append::changes(rows::delete_context(name), vec![event])).await?;
+        Ok(())
+    }
+
+    /// The owner string of a context or stack, checked to exist.
+    pub async fn variable_owner(&self, owner: Owner<'_>) -> Result<String, ContextError> {
+        match owner {
+            Owner::Context(name) => {
+                self.store.context(name).await?.ok_or_else(|| ContextError::UnknownContext(name.to_owned()))?;
+                Ok(format!("context:{name}"))
+            }
+            Owner::Stack(name) => {
+                self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
+                Ok(format!("stack:{name}"))
+            }
+        }
+    }
+
+    /// Sets variable `name` of `owner` to `value` (sealed when `secret`): its next version.
+    pub async fn set_variable(
+        &self,
+        owner: Owner<'_>,
+        name: &str,
+        value: &str,
+        secret: bool,
+        who: &str,
+        caller: Context,
+    ) -> Result<VariableView, ContextError> {
+        check_variable_name(name)?;
+        check_value(value)?;
+        let owner = self.variable_owner(owner).await?;
+        let existing = self.store.variable(&owner, name).await?;
+        if existing.is_none() && self.store.variables(&owner).await?.len() >= MAX_VARIABLES {
+            return Err(ContextError::Invalid(format!("{owner} has {MAX_VARIABLES} variables already")));
+        }
+        let version = existing.map_or(1, |v| v.version + 1);
+        let sha256 = digest::digest(&digest::SHA256, value.as_bytes()).as_ref().to_vec();
+        let stored = if secret {
+            self.kek.seal(&seal_context(&owner, name, version, &sha256), value.as_bytes())
+        } else {
+            value.as_bytes().to_vec()
+        };
+        let now = self.clock.now();
+        let row = VariableRow {
+            owner: owner.clone(),
+            name: name.to_owned(),
+            secret,
+            version,
+            value: stored,
+            sha256,
+            set_by: who.to_owned(),
+            set_at: now,
+        };
+        let event = variable_event(&owner, name, "set", Some((version, secret)), who, caller, now);
+        self.commit(Append::changes(vec![rows::set_variable(&row)], vec![event])).await?;
+        Ok(variable_view(row))
+    }
+
+    /// Removes variable `name` of `owner`.
+    pub async fn unset_variable(
+        &self,
+        owner: Owner<'_>,
+        name: &str,
+        who: &str,
+        caller: Context,
+    ) -> Result<(), ContextError> {
+        let owner = self.variable_owner(owner).await?;
+        if self.store.variable(&owner, name).await?.is_none() {
+            return Err(ContextError::UnknownVariable { owner, name: name.to_owned() });
+        }
+        let event = variable_event(&owner, name, "unset", None, who, caller, self.clock.now());
+        self.commit(Append::changes(vec![rows::unset_variable(&owner, name)], vec![event])).await?;
+        Ok(())
+    }
+
+    /// Attaches (`attach`) or detaches context `context` to or from `stack`.
+    pub async fn attach_context(
+        &self,
+        context: &str,
+        stack: &str,
+        attach: bool,
+        who: &str,
+        caller: Context,
+    ) -> Result<ContextView, ContextError> {
+        self.store.context(context).await?.ok_or_else(|| ContextError::UnknownContext(context.to_owned()))?;
+        self.store.stack(stack).await?.ok_or_else(|| RunError::UnknownStack(stack.to_owned()))?;
+        let now = self.clock.now();
+        let write = if attach { rows::attach(context, stack, who, now) } else { rows::detach(context, stack) };
+        let event = AuditEvent::new(
+            Kind::ContextChanged,
+            now,
+            Context { actor: Some(who.to_owned()), stack_id: Some(stack.to_owned()), ..caller },
+        )
+        .with("context", context)
+        .with("change", if attach { "attached" } else { "detached" })
+        .with("stack", stack)
+        .with_ref("context", context)
+        .with_ref("stack", stack);
+        self.commit(Append::changes(vec![write], vec![event])).await?;
+        self.context_view(context).await
+    }
+
+    /// The variables `held`'s job gets, opened, in the order they apply, and the audit entry
+    /// saying which (names, versions, where from; never values) it received.
+    pub async fn job_variables(&self, held: &HeldJob) -> Result<Vec<JobVariable>, ContextError> {
+        let stack = &held.stack;
+        let attached = self.store.attached_contexts(&stack.spec.name).await?;
+        let mut owners: Vec<(i64, String)> = Vec::new();
+        for context in self.store.contexts().await? {
+            let labels: BTreeMap<String, String> = serde_json::from_str(&context.autoattach).unwrap_or_default();
+            let auto = !labels.is_empty() && labels.iter().all(|(k, v)| stack.spec.labels.get(k) == Some(v));
+            if auto || attached.contains(&context.name) {
+                owners.push((context.priority, format!("context:{}", context.name)));
+            }
+        }
+        owners.sort();
+        owners.push((i64::MAX, format!("stack:{}", stack.spec.name)));
+        let mut chosen: BTreeMap<String, VariableRow> = BTreeMap::new();
+        for (_, owner) in &owners {
+            for variable in self.store.variables(owner).await? {
+                chosen.insert(variable.name.clone(), variable);
+            }
+        }
+        let mut delivered = Vec::with_capacity(chosen.len());
+        let mut record = Vec::with_capacity(chosen.len());
+        for variable in chosen.into_values() {
+            record.push(serde_json::json!({
+                "name": variable.name, "version": variable.version, "secret": variable.secret, "from": variable.owner,
+            }));
+            delivered.push(self.open_variable(variable)?);
+        }
+        let now = self.clock.now();
+        let context = run_context(
+            &held.run,
+            stack,
+            held.job.phase,
+            &format!("agent:{}", held.job.agent_id.as_deref().unwrap_or_default()),
+            Context::default(),
+        );
+        let event = AuditEvent::new(Kind::JobVariablesIssued, now, context)
+            .with("job_id", held.job.id.as_str())
+            .with("variables", record)
+            .with_ref("job", &held.job.id);
+        self.commit(Append::changes(vec![held.lease_guard(now)], vec![event])).await?;
+        Ok(delivered)
+    }
+
+    fn open_variable(&self, variable: VariableRow) -> Result<JobVariable, ContextError> {
+        let value = if variable.secret {
+            let context = seal_context(&variable.owner, &variable.name, variable.version, &variable.sha256);
+            let opened = self.kek.open(&context, &variable.value).map_err(|e| {
+                ContextError::Invalid(format!("variable {} of {} cannot be opened: {e}", variable.name, variable.owner))
+            })?;
+            Zeroizing::new(String::from_utf8_lossy(&opened).into_owned())
+        } else {
+            Zeroizing::new(String::from_utf8_lossy(&variable.value).into_owned())
+        };
+        Ok(JobVariable { name: variable.name, value, secret: variable.secret })
+    }
+}
+
+/// Whose variable: a context's or a stack's own.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// A context's.
+    Context(&'a str),
+    /// A stack's own (overrides every context).
+    Stack(&'a str),
+}
+
+fn variable_view(row: VariableRow) -> VariableView {
+    VariableView {
+        value: (!row.secret).then(|| String::from_utf8_lossy(&row.value).into_owned()),
+        sha256_prefix: hex(&row.sha256).chars().take(8).collect(),
+        name: row.name,
+        secret: row.secret,
+        version: row.version,
+        set_by: row.set_by,
+        set_at: row.set_at,
+    }
+}
+
+fn variable_event(
+    owner: &str,
+    name: &str,
+    change: &str,
+    version: Option<(i64, bool)>,
+    who: &str,
+    caller: Context,
+    now: i64,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(Kind::ContextChanged, now, Context { actor: Some(who.to_owned()), ..caller })
+        .with("owner", owner)
+        .with("variable", name)
+        .with("change", change)
+        .with_ref("variables", owner);
+    if let Some((version, secret)) = version {
+        event = event.with("version", version).with("secret", secret);
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variable_names_are_environment_names_and_not_the_agents_own() {
+        for good in ["TF_VAR_db_password", "_x", "A1"] {
+            assert!(check_variable_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "PATH", "KEYWARD_JOB_ID", "TF_HTTP_PASSWORD", "HOME"] {
+            assert!(check_variable_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_value(&"x".repeat(MAX_VALUE)).is_ok());
+        assert!(check_value(&"x".repeat(MAX_VALUE + 1)).is_err());
+        assert!(check_value("a\0b").is_err());
+    }
+
+    #[test]
+    fn a_sealed_value_is_bound_to_its_owner_name_and_version() {
+        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:b", "X", 1, &[0; 32]));
+        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:a", "Y", 1, &[0; 32]));
+        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:a", "X", 2, &[0; 32]));
+    }
+}
