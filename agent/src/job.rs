@@ -9,6 +9,8 @@
 use keyward_proto::agent_v1::{self as wire, JobAssignment};
 use keyward_proto::claims::Phase;
 
+use crate::hooks::{Hook, HookPoint};
+
 /// The work a job asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Task {
@@ -63,6 +65,8 @@ pub struct Job {
     pub source_credentials: bool,
     /// Whether the broker keeps the stack's Terraform state (the state relay serves it).
     pub managed_state: bool,
+    /// The stack's lifecycle hooks for this phase, in the order they run.
+    pub hooks: Vec<Hook>,
 }
 
 /// An assignment this agent will not run, and which job it was (to report the refusal).
@@ -95,14 +99,19 @@ pub enum JobError {
     /// A combination no run has: a drift check never applies.
     #[error("this agent cannot run an apply job of a drift run")]
     ApplyOfDriftRun,
+    /// A hook at a point this agent does not know (a broker newer than this agent).
+    #[error("the broker sent a hook for `{0}`, a point this agent does not know; upgrade the agent")]
+    UnknownHookPoint(String),
 }
 
 impl TryFrom<JobAssignment> for Job {
     type Error = Refused;
 
     fn try_from(assignment: JobAssignment) -> Result<Self, Refused> {
-        let task = match task(assignment.job_phase(), assignment.job_run_kind()) {
-            Ok(task) => task,
+        let checked = task(assignment.job_phase(), assignment.job_run_kind())
+            .and_then(|task| Ok((task, hooks(&assignment.hooks)?)));
+        let (task, hooks) = match checked {
+            Ok(checked) => checked,
             Err(error) => {
                 let JobAssignment { job_id, run_id, fencing_token, .. } = assignment;
                 return Err(Refused { job_id, run_id, fencing_token, error });
@@ -123,8 +132,20 @@ impl TryFrom<JobAssignment> for Job {
             plan_sha256: assignment.plan_sha256,
             source_credentials: assignment.source_credentials,
             managed_state: assignment.managed_state,
+            hooks,
         })
     }
+}
+
+/// The assignment's hooks, each at a point this agent knows.
+fn hooks(hooks: &[wire::Hook]) -> Result<Vec<Hook>, JobError> {
+    hooks
+        .iter()
+        .map(|hook| {
+            let point = HookPoint::parse(&hook.point).ok_or_else(|| JobError::UnknownHookPoint(hook.point.clone()))?;
+            Ok(Hook { point, command: hook.command.clone() })
+        })
+        .collect()
 }
 
 /// The task a phase of a run of a kind is.
@@ -188,5 +209,21 @@ mod tests {
         }
         let apply_of_drift = refused(assignment(wire::Phase::Apply, wire::RunKind::Drift)).map(|r| r.error);
         assert_eq!(apply_of_drift, Some(JobError::ApplyOfDriftRun));
+    }
+
+    #[test]
+    fn hooks_keep_their_order_and_an_unknown_point_is_refused() -> Result<(), Refused> {
+        let hook = |point: &str, command: &str| wire::Hook { point: point.into(), command: command.into() };
+        let hooks = vec![hook("before_init", "a"), hook("before_plan", "b"), hook("before_init", "c")];
+        let job = Job::try_from(JobAssignment { hooks, ..assignment(wire::Phase::Plan, wire::RunKind::Deploy) })?;
+        let seen: Vec<(&str, &str)> = job.hooks.iter().map(|h| (h.point.as_str(), h.command.as_str())).collect();
+        assert_eq!(seen, [("before_init", "a"), ("before_plan", "b"), ("before_init", "c")]);
+        let unknown = JobAssignment {
+            hooks: vec![hook("after_init", "x")],
+            ..assignment(wire::Phase::Plan, wire::RunKind::Deploy)
+        };
+        let refusal = Job::try_from(unknown).err().map(|r| r.error);
+        assert_eq!(refusal, Some(JobError::UnknownHookPoint("after_init".into())));
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod datadir;
 pub mod enroll;
+pub mod hooks;
 pub mod hostnet;
 pub mod idrange;
 pub mod job;

@@ -12,12 +12,17 @@
 //! - drift check (a drift run's plan job): `terraform init`, `terraform plan -detailed-exitcode
 //!   -lock=false` (0: in sync, 2: drift, anything else: failed) and, on drift, `terraform show
 //!   -json` of that plan to say what differs. Nothing is submitted and nothing is applied.
+//!
+//! Around these, the stack's lifecycle hooks ([`crate::hooks`]): `before_init` before `init`,
+//! `before_plan`/`after_plan` around the plan (after the saved plan was read and shown, before
+//! it is submitted), `before_apply`/`after_apply` around the apply.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use aws_lc_rs::digest;
 
+use crate::hooks::HookPoint;
 use crate::idrange::JobIds;
 use crate::job::Job;
 use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
@@ -198,9 +203,11 @@ impl Phase<'_> {
         }
     }
 
-    /// `terraform init`, `plan -out`, `show -json`; submits the plan and logs the verdict.
+    /// `terraform init`, `plan -out`, `show -json`, each with its hooks; submits the plan and
+    /// logs the verdict.
     pub async fn plan(&self, plans: &mut Plans, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
-        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        self.init(log, cancel).await?;
+        self.hooks(HookPoint::BeforePlan, log, cancel).await?;
         // No lock: a plan only reads the state (the broker refuses a plan job's lock).
         let plan = ["plan", "-input=false", "-no-color", "-lock=false", &format!("-out={PLAN_FILE}")];
         self.terraform(&plan, log, cancel, None).await?;
@@ -212,6 +219,9 @@ impl Phase<'_> {
             planfile::write_private(self.plan_dir, "judged.tfplan", plan_file.clone()).await.map_err(failed)?;
         let show = ["show", "-json", "-no-color", &judged.display().to_string()];
         let json = self.terraform_with_plan(&show, &judged, log, cancel, Some(MAX_PLAN_JSON)).await?;
+        // After the saved plan was read: nothing a hook does changes what is submitted, and a
+        // failing hook leaves nothing submitted.
+        self.hooks(HookPoint::AfterPlan, log, cancel).await?;
         let submitting = std::time::Instant::now();
         let plan_json = log.mask(&json).await;
         let verdict =
@@ -232,9 +242,17 @@ impl Phase<'_> {
     }
 
     /// `terraform init`, `terraform plan -detailed-exitcode`, and on drift `terraform show
-    /// -json` of that plan for the summary (masked like the log).
+    /// -json` of that plan for the summary (masked like the log), with the plan phase's hooks.
     pub async fn check_drift(&self, log: &JobLog, cancel: &mut Cancel) -> Result<Drift, PhaseError> {
-        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        self.init(log, cancel).await?;
+        self.hooks(HookPoint::BeforePlan, log, cancel).await?;
+        let drift = self.drift_plan(log, cancel).await?;
+        self.hooks(HookPoint::AfterPlan, log, cancel).await?;
+        Ok(drift)
+    }
+
+    /// `terraform plan -detailed-exitcode`, and on drift what differs.
+    async fn drift_plan(&self, log: &JobLog, cancel: &mut Cancel) -> Result<Drift, PhaseError> {
         // No lock: a drift check only reads, and must not block (or be blocked by) a deploy.
         let plan =
             ["plan", "-input=false", "-no-color", "-lock=false", "-detailed-exitcode", &format!("-out={PLAN_FILE}")];
@@ -281,9 +299,17 @@ impl Phase<'_> {
         // Never into the checkout, where a committed symlink could send the write anywhere: a new
         // file in the agent's own directory, bound read-only into the sandbox.
         let saved = planfile::write_private(self.plan_dir, "apply.tfplan", plan_file).await.map_err(failed)?;
-        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
+        self.init(log, cancel).await?;
+        self.hooks(HookPoint::BeforeApply, log, cancel).await?;
         let apply = ["apply", "-input=false", "-no-color", "-auto-approve", &saved.display().to_string()];
         self.terraform_with_plan(&apply, &saved, log, cancel, None).await?;
+        self.hooks(HookPoint::AfterApply, log, cancel).await
+    }
+
+    /// The `before_init` hooks, then `terraform init`.
+    async fn init(&self, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
+        self.hooks(HookPoint::BeforeInit, log, cancel).await?;
+        self.terraform(&["init", "-input=false", "-no-color"], log, cancel, None).await?;
         Ok(())
     }
 

@@ -60,6 +60,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         labels: [("env".to_owned(), "dev".to_owned())].into_iter().collect(),
         policies: Vec::new(),
         managed_state: true,
+        hooks: Default::default(),
     };
     match runs.create_stack(spec, who, Context::default()).await {
         Ok(_) | Err(RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => Ok(()),

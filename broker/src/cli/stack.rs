@@ -42,6 +42,10 @@ pub(super) enum StackCommand {
         /// Terraform state (docs/state.md).
         #[arg(long)]
         no_managed_state: bool,
+        /// Lifecycle hook, `POINT=COMMAND` (points: before_init, before_plan, after_plan,
+        /// before_apply, after_apply); repeatable, run in the order given (docs/runs.md).
+        #[arg(long = "hook", value_parser = parse_hook)]
+        hooks: Vec<(String, String)>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -134,6 +138,13 @@ pub(super) struct UpdateArgs {
     /// its own backend).
     #[arg(long, value_name = "BOOL")]
     managed_state: Option<bool>,
+    /// Remove every hook at a point (`before_init`, …), or `all`; repeatable; done before any
+    /// `--hook` is added.
+    #[arg(long = "clear-hooks", value_name = "POINT", value_parser = ["all", "before_init", "before_plan", "after_plan", "before_apply", "after_apply"])]
+    clear_hooks: Vec<String>,
+    /// Add a lifecycle hook after the point's others, `POINT=COMMAND`; repeatable, in order.
+    #[arg(long = "hook", value_parser = parse_hook)]
+    hooks: Vec<(String, String)>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -174,8 +185,40 @@ impl UpdateArgs {
         if let Some(managed) = self.managed_state {
             put("managed_state", json!(managed));
         }
+        if !self.clear_hooks.is_empty() {
+            let all = self.clear_hooks.iter().any(|point| point == "all");
+            let points = if all { HOOK_POINTS.to_vec() } else { self.clear_hooks.iter().map(String::as_str).collect() };
+            put("hooks", Value::Object(points.into_iter().map(|point| (point.to_owned(), json!([]))).collect()));
+        }
+        if !self.hooks.is_empty() {
+            put("append_hooks", hooks_object(&self.hooks));
+        }
         Value::Object(body)
     }
+}
+
+/// The hook points, in the order they run.
+const HOOK_POINTS: [&str; 5] = ["before_init", "before_plan", "after_plan", "before_apply", "after_apply"];
+
+/// `POINT=COMMAND`; the broker checks the command.
+fn parse_hook(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((point, command)) if HOOK_POINTS.contains(&point) => Ok((point.to_owned(), command.to_owned())),
+        Some((point, _)) => Err(format!("unknown hook point `{point}`; points: {}", HOOK_POINTS.join(", "))),
+        None => Err(format!("`{text}` is not POINT=COMMAND")),
+    }
+}
+
+/// `{point: [command, …]}`, in the order given.
+fn hooks_object(hooks: &[(String, String)]) -> Value {
+    let mut object = Map::new();
+    for (point, command) in hooks {
+        let list = object.entry(point.clone()).or_insert_with(|| json!([]));
+        if let Value::Array(list) = list {
+            list.push(json!(command));
+        }
+    }
+    Value::Object(object)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -195,6 +238,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             labels,
             policies,
             no_managed_state,
+            hooks,
             json,
             connection,
         } => {
@@ -203,7 +247,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             let body = json!({
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
-                "managed_state": !no_managed_state,
+                "managed_state": !no_managed_state, "hooks": hooks_object(&hooks),
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {
@@ -256,7 +300,7 @@ async fn update(args: &UpdateArgs, env: &dyn Fn(&str) -> Option<String>) -> anyh
     if body.as_object().is_some_and(Map::is_empty) {
         anyhow::bail!(
             "nothing to update: give --branch, --pool, --plan-target, --apply-target, --label, --remove-label, \
-             --drift-schedule or --drift-remediation"
+             --drift-schedule, --drift-remediation, --managed-state, --hook or --clear-hooks"
         );
     }
     let client = Client::new(&args.connection, env)?;
@@ -292,6 +336,11 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
         let pairs: Vec<String> =
             labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
         outln!("  labels         {}", pairs.join(", "))?;
+    }
+    for point in HOOK_POINTS {
+        for command in items(stack.get("hooks").unwrap_or(&Value::Null), point).filter_map(Value::as_str) {
+            outln!("  hook           {point}: {command}")?;
+        }
     }
     print_drift(stack)
 }
@@ -365,6 +414,18 @@ mod tests {
             json!({"apply_targets": ["aws:a", "aws:b"], "drift_remediation": "plan"})
         );
         assert_eq!(body(&["--drift-schedule", "off", "--pool", "p"]), json!({"pool": "p", "drift_schedule": "off"}));
+        assert_eq!(
+            body(&["--clear-hooks", "after_plan", "--hook", "before_plan=echo a=b", "--hook", "before_plan=make"]),
+            json!({"hooks": {"after_plan": []}, "append_hooks": {"before_plan": ["echo a=b", "make"]}})
+        );
+        let all: Map<String, Value> = HOOK_POINTS.iter().map(|p| ((*p).to_owned(), json!([]))).collect();
+        assert_eq!(body(&["--clear-hooks", "all"]), json!({"hooks": all}));
+    }
+
+    #[test]
+    fn an_unknown_hook_point_is_refused_before_anything_is_sent() {
+        let error = Cli::try_parse_from(["stack", "update", "network", "--hook", "after_init=true"]).unwrap_err();
+        assert!(error.to_string().contains("unknown hook point `after_init`"), "{error}");
     }
 
     #[test]

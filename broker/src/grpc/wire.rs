@@ -53,6 +53,11 @@ fn assignment(lease: &Lease) -> JobAssignment {
         job_phase: phase(lease.phase).into(),
         job_run_kind: run_kind(lease.kind).into(),
         managed_state: lease.managed_state,
+        hooks: lease
+            .hooks
+            .iter()
+            .map(|(point, command)| wire::Hook { point: point.as_str().to_owned(), command: command.clone() })
+            .collect(),
     }
 }
 

@@ -13,6 +13,7 @@ use keyward_proto::claims::Phase;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::hooks::HookPoint;
 use super::{
     RunError, RunKind, RunState, Runs, Stack, parse_state, queue_apply_if, run_context, state_event, transition,
 };
@@ -57,6 +58,8 @@ pub struct Lease {
     pub source_credentials: bool,
     /// Whether the broker keeps the stack's Terraform state (`StateBackend`).
     pub managed_state: bool,
+    /// The stack's hooks for the job's phase, `(point, command)` in the order they run.
+    pub hooks: Vec<(HookPoint, String)>,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -280,6 +283,7 @@ impl Runs {
             Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
+                let hooks = stack.spec.hooks.for_phase(job.phase);
                 let managed_state = self.keeps_state(&stack.spec.name).await?;
                 let plan_sha256 = if job.phase == Phase::Apply {
                     self.store.plan(&run.id).await?.map(|plan| plan.sha256)
@@ -301,6 +305,7 @@ impl Runs {
                     kind,
                     source_credentials,
                     managed_state,
+                    hooks,
                 }))
             }
             // Someone else took it (or the run moved on).

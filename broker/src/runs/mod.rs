@@ -12,6 +12,7 @@ mod drift;
 pub mod drift_schedule;
 mod error;
 mod git;
+mod hooks;
 mod jobs;
 mod kind;
 mod plans;
@@ -37,6 +38,7 @@ pub use drift::{DriftSettings, DriftStatus, MAX_ADDRESSES, Remediation, UnknownR
 pub use drift_schedule::{DriftScheduler, SchedulerSettings, Tick};
 pub use error::RunError;
 pub use git::{GitError, is_commit_sha};
+pub use hooks::{HookPoint, Hooks, HooksPatch, MAX_HOOK_LEN, MAX_HOOKS};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
@@ -240,13 +242,16 @@ impl Runs {
             actor: Some(who.to_owned()),
             ..caller
         };
-        let event = AuditEvent::new(Kind::StackCreated, now, context)
+        let mut event = AuditEvent::new(Kind::StackCreated, now, context)
             .with("branch", spec.branch.as_str())
             .with("path", spec.path.as_str())
             .with("pool", spec.pool.as_str())
             .with("plan_targets", spec.plan_targets.clone())
             .with("apply_targets", spec.apply_targets.clone())
             .with_ref("stack", &spec.name);
+        if !spec.hooks.is_empty() {
+            event = event.with("hooks", serde_json::to_value(&spec.hooks).unwrap_or_default());
+        }
         self.commit(Append::changes(vec![write], vec![event])).await?;
         Ok(Stack::new(spec, now, who.to_owned()))
     }

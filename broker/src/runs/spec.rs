@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::drift::{DriftSettings, DriftStatus};
+use super::hooks::Hooks;
 use crate::store::{NewStack, StackRow, StoreError};
 use crate::targets::{TargetAccess, TargetConfig};
 
@@ -46,6 +47,9 @@ pub struct StackSpec {
     /// `false`: the configuration brings its own backend.
     #[serde(default = "managed_by_default")]
     pub managed_state: bool,
+    /// Lifecycle hooks: shell commands run around Terraform, per point, in order.
+    #[serde(default)]
+    pub hooks: Hooks,
 }
 
 fn managed_by_default() -> bool {
@@ -115,6 +119,7 @@ impl TryFrom<StackRow> for Stack {
             labels: column(&row.name, "labels", &row.labels)?,
             policies: column(&row.name, "policies", &row.policies)?,
             managed_state: row.managed_state,
+            hooks: column(&row.name, "hooks", &row.hooks)?,
             name: row.name,
             repository: row.repository,
             path: row.path,
@@ -195,6 +200,7 @@ impl StackSpec {
             labels: super::json_text(&self.labels),
             policies: super::json_text(&self.policies),
             managed_state: self.managed_state,
+            hooks: super::json_text(&self.hooks),
         }
     }
 
@@ -243,7 +249,7 @@ impl StackSpec {
                 }
             }
         }
-        Ok(())
+        self.hooks.validate()
     }
 }
 
@@ -263,6 +269,7 @@ mod tests {
             labels: BTreeMap::new(),
             policies: vec![],
             managed_state: true,
+            hooks: Hooks::default(),
         }
     }
 

@@ -1,10 +1,10 @@
 //! `keyward stack update` (`PATCH /v1/stacks/{name}`): change a stack's branch, pool, targets,
-//! labels, drift schedule and remediation in place.
+//! labels, drift schedule, remediation, managed state and hooks in place.
 //!
 //! Fields left out stay as they are; given lists replace; labels merge (RFC 7396: a value sets
-//! the label, `null` removes it). The stack after the update is checked exactly as a new stack
-//! is, and the drift schedule is parsed, before anything is written: a refused update changes
-//! nothing. The write is guarded by the stack's version and commits with its `stack.updated`
+//! the label, `null` removes it); hooks replace per point named, then `append_hooks` adds to the
+//! end of each point. The stack after the update is checked exactly as a new stack is, and the
+//! drift schedule is parsed, before anything is written: a refused update changes nothing. The write is guarded by the stack's version and commits with its `stack.updated`
 //! entry, which names each field that changed, from what to what.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::cron::Schedule;
 use super::drift::Remediation;
+use super::hooks::{Hooks, HooksPatch};
 use super::spec::{SpecError, Stack, StackSpec};
 use super::{RunError, Runs};
 use crate::audit::{Append, AuditEvent, Context, Kind};
@@ -48,6 +49,12 @@ pub struct StackUpdate {
     /// Whether the broker keeps the stack's Terraform state (`false`: it brings its own backend).
     #[serde(default)]
     pub managed_state: Option<bool>,
+    /// Replaces the hooks of each point it names (`[]` or `null` clears one); other points stay.
+    #[serde(default)]
+    pub hooks: Option<HooksPatch>,
+    /// Appended to each point's hooks, after `hooks` replaced any.
+    #[serde(default)]
+    pub append_hooks: Option<Hooks>,
 }
 
 /// A field that is present, even as `null`: `Some(None)`.
@@ -77,6 +84,8 @@ impl StackUpdate {
             drift_schedule,
             drift_remediation,
             managed_state,
+            hooks,
+            append_hooks,
         } = self;
         branch.is_none()
             && pool.is_none()
@@ -86,6 +95,8 @@ impl StackUpdate {
             && drift_schedule.is_none()
             && drift_remediation.is_none()
             && managed_state.is_none()
+            && hooks.is_none()
+            && append_hooks.is_none()
     }
 
     /// `stack` with this update made (not yet checked against the configuration).
@@ -116,6 +127,11 @@ impl StackUpdate {
         if let Some(managed) = self.managed_state {
             change("managed_state", json!(spec.managed_state), json!(managed));
             spec.managed_state = managed;
+        }
+        if self.hooks.is_some() || self.append_hooks.is_some() {
+            let hooks = spec.hooks.patched(self.hooks.unwrap_or_default(), self.append_hooks.unwrap_or_default());
+            change("hooks", json!(spec.hooks), json!(hooks));
+            spec.hooks = hooks;
         }
         let labels = merge_labels(&spec.labels, self.labels);
         change("labels", json!(spec.labels), json!(labels));
@@ -172,7 +188,7 @@ impl Runs {
     ) -> Result<Stack, RunError> {
         if update.is_empty() {
             return Err(RunError::Spec(SpecError(
-                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation or managed state".to_owned(),
+                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state or hooks".to_owned(),
             )));
         }
         let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
@@ -230,6 +246,7 @@ mod tests {
             labels: [("env".to_owned(), "prod".to_owned()), ("team".to_owned(), "net".to_owned())].into(),
             policies: vec![],
             managed_state: true,
+            hooks: Default::default(),
         };
         Stack::new(spec, 1, "admin".into())
     }

@@ -193,7 +193,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 16] = match self.backend {
+        let files: [(i64, &str, &'static str); 17] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -211,6 +211,7 @@ impl Store {
                 (14, "drift_schedule", include_str!("../../migrations/sqlite/0014_drift_schedule.sql")),
                 (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/sqlite/0016_contexts.sql")),
+                (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -229,6 +230,7 @@ impl Store {
                 (14, "drift_schedule", include_str!("../../migrations/postgres/0014_drift_schedule.sql")),
                 (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/postgres/0016_contexts.sql")),
+                (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
             ],
         };
         let migrations = files

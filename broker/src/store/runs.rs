@@ -35,6 +35,8 @@ pub struct StackRow {
     pub policies: String,
     /// Whether the broker keeps its Terraform state.
     pub managed_state: bool,
+    /// JSON object of lifecycle hooks (point → list of commands).
+    pub hooks: String,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -73,6 +75,7 @@ impl StackRow {
             labels,
             policies,
             managed_state,
+            hooks,
         } = spec;
         Self {
             name,
@@ -85,6 +88,7 @@ impl StackRow {
             labels,
             policies,
             managed_state,
+            hooks,
             created_at,
             created_by,
             version: 1,
@@ -123,6 +127,8 @@ pub struct NewStack {
     pub policies: String,
     /// Whether the broker keeps its Terraform state.
     pub managed_state: bool,
+    /// JSON object of lifecycle hooks.
+    pub hooks: String,
 }
 
 /// A stored run.
@@ -236,7 +242,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.managed_state, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift";
@@ -255,6 +261,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         labels: row.try_get("labels")?,
         policies: row.try_get("policies")?,
         managed_state: row.try_get::<i64, _>("managed_state")? != 0,
+        hooks: row.try_get("hooks")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
@@ -466,7 +473,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by, managed_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         policies, created_at, created_by, managed_state, hooks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -480,6 +487,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.created_at.into(),
             stack.created_by.as_str().into(),
             i64::from(stack.managed_state).into(),
+            stack.hooks.as_str().into(),
         ],
     )
 }
@@ -508,7 +516,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
         format!("stack `{name}` (version {version})"),
         "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
          drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
-         managed_state = $13, version = version + 1 WHERE name = $11 AND version = $12",
+         managed_state = $13, hooks = $14, version = version + 1 WHERE name = $11 AND version = $12",
         vec![
             change.spec.branch.into(),
             change.spec.pool.into(),
@@ -523,6 +531,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
             name.into(),
             version.into(),
             i64::from(change.spec.managed_state).into(),
+            change.spec.hooks.into(),
         ],
     )
 }

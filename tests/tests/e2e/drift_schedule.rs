@@ -75,6 +75,7 @@ fn spec(name: &str, repository: &str, branch: &str) -> StackSpec {
         labels: Default::default(),
         policies: vec![],
         managed_state: true,
+        hooks: Default::default(),
     }
 }
 

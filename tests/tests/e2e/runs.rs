@@ -51,6 +51,7 @@ fn spec(name: &str, repository: &str) -> StackSpec {
         labels: Default::default(),
         policies: vec![],
         managed_state: true,
+        hooks: Default::default(),
     }
 }
 
