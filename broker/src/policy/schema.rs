@@ -28,6 +28,21 @@ fn run_object() -> Value {
     })
 }
 
+fn variables_array() -> Value {
+    json!({
+        "type": "array",
+        "description": "the variables the stack's jobs get (docs/contexts.md): names, never values",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "secret": {"type": "boolean"},
+                "from": {"type": "string", "description": "`context:<name>` or `stack:<name>`"}
+            }
+        }
+    })
+}
+
 fn time_object() -> Value {
     json!({
         "type": "object",
@@ -138,6 +153,7 @@ fn run_input() -> Section {
                 "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies; `remediation` is a deploy a drift check queued (the stack's `drift_remediation` is `plan` or `apply`)"
             },
             "submitted_by": {"type": "string"},
+            "variables": variables_array(),
             "time": time_object()
         }),
         vec!["run", "time"],
@@ -155,6 +171,7 @@ fn plan_input() -> Section {
         json!({
             "run": run_object(),
             "plan": {"type": "object", "description": "the output of `terraform show -json <planfile>`"},
+            "variables": variables_array(),
             "time": time_object()
         }),
         vec!["run", "plan", "time"],

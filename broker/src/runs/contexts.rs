@@ -342,10 +342,21 @@ impl Runs {
         self.context_view(context).await
     }
 
-    /// The variables `held`'s job gets, opened, in the order they apply, and the audit entry
-    /// saying which (names, versions, where from; never values) it received.
-    pub async fn job_variables(&self, held: &HeldJob) -> Result<Vec<JobVariable>, ContextError> {
-        let stack = &held.stack;
+    /// What policies see of `stack`'s variables: each one's name, whether it is secret and where
+    /// it comes from; never a value.
+    pub async fn variable_names(&self, stack: &super::Stack) -> Result<Value, ContextError> {
+        let names: Vec<Value> = self
+            .resolve_variables(stack)
+            .await?
+            .iter()
+            .map(|v| serde_json::json!({ "name": v.name, "secret": v.secret, "from": v.owner }))
+            .collect();
+        Ok(Value::Array(names))
+    }
+
+    /// The variables a job of `stack` gets, still sealed, by name: the attached and auto-attached
+    /// contexts' in priority order, then the stack's own, a later one replacing an earlier one.
+    async fn resolve_variables(&self, stack: &super::Stack) -> Result<Vec<VariableRow>, ContextError> {
         let attached = self.store.attached_contexts(&stack.spec.name).await?;
         let mut owners: Vec<(i64, String)> = Vec::new();
         for context in self.store.contexts().await? {
@@ -363,9 +374,17 @@ impl Runs {
                 chosen.insert(variable.name.clone(), variable);
             }
         }
+        Ok(chosen.into_values().collect())
+    }
+
+    /// The variables `held`'s job gets, opened, in the order they apply, and the audit entry
+    /// saying which (names, versions, where from; never values) it received.
+    pub async fn job_variables(&self, held: &HeldJob) -> Result<Vec<JobVariable>, ContextError> {
+        let stack = &held.stack;
+        let chosen = self.resolve_variables(stack).await?;
         let mut delivered = Vec::with_capacity(chosen.len());
         let mut record = Vec::with_capacity(chosen.len());
-        for variable in chosen.into_values() {
+        for variable in chosen {
             record.push(serde_json::json!({
                 "name": variable.name, "version": variable.version, "secret": variable.secret, "from": variable.owner,
             }));

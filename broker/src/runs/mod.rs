@@ -287,7 +287,9 @@ impl Runs {
         let run = self.new_run(submission, &stack, pull_request, who).await?;
         let now = run.created_at;
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
-        let decision = self.decide(PolicyKind::Run, || policy_input::run_input(&run, &stack, now));
+        let variables = self.policy_variables(&stack).await;
+        let decision =
+            self.decide(PolicyKind::Run, || with_variables(policy_input::run_input(&run, &stack, now), variables));
         if !decision.permits() {
             let writes = claim.map(|c| c.refused(&stack.spec.name, &decision.reasons, now)).unwrap_or_default();
             return Err(self.refuse_run(context, decision, now, writes).await);
@@ -495,6 +497,15 @@ impl Runs {
 
     /// `kind`'s decision on the input `build` makes; without a configured policy, the default
     /// (refuse a run, leave an approval pending) with the reason.
+    /// `input.variables` for `stack`: names, secret or not, where from. A read failure becomes
+    /// `null`, which the shipped policies do not read and a policy that requires the list denies.
+    async fn policy_variables(&self, stack: &Stack) -> Value {
+        self.variable_names(stack).await.unwrap_or_else(|error| {
+            tracing::warn!(stack = %stack.spec.name, %error, "cannot read the stack's variables for the policy input");
+            Value::Null
+        })
+    }
+
     fn decide(&self, kind: PolicyKind, build: impl FnOnce() -> Value) -> Decision {
         match &self.policies {
             Some(engine) => engine.decide(kind, build()),
@@ -605,6 +616,14 @@ fn run_chain(run: &RunRow, stack: &Stack, phase: Phase, approved_by: Vec<String>
 }
 
 /// The audit context of `who` acting on a stored run in `phase`.
+/// `input` with `input.variables` set.
+fn with_variables(mut input: Value, variables: Value) -> Value {
+    if let Some(object) = input.as_object_mut() {
+        object.insert("variables".to_owned(), variables);
+    }
+    input
+}
+
 fn run_context(run: &RunRow, stack: &Stack, phase: Phase, who: &str, caller: Context) -> Context {
     Context { actor: Some(who.to_owned()), ..caller.with_run(&run_chain(run, stack, phase, Vec::new())) }
 }

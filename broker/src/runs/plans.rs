@@ -98,7 +98,8 @@ impl Runs {
         let now = self.clock.now();
         let (run, stack) = (&held.run, &held.stack);
         let ReadPlan { stored_json, redacted, counts, input } = read_plan_json(plan_json, run, stack, now)?;
-        let decision = self.decide(PolicyKind::Plan, || input);
+        let variables = self.policy_variables(stack).await;
+        let decision = self.decide(PolicyKind::Plan, || super::with_variables(input, variables));
         let sha256 = digest::digest(&digest::SHA256, plan_file).as_ref().to_vec();
         let sealed = self.kek.seal(&seal_context(&run.id, &held.job.id, &sha256), plan_file);
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };

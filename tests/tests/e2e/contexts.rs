@@ -31,9 +31,25 @@ async fn start(dir: &Path, database_url: Option<&str>) -> Broker {
     let addr = free_addr();
     let config = dir.join("keyward.toml");
     let data_dir = dir.join("broker");
+    // The shipped policies, plus a run rule that reads the variables' names (never values).
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        policies.join("variables.rego"),
+        "package keyward.run\n\ndeny contains msg if {\n\tsome v in object.get(input, \"variables\", [])\n\t\
+         v.name == \"TF_VAR_forbidden\"\n\tmsg := sprintf(\"variable %s (secret: %v) from %s is not allowed\", \
+         [v.name, v.secret, v.from])\n}\n",
+    )
+    .unwrap();
     let rest = format!(
         "[policy]\ndir = \"{policies}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n",
-        policies = workspace_root().join("policies").display(),
+        policies = policies.display(),
         agents = free_addr(),
     );
     let storage = if database_url.is_some() { "database_url_env = \"KW_DATABASE_URL\"" } else { "" };
@@ -159,6 +175,17 @@ async fn variables(database_url: Option<&str>) {
     let (run, log) = run_to_end(&broker, "other").await;
     assert_eq!(run["state"], "finished", "{run}\n{log}");
     assert!(log.contains("password=none b64=bm9uZQ== region=us-east-1 owner=-"), "{log}");
+
+    // Policies see the variables' names, whether secret and where from; never a value.
+    ok(&broker.cli(&["stack", "set-var", "other", "TF_VAR_forbidden=top-secret-value", "--secret"]));
+    let refused = broker.cli(&["run", "submit", "--stack", "other"]);
+    assert!(!refused.success, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("variable TF_VAR_forbidden (secret: true) from stack:other is not allowed"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("top-secret-value"), "{}", refused.stderr);
 
     // The trail says which variables each job got (names, versions, where from), never values.
     let audit = match database_url {
