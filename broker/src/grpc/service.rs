@@ -29,7 +29,7 @@ use crate::agents::uploads::PlanUploads;
 use crate::agents::{Agents, Certified, Enrollment};
 use crate::audit::Context;
 use crate::joblogs::{MAX_REJECTIONS, StreamLogs};
-use crate::runs::{MAX_PLAN_FILE, MAX_PLAN_JSON};
+use crate::runs::{HeldJob, MAX_PLAN_FILE, MAX_PLAN_JSON};
 use crate::store::AgentRow;
 
 /// How long a new `Work` stream has to say `Hello`.
@@ -55,6 +55,12 @@ impl AgentGrpc {
             .ok_or_else(|| Status::unauthenticated("this call needs the agent's client certificate (mTLS)"))?;
         let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         self.agents.authenticate(leaf).await.map_err(status::agent)
+    }
+
+    /// The job `job_id` whose lease `fencing_token` `agent` holds, unexpired.
+    async fn held(&self, agent: &AgentRow, job_id: &str, fencing_token: u64) -> Result<HeldJob, Status> {
+        let token = i64::try_from(fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        self.agents.runs().held_job(job_id, &agent.id, token).await.map_err(status::run)
     }
 
     fn certified(&self, certified: Certified) -> EnrollResponse {
@@ -182,8 +188,7 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<SourceCredentialsResponse>, Status> {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
-        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let issued = self.agents.runs().source_credentials(&held).await.map_err(status::run)?;
         tracing::info!(agent_id = %agent.id, job_id = %body.job_id, url_prefix = %issued.url_prefix, "repository credentials issued");
         Ok(Response::new(SourceCredentialsResponse {
@@ -199,10 +204,9 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<StateBackendResponse>, Status> {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
-        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let runs = self.agents.runs();
-        let held = runs.held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
-        if !runs.keeps_state(&held.stack.spec.name).await.map_err(|e| status::run(e.into()))? {
+        if !held.stack.spec.managed_state {
             return Err(Status::failed_precondition("the broker does not keep this stack's state"));
         }
         let address = format!("{}/v1/stacks/{}/state", self.agents.settings().api_url, held.stack.spec.name);
@@ -220,9 +224,8 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<JobVariablesResponse>, Status> {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
-        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
+        let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let runs = self.agents.runs();
-        let held = runs.held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
         let variables = runs.job_variables(&held).await.map_err(|error| match error {
             crate::runs::contexts::ContextError::Run(run) => status::run(run),
             other => Status::failed_precondition(other.to_string()),
@@ -239,8 +242,7 @@ impl AgentService for AgentGrpc {
     async fn fetch_plan(&self, request: Request<FetchPlanRequest>) -> Result<Response<Self::FetchPlanStream>, Status> {
         let agent = self.caller(&request).await?;
         let body = request.into_inner();
-        let token = i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
-        let held = self.agents.runs().held_job(&body.job_id, &agent.id, token).await.map_err(status::run)?;
+        let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let (plan_file, _) = self.agents.runs().saved_plan(&held).await.map_err(status::run)?;
         let parts: Vec<Result<PlanPart, Status>> = plan_file
             .chunks(PLAN_PART)

@@ -68,11 +68,7 @@ pub(super) async fn set_context_variable(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<SetBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let ApiJson(body) = body?;
-    let caller = super::caller(&extensions);
-    let view =
-        state.runs.set_variable(Owner::Context(&name), &key, &body.value, body.secret, &operator.name, caller).await?;
-    Ok(Json(view).into_response())
+    set(&state, &operator.name, Owner::Context(&name), &key, &extensions, body).await
 }
 
 /// `DELETE /v1/contexts/{name}/variables/{key}`.
@@ -82,8 +78,7 @@ pub(super) async fn unset_context_variable(
     Path((name, key)): Path<(String, String)>,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    state.runs.unset_variable(Owner::Context(&name), &key, &operator.name, super::caller(&extensions)).await?;
-    Ok(Json(json!({ "unset": key })).into_response())
+    unset(&state, &operator.name, Owner::Context(&name), &key, &extensions).await
 }
 
 /// `PUT /v1/stacks/{name}/variables/{key}`.
@@ -94,11 +89,7 @@ pub(super) async fn set_stack_variable(
     extensions: axum::http::Extensions,
     body: Result<ApiJson<SetBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let ApiJson(body) = body?;
-    let caller = super::caller(&extensions);
-    let view =
-        state.runs.set_variable(Owner::Stack(&name), &key, &body.value, body.secret, &operator.name, caller).await?;
-    Ok(Json(view).into_response())
+    set(&state, &operator.name, Owner::Stack(&name), &key, &extensions, body).await
 }
 
 /// `DELETE /v1/stacks/{name}/variables/{key}`.
@@ -108,7 +99,32 @@ pub(super) async fn unset_stack_variable(
     Path((name, key)): Path<(String, String)>,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    state.runs.unset_variable(Owner::Stack(&name), &key, &operator.name, super::caller(&extensions)).await?;
+    unset(&state, &operator.name, Owner::Stack(&name), &key, &extensions).await
+}
+
+/// Sets `owner`'s variable `key` as the body says.
+async fn set(
+    state: &AppState,
+    who: &str,
+    owner: Owner<'_>,
+    key: &str,
+    extensions: &axum::http::Extensions,
+    body: Result<ApiJson<SetBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let ApiJson(body) = body?;
+    let view = state.runs.set_variable(owner, key, &body.value, body.secret, who, super::caller(extensions)).await?;
+    Ok(Json(view).into_response())
+}
+
+/// Removes `owner`'s variable `key`.
+async fn unset(
+    state: &AppState,
+    who: &str,
+    owner: Owner<'_>,
+    key: &str,
+    extensions: &axum::http::Extensions,
+) -> Result<Response, ApiError> {
+    state.runs.unset_variable(owner, key, who, super::caller(extensions)).await?;
     Ok(Json(json!({ "unset": key })).into_response())
 }
 

@@ -95,6 +95,10 @@ pub struct Event {
     pub details: Value,
 }
 
+/// The audit kinds an event can be read from: the scanner parses no other entry.
+pub const EVENT_KINDS: [&str; 3] =
+    [kinds::RUN_STATE_CHANGED, kinds::CREDENTIALS_DENIED, kinds::STACK_DRIFT_STATE_CHANGED];
+
 /// The event `entry` is, if it is one.
 pub fn event_of(entry: &Entry) -> Option<Event> {
     let (name, summary, details) = match entry.kind.as_str() {

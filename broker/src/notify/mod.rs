@@ -129,8 +129,8 @@ impl Notifier {
 
     /// Where the scanner goes on: its cursor, or (the first time) the log's end.
     async fn start_cursor(&self) -> Result<u64, crate::store::StoreError> {
-        if self.store.has_sink_cursor(CURSOR).await? {
-            return self.store.sink_cursor(CURSOR).await;
+        if let Some(next) = self.store.sink_cursor_if_set(CURSOR).await? {
+            return Ok(next);
         }
         let size = self.store.audit_size().await?;
         self.store.set_sink_cursor(CURSOR, size).await?;
@@ -148,7 +148,8 @@ impl Notifier {
         let entries = self.store.audit_entries(next, size, SCAN_BATCH).await?;
         let Some(last) = entries.last().map(|e| e.seq) else { return Ok(None) };
         let now = self.clock.now();
-        for stored in &entries {
+        // Most entries are issuances: only the kinds events come from are parsed.
+        for stored in entries.iter().filter(|e| events::EVENT_KINDS.contains(&e.kind.as_str())) {
             let Ok(entry) = serde_json::from_str::<Entry>(&stored.body) else { continue };
             let Some(event) = events::event_of(&entry) else { continue };
             for target in self.targets.iter().filter(|t| t.config.events.contains(&event.name)) {

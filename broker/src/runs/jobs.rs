@@ -284,7 +284,7 @@ impl Runs {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
                 let hooks = stack.spec.hooks.for_phase(job.phase);
-                let managed_state = self.keeps_state(&stack.spec.name).await?;
+                let managed_state = stack.spec.managed_state;
                 let plan_sha256 = if job.phase == Phase::Apply {
                     self.store.plan(&run.id).await?.map(|plan| plan.sha256)
                 } else {
@@ -411,11 +411,16 @@ impl Runs {
     /// show. The lease can still move on afterwards; [`HeldJob::lease_guard`] re-checks it.
     pub async fn held_job(&self, job_id: &str, agent_id: &str, fencing_token: i64) -> Result<HeldJob, RunError> {
         let job = self.store.job(job_id).await?.ok_or_else(|| RunError::UnknownJob(job_id.to_owned()))?;
+        self.hold(job, agent_id, fencing_token).await
+    }
+
+    /// [`held_job`](Self::held_job) for `job` as already read.
+    pub(super) async fn hold(&self, job: JobRow, agent_id: &str, fencing_token: i64) -> Result<HeldJob, RunError> {
         check_holder(&job, agent_id, fencing_token)?;
         let now = self.clock.now();
         let lease_expires_at = job.lease_expires_at.unwrap_or(i64::MIN);
         if lease_expires_at < now {
-            return Err(RunError::LeaseExpired { job: job_id.to_owned(), fencing_token });
+            return Err(RunError::LeaseExpired { job: job.id.clone(), fencing_token });
         }
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;

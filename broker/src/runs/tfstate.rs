@@ -311,18 +311,14 @@ impl Runs {
         if constant_time::verify_slices_are_equal(expected.as_bytes(), password.as_bytes()).is_err() {
             return Err(StateError::BadJobCredentials);
         }
-        let agent = job.agent_id.as_deref().ok_or(StateError::BadJobCredentials)?;
-        self.held_job(&job.id, agent, job.fencing_token).await.map_err(|error| match error {
+        let agent = job.agent_id.clone().ok_or(StateError::BadJobCredentials)?;
+        let fencing_token = job.fencing_token;
+        self.hold(job, &agent, fencing_token).await.map_err(|error| match error {
             RunError::NotLeaseHolder { .. } | RunError::LeaseExpired { .. } | RunError::UnknownJob(_) => {
                 StateError::BadJobCredentials
             }
             other => StateError::Run(other),
         })
-    }
-
-    /// Whether the broker keeps `stack`'s state (`false` for an unknown stack).
-    pub async fn keeps_state(&self, stack: &str) -> Result<bool, StoreError> {
-        Ok(self.store.stack_manages_state(stack).await?.unwrap_or(false))
     }
 
     /// Whether the broker keeps `stack`'s state (an unknown stack is an error).
@@ -334,18 +330,22 @@ impl Runs {
         }
     }
 
-    /// `held`'s own stack, managed: what every job request checks first.
-    async fn job_stack(&self, held: &HeldJob, stack: &str) -> Result<(), StateError> {
+    /// `held`'s own stack, managed: what every job request checks first (the stack was read
+    /// with the lease).
+    fn job_stack(held: &HeldJob, stack: &str) -> Result<(), StateError> {
         if held.stack.spec.name != stack {
             return Err(StateError::OtherStack { job_stack: held.stack.spec.name.clone(), stack: stack.to_owned() });
         }
-        self.manages_state(stack).await
+        if !held.stack.spec.managed_state {
+            return Err(StateError::NotManaged(stack.to_owned()));
+        }
+        Ok(())
     }
 
     /// The newest version of `held`'s stack's state for Terraform (`GET`), or `None` before the
     /// first apply. Any phase reads.
     pub async fn job_state(&self, held: &HeldJob, stack: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
-        self.job_stack(held, stack).await?;
+        Self::job_stack(held, stack)?;
         match self.store.state_version(stack, None).await? {
             None => Ok(None),
             Some(row) => Ok(Some(self.open_state(stack, row.version).await?)),
@@ -404,7 +404,7 @@ impl Runs {
         if held.job.phase != Phase::Apply {
             return Err(StateError::ReadOnlyPhase(held.job.phase));
         }
-        self.job_stack(held, stack).await?;
+        Self::job_stack(held, stack)?;
         self.write_state(stack, content, Writer::Job { held, lock_id }).await
     }
 
@@ -535,7 +535,7 @@ impl Runs {
         if held.job.phase != Phase::Apply {
             return Err(StateError::ReadOnlyPhase(held.job.phase));
         }
-        self.job_stack(held, stack).await?;
+        Self::job_stack(held, stack)?;
         let lock_id = lock_id(info)?;
         let now = self.clock.now();
         let lock = StateLockRow {
@@ -570,7 +570,7 @@ impl Runs {
         if held.job.phase != Phase::Apply {
             return Err(StateError::ReadOnlyPhase(held.job.phase));
         }
-        self.job_stack(held, stack).await?;
+        Self::job_stack(held, stack)?;
         let lock_id = lock_id(info)?;
         let now = self.clock.now();
         let context = run_context(&held.run, &held.stack, held.job.phase, &job_actor(held), Context::default());

@@ -444,20 +444,16 @@ impl Store {
 
     /// The next sequence number sink `name` has to deliver (0 for a new sink).
     pub async fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT next_seq FROM audit_sink_cursors WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map_or(Ok(0), |row| to_u64(row.try_get("next_seq")?))
+        Ok(self.sink_cursor_if_set(name).await?.unwrap_or(0))
     }
 
-    /// Whether sink `name` has a cursor yet.
-    pub async fn has_sink_cursor(&self, name: &str) -> Result<bool, StoreError> {
+    /// Sink `name`'s cursor, or `None` before it was first set.
+    pub async fn sink_cursor_if_set(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query("SELECT next_seq FROM audit_sink_cursors WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.is_some())
+        row.map(|row| to_u64(row.try_get("next_seq")?)).transpose()
     }
 
     /// Records that sink `name` delivered everything before `next_seq`. The cursor never moves
