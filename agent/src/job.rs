@@ -67,6 +67,8 @@ pub struct Job {
     pub managed_state: bool,
     /// The stack's lifecycle hooks for this phase, in the order they run.
     pub hooks: Vec<Hook>,
+    /// Plan jobs of a scanned stack: the scanners to run before anything else (docs/scans.md).
+    pub scanners: Vec<String>,
 }
 
 /// An assignment this agent will not run, and which job it was (to report the refusal).
@@ -102,6 +104,9 @@ pub enum JobError {
     /// A hook at a point this agent does not know (a broker newer than this agent).
     #[error("the broker sent a hook for `{0}`, a point this agent does not know; upgrade the agent")]
     UnknownHookPoint(String),
+    /// A scanner this agent does not know how to run (a broker newer than this agent).
+    #[error("the stack is scanned with `{0}`, a scanner this agent does not know; upgrade the agent")]
+    UnknownScanner(String),
 }
 
 impl TryFrom<JobAssignment> for Job {
@@ -109,7 +114,8 @@ impl TryFrom<JobAssignment> for Job {
 
     fn try_from(assignment: JobAssignment) -> Result<Self, Refused> {
         let checked = task(assignment.job_phase(), assignment.job_run_kind())
-            .and_then(|task| Ok((task, hooks(&assignment.hooks)?)));
+            .and_then(|task| Ok((task, hooks(&assignment.hooks)?)))
+            .and_then(|checked| known_scanners(&assignment.scanners).map(|()| checked));
         let (task, hooks) = match checked {
             Ok(checked) => checked,
             Err(error) => {
@@ -133,6 +139,7 @@ impl TryFrom<JobAssignment> for Job {
             source_credentials: assignment.source_credentials,
             managed_state: assignment.managed_state,
             hooks,
+            scanners: assignment.scanners,
         })
     }
 }
@@ -146,6 +153,14 @@ fn hooks(hooks: &[wire::Hook]) -> Result<Vec<Hook>, JobError> {
             Ok(Hook { point, command: hook.command.clone() })
         })
         .collect()
+}
+
+/// Every scanner named is one this agent can run.
+fn known_scanners(scanners: &[String]) -> Result<(), JobError> {
+    match scanners.iter().find(|name| !crate::scan::KNOWN.contains(&name.as_str())) {
+        Some(unknown) => Err(JobError::UnknownScanner(unknown.clone())),
+        None => Ok(()),
+    }
 }
 
 /// The task a phase of a run of a kind is.

@@ -23,6 +23,7 @@ pub mod logs;
 pub mod planfile;
 pub mod plans;
 pub mod runner;
+pub mod scan;
 pub mod slots;
 pub mod source;
 pub mod state_relay;

@@ -11,6 +11,7 @@ use keyward_agent::hostnet::{self, Allowances};
 use keyward_agent::idrange;
 use keyward_agent::launch::{Isolation, SandboxSettings};
 use keyward_agent::runner::{Runner, Work};
+use keyward_agent::scan::Scanners;
 use keyward_agent::slots::{self, Slots};
 use keyward_sandbox::Network;
 
@@ -69,6 +70,12 @@ struct RunArgs {
     /// read-only into each job's sandbox.
     #[arg(long, value_name = "DIR")]
     provider_mirror: Option<PathBuf>,
+    /// A security scanner's program, `NAME=PATH` (`checkov=/opt/checkov/bin/checkov`);
+    /// repeatable. Scanners not given are looked for on the agent's PATH. Stacks created with
+    /// `--scan NAME` have their plan jobs scanned before init (docs/scans.md); the program and its
+    /// runtime (a virtualenv, its interpreter) are bound read-only into the sandbox.
+    #[arg(long = "scanner", value_name = "NAME=PATH", value_parser = parse_scanner)]
+    scanners: Vec<(String, PathBuf)>,
     /// With `--network host`: let jobs reach the cloud metadata service (169.254.169.254,
     /// fd00:ec2::254, …) and with it this host's credentials.
     #[arg(long)]
@@ -180,7 +187,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--provider-mirror {}: not an absolute path to a directory", mirror.display());
     }
-    let runner = Runner::new(work, isolation, args.phase_timeout).with_provider_mirror(args.provider_mirror);
+    let scanners = Scanners::locate(&args.scanners, std::env::var_os("PATH").as_deref()).map_err(anyhow::Error::msg)?;
+    tracing::info!(scanners = %scanners.describe(), "security scanners");
+    let runner = Runner::new(work, isolation, args.phase_timeout)
+        .with_provider_mirror(args.provider_mirror)
+        .with_scanners(scanners);
     let settings = Settings {
         capacity: args.capacity,
         runner,
@@ -300,6 +311,13 @@ fn job_slots(
 }
 
 /// `START:COUNT` for `--id-range`.
+/// `NAME=PATH`.
+fn parse_scanner(text: &str) -> Result<(String, PathBuf), String> {
+    text.split_once('=')
+        .map(|(name, path)| (name.to_owned(), PathBuf::from(path)))
+        .ok_or_else(|| format!("`{text}` is not NAME=PATH (e.g. checkov=/opt/checkov/bin/checkov)"))
+}
+
 fn parse_id_range(text: &str) -> Result<(u32, u32), String> {
     idrange::parse_flag(text).map_err(|e| e.to_string())
 }

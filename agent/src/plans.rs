@@ -5,7 +5,7 @@
 //! agent's mTLS channel, in parts small enough for gRPC's message limit.
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
-use keyward_proto::agent_v1::{FetchPlanRequest, PlanPart};
+use keyward_proto::agent_v1::{FetchPlanRequest, PlanPart, ScanReport, ScanSubmission, ScanVerdict};
 use tonic::transport::Channel;
 
 use crate::job::Job;
@@ -39,6 +39,9 @@ pub enum PlanError {
     /// `FetchPlan` failed.
     #[error("cannot fetch the saved plan: {0}")]
     Fetch(String),
+    /// `SubmitScan` failed.
+    #[error("the broker refused the scan: {0}")]
+    Scan(String),
 }
 
 impl Plans {
@@ -64,6 +67,14 @@ impl Plans {
             .map_err(|status| PlanError::Refused(status.message().to_owned()))?
             .into_inner();
         Ok(Verdict { plan_sha256: verdict.plan_sha256, warn: verdict.warn, deny: verdict.deny })
+    }
+
+    /// Hands `job`'s scan reports to the broker, which judges and keeps them; its verdict.
+    pub async fn submit_scan(&mut self, job: &Job, reports: Vec<ScanReport>) -> Result<ScanVerdict, PlanError> {
+        let submission = ScanSubmission { job_id: job.job_id.clone(), fencing_token: job.fencing_token, reports };
+        let verdict =
+            self.client.submit_scan(submission).await.map_err(|status| PlanError::Scan(status.message().to_owned()))?;
+        Ok(verdict.into_inner())
     }
 
     /// The saved plan of `job`'s run, for its apply (the caller checks the digest).

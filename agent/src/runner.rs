@@ -18,6 +18,7 @@ use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::planfile;
 use crate::plans::Plans;
+use crate::scan::Scanners;
 use crate::slots::Slot;
 use crate::source::{self, SourceError};
 use crate::state_relay::{Backend, StateRelay};
@@ -69,13 +70,14 @@ pub struct Runner {
     isolation: Isolation,
     phase_timeout: Duration,
     provider_mirror: Option<PathBuf>,
+    scanners: Scanners,
 }
 
 impl Runner {
     /// A runner of `work` (without it, every job fails saying why) in `isolation`, each phase
     /// at most `phase_timeout`.
     pub fn new(work: Option<Work>, isolation: Isolation, phase_timeout: Duration) -> Self {
-        Self { work, isolation, phase_timeout, provider_mirror: None }
+        Self { work, isolation, phase_timeout, provider_mirror: None, scanners: Scanners::default() }
     }
 
     /// Terraform takes providers from the filesystem mirror `dir` and nowhere else
@@ -83,6 +85,12 @@ impl Runner {
     /// read-only into each job's sandbox.
     pub fn with_provider_mirror(mut self, dir: Option<PathBuf>) -> Self {
         self.provider_mirror = dir;
+        self
+    }
+
+    /// The security scanners plan jobs of scanned stacks run before `init` (docs/scans.md).
+    pub fn with_scanners(mut self, scanners: Scanners) -> Self {
+        self.scanners = scanners;
         self
     }
 
@@ -211,6 +219,8 @@ impl Runner {
             host_ids,
             relay: relay.as_ref(),
         };
+        // Before init and every hook: a scan the policy refuses stops the job here.
+        phase.scan(&self.scanners, plans, log, cancel).await?;
         match job.task {
             Task::Plan => phase.plan(plans, log, cancel).await.map(|()| None),
             Task::CheckDrift => phase.check_drift(log, cancel).await.map(Some),

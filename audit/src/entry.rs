@@ -94,6 +94,9 @@ pub enum Kind {
     ContextChanged,
     /// A job's lease holder was given its variables: names, versions, where from; never values.
     JobVariablesIssued,
+    /// A plan job's security scan was judged by `keyward.scan` before `init`: each scanner's
+    /// counts, the failed check IDs, and the policy's deny and warn messages.
+    ScanEvaluated,
 }
 
 impl Kind {
@@ -136,6 +139,7 @@ impl Kind {
             Self::StackDriftStateChanged => kinds::STACK_DRIFT_STATE_CHANGED,
             Self::ContextChanged => kinds::CONTEXT_CHANGED,
             Self::JobVariablesIssued => kinds::JOB_VARIABLES_ISSUED,
+            Self::ScanEvaluated => kinds::SCAN_EVALUATED,
         }
     }
 }
@@ -214,6 +218,8 @@ pub mod kinds {
     pub const CONTEXT_CHANGED: &str = "context.changed";
     /// [`super::Kind::JobVariablesIssued`].
     pub const JOB_VARIABLES_ISSUED: &str = "job.variables_issued";
+    /// [`super::Kind::ScanEvaluated`].
+    pub const SCAN_EVALUATED: &str = "scan.evaluated";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -61,6 +61,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         policies: Vec::new(),
         managed_state: true,
         hooks: Default::default(),
+        scanners: Vec::new(),
     };
     match runs.create_stack(spec, who, Context::default()).await {
         Ok(_) | Err(RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => Ok(()),

@@ -492,6 +492,27 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
         if !text(job, "isolation").is_empty() {
             outln!("    isolation   {}", isolation_line(job))?;
         }
+        if let Some(scan) = job.get("scan") {
+            print_scan(scan)?;
+        }
+    }
+    Ok(())
+}
+
+/// A plan job's scan: each scanner's counts and failed checks, then what the policy said.
+fn print_scan(scan: &Value) -> anyhow::Result<()> {
+    let scanners = scan.get("scanners").and_then(Value::as_object).into_iter().flatten();
+    for (scanner, found) in scanners {
+        let count = |key: &str| found.get(key).and_then(Value::as_u64).unwrap_or_default();
+        let ids: Vec<&str> = items(found, "failed_check_ids").filter_map(Value::as_str).collect();
+        let listed = if ids.is_empty() { String::new() } else { format!(": {}", ids.join(", ")) };
+        outln!("    scan        {scanner}: {} passed, {} failed{listed}", count("passed"), count("failed"))?;
+    }
+    for deny in items(scan, "deny").filter_map(Value::as_str) {
+        outln!("    refused     {deny}")?;
+    }
+    for warn in items(scan, "warn").filter_map(Value::as_str) {
+        outln!("    warning     {warn}")?;
     }
     Ok(())
 }

@@ -46,6 +46,10 @@ pub(super) enum StackCommand {
         /// before_apply, after_apply); repeatable, run in the order given (docs/runs.md).
         #[arg(long = "hook", value_parser = parse_hook)]
         hooks: Vec<(String, String)>,
+        /// Scan the checked-out code with this scanner before `init` (`checkov`); the
+        /// `keyward.scan` policy judges what it finds (docs/scans.md).
+        #[arg(long = "scan", value_parser = SCANNERS)]
+        scanners: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -145,6 +149,13 @@ pub(super) struct UpdateArgs {
     /// Add a lifecycle hook after the point's others, `POINT=COMMAND`; repeatable, in order.
     #[arg(long = "hook", value_parser = parse_hook)]
     hooks: Vec<(String, String)>,
+    /// Scan with this scanner before `init` (`checkov`), replacing the stack's scanners;
+    /// repeatable.
+    #[arg(long = "scan", value_parser = SCANNERS, conflicts_with = "no_scan")]
+    scanners: Vec<String>,
+    /// Stop scanning the stack's code.
+    #[arg(long)]
+    no_scan: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -193,9 +204,15 @@ impl UpdateArgs {
         if !self.hooks.is_empty() {
             put("append_hooks", hooks_object(&self.hooks));
         }
+        if !self.scanners.is_empty() || self.no_scan {
+            put("scanners", json!(self.scanners));
+        }
         Value::Object(body)
     }
 }
+
+/// The scanners a stack can name (docs/scans.md).
+const SCANNERS: [&str; 1] = ["checkov"];
 
 /// The hook points, in the order they run.
 const HOOK_POINTS: [&str; 5] = ["before_init", "before_plan", "after_plan", "before_apply", "after_apply"];
@@ -239,6 +256,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             policies,
             no_managed_state,
             hooks,
+            scanners,
             json,
             connection,
         } => {
@@ -247,7 +265,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             let body = json!({
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
-                "managed_state": !no_managed_state, "hooks": hooks_object(&hooks),
+                "managed_state": !no_managed_state, "hooks": hooks_object(&hooks), "scanners": scanners,
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {
@@ -300,7 +318,7 @@ async fn update(args: &UpdateArgs, env: &dyn Fn(&str) -> Option<String>) -> anyh
     if body.as_object().is_some_and(Map::is_empty) {
         anyhow::bail!(
             "nothing to update: give --branch, --pool, --plan-target, --apply-target, --label, --remove-label, \
-             --drift-schedule, --drift-remediation, --managed-state, --hook or --clear-hooks"
+             --drift-schedule, --drift-remediation, --managed-state, --hook, --clear-hooks, --scan or --no-scan"
         );
     }
     let client = Client::new(&args.connection, env)?;
@@ -330,6 +348,7 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
     outln!("  plan targets   {}", list("plan_targets"))?;
     outln!("  apply targets  {}", list("apply_targets"))?;
     outln!("  policies       {}", list("policies"))?;
+    outln!("  scanned with   {}", list("scanners"))?;
     let managed = stack.get("managed_state").and_then(Value::as_bool) != Some(false);
     outln!("  state          {}", if managed { "kept by the broker" } else { "the configuration's own backend" })?;
     if let Some(labels) = stack.get("labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {

@@ -15,8 +15,8 @@ use keyward_proto::agent_v1::agent_service_server::AgentService;
 use keyward_proto::agent_v1::{
     AgentMessage, BrokerMessage, CredentialsRequest, CredentialsResponse, EnrollRequest, EnrollResponse,
     FetchPlanRequest, Hello, JobVariable, JobVariablesRequest, JobVariablesResponse, PlanPart, RenewRequest,
-    SignedLogChunk, SourceCredentialsRequest, SourceCredentialsResponse, StateBackendRequest, StateBackendResponse,
-    SubmitPlanResponse, agent_message,
+    ScanSubmission, ScanVerdict, SignedLogChunk, SourceCredentialsRequest, SourceCredentialsResponse,
+    StateBackendRequest, StateBackendResponse, SubmitPlanResponse, agent_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -235,6 +235,16 @@ impl AgentService for AgentGrpc {
             .map(|v| JobVariable { name: v.name, value: v.value.as_str().to_owned(), secret: v.secret })
             .collect();
         Ok(Response::new(JobVariablesResponse { variables }))
+    }
+
+    async fn submit_scan(&self, request: Request<ScanSubmission>) -> Result<Response<ScanVerdict>, Status> {
+        let agent = self.caller(&request).await?;
+        let body = request.into_inner();
+        let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
+        let reports = body.reports.into_iter().map(wire::scan_report).collect();
+        let verdict = self.agents.runs().submit_scan(&held, reports).await.map_err(status::run)?;
+        tracing::info!(agent_id = %agent.id, job_id = %body.job_id, allowed = verdict.allowed(), "scan judged");
+        Ok(Response::new(ScanVerdict { allowed: verdict.allowed(), deny: verdict.deny, warn: verdict.warn }))
     }
 
     type FetchPlanStream = PlanStream;

@@ -65,6 +65,7 @@ pub fn run(error: RunError) -> Status {
         | RunError::NotAPlanJob { .. }
         | RunError::NotAnApplyJob(_)
         | RunError::DriftKeepsNoPlan(_)
+        | RunError::BadScan(_)
         | RunError::PlanFileSize
         | RunError::PlanJsonTooLarge
         | RunError::PlanJson(_)

@@ -15,7 +15,7 @@ use super::status;
 use crate::agents::credentials::JobEnvironment;
 use crate::agents::hub::{Outbound, Receipt};
 use crate::agents::work::{self, Finished, MAX_CAPACITY};
-use crate::runs::{Drift, JobOutcome, Lease, RunKind};
+use crate::runs::{Drift, JobOutcome, Lease, RunKind, scans};
 use crate::store::DriftCounts;
 
 /// Longest self-description field (version, isolation) an agent may report.
@@ -58,7 +58,36 @@ fn assignment(lease: &Lease) -> JobAssignment {
             .iter()
             .map(|(point, command)| wire::Hook { point: point.as_str().to_owned(), command: command.clone() })
             .collect(),
+        scanners: lease.scanners.iter().map(|scanner| scanner.as_str().to_owned()).collect(),
     }
+}
+
+/// A scanner's report as the agent sent it: the scanner's name and its findings, unchecked (the
+/// run's stack decides which scanners it takes: [`crate::runs::scans::read_reports`]).
+pub(super) fn scan_report(report: wire::ScanReport) -> (String, scans::Report) {
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    let failed_checks = report
+        .findings
+        .into_iter()
+        .map(|f| scans::Finding {
+            id: f.check_id,
+            name: f.check_name,
+            resource: f.resource,
+            file: f.file,
+            lines: [f.first_line, f.last_line],
+            severity: text(f.severity),
+            guideline: text(f.guideline),
+        })
+        .collect();
+    let read = scans::Report {
+        version: report.version,
+        passed: report.passed,
+        failed: report.failed,
+        skipped: report.skipped,
+        parsing_errors: report.parsing_errors,
+        failed_checks,
+    };
+    (report.scanner, read)
 }
 
 /// The protocol's name for `phase`.

@@ -257,6 +257,7 @@ impl From<RunError> for ApiError {
             | RunError::NotAPlanJob { .. }
             | RunError::NotAnApplyJob(_)
             | RunError::DriftKeepsNoPlan(_)
+            | RunError::BadScan(_)
             | RunError::PlanFileSize
             | RunError::PlanJsonTooLarge
             | RunError::PlanJson(_) => Self::invalid_request(message),

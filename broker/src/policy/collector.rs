@@ -23,7 +23,7 @@ pub(super) const PACKAGE: &str = "keyward_broker_outputs";
 pub(super) fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
     match kind {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
-        PolicyKind::Run | PolicyKind::Plan => &["allow", "deny", "warn"],
+        PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => &["allow", "deny", "warn"],
         PolicyKind::Approval => &["approve", "reject", "pending"],
     }
 }
@@ -62,7 +62,9 @@ impl Outputs {
 
     /// A `run` or `plan` package with `deny` and no `allow`: allowed when no `deny` message.
     pub(super) fn deny_only(&self) -> bool {
-        matches!(self.kind, PolicyKind::Run | PolicyKind::Plan) && !self.declares("allow") && self.declares("deny")
+        matches!(self.kind, PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan)
+            && !self.declares("allow")
+            && self.declares("deny")
     }
 }
 

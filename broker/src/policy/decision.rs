@@ -9,9 +9,9 @@ use super::PolicyKind;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    /// `credentials`, `run`, `plan`: go ahead.
+    /// `credentials`, `run`, `plan`, `scan`: go ahead.
     Allow,
-    /// `credentials`, `run`, `plan`: refused.
+    /// `credentials`, `run`, `plan`, `scan`: refused.
     Deny,
     /// `approval`: enough approvals.
     Approve,
@@ -31,7 +31,7 @@ pub struct Decision {
     /// Why it was refused (the policy's `deny`/`reject` messages, or the evaluation failure); for a
     /// pending approval, what the run waits for (`pending`).
     pub reasons: Vec<String>,
-    /// `keyward.plan` warnings.
+    /// `keyward.run`, `keyward.plan` and `keyward.scan` warnings.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// `keyward.credentials`: lifetime cap the policy imposes.
@@ -85,7 +85,7 @@ impl Decision {
         };
         let result = match kind {
             PolicyKind::Credentials => credentials(document, empty),
-            PolicyKind::Run | PolicyKind::Plan => gate(document, empty),
+            PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => gate(document, empty),
             PolicyKind::Approval => approval(document, empty),
         };
         result.unwrap_or_else(|reason| Self::failed(kind, reason, policy_digest))
@@ -114,7 +114,7 @@ fn credentials(document: &Value, mut decision: Decision) -> Result<Decision, Str
     allow_unless_denied(allowed, denies, decision)
 }
 
-/// `keyward.run` and `keyward.plan`: like `credentials`, allowed only when `allow` is true and no
+/// `keyward.run`, `keyward.plan` and `keyward.scan`: like `credentials`, allowed only when `allow` is true and no
 /// `deny` message exists; `warn` is shown. (A deny-only package gets its `allow` from the broker's
 /// collector: `collector.rs`.)
 fn gate(document: &Value, mut decision: Decision) -> Result<Decision, String> {
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn runs_and_plans_need_an_allow_and_no_deny() {
-        for kind in [PolicyKind::Run, PolicyKind::Plan] {
+        for kind in [PolicyKind::Run, PolicyKind::Plan, PolicyKind::Scan] {
             let d = |doc| Decision::from_document(kind, &doc, "d".into());
             assert_eq!(d(json!({"allow": true})).outcome, Outcome::Allow);
             assert_eq!(d(json!({"allow": true, "warn": ["big"]})).warnings, ["big"]);

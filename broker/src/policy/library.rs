@@ -8,10 +8,12 @@ pub const LIBRARY: &[(&str, &str)] = &[
     ("credentials.rego", include_str!("../../../policies/credentials.rego")),
     ("run.rego", include_str!("../../../policies/run.rego")),
     ("plan.rego", include_str!("../../../policies/plan.rego")),
+    ("scan.rego", include_str!("../../../policies/scan.rego")),
     ("approval.rego", include_str!("../../../policies/approval.rego")),
     ("cases/credentials.cases.json", include_str!("../../../policies/cases/credentials.cases.json")),
     ("cases/run.cases.json", include_str!("../../../policies/cases/run.cases.json")),
     ("cases/plan.cases.json", include_str!("../../../policies/cases/plan.cases.json")),
+    ("cases/scan.cases.json", include_str!("../../../policies/cases/scan.cases.json")),
     ("cases/approval.cases.json", include_str!("../../../policies/cases/approval.cases.json")),
 ];
 

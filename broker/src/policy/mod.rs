@@ -29,7 +29,7 @@ pub use input::{InputObject, PolicyInput};
 pub use schema::input_schema;
 pub use set::{EvalError, PolicyError, PolicySet};
 
-/// The four policy types and the package each is evaluated in.
+/// The five policy types and the package each is evaluated in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
@@ -39,13 +39,15 @@ pub enum PolicyKind {
     Run,
     /// `keyward.plan`: on a finished plan.
     Plan,
+    /// `keyward.scan`: on a plan job's security scan, before `init` (docs/scans.md).
+    Scan,
     /// `keyward.approval`: when a review is added or a plan finishes.
     Approval,
 }
 
 impl PolicyKind {
     /// Every kind.
-    pub const ALL: [Self; 4] = [Self::Credentials, Self::Run, Self::Plan, Self::Approval];
+    pub const ALL: [Self; 5] = [Self::Credentials, Self::Run, Self::Plan, Self::Scan, Self::Approval];
 
     /// The Rego package.
     pub fn package(self) -> &'static str {
@@ -53,6 +55,7 @@ impl PolicyKind {
             Self::Credentials => "keyward.credentials",
             Self::Run => "keyward.run",
             Self::Plan => "keyward.plan",
+            Self::Scan => "keyward.scan",
             Self::Approval => "keyward.approval",
         }
     }
@@ -63,6 +66,7 @@ impl PolicyKind {
             Self::Credentials => "credentials",
             Self::Run => "run",
             Self::Plan => "plan",
+            Self::Scan => "scan",
             Self::Approval => "approval",
         }
     }

@@ -63,6 +63,7 @@ pub fn input_schema(kind: PolicyKind) -> Value {
         PolicyKind::Credentials => credentials_input(),
         PolicyKind::Run => run_input(),
         PolicyKind::Plan => plan_input(),
+        PolicyKind::Scan => scan_input(),
         PolicyKind::Approval => approval_input(),
     };
     json!({
@@ -171,6 +172,7 @@ fn plan_input() -> Section {
         json!({
             "run": run_object(),
             "plan": {"type": "object", "description": "the output of `terraform show -json <planfile>`"},
+            "scans": scans_object(),
             "variables": variables_array(),
             "time": time_object()
         }),
@@ -181,6 +183,62 @@ fn plan_input() -> Section {
             "warn": "set of strings; shown, not blocking"
         }),
     )
+}
+
+/// The `keyward.scan` input: what a plan job's security scanners found in the checked-out code,
+/// before `init`.
+fn scan_input() -> Section {
+    let (mut properties, _, _) = run_input();
+    if let Some(object) = properties.as_object_mut() {
+        object.insert("scans".into(), scans_object());
+    }
+    (
+        properties,
+        vec!["run", "stack", "scans", "time"],
+        json!({
+            "allow": "boolean; the job goes on to `init` only if true (a package that defines deny but no allow is treated as allowing what it does not deny)",
+            "deny": "set of strings; any message stops the job before `init` and fails the run",
+            "warn": "set of strings; shown in the job's log and on the run, not blocking"
+        }),
+    )
+}
+
+/// `input.scans`: per scanner the stack names, what it found (docs/scans.md). In `keyward.plan`,
+/// the plan job's scan (`null` for a stack that is not scanned).
+fn scans_object() -> Value {
+    json!({
+        "type": ["object", "null"],
+        "properties": {
+            "checkov": {
+                "type": "object",
+                "properties": {
+                    "version": {"type": "string"},
+                    "passed": {"type": "integer"},
+                    "failed": {"type": "integer", "description": "every failed check, listed or not"},
+                    "skipped": {"type": "integer"},
+                    "parsing_errors": {"type": "integer", "description": "files Checkov could not parse, so did not check"},
+                    "failed_checks": {
+                        "type": "array",
+                        "description": "at most 500 failed checks",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string", "description": "e.g. `CKV_AWS_145`"},
+                                "name": {"type": "string"},
+                                "resource": {"type": "string", "description": "e.g. `aws_s3_bucket.logs`"},
+                                "file": {"type": "string", "description": "relative to the configuration's directory"},
+                                "lines": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                                "severity": {"type": ["string", "null"]},
+                                "guideline": {"type": ["string", "null"]}
+                            },
+                            "required": ["id", "resource", "file"]
+                        }
+                    }
+                },
+                "required": ["passed", "failed", "failed_checks"]
+            }
+        }
+    })
 }
 
 /// The `keyward.approval` input: the reviews recorded for a run.

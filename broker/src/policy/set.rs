@@ -340,7 +340,7 @@ ttl_seconds := 600 if input.run.phase == "plan"
     /// what it does not deny; one that defines `allow` is held to it.
     #[test]
     fn deny_only_run_and_plan_packages_keep_working() -> Result<(), PolicyError> {
-        for kind in [PolicyKind::Run, PolicyKind::Plan] {
+        for kind in [PolicyKind::Run, PolicyKind::Plan, PolicyKind::Scan] {
             let package = kind.package();
             let deny_only = set(&format!("package {package}\n\ndeny contains \"no x\" if input.x\n"))?;
             assert_eq!(deny_only.decide(kind, json!({})).outcome, Outcome::Allow, "{kind}");

@@ -46,6 +46,9 @@ pub enum RunError {
     /// A saved plan was asked for by a job that is not an apply job.
     #[error("job {0} is not an apply job")]
     NotAnApplyJob(String),
+    /// A scan report that cannot be taken (wrong job, unknown or missing scanner, too large).
+    #[error("scan refused: {0}")]
+    BadScan(String),
     /// A plan was submitted for a drift check, which keeps none.
     #[error("run {0} is a drift check: it reports what it found and keeps no plan")]
     DriftKeepsNoPlan(String),

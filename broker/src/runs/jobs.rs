@@ -60,6 +60,8 @@ pub struct Lease {
     pub managed_state: bool,
     /// The stack's hooks for the job's phase, `(point, command)` in the order they run.
     pub hooks: Vec<(HookPoint, String)>,
+    /// Plan jobs: the scanners to run before anything else (docs/scans.md).
+    pub scanners: Vec<super::scans::Scanner>,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -285,6 +287,7 @@ impl Runs {
                 let credential_targets = stack.targets(job.phase).to_vec();
                 let hooks = stack.spec.hooks.for_phase(job.phase);
                 let managed_state = stack.spec.managed_state;
+                let scanners = if phase == Phase::Plan { stack.spec.scanners.clone() } else { Vec::new() };
                 let plan_sha256 = if job.phase == Phase::Apply {
                     self.store.plan(&run.id).await?.map(|plan| plan.sha256)
                 } else {
@@ -306,6 +309,7 @@ impl Runs {
                     source_credentials,
                     managed_state,
                     hooks,
+                    scanners,
                 }))
             }
             // Someone else took it (or the run moved on).
@@ -395,6 +399,14 @@ impl Runs {
         outcome: &JobOutcome,
         now: i64,
     ) -> Result<(RunState, Option<String>), RunError> {
+        // A refused scan fails the run whatever the agent reported; a missing one fails a plan
+        // that claims success (a failure before the scan keeps its own reason).
+        let succeeded = !matches!(outcome, JobOutcome::Failed(_));
+        if job.phase == Phase::Plan
+            && let Some(refusal) = self.scan_refusal(stack, &job.id, succeeded).await?
+        {
+            return Ok((RunState::Failed, Some(refusal)));
+        }
         Ok(match (outcome, job.phase) {
             (JobOutcome::Failed(error), phase) => (RunState::Failed, Some(format!("{phase} failed: {error}"))),
             (JobOutcome::Checked(drift), _) => (RunState::Finished, Some(drift_detail(drift))),

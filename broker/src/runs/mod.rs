@@ -20,6 +20,7 @@ mod policy_input;
 pub mod redact;
 mod remediation;
 pub mod reviews;
+pub mod scans;
 mod signals;
 mod source;
 mod spec;
@@ -141,6 +142,10 @@ pub struct JobView {
     /// The sandbox layers its processes ran under, in order, as its agent reported at the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
+    /// Plan jobs of a scanned stack: what the scanners found and what `keyward.scan` said
+    /// (`scanners`, `allowed`, `deny`, `warn`; docs/scans.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<Value>,
 }
 
 /// What a submission asks for.
@@ -251,6 +256,9 @@ impl Runs {
             .with_ref("stack", &spec.name);
         if !spec.hooks.is_empty() {
             event = event.with("hooks", serde_json::to_value(&spec.hooks).unwrap_or_default());
+        }
+        if !spec.scanners.is_empty() {
+            event = event.with("scanners", serde_json::to_value(&spec.scanners).unwrap_or_default());
         }
         self.commit(Append::changes(vec![write], vec![event])).await?;
         Ok(Stack::new(spec, now, who.to_owned()))
@@ -365,7 +373,8 @@ impl Runs {
         let run = self.run_row(id).await?;
         let reviews = self.store.reviews(id).await?;
         let jobs = self.store.jobs_of(id).await?;
-        Ok(view(run, &reviews, &jobs))
+        let scans = self.store.run_scans(id).await?;
+        Ok(view(run, &reviews, &jobs, &scans))
     }
 
     /// The newest runs (without reviews and jobs).
@@ -373,7 +382,13 @@ impl Runs {
         if let Some(stack) = stack {
             self.stack(stack).await?;
         }
-        Ok(self.store.runs(stack, limit.clamp(1, 1000)).await?.into_iter().map(|run| view(run, &[], &[])).collect())
+        Ok(self
+            .store
+            .runs(stack, limit.clamp(1, 1000))
+            .await?
+            .into_iter()
+            .map(|run| view(run, &[], &[], &[]))
+            .collect())
     }
 
     /// The run `id`'s facts as recorded (with the approvals that count), if it exists.
@@ -635,7 +650,7 @@ fn state_event(context: &Context, from: RunState, to: RunState, detail: Option<&
         .with("detail", detail.map_or(Value::Null, Value::from))
 }
 
-fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
+fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow], scans: &[crate::store::JobScanRow]) -> RunView {
     let reviews = reviews::judge(&run.triggered_by, reviews)
         .into_iter()
         .map(|judged| ReviewView {
@@ -674,6 +689,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow]) -> RunView {
                 error: j.error.clone(),
                 isolation: j.isolation.clone(),
                 layers: j.layers.as_deref().and_then(|layers| serde_json::from_str(layers).ok()),
+                scan: scans.iter().find(|scan| scan.job_id == j.id).map(scans::view),
             })
             .collect(),
     }

@@ -1,4 +1,5 @@
-//! The documented inputs of `keyward.run` and `keyward.approval` (`keyward policy schema run`).
+//! The documented inputs of `keyward.run`, `keyward.scan`, `keyward.plan` and `keyward.approval`
+//! (`keyward policy schema run`).
 
 use keyward_proto::claims::Phase;
 use serde_json::{Map, Value, json};
@@ -36,6 +37,16 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
         "submitted_by": run.triggered_by,
         "time": input::time(now),
     })
+}
+
+/// The `keyward.scan` input: the run as `keyward.run` sees it, and what the plan job's scanners
+/// found.
+pub(super) fn scan_input(run: &RunRow, stack: &Stack, scans: Value, now: i64) -> Value {
+    let mut input = run_input(run, stack, now);
+    if let Some(object) = input.as_object_mut() {
+        object.insert("scans".to_owned(), scans);
+    }
+    input
 }
 
 /// The `keyward.plan` input: the run and `terraform show -json` of its saved plan.

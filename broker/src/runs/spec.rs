@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::drift::{DriftSettings, DriftStatus};
 use super::hooks::Hooks;
+use super::scans::Scanner;
 use crate::store::{NewStack, StackRow, StoreError};
 use crate::targets::{TargetAccess, TargetConfig};
 
@@ -50,6 +51,10 @@ pub struct StackSpec {
     /// Lifecycle hooks: shell commands run around Terraform, per point, in order.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Security scanners its plan jobs run on the checked-out code before `init`
+    /// (docs/scans.md); `keyward.scan` judges what they find.
+    #[serde(default)]
+    pub scanners: Vec<Scanner>,
 }
 
 fn managed_by_default() -> bool {
@@ -120,6 +125,7 @@ impl TryFrom<StackRow> for Stack {
             policies: column(&row.name, "policies", &row.policies)?,
             managed_state: row.managed_state,
             hooks: column(&row.name, "hooks", &row.hooks)?,
+            scanners: column(&row.name, "scanners", &row.scanners)?,
             name: row.name,
             repository: row.repository,
             path: row.path,
@@ -201,6 +207,7 @@ impl StackSpec {
             policies: super::json_text(&self.policies),
             managed_state: self.managed_state,
             hooks: super::json_text(&self.hooks),
+            scanners: super::json_text(&self.scanners),
         }
     }
 
@@ -249,6 +256,7 @@ impl StackSpec {
                 }
             }
         }
+        super::scans::validate(&self.scanners)?;
         self.hooks.validate()
     }
 }
@@ -270,6 +278,7 @@ mod tests {
             policies: vec![],
             managed_state: true,
             hooks: Hooks::default(),
+            scanners: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! `keyward stack update` (`PATCH /v1/stacks/{name}`): change a stack's branch, pool, targets,
-//! labels, drift schedule, remediation, managed state and hooks in place.
+//! labels, drift schedule, remediation, managed state, hooks and scanners in place.
 //!
 //! Fields left out stay as they are; given lists replace; labels merge (RFC 7396: a value sets
 //! the label, `null` removes it); hooks replace per point named, then `append_hooks` adds to the
@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::cron::Schedule;
 use super::drift::Remediation;
 use super::hooks::{Hooks, HooksPatch};
+use super::scans::Scanner;
 use super::spec::{SpecError, Stack, StackSpec};
 use super::{RunError, Runs};
 use crate::audit::{Append, AuditEvent, Context, Kind};
@@ -55,6 +56,9 @@ pub struct StackUpdate {
     /// Appended to each point's hooks, after `hooks` replaced any.
     #[serde(default)]
     pub append_hooks: Option<Hooks>,
+    /// Replaces the security scanners (`[]`: no scan).
+    #[serde(default)]
+    pub scanners: Option<Vec<Scanner>>,
 }
 
 /// A field that is present, even as `null`: `Some(None)`.
@@ -86,6 +90,7 @@ impl StackUpdate {
             managed_state,
             hooks,
             append_hooks,
+            scanners,
         } = self;
         branch.is_none()
             && pool.is_none()
@@ -97,6 +102,7 @@ impl StackUpdate {
             && managed_state.is_none()
             && hooks.is_none()
             && append_hooks.is_none()
+            && scanners.is_none()
     }
 
     /// `stack` with this update made (not yet checked against the configuration).
@@ -132,6 +138,10 @@ impl StackUpdate {
             let hooks = spec.hooks.patched(self.hooks.unwrap_or_default(), self.append_hooks.unwrap_or_default());
             change("hooks", json!(spec.hooks), json!(hooks));
             spec.hooks = hooks;
+        }
+        if let Some(scanners) = self.scanners {
+            change("scanners", json!(spec.scanners), json!(scanners));
+            spec.scanners = scanners;
         }
         let labels = merge_labels(&spec.labels, self.labels);
         change("labels", json!(spec.labels), json!(labels));
@@ -188,7 +198,7 @@ impl Runs {
     ) -> Result<Stack, RunError> {
         if update.is_empty() {
             return Err(RunError::Spec(SpecError(
-                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state or hooks".to_owned(),
+                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state, hooks or scanners".to_owned(),
             )));
         }
         let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
@@ -247,6 +257,7 @@ mod tests {
             policies: vec![],
             managed_state: true,
             hooks: Default::default(),
+            scanners: Vec::new(),
         };
         Stack::new(spec, 1, "admin".into())
     }

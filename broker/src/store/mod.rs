@@ -20,6 +20,7 @@ mod logs;
 pub mod notify;
 mod replay;
 pub mod runs;
+pub mod scans;
 mod signing_keys;
 pub mod state;
 pub mod write;
@@ -44,6 +45,7 @@ pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
+pub use scans::JobScanRow;
 pub use signing_keys::{KeyState, SigningKeyRow};
 pub use state::{SealedState, StateLockRow, StateVersionRow};
 
@@ -193,7 +195,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 17] = match self.backend {
+        let files: [(i64, &str, &'static str); 18] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -212,6 +214,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/sqlite/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
+                (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -231,6 +234,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/postgres/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
+                (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
             ],
         };
         let migrations = files

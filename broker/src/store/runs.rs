@@ -37,6 +37,8 @@ pub struct StackRow {
     pub managed_state: bool,
     /// JSON object of lifecycle hooks (point → list of commands).
     pub hooks: String,
+    /// JSON array of the security scanners its plan jobs run (`["checkov"]`).
+    pub scanners: String,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -76,6 +78,7 @@ impl StackRow {
             policies,
             managed_state,
             hooks,
+            scanners,
         } = spec;
         Self {
             name,
@@ -89,6 +92,7 @@ impl StackRow {
             policies,
             managed_state,
             hooks,
+            scanners,
             created_at,
             created_by,
             version: 1,
@@ -129,6 +133,8 @@ pub struct NewStack {
     pub managed_state: bool,
     /// JSON object of lifecycle hooks.
     pub hooks: String,
+    /// JSON array of security scanners.
+    pub scanners: String,
 }
 
 /// A stored run.
@@ -242,7 +248,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift";
@@ -262,6 +268,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         policies: row.try_get("policies")?,
         managed_state: row.try_get::<i64, _>("managed_state")? != 0,
         hooks: row.try_get("hooks")?,
+        scanners: row.try_get("scanners")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
@@ -473,7 +480,8 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by, managed_state, hooks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         policies, created_at, created_by, managed_state, hooks, scanners) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -488,6 +496,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.created_by.as_str().into(),
             i64::from(stack.managed_state).into(),
             stack.hooks.as_str().into(),
+            stack.scanners.as_str().into(),
         ],
     )
 }
@@ -516,7 +525,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
         format!("stack `{name}` (version {version})"),
         "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
          drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
-         managed_state = $13, hooks = $14, version = version + 1 WHERE name = $11 AND version = $12",
+         managed_state = $13, hooks = $14, scanners = $15, version = version + 1 WHERE name = $11 AND version = $12",
         vec![
             change.spec.branch.into(),
             change.spec.pool.into(),
@@ -532,6 +541,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
             version.into(),
             i64::from(change.spec.managed_state).into(),
             change.spec.hooks.into(),
+            change.spec.scanners.into(),
         ],
     )
 }

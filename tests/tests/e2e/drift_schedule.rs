@@ -76,6 +76,7 @@ fn spec(name: &str, repository: &str, branch: &str) -> StackSpec {
         policies: vec![],
         managed_state: true,
         hooks: Default::default(),
+        scanners: Vec::new(),
     }
 }
 

@@ -35,6 +35,7 @@ mod policy_reload;
 mod postgres_broker;
 mod runs;
 mod runs_cli;
+mod scans;
 mod store;
 mod terraform;
 mod tf_provider;

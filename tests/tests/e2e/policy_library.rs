@@ -45,7 +45,7 @@ fn a_failing_case_fails_the_command_and_names_it() {
 fn outputs(kind: PolicyKind, document: &Value) -> Value {
     let rules: &[&str] = match kind {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
-        PolicyKind::Run | PolicyKind::Plan => &["allow", "deny", "warn"],
+        PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => &["allow", "deny", "warn"],
         PolicyKind::Approval => &["approve", "reject", "pending"],
     };
     let mut out = serde_json::Map::new();

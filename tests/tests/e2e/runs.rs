@@ -52,6 +52,7 @@ fn spec(name: &str, repository: &str) -> StackSpec {
         policies: vec![],
         managed_state: true,
         hooks: Default::default(),
+        scanners: Vec::new(),
     }
 }
 
