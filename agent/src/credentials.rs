@@ -128,50 +128,84 @@ impl Drop for JobCredentials {
 }
 
 impl JobCredentials {
-    /// Asks the broker for every target `job` names; files go under a new directory in `parent`.
+    /// Asks the broker for everything `job` needs: the repository's credentials, the state
+    /// backend, the variables and every target's credentials; files go under a new directory in
+    /// `parent`.
     pub async fn fetch(
         client: &mut AgentServiceClient<Channel>,
         job: &Job,
         parent: &Path,
     ) -> Result<Self, CredentialsError> {
+        let mut credentials = Self::for_checkout(client, job).await?;
+        credentials.fetch_rest(client, job, parent).await?;
+        Ok(credentials)
+    }
+
+    /// Only what checking out the run's commit needs (a private repository's credentials). A
+    /// scanned job asks for the rest once the broker allowed its scan ([`Self::fetch_rest`]):
+    /// before that, the broker gives it nothing else.
+    pub async fn for_checkout(client: &mut AgentServiceClient<Channel>, job: &Job) -> Result<Self, CredentialsError> {
         let mut credentials = Self::default();
         if job.source_credentials {
             credentials.fetch_source(client, job).await?;
         }
-        if job.managed_state {
-            credentials.fetch_state(client, job).await?;
-        }
-        credentials.fetch_variables(client, job).await?;
-        for target in &job.credential_targets {
-            let mut request = tonic::Request::new(CredentialsRequest {
-                job_id: job.job_id.clone(),
-                fencing_token: job.fencing_token,
-                target: target.clone(),
-            });
-            request.set_timeout(CALL_TIMEOUT);
-            let response = client
-                .credentials(request)
-                .await
-                .map_err(|status| CredentialsError::Refused {
-                    target: target.clone(),
-                    message: status.message().to_owned(),
-                })?
-                .into_inner();
-            for (name, value) in response.environment {
-                if !PUBLIC_VARIABLES.contains(&name.as_str()) {
-                    credentials.secrets.push(Zeroizing::new(value.as_bytes().to_vec()));
-                }
-                credentials.set(target, name, Zeroizing::new(value))?;
-            }
-            for file in response.files {
-                let content = Zeroizing::new(file.content);
-                credentials.secrets.push(content.clone());
-                credentials.secrets.extend(json_strings(&content));
-                let path = credentials.write_file(parent, &job.job_id, &file.environment_variable, &content)?;
-                credentials.set(target, file.environment_variable, Zeroizing::new(path.display().to_string()))?;
-            }
-        }
         Ok(credentials)
+    }
+
+    /// The state backend, the variables and every target's credentials; files go under a new
+    /// directory in `parent`.
+    pub async fn fetch_rest(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        job: &Job,
+        parent: &Path,
+    ) -> Result<(), CredentialsError> {
+        if job.managed_state {
+            self.fetch_state(client, job).await?;
+        }
+        self.fetch_variables(client, job).await?;
+        for target in &job.credential_targets {
+            self.fetch_target(client, job, target, parent).await?;
+        }
+        Ok(())
+    }
+
+    /// One target's credentials: variables (secret ones masked) and files.
+    async fn fetch_target(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        job: &Job,
+        target: &str,
+        parent: &Path,
+    ) -> Result<(), CredentialsError> {
+        let mut request = tonic::Request::new(CredentialsRequest {
+            job_id: job.job_id.clone(),
+            fencing_token: job.fencing_token,
+            target: target.to_owned(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let response = client
+            .credentials(request)
+            .await
+            .map_err(|status| CredentialsError::Refused {
+                target: target.to_owned(),
+                message: status.message().to_owned(),
+            })?
+            .into_inner();
+        for (name, value) in response.environment {
+            if !PUBLIC_VARIABLES.contains(&name.as_str()) {
+                self.secrets.push(Zeroizing::new(value.as_bytes().to_vec()));
+            }
+            self.set(target, name, Zeroizing::new(value))?;
+        }
+        for file in response.files {
+            let content = Zeroizing::new(file.content);
+            self.secrets.push(content.clone());
+            self.secrets.extend(json_strings(&content));
+            let path = self.write_file(parent, &job.job_id, &file.environment_variable, &content)?;
+            self.set(target, file.environment_variable, Zeroizing::new(path.display().to_string()))?;
+        }
+        Ok(())
     }
 
     /// Asks for the repository's credentials, and keeps them if git may carry them to it.
@@ -225,6 +259,17 @@ impl JobCredentials {
             self.set(&from, variable.name, value)?;
         }
         Ok(())
+    }
+
+    /// Notes in the job's log (and the agent's) which credential variables it received, never
+    /// their values; nothing when it has none (yet).
+    pub async fn note_received(&self, job: &Job, log: &crate::logs::JobLog) {
+        if self.is_empty() {
+            return;
+        }
+        tracing::info!(job_id = %job.job_id, variables = self.len(), "job credentials received");
+        let names: Vec<&str> = self.environment().map(|(name, _)| name).collect();
+        log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" "))).await;
     }
 
     /// The stack's state backend, when the broker keeps the stack's state.

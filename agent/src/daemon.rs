@@ -422,7 +422,15 @@ impl Daemon {
                 return (Outcome::Failed(error.to_string()), log);
             }
         };
-        let mut credentials = match JobCredentials::fetch(client, job, slot.dir()).await {
+        // A scanned plan job gets only its checkout's credentials now, the rest once its scan is
+        // allowed (the broker refuses them before).
+        let scanned = !job.scanners.is_empty() && self.settings.runner.runs_terraform();
+        let fetched = if scanned {
+            JobCredentials::for_checkout(client, job).await
+        } else {
+            JobCredentials::fetch(client, job, slot.dir()).await
+        };
+        let mut credentials = match fetched {
             Ok(credentials) => credentials,
             Err(error) => {
                 let log = log_of(MaskRules::patterns_only(patterns));
@@ -443,16 +451,9 @@ impl Daemon {
             self.settings.runner.describe()
         ))
         .await;
-        if !credentials.is_empty() {
-            tracing::info!(job_id = %job.job_id, variables = credentials.len(), "job credentials received");
-            let names: Vec<&str> = credentials.environment().map(|(name, _)| name).collect();
-            log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" ")))
-                .await;
-        }
+        credentials.note_received(job, &log).await;
         let mut plans = Plans::new(client.clone());
-        let state = credentials.take_state_backend();
-        let outcome =
-            self.settings.runner.run(job, &slot, &mut plans, &credentials, state, &log, layers, canceled).await;
+        let outcome = self.settings.runner.run(job, &slot, &mut plans, &mut credentials, &log, layers, canceled).await;
         // The credential files go first, then the slot's directory, and only then is the slot
         // (and its uid) free for another job.
         drop(credentials);

@@ -1,13 +1,18 @@
-//! What a running job asks of the broker besides its log: take this plan, give me the saved one.
+//! What a running job asks of the broker besides its log: take this plan, give me the saved one;
+//! judge this scan, and then give me the rest of my credentials.
 //!
-//! Why it exists: the runner and the Terraform phases speak of plans and verdicts; this is the
-//! one place that knows those travel as `AgentService` calls (`SubmitPlan`, `FetchPlan`) on the
-//! agent's mTLS channel, in parts small enough for gRPC's message limit.
+//! Why it exists: the runner and the Terraform phases speak of plans, scans and verdicts; this is
+//! the one place that knows those travel as `AgentService` calls (`SubmitPlan`, `FetchPlan`,
+//! `SubmitScan`, and a scanned job's credential calls) on the agent's mTLS channel, in parts small
+//! enough for gRPC's message limit.
 
 use keyward_proto::agent_v1::agent_service_client::AgentServiceClient;
 use keyward_proto::agent_v1::{FetchPlanRequest, PlanPart, ScanReport, ScanSubmission, ScanVerdict};
 use tonic::transport::Channel;
 
+use std::path::Path;
+
+use crate::credentials::{CredentialsError, JobCredentials};
 use crate::job::Job;
 
 /// The most bytes of a plan file or its JSON in one streamed part.
@@ -75,6 +80,17 @@ impl Plans {
         let verdict =
             self.client.submit_scan(submission).await.map_err(|status| PlanError::Scan(status.message().to_owned()))?;
         Ok(verdict.into_inner())
+    }
+
+    /// The rest of a scanned `job`'s credentials (state backend, variables, targets), asked for
+    /// once its scan is allowed; files go under `parent`.
+    pub async fn rest_of_credentials(
+        &mut self,
+        job: &Job,
+        credentials: &mut JobCredentials,
+        parent: &Path,
+    ) -> Result<(), CredentialsError> {
+        credentials.fetch_rest(&mut self.client, job, parent).await
     }
 
     /// The saved plan of `job`'s run, for its apply (the caller checks the digest).

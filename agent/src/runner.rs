@@ -18,7 +18,7 @@ use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::planfile;
 use crate::plans::Plans;
-use crate::scan::Scanners;
+use crate::scan::{Place, Scanners};
 use crate::slots::Slot;
 use crate::source::{self, SourceError};
 use crate::state_relay::{Backend, StateRelay};
@@ -116,15 +116,15 @@ impl Runner {
 
     /// Runs `job` in `slot` (its directory and host ids) with `credentials` in its environment
     /// and its output in `log`, until it ends or `cancel` fires; the sandbox layers its
-    /// processes ran under go to `layers`.
+    /// processes ran under go to `layers`. A scanned plan job arrives with only its checkout's
+    /// credentials and gets the rest once its scan is allowed.
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         job: &Job,
         slot: &Slot,
         plans: &mut Plans,
-        credentials: &JobCredentials,
-        state: Option<Backend>,
+        credentials: &mut JobCredentials,
         log: &JobLog,
         layers: &Layers,
         cancel: oneshot::Receiver<String>,
@@ -137,25 +137,11 @@ impl Runner {
             Ok(dir) => dir,
             Err(error) => return Outcome::Failed(format!("cannot create the job's directory: {error}")),
         };
-        let host_ids = self.host_ids(slot);
-        if let Some(ids) = host_ids
-            && let Err(error) = credentials.grant(ids)
-        {
-            return Outcome::Failed(error.to_string());
-        }
-        let setting = Setting {
-            job,
-            dir: &dir,
-            env: environment(job, &dir, credentials),
-            read_only: credentials.dir().map(Path::to_path_buf).into_iter().collect(),
-            host_ids,
-            deadline: self.deadline(job),
-            log,
-            layers,
-        };
+        let setting =
+            Setting { job, slot, dir: &dir, host_ids: self.host_ids(slot), deadline: self.deadline(job), log, layers };
         let result = match work {
-            Work::Exec(command) => self.exec(command, setting, &mut cancel).await.map(|()| None),
-            Work::Terraform(binary) => self.terraform(binary, setting, plans, credentials, state, &mut cancel).await,
+            Work::Exec(command) => self.exec(command, setting, credentials, &mut cancel).await.map(|()| None),
+            Work::Terraform(binary) => self.terraform(binary, setting, plans, credentials, &mut cancel).await,
         };
         outcome(result, job, log).await
     }
@@ -169,18 +155,17 @@ impl Runner {
         }
     }
 
-    /// The stack's repository at the run's commit, then the task's Terraform commands; a drift
-    /// check's finding when that is the task.
+    /// The stack's repository at the run's commit, its scan (a scanned stack's plan job), then
+    /// the task's Terraform commands; a drift check's finding when that is the task.
     async fn terraform(
         &self,
         binary: &Path,
         setting: Setting<'_>,
         plans: &mut Plans,
-        credentials: &JobCredentials,
-        state: Option<Backend>,
+        credentials: &mut JobCredentials,
         cancel: &mut Cancel,
     ) -> Result<Option<Drift>, PhaseError> {
-        let Setting { job, dir, env, read_only, host_ids, deadline, log, layers } = setting;
+        let Setting { job, slot, dir, host_ids, deadline, log, layers } = setting;
         log.note(&format!("keyward: terraform binary {}", binary.display())).await;
         let src = dir.work.join("src");
         let started = std::time::Instant::now();
@@ -191,11 +176,32 @@ impl Runner {
             Ok(()) => log.note(&format!("keyward: checkout took {:.2} s", started.elapsed().as_secs_f64())).await,
         }
         let cwd = configuration_dir(&dir.work, &src, &job.path)?;
-        let relay = match state {
+        if !job.scanners.is_empty() {
+            // Before any hook or Terraform command, and before the broker gives the job anything
+            // but its checkout's credentials.
+            let place = Place {
+                job,
+                isolation: &self.isolation,
+                work_dir: &dir.work,
+                cwd: &cwd,
+                scratch: &dir.scratch,
+                deadline,
+                host_ids,
+                layers,
+            };
+            place.scan(&self.scanners, plans, log, cancel).await?;
+            plans
+                .rest_of_credentials(job, credentials, slot.dir())
+                .await
+                .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            log.mask_from_now(credentials.secret_values()).await;
+            credentials.note_received(job, log).await;
+        }
+        let (mut env, mut read_only) = granted(job, dir, credentials, host_ids)?;
+        let relay = match credentials.take_state_backend() {
             Some(backend) => Some(managed_state(backend, dir, &cwd, log).await?),
             None => None,
         };
-        let (mut env, mut read_only) = (env, read_only);
         if let Some(mirror) = &self.provider_mirror {
             let config = provider_installation(mirror, dir).await?;
             env.push(("TF_CLI_CONFIG_FILE".to_owned(), config.display().to_string()));
@@ -219,8 +225,6 @@ impl Runner {
             host_ids,
             relay: relay.as_ref(),
         };
-        // Before init and every hook: a scan the policy refuses stops the job here.
-        phase.scan(&self.scanners, plans, log, cancel).await?;
         match job.task {
             Task::Plan => phase.plan(plans, log, cancel).await.map(|()| None),
             Task::CheckDrift => phase.check_drift(log, cancel).await.map(Some),
@@ -229,8 +233,15 @@ impl Runner {
     }
 
     /// `sh -c command` in the job's work directory.
-    async fn exec(&self, command: &str, setting: Setting<'_>, cancel: &mut Cancel) -> Result<(), PhaseError> {
-        let Setting { dir, env, read_only, host_ids, deadline, log, layers, .. } = setting;
+    async fn exec(
+        &self,
+        command: &str,
+        setting: Setting<'_>,
+        credentials: &JobCredentials,
+        cancel: &mut Cancel,
+    ) -> Result<(), PhaseError> {
+        let Setting { job, dir, host_ids, deadline, log, layers, .. } = setting;
+        let (env, read_only) = granted(job, dir, credentials, host_ids)?;
         log.note(&format!("$ sh -c {command}")).await;
         let launch = Launch {
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
@@ -316,16 +327,33 @@ const STATE_OVERRIDE: &str = "keyward_state_override.tf";
 const STATE_OVERRIDE_TEXT: &str = "# Generated by keyward-agent: the broker keeps this stack's state (docs/state.md).\n\
 terraform {\n  backend \"http\" {}\n}\n";
 
-/// What a job's processes run with, gathered once for whichever work it does.
+/// Where and how a job's processes run, gathered once for whichever work it does.
 struct Setting<'a> {
     job: &'a Job,
+    slot: &'a Slot,
     dir: &'a JobDir,
-    env: Vec<(String, String)>,
-    read_only: Vec<PathBuf>,
     host_ids: Option<JobIds>,
     deadline: SystemTime,
     log: &'a JobLog,
     layers: &'a Layers,
+}
+
+/// A process's environment, `(name, value)` pairs.
+type Environment = Vec<(String, String)>;
+
+/// The job's environment and the read-only paths it needs (its credential files, readable by
+/// the job's uid from now on).
+fn granted(
+    job: &Job,
+    dir: &JobDir,
+    credentials: &JobCredentials,
+    host_ids: Option<JobIds>,
+) -> Result<(Environment, Vec<PathBuf>), PhaseError> {
+    if let Some(ids) = host_ids {
+        credentials.grant(ids).map_err(|error| PhaseError::Failed(error.to_string()))?;
+    }
+    let read_only = credentials.dir().map(Path::to_path_buf).into_iter().collect();
+    Ok((environment(job, dir, credentials), read_only))
 }
 
 /// The job's environment: a fixed `PATH` and Terraform's automation settings, the job described
@@ -462,7 +490,7 @@ mod tests {
         let (log, outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let ok = exec("test \"$KEYWARD_PHASE\" = plan && echo planned")
-            .run(&job(), &slot, &mut plans(), &JobCredentials::default(), None, &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert_eq!(ok, Outcome::Succeeded);
         log.finish().await;
@@ -472,7 +500,7 @@ mod tests {
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let failed = exec("echo boom; exit 3")
-            .run(&job(), &slot, &mut plans(), &JobCredentials::default(), None, &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert!(matches!(&failed, Outcome::Failed(why) if why.contains("boom") && why.contains('3')), "{failed:?}");
     }
@@ -501,7 +529,7 @@ mod tests {
             let (_data, slot) = slot();
             let (log, _outbox) = new_log();
             exec(&command)
-                .run(&job(), &slot, &mut plans(), &JobCredentials::default(), None, &log, &Layers::default(), canceled)
+                .run(&job(), &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), canceled)
                 .await
         });
         let started = std::time::Instant::now();
@@ -529,7 +557,7 @@ mod tests {
         let (log, _outbox) = new_log();
         let (_keep, cancel) = oneshot::channel();
         let late = runner
-            .run(&job(), &slot, &mut plans(), &JobCredentials::default(), None, &log, &Layers::default(), cancel)
+            .run(&job(), &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), cancel)
             .await;
         assert!(matches!(&late, Outcome::Failed(why) if why.contains("deadline")), "{late:?}");
     }

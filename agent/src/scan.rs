@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use keyward_proto::agent_v1::{ScanFinding, ScanReport};
 use serde_json::Value;
 
-use crate::launch::{Isolation, Launch, SandboxSettings, sandbox_verdict};
+use crate::idrange::JobIds;
+use crate::job::Job;
+use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
 use crate::plans::Plans;
 use crate::step::{self, Cancel, StepEnd};
-use crate::terraform::{Phase, PhaseError};
+use crate::terraform::PhaseError;
 
 /// Most failed checks sent per report (the rest are counted).
 const MAX_FINDINGS: usize = 500;
@@ -172,7 +174,28 @@ fn finding(check: &Value) -> ScanFinding {
     }
 }
 
-impl Phase<'_> {
+/// Where a job's scanners run: where its Terraform will.
+#[derive(Debug)]
+pub(crate) struct Place<'a> {
+    /// The job.
+    pub job: &'a Job,
+    /// How processes are isolated.
+    pub isolation: &'a Isolation,
+    /// The job's writable directory (the checkout is in it).
+    pub work_dir: &'a Path,
+    /// The configuration's directory inside it: what is scanned.
+    pub cwd: &'a Path,
+    /// The agent's private scratch directory.
+    pub scratch: &'a Path,
+    /// When the phase is killed.
+    pub deadline: std::time::SystemTime,
+    /// The host uid and gid of the job's slot, or `None` for the agent's own.
+    pub host_ids: Option<JobIds>,
+    /// The sandbox layers its processes ran under.
+    pub layers: &'a Layers,
+}
+
+impl Place<'_> {
     /// Runs the job's scanners on the configuration's directory and hands their reports to the
     /// broker; the job goes on only if `keyward.scan` allows. Before anything else runs.
     pub(crate) async fn scan(
@@ -182,9 +205,6 @@ impl Phase<'_> {
         log: &JobLog,
         cancel: &mut Cancel,
     ) -> Result<(), PhaseError> {
-        if self.job.scanners.is_empty() {
-            return Ok(());
-        }
         let mut reports = Vec::new();
         for name in &self.job.scanners {
             let installed = scanners.get(name).ok_or_else(|| {
@@ -233,7 +253,7 @@ impl Phase<'_> {
             argv,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             work_dir: self.work_dir.to_path_buf(),
-            cwd: self.cwd.clone(),
+            cwd: self.cwd.to_path_buf(),
             read_only: installed.runtime.clone(),
             deadline: self.deadline,
             scratch: self.scratch.to_path_buf(),

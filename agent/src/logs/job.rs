@@ -186,6 +186,22 @@ impl JobLog {
         out
     }
 
+    /// Masks `secrets` from now on (with the patterns): for credentials a job receives after its
+    /// log began (a scanned job's, once its scan is allowed). `secrets` is every value to mask,
+    /// those already masked included. Call it between steps: what the maskers hold back is sent
+    /// first, under the rules it was written with.
+    pub async fn mask_from_now<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        for stream in Stream::ALL {
+            self.close(stream).await;
+        }
+        let mut state = self.state.lock().await;
+        let rules = MaskRules::new(secrets, state.rules.patterns().clone());
+        for stream in Stream::ALL {
+            state.buffers.of(stream).masker = Masker::new(Arc::clone(&rules));
+        }
+        state.rules = rules;
+    }
+
     /// The last masked output of the job's processes, for its error message.
     pub async fn tail(&self) -> String {
         let state = self.state.lock().await;
@@ -269,6 +285,21 @@ mod tests {
         assert_eq!(text(&chunks, "keyward"), "$ terraform plan\n");
         assert_eq!(text(&chunks, "stderr").len(), MAX_CHUNK_DATA + 10);
         assert!(log.tail().await.ends_with("eee"));
+    }
+
+    /// Secrets a job receives mid-way are masked from then on, and the old ones stay masked.
+    #[tokio::test]
+    async fn secrets_added_later_are_masked_from_then_on() {
+        let outbox = Arc::new(Outbox::new(usize::MAX));
+        let rules = MaskRules::new([b"git-password-1".as_slice()], Patterns::default());
+        let log = JobLog::new(&job(), &rules, DEFAULT_LIMIT, Arc::clone(&outbox));
+        log.write(Stream::Stdout, b"checkout with git-password-1\n").await;
+        log.mask_from_now([b"git-password-1".as_slice(), b"aws-secret-key-2".as_slice()]).await;
+        log.write(Stream::Stdout, b"plan with aws-secret-key-2 and git-password-1\n").await;
+        log.finish().await;
+        let chunks = outbox.take_unsent();
+        assert_eq!(text(&chunks, "stdout"), "checkout with ***\nplan with *** and ***\n");
+        assert!(chunks.windows(2).all(|w| w[1].prev_digest == w[0].digest), "one chain");
     }
 
     #[tokio::test]

@@ -167,6 +167,11 @@ impl MaskRules {
         Arc::new(Self { literals, whole, starting_with, windows: !windows.is_empty(), longest, patterns })
     }
 
+    /// The patterns these rules mask.
+    pub fn patterns(&self) -> &Patterns {
+        &self.patterns
+    }
+
     /// Rules that mask only the patterns (a job with no credentials).
     pub fn patterns_only(patterns: Patterns) -> Arc<Self> {
         Self::new(std::iter::empty(), patterns)

@@ -166,6 +166,7 @@ impl super::Agents {
         caller: &crate::audit::Context,
     ) -> Result<JobEnvironment, CredentialsError> {
         let held = self.runs.held_job(job_id, &agent.id, fencing_token).await?;
+        self.runs.scan_gate(&held).await?;
         let exchanger = self.exchanger.as_ref().ok_or(CredentialsError::NoTargets)?;
         let now = self.clock.now();
         let spiffe_id = self.ca.spiffe_id(&agent.pool, &agent.id);

@@ -206,6 +206,7 @@ impl AgentService for AgentGrpc {
         let body = request.into_inner();
         let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let runs = self.agents.runs();
+        runs.scan_gate(&held).await.map_err(status::run)?;
         if !held.stack.spec.managed_state {
             return Err(Status::failed_precondition("the broker does not keep this stack's state"));
         }
@@ -226,6 +227,7 @@ impl AgentService for AgentGrpc {
         let body = request.into_inner();
         let held = self.held(&agent, &body.job_id, body.fencing_token).await?;
         let runs = self.agents.runs();
+        runs.scan_gate(&held).await.map_err(status::run)?;
         let variables = runs.job_variables(&held).await.map_err(|error| match error {
             crate::runs::contexts::ContextError::Run(run) => status::run(run),
             other => Status::failed_precondition(other.to_string()),

@@ -75,6 +75,7 @@ pub fn run(error: RunError) -> Status {
         | RunError::UnknownJob(_)
         | RunError::NoSavedPlan(_)
         | RunError::NoRepositoryCredentials(_) => Status::not_found(message),
+        RunError::ScanFirst(_) | RunError::ScanRefused(_) => Status::failed_precondition(message),
         RunError::NotReviewable { .. }
         | RunError::AlreadyReviewed { .. }
         | RunError::AlreadyOver { .. }

@@ -266,6 +266,7 @@ impl From<RunError> for ApiError {
             | RunError::UnknownJob(_)
             | RunError::NoSavedPlan(_)
             | RunError::NoRepositoryCredentials(_) => Self::not_found(message),
+            RunError::ScanFirst(_) | RunError::ScanRefused(_) => Self::conflict(message),
             RunError::NotReviewable { .. }
             | RunError::AlreadyReviewed { .. }
             | RunError::AlreadyOver { .. }

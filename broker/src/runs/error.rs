@@ -46,6 +46,13 @@ pub enum RunError {
     /// A saved plan was asked for by a job that is not an apply job.
     #[error("job {0} is not an apply job")]
     NotAnApplyJob(String),
+    /// A scanned stack's plan job asked for more than its checkout's credentials before sending
+    /// its scan.
+    #[error("job {0} is scanned before init: send its scan first (docs/scans.md)")]
+    ScanFirst(String),
+    /// A scanned stack's plan job whose scan was refused asked for credentials.
+    #[error("the scan policy refused job {0}'s scan: it gets nothing more")]
+    ScanRefused(String),
     /// A scan report that cannot be taken (wrong job, unknown or missing scanner, too large).
     #[error("scan refused: {0}")]
     BadScan(String),

@@ -214,6 +214,20 @@ impl Runs {
         Ok(verdict)
     }
 
+    /// What a scanned stack's plan job may have before its scan is allowed: only its checkout's
+    /// credentials. Its state backend, variables and target credentials wait for an allowing
+    /// verdict, so a refused run never holds them.
+    pub async fn scan_gate(&self, held: &HeldJob) -> Result<(), RunError> {
+        if held.job.phase != Phase::Plan || held.stack.spec.scanners.is_empty() {
+            return Ok(());
+        }
+        match self.store.job_scan(&held.job.id).await? {
+            None => Err(RunError::ScanFirst(held.job.id.clone())),
+            Some(kept) if verdict_of(&kept).allowed() => Ok(()),
+            Some(_) => Err(RunError::ScanRefused(held.job.id.clone())),
+        }
+    }
+
     /// Why `job_id`'s run must fail over its scan, for a plan job of a scanned stack: the scan was
     /// refused, or, for a job that `succeeded`, never sent (an agent older than scanning, or one
     /// that skipped it).

@@ -13,7 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward_tests::agent::{Agent, join};
+use keyward_proto::agent_v1::{
+    JobResult, JobVariablesRequest, ScanFinding, ScanReport, ScanSubmission, StateBackendRequest, agent_message,
+};
+use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process, join};
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;
@@ -180,12 +183,21 @@ async fn scans(database_url: Option<&str>) {
     assert_eq!(allowed, [json!(false), json!(true)], "{entries:?}");
     let failed = |e: &Value| e["entry"]["details"]["scanners"]["checkov"]["failed"].as_u64().unwrap_or_default();
     assert!(entries.iter().all(|e| failed(e) >= 1), "{entries:?}");
+    // The refused job got nothing but its checkout: its variables were never issued; the allowed
+    // one got them after its scan.
+    let job_of = |e: &Value| e["entry"]["details"]["job_id"].as_str().unwrap_or_default().to_owned();
+    let tail = broker.cli(&["audit", "tail", "--kind", "job.variables_issued", "--json"]);
+    let issued: Vec<String> = tail.stdout.lines().map(|line| job_of(&serde_json::from_str(line).unwrap())).collect();
+    let (refused_job, allowed_job) = (job_of(&entries[0]), job_of(&entries[1]));
+    assert!(!issued.contains(&refused_job), "{issued:?}");
+    assert!(issued.contains(&allowed_job), "{issued:?}");
 }
 
 /// The broker, not the agent, makes a scan stick: an agent that runs no scan (here an `--exec`
 /// agent, which runs the operator's command instead of Terraform, as an agent from before scans
-/// would skip it) reports success, and the run fails all the same; an agent without Checkov fails
-/// the job saying what to install. A stack naming an unknown scanner is refused, nothing stored.
+/// would skip it) is given nothing, so its job and run fail saying why; an agent without Checkov
+/// fails the job saying what to install. A stack naming an unknown scanner is refused, nothing
+/// stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_without_a_scan_fails_its_run_and_unknown_scanners_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,7 +209,7 @@ async fn a_plan_without_a_scan_fails_its_run_and_unknown_scanners_are_refused() 
         let (run, log) = run_to_end(&broker, "skipped").await;
         assert_eq!(run["state"], "failed", "{run}\n{log}");
         let detail = run["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains("its plan job sent no scan"), "{detail}");
+        assert!(detail.contains("is scanned before init: send its scan first"), "{detail}");
     }
     // No Checkov given and none on a PATH of system directories only.
     let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
@@ -230,4 +242,112 @@ async fn a_plan_without_a_scan_fails_its_run_and_unknown_scanners_are_refused() 
     let (status, text) = post(json!({"name": "bad", "repository": url, "scanners": ["checkov", "checkov"]})).await;
     assert!(status == 400 && text.contains("named twice"), "{status} {text}");
     assert!(!broker.cli(&["stack", "show", "bad"]).success, "nothing was stored");
+}
+
+/// The broker's gate, spoken to as an agent would (an in-process work stream, mTLS): before its
+/// scan is allowed, a scanned stack's plan job gets neither its variables nor its state backend;
+/// after an allowing verdict it does; the first verdict is final (a clean report after a dirty
+/// one changes nothing); after a refusal it gets nothing, and reports for scanners the stack does
+/// not name are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scanned_job_gets_nothing_but_its_checkout_before_its_scan_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), None).await;
+    let repo = repository(dir.path());
+    create(&broker, &repo, "warned", &[]);
+    create(&broker, &repo, "enforced", &["--label", "scan=enforce"]);
+    let (endpoint, ca) = bootstrap(&broker.addr).await;
+    let token = json(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (_, identity) = enroll_in_process(&endpoint, &ca, &token).await;
+    let mut session = WorkSession::open(&endpoint, &ca, identity, 2).await.expect("work stream");
+    let mut jobs = Vec::new();
+    for stack in ["warned", "enforced"] {
+        assert!(broker.cli(&["run", "submit", "--stack", stack]).success);
+        let job = session.next_assignment(Duration::from_secs(20)).await.expect("an assignment");
+        assert_eq!(job.scanners, ["checkov"], "{job:?}");
+        jobs.push(job);
+    }
+    let (warned, enforced) = (&jobs[0], &jobs[1]);
+    session.heartbeat(&[&warned.job_id, &enforced.job_id]).await.expect("the stream is open");
+    let mut client = session.client.clone();
+    let variables = |job: &keyward_proto::agent_v1::JobAssignment| JobVariablesRequest {
+        job_id: job.job_id.clone(),
+        fencing_token: job.fencing_token,
+    };
+    let before = client.job_variables(variables(warned)).await.expect_err("no variables before the scan");
+    assert_eq!(before.code(), tonic::Code::FailedPrecondition, "{before:?}");
+    assert!(before.message().contains("send its scan first"), "{before:?}");
+    let state = StateBackendRequest { job_id: warned.job_id.clone(), fencing_token: warned.fencing_token };
+    let before = client.state_backend(state.clone()).await.expect_err("no state backend before the scan");
+    assert_eq!(before.code(), tonic::Code::FailedPrecondition, "{before:?}");
+
+    let report = |failed: u32| ScanReport {
+        scanner: "checkov".into(),
+        version: "3.3.30".into(),
+        passed: 1,
+        failed,
+        findings: (0..failed)
+            .map(|_| ScanFinding {
+                check_id: "CKV_AWS_145".into(),
+                resource: "aws_s3_bucket.logs".into(),
+                file: "/storage/bucket.tf".into(),
+                first_line: 1,
+                last_line: 3,
+                ..ScanFinding::default()
+            })
+            .collect(),
+        ..ScanReport::default()
+    };
+    let submit = |job: &keyward_proto::agent_v1::JobAssignment, reports: Vec<ScanReport>| ScanSubmission {
+        job_id: job.job_id.clone(),
+        fencing_token: job.fencing_token,
+        reports,
+    };
+    let unnamed = ScanReport { scanner: "trivy".into(), ..report(0) };
+    let refused = client.submit_scan(submit(warned, vec![unnamed])).await.expect_err("an unknown scanner");
+    assert!(refused.message().contains("unknown scanner `trivy`"), "{refused:?}");
+    let verdict = client.submit_scan(submit(warned, vec![report(1)])).await.expect("judged").into_inner();
+    assert!(verdict.allowed && verdict.warn.iter().any(|w| w.contains("CKV_AWS_145")), "{verdict:?}");
+    assert!(client.job_variables(variables(warned)).await.is_ok(), "variables once the scan is allowed");
+    assert!(client.state_backend(state).await.is_ok(), "the state backend once the scan is allowed");
+
+    let verdict = client.submit_scan(submit(enforced, vec![report(1)])).await.expect("judged").into_inner();
+    assert!(!verdict.allowed && verdict.deny.iter().any(|d| d.contains("CKV_AWS_145")), "{verdict:?}");
+    let again = client.submit_scan(submit(enforced, vec![report(0)])).await.expect("judged").into_inner();
+    assert_eq!(again, verdict, "the first verdict is final");
+    let after = client.job_variables(variables(enforced)).await.expect_err("nothing after a refusal");
+    assert!(after.message().contains("refused"), "{after:?}");
+    // The refused job reports success anyway: its run fails with the policy's reasons.
+    let ended = |run: &str| {
+        let run = run.to_owned();
+        let broker = &broker;
+        eventually("the run to end", Duration::from_secs(30), move || {
+            let shown = json(&broker.cli(&["run", "show", &run, "--json"]));
+            async move { (shown["state"] != "planning" && shown["state"] != "queued").then_some(shown) }
+        })
+    };
+    report_success(&session, enforced).await;
+    let run = ended(&enforced.run_id).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run["detail"].as_str().is_some_and(|d| d.contains("refused the run before init: checkov")), "{run}");
+
+    // A job that never sends a scan and claims success (an agent that skipped it): its run fails.
+    create(&broker, &repo, "silent", &[]);
+    assert!(broker.cli(&["run", "submit", "--stack", "silent"]).success);
+    let silent = session.next_assignment(Duration::from_secs(20)).await.expect("an assignment");
+    report_success(&session, &silent).await;
+    let run = ended(&silent.run_id).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(run["detail"].as_str().is_some_and(|d| d.contains("its plan job sent no scan")), "{run}");
+}
+
+/// Reports `job` as succeeded, as an agent that ignored the scan would.
+async fn report_success(session: &WorkSession, job: &keyward_proto::agent_v1::JobAssignment) {
+    let result = JobResult {
+        job_id: job.job_id.clone(),
+        fencing_token: job.fencing_token,
+        success: true,
+        ..JobResult::default()
+    };
+    session.send(agent_message::Kind::Result(result)).await.expect("the stream is open");
 }
