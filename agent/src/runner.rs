@@ -187,6 +187,8 @@ impl Runner {
             Some(backend) => Some(managed_state(backend, dir, &cwd, log).await?),
             None => None,
         };
+        // Before any hook or Terraform command: the variables mounted as files.
+        crate::mounts::mount(credentials.files(), &dir.work, &cwd, log).await?;
         let (mut env, mut read_only) = (env, read_only);
         if let Some(mirror) = &self.provider_mirror {
             let config = provider_installation(mirror, dir).await?;

@@ -193,7 +193,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 17] = match self.backend {
+        let files: [(i64, &str, &'static str); 18] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -212,6 +212,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/sqlite/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
+                (18, "context_files_hooks", include_str!("../../migrations/sqlite/0018_context_files_hooks.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -231,6 +232,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/postgres/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
+                (18, "context_files_hooks", include_str!("../../migrations/postgres/0018_context_files_hooks.sql")),
             ],
         };
         let migrations = files
