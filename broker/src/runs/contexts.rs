@@ -335,8 +335,8 @@ impl Runs {
         if existing.is_none() && siblings.len() >= MAX_VARIABLES {
             return Err(ContextError::Invalid(format!("{owner} has {MAX_VARIABLES} variables already")));
         }
-        if let Some(other) = siblings.iter().find(|v| v.name != new.name && v.mount_path.as_deref() == new.file)
-            && let Some(path) = new.file
+        if let Some(path) = new.file
+            && let Some(other) = siblings.iter().find(|v| v.name != new.name && v.mount_path.as_deref() == Some(path))
         {
             return Err(ContextError::Invalid(format!(
                 "{owner} already mounts `{path}` as `{}`; unset that one first or choose another path",
