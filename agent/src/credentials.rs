@@ -11,6 +11,10 @@
 //! A private repository's credentials (`SourceCredentials`, when the assignment says the broker
 //! has some) are kept here too, in memory only: they go to git's environment for the checkout and
 //! never to Terraform's, and the job's log masks them like every other secret.
+//!
+//! So are the job's variables (`JobVariables`): into the environment, or, those with a path, kept
+//! as files for [`crate::mounts`] to write into the checkout. A secret one is masked whole and
+//! line by line (a tool may print one line of a key file).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +30,8 @@ use zeroize::Zeroizing;
 
 use crate::idrange::JobIds;
 use crate::job::Job;
+use crate::logs::mask::MIN_SECRET;
+use crate::mounts::MountedFile;
 
 /// What the job's variables are set "by" in a conflict's message.
 const VARIABLES: &str = "the stack's variables (contexts)";
@@ -94,6 +100,7 @@ const PUBLIC_VARIABLES: [&str; 8] = [
 pub struct JobCredentials {
     variables: BTreeMap<String, (Zeroizing<String>, String)>,
     secrets: Vec<Zeroizing<Vec<u8>>>,
+    files: Vec<MountedFile>,
     dir: Option<PathBuf>,
     source: Option<SourceAccess>,
     state: Option<crate::state_relay::Backend>,
@@ -110,6 +117,7 @@ impl fmt::Debug for JobCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobCredentials")
             .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field("files", &self.files)
             .field("dir", &self.dir)
             .field("source", &self.source.as_ref().map(|s| &s.url_prefix))
             .field("state", &self.state)
@@ -235,8 +243,9 @@ impl JobCredentials {
         Ok(())
     }
 
-    /// The job's variables from its contexts and stack: into its environment, secret ones masked.
-    /// A variable and a target's credential of the same name fail the job (neither silently wins).
+    /// The job's variables from its contexts and stack: into its environment, or kept to be
+    /// mounted as files; secret ones masked. A variable and a target's credential of the same
+    /// name fail the job (neither silently wins).
     async fn fetch_variables(
         &mut self,
         client: &mut AgentServiceClient<Channel>,
@@ -254,9 +263,13 @@ impl JobCredentials {
         for variable in response.variables {
             let value = Zeroizing::new(variable.value);
             if variable.secret {
-                self.secrets.push(Zeroizing::new(value.as_bytes().to_vec()));
+                self.secrets.extend(secret_pieces(value.as_bytes()));
             }
-            self.set(&from, variable.name, value)?;
+            if variable.file.is_empty() {
+                self.set(&from, variable.name, value)?;
+            } else {
+                self.keep_file(variable.name, variable.file, value, variable.secret)?;
+            }
         }
         Ok(())
     }
@@ -270,6 +283,32 @@ impl JobCredentials {
         tracing::info!(job_id = %job.job_id, variables = self.len(), "job credentials received");
         let names: Vec<&str> = self.environment().map(|(name, _)| name).collect();
         log.note(&format!("keyward: credentials for {}: {}", job.credential_targets.join(", "), names.join(" "))).await;
+    }
+
+    /// Keeps a variable to mount at `path`, checked again here (the broker checked it first).
+    fn keep_file(
+        &mut self,
+        name: String,
+        path: String,
+        value: Zeroizing<String>,
+        secret: bool,
+    ) -> Result<(), CredentialsError> {
+        keyward_proto::mount::check(&path)
+            .map_err(|e| CredentialsError::Variables(format!("variable `{name}` cannot be mounted: {e}")))?;
+        if let Some(other) = self.files.iter().find(|file| file.path == path) {
+            return Err(CredentialsError::Variables(format!(
+                "variables `{}` and `{name}` are both mounted at `{path}`",
+                other.name
+            )));
+        }
+        let content = Zeroizing::new(value.as_bytes().to_vec());
+        self.files.push(MountedFile { name, path, content, secret });
+        Ok(())
+    }
+
+    /// The variables to mount as files in the job's configuration directory.
+    pub fn files(&self) -> &[MountedFile] {
+        &self.files
     }
 
     /// The stack's state backend, when the broker keeps the stack's state.
@@ -409,6 +448,22 @@ impl JobCredentials {
     }
 }
 
+/// What of a secret value the log masks: the whole value, and each of its lines (without the
+/// surrounding blanks) long enough to be masked on its own ([`MIN_SECRET`]): a key file's lines
+/// each, since a tool may print one of them alone. Shorter lines are masked only as part of the
+/// whole or of a longer piece (docs/contexts.md).
+fn secret_pieces(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut pieces = vec![Zeroizing::new(value.to_vec())];
+    if value.contains(&b'\n') {
+        for line in value.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
+            if line.len() >= MIN_SECRET && !pieces.iter().any(|piece| piece.as_slice() == line) {
+                pieces.push(Zeroizing::new(line.to_vec()));
+            }
+        }
+    }
+    pieces
+}
+
 /// The string values inside `content` when it is JSON (a Vault secrets file): each is a secret
 /// a process may print on its own.
 fn json_strings(content: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
@@ -454,6 +509,38 @@ mod tests {
         }
         assert_eq!(credentials.environment().collect::<Vec<_>>(), vec![("AWS_ACCESS_KEY_ID", "AKIA")]);
         assert!(!format!("{credentials:?}").contains("AKIA"), "Debug shows names, never values");
+    }
+
+    #[test]
+    fn a_multi_line_secret_is_masked_whole_and_line_by_line() {
+        let pem = b"-----BEGIN KEY-----\r\n  Zx9Qw7Lp\nshort\n\n-----END KEY-----\n";
+        let pieces: Vec<Vec<u8>> = secret_pieces(pem).into_iter().map(|p| p.to_vec()).collect();
+        let expected: [&[u8]; 4] = [pem, b"-----BEGIN KEY-----", b"Zx9Qw7Lp", b"-----END KEY-----"];
+        assert_eq!(pieces, expected.map(<[u8]>::to_vec), "`short` is under MIN_SECRET: only masked within the whole");
+        let rules = crate::logs::MaskRules::new(pieces.iter().map(Vec::as_slice), crate::logs::Patterns::default());
+        let mut masker = crate::logs::mask::Masker::new(rules);
+        let mut out = Vec::new();
+        // 8 bytes, printed without its neighbours: no 10-byte window of the whole value matches.
+        masker.push(b"line [Zx9Qw7Lp]\n", &mut out);
+        masker.finish(&mut out);
+        assert_eq!(out, b"line [***]\n", "a line printed alone");
+        assert_eq!(secret_pieces(b"one-line").len(), 1);
+    }
+
+    #[test]
+    fn a_mounted_file_is_checked_and_kept_out_of_the_environment() {
+        let mut credentials = JobCredentials::default();
+        let value = || Zeroizing::new("content".to_owned());
+        credentials.keep_file("TLS_KEY".into(), "tls/key.pem".into(), value(), true).expect("kept");
+        assert!(credentials.is_empty(), "not in the environment");
+        let same = credentials.keep_file("OTHER".into(), "tls/key.pem".into(), value(), false).unwrap_err();
+        assert!(same.to_string().contains("`TLS_KEY` and `OTHER` are both mounted at `tls/key.pem`"), "{same}");
+        for bad in ["../x", "/etc/x", "a//b"] {
+            let error = credentials.keep_file("X".into(), bad.into(), value(), false).unwrap_err();
+            assert!(error.to_string().contains("cannot be mounted"), "{bad}: {error}");
+        }
+        assert_eq!(credentials.files().len(), 1);
+        assert!(!format!("{credentials:?}").contains("content"), "Debug shows paths, never contents");
     }
 
     #[test]

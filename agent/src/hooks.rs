@@ -1,11 +1,13 @@
-//! A stack's lifecycle hooks (docs/runs.md, "Lifecycle hooks"): shell commands the assignment
-//! names for points around the Terraform commands of its phase.
+//! Lifecycle hooks (docs/runs.md, "Lifecycle hooks"): shell commands the assignment names for
+//! points around the Terraform commands of its phase, the stack's own and its contexts' (which
+//! come first at each point).
 //!
 //! Each runs as `/bin/sh -c COMMAND` exactly where Terraform runs: the same isolation, the same
 //! environment (credentials and state settings included), the same read-only binds, the
 //! configuration's directory as its working directory, the job's deadline and its log (masked
 //! like every step). It is never wrapped in the state relay: a hook is not Terraform. The first
-//! hook that fails fails the phase, named by its point and number, and nothing after it runs.
+//! hook that fails fails the phase, named by its point, its number among its source's hooks at
+//! that point and, for a context's, the context; nothing after it runs.
 
 use crate::launch::{Isolation, Launch, SandboxSettings, sandbox_verdict};
 use crate::logs::JobLog;
@@ -63,29 +65,53 @@ pub struct Hook {
     pub point: HookPoint,
     /// The shell command.
     pub command: String,
+    /// The context it comes from; `None`: the stack's own.
+    pub context: Option<String>,
+}
+
+impl Hook {
+    /// Where it comes from, as the log and a failure say it: ` of context "base"`, or nothing
+    /// for the stack's own.
+    fn whose(&self) -> String {
+        self.context.as_ref().map(|context| format!(" of context {context:?}")).unwrap_or_default()
+    }
+}
+
+/// Each of `hooks` at `point` in order, with its number among its source's hooks there.
+fn numbered(hooks: &[Hook], point: HookPoint) -> Vec<(usize, &Hook)> {
+    let mut counts: Vec<(Option<&str>, usize)> = Vec::new();
+    let mut out = Vec::new();
+    for hook in hooks.iter().filter(|hook| hook.point == point) {
+        let source = hook.context.as_deref();
+        let number = match counts.iter_mut().find(|(seen, _)| *seen == source) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                counts.push((source, 1));
+                1
+            }
+        };
+        out.push((number, hook));
+    }
+    out
 }
 
 impl Phase<'_> {
     /// Runs the job's hooks at `point`, in order; the first that fails fails the phase.
     pub(crate) async fn hooks(&self, point: HookPoint, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
-        let at_point = self.job.hooks.iter().filter(|hook| hook.point == point);
-        for (index, hook) in at_point.enumerate() {
-            self.hook(point, index + 1, &hook.command, log, cancel).await?;
+        for (number, hook) in numbered(&self.job.hooks, point) {
+            self.hook(hook, number, log, cancel).await?;
         }
         Ok(())
     }
 
     /// `/bin/sh -c command` where Terraform runs, not under the state relay.
-    async fn hook(
-        &self,
-        point: HookPoint,
-        number: usize,
-        command: &str,
-        log: &JobLog,
-        cancel: &mut Cancel,
-    ) -> Result<(), PhaseError> {
+    async fn hook(&self, hook: &Hook, number: usize, log: &JobLog, cancel: &mut Cancel) -> Result<(), PhaseError> {
+        let (point, command, whose) = (hook.point, hook.command.as_str(), hook.whose());
         let name = point.as_str();
-        log.note(&format!("$ hook {name}: {command}")).await;
+        log.note(&format!("$ hook {name}{whose}: {command}")).await;
         let launch = Launch {
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
             env: self.env.clone(),
@@ -105,7 +131,7 @@ impl Phase<'_> {
         };
         let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
         let shown = String::from_utf8_lossy(&log.mask(command.as_bytes()).await).into_owned();
-        let what = format!("{name} hook {number} ({shown:?})");
+        let what = format!("{name} hook {number}{whose} ({shown:?})");
         let why = match step.end {
             StepEnd::Exited(status) if status.success() => return Ok(()),
             StepEnd::Exited(status) => verdict.unwrap_or_else(|| format!("exited with {status}")),
@@ -116,5 +142,41 @@ impl Phase<'_> {
         let consequence = point.consequence();
         log.note(&format!("keyward: {what} {why}{consequence}")).await;
         Err(PhaseError::Failed(format!("{what} {why}{consequence}: {}", log.tail().await)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_are_numbered_within_their_source_at_their_point() {
+        let hook = |point, command: &str, context: Option<&str>| Hook {
+            point,
+            command: command.to_owned(),
+            context: context.map(str::to_owned),
+        };
+        let hooks = [
+            hook(HookPoint::BeforeInit, "i", None),
+            hook(HookPoint::BeforePlan, "a1", Some("a")),
+            hook(HookPoint::BeforePlan, "a2", Some("a")),
+            hook(HookPoint::BeforePlan, "b1", Some("b")),
+            hook(HookPoint::BeforePlan, "s1", None),
+            hook(HookPoint::BeforePlan, "s2", None),
+        ];
+        let seen: Vec<String> = numbered(&hooks, HookPoint::BeforePlan)
+            .into_iter()
+            .map(|(number, hook)| format!("{} hook {number}{}: {}", hook.point.as_str(), hook.whose(), hook.command))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                r#"before_plan hook 1 of context "a": a1"#,
+                r#"before_plan hook 2 of context "a": a2"#,
+                r#"before_plan hook 1 of context "b": b1"#,
+                "before_plan hook 1: s1",
+                "before_plan hook 2: s2",
+            ]
+        );
     }
 }

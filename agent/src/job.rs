@@ -65,7 +65,8 @@ pub struct Job {
     pub source_credentials: bool,
     /// Whether the broker keeps the stack's Terraform state (the state relay serves it).
     pub managed_state: bool,
-    /// The stack's lifecycle hooks for this phase, in the order they run.
+    /// The lifecycle hooks for this phase, in the order they run: at each point the stack's
+    /// contexts', then its own.
     pub hooks: Vec<Hook>,
     /// Plan jobs of a scanned stack: the scanners to run before anything else (docs/scans.md).
     pub scanners: Vec<String>,
@@ -150,7 +151,8 @@ fn hooks(hooks: &[wire::Hook]) -> Result<Vec<Hook>, JobError> {
         .iter()
         .map(|hook| {
             let point = HookPoint::parse(&hook.point).ok_or_else(|| JobError::UnknownHookPoint(hook.point.clone()))?;
-            Ok(Hook { point, command: hook.command.clone() })
+            let context = Some(hook.context.clone()).filter(|name| !name.is_empty());
+            Ok(Hook { point, command: hook.command.clone(), context })
         })
         .collect()
 }
@@ -228,11 +230,16 @@ mod tests {
 
     #[test]
     fn hooks_keep_their_order_and_an_unknown_point_is_refused() -> Result<(), Refused> {
-        let hook = |point: &str, command: &str| wire::Hook { point: point.into(), command: command.into() };
+        let hook = |point: &str, command: &str| wire::Hook {
+            point: point.into(),
+            command: command.into(),
+            context: if command == "b" { "base".into() } else { String::new() },
+        };
         let hooks = vec![hook("before_init", "a"), hook("before_plan", "b"), hook("before_init", "c")];
         let job = Job::try_from(JobAssignment { hooks, ..assignment(wire::Phase::Plan, wire::RunKind::Deploy) })?;
-        let seen: Vec<(&str, &str)> = job.hooks.iter().map(|h| (h.point.as_str(), h.command.as_str())).collect();
-        assert_eq!(seen, [("before_init", "a"), ("before_plan", "b"), ("before_init", "c")]);
+        let seen: Vec<(&str, &str, Option<&str>)> =
+            job.hooks.iter().map(|h| (h.point.as_str(), h.command.as_str(), h.context.as_deref())).collect();
+        assert_eq!(seen, [("before_init", "a", None), ("before_plan", "b", Some("base")), ("before_init", "c", None)]);
         let unknown = JobAssignment {
             hooks: vec![hook("after_init", "x")],
             ..assignment(wire::Phase::Plan, wire::RunKind::Deploy)

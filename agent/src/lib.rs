@@ -20,6 +20,7 @@ pub mod idrange;
 pub mod job;
 pub mod launch;
 pub mod logs;
+pub mod mounts;
 pub mod planfile;
 pub mod plans;
 pub mod runner;

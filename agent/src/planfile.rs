@@ -13,7 +13,10 @@
 //!   directory beneath the work dir;
 //! - [`write_private`] writes a plan into a directory only the agent writes, with `O_CREAT |
 //!   O_EXCL | O_NOFOLLOW`, so the copy the sandbox reads (bound read-only) is exactly the bytes
-//!   the agent holds.
+//!   the agent holds;
+//! - [`write_beneath`] adds a new file to the checkout (the state backend's override, a mounted
+//!   file of a context) the same way, creating the directories on its way beneath the work dir
+//!   (`mkdirat` on a directory opened beneath it without following links).
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd as _, OwnedFd};
@@ -21,7 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2};
-use nix::sys::stat::{Mode, SFlag, fstat};
+use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
 
 /// How long reading or writing a plan may take before the job fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -85,30 +88,58 @@ pub async fn write_private(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<Pat
 /// sandbox's user (0644).
 pub async fn write_beneath(work_dir: &Path, relative: &Path, bytes: Vec<u8>) -> Result<(), PlanFileError> {
     let (work_dir, relative) = (work_dir.to_path_buf(), relative.to_path_buf());
+    blocking(move || write_new_beneath(&work_dir, &relative, &bytes, 0o644)).await
+}
+
+/// As [`write_beneath`], with the file's `mode`, after creating the directories on the way to it
+/// that do not exist yet (0755), each beneath `work_dir` through no symlink: how the agent mounts
+/// a context's file. The bytes are wiped from memory once written.
+pub async fn write_beneath_creating(
+    work_dir: &Path,
+    relative: &Path,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+    mode: u32,
+) -> Result<(), PlanFileError> {
+    let (work_dir, relative) = (work_dir.to_path_buf(), relative.to_path_buf());
     blocking(move || {
-        let shown = relative.display().to_string();
-        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(PlanFileError::OutsideWorkDir(shown));
+        if let Some(parent) = relative.parent() {
+            make_dirs_beneath(&work_dir, parent)?;
         }
-        let root = open(&work_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|source| PlanFileError::Open { path: work_dir.display().to_string(), source })?;
-        let how = OpenHow::new()
-            .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .mode(Mode::from_bits_truncate(0o644))
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        let fd = openat2(root.as_fd(), &relative, how).map_err(|source| match source {
-            nix::Error::ELOOP | nix::Error::EXDEV => PlanFileError::OutsideWorkDir(shown.clone()),
-            source => PlanFileError::Open { path: shown.clone(), source },
-        })?;
-        std::fs::File::from(fd).write_all(&bytes).map_err(|source| PlanFileError::Io {
-            what: "write",
-            path: shown,
-            source,
-        })
+        write_new_beneath(&work_dir, &relative, &bytes, mode)
     })
     .await
+}
+
+fn write_new_beneath(work_dir: &Path, relative: &Path, bytes: &[u8], mode: u32) -> Result<(), PlanFileError> {
+    let shown = relative.display().to_string();
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open_beneath_how(work_dir, relative, OpenHow::new().flags(flags).mode(Mode::from_bits_truncate(mode)))?;
+    std::fs::File::from(fd).write_all(bytes).map_err(|source| PlanFileError::Io { what: "write", path: shown, source })
+}
+
+/// Creates each directory of `relative` (beneath `work_dir`) that does not exist yet: `mkdirat`
+/// in its parent, opened beneath the work dir through no symlink. A component that exists and
+/// is not a directory fails the next open (`ENOTDIR`); one that is a symlink fails it (`ELOOP`).
+fn make_dirs_beneath(work_dir: &Path, relative: &Path) -> Result<(), PlanFileError> {
+    let directory = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut done = PathBuf::new();
+    for component in relative.components() {
+        let Component::Normal(name) = component else {
+            return Err(PlanFileError::OutsideWorkDir(relative.display().to_string()));
+        };
+        let parent = if done.as_os_str().is_empty() {
+            open(work_dir, directory, Mode::empty())
+                .map_err(|source| PlanFileError::Open { path: work_dir.display().to_string(), source })?
+        } else {
+            open_beneath(work_dir, &done, directory)?
+        };
+        done.push(name);
+        match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(source) => return Err(PlanFileError::Open { path: done.display().to_string(), source }),
+        }
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -134,14 +165,18 @@ pub fn is_plain_dir(work_dir: &Path, relative: &Path) -> bool {
 /// Opens `relative` beneath `work_dir` with `flags`, refusing `..`, absolute paths and any symlink
 /// on the way (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`).
 fn open_beneath(work_dir: &Path, relative: &Path, flags: OFlag) -> Result<OwnedFd, PlanFileError> {
+    open_beneath_how(work_dir, relative, OpenHow::new().flags(flags))
+}
+
+/// [`open_beneath`] with `how` (flags and mode); the resolve flags are always the same.
+fn open_beneath_how(work_dir: &Path, relative: &Path, how: OpenHow) -> Result<OwnedFd, PlanFileError> {
     let shown = relative.display().to_string();
     if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(PlanFileError::OutsideWorkDir(shown));
     }
     let root = open(work_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|source| PlanFileError::Open { path: work_dir.display().to_string(), source })?;
-    let how = OpenHow::new()
-        .flags(flags)
+    let how = how
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     openat2(root.as_fd(), relative, how).map_err(|source| match source {
         nix::Error::ELOOP | nix::Error::EXDEV => PlanFileError::OutsideWorkDir(shown),
@@ -252,6 +287,32 @@ mod tests {
         std::fs::write(dir.path().join("src/infra/keyward.tfplan"), vec![0_u8; 2048]).unwrap();
         let error = read_saved(dir.path(), Path::new("src/infra/keyward.tfplan"), 1024).await.unwrap_err();
         assert!(matches!(error, PlanFileError::TooLarge { cap: 1024, .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_file_beneath_gets_its_directories_and_never_goes_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = work();
+        let secret = || zeroize::Zeroizing::new(b"key".to_vec());
+        write_beneath_creating(dir.path(), Path::new("src/infra/tls/deep/key.pem"), secret(), 0o600).await.unwrap();
+        let written = dir.path().join("src/infra/tls/deep/key.pem");
+        assert_eq!(std::fs::read(&written).unwrap(), b"key");
+        assert_eq!(std::fs::metadata(&written).unwrap().permissions().mode() & 0o777, 0o600);
+        // An existing file is never replaced.
+        let again = write_beneath_creating(dir.path(), Path::new("src/infra/tls/deep/key.pem"), secret(), 0o600);
+        assert!(matches!(again.await.unwrap_err(), PlanFileError::Open { source: nix::Error::EEXIST, .. }));
+        // A directory on the way that is a symlink (even to a place outside): refused, nothing written.
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), dir.path().join("src/infra/linked")).unwrap();
+        let error = write_beneath_creating(dir.path(), Path::new("src/infra/linked/sub/x"), secret(), 0o600).await;
+        assert!(matches!(error.unwrap_err(), PlanFileError::OutsideWorkDir(_)));
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing created through the link");
+        // A file where a directory should be.
+        std::fs::write(dir.path().join("src/infra/plain"), b"").unwrap();
+        let error = write_beneath_creating(dir.path(), Path::new("src/infra/plain/x"), secret(), 0o600).await;
+        assert!(matches!(error.unwrap_err(), PlanFileError::Open { source: nix::Error::ENOTDIR, .. }));
+        let error = write_beneath_creating(dir.path(), Path::new("src/../../x"), secret(), 0o600).await;
+        assert!(matches!(error.unwrap_err(), PlanFileError::OutsideWorkDir(_)));
     }
 
     #[tokio::test]

@@ -202,6 +202,8 @@ impl Runner {
             Some(backend) => Some(managed_state(backend, dir, &cwd, log).await?),
             None => None,
         };
+        // Before any hook or Terraform command: the variables mounted as files.
+        crate::mounts::mount(credentials.files(), &dir.work, &cwd, log).await?;
         if let Some(mirror) = &self.provider_mirror {
             let config = provider_installation(mirror, dir).await?;
             env.push(("TF_CLI_CONFIG_FILE".to_owned(), config.display().to_string()));

@@ -3,8 +3,8 @@
 //! The broker and the agent never depend on each other; everything they both need to agree on lives
 //! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`), the
 //! run-token claim set that relying parties, agents and the broker all read, the digest that
-//! chains and signs a job's log chunks, how git is handed a private repository's credentials, and
-//! the hex and PEM encodings they all write, and the redacting type secrets travel in.
+//! chains and signs a job's log chunks, how git is handed a private repository's credentials,
+//! which paths a mounted file may take, and the hex and PEM encodings they all write, and the redacting type secrets travel in.
 //!
 //! The gRPC protocol is behind the `grpc` feature (on by default), so the offline verifier
 //! (`keyward-audit`) uses the log digest and encodings without prost or tonic.
@@ -15,6 +15,7 @@ pub mod claims;
 pub mod encoding;
 pub mod git;
 pub mod logs;
+pub mod mount;
 pub mod secret;
 
 /// The agent protocol, `keyward.agent.v1`, generated at build time from `proto/keyward/agent/v1/agent.proto`.

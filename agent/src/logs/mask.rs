@@ -280,7 +280,9 @@ impl Masker {
 }
 
 /// Appends `text` to `out` with each range of `ranges` replaced by [`MASK`]; overlapping and
-/// touching ranges become one mask.
+/// touching ranges become one mask. Line breaks inside a range are kept (each line's part
+/// becomes a mask of its own), so a multi-line value, or a piece of one that ends with its line
+/// break, does not pull the lines around it into one.
 fn emit(text: &[u8], mut ranges: Vec<(usize, usize)>, out: &mut Vec<u8>) {
     ranges.sort_unstable();
     let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
@@ -294,7 +296,15 @@ fn emit(text: &[u8], mut ranges: Vec<(usize, usize)>, out: &mut Vec<u8>) {
     let mut at = 0;
     for (start, end) in merged {
         out.extend_from_slice(text.get(at..start).unwrap_or_default());
-        out.extend_from_slice(MASK);
+        let masked = text.get(start..end).unwrap_or_default();
+        for (index, part) in masked.split(|&b| b == b'\n').enumerate() {
+            if index > 0 {
+                out.push(b'\n');
+            }
+            if !part.is_empty() {
+                out.extend_from_slice(MASK);
+            }
+        }
         at = end;
     }
     out.extend_from_slice(text.get(at..).unwrap_or_default());
@@ -405,6 +415,17 @@ mod tests {
         for line in out.lines() {
             assert!(line.starts_with("***") || line.len() < WINDOW, "{out}");
         }
+    }
+
+    #[test]
+    fn a_multi_line_value_keeps_the_line_breaks_around_its_masks() {
+        let key = "-----BEGIN TEST KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END TEST KEY-----\n";
+        let rules = rules(&[key]);
+        assert_eq!(masked(&rules, &[format!("key:\n{key}done\n").as_bytes()]), "key:\n***\n***\n***\ndone\n");
+        // Each line printed with a prefix (as Terraform prints a `local-exec`'s output): a
+        // 10-byte window ending in the value's line break is masked, the break is not lost.
+        let prefixed: String = key.lines().map(|line| format!("exec: {line}\n")).collect();
+        assert_eq!(masked(&rules, &[prefixed.as_bytes()]), "exec: ***\nexec: ***\nexec: ***\n");
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub(super) enum StackCommand {
         connection: Connection,
     },
     /// Set one of the stack's own variables (they override its contexts'): `KEY=VALUE`, or
-    /// `KEY` alone to read the value from standard input.
+    /// `KEY` alone to read the value from standard input. With `--file PATH` the value is
+    /// mounted as a file, not put into the environment.
     SetVar {
         /// The stack.
         name: String,
@@ -87,6 +88,13 @@ pub(super) enum StackCommand {
         /// Write-only: sealed at rest, never shown, masked in job logs.
         #[arg(long)]
         secret: bool,
+        /// Mount the value as a file at PATH, relative to the stack's configuration directory
+        /// (standard input is then kept byte for byte, its last newline too).
+        #[arg(long, value_name = "PATH")]
+        file: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -215,10 +223,10 @@ impl UpdateArgs {
 const SCANNERS: [&str; 1] = ["checkov"];
 
 /// The hook points, in the order they run.
-const HOOK_POINTS: [&str; 5] = ["before_init", "before_plan", "after_plan", "before_apply", "after_apply"];
+pub(super) const HOOK_POINTS: [&str; 5] = ["before_init", "before_plan", "after_plan", "before_apply", "after_apply"];
 
 /// `POINT=COMMAND`; the broker checks the command.
-fn parse_hook(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_hook(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((point, command)) if HOOK_POINTS.contains(&point) => Ok((point.to_owned(), command.to_owned())),
         Some((point, _)) => Err(format!("unknown hook point `{point}`; points: {}", HOOK_POINTS.join(", "))),
@@ -227,7 +235,7 @@ fn parse_hook(text: &str) -> Result<(String, String), String> {
 }
 
 /// `{point: [command, …]}`, in the order given.
-fn hooks_object(hooks: &[(String, String)]) -> Value {
+pub(super) fn hooks_object(hooks: &[(String, String)]) -> Value {
     let mut object = Map::new();
     for (point, command) in hooks {
         let list = object.entry(point.clone()).or_insert_with(|| json!([]));
@@ -283,11 +291,16 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             }
             print_stack(&stack)?;
         }
-        StackCommand::SetVar { name, assignment, secret, connection } => {
-            let (key, value) = super::context::assignment(&assignment)?;
+        StackCommand::SetVar { name, assignment, secret, file, json, connection } => {
+            let (key, value) = super::context::assignment(&assignment, file.is_some())?;
             let path = format!("/v1/stacks/{}/variables/{}", segment(&name), segment(&key));
-            let set = Client::new(&connection, env)?.put(&path, &json!({ "value": value, "secret": secret })).await?;
-            outln!("stack {name}: {key} set (version {})", super::context::shown(&set, "version"))?;
+            let body = super::context::variable_body(&value, secret, file.as_deref());
+            let set = Client::new(&connection, env)?.put(&path, &body).await?;
+            if json {
+                return print_json(&set);
+            }
+            let (version, mounted) = (super::context::shown(&set, "version"), super::context::mounted(&set));
+            outln!("stack {name}: {key} set (version {version}{mounted})")?;
         }
         StackCommand::UnsetVar { name, key, connection } => {
             let path = format!("/v1/stacks/{}/variables/{}", segment(&name), segment(&key));

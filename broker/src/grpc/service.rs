@@ -234,7 +234,12 @@ impl AgentService for AgentGrpc {
         })?;
         let variables = variables
             .into_iter()
-            .map(|v| JobVariable { name: v.name, value: v.value.as_str().to_owned(), secret: v.secret })
+            .map(|v| JobVariable {
+                name: v.name,
+                value: v.value.as_str().to_owned(),
+                secret: v.secret,
+                file: v.file.unwrap_or_default(),
+            })
             .collect();
         Ok(Response::new(JobVariablesResponse { variables }))
     }

@@ -56,7 +56,11 @@ fn assignment(lease: &Lease) -> JobAssignment {
         hooks: lease
             .hooks
             .iter()
-            .map(|(point, command)| wire::Hook { point: point.as_str().to_owned(), command: command.clone() })
+            .map(|hook| wire::Hook {
+                point: hook.point.as_str().to_owned(),
+                command: hook.command.clone(),
+                context: hook.context.clone().unwrap_or_default(),
+            })
             .collect(),
         scanners: lease.scanners.iter().map(|scanner| scanner.as_str().to_owned()).collect(),
     }

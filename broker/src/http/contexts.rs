@@ -1,6 +1,6 @@
 //! Contexts and stack variables: `/v1/contexts…` and `/v1/stacks/{name}/variables…`
 //! (docs/contexts.md). Every call needs the `admin` scope; a secret's value is accepted, never
-//! returned.
+//! returned; a mounted file's path is.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,7 +12,8 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized, can};
-use crate::runs::contexts::{NewContext, Owner};
+use crate::runs::context_hooks::ContextUpdate;
+use crate::runs::contexts::{NewContext, NewVariable, Owner};
 
 /// `POST /v1/contexts`.
 pub(super) async fn create(
@@ -40,6 +41,19 @@ pub(super) async fn show(
     Ok(Json(state.runs.context_view(&name).await?).into_response())
 }
 
+/// `PATCH /v1/contexts/{name}`: its hooks, as a stack's are changed.
+pub(super) async fn update(
+    State(state): State<AppState>,
+    Authorized { operator, .. }: Authorized<can::Administer>,
+    Path(name): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Result<ApiJson<ContextUpdate>, ApiError>,
+) -> Result<Response, ApiError> {
+    let ApiJson(update) = body?;
+    let view = state.runs.update_context(&name, update, &operator.name, super::caller(&extensions)).await?;
+    Ok(Json(view).into_response())
+}
+
 /// `DELETE /v1/contexts/{name}`.
 pub(super) async fn delete(
     State(state): State<AppState>,
@@ -58,6 +72,10 @@ pub(super) struct SetBody {
     value: String,
     #[serde(default)]
     secret: bool,
+    /// Mount the value as a file at this path (relative to the stack's configuration
+    /// directory) instead of putting it into the environment.
+    #[serde(default)]
+    file: Option<String>,
 }
 
 /// `PUT /v1/contexts/{name}/variables/{key}`.
@@ -112,7 +130,8 @@ async fn set(
     body: Result<ApiJson<SetBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
-    let view = state.runs.set_variable(owner, key, &body.value, body.secret, who, super::caller(extensions)).await?;
+    let new = NewVariable { name: key, value: &body.value, secret: body.secret, file: body.file.as_deref() };
+    let view = state.runs.set_variable(owner, new, who, super::caller(extensions)).await?;
     Ok(Json(view).into_response())
 }
 

@@ -127,7 +127,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(VARIABLE_BODY_LIMIT)),
         )
         .route("/v1/contexts", post(contexts::create).get(contexts::list))
-        .route("/v1/contexts/{name}", get(contexts::show).delete(contexts::delete))
+        .route("/v1/contexts/{name}", get(contexts::show).patch(contexts::update).delete(contexts::delete))
         .route(
             "/v1/contexts/{name}/variables/{key}",
             put(contexts::set_context_variable)

@@ -37,7 +37,8 @@ fn variables_array() -> Value {
             "properties": {
                 "name": {"type": "string"},
                 "secret": {"type": "boolean"},
-                "from": {"type": "string", "description": "`context:<name>` or `stack:<name>`"}
+                "from": {"type": "string", "description": "`context:<name>` or `stack:<name>`"},
+                "file": {"type": ["string", "null"], "description": "mounted as a file at this path (relative to the configuration directory); null: an environment variable"}
             }
         }
     })

@@ -1,13 +1,17 @@
-//! Contexts and stack variables (docs/contexts.md): the environment a stack's jobs get, kept by
-//! the broker so that nobody puts a `TF_VAR_db_password` in a repository.
+//! Contexts and stack variables (docs/contexts.md): the environment and files a stack's jobs
+//! get, kept by the broker so that nobody puts a `TF_VAR_db_password` in a repository.
 //!
 //! A context is a named set of variables, attached to stacks by name or by label (`autoattach`),
 //! applied in priority order (lower first, so a later context overrides an earlier one); a
-//! stack's own variables override every context. A secret value is write-only: sealed under the
-//! KEK, bound to its owner, name and version; the API shows only its name, version, a SHA-256
-//! prefix and who set it when; it leaves the broker only to the lease holder of one of its
-//! stacks' jobs (`JobVariables`), whose log masks it. Every change is on the audit log, and so is
-//! which variables (names and versions, never values) each job received.
+//! stack's own variables override every context. A variable with a mount path (`file`) is not
+//! put into the environment: the agent writes it as a file at that path in the stack's
+//! configuration directory; of two that mount the same path, the later one wins the same way. A
+//! secret value is write-only: sealed under the KEK, bound to its owner, name, version and mount
+//! path; the API shows only its name, version, a SHA-256 prefix, its path and who set it when; it
+//! leaves the broker only to the lease holder of one of its stacks' jobs (`JobVariables`), whose
+//! log masks it. Every change is on the audit log, and so is which variables (names, versions and
+//! paths, never values) each job received. A context's lifecycle hooks are in
+//! [`super::context_hooks`].
 
 use std::collections::BTreeMap;
 
@@ -17,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use super::hooks::Hooks;
 use super::{HeldJob, RunError, Runs, run_context, valid_name};
 use crate::audit::{Append, AuditEvent, Context, Kind};
+use crate::store::StoreError;
 use crate::store::contexts::{self as rows, ContextRow, VariableRow};
 
 /// The longest value a variable may hold.
@@ -53,8 +59,8 @@ pub enum ContextError {
     Run(#[from] RunError),
 }
 
-impl From<crate::store::StoreError> for ContextError {
-    fn from(error: crate::store::StoreError) -> Self {
+impl From<StoreError> for ContextError {
+    fn from(error: StoreError) -> Self {
         Self::Run(RunError::Store(error))
     }
 }
@@ -74,6 +80,33 @@ pub struct NewContext {
     /// Lower first.
     #[serde(default)]
     pub priority: i64,
+    /// Lifecycle hooks its stacks' jobs run, before the stack's own at each point.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// A variable to set (`PUT …/variables/{key}`): the value, and whether it is secret and mounted
+/// as a file.
+#[derive(Clone, Copy)]
+pub struct NewVariable<'a> {
+    /// The name.
+    pub name: &'a str,
+    /// The value (a file's content).
+    pub value: &'a str,
+    /// Sealed, never shown, masked.
+    pub secret: bool,
+    /// Mounted at this path (relative to the configuration directory), not in the environment.
+    pub file: Option<&'a str>,
+}
+
+impl std::fmt::Debug for NewVariable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewVariable")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A variable as the API shows it: a secret's value never.
@@ -90,6 +123,8 @@ pub struct VariableView {
     pub version: i64,
     /// The first 8 hex digits of the value's SHA-256 (to tell versions apart, not to guess).
     pub sha256_prefix: String,
+    /// Where it is mounted as a file; `null`: an environment variable.
+    pub file: Option<String>,
     /// Who set it.
     pub set_by: String,
     /// When.
@@ -111,6 +146,8 @@ pub struct ContextView {
     pub stacks: Vec<String>,
     /// Its variables.
     pub variables: Vec<VariableView>,
+    /// Its lifecycle hooks.
+    pub hooks: Hooks,
     /// When.
     pub created_at: i64,
     /// Who.
@@ -125,17 +162,30 @@ pub struct JobVariable {
     pub value: Zeroizing<String>,
     /// Whether it is secret (the agent masks it).
     pub secret: bool,
+    /// Where the agent writes it as a file; `None`: into the environment.
+    pub file: Option<String>,
 }
 
 impl std::fmt::Debug for JobVariable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobVariable").field("name", &self.name).field("secret", &self.secret).finish_non_exhaustive()
+        f.debug_struct("JobVariable")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }
 
-/// What a secret value is sealed to.
-fn seal_context(owner: &str, name: &str, version: i64, sha256: &[u8]) -> Vec<u8> {
-    format!("keyward variable v1\0{owner}\0{name}\0{version}\0{}", hex(sha256)).into_bytes()
+/// What a secret value is sealed to: its owner, name, version and digest, and a file's mount
+/// path (so a sealed file cannot be moved, nor turned into an environment variable, by changing
+/// its row).
+fn seal_context(owner: &str, name: &str, version: i64, sha256: &[u8], file: Option<&str>) -> Vec<u8> {
+    let mut context = format!("keyward variable v1\0{owner}\0{name}\0{version}\0{}", hex(sha256));
+    if let Some(path) = file {
+        context.push_str("\0file\0");
+        context.push_str(path);
+    }
+    context.into_bytes()
 }
 
 /// Refuses a name the job's environment cannot hold or that the agent sets itself.
@@ -155,11 +205,12 @@ fn check_variable_name(name: &str) -> Result<(), ContextError> {
     Ok(())
 }
 
-fn check_value(value: &str) -> Result<(), ContextError> {
+/// Refuses a value over the cap, and a NUL in one bound for the environment (a file may hold one).
+fn check_value(value: &str, file: bool) -> Result<(), ContextError> {
     if value.len() > MAX_VALUE {
         return Err(ContextError::Invalid(format!("the value is {} bytes; at most {MAX_VALUE}", value.len())));
     }
-    if value.contains('\0') {
+    if !file && value.contains('\0') {
         return Err(ContextError::Invalid("a value cannot hold a NUL byte (an environment cannot)".to_owned()));
     }
     Ok(())
@@ -184,21 +235,26 @@ impl Runs {
                 "a description of at most 1000 bytes, at most 16 autoattach labels".into(),
             ));
         }
+        new.hooks.validate().map_err(|e| ContextError::Invalid(e.0))?;
         let now = self.clock.now();
         let row = ContextRow {
             name: new.name.clone(),
             description: new.description,
             autoattach: super::json_text(&new.autoattach),
             priority: new.priority,
+            hooks: super::json_text(&new.hooks),
             created_at: now,
             created_by: who.to_owned(),
         };
-        let event = AuditEvent::new(Kind::ContextChanged, now, Context { actor: Some(who.to_owned()), ..caller })
+        let mut event = AuditEvent::new(Kind::ContextChanged, now, Context { actor: Some(who.to_owned()), ..caller })
             .with("context", new.name.as_str())
             .with("change", "created")
             .with("autoattach", serde_json::to_value(&new.autoattach).unwrap_or(Value::Null))
             .with("priority", new.priority)
             .with_ref("context", &new.name);
+        if !new.hooks.is_empty() {
+            event = event.with("hooks", serde_json::to_value(&new.hooks).unwrap_or_default());
+        }
         self.commit(Append::changes(vec![rows::insert_context(&row)], vec![event])).await?;
         self.context_view(&new.name).await
     }
@@ -224,6 +280,7 @@ impl Runs {
             stacks: self.store.context_stacks(&row.name).await?,
             variables: self.store.variables(&owner).await?.into_iter().map(variable_view).collect(),
             autoattach: serde_json::from_str(&row.autoattach).unwrap_or_default(),
+            hooks: serde_json::from_str(&row.hooks).unwrap_or_default(),
             name: row.name,
             description: row.description,
             priority: row.priority,
@@ -258,44 +315,60 @@ impl Runs {
         }
     }
 
-    /// Sets variable `name` of `owner` to `value` (sealed when `secret`): its next version.
+    /// Sets `new` on `owner` (sealed when secret): its next version. A file's path is checked
+    /// first, and a second file of the same owner at the same path is refused.
     pub async fn set_variable(
         &self,
         owner: Owner<'_>,
-        name: &str,
-        value: &str,
-        secret: bool,
+        new: NewVariable<'_>,
         who: &str,
         caller: Context,
     ) -> Result<VariableView, ContextError> {
-        check_variable_name(name)?;
-        check_value(value)?;
+        check_variable_name(new.name)?;
+        if let Some(path) = new.file {
+            keyward_proto::mount::check(path).map_err(|e| ContextError::Invalid(e.to_string()))?;
+        }
+        check_value(new.value, new.file.is_some())?;
         let owner = self.variable_owner(owner).await?;
-        let existing = self.store.variable(&owner, name).await?;
-        if existing.is_none() && self.store.variables(&owner).await?.len() >= MAX_VARIABLES {
+        let siblings = self.store.variables(&owner).await?;
+        let existing = siblings.iter().find(|v| v.name == new.name);
+        if existing.is_none() && siblings.len() >= MAX_VARIABLES {
             return Err(ContextError::Invalid(format!("{owner} has {MAX_VARIABLES} variables already")));
         }
+        if let Some(path) = new.file
+            && let Some(other) = siblings.iter().find(|v| v.name != new.name && v.mount_path.as_deref() == Some(path))
+        {
+            return Err(ContextError::Invalid(format!(
+                "{owner} already mounts `{path}` as `{}`; unset that one first or choose another path",
+                other.name
+            )));
+        }
         let version = existing.map_or(1, |v| v.version + 1);
-        let sha256 = digest::digest(&digest::SHA256, value.as_bytes()).as_ref().to_vec();
-        let stored = if secret {
-            self.kek.seal(&seal_context(&owner, name, version, &sha256), value.as_bytes())
-        } else {
-            value.as_bytes().to_vec()
-        };
-        let now = self.clock.now();
-        let row = VariableRow {
-            owner: owner.clone(),
-            name: name.to_owned(),
-            secret,
-            version,
-            value: stored,
-            sha256,
-            set_by: who.to_owned(),
-            set_at: now,
-        };
-        let event = variable_event(&owner, name, "set", Some((version, secret)), who, caller, now);
+        let row = self.variable_row(&owner, new, version, who);
+        let event = variable_event(&owner, new.name, "set", Some(&row), who, caller, row.set_at);
         self.commit(Append::changes(vec![rows::set_variable(&row)], vec![event])).await?;
         Ok(variable_view(row))
+    }
+
+    /// The row `new` is stored as: its value sealed when secret.
+    fn variable_row(&self, owner: &str, new: NewVariable<'_>, version: i64, who: &str) -> VariableRow {
+        let sha256 = digest::digest(&digest::SHA256, new.value.as_bytes()).as_ref().to_vec();
+        let value = if new.secret {
+            self.kek.seal(&seal_context(owner, new.name, version, &sha256, new.file), new.value.as_bytes())
+        } else {
+            new.value.as_bytes().to_vec()
+        };
+        VariableRow {
+            owner: owner.to_owned(),
+            name: new.name.to_owned(),
+            secret: new.secret,
+            version,
+            value,
+            sha256,
+            mount_path: new.file.map(str::to_owned),
+            set_by: who.to_owned(),
+            set_at: self.clock.now(),
+        }
     }
 
     /// Removes variable `name` of `owner`.
@@ -349,32 +422,41 @@ impl Runs {
             .resolve_variables(stack)
             .await?
             .iter()
-            .map(|v| serde_json::json!({ "name": v.name, "secret": v.secret, "from": v.owner }))
+            .map(|v| serde_json::json!({ "name": v.name, "secret": v.secret, "from": v.owner, "file": v.mount_path }))
             .collect();
         Ok(Value::Array(names))
     }
 
-    /// The variables a job of `stack` gets, still sealed, by name: the attached and auto-attached
-    /// contexts' in priority order, then the stack's own, a later one replacing an earlier one.
-    async fn resolve_variables(&self, stack: &super::Stack) -> Result<Vec<VariableRow>, ContextError> {
+    /// The contexts `stack`'s jobs get: attached by name or by label, in the order their
+    /// variables and hooks apply (priority, then name).
+    pub(super) async fn stack_contexts(&self, stack: &super::Stack) -> Result<Vec<ContextRow>, StoreError> {
         let attached = self.store.attached_contexts(&stack.spec.name).await?;
-        let mut owners: Vec<(i64, String)> = Vec::new();
-        for context in self.store.contexts().await? {
-            let labels: BTreeMap<String, String> = serde_json::from_str(&context.autoattach).unwrap_or_default();
-            let auto = !labels.is_empty() && labels.iter().all(|(k, v)| stack.spec.labels.get(k) == Some(v));
-            if auto || attached.contains(&context.name) {
-                owners.push((context.priority, format!("context:{}", context.name)));
-            }
+        let mut contexts: Vec<ContextRow> = self
+            .store
+            .contexts()
+            .await?
+            .into_iter()
+            .filter(|context| {
+                let labels: BTreeMap<String, String> = serde_json::from_str(&context.autoattach).unwrap_or_default();
+                let auto = !labels.is_empty() && labels.iter().all(|(k, v)| stack.spec.labels.get(k) == Some(v));
+                auto || attached.contains(&context.name)
+            })
+            .collect();
+        contexts.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        Ok(contexts)
+    }
+
+    /// The variables a job of `stack` gets, still sealed: the attached and auto-attached
+    /// contexts' in priority order, then the stack's own ([`choose`]).
+    async fn resolve_variables(&self, stack: &super::Stack) -> Result<Vec<VariableRow>, ContextError> {
+        let mut owners: Vec<String> =
+            self.stack_contexts(stack).await?.into_iter().map(|c| format!("context:{}", c.name)).collect();
+        owners.push(format!("stack:{}", stack.spec.name));
+        let mut layers = Vec::with_capacity(owners.len());
+        for owner in &owners {
+            layers.push(self.store.variables(owner).await?);
         }
-        owners.sort();
-        owners.push((i64::MAX, format!("stack:{}", stack.spec.name)));
-        let mut chosen: BTreeMap<String, VariableRow> = BTreeMap::new();
-        for (_, owner) in &owners {
-            for variable in self.store.variables(owner).await? {
-                chosen.insert(variable.name.clone(), variable);
-            }
-        }
-        Ok(chosen.into_values().collect())
+        Ok(choose(layers))
     }
 
     /// The variables `held`'s job gets, opened, in the order they apply, and the audit entry
@@ -387,6 +469,7 @@ impl Runs {
         for variable in chosen {
             record.push(serde_json::json!({
                 "name": variable.name, "version": variable.version, "secret": variable.secret, "from": variable.owner,
+                "file": variable.mount_path,
             }));
             delivered.push(self.open_variable(variable)?);
         }
@@ -408,7 +491,8 @@ impl Runs {
 
     fn open_variable(&self, variable: VariableRow) -> Result<JobVariable, ContextError> {
         let value = if variable.secret {
-            let context = seal_context(&variable.owner, &variable.name, variable.version, &variable.sha256);
+            let file = variable.mount_path.as_deref();
+            let context = seal_context(&variable.owner, &variable.name, variable.version, &variable.sha256, file);
             let opened = self.kek.open(&context, &variable.value).map_err(|e| {
                 ContextError::Invalid(format!("variable {} of {} cannot be opened: {e}", variable.name, variable.owner))
             })?;
@@ -416,7 +500,7 @@ impl Runs {
         } else {
             Zeroizing::new(String::from_utf8_lossy(&variable.value).into_owned())
         };
-        Ok(JobVariable { name: variable.name, value, secret: variable.secret })
+        Ok(JobVariable { name: variable.name, value, secret: variable.secret, file: variable.mount_path })
     }
 }
 
@@ -429,10 +513,36 @@ pub enum Owner<'a> {
     Stack(&'a str),
 }
 
+/// Of `layers` (each owner's variables, in the order they apply), what a job gets: by name, a
+/// later layer's replacing an earlier one's; then of the files that mount the same path, the one
+/// of the latest layer (within one layer, the last by name). By name.
+fn choose(layers: Vec<Vec<VariableRow>>) -> Vec<VariableRow> {
+    let mut by_name: BTreeMap<String, (usize, VariableRow)> = BTreeMap::new();
+    for (rank, layer) in layers.into_iter().enumerate() {
+        for variable in layer {
+            by_name.insert(variable.name.clone(), (rank, variable));
+        }
+    }
+    let mut by_path: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (rank, variable) in by_name.values() {
+        if let Some(path) = &variable.mount_path
+            && by_path.get(path).is_none_or(|(seen, _)| seen <= rank)
+        {
+            by_path.insert(path.clone(), (*rank, variable.name.clone()));
+        }
+    }
+    by_name
+        .into_values()
+        .map(|(_, variable)| variable)
+        .filter(|v| v.mount_path.as_ref().is_none_or(|path| by_path.get(path).is_some_and(|(_, n)| *n == v.name)))
+        .collect()
+}
+
 fn variable_view(row: VariableRow) -> VariableView {
     VariableView {
         value: (!row.secret).then(|| String::from_utf8_lossy(&row.value).into_owned()),
         sha256_prefix: hex(&row.sha256).chars().take(8).collect(),
+        file: row.mount_path,
         name: row.name,
         secret: row.secret,
         version: row.version,
@@ -441,11 +551,13 @@ fn variable_view(row: VariableRow) -> VariableView {
     }
 }
 
+/// `context.changed` for a variable set (`row`: its version, whether secret, its mount path;
+/// never the value) or unset.
 fn variable_event(
     owner: &str,
     name: &str,
     change: &str,
-    version: Option<(i64, bool)>,
+    row: Option<&VariableRow>,
     who: &str,
     caller: Context,
     now: i64,
@@ -455,8 +567,11 @@ fn variable_event(
         .with("variable", name)
         .with("change", change)
         .with_ref("variables", owner);
-    if let Some((version, secret)) = version {
-        event = event.with("version", version).with("secret", secret);
+    if let Some(row) = row {
+        event = event.with("version", row.version).with("secret", row.secret);
+        if let Some(path) = &row.mount_path {
+            event = event.with("file", path.as_str());
+        }
     }
     event
 }
@@ -473,15 +588,66 @@ mod tests {
         for bad in ["", "1A", "A-B", "A B", "PATH", "KEYWARD_JOB_ID", "TF_HTTP_PASSWORD", "HOME"] {
             assert!(check_variable_name(bad).is_err(), "{bad}");
         }
-        assert!(check_value(&"x".repeat(MAX_VALUE)).is_ok());
-        assert!(check_value(&"x".repeat(MAX_VALUE + 1)).is_err());
-        assert!(check_value("a\0b").is_err());
+        assert!(check_value(&"x".repeat(MAX_VALUE), false).is_ok());
+        assert!(check_value(&"x".repeat(MAX_VALUE + 1), false).is_err());
+        assert!(check_value(&"x".repeat(MAX_VALUE + 1), true).is_err());
+        assert!(check_value("a\0b", false).is_err());
+        assert!(check_value("a\0b", true).is_ok(), "a file may hold a NUL");
     }
 
     #[test]
-    fn a_sealed_value_is_bound_to_its_owner_name_and_version() {
-        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:b", "X", 1, &[0; 32]));
-        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:a", "Y", 1, &[0; 32]));
-        assert_ne!(seal_context("context:a", "X", 1, &[0; 32]), seal_context("context:a", "X", 2, &[0; 32]));
+    fn a_sealed_value_is_bound_to_its_owner_name_version_and_path() {
+        let sealed = |owner, name, version, file| seal_context(owner, name, version, &[0; 32], file);
+        let env = sealed("context:a", "X", 1, None);
+        assert_ne!(env, sealed("context:b", "X", 1, None));
+        assert_ne!(env, sealed("context:a", "Y", 1, None));
+        assert_ne!(env, sealed("context:a", "X", 2, None));
+        assert_ne!(env, sealed("context:a", "X", 1, Some("x.pem")));
+        assert_ne!(sealed("context:a", "X", 1, Some("x.pem")), sealed("context:a", "X", 1, Some("y.pem")));
+        let before_files = format!("keyward variable v1\0context:a\0X\0{}\0{}", 1, hex(&[0; 32]));
+        assert_eq!(env, before_files.into_bytes(), "unchanged for variables: values sealed before files still open");
+    }
+
+    fn row(owner: &str, name: &str, file: Option<&str>) -> VariableRow {
+        VariableRow {
+            owner: owner.into(),
+            name: name.into(),
+            secret: false,
+            version: 1,
+            value: Vec::new(),
+            sha256: Vec::new(),
+            mount_path: file.map(str::to_owned),
+            set_by: "admin".into(),
+            set_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_later_owner_wins_by_name_and_by_mounted_path() {
+        let base = vec![row("context:base", "A", None), row("context:base", "CERT", Some("tls/cert.pem"))];
+        let secrets = vec![
+            row("context:secrets", "A", Some("a.txt")),
+            row("context:secrets", "KEY", Some("tls/key.pem")),
+            row("context:secrets", "OWN_CERT", Some("tls/cert.pem")),
+        ];
+        let stack = vec![row("stack:app", "B", None), row("stack:app", "STACK_KEY", Some("tls/key.pem"))];
+        let chosen: Vec<String> = choose(vec![base, secrets, stack])
+            .iter()
+            .map(|v| format!("{}:{}:{}", v.owner, v.name, v.mount_path.as_deref().unwrap_or("-")))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                // A: the later context's, which made it a file; CERT lost its path to OWN_CERT,
+                // KEY its path to the stack's own.
+                "context:secrets:A:a.txt",
+                "stack:app:B:-",
+                "context:secrets:OWN_CERT:tls/cert.pem",
+                "stack:app:STACK_KEY:tls/key.pem",
+            ]
+        );
+        let same_layer = vec![row("stack:app", "X", Some("p")), row("stack:app", "Y", Some("p"))];
+        let chosen = choose(vec![same_layer]);
+        assert_eq!(chosen.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["Y"], "the last by name");
     }
 }

@@ -1,6 +1,7 @@
-//! A stack's lifecycle hooks (docs/runs.md, "Lifecycle hooks"): shell commands the agent runs at
-//! fixed points around Terraform, in the same sandbox. Each point holds an ordered list, so hooks
-//! from more than one source (the stack now, a context later) can be appended in order.
+//! Lifecycle hooks of stacks and contexts (docs/runs.md, "Lifecycle hooks"): shell commands the
+//! agent runs at fixed points around Terraform, in the same sandbox. Each point holds an ordered
+//! list; a job runs, at each point, its contexts' hooks (in the order their variables apply) and
+//! then its stack's own ([`job_hooks`]), each named by where it came from.
 //!
 //! Checked before anything is stored: known points only (an unknown one fails to parse), at most
 //! [`MAX_HOOKS`] commands per point, each at most [`MAX_HOOK_LEN`] bytes with no control
@@ -194,6 +195,35 @@ impl Hooks {
     }
 }
 
+/// One hook a job runs, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobHook {
+    /// Where it runs.
+    pub point: HookPoint,
+    /// The shell command.
+    pub command: String,
+    /// The context it comes from; `None`: the stack's own.
+    pub context: Option<String>,
+}
+
+/// The hooks a job of `phase` runs, in order: at each point, those of `contexts` (already in
+/// the order their variables apply: lower priority first), then the stack's own.
+pub(super) fn job_hooks(contexts: &[(String, Hooks)], stack: &Hooks, phase: Phase) -> Vec<JobHook> {
+    let sources = contexts.iter().map(|(name, hooks)| (Some(name), hooks)).chain([(None, stack)]);
+    let sources: Vec<(Option<&String>, &Hooks)> = sources.collect();
+    let mut hooks = Vec::new();
+    for point in HookPoint::of(phase) {
+        for (context, source) in &sources {
+            hooks.extend(source.at(point).iter().map(|command| JobHook {
+                point,
+                command: command.clone(),
+                context: context.cloned(),
+            }));
+        }
+    }
+    hooks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +245,42 @@ mod tests {
         };
         assert_eq!(names(Phase::Plan), ["before_init:bi1", "before_init:bi2", "before_plan:bp", "after_plan:ap"]);
         assert_eq!(names(Phase::Apply), ["before_init:bi1", "before_init:bi2", "before_apply:ba", "after_apply:aa"]);
+    }
+
+    #[test]
+    fn contexts_hooks_run_before_the_stacks_at_each_point_in_priority_order() {
+        let base = hooks(json!({"before_plan": ["base-1", "base-2"], "after_apply": ["base-aa"]})).unwrap();
+        let secrets = hooks(json!({"before_init": ["secrets-bi"], "before_plan": ["secrets-bp"]})).unwrap();
+        let stack = hooks(json!({"before_init": ["stack-bi"], "before_plan": ["stack-bp"]})).unwrap();
+        let contexts = [("base".to_owned(), base), ("secrets".to_owned(), secrets)];
+        let seen = |phase| -> Vec<String> {
+            job_hooks(&contexts, &stack, phase)
+                .into_iter()
+                .map(|h| format!("{}:{}:{}", h.point.as_str(), h.context.as_deref().unwrap_or("stack"), h.command))
+                .collect()
+        };
+        assert_eq!(
+            seen(Phase::Plan),
+            [
+                "before_init:secrets:secrets-bi",
+                "before_init:stack:stack-bi",
+                "before_plan:base:base-1",
+                "before_plan:base:base-2",
+                "before_plan:secrets:secrets-bp",
+                "before_plan:stack:stack-bp",
+            ]
+        );
+        assert_eq!(
+            seen(Phase::Apply),
+            ["before_init:secrets:secrets-bi", "before_init:stack:stack-bi", "after_apply:base:base-aa"]
+        );
+        let stack_only = job_hooks(&[], &stack, Phase::Plan);
+        let expected: Vec<JobHook> = stack
+            .for_phase(Phase::Plan)
+            .into_iter()
+            .map(|(point, command)| JobHook { point, command, context: None })
+            .collect();
+        assert_eq!(stack_only, expected, "without contexts: the stack's hooks as before");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use keyward_proto::claims::Phase;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hooks::HookPoint;
+use super::hooks::JobHook;
 use super::{
     RunError, RunKind, RunState, Runs, Stack, parse_state, queue_apply_if, run_context, state_event, transition,
 };
@@ -58,8 +58,9 @@ pub struct Lease {
     pub source_credentials: bool,
     /// Whether the broker keeps the stack's Terraform state (`StateBackend`).
     pub managed_state: bool,
-    /// The stack's hooks for the job's phase, `(point, command)` in the order they run.
-    pub hooks: Vec<(HookPoint, String)>,
+    /// The hooks for the job's phase, in the order they run: at each point its contexts', then
+    /// its stack's.
+    pub hooks: Vec<JobHook>,
     /// Plan jobs: the scanners to run before anything else (docs/scans.md).
     pub scanners: Vec<super::scans::Scanner>,
 }
@@ -261,6 +262,8 @@ impl Runs {
         let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
         let run = self.run_row(&job.run_id).await?;
         let stack = self.stack(&run.stack).await?;
+        // Read before the lease commits, so that a failure here leaves the job queued.
+        let hooks = self.lease_hooks(&stack, job.phase).await?;
         let now = self.clock.now();
         let fencing_token = job.fencing_token + 1;
         let expires = now.saturating_add(lease_secs);
@@ -285,7 +288,6 @@ impl Runs {
             Committed::Recorded(_) => {
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
-                let hooks = stack.spec.hooks.for_phase(job.phase);
                 let managed_state = stack.spec.managed_state;
                 let scanners = if phase == Phase::Plan { stack.spec.scanners.clone() } else { Vec::new() };
                 let plan_sha256 = if job.phase == Phase::Apply {

@@ -6,6 +6,7 @@
 //! and every state it went through is on record. A write depends on the run's `version`, so a
 //! decision taken on a state that has since moved on changes nothing and says so (409).
 
+pub mod context_hooks;
 pub mod contexts;
 pub mod cron;
 mod drift;
@@ -39,7 +40,7 @@ pub use drift::{DriftSettings, DriftStatus, MAX_ADDRESSES, Remediation, UnknownR
 pub use drift_schedule::{DriftScheduler, SchedulerSettings, Tick};
 pub use error::RunError;
 pub use git::{GitError, is_commit_sha};
-pub use hooks::{HookPoint, Hooks, HooksPatch, MAX_HOOK_LEN, MAX_HOOKS};
+pub use hooks::{HookPoint, Hooks, HooksPatch, JobHook, MAX_HOOK_LEN, MAX_HOOKS};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};

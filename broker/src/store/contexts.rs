@@ -1,5 +1,5 @@
-//! Rows of contexts, variables and attachments (migration 0016): reads, and the guarded writes
-//! that commit with their audit entries.
+//! Rows of contexts, variables and attachments (migrations 0016 and 0018: mounted files, context
+//! hooks): reads, and the guarded writes that commit with their audit entries.
 
 use sqlx::Row as _;
 
@@ -17,6 +17,8 @@ pub struct ContextRow {
     pub autoattach: String,
     /// Lower first.
     pub priority: i64,
+    /// JSON object of lifecycle hooks (point -> commands).
+    pub hooks: String,
     /// When.
     pub created_at: i64,
     /// Who.
@@ -38,6 +40,9 @@ pub struct VariableRow {
     pub value: Vec<u8>,
     /// SHA-256 of the plain value.
     pub sha256: Vec<u8>,
+    /// Where the agent writes the value as a file, relative to the stack's configuration
+    /// directory; `None`: an environment variable.
+    pub mount_path: Option<String>,
     /// Who set it.
     pub set_by: String,
     /// When.
@@ -51,6 +56,7 @@ impl std::fmt::Debug for VariableRow {
             .field("name", &self.name)
             .field("secret", &self.secret)
             .field("version", &self.version)
+            .field("mount_path", &self.mount_path)
             .finish_non_exhaustive()
     }
 }
@@ -61,6 +67,7 @@ fn context_from(row: &sqlx::any::AnyRow) -> Result<ContextRow, StoreError> {
         description: row.try_get("description")?,
         autoattach: row.try_get("autoattach")?,
         priority: row.try_get("priority")?,
+        hooks: row.try_get("hooks")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
     })
@@ -74,13 +81,14 @@ fn variable_from(row: &sqlx::any::AnyRow) -> Result<VariableRow, StoreError> {
         version: row.try_get("version")?,
         value: row.try_get("value")?,
         sha256: row.try_get("sha256")?,
+        mount_path: row.try_get("mount_path")?,
         set_by: row.try_get("set_by")?,
         set_at: row.try_get("set_at")?,
     })
 }
 
-const CONTEXT_COLUMNS: &str = "name, description, autoattach, priority, created_at, created_by";
-const VARIABLE_COLUMNS: &str = "owner, name, secret, version, value, sha256, set_by, set_at";
+const CONTEXT_COLUMNS: &str = "name, description, autoattach, priority, hooks, created_at, created_by";
+const VARIABLE_COLUMNS: &str = "owner, name, secret, version, value, sha256, mount_path, set_by, set_at";
 
 impl Store {
     /// Every context, by priority then name.
@@ -134,16 +142,27 @@ impl Store {
 pub fn insert_context(context: &ContextRow) -> Write {
     Write::one(
         format!("context `{}`", context.name),
-        "INSERT INTO contexts (name, description, autoattach, priority, created_at, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO contexts (name, description, autoattach, priority, hooks, created_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         vec![
             context.name.as_str().into(),
             context.description.as_str().into(),
             context.autoattach.as_str().into(),
             context.priority.into(),
+            context.hooks.as_str().into(),
             context.created_at.into(),
             context.created_by.as_str().into(),
         ],
+    )
+}
+
+/// Sets context `name`'s hooks to `hooks`, if they are still `before` (two concurrent changes
+/// cannot both apply to the same hooks: the second is refused, not lost).
+pub fn set_context_hooks(name: &str, before: &str, hooks: &str) -> Write {
+    Write::one(
+        format!("the hooks of context `{name}` as read"),
+        "UPDATE contexts SET hooks = $3 WHERE name = $1 AND hooks = $2",
+        vec![name.into(), before.into(), hooks.into()],
     )
 }
 
@@ -168,11 +187,11 @@ pub fn delete_context(name: &str) -> Vec<Write> {
 pub fn set_variable(variable: &VariableRow) -> Write {
     Write::one(
         format!("variable {} of {} (version {})", variable.name, variable.owner, variable.version - 1),
-        "INSERT INTO variables (owner, name, secret, version, value, sha256, set_by, set_at) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+        "INSERT INTO variables (owner, name, secret, version, value, sha256, set_by, set_at, mount_path) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
          WHERE COALESCE((SELECT version FROM variables WHERE owner = $1 AND name = $2), 0) = $4 - 1 \
          ON CONFLICT (owner, name) DO UPDATE SET secret = $3, version = $4, value = $5, sha256 = $6, \
-         set_by = $7, set_at = $8",
+         set_by = $7, set_at = $8, mount_path = $9",
         vec![
             variable.owner.as_str().into(),
             variable.name.as_str().into(),
@@ -182,6 +201,7 @@ pub fn set_variable(variable: &VariableRow) -> Write {
             variable.sha256.clone().into(),
             variable.set_by.as_str().into(),
             variable.set_at.into(),
+            variable.mount_path.clone().into(),
         ],
     )
 }

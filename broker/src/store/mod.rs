@@ -195,7 +195,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 18] = match self.backend {
+        let files: [(i64, &str, &'static str); 19] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -214,6 +214,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/sqlite/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/sqlite/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
+                (18, "context_files_hooks", include_str!("../../migrations/sqlite/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
             ],
             Backend::Postgres => [
@@ -234,6 +235,7 @@ impl Store {
                 (15, "notifications", include_str!("../../migrations/postgres/0015_notifications.sql")),
                 (16, "contexts", include_str!("../../migrations/postgres/0016_contexts.sql")),
                 (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
+                (18, "context_files_hooks", include_str!("../../migrations/postgres/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
             ],
         };
