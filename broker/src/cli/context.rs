@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::Connection;
 use super::client::{Client, items, print_json, segment, text};
 use super::output::outln;
-use super::stack::{HOOK_POINTS, hooks_object, parse_hook};
+use super::stack::{HOOK_POINTS, HookChanges, hooks_object, parse_hook};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ContextCommand {
@@ -123,13 +123,8 @@ pub(super) enum ContextCommand {
 pub(super) struct UpdateArgs {
     /// The context.
     name: String,
-    /// Remove every hook at a point (`before_init`, …), or `all`; repeatable; done before any
-    /// `--hook` is added.
-    #[arg(long = "clear-hooks", value_name = "POINT", value_parser = ["all", "before_init", "before_plan", "after_plan", "before_apply", "after_apply"])]
-    clear_hooks: Vec<String>,
-    /// Add a lifecycle hook after the point's others, `POINT=COMMAND`; repeatable, in order.
-    #[arg(long = "hook", value_parser = parse_hook)]
-    hooks: Vec<(String, String)>,
+    #[command(flatten)]
+    hook_changes: HookChanges,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -141,15 +136,9 @@ impl UpdateArgs {
     /// The `PATCH /v1/contexts/{name}` body: only what was given.
     fn body(&self) -> Value {
         let mut body = Map::new();
-        if !self.clear_hooks.is_empty() {
-            let all = self.clear_hooks.iter().any(|point| point == "all");
-            let points = if all { HOOK_POINTS.to_vec() } else { self.clear_hooks.iter().map(String::as_str).collect() };
-            let cleared = points.into_iter().map(|point| (point.to_owned(), json!([]))).collect();
-            body.insert("hooks".to_owned(), Value::Object(cleared));
-        }
-        if !self.hooks.is_empty() {
-            body.insert("append_hooks".to_owned(), hooks_object(&self.hooks));
-        }
+        self.hook_changes.put(&mut |key, value| {
+            body.insert(key.to_owned(), value);
+        });
         Value::Object(body)
     }
 }

@@ -150,13 +150,8 @@ pub(super) struct UpdateArgs {
     /// its own backend).
     #[arg(long, value_name = "BOOL")]
     managed_state: Option<bool>,
-    /// Remove every hook at a point (`before_init`, …), or `all`; repeatable; done before any
-    /// `--hook` is added.
-    #[arg(long = "clear-hooks", value_name = "POINT", value_parser = ["all", "before_init", "before_plan", "after_plan", "before_apply", "after_apply"])]
-    clear_hooks: Vec<String>,
-    /// Add a lifecycle hook after the point's others, `POINT=COMMAND`; repeatable, in order.
-    #[arg(long = "hook", value_parser = parse_hook)]
-    hooks: Vec<(String, String)>,
+    #[command(flatten)]
+    hook_changes: HookChanges,
     /// Scan with this scanner before `init` (`checkov`), replacing the stack's scanners;
     /// repeatable.
     #[arg(long = "scan", value_parser = SCANNERS, conflicts_with = "no_scan")]
@@ -204,6 +199,30 @@ impl UpdateArgs {
         if let Some(managed) = self.managed_state {
             put("managed_state", json!(managed));
         }
+        self.hook_changes.put(&mut put);
+        if !self.scanners.is_empty() || self.no_scan {
+            put("scanners", json!(self.scanners));
+        }
+        Value::Object(body)
+    }
+}
+
+/// `--clear-hooks` and `--hook`, as `stack update` and `context update` take them.
+#[derive(Debug, Args)]
+pub(super) struct HookChanges {
+    /// Remove every hook at a point (`before_init`, …), or `all`; repeatable; done before any
+    /// `--hook` is added.
+    #[arg(long = "clear-hooks", value_name = "POINT", value_parser = ["all", "before_init", "before_plan", "after_plan", "before_apply", "after_apply"])]
+    clear_hooks: Vec<String>,
+    /// Add a lifecycle hook after the point's others, `POINT=COMMAND`; repeatable, in order.
+    #[arg(long = "hook", value_parser = parse_hook)]
+    hooks: Vec<(String, String)>,
+}
+
+impl HookChanges {
+    /// Adds to a `PATCH` body what was given: `hooks` clears the points named, `append_hooks`
+    /// adds after each point's others.
+    pub(super) fn put(&self, put: &mut impl FnMut(&str, Value)) {
         if !self.clear_hooks.is_empty() {
             let all = self.clear_hooks.iter().any(|point| point == "all");
             let points = if all { HOOK_POINTS.to_vec() } else { self.clear_hooks.iter().map(String::as_str).collect() };
@@ -212,10 +231,6 @@ impl UpdateArgs {
         if !self.hooks.is_empty() {
             put("append_hooks", hooks_object(&self.hooks));
         }
-        if !self.scanners.is_empty() || self.no_scan {
-            put("scanners", json!(self.scanners));
-        }
-        Value::Object(body)
     }
 }
 
