@@ -97,6 +97,17 @@ pub enum Kind {
     /// A plan job's security scan was judged by `keyward.scan` before `init`: each scanner's
     /// counts, the failed check IDs, and the policy's deny and warn messages.
     ScanEvaluated,
+    /// A person signed in with the identity provider: issuer, subject, name, email, groups,
+    /// `amr`, browser or CLI, and the session's hash prefix (never the session).
+    PersonSignedIn,
+    /// A person signed out: their session (hash prefix) was revoked.
+    PersonSignedOut,
+    /// A sign-in was refused after the provider's signature verified: who, and why (never a
+    /// code or a token).
+    PersonSignInFailed,
+    /// `keyward login` redeemed its one-time grant for a CLI token: who, and the token's hash
+    /// prefix and expiry.
+    CliTokenIssued,
 }
 
 impl Kind {
@@ -140,6 +151,10 @@ impl Kind {
             Self::ContextChanged => kinds::CONTEXT_CHANGED,
             Self::JobVariablesIssued => kinds::JOB_VARIABLES_ISSUED,
             Self::ScanEvaluated => kinds::SCAN_EVALUATED,
+            Self::PersonSignedIn => kinds::PERSON_SIGNED_IN,
+            Self::PersonSignedOut => kinds::PERSON_SIGNED_OUT,
+            Self::PersonSignInFailed => kinds::PERSON_SIGN_IN_FAILED,
+            Self::CliTokenIssued => kinds::CLI_TOKEN_ISSUED,
         }
     }
 }
@@ -220,6 +235,14 @@ pub mod kinds {
     pub const JOB_VARIABLES_ISSUED: &str = "job.variables_issued";
     /// [`super::Kind::ScanEvaluated`].
     pub const SCAN_EVALUATED: &str = "scan.evaluated";
+    /// [`super::Kind::PersonSignedIn`].
+    pub const PERSON_SIGNED_IN: &str = "person.signed_in";
+    /// [`super::Kind::PersonSignedOut`].
+    pub const PERSON_SIGNED_OUT: &str = "person.signed_out";
+    /// [`super::Kind::PersonSignInFailed`].
+    pub const PERSON_SIGN_IN_FAILED: &str = "person.sign_in_failed";
+    /// [`super::Kind::CliTokenIssued`].
+    pub const CLI_TOKEN_ISSUED: &str = "person.cli_token_issued";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

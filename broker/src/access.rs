@@ -124,6 +124,17 @@ pub enum AccessError {
         /// Held.
         held: &'static str,
     },
+    /// A signed-in person, whom no role grants the action (roles do not exist yet).
+    #[error(
+        "signed in as {who}, but no role grants this action (it needs what the {required} API-token scope \
+         grants); until spaces and roles exist a signed-in person can only read /v1/me and sign out"
+    )]
+    NoRole {
+        /// The person.
+        who: String,
+        /// The scopes an API token would need.
+        required: String,
+    },
     /// A scope name that does not exist.
     #[error("unknown scope `{0}`: expected admin, submit, review or audit")]
     UnknownScope(String),
@@ -151,23 +162,99 @@ impl ApiTokenSecret {
     }
 }
 
+/// A person the identity provider vouched for when they signed in (`[sso]`, docs/access.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Person {
+    /// The provider's `iss`.
+    pub issuer: String,
+    /// The provider's `sub`.
+    pub subject: String,
+    /// Display name (may be empty).
+    pub name: String,
+    /// Email (may be empty).
+    pub email: String,
+    /// The provider's group names.
+    pub groups: Vec<String>,
+    /// How they authenticated to the provider (`amr`), e.g. `pwd`, `mfa`.
+    pub amr: Vec<String>,
+}
+
+impl Person {
+    /// `issuer#subject`: who this is, for the record and for role bindings.
+    pub fn id(&self) -> String {
+        format!("{}#{}", self.issuer, self.subject)
+    }
+}
+
+/// How a caller authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An API token (a machine identity, or an operator's token), with its scope.
+    ApiToken {
+        /// The token's scope.
+        scope: ApiScope,
+    },
+    /// A person's browser session (cookie `keyward_session`).
+    Session {
+        /// Who.
+        person: Person,
+        /// The session's hash prefix (not usable as the session).
+        session: String,
+    },
+    /// A person's CLI token (`keyward login`).
+    CliToken {
+        /// Who.
+        person: Person,
+        /// The token's hash prefix.
+        session: String,
+    },
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {
-    /// The token's name.
+    /// The token's name, or a person's `issuer#subject`: the actor in audit entries.
     pub name: String,
-    /// The token's scope.
-    pub scope: ApiScope,
+    /// How they authenticated.
+    pub via: AuthMethod,
 }
 
 impl Operator {
-    /// Succeeds if this operator has `permission`.
-    pub fn require(&self, permission: Permission) -> Result<(), AccessError> {
-        if self.scope.grants(permission) {
-            Ok(())
-        } else {
-            Err(AccessError::InsufficientScope { required: permission.scope_names(), held: self.scope.as_str() })
+    /// An API token's caller.
+    pub fn api_token(name: String, scope: ApiScope) -> Self {
+        Self { name, via: AuthMethod::ApiToken { scope } }
+    }
+
+    /// The person behind a session or CLI token, if this is one.
+    pub fn person(&self) -> Option<&Person> {
+        match &self.via {
+            AuthMethod::ApiToken { .. } => None,
+            AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => Some(person),
         }
+    }
+
+    /// Succeeds if this operator has `permission`. A signed-in person has none until spaces and
+    /// roles exist: only `/v1/me` and sign-out, which need no permission.
+    pub fn require(&self, permission: Permission) -> Result<(), AccessError> {
+        match &self.via {
+            AuthMethod::ApiToken { scope } if scope.grants(permission) => Ok(()),
+            AuthMethod::ApiToken { scope } => {
+                Err(AccessError::InsufficientScope { required: permission.scope_names(), held: scope.as_str() })
+            }
+            AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => {
+                Err(AccessError::NoRole { who: person_label(person), required: permission.scope_names() })
+            }
+        }
+    }
+}
+
+/// How a person is named in messages: name and email when the provider gave them.
+fn person_label(person: &Person) -> String {
+    match (person.name.is_empty(), person.email.is_empty()) {
+        (false, false) => format!("{} <{}>", person.name, person.email),
+        (false, true) => person.name.clone(),
+        (true, false) => person.email.clone(),
+        (true, true) => person.id(),
     }
 }
 
@@ -248,7 +335,7 @@ impl Access {
         }
         let row = self.store.api_token_by_hash(&token_hash(presented)).await?.ok_or(AccessError::Unauthenticated)?;
         let scope = row.scope.parse()?;
-        Ok(Operator { name: row.name, scope })
+        Ok(Operator::api_token(row.name, scope))
     }
 
     /// Every token (without secrets).
@@ -281,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_submit_token_cannot_review() {
-        let ci = Operator { name: "ci".into(), scope: ApiScope::Submit };
+        let ci = Operator::api_token("ci".into(), ApiScope::Submit);
         let error = ci.require(Permission::ReviewRuns).map(drop).map_err(|e| e.to_string());
         assert_eq!(error, Err("this action needs the `review` or `admin` scope; the token has `submit`".to_owned()));
         assert!(ci.require(Permission::SubmitRuns).is_ok());

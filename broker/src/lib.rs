@@ -38,6 +38,7 @@ pub mod notify;
 pub mod policy;
 pub mod runs;
 pub mod server;
+pub mod sso;
 pub mod store;
 pub mod targets;
 pub mod tokens;

@@ -90,10 +90,12 @@ impl Broker {
         let exchanger = core.exchanger(settings, &minter)?;
         let runs = core.runs(settings);
         let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
+        let sso = core.sso(settings)?;
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
         let notifier = Notifier::new(&settings.notifications, store.clone(), audit.clone(), Arc::clone(&clock))
             .map_err(StartError::HttpClient)?;
         let state = AppState {
+            sso,
             notifier,
             runs,
             agents,
@@ -254,6 +256,17 @@ impl Core {
             settings.tokens.clock_skew,
             Arc::clone(&self.metrics),
         ))))
+    }
+
+    /// Sign-in for people, when `[sso]` is configured; PKCE verifiers are derived with a key
+    /// derived from the KEK, so every replica can finish a sign-in another one began.
+    fn sso(&self, settings: &Settings) -> Result<Option<crate::sso::Sso>, StartError> {
+        let Some(sso) = &settings.sso else { return Ok(None) };
+        let secret = self.kek.derive("keyward sso pkce");
+        let (store, audit, clock) = (self.store.clone(), self.audit.clone(), Arc::clone(&self.clock));
+        crate::sso::Sso::new(sso.clone(), secret.as_ref(), store, audit, clock)
+            .map(Some)
+            .map_err(|e| StartError::HttpClient(e.to_string()))
     }
 
     /// Stacks, runs and their jobs, with the private repositories' credentials.

@@ -63,6 +63,9 @@ pub struct Config {
     /// The drift scheduler (docs/drift.md).
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Sign-in for people (docs/access.md).
+    #[serde(default)]
+    pub sso: Option<super::sso::SsoConfig>,
 }
 
 /// One `[[notifications]]` entry: which events, where, in which format, signed with which key.
@@ -662,12 +665,12 @@ fn yes() -> bool {
 }
 
 /// Durations written the way people write them: `30s`, `5m`, `24h`.
-mod humantime_serde_compat {
+pub(super) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("invalid duration `{text}` ({e}); write e.g. `30s`, `5m`, `24h`"))
@@ -715,6 +718,7 @@ impl Config {
                 ..AgentsConfig::default()
             },
             scheduler: SchedulerConfig::default(),
+            sso: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod notifications;
 mod overlay;
 mod resolve;
 mod secret_source;
+mod sso;
 mod trust;
 mod url;
 
@@ -36,6 +37,7 @@ pub use file::{
 pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
 pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};
 pub use secret_source::SecretSource;
+pub use sso::SsoConfig;
 
 /// A configuration problem, with the dotted key path it concerns.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 //! keys, audiences, audit, agent endpoint) belongs to dev mode; naming it is an error that says so
 //! rather than a setting silently ignored.
 //!
-//! DESIGN.md §7 lists `[sso]` and `[vcs.github]` as overlay contents too: each becomes a field of
-//! [`DevOverlay`] and an entry of [`OVERLAY_TABLES`] when it exists.
+//! DESIGN.md §7 lists `[vcs.github]` as overlay content too: it becomes a field of [`DevOverlay`]
+//! and an entry of [`OVERLAY_TABLES`] when it exists (`[sso]` already is).
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use super::{
 };
 
 /// The top-level tables an overlay may contain.
-pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy", "notifications"];
+pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy", "notifications", "sso"];
 
 /// `serve` tables that dev mode sets itself, and what it sets them to.
 const DEV_OWNED_TABLES: &[(&str, &str)] = &[
@@ -43,7 +43,7 @@ pub enum OverlayError {
     /// A `serve` table that dev mode sets itself.
     #[error(
         "{path}: `{table}`: dev mode owns this table ({why}); a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]], [[notifications]] and [policy] (use `keyward serve --config` for a full configuration)"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy] and [sso] (use `keyward serve --config` for a full configuration)"
     )]
     DevOwned {
         /// The file.
@@ -56,7 +56,7 @@ pub enum OverlayError {
     /// A table no configuration has.
     #[error(
         "{path}: `{table}`: unknown table; a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]], [[notifications]] and [policy]"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy] and [sso]"
     )]
     Unknown {
         /// The file.
@@ -93,6 +93,9 @@ pub struct DevOverlay {
     /// Who is told about drift, runs and denials, as `[[notifications]]` in `serve`.
     #[serde(default)]
     pub notifications: Vec<NotificationEntry>,
+    /// Sign-in for people, as `[sso]` in `serve` (the redirect URL defaults to dev's address).
+    #[serde(default)]
+    pub sso: Option<super::SsoConfig>,
     /// Where it came from, for error messages.
     #[serde(skip)]
     origin: String,
@@ -151,6 +154,7 @@ impl DevOverlay {
         base.issuers = self.issuers;
         base.repositories = self.repositories;
         base.notifications = self.notifications;
+        base.sso = self.sso;
         if let Some(mut policy) = self.policy {
             if let Some(dir) = policy_dir {
                 policy.dir = dir;

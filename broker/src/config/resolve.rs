@@ -63,6 +63,8 @@ pub struct Settings<K = Kek> {
     pub notifications: Vec<NotificationConfig>,
     /// The drift scheduler (`[scheduler]`); `None`: this replica does not take part.
     pub scheduler: Option<SchedulerSettings>,
+    /// Sign-in for people (`[sso]`); `None`: nobody signs in, API tokens only.
+    pub sso: Option<crate::sso::SsoSettings>,
 }
 
 /// A configuration checked, with every secret read but the key-encryption key, whose source is
@@ -139,6 +141,7 @@ impl Config {
             repositories,
             notifications,
             scheduler,
+            sso,
         } = self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
@@ -152,6 +155,7 @@ impl Config {
         check_policy(policy.as_ref())?;
         let agents = agents_settings(agents, &server.external_url)?;
         let scheduler = scheduler_settings(&scheduler)?;
+        let sso = sso.map(|sso| super::sso::check(sso, &server.external_url, server.listen)).transpose()?;
         let database = database(&storage, env)?;
         let kek = KEK.required_source(keys.kek.as_ref(), keys.kek_env.as_deref(), keys.kek_file.as_deref())?;
         let keys = KeySettings {
@@ -175,6 +179,7 @@ impl Config {
             repositories,
             notifications,
             scheduler,
+            sso,
         })
     }
 }
@@ -424,6 +429,7 @@ impl Checked {
             repositories,
             notifications,
             scheduler,
+            sso,
         } = self;
         let kek = read_kek(&kek, env)?;
         Ok(Settings {
@@ -441,6 +447,7 @@ impl Checked {
             repositories,
             notifications,
             scheduler,
+            sso,
         })
     }
 }

@@ -166,6 +166,18 @@ pub fn peek_issuer_and_audiences(token: &str) -> Option<(String, Vec<String>)> {
     Some((iss, aud))
 }
 
+/// The claims of a token read *without* verifying it: only for a token whose signature already
+/// verified, to name its subject in a refusal.
+pub fn peek_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
+    use base64::Engine as _;
+    if token.len() > verify::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Keys only over TLS, unless the issuer itself is a loopback one (the config allows plain http
 /// only for those): a discovery document cannot downgrade where keys come from.
 fn jwks_uri_allowed(issuer: &str, jwks_uri: &str) -> bool {

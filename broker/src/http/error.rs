@@ -142,7 +142,7 @@ impl From<AccessError> for ApiError {
             AccessError::Unauthenticated => {
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_token", error.to_string(), Refusal::Unauthenticated)
             }
-            AccessError::InsufficientScope { .. } => {
+            AccessError::InsufficientScope { .. } | AccessError::NoRole { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "insufficient_scope", error.to_string(), Refusal::Forbidden)
             }
             AccessError::UnknownScope(_) | AccessError::InvalidName(_) => Self::invalid_request(error.to_string()),
@@ -395,5 +395,22 @@ mod tests {
         let unavailable = answer(RunError::Change(ChangeError::Store(StoreError::Append("disk full".into()))));
         assert_eq!(unavailable.0, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!unavailable.2.contains("disk"), "{unavailable:?}");
+    }
+}
+
+impl From<crate::sso::SsoError> for ApiError {
+    fn from(error: crate::sso::SsoError) -> Self {
+        use crate::sso::SsoError;
+        match error {
+            SsoError::NotConfigured => Self::not_found(error.to_string()),
+            SsoError::Path(_) | SsoError::UnknownState | SsoError::LoginExpired | SsoError::Grant => {
+                Self::invalid_request(error.to_string())
+            }
+            SsoError::ProviderRefused(_) | SsoError::Unverified(_) | SsoError::Refused { .. } => {
+                Self::access_denied(error.to_string())
+            }
+            SsoError::Provider(_) => Self::bad_gateway(error.to_string()),
+            SsoError::Store(e) => Self::internal(&e),
+        }
     }
 }

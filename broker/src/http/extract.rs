@@ -1,17 +1,19 @@
 //! Extractors that turn bad input into the API's JSON errors instead of axum's plain-text ones,
-//! and [`Authorized`], which authenticates the caller's API token before a handler runs.
+//! and [`Authorized`], which authenticates the caller (an API token, a person's `keyward login`
+//! token or browser session) before a handler runs.
 
 use std::marker::PhantomData;
 
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::access::{Operator, Permission};
+use crate::access::{AccessError, Operator, Permission};
+use crate::sso::{Authenticated, secrets, session};
 
 /// A JSON body whose rejection is an `invalid_request` error.
 #[derive(Debug)]
@@ -28,28 +30,82 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Authenticates the `Authorization: Bearer` API token and checks it allows `required`.
+/// Authenticates the caller (see [`authenticate`]) and checks it holds `required`.
 pub(super) async fn operator(
     state: &AppState,
+    method: &Method,
     headers: &HeaderMap,
     required: Permission,
 ) -> Result<Operator, ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
     let result = async {
-        let operator = state.access.authenticate(presented).await?;
-        operator.require(required)?;
-        Ok::<_, ApiError>(operator)
+        let caller = authenticate(state, method, headers).await?;
+        caller.operator.require(required)?;
+        Ok::<_, ApiError>(caller.operator)
     }
     .await;
     if let Err(error) = &result {
         state.metrics.request_refused(error.refusal());
     }
     result
+}
+
+/// A caller, and the session that authenticated them if it was one.
+#[derive(Debug)]
+pub(super) struct Caller {
+    /// Who.
+    pub(super) operator: Operator,
+    /// Their session (browser or CLI), to sign it out.
+    pub(super) session: Option<Authenticated>,
+}
+
+/// Who is calling: an `Authorization: Bearer` API token (`kw_…`) or `keyward login` token
+/// (`kws_…`), else the `keyward_session` cookie, whose state-changing requests must repeat the
+/// `keyward_csrf` cookie in `X-Keyward-CSRF` (a page on another site can make the browser send
+/// the cookie, but cannot read the CSRF cookie to repeat it).
+pub(super) async fn authenticate(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let cookies = || headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    match (bearer, &state.sso) {
+        (Some(token), Some(sso)) if secrets::looks_like_session(token) => {
+            let session = sso.authenticate(token, "cli").await.map_err(ApiError::from)?.ok_or_else(expired)?;
+            Ok(Caller { operator: session.operator.clone(), session: Some(session) })
+        }
+        (Some(token), _) => Ok(Caller { operator: state.access.authenticate(token).await?, session: None }),
+        (None, Some(sso)) => {
+            let secret = session::cookie(cookies(), session::SESSION_COOKIE).ok_or(AccessError::Unauthenticated)?;
+            let session = sso.authenticate(secret, "browser").await.map_err(ApiError::from)?.ok_or_else(expired)?;
+            if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                check_csrf(secret, headers, session::cookie(cookies(), session::CSRF_COOKIE))?;
+            }
+            Ok(Caller { operator: session.operator.clone(), session: Some(session) })
+        }
+        (None, None) => Err(AccessError::Unauthenticated.into()),
+    }
+}
+
+fn expired() -> ApiError {
+    ApiError::unauthenticated("missing, unknown, expired or revoked session; sign in again")
+}
+
+/// The CSRF header must equal the CSRF cookie, and both the token derived from this session.
+fn check_csrf(secret: &str, headers: &HeaderMap, cookie: Option<&str>) -> Result<(), ApiError> {
+    let header = headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let expected = secrets::csrf_token(secret);
+    let cookie = cookie.unwrap_or_default();
+    // Both compared in full (no early return), each in constant time.
+    let ok = secrets::same(header, cookie) & secrets::same(header, &expected);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::access_denied(
+            "a request signed in with a browser session that changes something needs the header X-Keyward-CSRF \
+             equal to the keyward_csrf cookie",
+        ))
+    }
 }
 
 /// The operator behind a request's API token, checked to hold `R`'s permission. As a handler
@@ -67,7 +123,7 @@ impl<R: can::Requirement> FromRequestParts<AppState> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let operator = operator(state, &parts.headers, R::PERMISSION).await?;
+        let operator = operator(state, &parts.method, &parts.headers, R::PERMISSION).await?;
         Ok(Self { operator, requirement: PhantomData })
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod agents;
 mod audit;
+mod auth;
 mod contexts;
 pub mod error;
 mod extract;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub runs: crate::runs::Runs,
     /// Pools and agents.
     pub agents: crate::agents::Agents,
+    /// Sign-in for people, when `[sso]` is configured.
+    pub sso: Option<crate::sso::Sso>,
 }
 
 impl AppState {
@@ -92,6 +95,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/cli/token", post(auth::cli_token))
+        .route("/v1/me", get(auth::me))
         .route("/v1/token", post(token::exchange))
         .route("/v1/run-tokens", post(admin::mint_run_token))
         .route("/v1/api-tokens", post(admin::create_api_token).get(admin::list_api_tokens))

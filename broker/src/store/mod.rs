@@ -21,6 +21,7 @@ pub mod notify;
 mod replay;
 pub mod runs;
 pub mod scans;
+pub mod sessions;
 mod signing_keys;
 pub mod state;
 pub mod write;
@@ -46,6 +47,7 @@ pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
 pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
 pub use scans::JobScanRow;
+pub use sessions::{LoginRow, SessionRow};
 pub use signing_keys::{KeyState, SigningKeyRow};
 pub use state::{SealedState, StateLockRow, StateVersionRow};
 
@@ -195,7 +197,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 19] = match self.backend {
+        let files: [(i64, &str, &'static str); 20] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -216,6 +218,7 @@ impl Store {
                 (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
                 (18, "context_files_hooks", include_str!("../../migrations/sqlite/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
+                (20, "person_sessions", include_str!("../../migrations/sqlite/0020_person_sessions.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -237,6 +240,7 @@ impl Store {
                 (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
                 (18, "context_files_hooks", include_str!("../../migrations/postgres/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
+                (20, "person_sessions", include_str!("../../migrations/postgres/0020_person_sessions.sql")),
             ],
         };
         let migrations = files
