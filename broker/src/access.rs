@@ -225,6 +225,14 @@ impl Operator {
         Self { name, via: AuthMethod::ApiToken { scope } }
     }
 
+    /// The API token's scope, if this is an API token.
+    pub fn scope(&self) -> Option<ApiScope> {
+        match &self.via {
+            AuthMethod::ApiToken { scope } => Some(*scope),
+            AuthMethod::Session { .. } | AuthMethod::CliToken { .. } => None,
+        }
+    }
+
     /// The person behind a session or CLI token, if this is one.
     pub fn person(&self) -> Option<&Person> {
         match &self.via {

@@ -22,6 +22,7 @@ pub mod legacy;
 pub mod moto;
 pub mod object_store;
 pub mod openbao;
+pub mod openbao_oidc;
 pub mod postgres;
 pub mod pyjwt;
 pub mod regopy;

@@ -123,13 +123,13 @@ async fn api_tokens(store: &Store) {
     let bootstrap = access.bootstrap().await.unwrap().expect("first bootstrap creates a token");
     assert!(access.bootstrap().await.unwrap().is_none(), "bootstrap happens once");
     let admin = access.authenticate(bootstrap.expose()).await.unwrap();
-    assert_eq!(admin.scope, ApiScope::Admin);
+    assert_eq!(admin.scope(), Some(ApiScope::Admin));
 
     let ci = access.create("ci", ApiScope::Submit, &admin.name).await.unwrap();
     let duplicate = access.create("ci", ApiScope::Audit, &admin.name).await;
     assert!(matches!(duplicate, Err(AccessError::Store(StoreError::Conflict(_)))), "{duplicate:?}");
     let operator = access.authenticate(ci.expose()).await.unwrap();
-    assert_eq!((operator.name.as_str(), operator.scope), ("ci", ApiScope::Submit));
+    assert_eq!((operator.name.as_str(), operator.scope()), ("ci", Some(ApiScope::Submit)));
     assert!(matches!(operator.require(Permission::Administer), Err(AccessError::InsufficientScope { .. })));
     assert!(matches!(operator.require(Permission::ReviewRuns), Err(AccessError::InsufficientScope { .. })));
 
@@ -144,7 +144,7 @@ async fn api_tokens(store: &Store) {
     // The review scope is storable on every backend (migration 0010 widened the CHECK).
     let reviewer = access.create("reviewer", ApiScope::Review, &admin.name).await.unwrap();
     let reviewer = access.authenticate(reviewer.expose()).await.unwrap();
-    assert_eq!(reviewer.scope, ApiScope::Review);
+    assert_eq!(reviewer.scope(), Some(ApiScope::Review));
     assert!(reviewer.require(Permission::ReviewRuns).is_ok() && reviewer.require(Permission::SubmitRuns).is_err());
 }
 

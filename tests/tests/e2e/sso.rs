@@ -1,0 +1,266 @@
+//! Sign-in for people against a real identity provider, OpenBao's OIDC provider: a userpass user
+//! signs in through the browser flow (the test plays the browser), `/v1/me` shows who they are,
+//! sign-out revokes the session; `keyward login --no-browser` driven headless; and bad input, each
+//! refused with nothing changed.
+
+use std::path::Path;
+
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::free_addr;
+use keyward_tests::openbao::OpenBao;
+use keyward_tests::openbao_oidc::OidcProvider;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// A browser: follows nothing by itself, keeps the broker's cookies.
+struct Browser {
+    client: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { client, cookies: Vec::new() }
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    /// GET `url` with the cookies; keeps the cookies set; returns status, Location, Set-Cookie lines.
+    async fn get(&mut self, url: &str) -> (StatusCode, String, Vec<String>, Value) {
+        let response = self.client.get(url).header("cookie", self.cookie_header()).send().await.unwrap();
+        self.take(response).await
+    }
+
+    async fn post(&mut self, url: &str, csrf: Option<&str>) -> (StatusCode, String, Vec<String>, Value) {
+        let mut request = self.client.post(url).header("cookie", self.cookie_header());
+        if let Some(csrf) = csrf {
+            request = request.header("x-keyward-csrf", csrf);
+        }
+        let response = request.send().await.unwrap();
+        self.take(response).await
+    }
+
+    async fn take(&mut self, response: reqwest::Response) -> (StatusCode, String, Vec<String>, Value) {
+        let status = response.status();
+        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let set: Vec<String> =
+            response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        for line in &set {
+            let pair = line.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, location, set, body)
+    }
+}
+
+/// A broker serving `[sso]` against `provider`, listening at a reserved loopback address.
+async fn broker_with_sso(dir: &Path, bao: &OpenBao, client: &str, extra: &str) -> (Broker, OidcProvider) {
+    let addr = free_addr();
+    let redirect = format!("http://{addr}/auth/callback");
+    let provider = bao.oidc_provider("people", client, &redirect).await;
+    let secret = dir.join(format!("{client}.secret"));
+    std::fs::write(&secret, &provider.client_secret).unwrap();
+    let rest = format!(
+        "[sso]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n{extra}\n",
+        provider.issuer,
+        provider.client_id,
+        secret.display()
+    );
+    let data_dir = dir.join(client);
+    let config = dir.join(format!("{client}.toml"));
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+    (broker, provider)
+}
+
+/// Rows in the broker's SQLite database.
+async fn count(broker: &Broker, table: &str) -> i64 {
+    let url = format!("sqlite://{}?mode=rw", broker.data_dir.join("keyward.db").display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+    let n: i64 = sqlx::Row::get(&sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap(), "n");
+    pool.close().await;
+    n
+}
+
+/// Runs SQL against the broker's SQLite database (to tamper with a pending login, as an
+/// attacker who could would).
+async fn execute(broker: &Broker, sql: &str) {
+    let url = format!("sqlite://{}?mode=rw", broker.data_dir.join("keyward.db").display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+fn audit_kinds(broker: &Broker, kind: &str) -> Vec<Value> {
+    let out = broker.cli(&["audit", "tail", "--kind", kind, "--json"]);
+    assert!(out.success, "{}", out.stderr);
+    out.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Starts a sign-in, lets the provider authorize `user_token`; returns the callback URL.
+async fn authorized_callback(browser: &mut Browser, broker: &Broker, bao: &OpenBao, user_token: &str) -> String {
+    let (status, location, _, body) = browser.get(&format!("{}/auth/login?return_to=/v1/me", broker.addr)).await;
+    assert_eq!(status, StatusCode::FOUND, "{body}");
+    assert!(location.contains("code_challenge_method=S256") && location.contains("nonce="), "{location}");
+    let (code, state) = bao.authorize(&location, user_token).await;
+    format!("{}/auth/callback?code={code}&state={state}", broker.addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_sees_themself_and_signs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let (broker, provider) = broker_with_sso(dir.path(), &bao, "keyward", "").await;
+    let alice = bao.oidc_user("alice", &["platform"]).await;
+
+    let mut browser = Browser::new();
+    let callback = authorized_callback(&mut browser, &broker, &bao, &alice).await;
+    let (status, location, set, body) = browser.get(&callback).await;
+    assert_eq!((status, location.as_str()), (StatusCode::FOUND, "/v1/me"), "{body}");
+    let session_line = set.iter().find(|l| l.starts_with("keyward_session=")).unwrap();
+    assert!(
+        session_line.contains("HttpOnly") && session_line.contains("SameSite=Lax") && session_line.contains("Path=/")
+    );
+    assert!(!session_line.contains("Secure"), "a loopback broker serves plain http: {session_line}");
+    assert!(!set.iter().find(|l| l.starts_with("keyward_csrf=")).unwrap().contains("HttpOnly"));
+
+    let (status, _, _, me) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!((me["kind"].as_str(), me["via"].as_str()), (Some("person"), Some("session")));
+    assert_eq!(me["issuer"], provider.issuer.as_str());
+    assert!(me["subject"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!((me["name"].as_str(), me["email"].as_str()), (Some("alice"), Some("alice@example.com")));
+    assert_eq!(me["groups"], serde_json::json!(["platform"]));
+
+    // Before roles exist, a person may do nothing else.
+    let (status, _, _, refusal) = browser.get(&format!("{}/v1/stacks", broker.addr)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(refusal["error_description"].as_str().unwrap().starts_with("signed in as alice <alice@example.com>"));
+
+    let signed_in = audit_kinds(&broker, "person.signed_in");
+    assert_eq!(signed_in.len(), 1);
+    assert_eq!(signed_in[0]["entry"]["details"]["groups"], serde_json::json!(["platform"]), "{}", signed_in[0]);
+    assert!(!signed_in[0].to_string().contains(browser.cookie("keyward_session").unwrap()), "never the secret");
+
+    // The same callback again: the code and the state are spent.
+    let sessions = count(&broker, "person_sessions").await;
+    let mut replayer = Browser::new();
+    let (status, _, set, body) = replayer.get(&callback).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(set.is_empty() && body["error_description"].as_str().unwrap().contains("unknown or already used"));
+    assert_eq!(count(&broker, "person_sessions").await, sessions);
+
+    // Sign-out needs the CSRF header, equal to the cookie.
+    let url = format!("{}/auth/logout", broker.addr);
+    let (status, ..) = browser.post(&url, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF header");
+    let (status, ..) = browser.post(&url, Some("not-the-cookie")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a wrong CSRF header");
+    let (status, ..) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    assert_eq!(status, StatusCode::OK, "the refused sign-outs changed nothing");
+    let session = browser.cookie("keyward_session").unwrap().to_owned();
+    let csrf = browser.cookie("keyward_csrf").unwrap().to_owned();
+    let (status, _, set, _) = browser.post(&url, Some(&csrf)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(set.iter().any(|l| l.starts_with("keyward_session=;") && l.contains("Max-Age=0")));
+    assert_eq!(audit_kinds(&broker, "person.signed_out").len(), 1);
+    // The revoked session is refused even if the browser kept the cookie.
+    browser.cookies = vec![("keyward_session".into(), session), ("keyward_csrf".into(), csrf)];
+    let (status, ..) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_sign_ins_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let (broker, _) = broker_with_sso(dir.path(), &bao, "keyward", "").await;
+    let bob = bao.oidc_user("bob", &[]).await;
+    let mut browser = Browser::new();
+
+    for off_site in ["//evil.example", "https://evil.example", "/\\evil.example"] {
+        let url = format!("{}/auth/login?return_to={}", broker.addr, urlencode(off_site));
+        let (status, location, _, body) = browser.get(&url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{off_site}: {body}");
+        assert!(location.is_empty() && body["error_description"].as_str().unwrap().contains("return_to"));
+    }
+    assert_eq!(count(&broker, "sso_logins").await, 0, "a refused login records nothing");
+
+    // A state the broker never issued.
+    let callback = authorized_callback(&mut browser, &broker, &bao, &bob).await;
+    let forged = callback.replace("state=", "state=x");
+    let (status, _, set, _) = browser.get(&forged).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(set.is_empty());
+    assert_eq!(count(&broker, "person_sessions").await, 0);
+    // Nobody was proven: no audit entry (DESIGN.md §8.10), only the service log.
+    assert!(audit_kinds(&broker, "person.sign_in_failed").is_empty());
+
+    // A pending login whose nonce is not the one the provider was sent.
+    execute(&broker, "UPDATE sso_logins SET nonce = 'tampered'").await;
+    let (status, _, set, body) = browser.get(&callback).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(set.is_empty() && body["error_description"].as_str().unwrap().contains("nonce"), "{body}");
+    assert_eq!(count(&broker, "person_sessions").await, 0);
+    let failed = audit_kinds(&broker, "person.sign_in_failed");
+    assert_eq!(failed.len(), 1, "the provider vouched for someone: on record");
+    assert!(failed[0]["entry"]["details"]["reason"].as_str().unwrap().contains("nonce"));
+    assert!(!failed[0].to_string().contains("code="), "never the code");
+
+    // A user in no group signs in, with no groups.
+    let callback = authorized_callback(&mut browser, &broker, &bao, &bob).await;
+    let (status, ..) = browser.get(&callback).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let (_, _, _, me) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    assert_eq!((me["name"].as_str(), me["groups"].clone()), (Some("bob"), serde_json::json!([])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ends_at_its_absolute_timeout_and_require_groups_refuses_a_groupless_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let extra = "absolute_timeout = \"3s\"\nidle_timeout = \"3s\"\nrequire_groups = true";
+    let (broker, _) = broker_with_sso(dir.path(), &bao, "short", extra).await;
+    let carol = bao.oidc_user("carol", &["ops"]).await;
+    let dave = bao.oidc_user("dave", &[]).await;
+
+    let mut browser = Browser::new();
+    let callback = authorized_callback(&mut browser, &broker, &bao, &dave).await;
+    let (status, _, _, body) = browser.get(&callback).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(count(&broker, "person_sessions").await, 0);
+
+    let callback = authorized_callback(&mut browser, &broker, &bao, &carol).await;
+    let (status, ..) = browser.get(&callback).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let url = format!("{}/v1/me", broker.addr);
+    let client = browser.client.clone();
+    let cookie = browser.cookie_header();
+    // The timeout is 3 s: wait for it to pass by polling, nothing else.
+    keyward_tests::eventually("the session to expire", std::time::Duration::from_secs(30), || {
+        let request = client.get(&url).header("cookie", cookie.clone()).send();
+        async move { (request.await.unwrap().status() == StatusCode::UNAUTHORIZED).then_some(()) }
+    })
+    .await;
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
