@@ -58,10 +58,23 @@ impl Client {
                 Zeroizing::new(token.trim().to_owned())
             }
             Some(TokenSource::EnvFile(path)) => read_token_file(&path, "KEYWARD_TOKEN_FILE")?,
-            None => bail!(
-                "no API token: pass --token-file, or set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints the export lines)"
-            ),
+            None => match super::login::session_file(env).filter(|file| file.exists()) {
+                Some(file) => read_token_file(&file, "the session `keyward login` keeps")?,
+                None => bail!(
+                    "no API token: pass --token-file, set KEYWARD_TOKEN or KEYWARD_TOKEN_FILE (`keyward dev` prints \
+                     the export lines), or sign in with `keyward login`"
+                ),
+            },
         };
+        Self::with_token(connection, token)
+    }
+
+    /// A client presenting the CLI token kept in `file` (`keyward logout`).
+    pub(super) fn from_session(connection: &Connection, file: &Path) -> anyhow::Result<Self> {
+        Self::with_token(connection, read_token_file(file, "the session `keyward login` keeps")?)
+    }
+
+    fn with_token(connection: &Connection, token: Zeroizing<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))

@@ -15,6 +15,7 @@ mod dev;
 mod dev_agent;
 mod keys;
 mod logging;
+mod login;
 mod output;
 mod policy;
 mod pool;
@@ -87,6 +88,13 @@ enum Command {
     /// List, drain and revoke enrolled agents.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Sign in as a person with the broker's identity provider ([sso]); the session is kept in
+    /// ~/.config/keyward/session and used when no API token is given.
+    Login(login::LoginArgs),
+    /// Sign out: revoke the session `keyward login` made and forget it.
+    Logout(login::SessionArgs),
+    /// Who the broker takes you for (`GET /v1/me`).
+    Whoami(login::SessionArgs),
 }
 
 /// How to reach a running broker.
@@ -138,6 +146,9 @@ pub fn main() -> std::process::ExitCode {
             Command::Run(command) => run::run(command, &env).await,
             Command::Pool(command) => pool::run(command, &env).await,
             Command::Agent(command) => agent::run(command, &env).await,
+            Command::Login(args) => login::login(args, &env).await,
+            Command::Logout(args) => login::logout(args, &env).await,
+            Command::Whoami(args) => login::whoami(args, &env).await,
         }
     });
     match result {

@@ -264,3 +264,87 @@ fn urlencode(text: &str) -> String {
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyward_login_no_browser_driven_headless_then_whoami_and_logout() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let (broker, provider) = broker_with_sso(dir.path(), &bao, "keyward", "").await;
+    let erin = bao.oidc_user("erin", &["deployers"]).await;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home_str = home.to_str().unwrap();
+
+    let mut child = std::process::Command::new(keyward_tests::binary("keyward"))
+        .args(["login", "--no-browser"])
+        .env_remove("KEYWARD_TOKEN")
+        .env_remove("KEYWARD_TOKEN_FILE")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", home_str)
+        .env("KEYWARD_ADDR", &broker.addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let login_url = lines.by_ref().map(Result::unwrap).find(|l| l.starts_with("http")).expect("the URL to open");
+    assert!(login_url.contains("cli_redirect=") && login_url.contains("cli_challenge="), "{login_url}");
+
+    // The test is the browser: broker → provider (as the signed-in user) → broker → loopback.
+    let mut browser = Browser::new();
+    let (status, authorize, _, _) = browser.get(&login_url).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let (code, state) = bao.authorize(&authorize, &erin).await;
+    let (status, loopback, set, body) =
+        browser.get(&format!("{}/auth/callback?code={code}&state={state}", broker.addr)).await;
+    assert_eq!(status, StatusCode::FOUND, "{body}");
+    assert!(set.is_empty(), "a CLI sign-in sets no browser cookie");
+    assert!(loopback.starts_with("http://127.0.0.1:") && loopback.contains("/callback?grant=kws_"), "{loopback}");
+    // The grant alone is worth nothing: it needs the verifier only `keyward login` holds.
+    let grant = loopback.split("grant=").nth(1).unwrap().to_owned();
+    let stolen = http_post_json(
+        &format!("{}/auth/cli/token", broker.addr),
+        serde_json::json!({ "grant": grant, "verifier": "A".repeat(43) }),
+    )
+    .await;
+    assert_eq!(stolen, StatusCode::BAD_REQUEST);
+    let (status, ..) = browser.get(&loopback).await;
+    assert_eq!(status, StatusCode::OK);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let file = home.join(".config/keyward/session");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let env = [("HOME", home_str), ("KEYWARD_ADDR", broker.addr.as_str())];
+    let whoami = keyward_tests::broker::keyward(&["whoami", "--json"], &env);
+    assert!(whoami.success, "{}", whoami.stderr);
+    let me: Value = serde_json::from_str(&whoami.stdout).unwrap();
+    assert_eq!((me["via"].as_str(), me["name"].as_str()), (Some("cli_token"), Some("erin")));
+    assert_eq!(
+        (me["issuer"].as_str(), me["groups"].clone()),
+        (Some(provider.issuer.as_str()), serde_json::json!(["deployers"]))
+    );
+    assert_eq!(audit_kinds(&broker, "person.cli_token_issued").len(), 1);
+    // A second redemption of the same grant (the loopback URL replayed) is refused.
+    let again = http_post_json(
+        &format!("{}/auth/cli/token", broker.addr),
+        serde_json::json!({ "grant": grant, "verifier": "x" }),
+    )
+    .await;
+    assert_eq!(again, StatusCode::BAD_REQUEST);
+
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let logout = keyward_tests::broker::keyward(&["logout"], &env);
+    assert!(logout.success, "{}", logout.stderr);
+    assert!(!file.exists());
+    let me = reqwest::Client::new().get(format!("{}/v1/me", broker.addr)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "the token was revoked at the broker");
+    let whoami = keyward_tests::broker::keyward(&["whoami"], &env);
+    assert!(!whoami.success && whoami.stderr.contains("keyward login"), "{}", whoami.stderr);
+}
+
+async fn http_post_json(url: &str, body: Value) -> StatusCode {
+    reqwest::Client::new().post(url).json(&body).send().await.unwrap().status()
+}
