@@ -86,7 +86,11 @@ pub(super) async fn login(args: LoginArgs, env: &dyn Fn(&str) -> Option<String>)
     }
     let token = Zeroizing::new(text(&body, "token").to_owned());
     write_session(&file, &token)?;
-    outln!("Signed in; the session is in {} until {}.", file.display(), body["expires_at"])?;
+    outln!(
+        "Signed in; the session is in {} until {}.",
+        file.display(),
+        body.get("expires_at").unwrap_or(&Value::Null)
+    )?;
     Ok(())
 }
 
@@ -176,7 +180,7 @@ pub(super) async fn whoami(args: SessionArgs, env: &dyn Fn(&str) -> Option<Strin
         return print_json(&me);
     }
     if text(&me, "kind") == "person" {
-        let groups: Vec<&str> = me["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let groups: Vec<&str> = super::client::items(&me, "groups").filter_map(Value::as_str).collect();
         outln!("{} <{}> ({})", text(&me, "name"), text(&me, "email"), text(&me, "id"))?;
         outln!("groups: {}\nsigned in with: {}", groups.join(", "), text(&me, "via"))?;
     } else {

@@ -344,6 +344,23 @@ impl From<ExchangeError> for ApiError {
     }
 }
 
+impl From<crate::sso::SsoError> for ApiError {
+    fn from(error: crate::sso::SsoError) -> Self {
+        use crate::sso::SsoError;
+        match error {
+            SsoError::NotConfigured => Self::not_found(error.to_string()),
+            SsoError::Path(_) | SsoError::UnknownState | SsoError::LoginExpired | SsoError::Grant => {
+                Self::invalid_request(error.to_string())
+            }
+            SsoError::ProviderRefused(_) | SsoError::Unverified(_) | SsoError::Refused { .. } => {
+                Self::access_denied(error.to_string())
+            }
+            SsoError::Provider(_) => Self::bad_gateway(error.to_string()),
+            SsoError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,22 +412,5 @@ mod tests {
         let unavailable = answer(RunError::Change(ChangeError::Store(StoreError::Append("disk full".into()))));
         assert_eq!(unavailable.0, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!unavailable.2.contains("disk"), "{unavailable:?}");
-    }
-}
-
-impl From<crate::sso::SsoError> for ApiError {
-    fn from(error: crate::sso::SsoError) -> Self {
-        use crate::sso::SsoError;
-        match error {
-            SsoError::NotConfigured => Self::not_found(error.to_string()),
-            SsoError::Path(_) | SsoError::UnknownState | SsoError::LoginExpired | SsoError::Grant => {
-                Self::invalid_request(error.to_string())
-            }
-            SsoError::ProviderRefused(_) | SsoError::Unverified(_) | SsoError::Refused { .. } => {
-                Self::access_denied(error.to_string())
-            }
-            SsoError::Provider(_) => Self::bad_gateway(error.to_string()),
-            SsoError::Store(e) => Self::internal(&e),
-        }
     }
 }

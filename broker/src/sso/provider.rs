@@ -144,7 +144,9 @@ impl Provider {
         let body = read_capped(response, "the token endpoint").await?;
         if !status.is_success() {
             // The provider's error code (invalid_grant, …) says why; never the body's other text.
-            let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+            let code = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
             return Err(format!(
                 "the token endpoint refused the code: HTTP {} {}",
                 status.as_u16(),
