@@ -383,6 +383,25 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_in_person_has_no_permission_before_roles_exist() {
+        let person = Person {
+            issuer: "https://idp".into(),
+            subject: "u-1".into(),
+            name: "Alice".into(),
+            email: "a@x".into(),
+            groups: vec!["admins".into()],
+            amr: vec!["mfa".into()],
+        };
+        let alice = Operator { name: person.id(), via: AuthMethod::Session { person, session: "ab".into() } };
+        for permission in [Permission::ReadRuns, Permission::ReviewRuns, Permission::ReadAudit, Permission::Administer]
+        {
+            let error = alice.require(permission).map(drop).map_err(|e| e.to_string()).unwrap_err();
+            assert!(error.starts_with("signed in as Alice <a@x>, but no role grants this action"), "{error}");
+        }
+        assert_eq!((alice.name.as_str(), alice.scope()), ("https://idp#u-1", None));
+    }
+
+    #[test]
     fn secrets_are_random_prefixed_and_not_debug_printed() {
         let a = generate_secret();
         let b = generate_secret();

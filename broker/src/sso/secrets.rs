@@ -126,7 +126,7 @@ mod tests {
         // RFC 7636 Appendix B: this verifier has this S256 challenge.
         assert_eq!(
             challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFfEjKrvTgGFJY3dgjdEsd5gJmoP07o8"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         let key = PkceKey::new(&[7; 32]);
         assert_eq!(key.verifier("s").len(), 43);
