@@ -202,6 +202,24 @@ mod tests {
     }
 
     #[test]
+    fn sso_joins_the_dev_defaults_with_dev_s_redirect_url() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s")?;
+        let text = format!(
+            "[sso]\nissuer = \"http://127.0.0.1:8200/v1/identity/oidc/provider/p\"\nclient_id = \"kw\"\n\
+             client_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let sso = apply(&text)?.sso.ok_or("no [sso]")?;
+        assert_eq!(sso.redirect_url, "http://127.0.0.1:8422/auth/callback");
+        assert!(!sso.secure_cookies, "dev listens on loopback");
+        let error = apply("[sso]\nissuer = \"https://idp\"\n").map(drop).unwrap_err().to_string();
+        assert!(error.starts_with("ci.toml: ") && error.contains("client_id"), "{error}");
+        Ok(())
+    }
+
+    #[test]
     fn an_empty_overlay_changes_nothing() -> Result<(), OverlayError> {
         let config = apply("")?;
         assert!(config.targets.is_empty() && config.issuers.is_empty());
