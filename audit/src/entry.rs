@@ -97,6 +97,14 @@ pub enum Kind {
     /// A plan job's security scan was judged by `keyward.scan` before `init`: each scanner's
     /// counts, the failed check IDs, and the policy's deny and warn messages.
     ScanEvaluated,
+    /// A space was created: its parent.
+    SpaceCreated,
+    /// An empty space was deleted.
+    SpaceDeleted,
+    /// A role in a space was bound to an identity provider's group or a subject.
+    RoleBound,
+    /// A role binding was removed.
+    RoleUnbound,
 }
 
 impl Kind {
@@ -140,6 +148,10 @@ impl Kind {
             Self::ContextChanged => kinds::CONTEXT_CHANGED,
             Self::JobVariablesIssued => kinds::JOB_VARIABLES_ISSUED,
             Self::ScanEvaluated => kinds::SCAN_EVALUATED,
+            Self::SpaceCreated => kinds::SPACE_CREATED,
+            Self::SpaceDeleted => kinds::SPACE_DELETED,
+            Self::RoleBound => kinds::ROLE_BOUND,
+            Self::RoleUnbound => kinds::ROLE_UNBOUND,
         }
     }
 }
@@ -220,6 +232,14 @@ pub mod kinds {
     pub const JOB_VARIABLES_ISSUED: &str = "job.variables_issued";
     /// [`super::Kind::ScanEvaluated`].
     pub const SCAN_EVALUATED: &str = "scan.evaluated";
+    /// [`super::Kind::SpaceCreated`].
+    pub const SPACE_CREATED: &str = "space.created";
+    /// [`super::Kind::SpaceDeleted`].
+    pub const SPACE_DELETED: &str = "space.deleted";
+    /// [`super::Kind::RoleBound`].
+    pub const ROLE_BOUND: &str = "role.bound";
+    /// [`super::Kind::RoleUnbound`].
+    pub const ROLE_UNBOUND: &str = "role.unbound";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -22,6 +22,7 @@ mod replay;
 pub mod runs;
 pub mod scans;
 mod signing_keys;
+pub mod spaces;
 pub mod state;
 pub mod write;
 
@@ -195,7 +196,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 19] = match self.backend {
+        let files: [(i64, &str, &'static str); 20] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -216,6 +217,7 @@ impl Store {
                 (17, "hooks", include_str!("../../migrations/sqlite/0017_hooks.sql")),
                 (18, "context_files_hooks", include_str!("../../migrations/sqlite/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
+                (21, "spaces", include_str!("../../migrations/sqlite/0021_spaces.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -237,6 +239,7 @@ impl Store {
                 (17, "hooks", include_str!("../../migrations/postgres/0017_hooks.sql")),
                 (18, "context_files_hooks", include_str!("../../migrations/postgres/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
+                (21, "spaces", include_str!("../../migrations/postgres/0021_spaces.sql")),
             ],
         };
         let migrations = files
