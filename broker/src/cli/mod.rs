@@ -20,6 +20,7 @@ mod policy;
 mod pool;
 mod run;
 mod serve;
+mod space;
 mod stack;
 mod state;
 mod table;
@@ -87,6 +88,9 @@ enum Command {
     /// List, drain and revoke enrolled agents.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Spaces (a tree under `root`) and who holds which role in them.
+    #[command(subcommand)]
+    Space(space::SpaceCommand),
 }
 
 /// How to reach a running broker.
@@ -138,6 +142,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Run(command) => run::run(command, &env).await,
             Command::Pool(command) => pool::run(command, &env).await,
             Command::Agent(command) => agent::run(command, &env).await,
+            Command::Space(command) => space::run(command, &env).await,
         }
     });
     match result {

@@ -577,6 +577,17 @@ impl Exchanger {
             };
             return Err(vec![format!("target `{}` is not one of {whose} targets ({listed})", target.id())]);
         }
+        if let Some(chain) = &subject.space_chain
+            && !target.serves(chain)
+        {
+            return Err(vec![format!(
+                "target `{}` serves the spaces {} only; stack `{}` is in space `{}`",
+                target.id(),
+                target.spaces.join(", "),
+                subject.run.stack,
+                chain.first().map_or("?", String::as_str),
+            )]);
+        }
         let Some(policies) = &self.policies else {
             return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);
         };

@@ -1,5 +1,7 @@
 //! Extractors that turn bad input into the API's JSON errors instead of axum's plain-text ones,
-//! and [`Authorized`], which authenticates the caller's API token before a handler runs.
+//! and [`Authorized`], which authenticates the caller's API token before a handler runs: it needs
+//! the role on `root`; [`Scoped`] needs it in some space, and its handler checks the resource's
+//! own space ([`super::guard`]).
 
 use std::marker::PhantomData;
 
@@ -28,11 +30,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Authenticates the `Authorization: Bearer` API token and checks it allows `required`.
+/// Where a caller must hold a permission for a handler to run at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// On `root` (and so everywhere).
+    Root,
+    /// In some space: the handler checks the resource's space itself.
+    AnySpace,
+}
+
+/// Authenticates the `Authorization: Bearer` API token and checks it allows `required` (on
+/// `root`, or in some space).
 pub(super) async fn operator(
     state: &AppState,
     headers: &HeaderMap,
     required: Permission,
+    reach: Reach,
 ) -> Result<Operator, ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -42,7 +55,10 @@ pub(super) async fn operator(
         .unwrap_or_default();
     let result = async {
         let operator = state.access.authenticate(presented).await?;
-        operator.require(required)?;
+        match reach {
+            Reach::Root => operator.require_in(required, &[crate::roles::ROOT.to_owned()])?,
+            Reach::AnySpace => operator.require(required)?,
+        }
         Ok::<_, ApiError>(operator)
     }
     .await;
@@ -67,7 +83,26 @@ impl<R: can::Requirement> FromRequestParts<AppState> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let operator = operator(state, &parts.headers, R::PERMISSION).await?;
+        let operator = operator(state, &parts.headers, R::PERMISSION, Reach::Root).await?;
+        Ok(Self { operator, requirement: PhantomData })
+    }
+}
+
+/// Like [`Authorized`], for a handler that checks the role in its resource's space: the caller
+/// must hold `R`'s permission in some space.
+#[derive(Debug)]
+pub(super) struct Scoped<R> {
+    /// Who the token belongs to.
+    pub(super) operator: Operator,
+    /// Private, so only the extractor makes one.
+    requirement: PhantomData<R>,
+}
+
+impl<R: can::Requirement> FromRequestParts<AppState> for Scoped<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let operator = operator(state, &parts.headers, R::PERMISSION, Reach::AnySpace).await?;
         Ok(Self { operator, requirement: PhantomData })
     }
 }

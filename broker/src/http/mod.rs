@@ -7,10 +7,12 @@ mod audit;
 mod contexts;
 pub mod error;
 mod extract;
+mod guard;
 mod oidc;
 mod ops;
 mod runs;
 pub mod serve;
+mod spaces;
 mod tfstate;
 mod token;
 mod token_response;
@@ -71,6 +73,8 @@ pub struct AppState {
     pub runs: crate::runs::Runs,
     /// Pools and agents.
     pub agents: crate::agents::Agents,
+    /// Spaces and role bindings.
+    pub spaces: crate::spaces::Spaces,
 }
 
 impl AppState {
@@ -150,6 +154,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}", get(agents::show_agent))
         .route("/v1/agents/{id}/revoke", post(agents::revoke_agent))
         .route("/v1/agents/{id}/drain", post(agents::drain_agent))
+        .route("/v1/spaces", post(spaces::create).get(spaces::list))
+        .route("/v1/spaces/{name}", get(spaces::show).delete(spaces::delete))
+        .route("/v1/spaces/{name}/bind", post(spaces::bind))
+        .route("/v1/spaces/{name}/unbind", post(spaces::unbind))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

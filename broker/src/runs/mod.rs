@@ -24,6 +24,7 @@ pub mod reviews;
 pub mod scans;
 mod signals;
 mod source;
+mod space_rules;
 mod spec;
 mod state;
 mod tfstate;
@@ -237,9 +238,7 @@ impl Runs {
     /// Creates a stack.
     pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
         spec.validate(&self.targets)?;
-        if self.store.pool(&spec.pool).await?.is_none() {
-            return Err(RunError::NoSuchPool(spec.pool));
-        }
+        self.check_space(&spec).await?;
         let now = self.clock.now();
         let write = store::runs::insert_stack(&StackRow::created(spec.stored(), now, who.to_owned()));
         let context = Context {
@@ -254,6 +253,7 @@ impl Runs {
             .with("pool", spec.pool.as_str())
             .with("plan_targets", spec.plan_targets.clone())
             .with("apply_targets", spec.apply_targets.clone())
+            .with("space", spec.space.as_str())
             .with_ref("stack", &spec.name);
         if !spec.hooks.is_empty() {
             event = event.with("hooks", serde_json::to_value(&spec.hooks).unwrap_or_default());
