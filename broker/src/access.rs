@@ -208,7 +208,8 @@ impl Operator {
 
     fn refusal(&self, permission: Permission, space: Option<String>) -> AccessError {
         let held: Vec<String> = self.grants.iter().map(|g| format!("`{}` on `{}`", g.role, g.space)).collect();
-        let held = if held.is_empty() { "it holds no role".to_owned() } else { format!("it holds {}", held.join(", ")) };
+        let held =
+            if held.is_empty() { "it holds no role".to_owned() } else { format!("it holds {}", held.join(", ")) };
         AccessError::InsufficientScope { required: permission.role(), space, held }
     }
 }
@@ -345,7 +346,10 @@ mod tests {
     fn a_submit_token_cannot_review() {
         let ci = Operator { name: "ci".into(), grants: Grants::one(ROOT, ApiScope::Submit.role()) };
         let error = ci.require(Permission::ReviewRuns).map(drop).map_err(|e| e.to_string());
-        assert_eq!(error, Err("this action needs the `reviewer` role or higher; it holds `submitter` on `root`".to_owned()));
+        assert_eq!(
+            error,
+            Err("this action needs the `reviewer` role or higher; it holds `submitter` on `root`".to_owned())
+        );
         assert!(ci.require(Permission::SubmitRuns).is_ok());
     }
 

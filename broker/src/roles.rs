@@ -130,10 +130,60 @@ pub struct Binding {
     pub subject: Option<String>,
 }
 
+/// What kind of caller acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    /// An API token (a machine identity).
+    Token,
+    /// A person signed in through the identity provider.
+    Person,
+    /// The broker itself (the drift scheduler, remediation) or an embedding caller known by
+    /// name only.
+    Broker,
+}
+
+/// Who acted, as policies see it (`input.actor` in `keyward.run` and `keyward.approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// `token`, `person` or `broker`.
+    pub kind: ActorKind,
+    /// The token's name, or the person's display name.
+    pub name: String,
+    /// A person's `issuer#subject`; `None` for a token.
+    pub subject: Option<String>,
+    /// A person's groups; empty for a token.
+    pub groups: Vec<String>,
+    /// The highest role per space granted directly (inherited below each).
+    pub roles: BTreeMap<String, Role>,
+    /// How a person authenticated (the ID token's `amr`, e.g. `["pwd", "mfa"]`); empty for a token.
+    pub amr: Vec<String>,
+}
+
+impl Actor {
+    /// An API token named `name` holding `grants`.
+    pub fn token(name: &str, grants: &Grants) -> Self {
+        Self {
+            kind: ActorKind::Token,
+            name: name.to_owned(),
+            subject: None,
+            groups: Vec::new(),
+            roles: grants.by_space(),
+            amr: Vec::new(),
+        }
+    }
+
+    /// The broker acting on its own, or a caller known by name only.
+    pub fn broker(name: &str) -> Self {
+        Self { kind: ActorKind::Broker, roles: BTreeMap::new(), ..Self::token(name, &Grants::default()) }
+    }
+}
+
 /// What a person with `subject` (`issuer#subject`) in `groups` holds, given every binding.
 pub fn person_grants(subject: &str, groups: &[String], bindings: &[Binding]) -> Grants {
     let matches = |binding: &&Binding| {
-        binding.subject.as_deref() == Some(subject) || binding.group.as_ref().is_some_and(|group| groups.contains(group))
+        binding.subject.as_deref() == Some(subject)
+            || binding.group.as_ref().is_some_and(|group| groups.contains(group))
     };
     let mut grants: Vec<Grant> =
         bindings.iter().filter(matches).map(|b| Grant { space: b.space.clone(), role: b.role }).collect();

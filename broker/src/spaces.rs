@@ -284,8 +284,9 @@ fn binding_event(
     role: Role,
     bindee: &Bindee,
 ) -> AuditEvent {
-    let event =
-        AuditEvent::new(kind, at, crate::audit::events::by(who, caller)).with("space", space).with("role", role.as_str());
+    let event = AuditEvent::new(kind, at, crate::audit::events::by(who, caller))
+        .with("space", space)
+        .with("role", role.as_str());
     let event = match bindee {
         Bindee::Group(group) => event.with("group", group.as_str()),
         Bindee::Subject(subject) => event.with("subject", subject.as_str()),

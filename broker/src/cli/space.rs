@@ -119,7 +119,8 @@ async fn bind(args: BindArgs, verb: &str, env: &dyn Fn(&str) -> Option<String>) 
     let body = json!({ "role": args.role, "group": args.group, "subject": args.subject });
     let path = format!("/v1/spaces/{}/{verb}", segment(&args.name));
     Client::new(&args.connection, env)?.post(&path, &body).await?;
-    let whom = args.group.map_or_else(|| format!("subject {}", args.subject.unwrap_or_default()), |g| format!("group {g}"));
+    let whom =
+        args.group.map_or_else(|| format!("subject {}", args.subject.unwrap_or_default()), |g| format!("group {g}"));
     outln!("{verb}: {} in space {} for {whom}", args.role, args.name)?;
     Ok(())
 }

@@ -15,8 +15,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Authorized, Scoped, can};
 use super::guard::Guard;
 use crate::access::{ApiScope, Permission};
-use crate::roles::{ROOT, Role, UnknownRole};
 use crate::keys::KeyRingError;
+use crate::roles::{ROOT, Role, UnknownRole};
 use crate::runs::reviews::RecordedRun;
 use crate::tokens::MintRequest;
 use keyward_proto::claims::RunChain;
@@ -186,8 +186,12 @@ impl CreateApiTokenBody {
         let space = self.space.clone().unwrap_or_else(|| ROOT.to_owned());
         match (&self.scope, &self.role) {
             (Some(scope), None) if self.space.is_none() => Ok((space, scope.parse::<ApiScope>()?.role())),
-            (None, Some(role)) => Ok((space, role.parse().map_err(|e: UnknownRole| ApiError::invalid_request(e.to_string()))?)),
-            _ => Err(ApiError::invalid_request("name a `role` (and a `space`, default root), or an old `scope`; not both")),
+            (None, Some(role)) => {
+                Ok((space, role.parse().map_err(|e: UnknownRole| ApiError::invalid_request(e.to_string()))?))
+            }
+            _ => Err(ApiError::invalid_request(
+                "name a `role` (and a `space`, default root), or an old `scope`; not both",
+            )),
         }
     }
 }

@@ -57,9 +57,19 @@ pub(super) async fn list_stacks(
     Ok(Json(json!({ "stacks": stacks })))
 }
 
+/// The caller as policies see it (`input.actor`).
+fn actor(operator: &Operator) -> crate::roles::Actor {
+    crate::roles::Actor::token(&operator.name, &operator.grants)
+}
+
 /// Succeeds if `operator` holds `permission` in the space of the stack `name`; a stack it may not
 /// view is not found.
-async fn check_stack(state: &AppState, operator: &Operator, permission: Permission, name: &str) -> Result<(), ApiError> {
+async fn check_stack(
+    state: &AppState,
+    operator: &Operator,
+    permission: Permission,
+    name: &str,
+) -> Result<(), ApiError> {
     let space = stack_space(state, name).await?;
     let hidden = || RunError::UnknownStack(name.to_owned()).into();
     Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
@@ -116,7 +126,7 @@ pub(super) async fn submit_run(
         ticket: body.ticket,
         kind: body.kind,
     };
-    let run = state.runs.submit(submission, &operator.name, super::caller(&extensions)).await?;
+    let run = state.runs.submit_as(submission, &actor(&operator), super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
@@ -173,7 +183,8 @@ async fn review(
 ) -> Result<Json<Value>, ApiError> {
     let ApiJson(body) = body?;
     check_run(&state, &operator, Permission::ReviewRuns, &id).await?;
-    let outcome = state.runs.review(&id, verdict, body.comment, &operator.name, super::caller(&extensions)).await?;
+    let outcome =
+        state.runs.review_as(&id, verdict, body.comment, &actor(&operator), super::caller(&extensions)).await?;
     Ok(Json(json!(outcome)))
 }
 

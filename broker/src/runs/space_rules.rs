@@ -97,7 +97,9 @@ mod tests {
         let (tree, targets) = (tree(), targets());
         assert_eq!(check(&spec("payments", &["vault:pay"]), "root", &tree, &targets), Ok(()));
         let refused = |spec: StackSpec, pool: &str| check(&spec, pool, &tree, &targets).err().map(|e| e.0);
-        assert!(refused(spec("search", &["vault:pay"]), "root").is_some_and(|e| e.contains("serves the spaces payments")));
+        assert!(
+            refused(spec("search", &["vault:pay"]), "root").is_some_and(|e| e.contains("serves the spaces payments"))
+        );
         assert!(refused(spec("nowhere", &[]), "root").is_some_and(|e| e.contains("unknown space `nowhere`")));
         assert!(refused(spec("search", &[]), "payments").is_some_and(|e| e.contains("belongs to space `payments`")));
     }

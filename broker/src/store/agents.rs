@@ -153,8 +153,9 @@ impl Store {
 
     /// Every pool, by name.
     pub async fn pools(&self) -> Result<Vec<PoolRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, space, created_at, created_by FROM pools ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, space, created_at, created_by FROM pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(pool_from).collect()
     }
 

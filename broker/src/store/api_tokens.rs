@@ -95,10 +95,11 @@ impl Store {
 
     /// All API tokens, by name.
     pub async fn api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, scope, space, role, created_at, created_by, revoked_at FROM api_tokens ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, scope, space, role, created_at, created_by, revoked_at FROM api_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
