@@ -137,13 +137,14 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&listed);
             }
-            outln!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY")?;
+            outln!("{:<32} {:<20} {:<10} {:<20} STATE", "NAME", "SPACE", "ROLE", "CREATED BY")?;
             for token in items(&listed, "api_tokens") {
                 let state = if token.get("revoked_at").is_none_or(Value::is_null) { "live" } else { "revoked" };
                 outln!(
-                    "{:<32} {:<8} {:<20} {state}",
+                    "{:<32} {:<20} {:<10} {:<20} {state}",
                     text(token, "name"),
-                    text(token, "scope"),
+                    text(token, "space"),
+                    text(token, "role"),
                     text(token, "created_by"),
                 )?;
             }
