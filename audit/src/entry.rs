@@ -108,6 +108,14 @@ pub enum Kind {
     /// `keyward login` redeemed its one-time grant for a CLI token: who, and the token's hash
     /// prefix and expiry.
     CliTokenIssued,
+    /// A space was created: its parent.
+    SpaceCreated,
+    /// An empty space was deleted.
+    SpaceDeleted,
+    /// A role in a space was bound to an identity provider's group or a subject.
+    RoleBound,
+    /// A role binding was removed.
+    RoleUnbound,
 }
 
 impl Kind {
@@ -155,6 +163,10 @@ impl Kind {
             Self::PersonSignedOut => kinds::PERSON_SIGNED_OUT,
             Self::PersonSignInFailed => kinds::PERSON_SIGN_IN_FAILED,
             Self::CliTokenIssued => kinds::CLI_TOKEN_ISSUED,
+            Self::SpaceCreated => kinds::SPACE_CREATED,
+            Self::SpaceDeleted => kinds::SPACE_DELETED,
+            Self::RoleBound => kinds::ROLE_BOUND,
+            Self::RoleUnbound => kinds::ROLE_UNBOUND,
         }
     }
 }
@@ -243,6 +255,14 @@ pub mod kinds {
     pub const PERSON_SIGN_IN_FAILED: &str = "person.sign_in_failed";
     /// [`super::Kind::CliTokenIssued`].
     pub const CLI_TOKEN_ISSUED: &str = "person.cli_token_issued";
+    /// [`super::Kind::SpaceCreated`].
+    pub const SPACE_CREATED: &str = "space.created";
+    /// [`super::Kind::SpaceDeleted`].
+    pub const SPACE_DELETED: &str = "space.deleted";
+    /// [`super::Kind::RoleBound`].
+    pub const ROLE_BOUND: &str = "role.bound";
+    /// [`super::Kind::RoleUnbound`].
+    pub const ROLE_UNBOUND: &str = "role.unbound";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -6,6 +6,10 @@
 //! everything, `submit` submits runs, `review` approves or rejects them, `audit` reads the audit
 //! log. Submitting and reviewing are separate scopes so that a CI system's token can never approve
 //! the runs it submits (DESIGN.md §8.8); what each scope may do is [`Permission`]'s table.
+//!
+//! Since spaces (docs/access.md, "Spaces and roles"), a token holds one [`Role`] in one space; a
+//! token made with a scope holds that scope's role on `root` ([`ApiScope::role`]), and so does
+//! every token made before spaces.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
+use crate::roles::{Actor, ActorKind, Grants, ROOT, Role};
 use crate::store::{ApiTokenRow, NewApiToken, Store, StoreError};
 
 const PREFIX: &str = "kw_";
@@ -54,6 +59,16 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The least role that grants this permission in a space.
+    pub fn role(self) -> Role {
+        match self {
+            Self::ReadRuns | Self::ReadAudit => Role::Viewer,
+            Self::SubmitRuns => Role::Submitter,
+            Self::ReviewRuns => Role::Reviewer,
+            Self::Administer => Role::Admin,
+        }
+    }
+
     /// The scopes granting this permission besides `admin`.
     pub fn scopes(self) -> &'static [ApiScope] {
         match self {
@@ -62,19 +77,6 @@ impl Permission {
             Self::ReviewRuns => &[ApiScope::Review],
             Self::ReadAudit => &[ApiScope::Audit],
             Self::Administer => &[],
-        }
-    }
-
-    /// The scope names that grant it, for error messages: `review` or `submit or review`.
-    fn scope_names(self) -> String {
-        let mut names: Vec<&str> = self.scopes().iter().map(|s| s.as_str()).collect();
-        names.push("admin");
-        match names.as_slice() {
-            [only] => format!("`{only}`"),
-            [rest @ .., last] => {
-                format!("{} or `{last}`", rest.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
-            }
-            [] => String::new(),
         }
     }
 }
@@ -87,6 +89,27 @@ impl ApiScope {
             Self::Submit => "submit",
             Self::Review => "review",
             Self::Audit => "audit",
+        }
+    }
+
+    /// The role on `root` a token with this scope holds: `admin` → admin, `review` → reviewer,
+    /// `submit` → submitter, `audit` → viewer.
+    pub fn role(self) -> Role {
+        match self {
+            Self::Admin => Role::Admin,
+            Self::Submit => Role::Submitter,
+            Self::Review => Role::Reviewer,
+            Self::Audit => Role::Viewer,
+        }
+    }
+
+    /// The scope stored (and listed) for a token holding `role`: the reverse of [`Self::role`].
+    pub fn of_role(role: Role) -> Self {
+        match role {
+            Role::Admin => Self::Admin,
+            Role::Submitter => Self::Submit,
+            Role::Reviewer => Self::Review,
+            Role::Viewer => Self::Audit,
         }
     }
 
@@ -116,24 +139,15 @@ pub enum AccessError {
     /// No token, or one that is unknown or revoked. Deliberately does not say which.
     #[error("missing, unknown or revoked API token")]
     Unauthenticated,
-    /// The token is valid but its scope does not allow the action.
-    #[error("this action needs the {required} scope; the token has `{held}`")]
+    /// The caller is known but holds no role that allows the action (there, when `space` is set).
+    #[error("this action needs the `{required}` role or higher{}; {held}", space.as_ref().map(|s| format!(" in space `{s}`")).unwrap_or_default())]
     InsufficientScope {
-        /// The scopes that would do, e.g. "`review` or `admin`".
-        required: String,
-        /// Held.
-        held: &'static str,
-    },
-    /// A signed-in person, whom no role grants the action (roles do not exist yet).
-    #[error(
-        "signed in as {who}, but no role grants this action (it needs what the {required} API-token scope \
-         grants); until spaces and roles exist a signed-in person can only read /v1/me and sign out"
-    )]
-    NoRole {
-        /// The person.
-        who: String,
-        /// The scopes an API token would need.
-        required: String,
+        /// The least role that would do.
+        required: Role,
+        /// Where, if the action is about one space's resource.
+        space: Option<String>,
+        /// What the caller holds, e.g. "the caller holds `submitter` on `payments`".
+        held: String,
     },
     /// A scope name that does not exist.
     #[error("unknown scope `{0}`: expected admin, submit, review or audit")]
@@ -189,11 +203,8 @@ impl Person {
 /// How a caller authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
-    /// An API token (a machine identity, or an operator's token), with its scope.
-    ApiToken {
-        /// The token's scope.
-        scope: ApiScope,
-    },
+    /// An API token (a machine identity, or an operator's token).
+    ApiToken,
     /// A person's browser session (cookie `keyward_session`).
     Session {
         /// Who.
@@ -217,42 +228,72 @@ pub struct Operator {
     pub name: String,
     /// How they authenticated.
     pub via: AuthMethod,
+    /// The roles it holds, by space: an API token's one role in its one space, or what a
+    /// person's subject and groups are bound to.
+    pub grants: Grants,
 }
 
 impl Operator {
-    /// An API token's caller.
-    pub fn api_token(name: String, scope: ApiScope) -> Self {
-        Self { name, via: AuthMethod::ApiToken { scope } }
-    }
-
-    /// The API token's scope, if this is an API token.
-    pub fn scope(&self) -> Option<ApiScope> {
-        match &self.via {
-            AuthMethod::ApiToken { scope } => Some(*scope),
-            AuthMethod::Session { .. } | AuthMethod::CliToken { .. } => None,
-        }
+    /// An API token's caller, holding `grants`.
+    pub fn api_token(name: String, grants: Grants) -> Self {
+        Self { name, via: AuthMethod::ApiToken, grants }
     }
 
     /// The person behind a session or CLI token, if this is one.
     pub fn person(&self) -> Option<&Person> {
         match &self.via {
-            AuthMethod::ApiToken { .. } => None,
+            AuthMethod::ApiToken => None,
             AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => Some(person),
         }
     }
 
-    /// Succeeds if this operator has `permission`. A signed-in person has none until spaces and
-    /// roles exist: only `/v1/me` and sign-out, which need no permission.
-    pub fn require(&self, permission: Permission) -> Result<(), AccessError> {
-        match &self.via {
-            AuthMethod::ApiToken { scope } if scope.grants(permission) => Ok(()),
-            AuthMethod::ApiToken { scope } => {
-                Err(AccessError::InsufficientScope { required: permission.scope_names(), held: scope.as_str() })
-            }
-            AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => {
-                Err(AccessError::NoRole { who: person_label(person), required: permission.scope_names() })
-            }
+    /// Who acted, as policies see it (`input.actor`).
+    pub fn actor(&self) -> Actor {
+        match self.person() {
+            Some(person) => Actor {
+                kind: ActorKind::Person,
+                name: person_label(person),
+                subject: Some(person.id()),
+                groups: person.groups.clone(),
+                roles: self.grants.by_space(),
+                amr: person.amr.clone(),
+            },
+            None => Actor::token(&self.name, &self.grants),
         }
+    }
+
+    /// Succeeds if this operator holds `permission`'s role in some space: the gate before a
+    /// handler, which then checks the role in the resource's own space ([`Self::require_in`]).
+    pub fn require(&self, permission: Permission) -> Result<(), AccessError> {
+        if self.grants.highest().is_some_and(|held| held >= permission.role()) {
+            Ok(())
+        } else {
+            Err(self.refusal(permission, None))
+        }
+    }
+
+    /// Succeeds if this operator holds `permission`'s role in the space whose chain (the space,
+    /// its parent, … `root`) is `chain`.
+    pub fn require_in(&self, permission: Permission, chain: &[String]) -> Result<(), AccessError> {
+        if self.grants.role_in(chain).is_some_and(|held| held >= permission.role()) {
+            Ok(())
+        } else {
+            Err(self.refusal(permission, chain.first().cloned()))
+        }
+    }
+
+    fn refusal(&self, permission: Permission, space: Option<String>) -> AccessError {
+        let held: Vec<String> = self.grants.iter().map(|g| format!("`{}` on `{}`", g.role, g.space)).collect();
+        let who = match self.person() {
+            Some(person) => format!("signed in as {}, ", person_label(person)),
+            None => String::new(),
+        };
+        let held = if held.is_empty() {
+            format!("{who}it holds no role (docs/access.md: `keyward space bind`)")
+        } else {
+            format!("{who}it holds {}", held.join(", "))
+        };
+        AccessError::InsufficientScope { required: permission.role(), space, held }
     }
 }
 
@@ -303,8 +344,20 @@ impl Access {
         Self { store, clock }
     }
 
-    /// Creates a token named `name`. The secret is returned once and never stored.
+    /// Creates a token named `name` holding `scope`'s role on `root`. The secret is returned once
+    /// and never stored.
     pub async fn create(&self, name: &str, scope: ApiScope, created_by: &str) -> Result<ApiTokenSecret, AccessError> {
+        self.create_in(name, ROOT, scope.role(), created_by).await
+    }
+
+    /// Creates a token named `name` holding `role` in `space` (which the caller checked exists).
+    pub async fn create_in(
+        &self,
+        name: &str,
+        space: &str,
+        role: Role,
+        created_by: &str,
+    ) -> Result<ApiTokenSecret, AccessError> {
         if !valid_name(name) {
             return Err(AccessError::InvalidName(name.to_owned()));
         }
@@ -313,13 +366,15 @@ impl Access {
             .insert_api_token(&NewApiToken {
                 id: uuid::Uuid::now_v7().to_string(),
                 name: name.to_owned(),
-                scope: scope.as_str().to_owned(),
+                scope: ApiScope::of_role(role).as_str().to_owned(),
+                space: space.to_owned(),
+                role: role.as_str().to_owned(),
                 token_hash: token_hash(secret.expose()),
                 created_at: self.clock.now(),
                 created_by: created_by.to_owned(),
             })
             .await?;
-        tracing::info!(name, scope = scope.as_str(), created_by, "created API token");
+        tracing::info!(name, space, role = role.as_str(), created_by, "created API token");
         Ok(secret)
     }
 
@@ -342,8 +397,14 @@ impl Access {
             return Err(AccessError::Unauthenticated);
         }
         let row = self.store.api_token_by_hash(&token_hash(presented)).await?.ok_or(AccessError::Unauthenticated)?;
-        let scope = row.scope.parse()?;
-        Ok(Operator::api_token(row.name, scope))
+        let grants = match (row.space, row.role) {
+            (Some(space), Some(role)) => {
+                Grants::one(space, role.parse().map_err(|e| StoreError::Corrupt(format!("api_tokens.role: {e}")))?)
+            }
+            // A token made before spaces: its scope's role on `root`.
+            _ => Grants::one(ROOT, row.scope.parse::<ApiScope>()?.role()),
+        };
+        Ok(Operator::api_token(row.name, grants))
     }
 
     /// Every token (without secrets).
@@ -376,14 +437,17 @@ mod tests {
 
     #[test]
     fn a_submit_token_cannot_review() {
-        let ci = Operator::api_token("ci".into(), ApiScope::Submit);
+        let ci = Operator::api_token("ci".into(), Grants::one(ROOT, ApiScope::Submit.role()));
         let error = ci.require(Permission::ReviewRuns).map(drop).map_err(|e| e.to_string());
-        assert_eq!(error, Err("this action needs the `review` or `admin` scope; the token has `submit`".to_owned()));
+        assert_eq!(
+            error,
+            Err("this action needs the `reviewer` role or higher; it holds `submitter` on `root`".to_owned())
+        );
         assert!(ci.require(Permission::SubmitRuns).is_ok());
     }
 
     #[test]
-    fn a_signed_in_person_has_no_permission_before_roles_exist() {
+    fn a_signed_in_person_holds_what_their_bindings_grant() {
         let person = Person {
             issuer: "https://idp".into(),
             subject: "u-1".into(),
@@ -392,13 +456,43 @@ mod tests {
             groups: vec!["admins".into()],
             amr: vec!["mfa".into()],
         };
-        let alice = Operator { name: person.id(), via: AuthMethod::Session { person, session: "ab".into() } };
+        let via = AuthMethod::Session { person: person.clone(), session: "ab".into() };
+        let alice = Operator { name: person.id(), via: via.clone(), grants: Grants::default() };
         for permission in [Permission::ReadRuns, Permission::ReviewRuns, Permission::ReadAudit, Permission::Administer]
         {
             let error = alice.require(permission).map(drop).map_err(|e| e.to_string()).unwrap_err();
-            assert!(error.starts_with("signed in as Alice <a@x>, but no role grants this action"), "{error}");
+            assert!(error.contains("signed in as Alice <a@x>, it holds no role"), "{error}");
         }
-        assert_eq!((alice.name.as_str(), alice.scope()), ("https://idp#u-1", None));
+        let reviewer = Operator { grants: Grants::one("payments", Role::Reviewer), ..alice };
+        let chain = ["payments".to_owned(), ROOT.to_owned()];
+        assert!(reviewer.require_in(Permission::ReviewRuns, &chain).is_ok());
+        let actor = reviewer.actor();
+        assert_eq!(
+            (actor.subject.as_deref(), actor.amr.as_slice()),
+            (Some("https://idp#u-1"), ["mfa".to_owned()].as_slice())
+        );
+    }
+
+    #[test]
+    fn a_role_in_a_space_is_checked_on_the_resource_chain() {
+        let team = Operator::api_token("team".into(), Grants::one("payments", Role::Submitter));
+        let chain = |spaces: &[&str]| spaces.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(team.require_in(Permission::SubmitRuns, &chain(&["payments", "root"])).is_ok());
+        let elsewhere = team.require_in(Permission::ReadRuns, &chain(&["search", "root"])).map_err(|e| e.to_string());
+        assert_eq!(
+            elsewhere,
+            Err("this action needs the `viewer` role or higher in space `search`; it holds `submitter` on `payments`"
+                .to_owned())
+        );
+    }
+
+    #[test]
+    fn old_scopes_map_to_roles_on_root_and_back() {
+        for scope in [ApiScope::Admin, ApiScope::Submit, ApiScope::Review, ApiScope::Audit] {
+            assert_eq!(ApiScope::of_role(scope.role()), scope);
+        }
+        assert_eq!(ApiScope::Review.role(), Role::Reviewer);
+        assert_eq!(ApiScope::Audit.role(), Role::Viewer);
     }
 
     #[test]

@@ -29,11 +29,20 @@ pub struct TargetConfig {
     /// approvals are recorded reviews. A CI system's token or an admin-minted run token carries
     /// no such approvals; a target must opt in to serve them (`write_subjects = ["ci"]`).
     pub write_subjects: Vec<WriteSubject>,
+    /// The spaces whose stacks may use it, each with every space under it (docs/access.md);
+    /// by default `["root"]`: all of them.
+    pub spaces: Vec<String>,
     /// The relying party.
     pub kind: TargetKind,
 }
 
 impl TargetConfig {
+    /// Whether a stack in the space whose chain (the space, its parent, … `root`) is `chain`
+    /// may use this target.
+    pub fn serves(&self, chain: &[String]) -> bool {
+        self.spaces.iter().any(|space| chain.contains(space))
+    }
+
     /// `<type>:<name>`, how callers name it.
     pub fn id(&self) -> String {
         match &self.kind {

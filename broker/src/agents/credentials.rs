@@ -29,6 +29,7 @@ pub(super) fn job_subject(
     spiffe_id: String,
     trust_domain: &str,
     now: i64,
+    space_chain: Vec<String>,
 ) -> JobSubject {
     let (job, run) = (&held.job, &held.run);
     JobSubject {
@@ -50,6 +51,7 @@ pub(super) fn job_subject(
         triggered_by: run.triggered_by.clone(),
         approved_by: held.approved_by.clone(),
         targets: held.targets().to_vec(),
+        space_chain,
         lease_guard: held.lease_guard(now),
     }
 }
@@ -170,7 +172,10 @@ impl super::Agents {
         let exchanger = self.exchanger.as_ref().ok_or(CredentialsError::NoTargets)?;
         let now = self.clock.now();
         let spiffe_id = self.ca.spiffe_id(&agent.pool, &agent.id);
-        let subject = job_subject(&held, agent, spiffe_id, self.ca.trust_domain(), now);
+        // An unknown space (never stored) has no chain, and no target serves it.
+        let chain = crate::spaces::tree(&self.store).await.map_err(crate::runs::RunError::from)?;
+        let chain = chain.chain(&held.stack.spec.space).unwrap_or_default();
+        let subject = job_subject(&held, agent, spiffe_id, self.ca.trust_domain(), now, chain);
         let issued = exchanger.exchange_for_job(&subject, target, caller).await?;
         Ok(response(issued, now))
     }

@@ -68,6 +68,8 @@ pub struct AgentSettings {
 pub struct PoolView {
     /// Name.
     pub name: String,
+    /// The space it belongs to.
+    pub space: String,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -257,17 +259,26 @@ impl Agents {
         }
     }
 
-    /// Creates a pool.
-    pub async fn create_pool(&self, name: &str, who: &str, caller: Context) -> Result<PoolView, AgentError> {
+    /// Creates the pool `name` in `space` (which the caller checked exists).
+    pub async fn create_pool(
+        &self,
+        name: &str,
+        space: &str,
+        who: &str,
+        caller: Context,
+    ) -> Result<PoolView, AgentError> {
         if !valid_name(name) {
             return Err(AgentError::BadPoolName(name.to_owned()));
         }
         let now = self.clock.now();
-        let write = store::agents::create_pool(name, who, now);
+        let write = store::agents::create_pool(name, space, who, now);
         let context = Context { actor: Some(who.to_owned()), ..caller };
-        let event = AuditEvent::new(Kind::PoolCreated, now, context).with("pool", name).with_ref("pool", name);
+        let event = AuditEvent::new(Kind::PoolCreated, now, context)
+            .with("pool", name)
+            .with("space", space)
+            .with_ref("pool", name);
         self.commit(Append::changes(vec![write], vec![event])).await?;
-        Ok(PoolView { name: name.to_owned(), created_at: now, created_by: who.to_owned() })
+        Ok(PoolView { name: name.to_owned(), space: space.to_owned(), created_at: now, created_by: who.to_owned() })
     }
 
     /// Every pool.
@@ -277,7 +288,7 @@ impl Agents {
             .pools()
             .await?
             .into_iter()
-            .map(|p| PoolView { name: p.name, created_at: p.created_at, created_by: p.created_by })
+            .map(|p| PoolView { name: p.name, space: p.space, created_at: p.created_at, created_by: p.created_by })
             .collect())
     }
 

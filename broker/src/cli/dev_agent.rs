@@ -45,7 +45,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
     if !repository.join(".git").exists() {
         create_repository(&repository).await?;
     }
-    match agents.create_pool(POOL, who, Context::default()).await {
+    match agents.create_pool(POOL, crate::roles::ROOT, who, Context::default()).await {
         Ok(_) | Err(AgentError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => {}
         Err(error) => return Err(error).context("cannot create the dev pool"),
     }
@@ -62,6 +62,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        space: "root".into(),
     };
     match runs.create_stack(spec, who, Context::default()).await {
         Ok(_) | Err(RunError::Change(ChangeError::Duplicate { .. } | ChangeError::Moved { .. })) => Ok(()),

@@ -21,6 +21,7 @@ mod policy;
 mod pool;
 mod run;
 mod serve;
+mod space;
 mod stack;
 mod state;
 mod table;
@@ -95,6 +96,9 @@ enum Command {
     Logout(login::SessionArgs),
     /// Who the broker takes you for (`GET /v1/me`).
     Whoami(login::SessionArgs),
+    /// Spaces (a tree under `root`) and who holds which role in them.
+    #[command(subcommand)]
+    Space(space::SpaceCommand),
 }
 
 /// How to reach a running broker.
@@ -149,6 +153,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Login(args) => login::login(args, &env).await,
             Command::Logout(args) => login::logout(args, &env).await,
             Command::Whoami(args) => login::whoami(args, &env).await,
+            Command::Space(command) => space::run(command, &env).await,
         }
     });
     match result {

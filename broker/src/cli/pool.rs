@@ -16,6 +16,9 @@ pub(super) enum PoolCommand {
     Create {
         /// Unique name.
         name: String,
+        /// The space it belongs to (docs/access.md).
+        #[arg(long, default_value = crate::roles::ROOT)]
+        space: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -47,8 +50,9 @@ pub(super) enum PoolCommand {
 
 pub(super) async fn run(command: PoolCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
-        PoolCommand::Create { name, json, connection } => {
-            let pool = Client::new(&connection, env)?.post("/v1/pools", &json!({ "name": name })).await?;
+        PoolCommand::Create { name, space, json, connection } => {
+            let pool =
+                Client::new(&connection, env)?.post("/v1/pools", &json!({ "name": name, "space": space })).await?;
             if json {
                 return print_json(&pool);
             }
@@ -59,10 +63,11 @@ pub(super) async fn run(command: PoolCommand, env: &dyn Fn(&str) -> Option<Strin
             if json {
                 return print_json(&listing);
             }
-            let mut table = Table::new(&["NAME", "CREATED", "CREATED BY"]);
+            let mut table = Table::new(&["NAME", "SPACE", "CREATED", "CREATED BY"]);
             for pool in items(&listing, "pools") {
                 table.row(vec![
                     text(pool, "name").to_owned(),
+                    text(pool, "space").to_owned(),
                     date(pool.get("created_at").and_then(serde_json::Value::as_i64)),
                     text(pool, "created_by").to_owned(),
                 ]);

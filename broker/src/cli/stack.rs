@@ -50,6 +50,9 @@ pub(super) enum StackCommand {
         /// `keyward.scan` policy judges what it finds (docs/scans.md).
         #[arg(long = "scan", value_parser = SCANNERS)]
         scanners: Vec<String>,
+        /// The space it belongs to (docs/access.md); fixed once created.
+        #[arg(long, default_value = crate::roles::ROOT)]
+        space: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -280,6 +283,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             no_managed_state,
             hooks,
             scanners,
+            space,
             json,
             connection,
         } => {
@@ -289,6 +293,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
                 "managed_state": !no_managed_state, "hooks": hooks_object(&hooks), "scanners": scanners,
+                "space": space,
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {

@@ -16,7 +16,24 @@ pub(super) enum TokenCommand {
     /// ID the token carries `asserted_by` (your token's name): its context is your word, and the
     /// shipped policy gives such tokens no write credentials unless a target opts in.
     Mint(MintArgs),
-    /// Create an operator API token (the secret is printed once).
+    /// Create an API token holding one role in one space (the secret is printed once).
+    Create {
+        /// Unique name, e.g. `payments-ci`.
+        name: String,
+        /// The space it belongs to.
+        #[arg(long, default_value = crate::roles::ROOT)]
+        space: String,
+        /// `viewer`, `submitter`, `reviewer` or `admin` (docs/access.md).
+        #[arg(long)]
+        role: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Create an operator API token with an old scope, its role on `root` (the secret is
+    /// printed once).
     CreateApi {
         /// Unique name, e.g. `ci-deployer`.
         #[arg(long)]
@@ -94,6 +111,17 @@ pub(super) struct MintArgs {
 pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     match command {
         TokenCommand::Mint(args) => mint(args, env).await,
+        TokenCommand::Create { name, space, role, json, connection } => {
+            let client = Client::new(&connection, env)?;
+            let body = json!({ "name": name, "space": space, "role": role });
+            let created = client.post("/v1/api-tokens", &body).await?;
+            if json {
+                return print_json(&created);
+            }
+            eprintln!("Created API token `{name}` with role `{role}` in space `{space}`. It is shown once:");
+            outln!("{}", text(&created, "token"))?;
+            Ok(())
+        }
         TokenCommand::CreateApi { name, scope, json, connection } => {
             let client = Client::new(&connection, env)?;
             let created = client.post("/v1/api-tokens", &json!({ "name": name, "scope": scope })).await?;
@@ -109,13 +137,14 @@ pub(super) async fn run(command: TokenCommand, env: &dyn Fn(&str) -> Option<Stri
             if json {
                 return print_json(&listed);
             }
-            outln!("{:<32} {:<8} {:<20} STATE", "NAME", "SCOPE", "CREATED BY")?;
+            outln!("{:<32} {:<20} {:<10} {:<20} STATE", "NAME", "SPACE", "ROLE", "CREATED BY")?;
             for token in items(&listed, "api_tokens") {
                 let state = if token.get("revoked_at").is_none_or(Value::is_null) { "live" } else { "revoked" };
                 outln!(
-                    "{:<32} {:<8} {:<20} {state}",
+                    "{:<32} {:<20} {:<10} {:<20} {state}",
                     text(token, "name"),
-                    text(token, "scope"),
+                    text(token, "space"),
+                    text(token, "role"),
                     text(token, "created_by"),
                 )?;
             }

@@ -354,6 +354,10 @@ fn default_ci_phase() -> Phase {
     Phase::Plan
 }
 
+fn default_target_spaces() -> Vec<String> {
+    vec![crate::roles::ROOT.to_owned()]
+}
+
 pub(super) fn default_write_subjects() -> Vec<WriteSubject> {
     vec![WriteSubject::Job]
 }
@@ -382,6 +386,8 @@ pub struct VaultTargetEntry {
     pub labels: BTreeMap<String, String>,
     #[serde(default = "default_write_subjects")]
     pub write_subjects: Vec<WriteSubject>,
+    #[serde(default = "default_target_spaces")]
+    pub spaces: Vec<String>,
     pub address: String,
     #[serde(default = "default_jwt_mount")]
     pub auth_mount: String,
@@ -417,6 +423,8 @@ pub struct AwsTargetEntry {
     pub labels: BTreeMap<String, String>,
     #[serde(default = "default_write_subjects")]
     pub write_subjects: Vec<WriteSubject>,
+    #[serde(default = "default_target_spaces")]
+    pub spaces: Vec<String>,
     pub role_arn: String,
     #[serde(default = "default_region")]
     pub region: String,
@@ -441,6 +449,7 @@ impl From<TargetEntry> for TargetConfig {
                 duration: aws.duration,
                 labels: aws.labels,
                 write_subjects: aws.write_subjects,
+                spaces: aws.spaces,
                 kind: TargetKind::Aws(AwsTarget {
                     role_arn: aws.role_arn,
                     region: aws.region,
@@ -457,6 +466,7 @@ impl From<TargetEntry> for TargetConfig {
                 duration: vault.duration,
                 labels: vault.labels,
                 write_subjects: vault.write_subjects,
+                spaces: vault.spaces,
                 kind: TargetKind::Vault(VaultTarget {
                     address: vault.address,
                     auth_mount: vault.auth_mount,

@@ -154,6 +154,7 @@ mod tests {
             duration: HOUR,
             labels: std::collections::BTreeMap::new(),
             write_subjects: Vec::new(),
+            spaces: vec!["root".to_owned()],
             kind,
         }
     }

@@ -577,6 +577,9 @@ impl Exchanger {
             };
             return Err(vec![format!("target `{}` is not one of {whose} targets ({listed})", target.id())]);
         }
+        if let Some(refusal) = space_refusal(subject.space_chain.as_deref(), target, &subject.run.stack) {
+            return Err(vec![refusal]);
+        }
         let Some(policies) = &self.policies else {
             return Err(vec!["no policy is configured ([policy] dir); credentials are denied by default".to_owned()]);
         };
@@ -815,9 +818,52 @@ fn role_session_name(run_id: &str) -> String {
     name
 }
 
+/// Why a job of `stack`, whose space's chain is `chain`, may not use `target`: the target serves
+/// none of the spaces on it (docs/access.md). `None` for a subject with no space (not a job).
+fn space_refusal(chain: Option<&[String]>, target: &TargetConfig, stack: &str) -> Option<String> {
+    let chain = chain?;
+    (!target.serves(chain)).then(|| {
+        format!(
+            "target `{}` serves the spaces {} only; stack `{stack}` is in space `{}`",
+            target.id(),
+            target.spaces.join(", "),
+            chain.first().map_or("(none)", String::as_str),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_gets_no_credentials_from_a_target_outside_its_space() {
+        let target = TargetConfig {
+            name: "pay".to_owned(),
+            access: crate::targets::TargetAccess::Read,
+            duration: std::time::Duration::from_secs(60),
+            labels: std::collections::BTreeMap::new(),
+            write_subjects: Vec::new(),
+            spaces: vec!["payments".to_owned()],
+            kind: crate::targets::TargetKind::Vault(crate::targets::VaultTarget {
+                address: "http://127.0.0.1:8200".to_owned(),
+                auth_mount: "jwt".to_owned(),
+                role: "r".to_owned(),
+                audience: "vault".to_owned(),
+                return_token: true,
+                kv_reads: Vec::new(),
+                pki_issues: Vec::new(),
+            }),
+        };
+        let chain = |spaces: &[&str]| spaces.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(space_refusal(Some(&chain(&["cards", "payments", "root"])), &target, "s"), None);
+        assert_eq!(space_refusal(None, &target, "s"), None, "not a job");
+        assert_eq!(
+            space_refusal(Some(&chain(&["search", "root"])), &target, "s").as_deref(),
+            Some("target `vault:pay` serves the spaces payments only; stack `s` is in space `search`")
+        );
+        assert!(space_refusal(Some(&[]), &target, "s").is_some(), "an unknown space is served by nothing");
+    }
 
     #[test]
     fn a_request_never_prints_its_subject_token() {

@@ -97,6 +97,7 @@ mod tests {
             pool: None,
             agent_id: None,
             allowed_targets: None,
+            space_chain: None,
         }
     }
 
@@ -107,6 +108,7 @@ mod tests {
             duration: Duration::from_secs(3600),
             labels: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
             write_subjects: vec![WriteSubject::Job, WriteSubject::Ci],
+            spaces: vec!["root".to_owned()],
             kind: TargetKind::Aws(AwsTarget {
                 role_arn: "arn:aws:iam::123456789012:role/network-apply".to_owned(),
                 region: "us-east-1".to_owned(),

@@ -61,6 +61,8 @@ pub(super) struct Subject {
     pub(super) agent_id: Option<String>,
     /// For a job: the only targets it may ask for (its stack's targets for its phase).
     pub(super) allowed_targets: Option<Vec<String>>,
+    /// For a job: its stack's space and the spaces above it, which a target must serve.
+    pub(super) space_chain: Option<Vec<String>>,
 }
 
 /// A job asking for credentials for its phase. Built by the run service once the agent's
@@ -104,6 +106,8 @@ pub struct JobSubject {
     pub approved_by: Vec<String>,
     /// The stack's credential targets for this phase.
     pub targets: Vec<String>,
+    /// The stack's space, then its parent, … `root`: a target must serve one of them.
+    pub space_chain: Vec<String>,
     /// The write that holds only while the lease does; it commits with the decision.
     pub lease_guard: Write,
 }
@@ -187,6 +191,7 @@ impl Subject {
             pool,
             agent_id,
             allowed_targets: None,
+            space_chain: None,
         })
     }
 
@@ -220,6 +225,7 @@ impl Subject {
             pool: Some(job.pool.clone()),
             agent_id: Some(job.agent_id.clone()),
             allowed_targets: Some(job.targets.clone()),
+            space_chain: Some(job.space_chain.clone()),
         }
     }
 
@@ -260,6 +266,7 @@ impl Subject {
             pool: None,
             agent_id: None,
             allowed_targets: Some(config.targets.clone()),
+            space_chain: None,
         }
     }
 }

@@ -12,9 +12,11 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized, can};
-use crate::access::ApiScope;
+use super::extract::{ApiJson, Authorized, Scoped, can};
+use super::guard::Guard;
+use crate::access::{ApiScope, Permission};
 use crate::keys::KeyRingError;
+use crate::roles::{ROOT, Role, UnknownRole};
 use crate::runs::reviews::RecordedRun;
 use crate::tokens::MintRequest;
 use keyward_proto::claims::RunChain;
@@ -168,45 +170,89 @@ pub(super) async fn mint_run_token(
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateApiTokenBody {
     name: String,
-    scope: String,
+    /// The old way: a scope, which is its role on `root`.
+    #[serde(default)]
+    scope: Option<String>,
+    /// The token's space (default `root`), with `role`.
+    #[serde(default)]
+    space: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
 }
 
+impl CreateApiTokenBody {
+    /// The space and role asked for: a `role` (in `space`, default `root`), or a `scope`.
+    fn grant(&self) -> Result<(String, Role), ApiError> {
+        let space = self.space.clone().unwrap_or_else(|| ROOT.to_owned());
+        match (&self.scope, &self.role) {
+            (Some(scope), None) if self.space.is_none() => Ok((space, scope.parse::<ApiScope>()?.role())),
+            (None, Some(role)) => {
+                Ok((space, role.parse().map_err(|e: UnknownRole| ApiError::invalid_request(e.to_string()))?))
+            }
+            _ => Err(ApiError::invalid_request(
+                "name a `role` (and a `space`, default root), or an old `scope`; not both",
+            )),
+        }
+    }
+}
+
+/// `POST /v1/api-tokens`: needs `admin` in the token's space.
 pub(super) async fn create_api_token(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     body: Result<ApiJson<CreateApiTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
-    let scope: ApiScope = body.scope.parse()?;
-    let secret = state.access.create(&body.name, scope, &operator.name).await?;
-    let response = json!({ "name": body.name, "scope": scope, "token": secret.expose() });
+    let (space, role) = body.grant()?;
+    Guard::new(&state, operator.clone()).await?.require_to_create(Permission::Administer, &space)?;
+    let secret = state.access.create_in(&body.name, &space, role, &operator.name).await?;
+    let scope = ApiScope::of_role(role);
+    let response = json!({ "name": body.name, "space": space, "role": role, "scope": scope, "token": secret.expose() });
     Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(response)).into_response())
 }
 
+/// A token's space and role: its own, or (made before spaces) its scope's role on `root`.
+fn token_grant(token: &crate::store::ApiTokenRow) -> (String, Option<Role>) {
+    match (&token.space, &token.role) {
+        (Some(space), Some(role)) => (space.clone(), role.parse().ok()),
+        _ => (ROOT.to_owned(), token.scope.parse::<ApiScope>().ok().map(ApiScope::role)),
+    }
+}
+
+/// `GET /v1/api-tokens`: the tokens of the spaces the caller administers.
 pub(super) async fn list_api_tokens(
     State(state): State<AppState>,
-    _: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
 ) -> Result<Response, ApiError> {
+    let guard = Guard::new(&state, operator).await?;
     let tokens: Vec<_> = state
         .access
         .list()
         .await?
         .into_iter()
-        .map(|t| {
-            json!({
-                "name": t.name, "scope": t.scope, "created_at": t.created_at,
-                "created_by": t.created_by, "revoked_at": t.revoked_at,
+        .filter_map(|t| {
+            let (space, role) = token_grant(&t);
+            guard.may(Permission::Administer, &space).then(|| {
+                json!({
+                    "name": t.name, "scope": t.scope, "space": space, "role": role, "created_at": t.created_at,
+                    "created_by": t.created_by, "revoked_at": t.revoked_at,
+                })
             })
         })
         .collect();
     Ok(Json(json!({ "api_tokens": tokens })).into_response())
 }
 
+/// `DELETE /v1/api-tokens/{name}`: needs `admin` in the token's space.
 pub(super) async fn revoke_api_token(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    let hidden = || ApiError::not_found(format!("no live API token named `{name}`"));
+    let token = state.access.list().await?.into_iter().find(|t| t.name == name).ok_or_else(hidden)?;
+    let (space, _) = token_grant(&token);
+    Guard::new(&state, operator.clone()).await?.require(Permission::Administer, &space, hidden)?;
     if !state.access.revoke(&name).await? {
         return Err(ApiError::not_found(format!("no live API token named `{name}`")));
     }

@@ -1,8 +1,10 @@
 //! Pools and agents: `/v1/pools…`, `/v1/agents…`.
 //!
-//! Everything here needs the `admin` scope, except `GET /v1/agents/bootstrap`: the agent CA
-//! certificate and the gRPC endpoint are public, and an enrolling agent checks the CA against the
-//! fingerprint in its join token before trusting it.
+//! A pool belongs to a space, and an agent to its pool's space (docs/access.md): reading them
+//! needs `viewer` there, creating pools, join tokens, draining and revoking `admin`; what a caller
+//! may not view is not found, and lists show only what it may view. `GET /v1/agents/bootstrap` is
+//! public: the agent CA certificate and the gRPC endpoint are, and an enrolling agent checks the
+//! CA against the fingerprint in its join token before trusting it.
 
 use std::time::Duration;
 
@@ -15,8 +17,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized, can};
-use crate::agents::{AgentView, Bootstrap};
+use super::extract::{ApiJson, Scoped, can};
+use super::guard::{Guard, pool_space};
+use crate::access::{Operator, Permission};
+use crate::agents::{AgentError, AgentView, Bootstrap};
 
 /// Default join-token lifetime.
 const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -35,26 +39,54 @@ pub(super) async fn bootstrap(State(state): State<AppState>) -> Result<Json<Boot
 #[serde(deny_unknown_fields)]
 pub(super) struct PoolBody {
     name: String,
+    /// Its space (default `root`).
+    #[serde(default = "root")]
+    space: String,
+}
+
+fn root() -> String {
+    crate::roles::ROOT.to_owned()
+}
+
+/// Succeeds if `operator` holds `permission` in pool `name`'s space; a pool it may not view is
+/// not found.
+async fn check_pool(state: &AppState, operator: &Operator, permission: Permission, name: &str) -> Result<(), ApiError> {
+    let space = pool_space(state, name).await?;
+    let hidden = || AgentError::UnknownPool(name.to_owned()).into();
+    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
+}
+
+/// Succeeds if `operator` holds `permission` in the space of agent `id`'s pool; an agent it may
+/// not view is not found.
+async fn check_agent(state: &AppState, operator: &Operator, permission: Permission, id: &str) -> Result<(), ApiError> {
+    let agent = state.agents.get(id).await?;
+    let space = pool_space(state, &agent.pool).await?;
+    let hidden = || AgentError::UnknownAgent(id.to_owned()).into();
+    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
 }
 
 /// `POST /v1/pools`.
 pub(super) async fn create_pool(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<PoolBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
-    let pool = state.agents.create_pool(&body.name, &operator.name, super::caller(&extensions)).await?;
+    Guard::new(&state, operator.clone()).await?.require_to_create(Permission::Administer, &body.space)?;
+    let pool = state.agents.create_pool(&body.name, &body.space, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(pool)).into_response())
 }
 
 /// `GET /v1/pools`.
 pub(super) async fn list_pools(
     State(state): State<AppState>,
-    _: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "pools": state.agents.pools().await? })))
+    let guard = Guard::new(&state, operator).await?;
+    let mut pools = state.agents.pools().await?;
+    pools.retain(|pool| guard.may(Permission::ReadRuns, &pool.space));
+    Ok(Json(json!({ "pools": pools })))
 }
 
 /// `POST /v1/pools/{name}/join-tokens` body.
@@ -69,12 +101,13 @@ pub(super) struct JoinTokenBody {
 /// `POST /v1/pools/{name}/join-tokens`.
 pub(super) async fn create_join_token(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     Path(pool): Path<String>,
     body: Result<ApiJson<JoinTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
+    check_pool(&state, &operator, Permission::Administer, &pool).await?;
     let ttl = body.ttl_seconds.map_or(DEFAULT_JOIN_TOKEN_TTL, Duration::from_secs);
     let token = state.agents.join_token(&pool, ttl, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
@@ -90,37 +123,48 @@ pub(super) struct ListQuery {
 /// `GET /v1/agents`.
 pub(super) async fn list_agents(
     State(state): State<AppState>,
-    _: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "agents": state.agents.list(query.pool.as_deref()).await? })))
+    if let Some(pool) = &query.pool {
+        check_pool(&state, &operator, Permission::ReadRuns, pool).await?;
+    }
+    let guard = Guard::new(&state, operator).await?;
+    let spaces: std::collections::HashMap<String, String> =
+        state.agents.pools().await?.into_iter().map(|pool| (pool.name, pool.space)).collect();
+    let mut agents = state.agents.list(query.pool.as_deref()).await?;
+    agents.retain(|agent| spaces.get(&agent.pool).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    Ok(Json(json!({ "agents": agents })))
 }
 
 /// `GET /v1/agents/{id}`.
 pub(super) async fn show_agent(
     State(state): State<AppState>,
-    _: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
+    check_agent(&state, &operator, Permission::ReadRuns, &id).await?;
     Ok(Json(state.agents.get(&id).await?))
 }
 
 /// `POST /v1/agents/{id}/revoke`.
 pub(super) async fn revoke_agent(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
+    check_agent(&state, &operator, Permission::Administer, &id).await?;
     Ok(Json(state.agents.revoke(&id, &operator.name, super::caller(&extensions)).await?))
 }
 
 /// `POST /v1/agents/{id}/drain`.
 pub(super) async fn drain_agent(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
+    check_agent(&state, &operator, Permission::Administer, &id).await?;
     Ok(Json(state.agents.drain(&id, &operator.name, super::caller(&extensions)).await?))
 }

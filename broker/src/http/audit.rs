@@ -1,6 +1,9 @@
 //! `/v1/audit/…`: read the log, prove entries and tree heads, sign checkpoints, trace a run.
 //!
-//! Everything but the public key needs an API token with the `audit` scope (admin includes it).
+//! Everything but the public key and the entries needs `viewer` on `root` (an old `audit` scope
+//! token has it). The entries need `viewer` somewhere: a caller without it on `root` sees only
+//! the entries whose context names a stack of a space it may view (docs/access.md); an entry
+//! about no stack needs `root`.
 //! Entries are returned as `{"entry": {…}, "leaf_hash": "<hex>"}`, the export line format that
 //! `keyward audit verify` checks offline.
 
@@ -13,7 +16,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authorized, can};
+use super::extract::{Authorized, Scoped, can};
+use super::guard::{Guard, stack_spaces};
+use crate::access::Permission;
 use crate::audit::export_line;
 use crate::audit::merkle::{self, Hash};
 use crate::audit::tree::{self, TreeError};
@@ -54,9 +59,10 @@ pub(super) struct EntriesQuery {
 /// `GET /v1/audit/entries`.
 pub(super) async fn entries(
     State(state): State<AppState>,
-    _: Authorized<can::ReadAudit>,
+    Scoped { operator, .. }: Scoped<can::ReadAudit>,
     query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let guard = Guard::new(&state, operator).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let size = state.store.audit_size().await.map_err(store_error)?;
     let entries = if let Some(tail) = query.tail {
@@ -70,7 +76,29 @@ pub(super) async fn entries(
         let limit = query.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
         state.store.audit_entries(from, to, limit).await.map_err(store_error)?
     };
+    let entries = visible(&state, &guard, entries).await?;
     Ok(Json(json!({ "size": size, "entries": lines(&entries)? })))
+}
+
+/// The entries `guard`'s caller may read: all with `viewer` on `root`; else those whose context
+/// names a stack in a space it may view.
+async fn visible(state: &AppState, guard: &Guard, entries: Vec<StoredEntry>) -> Result<Vec<StoredEntry>, ApiError> {
+    if guard.may(Permission::ReadAudit, crate::roles::ROOT) {
+        return Ok(entries);
+    }
+    let spaces = stack_spaces(state).await?;
+    let stack_of = |entry: &StoredEntry| {
+        let body: Value = serde_json::from_str(&entry.body).ok()?;
+        body.get("context")?.get("stack_id")?.as_str().map(str::to_owned)
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|entry| {
+            stack_of(entry)
+                .and_then(|stack| spaces.get(&stack).cloned())
+                .is_some_and(|space| guard.may(Permission::ReadAudit, &space))
+        })
+        .collect())
 }
 
 /// `GET /v1/audit/public-key`: the checkpoint verifier key. Public.

@@ -133,22 +133,24 @@ pub(super) async fn cli_token(
     Ok(response)
 }
 
-/// `GET /v1/me`: who the caller is and how they authenticated.
+/// `GET /v1/me`: who the caller is, how they authenticated, and their roles by space (those
+/// granted directly; each holds in the spaces below too).
 pub(super) async fn me(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &parts.method, &parts.headers).await.inspect_err(|e| {
         state.metrics.request_refused(e.refusal());
     })?;
     let expires_at = caller.session.as_ref().map(|s| s.expires_at);
+    let roles = caller.operator.grants.by_space();
     let body = match &caller.operator.via {
-        AuthMethod::ApiToken { scope } => {
-            json!({ "kind": "api_token", "via": "api_token", "name": caller.operator.name, "scope": scope.as_str() })
+        AuthMethod::ApiToken => {
+            json!({ "kind": "api_token", "via": "api_token", "name": caller.operator.name, "roles": roles })
         }
         AuthMethod::Session { person, session } | AuthMethod::CliToken { person, session } => {
             let via = if matches!(caller.operator.via, AuthMethod::Session { .. }) { "session" } else { "cli_token" };
             json!({
                 "kind": "person", "via": via, "id": person.id(), "issuer": person.issuer, "subject": person.subject,
                 "name": person.name, "email": person.email, "groups": person.groups, "amr": person.amr,
-                "session": session, "expires_at": expires_at, "roles": [],
+                "session": session, "expires_at": expires_at, "roles": roles,
             })
         }
     };

@@ -142,7 +142,7 @@ impl From<AccessError> for ApiError {
             AccessError::Unauthenticated => {
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_token", error.to_string(), Refusal::Unauthenticated)
             }
-            AccessError::InsufficientScope { .. } | AccessError::NoRole { .. } => {
+            AccessError::InsufficientScope { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "insufficient_scope", error.to_string(), Refusal::Forbidden)
             }
             AccessError::UnknownScope(_) | AccessError::InvalidName(_) => Self::invalid_request(error.to_string()),

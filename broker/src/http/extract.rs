@@ -1,6 +1,7 @@
 //! Extractors that turn bad input into the API's JSON errors instead of axum's plain-text ones,
 //! and [`Authorized`], which authenticates the caller (an API token, a person's `keyward login`
-//! token or browser session) before a handler runs.
+//! token or browser session) before a handler runs: it needs the role on `root`; [`Scoped`]
+//! needs it in some space, and its handler checks the resource's own space ([`super::guard`]).
 
 use std::marker::PhantomData;
 
@@ -30,17 +31,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Authenticates the caller (see [`authenticate`]) and checks it holds `required`.
+/// Where a caller must hold a permission for a handler to run at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// On `root` (and so everywhere).
+    Root,
+    /// In some space: the handler checks the resource's space itself.
+    AnySpace,
+}
+
+/// Authenticates the caller (see [`authenticate`]) and checks it holds `required` (on `root`,
+/// or in some space).
 pub(super) async fn operator(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
     required: Permission,
+    reach: Reach,
 ) -> Result<Operator, ApiError> {
     let result = async {
         let caller = authenticate(state, method, headers).await?;
-        caller.operator.require(required)?;
-        Ok::<_, ApiError>(caller.operator)
+        let operator = caller.operator;
+        match reach {
+            Reach::Root => operator.require_in(required, &[crate::roles::ROOT.to_owned()])?,
+            Reach::AnySpace => operator.require(required)?,
+        }
+        Ok::<_, ApiError>(operator)
     }
     .await;
     if let Err(error) = &result {
@@ -72,7 +88,7 @@ pub(super) async fn authenticate(state: &AppState, method: &Method, headers: &He
     match (bearer, &state.sso) {
         (Some(token), Some(sso)) if secrets::looks_like_session(token) => {
             let session = sso.authenticate(token, "cli").await.map_err(ApiError::from)?.ok_or_else(expired)?;
-            Ok(Caller { operator: session.operator.clone(), session: Some(session) })
+            Ok(Caller { operator: with_grants(state, session.operator.clone()).await?, session: Some(session) })
         }
         (Some(token), _) => Ok(Caller { operator: state.access.authenticate(token).await?, session: None }),
         (None, Some(sso)) => {
@@ -81,10 +97,19 @@ pub(super) async fn authenticate(state: &AppState, method: &Method, headers: &He
             if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
                 check_csrf(secret, headers, session::cookie(cookies(), session::CSRF_COOKIE))?;
             }
-            Ok(Caller { operator: session.operator.clone(), session: Some(session) })
+            Ok(Caller { operator: with_grants(state, session.operator.clone()).await?, session: Some(session) })
         }
         (None, None) => Err(AccessError::Unauthenticated.into()),
     }
+}
+
+/// A person's operator, holding what their subject and groups are bound to: read on every
+/// request, so a binding removed takes effect at once.
+async fn with_grants(state: &AppState, mut operator: Operator) -> Result<Operator, ApiError> {
+    if let Some(person) = operator.person() {
+        operator.grants = state.spaces.grants_of(person).await?;
+    }
+    Ok(operator)
 }
 
 fn expired() -> ApiError {
@@ -123,7 +148,26 @@ impl<R: can::Requirement> FromRequestParts<AppState> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let operator = operator(state, &parts.method, &parts.headers, R::PERMISSION).await?;
+        let operator = operator(state, &parts.method, &parts.headers, R::PERMISSION, Reach::Root).await?;
+        Ok(Self { operator, requirement: PhantomData })
+    }
+}
+
+/// Like [`Authorized`], for a handler that checks the role in its resource's space: the caller
+/// must hold `R`'s permission in some space.
+#[derive(Debug)]
+pub(super) struct Scoped<R> {
+    /// Who the token belongs to.
+    pub(super) operator: Operator,
+    /// Private, so only the extractor makes one.
+    requirement: PhantomData<R>,
+}
+
+impl<R: can::Requirement> FromRequestParts<AppState> for Scoped<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let operator = operator(state, &parts.method, &parts.headers, R::PERMISSION, Reach::AnySpace).await?;
         Ok(Self { operator, requirement: PhantomData })
     }
 }

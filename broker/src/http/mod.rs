@@ -8,10 +8,12 @@ mod auth;
 mod contexts;
 pub mod error;
 mod extract;
+mod guard;
 mod oidc;
 mod ops;
 mod runs;
 pub mod serve;
+mod spaces;
 mod tfstate;
 mod token;
 mod token_response;
@@ -74,6 +76,8 @@ pub struct AppState {
     pub agents: crate::agents::Agents,
     /// Sign-in for people, when `[sso]` is configured.
     pub sso: Option<crate::sso::Sso>,
+    /// Spaces and role bindings.
+    pub spaces: crate::spaces::Spaces,
 }
 
 impl AppState {
@@ -158,6 +162,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}", get(agents::show_agent))
         .route("/v1/agents/{id}/revoke", post(agents::revoke_agent))
         .route("/v1/agents/{id}/drain", post(agents::drain_agent))
+        .route("/v1/spaces", post(spaces::create).get(spaces::list))
+        .route("/v1/spaces/{name}", get(spaces::show).delete(spaces::delete))
+        .route("/v1/spaces/{name}/bind", post(spaces::bind))
+        .route("/v1/spaces/{name}/unbind", post(spaces::unbind))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

@@ -1,8 +1,9 @@
 //! Stacks and runs: `/v1/stacks…` and `/v1/runs…`.
 //!
-//! Creating and updating stacks needs the `admin` scope; submitting and canceling runs needs `submit`;
-//! approving and rejecting needs `review`; reading stacks, runs and logs needs either. The
-//! caller's API token name is who triggered or reviewed a run.
+//! Each needs a role in the stack's space (docs/access.md): creating and updating stacks `admin`,
+//! submitting and canceling runs `submitter`, approving and rejecting `reviewer`, reading stacks,
+//! runs and logs `viewer`. A stack or run in a space the caller may not view is not found; lists
+//! show only what the caller may view. The caller's name is who triggered or reviewed a run.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -13,18 +14,20 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized, can};
-use crate::access::Operator;
+use super::extract::{ApiJson, Scoped, can};
+use super::guard::{Guard, stack_space, stack_spaces};
+use crate::access::{Operator, Permission};
 use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, StackUpdate, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<StackSpec>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(spec) = body?;
+    Guard::new(&state, operator.clone()).await?.require_to_create(Permission::Administer, &spec.space)?;
     let stack = state.runs.create_stack(spec, &operator.name, super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(stack)).into_response())
 }
@@ -33,29 +36,62 @@ pub(super) async fn create_stack(
 /// one); the stack after it is checked like a new one, or nothing changes.
 pub(super) async fn update_stack(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::Administer>,
+    Scoped { operator, .. }: Scoped<can::Administer>,
     extensions: axum::http::Extensions,
     Path(name): Path<String>,
     body: Result<ApiJson<StackUpdate>, ApiError>,
 ) -> Result<Json<Stack>, ApiError> {
     let ApiJson(update) = body?;
+    check_stack(&state, &operator, Permission::Administer, &name).await?;
     Ok(Json(state.runs.update_stack(&name, update, &operator.name, super::caller(&extensions)).await?))
 }
 
 /// `GET /v1/stacks`.
 pub(super) async fn list_stacks(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "stacks": state.runs.stacks().await? })))
+    let guard = Guard::new(&state, operator).await?;
+    let mut stacks = state.runs.stacks().await?;
+    stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
+    Ok(Json(json!({ "stacks": stacks })))
+}
+
+/// The caller as policies see it (`input.actor`): a token, or a person with their subject,
+/// groups and `amr`.
+fn actor(operator: &Operator) -> crate::roles::Actor {
+    operator.actor()
+}
+
+/// Succeeds if `operator` holds `permission` in the space of the stack `name`; a stack it may not
+/// view is not found.
+async fn check_stack(
+    state: &AppState,
+    operator: &Operator,
+    permission: Permission,
+    name: &str,
+) -> Result<(), ApiError> {
+    let space = stack_space(state, name).await?;
+    let hidden = || RunError::UnknownStack(name.to_owned()).into();
+    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
+}
+
+/// Succeeds if `operator` holds `permission` in the space of run `id`'s stack; a run it may not
+/// view is not found.
+async fn check_run(state: &AppState, operator: &Operator, permission: Permission, id: &str) -> Result<(), ApiError> {
+    let run = state.runs.run(id).await?;
+    let space = stack_space(state, &run.stack).await?;
+    let hidden = || RunError::UnknownRun(id.to_owned()).into();
+    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
 }
 
 /// `GET /v1/stacks/{name}`.
 pub(super) async fn show_stack(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(name): Path<String>,
 ) -> Result<Json<Stack>, ApiError> {
+    check_stack(&state, &operator, Permission::ReadRuns, &name).await?;
     Ok(Json(state.runs.stack(&name).await?))
 }
 
@@ -78,11 +114,12 @@ pub(super) struct SubmitBody {
 /// `POST /v1/runs`.
 pub(super) async fn submit_run(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::SubmitRuns>,
+    Scoped { operator, .. }: Scoped<can::SubmitRuns>,
     extensions: axum::http::Extensions,
     body: Result<ApiJson<SubmitBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
+    check_stack(&state, &operator, Permission::SubmitRuns, &body.stack).await?;
     let submission = Submission {
         stack: body.stack,
         commit: body.commit_sha,
@@ -90,7 +127,7 @@ pub(super) async fn submit_run(
         ticket: body.ticket,
         kind: body.kind,
     };
-    let run = state.runs.submit(submission, &operator.name, super::caller(&extensions)).await?;
+    let run = state.runs.submit_as(submission, &actor(&operator), super::caller(&extensions)).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
@@ -105,20 +142,27 @@ pub(super) struct ListQuery {
 /// `GET /v1/runs?stack=S&limit=N`: newest first.
 pub(super) async fn list_runs(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
-    let runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
+    if let Some(stack) = &query.stack {
+        check_stack(&state, &operator, Permission::ReadRuns, stack).await?;
+    }
+    let guard = Guard::new(&state, operator).await?;
+    let spaces = stack_spaces(&state).await?;
+    let mut runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
+    runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
     Ok(Json(json!({ "runs": runs })))
 }
 
 /// `GET /v1/runs/{id}`.
 pub(super) async fn show_run(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_run(&state, &operator, Permission::ReadRuns, &id).await?;
     Ok(Json(json!(state.runs.run(&id).await?)))
 }
 
@@ -139,14 +183,16 @@ async fn review(
     body: Result<ApiJson<ReviewBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let ApiJson(body) = body?;
-    let outcome = state.runs.review(&id, verdict, body.comment, &operator.name, super::caller(&extensions)).await?;
+    check_run(&state, &operator, Permission::ReviewRuns, &id).await?;
+    let outcome =
+        state.runs.review_as(&id, verdict, body.comment, &actor(&operator), super::caller(&extensions)).await?;
     Ok(Json(json!(outcome)))
 }
 
 /// `POST /v1/runs/{id}/approve`.
 pub(super) async fn approve_run(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::ReviewRuns>,
+    Scoped { operator, .. }: Scoped<can::ReviewRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
     body: Result<ApiJson<ReviewBody>, ApiError>,
@@ -157,7 +203,7 @@ pub(super) async fn approve_run(
 /// `POST /v1/runs/{id}/reject`.
 pub(super) async fn reject_run(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::ReviewRuns>,
+    Scoped { operator, .. }: Scoped<can::ReviewRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
     body: Result<ApiJson<ReviewBody>, ApiError>,
@@ -168,10 +214,11 @@ pub(super) async fn reject_run(
 /// `POST /v1/runs/{id}/cancel`.
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
-    Authorized { operator, .. }: Authorized<can::SubmitRuns>,
+    Scoped { operator, .. }: Scoped<can::SubmitRuns>,
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_run(&state, &operator, Permission::SubmitRuns, &id).await?;
     Ok(Json(json!(state.runs.cancel(&id, &operator.name, super::caller(&extensions)).await?)))
 }
 
@@ -188,11 +235,12 @@ pub(super) struct LogsQuery {
 /// has and nothing new came).
 pub(super) async fn run_logs(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    check_run(&state, &operator, Permission::ReadRuns, &id).await?;
     let run = state.runs.run(&id).await?;
     let after = query.after.unwrap_or(0).max(0);
     let chunks = state
@@ -213,9 +261,9 @@ pub(super) async fn run_logs(
 /// heads that let `keyward run logs --verify` check it offline.
 pub(super) async fn run_log_bundle(
     State(state): State<AppState>,
-    _: Authorized<can::ReadRuns>,
+    Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::joblogs::Bundle>, ApiError> {
-    state.runs.run(&id).await?;
+    check_run(&state, &operator, Permission::ReadRuns, &id).await?;
     Ok(Json(state.agents.logs().bundle(&id).await.map_err(RunError::from)?))
 }

@@ -110,9 +110,14 @@ async fn operator_pull(
     version: Option<i64>,
     extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
-    let operator =
-        super::extract::operator(state, &axum::http::Method::GET, headers, crate::access::Permission::Administer)
-            .await?;
+    let operator = super::extract::operator(
+        state,
+        &axum::http::Method::GET,
+        headers,
+        crate::access::Permission::Administer,
+        super::extract::Reach::Root,
+    )
+    .await?;
     let (_, content) = state.runs.pull_state(stack, version, &operator.name, super::caller(&extensions)).await?;
     Ok(state_response(content))
 }

@@ -44,6 +44,27 @@ fn variables_array() -> Value {
     })
 }
 
+/// `input.actor`: who submitted the run or reviewed it just now (docs/access.md).
+fn actor_object() -> Value {
+    json!({
+        "type": ["object", "null"],
+        "description": "who acted: an API token, a signed-in person, or the broker itself (the drift scheduler); null when no one acted just now (a run's approval right after its plan, a scan)",
+        "properties": {
+            "kind": {"enum": ["token", "person", "broker"]},
+            "name": {"type": "string", "description": "the token's name, or the person's display name"},
+            "subject": {"type": ["string", "null"], "description": "a person's `issuer#subject`; null for a token"},
+            "groups": {"type": "array", "items": {"type": "string"}, "description": "a person's groups; empty for a token"},
+            "roles": {
+                "type": "object",
+                "additionalProperties": {"enum": ["viewer", "submitter", "reviewer", "admin"]},
+                "description": "space -> the role granted there (it holds in every space below too)"
+            },
+            "amr": {"type": "array", "items": {"type": "string"}, "description": "how a person authenticated, e.g. [\"pwd\", \"mfa\"]; empty for a token"}
+        },
+        "required": ["kind", "name", "roles"]
+    })
+}
+
 fn time_object() -> Value {
     json!({
         "type": "object",
@@ -147,7 +168,8 @@ fn run_input() -> Section {
                 "type": "object",
                 "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "repository": {"type": "string"},
-                    "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"}
+                    "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"},
+                    "space": {"type": "string", "description": "the space the stack belongs to"}
                 }
             },
             "kind": {
@@ -155,6 +177,7 @@ fn run_input() -> Section {
                 "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies; `remediation` is a deploy a drift check queued (the stack's `drift_remediation` is `plan` or `apply`)"
             },
             "submitted_by": {"type": "string"},
+            "actor": actor_object(),
             "variables": variables_array(),
             "time": time_object()
         }),
@@ -258,7 +281,7 @@ fn approval_input() -> Section {
     (
         json!({
             "run": run,
-            "stack": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"}}},
+            "stack": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"}, "space": {"type": "string"}}},
             "approvals": {
                 "type": "array",
                 "items": {
@@ -275,6 +298,7 @@ fn approval_input() -> Section {
                 }
             },
             "target_labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "actor": actor_object(),
             "time": time_object()
         }),
         vec!["run", "approvals", "time"],

@@ -541,7 +541,7 @@ impl Runs {
     /// may already approve (auto-apply) or reject; otherwise it waits for reviews.
     fn after_plan(&self, run: &RunRow, stack: &Stack, now: i64) -> (RunState, Option<String>) {
         let decision = self.decide(PolicyKind::Approval, || {
-            super::policy_input::approval_input(run, stack, &[], self.target_labels(stack), now)
+            super::policy_input::approval_input(run, stack, &[], self.target_labels(stack), None, now)
         });
         match decision.outcome {
             Outcome::Approve => {

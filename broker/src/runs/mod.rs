@@ -24,6 +24,7 @@ pub mod reviews;
 pub mod scans;
 mod signals;
 mod source;
+mod space_rules;
 mod spec;
 mod state;
 mod tfstate;
@@ -55,6 +56,7 @@ use crate::audit::{Append, AuditEvent, AuditLog, Context, Kind};
 use crate::clock::SharedClock;
 use crate::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
+use crate::roles::Actor;
 use crate::store::write::Write;
 use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
 use crate::targets::TargetConfig;
@@ -237,9 +239,7 @@ impl Runs {
     /// Creates a stack.
     pub async fn create_stack(&self, spec: StackSpec, who: &str, caller: Context) -> Result<Stack, RunError> {
         spec.validate(&self.targets)?;
-        if self.store.pool(&spec.pool).await?.is_none() {
-            return Err(RunError::NoSuchPool(spec.pool));
-        }
+        self.check_space(&spec).await?;
         let now = self.clock.now();
         let write = store::runs::insert_stack(&StackRow::created(spec.stored(), now, who.to_owned()));
         let context = Context {
@@ -254,6 +254,7 @@ impl Runs {
             .with("pool", spec.pool.as_str())
             .with("plan_targets", spec.plan_targets.clone())
             .with("apply_targets", spec.apply_targets.clone())
+            .with("space", spec.space.as_str())
             .with_ref("stack", &spec.name);
         if !spec.hooks.is_empty() {
             event = event.with("hooks", serde_json::to_value(&spec.hooks).unwrap_or_default());
@@ -279,7 +280,12 @@ impl Runs {
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
     /// is on record with the policy's reasons, and nothing is queued.
     pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
-        self.submit_claiming(submission, who, caller, None).await
+        self.submit_claiming(submission, &Actor::broker(who), caller, None).await
+    }
+
+    /// [`submit`](Self::submit) by `actor`, whom `keyward.run` sees as `input.actor`.
+    pub async fn submit_as(&self, submission: Submission, actor: &Actor, caller: Context) -> Result<RunView, RunError> {
+        self.submit_claiming(submission, actor, caller, None).await
     }
 
     /// [`submit`](Self::submit), for the drift scheduler with its `claim` on a fire time of the
@@ -287,18 +293,20 @@ impl Runs {
     async fn submit_claiming(
         &self,
         submission: Submission,
-        who: &str,
+        actor: &Actor,
         caller: Context,
         claim: Option<&drift_schedule::FireClaim>,
     ) -> Result<RunView, RunError> {
+        let who = actor.name.as_str();
         let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
         let run = self.new_run(submission, &stack, pull_request, who).await?;
         let now = run.created_at;
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let variables = self.policy_variables(&stack).await;
-        let decision =
-            self.decide(PolicyKind::Run, || with_variables(policy_input::run_input(&run, &stack, now), variables));
+        let decision = self.decide(PolicyKind::Run, || {
+            with_variables(policy_input::run_input(&run, &stack, Some(actor), now), variables)
+        });
         if !decision.permits() {
             let writes = claim.map(|c| c.refused(&stack.spec.name, &decision.reasons, now)).unwrap_or_default();
             return Err(self.refuse_run(context, decision, now, writes).await);
@@ -416,13 +424,26 @@ impl Runs {
         who: &str,
         caller: Context,
     ) -> Result<ReviewOutcome, RunError> {
+        self.review_as(id, verdict, comment, &Actor::broker(who), caller).await
+    }
+
+    /// [`review`](Self::review) by `actor`, whom `keyward.approval` sees as `input.actor`.
+    pub async fn review_as(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        comment: Option<String>,
+        actor: &Actor,
+        caller: Context,
+    ) -> Result<ReviewOutcome, RunError> {
+        let who = actor.name.as_str();
         let (run, state, mut reviews) = self.reviewable(id, who, comment.as_deref()).await?;
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
         let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
         reviews.push(review.clone());
         let decision = self.decide(PolicyKind::Approval, || {
-            policy_input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), now)
+            policy_input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), Some(actor), now)
         });
         let (next, detail) = match decision.outcome {
             Outcome::Approve => (RunState::Applying, None),

@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::spec::Stack;
 use crate::policy::input::{self, RunInput};
+use crate::roles::Actor;
 use crate::store::{ReviewRow, RunRow};
 
 /// `input.run` for a stored run in `phase`.
@@ -25,16 +26,18 @@ fn stack_object(stack: &Stack) -> Value {
         "pool": spec.pool,
         "labels": spec.labels,
         "policies": spec.policies,
+        "space": spec.space,
     })
 }
 
-/// The `keyward.run` input for a submission.
-pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
+/// The `keyward.run` input for a submission by `actor` (`null` when it is not known).
+pub(super) fn run_input(run: &RunRow, stack: &Stack, actor: Option<&Actor>, now: i64) -> Value {
     json!({
         "run": run_object(run, stack, Phase::Plan, &[]),
         "stack": stack_object(stack),
         "kind": run.kind,
         "submitted_by": run.triggered_by,
+        "actor": actor,
         "time": input::time(now),
     })
 }
@@ -42,7 +45,7 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, now: i64) -> Value {
 /// The `keyward.scan` input: the run as `keyward.run` sees it, and what the plan job's scanners
 /// found.
 pub(super) fn scan_input(run: &RunRow, stack: &Stack, scans: Value, now: i64) -> Value {
-    let mut input = run_input(run, stack, now);
+    let mut input = run_input(run, stack, None, now);
     if let Some(object) = input.as_object_mut() {
         object.insert("scans".to_owned(), scans);
     }
@@ -61,12 +64,13 @@ pub(super) fn plan_input(run: &RunRow, stack: &Stack, plan: Value, now: i64) -> 
 /// The `keyward.approval` input: the run (whose `approved_by` holds only the approvals that
 /// count), every review so far (each saying whether its reviewer is the run's author and whether
 /// it counts), and the labels of what applying it will touch (the stack's labels, overlaid by its
-/// apply targets' labels).
+/// apply targets' labels). `actor`: who reviewed just now (`None` right after the plan).
 pub(super) fn approval_input(
     run: &RunRow,
     stack: &Stack,
     reviews: &[ReviewRow],
     target_labels: Map<String, Value>,
+    actor: Option<&Actor>,
     now: i64,
 ) -> Value {
     let approved_by = super::reviews::counted_approvers(&run.triggered_by, reviews);
@@ -94,6 +98,7 @@ pub(super) fn approval_input(
         "stack": stack_object(stack),
         "approvals": approvals,
         "target_labels": target_labels,
+        "actor": actor,
         "time": input::time(now),
     })
 }

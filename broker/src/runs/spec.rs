@@ -55,6 +55,13 @@ pub struct StackSpec {
     /// (docs/scans.md); `keyward.scan` judges what they find.
     #[serde(default)]
     pub scanners: Vec<Scanner>,
+    /// The space it belongs to (docs/access.md): who may see and run it, which targets it may use.
+    #[serde(default = "default_space")]
+    pub space: String,
+}
+
+fn default_space() -> String {
+    crate::roles::ROOT.to_owned()
 }
 
 fn managed_by_default() -> bool {
@@ -131,6 +138,7 @@ impl TryFrom<StackRow> for Stack {
             path: row.path,
             branch: row.branch,
             pool: row.pool,
+            space: row.space,
         };
         Ok(Self {
             spec,
@@ -208,6 +216,7 @@ impl StackSpec {
             managed_state: self.managed_state,
             hooks: super::json_text(&self.hooks),
             scanners: super::json_text(&self.scanners),
+            space: self.space.clone(),
         }
     }
 
@@ -279,6 +288,7 @@ mod tests {
             managed_state: true,
             hooks: Hooks::default(),
             scanners: Vec::new(),
+            space: "root".into(),
         }
     }
 

@@ -206,9 +206,7 @@ impl Runs {
         let current = Stack::try_from(row)?;
         let updated = update.apply(&current)?;
         updated.spec.validate(&self.targets)?;
-        if updated.spec.pool != current.spec.pool && self.store.pool(&updated.spec.pool).await?.is_none() {
-            return Err(RunError::NoSuchPool(updated.spec.pool));
-        }
+        self.check_space(&updated.spec).await?;
         if updated.changes.is_empty() {
             return Ok(current);
         }
@@ -258,6 +256,7 @@ mod tests {
             managed_state: true,
             hooks: Default::default(),
             scanners: Vec::new(),
+            space: "root".into(),
         };
         Stack::new(spec, 1, "admin".into())
     }

@@ -8,6 +8,7 @@ use super::session::{Liveness, liveness};
 use super::{LOGIN_TTL, Sso, SsoError};
 use crate::access::{AuthMethod, Operator, Person};
 use crate::audit::{Append, AuditEvent, Context, Kind};
+use crate::roles::Grants;
 use crate::store::sessions::{self as rows, LoginRow, SessionRow};
 
 /// A finished sign-in.
@@ -222,7 +223,8 @@ impl Sso {
             AuthMethod::Session { person: person.clone(), session }
         };
         Ok(Some(Authenticated {
-            operator: Operator { name: person.id(), via },
+            // Roles come from the bindings, read by the caller per request (`http::extract`).
+            operator: Operator { name: person.id(), via, grants: Grants::default() },
             session_id: row.id,
             expires_at: row.expires_at,
         }))

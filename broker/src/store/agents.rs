@@ -17,6 +17,8 @@ use super::{JobRow, Store, StoreError, conflict_or};
 pub struct PoolRow {
     /// Name (its ID).
     pub name: String,
+    /// The space it belongs to.
+    pub space: String,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -86,6 +88,7 @@ const AGENT_COLUMNS: &str = "id, pool, hostname, version, state, serial, not_aft
 fn pool_from(row: &AnyRow) -> Result<PoolRow, StoreError> {
     Ok(PoolRow {
         name: row.try_get("name")?,
+        space: row.try_get("space")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
     })
@@ -141,7 +144,7 @@ impl Store {
 
     /// The pool called `name`.
     pub async fn pool(&self, name: &str) -> Result<Option<PoolRow>, StoreError> {
-        let row = sqlx::query("SELECT name, created_at, created_by FROM pools WHERE name = $1")
+        let row = sqlx::query("SELECT name, space, created_at, created_by FROM pools WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -150,8 +153,9 @@ impl Store {
 
     /// Every pool, by name.
     pub async fn pools(&self) -> Result<Vec<PoolRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, created_at, created_by FROM pools ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, space, created_at, created_by FROM pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(pool_from).collect()
     }
 
@@ -261,11 +265,11 @@ impl Store {
 }
 
 /// Creates pool `name` (unique: a second one is refused as a duplicate).
-pub fn create_pool(name: &str, who: &str, now: i64) -> Write {
+pub fn create_pool(name: &str, space: &str, who: &str, now: i64) -> Write {
     Write::one(
         format!("pool `{name}`"),
-        "INSERT INTO pools (name, created_at, created_by) VALUES ($1, $2, $3)",
-        vec![name.into(), now.into(), who.into()],
+        "INSERT INTO pools (name, created_at, created_by, space) VALUES ($1, $2, $3, $4)",
+        vec![name.into(), now.into(), who.into(), space.into()],
     )
 }
 

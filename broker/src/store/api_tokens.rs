@@ -12,8 +12,12 @@ pub struct NewApiToken {
     pub id: String,
     /// Unique, human-chosen name.
     pub name: String,
-    /// `admin`, `submit` or `audit`.
+    /// `admin`, `submit`, `review` or `audit`: the scope nearest its role (for listings).
     pub scope: String,
+    /// The space it belongs to.
+    pub space: String,
+    /// Its role there.
+    pub role: String,
     /// SHA-256 of the secret.
     pub token_hash: Vec<u8>,
     /// Creation time.
@@ -31,6 +35,10 @@ pub struct ApiTokenRow {
     pub name: String,
     /// Scope.
     pub scope: String,
+    /// Its space (`None`: made before spaces; its scope's role on `root`).
+    pub space: Option<String>,
+    /// Its role there.
+    pub role: Option<String>,
     /// Creation time.
     pub created_at: i64,
     /// Creator.
@@ -44,6 +52,8 @@ fn from_row(row: &AnyRow) -> Result<ApiTokenRow, StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         scope: row.try_get("scope")?,
+        space: row.try_get("space")?,
+        role: row.try_get("role")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -54,7 +64,8 @@ impl Store {
     /// Stores a new API token. A duplicate name is a [`StoreError::Conflict`].
     pub async fn insert_api_token(&self, token: &NewApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, scope, token_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens (id, name, scope, token_hash, created_at, created_by, space, role) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&token.id)
         .bind(&token.name)
@@ -62,6 +73,8 @@ impl Store {
         .bind(token.token_hash.clone())
         .bind(token.created_at)
         .bind(&token.created_by)
+        .bind(&token.space)
+        .bind(&token.role)
         .execute(&self.pool)
         .await
         .map_err(conflict_or(format!("API token `{}`", token.name)))?;
@@ -71,7 +84,7 @@ impl Store {
     /// Finds a live (not revoked) token by the hash of its secret.
     pub async fn api_token_by_hash(&self, token_hash: &[u8]) -> Result<Option<ApiTokenRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens \
+            "SELECT id, name, scope, space, role, created_at, created_by, revoked_at FROM api_tokens \
              WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(token_hash.to_vec())
@@ -82,10 +95,11 @@ impl Store {
 
     /// All API tokens, by name.
     pub async fn api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, scope, space, role, created_at, created_by, revoked_at FROM api_tokens ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -23,6 +23,7 @@ pub mod runs;
 pub mod scans;
 pub mod sessions;
 mod signing_keys;
+pub mod spaces;
 pub mod state;
 pub mod write;
 
@@ -197,7 +198,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 20] = match self.backend {
+        let files: [(i64, &str, &'static str); 21] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -219,6 +220,7 @@ impl Store {
                 (18, "context_files_hooks", include_str!("../../migrations/sqlite/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
                 (20, "person_sessions", include_str!("../../migrations/sqlite/0020_person_sessions.sql")),
+                (21, "spaces", include_str!("../../migrations/sqlite/0021_spaces.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -241,6 +243,7 @@ impl Store {
                 (18, "context_files_hooks", include_str!("../../migrations/postgres/0018_context_files_hooks.sql")),
                 (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
                 (20, "person_sessions", include_str!("../../migrations/postgres/0020_person_sessions.sql")),
+                (21, "spaces", include_str!("../../migrations/postgres/0021_spaces.sql")),
             ],
         };
         let migrations = files

@@ -39,6 +39,8 @@ pub struct StackRow {
     pub hooks: String,
     /// JSON array of the security scanners its plan jobs run (`["checkov"]`).
     pub scanners: String,
+    /// The space it belongs to.
+    pub space: String,
     /// Creation time.
     pub created_at: i64,
     /// Who created it.
@@ -79,6 +81,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            space,
         } = spec;
         Self {
             name,
@@ -93,6 +96,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            space,
             created_at,
             created_by,
             version: 1,
@@ -135,6 +139,8 @@ pub struct NewStack {
     pub hooks: String,
     /// JSON array of security scanners.
     pub scanners: String,
+    /// The space it belongs to (fixed at creation).
+    pub space: String,
 }
 
 /// A stored run.
@@ -248,7 +254,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift";
@@ -269,6 +275,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         managed_state: row.try_get::<i64, _>("managed_state")? != 0,
         hooks: row.try_get("hooks")?,
         scanners: row.try_get("scanners")?,
+        space: row.try_get("space")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
         version: row.try_get("version")?,
@@ -480,8 +487,8 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by, managed_state, hooks, scanners) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         policies, created_at, created_by, managed_state, hooks, scanners, space) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -497,6 +504,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             i64::from(stack.managed_state).into(),
             stack.hooks.as_str().into(),
             stack.scanners.as_str().into(),
+            stack.space.as_str().into(),
         ],
     )
 }

@@ -442,7 +442,7 @@ async fn the_trail_names_the_people_who_really_approved() {
     // A submit token never approves, its own run or any other.
     let refused = as_token(&broker, &alice, &["run", "approve", &run_id]);
     assert!(!refused.success && refused.stderr.contains("HTTP 403"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("needs the `review` or `admin` scope"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("needs the `reviewer` role or higher"), "{}", refused.stderr);
 
     // An author with every scope: the approval is recorded, never counted, and says why.
     let own = as_token(&broker, &carol, &["run", "submit", "--stack", "network", "--wait", "--timeout", "60s"]);

@@ -36,6 +36,7 @@ mod postgres_broker;
 mod runs;
 mod runs_cli;
 mod scans;
+mod spaces;
 mod sso;
 mod store;
 mod terraform;

@@ -10,6 +10,7 @@ use keyward_broker::audit::{Append, AuditEvent, AuditLog, Committed, Context, Ki
 use keyward_broker::clock::ManualClock;
 use keyward_broker::kek::Kek;
 use keyward_broker::keys::{KeyRing, KeySettings};
+use keyward_broker::roles::{Grants, Role};
 use keyward_broker::runs::Runs;
 use keyward_broker::store::write::{Refusal, Write};
 use keyward_broker::store::{Backend, DatabaseLocation, Store, StoreError};
@@ -123,13 +124,13 @@ async fn api_tokens(store: &Store) {
     let bootstrap = access.bootstrap().await.unwrap().expect("first bootstrap creates a token");
     assert!(access.bootstrap().await.unwrap().is_none(), "bootstrap happens once");
     let admin = access.authenticate(bootstrap.expose()).await.unwrap();
-    assert_eq!(admin.scope(), Some(ApiScope::Admin));
+    assert_eq!(admin.grants, Grants::one("root", Role::Admin));
 
     let ci = access.create("ci", ApiScope::Submit, &admin.name).await.unwrap();
     let duplicate = access.create("ci", ApiScope::Audit, &admin.name).await;
     assert!(matches!(duplicate, Err(AccessError::Store(StoreError::Conflict(_)))), "{duplicate:?}");
     let operator = access.authenticate(ci.expose()).await.unwrap();
-    assert_eq!((operator.name.as_str(), operator.scope()), ("ci", Some(ApiScope::Submit)));
+    assert_eq!((operator.name.as_str(), &operator.grants), ("ci", &Grants::one("root", Role::Submitter)));
     assert!(matches!(operator.require(Permission::Administer), Err(AccessError::InsufficientScope { .. })));
     assert!(matches!(operator.require(Permission::ReviewRuns), Err(AccessError::InsufficientScope { .. })));
 
@@ -141,11 +142,17 @@ async fn api_tokens(store: &Store) {
     assert!(matches!(access.authenticate("kw_forged").await, Err(AccessError::Unauthenticated)));
     assert!(matches!(access.authenticate("").await, Err(AccessError::Unauthenticated)));
 
-    // The review scope is storable on every backend (migration 0010 widened the CHECK).
+    // The review scope is storable on every backend (migration 0010 widened the CHECK); since
+    // spaces it is the reviewer role on root, which also submits (roles are ordered).
     let reviewer = access.create("reviewer", ApiScope::Review, &admin.name).await.unwrap();
     let reviewer = access.authenticate(reviewer.expose()).await.unwrap();
-    assert_eq!(reviewer.scope(), Some(ApiScope::Review));
-    assert!(reviewer.require(Permission::ReviewRuns).is_ok() && reviewer.require(Permission::SubmitRuns).is_err());
+    assert_eq!(reviewer.grants, Grants::one("root", Role::Reviewer));
+    assert!(reviewer.require(Permission::ReviewRuns).is_ok() && reviewer.require(Permission::Administer).is_err());
+
+    // A token in a space holds its role there only, on every backend (migration 0021).
+    let team = access.create_in("team", "root", Role::Viewer, &admin.name).await.unwrap();
+    let team = access.authenticate(team.expose()).await.unwrap();
+    assert_eq!(team.grants, Grants::one("root", Role::Viewer));
 }
 
 /// An entry about run `run`, told apart by `id` in its details.
