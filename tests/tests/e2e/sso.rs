@@ -147,10 +147,25 @@ async fn a_person_signs_in_sees_themself_and_signs_out() {
     assert_eq!((me["name"].as_str(), me["email"].as_str()), (Some("alice"), Some("alice@example.com")));
     assert_eq!(me["groups"], serde_json::json!(["platform"]));
 
-    // Before roles exist, a person may do nothing else.
-    let (status, _, _, refusal) = browser.get(&format!("{}/v1/stacks", broker.addr)).await;
+    // Bound to nothing, a person may do nothing else.
+    let stacks = format!("{}/v1/stacks", broker.addr);
+    let (status, _, _, refusal) = browser.get(&stacks).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(refusal["error_description"].as_str().unwrap().starts_with("signed in as alice <alice@example.com>"));
+    let refused = refusal["error_description"].as_str().unwrap();
+    assert!(refused.contains("signed in as alice <alice@example.com>, it holds no role"), "{refused}");
+    assert_eq!(me["roles"], serde_json::json!({}));
+    // Their group bound to a role: it holds at once (bindings are read per request), and no longer
+    // once unbound.
+    let bind = broker.cli(&["space", "bind", "root", "--role", "viewer", "--group", "platform"]);
+    assert!(bind.success, "{}", bind.stderr);
+    let (status, _, _, listed) = browser.get(&stacks).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let (_, _, _, me) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    assert_eq!(me["roles"], serde_json::json!({"root": "viewer"}), "{me}");
+    let unbind = broker.cli(&["space", "unbind", "root", "--role", "viewer", "--group", "platform"]);
+    assert!(unbind.success, "{}", unbind.stderr);
+    let (status, ..) = browser.get(&stacks).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 
     let signed_in = audit_kinds(&broker, "person.signed_in");
     assert_eq!(signed_in.len(), 1);
