@@ -56,9 +56,41 @@ approvers contains who if {
 	some review in object.get(input, "approvals", [])
 	review.decision == "approve"
 	review.counted == true
+	may_approve(review)
 	who := review.by
 	who != author
 }
+
+# Who may approve, besides never the author (docs/access.md, "Approvals by people"):
+# - where `settings.mfa_required_envs` lists the env (prod by default), only a person who signed in
+#   with MFA (`mfa` in the ID token's `amr`) and holds `reviewer` or `admin` in the stack's space;
+#   an API token's approval does not count there;
+# - elsewhere, a caller that held `reviewer` or `admin` in the stack's space when reviewing.
+# Reviews recorded before reviewers' identities were (no `reviewer`) and the broker's in-process
+# reviews (kind `broker`) count outside those envs only.
+may_approve(review) if {
+	not mfa_required
+	not is_object(review.reviewer)
+}
+
+may_approve(review) if {
+	not mfa_required
+	review.reviewer.kind == "broker"
+}
+
+may_approve(review) if {
+	not mfa_required
+	review.reviewer.role in {"reviewer", "admin"}
+}
+
+may_approve(review) if {
+	mfa_required
+	review.reviewer.kind == "person"
+	review.reviewer.role in {"reviewer", "admin"}
+	"mfa" in review.reviewer.amr
+}
+
+mfa_required if env in object.get(data.keyward.settings, "mfa_required_envs", ["prod"])
 
 reject contains msg if {
 	some review in object.get(input, "approvals", [])
@@ -83,6 +115,28 @@ pending contains msg if {
 		"data.json gives no number of approvals for env=%s (settings.required_approvals, settings.default_required_approvals)",
 		[env_name],
 	)
+}
+
+pending contains msg if {
+	not approve
+	count(reject) == 0
+	some review in object.get(input, "approvals", [])
+	review.decision == "approve"
+	review.by != author
+	not may_approve(review)
+	mfa_required
+	msg := sprintf("%s's approval does not count: env=%s needs a person who signed in with MFA and holds the reviewer role in the stack's space", [review.by, env_name])
+}
+
+pending contains msg if {
+	not approve
+	count(reject) == 0
+	some review in object.get(input, "approvals", [])
+	review.decision == "approve"
+	review.by != author
+	not may_approve(review)
+	not mfa_required
+	msg := sprintf("%s's approval does not count: they did not hold the reviewer role in the stack's space", [review.by])
 }
 
 pending contains msg if {

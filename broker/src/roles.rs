@@ -173,6 +173,12 @@ impl Actor {
         }
     }
 
+    /// Who this is on the record (a run's author, a reviewer, an audit entry's actor): a person's
+    /// `issuer#subject`, as the identity provider vouched; a token's or the broker's name.
+    pub fn id(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.name)
+    }
+
     /// The broker acting on its own, or a caller known by name only.
     pub fn broker(name: &str) -> Self {
         Self { kind: ActorKind::Broker, roles: BTreeMap::new(), ..Self::token(name, &Grants::default()) }

@@ -292,7 +292,19 @@ fn approval_input() -> Section {
                         "at": {"type": "integer"},
                         "comment": {"type": "string"},
                         "author": {"type": "boolean", "description": "the reviewer submitted the run"},
-                        "counted": {"type": "boolean", "description": "false for the author's own approval, which never counts"}
+                        "counted": {"type": "boolean", "description": "false for the author's own approval, which never counts"},
+                        "reviewer": {
+                            "type": ["object", "null"],
+                            "description": "who reviewed, as verified at review time (null for reviews recorded before identities were)",
+                            "properties": {
+                                "kind": {"enum": ["person", "token", "broker"]},
+                                "name": {"type": "string"},
+                                "subject": {"type": ["string", "null"], "description": "a person's `issuer#subject`"},
+                                "groups": {"type": "array", "items": {"type": "string"}},
+                                "amr": {"type": "array", "items": {"type": "string"}, "description": "how a person authenticated (`mfa`)"},
+                                "role": {"enum": ["viewer", "submitter", "reviewer", "admin", null], "description": "the role held in the stack's space (its own or inherited)"}
+                            }
+                        }
                     },
                     "required": ["by", "decision", "author", "counted"]
                 }

@@ -118,6 +118,10 @@ pub struct ReviewView {
     /// Why it does not count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<&'static str>,
+    /// Who, as verified at review time: kind, name, `issuer#subject`, groups, `amr`, role in the
+    /// stack's space (absent for reviews recorded before identities were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<Value>,
 }
 
 /// One job.
@@ -297,7 +301,7 @@ impl Runs {
         caller: Context,
         claim: Option<&drift_schedule::FireClaim>,
     ) -> Result<RunView, RunError> {
-        let who = actor.name.as_str();
+        let who = actor.id();
         let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
         let run = self.new_run(submission, &stack, pull_request, who).await?;
@@ -436,11 +440,18 @@ impl Runs {
         actor: &Actor,
         caller: Context,
     ) -> Result<ReviewOutcome, RunError> {
-        let who = actor.name.as_str();
+        let who = actor.id();
         let (run, state, mut reviews) = self.reviewable(id, who, comment.as_deref()).await?;
         let stack = self.stack(&run.stack).await?;
         let now = self.clock.now();
-        let review = ReviewRow { reviewer: who.to_owned(), decision: verdict.as_str().to_owned(), comment, at: now };
+        let identity = self.reviewer_identity(actor, &stack).await?;
+        let review = ReviewRow {
+            reviewer: who.to_owned(),
+            decision: verdict.as_str().to_owned(),
+            comment,
+            at: now,
+            identity: Some(identity.to_string()),
+        };
         reviews.push(review.clone());
         let decision = self.decide(PolicyKind::Approval, || {
             policy_input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), Some(actor), now)
@@ -463,6 +474,23 @@ impl Runs {
             self.signals.queued(&stack.spec.pool);
         }
         Ok(ReviewOutcome { run: self.run(id).await?, approval: decision.outcome, reasons: decision.reasons })
+    }
+
+    /// Who `actor` is, as the review records it: kind, name, `issuer#subject`, groups, `amr`, and
+    /// the role they hold in `stack`'s space now (its own or inherited from a space above).
+    async fn reviewer_identity(&self, actor: &Actor, stack: &Stack) -> Result<Value, RunError> {
+        let tree =
+            crate::roles::SpaceTree::new(self.store.spaces().await?.into_iter().map(|row| (row.name, row.parent)));
+        let chain = tree.chain(&stack.spec.space).unwrap_or_default();
+        let role = chain.iter().filter_map(|space| actor.roles.get(space)).max().copied();
+        Ok(serde_json::json!({
+            "kind": actor.kind,
+            "name": actor.name,
+            "subject": actor.subject,
+            "groups": actor.groups,
+            "amr": actor.amr,
+            "role": role,
+        }))
     }
 
     /// Run `id`, its state and its reviews so far, if `who` may review it now: the run is planned,
@@ -612,6 +640,7 @@ fn reviewed_event(context: &Context, author: &str, review: &ReviewRow, decision:
     let note = judged.first().and_then(|j| j.note);
     AuditEvent::new(Kind::RunReviewed, now, context.clone())
         .with("decision", review.decision.as_str())
+        .with("reviewer", review.identity.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null))
         .with("comment", review.comment.clone().map_or(Value::Null, Value::from))
         .with("counted", note.is_none())
         .with("note", note.map_or(Value::Null, Value::from))
@@ -682,6 +711,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow], scans: &[crate::sto
             at: judged.review.at,
             counted: judged.counted,
             note: judged.note,
+            reviewer: judged.review.identity.as_deref().and_then(|i| serde_json::from_str(i).ok()),
         })
         .collect();
     RunView {

@@ -83,6 +83,11 @@ pub(super) fn approval_input(
             if let (Some(comment), Some(object)) = (&r.comment, review.as_object_mut()) {
                 object.insert("comment".to_owned(), json!(comment));
             }
+            // Who, as verified at review time (null for reviews recorded before identities were).
+            let reviewer: Value = r.identity.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
+            if let Some(object) = review.as_object_mut() {
+                object.insert("reviewer".to_owned(), reviewer);
+            }
             review
         })
         .collect();

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
 
     fn review(who: &str, decision: &str) -> ReviewRow {
-        ReviewRow { reviewer: who.into(), decision: decision.into(), comment: None, at: 1 }
+        ReviewRow { reviewer: who.into(), decision: decision.into(), comment: None, at: 1, identity: None }
     }
 
     #[test]

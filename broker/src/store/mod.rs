@@ -198,7 +198,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 21] = match self.backend {
+        let files: [(i64, &str, &'static str); 22] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -221,6 +221,7 @@ impl Store {
                 (19, "scans", include_str!("../../migrations/sqlite/0019_scans.sql")),
                 (20, "person_sessions", include_str!("../../migrations/sqlite/0020_person_sessions.sql")),
                 (21, "spaces", include_str!("../../migrations/sqlite/0021_spaces.sql")),
+                (22, "reviewer_identity", include_str!("../../migrations/sqlite/0022_reviewer_identity.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -244,6 +245,7 @@ impl Store {
                 (19, "scans", include_str!("../../migrations/postgres/0019_scans.sql")),
                 (20, "person_sessions", include_str!("../../migrations/postgres/0020_person_sessions.sql")),
                 (21, "spaces", include_str!("../../migrations/postgres/0021_spaces.sql")),
+                (22, "reviewer_identity", include_str!("../../migrations/postgres/0022_reviewer_identity.sql")),
             ],
         };
         let migrations = files

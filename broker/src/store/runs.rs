@@ -187,6 +187,9 @@ pub struct ReviewRow {
     pub comment: Option<String>,
     /// When.
     pub at: i64,
+    /// Who, as verified then (JSON: kind, name, subject, groups, amr, role in the stack's space);
+    /// `None` for reviews recorded before reviewers' identities were.
+    pub identity: Option<String>,
 }
 
 /// A stored job.
@@ -384,7 +387,8 @@ impl Store {
         let columns: Vec<String> = RUN_COLUMNS.split(", ").map(|c| format!("r.{}", c.trim())).collect();
         let sql = format!(
             "SELECT {}, s.repository AS stack_repository, v.reviewer AS review_reviewer, \
-             v.decision AS review_decision, v.comment AS review_comment, v.at AS review_at \
+             v.decision AS review_decision, v.comment AS review_comment, v.at AS review_at, \
+             v.identity AS review_identity \
              FROM runs r LEFT JOIN stacks s ON s.name = r.stack LEFT JOIN run_reviews v ON v.run_id = r.id \
              WHERE r.id = $1 ORDER BY v.at, v.reviewer",
             columns.join(", ")
@@ -402,6 +406,7 @@ impl Store {
                     decision: row.try_get("review_decision")?,
                     comment: row.try_get("review_comment")?,
                     at: row.try_get("review_at")?,
+                    identity: row.try_get("review_identity")?,
                 });
             }
         }
@@ -411,7 +416,7 @@ impl Store {
     /// A run's reviews, oldest first.
     pub async fn reviews(&self, run_id: &str) -> Result<Vec<ReviewRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT reviewer, decision, comment, at FROM run_reviews WHERE run_id = $1 ORDER BY at, reviewer",
+            "SELECT reviewer, decision, comment, at, identity FROM run_reviews WHERE run_id = $1 ORDER BY at, reviewer",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -423,6 +428,7 @@ impl Store {
                     decision: row.try_get("decision")?,
                     comment: row.try_get("comment")?,
                     at: row.try_get("at")?,
+                    identity: row.try_get("identity")?,
                 })
             })
             .collect()
@@ -603,13 +609,14 @@ pub fn record_drift(run_id: &str, drifted: bool) -> Write {
 pub fn insert_review(run_id: &str, review: &ReviewRow) -> Write {
     Write::one(
         format!("review of run {run_id} by {}", review.reviewer),
-        "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO run_reviews (run_id, reviewer, decision, comment, at, identity) VALUES ($1, $2, $3, $4, $5, $6)",
         vec![
             run_id.into(),
             review.reviewer.as_str().into(),
             review.decision.as_str().into(),
             review.comment.clone().into(),
             review.at.into(),
+            review.identity.clone().into(),
         ],
     )
 }

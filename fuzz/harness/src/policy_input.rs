@@ -113,6 +113,7 @@ fn targets() -> &'static (TargetConfig, TargetConfig) {
             duration: Duration::from_secs(3600),
             labels: labels.clone(),
             write_subjects: vec![WriteSubject::Job],
+            spaces: vec!["root".to_owned()],
             kind: TargetKind::Aws(AwsTarget {
                 role_arn: "arn:aws:iam::123456789012:role/plan".to_owned(),
                 region: "us-east-1".to_owned(),
@@ -129,6 +130,7 @@ fn targets() -> &'static (TargetConfig, TargetConfig) {
             duration: Duration::from_secs(30 * 60),
             labels,
             write_subjects: vec![WriteSubject::Job, WriteSubject::Run, WriteSubject::Ci],
+            spaces: vec!["root".to_owned()],
             kind: TargetKind::Vault(VaultTarget {
                 address: "https://vault.example".to_owned(),
                 auth_mount: "jwt".to_owned(),

@@ -47,6 +47,14 @@ impl Browser {
         self.take(response).await
     }
 
+    /// POST `body` as JSON with the cookies and the CSRF header.
+    async fn post_json(&mut self, url: &str, csrf: &str, body: Value) -> (StatusCode, String, Vec<String>, Value) {
+        let request =
+            self.client.post(url).header("cookie", self.cookie_header()).header("x-keyward-csrf", csrf).json(&body);
+        let response = request.send().await.unwrap();
+        self.take(response).await
+    }
+
     async fn take(&mut self, response: reqwest::Response) -> (StatusCode, String, Vec<String>, Value) {
         let status = response.status();
         let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
@@ -362,4 +370,113 @@ async fn keyward_login_no_browser_driven_headless_then_whoami_and_logout() {
 
 async fn http_post_json(url: &str, body: Value) -> StatusCode {
     reqwest::Client::new().post(url).json(&body).send().await.unwrap().status()
+}
+
+/// The trail's human end with a real identity provider: a person signs in (browser flow against
+/// OpenBao's OIDC provider), their group is bound to `reviewer` on the stack's space, they approve
+/// a run someone else submitted (session cookie + CSRF), the apply gets write credentials from
+/// moto's STS, and the run token, the session tags, the run's review record and `keyward audit
+/// trace <access key ID>` all name them by `issuer#subject`, as the provider vouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_person_approves_a_run_and_the_trace_names_them() {
+    use keyward_tests::agent::Agent;
+    use keyward_tests::git::GitRepo;
+    use keyward_tests::moto::Moto;
+    const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
+    const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/staging-apply";
+
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::start(dir.path()).await;
+    let moto = Moto::start(dir.path()).await;
+    let sts = &moto.endpoint;
+    let extra = format!(
+        "[policy]\ndir = \"{policies}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
+         [agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n\
+         [[targets]]\nname = \"state-read\"\ntype = \"aws\"\naccess = \"read\"\nrole_arn = \"{ROLE_READ}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"15m\"\nmode = \"broker\"\n\
+         [[targets]]\nname = \"staging-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
+         region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
+         labels = {{ env = \"staging\" }}\n",
+        policies = keyward_tests::workspace_root().join("policies").display(),
+        agents = free_addr(),
+    );
+    let (broker, provider) = broker_with_sso(dir.path(), &bao, "keyward", &extra).await;
+    let dana = bao.oidc_user("dana", &["release-managers"]).await;
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    let url = repo.url();
+    let created = broker.cli(&[
+        "stack",
+        "create",
+        "network",
+        "--repository",
+        &url,
+        "--label",
+        "env=staging",
+        "--plan-target",
+        "aws:state-read",
+        "--apply-target",
+        "aws:staging-apply",
+    ]);
+    assert!(created.success, "{}", created.stderr);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let exec = format!("env | grep '^AWS_' | sort > '{}'/\"$KEYWARD_PHASE\".env", out.display());
+    let token = broker.cli(&["pool", "join-token", "default", "--json"]);
+    let token: Value = serde_json::from_str(&token.stdout).unwrap();
+    let agent = Agent::enroll_and_run(&broker.addr, token["token"].as_str().unwrap(), &dir.path().join("agent"), &exec);
+    let bound = broker.cli(&["space", "bind", "root", "--role", "reviewer", "--group", "release-managers"]);
+    assert!(bound.success, "{}", bound.stderr);
+
+    // Dana signs in in a browser.
+    let mut browser = Browser::new();
+    let callback = authorized_callback(&mut browser, &broker, &bao, &dana).await;
+    let (status, _, _, body) = browser.get(&callback).await;
+    assert_eq!(status, StatusCode::FOUND, "{body}");
+    let (_, _, _, me) = browser.get(&format!("{}/v1/me", broker.addr)).await;
+    let dana_id = me["id"].as_str().unwrap().to_owned();
+    assert_eq!(dana_id, format!("{}#{}", provider.issuer, me["subject"].as_str().unwrap()));
+
+    // The admin token submits; the run waits for one approval (env=staging).
+    let submitted = broker.cli(&["run", "submit", "--stack", "network"]);
+    assert!(submitted.success, "{}", submitted.stderr);
+    let run_id = submitted.stdout.trim().to_owned();
+    let settled = |states: &'static [&'static str]| {
+        let (broker, run_id) = (&broker, run_id.clone());
+        keyward_tests::eventually("the run to settle", std::time::Duration::from_secs(60), move || {
+            let shown = broker.cli(&["run", "show", &run_id, "--json"]);
+            let run: Value = serde_json::from_str(&shown.stdout).unwrap_or(Value::Null);
+            let done = run["state"].as_str().is_some_and(|s| states.contains(&s) || s == "failed");
+            async move { done.then_some(run) }
+        })
+    };
+    let planned = settled(&["planned"]).await;
+    assert_eq!(planned["state"], "planned", "{planned}\n{}", agent.log_text());
+
+    // Dana approves in the browser: the cookie and the CSRF header.
+    let csrf = browser.cookie("keyward_csrf").unwrap().to_owned();
+    let approve = format!("{}/v1/runs/{run_id}/approve", broker.addr);
+    let (status, _, _, body) = browser.post_json(&approve, &csrf, serde_json::json!({"comment": "LGTM"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let finished = settled(&["finished"]).await;
+    assert_eq!(finished["state"], "finished", "{finished}\n{}", agent.log_text());
+    let review = &finished["reviews"][0];
+    assert_eq!((review["by"].as_str(), review["counted"].as_bool()), (Some(dana_id.as_str()), Some(true)));
+    assert_eq!(review["reviewer"]["kind"], "person", "{review}");
+    assert_eq!(review["reviewer"]["role"], "reviewer", "{review}");
+    assert_eq!(review["reviewer"]["groups"], serde_json::json!(["release-managers"]), "{review}");
+
+    // What STS was shown for the apply, and the trace of the apply's key: Dana, as vouched for.
+    let apply = std::fs::read_to_string(out.join("apply.env")).unwrap();
+    let apply_key = apply.lines().find_map(|l| l.strip_prefix("AWS_ACCESS_KEY_ID=")).unwrap().to_owned();
+    let requests = moto.sts_requests();
+    let apply_request = requests.iter().find(|r| r.field("RoleArn") == Some(ROLE_WRITE)).expect("an apply STS call");
+    let verdict = broker.pyjwt_verify(apply_request.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
+    assert_eq!(verdict["claims"]["approved_by"], serde_json::json!([dana_id]), "{verdict}");
+    let trace = broker.cli(&["audit", "trace", &apply_key]);
+    assert!(trace.success, "{}", trace.stderr);
+    assert!(trace.stdout.contains(&dana_id), "{}", trace.stdout);
+    let reviewed = audit_kinds(&broker, "run.reviewed");
+    let entry = &reviewed.last().unwrap()["entry"];
+    assert_eq!(entry["context"]["actor"], dana_id.as_str(), "{entry}");
+    assert_eq!(entry["details"]["reviewer"]["kind"], "person", "{entry}");
 }
