@@ -116,6 +116,10 @@ pub enum Kind {
     RoleBound,
     /// A role binding was removed.
     RoleUnbound,
+    /// An API token was created: its name, space and role, who created it (never the secret).
+    ApiTokenCreated,
+    /// An API token was revoked: its name, who revoked it.
+    ApiTokenRevoked,
 }
 
 impl Kind {
@@ -167,6 +171,8 @@ impl Kind {
             Self::SpaceDeleted => kinds::SPACE_DELETED,
             Self::RoleBound => kinds::ROLE_BOUND,
             Self::RoleUnbound => kinds::ROLE_UNBOUND,
+            Self::ApiTokenCreated => kinds::API_TOKEN_CREATED,
+            Self::ApiTokenRevoked => kinds::API_TOKEN_REVOKED,
         }
     }
 }
@@ -263,6 +269,10 @@ pub mod kinds {
     pub const ROLE_BOUND: &str = "role.bound";
     /// [`super::Kind::RoleUnbound`].
     pub const ROLE_UNBOUND: &str = "role.unbound";
+    /// [`super::Kind::ApiTokenCreated`].
+    pub const API_TOKEN_CREATED: &str = "api_token.created";
+    /// [`super::Kind::ApiTokenRevoked`].
+    pub const API_TOKEN_REVOKED: &str = "api_token.revoked";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -21,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::audit::{Append, AuditEvent, AuditLog, ChangeError, Context, Kind};
 use crate::clock::SharedClock;
 use crate::roles::{Actor, ActorKind, Grants, ROOT, Role};
 use crate::store::{ApiTokenRow, NewApiToken, Store, StoreError};
@@ -378,6 +379,63 @@ impl Access {
         Ok(secret)
     }
 
+    /// [`create_in`](Self::create_in), committed with its `api_token.created` entry on `audit`
+    /// (by `who`): what `POST /v1/api-tokens` does. The entry names the token, its space and role,
+    /// never its secret.
+    pub async fn create_recorded(
+        &self,
+        audit: &AuditLog,
+        name: &str,
+        grant: (&str, Role),
+        who: &str,
+        caller: Context,
+    ) -> Result<ApiTokenSecret, AccessError> {
+        let (space, role) = grant;
+        if !valid_name(name) {
+            return Err(AccessError::InvalidName(name.to_owned()));
+        }
+        let secret = generate_secret();
+        let token = NewApiToken {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            scope: ApiScope::of_role(role).as_str().to_owned(),
+            space: space.to_owned(),
+            role: role.as_str().to_owned(),
+            token_hash: token_hash(secret.expose()),
+            created_at: self.clock.now(),
+            created_by: who.to_owned(),
+        };
+        let event = AuditEvent::new(Kind::ApiTokenCreated, token.created_at, crate::audit::events::by(who, caller))
+            .with("name", name)
+            .with("space", space)
+            .with("role", role.as_str())
+            .with_ref("space", space);
+        let append = Append::changes(vec![crate::store::api_tokens::insert(&token)], vec![event]);
+        audit.append(append).await?.into_change().map_err(change_error)?;
+        tracing::info!(name, space, role = role.as_str(), created_by = who, "created API token");
+        Ok(secret)
+    }
+
+    /// Revokes the live token `name`, committed with its `api_token.revoked` entry; `false` when
+    /// there is no live token of that name.
+    pub async fn revoke_recorded(
+        &self,
+        audit: &AuditLog,
+        name: &str,
+        who: &str,
+        caller: Context,
+    ) -> Result<bool, AccessError> {
+        let now = self.clock.now();
+        let event =
+            AuditEvent::new(Kind::ApiTokenRevoked, now, crate::audit::events::by(who, caller)).with("name", name);
+        let append = Append::changes(vec![crate::store::api_tokens::revoke(name, now)], vec![event]);
+        match audit.append(append).await?.into_change() {
+            Ok(()) => Ok(true),
+            Err(ChangeError::Moved { .. } | ChangeError::Rejected { .. }) => Ok(false),
+            Err(other) => Err(change_error(other)),
+        }
+    }
+
     /// Creates the bootstrap admin token if no token was ever created. `None` if one exists.
     pub async fn bootstrap(&self) -> Result<Option<ApiTokenSecret>, AccessError> {
         if self.store.api_token_count().await? > 0 {
@@ -415,6 +473,15 @@ impl Access {
     /// Revokes a token by name.
     pub async fn revoke(&self, name: &str) -> Result<bool, AccessError> {
         Ok(self.store.revoke_api_token(name, self.clock.now()).await?)
+    }
+}
+
+/// A refused token change as an access error: a taken name is a conflict, as the direct insert says.
+fn change_error(error: ChangeError) -> AccessError {
+    match error {
+        ChangeError::Duplicate { what } => AccessError::Store(StoreError::Conflict(what)),
+        ChangeError::Store(store) => AccessError::Store(store),
+        other => AccessError::Store(StoreError::Append(other.to_string())),
     }
 }
 

@@ -199,13 +199,15 @@ impl CreateApiTokenBody {
 /// `POST /v1/api-tokens`: needs `admin` in the token's space.
 pub(super) async fn create_api_token(
     State(state): State<AppState>,
+    extensions: axum::http::Extensions,
     Scoped { operator, .. }: Scoped<can::Administer>,
     body: Result<ApiJson<CreateApiTokenBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body?;
     let (space, role) = body.grant()?;
     Guard::new(&state, operator.clone()).await?.require_to_create(Permission::Administer, &space)?;
-    let secret = state.access.create_in(&body.name, &space, role, &operator.name).await?;
+    let caller = super::caller(&extensions);
+    let secret = state.access.create_recorded(&state.audit, &body.name, (&space, role), &operator.name, caller).await?;
     let scope = ApiScope::of_role(role);
     let response = json!({ "name": body.name, "space": space, "role": role, "scope": scope, "token": secret.expose() });
     Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(response)).into_response())
@@ -246,6 +248,7 @@ pub(super) async fn list_api_tokens(
 /// `DELETE /v1/api-tokens/{name}`: needs `admin` in the token's space.
 pub(super) async fn revoke_api_token(
     State(state): State<AppState>,
+    extensions: axum::http::Extensions,
     Scoped { operator, .. }: Scoped<can::Administer>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -253,7 +256,7 @@ pub(super) async fn revoke_api_token(
     let token = state.access.list().await?.into_iter().find(|t| t.name == name).ok_or_else(hidden)?;
     let (space, _) = token_grant(&token);
     Guard::new(&state, operator.clone()).await?.require(Permission::Administer, &space, hidden)?;
-    if !state.access.revoke(&name).await? {
+    if !state.access.revoke_recorded(&state.audit, &name, &operator.name, super::caller(&extensions)).await? {
         return Err(ApiError::not_found(format!("no live API token named `{name}`")));
     }
     tracing::info!(name, revoked_by = %operator.name, "revoked API token");

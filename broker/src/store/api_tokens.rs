@@ -3,6 +3,7 @@
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::write::Write;
 use super::{Store, StoreError, conflict_or};
 
 /// An API token to store. Carries the hash, never the secret.
@@ -117,4 +118,33 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// Creates `token`, to commit with its `api_token.created` entry (a name taken is a duplicate).
+pub fn insert(token: &NewApiToken) -> Write {
+    Write::one(
+        format!("API token `{}`", token.name),
+        "INSERT INTO api_tokens (id, name, scope, token_hash, created_at, created_by, space, role) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        vec![
+            token.id.as_str().into(),
+            token.name.as_str().into(),
+            token.scope.as_str().into(),
+            token.token_hash.clone().into(),
+            token.created_at.into(),
+            token.created_by.as_str().into(),
+            token.space.as_str().into(),
+            token.role.as_str().into(),
+        ],
+    )
+}
+
+/// Revokes the live token `name` at `at`, to commit with its `api_token.revoked` entry (none
+/// live: the change does not hold).
+pub fn revoke(name: &str, at: i64) -> Write {
+    Write::one(
+        format!("live API token `{name}`"),
+        "UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
+        vec![name.into(), at.into()],
+    )
 }

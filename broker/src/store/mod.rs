@@ -5,7 +5,7 @@
 //! differ (`BLOB` vs `BYTEA`). The store knows nothing about HTTP or crypto: it moves rows.
 
 pub mod agents;
-mod api_tokens;
+pub mod api_tokens;
 pub(crate) mod audit;
 pub(crate) mod audit_batch;
 pub(crate) mod audit_codec;

@@ -282,9 +282,21 @@ async fn old_tokens_keep_working(broker: &Broker, world: &World) {
     assert_eq!(status, 201, "a `submit` scope token is a submitter on root: {body}");
     assert_eq!(get(broker, &old, &format!("/v1/runs/{}", world.runs["stack-a"])).await.0, 200);
     let audit = token_of(&broker.cli(&["token", "create-api", "--name", "old-audit", "--scope", "audit", "--json"]));
-    let tail = get(broker, &audit, "/v1/audit/entries?tail=5&kind=space.created").await.1;
-    assert_eq!(tail["entries"].as_array().unwrap().len(), 4, "an `audit` token reads the whole log: {tail}");
+    let entries = get(broker, &audit, "/v1/audit/entries?tail=5&kind=space.created").await.1;
+    assert_eq!(entries["entries"].as_array().unwrap().len(), 4, "an `audit` token reads the whole log: {entries}");
     assert_eq!(get(broker, &broker.admin_token, "/v1/keys").await.0, 200);
+    // Token creation and revocation are on the record: name, space, role, who; never a secret.
+    let created = tail(broker, "api_token.created");
+    assert!(created.contains("\"old-audit\"") && created.contains("\"viewer\""), "{created}");
+    assert!(!created.contains(&old) && !created.contains(&audit), "never the secret: {created}");
+    let (status, _) =
+        call(broker, &broker.admin_token, reqwest::Method::DELETE, "/v1/api-tokens/old-audit", None).await;
+    assert_eq!(status, 200);
+    assert!(tail(broker, "api_token.revoked").contains("\"old-audit\""));
+    assert_eq!(get(broker, &audit, "/v1/stacks").await.0, 401, "a revoked token is refused");
+    let (status, _) =
+        call(broker, &broker.admin_token, reqwest::Method::DELETE, "/v1/api-tokens/old-audit", None).await;
+    assert_eq!(status, 404, "revoked once");
 }
 
 async fn bad_input_is_refused_with_nothing_stored(broker: &Broker) {
