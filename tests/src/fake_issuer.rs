@@ -3,7 +3,9 @@
 //! fail its JWKS endpoint. It exists for faults a real provider cannot be made to show on demand:
 //! how often the broker refetches keys when flooded with tokens naming unknown keys, whether cached
 //! keys expire, whether a failing endpoint is hammered. Everything else about CI issuers is tested
-//! against OpenBao's real OIDC provider.
+//! against OpenBao's real OIDC provider. For sign-in it also has authorization and token
+//! endpoints whose token endpoint answers with whatever ID token the test set: what only a broken
+//! or hostile provider sends (an ID token for another client), which OpenBao cannot be made to.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,8 @@ struct Inner {
     max_age: AtomicU64,
     /// The JWKS endpoint answers 500.
     failing: AtomicBool,
+    /// What the token endpoint answers with as the `id_token` (none: it refuses).
+    id_token: Mutex<Option<String>>,
 }
 
 /// A running fake issuer; stops when dropped.
@@ -55,12 +59,18 @@ impl FakeIssuer {
             padding: AtomicUsize::new(0),
             max_age: AtomicU64::new(u64::MAX),
             failing: AtomicBool::new(false),
+            id_token: Mutex::new(None),
         });
         let app = Router::new()
             .route(
                 "/.well-known/openid-configuration",
                 get(|State(inner): State<Arc<Inner>>| async move {
-                    axum::Json(json!({ "issuer": inner.url, "jwks_uri": format!("{}/jwks", inner.url) }))
+                    axum::Json(json!({
+                        "issuer": inner.url,
+                        "jwks_uri": format!("{}/jwks", inner.url),
+                        "authorization_endpoint": format!("{}/authorize", inner.url),
+                        "token_endpoint": format!("{}/token", inner.url),
+                    }))
                 }),
             )
             .route(
@@ -78,6 +88,19 @@ impl FakeIssuer {
                         u64::MAX => body.into_response(),
                         age => ([(axum::http::header::CACHE_CONTROL, format!("public, max-age={age}"))], body)
                             .into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/token",
+                axum::routing::post(|State(inner): State<Arc<Inner>>| async move {
+                    use axum::response::IntoResponse as _;
+                    match inner.id_token.lock().expect("lock").clone() {
+                        Some(id_token) => axum::Json(
+                            json!({ "access_token": "stand-in", "token_type": "Bearer", "id_token": id_token }),
+                        )
+                        .into_response(),
+                        None => axum::http::StatusCode::BAD_REQUEST.into_response(),
                     }
                 }),
             )
@@ -122,6 +145,11 @@ impl FakeIssuer {
     /// The current signing key (to keep signing with it after a rotation).
     pub fn current_signer(&self) -> Arc<Signer> {
         Arc::clone(&self.inner.signer.lock().expect("lock"))
+    }
+
+    /// Makes the token endpoint answer every code with `id_token`.
+    pub fn answer_codes_with(&self, id_token: String) {
+        *self.inner.id_token.lock().expect("lock") = Some(id_token);
     }
 
     /// Pads the JWKS with `bytes` of junk from now on.

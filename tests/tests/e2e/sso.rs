@@ -480,3 +480,57 @@ async fn a_signed_in_person_approves_a_run_and_the_trace_names_them() {
     assert_eq!(entry["context"]["actor"], dana_id.as_str(), "{entry}");
     assert_eq!(entry["details"]["reviewer"]["kind"], "person", "{entry}");
 }
+
+/// An ID token the provider issued to another client (a broken or hostile provider's answer; a
+/// stand-in provider, `FakeIssuer`, gives it, since OpenBao never would) is refused: no session,
+/// no cookie, and the refusal is on the audit log (its signature verified, so the provider said it).
+/// The same token for this client, with the pending login's nonce, signs in: the refusal was the
+/// audience, nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_token_for_another_client_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = keyward_tests::fake_issuer::FakeIssuer::start().await;
+    let secret = dir.path().join("client.secret");
+    std::fs::write(&secret, "stand-in-secret").unwrap();
+    let addr = free_addr();
+    let rest = format!(
+        "[sso]\nissuer = \"{}\"\nclient_id = \"keyward\"\nclient_secret_file = \"{}\"\nalgorithms = [\"ES256\"]\n",
+        provider.url(),
+        secret.display()
+    );
+    let data_dir = dir.path().join("broker");
+    let config = dir.path().join("keyward.toml");
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await;
+
+    let sign_in = |audience: &'static str| {
+        let (broker, provider) = (&broker, &provider);
+        async move {
+            let mut browser = Browser::new();
+            let (status, location, _, body) = browser.get(&format!("{}/auth/login", broker.addr)).await;
+            assert_eq!(status, StatusCode::FOUND, "{body}");
+            let url = reqwest::Url::parse(&location).unwrap();
+            let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).unwrap();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            provider.answer_codes_with(provider.token(serde_json::json!({
+                "sub": "mallory", "aud": audience, "nonce": param("nonce"), "iat": now, "exp": now + 300,
+                "name": "mallory", "email": "m@example.com",
+            })));
+            let callback = format!("{}/auth/callback?code=stand-in-code&state={}", broker.addr, param("state"));
+            let (status, _, set, body) = browser.get(&callback).await;
+            (status, set, body)
+        }
+    };
+    let (status, set, body) = sign_in("another-client").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(set.iter().all(|l| !l.starts_with("keyward_session=")), "no session cookie: {set:?}");
+    assert_eq!(count(&broker, "person_sessions").await, 0);
+    let failed = audit_kinds(&broker, "person.sign_in_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].to_string().contains("aud"), "{}", failed[0]);
+
+    let (status, set, body) = sign_in("keyward").await;
+    assert_eq!(status, StatusCode::FOUND, "the same token for this client signs in: {body}");
+    assert!(set.iter().any(|l| l.starts_with("keyward_session=")), "{set:?}");
+    assert_eq!(count(&broker, "person_sessions").await, 1);
+}
