@@ -120,6 +120,9 @@ pub enum Kind {
     ApiTokenCreated,
     /// An API token was revoked: its name, who revoked it.
     ApiTokenRevoked,
+    /// A signed GitHub webhook delivery was accepted and queued: its event, delivery ID,
+    /// repository, pull request, head SHA and sender (never the webhook secret).
+    VcsDeliveryAccepted,
 }
 
 impl Kind {
@@ -173,6 +176,7 @@ impl Kind {
             Self::RoleUnbound => kinds::ROLE_UNBOUND,
             Self::ApiTokenCreated => kinds::API_TOKEN_CREATED,
             Self::ApiTokenRevoked => kinds::API_TOKEN_REVOKED,
+            Self::VcsDeliveryAccepted => kinds::VCS_DELIVERY_ACCEPTED,
         }
     }
 }
@@ -273,6 +277,8 @@ pub mod kinds {
     pub const API_TOKEN_CREATED: &str = "api_token.created";
     /// [`super::Kind::ApiTokenRevoked`].
     pub const API_TOKEN_REVOKED: &str = "api_token.revoked";
+    /// [`super::Kind::VcsDeliveryAccepted`].
+    pub const VCS_DELIVERY_ACCEPTED: &str = "vcs.delivery_accepted";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -44,3 +44,4 @@ pub mod sso;
 pub mod store;
 pub mod targets;
 pub mod tokens;
+pub mod vcs;

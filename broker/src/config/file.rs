@@ -66,6 +66,9 @@ pub struct Config {
     /// Sign-in for people (docs/access.md).
     #[serde(default)]
     pub sso: Option<super::sso::SsoConfig>,
+    /// Pull requests and pushes from version control (docs/vcs.md).
+    #[serde(default)]
+    pub vcs: Option<super::vcs::VcsConfig>,
 }
 
 /// One `[[notifications]]` entry: which events, where, in which format, signed with which key.
@@ -729,6 +732,7 @@ impl Config {
             },
             scheduler: SchedulerConfig::default(),
             sso: None,
+            vcs: None,
         }
     }
 }

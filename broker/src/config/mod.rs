@@ -15,6 +15,7 @@
 //! - `secret_source`: the one rule for a secret given inline, by environment variable or by file.
 //! - `trust`: targets and trusted issuers, checked against each other; `url`: the URL rule.
 //! - `overlay`: the `keyward dev --config` tables ([`DevOverlay`]).
+//! - `sso`, `notifications`, `vcs`: `[sso]`, `[[notifications]]`, `[vcs.github]`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ mod secret_source;
 mod sso;
 mod trust;
 mod url;
+mod vcs;
 
 pub use file::{
     AgentsConfig, AuditConfig, AwsTargetEntry, Config, DEV_AUDIENCES, IssuerEntry, KeysConfig, LogConfig, LogFormat,
@@ -38,6 +40,7 @@ pub use overlay::{DevOverlay, OVERLAY_TABLES, OverlayError};
 pub use resolve::{AgentsSettings, AuditSettings, Checked, Settings};
 pub use secret_source::SecretSource;
 pub use sso::SsoConfig;
+pub use vcs::{GithubConfig, VcsConfig};
 
 /// A configuration problem, with the dotted key path it concerns.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,7 @@
 //! keys, audiences, audit, agent endpoint) belongs to dev mode; naming it is an error that says so
 //! rather than a setting silently ignored.
 //!
-//! DESIGN.md §7 lists `[vcs.github]` as overlay content too: it becomes a field of [`DevOverlay`]
-//! and an entry of [`OVERLAY_TABLES`] when it exists (`[sso]` already is).
+//! `[sso]` and `[vcs.github]` (DESIGN.md §7) are overlay content too, checked as in `serve`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +18,7 @@ use super::{
 };
 
 /// The top-level tables an overlay may contain.
-pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy", "notifications", "sso"];
+pub const OVERLAY_TABLES: &[&str] = &["targets", "issuers", "repositories", "policy", "notifications", "sso", "vcs"];
 
 /// `serve` tables that dev mode sets itself, and what it sets them to.
 const DEV_OWNED_TABLES: &[(&str, &str)] = &[
@@ -43,7 +42,7 @@ pub enum OverlayError {
     /// A `serve` table that dev mode sets itself.
     #[error(
         "{path}: `{table}`: dev mode owns this table ({why}); a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy] and [sso] (use `keyward serve --config` for a full configuration)"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy], [sso] and [vcs.github] (use `keyward serve --config` for a full configuration)"
     )]
     DevOwned {
         /// The file.
@@ -56,7 +55,7 @@ pub enum OverlayError {
     /// A table no configuration has.
     #[error(
         "{path}: `{table}`: unknown table; a `keyward dev --config` file holds only \
-         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy] and [sso]"
+         [[targets]], [[issuers]], [[repositories]], [[notifications]], [policy], [sso] and [vcs.github]"
     )]
     Unknown {
         /// The file.
@@ -96,6 +95,9 @@ pub struct DevOverlay {
     /// Sign-in for people, as `[sso]` in `serve` (the redirect URL defaults to dev's address).
     #[serde(default)]
     pub sso: Option<super::SsoConfig>,
+    /// Pull requests and pushes from GitHub, as `[vcs.github]` in `serve`.
+    #[serde(default)]
+    pub vcs: Option<super::VcsConfig>,
     /// Where it came from, for error messages.
     #[serde(skip)]
     origin: String,
@@ -155,6 +157,7 @@ impl DevOverlay {
         base.repositories = self.repositories;
         base.notifications = self.notifications;
         base.sso = self.sso;
+        base.vcs = self.vcs;
         if let Some(mut policy) = self.policy {
             if let Some(dir) = policy_dir {
                 policy.dir = dir;
@@ -216,6 +219,24 @@ mod tests {
         assert!(!sso.secure_cookies, "dev listens on loopback");
         let error = apply("[sso]\nissuer = \"https://idp\"\n").map(drop).unwrap_err().to_string();
         assert!(error.starts_with("ci.toml: ") && error.contains("client_id"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn vcs_github_joins_the_dev_defaults() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (key, secret) = (dir.path().join("app.pem"), dir.path().join("webhook-secret"));
+        std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n")?;
+        std::fs::write(&secret, "a-long-random-webhook-secret")?;
+        let text = format!(
+            "[vcs.github]\napp_id = 7\nprivate_key_file = {:?}\nwebhook_secret_file = {:?}\n",
+            key.display().to_string(),
+            secret.display().to_string()
+        );
+        let github = apply(&text)?.github.ok_or("no [vcs.github]")?;
+        assert_eq!((github.app_id, github.api_url.as_str()), (7, "https://api.github.com"));
+        let error = apply("[vcs.github]\napp_id = 7\n").map(drop).unwrap_err().to_string();
+        assert!(error.starts_with("ci.toml: ") && error.contains("private_key_file"), "{error}");
         Ok(())
     }
 

@@ -65,6 +65,8 @@ pub struct Settings<K = Kek> {
     pub scheduler: Option<SchedulerSettings>,
     /// Sign-in for people (`[sso]`); `None`: nobody signs in, API tokens only.
     pub sso: Option<crate::sso::SsoSettings>,
+    /// GitHub (`[vcs.github]`); `None`: the webhook endpoint answers 404.
+    pub github: Option<crate::vcs::github::GithubSettings>,
 }
 
 /// A configuration checked, with every secret read but the key-encryption key, whose source is
@@ -142,6 +144,7 @@ impl Config {
             notifications,
             scheduler,
             sso,
+            vcs,
         } = self;
         check_server(&server)?;
         let tokens = mint_rules(&tokens)?;
@@ -156,6 +159,7 @@ impl Config {
         let agents = agents_settings(agents, &server.external_url)?;
         let scheduler = scheduler_settings(&scheduler)?;
         let sso = sso.map(|sso| super::sso::check(sso, &server.external_url, server.listen)).transpose()?;
+        let github = super::vcs::check(vcs)?;
         let database = database(&storage, env)?;
         let kek = KEK.required_source(keys.kek.as_ref(), keys.kek_env.as_deref(), keys.kek_file.as_deref())?;
         let keys = KeySettings {
@@ -180,6 +184,7 @@ impl Config {
             notifications,
             scheduler,
             sso,
+            github,
         })
     }
 }
@@ -430,6 +435,7 @@ impl Checked {
             notifications,
             scheduler,
             sso,
+            github,
         } = self;
         let kek = read_kek(&kek, env)?;
         Ok(Settings {
@@ -448,6 +454,7 @@ impl Checked {
             notifications,
             scheduler,
             sso,
+            github,
         })
     }
 }

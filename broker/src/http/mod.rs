@@ -17,6 +17,7 @@ mod spaces;
 mod tfstate;
 mod token;
 mod token_response;
+mod vcs;
 
 pub use token::read_exchange_form;
 
@@ -78,6 +79,8 @@ pub struct AppState {
     pub sso: Option<crate::sso::Sso>,
     /// Spaces and role bindings.
     pub spaces: crate::spaces::Spaces,
+    /// GitHub's webhook receiver, when `[vcs.github]` is configured.
+    pub github: Option<crate::vcs::github::Github>,
 }
 
 impl AppState {
@@ -162,15 +165,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}", get(agents::show_agent))
         .route("/v1/agents/{id}/revoke", post(agents::revoke_agent))
         .route("/v1/agents/{id}/drain", post(agents::drain_agent))
-        .route("/v1/spaces", post(spaces::create).get(spaces::list))
-        .route("/v1/spaces/{name}", get(spaces::show).delete(spaces::delete))
-        .route("/v1/spaces/{name}/bind", post(spaces::bind))
-        .route("/v1/spaces/{name}/unbind", post(spaces::unbind))
+        .merge(space_routes())
+        .merge(vcs_routes())
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Spaces and their role bindings.
+fn space_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/spaces", post(spaces::create).get(spaces::list))
+        .route("/v1/spaces/{name}", get(spaces::show).delete(spaces::delete))
+        .route("/v1/spaces/{name}/bind", post(spaces::bind))
+        .route("/v1/spaces/{name}/unbind", post(spaces::unbind))
+}
+
+/// Version control webhooks, each with its provider's own body cap.
+fn vcs_routes() -> Router<AppState> {
+    let github = post(vcs::github_webhook).layer(DefaultBodyLimit::max(crate::vcs::github::MAX_BODY_BYTES));
+    Router::new().route("/v1/vcs/github/webhook", github)
 }
 
 /// The broker's ID for one request: in the `x-request-id` response header, in the request's

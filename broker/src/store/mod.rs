@@ -25,6 +25,7 @@ pub mod sessions;
 mod signing_keys;
 pub mod spaces;
 pub mod state;
+pub mod vcs;
 pub mod write;
 
 use std::borrow::Cow;
@@ -198,7 +199,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 22] = match self.backend {
+        let files: [(i64, &str, &'static str); 23] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -222,6 +223,7 @@ impl Store {
                 (20, "person_sessions", include_str!("../../migrations/sqlite/0020_person_sessions.sql")),
                 (21, "spaces", include_str!("../../migrations/sqlite/0021_spaces.sql")),
                 (22, "reviewer_identity", include_str!("../../migrations/sqlite/0022_reviewer_identity.sql")),
+                (23, "vcs_deliveries", include_str!("../../migrations/sqlite/0023_vcs_deliveries.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -246,6 +248,7 @@ impl Store {
                 (20, "person_sessions", include_str!("../../migrations/postgres/0020_person_sessions.sql")),
                 (21, "spaces", include_str!("../../migrations/postgres/0021_spaces.sql")),
                 (22, "reviewer_identity", include_str!("../../migrations/postgres/0022_reviewer_identity.sql")),
+                (23, "vcs_deliveries", include_str!("../../migrations/postgres/0023_vcs_deliveries.sql")),
             ],
         };
         let migrations = files
