@@ -17,6 +17,7 @@ pub mod forge;
 pub mod frozen;
 pub mod git;
 pub mod git_http;
+pub mod github_webhooks;
 pub mod held;
 pub mod legacy;
 pub mod moto;

@@ -41,3 +41,4 @@ mod sso;
 mod store;
 mod terraform;
 mod tf_provider;
+mod vcs;
