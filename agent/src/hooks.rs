@@ -9,7 +9,7 @@
 //! hook that fails fails the phase, named by its point, its number among its source's hooks at
 //! that point and, for a context's, the context; nothing after it runs.
 
-use crate::launch::{Isolation, Launch, SandboxSettings, sandbox_verdict};
+use crate::launch::Launch;
 use crate::logs::JobLog;
 use crate::step::{self, Cancel, StepEnd};
 use crate::terraform::{Phase, PhaseError};
@@ -125,11 +125,7 @@ impl Phase<'_> {
         let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
         let status_file = prepared.status_file.clone();
         let step = step::run(prepared, log, cancel, self.deadline, None).await;
-        let settings: Option<&SandboxSettings> = match self.isolation {
-            Isolation::Sandbox(settings) => Some(settings),
-            Isolation::Process => None,
-        };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
+        let verdict = self.isolation.verdict(status_file.as_deref(), self.layers);
         let shown = String::from_utf8_lossy(&log.mask(command.as_bytes()).await).into_owned();
         let what = format!("{name} hook {number}{whose} ({shown:?})");
         let why = match step.end {

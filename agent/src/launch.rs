@@ -70,6 +70,15 @@ pub struct Prepared {
 }
 
 impl Isolation {
+    /// [`sandbox_verdict`] for a process this isolation ran: why the sandbox ended it, if it did.
+    pub fn verdict(&self, status_file: Option<&Path>, layers: &Layers) -> Option<String> {
+        let settings = match self {
+            Self::Sandbox(settings) => Some(settings),
+            Self::Process => None,
+        };
+        sandbox_verdict(status_file, settings, layers)
+    }
+
     /// The protocol's name for this isolation, as `Hello` reports it.
     pub fn wire(&self) -> keyward_proto::agent_v1::Isolation {
         use keyward_proto::agent_v1::Isolation as Wire;

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::credentials::JobCredentials;
 use crate::idrange::JobIds;
 use crate::job::{Job, Task};
-use crate::launch::{Isolation, Launch, Layers, sandbox_verdict};
+use crate::launch::{Isolation, Launch, Layers};
 use crate::logs::JobLog;
 use crate::planfile;
 use crate::plans::Plans;
@@ -258,11 +258,7 @@ impl Runner {
         let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
         let status_file = prepared.status_file.clone();
         let step = step::run(prepared, log, cancel, deadline, None).await;
-        let settings = match &self.isolation {
-            Isolation::Sandbox(settings) => Some(settings),
-            Isolation::Process => None,
-        };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings, layers);
+        let verdict = self.isolation.verdict(status_file.as_deref(), layers);
         match step.end {
             StepEnd::Exited(status) if status.success() => Ok(()),
             StepEnd::Exited(status) => {

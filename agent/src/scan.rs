@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::idrange::JobIds;
 use crate::job::Job;
-use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
+use crate::launch::{Isolation, Launch, Layers};
 use crate::logs::JobLog;
 use crate::plans::Plans;
 use crate::step::{self, Cancel, StepEnd};
@@ -263,11 +263,7 @@ impl Place<'_> {
         let status_file = prepared.status_file.clone();
         let started = std::time::Instant::now();
         let step = step::run(prepared, log, cancel, self.deadline, Some(MAX_REPORT)).await;
-        let settings: Option<&SandboxSettings> = match self.isolation {
-            Isolation::Sandbox(settings) => Some(settings),
-            Isolation::Process => None,
-        };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
+        let verdict = self.isolation.verdict(status_file.as_deref(), self.layers);
         let why = match step.end {
             StepEnd::Exited(status) if status.success() => None,
             StepEnd::Exited(status) => Some(verdict.unwrap_or_else(|| format!("exited with {status}"))),

@@ -25,7 +25,7 @@ use aws_lc_rs::digest;
 use crate::hooks::HookPoint;
 use crate::idrange::JobIds;
 use crate::job::Job;
-use crate::launch::{Isolation, Launch, Layers, SandboxSettings, sandbox_verdict};
+use crate::launch::{Isolation, Launch, Layers};
 use crate::logs::JobLog;
 use crate::planfile::{self, PlanFileError};
 use crate::plans::Plans;
@@ -181,11 +181,7 @@ impl Phase<'_> {
         let prepared = self.isolation.prepare(launch).map_err(PhaseError::Failed)?;
         let status_file = prepared.status_file.clone();
         let step = step::run(prepared, log, cancel, self.deadline, keep).await;
-        let settings: Option<&SandboxSettings> = match self.isolation {
-            Isolation::Sandbox(settings) => Some(settings),
-            Isolation::Process => None,
-        };
-        let verdict = sandbox_verdict(status_file.as_deref(), settings, self.layers);
+        let verdict = self.isolation.verdict(status_file.as_deref(), self.layers);
         let what = format!("terraform {}", args.first().copied().unwrap_or_default());
         log.note(&format!("keyward: {what} took {:.2} s", started.elapsed().as_secs_f64())).await;
         match step.end {
