@@ -359,24 +359,35 @@ impl Access {
         role: Role,
         created_by: &str,
     ) -> Result<ApiTokenSecret, AccessError> {
+        let (secret, token) = self.new_token(name, (space, role), created_by)?;
+        self.store.insert_api_token(&token).await?;
+        tracing::info!(name, space, role = role.as_str(), created_by, "created API token");
+        Ok(secret)
+    }
+
+    /// A new token's secret and its row: `name` checked, the secret generated, only its hash kept.
+    fn new_token(
+        &self,
+        name: &str,
+        grant: (&str, Role),
+        created_by: &str,
+    ) -> Result<(ApiTokenSecret, NewApiToken), AccessError> {
+        let (space, role) = grant;
         if !valid_name(name) {
             return Err(AccessError::InvalidName(name.to_owned()));
         }
         let secret = generate_secret();
-        self.store
-            .insert_api_token(&NewApiToken {
-                id: uuid::Uuid::now_v7().to_string(),
-                name: name.to_owned(),
-                scope: ApiScope::of_role(role).as_str().to_owned(),
-                space: space.to_owned(),
-                role: role.as_str().to_owned(),
-                token_hash: token_hash(secret.expose()),
-                created_at: self.clock.now(),
-                created_by: created_by.to_owned(),
-            })
-            .await?;
-        tracing::info!(name, space, role = role.as_str(), created_by, "created API token");
-        Ok(secret)
+        let token = NewApiToken {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            scope: ApiScope::of_role(role).as_str().to_owned(),
+            space: space.to_owned(),
+            role: role.as_str().to_owned(),
+            token_hash: token_hash(secret.expose()),
+            created_at: self.clock.now(),
+            created_by: created_by.to_owned(),
+        };
+        Ok((secret, token))
     }
 
     /// [`create_in`](Self::create_in), committed with its `api_token.created` entry on `audit`
@@ -391,20 +402,7 @@ impl Access {
         caller: Context,
     ) -> Result<ApiTokenSecret, AccessError> {
         let (space, role) = grant;
-        if !valid_name(name) {
-            return Err(AccessError::InvalidName(name.to_owned()));
-        }
-        let secret = generate_secret();
-        let token = NewApiToken {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: name.to_owned(),
-            scope: ApiScope::of_role(role).as_str().to_owned(),
-            space: space.to_owned(),
-            role: role.as_str().to_owned(),
-            token_hash: token_hash(secret.expose()),
-            created_at: self.clock.now(),
-            created_by: who.to_owned(),
-        };
+        let (secret, token) = self.new_token(name, grant, who)?;
         let event = AuditEvent::new(Kind::ApiTokenCreated, token.created_at, crate::audit::events::by(who, caller))
             .with("name", name)
             .with("space", space)

@@ -479,8 +479,7 @@ impl Runs {
     /// Who `actor` is, as the review records it: kind, name, `issuer#subject`, groups, `amr`, and
     /// the role they hold in `stack`'s space now (its own or inherited from a space above).
     async fn reviewer_identity(&self, actor: &Actor, stack: &Stack) -> Result<Value, RunError> {
-        let tree =
-            crate::roles::SpaceTree::new(self.store.spaces().await?.into_iter().map(|row| (row.name, row.parent)));
+        let tree = crate::spaces::tree(&self.store).await?;
         let chain = tree.chain(&stack.spec.space).unwrap_or_default();
         let role = chain.iter().filter_map(|space| actor.roles.get(space)).max().copied();
         Ok(serde_json::json!({
@@ -681,15 +680,20 @@ fn run_chain(run: &RunRow, stack: &Stack, phase: Phase, approved_by: Vec<String>
     }
 }
 
-/// The audit context of `who` acting on a stored run in `phase`.
 /// `input` with `input.variables` set.
-fn with_variables(mut input: Value, variables: Value) -> Value {
+fn with_variables(input: Value, variables: Value) -> Value {
+    with_field(input, "variables", variables)
+}
+
+/// `input` (a policy input object) with `key` set to `value`.
+fn with_field(mut input: Value, key: &str, value: Value) -> Value {
     if let Some(object) = input.as_object_mut() {
-        object.insert("variables".to_owned(), variables);
+        object.insert(key.to_owned(), value);
     }
     input
 }
 
+/// The audit context of `who` acting on a stored run in `phase`.
 fn run_context(run: &RunRow, stack: &Stack, phase: Phase, who: &str, caller: Context) -> Context {
     Context { actor: Some(who.to_owned()), ..caller.with_run(&run_chain(run, stack, phase, Vec::new())) }
 }

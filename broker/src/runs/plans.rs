@@ -100,7 +100,8 @@ impl Runs {
         let ReadPlan { stored_json, redacted, counts, input } = read_plan_json(plan_json, run, stack, now)?;
         let variables = self.policy_variables(stack).await;
         let scans = self.scans_input(&held.job.id).await;
-        let decision = self.decide(PolicyKind::Plan, || with_scans(super::with_variables(input, variables), scans));
+        let decision = self
+            .decide(PolicyKind::Plan, || super::with_field(super::with_variables(input, variables), "scans", scans));
         let sha256 = digest::digest(&digest::SHA256, plan_file).as_ref().to_vec();
         let sealed = self.kek.seal(&seal_context(&run.id, &held.job.id, &sha256), plan_file);
         let verdict = PlanVerdict { sha256, deny: decision.reasons.clone(), warn: decision.warnings.clone() };
@@ -147,14 +148,6 @@ impl Runs {
         let opened = open_plan(&self.kek, run, &plan)?;
         Ok((opened, plan.sha256))
     }
-}
-
-/// `input` with the plan job's scan reports as `input.scans`.
-fn with_scans(mut input: Value, scans: Value) -> Value {
-    if let Some(object) = input.as_object_mut() {
-        object.insert("scans".to_owned(), scans);
-    }
-    input
 }
 
 /// Opens `run`'s sealed plan and checks it against its digest.

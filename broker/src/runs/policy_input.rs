@@ -45,11 +45,7 @@ pub(super) fn run_input(run: &RunRow, stack: &Stack, actor: Option<&Actor>, now:
 /// The `keyward.scan` input: the run as `keyward.run` sees it, and what the plan job's scanners
 /// found.
 pub(super) fn scan_input(run: &RunRow, stack: &Stack, scans: Value, now: i64) -> Value {
-    let mut input = run_input(run, stack, None, now);
-    if let Some(object) = input.as_object_mut() {
-        object.insert("scans".to_owned(), scans);
-    }
-    input
+    super::with_field(run_input(run, stack, None, now), "scans", scans)
 }
 
 /// The `keyward.plan` input: the run and `terraform show -json` of its saved plan.
