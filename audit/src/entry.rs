@@ -309,6 +309,9 @@ pub struct Context {
     /// Change ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Where the pull request and ticket were observed (`github`); absent: the submitter's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_source: Option<String>,
     /// Who started the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
@@ -355,6 +358,7 @@ impl Context {
             git_ref,
             pull_request,
             ticket,
+            pull_request_source,
             triggered_by,
             approved_by,
             asserted_by,
@@ -372,6 +376,7 @@ impl Context {
         members.string_if_some("commit_sha", commit_sha.as_deref());
         members.string_if_some("phase", phase.as_deref());
         members.unsigned_if_some("pull_request", *pull_request);
+        members.string_if_some("pull_request_source", pull_request_source.as_deref());
         members.string_if_some("ref", git_ref.as_deref());
         members.string_if_some("remote_addr", remote_addr.as_deref());
         members.string_if_some("repository", repository.as_deref());
@@ -400,6 +405,7 @@ impl Context {
             git_ref: run.git_ref.clone(),
             pull_request: run.pull_request,
             ticket: run.ticket.clone(),
+            pull_request_source: run.pull_request_source.clone(),
             triggered_by: run.triggered_by.clone(),
             approved_by: run.approved_by.clone(),
             asserted_by: run.asserted_by.clone(),

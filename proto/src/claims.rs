@@ -124,6 +124,10 @@ pub struct RunChain {
     /// Change ticket justifying the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Where `pull_request` and `ticket` were observed: `github` when the broker saw them in a
+    /// signed webhook delivery and GitHub's API; absent when they are the submitter's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_source: Option<String>,
     /// The human who triggered the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
@@ -151,6 +155,7 @@ impl RunChain {
             git_ref: None,
             pull_request: None,
             ticket: None,
+            pull_request_source: None,
             triggered_by: None,
             approved_by: Vec::new(),
             asserted_by: None,
@@ -176,7 +181,7 @@ pub struct RunClaims {
     /// Unique token ID (UUIDv7).
     pub jti: String,
     /// The run's chain of custody: `run_id`, `stack_id`, `stack`, `phase`, `repository`,
-    /// `commit_sha`, `ref`, `pull_request`, `ticket`, `triggered_by`, `approved_by`,
+    /// `commit_sha`, `ref`, `pull_request`, `ticket`, `pull_request_source`, `triggered_by`, `approved_by`,
     /// `asserted_by`, as top-level claims.
     #[serde(flatten)]
     pub run: RunChain,

@@ -48,6 +48,7 @@ pub(super) fn job_subject(
         git_ref: run.git_ref.clone(),
         pull_request: run.pull_request.and_then(|pr| u64::try_from(pr).ok()),
         ticket: run.ticket.clone(),
+        pull_request_source: run.pull_request_source.clone(),
         triggered_by: run.triggered_by.clone(),
         approved_by: held.approved_by.clone(),
         targets: held.targets().to_vec(),

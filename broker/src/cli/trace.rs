@@ -135,12 +135,45 @@ fn render_run(key: &str, run: &str, entries: &[&Value], out: &mut Vec<String>) {
         field("ref")
     ));
     out.push(format!(
-        "├─ reason     PR {}  ticket {}",
+        "├─ reason     PR {}  ticket {}{}",
         pr.map_or_else(|| "-".to_owned(), |n| format!("#{n}")),
-        field("ticket")
+        field("ticket"),
+        source_note(entries, pr.is_some() || field("ticket") != "-")
     ));
+    if let Some(line) = created.and_then(|e| observed_line(e)) {
+        out.push(line);
+    }
     render_people(entries, traced, out);
     render_issued(entries, out);
+}
+
+/// Whether the run's pull request and ticket were observed or are the submitter's word.
+fn source_note(entries: &[&Value], any: bool) -> String {
+    match entries.iter().find_map(|e| at(e, "/context/pull_request_source").as_str()) {
+        Some(source) => format!("  (observed from {source})"),
+        None if any => "  (the submitter's word)".to_owned(),
+        None => String::new(),
+    }
+}
+
+/// The `├─ observed` line: the pull request as the provider described it, and the delivery.
+fn observed_line(created: &Value) -> Option<String> {
+    let observed = at(created, "/details/observed");
+    let source = observed.get("source")?.as_str()?;
+    let delivery = text(observed, "delivery");
+    let change = match observed.get("pull_request").filter(|pr| pr.is_object()) {
+        Some(pr) => format!(
+            "#{} {:?} by {}  {} ← {}  {}",
+            at(pr, "/number"),
+            text(pr, "title"),
+            text(pr, "author"),
+            text(pr, "base"),
+            text(pr, "head"),
+            text(pr, "url")
+        ),
+        None => format!("a push by {}", text(observed, "sender")),
+    };
+    Some(format!("├─ observed   {source} delivery {delivery}: {change}"))
 }
 
 /// The `├─ traced` line: the entry the key names, when, for which phase, target and job.
@@ -283,6 +316,27 @@ mod tests {
         assert!(text.contains("bob approved (1970-01-01T00:00:01Z, counted)"), "{text}");
         assert!(!text.contains("approved   by alice"), "the author is never named as approver: {text}");
         assert!(text.contains("PR #42  ticket CHG-7") && text.contains("commit abc1234"), "{text}");
+    }
+
+    #[test]
+    fn an_observed_pull_request_is_marked_observed_and_described() {
+        let mut entries = entries();
+        for entry in &mut entries {
+            entry["context"]["pull_request_source"] = json!("github");
+        }
+        entries[0]["details"]["observed"] = json!({"source": "github", "delivery": "d-1", "sender": "octocat",
+            "pull_request": {"number": 42, "title": "Add a bucket", "author": "octocat", "base": "main",
+                             "head": "feature/bucket", "head_sha": "abc1234", "url": "https://github.com/o/r/pull/42"}});
+        let refs: Vec<&Value> = entries.iter().collect();
+        let text = render("ASIAAPPLY", &refs).join("\n");
+        assert!(text.contains("PR #42  ticket CHG-7  (observed from github)"), "{text}");
+        assert!(text.contains("observed   github delivery d-1: #42 \"Add a bucket\" by octocat  main ← feature/bucket  https://github.com/o/r/pull/42"), "{text}");
+        // The same run asserted by its submitter says so.
+        let asserted = render("ASIAAPPLY", &self::entries().iter().collect::<Vec<_>>()).join("\n");
+        assert!(
+            asserted.contains("PR #42  ticket CHG-7  (the submitter's word)") && !asserted.contains("observed"),
+            "{asserted}"
+        );
     }
 
     #[test]

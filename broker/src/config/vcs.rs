@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::url::check_url;
 use super::{ConfigError, invalid};
 use crate::vcs::github::{GithubSettings, MIN_SECRET_BYTES};
+use crate::vcs::ticket::TicketPattern;
 
 /// The `[vcs]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -17,6 +18,10 @@ pub struct VcsConfig {
     /// GitHub, as a GitHub App.
     #[serde(default)]
     pub github: Option<GithubConfig>,
+    /// The regular expression that finds a change ticket in a pull request's title or branch
+    /// (default `[A-Z][A-Z0-9]+-[0-9]+`).
+    #[serde(default)]
+    pub ticket_pattern: Option<String>,
 }
 
 /// The `[vcs.github]` table.
@@ -40,7 +45,12 @@ fn default_api_url() -> String {
 
 /// Checks `[vcs.github]` and reads its secrets.
 pub(super) fn check(vcs: Option<VcsConfig>) -> Result<Option<GithubSettings>, ConfigError> {
-    let Some(github) = vcs.and_then(|vcs| vcs.github) else { return Ok(None) };
+    let Some(vcs) = vcs else { return Ok(None) };
+    let ticket_pattern = match &vcs.ticket_pattern {
+        Some(pattern) => TicketPattern::parse(pattern).map_err(|e| invalid("vcs.ticket_pattern", e))?,
+        None => TicketPattern::default(),
+    };
+    let Some(github) = vcs.github else { return Ok(None) };
     if github.app_id == 0 {
         return Err(invalid("vcs.github.app_id", "must be the GitHub App's ID (a positive number)"));
     }
@@ -62,7 +72,13 @@ pub(super) fn check(vcs: Option<VcsConfig>) -> Result<Option<GithubSettings>, Co
             ),
         ));
     }
-    Ok(Some(GithubSettings { app_id: github.app_id, private_key, webhook_secret, api_url: github.api_url }))
+    Ok(Some(GithubSettings {
+        app_id: github.app_id,
+        private_key,
+        webhook_secret,
+        api_url: github.api_url.trim_end_matches('/').to_owned(),
+        ticket_pattern,
+    }))
 }
 
 /// The file's text, trimmed; an error names the key when it cannot be read or is empty.
@@ -125,6 +141,9 @@ mod tests {
         }
         assert!(message(check(Some(not_pem))).contains("is not a PEM private key"));
         let unknown: Result<VcsConfig, _> = toml::from_str("[github]\napp_id = 1\nwebhook_secret = \"x\"\n");
+        let mut empty_ticket = config(dir.path(), "a-long-random-webhook-secret")?;
+        empty_ticket.ticket_pattern = Some(".*".to_owned());
+        assert!(message(check(Some(empty_ticket))).starts_with("`vcs.ticket_pattern`: matches the empty string"));
         assert!(unknown.is_err(), "an inline secret key is not accepted");
         Ok(())
     }

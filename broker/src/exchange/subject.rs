@@ -100,6 +100,8 @@ pub struct JobSubject {
     pub pull_request: Option<u64>,
     /// Ticket.
     pub ticket: Option<String>,
+    /// Where the pull request and ticket were observed (`github`), if the broker observed them.
+    pub pull_request_source: Option<String>,
     /// Who submitted the run.
     pub triggered_by: String,
     /// Whose approval counted (empty before the apply phase; never the run's author).
@@ -174,6 +176,7 @@ impl Subject {
             git_ref: string(&claims, "ref"),
             pull_request: claims.get("pull_request").and_then(Value::as_u64),
             ticket: string(&claims, "ticket"),
+            pull_request_source: string(&claims, "pull_request_source"),
             triggered_by: string(&claims, "triggered_by"),
             // A token's `approved_by` claim is never taken on its word: the exchange reads the
             // run's recorded reviews instead (`Exchanger::recorded_approvals`).
@@ -211,6 +214,7 @@ impl Subject {
             git_ref: job.git_ref.clone(),
             pull_request: job.pull_request,
             ticket: job.ticket.clone(),
+            pull_request_source: job.pull_request_source.clone(),
             triggered_by: Some(job.triggered_by.clone()),
             approved_by: job.approved_by.clone(),
             ..RunChain::new(job.run_id.clone(), job.stack.clone(), job.stack.clone(), job.phase)

@@ -105,8 +105,9 @@ fn phase(phase: Phase) -> wire::Phase {
 /// The protocol's name for `kind`.
 fn run_kind(kind: RunKind) -> wire::RunKind {
     match kind {
-        // A remediation runs exactly as a deploy does on the agent.
-        RunKind::Deploy | RunKind::Remediation => wire::RunKind::Deploy,
+        // A remediation runs exactly as a deploy does on the agent, and so does a proposed
+        // run's plan (it never gets an apply job).
+        RunKind::Deploy | RunKind::Remediation | RunKind::Proposed => wire::RunKind::Deploy,
         RunKind::Drift => wire::RunKind::Drift,
     }
 }

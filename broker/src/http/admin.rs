@@ -116,6 +116,7 @@ fn run_context(body: MintBody, recorded: Option<RecordedRun>, operator: &str) ->
         chain.git_ref = run.git_ref;
         chain.pull_request = run.pull_request;
         chain.ticket = run.ticket;
+        chain.pull_request_source = run.pull_request_source;
         chain.triggered_by = Some(run.triggered_by);
         chain.approved_by = run.approved_by;
     }

@@ -153,6 +153,9 @@ pub struct RunInput<'a> {
     /// Change ticket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticket: Option<&'a str>,
+    /// Where the pull request and ticket were observed (`github`); absent: the submitter's word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request_source: Option<&'a str>,
     /// Who started the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<&'a str>,
@@ -173,6 +176,7 @@ impl<'a> From<&'a RunChain> for RunInput<'a> {
             git_ref: run.git_ref.as_deref(),
             pull_request: run.pull_request,
             ticket: run.ticket.as_deref(),
+            pull_request_source: run.pull_request_source.as_deref(),
             triggered_by: run.triggered_by.as_deref(),
             approved_by: &run.approved_by,
         }
@@ -198,6 +202,7 @@ impl RunInput<'_> {
             .field_if("ref", self.git_ref)
             .field_if("pull_request", self.pull_request)
             .field_if("ticket", self.ticket)
+            .field_if("pull_request_source", self.pull_request_source)
             .field_if("triggered_by", self.triggered_by)
             .field_if("approved_by", (!self.approved_by.is_empty()).then(|| PolicyInput::strings(self.approved_by)))
             .into()
@@ -256,6 +261,7 @@ mod tests {
             git_ref: None,
             pull_request: None,
             ticket: None,
+            pull_request_source: None,
             triggered_by: None,
             approved_by: &[],
         };
@@ -279,6 +285,7 @@ mod tests {
             git_ref: Some("refs/heads/main"),
             pull_request: Some(42),
             ticket: Some("CHG-7"),
+            pull_request_source: Some("github"),
             triggered_by: Some("alice"),
             approved_by: &approved,
         };

@@ -18,6 +18,10 @@ fn run_object() -> Value {
             "ref": {"type": "string", "description": "e.g. refs/heads/main"},
             "pull_request": {"type": "integer", "minimum": 1},
             "ticket": {"type": "string"},
+            "pull_request_source": {
+                "enum": ["github"],
+                "description": "where `pull_request` and `ticket` were observed: `github` when the broker saw them in a signed webhook delivery and GitHub's API (docs/vcs.md); absent when they are the submitter's word"
+            },
             "triggered_by": {"type": "string"},
             "approved_by": {
                 "type": "array", "items": {"type": "string"},
@@ -173,8 +177,8 @@ fn run_input() -> Section {
                 }
             },
             "kind": {
-                "type": "string", "enum": ["deploy", "drift", "remediation"],
-                "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies; `remediation` is a deploy a drift check queued (the stack's `drift_remediation` is `plan` or `apply`)"
+                "type": "string", "enum": ["deploy", "drift", "remediation", "proposed"],
+                "description": "`deploy` plans and may apply; `drift` only plans, read-only, and never applies; `remediation` is a deploy a drift check queued (the stack's `drift_remediation` is `plan` or `apply`); `proposed` plans a change not merged yet (a pull request's head, docs/vcs.md) with the plan phase's read-only credentials and never applies"
             },
             "submitted_by": {"type": "string"},
             "actor": actor_object(),

@@ -218,7 +218,8 @@ impl DriftScheduler {
     /// Queues the drift check `claim` stands for, as `run submit --drift` would.
     async fn submit(&self, stack: &str, claim: &FireClaim) -> Result<RunView, RunError> {
         let submission = Submission { stack: stack.to_owned(), kind: RunKind::Drift, ..Submission::default() };
-        self.runs.submit_claiming(submission, &crate::roles::Actor::broker(WHO), Context::default(), Some(claim)).await
+        let origin = super::observed::Origin::Scheduled(claim);
+        self.runs.submit_from(submission, &crate::roles::Actor::broker(WHO), Context::default(), origin).await
     }
 
     /// Records that the check of `claim` could not be queued (its repository or branch could not

@@ -414,6 +414,7 @@ impl Runs {
             (JobOutcome::Checked(drift), _) => (RunState::Finished, Some(drift_detail(drift))),
             (JobOutcome::Succeeded, Phase::Plan) => match self.plan_denial(&run.id, &job.id).await? {
                 Some(denial) => (RunState::Failed, Some(denial)),
+                None if run_kind(run)? == RunKind::Proposed => (RunState::Finished, Some(PROPOSED_DETAIL.to_owned())),
                 None => self.after_plan(run, stack, now),
             },
             (JobOutcome::Succeeded, _) => (RunState::Finished, None),
@@ -553,6 +554,9 @@ impl Runs {
     }
 }
 
+/// Why a proposed run finishes after its plan.
+const PROPOSED_DETAIL: &str = "planned as proposed: a proposed run is never applied";
+
 /// The stored run's kind.
 fn run_kind(run: &RunRow) -> Result<RunKind, RunError> {
     run.kind.parse().map_err(|e: super::UnknownKind| RunError::Store(crate::store::StoreError::Corrupt(e.to_string())))
@@ -572,10 +576,10 @@ fn expected_outcome(kind: RunKind, phase: Phase, reported: JobOutcome) -> JobOut
         (RunKind::Drift, _, _) => JobOutcome::Failed(
             "the agent did not report the drift check's result (an agent older than the broker?)".to_owned(),
         ),
-        (RunKind::Deploy | RunKind::Remediation, _, JobOutcome::Checked(_)) => {
+        (RunKind::Deploy | RunKind::Remediation | RunKind::Proposed, _, JobOutcome::Checked(_)) => {
             JobOutcome::Failed("the agent reported a drift check for a deploy run".to_owned())
         }
-        (RunKind::Deploy | RunKind::Remediation, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
+        (RunKind::Deploy | RunKind::Remediation | RunKind::Proposed, _, JobOutcome::Succeeded) => JobOutcome::Succeeded,
     }
 }
 

@@ -18,11 +18,15 @@ pub enum RunKind {
     /// A deploy the drift check queued because the stack drifted and its `drift_remediation`
     /// says so: plan, then apply as the approval policy allows (it sees this kind).
     Remediation,
+    /// A plan of a change not merged yet (a pull request's head, docs/vcs.md): planned like a
+    /// deploy, with the plan phase's read-only credentials, its plan judged by `keyward.plan`
+    /// and shown; the run finishes there and never queues an apply.
+    Proposed,
 }
 
 impl RunKind {
     /// Every kind.
-    pub const ALL: [Self; 3] = [Self::Deploy, Self::Drift, Self::Remediation];
+    pub const ALL: [Self; 4] = [Self::Deploy, Self::Drift, Self::Remediation, Self::Proposed];
 
     /// Whether runs of this kind plan and then apply (deploys and remediations).
     pub fn applies(self) -> bool {
@@ -35,6 +39,7 @@ impl RunKind {
             Self::Deploy => "deploy",
             Self::Drift => "drift",
             Self::Remediation => "remediation",
+            Self::Proposed => "proposed",
         }
     }
 }
@@ -47,7 +52,7 @@ impl fmt::Display for RunKind {
 
 /// A kind name this build does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown run kind `{0}` (expected `deploy`, `drift` or `remediation`)")]
+#[error("unknown run kind `{0}` (expected `deploy`, `drift`, `remediation` or `proposed`)")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for RunKind {

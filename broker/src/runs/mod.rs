@@ -16,6 +16,7 @@ mod git;
 mod hooks;
 mod jobs;
 mod kind;
+mod observed;
 mod plans;
 mod policy_input;
 pub mod redact;
@@ -44,6 +45,7 @@ pub use git::{GitError, is_commit_sha};
 pub use hooks::{HookPoint, Hooks, HooksPatch, JobHook, MAX_HOOK_LEN, MAX_HOOKS};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
+pub use observed::{ObservedChange, ObservedPullRequest};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
@@ -60,6 +62,7 @@ use crate::roles::Actor;
 use crate::store::write::Write;
 use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
 use crate::targets::TargetConfig;
+use observed::Origin;
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -284,27 +287,53 @@ impl Runs {
     /// Submits a run: resolves the commit, asks `keyward.run`, and queues the plan job. A refusal
     /// is on record with the policy's reasons, and nothing is queued.
     pub async fn submit(&self, submission: Submission, who: &str, caller: Context) -> Result<RunView, RunError> {
-        self.submit_claiming(submission, &Actor::broker(who), caller, None).await
+        self.submit_from(submission, &Actor::broker(who), caller, Origin::Asked).await
     }
 
     /// [`submit`](Self::submit) by `actor`, whom `keyward.run` sees as `input.actor`.
     pub async fn submit_as(&self, submission: Submission, actor: &Actor, caller: Context) -> Result<RunView, RunError> {
-        self.submit_claiming(submission, actor, caller, None).await
+        self.submit_from(submission, actor, caller, Origin::Asked).await
     }
 
-    /// [`submit`](Self::submit), for the drift scheduler with its `claim` on a fire time of the
-    /// stack's schedule: the claim commits with the run (or with the refusal), or neither does.
-    async fn submit_claiming(
+    /// A run of `kind` on `stack` that a version-control event started: at the change's commit,
+    /// with its pull request and ticket as observed, authored by the provider's user. `None`
+    /// when the change's delivery already started one on this stack (it was processed before).
+    pub async fn submit_observed(
+        &self,
+        stack: &str,
+        kind: RunKind,
+        change: &ObservedChange,
+        caller: Context,
+    ) -> Result<Option<RunView>, RunError> {
+        let submission = Submission {
+            stack: stack.to_owned(),
+            commit: Some(change.commit_sha.clone()),
+            kind,
+            ..Submission::default()
+        };
+        let actor = Actor::broker(&change.author());
+        match self.submit_from(submission, &actor, caller, Origin::Observed(change)).await {
+            Ok(run) => Ok(Some(run)),
+            Err(RunError::Change(crate::audit::ChangeError::Duplicate { .. })) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// [`submit`](Self::submit) from `origin`, whose writes commit with the run (or with the
+    /// refusal), or neither does: the drift scheduler's claim on a fire time of the stack's
+    /// schedule, an observed change's delivery.
+    async fn submit_from(
         &self,
         submission: Submission,
         actor: &Actor,
         caller: Context,
-        claim: Option<&drift_schedule::FireClaim>,
+        origin: Origin<'_>,
     ) -> Result<RunView, RunError> {
         let who = actor.id();
         let pull_request = check_submission(&submission)?;
         let stack = self.stack(&submission.stack).await?;
-        let run = self.new_run(submission, &stack, pull_request, who).await?;
+        let mut run = self.new_run(submission, &stack, pull_request, who).await?;
+        origin.stamp(&mut run);
         let now = run.created_at;
         let context = run_context(&run, &stack, Phase::Plan, who, caller);
         let variables = self.policy_variables(&stack).await;
@@ -312,11 +341,11 @@ impl Runs {
             with_variables(policy_input::run_input(&run, &stack, Some(actor), now), variables)
         });
         if !decision.permits() {
-            let writes = claim.map(|c| c.refused(&stack.spec.name, &decision.reasons, now)).unwrap_or_default();
-            return Err(self.refuse_run(context, decision, now, writes).await);
+            let writes = origin.refused_writes(&stack.spec.name, &decision.reasons, now);
+            return Err(self.refuse_run(context, decision, now, writes, origin).await);
         }
         let job_id = uuid::Uuid::now_v7().to_string();
-        let mut writes: Vec<Write> = claim.map(|c| c.for_run(&stack.spec.name, &run.id)).into_iter().collect();
+        let mut writes = origin.run_writes(&stack.spec.name, &run);
         writes.push(store::runs::insert_run(&run));
         writes.push(store::runs::queue_job(&job_id, &run.id, Phase::Plan, &stack.spec.pool, now));
         let event = AuditEvent::new(Kind::RunCreated, now, context)
@@ -326,10 +355,7 @@ impl Runs {
             .with("pool", stack.spec.pool.as_str())
             .with("policy_digest", decision.policy_digest.as_str())
             .with("warnings", decision.warnings.clone());
-        let event = match claim {
-            Some(claim) => claim.describe(event),
-            None => event,
-        };
+        let event = origin.describe(event);
         self.commit(Append::changes(writes, vec![event])).await?;
         self.signals.queued(&stack.spec.pool);
         tracing::info!(run_id = %run.id, stack = %run.stack, commit = %run.commit_sha, kind = %run.kind, "run queued");
@@ -358,6 +384,7 @@ impl Runs {
             git_ref: resolved.git_ref,
             pull_request,
             ticket: submission.ticket,
+            pull_request_source: None,
             triggered_by: who.to_owned(),
             detail: None,
             created_at: now,
@@ -370,11 +397,19 @@ impl Runs {
     /// Records that `keyward.run` refused a submission (no run exists, so the entry names none),
     /// with `writes` that go with the refusal (a scheduled check's claim on its fire time), and
     /// returns the refusal; a failure to record it is returned instead.
-    async fn refuse_run(&self, mut context: Context, decision: Decision, now: i64, writes: Vec<Write>) -> RunError {
+    async fn refuse_run(
+        &self,
+        mut context: Context,
+        decision: Decision,
+        now: i64,
+        writes: Vec<Write>,
+        origin: Origin<'_>,
+    ) -> RunError {
         context.run_id = None;
         let event = AuditEvent::new(Kind::RunRefused, now, context)
             .with("reasons", decision.reasons.clone())
             .with("policy_digest", decision.policy_digest.as_str());
+        let event = origin.describe(event);
         match self.commit(Append::changes(writes, vec![event])).await {
             Ok(()) => RunError::Refused(decision.reasons),
             Err(error) => error,
@@ -674,6 +709,7 @@ fn run_chain(run: &RunRow, stack: &Stack, phase: Phase, approved_by: Vec<String>
         git_ref: run.git_ref.clone(),
         pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
         ticket: run.ticket.clone(),
+        pull_request_source: run.pull_request_source.clone(),
         triggered_by: Some(run.triggered_by.clone()),
         approved_by,
         ..RunChain::new(run.id.clone(), stack.spec.name.clone(), stack.spec.name.clone(), phase)

@@ -62,6 +62,8 @@ pub struct RecordedRun {
     pub pull_request: Option<u64>,
     /// Ticket, as given at submit.
     pub ticket: Option<String>,
+    /// Where the pull request and ticket were observed (`github`), if the broker observed them.
+    pub pull_request_source: Option<String>,
     /// Who submitted it.
     pub triggered_by: String,
     /// Whose approvals count.
@@ -84,6 +86,7 @@ impl RecordedRun {
             git_ref: run.git_ref,
             pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
             ticket: run.ticket,
+            pull_request_source: run.pull_request_source,
             triggered_by: run.triggered_by,
         }
     }

@@ -162,6 +162,9 @@ pub struct RunRow {
     pub pull_request: Option<i64>,
     /// Change ticket.
     pub ticket: Option<String>,
+    /// Where `pull_request` and `ticket` were observed (`github`: a signed webhook delivery and
+    /// GitHub's API); `None` when they are the submitter's word.
+    pub pull_request_source: Option<String>,
     /// Who submitted it.
     pub triggered_by: String,
     /// Why it is in its state (a failure, a rejection), if anything needs saying.
@@ -260,7 +263,7 @@ const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.poo
      s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
-                           detail, created_at, updated_at, kind, drift";
+                           detail, created_at, updated_at, kind, drift, pull_request_source";
 pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
      log_digest, log_chunks, isolation, layers";
 
@@ -303,6 +306,7 @@ fn run_from(row: &AnyRow) -> Result<RunRow, StoreError> {
         git_ref: row.try_get("git_ref")?,
         pull_request: row.try_get("pull_request")?,
         ticket: row.try_get("ticket")?,
+        pull_request_source: row.try_get("pull_request_source")?,
         triggered_by: row.try_get("triggered_by")?,
         detail: row.try_get("detail")?,
         created_at: row.try_get("created_at")?,
@@ -565,8 +569,8 @@ pub fn insert_run(run: &RunRow) -> Write {
     Write::one(
         format!("run {}", run.id),
         "INSERT INTO runs (id, stack, state, version, commit_sha, git_ref, pull_request, ticket, \
-         triggered_by, detail, created_at, updated_at, kind) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         triggered_by, detail, created_at, updated_at, kind, pull_request_source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         vec![
             run.id.as_str().into(),
             run.stack.as_str().into(),
@@ -581,6 +585,7 @@ pub fn insert_run(run: &RunRow) -> Write {
             run.created_at.into(),
             run.updated_at.into(),
             run.kind.as_str().into(),
+            run.pull_request_source.clone().into(),
         ],
     )
 }

@@ -1,7 +1,12 @@
-//! The queue of verified VCS webhook deliveries (docs/vcs.md): one row per delivery ID, written
-//! with its `vcs.delivery_accepted` audit entry in one commit.
+//! Version control's rows (docs/vcs.md): the queue of verified webhook deliveries (one row per
+//! delivery ID, written with its `vcs.delivery_accepted` entry in one commit, claimed by the
+//! worker), the runs deliveries started with their reporting state, and the comments kept on
+//! pull requests.
+
+use sqlx::Row;
 
 use super::write::Write;
+use super::{Store, StoreError};
 
 /// A delivery to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,4 +37,309 @@ pub fn insert_delivery(row: &DeliveryRow) -> Write {
             row.payload.clone().into(),
         ],
     )
+}
+
+/// A queued delivery, claimed for processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    /// The provider's delivery ID.
+    pub delivery_id: String,
+    /// The event name.
+    pub event: String,
+    /// The raw signed body.
+    pub payload: Vec<u8>,
+    /// Attempts before this one.
+    pub attempts: i64,
+}
+
+/// How processing a delivery ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Processed<'a> {
+    /// Done: every stack it touched was decided.
+    Done,
+    /// No more attempts: why the last one failed.
+    Failed(&'a str),
+    /// Try again at `at`.
+    Retry {
+        /// When.
+        at: i64,
+        /// Why this attempt failed.
+        error: &'a str,
+    },
+}
+
+/// A run a version-control event started: where it came from and where it is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcsRunRow {
+    /// The run.
+    pub run_id: String,
+    /// The delivery that started it.
+    pub delivery_id: String,
+    /// Its stack.
+    pub stack: String,
+    /// `github`.
+    pub provider: &'static str,
+    /// The App installation reports go through.
+    pub installation_id: u64,
+    /// `owner/name`.
+    pub repository: String,
+    /// The commit its status is set on.
+    pub status_sha: String,
+    /// The pull request (JSON), if any: where its comment goes.
+    pub pull_request: Option<String>,
+}
+
+/// A run whose report is due: its state moved on since it was last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueReport {
+    /// The run.
+    pub run_id: String,
+    /// The run's version now: reported once the report succeeds.
+    pub version: i64,
+    /// The stack.
+    pub stack: String,
+    /// `github`.
+    pub provider: String,
+    /// The App installation.
+    pub installation_id: i64,
+    /// `owner/name`.
+    pub repository: String,
+    /// The commit its status is set on.
+    pub status_sha: String,
+    /// The pull request (JSON), if any.
+    pub pull_request: Option<String>,
+    /// Failed attempts at this version so far.
+    pub attempts: i64,
+}
+
+/// Records where run `row.run_id` came from; a delivery that already started a run on the same
+/// stack is refused as a duplicate (so the run is not created twice).
+pub fn insert_vcs_run(row: &VcsRunRow) -> Write {
+    Write::one(
+        format!("the run of stack `{}` for delivery `{}`", row.stack, row.delivery_id),
+        "INSERT INTO vcs_runs (run_id, delivery_id, stack, provider, installation_id, repository, status_sha, pull_request) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        vec![
+            row.run_id.as_str().into(),
+            row.delivery_id.as_str().into(),
+            row.stack.as_str().into(),
+            row.provider.into(),
+            i64::try_from(row.installation_id).unwrap_or(i64::MAX).into(),
+            row.repository.as_str().into(),
+            row.status_sha.as_str().into(),
+            row.pull_request.clone().into(),
+        ],
+    )
+}
+
+impl Store {
+    /// Claims the oldest due delivery until `claimed_until`: queued and due, or processing with
+    /// an expired claim (its processor died). `None` when nothing is due.
+    pub async fn claim_vcs_delivery(
+        &self,
+        now: i64,
+        claimed_until: i64,
+    ) -> Result<Option<ClaimedDelivery>, StoreError> {
+        for _ in 0..4 {
+            let row = sqlx::query(
+                "SELECT delivery_id, event, payload, attempts FROM vcs_deliveries \
+                 WHERE (status = 'queued' AND next_attempt_at <= $1) OR (status = 'processing' AND claimed_until < $1) \
+                 ORDER BY next_attempt_at, received_at LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let delivery = ClaimedDelivery {
+                delivery_id: row.try_get("delivery_id")?,
+                event: row.try_get("event")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+            };
+            // Only if nobody claimed it meanwhile: the attempt count is the version.
+            let claimed = sqlx::query(
+                "UPDATE vcs_deliveries SET status = 'processing', claimed_until = $1 \
+                 WHERE delivery_id = $2 AND attempts = $3 \
+                 AND (status = 'queued' OR (status = 'processing' AND claimed_until < $4))",
+            )
+            .bind(claimed_until)
+            .bind(&delivery.delivery_id)
+            .bind(delivery.attempts)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return Ok(Some(delivery));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Settles a claimed delivery after its attempt number `attempts`.
+    pub async fn settle_vcs_delivery(
+        &self,
+        delivery_id: &str,
+        outcome: Processed<'_>,
+        attempts: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (status, next, error) = match outcome {
+            Processed::Done => ("done", now, None),
+            Processed::Failed(why) => ("failed", now, Some(why)),
+            Processed::Retry { at, error } => ("queued", at, Some(error)),
+        };
+        let processed_at = (!matches!(outcome, Processed::Retry { .. })).then_some(now);
+        sqlx::query(
+            "UPDATE vcs_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, claimed_until = NULL, \
+             error = $4, processed_at = $5 WHERE delivery_id = $6",
+        )
+        .bind(status)
+        .bind(attempts)
+        .bind(next)
+        .bind(error)
+        .bind(processed_at)
+        .bind(delivery_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A delivery's status and last error: `(status, error)`.
+    pub async fn vcs_delivery_status(&self, delivery_id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT status, error FROM vcs_deliveries WHERE delivery_id = $1")
+            .bind(delivery_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("status")?, row.try_get("error")?))).transpose()
+    }
+
+    /// Claims the run whose report is most overdue until `claimed_until`: its version moved
+    /// past the one last reported and its next attempt is due.
+    pub async fn claim_vcs_report(&self, now: i64, claimed_until: i64) -> Result<Option<DueReport>, StoreError> {
+        for _ in 0..4 {
+            let row = sqlx::query(
+                "SELECT v.run_id, r.version, v.stack, v.provider, v.installation_id, v.repository, v.status_sha, \
+                 v.pull_request, v.attempts FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
+                 WHERE v.reported_version < r.version AND v.next_attempt_at <= $1 \
+                 AND (v.claimed_until IS NULL OR v.claimed_until < $1) \
+                 ORDER BY v.next_attempt_at, r.updated_at LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let due = DueReport {
+                run_id: row.try_get("run_id")?,
+                version: row.try_get("version")?,
+                stack: row.try_get("stack")?,
+                provider: row.try_get("provider")?,
+                installation_id: row.try_get("installation_id")?,
+                repository: row.try_get("repository")?,
+                status_sha: row.try_get("status_sha")?,
+                pull_request: row.try_get("pull_request")?,
+                attempts: row.try_get("attempts")?,
+            };
+            let claimed = sqlx::query(
+                "UPDATE vcs_runs SET claimed_until = $1 WHERE run_id = $2 AND attempts = $3 \
+                 AND (claimed_until IS NULL OR claimed_until < $4)",
+            )
+            .bind(claimed_until)
+            .bind(&due.run_id)
+            .bind(due.attempts)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return Ok(Some(due));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Settles a claimed report: `version` reported (or given up on, `error` saying why), or
+    /// retried at `retry_at` after `attempts` failures.
+    pub async fn settle_vcs_report(
+        &self,
+        run_id: &str,
+        outcome: Processed<'_>,
+        version: i64,
+        attempts: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (reported, attempts, next, error) = match outcome {
+            Processed::Done => (Some(version), 0, now, None),
+            Processed::Failed(why) => (Some(version), 0, now, Some(why)),
+            Processed::Retry { at, error } => (None, attempts, at, Some(error)),
+        };
+        sqlx::query(
+            "UPDATE vcs_runs SET reported_version = COALESCE($1, reported_version), attempts = $2, \
+             next_attempt_at = $3, claimed_until = NULL, last_error = $4 WHERE run_id = $5",
+        )
+        .bind(reported)
+        .bind(attempts)
+        .bind(next)
+        .bind(error)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The IDs of the comment parts Keyward keeps for `stack` on pull request `number`.
+    pub async fn vcs_comment_ids(
+        &self,
+        provider: &str,
+        repository: &str,
+        number: i64,
+        stack: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT comment_ids FROM vcs_comments WHERE provider = $1 AND repository = $2 AND pull_request = $3 AND stack = $4",
+        )
+        .bind(provider)
+        .bind(repository)
+        .bind(number)
+        .bind(stack)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(Vec::new()) };
+        let ids: String = row.try_get("comment_ids")?;
+        serde_json::from_str(&ids).map_err(|e| StoreError::Corrupt(format!("vcs_comments.comment_ids: {e}")))
+    }
+
+    /// Keeps `ids` as the comment parts for `stack` on pull request `number`.
+    pub async fn set_vcs_comment_ids(
+        &self,
+        provider: &str,
+        repository: &str,
+        number: i64,
+        stack: &str,
+        ids: &[u64],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "INSERT INTO vcs_comments (provider, repository, pull_request, stack, comment_ids, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provider, repository, pull_request, stack) \
+             DO UPDATE SET comment_ids = excluded.comment_ids, updated_at = excluded.updated_at",
+        )
+        .bind(provider)
+        .bind(repository)
+        .bind(number)
+        .bind(stack)
+        .bind(ids)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The runs a delivery started, by stack.
+    pub async fn vcs_runs_of_delivery(&self, delivery_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT stack, run_id FROM vcs_runs WHERE delivery_id = $1 ORDER BY stack")
+            .bind(delivery_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("stack")?, row.try_get("run_id")?))).collect()
+    }
 }

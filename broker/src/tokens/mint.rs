@@ -208,6 +208,7 @@ impl Minter {
         optional_text("ticket", run.ticket.as_deref(), MAX_ID_LEN)?;
         optional_text("triggered_by", run.triggered_by.as_deref(), MAX_ID_LEN)?;
         optional_text("asserted_by", run.asserted_by.as_deref(), MAX_ID_LEN)?;
+        optional_text("pull_request_source", run.pull_request_source.as_deref(), MAX_ID_LEN)?;
         pool.map_or(Ok(()), |pool| identifier("pool", pool))?;
         agent_id.map_or(Ok(()), |agent_id| identifier("agent_id", agent_id))?;
         if run.pull_request == Some(0) {
@@ -254,8 +255,11 @@ impl Minter {
             &run.run_id,
             &run.stack_id,
             run.commit_sha.as_deref(),
-            run.pull_request,
-            run.ticket.as_deref(),
+            Observed {
+                pull_request: run.pull_request,
+                ticket: run.ticket.as_deref(),
+                source: run.pull_request_source.as_deref(),
+            },
             &run.approved_by,
         );
         if let Some(keys) = keys {
@@ -376,14 +380,21 @@ fn commit(mut value: String) -> Result<String, MintError> {
     Ok(value)
 }
 
+/// A run's pull request and ticket, and where they were observed (`None`: the submitter's word).
+#[derive(Debug, Clone, Copy)]
+struct Observed<'a> {
+    pull_request: Option<u64>,
+    ticket: Option<&'a str>,
+    source: Option<&'a str>,
+}
+
 /// Session tags in STS's shape. Values are reduced to the characters STS accepts
 /// (`[\p{L}\p{Z}\p{N}_.:/=+\-@]`, at most 256) rather than failing the whole exchange.
 fn aws_tags(
     run_id: &str,
     stack_id: &str,
     commit_sha: Option<&str>,
-    pull_request: Option<u64>,
-    ticket: Option<&str>,
+    change: Observed<'_>,
     approvers: &[String],
 ) -> AwsTags {
     let mut tags = BTreeMap::new();
@@ -403,11 +414,14 @@ fn aws_tags(
     if let Some(sha) = commit_sha {
         put("commit", sha);
     }
-    if let Some(pr) = pull_request {
+    if let Some(pr) = change.pull_request {
         put("pr", &pr.to_string());
     }
-    if let Some(ticket) = ticket {
+    if let Some(ticket) = change.ticket {
         put("ticket", ticket);
+    }
+    if let Some(source) = change.source {
+        put("pr_source", source);
     }
     if !approvers.is_empty() {
         put("approver", &approvers.join(" "));
@@ -438,12 +452,17 @@ mod tests {
 
     #[test]
     fn tags_follow_sts_shape_and_character_rules() {
-        let tags = aws_tags("run-1", "stk", Some("abc1234"), Some(42), Some("OPS#12"), &["bob".into(), "carol".into()]);
+        let observed = Observed { pull_request: Some(42), ticket: Some("OPS#12"), source: Some("github") };
+        let tags = aws_tags("run-1", "stk", Some("abc1234"), observed, &["bob".into(), "carol".into()]);
         assert_eq!(tags.principal_tags["run"], ["run-1".to_owned()]);
         assert_eq!(tags.principal_tags["pr"], ["42".to_owned()]);
         assert_eq!(tags.principal_tags["ticket"], ["OPS_12".to_owned()], "`#` is not allowed by STS");
+        assert_eq!(tags.principal_tags["pr_source"], ["github".to_owned()]);
         assert_eq!(tags.principal_tags["approver"], ["bob carol".to_owned()]);
         assert_eq!(tags.transitive_tag_keys.len(), tags.principal_tags.len());
+        // The submitter's word carries no source tag.
+        let asserted = Observed { source: None, ..observed };
+        assert!(!aws_tags("run-1", "stk", None, asserted, &[]).principal_tags.contains_key("pr_source"));
     }
 
     #[test]

@@ -3,3 +3,4 @@
 //! queue comes next.
 
 pub mod github;
+pub mod ticket;

@@ -54,6 +54,7 @@ fn run_and_stack() -> &'static (RunRow, Stack) {
             git_ref: Some("refs/heads/main".to_owned()),
             pull_request: None,
             ticket: None,
+            pull_request_source: None,
             triggered_by: "alice".to_owned(),
             detail: None,
             created_at: NOW - 60,

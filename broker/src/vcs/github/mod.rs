@@ -13,6 +13,7 @@ use keyward_proto::secret::Secret;
 
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
+use crate::vcs::ticket::TicketPattern;
 
 pub use webhook::{Outcome, WebhookError};
 
@@ -33,6 +34,8 @@ pub struct GithubSettings {
     pub webhook_secret: Secret,
     /// The REST API's base URL, without a trailing slash (GitHub Enterprise: its own).
     pub api_url: String,
+    /// Finds the ticket in a pull request's title or branch (`[vcs] ticket_pattern`).
+    pub ticket_pattern: TicketPattern,
 }
 
 /// The GitHub integration: receives webhook deliveries. Cheap to clone.

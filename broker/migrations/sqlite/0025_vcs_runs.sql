@@ -1,0 +1,60 @@
+-- Pull requests and pushes drive runs (issue 22, docs/vcs.md).
+--
+-- The delivery queue gains its worker's bookkeeping: a claimed delivery is `processing` until
+-- `claimed_until`, then `done` or, after its attempts, `failed`; a failed attempt waits until
+-- `next_attempt_at`. SQLite cannot change a CHECK constraint, so the table is rebuilt.
+CREATE TABLE vcs_deliveries_new (
+    delivery_id      TEXT    PRIMARY KEY,
+    provider         TEXT    NOT NULL,
+    event            TEXT    NOT NULL,
+    received_at      BIGINT  NOT NULL,
+    payload          BLOB    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('queued', 'processing', 'done', 'failed')),
+    attempts         BIGINT  NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
+    claimed_until    BIGINT,
+    processed_at     BIGINT,
+    error            TEXT
+);
+INSERT INTO vcs_deliveries_new (delivery_id, provider, event, received_at, payload, status, next_attempt_at)
+    SELECT delivery_id, provider, event, received_at, payload, status, received_at FROM vcs_deliveries;
+DROP TABLE vcs_deliveries;
+ALTER TABLE vcs_deliveries_new RENAME TO vcs_deliveries;
+CREATE INDEX vcs_deliveries_due ON vcs_deliveries (status, next_attempt_at);
+
+-- Where a run's pull request and ticket came from: `github` when the broker observed them (a
+-- signed webhook delivery and GitHub's API), NULL when they are the submitter's word.
+ALTER TABLE runs ADD COLUMN pull_request_source TEXT;
+
+-- The pull request a run was observed for, as GitHub described it, and the delivery that
+-- started the run. One per run; (delivery, stack) is unique, so a delivery processed twice
+-- (a broker restarted mid-way) starts each stack's run once.
+CREATE TABLE vcs_runs (
+    run_id           TEXT    PRIMARY KEY REFERENCES runs (id),
+    delivery_id      TEXT    NOT NULL,
+    stack            TEXT    NOT NULL,
+    provider         TEXT    NOT NULL,
+    installation_id  BIGINT  NOT NULL,
+    repository       TEXT    NOT NULL,   -- owner/name
+    status_sha       TEXT    NOT NULL,   -- the commit its status is set on
+    pull_request     TEXT,               -- JSON: number, title, author, base, head, head_sha, url
+    reported_version BIGINT  NOT NULL DEFAULT 0,
+    attempts         BIGINT  NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
+    claimed_until    BIGINT,
+    last_error       TEXT,
+    UNIQUE (delivery_id, stack)
+);
+CREATE INDEX vcs_runs_due ON vcs_runs (next_attempt_at);
+
+-- The comments Keyward keeps on a pull request: one per stack (in parts when long), edited in
+-- place on every new run.
+CREATE TABLE vcs_comments (
+    provider      TEXT    NOT NULL,
+    repository    TEXT    NOT NULL,
+    pull_request  BIGINT  NOT NULL,
+    stack         TEXT    NOT NULL,
+    comment_ids   TEXT    NOT NULL,   -- JSON array of the parts' comment IDs, in order
+    updated_at    BIGINT  NOT NULL,
+    PRIMARY KEY (provider, repository, pull_request, stack)
+);
