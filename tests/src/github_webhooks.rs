@@ -20,14 +20,20 @@ pub fn npm_dir() -> PathBuf {
     dir
 }
 
-/// The first example of `event` (with `action`, when given) from @octokit/webhooks-examples, as
-/// the exact bytes GitHub would send (compact JSON).
+/// The first example of `event` (with `action`, when given) from @octokit/webhooks-examples that
+/// a GitHub App receives (it names the installation; `ping` names none), as the exact bytes GitHub
+/// would send (compact JSON).
 pub fn example(event: &str, action: Option<&str>) -> Vec<u8> {
+    let found = examples(event, action).into_iter().find(|e| event == "ping" || e.get("installation").is_some());
+    serde_json::to_vec(&found.unwrap()).unwrap()
+}
+
+/// Every example of `event` (with `action`, when given) from @octokit/webhooks-examples.
+pub fn examples(event: &str, action: Option<&str>) -> Vec<Value> {
     let index = npm_dir().join("node_modules/@octokit/webhooks-examples/api.github.com/index.json");
     let all: Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
     let examples = all.as_array().unwrap().iter().find(|e| e["name"] == event).unwrap()["examples"].as_array().unwrap();
-    let found = examples.iter().find(|e| action.is_none_or(|a| e["action"] == a)).unwrap();
-    serde_json::to_vec(found).unwrap()
+    examples.iter().filter(|e| action.is_none_or(|a| e["action"] == a)).cloned().collect()
 }
 
 /// `sha256=<hex>` for `body` and `secret`, as computed by @octokit/webhooks-methods' `sign`.

@@ -54,7 +54,7 @@ pub(super) async fn github_webhook(
             tracing::warn!(%error, "a GitHub webhook delivery was refused: its signature is missing or wrong");
             Err(ApiError::unauthenticated(error.to_string()))
         }
-        Err(error @ (WebhookError::Header(_) | WebhookError::Json(_))) => {
+        Err(error @ (WebhookError::Header(_) | WebhookError::Json(_) | WebhookError::NoInstallation)) => {
             Err(ApiError::invalid_request(error.to_string()))
         }
         Err(WebhookError::Change(error)) => Err(error.into()),

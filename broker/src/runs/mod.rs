@@ -17,6 +17,7 @@ mod hooks;
 mod jobs;
 mod kind;
 mod observed;
+mod plan_changes;
 mod plans;
 mod policy_input;
 pub mod redact;
@@ -46,6 +47,7 @@ pub use hooks::{HookPoint, Hooks, HooksPatch, JobHook, MAX_HOOK_LEN, MAX_HOOKS};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
 pub use observed::{ObservedChange, ObservedPullRequest};
+pub use plan_changes::{ChangeAction, PlanChanges, ResourceChange};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
@@ -73,7 +75,7 @@ pub struct RunView {
     pub stack: String,
     /// State.
     pub state: String,
-    /// `deploy` or `drift`.
+    /// `deploy`, `drift`, `remediation` or `proposed`.
     pub kind: String,
     /// Drift runs: whether the check found drift (absent until it ran).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +91,9 @@ pub struct RunView {
     /// Ticket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Where the pull request and ticket were observed (`github`); absent: the submitter's word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request_source: Option<String>,
     /// Who submitted it.
     pub triggered_by: String,
     /// Why it is where it is, when that needs saying.
@@ -764,6 +769,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow], scans: &[crate::sto
         git_ref: run.git_ref,
         pull_request: run.pull_request,
         ticket: run.ticket,
+        pull_request_source: run.pull_request_source,
         triggered_by: run.triggered_by,
         detail: run.detail,
         created_at: run.created_at,

@@ -475,6 +475,16 @@ impl Store {
         .transpose()
     }
 
+    /// The redacted plan JSON of `run_id` and the policy's deny and warn messages (JSON arrays),
+    /// if its plan job submitted one.
+    pub async fn plan_json(&self, run_id: &str) -> Result<Option<(String, String, String)>, StoreError> {
+        let row = sqlx::query("SELECT plan_json, deny, warn FROM plans WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("plan_json")?, row.try_get("deny")?, row.try_get("warn")?))).transpose()
+    }
+
     /// The sealed plan file of `run_id`, for the apply that opens it.
     pub async fn sealed_plan(&self, run_id: &str) -> Result<Option<SealedPlanRow>, StoreError> {
         let row = sqlx::query("SELECT job_id, sha256, plan_file FROM plans WHERE run_id = $1")

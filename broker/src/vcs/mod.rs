@@ -3,4 +3,5 @@
 //! queue comes next.
 
 pub mod github;
+pub mod report;
 pub mod ticket;

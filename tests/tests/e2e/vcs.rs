@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use keyward_tests::broker::Broker;
-use keyward_tests::github_webhooks::{example, sign};
+use keyward_tests::github_webhooks::{self, example, sign};
 use serde_json::Value;
 
 const SECRET: &str = "a-long-random-webhook-secret";
@@ -119,6 +119,17 @@ async fn unproven_oversized_malformed_and_unhandled_deliveries_store_nothing() {
     let malformed = b"{\"repository\": ".to_vec();
     let signature = sign(&malformed, SECRET);
     assert_eq!(deliver(&broker, "pull_request", "w-5", malformed, Some(&signature)).await.0, 400);
+
+    // A repository webhook's delivery (no App installation): nothing to report back through.
+    let repository_hook = github_webhooks::examples("pull_request", Some("opened"))
+        .into_iter()
+        .find(|e| e.get("installation").is_none())
+        .map(|e| serde_json::to_vec(&e).unwrap())
+        .unwrap();
+    let signature = sign(&repository_hook, SECRET);
+    let (status, answer) = deliver(&broker, "pull_request", "w-7", repository_hook, Some(&signature)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error_description"].as_str().unwrap().contains("names no installation"), "{answer}");
 
     let issue = example("issues", Some("opened"));
     let signature = sign(&issue, SECRET);

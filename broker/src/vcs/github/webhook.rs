@@ -47,6 +47,12 @@ pub enum WebhookError {
     /// A required header is missing or not acceptable.
     #[error("{0}")]
     Header(&'static str),
+    /// A `pull_request` or `push` delivery names no App installation: it comes from a
+    /// repository webhook, not the GitHub App, and nothing could be reported back.
+    #[error(
+        "the delivery names no installation: configure the webhook on the GitHub App, not on the repository (docs/vcs.md)"
+    )]
+    NoInstallation,
     /// The body is not the JSON object GitHub sends.
     #[error("the body is not a JSON webhook payload: {0}")]
     Json(String),
@@ -119,6 +125,10 @@ impl Github {
         let payload: Payload = serde_json::from_slice(body).map_err(|e| WebhookError::Json(e.to_string()))?;
         if !EVENTS.contains(&event.as_str()) {
             return Ok(Outcome::Ignored(format!("event `{event}` is not acted on")));
+        }
+        if event != "ping" && payload.installation.is_none() {
+            // Only an App's deliveries name the installation its API calls go through.
+            return Err(WebhookError::NoInstallation);
         }
         let received_at = self.clock.now();
         let audit = accepted_event(&event, &delivery, &payload, received_at, context);
