@@ -123,6 +123,15 @@ pub enum Kind {
     /// A signed GitHub webhook delivery was accepted and queued: its event, delivery ID,
     /// repository, pull request, head SHA and sender (never the webhook secret).
     VcsDeliveryAccepted,
+    /// A queued delivery was processed: per stack it touched, what `keyward.push` decided and
+    /// the run it started, if any.
+    VcsDeliveryProcessed,
+    /// A queued delivery could not be processed, for good: why (an unknown installation, a
+    /// payload missing what its event needs, GitHub refusing after every retry).
+    VcsDeliveryFailed,
+    /// Reporting a run back (its commit status, its pull request comment) failed after every
+    /// retry; the run itself was not affected.
+    VcsReportFailed,
 }
 
 impl Kind {
@@ -177,6 +186,9 @@ impl Kind {
             Self::ApiTokenCreated => kinds::API_TOKEN_CREATED,
             Self::ApiTokenRevoked => kinds::API_TOKEN_REVOKED,
             Self::VcsDeliveryAccepted => kinds::VCS_DELIVERY_ACCEPTED,
+            Self::VcsDeliveryProcessed => kinds::VCS_DELIVERY_PROCESSED,
+            Self::VcsDeliveryFailed => kinds::VCS_DELIVERY_FAILED,
+            Self::VcsReportFailed => kinds::VCS_REPORT_FAILED,
         }
     }
 }
@@ -279,6 +291,12 @@ pub mod kinds {
     pub const API_TOKEN_REVOKED: &str = "api_token.revoked";
     /// [`super::Kind::VcsDeliveryAccepted`].
     pub const VCS_DELIVERY_ACCEPTED: &str = "vcs.delivery_accepted";
+    /// [`super::Kind::VcsDeliveryProcessed`].
+    pub const VCS_DELIVERY_PROCESSED: &str = "vcs.delivery_processed";
+    /// [`super::Kind::VcsDeliveryFailed`].
+    pub const VCS_DELIVERY_FAILED: &str = "vcs.delivery_failed";
+    /// [`super::Kind::VcsReportFailed`].
+    pub const VCS_REPORT_FAILED: &str = "vcs.report_failed";
 }
 
 /// Who and what an event concerns. Every field is optional: an event records what it knows.

@@ -60,6 +60,9 @@ pub enum StartError {
     /// The HTTP client for issuers' discovery documents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// The GitHub App cannot be used (its private key, its HTTP client).
+    #[error("`[vcs.github]`: {0}")]
+    Github(crate::vcs::github::api::ApiError),
     /// Could not listen.
     #[error("cannot listen on {address}: {source}")]
     Listen {
@@ -94,6 +97,20 @@ impl Broker {
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
         let notifier = Notifier::new(&settings.notifications, store.clone(), audit.clone(), Arc::clone(&clock))
             .map_err(StartError::HttpClient)?;
+        let github = match settings.github.clone() {
+            Some(github) => {
+                let services = crate::vcs::github::Services {
+                    audit: audit.clone(),
+                    store: store.clone(),
+                    runs: runs.clone(),
+                    policies: policies.clone(),
+                    external_url: settings.server.external_url.clone(),
+                    clock: Arc::clone(&clock),
+                };
+                Some(crate::vcs::github::Github::new(github, services).map_err(StartError::Github)?)
+            }
+            None => None,
+        };
         let state = AppState {
             sso,
             notifier,
@@ -104,7 +121,7 @@ impl Broker {
             clock: Arc::clone(&clock),
             access: Access::new(store.clone(), Arc::clone(&clock)),
             spaces: crate::spaces::Spaces::new(store.clone(), audit.clone(), Arc::clone(&clock)),
-            github: settings.github.clone().map(|github| crate::vcs::github::Github::new(github, audit.clone(), clock)),
+            github,
             keys,
             store,
             audit,
@@ -350,6 +367,9 @@ impl Background {
         if let Some(notifier) = &state.notifier {
             tasks.push(tokio::spawn(Arc::clone(notifier).scan()));
             tasks.push(tokio::spawn(Arc::clone(notifier).send()));
+        }
+        if let Some(github) = &state.github {
+            tasks.extend(github.spawn());
         }
         Self(tasks)
     }

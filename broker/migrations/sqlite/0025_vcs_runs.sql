@@ -38,6 +38,7 @@ CREATE TABLE vcs_runs (
     repository       TEXT    NOT NULL,   -- owner/name
     status_sha       TEXT    NOT NULL,   -- the commit its status is set on
     pull_request     TEXT,               -- JSON: number, title, author, base, head, head_sha, url
+    pull_request_number BIGINT,          -- its number: where its comment goes
     reported_version BIGINT  NOT NULL DEFAULT 0,
     attempts         BIGINT  NOT NULL DEFAULT 0,
     next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
@@ -46,6 +47,7 @@ CREATE TABLE vcs_runs (
     UNIQUE (delivery_id, stack)
 );
 CREATE INDEX vcs_runs_due ON vcs_runs (next_attempt_at);
+CREATE INDEX vcs_runs_by_pull_request ON vcs_runs (repository, pull_request_number, stack);
 
 -- The comments Keyward keeps on a pull request: one per stack (in parts when long), edited in
 -- place on every new run.

@@ -111,6 +111,7 @@ impl Origin<'_> {
                 repository: change.repository.clone(),
                 status_sha: change.commit_sha.clone(),
                 pull_request: change.pull_request.as_ref().map(|pr| json!(pr).to_string()),
+                pull_request_number: change.pull_request.as_ref().map(|pr| pr.number),
             })],
         }
     }

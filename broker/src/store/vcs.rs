@@ -85,8 +85,10 @@ pub struct VcsRunRow {
     pub repository: String,
     /// The commit its status is set on.
     pub status_sha: String,
-    /// The pull request (JSON), if any: where its comment goes.
+    /// The pull request (JSON), if any.
     pub pull_request: Option<String>,
+    /// Its number: where the run's comment goes.
+    pub pull_request_number: Option<u64>,
 }
 
 /// A run whose report is due: its state moved on since it was last reported.
@@ -106,8 +108,8 @@ pub struct DueReport {
     pub repository: String,
     /// The commit its status is set on.
     pub status_sha: String,
-    /// The pull request (JSON), if any.
-    pub pull_request: Option<String>,
+    /// The pull request's number, if any: where its comment goes.
+    pub pull_request_number: Option<i64>,
     /// Failed attempts at this version so far.
     pub attempts: i64,
 }
@@ -117,8 +119,8 @@ pub struct DueReport {
 pub fn insert_vcs_run(row: &VcsRunRow) -> Write {
     Write::one(
         format!("the run of stack `{}` for delivery `{}`", row.stack, row.delivery_id),
-        "INSERT INTO vcs_runs (run_id, delivery_id, stack, provider, installation_id, repository, status_sha, pull_request) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO vcs_runs (run_id, delivery_id, stack, provider, installation_id, repository, status_sha, \
+         pull_request, pull_request_number) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         vec![
             row.run_id.as_str().into(),
             row.delivery_id.as_str().into(),
@@ -128,6 +130,33 @@ pub fn insert_vcs_run(row: &VcsRunRow) -> Write {
             row.repository.as_str().into(),
             row.status_sha.as_str().into(),
             row.pull_request.clone().into(),
+            row.pull_request_number.and_then(|n| i64::try_from(n).ok()).into(),
+        ],
+    )
+}
+
+/// Settles a delivery claimed at attempt count `before`, after attempt number `before + 1`:
+/// done, failed for good, or queued again for its next attempt. Refused (changing nothing) when
+/// the claim was taken over meanwhile, so an entry committed with it is not written either.
+pub fn settle_delivery(delivery_id: &str, outcome: Processed<'_>, before: i64, now: i64) -> Write {
+    let (status, next, error) = match outcome {
+        Processed::Done => ("done", now, None),
+        Processed::Failed(why) => ("failed", now, Some(why.to_owned())),
+        Processed::Retry { at, error } => ("queued", at, Some(error.to_owned())),
+    };
+    let processed_at = (!matches!(outcome, Processed::Retry { .. })).then_some(now);
+    Write::one(
+        format!("delivery `{delivery_id}` (claimed by another worker meanwhile)"),
+        "UPDATE vcs_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, claimed_until = NULL, \
+         error = $4, processed_at = $5 WHERE delivery_id = $6 AND status = 'processing' AND attempts = $7",
+        vec![
+            status.into(),
+            (before + 1).into(),
+            next.into(),
+            error.into(),
+            processed_at.into(),
+            delivery_id.into(),
+            before.into(),
         ],
     )
 }
@@ -175,35 +204,6 @@ impl Store {
         Ok(None)
     }
 
-    /// Settles a claimed delivery after its attempt number `attempts`.
-    pub async fn settle_vcs_delivery(
-        &self,
-        delivery_id: &str,
-        outcome: Processed<'_>,
-        attempts: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let (status, next, error) = match outcome {
-            Processed::Done => ("done", now, None),
-            Processed::Failed(why) => ("failed", now, Some(why)),
-            Processed::Retry { at, error } => ("queued", at, Some(error)),
-        };
-        let processed_at = (!matches!(outcome, Processed::Retry { .. })).then_some(now);
-        sqlx::query(
-            "UPDATE vcs_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, claimed_until = NULL, \
-             error = $4, processed_at = $5 WHERE delivery_id = $6",
-        )
-        .bind(status)
-        .bind(attempts)
-        .bind(next)
-        .bind(error)
-        .bind(processed_at)
-        .bind(delivery_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// A delivery's status and last error: `(status, error)`.
     pub async fn vcs_delivery_status(&self, delivery_id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
         let row = sqlx::query("SELECT status, error FROM vcs_deliveries WHERE delivery_id = $1")
@@ -219,7 +219,7 @@ impl Store {
         for _ in 0..4 {
             let row = sqlx::query(
                 "SELECT v.run_id, r.version, v.stack, v.provider, v.installation_id, v.repository, v.status_sha, \
-                 v.pull_request, v.attempts FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
+                 v.pull_request_number, v.attempts FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
                  WHERE v.reported_version < r.version AND v.next_attempt_at <= $1 \
                  AND (v.claimed_until IS NULL OR v.claimed_until < $1) \
                  ORDER BY v.next_attempt_at, r.updated_at LIMIT 1",
@@ -236,7 +236,7 @@ impl Store {
                 installation_id: row.try_get("installation_id")?,
                 repository: row.try_get("repository")?,
                 status_sha: row.try_get("status_sha")?,
-                pull_request: row.try_get("pull_request")?,
+                pull_request_number: row.try_get("pull_request_number")?,
                 attempts: row.try_get("attempts")?,
             };
             let claimed = sqlx::query(
@@ -332,6 +332,29 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The newest run started for `stack` on pull request `number`: only its report edits the
+    /// comment (an older run finishing later must not overwrite a newer one's).
+    pub async fn newest_vcs_run(
+        &self,
+        provider: &str,
+        repository: &str,
+        number: i64,
+        stack: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.run_id FROM vcs_runs v JOIN runs r ON r.id = v.run_id WHERE v.provider = $1 \
+             AND v.repository = $2 AND v.pull_request_number = $3 AND v.stack = $4 \
+             ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
+        )
+        .bind(provider)
+        .bind(repository)
+        .bind(number)
+        .bind(stack)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| row.try_get("run_id")).transpose().map_err(StoreError::from)
     }
 
     /// The runs a delivery started, by stack.

@@ -1,6 +1,10 @@
-//! Version control integration (docs/vcs.md): pull requests and pushes drive runs. So far only
-//! GitHub's webhook is received, verified, deduplicated and queued durably; processing the
-//! queue comes next.
+//! Version control integration (docs/vcs.md): pull requests and pushes drive runs, and runs
+//! report back on them.
+//!
+//! Provider-neutral parts: `event` (a delivery's payload as typed facts), `matching` (which
+//! stacks a change touches), `push_policy` (`keyward.push`'s input and decision), `ticket` (the
+//! ticket in a pull request's title or branch) and `report` (statuses and comments rendered).
+//! `github` is the one provider so far.
 
 pub mod github;
 pub mod report;

@@ -4,7 +4,7 @@
 //! caller writes nothing, not even an audit entry (DESIGN.md §8.10). A verified delivery of an
 //! event Keyward acts on (`pull_request`, `push`, `ping`) is queued in `vcs_deliveries` with its
 //! `vcs.delivery_accepted` entry in one commit; the delivery ID is unique there, so a replay is
-//! recognised by the database and stores nothing new. Processing the queue is not done here.
+//! recognised by the database and stores nothing new. The worker (`worker`) processes the queue.
 
 use serde::Deserialize;
 
@@ -135,7 +135,10 @@ impl Github {
         let row = DeliveryRow { delivery_id: delivery, provider: "github", event, received_at, payload: body.to_vec() };
         let committed = self.audit.append(Append::changes(vec![insert_delivery(&row)], vec![audit])).await;
         match committed.map_err(ChangeError::from).and_then(|c| c.into_change()) {
-            Ok(()) => Ok(Outcome::Accepted),
+            Ok(()) => {
+                self.queued.notify_one();
+                Ok(Outcome::Accepted)
+            }
             Err(ChangeError::Duplicate { .. }) => Ok(Outcome::Duplicate),
             Err(error) => Err(WebhookError::Change(error)),
         }

@@ -1,0 +1,366 @@
+//! The delivery worker: takes queued deliveries one at a time, works out which stacks each change
+//! touches, asks `keyward.push` what to do for each, starts the runs it says, and records what it
+//! did (docs/vcs.md).
+//!
+//! A delivery is claimed for [`CLAIM`] seconds; a replica that dies mid-way leaves it to be
+//! claimed again, and a stack whose run the delivery already started is not started twice
+//! (`vcs_runs` is unique per delivery and stack). A delivery is settled in the same commit as its
+//! `vcs.delivery_processed` (or `vcs.delivery_failed`) entry. Transient trouble (GitHub
+//! unreachable or rate-limiting, the store busy) is retried with exponential backoff; the rest
+//! fails the delivery for good, with the reason on record.
+//!
+//! What the broker refuses whatever the policy says: it never proposes a pull request from a fork
+//! (its code would run with the stack's credentials, variables and state).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::Github;
+use super::api::{ApiError, RepoName};
+use crate::audit::{Append, AuditEvent, ChangeError, Context, Kind};
+use crate::policy::Outcome;
+use crate::runs::{ObservedChange, ObservedPullRequest, RunError, RunKind, Stack};
+use crate::store::StoreError;
+use crate::store::vcs::{ClaimedDelivery, Processed, settle_delivery};
+use crate::vcs::event::{EventError, EventKind, PullRequestFacts, VcsEvent};
+use crate::vcs::{matching, push_policy};
+
+/// How long a claimed delivery is the claimer's: longer than processing one takes.
+const CLAIM: i64 = 300;
+/// How often an idle worker looks again (another replica may have queued one).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Attempts before a delivery fails for good.
+const MAX_ATTEMPTS: i64 = 6;
+/// The first retry's delay; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: i64 = 2;
+const MAX_BACKOFF: i64 = 300;
+
+/// Why the broker ignores a proposal for a fork's pull request, whatever the policy says.
+pub const FORK_REFUSAL: &str = "pull requests from forks are never planned: their code would run with the stack's \
+                                credentials, variables and state";
+
+/// Why processing a delivery failed.
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    /// The payload lacks what its event needs.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The delivery names no App installation.
+    #[error("the delivery names no installation")]
+    NoInstallation,
+    /// GitHub's API failed.
+    #[error("GitHub: {0}")]
+    Api(#[from] ApiError),
+    /// Stacks or runs could not be read or written.
+    #[error(transparent)]
+    Runs(#[from] RunError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ProcessError {
+    /// Whether another attempt may succeed.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Api(error) => error.is_transient(),
+            Self::Runs(RunError::Store(_) | RunError::Git(_)) | Self::Store(_) => true,
+            Self::Runs(RunError::Change(ChangeError::Store(_))) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What became of one stack a delivery touched.
+#[derive(Debug, Clone, PartialEq)]
+struct StackOutcome {
+    stack: String,
+    /// `propose`, `track` or `ignore`, as decided (after the broker's own refusals).
+    decision: &'static str,
+    reasons: Vec<String>,
+    /// The run started (or started before, by an earlier attempt).
+    run: Option<String>,
+    /// Why the run was not started although the decision said so.
+    error: Option<String>,
+}
+
+/// What processing a delivery found.
+#[derive(Debug, Default)]
+struct Handled {
+    /// Why nothing was decided at all (an event not acted on, no stack of the repository).
+    ignored: Option<String>,
+    stacks: Vec<StackOutcome>,
+    files: usize,
+    pull_request: Option<u64>,
+    repository: Option<String>,
+    commit_sha: Option<String>,
+}
+
+impl Github {
+    /// Processes queued deliveries, forever.
+    pub async fn process_deliveries(self) {
+        loop {
+            let queued = self.queued.notified();
+            let now = self.clock.now();
+            match self.store.claim_vcs_delivery(now, now + CLAIM).await {
+                Ok(Some(delivery)) => self.attempt(delivery).await,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(IDLE_POLL, queued).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "vcs: cannot claim a delivery; will retry");
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt at a claimed delivery, and its settlement.
+    async fn attempt(&self, delivery: ClaimedDelivery) {
+        let result = self.handle(&delivery).await;
+        let attempts = delivery.attempts + 1;
+        let now = self.clock.now();
+        let (write, entry) = match &result {
+            Ok(handled) => {
+                (settle_delivery(&delivery.delivery_id, Processed::Done, delivery.attempts, now), Some(processed(&delivery, handled, now)))
+            }
+            Err(error) if error.is_transient() && attempts < MAX_ATTEMPTS => {
+                let why = error.to_string();
+                let at = now + backoff(attempts);
+                tracing::info!(delivery = %delivery.delivery_id, error = %why, retry_at = at, "vcs: processing a delivery failed; will retry");
+                let retry = Processed::Retry { at, error: &why };
+                (settle_delivery(&delivery.delivery_id, retry, delivery.attempts, now), None)
+            }
+            Err(error) => {
+                let why = error.to_string();
+                tracing::warn!(delivery = %delivery.delivery_id, error = %why, "vcs: a delivery failed for good");
+                let entry = AuditEvent::new(Kind::VcsDeliveryFailed, now, Context::default())
+                    .with("provider", "github")
+                    .with("event", delivery.event.as_str())
+                    .with("delivery", delivery.delivery_id.as_str())
+                    .with("attempts", attempts)
+                    .with("error", why.as_str())
+                    .with_ref("delivery", &delivery.delivery_id);
+                (settle_delivery(&delivery.delivery_id, Processed::Failed(&why), delivery.attempts, now), Some(entry))
+            }
+        };
+        let committed = match entry {
+            Some(entry) => self.audit.append(Append::changes(vec![write], vec![entry])).await.map_err(ChangeError::from),
+            None => self.store.apply_writes(&[write]).await.map(drop).map_err(ChangeError::from),
+        };
+        if let Err(error) = committed.and_then(|c| c.into_change()) {
+            tracing::warn!(delivery = %delivery.delivery_id, %error, "vcs: cannot settle a delivery; it will be processed again");
+        }
+    }
+
+    /// Works out and acts on what `delivery` asks for.
+    async fn handle(&self, delivery: &ClaimedDelivery) -> Result<Handled, ProcessError> {
+        let Some(event) = VcsEvent::parse(&delivery.event, &delivery.payload)? else {
+            return Ok(Handled { ignored: Some(format!("event `{}` is not acted on", delivery.event)), ..Handled::default() });
+        };
+        let mut handled = Handled { repository: Some(event.repository.full_name.clone()), ..Handled::default() };
+        let installation = event.installation.ok_or(ProcessError::NoInstallation)?;
+        let repository = RepoName::parse(&event.repository.full_name)?;
+        let urls = event.repository.urls();
+        let wanted: BTreeSet<String> = urls.iter().filter_map(|url| matching::normalise_repository(url)).collect();
+        let stacks: Vec<Stack> = self
+            .runs
+            .stacks()
+            .await?
+            .into_iter()
+            .filter(|s| matching::normalise_repository(&s.spec.repository).is_some_and(|n| wanted.contains(&n)))
+            .collect();
+        if stacks.is_empty() {
+            handled.ignored = Some(format!("no stack uses repository {}", event.repository.full_name));
+            return Ok(handled);
+        }
+        let (pull_request, files, complete) = match &event.kind {
+            EventKind::PullRequest { pull_request, .. } => {
+                let files = self.api.pull_request_files(installation, &repository, pull_request.number).await?;
+                (Some(pull_request.clone()), files, true)
+            }
+            EventKind::Push(push) => {
+                let merged =
+                    if push.deleted { None } else { self.merged_into(installation, &repository, push).await? };
+                (merged, push.changed_files.clone(), push.files_complete)
+            }
+        };
+        handled.files = files.len();
+        handled.pull_request = pull_request.as_ref().map(|pr| pr.number);
+        handled.commit_sha = Some(match &event.kind {
+            EventKind::PullRequest { pull_request, .. } => pull_request.head_sha.clone(),
+            EventKind::Push(push) => push.after.clone(),
+        });
+        // A push GitHub listed only in part touches every stack of the repository.
+        let touched: Vec<(&Stack, Vec<String>)> = if complete {
+            matching::touched(&stacks, &urls, &files).into_iter().map(|t| (t.stack, t.files)).collect()
+        } else {
+            stacks.iter().map(|stack| (stack, files.clone())).collect()
+        };
+        for (stack, files) in touched {
+            let outcome = self.decide(delivery, &event, installation, pull_request.as_ref(), stack, &files).await?;
+            handled.stacks.push(outcome);
+        }
+        Ok(handled)
+    }
+
+    /// The pull request a push to a branch merged, as GitHub associates it with the pushed
+    /// commit: merged into that branch.
+    async fn merged_into(
+        &self,
+        installation: u64,
+        repository: &RepoName,
+        push: &crate::vcs::event::PushFacts,
+    ) -> Result<Option<PullRequestFacts>, ProcessError> {
+        let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else { return Ok(None) };
+        let pulls = self.api.pulls_of_commit(installation, repository, &push.after).await?;
+        Ok(pulls.into_iter().find(|pr| pr.merged && pr.base_ref == branch).map(|pr| PullRequestFacts {
+            number: pr.number,
+            title: pr.title,
+            author: pr.author,
+            base_ref: pr.base_ref,
+            head_ref: pr.head_ref,
+            head_sha: pr.head_sha,
+            base_sha: String::new(),
+            url: pr.url,
+            draft: pr.draft,
+            fork: false,
+            merged: true,
+            merge_commit_sha: Some(push.after.clone()),
+            labels: pr.labels,
+        }))
+    }
+
+    /// Asks `keyward.push` about `stack` and acts on it.
+    async fn decide(
+        &self,
+        delivery: &ClaimedDelivery,
+        event: &VcsEvent,
+        installation: u64,
+        pull_request: Option<&PullRequestFacts>,
+        stack: &Stack,
+        files: &[String],
+    ) -> Result<StackOutcome, ProcessError> {
+        let ticket = pull_request.and_then(|pr| self.settings.ticket_pattern.find(&pr.title, &pr.head_ref));
+        let input = push_policy::input(stack, event, pull_request, ticket.as_deref(), files);
+        let decision = push_policy::decide(self.policies.as_deref(), input);
+        let mut outcome = StackOutcome {
+            stack: stack.spec.name.clone(),
+            decision: "ignore",
+            reasons: decision.reasons.clone(),
+            run: None,
+            error: None,
+        };
+        let (kind, commit) = match (decision.outcome, &event.kind) {
+            (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) if pull_request.fork => {
+                outcome.reasons = vec![FORK_REFUSAL.to_owned()];
+                return Ok(outcome);
+            }
+            (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) => {
+                (RunKind::Proposed, pull_request.head_sha.clone())
+            }
+            (Outcome::Track, EventKind::Push(push)) if !push.deleted => (RunKind::Deploy, push.after.clone()),
+            (Outcome::Track, EventKind::PullRequest { pull_request, .. }) if pull_request.merged => {
+                match &pull_request.merge_commit_sha {
+                    Some(sha) => (RunKind::Deploy, sha.clone()),
+                    None => {
+                        outcome.reasons.push("GitHub named no merge commit to track".to_owned());
+                        return Ok(outcome);
+                    }
+                }
+            }
+            (Outcome::Propose | Outcome::Track, _) => {
+                outcome.reasons.push("nothing to run: the event carries no commit of that kind".to_owned());
+                return Ok(outcome);
+            }
+            _ => return Ok(outcome),
+        };
+        outcome.decision = if kind == RunKind::Proposed { "propose" } else { "track" };
+        let change = ObservedChange {
+            source: "github",
+            delivery_id: delivery.delivery_id.clone(),
+            installation_id: installation,
+            repository: event.repository.full_name.clone(),
+            sender: event.sender.clone(),
+            commit_sha: commit,
+            pull_request: pull_request.map(observed),
+            ticket,
+        };
+        match self.runs.submit_observed(&stack.spec.name, kind, &change, Context::default()).await {
+            Ok(Some(run)) => outcome.run = Some(run.id),
+            Ok(None) => outcome.run = self.started_before(&delivery.delivery_id, &stack.spec.name).await?,
+            Err(RunError::Refused(reasons)) => {
+                outcome.error = Some(format!("keyward.run refused the run: {}", reasons.join("; ")));
+            }
+            Err(error @ (RunError::Store(_) | RunError::Git(_) | RunError::Change(ChangeError::Store(_)))) => {
+                return Err(error.into());
+            }
+            Err(error) => outcome.error = Some(error.to_string()),
+        }
+        Ok(outcome)
+    }
+
+    /// The run an earlier attempt at `delivery` started on `stack`.
+    async fn started_before(&self, delivery: &str, stack: &str) -> Result<Option<String>, StoreError> {
+        let runs = self.store.vcs_runs_of_delivery(delivery).await?;
+        Ok(runs.into_iter().find(|(s, _)| s == stack).map(|(_, run)| run))
+    }
+}
+
+/// The pull request as a run records it.
+fn observed(pr: &PullRequestFacts) -> ObservedPullRequest {
+    ObservedPullRequest {
+        number: pr.number,
+        title: pr.title.clone(),
+        author: pr.author.clone(),
+        base: pr.base_ref.clone(),
+        head: pr.head_ref.clone(),
+        head_sha: pr.head_sha.clone(),
+        url: pr.url.clone(),
+    }
+}
+
+/// The `vcs.delivery_processed` entry of `delivery`.
+fn processed(delivery: &ClaimedDelivery, handled: &Handled, now: i64) -> AuditEvent {
+    let context = Context {
+        repository: handled.repository.clone(),
+        pull_request: handled.pull_request,
+        commit_sha: handled.commit_sha.clone(),
+        ..Context::default()
+    };
+    let stacks: Vec<Value> = handled
+        .stacks
+        .iter()
+        .map(|s| json!({"stack": s.stack, "decision": s.decision, "reasons": s.reasons, "run": s.run, "error": s.error}))
+        .collect();
+    let mut entry = AuditEvent::new(Kind::VcsDeliveryProcessed, now, context)
+        .with("provider", "github")
+        .with("event", delivery.event.as_str())
+        .with("delivery", delivery.delivery_id.as_str())
+        .with("changed_files", handled.files)
+        .with("stacks", stacks)
+        .with_ref("delivery", &delivery.delivery_id);
+    if let Some(why) = &handled.ignored {
+        entry = entry.with("ignored", why.as_str());
+    }
+    entry
+}
+
+/// The delay before attempt `attempts + 1`: 2 s doubling, at most 5 minutes.
+fn backoff(attempts: i64) -> i64 {
+    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    (FIRST_BACKOFF << doublings).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn retries_back_off_exponentially_to_a_cap() {
+        assert_eq!([1, 2, 3, 4].map(backoff), [2, 4, 8, 16]);
+        assert_eq!(backoff(40), 300);
+    }
+}
