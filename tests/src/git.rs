@@ -61,6 +61,23 @@ impl GitRepo {
         sha
     }
 
+    /// Commits on branch `name` (creating it from `main` if need be, and returning to `main`);
+    /// returns that commit's SHA.
+    pub fn commit_to(&self, name: &str, file: &str, contents: &str) -> String {
+        let exists = git(&self.dir, &["branch", "--list", name]);
+        git(&self.dir, &if exists.is_empty() { vec!["checkout", "-q", "-b", name] } else { vec!["checkout", "-q", name] });
+        let sha = self.commit(file, contents);
+        git(&self.dir, &["checkout", "-q", "main"]);
+        sha
+    }
+
+    /// Merges branch `name` into `main` with a merge commit, as a pull request's merge button
+    /// does; returns the merge commit's SHA.
+    pub fn merge(&self, name: &str) -> String {
+        git(&self.dir, &["merge", "-q", "--no-ff", "-m", &format!("Merge branch {name}"), name]);
+        self.head()
+    }
+
     /// A commit that no branch heads (an older commit of `main`).
     pub fn older_commit(&self) -> String {
         git(&self.dir, &["rev-parse", "HEAD~1"])

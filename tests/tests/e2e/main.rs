@@ -42,3 +42,4 @@ mod store;
 mod terraform;
 mod tf_provider;
 mod vcs;
+mod vcs_runs;
