@@ -256,6 +256,7 @@ mod tests {
             managed_state: true,
             hooks: Default::default(),
             scanners: Vec::new(),
+            triggers: Vec::new(),
             space: "root".into(),
         };
         Stack::new(spec, 1, "admin".into())

@@ -2,4 +2,6 @@
 //! GitHub's webhook is received, verified, deduplicated and queued durably; processing the
 //! queue comes next.
 
+pub mod event;
 pub mod github;
+pub mod matching;
