@@ -45,6 +45,7 @@ pub use hooks::{HookPoint, Hooks, HooksPatch, JobHook, MAX_HOOK_LEN, MAX_HOOKS};
 pub use jobs::{Drift, HeldJob, JobOutcome, JobReport, Lease, LeaseEnd, LogSeal};
 pub use kind::{RunKind, UnknownKind};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
+pub(crate) use policy_input::stack_object;
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
@@ -624,6 +625,8 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Allow | Outcome::Approve => "approve",
         Outcome::Deny | Outcome::Reject => "reject",
         Outcome::Pending => "pending",
+        // A push decision is never an approval's: not approved.
+        Outcome::Propose | Outcome::Track | Outcome::Ignore => "pending",
     }
 }
 

@@ -5,3 +5,4 @@
 pub mod event;
 pub mod github;
 pub mod matching;
+pub mod push_policy;

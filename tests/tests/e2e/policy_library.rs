@@ -47,6 +47,7 @@ fn outputs(kind: PolicyKind, document: &Value) -> Value {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
         PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => &["allow", "deny", "warn"],
         PolicyKind::Approval => &["approve", "reject", "pending"],
+        PolicyKind::Push => &["propose", "track", "reasons"],
     };
     let mut out = serde_json::Map::new();
     for rule in rules {
