@@ -305,7 +305,7 @@ fn push_input() -> Section {
             "action": {"type": "string", "description": "`pull_request` events: `opened`, `synchronize`, `reopened`, `ready_for_review`, `closed`, … (absent for a push)"},
             "repository": {"type": "string", "description": "`owner/name`"},
             "sender": {"type": "string", "description": "the GitHub login that caused the event"},
-            "stack": run["stack"].clone(),
+            "stack": run.get("stack").cloned().unwrap_or_default(),
             "changed_files": {
                 "type": "array", "items": {"type": "string"},
                 "description": "the changed files that concern this stack (under its path, or matching its triggers)"
