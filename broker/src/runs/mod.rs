@@ -267,6 +267,9 @@ impl Runs {
         if !spec.scanners.is_empty() {
             event = event.with("scanners", serde_json::to_value(&spec.scanners).unwrap_or_default());
         }
+        if !spec.triggers.is_empty() {
+            event = event.with("triggers", spec.triggers.clone());
+        }
         self.commit(Append::changes(vec![write], vec![event])).await?;
         Ok(Stack::new(spec, now, who.to_owned()))
     }

@@ -270,8 +270,14 @@ fn push(raw: raw::PushEvent) -> Result<VcsEvent, EventError> {
 }
 
 fn repository(event: &'static str, raw: raw::Repository) -> Result<RepositoryFacts, EventError> {
-    let full_name = name(event, "repository.full_name", &raw.full_name)?;
-    if full_name.split('/').count() != 2 || full_name.split('/').any(str::is_empty) {
+    // An identity: refused, never cut or cleaned into another repository's name.
+    let full_name = raw.full_name;
+    let parts: Vec<&str> = full_name.split('/').collect();
+    if parts.len() != 2
+        || parts.iter().any(|part| part.is_empty())
+        || full_name.len() > MAX_NAME_CHARS
+        || full_name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(EventError::Invalid { event, field: "repository.full_name", reason: "must be owner/name" });
     }
     let optional = |field, value: Option<String>| value.map(|v| url(event, field, v)).transpose();
@@ -625,6 +631,12 @@ mod tests {
         wrong.push(("pull_request.base.ref", bad));
         let mut bad = opened.clone();
         bad["repository"]["full_name"] = json!("no-slash");
+        wrong.push(("repository.full_name", bad));
+        let mut bad = opened.clone();
+        bad["repository"]["full_name"] = json!("octo/re\u{0}po");
+        wrong.push(("repository.full_name", bad));
+        let mut bad = opened.clone();
+        bad["repository"]["full_name"] = json!(format!("octo/{}", "r".repeat(300)));
         wrong.push(("repository.full_name", bad));
         let mut bad = opened.clone();
         bad["sender"]["login"] = json!("\u{7}");

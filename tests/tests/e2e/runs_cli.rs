@@ -221,4 +221,22 @@ async fn trigger_globs(database_url: Option<&str>) {
     assert!(!broker.cli(&["stack", "show", "bad"]).success, "nothing was stored");
     let network = json(&broker.cli(&["stack", "show", "network", "--json"]));
     assert_eq!(triggers(&network), serde_json::json!([]), "refused updates changed nothing");
+
+    // On record: the triggers a stack was created with, and each change, from what to what.
+    let entries = |kind: &str| {
+        let request = client.get(format!("{}/v1/audit/entries?tail=20&kind={kind}", broker.addr));
+        async { serde_json::from_str::<Value>(&send(request).await.1).unwrap()["entries"].as_array().unwrap().clone() }
+    };
+    let created = entries("stack.created").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert!(
+        created.iter().any(|e| e.to_string().contains(r#""triggers":["modules/**","stacks/network/*.tf"]"#)),
+        "{created:?}"
+    );
+    let updated = entries("stack.updated").await;
+    assert_eq!(updated.len(), 2, "only the two updates that were made: {updated:?}");
+    assert!(
+        updated.iter().any(|e| e.to_string().contains(r#""triggers":{"from":["*.tfvars"],"to":[]}"#)),
+        "{updated:?}"
+    );
 }
