@@ -62,6 +62,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        triggers: Vec::new(),
         space: "root".into(),
     };
     match runs.create_stack(spec, who, Context::default()).await {

@@ -27,7 +27,7 @@ pub(super) enum PolicyCommand {
     },
     /// Evaluate one input and show the decision and its reasons.
     Eval {
-        /// `credentials`, `run`, `plan` or `approval`.
+        /// `credentials`, `run`, `plan`, `scan`, `approval` or `push`.
         #[arg(long = "type")]
         kind: String,
         /// A JSON file with the input (`-` for standard input).
@@ -42,7 +42,7 @@ pub(super) enum PolicyCommand {
     },
     /// Print the JSON Schema of a policy type's input.
     Schema {
-        /// `credentials`, `run`, `plan` or `approval`.
+        /// `credentials`, `run`, `plan`, `scan`, `approval` or `push`.
         kind: String,
     },
     /// Make a running broker reload its policy directory (a broken set is refused and the last

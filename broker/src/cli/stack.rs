@@ -50,6 +50,11 @@ pub(super) enum StackCommand {
         /// `keyward.scan` policy judges what it finds (docs/scans.md).
         #[arg(long = "scan", value_parser = SCANNERS)]
         scanners: Vec<String>,
+        /// A glob of repository files (relative to its root; `**` crosses directories) whose
+        /// change concerns the stack, instead of the files under `--path`; repeatable
+        /// (docs/vcs.md).
+        #[arg(long = "trigger", value_name = "GLOB")]
+        triggers: Vec<String>,
         /// The space it belongs to (docs/access.md); fixed once created.
         #[arg(long, default_value = crate::roles::ROOT)]
         space: String,
@@ -162,6 +167,12 @@ pub(super) struct UpdateArgs {
     /// Stop scanning the stack's code.
     #[arg(long)]
     no_scan: bool,
+    /// A trigger glob (docs/vcs.md), replacing the stack's triggers; repeatable.
+    #[arg(long = "trigger", value_name = "GLOB", conflicts_with = "clear_triggers")]
+    triggers: Vec<String>,
+    /// Remove every trigger glob: changes under the stack's path concern it again.
+    #[arg(long)]
+    clear_triggers: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -205,6 +216,9 @@ impl UpdateArgs {
         self.hook_changes.put(&mut put);
         if !self.scanners.is_empty() || self.no_scan {
             put("scanners", json!(self.scanners));
+        }
+        if !self.triggers.is_empty() || self.clear_triggers {
+            put("triggers", json!(self.triggers));
         }
         Value::Object(body)
     }
@@ -283,6 +297,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             no_managed_state,
             hooks,
             scanners,
+            triggers,
             space,
             json,
             connection,
@@ -293,7 +308,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
                 "managed_state": !no_managed_state, "hooks": hooks_object(&hooks), "scanners": scanners,
-                "space": space,
+                "triggers": triggers, "space": space,
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {
@@ -351,7 +366,8 @@ async fn update(args: &UpdateArgs, env: &dyn Fn(&str) -> Option<String>) -> anyh
     if body.as_object().is_some_and(Map::is_empty) {
         anyhow::bail!(
             "nothing to update: give --branch, --pool, --plan-target, --apply-target, --label, --remove-label, \
-             --drift-schedule, --drift-remediation, --managed-state, --hook, --clear-hooks, --scan or --no-scan"
+             --drift-schedule, --drift-remediation, --managed-state, --hook, --clear-hooks, --scan, --no-scan, \
+             --trigger or --clear-triggers"
         );
     }
     let client = Client::new(&args.connection, env)?;
@@ -382,6 +398,7 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
     outln!("  apply targets  {}", list("apply_targets"))?;
     outln!("  policies       {}", list("policies"))?;
     outln!("  scanned with   {}", list("scanners"))?;
+    outln!("  triggers       {}", list("triggers"))?;
     let managed = stack.get("managed_state").and_then(Value::as_bool) != Some(false);
     outln!("  state          {}", if managed { "kept by the broker" } else { "the configuration's own backend" })?;
     if let Some(labels) = stack.get("labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {
@@ -472,6 +489,12 @@ mod tests {
         );
         let all: Map<String, Value> = HOOK_POINTS.iter().map(|p| ((*p).to_owned(), json!([]))).collect();
         assert_eq!(body(&["--clear-hooks", "all"]), json!({"hooks": all}));
+        assert_eq!(
+            body(&["--trigger", "modules/**", "--trigger", "*.tfvars"]),
+            json!({"triggers": ["modules/**", "*.tfvars"]})
+        );
+        assert_eq!(body(&["--clear-triggers"]), json!({"triggers": []}));
+        assert!(Cli::try_parse_from(["stack", "update", "network", "--trigger", "x", "--clear-triggers"]).is_err());
     }
 
     #[test]

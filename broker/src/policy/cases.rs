@@ -54,8 +54,11 @@ impl<'de> Deserialize<'de> for Outcome {
             "approve" => Ok(Self::Approve),
             "reject" => Ok(Self::Reject),
             "pending" => Ok(Self::Pending),
+            "propose" => Ok(Self::Propose),
+            "track" => Ok(Self::Track),
+            "ignore" => Ok(Self::Ignore),
             other => Err(serde::de::Error::custom(format!(
-                "unknown outcome `{other}`: expected allow, deny, approve, reject or pending"
+                "unknown outcome `{other}`: expected allow, deny, approve, reject, pending, propose, track or ignore"
             ))),
         }
     }

@@ -25,6 +25,7 @@ pub(super) fn output_rules(kind: PolicyKind) -> &'static [&'static str] {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
         PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => &["allow", "deny", "warn"],
         PolicyKind::Approval => &["approve", "reject", "pending"],
+        PolicyKind::Push => &["propose", "track", "reasons"],
     }
 }
 

@@ -19,6 +19,12 @@ pub enum Outcome {
     Reject,
     /// `approval`: neither yet.
     Pending,
+    /// `push`: plan the pull request's head, read-only, never applied.
+    Propose,
+    /// `push`: run the stack on the pushed branch, as a normal run.
+    Track,
+    /// `push`: do nothing (also the answer to every failure: a push decision fails closed).
+    Ignore,
 }
 
 /// One decision, with everything the policy said and the digest of the set that said it.
@@ -45,14 +51,19 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether the action may proceed (`allow` or `approve`).
+    /// Whether the action may proceed (`allow` or `approve`). Never for a push decision, whatever
+    /// it says: `propose` and `track` start runs that the run policy still judges.
     pub fn permits(&self) -> bool {
         matches!(self.outcome, Outcome::Allow | Outcome::Approve)
     }
 
     /// A deny because evaluation itself failed: deny by default, with the reason.
     pub(crate) fn failed(kind: PolicyKind, reason: String, policy_digest: String) -> Self {
-        let outcome = if kind == PolicyKind::Approval { Outcome::Pending } else { Outcome::Deny };
+        let outcome = match kind {
+            PolicyKind::Approval => Outcome::Pending,
+            PolicyKind::Push => Outcome::Ignore,
+            _ => Outcome::Deny,
+        };
         Self {
             kind,
             outcome,
@@ -87,6 +98,7 @@ impl Decision {
             PolicyKind::Credentials => credentials(document, empty),
             PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => gate(document, empty),
             PolicyKind::Approval => approval(document, empty),
+            PolicyKind::Push => push(document, empty),
         };
         result.unwrap_or_else(|reason| Self::failed(kind, reason, policy_digest))
     }
@@ -150,6 +162,26 @@ fn approval(document: &Value, mut decision: Decision) -> Result<Decision, String
         Outcome::Pending => messages(document, "pending")?,
         _ => Vec::new(),
     };
+    Ok(decision)
+}
+
+/// `keyward.push`: `propose` or `track` (not both: that is a policy error, and ignored), else
+/// ignore; `reasons` says why either way.
+fn push(document: &Value, mut decision: Decision) -> Result<Decision, String> {
+    let propose = flag(document, "propose")?;
+    let track = flag(document, "track")?;
+    decision.reasons = messages(document, "reasons")?;
+    decision.outcome = match (propose, track) {
+        (true, true) => {
+            return Err("`propose` and `track` are both true: a change is proposed or tracked, not both".to_owned());
+        }
+        (true, false) => Outcome::Propose,
+        (false, true) => Outcome::Track,
+        (false, false) => Outcome::Ignore,
+    };
+    if decision.outcome == Outcome::Ignore && decision.reasons.is_empty() {
+        decision.reasons.push("no rule proposed or tracked the change (ignored by default)".to_owned());
+    }
     Ok(decision)
 }
 
@@ -228,6 +260,34 @@ mod tests {
             assert_eq!(d(json!({"allow": true, "deny": ["no"]})).reasons, ["no"]);
             assert_eq!(d(json!({"allow": "yes"})).outcome, Outcome::Deny);
         }
+    }
+
+    #[test]
+    fn push_decisions_propose_track_or_ignore_and_never_permit() {
+        let d = |doc| Decision::from_document(PolicyKind::Push, &doc, "d".into());
+        let proposed = d(json!({"propose": true, "reasons": ["a pull request to main"]}));
+        assert_eq!(
+            (proposed.outcome, proposed.reasons.as_slice()),
+            (Outcome::Propose, ["a pull request to main".to_owned()].as_slice())
+        );
+        assert_eq!(d(json!({"track": true, "propose": false})).outcome, Outcome::Track);
+        let ignored = d(json!({"reasons": ["a tag"]}));
+        assert_eq!((ignored.outcome, ignored.reasons.as_slice()), (Outcome::Ignore, ["a tag".to_owned()].as_slice()));
+        assert_eq!(d(json!({})).reasons, ["no rule proposed or tracked the change (ignored by default)"]);
+        for doc in
+            [json!({"propose": true, "track": true}), json!({"propose": "yes"}), json!({"track": true, "reasons": 3})]
+        {
+            let decision = d(doc.clone());
+            assert_eq!(decision.outcome, Outcome::Ignore, "{doc}");
+            assert!(decision.reasons[0].starts_with("policy evaluation failed"), "{doc}: {decision:?}");
+        }
+        for doc in [json!({"propose": true}), json!({"track": true}), json!({})] {
+            assert!(!d(doc).permits(), "a push decision is never an allow");
+        }
+        let failed = Decision::failed(PolicyKind::Push, "boom".into(), String::new());
+        assert_eq!(failed.outcome, Outcome::Ignore);
+        let slow = Decision::timed_out(PolicyKind::Push, std::time::Duration::from_millis(5), String::new());
+        assert_eq!(slow.outcome, Outcome::Ignore);
     }
 
     #[test]

@@ -10,11 +10,13 @@ pub const LIBRARY: &[(&str, &str)] = &[
     ("plan.rego", include_str!("../../../policies/plan.rego")),
     ("scan.rego", include_str!("../../../policies/scan.rego")),
     ("approval.rego", include_str!("../../../policies/approval.rego")),
+    ("push.rego", include_str!("../../../policies/push.rego")),
     ("cases/credentials.cases.json", include_str!("../../../policies/cases/credentials.cases.json")),
     ("cases/run.cases.json", include_str!("../../../policies/cases/run.cases.json")),
     ("cases/plan.cases.json", include_str!("../../../policies/cases/plan.cases.json")),
     ("cases/scan.cases.json", include_str!("../../../policies/cases/scan.cases.json")),
     ("cases/approval.cases.json", include_str!("../../../policies/cases/approval.cases.json")),
+    ("cases/push.cases.json", include_str!("../../../policies/cases/push.cases.json")),
 ];
 
 /// Writes the library into `dir` (which must not exist yet or be empty).

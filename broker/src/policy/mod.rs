@@ -29,7 +29,7 @@ pub use input::{InputObject, PolicyInput};
 pub use schema::input_schema;
 pub use set::{EvalError, PolicyError, PolicySet};
 
-/// The five policy types and the package each is evaluated in.
+/// The six policy types and the package each is evaluated in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
@@ -43,11 +43,14 @@ pub enum PolicyKind {
     Scan,
     /// `keyward.approval`: when a review is added or a plan finishes.
     Approval,
+    /// `keyward.push`: per stack, on a pull request or push that touches it (docs/vcs.md):
+    /// propose a plan, track the branch with a run, or ignore.
+    Push,
 }
 
 impl PolicyKind {
     /// Every kind.
-    pub const ALL: [Self; 5] = [Self::Credentials, Self::Run, Self::Plan, Self::Scan, Self::Approval];
+    pub const ALL: [Self; 6] = [Self::Credentials, Self::Run, Self::Plan, Self::Scan, Self::Approval, Self::Push];
 
     /// The Rego package.
     pub fn package(self) -> &'static str {
@@ -57,6 +60,7 @@ impl PolicyKind {
             Self::Plan => "keyward.plan",
             Self::Scan => "keyward.scan",
             Self::Approval => "keyward.approval",
+            Self::Push => "keyward.push",
         }
     }
 
@@ -68,6 +72,7 @@ impl PolicyKind {
             Self::Plan => "plan",
             Self::Scan => "scan",
             Self::Approval => "approval",
+            Self::Push => "push",
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn input_schema(kind: PolicyKind) -> Value {
         PolicyKind::Plan => plan_input(),
         PolicyKind::Scan => scan_input(),
         PolicyKind::Approval => approval_input(),
+        PolicyKind::Push => push_input(),
     };
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -173,7 +174,10 @@ fn run_input() -> Section {
                 "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "repository": {"type": "string"},
                     "path": {"type": "string"}, "branch": {"type": "string"}, "pool": {"type": "string"},
-                    "space": {"type": "string", "description": "the space the stack belongs to"}
+                    "space": {"type": "string", "description": "the space the stack belongs to"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "policies": {"type": "array", "items": {"type": "string"}},
+                    "triggers": triggers_array()
                 }
             },
             "kind": {
@@ -269,6 +273,72 @@ fn scans_object() -> Value {
     })
 }
 
+/// `input.stack.triggers`.
+fn triggers_array() -> Value {
+    json!({
+        "type": "array", "items": {"type": "string"},
+        "description": "the stack's trigger globs (relative to the repository root): the changed files that concern it; empty: those under `path` (docs/vcs.md)"
+    })
+}
+
+/// The `keyward.push` input: a pull request or push that touches a stack (docs/vcs.md).
+fn push_input() -> Section {
+    let (run, _, _) = run_input();
+    let pull_request = json!({
+        "type": "object",
+        "description": "for `pull_request` events, the event's pull request; for a push, the merged pull request the push came from, when the broker found one (else absent). Observed from the signed webhook and GitHub's API, never from a caller.",
+        "properties": {
+            "number": {"type": "integer", "minimum": 1},
+            "title": {"type": "string", "description": "at most 1024 characters, control characters removed"},
+            "author": {"type": "string"},
+            "base": {"type": "string", "description": "the branch it merges into"},
+            "head": {"type": "string", "description": "the branch it merges from"},
+            "head_sha": {"type": "string"},
+            "url": {"type": "string"},
+            "draft": {"type": "boolean"},
+            "fork": {"type": "boolean", "description": "its head is in another repository (a fork, or a fork since deleted): proposing it would run outside code with the stack's credentials"},
+            "merged": {"type": "boolean"},
+            "labels": {"type": "array", "items": {"type": "string"}, "description": "at most 100"},
+            "ticket": {"type": "string", "description": "parsed from the title or branch by the configured pattern, when it matched"}
+        },
+        "required": ["number", "title", "author", "base", "head", "head_sha", "url", "draft", "fork", "merged", "labels"]
+    });
+    (
+        json!({
+            "event": {"enum": ["pull_request", "push"]},
+            "action": {"type": "string", "description": "`pull_request` events: `opened`, `synchronize`, `reopened`, `ready_for_review`, `closed`, … (absent for a push)"},
+            "repository": {"type": "string", "description": "`owner/name`"},
+            "sender": {"type": "string", "description": "the GitHub login that caused the event"},
+            "stack": run.get("stack").cloned().unwrap_or_default(),
+            "changed_files": {
+                "type": "array", "items": {"type": "string"},
+                "description": "the changed files that concern this stack (under its path, or matching its triggers)"
+            },
+            "pull_request": pull_request,
+            "push": {
+                "type": "object",
+                "description": "push events only",
+                "properties": {
+                    "ref": {"type": "string", "description": "e.g. refs/heads/main, refs/tags/v1"},
+                    "branch": {"type": "string", "description": "the ref without refs/heads/ (absent for a tag)"},
+                    "before": {"type": "string"},
+                    "after": {"type": "string"},
+                    "created": {"type": "boolean"},
+                    "deleted": {"type": "boolean"},
+                    "forced": {"type": "boolean"}
+                },
+                "required": ["ref", "before", "after", "created", "deleted", "forced"]
+            }
+        }),
+        vec!["event", "repository", "sender", "stack", "changed_files"],
+        json!({
+            "propose": "boolean; plan the pull request's head as a proposed run (read-only targets, never applied)",
+            "track": "boolean; run the stack on the pushed commit as a normal run (plan, approval, apply); `propose` and `track` both true is an error, and ignored",
+            "reasons": "set of strings; why, shown on the pull request and audited (an ignore without reasons says so)"
+        }),
+    )
+}
+
 /// The `keyward.approval` input: the reviews recorded for a run.
 fn approval_input() -> Section {
     let mut run = run_object();
@@ -285,7 +355,7 @@ fn approval_input() -> Section {
     (
         json!({
             "run": run,
-            "stack": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"}, "space": {"type": "string"}}},
+            "stack": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"}, "space": {"type": "string"}, "triggers": triggers_array()}},
             "approvals": {
                 "type": "array",
                 "items": {

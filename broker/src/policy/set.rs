@@ -52,7 +52,7 @@ pub enum PolicyError {
         message: String,
     },
     /// A policy type name that does not exist.
-    #[error("unknown policy type `{0}`: expected credentials, run, plan or approval")]
+    #[error("unknown policy type `{0}`: expected credentials, run, plan, scan, approval or push")]
     UnknownKind(String),
 }
 

@@ -49,6 +49,7 @@ pub use kind::{RunKind, UnknownKind};
 pub use observed::{ObservedChange, ObservedPullRequest};
 pub use plan_changes::{ChangeAction, PlanChanges, ResourceChange};
 pub use plans::{MAX_PLAN_FILE, MAX_PLAN_JSON, PlanVerdict, ReadPlan, SavedPlanError, read_plan_json, seal_context};
+pub(crate) use policy_input::stack_object;
 pub use signals::{Canceled, Signals};
 pub use source::{IssuedSource, PasswordSource, RepositoryCredential, RepositoryCredentials, SourceError};
 pub use spec::{DEFAULT_POOL, SpecError, Stack, StackSpec, valid_name};
@@ -273,6 +274,9 @@ impl Runs {
         }
         if !spec.scanners.is_empty() {
             event = event.with("scanners", serde_json::to_value(&spec.scanners).unwrap_or_default());
+        }
+        if !spec.triggers.is_empty() {
+            event = event.with("triggers", spec.triggers.clone());
         }
         self.commit(Append::changes(vec![write], vec![event])).await?;
         Ok(Stack::new(spec, now, who.to_owned()))
@@ -664,6 +668,8 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Allow | Outcome::Approve => "approve",
         Outcome::Deny | Outcome::Reject => "reject",
         Outcome::Pending => "pending",
+        // A push decision is never an approval's: not approved.
+        Outcome::Propose | Outcome::Track | Outcome::Ignore => "pending",
     }
 }
 

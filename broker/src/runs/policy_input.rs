@@ -14,8 +14,8 @@ fn run_object(run: &RunRow, stack: &Stack, phase: Phase, approved_by: &[String])
     RunInput::from(&super::run_chain(run, stack, phase, approved_by.to_vec())).to_value()
 }
 
-/// `input.stack`.
-fn stack_object(stack: &Stack) -> Value {
+/// `input.stack` (also the `keyward.push` input's: `crate::vcs::push_policy`).
+pub(crate) fn stack_object(stack: &Stack) -> Value {
     let spec = &stack.spec;
     json!({
         "id": spec.name,
@@ -27,6 +27,7 @@ fn stack_object(stack: &Stack) -> Value {
         "labels": spec.labels,
         "policies": spec.policies,
         "space": spec.space,
+        "triggers": spec.triggers,
     })
 }
 

@@ -55,6 +55,11 @@ pub struct StackSpec {
     /// (docs/scans.md); `keyward.scan` judges what they find.
     #[serde(default)]
     pub scanners: Vec<Scanner>,
+    /// Globs of repository files (relative to its root, `**` crossing directories) whose change
+    /// concerns the stack: a pull request or push touching one may run it (docs/vcs.md). Empty:
+    /// the files under `path`.
+    #[serde(default)]
+    pub triggers: Vec<String>,
     /// The space it belongs to (docs/access.md): who may see and run it, which targets it may use.
     #[serde(default = "default_space")]
     pub space: String,
@@ -133,6 +138,7 @@ impl TryFrom<StackRow> for Stack {
             managed_state: row.managed_state,
             hooks: column(&row.name, "hooks", &row.hooks)?,
             scanners: column(&row.name, "scanners", &row.scanners)?,
+            triggers: column(&row.name, "triggers", &row.triggers)?,
             name: row.name,
             repository: row.repository,
             path: row.path,
@@ -216,6 +222,7 @@ impl StackSpec {
             managed_state: self.managed_state,
             hooks: super::json_text(&self.hooks),
             scanners: super::json_text(&self.scanners),
+            triggers: super::json_text(&self.triggers),
             space: self.space.clone(),
         }
     }
@@ -266,6 +273,7 @@ impl StackSpec {
             }
         }
         super::scans::validate(&self.scanners)?;
+        crate::vcs::matching::check_triggers(&self.triggers).map_err(|e| SpecError(e.to_string()))?;
         self.hooks.validate()
     }
 }
@@ -288,6 +296,7 @@ mod tests {
             managed_state: true,
             hooks: Hooks::default(),
             scanners: Vec::new(),
+            triggers: Vec::new(),
             space: "root".into(),
         }
     }
@@ -297,7 +306,7 @@ mod tests {
         let targets = BTreeMap::new();
         assert_eq!(spec().validate(&targets), Ok(()));
         type Change = fn(&mut StackSpec);
-        let cases: [(&str, Change); 9] = [
+        let cases: [(&str, Change); 14] = [
             ("stack name", |s| s.name = "Network".into()),
             ("repository", |s| s.repository = "--upload-pack=touch /tmp/x".into()),
             ("repository", |s| s.repository = "https://example.com/a b".into()),
@@ -307,6 +316,11 @@ mod tests {
             ("branch", |s| s.branch = "a..b".into()),
             ("pool", |s| s.pool = "".into()),
             ("unknown plan target", |s| s.plan_targets = vec!["aws:nope".into()]),
+            ("trigger glob", |s| s.triggers = vec!["/etc/**".into()]),
+            ("trigger glob", |s| s.triggers = vec!["modules/../../x".into()]),
+            ("trigger glob", |s| s.triggers = vec!["a[".into()]),
+            ("trigger glob", |s| s.triggers = vec![String::new()]),
+            ("at most 32 trigger globs", |s| s.triggers = (0..33).map(|i| format!("m{i}/**")).collect()),
         ];
         for (what, change) in cases {
             let mut bad = spec();

@@ -1,5 +1,5 @@
 //! `keyward stack update` (`PATCH /v1/stacks/{name}`): change a stack's branch, pool, targets,
-//! labels, drift schedule, remediation, managed state, hooks and scanners in place.
+//! labels, drift schedule, remediation, managed state, hooks, scanners and trigger globs in place.
 //!
 //! Fields left out stay as they are; given lists replace; labels merge (RFC 7396: a value sets
 //! the label, `null` removes it); hooks replace per point named, then `append_hooks` adds to the
@@ -59,6 +59,9 @@ pub struct StackUpdate {
     /// Replaces the security scanners (`[]`: no scan).
     #[serde(default)]
     pub scanners: Option<Vec<Scanner>>,
+    /// Replaces the trigger globs (`[]`: changes under the stack's path concern it).
+    #[serde(default)]
+    pub triggers: Option<Vec<String>>,
 }
 
 /// A field that is present, even as `null`: `Some(None)`.
@@ -91,6 +94,7 @@ impl StackUpdate {
             hooks,
             append_hooks,
             scanners,
+            triggers,
         } = self;
         branch.is_none()
             && pool.is_none()
@@ -103,6 +107,7 @@ impl StackUpdate {
             && hooks.is_none()
             && append_hooks.is_none()
             && scanners.is_none()
+            && triggers.is_none()
     }
 
     /// `stack` with this update made (not yet checked against the configuration).
@@ -142,6 +147,10 @@ impl StackUpdate {
         if let Some(scanners) = self.scanners {
             change("scanners", json!(spec.scanners), json!(scanners));
             spec.scanners = scanners;
+        }
+        if let Some(triggers) = self.triggers {
+            change("triggers", json!(spec.triggers), json!(triggers));
+            spec.triggers = triggers;
         }
         let labels = merge_labels(&spec.labels, self.labels);
         change("labels", json!(spec.labels), json!(labels));
@@ -198,7 +207,7 @@ impl Runs {
     ) -> Result<Stack, RunError> {
         if update.is_empty() {
             return Err(RunError::Spec(SpecError(
-                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state, hooks or scanners".to_owned(),
+                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state, hooks, scanners or triggers".to_owned(),
             )));
         }
         let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
@@ -256,6 +265,7 @@ mod tests {
             managed_state: true,
             hooks: Default::default(),
             scanners: Vec::new(),
+            triggers: Vec::new(),
             space: "root".into(),
         };
         Stack::new(spec, 1, "admin".into())
@@ -309,5 +319,17 @@ mod tests {
         assert!(update(json!({})).is_empty());
         assert!(!update(json!({"drift_schedule": null})).is_empty(), "null turns the schedule off");
         assert_eq!(update(json!({"drift_remediation": "plan"})).drift_remediation, Some(Remediation::Plan));
+    }
+
+    #[test]
+    fn triggers_replace_and_an_empty_list_clears_them() {
+        let set = update(json!({"triggers": ["modules/**", "*.tfvars"]})).apply(&stack()).unwrap();
+        assert_eq!(set.spec.triggers, ["modules/**", "*.tfvars"]);
+        assert_eq!(set.changes["triggers"], json!({"from": [], "to": ["modules/**", "*.tfvars"]}));
+        let mut triggered = stack();
+        triggered.spec.triggers = vec!["modules/**".into()];
+        let cleared = update(json!({"triggers": []})).apply(&triggered).unwrap();
+        assert!(cleared.spec.triggers.is_empty());
+        assert!(!update(json!({"triggers": []})).is_empty(), "clearing is a change");
     }
 }

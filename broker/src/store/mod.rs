@@ -199,7 +199,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 24] = match self.backend {
+        let files: [(i64, &str, &'static str); 25] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -224,6 +224,7 @@ impl Store {
                 (21, "spaces", include_str!("../../migrations/sqlite/0021_spaces.sql")),
                 (22, "reviewer_identity", include_str!("../../migrations/sqlite/0022_reviewer_identity.sql")),
                 (23, "vcs_deliveries", include_str!("../../migrations/sqlite/0023_vcs_deliveries.sql")),
+                (24, "stack_triggers", include_str!("../../migrations/sqlite/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/sqlite/0025_vcs_runs.sql")),
             ],
             Backend::Postgres => [
@@ -250,6 +251,7 @@ impl Store {
                 (21, "spaces", include_str!("../../migrations/postgres/0021_spaces.sql")),
                 (22, "reviewer_identity", include_str!("../../migrations/postgres/0022_reviewer_identity.sql")),
                 (23, "vcs_deliveries", include_str!("../../migrations/postgres/0023_vcs_deliveries.sql")),
+                (24, "stack_triggers", include_str!("../../migrations/postgres/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/postgres/0025_vcs_runs.sql")),
             ],
         };

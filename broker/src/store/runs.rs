@@ -39,6 +39,8 @@ pub struct StackRow {
     pub hooks: String,
     /// JSON array of the security scanners its plan jobs run (`["checkov"]`).
     pub scanners: String,
+    /// JSON array of trigger globs (which changed files concern it; `[]`: those under `path`).
+    pub triggers: String,
     /// The space it belongs to.
     pub space: String,
     /// Creation time.
@@ -81,6 +83,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            triggers,
             space,
         } = spec;
         Self {
@@ -96,6 +99,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            triggers,
             space,
             created_at,
             created_by,
@@ -139,6 +143,8 @@ pub struct NewStack {
     pub hooks: String,
     /// JSON array of security scanners.
     pub scanners: String,
+    /// JSON array of trigger globs.
+    pub triggers: String,
     /// The space it belongs to (fixed at creation).
     pub space: String,
 }
@@ -260,7 +266,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.triggers, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift, pull_request_source";
@@ -281,6 +287,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         managed_state: row.try_get::<i64, _>("managed_state")? != 0,
         hooks: row.try_get("hooks")?,
         scanners: row.try_get("scanners")?,
+        triggers: row.try_get("triggers")?,
         space: row.try_get("space")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
@@ -507,8 +514,8 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by, managed_state, hooks, scanners, space) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         policies, created_at, created_by, managed_state, hooks, scanners, space, triggers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -525,6 +532,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.hooks.as_str().into(),
             stack.scanners.as_str().into(),
             stack.space.as_str().into(),
+            stack.triggers.as_str().into(),
         ],
     )
 }
@@ -553,7 +561,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
         format!("stack `{name}` (version {version})"),
         "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
          drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
-         managed_state = $13, hooks = $14, scanners = $15, version = version + 1 WHERE name = $11 AND version = $12",
+         managed_state = $13, hooks = $14, scanners = $15, triggers = $16, version = version + 1 WHERE name = $11 AND version = $12",
         vec![
             change.spec.branch.into(),
             change.spec.pool.into(),
@@ -570,6 +578,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
             i64::from(change.spec.managed_state).into(),
             change.spec.hooks.into(),
             change.spec.scanners.into(),
+            change.spec.triggers.into(),
         ],
     )
 }

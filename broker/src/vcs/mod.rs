@@ -6,6 +6,9 @@
 //! ticket in a pull request's title or branch) and `report` (statuses and comments rendered).
 //! `github` is the one provider so far.
 
+pub mod event;
 pub mod github;
+pub mod matching;
+pub mod push_policy;
 pub mod report;
 pub mod ticket;

@@ -20,6 +20,7 @@ pub mod log_chunk;
 pub mod plan_json;
 pub mod policy_input;
 pub mod token_form;
+pub mod vcs_event;
 
 /// How far one input got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,7 @@ pub const TARGETS: &[&str] = &[
     "log_bundle",
     "agent_proto",
     "plan_json",
+    "vcs_event",
 ];
 
 /// Runs the check of `target` on `data`; `None` for an unknown target.
@@ -62,6 +64,7 @@ pub fn check(target: &str, data: &[u8]) -> Option<Outcome> {
         "log_bundle" => log_bundle::check(data),
         "agent_proto" => agent_proto::check(data),
         "plan_json" => plan_json::check(data),
+        "vcs_event" => vcs_event::check(data),
         _ => return None,
     })
 }

@@ -47,6 +47,7 @@ fn outputs(kind: PolicyKind, document: &Value) -> Value {
         PolicyKind::Credentials => &["allow", "deny", "ttl_seconds", "session_policy"],
         PolicyKind::Run | PolicyKind::Plan | PolicyKind::Scan => &["allow", "deny", "warn"],
         PolicyKind::Approval => &["approve", "reject", "pending"],
+        PolicyKind::Push => &["propose", "track", "reasons"],
     };
     let mut out = serde_json::Map::new();
     for rule in rules {
@@ -201,5 +202,33 @@ fn approval_fails_closed_on_a_required_approvals_of_the_wrong_type() {
             assert_eq!(decision.outcome, Outcome::Pending, "{required}: {decision:?}");
         }
         assert!(ours.reasons.iter().any(|r| r.contains("data.json gives no number of approvals")), "{ours:?}");
+    }
+}
+
+/// `propose_forks` (data.json) of the wrong type (`"true"`, `1`, `null`) keeps pull requests from
+/// forks unproposed on both engines, with the reason users see; only `true` proposes them.
+#[test]
+fn push_proposes_forks_only_on_a_propose_forks_of_exactly_true() {
+    let fork_case = "a pull request from a fork is not proposed";
+    for setting in [serde_json::json!("true"), serde_json::json!(1), Value::Null] {
+        let (ours, theirs) = decide_with_fault(
+            PolicyKind::Push,
+            fork_case,
+            |settings| settings["propose_forks"] = setting.clone(),
+            |_| {},
+        );
+        for decision in [&ours, &theirs] {
+            assert_eq!(decision.outcome, Outcome::Ignore, "{setting}: {decision:?}");
+        }
+        assert!(ours.reasons.iter().any(|r| r.contains("pull requests from forks are not planned")), "{ours:?}");
+    }
+    let (ours, theirs) = decide_with_fault(
+        PolicyKind::Push,
+        fork_case,
+        |settings| settings["propose_forks"] = Value::Bool(true),
+        |_| {},
+    );
+    for decision in [&ours, &theirs] {
+        assert_eq!(decision.outcome, Outcome::Propose, "{decision:?}");
     }
 }

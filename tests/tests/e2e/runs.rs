@@ -53,6 +53,7 @@ fn spec(name: &str, repository: &str) -> StackSpec {
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        triggers: Vec::new(),
         space: "root".into(),
     }
 }

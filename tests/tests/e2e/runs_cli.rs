@@ -125,3 +125,118 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     assert!(drift.stdout.contains("drift check (no drift)"), "{}", drift.stdout);
     assert!(!drift.stdout.contains("job           apply"), "{}", drift.stdout);
 }
+
+/// A broker on SQLite, or on PostgreSQL at `database_url`, for the trigger tests.
+async fn stacks_broker(dir: &std::path::Path, database_url: Option<&str>) -> Broker {
+    use keyward_tests::broker::{ConfigExtra, TEST_KEK, write_config};
+    let addr = keyward_tests::free_addr();
+    let (config, data_dir) = (dir.join("keyward.toml"), dir.join("broker"));
+    let storage = if database_url.is_some() { "database_url_env = \"KW_DATABASE_URL\"" } else { "" };
+    write_config(&config, addr, &data_dir, &ConfigExtra { storage, ..ConfigExtra::default() });
+    let mut envs = vec![("TEST_KEK", TEST_KEK)];
+    envs.extend(database_url.map(|url| ("KW_DATABASE_URL", url)));
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sqlite_trigger_globs_are_set_replaced_cleared_and_bad_ones_refused() {
+    trigger_globs(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_trigger_globs_are_set_replaced_cleared_and_bad_ones_refused() {
+    let cluster = keyward_tests::postgres::PgCluster::start();
+    trigger_globs(Some(&cluster.database("keyward_triggers"))).await;
+}
+
+/// Stack trigger globs (docs/vcs.md) from the command line and over HTTP: created with the stack,
+/// shown, replaced and cleared by `stack update`; a glob that is absolute, climbs out with `..`,
+/// does not compile, or one too many, is refused by both, and nothing is stored.
+async fn trigger_globs(database_url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    let broker = stacks_broker(dir.path(), database_url).await;
+    let url = repo.url();
+    let triggers = |stack: &Value| stack["triggers"].clone();
+
+    let created = json(&broker.cli(&[
+        "stack",
+        "create",
+        "network",
+        "--repository",
+        &url,
+        "--path",
+        "stacks/network",
+        "--trigger",
+        "modules/**",
+        "--trigger",
+        "stacks/network/*.tf",
+        "--json",
+    ]));
+    assert_eq!(triggers(&created), serde_json::json!(["modules/**", "stacks/network/*.tf"]));
+    let shown = broker.cli(&["stack", "show", "network"]);
+    assert!(shown.stdout.contains("triggers       modules/**, stacks/network/*.tf"), "{}", shown.stdout);
+    let replaced = json(&broker.cli(&["stack", "update", "network", "--trigger", "*.tfvars", "--json"]));
+    assert_eq!(triggers(&replaced), serde_json::json!(["*.tfvars"]));
+    let cleared = json(&broker.cli(&["stack", "update", "network", "--clear-triggers", "--json"]));
+    assert_eq!(triggers(&cleared), serde_json::json!([]));
+    let plain = json(&broker.cli(&["stack", "create", "plain", "--repository", &url, "--json"]));
+    assert_eq!(triggers(&plain), serde_json::json!([]), "no triggers: the files under the path");
+
+    for (glob, expected) in [
+        ("/etc/**", "relative to the repository root"),
+        ("modules/../../x", "no `..` segment"),
+        ("a[", "invalid trigger glob `a[`"),
+    ] {
+        let create = broker.cli(&["stack", "create", "bad", "--repository", &url, "--trigger", glob]);
+        assert!(!create.success && create.stderr.contains(expected), "{glob}: {}", create.stderr);
+        let update = broker.cli(&["stack", "update", "network", "--trigger", glob]);
+        assert!(!update.success && update.stderr.contains(expected), "{glob}: {}", update.stderr);
+    }
+    let client = reqwest::Client::new();
+    let token = broker.admin_token.clone();
+    let send = |request: reqwest::RequestBuilder| {
+        let request = request.bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let many: Vec<String> = (0..33).map(|i| format!("m{i}/**")).collect();
+    let post = client
+        .post(format!("{}/v1/stacks", broker.addr))
+        .json(&serde_json::json!({"name": "bad", "repository": url, "triggers": many}));
+    let (status, text) = send(post).await;
+    assert!(status == 400 && text.contains("at most 32 trigger globs"), "{status} {text}");
+    let patch = client
+        .patch(format!("{}/v1/stacks/network", broker.addr))
+        .json(&serde_json::json!({"triggers": ["ok/**", "a["]}));
+    let (status, text) = send(patch).await;
+    assert!(status == 400 && text.contains("invalid trigger glob"), "{status} {text}");
+    let (status, text) =
+        send(client.patch(format!("{}/v1/stacks/network", broker.addr)).json(&serde_json::json!({"triggers": "x"})))
+            .await;
+    assert_eq!(status, 400, "{text}");
+
+    assert!(!broker.cli(&["stack", "show", "bad"]).success, "nothing was stored");
+    let network = json(&broker.cli(&["stack", "show", "network", "--json"]));
+    assert_eq!(triggers(&network), serde_json::json!([]), "refused updates changed nothing");
+
+    // On record: the triggers a stack was created with, and each change, from what to what.
+    let entries = |kind: &str| {
+        let request = client.get(format!("{}/v1/audit/entries?tail=20&kind={kind}", broker.addr));
+        async { serde_json::from_str::<Value>(&send(request).await.1).unwrap()["entries"].as_array().unwrap().clone() }
+    };
+    let created = entries("stack.created").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert!(
+        created.iter().any(|e| e.to_string().contains(r#""triggers":["modules/**","stacks/network/*.tf"]"#)),
+        "{created:?}"
+    );
+    let updated = entries("stack.updated").await;
+    assert_eq!(updated.len(), 2, "only the two updates that were made: {updated:?}");
+    assert!(
+        updated.iter().any(|e| e.to_string().contains(r#""triggers":{"from":["*.tfvars"],"to":[]}"#)),
+        "{updated:?}"
+    );
+}

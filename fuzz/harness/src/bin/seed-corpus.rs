@@ -40,6 +40,7 @@ fn main() {
     let chain = log_chunk(&mut seeds);
     log_bundle(&mut seeds, &chain);
     agent_proto(&mut seeds, &chain);
+    vcs_event(&mut seeds);
 }
 
 struct Seeds {
@@ -376,4 +377,17 @@ fn agent_proto(seeds: &mut Seeds, chain: &[SignedLogChunk]) {
 /// A field header promising more bytes than follow.
 fn enroll_prefix() -> Vec<u8> {
     vec![0x0a, 0x40, b'k', b'w']
+}
+
+/// The broker's own webhook test payloads (real `@octokit/webhooks-examples` ones), each behind
+/// its selector byte, and near misses.
+fn vcs_event(seeds: &mut Seeds) {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../broker/src/vcs/testdata");
+    let read = |name: &str| std::fs::read(testdata.join(name)).expect("a broker webhook test payload");
+    seeds.write_with("vcs_event", "accept-pull-request-opened", 0, read("pull_request.opened.json"));
+    seeds.write_with("vcs_event", "accept-pull-request-fork", 0, read("pull_request.opened-fork.json"));
+    seeds.write_with("vcs_event", "accept-push", 1, read("push.json"));
+    seeds.write_with("vcs_event", "accept-push-tag-deleted", 1, read("push.tag-deleted.json"));
+    seeds.write_with("vcs_event", "refuse-ping", 2, read("ping.json"));
+    seeds.write_with("vcs_event", "refuse-push-as-pull-request", 0, read("push.json"));
 }
