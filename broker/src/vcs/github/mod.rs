@@ -3,7 +3,11 @@
 //! - `signature`: `X-Hub-Signature-256`, checked before anything is parsed.
 //! - `webhook`: a verified delivery parsed minimally, deduplicated on its delivery ID and queued
 //!   with its audit entry in one commit.
+//! - `app`: the App's private key and the RS256 JWT it signs.
+//! - `api`: the REST API client (installation tokens, PR files, statuses, comments).
 
+pub mod api;
+pub mod app;
 pub mod signature;
 pub mod webhook;
 
