@@ -320,6 +320,11 @@ impl FakeGithub {
         self.data().failures.push(Failure { path_prefix: path_prefix.to_owned(), status, remaining: times });
     }
 
+    /// Revokes every token issued for `installation` (as GitHub may before they expire).
+    pub fn revoke_tokens(&self, installation: u64) {
+        self.data().tokens.retain(|_, token| token.installation != installation);
+    }
+
     /// A token for `installation`, as if fetched with the App JWT (for hand-made requests).
     pub fn issue_token(&self, installation: u64) -> String {
         let now = self.inner.clock.now();

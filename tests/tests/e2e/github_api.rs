@@ -88,6 +88,23 @@ async fn an_installation_token_is_fetched_once_cached_and_refreshed_five_minutes
 }
 
 #[tokio::test]
+async fn a_revoked_token_is_replaced_once_and_the_call_succeeds() {
+    let s = setup().await;
+    s.fake.add_pull_request(REPO, 3, &["a.tf"], PrInfo::default());
+    s.api.pull_request_files(INSTALLATION, &s.repo, 3).await.unwrap();
+    s.fake.revoke_tokens(INSTALLATION);
+    assert_eq!(s.api.pull_request_files(INSTALLATION, &s.repo, 3).await.unwrap(), ["a.tf"]);
+    assert_eq!(token_requests(&s.fake), 2, "a new token after the 401");
+    s.api.pull_request_files(INSTALLATION, &s.repo, 3).await.unwrap();
+    assert_eq!(token_requests(&s.fake), 2, "and that one is cached");
+    let violations = s.fake.violations();
+    assert_eq!(violations.len(), 1, "only the revoked token's call: {violations:#?}");
+    assert!(violations[0].message.starts_with("Bad credentials"), "{}", violations[0]);
+    let shown = format!("{:?}", s.api);
+    assert!(!shown.contains("ghs_") && !shown.contains("PRIVATE KEY"), "Debug shows a secret: {shown}");
+}
+
+#[tokio::test]
 async fn a_pkcs8_key_works_too_and_a_garbage_key_is_refused_without_echoing_it() {
     let s = setup().await;
     let clock: SharedClock = Arc::new(s.clock.clone());

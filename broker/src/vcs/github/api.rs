@@ -390,8 +390,8 @@ impl GithubApi {
         Ok(())
     }
 
-    /// A call authenticated as `installation`. A 401 drops its cached token (revoked early), so
-    /// the next call fetches a new one.
+    /// A call authenticated as `installation`. A 401 with a cached token (revoked before its
+    /// expiry: the App's permissions changed, say) drops it and tries once more with a new one.
     async fn installation_call<T: DeserializeOwned>(
         &self,
         installation: u64,
@@ -400,23 +400,27 @@ impl GithubApi {
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
     ) -> Result<T, ApiError> {
-        let token = self.installation_token(installation).await?;
-        let answer = self.send(method, path, query, &token, body).await;
+        let (token, cached) = self.installation_token(installation).await?;
+        let mut answer = self.send(method.clone(), path, query, &token, body).await;
         if let Err(ApiError::Refused { status: 401, .. }) = &answer {
             self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(&installation);
+            if cached {
+                let (token, _) = self.installation_token(installation).await?;
+                answer = self.send(method, path, query, &token, body).await;
+            }
         }
         let bytes = answer?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Response(bounded(&e.to_string(), MAX_MESSAGE_CHARS)))
     }
 
     /// `installation`'s access token: the cached one while it has over 5 minutes left, else a
-    /// new one from `POST /app/installations/{id}/access_tokens`.
-    async fn installation_token(&self, installation: u64) -> Result<Secret, ApiError> {
+    /// new one from `POST /app/installations/{id}/access_tokens`. Says whether it was cached.
+    async fn installation_token(&self, installation: u64) -> Result<(Secret, bool), ApiError> {
         let now = self.inner.clock.now();
         if let Some(cached) = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&installation)
             && now < cached.refresh_at
         {
-            return Ok(cached.token.clone());
+            return Ok((cached.token.clone(), true));
         }
         #[derive(Deserialize)]
         struct Issued {
@@ -451,7 +455,7 @@ impl GithubApi {
         } else {
             tokens.remove(&installation);
         }
-        Ok(issued.token)
+        Ok((issued.token, false))
     }
 
     /// One request; the body of a 2xx answer, or the error it means.
