@@ -23,6 +23,7 @@ mod exchange_bad_input;
 mod exchange_sts;
 mod exchange_vault;
 mod external_issuer;
+mod github_api;
 mod hooks;
 mod http_server;
 mod issuer;
