@@ -20,12 +20,13 @@ pub fn npm_dir() -> PathBuf {
     dir
 }
 
-/// The first example of `event` (with `action`, when given) from @octokit/webhooks-examples that
-/// a GitHub App receives (it names the installation; `ping` names none), as the exact bytes GitHub
+/// The first example of `event` (with `action`, when given) from @octokit/webhooks-examples,
+/// preferring one a GitHub App receives (it names the installation), as the exact bytes GitHub
 /// would send (compact JSON).
 pub fn example(event: &str, action: Option<&str>) -> Vec<u8> {
-    let found = examples(event, action).into_iter().find(|e| event == "ping" || e.get("installation").is_some());
-    serde_json::to_vec(&found.unwrap()).unwrap()
+    let all = examples(event, action);
+    let found = all.iter().find(|e| e.get("installation").is_some()).or_else(|| all.first());
+    serde_json::to_vec(found.unwrap()).unwrap()
 }
 
 /// Every example of `event` (with `action`, when given) from @octokit/webhooks-examples.

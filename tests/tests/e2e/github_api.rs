@@ -43,6 +43,7 @@ fn settings(fake: &FakeGithub, key: &str) -> GithubSettings {
         private_key: Secret::from(key.to_owned()),
         webhook_secret: Secret::from("a-long-random-webhook-secret".to_owned()),
         api_url: fake.url().to_owned(),
+        ticket_pattern: Default::default(),
     }
 }
 

@@ -140,7 +140,7 @@ fn push(url: &str, (before, after): (&str, &str), files: &[&str]) -> Value {
 async fn run_of(broker: &Broker, stack: &str, kind: &str, not: &[&str], states: &[&str]) -> Value {
     eventually(&format!("a {kind} run of {stack} in {states:?}"), Duration::from_secs(120), || {
         let runs = json_of(&broker.cli(&["run", "list", "--stack", stack, "--json"]));
-        let found = runs.as_array().unwrap().iter().find(|r| r["kind"] == kind && !not.contains(&r["id"].as_str().unwrap())).cloned();
+        let found = runs["runs"].as_array().unwrap().iter().find(|r| r["kind"] == kind && !not.contains(&r["id"].as_str().unwrap())).cloned();
         let full = found.map(|r| json_of(&broker.cli(&["run", "show", r["id"].as_str().unwrap(), "--json"])));
         let done = full.filter(|r| r["state"].as_str().is_some_and(|s| states.contains(&s) || s == "failed"));
         async move { done }
@@ -350,7 +350,7 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     assert!(failure["details"]["error"].as_str().unwrap().contains("999"), "{failure}");
 
     let runs = json_of(&broker.cli(&["run", "list", "--json"]));
-    assert_eq!(runs, json!([]), "nothing ran");
+    assert_eq!(runs["runs"], json!([]), "nothing ran");
     assert!(github.statuses(REPOSITORY, &head).is_empty());
     assert!(github.violations().is_empty(), "{:?}", github.violations());
 }

@@ -148,7 +148,10 @@ impl Github {
         };
         let committed = match entry {
             Some(entry) => self.audit.append(Append::changes(vec![write], vec![entry])).await.map_err(ChangeError::from),
-            None => self.store.apply_writes(&[write]).await.map(drop).map_err(ChangeError::from),
+            None => match self.store.apply_writes(&[write]).await {
+                Ok(_) => return,
+                Err(error) => Err(ChangeError::from(error)),
+            },
         };
         if let Err(error) = committed.and_then(|c| c.into_change()) {
             tracing::warn!(delivery = %delivery.delivery_id, %error, "vcs: cannot settle a delivery; it will be processed again");
