@@ -87,6 +87,22 @@ async fn an_installation_token_is_fetched_once_cached_and_refreshed_five_minutes
     assert_no_violations(&s.fake);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_token_fetch() {
+    let s = setup().await;
+    s.fake.add_pull_request(REPO, 8, &["a.tf"], PrInfo::default());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (api, repo) = (s.api.clone(), s.repo.clone());
+        calls.spawn(async move { api.pull_request_files(INSTALLATION, &repo, 8).await });
+    }
+    while let Some(files) = calls.join_next().await {
+        assert_eq!(files.unwrap().unwrap(), ["a.tf"]);
+    }
+    assert_eq!(token_requests(&s.fake), 1, "one token for six concurrent calls");
+    assert_no_violations(&s.fake);
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_replaced_once_and_the_call_succeeds() {
     let s = setup().await;
