@@ -88,6 +88,22 @@ async fn an_installation_token_is_fetched_once_cached_and_refreshed_five_minutes
     assert_no_violations(&s.fake);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_token_fetch() {
+    let s = setup().await;
+    s.fake.add_pull_request(REPO, 8, &["a.tf"], PrInfo::default());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (api, repo) = (s.api.clone(), s.repo.clone());
+        calls.spawn(async move { api.pull_request_files(INSTALLATION, &repo, 8).await });
+    }
+    while let Some(files) = calls.join_next().await {
+        assert_eq!(files.unwrap().unwrap(), ["a.tf"]);
+    }
+    assert_eq!(token_requests(&s.fake), 1, "one token for six concurrent calls");
+    assert_no_violations(&s.fake);
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_replaced_once_and_the_call_succeeds() {
     let s = setup().await;
@@ -359,4 +375,51 @@ async fn the_validator_refuses_requests_github_would_refuse() {
     }
     assert_eq!(s.fake.violations().len(), 9);
     assert!(s.fake.requests_to("/app/").iter().all(|r| matches!(r.auth, Auth::None | Auth::Invalid(_))));
+}
+
+/// The schema subset `fake_github` checks with, on schemas written here and on the description's
+/// own: each keyword refuses what OpenAPI 3.0 says it refuses and lets the rest through.
+#[test]
+fn the_validators_schema_subset_follows_openapi() {
+    use keyward_tests::fake_github::openapi::description;
+    let spec = description();
+    let errors = |schema: serde_json::Value, value: serde_json::Value| {
+        let mut errors = Vec::new();
+        spec.validate(&schema, &value, "v", &mut errors);
+        errors
+    };
+    let ok = |schema: serde_json::Value, value: serde_json::Value| {
+        let found = errors(schema.clone(), value.clone());
+        assert!(found.is_empty(), "{value} against {schema}: {found:?}");
+    };
+    let bad = |schema: serde_json::Value, value: serde_json::Value, expected: &str| {
+        let found = errors(schema.clone(), value.clone());
+        assert!(found.iter().any(|e| e.contains(expected)), "{value} against {schema}: {found:?}, not {expected:?}");
+    };
+
+    ok(json!({"type": "string", "nullable": true}), json!(null));
+    bad(json!({"type": "string"}), json!(null), "expected string, got null");
+    ok(json!({"type": ["string", "null"]}), json!(null));
+    ok(json!({"type": "integer"}), json!(3));
+    bad(json!({"type": "integer"}), json!(3.5), "expected integer, got number");
+    bad(json!({"type": "string", "enum": ["a", "b"]}), json!("c"), "is not one of");
+    bad(json!({"type": "string", "maxLength": 3}), json!("abcd"), "longer than 3");
+    ok(json!({"type": "string", "maxLength": 3}), json!("ééé"));
+    bad(json!({"type": "string", "minLength": 1}), json!(""), "shorter than 1");
+    bad(json!({"type": "integer", "minimum": 1}), json!(0), "below the minimum");
+    bad(json!({"type": "array", "items": {"type": "integer"}}), json!([1, "2"]), "v[1]: expected integer");
+    let object = json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}, "additionalProperties": false});
+    bad(object.clone(), json!({}), "required field a is missing");
+    bad(object.clone(), json!({"a": "x", "b": 1}), "v.b: not a documented field");
+    ok(object, json!({"a": "x"}));
+    let one_of = json!({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 1}]});
+    ok(one_of.clone(), json!("long"));
+    bad(one_of, json!("x"), "matches 2 of oneOf");
+    bad(json!({"anyOf": [{"type": "string"}, {"type": "integer"}]}), json!(true), "matches none of anyOf");
+    bad(json!({"allOf": [{"type": "string"}, {"maxLength": 1}]}), json!("xy"), "longer than 1");
+
+    // `$ref`s into the description: a token may not ask for a permission level that does not exist.
+    let permissions = json!({"$ref": "#/components/schemas/app-permissions"});
+    ok(permissions.clone(), json!({"contents": "read", "pull_requests": "write", "statuses": "write"}));
+    bad(permissions, json!({"contents": "admin"}), "v.contents: \"admin\" is not one of");
 }

@@ -208,8 +208,12 @@ struct Inner {
     api_url: String,
     client: reqwest::Client,
     clock: SharedClock,
-    tokens: Mutex<HashMap<u64, CachedToken>>,
+    /// Per installation: its cached token, behind an async lock so concurrent calls fetch one
+    /// token between them rather than one each.
+    tokens: Mutex<HashMap<u64, TokenSlot>>,
 }
+
+type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
 struct CachedToken {
     token: Secret,
@@ -403,7 +407,12 @@ impl GithubApi {
         let (token, cached) = self.installation_token(installation).await?;
         let mut answer = self.send(method.clone(), path, query, &token, body).await;
         if let Err(ApiError::Refused { status: 401, .. }) = &answer {
-            self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(&installation);
+            let slot = self.slot(installation);
+            let mut slot = slot.lock().await;
+            if slot.as_ref().is_some_and(|c| c.token == token) {
+                *slot = None;
+            }
+            drop(slot);
             if cached {
                 let (token, _) = self.installation_token(installation).await?;
                 answer = self.send(method, path, query, &token, body).await;
@@ -416,12 +425,29 @@ impl GithubApi {
     /// `installation`'s access token: the cached one while it has over 5 minutes left, else a
     /// new one from `POST /app/installations/{id}/access_tokens`. Says whether it was cached.
     async fn installation_token(&self, installation: u64) -> Result<(Secret, bool), ApiError> {
+        let slot = self.slot(installation);
+        let mut cached = slot.lock().await;
         let now = self.inner.clock.now();
-        if let Some(cached) = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&installation)
-            && now < cached.refresh_at
+        if let Some(token) = cached.as_ref()
+            && now < token.refresh_at
         {
-            return Ok((cached.token.clone(), true));
+            return Ok((token.token.clone(), true));
         }
+        let (token, expires_at) = self.new_token(installation, now).await?;
+        let refresh_at = expires_at - TOKEN_REFRESH_MARGIN_SECONDS;
+        *cached = (now < refresh_at).then(|| CachedToken { token: token.clone(), refresh_at });
+        Ok((token, false))
+    }
+
+    /// `installation`'s token slot, created on first use.
+    fn slot(&self, installation: u64) -> TokenSlot {
+        let mut tokens = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(tokens.entry(installation).or_default())
+    }
+
+    /// A new access token for `installation` and when it expires (Unix seconds), fetched with
+    /// the App JWT.
+    async fn new_token(&self, installation: u64, now: i64) -> Result<(Secret, i64), ApiError> {
         #[derive(Deserialize)]
         struct Issued {
             token: Secret,
@@ -448,14 +474,7 @@ impl GithubApi {
                     ))
                 })?
                 .unix_timestamp();
-        let refresh_at = expires_at - TOKEN_REFRESH_MARGIN_SECONDS;
-        let mut tokens = self.inner.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        if now < refresh_at {
-            tokens.insert(installation, CachedToken { token: issued.token.clone(), refresh_at });
-        } else {
-            tokens.remove(&installation);
-        }
-        Ok((issued.token, false))
+        Ok((issued.token, expires_at))
     }
 
     /// One request; the body of a 2xx answer, or the error it means.
