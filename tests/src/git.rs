@@ -65,7 +65,10 @@ impl GitRepo {
     /// returns that commit's SHA.
     pub fn commit_to(&self, name: &str, file: &str, contents: &str) -> String {
         let exists = git(&self.dir, &["branch", "--list", name]);
-        git(&self.dir, &if exists.is_empty() { vec!["checkout", "-q", "-b", name] } else { vec!["checkout", "-q", name] });
+        git(
+            &self.dir,
+            &if exists.is_empty() { vec!["checkout", "-q", "-b", name] } else { vec!["checkout", "-q", name] },
+        );
         let sha = self.commit(file, contents);
         git(&self.dir, &["checkout", "-q", "main"]);
         sha

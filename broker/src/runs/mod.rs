@@ -354,9 +354,10 @@ impl Runs {
             return Err(self.refuse_run(context, decision, now, writes, origin).await);
         }
         let job_id = uuid::Uuid::now_v7().to_string();
-        let mut writes = origin.run_writes(&stack.spec.name, &run);
+        let mut writes = origin.writes_before_run(&stack.spec.name, &run);
         writes.push(store::runs::insert_run(&run));
         writes.push(store::runs::queue_job(&job_id, &run.id, Phase::Plan, &stack.spec.pool, now));
+        writes.extend(origin.writes_after_run(&stack.spec.name, &run));
         let event = AuditEvent::new(Kind::RunCreated, now, context)
             .with("kind", run.kind.as_str())
             .with("state", RunState::Queued.as_str())

@@ -97,11 +97,20 @@ impl Origin<'_> {
         }
     }
 
-    /// The writes that commit with `run` of `stack`.
-    pub(super) fn run_writes(self, stack: &str, run: &RunRow) -> Vec<Write> {
+    /// The writes that commit with `run` of `stack`, before its own rows: a scheduled check's
+    /// claim holds only while no other drift run of the stack is queued.
+    pub(super) fn writes_before_run(self, stack: &str, run: &RunRow) -> Vec<Write> {
         match self {
-            Self::Asked => Vec::new(),
             Self::Scheduled(claim) => vec![claim.for_run(stack, &run.id)],
+            Self::Asked | Self::Observed(_) => Vec::new(),
+        }
+    }
+
+    /// The writes that commit with `run` of `stack`, after its own rows: an observed change's
+    /// record refers to the run.
+    pub(super) fn writes_after_run(self, stack: &str, run: &RunRow) -> Vec<Write> {
+        match self {
+            Self::Asked | Self::Scheduled(_) => Vec::new(),
             Self::Observed(change) => vec![insert_vcs_run(&VcsRunRow {
                 run_id: run.id.clone(),
                 delivery_id: change.delivery_id.clone(),

@@ -140,7 +140,12 @@ fn push(url: &str, (before, after): (&str, &str), files: &[&str]) -> Value {
 async fn run_of(broker: &Broker, stack: &str, kind: &str, not: &[&str], states: &[&str]) -> Value {
     eventually(&format!("a {kind} run of {stack} in {states:?}"), Duration::from_secs(120), || {
         let runs = json_of(&broker.cli(&["run", "list", "--stack", stack, "--json"]));
-        let found = runs["runs"].as_array().unwrap().iter().find(|r| r["kind"] == kind && !not.contains(&r["id"].as_str().unwrap())).cloned();
+        let found = runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind && !not.contains(&r["id"].as_str().unwrap()))
+            .cloned();
         let full = found.map(|r| json_of(&broker.cli(&["run", "show", r["id"].as_str().unwrap(), "--json"])));
         let done = full.filter(|r| r["state"].as_str().is_some_and(|s| states.contains(&s) || s == "failed"));
         async move { done }
@@ -162,6 +167,19 @@ fn states_of(statuses: &[Value]) -> Vec<&str> {
     statuses.iter().filter(|s| s["context"] == "keyward/network").filter_map(|s| s["state"].as_str()).collect()
 }
 
+/// Waits for `delivery`'s `vcs.delivery_processed` or `vcs.delivery_failed` entry.
+async fn settled(broker: &Broker, delivery: &str) -> Value {
+    eventually(&format!("delivery {delivery} processed"), Duration::from_secs(60), || {
+        let found = ["vcs.delivery_processed", "vcs.delivery_failed"]
+            .into_iter()
+            .flat_map(|kind| entries(broker, kind))
+            .map(|e| e["entry"].clone())
+            .find(|e| e["details"]["delivery"] == delivery);
+        async move { found }
+    })
+    .await
+}
+
 /// The broker's audit entries of `kind`.
 fn entries(broker: &Broker, kind: &str) -> Vec<Value> {
     let out = broker.cli(&["audit", "tail", "--kind", kind, "--json", "-n", "1000"]);
@@ -179,10 +197,19 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     json_of(&broker.cli(&[
-        "stack", "create", "network", "--repository", &url, "--plan-target", "aws:state-read",
-        "--apply-target", "aws:network-apply", "--json",
+        "stack",
+        "create",
+        "network",
+        "--repository",
+        &url,
+        "--plan-target",
+        "aws:state-read",
+        "--apply-target",
+        "aws:network-apply",
+        "--json",
     ]));
-    let token = json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let token =
+        json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
     let agent_dir = dir.path().join("agent");
     let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
     assert!(ok, "{stderr}");
@@ -192,10 +219,24 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     let bucket = "resource \"terraform_data\" \"bucket\" {\n  input = \"logs\"\n}\n";
     let head = repo.commit_to("feature/OPS-7-bucket", "bucket.tf", bucket);
     let title = "OPS-7: add the logs bucket";
-    let info = PrInfo { title: title.to_owned(), head_ref: "feature/OPS-7-bucket".to_owned(), head_sha: head.clone(), ..PrInfo::default() };
+    let info = PrInfo {
+        title: title.to_owned(),
+        head_ref: "feature/OPS-7-bucket".to_owned(),
+        head_sha: head.clone(),
+        ..PrInfo::default()
+    };
     github.add_pull_request(REPOSITORY, 7, &["bucket.tf"], info.clone());
     let opened = pull_request("opened", &url, 7, ("feature/OPS-7-bucket", &head), title);
     assert_eq!(deliver(&broker, "pull_request", "d-open", &opened).await, (202, json!({"queued": true})));
+    let processed = settled(&broker, "d-open").await;
+    assert_eq!(processed["kind"], "vcs.delivery_processed", "{processed}\n{}", broker.log_text());
+    let decided = &processed["details"]["stacks"][0];
+    assert_eq!(
+        (decided["stack"].as_str(), decided["decision"].as_str()),
+        (Some("network"), Some("propose")),
+        "{processed}"
+    );
+    assert!(decided["run"].is_string() && decided["error"].is_null(), "{processed}");
     let proposed = run_of(&broker, "network", "proposed", &[], &["finished"]).await;
     assert_eq!(proposed["state"], "finished", "{proposed}\n{}", agent.log_text());
     assert_eq!(proposed["commit_sha"], head.as_str());
@@ -207,8 +248,10 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     let states = states_of(&seen);
     assert_eq!(states.first(), Some(&"pending"), "{seen:?}");
     let success = seen.iter().rev().find(|s| s["context"] == "keyward/network").unwrap();
-    assert!(success["description"].as_str().unwrap().starts_with("Planned: 1 to add"), "{success}");
-    assert!(success["target_url"].as_str().unwrap().ends_with(&format!("/v1/runs/{}", proposed["id"].as_str().unwrap())));
+    assert!(success["description"].as_str().unwrap().starts_with("Planned: 2 to add"), "{success}");
+    assert!(
+        success["target_url"].as_str().unwrap().ends_with(&format!("/v1/runs/{}", proposed["id"].as_str().unwrap()))
+    );
     let comments = eventually("the plan comment", Duration::from_secs(60), || {
         let comments = github.comments(REPOSITORY, 7);
         let done = comments.first().is_some_and(|c| c.body.contains("Planned (proposed")).then_some(comments);
@@ -217,7 +260,11 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     .await;
     assert_eq!(comments.len(), 1, "{comments:?}");
     let body = &comments[0].body;
-    assert!(body.contains("+ terraform_data.bucket (create)") && body.contains("**Plan:** 1 to add, 0 to change, 0 to destroy."), "{body}");
+    assert!(
+        body.contains("+ terraform_data.bucket (create)")
+            && body.contains("**Plan:** 2 to add, 0 to change, 0 to destroy."),
+        "{body}"
+    );
     let first_comment = comments[0].id;
 
     // 2. A second push to the pull request: another proposed plan, the same comment edited.
@@ -229,7 +276,11 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     assert_eq!(deliver(&broker, "pull_request", "d-sync", &synchronize).await.0, 202);
     let first = proposed["id"].as_str().unwrap().to_owned();
     let second = run_of(&broker, "network", "proposed", &[&first], &["finished"]).await;
-    assert_eq!((second["state"].as_str(), second["commit_sha"].as_str()), (Some("finished"), Some(head2.as_str())), "{second}");
+    assert_eq!(
+        (second["state"].as_str(), second["commit_sha"].as_str()),
+        (Some("finished"), Some(head2.as_str())),
+        "{second}"
+    );
     statuses(&github, &head2, |s| states_of(s).last() == Some(&"success")).await;
     let comments = eventually("the comment edited", Duration::from_secs(60), || {
         let comments = github.comments(REPOSITORY, 7);
@@ -239,7 +290,7 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     .await;
     assert_eq!(comments.len(), 1, "edited in place, not added: {comments:?}");
     assert_eq!(comments[0].id, first_comment);
-    assert!(comments[0].body.contains("**Plan:** 2 to add"), "{}", comments[0].body);
+    assert!(comments[0].body.contains("**Plan:** 3 to add"), "{}", comments[0].body);
 
     // 3. The merge: GitHub pushes the merge commit to main; a tracked run waits for approval.
     let before = repo.head();
@@ -249,7 +300,13 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
         REPOSITORY,
         7,
         &["bucket.tf", "archive.tf"],
-        PrInfo { title: title.to_owned(), head_ref: "feature/OPS-7-bucket".to_owned(), head_sha: head2.clone(), merged: true, ..PrInfo::default() },
+        PrInfo {
+            title: title.to_owned(),
+            head_ref: "feature/OPS-7-bucket".to_owned(),
+            head_sha: head2.clone(),
+            merged: true,
+            ..PrInfo::default()
+        },
     );
     let pushed = push(&url, (&before, &merged), &["bucket.tf", "archive.tf"]);
     assert_eq!(deliver(&broker, "push", "d-merge", &pushed).await.0, 202);
@@ -257,7 +314,11 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     assert_eq!(tracked["state"], "planned", "{tracked}\n{}", agent.log_text());
     assert_eq!((tracked["commit_sha"].as_str(), tracked["pull_request"].as_i64()), (Some(merged.as_str()), Some(7)));
     assert_eq!(tracked["pull_request_source"], "github");
-    let waiting = statuses(&github, &merged, |s| states_of(s).last() == Some(&"pending") && s.iter().any(|x| x["description"].as_str().is_some_and(|d| d.contains("waiting for approval")))).await;
+    let waiting = statuses(&github, &merged, |s| {
+        states_of(s).last() == Some(&"pending")
+            && s.iter().any(|x| x["description"].as_str().is_some_and(|d| d.contains("waiting for approval")))
+    })
+    .await;
     assert!(!waiting.is_empty());
     let tracked_id = tracked["id"].as_str().unwrap().to_owned();
     let approved = broker.cli(&["run", "approve", &tracked_id, "--comment", "ship it"]);
@@ -285,7 +346,11 @@ async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
     let trace = broker.cli(&["audit", "trace", key]);
     assert!(trace.success, "{}", trace.stderr);
     assert!(trace.stdout.contains("PR #7  ticket OPS-7  (observed from github)"), "{}", trace.stdout);
-    assert!(trace.stdout.contains("observed   github delivery d-merge: #7 \"OPS-7: add the logs bucket\" by octocat"), "{}", trace.stdout);
+    assert!(
+        trace.stdout.contains("observed   github delivery d-merge: #7 \"OPS-7: add the logs bucket\" by octocat"),
+        "{}",
+        trace.stdout
+    );
     // The run token STS saw says so too, and carries the tag.
     let write = moto.sts_requests().into_iter().find(|r| r.field("RoleArn") == Some(ROLE_WRITE)).unwrap();
     let verdict = broker.pyjwt_verify(write.field("WebIdentityToken").unwrap(), "sts.amazonaws.com");
@@ -316,7 +381,12 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     // A pull request from a fork: the broker never plans it.
     let mut fork = pull_request("opened", &url, 8, ("feature", &head), "Fork change");
     fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/infra");
-    github.add_pull_request(REPOSITORY, 8, &["network/main.tf"], PrInfo { head_sha: head.clone(), ..PrInfo::default() });
+    github.add_pull_request(
+        REPOSITORY,
+        8,
+        &["network/main.tf"],
+        PrInfo { head_sha: head.clone(), ..PrInfo::default() },
+    );
     assert_eq!(deliver(&broker, "pull_request", "d-fork", &fork).await.0, 202);
 
     // An installation GitHub does not know: its files cannot be read; the delivery fails for good.
@@ -325,7 +395,12 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     assert_eq!(deliver(&broker, "pull_request", "d-unknown", &unknown).await.0, 202);
 
     // A change outside the stack's path.
-    github.add_pull_request(REPOSITORY, 10, &["network.tf", "docs/README.md"], PrInfo { head_sha: head.clone(), ..PrInfo::default() });
+    github.add_pull_request(
+        REPOSITORY,
+        10,
+        &["network.tf", "docs/README.md"],
+        PrInfo { head_sha: head.clone(), ..PrInfo::default() },
+    );
     let untouched = pull_request("opened", &url, 10, ("feature", &head), "Docs");
     assert_eq!(deliver(&broker, "pull_request", "d-untouched", &untouched).await.0, 202);
 
@@ -337,10 +412,15 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     })
     .await;
     let (processed, failed) = settled;
-    let by_delivery = |id: &str| processed.iter().map(|e| &e["entry"]).find(|e| e["details"]["delivery"] == id).cloned().unwrap();
+    let by_delivery =
+        |id: &str| processed.iter().map(|e| &e["entry"]).find(|e| e["details"]["delivery"] == id).cloned().unwrap();
     let fork_entry = by_delivery("d-fork");
     let decided = &fork_entry["details"]["stacks"][0];
-    assert_eq!((decided["stack"].as_str(), decided["decision"].as_str()), (Some("network"), Some("ignore")), "{fork_entry}");
+    assert_eq!(
+        (decided["stack"].as_str(), decided["decision"].as_str()),
+        (Some("network"), Some("ignore")),
+        "{fork_entry}"
+    );
     assert!(decided["reasons"].to_string().contains("forks"), "{fork_entry}");
     assert!(decided["run"].is_null());
     let untouched_entry = by_delivery("d-untouched");

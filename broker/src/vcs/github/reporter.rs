@@ -153,7 +153,10 @@ impl Github {
         let issue = u64::try_from(number).map_err(|_| ReportError::Stored(format!("pull request number {number}")))?;
         let mut ids = self.store.vcs_comment_ids("github", &name, number, stack).await?;
         let spare = format!("{}\n_This part of Keyward's comment is no longer needed._", report::marker(stack));
-        let bodies = parts.iter().map(String::as_str).chain(std::iter::repeat_n(spare.as_str(), ids.len().saturating_sub(parts.len())));
+        let bodies = parts
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::repeat_n(spare.as_str(), ids.len().saturating_sub(parts.len())));
         for (i, body) in bodies.enumerate() {
             let id = match ids.get(i).copied() {
                 Some(id) => match self.api.update_comment(installation, repository, id, body).await {

@@ -123,9 +123,10 @@ impl Github {
         let attempts = delivery.attempts + 1;
         let now = self.clock.now();
         let (write, entry) = match &result {
-            Ok(handled) => {
-                (settle_delivery(&delivery.delivery_id, Processed::Done, delivery.attempts, now), Some(processed(&delivery, handled, now)))
-            }
+            Ok(handled) => (
+                settle_delivery(&delivery.delivery_id, Processed::Done, delivery.attempts, now),
+                Some(processed(&delivery, handled, now)),
+            ),
             Err(error) if error.is_transient() && attempts < MAX_ATTEMPTS => {
                 let why = error.to_string();
                 let at = now + backoff(attempts);
@@ -147,7 +148,9 @@ impl Github {
             }
         };
         let committed = match entry {
-            Some(entry) => self.audit.append(Append::changes(vec![write], vec![entry])).await.map_err(ChangeError::from),
+            Some(entry) => {
+                self.audit.append(Append::changes(vec![write], vec![entry])).await.map_err(ChangeError::from)
+            }
             None => match self.store.apply_writes(&[write]).await {
                 Ok(_) => return,
                 Err(error) => Err(ChangeError::from(error)),
@@ -161,7 +164,10 @@ impl Github {
     /// Works out and acts on what `delivery` asks for.
     async fn handle(&self, delivery: &ClaimedDelivery) -> Result<Handled, ProcessError> {
         let Some(event) = VcsEvent::parse(&delivery.event, &delivery.payload)? else {
-            return Ok(Handled { ignored: Some(format!("event `{}` is not acted on", delivery.event)), ..Handled::default() });
+            return Ok(Handled {
+                ignored: Some(format!("event `{}` is not acted on", delivery.event)),
+                ..Handled::default()
+            });
         };
         let mut handled = Handled { repository: Some(event.repository.full_name.clone()), ..Handled::default() };
         let installation = event.installation.ok_or(ProcessError::NoInstallation)?;
@@ -336,7 +342,9 @@ fn processed(delivery: &ClaimedDelivery, handled: &Handled, now: i64) -> AuditEv
     let stacks: Vec<Value> = handled
         .stacks
         .iter()
-        .map(|s| json!({"stack": s.stack, "decision": s.decision, "reasons": s.reasons, "run": s.run, "error": s.error}))
+        .map(
+            |s| json!({"stack": s.stack, "decision": s.decision, "reasons": s.reasons, "run": s.run, "error": s.error}),
+        )
         .collect();
     let mut entry = AuditEvent::new(Kind::VcsDeliveryProcessed, now, context)
         .with("provider", "github")
