@@ -34,6 +34,16 @@ const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
 /// A broker serving the shipped policies, with `[vcs.github]` pointed at `github` and AWS targets
 /// on moto.
 async fn broker(dir: &Path, github: &FakeGithub, sts: &str) -> Broker {
+    let (config, data_dir, addr) = configure(dir, github, sts);
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
+/// Writes [`broker`]'s configuration: the file, the data directory and the address.
+fn configure(
+    dir: &Path,
+    github: &FakeGithub,
+    sts: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::net::SocketAddr) {
     let (key, secret) = (dir.join("app.pem"), dir.join("webhook-secret"));
     std::fs::write(&key, github.private_key_pem()).unwrap();
     std::fs::write(&secret, SECRET).unwrap();
@@ -56,7 +66,7 @@ async fn broker(dir: &Path, github: &FakeGithub, sts: &str) -> Broker {
         api = github.url(),
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+    (config, data_dir, addr)
 }
 
 fn json_of(output: &keyward_tests::broker::Output) -> Value {
@@ -431,6 +441,79 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
 
     let runs = json_of(&broker.cli(&["run", "list", "--json"]));
     assert_eq!(runs["runs"], json!([]), "nothing ran");
+    assert!(github.statuses(REPOSITORY, &head).is_empty());
+    assert!(github.violations().is_empty(), "{:?}", github.violations());
+}
+
+/// `SELECT COUNT(*) AS n …` on the broker's SQLite database.
+async fn count(broker: &Broker, sql: &str) -> i64 {
+    let url = format!("sqlite://{}?mode=rw", broker.data_dir.join("keyward.db").display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::Row::get(&sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&pool).await.unwrap(), "n");
+    pool.close().await;
+    n
+}
+
+/// GitHub unavailable: the delivery waits with backoff, survives a broker restart, and is
+/// processed once GitHub answers. A report GitHub refuses is recorded as `vcs.report_failed` and
+/// never holds the run up.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_wait_out_github_across_a_restart_and_refused_reports_never_hold_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path()).await;
+    let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
+    github.install(INSTALLATION, &[REPOSITORY]);
+    let (config, data_dir, addr) = configure(dir.path(), &github, &moto.endpoint);
+    let envs = [("TEST_KEK", TEST_KEK)];
+    let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await;
+    let admin = broker.admin_token.clone();
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    let url = repo.url();
+    json_of(&broker.cli(&["stack", "create", "network", "--repository", &url, "--json"]));
+    let head = repo.commit_to("feature", "bucket.tf", "resource \"terraform_data\" \"bucket\" {}\n");
+    github.add_pull_request(
+        REPOSITORY,
+        11,
+        &["bucket.tf"],
+        PrInfo { head_sha: head.clone(), head_ref: "feature".to_owned(), ..PrInfo::default() },
+    );
+    // GitHub is down for the pull request's files: three answers of 503.
+    github.fail_next(&format!("/repos/{REPOSITORY}/pulls/11/files"), 503, 3);
+    // And it refuses every status: the reporter gives up on each, the run goes on.
+    github.fail_next(&format!("/repos/{REPOSITORY}/statuses/"), 422, 1000);
+    let opened = pull_request("opened", &url, 11, ("feature", &head), "Outage");
+    assert_eq!(deliver(&broker, "pull_request", "d-outage", &opened).await.0, 202);
+    let waiting = "SELECT COUNT(*) AS n FROM vcs_deliveries WHERE delivery_id = 'd-outage' AND status = 'queued' \
+                   AND attempts >= 1 AND error LIKE '%503%'";
+    eventually("the delivery to wait for a retry", Duration::from_secs(30), || {
+        let broker = &broker;
+        async move { (count(broker, waiting).await == 1).then_some(()) }
+    })
+    .await;
+    broker.stop();
+
+    let broker = Broker::serve_as(&config, &data_dir, &format!("http://{addr}"), &envs, Some(&admin)).await;
+    let processed = settled(&broker, "d-outage").await;
+    assert_eq!(processed["kind"], "vcs.delivery_processed", "{processed}");
+    assert_eq!(processed["details"]["stacks"][0]["decision"], "propose", "{processed}");
+    let files = github.requests_to(&format!("/repos/{REPOSITORY}/pulls/11/files"));
+    assert_eq!(files.len(), 4, "three refused, one answered: {files:?}");
+    let token =
+        json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let agent_dir = dir.path().join("agent");
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
+    assert!(ok, "{stderr}");
+    let agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let run = run_of(&broker, "network", "proposed", &[], &["finished"]).await;
+    assert_eq!(run["state"], "finished", "{run}\n{}", agent.log_text());
+    let failed = eventually("a failed report on record", Duration::from_secs(60), || {
+        let failed = entries(&broker, "vcs.report_failed");
+        let found = failed.into_iter().map(|e| e["entry"].clone()).find(|e| e["context"]["run_id"] == run["id"]);
+        async move { found }
+    })
+    .await;
+    assert!(failed["details"]["error"].as_str().unwrap().contains("422"), "{failed}");
     assert!(github.statuses(REPOSITORY, &head).is_empty());
     assert!(github.violations().is_empty(), "{:?}", github.violations());
 }
