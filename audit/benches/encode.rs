@@ -38,6 +38,7 @@ fn event(i: usize) -> AuditEvent {
         git_ref: Some("refs/heads/main".into()),
         pull_request: Some(4711),
         ticket: Some("CHG-7".into()),
+        pull_request_source: None,
         triggered_by: Some("alice".into()),
         approved_by: vec!["bob".into(), "carol".into()],
         asserted_by: None,

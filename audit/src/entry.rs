@@ -708,6 +708,7 @@ mod tests {
                     _ => Some(rng.next_u64() >> rng.below(64)),
                 },
                 ticket: optional(rng),
+                pull_request_source: optional(rng),
                 triggered_by: optional(rng),
                 approved_by: (0..rng.below(4)).map(|_| rng.string(8)).collect(),
                 asserted_by: optional(rng),
