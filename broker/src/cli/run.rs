@@ -105,6 +105,10 @@ pub(super) struct SubmitArgs {
     /// that never applies. With `--wait`, exits 2 when it finds drift.
     #[arg(long)]
     drift: bool,
+    /// Plan only: a `proposed` run (docs/vcs.md) plans the commit with the plan phase's
+    /// read-only credentials, shows the plan, and never applies.
+    #[arg(long, conflicts_with = "drift")]
+    proposed: bool,
     /// Follow the run until it finishes or waits for approval. Exits 0 when it finished,
     /// 1 when it failed, 2 when a drift check found drift, 3 when it waits for approval.
     #[arg(long)]
@@ -174,15 +178,23 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
 /// `keyward run submit`: queues the run and, with `--wait`, follows it to an end whose exit
 /// code says how it went.
 async fn submit(args: SubmitArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let SubmitArgs { stack, commit, pr, ticket, drift, wait, timeout, json, connection } = args;
+    let SubmitArgs { stack, commit, pr, ticket, drift, proposed, wait, timeout, json, connection } = args;
     let client = Client::new(&connection, env)?;
-    let kind = if drift { "drift" } else { "deploy" };
+    let kind = match (drift, proposed) {
+        (true, _) => "drift",
+        (_, true) => "proposed",
+        _ => "deploy",
+    };
     let body = json!({ "stack": stack, "commit_sha": commit, "pull_request": pr, "ticket": ticket, "kind": kind });
     let mut run = client.post("/v1/runs", &body).await?;
     let id = text(&run, "id").to_owned();
     if !json {
         outln!("{id}")?;
-        let what = if drift { "drift check" } else { "run" };
+        let what = match kind {
+            "drift" => "drift check",
+            "proposed" => "proposed plan",
+            _ => "run",
+        };
         eprintln!("queued {what} {id} of {stack} at {}", text(&run, "commit_sha"));
     }
     if wait {

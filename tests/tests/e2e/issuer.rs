@@ -209,6 +209,8 @@ async fn bad_mint_requests_get_json_errors_and_issue_nothing() {
         ),
         ("insufficient scope", good.clone(), Some(submit_token.as_str()), 403, "insufficient_scope"),
         ("asserted approvals", with(json!({ "approved_by": ["bob"] })), admin, 400, "invalid_request"),
+        // Only the broker observes a pull request (docs/vcs.md); a caller cannot claim it did.
+        ("asserted observation", with(json!({ "pull_request_source": "github" })), admin, 400, "invalid_request"),
     ];
     for (what, body, token, status, code) in cases {
         let (got, response) = broker.mint_raw(&body, token).await;

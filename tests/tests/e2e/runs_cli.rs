@@ -124,6 +124,14 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     assert_eq!(drift.code, Some(0), "{}{}", drift.stdout, drift.stderr);
     assert!(drift.stdout.contains("drift check (no drift)"), "{}", drift.stdout);
     assert!(!drift.stdout.contains("job           apply"), "{}", drift.stdout);
+    // A proposed plan (docs/vcs.md) plans and stops there: one job, never an apply, exit 0.
+    let proposed = json(&broker.cli(&["run", "submit", "--stack", "example", "--proposed", "--wait", "--json"]));
+    assert_eq!((proposed["kind"].as_str(), proposed["state"].as_str()), (Some("proposed"), Some("finished")), "{proposed}");
+    assert_eq!(proposed["jobs"].as_array().unwrap().len(), 1, "{proposed}");
+    assert!(proposed["detail"].as_str().unwrap().contains("never applied"), "{proposed}");
+    assert!(proposed.get("pull_request_source").is_none(), "asked for, not observed: {proposed}");
+    let both = broker.cli(&["run", "submit", "--stack", "example", "--proposed", "--drift"]);
+    assert!(!both.success && both.stderr.contains("cannot be used with"), "{}", both.stderr);
 }
 
 /// A broker on SQLite, or on PostgreSQL at `database_url`, for the trigger tests.
