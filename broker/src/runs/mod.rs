@@ -30,6 +30,7 @@ mod space_rules;
 mod spec;
 mod state;
 mod tfstate;
+pub mod triggers;
 mod update;
 
 use std::collections::BTreeMap;

@@ -273,7 +273,7 @@ impl StackSpec {
             }
         }
         super::scans::validate(&self.scanners)?;
-        crate::vcs::matching::check_triggers(&self.triggers).map_err(|e| SpecError(e.to_string()))?;
+        super::triggers::check_triggers(&self.triggers).map_err(|e| SpecError(e.to_string()))?;
         self.hooks.validate()
     }
 }

@@ -126,7 +126,11 @@ async fn keyward_dev_runs_the_example_stack_on_its_own_agent() {
     assert!(!drift.stdout.contains("job           apply"), "{}", drift.stdout);
     // A proposed plan (docs/vcs.md) plans and stops there: one job, never an apply, exit 0.
     let proposed = json(&broker.cli(&["run", "submit", "--stack", "example", "--proposed", "--wait", "--json"]));
-    assert_eq!((proposed["kind"].as_str(), proposed["state"].as_str()), (Some("proposed"), Some("finished")), "{proposed}");
+    assert_eq!(
+        (proposed["kind"].as_str(), proposed["state"].as_str()),
+        (Some("proposed"), Some("finished")),
+        "{proposed}"
+    );
     assert_eq!(proposed["jobs"].as_array().unwrap().len(), 1, "{proposed}");
     assert!(proposed["detail"].as_str().unwrap().contains("never applied"), "{proposed}");
     assert!(proposed.get("pull_request_source").is_none(), "asked for, not observed: {proposed}");
