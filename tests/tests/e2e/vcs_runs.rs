@@ -33,9 +33,12 @@ const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
 
 /// A broker serving the shipped policies, with `[vcs.github]` pointed at `github` and AWS targets
 /// on moto.
-async fn broker(dir: &Path, github: &FakeGithub, sts: &str) -> Broker {
-    let (config, data_dir, addr) = configure(dir, github, sts);
-    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+/// On SQLite, or on PostgreSQL at `database_url`.
+async fn broker(dir: &Path, github: &FakeGithub, sts: &str, database_url: Option<&str>) -> Broker {
+    let (config, data_dir, addr) = configure(dir, github, sts, database_url.is_some());
+    let mut envs = vec![("TEST_KEK", TEST_KEK)];
+    envs.extend(database_url.map(|url| ("KW_DATABASE_URL", url)));
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await
 }
 
 /// Writes [`broker`]'s configuration: the file, the data directory and the address.
@@ -43,6 +46,7 @@ fn configure(
     dir: &Path,
     github: &FakeGithub,
     sts: &str,
+    postgres: bool,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::net::SocketAddr) {
     let (key, secret) = (dir.join("app.pem"), dir.join("webhook-secret"));
     std::fs::write(&key, github.private_key_pem()).unwrap();
@@ -65,7 +69,8 @@ fn configure(
         secret = secret.display().to_string(),
         api = github.url(),
     );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    let storage = if postgres { "database_url_env = \"KW_DATABASE_URL\"" } else { "" };
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, storage, ..ConfigExtra::default() });
     (config, data_dir, addr)
 }
 
@@ -198,12 +203,22 @@ fn entries(broker: &Broker, kind: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pull_request_is_planned_commented_merged_tracked_and_traced() {
+async fn on_sqlite_a_pull_request_is_planned_commented_merged_tracked_and_traced() {
+    pull_request_story(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_pull_request_is_planned_commented_merged_tracked_and_traced() {
+    let cluster = keyward_tests::postgres::PgCluster::start();
+    pull_request_story(Some(&cluster.database("keyward_vcs"))).await;
+}
+
+async fn pull_request_story(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let broker = broker(dir.path(), &github, &moto.endpoint).await;
+    let broker = broker(dir.path(), &github, &moto.endpoint, database_url).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     json_of(&broker.cli(&[
@@ -382,7 +397,7 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let broker = broker(dir.path(), &github, &moto.endpoint).await;
+    let broker = broker(dir.path(), &github, &moto.endpoint, None).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     json_of(&broker.cli(&["stack", "create", "network", "--repository", &url, "--path", "network", "--json"]));
@@ -439,6 +454,15 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     assert_eq!(failure["details"]["delivery"], "d-unknown");
     assert!(failure["details"]["error"].as_str().unwrap().contains("999"), "{failure}");
 
+    // Nor can a caller submit a run claiming GitHub observed it.
+    let claimed = reqwest::Client::new()
+        .post(format!("{}/v1/runs", broker.addr))
+        .bearer_auth(&broker.admin_token)
+        .json(&json!({"stack": "network", "pull_request": 8, "pull_request_source": "github"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claimed.status().as_u16(), 400);
     let runs = json_of(&broker.cli(&["run", "list", "--json"]));
     assert_eq!(runs["runs"], json!([]), "nothing ran");
     assert!(github.statuses(REPOSITORY, &head).is_empty());
@@ -464,7 +488,7 @@ async fn deliveries_wait_out_github_across_a_restart_and_refused_reports_never_h
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let (config, data_dir, addr) = configure(dir.path(), &github, &moto.endpoint);
+    let (config, data_dir, addr) = configure(dir.path(), &github, &moto.endpoint, false);
     let envs = [("TEST_KEK", TEST_KEK)];
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await;
     let admin = broker.admin_token.clone();
