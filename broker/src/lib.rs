@@ -23,6 +23,7 @@
 pub mod access;
 pub mod agents;
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

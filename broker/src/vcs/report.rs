@@ -32,6 +32,18 @@ pub enum StatusState {
     Error,
 }
 
+impl StatusState {
+    /// The name GitHub (and GitLab) use for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// A commit status: its state and a one-line description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {

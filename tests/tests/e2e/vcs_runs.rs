@@ -182,6 +182,15 @@ fn states_of(statuses: &[Value]) -> Vec<&str> {
     statuses.iter().filter(|s| s["context"] == "keyward/network").filter_map(|s| s["state"].as_str()).collect()
 }
 
+/// An agent (real Terraform, sandboxed) enrolled in the default pool.
+fn agent(broker: &Broker, dir: &Path) -> Agent {
+    let token =
+        json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
+    let (ok, agent_id, stderr) = join(&broker.addr, &token, dir);
+    assert!(ok, "{stderr}");
+    Agent::start(dir, &agent_id, &[])
+}
+
 /// Waits for `delivery`'s `vcs.delivery_processed` or `vcs.delivery_failed` entry.
 async fn settled(broker: &Broker, delivery: &str) -> Value {
     eventually(&format!("delivery {delivery} processed"), Duration::from_secs(60), || {
@@ -233,12 +242,7 @@ async fn pull_request_story(database_url: Option<&str>) {
         "aws:network-apply",
         "--json",
     ]));
-    let token =
-        json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let agent_dir = dir.path().join("agent");
-    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
-    assert!(ok, "{stderr}");
-    let agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let agent = agent(&broker, &dir.path().join("agent"));
 
     // 1. The pull request is opened: a proposed plan of its head, reported back.
     let bucket = "resource \"terraform_data\" \"bucket\" {\n  input = \"logs\"\n}\n";
@@ -523,12 +527,7 @@ async fn deliveries_wait_out_github_across_a_restart_and_refused_reports_never_h
     assert_eq!(processed["details"]["stacks"][0]["decision"], "propose", "{processed}");
     let files = github.requests_to(&format!("/repos/{REPOSITORY}/pulls/11/files"));
     assert_eq!(files.len(), 4, "three refused, one answered: {files:?}");
-    let token =
-        json_of(&broker.cli(&["pool", "join-token", "default", "--json"]))["token"].as_str().unwrap().to_owned();
-    let agent_dir = dir.path().join("agent");
-    let (ok, agent_id, stderr) = join(&broker.addr, &token, &agent_dir);
-    assert!(ok, "{stderr}");
-    let agent = Agent::start(&agent_dir, &agent_id, &[]);
+    let agent = agent(&broker, &dir.path().join("agent"));
     let run = run_of(&broker, "network", "proposed", &[], &["finished"]).await;
     assert_eq!(run["state"], "finished", "{run}\n{}", agent.log_text());
     let failed = eventually("a failed report on record", Duration::from_secs(60), || {

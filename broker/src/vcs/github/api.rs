@@ -159,30 +159,8 @@ pub struct PullRequestSummary {
     pub labels: Vec<String>,
 }
 
-/// A commit status's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusState {
-    /// Running.
-    Pending,
-    /// Passed.
-    Success,
-    /// Failed (the run's verdict).
-    Failure,
-    /// Could not run.
-    Error,
-}
-
-impl StatusState {
-    /// GitHub's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Success => "success",
-            Self::Failure => "failure",
-            Self::Error => "error",
-        }
-    }
-}
+/// A commit status's state (GitHub's four).
+pub use crate::vcs::report::StatusState;
 
 /// A commit status to set (`keyward/<stack>`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,12 +11,12 @@
 use std::time::Duration;
 
 use super::Github;
-use super::api::{self, ApiError, CommitStatus, RepoName};
+use super::api::{ApiError, CommitStatus, RepoName};
 use crate::audit::{AuditEvent, Context, Kind};
 use crate::runs::RunError;
 use crate::store::StoreError;
 use crate::store::vcs::{DueReport, Processed};
-use crate::vcs::report::{self, StatusState};
+use crate::vcs::report;
 
 /// How long a claimed report is the claimer's: longer than one takes.
 const CLAIM: i64 = 120;
@@ -119,12 +119,7 @@ impl Github {
         let url = format!("{}/v1/runs/{}", self.external_url.trim_end_matches('/'), run.id);
         let status = report::status(&run, changes.as_ref());
         let status = CommitStatus {
-            state: match status.state {
-                StatusState::Pending => api::StatusState::Pending,
-                StatusState::Success => api::StatusState::Success,
-                StatusState::Failure => api::StatusState::Failure,
-                StatusState::Error => api::StatusState::Error,
-            },
+            state: status.state,
             context: report::status_context(&due.stack),
             description: status.description,
             target_url: Some(url.clone()),
@@ -177,8 +172,7 @@ impl Github {
     }
 }
 
-/// The delay before attempt `attempts + 1`: 1 s doubling, at most 5 minutes.
+/// The delay before attempt `attempts + 1`.
 fn backoff(attempts: i64) -> i64 {
-    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    (FIRST_BACKOFF << doublings).min(MAX_BACKOFF)
+    crate::backoff::delay(attempts, FIRST_BACKOFF, MAX_BACKOFF)
 }

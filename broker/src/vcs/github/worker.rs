@@ -359,10 +359,9 @@ fn processed(delivery: &ClaimedDelivery, handled: &Handled, now: i64) -> AuditEv
     entry
 }
 
-/// The delay before attempt `attempts + 1`: 2 s doubling, at most 5 minutes.
+/// The delay before attempt `attempts + 1`.
 fn backoff(attempts: i64) -> i64 {
-    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    (FIRST_BACKOFF << doublings).min(MAX_BACKOFF)
+    crate::backoff::delay(attempts, FIRST_BACKOFF, MAX_BACKOFF)
 }
 
 #[cfg(test)]
