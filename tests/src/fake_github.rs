@@ -117,6 +117,10 @@ pub struct PrInfo {
     pub draft: bool,
     /// Its labels.
     pub labels: Vec<String>,
+    /// The commit its merge made, once merged.
+    pub merge_commit_sha: Option<String>,
+    /// The head repository's `owner/name` when it is a fork (`None`: the base repository).
+    pub head_repo: Option<String>,
 }
 
 impl Default for PrInfo {
@@ -130,6 +134,8 @@ impl Default for PrInfo {
             merged: false,
             draft: false,
             labels: Vec::new(),
+            merge_commit_sha: None,
+            head_repo: None,
         }
     }
 }

@@ -7,11 +7,15 @@ ALTER TABLE vcs_deliveries DROP CONSTRAINT vcs_deliveries_status_check;
 ALTER TABLE vcs_deliveries ADD CONSTRAINT vcs_deliveries_status_check
     CHECK (status IN ('queued', 'processing', 'done', 'failed'));
 ALTER TABLE vcs_deliveries ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE vcs_deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;   -- bumped by every claim: settling needs the latest
 ALTER TABLE vcs_deliveries ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE vcs_deliveries ADD COLUMN claimed_until BIGINT;
 ALTER TABLE vcs_deliveries ADD COLUMN processed_at BIGINT;
 ALTER TABLE vcs_deliveries ADD COLUMN error TEXT;
-UPDATE vcs_deliveries SET next_attempt_at = received_at;
+-- Deliveries queued before anything processed them are not acted on now: replaying an old
+-- backlog of pushes would deploy old commits.
+UPDATE vcs_deliveries SET next_attempt_at = received_at, status = 'done', processed_at = received_at,
+    error = 'received before deliveries were processed; not acted on';
 DROP INDEX vcs_deliveries_status;
 CREATE INDEX vcs_deliveries_due ON vcs_deliveries (status, next_attempt_at);
 
@@ -34,6 +38,7 @@ CREATE TABLE vcs_runs (
     pull_request_number BIGINT,          -- its number: where its comment goes
     reported_version BIGINT  NOT NULL DEFAULT 0,
     attempts         BIGINT  NOT NULL DEFAULT 0,
+    claims           BIGINT  NOT NULL DEFAULT 0,   -- bumped by every claim: settling needs the latest
     next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
     claimed_until    BIGINT,
     last_error       TEXT,

@@ -11,13 +11,17 @@ CREATE TABLE vcs_deliveries_new (
     payload          BLOB    NOT NULL,
     status           TEXT    NOT NULL CHECK (status IN ('queued', 'processing', 'done', 'failed')),
     attempts         BIGINT  NOT NULL DEFAULT 0,
+    claims           BIGINT  NOT NULL DEFAULT 0,   -- bumped by every claim: settling needs the latest
     next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
     claimed_until    BIGINT,
     processed_at     BIGINT,
     error            TEXT
 );
-INSERT INTO vcs_deliveries_new (delivery_id, provider, event, received_at, payload, status, next_attempt_at)
-    SELECT delivery_id, provider, event, received_at, payload, status, received_at FROM vcs_deliveries;
+-- Deliveries queued before anything processed them are not acted on now: replaying an old
+-- backlog of pushes would deploy old commits.
+INSERT INTO vcs_deliveries_new (delivery_id, provider, event, received_at, payload, status, next_attempt_at, processed_at, error)
+    SELECT delivery_id, provider, event, received_at, payload, 'done', received_at, received_at,
+           'received before deliveries were processed; not acted on' FROM vcs_deliveries;
 DROP TABLE vcs_deliveries;
 ALTER TABLE vcs_deliveries_new RENAME TO vcs_deliveries;
 CREATE INDEX vcs_deliveries_due ON vcs_deliveries (status, next_attempt_at);
@@ -41,6 +45,7 @@ CREATE TABLE vcs_runs (
     pull_request_number BIGINT,          -- its number: where its comment goes
     reported_version BIGINT  NOT NULL DEFAULT 0,
     attempts         BIGINT  NOT NULL DEFAULT 0,
+    claims           BIGINT  NOT NULL DEFAULT 0,   -- bumped by every claim: settling needs the latest
     next_attempt_at  BIGINT  NOT NULL DEFAULT 0,
     claimed_until    BIGINT,
     last_error       TEXT,

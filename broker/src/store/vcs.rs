@@ -48,8 +48,12 @@ pub struct ClaimedDelivery {
     pub event: String,
     /// The raw signed body.
     pub payload: Vec<u8>,
+    /// When it was received: deliveries of one repository are acted on in this order.
+    pub received_at: i64,
     /// Attempts before this one.
     pub attempts: i64,
+    /// This claim's number: settling needs it to still be the latest.
+    pub claim: i64,
 }
 
 /// How processing a delivery ended.
@@ -112,6 +116,8 @@ pub struct DueReport {
     pub pull_request_number: Option<i64>,
     /// Failed attempts at this version so far.
     pub attempts: i64,
+    /// This claim's number: settling needs it to still be the latest.
+    pub claim: i64,
 }
 
 /// Records where run `row.run_id` came from; a delivery that already started a run on the same
@@ -135,10 +141,12 @@ pub fn insert_vcs_run(row: &VcsRunRow) -> Write {
     )
 }
 
-/// Settles a delivery claimed at attempt count `before`, after attempt number `before + 1`:
-/// done, failed for good, or queued again for its next attempt. Refused (changing nothing) when
-/// the claim was taken over meanwhile, so an entry committed with it is not written either.
-pub fn settle_delivery(delivery_id: &str, outcome: Processed<'_>, before: i64, now: i64) -> Write {
+/// Settles `delivery` after its attempt number `delivery.attempts + 1`: done, failed for good,
+/// or queued again for its next attempt. Refused (changing nothing) when another claim was made
+/// since (this one expired and another worker took it over), so an entry committed with it is not
+/// written either.
+pub fn settle_delivery(delivery: &ClaimedDelivery, outcome: Processed<'_>, now: i64) -> Write {
+    let (delivery_id, before) = (delivery.delivery_id.as_str(), delivery.attempts);
     let (status, next, error) = match outcome {
         Processed::Done => ("done", now, None),
         Processed::Failed(why) => ("failed", now, Some(why.to_owned())),
@@ -148,7 +156,7 @@ pub fn settle_delivery(delivery_id: &str, outcome: Processed<'_>, before: i64, n
     Write::one(
         format!("delivery `{delivery_id}` (claimed by another worker meanwhile)"),
         "UPDATE vcs_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, claimed_until = NULL, \
-         error = $4, processed_at = $5 WHERE delivery_id = $6 AND status = 'processing' AND attempts = $7",
+         error = $4, processed_at = $5 WHERE delivery_id = $6 AND status = 'processing' AND claims = $7",
         vec![
             status.into(),
             (before + 1).into(),
@@ -156,7 +164,7 @@ pub fn settle_delivery(delivery_id: &str, outcome: Processed<'_>, before: i64, n
             error.into(),
             processed_at.into(),
             delivery_id.into(),
-            before.into(),
+            delivery.claim.into(),
         ],
     )
 }
@@ -171,7 +179,7 @@ impl Store {
     ) -> Result<Option<ClaimedDelivery>, StoreError> {
         for _ in 0..4 {
             let row = sqlx::query(
-                "SELECT delivery_id, event, payload, attempts FROM vcs_deliveries \
+                "SELECT delivery_id, event, payload, received_at, attempts, claims FROM vcs_deliveries \
                  WHERE (status = 'queued' AND next_attempt_at <= $1) OR (status = 'processing' AND claimed_until < $1) \
                  ORDER BY next_attempt_at, received_at LIMIT 1",
             )
@@ -179,21 +187,25 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = row else { return Ok(None) };
+            let claims: i64 = row.try_get("claims")?;
             let delivery = ClaimedDelivery {
                 delivery_id: row.try_get("delivery_id")?,
                 event: row.try_get("event")?,
                 payload: row.try_get("payload")?,
+                received_at: row.try_get("received_at")?,
                 attempts: row.try_get("attempts")?,
+                claim: claims + 1,
             };
-            // Only if nobody claimed it meanwhile: the attempt count is the version.
+            // Only if nobody claimed it meanwhile: the claim count is the version.
             let claimed = sqlx::query(
-                "UPDATE vcs_deliveries SET status = 'processing', claimed_until = $1 \
-                 WHERE delivery_id = $2 AND attempts = $3 \
-                 AND (status = 'queued' OR (status = 'processing' AND claimed_until < $4))",
+                "UPDATE vcs_deliveries SET status = 'processing', claimed_until = $1, claims = $2 \
+                 WHERE delivery_id = $3 AND claims = $4 \
+                 AND (status = 'queued' OR (status = 'processing' AND claimed_until < $5))",
             )
             .bind(claimed_until)
+            .bind(delivery.claim)
             .bind(&delivery.delivery_id)
-            .bind(delivery.attempts)
+            .bind(claims)
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -219,7 +231,7 @@ impl Store {
         for _ in 0..4 {
             let row = sqlx::query(
                 "SELECT v.run_id, r.version, v.stack, v.provider, v.installation_id, v.repository, v.status_sha, \
-                 v.pull_request_number, v.attempts FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
+                 v.pull_request_number, v.attempts, v.claims FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
                  WHERE v.reported_version < r.version AND v.next_attempt_at <= $1 \
                  AND (v.claimed_until IS NULL OR v.claimed_until < $1) \
                  ORDER BY v.next_attempt_at, r.updated_at LIMIT 1",
@@ -238,14 +250,16 @@ impl Store {
                 status_sha: row.try_get("status_sha")?,
                 pull_request_number: row.try_get("pull_request_number")?,
                 attempts: row.try_get("attempts")?,
+                claim: row.try_get::<i64, _>("claims")? + 1,
             };
             let claimed = sqlx::query(
-                "UPDATE vcs_runs SET claimed_until = $1 WHERE run_id = $2 AND attempts = $3 \
-                 AND (claimed_until IS NULL OR claimed_until < $4)",
+                "UPDATE vcs_runs SET claimed_until = $1, claims = $2 WHERE run_id = $3 AND claims = $4 \
+                 AND (claimed_until IS NULL OR claimed_until < $5)",
             )
             .bind(claimed_until)
+            .bind(due.claim)
             .bind(&due.run_id)
-            .bind(due.attempts)
+            .bind(due.claim - 1)
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -256,30 +270,31 @@ impl Store {
         Ok(None)
     }
 
-    /// Settles a claimed report: `version` reported (or given up on, `error` saying why), or
-    /// retried at `retry_at` after `attempts` failures.
+    /// Settles claim `due`: its version reported (or given up on, `error` saying why), or
+    /// retried at `retry_at` after `attempts` failures. Changes nothing when another claim was
+    /// made since; the reported version never goes back.
     pub async fn settle_vcs_report(
         &self,
-        run_id: &str,
+        due: &DueReport,
         outcome: Processed<'_>,
-        version: i64,
         attempts: i64,
         now: i64,
     ) -> Result<(), StoreError> {
         let (reported, attempts, next, error) = match outcome {
-            Processed::Done => (Some(version), 0, now, None),
-            Processed::Failed(why) => (Some(version), 0, now, Some(why)),
-            Processed::Retry { at, error } => (None, attempts, at, Some(error)),
+            Processed::Done => (due.version, 0, now, None),
+            Processed::Failed(why) => (due.version, 0, now, Some(why)),
+            Processed::Retry { at, error } => (0, attempts, at, Some(error)),
         };
         sqlx::query(
-            "UPDATE vcs_runs SET reported_version = COALESCE($1, reported_version), attempts = $2, \
-             next_attempt_at = $3, claimed_until = NULL, last_error = $4 WHERE run_id = $5",
+            "UPDATE vcs_runs SET reported_version = CASE WHEN reported_version < $1 THEN $1 ELSE reported_version END, \
+             attempts = $2, next_attempt_at = $3, claimed_until = NULL, last_error = $4 WHERE run_id = $5 AND claims = $6",
         )
         .bind(reported)
         .bind(attempts)
         .bind(next)
         .bind(error)
-        .bind(run_id)
+        .bind(&due.run_id)
+        .bind(due.claim)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -334,27 +349,39 @@ impl Store {
         Ok(())
     }
 
-    /// The newest run started for `stack` on pull request `number`: only its report edits the
-    /// comment (an older run finishing later must not overwrite a newer one's).
-    pub async fn newest_vcs_run(
-        &self,
-        provider: &str,
-        repository: &str,
-        number: i64,
-        stack: &str,
-    ) -> Result<Option<String>, StoreError> {
+    /// Whether `run_id` is the newest run started for `stack` on pull request `number` (or,
+    /// with `None`, on commit `sha`): only the newest run's report edits the comment and the
+    /// status (an older run ending later must not overwrite a newer one's). Newest by the
+    /// delivery's receipt, which is the order GitHub sent the changes in.
+    pub async fn is_newest_vcs_run(&self, due: &DueReport, number: Option<i64>) -> Result<bool, StoreError> {
+        const NEWEST: &str = "SELECT v.run_id FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
+             JOIN vcs_deliveries d ON d.delivery_id = v.delivery_id \
+             WHERE v.provider = $1 AND v.repository = $2 AND v.stack = $3 AND ";
+        const ORDER: &str = " ORDER BY d.received_at DESC, r.created_at DESC, r.id DESC LIMIT 1";
+        let query = |filter: &str| sqlx::AssertSqlSafe(format!("{NEWEST}{filter}{ORDER}"));
+        let base = |sql| sqlx::query(sql).bind(&due.provider).bind(&due.repository).bind(&due.stack);
+        let row = match number {
+            Some(number) => base(query("v.pull_request_number = $4")).bind(number).fetch_optional(&self.pool).await?,
+            None => base(query("v.status_sha = $4")).bind(&due.status_sha).fetch_optional(&self.pool).await?,
+        };
+        let newest: Option<String> = row.map(|row| row.try_get("run_id")).transpose()?;
+        Ok(newest.as_deref() == Some(due.run_id.as_str()))
+    }
+
+    /// Whether a delivery received after `received_at` already started a tracked (deploy) run
+    /// of `stack`: an older push processed late (retried, or on a slower replica) must not
+    /// deploy its older commit over it.
+    pub async fn newer_tracked_vcs_run(&self, stack: &str, received_at: i64) -> Result<bool, StoreError> {
         let row = sqlx::query(
-            "SELECT v.run_id FROM vcs_runs v JOIN runs r ON r.id = v.run_id WHERE v.provider = $1 \
-             AND v.repository = $2 AND v.pull_request_number = $3 AND v.stack = $4 \
-             ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
+            "SELECT COUNT(*) AS n FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
+             JOIN vcs_deliveries d ON d.delivery_id = v.delivery_id \
+             WHERE v.stack = $1 AND r.kind = 'deploy' AND d.received_at > $2",
         )
-        .bind(provider)
-        .bind(repository)
-        .bind(number)
         .bind(stack)
-        .fetch_optional(&self.pool)
+        .bind(received_at)
+        .fetch_one(&self.pool)
         .await?;
-        row.map(|row| row.try_get("run_id")).transpose().map_err(StoreError::from)
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     /// The runs a delivery started, by stack.

@@ -157,6 +157,32 @@ pub enum EventError {
     },
 }
 
+impl PullRequestFacts {
+    /// This pull request, as another source than a webhook payload described it (`source`: the
+    /// API's answer about a pushed commit), checked as a payload's is: text bounded and without
+    /// control characters, refs, SHAs and the URL refused when odd.
+    pub fn checked(self, source: &'static str) -> Result<Self, EventError> {
+        Ok(Self {
+            title: bounded(&self.title, MAX_TITLE_CHARS),
+            author: name(source, "user.login", &self.author)?,
+            base_ref: git_ref(source, "base.ref", self.base_ref)?,
+            head_ref: git_ref(source, "head.ref", self.head_ref)?,
+            head_sha: commit(source, "head.sha", self.head_sha)?,
+            base_sha: if self.base_sha.is_empty() { self.base_sha } else { commit(source, "base.sha", self.base_sha)? },
+            url: url(source, "html_url", self.url)?,
+            merge_commit_sha: self.merge_commit_sha.map(|sha| commit(source, "merge_commit_sha", sha)).transpose()?,
+            labels: self
+                .labels
+                .iter()
+                .map(|label| bounded(label, MAX_NAME_CHARS))
+                .filter(|label| !label.is_empty())
+                .take(MAX_LABELS)
+                .collect(),
+            ..self
+        })
+    }
+}
+
 impl VcsEvent {
     /// Reads the payload of an `event_name` delivery (its `X-GitHub-Event`). `Ok(None)`: an event
     /// the broker does not act on (`ping`, `issues`, …); the caller records it as ignored.
@@ -608,6 +634,36 @@ mod tests {
         assert_eq!(facts.title.chars().count(), MAX_TITLE_CHARS);
         assert_eq!(facts.labels.len(), MAX_LABELS);
         assert_eq!(facts.labels[0], "l0");
+    }
+
+    #[test]
+    fn a_pull_request_from_the_api_is_checked_as_a_payloads_is() {
+        let pr = PullRequestFacts {
+            number: 7,
+            title: "OPS-7\u{7}: add".to_owned(),
+            author: "octocat".to_owned(),
+            base_ref: "main".to_owned(),
+            head_ref: "feature".to_owned(),
+            head_sha: "a".repeat(40),
+            base_sha: String::new(),
+            url: "https://github.com/o/r/pull/7".to_owned(),
+            draft: false,
+            fork: false,
+            merged: true,
+            merge_commit_sha: Some("b".repeat(40)),
+            labels: vec!["ok".to_owned(), "\u{1b}".to_owned()],
+        };
+        let checked = pr.clone().checked("pulls_of_commit");
+        assert!(matches!(&checked, Ok(p) if p.title == "OPS-7: add" && p.labels == ["ok"]), "{checked:?}");
+        for bad in [
+            PullRequestFacts { head_ref: "feature branch".to_owned(), ..pr.clone() },
+            PullRequestFacts { head_sha: "HEAD".to_owned(), ..pr.clone() },
+            PullRequestFacts { merge_commit_sha: Some("../x".to_owned()), ..pr.clone() },
+            PullRequestFacts { url: "https://x y".to_owned(), ..pr.clone() },
+            PullRequestFacts { author: String::new(), ..pr.clone() },
+        ] {
+            assert!(bad.clone().checked("pulls_of_commit").is_err(), "{bad:?}");
+        }
     }
 
     #[test]

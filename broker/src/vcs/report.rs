@@ -4,11 +4,18 @@
 //!
 //! Provider-neutral: the GitHub reporter (`github::reporter`) sends what this renders. Only
 //! addresses, actions, states and the policy's own messages are shown — never a value from a
-//! plan.
+//! plan, and never a run's `detail` (a failed job's detail carries the tail of Terraform's
+//! output, which the masker cleans only of the secrets the job was given). Everyone who can read
+//! the repository reads the comment. Text a pull request can influence (policy messages quote
+//! addresses and module sources) goes into code spans, so it cannot add links, mentions, images
+//! or HTML to the comment.
 
 use std::fmt::Write as _;
 
 use crate::runs::{PlanChanges, RunKind, RunState, RunView};
+
+/// What a failed, rejected or interrupted run's comment says instead of its detail.
+const WHY_IN_KEYWARD: &str = "Why, and the run's log, are in Keyward: follow the run's link (`keyward run show`).";
 
 /// GitHub refuses a comment longer than this many characters.
 pub const MAX_COMMENT_CHARS: usize = 65_536;
@@ -73,7 +80,7 @@ pub fn status(run: &RunView, changes: Option<&PlanChanges>) -> Status {
         RunState::Applying => (StatusState::Pending, format!("Applying{planned}")),
         RunState::Finished if is_proposed(run) => (StatusState::Success, format!("Planned{planned}")),
         RunState::Finished => (StatusState::Success, format!("Applied{planned}")),
-        RunState::Failed => (StatusState::Failure, failed(run)),
+        RunState::Failed => (StatusState::Failure, "Failed; see the run in Keyward".to_owned()),
         RunState::Discarded => (StatusState::Failure, "Rejected at review; not applied".to_owned()),
         RunState::Interrupted => (StatusState::Failure, "The apply was interrupted".to_owned()),
         RunState::Canceled => (StatusState::Error, "Canceled".to_owned()),
@@ -92,8 +99,8 @@ pub fn comment(stack: &str, run: &RunView, changes: Option<&PlanChanges>, run_ur
         run.id,
         run.commit_sha.get(..12).unwrap_or(&run.commit_sha)
     );
-    if let Some(detail) = run.detail.as_deref().filter(|_| matches!(state, RunState::Failed | RunState::Discarded)) {
-        let _ = write!(summary, "\n\n> {}", line(detail));
+    if matches!(state, RunState::Failed | RunState::Discarded | RunState::Interrupted) {
+        let _ = write!(summary, "\n\n{}", WHY_IN_KEYWARD);
     }
     let mut lines = Vec::new();
     if let Some(changes) = changes {
@@ -117,7 +124,7 @@ pub fn comment(stack: &str, run: &RunView, changes: Option<&PlanChanges>, run_ur
             if !messages.is_empty() {
                 lines.push(String::new());
                 lines.push(format!("**{title}**"));
-                lines.extend(messages.iter().map(|m| format!("- {}", line(m))));
+                lines.extend(messages.iter().map(|m| format!("- {}", code_span(m))));
             }
         }
     }
@@ -158,6 +165,16 @@ fn split(summary: &str, lines: &[String], header: impl Fn(usize, usize) -> Strin
     bodies.into_iter().enumerate().map(|(i, body)| format!("{}{body}", header(i + 1, parts))).collect()
 }
 
+/// `text` as a Markdown code span: nothing in it is rendered (no link, mention, image, HTML or
+/// hidden comment), control characters dropped, at most [`MAX_LINE_CHARS`]. The fence is one
+/// backtick longer than the longest run of backticks inside.
+fn code_span(text: &str) -> String {
+    let text = line(text);
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    format!("{fence} {text} {fence}")
+}
+
 /// A line of text for Markdown: control characters dropped, at most [`MAX_LINE_CHARS`].
 fn line(text: &str) -> String {
     let clean: String = text.chars().filter(|c| !c.is_control()).take(MAX_LINE_CHARS).collect();
@@ -184,13 +201,6 @@ fn headline(run: &RunView, state: RunState) -> &'static str {
         RunState::Discarded => "❌ Rejected at review",
         RunState::Interrupted => "⚠️ Apply interrupted",
         RunState::Canceled => "⏹️ Canceled",
-    }
-}
-
-fn failed(run: &RunView) -> String {
-    match run.detail.as_deref() {
-        Some(detail) => format!("Failed: {}", line(detail)),
-        None => "Failed".to_owned(),
     }
 }
 
@@ -257,8 +267,35 @@ mod tests {
         );
         assert!(body.contains("**Plan:** 2 to add, 0 to change, 0 to destroy."), "{body}");
         assert!(body.contains("+ terraform_data.item[1] (create)"), "{body}");
-        assert!(body.contains("**Policy warnings**\n- bucket logs is not encrypted"), "{body}");
+        assert!(body.contains("**Policy warnings**\n- ` bucket logs is not encrypted `"), "{body}");
         assert!(body.contains("[`run-1`](https://kw/v1/runs/run-1) at `0123456789ab`"), "{body}");
+    }
+
+    #[test]
+    fn a_failed_runs_detail_never_reaches_github() {
+        let mut failed = run("failed", "proposed");
+        failed.detail =
+            Some("plan failed: the command exited with 1: Error: hunter2-secret-from-a-data-source".to_owned());
+        let parts = comment("network", &failed, None, "https://kw/r");
+        assert!(!parts[0].contains("hunter2"), "{}", parts[0]);
+        assert!(parts[0].contains("❌ Failed") && parts[0].contains(WHY_IN_KEYWARD), "{}", parts[0]);
+        assert!(!status(&failed, None).description.contains("hunter2"));
+    }
+
+    #[test]
+    fn policy_messages_cannot_add_links_mentions_html_or_markers() {
+        let hostile = "x](https://evil.example) @org/admins <!-- keyward:stack=other --> <img src=x> ```";
+        let changes = PlanChanges { denials: vec![hostile.to_owned(), "plain".to_owned()], ..changes(1) };
+        let body = &comment("network", &run("failed", "proposed"), Some(&changes), "https://kw/r")[0];
+        let line = body.lines().find(|l| l.contains("evil.example")).unwrap_or_default();
+        assert_eq!(line, format!("- ```` {hostile} ````"), "{body}");
+        assert!(body.contains("- ` plain `"), "{body}");
+        assert_eq!(
+            body.matches("<!-- keyward:stack=").count(),
+            2,
+            "the real marker, and the quoted one inside a code span"
+        );
+        assert!(body.starts_with("<!-- keyward:stack=network -->"));
     }
 
     #[test]

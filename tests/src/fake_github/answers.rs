@@ -215,6 +215,10 @@ fn pull_request_simple(template: &Value, pr: &PullRequest, html: &str, now: i64)
     item["base"]["ref"] = info.base_ref.as_str().into();
     item["head"]["ref"] = info.head_ref.as_str().into();
     item["head"]["sha"] = info.head_sha.as_str().into();
+    let base_repo = html.trim_start_matches("https://github.com/").to_owned();
+    item["base"]["repo"]["full_name"] = base_repo.as_str().into();
+    item["head"]["repo"]["full_name"] = info.head_repo.clone().unwrap_or(base_repo).into();
+    item["merge_commit_sha"] = info.merge_commit_sha.clone().map_or(Value::Null, Value::from);
     item["draft"] = info.draft.into();
     item["state"] = if info.merged { "closed" } else { "open" }.into();
     item["merged_at"] = if info.merged { rfc3339(now).into() } else { Value::Null };

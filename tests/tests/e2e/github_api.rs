@@ -178,8 +178,10 @@ async fn the_pull_requests_of_a_merged_commit_are_read_with_their_details() {
         merged: true,
         draft: false,
         labels: vec!["infra".to_owned(), "network".to_owned()],
+        merge_commit_sha: Some(SHA.to_owned()),
+        head_repo: None,
     };
-    s.fake.add_pull_request(REPO, 42, &["network/vpc.tf"], info);
+    s.fake.add_pull_request(REPO, 42, &["network/vpc.tf"], info.clone());
     s.fake.associate_commit(REPO, SHA, 42);
 
     let pulls = s.api.pulls_of_commit(INSTALLATION, &s.repo, SHA).await.unwrap();
@@ -194,10 +196,19 @@ async fn the_pull_requests_of_a_merged_commit_are_read_with_their_details() {
             head_sha: "fedcba9876543210fedcba9876543210fedcba98".to_owned(),
             url: "https://github.com/octo-org/infra/pull/42".to_owned(),
             merged: true,
+            merge_commit_sha: Some(SHA.to_owned()),
+            fork: false,
             draft: false,
             labels: vec!["infra".to_owned(), "network".to_owned()],
         }]
     );
+    // From a fork: its head is in another repository.
+    let fork = PrInfo { head_repo: Some("mallory/infra".to_owned()), ..info };
+    s.fake.add_pull_request(REPO, 43, &["network/vpc.tf"], fork);
+    s.fake.associate_commit(REPO, "1111111111111111111111111111111111111111", 43);
+    let forked =
+        s.api.pulls_of_commit(INSTALLATION, &s.repo, "1111111111111111111111111111111111111111").await.unwrap();
+    assert_eq!(forked.iter().map(|pr| (pr.number, pr.fork)).collect::<Vec<_>>(), [(43, true)]);
     let other = "89abcdef0123456789abcdef0123456789abcdef";
     assert!(s.api.pulls_of_commit(INSTALLATION, &s.repo, other).await.unwrap().is_empty());
     let injected = s.api.pulls_of_commit(INSTALLATION, &s.repo, "../../../app").await.unwrap_err();

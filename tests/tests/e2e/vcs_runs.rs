@@ -41,6 +41,24 @@ async fn broker(dir: &Path, github: &FakeGithub, sts: &str, database_url: Option
     Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await
 }
 
+/// The shipped policies, with `propose_forks = true`: the policy would propose a fork's pull
+/// request, so only the broker's own refusal stands between a fork's code and the stack.
+fn policies(dir: &Path) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(workspace_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let data = policies.join("data.json");
+    let mut settings: Value = serde_json::from_slice(&std::fs::read(&data).unwrap()).unwrap();
+    settings["keyward"]["settings"]["propose_forks"] = json!(true);
+    std::fs::write(&data, serde_json::to_vec(&settings).unwrap()).unwrap();
+    policies
+}
+
 /// Writes [`broker`]'s configuration: the file, the data directory and the address.
 fn configure(
     dir: &Path,
@@ -63,7 +81,7 @@ fn configure(
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
          [vcs]\nticket_pattern = \"[A-Z]+-[0-9]+\"\n\
          [vcs.github]\napp_id = {APP_ID}\nprivate_key_file = {key:?}\nwebhook_secret_file = {secret:?}\napi_url = \"{api}\"\n",
-        policies = workspace_root().join("policies").display(),
+        policies = policies(dir).display(),
         agents = free_addr(),
         key = key.display().to_string(),
         secret = secret.display().to_string(),
@@ -334,6 +352,7 @@ async fn pull_request_story(database_url: Option<&str>) {
             head_ref: "feature/OPS-7-bucket".to_owned(),
             head_sha: head2.clone(),
             merged: true,
+            merge_commit_sha: Some(merged.clone()),
             ..PrInfo::default()
         },
     );
@@ -450,7 +469,8 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
         (Some("network"), Some("ignore")),
         "{fork_entry}"
     );
-    assert!(decided["reasons"].to_string().contains("forks"), "{fork_entry}");
+    // The policy (propose_forks = true) said propose; the broker refused.
+    assert_eq!(decided["reasons"], json!([keyward_broker::vcs::github::FORK_REFUSAL]), "{fork_entry}");
     assert!(decided["run"].is_null());
     let untouched_entry = by_delivery("d-untouched");
     assert_eq!(untouched_entry["details"]["stacks"], json!([]), "{untouched_entry}");

@@ -153,6 +153,10 @@ pub struct PullRequestSummary {
     pub url: String,
     /// Whether it was merged (`merged_at` is set).
     pub merged: bool,
+    /// The commit its merge made (or, before the merge, GitHub's test merge), if any.
+    pub merge_commit_sha: Option<String>,
+    /// Whether its head is in another repository (a fork; also when that fork was deleted).
+    pub fork: bool,
     /// Whether it is a draft.
     pub draft: bool,
     /// Its labels' names.
@@ -276,6 +280,8 @@ impl GithubApi {
             html_url: String,
             merged_at: Option<String>,
             #[serde(default)]
+            merge_commit_sha: Option<String>,
+            #[serde(default)]
             draft: bool,
             #[serde(default)]
             labels: Vec<Label>,
@@ -289,6 +295,13 @@ impl GithubApi {
             #[serde(rename = "ref")]
             name: String,
             sha: String,
+            /// `null` when the head's fork was deleted.
+            #[serde(default)]
+            repo: Option<Repo>,
+        }
+        #[derive(Deserialize)]
+        struct Repo {
+            full_name: String,
         }
         #[derive(Deserialize)]
         struct Label {
@@ -304,11 +317,16 @@ impl GithubApi {
                 number: pr.number,
                 title: pr.title,
                 author: pr.user.map(|u| u.login).unwrap_or_default(),
+                fork: match (&pr.head.repo, &pr.base.repo) {
+                    (Some(head), Some(base)) => !head.full_name.eq_ignore_ascii_case(&base.full_name),
+                    _ => true,
+                },
                 base_ref: pr.base.name,
                 head_ref: pr.head.name,
                 head_sha: pr.head.sha,
                 url: pr.html_url,
                 merged: pr.merged_at.is_some(),
+                merge_commit_sha: pr.merge_commit_sha,
                 draft: pr.draft,
                 labels: pr.labels.into_iter().map(|l| l.name).collect(),
             })

@@ -22,8 +22,9 @@ use crate::vcs::report;
 const CLAIM: i64 = 120;
 /// How often an idle reporter looks again, if no audit commit woke it first.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Attempts at one version of a run before it is given up on.
-const MAX_ATTEMPTS: i64 = 8;
+/// Attempts at one version of a run before it is given up on: about half an hour of retrying
+/// (1 s doubling to 5 minutes), so a GitHub outage or rate limit is waited out.
+const MAX_ATTEMPTS: i64 = 14;
 /// The first retry's delay; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: i64 = 1;
 const MAX_BACKOFF: i64 = 300;
@@ -84,7 +85,7 @@ impl Github {
             }
             (Err(_), why) => Processed::Failed(why.as_deref().unwrap_or("unknown")),
         };
-        if let Err(error) = self.store.settle_vcs_report(&due.run_id, outcome, due.version, attempts, now).await {
+        if let Err(error) = self.store.settle_vcs_report(&due, outcome, attempts, now).await {
             tracing::warn!(run_id = %due.run_id, %error, "vcs: cannot record a report; it will be sent again");
             return;
         }
@@ -124,10 +125,11 @@ impl Github {
             description: status.description,
             target_url: Some(url.clone()),
         };
-        self.api.set_status(installation, &repository, &due.status_sha, &status).await?;
+        if self.store.is_newest_vcs_run(due, None).await? {
+            self.api.set_status(installation, &repository, &due.status_sha, &status).await?;
+        }
         let Some(number) = due.pull_request_number else { return Ok(()) };
-        let newest = self.store.newest_vcs_run("github", &due.repository, number, &due.stack).await?;
-        if newest.as_deref() != Some(due.run_id.as_str()) {
+        if !self.store.is_newest_vcs_run(due, Some(number)).await? {
             return Ok(());
         }
         let parts = report::comment(&due.stack, &run, changes.as_ref(), &url);
@@ -152,10 +154,16 @@ impl Github {
             .iter()
             .map(String::as_str)
             .chain(std::iter::repeat_n(spare.as_str(), ids.len().saturating_sub(parts.len())));
+        let mut deleted_spares = false;
         for (i, body) in bodies.enumerate() {
             let id = match ids.get(i).copied() {
                 Some(id) => match self.api.update_comment(installation, repository, id, body).await {
                     Ok(()) => continue,
+                    // A spare part someone deleted is not posted again just to say it is spare.
+                    Err(ApiError::NotFound) if i >= parts.len() => {
+                        deleted_spares = true;
+                        continue;
+                    }
                     Err(ApiError::NotFound) => self.api.create_comment(installation, repository, issue, body).await?,
                     Err(error) => return Err(error.into()),
                 },
@@ -166,6 +174,10 @@ impl Github {
                 Some(slot) => *slot = id,
                 None => ids.push(id),
             }
+            self.store.set_vcs_comment_ids("github", &name, number, stack, &ids, self.clock.now()).await?;
+        }
+        if deleted_spares {
+            ids.truncate(parts.len());
             self.store.set_vcs_comment_ids("github", &name, number, stack, &ids, self.clock.now()).await?;
         }
         Ok(())

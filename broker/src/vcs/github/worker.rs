@@ -31,11 +31,21 @@ use crate::vcs::{matching, push_policy};
 const CLAIM: i64 = 300;
 /// How often an idle worker looks again (another replica may have queued one).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Attempts before a delivery fails for good.
-const MAX_ATTEMPTS: i64 = 6;
+/// Attempts before a delivery fails for good: about half an hour of retrying (2 s doubling to 5
+/// minutes), so a GitHub outage or rate limit is waited out.
+const MAX_ATTEMPTS: i64 = 12;
+/// Claims before a delivery fails for good: a delivery whose processing never ends (the broker
+/// dies on it, or hangs past its claim) is not taken up forever.
+const MAX_CLAIMS: i64 = 10;
 /// The first retry's delay; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: i64 = 2;
 const MAX_BACKOFF: i64 = 300;
+
+/// Why an older push is not tracked after a newer one was.
+const OLDER_PUSH: &str = "a later push was already tracked: an older commit is not deployed over it";
+
+/// The most files GitHub lists for a pull request.
+const MAX_LISTED_FILES: usize = 3000;
 
 /// Why the broker ignores a proposal for a fork's pull request, whatever the policy says.
 pub const FORK_REFUSAL: &str = "pull requests from forks are never planned: their code would run with the stack's \
@@ -59,6 +69,9 @@ enum ProcessError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Processing was taken up this many times and never finished.
+    #[error("processing was started {0} times and never finished")]
+    NeverFinished(i64),
 }
 
 impl ProcessError {
@@ -119,20 +132,21 @@ impl Github {
 
     /// One attempt at a claimed delivery, and its settlement.
     async fn attempt(&self, delivery: ClaimedDelivery) {
-        let result = self.handle(&delivery).await;
+        let result = if delivery.claim > MAX_CLAIMS {
+            Err(ProcessError::NeverFinished(delivery.claim - 1))
+        } else {
+            self.handle(&delivery).await
+        };
         let attempts = delivery.attempts + 1;
         let now = self.clock.now();
         let (write, entry) = match &result {
-            Ok(handled) => (
-                settle_delivery(&delivery.delivery_id, Processed::Done, delivery.attempts, now),
-                Some(processed(&delivery, handled, now)),
-            ),
+            Ok(handled) => (settle_delivery(&delivery, Processed::Done, now), Some(processed(&delivery, handled, now))),
             Err(error) if error.is_transient() && attempts < MAX_ATTEMPTS => {
                 let why = error.to_string();
                 let at = now + backoff(attempts);
                 tracing::info!(delivery = %delivery.delivery_id, error = %why, retry_at = at, "vcs: processing a delivery failed; will retry");
                 let retry = Processed::Retry { at, error: &why };
-                (settle_delivery(&delivery.delivery_id, retry, delivery.attempts, now), None)
+                (settle_delivery(&delivery, retry, now), None)
             }
             Err(error) => {
                 let why = error.to_string();
@@ -144,7 +158,7 @@ impl Github {
                     .with("attempts", attempts)
                     .with("error", why.as_str())
                     .with_ref("delivery", &delivery.delivery_id);
-                (settle_delivery(&delivery.delivery_id, Processed::Failed(&why), delivery.attempts, now), Some(entry))
+                (settle_delivery(&delivery, Processed::Failed(&why), now), Some(entry))
             }
         };
         let committed = match entry {
@@ -188,7 +202,9 @@ impl Github {
         let (pull_request, files, complete) = match &event.kind {
             EventKind::PullRequest { pull_request, .. } => {
                 let files = self.api.pull_request_files(installation, &repository, pull_request.number).await?;
-                (Some(pull_request.clone()), files, true)
+                // GitHub lists at most 3000 files: a longer list may leave stacks out.
+                let complete = files.len() < MAX_LISTED_FILES;
+                (Some(pull_request.clone()), files, complete)
             }
             EventKind::Push(push) => {
                 let merged =
@@ -215,8 +231,10 @@ impl Github {
         Ok(handled)
     }
 
-    /// The pull request a push to a branch merged, as GitHub associates it with the pushed
-    /// commit: merged into that branch.
+    /// The pull request a push to a branch merged: one GitHub associates with the pushed commit,
+    /// merged into that branch, whose merge made that very commit (or, fast-forwarded, whose head
+    /// it is), checked as a payload's is. `None` when there is none — a direct push — or GitHub
+    /// refuses to say (only an outage is worth a retry: the push itself is what matters).
     async fn merged_into(
         &self,
         installation: u64,
@@ -224,8 +242,21 @@ impl Github {
         push: &crate::vcs::event::PushFacts,
     ) -> Result<Option<PullRequestFacts>, ProcessError> {
         let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else { return Ok(None) };
-        let pulls = self.api.pulls_of_commit(installation, repository, &push.after).await?;
-        Ok(pulls.into_iter().find(|pr| pr.merged && pr.base_ref == branch).map(|pr| PullRequestFacts {
+        let pulls = match self.api.pulls_of_commit(installation, repository, &push.after).await {
+            Ok(pulls) => pulls,
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                tracing::info!(%error, commit = %push.after, "vcs: cannot read the pull request of a pushed commit");
+                return Ok(None);
+            }
+        };
+        let merged = pulls.into_iter().find(|pr| {
+            pr.merged
+                && pr.base_ref == branch
+                && (pr.merge_commit_sha.as_deref() == Some(push.after.as_str()) || pr.head_sha == push.after)
+        });
+        let Some(pr) = merged else { return Ok(None) };
+        let facts = PullRequestFacts {
             number: pr.number,
             title: pr.title,
             author: pr.author,
@@ -235,11 +266,18 @@ impl Github {
             base_sha: String::new(),
             url: pr.url,
             draft: pr.draft,
-            fork: false,
+            fork: pr.fork,
             merged: true,
             merge_commit_sha: Some(push.after.clone()),
             labels: pr.labels,
-        }))
+        };
+        match facts.checked("pulls_of_commit") {
+            Ok(facts) => Ok(Some(facts)),
+            Err(error) => {
+                tracing::warn!(%error, commit = %push.after, "vcs: GitHub described a pushed commit's pull request oddly; not recorded");
+                Ok(None)
+            }
+        }
     }
 
     /// Asks `keyward.push` about `stack` and acts on it.
@@ -262,30 +300,18 @@ impl Github {
             run: None,
             error: None,
         };
-        let (kind, commit) = match (decision.outcome, &event.kind) {
-            (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) if pull_request.fork => {
-                outcome.reasons = vec![FORK_REFUSAL.to_owned()];
+        let (kind, commit) = match runnable(decision.outcome, event, stack) {
+            Ok(Some(run)) => run,
+            Ok(None) => return Ok(outcome),
+            Err(refusal) => {
+                outcome.reasons = vec![refusal];
                 return Ok(outcome);
             }
-            (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) => {
-                (RunKind::Proposed, pull_request.head_sha.clone())
-            }
-            (Outcome::Track, EventKind::Push(push)) if !push.deleted => (RunKind::Deploy, push.after.clone()),
-            (Outcome::Track, EventKind::PullRequest { pull_request, .. }) if pull_request.merged => {
-                match &pull_request.merge_commit_sha {
-                    Some(sha) => (RunKind::Deploy, sha.clone()),
-                    None => {
-                        outcome.reasons.push("GitHub named no merge commit to track".to_owned());
-                        return Ok(outcome);
-                    }
-                }
-            }
-            (Outcome::Propose | Outcome::Track, _) => {
-                outcome.reasons.push("nothing to run: the event carries no commit of that kind".to_owned());
-                return Ok(outcome);
-            }
-            _ => return Ok(outcome),
         };
+        if kind == RunKind::Deploy && self.store.newer_tracked_vcs_run(&stack.spec.name, delivery.received_at).await? {
+            outcome.reasons = vec![OLDER_PUSH.to_owned()];
+            return Ok(outcome);
+        }
         outcome.decision = if kind == RunKind::Proposed { "propose" } else { "track" };
         let change = ObservedChange {
             source: "github",
@@ -315,6 +341,40 @@ impl Github {
     async fn started_before(&self, delivery: &str, stack: &str) -> Result<Option<String>, StoreError> {
         let runs = self.store.vcs_runs_of_delivery(delivery).await?;
         Ok(runs.into_iter().find(|(s, _)| s == stack).map(|(_, run)| run))
+    }
+}
+
+/// The run `decision` asks for on `stack`, if the broker allows it: `Ok(None)` to ignore,
+/// `Err` with the broker's reason when it refuses what the policy said. The broker proposes no
+/// fork's pull request, and tracks only commits on the stack's branch: a push to it, or a pull
+/// request merged into it.
+fn runnable(decision: Outcome, event: &VcsEvent, stack: &Stack) -> Result<Option<(RunKind, String)>, String> {
+    let branch = stack.spec.branch.as_str();
+    let off_branch = || format!("only commits on the stack's branch `{branch}` are tracked");
+    match (decision, &event.kind) {
+        (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) if pull_request.fork => {
+            Err(FORK_REFUSAL.to_owned())
+        }
+        (Outcome::Propose, EventKind::PullRequest { pull_request, .. }) => {
+            Ok(Some((RunKind::Proposed, pull_request.head_sha.clone())))
+        }
+        (Outcome::Track, EventKind::Push(push)) if push.deleted => {
+            Err("a deleted branch has nothing to run".to_owned())
+        }
+        (Outcome::Track, EventKind::Push(push)) if push.git_ref.strip_prefix("refs/heads/") == Some(branch) => {
+            Ok(Some((RunKind::Deploy, push.after.clone())))
+        }
+        (Outcome::Track, EventKind::PullRequest { pull_request, .. })
+            if pull_request.merged && pull_request.base_ref == branch =>
+        {
+            match &pull_request.merge_commit_sha {
+                Some(sha) => Ok(Some((RunKind::Deploy, sha.clone()))),
+                None => Err("GitHub named no merge commit to track".to_owned()),
+            }
+        }
+        (Outcome::Track, _) => Err(off_branch()),
+        (Outcome::Propose, _) => Err("only a pull request can be proposed".to_owned()),
+        _ => Ok(None),
     }
 }
 
@@ -366,7 +426,49 @@ fn backoff(attempts: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::*;
+    use crate::runs::StackSpec;
+
+    /// A real payload from broker/src/vcs/testdata (@octokit/webhooks-examples).
+    fn event(name: &str, file: &str) -> VcsEvent {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vcs/testdata").join(file);
+        let payload = std::fs::read(path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        VcsEvent::parse(name, &payload).ok().flatten().unwrap_or_else(|| panic!("{file} does not parse"))
+    }
+
+    fn stack(branch: &str) -> Stack {
+        let spec: StackSpec = serde_json::from_value(json!({
+            "name": "network", "repository": "https://github.com/Codertocat/Hello-World.git", "branch": branch,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Stack::new(spec, 1, "admin".into())
+    }
+
+    #[test]
+    fn a_forks_pull_request_is_never_proposed_whatever_the_policy_says() {
+        let fork = event("pull_request", "pull_request.opened-fork.json");
+        assert_eq!(runnable(Outcome::Propose, &fork, &stack("master")), Err(FORK_REFUSAL.to_owned()));
+        let own = event("pull_request", "pull_request.opened.json");
+        assert!(matches!(runnable(Outcome::Propose, &own, &stack("master")), Ok(Some((RunKind::Proposed, _)))));
+        assert_eq!(runnable(Outcome::Ignore, &fork, &stack("master")), Ok(None));
+    }
+
+    #[test]
+    fn only_commits_on_the_stacks_branch_are_tracked() {
+        let push = event("push", "push.json");
+        assert!(matches!(runnable(Outcome::Track, &push, &stack("master")), Ok(Some((RunKind::Deploy, _)))));
+        let elsewhere = runnable(Outcome::Track, &push, &stack("main"));
+        assert!(matches!(&elsewhere, Err(why) if why.contains("stack's branch `main`")), "{elsewhere:?}");
+        let merged = event("pull_request", "pull_request.closed-merged.json");
+        assert_eq!(
+            runnable(Outcome::Track, &merged, &stack("master")),
+            Ok(Some((RunKind::Deploy, "c4295bd74fb0f4fda03689c3df3f2803b658fd85".to_owned())))
+        );
+        assert!(runnable(Outcome::Track, &merged, &stack("main")).is_err(), "merged into another branch");
+        let open = event("pull_request", "pull_request.opened.json");
+        assert!(runnable(Outcome::Track, &open, &stack("master")).is_err(), "an open pull request is not tracked");
+        assert!(runnable(Outcome::Propose, &push, &stack("master")).is_err(), "a push is not proposed");
+    }
 
     #[test]
     fn retries_back_off_exponentially_to_a_cap() {
