@@ -6,6 +6,8 @@
 ALTER TABLE vcs_deliveries DROP CONSTRAINT vcs_deliveries_status_check;
 ALTER TABLE vcs_deliveries ADD CONSTRAINT vcs_deliveries_status_check
     CHECK (status IN ('queued', 'processing', 'done', 'failed'));
+ALTER TABLE vcs_deliveries ADD COLUMN received_order BIGINT NOT NULL DEFAULT 0;   -- nanoseconds at receipt: the order changes are acted on in
+UPDATE vcs_deliveries SET received_order = received_at * 1000000000;
 ALTER TABLE vcs_deliveries ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE vcs_deliveries ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;   -- bumped by every claim: settling needs the latest
 ALTER TABLE vcs_deliveries ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0;

@@ -8,6 +8,7 @@ CREATE TABLE vcs_deliveries_new (
     provider         TEXT    NOT NULL,
     event            TEXT    NOT NULL,
     received_at      BIGINT  NOT NULL,
+    received_order   BIGINT  NOT NULL DEFAULT 0,   -- nanoseconds at receipt: the order changes are acted on in
     payload          BLOB    NOT NULL,
     status           TEXT    NOT NULL CHECK (status IN ('queued', 'processing', 'done', 'failed')),
     attempts         BIGINT  NOT NULL DEFAULT 0,
@@ -19,8 +20,9 @@ CREATE TABLE vcs_deliveries_new (
 );
 -- Deliveries queued before anything processed them are not acted on now: replaying an old
 -- backlog of pushes would deploy old commits.
-INSERT INTO vcs_deliveries_new (delivery_id, provider, event, received_at, payload, status, next_attempt_at, processed_at, error)
-    SELECT delivery_id, provider, event, received_at, payload, 'done', received_at, received_at,
+INSERT INTO vcs_deliveries_new (delivery_id, provider, event, received_at, received_order, payload, status,
+                                next_attempt_at, processed_at, error)
+    SELECT delivery_id, provider, event, received_at, received_at * 1000000000, payload, 'done', received_at, received_at,
            'received before deliveries were processed; not acted on' FROM vcs_deliveries;
 DROP TABLE vcs_deliveries;
 ALTER TABLE vcs_deliveries_new RENAME TO vcs_deliveries;

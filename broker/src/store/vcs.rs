@@ -19,6 +19,9 @@ pub struct DeliveryRow {
     pub event: String,
     /// When it was received (Unix seconds).
     pub received_at: i64,
+    /// Wall-clock nanoseconds at receipt: the order changes are acted on in (finer than
+    /// `received_at`, which two pushes in one second share).
+    pub received_order: i64,
     /// The raw signed body.
     pub payload: Vec<u8>,
 }
@@ -27,13 +30,14 @@ pub struct DeliveryRow {
 pub fn insert_delivery(row: &DeliveryRow) -> Write {
     Write::one(
         format!("delivery `{}`", row.delivery_id),
-        "INSERT INTO vcs_deliveries (delivery_id, provider, event, received_at, payload, status) \
-         VALUES ($1, $2, $3, $4, $5, 'queued')",
+        "INSERT INTO vcs_deliveries (delivery_id, provider, event, received_at, received_order, payload, status, \
+         next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $4)",
         vec![
             row.delivery_id.as_str().into(),
             row.provider.into(),
             row.event.as_str().into(),
             row.received_at.into(),
+            row.received_order.into(),
             row.payload.clone().into(),
         ],
     )
@@ -48,8 +52,8 @@ pub struct ClaimedDelivery {
     pub event: String,
     /// The raw signed body.
     pub payload: Vec<u8>,
-    /// When it was received: deliveries of one repository are acted on in this order.
-    pub received_at: i64,
+    /// When it was received, in nanoseconds (`received_order`): a later change wins.
+    pub received_order: i64,
     /// Attempts before this one.
     pub attempts: i64,
     /// This claim's number: settling needs it to still be the latest.
@@ -179,9 +183,9 @@ impl Store {
     ) -> Result<Option<ClaimedDelivery>, StoreError> {
         for _ in 0..4 {
             let row = sqlx::query(
-                "SELECT delivery_id, event, payload, received_at, attempts, claims FROM vcs_deliveries \
+                "SELECT delivery_id, event, payload, received_order, attempts, claims FROM vcs_deliveries \
                  WHERE (status = 'queued' AND next_attempt_at <= $1) OR (status = 'processing' AND claimed_until < $1) \
-                 ORDER BY next_attempt_at, received_at LIMIT 1",
+                 ORDER BY next_attempt_at, received_order LIMIT 1",
             )
             .bind(now)
             .fetch_optional(&self.pool)
@@ -192,7 +196,7 @@ impl Store {
                 delivery_id: row.try_get("delivery_id")?,
                 event: row.try_get("event")?,
                 payload: row.try_get("payload")?,
-                received_at: row.try_get("received_at")?,
+                received_order: row.try_get("received_order")?,
                 attempts: row.try_get("attempts")?,
                 claim: claims + 1,
             };
@@ -357,7 +361,7 @@ impl Store {
         const NEWEST: &str = "SELECT v.run_id FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
              JOIN vcs_deliveries d ON d.delivery_id = v.delivery_id \
              WHERE v.provider = $1 AND v.repository = $2 AND v.stack = $3 AND ";
-        const ORDER: &str = " ORDER BY d.received_at DESC, r.created_at DESC, r.id DESC LIMIT 1";
+        const ORDER: &str = " ORDER BY d.received_order DESC, r.created_at DESC, r.id DESC LIMIT 1";
         let query = |filter: &str| sqlx::AssertSqlSafe(format!("{NEWEST}{filter}{ORDER}"));
         let base = |sql| sqlx::query(sql).bind(&due.provider).bind(&due.repository).bind(&due.stack);
         let row = match number {
@@ -368,17 +372,17 @@ impl Store {
         Ok(newest.as_deref() == Some(due.run_id.as_str()))
     }
 
-    /// Whether a delivery received after `received_at` already started a tracked (deploy) run
-    /// of `stack`: an older push processed late (retried, or on a slower replica) must not
+    /// Whether a delivery received after `received_order` already started a tracked (deploy)
+    /// run of `stack`: an older push processed late (retried, or on a slower replica) must not
     /// deploy its older commit over it.
-    pub async fn newer_tracked_vcs_run(&self, stack: &str, received_at: i64) -> Result<bool, StoreError> {
+    pub async fn newer_tracked_vcs_run(&self, stack: &str, received_order: i64) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM vcs_runs v JOIN runs r ON r.id = v.run_id \
              JOIN vcs_deliveries d ON d.delivery_id = v.delivery_id \
-             WHERE v.stack = $1 AND r.kind = 'deploy' AND d.received_at > $2",
+             WHERE v.stack = $1 AND r.kind = 'deploy' AND d.received_order > $2",
         )
         .bind(stack)
-        .bind(received_at)
+        .bind(received_order)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)

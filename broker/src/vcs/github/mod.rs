@@ -30,7 +30,7 @@ use crate::store::Store;
 use crate::vcs::ticket::TicketPattern;
 
 pub use webhook::{Outcome, WebhookError};
-pub use worker::FORK_REFUSAL;
+pub use worker::{FORK_REFUSAL, OLDER_PUSH};
 
 /// The largest webhook body read: GitHub caps payloads at 25 MB.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;

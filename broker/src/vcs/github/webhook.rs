@@ -132,7 +132,14 @@ impl Github {
         }
         let received_at = self.clock.now();
         let audit = accepted_event(&event, &delivery, &payload, received_at, context);
-        let row = DeliveryRow { delivery_id: delivery, provider: "github", event, received_at, payload: body.to_vec() };
+        let row = DeliveryRow {
+            delivery_id: delivery,
+            provider: "github",
+            event,
+            received_at,
+            received_order: receipt_order(),
+            payload: body.to_vec(),
+        };
         let committed = self.audit.append(Append::changes(vec![insert_delivery(&row)], vec![audit])).await;
         match committed.map_err(ChangeError::from).and_then(|c| c.into_change()) {
             Ok(()) => {
@@ -143,6 +150,13 @@ impl Github {
             Err(error) => Err(WebhookError::Change(error)),
         }
     }
+}
+
+/// Wall-clock nanoseconds now: the order deliveries are acted on in. Not the broker's clock
+/// (whole seconds, which two pushes share); only compared, never read as a time.
+fn receipt_order() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// A header's value as text: 1 to `max` printable ASCII characters.

@@ -42,7 +42,7 @@ const FIRST_BACKOFF: i64 = 2;
 const MAX_BACKOFF: i64 = 300;
 
 /// Why an older push is not tracked after a newer one was.
-const OLDER_PUSH: &str = "a later push was already tracked: an older commit is not deployed over it";
+pub const OLDER_PUSH: &str = "a later push was already tracked: an older commit is not deployed over it";
 
 /// The most files GitHub lists for a pull request.
 const MAX_LISTED_FILES: usize = 3000;
@@ -308,7 +308,9 @@ impl Github {
                 return Ok(outcome);
             }
         };
-        if kind == RunKind::Deploy && self.store.newer_tracked_vcs_run(&stack.spec.name, delivery.received_at).await? {
+        if kind == RunKind::Deploy
+            && self.store.newer_tracked_vcs_run(&stack.spec.name, delivery.received_order).await?
+        {
             outcome.reasons = vec![OLDER_PUSH.to_owned()];
             return Ok(outcome);
         }
