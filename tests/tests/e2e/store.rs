@@ -108,6 +108,7 @@ async fn suite(location: &DatabaseLocation) {
     a_lease_guard_refuses_a_revoked_holder(&store, &log).await;
     replicas_append_one_gap_free_sequence(location).await;
     sink_cursors_never_move_back(&store).await;
+    a_taken_over_delivery_claim_cannot_settle(&store).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -324,6 +325,30 @@ async fn a_lease_guard_refuses_a_revoked_holder(store: &Store, log: &AuditLog) {
         other => panic!("a revoked agent's write committed: {other:?}"),
     }
     assert_eq!(ids(&Audit(store.clone()).for_run("run-guarded").await), ["setup", "before", "revoke"], "nothing after");
+}
+
+/// A VCS delivery's claim runs out while its worker is still busy and another worker takes it
+/// over (docs/vcs.md): the first worker's settlement changes nothing; the second's settles it.
+async fn a_taken_over_delivery_claim_cannot_settle(store: &Store) {
+    use keyward_broker::store::vcs::{DeliveryRow, Processed, insert_delivery, settle_delivery};
+    let row = DeliveryRow {
+        delivery_id: "d-claims".to_owned(),
+        provider: "github",
+        event: "push".to_owned(),
+        received_at: T0,
+        received_order: T0 * 1_000_000_000,
+        payload: b"{}".to_vec(),
+    };
+    assert!(store.apply_writes(&[insert_delivery(&row)]).await.unwrap());
+    let first = store.claim_vcs_delivery(T0, T0 + 10).await.unwrap().expect("queued and due");
+    assert!(store.claim_vcs_delivery(T0 + 5, T0 + 15).await.unwrap().is_none(), "held by the first claim");
+    let second = store.claim_vcs_delivery(T0 + 20, T0 + 30).await.unwrap().expect("the expired claim is taken over");
+    assert_eq!((first.claim, second.claim), (1, 2));
+    assert!(!store.apply_writes(&[settle_delivery(&first, Processed::Done, T0 + 21)]).await.unwrap());
+    assert_eq!(store.vcs_delivery_status("d-claims").await.unwrap().map(|(s, _)| s).as_deref(), Some("processing"));
+    assert!(store.apply_writes(&[settle_delivery(&second, Processed::Done, T0 + 22)]).await.unwrap());
+    assert_eq!(store.vcs_delivery_status("d-claims").await.unwrap().map(|(s, _)| s).as_deref(), Some("done"));
+    assert!(store.claim_vcs_delivery(T0 + 100, T0 + 110).await.unwrap().is_none(), "a done delivery is not claimed");
 }
 
 async fn sink_cursors_never_move_back(store: &Store) {
