@@ -1,6 +1,7 @@
 //! Pull requests drive runs (docs/vcs.md), end to end: a real broker process with `[vcs.github]`,
 //! GitHub's webhook deliveries built from @octokit/webhooks-examples' real payloads (pointed at a
-//! local git repository) and signed by @octokit/webhooks-methods, GitHub's REST API answered by
+//! repository the tests' git HTTP server serves behind a token) and signed by
+//! @octokit/webhooks-methods, GitHub's REST API answered by
 //! `FakeGithub` — a stand-in that checks every request against GitHub's published OpenAPI
 //! description — real Terraform in a sandboxed agent, and moto's STS for the credentials.
 //!
@@ -25,6 +26,8 @@ use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-long-random-webhook-secret";
+/// What the tests' git HTTP server lets through (as GitHub takes an installation token).
+const GIT_TOKEN: &str = "ghs_InstallationToken0123456789abcdefXYZ";
 const APP_ID: u64 = 4242;
 const INSTALLATION: u64 = 77;
 const REPOSITORY: &str = "octo-org/infra";
@@ -34,8 +37,10 @@ const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
 /// A broker serving the shipped policies, with `[vcs.github]` pointed at `github` and AWS targets
 /// on moto.
 /// On SQLite, or on PostgreSQL at `database_url`.
-async fn broker(dir: &Path, github: &FakeGithub, sts: &str, database_url: Option<&str>) -> Broker {
-    let (config, data_dir, addr) = configure(dir, github, sts, database_url.is_some());
+/// `git`: the tests' git HTTP server's base URL, whose repositories the broker reads with
+/// [`GIT_TOKEN`] (as a GitHub App's installation token reads GitHub's).
+async fn broker(dir: &Path, github: &FakeGithub, sts: &str, database_url: Option<&str>, git: Option<&str>) -> Broker {
+    let (config, data_dir, addr) = configure(dir, (github, sts, git), database_url.is_some());
     let mut envs = vec![("TEST_KEK", TEST_KEK)];
     envs.extend(database_url.map(|url| ("KW_DATABASE_URL", url)));
     Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await
@@ -62,13 +67,19 @@ fn policies(dir: &Path) -> std::path::PathBuf {
 /// Writes [`broker`]'s configuration: the file, the data directory and the address.
 fn configure(
     dir: &Path,
-    github: &FakeGithub,
-    sts: &str,
+    (github, sts, git): (&FakeGithub, &str, Option<&str>),
     postgres: bool,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::net::SocketAddr) {
-    let (key, secret) = (dir.join("app.pem"), dir.join("webhook-secret"));
+    let (key, secret, git_token) = (dir.join("app.pem"), dir.join("webhook-secret"), dir.join("git-token"));
     std::fs::write(&key, github.private_key_pem()).unwrap();
     std::fs::write(&secret, SECRET).unwrap();
+    std::fs::write(&git_token, GIT_TOKEN).unwrap();
+    let repositories = git.map_or_else(String::new, |base| {
+        format!(
+            "[[repositories]]\nurl_prefix = \"{base}\"\nusername = \"x-access-token\"\npassword_file = {:?}\n",
+            git_token.display().to_string()
+        )
+    });
     let addr = free_addr();
     let config = dir.join("keyward.toml");
     let data_dir = dir.join("broker");
@@ -80,7 +91,8 @@ fn configure(
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE_WRITE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
          [vcs]\nticket_pattern = \"[A-Z]+-[0-9]+\"\n\
-         [vcs.github]\napp_id = {APP_ID}\nprivate_key_file = {key:?}\nwebhook_secret_file = {secret:?}\napi_url = \"{api}\"\n",
+         [vcs.github]\napp_id = {APP_ID}\nprivate_key_file = {key:?}\nwebhook_secret_file = {secret:?}\napi_url = \"{api}\"\n\
+         {repositories}",
         policies = policies(dir).display(),
         agents = free_addr(),
         key = key.display().to_string(),
@@ -245,9 +257,12 @@ async fn pull_request_story(database_url: Option<&str>) {
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let broker = broker(dir.path(), &github, &moto.endpoint, database_url).await;
-    let repo = GitRepo::init(&dir.path().join("repo"));
-    let url = repo.url();
+    // The repository is served over HTTP, behind a token, as GitHub serves it.
+    let served = dir.path().join("served");
+    let repo = GitRepo::init(&served.join(REPOSITORY));
+    let git = keyward_tests::git_http::GitServer::start(&served, "x-access-token", GIT_TOKEN).await;
+    let url = format!("{}{REPOSITORY}", git.base_url);
+    let broker = broker(dir.path(), &github, &moto.endpoint, database_url, Some(&git.base_url)).await;
     json_of(&broker.cli(&[
         "stack",
         "create",
@@ -405,6 +420,8 @@ async fn pull_request_story(database_url: Option<&str>) {
     assert_eq!(verdict["claims"]["pull_request_source"], "github", "{verdict}");
     assert_eq!(verdict["claims"]["https://aws.amazon.com/tags"]["principal_tags"]["pr_source"], json!(["github"]));
 
+    // The broker resolved and the agent checked out every commit over HTTP, with the token.
+    assert!(git.authorized() >= 8 && git.refused() == 0, "{} let through, {} refused", git.authorized(), git.refused());
     // Every delivery was processed, and every request the broker made was one GitHub documents.
     let processed = entries(&broker, "vcs.delivery_processed");
     assert_eq!(processed.len(), 3, "{processed:?}");
@@ -421,7 +438,7 @@ async fn forks_unknown_installations_and_untouched_stacks_start_nothing() {
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let broker = broker(dir.path(), &github, &moto.endpoint, None).await;
+    let broker = broker(dir.path(), &github, &moto.endpoint, None, None).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     json_of(&broker.cli(&["stack", "create", "network", "--repository", &url, "--path", "network", "--json"]));
@@ -537,7 +554,7 @@ async fn deliveries_wait_out_github_across_a_restart_and_refused_reports_never_h
     let moto = Moto::start(dir.path()).await;
     let github = FakeGithub::start(APP_ID, Arc::new(SystemClock)).await;
     github.install(INSTALLATION, &[REPOSITORY]);
-    let (config, data_dir, addr) = configure(dir.path(), &github, &moto.endpoint, false);
+    let (config, data_dir, addr) = configure(dir.path(), (&github, &moto.endpoint, None), false);
     let envs = [("TEST_KEK", TEST_KEK)];
     let broker = Broker::serve(&config, &data_dir, &format!("http://{addr}"), &envs).await;
     let admin = broker.admin_token.clone();
