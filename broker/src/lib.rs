@@ -27,6 +27,7 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod exchange;
 pub mod grpc;
 pub mod http;

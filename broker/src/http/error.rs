@@ -36,6 +36,16 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// The HTTP status it answers with.
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong, for people.
+    pub(super) fn description(&self) -> &str {
+        &self.description
+    }
+
     fn new(status: StatusCode, code: &'static str, description: impl Into<String>, refusal: Refusal) -> Self {
         Self { status, code, description: description.into(), refusal }
     }

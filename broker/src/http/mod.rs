@@ -5,6 +5,7 @@ mod admin;
 mod agents;
 mod audit;
 mod auth;
+mod console;
 mod contexts;
 pub mod error;
 mod extract;
@@ -167,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}/drain", post(agents::drain_agent))
         .merge(space_routes())
         .merge(vcs_routes())
+        .merge(console::routes())
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, deadline))
         .layer(axum::middleware::from_fn(request_id))

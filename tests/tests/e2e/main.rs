@@ -15,6 +15,7 @@ mod audit_sinks;
 mod audit_storage;
 mod ci_flow;
 mod config_and_startup;
+mod console;
 mod contexts;
 mod drift_remediation;
 mod drift_schedule;

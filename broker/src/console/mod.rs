@@ -1,0 +1,23 @@
+//! The web console's pages (docs/console.md), rendered on the server: no separate front end, no
+//! script, every asset embedded in the binary.
+//!
+//! This module only turns data into HTML — `http/console.rs` authenticates, checks roles and
+//! spaces, and reads the data. Rendering goes through `maud`, whose templates escape every
+//! interpolated string, so a pull request title, a ticket or a log line holding `<script>` is
+//! shown as text. What the console shows is what the API shows the same caller; nothing secret
+//! is ever read here.
+
+pub mod layout;
+pub mod runs;
+
+/// The console's stylesheet, served at [`STYLESHEET_PATH`].
+pub const STYLESHEET: &str = include_str!("assets/console.css");
+
+/// Where the stylesheet is served.
+pub const STYLESHEET_PATH: &str = "/ui/assets/console.css";
+
+/// The Content-Security-Policy of every console response: nothing but the console's own
+/// stylesheet and images loads, no script runs, no other site may frame it, and forms post only
+/// back to the broker.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -1,0 +1,214 @@
+//! The runs pages: the list (newest first, filtered by stack) and one run — its state and the
+//! code it ran, where its pull request and ticket came from (observed from GitHub, or the
+//! submitter's word), the plan's resource changes by address, the plan policy's messages, the
+//! reviews (counted or not, and why) and the jobs.
+
+use maud::{Markup, html};
+
+use super::layout::page;
+use crate::clock::rfc3339;
+use crate::runs::{ChangeAction, PlanChanges, RunView};
+
+/// The runs list for `who`; `stack`: the filter applied, if any.
+pub fn list(runs: &[RunView], stack: Option<&str>, who: &str) -> Markup {
+    let body = html! {
+        h1 { "Runs" }
+        form.filters method="get" action="/ui/runs" {
+            label for="stack" { "Stack" }
+            input #stack type="text" name="stack" value=(stack.unwrap_or_default()) autocomplete="off";
+            button type="submit" { "Filter" }
+        }
+        @if runs.is_empty() {
+            p.muted { "No runs yet." }
+        } @else {
+            div.scroll {
+                table {
+                    thead { tr { th { "Run" } th { "Stack" } th { "Kind" } th { "State" } th { "Commit" } th { "PR" } th { "Ticket" } th { "By" } th { "Submitted" } } }
+                    tbody {
+                        @for run in runs {
+                            tr {
+                                td { a.mono href=(format!("/ui/runs/{}", run.id)) { (short(&run.id, 13)) } }
+                                td { (run.stack) }
+                                td { (run.kind) }
+                                td { (state(&run.state)) }
+                                td.mono { (short(&run.commit_sha, 12)) }
+                                td { (pull_request(run)) }
+                                td { (run.ticket.as_deref().unwrap_or("")) }
+                                td { (run.triggered_by) }
+                                td.mono { (rfc3339(run.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Runs", Some(who), body)
+}
+
+/// One run, with its saved plan's changes when it has one.
+pub fn detail(run: &RunView, changes: Option<&PlanChanges>, who: &str) -> Markup {
+    let body = html! {
+        h1 { "Run " span.mono { (run.id) } }
+        table.facts {
+            tbody {
+                tr { th { "Stack" } td { (run.stack) } }
+                tr { th { "Kind" } td { (run.kind) } }
+                tr { th { "State" } td { (state(&run.state)) @if let Some(detail) = &run.detail { " " span.muted { (detail) } } } }
+                tr { th { "Commit" } td.mono { (run.commit_sha) } }
+                tr { th { "Ref" } td.mono { (run.git_ref.as_deref().unwrap_or("-")) } }
+                tr { th { "Pull request" } td { (pull_request(run)) } }
+                tr { th { "Ticket" } td { (run.ticket.as_deref().unwrap_or("-")) } }
+                tr { th { "Submitted by" } td { (run.triggered_by) " at " span.mono { (rfc3339(run.created_at)) } } }
+            }
+        }
+        h2 { "Plan" }
+        @match changes {
+            None => p.muted { "No saved plan." },
+            Some(changes) => (plan(changes)),
+        }
+        h2 { "Reviews" }
+        @if run.reviews.is_empty() {
+            p.muted { "None." }
+        } @else {
+            ul {
+                @for review in &run.reviews {
+                    li {
+                        (review.by) " " (review.decision) "d at " span.mono { (rfc3339(review.at)) }
+                        @if review.counted { " (counted)" } @else { " — did not count: " (review.note.unwrap_or("")) }
+                        @if let Some(comment) = &review.comment { ": " q { (comment) } }
+                    }
+                }
+            }
+        }
+        h2 { "Jobs" }
+        div.scroll {
+            table {
+                thead { tr { th { "Job" } th { "Phase" } th { "State" } th { "Agent" } th { "Isolation" } } }
+                tbody {
+                    @for job in &run.jobs {
+                        tr {
+                            td.mono { (short(&job.id, 13)) }
+                            td { (job.phase.as_str()) }
+                            td { (job.state) @if let Some(error) = &job.error { " " span.muted { (error) } } }
+                            td.mono { (job.agent_id.as_deref().map(|a| short(a, 13)).unwrap_or("-")) }
+                            td { (job.isolation.as_deref().unwrap_or("-")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(&format!("Run {}", short(&run.id, 13)), Some(who), body)
+}
+
+/// A plan's changes by address, and what `keyward.plan` said.
+fn plan(changes: &PlanChanges) -> Markup {
+    let (add, change, destroy) = changes.counts();
+    html! {
+        p { (add) " to add, " (change) " to change, " (destroy) " to destroy." }
+        @if !changes.changes.is_empty() {
+            ul.changes {
+                @for resource in &changes.changes {
+                    li class=(action_class(resource.action)) { (action_sign(resource.action)) " " (resource.address) " (" (resource.action.as_str()) ")" }
+                }
+            }
+        }
+        @for (title, messages) in [("Policy denials", &changes.denials), ("Policy warnings", &changes.warnings)] {
+            @if !messages.is_empty() {
+                h2 { (title) }
+                ul { @for message in messages.iter() { li { (message) } } }
+            }
+        }
+    }
+}
+
+/// The run's pull request, and whether it was observed or is the submitter's word.
+fn pull_request(run: &RunView) -> Markup {
+    html! {
+        @match (run.pull_request, run.pull_request_source.as_deref()) {
+            (None, _) => "-",
+            (Some(number), Some(source)) => { "#" (number) " " span.badge.badge-observed title="observed from the provider, not asserted" { "observed from " (source) } },
+            (Some(number), None) => { "#" (number) " " span.badge title="given by whoever submitted the run" { "asserted" } },
+        }
+    }
+}
+
+fn state(state: &str) -> Markup {
+    html! { span class=(format!("state state-{state}")) { (state) } }
+}
+
+fn action_sign(action: ChangeAction) -> &'static str {
+    match action {
+        ChangeAction::Create => "+",
+        ChangeAction::Update => "~",
+        ChangeAction::Delete => "-",
+        ChangeAction::Replace => "-/+",
+    }
+}
+
+fn action_class(action: ChangeAction) -> &'static str {
+    action.as_str()
+}
+
+/// The first `n` characters of an ID or SHA (all of it when shorter).
+fn short(text: &str, n: usize) -> &str {
+    text.get(..n).unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::ResourceChange;
+
+    fn run() -> RunView {
+        RunView {
+            id: "01a2-run".to_owned(),
+            stack: "network".to_owned(),
+            state: "finished".to_owned(),
+            kind: "proposed".to_owned(),
+            drift: None,
+            commit_sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            git_ref: None,
+            pull_request: Some(7),
+            ticket: Some("<script>alert('ticket')</script>".to_owned()),
+            pull_request_source: Some("github".to_owned()),
+            triggered_by: "github:<b>octocat</b>".to_owned(),
+            detail: Some("planned as proposed".to_owned()),
+            created_at: 1,
+            updated_at: 2,
+            reviews: Vec::new(),
+            jobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_interpolated_string_is_escaped() {
+        let changes = PlanChanges {
+            changes: vec![ResourceChange {
+                address: "terraform_data.x[\"<img src=x>\"]".to_owned(),
+                action: ChangeAction::Create,
+            }],
+            warnings: vec!["<script>alert('policy')</script>".to_owned()],
+            denials: Vec::new(),
+        };
+        let html = detail(&run(), Some(&changes), "<i>me</i>").into_string();
+        assert!(
+            !html.contains("<script>") && !html.contains("<img") && !html.contains("<b>") && !html.contains("<i>"),
+            "{html}"
+        );
+        assert!(html.contains("&lt;script&gt;alert('ticket')&lt;/script&gt;"), "{html}");
+        assert!(html.contains("&lt;img src=x&gt;"), "{html}");
+        assert!(html.contains("observed from github"), "{html}");
+        let list = list(&[run()], Some("\"><script>"), "me").into_string();
+        assert!(!list.contains("<script>") && list.contains("value=\"&quot;&gt;&lt;script&gt;\""), "{list}");
+    }
+
+    #[test]
+    fn a_submitters_pull_request_is_marked_asserted() {
+        let asserted = RunView { pull_request_source: None, ..run() };
+        let html = detail(&asserted, None, "me").into_string();
+        assert!(html.contains("#7 <span class=\"badge\"") && html.contains(">asserted<"), "{html}");
+        assert!(html.contains("No saved plan."), "{html}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The web console's routes (`/ui`, docs/console.md): the same authentication, roles and spaces
+//! as the API — a person's browser session, or an API token — with every answer an HTML page
+//! (errors too) under a strict Content-Security-Policy. Rendering is `crate::console`'s.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Scoped, can};
+use super::guard::{Guard, stack_spaces};
+use crate::access::{AuthMethod, Operator, Permission};
+use crate::console::{self, layout};
+
+/// The most runs the list shows.
+const LIST_LIMIT: i64 = 200;
+
+/// The console's routes, each answer with the console's security headers.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
+        .route("/ui/runs", get(runs))
+        .route("/ui/runs/{id}", get(run))
+        .route(console::STYLESHEET_PATH, get(stylesheet))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// What an HTML page answers when it cannot be shown: the API's refusal, as a page.
+struct PageError {
+    error: ApiError,
+    sign_in: Option<String>,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.error.status();
+        let title = match status {
+            StatusCode::UNAUTHORIZED => layout::UNAUTHENTICATED,
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::NOT_FOUND => "Not found",
+            _ => "Something went wrong",
+        };
+        (status, Html(layout::error(title, self.error.description(), self.sign_in.as_deref()).into_string()))
+            .into_response()
+    }
+}
+
+/// `error`, as a page; a caller who is not signed in is pointed at sign-in (when people can
+/// sign in) and brought back to `path` after.
+fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
+    let sign_in = (error.status() == StatusCode::UNAUTHORIZED && state.sso.is_some())
+        .then(|| format!("/auth/login?return_to={}", urlencode(path)));
+    PageError { error, sign_in }
+}
+
+/// `GET /ui/runs?stack=S`: the newest runs the caller may read.
+async fn runs(
+    State(state): State<AppState>,
+    scoped: Result<Scoped<can::ReadRuns>, ApiError>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Html<String>, PageError> {
+    let stack = query.ok().and_then(|Query(q)| q.stack).filter(|s| !s.is_empty());
+    let fail = |error| page_error(&state, "/ui/runs", error);
+    let Scoped { operator, .. } = scoped.map_err(fail)?;
+    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
+    let spaces = stack_spaces(&state).await.map_err(fail)?;
+    let mut runs = state.runs.runs(stack.as_deref(), LIST_LIMIT).await.map_err(|e| fail(e.into()))?;
+    runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    Ok(Html(console::runs::list(&runs, stack.as_deref(), &who(&operator)).into_string()))
+}
+
+/// `GET /ui/runs` query.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    stack: Option<String>,
+}
+
+/// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found).
+async fn run(
+    State(state): State<AppState>,
+    scoped: Result<Scoped<can::ReadRuns>, ApiError>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let path = format!("/ui/runs/{id}");
+    let fail = |error| page_error(&state, &path, error);
+    let Scoped { operator, .. } = scoped.map_err(fail)?;
+    let run = state.runs.run(&id).await.map_err(|e| fail(e.into()))?;
+    let spaces = stack_spaces(&state).await.map_err(fail)?;
+    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
+    let hidden = || crate::runs::RunError::UnknownRun(id.clone()).into();
+    let space = spaces.get(&run.stack).map_or(crate::roles::ROOT, String::as_str);
+    guard.require(Permission::ReadRuns, space, hidden).map_err(fail)?;
+    let changes = state.runs.plan_changes(&id).await.map_err(|e| fail(e.into()))?;
+    Ok(Html(console::runs::detail(&run, changes.as_ref(), &who(&operator)).into_string()))
+}
+
+/// `GET /ui/assets/console.css`.
+async fn stylesheet() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], console::STYLESHEET)
+}
+
+/// Who is signed in, as the header shows it: a person's name, or the token's.
+fn who(operator: &Operator) -> String {
+    match &operator.via {
+        AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => person.name.clone(),
+        AuthMethod::ApiToken => format!("token {}", operator.name),
+    }
+}
+
+/// A path as a query value: everything but unreserved characters percent-encoded.
+fn urlencode(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The console's security headers on every answer: its CSP, no framing, no sniffing, no
+/// referrer, and nothing cached (pages hold what only the caller may see).
+async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(console::CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,87 @@
+//! The web console's first pages (docs/console.md) over real HTTP against `keyward dev` (its own
+//! sandboxed agent runs real Terraform): the runs list and a run with its plan, as the API token
+//! sees them; every answer under the console's security headers; a string holding `<script>`
+//! shown as text; nothing of another space; and an HTML page for every refusal.
+
+use keyward_tests::broker::Broker;
+use serde_json::Value;
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// `GET path` with `token` (none: anonymous): status, headers and body.
+async fn get(broker: &Broker, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new().get(format!("{}{path}", broker.addr));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.text().await.unwrap())
+}
+
+fn json(output: &keyward_tests::broker::Output) -> Value {
+    assert!(output.success, "{}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict_csp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("data")).await;
+    let hostile = "<script>alert('ticket')</script>";
+    let run = json(
+        &broker.cli(&["run", "submit", "--stack", "example", "--ticket", hostile, "--pr", "3", "--wait", "--json"]),
+    );
+    assert_eq!(run["state"], "finished", "{run}");
+    let id = run["id"].as_str().unwrap();
+    let admin = broker.admin_token.as_str();
+
+    // The list and the run, as the admin token sees them.
+    let (status, headers, list) = get(&broker, "/ui/runs", Some(admin)).await;
+    assert_eq!(status, 200, "{list}");
+    for (name, value) in [
+        ("content-security-policy", CSP),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(value), "{name}");
+    }
+    assert!(list.contains(&format!("href=\"/ui/runs/{id}\"")), "{list}");
+    assert!(!list.contains("<script") && list.contains("&lt;script&gt;alert('ticket')&lt;/script&gt;"), "{list}");
+    assert!(list.contains("#3") && list.contains(">asserted<"), "a pull request given at submit is asserted: {list}");
+    let (status, _, page) = get(&broker, &format!("/ui/runs/{id}"), Some(admin)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("1 to add, 0 to change, 0 to destroy."), "the plan's changes: {page}");
+    assert!(page.contains("terraform_data."), "{page}");
+    assert!(!page.contains("<script"), "{page}");
+    let (status, headers, css) = get(&broker, "/ui/assets/console.css", None).await;
+    assert_eq!(
+        (status, headers.get("content-type").and_then(|v| v.to_str().ok())),
+        (200, Some("text/css; charset=utf-8"))
+    );
+    assert!(css.contains("@media"), "phone widths are styled");
+
+    // Anonymous: a page saying how to sign in, under the same headers.
+    let (status, headers, page) = get(&broker, "/ui/runs", None).await;
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("Sign in to Keyward"), "{page}");
+    assert_eq!(headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some(CSP));
+    let (status, _, page) = get(&broker, "/ui/runs/no-such-run", Some(admin)).await;
+    assert_eq!(status, 404, "{page}");
+    assert!(page.contains("Not found") && page.starts_with("<!DOCTYPE html>"), "{page}");
+
+    // A viewer of another space sees none of it: not in the list, not found by ID.
+    json(&broker.cli(&["space", "create", "elsewhere", "--json"]));
+    let viewer =
+        json(&broker.cli(&["token", "create", "viewer", "--space", "elsewhere", "--role", "viewer", "--json"]));
+    let viewer = viewer["token"].as_str().unwrap();
+    let (status, _, list) = get(&broker, "/ui/runs", Some(viewer)).await;
+    assert_eq!(status, 200, "{list}");
+    assert!(!list.contains(id) && list.contains("No runs yet."), "{list}");
+    let (status, _, page) = get(&broker, &format!("/ui/runs/{id}"), Some(viewer)).await;
+    assert_eq!(status, 404, "{page}");
+    assert!(!page.contains("terraform_data"), "{page}");
+}
