@@ -19,6 +19,7 @@ pub fn page(title: &str, who: Option<&str>, body: Markup) -> Markup {
                     a.brand href="/ui/runs" { "Keyward" }
                     nav aria-label="Main" {
                         a href="/ui/runs" { "Runs" }
+                        a href="/ui/stacks" { "Stacks" }
                     }
                     @if let Some(who) = who {
                         span.who { "Signed in as " (who) }

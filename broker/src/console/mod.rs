@@ -9,6 +9,7 @@
 
 pub mod layout;
 pub mod runs;
+pub mod stacks;
 
 /// The console's stylesheet, served at [`STYLESHEET_PATH`].
 pub const STYLESHEET: &str = include_str!("assets/console.css");

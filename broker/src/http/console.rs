@@ -25,6 +25,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
+        .route("/ui/stacks", get(stacks))
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -96,6 +97,19 @@ async fn run(
     guard.require(Permission::ReadRuns, space, hidden).map_err(fail)?;
     let changes = state.runs.plan_changes(&id).await.map_err(|e| fail(e.into()))?;
     Ok(Html(console::runs::detail(&run, changes.as_ref(), &who(&operator)).into_string()))
+}
+
+/// `GET /ui/stacks`: the stacks the caller may read, drifted first.
+async fn stacks(
+    State(state): State<AppState>,
+    scoped: Result<Scoped<can::ReadRuns>, ApiError>,
+) -> Result<Html<String>, PageError> {
+    let fail = |error| page_error(&state, "/ui/stacks", error);
+    let Scoped { operator, .. } = scoped.map_err(fail)?;
+    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
+    let mut stacks = state.runs.stacks().await.map_err(|e| fail(e.into()))?;
+    stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
+    Ok(Html(console::stacks::list(&stacks, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/assets/console.css`.

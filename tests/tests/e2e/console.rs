@@ -64,6 +64,15 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     );
     assert!(css.contains("@media"), "phone widths are styled");
 
+    // The stacks, drift at a glance: after a drift check, the example stack is in sync.
+    let (_, _, stacks) = get(&broker, "/ui/stacks", Some(admin)).await;
+    assert!(stacks.contains(">example<") && stacks.contains("never checked"), "{stacks}");
+    let drift = broker.cli(&["run", "submit", "--stack", "example", "--drift", "--wait", "--timeout", "2m"]);
+    assert_eq!(drift.code, Some(0), "{}{}", drift.stdout, drift.stderr);
+    let (status, _, stacks) = get(&broker, "/ui/stacks", Some(admin)).await;
+    assert_eq!(status, 200, "{stacks}");
+    assert!(stacks.contains("in sync") && stacks.contains("0 drifted"), "{stacks}");
+
     // Anonymous: a page saying how to sign in, under the same headers.
     let (status, headers, page) = get(&broker, "/ui/runs", None).await;
     assert_eq!(status, 401, "{page}");
@@ -83,5 +92,7 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     assert!(!list.contains(id) && list.contains("No runs yet."), "{list}");
     let (status, _, page) = get(&broker, &format!("/ui/runs/{id}"), Some(viewer)).await;
     assert_eq!(status, 404, "{page}");
+    let (_, _, stacks) = get(&broker, "/ui/stacks", Some(viewer)).await;
+    assert!(stacks.contains("No stacks yet.") && !stacks.contains(">example<"), "{stacks}");
     assert!(!page.contains("terraform_data"), "{page}");
 }
