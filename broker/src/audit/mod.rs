@@ -21,6 +21,7 @@ pub mod events;
 pub mod integrator;
 pub mod log_key;
 pub mod sinks;
+pub mod trace_view;
 pub mod tree;
 pub mod writer;
 

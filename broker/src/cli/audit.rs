@@ -18,6 +18,7 @@ use super::output::{self, out, outln};
 use crate::audit::canonical::to_canonical;
 use crate::audit::checkpoint::VerifierKey;
 use crate::audit::merkle::{self, Hash};
+use crate::audit::trace_view::{at, summary, time};
 use crate::audit::verify::{verify_export, verify_export_leaves};
 use keyward_audit::proof::InclusionAnswer;
 use keyward_proto::encoding::{hex, hex_decode};
@@ -185,11 +186,7 @@ async fn tail(client: &Client, lines: u64, kind: Option<&str>, follow: bool, jso
     }
 }
 
-/// The value at a JSON pointer, or `null`: responses are read leniently, never indexed.
-pub(super) fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
-    value.pointer(pointer).unwrap_or(&Value::Null)
-}
-
+/// `text` percent-encoded for a URL path segment.
 pub(super) fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| {
@@ -218,47 +215,6 @@ fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {
         summary(entry),
     )?;
     Ok(())
-}
-
-/// One line about an entry's details.
-pub(super) fn summary(entry: &Value) -> String {
-    let context = &at(entry, "/context");
-    let details = &at(entry, "/details");
-    let target = at(context, "/target").as_str().unwrap_or("");
-    match at(entry, "/kind").as_str().unwrap_or("") {
-        "token.minted" => format!(
-            "jti {}  aud {}  expires {}",
-            text(details, "jti"),
-            text(details, "aud"),
-            time(at(details, "/exp").as_i64().unwrap_or(0))
-        ),
-        "credentials.issued" => {
-            let mut parts = vec![target.to_owned()];
-            for (field, label) in [
-                ("role_arn", "role"),
-                ("role_session_name", "session"),
-                ("access_key_id", "access key"),
-                ("accessor", "vault accessor"),
-                ("mode", "mode"),
-            ] {
-                if let Some(value) = details[field].as_str() {
-                    parts.push(format!("{label} {value}"));
-                }
-            }
-            parts.join("  ")
-        }
-        "credentials.denied" | "credentials.allowed" => {
-            let reasons: Vec<&str> =
-                at(details, "/reasons").as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            if reasons.is_empty() { target.to_owned() } else { format!("{target}  {}", reasons.join("; ")) }
-        }
-        _ => details.to_string(),
-    }
-}
-
-/// RFC 3339 UTC for a Unix time.
-pub(super) fn time(unix: i64) -> String {
-    crate::clock::rfc3339(unix)
 }
 
 async fn export(client: &Client, from: u64, to: Option<u64>) -> anyhow::Result<()> {

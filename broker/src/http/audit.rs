@@ -202,6 +202,27 @@ pub(super) async fn trace(
     _: Authorized<can::ReadAudit>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let traced = trace_of(&state, &key).await?;
+    Ok(Json(json!({
+        "key": key,
+        "entries": traced.lines,
+        "log": { "size": traced.size, "root": traced.root },
+    })))
+}
+
+/// What the log holds about a key, and the log it is in.
+pub(super) struct Traced {
+    /// The entries (export lines: `{"entry": …}`), in log order.
+    pub(super) lines: Vec<Value>,
+    /// The log's size.
+    pub(super) size: u64,
+    /// Its root (hex).
+    pub(super) root: String,
+}
+
+/// The entries that name `key` (as a run, access key ID, `jti`, role session or Vault accessor),
+/// with every entry of the runs they belong to.
+pub(super) async fn trace_of(state: &AppState, key: &str) -> Result<Traced, ApiError> {
     let direct: Vec<String> =
         ["run", "akid", "jti", "session", "accessor"].iter().map(|prefix| format!("{prefix}:{key}")).collect();
     let found = state.store.audit_entries_for(&direct).await.map_err(store_error)?;
@@ -219,11 +240,7 @@ pub(super) async fn trace(
     entries.dedup_by_key(|e| e.seq);
     let size = state.store.audit_size().await.map_err(store_error)?;
     let root = tree::root(&state.store, size).await?;
-    Ok(Json(json!({
-        "key": key,
-        "entries": lines(&entries)?,
-        "log": { "size": size, "root": hex(&root) },
-    })))
+    Ok(Traced { lines: lines(&entries)?, size, root: hex(&root) })
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Scoped, can};
+use super::extract::{Authorized, Scoped, can};
 use super::guard::{Guard, stack_spaces};
 use crate::access::{AuthMethod, Operator, Permission};
 use crate::console::{self, layout};
@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/stacks", get(stacks))
+        .route("/ui/audit", get(audit))
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -111,6 +112,33 @@ async fn stacks(
     stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
     Ok(Html(console::stacks::list(&stacks, &who(&operator)).into_string()))
 }
+
+/// `GET /ui/audit?key=K`: the trace of `K`, for callers who may read the audit log.
+async fn audit(
+    State(state): State<AppState>,
+    authorized: Result<Authorized<can::ReadAudit>, ApiError>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Html<String>, PageError> {
+    let key = query.ok().and_then(|Query(q)| q.key).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
+    let fail = |error| page_error(&state, "/ui/audit", error);
+    let Authorized { operator, .. } = authorized.map_err(fail)?;
+    let Some(key) = key else { return Ok(Html(console::audit::search(None, &who(&operator)).into_string())) };
+    if key.len() > MAX_KEY_LEN {
+        return Err(fail(ApiError::invalid_request(format!("a key is at most {MAX_KEY_LEN} characters"))));
+    }
+    let traced = super::audit::trace_of(&state, &key).await.map_err(fail)?;
+    let trace = console::audit::Trace { key: &key, lines: &traced.lines, size: traced.size, root: &traced.root };
+    Ok(Html(console::audit::search(Some(trace), &who(&operator)).into_string()))
+}
+
+/// `GET /ui/audit` query.
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    key: Option<String>,
+}
+
+/// The longest key searched for (an access key ID is 20 characters, a run ID 36).
+const MAX_KEY_LEN: usize = 256;
 
 /// `GET /ui/assets/console.css`.
 async fn stylesheet() -> impl IntoResponse {

@@ -73,6 +73,14 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     assert_eq!(status, 200, "{stacks}");
     assert!(stacks.contains("in sync") && stacks.contains("0 drifted"), "{stacks}");
 
+    // The audit trail of the run, as `keyward audit trace` prints it.
+    let (status, _, trail) = get(&broker, &format!("/ui/audit?key={id}"), Some(admin)).await;
+    assert_eq!(status, 200, "{trail}");
+    assert!(trail.contains(&format!("run {id}  stack example")), "{trail}");
+    assert!(trail.contains("PR #3  ticket &lt;script&gt;") && trail.contains("(the submitter's word)"), "{trail}");
+    let (_, _, nothing) = get(&broker, "/ui/audit?key=ASIANOTHINGHERE", Some(admin)).await;
+    assert!(nothing.contains("Nothing in the audit log refers to"), "{nothing}");
+
     // Anonymous: a page saying how to sign in, under the same headers.
     let (status, headers, page) = get(&broker, "/ui/runs", None).await;
     assert_eq!(status, 401, "{page}");
@@ -92,6 +100,9 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     assert!(!list.contains(id) && list.contains("No runs yet."), "{list}");
     let (status, _, page) = get(&broker, &format!("/ui/runs/{id}"), Some(viewer)).await;
     assert_eq!(status, 404, "{page}");
+    let (status, _, page) = get(&broker, &format!("/ui/audit?key={id}"), Some(viewer)).await;
+    assert_eq!(status, 403, "the audit trail needs audit access: {page}");
+    assert!(!page.contains(id), "{page}");
     let (_, _, stacks) = get(&broker, "/ui/stacks", Some(viewer)).await;
     assert!(stacks.contains("No stacks yet.") && !stacks.contains(">example<"), "{stacks}");
     assert!(!page.contains("terraform_data"), "{page}");
