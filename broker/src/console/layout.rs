@@ -20,6 +20,7 @@ pub fn page(title: &str, who: Option<&str>, body: Markup) -> Markup {
                     nav aria-label="Main" {
                         a href="/ui/runs" { "Runs" }
                         a href="/ui/stacks" { "Stacks" }
+                        a href="/ui/agents" { "Agents" }
                         a href="/ui/audit" { "Audit" }
                     }
                     @if let Some(who) = who {

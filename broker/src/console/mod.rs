@@ -7,6 +7,7 @@
 //! shown as text. What the console shows is what the API shows the same caller; nothing secret
 //! is ever read here.
 
+pub mod agents;
 pub mod audit;
 pub mod layout;
 pub mod runs;

@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/stacks", get(stacks))
+        .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
@@ -111,6 +112,21 @@ async fn stacks(
     let mut stacks = state.runs.stacks().await.map_err(|e| fail(e.into()))?;
     stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
     Ok(Html(console::stacks::list(&stacks, &who(&operator)).into_string()))
+}
+
+/// `GET /ui/agents`: the agents of the pools the caller may read.
+async fn agents(
+    State(state): State<AppState>,
+    scoped: Result<Scoped<can::ReadRuns>, ApiError>,
+) -> Result<Html<String>, PageError> {
+    let fail = |error| page_error(&state, "/ui/agents", error);
+    let Scoped { operator, .. } = scoped.map_err(fail)?;
+    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
+    let pools = state.agents.pools().await.map_err(|e| fail(e.into()))?;
+    let spaces: std::collections::HashMap<String, String> = pools.into_iter().map(|p| (p.name, p.space)).collect();
+    let mut agents = state.agents.list(None).await.map_err(|e| fail(e.into()))?;
+    agents.retain(|agent| spaces.get(&agent.pool).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    Ok(Html(console::agents::list(&agents, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/audit?key=K`: the trace of `K`, for callers who may read the audit log.

@@ -73,6 +73,11 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     assert_eq!(status, 200, "{stacks}");
     assert!(stacks.contains("in sync") && stacks.contains("0 drifted"), "{stacks}");
 
+    // The dev agent, connected, with what it runs.
+    let (status, _, agents) = get(&broker, "/ui/agents", Some(admin)).await;
+    assert_eq!(status, 200, "{agents}");
+    assert!(agents.contains("1 agents; 1 connected.") && agents.contains("sandbox"), "{agents}");
+
     // The audit trail of the run, as `keyward audit trace` prints it.
     let (status, _, trail) = get(&broker, &format!("/ui/audit?key={id}"), Some(admin)).await;
     assert_eq!(status, 200, "{trail}");
@@ -103,6 +108,8 @@ async fn the_runs_pages_show_what_the_caller_may_read_escaped_and_under_a_strict
     let (status, _, page) = get(&broker, &format!("/ui/audit?key={id}"), Some(viewer)).await;
     assert_eq!(status, 403, "the audit trail needs audit access: {page}");
     assert!(!page.contains(id), "{page}");
+    let (_, _, agents) = get(&broker, "/ui/agents", Some(viewer)).await;
+    assert!(agents.contains("0 agents"), "{agents}");
     let (_, _, stacks) = get(&broker, "/ui/stacks", Some(viewer)).await;
     assert!(stacks.contains("No stacks yet.") && !stacks.contains(">example<"), "{stacks}");
     assert!(!page.contains("terraform_data"), "{page}");
