@@ -88,7 +88,7 @@ fn run(i: usize) -> RunRow {
         git_ref: Some("refs/heads/main".into()),
         pull_request: Some(i64::try_from(i % 500).unwrap() + 1),
         ticket: Some(format!("CHG-{i}")),
-        pull_request_source: (i % 2 == 0).then(|| "github".to_owned()),
+        pull_request_source: i.is_multiple_of(2).then(|| "github".to_owned()),
         triggered_by: "github:octocat".into(),
         detail: None,
         created_at: at,
