@@ -50,6 +50,7 @@ pub fn list(runs: &[RunView], stack: Option<&str>, who: &str) -> Markup {
 pub fn detail(run: &RunView, changes: Option<&PlanChanges>, who: &str) -> Markup {
     let body = html! {
         h1 { "Run " span.mono { (run.id) } }
+        p { a href=(format!("/ui/audit?key={}", run.id)) { "Its audit trail" } " · " a href=(format!("/ui/runs?stack={}", run.stack)) { "Runs of " (run.stack) } }
         table.facts {
             tbody {
                 tr { th { "Stack" } td { (run.stack) } }
@@ -200,6 +201,7 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert('ticket')&lt;/script&gt;"), "{html}");
         assert!(html.contains("&lt;img src=x&gt;"), "{html}");
         assert!(html.contains("observed from github"), "{html}");
+        assert!(html.contains("href=\"/ui/audit?key=01a2-run\""), "the run links its trail: {html}");
         let list = list(&[run()], Some("\"><script>"), "me").into_string();
         assert!(!list.contains("<script>") && list.contains("value=\"&quot;&gt;&lt;script&gt;\""), "{list}");
     }
