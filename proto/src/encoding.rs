@@ -1,4 +1,4 @@
-//! Lowercase hex and PEM, written once.
+//! Lowercase hex, PEM and URL percent-encoding, written once.
 //!
 //! Digests, key IDs and fingerprints travel as lowercase hex in audit entries, log bundles and
 //! join tokens; certificates and keys travel as PEM. The broker, the agent and the offline
@@ -47,8 +47,29 @@ pub fn pem_der(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
+/// `text` percent-encoded for a URL path segment or query value: every byte but RFC 3986's
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push_str(&hex(&[byte]).to_ascii_uppercase());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(super::percent_encode("/ui/runs?stack=a b&c=é~"), "%2Fui%2Fruns%3Fstack%3Da%20b%26c%3D%C3%A9~");
+        assert_eq!(super::percent_encode("ASIA-1_x.y"), "ASIA-1_x.y");
+    }
     use super::*;
 
     #[test]

@@ -21,6 +21,7 @@ use crate::audit::merkle::{self, Hash};
 use crate::audit::trace_view::{at, summary, time};
 use crate::audit::verify::{verify_export, verify_export_leaves};
 use keyward_audit::proof::InclusionAnswer;
+use keyward_proto::encoding::percent_encode;
 use keyward_proto::encoding::{hex, hex_decode};
 
 #[derive(Debug, Subcommand)]
@@ -164,7 +165,7 @@ pub(super) async fn run(command: AuditCommand, env: &dyn Fn(&str) -> Option<Stri
 async fn tail(client: &Client, lines: u64, kind: Option<&str>, follow: bool, json: bool) -> anyhow::Result<()> {
     let mut path = format!("/v1/audit/entries?tail={lines}");
     if let Some(kind) = kind {
-        path.push_str(&format!("&kind={}", urlencode(kind)));
+        path.push_str(&format!("&kind={}", percent_encode(kind)));
     }
     let page = client.get(&path).await?;
     let mut next = at(&page, "/size").as_u64().unwrap_or(0);
@@ -184,19 +185,6 @@ async fn tail(client: &Client, lines: u64, kind: Option<&str>, follow: bool, jso
             }
         }
     }
-}
-
-/// `text` percent-encoded for a URL path segment.
-pub(super) fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn print_entry(line: &Value, json: bool) -> anyhow::Result<()> {

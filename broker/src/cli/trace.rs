@@ -9,16 +9,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use super::audit::{parse_hash, parse_hashes, urlencode};
+use super::audit::{parse_hash, parse_hashes};
 use super::client::{Client, items, print_json};
 use super::output::outln;
 use crate::audit::canonical::to_canonical;
 use crate::audit::merkle;
 use crate::audit::trace_view::{at, render};
+use keyward_proto::encoding::percent_encode;
 
 /// Fetches what the log holds about `key`, verifies each entry's inclusion, and prints it.
 pub(super) async fn trace(client: &Client, key: &str, json: bool) -> anyhow::Result<()> {
-    let answer = client.get(&format!("/v1/audit/trace/{}", urlencode(key))).await?;
+    let answer = client.get(&format!("/v1/audit/trace/{}", percent_encode(key))).await?;
     let lines: Vec<&Value> = items(&answer, "entries").collect();
     if lines.is_empty() {
         bail!("nothing in the audit log refers to `{key}`");

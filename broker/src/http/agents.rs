@@ -129,12 +129,21 @@ pub(super) async fn list_agents(
     if let Some(pool) = &query.pool {
         check_pool(&state, &operator, Permission::ReadRuns, pool).await?;
     }
-    let guard = Guard::new(&state, operator).await?;
+    Ok(Json(json!({ "agents": readable_agents(&state, operator, query.pool.as_deref()).await? })))
+}
+
+/// The agents (of `pool`, if given) in the pools `operator` may read.
+pub(super) async fn readable_agents(
+    state: &AppState,
+    operator: Operator,
+    pool: Option<&str>,
+) -> Result<Vec<AgentView>, ApiError> {
+    let guard = Guard::new(state, operator).await?;
     let spaces: std::collections::HashMap<String, String> =
         state.agents.pools().await?.into_iter().map(|pool| (pool.name, pool.space)).collect();
-    let mut agents = state.agents.list(query.pool.as_deref()).await?;
+    let mut agents = state.agents.list(pool).await?;
     agents.retain(|agent| spaces.get(&agent.pool).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
-    Ok(Json(json!({ "agents": agents })))
+    Ok(agents)
 }
 
 /// `GET /v1/agents/{id}`.

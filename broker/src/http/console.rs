@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authorized, Scoped, can};
-use super::guard::{Guard, stack_spaces};
 use crate::access::{AuthMethod, Operator, Permission};
 use crate::console::{self, layout};
 
@@ -56,7 +55,7 @@ impl IntoResponse for PageError {
 /// sign in) and brought back to `path` after.
 fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
     let sign_in = (error.status() == StatusCode::UNAUTHORIZED && state.sso.is_some())
-        .then(|| format!("/auth/login?return_to={}", urlencode(path)));
+        .then(|| format!("/auth/login?return_to={}", keyward_proto::encoding::percent_encode(path)));
     PageError { error, sign_in }
 }
 
@@ -69,10 +68,8 @@ async fn runs(
     let stack = query.ok().and_then(|Query(q)| q.stack).filter(|s| !s.is_empty());
     let fail = |error| page_error(&state, "/ui/runs", error);
     let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
-    let spaces = stack_spaces(&state).await.map_err(fail)?;
-    let mut runs = state.runs.runs(stack.as_deref(), LIST_LIMIT).await.map_err(|e| fail(e.into()))?;
-    runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    let runs =
+        super::runs::readable_runs(&state, operator.clone(), stack.as_deref(), LIST_LIMIT).await.map_err(fail)?;
     Ok(Html(console::runs::list(&runs, stack.as_deref(), &who(&operator)).into_string()))
 }
 
@@ -91,12 +88,7 @@ async fn run(
     let path = format!("/ui/runs/{id}");
     let fail = |error| page_error(&state, &path, error);
     let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let run = state.runs.run(&id).await.map_err(|e| fail(e.into()))?;
-    let spaces = stack_spaces(&state).await.map_err(fail)?;
-    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
-    let hidden = || crate::runs::RunError::UnknownRun(id.clone()).into();
-    let space = spaces.get(&run.stack).map_or(crate::roles::ROOT, String::as_str);
-    guard.require(Permission::ReadRuns, space, hidden).map_err(fail)?;
+    let run = super::runs::check_run(&state, &operator, Permission::ReadRuns, &id).await.map_err(fail)?;
     let changes = state.runs.plan_changes(&id).await.map_err(|e| fail(e.into()))?;
     Ok(Html(console::runs::detail(&run, changes.as_ref(), &who(&operator)).into_string()))
 }
@@ -108,9 +100,7 @@ async fn stacks(
 ) -> Result<Html<String>, PageError> {
     let fail = |error| page_error(&state, "/ui/stacks", error);
     let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
-    let mut stacks = state.runs.stacks().await.map_err(|e| fail(e.into()))?;
-    stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
+    let stacks = super::runs::readable_stacks(&state, operator.clone()).await.map_err(fail)?;
     Ok(Html(console::stacks::list(&stacks, &who(&operator)).into_string()))
 }
 
@@ -121,11 +111,7 @@ async fn agents(
 ) -> Result<Html<String>, PageError> {
     let fail = |error| page_error(&state, "/ui/agents", error);
     let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let guard = Guard::new(&state, operator.clone()).await.map_err(fail)?;
-    let pools = state.agents.pools().await.map_err(|e| fail(e.into()))?;
-    let spaces: std::collections::HashMap<String, String> = pools.into_iter().map(|p| (p.name, p.space)).collect();
-    let mut agents = state.agents.list(None).await.map_err(|e| fail(e.into()))?;
-    agents.retain(|agent| spaces.get(&agent.pool).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    let agents = super::agents::readable_agents(&state, operator.clone(), None).await.map_err(fail)?;
     Ok(Html(console::agents::list(&agents, &who(&operator)).into_string()))
 }
 
@@ -167,16 +153,6 @@ fn who(operator: &Operator) -> String {
         AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => person.name.clone(),
         AuthMethod::ApiToken => format!("token {}", operator.name),
     }
-}
-
-/// A path as a query value: everything but unreserved characters percent-encoded.
-fn urlencode(path: &str) -> String {
-    path.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The console's security headers on every answer: its CSP, no framing, no sniffing, no

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Scoped, can};
 use super::guard::{Guard, stack_space, stack_spaces};
 use crate::access::{Operator, Permission};
-use crate::runs::{RunError, RunKind, RunState, Stack, StackSpec, StackUpdate, Submission, Verdict};
+use crate::runs::{RunError, RunKind, RunState, RunView, Stack, StackSpec, StackUpdate, Submission, Verdict};
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -51,10 +51,15 @@ pub(super) async fn list_stacks(
     State(state): State<AppState>,
     Scoped { operator, .. }: Scoped<can::ReadRuns>,
 ) -> Result<Json<Value>, ApiError> {
-    let guard = Guard::new(&state, operator).await?;
+    Ok(Json(json!({ "stacks": readable_stacks(&state, operator).await? })))
+}
+
+/// The stacks `operator` may read.
+pub(super) async fn readable_stacks(state: &AppState, operator: Operator) -> Result<Vec<Stack>, ApiError> {
+    let guard = Guard::new(state, operator).await?;
     let mut stacks = state.runs.stacks().await?;
     stacks.retain(|stack| guard.may(Permission::ReadRuns, &stack.spec.space));
-    Ok(Json(json!({ "stacks": stacks })))
+    Ok(stacks)
 }
 
 /// The caller as policies see it (`input.actor`): a token, or a person with their subject,
@@ -76,13 +81,19 @@ async fn check_stack(
     Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
 }
 
-/// Succeeds if `operator` holds `permission` in the space of run `id`'s stack; a run it may not
-/// view is not found.
-async fn check_run(state: &AppState, operator: &Operator, permission: Permission, id: &str) -> Result<(), ApiError> {
+/// Run `id`, if `operator` holds `permission` in the space of its stack; a run it may not view
+/// is not found.
+pub(super) async fn check_run(
+    state: &AppState,
+    operator: &Operator,
+    permission: Permission,
+    id: &str,
+) -> Result<RunView, ApiError> {
     let run = state.runs.run(id).await?;
     let space = stack_space(state, &run.stack).await?;
     let hidden = || RunError::UnknownRun(id.to_owned()).into();
-    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)
+    Guard::new(state, operator.clone()).await?.require(permission, &space, hidden)?;
+    Ok(run)
 }
 
 /// `GET /v1/stacks/{name}`.
@@ -149,11 +160,22 @@ pub(super) async fn list_runs(
     if let Some(stack) = &query.stack {
         check_stack(&state, &operator, Permission::ReadRuns, stack).await?;
     }
-    let guard = Guard::new(&state, operator).await?;
-    let spaces = stack_spaces(&state).await?;
-    let mut runs = state.runs.runs(query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
-    runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    let runs = readable_runs(&state, operator, query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
     Ok(Json(json!({ "runs": runs })))
+}
+
+/// The newest `limit` runs (of `stack`, if given) that `operator` may read.
+pub(super) async fn readable_runs(
+    state: &AppState,
+    operator: Operator,
+    stack: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RunView>, ApiError> {
+    let guard = Guard::new(state, operator).await?;
+    let spaces = stack_spaces(state).await?;
+    let mut runs = state.runs.runs(stack, limit).await?;
+    runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
+    Ok(runs)
 }
 
 /// `GET /v1/runs/{id}`.
@@ -162,8 +184,7 @@ pub(super) async fn show_run(
     Scoped { operator, .. }: Scoped<can::ReadRuns>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_run(&state, &operator, Permission::ReadRuns, &id).await?;
-    Ok(Json(json!(state.runs.run(&id).await?)))
+    Ok(Json(json!(check_run(&state, &operator, Permission::ReadRuns, &id).await?)))
 }
 
 /// `POST /v1/runs/{id}/approve|reject` body.

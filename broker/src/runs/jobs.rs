@@ -286,6 +286,7 @@ impl Runs {
         }
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded(_) => {
+                self.signals.run_changed();
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
                 let managed_state = stack.spec.managed_state;
@@ -497,6 +498,7 @@ impl Runs {
         }
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded(_) => {
+                self.signals.run_changed();
                 if requeue {
                     self.signals.queued(&job.pool);
                 }

@@ -624,7 +624,9 @@ impl Runs {
     }
 
     async fn commit(&self, append: Append) -> Result<(), RunError> {
-        Ok(self.audit.append(append).await?.into_change()?)
+        self.audit.append(append).await?.into_change()?;
+        self.signals.run_changed();
+        Ok(())
     }
 }
 

@@ -27,11 +27,12 @@ pub struct Canceled {
 pub struct Signals {
     queued: Mutex<HashMap<String, Arc<Notify>>>,
     canceled: broadcast::Sender<Canceled>,
+    changed: Notify,
 }
 
 impl Default for Signals {
     fn default() -> Self {
-        Self { queued: Mutex::new(HashMap::new()), canceled: broadcast::channel(256).0 }
+        Self { queued: Mutex::new(HashMap::new()), canceled: broadcast::channel(256).0, changed: Notify::new() }
     }
 }
 
@@ -51,6 +52,17 @@ impl Signals {
     pub fn canceled(&self, canceled: Canceled) {
         // No receiver means no dispatcher in this process: the agent learns it at its next heartbeat.
         let _ = self.canceled.send(canceled);
+    }
+
+    /// Raised when a run's state was committed on this replica (a permit: one waiter learns of
+    /// any number of changes since it last looked).
+    pub fn run_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// What a watcher of runs (the VCS reporter) waits on; it polls too, for other replicas'.
+    pub fn run_changes(&self) -> &Notify {
+        &self.changed
     }
 
     /// Subscribes to cancellations.

@@ -20,7 +20,7 @@ use crate::vcs::report;
 
 /// How long a claimed report is the claimer's: longer than one takes.
 const CLAIM: i64 = 120;
-/// How often an idle reporter looks again, if no audit commit woke it first.
+/// How often an idle reporter looks again, if no run change on this replica woke it first.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Attempts at one version of a run before it is given up on: about half an hour of retrying
 /// (1 s doubling to 5 minutes), so a GitHub outage or rate limit is waited out.
@@ -53,11 +53,12 @@ impl ReportError {
 }
 
 impl Github {
-    /// Reports runs whose state moved on, forever.
+    /// Reports runs whose state moved on, forever: woken when a run changes on this replica,
+    /// and looking again every [`IDLE_POLL`] for other replicas' runs.
     pub async fn report_runs(self) {
-        let committed = self.audit.committed();
+        let signals = std::sync::Arc::clone(self.runs.signals());
         loop {
-            let changed = committed.notified();
+            let changed = signals.run_changes().notified();
             let now = self.clock.now();
             match self.store.claim_vcs_report(now, now + CLAIM).await {
                 Ok(Some(due)) => self.report(due).await,
