@@ -108,6 +108,14 @@ pub enum Kind {
     /// `keyward login` redeemed its one-time grant for a CLI token: who, and the token's hash
     /// prefix and expiry.
     CliTokenIssued,
+    /// An API token asked for a one-time console sign-in link (`keyward console`): the token,
+    /// the link's session ID and expiry (never the link).
+    ConsoleLinkCreated,
+    /// A console sign-in link was redeemed for a browser session acting as its API token: the
+    /// token, the session ID and expiry (never the session).
+    ConsoleSignedIn,
+    /// A console session acting as an API token was signed out.
+    ConsoleSignedOut,
     /// A space was created: its parent.
     SpaceCreated,
     /// An empty space was deleted.
@@ -179,6 +187,9 @@ impl Kind {
             Self::PersonSignedOut => kinds::PERSON_SIGNED_OUT,
             Self::PersonSignInFailed => kinds::PERSON_SIGN_IN_FAILED,
             Self::CliTokenIssued => kinds::CLI_TOKEN_ISSUED,
+            Self::ConsoleLinkCreated => kinds::CONSOLE_LINK_CREATED,
+            Self::ConsoleSignedIn => kinds::CONSOLE_SIGNED_IN,
+            Self::ConsoleSignedOut => kinds::CONSOLE_SIGNED_OUT,
             Self::SpaceCreated => kinds::SPACE_CREATED,
             Self::SpaceDeleted => kinds::SPACE_DELETED,
             Self::RoleBound => kinds::ROLE_BOUND,
@@ -287,6 +298,12 @@ pub mod kinds {
     pub const ROLE_UNBOUND: &str = "role.unbound";
     /// [`super::Kind::ApiTokenCreated`].
     pub const API_TOKEN_CREATED: &str = "api_token.created";
+    /// [`super::Kind::ConsoleLinkCreated`].
+    pub const CONSOLE_LINK_CREATED: &str = "console.link_created";
+    /// [`super::Kind::ConsoleSignedIn`].
+    pub const CONSOLE_SIGNED_IN: &str = "console.signed_in";
+    /// [`super::Kind::ConsoleSignedOut`].
+    pub const CONSOLE_SIGNED_OUT: &str = "console.signed_out";
     /// [`super::Kind::ApiTokenRevoked`].
     pub const API_TOKEN_REVOKED: &str = "api_token.revoked";
     /// [`super::Kind::VcsDeliveryAccepted`].

@@ -453,14 +453,7 @@ impl Access {
             return Err(AccessError::Unauthenticated);
         }
         let row = self.store.api_token_by_hash(&token_hash(presented)).await?.ok_or(AccessError::Unauthenticated)?;
-        let grants = match (row.space, row.role) {
-            (Some(space), Some(role)) => {
-                Grants::one(space, role.parse().map_err(|e| StoreError::Corrupt(format!("api_tokens.role: {e}")))?)
-            }
-            // A token made before spaces: its scope's role on `root`.
-            _ => Grants::one(ROOT, row.scope.parse::<ApiScope>()?.role()),
-        };
-        Ok(Operator::api_token(row.name, grants))
+        operator_of(row)
     }
 
     /// Every token (without secrets).
@@ -472,6 +465,18 @@ impl Access {
     pub async fn revoke(&self, name: &str) -> Result<bool, AccessError> {
         Ok(self.store.revoke_api_token(name, self.clock.now()).await?)
     }
+}
+
+/// The operator a live token's row stands for: its role in its space.
+pub fn operator_of(row: ApiTokenRow) -> Result<Operator, AccessError> {
+    let grants = match (row.space, row.role) {
+        (Some(space), Some(role)) => {
+            Grants::one(space, role.parse().map_err(|e| StoreError::Corrupt(format!("api_tokens.role: {e}")))?)
+        }
+        // A token made before spaces: its scope's role on `root`.
+        _ => Grants::one(ROOT, row.scope.parse::<ApiScope>()?.role()),
+    };
+    Ok(Operator::api_token(row.name, grants))
 }
 
 /// A refused token change as an access error: a taken name is a conflict, as the direct insert says.

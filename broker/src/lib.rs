@@ -28,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod console_sessions;
 pub mod exchange;
 pub mod grpc;
 pub mod http;

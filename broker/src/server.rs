@@ -121,6 +121,12 @@ impl Broker {
             clock: Arc::clone(&clock),
             access: Access::new(store.clone(), Arc::clone(&clock)),
             spaces: crate::spaces::Spaces::new(store.clone(), audit.clone(), Arc::clone(&clock)),
+            console_sessions: crate::console_sessions::ConsoleSessions::new(
+                store.clone(),
+                audit.clone(),
+                Arc::clone(&clock),
+                !settings.server.listen.ip().is_loopback(),
+            ),
             github,
             keys,
             store,
@@ -159,6 +165,11 @@ impl Broker {
     /// Stacks and runs (used by `keyward dev`).
     pub fn runs(&self) -> &Runs {
         &self.state.runs
+    }
+
+    /// Console sign-in links (used by `keyward dev`).
+    pub fn console_sessions(&self) -> &crate::console_sessions::ConsoleSessions {
+        &self.state.console_sessions
     }
 
     /// Operator token management (used by `keyward dev`).

@@ -74,7 +74,9 @@ pub(super) async fn run(args: DevArgs, env: &dyn Fn(&str) -> Option<String>) -> 
     let isolation = &args.agent_isolation;
     let agent = super::dev_agent::start_agent(&data_dir, &issuer, broker.agents(), isolation, "keyward dev").await?;
 
+    let console = console_link(&broker, &token_file, &issuer).await?;
     announce(&settings, &data_dir, sources.policies.dir(), &token_file, &agent)?;
+    eprintln!("Console (valid once, for a minute; `keyward console` prints another):\n\n  {console}\n");
 
     broker.serve(listener, server::shutdown_signal()).await;
     Ok(())
@@ -174,6 +176,14 @@ async fn admin_token(broker: &Broker, data_dir: &Path) -> anyhow::Result<PathBuf
         write_private_file(&token_file, secret.expose().as_bytes())?;
     }
     Ok(token_file)
+}
+
+/// A one-time console sign-in link for the admin token in `token_file`.
+async fn console_link(broker: &Broker, token_file: &Path, issuer: &str) -> anyhow::Result<String> {
+    let token = zeroize::Zeroizing::new(std::fs::read_to_string(token_file)?);
+    let operator = broker.access().authenticate(token.trim()).await.context("the admin token file's token")?;
+    let link = broker.console_sessions().create_link(&operator, crate::audit::Context::default()).await?;
+    Ok(format!("{issuer}{}?link={}", crate::console::SIGN_IN_PATH, link.secret.expose()))
 }
 
 /// Where the policies come from.

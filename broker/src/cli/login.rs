@@ -131,7 +131,7 @@ fn grant_of(request: &str) -> Option<Zeroizing<String>> {
     url.query_pairs().find(|(k, _)| k == "grant").map(|(_, v)| Zeroizing::new(v.into_owned()))
 }
 
-fn open_browser(url: &str) -> bool {
+pub(super) fn open_browser(url: &str) -> bool {
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
     std::process::Command::new(opener)
         .arg(url)

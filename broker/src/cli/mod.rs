@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod client;
+mod console;
 mod context;
 mod creds;
 mod creds_cache;
@@ -99,6 +100,9 @@ enum Command {
     /// Spaces (a tree under `root`) and who holds which role in them.
     #[command(subcommand)]
     Space(space::SpaceCommand),
+    /// Open the web console: a one-time sign-in link for your API token (valid once, for a
+    /// minute), printed and opened in a browser.
+    Console(console::ConsoleArgs),
 }
 
 /// How to reach a running broker.
@@ -154,6 +158,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Logout(args) => login::logout(args, &env).await,
             Command::Whoami(args) => login::whoami(args, &env).await,
             Command::Space(command) => space::run(command, &env).await,
+            Command::Console(args) => console::console(args, &env).await,
         }
     });
     match result {

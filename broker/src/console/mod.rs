@@ -1,5 +1,5 @@
-//! The web console's pages (docs/console.md), rendered on the server: no separate front end, no
-//! script, every asset embedded in the binary.
+//! The web console's pages (docs/console.md), rendered on the server: no separate front end,
+//! plain forms, every asset embedded in the binary.
 //!
 //! This module only turns data into HTML — `http/console.rs` authenticates, checks roles and
 //! spaces, and reads the data. Rendering goes through `maud`, whose templates escape every
@@ -10,11 +10,19 @@
 pub mod agents;
 pub mod audit;
 pub mod layout;
+pub mod review;
 pub mod runs;
 pub mod stacks;
 
 /// The console's stylesheet, served at [`STYLESHEET_PATH`].
 pub const STYLESHEET: &str = include_str!("assets/console.css");
+
+/// Where a one-time console sign-in link (`keyward console`) is opened.
+pub const SIGN_IN_PATH: &str = "/ui/sign-in";
+
+/// The hidden field every console form carries its CSRF token in (the session's, as in the
+/// `keyward_csrf` cookie).
+pub const CSRF_FIELD: &str = "csrf";
 
 /// Where the stylesheet is served.
 pub const STYLESHEET_PATH: &str = "/ui/assets/console.css";

@@ -47,7 +47,7 @@ pub fn list(runs: &[RunView], stack: Option<&str>, who: &str) -> Markup {
 }
 
 /// One run, with its saved plan's changes when it has one.
-pub fn detail(run: &RunView, changes: Option<&PlanChanges>, who: &str) -> Markup {
+pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, who: &str) -> Markup {
     let body = html! {
         h1 { "Run " span.mono { (run.id) } }
         p { a href=(format!("/ui/audit?key={}", run.id)) { "Its audit trail" } " · " a href=(format!("/ui/runs?stack={}", run.stack)) { "Runs of " (run.stack) } }
@@ -82,6 +82,7 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, who: &str) -> Markup
                 }
             }
         }
+        (review)
         h2 { "Jobs" }
         div.scroll {
             table {
@@ -193,7 +194,7 @@ mod tests {
             warnings: vec!["<script>alert('policy')</script>".to_owned()],
             denials: Vec::new(),
         };
-        let html = detail(&run(), Some(&changes), "<i>me</i>").into_string();
+        let html = detail(&run(), Some(&changes), maud::html! {}, "<i>me</i>").into_string();
         assert!(
             !html.contains("<script>") && !html.contains("<img") && !html.contains("<b>") && !html.contains("<i>"),
             "{html}"
@@ -209,7 +210,7 @@ mod tests {
     #[test]
     fn a_submitters_pull_request_is_marked_asserted() {
         let asserted = RunView { pull_request_source: None, ..run() };
-        let html = detail(&asserted, None, "me").into_string();
+        let html = detail(&asserted, None, maud::html! {}, "me").into_string();
         assert!(html.contains("#7 <span class=\"badge\"") && html.contains(">asserted<"), "{html}");
         assert!(html.contains("No saved plan."), "{html}");
     }

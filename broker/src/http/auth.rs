@@ -1,5 +1,6 @@
 //! Sign-in for people (docs/access.md): `GET /auth/login`, `GET /auth/callback`, `POST
-//! /auth/logout`, `POST /auth/cli/token` (`keyward login`'s grant) and `GET /v1/me`.
+//! /auth/logout`, `POST /auth/cli/token` (`keyward login`'s grant) and `GET /v1/me`; and for
+//! API tokens in the console, `POST /v1/console/links` (`keyward console`'s one-time link).
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -155,4 +156,18 @@ pub(super) async fn me(State(state): State<AppState>, parts: Parts) -> Result<Re
         }
     };
     Ok(Json(body).into_response())
+}
+
+/// `POST /v1/console/links`: a one-time console sign-in link for the calling API token, valid
+/// once and for a minute (`keyward console`). The answer is the link's path: the caller knows
+/// the address it reaches the broker at.
+pub(super) async fn console_link(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &parts.method, &parts.headers).await.inspect_err(|e| {
+        state.metrics.request_refused(e.refusal());
+    })?;
+    let link = state.console_sessions.create_link(&caller.operator, super::caller(&parts.extensions)).await?;
+    let path = format!("{}?link={}", crate::console::SIGN_IN_PATH, link.secret.expose());
+    let mut response = Json(json!({ "path": path, "expires_at": link.expires_at })).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }

@@ -6,10 +6,11 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::AppState;
+use super::console_forms;
 use super::error::ApiError;
 use super::extract::{Authorized, Scoped, can};
 use crate::access::{AuthMethod, Operator, Permission};
@@ -24,6 +25,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
+        .route("/ui/runs/{id}/review", post(console_forms::review))
+        .route(console::SIGN_IN_PATH, get(console_forms::sign_in))
+        .route("/ui/sign-out", get(console_forms::sign_out_page).post(console_forms::sign_out))
         .route("/ui/stacks", get(stacks))
         .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
@@ -32,7 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// What an HTML page answers when it cannot be shown: the API's refusal, as a page.
-struct PageError {
+pub(super) struct PageError {
     error: ApiError,
     sign_in: Option<String>,
 }
@@ -44,6 +48,8 @@ impl IntoResponse for PageError {
             StatusCode::UNAUTHORIZED => layout::UNAUTHENTICATED,
             StatusCode::FORBIDDEN => "Not allowed",
             StatusCode::NOT_FOUND => "Not found",
+            StatusCode::BAD_REQUEST => "Not understood",
+            StatusCode::CONFLICT => "Not possible now",
             _ => "Something went wrong",
         };
         (status, Html(layout::error(title, self.error.description(), self.sign_in.as_deref()).into_string()))
@@ -53,7 +59,7 @@ impl IntoResponse for PageError {
 
 /// `error`, as a page; a caller who is not signed in is pointed at sign-in (when people can
 /// sign in) and brought back to `path` after.
-fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
+pub(super) fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
     let sign_in = (error.status() == StatusCode::UNAUTHORIZED && state.sso.is_some())
         .then(|| format!("/auth/login?return_to={}", keyward_proto::encoding::percent_encode(path)));
     PageError { error, sign_in }
@@ -83,6 +89,7 @@ struct ListQuery {
 async fn run(
     State(state): State<AppState>,
     scoped: Result<Scoped<can::ReadRuns>, ApiError>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let path = format!("/ui/runs/{id}");
@@ -90,7 +97,10 @@ async fn run(
     let Scoped { operator, .. } = scoped.map_err(fail)?;
     let run = super::runs::check_run(&state, &operator, Permission::ReadRuns, &id).await.map_err(fail)?;
     let changes = state.runs.plan_changes(&id).await.map_err(|e| fail(e.into()))?;
-    Ok(Html(console::runs::detail(&run, changes.as_ref(), &who(&operator)).into_string()))
+    let csrf = console_forms::csrf_of(&headers);
+    let reviewing = console_forms::reviewing(&state, &operator, &run, &csrf).await.map_err(fail)?;
+    let review = console::review::form(&reviewing);
+    Ok(Html(console::runs::detail(&run, changes.as_ref(), review, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/stacks`: the stacks the caller may read, drifted first.
@@ -148,7 +158,7 @@ async fn stylesheet() -> impl IntoResponse {
 }
 
 /// Who is signed in, as the header shows it: a person's name, or the token's.
-fn who(operator: &Operator) -> String {
+pub(super) fn who(operator: &Operator) -> String {
     match &operator.via {
         AuthMethod::Session { person, .. } | AuthMethod::CliToken { person, .. } => person.name.clone(),
         AuthMethod::ApiToken => format!("token {}", operator.name),

@@ -371,6 +371,18 @@ impl From<crate::sso::SsoError> for ApiError {
     }
 }
 
+impl From<crate::console_sessions::ConsoleSessionError> for ApiError {
+    fn from(error: crate::console_sessions::ConsoleSessionError) -> Self {
+        use crate::console_sessions::ConsoleSessionError;
+        match error {
+            ConsoleSessionError::NotAToken => Self::invalid_request(error.to_string()),
+            ConsoleSessionError::Link => Self::unauthenticated(error.to_string()),
+            ConsoleSessionError::Access(access) => access.into(),
+            ConsoleSessionError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,35 +72,84 @@ pub(super) struct Caller {
     pub(super) operator: Operator,
     /// Their session (browser or CLI), to sign it out.
     pub(super) session: Option<Authenticated>,
+    /// The console session acting as an API token (its ID), to sign it out.
+    pub(super) console_session: Option<String>,
+}
+
+/// Where a browser session's state-changing request proves it came from the broker's own page.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum CsrfProof<'a> {
+    /// The `X-Keyward-CSRF` header (the API's callers: script that read the `keyward_csrf` cookie).
+    Header,
+    /// A console form's hidden field (`crate::console::CSRF_FIELD`).
+    Form(&'a str),
 }
 
 /// Who is calling: an `Authorization: Bearer` API token (`kw_…`) or `keyward login` token
-/// (`kws_…`), else the `keyward_session` cookie, whose state-changing requests must repeat the
-/// `keyward_csrf` cookie in `X-Keyward-CSRF` (a page on another site can make the browser send
-/// the cookie, but cannot read the CSRF cookie to repeat it).
+/// (`kws_…`), else the `keyward_session` cookie — a person's session or a console session acting
+/// as an API token (`kwc_…`) — whose state-changing requests must repeat the `keyward_csrf`
+/// cookie in `X-Keyward-CSRF` (a page on another site can make the browser send the cookie, but
+/// cannot read the CSRF cookie to repeat it).
 pub(super) async fn authenticate(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    authenticate_with(state, method, headers, CsrfProof::Header).await
+}
+
+/// [`authenticate`], with a browser session's CSRF proof taken from `proof`.
+pub(super) async fn authenticate_with(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    proof: CsrfProof<'_>,
+) -> Result<Caller, ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
     let cookies = || headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
-    match (bearer, &state.sso) {
+    let caller = match (bearer, &state.sso) {
         (Some(token), Some(sso)) if secrets::looks_like_session(token) => {
             let session = sso.authenticate(token, "cli").await.map_err(ApiError::from)?.ok_or_else(expired)?;
-            Ok(Caller { operator: with_grants(state, session.operator.clone()).await?, session: Some(session) })
+            let operator = with_grants(state, session.operator.clone()).await?;
+            return Ok(Caller { operator, session: Some(session), console_session: None });
         }
-        (Some(token), _) => Ok(Caller { operator: state.access.authenticate(token).await?, session: None }),
-        (None, Some(sso)) => {
+        (Some(token), _) => {
+            let operator = state.access.authenticate(token).await?;
+            return Ok(Caller { operator, session: None, console_session: None });
+        }
+        (None, sso) => {
             let secret = session::cookie(cookies(), session::SESSION_COOKIE).ok_or(AccessError::Unauthenticated)?;
-            let session = sso.authenticate(secret, "browser").await.map_err(ApiError::from)?.ok_or_else(expired)?;
+            let caller = cookie_caller(state, sso.as_ref(), secret).await?;
             if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-                check_csrf(secret, headers, session::cookie(cookies(), session::CSRF_COOKIE))?;
+                let cookie = session::cookie(cookies(), session::CSRF_COOKIE);
+                let (presented, cookie) = match proof {
+                    CsrfProof::Header => (headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()), cookie),
+                    // A form's field is checked against the session itself; the cookie, if sent, too.
+                    CsrfProof::Form(field) => (Some(field), cookie.or(Some(field))),
+                };
+                check_csrf(secret, presented.unwrap_or_default(), cookie)?;
             }
-            Ok(Caller { operator: with_grants(state, session.operator.clone()).await?, session: Some(session) })
+            caller
         }
-        (None, None) => Err(AccessError::Unauthenticated.into()),
+    };
+    Ok(caller)
+}
+
+/// The caller behind a `keyward_session` cookie: a console session acting as an API token, or
+/// (when people can sign in) a person's browser session.
+async fn cookie_caller(state: &AppState, sso: Option<&crate::sso::Sso>, secret: &str) -> Result<Caller, ApiError> {
+    if crate::console_sessions::looks_like(secret, crate::console_sessions::SESSION_PREFIX) {
+        let found = state.console_sessions.authenticate(secret).await?;
+        let (id, operator) = found.ok_or_else(expired)?;
+        return Ok(Caller { operator, session: None, console_session: Some(id) });
     }
+    let sso = sso.ok_or(AccessError::Unauthenticated)?;
+    let session = sso.authenticate(secret, "browser").await.map_err(ApiError::from)?.ok_or_else(expired)?;
+    Ok(Caller {
+        operator: with_grants(state, session.operator.clone()).await?,
+        session: Some(session),
+        console_session: None,
+    })
 }
 
 /// A person's operator, holding what their subject and groups are bound to: read on every
@@ -116,19 +165,19 @@ fn expired() -> ApiError {
     ApiError::unauthenticated("missing, unknown, expired or revoked session; sign in again")
 }
 
-/// The CSRF header must equal the CSRF cookie, and both the token derived from this session.
-fn check_csrf(secret: &str, headers: &HeaderMap, cookie: Option<&str>) -> Result<(), ApiError> {
-    let header = headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+/// The CSRF proof presented (header or form field) must equal the CSRF cookie, and both the
+/// token derived from this session.
+fn check_csrf(secret: &str, presented: &str, cookie: Option<&str>) -> Result<(), ApiError> {
     let expected = secrets::csrf_token(secret);
     let cookie = cookie.unwrap_or_default();
     // Both compared in full (no early return), each in constant time.
-    let ok = secrets::same(header, cookie) & secrets::same(header, &expected);
+    let ok = secrets::same(presented, cookie) & secrets::same(presented, &expected);
     if ok {
         Ok(())
     } else {
         Err(ApiError::access_denied(
             "a request signed in with a browser session that changes something needs the header X-Keyward-CSRF \
-             equal to the keyward_csrf cookie",
+             equal to the keyward_csrf cookie (a console form carries it itself: reload the page and try again)",
         ))
     }
 }

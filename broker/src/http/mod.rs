@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod auth;
 mod console;
+mod console_forms;
 mod contexts;
 pub mod error;
 mod extract;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub agents: crate::agents::Agents,
     /// Sign-in for people, when `[sso]` is configured.
     pub sso: Option<crate::sso::Sso>,
+    /// Console sessions acting as API tokens (`keyward console`).
+    pub console_sessions: crate::console_sessions::ConsoleSessions,
     /// Spaces and role bindings.
     pub spaces: crate::spaces::Spaces,
     /// GitHub's webhook receiver, when `[vcs.github]` is configured.
@@ -108,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout", post(auth::logout))
         .route("/auth/cli/token", post(auth::cli_token))
         .route("/v1/me", get(auth::me))
+        .route("/v1/console/links", post(auth::console_link))
         .route("/v1/token", post(token::exchange))
         .route("/v1/run-tokens", post(admin::mint_run_token))
         .route("/v1/api-tokens", post(admin::create_api_token).get(admin::list_api_tokens))

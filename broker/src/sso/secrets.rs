@@ -29,7 +29,12 @@ impl fmt::Debug for SessionSecret {
 impl SessionSecret {
     /// A new random secret.
     pub fn generate() -> Self {
-        Self(Zeroizing::new(format!("{SESSION_PREFIX}{}", random_b64())))
+        Self::with_prefix(SESSION_PREFIX)
+    }
+
+    /// A new random secret behind `prefix` (a console link's or console session's).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self(Zeroizing::new(format!("{prefix}{}", random_b64())))
     }
 
     /// The text, for the cookie or the response that hands it over once.

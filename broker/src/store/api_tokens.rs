@@ -48,7 +48,7 @@ pub struct ApiTokenRow {
     pub revoked_at: Option<i64>,
 }
 
-fn from_row(row: &AnyRow) -> Result<ApiTokenRow, StoreError> {
+pub(super) fn from_row(row: &AnyRow) -> Result<ApiTokenRow, StoreError> {
     Ok(ApiTokenRow {
         id: row.try_get("id")?,
         name: row.try_get("name")?,

@@ -11,6 +11,7 @@ pub(crate) mod audit_batch;
 pub(crate) mod audit_codec;
 mod audit_convert;
 mod audit_integrate;
+pub mod console_sessions;
 pub mod contexts;
 pub mod drift;
 pub mod files;
@@ -199,7 +200,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 25] = match self.backend {
+        let files: [(i64, &str, &'static str); 26] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -226,6 +227,7 @@ impl Store {
                 (23, "vcs_deliveries", include_str!("../../migrations/sqlite/0023_vcs_deliveries.sql")),
                 (24, "stack_triggers", include_str!("../../migrations/sqlite/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/sqlite/0025_vcs_runs.sql")),
+                (26, "console_sessions", include_str!("../../migrations/sqlite/0026_console_sessions.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -253,6 +255,7 @@ impl Store {
                 (23, "vcs_deliveries", include_str!("../../migrations/postgres/0023_vcs_deliveries.sql")),
                 (24, "stack_triggers", include_str!("../../migrations/postgres/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/postgres/0025_vcs_runs.sql")),
+                (26, "console_sessions", include_str!("../../migrations/postgres/0026_console_sessions.sql")),
             ],
         };
         let migrations = files

@@ -109,6 +109,7 @@ async fn suite(location: &DatabaseLocation) {
     replicas_append_one_gap_free_sequence(location).await;
     sink_cursors_never_move_back(&store).await;
     a_taken_over_delivery_claim_cannot_settle(&store).await;
+    console_links_work_once_within_a_minute(&store, &log).await;
     signing_keys_across_replicas(location).await;
     store.ping().await.unwrap();
 }
@@ -349,6 +350,37 @@ async fn a_taken_over_delivery_claim_cannot_settle(store: &Store) {
     assert!(store.apply_writes(&[settle_delivery(&second, Processed::Done, T0 + 22)]).await.unwrap());
     assert_eq!(store.vcs_delivery_status("d-claims").await.unwrap().map(|(s, _)| s).as_deref(), Some("done"));
     assert!(store.claim_vcs_delivery(T0 + 100, T0 + 110).await.unwrap().is_none(), "a done delivery is not claimed");
+}
+
+/// `keyward console`'s links (docs/console.md): one works once, only within its minute, and the
+/// session it opens lasts only while its token is live.
+async fn console_links_work_once_within_a_minute(store: &Store, log: &AuditLog) {
+    use keyward_broker::console_sessions::{ConsoleSessionError, ConsoleSessions, LINK_TTL};
+    let clock = ManualClock::at(T0);
+    let access = Access::new(store.clone(), Arc::new(clock.clone()));
+    let sessions = ConsoleSessions::new(store.clone(), log.clone(), Arc::new(clock.clone()), true);
+    let secret = access.create("console-user", ApiScope::Review, "test").await.unwrap();
+    let operator = access.authenticate(secret.expose()).await.unwrap();
+    let context = Context::default;
+
+    let late = sessions.create_link(&operator, context()).await.unwrap();
+    clock.advance(i64::try_from(LINK_TTL.as_secs()).unwrap());
+    let expired = sessions.redeem(late.secret.expose(), context()).await;
+    assert!(matches!(expired, Err(ConsoleSessionError::Link)), "a minute later the link is dead: {expired:?}");
+
+    let link = sessions.create_link(&operator, context()).await.unwrap();
+    let session = sessions.redeem(link.secret.expose(), context()).await.unwrap();
+    let again = sessions.redeem(link.secret.expose(), context()).await;
+    assert!(matches!(again, Err(ConsoleSessionError::Link)), "once: {again:?}");
+    assert!(sessions.authenticate(link.secret.expose()).await.unwrap().is_none(), "a link is not a session");
+    let (_, acting) = sessions.authenticate(session.secret.expose()).await.unwrap().expect("a live session");
+    assert_eq!((acting.name.as_str(), &acting.grants), ("console-user", &operator.grants), "it acts as its token");
+
+    let unused = sessions.create_link(&operator, context()).await.unwrap();
+    assert!(access.revoke("console-user").await.unwrap());
+    assert!(sessions.authenticate(session.secret.expose()).await.unwrap().is_none(), "ends with its token");
+    let revoked = sessions.redeem(unused.secret.expose(), context()).await;
+    assert!(matches!(revoked, Err(ConsoleSessionError::Link)), "a revoked token's link is dead: {revoked:?}");
 }
 
 async fn sink_cursors_never_move_back(store: &Store) {

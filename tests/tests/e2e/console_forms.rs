@@ -1,0 +1,180 @@
+//! Signing in to the console with `keyward console`'s one-time link, and its forms (docs/console.md)
+//! over real HTTP against `keyward dev`: a link works once; the session it opens acts as its API
+//! token, ends when the token is revoked or on sign-out; a form without the session's CSRF token
+//! changes nothing; a run's author gets no approve button and is refused one; a reviewer approves
+//! from the run page and the run applies.
+
+use keyward_tests::broker::{Broker, keyward};
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use serde_json::Value;
+
+fn json(output: &keyward_tests::broker::Output) -> Value {
+    assert!(output.success, "{}{}", output.stdout, output.stderr);
+    serde_json::from_str(&output.stdout).unwrap()
+}
+
+/// A browser-like client: keeps no cookies itself and follows no redirects, so each step's
+/// answer is seen as the browser would get it.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// A signed-in browser: its `Cookie` header and the CSRF token its pages' forms carry.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+/// `keyward console --no-open --json` with `token`: the one-time link.
+fn console_link(broker: &Broker, token: &str) -> String {
+    let out = keyward(&["console", "--json"], &[("KEYWARD_ADDR", &broker.addr), ("KEYWARD_TOKEN", token)]);
+    let link = json(&out);
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("{}/ui/sign-in?link=kwl_", broker.addr)), "{link}");
+    url
+}
+
+/// Opens `link`: a 303 to the runs, with the session and CSRF cookies.
+async fn sign_in(link: &str) -> Session {
+    let response = browser().get(link).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers().get(LOCATION).and_then(|v| v.to_str().ok()), Some("/ui/runs"));
+    let cookies: Vec<&str> = response.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+    let value = |name: &str| {
+        let cookie =
+            cookies.iter().find(|c| c.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("{cookies:?}"));
+        cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
+    };
+    let session_cookie = cookies.iter().find(|c| c.starts_with("keyward_session=")).unwrap();
+    assert!(
+        session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Lax"),
+        "no script reads it, no other site posts with it: {session_cookie}"
+    );
+    let (secret, csrf) = (value("keyward_session"), value("keyward_csrf"));
+    assert!(secret.starts_with("kwc_"), "{secret}");
+    Session { cookie: format!("keyward_session={secret}; keyward_csrf={csrf}"), csrf }
+}
+
+async fn get(broker: &Broker, session: &Session, path: &str) -> (u16, String) {
+    let response =
+        browser().get(format!("{}{path}", broker.addr)).header("cookie", &session.cookie).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn post(broker: &Broker, session: &Session, path: &str, form: &[(&str, &str)]) -> (u16, HeaderMap, String) {
+    let response = browser()
+        .post(format!("{}{path}", broker.addr))
+        .header("cookie", &session.cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.text().await.unwrap())
+}
+
+/// The audit log's entries of `kind` (`keyward audit tail --json` prints JSON lines).
+fn kinds(broker: &Broker, kind: &str) -> Vec<Value> {
+    let tail = broker.cli(&["audit", "tail", "--kind", kind, "--json"]);
+    assert!(tail.success, "{}", tail.stderr);
+    tail.stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::dev(&dir.path().join("data")).await;
+
+    // `keyward dev` printed a link at start; it signs the admin token in, once.
+    let log = broker.log_text();
+    let printed = log
+        .split_whitespace()
+        .find(|word| word.contains("/ui/sign-in?link=kwl_"))
+        .unwrap_or_else(|| panic!("keyward dev printed no console link:\n{log}"))
+        .to_owned();
+    let admin = sign_in(&printed).await;
+    let (status, page) = get(&broker, &admin, "/ui/runs").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Signed in as token bootstrap-admin"), "{page}");
+    let again = browser().get(&printed).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 401, "a link works once");
+    let page = again.text().await.unwrap();
+    assert!(page.contains("already used, has expired, or never existed"), "{page}");
+    for bad in ["kwl_nope", "kws_not-a-link", ""] {
+        let response = browser().get(format!("{}/ui/sign-in?link={bad}", broker.addr)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{bad}");
+        assert!(response.headers().get(SET_COOKIE).is_none(), "no cookie for a bad link");
+    }
+
+    // A run that waits for one review (env=staging), submitted by the admin token.
+    let labelled = broker.cli(&["stack", "update", "example", "--label", "env=staging"]);
+    assert!(labelled.success, "{}", labelled.stderr);
+    let submitted = broker.cli(&["run", "submit", "--stack", "example", "--wait", "--json"]);
+    assert_eq!(submitted.code, Some(3), "waits for approval: {}{}", submitted.stdout, submitted.stderr);
+    let run: Value = serde_json::from_str(&submitted.stdout).unwrap();
+    let id = run["id"].as_str().unwrap();
+    let path = format!("/ui/runs/{id}");
+    let review = format!("{path}/review");
+
+    // Its author sees no approve button, and is refused one even when the form is forged.
+    let (_, page) = get(&broker, &admin, &path).await;
+    assert!(page.contains("your approval would not count") && !page.contains(r#"value="approve""#), "{page}");
+    let (status, _, page) = post(&broker, &admin, &review, &[("csrf", &admin.csrf), ("decision", "approve")]).await;
+    assert_eq!(status, 403, "{page}");
+
+    // A reviewer's session, from their own token's link.
+    let reviewer = json(&broker.cli(&["token", "create", "alice-reviewer", "--role", "reviewer", "--json"]));
+    let reviewer_token = reviewer["token"].as_str().unwrap().to_owned();
+    let alice = sign_in(&console_link(&broker, &reviewer_token)).await;
+    let (_, page) = get(&broker, &alice, &path).await;
+    let field = format!(r#"name="csrf" value="{}""#, alice.csrf);
+    assert!(page.contains(&field) && page.contains(r#"value="approve""#), "{page}");
+
+    // Without the session's CSRF token (missing, another session's), nothing is reviewed.
+    for csrf in ["", admin.csrf.as_str(), "forged"] {
+        let (status, _, page) = post(&broker, &alice, &review, &[("csrf", csrf), ("decision", "approve")]).await;
+        assert_eq!(status, 403, "{csrf:?}: {page}");
+        assert!(page.contains("X-Keyward-CSRF"), "{page}");
+    }
+    let shown = json(&broker.cli(&["run", "show", id, "--json"]));
+    assert!(shown["reviews"].as_array().unwrap().is_empty(), "{shown}");
+
+    // With it: approved, back to the run page (post/redirect/get), and the run applies.
+    let form = [("csrf", alice.csrf.as_str()), ("decision", "approve"), ("comment", "<b>ship it</b>")];
+    let (status, headers, body) = post(&broker, &alice, &review, &form).await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(headers.get(LOCATION).and_then(|v| v.to_str().ok()), Some(path.as_str()));
+    let followed = broker.cli(&["run", "logs", id, "--follow"]);
+    assert!(followed.success, "{}", followed.stderr);
+    let waited = json(&broker.cli(&["run", "show", id, "--json"]));
+    assert_eq!(waited["state"], "finished", "{waited}");
+    assert_eq!(waited["reviews"][0]["by"], "alice-reviewer", "{waited}");
+    let (_, page) = get(&broker, &alice, &path).await;
+    assert!(page.contains("&lt;b&gt;ship it&lt;/b&gt;") && page.contains("(counted)"), "{page}");
+    let (status, _, _) = post(&broker, &alice, &review, &[("csrf", &alice.csrf), ("decision", "approve")]).await;
+    assert_eq!(status, 409, "a finished run takes no review");
+
+    // The audit log names the token and the session, never a secret.
+    let signed_in = kinds(&broker, "console.signed_in");
+    assert_eq!(signed_in.len(), 2, "{signed_in:?}");
+    let text = serde_json::to_string(&signed_in).unwrap();
+    assert!(!text.contains("kwc_") && !text.contains("kwl_") && text.contains("alice-reviewer"), "{text}");
+
+    // Sign-out needs the token too; then the session is over.
+    let (status, _, _) = post(&broker, &alice, "/ui/sign-out", &[("csrf", "forged")]).await;
+    assert_eq!(status, 403);
+    let (status, headers, _) = post(&broker, &alice, "/ui/sign-out", &[("csrf", &alice.csrf)]).await;
+    assert_eq!(status, 200);
+    assert!(headers.get_all(SET_COOKIE).iter().any(|c| c.to_str().unwrap().starts_with("keyward_session=;")));
+    let (status, _) = get(&broker, &alice, "/ui/runs").await;
+    assert_eq!(status, 401, "signed out");
+
+    // Revoking the token ends its console sessions at once.
+    let (status, _) = get(&broker, &admin, "/ui/runs").await;
+    assert_eq!(status, 200);
+    let bob = json(&broker.cli(&["token", "create", "bob", "--role", "reviewer", "--json"]));
+    let bob_session = sign_in(&console_link(&broker, bob["token"].as_str().unwrap())).await;
+    assert_eq!(get(&broker, &bob_session, "/ui/runs").await.0, 200);
+    assert!(broker.cli(&["token", "revoke-api", "--name", "bob"]).success);
+    assert_eq!(get(&broker, &bob_session, "/ui/runs").await.0, 401, "the token's revocation ends its session");
+}
