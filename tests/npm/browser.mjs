@@ -75,7 +75,7 @@ async function newContext({ id, viewport, headers }) {
   page.setDefaultTimeout(DEFAULT_TIMEOUT_MS);
   page.setDefaultNavigationTimeout(DEFAULT_TIMEOUT_MS);
   page.on('console', (message) => {
-    if (message.type() === 'error') entry.console.push(message.text());
+    if (message.type() === 'error') entry.console.push(`${message.text()} (${message.location().url || page.url()})`);
   });
   page.on('pageerror', (error) => entry.console.push(`uncaught: ${error.message}`));
   entry.page = page;
