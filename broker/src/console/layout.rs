@@ -13,6 +13,7 @@ pub fn page(title: &str, who: Option<&str>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Keyward" }
                 link rel="stylesheet" href=(super::STYLESHEET_PATH);
+                link rel="icon" type="image/svg+xml" href=(super::ICON_PATH);
             }
             body {
                 header {

@@ -27,6 +27,12 @@ pub const CSRF_FIELD: &str = "csrf";
 /// Where the stylesheet is served.
 pub const STYLESHEET_PATH: &str = "/ui/assets/console.css";
 
+/// The console's icon (a browser asks for `/favicon.ico`, and logs its 404, without one).
+pub const ICON: &str = include_str!("assets/favicon.svg");
+
+/// Where the icon is served.
+pub const ICON_PATH: &str = "/ui/assets/favicon.svg";
+
 /// The Content-Security-Policy of every console response: nothing but the console's own
 /// stylesheet and images loads, no script runs, no other site may frame it, and forms post only
 /// back to the broker.

@@ -32,6 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
         .route(console::STYLESHEET_PATH, get(stylesheet))
+        .route(console::ICON_PATH, get(icon))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -155,6 +156,11 @@ const MAX_KEY_LEN: usize = 256;
 /// `GET /ui/assets/console.css`.
 async fn stylesheet() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], console::STYLESHEET)
+}
+
+/// `GET /ui/assets/favicon.svg`.
+async fn icon() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], console::ICON)
 }
 
 /// Who is signed in, as the header shows it: a person's name, or the token's.
