@@ -61,8 +61,9 @@ async fn bench(n: usize) {
     assert_eq!(page.len(), usize::try_from(PAGE).unwrap().min(n));
     let query = time(|| async { black_box(runs.runs(None, PAGE).await.unwrap()) }).await;
     let json = time_sync(|| black_box(serde_json::to_vec(&serde_json::json!({ "runs": page })).unwrap()));
-    let html = time_sync(|| black_box(keyward_broker::console::runs::list(&page, None, "admin").into_string()));
-    let size = keyward_broker::console::runs::list(&page, None, "admin").into_string().len();
+    let html =
+        time_sync(|| black_box(keyward_broker::console::runs::list(&page, &Default::default(), "admin").into_string()));
+    let size = keyward_broker::console::runs::list(&page, &Default::default(), "admin").into_string().len();
     println!("{:<44} {:>10}", "step (newest 200 of the runs)", "per page");
     println!("{:<44} {:>10.2?}", "read from SQLite (Runs::runs)", query);
     println!("{:<44} {:>10.2?}", "baseline: the API's JSON answer", json);

@@ -7,19 +7,16 @@ use maud::{Markup, html};
 
 use super::layout::page;
 use crate::clock::rfc3339;
-use crate::runs::{ChangeAction, PlanChanges, RunView};
+use crate::runs::{ChangeAction, PlanChanges, RunKind, RunState, RunView};
+use crate::store::RunFilter;
 
-/// The runs list for `who`; `stack`: the filter applied, if any.
-pub fn list(runs: &[RunView], stack: Option<&str>, who: &str) -> Markup {
+/// The runs list for `who`, with the filter applied.
+pub fn list(runs: &[RunView], filter: &RunFilter, who: &str) -> Markup {
     let body = html! {
         h1 { "Runs" }
-        form.filters method="get" action="/ui/runs" {
-            label for="stack" { "Stack" }
-            input #stack type="text" name="stack" value=(stack.unwrap_or_default()) autocomplete="off";
-            button type="submit" { "Filter" }
-        }
+        (filters(filter))
         @if runs.is_empty() {
-            p.muted { "No runs yet." }
+            p.muted { @if *filter == RunFilter::default() { "No runs yet." } @else { "No runs match." } }
         } @else {
             div.scroll {
                 table {
@@ -44,6 +41,36 @@ pub fn list(runs: &[RunView], stack: Option<&str>, who: &str) -> Markup {
         }
     };
     page("Runs", Some(who), body)
+}
+
+/// The list's filter form: a plain GET, so a filtered list is a link to share.
+fn filters(filter: &RunFilter) -> Markup {
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    html! {
+        form.filters method="get" action="/ui/runs" {
+            label for="stack" { "Stack" }
+            input #stack type="text" name="stack" value=(text(&filter.stack)) autocomplete="off";
+            label for="state" { "State" }
+            select #state name="state" {
+                option value="" { "any" }
+                @for state in RunState::ALL {
+                    option value=(state.as_str()) selected[filter.state.as_deref() == Some(state.as_str())] { (state.as_str()) }
+                }
+            }
+            label for="kind" { "Kind" }
+            select #kind name="kind" {
+                option value="" { "any" }
+                @for kind in RunKind::ALL {
+                    option value=(kind.as_str()) selected[filter.kind.as_deref() == Some(kind.as_str())] { (kind.as_str()) }
+                }
+            }
+            label for="pull_request" { "PR" }
+            input #pull_request type="number" min="1" name="pull_request" value=[filter.pull_request] inputmode="numeric";
+            label for="submitter" { "Submitted by" }
+            input #submitter type="text" name="submitter" value=(text(&filter.triggered_by)) autocomplete="off";
+            button type="submit" { "Filter" }
+        }
+    }
 }
 
 /// One run, with its saved plan's changes when it has one.
@@ -203,8 +230,26 @@ mod tests {
         assert!(html.contains("&lt;img src=x&gt;"), "{html}");
         assert!(html.contains("observed from github"), "{html}");
         assert!(html.contains("href=\"/ui/audit?key=01a2-run\""), "the run links its trail: {html}");
-        let list = list(&[run()], Some("\"><script>"), "me").into_string();
+        let hostile = RunFilter { stack: Some("\"><script>".into()), ..RunFilter::default() };
+        let list = list(&[run()], &hostile, "me").into_string();
         assert!(!list.contains("<script>") && list.contains("value=\"&quot;&gt;&lt;script&gt;\""), "{list}");
+    }
+
+    #[test]
+    fn the_filter_form_keeps_what_was_asked() {
+        let filter = RunFilter {
+            state: Some("planned".into()),
+            kind: Some("proposed".into()),
+            pull_request: Some(7),
+            triggered_by: Some("ci".into()),
+            ..RunFilter::default()
+        };
+        let html = list(&[], &filter, "me").into_string();
+        assert!(html.contains(r#"<option value="planned" selected>"#), "{html}");
+        assert!(html.contains(r#"<option value="proposed" selected>"#), "{html}");
+        assert!(html.contains(r#"name="pull_request" value="7""#) && html.contains(r#"name="submitter" value="ci""#));
+        assert!(html.contains("No runs match."), "{html}");
+        assert!(list(&[], &RunFilter::default(), "me").into_string().contains("No runs yet."));
     }
 
     #[test]

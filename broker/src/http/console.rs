@@ -66,24 +66,19 @@ pub(super) fn page_error(state: &AppState, path: &str, error: ApiError) -> PageE
     PageError { error, sign_in }
 }
 
-/// `GET /ui/runs?stack=S`: the newest runs the caller may read.
+/// `GET /ui/runs?stack=&state=&kind=&pull_request=&submitter=`: the newest runs the caller may
+/// read, filtered.
 async fn runs(
     State(state): State<AppState>,
     scoped: Result<Scoped<can::ReadRuns>, ApiError>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<super::runs::ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Html<String>, PageError> {
-    let stack = query.ok().and_then(|Query(q)| q.stack).filter(|s| !s.is_empty());
     let fail = |error| page_error(&state, "/ui/runs", error);
     let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let runs =
-        super::runs::readable_runs(&state, operator.clone(), stack.as_deref(), LIST_LIMIT).await.map_err(fail)?;
-    Ok(Html(console::runs::list(&runs, stack.as_deref(), &who(&operator)).into_string()))
-}
-
-/// `GET /ui/runs` query.
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    stack: Option<String>,
+    let Query(query) = query.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
+    let filter = query.filter().map_err(fail)?;
+    let runs = super::runs::readable_runs(&state, operator.clone(), &filter, LIST_LIMIT).await.map_err(fail)?;
+    Ok(Html(console::runs::list(&runs, &filter, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found).

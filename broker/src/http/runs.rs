@@ -18,6 +18,7 @@ use super::extract::{ApiJson, Scoped, can};
 use super::guard::{Guard, stack_space, stack_spaces};
 use crate::access::{Operator, Permission};
 use crate::runs::{RunError, RunKind, RunState, RunView, Stack, StackSpec, StackUpdate, Submission, Verdict};
+use crate::store::RunFilter;
 
 /// `POST /v1/stacks`.
 pub(super) async fn create_stack(
@@ -142,38 +143,68 @@ pub(super) async fn submit_run(
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
-/// `GET /v1/runs` query.
-#[derive(Debug, Deserialize)]
+/// `GET /v1/runs` query (and the console's runs list's).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
-    stack: Option<String>,
-    limit: Option<i64>,
+    pub(super) stack: Option<String>,
+    pub(super) state: Option<String>,
+    pub(super) kind: Option<String>,
+    pub(super) pull_request: Option<i64>,
+    pub(super) submitter: Option<String>,
+    pub(super) limit: Option<i64>,
 }
 
-/// `GET /v1/runs?stack=S&limit=N`: newest first.
+impl ListQuery {
+    /// The filter it asks for, each value checked (an empty one is no filter); a state or kind
+    /// that does not exist is an error rather than an empty list.
+    pub(super) fn filter(&self) -> Result<RunFilter, ApiError> {
+        let given =
+            |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let state = given(&self.state);
+        if let Some(state) = &state {
+            state.parse::<RunState>().map_err(|e| ApiError::invalid_request(e.to_string()))?;
+        }
+        let kind = given(&self.kind);
+        if let Some(kind) = &kind {
+            kind.parse::<RunKind>().map_err(|e| ApiError::invalid_request(e.to_string()))?;
+        }
+        Ok(RunFilter {
+            stack: given(&self.stack),
+            state,
+            kind,
+            pull_request: self.pull_request,
+            triggered_by: given(&self.submitter),
+        })
+    }
+}
+
+/// `GET /v1/runs?stack=S&state=S&kind=K&pull_request=N&submitter=W&limit=N`: newest first.
 pub(super) async fn list_runs(
     State(state): State<AppState>,
     Scoped { operator, .. }: Scoped<can::ReadRuns>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
-    if let Some(stack) = &query.stack {
-        check_stack(&state, &operator, Permission::ReadRuns, stack).await?;
-    }
-    let runs = readable_runs(&state, operator, query.stack.as_deref(), query.limit.unwrap_or(50)).await?;
+    let filter = query.filter()?;
+    let runs = readable_runs(&state, operator, &filter, query.limit.unwrap_or(50)).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 
-/// The newest `limit` runs (of `stack`, if given) that `operator` may read.
+/// The newest `limit` runs matching `filter` that `operator` may read (a stack it may not read
+/// is not found).
 pub(super) async fn readable_runs(
     state: &AppState,
     operator: Operator,
-    stack: Option<&str>,
+    filter: &RunFilter,
     limit: i64,
 ) -> Result<Vec<RunView>, ApiError> {
+    if let Some(stack) = &filter.stack {
+        check_stack(state, &operator, Permission::ReadRuns, stack).await?;
+    }
     let guard = Guard::new(state, operator).await?;
     let spaces = stack_spaces(state).await?;
-    let mut runs = state.runs.runs(stack, limit).await?;
+    let mut runs = state.runs.runs_matching(filter, limit).await?;
     runs.retain(|run| spaces.get(&run.stack).is_some_and(|space| guard.may(Permission::ReadRuns, space)));
     Ok(runs)
 }

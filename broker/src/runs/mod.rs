@@ -64,7 +64,7 @@ use crate::kek::Kek;
 use crate::policy::{Decision, Outcome, PolicyEngine, PolicyKind};
 use crate::roles::Actor;
 use crate::store::write::Write;
-use crate::store::{self, JobRow, ReviewRow, RunRow, StackRow, Store, StoreError};
+use crate::store::{self, JobRow, ReviewRow, RunFilter, RunRow, StackRow, Store, StoreError};
 use crate::targets::TargetConfig;
 use observed::Origin;
 
@@ -438,12 +438,17 @@ impl Runs {
 
     /// The newest runs (without reviews and jobs).
     pub async fn runs(&self, stack: Option<&str>, limit: i64) -> Result<Vec<RunView>, RunError> {
-        if let Some(stack) = stack {
+        self.runs_matching(&RunFilter::stack(stack), limit).await
+    }
+
+    /// The newest `limit` (at most 1,000) runs that match `filter` (an unknown stack is an error).
+    pub async fn runs_matching(&self, filter: &RunFilter, limit: i64) -> Result<Vec<RunView>, RunError> {
+        if let Some(stack) = &filter.stack {
             self.stack(stack).await?;
         }
         Ok(self
             .store
-            .runs(stack, limit.clamp(1, 1000))
+            .runs(filter, limit.clamp(1, 1000))
             .await?
             .into_iter()
             .map(|run| view(run, &[], &[], &[]))

@@ -48,7 +48,7 @@ pub use audit_integrate::Integrated;
 pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
-pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunRow, SealedPlanRow, StackRow};
+pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunFilter, RunRow, SealedPlanRow, StackRow};
 pub use scans::JobScanRow;
 pub use sessions::{LoginRow, SessionRow};
 pub use signing_keys::{KeyState, SigningKeyRow};

@@ -268,6 +268,28 @@ impl std::fmt::Debug for SealedPlanRow {
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
      s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.triggers, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
+/// Which runs a list shows: each field given must match exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// The stack's.
+    pub stack: Option<String>,
+    /// In this state (`planned`, `finished`…).
+    pub state: Option<String>,
+    /// Of this kind (`deploy`, `drift`, `proposed`…).
+    pub kind: Option<String>,
+    /// For this pull request number.
+    pub pull_request: Option<i64>,
+    /// Submitted by (a token's name, a person's `issuer#subject`).
+    pub triggered_by: Option<String>,
+}
+
+impl RunFilter {
+    /// Only `stack`'s runs, when given.
+    pub fn stack(stack: Option<&str>) -> Self {
+        Self { stack: stack.map(str::to_owned), ..Self::default() }
+    }
+}
+
 const RUN_COLUMNS: &str = "id, stack, state, version, commit_sha, git_ref, pull_request, ticket, triggered_by, \
                            detail, created_at, updated_at, kind, drift, pull_request_source";
 pub(super) const JOB_COLUMNS: &str = "id, run_id, phase, pool, state, attempt, agent_id, fencing_token, lease_expires_at, error, created_at, \
@@ -374,20 +396,39 @@ impl Store {
         row.as_ref().map(run_from).transpose()
     }
 
-    /// The newest `limit` runs, of one stack or of all.
-    pub async fn runs(&self, stack: Option<&str>, limit: i64) -> Result<Vec<RunRow>, StoreError> {
-        let rows = match stack {
-            Some(stack) => {
-                let sql = format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE stack = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(stack).bind(limit).fetch_all(&self.pool).await?
+    /// The newest `limit` runs that match `filter`, newest first.
+    pub async fn runs(&self, filter: &RunFilter, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        // One parameter per condition, numbered in order; the limit last.
+        let mut conditions = Vec::new();
+        let mut texts = Vec::new();
+        for (column, value) in [
+            ("stack", &filter.stack),
+            ("state", &filter.state),
+            ("kind", &filter.kind),
+            ("triggered_by", &filter.triggered_by),
+        ] {
+            if let Some(value) = value {
+                texts.push(value.as_str());
+                conditions.push(format!("{column} = ${}", conditions.len() + 1));
             }
-            None => {
-                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1");
-                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(&self.pool).await?
-            }
-        };
+        }
+        if filter.pull_request.is_some() {
+            conditions.push(format!("pull_request = ${}", conditions.len() + 1));
+        }
+        let limit_param = conditions.len() + 1;
+        let filter_sql =
+            if conditions.is_empty() { String::new() } else { format!("WHERE {} ", conditions.join(" AND ")) };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs {filter_sql}ORDER BY created_at DESC, id DESC LIMIT ${limit_param}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in texts {
+            query = query.bind(text);
+        }
+        if let Some(number) = filter.pull_request {
+            query = query.bind(number);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(run_from).collect()
     }
 

@@ -154,6 +154,19 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     let (status, _, _) = post(&broker, &alice, &review, &[("csrf", &alice.csrf), ("decision", "approve")]).await;
     assert_eq!(status, 409, "a finished run takes no review");
 
+    // The list filters by state, kind, pull request and submitter, in the database.
+    let (_, page) = get(&broker, &alice, "/ui/runs?state=finished&kind=deploy&submitter=bootstrap-admin").await;
+    assert!(page.contains(&format!("/ui/runs/{id}")), "{page}");
+    for miss in ["state=planned", "kind=proposed", "submitter=alice-reviewer", "pull_request=99"] {
+        let (status, page) = get(&broker, &alice, &format!("/ui/runs?{miss}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(!page.contains(&format!("/ui/runs/{id}")) && page.contains("No runs match."), "{miss}: {page}");
+    }
+    let (status, page) = get(&broker, &alice, "/ui/runs?state=bogus").await;
+    assert_eq!(status, 400, "an unknown state is an error, not an empty list: {page}");
+    let listed = json(&broker.cli(&["run", "list", "--json"]));
+    assert!(listed["runs"].as_array().unwrap().iter().any(|r| r["id"] == id), "{listed}");
+
     // The audit log names the token and the session, never a secret.
     let signed_in = kinds(&broker, "console.signed_in");
     assert_eq!(signed_in.len(), 2, "{signed_in:?}");
