@@ -136,7 +136,7 @@
     }
   }
 
-  const api = { hexToBytes, bytesToHex, base64ToBytes, leafHash, nodeHash, rootFromInclusion, verifyEntry };
+  const api = { hexToBytes, bytesToHex, base64ToBytes, leafHash, nodeHash, rootFromInclusion, verifyEntry, checkPage };
   root.KeywardVerify = api;
   if (typeof module === 'object' && module.exports) module.exports = api;
   // `defer`: the document is parsed when this runs.
