@@ -159,8 +159,13 @@ async fn audit(
             proof: inclusion.proof.iter().map(|h| keyward_proto::encoding::hex(h)).collect(),
         })
         .collect();
-    let trace =
-        console::audit::Trace { key: &key, lines: &traced.lines, size: traced.size, root: &traced.root, proved: &proved };
+    let trace = console::audit::Trace {
+        key: &key,
+        lines: &traced.lines,
+        size: traced.size,
+        root: &traced.root,
+        proved: &proved,
+    };
     Ok(Html(console::audit::search(checkpoint, Some(trace), &who(&operator)).into_string()))
 }
 

@@ -191,7 +191,10 @@ async fn the_audit_page_proves_each_traced_entry_against_the_signed_checkpoint_i
     for row in &rows {
         let body = B64.decode(&row["data-body"]).unwrap();
         let entry: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!((entry["context"]["run_id"].as_str(), entry["seq"].to_string()), (Some(run), row["data-seq"].clone()));
+        assert_eq!(
+            (entry["context"]["run_id"].as_str(), entry["seq"].to_string()),
+            (Some(run), row["data-seq"].clone())
+        );
         let leaf = merkle::leaf_hash(&body);
         assert_eq!(hex(&leaf), row["data-leaf-hash"]);
         let proof: Vec<Hash> = row["data-proof"].split_whitespace().map(hash_of).collect();
@@ -247,7 +250,9 @@ async fn the_audit_page_proves_each_traced_entry_against_the_signed_checkpoint_i
     let (cells, summary) = node_page(dir.path(), &script, &datasets, &anchors);
     let signed = format!("\u{2713} included in checkpoint {cp_size} (checked in your browser)");
     assert_eq!(cells[..2], [signed.clone(), signed], "{cells:?}");
-    assert!(cells[2].starts_with("\u{2713} included in the log\u{2019}s head of") && cells[2].contains("not yet signed"));
+    assert!(
+        cells[2].starts_with("\u{2713} included in the log\u{2019}s head of") && cells[2].contains("not yet signed")
+    );
     assert_eq!(summary, "All 3 inclusion proofs checked in your browser.");
     datasets[0]["body"] = cases[good.len()]["body"].clone(); // the first entry, one bit changed
     let (cells, summary) = node_page(dir.path(), &script, &datasets, &anchors);
@@ -287,7 +292,10 @@ async fn the_policies_page_shows_the_loaded_set_and_a_denial() {
     let loaded: Value = serde_json::from_str(&loaded).unwrap();
     let digest = loaded["digest"].as_str().unwrap();
     assert!(page.contains(&format!("Policy set <code>{digest}</code> decides")), "{page}");
-    assert!(page.contains("<code>credentials.rego</code>") && page.contains("<code>data.keyward.credentials</code>"), "{page}");
+    assert!(
+        page.contains("<code>credentials.rego</code>") && page.contains("<code>data.keyward.credentials</code>"),
+        "{page}"
+    );
     assert!(page.contains("Last loaded ") && page.contains(&format!(": <code>{digest}</code>.")), "{page}");
     let denials = page.split("Recent denials").nth(1).unwrap().split("Recent decisions").next().unwrap();
     assert!(denials.contains("denied") && denials.contains("aws:network-apply"), "{denials}");
