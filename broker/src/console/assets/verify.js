@@ -118,6 +118,7 @@
           })
         : { ok: false, reason: 'no root for this tree size' };
       const cell = row.querySelector('[data-status]');
+      if (!cell) continue;
       if (result.ok) {
         cell.textContent = anchor.signed === 'true'
           ? '\u2713 included in checkpoint ' + d.size + ' (checked in your browser)'
