@@ -2,7 +2,9 @@
 //! (plus the leaf hashes of entries the integrator has not reached yet).
 
 use super::log_key::LogKey;
-use super::merkle::{self, Hash, NodeMap, ProofError, Query};
+use std::collections::BTreeSet;
+
+use super::merkle::{self, Hash, NodeMap, ProofError, Query, Subtrees as _};
 use crate::store::{CheckpointRow, Store, StoreError};
 
 /// Why a proof could not be served.
@@ -40,6 +42,36 @@ pub async fn root(store: &Store, size: u64) -> Result<Hash, TreeError> {
 pub async fn inclusion(store: &Store, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
     within(store, size).await?;
     Ok(merkle::inclusion_proof(&fetch(store, Query::Inclusion { index, size }, size).await?, index, size)?)
+}
+
+/// One entry's leaf hash (from the tree, so it is there for pruned entries too) and its
+/// inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inclusion {
+    /// The entry's sequence number: its leaf index.
+    pub index: u64,
+    /// Its leaf hash in the tree.
+    pub leaf: Hash,
+    /// Its audit path, bottom-up.
+    pub proof: Vec<Hash>,
+}
+
+/// The inclusion proofs of every entry of `indexes` in the tree of `size` entries, read in one
+/// query: a trace page proves each entry it shows.
+pub async fn inclusions(store: &Store, indexes: &[u64], size: u64) -> Result<Vec<Inclusion>, TreeError> {
+    within(store, size).await?;
+    let mut wanted = BTreeSet::new();
+    for &index in indexes {
+        wanted.extend(merkle::needed_subtrees(Query::Inclusion { index, size })?);
+        wanted.insert((0, index));
+    }
+    let nodes = NodeMap(store.audit_subtrees(&wanted.into_iter().collect::<Vec<_>>(), size).await?);
+    indexes
+        .iter()
+        .map(|&index| {
+            Ok(Inclusion { index, leaf: nodes.hash(0, index)?, proof: merkle::inclusion_proof(&nodes, index, size)? })
+        })
+        .collect()
 }
 
 /// The consistency proof between the trees of `old` and `new` entries.

@@ -23,6 +23,7 @@ pub fn page(title: &str, who: Option<&str>, body: Markup) -> Markup {
                         a href="/ui/stacks" { "Stacks" }
                         a href="/ui/agents" { "Agents" }
                         a href="/ui/audit" { "Audit" }
+                        a href="/ui/policies" { "Policies" }
                     }
                     @if let Some(who) = who {
                         span.who { "Signed in as " (who) }

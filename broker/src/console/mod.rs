@@ -1,5 +1,7 @@
 //! The web console's pages (docs/console.md), rendered on the server: no separate front end,
-//! plain forms, every asset embedded in the binary.
+//! plain forms, every asset embedded in the binary. Scripts are same-origin files that only add
+//! to what the page already shows (`assets/verify.js` re-checks inclusion proofs); every page
+//! works without them.
 //!
 //! This module only turns data into HTML — `http/console.rs` authenticates, checks roles and
 //! spaces, and reads the data. Rendering goes through `maud`, whose templates escape every
@@ -9,7 +11,9 @@
 
 pub mod agents;
 pub mod audit;
+pub mod audit_proofs;
 pub mod layout;
+pub mod policies;
 pub mod review;
 pub mod runs;
 pub mod stacks;
@@ -32,9 +36,15 @@ pub const ICON: &str = include_str!("assets/favicon.svg");
 
 /// Where the icon is served.
 pub const ICON_PATH: &str = "/ui/assets/favicon.svg";
+/// The script that checks the audit page's inclusion proofs in the browser, served at
+/// [`VERIFY_SCRIPT_PATH`]; Node loads the same file in the tests.
+pub const VERIFY_SCRIPT: &str = include_str!("assets/verify.js");
+
+/// Where the proof-checking script is served.
+pub const VERIFY_SCRIPT_PATH: &str = "/ui/assets/verify.js";
 
 /// The Content-Security-Policy of every console response: nothing but the console's own
-/// stylesheet and images loads, no script runs, no other site may frame it, and forms post only
-/// back to the broker.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// stylesheet, images and script files load (no inline script, no `eval`), no other site may
+/// frame it, and forms post only back to the broker.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

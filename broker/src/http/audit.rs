@@ -218,6 +218,8 @@ pub(super) struct Traced {
     pub(super) size: u64,
     /// Its root (hex).
     pub(super) root: String,
+    /// The entries as stored (their hashed bytes), in log order.
+    pub(super) stored: Vec<StoredEntry>,
 }
 
 /// The entries that name `key` (as a run, access key ID, `jti`, role session or Vault accessor),
@@ -240,7 +242,38 @@ pub(super) async fn trace_of(state: &AppState, key: &str) -> Result<Traced, ApiE
     entries.dedup_by_key(|e| e.seq);
     let size = state.store.audit_size().await.map_err(store_error)?;
     let root = tree::root(&state.store, size).await?;
-    Ok(Traced { lines: lines(&entries)?, size, root: hex(&root) })
+    Ok(Traced { lines: lines(&entries)?, size, root: hex(&root), stored: entries })
+}
+
+/// The inclusion proof of each entry of `seqs`, with the tree size it is against: the signed
+/// checkpoint's (`checkpoint`, its size) for the entries it covers, else the log's `size`.
+pub(super) async fn inclusions(
+    state: &AppState,
+    seqs: &[u64],
+    checkpoint: Option<u64>,
+    size: u64,
+) -> Result<Vec<(u64, tree::Inclusion)>, ApiError> {
+    let covered = checkpoint.unwrap_or(0);
+    let (old, new): (Vec<u64>, Vec<u64>) = seqs.iter().partition(|&&seq| seq < covered);
+    let mut proofs = Vec::with_capacity(seqs.len());
+    for (seqs, size) in [(old, covered), (new, size)] {
+        if !seqs.is_empty() {
+            proofs.extend(tree::inclusions(&state.store, &seqs, size).await?.into_iter().map(|p| (size, p)));
+        }
+    }
+    proofs.sort_by_key(|(_, proof)| proof.index);
+    Ok(proofs)
+}
+
+/// The newest `limit` entries of any of `kinds`, newest first.
+pub(super) async fn recent_of_kinds(state: &AppState, kinds: &[&str], limit: u64) -> Result<Vec<Value>, ApiError> {
+    let mut entries = Vec::new();
+    for kind in kinds {
+        entries.extend(state.store.audit_tail(Some(kind), limit).await.map_err(store_error)?);
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(entries.iter().filter_map(|e| serde_json::from_str(&e.body).ok()).collect())
 }
 
 #[derive(Debug, Deserialize)]

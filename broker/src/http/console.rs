@@ -31,8 +31,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/stacks", get(stacks))
         .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
+        .route("/ui/policies", get(policies))
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .route(console::ICON_PATH, get(icon))
+        .route(console::VERIFY_SCRIPT_PATH, get(verify_script))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -121,7 +123,8 @@ async fn agents(
     Ok(Html(console::agents::list(&agents, &who(&operator)).into_string()))
 }
 
-/// `GET /ui/audit?key=K`: the trace of `K`, for callers who may read the audit log.
+/// `GET /ui/audit?key=K`: the latest signed checkpoint and the trace of `K` with each entry's
+/// inclusion proof, for callers who may read the audit log.
 async fn audit(
     State(state): State<AppState>,
     authorized: Result<Authorized<can::ReadAudit>, ApiError>,
@@ -130,13 +133,46 @@ async fn audit(
     let key = query.ok().and_then(|Query(q)| q.key).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
     let fail = |error| page_error(&state, "/ui/audit", error);
     let Authorized { operator, .. } = authorized.map_err(fail)?;
-    let Some(key) = key else { return Ok(Html(console::audit::search(None, &who(&operator)).into_string())) };
+    let latest = state.store.latest_checkpoint().await.map_err(|e| fail(ApiError::internal(&e)))?;
+    let root = latest.as_ref().map(|row| keyward_proto::encoding::hex(&row.root));
+    let checkpoint = latest.as_ref().zip(root.as_deref()).map(|(row, root)| console::audit_proofs::Checkpoint {
+        size: row.size,
+        root,
+        note: &row.note,
+        at: row.at,
+    });
+    let Some(key) = key else {
+        return Ok(Html(console::audit::search(checkpoint, None, &who(&operator)).into_string()));
+    };
     if key.len() > MAX_KEY_LEN {
         return Err(fail(ApiError::invalid_request(format!("a key is at most {MAX_KEY_LEN} characters"))));
     }
     let traced = super::audit::trace_of(&state, &key).await.map_err(fail)?;
-    let trace = console::audit::Trace { key: &key, lines: &traced.lines, size: traced.size, root: &traced.root };
-    Ok(Html(console::audit::search(Some(trace), &who(&operator)).into_string()))
+    let seqs: Vec<u64> = traced.stored.iter().map(|e| e.seq).collect();
+    let proofs = super::audit::inclusions(&state, &seqs, latest.as_ref().map(|row| row.size), traced.size)
+        .await
+        .map_err(fail)?;
+    let proved: Vec<console::audit_proofs::Proved> = traced
+        .stored
+        .iter()
+        .zip(proofs)
+        .map(|(entry, (tree_size, inclusion))| console::audit_proofs::Proved {
+            seq: entry.seq,
+            kind: entry.kind.clone(),
+            body: entry.body.clone(),
+            leaf_hash: keyward_proto::encoding::hex(&inclusion.leaf),
+            tree_size,
+            proof: inclusion.proof.iter().map(|h| keyward_proto::encoding::hex(h)).collect(),
+        })
+        .collect();
+    let trace = console::audit::Trace {
+        key: &key,
+        lines: &traced.lines,
+        size: traced.size,
+        root: &traced.root,
+        proved: &proved,
+    };
+    Ok(Html(console::audit::search(checkpoint, Some(trace), &who(&operator)).into_string()))
 }
 
 /// `GET /ui/audit` query.
@@ -147,6 +183,37 @@ struct AuditQuery {
 
 /// The longest key searched for (an access key ID is 20 characters, a run ID 36).
 const MAX_KEY_LEN: usize = 256;
+
+/// The most decisions (and, apart, denials) the policies page lists.
+const DECISIONS_SHOWN: u64 = 50;
+
+/// `GET /ui/policies`: the policy set in force, its last load, and its recent decisions; for
+/// callers who may read `GET /v1/policies` (`Administer` on `root`).
+async fn policies(
+    State(state): State<AppState>,
+    authorized: Result<Authorized<can::Administer>, ApiError>,
+) -> Result<Html<String>, PageError> {
+    use console::policies::{DECISION_KINDS, DENIAL_KINDS, LOAD_KINDS, Loaded, Policies};
+    let fail = |error| page_error(&state, "/ui/policies", error);
+    let Authorized { operator, .. } = authorized.map_err(fail)?;
+    let set = state.policies.as_ref().map(|engine| (engine.dir().display().to_string(), engine.current()));
+    let loaded = set.as_ref().map(|(dir, set)| Loaded {
+        dir,
+        digest: set.digest(),
+        files: set.files(),
+        packages: set.packages(),
+    });
+    let last_load = super::audit::recent_of_kinds(&state, &LOAD_KINDS, 1).await.map_err(fail)?;
+    let denials = super::audit::recent_of_kinds(&state, &DENIAL_KINDS, DECISIONS_SHOWN).await.map_err(fail)?;
+    let decisions = super::audit::recent_of_kinds(&state, &DECISION_KINDS, DECISIONS_SHOWN).await.map_err(fail)?;
+    let view = Policies { loaded, last_load: last_load.first(), denials: &denials, decisions: &decisions };
+    Ok(Html(console::policies::list(view, &who(&operator)).into_string()))
+}
+
+/// `GET /ui/assets/verify.js`.
+async fn verify_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], console::VERIFY_SCRIPT)
+}
 
 /// `GET /ui/assets/console.css`.
 async fn stylesheet() -> impl IntoResponse {

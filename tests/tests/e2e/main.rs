@@ -16,6 +16,7 @@ mod audit_storage;
 mod ci_flow;
 mod config_and_startup;
 mod console;
+mod console_audit;
 mod console_browser;
 mod console_forms;
 mod contexts;
