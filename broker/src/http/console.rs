@@ -24,15 +24,17 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
+        .route("/ui/runs/{id}/events", get(super::console_run::events))
         .route("/ui/stacks", get(stacks))
         .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
         .route(console::STYLESHEET_PATH, get(stylesheet))
+        .route(console::LIVE_SCRIPT_PATH, get(live_script))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
 /// What an HTML page answers when it cannot be shown: the API's refusal, as a page.
-struct PageError {
+pub(super) struct PageError {
     error: ApiError,
     sign_in: Option<String>,
 }
@@ -53,7 +55,7 @@ impl IntoResponse for PageError {
 
 /// `error`, as a page; a caller who is not signed in is pointed at sign-in (when people can
 /// sign in) and brought back to `path` after.
-fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
+pub(super) fn page_error(state: &AppState, path: &str, error: ApiError) -> PageError {
     let sign_in = (error.status() == StatusCode::UNAUTHORIZED && state.sso.is_some())
         .then(|| format!("/auth/login?return_to={}", keyward_proto::encoding::percent_encode(path)));
     PageError { error, sign_in }
@@ -79,7 +81,8 @@ struct ListQuery {
     stack: Option<String>,
 }
 
-/// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found).
+/// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found), with
+/// its credentials per job and its log (followed live by `/ui/runs/{id}/events` while it runs).
 async fn run(
     State(state): State<AppState>,
     scoped: Result<Scoped<can::ReadRuns>, ApiError>,
@@ -90,7 +93,8 @@ async fn run(
     let Scoped { operator, .. } = scoped.map_err(fail)?;
     let run = super::runs::check_run(&state, &operator, Permission::ReadRuns, &id).await.map_err(fail)?;
     let changes = state.runs.plan_changes(&id).await.map_err(|e| fail(e.into()))?;
-    Ok(Html(console::runs::detail(&run, changes.as_ref(), &who(&operator)).into_string()))
+    let evidence = super::console_run::evidence(&state, &run).await.map_err(fail)?;
+    Ok(Html(console::runs::detail(&run, changes.as_ref(), evidence, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/stacks`: the stacks the caller may read, drifted first.
@@ -145,6 +149,11 @@ const MAX_KEY_LEN: usize = 256;
 /// `GET /ui/assets/console.css`.
 async fn stylesheet() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], console::STYLESHEET)
+}
+
+/// `GET /ui/assets/live.js`.
+async fn live_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], console::LIVE_SCRIPT)
 }
 
 /// Who is signed in, as the header shows it: a person's name, or the token's.

@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod auth;
 mod console;
+mod console_run;
 mod contexts;
 pub mod error;
 mod extract;
