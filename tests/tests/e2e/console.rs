@@ -6,8 +6,8 @@
 use keyward_tests::broker::Broker;
 use serde_json::Value;
 
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `GET path` with `token` (none: anonymous): status, headers and body.
 async fn get(broker: &Broker, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {

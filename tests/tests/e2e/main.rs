@@ -16,6 +16,7 @@ mod audit_storage;
 mod ci_flow;
 mod config_and_startup;
 mod console;
+mod console_run;
 mod contexts;
 mod drift_remediation;
 mod drift_schedule;
