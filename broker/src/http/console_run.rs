@@ -6,7 +6,8 @@
 //! the page). The stream wakes on this replica's signals — a chunk stored, a run committed — and
 //! looks every [`FALLBACK_POLL`] too, for what other replicas stored; it reads at most every
 //! [`MIN_GAP`], and ends after [`MAX_STREAM`] (the browser reconnects from the last chunk it
-//! got, and the caller's access is checked again).
+//! got, and the caller's access is checked again). At most [`MAX_LIVE_STREAMS`] are open at once:
+//! past that, a page is refused its events (it still shows everything on reload).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,6 +47,12 @@ const MIN_GAP: Duration = Duration::from_millis(200);
 
 /// How long one stream lasts before the browser must reconnect (and be checked again).
 const MAX_STREAM: Duration = Duration::from_secs(600);
+
+/// The most event streams open at once in this process.
+const MAX_LIVE_STREAMS: usize = 256;
+
+/// The open event streams' permits.
+static LIVE_STREAMS: Semaphore = Semaphore::const_new(MAX_LIVE_STREAMS);
 
 /// The credentials and log sections of `run`'s page.
 pub(super) async fn evidence(state: &AppState, run: &RunView) -> Result<Markup, ApiError> {
@@ -104,14 +111,24 @@ pub(super) async fn events(
     let run = super::runs::check_run(&state, &operator, Permission::ReadRuns, &id).await.map_err(fail)?;
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
     let cursor = resumed.or_else(|| query.ok().and_then(|Query(q)| q.after)).unwrap_or(0).max(0);
+    let permit = LIVE_STREAMS.try_acquire().map_err(|_| {
+        fail(ApiError::unavailable("too many live pages are open; reload the page to see what changed"))
+    })?;
     let (sender, receiver) = mpsc::channel(16);
-    tokio::spawn(follow(state, run.id, cursor, sender));
+    tokio::spawn(follow(state, run.id, cursor, sender, permit));
     Ok(Sse::new(ReceiverStream::new(receiver).map(Ok)).keep_alive(KeepAlive::default()))
 }
 
 /// Sends run `id`'s chunks after `cursor` and its state changes to `sender` until the run
-/// settles, the reader goes, or [`MAX_STREAM`] passes.
-async fn follow(state: AppState, id: String, mut cursor: i64, sender: mpsc::Sender<Event>) {
+/// settles, the reader goes, or [`MAX_STREAM`] passes; `_permit` is its place among the
+/// [`MAX_LIVE_STREAMS`], given back when it ends.
+async fn follow(
+    state: AppState,
+    id: String,
+    mut cursor: i64,
+    sender: mpsc::Sender<Event>,
+    _permit: SemaphorePermit<'static>,
+) {
     let mut arrivals = state.agents.logs().arrivals();
     let mut revisions = state.runs.signals().run_revisions();
     let deadline = tokio::time::Instant::now() + MAX_STREAM;

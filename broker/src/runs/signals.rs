@@ -84,3 +84,22 @@ impl Signals {
         self.canceled.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_watcher_of_runs_wakes_and_the_dispatchers_permit_stays() {
+        let signals = Signals::default();
+        let (mut first, mut second) = (signals.run_revisions(), signals.run_revisions());
+        signals.run_changed();
+        signals.run_changed();
+        // Both watchers learn of it, once for any number of changes.
+        first.changed().await.unwrap();
+        second.changed().await.unwrap();
+        assert!(!first.has_changed().unwrap() && *second.borrow() == 2);
+        // The reporter's permit is still there for it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), signals.run_changes().notified()).await.unwrap();
+    }
+}

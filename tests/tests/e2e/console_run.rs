@@ -228,7 +228,8 @@ async fn a_runs_page_shows_its_credentials_and_live_log_escaped_and_never_a_secr
     std::thread::spawn(move || std::fs::write(&fifo, "go\n").unwrap());
     seen.extend(events.rest().await);
     assert!(log_text(&seen).contains("released"), "{seen:?}");
-    let states: Vec<&str> = seen.iter().filter(|e| e.name == "state").map(|e| e.data["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> =
+        seen.iter().filter(|e| e.name == "state").map(|e| e.data["state"].as_str().unwrap()).collect();
     assert_eq!(states.last(), Some(&"finished"), "{seen:?}\n{}", agent.log_text());
     // A state event says where the run is when the stream looks (changes in between coalesce).
     assert!(matches!(states.first(), Some(&("queued" | "planning"))), "{states:?}");
