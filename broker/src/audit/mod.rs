@@ -20,6 +20,7 @@
 pub mod events;
 pub mod integrator;
 pub mod log_key;
+pub mod run_evidence;
 pub mod sinks;
 pub mod trace_view;
 pub mod tree;

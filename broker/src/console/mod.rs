@@ -1,7 +1,7 @@
 //! The web console's pages (docs/console.md), rendered on the server: no separate front end,
 //! plain forms, every asset embedded in the binary. Scripts are same-origin files that only add
-//! to what the page already shows (`assets/verify.js` re-checks inclusion proofs); every page
-//! works without them.
+//! to what the page already shows (`assets/live.js` follows a run in progress, `assets/verify.js`
+//! re-checks inclusion proofs); every page works without them.
 //!
 //! This module only turns data into HTML — `http/console.rs` authenticates, checks roles and
 //! spaces, and reads the data. Rendering goes through `maud`, whose templates escape every
@@ -15,6 +15,7 @@ pub mod audit_proofs;
 pub mod layout;
 pub mod policies;
 pub mod review;
+pub mod run_evidence;
 pub mod runs;
 pub mod stacks;
 
@@ -43,8 +44,16 @@ pub const VERIFY_SCRIPT: &str = include_str!("assets/verify.js");
 /// Where the proof-checking script is served.
 pub const VERIFY_SCRIPT_PATH: &str = "/ui/assets/verify.js";
 
+/// The script that follows a run in progress (its log and state, by server-sent events),
+/// served at [`LIVE_SCRIPT_PATH`]. It writes what arrives with `textContent`, never as HTML.
+pub const LIVE_SCRIPT: &str = include_str!("assets/live.js");
+
+/// Where the live script is served.
+pub const LIVE_SCRIPT_PATH: &str = "/ui/assets/live.js";
+
 /// The Content-Security-Policy of every console response: nothing but the console's own
-/// stylesheet, images and script files load (no inline script, no `eval`), no other site may
-/// frame it, and forms post only back to the broker.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// stylesheet, images and script files loads (no inline script, no inline handler, no `eval`),
+/// connections go only back to the broker (a run's live events), no other site may frame it, and
+/// forms post only back to the broker.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+     style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -73,8 +73,10 @@ fn filters(filter: &RunFilter) -> Markup {
     }
 }
 
-/// One run, with its saved plan's changes when it has one.
-pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, who: &str) -> Markup {
+/// One run, with its saved plan's changes when it has one, the `review` form (or why there is
+/// none, `super::review`) after its reviews, and `evidence` (its credentials and log,
+/// `super::run_evidence`) after its jobs.
+pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, evidence: Markup, who: &str) -> Markup {
     let body = html! {
         h1 { "Run " span.mono { (run.id) } }
         p { a href=(format!("/ui/audit?key={}", run.id)) { "Its audit trail" } " · " a href=(format!("/ui/runs?stack={}", run.stack)) { "Runs of " (run.stack) } }
@@ -82,7 +84,7 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, who:
             tbody {
                 tr { th { "Stack" } td { (run.stack) } }
                 tr { th { "Kind" } td { (run.kind) } }
-                tr { th { "State" } td { (state(&run.state)) @if let Some(detail) = &run.detail { " " span.muted { (detail) } } } }
+                tr { th { "State" } td #run-state { (state(&run.state)) @if let Some(detail) = &run.detail { " " span.muted { (detail) } } } }
                 tr { th { "Commit" } td.mono { (run.commit_sha) } }
                 tr { th { "Ref" } td.mono { (run.git_ref.as_deref().unwrap_or("-")) } }
                 tr { th { "Pull request" } td { (pull_request(run)) } }
@@ -116,10 +118,10 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, who:
                 thead { tr { th { "Job" } th { "Phase" } th { "State" } th { "Agent" } th { "Isolation" } } }
                 tbody {
                     @for job in &run.jobs {
-                        tr {
+                        tr data-job=(job.id) {
                             td.mono { (short(&job.id, 13)) }
                             td { (job.phase.as_str()) }
-                            td { (job.state) @if let Some(error) = &job.error { " " span.muted { (error) } } }
+                            td { span.job-state { (job.state) } @if let Some(error) = &job.error { " " span.muted { (error) } } }
                             td.mono { (job.agent_id.as_deref().map(|a| short(a, 13)).unwrap_or("-")) }
                             td { (job.isolation.as_deref().unwrap_or("-")) }
                         }
@@ -127,6 +129,7 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, who:
                 }
             }
         }
+        (evidence)
     };
     page(&format!("Run {}", short(&run.id, 13)), Some(who), body)
 }
@@ -221,7 +224,7 @@ mod tests {
             warnings: vec!["<script>alert('policy')</script>".to_owned()],
             denials: Vec::new(),
         };
-        let html = detail(&run(), Some(&changes), maud::html! {}, "<i>me</i>").into_string();
+        let html = detail(&run(), Some(&changes), html! {}, html! {}, "<i>me</i>").into_string();
         assert!(
             !html.contains("<script>") && !html.contains("<img") && !html.contains("<b>") && !html.contains("<i>"),
             "{html}"
@@ -255,7 +258,7 @@ mod tests {
     #[test]
     fn a_submitters_pull_request_is_marked_asserted() {
         let asserted = RunView { pull_request_source: None, ..run() };
-        let html = detail(&asserted, None, maud::html! {}, "me").into_string();
+        let html = detail(&asserted, None, html! {}, html! {}, "me").into_string();
         assert!(html.contains("#7 <span class=\"badge\"") && html.contains(">asserted<"), "{html}");
         assert!(html.contains("No saved plan."), "{html}");
     }

@@ -28,6 +28,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/runs/{id}/review", post(console_forms::review))
         .route(console::SIGN_IN_PATH, get(console_forms::sign_in))
         .route("/ui/sign-out", get(console_forms::sign_out_page).post(console_forms::sign_out))
+        .route("/ui/runs/{id}/events", get(super::console_run::events))
         .route("/ui/stacks", get(stacks))
         .route("/ui/agents", get(agents))
         .route("/ui/audit", get(audit))
@@ -35,6 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .route(console::ICON_PATH, get(icon))
         .route(console::VERIFY_SCRIPT_PATH, get(verify_script))
+        .route(console::LIVE_SCRIPT_PATH, get(live_script))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -83,7 +85,8 @@ async fn runs(
     Ok(Html(console::runs::list(&runs, &filter, &who(&operator)).into_string()))
 }
 
-/// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found).
+/// `GET /ui/runs/{id}`: one run, if the caller may read its stack's runs (else not found), with
+/// its credentials per job and its log (followed live by `/ui/runs/{id}/events` while it runs).
 async fn run(
     State(state): State<AppState>,
     scoped: Result<Scoped<can::ReadRuns>, ApiError>,
@@ -98,7 +101,9 @@ async fn run(
     let csrf = console_forms::csrf_of(&headers);
     let reviewing = console_forms::reviewing(&state, &operator, &run, &csrf).await.map_err(fail)?;
     let review = console::review::form(&reviewing);
-    Ok(Html(console::runs::detail(&run, changes.as_ref(), review, &who(&operator)).into_string()))
+    let evidence = super::console_run::evidence(&state, &run).await.map_err(fail)?;
+    let page = console::runs::detail(&run, changes.as_ref(), review, evidence, &who(&operator));
+    Ok(Html(page.into_string()))
 }
 
 /// `GET /ui/stacks`: the stacks the caller may read, drifted first.
@@ -223,6 +228,11 @@ async fn stylesheet() -> impl IntoResponse {
 /// `GET /ui/assets/favicon.svg`.
 async fn icon() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "image/svg+xml")], console::ICON)
+}
+
+/// `GET /ui/assets/live.js`.
+async fn live_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], console::LIVE_SCRIPT)
 }
 
 /// Who is signed in, as the header shows it: a person's name, or the token's.

@@ -63,6 +63,8 @@ pub struct Logs {
     audit: AuditLog,
     clock: SharedClock,
     ca_pem: Arc<str>,
+    /// Counts the chunks stored on this replica, for live readers ([`Logs::arrivals`]).
+    arrived: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What one work stream knows about the chains it carries.
@@ -134,7 +136,7 @@ impl From<ChunkRow> for ChunkView {
 impl Logs {
     /// The service; `ca_pem` is the agent CA bundles name.
     pub fn new(store: Store, audit: AuditLog, clock: SharedClock, ca_pem: String) -> Self {
-        Self { store, audit, clock, ca_pem: ca_pem.into() }
+        Self { store, audit, clock, ca_pem: ca_pem.into(), arrived: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 
     /// Verifies `chunk`, which arrived on `stream`, and stores it.
@@ -189,7 +191,14 @@ impl Logs {
             return Err(Rejection::Replayed { seq: chunk.seq, next: chunk.seq + 1 });
         }
         chain.head = Some((chunk.seq, chunk.digest.clone()));
+        self.arrived.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// What live readers (the console's run pages) wait on: it changes whenever a chunk of any
+    /// run was stored on this replica; they read their run's chunks after their cursor then.
+    pub fn arrivals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.arrived.subscribe()
     }
 
     /// The chain `chunk` claims to extend, after checking that the stream's agent holds (or

@@ -6,7 +6,7 @@
 use keyward_tests::broker::Broker;
 use serde_json::Value;
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `GET path` with `token` (none: anonymous): status, headers and body.

@@ -1,0 +1,59 @@
+// Keyward console: follows a run in progress (docs/console.md). The page works without this
+// script (a reload shows everything); with it, the run's new log output and its state arrive by
+// server-sent events from the broker. Everything received is written with textContent, never as
+// HTML, so a log line holding markup stays text.
+"use strict";
+(function () {
+  var note = document.getElementById("live-note");
+  var log = document.getElementById("run-log");
+  if (!note || !log || typeof EventSource === "undefined") {
+    return;
+  }
+  var source = new EventSource(note.getAttribute("data-events"));
+  var classes = { stdout: "log-stdout", stderr: "log-stderr", keyward: "log-keyward" };
+
+  source.addEventListener("log", function (event) {
+    var chunk = JSON.parse(event.data);
+    var span = document.createElement("span");
+    span.className = classes[chunk.stream] || "log-stdout";
+    span.textContent = chunk.text;
+    var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.appendChild(span);
+    if (atEnd) {
+      log.scrollTop = log.scrollHeight;
+    }
+  });
+
+  source.addEventListener("state", function (event) {
+    var run = JSON.parse(event.data);
+    var cell = document.getElementById("run-state");
+    if (cell) {
+      var badge = document.createElement("span");
+      badge.className = "state state-" + run.state;
+      badge.textContent = run.state;
+      cell.textContent = "";
+      cell.appendChild(badge);
+      if (run.detail) {
+        var detail = document.createElement("span");
+        detail.className = "muted";
+        detail.textContent = " " + run.detail;
+        cell.appendChild(detail);
+      }
+    }
+    var rows = document.querySelectorAll("tr[data-job]");
+    for (var i = 0; i < rows.length; i++) {
+      var id = rows[i].getAttribute("data-job");
+      var state = rows[i].querySelector(".job-state");
+      for (var j = 0; j < run.jobs.length; j++) {
+        if (run.jobs[j].id === id && state) {
+          state.textContent = run.jobs[j].state;
+        }
+      }
+    }
+    if (run.settled) {
+      // The stream ends here; without close() the browser would reconnect.
+      source.close();
+      note.textContent = "The run is " + run.state + ": reload for its credentials and sealed log.";
+    }
+  });
+})();
