@@ -29,7 +29,10 @@ pub struct Trace<'a> {
 }
 
 /// The search form alone, or with a trace; the latest signed checkpoint either way.
-pub fn search(checkpoint: Option<Checkpoint<'_>>, trace: Option<Trace<'_>>, who: &str) -> Markup {
+///
+/// A whole token is searched by its own form, posted (with the session's CSRF token `csrf`) so
+/// the token is never in a URL, a history or an access log; the page shows only its `jti`.
+pub fn search(checkpoint: Option<Checkpoint<'_>>, trace: Option<Trace<'_>>, csrf: &str, who: &str) -> Markup {
     let key = trace.map_or("", |t| t.key);
     let body = html! {
         h1 { "Audit trail" }
@@ -37,6 +40,16 @@ pub fn search(checkpoint: Option<Checkpoint<'_>>, trace: Option<Trace<'_>>, who:
             label for="key" { "Access key ID, run ID, jti or session" }
             input #key type="text" name="key" value=(key) autocomplete="off" required;
             button type="submit" { "Trace" }
+        }
+        details.token-search {
+            summary { "Trace a whole token (JWT)" }
+            form method="post" action="/ui/audit" {
+                input type="hidden" name=(super::CSRF_FIELD) value=(csrf);
+                label for="token" { "Token" }
+                textarea #token name="token" rows="3" autocomplete="off" spellcheck="false" required {}
+                button type="submit" { "Trace its jti" }
+                p.muted { "Sent in the request body, never in the address; only its jti is shown." }
+            }
         }
         @if let Some(trace) = trace {
             @if trace.lines.is_empty() {
@@ -88,10 +101,10 @@ mod tests {
             "context": {"run_id": "r1", "stack_id": "network", "phase": "plan", "ticket": "<script>x</script>"},
             "details": {"kind": "deploy"}}});
         let trace = Trace { key: "r1", lines: std::slice::from_ref(&line), size: 7, root: "ab", proved: &[] };
-        let html = search(None, Some(trace), "me").into_string();
+        let html = search(None, Some(trace), "tok", "me").into_string();
         assert!(html.contains("run r1  stack network  (deploy run)"), "{html}");
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
-        let none = search(None, Some(Trace { key: "ASIA<x>", lines: &[], size: 7, root: "ab", proved: &[] }), "me")
+        let none = search(None, Some(Trace { key: "ASIA<x>", lines: &[], size: 7, root: "ab", proved: &[] }), "tok", "me")
             .into_string();
         assert!(none.contains("Nothing in the audit log refers to <code>ASIA&lt;x&gt;</code>"), "{none}");
         assert!(none.contains(r#"<script src="/ui/assets/verify.js" defer></script>"#), "{none}");

@@ -31,7 +31,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/runs/{id}/events", get(super::console_run::events))
         .route("/ui/stacks", get(stacks))
         .route("/ui/agents", get(agents))
-        .route("/ui/audit", get(audit))
+        .route("/ui/audit", get(audit).post(audit_token))
         .route("/ui/policies", get(policies))
         .route(console::STYLESHEET_PATH, get(stylesheet))
         .route(console::ICON_PATH, get(icon))
@@ -128,17 +128,57 @@ async fn agents(
     Ok(Html(console::agents::list(&agents, &who(&operator)).into_string()))
 }
 
-/// `GET /ui/audit?key=K`: the latest signed checkpoint and the trace of `K` with each entry's
-/// inclusion proof, for callers who may read the audit log.
+/// `GET /ui/audit?key=K`: the trace of `K`, for callers who may read the audit log. A key that
+/// is a whole token is traced by its `jti`, and only the `jti` is shown.
 async fn audit(
     State(state): State<AppState>,
     authorized: Result<Authorized<can::ReadAudit>, ApiError>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Html<String>, PageError> {
     let key = query.ok().and_then(|Query(q)| q.key).map(|k| k.trim().to_owned()).filter(|k| !k.is_empty());
     let fail = |error| page_error(&state, "/ui/audit", error);
     let Authorized { operator, .. } = authorized.map_err(fail)?;
-    let latest = state.store.latest_checkpoint().await.map_err(|e| fail(ApiError::internal(&e)))?;
+    let key = key.map(|key| console::audit::jti_of_token(&key).unwrap_or(key));
+    audit_page(&state, &operator, key.as_deref(), &console_forms::csrf_of(&headers)).await.map_err(fail)
+}
+
+/// `POST /ui/audit`'s form: a whole token, in the body.
+#[derive(Debug, Deserialize)]
+struct TokenSearch {
+    #[serde(default)]
+    csrf: String,
+    token: String,
+}
+
+/// `POST /ui/audit`: the trace of a whole token's `jti` (the token stays out of URLs).
+async fn audit_token(
+    State(state): State<AppState>,
+    parts: axum::http::request::Parts,
+    form: Result<axum::Form<TokenSearch>, axum::extract::rejection::FormRejection>,
+) -> Result<Html<String>, PageError> {
+    let fail = |error| page_error(&state, "/ui/audit", error);
+    let axum::Form(form) = form.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
+    let proof = super::extract::CsrfProof::Form(&form.csrf);
+    let caller = super::extract::authenticate_with(&state, &parts.method, &parts.headers, proof).await;
+    let operator = caller.inspect_err(|e| state.metrics.request_refused(e.refusal())).map_err(fail)?.operator;
+    operator
+        .require_in(Permission::ReadAudit, &[crate::roles::ROOT.to_owned()])
+        .map_err(|e| fail(e.into()))?;
+    let jti = console::audit::jti_of_token(&form.token)
+        .ok_or_else(|| fail(ApiError::invalid_request("that is not a token: a JWT has three parts and a `jti`")))?;
+    audit_page(&state, &operator, Some(&jti), &console_forms::csrf_of(&parts.headers)).await.map_err(fail)
+}
+
+/// The audit page: the latest signed checkpoint, and the trace of `key` with each entry's
+/// inclusion proof when a key is given.
+async fn audit_page(
+    state: &AppState,
+    operator: &Operator,
+    key: Option<&str>,
+    csrf: &str,
+) -> Result<Html<String>, ApiError> {
+    let latest = state.store.latest_checkpoint().await.map_err(|e| ApiError::internal(&e))?;
     let root = latest.as_ref().map(|row| keyward_proto::encoding::hex(&row.root));
     let checkpoint = latest.as_ref().zip(root.as_deref()).map(|(row, root)| console::audit_proofs::Checkpoint {
         size: row.size,
@@ -147,16 +187,14 @@ async fn audit(
         at: row.at,
     });
     let Some(key) = key else {
-        return Ok(Html(console::audit::search(checkpoint, None, &who(&operator)).into_string()));
+        return Ok(Html(console::audit::search(checkpoint, None, csrf, &who(operator)).into_string()));
     };
     if key.len() > MAX_KEY_LEN {
-        return Err(fail(ApiError::invalid_request(format!("a key is at most {MAX_KEY_LEN} characters"))));
+        return Err(ApiError::invalid_request(format!("a key is at most {MAX_KEY_LEN} characters")));
     }
-    let traced = super::audit::trace_of(&state, &key).await.map_err(fail)?;
+    let traced = super::audit::trace_of(state, key).await?;
     let seqs: Vec<u64> = traced.stored.iter().map(|e| e.seq).collect();
-    let proofs = super::audit::inclusions(&state, &seqs, latest.as_ref().map(|row| row.size), traced.size)
-        .await
-        .map_err(fail)?;
+    let proofs = super::audit::inclusions(state, &seqs, latest.as_ref().map(|row| row.size), traced.size).await?;
     let proved: Vec<console::audit_proofs::Proved> = traced
         .stored
         .iter()
@@ -170,14 +208,9 @@ async fn audit(
             proof: inclusion.proof.iter().map(|h| keyward_proto::encoding::hex(h)).collect(),
         })
         .collect();
-    let trace = console::audit::Trace {
-        key: &key,
-        lines: &traced.lines,
-        size: traced.size,
-        root: &traced.root,
-        proved: &proved,
-    };
-    Ok(Html(console::audit::search(checkpoint, Some(trace), &who(&operator)).into_string()))
+    let trace =
+        console::audit::Trace { key, lines: &traced.lines, size: traced.size, root: &traced.root, proved: &proved };
+    Ok(Html(console::audit::search(checkpoint, Some(trace), csrf, &who(operator)).into_string()))
 }
 
 /// `GET /ui/audit` query.

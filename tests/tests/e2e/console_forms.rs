@@ -167,6 +167,23 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     let listed = json(&broker.cli(&["run", "list", "--json"]));
     assert!(listed["runs"].as_array().unwrap().iter().any(|r| r["id"] == id), "{listed}");
 
+    // A whole token is traced by its jti: posted in the body (with the CSRF token), never shown.
+    let minted = json(&broker.cli(&[
+        "token", "mint", "--stack", "example", "--run", "run-t", "--phase", "plan", "--audience", "sts.amazonaws.com",
+        "--json",
+    ]));
+    let (token, jti) = (minted["token"].as_str().unwrap(), minted["claims"]["jti"].as_str().unwrap());
+    let (status, _, page) = post(&broker, &admin, "/ui/audit", &[("csrf", "forged"), ("token", token)]).await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _, page) = post(&broker, &admin, "/ui/audit", &[("csrf", &admin.csrf), ("token", token)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!(r#"name="key" value="{jti}""#)) && page.contains("token.minted"), "{page}");
+    assert!(!page.contains(token), "the token itself is never shown");
+    let (status, page) = get(&broker, &admin, &format!("/ui/audit?key={token}")).await;
+    assert!(status == 200 && page.contains(jti) && !page.contains(token), "a token pasted in the address: {page}");
+    let (status, _, _) = post(&broker, &admin, "/ui/audit", &[("csrf", &admin.csrf), ("token", "not.a-token")]).await;
+    assert_eq!(status, 400);
+
     // The audit log names the token and the session, never a secret.
     let signed_in = kinds(&broker, "console.signed_in");
     assert_eq!(signed_in.len(), 2, "{signed_in:?}");
