@@ -104,8 +104,9 @@ mod tests {
         let html = search(None, Some(trace), "tok", "me").into_string();
         assert!(html.contains("run r1  stack network  (deploy run)"), "{html}");
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
-        let none = search(None, Some(Trace { key: "ASIA<x>", lines: &[], size: 7, root: "ab", proved: &[] }), "tok", "me")
-            .into_string();
+        let none =
+            search(None, Some(Trace { key: "ASIA<x>", lines: &[], size: 7, root: "ab", proved: &[] }), "tok", "me")
+                .into_string();
         assert!(none.contains("Nothing in the audit log refers to <code>ASIA&lt;x&gt;</code>"), "{none}");
         assert!(none.contains(r#"<script src="/ui/assets/verify.js" defer></script>"#), "{none}");
     }

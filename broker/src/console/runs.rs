@@ -10,37 +10,66 @@ use crate::clock::rfc3339;
 use crate::runs::{ChangeAction, PlanChanges, RunKind, RunState, RunView};
 use crate::store::RunFilter;
 
-/// The runs list for `who`, with the filter applied.
+/// The runs list for `who`, with the filter applied; the embedded script
+/// ([`super::LIVE_SCRIPT_PATH`]) fetches it again whenever `/ui/runs/events` says it changed.
 pub fn list(runs: &[RunView], filter: &RunFilter, who: &str) -> Markup {
     let body = html! {
         h1 { "Runs" }
         (filters(filter))
-        @if runs.is_empty() {
-            p.muted { @if *filter == RunFilter::default() { "No runs yet." } @else { "No runs match." } }
-        } @else {
-            div.scroll {
-                table {
-                    thead { tr { th { "Run" } th { "Stack" } th { "Kind" } th { "State" } th { "Commit" } th { "PR" } th { "Ticket" } th { "By" } th { "Submitted" } } }
-                    tbody {
-                        @for run in runs {
-                            tr {
-                                td { a.mono href=(format!("/ui/runs/{}", run.id)) { (short(&run.id, 13)) } }
-                                td { (run.stack) }
-                                td { (run.kind) }
-                                td { (state(&run.state)) }
-                                td.mono { (short(&run.commit_sha, 12)) }
-                                td { (pull_request(run)) }
-                                td { (run.ticket.as_deref().unwrap_or("")) }
-                                td { (run.triggered_by) }
-                                td.mono { (rfc3339(run.created_at)) }
-                            }
+        div #runs-table {
+            @if runs.is_empty() {
+                p.muted { @if *filter == RunFilter::default() { "No runs yet." } @else { "No runs match." } }
+            } @else {
+                (table(runs))
+            }
+        }
+        p.muted #runs-live data-events=(format!("/ui/runs/events{}", query_string(filter))) {
+            "Newest " (runs.len()) " runs; the list follows changes while this page is open (with script)."
+        }
+        script src=(super::LIVE_SCRIPT_PATH) defer {}
+    };
+    page("Runs", Some(who), body)
+}
+
+fn table(runs: &[RunView]) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead { tr { th { "Run" } th { "Stack" } th { "Kind" } th { "State" } th { "Commit" } th { "PR" } th { "Ticket" } th { "By" } th { "Submitted" } } }
+                tbody {
+                    @for run in runs {
+                        tr {
+                            td { a.mono href=(format!("/ui/runs/{}", run.id)) { (short(&run.id, 13)) } }
+                            td { (run.stack) }
+                            td { (run.kind) }
+                            td { (state(&run.state)) }
+                            td.mono { (short(&run.commit_sha, 12)) }
+                            td { (pull_request(run)) }
+                            td { (run.ticket.as_deref().unwrap_or("")) }
+                            td { (run.triggered_by) }
+                            td.mono { (rfc3339(run.created_at)) }
                         }
                     }
                 }
             }
         }
-    };
-    page("Runs", Some(who), body)
+    }
+}
+
+/// `filter` as the list's query string (`?state=planned&…`, empty for none), each value encoded.
+fn query_string(filter: &RunFilter) -> String {
+    let number = filter.pull_request.map(|n| n.to_string());
+    let pairs: Vec<String> = [
+        ("stack", filter.stack.as_deref()),
+        ("state", filter.state.as_deref()),
+        ("kind", filter.kind.as_deref()),
+        ("pull_request", number.as_deref()),
+        ("submitter", filter.triggered_by.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|v| format!("{key}={}", keyward_proto::encoding::percent_encode(v))))
+    .collect();
+    if pairs.is_empty() { String::new() } else { format!("?{}", pairs.join("&")) }
 }
 
 /// The list's filter form: a plain GET, so a filtered list is a link to share.
@@ -252,6 +281,12 @@ mod tests {
         assert!(html.contains(r#"<option value="proposed" selected>"#), "{html}");
         assert!(html.contains(r#"name="pull_request" value="7""#) && html.contains(r#"name="submitter" value="ci""#));
         assert!(html.contains("No runs match."), "{html}");
+        assert!(
+            html.contains(
+                r#"data-events="/ui/runs/events?state=planned&amp;kind=proposed&amp;pull_request=7&amp;submitter=ci""#
+            ),
+            "the live list follows the same filter: {html}"
+        );
         assert!(list(&[], &RunFilter::default(), "me").into_string().contains("No runs yet."));
     }
 

@@ -17,13 +17,14 @@ use crate::access::{AuthMethod, Operator, Permission};
 use crate::console::{self, layout};
 
 /// The most runs the list shows.
-const LIST_LIMIT: i64 = 200;
+pub(super) const LIST_LIMIT: i64 = 200;
 
 /// The console's routes, each answer with the console's security headers.
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/runs", get(runs))
+        .route("/ui/runs/events", get(super::console_live::events))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/review", post(console_forms::review))
         .route(console::SIGN_IN_PATH, get(console_forms::sign_in))
@@ -162,9 +163,7 @@ async fn audit_token(
     let proof = super::extract::CsrfProof::Form(&form.csrf);
     let caller = super::extract::authenticate_with(&state, &parts.method, &parts.headers, proof).await;
     let operator = caller.inspect_err(|e| state.metrics.request_refused(e.refusal())).map_err(fail)?.operator;
-    operator
-        .require_in(Permission::ReadAudit, &[crate::roles::ROOT.to_owned()])
-        .map_err(|e| fail(e.into()))?;
+    operator.require_in(Permission::ReadAudit, &[crate::roles::ROOT.to_owned()]).map_err(|e| fail(e.into()))?;
     let jti = console::audit::jti_of_token(&form.token)
         .ok_or_else(|| fail(ApiError::invalid_request("that is not a token: a JWT has three parts and a `jti`")))?;
     audit_page(&state, &operator, Some(&jti), &console_forms::csrf_of(&parts.headers)).await.map_err(fail)

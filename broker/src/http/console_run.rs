@@ -52,7 +52,7 @@ const MAX_STREAM: Duration = Duration::from_secs(600);
 const MAX_LIVE_STREAMS: usize = 256;
 
 /// The open event streams' permits.
-static LIVE_STREAMS: Semaphore = Semaphore::const_new(MAX_LIVE_STREAMS);
+pub(super) static LIVE_STREAMS: Semaphore = Semaphore::const_new(MAX_LIVE_STREAMS);
 
 /// The credentials and log sections of `run`'s page.
 pub(super) async fn evidence(state: &AppState, run: &RunView) -> Result<Markup, ApiError> {

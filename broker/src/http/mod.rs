@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod console;
 mod console_forms;
+mod console_live;
 mod console_run;
 mod contexts;
 pub mod error;

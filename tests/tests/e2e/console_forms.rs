@@ -73,6 +73,18 @@ async fn post(broker: &Broker, session: &Session, path: &str, form: &[(&str, &st
     (status, headers, response.text().await.unwrap())
 }
 
+/// The name of the first event a server-sent event stream sends.
+async fn first_event(mut stream: reqwest::Response) -> String {
+    let mut text = String::new();
+    while let Some(bytes) = stream.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        if let Some(name) = text.lines().find_map(|line| line.strip_prefix("event: ")) {
+            return name.to_owned();
+        }
+    }
+    panic!("the stream ended without an event: {text:?}");
+}
+
 /// The audit log's entries of `kind` (`keyward audit tail --json` prints JSON lines).
 fn kinds(broker: &Broker, kind: &str) -> Vec<Value> {
     let tail = broker.cli(&["audit", "tail", "--kind", kind, "--json"]);
@@ -106,6 +118,16 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
         assert!(response.headers().get(SET_COOKIE).is_none(), "no cookie for a bad link");
     }
 
+    // The runs list follows changes: its event stream says `changed` when a run is submitted.
+    let stream = browser()
+        .get(format!("{}/ui/runs/events?stack=example", broker.addr))
+        .header("cookie", &admin.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let changed = tokio::spawn(first_event(stream));
+
     // A run that waits for one review (env=staging), submitted by the admin token.
     let labelled = broker.cli(&["stack", "update", "example", "--label", "env=staging"]);
     assert!(labelled.success, "{}", labelled.stderr);
@@ -115,6 +137,8 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     let id = run["id"].as_str().unwrap();
     let path = format!("/ui/runs/{id}");
     let review = format!("{path}/review");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), changed).await.unwrap().unwrap();
+    assert_eq!(event, "changed", "the list's stream saw the new run");
 
     // Its author sees no approve button, and is refused one even when the form is forged.
     let (_, page) = get(&broker, &admin, &path).await;
@@ -169,7 +193,16 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
 
     // A whole token is traced by its jti: posted in the body (with the CSRF token), never shown.
     let minted = json(&broker.cli(&[
-        "token", "mint", "--stack", "example", "--run", "run-t", "--phase", "plan", "--audience", "sts.amazonaws.com",
+        "token",
+        "mint",
+        "--stack",
+        "example",
+        "--run",
+        "run-t",
+        "--phase",
+        "plan",
+        "--audience",
+        "sts.amazonaws.com",
         "--json",
     ]));
     let (token, jti) = (minted["token"].as_str().unwrap(), minted["claims"]["jti"].as_str().unwrap());

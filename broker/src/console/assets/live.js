@@ -57,3 +57,46 @@
     }
   });
 })();
+
+// The runs list: when the broker says the list this page shows changed, fetch the page again
+// and put its list in place of this one (the broker's own escaped markup, parsed as a document:
+// nothing in it runs).
+(function () {
+  var live = document.getElementById("runs-live");
+  if (!live || !document.getElementById("runs-table") || typeof EventSource === "undefined" || typeof DOMParser === "undefined") {
+    return;
+  }
+  var source = new EventSource(live.getAttribute("data-events"));
+  var fetching = false;
+  var again = false;
+  function refresh() {
+    if (fetching) {
+      again = true; // one more fetch once this one is done, so no change is missed
+      return;
+    }
+    fetching = true;
+    fetch(window.location.href, { credentials: "same-origin", cache: "no-store" })
+      .then(function (response) {
+        return response.ok ? response.text() : Promise.reject(response.status);
+      })
+      .then(function (text) {
+        var fresh = new DOMParser().parseFromString(text, "text/html").getElementById("runs-table");
+        var shown = document.getElementById("runs-table");
+        if (fresh && shown) {
+          shown.replaceWith(document.importNode(fresh, true));
+        }
+      })
+      .catch(function () {
+        live.textContent = "The list stopped following changes; reload the page.";
+        source.close();
+      })
+      .finally(function () {
+        fetching = false;
+        if (again) {
+          again = false;
+          refresh();
+        }
+      });
+  }
+  source.addEventListener("changed", refresh);
+})();
