@@ -31,9 +31,8 @@ pub(super) enum RunCommand {
     },
     /// List the newest runs.
     List {
-        /// Only this stack's.
-        #[arg(long)]
-        stack: Option<String>,
+        #[command(flatten)]
+        filter: ListFilter,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -149,7 +148,7 @@ pub(super) async fn run(command: RunCommand, env: &dyn Fn(&str) -> Option<String
             }
             print_run(&run)?;
         }
-        RunCommand::List { stack, limit, json, connection } => list(stack, limit, json, &connection, env).await?,
+        RunCommand::List { filter, limit, json, connection } => list(filter, limit, json, &connection, env).await?,
         RunCommand::Logs { id, follow, verify, bundle, ca, export, json, connection } => {
             if verify {
                 return verify_logs(id.as_deref(), bundle.as_deref(), ca.as_deref(), json, &connection, env).await;
@@ -228,16 +227,45 @@ fn outcome(run: &Value, id: &str) -> anyhow::Result<()> {
 }
 
 /// `keyward run list`: the newest runs, as a table or JSON.
-async fn list(
+/// `keyward run list`'s filters, each matched exactly by the broker.
+#[derive(Debug, clap::Args)]
+pub(super) struct ListFilter {
+    /// Only this stack's.
+    #[arg(long)]
     stack: Option<String>,
+    /// Only runs in this state (`planned`, `finished`, `failed`…).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only runs of this kind (`deploy`, `drift`, `remediation`, `proposed`).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only runs of this pull request number.
+    #[arg(long = "pr")]
+    pull_request: Option<u64>,
+    /// Only runs submitted by (a token's name, a person's `issuer#subject`).
+    #[arg(long)]
+    submitter: Option<String>,
+}
+
+async fn list(
+    filter: ListFilter,
     limit: u32,
     json: bool,
     connection: &Connection,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<()> {
     let mut path = format!("/v1/runs?limit={limit}");
-    if let Some(stack) = &stack {
-        path.push_str(&format!("&stack={}", segment(stack)));
+    let number = filter.pull_request.map(|n| n.to_string());
+    for (key, value) in [
+        ("stack", &filter.stack),
+        ("state", &filter.state),
+        ("kind", &filter.kind),
+        ("pull_request", &number),
+        ("submitter", &filter.submitter),
+    ] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{key}={}", keyward_proto::encoding::percent_encode(value)));
+        }
     }
     let listing = Client::new(connection, env)?.get(&path).await?;
     if json {

@@ -188,8 +188,12 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     }
     let (status, page) = get(&broker, &alice, "/ui/runs?state=bogus").await;
     assert_eq!(status, 400, "an unknown state is an error, not an empty list: {page}");
-    let listed = json(&broker.cli(&["run", "list", "--json"]));
-    assert!(listed["runs"].as_array().unwrap().iter().any(|r| r["id"] == id), "{listed}");
+    let has = |args: &[&str]| {
+        let listed = json(&broker.cli(&[&["run", "list", "--json"], args].concat()));
+        listed["runs"].as_array().unwrap().iter().any(|r| r["id"] == id)
+    };
+    assert!(has(&["--state", "finished", "--kind", "deploy", "--submitter", "bootstrap-admin"]), "the CLI filters too");
+    assert!(!has(&["--state", "planned"]) && !has(&["--pr", "99"]));
 
     // A whole token is traced by its jti: posted in the body (with the CSRF token), never shown.
     let minted = json(&broker.cli(&[
