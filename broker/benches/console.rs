@@ -17,7 +17,7 @@ use keyward_broker::clock::ManualClock;
 use keyward_broker::kek::Kek;
 use keyward_broker::runs::Runs;
 use keyward_broker::store::runs::{NewStack, insert_run, insert_stack};
-use keyward_broker::store::{DatabaseLocation, RunRow, StackRow, Store};
+use keyward_broker::store::{DatabaseLocation, RunFilter, RunRow, StackRow, Store};
 
 /// The page size the console shows.
 const PAGE: i64 = 200;
@@ -75,6 +75,14 @@ async fn bench(n: usize) {
         size / 1024
     );
     println!("{:<44} {:>10.2?}", "read + render (the page's server time)", query + html);
+
+    // The list's filters run in the database: by state (indexed) and by pull request (not).
+    let planned = RunFilter { state: Some("planned".into()), ..RunFilter::default() };
+    let by_state = time(|| async { black_box(runs.runs_matching(&planned, PAGE).await.unwrap()) }).await;
+    println!("{:<44} {:>10.2?}", "read, filtered by state (?state=planned)", by_state);
+    let pr = RunFilter { pull_request: Some(7), ..RunFilter::default() };
+    let by_pr = time(|| async { black_box(runs.runs_matching(&pr, PAGE).await.unwrap()) }).await;
+    println!("{:<44} {:>10.2?}", "read, filtered by PR (?pull_request=7)", by_pr);
 }
 
 /// A run of the bench's stack, `i` seconds after the first.
