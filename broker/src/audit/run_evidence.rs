@@ -111,6 +111,37 @@ pub struct RunEvidence {
     /// Credentials entries about the run that no job asked for (a run token an operator minted
     /// and exchanged), in log order.
     pub outside_jobs: Vec<CredentialEvent>,
+    /// The pull request or push that started the run, as its provider described it (from
+    /// `run.created`), when one did.
+    pub observed: Option<Observed>,
+}
+
+/// What a version control provider said about the change that started a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `github`.
+    pub source: String,
+    /// Who sent the event (the pusher, or the pull request's actor).
+    pub sender: String,
+    /// The pull request, when there was one: number, title, author, base, head and its address.
+    pub pull_request: Option<ObservedPullRequest>,
+}
+
+/// A pull request as its provider described it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedPullRequest {
+    /// Its number.
+    pub number: i64,
+    /// Its title, as its author wrote it.
+    pub title: String,
+    /// Its author's login.
+    pub author: String,
+    /// The branch it merges into.
+    pub base: String,
+    /// The branch it merges from.
+    pub head: String,
+    /// Its web address, only when it is `https://`.
+    pub url: Option<String>,
 }
 
 impl RunEvidence {
@@ -125,6 +156,10 @@ pub fn evidence(entries: &[Entry]) -> RunEvidence {
     let mut out = RunEvidence::default();
     for entry in entries {
         let job = entry.details.get("job_id").and_then(Value::as_str).map(str::to_owned);
+        if entry.kind == kinds::RUN_CREATED {
+            out.observed = observed(&entry.details);
+            continue;
+        }
         if entry.kind == kinds::JOB_FINISHED {
             if let Some(job) = job {
                 out.jobs.entry(job).or_default().seal = seal(&entry.details);
@@ -138,6 +173,21 @@ pub fn evidence(entries: &[Entry]) -> RunEvidence {
         }
     }
     out
+}
+
+/// `run.created`'s `observed`, when the run was started by a provider's event.
+fn observed(details: &serde_json::Map<String, Value>) -> Option<Observed> {
+    let observed = details.get("observed")?;
+    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let pull_request = observed.get("pull_request").filter(|pr| pr.is_object()).map(|pr| ObservedPullRequest {
+        number: pr.get("number").and_then(Value::as_i64).unwrap_or_default(),
+        title: text(pr, "title"),
+        author: text(pr, "author"),
+        base: text(pr, "base"),
+        head: text(pr, "head"),
+        url: Some(text(pr, "url")).filter(|url| url.starts_with("https://")),
+    });
+    Some(Observed { source: text(observed, "source"), sender: text(observed, "sender"), pull_request })
 }
 
 /// A `credentials.*` entry as the page shows it; `None` for any other kind.
@@ -269,5 +319,19 @@ mod tests {
         assert_eq!(evidence.outside_jobs.len(), 1);
         assert_eq!(evidence.outside_jobs[0].expires_at, Some(160), "a Vault lease ends lease_duration after");
         assert_eq!(evidence.outside_jobs[0].identifiers[1], ("Vault policies", "p1, p2".to_owned()));
+    }
+
+    #[test]
+    fn the_observed_change_comes_from_run_created_and_links_only_https() {
+        let pr = json!({"number": 7, "title": "<t>", "author": "a", "base": "main", "head": "f",
+                        "url": "javascript:alert(1)"});
+        let created =
+            entry(1, kinds::RUN_CREATED, json!({"observed": {"source": "github", "sender": "s", "pull_request": pr}}));
+        let observed = evidence(&[created]).observed.unwrap();
+        let pr = observed.pull_request.unwrap();
+        assert_eq!((observed.source.as_str(), pr.number, pr.title.as_str()), ("github", 7, "<t>"));
+        assert_eq!(pr.url, None, "only an https:// address is linked");
+        let asserted = entry(1, kinds::RUN_CREATED, json!({"kind": "deploy"}));
+        assert_eq!(evidence(&[asserted]).observed, None, "a run nobody observed");
     }
 }

@@ -9,7 +9,7 @@
 
 use maud::{Markup, html};
 
-use crate::audit::run_evidence::{CredentialEvent, JobEvidence, RunEvidence};
+use crate::audit::run_evidence::{CredentialEvent, JobEvidence, Observed, RunEvidence};
 use crate::clock::rfc3339;
 use crate::joblogs::ChunkView;
 use crate::runs::JobView;
@@ -31,6 +31,24 @@ impl RunLog<'_> {
     /// The cursor after the last chunk shown: where the live events start.
     pub fn cursor(&self) -> i64 {
         self.chunks.last().map_or(0, |c| c.id)
+    }
+}
+
+/// The change that started the run, as its provider described it (nothing when no provider's
+/// event did): the pull request's title and author are its author's words, shown as text.
+pub fn observed(observed: Option<&Observed>) -> Markup {
+    html! {
+        @if let Some(observed) = observed {
+            h2 { "Observed from " (observed.source) }
+            @match &observed.pull_request {
+                Some(pr) => p.observed {
+                    "Pull request #" (pr.number) " " q { (pr.title) } " by " (pr.author) ", "
+                    span.mono { (pr.base) " ← " (pr.head) }
+                    @if let Some(url) = &pr.url { " · " a href=(url) rel="noreferrer" { "on " (observed.source) } }
+                },
+                None => p.observed { "A push by " (observed.sender) "." },
+            }
+        }
     }
 }
 
@@ -246,5 +264,24 @@ mod tests {
         assert!(!html.contains("<script") && !html.contains("data-events"), "{html}");
         assert!(html.contains("No output.") && html.contains("not sealed: the job ended"), "{html}");
         assert!(html.contains("prints all of it"), "{html}");
+    }
+
+    #[test]
+    fn an_observed_pull_requests_words_are_text_and_only_https_links() {
+        use crate::audit::run_evidence::ObservedPullRequest;
+        let pr = ObservedPullRequest {
+            number: 7,
+            title: "<script>alert('title')</script>".into(),
+            author: "<b>mallory</b>".into(),
+            base: "main".into(),
+            head: "feature".into(),
+            url: Some("https://github.com/acme/infra/pull/7".into()),
+        };
+        let seen = Observed { source: "github".into(), sender: "octocat".into(), pull_request: Some(pr) };
+        let html = observed(Some(&seen)).into_string();
+        assert!(!html.contains("<script") && !html.contains("<b>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert('title')&lt;/script&gt;"), "{html}");
+        assert!(html.contains(r#"href="https://github.com/acme/infra/pull/7""#), "{html}");
+        assert_eq!(observed(None).into_string(), "");
     }
 }
