@@ -18,29 +18,36 @@ pub fn list(runs: &[RunView], filter: &RunFilter, who: &str) -> Markup {
         @if runs.is_empty() {
             p.muted { @if *filter == RunFilter::default() { "No runs yet." } @else { "No runs match." } }
         } @else {
-            div.scroll {
-                table {
-                    thead { tr { th { "Run" } th { "Stack" } th { "Kind" } th { "State" } th { "Commit" } th { "PR" } th { "Ticket" } th { "By" } th { "Submitted" } } }
-                    tbody {
-                        @for run in runs {
-                            tr {
-                                td { a.mono href=(format!("/ui/runs/{}", run.id)) { (short(&run.id, 13)) } }
-                                td { (run.stack) }
-                                td { (run.kind) }
-                                td { (state(&run.state)) }
-                                td.mono { (short(&run.commit_sha, 12)) }
-                                td { (pull_request(run)) }
-                                td { (run.ticket.as_deref().unwrap_or("")) }
-                                td { (run.triggered_by) }
-                                td.mono { (rfc3339(run.created_at)) }
-                            }
+            (table(runs))
+        }
+    };
+    page("Runs", Some(who), body)
+}
+
+/// Runs in a table, each linking its page (the runs list's, and a stack's newest).
+pub(super) fn table(runs: &[RunView]) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead { tr { th { "Run" } th { "Stack" } th { "Kind" } th { "State" } th { "Commit" } th { "PR" } th { "Ticket" } th { "By" } th { "Submitted" } } }
+                tbody {
+                    @for run in runs {
+                        tr {
+                            td { a.mono href=(format!("/ui/runs/{}", run.id)) { (short(&run.id, 13)) } }
+                            td { (run.stack) }
+                            td { (run.kind) }
+                            td { (state(&run.state)) }
+                            td.mono { (short(&run.commit_sha, 12)) }
+                            td { (pull_request(run)) }
+                            td { (run.ticket.as_deref().unwrap_or("")) }
+                            td { (run.triggered_by) }
+                            td.mono { (rfc3339(run.created_at)) }
                         }
                     }
                 }
             }
         }
-    };
-    page("Runs", Some(who), body)
+    }
 }
 
 /// The list's filter form: a plain GET, so a filtered list is a link to share.
