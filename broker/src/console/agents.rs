@@ -40,7 +40,7 @@ pub fn list(agents: &[Listed<'_>], csrf: &str, who: &str) -> Markup {
     let actions = agents.iter().any(|a| a.may_administer);
     let body = html! {
         h1 { "Agents" }
-        p { (agents.len()) " agents; " (connected) " connected; " (busy) " running a job." }
+        p { (agents.len()) " agents; " (connected) " connected. " (busy) " running a job." }
         @if agents.is_empty() {
             p.muted { "No agents yet: " code { "keyward pool join-token POOL" } ", then " code { "keyward-agent join" } "." }
         } @else {
@@ -159,9 +159,12 @@ mod tests {
     #[test]
     fn agents_show_their_state_and_everything_is_escaped() {
         let revoked = agent("revoked", "<script>host</script>");
-        let html = list(&[Listed { agent: &revoked, jobs: Vec::new(), may_administer: true }], "tok", "me").into_string();
+        let html =
+            list(&[Listed { agent: &revoked, jobs: Vec::new(), may_administer: true }], "tok", "me").into_string();
         assert!(
-            html.contains("1 agents; 0 connected; 0 running a job.") && html.contains("by admin") && html.contains("1.11.4"),
+            html.contains("1 agents; 0 connected. 0 running a job.")
+                && html.contains("by admin")
+                && html.contains("1.11.4"),
             "{html}"
         );
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;host"), "{html}");
@@ -181,10 +184,12 @@ mod tests {
     #[test]
     fn only_an_administrator_gets_the_forms_and_revoking_takes_two_clicks() {
         let active = agent("active", "h");
-        let viewer = list(&[Listed { agent: &active, jobs: Vec::new(), may_administer: false }], "", "me").into_string();
+        let viewer =
+            list(&[Listed { agent: &active, jobs: Vec::new(), may_administer: false }], "", "me").into_string();
         assert!(!viewer.contains("<form") && !viewer.contains("Revoke") && !viewer.contains("Actions"), "{viewer}");
 
-        let admin = list(&[Listed { agent: &active, jobs: Vec::new(), may_administer: true }], "t\"ok", "me").into_string();
+        let admin =
+            list(&[Listed { agent: &active, jobs: Vec::new(), may_administer: true }], "t\"ok", "me").into_string();
         assert!(admin.contains(r#"action="/ui/agents/01a2b3c4-d5e6-7f80/drain""#), "{admin}");
         assert!(admin.contains(r#"name="csrf" value="t&quot;ok""#), "{admin}");
         let details = admin.find("<details").unwrap_or(usize::MAX);
@@ -194,7 +199,8 @@ mod tests {
         assert!(!admin.contains("<details open"), "{admin}");
 
         let draining = agent("draining", "h");
-        let html = list(&[Listed { agent: &draining, jobs: Vec::new(), may_administer: true }], "t", "me").into_string();
+        let html =
+            list(&[Listed { agent: &draining, jobs: Vec::new(), may_administer: true }], "t", "me").into_string();
         assert!(!html.contains("/drain") && html.contains("/revoke"), "a draining agent can still be revoked: {html}");
     }
 }

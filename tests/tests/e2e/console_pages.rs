@@ -73,7 +73,8 @@ fn token(broker: &Broker, name: &str, space: &str, role: &str) -> String {
 /// Agent `id`'s state as `keyward agent list --json` says.
 fn agent_state(broker: &Broker, id: &str) -> String {
     let agents = json(&broker.cli(&["agent", "list", "--json"]));
-    let agent = agents["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("{agents}"));
+    let agent =
+        agents["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("{agents}"));
     agent["state"].as_str().unwrap().to_owned()
 }
 
@@ -130,7 +131,8 @@ async fn the_agents_page_shows_current_jobs_and_only_an_admin_with_the_csrf_toke
     let example = json(&broker.cli(&["stack", "show", "example", "--json"]));
     let repository = example["repository"].as_str().unwrap();
     json(&broker.cli(&["pool", "create", "held", "--json"]));
-    let args = ["stack", "create", "held", "--repository", repository, "--pool", "held", "--label", "env=dev", "--json"];
+    let args =
+        ["stack", "create", "held", "--repository", repository, "--pool", "held", "--label", "env=dev", "--json"];
     json(&broker.cli(&args));
     let (endpoint, ca) = bootstrap(&broker.addr).await;
     let join = json(&broker.cli(&["pool", "join-token", "held", "--json"]));
@@ -145,7 +147,7 @@ async fn the_agents_page_shows_current_jobs_and_only_an_admin_with_the_csrf_toke
     // The admin sees the job it holds, linked to its run, and the forms.
     let (status, page) = get(&broker, &admin, "/ui/agents").await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("2 agents;") && page.contains("; 1 running a job."), "{page}");
+    assert!(page.contains("2 agents;") && page.contains(" connected. 1 running a job."), "{page}");
     let row = row_of(&page, &agent_id);
     assert!(row.contains(&format!(r#"href="/ui/runs/{run_id}" title="{}""#, job.job_id)), "{row}");
     assert!(row.contains("plan <a"), "{row}");
