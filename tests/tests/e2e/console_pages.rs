@@ -4,7 +4,8 @@
 //! state's content — and is not found for a viewer of another space. The agents page shows the
 //! job an agent holds (an agent played by the test holds a plan's lease, so it is held for as
 //! long as the test needs), gives a viewer no buttons, and refuses a drain or revoke without the
-//! session's CSRF token or the admin role; with both, the agent is drained, then revoked.
+//! session's CSRF token or the admin role (an agent of another space is not found); with both, the
+//! agent is drained, then revoked.
 
 use std::time::Duration;
 
@@ -162,6 +163,14 @@ async fn the_agents_page_shows_current_jobs_and_only_an_admin_with_the_csrf_toke
     assert!(page.contains(&job.job_id) && !page.contains("<form") && !page.contains("Revoke"), "{page}");
     let (status, _, page) = post(&broker, &viewer, &revoke, &viewer.csrf).await;
     assert_eq!(status, 403, "{page}");
+
+    // An administrator of another space neither sees the agent nor finds it to revoke.
+    json(&broker.cli(&["space", "create", "elsewhere", "--json"]));
+    let stranger = sign_in(&broker, &token(&broker, "stranger", "elsewhere", "admin")).await;
+    let (_, page) = get(&broker, &stranger, "/ui/agents").await;
+    assert!(page.contains("0 agents;") && !page.contains(&agent_id), "{page}");
+    let (status, _, page) = post(&broker, &stranger, &revoke, &stranger.csrf).await;
+    assert_eq!(status, 404, "{page}");
 
     // Without the admin session's own CSRF token, nothing changes.
     for csrf in ["", "forged", viewer.csrf.as_str()] {
