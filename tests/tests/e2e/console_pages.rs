@@ -127,6 +127,12 @@ async fn the_agents_page_shows_current_jobs_and_only_an_admin_with_the_csrf_toke
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::dev(&dir.path().join("data")).await;
     let admin = sign_in(&broker, &broker.admin_token).await;
+    // `keyward dev`'s own agent enrolls in the background once the broker is up.
+    let dev_agent = keyward_tests::eventually("the dev agent to enroll", Duration::from_secs(30), || async {
+        let agents = json(&broker.cli(&["agent", "list", "--json"]));
+        agents["agents"].as_array().and_then(|a| a.first()).and_then(|a| a["id"].as_str()).map(str::to_owned)
+    })
+    .await;
 
     // An agent played by the test, in its own pool, holding the plan of a run of its stack.
     let example = json(&broker.cli(&["stack", "show", "example", "--json"]));
@@ -197,8 +203,8 @@ async fn the_agents_page_shows_current_jobs_and_only_an_admin_with_the_csrf_toke
     assert_eq!(again.0, 409, "revoked once: {}", again.2);
     let revoked = broker.cli(&["audit", "tail", "--kind", "agent.revoked", "--json"]);
     assert!(revoked.success && revoked.stdout.contains(&agent_id), "{}", revoked.stderr);
-    let dev_agent = page.matches(">active<").count();
-    assert_eq!(dev_agent, 1, "the dev agent is untouched: {page}");
+    assert!(row_of(&page, &dev_agent).contains(">active<"), "the dev agent is untouched: {page}");
+    assert_eq!(agent_state(&broker, &dev_agent), "active");
 }
 
 /// The table row of agent `id` on the agents page.
