@@ -17,6 +17,7 @@ pub mod policies;
 pub mod review;
 pub mod run_evidence;
 pub mod runs;
+pub mod stack;
 pub mod stacks;
 
 /// The console's stylesheet, served at [`STYLESHEET_PATH`].

@@ -31,7 +31,8 @@ pub fn list(runs: &[RunView], filter: &RunFilter, who: &str) -> Markup {
     page("Runs", Some(who), body)
 }
 
-fn table(runs: &[RunView]) -> Markup {
+/// Runs in a table, each linking its page (the runs list's, and a stack's newest).
+pub(super) fn table(runs: &[RunView]) -> Markup {
     html! {
         div.scroll {
             table {

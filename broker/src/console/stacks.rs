@@ -6,6 +6,7 @@ use maud::{Markup, html};
 use super::layout::page;
 use crate::clock::rfc3339;
 use crate::runs::{DriftStatus, Stack};
+use keyward_proto::encoding::percent_encode;
 
 /// The stacks list for `who`: drifted first, then by name.
 pub fn list(stacks: &[Stack], who: &str) -> Markup {
@@ -24,7 +25,7 @@ pub fn list(stacks: &[Stack], who: &str) -> Markup {
                     tbody {
                         @for stack in ordered {
                             tr {
-                                td { a href=(format!("/ui/runs?stack={}", stack.spec.name)) { (stack.spec.name) } }
+                                td { a href=(format!("/ui/stacks/{}", percent_encode(&stack.spec.name))) { (stack.spec.name) } }
                                 td { (drift(&stack.drift)) }
                                 td.mono { (stack.drift_settings.drift_schedule.as_deref().unwrap_or("-")) }
                                 td.mono { (stack.spec.repository) @if !stack.spec.path.is_empty() { " · " (stack.spec.path) } }
@@ -39,8 +40,8 @@ pub fn list(stacks: &[Stack], who: &str) -> Markup {
     page("Stacks", Some(who), body)
 }
 
-/// A stack's drift state in a cell.
-fn drift(status: &DriftStatus) -> Markup {
+/// A stack's drift state in a cell (the list's and the stack page's).
+pub(super) fn drift(status: &DriftStatus) -> Markup {
     html! {
         @match status {
             DriftStatus::Unknown => span.muted { "never checked" },

@@ -163,8 +163,19 @@ pub(super) async fn revoke_agent(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    check_agent(&state, &operator, Permission::Administer, &id).await?;
-    Ok(Json(state.agents.revoke(&id, &operator.name, super::caller(&extensions)).await?))
+    Ok(Json(revoke(&state, &operator, &id, super::caller(&extensions)).await?))
+}
+
+/// Revokes agent `id` as `operator`, who must administer its pool's space (an agent it may not
+/// view is not found): the API's and the console's revoke.
+pub(super) async fn revoke(
+    state: &AppState,
+    operator: &Operator,
+    id: &str,
+    caller: crate::audit::Context,
+) -> Result<AgentView, ApiError> {
+    check_agent(state, operator, Permission::Administer, id).await?;
+    Ok(state.agents.revoke(id, &operator.name, caller).await?)
 }
 
 /// `POST /v1/agents/{id}/drain`.
@@ -174,6 +185,17 @@ pub(super) async fn drain_agent(
     extensions: axum::http::Extensions,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    check_agent(&state, &operator, Permission::Administer, &id).await?;
-    Ok(Json(state.agents.drain(&id, &operator.name, super::caller(&extensions)).await?))
+    Ok(Json(drain(&state, &operator, &id, super::caller(&extensions)).await?))
+}
+
+/// Drains agent `id` as `operator`, who must administer its pool's space: the API's and the
+/// console's drain.
+pub(super) async fn drain(
+    state: &AppState,
+    operator: &Operator,
+    id: &str,
+    caller: crate::audit::Context,
+) -> Result<AgentView, ApiError> {
+    check_agent(state, operator, Permission::Administer, id).await?;
+    Ok(state.agents.drain(id, &operator.name, caller).await?)
 }

@@ -31,7 +31,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ui/sign-out", get(console_forms::sign_out_page).post(console_forms::sign_out))
         .route("/ui/runs/{id}/events", get(super::console_run::events))
         .route("/ui/stacks", get(stacks))
-        .route("/ui/agents", get(agents))
+        .route("/ui/stacks/{name}", get(super::console_stacks::page))
+        .route("/ui/agents", get(super::console_agents::page))
+        .route("/ui/agents/{id}/drain", post(super::console_agents::drain))
+        .route("/ui/agents/{id}/revoke", post(super::console_agents::revoke))
         .route("/ui/audit", get(audit).post(audit_token))
         .route("/ui/policies", get(policies))
         .route(console::STYLESHEET_PATH, get(stylesheet))
@@ -116,17 +119,6 @@ async fn stacks(
     let Scoped { operator, .. } = scoped.map_err(fail)?;
     let stacks = super::runs::readable_stacks(&state, operator.clone()).await.map_err(fail)?;
     Ok(Html(console::stacks::list(&stacks, &who(&operator)).into_string()))
-}
-
-/// `GET /ui/agents`: the agents of the pools the caller may read.
-async fn agents(
-    State(state): State<AppState>,
-    scoped: Result<Scoped<can::ReadRuns>, ApiError>,
-) -> Result<Html<String>, PageError> {
-    let fail = |error| page_error(&state, "/ui/agents", error);
-    let Scoped { operator, .. } = scoped.map_err(fail)?;
-    let agents = super::agents::readable_agents(&state, operator.clone(), None).await.map_err(fail)?;
-    Ok(Html(console::agents::list(&agents, &who(&operator)).into_string()))
 }
 
 /// `GET /ui/audit?key=K`: the trace of `K`, for callers who may read the audit log. A key that

@@ -65,7 +65,7 @@ pub(super) async fn sign_out_page(State(state): State<AppState>, parts: Parts) -
 #[derive(Debug, Deserialize)]
 pub(super) struct TokenOnly {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 /// `POST /ui/sign-out`: ends the browser's session (a console session or a person's) and

@@ -71,7 +71,7 @@ fn actor(operator: &Operator) -> crate::roles::Actor {
 
 /// Succeeds if `operator` holds `permission` in the space of the stack `name`; a stack it may not
 /// view is not found.
-async fn check_stack(
+pub(super) async fn check_stack(
     state: &AppState,
     operator: &Operator,
     permission: Permission,

@@ -253,6 +253,15 @@ impl Store {
         rows.iter().map(super::runs::job_from).collect()
     }
 
+    /// Every job leased now, to any agent, oldest lease first: what each agent is running, in
+    /// one query (the console's agents page).
+    pub async fn leased_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let sql =
+            format!("SELECT {} FROM jobs WHERE state = 'leased' ORDER BY created_at, id", super::runs::JOB_COLUMNS);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(super::runs::job_from).collect()
+    }
+
     /// Leased jobs whose lease ended before `now`.
     pub async fn expired_leases(&self, now: i64, limit: i64) -> Result<Vec<JobRow>, StoreError> {
         let sql = format!(

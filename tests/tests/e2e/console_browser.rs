@@ -63,6 +63,12 @@ async fn the_console_in_chromium_navigates_within_its_csp_and_passes_axe() {
         page.screenshot(&shots.join(format!("console-{}.png", link.to_lowercase())), true).unwrap();
     }
 
+    // A stack's page, from the stacks list (the agents page above had the admin's forms).
+    assert_eq!(page.goto(&format!("{}/ui/stacks", broker.addr)).unwrap(), 200);
+    let url = page.click("main table a:text-is(\"example\")").unwrap();
+    assert_eq!(url, format!("{}/ui/stacks/example", broker.addr), "the stack's link");
+    check_page(&page, "/ui/stacks/example", "Stack example");
+
     // At a phone's width.
     let phone = browser.page_with_headers("phone", Viewport::PHONE, &auth).unwrap();
     assert_eq!(phone.goto(&format!("{}/ui/runs", broker.addr)).unwrap(), 200);

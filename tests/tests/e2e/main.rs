@@ -19,6 +19,7 @@ mod console;
 mod console_audit;
 mod console_browser;
 mod console_forms;
+mod console_pages;
 mod console_run;
 mod contexts;
 mod drift_remediation;
