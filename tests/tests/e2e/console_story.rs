@@ -32,12 +32,23 @@ fn json(output: &Output) -> Value {
     serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
-/// Where screenshots go: docs/images/ when asked to update them, else `scratch`.
-fn screenshot_dir(scratch: &Path) -> PathBuf {
-    if std::env::var_os("KEYWARD_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
-        keyward_tests::workspace_root().join("docs/images")
-    } else {
-        scratch.to_owned()
+/// Where screenshots go — docs/images/ when asked to update them, else a scratch directory — and
+/// the scratch directory for the width checks' own.
+struct Shots {
+    dir: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Shots {
+    fn new(scratch: &Path) -> Self {
+        let update = std::env::var_os("KEYWARD_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
+        let dir = if update { keyward_tests::workspace_root().join("docs/images") } else { scratch.to_owned() };
+        Self { dir, scratch: scratch.to_owned() }
+    }
+
+    /// Saves `page` as `name` (`full_page`: all of it, not just the viewport).
+    fn save(&self, page: &Page<'_>, name: &str, full_page: bool) {
+        page.screenshot(&self.dir.join(name), full_page).unwrap();
     }
 }
 
@@ -58,6 +69,16 @@ fn check_page_but_console(page: &Page<'_>, what: &str, heading: &str) {
     }
     assert!(serious.is_empty(), "{what}: axe-core finds serious accessibility problems: {serious:#?}");
     assert_eq!(page.csp_violations().unwrap(), Vec::<String>::new(), "{what}: CSP violations");
+}
+
+/// At a phone's width the page does not scroll sideways: what is wider scrolls in its own box.
+/// A full-page screenshot is as wide as the page's content (its PNG header says how wide).
+fn fits_a_phone(page: &Page<'_>, what: &str, shots: &Shots) {
+    let path = shots.scratch.join("width-check.png");
+    page.screenshot(&path, true).unwrap();
+    let png = std::fs::read(&path).unwrap();
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert!(width <= Viewport::PHONE.width, "{what} is {width} px wide on a phone");
 }
 
 /// `keyward dev` with an overlay: a read target for plans and a write target for applies, both on
@@ -183,7 +204,7 @@ fn reviewer_approves_and_watches(reviewer: &Page<'_>, broker: &Broker, id: &str)
 
 /// Reloaded, the settled run page: the review counted, both logs sealed, and the apply job's
 /// credentials by their identifiers. The access key ID the apply job was issued.
-fn settled_run_page(reviewer: &Page<'_>, broker: &Broker, id: &str, shots: &Path) -> String {
+fn settled_run_page(reviewer: &Page<'_>, broker: &Broker, id: &str, shots: &Shots) -> String {
     assert_eq!(reviewer.goto(&format!("{}/ui/runs/{id}", broker.addr)).unwrap(), 200);
     check_page(reviewer, "the settled run", "Run");
     let reviews = reviewer.texts("main li:has(q)").unwrap();
@@ -198,19 +219,20 @@ fn settled_run_page(reviewer: &Page<'_>, broker: &Broker, id: &str, shots: &Path
     assert!(row.contains(ROLE_WRITE), "{row}");
     let key = reviewer.text(&format!("{apply} .identifier:has-text(\"access key ID\") .mono")).unwrap();
     assert!(key.starts_with("ASIA") && key.len() == 20, "an STS access key ID: {key:?}");
-    reviewer.screenshot(&shots.join("console-run.png"), true).unwrap();
+    shots.save(reviewer, "console-run.png", true);
 
     // At a phone's width, the same page.
     reviewer.set_viewport(Viewport::PHONE).unwrap();
     check_page(reviewer, "the run on a phone", "Run");
-    reviewer.screenshot(&shots.join("console-run-phone.png"), false).unwrap();
+    fits_a_phone(reviewer, "the run", shots);
+    shots.save(reviewer, "console-run-phone.png", false);
     reviewer.set_viewport(Viewport::DESKTOP).unwrap();
     key
 }
 
 /// The reviewer searches the audit trail by the access key ID, as a person would: the trace names
 /// the run and its approver, and `verify.js` checks every entry's proof against the checkpoint.
-fn audit_trace(reviewer: &Page<'_>, broker: &Broker, id: &str, key: &str, shots: &Path) {
+fn audit_trace(reviewer: &Page<'_>, broker: &Broker, id: &str, key: &str, shots: &Shots) {
     let signed = json(&broker.cli(&["audit", "checkpoint", "--json"]));
     let size = signed["size"].as_u64().unwrap();
     let url = reviewer.click("header nav a:text-is(\"Audit\")").unwrap();
@@ -230,12 +252,16 @@ fn audit_trace(reviewer: &Page<'_>, broker: &Broker, id: &str, key: &str, shots:
     assert!(trace.contains("approved   by alice-reviewer"), "and who approved it: {trace}");
     assert!(trace.contains(key), "{trace}");
     check_page(reviewer, "the trace", "Audit trail");
-    reviewer.screenshot(&shots.join("console-audit.png"), true).unwrap();
+    shots.save(reviewer, "console-audit.png", true);
+    reviewer.set_viewport(Viewport::PHONE).unwrap();
+    check_page(reviewer, "the trace on a phone", "Audit trail");
+    fits_a_phone(reviewer, "the trace", shots);
+    reviewer.set_viewport(Viewport::DESKTOP).unwrap();
 }
 
 /// The example stack's state is changed behind Terraform's back (a fix pushed with the next
 /// serial); a drift check finds it, and the stacks page shows it drifted, first.
-fn drift(author: &Page<'_>, broker: &Broker, dir: &Path, shots: &Path) {
+fn drift(author: &Page<'_>, broker: &Broker, dir: &Path, shots: &Shots) {
     let pulled = broker.cli(&["state", "pull", "example"]);
     assert!(pulled.success, "{}", pulled.stderr);
     let mut state: Value = serde_json::from_str(&pulled.stdout).unwrap();
@@ -254,23 +280,23 @@ fn drift(author: &Page<'_>, broker: &Broker, dir: &Path, shots: &Path) {
     let first = author.text("main table tbody tr").unwrap();
     assert!(first.starts_with("example") && first.contains("drifted since"), "{first}");
     assert!(first.contains("0 to add, 1 to change, 0 to destroy"), "{first}");
-    author.screenshot(&shots.join("console-stacks.png"), true).unwrap();
+    shots.save(author, "console-stacks.png", true);
 }
 
 /// The other pages by the navigation a person would click.
-fn the_rest(author: &Page<'_>, broker: &Broker, shots: &Path) {
+fn the_rest(author: &Page<'_>, broker: &Broker, shots: &Shots) {
     let url = author.click("header nav a:text-is(\"Agents\")").unwrap();
     assert_eq!(url, format!("{}/ui/agents", broker.addr));
     check_page(author, "/ui/agents", "Agents");
     let agents = author.text("main table tbody").unwrap();
     assert!(agents.contains("dev") && agents.contains("sandbox"), "keyward dev's agent: {agents}");
-    author.screenshot(&shots.join("console-agents.png"), true).unwrap();
+    shots.save(author, "console-agents.png", true);
     let url = author.click("header nav a:text-is(\"Runs\")").unwrap();
     assert_eq!(url, format!("{}/ui/runs", broker.addr));
     check_page(author, "/ui/runs at the end", "Runs");
     let kinds = author.texts("main table tbody tr").unwrap();
     assert!(kinds.len() == 2 && kinds[0].contains("drift") && kinds[1].contains("finished"), "{kinds:?}");
-    author.screenshot(&shots.join("console-runs.png"), true).unwrap();
+    shots.save(author, "console-runs.png", true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,7 +307,7 @@ async fn a_reviewer_approves_in_chromium_watches_the_apply_traces_its_key_and_se
     let moto = Moto::start(dir.path()).await;
     let broker = start(dir.path(), &moto.endpoint).await;
     let browser = launching.await.unwrap().unwrap();
-    let shots = screenshot_dir(dir.path());
+    let shots = Shots::new(dir.path());
     controls(&browser);
     anonymous(&browser, &broker);
 
