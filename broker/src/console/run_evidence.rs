@@ -238,6 +238,10 @@ mod tests {
         assert_eq!(html.matches("<script").count(), 1, "only the embedded script: {html}");
         assert!(html.contains("sealed</span>, 2 chunks, 30 bytes, head <span class=\"mono\">abcdef0123456<"), "{html}");
         assert!(html.contains("not sealed yet"), "{html}");
+        assert!(
+            html.contains(r#"<pre class="log" id="run-log" role="log" aria-label="Run output" tabindex="0">"#),
+            "{html}"
+        );
         assert!(html.contains("keyward run logs run-1 --verify"), "{html}");
     }
 

@@ -208,10 +208,7 @@ fn settled_run_page(reviewer: &Page<'_>, broker: &Broker, id: &str, shots: &Shot
     assert_eq!(reviewer.goto(&format!("{}/ui/runs/{id}", broker.addr)).unwrap(), 200);
     check_page(reviewer, "the settled run", "Run");
     let reviews = reviewer.texts("main li:has(q)").unwrap();
-    assert!(
-        reviews.iter().any(|r| r.starts_with("alice-reviewer approved") && r.contains("(counted)")),
-        "{reviews:?}"
-    );
+    assert!(reviews.iter().any(|r| r.starts_with("alice-reviewer approved") && r.contains("(counted)")), "{reviews:?}");
     let seals = reviewer.texts("ul.seals li").unwrap();
     assert!(seals.len() == 2 && seals.iter().all(|s| s.contains(": sealed, ")), "{seals:?}");
     let apply = "table.credentials tr:has(.decision-issued):has-text(\"aws:network-apply\")";
@@ -241,7 +238,9 @@ fn audit_trace(reviewer: &Page<'_>, broker: &Broker, id: &str, key: &str, shots:
     reviewer.fill("#key", key).unwrap();
     let url = reviewer.click("form.filters button[type=submit]").unwrap();
     assert_eq!(url, format!("{}/ui/audit?key={key}", broker.addr));
-    reviewer.wait_for_text("#proof-summary", "inclusion proofs checked in your browser", Duration::from_secs(10)).unwrap();
+    reviewer
+        .wait_for_text("#proof-summary", "inclusion proofs checked in your browser", Duration::from_secs(10))
+        .unwrap();
     let summary = reviewer.text("#proof-summary").unwrap();
     assert!(summary.starts_with("All ") && !summary.contains("FAILED"), "{summary}");
     let checked = reviewer.texts("tr[data-entry] [data-status]").unwrap();
