@@ -56,7 +56,8 @@ pub fn search(checkpoint: Option<Checkpoint<'_>>, trace: Option<Trace<'_>>, csrf
                 p { "Nothing in the audit log refers to " code { (trace.key) } "." }
             } @else {
                 @let entries: Vec<&Value> = trace.lines.iter().map(|line| line.get("entry").unwrap_or(&Value::Null)).collect();
-                div.scroll { pre { @for line in render(trace.key, &entries) { (line) "\n" } } }
+                // Focusable: its lines are wider than a page, and a keyboard must reach them.
+                div.scroll tabindex="0" { pre { @for line in render(trace.key, &entries) { (line) "\n" } } }
                 p.muted {
                     (trace.lines.len()) " entries, read from a log of " (trace.size) " entries with root " code { (trace.root) } ". "
                     "To check each against the signed tree yourself: " code { "keyward audit trace " (trace.key) } "."

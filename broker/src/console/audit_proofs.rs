@@ -88,7 +88,8 @@ pub fn checkpoint(checkpoint: Option<Checkpoint<'_>>) -> Markup {
             }
             h2 { "Check it offline" }
             p { "With the log's public key, an export and this note, no broker needed (docs/audit.md):" }
-            div.scroll { pre { (offline_commands(cp.size)) } }
+            // Focusable: the commands are wider than a phone, and a keyboard must reach them.
+            div.scroll tabindex="0" { pre { (offline_commands(cp.size)) } }
         }
     }
 }

@@ -75,7 +75,8 @@ pub fn credentials(jobs: &[JobView], evidence: &RunEvidence) -> Markup {
 /// One table of decisions.
 fn decisions(events: &[CredentialEvent]) -> Markup {
     html! {
-        div.scroll {
+        // Focusable: on a phone it scrolls sideways and holds no link, so a keyboard must reach it.
+        div.scroll tabindex="0" {
             table.credentials {
                 thead { tr { th { "At" } th { "Target" } th { "Decision" } th { "What" } th { "Expires" } th { "Reasons" } } }
                 tbody {
@@ -124,7 +125,9 @@ pub fn log(jobs: &[JobView], log: RunLog<'_>, evidence: &RunEvidence) -> Markup 
         @if log.chunks.is_empty() && !log.live {
             p.muted { "No output." }
         }
-        pre #run-log .log {
+        // Focusable and named: the log scrolls, and a keyboard must reach it (axe-core's
+        // scrollable-region-focusable); `log` is the role of output appended as it arrives.
+        pre #run-log .log role="log" aria-label="Run output" tabindex="0" {
             @for chunk in log.chunks {
                 span class=(stream_class(&chunk.stream)) { (chunk.text) }
             }
@@ -253,6 +256,10 @@ mod tests {
         assert_eq!(html.matches("<script").count(), 1, "only the embedded script: {html}");
         assert!(html.contains("sealed</span>, 2 chunks, 30 bytes, head <span class=\"mono\">abcdef0123456<"), "{html}");
         assert!(html.contains("not sealed yet"), "{html}");
+        assert!(
+            html.contains(r#"<pre class="log" id="run-log" role="log" aria-label="Run output" tabindex="0">"#),
+            "{html}"
+        );
         assert!(html.contains("keyward run logs run-1 --verify"), "{html}");
     }
 

@@ -143,7 +143,8 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, evid
         }
         (review)
         h2 { "Jobs" }
-        div.scroll {
+        // Focusable: on a phone it scrolls sideways and holds no link, so a keyboard must reach it.
+        div.scroll tabindex="0" {
             table {
                 thead { tr { th { "Job" } th { "Phase" } th { "State" } th { "Agent" } th { "Isolation" } } }
                 tbody {

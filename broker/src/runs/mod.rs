@@ -507,13 +507,15 @@ impl Runs {
         let decision = self.decide(PolicyKind::Approval, || {
             policy_input::approval_input(&run, &stack, &reviews, self.target_labels(&stack), Some(actor), now)
         });
+        let approvers = reviews::counted_approvers(&run.triggered_by, &reviews);
         let (next, detail) = match decision.outcome {
-            Outcome::Approve => (RunState::Applying, None),
+            // Replaces "waiting for approval: …", which no longer holds.
+            Outcome::Approve => (RunState::Applying, Some(approved_detail(&approvers))),
             Outcome::Reject => (RunState::Discarded, Some(decision.reasons.join("; "))),
             _ => (RunState::Planned, Some(waiting_detail(&decision.reasons))),
         };
         let mut context = run_context(&run, &stack, Phase::Apply, who, caller);
-        context.approved_by = reviews::counted_approvers(&run.triggered_by, &reviews);
+        context.approved_by = approvers;
         let mut writes = vec![store::runs::insert_review(id, &review), transition(&run, next, detail.clone(), now)];
         let mut events = vec![reviewed_event(&context, &run.triggered_by, &review, &decision, now)];
         if next != RunState::Planned {
@@ -683,6 +685,11 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 /// `run` moves to `next`, if it is still at the version it was read at.
+/// A run's detail once reviews approved it.
+fn approved_detail(approvers: &[String]) -> String {
+    if approvers.is_empty() { "approved by policy".to_owned() } else { format!("approved by {}", approvers.join(", ")) }
+}
+
 fn transition(run: &RunRow, next: RunState, detail: Option<String>, now: i64) -> Write {
     store::runs::transition(run, next.as_str(), detail, now)
 }

@@ -173,6 +173,7 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     let waited = json(&broker.cli(&["run", "show", id, "--json"]));
     assert_eq!(waited["state"], "finished", "{waited}");
     assert_eq!(waited["reviews"][0]["by"], "alice-reviewer", "{waited}");
+    assert_eq!(waited["detail"], "approved by alice-reviewer", "no longer waiting for approval: {waited}");
     let (_, page) = get(&broker, &alice, &path).await;
     assert!(page.contains("&lt;b&gt;ship it&lt;/b&gt;") && page.contains("(counted)"), "{page}");
     let (status, _, _) = post(&broker, &alice, &review, &[("csrf", &alice.csrf), ("decision", "approve")]).await;
