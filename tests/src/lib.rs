@@ -12,6 +12,7 @@ pub mod agent;
 pub mod audit;
 pub mod broker;
 pub mod browser;
+pub mod console_session;
 pub mod fake_github;
 pub mod fake_issuer;
 pub mod fake_upstream;

@@ -26,7 +26,7 @@ pub fn page(title: &str, who: Option<&str>, body: Markup) -> Markup {
                         a href="/ui/policies" { "Policies" }
                     }
                     @if let Some(who) = who {
-                        span.who { "Signed in as " (who) }
+                        span.who { "Signed in as " (who) " · " a href="/ui/sign-out" { "Sign out" } }
                     }
                 }
                 main { (body) }

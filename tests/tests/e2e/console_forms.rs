@@ -4,73 +4,14 @@
 //! changes nothing; a run's author gets no approve button and is refused one; a reviewer approves
 //! from the run page and the run applies.
 
-use keyward_tests::broker::{Broker, keyward};
-use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use keyward_tests::broker::Broker;
+use keyward_tests::console_session::{client as browser, get, link as console_link, open as sign_in, post};
+use reqwest::header::{LOCATION, SET_COOKIE};
 use serde_json::Value;
 
 fn json(output: &keyward_tests::broker::Output) -> Value {
     assert!(output.success, "{}{}", output.stdout, output.stderr);
     serde_json::from_str(&output.stdout).unwrap()
-}
-
-/// A browser-like client: keeps no cookies itself and follows no redirects, so each step's
-/// answer is seen as the browser would get it.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
-}
-
-/// A signed-in browser: its `Cookie` header and the CSRF token its pages' forms carry.
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
-/// `keyward console --no-open --json` with `token`: the one-time link.
-fn console_link(broker: &Broker, token: &str) -> String {
-    let out = keyward(&["console", "--json"], &[("KEYWARD_ADDR", &broker.addr), ("KEYWARD_TOKEN", token)]);
-    let link = json(&out);
-    let url = link["url"].as_str().unwrap().to_owned();
-    assert!(url.starts_with(&format!("{}/ui/sign-in?link=kwl_", broker.addr)), "{link}");
-    url
-}
-
-/// Opens `link`: a 303 to the runs, with the session and CSRF cookies.
-async fn sign_in(link: &str) -> Session {
-    let response = browser().get(link).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 303);
-    assert_eq!(response.headers().get(LOCATION).and_then(|v| v.to_str().ok()), Some("/ui/runs"));
-    let cookies: Vec<&str> = response.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = |name: &str| {
-        let cookie =
-            cookies.iter().find(|c| c.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("{cookies:?}"));
-        cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
-    };
-    let session_cookie = cookies.iter().find(|c| c.starts_with("keyward_session=")).unwrap();
-    assert!(
-        session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Lax"),
-        "no script reads it, no other site posts with it: {session_cookie}"
-    );
-    let (secret, csrf) = (value("keyward_session"), value("keyward_csrf"));
-    assert!(secret.starts_with("kwc_"), "{secret}");
-    Session { cookie: format!("keyward_session={secret}; keyward_csrf={csrf}"), csrf }
-}
-
-async fn get(broker: &Broker, session: &Session, path: &str) -> (u16, String) {
-    let response =
-        browser().get(format!("{}{path}", broker.addr)).header("cookie", &session.cookie).send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-async fn post(broker: &Broker, session: &Session, path: &str, form: &[(&str, &str)]) -> (u16, HeaderMap, String) {
-    let response = browser()
-        .post(format!("{}{path}", broker.addr))
-        .header("cookie", &session.cookie)
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.text().await.unwrap())
 }
 
 /// The name of the first event a server-sent event stream sends.
@@ -98,12 +39,7 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     let broker = Broker::dev(&dir.path().join("data")).await;
 
     // `keyward dev` printed a link at start; it signs the admin token in, once.
-    let log = broker.log_text();
-    let printed = log
-        .split_whitespace()
-        .find(|word| word.contains("/ui/sign-in?link=kwl_"))
-        .unwrap_or_else(|| panic!("keyward dev printed no console link:\n{log}"))
-        .to_owned();
+    let printed = keyward_tests::console_session::printed_link(&broker);
     let admin = sign_in(&printed).await;
     let (status, page) = get(&broker, &admin, "/ui/runs").await;
     assert_eq!(status, 200, "{page}");

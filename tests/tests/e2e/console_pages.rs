@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_in_process};
-use keyward_tests::broker::{Broker, Output, keyward};
-use reqwest::header::{LOCATION, SET_COOKIE};
+use keyward_tests::broker::{Broker, Output};
+use keyward_tests::console_session::{self, Session, get, sign_in};
+use reqwest::header::LOCATION;
 use serde_json::Value;
 
 fn json(output: &Output) -> Value {
@@ -19,50 +20,10 @@ fn json(output: &Output) -> Value {
     serde_json::from_str(&output.stdout).unwrap()
 }
 
-/// A browser-like client: keeps no cookies itself and follows no redirects.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
-}
-
-/// A signed-in browser: its `Cookie` header and the CSRF token its pages' forms carry.
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
-/// Signs `token` in as a browser does: `keyward console --json`'s link, then its cookies.
-async fn sign_in(broker: &Broker, token: &str) -> Session {
-    let out = keyward(&["console", "--json"], &[("KEYWARD_ADDR", &broker.addr), ("KEYWARD_TOKEN", token)]);
-    let url = json(&out)["url"].as_str().unwrap().to_owned();
-    let response = browser().get(&url).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 303);
-    let cookies: Vec<&str> = response.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = |name: &str| {
-        let cookie = cookies.iter().find(|c| c.starts_with(&format!("{name}="))).unwrap();
-        cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
-    };
-    let (secret, csrf) = (value("keyward_session"), value("keyward_csrf"));
-    Session { cookie: format!("keyward_session={secret}; keyward_csrf={csrf}"), csrf }
-}
-
-async fn get(broker: &Broker, session: &Session, path: &str) -> (u16, String) {
-    let response =
-        browser().get(format!("{}{path}", broker.addr)).header("cookie", &session.cookie).send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// Posts a form carrying `csrf`: the status, where it redirects, and the body.
+/// Posts a form carrying only `csrf`: the status, where it redirects, and the body.
 async fn post(broker: &Broker, session: &Session, path: &str, csrf: &str) -> (u16, Option<String>, String) {
-    let response = browser()
-        .post(format!("{}{path}", broker.addr))
-        .header("cookie", &session.cookie)
-        .form(&[("csrf", csrf)])
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    (status, location, response.text().await.unwrap())
+    let (status, headers, body) = console_session::post(broker, session, path, &[("csrf", csrf)]).await;
+    (status, headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned), body)
 }
 
 /// `token create NAME --space SPACE --role ROLE`'s token.

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward_tests::broker::{Broker, Output, keyward};
+use keyward_tests::broker::{Broker, Output};
 use keyward_tests::browser::{Browser, BrowserError, Page, Viewport};
 use keyward_tests::moto::Moto;
 use serde_json::Value;
@@ -120,21 +120,8 @@ fn sign_in<'b>(browser: &'b Browser, name: &str, link: &str, who: &str) -> Page<
     let page = browser.page(name, Viewport::DESKTOP).unwrap();
     assert_eq!(page.goto(link).unwrap(), 200, "{name}: the link signs in and redirects to the runs");
     check_page(&page, &format!("{name}: /ui/runs"), "Runs");
-    assert_eq!(page.text("header .who").unwrap(), format!("Signed in as token {who}"));
+    assert_eq!(page.text("header .who").unwrap(), format!("Signed in as token {who} · Sign out"));
     page
-}
-
-/// The link `keyward dev` printed at start: it signs the admin token in.
-fn printed_link(broker: &Broker) -> String {
-    let log = broker.log_text();
-    let link = log.split_whitespace().find(|word| word.contains("/ui/sign-in?link=kwl_"));
-    link.unwrap_or_else(|| panic!("keyward dev printed no console link:\n{log}")).to_owned()
-}
-
-/// `keyward console --json` with `token`: a one-time link.
-fn console_link(broker: &Broker, token: &str) -> String {
-    let out = keyward(&["console", "--json"], &[("KEYWARD_ADDR", &broker.addr), ("KEYWARD_TOKEN", token)]);
-    json(&out)["url"].as_str().unwrap().to_owned()
 }
 
 /// The checks above can fail: under the console's own `default-src 'none'`, axe-core still runs
@@ -314,9 +301,9 @@ async fn a_reviewer_approves_in_chromium_watches_the_apply_traces_its_key_and_se
     anonymous(&browser, &broker);
 
     // Two people, two browser contexts, each signed in by opening their own one-time link.
-    let author = sign_in(&browser, "author", &printed_link(&broker), "bootstrap-admin");
+    let author = sign_in(&browser, "author", &keyward_tests::console_session::printed_link(&broker), "bootstrap-admin");
     let reviewer = json(&broker.cli(&["token", "create", "alice-reviewer", "--role", "reviewer", "--json"]));
-    let link = console_link(&broker, reviewer["token"].as_str().unwrap());
+    let link = keyward_tests::console_session::link(&broker, reviewer["token"].as_str().unwrap());
     let reviewer = sign_in(&browser, "reviewer", &link, "alice-reviewer");
 
     // The author deploys from the command line; the run plans and waits for a review.
