@@ -114,6 +114,20 @@ pub struct RunEvidence {
     /// The pull request or push that started the run, as its provider described it (from
     /// `run.created`), when one did.
     pub observed: Option<Observed>,
+    /// What happened to the run, in log order: created, each state change, each review, each
+    /// job leased and finished.
+    pub timeline: Vec<Moment>,
+}
+
+/// One moment of a run's life, as its audit entry records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moment {
+    /// When.
+    pub at: i64,
+    /// What happened (`planning → planned`, `approve by …`, `plan job succeeded`…).
+    pub what: String,
+    /// Why or how, when the entry says (a state's detail, an agent's ID).
+    pub note: Option<String>,
 }
 
 /// What a version control provider said about the change that started a run.
@@ -156,6 +170,9 @@ pub fn evidence(entries: &[Entry]) -> RunEvidence {
     let mut out = RunEvidence::default();
     for entry in entries {
         let job = entry.details.get("job_id").and_then(Value::as_str).map(str::to_owned);
+        if let Some(moment) = moment(entry) {
+            out.timeline.push(moment);
+        }
         if entry.kind == kinds::RUN_CREATED {
             out.observed = observed(&entry.details);
             continue;
@@ -173,6 +190,35 @@ pub fn evidence(entries: &[Entry]) -> RunEvidence {
         }
     }
     out
+}
+
+/// `entry` as a moment of the run's life; `None` for entries that are not one. A failed job's
+/// error is not repeated here (the log shows what happened).
+fn moment(entry: &Entry) -> Option<Moment> {
+    let text = |key: &str| entry.details.get(key).and_then(Value::as_str).map(str::to_owned);
+    let phase = entry.context.phase.clone().unwrap_or_else(|| "a".to_owned());
+    let (what, note) = match entry.kind.as_str() {
+        kinds::RUN_CREATED => {
+            let by = entry.context.triggered_by.clone().or_else(|| entry.context.actor.clone());
+            (
+                format!("created ({})", text("kind").unwrap_or_else(|| "deploy".to_owned())),
+                by.map(|b| format!("by {b}")),
+            )
+        }
+        kinds::RUN_STATE_CHANGED => {
+            (format!("{} → {}", text("from").unwrap_or_default(), text("to").unwrap_or_default()), text("detail"))
+        }
+        kinds::RUN_REVIEWED => {
+            let counted = entry.details.get("counted").and_then(Value::as_bool).unwrap_or(false);
+            let by = entry.context.actor.clone().unwrap_or_default();
+            let what = format!("{} by {by}", text("decision").unwrap_or_default());
+            (what, (!counted).then(|| text("note").unwrap_or_else(|| "did not count".to_owned())))
+        }
+        kinds::JOB_LEASED => (format!("{phase} job leased"), text("agent_id").map(|a| format!("to agent {a}"))),
+        kinds::JOB_FINISHED => (format!("{phase} job {}", text("outcome").unwrap_or_default()), None),
+        _ => return None,
+    };
+    Some(Moment { at: entry.at, what, note })
 }
 
 /// `run.created`'s `observed`, when the run was started by a provider's event.
@@ -333,5 +379,30 @@ mod tests {
         assert_eq!(pr.url, None, "only an https:// address is linked");
         let asserted = entry(1, kinds::RUN_CREATED, json!({"kind": "deploy"}));
         assert_eq!(evidence(&[asserted]).observed, None, "a run nobody observed");
+    }
+
+    #[test]
+    fn the_timeline_is_the_runs_life_without_a_failed_jobs_error() {
+        let entries = [
+            entry(1, kinds::RUN_CREATED, json!({"kind": "deploy"})),
+            entry(2, kinds::RUN_STATE_CHANGED, json!({"from": "queued", "to": "planning", "detail": null})),
+            entry(3, kinds::JOB_LEASED, json!({"job_id": "j-1", "agent_id": "a-1"})),
+            entry(4, kinds::JOB_FINISHED, json!({"job_id": "j-1", "outcome": "failed", "error": "secret-ish output"})),
+            entry(
+                5,
+                kinds::RUN_REVIEWED,
+                json!({"decision": "approve", "counted": false, "note": "the run's author cannot approve it"}),
+            ),
+            entry(6, kinds::CREDENTIALS_ISSUED, json!({"job_id": "j-1"})),
+        ];
+        let timeline = evidence(&entries).timeline;
+        let what: Vec<&str> = timeline.iter().map(|m| m.what.as_str()).collect();
+        assert_eq!(what.len(), 5, "{what:?}");
+        assert!(what[0].starts_with("created (deploy)") && what[1] == "queued → planning", "{what:?}");
+        assert!(what[2].ends_with("job leased") && what[3].ends_with("job failed"), "{what:?}");
+        assert_eq!(timeline[2].note.as_deref(), Some("to agent a-1"));
+        assert_eq!(timeline[3].note, None, "a failed job's error is not repeated");
+        assert!(what[4].starts_with("approve by"), "{what:?}");
+        assert_eq!(timeline[4].note.as_deref(), Some("the run's author cannot approve it"));
     }
 }

@@ -9,7 +9,7 @@
 
 use maud::{Markup, html};
 
-use crate::audit::run_evidence::{CredentialEvent, JobEvidence, Observed, RunEvidence};
+use crate::audit::run_evidence::{CredentialEvent, JobEvidence, Moment, Observed, RunEvidence};
 use crate::clock::rfc3339;
 use crate::joblogs::ChunkView;
 use crate::runs::JobView;
@@ -47,6 +47,23 @@ pub fn observed(observed: Option<&Observed>) -> Markup {
                     @if let Some(url) = &pr.url { " · " a href=(url) rel="noreferrer" { "on " (observed.source) } }
                 },
                 None => p.observed { "A push by " (observed.sender) "." },
+            }
+        }
+    }
+}
+
+/// The run's life, from its audit entries: created, each state change, review and job.
+pub fn timeline(moments: &[Moment]) -> Markup {
+    html! {
+        @if !moments.is_empty() {
+            h2 { "Timeline" }
+            ol.timeline {
+                @for moment in moments {
+                    li {
+                        span.mono { (rfc3339(moment.at)) } " " (moment.what)
+                        @if let Some(note) = &moment.note { " " span.muted { (note) } }
+                    }
+                }
             }
         }
     }

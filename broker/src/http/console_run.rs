@@ -30,7 +30,7 @@ use super::extract::{Scoped, can};
 use crate::access::Permission;
 use crate::audit::Entry;
 use crate::audit::run_evidence::{self, RunEvidence};
-use crate::console::run_evidence::{RunLog, credentials, log, observed};
+use crate::console::run_evidence::{RunLog, credentials, log, observed, timeline};
 use crate::runs::{RunState, RunView};
 
 /// The most log chunks the page shows; `keyward run logs` prints the rest.
@@ -64,6 +64,7 @@ pub(super) async fn evidence(state: &AppState, run: &RunView) -> Result<Markup, 
     let shown = RunLog { run_id: &run.id, chunks: &chunks, truncated, live: !settled(run) };
     Ok(html! {
         (observed(evidence.observed.as_ref()))
+        (timeline(&evidence.timeline))
         (credentials(&run.jobs, &evidence))
         (log(&run.jobs, shown, &evidence))
     })

@@ -112,6 +112,15 @@ async fn a_one_time_link_signs_a_token_in_and_forms_need_the_sessions_csrf_token
     assert_eq!(waited["detail"], "approved by alice-reviewer", "no longer waiting for approval: {waited}");
     let (_, page) = get(&broker, &alice, &path).await;
     assert!(page.contains("&lt;b&gt;ship it&lt;/b&gt;") && page.contains("(counted)"), "{page}");
+    for moment in [
+        "created (deploy)",
+        "planning → planned",
+        "approve by alice-reviewer",
+        "planned → applying",
+        "apply job succeeded",
+    ] {
+        assert!(page.contains(moment), "the timeline has {moment:?}: {page}");
+    }
     let (status, _, _) = post(&broker, &alice, &review, &[("csrf", &alice.csrf), ("decision", "approve")]).await;
     assert_eq!(status, 409, "a finished run takes no review");
 

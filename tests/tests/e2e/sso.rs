@@ -170,6 +170,13 @@ async fn a_person_signs_in_sees_themself_and_signs_out() {
     assert_eq!(status, StatusCode::OK, "{listed}");
     let (_, _, _, me) = browser.get(&format!("{}/v1/me", broker.addr)).await;
     assert_eq!(me["roles"], serde_json::json!({"root": "viewer"}), "{me}");
+    // The web console takes the same session (docs/console.md).
+    let cookie = format!("keyward_session={}", browser.cookie("keyward_session").unwrap());
+    let console = reqwest::Client::new().get(format!("{}/ui/runs", broker.addr)).header("cookie", cookie);
+    let console = console.send().await.unwrap();
+    assert_eq!(console.status(), StatusCode::OK);
+    let page = console.text().await.unwrap();
+    assert!(page.contains("Signed in as alice") && page.contains("<h1>Runs</h1>"), "{page}");
     let unbind = broker.cli(&["space", "unbind", "root", "--role", "viewer", "--group", "platform"]);
     assert!(unbind.success, "{}", unbind.stderr);
     let (status, ..) = browser.get(&stacks).await;
