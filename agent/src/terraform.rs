@@ -395,6 +395,16 @@ impl PlanFindings {
     }
 }
 
+/// `program` on `PATH`, made absolute (the sandbox sees only what is bound); the agent itself
+/// finds its binaries with [`crate::tools::Toolbox::locate`].
+pub fn locate(program: &str) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if path.is_absolute() {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{DriftCounts, MAX_DRIFT_ADDRESSES, PlanFindings};
