@@ -39,7 +39,7 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Connect to the broker and run jobs until stopped (SIGTERM/Ctrl-C drain: finish, then exit).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// `keyward-agent run`: how this agent takes and isolates jobs.
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Join { broker, token, data_dir } => join(&broker, &token, DataDir::new(data_dir)).await,
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
         }
     });
     match result {
@@ -202,14 +202,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let runner = Runner::new(work, isolation, args.phase_timeout)
         .with_provider_mirror(args.provider_mirror)
         .with_scanners(scanners);
-    let settings = Settings {
-        capacity: args.capacity,
-        runner,
-        tools,
-        mask_patterns,
-        log_limit: args.log_limit,
-        slots,
-    };
+    let settings = Settings { capacity: args.capacity, runner, tools, mask_patterns, log_limit: args.log_limit, slots };
     let daemon = Daemon::new(dir, settings);
     let draining = std::sync::Arc::clone(&daemon);
     tokio::spawn(async move {

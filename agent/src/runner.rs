@@ -506,6 +506,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_for_a_tool_the_agent_lacks_fails_naming_it_and_runs_nothing() {
+        let (_data, slot) = slot();
+        let (log, _outbox) = new_log();
+        let (_keep, cancel) = oneshot::channel();
+        let terraform = Installed {
+            tool: Tool::Terraform,
+            path: PathBuf::from("/nonexistent/terraform"),
+            version: "1.11.4".into(),
+        };
+        let runner = Runner::new(
+            Some(Work::Terraform(Toolbox::of(vec![terraform]))),
+            Isolation::Process,
+            Duration::from_secs(60),
+        );
+        let job = Job { tool: Tool::Tofu, ..job() };
+        let failed = runner
+            .run(&job, &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), cancel)
+            .await;
+        let expected =
+            "this agent has no tofu (the stack's tool): start it with --tofu-binary PATH or put `tofu` on its PATH";
+        assert_eq!(failed, Outcome::Failed(expected.to_owned()));
+    }
+
+    #[tokio::test]
     async fn the_terraform_on_path_reports_its_version() {
         // The machines this runs on have Terraform (DESIGN.md §9).
         let path = std::env::var("PATH").ok();

@@ -213,7 +213,10 @@ mod tests {
         let tofu = script(dir.path(), "tofu", "#!/bin/sh\necho '{\"terraform_version\": \"1.8.0\"}'\n", 0o755);
         let search = dir.path().display().to_string();
         let by_path = Toolbox::locate(None, Some(tofu.to_str().unwrap()), Some("/nonexistent")).await.unwrap();
-        assert_eq!(by_path.get(Tool::Tofu).map(|i| (i.path.clone(), i.version.as_str())), Some((tofu.clone(), "1.8.0")));
+        assert_eq!(
+            by_path.get(Tool::Tofu).map(|i| (i.path.clone(), i.version.as_str())),
+            Some((tofu.clone(), "1.8.0"))
+        );
         assert_eq!(by_path.get(Tool::Terraform), None);
         assert_eq!(by_path.describe(), "tofu 1.8.0");
         let by_name = Toolbox::locate(Some("tofu"), None, Some(&search)).await.unwrap();

@@ -352,7 +352,8 @@ impl Hub {
             let agents: Vec<(String, Tools)> = {
                 let state = self.lock();
                 let idle = state.pools.get(pool).map(|queue| queue.idle.iter().take(LEASE_BATCH)).into_iter().flatten();
-                let tools = |agent: &String| state.sessions.get(agent).map_or(Tools::TERRAFORM, |session| session.tools);
+                let tools =
+                    |agent: &String| state.sessions.get(agent).map_or(Tools::TERRAFORM, |session| session.tools);
                 idle.map(|agent| (agent.clone(), tools(agent))).collect()
             };
             if agents.is_empty() {

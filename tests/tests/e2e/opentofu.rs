@@ -196,7 +196,13 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
 
     // An agent with OpenTofu joins the pool and takes it.
     let (tofu, calls) = shim(dir.path(), "tofu", "1.8.0");
-    let _tofu = agent(&broker, &dir.path().join("agent-tofu"), "plain", &["--tofu-binary", tofu.to_str().unwrap()], Some(&path));
+    let _tofu = agent(
+        &broker,
+        &dir.path().join("agent-tofu"),
+        "plain",
+        &["--tofu-binary", tofu.to_str().unwrap()],
+        Some(&path),
+    );
     let run = ended(&broker, &waiting).await;
     assert_eq!(run["state"], "finished", "{run}\n{}", logs(&broker, &waiting));
     assert!(commands(&calls).iter().any(|c| c == "apply"), "{:?}", commands(&calls));
@@ -213,7 +219,8 @@ async fn a_named_binary_that_is_missing_or_cannot_run_stops_the_agent_at_start()
         ("plain", plain.clone(), "not an executable file; check its permissions"),
     ];
     for (name, binary, why) in cases {
-        let mut agent = agent(&broker, &dir.path().join(name), "default", &["--tofu-binary", binary.to_str().unwrap()], None);
+        let mut agent =
+            agent(&broker, &dir.path().join(name), "default", &["--tofu-binary", binary.to_str().unwrap()], None);
         let status = agent.wait_exit(Duration::from_secs(30));
         assert!(!status.success());
         let log = agent.log_text();
