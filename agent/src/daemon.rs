@@ -32,6 +32,7 @@ use crate::logs::{Chunk, JobLog, MaskRules, Outbox, Patterns, Signer};
 use crate::plans::Plans;
 use crate::runner::{Outcome, Runner};
 use crate::slots::Slots;
+use crate::tools::{Tool, Toolbox};
 
 /// Heartbeat period when nothing shorter is needed.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -49,8 +50,8 @@ pub struct Settings {
     pub capacity: u32,
     /// The phase runner.
     pub runner: Runner,
-    /// `terraform version` on this host, reported in `Hello`.
-    pub terraform_version: Option<String>,
+    /// The Terraform and OpenTofu binaries found, and their versions, reported in `Hello`.
+    pub tools: Toolbox,
     /// Secret patterns masked in every job's log, besides the job's own credential values.
     pub mask_patterns: Patterns,
     /// The most bytes of output one job may log.
@@ -227,9 +228,10 @@ impl Daemon {
             .send(send(agent_message::Kind::Hello(Hello {
                 agent_version: crate::version().to_owned(),
                 capacity: self.settings.capacity,
-                terraform_version: self.settings.terraform_version.clone().unwrap_or_default(),
+                terraform_version: self.terraform_version(),
                 job_isolation: self.settings.runner.isolation().wire().into(),
                 runs_exec: !self.settings.runner.runs_terraform(),
+                tools: if self.settings.runner.runs_terraform() { self.settings.tools.wire() } else { Vec::new() },
             })))
             .await;
         let _ = outbound.send(send(agent_message::Kind::Heartbeat(self.heartbeat()))).await;
@@ -440,7 +442,10 @@ impl Daemon {
         };
         let log = log_of(MaskRules::new(credentials.secret_values(), patterns));
         let runs = if self.settings.runner.runs_terraform() {
-            format!("terraform {}", self.settings.terraform_version.as_deref().unwrap_or("none"))
+            match self.settings.tools.get(job.tool) {
+                Some(installed) => format!("{} {}", installed.tool.name(), installed.version),
+                None => format!("{} none", job.tool.name()),
+            }
         } else {
             "an --exec command, not terraform".to_owned()
         };
@@ -475,6 +480,13 @@ impl Daemon {
         let queued_since = std::mem::take(&mut *results);
         results.extend(unsent);
         results.extend(queued_since);
+    }
+
+    /// `Hello.terraform_version`, as brokers before tool reports read it: Terraform's version,
+    /// empty without Terraform (or with `--exec`).
+    fn terraform_version(&self) -> String {
+        let terraform = self.settings.tools.get(Tool::Terraform).filter(|_| self.settings.runner.runs_terraform());
+        terraform.map(|installed| installed.version.clone()).unwrap_or_default()
     }
 
     fn heartbeat(&self) -> Heartbeat {

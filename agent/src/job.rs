@@ -10,6 +10,7 @@ use keyward_proto::agent_v1::{self as wire, JobAssignment};
 use keyward_proto::claims::Phase;
 
 use crate::hooks::{Hook, HookPoint};
+use crate::tools::Tool;
 
 /// The work a job asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct Job {
     pub hooks: Vec<Hook>,
     /// Plan jobs of a scanned stack: the scanners to run before anything else (docs/scans.md).
     pub scanners: Vec<String>,
+    /// The program the phase runs: the stack's tool.
+    pub tool: Tool,
 }
 
 /// An assignment this agent will not run, and which job it was (to report the refusal).
@@ -108,6 +111,9 @@ pub enum JobError {
     /// A scanner this agent does not know how to run (a broker newer than this agent).
     #[error("the stack is scanned with `{0}`, a scanner this agent does not know; upgrade the agent")]
     UnknownScanner(String),
+    /// A tool this agent does not know (a broker newer than this agent).
+    #[error("the stack runs a tool this agent does not know (tool {0}); upgrade the agent")]
+    UnknownTool(i32),
 }
 
 impl TryFrom<JobAssignment> for Job {
@@ -116,8 +122,12 @@ impl TryFrom<JobAssignment> for Job {
     fn try_from(assignment: JobAssignment) -> Result<Self, Refused> {
         let checked = task(assignment.job_phase(), assignment.job_run_kind())
             .and_then(|task| Ok((task, hooks(&assignment.hooks)?)))
-            .and_then(|checked| known_scanners(&assignment.scanners).map(|()| checked));
-        let (task, hooks) = match checked {
+            .and_then(|checked| known_scanners(&assignment.scanners).map(|()| checked))
+            .and_then(|(task, hooks)| {
+                let tool = Tool::from_wire(assignment.tool).ok_or(JobError::UnknownTool(assignment.tool))?;
+                Ok((task, hooks, tool))
+            });
+        let (task, hooks, tool) = match checked {
             Ok(checked) => checked,
             Err(error) => {
                 let JobAssignment { job_id, run_id, fencing_token, .. } = assignment;
@@ -141,6 +151,7 @@ impl TryFrom<JobAssignment> for Job {
             managed_state: assignment.managed_state,
             hooks,
             scanners: assignment.scanners,
+            tool,
         })
     }
 }

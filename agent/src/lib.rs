@@ -30,6 +30,7 @@ pub mod source;
 pub mod state_relay;
 pub mod step;
 pub mod terraform;
+pub mod tools;
 
 /// The agent protocol version this build speaks.
 pub const PROTOCOL_PACKAGE: &str = "keyward.agent.v1";

@@ -13,6 +13,7 @@ use keyward_agent::launch::{Isolation, SandboxSettings};
 use keyward_agent::runner::{Runner, Work};
 use keyward_agent::scan::Scanners;
 use keyward_agent::slots::{self, Slots};
+use keyward_agent::tools::{Tool, Toolbox};
 use keyward_sandbox::Network;
 
 /// Keyward private worker agent: dials out to the broker, takes jobs over mTLS.
@@ -38,7 +39,7 @@ enum Command {
         data_dir: PathBuf,
     },
     /// Connect to the broker and run jobs until stopped (SIGTERM/Ctrl-C drain: finish, then exit).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// `keyward-agent run`: how this agent takes and isolates jobs.
@@ -55,6 +56,15 @@ struct RunArgs {
     /// and KEYWARD_PATH set.
     #[arg(long)]
     exec: Option<String>,
+    /// The Terraform binary every Terraform command of `tool = "terraform"` stacks runs (init,
+    /// plan, show, apply, version): an absolute path or a program on PATH, checked at start.
+    /// Default: `terraform` on PATH.
+    #[arg(long, value_name = "PATH")]
+    terraform_binary: Option<String>,
+    /// The OpenTofu binary for `tool = "tofu"` stacks, checked at start. Default: `tofu` on
+    /// PATH, if there is one; without it, the broker leases this agent no OpenTofu stack's jobs.
+    #[arg(long, value_name = "PATH")]
+    tofu_binary: Option<String>,
     /// How jobs are isolated: `sandbox` (namespaces, minimal root, cgroups, Landlock,
     /// seccomp; docs/sandbox.md), or `process` (a process group and a scrubbed environment
     /// only: an explicit, weaker choice).
@@ -129,7 +139,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Join { broker, token, data_dir } => join(&broker, &token, DataDir::new(data_dir)).await,
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
         }
     });
     match result {
@@ -181,7 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     dir.load()?;
     let isolation = isolation(&args)?;
     let slots = job_slots(&dir, &isolation, args.capacity, args.id_range)?;
-    let (work, terraform_version) = work(args.exec).await;
+    let (work, tools) = work(&args).await?;
     if let Some(mirror) = &args.provider_mirror
         && (!mirror.is_absolute() || !mirror.is_dir())
     {
@@ -192,14 +202,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let runner = Runner::new(work, isolation, args.phase_timeout)
         .with_provider_mirror(args.provider_mirror)
         .with_scanners(scanners);
-    let settings = Settings {
-        capacity: args.capacity,
-        runner,
-        terraform_version,
-        mask_patterns,
-        log_limit: args.log_limit,
-        slots,
-    };
+    let settings = Settings { capacity: args.capacity, runner, tools, mask_patterns, log_limit: args.log_limit, slots };
     let daemon = Daemon::new(dir, settings);
     let draining = std::sync::Arc::clone(&daemon);
     tokio::spawn(async move {
@@ -242,20 +245,26 @@ fn isolation(args: &RunArgs) -> anyhow::Result<Isolation> {
     Ok(Isolation::Sandbox(settings))
 }
 
-/// What each phase runs, and the Terraform version the agent reports. An `--exec` agent never
-/// runs Terraform, so it reports none: its pool should be one of its own (docs/agents.md), and
-/// nothing should present its runs as applies.
-async fn work(exec: Option<String>) -> (Option<Work>, Option<String>) {
-    if let Some(command) = exec {
+/// What each phase runs, and the tools the agent reports: Terraform and OpenTofu as the flags
+/// name them or as found on PATH (a named binary that is missing or cannot run stops the agent).
+/// An `--exec` agent never runs Terraform, so it reports none: its pool should be one of its own
+/// (docs/agents.md), and nothing should present its runs as applies.
+async fn work(args: &RunArgs) -> anyhow::Result<(Option<Work>, Toolbox)> {
+    if let Some(command) = &args.exec {
         tracing::warn!("--exec: every phase runs `sh -c CMD`, not Terraform");
-        return (Some(Work::Exec(command)), None);
+        return Ok((Some(Work::Exec(command.clone())), Toolbox::default()));
     }
-    let version = keyward_agent::runner::terraform_version().await;
-    match &version {
-        Some(version) => tracing::info!(%version, "terraform found"),
-        None => tracing::warn!("no terraform on PATH; Terraform jobs will fail on this agent"),
+    let path = std::env::var("PATH").ok();
+    let tools = Toolbox::locate(args.terraform_binary.as_deref(), args.tofu_binary.as_deref(), path.as_deref()).await?;
+    for installed in tools.installed() {
+        let (tool, version, path) = (installed.tool.name(), &installed.version, installed.path.display());
+        tracing::info!(%tool, %version, %path, "found");
     }
-    (keyward_agent::terraform::locate("terraform").map(Work::Terraform), version)
+    if tools.get(Tool::Terraform).is_none() {
+        tracing::warn!("no terraform (--terraform-binary, or on PATH); Terraform stacks' jobs will fail on this agent");
+    }
+    let work = (!tools.installed().is_empty()).then(|| Work::Terraform(tools.clone()));
+    Ok((work, tools))
 }
 
 /// A Unix time as an RFC 3339 UTC date (`2026-12-06T04:21:30Z`).

@@ -5,10 +5,8 @@
 //! ([`crate::logs`]); the last masked output of a failing step becomes the job's error.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::credentials::JobCredentials;
@@ -24,6 +22,18 @@ use crate::source::{self, SourceError};
 use crate::state_relay::{Backend, StateRelay};
 use crate::step::{self, Cancel, StepEnd};
 use crate::terraform::{Drift, Phase, PhaseError};
+use crate::tools::{Installed, Tool, Toolbox};
+
+/// A job's error when the agent lacks the stack's tool (the broker leases such jobs only to
+/// agents that reported the tool, so this is an agent whose binary vanished, or one reporting
+/// nothing: older than tool reports).
+fn missing_tool(tool: Tool) -> String {
+    format!(
+        "this agent has no {name} (the stack's tool): start it with {flag} PATH or put `{name}` on its PATH",
+        name = tool.name(),
+        flag = tool.flag()
+    )
+}
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,26 +48,12 @@ pub enum Outcome {
     Canceled,
 }
 
-/// The version of the `terraform` on `PATH` (`terraform version -json`), or `None` when there is
-/// none or it does not answer within 10 s.
-pub async fn terraform_version() -> Option<String> {
-    let output = Command::new("terraform")
-        .args(["version", "-json"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(10), output).await.ok()?.ok()?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    report.get("terraform_version")?.as_str().map(str::to_owned)
-}
-
 /// What a job's phase runs.
 #[derive(Debug, Clone)]
 pub enum Work {
-    /// Terraform, at this (absolute) path: the stack's repository at the run's commit, then the
-    /// phase's Terraform commands.
-    Terraform(PathBuf),
+    /// Terraform or OpenTofu, whichever the job's stack names, from these binaries: the
+    /// stack's repository at the run's commit, then the phase's commands.
+    Terraform(Toolbox),
     /// `sh -c CMD` in an empty work directory, with the job described in `KEYWARD_*` variables
     /// (`keyward-agent run --exec`: for operators' own runners and for tests).
     Exec(String),
@@ -133,6 +129,7 @@ impl Runner {
         let Some(work) = &self.work else {
             return Outcome::Failed("this agent has no terraform on its PATH (and no --exec command)".to_owned());
         };
+
         let dir = match JobDir::create(slot.dir(), &job.job_id) {
             Ok(dir) => dir,
             Err(error) => return Outcome::Failed(format!("cannot create the job's directory: {error}")),
@@ -141,7 +138,10 @@ impl Runner {
             Setting { job, slot, dir: &dir, host_ids: self.host_ids(slot), deadline: self.deadline(job), log, layers };
         let result = match work {
             Work::Exec(command) => self.exec(command, setting, credentials, &mut cancel).await.map(|()| None),
-            Work::Terraform(binary) => self.terraform(binary, setting, plans, credentials, &mut cancel).await,
+            Work::Terraform(tools) => match tools.get(job.tool) {
+                Some(installed) => self.terraform(installed, setting, plans, credentials, &mut cancel).await,
+                None => Err(PhaseError::Failed(missing_tool(job.tool))),
+            },
         };
         outcome(result, job, log).await
     }
@@ -159,14 +159,16 @@ impl Runner {
     /// the task's Terraform commands; a drift check's finding when that is the task.
     async fn terraform(
         &self,
-        binary: &Path,
+        installed: &Installed,
         setting: Setting<'_>,
         plans: &mut Plans,
         credentials: &mut JobCredentials,
         cancel: &mut Cancel,
     ) -> Result<Option<Drift>, PhaseError> {
         let Setting { job, slot, dir, host_ids, deadline, log, layers } = setting;
-        log.note(&format!("keyward: terraform binary {}", binary.display())).await;
+        let binary = installed.path.as_path();
+        let tool = installed.tool.name();
+        log.note(&format!("keyward: {tool} binary {}, {tool} {}", binary.display(), installed.version)).await;
         let src = dir.work.join("src");
         let started = std::time::Instant::now();
         let git = credentials.git_environment();
@@ -504,9 +506,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_for_a_tool_the_agent_lacks_fails_naming_it_and_runs_nothing() {
+        let (_data, slot) = slot();
+        let (log, _outbox) = new_log();
+        let (_keep, cancel) = oneshot::channel();
+        let terraform = Installed {
+            tool: Tool::Terraform,
+            path: PathBuf::from("/nonexistent/terraform"),
+            version: "1.11.4".into(),
+        };
+        let runner = Runner::new(
+            Some(Work::Terraform(Toolbox::of(vec![terraform]))),
+            Isolation::Process,
+            Duration::from_secs(60),
+        );
+        let job = Job { tool: Tool::Tofu, ..job() };
+        let failed = runner
+            .run(&job, &slot, &mut plans(), &mut JobCredentials::default(), &log, &Layers::default(), cancel)
+            .await;
+        let expected =
+            "this agent has no tofu (the stack's tool): start it with --tofu-binary PATH or put `tofu` on its PATH";
+        assert_eq!(failed, Outcome::Failed(expected.to_owned()));
+    }
+
+    #[tokio::test]
     async fn the_terraform_on_path_reports_its_version() {
         // The machines this runs on have Terraform (DESIGN.md §9).
-        let version = terraform_version().await.expect("terraform on PATH");
+        let path = std::env::var("PATH").ok();
+        let tools = Toolbox::locate(None, None, path.as_deref()).await.expect("no flags, no error");
+        let version = tools.get(Tool::Terraform).expect("terraform on PATH").version.clone();
         assert!(version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()), "{version}");
     }
 

@@ -395,7 +395,8 @@ impl PlanFindings {
     }
 }
 
-/// `terraform` on `PATH`, made absolute (the sandbox sees only what is bound).
+/// `program` on `PATH`, made absolute (the sandbox sees only what is bound); the agent itself
+/// finds its binaries with [`crate::tools::Toolbox::locate`].
 pub fn locate(program: &str) -> Option<PathBuf> {
     let path = Path::new(program);
     if path.is_absolute() {

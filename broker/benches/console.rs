@@ -44,6 +44,7 @@ async fn bench(n: usize) {
         managed_state: true,
         hooks: "{}".into(),
         scanners: "[]".into(),
+        tool: "terraform".into(),
         triggers: "[]".into(),
         space: "root".into(),
     };

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Notify, mpsc};
 
 use super::AgentSettings;
+use crate::runs::tool::Tools;
 use crate::runs::{Lease, LeaseEnd, Runs};
 
 /// Most leases one dispatch round makes at once (they share one durable commit).
@@ -99,6 +100,8 @@ struct Session {
     capacity: usize,
     held: HashMap<String, i64>,
     draining: bool,
+    /// The tools whose stacks' jobs it takes.
+    tools: Tools,
     outbox: mpsc::Sender<Outbound>,
     closed: Arc<Notify>,
 }
@@ -193,6 +196,7 @@ impl Hub {
         capacity: usize,
         held: HashMap<String, i64>,
         draining: bool,
+        tools: Tools,
     ) -> (SessionGuard, mpsc::Receiver<Outbound>) {
         let (outbox, inbox) = mpsc::channel(OUTBOX);
         let closed = Arc::new(Notify::new());
@@ -208,6 +212,7 @@ impl Hub {
                 capacity,
                 held,
                 draining,
+                tools,
                 outbox: outbox.clone(),
                 closed: Arc::clone(&closed),
             };
@@ -344,16 +349,17 @@ impl Hub {
     /// leases at a time.
     async fn dispatch_round(&self, pool: &str) {
         loop {
-            let agents: Vec<String> = self
-                .lock()
-                .pools
-                .get(pool)
-                .map(|queue| queue.idle.iter().take(LEASE_BATCH).cloned().collect())
-                .unwrap_or_default();
+            let agents: Vec<(String, Tools)> = {
+                let state = self.lock();
+                let idle = state.pools.get(pool).map(|queue| queue.idle.iter().take(LEASE_BATCH)).into_iter().flatten();
+                let tools =
+                    |agent: &String| state.sessions.get(agent).map_or(Tools::TERRAFORM, |session| session.tools);
+                idle.map(|agent| (agent.clone(), tools(agent))).collect()
+            };
             if agents.is_empty() {
                 return;
             }
-            let leases = match self.runs.lease_batch(pool, &agents, self.settings.lease).await {
+            let leases = match self.runs.lease_capable(pool, &agents, self.settings.lease).await {
                 // Nothing leasable now: wait for a signal, a freed slot or the next tick.
                 Ok(Some(leases)) if leases.is_empty() => return,
                 Ok(Some(leases)) => leases,

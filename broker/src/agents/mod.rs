@@ -137,6 +137,10 @@ pub struct AgentView {
     /// How it isolates jobs, as it reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
+    /// The tools it reported and their versions (`{"terraform": "1.11.4", "tofu": "1.8.0"}`);
+    /// absent for an agent older than tool reports (it runs Terraform alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What an enrolling agent sends.
@@ -556,6 +560,8 @@ impl Agents {
             revoked_by: row.revoked_by,
             terraform_version: row.terraform_version,
             isolation: row.isolation,
+            // Written by this broker from bounded input; a row it cannot read shows no tools.
+            tools: row.tools.and_then(|text| serde_json::from_str(&text).ok()),
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::hub::{Disconnect, Held, Outbound, SessionGuard};
 use super::{AgentError, Agents};
 use crate::joblogs::StreamLogs;
+use crate::runs::tool::{Tool, Tools};
 use crate::runs::{JobOutcome, JobReport};
 use crate::store::{AgentHello, AgentRow};
 
@@ -34,6 +35,10 @@ pub struct Hello {
     pub terraform_version: Option<String>,
     /// How it isolates jobs, as operators read it (`sandbox network=none`, `process`).
     pub isolation: String,
+    /// The tools whose stacks' jobs it takes.
+    pub can_run: Tools,
+    /// The tools it reported and their versions (empty: an agent older than tool reports).
+    pub tools: Vec<(Tool, String)>,
 }
 
 /// A job's end as its lease holder reports it.
@@ -64,11 +69,17 @@ impl Agents {
         let held: HashMap<String, i64> =
             self.store.leased_jobs_of(&agent.id).await?.into_iter().map(|job| (job.id, job.fencing_token)).collect();
         let draining = agent.state == "draining";
-        let session = self.hub().register(&agent.id, &agent.pool, hello.capacity, held, draining);
+        let session = self.hub().register(&agent.id, &agent.pool, hello.capacity, held, draining, hello.can_run);
+        let tools = (!hello.tools.is_empty()).then(|| {
+            let map: std::collections::BTreeMap<&str, &str> =
+                hello.tools.iter().map(|(tool, version)| (tool.as_str(), version.as_str())).collect();
+            serde_json::to_string(&map).unwrap_or_default()
+        });
         let reported = AgentHello {
             version: &hello.version,
             terraform_version: hello.terraform_version.as_deref().filter(|v| !v.is_empty()),
             isolation: &hello.isolation,
+            tools: tools.as_deref(),
         };
         if let Err(error) = self.store.agent_hello(&agent.id, self.clock.now(), &reported).await {
             tracing::warn!(agent_id = %agent.id, %error, "could not record an agent's hello");

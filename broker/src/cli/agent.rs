@@ -116,6 +116,16 @@ fn or_dash(agent: &Value, key: &str) -> String {
     Some(text(agent, key)).filter(|t| !t.is_empty()).unwrap_or("-").to_owned()
 }
 
+/// `terraform 1.11.4, tofu 1.8.0` as the agent reported them, or `-` (an agent older than tool
+/// reports runs Terraform alone).
+fn tools(agent: &Value) -> String {
+    let Some(tools) = agent.get("tools").and_then(Value::as_object).filter(|t| !t.is_empty()) else {
+        return "-".to_owned();
+    };
+    let each: Vec<String> = tools.iter().map(|(tool, v)| format!("{tool} {}", v.as_str().unwrap_or("?"))).collect();
+    each.join(", ")
+}
+
 fn yes_no(agent: &Value, key: &str) -> &'static str {
     if agent.get(key) == Some(&Value::Bool(true)) { "yes" } else { "no" }
 }
@@ -130,6 +140,7 @@ fn print_agent(agent: &Value) -> anyhow::Result<()> {
         ("Host", or_dash(agent, "hostname")),
         ("Version", or_dash(agent, "version")),
         ("Terraform", or_dash(agent, "terraform_version")),
+        ("Tools", tools(agent)),
         ("Isolation", or_dash(agent, "isolation")),
         ("SPIFFE ID", or_dash(agent, "spiffe_id")),
         ("Certificate", format!("serial {}, valid until {}", or_dash(agent, "serial"), time("not_after"))),

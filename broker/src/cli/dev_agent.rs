@@ -62,6 +62,7 @@ pub(super) async fn ensure_example(data_dir: &Path, agents: &Agents, runs: &Runs
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        tool: Default::default(),
         triggers: Vec::new(),
         space: "root".into(),
     };

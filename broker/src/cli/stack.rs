@@ -55,6 +55,10 @@ pub(super) enum StackCommand {
         /// (docs/vcs.md).
         #[arg(long = "trigger", value_name = "GLOB")]
         triggers: Vec<String>,
+        /// The program its jobs run: `terraform` or `tofu` (OpenTofu); only agents that have it
+        /// take its jobs (docs/agents.md, "OpenTofu").
+        #[arg(long, default_value = "terraform", value_parser = TOOLS)]
+        tool: String,
         /// The space it belongs to (docs/access.md); fixed once created.
         #[arg(long, default_value = crate::roles::ROOT)]
         space: String,
@@ -173,6 +177,9 @@ pub(super) struct UpdateArgs {
     /// Remove every trigger glob: changes under the stack's path concern it again.
     #[arg(long)]
     clear_triggers: bool,
+    /// The program its jobs run from now on: `terraform` or `tofu`.
+    #[arg(long, value_parser = TOOLS)]
+    tool: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -220,6 +227,9 @@ impl UpdateArgs {
         if !self.triggers.is_empty() || self.clear_triggers {
             put("triggers", json!(self.triggers));
         }
+        if let Some(tool) = &self.tool {
+            put("tool", json!(tool));
+        }
         Value::Object(body)
     }
 }
@@ -250,6 +260,9 @@ impl HookChanges {
         }
     }
 }
+
+/// The programs a stack's jobs can run (docs/agents.md, "OpenTofu").
+const TOOLS: [&str; 2] = ["terraform", "tofu"];
 
 /// The scanners a stack can name (docs/scans.md).
 const SCANNERS: [&str; 1] = ["checkov"];
@@ -298,6 +311,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
             hooks,
             scanners,
             triggers,
+            tool,
             space,
             json,
             connection,
@@ -308,7 +322,7 @@ pub(super) async fn run(command: StackCommand, env: &dyn Fn(&str) -> Option<Stri
                 "name": name, "repository": repository, "path": path, "branch": branch, "pool": pool,
                 "plan_targets": plan_targets, "apply_targets": apply_targets, "labels": labels, "policies": policies,
                 "managed_state": !no_managed_state, "hooks": hooks_object(&hooks), "scanners": scanners,
-                "triggers": triggers, "space": space,
+                "triggers": triggers, "space": space, "tool": tool,
             });
             let stack = client.post("/v1/stacks", &body).await?;
             if json {
@@ -394,6 +408,7 @@ fn print_stack(stack: &Value) -> anyhow::Result<()> {
     outln!("  path           {}", if text(stack, "path").is_empty() { "." } else { text(stack, "path") })?;
     outln!("  branch         {}", text(stack, "branch"))?;
     outln!("  pool           {}", text(stack, "pool"))?;
+    outln!("  tool           {}", stack.get("tool").and_then(Value::as_str).unwrap_or("terraform"))?;
     outln!("  plan targets   {}", list("plan_targets"))?;
     outln!("  apply targets  {}", list("apply_targets"))?;
     outln!("  policies       {}", list("policies"))?;

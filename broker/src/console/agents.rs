@@ -153,6 +153,7 @@ mod tests {
             connected: state != "revoked",
             terraform_version: Some("1.11.4".to_owned()),
             isolation: Some("sandbox network=none".to_owned()),
+            tools: None,
         }
     }
 

@@ -15,6 +15,7 @@ use super::status;
 use crate::agents::credentials::JobEnvironment;
 use crate::agents::hub::{Outbound, Receipt};
 use crate::agents::work::{self, Finished, MAX_CAPACITY};
+use crate::runs::tool::{Tool, Tools};
 use crate::runs::{Drift, JobOutcome, Lease, RunKind, scans};
 use crate::store::DriftCounts;
 
@@ -63,7 +64,39 @@ fn assignment(lease: &Lease) -> JobAssignment {
             })
             .collect(),
         scanners: lease.scanners.iter().map(|scanner| scanner.as_str().to_owned()).collect(),
+        tool: tool(lease.tool).into(),
     }
+}
+
+/// The protocol's name for `tool`.
+fn tool(tool: Tool) -> wire::Tool {
+    match tool {
+        Tool::Terraform => wire::Tool::Terraform,
+        Tool::Tofu => wire::Tool::Tofu,
+    }
+}
+
+/// The tools an agent reports, with their versions (bounded): a tool this broker does not know
+/// (a newer agent) is left out; an agent older than tool reports runs Terraform alone, and an
+/// `--exec` agent runs its own command for any stack.
+fn tools(reported: &[wire::ToolVersion], runs_exec: bool) -> (Tools, Vec<(Tool, String)>) {
+    let known: Vec<(Tool, String)> = reported
+        .iter()
+        .take(Tool::ALL.len())
+        .filter_map(|each| match wire::Tool::try_from(each.tool).ok()? {
+            wire::Tool::Terraform => Some((Tool::Terraform, bounded(&each.version))),
+            wire::Tool::Tofu => Some((Tool::Tofu, bounded(&each.version))),
+            wire::Tool::Unspecified => None,
+        })
+        .collect();
+    let set = if runs_exec {
+        Tools::ANY
+    } else if reported.is_empty() {
+        Tools::TERRAFORM
+    } else {
+        known.iter().map(|(tool, _)| *tool).collect()
+    };
+    (set, known)
 }
 
 /// A scanner's report as the agent sent it: the scanner's name and its findings, unchecked (the
@@ -128,7 +161,10 @@ pub(super) fn hello(hello: Hello) -> Result<work::Hello, Status> {
         return Err(Status::invalid_argument(format!("capacity must be 1-{MAX_CAPACITY}")));
     }
     let terraform = bounded(&hello.terraform_version);
+    let (can_run, tools) = tools(&hello.tools, hello.runs_exec);
     Ok(work::Hello {
+        can_run,
+        tools,
         version: bounded(&hello.agent_version),
         capacity: usize::try_from(hello.capacity).unwrap_or(1),
         terraform_version: Some(terraform).filter(|v| !v.is_empty()),

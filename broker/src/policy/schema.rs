@@ -177,7 +177,8 @@ fn run_input() -> Section {
                     "space": {"type": "string", "description": "the space the stack belongs to"},
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "policies": {"type": "array", "items": {"type": "string"}},
-                    "triggers": triggers_array()
+                    "triggers": triggers_array(),
+                    "tool": {"enum": ["terraform", "tofu"], "description": "the program its jobs run (docs/agents.md, \"OpenTofu\")"}
                 }
             },
             "kind": {

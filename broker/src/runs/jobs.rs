@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::hooks::JobHook;
+use super::tool::{Tool, Tools};
 use super::{
     RunError, RunKind, RunState, Runs, Stack, parse_state, queue_apply_if, run_context, state_event, transition,
 };
@@ -26,6 +27,12 @@ use crate::store::{self, JobRow, RunRow};
 
 /// How many queued jobs one lease attempt considers.
 const CANDIDATES: i64 = 8;
+
+/// Takes the oldest of `candidates` whose tool is among `tools`.
+fn take_runnable(candidates: &mut Vec<(JobRow, Tool)>, tools: Tools) -> Option<JobRow> {
+    let index = candidates.iter().position(|(_, tool)| tools.contains(*tool))?;
+    Some(candidates.remove(index).0)
+}
 
 /// A job an agent now holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +70,8 @@ pub struct Lease {
     pub hooks: Vec<JobHook>,
     /// Plan jobs: the scanners to run before anything else (docs/scans.md).
     pub scanners: Vec<super::scans::Scanner>,
+    /// The program the job runs: its stack's tool.
+    pub tool: Tool,
 }
 
 /// A job and what a credential decision about it needs to know.
@@ -196,9 +205,9 @@ const MAX_LAYER: usize = 128;
 
 impl Runs {
     /// Leases the oldest queued job of `pool` to `agent_id` for `lease`, or `None` when there is
-    /// nothing to do.
+    /// nothing to do. The agent is taken to run every tool (tests of the queue alone).
     pub async fn lease_next(&self, pool: &str, agent_id: &str, lease: Duration) -> Result<Option<Lease>, RunError> {
-        for job in self.store.queued_jobs(pool, CANDIDATES).await? {
+        for (job, _) in self.store.queued_jobs(pool, CANDIDATES).await? {
             if let Some(leased) = self.try_lease(job, agent_id, lease).await? {
                 return Ok(Some(leased));
             }
@@ -206,47 +215,66 @@ impl Runs {
         Ok(None)
     }
 
-    /// Leases one of the oldest queued jobs of `pool` to each of `agents`, all at once: the
-    /// compare-and-sets are separate appends, so they share the audit log's group commit instead
-    /// of waiting for one another's sync. An agent whose job was taken meanwhile (by another
-    /// replica) tries the next candidates in turn, as [`lease_next`](Self::lease_next) does.
-    /// Returns `None` when nothing is queued, else the leases made (fewer than `agents` when jobs
-    /// ran out).
+    /// [`lease_capable`](Self::lease_capable) with agents that run every tool (tests of the queue
+    /// alone).
     pub async fn lease_batch(
         &self,
         pool: &str,
         agents: &[String],
         lease: Duration,
     ) -> Result<Option<Vec<(String, Lease)>>, RunError> {
+        let agents: Vec<(String, Tools)> = agents.iter().map(|agent| (agent.clone(), Tools::ANY)).collect();
+        self.lease_capable(pool, &agents, lease).await
+    }
+
+    /// Leases one of the oldest queued jobs of `pool` to each of `agents` that has the job's
+    /// stack's tool, all at once: the compare-and-sets are separate appends, so they share the
+    /// audit log's group commit instead of waiting for one another's sync. An agent whose job was
+    /// taken meanwhile (by another replica) tries the next candidates it can run, in turn. A job
+    /// no agent here can run stays queued for one that can. Returns `None` when nothing is
+    /// queued, else the leases made (fewer than `agents` when jobs ran out).
+    pub async fn lease_capable(
+        &self,
+        pool: &str,
+        agents: &[(String, Tools)],
+        lease: Duration,
+    ) -> Result<Option<Vec<(String, Lease)>>, RunError> {
         let limit = i64::try_from(agents.len()).unwrap_or(0).saturating_add(CANDIDATES);
-        let mut candidates: std::collections::VecDeque<JobRow> = self.store.queued_jobs(pool, limit).await?.into();
+        let mut candidates: Vec<(JobRow, Tool)> = Vec::new();
+        for (job, tool) in self.store.queued_jobs(pool, limit).await? {
+            // A stack row this build cannot read: leave its job queued, say why.
+            match Tool::parse(&tool) {
+                Ok(tool) => candidates.push((job, tool)),
+                Err(error) => tracing::warn!(job_id = %job.id, %error, "a queued job's stack names no known tool"),
+            }
+        }
         if candidates.is_empty() {
             return Ok(None);
         }
         let mut attempts = tokio::task::JoinSet::new();
         let mut unlucky = Vec::new();
-        for agent in agents {
-            let Some(job) = candidates.pop_front() else {
-                unlucky.push(agent.clone());
+        for (agent, tools) in agents {
+            let Some(job) = take_runnable(&mut candidates, *tools) else {
+                unlucky.push((agent.clone(), *tools));
                 continue;
             };
-            let (runs, agent) = (self.clone(), agent.clone());
+            let (runs, agent, tools) = (self.clone(), agent.clone(), *tools);
             attempts.spawn(async move {
                 let leased = runs.try_lease(job, &agent, lease).await;
-                (agent, leased)
+                (agent, tools, leased)
             });
         }
         let mut leases = Vec::new();
         while let Some(attempt) = attempts.join_next().await {
             match attempt {
-                Ok((agent, Ok(Some(lease)))) => leases.push((agent, lease)),
-                Ok((agent, Ok(None))) => unlucky.push(agent),
-                Ok((agent, Err(error))) => tracing::warn!(%error, agent_id = %agent, "could not lease a job"),
+                Ok((agent, _, Ok(Some(lease)))) => leases.push((agent, lease)),
+                Ok((agent, tools, Ok(None))) => unlucky.push((agent, tools)),
+                Ok((agent, _, Err(error))) => tracing::warn!(%error, agent_id = %agent, "could not lease a job"),
                 Err(error) => tracing::error!(%error, "a lease attempt panicked"),
             }
         }
-        for agent in unlucky {
-            while let Some(job) = candidates.pop_front() {
+        for (agent, tools) in unlucky {
+            while let Some(job) = take_runnable(&mut candidates, tools) {
                 if let Some(lease) = self.try_lease(job, &agent, lease).await? {
                     leases.push((agent, lease));
                     break;
@@ -313,6 +341,7 @@ impl Runs {
                     managed_state,
                     hooks,
                     scanners,
+                    tool: stack.spec.tool,
                 }))
             }
             // Someone else took it (or the run moved on).

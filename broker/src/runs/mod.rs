@@ -30,6 +30,7 @@ mod space_rules;
 mod spec;
 mod state;
 mod tfstate;
+pub mod tool;
 pub mod triggers;
 mod update;
 

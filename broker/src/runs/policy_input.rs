@@ -28,6 +28,7 @@ pub(crate) fn stack_object(stack: &Stack) -> Value {
         "policies": spec.policies,
         "space": spec.space,
         "triggers": spec.triggers,
+        "tool": spec.tool.as_str(),
     })
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::drift::{DriftSettings, DriftStatus};
 use super::hooks::Hooks;
 use super::scans::Scanner;
+use super::tool::Tool;
 use crate::store::{NewStack, StackRow, StoreError};
 use crate::targets::{TargetAccess, TargetConfig};
 
@@ -55,6 +56,10 @@ pub struct StackSpec {
     /// (docs/scans.md); `keyward.scan` judges what they find.
     #[serde(default)]
     pub scanners: Vec<Scanner>,
+    /// The program its jobs run: `terraform` (the default) or `tofu` (`input.stack.tool`);
+    /// only agents that have it take its jobs.
+    #[serde(default)]
+    pub tool: Tool,
     /// Globs of repository files (relative to its root, `**` crossing directories) whose change
     /// concerns the stack: a pull request or push touching one may run it (docs/vcs.md). Empty:
     /// the files under `path`.
@@ -138,6 +143,7 @@ impl TryFrom<StackRow> for Stack {
             managed_state: row.managed_state,
             hooks: column(&row.name, "hooks", &row.hooks)?,
             scanners: column(&row.name, "scanners", &row.scanners)?,
+            tool: Tool::parse(&row.tool).map_err(|e| StoreError::Corrupt(format!("stack `{}` tool: {e}", row.name)))?,
             triggers: column(&row.name, "triggers", &row.triggers)?,
             name: row.name,
             repository: row.repository,
@@ -222,6 +228,7 @@ impl StackSpec {
             managed_state: self.managed_state,
             hooks: super::json_text(&self.hooks),
             scanners: super::json_text(&self.scanners),
+            tool: self.tool.as_str().to_owned(),
             triggers: super::json_text(&self.triggers),
             space: self.space.clone(),
         }
@@ -296,6 +303,7 @@ mod tests {
             managed_state: true,
             hooks: Hooks::default(),
             scanners: Vec::new(),
+            tool: Tool::Terraform,
             triggers: Vec::new(),
             space: "root".into(),
         }

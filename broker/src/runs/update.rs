@@ -17,6 +17,7 @@ use super::drift::Remediation;
 use super::hooks::{Hooks, HooksPatch};
 use super::scans::Scanner;
 use super::spec::{SpecError, Stack, StackSpec};
+use super::tool::Tool;
 use super::{RunError, Runs};
 use crate::audit::{Append, AuditEvent, Context, Kind};
 use crate::store::{self, runs::StackChange};
@@ -62,6 +63,9 @@ pub struct StackUpdate {
     /// Replaces the trigger globs (`[]`: changes under the stack's path concern it).
     #[serde(default)]
     pub triggers: Option<Vec<String>>,
+    /// The program its jobs run (`terraform`, `tofu`).
+    #[serde(default)]
+    pub tool: Option<Tool>,
 }
 
 /// A field that is present, even as `null`: `Some(None)`.
@@ -95,6 +99,7 @@ impl StackUpdate {
             append_hooks,
             scanners,
             triggers,
+            tool,
         } = self;
         branch.is_none()
             && pool.is_none()
@@ -108,6 +113,7 @@ impl StackUpdate {
             && append_hooks.is_none()
             && scanners.is_none()
             && triggers.is_none()
+            && tool.is_none()
     }
 
     /// `stack` with this update made (not yet checked against the configuration).
@@ -143,6 +149,10 @@ impl StackUpdate {
             let hooks = spec.hooks.patched(self.hooks.unwrap_or_default(), self.append_hooks.unwrap_or_default());
             change("hooks", json!(spec.hooks), json!(hooks));
             spec.hooks = hooks;
+        }
+        if let Some(tool) = self.tool {
+            change("tool", json!(spec.tool), json!(tool));
+            spec.tool = tool;
         }
         if let Some(scanners) = self.scanners {
             change("scanners", json!(spec.scanners), json!(scanners));
@@ -207,7 +217,7 @@ impl Runs {
     ) -> Result<Stack, RunError> {
         if update.is_empty() {
             return Err(RunError::Spec(SpecError(
-                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state, hooks, scanners or triggers".to_owned(),
+                "nothing to update: name a branch, pool, targets, labels, a drift schedule, a remediation, managed state, hooks, scanners, triggers or the tool".to_owned(),
             )));
         }
         let row = self.store.stack(name).await?.ok_or_else(|| RunError::UnknownStack(name.to_owned()))?;
@@ -265,6 +275,7 @@ mod tests {
             managed_state: true,
             hooks: Default::default(),
             scanners: Vec::new(),
+            tool: Default::default(),
             triggers: Vec::new(),
             space: "root".into(),
         };

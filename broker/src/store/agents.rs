@@ -69,6 +69,9 @@ pub struct AgentRow {
     pub terraform_version: Option<String>,
     /// How it isolates jobs, as it reported in its last `Hello`.
     pub isolation: Option<String>,
+    /// The tools it reported in its last `Hello` (JSON object: tool -> version); `None`: an
+    /// agent older than tool reports.
+    pub tools: Option<String>,
 }
 
 /// What an agent says about itself when it opens a work stream.
@@ -80,10 +83,12 @@ pub struct AgentHello<'a> {
     pub terraform_version: Option<&'a str>,
     /// Isolation level of its runner.
     pub isolation: &'a str,
+    /// Its tools and their versions (JSON object), if it reported them.
+    pub tools: Option<&'a str>,
 }
 
 const AGENT_COLUMNS: &str = "id, pool, hostname, version, state, serial, not_after, enrolled_at, renewed_at, revoked_at, revoked_by, \
-     last_seen_at, terraform_version, isolation";
+     last_seen_at, terraform_version, isolation, tools";
 
 fn pool_from(row: &AnyRow) -> Result<PoolRow, StoreError> {
     Ok(PoolRow {
@@ -110,6 +115,7 @@ fn agent_from(row: &AnyRow) -> Result<AgentRow, StoreError> {
         last_seen_at: row.try_get("last_seen_at")?,
         terraform_version: row.try_get("terraform_version")?,
         isolation: row.try_get("isolation")?,
+        tools: row.try_get("tools")?,
     })
 }
 
@@ -211,13 +217,15 @@ impl Store {
     /// Records what the agent reported when it opened a work stream, and that it was seen.
     pub async fn agent_hello(&self, agent_id: &str, now: i64, hello: &AgentHello<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE agents SET last_seen_at = $1, version = $2, terraform_version = $3, isolation = $4 WHERE id = $5",
+            "UPDATE agents SET last_seen_at = $1, version = $2, terraform_version = $3, isolation = $4, tools = $6 \
+             WHERE id = $5",
         )
         .bind(now)
         .bind(hello.version)
         .bind(hello.terraform_version)
         .bind(hello.isolation)
         .bind(agent_id)
+        .bind(hello.tools)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -200,7 +200,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let files: [(i64, &str, &'static str); 26] = match self.backend {
+        let files: [(i64, &str, &'static str); 27] = match self.backend {
             Backend::Sqlite => [
                 (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
                 (2, "exchange", include_str!("../../migrations/sqlite/0002_exchange.sql")),
@@ -228,6 +228,7 @@ impl Store {
                 (24, "stack_triggers", include_str!("../../migrations/sqlite/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/sqlite/0025_vcs_runs.sql")),
                 (26, "console_sessions", include_str!("../../migrations/sqlite/0026_console_sessions.sql")),
+                (27, "stack_tool", include_str!("../../migrations/sqlite/0027_stack_tool.sql")),
             ],
             Backend::Postgres => [
                 (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -256,6 +257,7 @@ impl Store {
                 (24, "stack_triggers", include_str!("../../migrations/postgres/0024_stack_triggers.sql")),
                 (25, "vcs_runs", include_str!("../../migrations/postgres/0025_vcs_runs.sql")),
                 (26, "console_sessions", include_str!("../../migrations/postgres/0026_console_sessions.sql")),
+                (27, "stack_tool", include_str!("../../migrations/postgres/0027_stack_tool.sql")),
             ],
         };
         let migrations = files

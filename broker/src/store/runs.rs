@@ -39,6 +39,8 @@ pub struct StackRow {
     pub hooks: String,
     /// JSON array of the security scanners its plan jobs run (`["checkov"]`).
     pub scanners: String,
+    /// The program its jobs run: `terraform` or `tofu`.
+    pub tool: String,
     /// JSON array of trigger globs (which changed files concern it; `[]`: those under `path`).
     pub triggers: String,
     /// The space it belongs to.
@@ -83,6 +85,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            tool,
             triggers,
             space,
         } = spec;
@@ -99,6 +102,7 @@ impl StackRow {
             managed_state,
             hooks,
             scanners,
+            tool,
             triggers,
             space,
             created_at,
@@ -143,6 +147,8 @@ pub struct NewStack {
     pub hooks: String,
     /// JSON array of security scanners.
     pub scanners: String,
+    /// `terraform` or `tofu`.
+    pub tool: String,
     /// JSON array of trigger globs.
     pub triggers: String,
     /// The space it belongs to (fixed at creation).
@@ -266,7 +272,7 @@ impl std::fmt::Debug for SealedPlanRow {
 
 /// A stack with its drift state: `{STACK_SELECT} WHERE …` or `ORDER BY …`.
 const STACK_SELECT: &str = "SELECT s.name, s.repository, s.path, s.branch, s.pool, s.plan_targets, \
-     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.triggers, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
+     s.apply_targets, s.labels, s.policies, s.managed_state, s.hooks, s.scanners, s.tool, s.triggers, s.space, s.created_at, s.created_by, s.version, s.updated_at, s.updated_by, \
      s.drift_schedule, s.drift_remediation, s.drift_schedule_set_at, s.last_drift_check_at, s.last_drift_check";
 /// Which runs a list shows: each field given must match exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -309,6 +315,7 @@ fn stack_from(row: &AnyRow) -> Result<StackRow, StoreError> {
         managed_state: row.try_get::<i64, _>("managed_state")? != 0,
         hooks: row.try_get("hooks")?,
         scanners: row.try_get("scanners")?,
+        tool: row.try_get("tool")?,
         triggers: row.try_get("triggers")?,
         space: row.try_get("space")?,
         created_at: row.try_get("created_at")?,
@@ -500,14 +507,21 @@ impl Store {
         row.as_ref().map(job_from).transpose()
     }
 
-    /// The oldest `limit` queued jobs of `pool`: candidates for a lease. (Taking one is a guarded
-    /// write, so two agents reading the same candidate cannot both get it.)
-    pub async fn queued_jobs(&self, pool: &str, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+    /// The oldest `limit` queued jobs of `pool`, each with its stack's tool (`terraform`,
+    /// `tofu`): candidates for a lease. (Taking one is a guarded write, so two agents reading the
+    /// same candidate cannot both get it.)
+    pub async fn queued_jobs(&self, pool: &str, limit: i64) -> Result<Vec<(JobRow, String)>, StoreError> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE pool = $1 AND state = 'queued' ORDER BY created_at, id LIMIT $2"
+            "SELECT {JOB_COLUMNS}, (SELECT s.tool FROM runs r JOIN stacks s ON s.name = r.stack WHERE r.id = jobs.run_id) \
+             AS stack_tool FROM jobs WHERE pool = $1 AND state = 'queued' ORDER BY created_at, id LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pool).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(job_from).collect()
+        rows.iter()
+            .map(|row| {
+                let tool: Option<String> = row.try_get("stack_tool")?;
+                Ok((job_from(row)?, tool.unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// The saved plan of `run_id`, if its plan job submitted one: who made it, its digest, the
@@ -555,8 +569,8 @@ pub fn insert_stack(stack: &StackRow) -> Write {
     Write::one(
         format!("stack `{}`", stack.name),
         "INSERT INTO stacks (name, repository, path, branch, pool, plan_targets, apply_targets, labels, \
-         policies, created_at, created_by, managed_state, hooks, scanners, space, triggers) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         policies, created_at, created_by, managed_state, hooks, scanners, space, triggers, tool) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         vec![
             stack.name.as_str().into(),
             stack.repository.as_str().into(),
@@ -574,6 +588,7 @@ pub fn insert_stack(stack: &StackRow) -> Write {
             stack.scanners.as_str().into(),
             stack.space.as_str().into(),
             stack.triggers.as_str().into(),
+            stack.tool.as_str().into(),
         ],
     )
 }
@@ -602,7 +617,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
         format!("stack `{name}` (version {version})"),
         "UPDATE stacks SET branch = $1, pool = $2, plan_targets = $3, apply_targets = $4, labels = $5, \
          drift_schedule = $6, drift_remediation = $7, drift_schedule_set_at = $8, updated_at = $9, updated_by = $10, \
-         managed_state = $13, hooks = $14, scanners = $15, triggers = $16, version = version + 1 WHERE name = $11 AND version = $12",
+         managed_state = $13, hooks = $14, scanners = $15, triggers = $16, tool = $17, version = version + 1 WHERE name = $11 AND version = $12",
         vec![
             change.spec.branch.into(),
             change.spec.pool.into(),
@@ -620,6 +635,7 @@ pub fn update_stack(name: &str, version: i64, change: StackChange) -> Write {
             change.spec.hooks.into(),
             change.spec.scanners.into(),
             change.spec.triggers.into(),
+            change.spec.tool.into(),
         ],
     )
 }

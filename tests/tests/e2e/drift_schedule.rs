@@ -77,6 +77,7 @@ fn spec(name: &str, repository: &str, branch: &str) -> StackSpec {
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        tool: Default::default(),
         triggers: Vec::new(),
         space: "root".into(),
     }

@@ -53,6 +53,7 @@ fn spec(name: &str, repository: &str) -> StackSpec {
         managed_state: true,
         hooks: Default::default(),
         scanners: Vec::new(),
+        tool: Default::default(),
         triggers: Vec::new(),
         space: "root".into(),
     }
