@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use sqlx::any::AnyConnectOptions;
-use sqlx::{ConnectOptions as _, Connection as _};
+use std::sync::Arc;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
 use super::files::FILE_MODE;
-use super::{DatabaseLocation, sqlite_url_path};
+use super::{Backend, DatabaseLocation, Store, sqlite_url_path};
 
 /// What a finished backup holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,30 @@ pub async fn backup(location: &DatabaseLocation, to: &Path) -> Result<BackupRepo
     Ok(report)
 }
 
+/// Opens the database file at `path` (a backup, say) read-only, without migrating it, for
+/// reading its audit log ([`crate::audit::stored`]).
+pub async fn open_read_only(path: &Path) -> Result<Store, BackupError> {
+    if !path.is_file() {
+        return Err(BackupError::Missing { path: path.to_owned() });
+    }
+    let failed = |source| BackupError::Copy { path: path.to_owned(), source };
+    sqlx::any::install_default_drivers();
+    let text = sqlite_url_path(path).map_err(|error| failed(sqlx::Error::Configuration(error.to_string().into())))?;
+    let options = AnyConnectOptions::from_str(&format!("sqlite://{text}?mode=ro")).map_err(failed)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| Box::pin(async move { conn.execute("PRAGMA busy_timeout = 5000").await.map(drop) }))
+        .connect_with(options.disable_statement_logging())
+        .await
+        .map_err(failed)?;
+    Ok(Store {
+        pool,
+        backend: Backend::Sqlite,
+        location: format!("sqlite:{}", path.display()),
+        audit_writes: Arc::default(),
+    })
+}
+
 /// A read-only connection to `path` that waits for locks (a WAL recovery, say) instead of failing.
 async fn connect(path: &Path) -> Result<sqlx::AnyConnection, sqlx::Error> {
     sqlx::any::install_default_drivers();
@@ -163,6 +189,8 @@ impl Partial {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
             _ => PathBuf::from("."),
         };
+        // Absolute, so SQLite can never read the name as a `file:` URI.
+        let dir = std::path::absolute(&dir).map_err(|source| BackupError::Target { dir, source })?;
         let target_failed = |source| BackupError::Target { dir: dir.clone(), source };
         let name = to.file_name().ok_or_else(|| target_failed(ErrorKind::InvalidInput.into()))?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -218,7 +246,6 @@ impl Drop for Partial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     fn names(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()

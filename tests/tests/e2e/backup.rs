@@ -124,6 +124,41 @@ async fn a_backup_taken_while_serving_restores_a_log_that_extends_an_earlier_che
     let admin_token = broker.admin_token.clone();
     broker.stop();
 
+    // Before restoring: the backup's own log verifies offline against the checkpoint (read-only:
+    // the file is unchanged), not against one signed after the backup, and not once edited.
+    let untouched = std::fs::read(&backup_file).unwrap();
+    let verify = |file: &Path, checkpoint: &str| {
+        let [file, checkpoint, key] =
+            [file, &path(checkpoint), &path("log.pub")].map(|p| p.to_str().unwrap().to_owned());
+        keyward(&["backup", "verify", &file, "--checkpoint", &checkpoint, "--public-key", &key], &[])
+    };
+    let checked = verify(&backup_file, "cp.txt");
+    assert!(checked.success, "{}", checked.stderr);
+    assert!(checked.stdout.contains(&format!("audit log of {backed_up} entries verified")), "{}", checked.stdout);
+    assert!(
+        checked.stdout.contains(&format!("at size {checkpoint_size}: signature and head match")),
+        "{}",
+        checked.stdout
+    );
+    assert!(std::fs::read(&backup_file).unwrap() == untouched, "verify changed the backup");
+    std::fs::write(path("cp-late.txt"), &head_before_stop).unwrap();
+    let late = verify(&backup_file, "cp-late.txt");
+    assert!(!late.success && late.stderr.contains("signed after this copy was made"), "{}", late.stderr);
+    let edited = path("edited.db");
+    std::fs::copy(&backup_file, &edited).unwrap();
+    let deleted = std::process::Command::new("sqlite3")
+        .arg(&edited)
+        .arg("DELETE FROM audit_batches WHERE first_seq = (SELECT first_seq FROM audit_batches ORDER BY first_seq LIMIT 1 OFFSET 1)")
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let refused = verify(&edited, "cp.txt");
+    assert!(
+        !refused.success && refused.stderr.contains("does not verify") && refused.stderr.contains("deleted"),
+        "{}",
+        refused.stderr
+    );
+
     // Restore: the file becomes the database of a fresh data directory; the KEK and the external
     // URL (the issuer, and the name of the audit log's key) are the same.
     let restored_dir = path("restored");
