@@ -199,9 +199,7 @@ impl Read for Pages {
                 None => return Ok(0),
             }
         }
-        let rest = self.current.get(self.at..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
+        let n = self.current.get(self.at..).unwrap_or_default().read(buf)?;
         self.at += n;
         Ok(n)
     }
