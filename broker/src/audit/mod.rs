@@ -15,6 +15,7 @@
 //!   acknowledged, and a failed write fails the action (fail closed);
 //! - [`integrator`]: tiles and lookup keys built from committed batches, off the append path;
 //! - [`tree`]: heads and proofs from the stored tree; [`log_key`]: the checkpoint key, sealed;
+//! - [`stored`]: the log inside a database file (a backup) verified offline;
 //! - [`sinks`]: at-least-once delivery to a rotated file and signed webhooks, off the append path.
 
 pub mod events;
@@ -22,6 +23,7 @@ pub mod integrator;
 pub mod log_key;
 pub mod run_evidence;
 pub mod sinks;
+pub mod stored;
 pub mod trace_view;
 pub mod tree;
 pub mod writer;

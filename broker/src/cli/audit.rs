@@ -294,21 +294,22 @@ async fn prove_since(client: &Client, file: &std::path::Path, json: bool) -> any
     Ok(())
 }
 
+/// The log's public key given on the command line: the key itself, or a file holding it.
+pub(super) fn read_public_key(k: &str) -> anyhow::Result<VerifierKey> {
+    let path = std::path::Path::new(k);
+    // A key is `<name>+<key id>+<key>`; anything else was meant as a file name.
+    let text = if path.is_file() || !k.contains('+') {
+        std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the public key file {k} (`keyward audit public-key > {k}` writes it)")
+        })?
+    } else {
+        k.to_owned()
+    };
+    Ok(text.trim().parse::<VerifierKey>()?)
+}
+
 fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, json: bool) -> anyhow::Result<()> {
-    let key = key
-        .map(|k| {
-            let path = std::path::Path::new(&k);
-            // A key is `<name>+<key id>+<key>`; anything else was meant as a file name.
-            let text = if path.is_file() || !k.contains('+') {
-                std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the public key file {k} (`keyward audit public-key > {k}` writes it)")
-                })?
-            } else {
-                k
-            };
-            text.trim().parse::<VerifierKey>().map_err(anyhow::Error::from)
-        })
-        .transpose()?;
+    let key = key.map(|k| read_public_key(&k)).transpose()?;
     let notes = checkpoints
         .iter()
         .map(|c| std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display())))

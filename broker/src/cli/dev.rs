@@ -292,7 +292,7 @@ impl Banner<'_> {
     }
 }
 
-fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+pub(super) fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
     if let Some(xdg) = env("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(xdg).join("keyward").join("dev"));
     }

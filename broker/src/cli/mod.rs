@@ -6,6 +6,7 @@
 
 mod agent;
 mod audit;
+mod backup;
 mod client;
 mod console;
 mod context;
@@ -103,6 +104,9 @@ enum Command {
     /// Open the web console: a one-time sign-in link for your API token (valid once, for a
     /// minute), printed and opened in a browser.
     Console(console::ConsoleArgs),
+    /// Copy a running broker's SQLite database to a new file (online, consistent, 0600); on the
+    /// broker's host. PostgreSQL: use pg_dump (docs/operations.md).
+    Backup(backup::BackupArgs),
 }
 
 /// How to reach a running broker.
@@ -159,6 +163,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Whoami(args) => login::whoami(args, &env).await,
             Command::Space(command) => space::run(command, &env).await,
             Command::Console(args) => console::console(args, &env).await,
+            Command::Backup(args) => backup::run(args, &env).await,
         }
     });
     match result {

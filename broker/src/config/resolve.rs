@@ -127,6 +127,12 @@ impl Config {
         self.check(env)?.read_kek(env)
     }
 
+    /// Where the database is, as `serve` would find it, reading no other secret: for commands
+    /// that work on the database alone (`keyward backup`) on a host whose shell lacks the rest.
+    pub fn database_location(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<DatabaseLocation, ConfigError> {
+        database(&self.storage, env)
+    }
+
     /// Checks every table and reads every secret but the key-encryption key.
     pub fn check(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Checked, ConfigError> {
         let Self {

@@ -11,6 +11,7 @@ pub(crate) mod audit_batch;
 pub(crate) mod audit_codec;
 mod audit_convert;
 mod audit_integrate;
+pub mod backup;
 pub mod console_sessions;
 pub mod contexts;
 pub mod drift;

@@ -13,6 +13,7 @@ mod audit;
 mod audit_durability;
 mod audit_sinks;
 mod audit_storage;
+mod backup;
 mod ci_flow;
 mod config_and_startup;
 mod console;
