@@ -37,6 +37,7 @@ mod issuer_refresh;
 mod managed_state;
 mod notifications;
 mod openbao_jwt;
+mod packaging;
 mod policy_library;
 mod policy_reload;
 mod postgres_broker;
