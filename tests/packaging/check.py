@@ -9,7 +9,7 @@ asserts those properties, and lints deploy/Dockerfile.* with hadolint. Exit stat
 
 Run with the packaging venv (scripts/install-test-peers):
     target/test-peers/packaging/bin/python tests/packaging/check.py [--values CHART=FILE ...]
-        [--dockerfiles DIR]
+        [--dockerfiles DIR] [--write-configs DIR]
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def check_agent_security(report: Report, values: dict, agent: dict, case: str) -
         )
 
 
-def check_chart(report: Report, chart: str, values_file: Path | None) -> None:
+def check_chart(report: Report, chart: str, values_file: Path | None, config_dir: Path | None) -> None:
     case = f"{chart} ({values_file.name if values_file else 'defaults'})"
     chart_dir = ROOT / "deploy" / "helm" / chart
     try:
@@ -246,6 +246,15 @@ def check_chart(report: Report, chart: str, values_file: Path | None) -> None:
         return
     validate(report, docs, case)
     (check_broker if chart == "keyward" else check_agent)(report, merged, docs, case)
+    if config_dir is not None and chart == "keyward":
+        write_config(docs, config_dir / f"{values_file.stem if values_file else 'defaults'}.toml")
+
+
+def write_config(docs: list[dict], path: Path) -> None:
+    """Writes the rendered keyward.toml, for `keyward check-config` (tests/tests/e2e/packaging.rs)."""
+    for config_map in find(docs, "ConfigMap"):
+        if "keyward.toml" in config_map.get("data", {}):
+            path.write_text(config_map["data"]["keyward.toml"], encoding="utf-8")
 
 
 def hadolint(report: Report, directory: Path) -> None:
@@ -268,6 +277,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--values", action="append", default=[], metavar="CHART=FILE", help="check CHART also with this values file")
     parser.add_argument("--dockerfiles", type=Path, default=ROOT / "deploy", help="the directory of Dockerfile.* to lint")
+    parser.add_argument("--write-configs", type=Path, metavar="DIR", help="write each broker case's keyward.toml to DIR/<case>.toml")
     args = parser.parse_args()
     cases = {chart: list(files) for chart, files in CASES.items()}
     for item in args.values:
@@ -278,7 +288,7 @@ def main() -> int:
     report = Report()
     for chart, files in cases.items():
         for values_file in files:
-            check_chart(report, chart, values_file)
+            check_chart(report, chart, values_file, args.write_configs)
     hadolint(report, args.dockerfiles)
     if report.failures:
         print(f"\npackaging check: {report.failures} problem(s)")

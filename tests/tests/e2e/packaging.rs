@@ -55,7 +55,10 @@ fn the_charts_and_dockerfiles_pass_the_packaging_checks() {
     ] {
         assert!(report.contains(&format!("ok    {line}")), "missing `{line}`:\n{report}");
     }
-    assert!(report.contains("note  keyward (keyward-scale.yaml): ServiceMonitor/kw-keyward: a custom resource"), "{report}");
+    assert!(
+        report.contains("note  keyward (keyward-scale.yaml): ServiceMonitor/kw-keyward: a custom resource"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -79,7 +82,8 @@ fn a_literal_kek_an_unknown_field_and_a_bad_dockerfile_fail_the_checks() {
 
     let dockerfiles = dir.path().join("docker");
     std::fs::create_dir(&dockerfiles).expect("mkdir");
-    std::fs::write(dockerfiles.join("Dockerfile.bad"), "FROM debian:latest\nRUN apt-get install curl\n").expect("write");
+    std::fs::write(dockerfiles.join("Dockerfile.bad"), "FROM debian:latest\nRUN apt-get install curl\n")
+        .expect("write");
     let (output, report) = check(&["--dockerfiles", dockerfiles.to_str().expect("utf-8 path")]);
     assert_eq!(output.status.code(), Some(1), "{report}");
     assert!(report.contains("FAIL  hadolint Dockerfile.bad"), "{report}");
@@ -140,10 +144,13 @@ fn the_systemd_units_verify_and_the_broker_is_hardened() {
 
     // The agent's sandbox needs namespaces, its own /proc and cgroups: the unit must not take them away.
     let agent = std::fs::read_to_string(workspace_root().join("deploy/systemd/keyward-agent.service")).expect("read");
-    for setting in ["RestrictNamespaces=", "PrivateUsers=", "ProtectKernelTunables=", "ProtectControlGroups=", "ProtectProc="] {
+    for setting in
+        ["RestrictNamespaces=", "PrivateUsers=", "ProtectKernelTunables=", "ProtectControlGroups=", "ProtectProc="]
+    {
         assert!(!agent.lines().any(|line| line.starts_with(setting)), "keyward-agent.service sets {setting}");
     }
-    for setting in ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "Delegate=yes"] {
+    for setting in ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "Delegate=yes"]
+    {
         assert!(agent.lines().any(|line| line == setting), "keyward-agent.service lacks {setting}");
     }
 }
@@ -160,4 +167,43 @@ fn systemd_analyze_refuses_a_missing_binary_and_an_unknown_key() {
     std::fs::write(&unit, original.replace("ProtectHome=yes", "ProtectHome=yes\nProtectHomeTypo=yes")).expect("write");
     let typo = systemd_analyze(root.path(), &["verify"], "keyward.service");
     assert!(text(&typo).contains("Unknown key 'ProtectHomeTypo'"), "{}", text(&typo));
+}
+
+/// The keyward.toml the broker chart renders passes the real `keyward check-config`, with the
+/// container's paths (the mounted KEK, the data directory) moved into a scratch directory and
+/// the database URL in the environment as the Secret puts it; without the URL it is refused.
+#[test]
+fn the_charts_broker_configuration_passes_check_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let configs = dir.path().join("configs");
+    std::fs::create_dir(&configs).expect("mkdir");
+    let (output, report) = check(&["--write-configs", configs.to_str().expect("utf-8 path")]);
+    assert!(output.status.success(), "{report}");
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, format!("{}\n", keyward_tests::broker::TEST_KEK)).expect("write kek");
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    for case in ["defaults", "keyward-scale"] {
+        let rendered = std::fs::read_to_string(configs.join(format!("{case}.toml"))).expect("rendered config");
+        assert!(rendered.contains("kek_file = \"/etc/keyward/kek/kek\""), "{rendered}");
+        let config = dir.path().join(format!("{case}.toml"));
+        let moved = rendered
+            .replace("/etc/keyward/kek/kek", kek.to_str().expect("utf-8"))
+            .replace("/var/lib/keyward", dir.path().join("data").to_str().expect("utf-8"));
+        std::fs::write(&config, moved).expect("write config");
+        let checked = Command::new(binary("keyward"))
+            .arg("check-config")
+            .arg(&config)
+            .env("KEYWARD_DATABASE_URL", "postgres://keyward:pw@db.internal:5432/keyward")
+            .output()
+            .expect("keyward check-config");
+        assert!(checked.status.success(), "{case}: {}", text(&checked));
+        let unset = Command::new(binary("keyward"))
+            .arg("check-config")
+            .arg(&config)
+            .env_remove("KEYWARD_DATABASE_URL")
+            .output()
+            .expect("keyward check-config");
+        assert!(!unset.status.success(), "{case}: accepted without KEYWARD_DATABASE_URL: {}", text(&unset));
+        assert!(text(&unset).contains("KEYWARD_DATABASE_URL"), "{case}: {}", text(&unset));
+    }
 }
