@@ -198,8 +198,17 @@ def check_agent(report: Report, values: dict, docs: list[dict], case: str) -> No
     report.check(spec.get("replicas") == values.get("replicaCount"), f"{case}: replicas from values ({values.get('replicaCount')})")
     claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates") or []}
     data_dir = next((e.get("value") for e in agent.get("env") or [] if e["name"] == "KEYWARD_AGENT_DATA_DIR"), None)
-    mounts = {m["mountPath"]: m["name"] for m in agent.get("volumeMounts") or []}
-    report.check(bool(data_dir) and mounts.get(data_dir) in claims, f"{case}: the data dir ({data_dir}) is a volumeClaimTemplate, not an emptyDir")
+    on_claim = [m for m in agent.get("volumeMounts") or [] if m["name"] in claims]
+    report.check(
+        bool(data_dir) and any(data_dir == m["mountPath"] or data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in on_claim),
+        f"{case}: the data dir ({data_dir}) is on a volumeClaimTemplate, not an emptyDir",
+    )
+    for init in inits:
+        security = init.get("securityContext") or {}
+        report.check(
+            not security.get("privileged") and security.get("allowPrivilegeEscalation") is False and security.get("capabilities", {}).get("drop") == ["ALL"],
+            f"{case}: init container {init['name']} runs without privileges or capabilities",
+        )
     joins = [c for c in inits if secret_mounts(pod, c) or env_from_secret(c, "KEYWARD_JOIN_TOKEN")]
     report.check(len(joins) == 1, f"{case}: the join token from a Secret, in the join init container")
     report.check(

@@ -43,3 +43,22 @@ seccompProfile:
 {{- fail "isolation must be sandbox or process" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Enrolling needs no privilege: the agent's own user (root with the sandbox, which owns the
+volume's files), without capabilities. */}}
+{{- define "keyward-agent.joinSecurityContext" -}}
+{{- if eq .Values.isolation "sandbox" -}}
+runAsUser: 0
+runAsNonRoot: false
+{{- else -}}
+runAsUser: 65532
+runAsGroup: 65532
+runAsNonRoot: true
+{{- end }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
