@@ -3,12 +3,15 @@
 //! Dockerfiles with the pinned packaging venv; negative controls prove its checks bite (a literal
 //! KEK, a Dockerfile hadolint rejects). The systemd units are verified by `systemd-analyze
 //! verify` in a scratch root holding the real built binaries at their ExecStart paths, and the
-//! broker's hardening is held to an exposure score by `systemd-analyze security --offline`.
+//! broker's hardening is held to an exposure score by `systemd-analyze security --offline`. The
+//! broker chart's rendered configuration passes `keyward check-config` and serves on PostgreSQL.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use keyward_tests::{binary, build_dir, venv, workspace_root};
+use keyward_tests::broker::Broker;
+use keyward_tests::postgres::PgCluster;
+use keyward_tests::{binary, build_dir, free_addr, http, venv, workspace_root};
 
 /// The packaging venv's Python: `KEYWARD_PACKAGING_VENV`, else `packaging/` beside the test
 /// peers' venv (scripts/install-test-peers makes both).
@@ -170,27 +173,33 @@ fn systemd_analyze_refuses_a_missing_binary_and_an_unknown_key() {
     assert!(text(&typo).contains("Unknown key 'ProtectHomeTypo'"), "{}", text(&typo));
 }
 
-/// The keyward.toml the broker chart renders passes the real `keyward check-config`, with the
-/// container's paths (the mounted KEK, the data directory) moved into a scratch directory and
-/// the database URL in the environment as the Secret puts it; without the URL it is refused.
+/// The broker chart's rendered `keyward.toml` of `case`, with the container's paths (the mounted
+/// KEK, the data directory) moved beneath `dir`, where a 0600 KEK file is written.
+fn chart_config(dir: &Path, case: &str) -> String {
+    let configs = dir.join("configs");
+    if !configs.is_dir() {
+        std::fs::create_dir(&configs).expect("mkdir");
+        let (output, report) = check(&["--write-configs", configs.to_str().expect("utf-8 path")]);
+        assert!(output.status.success(), "{report}");
+        let kek = dir.join("kek");
+        std::fs::write(&kek, format!("{}\n", keyward_tests::broker::TEST_KEK)).expect("write kek");
+        std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    }
+    let rendered = std::fs::read_to_string(configs.join(format!("{case}.toml"))).expect("rendered config");
+    assert!(rendered.contains("kek_file = \"/etc/keyward/kek/kek\""), "{rendered}");
+    rendered
+        .replace("/etc/keyward/kek/kek", dir.join("kek").to_str().expect("utf-8"))
+        .replace("/var/lib/keyward", dir.join("data").to_str().expect("utf-8"))
+}
+
+/// The keyward.toml the broker chart renders passes the real `keyward check-config` with the
+/// database URL in the environment as the Secret puts it; without the URL it is refused.
 #[test]
 fn the_charts_broker_configuration_passes_check_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let configs = dir.path().join("configs");
-    std::fs::create_dir(&configs).expect("mkdir");
-    let (output, report) = check(&["--write-configs", configs.to_str().expect("utf-8 path")]);
-    assert!(output.status.success(), "{report}");
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, format!("{}\n", keyward_tests::broker::TEST_KEK)).expect("write kek");
-    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     for case in ["defaults", "keyward-scale"] {
-        let rendered = std::fs::read_to_string(configs.join(format!("{case}.toml"))).expect("rendered config");
-        assert!(rendered.contains("kek_file = \"/etc/keyward/kek/kek\""), "{rendered}");
         let config = dir.path().join(format!("{case}.toml"));
-        let moved = rendered
-            .replace("/etc/keyward/kek/kek", kek.to_str().expect("utf-8"))
-            .replace("/var/lib/keyward", dir.path().join("data").to_str().expect("utf-8"));
-        std::fs::write(&config, moved).expect("write config");
+        std::fs::write(&config, chart_config(dir.path(), case)).expect("write config");
         let checked = Command::new(binary("keyward"))
             .arg("check-config")
             .arg(&config)
@@ -202,9 +211,33 @@ fn the_charts_broker_configuration_passes_check_config() {
             .arg("check-config")
             .arg(&config)
             .env_remove("KEYWARD_DATABASE_URL")
-            .output()
-            .expect("keyward check-config");
+            .output();
+        let unset = unset.expect("keyward check-config");
         assert!(!unset.status.success(), "{case}: accepted without KEYWARD_DATABASE_URL: {}", text(&unset));
         assert!(text(&unset).contains("KEYWARD_DATABASE_URL"), "{case}: {}", text(&unset));
     }
+}
+
+/// The scaled chart's configuration serves on real PostgreSQL (ports moved to free ones): the
+/// probes' paths answer 200 and /metrics, which the ServiceMonitor scrapes, says ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_broker_configuration_serves_on_postgresql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = PgCluster::start();
+    let database_url = cluster.database("keyward");
+    let (addr, agents) = (free_addr(), free_addr());
+    let config = dir.path().join("keyward.toml");
+    let moved = chart_config(dir.path(), "keyward-scale")
+        .replace("0.0.0.0:8422", &addr.to_string())
+        .replace("0.0.0.0:8443", &agents.to_string());
+    std::fs::write(&config, moved).expect("write config");
+    let envs = [("KEYWARD_DATABASE_URL", database_url.as_str())];
+    // Waits for /readyz (the readiness probe's path) to answer 200.
+    let broker = Broker::serve(&config, &dir.path().join("broker"), &format!("http://{addr}"), &envs).await;
+    let health = http().get(format!("{}/healthz", broker.addr)).send().await.expect("GET /healthz");
+    assert_eq!(health.status().as_u16(), 200);
+    let metrics = http().get(format!("{}/metrics", broker.addr)).send().await.expect("GET /metrics");
+    let metrics = metrics.text().await.expect("metrics body");
+    assert!(metrics.lines().any(|line| line == "keyward_ready 1"), "{metrics}");
+    broker.stop();
 }
