@@ -39,6 +39,7 @@ mod managed_state;
 mod notifications;
 mod openbao_jwt;
 mod opentofu;
+mod packaging;
 mod policy_library;
 mod policy_reload;
 mod postgres_broker;
