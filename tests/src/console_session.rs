@@ -7,6 +7,22 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 
 use crate::broker::{Broker, keyward};
 
+/// The Content-Security-Policy every console answer must carry (written out here, not taken from
+/// the broker, so a change to the broker's is a test failure until this agrees).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// `GET path` with a bearer `token` (none: anonymous), as a script would: status, headers, body.
+pub async fn get_as(broker: &Broker, path: &str, token: Option<&str>) -> (u16, HeaderMap, String) {
+    let mut request = client().get(format!("{}{path}", broker.addr));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.text().await.expect("body"))
+}
+
 /// A client that keeps no cookies and follows no redirects.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client")

@@ -4,21 +4,8 @@
 //! shown as text; nothing of another space; and an HTML page for every refusal.
 
 use keyward_tests::broker::Broker;
+use keyward_tests::console_session::{CSP, get_as as get};
 use serde_json::Value;
-
-const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-/// `GET path` with `token` (none: anonymous): status, headers and body.
-async fn get(broker: &Broker, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut request = reqwest::Client::new().get(format!("{}{path}", broker.addr));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.text().await.unwrap())
-}
 
 fn json(output: &keyward_tests::broker::Output) -> Value {
     assert!(output.success, "{}", output.stderr);

@@ -16,18 +16,8 @@ use keyward_broker::audit::checkpoint::VerifierKey;
 use keyward_broker::audit::merkle::{self, Hash};
 use keyward_proto::encoding::{hex, hex_decode};
 use keyward_tests::broker::Broker;
+use keyward_tests::console_session::get_as as get;
 use serde_json::{Value, json};
-
-/// `GET path` with `token` (none: anonymous): status, headers and body.
-async fn get(broker: &Broker, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut request = reqwest::Client::new().get(format!("{}{path}", broker.addr));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.text().await.unwrap())
-}
 
 fn json_of(output: &keyward_tests::broker::Output) -> Value {
     assert!(output.success, "{}", output.stderr);

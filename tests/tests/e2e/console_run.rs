@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use keyward_tests::agent::Agent;
 use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::console_session::{CSP, get_as as get};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
 use keyward_tests::{free_addr, workspace_root};
@@ -17,8 +18,6 @@ use serde_json::Value;
 
 const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
 const REASON: &str = "restricted targets are closed to jobs";
-const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 /// The line the job prints, and how the page must show it.
 const HOSTILE: &str = "<script>alert(\"log\")</script>";
 const ESCAPED: &str = "&lt;script&gt;alert(&quot;log&quot;)&lt;/script&gt;";
@@ -62,13 +61,6 @@ async fn start(dir: &Path, sts: &str) -> Broker {
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
     Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
-}
-
-/// `GET path` with `token` (none: anonymous): status, headers and body.
-async fn get(broker: &Broker, path: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
-    let response = request(broker, path, token, None).await;
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.text().await.unwrap())
 }
 
 async fn request(broker: &Broker, path: &str, token: Option<&str>, last_event: Option<&str>) -> reqwest::Response {
