@@ -341,6 +341,7 @@ fn agent_proto(seeds: &mut Seeds, chain: &[SignedLogChunk]) {
         terraform_version: "1.11.4".to_owned(),
         job_isolation: Isolation::Process.into(),
         runs_exec: false,
+        tools: Vec::new(),
     };
     seeds.write_with("agent_proto", "accept-hello", 2, message(agent_message::Kind::Hello(hello)));
     let heartbeat = Heartbeat { running_job_ids: vec!["job-01J9Z4".to_owned()] };
