@@ -39,17 +39,17 @@ struct Replicas {
 }
 
 impl Replicas {
-    /// Starts the replicas on `database_url`, their AWS target on `sts`; `server` is extra lines
-    /// for `[server]`.
-    async fn start(dir: &Path, database_url: &str, sts: &str, server: &str) -> Self {
+    /// Starts the replicas on `database_url`, their AWS target on `sts`, laid out as `layout`.
+    async fn start(dir: &Path, database_url: &str, sts: &str, layout: &Layout<'_>) -> Self {
         let shared = format!("http://{}", free_addr());
         let envs = [("TEST_KEK", TEST_KEK), ("KW_DATABASE_URL", database_url)];
         let (mut brokers, mut urls, mut admin) = (Vec::new(), Vec::new(), None::<String>);
-        for i in 0..REPLICAS {
+        for (i, agents) in layout.agents.iter().enumerate() {
             let addr = free_addr();
             let data_dir = dir.join(format!("broker-{i}"));
             let config = dir.join(format!("keyward-{i}.toml"));
-            std::fs::write(&config, config_text(addr, &shared, &data_dir, sts, server)).unwrap();
+            let text = config_text(addr, &shared, &data_dir, sts, layout, *agents);
+            std::fs::write(&config, text).unwrap();
             let url = format!("http://{addr}");
             let broker = Broker::serve_as(&config, &data_dir, &url, &envs, admin.as_deref()).await;
             admin.get_or_insert_with(|| broker.admin_token.clone());
@@ -104,19 +104,43 @@ impl Replicas {
     }
 }
 
-fn config_text(addr: std::net::SocketAddr, shared: &str, data_dir: &Path, sts: &str, server: &str) -> String {
+/// How the replicas are set up besides their database and STS.
+struct Layout<'a> {
+    /// Extra lines for `[server]`.
+    server: &'a str,
+    /// Each replica's agent endpoint (one replica per entry).
+    agents: Vec<std::net::SocketAddr>,
+    /// `agents.advertise` of every replica, if they share one (a balancer in front).
+    advertise: Option<String>,
+}
+
+impl<'a> Layout<'a> {
+    fn new(server: &'a str) -> Self {
+        Self { server, agents: (0..REPLICAS).map(|_| free_addr()).collect(), advertise: None }
+    }
+}
+
+fn config_text(
+    addr: std::net::SocketAddr,
+    shared: &str,
+    data_dir: &Path,
+    sts: &str,
+    layout: &Layout<'_>,
+    agents: std::net::SocketAddr,
+) -> String {
+    let advertise = layout.advertise.as_ref().map(|a| format!("advertise = \"{a}\"\n")).unwrap_or_default();
     format!(
         "[server]\nlisten = \"{addr}\"\nexternal_url = \"{shared}\"\n{server}\n\
          [storage]\ndata_dir = \"{data}\"\ndatabase_url_env = \"KW_DATABASE_URL\"\n\
          [keys]\nkek_env = \"TEST_KEK\"\n\
          [policy]\ndir = \"{policies}\"\n[tokens]\nallowed_audiences = [\"sts.amazonaws.com\"]\n\
-         [agents]\nlisten = \"{agents}\"\nlease = \"6s\"\npoll_interval = \"200ms\"\n\
+         [agents]\nlisten = \"{agents}\"\n{advertise}lease = \"6s\"\npoll_interval = \"200ms\"\n\
          [[targets]]\nname = \"network-apply\"\ntype = \"aws\"\naccess = \"write\"\nrole_arn = \"{ROLE}\"\n\
          region = \"eu-west-1\"\nsts_endpoint = \"{sts}\"\nduration = \"1h\"\nmode = \"broker\"\n\
          labels = {{ env = \"dev\" }}\nwrite_subjects = [\"job\", \"run\"]\n",
+        server = layout.server,
         data = data_dir.display(),
         policies = workspace_root().join("policies").display(),
-        agents = free_addr(),
     )
 }
 
@@ -393,7 +417,8 @@ async fn a_replica_killed_mid_load_loses_nothing_and_repeats_nothing() {
     let cluster = PgCluster::start();
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
-    let mut replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, "").await;
+    let mut replicas =
+        Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, &Layout::new("")).await;
     let repo = GitRepo::init(&dir.path().join("infra"));
     replicas.cli_json(0, &["pool", "create", "blue", "--json"]);
     for stack in ["net-a", "net-b", "net-c"] {
@@ -500,7 +525,8 @@ async fn postgres_restarted_mid_load_fails_closed_then_every_replica_recovers() 
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
     let server = "request_timeout = \"5s\"";
-    let replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, server).await;
+    let replicas =
+        Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, &Layout::new(server)).await;
     let load = Load::start(&replicas, 3);
     load.until("issuance through every replica", Duration::from_secs(60), |o| {
         (0..REPLICAS).all(|i| o.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
@@ -550,7 +576,7 @@ async fn sts_hanging_mid_load_is_a_bounded_502_and_nothing_comes_from_elsewhere(
     let cluster = PgCluster::start();
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path()).await;
-    let replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, "").await;
+    let replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, &Layout::new("")).await;
     let load = Load::start(&replicas, 3);
     load.until("issuance through every replica", Duration::from_secs(60), |o| {
         (0..REPLICAS).all(|i| o.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
@@ -593,4 +619,103 @@ async fn sts_hanging_mid_load_is_a_bounded_502_and_nothing_comes_from_elsewhere(
     // Every refused exchange has no credentials on record; everything on record was received.
     let received = check_issuance(&entries, &outcomes, &BTreeSet::new());
     assert_eq!(received, issued_on_record(&entries).len(), "credentials on record that no client received");
+}
+
+// ---- Scenario 4: agents behind a TCP balancer move to the survivors ----
+
+/// A TCP balancer in front of the replicas' agent endpoints, in priority order: each connection
+/// goes to the first backend that accepts it, its bytes relayed both ways (mTLS passes through
+/// untouched, as with a layer-4 load balancer). Counts the connections each backend received.
+struct Balancer {
+    addr: std::net::SocketAddr,
+    connections: Arc<Vec<AtomicUsize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Balancer {
+    async fn start(backends: Vec<std::net::SocketAddr>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the balancer");
+        let addr = listener.local_addr().expect("the balancer's address");
+        let connections = Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+        let counts = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (backends, counts) = (backends.clone(), Arc::clone(&counts));
+                tokio::spawn(async move {
+                    for (i, backend) in backends.iter().enumerate() {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                            counts[i].fetch_add(1, Ordering::SeqCst);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections, task }
+    }
+
+    fn connections(&self, backend: usize) -> usize {
+        self.connections[backend].load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_behind_a_balancer_move_to_the_survivors_and_run_each_job_once() {
+    let cluster = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new("");
+    let balancer = Balancer::start(layout.agents.clone()).await;
+    layout.advertise = Some(format!("https://{}", balancer.addr));
+    let closed_sts = format!("http://{}", free_addr());
+    let mut replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &closed_sts, &layout).await;
+    let repo = GitRepo::init(&dir.path().join("infra"));
+    replicas.cli_json(0, &["pool", "create", "blue", "--json"]);
+    for stack in ["net-a", "net-b"] {
+        let url = repo.url();
+        replicas.cli_json(
+            1,
+            &["stack", "create", stack, "--repository", &url, "--pool", "blue", "--label", "env=dev", "--json"],
+        );
+    }
+    let [marks, held, go] = ["marks", "held", "go"].map(|name| dir.path().join(name));
+    std::fs::write(&go, "").unwrap();
+    // Enrolled through replica 1's API; its work stream reaches replica 0 through the balancer.
+    let agent = agent_through(&replicas, 1, &dir.path().join("agent"), &agent_exec(&marks, &held, &go));
+    let first = replicas.submit(2, "net-a");
+    let run = run_in(&replicas, 2, &first, &["finished"]).await;
+    assert!(run["jobs"].as_array().unwrap().iter().all(|j| j["agent_id"] == agent.id.as_str()), "{run}");
+    assert!(balancer.connections(0) > 0 && balancer.connections(1) == 0, "the stream is on replica 0");
+
+    // The agent holds the next run's apply when replica 0, its stream's end, dies.
+    std::fs::remove_file(&go).unwrap();
+    let second = replicas.submit(2, "net-b");
+    eventually("the second apply to start", Duration::from_secs(60), || {
+        let started = lines(&held).len() == 2;
+        async move { started.then_some(()) }
+    })
+    .await;
+    replicas.brokers[0].take().expect("replica 0").stop();
+    std::fs::write(&go, "").unwrap();
+    // The agent reconnects through the balancer and reports the apply it finished; whether a
+    // survivor still accepts it (finished) or the lease had ended first (interrupted), the apply
+    // ran once and is never leased again.
+    let run = run_in(&replicas, 1, &second, &["finished", "interrupted"]).await;
+    let applies = run["jobs"].as_array().unwrap().iter().filter(|j| j["phase"] == "apply").count();
+    assert_eq!(applies, 1, "the apply was leased again: {run}");
+    let third = replicas.submit(1, "net-a");
+    let run = run_in(&replicas, 2, &third, &["finished"]).await;
+    assert!(run["jobs"].as_array().unwrap().iter().all(|j| j["agent_id"] == agent.id.as_str()), "{run}");
+    assert!(balancer.connections(1) > 0, "the agent reconnected to replica 1 through the balancer");
+
+    let marked = lines(&marks);
+    assert_eq!(marked.len(), 6, "plan and apply of each run, once each: {marked:?}");
+    check_jobs_ran_once(&marked, &entries(&replicas.audit().await).await);
+    verify_export(&replicas, 2, dir.path());
 }
