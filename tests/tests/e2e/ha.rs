@@ -619,6 +619,31 @@ async fn sts_hanging_mid_load_is_a_bounded_502_and_nothing_comes_from_elsewhere(
     // Every refused exchange has no credentials on record; everything on record was received.
     let received = check_issuance(&entries, &outcomes, &BTreeSet::new());
     assert_eq!(received, issued_on_record(&entries).len(), "credentials on record that no client received");
+    let denied: BTreeSet<&str> = entries
+        .iter()
+        .filter(|(kind, body)| kind == "credentials.denied" && body.to_string().contains("unavailable"))
+        .filter_map(|(_, body)| body["context"]["run_id"].as_str())
+        .collect();
+    for run in interrupted_exchanges(&outcomes) {
+        assert!(denied.contains(run.as_str()), "{run}: the STS failure is not on record");
+    }
+    check_single_use_across_replicas(&replicas).await;
+}
+
+/// A run token exchanged at one replica is spent at every other.
+async fn check_single_use_across_replicas(replicas: &Replicas) {
+    let body = json!({
+        "stack": "network", "run_id": "ha-replay", "phase": "apply", "audience": replicas.shared,
+        "commit_sha": "0123abc", "ref": "refs/heads/main",
+    });
+    let (status, minted) = replicas.broker(0).mint_raw(&body, Some(&replicas.admin)).await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    let (status, body) = replicas.broker(1).exchange(token, "aws:network-apply").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = replicas.broker(2).exchange(token, "aws:network-apply").await;
+    assert_eq!(status, 400, "a replayed token at another replica: {body}");
+    assert!(body.get("aws_credentials").is_none(), "{body}");
 }
 
 // ---- Scenario 4: agents behind a TCP balancer move to the survivors ----
