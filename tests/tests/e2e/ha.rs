@@ -4,9 +4,11 @@
 //! One replica is killed with SIGKILL mid-load; PostgreSQL is stopped and started again
 //! mid-load; STS hangs mid-load. Each time: the clients see clean errors only, the survivors go
 //! on (or recover by themselves), every credential a client received is on record exactly once,
-//! nothing is on record twice, the tree verifies, and no job is applied twice.
+//! nothing is on record twice, the tree verifies, and no job is applied twice. Agents dialing one
+//! replica's endpoint cannot move when it dies (its leases end on a survivor); agents behind a
+//! layer-4 balancer (`agents.advertise`) reconnect to a survivor and carry on.
 //!
-//! Expensive: each test starts PostgreSQL, moto and three brokers (about 15–30 s each).
+//! Expensive: each test starts PostgreSQL, three brokers and mostly moto (10–20 s each).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
