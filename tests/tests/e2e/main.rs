@@ -31,6 +31,7 @@ mod exchange_sts;
 mod exchange_vault;
 mod external_issuer;
 mod github_api;
+mod ha;
 mod hooks;
 mod http_server;
 mod issuer;
