@@ -18,6 +18,7 @@ pub mod drift;
 pub mod files;
 mod leases;
 mod location;
+mod metrics;
 mod logs;
 pub mod notify;
 mod replay;
