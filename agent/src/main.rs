@@ -200,6 +200,9 @@ async fn join(broker: &str, token: &str, dir: DataDir) -> anyhow::Result<()> {
 /// `keyward-agent run`: checks the enrollment and the host, then takes jobs until a stop
 /// signal has drained them.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(address) = args.metrics_listen {
+        keyward_agent::metrics_http::serve(address, args.metrics_listen_any).await?;
+    }
     let mask_patterns = keyward_agent::logs::Patterns::new(&args.mask_patterns)?;
     let dir = DataDir::new(args.data_dir.clone());
     // Not enrolled, or an unreadable identity: say so before anything else.
@@ -218,9 +221,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_provider_mirror(args.provider_mirror)
         .with_scanners(scanners);
     let settings = Settings { capacity: args.capacity, runner, tools, mask_patterns, log_limit: args.log_limit, slots };
-    if let Some(address) = args.metrics_listen {
-        keyward_agent::metrics_http::serve(address, args.metrics_listen_any).await?;
-    }
     let daemon = Daemon::new(dir, settings);
     let draining = std::sync::Arc::clone(&daemon);
     tokio::spawn(async move {

@@ -279,7 +279,9 @@ impl Exchanger {
             guard: vec![job.lease_guard.clone()],
             requested_ttl: None,
         };
-        let result = self.grant(grant, target_config, caller).await;
+        // The job's lines (the decision, the issue) carry its run and job IDs.
+        let span = tracing::info_span!("job", run_id = %job.run_id, job_id = %job.job_id);
+        let result = tracing::Instrument::instrument(self.grant(grant, target_config, caller), span).await;
         self.observe(target, &result, started);
         result
     }
