@@ -39,8 +39,10 @@ pub async fn serve(address: SocketAddr, any: bool) -> Result<SocketAddr, Metrics
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request| async move { Ok::<_, Infallible>(answer(&request)) });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let service =
+                    hyper::service::service_fn(|request| async move { Ok::<_, Infallible>(answer(&request)) });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

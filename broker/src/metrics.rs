@@ -403,14 +403,23 @@ mod tests {
         });
         let text = metrics.render(&sampled);
         assert!(text.contains("keyward_exchanges_total{target=\"aws:deploy\",outcome=\"issued\"} 1\n"));
-        assert!(text.contains("keyward_exchange_seconds_bucket{target=\"aws:deploy\",outcome=\"issued\",le=\"0.005\"} 1\n"));
+        assert!(
+            text.contains("keyward_exchange_seconds_bucket{target=\"aws:deploy\",outcome=\"issued\",le=\"0.005\"} 1\n")
+        );
         assert!(text.contains("keyward_exchange_seconds_count{target=\"aws:deploy\",outcome=\"denied\"} 1\n"));
         assert!(text.contains("keyward_job_dispatch_seconds_bucket{le=\"1\"} 0\n"));
         assert!(text.contains("keyward_job_dispatch_seconds_bucket{le=\"5\"} 1\n"));
-        assert!(text.contains("keyward_runs{state=\"finished\"} 2\n") && text.contains("keyward_runs{state=\"failed\"} 0\n"));
-        assert!(text.contains("keyward_jobs{state=\"queued\"} 1\n") && text.contains("keyward_jobs{state=\"leased\"} 0\n"));
+        assert!(
+            text.contains("keyward_runs{state=\"finished\"} 2\n")
+                && text.contains("keyward_runs{state=\"failed\"} 0\n")
+        );
+        assert!(
+            text.contains("keyward_jobs{state=\"queued\"} 1\n") && text.contains("keyward_jobs{state=\"leased\"} 0\n")
+        );
         assert!(text.contains("keyward_agents{state=\"active\"} 1\n"));
-        assert!(text.contains("keyward_notification_deliveries_total{notification=\"chat\",outcome=\"delivered\"} 1\n"));
+        assert!(
+            text.contains("keyward_notification_deliveries_total{notification=\"chat\",outcome=\"delivered\"} 1\n")
+        );
         assert!(text.contains("keyward_audit_commit_seconds_count 0\n"));
     }
 }

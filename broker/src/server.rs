@@ -95,9 +95,14 @@ impl Broker {
         let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
         let sso = core.sso(settings)?;
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
-        let notifier =
-            Notifier::new(&settings.notifications, store.clone(), audit.clone(), Arc::clone(&clock), Arc::clone(&metrics))
-                .map_err(StartError::HttpClient)?;
+        let notifier = Notifier::new(
+            &settings.notifications,
+            store.clone(),
+            audit.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )
+        .map_err(StartError::HttpClient)?;
         let github = match settings.github.clone() {
             Some(github) => {
                 let services = crate::vcs::github::Services {

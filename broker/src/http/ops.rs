@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use crate::metrics::{Sampled, WorkCounts};
 use super::error::ApiError;
+use crate::metrics::{Sampled, WorkCounts};
 
 pub(super) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()

@@ -89,11 +89,7 @@ pub(super) struct WorkMetrics {
 
 impl Default for WorkMetrics {
     fn default() -> Self {
-        Self {
-            exchanges: Mutex::default(),
-            dispatch: Histogram::new(WAIT_SECONDS),
-            notifications: Mutex::default(),
-        }
+        Self { exchanges: Mutex::default(), dispatch: Histogram::new(WAIT_SECONDS), notifications: Mutex::default() }
     }
 }
 
@@ -137,7 +133,11 @@ impl WorkMetrics {
         let name = "keyward_notification_deliveries_total";
         out.family(name, "counter", "Attempts at delivering notifications, by notification and outcome.");
         for ((notification, outcome), count) in notifications.iter() {
-            out.sample(name, &format!("notification=\"{}\",outcome=\"{}\"", escape(notification), outcome.label()), count);
+            out.sample(
+                name,
+                &format!("notification=\"{}\",outcome=\"{}\"", escape(notification), outcome.label()),
+                count,
+            );
         }
     }
 

@@ -70,7 +70,9 @@ fn promtool_passes(page: &str, whose: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): run scripts/install-test-peers or set KEYWARD_PROMTOOL"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): run scripts/install-test-peers or set KEYWARD_PROMTOOL")
+        });
     child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -88,7 +90,11 @@ fn samples(page: &str) -> BTreeMap<String, f64> {
 
 /// The families the page declares (`# TYPE` lines).
 fn families(page: &str) -> BTreeSet<String> {
-    page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(str::to_owned).collect()
+    page.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
@@ -137,7 +143,15 @@ async fn broker_and_agent_metrics_pass_promtool_and_count_the_work() {
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     json_of(&broker.cli(&[
-        "stack", "create", "network", "--repository", &url, "--label", "env=dev", "--plan-target", "aws:state-read",
+        "stack",
+        "create",
+        "network",
+        "--repository",
+        &url,
+        "--label",
+        "env=dev",
+        "--plan-target",
+        "aws:state-read",
         "--json",
     ]));
     let join = json_of(&broker.cli(&["pool", "join-token", "default", "--json"]));
@@ -167,7 +181,11 @@ async fn broker_and_agent_metrics_pass_promtool_and_count_the_work() {
     let issued = "target=\"aws:network-apply\",outcome=\"issued\"";
     assert_eq!(value(s, &format!("keyward_exchanges_total{{{issued}}}")), 1.0);
     assert_eq!(value(s, "keyward_exchanges_total{target=\"aws:network-apply\",outcome=\"denied\"}"), 1.0);
-    assert_eq!(value(s, "keyward_exchanges_total{target=\"aws:state-read\",outcome=\"issued\"}"), 1.0, "the plan job's");
+    assert_eq!(
+        value(s, "keyward_exchanges_total{target=\"aws:state-read\",outcome=\"issued\"}"),
+        1.0,
+        "the plan job's"
+    );
     assert_eq!(value(s, &format!("keyward_exchange_seconds_count{{{issued}}}")), 1.0);
     assert_eq!(value(s, &format!("keyward_exchange_seconds_bucket{{{issued},le=\"+Inf\"}}")), 1.0);
     assert!(value(s, &format!("keyward_exchange_seconds_sum{{{issued}}}")) > 0.0);
@@ -211,15 +229,15 @@ async fn broker_and_agent_metrics_pass_promtool_and_count_the_work() {
 /// Every metric a panel of the Grafana dashboard queries is a family of a real page.
 fn dashboard_queries_exist(families: &BTreeSet<String>) {
     let path = workspace_root().join("deploy/grafana/keyward.json");
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("the dashboard is JSON");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("the dashboard is JSON");
     let mut queried = BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap();
             let mut rest = expr;
             while let Some(at) = rest.find("keyward_") {
-                let name: String =
-                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 rest = &rest[at + name.len()..];
                 queried.insert(name);
             }
