@@ -29,6 +29,7 @@ use crate::enroll::{identity_from, key_and_csr, rediscover};
 use crate::job::{Job, Refused};
 use crate::launch::Layers;
 use crate::logs::{Chunk, JobLog, MaskRules, Outbox, Patterns, Signer};
+use crate::metrics::{self, JobOutcome};
 use crate::plans::Plans;
 use crate::runner::{Outcome, Runner};
 use crate::slots::Slots;
@@ -146,12 +147,18 @@ impl Daemon {
     pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
         let mut delay = BACKOFF.0;
         let mut unreachable = 0_u32;
+        let mut first = true;
         loop {
             let identity = self.dir.load()?;
             if identity.state.not_after <= now() {
                 return Err(DaemonError::Expired(identity.state.not_after));
             }
-            match Arc::clone(&self).connection(&identity).await {
+            if !std::mem::take(&mut first) {
+                metrics::global().reconnecting();
+            }
+            let ended = Arc::clone(&self).connection(&identity).await;
+            metrics::global().connected(false);
+            match ended {
                 Ok(Ended::Drained) => return Ok(()),
                 Ok(Ended::Renewed) => {
                     delay = BACKOFF.0;
@@ -241,6 +248,7 @@ impl Daemon {
         }
         let mut inbound = client.work(ReceiverStream::new(outbox)).await?.into_inner();
         tracing::info!(agent_id = %identity.state.agent_id, endpoint = %identity.state.endpoint, "connected");
+        metrics::global().connected(true);
         let renew_in = Duration::from_secs(u64::try_from(identity.renew_at() - now()).unwrap_or(0));
         let renewal = tokio::time::sleep(renew_in);
         tokio::pin!(renewal);
@@ -361,11 +369,16 @@ impl Daemon {
             running
                 .insert(job.job_id.clone(), Running { fencing_token: job.fencing_token, lease, cancel: Some(cancel) });
         }
-        tracing::info!(job_id = %job.job_id, run_id = %job.run_id, task = ?job.task, "job started");
+        // Every line logged for this job, here and in the runner, carries its run and job IDs.
+        let span = tracing::info_span!("job", run_id = %job.run_id, job_id = %job.job_id);
+        span.in_scope(|| tracing::info!(job_id = %job.job_id, run_id = %job.run_id, task = ?job.task, "job started"));
+        metrics::global().job_started();
+        let started = std::time::Instant::now();
         let daemon = Arc::clone(self);
-        tokio::spawn(async move {
+        let work = async move {
             let layers = Layers::default();
             let (outcome, log) = daemon.execute(&job, &mut client, &layers, canceled).await;
+            metrics::global().job_finished(job.task, job_outcome(&outcome), started.elapsed());
             let summary = log.finish().await;
             let finished = daemon.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.job_id);
             let Some(finished) = finished else { return };
@@ -388,12 +401,14 @@ impl Daemon {
                 isolation_layers: layers.list(),
             });
             daemon.results_ready.notify_one();
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(work, span));
     }
 
     /// Reports a job this agent will not run as failed, saying why, so the broker moves its run
     /// on instead of waiting for the lease to expire.
     fn refuse(&self, refused: Refused) {
+        metrics::global().job_refused();
         tracing::warn!(job_id = %refused.job_id, run_id = %refused.run_id, error = %refused.error, "job refused");
         self.results.lock().unwrap_or_else(PoisonError::into_inner).push(JobResult {
             job_id: refused.job_id,
@@ -535,6 +550,15 @@ fn drift_report(drift: crate::terraform::Drift) -> DriftReport {
         to_destroy: drift.counts.to_destroy,
         changed_outside: drift.counts.changed_outside,
         addresses: drift.addresses,
+    }
+}
+
+/// The metric label of how a job ended.
+fn job_outcome(outcome: &Outcome) -> JobOutcome {
+    match outcome {
+        Outcome::Succeeded | Outcome::Checked(_) => JobOutcome::Succeeded,
+        Outcome::Failed(_) => JobOutcome::Failed,
+        Outcome::Canceled => JobOutcome::Canceled,
     }
 }
 

@@ -13,6 +13,7 @@ use keyward_sandbox::{Layer, Level, Limits, Network, Reason, Spec, Status};
 use tokio::process::Command;
 
 use crate::idrange::JobIds;
+use crate::metrics::SandboxFailure;
 
 /// The sandbox's limits and network, from the agent's flags.
 #[derive(Debug, Clone)]
@@ -183,10 +184,23 @@ pub fn sandbox_verdict(
     let _ = std::fs::remove_file(path);
     let status = match status {
         Ok(status) => status,
-        Err(error) => return Some(format!("the sandbox left no status ({error})")),
+        Err(error) => {
+            crate::metrics::global().sandbox_failed(SandboxFailure::NoStatus);
+            return Some(format!("the sandbox left no status ({error})"));
+        }
     };
     layers.record(status.layers);
     let reason = status.reason?;
+    let failure = match &reason {
+        Reason::Deadline => Some(SandboxFailure::Deadline),
+        Reason::MemoryLimit => Some(SandboxFailure::Memory),
+        Reason::PidsLimit => Some(SandboxFailure::Pids),
+        Reason::SetupFailed(_) => Some(SandboxFailure::Setup),
+        Reason::Cancelled => None,
+    };
+    if let Some(failure) = failure {
+        crate::metrics::global().sandbox_failed(failure);
+    }
     Some(match reason {
         Reason::Deadline => "killed: it ran past the job's deadline".to_owned(),
         Reason::MemoryLimit => format!(

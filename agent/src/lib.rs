@@ -20,6 +20,8 @@ pub mod idrange;
 pub mod job;
 pub mod launch;
 pub mod logs;
+pub mod metrics;
+pub mod metrics_http;
 pub mod mounts;
 pub mod planfile;
 pub mod plans;

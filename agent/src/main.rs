@@ -20,6 +20,9 @@ use keyward_sandbox::Network;
 #[derive(Debug, Parser)]
 #[command(name = "keyward-agent", version, about)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, with the job's `run_id` and `job_id`).
+    #[arg(long, global = true, env = "KEYWARD_AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +118,13 @@ struct RunArgs {
     /// The most output one job may log; the rest is discarded after a signed truncation line.
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     log_limit: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off by default; a loopback address,
+    /// e.g. 127.0.0.1:9465, unless --metrics-listen-any).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address: the page has no authentication.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_any: bool,
 }
 
 fn main() -> ExitCode {
@@ -127,7 +137,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    init_logging();
+    init_logging(cli.log_format == "json");
     // A small runtime: the agent is mostly idle, and its RSS matters on customer hosts.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -151,14 +161,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `KEYWARD_AGENT_LOG` (default `info`).
-fn init_logging() {
+/// Logs to stderr, filtered by `KEYWARD_AGENT_LOG` (default `info`), as text or JSON lines.
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal who did not set NO_COLOR (https://no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// `keyward-agent join`: enrolls, prints the agent ID alone on stdout and how to start it on stderr.
@@ -185,6 +200,9 @@ async fn join(broker: &str, token: &str, dir: DataDir) -> anyhow::Result<()> {
 /// `keyward-agent run`: checks the enrollment and the host, then takes jobs until a stop
 /// signal has drained them.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(address) = args.metrics_listen {
+        keyward_agent::metrics_http::serve(address, args.metrics_listen_any).await?;
+    }
     let mask_patterns = keyward_agent::logs::Patterns::new(&args.mask_patterns)?;
     let dir = DataDir::new(args.data_dir.clone());
     // Not enrolled, or an unreadable identity: say so before anything else.

@@ -31,6 +31,7 @@ pub mod console;
 pub mod console_sessions;
 pub mod exchange;
 pub mod grpc;
+pub mod histogram;
 pub mod http;
 pub mod issuance;
 pub mod joblogs;

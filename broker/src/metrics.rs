@@ -4,13 +4,20 @@
 //! it saves. Labels are closed sets (algorithms, refusal reasons) so cardinality cannot grow with
 //! input, and no label ever carries a token, a name or an audience chosen by a caller.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::audit::Stats as AuditStats;
 use crate::audit::sinks::{Sink, SinkStats};
+use crate::histogram::{Histogram, Snapshot};
+use crate::policy::PolicyEngine;
+
+mod work;
+
+pub use work::{ExchangeOutcome, NotificationOutcome, WorkCounts};
 
 /// Why an API request was refused (a closed set, used as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +103,29 @@ pub struct Metrics {
     vault_revocation_failures: AtomicU64,
     drift_checks: [AtomicU64; 4],
     drift_scheduler_leader: AtomicU64,
+    work: work::WorkMetrics,
+}
+
+/// What the caller of [`Metrics::render`] sampled: from the key ring, the audit writer, the
+/// database (`None`: it did not answer in time) and the policy engine.
+#[derive(Debug)]
+pub struct Sampled<'a> {
+    /// Keys published in the JWKS.
+    pub published_keys: usize,
+    /// The audit writer's counters and histograms.
+    pub audit: &'a AuditStats,
+    /// The configured audit sinks.
+    pub sinks: &'a [Arc<Sink>],
+    /// Whether the broker reports ready.
+    pub ready: bool,
+    /// Stacks by drift state.
+    pub stacks: Option<StackDrift>,
+    /// Runs, jobs and agents by state.
+    pub work: Option<WorkCounts>,
+    /// Agents with a work stream open to this replica.
+    pub agents_connected: usize,
+    /// The policy engine, for its decision latencies.
+    pub policies: Option<&'a PolicyEngine>,
 }
 
 impl Metrics {
@@ -146,26 +176,34 @@ impl Metrics {
         self.drift_scheduler_leader.store(u64::from(leader), Ordering::Relaxed);
     }
 
-    /// Renders every metric; `published_keys`, `ready` and `stacks` (`None`: the database did not
-    /// answer) are sampled by the caller.
-    pub fn render(
-        &self,
-        published_keys: usize,
-        audit: &AuditStats,
-        sinks: &[Arc<Sink>],
-        ready: bool,
-        stacks: Option<StackDrift>,
-    ) -> String {
-        let mut out = Exposition(String::with_capacity(1024));
+    /// Counts one exchange for the configured `target` and times it.
+    pub fn exchange(&self, target: &str, outcome: ExchangeOutcome, elapsed: Duration) {
+        self.work.exchange(target, outcome, elapsed);
+    }
+
+    /// Times one job from queued to leased.
+    pub fn job_dispatched(&self, waited_seconds: i64) {
+        self.work.job_dispatched(waited_seconds);
+    }
+
+    /// Counts one attempt at delivering a configured notification.
+    pub fn notification(&self, notification: &str, outcome: NotificationOutcome) {
+        self.work.notification(notification, outcome);
+    }
+
+    /// Renders every metric, with what the caller sampled.
+    pub fn render(&self, sampled: &Sampled<'_>) -> String {
+        let mut out = Exposition(String::with_capacity(8192));
         out.family("keyward_build_info", "gauge", "Build information.");
         out.sample("keyward_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
         self.render_counters(&mut out);
-        self.render_drift(&mut out, stacks);
-        render_audit(&mut out, audit, sinks);
+        self.render_drift(&mut out, sampled.stacks);
+        render_audit(&mut out, sampled.audit, sampled.sinks);
+        self.work.render(&mut out, sampled);
         out.family("keyward_jwks_keys", "gauge", "Keys published in the JWKS.");
-        out.sample("keyward_jwks_keys", "", published_keys);
+        out.sample("keyward_jwks_keys", "", sampled.published_keys);
         out.family("keyward_ready", "gauge", "Whether the broker reports ready.");
-        out.sample("keyward_ready", "", u8::from(ready));
+        out.sample("keyward_ready", "", u8::from(sampled.ready));
         out.0
     }
 
@@ -250,6 +288,10 @@ fn render_audit(out: &mut Exposition, audit: &AuditStats, sinks: &[Arc<Sink>]) {
     out.sample("keyward_audit_integrated_entries", "", audit.integrated());
     out.family("keyward_audit_integration_failures_total", "counter", "Audit integrator steps that failed.");
     out.sample("keyward_audit_integration_failures_total", "", audit.integration_failures());
+    out.family("keyward_audit_commit_seconds", "histogram", "How long audit group commits took.");
+    out.histogram("keyward_audit_commit_seconds", "", &audit.commit_seconds());
+    out.family("keyward_audit_batch_entries", "histogram", "Entries per audit group commit.");
+    out.histogram("keyward_audit_batch_entries", "", &audit.batch_size());
     let per_sink: [SinkFamily; 4] = [
         ("delivered_total", "Audit entries delivered by a sink.", "counter", SinkStats::delivered),
         ("failures_total", "Failed sink delivery attempts (each is retried).", "counter", SinkStats::failures),
@@ -271,6 +313,11 @@ type SinkFamily = (&'static str, &'static str, &'static str, fn(&SinkStats) -> u
 /// The Prometheus text exposition format, written line by line.
 struct Exposition(String);
 
+/// A label value the broker chose (a configured name), escaped as the format requires.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 impl Exposition {
     /// A metric family's `# HELP` and `# TYPE` lines.
     fn family(&mut self, name: &str, kind: &str, help: &str) {
@@ -285,6 +332,17 @@ impl Exposition {
         } else {
             writeln!(self.0, "{name}{{{labels}}} {value}")
         };
+    }
+
+    /// A histogram's `_bucket` (cumulative, with `+Inf`), `_sum` and `_count` samples.
+    fn histogram(&mut self, name: &str, labels: &str, snapshot: &Snapshot) {
+        let join = if labels.is_empty() { String::new() } else { format!("{labels},") };
+        for (bound, count) in &snapshot.buckets {
+            self.sample(&format!("{name}_bucket"), &format!("{join}le=\"{bound}\""), count);
+        }
+        self.sample(&format!("{name}_bucket"), &format!("{join}le=\"+Inf\""), snapshot.count);
+        self.sample(&format!("{name}_sum"), labels, snapshot.sum);
+        self.sample(&format!("{name}_count"), labels, snapshot.count);
     }
 }
 
@@ -301,7 +359,8 @@ mod tests {
         metrics.drift_check(DriftCheck::Skipped);
         metrics.drift_scheduler_leader(true);
         let stacks = StackDrift { drifted: 3, failed: 1, in_sync: 0 };
-        let text = metrics.render(2, &AuditStats::default(), &[], true, Some(stacks));
+        let audit = AuditStats::default();
+        let text = metrics.render(&sampled(&audit, Some(stacks)));
         assert!(text.contains("keyward_tokens_issued_total{alg=\"ES256\"} 1"));
         assert!(text.contains("keyward_requests_refused_total{reason=\"audience\"} 2"));
         assert!(text.contains("keyward_jwks_keys 2"));
@@ -311,7 +370,56 @@ mod tests {
         assert!(text.contains("keyward_drift_checks_scheduled_total{outcome=\"skipped\"} 1"));
         assert!(text.contains("keyward_drift_checks_scheduled_total{outcome=\"queued\"} 0"));
         assert!(text.contains("keyward_drift_scheduler_leader 1"));
-        let unknown = metrics.render(2, &AuditStats::default(), &[], true, None);
+        let unknown = metrics.render(&sampled(&audit, None));
         assert!(!unknown.contains("keyward_stacks_drifted"), "no number when the database did not answer");
+    }
+
+    fn sampled(audit: &AuditStats, stacks: Option<StackDrift>) -> Sampled<'_> {
+        Sampled {
+            published_keys: 2,
+            audit,
+            sinks: &[],
+            ready: true,
+            stacks,
+            work: None,
+            agents_connected: 0,
+            policies: None,
+        }
+    }
+
+    #[test]
+    fn renders_work_histograms_and_gauges() {
+        let metrics = Metrics::default();
+        metrics.exchange("aws:deploy", ExchangeOutcome::Issued, Duration::from_millis(3));
+        metrics.exchange("aws:deploy", ExchangeOutcome::Denied, Duration::from_millis(30));
+        metrics.job_dispatched(2);
+        metrics.notification("chat", NotificationOutcome::Delivered);
+        let audit = AuditStats::default();
+        let mut sampled = sampled(&audit, None);
+        sampled.work = Some(WorkCounts {
+            runs: vec![("finished".to_owned(), 2)],
+            jobs: vec![("queued".to_owned(), 1)],
+            agents: vec![("active".to_owned(), 1)],
+        });
+        let text = metrics.render(&sampled);
+        assert!(text.contains("keyward_exchanges_total{target=\"aws:deploy\",outcome=\"issued\"} 1\n"));
+        assert!(
+            text.contains("keyward_exchange_seconds_bucket{target=\"aws:deploy\",outcome=\"issued\",le=\"0.005\"} 1\n")
+        );
+        assert!(text.contains("keyward_exchange_seconds_count{target=\"aws:deploy\",outcome=\"denied\"} 1\n"));
+        assert!(text.contains("keyward_job_dispatch_seconds_bucket{le=\"1\"} 0\n"));
+        assert!(text.contains("keyward_job_dispatch_seconds_bucket{le=\"5\"} 1\n"));
+        assert!(
+            text.contains("keyward_runs{state=\"finished\"} 2\n")
+                && text.contains("keyward_runs{state=\"failed\"} 0\n")
+        );
+        assert!(
+            text.contains("keyward_jobs{state=\"queued\"} 1\n") && text.contains("keyward_jobs{state=\"leased\"} 0\n")
+        );
+        assert!(text.contains("keyward_agents{state=\"active\"} 1\n"));
+        assert!(
+            text.contains("keyward_notification_deliveries_total{notification=\"chat\",outcome=\"delivered\"} 1\n")
+        );
+        assert!(text.contains("keyward_audit_commit_seconds_count 0\n"));
     }
 }

@@ -95,8 +95,14 @@ impl Broker {
         let (agents, agent_listener) = core.agents(settings, &runs, exchanger.clone()).await?;
         let sso = core.sso(settings)?;
         let Core { policies, store, log_key, keys, audit, metrics, clock, .. } = core;
-        let notifier = Notifier::new(&settings.notifications, store.clone(), audit.clone(), Arc::clone(&clock))
-            .map_err(StartError::HttpClient)?;
+        let notifier = Notifier::new(
+            &settings.notifications,
+            store.clone(),
+            audit.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )
+        .map_err(StartError::HttpClient)?;
         let github = match settings.github.clone() {
             Some(github) => {
                 let services = crate::vcs::github::Services {
@@ -304,6 +310,7 @@ impl Core {
         let (store, audit, policies) = (self.store.clone(), self.audit.clone(), self.policies.clone());
         Runs::new(store, audit, policies, &settings.targets, Arc::clone(&self.clock), Arc::clone(&self.kek))
             .with_repositories(settings.repositories.clone())
+            .with_metrics(Arc::clone(&self.metrics))
     }
 
     /// The agents, and their endpoint's listener with the names its certificate carries when

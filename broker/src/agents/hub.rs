@@ -386,7 +386,7 @@ impl Hub {
         }
         session.held.insert(lease.job_id.clone(), lease.fencing_token);
         state.requeue(agent_id);
-        tracing::info!(agent_id, job_id = %lease.job_id, phase = %lease.phase, "job assigned");
+        tracing::info!(agent_id, run_id = %lease.run_id, job_id = %lease.job_id, phase = %lease.phase, "job assigned");
         true
     }
 

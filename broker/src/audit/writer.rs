@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{AuditEvent, PreparedEvent};
 use super::merkle::{self, Hash, NodeMap};
+use crate::histogram::{Histogram, Snapshot};
 use crate::store::audit_batch as batch;
 use crate::store::audit_codec::BatchEncoder;
 use crate::store::write::{self as guarded, Refusal, Write};
@@ -174,6 +175,10 @@ pub struct Stats {
     pub(super) integrated: AtomicU64,
     /// Integrator steps that failed.
     pub(super) integration_failures: AtomicU64,
+    /// How long each group commit took, successful or not.
+    commit_seconds: Histogram,
+    /// Entries per group commit.
+    batch_size: Histogram,
 }
 
 impl Default for Stats {
@@ -185,11 +190,23 @@ impl Default for Stats {
             healthy: AtomicBool::new(true),
             integrated: AtomicU64::new(0),
             integration_failures: AtomicU64::new(0),
+            commit_seconds: Histogram::new(crate::histogram::LATENCY_SECONDS),
+            batch_size: Histogram::new(crate::histogram::BATCH_SIZE),
         }
     }
 }
 
 impl Stats {
+    /// How long group commits took, in seconds.
+    pub fn commit_seconds(&self) -> Snapshot {
+        self.commit_seconds.snapshot()
+    }
+
+    /// Entries per group commit.
+    pub fn batch_size(&self) -> Snapshot {
+        self.batch_size.snapshot()
+    }
+
     /// Transactions committed.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -288,7 +305,11 @@ async fn run_writer(
     let mut tree = Frontier::default();
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let entries: Vec<&Prepared> = batch.iter().map(|p| &p.entry).collect();
-        match commit(&store, &entries, &mut tree).await {
+        let started = std::time::Instant::now();
+        let committed_batch = commit(&store, &entries, &mut tree).await;
+        stats.commit_seconds.observe_duration(started.elapsed());
+        stats.batch_size.observe(u32::try_from(entries.len()).map_or(f64::MAX, f64::from));
+        match committed_batch {
             Ok((outcomes, appended)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.entries.fetch_add(appended, Ordering::Relaxed);

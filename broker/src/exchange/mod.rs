@@ -32,7 +32,7 @@ pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use enforce::Lifetime;
 use keyward_proto::claims::{Phase, RunChain};
@@ -48,7 +48,7 @@ use crate::audit::{Append, AuditEvent, AuditLog, Committed, Context, Kind, Token
 use crate::clock::SharedClock;
 use crate::issuance::{self, IssueError};
 use crate::keys::KeyRing;
-use crate::metrics::Metrics;
+use crate::metrics::{ExchangeOutcome, Metrics};
 use crate::policy::{Decision, PolicyEngine, PolicyKind};
 use crate::runs::reviews::RecordedRun;
 use crate::store::write::Write;
@@ -206,6 +206,32 @@ impl Exchanger {
 
     /// Exchanges `request`; see the module documentation for the order of checks.
     pub async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
+        let started = Instant::now();
+        let target = request.target.clone();
+        let result = self.exchange_unobserved(request).await;
+        self.observe(&target, &result, started);
+        result
+    }
+
+    /// Counts and times an exchange for a configured target (an unknown one is not a label).
+    fn observe(&self, target: &str, result: &Result<ExchangeResponse, ExchangeError>, started: Instant) {
+        if !self.targets.contains_key(target) {
+            return;
+        }
+        let outcome = match result {
+            Ok(_) => ExchangeOutcome::Issued,
+            Err(ExchangeError::Denied(_)) => ExchangeOutcome::Denied,
+            Err(ExchangeError::SubjectTokenRefused(_) | ExchangeError::UnknownTarget(_)) => {
+                ExchangeOutcome::SubjectRefused
+            }
+            Err(ExchangeError::UpstreamRefused(_)) => ExchangeOutcome::UpstreamRefused,
+            Err(ExchangeError::UpstreamUnavailable(_)) => ExchangeOutcome::UpstreamUnavailable,
+            Err(ExchangeError::Unavailable(_)) => ExchangeOutcome::Unavailable,
+        };
+        self.metrics.exchange(target, outcome, started.elapsed());
+    }
+
+    async fn exchange_unobserved(&self, request: ExchangeRequest) -> Result<ExchangeResponse, ExchangeError> {
         let target = self.target(&request.target)?;
         let now = self.clock.now();
         let caller = &request.caller;
@@ -245,6 +271,7 @@ impl Exchanger {
         target: &str,
         caller: &Context,
     ) -> Result<ExchangeResponse, ExchangeError> {
+        let started = Instant::now();
         let target_config = self.target(target)?;
         let grant = Grant {
             subject: Subject::from_job(job),
@@ -252,7 +279,11 @@ impl Exchanger {
             guard: vec![job.lease_guard.clone()],
             requested_ttl: None,
         };
-        self.grant(grant, target_config, caller).await
+        // The job's lines (the decision, the issue) carry its run and job IDs.
+        let span = tracing::info_span!("job", run_id = %job.run_id, job_id = %job.job_id);
+        let result = tracing::Instrument::instrument(self.grant(grant, target_config, caller), span).await;
+        self.observe(target, &result, started);
+        result
     }
 
     /// Whose approval of a run token's run counted, from the reviews the broker recorded for it:

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::metrics::{Sampled, WorkCounts};
 
 pub(super) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
@@ -51,10 +52,47 @@ async fn ready(state: &AppState) -> Result<(), &'static str> {
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let ready = ready(&state).await.is_ok();
-    let stacks = stack_drift(&state).await;
-    let body = state.metrics.render(state.keys.published_keys(), state.audit.stats(), &state.sinks, ready, stacks);
+    // Side by side, so a database that does not answer costs one timeout, not one per query.
+    let (ready, stacks, work) = tokio::join!(ready(&state), stack_drift(&state), work_counts(&state));
+    let ready = ready.is_ok();
+    let sampled = Sampled {
+        published_keys: state.keys.published_keys(),
+        audit: state.audit.stats(),
+        sinks: &state.sinks,
+        ready,
+        stacks,
+        work,
+        agents_connected: state.agents.hub().connected(),
+        policies: state.policies.as_deref(),
+    };
+    let body = state.metrics.render(&sampled);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// Runs, jobs and agents by state: three cheap queries, together bounded by the readiness
+/// timeout; `None` (and no such series) when the database does not answer in time.
+async fn work_counts(state: &AppState) -> Option<WorkCounts> {
+    let store = &state.store;
+    let counted = tokio::time::timeout(state.readiness_timeout, async {
+        Ok::<_, crate::store::StoreError>((
+            store.run_states().await?,
+            store.active_job_states().await?,
+            store.agent_states().await?,
+        ))
+    })
+    .await;
+    let (runs, jobs, agents) = match counted {
+        Ok(Ok(counted)) => counted,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "metrics: could not count runs, jobs and agents by state");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let unsigned = |rows: Vec<(String, i64)>| -> Vec<(String, u64)> {
+        rows.into_iter().map(|(state, n)| (state, u64::try_from(n).unwrap_or(0))).collect()
+    };
+    Some(WorkCounts { runs: unsigned(runs), jobs: unsigned(jobs), agents: unsigned(agents) })
 }
 
 /// How many stacks are in each drift state, if the database answers in time.

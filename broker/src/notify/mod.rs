@@ -23,6 +23,7 @@ use keyward_proto::secret::Secret;
 
 use crate::audit::{AuditEvent, AuditLog, Context, Entry, Kind};
 use crate::clock::SharedClock;
+use crate::metrics::{Metrics, NotificationOutcome};
 use crate::store::Store;
 use crate::store::notify::{DeliveryRow, NewDelivery, Settled};
 use deliver::{AttemptError, Format};
@@ -70,6 +71,8 @@ pub struct Notifier {
     audit: AuditLog,
     clock: SharedClock,
     client: reqwest::Client,
+    /// Where delivery attempts are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -80,12 +83,14 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// A notifier for `configs`; `None` when there are none.
+    /// A notifier for `configs`, counting delivery attempts in `metrics`; `None` when there are
+    /// none.
     pub fn new(
         configs: &[NotificationConfig],
         store: Store,
         audit: AuditLog,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<Arc<Self>>, String> {
         if configs.is_empty() {
             return Ok(None);
@@ -97,7 +102,7 @@ impl Notifier {
                 config: config.clone(),
             })
             .collect();
-        Ok(Some(Arc::new(Self { targets, store, audit, clock, client: deliver::client()? })))
+        Ok(Some(Arc::new(Self { targets, store, audit, clock, client: deliver::client()?, metrics })))
     }
 
     /// Reads the log and adds deliveries, forever.
@@ -214,6 +219,12 @@ impl Notifier {
             tracing::warn!(%error, delivery = %delivery.id, "notifications: cannot record the attempt; it will be retried");
             return;
         }
+        let outcome = match settled {
+            Settled::Delivered => NotificationOutcome::Delivered,
+            Settled::Failed(_) => NotificationOutcome::Failed,
+            Settled::Retry { .. } => NotificationOutcome::Retried,
+        };
+        self.metrics.notification(&target.config.name, outcome);
         match settled {
             Settled::Delivered => self.record(&delivery, target, attempts, None).await,
             Settled::Failed(why) => self.record(&delivery, target, attempts, Some(why)).await,

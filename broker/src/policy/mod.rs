@@ -21,7 +21,9 @@ mod set;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::histogram::{Histogram, Snapshot};
 
 pub use cases::{CaseOutcome, CaseReport, run_cases};
 pub use decision::{Decision, Outcome};
@@ -97,6 +99,8 @@ pub struct PolicyEngine {
     dir: PathBuf,
     timeout: Duration,
     current: RwLock<Arc<PolicySet>>,
+    /// How long decisions took, per kind (in [`PolicyKind::ALL`]'s order), for `/metrics`.
+    timings: Vec<Histogram>,
 }
 
 impl PolicyEngine {
@@ -104,7 +108,8 @@ impl PolicyEngine {
     pub fn load(dir: &Path, timeout: Duration) -> Result<Self, PolicyError> {
         let set = PolicySet::load(dir, timeout)?;
         tracing::info!(dir = %dir.display(), digest = %set.digest(), files = set.files().len(), "policy set loaded");
-        Ok(Self { dir: dir.to_owned(), timeout, current: RwLock::new(Arc::new(set)) })
+        let timings = PolicyKind::ALL.iter().map(|_| Histogram::new(crate::histogram::LATENCY_SECONDS)).collect();
+        Ok(Self { dir: dir.to_owned(), timeout, current: RwLock::new(Arc::new(set)), timings })
     }
 
     /// The set decisions are made with now.
@@ -155,6 +160,16 @@ impl PolicyEngine {
 
     /// Decides with the current set.
     pub fn decide(&self, kind: PolicyKind, input: impl Into<PolicyInput>) -> Decision {
-        self.current().decide(kind, input)
+        let started = Instant::now();
+        let decision = self.current().decide(kind, input);
+        if let Some(timing) = PolicyKind::ALL.iter().position(|k| *k == kind).and_then(|i| self.timings.get(i)) {
+            timing.observe_duration(started.elapsed());
+        }
+        decision
+    }
+
+    /// How long this engine's decisions took, per kind, for `/metrics`.
+    pub fn decision_seconds(&self) -> impl Iterator<Item = (PolicyKind, Snapshot)> + '_ {
+        PolicyKind::ALL.iter().zip(&self.timings).map(|(kind, timing)| (*kind, timing.snapshot()))
     }
 }

@@ -315,6 +315,7 @@ impl Runs {
         match self.audit.append(Append::changes(writes, events)).await? {
             Committed::Recorded(_) => {
                 self.signals.run_changed();
+                self.metrics.job_dispatched(now.saturating_sub(job.created_at));
                 let source_credentials = self.repositories.for_url(&stack.spec.repository).is_some();
                 let credential_targets = stack.targets(job.phase).to_vec();
                 let managed_state = stack.spec.managed_state;

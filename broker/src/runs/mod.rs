@@ -222,6 +222,8 @@ pub struct Runs {
     repositories: Arc<RepositoryCredentials>,
     /// Seals saved plans at rest.
     kek: Arc<Kek>,
+    /// Where job dispatch latency is counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 const MAX_TICKET: usize = 128;
@@ -241,7 +243,15 @@ impl Runs {
         let targets = Arc::new(targets.iter().map(|t| (t.id(), t.clone())).collect());
         let repositories = Arc::new(RepositoryCredentials::default());
         let signals = Arc::new(Signals::default());
-        Self { store, audit, policies, targets, clock, signals, repositories, kek }
+        let metrics = Arc::default();
+        Self { store, audit, policies, targets, clock, signals, repositories, kek, metrics }
+    }
+
+    /// The same service, counting job dispatch latency in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same service, fetching private repositories with `repositories`.

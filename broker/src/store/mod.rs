@@ -19,6 +19,7 @@ pub mod files;
 mod leases;
 mod location;
 mod logs;
+mod metrics;
 pub mod notify;
 mod replay;
 pub mod runs;

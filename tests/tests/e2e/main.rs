@@ -37,6 +37,7 @@ mod http_server;
 mod issuer;
 mod issuer_refresh;
 mod managed_state;
+mod metrics;
 mod notifications;
 mod openbao_jwt;
 mod opentofu;

@@ -249,4 +249,21 @@ async fn notified(database_url: Option<&str>) {
     assert_eq!(broken.received().len(), 2, "max_attempts = 2");
     assert_eq!(audit.count("notification.failed").await, 1);
     assert_eq!(audit.count("notification.delivered").await, 3, "ops twice, chat once");
+
+    // One replica made every attempt: its /metrics counts each one by outcome.
+    if database_url.is_none() {
+        let metrics = reqwest::get(format!("{}/metrics", broker.addr)).await.unwrap().text().await.unwrap();
+        for (notification, outcome, count) in [
+            ("ops", "retried", 2),
+            ("ops", "delivered", 2),
+            ("chat", "delivered", 1),
+            ("broken", "retried", 1),
+            ("broken", "failed", 1),
+        ] {
+            let series = format!(
+                "keyward_notification_deliveries_total{{notification=\"{notification}\",outcome=\"{outcome}\"}} {count}\n"
+            );
+            assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+        }
+    }
 }

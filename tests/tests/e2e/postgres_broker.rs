@@ -43,6 +43,15 @@ async fn a_postgres_backed_broker_fails_closed_when_the_database_goes_away() {
     let log = broker.log_text();
     assert!(log.contains("postgres://postgres@127.0.0.1"), "the redacted location is logged: {log}");
     assert!(!log.contains("pg-secret-4711"), "the database password reached the log");
+    // The scrape-time counts run on PostgreSQL too (their series are left out when they fail).
+    let metrics = reqwest::get(format!("{}/metrics", broker.addr)).await.unwrap().text().await.unwrap();
+    for series in [
+        "keyward_runs{state=\"finished\"} 0\n",
+        "keyward_jobs{state=\"queued\"} 0\n",
+        "keyward_agents{state=\"active\"} 0\n",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
 
     cluster.stop();
 
