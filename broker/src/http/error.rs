@@ -101,6 +101,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", description, Refusal::Invalid)
     }
 
+    /// A store failure: the database out of reach is `503` and worth a retry (fail closed,
+    /// nothing done); anything else is an internal error.
+    pub fn store(error: &crate::store::StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "the database is out of reach");
+            return Self::unavailable("the broker cannot reach its database; retry");
+        }
+        Self::internal(error)
+    }
+
     /// 500 `server_error`; the detail goes to the log only.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -208,7 +218,7 @@ impl From<ChangeError> for ApiError {
                 tracing::error!(error = %e, "a change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
-            ChangeError::Store(e) => Self::internal(&e),
+            ChangeError::Store(e) => Self::store(&e),
         }
     }
 }
@@ -293,7 +303,7 @@ impl From<RunError> for ApiError {
                 tracing::error!(error = %e, "a run change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
-            RunError::Store(e) => Self::internal(&e),
+            RunError::Store(e) => Self::store(&e),
             // Only the agent's FetchPlan opens a saved plan; never reached over HTTP.
             RunError::SavedPlan(e) => Self::internal(&e),
         }
@@ -323,7 +333,7 @@ impl From<AgentError> for ApiError {
                 tracing::error!(error = %e, "an agent change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
-            AgentError::Store(e) => Self::internal(&e),
+            AgentError::Store(e) => Self::store(&e),
             AgentError::Ca(e) => Self::internal(&e),
         }
     }
@@ -434,5 +444,19 @@ mod tests {
         let unavailable = answer(RunError::Change(ChangeError::Store(StoreError::Append("disk full".into()))));
         assert_eq!(unavailable.0, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!unavailable.2.contains("disk"), "{unavailable:?}");
+    }
+
+    /// The database out of reach fails closed with a retryable 503; a bad row is still a 500.
+    #[test]
+    fn an_unreachable_database_is_503_and_a_bad_row_500() {
+        for lost in [StoreError::Query(sqlx::Error::PoolTimedOut), StoreError::Query(sqlx::Error::PoolClosed)] {
+            assert_eq!(answer(RunError::Store(lost)).0, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "expected to read 5 bytes, got 0 bytes at EOF");
+        assert_eq!(ApiError::store(&StoreError::Query(sqlx::Error::Io(io))).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer(RunError::Store(StoreError::Corrupt("runs.state".into()))).0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

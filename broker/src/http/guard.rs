@@ -26,7 +26,7 @@ pub(super) struct Guard {
 impl Guard {
     /// A guard for `operator`, reading the current tree.
     pub(super) async fn new(state: &AppState, operator: Operator) -> Result<Self, ApiError> {
-        let tree = crate::spaces::tree(&state.store).await.map_err(|e| ApiError::internal(&e))?;
+        let tree = crate::spaces::tree(&state.store).await.map_err(|e| ApiError::store(&e))?;
         Ok(Self { operator, tree })
     }
 
@@ -79,6 +79,6 @@ pub(super) async fn stack_space(state: &AppState, name: &str) -> Result<String, 
 
 /// The space of the pool `name`.
 pub(super) async fn pool_space(state: &AppState, name: &str) -> Result<String, ApiError> {
-    let pool = state.store.pool(name).await.map_err(|e| ApiError::internal(&e))?;
+    let pool = state.store.pool(name).await.map_err(|e| ApiError::store(&e))?;
     pool.map(|p| p.space).ok_or_else(|| crate::agents::AgentError::UnknownPool(name.to_owned()).into())
 }
