@@ -152,9 +152,7 @@ async fn audit_token(
 ) -> Result<Html<String>, PageError> {
     let fail = |error| page_error(&state, "/ui/audit", error);
     let axum::Form(form) = form.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
-    let proof = super::extract::CsrfProof::Form(&form.csrf);
-    let caller = super::extract::authenticate_with(&state, &parts.method, &parts.headers, proof).await;
-    let operator = caller.inspect_err(|e| state.metrics.request_refused(e.refusal())).map_err(fail)?.operator;
+    let operator = console_forms::form_caller(&state, &parts, &form.csrf).await.map_err(fail)?.operator;
     operator.require_in(Permission::ReadAudit, &[crate::roles::ROOT.to_owned()]).map_err(|e| fail(e.into()))?;
     let jti = console::audit::jti_of_token(&form.token)
         .ok_or_else(|| fail(ApiError::invalid_request("that is not a token: a JWT has three parts and a `jti`")))?;

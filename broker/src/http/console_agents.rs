@@ -18,9 +18,9 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::AppState;
 use super::console::{PageError, page_error, who};
-use super::console_forms::{TokenOnly, csrf_of};
+use super::console_forms::{TokenOnly, csrf_of, form_caller};
 use super::error::ApiError;
-use super::extract::{CsrfProof, Scoped, authenticate_with, can};
+use super::extract::{Scoped, can};
 use super::guard::Guard;
 use crate::access::{Operator, Permission};
 use crate::console::agents::{CurrentJob, Listed};
@@ -111,11 +111,7 @@ async fn act(
 ) -> Result<Response, PageError> {
     let fail = |error| page_error(&state, PAGE, error);
     let Form(form) = form.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
-    let proof = CsrfProof::Form(&form.csrf);
-    let caller = authenticate_with(&state, &parts.method, &parts.headers, proof).await.inspect_err(|e| {
-        state.metrics.request_refused(e.refusal());
-    });
-    let operator = caller.map_err(fail)?.operator;
+    let operator = form_caller(&state, &parts, &form.csrf).await.map_err(fail)?.operator;
     operator.require(Permission::Administer).map_err(|e| fail(e.into()))?;
     let context = super::caller(&parts.extensions);
     match action {

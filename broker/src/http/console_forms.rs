@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::console::{PageError, page_error};
 use super::error::ApiError;
-use super::extract::{CsrfProof, authenticate, authenticate_with};
+use super::extract::{Caller, CsrfProof, authenticate, authenticate_with};
 use crate::access::{Operator, Permission};
 use crate::console::review::{self, Reviewing};
 use crate::runs::{RunState, RunView, Verdict};
@@ -77,8 +77,7 @@ pub(super) async fn sign_out(
 ) -> Result<Response, PageError> {
     let fail = |error| page_error(&state, "/ui/sign-out", error);
     let Form(form) = form.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
-    let proof = CsrfProof::Form(&form.csrf);
-    let caller = authenticate_with(&state, &parts.method, &parts.headers, proof).await.map_err(fail)?;
+    let caller = form_caller(&state, &parts, &form.csrf).await.map_err(fail)?;
     let context = super::caller(&parts.extensions);
     let secure = match (&caller.console_session, &caller.session, &state.sso) {
         (Some(id), _, _) => {
@@ -120,11 +119,7 @@ pub(super) async fn review(
     let back = format!("/ui/runs/{id}");
     let fail = |error| page_error(&state, &back, error);
     let Form(form) = form.map_err(|e| fail(ApiError::invalid_request(e.body_text())))?;
-    let proof = CsrfProof::Form(&form.csrf);
-    let caller = authenticate_with(&state, &parts.method, &parts.headers, proof).await.inspect_err(|e| {
-        state.metrics.request_refused(e.refusal());
-    });
-    let operator = caller.map_err(fail)?.operator;
+    let operator = form_caller(&state, &parts, &form.csrf).await.map_err(fail)?.operator;
     operator.require(Permission::ReviewRuns).map_err(|e| fail(e.into()))?;
     let run = super::runs::check_run(&state, &operator, Permission::ReviewRuns, &id).await.map_err(fail)?;
     let verdict = match form.decision.as_str() {
@@ -144,6 +139,14 @@ pub(super) async fn review(
         .await
         .map_err(|e| fail(e.into()))?;
     see_other(&back, &[]).map_err(fail)
+}
+
+/// The caller behind a console form, authenticated as the API authenticates, with a browser
+/// session's CSRF proof taken from the form's `csrf` field; a refusal is counted in the metrics.
+pub(super) async fn form_caller(state: &AppState, parts: &Parts, csrf: &str) -> Result<Caller, ApiError> {
+    authenticate_with(state, &parts.method, &parts.headers, CsrfProof::Form(csrf))
+        .await
+        .inspect_err(|e| state.metrics.request_refused(e.refusal()))
 }
 
 /// What the run page's review form needs: whether the run waits for reviews, whether the viewer

@@ -48,6 +48,9 @@ pub struct ApiTokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// The columns [`from_row`] reads.
+pub(super) const COLUMNS: &str = "id, name, scope, space, role, created_at, created_by, revoked_at";
+
 pub(super) fn from_row(row: &AnyRow) -> Result<ApiTokenRow, StoreError> {
     Ok(ApiTokenRow {
         id: row.try_get("id")?,

@@ -102,13 +102,9 @@ impl Store {
 
     /// The live API token named `name`.
     pub async fn live_api_token_by_name(&self, name: &str) -> Result<Option<ApiTokenRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, scope, space, role, created_at, created_by, revoked_at FROM api_tokens \
-             WHERE name = $1 AND revoked_at IS NULL",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql =
+            format!("SELECT {} FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", super::api_tokens::COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(super::api_tokens::from_row).transpose()
     }
 }
