@@ -19,6 +19,20 @@ use crate::runs::{Lease, LeaseEnd, Runs};
 /// Most leases one dispatch round makes at once (they share one durable commit).
 const LEASE_BATCH: usize = 16;
 
+/// The idle agents one dispatch round offers jobs to, longest idle first: [`LEASE_BATCH`] of
+/// them, and past those the longest idle of each tool set not yet among them — so the job only a
+/// rarer agent can run (an OpenTofu stack's, say, behind sixteen idle Terraform-only agents) is
+/// not left queued while that agent idles.
+fn offered(idle: impl Iterator<Item = (String, Tools)>) -> Vec<(String, Tools)> {
+    let mut offered: Vec<(String, Tools)> = Vec::new();
+    for (agent, tools) in idle {
+        if offered.len() < LEASE_BATCH || !offered.iter().any(|(_, seen)| *seen == tools) {
+            offered.push((agent, tools));
+        }
+    }
+    offered
+}
+
 /// Messages queued to one agent before the stream applies back-pressure.
 const OUTBOX: usize = 32;
 
@@ -351,10 +365,10 @@ impl Hub {
         loop {
             let agents: Vec<(String, Tools)> = {
                 let state = self.lock();
-                let idle = state.pools.get(pool).map(|queue| queue.idle.iter().take(LEASE_BATCH)).into_iter().flatten();
+                let idle = state.pools.get(pool).map(|queue| queue.idle.iter()).into_iter().flatten();
                 let tools =
                     |agent: &String| state.sessions.get(agent).map_or(Tools::TERRAFORM, |session| session.tools);
-                idle.map(|agent| (agent.clone(), tools(agent))).collect()
+                offered(idle.map(|agent| (agent.clone(), tools(agent))))
             };
             if agents.is_empty() {
                 return;
@@ -402,5 +416,35 @@ impl Hub {
         if let Err(error) = self.runs.end_lease(&job, LeaseEnd::Undelivered).await {
             tracing::warn!(%error, job_id = %lease.job_id, "undelivered job left to lease expiry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::tool::Tool;
+
+    fn idle(terraform_only: usize, then: &[(&str, Tools)]) -> Vec<(String, Tools)> {
+        let mut idle: Vec<(String, Tools)> =
+            (0..terraform_only).map(|i| (format!("tf-{i}"), Tools::TERRAFORM)).collect();
+        idle.extend(then.iter().map(|(name, tools)| ((*name).to_owned(), *tools)));
+        idle
+    }
+
+    #[test]
+    fn a_round_offers_a_batch_and_the_first_agent_of_each_other_tool_set_behind_it() {
+        let tofu: Tools = [Tool::Tofu].into_iter().collect();
+        let picked = offered(idle(40, &[("tofu-1", tofu), ("tofu-2", tofu), ("both", Tools::ANY)]).into_iter());
+        let names: Vec<&str> = picked.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names.len(), LEASE_BATCH + 2, "{names:?}");
+        assert_eq!(names[..LEASE_BATCH], (0..LEASE_BATCH).map(|i| format!("tf-{i}")).collect::<Vec<_>>());
+        assert_eq!(names[LEASE_BATCH..], ["tofu-1", "both"]);
+    }
+
+    #[test]
+    fn a_small_pool_is_offered_whole_in_order() {
+        let tofu: Tools = [Tool::Tofu].into_iter().collect();
+        let all = idle(3, &[("tofu-1", tofu), ("tofu-2", tofu)]);
+        assert_eq!(offered(all.clone().into_iter()), all);
     }
 }

@@ -162,7 +162,10 @@ impl Agents {
         let success = !matches!(finished.outcome, JobOutcome::Failed(_));
         let report = JobReport { outcome: finished.outcome, log: Some(seal), layers: finished.layers };
         match self.runs.finish_job(job_id, &agent.id, fencing_token, report).await {
-            Ok(()) => tracing::info!(agent_id = %agent.id, job_id, success, "job finished"),
+            Ok(()) => {
+                logs.forget(job_id, finished.fencing_token);
+                tracing::info!(agent_id = %agent.id, job_id, success, "job finished");
+            }
             Err(error) => tracing::warn!(agent_id = %agent.id, job_id, %error, "job result refused"),
         }
         self.hub.release(&agent.id, job_id);

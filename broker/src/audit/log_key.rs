@@ -47,6 +47,17 @@ impl LogKey {
         if let Some((public, sealed)) = store.audit_log_key(name).await? {
             return Self::open(kek, name, &public, &sealed);
         }
+        let earlier = store.audit_log_key_names().await?;
+        if !earlier.is_empty() {
+            // The name follows `server.external_url`: a restored or moved broker that changed it
+            // signs from now on under a name and key no auditor has pinned.
+            tracing::warn!(
+                key = name,
+                earlier = %earlier.join(", "),
+                "this database's audit log was signed under another name; a new checkpoint key is made for \
+                 this one. If the broker was restored or moved, set server.external_url back to what it was"
+            );
+        }
         let failed = |reason: String| LogKeyError::Key { name: name.to_owned(), reason };
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| failed("key generation failed".to_owned()))?;

@@ -1,5 +1,5 @@
 //! The agents page: every agent in the pools the caller may read — connected or not, active,
-//! draining or revoked, what it runs (version, Terraform, isolation), the jobs it holds a lease
+//! draining or revoked, what it runs (version, tools, isolation), the jobs it holds a lease
 //! on now, and when a broker last heard from it. For a caller who administers an agent's pool,
 //! the forms to drain and revoke it (revoking behind a `<details>` that explains it first, so one
 //! stray click does nothing).
@@ -48,7 +48,7 @@ pub fn list(agents: &[Listed<'_>], csrf: &str, who: &str) -> Markup {
                 table {
                     thead { tr {
                         th { "Agent" } th { "Pool" } th { "State" } th { "Current job" } th { "Connected" } th { "Version" }
-                        th { "Terraform" } th { "Isolation" } th { "Last seen" } @if actions { th { "Actions" } }
+                        th { "Tools" } th { "Isolation" } th { "Last seen" } @if actions { th { "Actions" } }
                     } }
                     tbody {
                         @for listed in agents {
@@ -79,7 +79,7 @@ fn row(listed: &Listed<'_>, actions: bool, csrf: &str) -> Markup {
             }
             td { @if agent.connected { "yes" } @else { span.muted { "no" } } }
             td { (agent.version) }
-            td { (agent.terraform_version.as_deref().unwrap_or("-")) }
+            td.tools { (tools(agent)) }
             td { (agent.isolation.as_deref().unwrap_or("-")) }
             td.mono { (agent.last_seen_at.map(rfc3339).unwrap_or_else(|| "-".to_owned())) }
             @if actions { td { @if listed.may_administer { (forms(agent, csrf)) } } }
@@ -110,6 +110,19 @@ fn forms(agent: &AgentView, csrf: &str) -> Markup {
                     button.reject type="submit" { "Revoke agent " (short(&agent.id)) }
                 }
             }
+        }
+    }
+}
+
+/// `terraform 1.11.4, tofu 1.8.0` as the agent reported them; an agent older than tool reports
+/// runs Terraform alone, at the version it reported.
+fn tools(agent: &AgentView) -> String {
+    match &agent.tools {
+        Some(tools) if !tools.is_empty() => {
+            tools.iter().map(|(tool, version)| format!("{tool} {version}")).collect::<Vec<_>>().join(", ")
+        }
+        _ => {
+            agent.terraform_version.as_deref().map_or_else(|| "-".to_owned(), |version| format!("terraform {version}"))
         }
     }
 }
@@ -170,6 +183,18 @@ mod tests {
         );
         assert!(!html.contains("<script>") && html.contains("&lt;script&gt;host"), "{html}");
         assert!(!html.contains("<form"), "a revoked agent has nothing left to do: {html}");
+    }
+
+    #[test]
+    fn an_agent_shows_the_tools_it_reported() {
+        let mut both = agent("active", "h");
+        both.tools =
+            Some([("terraform", "1.11.4"), ("tofu", "1.8.<0>")].map(|(t, v)| (t.to_owned(), v.to_owned())).into());
+        let html = list(&[Listed { agent: &both, jobs: Vec::new(), may_administer: false }], "", "me").into_string();
+        assert!(html.contains(r#"<td class="tools">terraform 1.11.4, tofu 1.8.&lt;0&gt;</td>"#), "{html}");
+        let old = agent("active", "h");
+        let html = list(&[Listed { agent: &old, jobs: Vec::new(), may_administer: false }], "", "me").into_string();
+        assert!(html.contains(r#"<td class="tools">terraform 1.11.4</td>"#), "{html}");
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Exchanger {
             }
             TargetKind::Aws(aws) => self.issue_aws_broker(&issuing, aws, &decision, claim).await?,
         };
-        tracing::info!(target = %target.id(), run_id = %subject.run.run_id, subject = subject.kind.as_str(), "credentials issued");
+        tracing::info!(credential_target = %target.id(), run_id = %subject.run.run_id, subject = subject.kind.as_str(), "credentials issued");
         Ok(response)
     }
 

@@ -140,11 +140,11 @@ impl AgentService for AgentGrpc {
             i64::try_from(body.fencing_token).map_err(|_| Status::invalid_argument("bad fencing token"))?;
         match self.agents.credentials(&agent, &body.job_id, fencing_token, &body.target, &caller).await {
             Ok(environment) => {
-                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, target = %body.target, "job credentials issued");
+                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, credential_target = %body.target, "job credentials issued");
                 Ok(Response::new(wire::credentials(environment)))
             }
             Err(error) => {
-                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, target = %body.target, %error, "job credentials refused");
+                tracing::info!(agent_id = %agent.id, job_id = %body.job_id, credential_target = %body.target, %error, "job credentials refused");
                 Err(status::credentials(error))
             }
         }

@@ -32,6 +32,7 @@ impl From<TreeError> for ApiError {
     fn from(error: TreeError) -> Self {
         match error {
             TreeError::Proof(merkle::ProofError::Range(message)) => Self::invalid_request(message),
+            TreeError::Store(store) => Self::store(&store),
             other => Self::internal(&other),
         }
     }
@@ -42,7 +43,7 @@ fn lines(entries: &[StoredEntry]) -> Result<Vec<Value>, ApiError> {
 }
 
 fn store_error(error: crate::store::StoreError) -> ApiError {
-    ApiError::internal(&error)
+    ApiError::store(&error)
 }
 
 #[derive(Debug, Deserialize)]

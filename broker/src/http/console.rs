@@ -167,7 +167,7 @@ async fn audit_page(
     key: Option<&str>,
     csrf: &str,
 ) -> Result<Html<String>, ApiError> {
-    let latest = state.store.latest_checkpoint().await.map_err(|e| ApiError::internal(&e))?;
+    let latest = state.store.latest_checkpoint().await.map_err(|e| ApiError::store(&e))?;
     let root = latest.as_ref().map(|row| keyward_proto::encoding::hex(&row.root));
     let checkpoint = latest.as_ref().zip(root.as_deref()).map(|(row, root)| console::audit_proofs::Checkpoint {
         size: row.size,

@@ -40,7 +40,7 @@ pub(super) async fn page(
     let Scoped { operator, .. } = scoped.map_err(fail)?;
     let agents = super::agents::readable_agents(&state, operator.clone(), None).await.map_err(fail)?;
     let administered = administered_pools(&state, &operator).await.map_err(fail)?;
-    let leased = state.store.leased_jobs().await.map_err(|e| fail(ApiError::internal(&e)))?;
+    let leased = state.store.leased_jobs().await.map_err(|e| fail(ApiError::store(&e)))?;
     let mut jobs = jobs_by_agent(&leased);
     let listed: Vec<Listed<'_>> = agents
         .iter()

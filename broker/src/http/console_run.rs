@@ -58,7 +58,7 @@ pub(super) static LIVE_STREAMS: Semaphore = Semaphore::const_new(MAX_LIVE_STREAM
 pub(super) async fn evidence(state: &AppState, run: &RunView) -> Result<Markup, ApiError> {
     let evidence = run_evidence(state, &run.id).await?;
     let mut chunks =
-        state.agents.logs().page(&run.id, 0, MAX_PAGE_CHUNKS + 1).await.map_err(|e| ApiError::internal(&e))?;
+        state.agents.logs().page(&run.id, 0, MAX_PAGE_CHUNKS + 1).await.map_err(|e| ApiError::store(&e))?;
     let truncated = chunks.len() > usize::try_from(MAX_PAGE_CHUNKS).unwrap_or(usize::MAX);
     chunks.truncate(usize::try_from(MAX_PAGE_CHUNKS).unwrap_or(usize::MAX));
     let shown = RunLog { run_id: &run.id, chunks: &chunks, truncated, live: !settled(run) };
@@ -72,7 +72,7 @@ pub(super) async fn evidence(state: &AppState, run: &RunView) -> Result<Markup, 
 
 /// What the audit log holds about run `id`'s jobs.
 async fn run_evidence(state: &AppState, id: &str) -> Result<RunEvidence, ApiError> {
-    let mut stored = state.store.audit_entries_for(&[format!("run:{id}")]).await.map_err(|e| ApiError::internal(&e))?;
+    let mut stored = state.store.audit_entries_for(&[format!("run:{id}")]).await.map_err(|e| ApiError::store(&e))?;
     stored.sort_by_key(|e| e.seq);
     let entries: Vec<Entry> = stored
         .iter()

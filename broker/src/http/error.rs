@@ -258,7 +258,7 @@ impl From<StateError> for ApiError {
                 tracing::error!(error = %e, "a state change could not be recorded, so it was not made");
                 Self::unavailable("the change could not be recorded durably, so it was not made; retry")
             }
-            StateError::Store(e) => Self::internal(&e),
+            StateError::Store(e) => Self::store(&e),
         }
     }
 }
@@ -345,6 +345,7 @@ impl From<KeyRingError> for ApiError {
             KeyRingError::TooSoon { .. } => {
                 Self::new(StatusCode::CONFLICT, "too_soon", error.to_string(), Refusal::Invalid)
             }
+            KeyRingError::Store(store) => Self::store(&store),
             other => Self::internal(&other),
         }
     }
@@ -376,7 +377,7 @@ impl From<crate::sso::SsoError> for ApiError {
                 Self::access_denied(error.to_string())
             }
             SsoError::Provider(_) => Self::bad_gateway(error.to_string()),
-            SsoError::Store(e) => Self::internal(&e),
+            SsoError::Store(e) => Self::store(&e),
         }
     }
 }
@@ -388,7 +389,7 @@ impl From<crate::console_sessions::ConsoleSessionError> for ApiError {
             ConsoleSessionError::NotAToken => Self::invalid_request(error.to_string()),
             ConsoleSessionError::Link => Self::unauthenticated(error.to_string()),
             ConsoleSessionError::Access(access) => access.into(),
-            ConsoleSessionError::Store(e) => Self::internal(&e),
+            ConsoleSessionError::Store(e) => Self::store(&e),
         }
     }
 }
@@ -458,5 +459,26 @@ mod tests {
             answer(RunError::Store(StoreError::Corrupt("runs.state".into()))).0,
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    /// Every cause that carries a store error keeps the 503 of a database out of reach.
+    #[test]
+    fn every_store_cause_fails_closed_with_503() {
+        let lost = || StoreError::Query(sqlx::Error::PoolTimedOut);
+        let answers: Vec<(&str, ApiError)> = vec![
+            ("change", ChangeError::Store(lost()).into()),
+            ("state", StateError::Store(lost()).into()),
+            ("run", RunError::Store(lost()).into()),
+            ("agent", AgentError::Store(lost()).into()),
+            ("key ring", KeyRingError::Store(lost()).into()),
+            ("sso", crate::sso::SsoError::Store(lost()).into()),
+            ("console session", crate::console_sessions::ConsoleSessionError::Store(lost()).into()),
+            ("space", crate::spaces::SpaceError::Store(lost()).into()),
+            ("audit tree", crate::audit::tree::TreeError::Store(lost()).into()),
+        ];
+        for (cause, error) in answers {
+            assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE, "{cause}");
+            assert_eq!(error.code, "temporarily_unavailable", "{cause}");
+        }
     }
 }

@@ -25,7 +25,7 @@ impl From<SpaceError> for ApiError {
             SpaceError::Unknown(_) | SpaceError::UnknownBinding { .. } => Self::not_found(error.to_string()),
             SpaceError::NotEmpty { .. } => Self::conflict(error.to_string()),
             SpaceError::Change(change) => change.into(),
-            SpaceError::Store(store) => Self::internal(&store),
+            SpaceError::Store(store) => Self::store(&store),
             SpaceError::InvalidName(_)
             | SpaceError::Root
             | SpaceError::BindingIdentity

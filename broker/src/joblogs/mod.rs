@@ -98,6 +98,14 @@ impl StreamLogs {
             recorded: 0,
         }
     }
+
+    /// Lets go of the chain of lease `fencing_token` of `job_id` once the job's end is committed:
+    /// the stream lives as long as the agent's connection (days), so a chain kept after its job
+    /// ended is memory that grows with every job. A late chunk of it is still refused — binding
+    /// it again finds the job no longer leased (see `Logs::bind`).
+    pub fn forget(&mut self, job_id: &str, fencing_token: u64) {
+        self.leases.remove(&(job_id.to_owned(), fencing_token));
+    }
 }
 
 /// One chunk as `keyward run logs` shows it.

@@ -207,7 +207,7 @@ impl Runs {
     /// Leases the oldest queued job of `pool` to `agent_id` for `lease`, or `None` when there is
     /// nothing to do. The agent is taken to run every tool (tests of the queue alone).
     pub async fn lease_next(&self, pool: &str, agent_id: &str, lease: Duration) -> Result<Option<Lease>, RunError> {
-        for (job, _) in self.store.queued_jobs(pool, CANDIDATES).await? {
+        for (job, _) in self.store.queued_jobs(pool, None, CANDIDATES).await? {
             if let Some(leased) = self.try_lease(job, agent_id, lease).await? {
                 return Ok(Some(leased));
             }
@@ -241,7 +241,8 @@ impl Runs {
     ) -> Result<Option<Vec<(String, Lease)>>, RunError> {
         let limit = i64::try_from(agents.len()).unwrap_or(0).saturating_add(CANDIDATES);
         let mut candidates: Vec<(JobRow, Tool)> = Vec::new();
-        for (job, tool) in self.store.queued_jobs(pool, limit).await? {
+        let only = agents.iter().map(|(_, tools)| *tools).reduce(Tools::union).and_then(Tools::single);
+        for (job, tool) in self.store.queued_jobs(pool, only.map(Tool::as_str), limit).await? {
             // A stack row this build cannot read: leave its job queued, say why.
             match Tool::parse(&tool) {
                 Ok(tool) => candidates.push((job, tool)),

@@ -61,6 +61,21 @@ impl Tools {
     pub fn contains(self, tool: Tool) -> bool {
         self.0 & tool.bit() != 0
     }
+
+    /// The tools of either set.
+    #[must_use]
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// The tool of a set of exactly one; `None` for a set of several or none.
+    pub fn single(self) -> Option<Tool> {
+        let mut held = Tool::ALL.into_iter().filter(|tool| self.contains(*tool));
+        match (held.next(), held.next()) {
+            (Some(tool), None) => Some(tool),
+            _ => None,
+        }
+    }
 }
 
 impl FromIterator<Tool> for Tools {
@@ -72,6 +87,17 @@ impl FromIterator<Tool> for Tools {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_of_one_tool_names_it_and_unions_hold_both() {
+        let tofu: Tools = [Tool::Tofu].into_iter().collect();
+        assert_eq!(tofu.single(), Some(Tool::Tofu));
+        assert_eq!(Tools::TERRAFORM.single(), Some(Tool::Terraform));
+        assert_eq!(Tools::ANY.single(), None);
+        assert_eq!(std::iter::empty::<Tool>().collect::<Tools>().single(), None);
+        assert_eq!(Tools::TERRAFORM.union(tofu), Tools::ANY);
+        assert_eq!(tofu.union(tofu), tofu);
+    }
 
     #[test]
     fn tools_parse_by_name_and_sets_hold_what_they_were_made_of() {

@@ -423,6 +423,14 @@ impl Store {
         row.map(|row| Ok((row.try_get("public_key")?, row.try_get("sealed_key")?))).transpose()
     }
 
+    /// The names of the checkpoint keys stored, oldest first.
+    pub async fn audit_log_key_names(&self) -> Result<Vec<String>, StoreError> {
+        let names = sqlx::query_scalar("SELECT name FROM audit_log_keys ORDER BY created_at, name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(names)
+    }
+
     /// Stores a new checkpoint key; [`StoreError::Conflict`] if another replica stored one first.
     pub async fn insert_audit_log_key(
         &self,

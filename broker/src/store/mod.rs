@@ -50,6 +50,7 @@ pub use audit_integrate::Integrated;
 pub use drift::{ActiveDriftRun, DriftCounts, DriftRow, ScheduledStack};
 pub use location::DatabaseLocation;
 pub use logs::{ChunkRow, LogHead, NewChunk};
+pub use replay::PRUNE_BATCH;
 pub use runs::{JobRow, NewStack, PlanRow, ReviewRow, RunFilter, RunRow, SealedPlanRow, StackRow};
 pub use scans::JobScanRow;
 pub use sessions::{LoginRow, SessionRow};

@@ -507,15 +507,29 @@ impl Store {
         row.as_ref().map(job_from).transpose()
     }
 
-    /// The oldest `limit` queued jobs of `pool`, each with its stack's tool (`terraform`,
-    /// `tofu`): candidates for a lease. (Taking one is a guarded write, so two agents reading the
+    /// The oldest `limit` queued jobs of `pool` (of stacks whose tool is `tool`, when given), each
+    /// with its stack's tool (`terraform`, `tofu`): candidates for a lease. (Taking one is a guarded write, so two agents reading the
     /// same candidate cannot both get it.)
-    pub async fn queued_jobs(&self, pool: &str, limit: i64) -> Result<Vec<(JobRow, String)>, StoreError> {
+    pub async fn queued_jobs(
+        &self,
+        pool: &str,
+        tool: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(JobRow, String)>, StoreError> {
+        const STACK_TOOL: &str =
+            "(SELECT s.tool FROM runs r JOIN stacks s ON s.name = r.stack WHERE r.id = jobs.run_id)";
+        // Only the jobs the idle agents can run, when they all run one tool: the oldest jobs of
+        // another tool would otherwise fill the window and starve the ones behind them.
+        let of_tool = if tool.is_some() { format!(" AND {STACK_TOOL} = $3") } else { String::new() };
         let sql = format!(
-            "SELECT {JOB_COLUMNS}, (SELECT s.tool FROM runs r JOIN stacks s ON s.name = r.stack WHERE r.id = jobs.run_id) \
-             AS stack_tool FROM jobs WHERE pool = $1 AND state = 'queued' ORDER BY created_at, id LIMIT $2"
+            "SELECT {JOB_COLUMNS}, {STACK_TOOL} AS stack_tool FROM jobs \
+             WHERE pool = $1 AND state = 'queued'{of_tool} ORDER BY created_at, id LIMIT $2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pool).bind(limit).fetch_all(&self.pool).await?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pool).bind(limit);
+        if let Some(tool) = tool {
+            query = query.bind(tool);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let tool: Option<String> = row.try_get("stack_tool")?;

@@ -108,13 +108,17 @@ fn submit(broker: &Broker, stack: &str) -> String {
     out.stdout.trim().to_owned()
 }
 
+/// The run once it is in one of `states`; on a timeout, says where the run and its jobs were.
 async fn run_in(broker: &Broker, id: &str, states: &[&str]) -> Value {
-    eventually(&format!("run {id} to reach {states:?}"), Duration::from_secs(60), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let run = json(&broker.cli(&["run", "show", id, "--json"]));
-        let done = states.contains(&run["state"].as_str().unwrap_or_default());
-        async move { done.then_some(run) }
-    })
-    .await
+        if states.contains(&run["state"].as_str().unwrap_or_default()) {
+            return run;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {id} did not reach {states:?} in 60 s; it is now: {run:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn leased(broker: &Broker, run_id: &str) -> Value {

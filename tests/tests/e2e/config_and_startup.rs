@@ -276,3 +276,24 @@ fn a_bad_dev_overlay_names_the_file_and_key_and_writes_nothing() {
     let missing = dev(&data_dir);
     assert!(!missing.success && missing.stderr.contains("ci.toml"), "{}", missing.stderr);
 }
+
+/// The audit log's checkpoint key is named after the external URL: a broker started over a
+/// database whose log was signed under another name (a restore or move that changed
+/// `server.external_url`) says so at start, naming both, instead of switching keys silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_whose_external_url_changed_warns_that_its_log_key_is_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let first = Broker::dev(&data_dir).await;
+    let first_origin = format!("{}/audit", first.addr.trim_start_matches("http://"));
+    assert!(!first.log_text().contains("signed under another name"), "{}", first.log_text());
+    first.stop();
+
+    // `dev --listen 127.0.0.1:0` binds another port: another external URL over the same database.
+    let second = Broker::dev(&data_dir).await;
+    let log = second.log_text();
+    let warning = log.lines().find(|l| l.contains("signed under another name")).unwrap_or_else(|| panic!("{log}"));
+    assert!(warning.contains(&first_origin), "names the earlier key: {warning}");
+    assert!(warning.contains(second.addr.trim_start_matches("http://")), "names the new one: {warning}");
+    assert!(warning.contains("server.external_url"), "says what to set: {warning}");
+}

@@ -219,6 +219,11 @@ async fn broker_and_agent_metrics_pass_promtool_and_count_the_work() {
     let broker_log = broker.log_text();
     assert_eq!(carries_ids(&broker_log, "job assigned", &run_id, "broker"), 2, "{broker_log}");
     assert_eq!(carries_ids(&broker_log, "credentials issued", &run_id, "broker"), 1, "the plan job's");
+    // Each key once: the credential's target is not a second `target` beside tracing's own.
+    for line in broker_log.lines().filter(|l| l.contains("credentials issued") || l.contains("job credentials")) {
+        assert_eq!(line.matches("\"target\":").count(), 1, "{line}");
+        assert!(line.contains("\"credential_target\":\"aws:"), "{line}");
+    }
     let agent_log = agent.log_text();
     assert_eq!(carries_ids(&agent_log, "job started", &run_id, "agent"), 2, "{agent_log}");
     assert_eq!(carries_ids(&agent_log, "job finished", &run_id, "agent"), 2, "{agent_log}");

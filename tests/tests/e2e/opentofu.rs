@@ -183,16 +183,25 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
     let (terraform, _) = shim(dir.path(), "terraform", "1.11.4");
     let only_terraform = ["--terraform-binary", terraform.to_str().unwrap()];
     let _plain = agent(&broker, &dir.path().join("agent-plain"), "plain", &only_terraform, Some(&path));
-    stack(&broker, dir.path(), "opentofu", "plain", "tofu");
+    // More OpenTofu runs queued first than one lease round looks at (an agent plus eight): the
+    // agent passes over all of them and runs the Terraform one behind.
+    let waiting: Vec<String> = (0..9)
+        .map(|i| {
+            let name = format!("opentofu-{i}");
+            stack(&broker, dir.path(), &name, "plain", "tofu");
+            submit(&broker, &name)
+        })
+        .collect();
     stack(&broker, dir.path(), "classic", "plain", "terraform");
-    // The OpenTofu run is queued first; the agent passes over it and runs the Terraform one.
-    let waiting = submit(&broker, "opentofu");
     let later = submit(&broker, "classic");
     let run = ended(&broker, &later).await;
     assert_eq!(run["state"], "finished", "{run}");
-    let run = json(&broker.cli(&["run", "show", &waiting, "--json"]));
-    assert_eq!(run["state"], "queued", "an agent without tofu took an OpenTofu job: {run}");
-    assert!(run["jobs"].as_array().unwrap().iter().all(|job| job["state"] == "queued"), "{run}");
+    for id in &waiting {
+        let run = json(&broker.cli(&["run", "show", id, "--json"]));
+        assert_eq!(run["state"], "queued", "an agent without tofu took an OpenTofu job: {run}");
+        assert!(run["jobs"].as_array().unwrap().iter().all(|job| job["state"] == "queued"), "{run}");
+    }
+    let waiting = &waiting[0];
 
     // An agent with OpenTofu joins the pool and takes it.
     let (tofu, calls) = shim(dir.path(), "tofu", "1.8.0");
@@ -203,8 +212,8 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
         &["--tofu-binary", tofu.to_str().unwrap()],
         Some(&path),
     );
-    let run = ended(&broker, &waiting).await;
-    assert_eq!(run["state"], "finished", "{run}\n{}", logs(&broker, &waiting));
+    let run = ended(&broker, waiting).await;
+    assert_eq!(run["state"], "finished", "{run}\n{}", logs(&broker, waiting));
     assert!(commands(&calls).iter().any(|c| c == "apply"), "{:?}", commands(&calls));
 }
 

@@ -13,7 +13,7 @@ use keyward_broker::keys::{KeyRing, KeySettings};
 use keyward_broker::roles::{Grants, Role};
 use keyward_broker::runs::Runs;
 use keyward_broker::store::write::{Refusal, Write};
-use keyward_broker::store::{Backend, DatabaseLocation, Store, StoreError};
+use keyward_broker::store::{Backend, DatabaseLocation, PRUNE_BATCH, Store, StoreError};
 use keyward_broker::tokens::SigningAlgorithm;
 use keyward_tests::audit::Audit;
 use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
@@ -235,6 +235,14 @@ async fn replay_cache(store: &Store, log: &AuditLog) {
 
     assert_eq!(store.prune_token_ids(T0 + 301).await.unwrap(), 4, "expired entries go (j1 twice, contested, j5)");
     assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r7")).await.unwrap(), Committed::Replayed, "live ones stay");
+
+    // More expired than one pruning statement takes: the rest go in the next ones, all counted.
+    let many = u64::try_from(PRUNE_BATCH * 2 + 7).unwrap();
+    let bulk = (0..many).map(|i| claiming(ci, &format!("bulk-{i}"), T0 + 400, &format!("b{i}")));
+    assert!(concurrently(log, bulk).await.iter().all(|o| matches!(o, Committed::Recorded(_))));
+    assert_eq!(store.prune_token_ids(T0 + 401).await.unwrap(), many);
+    assert_eq!(store.prune_token_ids(T0 + 401).await.unwrap(), 0, "nothing left to forget");
+    assert_eq!(log.append(claiming(ci, "j2", T0 + 900, "r8")).await.unwrap(), Committed::Replayed, "live ones stay");
     audit.check_tree().await;
 }
 
