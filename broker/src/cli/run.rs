@@ -529,6 +529,9 @@ fn print_run(run: &Value) -> anyhow::Result<()> {
     }
     for job in items(run, "jobs") {
         outln!("  job           {} {} ({})", text(job, "phase"), text(job, "state"), text(job, "id"))?;
+        if !text(job, "waiting_for").is_empty() {
+            outln!("    waiting     {}", text(job, "waiting_for"))?;
+        }
         if !text(job, "isolation").is_empty() {
             outln!("    isolation   {}", isolation_line(job))?;
         }

@@ -209,6 +209,7 @@ mod tests {
             isolation: None,
             layers: None,
             scan: None,
+            waiting_for: None,
         }
     }
 

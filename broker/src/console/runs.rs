@@ -152,7 +152,11 @@ pub fn detail(run: &RunView, changes: Option<&PlanChanges>, review: Markup, evid
                         tr data-job=(job.id) {
                             td.mono { (short(&job.id, 13)) }
                             td { (job.phase.as_str()) }
-                            td { span.job-state { (job.state) } @if let Some(error) = &job.error { " " span.muted { (error) } } }
+                            td {
+                                span.job-state { (job.state) }
+                                @if let Some(error) = &job.error { " " span.muted { (error) } }
+                                @if let Some(waiting) = &job.waiting_for { " " span.muted.waiting { (waiting) } }
+                            }
                             td.mono { (job.agent_id.as_deref().map(|a| short(a, 13)).unwrap_or("-")) }
                             td { (job.isolation.as_deref().unwrap_or("-")) }
                         }
@@ -222,7 +226,7 @@ fn short(text: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::ResourceChange;
+    use crate::runs::{JobView, ResourceChange};
 
     fn run() -> RunView {
         RunView {
@@ -298,5 +302,30 @@ mod tests {
         let html = detail(&asserted, None, html! {}, html! {}, "me").into_string();
         assert!(html.contains("#7 <span class=\"badge\"") && html.contains(">asserted<"), "{html}");
         assert!(html.contains("No saved plan."), "{html}");
+    }
+
+    #[test]
+    fn a_queued_job_says_what_it_waits_for() {
+        let job = JobView {
+            id: "01b2-job".to_owned(),
+            phase: keyward_proto::claims::Phase::Plan,
+            pool: "blue".to_owned(),
+            state: "queued".to_owned(),
+            attempt: 0,
+            agent_id: None,
+            error: None,
+            isolation: None,
+            layers: None,
+            scan: None,
+            waiting_for: Some("no active agent in pool `<b>blue</b>` has tofu".to_owned()),
+        };
+        let queued = RunView { state: "queued".to_owned(), jobs: vec![job], ..run() };
+        let html = detail(&queued, None, html! {}, html! {}, "me").into_string();
+        assert!(
+            html.contains(
+                r#"<span class="muted waiting">no active agent in pool `&lt;b&gt;blue&lt;/b&gt;` has tofu</span>"#
+            ),
+            "{html}"
+        );
     }
 }

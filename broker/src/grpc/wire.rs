@@ -15,7 +15,7 @@ use super::status;
 use crate::agents::credentials::JobEnvironment;
 use crate::agents::hub::{Outbound, Receipt};
 use crate::agents::work::{self, Finished, MAX_CAPACITY};
-use crate::runs::tool::{Tool, Tools};
+use crate::runs::tool::{EXEC_ISOLATION, Tool, Tools};
 use crate::runs::{Drift, JobOutcome, Lease, RunKind, scans};
 use crate::store::DriftCounts;
 
@@ -186,7 +186,7 @@ fn isolation(isolation: wire::Isolation, runs_exec: bool) -> Result<String, Stat
             ));
         }
     };
-    Ok(if runs_exec { format!("{described}, runs --exec (not terraform)") } else { described.to_owned() })
+    Ok(if runs_exec { format!("{described}{EXEC_ISOLATION}") } else { described.to_owned() })
 }
 
 /// What a `JobEvent` says the job's state is, for the log; `None` (logged as malformed) when the

@@ -33,6 +33,7 @@ mod tfstate;
 pub mod tool;
 pub mod triggers;
 mod update;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -164,6 +165,10 @@ pub struct JobView {
     /// (`scanners`, `allowed`, `deny`, `warn`; docs/scans.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan: Option<Value>,
+    /// A queued job that no agent of its pool can take: why (no active agent, or none with the
+    /// stack's tool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// What a submission asks for.
@@ -444,7 +449,28 @@ impl Runs {
         let reviews = self.store.reviews(id).await?;
         let jobs = self.store.jobs_of(id).await?;
         let scans = self.store.run_scans(id).await?;
-        Ok(view(run, &reviews, &jobs, &scans))
+        let stack = run.stack.clone();
+        let mut view = view(run, &reviews, &jobs, &scans);
+        self.explain_waiting(&stack, &mut view.jobs).await?;
+        Ok(view)
+    }
+
+    /// Says, on each queued job no agent of its pool can take, why ([`waiting::waiting_for`]).
+    async fn explain_waiting(&self, stack: &str, jobs: &mut [JobView]) -> Result<(), RunError> {
+        let pools: std::collections::BTreeSet<String> =
+            jobs.iter().filter(|job| job.state == "queued").map(|job| job.pool.clone()).collect();
+        if pools.is_empty() {
+            return Ok(());
+        }
+        let Some(stack) = self.store.stack(stack).await? else { return Ok(()) };
+        let Ok(tool) = tool::Tool::parse(&stack.tool) else { return Ok(()) };
+        for pool in pools {
+            let agents = self.store.agents(Some(&pool)).await?;
+            for job in jobs.iter_mut().filter(|job| job.state == "queued" && job.pool == pool) {
+                job.waiting_for = waiting::waiting_for(&pool, tool, &agents);
+            }
+        }
+        Ok(())
     }
 
     /// The newest runs (without reviews and jobs).
@@ -821,6 +847,7 @@ fn view(run: RunRow, reviews: &[ReviewRow], jobs: &[JobRow], scans: &[crate::sto
                 isolation: j.isolation.clone(),
                 layers: j.layers.as_deref().and_then(|layers| serde_json::from_str(layers).ok()),
                 scan: scans.iter().find(|scan| scan.job_id == j.id).map(scans::view),
+                waiting_for: None,
             })
             .collect(),
     }

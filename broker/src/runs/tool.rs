@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::SpecError;
 
+/// What the isolation text of an `--exec` agent ends with (the broker writes it from the agent's
+/// Hello): such an agent runs its own command whatever the stack's tool.
+pub const EXEC_ISOLATION: &str = ", runs --exec (not terraform)";
+
 /// The program a stack's jobs run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -39,7 +39,7 @@ pub struct JoinTokenRow {
 }
 
 /// A stored agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentRow {
     /// Agent ID.
     pub id: String,

@@ -196,12 +196,19 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
     let later = submit(&broker, "classic");
     let run = ended(&broker, &later).await;
     assert_eq!(run["state"], "finished", "{run}");
+    let why = "no active agent in pool `plain` has tofu (the stack's tool): start one with --tofu-binary PATH";
     for id in &waiting {
         let run = json(&broker.cli(&["run", "show", id, "--json"]));
         assert_eq!(run["state"], "queued", "an agent without tofu took an OpenTofu job: {run}");
         assert!(run["jobs"].as_array().unwrap().iter().all(|job| job["state"] == "queued"), "{run}");
+        // And it says why, where the run is looked at.
+        assert!(run["jobs"].as_array().unwrap().iter().all(|job| job["waiting_for"] == why), "{run}");
     }
     let waiting = &waiting[0];
+    let shown = broker.cli(&["run", "show", waiting]);
+    assert!(shown.stdout.contains(&format!("    waiting     {why}\n")), "{}", shown.stdout);
+    let finished = json(&broker.cli(&["run", "show", &later, "--json"]));
+    assert!(finished["jobs"].as_array().unwrap().iter().all(|job| job.get("waiting_for").is_none()), "{finished}");
 
     // An agent with OpenTofu joins the pool and takes it.
     let (tofu, calls) = shim(dir.path(), "tofu", "1.8.0");
@@ -214,6 +221,15 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
     );
     let run = ended(&broker, waiting).await;
     assert_eq!(run["state"], "finished", "{run}\n{}", logs(&broker, waiting));
+    // A pool with no active agent at all says that instead.
+    json(&broker.cli(&["pool", "create", "empty", "--json"]));
+    stack(&broker, dir.path(), "nobody", "empty", "terraform");
+    let alone = json(&broker.cli(&["run", "show", &submit(&broker, "nobody"), "--json"]));
+    assert_eq!(
+        alone["jobs"][0]["waiting_for"],
+        "no active agent in pool `empty`: enroll one with a token from `keyward pool join-token empty`",
+        "{alone}"
+    );
     assert!(commands(&calls).iter().any(|c| c == "apply"), "{:?}", commands(&calls));
 }
 

@@ -47,6 +47,11 @@
       for (var j = 0; j < run.jobs.length; j++) {
         if (run.jobs[j].id === id && state) {
           state.textContent = run.jobs[j].state;
+          // Why a queued job waited is stale once it is not queued.
+          var waiting = rows[i].querySelector(".waiting");
+          if (waiting && run.jobs[j].state !== "queued") {
+            waiting.remove();
+          }
         }
       }
     }
