@@ -3,14 +3,15 @@
 //!
 //! One process-wide set (like a Prometheus client's default registry), so the places that count
 //! (the daemon's connection loop, the sandbox's verdict) need nothing threaded through to them.
-//! Rendered by hand in the text exposition format, as the broker's are: a few atomics and one
-//! fixed-bucket histogram per task do not warrant a metrics framework. Labels are closed sets;
+//! Written with the broker's exposition writer and histograms (`keyward_proto::prometheus`): a
+//! few atomics and one fixed-bucket histogram per task do not warrant a metrics framework. Labels are closed sets;
 //! no job, run or stack ID is ever a label. Served by [`crate::metrics_http`] only when asked.
 
-use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use keyward_proto::prometheus::{Exposition, Histogram, PHASE_SECONDS};
 
 use crate::job::Task;
 
@@ -76,45 +77,33 @@ fn task_label(task: Task) -> &'static str {
     }
 }
 
-/// Upper bounds of the job duration histogram, in seconds: 1 s to 2 h.
-const JOB_SECONDS: [f64; 11] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
-
-/// A fixed-bucket histogram of one task's job durations.
-#[derive(Debug, Default)]
-struct Durations {
-    /// Per bound, not cumulative.
-    buckets: [AtomicU64; JOB_SECONDS.len()],
-    count: AtomicU64,
-    /// Milliseconds, so the sum stays an integer atomic.
-    sum_millis: AtomicU64,
-}
-
-impl Durations {
-    fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(index) = JOB_SECONDS.iter().position(|bound| seconds <= *bound)
-            && let Some(bucket) = self.buckets.get(index)
-        {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        self.sum_millis.fetch_add(millis, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// The agent's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Per task, per outcome (in [`TASKS`] and [`JobOutcome::ALL`] order).
     jobs: [[AtomicU64; 3]; 3],
     /// Jobs the agent refused before running them (an assignment it could not read).
     refused: AtomicU64,
-    durations: [Durations; 3],
+    /// Per task (in [`TASKS`] order), 1 s to 2 h.
+    durations: [Histogram; 3],
     sandbox_failures: [AtomicU64; 5],
     reconnects: AtomicU64,
     connected: AtomicU64,
     running: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            jobs: Default::default(),
+            refused: AtomicU64::default(),
+            durations: std::array::from_fn(|_| Histogram::new(PHASE_SECONDS)),
+            sandbox_failures: Default::default(),
+            reconnects: AtomicU64::default(),
+            connected: AtomicU64::default(),
+            running: AtomicU64::default(),
+        }
+    }
 }
 
 /// The process's metrics.
@@ -138,7 +127,7 @@ impl Metrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(durations) = self.durations.get(at) {
-            durations.observe(elapsed);
+            durations.observe_duration(elapsed);
         }
     }
 
@@ -168,55 +157,36 @@ impl Metrics {
     /// Every metric, in the text exposition format.
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-        family(&mut out, "keyward_agent_build_info", "gauge", "Build information.");
-        let _ = writeln!(out, "keyward_agent_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        family(&mut out, "keyward_agent_jobs_total", "counter", "Jobs this agent ran, by task and outcome.");
+        let mut out = Exposition::with_capacity(4096);
+        out.family("keyward_agent_build_info", "gauge", "Build information.");
+        out.sample("keyward_agent_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
+        out.family("keyward_agent_jobs_total", "counter", "Jobs this agent ran, by task and outcome.");
         for (task, row) in TASKS.iter().zip(&self.jobs) {
             for (outcome, counter) in JobOutcome::ALL.iter().zip(row) {
-                let (task, outcome, n) = (task_label(*task), outcome.label(), load(counter));
-                let _ = writeln!(out, "keyward_agent_jobs_total{{task=\"{task}\",outcome=\"{outcome}\"}} {n}");
+                let labels = format!("task=\"{}\",outcome=\"{}\"", task_label(*task), outcome.label());
+                out.sample("keyward_agent_jobs_total", &labels, load(counter));
             }
         }
-        family(&mut out, "keyward_agent_jobs_refused_total", "counter", "Job assignments refused before running.");
-        let _ = writeln!(out, "keyward_agent_jobs_refused_total {}", load(&self.refused));
-        family(&mut out, "keyward_agent_jobs_running", "gauge", "Jobs running now.");
-        let _ = writeln!(out, "keyward_agent_jobs_running {}", load(&self.running));
-        self.render_durations(&mut out);
-        let name = "keyward_agent_sandbox_failures_total";
-        family(&mut out, name, "counter", "Job processes the sandbox ended early, by reason.");
-        for (failure, counter) in SandboxFailure::ALL.iter().zip(&self.sandbox_failures) {
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", failure.label(), load(counter));
-        }
-        family(&mut out, "keyward_agent_reconnects_total", "counter", "Connections to the broker made again.");
-        let _ = writeln!(out, "keyward_agent_reconnects_total {}", load(&self.reconnects));
-        family(&mut out, "keyward_agent_connected", "gauge", "Whether a work stream to the broker is open.");
-        let _ = writeln!(out, "keyward_agent_connected {}", load(&self.connected));
-        out
-    }
-
-    fn render_durations(&self, out: &mut String) {
+        out.family("keyward_agent_jobs_refused_total", "counter", "Job assignments refused before running.");
+        out.sample("keyward_agent_jobs_refused_total", "", load(&self.refused));
+        out.family("keyward_agent_jobs_running", "gauge", "Jobs running now.");
+        out.sample("keyward_agent_jobs_running", "", load(&self.running));
         let name = "keyward_agent_job_seconds";
-        family(out, name, "histogram", "How long jobs ran, by task (credentials, checkout and the phase).");
+        out.family(name, "histogram", "How long jobs ran, by task (credentials, checkout and the phase).");
         for (task, durations) in TASKS.iter().zip(&self.durations) {
-            let task = task_label(*task);
-            let mut running = 0_u64;
-            for (bound, bucket) in JOB_SECONDS.iter().zip(&durations.buckets) {
-                running = running.saturating_add(bucket.load(Ordering::Relaxed));
-                let _ = writeln!(out, "{name}_bucket{{task=\"{task}\",le=\"{bound}\"}} {running}");
-            }
-            let count = durations.count.load(Ordering::Relaxed).max(running);
-            let _ = writeln!(out, "{name}_bucket{{task=\"{task}\",le=\"+Inf\"}} {count}");
-            let sum = Duration::from_millis(durations.sum_millis.load(Ordering::Relaxed)).as_secs_f64();
-            let _ = writeln!(out, "{name}_sum{{task=\"{task}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{task=\"{task}\"}} {count}");
+            out.histogram(name, &format!("task=\"{}\"", task_label(*task)), &durations.snapshot());
         }
+        let name = "keyward_agent_sandbox_failures_total";
+        out.family(name, "counter", "Job processes the sandbox ended early, by reason.");
+        for (failure, counter) in SandboxFailure::ALL.iter().zip(&self.sandbox_failures) {
+            out.sample(name, &format!("reason=\"{}\"", failure.label()), load(counter));
+        }
+        out.family("keyward_agent_reconnects_total", "counter", "Connections to the broker made again.");
+        out.sample("keyward_agent_reconnects_total", "", load(&self.reconnects));
+        out.family("keyward_agent_connected", "gauge", "Whether a work stream to the broker is open.");
+        out.sample("keyward_agent_connected", "", load(&self.connected));
+        out.into_text()
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

@@ -31,7 +31,6 @@ pub mod console;
 pub mod console_sessions;
 pub mod exchange;
 pub mod grpc;
-pub mod histogram;
 pub mod http;
 pub mod issuance;
 pub mod joblogs;

@@ -5,15 +5,14 @@
 //! input, and no label ever carries a token, a name or an audience chosen by a caller.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::audit::Stats as AuditStats;
 use crate::audit::sinks::{Sink, SinkStats};
-use crate::histogram::{Histogram, Snapshot};
 use crate::policy::PolicyEngine;
+use keyward_proto::prometheus::{Exposition, Histogram, escape};
 
 mod work;
 
@@ -193,7 +192,7 @@ impl Metrics {
 
     /// Renders every metric, with what the caller sampled.
     pub fn render(&self, sampled: &Sampled<'_>) -> String {
-        let mut out = Exposition(String::with_capacity(8192));
+        let mut out = Exposition::with_capacity(8192);
         out.family("keyward_build_info", "gauge", "Build information.");
         out.sample("keyward_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1);
         self.render_counters(&mut out);
@@ -204,7 +203,7 @@ impl Metrics {
         out.sample("keyward_jwks_keys", "", sampled.published_keys);
         out.family("keyward_ready", "gauge", "Whether the broker reports ready.");
         out.sample("keyward_ready", "", u8::from(sampled.ready));
-        out.0
+        out.into_text()
     }
 
     /// The broker's own counters: tokens, refusals, key rotations, policy reloads, revocations.
@@ -309,42 +308,6 @@ fn render_audit(out: &mut Exposition, audit: &AuditStats, sinks: &[Arc<Sink>]) {
 
 /// A per-sink metric family: name suffix, help, type, and how to read it from a sink's stats.
 type SinkFamily = (&'static str, &'static str, &'static str, fn(&SinkStats) -> u64);
-
-/// The Prometheus text exposition format, written line by line.
-struct Exposition(String);
-
-/// A label value the broker chose (a configured name), escaped as the format requires.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-impl Exposition {
-    /// A metric family's `# HELP` and `# TYPE` lines.
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    /// One sample; `labels` is empty or `key="value",…` (values the broker chose, never input).
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        let _ = if labels.is_empty() {
-            writeln!(self.0, "{name} {value}")
-        } else {
-            writeln!(self.0, "{name}{{{labels}}} {value}")
-        };
-    }
-
-    /// A histogram's `_bucket` (cumulative, with `+Inf`), `_sum` and `_count` samples.
-    fn histogram(&mut self, name: &str, labels: &str, snapshot: &Snapshot) {
-        let join = if labels.is_empty() { String::new() } else { format!("{labels},") };
-        for (bound, count) in &snapshot.buckets {
-            self.sample(&format!("{name}_bucket"), &format!("{join}le=\"{bound}\""), count);
-        }
-        self.sample(&format!("{name}_bucket"), &format!("{join}le=\"+Inf\""), snapshot.count);
-        self.sample(&format!("{name}_sum"), labels, snapshot.sum);
-        self.sample(&format!("{name}_count"), labels, snapshot.count);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,8 @@
 //! here: the gRPC agent protocol (`keyward.agent.v1`, compiled from `proto/` by `protox`), the
 //! run-token claim set that relying parties, agents and the broker all read, the digest that
 //! chains and signs a job's log chunks, how git is handed a private repository's credentials,
-//! which paths a mounted file may take, and the hex and PEM encodings they all write, and the redacting type secrets travel in.
+//! which paths a mounted file may take, the hex and PEM encodings they all write, the redacting type
+//! secrets travel in, and the Prometheus histograms and text format both `/metrics` pages use.
 //!
 //! The gRPC protocol is behind the `grpc` feature (on by default), so the offline verifier
 //! (`keyward-audit`) uses the log digest and encodings without prost or tonic.
@@ -16,6 +17,7 @@ pub mod encoding;
 pub mod git;
 pub mod logs;
 pub mod mount;
+pub mod prometheus;
 pub mod secret;
 
 /// The agent protocol, `keyward.agent.v1`, generated at build time from `proto/keyward/agent/v1/agent.proto`.

@@ -50,6 +50,28 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// What a command run with `--json` printed; fails the test, saying why, when it failed or
+/// printed something else.
+pub fn json(output: &Output) -> Value {
+    assert!(output.success, "stderr: {}", output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
+}
+
+/// A `keyward serve` broker over `dir` with the shipped policies (a stack labelled `env=dev`
+/// applies without review) and an agent endpoint: leases of 20 s, the queue polled every 200 ms.
+pub async fn serve_with_agents(dir: &Path) -> Broker {
+    let addr = crate::free_addr();
+    let config = dir.join("keyward.toml");
+    let data_dir = dir.join("broker");
+    let rest = format!(
+        "[policy]\ndir = \"{policies}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n",
+        policies = crate::workspace_root().join("policies").display(),
+        agents = crate::free_addr(),
+    );
+    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
+    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
+}
+
 /// How long one `keyward` command may run in a test before it is killed and the test fails (a
 /// command that should have refused to start, say, must not hang the suite).
 const KEYWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);

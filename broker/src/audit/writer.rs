@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{AuditEvent, PreparedEvent};
 use super::merkle::{self, Hash, NodeMap};
-use crate::histogram::{Histogram, Snapshot};
 use crate::store::audit_batch as batch;
 use crate::store::audit_codec::BatchEncoder;
 use crate::store::write::{self as guarded, Refusal, Write};
 use crate::store::{Backend, Store, StoreError};
+use keyward_proto::prometheus::{Histogram, Snapshot};
 
 /// Largest number of entries one transaction takes. Bounds the statement size and how long one
 /// commit holds SQLite's write lock.
@@ -190,8 +190,8 @@ impl Default for Stats {
             healthy: AtomicBool::new(true),
             integrated: AtomicU64::new(0),
             integration_failures: AtomicU64::new(0),
-            commit_seconds: Histogram::new(crate::histogram::LATENCY_SECONDS),
-            batch_size: Histogram::new(crate::histogram::BATCH_SIZE),
+            commit_seconds: Histogram::new(keyward_proto::prometheus::LATENCY_SECONDS),
+            batch_size: Histogram::new(keyward_proto::prometheus::BATCH_SIZE),
         }
     }
 }

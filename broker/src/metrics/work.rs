@@ -7,7 +7,7 @@
 //! no run ID, subject or token is ever a label.
 
 use super::{BTreeMap, Duration, Exposition, Histogram, Mutex, Sampled, escape};
-use crate::histogram::{LATENCY_SECONDS, WAIT_SECONDS};
+use keyward_proto::prometheus::{LATENCY_SECONDS, WAIT_SECONDS};
 
 /// How an exchange for a configured target ended (a closed set, used as a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::histogram::{Histogram, Snapshot};
+use keyward_proto::prometheus::{Histogram, Snapshot};
 
 pub use cases::{CaseOutcome, CaseReport, run_cases};
 pub use decision::{Decision, Outcome};
@@ -108,7 +108,8 @@ impl PolicyEngine {
     pub fn load(dir: &Path, timeout: Duration) -> Result<Self, PolicyError> {
         let set = PolicySet::load(dir, timeout)?;
         tracing::info!(dir = %dir.display(), digest = %set.digest(), files = set.files().len(), "policy set loaded");
-        let timings = PolicyKind::ALL.iter().map(|_| Histogram::new(crate::histogram::LATENCY_SECONDS)).collect();
+        let timings =
+            PolicyKind::ALL.iter().map(|_| Histogram::new(keyward_proto::prometheus::LATENCY_SECONDS)).collect();
         Ok(Self { dir: dir.to_owned(), timeout, current: RwLock::new(Arc::new(set)), timings })
     }
 

@@ -10,7 +10,7 @@ use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_proto::agent_v1::{CredentialsRequest, CredentialsResponse, JobAssignment, Phase};
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::{Audit, Logged};
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
 use keyward_tests::postgres::PgCluster;
@@ -20,11 +20,6 @@ use tonic::Code;
 
 const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
 const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 /// A broker with an agent endpoint and four AWS targets on moto: a read target and two write
 /// targets (env=dev, env=staging) in broker mode, and a read target in worker mode. SQLite, or the

@@ -15,16 +15,11 @@ use keyward_proto::agent_v1::{JobAssignment, JobResult, LogReceipt, SignedLogChu
 use keyward_proto::logs::{ChunkFields, GENESIS, chunk_digest};
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_with_key, pem};
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;
 use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::Value;
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 async fn start(dir: &Path, database_url: Option<&str>) -> Broker {
     let addr = free_addr();

@@ -15,7 +15,7 @@ use keyward_proto::agent_v1::{
 };
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, channel, enroll_in_process, join, pem};
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::{eventually, free_addr, now, workspace_root};
 use serde_json::Value;
@@ -27,11 +27,6 @@ use tonic::{Code, Streaming};
 /// to `marks` when it completes.
 fn slow_in(phase: &str, marks: &Path) -> String {
     format!("if [ \"$KEYWARD_PHASE\" = {phase} ]; then sleep 60; fi; echo \"$KEYWARD_JOB_ID\" >> '{}'", marks.display())
-}
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
 /// How long a lease lasts without a heartbeat where no test waits for one to expire: long enough

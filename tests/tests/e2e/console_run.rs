@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keyward_tests::agent::Agent;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::console_session::{CSP, get_as as get};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
@@ -21,11 +21,6 @@ const REASON: &str = "restricted targets are closed to jobs";
 /// The line the job prints, and how the page must show it.
 const HOSTILE: &str = "<script>alert(\"log\")</script>";
 const ESCAPED: &str = "&lt;script&gt;alert(&quot;log&quot;)&lt;/script&gt;";
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 /// A broker on moto with a read target and a restricted one the policy refuses to jobs.
 async fn start(dir: &Path, sts: &str) -> Broker {

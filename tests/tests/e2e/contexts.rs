@@ -10,18 +10,13 @@ use std::time::Duration;
 use keyward_broker::store::{DatabaseLocation, Store};
 use keyward_tests::agent::{Agent, join};
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;
 use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::{Value, json};
 
 const SECRET: &str = "hunter2-Sup3r-s3cret";
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 fn ok(output: &Output) {
     assert!(output.success, "stdout: {}\nstderr: {}", output.stdout, output.stderr);

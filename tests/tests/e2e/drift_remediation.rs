@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use keyward_tests::agent::{Agent, join};
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::object_store::ObjectStore;
 use keyward_tests::postgres::PgCluster;
@@ -61,11 +61,6 @@ impl Receiver {
             })
             .collect()
     }
-}
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
 fn config(endpoint: &str) -> String {

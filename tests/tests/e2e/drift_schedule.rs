@@ -414,17 +414,12 @@ async fn a_refused_scheduled_check_is_recorded_once() {
 // ---- Real brokers, a real agent, real minute boundaries. ----
 
 use keyward_tests::agent::{Agent, join};
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json as json_of, write_config};
 use keyward_tests::{eventually, free_addr, http};
 use serde_json::{Value, json};
 
 /// Long enough for two fire times of `* * * * *` after the schedule is set, and a check.
 const A_FEW_MINUTES: Duration = Duration::from_secs(200);
-
-fn json_of(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 /// `keyward serve` with the shipped policies, an agent endpoint, and a drift scheduler that wakes
 /// every second and holds its lease for three; `storage` are lines for `[storage]`.

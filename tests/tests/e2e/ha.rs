@@ -168,6 +168,18 @@ struct Load {
     tasks: tokio::task::JoinSet<()>,
 }
 
+impl Outcome {
+    /// The replica that issued credentials, if this is an issuance.
+    fn issued_via(&self) -> Option<usize> {
+        if let Self::Issued { via, .. } = self { Some(*via) } else { None }
+    }
+
+    /// The replica that refused, if this is a refusal.
+    fn refused_via(&self) -> Option<usize> {
+        if let Self::Refused { via, .. } = self { Some(*via) } else { None }
+    }
+}
+
 impl Load {
     fn start(replicas: &Replicas, clients: usize) -> Self {
         let outcomes = Arc::new(Mutex::new(Vec::new()));
@@ -194,6 +206,16 @@ impl Load {
 
     fn issued(&self) -> usize {
         self.snapshot().iter().filter(|o| matches!(o, Outcome::Issued { .. })).count()
+    }
+
+    /// Waits (up to 60 s) until every replica has given, from outcome `since` on, an outcome
+    /// `via` picks (it returns the replica that gave it).
+    async fn until_every_replica(&self, what: &str, since: usize, via: fn(&Outcome) -> Option<usize>) {
+        self.until(what, Duration::from_secs(60), |o| {
+            let after = o.get(since..).unwrap_or_default();
+            (0..REPLICAS).all(|i| after.iter().any(|o| via(o) == Some(i)))
+        })
+        .await;
     }
 
     /// Waits until `check` holds for the outcomes so far.
@@ -444,10 +466,7 @@ async fn a_replica_killed_mid_load_loses_nothing_and_repeats_nothing() {
     let survivor = agent_through(&replicas, 1, &dir.path().join("agent-1"), &agent_exec(&marks, &held, &go));
 
     let load = Load::start(&replicas, 3);
-    load.until("issuance through every replica", Duration::from_secs(60), |o| {
-        (0..REPLICAS).all(|i| o.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("issuance through every replica", 0, Outcome::issued_via).await;
     replicas.brokers[0].take().expect("replica 0").stop();
     let issued_before = load.issued();
 
@@ -530,29 +549,18 @@ async fn postgres_restarted_mid_load_fails_closed_then_every_replica_recovers() 
     let replicas =
         Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, &Layout::new(server)).await;
     let load = Load::start(&replicas, 3);
-    load.until("issuance through every replica", Duration::from_secs(60), |o| {
-        (0..REPLICAS).all(|i| o.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("issuance through every replica", 0, Outcome::issued_via).await;
 
     cluster.stop();
     replicas.await_readiness(503, "every replica to turn not ready").await;
     // Every replica, asked during the outage, refuses.
     let stopped_at = load.snapshot().len();
-    load.until("every replica to refuse during the outage", Duration::from_secs(60), |o| {
-        let after = o.get(stopped_at..).unwrap_or_default();
-        (0..REPLICAS).all(|i| after.iter().any(|o| matches!(o, Outcome::Refused { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("every replica to refuse during the outage", stopped_at, Outcome::refused_via).await;
 
     cluster.start_again();
     replicas.await_readiness(200, "every replica to recover by itself").await;
     let resumed = load.snapshot().len();
-    load.until("issuance through every replica again", Duration::from_secs(60), |o| {
-        let after = o.get(resumed..).unwrap_or_default();
-        (0..REPLICAS).all(|i| after.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("issuance through every replica again", resumed, Outcome::issued_via).await;
     let outcomes = load.finish().await;
 
     for outcome in &outcomes {
@@ -580,10 +588,7 @@ async fn sts_hanging_mid_load_is_a_bounded_502_and_nothing_comes_from_elsewhere(
     let moto = Moto::start(dir.path()).await;
     let replicas = Replicas::start(dir.path(), &cluster.database("keyward_ha"), &moto.endpoint, &Layout::new("")).await;
     let load = Load::start(&replicas, 3);
-    load.until("issuance through every replica", Duration::from_secs(60), |o| {
-        (0..REPLICAS).all(|i| o.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("issuance through every replica", 0, Outcome::issued_via).await;
 
     // STS accepts connections and never answers: every exchange ends in the STS call's own
     // deadline (12 s over at most 3 attempts), as a 502, never with credentials from anywhere.
@@ -596,11 +601,7 @@ async fn sts_hanging_mid_load_is_a_bounded_502_and_nothing_comes_from_elsewhere(
     load.until("exchanges refused while STS hangs", Duration::from_secs(60), |o| refused_while_frozen(o) >= 3).await;
     drop(frozen);
     let thawed = load.snapshot().len();
-    load.until("issuance through every replica once STS is back", Duration::from_secs(60), |o| {
-        let after = o.get(thawed..).unwrap_or_default();
-        (0..REPLICAS).all(|i| after.iter().any(|o| matches!(o, Outcome::Issued { via, .. } if *via == i)))
-    })
-    .await;
+    load.until_every_replica("issuance through every replica once STS is back", thawed, Outcome::issued_via).await;
     let outcomes = load.finish().await;
 
     for outcome in &outcomes {

@@ -9,29 +9,10 @@ use std::time::Duration;
 use keyward_proto::agent_v1::{JobAssignment, Phase, StateBackendRequest, StateBackendResponse};
 use keyward_tests::agent::{WorkSession, bootstrap, enroll_in_process};
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, json, serve_with_agents};
 use keyward_tests::git::GitRepo;
-use keyward_tests::{free_addr, workspace_root};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
-
-async fn start(dir: &Path) -> Broker {
-    let addr = free_addr();
-    let config = dir.join("keyward.toml");
-    let data_dir = dir.join("broker");
-    let rest = format!(
-        "[policy]\ndir = \"{policies}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n",
-        policies = workspace_root().join("policies").display(),
-        agents = free_addr(),
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
-}
 
 /// A Terraform state document of `lineage` at `serial`, with a secret in it.
 fn state(serial: i64, lineage: &str, secret: &str) -> Vec<u8> {
@@ -68,7 +49,7 @@ async fn backend_for(session: &mut WorkSession, job: &JobAssignment) -> StateBac
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_job_reads_its_stacks_state_and_can_neither_write_nor_lock_it() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     for name in ["network", "other"] {
         json(&broker.cli(&["stack", "create", name, "--repository", &repo.url(), "--label", "env=dev", "--json"]));
@@ -131,7 +112,7 @@ async fn a_plan_job_reads_its_stacks_state_and_can_neither_write_nor_lock_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_pushes_pulls_and_rolls_back_and_bad_pushes_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     json(&broker.cli(&["stack", "create", "network", "--repository", &repo.url(), "--label", "env=dev", "--json"]));
     let push = |serial: i64, lineage: &str, secret: &str| {
@@ -229,7 +210,7 @@ async fn run_to_end(broker: &Broker, stack: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn applies_keep_their_state_in_the_broker_through_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let _agent = real_agent(&broker, dir.path());
     let repo = GitRepo::init(&dir.path().join("repo"));
     let config = |input: &str| format!("resource \"terraform_data\" \"kept\" {{\n  input = \"{input}\"\n}}\n");
@@ -272,7 +253,7 @@ async fn applies_keep_their_state_in_the_broker_through_the_sandbox() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repository_file_in_the_overrides_place_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let _agent = real_agent(&broker, dir.path());
     let outside = dir.path().join("outside.tf");
     let repo = GitRepo::init(&dir.path().join("repo"));
@@ -290,7 +271,7 @@ async fn a_repository_file_in_the_overrides_place_fails_the_job() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stack_may_opt_out_and_bring_its_own_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let repo = GitRepo::init(&dir.path().join("repo"));
     let url = repo.url();
     let created = json(&broker.cli(&[
@@ -335,7 +316,7 @@ async fn a_stack_may_opt_out_and_bring_its_own_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_goes_with_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let _agent = real_agent(&broker, dir.path());
     let repo = GitRepo::init(&dir.path().join("repo"));
     repo.commit(

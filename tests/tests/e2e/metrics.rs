@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyward_tests::agent::Agent;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json as json_of, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
 use keyward_tests::{eventually, free_addr, workspace_root};
@@ -40,11 +40,6 @@ async fn start(dir: &Path, sts: &str) -> Broker {
     );
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
     Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
-}
-
-fn json_of(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
 async fn token(broker: &Broker, run_id: &str, phase: &str) -> String {

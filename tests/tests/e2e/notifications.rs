@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keyward_tests::agent::{Agent, join};
 use keyward_tests::audit::Audit;
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::postgres::PgCluster;
 use keyward_tests::{eventually, free_addr, workspace_root};
@@ -109,11 +109,6 @@ impl Receiver {
     fn accepted(&self) -> Vec<Value> {
         self.received().into_iter().filter(|r| r["status"] == 200).collect()
     }
-}
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
 /// A broker with three notifications, on SQLite or the PostgreSQL database at `database_url`;

@@ -14,29 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_tests::agent::{Agent, join};
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, json, serve_with_agents};
+use keyward_tests::eventually;
 use keyward_tests::git::GitRepo;
-use keyward_tests::{eventually, free_addr, workspace_root};
 use serde_json::Value;
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
-
-/// A broker with the shipped policies (a stack labelled `env=dev` applies without review).
-async fn start(dir: &Path) -> Broker {
-    let addr = free_addr();
-    let config = dir.join("keyward.toml");
-    let data_dir = dir.join("broker");
-    let rest = format!(
-        "[policy]\ndir = \"{policies}\"\n[agents]\nlisten = \"{agents}\"\nlease = \"20s\"\npoll_interval = \"200ms\"\n",
-        policies = workspace_root().join("policies").display(),
-        agents = free_addr(),
-    );
-    write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, ..ConfigExtra::default() });
-    Broker::serve(&config, &data_dir, &format!("http://{addr}"), &[("TEST_KEK", TEST_KEK)]).await
-}
 
 /// The real Terraform, by absolute path.
 fn real_terraform() -> PathBuf {
@@ -128,7 +109,7 @@ fn commands(calls: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stack_runs_every_command_through_its_own_tools_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let (tofu, tofu_calls) = shim(dir.path(), "tofu", "1.8.0");
     let (terraform, terraform_calls) = shim(dir.path(), "terraform-shim", "1.11.4");
     let path = path_without_terraform(dir.path());
@@ -177,7 +158,7 @@ async fn each_stack_runs_every_command_through_its_own_tools_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     json(&broker.cli(&["pool", "create", "plain", "--json"]));
     let path = path_without_terraform(dir.path());
     let (terraform, _) = shim(dir.path(), "terraform", "1.11.4");
@@ -236,7 +217,7 @@ async fn an_opentofu_job_waits_for_an_agent_that_has_opentofu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_binary_that_is_missing_or_cannot_run_stops_the_agent_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
+    let broker = serve_with_agents(dir.path()).await;
     let plain = dir.path().join("tofu-not-executable");
     std::fs::write(&plain, "#!/bin/sh\n").unwrap();
     let cases = [

@@ -1,14 +1,9 @@
 //! The stack and run commands against a real `keyward dev` broker and a real git repository:
 //! what a newcomer types, with `--json` for scripts and clear errors for mistakes.
 
-use keyward_tests::broker::Broker;
+use keyward_tests::broker::{Broker, json};
 use keyward_tests::git::GitRepo;
 use serde_json::Value;
-
-fn json(output: &keyward_tests::broker::Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stacks_and_runs_from_the_command_line() {

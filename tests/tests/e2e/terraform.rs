@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_tests::agent::{Agent, WorkSession, bootstrap, enroll_in_process, join};
-use keyward_tests::broker::{Broker, ConfigExtra, Output, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json, write_config};
 use keyward_tests::git::GitRepo;
 use keyward_tests::moto::Moto;
 use keyward_tests::{binary, eventually, free_addr, workspace_root};
@@ -29,11 +29,6 @@ use serde_json::Value;
 
 const ROLE_READ: &str = "arn:aws:iam::123456789012:role/state-read";
 const ROLE_WRITE: &str = "arn:aws:iam::123456789012:role/network-apply";
-
-fn json(output: &Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
-}
 
 /// The shipped policies plus one plan rule: a resource named `forbidden` is denied.
 fn policies(dir: &Path) -> std::path::PathBuf {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use keyward_broker::clock::SystemClock;
 use keyward_tests::agent::{Agent, join};
-use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, write_config};
+use keyward_tests::broker::{Broker, ConfigExtra, TEST_KEK, json as json_of, write_config};
 use keyward_tests::fake_github::{FakeGithub, PrInfo};
 use keyward_tests::git::GitRepo;
 use keyward_tests::github_webhooks::{example, sign};
@@ -102,11 +102,6 @@ fn configure(
     let storage = if postgres { "database_url_env = \"KW_DATABASE_URL\"" } else { "" };
     write_config(&config, addr, &data_dir, &ConfigExtra { rest: &rest, storage, ..ConfigExtra::default() });
     (config, data_dir, addr)
-}
-
-fn json_of(output: &keyward_tests::broker::Output) -> Value {
-    assert!(output.success, "stderr: {}", output.stderr);
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", output.stdout))
 }
 
 async fn deliver(broker: &Broker, event: &str, delivery: &str, payload: &Value) -> (u16, Value) {

@@ -1,10 +1,13 @@
-//! A fixed-bucket histogram of atomics, for the Prometheus `histogram` type.
+//! Prometheus metrics as both the broker and the agent serve them: fixed-bucket histograms of
+//! atomics and the text exposition format, written line by line.
 //!
-//! It sits on its own, importing nothing of the broker, so that modules low in the layering (the
-//! audit writer, the policy engine) can time their work without importing `metrics`, which
-//! renders what they measured. Buckets are fixed at construction: observing never allocates or
-//! locks, and the number of series a histogram adds is known in advance.
+//! It imports nothing of either side, so modules low in the broker's layering (the audit writer,
+//! the policy engine) can time their work without importing the module that renders it, and the
+//! agent's `/metrics` page is written by the same code as the broker's. Buckets are fixed at
+//! construction: observing never allocates or locks, and the number of series a histogram adds
+//! is known in advance.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -90,6 +93,53 @@ impl Histogram {
     }
 }
 
+/// The Prometheus text exposition format, written line by line.
+#[derive(Debug, Default)]
+pub struct Exposition(String);
+
+/// A label value the writer chose (a configured name), escaped as the format requires.
+pub fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Exposition {
+    /// An empty page with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(String::with_capacity(capacity))
+    }
+
+    /// The page written so far.
+    pub fn into_text(self) -> String {
+        self.0
+    }
+
+    /// A metric family's `# HELP` and `# TYPE` lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` is empty or `key="value",…` (values the writer chose, never input).
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = if labels.is_empty() {
+            writeln!(self.0, "{name} {value}")
+        } else {
+            writeln!(self.0, "{name}{{{labels}}} {value}")
+        };
+    }
+
+    /// A histogram's `_bucket` (cumulative, with `+Inf`), `_sum` and `_count` samples.
+    pub fn histogram(&mut self, name: &str, labels: &str, snapshot: &Snapshot) {
+        let join = if labels.is_empty() { String::new() } else { format!("{labels},") };
+        for (bound, count) in &snapshot.buckets {
+            self.sample(&format!("{name}_bucket"), &format!("{join}le=\"{bound}\""), count);
+        }
+        self.sample(&format!("{name}_bucket"), &format!("{join}le=\"+Inf\""), snapshot.count);
+        self.sample(&format!("{name}_sum"), labels, snapshot.sum);
+        self.sample(&format!("{name}_count"), labels, snapshot.count);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +154,21 @@ mod tests {
         assert_eq!(snapshot.buckets, vec![(1.0, 3), (2.0, 3), (4.0, 4)]);
         assert_eq!(snapshot.count, 5);
         assert!((snapshot.sum - 13.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_sum_and_count() {
+        let histogram = Histogram::new(&[1.0, 5.0]);
+        histogram.observe(2.5);
+        let mut page = Exposition::default();
+        page.family("x_seconds", "histogram", "X.");
+        page.histogram("x_seconds", &format!("task=\"{}\"", escape("a\"b")), &histogram.snapshot());
+        assert_eq!(
+            page.into_text(),
+            "# HELP x_seconds X.\n# TYPE x_seconds histogram\n\
+             x_seconds_bucket{task=\"a\\\"b\",le=\"1\"} 0\nx_seconds_bucket{task=\"a\\\"b\",le=\"5\"} 1\n\
+             x_seconds_bucket{task=\"a\\\"b\",le=\"+Inf\"} 1\nx_seconds_sum{task=\"a\\\"b\"} 2.5\n\
+             x_seconds_count{task=\"a\\\"b\"} 1\n"
+        );
     }
 }
