@@ -294,8 +294,22 @@ async fn prove_since(client: &Client, file: &std::path::Path, json: bool) -> any
     Ok(())
 }
 
+/// What an offline verification trusts (`audit verify`, `backup verify`): the checkpoint files'
+/// signed notes, and the log's public key if one was given.
+pub(super) fn trusted(
+    checkpoints: &[PathBuf],
+    key: Option<&str>,
+) -> anyhow::Result<(Vec<String>, Option<VerifierKey>)> {
+    let key = key.map(read_public_key).transpose()?;
+    let notes = checkpoints
+        .iter()
+        .map(|c| std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((notes, key))
+}
+
 /// The log's public key given on the command line: the key itself, or a file holding it.
-pub(super) fn read_public_key(k: &str) -> anyhow::Result<VerifierKey> {
+fn read_public_key(k: &str) -> anyhow::Result<VerifierKey> {
     let path = std::path::Path::new(k);
     // A key is `<name>+<key id>+<key>`; anything else was meant as a file name.
     let text = if path.is_file() || !k.contains('+') {
@@ -309,11 +323,7 @@ pub(super) fn read_public_key(k: &str) -> anyhow::Result<VerifierKey> {
 }
 
 fn verify(file: &std::path::Path, checkpoints: &[PathBuf], key: Option<String>, json: bool) -> anyhow::Result<()> {
-    let key = key.map(|k| read_public_key(&k)).transpose()?;
-    let notes = checkpoints
-        .iter()
-        .map(|c| std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (notes, key) = trusted(checkpoints, key.as_deref())?;
     let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let report = verify_export(std::io::BufReader::new(input), &notes, key.as_ref())?;
     if json {

@@ -98,11 +98,7 @@ async fn verify(
     key: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let key = key.map(|key| super::audit::read_public_key(&key)).transpose()?;
-    let notes = checkpoints
-        .iter()
-        .map(|c| std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (notes, key) = super::audit::trusted(checkpoints, key.as_deref())?;
     let store = open_read_only(file).await?;
     let verified = verify_stored(&store, &notes, key.as_ref()).await;
     store.close().await;
